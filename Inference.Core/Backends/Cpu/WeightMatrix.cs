@@ -1,0 +1,34 @@
+using Inference.Loading;
+
+namespace Inference.Backends.Cpu;
+
+/// <summary>
+/// A weight matrix in GGML layout: <see cref="Rows"/> output features, each a row of <see cref="Cols"/> input values
+/// stored in <see cref="Type"/>'s blocks, rows <see cref="RowBytes"/> apart. The memory is owned elsewhere (a mapped file).
+/// </summary>
+public readonly unsafe struct WeightMatrix
+{
+    /// <summary>Creates a view over <paramref name="data"/>.</summary>
+    public WeightMatrix(GgmlType type, byte* data, int rows, int cols)
+    {
+        Type = type;
+        Data = data;
+        Rows = rows;
+        Cols = cols;
+        RowBytes = GgmlTypeInfo.RowBytes(type, cols);
+    }
+
+    /// <summary>Element type of the stored weights.</summary>
+    public GgmlType Type { get; }
+    /// <summary>Start of row 0.</summary>
+    public byte* Data { get; }
+    /// <summary>Output features (ggml ne1).</summary>
+    public int Rows { get; }
+    /// <summary>Input features (ggml ne0).</summary>
+    public int Cols { get; }
+    /// <summary>Bytes per row.</summary>
+    public long RowBytes { get; }
+
+    /// <summary>The bytes of row <paramref name="row"/>.</summary>
+    public ReadOnlySpan<byte> Row(int row) => new(Data + row * RowBytes, checked((int)RowBytes));
+}
