@@ -1,0 +1,252 @@
+using System.Numerics.Tensors;
+using Inference.Backends.Cpu;
+using Inference.Loading;
+
+namespace Inference.Models;
+
+/// <summary>
+/// The llama-family transformer (llama, qwen2) on the CPU: weights stay in the memory-mapped GGUF file; the forward
+/// pass runs one <see cref="ModelBatch"/> of tokens from any number of sequences through every weight matrix together.
+/// </summary>
+/// <remarks>Not thread-safe: one engine thread owns a model and its scratch buffers.</remarks>
+public sealed class LlamaModel
+{
+    private readonly LayerWeights[] _layers;
+    private readonly WeightMatrix _embedding;   // [vocab rows, dim]
+    private readonly WeightMatrix _output;      // [vocab rows, dim]
+    private readonly float[] _outputNorm;       // [dim]
+    private readonly double[] _ropeInvFreq;     // [ropeDim / 2]
+    private ForwardState _state = new(0, null!);
+
+    private sealed record LayerWeights(
+        float[] AttnNorm, WeightMatrix Q, WeightMatrix K, WeightMatrix V, WeightMatrix O,
+        float[]? QBias, float[]? KBias, float[]? VBias,
+        float[] FfnNorm, WeightMatrix Gate, WeightMatrix Up, WeightMatrix Down);
+
+    /// <summary>Binds the weights of <paramref name="gguf"/> (which must stay open while the model is used).</summary>
+    /// <exception cref="ModelFormatException">A tensor is missing, misshapen or of an unsupported type.</exception>
+    public LlamaModel(GgufFile gguf, ModelConfig config)
+    {
+        Config = config;
+        var c = config;
+        _embedding = Matrix(gguf, "token_embd.weight", c.VocabSize, c.Dim);
+        _output = gguf.FindTensor("output.weight") is null ? _embedding : Matrix(gguf, "output.weight", c.VocabSize, c.Dim);
+        _outputNorm = Vector(gguf, "output_norm.weight", c.Dim)!;
+        _layers = new LayerWeights[c.LayerCount];
+        for (int l = 0; l < c.LayerCount; l++)
+        {
+            string p = $"blk.{l}.";
+            _layers[l] = new LayerWeights(
+                Vector(gguf, p + "attn_norm.weight", c.Dim)!,
+                Matrix(gguf, p + "attn_q.weight", c.QDim, c.Dim),
+                Matrix(gguf, p + "attn_k.weight", c.KvDim, c.Dim),
+                Matrix(gguf, p + "attn_v.weight", c.KvDim, c.Dim),
+                Matrix(gguf, p + "attn_output.weight", c.Dim, c.QDim),
+                Vector(gguf, p + "attn_q.bias", c.QDim, optional: true),
+                Vector(gguf, p + "attn_k.bias", c.KvDim, optional: true),
+                Vector(gguf, p + "attn_v.bias", c.KvDim, optional: true),
+                Vector(gguf, p + "ffn_norm.weight", c.Dim)!,
+                Matrix(gguf, p + "ffn_gate.weight", c.FfnDim, c.Dim),
+                Matrix(gguf, p + "ffn_up.weight", c.FfnDim, c.Dim),
+                Matrix(gguf, p + "ffn_down.weight", c.Dim, c.FfnDim));
+        }
+
+        _ropeInvFreq = new double[c.RopeDim / 2];
+        float[]? freqFactors = c.RopeScaling == RopeScaling.Llama3 ? Vector(gguf, "rope_freqs.weight", c.RopeDim / 2) : null;
+        for (int i = 0; i < _ropeInvFreq.Length; i++)
+        {
+            _ropeInvFreq[i] = Math.Pow(c.RopeBase, -2.0 * i / c.RopeDim);
+            if (freqFactors is not null) _ropeInvFreq[i] /= freqFactors[i];
+            if (c.RopeScaling == RopeScaling.Linear) _ropeInvFreq[i] /= c.RopeScalingFactor;
+        }
+    }
+
+    /// <summary>The model's hyperparameters.</summary>
+    public ModelConfig Config { get; }
+
+    /// <summary>Weight types this CPU path computes with.</summary>
+    public static IReadOnlyList<GgmlType> SupportedWeightTypes { get; } =
+        [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K];
+
+    /// <summary>
+    /// Runs <paramref name="batch"/> through the model, storing K/V in <paramref name="kv"/>, and writes the logits of
+    /// the segments that want them to <paramref name="logits"/> ([batch.LogitCount, vocab]).
+    /// </summary>
+    public void Forward(ModelBatch batch, IKvAttention kv, Span<float> logits, WorkerPool pool)
+    {
+        var c = Config;
+        int n = batch.TokenCount;
+        if (n == 0) return;
+        if (logits.Length < batch.LogitCount * c.VocabSize) throw new ArgumentException("logits buffer too small", nameof(logits));
+        if (_state.Capacity < n) _state = new ForwardState(Math.Max(n, _state.Capacity * 2), c);
+        var s = _state;
+
+        var x = s.X.AsSpan(0, n * c.Dim);
+        for (int t = 0; t < n; t++)
+        {
+            int token = batch.Tokens[t];
+            if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"token id {token} is outside the vocabulary of {c.VocabSize}");
+            Dequantize.Row(_embedding.Type, _embedding.Row(token), x.Slice(t * c.Dim, c.Dim));
+        }
+
+        var xb = s.Xb.AsSpan(0, n * c.Dim);
+        var q = s.Q.AsSpan(0, n * c.QDim);
+        var k = s.K.AsSpan(0, n * c.KvDim);
+        var v = s.V.AsSpan(0, n * c.KvDim);
+        var att = s.Att.AsSpan(0, n * c.QDim);
+        var gate = s.Gate.AsSpan(0, n * c.FfnDim);
+        var up = s.Up.AsSpan(0, n * c.FfnDim);
+
+        for (int l = 0; l < c.LayerCount; l++)
+        {
+            var w = _layers[l];
+            RmsNorm(x, w.AttnNorm, xb, n, c.Dim, c.RmsEps);
+            MatMul.Multiply(w.Q, xb, q, n, pool);
+            MatMul.Multiply(w.K, xb, k, n, pool);
+            MatMul.Multiply(w.V, xb, v, n, pool);
+            if (w.QBias is not null) AddBias(q, w.QBias, n);
+            if (w.KBias is not null) AddBias(k, w.KBias, n);
+            if (w.VBias is not null) AddBias(v, w.VBias, n);
+            Rope(q, batch, c.HeadCount);
+            Rope(k, batch, c.KvHeadCount);
+            kv.Attend(l, batch, q, k, v, att, pool);
+            MatMul.Multiply(w.O, att, xb, n, pool);
+            TensorPrimitives.Add(x, xb, x);
+
+            RmsNorm(x, w.FfnNorm, xb, n, c.Dim, c.RmsEps);
+            MatMul.Multiply(w.Gate, xb, gate, n, pool);
+            MatMul.Multiply(w.Up, xb, up, n, pool);
+            SwiGlu(gate, up);
+            MatMul.Multiply(w.Down, gate, xb, n, pool);
+            TensorPrimitives.Add(x, xb, x);
+        }
+
+        if (batch.LogitCount == 0) return;
+        var last = s.Last.AsSpan(0, batch.LogitCount * c.Dim);
+        foreach (var seg in batch.Segments)
+        {
+            if (seg.LogitIndex < 0) continue;
+            int t = seg.TokenStart + seg.TokenCount - 1;
+            RmsNorm(x.Slice(t * c.Dim, c.Dim), _outputNorm, last.Slice(seg.LogitIndex * c.Dim, c.Dim), 1, c.Dim, c.RmsEps);
+        }
+        MatMul.Multiply(_output, last, logits, batch.LogitCount, pool);
+    }
+
+    // ---- layer ops -------------------------------------------------------------------------------------------------
+
+    /// <summary>out[t] = x[t] / sqrt(mean(x[t]²) + eps) ⊙ weight, per row of <paramref name="dim"/>.</summary>
+    internal static void RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, Span<float> output, int rows, int dim, float eps)
+    {
+        for (int t = 0; t < rows; t++)
+        {
+            var row = x.Slice(t * dim, dim);
+            var o = output.Slice(t * dim, dim);
+            double sumSquares = TensorPrimitives.SumOfSquares(row);
+            float scale = (float)(1.0 / Math.Sqrt(sumSquares / dim + eps));
+            TensorPrimitives.Multiply(row, scale, o);
+            TensorPrimitives.Multiply(o, weight, o);
+        }
+    }
+
+    private static void AddBias(Span<float> y, ReadOnlySpan<float> bias, int rows)
+    {
+        for (int t = 0; t < rows; t++)
+        {
+            var row = y.Slice(t * bias.Length, bias.Length);
+            TensorPrimitives.Add(row, bias, row);
+        }
+    }
+
+    /// <summary>Rotates the first RopeDim dimensions of every head of every token by its position.</summary>
+    private void Rope(Span<float> qk, ModelBatch batch, int heads)
+    {
+        int hd = Config.HeadDim, half = Config.RopeDim / 2;
+        bool neox = Config.RopeLayout == RopeLayout.Neox;
+        for (int t = 0; t < batch.TokenCount; t++)
+        {
+            int pos = batch.Positions[t];
+            for (int i = 0; i < half; i++)
+            {
+                double theta = pos * _ropeInvFreq[i];
+                float cos = (float)Math.Cos(theta), sin = (float)Math.Sin(theta);
+                for (int h = 0; h < heads; h++)
+                {
+                    int b = (t * heads + h) * hd;
+                    int i0 = neox ? b + i : b + 2 * i;
+                    int i1 = neox ? b + i + half : b + 2 * i + 1;
+                    float x0 = qk[i0], x1 = qk[i1];
+                    qk[i0] = x0 * cos - x1 * sin;
+                    qk[i1] = x0 * sin + x1 * cos;
+                }
+            }
+        }
+    }
+
+    /// <summary>gate = silu(gate) ⊙ up.</summary>
+    private static void SwiGlu(Span<float> gate, ReadOnlySpan<float> up)
+    {
+        for (int i = 0; i < gate.Length; i++)
+        {
+            float g = gate[i];
+            gate[i] = g / (1f + MathF.Exp(-g)) * up[i];
+        }
+    }
+
+    // ---- weight binding --------------------------------------------------------------------------------------------
+
+    private static unsafe WeightMatrix Matrix(GgufFile gguf, string name, int rows, int cols)
+    {
+        var t = gguf.GetTensor(name);
+        if (t.Dimensions.Length != 2 || t.Dimensions[0] != cols || t.Dimensions[1] != rows)
+            throw gguf.Bad(t.DataOffset, $"tensor '{name}' has shape [{string.Join(", ", t.Dimensions)}], expected [{cols}, {rows}]");
+        if (!SupportedWeightTypes.Contains(t.Type))
+            throw gguf.Bad(t.DataOffset, $"tensor '{name}' has type {t.Type}, which is not supported (supported: {string.Join(", ", SupportedWeightTypes)})");
+        return new WeightMatrix(t.Type, gguf.GetTensorPointer(t), rows, cols);
+    }
+
+    private static float[]? Vector(GgufFile gguf, string name, int length, bool optional = false)
+    {
+        var t = gguf.FindTensor(name);
+        if (t is null)
+        {
+            if (optional) return null;
+            throw gguf.Bad(-1, $"tensor '{name}' is missing");
+        }
+        if (t.ElementCount != length) throw gguf.Bad(t.DataOffset, $"tensor '{name}' has {t.ElementCount} elements, expected {length}");
+        if (t.Type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
+            throw gguf.Bad(t.DataOffset, $"tensor '{name}' has type {t.Type}, expected F32, F16 or BF16");
+        var result = new float[length];
+        Dequantize.Row(t.Type, gguf.GetTensorBytes(t), result);
+        return result;
+    }
+
+    /// <summary>Activation buffers, grown to the largest batch seen.</summary>
+    private sealed class ForwardState
+    {
+        public ForwardState(int capacity, ModelConfig c)
+        {
+            Capacity = capacity;
+            if (capacity == 0) return;
+            X = new float[capacity * c.Dim];
+            Xb = new float[capacity * c.Dim];
+            Q = new float[capacity * c.QDim];
+            K = new float[capacity * c.KvDim];
+            V = new float[capacity * c.KvDim];
+            Att = new float[capacity * c.QDim];
+            Gate = new float[capacity * c.FfnDim];
+            Up = new float[capacity * c.FfnDim];
+            Last = new float[capacity * c.Dim];
+        }
+
+        public int Capacity { get; }
+        public float[] X { get; } = [];     // [n, dim] residual stream
+        public float[] Xb { get; } = [];    // [n, dim] normed input / block output
+        public float[] Q { get; } = [];     // [n, heads, headDim]
+        public float[] K { get; } = [];     // [n, kvHeads, headDim]
+        public float[] V { get; } = [];     // [n, kvHeads, headDim]
+        public float[] Att { get; } = [];   // [n, heads, headDim]
+        public float[] Gate { get; } = [];  // [n, ffn]
+        public float[] Up { get; } = [];    // [n, ffn]
+        public float[] Last { get; } = [];  // [logitCount, dim]
+    }
+}

@@ -1,0 +1,130 @@
+using Inference.Loading;
+
+namespace Inference.Models;
+
+/// <summary>Hyperparameters of a llama-family transformer, read from GGUF metadata.</summary>
+public sealed record ModelConfig
+{
+    /// <summary>Architecture name (<c>llama</c> or <c>qwen2</c>).</summary>
+    public required string Architecture { get; init; }
+    /// <summary>Residual stream width.</summary>
+    public required int Dim { get; init; }
+    /// <summary>Number of transformer blocks.</summary>
+    public required int LayerCount { get; init; }
+    /// <summary>Query heads.</summary>
+    public required int HeadCount { get; init; }
+    /// <summary>Key/value heads (equal to <see cref="HeadCount"/> for MHA, 1 for MQA, in between for GQA).</summary>
+    public required int KvHeadCount { get; init; }
+    /// <summary>Dimension of one head.</summary>
+    public required int HeadDim { get; init; }
+    /// <summary>Hidden width of the SwiGLU feed-forward block.</summary>
+    public required int FfnDim { get; init; }
+    /// <summary>Vocabulary size (rows of the embedding table).</summary>
+    public required int VocabSize { get; init; }
+    /// <summary>Context length the model was trained for.</summary>
+    public required int ContextLength { get; init; }
+    /// <summary>RMSNorm epsilon.</summary>
+    public required float RmsEps { get; init; }
+    /// <summary>RoPE base frequency.</summary>
+    public required float RopeBase { get; init; }
+    /// <summary>Number of dimensions of each head that RoPE rotates.</summary>
+    public required int RopeDim { get; init; }
+    /// <summary>RoPE pairing.</summary>
+    public required RopeLayout RopeLayout { get; init; }
+    /// <summary>RoPE position scaling.</summary>
+    public RopeScaling RopeScaling { get; init; }
+    /// <summary>Factor of linear RoPE scaling (1 when none).</summary>
+    public float RopeScalingFactor { get; init; } = 1f;
+    /// <summary>True when Q/K/V have biases (qwen2).</summary>
+    public bool HasAttentionBias { get; init; }
+
+    /// <summary>Query heads per KV head.</summary>
+    public int KvMul => HeadCount / KvHeadCount;
+    /// <summary>Width of all query heads.</summary>
+    public int QDim => HeadCount * HeadDim;
+    /// <summary>Width of all KV heads.</summary>
+    public int KvDim => KvHeadCount * HeadDim;
+
+    /// <summary>Architectures this library runs.</summary>
+    public static IReadOnlyList<string> SupportedArchitectures { get; } = ["llama", "qwen2"];
+
+    /// <summary>Reads the configuration from GGUF metadata, applying llama.cpp's defaults for absent keys.</summary>
+    /// <exception cref="ModelFormatException">A required key is missing or a value is out of range.</exception>
+    public static ModelConfig FromGguf(GgufFile gguf)
+    {
+        string arch = gguf.GetString("general.architecture") ?? throw gguf.Bad(-1, "metadata 'general.architecture' is missing");
+        if (!SupportedArchitectures.Contains(arch))
+            throw gguf.Bad(gguf.Metadata["general.architecture"].Offset, $"unsupported architecture '{arch}' (supported: {string.Join(", ", SupportedArchitectures)})");
+
+        int Required(string key, int min, int max)
+        {
+            long v = gguf.GetInteger($"{arch}.{key}") ?? throw gguf.Bad(-1, $"metadata '{arch}.{key}' is missing");
+            return Checked(key, v, min, max);
+        }
+        int Optional(string key, int fallback, int min, int max)
+        {
+            long? v = gguf.GetInteger($"{arch}.{key}");
+            return v is null ? fallback : Checked(key, v.Value, min, max);
+        }
+        int Checked(string key, long v, int min, int max)
+        {
+            if (v < min || v > max) throw gguf.Bad(gguf.Metadata[$"{arch}.{key}"].Offset, $"'{arch}.{key}' = {v} is outside [{min}, {max}]");
+            return (int)v;
+        }
+
+        int dim = Required("embedding_length", 1, 1 << 17);
+        int layers = Required("block_count", 1, 4096);
+        int heads = Required("attention.head_count", 1, 4096);
+        int kvHeads = Optional("attention.head_count_kv", heads, 1, heads);
+        if (heads % kvHeads != 0) throw gguf.Bad(-1, $"head count {heads} is not a multiple of the KV head count {kvHeads}");
+        int headDim = Optional("attention.key_length", dim / heads, 1, 1 << 12);
+        int ffn = Required("feed_forward_length", 1, 1 << 20);
+        int ctx = Optional("context_length", 2048, 1, 1 << 24);
+        int ropeDim = Optional("rope.dimension_count", headDim, 2, headDim);
+        float eps = (float)(gguf.GetFloat($"{arch}.attention.layer_norm_rms_epsilon") ?? 1e-5);
+        float ropeBase = (float)(gguf.GetFloat($"{arch}.rope.freq_base") ?? 10000.0);
+        if (!(eps > 0) || !(ropeBase > 0)) throw gguf.Bad(-1, "RMS epsilon and RoPE base must be positive");
+
+        var scaling = RopeScaling.None;
+        float factor = 1f;
+        string? scalingType = gguf.GetString($"{arch}.rope.scaling.type");
+        if (scalingType == "linear")
+        {
+            scaling = RopeScaling.Linear;
+            factor = (float)(gguf.GetFloat($"{arch}.rope.scaling.factor") ?? 1.0);
+            if (!(factor > 0)) throw gguf.Bad(-1, $"'{arch}.rope.scaling.factor' must be positive");
+        }
+        else if (scalingType is not (null or "none"))
+        {
+            throw gguf.Bad(gguf.Metadata[$"{arch}.rope.scaling.type"].Offset, $"unsupported RoPE scaling '{scalingType}'");
+        }
+        // NOTE: llama.cpp stores Llama 3.1's frequency-dependent scaling as a 'rope_freqs.weight' tensor of
+        // per-dimension divisors rather than as metadata.
+        if (gguf.FindTensor("rope_freqs.weight") is not null) scaling = RopeScaling.Llama3;
+
+        var embd = gguf.GetTensor("token_embd.weight");
+        if (embd.Dimensions.Length != 2 || embd.Dimensions[0] != dim)
+            throw gguf.Bad(-1, $"token_embd.weight has shape [{string.Join(", ", embd.Dimensions)}], expected [{dim}, vocab]");
+        if (embd.Dimensions[1] > int.MaxValue) throw gguf.Bad(-1, "vocabulary too large");
+
+        return new ModelConfig
+        {
+            Architecture = arch,
+            Dim = dim,
+            LayerCount = layers,
+            HeadCount = heads,
+            KvHeadCount = kvHeads,
+            HeadDim = headDim,
+            FfnDim = ffn,
+            VocabSize = (int)embd.Dimensions[1],
+            ContextLength = ctx,
+            RmsEps = eps,
+            RopeBase = ropeBase,
+            RopeDim = ropeDim,
+            RopeLayout = arch == "llama" ? RopeLayout.Normal : RopeLayout.Neox,
+            RopeScaling = scaling,
+            RopeScalingFactor = factor,
+            HasAttentionBias = gguf.FindTensor("blk.0.attn_q.bias") is not null,
+        };
+    }
+}

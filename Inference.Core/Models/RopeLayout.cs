@@ -1,0 +1,21 @@
+namespace Inference.Models;
+
+/// <summary>How rotary position embedding pairs the dimensions of a head.</summary>
+public enum RopeLayout
+{
+    /// <summary>Adjacent pairs (2i, 2i+1): GGUF llama checkpoints (their Q/K rows were permuted at conversion).</summary>
+    Normal,
+    /// <summary>Half rotation (i, i + d/2): GPT-NeoX style, HF checkpoints and qwen2.</summary>
+    Neox,
+}
+
+/// <summary>How positions are scaled before RoPE.</summary>
+public enum RopeScaling
+{
+    /// <summary>No scaling.</summary>
+    None,
+    /// <summary>Positions divided by the scaling factor.</summary>
+    Linear,
+    /// <summary>Llama 3.1 frequency-dependent scaling (per-dimension frequency factors).</summary>
+    Llama3,
+}

@@ -1,0 +1,63 @@
+using System.Text.Json;
+using Inference.Backends.Cpu;
+using Inference.Loading;
+using Inference.Models;
+using Inference.Tests.Support;
+
+namespace Inference.Tests.Models;
+
+public class LlamaModelTests
+{
+    [TestCase(1)]
+    [TestCase(2)]
+    public void Stories260K_GreedyFromBos_MatchesLlama2cTokenIds(int threads)
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllText(TestData.Path("expected/stories260K-greedy-256.json")));
+        var expected = doc.RootElement.GetProperty("expected_token_ids_derived_locally").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+
+        using var gguf = GgufFile.Open(TestData.Stories260K);
+        var config = ModelConfig.FromGguf(gguf);
+        var model = new LlamaModel(gguf, config);
+        var kv = new ContiguousKvCache(config, 512);
+        using var pool = new WorkerPool(threads);
+        var logits = new float[config.VocabSize];
+        var batch = new ModelBatch();
+        int token = 1;
+        var produced = new List<int>();
+        for (int pos = 0; pos < expected.Length; pos++)
+        {
+            batch.Clear();
+            batch.Add(0, [token], pos, wantLogits: true);
+            model.Forward(batch, kv, logits, pool);
+            token = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
+            produced.Add(token);
+        }
+        Assert.That(produced, Is.EqualTo(expected));
+    }
+
+    [Test]
+    public void PrefillInOneBatch_EqualsTokenByToken()
+    {
+        using var gguf = GgufFile.Open(TestData.Stories260K);
+        var config = ModelConfig.FromGguf(gguf);
+        var model = new LlamaModel(gguf, config);
+        using var pool = new WorkerPool(2);
+        int[] prompt = [1, 403, 407, 261, 378, 432, 383, 286, 261];
+
+        var kvA = new ContiguousKvCache(config, 64);
+        var batch = new ModelBatch();
+        batch.Add(7, prompt, 0, wantLogits: true);
+        var a = new float[config.VocabSize];
+        model.Forward(batch, kvA, a, pool);
+
+        var kvB = new ContiguousKvCache(config, 64);
+        var b = new float[config.VocabSize];
+        for (int i = 0; i < prompt.Length; i++)
+        {
+            batch.Clear();
+            batch.Add(7, prompt.AsSpan(i, 1), i, wantLogits: true);
+            model.Forward(batch, kvB, b, pool);
+        }
+        Assert.That(b, Is.EqualTo(a).Within(1e-4f));
+    }
+}
