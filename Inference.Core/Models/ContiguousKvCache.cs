@@ -41,17 +41,24 @@ public sealed class ContiguousKvCache : IKvAttention
             var seg = batch.Segments[s];
             if (seg.StartPosition + seg.TokenCount > _maxLength)
                 throw new InvalidOperationException($"sequence {seg.SequenceId} exceeds the cache length {_maxLength}");
-            if (!_keys.TryGetValue(seg.SequenceId, out var kl))
+            int needed = seg.StartPosition + seg.TokenCount;
+            if (!_keys.TryGetValue(seg.SequenceId, out var kl) || kl[layer].Length < (long)needed * kvDim)
             {
-                kl = new float[_config.LayerCount][];
-                var vl = new float[_config.LayerCount][];
-                for (int l = 0; l < kl.Length; l++)
+                // Grow by doubling (all layers at once) so a short sequence does not reserve the whole context.
+                int capacity = Math.Min(_maxLength, Math.Max(64, needed * 2));
+                var vl = _values.GetValueOrDefault(seg.SequenceId);
+                var newK = new float[_config.LayerCount][];
+                var newV = new float[_config.LayerCount][];
+                for (int l = 0; l < newK.Length; l++)
                 {
-                    kl[l] = new float[(long)_maxLength * kvDim];
-                    vl[l] = new float[(long)_maxLength * kvDim];
+                    newK[l] = new float[(long)capacity * kvDim];
+                    newV[l] = new float[(long)capacity * kvDim];
+                    kl?[l].AsSpan().CopyTo(newK[l]);
+                    vl?[l].AsSpan().CopyTo(newV[l]);
                 }
-                _keys[seg.SequenceId] = kl;
-                _values[seg.SequenceId] = vl;
+                kl = newK;
+                _keys[seg.SequenceId] = newK;
+                _values[seg.SequenceId] = newV;
             }
             keys[s] = kl[layer];
             values[s] = _values[seg.SequenceId][layer];

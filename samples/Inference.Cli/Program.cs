@@ -1,10 +1,153 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using Inference.Engine;
+using Inference.Loading;
+using Inference.Sampling;
+
 namespace Inference.Cli;
 
+/// <summary>
+/// The command-line front end. Other tools drive it, so its output is kept exact: generated text alone on stdout,
+/// metrics on stderr, and on any error one line on stderr and exit code 1.
+/// </summary>
 public static class Program
 {
-    public static int Main(string[] args)
+    public static async Task<int> Main(string[] args)
     {
-        Console.Error.WriteLine("usage: inference <generate|logits|tokenize> [options]");
-        return 1;
+        var modelOption = new Option<string>("--model", "-m")
+        {
+            Description = "Path of a GGUF model (default: ../shared/testdata/stories260K.gguf from the repository root)",
+        };
+        var promptOption = new Option<string>("--prompt", "-p") { Description = "Prompt text", Required = true };
+        var maxTokensOption = new Option<int>("--max-tokens", "-n") { Description = "Most tokens to generate", DefaultValueFactory = _ => 256 };
+        var temperatureOption = new Option<float>("--temperature") { Description = "Sampling temperature; 0 is greedy", DefaultValueFactory = _ => 0.8f };
+        var topKOption = new Option<int>("--top-k") { Description = "Top-k (0 keeps all)", DefaultValueFactory = _ => 40 };
+        var topPOption = new Option<float>("--top-p") { Description = "Top-p nucleus mass", DefaultValueFactory = _ => 0.95f };
+        var minPOption = new Option<float>("--min-p") { Description = "Min-p relative threshold", DefaultValueFactory = _ => 0.05f };
+        var repeatOption = new Option<float>("--repeat-penalty") { Description = "Repetition penalty (1 disables)", DefaultValueFactory = _ => 1f };
+        var seedOption = new Option<ulong?>("--seed", "-s") { Description = "Sampling seed" };
+        var stopOption = new Option<string[]>("--stop") { Description = "Stop string (repeatable)", AllowMultipleArgumentsPerToken = false };
+        var threadsOption = new Option<int?>("--threads", "-t") { Description = "CPU threads (default: all cores)" };
+        var textOption = new Option<string>("--text") { Description = "Text to tokenize", Required = true };
+
+        var generate = new Command("generate", "Generate a continuation of a prompt")
+        {
+            modelOption, promptOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption,
+            seedOption, stopOption, threadsOption,
+        };
+        // NOTE: generate streams tokens as they come; the completion's metrics are printed at the end.
+        generate.SetAction(async (result, ct) => await Generate(result, ct));
+
+        async Task<int> Generate(ParseResult result, CancellationToken ct)
+        {
+            var sampling = new SamplingOptions
+            {
+                MaxTokens = result.GetValue(maxTokensOption),
+                Temperature = result.GetValue(temperatureOption),
+                TopK = result.GetValue(topKOption),
+                TopP = result.GetValue(topPOption),
+                MinP = result.GetValue(minPOption),
+                RepetitionPenalty = result.GetValue(repeatOption),
+                Seed = result.GetValue(seedOption),
+                StopStrings = result.GetValue(stopOption) ?? [],
+            };
+            await using var engine = await Load(result.GetValue(modelOption), result.GetValue(threadsOption), ct);
+            var stream = engine.GenerateAsync(result.GetValue(promptOption)!, sampling, ct);
+            await foreach (var token in stream)
+            {
+                Console.Out.Write(token.Text);
+                Console.Out.Flush();
+            }
+            var completion = await stream.Completion;
+            Console.Out.WriteLine();
+            var m = completion.Metrics;
+            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"prompt {m.PromptTokens} tokens, generated {m.GeneratedTokens} tokens ({completion.FinishReason}); TTFT {m.TimeToFirstToken.TotalMilliseconds:F2} ms, TPOT {m.TimePerOutputToken.TotalMilliseconds:F2} ms, {m.TokensPerSecond:F1} tokens/s, seed {completion.Seed}"));
+            return 0;
+        }
+
+        var logits = new Command("logits", "Print the prompt's token ids and the logits at its last position as one JSON line")
+        {
+            modelOption, promptOption, threadsOption,
+        };
+        logits.SetAction(async (result, ct) =>
+        {
+            await using var engine = await Load(result.GetValue(modelOption), result.GetValue(threadsOption), ct);
+            var tokens = engine.Tokenize(result.GetValue(promptOption)!);
+            var values = await engine.GetLogitsAsync(tokens, ct);
+            using var stream = Console.OpenStandardOutput();
+            using (var json = new Utf8JsonWriter(stream))
+            {
+                json.WriteStartObject();
+                json.WriteStartArray("tokens");
+                foreach (var t in tokens) json.WriteNumberValue(t);
+                json.WriteEndArray();
+                json.WriteStartArray("logits");
+                foreach (var v in values) json.WriteNumberValue(v);
+                json.WriteEndArray();
+                json.WriteEndObject();
+            }
+            stream.Write("\n"u8);
+            return 0;
+        });
+
+        var tokenize = new Command("tokenize", "Print the token ids of a text, comma separated (BOS as the model says)")
+        {
+            modelOption, textOption,
+        };
+        tokenize.SetAction(async (result, ct) =>
+        {
+            await using var engine = await Load(result.GetValue(modelOption), 1, ct);
+            Console.Out.WriteLine(string.Join(",", engine.Tokenize(result.GetValue(textOption)!)));
+            return 0;
+        });
+
+        var root = new RootCommand("Inference: run GGUF language models in pure .NET") { generate, logits, tokenize };
+        try
+        {
+            var parsed = root.Parse(args);
+            if (parsed.Errors.Count > 0)
+            {
+                Console.Error.WriteLine("error: " + OneLine(parsed.Errors[0].Message));
+                return 1;
+            }
+            return await parsed.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+        }
+        catch (Exception e)
+        {
+            Console.Error.WriteLine("error: " + OneLine(Describe(e)));
+            return 1;
+        }
     }
+
+    private static Task<InferenceEngine> Load(string? model, int? threads, CancellationToken ct)
+    {
+        string path = model ?? DefaultModelPath();
+        var options = threads is int t ? new EngineOptions { Threads = t } : new EngineOptions();
+        return InferenceEngine.LoadAsync(path, options, null, ct);
+    }
+
+    /// <summary>../shared/testdata/stories260K.gguf relative to the repository root (found above the working directory or the program).</summary>
+    private static string DefaultModelPath()
+    {
+        foreach (var start in new[] { Environment.CurrentDirectory, AppContext.BaseDirectory })
+        {
+            for (var d = new DirectoryInfo(start); d is not null; d = d.Parent)
+            {
+                if (File.Exists(Path.Combine(d.FullName, "Inference.sln")))
+                    return Path.GetFullPath(Path.Combine(d.FullName, "..", "shared", "testdata", "stories260K.gguf"));
+            }
+        }
+        return Path.GetFullPath(Path.Combine("..", "shared", "testdata", "stories260K.gguf"));
+    }
+
+    private static string Describe(Exception e) => e switch
+    {
+        FileNotFoundException f => $"{f.FileName ?? f.Message}: file not found",
+        AggregateException { InnerException: not null } a => Describe(a.InnerException!),
+        _ => e.Message,
+    };
+
+    private static string OneLine(string s) => s.ReplaceLineEndings(" ").Trim();
 }

@@ -1,0 +1,50 @@
+namespace Inference.Engine;
+
+/// <summary>Which hardware runs the model.</summary>
+public enum Device
+{
+    /// <summary>A CUDA GPU when one is present and supported, else the CPU.</summary>
+    Auto,
+    /// <summary>The CPU.</summary>
+    Cpu,
+    /// <summary>An NVIDIA GPU through CUDA.</summary>
+    Cuda,
+}
+
+/// <summary>What to do with a prompt that does not fit the context.</summary>
+public enum PromptOverflow
+{
+    /// <summary>Reject the request with an <see cref="ArgumentException"/>.</summary>
+    Reject,
+    /// <summary>Drop tokens from the left (after BOS) until prompt and output fit.</summary>
+    TruncateLeft,
+}
+
+/// <summary>How an <see cref="InferenceEngine"/> runs. Immutable; invalid values throw when set.</summary>
+public sealed record EngineOptions
+{
+    private readonly int _threads = Math.Max(1, Environment.ProcessorCount);
+    private readonly int? _contextLength;
+    private readonly int _maxNumSeqs = 16;
+    private readonly int _maxNumBatchedTokens = 512;
+
+    /// <summary>CPU threads for the forward pass (the engine thread included). Default: all cores.</summary>
+    public int Threads { get => _threads; init => _threads = value is >= 1 and <= 1024 ? value : throw Out(nameof(Threads), value, "must be in [1, 1024]"); }
+
+    /// <summary>Most tokens (prompt + output) of one sequence. Null: the model's trained context, capped at 4,096.</summary>
+    public int? ContextLength { get => _contextLength; init => _contextLength = value is null or >= 1 ? value : throw Out(nameof(ContextLength), value, "must be ≥ 1"); }
+
+    /// <summary>Most requests in one forward pass (vLLM's max_num_seqs).</summary>
+    public int MaxNumSeqs { get => _maxNumSeqs; init => _maxNumSeqs = value is >= 1 and <= 4096 ? value : throw Out(nameof(MaxNumSeqs), value, "must be in [1, 4096]"); }
+
+    /// <summary>Most tokens in one forward pass (vLLM's max_num_batched_tokens); long prompts are chunked to fit.</summary>
+    public int MaxNumBatchedTokens { get => _maxNumBatchedTokens; init => _maxNumBatchedTokens = value is >= 1 and <= 65536 ? value : throw Out(nameof(MaxNumBatchedTokens), value, "must be in [1, 65536]"); }
+
+    /// <summary>The hardware to run on.</summary>
+    public Device Device { get; init; } = Device.Auto;
+
+    /// <summary>What to do with a prompt longer than the context.</summary>
+    public PromptOverflow PromptOverflow { get; init; } = PromptOverflow.Reject;
+
+    private static ArgumentOutOfRangeException Out(string name, object? value, string rule) => new(name, value, $"{name} {rule}.");
+}

@@ -1,0 +1,170 @@
+using System.Diagnostics;
+using System.Text;
+using System.Threading.Channels;
+using Inference.Sampling;
+using Inference.Tokenization;
+
+namespace Inference.Engine;
+
+/// <summary>
+/// One request's state. Created on the caller's thread; after submission only the engine thread changes it, except
+/// <see cref="Cancel"/> which any thread may call.
+/// </summary>
+internal sealed class GenerationRequest
+{
+    /// <summary>Tokens the consumer may fall behind before the request is paused (back-pressure).</summary>
+    public const int OutputCapacity = 64;
+
+    private readonly StringBuilder _pending = new();   // decoded text not yet emitted (may start a stop string)
+    private readonly StringBuilder _text = new();
+    private readonly StreamingDecoder _decoder;
+    private int _cancelled;
+
+    public GenerationRequest(long id, int[] promptTokens, SamplingOptions sampling, ModelTokenizer tokenizer, int vocabSize, int maxTotalTokens)
+    {
+        Id = id;
+        PromptTokens = promptTokens;
+        Tokens = new List<int>(promptTokens.Length + sampling.MaxTokens);
+        Tokens.AddRange(promptTokens);
+        Sampling = sampling;
+        Tokenizer = tokenizer;
+        Sampler = new Sampler(sampling, vocabSize);
+        MaxTotalTokens = maxTotalTokens;
+        _decoder = tokenizer.CreateStreamingDecoder(promptTokens[^1]);
+        Output = Channel.CreateBounded<GeneratedToken>(new BoundedChannelOptions(OutputCapacity)
+        {
+            SingleReader = true,
+            SingleWriter = true,
+            FullMode = BoundedChannelFullMode.Wait,
+        });
+    }
+
+    public long Id { get; }
+    public int[] PromptTokens { get; }
+    /// <summary>Prompt and generated tokens: the request's known tokens.</summary>
+    public List<int> Tokens { get; }
+    /// <summary>Tokens whose KV is in the cache.</summary>
+    public int ComputedTokens { get; set; }
+    public int GeneratedCount => Tokens.Count - PromptTokens.Length;
+    public SamplingOptions Sampling { get; }
+    public ModelTokenizer Tokenizer { get; }
+    public Sampler Sampler { get; }
+    public int MaxTotalTokens { get; }
+    public Channel<GeneratedToken> Output { get; }
+    public TaskCompletionSource<Completion> Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    public bool IsCancelled => Volatile.Read(ref _cancelled) != 0;
+    /// <summary>True while the consumer has not read what was already produced.</summary>
+    public bool IsConsumerBehind => Output.Reader.CanCount && Output.Reader.Count >= OutputCapacity;
+
+    /// <summary>When the request was queued (Stopwatch ticks).</summary>
+    public long Submitted { get; set; }
+    public long FirstScheduled { get; set; }
+    public long FirstToken { get; private set; }
+    public long LastToken { get; private set; }
+    public int PrefixHitTokens { get; set; }
+
+    public void Cancel() => Interlocked.Exchange(ref _cancelled, 1);
+
+    /// <summary>Appends a sampled token; returns the finish reason when the request is done.</summary>
+    public FinishReason? Accept(int token)
+    {
+        long now = Stopwatch.GetTimestamp();
+        if (FirstToken == 0) FirstToken = now;
+        LastToken = now;
+
+        if (Tokenizer.IsEndOfGeneration(token) && Sampling.EndOfSequence == EndOfSequenceHandling.Stop)
+        {
+            Flush();
+            return FinishReason.EndOfSequence;
+        }
+        Tokens.Add(token);
+        _pending.Append(_decoder.Push(token));
+        if (FindStop(out int stopAt))
+        {
+            _pending.Length = stopAt;
+            Emit(token, _pending.ToString());
+            _pending.Clear();
+            return FinishReason.StopString;
+        }
+        // Hold back the longest tail that could still grow into a stop string.
+        int hold = HeldBack();
+        Emit(token, _pending.ToString(0, _pending.Length - hold));
+        _pending.Remove(0, _pending.Length - hold);
+
+        if (GeneratedCount >= Sampling.MaxTokens || Tokens.Count >= MaxTotalTokens)
+        {
+            Flush();
+            return FinishReason.Length;
+        }
+        return null;
+    }
+
+    private void Flush()
+    {
+        _pending.Append(_decoder.Flush());
+        if (_pending.Length > 0) Emit(-1, _pending.ToString());
+        _pending.Clear();
+    }
+
+    private void Emit(int token, string text)
+    {
+        _text.Append(text);
+        if (token < 0 && text.Length == 0) return;
+        // NOTE: the engine never schedules a request whose consumer is behind, so this cannot fail for want of room;
+        // it fails only after the consumer went away, which is fine to ignore.
+        Output.Writer.TryWrite(new GeneratedToken(token < 0 ? Tokens[^1] : token, text));
+    }
+
+    private bool FindStop(out int at)
+    {
+        at = -1;
+        if (Sampling.StopStrings.Count == 0) return false;
+        var s = _pending.ToString();
+        foreach (var stop in Sampling.StopStrings)
+        {
+            int i = s.IndexOf(stop, StringComparison.Ordinal);
+            if (i >= 0 && (at < 0 || i < at)) at = i;
+        }
+        return at >= 0;
+    }
+
+    private int HeldBack()
+    {
+        int hold = 0;
+        foreach (var stop in Sampling.StopStrings)
+        {
+            for (int len = Math.Min(stop.Length - 1, _pending.Length); len > hold; len--)
+            {
+                bool match = true;
+                for (int i = 0; i < len && match; i++) match = _pending[_pending.Length - len + i] == stop[i];
+                if (match)
+                {
+                    hold = len;
+                    break;
+                }
+            }
+        }
+        return hold;
+    }
+
+    /// <summary>Completes the request: closes the stream and publishes the result.</summary>
+    public void Finish(FinishReason reason, Exception? error = null)
+    {
+        if (error is not null)
+        {
+            Output.Writer.TryComplete(error);
+            Completion.TrySetException(error);
+            return;
+        }
+        long end = LastToken != 0 ? LastToken : Stopwatch.GetTimestamp();
+        var ttft = FirstToken != 0 ? Stopwatch.GetElapsedTime(Submitted, FirstToken) : TimeSpan.Zero;
+        var latency = Stopwatch.GetElapsedTime(Submitted, end);
+        int n = Math.Max(GeneratedCount, FirstToken != 0 ? 1 : 0);
+        var tpot = n > 1 ? (latency - ttft) / (n - 1) : TimeSpan.Zero;
+        var queue = FirstScheduled != 0 ? Stopwatch.GetElapsedTime(Submitted, FirstScheduled) : latency;
+        var metrics = new GenerationMetrics(PromptTokens.Length, GeneratedCount, queue, ttft, tpot, latency, PrefixHitTokens);
+        var result = new Completion(_text.ToString(), Tokens.GetRange(PromptTokens.Length, GeneratedCount), PromptTokens, reason, Sampler.Seed, metrics);
+        Completion.TrySetResult(result);
+        Output.Writer.TryComplete();
+    }
+}

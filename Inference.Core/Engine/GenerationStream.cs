@@ -1,0 +1,52 @@
+using System.Runtime.CompilerServices;
+
+namespace Inference.Engine;
+
+/// <summary>
+/// The tokens of one request as they are generated, and its <see cref="Completion"/> once it ends.
+/// Like any async sequence it is cold: the request is queued when enumeration starts. Enumerate it once. Breaking out of the loop, disposing the enumerator or cancelling ends the request and frees
+/// its resources in the engine's next step.
+/// </summary>
+public sealed class GenerationStream : IAsyncEnumerable<GeneratedToken>
+{
+    private readonly GenerationRequest _request;
+    private readonly CancellationToken _cancellationToken;
+    private readonly Action<GenerationRequest> _submit;
+    private int _started;
+
+    internal GenerationStream(GenerationRequest request, Action<GenerationRequest> submit, CancellationToken cancellationToken)
+    {
+        _request = request;
+        _submit = submit;
+        _cancellationToken = cancellationToken;
+    }
+
+    /// <summary>The whole result; completes when generation ends (after enumeration started) (faults with <see cref="OperationCanceledException"/> on cancellation).</summary>
+    public Task<Completion> Completion => _request.Completion.Task;
+
+    /// <inheritdoc />
+    public IAsyncEnumerator<GeneratedToken> GetAsyncEnumerator(CancellationToken cancellationToken = default) =>
+        Stream(cancellationToken).GetAsyncEnumerator(cancellationToken);
+
+    private async IAsyncEnumerable<GeneratedToken> Stream([EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        if (Interlocked.Exchange(ref _started, 1) != 0) throw new InvalidOperationException("a generation stream can be enumerated only once");
+        _submit(_request);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(_cancellationToken, cancellationToken);
+        var token = linked.Token;
+        using var registration = token.Register(static r => ((GenerationRequest)r!).Cancel(), _request);
+        try
+        {
+            var reader = _request.Output.Reader;
+            while (await reader.WaitToReadAsync(token).ConfigureAwait(false))
+            {
+                while (reader.TryRead(out var item)) yield return item;
+            }
+        }
+        finally
+        {
+            // A consumer that stops early ends the request; the engine frees its KV blocks in its next step.
+            if (!_request.Completion.Task.IsCompleted) _request.Cancel();
+        }
+    }
+}

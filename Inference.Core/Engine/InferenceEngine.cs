@@ -1,0 +1,162 @@
+using System.Threading.Channels;
+using Inference.Backends.Cpu;
+using Inference.Loading;
+using Inference.Models;
+using Inference.Sampling;
+using Inference.Tokenization;
+
+namespace Inference.Engine;
+
+/// <summary>
+/// Loads a model and generates text. Safe to call from many threads at once: every request goes to one engine loop
+/// that batches all running requests into each forward pass (continuous batching).
+/// </summary>
+/// <example>
+/// <code>
+/// await using var engine = await InferenceEngine.LoadAsync("stories260K.gguf");
+/// await foreach (var token in engine.GenerateAsync("Once upon a time", SamplingOptions.Greedy))
+///     Console.Write(token.Text);
+/// </code>
+/// </example>
+public sealed class InferenceEngine : IAsyncDisposable
+{
+    private readonly GgufFile _gguf;
+    private readonly EngineLoop _loop;
+    private long _nextRequestId;
+
+    private InferenceEngine(GgufFile gguf, ModelConfig config, ModelTokenizer tokenizer, LlamaModel model, EngineOptions options)
+    {
+        _gguf = gguf;
+        Config = config;
+        Tokenizer = tokenizer;
+        Options = options;
+        ContextLength = options.ContextLength ?? Math.Min(config.ContextLength, 4096);
+        _loop = new EngineLoop(model, options, ContextLength);
+    }
+
+    /// <summary>The model's hyperparameters.</summary>
+    public ModelConfig Config { get; }
+
+    /// <summary>The model's tokenizer.</summary>
+    public ModelTokenizer Tokenizer { get; }
+
+    /// <summary>The options the engine runs with.</summary>
+    public EngineOptions Options { get; }
+
+    /// <summary>Most tokens (prompt + output) of one sequence.</summary>
+    public int ContextLength { get; }
+
+    /// <summary>Opens a GGUF model and starts the engine.</summary>
+    /// <param name="path">The .gguf file.</param>
+    /// <param name="options">Engine options; null for defaults.</param>
+    /// <param name="progress">Receives load progress from 0 to 1.</param>
+    /// <param name="cancellationToken">Cancels loading.</param>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    /// <exception cref="ModelFormatException">The file is malformed or describes an unsupported model.</exception>
+    public static Task<InferenceEngine> LoadAsync(string path, EngineOptions? options = null, IProgress<float>? progress = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        options ??= new EngineOptions();
+        return Task.Run(() =>
+        {
+            progress?.Report(0f);
+            var gguf = GgufFile.Open(path);
+            try
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                progress?.Report(0.2f);
+                var config = ModelConfig.FromGguf(gguf);
+                var tokenizer = ModelTokenizer.FromGguf(gguf);
+                if (tokenizer.VocabularySize > config.VocabSize)
+                    throw gguf.Bad(-1, $"the tokenizer has {tokenizer.VocabularySize} tokens but the embedding only {config.VocabSize} rows");
+                cancellationToken.ThrowIfCancellationRequested();
+                progress?.Report(0.5f);
+                var model = new LlamaModel(gguf, config);
+                if (options.Device == Device.Cuda)
+                    throw new NotSupportedException("Device.Cuda: no CUDA backend is available in this build; use Device.Auto or Device.Cpu");
+                progress?.Report(1f);
+                return new InferenceEngine(gguf, config, tokenizer, model, options);
+            }
+            catch
+            {
+                gguf.Dispose();
+                throw;
+            }
+        }, cancellationToken);
+    }
+
+    /// <summary>Tokenizes a prompt the way <see cref="GenerateAsync(string, SamplingOptions?, CancellationToken)"/> does (BOS as the model says).</summary>
+    public int[] Tokenize(string prompt)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        var tokens = Tokenizer.Encode(prompt, addSpecial: true);
+        if (tokens.Length == 0) tokens = [Tokenizer.BosId ?? Tokenizer.EosId ?? 0];
+        return tokens;
+    }
+
+    /// <summary>Streams the continuation of <paramref name="prompt"/> token by token.</summary>
+    /// <exception cref="ArgumentException">The prompt does not fit the context (and truncation is off).</exception>
+    /// <exception cref="OperationCanceledException">The token was cancelled.</exception>
+    public GenerationStream GenerateAsync(string prompt, SamplingOptions? sampling = null, CancellationToken cancellationToken = default) =>
+        GenerateAsync(Tokenize(prompt), sampling, cancellationToken);
+
+    /// <summary>Streams the continuation of a tokenized prompt.</summary>
+    public GenerationStream GenerateAsync(IReadOnlyList<int> promptTokens, SamplingOptions? sampling = null, CancellationToken cancellationToken = default)
+    {
+        return new GenerationStream(CreateRequest(promptTokens, sampling ?? new SamplingOptions()), _loop.Submit, cancellationToken);
+    }
+
+    /// <summary>Generates the whole continuation of <paramref name="prompt"/>.</summary>
+    public Task<Completion> CompleteAsync(string prompt, SamplingOptions? sampling = null, CancellationToken cancellationToken = default) =>
+        CompleteAsync(Tokenize(prompt), sampling, cancellationToken);
+
+    /// <summary>Generates the whole continuation of a tokenized prompt.</summary>
+    public async Task<Completion> CompleteAsync(IReadOnlyList<int> promptTokens, SamplingOptions? sampling = null, CancellationToken cancellationToken = default)
+    {
+        var stream = GenerateAsync(promptTokens, sampling, cancellationToken);
+        await foreach (var _ in stream.ConfigureAwait(false))
+        {
+        }
+        return await stream.Completion.ConfigureAwait(false);
+    }
+
+    /// <summary>Runs the prompt and returns the logits at its last position ([vocab]).</summary>
+    public Task<float[]> GetLogitsAsync(IReadOnlyList<int> promptTokens, CancellationToken cancellationToken = default)
+    {
+        var tokens = CheckPrompt(promptTokens, 1);
+        return _loop.EvaluateAsync(tokens, cancellationToken);
+    }
+
+    private GenerationRequest CreateRequest(IReadOnlyList<int> promptTokens, SamplingOptions sampling)
+    {
+        ArgumentNullException.ThrowIfNull(sampling);
+        var tokens = CheckPrompt(promptTokens, 1);
+        return new GenerationRequest(Interlocked.Increment(ref _nextRequestId), tokens, sampling, Tokenizer, Config.VocabSize, ContextLength);
+    }
+
+    private int[] CheckPrompt(IReadOnlyList<int> promptTokens, int room)
+    {
+        ArgumentNullException.ThrowIfNull(promptTokens);
+        var tokens = promptTokens.ToArray();
+        if (tokens.Length == 0) tokens = [Tokenizer.BosId ?? Tokenizer.EosId ?? 0];
+        foreach (var t in tokens)
+            if ((uint)t >= (uint)Config.VocabSize)
+                throw new ArgumentOutOfRangeException(nameof(promptTokens), t, $"token id {t} is outside the vocabulary of {Config.VocabSize}");
+        if (tokens.Length + room > ContextLength)
+        {
+            if (Options.PromptOverflow == PromptOverflow.Reject)
+                throw new ArgumentException($"the prompt has {tokens.Length} tokens but the context holds {ContextLength} (prompt and at least {room} generated token); shorten it or set PromptOverflow.TruncateLeft", nameof(promptTokens));
+            int keep = ContextLength - room;
+            bool bos = Tokenizer.BosId is int b && tokens[0] == b;
+            tokens = bos ? [tokens[0], .. tokens.AsSpan(tokens.Length - keep + 1)] : tokens[^keep..];
+        }
+        return tokens;
+    }
+
+    /// <summary>Stops the engine loop, fails outstanding requests and releases the model file.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        await _loop.DisposeAsync().ConfigureAwait(false);
+        _gguf.Dispose();
+    }
+}
