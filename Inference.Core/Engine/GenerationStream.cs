@@ -40,7 +40,11 @@ public sealed class GenerationStream : IAsyncEnumerable<GeneratedToken>
             var reader = _request.Output.Reader;
             while (await reader.WaitToReadAsync(token).ConfigureAwait(false))
             {
-                while (reader.TryRead(out var item)) yield return item;
+                while (reader.TryRead(out var item))
+                {
+                    token.ThrowIfCancellationRequested();
+                    yield return item;
+                }
             }
         }
         finally
