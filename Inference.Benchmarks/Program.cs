@@ -1,10 +1,32 @@
 namespace Inference.Benchmarks;
 
+/// <summary>
+/// Entry point: <c>dotnet run -c Release --project Inference.Benchmarks -- MODE [options]</c>.
+/// Each mode prints one JSON line on stdout (BenchmarkDotNet modes print their own tables).
+/// </summary>
 public static class Program
 {
-    public static int Main(string[] args)
+    private static readonly Dictionary<string, (string Help, Func<string[], Task<int>> Run)> Modes = new()
     {
-        Console.Error.WriteLine("usage: Inference.Benchmarks <mode> [options]");
-        return args.Length == 0 ? 1 : 0;
+        ["e2e"] = ("end-to-end generation like llama-bench: -p P -n N --batch B --threads T [--engine inference|llama.cpp]", E2e.E2eBenchmark.RunAsync),
+    };
+
+    public static async Task<int> Main(string[] args)
+    {
+        if (args.Length == 0 || !Modes.TryGetValue(args[0], out var mode))
+        {
+            Console.Error.WriteLine("usage: Inference.Benchmarks MODE [options]");
+            foreach (var (name, m) in Modes) Console.Error.WriteLine($"  {name,-12} {m.Help}");
+            return 1;
+        }
+        try
+        {
+            return await mode.Run(args[1..]);
+        }
+        catch (Exception e) when (e is ArgumentException or FileNotFoundException or Inference.Loading.ModelFormatException)
+        {
+            Console.Error.WriteLine("error: " + e.Message.ReplaceLineEndings(" "));
+            return 1;
+        }
     }
 }

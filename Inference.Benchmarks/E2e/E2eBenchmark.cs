@@ -1,0 +1,93 @@
+using System.Diagnostics;
+using Inference.Engine;
+using Inference.Loading;
+using Inference.Sampling;
+
+namespace Inference.Benchmarks.E2e;
+
+/// <summary>
+/// B concurrent requests of a P-token prompt, N new tokens each (greedy, EOS ignored), through the public API or
+/// through llama.cpp (LLamaSharp, one batch of B sequences). Metrics:
+/// prefill_tok_s = B·P / (time until every request has its first token);
+/// decode_tok_s = B·(N−1) / (time from then to the end), aggregate over all requests;
+/// ttft_ms and tpot_ms are means over requests.
+/// </summary>
+public static class E2eBenchmark
+{
+    public static async Task<int> RunAsync(string[] argv)
+    {
+        var a = new Args(argv);
+        string model = a.Required("--model");
+        int p = a.Int("-p", 128), n = a.Int("-n", 32), batch = a.Int("--batch", 1), threads = a.Int("--threads", 2);
+        int repeat = a.Int("--repeat", 2);
+        string engine = a.String("--engine", "inference");
+        if (!File.Exists(model)) throw new FileNotFoundException($"{model}: file not found", model);
+        if (p < 1 || n < 2 || batch < 1) throw new ArgumentException("-p ≥ 1, -n ≥ 2 and --batch ≥ 1 are required");
+
+        var prompts = MakePrompts(model, p, batch);
+        E2eResult? best = null;
+        // NOTE: the first pass over a model file reads it from disk; only warm passes count.
+        for (int i = 0; i < repeat; i++)
+        {
+            var r = engine switch
+            {
+                "inference" => await RunInferenceAsync(model, prompts, n, threads),
+                "llama.cpp" => LlamaCppE2e.Run(model, prompts, n, threads),
+                _ => throw new ArgumentException($"unknown engine '{engine}' (inference or llama.cpp)"),
+            };
+            if (i > 0 || repeat == 1) best = best is null || r.DecodeTokS > best.DecodeTokS ? r : best;
+        }
+        Console.WriteLine(best!.ToJson());
+        return 0;
+    }
+
+    /// <summary>Deterministic prompts of ordinary (non-control) tokens, one per request, each starting with BOS.</summary>
+    internal static int[][] MakePrompts(string model, int p, int batch)
+    {
+        using var gguf = GgufFile.Open(model);
+        var types = gguf.GetIntArray("tokenizer.ggml.token_type");
+        int vocab = gguf.GetArray<string>("tokenizer.ggml.tokens")?.Length ?? throw new ArgumentException("model has no vocabulary");
+        int bos = (int)(gguf.GetInteger("tokenizer.ggml.bos_token_id") ?? 1);
+        var normal = Enumerable.Range(0, vocab).Where(t => types is null || types[t] == 1).ToArray();
+        var rng = new Random(1234);
+        return Enumerable.Range(0, batch).Select(_ =>
+        {
+            var tokens = new int[p];
+            tokens[0] = bos;
+            for (int i = 1; i < p; i++) tokens[i] = normal[rng.Next(normal.Length)];
+            return tokens;
+        }).ToArray();
+    }
+
+    private static async Task<E2eResult> RunInferenceAsync(string model, int[][] prompts, int n, int threads)
+    {
+        int b = prompts.Length, p = prompts[0].Length;
+        var options = new EngineOptions { Threads = threads, MaxNumSeqs = Math.Max(b, 1), MaxNumBatchedTokens = Math.Max(512, b), ContextLength = p + n + 1 };
+        await using var engine = await InferenceEngine.LoadAsync(model, options);
+        var sampling = SamplingOptions.Greedy with { MaxTokens = n, EndOfSequence = EndOfSequenceHandling.Ignore };
+        // Warm-up: touch every weight once.
+        await engine.CompleteAsync(prompts[0][..Math.Min(8, p)], sampling with { MaxTokens = 2 });
+
+        var start = Stopwatch.GetTimestamp();
+        var firstTokenAt = new long[b];
+        var tasks = prompts.Select(async (prompt, i) =>
+        {
+            var stream = engine.GenerateAsync(prompt, sampling);
+            await foreach (var _ in stream)
+                if (firstTokenAt[i] == 0) firstTokenAt[i] = Stopwatch.GetTimestamp();
+            return await stream.Completion;
+        }).ToArray();
+        var results = await Task.WhenAll(tasks);
+        var end = Stopwatch.GetTimestamp();
+
+        double prefillS = Stopwatch.GetElapsedTime(start, firstTokenAt.Max()).TotalSeconds;
+        double decodeS = Stopwatch.GetElapsedTime(firstTokenAt.Max(), end).TotalSeconds;
+        int generated = results.Sum(r => r.Metrics.GeneratedTokens);
+        return new E2eResult("inference", model, p, n, b, threads,
+            b * p / prefillS,
+            (generated - b) / decodeS,
+            results.Average(r => r.Metrics.TimeToFirstToken.TotalMilliseconds),
+            results.Average(r => r.Metrics.TimePerOutputToken.TotalMilliseconds),
+            Stopwatch.GetElapsedTime(start, end).TotalSeconds);
+    }
+}
