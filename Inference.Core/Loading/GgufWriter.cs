@@ -287,8 +287,11 @@ public sealed class GgufWriter : IDisposable
             WriteU32((uint)t.Type, ref written);
             WriteU64((ulong)t.RelativeOffset, ref written);
         }
-        WritePadding(AlignUp(written, _alignment) - written);
-        _dataStart = start + AlignUp(written, _alignment);
+        // NOTE: a file without tensors ends right after the header (as llama.cpp's vocab-only files do); otherwise the header
+        // is padded so the data section starts aligned.
+        long headerEnd = _tensors.Count == 0 ? written : AlignUp(written, _alignment);
+        WritePadding(headerEnd - written);
+        _dataStart = start + headerEnd;
         _state = State.WritingData;
         _currentTensor = 0;
         _currentWritten = 0;
