@@ -1,4 +1,5 @@
 using System.IO.MemoryMappedFiles;
+using System.Runtime.InteropServices;
 using System.Text;
 
 namespace Inference.Loading;
@@ -29,6 +30,7 @@ public sealed unsafe class GgufFile : IDisposable
     private readonly MemoryMappedFile? _mapping;
     private readonly MemoryMappedViewAccessor? _view;
     private byte* _base;
+    private GCHandle _pin; // set instead of the mapping when parsing an in-memory buffer
     private readonly Dictionary<string, GgufValue> _metadata;
     private readonly Dictionary<string, GgufTensorInfo> _tensorsByName;
 
@@ -101,6 +103,28 @@ public sealed unsafe class GgufFile : IDisposable
                 view?.Dispose();
                 mapping.Dispose();
             }
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Parses a GGUF image held in memory (the fuzz harness and the mutation tests use this to avoid disk I/O).
+    /// <paramref name="displayPath"/> only names the buffer in error messages.
+    /// </summary>
+    /// <remarks>NOTE: this shares <see cref="Parse"/> with <see cref="Open"/>; there is one parsing code path.</remarks>
+    internal static GgufFile OpenBuffer(byte[] buffer, string displayPath)
+    {
+        ArgumentNullException.ThrowIfNull(buffer);
+        var pin = GCHandle.Alloc(buffer, GCHandleType.Pinned);
+        var file = new GgufFile(displayPath, buffer.Length, null, null, (byte*)pin.AddrOfPinnedObject()) { _pin = pin };
+        try
+        {
+            file.Parse();
+            return file;
+        }
+        catch
+        {
+            file.Dispose();
             throw;
         }
     }
@@ -215,7 +239,8 @@ public sealed unsafe class GgufFile : IDisposable
         if (_base != null)
         {
             _base = null;
-            _view!.SafeMemoryMappedViewHandle.ReleasePointer();
+            if (_pin.IsAllocated) _pin.Free();
+            else _view!.SafeMemoryMappedViewHandle.ReleasePointer();
         }
         _view?.Dispose();
         _mapping?.Dispose();
@@ -252,6 +277,7 @@ public sealed unsafe class GgufFile : IDisposable
 
     private void Parse()
     {
+        if (FileLength < 24) throw Bad(0, $"file is {FileLength} bytes, too short for a GGUF header (24 bytes)");
         uint magic = ReadScalar<uint>("magic");
         if (magic != Magic) throw Bad(0, $"bad magic 0x{magic:X8}, expected 'GGUF'");
         Version = ReadScalar<uint>("version");

@@ -1,0 +1,122 @@
+using Inference.Loading;
+using SharpFuzz;
+
+// GGUF header fuzz harness.
+//   Inference.Fuzz                      run under afl-fuzz (input on stdin / the file afl-fuzz passes)
+//   Inference.Fuzz --replay DIR|FILE    parse every file once outside the fuzzer and report non-ModelFormatException outcomes
+//   Inference.Fuzz --make-seeds TESTDATA OUTDIR   write the seed corpus
+// NOTE: every outcome other than a successful load or a ModelFormatException escapes the harness and counts as a crash.
+
+if (args.Length >= 2 && args[0] == "--make-seeds")
+{
+    Seeds.Make(args[1], args[2]);
+    return 0;
+}
+if (args.Length >= 2 && args[0] == "--replay")
+{
+    return Harness.Replay(args[1]);
+}
+
+Fuzzer.Run(stream =>
+{
+    using var ms = new MemoryStream();
+    stream.CopyTo(ms);
+    Harness.ParseOne(ms.ToArray());
+});
+return 0;
+
+internal static class Harness
+{
+    public static void ParseOne(byte[] bytes)
+    {
+        try
+        {
+            using var file = GgufFile.OpenBuffer(bytes, "fuzz-input.gguf");
+            // Touch what a loader reads right after opening, so lazily wrong values surface here too.
+            foreach (var t in file.Tensors) _ = t.ElementCount + t.RowCount;
+            foreach (var key in file.MetadataKeys) _ = file.Metadata[key].ToString();
+        }
+        catch (ModelFormatException)
+        {
+        }
+    }
+
+    public static int Replay(string path)
+    {
+        var files = Directory.Exists(path) ? Directory.GetFiles(path, "*", SearchOption.AllDirectories) : [path];
+        int failures = 0;
+        foreach (var f in files)
+        {
+            try
+            {
+                ParseOne(File.ReadAllBytes(f));
+            }
+            catch (Exception e)
+            {
+                failures++;
+                Console.WriteLine($"{f}: {e.GetType().Name}: {e.Message}");
+            }
+        }
+        Console.WriteLine($"{files.Length} inputs replayed, {failures} failure(s)");
+        return failures == 0 ? 0 : 1;
+    }
+}
+
+internal static class Seeds
+{
+    /// <summary>Writes small seeds: real headers (truncated) from the test data plus small valid files from GgufWriter.</summary>
+    public static void Make(string testData, string outDir)
+    {
+        Directory.CreateDirectory(outDir);
+        // NOTE: the header of stories260K is 14 KB; vocab-only files are hundreds of KB of token strings, so only their
+        // first 4 KB go in (AFL works best with small inputs, and the prefix still holds every structure of the format).
+        Copy(Path.Combine(testData, "stories260K.gguf"), Path.Combine(outDir, "stories260K-header.gguf"), 14176);
+        Copy(Path.Combine(testData, "llama-2-tiny-random", "llama-2-tiny-random.gguf"), Path.Combine(outDir, "tiny-random-prefix.gguf"), 4096);
+        foreach (var v in new[] { "llama-spm", "gpt-2", "phi-3", "deepseek-llm" })
+            Copy(Path.Combine(testData, "vocab", $"ggml-vocab-{v}.gguf"), Path.Combine(outDir, $"vocab-{v}-prefix.gguf"), 4096);
+
+        WriteSmall(Path.Combine(outDir, "small-all-types.gguf"), 32, allTypes: true);
+        WriteSmall(Path.Combine(outDir, "small-align64.gguf"), 64, allTypes: false);
+    }
+
+    private static void Copy(string src, string dst, int maxBytes)
+    {
+        using var s = File.OpenRead(src);
+        var buf = new byte[Math.Min(maxBytes, s.Length)];
+        s.ReadExactly(buf);
+        File.WriteAllBytes(dst, buf);
+    }
+
+    private static void WriteSmall(string path, uint alignment, bool allTypes)
+    {
+        using var w = GgufWriter.Create(path, new GgufWriterOptions { Alignment = alignment });
+        w.AddString("general.architecture", "llama");
+        w.AddUInt32("llama.block_count", 1);
+        if (allTypes)
+        {
+            w.AddUInt8("u8", 1); w.AddInt8("i8", -1); w.AddUInt16("u16", 2); w.AddInt16("i16", -2);
+            w.AddInt32("i32", -3); w.AddUInt64("u64", 4); w.AddInt64("i64", -4); w.AddFloat32("f32", 0.5f);
+            w.AddFloat64("f64", 0.25); w.AddBool("b", true);
+            w.AddStringArray("tokenizer.ggml.tokens", ["<unk>", "<s>", "</s>", "a"]);
+            w.AddArray<float>("tokenizer.ggml.scores", [0f, 0f, 0f, -1f]);
+            w.AddArray<int>("tokenizer.ggml.token_type", [2, 3, 3, 1]);
+        }
+        var rng = new Random(1);
+        var tensors = new (string Name, long[] Dims, GgmlType Type)[]
+        {
+            ("token_embd.weight", [32, 4], GgmlType.F16),
+            ("output_norm.weight", [32], GgmlType.F32),
+            ("output.weight", [32, 4], GgmlType.Q8_0),
+        };
+        var sizes = new long[tensors.Length];
+        for (int i = 0; i < tensors.Length; i++) sizes[i] = w.AddTensorInfo(tensors[i].Name, tensors[i].Dims, tensors[i].Type);
+        w.WriteHeader();
+        for (int i = 0; i < tensors.Length; i++)
+        {
+            var data = new byte[sizes[i]];
+            rng.NextBytes(data);
+            w.WriteTensorData(tensors[i].Name, data);
+        }
+        w.Complete();
+    }
+}
