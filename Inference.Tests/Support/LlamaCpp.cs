@@ -181,6 +181,11 @@ public sealed class LlamaCppModel : IDisposable
             Threads = _threads,
             BatchThreads = _threads,
             GpuLayerCount = 0,
+            // NOTE: llama.cpp keeps K/V in f16 by default; f32 K/V (and no flash attention, which rounds Q to f16)
+            // compare the arithmetic itself, so the F32 differential tolerance can be tight.
+            TypeK = GGMLType.GGML_TYPE_F32,
+            TypeV = GGMLType.GGML_TYPE_F32,
+            FlashAttention = false,
         };
         return _weights.CreateContext(p);
     }

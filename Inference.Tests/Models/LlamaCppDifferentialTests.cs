@@ -1,0 +1,101 @@
+using Inference.Engine;
+using Inference.Loading;
+using Inference.Sampling;
+using Inference.Tests.Support;
+
+namespace Inference.Tests.Models;
+
+/// <summary>Our forward pass against llama.cpp's on the same files: last-position logits and greedy text.</summary>
+[NonParallelizable]
+public class LlamaCppDifferentialTests
+{
+    private static string _dir = "";
+
+    [OneTimeSetUp]
+    public void Setup() => _dir = TestData.TempDir();
+
+    [OneTimeTearDown]
+    public void TearDown() => Directory.Delete(_dir, recursive: true);
+
+    private static readonly int[][] Prompts =
+    [
+        [1],
+        [1, 403, 407, 261, 378],
+        [1, 17, 300, 45, 99, 310, 511, 260, 7, 402, 388, 129, 64, 250, 333, 480, 21, 5, 290, 301, 44],
+    ];
+
+    private static string Model(int heads, int kvHeads, GgmlType type)
+    {
+        string path = Path.Combine(_dir, $"llama-{heads}-{kvHeads}-{type}.gguf");
+        if (!File.Exists(path))
+        {
+            SyntheticModel.Write(path, new SyntheticModelOptions
+            {
+                Dimension = 128,
+                LayerCount = 2,
+                HeadCount = heads,
+                KvHeadCount = kvHeads,
+                FeedForwardLength = 256,
+                TensorType = type,
+                Seed = heads * 31 + kvHeads,
+                WeightScale = 0.08f,
+                TokenizerDonorPath = TestData.Stories260K,
+            });
+        }
+        return path;
+    }
+
+    private static double RelativeL2(float[] actual, float[] expected)
+    {
+        double num = 0, den = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            double d = actual[i] - expected[i];
+            num += d * d;
+            den += (double)expected[i] * expected[i];
+        }
+        return Math.Sqrt(num / den);
+    }
+
+    private static int Argmax(float[] a) => Array.IndexOf(a, a.Max());
+
+    [TestCase(8, 8, GgmlType.F32, 1e-3)]
+    [TestCase(8, 2, GgmlType.F32, 1e-3)]
+    [TestCase(8, 1, GgmlType.F32, 1e-3)]
+    [TestCase(8, 8, GgmlType.F16, 5e-3)]
+    [TestCase(8, 2, GgmlType.F16, 5e-3)]
+    [TestCase(8, 1, GgmlType.F16, 5e-3)]
+    [TestCase(8, 8, GgmlType.Q8_0, 5e-3)]
+    [TestCase(8, 2, GgmlType.Q8_0, 5e-3)]
+    [TestCase(8, 1, GgmlType.Q8_0, 5e-3)]
+    public async Task LastLogits_MatchLlamaCpp(int heads, int kvHeads, GgmlType type, double tolerance)
+    {
+        string path = Model(heads, kvHeads, type);
+        using var reference = LlamaCpp.Load(path);
+        await using var engine = await InferenceEngine.LoadAsync(path, new EngineOptions { Threads = 2 });
+        foreach (var prompt in Prompts)
+        {
+            var expected = reference.EvaluateLastLogits(prompt);
+            var actual = await engine.GetLogitsAsync(prompt);
+            double err = RelativeL2(actual, expected);
+            TestContext.Out.WriteLine($"{heads}/{kvHeads} {type} prompt {prompt.Length}: relative L2 {err:E2}");
+            Assert.That(err, Is.LessThan(tolerance), $"prompt of {prompt.Length} tokens");
+            Assert.That(Argmax(actual), Is.EqualTo(Argmax(expected)), $"argmax, prompt of {prompt.Length} tokens");
+        }
+    }
+
+    [Test]
+    public async Task Stories260K_Greedy200_IdenticalToLlamaCpp()
+    {
+        using var reference = LlamaCpp.Load(TestData.Stories260K);
+        await using var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Threads = 2 });
+        foreach (var text in new[] { "", "Once upon a time" })
+        {
+            var prompt = engine.Tokenize(text);
+            Assert.That(prompt, Is.EqualTo(reference.Tokenize(text, BosToken.Add)), "same prompt tokens");
+            var expected = reference.GenerateGreedy(prompt, 200);
+            var actual = await engine.CompleteAsync(prompt, SamplingOptions.Greedy with { MaxTokens = 200, EndOfSequence = EndOfSequenceHandling.Ignore });
+            Assert.That(actual.TokenIds, Is.EqualTo(expected), $"prompt '{text}'");
+        }
+    }
+}
