@@ -8,6 +8,7 @@ public static class Program
 {
     private static readonly Dictionary<string, (string Help, Func<string[], Task<int>> Run)> Modes = new()
     {
+        ["write-model"] = ("write a random-weight benchmark GGUF: --out PATH --type f32|f16|q8_0|q4_0|q4_k|q6_k [--dim --layers --heads --kv-heads --ffn]", Models.WriteModel.RunAsync),
         ["e2e"] = ("end-to-end generation like llama-bench: -p P -n N --batch B --threads T [--engine inference|llama.cpp]", E2e.E2eBenchmark.RunAsync),
     };
 

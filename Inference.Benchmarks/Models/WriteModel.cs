@@ -1,0 +1,66 @@
+using System.Diagnostics;
+using Inference.Loading;
+using LLama;
+using LLama.Native;
+
+namespace Inference.Benchmarks.Models;
+
+/// <summary>
+/// Writes the benchmark models: random-weight llama GGUFs of a given shape with stories260K's 512-token vocabulary.
+/// F32, F16 and Q8_0 are written directly; Q4_0, Q4_K (llama.cpp's Q4_K_M mix of Q4_K and Q6_K) and Q6_K are quantized
+/// from an F32 file by llama.cpp.
+/// <code>
+/// dotnet run -c Release --project Inference.Benchmarks -- write-model --out .models/bench-q8_0.gguf --type q8_0
+/// </code>
+/// Defaults: dim 1024, 16 layers, 16 heads, 4 KV heads, ffn 2816 (178M parameters).
+/// </summary>
+public static class WriteModel
+{
+    public static Task<int> RunAsync(string[] argv)
+    {
+        var a = new Args(argv);
+        string output = a.Required("--out");
+        string type = a.String("--type", "q8_0").ToLowerInvariant();
+        string donor = a.String("--donor", Path.Combine(RepoRoot(), "..", "shared", "testdata", "stories260K.gguf"));
+        var options = new SyntheticModelOptions
+        {
+            Dimension = a.Int("--dim", 1024),
+            LayerCount = a.Int("--layers", 16),
+            HeadCount = a.Int("--heads", 16),
+            KvHeadCount = a.Int("--kv-heads", 4),
+            FeedForwardLength = a.Int("--ffn", 2816),
+            ContextLength = a.Int("--ctx", 4096),
+            Seed = a.Int("--seed", 1),
+            WeightScale = 0.03f,
+            TokenizerDonorPath = donor,
+        };
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
+        var sw = Stopwatch.StartNew();
+        switch (type)
+        {
+            case "f32": SyntheticModel.Write(output, options with { TensorType = GgmlType.F32 }); break;
+            case "f16": SyntheticModel.Write(output, options with { TensorType = GgmlType.F16 }); break;
+            case "q8_0": SyntheticModel.Write(output, options with { TensorType = GgmlType.Q8_0 }); break;
+            case "q4_0" or "q4_k" or "q6_k":
+                string f32 = output + ".f32.tmp";
+                SyntheticModel.Write(f32, options with { TensorType = GgmlType.F32 });
+                var ftype = type switch { "q4_0" => LLamaFtype.MOSTLY_Q4_0, "q4_k" => LLamaFtype.MOSTLY_Q4_K_M, _ => LLamaFtype.MOSTLY_Q6_K };
+                E2e.LlamaCppSetup.EnsureQuiet();
+                bool ok = LLamaQuantizer.Quantize(f32, output, ftype, Environment.ProcessorCount);
+                File.Delete(f32);
+                if (!ok) throw new InvalidOperationException($"llama.cpp could not quantize to {type}");
+                break;
+            default: throw new ArgumentException($"unknown --type '{type}' (f32, f16, q8_0, q4_0, q4_k, q6_k)");
+        }
+        Console.WriteLine($"{{\"out\":\"{output}\",\"type\":\"{type}\",\"bytes\":{new FileInfo(output).Length},\"seconds\":{sw.Elapsed.TotalSeconds:F1}}}");
+        return Task.FromResult(0);
+    }
+
+    internal static string RepoRoot()
+    {
+        foreach (var start in new[] { Environment.CurrentDirectory, AppContext.BaseDirectory })
+            for (var d = new DirectoryInfo(start); d is not null; d = d.Parent)
+                if (File.Exists(Path.Combine(d.FullName, "Inference.sln"))) return d.FullName;
+        return Environment.CurrentDirectory;
+    }
+}
