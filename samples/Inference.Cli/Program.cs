@@ -109,7 +109,9 @@ public static class Program
             var parsed = root.Parse(args);
             if (parsed.Errors.Count > 0)
             {
-                Console.Error.WriteLine("error: " + OneLine(parsed.Errors[0].Message));
+                // The most specific error first: an unknown word says more than "command missing".
+                var error = parsed.Errors.FirstOrDefault(e => e.Message.Contains("Unrecognized", StringComparison.Ordinal)) ?? parsed.Errors[0];
+                Console.Error.WriteLine("error: " + OneLine(error.Message));
                 return 1;
             }
             return await parsed.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });

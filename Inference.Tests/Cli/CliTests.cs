@@ -1,0 +1,112 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Inference.Tests.Support;
+
+namespace Inference.Tests.Cli;
+
+/// <summary>The CLI as other tools drive it: a real process, exact stdout, one-line errors with exit code 1.</summary>
+public class CliTests
+{
+    private static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = TestData.RepoRoot };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "inference.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(120_000))
+        {
+            p.Kill(entireProcessTree: true);
+            Assert.Fail("the CLI did not exit within 120 s");
+        }
+        return (p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    [Test]
+    public void Generate_DefaultModel_Greedy_PrintsOnlyTheContinuation()
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllText(TestData.Path("expected/stories260K-greedy-256.json")));
+        var expected = doc.RootElement.GetProperty("expected_text").GetString()!;
+        var (code, stdout, stderr) = Run("generate", "--prompt", "Once upon a time", "--max-tokens", "100", "--temperature", "0", "--threads", "2");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        var text = stdout.TrimEnd('\n');
+        Assert.That(text, Is.Not.Empty);
+        Assert.That(expected, Does.StartWith("Once upon a time" + text));
+        Assert.That(stderr, Does.Contain("TTFT").And.Contain("TPOT").And.Contain("tokens/s"));
+    }
+
+    [Test]
+    public void Tokenize_PrintsIdsWithBos()
+    {
+        var (code, stdout, _) = Run("tokenize", "--text", "Once upon a time");
+        Assert.That(code, Is.EqualTo(0));
+        Assert.That(stdout.Trim(), Is.EqualTo("1,403,407,261,378"));
+    }
+
+    [Test]
+    public void Logits_PrintsOneJsonLine()
+    {
+        var (code, stdout, _) = Run("logits", "--prompt", "Once upon a time");
+        Assert.That(code, Is.EqualTo(0));
+        var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.That(lines, Has.Length.EqualTo(1));
+        using var doc = JsonDocument.Parse(lines[0]);
+        Assert.That(doc.RootElement.GetProperty("tokens").EnumerateArray().Select(e => e.GetInt32()), Is.EqualTo(new[] { 1, 403, 407, 261, 378 }));
+        var logits = doc.RootElement.GetProperty("logits").EnumerateArray().Select(e => e.GetSingle()).ToArray();
+        Assert.That(logits, Has.Length.EqualTo(512));
+        Assert.That(Array.IndexOf(logits, logits.Max()), Is.EqualTo(432), "greedy continues with ','");
+    }
+
+    private static readonly object[] ErrorCases =
+    [
+        new object[] { new[] { "generate", "--model", "/no/such/file.gguf", "--prompt", "x" }, "not found" },
+        new object[] { new[] { "generate", "--model", "/tmp", "--prompt", "x" }, "directory" },
+        new object[] { new[] { "generate", "--prompt", "x", "--temperature", "-1" }, "Temperature" },
+        new object[] { new[] { "generate", "--prompt", "x", "--top-p", "2" }, "TopP" },
+        new object[] { new[] { "generate", "--prompt", "x", "--max-tokens", "0" }, "MaxTokens" },
+        new object[] { new[] { "generate", "--prompt", "x", "--threads", "0" }, "Threads" },
+        new object[] { new[] { "generate", "--bogus" }, "bogus" },
+        new object[] { new[] { "frobnicate" }, "frobnicate" },
+        new object[] { new[] { "generate", "--prompt", "x", "--max-tokens", "abc" }, "abc" },
+    ];
+
+    [TestCaseSource(nameof(ErrorCases))]
+    public void Errors_AreOneLineOnStderr_ExitCode1(string[] args, string mention)
+    {
+        var (code, stdout, stderr) = Run(args);
+        Assert.That(code, Is.EqualTo(1));
+        Assert.That(stdout, Is.Empty);
+        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.That(lines, Has.Length.EqualTo(1), stderr);
+        Assert.That(lines[0], Does.Contain(mention).IgnoreCase);
+        Assert.That(stderr, Does.Not.Contain("   at "), "no stack trace");
+    }
+
+    [Test]
+    public void CorruptModel_OneLine_NamesFileAndOffset()
+    {
+        var dir = TestData.TempDir();
+        try
+        {
+            var bytes = File.ReadAllBytes(TestData.Stories260K);
+            string truncated = Path.Combine(dir, "truncated.gguf");
+            File.WriteAllBytes(truncated, bytes[..5000]);
+            string badMagic = Path.Combine(dir, "magic.gguf");
+            var copy = (byte[])bytes.Clone();
+            copy[0] = (byte)'X';
+            File.WriteAllBytes(badMagic, copy);
+            foreach (var (file, what) in new[] { (truncated, "offset"), (badMagic, "magic") })
+            {
+                var (code, _, stderr) = Run("generate", "--model", file, "--prompt", "x");
+                Assert.That(code, Is.EqualTo(1));
+                Assert.That(stderr.Trim().Split('\n'), Has.Length.EqualTo(1), stderr);
+                Assert.That(stderr, Does.Contain(file).And.Contain(what));
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+}
