@@ -57,6 +57,8 @@ public sealed unsafe class KvCacheStorage : IDisposable
         catch
         {
             Free();
+            _disposed = true;
+            GC.SuppressFinalize(this);
             throw;
         }
         GC.AddMemoryPressure(ByteCount);
