@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace Inference.Backends.Cpu;
 
 /// <summary>
@@ -82,12 +84,9 @@ public static class PagedAttentionReference
             for (int e = 0; e < stride; e++)
             {
                 T x = cache[src + e];
-                result[p * stride + e] = x switch
-                {
-                    float f => f,
-                    Half h => (float)h,
-                    _ => throw new NotSupportedException($"KV element type {typeof(T).Name} is not supported."),
-                };
+                if (typeof(T) == typeof(float)) result[p * stride + e] = Unsafe.As<T, float>(ref x);
+                else if (typeof(T) == typeof(Half)) result[p * stride + e] = (float)Unsafe.As<T, Half>(ref x);
+                else throw new NotSupportedException($"KV element type {typeof(T).Name} is not supported.");
             }
         }
         return result;
