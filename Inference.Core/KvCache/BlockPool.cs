@@ -134,6 +134,7 @@ internal sealed class BlockPool
     public void SetToken(int blockId, int slot, int tokenId)
     {
         ref var b = ref _blocks[blockId];
+        if (b.TokenCount == BlockSize) throw new InvalidOperationException($"Block {blockId} is full.");
         if (slot != b.TokenCount) throw new InvalidOperationException($"Block {blockId}: slot {slot} written out of order (filled {b.TokenCount}).");
         if (b.HasHash) throw new InvalidOperationException($"Block {blockId} is full and cached; it must not be written.");
         _tokenIds[blockId * BlockSize + slot] = tokenId;
