@@ -1,0 +1,94 @@
+using System.Runtime.CompilerServices;
+
+namespace Inference.Backends.Cpu;
+
+/// <summary>
+/// The plain attention loop that <see cref="PagedAttention"/> is checked against: contiguous keys and values, scalar
+/// loops, double accumulation, causal, scale 1/√headDim.
+/// </summary>
+public static class PagedAttentionReference
+{
+    /// <summary>
+    /// out[i, h] = Σ_{j ≤ start+i} softmax_j(q[i, h] · k[j, h / kvMul] / √headDim) · v[j, h / kvMul].
+    /// </summary>
+    /// <param name="shape">Heads and head size (<see cref="PagedAttentionShape.BlockSize"/> is not used).</param>
+    /// <param name="query">[tokenCount, heads, headDim]; token i sits at position <paramref name="startPosition"/> + i.</param>
+    /// <param name="keys">[contextLength, kvHeads, headDim] with contextLength ≥ start + tokenCount.</param>
+    /// <param name="values">[contextLength, kvHeads, headDim].</param>
+    /// <param name="startPosition">Position of the first query token.</param>
+    /// <param name="output">[tokenCount, heads, headDim].</param>
+    public static void Forward(
+        in PagedAttentionShape shape,
+        ReadOnlySpan<float> query,
+        ReadOnlySpan<float> keys,
+        ReadOnlySpan<float> values,
+        int startPosition,
+        Span<float> output)
+    {
+        int heads = shape.HeadCount, kvHeads = shape.KvHeadCount, headDim = shape.HeadDim, kvMul = shape.KvMul;
+        int tokenCount = query.Length / shape.QueryStride;
+        if (query.Length != tokenCount * shape.QueryStride || output.Length != query.Length)
+            throw new ArgumentException("query and output must both be [tokenCount, heads, headDim].");
+        if (keys.Length < (startPosition + tokenCount) * shape.KvStride || values.Length != keys.Length)
+            throw new ArgumentException("keys and values must be [contextLength ≥ start + tokenCount, kvHeads, headDim].");
+        double scale = 1.0 / Math.Sqrt(headDim);
+        var scores = new double[startPosition + tokenCount];
+        for (int i = 0; i < tokenCount; i++)
+        {
+            int contextLength = startPosition + i + 1; // causal: position p sees 0..p
+            for (int h = 0; h < heads; h++)
+            {
+                int g = h / kvMul;
+                int q = (i * heads + h) * headDim;
+                double max = double.NegativeInfinity;
+                for (int j = 0; j < contextLength; j++)
+                {
+                    int k = (j * kvHeads + g) * headDim;
+                    double dot = 0;
+                    for (int d = 0; d < headDim; d++) dot += (double)query[q + d] * keys[k + d];
+                    scores[j] = dot * scale;
+                    max = Math.Max(max, scores[j]);
+                }
+                double sum = 0;
+                for (int j = 0; j < contextLength; j++)
+                {
+                    scores[j] = Math.Exp(scores[j] - max);
+                    sum += scores[j];
+                }
+                for (int d = 0; d < headDim; d++)
+                {
+                    double acc = 0;
+                    for (int j = 0; j < contextLength; j++) acc += scores[j] * values[(j * kvHeads + g) * headDim + d];
+                    output[q + d] = (float)(acc / sum);
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Copies the first <paramref name="contextLength"/> positions of a paged cache into a contiguous
+    /// [contextLength, kvHeads, headDim] float array.
+    /// </summary>
+    /// <param name="shape">KV heads, head size and block size of <paramref name="cache"/>.</param>
+    /// <param name="cache">[blockCount, blockSize, kvHeads, headDim] of float or Half.</param>
+    /// <param name="blockTable">Physical block of each logical block.</param>
+    /// <param name="contextLength">Positions to gather.</param>
+    public static float[] Gather<T>(in PagedAttentionShape shape, ReadOnlySpan<T> cache, ReadOnlySpan<int> blockTable, int contextLength)
+        where T : unmanaged
+    {
+        int stride = shape.KvStride;
+        var result = new float[contextLength * stride];
+        for (int p = 0; p < contextLength; p++)
+        {
+            int src = (blockTable[p / shape.BlockSize] * shape.BlockSize + p % shape.BlockSize) * stride;
+            for (int e = 0; e < stride; e++)
+            {
+                T x = cache[src + e];
+                if (typeof(T) == typeof(float)) result[p * stride + e] = Unsafe.As<T, float>(ref x);
+                else if (typeof(T) == typeof(Half)) result[p * stride + e] = (float)Unsafe.As<T, Half>(ref x);
+                else throw new NotSupportedException($"KV element type {typeof(T).Name} is not supported.");
+            }
+        }
+        return result;
+    }
+}

@@ -1,0 +1,322 @@
+using System.Runtime.InteropServices;
+
+namespace Inference.KvCache;
+
+/// <summary>
+/// The paged KV cache as the scheduler sees it: per-sequence block tables over a fixed pool of blocks, automatic
+/// prefix caching of full blocks, fork with copy-on-write, and counts. Works on block ids only.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Vocabulary: a sequence's <em>slots</em> are the token positions that have a place in a block. The manager is told
+/// the token ids of every slot it hands out, so it can hash a block the moment it fills (chained, salted, see
+/// <see cref="BlockHash"/>) and offer it to later sequences with the same prefix. A freed block keeps its hash and can
+/// still be hit until the pool hands it out again.
+/// </para>
+/// <para>
+/// NOTE: a block is offered for prefix hits as soon as its slots are handed out, before the forward pass has written
+/// its keys and values. That is safe when the engine writes the KV of every scheduled token of a layer before running
+/// attention for that layer (the usual order), because a hit never covers a sequence's last prompt token.
+/// </para>
+/// <para>
+/// Threading: not thread-safe. The engine loop thread owns the manager (and the scheduler that drives it).
+/// </para>
+/// </remarks>
+public sealed class KvCacheManager
+{
+    private readonly BlockPool _pool;
+    private readonly Dictionary<long, BlockTable> _tables = new();
+    private readonly List<BlockCopy> _pendingCopies = [];
+    private readonly long _salt;
+    private int[] _hitBlocks = new int[16];
+    private BlockHash[] _hitHashes = new BlockHash[16];
+    private long _queriedTokenCount;
+    private long _hitTokenCount;
+
+    /// <summary>Creates a manager over <paramref name="blockCount"/> blocks.</summary>
+    /// <param name="blockCount">Blocks in the pool (normally <see cref="KvCacheStorage.BlockCount"/>).</param>
+    /// <param name="options">Block size and prefix caching mode are taken from here.</param>
+    /// <param name="hashSalt">Salt of every block hash, see <see cref="BlockHash.CreateSalt"/>.</param>
+    public KvCacheManager(int blockCount, KvCacheOptions options, long hashSalt = 0)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentOutOfRangeException.ThrowIfLessThan(blockCount, 1);
+        _pool = new BlockPool(blockCount, options.BlockSize);
+        PrefixCaching = options.PrefixCaching;
+        _salt = hashSalt;
+        InstanceId = KvCacheMetrics.Register(this);
+    }
+
+    /// <summary>Tokens per block.</summary>
+    public int BlockSize => _pool.BlockSize;
+
+    /// <summary>Whether full blocks are shared between sequences.</summary>
+    public PrefixCachingMode PrefixCaching { get; }
+
+    /// <summary>Blocks in the pool.</summary>
+    public int TotalBlockCount => _pool.BlockCount;
+
+    /// <summary>Blocks referenced by at least one sequence.</summary>
+    public int UsedBlockCount => _pool.BlockCount - _pool.FreeCount;
+
+    /// <summary>Blocks available to new slots (empty or cached-free).</summary>
+    public int FreeBlockCount => _pool.FreeCount;
+
+    /// <summary>Free blocks that still hold a cached full block.</summary>
+    public int CachedFreeBlockCount => _pool.CachedFreeCount;
+
+    /// <summary>Number of sequences holding blocks.</summary>
+    public int SequenceCount => _tables.Count;
+
+    /// <summary>
+    /// Copies the storage must perform (all layers) before the next forward pass, from copy-on-write.
+    /// Valid until <see cref="ClearPendingCopies"/>.
+    /// </summary>
+    public ReadOnlySpan<BlockCopy> PendingCopies => CollectionsMarshal.AsSpan(_pendingCopies);
+
+    /// <summary>Instance number used to tag metrics.</summary>
+    internal int InstanceId { get; }
+
+    /// <summary>The block pool, for invariant checks in tests.</summary>
+    internal BlockPool Pool => _pool;
+
+    /// <summary>Forgets <see cref="PendingCopies"/> once they were handed to the storage.</summary>
+    public void ClearPendingCopies() => _pendingCopies.Clear();
+
+    /// <summary>Whether <paramref name="sequenceId"/> holds blocks.</summary>
+    public bool Contains(long sequenceId) => _tables.ContainsKey(sequenceId);
+
+    /// <summary>Whether <paramref name="blockCount"/> more blocks could be handed out now.</summary>
+    public bool CanAllocate(int blockCount) => blockCount <= _pool.FreeCount;
+
+    /// <summary>Blocks needed to hold <paramref name="tokenCount"/> tokens.</summary>
+    public int BlocksFor(int tokenCount) => (tokenCount + BlockSize - 1) / BlockSize;
+
+    /// <summary>
+    /// Tokens of <paramref name="tokenIds"/> that a new sequence would find cached: whole blocks, capped so that the
+    /// last token is always computed. No side effects.
+    /// </summary>
+    public int GetCachedPrefixTokenCount(ReadOnlySpan<int> tokenIds) => FindCachedBlocks(tokenIds) * BlockSize;
+
+    /// <summary>
+    /// Starts sequence <paramref name="sequenceId"/> with slots for all of <paramref name="tokenIds"/>, reusing the
+    /// longest cached prefix of full blocks. Nothing changes when it returns false (too few free blocks).
+    /// </summary>
+    /// <param name="sequenceId">A sequence that holds no blocks.</param>
+    /// <param name="tokenIds">The known tokens (prompt, or prompt and output when resuming after preemption).</param>
+    /// <param name="hitTokenCount">Leading tokens whose keys and values are already cached: compute from this position.</param>
+    public bool TryAllocate(long sequenceId, ReadOnlySpan<int> tokenIds, out int hitTokenCount) =>
+        TryAllocate(sequenceId, tokenIds, int.MaxValue, out hitTokenCount);
+
+    /// <summary>
+    /// Starts sequence <paramref name="sequenceId"/> with slots for the cached prefix of <paramref name="tokenIds"/>
+    /// plus at most <paramref name="maxNewTokenCount"/> tokens after it (a prefill chunk). The slots then cover
+    /// min(<paramref name="tokenIds"/>.Length, hitTokenCount + <paramref name="maxNewTokenCount"/>) tokens.
+    /// Nothing changes when it returns false (too few free blocks).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The sequence already holds blocks.</exception>
+    public bool TryAllocate(long sequenceId, ReadOnlySpan<int> tokenIds, int maxNewTokenCount, out int hitTokenCount)
+    {
+        if (tokenIds.IsEmpty) throw new ArgumentException("A sequence starts with at least one token.", nameof(tokenIds));
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxNewTokenCount, 1);
+        if (_tables.ContainsKey(sequenceId)) throw new InvalidOperationException($"Sequence {sequenceId} already holds KV blocks.");
+
+        int hitBlocks = FindCachedBlocks(tokenIds);
+        int hit = hitBlocks * BlockSize;
+        int newCount = Math.Min(maxNewTokenCount, tokenIds.Length - hit);
+        int needed = BlocksFor(hit + newCount) - hitBlocks;
+        int revived = 0; // hit blocks that leave the free queue
+        for (int i = 0; i < hitBlocks; i++)
+            if (_pool.RefCount(_hitBlocks[i]) == 0) revived++;
+        if (needed > _pool.FreeCount - revived)
+        {
+            hitTokenCount = 0;
+            return false;
+        }
+
+        var table = new BlockTable(BlocksFor(tokenIds.Length) + 1);
+        for (int i = 0; i < hitBlocks; i++)
+        {
+            _pool.Acquire(_hitBlocks[i]);
+            table.Add(_hitBlocks[i]);
+            table.AddHash(_hitHashes[i]);
+        }
+        table.TokenCount = hit;
+        AppendSlots(table, tokenIds.Slice(hit, newCount));
+        _tables.Add(sequenceId, table);
+
+        if (PrefixCaching == PrefixCachingMode.Enabled)
+        {
+            _queriedTokenCount += tokenIds.Length;
+            _hitTokenCount += hit;
+            KvCacheMetrics.PrefixQueriedTokens.Add(tokenIds.Length);
+            KvCacheMetrics.PrefixHitTokens.Add(hit);
+        }
+        hitTokenCount = hit;
+        return true;
+    }
+
+    /// <summary>
+    /// Blocks <see cref="TryAppendSlots"/> would take for <paramref name="tokenCount"/> more tokens of
+    /// <paramref name="sequenceId"/>, a copy-on-write block included.
+    /// </summary>
+    public int GetAppendBlockCount(long sequenceId, int tokenCount)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(tokenCount);
+        return AppendBlockCount(GetTable(sequenceId), tokenCount);
+    }
+
+    /// <summary>Whether <see cref="TryAppendSlots"/> for <paramref name="tokenCount"/> tokens would succeed now.</summary>
+    public bool CanAppendSlots(long sequenceId, int tokenCount) => GetAppendBlockCount(sequenceId, tokenCount) <= _pool.FreeCount;
+
+    /// <summary>
+    /// Gives <paramref name="sequenceId"/> slots for <paramref name="tokenIds"/>, the next tokens of the sequence whose
+    /// keys and values the coming forward pass writes. A shared, partly filled last block (after <see cref="Fork"/>)
+    /// is copied first and the copy is reported in <see cref="PendingCopies"/>.
+    /// Nothing changes when it returns false (too few free blocks).
+    /// </summary>
+    /// <remarks>
+    /// NOTE: the manager takes token ids, not a count, because it hashes each block when it fills; without the ids a
+    /// block could never be shared.
+    /// </remarks>
+    public bool TryAppendSlots(long sequenceId, ReadOnlySpan<int> tokenIds)
+    {
+        var table = GetTable(sequenceId);
+        if (tokenIds.IsEmpty) return true;
+        if (AppendBlockCount(table, tokenIds.Length) > _pool.FreeCount) return false;
+
+        if (table.TokenCount % BlockSize != 0)
+        {
+            int last = table[table.BlockCount - 1];
+            if (_pool.RefCount(last) > 1)
+            {
+                // Copy-on-write: the first write into a shared, partly filled block gets a private copy.
+                int copy = _pool.Allocate();
+                _pool.CopyTokens(last, copy);
+                _pool.Release(last);
+                table[table.BlockCount - 1] = copy;
+                _pendingCopies.Add(new BlockCopy(last, copy));
+            }
+        }
+        AppendSlots(table, tokenIds);
+        return true;
+    }
+
+    /// <summary>
+    /// Starts <paramref name="childId"/> as a copy of <paramref name="parentId"/> that shares all its blocks.
+    /// Full blocks stay shared for good; the partly filled last block is copied on the first write by either side.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The child already holds blocks.</exception>
+    public void Fork(long parentId, long childId)
+    {
+        var parent = GetTable(parentId);
+        if (_tables.ContainsKey(childId)) throw new InvalidOperationException($"Sequence {childId} already holds KV blocks.");
+        var child = parent.Clone();
+        foreach (int id in child.BlockIds) _pool.Acquire(id);
+        _tables.Add(childId, child);
+    }
+
+    /// <summary>
+    /// Releases every block of <paramref name="sequenceId"/>, last block first: full cached blocks stay hittable, and
+    /// the tail of a sequence is evicted before its prefix, which other sequences are more likely to share.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The sequence holds no blocks (never allocated or freed twice).</exception>
+    public void Free(long sequenceId)
+    {
+        if (!_tables.Remove(sequenceId, out var table))
+            throw new InvalidOperationException($"Sequence {sequenceId} holds no KV blocks.");
+        for (int i = table.BlockCount - 1; i >= 0; i--) _pool.Release(table[i]);
+    }
+
+    /// <summary>Physical block ids of <paramref name="sequenceId"/> in logical order. Valid until the table next changes.</summary>
+    public ReadOnlySpan<int> GetBlockTable(long sequenceId) => GetTable(sequenceId).BlockIds;
+
+    /// <summary>Token positions of <paramref name="sequenceId"/> that have a slot.</summary>
+    public int GetTokenCount(long sequenceId) => GetTable(sequenceId).TokenCount;
+
+    /// <summary>A snapshot of the counters.</summary>
+    public KvCacheStats GetStats() =>
+        new(TotalBlockCount, UsedBlockCount, CachedFreeBlockCount, _queriedTokenCount, _hitTokenCount);
+
+    /// <summary>
+    /// Checks pool invariants and that every block's ref count equals the number of block tables referencing it.
+    /// O(blocks + slots); for tests and debugging.
+    /// </summary>
+    internal void CheckInvariants()
+    {
+        _pool.CheckInvariants();
+        var refs = new int[_pool.BlockCount];
+        foreach (var (id, table) in _tables)
+        {
+            if (table.BlockCount != BlocksFor(table.TokenCount))
+                throw new InvalidOperationException($"Sequence {id}: {table.BlockCount} blocks for {table.TokenCount} tokens.");
+            for (int i = 0; i < table.BlockCount; i++)
+            {
+                int b = table[i];
+                refs[b]++;
+                int expected = i < table.BlockCount - 1 ? BlockSize : table.TokenCount - i * BlockSize;
+                if (_pool.TokenCount(b) < expected)
+                    throw new InvalidOperationException($"Sequence {id}: block {b} has {_pool.TokenCount(b)} tokens, table needs {expected}.");
+            }
+        }
+        for (int b = 0; b < refs.Length; b++)
+            if (refs[b] != _pool.RefCount(b))
+                throw new InvalidOperationException($"Block {b}: ref count {_pool.RefCount(b)}, referenced by {refs[b]} tables.");
+    }
+
+    private BlockTable GetTable(long sequenceId) =>
+        _tables.TryGetValue(sequenceId, out var t) ? t : throw new InvalidOperationException($"Sequence {sequenceId} holds no KV blocks.");
+
+    private int AppendBlockCount(BlockTable table, int tokenCount)
+    {
+        if (tokenCount == 0) return 0;
+        int n = BlocksFor(table.TokenCount + tokenCount) - table.BlockCount;
+        if (table.TokenCount % BlockSize != 0 && _pool.RefCount(table[table.BlockCount - 1]) > 1) n++;
+        return n;
+    }
+
+    private void AppendSlots(BlockTable table, ReadOnlySpan<int> tokenIds)
+    {
+        foreach (int token in tokenIds)
+        {
+            int slot = table.TokenCount % BlockSize;
+            if (slot == 0) table.Add(_pool.Allocate());
+            int block = table[table.BlockCount - 1];
+            _pool.SetToken(block, slot, token);
+            table.TokenCount++;
+            if (slot == BlockSize - 1 && PrefixCaching == PrefixCachingMode.Enabled)
+            {
+                // The block just filled: hash it now (not while scheduling) and offer it to later sequences.
+                var hash = BlockHash.Compute(table.LastHash, _pool.TokenIds(block), _salt);
+                table.AddHash(hash);
+                _pool.Register(block, hash);
+            }
+        }
+    }
+
+    /// <summary>Fills _hitBlocks/_hitHashes with the cached full-block prefix of <paramref name="tokenIds"/>; returns its length in blocks.</summary>
+    private int FindCachedBlocks(ReadOnlySpan<int> tokenIds)
+    {
+        if (PrefixCaching == PrefixCachingMode.Disabled || tokenIds.Length == 0) return 0;
+        // NOTE: at most (n − 1) tokens can hit, so the last prompt token is always computed and yields logits.
+        int maxBlocks = (tokenIds.Length - 1) / BlockSize;
+        if (_hitBlocks.Length < maxBlocks)
+        {
+            _hitBlocks = new int[maxBlocks * 2];
+            _hitHashes = new BlockHash[maxBlocks * 2];
+        }
+        var parent = BlockHash.Root;
+        int count = 0;
+        for (; count < maxBlocks; count++)
+        {
+            var tokens = tokenIds.Slice(count * BlockSize, BlockSize);
+            var hash = BlockHash.Compute(parent, tokens, _salt);
+            int id = _pool.Lookup(hash, tokens);
+            if (id < 0) break;
+            _hitBlocks[count] = id;
+            _hitHashes[count] = hash;
+            parent = hash;
+        }
+        return count;
+    }
+}

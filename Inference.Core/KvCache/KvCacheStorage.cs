@@ -1,0 +1,214 @@
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+
+namespace Inference.KvCache;
+
+/// <summary>
+/// The memory of the paged KV cache: for every layer one key and one value tensor
+/// <c>[blockCount, blockSize, kvHeads, headDim]</c> in native, 64-byte aligned memory, as f32 or f16.
+/// </summary>
+/// <remarks>
+/// <code>
+///   keys[layer]   // [blockCount, blockSize, kvHeads, headDim]
+///   values[layer] // [blockCount, blockSize, kvHeads, headDim]
+///   element of (block b, slot s, kv head g, dim d) = ((b·blockSize + s)·kvHeads + g)·headDim + d
+/// </code>
+/// NOTE: the memory is not cleared: attention only reads slots that were written, and clearing would commit the whole
+/// budget up front. Not thread-safe for writes; the engine decides who writes which slots.
+/// </remarks>
+public sealed unsafe class KvCacheStorage : IDisposable
+{
+    private readonly void*[] _keys;   // [layerCount] → [blockCount, blockSize, kvHeads, headDim]
+    private readonly void*[] _values; // [layerCount] → [blockCount, blockSize, kvHeads, headDim]
+    private bool _disposed;
+
+    /// <summary>Allocates storage for exactly <paramref name="blockCount"/> blocks.</summary>
+    public KvCacheStorage(int layerCount, int blockCount, int blockSize, int kvHeadCount, int headDim, KvCacheDataType dataType)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(layerCount, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(blockCount, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(blockSize, KvCacheOptions.MaxBlockSize);
+        ArgumentOutOfRangeException.ThrowIfLessThan(kvHeadCount, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(headDim, 1);
+        if (!Enum.IsDefined(dataType)) throw new ArgumentOutOfRangeException(nameof(dataType));
+        long layerElements = (long)blockCount * blockSize * kvHeadCount * headDim;
+        if (layerElements > Array.MaxLength)
+            throw new ArgumentOutOfRangeException(nameof(blockCount), blockCount, $"One layer would hold {layerElements} elements; at most {Array.MaxLength} are addressable.");
+
+        LayerCount = layerCount;
+        BlockCount = blockCount;
+        BlockSize = blockSize;
+        KvHeadCount = kvHeadCount;
+        HeadDim = headDim;
+        DataType = dataType;
+        ElementsPerLayer = (int)layerElements;
+        _keys = new void*[layerCount];
+        _values = new void*[layerCount];
+        nuint bytes = (nuint)(layerElements * ElementSize(dataType));
+        try
+        {
+            for (int l = 0; l < layerCount; l++)
+            {
+                _keys[l] = NativeMemory.AlignedAlloc(bytes, 64);
+                _values[l] = NativeMemory.AlignedAlloc(bytes, 64);
+            }
+        }
+        catch
+        {
+            Free();
+            _disposed = true;
+            GC.SuppressFinalize(this);
+            throw;
+        }
+        GC.AddMemoryPressure(ByteCount);
+    }
+
+    /// <summary>Layers.</summary>
+    public int LayerCount { get; }
+
+    /// <summary>Blocks per layer.</summary>
+    public int BlockCount { get; }
+
+    /// <summary>Slots (tokens) per block.</summary>
+    public int BlockSize { get; }
+
+    /// <summary>Key/value heads.</summary>
+    public int KvHeadCount { get; }
+
+    /// <summary>Elements per head.</summary>
+    public int HeadDim { get; }
+
+    /// <summary>Element type.</summary>
+    public KvCacheDataType DataType { get; }
+
+    /// <summary>Elements of one layer's key (or value) tensor.</summary>
+    public int ElementsPerLayer { get; }
+
+    /// <summary>Total bytes of keys and values.</summary>
+    public long ByteCount => 2L * LayerCount * ElementsPerLayer * ElementSize(DataType);
+
+    /// <summary>Bytes of one element of <paramref name="dataType"/>.</summary>
+    public static int ElementSize(KvCacheDataType dataType) => dataType == KvCacheDataType.Float32 ? 4 : 2;
+
+    /// <summary>Bytes one block takes across all layers, keys and values.</summary>
+    public static long GetBlockByteCount(int layerCount, int blockSize, int kvHeadCount, int headDim, KvCacheDataType dataType) =>
+        2L * layerCount * blockSize * kvHeadCount * headDim * ElementSize(dataType);
+
+    /// <summary>Blocks that fit the byte budget of <paramref name="options"/>.</summary>
+    public static int GetBlockCount(KvCacheOptions options, int layerCount, int kvHeadCount, int headDim)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        long perBlock = GetBlockByteCount(layerCount, options.BlockSize, kvHeadCount, headDim, options.DataType);
+        long perLayerLimit = Array.MaxLength / ((long)options.BlockSize * kvHeadCount * headDim);
+        return (int)Math.Min(Math.Min(options.ResolvePoolBytes() / perBlock, perLayerLimit), int.MaxValue);
+    }
+
+    /// <summary>Allocates as many blocks as the byte budget of <paramref name="options"/> allows.</summary>
+    /// <exception cref="ArgumentException">The budget does not hold a single block.</exception>
+    public static KvCacheStorage Create(KvCacheOptions options, int layerCount, int kvHeadCount, int headDim)
+    {
+        int blocks = GetBlockCount(options, layerCount, kvHeadCount, headDim);
+        if (blocks < 1)
+            throw new ArgumentException($"A KV budget of {options.ResolvePoolBytes()} bytes holds no block of {GetBlockByteCount(layerCount, options.BlockSize, kvHeadCount, headDim, options.DataType)} bytes.", nameof(options));
+        return new KvCacheStorage(layerCount, blocks, options.BlockSize, kvHeadCount, headDim, options.DataType);
+    }
+
+    /// <summary>Keys of <paramref name="layer"/>: <c>[blockCount, blockSize, kvHeads, headDim]</c>. T is float or Half, matching <see cref="DataType"/>.</summary>
+    public Span<T> GetKeys<T>(int layer) where T : unmanaged => Layer<T>(_keys, layer);
+
+    /// <summary>Values of <paramref name="layer"/>: <c>[blockCount, blockSize, kvHeads, headDim]</c>. T is float or Half, matching <see cref="DataType"/>.</summary>
+    public Span<T> GetValues<T>(int layer) where T : unmanaged => Layer<T>(_values, layer);
+
+    /// <summary>
+    /// Stores the key and value of one token, converting to <see cref="DataType"/>.
+    /// <paramref name="key"/> and <paramref name="value"/> are <c>[kvHeads, headDim]</c>.
+    /// </summary>
+    public void Write(int layer, int blockId, int slot, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(blockId);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(blockId, BlockCount);
+        ArgumentOutOfRangeException.ThrowIfNegative(slot);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(slot, BlockSize);
+        int n = KvHeadCount * HeadDim;
+        if (key.Length != n) throw new ArgumentException($"key must be [kvHeads, headDim] = {n} elements.", nameof(key));
+        if (value.Length != n) throw new ArgumentException($"value must be [kvHeads, headDim] = {n} elements.", nameof(value));
+        int offset = (blockId * BlockSize + slot) * n;
+        if (DataType == KvCacheDataType.Float32)
+        {
+            key.CopyTo(GetKeys<float>(layer).Slice(offset, n));
+            value.CopyTo(GetValues<float>(layer).Slice(offset, n));
+        }
+        else
+        {
+            TensorPrimitives.ConvertToHalf(key, GetKeys<Half>(layer).Slice(offset, n));
+            TensorPrimitives.ConvertToHalf(value, GetValues<Half>(layer).Slice(offset, n));
+        }
+    }
+
+    /// <summary>Copies block <paramref name="sourceBlockId"/> to <paramref name="destinationBlockId"/> in every layer, keys and values.</summary>
+    public void CopyBlock(int sourceBlockId, int destinationBlockId)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(sourceBlockId);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(sourceBlockId, BlockCount);
+        ArgumentOutOfRangeException.ThrowIfNegative(destinationBlockId);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(destinationBlockId, BlockCount);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        int blockBytes = BlockSize * KvHeadCount * HeadDim * ElementSize(DataType);
+        for (int l = 0; l < LayerCount; l++)
+        {
+            CopyBytes(_keys[l], sourceBlockId, destinationBlockId, blockBytes);
+            CopyBytes(_values[l], sourceBlockId, destinationBlockId, blockBytes);
+        }
+    }
+
+    /// <summary>Performs every copy of <paramref name="copies"/> (see <see cref="KvCacheManager.PendingCopies"/>).</summary>
+    public void CopyBlocks(ReadOnlySpan<BlockCopy> copies)
+    {
+        foreach (var c in copies) CopyBlock(c.SourceBlockId, c.DestinationBlockId);
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        Free();
+        GC.RemoveMemoryPressure(ByteCount);
+        GC.SuppressFinalize(this);
+    }
+
+    /// <summary>Releases the native memory of a storage that was not disposed.</summary>
+    ~KvCacheStorage()
+    {
+        if (_disposed) return;
+        Free();
+        GC.RemoveMemoryPressure(ByteCount);
+    }
+
+    private static void CopyBytes(void* layer, int src, int dst, int blockBytes)
+    {
+        var from = new ReadOnlySpan<byte>((byte*)layer + (long)src * blockBytes, blockBytes);
+        from.CopyTo(new Span<byte>((byte*)layer + (long)dst * blockBytes, blockBytes));
+    }
+
+    private Span<T> Layer<T>(void*[] tensors, int layer) where T : unmanaged
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentOutOfRangeException.ThrowIfNegative(layer);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(layer, LayerCount);
+        bool ok = DataType == KvCacheDataType.Float32 ? typeof(T) == typeof(float) : typeof(T) == typeof(Half);
+        if (!ok) throw new InvalidOperationException($"The KV cache holds {DataType}; {typeof(T).Name} was requested.");
+        return new Span<T>(tensors[layer], ElementsPerLayer);
+    }
+
+    private void Free()
+    {
+        for (int l = 0; l < LayerCount; l++)
+        {
+            if (_keys[l] != null) NativeMemory.AlignedFree(_keys[l]);
+            if (_values[l] != null) NativeMemory.AlignedFree(_values[l]);
+            _keys[l] = _values[l] = null;
+        }
+    }
+}

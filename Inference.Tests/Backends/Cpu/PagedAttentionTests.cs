@@ -1,0 +1,128 @@
+using Inference.Backends.Cpu;
+
+namespace Inference.Tests.Backends.Cpu;
+
+public class PagedAttentionTests
+{
+    // (start, tokenCount): decode (n = 1) and prefill chunks, from position 0 to past 1,000, crossing block boundaries.
+    private static readonly (int Start, int Count)[] Chunks =
+    [
+        (0, 1), (0, 7), (0, 40), (5, 1), (15, 3), (31, 2), (33, 64), (100, 37), (960, 70), (1031, 1),
+    ];
+
+    [Test]
+    public void MatchesReference_F32(
+        [Values(8)] int heads, [Values(8, 2, 1)] int kvHeads, [Values(8, 16, 32)] int blockSize, [Values(40, 64)] int headDim)
+        => CompareWithReference<float>(new PagedAttentionShape(heads, kvHeads, headDim, blockSize), seed: heads * 1000 + kvHeads * 100 + blockSize + headDim);
+
+    [Test]
+    public void MatchesReference_F16(
+        [Values(8)] int heads, [Values(8, 2, 1)] int kvHeads, [Values(8, 16, 32)] int blockSize, [Values(64)] int headDim)
+        => CompareWithReference<Half>(new PagedAttentionShape(heads, kvHeads, headDim, blockSize), seed: 7 + heads * 1000 + kvHeads * 100 + blockSize + headDim);
+
+    [Test]
+    public void MaxDifferenceIsSmallButFastPathIsNotTheReference()
+    {
+        // Guards against a test that compares the reference with itself: both paths must run and disagree only by rounding.
+        var shape = new PagedAttentionShape(8, 2, 64, 16);
+        double maxRel = CompareWithReference<float>(shape, seed: 99);
+        Assert.That(maxRel, Is.LessThan(1e-5));
+    }
+
+    [Test]
+    public void SinglePositionReturnsItsValue()
+    {
+        // With one position the softmax weight is exactly 1: output = v for every head of the group.
+        var shape = new PagedAttentionShape(4, 2, 8, 4);
+        var rng = new Random(3);
+        var k = RandomArray(rng, 2 * 4 * shape.KvStride);
+        var v = RandomArray(rng, 2 * 4 * shape.KvStride);
+        var q = RandomArray(rng, shape.QueryStride);
+        var output = Poisoned(shape.QueryStride);
+        int[] table = [1];
+        PagedAttention.Forward<float>(shape, q, k, v, table, 0, output, new float[PagedAttention.GetScratchLength(shape, 1)]);
+        for (int h = 0; h < 4; h++)
+            for (int d = 0; d < 8; d++)
+                Assert.That(output[h * 8 + d], Is.EqualTo(v[(1 * 4 * 2 + h / 2) * 8 + d]).Within(1e-6));
+    }
+
+    [Test]
+    public void RejectsShortBlockTableAndScratch()
+    {
+        var shape = new PagedAttentionShape(2, 1, 4, 4);
+        var cache = new float[4 * 4 * 4];
+        var q = new float[2 * shape.QueryStride];
+        var o = new float[q.Length];
+        Assert.Throws<ArgumentException>(() => PagedAttention.Forward<float>(shape, q, cache, cache, [0], 3, o, new float[100]));
+        Assert.Throws<ArgumentException>(() => PagedAttention.Forward<float>(shape, q, cache, cache, [0, 1], 3, o, new float[2]));
+        Assert.Throws<ArgumentException>(() => PagedAttention.Forward<float>(shape, q, cache, cache, [0, 9], 3, o, new float[100]));
+        Assert.Throws<ArgumentException>(() => new PagedAttentionShape(8, 3, 4, 4));
+    }
+
+    /// <summary>Runs every chunk of <see cref="Chunks"/>; returns the largest scaled difference seen.</summary>
+    private static double CompareWithReference<T>(PagedAttentionShape shape, int seed) where T : unmanaged
+    {
+        var rng = new Random(seed);
+        int maxContext = 0;
+        foreach (var (s, n) in Chunks) maxContext = Math.Max(maxContext, s + n);
+        int logicalBlocks = (maxContext + shape.BlockSize - 1) / shape.BlockSize;
+        int blockCount = logicalBlocks + 5; // a few blocks the sequence does not own
+        // Physical blocks in shuffled order so logical ≠ physical.
+        var table = Enumerable.Range(0, blockCount).OrderBy(_ => rng.Next()).Take(logicalBlocks).ToArray();
+        var keys = RandomCache<T>(rng, blockCount * shape.BlockSize * shape.KvStride);   // [blockCount, blockSize, kvHeads, headDim]
+        var values = RandomCache<T>(rng, blockCount * shape.BlockSize * shape.KvStride); // [blockCount, blockSize, kvHeads, headDim]
+        var scratch = new float[PagedAttention.GetScratchLength(shape, maxContext)];
+        double worst = 0;
+        foreach (var (start, count) in Chunks)
+        {
+            var q = RandomArray(rng, count * shape.QueryStride, scale: 2f); // [count, heads, headDim]
+            var fast = Poisoned(q.Length);
+            PagedAttention.Forward<T>(shape, q, keys, values, table, start, fast, scratch);
+
+            var k = PagedAttentionReference.Gather<T>(shape, keys, table, start + count);
+            var v = PagedAttentionReference.Gather<T>(shape, values, table, start + count);
+            var expected = Poisoned(q.Length);
+            PagedAttentionReference.Forward(shape, q, k, v, start, expected);
+
+            for (int r = 0; r < count * shape.HeadCount; r++)
+            {
+                var e = expected.AsSpan(r * shape.HeadDim, shape.HeadDim);
+                var a = fast.AsSpan(r * shape.HeadDim, shape.HeadDim);
+                float scale = 0;
+                foreach (float x in e) scale = Math.Max(scale, Math.Abs(x));
+                Assert.That(scale, Is.GreaterThan(0f));
+                for (int d = 0; d < shape.HeadDim; d++)
+                {
+                    double rel = Math.Abs(a[d] - e[d]) / scale;
+                    worst = Math.Max(worst, rel);
+                    if (!(rel <= 1e-5))
+                        Assert.Fail($"{typeof(T).Name} {shape}: start {start}, count {count}, row {r}, dim {d}: fast {a[d]} vs reference {e[d]}");
+                }
+            }
+        }
+        return worst;
+    }
+
+    private static T[] RandomCache<T>(Random rng, int length) where T : unmanaged
+    {
+        var f = RandomArray(rng, length);
+        if (typeof(T) == typeof(float)) return (T[])(object)f;
+        var h = new Half[length];
+        for (int i = 0; i < length; i++) h[i] = (Half)f[i];
+        return (T[])(object)h;
+    }
+
+    private static float[] RandomArray(Random rng, int length, float scale = 1f)
+    {
+        var a = new float[length];
+        for (int i = 0; i < length; i++) a[i] = (float)(rng.NextDouble() * 2 - 1) * scale;
+        return a;
+    }
+
+    private static float[] Poisoned(int length)
+    {
+        var a = new float[length];
+        Array.Fill(a, float.NaN);
+        return a;
+    }
+}
