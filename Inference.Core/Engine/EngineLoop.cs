@@ -1,38 +1,59 @@
 using System.Diagnostics;
 using System.Threading.Channels;
 using Inference.Backends.Cpu;
+using Inference.KvCache;
 using Inference.Models;
+using Inference.Scheduling;
 
 namespace Inference.Engine;
 
 /// <summary>
-/// The one thread that owns the model, the KV cache and the request queues. Each iteration: schedule → execute →
-/// update. Requests arrive through a channel; tokens leave through each request's own channel.
+/// The one thread that owns the model, the scheduler and the KV cache. Each iteration: schedule → execute → update.
+/// Requests arrive through a channel; tokens leave through each request's own channel.
 /// </summary>
 internal sealed class EngineLoop : IAsyncDisposable
 {
     private readonly LlamaModel _model;
-    private readonly EngineOptions _options;
     private readonly WorkerPool _pool;
-    private readonly ContiguousKvCache _kv;
+    private readonly KvCacheStorage _storage;
+    private readonly PagedKvAttention _attention;
+    private readonly Scheduler _scheduler;
+    private readonly EngineMetrics _metrics;
     private readonly Channel<object> _incoming = Channel.CreateUnbounded<object>(new UnboundedChannelOptions { SingleReader = true });
     private readonly CancellationTokenSource _stop = new();
     private readonly Thread _thread;
-    private readonly LinkedList<GenerationRequest> _waiting = new();
-    private readonly List<GenerationRequest> _running = new();
+    private readonly Dictionary<long, (GenerationRequest Request, SchedulerRequest Scheduled)> _live = new();
     private readonly ModelBatch _batch = new();
-    private readonly List<GenerationRequest> _scheduled = new();
     private float[] _logits = [];
+    private int[] _sampled = [];
+    private long _nextInternalId = -1;
 
-    public EngineLoop(LlamaModel model, EngineOptions options, int contextLength)
+    public EngineLoop(LlamaModel model, EngineOptions options, int contextLength, long prefixSalt)
     {
         _model = model;
-        _options = options;
+        var c = model.Config;
+        ContextLength = contextLength;
         _pool = new WorkerPool(options.Threads);
-        _kv = new ContiguousKvCache(model.Config, contextLength);
+        // NOTE: more blocks than MaxNumSeqs full contexts (twice over, for cached prefixes) can never be used.
+        long cap = 2L * options.MaxNumSeqs * ((contextLength + options.KvCache.BlockSize - 1) / options.KvCache.BlockSize)
+            * KvCacheStorage.GetBlockByteCount(c.LayerCount, options.KvCache.BlockSize, c.KvHeadCount, c.HeadDim, options.KvCache.DataType);
+        var kvOptions = options.KvCache with { PoolBytes = Math.Min(options.KvCache.ResolvePoolBytes(), cap) };
+        _storage = KvCacheStorage.Create(kvOptions, c.LayerCount, c.KvHeadCount, c.HeadDim);
+        var manager = new KvCacheManager(_storage.BlockCount, kvOptions, prefixSalt);
+        _attention = new PagedKvAttention(_storage, manager, c);
+        _scheduler = new Scheduler(new SchedulerOptions { MaxNumSeqs = options.MaxNumSeqs, MaxNumBatchedTokens = options.MaxNumBatchedTokens }, manager);
+        _metrics = new EngineMetrics(this);
         _thread = new Thread(Run) { IsBackground = true, Name = "Inference engine loop" };
         _thread.Start();
     }
+
+    public int ContextLength { get; }
+
+    /// <summary>The KV cache (read it only on the engine thread, or through <see cref="Stats"/>).</summary>
+    public KvCacheManager KvCache => _scheduler.KvCache;
+
+    /// <summary>A snapshot taken on the engine thread after each step.</summary>
+    public EngineStats Stats { get; private set; } = EngineStats.Empty;
 
     public void Submit(GenerationRequest request)
     {
@@ -49,9 +70,36 @@ internal sealed class EngineLoop : IAsyncDisposable
         return work.Result.Task;
     }
 
+    /// <summary>Runs <paramref name="action"/> on the engine thread between steps.</summary>
+    public Task<T> InvokeAsync<T>(Func<EngineLoop, T> action)
+    {
+        var work = new InvokeWork<T>(action);
+        if (!_incoming.Writer.TryWrite(work)) throw new ObjectDisposedException(nameof(InferenceEngine));
+        return work.Result.Task;
+    }
+
     private sealed record EvaluateWork(int[] Tokens, CancellationToken CancellationToken)
     {
         public TaskCompletionSource<float[]> Result { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    private interface IInvokeWork
+    {
+        void Run(EngineLoop loop);
+        void Fail(Exception error);
+    }
+
+    private sealed record InvokeWork<T>(Func<EngineLoop, T> Action) : IInvokeWork
+    {
+        public TaskCompletionSource<T> Result { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public void Run(EngineLoop loop)
+        {
+            try { Result.TrySetResult(Action(loop)); }
+            catch (Exception e) { Result.TrySetException(e); }
+        }
+
+        public void Fail(Exception error) => Result.TrySetException(error);
     }
 
     private void Run()
@@ -60,14 +108,15 @@ internal sealed class EngineLoop : IAsyncDisposable
         {
             while (!_stop.IsCancellationRequested)
             {
-                if (!Drain()) break;
-                if (!Schedule())
+                Drain();
+                var output = Schedule();
+                if (output.IsEmpty)
                 {
                     WaitForWork();
                     continue;
                 }
-                Execute();
-                Update();
+                Execute(output);
+                Update(output);
             }
         }
         catch (Exception e) when (e is not OperationCanceledException)
@@ -78,105 +127,113 @@ internal sealed class EngineLoop : IAsyncDisposable
         FailAll(new ObjectDisposedException(nameof(InferenceEngine)));
     }
 
-    /// <summary>Moves new work into the waiting queue and removes cancelled requests. False once the engine stops.</summary>
-    private bool Drain()
+    /// <summary>Admits new work and ends cancelled requests (their blocks are freed now, in this step).</summary>
+    private void Drain()
     {
         while (_incoming.Reader.TryRead(out var item))
         {
-            if (item is GenerationRequest r) _waiting.AddLast(r);
-            else if (item is EvaluateWork w) RunEvaluate(w);
-        }
-        for (var node = _waiting.First; node is not null;)
-        {
-            var next = node.Next;
-            if (node.Value.IsCancelled)
+            switch (item)
             {
-                node.Value.Finish(FinishReason.Cancelled, new OperationCanceledException("the request was cancelled"));
-                _waiting.Remove(node);
+                case GenerationRequest r: Admit(r); break;
+                case EvaluateWork w: RunEvaluate(w); break;
+                case IInvokeWork i: i.Run(this); break;
             }
-            node = next;
         }
-        for (int i = _running.Count - 1; i >= 0; i--)
+        List<long>? cancelled = null;
+        foreach (var (id, entry) in _live)
+            if (entry.Request.IsCancelled) (cancelled ??= []).Add(id);
+        if (cancelled is not null)
+            foreach (var id in cancelled) Retire(id, FinishReason.Cancelled);
+    }
+
+    private void Admit(GenerationRequest r)
+    {
+        int maxNew = Math.Min(r.Sampling.MaxTokens, ContextLength - r.PromptTokens.Length);
+        var scheduled = new SchedulerRequest(r.Id, r.PromptTokens, Math.Max(1, maxNew));
+        try
         {
-            if (!_running[i].IsCancelled) continue;
-            Retire(_running[i], FinishReason.Cancelled);
+            _scheduler.AddRequest(scheduled);
         }
-        return !_stop.IsCancellationRequested;
+        catch (ArgumentException e)
+        {
+            r.Finish(FinishReason.Cancelled, new ArgumentException(e.Message, e));
+            return;
+        }
+        _live.Add(r.Id, (r, scheduled));
     }
 
     private void WaitForWork()
     {
         try
         {
-            // Poll so that a request paused for back-pressure resumes once its consumer reads.
-            _incoming.Reader.WaitToReadAsync(_stop.Token).AsTask().Wait(_running.Count > 0 ? 1 : Timeout.Infinite);
+            // Poll while requests are paused for back-pressure, so they resume once their consumer reads.
+            _incoming.Reader.WaitToReadAsync(_stop.Token).AsTask().Wait(_live.Count > 0 ? 1 : Timeout.Infinite);
         }
         catch (AggregateException e) when (e.InnerException is OperationCanceledException)
         {
         }
     }
 
-    /// <summary>
-    /// Chooses this step's tokens. NOTE: there is no separate prefill phase: each request's computed tokens catch up to
-    /// its known tokens, a long prompt in chunks of at most the token budget, running requests first.
-    /// </summary>
-    private bool Schedule()
+    private SchedulerOutput Schedule()
     {
-        while (_waiting.Count > 0 && _running.Count < _options.MaxNumSeqs)
-        {
-            var r = _waiting.First!.Value;
-            _waiting.RemoveFirst();
-            _running.Add(r);
-        }
-
-        _batch.Clear();
-        _scheduled.Clear();
-        int budget = _options.MaxNumBatchedTokens;
-        foreach (var r in _running)
-        {
-            if (budget == 0) break;
-            if (r.IsConsumerBehind) continue;
-            int pending = r.Tokens.Count - r.ComputedTokens;
-            int n = Math.Min(pending, budget);
-            if (n <= 0) continue;
-            bool complete = n == pending;
-            _batch.Add(r.Id, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Tokens).Slice(r.ComputedTokens, n), r.ComputedTokens, wantLogits: complete);
-            _scheduled.Add(r);
-            if (r.FirstScheduled == 0) r.FirstScheduled = Stopwatch.GetTimestamp();
-            budget -= n;
-        }
-        return _scheduled.Count > 0;
+        foreach (var (_, entry) in _live)
+            entry.Scheduled.ConsumerState = entry.Request.IsConsumerBehind ? ConsumerState.NotReading : ConsumerState.Reading;
+        return _scheduler.Schedule();
     }
 
-    private void Execute()
+    private void Execute(SchedulerOutput output)
     {
+        _storage.CopyBlocks(output.BlockCopies);
+        _batch.Clear();
+        long now = Stopwatch.GetTimestamp();
+        foreach (ref readonly var chunk in output.Chunks)
+        {
+            _batch.Add(chunk.RequestId, chunk.TokenIds, chunk.StartPosition, chunk.SamplesToken);
+            var r = _live[chunk.RequestId].Request;
+            if (r.FirstScheduled == 0)
+            {
+                r.FirstScheduled = now;
+                r.PrefixHitTokens = chunk.Request.CachedTokenCount;
+            }
+        }
         int vocab = _model.Config.VocabSize;
         if (_logits.Length < _batch.LogitCount * vocab) _logits = new float[_batch.LogitCount * vocab];
-        _model.Forward(_batch, _kv, _logits, _pool);
+        _model.Forward(_batch, _attention, _logits, _pool);
+        _metrics.StepExecuted(output.TotalTokenCount, output.PreemptedRequestIds.Length);
     }
 
-    private void Update()
+    private void Update(SchedulerOutput output)
     {
         int vocab = _model.Config.VocabSize;
-        for (int i = 0; i < _scheduled.Count; i++)
+        var chunks = output.Chunks;
+        for (int i = 0; i < chunks.Length; i++)
         {
-            var r = _scheduled[i];
-            var seg = _batch.Segments[i];
-            r.ComputedTokens += seg.TokenCount;
-            if (seg.LogitIndex < 0) continue;
-            var logits = _logits.AsSpan(seg.LogitIndex * vocab, vocab);
-            int token = r.Sampler.Sample(logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Tokens));
+            if (!chunks[i].SamplesToken) continue;
+            var (r, scheduled) = _live[chunks[i].RequestId];
+            int logitIndex = _batch.Segments[i].LogitIndex;
+            int token = r.Sampler.Sample(_logits.AsSpan(logitIndex * vocab, vocab), System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Tokens));
+            var schedulerReason = _scheduler.Update(scheduled, token);
             var finish = r.Accept(token);
-            if (finish is not null) Retire(r, finish.Value);
+            if (finish is null && schedulerReason == Scheduling.FinishReason.MaxTokens) finish = FinishReason.Length;
+            if (finish is not null) Retire(r.Id, finish.Value);
         }
+        Stats = new EngineStats(_scheduler.RunningCount, _scheduler.WaitingCount, _scheduler.PreemptionCount, _scheduler.KvCache.GetStats());
     }
 
-    private void Retire(GenerationRequest r, FinishReason reason)
+    /// <summary>Ends a live request: frees its blocks (now) and completes its stream.</summary>
+    private void Retire(long id, FinishReason reason)
     {
-        _running.Remove(r);
-        _kv.Remove(r.Id);
-        if (reason == FinishReason.Cancelled) r.Finish(reason, new OperationCanceledException("the request was cancelled"));
-        else r.Finish(reason);
+        if (!_live.Remove(id, out var entry)) return;
+        _scheduler.Finish(id, reason switch
+        {
+            FinishReason.Cancelled => Scheduling.FinishReason.Cancelled,
+            FinishReason.StopString => Scheduling.FinishReason.StopSequence,
+            FinishReason.EndOfSequence => Scheduling.FinishReason.StopToken,
+            _ => Scheduling.FinishReason.MaxTokens,
+        });
+        if (reason == FinishReason.Cancelled) entry.Request.Finish(reason, new OperationCanceledException("the request was cancelled"));
+        else entry.Request.Finish(reason);
+        _metrics.RequestFinished(entry.Request);
     }
 
     private void RunEvaluate(EvaluateWork w)
@@ -186,17 +243,29 @@ internal sealed class EngineLoop : IAsyncDisposable
             w.Result.TrySetCanceled(w.CancellationToken);
             return;
         }
-        const long evalId = -1;
+        // An evaluation is a sequence of its own that bypasses the scheduler: prefill in budget-sized chunks, then free.
+        long id = _nextInternalId--;
+        var manager = _scheduler.KvCache;
         try
         {
-            var batch = new ModelBatch();
             var logits = new float[_model.Config.VocabSize];
-            for (int start = 0; start < w.Tokens.Length; start += _options.MaxNumBatchedTokens)
+            var batch = new ModelBatch();
+            int chunk = _scheduler.Options.MaxNumBatchedTokens, length = w.Tokens.Length;
+            if (!manager.TryAllocate(id, w.Tokens, chunk, out int computed))
+                throw new InvalidOperationException("the KV cache has no room for this evaluation now; retry when fewer requests run");
+            while (true)
             {
-                int n = Math.Min(_options.MaxNumBatchedTokens, w.Tokens.Length - start);
+                // Slots cover [0, computed + n); a prefix hit means those tokens need no recomputation.
+                int n = Math.Min(chunk, length - computed);
+                _storage.CopyBlocks(manager.PendingCopies);
+                manager.ClearPendingCopies();
                 batch.Clear();
-                batch.Add(evalId, w.Tokens.AsSpan(start, n), start, wantLogits: start + n == w.Tokens.Length);
-                _model.Forward(batch, _kv, logits, _pool);
+                batch.Add(id, w.Tokens.AsSpan(computed, n), computed, wantLogits: computed + n == length);
+                _model.Forward(batch, _attention, logits, _pool);
+                computed += n;
+                if (computed == length) break;
+                if (!manager.TryAppendSlots(id, w.Tokens.AsSpan(computed, Math.Min(chunk, length - computed))))
+                    throw new InvalidOperationException("the KV cache has no room for this evaluation now; retry when fewer requests run");
             }
             w.Result.TrySetResult(logits);
         }
@@ -206,7 +275,7 @@ internal sealed class EngineLoop : IAsyncDisposable
         }
         finally
         {
-            _kv.Remove(evalId);
+            if (manager.Contains(id)) manager.Free(id);
         }
     }
 
@@ -215,13 +284,17 @@ internal sealed class EngineLoop : IAsyncDisposable
         _incoming.Writer.TryComplete();
         while (_incoming.Reader.TryRead(out var item))
         {
-            if (item is GenerationRequest r) _waiting.AddLast(r);
+            if (item is GenerationRequest r) r.Finish(FinishReason.Cancelled, error);
             else if (item is EvaluateWork w) w.Result.TrySetException(error);
+            else if (item is IInvokeWork i) i.Fail(error);
         }
-        foreach (var r in _running) r.Finish(FinishReason.Cancelled, error);
-        foreach (var r in _waiting) r.Finish(FinishReason.Cancelled, error);
-        _running.Clear();
-        _waiting.Clear();
+        foreach (var id in _live.Keys.ToArray())
+        {
+            var r = _live[id].Request;
+            _live.Remove(id);
+            _scheduler.Finish(id, Scheduling.FinishReason.Cancelled);
+            r.Finish(FinishReason.Cancelled, error);
+        }
     }
 
     public async ValueTask DisposeAsync()
@@ -229,7 +302,9 @@ internal sealed class EngineLoop : IAsyncDisposable
         _stop.Cancel();
         _incoming.Writer.TryComplete();
         await Task.Run(() => _thread.Join()).ConfigureAwait(false);
+        _metrics.Dispose();
         _pool.Dispose();
+        _storage.Dispose();
         _stop.Dispose();
     }
 }

@@ -1,3 +1,5 @@
+using Inference.KvCache;
+
 namespace Inference.Engine;
 
 /// <summary>Which hardware runs the model.</summary>
@@ -42,6 +44,12 @@ public sealed record EngineOptions
 
     /// <summary>The hardware to run on.</summary>
     public Device Device { get; init; } = Device.Auto;
+
+    /// <summary>
+    /// The paged KV cache: block size, pool size, element type, prefix caching. The pool is capped at what
+    /// <see cref="MaxNumSeqs"/> sequences of the full context can use, twice over (the rest keeps cached prefixes).
+    /// </summary>
+    public KvCacheOptions KvCache { get; init => field = value ?? throw new ArgumentNullException(nameof(KvCache)); } = new();
 
     /// <summary>What to do with a prompt longer than the context.</summary>
     public PromptOverflow PromptOverflow { get; init; } = PromptOverflow.Reject;

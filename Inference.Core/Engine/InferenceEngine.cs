@@ -31,7 +31,7 @@ public sealed class InferenceEngine : IAsyncDisposable
         Tokenizer = tokenizer;
         Options = options;
         ContextLength = options.ContextLength ?? Math.Min(config.ContextLength, 4096);
-        _loop = new EngineLoop(model, options, ContextLength);
+        _loop = new EngineLoop(model, options, ContextLength, ComputePrefixSalt(gguf, config, options));
     }
 
     /// <summary>The model's hyperparameters.</summary>
@@ -45,6 +45,30 @@ public sealed class InferenceEngine : IAsyncDisposable
 
     /// <summary>Most tokens (prompt + output) of one sequence.</summary>
     public int ContextLength { get; }
+
+    /// <summary>Running and waiting requests, preemptions and KV cache blocks after the engine's latest step.</summary>
+    public EngineStats Stats => _loop.Stats;
+
+    /// <summary>
+    /// Identifies what a cached KV block depends on besides its tokens: the weights (sampled), the tokenizer, the
+    /// model and RoPE configuration and the KV element type. Blocks hash with it, so a prefix is only reused — in this
+    /// process or from a prefix file — by the same model in the same configuration.
+    /// </summary>
+    private static long ComputePrefixSalt(GgufFile gguf, ModelConfig config, EngineOptions options)
+    {
+        var hash = new System.IO.Hashing.XxHash64();
+        hash.Append(System.Text.Encoding.UTF8.GetBytes(config.ToString()));
+        hash.Append(System.Text.Encoding.UTF8.GetBytes($"{options.KvCache.DataType}/{options.KvCache.BlockSize}"));
+        foreach (var token in gguf.GetArray<string>("tokenizer.ggml.tokens") ?? [])
+            hash.Append(System.Text.Encoding.UTF8.GetBytes(token));
+        foreach (var name in new[] { "token_embd.weight", "output_norm.weight", $"blk.{config.LayerCount - 1}.attn_q.weight" })
+        {
+            if (gguf.FindTensor(name) is not { } t) continue;
+            var bytes = gguf.GetTensorBytes(t with { ByteCount = Math.Min(t.ByteCount, 1 << 16) });
+            hash.Append(bytes);
+        }
+        return (long)hash.GetCurrentHashAsUInt64();
+    }
 
     /// <summary>Opens a GGUF model and starts the engine.</summary>
     /// <param name="path">The .gguf file.</param>

@@ -1,0 +1,58 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using Inference.Diagnostics;
+
+namespace Inference.Engine;
+
+/// <summary>
+/// The engine's instruments on <see cref="InferenceMeter.Meter"/>: queue time, TTFT, TPOT and end-to-end latency per
+/// request, tokens per step, running and waiting counts, preemptions. The engine thread records; collectors read.
+/// </summary>
+internal sealed class EngineMetrics : IDisposable
+{
+    private static readonly Histogram<double> QueueTime = InferenceMeter.Meter.CreateHistogram<double>("inference.request.queue_time", "s", "From submission to the first step that included the request.");
+    private static readonly Histogram<double> TimeToFirstToken = InferenceMeter.Meter.CreateHistogram<double>("inference.request.time_to_first_token", "s", "TTFT: from submission to the first token.");
+    private static readonly Histogram<double> TimePerOutputToken = InferenceMeter.Meter.CreateHistogram<double>("inference.request.time_per_output_token", "s", "TPOT: mean time between later tokens.");
+    private static readonly Histogram<double> Latency = InferenceMeter.Meter.CreateHistogram<double>("inference.request.latency", "s", "From submission to the last token.");
+    private static readonly Counter<long> OutputTokens = InferenceMeter.Meter.CreateCounter<long>("inference.request.output_tokens", "{token}", "Generated tokens.");
+    private static readonly Counter<long> Requests = InferenceMeter.Meter.CreateCounter<long>("inference.requests", "{request}", "Requests finished, by finish reason.");
+    private static readonly Histogram<int> TokensPerStep = InferenceMeter.Meter.CreateHistogram<int>("inference.step.tokens", "{token}", "Tokens computed in one forward pass.");
+    private static readonly Counter<long> Preemptions = InferenceMeter.Meter.CreateCounter<long>("inference.scheduler.preemptions", "{request}", "Requests preempted for want of KV blocks.");
+
+    private readonly ObservableGauge<int> _running;
+    private readonly ObservableGauge<int> _waiting;
+
+    public EngineMetrics(EngineLoop loop)
+    {
+        var weak = new WeakReference<EngineLoop>(loop);
+        _running = InferenceMeter.Meter.CreateObservableGauge("inference.scheduler.running", () => weak.TryGetTarget(out var l) ? l.Stats.RunningCount : 0, "{request}", "Requests running.");
+        _waiting = InferenceMeter.Meter.CreateObservableGauge("inference.scheduler.waiting", () => weak.TryGetTarget(out var l) ? l.Stats.WaitingCount : 0, "{request}", "Requests waiting.");
+    }
+
+    public void StepExecuted(int tokens, int preempted)
+    {
+        TokensPerStep.Record(tokens);
+        if (preempted > 0) Preemptions.Add(preempted);
+    }
+
+    public void RequestFinished(GenerationRequest r)
+    {
+        var reason = new KeyValuePair<string, object?>("finish_reason", r.Completion.Task.IsCompletedSuccessfully ? r.Completion.Task.Result.FinishReason.ToString() : "Cancelled");
+        Requests.Add(1, reason);
+        OutputTokens.Add(r.GeneratedCount);
+        if (r.FirstScheduled != 0) QueueTime.Record(Stopwatch.GetElapsedTime(r.Submitted, r.FirstScheduled).TotalSeconds);
+        if (!r.Completion.Task.IsCompletedSuccessfully) return;
+        var m = r.Completion.Task.Result.Metrics;
+        if (m.GeneratedTokens == 0) return;
+        TimeToFirstToken.Record(m.TimeToFirstToken.TotalSeconds);
+        if (m.GeneratedTokens > 1) TimePerOutputToken.Record(m.TimePerOutputToken.TotalSeconds);
+        Latency.Record(m.Latency.TotalSeconds);
+    }
+
+    public void Dispose()
+    {
+        // NOTE: observable instruments cannot be removed from a shared Meter; the weak reference lets the engine go.
+        _ = _running;
+        _ = _waiting;
+    }
+}

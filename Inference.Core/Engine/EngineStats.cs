@@ -1,0 +1,13 @@
+using Inference.KvCache;
+
+namespace Inference.Engine;
+
+/// <summary>A snapshot of the engine after its latest step.</summary>
+/// <param name="RunningCount">Requests holding KV blocks.</param>
+/// <param name="WaitingCount">Requests queued (new or preempted).</param>
+/// <param name="PreemptionCount">Preemptions so far.</param>
+/// <param name="KvCache">Blocks total / used / cached-free and prefix-cache hits.</param>
+public sealed record EngineStats(int RunningCount, int WaitingCount, long PreemptionCount, KvCacheStats KvCache)
+{
+    internal static EngineStats Empty { get; } = new(0, 0, 0, new KvCacheStats(0, 0, 0, 0, 0));
+}

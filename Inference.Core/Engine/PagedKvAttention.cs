@@ -1,0 +1,83 @@
+using System.Buffers;
+using Inference.Backends.Cpu;
+using Inference.KvCache;
+using Inference.Models;
+
+namespace Inference.Engine;
+
+/// <summary>
+/// The model's view of the paged KV cache: writes each new token's K/V into the slot its sequence's block table maps
+/// its position to, then runs <see cref="PagedAttention"/> for every query token, spread over the worker pool.
+/// </summary>
+/// <remarks>
+/// <code>
+///  position p of sequence s  →  block table[s][p / blockSize] = physical block b,  slot p % blockSize
+///  storage, per layer:  K, V  [blockCount, blockSize, kvHeads, headDim]
+/// </code>
+/// Block tables must already cover every position of the batch (the scheduler appends slots before the step).
+/// </remarks>
+internal sealed class PagedKvAttention : IKvAttention
+{
+    private readonly KvCacheStorage _storage;
+    private readonly KvCacheManager _manager;
+    private readonly ModelConfig _config;
+    private readonly PagedAttentionShape _shape;
+
+    public PagedKvAttention(KvCacheStorage storage, KvCacheManager manager, ModelConfig config)
+    {
+        _storage = storage;
+        _manager = manager;
+        _config = config;
+        _shape = new PagedAttentionShape(config.HeadCount, config.KvHeadCount, config.HeadDim, storage.BlockSize);
+    }
+
+    public void Attend(int layer, ModelBatch batch, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, WorkerPool pool)
+    {
+        int kvDim = _config.KvDim, bs = _storage.BlockSize;
+        int maxContext = 0;
+        foreach (var seg in batch.Segments)
+        {
+            var table = _manager.GetBlockTable(seg.SequenceId);
+            for (int i = 0; i < seg.TokenCount; i++)
+            {
+                int pos = seg.StartPosition + i, t = seg.TokenStart + i;
+                _storage.Write(layer, table[pos / bs], pos % bs, k.Slice(t * kvDim, kvDim), v.Slice(t * kvDim, kvDim));
+            }
+            maxContext = Math.Max(maxContext, seg.StartPosition + seg.TokenCount);
+        }
+        unsafe
+        {
+            fixed (float* pq = q)
+            fixed (float* po = output)
+            {
+                pool.Run(batch.TokenCount, new Job(this, layer, batch, pq, po, PagedAttention.GetScratchLength(_shape, maxContext)));
+            }
+        }
+    }
+
+    /// <summary>Attention of query tokens [start, end) of the batch, each against its own sequence's cache.</summary>
+    private readonly unsafe struct Job(PagedKvAttention owner, int layer, ModelBatch batch, float* q, float* output, int scratchLength) : IRangeJob
+    {
+        public void Execute(int start, int end)
+        {
+            var shape = owner._shape;
+            int stride = shape.QueryStride;
+            float[] scratch = ArrayPool<float>.Shared.Rent(scratchLength);
+            int s = 0;
+            for (int t = start; t < end; t++)
+            {
+                while (t >= batch.Segments[s].TokenStart + batch.Segments[s].TokenCount) s++;
+                var seg = batch.Segments[s];
+                var table = owner._manager.GetBlockTable(seg.SequenceId);
+                int pos = seg.StartPosition + (t - seg.TokenStart);
+                var query = new ReadOnlySpan<float>(q + (long)t * stride, stride);
+                var o = new Span<float>(output + (long)t * stride, stride);
+                if (owner._storage.DataType == KvCacheDataType.Float32)
+                    PagedAttention.Forward<float>(shape, query, owner._storage.GetKeys<float>(layer), owner._storage.GetValues<float>(layer), table, pos, o, scratch);
+                else
+                    PagedAttention.Forward<Half>(shape, query, owner._storage.GetKeys<Half>(layer), owner._storage.GetValues<Half>(layer), table, pos, o, scratch);
+            }
+            ArrayPool<float>.Shared.Return(scratch);
+        }
+    }
+}
