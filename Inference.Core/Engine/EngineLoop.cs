@@ -217,8 +217,12 @@ internal sealed class EngineLoop : IAsyncDisposable
             if (finish is null && schedulerReason == Scheduling.FinishReason.MaxTokens) finish = FinishReason.Length;
             if (finish is not null) Retire(r.Id, finish.Value);
         }
-        Stats = new EngineStats(_scheduler.RunningCount, _scheduler.WaitingCount, _scheduler.PreemptionCount, _scheduler.KvCache.GetStats());
+        Stats = CurrentStats();
     }
+
+    /// <summary>The state now (engine thread only).</summary>
+    public EngineStats CurrentStats() =>
+        new(_scheduler.RunningCount, _scheduler.WaitingCount, _scheduler.PreemptionCount, _scheduler.KvCache.GetStats());
 
     /// <summary>Ends a live request: frees its blocks (now) and completes its stream.</summary>
     private void Retire(long id, FinishReason reason)

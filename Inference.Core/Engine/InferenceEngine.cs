@@ -49,6 +49,9 @@ public sealed class InferenceEngine : IAsyncDisposable
     /// <summary>Running and waiting requests, preemptions and KV cache blocks after the engine's latest step.</summary>
     public EngineStats Stats => _loop.Stats;
 
+    /// <summary>Like <see cref="Stats"/>, but read on the engine thread after it has handled everything queued so far.</summary>
+    public Task<EngineStats> GetStatsAsync() => _loop.InvokeAsync(static l => l.CurrentStats());
+
     /// <summary>
     /// Identifies what a cached KV block depends on besides its tokens: the weights (sampled), the tokenizer, the
     /// model and RoPE configuration and the KV element type. Blocks hash with it, so a prefix is only reused — in this
