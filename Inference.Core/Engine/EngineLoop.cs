@@ -27,8 +27,10 @@ internal sealed class EngineLoop : IAsyncDisposable
     private float[] _logits = [];
     private int[] _sampled = [];
     private long _nextInternalId = -1;
+    private readonly PrefixIdentity _identity;
+    private readonly List<long> _prefixHolders = new();
 
-    public EngineLoop(LlamaModel model, EngineOptions options, int contextLength, long prefixSalt)
+    public EngineLoop(LlamaModel model, EngineOptions options, int contextLength, PrefixIdentity identity)
     {
         _model = model;
         var c = model.Config;
@@ -39,7 +41,8 @@ internal sealed class EngineLoop : IAsyncDisposable
             * KvCacheStorage.GetBlockByteCount(c.LayerCount, options.KvCache.BlockSize, c.KvHeadCount, c.HeadDim, options.KvCache.DataType);
         var kvOptions = options.KvCache with { PoolBytes = Math.Min(options.KvCache.ResolvePoolBytes(), cap) };
         _storage = KvCacheStorage.Create(kvOptions, c.LayerCount, c.KvHeadCount, c.HeadDim);
-        var manager = new KvCacheManager(_storage.BlockCount, kvOptions, prefixSalt);
+        _identity = identity;
+        var manager = new KvCacheManager(_storage.BlockCount, kvOptions, identity.Salt);
         _attention = new PagedKvAttention(_storage, manager, c);
         _scheduler = new Scheduler(new SchedulerOptions { MaxNumSeqs = options.MaxNumSeqs, MaxNumBatchedTokens = options.MaxNumBatchedTokens }, manager);
         _metrics = new EngineMetrics(this);
@@ -247,30 +250,11 @@ internal sealed class EngineLoop : IAsyncDisposable
             w.Result.TrySetCanceled(w.CancellationToken);
             return;
         }
-        // An evaluation is a sequence of its own that bypasses the scheduler: prefill in budget-sized chunks, then free.
         long id = _nextInternalId--;
-        var manager = _scheduler.KvCache;
         try
         {
             var logits = new float[_model.Config.VocabSize];
-            var batch = new ModelBatch();
-            int chunk = _scheduler.Options.MaxNumBatchedTokens, length = w.Tokens.Length;
-            if (!manager.TryAllocate(id, w.Tokens, chunk, out int computed))
-                throw new InvalidOperationException("the KV cache has no room for this evaluation now; retry when fewer requests run");
-            while (true)
-            {
-                // Slots cover [0, computed + n); a prefix hit means those tokens need no recomputation.
-                int n = Math.Min(chunk, length - computed);
-                _storage.CopyBlocks(manager.PendingCopies);
-                manager.ClearPendingCopies();
-                batch.Clear();
-                batch.Add(id, w.Tokens.AsSpan(computed, n), computed, wantLogits: computed + n == length);
-                _model.Forward(batch, _attention, logits, _pool);
-                computed += n;
-                if (computed == length) break;
-                if (!manager.TryAppendSlots(id, w.Tokens.AsSpan(computed, Math.Min(chunk, length - computed))))
-                    throw new InvalidOperationException("the KV cache has no room for this evaluation now; retry when fewer requests run");
-            }
+            Prefill(id, w.Tokens, logits);
             w.Result.TrySetResult(logits);
         }
         catch (Exception e)
@@ -279,8 +263,73 @@ internal sealed class EngineLoop : IAsyncDisposable
         }
         finally
         {
-            if (manager.Contains(id)) manager.Free(id);
+            if (KvCache.Contains(id)) KvCache.Free(id);
         }
+    }
+
+    /// <summary>
+    /// Computes <paramref name="tokens"/> as sequence <paramref name="id"/> outside the scheduler, in budget-sized
+    /// chunks from its longest cached prefix, and leaves the sequence allocated (the caller frees it).
+    /// </summary>
+    private void Prefill(long id, int[] tokens, float[] logits)
+    {
+        var manager = KvCache;
+        var batch = new ModelBatch();
+        int chunk = _scheduler.Options.MaxNumBatchedTokens, length = tokens.Length;
+        if (!manager.TryAllocate(id, tokens, chunk, out int computed))
+            throw new InvalidOperationException("the KV cache has no room for this prompt now; retry when fewer requests run");
+        while (true)
+        {
+            // Slots cover [0, computed + n); a prefix hit means those tokens need no recomputation.
+            int n = Math.Min(chunk, length - computed);
+            _storage.CopyBlocks(manager.PendingCopies);
+            manager.ClearPendingCopies();
+            batch.Clear();
+            batch.Add(id, tokens.AsSpan(computed, n), computed, wantLogits: computed + n == length);
+            _model.Forward(batch, _attention, logits, _pool);
+            computed += n;
+            if (computed == length) break;
+            if (!manager.TryAppendSlots(id, tokens.AsSpan(computed, Math.Min(chunk, length - computed))))
+                throw new InvalidOperationException("the KV cache has no room for this prompt now; retry when fewer requests run");
+        }
+    }
+
+    /// <summary>Computes <paramref name="tokens"/> and writes their full blocks to <paramref name="path"/>; returns the tokens saved.</summary>
+    public int SavePrefix(int[] tokens, string path)
+    {
+        int bs = _storage.BlockSize;
+        int blocks = tokens.Length / bs;
+        if (blocks == 0) throw new ArgumentException($"the prompt has {tokens.Length} tokens; a prefix file holds whole blocks of {bs}", nameof(tokens));
+        long id = _nextInternalId--;
+        try
+        {
+            Prefill(id, tokens, new float[_model.Config.VocabSize]);
+            PrefixFile.Write(path, _identity, _storage, tokens, KvCache.GetBlockTable(id), blocks);
+            return blocks * bs;
+        }
+        finally
+        {
+            if (KvCache.Contains(id)) KvCache.Free(id);
+        }
+    }
+
+    /// <summary>
+    /// Adopts the blocks of a prefix file into the pool, pinned for the engine's lifetime, so requests that start with
+    /// its tokens hit them. Returns the tokens adopted.
+    /// </summary>
+    public int LoadPrefix(string path)
+    {
+        using var reader = PrefixFile.Reader.Open(path, _identity, _storage);
+        long holder = _nextInternalId--;
+        var manager = KvCache;
+        if (!manager.TryAllocate(holder, reader.Tokens, out int hit))
+            throw new InvalidOperationException($"the KV cache has no room for the {reader.BlockCount} blocks of {path}");
+        _prefixHolders.Add(holder);
+        manager.ClearPendingCopies();
+        var table = manager.GetBlockTable(holder);
+        // NOTE: blocks already cached (an earlier load, or a request) hold the same data; only the others are copied.
+        for (int b = hit / _storage.BlockSize; b < reader.BlockCount; b++) reader.CopyInto(_storage, b, table[b]);
+        return reader.Tokens.Length;
     }
 
     private void FailAll(Exception error)

@@ -31,7 +31,7 @@ public sealed class InferenceEngine : IAsyncDisposable
         Tokenizer = tokenizer;
         Options = options;
         ContextLength = options.ContextLength ?? Math.Min(config.ContextLength, 4096);
-        _loop = new EngineLoop(model, options, ContextLength, ComputePrefixSalt(gguf, config, options));
+        _loop = new EngineLoop(model, options, ContextLength, PrefixIdentity.Compute(gguf, config, options.KvCache));
     }
 
     /// <summary>The model's hyperparameters.</summary>
@@ -51,27 +51,6 @@ public sealed class InferenceEngine : IAsyncDisposable
 
     /// <summary>Like <see cref="Stats"/>, but read on the engine thread after it has handled everything queued so far.</summary>
     public Task<EngineStats> GetStatsAsync() => _loop.InvokeAsync(static l => l.CurrentStats());
-
-    /// <summary>
-    /// Identifies what a cached KV block depends on besides its tokens: the weights (sampled), the tokenizer, the
-    /// model and RoPE configuration and the KV element type. Blocks hash with it, so a prefix is only reused — in this
-    /// process or from a prefix file — by the same model in the same configuration.
-    /// </summary>
-    private static long ComputePrefixSalt(GgufFile gguf, ModelConfig config, EngineOptions options)
-    {
-        var hash = new System.IO.Hashing.XxHash64();
-        hash.Append(System.Text.Encoding.UTF8.GetBytes(config.ToString()));
-        hash.Append(System.Text.Encoding.UTF8.GetBytes($"{options.KvCache.DataType}/{options.KvCache.BlockSize}"));
-        foreach (var token in gguf.GetArray<string>("tokenizer.ggml.tokens") ?? [])
-            hash.Append(System.Text.Encoding.UTF8.GetBytes(token));
-        foreach (var name in new[] { "token_embd.weight", "output_norm.weight", $"blk.{config.LayerCount - 1}.attn_q.weight" })
-        {
-            if (gguf.FindTensor(name) is not { } t) continue;
-            var bytes = gguf.GetTensorBytes(t with { ByteCount = Math.Min(t.ByteCount, 1 << 16) });
-            hash.Append(bytes);
-        }
-        return (long)hash.GetCurrentHashAsUInt64();
-    }
 
     /// <summary>Opens a GGUF model and starts the engine.</summary>
     /// <param name="path">The .gguf file.</param>
@@ -152,6 +131,33 @@ public sealed class InferenceEngine : IAsyncDisposable
     {
         var tokens = CheckPrompt(promptTokens, 1);
         return _loop.EvaluateAsync(tokens, cancellationToken);
+    }
+
+    /// <summary>
+    /// Computes <paramref name="prompt"/> and writes the KV of its whole blocks to <paramref name="path"/>, with the
+    /// identity of this model, tokenizer, RoPE configuration and KV type, so another engine can skip that prefill.
+    /// </summary>
+    /// <returns>The number of prompt tokens saved (a multiple of the block size).</returns>
+    /// <exception cref="ArgumentException">The prompt is shorter than one block or longer than the context.</exception>
+    public Task<int> SavePrefixAsync(string prompt, string path, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        var tokens = CheckPrompt(Tokenize(prompt), 1);
+        cancellationToken.ThrowIfCancellationRequested();
+        return _loop.InvokeAsync(l => l.SavePrefix(tokens, path));
+    }
+
+    /// <summary>
+    /// Adopts a prefix file written by <see cref="SavePrefixAsync"/> into the KV cache, pinned for the engine's lifetime:
+    /// requests whose prompt starts with its tokens skip their prefill.
+    /// </summary>
+    /// <returns>The number of tokens adopted.</returns>
+    /// <exception cref="ModelFormatException">The file is malformed, or was made by another model, tokenizer, RoPE configuration or KV type.</exception>
+    public Task<int> LoadPrefixAsync(string path, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        cancellationToken.ThrowIfCancellationRequested();
+        return _loop.InvokeAsync(l => l.LoadPrefix(path));
     }
 
     private GenerationRequest CreateRequest(IReadOnlyList<int> promptTokens, SamplingOptions sampling)

@@ -1,0 +1,165 @@
+using System.IO.MemoryMappedFiles;
+using System.Runtime.InteropServices;
+using Inference.KvCache;
+using Inference.Loading;
+
+namespace Inference.Engine;
+
+/// <summary>
+/// A shippable prefix: the full KV blocks of a computed prompt, their tokens and the identity of the model that made
+/// them, so an application can ship a precomputed system prompt and skip its prefill.
+/// </summary>
+/// <remarks>
+/// <code>
+///  offset  field
+///  0       magic "INFKVPF1"
+///  8       uint32 version (1)
+///  12      uint64 × 4 identity: model, tokenizer, RoPE, KV type
+///  44      int32 blockSize, layerCount, kvHeads, headDim, dataType (0 = f32, 1 = f16), blockCount
+///  68      int32 × (blockCount · blockSize) token ids
+///  …       padding to 64
+///  data    for each block, for each layer: K [blockSize, kvHeads, headDim], then V, in the data type
+/// </code>
+/// </remarks>
+internal static class PrefixFile
+{
+    private static ReadOnlySpan<byte> Magic => "INFKVPF1"u8;
+    private const uint Version = 1;
+    private const int HeaderBytes = 68;
+
+    /// <summary>Writes the first <paramref name="blockCount"/> blocks of <paramref name="blockTable"/>.</summary>
+    public static void Write(string path, PrefixIdentity identity, KvCacheStorage storage, ReadOnlySpan<int> tokens, ReadOnlySpan<int> blockTable, int blockCount)
+    {
+        using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None);
+        using var w = new BinaryWriter(stream);
+        w.Write(Magic);
+        w.Write(Version);
+        w.Write(identity.Model);
+        w.Write(identity.Tokenizer);
+        w.Write(identity.Rope);
+        w.Write(identity.Kv);
+        w.Write(storage.BlockSize);
+        w.Write(storage.LayerCount);
+        w.Write(storage.KvHeadCount);
+        w.Write(storage.HeadDim);
+        w.Write((int)storage.DataType);
+        w.Write(blockCount);
+        for (int i = 0; i < blockCount * storage.BlockSize; i++) w.Write(tokens[i]);
+        while (stream.Position % 64 != 0) w.Write((byte)0);
+        foreach (int block in blockTable[..blockCount])
+        {
+            for (int l = 0; l < storage.LayerCount; l++)
+            {
+                w.Write(BlockBytes(storage, l, keys: true, block));
+                w.Write(BlockBytes(storage, l, keys: false, block));
+            }
+        }
+    }
+
+    /// <summary>The bytes of one block of one layer's keys or values.</summary>
+    private static Span<byte> BlockBytes(KvCacheStorage storage, int layer, bool keys, int block)
+    {
+        int elements = storage.BlockSize * storage.KvHeadCount * storage.HeadDim;
+        return storage.DataType == KvCacheDataType.Float32
+            ? MemoryMarshal.AsBytes((keys ? storage.GetKeys<float>(layer) : storage.GetValues<float>(layer)).Slice(block * elements, elements))
+            : MemoryMarshal.AsBytes((keys ? storage.GetKeys<Half>(layer) : storage.GetValues<Half>(layer)).Slice(block * elements, elements));
+    }
+
+    /// <summary>A validated prefix file, memory-mapped for reading.</summary>
+    public sealed class Reader : IDisposable
+    {
+        private readonly MemoryMappedFile _mapping;
+        private readonly MemoryMappedViewAccessor _view;
+
+        private Reader(MemoryMappedFile mapping, MemoryMappedViewAccessor view, int[] tokens, int blockCount, long dataOffset)
+        {
+            _mapping = mapping;
+            _view = view;
+            Tokens = tokens;
+            BlockCount = blockCount;
+            DataOffset = dataOffset;
+        }
+
+        public int[] Tokens { get; }
+        public int BlockCount { get; }
+        private long DataOffset { get; }
+
+        /// <summary>Opens <paramref name="path"/> and checks it against this engine's identity and cache layout.</summary>
+        /// <exception cref="ModelFormatException">The file is malformed or was made by another model, tokenizer, RoPE configuration or KV type.</exception>
+        public static Reader Open(string path, PrefixIdentity identity, KvCacheStorage storage)
+        {
+            if (!File.Exists(path)) throw new FileNotFoundException($"{path}: file not found", path);
+            long length = new FileInfo(path).Length;
+            if (length < HeaderBytes) throw new ModelFormatException(path, 0, $"file is {length} bytes, too short for a prefix file header ({HeaderBytes} bytes)");
+            var mapping = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            var view = mapping.CreateViewAccessor(0, length, MemoryMappedFileAccess.Read);
+            try
+            {
+                Span<byte> magic = stackalloc byte[8];
+                for (int i = 0; i < 8; i++) magic[i] = view.ReadByte(i);
+                if (!magic.SequenceEqual(Magic)) throw new ModelFormatException(path, 0, "bad magic, expected 'INFKVPF1' (not a prefix file)");
+                uint version = view.ReadUInt32(8);
+                if (version != Version) throw new ModelFormatException(path, 8, $"unsupported prefix file version {version} (expected {Version})");
+                Check(path, 12, view.ReadUInt64(12), identity.Model, "another model");
+                Check(path, 20, view.ReadUInt64(20), identity.Tokenizer, "another tokenizer");
+                Check(path, 28, view.ReadUInt64(28), identity.Rope, "another RoPE configuration");
+                Check(path, 36, view.ReadUInt64(36), identity.Kv, "another KV cache type or block size");
+                int[] layout = [view.ReadInt32(44), view.ReadInt32(48), view.ReadInt32(52), view.ReadInt32(56), view.ReadInt32(60)];
+                int[] expected = [storage.BlockSize, storage.LayerCount, storage.KvHeadCount, storage.HeadDim, (int)storage.DataType];
+                if (!layout.AsSpan().SequenceEqual(expected))
+                    throw new ModelFormatException(path, 44, $"cache layout [{string.Join(", ", layout)}] differs from this engine's [{string.Join(", ", expected)}] (block size, layers, KV heads, head size, type)");
+                int blockCount = view.ReadInt32(64);
+                long blockBytes = 2L * storage.LayerCount * storage.BlockSize * storage.KvHeadCount * storage.HeadDim * KvCacheStorage.ElementSize(storage.DataType);
+                if (blockCount < 1 || blockCount > (length - HeaderBytes) / (blockBytes + 4L * storage.BlockSize))
+                    throw new ModelFormatException(path, 64, $"block count {blockCount} does not fit the file ({length} bytes)");
+                int tokenCount = blockCount * storage.BlockSize;
+                var tokens = new int[tokenCount];
+                view.ReadArray(HeaderBytes, tokens, 0, tokenCount);
+                long dataOffset = (HeaderBytes + 4L * tokenCount + 63) / 64 * 64;
+                if (dataOffset + blockCount * blockBytes != length)
+                    throw new ModelFormatException(path, dataOffset, $"expected {blockCount * blockBytes} bytes of KV data after offset {dataOffset}, the file has {length - dataOffset}");
+                return new Reader(mapping, view, tokens, blockCount, dataOffset);
+            }
+            catch
+            {
+                view.Dispose();
+                mapping.Dispose();
+                throw;
+            }
+        }
+
+        private static void Check(string path, long offset, ulong actual, ulong expected, string what)
+        {
+            if (actual != expected) throw new ModelFormatException(path, offset, $"the prefix was computed with {what} (identity {actual:x16}, this engine {expected:x16}); refusing it");
+        }
+
+        /// <summary>Copies block <paramref name="index"/> of the file into pool block <paramref name="block"/>.</summary>
+        public unsafe void CopyInto(KvCacheStorage storage, int index, int block)
+        {
+            int bytes = storage.BlockSize * storage.KvHeadCount * storage.HeadDim * KvCacheStorage.ElementSize(storage.DataType);
+            byte* p = null;
+            _view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
+            try
+            {
+                p += _view.PointerOffset + DataOffset + (long)index * 2 * storage.LayerCount * bytes;
+                for (int l = 0; l < storage.LayerCount; l++)
+                {
+                    new ReadOnlySpan<byte>(p, bytes).CopyTo(BlockBytes(storage, l, keys: true, block));
+                    p += bytes;
+                    new ReadOnlySpan<byte>(p, bytes).CopyTo(BlockBytes(storage, l, keys: false, block));
+                    p += bytes;
+                }
+            }
+            finally
+            {
+                _view.SafeMemoryMappedViewHandle.ReleasePointer();
+            }
+        }
+
+        public void Dispose()
+        {
+            _view.Dispose();
+            _mapping.Dispose();
+        }
+    }
+}
