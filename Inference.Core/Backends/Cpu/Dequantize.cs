@@ -1,25 +1,151 @@
+using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using Inference.Loading;
 
 namespace Inference.Backends.Cpu;
 
 /// <summary>Plain dequantization of GGML blocks to float (the reference the fast kernels are tested against).</summary>
+/// <remarks>
+/// Block layouts follow ggml (<c>ggml-common.h</c>), all little-endian:
+/// <code>
+/// Q8_0  34 B / 32:  f16 d | i8 qs[32]                      x = d·q
+/// Q4_0  18 B / 32:  f16 d | u8 qs[16]                      x[j] = d·((qs[j] &amp; 15) − 8), x[j+16] = d·((qs[j] >> 4) − 8)
+/// Q4_K 144 B / 256: f16 d | f16 dmin | u8 scales[12] | u8 qs[128]
+///                   8 sub-blocks of 32 with 6-bit scale sc and min m: x = d·sc·q − dmin·m
+/// Q6_K 210 B / 256: u8 ql[128] | u8 qh[64] | i8 scales[16] | f16 d
+///                   16 sub-blocks of 16 with 8-bit signed scale: x = d·sc·(q − 32), q 6-bit
+/// </code>
+/// </remarks>
 public static class Dequantize
 {
     /// <summary>Dequantizes one row of <paramref name="type"/> values into <paramref name="dst"/>.</summary>
+    /// <param name="type">Element type of <paramref name="src"/>.</param>
+    /// <param name="src">At least the bytes of <c>dst.Length</c> elements (a whole number of blocks).</param>
+    /// <param name="dst">Receives the values; its length must be a multiple of the type's block size.</param>
+    /// <exception cref="NotSupportedException">The type has no dequantizer.</exception>
+    /// <exception cref="ArgumentException">The lengths do not fit the block geometry.</exception>
     public static void Row(GgmlType type, ReadOnlySpan<byte> src, Span<float> dst)
     {
+        if (!GgmlTypeInfo.TryGetBlock(type, out int blockElements, out int blockBytes))
+            throw new NotSupportedException($"dequantization of {type} is not supported");
+        if (dst.Length % blockElements != 0)
+            throw new ArgumentException($"length {dst.Length} is not a multiple of the {type} block size {blockElements}", nameof(dst));
+        if (src.Length < (long)dst.Length / blockElements * blockBytes)
+            throw new ArgumentException($"{src.Length} bytes hold fewer than {dst.Length} {type} values", nameof(src));
         switch (type)
         {
             case GgmlType.F32:
                 MemoryMarshal.Cast<byte, float>(src)[..dst.Length].CopyTo(dst);
                 break;
             case GgmlType.F16:
-                var h = MemoryMarshal.Cast<byte, Half>(src);
-                for (int i = 0; i < dst.Length; i++) dst[i] = (float)h[i];
+                for (int i = 0; i < dst.Length; i++) dst[i] = Fp16.ToFloat(BinaryPrimitives.ReadUInt16LittleEndian(src[(2 * i)..]));
+                break;
+            case GgmlType.BF16:
+                for (int i = 0; i < dst.Length; i++)
+                    dst[i] = BitConverter.Int32BitsToSingle(BinaryPrimitives.ReadUInt16LittleEndian(src[(2 * i)..]) << 16);
+                break;
+            case GgmlType.Q8_0:
+                for (int b = 0; b < dst.Length / 32; b++) Q8_0Block(src.Slice(b * 34, 34), dst.Slice(b * 32, 32));
+                break;
+            case GgmlType.Q4_0:
+                for (int b = 0; b < dst.Length / 32; b++) Q4_0Block(src.Slice(b * 18, 18), dst.Slice(b * 32, 32));
+                break;
+            case GgmlType.Q4_K:
+                for (int b = 0; b < dst.Length / 256; b++) Q4_KBlock(src.Slice(b * 144, 144), dst.Slice(b * 256, 256));
+                break;
+            case GgmlType.Q6_K:
+                for (int b = 0; b < dst.Length / 256; b++) Q6_KBlock(src.Slice(b * 210, 210), dst.Slice(b * 256, 256));
                 break;
             default:
                 throw new NotSupportedException($"dequantization of {type} is not supported");
+        }
+    }
+
+    private static float ReadHalf(ReadOnlySpan<byte> src, int offset) => Fp16.ToFloat(BinaryPrimitives.ReadUInt16LittleEndian(src[offset..]));
+
+    private static void Q8_0Block(ReadOnlySpan<byte> b, Span<float> y)
+    {
+        float d = ReadHalf(b, 0);
+        for (int j = 0; j < 32; j++) y[j] = d * (sbyte)b[2 + j];
+    }
+
+    private static void Q4_0Block(ReadOnlySpan<byte> b, Span<float> y)
+    {
+        float d = ReadHalf(b, 0);
+        var qs = b.Slice(2, 16);
+        for (int j = 0; j < 16; j++)
+        {
+            y[j] = d * ((qs[j] & 0xF) - 8);
+            y[j + 16] = d * ((qs[j] >> 4) - 8);
+        }
+    }
+
+    /// <summary>
+    /// The 6-bit scale and min of Q4_K sub-block <paramref name="j"/> (0..7) from the 12 packed bytes (ggml's
+    /// <c>get_scale_min_k4</c>): sub-blocks 0..3 use the low 6 bits of bytes j and j+4; sub-blocks 4..7 take their low
+    /// 4 bits from byte j+4 (scale: low nibble, min: high nibble) and their high 2 bits from the top bits of bytes j−4 and j.
+    /// </summary>
+    internal static void ScaleMinK4(int j, ReadOnlySpan<byte> scales, out int scale, out int min)
+    {
+        if (j < 4)
+        {
+            scale = scales[j] & 63;
+            min = scales[j + 4] & 63;
+        }
+        else
+        {
+            scale = (scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4);
+            min = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
+        }
+    }
+
+    private static void Q4_KBlock(ReadOnlySpan<byte> b, Span<float> y)
+    {
+        float d = ReadHalf(b, 0);
+        float dmin = ReadHalf(b, 2);
+        var scales = b.Slice(4, 12);
+        var qs = b.Slice(16, 128);
+        // Each 32 bytes of qs hold 64 weights: low nibbles are sub-block 2k, high nibbles sub-block 2k+1.
+        for (int k = 0; k < 4; k++)
+        {
+            ScaleMinK4(2 * k, scales, out int sc0, out int m0);
+            ScaleMinK4(2 * k + 1, scales, out int sc1, out int m1);
+            float d0 = d * sc0, min0 = dmin * m0, d1 = d * sc1, min1 = dmin * m1;
+            var q = qs.Slice(32 * k, 32);
+            var o = y.Slice(64 * k, 64);
+            for (int l = 0; l < 32; l++)
+            {
+                o[l] = d0 * (q[l] & 0xF) - min0;
+                o[l + 32] = d1 * (q[l] >> 4) - min1;
+            }
+        }
+    }
+
+    private static void Q6_KBlock(ReadOnlySpan<byte> b, Span<float> y)
+    {
+        var ql = b[..128];
+        var qh = b.Slice(128, 64);
+        var sc = MemoryMarshal.Cast<byte, sbyte>(b.Slice(192, 16));
+        float d = ReadHalf(b, 208);
+        // Two halves of 128 weights; each uses 64 bytes of ql, 32 of qh and 8 scales.
+        for (int n = 0; n < 2; n++)
+        {
+            var l4 = ql.Slice(64 * n, 64);
+            var h2 = qh.Slice(32 * n, 32);
+            var s = sc.Slice(8 * n, 8);
+            var o = y.Slice(128 * n, 128);
+            for (int l = 0; l < 32; l++)
+            {
+                int isub = l / 16;
+                int q1 = ((l4[l] & 0xF) | (((h2[l] >> 0) & 3) << 4)) - 32;
+                int q2 = ((l4[l + 32] & 0xF) | (((h2[l] >> 2) & 3) << 4)) - 32;
+                int q3 = ((l4[l] >> 4) | (((h2[l] >> 4) & 3) << 4)) - 32;
+                int q4 = ((l4[l + 32] >> 4) | (((h2[l] >> 6) & 3) << 4)) - 32;
+                o[l] = d * s[isub] * q1;
+                o[l + 32] = d * s[isub + 2] * q2;
+                o[l + 64] = d * s[isub + 4] * q3;
+                o[l + 96] = d * s[isub + 6] * q4;
+            }
         }
     }
 }

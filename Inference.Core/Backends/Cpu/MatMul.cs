@@ -1,47 +1,152 @@
-using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Inference.Loading;
 
 namespace Inference.Backends.Cpu;
 
 /// <summary>Matrix products of activations with <see cref="WeightMatrix"/> weights, spread over a <see cref="WorkerPool"/>.</summary>
+/// <remarks>
+/// <para>What each weight type effectively computes (compare <see cref="MatMulReference"/>):</para>
+/// <list type="bullet">
+/// <item>F32, F16, BF16: the float dot product with f32 accumulation, F16/BF16 widened exactly in registers.</item>
+/// <item>Q8_0, Q4_0: each activation row is first quantized to Q8_0 (per 32 values, scale max|x|/127), then block
+/// integer dots are scaled by both block scales, as ggml's <c>vec_dot_q8_0_q8_0</c> / <c>vec_dot_q4_0_q8_0</c>.</item>
+/// <item>Q4_K, Q6_K: activations are quantized to Q8_K (per 256 values), as ggml's <c>vec_dot_q4_K_q8_K</c> /
+/// <c>vec_dot_q6_K_q8_K</c>.</item>
+/// </list>
+/// <para>The result therefore differs from the exact product by the activation quantization error (at most half a
+/// quantization step per activation) plus f32 rounding. Weight rows are split over the pool's threads; each weight
+/// row is read from memory once and used for every batch row. A call allocates nothing once its scratch buffers
+/// have grown to the largest batch seen on the calling thread.</para>
+/// </remarks>
 public static class MatMul
 {
+    [ThreadStatic] private static ActivationScratch? t_scratch;
+
     /// <summary>
     /// y[b, r] = Σ_c W[r, c] · x[b, c] for every batch row b &lt; <paramref name="batch"/>.
     /// x is [batch, Cols] and y is [batch, Rows], both row-major.
     /// </summary>
-    public static void Multiply(in WeightMatrix w, ReadOnlySpan<float> x, Span<float> y, int batch, WorkerPool pool)
+    /// <param name="w">The weights; F32, F16, BF16, Q8_0, Q4_0, Q4_K or Q6_K.</param>
+    /// <param name="x">Activations, [batch, Cols].</param>
+    /// <param name="y">Receives the outputs, [batch, Rows].</param>
+    /// <param name="batch">Number of activation rows (tokens in the step).</param>
+    /// <param name="pool">Threads to split the weight rows over.</param>
+    /// <exception cref="ArgumentException">A buffer is too short.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="batch"/> is negative.</exception>
+    /// <exception cref="NotSupportedException">The weight type has no kernel.</exception>
+    public static void Multiply(in WeightMatrix w, ReadOnlySpan<float> x, Span<float> y, int batch, WorkerPool pool) =>
+        Multiply(w, x, y, batch, pool, KernelPaths.Best);
+
+    /// <summary><see cref="Multiply(in WeightMatrix, ReadOnlySpan{float}, Span{float}, int, WorkerPool)"/> at a forced
+    /// instruction-set level (tests run every supported level).</summary>
+    internal static unsafe void Multiply(in WeightMatrix w, ReadOnlySpan<float> x, Span<float> y, int batch, WorkerPool pool, KernelPath path)
     {
-        if (x.Length < batch * w.Cols) throw new ArgumentException("x is shorter than batch × cols", nameof(x));
-        if (y.Length < batch * w.Rows) throw new ArgumentException("y is shorter than batch × rows", nameof(y));
-        unsafe
+        ArgumentNullException.ThrowIfNull(pool);
+        ArgumentOutOfRangeException.ThrowIfNegative(batch);
+        if (!KernelPaths.IsSupported(path)) throw new PlatformNotSupportedException($"kernel path {path} is not supported here");
+        if (x.Length < (long)batch * w.Cols) throw new ArgumentException("x is shorter than batch × cols", nameof(x));
+        if (y.Length < (long)batch * w.Rows) throw new ArgumentException("y is shorter than batch × rows", nameof(y));
+        if (batch == 0 || w.Rows == 0) return;
+        int blockElements = GgmlTypeInfo.BlockElements(w.Type);
+        if (w.Cols % blockElements != 0)
+            throw new ArgumentException($"{w.Cols} columns are not a whole number of {w.Type} blocks", nameof(w));
+
+        fixed (float* px = x)
+        fixed (float* py = y)
         {
-            fixed (float* px = x)
-            fixed (float* py = y)
+            switch (w.Type)
             {
-                pool.Run(w.Rows, new RowJob(w, px, py, batch));
+                case GgmlType.F32: pool.Run(w.Rows, new FloatJob<F32Weights>(new MatMulArgs(w, px, py, batch, path))); break;
+                case GgmlType.F16: pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, px, py, batch, path))); break;
+                case GgmlType.BF16: pool.Run(w.Rows, new FloatJob<BF16Weights>(new MatMulArgs(w, px, py, batch, path))); break;
+                case GgmlType.Q8_0: RunQ8_0<Q8_0Kernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q4_0: RunQ8_0<Q4_0Kernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q4_K: RunQ8_K<Q4_KKernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q6_K: RunQ8_K<Q6_KKernel>(w, px, py, batch, pool, path); break;
+                default: throw new NotSupportedException($"matmul with {w.Type} weights is not supported");
             }
         }
     }
 
-    private readonly unsafe struct RowJob(WeightMatrix w, float* x, float* y, int batch) : IRangeJob
+    private static unsafe void RunQ8_0<TKernel>(in WeightMatrix w, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
+        where TKernel : IQuantKernel
+    {
+        var s = t_scratch ??= new ActivationScratch();
+        s.Ensure(batch, w.Cols);
+        var a = new MatMulArgs(w, x, y, batch, path, s.Q, s.D, s.Sums, s.BSums);
+        pool.Run(batch, new QuantizeQ8_0Job(a));
+        pool.Run(w.Rows, new QuantJob<TKernel>(a));
+    }
+
+    private static unsafe void RunQ8_K<TKernel>(in WeightMatrix w, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
+        where TKernel : IQuantKernel
+    {
+        var s = t_scratch ??= new ActivationScratch();
+        s.Ensure(batch, w.Cols);
+        var a = new MatMulArgs(w, x, y, batch, path, s.Q, s.D, s.Sums, s.BSums);
+        pool.Run(batch, new QuantizeQ8_KJob(a));
+        pool.Run(w.Rows, new QuantJob<TKernel>(a));
+    }
+
+    private readonly struct FloatJob<TW>(MatMulArgs a) : IRangeJob where TW : IFloatWeights
+    {
+        public void Execute(int start, int end) => FloatMatMulKernel.Rows<TW>(a, start, end);
+    }
+
+    private readonly struct QuantJob<TKernel>(MatMulArgs a) : IRangeJob where TKernel : IQuantKernel
+    {
+        public void Execute(int start, int end) => QuantKernel.Rows<TKernel>(a, start, end);
+    }
+
+    private readonly unsafe struct QuantizeQ8_0Job(MatMulArgs a) : IRangeJob
     {
         public void Execute(int start, int end)
         {
-            var cols = w.Cols;
-            float[]? scratch = w.Type == GgmlType.F32 ? null : new float[cols];
-            for (int r = start; r < end; r++)
-            {
-                ReadOnlySpan<float> row;
-                if (scratch is null) row = new ReadOnlySpan<float>(w.Data + r * w.RowBytes, cols);
-                else
-                {
-                    Dequantize.Row(w.Type, w.Row(r), scratch);
-                    row = scratch;
-                }
-                for (int b = 0; b < batch; b++)
-                    y[(long)b * w.Rows + r] = TensorPrimitives.Dot(row, new ReadOnlySpan<float>(x + (long)b * cols, cols));
-            }
+            int cols = a.Cols, nb = cols / 32;
+            for (long b = start; b < end; b++)
+                ActivationQuantizer.RowQ8_0(a.X + b * cols, cols, a.Q + b * cols, a.D + b * nb, a.Sums + b * nb, a.Path);
+        }
+    }
+
+    private readonly unsafe struct QuantizeQ8_KJob(MatMulArgs a) : IRangeJob
+    {
+        public void Execute(int start, int end)
+        {
+            int cols = a.Cols;
+            for (long b = start; b < end; b++)
+                ActivationQuantizer.RowQ8_K(a.X + b * cols, cols, a.Q + b * cols, a.D + b * (cols / 256), a.BSums + b * (cols / 16), a.Path);
+        }
+    }
+
+    /// <summary>Quantized activations of one call, grown to the largest batch × cols seen and pinned for life.</summary>
+    private sealed unsafe class ActivationScratch
+    {
+        private sbyte[] _q = [];
+        private float[] _d = [];
+        private int[] _sums = [];
+        private short[] _bsums = [];
+
+        public sbyte* Q { get; private set; }
+        public float* D { get; private set; }
+        public int* Sums { get; private set; }
+        public short* BSums { get; private set; }
+
+        public void Ensure(int batch, int cols)
+        {
+            long values = (long)batch * cols;
+            if (values <= _q.Length) return;
+            // NOTE: grow with headroom so a prefill of slowly increasing size does not reallocate every step.
+            int n = checked((int)Math.Max(values, (long)_q.Length * 3 / 2));
+            n = (n + 255) & ~255;
+            _q = GC.AllocateUninitializedArray<sbyte>(n, pinned: true);
+            _d = GC.AllocateUninitializedArray<float>(n / 32, pinned: true);
+            _sums = GC.AllocateUninitializedArray<int>(n / 32, pinned: true);
+            _bsums = GC.AllocateUninitializedArray<short>(n / 16, pinned: true);
+            Q = (sbyte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_q));
+            D = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_d));
+            Sums = (int*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_sums));
+            BSums = (short*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_bsums));
         }
     }
 }

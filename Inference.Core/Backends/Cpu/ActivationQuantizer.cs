@@ -1,0 +1,117 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Inference.Backends.Cpu;
+
+/// <summary>
+/// Quantizes float activation rows for the integer kernels, into a kernel-friendly split layout rather than ggml block
+/// bytes: quants [cols], one float scale per block, and per-block quant sums.
+/// </summary>
+/// <remarks>
+/// NOTE: the scales stay f32 (ggml rounds the Q8_0 scale to f16): the kernels never need the byte format, and the
+/// unrounded scale removes one error term. The vector paths round with the MXCSR default (halves to even) where the
+/// Q8_0 reference rounds halves away from zero; quants differ only on exact ties.
+/// </remarks>
+internal static unsafe class ActivationQuantizer
+{
+    // NOTE: the vector paths use AVX min/max rather than Vector256.Max, whose NaN and −0 handling costs extra
+    // instructions; activations are finite.
+
+    /// <summary>Q8_0: per 32 values d = max|x| / 127, q = round(x / d), <paramref name="sums"/> = Σq per block.</summary>
+    public static void RowQ8_0(float* x, int cols, sbyte* q, float* d, int* sums, KernelPath path)
+    {
+        int nb = cols / 32;
+        if (path == KernelPath.Scalar)
+        {
+            for (int b = 0; b < nb; b++)
+            {
+                var qs = new Span<sbyte>(q + 32 * b, 32);
+                d[b] = Quantize.Q8_0Block(new ReadOnlySpan<float>(x + 32 * b, 32), qs);
+                int s = 0;
+                for (int j = 0; j < 32; j++) s += qs[j];
+                sums[b] = s;
+            }
+            return;
+        }
+        for (int b = 0; b < nb; b++)
+        {
+            float* xb = x + 32 * b;
+            var v0 = Vector256.Load(xb);
+            var v1 = Vector256.Load(xb + 8);
+            var v2 = Vector256.Load(xb + 16);
+            var v3 = Vector256.Load(xb + 24);
+            var m = Avx.Max(Avx.Max(Vector256.Abs(v0), Vector256.Abs(v1)), Avx.Max(Vector256.Abs(v2), Vector256.Abs(v3)));
+            float amax = HorizontalMax(m);
+            float scale = amax / 127;
+            var id = Vector256.Create(scale != 0 ? 1.0f / scale : 0.0f);
+            var i0 = Avx.ConvertToVector256Int32(v0 * id);
+            var i1 = Avx.ConvertToVector256Int32(v1 * id);
+            var i2 = Avx.ConvertToVector256Int32(v2 * id);
+            var i3 = Avx.ConvertToVector256Int32(v3 * id);
+            Vector256.Narrow(Vector256.Narrow(i0, i1), Vector256.Narrow(i2, i3)).Store(q + 32 * b);
+            d[b] = scale;
+            sums[b] = Vector256.Sum((i0 + i1) + (i2 + i3));
+        }
+    }
+
+    /// <summary>
+    /// Q8_K: per 256 values the value m of largest magnitude gives d = m / −127, q = min(127, round(x / d)),
+    /// <paramref name="bsums"/> = Σq per 16 values.
+    /// </summary>
+    public static void RowQ8_K(float* x, int cols, sbyte* q, float* d, short* bsums, KernelPath path)
+    {
+        int nb = cols / 256;
+        if (path == KernelPath.Scalar)
+        {
+            for (int b = 0; b < nb; b++)
+                d[b] = Quantize.Q8_KBlock(new ReadOnlySpan<float>(x + 256 * b, 256), new Span<sbyte>(q + 256 * b, 256),
+                    new Span<short>(bsums + 16 * b, 16));
+            return;
+        }
+        for (int b = 0; b < nb; b++)
+        {
+            float* xb = x + 256 * b;
+            var vmax = Vector256.Load(xb);
+            var vmin = vmax;
+            for (int j = 8; j < 256; j += 8)
+            {
+                var v = Vector256.Load(xb + j);
+                vmax = Avx.Max(vmax, v);
+                vmin = Avx.Min(vmin, v);
+            }
+            float hi = HorizontalMax(vmax), lo = -HorizontalMax(-vmin);
+            float max = hi >= -lo ? hi : lo;
+            if (max == 0)
+            {
+                new Span<sbyte>(q + 256 * b, 256).Clear();
+                new Span<short>(bsums + 16 * b, 16).Clear();
+                d[b] = 0;
+                continue;
+            }
+            float iscale = -127f / max;
+            var vs = Vector256.Create(iscale);
+            var limit = Vector256.Create(127);
+            for (int j = 0; j < 256; j += 32)
+            {
+                var i0 = Vector256.Min(Avx.ConvertToVector256Int32(Vector256.Load(xb + j) * vs), limit);
+                var i1 = Vector256.Min(Avx.ConvertToVector256Int32(Vector256.Load(xb + j + 8) * vs), limit);
+                var i2 = Vector256.Min(Avx.ConvertToVector256Int32(Vector256.Load(xb + j + 16) * vs), limit);
+                var i3 = Vector256.Min(Avx.ConvertToVector256Int32(Vector256.Load(xb + j + 24) * vs), limit);
+                Vector256.Narrow(Vector256.Narrow(i0, i1), Vector256.Narrow(i2, i3)).Store(q + 256 * b + j);
+                bsums[16 * b + j / 16] = (short)Vector256.Sum(i0 + i1);
+                bsums[16 * b + j / 16 + 1] = (short)Vector256.Sum(i2 + i3);
+            }
+            d[b] = 1 / iscale;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float HorizontalMax(Vector256<float> v)
+    {
+        var m = Sse.Max(v.GetLower(), v.GetUpper());
+        m = Sse.Max(m, Vector128.Shuffle(m, Vector128.Create(2, 3, 0, 1)));
+        m = Sse.Max(m, Vector128.Shuffle(m, Vector128.Create(1, 0, 3, 2)));
+        return m.ToScalar();
+    }
+}

@@ -1,0 +1,106 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace Inference.Backends.Cpu;
+
+/// <summary>Loads float weights of one storage type, converting on the fly (F32, F16, BF16).</summary>
+internal unsafe interface IFloatWeights
+{
+    /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+31 of <paramref name="row"/>.</summary>
+    static abstract void Load32(byte* row, int i, out Vector512<float> lo, out Vector512<float> hi);
+    /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+15 of <paramref name="row"/>.</summary>
+    static abstract void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi);
+    /// <summary>Weight <paramref name="i"/> of <paramref name="row"/>.</summary>
+    static abstract float Load1(byte* row, int i);
+}
+
+/// <summary>32-bit float weights.</summary>
+internal readonly unsafe struct F32Weights : IFloatWeights
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Load32(byte* row, int i, out Vector512<float> lo, out Vector512<float> hi)
+    {
+        lo = Vector512.Load((float*)row + i);
+        hi = Vector512.Load((float*)row + i + 16);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi)
+    {
+        lo = Vector256.Load((float*)row + i);
+        hi = Vector256.Load((float*)row + i + 8);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Load1(byte* row, int i) => ((float*)row)[i];
+}
+
+/// <summary>IEEE half weights, widened with integer arithmetic (no F16C intrinsics are exposed to .NET).</summary>
+internal readonly unsafe struct F16Weights : IFloatWeights
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Load32(byte* row, int i, out Vector512<float> lo, out Vector512<float> hi)
+    {
+        var (l, h) = Vector512.Widen(Vector512.Load((ushort*)row + i));
+        lo = ToSingle(l);
+        hi = ToSingle(h);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi)
+    {
+        var (l, h) = Vector256.Widen(Vector256.Load((ushort*)row + i));
+        lo = ToSingle(l);
+        hi = ToSingle(h);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Load1(byte* row, int i) => Fp16.ToFloat(((ushort*)row)[i]);
+
+    // NOTE: exponent+mantissa shifted into float position and scaled by 2^112 re-biases normals and turns half
+    // subnormals (which land on float subnormals) into the right normal floats; only Inf/NaN need a fix-up.
+    private const uint Scale = (127 + 112) << 23;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> ToSingle(Vector512<uint> h)
+    {
+        var em = (h & Vector512.Create(0x7FFFu)) << 13;
+        var f = em.AsSingle() * Vector512.Create(Scale).AsSingle();
+        var infNan = Vector512.Equals(h & Vector512.Create(0x7C00u), Vector512.Create(0x7C00u));
+        f = Vector512.ConditionalSelect(infNan.AsSingle(), (em | Vector512.Create(0x7F800000u)).AsSingle(), f);
+        return (f.AsUInt32() | ((h & Vector512.Create(0x8000u)) << 16)).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> ToSingle(Vector256<uint> h)
+    {
+        var em = (h & Vector256.Create(0x7FFFu)) << 13;
+        var f = em.AsSingle() * Vector256.Create(Scale).AsSingle();
+        var infNan = Vector256.Equals(h & Vector256.Create(0x7C00u), Vector256.Create(0x7C00u));
+        f = Vector256.ConditionalSelect(infNan.AsSingle(), (em | Vector256.Create(0x7F800000u)).AsSingle(), f);
+        return (f.AsUInt32() | ((h & Vector256.Create(0x8000u)) << 16)).AsSingle();
+    }
+}
+
+/// <summary>bfloat16 weights: the upper half of a float.</summary>
+internal readonly unsafe struct BF16Weights : IFloatWeights
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Load32(byte* row, int i, out Vector512<float> lo, out Vector512<float> hi)
+    {
+        var (l, h) = Vector512.Widen(Vector512.Load((ushort*)row + i));
+        lo = (l << 16).AsSingle();
+        hi = (h << 16).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi)
+    {
+        var (l, h) = Vector256.Widen(Vector256.Load((ushort*)row + i));
+        lo = (l << 16).AsSingle();
+        hi = (h << 16).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Load1(byte* row, int i) => BitConverter.Int32BitsToSingle(((ushort*)row)[i] << 16);
+}

@@ -1,0 +1,42 @@
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Inference.Backends.Cpu;
+
+/// <summary>Instruction-set level a CPU kernel runs at; tests force each supported level.</summary>
+internal enum KernelPath
+{
+    /// <summary>Plain scalar loops.</summary>
+    Scalar,
+    /// <summary>AVX2 + FMA; integer dots through <c>vpmaddubsw</c> + <c>vpmaddwd</c>.</summary>
+    Vector256,
+    /// <summary>AVX2 + FMA with AVX-VNNI integer dots (<c>vpdpbusd</c>).</summary>
+    Vector256Vnni,
+    /// <summary>AVX-512 float kernels; integer kernels as <see cref="Vector256Vnni"/> (or <see cref="Vector256"/> without VNNI).</summary>
+    Vector512,
+}
+
+/// <summary>Which <see cref="KernelPath"/>s this machine supports.</summary>
+internal static class KernelPaths
+{
+    /// <summary>The fastest supported path.</summary>
+    public static readonly KernelPath Best =
+        IsSupported(KernelPath.Vector512) ? KernelPath.Vector512
+        : IsSupported(KernelPath.Vector256Vnni) ? KernelPath.Vector256Vnni
+        : IsSupported(KernelPath.Vector256) ? KernelPath.Vector256
+        : KernelPath.Scalar;
+
+    /// <summary>True when <paramref name="path"/> can run here.</summary>
+    public static bool IsSupported(KernelPath path) => path switch
+    {
+        KernelPath.Scalar => true,
+        KernelPath.Vector256 => Avx2.IsSupported && Fma.IsSupported,
+        KernelPath.Vector256Vnni => Avx2.IsSupported && Fma.IsSupported && AvxVnni.IsSupported,
+        KernelPath.Vector512 => Avx2.IsSupported && Fma.IsSupported && Avx512F.IsSupported && Avx512BW.IsSupported
+                                && Vector512.IsHardwareAccelerated,
+        _ => false,
+    };
+
+    /// <summary>True when integer dots on <paramref name="path"/> use AVX-VNNI.</summary>
+    public static bool UsesVnni(KernelPath path) => path >= KernelPath.Vector256Vnni && AvxVnni.IsSupported;
+}

@@ -1,0 +1,63 @@
+namespace Inference.Backends.Cpu;
+
+/// <summary>Everything a matmul kernel reads and writes, as raw pointers pinned by the caller for one call.</summary>
+internal readonly unsafe struct MatMulArgs
+{
+    /// <summary>Row 0 of the weights; rows are <see cref="RowBytes"/> apart.</summary>
+    public readonly byte* W;
+    /// <summary>Bytes per weight row.</summary>
+    public readonly long RowBytes;
+    /// <summary>Output features.</summary>
+    public readonly int Rows;
+    /// <summary>Input features.</summary>
+    public readonly int Cols;
+    /// <summary>Activations, [Batch, Cols].</summary>
+    public readonly float* X;
+    /// <summary>Outputs, [Batch, Rows].</summary>
+    public readonly float* Y;
+    /// <summary>Batch rows (tokens).</summary>
+    public readonly int Batch;
+    /// <summary>Quantized activations, [Batch, Cols] (integer kernels only).</summary>
+    public readonly sbyte* Q;
+    /// <summary>Activation block scales, [Batch, Cols / block] (integer kernels only).</summary>
+    public readonly float* D;
+    /// <summary>Q8_0: Σq per 32-block, [Batch, Cols / 32] (used by Q4_0's −8 offset).</summary>
+    public readonly int* Sums;
+    /// <summary>Q8_K: Σq per 16 values, [Batch, Cols / 16].</summary>
+    public readonly short* BSums;
+    /// <summary>Instruction-set level to run at.</summary>
+    public readonly KernelPath Path;
+
+    public MatMulArgs(in WeightMatrix w, float* x, float* y, int batch, KernelPath path,
+        sbyte* q = null, float* d = null, int* sums = null, short* bsums = null)
+    {
+        W = w.Data;
+        RowBytes = w.RowBytes;
+        Rows = w.Rows;
+        Cols = w.Cols;
+        X = x;
+        Y = y;
+        Batch = batch;
+        Path = path;
+        Q = q;
+        D = d;
+        Sums = sums;
+        BSums = bsums;
+    }
+}
+
+/// <summary>How many batch rows a kernel handles per pass over a weight row (a compile-time constant per type).</summary>
+internal interface IBatchTile
+{
+    /// <summary>Batch rows per tile, 1 to 4.</summary>
+    static abstract int Count { get; }
+}
+
+/// <summary>One batch row.</summary>
+internal readonly struct Tile1 : IBatchTile { public static int Count => 1; }
+/// <summary>Two batch rows.</summary>
+internal readonly struct Tile2 : IBatchTile { public static int Count => 2; }
+/// <summary>Three batch rows.</summary>
+internal readonly struct Tile3 : IBatchTile { public static int Count => 3; }
+/// <summary>Four batch rows.</summary>
+internal readonly struct Tile4 : IBatchTile { public static int Count => 4; }

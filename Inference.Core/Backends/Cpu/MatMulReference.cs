@@ -1,0 +1,44 @@
+using Inference.Loading;
+
+namespace Inference.Backends.Cpu;
+
+/// <summary>
+/// The plain matmul every fast kernel is tested against: each weight row dequantized with <see cref="Dequantize.Row"/>
+/// and dotted with the unquantized activations in float64.
+/// </summary>
+internal static class MatMulReference
+{
+    /// <summary>y[b, r] = Σ_c W[r, c]·x[b, c] in float64; x is [batch, Cols], y is [batch, Rows].</summary>
+    public static void Multiply(in WeightMatrix w, ReadOnlySpan<float> x, Span<double> y, int batch)
+    {
+        var row = new float[w.Cols];
+        for (int r = 0; r < w.Rows; r++)
+        {
+            Dequantize.Row(w.Type, w.Row(r), row);
+            for (int b = 0; b < batch; b++)
+            {
+                var xb = x.Slice(b * w.Cols, w.Cols);
+                double s = 0;
+                for (int c = 0; c < w.Cols; c++) s += (double)row[c] * xb[c];
+                y[b * w.Rows + r] = s;
+            }
+        }
+    }
+
+    /// <summary>The dequantized weights, [Rows, Cols].</summary>
+    public static float[] DequantizedWeights(in WeightMatrix w)
+    {
+        var all = new float[(long)w.Rows * w.Cols];
+        for (int r = 0; r < w.Rows; r++) Dequantize.Row(w.Type, w.Row(r), all.AsSpan(r * w.Cols, w.Cols));
+        return all;
+    }
+
+    /// <summary>True when <see cref="MatMul.Multiply(in WeightMatrix, ReadOnlySpan{float}, Span{float}, int, WorkerPool)"/>
+    /// first quantizes the activations for <paramref name="type"/>, and the block length it quantizes over (else 0).</summary>
+    public static int ActivationBlock(GgmlType type) => type switch
+    {
+        GgmlType.Q8_0 or GgmlType.Q4_0 => 32,
+        GgmlType.Q4_K or GgmlType.Q6_K => 256,
+        _ => 0,
+    };
+}

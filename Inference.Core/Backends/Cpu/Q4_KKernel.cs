@@ -1,0 +1,131 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Inference.Backends.Cpu;
+
+/// <summary>
+/// Q4_K weights × Q8_K activations (ggml's <c>vec_dot_q4_K_q8_K</c>): per super-block of 256,
+/// y += d_x·(d·Σ_j sc_j·Σ q·q_x − dmin·Σ_j m_j·Σ q_x), the activation sums of each 32-value sub-block j coming from
+/// the Q8_K bsums.
+/// </summary>
+/// <remarks>
+/// The scale is applied in the integer domain with <c>vpmaddwd</c> on the <c>vpmaddubsw</c> pair sums (codes ≤ 15, so
+/// no pair saturates); AVX-VNNI would need a 32-bit multiply per sub-block instead and is no faster here.
+/// </remarks>
+internal readonly unsafe struct Q4_KKernel : IQuantKernel
+{
+    private const int BlockBytes = 144;
+
+    // Byte j of the result is min j duplicated into a pair of shorts' worth of bytes: [m0, m0, m1, m1, …, m7, m7].
+    private static readonly Vector128<byte> DuplicateBytes = Vector128.Create((byte)0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+
+    public static void Tile<TTile>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile
+    {
+        int cols = a.Cols, nsb = cols / 256;
+        sbyte* q0 = a.Q + (long)b * cols, q1 = q0 + cols, q2 = q1 + cols, q3 = q2 + cols;
+        float* d0 = a.D + (long)b * nsb, d1 = d0 + nsb, d2 = d1 + nsb, d3 = d2 + nsb;
+        short* bs0 = a.BSums + (long)b * (cols / 16), bs1 = bs0 + cols / 16, bs2 = bs1 + cols / 16, bs3 = bs2 + cols / 16;
+        if (a.Path == KernelPath.Scalar)
+        {
+            QuantKernel.Store<TTile>(a, r, b,
+                DotScalar(row, nsb, q0, d0, bs0),
+                TTile.Count > 1 ? DotScalar(row, nsb, q1, d1, bs1) : 0,
+                TTile.Count > 2 ? DotScalar(row, nsb, q2, d2, bs2) : 0,
+                TTile.Count > 3 ? DotScalar(row, nsb, q3, d3, bs3) : 0);
+            return;
+        }
+
+        Vector256<float> acc0 = default, acc1 = default, acc2 = default, acc3 = default;
+        Vector256<float> min0 = default, min1 = default, min2 = default, min3 = default;
+        var nibble = Vector256.Create((byte)0x0F);
+        for (int s = 0; s < nsb; s++)
+        {
+            byte* p = row + s * BlockBytes;
+            float d = Fp16.ToFloat(*(ushort*)p), dmin = Fp16.ToFloat(*(ushort*)(p + 2));
+            UnpackScales(p + 4, out ulong scales, out ulong mins);
+
+            // Σ_j m_j·(bsums[2j] + bsums[2j+1]) as 8 int lanes.
+            var mins16 = Avx2.ConvertToVector256Int16(Ssse3.Shuffle(Vector128.CreateScalar(mins).AsByte(), DuplicateBytes));
+            min0 = MinStep(min0, bs0 + 16 * s, mins16, dmin * d0[s]);
+            if (TTile.Count > 1) min1 = MinStep(min1, bs1 + 16 * s, mins16, dmin * d1[s]);
+            if (TTile.Count > 2) min2 = MinStep(min2, bs2 + 16 * s, mins16, dmin * d2[s]);
+            if (TTile.Count > 3) min3 = MinStep(min3, bs3 + 16 * s, mins16, dmin * d3[s]);
+
+            Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
+            for (int k = 0; k < 4; k++)
+            {
+                // 64 values: low nibbles are sub-block 2k, high nibbles sub-block 2k+1.
+                var qv = Vector256.Load(p + 16 + 32 * k);
+                var lo = qv & nibble;
+                var hi = Avx2.ShiftRightLogical(qv.AsUInt16(), 4).AsByte() & nibble;
+                var scLo = Vector256.Create((short)(byte)(scales >> (16 * k)));
+                var scHi = Vector256.Create((short)(byte)(scales >> (16 * k + 8)));
+                int off = 256 * s + 64 * k;
+                i0 = SubStep(i0, lo, hi, q0 + off, scLo, scHi);
+                if (TTile.Count > 1) i1 = SubStep(i1, lo, hi, q1 + off, scLo, scHi);
+                if (TTile.Count > 2) i2 = SubStep(i2, lo, hi, q2 + off, scLo, scHi);
+                if (TTile.Count > 3) i3 = SubStep(i3, lo, hi, q3 + off, scLo, scHi);
+            }
+            acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), Vector256.Create(d * d0[s]), acc0);
+            if (TTile.Count > 1) acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i1), Vector256.Create(d * d1[s]), acc1);
+            if (TTile.Count > 2) acc2 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i2), Vector256.Create(d * d2[s]), acc2);
+            if (TTile.Count > 3) acc3 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i3), Vector256.Create(d * d3[s]), acc3);
+        }
+        QuantKernel.Store<TTile>(a, r, b, Vector256.Sum(acc0 - min0), Vector256.Sum(acc1 - min1), Vector256.Sum(acc2 - min2), Vector256.Sum(acc3 - min3));
+    }
+
+    /// <summary>
+    /// The 8 six-bit scales and 8 six-bit mins packed in 12 bytes (see <see cref="Dequantize.ScaleMinK4"/>), one per
+    /// byte, unpacked with 32-bit masks: bytes 0..3 of <paramref name="scales"/> are scales 0..3, and so on.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void UnpackScales(byte* packed, out ulong scales, out ulong mins)
+    {
+        const uint Low6 = 0x3F3F3F3F, Low4 = 0x0F0F0F0F, Low2 = 0x03030303;
+        uint u0 = *(uint*)packed, u1 = *(uint*)(packed + 4), u2 = *(uint*)(packed + 8);
+        uint sc03 = u0 & Low6;
+        uint sc47 = (u2 & Low4) | (((u0 >> 6) & Low2) << 4);
+        uint m03 = u1 & Low6;
+        uint m47 = ((u2 >> 4) & Low4) | (((u1 >> 6) & Low2) << 4);
+        scales = sc03 | ((ulong)sc47 << 32);
+        mins = m03 | ((ulong)m47 << 32);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> MinStep(Vector256<float> acc, short* bsums, Vector256<short> mins16, float scale) =>
+        Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Vector256.Load(bsums), mins16)), Vector256.Create(scale), acc);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> SubStep(Vector256<int> acc, Vector256<byte> lo, Vector256<byte> hi, sbyte* x, Vector256<short> scLo, Vector256<short> scHi)
+    {
+        var pl = Avx2.MultiplyAddAdjacent(lo, Vector256.Load(x));
+        var ph = Avx2.MultiplyAddAdjacent(hi, Vector256.Load(x + 32));
+        return acc + Avx2.MultiplyAddAdjacent(pl, scLo) + Avx2.MultiplyAddAdjacent(ph, scHi);
+    }
+
+    private static float DotScalar(byte* row, int nsb, sbyte* x, float* dx, short* bsums)
+    {
+        float sum = 0;
+        for (int s = 0; s < nsb; s++)
+        {
+            byte* p = row + s * BlockBytes;
+            var packed = new ReadOnlySpan<byte>(p + 4, 12);
+            byte* qs = p + 16;
+            sbyte* xs = x + 256 * s;
+            int sumi = 0, sumMins = 0;
+            for (int j = 0; j < 8; j++)
+            {
+                Dequantize.ScaleMinK4(j, packed, out int sc, out int m);
+                byte* q = qs + 32 * (j / 2);
+                int shift = 4 * (j % 2);
+                int dot = 0;
+                for (int l = 0; l < 32; l++) dot += ((q[l] >> shift) & 0xF) * xs[32 * j + l];
+                sumi += sc * dot;
+                sumMins += m * (bsums[16 * s + 2 * j] + bsums[16 * s + 2 * j + 1]);
+            }
+            sum += dx[s] * (Fp16.ToFloat(*(ushort*)p) * sumi - Fp16.ToFloat(*(ushort*)(p + 2)) * sumMins);
+        }
+        return sum;
+    }
+}

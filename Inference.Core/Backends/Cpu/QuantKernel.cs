@@ -1,0 +1,55 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Inference.Backends.Cpu;
+
+/// <summary>An integer-dot matmul kernel for one weight type: computes one weight row against a tile of batch rows.</summary>
+internal unsafe interface IQuantKernel
+{
+    /// <summary>Writes y[b + t, r] for t &lt; TTile.Count from weight row <paramref name="row"/>.</summary>
+    static abstract void Tile<TTile>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile;
+}
+
+/// <summary>Drives an <see cref="IQuantKernel"/> over a slice of weight rows, tiling the batch by four.</summary>
+internal static unsafe class QuantKernel
+{
+    /// <summary>Computes output rows [<paramref name="rowStart"/>, <paramref name="rowEnd"/>) for every batch row.</summary>
+    public static void Rows<TKernel>(in MatMulArgs a, int rowStart, int rowEnd) where TKernel : IQuantKernel
+    {
+        for (int r = rowStart; r < rowEnd; r++)
+        {
+            byte* row = a.W + r * a.RowBytes;
+            int b = 0;
+            for (; b + 4 <= a.Batch; b += 4) TKernel.Tile<Tile4>(a, row, r, b);
+            switch (a.Batch - b)
+            {
+                case 3: TKernel.Tile<Tile3>(a, row, r, b); break;
+                case 2: TKernel.Tile<Tile2>(a, row, r, b); break;
+                case 1: TKernel.Tile<Tile1>(a, row, r, b); break;
+            }
+        }
+    }
+
+    /// <summary>Stores the tile's results into y[b + t, r].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Store<TTile>(in MatMulArgs a, int r, int b, float s0, float s1, float s2, float s3) where TTile : IBatchTile
+    {
+        float* y = a.Y + (long)b * a.Rows + r;
+        y[0] = s0;
+        if (TTile.Count > 1) y[a.Rows] = s1;
+        if (TTile.Count > 2) y[2 * a.Rows] = s2;
+        if (TTile.Count > 3) y[3 * a.Rows] = s3;
+    }
+
+    /// <summary>
+    /// Σ u·s over groups of four bytes into the int32 lanes of <paramref name="acc"/> (u unsigned, s signed).
+    /// With AVX-VNNI this is one <c>vpdpbusd</c>; otherwise <c>vpmaddubsw</c> + <c>vpmaddwd</c>, exact as long as each
+    /// adjacent pair of products fits in a short (callers keep |u·s| ≤ 128·127).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<int> DotU8S8(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s, bool vnni) =>
+        vnni
+            ? AvxVnni.MultiplyWideningAndAdd(acc, u, s)
+            : acc + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256.Create((short)1));
+}

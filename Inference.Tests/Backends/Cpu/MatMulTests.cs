@@ -1,0 +1,151 @@
+using Inference.Backends.Cpu;
+using Inference.Loading;
+
+namespace Inference.Tests.Backends.Cpu;
+
+public unsafe class MatMulTests
+{
+    private static readonly GgmlType[] Types =
+        [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K];
+
+    private static IEnumerable<KernelPath> SupportedPaths() => Enum.GetValues<KernelPath>().Where(KernelPaths.IsSupported);
+
+    // (rows, cols): odd row counts; column counts with vector tails for the float kernels, odd block counts for the
+    // 32-blocks and several super-blocks for the K-quants.
+    private static (int Rows, int Cols)[] Shapes(GgmlType type) => MatMulReference.ActivationBlock(type) switch
+    {
+        256 => [(7, 256), (33, 768), (5, 1024)],
+        32 => [(7, 32), (33, 96), (5, 1056)],
+        _ => [(7, 1), (33, 47), (5, 1040)],
+    };
+
+    private static IEnumerable<TestCaseData> Cases()
+    {
+        foreach (var type in Types)
+        foreach (var path in SupportedPaths())
+        foreach (var (rows, cols) in Shapes(type))
+        foreach (int batch in new[] { 1, 3, 17 })
+            yield return new TestCaseData(type, path.ToString(), rows, cols, batch).SetArgDisplayNames($"{type}", $"{path}", $"{rows}x{cols}", $"batch {batch}");
+    }
+
+    [TestCaseSource(nameof(Cases))]
+    public void Fast_matmul_matches_the_float64_reference(GgmlType type, string pathName, int rows, int cols, int batch)
+    {
+        // NOTE: the path travels as a name because KernelPath is internal and test methods are public.
+        var path = Enum.Parse<KernelPath>(pathName);
+        var rng = new Random(HashCode.Combine(type, rows, cols, batch));
+        var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
+        var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
+        var y = new float[batch * rows];
+        y.AsSpan().Fill(float.NaN);
+        using var pool = new WorkerPool(3);
+
+        fixed (byte* pw = weights)
+        {
+            var w = new WeightMatrix(type, pw, rows, cols);
+            MatMul.Multiply(w, x, y, batch, pool, path);
+
+            var wf = MatMulReference.DequantizedWeights(w);
+            var exact = new double[batch * rows];
+            MatMulReference.Multiply(w, x, exact, batch);
+
+            int block = MatMulReference.ActivationBlock(type);
+            // The activations as the integer kernels see them (dequantized from the reference block quantizers).
+            var xq = block == 0 ? x : QuantizedActivations(x, cols, block);
+            var halfStep = block == 0 ? null : HalfSteps(x, block);
+            for (int b = 0; b < batch; b++)
+            for (int r = 0; r < rows; r++)
+            {
+                double onQuantized = 0, absProduct = 0, quantBound = 0;
+                for (int c = 0; c < cols; c++)
+                {
+                    double wv = wf[r * cols + c];
+                    onQuantized += wv * xq[b * cols + c];
+                    absProduct += Math.Abs(wv * x[b * cols + c]);
+                    if (halfStep is not null) quantBound += Math.Abs(wv) * halfStep[b * cols + c];
+                }
+                float got = y[b * rows + r];
+                // f32 accumulation (and the f32 products of scales) against float64.
+                double roundoff = 2e-5 * absProduct + 1e-6;
+                string where = $"batch row {b}, output {r}";
+                Assert.That(got, Is.EqualTo(onQuantized).Within(roundoff), "against quantized activations, " + where);
+                Assert.That(got, Is.EqualTo(exact[b * rows + r]).Within(quantBound * 1.0001 + roundoff), "against exact activations, " + where);
+            }
+        }
+    }
+
+    /// <summary>For each activation, half the quantization step of its block (blocks never straddle rows because
+    /// cols is a multiple of the block).</summary>
+    private static double[] HalfSteps(float[] x, int block)
+    {
+        var result = new double[x.Length];
+        for (int start = 0; start < x.Length; start += block)
+        {
+            float amax = 0;
+            for (int j = start; j < start + block; j++) amax = MathF.Max(amax, MathF.Abs(x[j]));
+            result.AsSpan(start, block).Fill(amax / 127.0 / 2);
+        }
+        return result;
+    }
+
+    private static float[] QuantizedActivations(float[] x, int cols, int block)
+    {
+        var result = new float[x.Length];
+        var q = new sbyte[block];
+        var bsums = new short[16];
+        for (int start = 0; start < x.Length; start += block)
+        {
+            float d = block == 32
+                ? Quantize.Q8_0Block(x.AsSpan(start, 32), q)
+                : Quantize.Q8_KBlock(x.AsSpan(start, 256), q, bsums);
+            for (int j = 0; j < block; j++) result[start + j] = d * q[j];
+        }
+        return result;
+    }
+
+    [Test]
+    public void Integer_kernels_see_the_full_range_of_codes()
+    {
+        // Extreme weights (all codes 0 or 15 for Q4_0, ±127 for Q8_0) must not saturate the 16-bit pair sums.
+        const int rows = 3, cols = 64;
+        var x = new float[cols];
+        for (int c = 0; c < cols; c++) x[c] = c % 2 == 0 ? 1f : -1f;
+        foreach (var type in new[] { GgmlType.Q8_0, GgmlType.Q4_0 })
+        {
+            var wf = new float[cols];
+            for (int c = 0; c < cols; c++) wf[c] = c % 2 == 0 ? 1f : -1f;
+            var bytes = new byte[rows * GgmlTypeInfo.RowBytes(type, cols)];
+            for (int r = 0; r < rows; r++) Quantize.Row(type, wf, bytes.AsSpan(r * (int)GgmlTypeInfo.RowBytes(type, cols)));
+            foreach (var path in SupportedPaths())
+            {
+                var y = new float[rows];
+                y.AsSpan().Fill(float.NaN);
+                using var pool = new WorkerPool(2);
+                fixed (byte* pw = bytes)
+                {
+                    var w = new WeightMatrix(type, pw, rows, cols);
+                    MatMul.Multiply(w, x, y, 1, pool, path);
+                    var exact = new double[rows];
+                    MatMulReference.Multiply(w, x, exact, 1);
+                    for (int r = 0; r < rows; r++) Assert.That(y[r], Is.EqualTo(exact[r]).Within(1e-3 * cols), $"{type} {path}");
+                }
+            }
+        }
+    }
+
+    [Test]
+    public void Validates_arguments()
+    {
+        using var pool = new WorkerPool(1);
+        var bytes = new byte[4 * 32 * 4];
+        fixed (byte* pw = bytes)
+        {
+            var w = new WeightMatrix(GgmlType.F32, pw, 4, 32);
+            Assert.Throws<ArgumentException>(() => MatMul.Multiply(w, new float[31], new float[4], 1, pool));
+            Assert.Throws<ArgumentException>(() => MatMul.Multiply(w, new float[32], new float[3], 1, pool));
+            Assert.Throws<ArgumentOutOfRangeException>(() => MatMul.Multiply(w, new float[32], new float[4], -1, pool));
+            var q5 = new WeightMatrix(GgmlType.Q5_0, pw, 2, 32);
+            Assert.Throws<NotSupportedException>(() => MatMul.Multiply(q5, new float[32], new float[2], 1, pool));
+        }
+    }
+}

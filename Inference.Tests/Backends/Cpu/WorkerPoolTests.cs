@@ -1,0 +1,112 @@
+using Inference.Backends.Cpu;
+
+namespace Inference.Tests.Backends.Cpu;
+
+public class WorkerPoolTests
+{
+    private readonly struct CountJob(int[] hits) : IRangeJob
+    {
+        public void Execute(int start, int end)
+        {
+            for (int i = start; i < end; i++) Interlocked.Increment(ref hits[i]);
+        }
+    }
+
+    private readonly struct ThreadJob(int[] threadIds) : IRangeJob
+    {
+        public void Execute(int start, int end)
+        {
+            for (int i = start; i < end; i++) threadIds[i] = Environment.CurrentManagedThreadId;
+        }
+    }
+
+    private readonly struct FailingJob(int failAt) : IRangeJob
+    {
+        public void Execute(int start, int end)
+        {
+            if (start <= failAt && failAt < end) throw new InvalidOperationException($"item {failAt}");
+        }
+    }
+
+    [TestCase(1, 10)]
+    [TestCase(2, 1)]
+    [TestCase(2, 2)]
+    [TestCase(3, 2)]
+    [TestCase(3, 1001)]
+    [TestCase(4, 17)]
+    public void Every_item_runs_exactly_once(int threads, int items)
+    {
+        using var pool = new WorkerPool(threads);
+        var hits = new int[items];
+        pool.Run(items, new CountJob(hits));
+        Assert.That(hits, Is.All.EqualTo(1));
+    }
+
+    [Test]
+    public void Many_consecutive_calls_each_cover_the_range()
+    {
+        using var pool = new WorkerPool(3);
+        var hits = new int[257];
+        for (int call = 0; call < 5000; call++) pool.Run(call % 257 + 1, new CountJob(hits));
+        // Item i is covered by every call whose item count exceeds i.
+        for (int i = 0; i < hits.Length; i++)
+        {
+            int expected = 0;
+            for (int call = 0; call < 5000; call++) if (call % 257 + 1 > i) expected++;
+            Assert.That(hits[i], Is.EqualTo(expected), $"item {i}");
+        }
+    }
+
+    [Test]
+    public void Slices_are_contiguous_and_the_caller_takes_the_first()
+    {
+        using var pool = new WorkerPool(2);
+        var ids = new int[100];
+        // Give the worker time to fall asleep so the wake-up path runs too.
+        Thread.Sleep(50);
+        pool.Run(ids.Length, new ThreadJob(ids));
+        Assert.That(ids[..50], Is.All.EqualTo(Environment.CurrentManagedThreadId));
+        Assert.That(ids[50..], Is.All.EqualTo(ids[50]));
+        Assert.That(ids[50], Is.Not.EqualTo(Environment.CurrentManagedThreadId));
+    }
+
+    [Test]
+    public void Nothing_to_do_returns_at_once()
+    {
+        using var pool = new WorkerPool(2);
+        var hits = new int[1];
+        pool.Run(0, new CountJob(hits));
+        pool.Run(-3, new CountJob(hits));
+        Assert.That(hits[0], Is.EqualTo(0));
+    }
+
+    [TestCase(0)]
+    [TestCase(99)]
+    public void A_failing_slice_rethrows_on_the_caller_and_the_pool_stays_usable(int failAt)
+    {
+        using var pool = new WorkerPool(2);
+        var e = Assert.Throws<InvalidOperationException>(() => pool.Run(100, new FailingJob(failAt)));
+        Assert.That(e!.Message, Is.EqualTo($"item {failAt}"));
+        var hits = new int[100];
+        pool.Run(100, new CountJob(hits));
+        Assert.That(hits, Is.All.EqualTo(1));
+    }
+
+    [Test]
+    public void Dispose_stops_the_workers_and_later_runs_throw()
+    {
+        var pool = new WorkerPool(4);
+        pool.Run(8, new CountJob(new int[8]));
+        var before = Environment.ProcessorCount; // unused; keeps the call sites similar across runtimes
+        pool.Dispose();
+        pool.Dispose(); // idempotent
+        Assert.Throws<ObjectDisposedException>(() => pool.Run(8, new CountJob(new int[8])));
+        Assert.That(before, Is.GreaterThan(0));
+    }
+
+    [Test]
+    public void Rejects_fewer_than_one_thread()
+    {
+        Assert.Throws<ArgumentOutOfRangeException>(() => new WorkerPool(0));
+    }
+}
