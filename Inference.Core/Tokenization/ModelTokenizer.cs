@@ -25,12 +25,12 @@ public sealed class ModelTokenizer
     private readonly GgufTokenizerMetadata _metadata;
     private readonly byte[][] _tokenBytes;          // UTF-8 bytes each token stands for, by id
     private readonly bool[] _isEndOfGeneration;     // by id
-    private readonly (string Text, int Id)[] _userDefined; // matched whole in the input, longest first
+    private readonly UserDefinedTokenMatcher _userDefined;
     private readonly SentencePieceEncoder? _sentencePiece;
     private readonly BytePairEncoder? _bytePair;
 
     private ModelTokenizer(GgufTokenizerMetadata metadata, byte[][] tokenBytes, bool[] isEndOfGeneration,
-        (string Text, int Id)[] userDefined, SentencePieceEncoder? sentencePiece, BytePairEncoder? bytePair)
+        UserDefinedTokenMatcher userDefined, SentencePieceEncoder? sentencePiece, BytePairEncoder? bytePair)
     {
         _metadata = metadata;
         _tokenBytes = tokenBytes;
@@ -97,7 +97,6 @@ public sealed class ModelTokenizer
         var userDefined = new List<(string Text, int Id)>();
         for (int id = 0; id < tokens.Length; id++)
             if (types[id] == TokenType.UserDefined && tokens[id].Length > 0) userDefined.Add((tokens[id], id));
-        userDefined.Sort((a, b) => b.Text.Length != a.Text.Length ? b.Text.Length.CompareTo(a.Text.Length) : a.Id.CompareTo(b.Id));
 
         SentencePieceEncoder? sentencePiece = null;
         BytePairEncoder? bytePair = null;
@@ -121,7 +120,7 @@ public sealed class ModelTokenizer
             bytePair = new BytePairEncoder(byText, metadata.Merges, regexes);
         }
 
-        return new ModelTokenizer(metadata, tokenBytes, isEndOfGeneration, userDefined.ToArray(), sentencePiece, bytePair);
+        return new ModelTokenizer(metadata, tokenBytes, isEndOfGeneration, new UserDefinedTokenMatcher(userDefined), sentencePiece, bytePair);
     }
 
     /// <summary>Whether generation should stop at <paramref name="tokenId"/>: EOS, EOT, EOM and the like.</summary>
@@ -141,21 +140,13 @@ public sealed class ModelTokenizer
         // Raw text between user-defined tokens is encoded on its own; for SentencePiece each such run gets the dummy
         // prefix space, as in llama.cpp ("prefix with space if the previous fragment was special").
         int start = 0;
-        while (true)
+        while (_userDefined.TryFindNext(text, start, out int at, out int length, out int id))
         {
-            // The earliest user-defined token in the rest of the text; the longest one where several start together.
-            int matchAt = text.Length, matchId = -1, matchLength = 0;
-            foreach (var (tokenText, id) in _userDefined)
-            {
-                int at = text.IndexOf(tokenText, start, StringComparison.Ordinal);
-                if (at >= 0 && at < matchAt) (matchAt, matchId, matchLength) = (at, id, tokenText.Length);
-                if (matchAt == start) break;
-            }
-            EncodeRaw(text.AsSpan(start, matchAt - start), output);
-            if (matchId < 0) break;
-            output.Add(matchId);
-            start = matchAt + matchLength;
+            EncodeRaw(text.AsSpan(start, at - start), output);
+            output.Add(id);
+            start = at + length;
         }
+        EncodeRaw(text.AsSpan(start), output);
 
         if (addSpecial && AddEos) output.Add(_metadata.EosId!.Value);
         return output.ToArray();
@@ -246,7 +237,10 @@ public sealed class ModelTokenizer
     private static byte[] BytePairTokenBytes(string text, TokenType type)
     {
         if (type is TokenType.Control or TokenType.Unused) return [];
-        // Added tokens may be stored as raw text rather than in the byte-level form.
+        // NOTE: user-defined (added) tokens are stored as raw text, not in the byte-level form: deepseek-llm's 'ö' is
+        // the text "ö", not the byte 0xF6. Anything else that falls outside the byte-level alphabet is taken as raw
+        // text too rather than rejected.
+        if (type == TokenType.UserDefined) return Encoding.UTF8.GetBytes(text);
         return ByteLevelMapping.TryToBytes(text, out var bytes) ? bytes : Encoding.UTF8.GetBytes(text);
     }
 }

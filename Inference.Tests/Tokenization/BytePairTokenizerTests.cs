@@ -1,0 +1,62 @@
+using Inference.Tokenization;
+
+namespace Inference.Tests.Tokenization;
+
+/// <summary>The GPT-2-style byte-level BPE (<c>gpt2</c>) tokenizer against llama.cpp's test vectors.</summary>
+public class BytePairTokenizerTests
+{
+    private static IEnumerable<TestCaseData> Gpt2Cases() => VocabTestVectors.Cases("gpt-2");
+    private static IEnumerable<TestCaseData> DeepSeekLlmCases() => VocabTestVectors.Cases("deepseek-llm");
+
+    [TestCaseSource(nameof(Gpt2Cases))]
+    [TestCaseSource(nameof(DeepSeekLlmCases))]
+    public void Encode_MatchesLlamaCppVector(string vocab, int index)
+    {
+        var c = VocabTestVectors.Load(vocab)[index];
+        Assert.That(VocabTestVectors.Tokenizer(vocab).Encode(c.Text, addSpecial: false), Is.EqualTo(c.Expected));
+    }
+
+    [TestCase("gpt-2", 46)]
+    [TestCase("deepseek-llm", 46)]
+    public void Encode_PassCount(string vocab, int expectedPasses)
+    {
+        Assert.That(VocabTestVectors.CountPasses(vocab), Is.EqualTo(expectedPasses));
+    }
+
+    [TestCase("gpt-2")]
+    [TestCase("deepseek-llm")]
+    public void Decode_RoundTripsEveryVector(string vocab)
+    {
+        var t = VocabTestVectors.Tokenizer(vocab);
+        foreach (var c in VocabTestVectors.Load(vocab))
+            Assert.That(t.Decode(t.Encode(c.Text, addSpecial: false)), Is.EqualTo(c.Text), $"case #{c.Index}");
+    }
+
+    [Test]
+    public void Metadata_Gpt2()
+    {
+        var t = VocabTestVectors.Tokenizer("gpt-2");
+        Assert.That(t.Kind, Is.EqualTo(TokenizerKind.BytePair));
+        Assert.That(t.VocabularySize, Is.EqualTo(50257));
+        Assert.That(t.BosId, Is.EqualTo(50256));
+        Assert.That(t.EosId, Is.EqualTo(50256));
+        Assert.That(t.AddBos, Is.False); // no add_bos key: the gpt2 default
+        Assert.That(t.Encode("Hello", addSpecial: true), Is.EqualTo(new[] { 15496 }));
+        Assert.That(t.IsEndOfGeneration(50256), Is.True);
+        Assert.That(t.GetTokenBytes(50256).IsEmpty, Is.True, "<|endoftext|> is a control token");
+        Assert.That(t.GetTokenBytes(15496).ToArray(), Is.EqualTo("Hello"u8.ToArray()));
+        Assert.That(t.GetTokenBytes(18435).ToArray(), Is.EqualTo(" Hello"u8.ToArray())); // "ĠHello"
+    }
+
+    [Test]
+    public void Metadata_DeepSeekLlm_AddsBos()
+    {
+        var t = VocabTestVectors.Tokenizer("deepseek-llm");
+        Assert.That(t.BosId, Is.EqualTo(100000));
+        Assert.That(t.EosId, Is.EqualTo(100001));
+        Assert.That(t.AddBos, Is.True);
+        int[] ids = t.Encode("Hello world", addSpecial: true);
+        Assert.That(ids, Is.EqualTo(new[] { 100000, 17464, 1843 }));
+        Assert.That(t.Decode(ids), Is.EqualTo("Hello world"));
+    }
+}
