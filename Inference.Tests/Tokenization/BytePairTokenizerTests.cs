@@ -60,3 +60,22 @@ public class BytePairTokenizerTests
         Assert.That(t.Decode(ids), Is.EqualTo("Hello world"));
     }
 }
+
+/// <summary>The byte-level BPE (through Microsoft.ML.Tokenizers) against the plain reference on random text.</summary>
+public class BytePairReferenceTests
+{
+    [TestCase("gpt-2")]
+    [TestCase("deepseek-llm")]
+    public void Encode_MatchesReferenceOnRandomText(string vocab)
+    {
+        using var gguf = Inference.Loading.GgufFile.Open(Inference.Tests.Support.TestData.Path($"vocab/ggml-vocab-{vocab}.gguf"));
+        var tokenizer = VocabTestVectors.Tokenizer(vocab);
+        var reference = ReferenceTokenizers.BytePair(gguf);
+        var random = new Random(4321);
+        for (int i = 0; i < 200; i++)
+        {
+            string text = ReferenceTokenizers.RandomText(random, 30);
+            Assert.That(tokenizer.Encode(text, addSpecial: false), Is.EqualTo(reference(text)), $"text: \"{text}\"");
+        }
+    }
+}

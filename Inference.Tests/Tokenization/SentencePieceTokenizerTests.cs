@@ -147,3 +147,22 @@ public class SentencePieceTokenizerTests
         Assert.That(t.Decode(ids), Is.EqualTo("<s> and </s>"));
     }
 }
+
+/// <summary>The fast SentencePiece encoder against the plain reference on random text.</summary>
+public class SentencePieceReferenceTests
+{
+    [TestCase("llama-spm")]
+    [TestCase("phi-3")]
+    public void Encode_MatchesReferenceOnRandomText(string vocab)
+    {
+        using var gguf = GgufFile.Open(TestData.Path($"vocab/ggml-vocab-{vocab}.gguf"));
+        var tokenizer = VocabTestVectors.Tokenizer(vocab);
+        var reference = ReferenceTokenizers.SentencePiece(gguf);
+        var random = new Random(1234);
+        for (int i = 0; i < 200; i++)
+        {
+            string text = ReferenceTokenizers.RandomText(random, 30);
+            Assert.That(tokenizer.Encode(text, addSpecial: false), Is.EqualTo(reference(text)), $"text: \"{text}\"");
+        }
+    }
+}
