@@ -61,6 +61,36 @@ public class BytePairTokenizerTests
     }
 }
 
+/// <summary>Behaviour beyond the vectors: added tokens, concurrency.</summary>
+public class BytePairTokenizerBehaviourTests
+{
+    [Test]
+    public void DeepSeekLlm_UserDefinedTokensAreRawText()
+    {
+        // deepseek-llm lists 'ö' (id 100003) as a user-defined token stored as the text "ö", not in byte-level form.
+        var t = VocabTestVectors.Tokenizer("deepseek-llm");
+        Assert.That(t.GetTokenBytes(100003).ToArray(), Is.EqualTo("ö"u8.ToArray()));
+        int[] ids = t.Encode("schön", addSpecial: false);
+        Assert.That(ids, Does.Contain(100003));
+        Assert.That(t.Decode(ids), Is.EqualTo("schön"));
+    }
+
+    [Test]
+    public void Encode_IsSafeFromSeveralThreads()
+    {
+        var t = VocabTestVectors.Tokenizer("deepseek-llm");
+        var texts = VocabTestVectors.Load("deepseek-llm").Select(c => c.Text).ToArray();
+        var expected = texts.Select(x => t.Encode(x, addSpecial: true)).ToArray();
+        var failures = 0;
+        Parallel.For(0, 8 * texts.Length, new ParallelOptions { MaxDegreeOfParallelism = 4 }, i =>
+        {
+            int k = i % texts.Length;
+            if (!t.Encode(texts[k], addSpecial: true).AsSpan().SequenceEqual(expected[k])) Interlocked.Increment(ref failures);
+        });
+        Assert.That(failures, Is.Zero);
+    }
+}
+
 /// <summary>The byte-level BPE (through Microsoft.ML.Tokenizers) against the plain reference on random text.</summary>
 public class BytePairReferenceTests
 {

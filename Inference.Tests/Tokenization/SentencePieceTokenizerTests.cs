@@ -54,7 +54,17 @@ public class SentencePieceTokenizerTests
         Assert.That(t.IsEndOfGeneration(end), Is.True);
     }
 
-    private sealed record TestCEncoding(string Text, int[] Ids);
+    [Test]
+    public void Phi3_UserDefinedEndOfSequenceTextIsMatchedWhole()
+    {
+        // Phi-3 marks "</s>" (id 2) as user-defined: llama.cpp cuts it out of the text whole even without parse_special.
+        var t = VocabTestVectors.Tokenizer("phi-3");
+        Assert.That(t.Encode("</s>", addSpecial: false), Is.EqualTo(new[] { 2 }));
+        int[] ids = t.Encode("a</s>b", addSpecial: false);
+        Assert.That(ids, Has.Length.GreaterThan(2));
+        Assert.That(ids, Does.Contain(2));
+        Assert.That(t.Decode(ids), Is.EqualTo("a</s> b"), "text after a user-defined token gets the dummy prefix, as in llama.cpp");
+    }
 
     private static IEnumerable<TestCaseData> Llama2cCases()
     {
