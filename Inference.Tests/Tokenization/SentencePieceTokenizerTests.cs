@@ -136,6 +136,27 @@ public class SentencePieceTokenizerTests
         Assert.That(t.Decode(ids), Is.EqualTo("Once upon a time"));
     }
 
+    [TestCase("stories260K-greedy-200.json")]
+    [TestCase("stories260K-greedy-256.json")]
+    public void Stories260K_GeneratedIdsDecodeToLlama2cText(string file)
+    {
+        // Ids generated greedily from BOS alone; llama2.c prints them as expected_text (no leading space).
+        using var doc = JsonDocument.Parse(File.ReadAllText(TestData.Path("expected/" + file)));
+        int[] ids = doc.RootElement.GetProperty("expected_token_ids_derived_locally").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+        string expected = doc.RootElement.GetProperty("expected_text").GetString()!;
+        Assert.That(ids, Is.Not.Empty);
+
+        using var gguf = GgufFile.Open(TestData.Stories260K);
+        var t = ModelTokenizer.FromGguf(gguf);
+        var decoder = t.CreateStreamingDecoder(previousTokenId: t.BosId);
+        var streamed = new System.Text.StringBuilder();
+        foreach (int id in ids) streamed.Append(decoder.Push(id));
+        streamed.Append(decoder.Flush());
+        Assert.That(streamed.ToString(), Is.EqualTo(expected));
+        Assert.That(t.Decode([1, .. ids]), Is.EqualTo(expected));
+        Assert.That(t.Decode(t.Encode(expected, addSpecial: true)), Is.EqualTo(expected));
+    }
+
     [Test]
     public void GetTokenBytes_ControlTokensAreEmpty_SpaceMarkerIsSpace()
     {
