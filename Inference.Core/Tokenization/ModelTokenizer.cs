@@ -9,9 +9,10 @@ namespace Inference.Tokenization;
 /// <c>gpt2</c> model (pre-tokenizers <c>gpt-2</c>, <c>deepseek-llm</c>, <c>llama3</c>/<c>llama-bpe</c>, <c>qwen2</c>).
 /// </summary>
 /// <remarks>
-/// Immutable after creation and safe to use from several threads. Special tokens written in the text (for example
-/// "&lt;s&gt;") are encoded as plain text, never as control tokens (llama.cpp's <c>parse_special = false</c>);
-/// user-defined tokens are matched whole in the text before the BPE merges run, as llama.cpp and Hugging Face do.
+/// Immutable after creation and safe to use from several threads. By default special-token texts written in the text
+/// (for example "&lt;s&gt;") are encoded as plain text, never as control tokens (llama.cpp's
+/// <c>parse_special = false</c>); <see cref="SpecialTokenText.Token"/> turns them into their tokens (for chat
+/// templates). User-defined tokens are always matched whole before the BPE merges run, as llama.cpp and Hugging Face do.
 /// </remarks>
 public sealed class ModelTokenizer
 {
@@ -25,17 +26,19 @@ public sealed class ModelTokenizer
     private readonly GgufTokenizerMetadata _metadata;
     private readonly byte[][] _tokenBytes;          // UTF-8 bytes each token stands for, by id
     private readonly bool[] _isEndOfGeneration;     // by id
-    private readonly UserDefinedTokenMatcher _userDefined;
+    private readonly WholeTokenMatcher _userDefined;    // user-defined tokens
+    private readonly WholeTokenMatcher _special;        // user-defined, control and unknown tokens
     private readonly SentencePieceEncoder? _sentencePiece;
     private readonly BytePairEncoder? _bytePair;
 
     private ModelTokenizer(GgufTokenizerMetadata metadata, byte[][] tokenBytes, bool[] isEndOfGeneration,
-        UserDefinedTokenMatcher userDefined, SentencePieceEncoder? sentencePiece, BytePairEncoder? bytePair)
+        WholeTokenMatcher userDefined, WholeTokenMatcher special, SentencePieceEncoder? sentencePiece, BytePairEncoder? bytePair)
     {
         _metadata = metadata;
         _tokenBytes = tokenBytes;
         _isEndOfGeneration = isEndOfGeneration;
         _userDefined = userDefined;
+        _special = special;
         _sentencePiece = sentencePiece;
         _bytePair = bytePair;
     }
@@ -53,13 +56,13 @@ public sealed class ModelTokenizer
     public int? EosId => _metadata.EosId;
 
     /// <summary>
-    /// Whether <see cref="Encode"/> prepends <see cref="BosId"/> when asked to add special tokens:
+    /// Whether <see cref="Encode(string, bool)"/> prepends <see cref="BosId"/> when asked to add special tokens:
     /// <c>tokenizer.ggml.add_bos_token</c>, else the family default (SentencePiece: true, GPT-2: false).
     /// </summary>
     public bool AddBos => _metadata.AddBos && _metadata.BosId is not null;
 
     /// <summary>
-    /// Whether <see cref="Encode"/> appends <see cref="EosId"/> when asked to add special tokens
+    /// Whether <see cref="Encode(string, bool)"/> appends <see cref="EosId"/> when asked to add special tokens
     /// (<c>tokenizer.ggml.add_eos_token</c>, default false).
     /// </summary>
     public bool AddEos => _metadata.AddEos && _metadata.EosId is not null;
@@ -95,8 +98,12 @@ public sealed class ModelTokenizer
             if (byText.TryGetValue(text, out int i) && types[i] is TokenType.Control or TokenType.UserDefined) isEndOfGeneration[i] = true;
 
         var userDefined = new List<(string Text, int Id)>();
+        var special = new List<(string Text, int Id)>();
         for (int id = 0; id < tokens.Length; id++)
-            if (types[id] == TokenType.UserDefined && tokens[id].Length > 0) userDefined.Add((tokens[id], id));
+        {
+            if (types[id] == TokenType.UserDefined) userDefined.Add((tokens[id], id));
+            if (types[id] is TokenType.UserDefined or TokenType.Control or TokenType.Unknown) special.Add((tokens[id], id));
+        }
 
         SentencePieceEncoder? sentencePiece = null;
         BytePairEncoder? bytePair = null;
@@ -120,27 +127,40 @@ public sealed class ModelTokenizer
             bytePair = new BytePairEncoder(byText, metadata.Merges, regexes);
         }
 
-        return new ModelTokenizer(metadata, tokenBytes, isEndOfGeneration, new UserDefinedTokenMatcher(userDefined), sentencePiece, bytePair);
+        return new ModelTokenizer(metadata, tokenBytes, isEndOfGeneration, new WholeTokenMatcher(userDefined), new WholeTokenMatcher(special), sentencePiece, bytePair);
     }
 
     /// <summary>Whether generation should stop at <paramref name="tokenId"/>: EOS, EOT, EOM and the like.</summary>
     public bool IsEndOfGeneration(int tokenId) => (uint)tokenId < (uint)_isEndOfGeneration.Length && _isEndOfGeneration[tokenId];
 
-    /// <summary>Encodes <paramref name="text"/> into token ids.</summary>
-    /// <param name="text">The text; special-token texts in it are treated as plain text.</param>
+    /// <summary>Encodes <paramref name="text"/> into token ids; special-token texts in it are encoded as plain text.</summary>
+    /// <param name="text">The text.</param>
     /// <param name="addSpecial">
     /// When true, prepends BOS if <see cref="AddBos"/> and appends EOS if <see cref="AddEos"/>.
     /// </param>
-    public int[] Encode(string text, bool addSpecial)
+    public int[] Encode(string text, bool addSpecial) => Encode(text, addSpecial, SpecialTokenText.Literal);
+
+    /// <summary>Encodes <paramref name="text"/> into token ids.</summary>
+    /// <param name="text">The text.</param>
+    /// <param name="addSpecial">
+    /// When true, prepends BOS if <see cref="AddBos"/> and appends EOS if <see cref="AddEos"/>.
+    /// </param>
+    /// <param name="specialTokenText">
+    /// Whether texts of control tokens in <paramref name="text"/> (such as "&lt;|im_start|&gt;") become those tokens.
+    /// </param>
+    public int[] Encode(string text, bool addSpecial, SpecialTokenText specialTokenText)
     {
         ArgumentNullException.ThrowIfNull(text);
+        if (specialTokenText is not (SpecialTokenText.Literal or SpecialTokenText.Token))
+            throw new ArgumentOutOfRangeException(nameof(specialTokenText), specialTokenText, "unknown special-token handling");
+        var matcher = specialTokenText == SpecialTokenText.Token ? _special : _userDefined;
         var output = new List<int>(text.Length / 3 + 2);
         if (addSpecial && AddBos) output.Add(_metadata.BosId!.Value);
 
-        // Raw text between user-defined tokens is encoded on its own; for SentencePiece each such run gets the dummy
+        // Raw text between whole-matched tokens is encoded on its own; for SentencePiece each such run gets the dummy
         // prefix space, as in llama.cpp ("prefix with space if the previous fragment was special").
         int start = 0;
-        while (_userDefined.TryFindNext(text, start, out int at, out int length, out int id))
+        while (matcher.TryFindNext(text, start, out int at, out int length, out int id))
         {
             EncodeRaw(text.AsSpan(start, at - start), output);
             output.Add(id);

@@ -76,6 +76,16 @@ public class BytePairTokenizerBehaviourTests
     }
 
     [Test]
+    public void Gpt2_EndOfTextBecomesTheControlTokenOnlyWhenAsked()
+    {
+        var t = VocabTestVectors.Tokenizer("gpt-2");
+        Assert.That(t.Encode("Hello<|endoftext|>", addSpecial: false, SpecialTokenText.Token), Is.EqualTo(new[] { 15496, 50256 }));
+        int[] literal = t.Encode("Hello<|endoftext|>", addSpecial: false);
+        Assert.That(literal, Does.Not.Contain(50256));
+        Assert.That(t.Decode(literal), Is.EqualTo("Hello<|endoftext|>"));
+    }
+
+    [Test]
     public void Encode_IsSafeFromSeveralThreads()
     {
         var t = VocabTestVectors.Tokenizer("deepseek-llm");

@@ -55,6 +55,21 @@ public class SentencePieceTokenizerTests
     }
 
     [Test]
+    public void Phi3_ControlTokenTextsBecomeTokensOnlyWhenAsked()
+    {
+        var t = VocabTestVectors.Tokenizer("phi-3");
+        const string text = "<|user|>Hi<|end|>";
+        int[] hi = t.Encode("Hi", addSpecial: false);
+        int[] parsed = t.Encode(text, addSpecial: true, SpecialTokenText.Token);
+        Assert.That(parsed, Is.EqualTo((int[])[1, 32010, .. hi, 32007]));
+        int[] literal = t.Encode(text, addSpecial: false, SpecialTokenText.Literal);
+        Assert.That(literal, Does.Not.Contain(32010).And.Not.Contain(32007));
+        Assert.That(literal, Is.EqualTo(t.Encode(text, addSpecial: false)));
+        Assert.That(t.Decode(literal), Is.EqualTo(text));
+        Assert.Throws<ArgumentOutOfRangeException>(() => t.Encode(text, false, (SpecialTokenText)7));
+    }
+
+    [Test]
     public void Phi3_UserDefinedEndOfSequenceTextIsMatchedWhole()
     {
         // Phi-3 marks "</s>" (id 2) as user-defined: llama.cpp cuts it out of the text whole even without parse_special.

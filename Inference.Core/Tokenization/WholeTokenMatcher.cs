@@ -1,21 +1,21 @@
 namespace Inference.Tokenization;
 
 /// <summary>
-/// Finds user-defined tokens (type <see cref="TokenType.UserDefined"/>, Hugging Face's non-special "added tokens")
-/// in raw text. Such tokens are cut out of the text whole before the BPE merges run; the text between them is
-/// encoded normally.
+/// Finds tokens that are cut out of raw text whole before the BPE merges run: user-defined tokens (Hugging Face's
+/// non-special "added tokens") always, control tokens too when special-token texts are parsed. The text between them
+/// is encoded normally.
 /// </summary>
 /// <remarks>
 /// NOTE: matching is leftmost-longest. llama.cpp instead cuts the text token by token, longest token first; the two
-/// differ only when user-defined tokens overlap in the text. Candidates are indexed by their first character, so the
+/// differ only when such tokens overlap in the text. Candidates are indexed by their first character, so the
 /// cost per text position is the number of user-defined tokens starting with that character.
 /// </remarks>
-internal sealed class UserDefinedTokenMatcher
+internal sealed class WholeTokenMatcher
 {
     private readonly Dictionary<char, (string Text, int Id)[]> _byFirstChar; // each list longest first
 
     /// <summary>Creates the matcher for the (text, id) pairs; empty texts are ignored.</summary>
-    public UserDefinedTokenMatcher(IEnumerable<(string Text, int Id)> tokens)
+    public WholeTokenMatcher(IEnumerable<(string Text, int Id)> tokens)
     {
         var lists = new Dictionary<char, List<(string Text, int Id)>>();
         foreach (var token in tokens)
