@@ -1,3 +1,5 @@
+using Inference.Loading;
+using Inference.Tests.Support;
 using Inference.Tokenization;
 
 namespace Inference.Tests.Tokenization;
@@ -59,11 +61,6 @@ public class BytePairTokenizerTests
         Assert.That(ids, Is.EqualTo(new[] { 100000, 17464, 1843 }));
         Assert.That(t.Decode(ids), Is.EqualTo("Hello world"));
     }
-}
-
-/// <summary>Behaviour beyond the vectors: added tokens, concurrency.</summary>
-public class BytePairTokenizerBehaviourTests
-{
     [Test]
     public void DeepSeekLlm_UserDefinedTokensAreRawText()
     {
@@ -99,16 +96,11 @@ public class BytePairTokenizerBehaviourTests
         });
         Assert.That(failures, Is.Zero);
     }
-}
-
-/// <summary>The byte-level BPE (through Microsoft.ML.Tokenizers) against the plain reference on random text.</summary>
-public class BytePairReferenceTests
-{
     [TestCase("gpt-2")]
     [TestCase("deepseek-llm")]
     public void Encode_MatchesReferenceOnRandomText(string vocab)
     {
-        using var gguf = Inference.Loading.GgufFile.Open(Inference.Tests.Support.TestData.Path($"vocab/ggml-vocab-{vocab}.gguf"));
+        using var gguf = GgufFile.Open(TestData.Path($"vocab/ggml-vocab-{vocab}.gguf"));
         var tokenizer = VocabTestVectors.Tokenizer(vocab);
         var reference = ReferenceTokenizers.BytePair(gguf);
         var random = new Random(4321);

@@ -192,11 +192,6 @@ public class SentencePieceTokenizerTests
         Assert.That(ids, Does.Not.Contain(1).And.Not.Contain(2));
         Assert.That(t.Decode(ids), Is.EqualTo("<s> and </s>"));
     }
-}
-
-/// <summary>The fast SentencePiece encoder against the plain reference on random text.</summary>
-public class SentencePieceReferenceTests
-{
     [TestCase("llama-spm")]
     [TestCase("phi-3")]
     public void Encode_MatchesReferenceOnRandomText(string vocab)
