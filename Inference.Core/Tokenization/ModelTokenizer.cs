@@ -124,6 +124,17 @@ public sealed class ModelTokenizer
             var regexes = PreTokenizerPatterns.ForName(metadata.PreTokenizer)
                 ?? throw gguf.Bad(metadata.PreTokenizerOffset,
                     $"unsupported pre-tokenizer '{metadata.PreTokenizer}' in 'tokenizer.ggml.pre' (supported: {string.Join(", ", PreTokenizerPatterns.SupportedNames)})");
+            // Every merge must join two tokens into a third; Microsoft.ML.Tokenizers rejects anything else.
+            long mergesAt = GgufTokenizerMetadata.OffsetOf(gguf, "tokenizer.ggml.merges");
+            var lookup = byText.GetAlternateLookup<ReadOnlySpan<char>>();
+            for (int i = 0; i < metadata.Merges.Length; i++)
+            {
+                string merge = metadata.Merges[i];
+                int space = merge.IndexOf(' ');
+                if (!lookup.ContainsKey(merge.AsSpan(0, space)) || !lookup.ContainsKey(merge.AsSpan(space + 1))
+                    || !byText.ContainsKey(string.Concat(merge.AsSpan(0, space), merge.AsSpan(space + 1))))
+                    throw gguf.Bad(mergesAt, $"'tokenizer.ggml.merges'[{i}] is '{merge}', but its pieces or their concatenation are not tokens");
+            }
             bytePair = new BytePairEncoder(byText, metadata.Merges, regexes);
         }
 

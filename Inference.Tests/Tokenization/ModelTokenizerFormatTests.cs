@@ -123,6 +123,15 @@ public class ModelTokenizerFormatTests
     }
 
     [Test]
+    public void MergeOfUnknownPieces_Fails()
+    {
+        var e = LoadFails(BytePair().Set("tokenizer.ggml.merges", w => w.Add("tokenizer.ggml.merges", ["a b", "x y"])));
+        Assert.That(e.Reason, Does.Contain("merges'[1] is 'x y'"));
+        e = LoadFails(BytePair().Set("tokenizer.ggml.merges", w => w.Add("tokenizer.ggml.merges", ["a b", "b a"])));
+        Assert.That(e.Reason, Does.Contain("merges'[1] is 'b a'"), "'ba' is not a token");
+    }
+
+    [Test]
     public void AddBosAndEos_FollowTheKeys()
     {
         var t = Load(GgufVocabularyWriter.SentencePiece(("▁", -1), ("a", -2))
