@@ -165,6 +165,9 @@ public sealed class ModelTokenizer
         if (specialTokenText is not (SpecialTokenText.Literal or SpecialTokenText.Token))
             throw new ArgumentOutOfRangeException(nameof(specialTokenText), specialTokenText, "unknown special-token handling");
         var matcher = specialTokenText == SpecialTokenText.Token ? _special : _userDefined;
+        // NOTE: a lone UTF-16 surrogate has no UTF-8 form; both encoders see U+FFFD in its place (a UTF-8 round trip
+        // replaces exactly those), so the result does not depend on how each encoder would treat it.
+        if (text.AsSpan().ContainsAnyInRange('\uD800', '\uDFFF')) text = Encoding.UTF8.GetString(Encoding.UTF8.GetBytes(text));
         var output = new List<int>(text.Length / 3 + 2);
         if (addSpecial && AddBos) output.Add(_metadata.BosId!.Value);
 

@@ -82,6 +82,15 @@ public class BytePairTokenizerTests
         Assert.That(t.Decode(literal), Is.EqualTo("Hello<|endoftext|>"));
     }
 
+    [TestCase("gpt-2")]
+    [TestCase("deepseek-llm")]
+    public void LoneSurrogates_EncodeAsReplacementCharacter(string vocab)
+    {
+        var t = VocabTestVectors.Tokenizer(vocab);
+        Assert.That(t.Encode("x\uD800y\uDC00z", addSpecial: false), Is.EqualTo(t.Encode("x\uFFFDy\uFFFDz", addSpecial: false)));
+        Assert.That(t.Decode(t.Encode("x\uD800y", addSpecial: false)), Is.EqualTo("x\uFFFDy"));
+    }
+
     [Test]
     public void Encode_IsSafeFromSeveralThreads()
     {

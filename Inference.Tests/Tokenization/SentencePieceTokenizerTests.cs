@@ -185,6 +185,14 @@ public class SentencePieceTokenizerTests
     }
 
     [Test]
+    public void LoneSurrogates_EncodeAsReplacementCharacter()
+    {
+        var t = VocabTestVectors.Tokenizer("llama-spm");
+        Assert.That(t.Encode("x\uD800y\uDC00z", addSpecial: false), Is.EqualTo(t.Encode("x\uFFFDy\uFFFDz", addSpecial: false)));
+        Assert.That(t.Decode(t.Encode("x\uD800y", addSpecial: false)), Is.EqualTo("x\uFFFDy"));
+    }
+
+    [Test]
     public void Encode_SpecialTokenTextIsPlainText()
     {
         var t = VocabTestVectors.Tokenizer("llama-spm");
