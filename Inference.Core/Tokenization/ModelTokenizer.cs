@@ -9,9 +9,10 @@ namespace Inference.Tokenization;
 /// <c>gpt2</c> model (pre-tokenizers <c>gpt-2</c>, <c>deepseek-llm</c>, <c>llama3</c>/<c>llama-bpe</c>, <c>qwen2</c>).
 /// </summary>
 /// <remarks>
-/// Immutable after creation and safe to use from several threads. Special tokens written in the text (for example
-/// "&lt;s&gt;") are encoded as plain text, never as control tokens (llama.cpp's <c>parse_special = false</c>);
-/// user-defined tokens are matched whole in the text before the BPE merges run, as llama.cpp and Hugging Face do.
+/// Immutable after creation and safe to use from several threads. By default special-token texts written in the text
+/// (for example "&lt;s&gt;") are encoded as plain text, never as control tokens (llama.cpp's
+/// <c>parse_special = false</c>); <see cref="SpecialTokenText.Token"/> turns them into their tokens (for chat
+/// templates). User-defined tokens are always matched whole before the BPE merges run, as llama.cpp and Hugging Face do.
 /// </remarks>
 public sealed class ModelTokenizer
 {
@@ -25,17 +26,19 @@ public sealed class ModelTokenizer
     private readonly GgufTokenizerMetadata _metadata;
     private readonly byte[][] _tokenBytes;          // UTF-8 bytes each token stands for, by id
     private readonly bool[] _isEndOfGeneration;     // by id
-    private readonly (string Text, int Id)[] _userDefined; // matched whole in the input, longest first
+    private readonly WholeTokenMatcher _userDefined;    // user-defined tokens
+    private readonly WholeTokenMatcher _special;        // user-defined, control and unknown tokens
     private readonly SentencePieceEncoder? _sentencePiece;
     private readonly BytePairEncoder? _bytePair;
 
     private ModelTokenizer(GgufTokenizerMetadata metadata, byte[][] tokenBytes, bool[] isEndOfGeneration,
-        (string Text, int Id)[] userDefined, SentencePieceEncoder? sentencePiece, BytePairEncoder? bytePair)
+        WholeTokenMatcher userDefined, WholeTokenMatcher special, SentencePieceEncoder? sentencePiece, BytePairEncoder? bytePair)
     {
         _metadata = metadata;
         _tokenBytes = tokenBytes;
         _isEndOfGeneration = isEndOfGeneration;
         _userDefined = userDefined;
+        _special = special;
         _sentencePiece = sentencePiece;
         _bytePair = bytePair;
     }
@@ -53,13 +56,13 @@ public sealed class ModelTokenizer
     public int? EosId => _metadata.EosId;
 
     /// <summary>
-    /// Whether <see cref="Encode"/> prepends <see cref="BosId"/> when asked to add special tokens:
+    /// Whether <see cref="Encode(string, bool)"/> prepends <see cref="BosId"/> when asked to add special tokens:
     /// <c>tokenizer.ggml.add_bos_token</c>, else the family default (SentencePiece: true, GPT-2: false).
     /// </summary>
     public bool AddBos => _metadata.AddBos && _metadata.BosId is not null;
 
     /// <summary>
-    /// Whether <see cref="Encode"/> appends <see cref="EosId"/> when asked to add special tokens
+    /// Whether <see cref="Encode(string, bool)"/> appends <see cref="EosId"/> when asked to add special tokens
     /// (<c>tokenizer.ggml.add_eos_token</c>, default false).
     /// </summary>
     public bool AddEos => _metadata.AddEos && _metadata.EosId is not null;
@@ -95,9 +98,12 @@ public sealed class ModelTokenizer
             if (byText.TryGetValue(text, out int i) && types[i] is TokenType.Control or TokenType.UserDefined) isEndOfGeneration[i] = true;
 
         var userDefined = new List<(string Text, int Id)>();
+        var special = new List<(string Text, int Id)>();
         for (int id = 0; id < tokens.Length; id++)
-            if (types[id] == TokenType.UserDefined && tokens[id].Length > 0) userDefined.Add((tokens[id], id));
-        userDefined.Sort((a, b) => b.Text.Length != a.Text.Length ? b.Text.Length.CompareTo(a.Text.Length) : a.Id.CompareTo(b.Id));
+        {
+            if (types[id] == TokenType.UserDefined) userDefined.Add((tokens[id], id));
+            if (types[id] is TokenType.UserDefined or TokenType.Control or TokenType.Unknown) special.Add((tokens[id], id));
+        }
 
         SentencePieceEncoder? sentencePiece = null;
         BytePairEncoder? bytePair = null;
@@ -118,44 +124,63 @@ public sealed class ModelTokenizer
             var regexes = PreTokenizerPatterns.ForName(metadata.PreTokenizer)
                 ?? throw gguf.Bad(metadata.PreTokenizerOffset,
                     $"unsupported pre-tokenizer '{metadata.PreTokenizer}' in 'tokenizer.ggml.pre' (supported: {string.Join(", ", PreTokenizerPatterns.SupportedNames)})");
+            // Every merge must join two tokens into a third; Microsoft.ML.Tokenizers rejects anything else.
+            long mergesAt = GgufTokenizerMetadata.OffsetOf(gguf, "tokenizer.ggml.merges");
+            var lookup = byText.GetAlternateLookup<ReadOnlySpan<char>>();
+            for (int i = 0; i < metadata.Merges.Length; i++)
+            {
+                string merge = metadata.Merges[i];
+                int space = merge.IndexOf(' ');
+                if (!lookup.ContainsKey(merge.AsSpan(0, space)) || !lookup.ContainsKey(merge.AsSpan(space + 1))
+                    || !byText.ContainsKey(string.Concat(merge.AsSpan(0, space), merge.AsSpan(space + 1))))
+                    throw gguf.Bad(mergesAt, $"'tokenizer.ggml.merges'[{i}] is '{merge}', but its pieces or their concatenation are not tokens");
+            }
             bytePair = new BytePairEncoder(byText, metadata.Merges, regexes);
         }
 
-        return new ModelTokenizer(metadata, tokenBytes, isEndOfGeneration, userDefined.ToArray(), sentencePiece, bytePair);
+        return new ModelTokenizer(metadata, tokenBytes, isEndOfGeneration, new WholeTokenMatcher(userDefined), new WholeTokenMatcher(special), sentencePiece, bytePair);
     }
 
     /// <summary>Whether generation should stop at <paramref name="tokenId"/>: EOS, EOT, EOM and the like.</summary>
     public bool IsEndOfGeneration(int tokenId) => (uint)tokenId < (uint)_isEndOfGeneration.Length && _isEndOfGeneration[tokenId];
 
-    /// <summary>Encodes <paramref name="text"/> into token ids.</summary>
-    /// <param name="text">The text; special-token texts in it are treated as plain text.</param>
+    /// <summary>Encodes <paramref name="text"/> into token ids; special-token texts in it are encoded as plain text.</summary>
+    /// <param name="text">The text.</param>
     /// <param name="addSpecial">
     /// When true, prepends BOS if <see cref="AddBos"/> and appends EOS if <see cref="AddEos"/>.
     /// </param>
-    public int[] Encode(string text, bool addSpecial)
+    public int[] Encode(string text, bool addSpecial) => Encode(text, addSpecial, SpecialTokenText.Literal);
+
+    /// <summary>Encodes <paramref name="text"/> into token ids.</summary>
+    /// <param name="text">The text.</param>
+    /// <param name="addSpecial">
+    /// When true, prepends BOS if <see cref="AddBos"/> and appends EOS if <see cref="AddEos"/>.
+    /// </param>
+    /// <param name="specialTokenText">
+    /// Whether texts of control tokens in <paramref name="text"/> (such as "&lt;|im_start|&gt;") become those tokens.
+    /// </param>
+    public int[] Encode(string text, bool addSpecial, SpecialTokenText specialTokenText)
     {
         ArgumentNullException.ThrowIfNull(text);
+        if (specialTokenText is not (SpecialTokenText.Literal or SpecialTokenText.Token))
+            throw new ArgumentOutOfRangeException(nameof(specialTokenText), specialTokenText, "unknown special-token handling");
+        var matcher = specialTokenText == SpecialTokenText.Token ? _special : _userDefined;
+        // NOTE: a lone UTF-16 surrogate has no UTF-8 form; both encoders see U+FFFD in its place (a UTF-8 round trip
+        // replaces exactly those), so the result does not depend on how each encoder would treat it.
+        if (text.AsSpan().ContainsAnyInRange('\uD800', '\uDFFF')) text = Encoding.UTF8.GetString(Encoding.UTF8.GetBytes(text));
         var output = new List<int>(text.Length / 3 + 2);
         if (addSpecial && AddBos) output.Add(_metadata.BosId!.Value);
 
-        // Raw text between user-defined tokens is encoded on its own; for SentencePiece each such run gets the dummy
+        // Raw text between whole-matched tokens is encoded on its own; for SentencePiece each such run gets the dummy
         // prefix space, as in llama.cpp ("prefix with space if the previous fragment was special").
         int start = 0;
-        while (true)
+        while (matcher.TryFindNext(text, start, out int at, out int length, out int id))
         {
-            // The earliest user-defined token in the rest of the text; the longest one where several start together.
-            int matchAt = text.Length, matchId = -1, matchLength = 0;
-            foreach (var (tokenText, id) in _userDefined)
-            {
-                int at = text.IndexOf(tokenText, start, StringComparison.Ordinal);
-                if (at >= 0 && at < matchAt) (matchAt, matchId, matchLength) = (at, id, tokenText.Length);
-                if (matchAt == start) break;
-            }
-            EncodeRaw(text.AsSpan(start, matchAt - start), output);
-            if (matchId < 0) break;
-            output.Add(matchId);
-            start = matchAt + matchLength;
+            EncodeRaw(text.AsSpan(start, at - start), output);
+            output.Add(id);
+            start = at + length;
         }
+        EncodeRaw(text.AsSpan(start), output);
 
         if (addSpecial && AddEos) output.Add(_metadata.EosId!.Value);
         return output.ToArray();
@@ -246,7 +271,10 @@ public sealed class ModelTokenizer
     private static byte[] BytePairTokenBytes(string text, TokenType type)
     {
         if (type is TokenType.Control or TokenType.Unused) return [];
-        // Added tokens may be stored as raw text rather than in the byte-level form.
+        // NOTE: user-defined (added) tokens are stored as raw text, not in the byte-level form: deepseek-llm's 'ö' is
+        // the text "ö", not the byte 0xF6. Anything else that falls outside the byte-level alphabet is taken as raw
+        // text too rather than rejected.
+        if (type == TokenType.UserDefined) return Encoding.UTF8.GetBytes(text);
         return ByteLevelMapping.TryToBytes(text, out var bytes) ? bytes : Encoding.UTF8.GetBytes(text);
     }
 }
