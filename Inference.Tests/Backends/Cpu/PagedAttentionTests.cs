@@ -30,6 +30,25 @@ public class PagedAttentionTests
     }
 
     [Test]
+    public void ParallelIsBitIdenticalToSingleThreaded([Values(8, 2, 1)] int kvHeads, [Values(1, 3, 50)] int tokenCount)
+    {
+        var shape = new PagedAttentionShape(8, kvHeads, 32, 16);
+        var rng = new Random(kvHeads * 100 + tokenCount);
+        int start = 200, context = start + tokenCount, blocks = (context + 15) / 16 + 3;
+        var table = Enumerable.Range(0, blocks).OrderBy(_ => rng.Next()).Take((context + 15) / 16).ToArray();
+        var keys = RandomCache<Half>(rng, blocks * 16 * shape.KvStride);
+        var values = RandomCache<Half>(rng, blocks * 16 * shape.KvStride);
+        var q = RandomArray(rng, tokenCount * shape.QueryStride);
+        var single = Poisoned(q.Length);
+        var parallel = Poisoned(q.Length);
+        PagedAttention.Forward<Half>(shape, q, keys, values, table, start, single, new float[PagedAttention.GetScratchLength(shape, context)]);
+        using var pool = new WorkerPool(4);
+        PagedAttention.Forward<Half>(shape, q, keys, values, table, start, parallel, pool);
+        Assert.That(parallel, Is.EqualTo(single));
+        Assert.That(single.All(float.IsFinite), Is.True);
+    }
+
+    [Test]
     public void SinglePositionReturnsItsValue()
     {
         // With one position the softmax weight is exactly 1: output = v for every head of the group.
