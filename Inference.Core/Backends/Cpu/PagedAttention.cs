@@ -22,7 +22,7 @@ namespace Inference.Backends.Cpu;
 /// </remarks>
 public static class PagedAttention
 {
-    /// <summary>Floats of scratch <see cref="Forward{T}"/> needs for a context of <paramref name="contextLength"/> positions.</summary>
+    /// <summary>Floats of scratch the single-threaded <c>Forward</c> needs for a context of <paramref name="contextLength"/> positions.</summary>
     public static int GetScratchLength(in PagedAttentionShape shape, int contextLength) =>
         shape.KvMul * contextLength + shape.HeadDim;
 
@@ -47,6 +47,85 @@ public static class PagedAttention
         Span<float> scratch)
         where T : unmanaged
     {
+        int contextLength = Validate(shape, query, keyCache, valueCache, blockTable, startPosition, output);
+        if (scratch.Length < GetScratchLength(shape, contextLength))
+            throw new ArgumentException($"scratch needs {GetScratchLength(shape, contextLength)} floats.", nameof(scratch));
+        int tokenCount = contextLength - startPosition;
+
+        for (int i = 0; i < tokenCount; i++)
+            for (int g = 0; g < shape.KvHeadCount; g++)
+                AttendGroup(shape, query, keyCache, valueCache, blockTable, i, startPosition + i + 1, g, output, scratch);
+    }
+
+    /// <summary>
+    /// As <see cref="Forward{T}(in PagedAttentionShape, ReadOnlySpan{float}, ReadOnlySpan{T}, ReadOnlySpan{T}, ReadOnlySpan{int}, int, Span{float}, Span{float})"/>,
+    /// with the (token, KV head) pairs spread over <paramref name="pool"/>. Each thread uses its own scratch, kept
+    /// between calls and grown when a longer context needs it. Results are bit-identical to the single-threaded call.
+    /// </summary>
+    public static unsafe void Forward<T>(
+        in PagedAttentionShape shape,
+        ReadOnlySpan<float> query,
+        ReadOnlySpan<T> keyCache,
+        ReadOnlySpan<T> valueCache,
+        ReadOnlySpan<int> blockTable,
+        int startPosition,
+        Span<float> output,
+        WorkerPool pool)
+        where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(pool);
+        int contextLength = Validate(shape, query, keyCache, valueCache, blockTable, startPosition, output);
+        int tokenCount = contextLength - startPosition;
+        fixed (float* q = query)
+        fixed (T* k = keyCache)
+        fixed (T* v = valueCache)
+        fixed (int* table = blockTable)
+        fixed (float* o = output)
+        {
+            var job = new GroupJob<T>(shape, q, query.Length, k, v, keyCache.Length, table, blockTable.Length, startPosition, o);
+            pool.Run(tokenCount * shape.KvHeadCount, job);
+        }
+    }
+
+    // NOTE: scratch per thread, not per call: a pool thread keeps its buffer, so steady-state calls do not allocate.
+    [ThreadStatic]
+    private static float[]? t_scratch;
+
+    private readonly unsafe struct GroupJob<T>(
+        PagedAttentionShape shape, float* query, int queryLength, T* keys, T* values, int cacheLength,
+        int* blockTable, int blockTableLength, int startPosition, float* output) : IRangeJob
+        where T : unmanaged
+    {
+        public void Execute(int start, int end)
+        {
+            int contextLength = startPosition + queryLength / shape.QueryStride;
+            int needed = GetScratchLength(shape, contextLength);
+            var scratch = t_scratch;
+            if (scratch is null || scratch.Length < needed) t_scratch = scratch = new float[needed];
+            var q = new ReadOnlySpan<float>(query, queryLength);
+            var k = new ReadOnlySpan<T>(keys, cacheLength);
+            var v = new ReadOnlySpan<T>(values, cacheLength);
+            var table = new ReadOnlySpan<int>(blockTable, blockTableLength);
+            var o = new Span<float>(output, queryLength);
+            for (int item = start; item < end; item++)
+            {
+                int i = item / shape.KvHeadCount, g = item % shape.KvHeadCount;
+                AttendGroup(shape, q, k, v, table, i, startPosition + i + 1, g, o, scratch);
+            }
+        }
+    }
+
+    /// <summary>Checks the arguments; returns the context length start + tokenCount.</summary>
+    private static int Validate<T>(
+        in PagedAttentionShape shape,
+        ReadOnlySpan<float> query,
+        ReadOnlySpan<T> keyCache,
+        ReadOnlySpan<T> valueCache,
+        ReadOnlySpan<int> blockTable,
+        int startPosition,
+        Span<float> output)
+        where T : unmanaged
+    {
         if (typeof(T) != typeof(float) && typeof(T) != typeof(Half))
             throw new NotSupportedException($"KV element type {typeof(T).Name} is not supported; use float or Half.");
         ArgumentOutOfRangeException.ThrowIfNegative(startPosition);
@@ -64,12 +143,8 @@ public static class PagedAttention
         for (int b = 0; b < (contextLength + shape.BlockSize - 1) / shape.BlockSize; b++)
             if ((uint)blockTable[b] >= (uint)blockCount)
                 throw new ArgumentException($"Block table entry {b} = {blockTable[b]} is outside the cache ({blockCount} blocks).", nameof(blockTable));
-        if (scratch.Length < GetScratchLength(shape, contextLength))
-            throw new ArgumentException($"scratch needs {GetScratchLength(shape, contextLength)} floats.", nameof(scratch));
+        return contextLength;
 
-        for (int i = 0; i < tokenCount; i++)
-            for (int g = 0; g < shape.KvHeadCount; g++)
-                AttendGroup(shape, query, keyCache, valueCache, blockTable, i, startPosition + i + 1, g, output, scratch);
     }
 
     /// <summary>Query token i, the kvMul query heads of KV head g, over positions [0, contextLength).</summary>

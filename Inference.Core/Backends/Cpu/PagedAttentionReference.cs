@@ -33,6 +33,7 @@ public static class PagedAttentionReference
             throw new ArgumentException("keys and values must be [contextLength ≥ start + tokenCount, kvHeads, headDim].");
         double scale = 1.0 / Math.Sqrt(headDim);
         var scores = new double[startPosition + tokenCount];
+        var acc = new double[headDim];
         for (int i = 0; i < tokenCount; i++)
         {
             int contextLength = startPosition + i + 1; // causal: position p sees 0..p
@@ -55,12 +56,13 @@ public static class PagedAttentionReference
                     scores[j] = Math.Exp(scores[j] - max);
                     sum += scores[j];
                 }
-                for (int d = 0; d < headDim; d++)
+                Array.Clear(acc);
+                for (int j = 0; j < contextLength; j++)
                 {
-                    double acc = 0;
-                    for (int j = 0; j < contextLength; j++) acc += scores[j] * values[(j * kvHeads + g) * headDim + d];
-                    output[q + d] = (float)(acc / sum);
+                    int v = (j * kvHeads + g) * headDim;
+                    for (int d = 0; d < headDim; d++) acc[d] += scores[j] * values[v + d];
                 }
+                for (int d = 0; d < headDim; d++) output[q + d] = (float)(acc[d] / sum);
             }
         }
     }

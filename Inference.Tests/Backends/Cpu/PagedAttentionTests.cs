@@ -7,7 +7,7 @@ public class PagedAttentionTests
     // (start, tokenCount): decode (n = 1) and prefill chunks, from position 0 to past 1,000, crossing block boundaries.
     private static readonly (int Start, int Count)[] Chunks =
     [
-        (0, 1), (0, 7), (0, 40), (5, 1), (15, 3), (31, 2), (33, 64), (100, 37), (960, 70), (1031, 1),
+        (0, 1), (0, 7), (0, 40), (5, 1), (15, 3), (31, 2), (33, 64), (100, 37), (990, 24), (1031, 1),
     ];
 
     [Test]
@@ -27,6 +27,25 @@ public class PagedAttentionTests
         var shape = new PagedAttentionShape(8, 2, 64, 16);
         double maxRel = CompareWithReference<float>(shape, seed: 99);
         Assert.That(maxRel, Is.LessThan(1e-5));
+    }
+
+    [Test]
+    public void ParallelIsBitIdenticalToSingleThreaded([Values(8, 2, 1)] int kvHeads, [Values(1, 3, 50)] int tokenCount)
+    {
+        var shape = new PagedAttentionShape(8, kvHeads, 32, 16);
+        var rng = new Random(kvHeads * 100 + tokenCount);
+        int start = 200, context = start + tokenCount, blocks = (context + 15) / 16 + 3;
+        var table = Enumerable.Range(0, blocks).OrderBy(_ => rng.Next()).Take((context + 15) / 16).ToArray();
+        var keys = RandomCache<Half>(rng, blocks * 16 * shape.KvStride);
+        var values = RandomCache<Half>(rng, blocks * 16 * shape.KvStride);
+        var q = RandomArray(rng, tokenCount * shape.QueryStride);
+        var single = Poisoned(q.Length);
+        var parallel = Poisoned(q.Length);
+        PagedAttention.Forward<Half>(shape, q, keys, values, table, start, single, new float[PagedAttention.GetScratchLength(shape, context)]);
+        using var pool = new WorkerPool(4);
+        PagedAttention.Forward<Half>(shape, q, keys, values, table, start, parallel, pool);
+        Assert.That(parallel, Is.EqualTo(single));
+        Assert.That(single.All(float.IsFinite), Is.True);
     }
 
     [Test]
