@@ -22,6 +22,10 @@ public sealed unsafe class GgufFile : IDisposable
     public const int MaxDimensions = 4;
     /// <summary>Largest accepted length of a metadata key or tensor name, in bytes.</summary>
     public const int MaxNameBytes = 1 << 16;
+    /// <summary>Largest accepted metadata string value, in bytes (a .NET string holds at most about 2^30 UTF-16 chars; this leaves room for any encoding).</summary>
+    public const int MaxStringBytes = 1 << 29;
+    /// <summary>Largest accepted tensor count or metadata count.</summary>
+    public const int MaxEntryCount = 1 << 24;
     /// <summary>Largest accepted nesting of arrays inside arrays.</summary>
     public const int MaxArrayNesting = 4;
 
@@ -313,6 +317,10 @@ public sealed unsafe class GgufFile : IDisposable
         long remaining = FileLength - _pos;
         if (kvCount > (ulong)(remaining / 14)) throw Bad(countAt + 8, $"metadata count {kvCount} cannot fit in the file");
         if (tensorCount > (ulong)(remaining / 33)) throw Bad(countAt, $"tensor count {tensorCount} cannot fit in the file");
+        // NOTE: the fit checks above bound the counts by the file size only; files of tens of GB would still allow counts
+        // beyond what a List can hold, so cap them (llama.cpp models have a few thousand tensors and a few dozen keys).
+        if (tensorCount > MaxEntryCount) throw Bad(countAt, $"tensor count {tensorCount} exceeds the limit of {MaxEntryCount}");
+        if (kvCount > MaxEntryCount) throw Bad(countAt + 8, $"metadata count {kvCount} exceeds the limit of {MaxEntryCount}");
 
         var keys = (List<string>)MetadataKeys;
         for (ulong i = 0; i < kvCount; i++)
@@ -412,7 +420,7 @@ public sealed unsafe class GgufFile : IDisposable
             GgufValueType.Int32 => ReadScalar<int>("int32"),
             GgufValueType.Float32 => ReadScalar<float>("float32"),
             GgufValueType.Bool => ReadBool(),
-            GgufValueType.String => ReadString("string", FileLength),
+            GgufValueType.String => ReadString("string", MaxStringBytes),
             GgufValueType.UInt64 => ReadScalar<ulong>("uint64"),
             GgufValueType.Int64 => ReadScalar<long>("int64"),
             GgufValueType.Float64 => ReadScalar<double>("float64"),
@@ -473,7 +481,7 @@ public sealed unsafe class GgufFile : IDisposable
             case GgufValueType.String:
             {
                 var a = new string[n];
-                for (int i = 0; i < n; i++) a[i] = ReadString("array string", FileLength);
+                for (int i = 0; i < n; i++) a[i] = ReadString("array string", MaxStringBytes);
                 return a;
             }
             default:

@@ -199,6 +199,38 @@ public class GgufCorruptionTests
     }
 
     [Test]
+    public void HugeSparseFiles_StringLongerThanAStringCanHold_AndCountsBeyondAList()
+    {
+        // NOTE: the file-size checks alone let a multi-GB file claim a 2^31-byte string or 2^31 tensors; sparse files make
+        // that cheap to test (only the header page is ever written or read).
+        var dir = TestData.TempDir();
+        try
+        {
+            var stringPath = Path.Combine(dir, "long-string.gguf");
+            var header = Raw.Header(0, 1).Key("k", GgufValueType.String).U64((1UL << 31) + 5).ToArray();
+            WriteSparse(stringPath, header, (1L << 31) + 4096);
+            var e = Assert.Throws<ModelFormatException>(() => GgufFile.Open(stringPath).Dispose())!;
+            Assert.That(e.Reason, Does.Contain("limit"), e.Message);
+
+            var countPath = Path.Combine(dir, "many-tensors.gguf");
+            WriteSparse(countPath, Raw.Header(1UL << 26, 0).ToArray(), (1L << 26) * 40);
+            e = Assert.Throws<ModelFormatException>(() => GgufFile.Open(countPath).Dispose())!;
+            Assert.That(e.Reason, Does.Contain("limit"), e.Message);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    private static void WriteSparse(string path, byte[] header, long length)
+    {
+        using var fs = new FileStream(path, FileMode.CreateNew);
+        fs.Write(header);
+        fs.SetLength(length);
+    }
+
+    [Test]
     public void RealTestDataHeaders_TruncatedAtSampledOffsets()
     {
         var bytes = File.ReadAllBytes(TestData.Stories260K);
