@@ -467,6 +467,8 @@ public class GgufCorruptionTests
         var bases = new[] { ValidFile(), ValidFile(64), OneTensor([32, 2]) };
         ulong[] hugeU64 = [ulong.MaxValue, 1UL << 63, 1UL << 62, 1UL << 32, (ulong)int.MaxValue, (ulong)int.MaxValue + 1, 0];
         uint[] interestingU32 = [0, 1, 3, 4, 5, 9, 12, 13, 31, 64, 0x80000000u, uint.MaxValue];
+        var u64Fields = bases.Select(U64FieldOffsets).ToArray();
+        Assert.That(u64Fields[0], Has.Count.GreaterThan(20));
         int loaded = 0, rejected = 0;
         const int iterations = 12_000;
         for (int n = 0; n < iterations; n++)
@@ -487,6 +489,9 @@ public class GgufCorruptionTests
                         break;
                     case 3: data.RemoveRange(at, Math.Min(rng.Next(1, 9), data.Count - at)); break;
                     case 4:
+                        // Half of the time a real u64 field of the header (a length, count, dimension or offset).
+                        var fields = u64Fields[n % bases.Length];
+                        if (rng.Next(2) == 0) at = fields[rng.Next(fields.Count)];
                         if (at + 8 <= data.Count)
                         {
                             var v = BitConverter.GetBytes(hugeU64[rng.Next(hugeU64.Length)]);
@@ -510,5 +515,50 @@ public class GgufCorruptionTests
         TestContext.Out.WriteLine($"{iterations} mutants: {loaded} loaded, {rejected} rejected with ModelFormatException");
         Assert.That(loaded, Is.GreaterThan(0), "some mutants (e.g. changed tensor bytes) must still load");
         Assert.That(rejected, Is.GreaterThan(iterations / 4));
+    }
+
+    /// <summary>Offsets of every u64 field (counts, string lengths, array counts, dimensions, tensor offsets) of a valid header.</summary>
+    private static List<int> U64FieldOffsets(byte[] file)
+    {
+        var offsets = new List<int> { 8, 16 };
+        int pos = 24;
+        ulong U64() { ulong v = BitConverter.ToUInt64(file, pos); offsets.Add(pos); pos += 8; return v; }
+        uint U32() { uint v = BitConverter.ToUInt32(file, pos); pos += 4; return v; }
+        void Str()
+        {
+            int length = (int)U64();
+            pos += length;
+        }
+        void Value(GgufValueType t)
+        {
+            switch (t)
+            {
+                case GgufValueType.UInt8 or GgufValueType.Int8 or GgufValueType.Bool: pos += 1; break;
+                case GgufValueType.UInt16 or GgufValueType.Int16: pos += 2; break;
+                case GgufValueType.UInt32 or GgufValueType.Int32 or GgufValueType.Float32: pos += 4; break;
+                case GgufValueType.UInt64 or GgufValueType.Int64 or GgufValueType.Float64: U64(); break;
+                case GgufValueType.String: Str(); break;
+                case GgufValueType.Array:
+                    var et = (GgufValueType)U32();
+                    ulong count = U64();
+                    for (ulong i = 0; i < count; i++) Value(et);
+                    break;
+            }
+        }
+        ulong tensors = BitConverter.ToUInt64(file, 8), kvs = BitConverter.ToUInt64(file, 16);
+        for (ulong i = 0; i < kvs; i++)
+        {
+            Str();
+            Value((GgufValueType)U32());
+        }
+        for (ulong i = 0; i < tensors; i++)
+        {
+            Str();
+            uint dims = U32();
+            for (uint d = 0; d < dims; d++) U64();
+            U32();
+            U64();
+        }
+        return offsets;
     }
 }
