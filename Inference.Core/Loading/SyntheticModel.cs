@@ -62,6 +62,23 @@ public static class SyntheticModel
         tensors.Add(("output_norm.weight", dim, 1, GgmlType.F32, true));
         if (options.OutputHead == OutputHead.Separate) tensors.Add(("output.weight", dim, vocab, type, false));
 
+        try
+        {
+            WriteModel(path, options, donor, tensors, vocab, cancellationToken);
+        }
+        catch
+        {
+            // NOTE: never leave a half-written model behind (cancellation, full disk).
+            File.Delete(path);
+            throw;
+        }
+    }
+
+    private static void WriteModel(string path, SyntheticModelOptions options, GgufFile donor,
+        List<(string Name, int Cols, int Rows, GgmlType Type, bool IsNorm)> tensors, int vocab, CancellationToken cancellationToken)
+    {
+        int dim = options.Dimension, ffn = options.FeedForwardLength;
+        var type = options.TensorType;
         using var w = GgufWriter.Create(path);
         w.AddString("general.architecture", "llama");
         w.AddString("general.name", options.Name);

@@ -210,6 +210,14 @@ public class SyntheticModelTests
     }
 
     [Test]
+    public void Cancelled_LeavesNoFileBehind()
+    {
+        var path = Path.Combine(_dir, "cancelled.gguf");
+        Assert.Throws<OperationCanceledException>(() => SyntheticModel.Write(path, Options(), new CancellationToken(canceled: true)));
+        Assert.That(File.Exists(path), Is.False);
+    }
+
+    [Test]
     public void Options_AreValidated()
     {
         Assert.Throws<ArgumentOutOfRangeException>(() => _ = new SyntheticModelOptions { Dimension = 0 });
