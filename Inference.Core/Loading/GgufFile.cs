@@ -22,6 +22,10 @@ public sealed unsafe class GgufFile : IDisposable
     public const int MaxDimensions = 4;
     /// <summary>Largest accepted length of a metadata key or tensor name, in bytes.</summary>
     public const int MaxNameBytes = 1 << 16;
+    /// <summary>Largest accepted metadata string value, in bytes (a .NET string holds at most about 2^30 UTF-16 chars; this leaves room for any encoding).</summary>
+    public const int MaxStringBytes = 1 << 29;
+    /// <summary>Largest accepted tensor count or metadata count.</summary>
+    public const int MaxEntryCount = 1 << 24;
     /// <summary>Largest accepted nesting of arrays inside arrays.</summary>
     public const int MaxArrayNesting = 4;
 
@@ -134,14 +138,14 @@ public sealed unsafe class GgufFile : IDisposable
 
     /// <summary>Finds a tensor by name or throws a <see cref="ModelFormatException"/> saying it is missing.</summary>
     public GgufTensorInfo GetTensor(string name) =>
-        FindTensor(name) ?? throw new ModelFormatException(FilePath, -1, $"tensor '{name}' is missing");
+        FindTensor(name) ?? throw new ModelFormatException(FilePath, -1, $"tensor {Quote(name)} is missing");
 
     /// <summary>The bytes of a tensor (valid while the file is open).</summary>
     public ReadOnlySpan<byte> GetTensorBytes(GgufTensorInfo tensor)
     {
         ObjectDisposedException.ThrowIf(_base == null, this);
         if (tensor.ByteCount > int.MaxValue)
-            throw new NotSupportedException($"{FilePath}: tensor '{tensor.Name}' is larger than 2 GiB; use row access");
+            throw new NotSupportedException($"{FilePath}: tensor {Quote(tensor.Name)} is larger than 2 GiB; use row access");
         return new ReadOnlySpan<byte>(_base + tensor.DataOffset, (int)tensor.ByteCount);
     }
 
@@ -158,7 +162,7 @@ public sealed unsafe class GgufFile : IDisposable
     public string? GetString(string key)
     {
         if (!_metadata.TryGetValue(key, out var v)) return null;
-        return v.Value as string ?? throw Bad(v.Offset, $"metadata '{key}' is {v.Type}, expected String");
+        return v.Value as string ?? throw Bad(v.Offset, $"metadata {Quote(key)} is {v.Type}, expected String");
     }
 
     /// <summary>An integer scalar of any width at <paramref name="key"/>, or null when absent.</summary>
@@ -176,7 +180,7 @@ public sealed unsafe class GgufFile : IDisposable
             long l => l,
             ulong ul when ul <= long.MaxValue => (long)ul,
             bool b => b ? 1 : 0,
-            _ => throw Bad(v.Offset, $"metadata '{key}' is {v.Type}, expected an integer"),
+            _ => throw Bad(v.Offset, $"metadata {Quote(key)} is {v.Type}, expected an integer"),
         };
     }
 
@@ -189,7 +193,7 @@ public sealed unsafe class GgufFile : IDisposable
             float f => f,
             double d => d,
             _ when v.IsInteger => GetInteger(key),
-            _ => throw Bad(v.Offset, $"metadata '{key}' is {v.Type}, expected a float"),
+            _ => throw Bad(v.Offset, $"metadata {Quote(key)} is {v.Type}, expected a float"),
         };
     }
 
@@ -201,7 +205,7 @@ public sealed unsafe class GgufFile : IDisposable
         {
             bool b => b,
             _ when v.IsInteger => GetInteger(key) != 0,
-            _ => throw Bad(v.Offset, $"metadata '{key}' is {v.Type}, expected Bool"),
+            _ => throw Bad(v.Offset, $"metadata {Quote(key)} is {v.Type}, expected Bool"),
         };
     }
 
@@ -209,7 +213,7 @@ public sealed unsafe class GgufFile : IDisposable
     public T[]? GetArray<T>(string key)
     {
         if (!_metadata.TryGetValue(key, out var v)) return null;
-        return v.Value as T[] ?? throw Bad(v.Offset, $"metadata '{key}' is {v.Type} of {v.ElementType}, expected an array of {typeof(T).Name}");
+        return v.Value as T[] ?? throw Bad(v.Offset, $"metadata {Quote(key)} is {v.Type} of {v.ElementType}, expected an array of {typeof(T).Name}");
     }
 
     /// <summary>An integer array of any width at <paramref name="key"/> widened to int, or null when absent.</summary>
@@ -226,8 +230,29 @@ public sealed unsafe class GgufFile : IDisposable
             ushort[] a => Array.ConvertAll(a, x => (int)x),
             long[] a => Array.ConvertAll(a, x => unchecked((int)x)),
             ulong[] a => Array.ConvertAll(a, x => unchecked((int)x)),
-            _ => throw Bad(v.Offset, $"metadata '{key}' is {v.Type} of {v.ElementType}, expected an integer array"),
+            _ => throw Bad(v.Offset, $"metadata {Quote(key)} is {v.Type} of {v.ElementType}, expected an integer array"),
         };
+    }
+
+    /// <summary>
+    /// Quotes a key or tensor name read from the file for an error message: control characters are escaped and long names
+    /// cut, so the message stays one short line whatever the file holds.
+    /// </summary>
+    internal static string Quote(string s)
+    {
+        const int maxChars = 80;
+        var sb = new StringBuilder(Math.Min(s.Length, maxChars) + 16);
+        sb.Append('\'');
+        int i = 0;
+        for (; i < s.Length && sb.Length <= maxChars; i++)
+        {
+            char c = s[i];
+            if (char.IsControl(c) || char.IsSurrogate(c) || c is '\u2028' or '\u2029') sb.Append($"\\u{(int)c:X4}");
+            else sb.Append(c);
+        }
+        sb.Append('\'');
+        if (i < s.Length) sb.Append($" (cut, {s.Length} chars)");
+        return sb.ToString();
     }
 
     /// <summary>Creates a <see cref="ModelFormatException"/> for this file.</summary>
@@ -292,6 +317,10 @@ public sealed unsafe class GgufFile : IDisposable
         long remaining = FileLength - _pos;
         if (kvCount > (ulong)(remaining / 14)) throw Bad(countAt + 8, $"metadata count {kvCount} cannot fit in the file");
         if (tensorCount > (ulong)(remaining / 33)) throw Bad(countAt, $"tensor count {tensorCount} cannot fit in the file");
+        // NOTE: the fit checks above bound the counts by the file size only; files of tens of GB would still allow counts
+        // beyond what a List can hold, so cap them (llama.cpp models have a few thousand tensors and a few dozen keys).
+        if (tensorCount > MaxEntryCount) throw Bad(countAt, $"tensor count {tensorCount} exceeds the limit of {MaxEntryCount}");
+        if (kvCount > MaxEntryCount) throw Bad(countAt + 8, $"metadata count {kvCount} exceeds the limit of {MaxEntryCount}");
 
         var keys = (List<string>)MetadataKeys;
         for (ulong i = 0; i < kvCount; i++)
@@ -302,7 +331,7 @@ public sealed unsafe class GgufFile : IDisposable
             long typeAt = _pos;
             var type = (GgufValueType)ReadScalar<uint>("metadata type");
             var value = ReadValue(type, typeAt, 0);
-            if (!_metadata.TryAdd(key, value)) throw Bad(keyAt, $"duplicate metadata key '{key}'");
+            if (!_metadata.TryAdd(key, value)) throw Bad(keyAt, $"duplicate metadata key {Quote(key)}");
             keys.Add(key);
         }
 
@@ -320,17 +349,17 @@ public sealed unsafe class GgufFile : IDisposable
             long at = _pos;
             string name = ReadString("tensor name", MaxNameBytes);
             uint nDims = ReadScalar<uint>("tensor dimension count");
-            if (nDims is 0 or > MaxDimensions) throw Bad(_pos - 4, $"tensor '{name}' has {nDims} dimensions, expected 1 to {MaxDimensions}");
+            if (nDims is 0 or > MaxDimensions) throw Bad(_pos - 4, $"tensor {Quote(name)} has {nDims} dimensions, expected 1 to {MaxDimensions}");
             var dims = new long[nDims];
             for (int d = 0; d < nDims; d++)
             {
                 ulong ne = ReadScalar<ulong>("tensor dimension");
-                if (ne == 0 || ne > long.MaxValue) throw Bad(_pos - 8, $"tensor '{name}' dimension {d} is {ne}");
+                if (ne == 0 || ne > long.MaxValue) throw Bad(_pos - 8, $"tensor {Quote(name)} dimension {d} is {ne}");
                 dims[d] = (long)ne;
             }
             long typeAt = _pos;
             var type = (GgmlType)ReadScalar<uint>("tensor type");
-            if (!GgmlTypeInfo.TryGetBlock(type, out _, out _)) throw Bad(typeAt, $"tensor '{name}' has unknown type code {(uint)type}");
+            if (!GgmlTypeInfo.TryGetBlock(type, out _, out _)) throw Bad(typeAt, $"tensor {Quote(name)} has unknown type code {(uint)type}");
             ulong offset = ReadScalar<ulong>("tensor offset");
             infos.Add((name, dims, type, offset, at));
         }
@@ -350,18 +379,18 @@ public sealed unsafe class GgufFile : IDisposable
             }
             catch (OverflowException)
             {
-                throw Bad(at, $"tensor '{name}' element count overflows");
+                throw Bad(at, $"tensor {Quote(name)} element count overflows");
             }
             if (dims[0] % blockElements != 0)
-                throw Bad(at, $"tensor '{name}' row length {dims[0]} is not a multiple of the {type} block size {blockElements}");
+                throw Bad(at, $"tensor {Quote(name)} row length {dims[0]} is not a multiple of the {type} block size {blockElements}");
             long bytes;
             try { bytes = checked(elements / blockElements * blockBytes); }
-            catch (OverflowException) { throw Bad(at, $"tensor '{name}' byte size overflows"); }
-            if (offset % Alignment != 0) throw Bad(at, $"tensor '{name}' offset {offset} is not a multiple of the alignment {Alignment}");
+            catch (OverflowException) { throw Bad(at, $"tensor {Quote(name)} byte size overflows"); }
+            if (offset % Alignment != 0) throw Bad(at, $"tensor {Quote(name)} offset {offset} is not a multiple of the alignment {Alignment}");
             if (offset > (ulong)FileLength || DataSectionOffset > FileLength - (long)offset || bytes > FileLength - DataSectionOffset - (long)offset)
-                throw Bad(at, $"tensor '{name}' data [{DataSectionOffset}+{offset}, +{bytes}) lies outside the file ({FileLength} bytes)");
+                throw Bad(at, $"tensor {Quote(name)} data [{DataSectionOffset}+{offset}, +{bytes}) lies outside the file ({FileLength} bytes)");
             var info = new GgufTensorInfo(name, dims, type, DataSectionOffset + (long)offset, bytes);
-            if (!_tensorsByName.TryAdd(name, info)) throw Bad(at, $"duplicate tensor name '{name}'");
+            if (!_tensorsByName.TryAdd(name, info)) throw Bad(at, $"duplicate tensor name {Quote(name)}");
             tensors.Add(info);
         }
 
@@ -372,7 +401,7 @@ public sealed unsafe class GgufFile : IDisposable
         {
             var prev = sorted[i - 1];
             if (prev.DataOffset + prev.ByteCount > sorted[i].DataOffset)
-                throw Bad(sorted[i].DataOffset, $"tensor '{sorted[i].Name}' overlaps tensor '{prev.Name}'");
+                throw Bad(sorted[i].DataOffset, $"tensor {Quote(sorted[i].Name)} overlaps tensor {Quote(prev.Name)}");
         }
     }
 
@@ -391,7 +420,7 @@ public sealed unsafe class GgufFile : IDisposable
             GgufValueType.Int32 => ReadScalar<int>("int32"),
             GgufValueType.Float32 => ReadScalar<float>("float32"),
             GgufValueType.Bool => ReadBool(),
-            GgufValueType.String => ReadString("string", FileLength),
+            GgufValueType.String => ReadString("string", MaxStringBytes),
             GgufValueType.UInt64 => ReadScalar<ulong>("uint64"),
             GgufValueType.Int64 => ReadScalar<long>("int64"),
             GgufValueType.Float64 => ReadScalar<double>("float64"),
@@ -452,7 +481,7 @@ public sealed unsafe class GgufFile : IDisposable
             case GgufValueType.String:
             {
                 var a = new string[n];
-                for (int i = 0; i < n; i++) a[i] = ReadString("array string", FileLength);
+                for (int i = 0; i < n; i++) a[i] = ReadString("array string", MaxStringBytes);
                 return a;
             }
             default:

@@ -13,7 +13,8 @@ namespace Inference.Loading;
 /// can be written before any data exists and each tensor can be produced and written a chunk at a time.
 /// All values are written little-endian. The writer owns the <c>general.alignment</c> key: it is written when
 /// <see cref="GgufWriterOptions.Alignment"/> differs from the GGUF default of 32, or when
-/// <see cref="GgufWriterOptions.AlignmentKey"/> asks for it.
+/// <see cref="GgufWriterOptions.AlignmentKey"/> asks for it. A writer disposed before <see cref="Complete"/> leaves an
+/// incomplete file behind; the caller deletes it.
 /// <code>
 /// using var w = GgufWriter.Create(path);
 /// w.AddString("general.architecture", "llama");

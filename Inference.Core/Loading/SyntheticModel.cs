@@ -62,6 +62,23 @@ public static class SyntheticModel
         tensors.Add(("output_norm.weight", dim, 1, GgmlType.F32, true));
         if (options.OutputHead == OutputHead.Separate) tensors.Add(("output.weight", dim, vocab, type, false));
 
+        try
+        {
+            WriteModel(path, options, donor, tensors, vocab, cancellationToken);
+        }
+        catch
+        {
+            // NOTE: never leave a half-written model behind (cancellation, full disk).
+            File.Delete(path);
+            throw;
+        }
+    }
+
+    private static void WriteModel(string path, SyntheticModelOptions options, GgufFile donor,
+        List<(string Name, int Cols, int Rows, GgmlType Type, bool IsNorm)> tensors, int vocab, CancellationToken cancellationToken)
+    {
+        int dim = options.Dimension, ffn = options.FeedForwardLength;
+        var type = options.TensorType;
         using var w = GgufWriter.Create(path);
         w.AddString("general.architecture", "llama");
         w.AddString("general.name", options.Name);
@@ -112,10 +129,13 @@ public static class SyntheticModel
         w.Complete();
     }
 
-    /// <summary>Standard normal numbers from a seeded <see cref="Random"/> (Box–Muller, both outputs used).</summary>
+    /// <summary>
+    /// Standard normal numbers: SplitMix64 uniforms through Box–Muller, both outputs used.
+    /// </summary>
+    /// <remarks>NOTE: a fixed, documented generator rather than <see cref="Random"/>, so files do not change with the runtime.</remarks>
     private sealed class NormalGenerator(int seed)
     {
-        private readonly Random _random = new(seed);
+        private ulong _state = (ulong)(uint)seed * 0x9E3779B97F4A7C15UL + 0xD1B54A32D192ED03UL;
         private float _spare;
         private bool _hasSpare;
 
@@ -126,12 +146,21 @@ public static class SyntheticModel
                 _hasSpare = false;
                 return _spare;
             }
-            double u1 = 1.0 - _random.NextDouble(); // (0, 1]: log stays finite
-            double u2 = _random.NextDouble();
-            double radius = Math.Sqrt(-2.0 * Math.Log(u1));
-            _spare = (float)(radius * Math.Sin(2 * Math.PI * u2));
+            double u1 = ((NextBits() >> 11) + 1) * (1.0 / (1UL << 53)); // (0, 1]: the log stays finite
+            double u2 = (NextBits() >> 11) * (1.0 / (1UL << 53));
+            float radius = MathF.Sqrt(-2f * MathF.Log((float)u1));
+            var (sin, cos) = MathF.SinCos(2f * MathF.PI * (float)u2);
+            _spare = radius * sin;
             _hasSpare = true;
-            return (float)(radius * Math.Cos(2 * Math.PI * u2));
+            return radius * cos;
+        }
+
+        private ulong NextBits()
+        {
+            ulong z = _state += 0x9E3779B97F4A7C15UL;
+            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+            z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+            return z ^ (z >> 31);
         }
     }
 }

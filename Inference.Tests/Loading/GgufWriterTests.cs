@@ -167,6 +167,26 @@ public class GgufWriterTests
         Assert.That(File.ReadAllBytes(path), Is.EqualTo(File.ReadAllBytes(src)));
     }
 
+    [TestCase(64u)]
+    [TestCase(256u)]
+    public void RewrittenWithOtherAlignment_LlamaCppStillGeneratesTheSameText(uint alignment)
+    {
+        // llama.cpp reads general.alignment and the tensor offsets on its own: a wrong padding would scramble the weights.
+        var path = Path.Combine(_dir, $"stories-a{alignment}.gguf");
+        using (var f = GgufFile.Open(TestData.Stories260K))
+        using (var w = GgufWriter.Create(path, new GgufWriterOptions { Alignment = alignment }))
+        {
+            foreach (var key in f.MetadataKeys) w.AddValue(key, f.Metadata[key]);
+            foreach (var t in f.Tensors) w.AddTensorInfo(t.Name, t.Dimensions, t.Type);
+            w.WriteHeader();
+            foreach (var t in f.Tensors) w.WriteTensorData(t.Name, f.GetTensorBytes(t));
+            w.Complete();
+        }
+        using var model = LlamaCpp.Load(path);
+        int[] expected = [403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338]; // expected/stories260K-greedy-200.json
+        Assert.That(model.GenerateGreedy([1], expected.Length), Is.EqualTo(expected));
+    }
+
     [Test]
     public void NestedArrays_RoundTrip()
     {

@@ -189,6 +189,35 @@ public class SyntheticModelTests
     }
 
     [Test]
+    public void Gpt2TokenizerDonor_IsCopiedWhole_LlamaCppTokenizesItsTestVectors()
+    {
+        // The gpt-2 vocab GGUF carries 50,257 tokens and 50,000 merges: llama.cpp must tokenize exactly as with the donor.
+        var donor = TestData.Path("vocab/ggml-vocab-gpt-2.gguf");
+        var path = Write(Options(8, 2, GgmlType.F16) with { TokenizerDonorPath = donor, LayerCount = 1 }, "gpt2.gguf");
+        var inputs = File.ReadAllText(donor + ".inp").Split("\n__ggml_vocab_test__\n");
+        var outputs = File.ReadAllText(donor + ".out").Split('\n');
+        using var model = LlamaCpp.Load(path);
+        Assert.That(model.VocabCount, Is.EqualTo(50257));
+        int compared = 0;
+        for (int i = 0; i < inputs.Length - 1; i++)
+        {
+            var expected = outputs[i].Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
+            Assert.That(model.Tokenize(inputs[i], BosToken.Omit), Is.EqualTo(expected), $"case {i}: {inputs[i]}");
+            compared++;
+        }
+        Assert.That(compared, Is.EqualTo(46));
+        Assert.That(model.EvaluateLastLogits([464, 3290, 318]).All(float.IsFinite), Is.True);
+    }
+
+    [Test]
+    public void Cancelled_LeavesNoFileBehind()
+    {
+        var path = Path.Combine(_dir, "cancelled.gguf");
+        Assert.Throws<OperationCanceledException>(() => SyntheticModel.Write(path, Options(), new CancellationToken(canceled: true)));
+        Assert.That(File.Exists(path), Is.False);
+    }
+
+    [Test]
     public void Options_AreValidated()
     {
         Assert.Throws<ArgumentOutOfRangeException>(() => _ = new SyntheticModelOptions { Dimension = 0 });

@@ -27,18 +27,29 @@ return 0;
 
 internal static class Harness
 {
+    private const string Name = "fuzz-input.gguf";
+
     public static void ParseOne(byte[] bytes)
     {
+        long before = GC.GetAllocatedBytesForCurrentThread();
         try
         {
-            using var file = GgufFile.OpenBuffer(bytes, "fuzz-input.gguf");
+            using var file = GgufFile.OpenBuffer(bytes, Name);
             // Touch what a loader reads right after opening, so lazily wrong values surface here too.
             foreach (var t in file.Tensors) _ = t.ElementCount + t.RowCount;
             foreach (var key in file.MetadataKeys) _ = file.Metadata[key].ToString();
         }
-        catch (ModelFormatException)
+        catch (ModelFormatException e)
         {
+            // The error contract: one line, naming the input and an offset inside it.
+            if (e.Message.Contains('\n') || e.Message.Contains('\r') || e.Message.Length > 400)
+                throw new InvalidOperationException("malformed error message: " + e.Message);
+            if (!e.Message.StartsWith(Name + ": at offset ", StringComparison.Ordinal) || e.Offset < 0 || e.Offset > bytes.Length)
+                throw new InvalidOperationException("error without a valid offset: " + e.Message);
         }
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        if (allocated > 256 * 1024 + 16L * bytes.Length)
+            throw new InvalidOperationException($"allocated {allocated} bytes for a {bytes.Length}-byte input");
     }
 
     public static int Replay(string path)
