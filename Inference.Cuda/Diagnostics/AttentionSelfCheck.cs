@@ -11,20 +11,32 @@ namespace Inference.Cuda.Diagnostics;
 /// inputs (outputs poisoned with NaN first). Used by the GPU tests and by the device-check runner, so both report the
 /// same checks.
 /// </summary>
-internal static class AttentionSelfCheck
+public static class AttentionSelfCheck
 {
-    /// <summary>
-    /// One check: a shape, a KV type and either decode contexts or prefill chunks (<c>ChunkLens</c> null for decode;
-    /// otherwise the query tokens per sequence, the last ones of each context).
-    /// </summary>
-    internal sealed record Case(string Name, int Heads, int KvHeads, int HeadDim, int BlockSize, bool F16, int[] ContextLens,
+    /// <summary>One check: a shape, a KV type and either decode contexts or prefill chunks.</summary>
+    /// <param name="Name">Case name, e.g. <c>decode-gqa-hd128-f16-bs32</c>.</param>
+    /// <param name="Heads">Query heads.</param>
+    /// <param name="KvHeads">KV heads.</param>
+    /// <param name="HeadDim">Elements per head.</param>
+    /// <param name="BlockSize">Tokens per KV block.</param>
+    /// <param name="F16">Whether the KV cache is f16 (else f32).</param>
+    /// <param name="ContextLens">Context length per sequence.</param>
+    /// <param name="ChunkLens">Null for decode; else query tokens per sequence (the last ones of each context).</param>
+    /// <param name="PartitionSize">Decode partition size for both kernels.</param>
+    public sealed record Case(string Name, int Heads, int KvHeads, int HeadDim, int BlockSize, bool F16, int[] ContextLens,
         int[]? ChunkLens, int PartitionSize)
     {
+        /// <inheritdoc />
         public override string ToString() => Name;
     }
 
     /// <summary>Error of one kernel in one case.</summary>
-    internal sealed record Result(string Case, string Kernel, double MaxAbsError, bool Passed, string? Detail);
+    /// <param name="Case">Case name.</param>
+    /// <param name="Kernel">What was compared, e.g. <c>ptx-vs-reference</c>.</param>
+    /// <param name="MaxAbsError">Largest absolute error (NaN when an output was NaN).</param>
+    /// <param name="Passed">Whether every element was within tolerance.</param>
+    /// <param name="Detail">The first failing element, or null.</param>
+    public sealed record Result(string Case, string Kernel, double MaxAbsError, bool Passed, string? Detail);
 
     /// <summary>Absolute tolerance (ex2.approx and f32 accumulation order).</summary>
     public const float AbsTolerance = 2e-4f;
@@ -53,6 +65,10 @@ internal static class AttentionSelfCheck
     }
 
     /// <summary>Runs one case with the PTX kernels and the ILGPU kernels on <paramref name="backend"/>.</summary>
+    /// <param name="backend">The CUDA backend.</param>
+    /// <param name="c">The case.</param>
+    /// <param name="seed">Seed of the random inputs.</param>
+    /// <returns>PTX vs reference, ILGPU vs reference and PTX vs ILGPU.</returns>
     public static IReadOnlyList<Result> Run(CudaBackend backend, Case c, int seed = 1)
     {
         var rng = new Random(seed);
