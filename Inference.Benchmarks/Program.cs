@@ -10,6 +10,8 @@ public static class Program
     {
         ["write-model"] = ("write a random-weight benchmark GGUF: --out PATH --type f32|f16|q8_0|q4_0|q4_k|q6_k [--dim --layers --heads --kv-heads --ffn]", Models.WriteModel.RunAsync),
         ["e2e"] = ("end-to-end generation like llama-bench: -p P -n N --batch B --threads T [--engine inference|llama.cpp]", E2e.E2eBenchmark.RunAsync),
+        ["dump-ptx"] = ("DIR: write the ILGPU-generated PTX of every kernel (sm_80, sm_90)", a => Task.FromResult(Gpu.PtxDumpMode.Run(a))),
+        ["gpu"] = ("OUTDIR: GPU checks and the decode-attention benchmark (needs a CUDA device)", a => Task.FromResult(Gpu.GpuMode.Run(a))),
     };
 
     public static async Task<int> Main(string[] args)

@@ -1,0 +1,116 @@
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
+using Inference.Kernels;
+
+namespace Inference.Cuda;
+
+/// <summary>
+/// Shared launch code of the hand-written PTX paged attention (<c>Ptx/paged_attention_{f32,f16}.ptx</c> and
+/// <c>Ptx/paged_attention_reduce.ptx</c>): pass 1 writes per-partition partials, pass 2 merges them.
+/// </summary>
+internal sealed unsafe class PtxPagedAttention : IDisposable
+{
+    /// <summary>Entries of the shared-memory block-table stage in the PTX (<c>s_blocks[512]</c>).</summary>
+    public const int MaxBlocksPerPartition = 512;
+
+    private readonly CudaAccelerator _accelerator;
+    private readonly PtxModule _partialModule;
+    private readonly PtxModule _reduceModule;
+    private readonly IntPtr _partial;
+    private readonly IntPtr _reduce;
+    private MemoryBuffer1D<float, Stride1D.Dense>? _partialOut;  // [tokens, heads, partitions, headDim]
+    private MemoryBuffer1D<float, Stride1D.Dense>? _partialMl;   // [tokens, heads, partitions, 2]
+
+    public PtxPagedAttention(CudaAccelerator accelerator, AttentionShape shape, Type kvType, int partitionSize)
+    {
+        ArgumentNullException.ThrowIfNull(accelerator);
+        ArgumentNullException.ThrowIfNull(shape);
+        string module = kvType == typeof(float) ? "paged_attention_f32"
+            : kvType == typeof(ILGPU.Half) ? "paged_attention_f16"
+            : throw new ArgumentException($"KV element type {kvType.Name} is not supported (float or ILGPU.Half).", nameof(kvType));
+        if (shape.HeadDim is not (64 or 128))
+            throw new ArgumentException($"the PTX kernels support head dims 64 and 128, not {shape.HeadDim}.", nameof(shape));
+        if (shape.KvMul > 32)
+            throw new ArgumentException("the PTX kernels support at most 32 query heads per KV head.", nameof(shape));
+        if (partitionSize <= 0 || partitionSize % shape.BlockSize != 0 || partitionSize / shape.BlockSize > MaxBlocksPerPartition)
+            throw new ArgumentException(
+                $"partitionSize must be a positive multiple of the block size spanning at most {MaxBlocksPerPartition} blocks.",
+                nameof(partitionSize));
+        _accelerator = accelerator;
+        Shape = shape;
+        PartitionSize = partitionSize;
+        _partialModule = PtxModule.Load(accelerator, module);
+        _reduceModule = PtxModule.Load(accelerator, "paged_attention_reduce");
+        _partial = _partialModule.GetFunction(module);
+        _reduce = _reduceModule.GetFunction("paged_attention_reduce");
+    }
+
+    public AttentionShape Shape { get; }
+
+    public int PartitionSize { get; }
+
+    /// <summary>
+    /// Enqueues both passes on the accelerator's default stream. <paramref name="tokenSeqs"/> = 0 selects decode
+    /// (token t is sequence t at position contextLens[t] - 1).
+    /// </summary>
+    public void Run(IntPtr q, IntPtr kCache, IntPtr vCache, IntPtr blockTables, IntPtr contextLens, IntPtr tokenSeqs,
+        IntPtr tokenPositions, int tokenCount, int maxContextLength, ArrayView<float> output)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(tokenCount, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxContextLength, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(maxContextLength, Shape.MaxContextLength);
+        var s = Shape;
+        int partitionCount = (maxContextLength + PartitionSize - 1) / PartitionSize;
+        if (partitionCount > 65535) throw new ArgumentOutOfRangeException(nameof(maxContextLength), "too many partitions for grid.z");
+        long rows = (long)tokenCount * s.HeadCount * partitionCount;
+        Ensure(ref _partialOut, rows * s.HeadDim);
+        Ensure(ref _partialMl, rows * 2);
+        _accelerator.Bind();
+        var stream = ((CudaStream)_accelerator.DefaultStream).StreamPtr;
+
+        // pass 1 — argument order of paged_attention_{f32,f16}
+        IntPtr partialOut = ((ArrayView<float>)_partialOut!.View).LoadEffectiveAddressAsPtr();
+        IntPtr partialMl = ((ArrayView<float>)_partialMl!.View).LoadEffectiveAddressAsPtr();
+        uint heads = (uint)s.HeadCount, kvHeads = (uint)s.KvHeadCount, headDim = (uint)s.HeadDim, blockSize = (uint)s.BlockSize;
+        uint maxBlocks = (uint)s.MaxBlocksPerSeq, partitionSize = (uint)PartitionSize;
+        float scaleLog2 = s.Scale * 1.4426950408889634f;   // scores in the log2 domain: exp(x) = 2^(x log2 e)
+        void** args = stackalloc void*[16];
+        args[0] = &q; args[1] = &kCache; args[2] = &vCache; args[3] = &blockTables; args[4] = &contextLens;
+        args[5] = &tokenSeqs; args[6] = &tokenPositions; args[7] = &partialOut; args[8] = &partialMl;
+        args[9] = &heads; args[10] = &kvHeads; args[11] = &headDim; args[12] = &blockSize; args[13] = &maxBlocks;
+        args[14] = &partitionSize; args[15] = &scaleLog2;
+        Check(CudaAPI.CurrentAPI.LaunchKernel(_partial, tokenCount, s.KvHeadCount, partitionCount, 32 * s.KvMul, 1, 1, 0,
+            stream, (IntPtr)args, IntPtr.Zero), "paged_attention partial");
+
+        // pass 2 — argument order of paged_attention_reduce
+        IntPtr outPtr = output.LoadEffectiveAddressAsPtr();
+        uint partitions = (uint)partitionCount;
+        void** reduceArgs = stackalloc void*[5];
+        reduceArgs[0] = &partialOut; reduceArgs[1] = &partialMl; reduceArgs[2] = &outPtr; reduceArgs[3] = &headDim;
+        reduceArgs[4] = &partitions;
+        Check(CudaAPI.CurrentAPI.LaunchKernel(_reduce, tokenCount * s.HeadCount, 1, 1, s.HeadDim, 1, 1, 0,
+            stream, (IntPtr)reduceArgs, IntPtr.Zero), "paged_attention_reduce");
+    }
+
+    private void Ensure(ref MemoryBuffer1D<float, Stride1D.Dense>? buffer, long length)
+    {
+        if (buffer is not null && buffer.Length >= length) return;
+        buffer?.Dispose();
+        buffer = _accelerator.Allocate1D<float>(length);
+    }
+
+    private static void Check(CudaError error, string what)
+    {
+        if (error != CudaError.CUDA_SUCCESS)
+            throw new InvalidOperationException($"launching {what} failed: {error} ({CudaAPI.CurrentAPI.GetErrorString(error)})");
+    }
+
+    public void Dispose()
+    {
+        _partialOut?.Dispose();
+        _partialMl?.Dispose();
+        _partialModule.Dispose();
+        _reduceModule.Dispose();
+    }
+}

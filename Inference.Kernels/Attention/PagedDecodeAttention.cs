@@ -1,0 +1,101 @@
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace Inference.Kernels.Attention;
+
+/// <summary>
+/// Launches <see cref="PagedDecodeAttentionKernels"/> on an accelerator: pass 1 over partitions, pass 2 reduction.
+/// </summary>
+/// <typeparam name="TKv">Stored KV element: <see cref="float"/> or <see cref="ILGPU.Half"/>.</typeparam>
+/// <typeparam name="TConv"><see cref="F32Element"/> or <see cref="F16Element"/>.</typeparam>
+/// <remarks>Not thread-safe: one launcher per stream. The partial buffers grow on demand and are reused.</remarks>
+public sealed class PagedDecodeAttention<TKv, TConv> : IDisposable
+    where TKv : unmanaged
+    where TConv : struct, IElementConverter<TKv>
+{
+    private readonly Accelerator _accelerator;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>,
+        ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, PagedAttentionParams> _partial;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+        PagedAttentionParams> _reduce;
+    private MemoryBuffer1D<float, Stride1D.Dense>? _partialOut;   // [seqCount, heads, partitionCount, headDim]
+    private MemoryBuffer1D<float, Stride1D.Dense>? _partialStats; // [2, seqCount, heads, partitionCount]: max, sum
+
+    /// <summary>Loads the kernels.</summary>
+    /// <param name="accelerator">The accelerator to run on.</param>
+    /// <param name="shape">Attention shape.</param>
+    /// <param name="partitionSize">KV positions per partition; a positive multiple of
+    /// <see cref="PagedDecodeAttentionKernels.GroupSize"/>.</param>
+    /// <exception cref="ArgumentException"><paramref name="partitionSize"/> is not a positive multiple of the group size.</exception>
+    public PagedDecodeAttention(Accelerator accelerator, AttentionShape shape, int partitionSize = 512)
+    {
+        ArgumentNullException.ThrowIfNull(accelerator);
+        ArgumentNullException.ThrowIfNull(shape);
+        if (partitionSize <= 0 || partitionSize % PagedDecodeAttentionKernels.GroupSize != 0)
+            throw new ArgumentException($"partitionSize must be a positive multiple of {PagedDecodeAttentionKernels.GroupSize}.", nameof(partitionSize));
+        _accelerator = accelerator;
+        Shape = shape;
+        PartitionSize = partitionSize;
+        _partial = accelerator.LoadKernel<ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>, ArrayView<int>,
+            ArrayView<float>, ArrayView<float>, ArrayView<float>, PagedAttentionParams>(PagedDecodeAttentionKernels.Partial<TKv, TConv>);
+        _reduce = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+            PagedAttentionParams>(PagedDecodeAttentionKernels.Reduce);
+    }
+
+    /// <summary>The attention shape.</summary>
+    public AttentionShape Shape { get; }
+
+    /// <summary>KV positions per partition.</summary>
+    public int PartitionSize { get; }
+
+    /// <summary>Enqueues decode attention for <paramref name="seqCount"/> sequences on the default stream.</summary>
+    /// <param name="q">Queries, <c>[seqCount, heads, headDim]</c>.</param>
+    /// <param name="kCache">K cache, <c>[blockCount, blockSize, kvHeads, headDim]</c>.</param>
+    /// <param name="vCache">V cache, same shape.</param>
+    /// <param name="blockTables">Block tables, <c>[seqCount, maxBlocksPerSeq]</c>.</param>
+    /// <param name="contextLens">Context lengths (each 1 .. <paramref name="maxContextLength"/>), <c>[seqCount]</c>.</param>
+    /// <param name="seqCount">Sequences in the batch.</param>
+    /// <param name="maxContextLength">An upper bound of <paramref name="contextLens"/>; sets the partition count.</param>
+    /// <param name="output">Output, <c>[seqCount, heads, headDim]</c>.</param>
+    /// <exception cref="ArgumentOutOfRangeException">A count is out of range.</exception>
+    public void Run(ArrayView<float> q, ArrayView<TKv> kCache, ArrayView<TKv> vCache, ArrayView<int> blockTables,
+        ArrayView<int> contextLens, int seqCount, int maxContextLength, ArrayView<float> output)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(seqCount, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxContextLength, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(maxContextLength, Shape.MaxContextLength);
+        var s = Shape;
+        int partitionCount = (maxContextLength + PartitionSize - 1) / PartitionSize;
+        var p = new PagedAttentionParams(s.HeadCount, s.KvHeadCount, s.HeadDim, s.BlockSize, s.MaxBlocksPerSeq, s.Scale,
+            PartitionSize, partitionCount, 0);
+        long rows = (long)seqCount * s.HeadCount * partitionCount;
+        EnsureCapacity(ref _partialOut, rows * s.HeadDim);
+        EnsureCapacity(ref _partialStats, 2 * rows);
+        var partialMax = _partialStats!.View.SubView(0, rows);
+        var partialSum = _partialStats.View.SubView(rows, rows);
+
+        var config = new KernelConfig(
+            new Index3D(partitionCount, s.KvHeadCount, seqCount),
+            new Index3D(PagedDecodeAttentionKernels.GroupSize, 1, 1),
+            SharedMemoryConfig.RequestDynamic<float>(PagedDecodeAttentionKernels.SharedFloats(s.KvMul, s.HeadDim)));
+        var stream = _accelerator.DefaultStream;
+        _partial(stream, config, q, kCache, vCache, blockTables, contextLens, _partialOut!.View, partialMax, partialSum, p);
+        _reduce(stream, (int)((long)seqCount * s.HeadCount * s.HeadDim), _partialOut.View, partialMax, partialSum, output, p);
+    }
+
+    private void EnsureCapacity(ref MemoryBuffer1D<float, Stride1D.Dense>? buffer, long length)
+    {
+        if (buffer is not null && buffer.Length >= length) return;
+        buffer?.Dispose();
+        buffer = _accelerator.Allocate1D<float>(length);
+    }
+
+    /// <summary>Frees the partial buffers.</summary>
+    public void Dispose()
+    {
+        _partialOut?.Dispose();
+        _partialStats?.Dispose();
+        _partialOut = null;
+        _partialStats = null;
+    }
+}

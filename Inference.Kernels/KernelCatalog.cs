@@ -1,0 +1,66 @@
+using System.Reflection;
+using Inference.Kernels.Attention;
+using Inference.Kernels.Layer;
+
+namespace Inference.Kernels;
+
+/// <summary>How a kernel computes its thread indices.</summary>
+public enum KernelGrouping
+{
+    /// <summary>The kernel takes an <c>Index1D</c>/<c>Index2D</c> and ILGPU picks the group size.</summary>
+    Implicit,
+
+    /// <summary>The kernel reads <c>Grid</c>/<c>Group</c> indices and is launched with an explicit <c>KernelConfig</c>.</summary>
+    Explicit,
+}
+
+/// <summary>One ILGPU kernel instantiation: a stable name, its method and how it is grouped.</summary>
+/// <param name="Name">File-system friendly name, e.g. <c>paged_decode_partial_f16</c>.</param>
+/// <param name="Method">The closed static kernel method.</param>
+/// <param name="Grouping">Implicit or explicit grouping.</param>
+public sealed record KernelEntry(string Name, MethodInfo Method, KernelGrouping Grouping);
+
+/// <summary>Every ILGPU kernel of this library with the instantiations the engine uses (for PTX dumps and checks).</summary>
+public static class KernelCatalog
+{
+    /// <summary>All kernels.</summary>
+    public static IReadOnlyList<KernelEntry> All { get; } = Build();
+
+    private static KernelEntry[] Build()
+    {
+        var f32 = new[] { typeof(float), typeof(F32Element) };
+        var f16 = new[] { typeof(ILGPU.Half), typeof(F16Element) };
+        return
+        [
+            Explicit("paged_decode_partial_f32", typeof(PagedDecodeAttentionKernels), nameof(PagedDecodeAttentionKernels.Partial), f32),
+            Explicit("paged_decode_partial_f16", typeof(PagedDecodeAttentionKernels), nameof(PagedDecodeAttentionKernels.Partial), f16),
+            Implicit("paged_decode_reduce", typeof(PagedDecodeAttentionKernels), nameof(PagedDecodeAttentionKernels.Reduce)),
+            Explicit("paged_prefill_f32", typeof(PagedPrefillAttentionKernels), nameof(PagedPrefillAttentionKernels.Prefill), f32),
+            Explicit("paged_prefill_f16", typeof(PagedPrefillAttentionKernels), nameof(PagedPrefillAttentionKernels.Prefill), f16),
+            Explicit("rms_norm", typeof(RmsNormKernels), nameof(RmsNormKernels.RmsNorm)),
+            Implicit("rope", typeof(RopeKernels), nameof(RopeKernels.Rope)),
+            Implicit("swiglu", typeof(SwiGluKernels), nameof(SwiGluKernels.SwiGlu)),
+            Explicit("matmul_f32", typeof(MatMulKernels), nameof(MatMulKernels.MatMul), f32),
+            Explicit("matmul_f16", typeof(MatMulKernels), nameof(MatMulKernels.MatMul), f16),
+            Explicit("matmul_q8_0", typeof(MatMulKernels), nameof(MatMulKernels.MatMulQ8_0)),
+            Implicit("embedding_f32", typeof(EmbeddingKernels), nameof(EmbeddingKernels.Gather), f32),
+            Implicit("embedding_f16", typeof(EmbeddingKernels), nameof(EmbeddingKernels.Gather), f16),
+            Implicit("embedding_q8_0", typeof(EmbeddingKernels), nameof(EmbeddingKernels.GatherQ8_0)),
+            Explicit("argmax", typeof(SelectionKernels), nameof(SelectionKernels.ArgMax)),
+            Explicit("topk", typeof(SelectionKernels), nameof(SelectionKernels.TopK)),
+        ];
+    }
+
+    private static KernelEntry Explicit(string name, Type type, string method, Type[]? generic = null) =>
+        new(name, Resolve(type, method, generic), KernelGrouping.Explicit);
+
+    private static KernelEntry Implicit(string name, Type type, string method, Type[]? generic = null) =>
+        new(name, Resolve(type, method, generic), KernelGrouping.Implicit);
+
+    private static MethodInfo Resolve(Type type, string name, Type[]? generic)
+    {
+        var m = type.GetMethod(name, BindingFlags.Public | BindingFlags.Static)
+            ?? throw new InvalidOperationException($"{type.Name}.{name} not found");
+        return generic is null ? m : m.MakeGenericMethod(generic);
+    }
+}

@@ -1,0 +1,179 @@
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace Inference.Kernels.Layer;
+
+/// <summary>
+/// The non-attention kernels of a transformer layer, loaded once for an accelerator, with typed launch methods that
+/// enqueue on the accelerator's default stream.
+/// </summary>
+/// <remarks>Each method says which kernel it runs; shapes are those of the kernel's documentation.</remarks>
+public sealed class LayerKernels
+{
+    private readonly Accelerator _accelerator;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float> _rmsNorm;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<int>, int, int, int, float, int> _rope;
+    private readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>> _swiGlu;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> _matMulF32;
+    private readonly Action<KernelConfig, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int> _matMulF16;
+    private readonly Action<KernelConfig, ArrayView<byte>, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int> _matMulQ8;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int> _gatherF32;
+    private readonly Action<Index2D, ArrayView<ILGPU.Half>, ArrayView<int>, ArrayView<float>, int> _gatherF16;
+    private readonly Action<Index2D, ArrayView<byte>, ArrayView<ILGPU.Half>, ArrayView<int>, ArrayView<float>, int> _gatherQ8;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, int> _argMax;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int> _topK;
+
+    /// <summary>Compiles and loads every kernel for <paramref name="accelerator"/>.</summary>
+    /// <param name="accelerator">The accelerator; its context must have ILGPU.Algorithms enabled.</param>
+    public LayerKernels(Accelerator accelerator)
+    {
+        ArgumentNullException.ThrowIfNull(accelerator);
+        _accelerator = accelerator;
+        var a = accelerator;
+        _rmsNorm = a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(RmsNormKernels.RmsNorm);
+        _rope = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<int>, int, int, int, float, int>(RopeKernels.Rope);
+        _swiGlu = a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>(SwiGluKernels.SwiGlu);
+        _matMulF32 = a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(MatMulKernels.MatMul<float, F32Element>);
+        _matMulF16 = a.LoadStreamKernel<ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int>(MatMulKernels.MatMul<ILGPU.Half, F16Element>);
+        _matMulQ8 = a.LoadStreamKernel<ArrayView<byte>, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int>(MatMulKernels.MatMulQ8_0);
+        _gatherF32 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>(EmbeddingKernels.Gather<float, F32Element>);
+        _gatherF16 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<ILGPU.Half>, ArrayView<int>, ArrayView<float>, int>(EmbeddingKernels.Gather<ILGPU.Half, F16Element>);
+        _gatherQ8 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<byte>, ArrayView<ILGPU.Half>, ArrayView<int>, ArrayView<float>, int>(EmbeddingKernels.GatherQ8_0);
+        _argMax = a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int>(SelectionKernels.ArgMax);
+        _topK = a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int>(SelectionKernels.TopK);
+    }
+
+    /// <summary>The accelerator the kernels run on.</summary>
+    public Accelerator Accelerator => _accelerator;
+
+    /// <summary><see cref="RmsNormKernels.RmsNorm"/> over <paramref name="rows"/> rows of <paramref name="dim"/>.</summary>
+    /// <param name="x">Input, <c>[rows, dim]</c>.</param>
+    /// <param name="weight">Scale, <c>[dim]</c>.</param>
+    /// <param name="output">Output, <c>[rows, dim]</c>.</param>
+    /// <param name="rows">Rows.</param>
+    /// <param name="dim">Row length.</param>
+    /// <param name="epsilon">Added to the mean square.</param>
+    public void RmsNorm(ArrayView<float> x, ArrayView<float> weight, ArrayView<float> output, int rows, int dim, float epsilon)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(rows, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(dim, 1);
+        _rmsNorm(new KernelConfig(rows, RmsNormKernels.GroupSize), x, weight, output, dim, epsilon);
+    }
+
+    /// <summary><see cref="RopeKernels.Rope"/> in place.</summary>
+    /// <param name="x">Queries or keys, <c>[tokenCount, heads, headDim]</c>.</param>
+    /// <param name="positions">Position per token, <c>[tokenCount]</c>.</param>
+    /// <param name="tokenCount">Tokens.</param>
+    /// <param name="heads">Heads per token.</param>
+    /// <param name="headDim">Elements per head.</param>
+    /// <param name="rotaryDim">Rotated elements per head (even, ≤ headDim).</param>
+    /// <param name="freqBase">Frequency base.</param>
+    /// <param name="layout">Pairing of rotated elements.</param>
+    /// <exception cref="ArgumentException"><paramref name="rotaryDim"/> is odd or larger than <paramref name="headDim"/>.</exception>
+    public void Rope(ArrayView<float> x, ArrayView<int> positions, int tokenCount, int heads, int headDim, int rotaryDim,
+        float freqBase, RopeLayout layout)
+    {
+        if (rotaryDim <= 0 || rotaryDim % 2 != 0 || rotaryDim > headDim)
+            throw new ArgumentException("rotaryDim must be even, positive and at most headDim.", nameof(rotaryDim));
+        _rope(new Index2D(rotaryDim / 2, tokenCount * heads), x, positions, heads, headDim, rotaryDim, freqBase,
+            layout == RopeLayout.Neox ? 1 : 0);
+    }
+
+    /// <summary><see cref="SwiGluKernels.SwiGlu"/> over <paramref name="count"/> elements.</summary>
+    /// <param name="gate">Gate, <c>[count]</c>.</param>
+    /// <param name="up">Up, <c>[count]</c>.</param>
+    /// <param name="output">Output, <c>[count]</c>.</param>
+    /// <param name="count">Elements.</param>
+    public void SwiGlu(ArrayView<float> gate, ArrayView<float> up, ArrayView<float> output, int count) =>
+        _swiGlu(count, gate, up, output);
+
+    /// <summary><see cref="MatMulKernels.MatMul{TW, TConv}"/> with F32 weights.</summary>
+    /// <param name="weights">Weights, <c>[rows, cols]</c>.</param>
+    /// <param name="x">Input, <c>[batch, cols]</c>.</param>
+    /// <param name="y">Output, <c>[batch, rows]</c>.</param>
+    /// <param name="rows">Output features.</param>
+    /// <param name="cols">Input features.</param>
+    /// <param name="batch">Input rows.</param>
+    public void MatMul(ArrayView<float> weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch) =>
+        _matMulF32(MatMulConfig(rows, batch), weights, x, y, rows, cols);
+
+    /// <summary><see cref="MatMulKernels.MatMul{TW, TConv}"/> with F16 weights.</summary>
+    /// <param name="weights">Weights, <c>[rows, cols]</c>.</param>
+    /// <param name="x">Input, <c>[batch, cols]</c>.</param>
+    /// <param name="y">Output, <c>[batch, rows]</c>.</param>
+    /// <param name="rows">Output features.</param>
+    /// <param name="cols">Input features.</param>
+    /// <param name="batch">Input rows.</param>
+    public void MatMul(ArrayView<ILGPU.Half> weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch) =>
+        _matMulF16(MatMulConfig(rows, batch), weights, x, y, rows, cols);
+
+    /// <summary><see cref="MatMulKernels.MatMulQ8_0"/>.</summary>
+    /// <param name="q8Weights">Raw Q8_0 bytes, <c>rows * cols / 32 * 34</c>.</param>
+    /// <param name="x">Input, <c>[batch, cols]</c>.</param>
+    /// <param name="y">Output, <c>[batch, rows]</c>.</param>
+    /// <param name="rows">Output features.</param>
+    /// <param name="cols">Input features (a multiple of 32).</param>
+    /// <param name="batch">Input rows.</param>
+    /// <exception cref="ArgumentException"><paramref name="cols"/> is not a multiple of 32.</exception>
+    public void MatMulQ8_0(ArrayView<byte> q8Weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch)
+    {
+        if (cols % MatMulKernels.Q8BlockElements != 0) throw new ArgumentException("cols must be a multiple of 32.", nameof(cols));
+        _matMulQ8(MatMulConfig(rows, batch), q8Weights, q8Weights.Cast<ILGPU.Half>(), x, y, rows, cols);
+    }
+
+    /// <summary><see cref="EmbeddingKernels.Gather{TW, TConv}"/> from an F32 table.</summary>
+    /// <param name="table">Table, <c>[vocab, dim]</c>.</param>
+    /// <param name="ids">Token ids, <c>[tokenCount]</c>.</param>
+    /// <param name="output">Output, <c>[tokenCount, dim]</c>.</param>
+    /// <param name="tokenCount">Tokens.</param>
+    /// <param name="dim">Width.</param>
+    public void Embedding(ArrayView<float> table, ArrayView<int> ids, ArrayView<float> output, int tokenCount, int dim) =>
+        _gatherF32(new Index2D(dim, tokenCount), table, ids, output, dim);
+
+    /// <summary><see cref="EmbeddingKernels.Gather{TW, TConv}"/> from an F16 table.</summary>
+    /// <param name="table">Table, <c>[vocab, dim]</c>.</param>
+    /// <param name="ids">Token ids, <c>[tokenCount]</c>.</param>
+    /// <param name="output">Output, <c>[tokenCount, dim]</c>.</param>
+    /// <param name="tokenCount">Tokens.</param>
+    /// <param name="dim">Width.</param>
+    public void Embedding(ArrayView<ILGPU.Half> table, ArrayView<int> ids, ArrayView<float> output, int tokenCount, int dim) =>
+        _gatherF16(new Index2D(dim, tokenCount), table, ids, output, dim);
+
+    /// <summary><see cref="EmbeddingKernels.GatherQ8_0"/>.</summary>
+    /// <param name="q8Table">Raw Q8_0 bytes, <c>vocab * dim / 32 * 34</c>.</param>
+    /// <param name="ids">Token ids, <c>[tokenCount]</c>.</param>
+    /// <param name="output">Output, <c>[tokenCount, dim]</c>.</param>
+    /// <param name="tokenCount">Tokens.</param>
+    /// <param name="dim">Width (a multiple of 32).</param>
+    /// <exception cref="ArgumentException"><paramref name="dim"/> is not a multiple of 32.</exception>
+    public void EmbeddingQ8_0(ArrayView<byte> q8Table, ArrayView<int> ids, ArrayView<float> output, int tokenCount, int dim)
+    {
+        if (dim % MatMulKernels.Q8BlockElements != 0) throw new ArgumentException("dim must be a multiple of 32.", nameof(dim));
+        _gatherQ8(new Index2D(dim, tokenCount), q8Table, q8Table.Cast<ILGPU.Half>(), ids, output, dim);
+    }
+
+    /// <summary><see cref="SelectionKernels.ArgMax"/>.</summary>
+    /// <param name="logits">Input, <c>[rows, cols]</c>.</param>
+    /// <param name="indices">Output, <c>[rows]</c>.</param>
+    /// <param name="rows">Rows.</param>
+    /// <param name="cols">Row length.</param>
+    public void ArgMax(ArrayView<float> logits, ArrayView<int> indices, int rows, int cols) =>
+        _argMax(new KernelConfig(rows, SelectionKernels.GroupSize), logits, indices, cols);
+
+    /// <summary><see cref="SelectionKernels.TopK"/>.</summary>
+    /// <param name="logits">Input, <c>[rows, cols]</c>.</param>
+    /// <param name="values">Output, <c>[rows, k]</c>.</param>
+    /// <param name="indices">Output, <c>[rows, k]</c>.</param>
+    /// <param name="rows">Rows.</param>
+    /// <param name="cols">Row length.</param>
+    /// <param name="k">Picks per row (1 .. cols).</param>
+    public void TopK(ArrayView<float> logits, ArrayView<float> values, ArrayView<int> indices, int rows, int cols, int k)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(k, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(k, cols);
+        _topK(new KernelConfig(rows, SelectionKernels.GroupSize), logits, values, indices, cols, k);
+    }
+
+    private static KernelConfig MatMulConfig(int rows, int batch) =>
+        new(new Index2D(rows, batch), new Index2D(MatMulKernels.GroupSize, 1));
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# GPU device check in two explicit phases.
+#
+#   Phase 1, on a development machine with the .NET SDK (no GPU needed):
+#       scripts/device-check.sh --pack
+#     publishes scripts/gpu-runner (the `gpu` mode of Inference.Benchmarks without BenchmarkDotNet/LLamaSharp) as a
+#     self-contained linux-x64 app (no trimming: it breaks ILGPU) and packs it as
+#     .device/inference-gpu-runner.tgz (git-ignored, ~40 MB).
+#
+#   Phase 2, on the GPU machine (needs only the NVIDIA driver; no .NET, no CUDA toolkit), from the repository root:
+#       scripts/device-check.sh --run OUTDIR [--quick] [--tgz PATH]
+#     unpacks the runner into a temporary folder and runs it:
+#       - checks: PTX vs ILGPU vs reference paged attention (the same cases as Inference.Tests/Cuda),
+#       - benchmark: decode attention, f16 KV, batch 1/16/64 × context 1k/4k/16k (--quick: 1k/4k), PTX and ILGPU,
+#         achieved KV GB/s next to a device-to-device copy measured in the same run.
+#     Writes OUTDIR/{device.txt,checks.tsv,bench.tsv,summary.md,nvidia-smi.txt,runner.log}.
+#     Exit status: 0 all checks passed, 1 a check failed, 2 no CUDA device, other: runner crashed.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "$0")/.." && pwd)"
+tgz="$repo_root/.device/inference-gpu-runner.tgz"
+
+usage() {
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+  exit 2
+}
+
+pack() {
+  local publish="$repo_root/.device/publish"
+  rm -rf "$publish"
+  mkdir -p "$repo_root/.device"
+  dotnet publish "$repo_root/scripts/gpu-runner" -c Release -r linux-x64 --self-contained true \
+    -p:PublishTrimmed=false -p:DebugType=none -o "$publish/inference-gpu-runner" -nologo -v quiet
+  tar -C "$publish" -czf "$tgz" inference-gpu-runner
+  rm -rf "$publish"
+  echo "packed $(du -h "$tgz" | cut -f1) $tgz"
+}
+
+run() {
+  local out="" quick=""
+  while (( $# > 0 )); do
+    case "$1" in
+      --quick) quick="--quick" ;;
+      --tgz) shift; tgz="$1" ;;
+      *) out="$1" ;;
+    esac
+    shift
+  done
+  [[ -n "$out" ]] || usage
+  [[ -f "$tgz" ]] || { echo "error: $tgz not found; run --pack first (on a machine with the .NET SDK)" >&2; exit 3; }
+  mkdir -p "$out"
+  out="$(cd "$out" && pwd)"
+  local work
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  tar -C "$work" -xzf "$tgz"
+  (nvidia-smi || echo "nvidia-smi not available") >"$out/nvidia-smi.txt" 2>&1
+  set +e
+  "$work/inference-gpu-runner/inference-gpu-runner" gpu "$out" $quick 2>&1 | tee "$out/runner.log"
+  local rc=${PIPESTATUS[0]}
+  set -e
+  echo "device-check: runner exit status $rc; results in $out"
+  exit "$rc"
+}
+
+case "${1:-}" in
+  --pack) pack ;;
+  --run) shift; run "$@" ;;
+  *) usage ;;
+esac
