@@ -37,8 +37,20 @@ public static class E2eBenchmark
             };
             if (i > 0 || repeat == 1) best = best is null || r.DecodeTokS > best.DecodeTokS ? r : best;
         }
-        Console.WriteLine(best!.ToJson());
+        // NOTE: bandwidth is measured right after, in the same process and conditions, for the roofline fraction.
+        double bandwidth = a.Optional("--no-bandwidth") is null ? BandwidthBenchmark.Measure(threads, 1024) : 0;
+        Console.WriteLine((best! with { WeightBytesPerToken = WeightBytesPerToken(model), BandwidthGbs = bandwidth }).ToJson());
         return 0;
+    }
+
+    /// <summary>Weight bytes a decode step reads: all tensors but the embedding table, plus one embedding row.</summary>
+    internal static long WeightBytesPerToken(string model)
+    {
+        using var gguf = GgufFile.Open(model);
+        long total = 0;
+        foreach (var t in gguf.Tensors)
+            total += t.Name == "token_embd.weight" ? t.ByteCount / t.RowCount : t.ByteCount;
+        return total;
     }
 
     /// <summary>Deterministic prompts of ordinary (non-control) tokens, one per request, each starting with BOS.</summary>

@@ -7,6 +7,12 @@ public sealed record E2eResult(
     string Engine, string Model, int Prompt, int Generated, int Batch, int Threads,
     double PrefillTokS, double DecodeTokS, double TtftMs, double TpotMs, double WallS)
 {
+    /// <summary>Bytes of weights one decode step reads (every matrix, one embedding row).</summary>
+    public long WeightBytesPerToken { get; init; }
+
+    /// <summary>Read bandwidth measured in the same run, GB/s (0 when not measured).</summary>
+    public double BandwidthGbs { get; init; }
+
     public string ToJson() => JsonSerializer.Serialize(new Dictionary<string, object>
     {
         ["engine"] = Engine,
@@ -20,5 +26,9 @@ public sealed record E2eResult(
         ["ttft_ms"] = Math.Round(TtftMs, 2),
         ["tpot_ms"] = Math.Round(TpotMs, 3),
         ["wall_s"] = Math.Round(WallS, 3),
+        ["weight_mb_per_token"] = Math.Round(WeightBytesPerToken / 1e6, 1),
+        ["read_gb_s"] = Math.Round(BandwidthGbs, 2),
+        // Decode roofline: every token streams all weights once; batch B shares one pass.
+        ["decode_roofline_fraction"] = BandwidthGbs > 0 ? Math.Round(DecodeTokS / Batch * WeightBytesPerToken / (BandwidthGbs * 1e9), 3) : 0,
     });
 }

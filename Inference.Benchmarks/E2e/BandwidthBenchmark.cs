@@ -1,0 +1,59 @@
+using System.Diagnostics;
+using System.Runtime.Intrinsics;
+using System.Text.Json;
+
+namespace Inference.Benchmarks.E2e;
+
+/// <summary>
+/// Memory read bandwidth with T threads: each streams its slice of a 1 GiB buffer (far above the caches) with vector
+/// loads; the best of several passes. The decode roofline is this divided by the weight bytes read per token.
+/// </summary>
+public static class BandwidthBenchmark
+{
+    public static Task<int> RunAsync(string[] argv)
+    {
+        var a = new Args(argv);
+        int threads = a.Int("--threads", 2);
+        double gbs = Measure(threads, a.Int("--mib", 1024));
+        Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object> { ["mode"] = "bandwidth", ["threads"] = threads, ["read_gb_s"] = Math.Round(gbs, 2) }));
+        return Task.FromResult(0);
+    }
+
+    public static unsafe double Measure(int threads, int mib)
+    {
+        long bytes = (long)mib << 20;
+        var buffer = GC.AllocateUninitializedArray<float>((int)(bytes / 4), pinned: true);
+        new Random(1).NextBytes(System.Runtime.InteropServices.MemoryMarshal.AsBytes(buffer.AsSpan()));
+        double best = 0;
+        float sink = 0;
+        fixed (float* p = buffer)
+        {
+            float* basePtr = p;
+            for (int pass = 0; pass < 6; pass++)
+            {
+                var sums = new float[threads];
+                var sw = Stopwatch.StartNew();
+                Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+                {
+                    long n = buffer.LongLength / threads / 32 * 32;
+                    float* s = basePtr + t * n;
+                    var acc0 = Vector256<float>.Zero; var acc1 = Vector256<float>.Zero;
+                    var acc2 = Vector256<float>.Zero; var acc3 = Vector256<float>.Zero;
+                    for (long i = 0; i < n; i += 32)
+                    {
+                        acc0 += Vector256.Load(s + i);
+                        acc1 += Vector256.Load(s + i + 8);
+                        acc2 += Vector256.Load(s + i + 16);
+                        acc3 += Vector256.Load(s + i + 24);
+                    }
+                    sums[t] = Vector256.Sum(acc0 + acc1 + acc2 + acc3);
+                });
+                double seconds = sw.Elapsed.TotalSeconds;
+                sink += sums.Sum();
+                best = Math.Max(best, bytes / seconds / 1e9);
+            }
+        }
+        GC.KeepAlive(sink);
+        return best;
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# CPU benchmarks behind the README's tables, ours and llama.cpp side by side in one run.
+# Usage: scripts/bench-cpu.sh [OUTFILE]   (JSON lines; default: stdout)
+# Writes the benchmark models into .models/ first when they are missing (dim 1024, 16 layers, 16 heads, 4 KV heads,
+# ffn 2816, vocab 512). Run on an otherwise idle machine; each measurement is the better of two warm passes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-/dev/stdout}
+threads=${THREADS:-2}
+dotnet build -c Release Inference.Benchmarks -v q -nologo >/dev/null
+bench() { dotnet Inference.Benchmarks/bin/Release/net10.0/Inference.Benchmarks.dll "$@"; }
+for t in q8_0 q4_k f32; do
+  [ -f .models/bench-$t.gguf ] || bench write-model --out .models/bench-$t.gguf --type $t >&2
+done
+: > "$out.tmp"
+
+for t in q8_0 q4_k f32; do
+  for engine in inference llama.cpp; do
+    bench e2e --model .models/bench-$t.gguf -p 128 -n 32 --batch 1 --threads "$threads" --engine $engine | tee -a "$out.tmp"
+  done
+done
+for engine in inference llama.cpp; do
+  bench e2e --model .models/bench-q8_0.gguf -p 128 -n 32 --batch 8 --threads "$threads" --engine $engine | tee -a "$out.tmp"
+done
+bench prefix --model .models/bench-q8_0.gguf --shared-prefix-tokens 1024 --suffix-tokens 32 --threads "$threads" | tee -a "$out.tmp"
+[ "$out" = /dev/stdout ] && rm -f "$out.tmp" || mv "$out.tmp" "$out"
