@@ -4,6 +4,8 @@
 # Needs: afl++ (apt-get install afl++), the SharpFuzz instrumenter
 #   (dotnet tool install --global SharpFuzz.CommandLine --version 2.3.0), and ../shared/testdata for the seeds.
 # Usage: scripts/fuzz-gguf.sh [EXECUTIONS] [MAX_SECONDS]   (defaults: 1000000 executions, at most 3600 s)
+#        INFERENCE_FUZZ_SELFTEST=1 scripts/fuzz-gguf.sh 1000 60   makes every input throw: afl-fuzz must stop at its
+#        dry run reporting a crash, which proves that crashes are detected at all.
 # Output: artifacts/fuzz-gguf/findings (AFL's queue, crashes/, hangs/, fuzzer_stats).
 set -euo pipefail
 
@@ -24,7 +26,7 @@ sharpfuzz "$BIN/Inference.Core.dll"
 
 dotnet "$PLAIN/Inference.Fuzz.dll" --make-seeds "$ROOT/../shared/testdata" "$OUT/seeds"
 # Sanity check: every seed parses or fails with ModelFormatException outside the fuzzer.
-dotnet "$PLAIN/Inference.Fuzz.dll" --replay "$OUT/seeds"
+env -u INFERENCE_FUZZ_SELFTEST dotnet "$PLAIN/Inference.Fuzz.dll" --replay "$OUT/seeds"
 
 # NOTE: dotnet itself is not instrumented (SharpFuzz reports coverage from the managed code), so the binary check is
 # skipped; the remaining variables make AFL++ run on a shared machine without root-only system tuning.

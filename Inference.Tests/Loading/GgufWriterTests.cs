@@ -214,6 +214,94 @@ public class GgufWriterTests
     }
 
     [Test]
+    public void RandomFiles_RoundTrip()
+    {
+        // Seeded random metadata of every type and random tensors (types, shapes, alignments), written and read back.
+        var rng = new Random(42);
+        GgmlType[] types = [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q4_0, GgmlType.Q8_0, GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.I8, GgmlType.F64];
+        for (int file = 0; file < 150; file++)
+        {
+            uint alignment = 1u << rng.Next(0, 9);
+            var expectedMeta = new Dictionary<string, object>();
+            var tensors = new List<(string Name, long[] Dims, GgmlType Type, byte[] Data)>();
+            using var ms = new MemoryStream();
+            using (var w = new GgufWriter(ms, new GgufWriterOptions { Alignment = alignment }))
+            {
+                int keys = rng.Next(0, 12);
+                for (int k = 0; k < keys; k++)
+                {
+                    string key = $"k{k}.{RandomString(rng, 6)}";
+                    object v;
+                    switch (rng.Next(14))
+                    {
+                        case 0: { var x = (byte)rng.Next(256); w.AddUInt8(key, x); v = x; break; }
+                        case 1: { var x = (sbyte)rng.Next(-128, 128); w.AddInt8(key, x); v = x; break; }
+                        case 2: { var x = (ushort)rng.Next(65536); w.AddUInt16(key, x); v = x; break; }
+                        case 3: { var x = (short)rng.Next(-32768, 32768); w.AddInt16(key, x); v = x; break; }
+                        case 4: { var x = (uint)rng.NextInt64(0, 1L << 32); w.AddUInt32(key, x); v = x; break; }
+                        case 5: { var x = rng.Next(int.MinValue, int.MaxValue); w.AddInt32(key, x); v = x; break; }
+                        case 6: { var x = (ulong)rng.NextInt64() * 3; w.AddUInt64(key, x); v = x; break; }
+                        case 7: { var x = -rng.NextInt64(); w.AddInt64(key, x); v = x; break; }
+                        case 8: { var x = (float)rng.NextDouble() - 0.5f; w.AddFloat32(key, x); v = x; break; }
+                        case 9: { var x = rng.NextDouble() * 1e10; w.AddFloat64(key, x); v = x; break; }
+                        case 10: { var x = rng.Next(2) == 1; w.AddBool(key, x); v = x; break; }
+                        case 11: { var x = RandomString(rng, rng.Next(0, 40)); w.AddString(key, x); v = x; break; }
+                        case 12:
+                            var strs = Enumerable.Range(0, rng.Next(0, 20)).Select(_ => RandomString(rng, rng.Next(0, 10))).ToArray();
+                            w.AddStringArray(key, strs);
+                            v = strs;
+                            break;
+                        default:
+                            var ints = Enumerable.Range(0, rng.Next(0, 50)).Select(_ => rng.Next(int.MinValue, int.MaxValue)).ToArray();
+                            w.AddArray<int>(key, ints);
+                            v = ints;
+                            break;
+                    }
+                    expectedMeta[key] = v;
+                }
+                int tensorCount = rng.Next(0, 6);
+                for (int t = 0; t < tensorCount; t++)
+                {
+                    var type = types[rng.Next(types.Length)];
+                    int block = GgmlTypeInfo.BlockElements(type);
+                    long[] dims = Enumerable.Range(0, rng.Next(1, 5)).Select(d => (long)(d == 0 ? block * rng.Next(1, 3) : rng.Next(1, 4))).ToArray();
+                    var data = new byte[w.AddTensorInfo($"t{t}", dims, type)];
+                    rng.NextBytes(data);
+                    tensors.Add(($"t{t}", dims, type, data));
+                }
+                w.WriteHeader();
+                foreach (var t in tensors) w.WriteTensorData(t.Name, t.Data);
+                w.Complete();
+            }
+
+            using var f = GgufFile.OpenBuffer(ms.ToArray(), $"random-{file}.gguf");
+            Assert.That(f.Alignment, Is.EqualTo(alignment), $"file {file}");
+            Assert.That(f.MetadataKeys.Where(k => k != "general.alignment"), Is.EqualTo(expectedMeta.Keys), $"file {file}");
+            foreach (var (key, v) in expectedMeta)
+            {
+                var value = f.Metadata[key].Value;
+                Assert.That(value.GetType(), Is.EqualTo(v.GetType()), key);
+                Assert.That(value, Is.EqualTo(v), key);
+            }
+            Assert.That(f.Tensors, Has.Count.EqualTo(tensors.Count));
+            for (int i = 0; i < tensors.Count; i++)
+            {
+                Assert.That(f.Tensors[i].Dimensions, Is.EqualTo(tensors[i].Dims));
+                Assert.That(f.Tensors[i].Type, Is.EqualTo(tensors[i].Type));
+                Assert.That(f.GetTensorBytes(f.Tensors[i]).SequenceEqual(tensors[i].Data), Is.True, $"file {file} tensor {i}");
+            }
+        }
+    }
+
+    private static string RandomString(Random rng, int length)
+    {
+        const string chars = "abcXYZ019 ._-▁éß日本\n\t";
+        var c = new char[length];
+        for (int i = 0; i < length; i++) c[i] = chars[rng.Next(chars.Length)];
+        return new string(c);
+    }
+
+    [Test]
     public void Misuse_IsRejectedWithExceptions()
     {
         using var ms = new MemoryStream();

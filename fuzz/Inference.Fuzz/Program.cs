@@ -29,8 +29,12 @@ internal static class Harness
 {
     private const string Name = "fuzz-input.gguf";
 
+    // Set to make every input "crash": proves that the afl-fuzz + SharpFuzz pipeline reports escaping exceptions.
+    private static readonly bool SelfTest = Environment.GetEnvironmentVariable("INFERENCE_FUZZ_SELFTEST") == "1";
+
     public static void ParseOne(byte[] bytes)
     {
+        if (SelfTest) throw new InvalidOperationException("fuzz self-test crash");
         long before = GC.GetAllocatedBytesForCurrentThread();
         try
         {
