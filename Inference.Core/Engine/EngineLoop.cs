@@ -133,20 +133,22 @@ internal sealed class EngineLoop : IAsyncDisposable
     /// <summary>Admits new work and ends cancelled requests (their blocks are freed now, in this step).</summary>
     private void Drain()
     {
-        while (_incoming.Reader.TryRead(out var item))
-        {
-            switch (item)
-            {
-                case GenerationRequest r: Admit(r); break;
-                case EvaluateWork w: RunEvaluate(w); break;
-                case IInvokeWork i: i.Run(this); break;
-            }
-        }
+        // Cancellations first, so that work queued after a cancellation (a stats query, say) sees its blocks freed.
         List<long>? cancelled = null;
         foreach (var (id, entry) in _live)
             if (entry.Request.IsCancelled) (cancelled ??= []).Add(id);
         if (cancelled is not null)
             foreach (var id in cancelled) Retire(id, FinishReason.Cancelled);
+        while (_incoming.Reader.TryRead(out var item))
+        {
+            switch (item)
+            {
+                case GenerationRequest r when r.IsCancelled: r.Finish(FinishReason.Cancelled, new OperationCanceledException("the request was cancelled")); break;
+                case GenerationRequest r: Admit(r); break;
+                case EvaluateWork w: RunEvaluate(w); break;
+                case IInvokeWork i: i.Run(this); break;
+            }
+        }
     }
 
     private void Admit(GenerationRequest r)

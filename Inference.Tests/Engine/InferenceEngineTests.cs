@@ -100,6 +100,39 @@ public class InferenceEngineTests
     }
 
     [Test]
+    public async Task CancelBeforeAdmission_AndDuringPrefill_EndCleanly()
+    {
+        await using var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Threads = 1, MaxNumBatchedTokens = 4 });
+        using (var cancelled = new CancellationTokenSource())
+        {
+            cancelled.Cancel();
+            Assert.That(async () => await engine.CompleteAsync("Once upon a time", SamplingOptions.Greedy, cancelled.Token), Throws.InstanceOf<OperationCanceledException>());
+        }
+
+        // A long prompt prefilled 4 tokens per step: cancel while it is still being computed.
+        var longPrompt = string.Join(" ", Enumerable.Repeat("Lily and Ben went to the park.", 30));
+        using var cts = new CancellationTokenSource();
+        var task = engine.CompleteAsync(longPrompt, SamplingOptions.Greedy with { MaxTokens = 5 }, cts.Token);
+        await Task.Delay(20);
+        cts.Cancel();
+        Assert.That(async () => await task, Throws.InstanceOf<OperationCanceledException>());
+
+        var stats = await engine.GetStatsAsync();
+        Assert.That(stats.KvCache.UsedBlockCount, Is.Zero);
+        Assert.That(stats.RunningCount + stats.WaitingCount, Is.Zero);
+        Assert.That((await engine.CompleteAsync("", SamplingOptions.Greedy with { MaxTokens = 4 })).Text, Does.StartWith("Once upon"));
+    }
+
+    [Test]
+    public async Task EmptyPrompt_And_InvalidTokens()
+    {
+        await using var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Threads = 1 });
+        Assert.That((await engine.CompleteAsync(Array.Empty<int>(), SamplingOptions.Greedy with { MaxTokens = 3 })).TokenIds, Has.Count.EqualTo(3));
+        Assert.That(() => engine.GenerateAsync(new[] { 1, 9999 }), Throws.InstanceOf<ArgumentOutOfRangeException>());
+        Assert.That(() => engine.GenerateAsync(new[] { -1 }), Throws.InstanceOf<ArgumentOutOfRangeException>());
+    }
+
+    [Test]
     public async Task PromptLongerThanContext_Throws_OrTruncates()
     {
         var longPrompt = string.Join(" ", Enumerable.Repeat("Once upon a time", 40));
