@@ -188,9 +188,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
         }
         catch (JsonException e)
         {
-            long at = 8 + reader.BytesConsumed;
-            string what = reader.CurrentDepth >= MaxJsonDepth ? $"JSON nested deeper than {MaxJsonDepth} levels or malformed" : "malformed JSON";
-            throw Bad(at, $"{what} in the header: {e.Message}");
+            throw Bad(8 + reader.BytesConsumed, $"malformed JSON in the header (nesting is limited to {MaxJsonDepth} levels): {e.Message}");
         }
 
         long dataLength = FileLength - DataSectionOffset;
