@@ -128,6 +128,18 @@ public sealed class HfCheckpoint : IDisposable
     public ModelTokenizer CreateTokenizer() =>
         HfTokenizerJson.Load(Path.Combine(DirectoryPath, TokenizerFileName), TokenizerConfig, Config.VocabSize);
 
+    /// <summary>
+    /// Writes the checkpoint as a GGUF file the way llama.cpp's converter does (llama Q/K rows permuted for adjacent-pair
+    /// RoPE; weights in their stored dtype, norms as F32; tokenizer keys from <c>tokenizer.json</c> when present), so it
+    /// loads through the GGUF path of this library and of llama.cpp.
+    /// </summary>
+    /// <exception cref="ModelFormatException"><c>tokenizer.json</c> is malformed or unsupported.</exception>
+    public void ConvertToGguf(string path, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        HfCheckpointGgufConverter.Write(this, path, QkRowOrder.AdjacentPairs, cancellationToken);
+    }
+
     /// <inheritdoc />
     public void Dispose()
     {

@@ -1,0 +1,305 @@
+using Inference.Backends.Cpu;
+using Inference.Loading;
+using Inference.Models;
+using Inference.Tests.Support;
+
+namespace Inference.Tests.Models;
+
+/// <summary>
+/// A random Hugging Face llama checkpoint (hidden 128, 2 layers, 8 heads, 2 KV heads, F32, stories260K's vocabulary) against
+/// its GGUF conversion: the checkpoint's weights bound in place (Neox RoPE on un-permuted Q/K) must give the same logits as
+/// the converted file (adjacent-pair RoPE on permuted Q/K) in our engine and in llama.cpp.
+/// </summary>
+/// <remarks>
+/// NOTE: until <see cref="LlamaModel"/> takes an <see cref="IWeightSource"/>, the in-place HF binding runs through
+/// <see cref="ReferenceForward"/>, a plain double-precision forward pass over any weight source. The engine's own Neox
+/// path is checked on a GGUF copy of the checkpoint with Q/K rows left in HF order and the HF configuration.
+/// </remarks>
+[NonParallelizable]
+public class HfCheckpointDifferentialTests
+{
+    private string _dir = "";
+    private string _hfDir = "";
+    private string _ggufPath = "";
+    private string _asStoredPath = "";
+
+    private static readonly int[][] Prompts =
+    [
+        [1],
+        [1, 403, 407, 261, 378],
+        [1, 17, 300, 45, 99, 310, 511, 260, 7, 402, 388, 129, 64, 250, 333, 480, 21, 5, 290, 301, 44],
+    ];
+
+    [OneTimeSetUp]
+    public void Setup()
+    {
+        _dir = TestData.TempDir();
+        _hfDir = Path.Combine(_dir, "hf");
+        HfTestCheckpoint.Write(_hfDir, new HfTestCheckpointOptions { Shards = 2 });
+        _ggufPath = Path.Combine(_dir, "converted.gguf");
+        _asStoredPath = Path.Combine(_dir, "as-stored.gguf");
+        using var checkpoint = HfCheckpoint.Open(_hfDir);
+        checkpoint.ConvertToGguf(_ggufPath);
+        HfCheckpointGgufConverter.Write(checkpoint, _asStoredPath, QkRowOrder.AsStored, CancellationToken.None);
+    }
+
+    [OneTimeTearDown]
+    public void TearDown() => Directory.Delete(_dir, recursive: true);
+
+    private static double RelativeL2(float[] actual, float[] expected)
+    {
+        double num = 0, den = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            double d = actual[i] - expected[i];
+            num += d * d;
+            den += (double)expected[i] * expected[i];
+        }
+        return Math.Sqrt(num / den);
+    }
+
+    private static float[] EngineLastLogits(LlamaModel model, int[] prompt)
+    {
+        using var pool = new WorkerPool(2);
+        var kv = new ContiguousKvCache(model.Config, 64);
+        var batch = new ModelBatch();
+        batch.Add(0, prompt, 0, wantLogits: true);
+        var logits = new float[model.Config.VocabSize];
+        Array.Fill(logits, float.NaN);
+        model.Forward(batch, kv, logits, pool);
+        return logits;
+    }
+
+    [Test]
+    public void ConvertedConfig_EqualsCheckpointConfig_ExceptRopeLayout()
+    {
+        using var checkpoint = HfCheckpoint.Open(_hfDir);
+        using var gguf = GgufFile.Open(_ggufPath);
+        var fromGguf = ModelConfig.FromGguf(gguf);
+        Assert.That(checkpoint.Config.RopeLayout, Is.EqualTo(RopeLayout.Neox));
+        Assert.That(fromGguf.RopeLayout, Is.EqualTo(RopeLayout.Normal));
+        Assert.That(fromGguf, Is.EqualTo(checkpoint.Config with { RopeLayout = RopeLayout.Normal }));
+        Assert.That(checkpoint.Shards, Has.Count.EqualTo(2));
+    }
+
+    [Test]
+    public void QkPermutation_MovesHalfRotationPairsToAdjacentPairs()
+    {
+        // 2 heads of 4 rows: HF rows (h, j, i) = h*4 + j*2 + i go to (h, i, j) = h*4 + 2i + j.
+        float[] rows = [0, 1, 2, 3, 4, 5, 6, 7];
+        Assert.That(HfCheckpointGgufConverter.PermuteRows(rows, 1, 2), Is.EqualTo(new float[] { 0, 2, 1, 3, 4, 6, 5, 7 }));
+    }
+
+    [Test]
+    public void HfInPlace_ConvertedGguf_AndLlamaCpp_GiveTheSameLogits()
+    {
+        using var checkpoint = HfCheckpoint.Open(_hfDir);
+        using var gguf = GgufFile.Open(_ggufPath);
+        using var asStored = GgufFile.Open(_asStoredPath);
+        var ggufConfig = ModelConfig.FromGguf(gguf);
+        var engineGguf = new LlamaModel(gguf, ggufConfig);
+        var engineNeox = new LlamaModel(asStored, checkpoint.Config);
+        using var reference = LlamaCpp.Load(_ggufPath);
+
+        foreach (var prompt in Prompts)
+        {
+            var hfInPlace = ReferenceForward.LastLogits(checkpoint.Weights, checkpoint.Config, prompt);
+            var referenceOnGguf = ReferenceForward.LastLogits(new GgufWeightSource(gguf), ggufConfig, prompt);
+            var ours = EngineLastLogits(engineGguf, prompt);
+            var oursNeox = EngineLastLogits(engineNeox, prompt);
+            var llamaCpp = reference.EvaluateLastLogits(prompt);
+
+            double hfVsGguf = RelativeL2(hfInPlace, ours);
+            double refVsEngine = RelativeL2(referenceOnGguf, ours);
+            double neoxVsGguf = RelativeL2(oursNeox, ours);
+            double oursVsLlamaCpp = RelativeL2(ours, llamaCpp);
+            double hfVsLlamaCpp = RelativeL2(hfInPlace, llamaCpp);
+            TestContext.Out.WriteLine($"prompt {prompt.Length}: HF in place vs engine on GGUF {hfVsGguf:E2}, reference vs engine on GGUF {refVsEngine:E2}, " +
+                $"engine Neox on HF rows vs engine on GGUF {neoxVsGguf:E2}, engine vs llama.cpp {oursVsLlamaCpp:E2}, HF in place vs llama.cpp {hfVsLlamaCpp:E2}");
+            Assert.Multiple(() =>
+            {
+                Assert.That(hfVsGguf, Is.LessThan(1e-4), "HF checkpoint bound in place vs converted GGUF in our engine");
+                Assert.That(refVsEngine, Is.LessThan(1e-4), "reference forward vs engine on the same GGUF");
+                Assert.That(neoxVsGguf, Is.LessThan(1e-4), "engine: Neox on HF rows vs adjacent pairs on permuted rows");
+                Assert.That(oursVsLlamaCpp, Is.LessThan(1e-3), "engine on converted GGUF vs llama.cpp");
+                Assert.That(hfVsLlamaCpp, Is.LessThan(1e-3), "HF checkpoint in place vs llama.cpp");
+            });
+            // The logits are not degenerate: the prompt matters.
+            Assert.That(TensorArgMax(ours), Is.EqualTo(TensorArgMax(llamaCpp)));
+        }
+    }
+
+    [Test]
+    public void WithoutThePermutation_LlamaCppDisagrees()
+    {
+        // The permutation is what makes the conversion right: the as-stored file under adjacent-pair RoPE is a different model.
+        using var reference = LlamaCpp.Load(_asStoredPath);
+        using var checkpoint = HfCheckpoint.Open(_hfDir);
+        var prompt = Prompts[2];
+        var wrong = reference.EvaluateLastLogits(prompt);
+        var hf = ReferenceForward.LastLogits(checkpoint.Weights, checkpoint.Config, prompt);
+        Assert.That(RelativeL2(wrong, hf), Is.GreaterThan(1e-2));
+    }
+
+    [Test]
+    public void Tokenizer_FromTokenizerJson_MatchesStories260KAndLlamaCpp()
+    {
+        using var checkpoint = HfCheckpoint.Open(_hfDir);
+        var fromJson = checkpoint.CreateTokenizer();
+        using var stories = GgufFile.Open(TestData.Stories260K);
+        var fromGguf = Inference.Tokenization.ModelTokenizer.FromGguf(stories);
+        using var converted = LlamaCpp.Load(_ggufPath);
+        Assert.That(fromJson.VocabularySize, Is.EqualTo(512));
+        Assert.That(fromJson.BosId, Is.EqualTo(1));
+        Assert.That(fromJson.EosId, Is.EqualTo(2));
+        Assert.That(fromJson.AddBos, Is.True);
+        Assert.That(checkpoint.EosTokenIds, Is.EqualTo(new[] { 2 }));
+        Assert.That(checkpoint.ChatTemplate, Does.Contain("message['content']"));
+        foreach (var text in new[] { "Once upon a time", "The little dog ran to the park. He was happy!", "  two  spaces", "日本 ü 🙂", "" })
+        {
+            var ids = fromJson.Encode(text, addSpecial: true);
+            Assert.That(ids, Is.EqualTo(fromGguf.Encode(text, addSpecial: true)), $"'{text}' vs stories260K.gguf");
+            Assert.That(ids, Is.EqualTo(converted.Tokenize(text, BosToken.Add)), $"'{text}' vs llama.cpp on the converted GGUF");
+            Assert.That(fromJson.Decode(ids), Is.EqualTo(text));
+        }
+    }
+
+    private static int TensorArgMax(float[] a) => System.Numerics.Tensors.TensorPrimitives.IndexOfMax(a);
+
+    /// <summary>
+    /// A plain llama forward pass for one sequence (llama2.c style, double accumulation) over any weight source: the
+    /// reference the bound weights are checked with.
+    /// </summary>
+    private static class ReferenceForward
+    {
+        public static float[] LastLogits(IWeightSource w, ModelConfig c, int[] tokens)
+        {
+            int dim = c.Dim, hd = c.HeadDim, n = tokens.Length;
+            var embedding = Dense(w.GetMatrix("token_embd.weight", c.VocabSize, dim));
+            var output = w.Contains("output.weight") ? Dense(w.GetMatrix("output.weight", c.VocabSize, dim)) : embedding;
+            var keys = new double[c.LayerCount][][];   // [layer][pos][kvDim]
+            var values = new double[c.LayerCount][][];
+            double[] x = new double[dim];
+            double[] invFreq = new double[c.RopeDim / 2];
+            var freqFactors = c.RopeScaling == RopeScaling.Llama3 ? w.GetVector("rope_freqs.weight", c.RopeDim / 2) : null;
+            for (int i = 0; i < invFreq.Length; i++)
+            {
+                invFreq[i] = Math.Pow(c.RopeBase, -2.0 * i / c.RopeDim);
+                if (freqFactors is not null) invFreq[i] /= freqFactors[i];
+                if (c.RopeScaling == RopeScaling.Linear) invFreq[i] /= c.RopeScalingFactor;
+            }
+            var layers = new (float[] AttnNorm, float[][] Q, float[][] K, float[][] V, float[][] O, float[]? Qb, float[]? Kb, float[]? Vb, float[] FfnNorm, float[][] Gate, float[][] Up, float[][] Down)[c.LayerCount];
+            for (int l = 0; l < c.LayerCount; l++)
+            {
+                string p = $"blk.{l}.";
+                layers[l] = (w.GetVector(p + "attn_norm.weight", dim)!,
+                    Dense(w.GetMatrix(p + "attn_q.weight", c.QDim, dim)), Dense(w.GetMatrix(p + "attn_k.weight", c.KvDim, dim)),
+                    Dense(w.GetMatrix(p + "attn_v.weight", c.KvDim, dim)), Dense(w.GetMatrix(p + "attn_output.weight", dim, c.QDim)),
+                    w.GetVector(p + "attn_q.bias", c.QDim, optional: true), w.GetVector(p + "attn_k.bias", c.KvDim, optional: true),
+                    w.GetVector(p + "attn_v.bias", c.KvDim, optional: true), w.GetVector(p + "ffn_norm.weight", dim)!,
+                    Dense(w.GetMatrix(p + "ffn_gate.weight", c.FfnDim, dim)), Dense(w.GetMatrix(p + "ffn_up.weight", c.FfnDim, dim)),
+                    Dense(w.GetMatrix(p + "ffn_down.weight", dim, c.FfnDim)));
+                keys[l] = new double[n][];
+                values[l] = new double[n][];
+            }
+            var outputNorm = w.GetVector("output_norm.weight", dim)!;
+
+            for (int pos = 0; pos < n; pos++)
+            {
+                for (int i = 0; i < dim; i++) x[i] = embedding[tokens[pos]][i];
+                for (int l = 0; l < c.LayerCount; l++)
+                {
+                    var L = layers[l];
+                    var xb = RmsNorm(x, L.AttnNorm, c.RmsEps);
+                    var q = MatVec(L.Q, xb, L.Qb);
+                    var k = MatVec(L.K, xb, L.Kb);
+                    var v = MatVec(L.V, xb, L.Vb);
+                    Rope(q, c.HeadCount, hd, c.RopeDim, c.RopeLayout, pos, invFreq);
+                    Rope(k, c.KvHeadCount, hd, c.RopeDim, c.RopeLayout, pos, invFreq);
+                    keys[l][pos] = k;
+                    values[l][pos] = v;
+                    var att = new double[c.QDim];
+                    for (int h = 0; h < c.HeadCount; h++)
+                    {
+                        int kvh = h / c.KvMul;
+                        var scores = new double[pos + 1];
+                        double max = double.NegativeInfinity;
+                        for (int t = 0; t <= pos; t++)
+                        {
+                            double s = 0;
+                            for (int i = 0; i < hd; i++) s += q[h * hd + i] * keys[l][t][kvh * hd + i];
+                            scores[t] = s / Math.Sqrt(hd);
+                            max = Math.Max(max, scores[t]);
+                        }
+                        double sum = 0;
+                        for (int t = 0; t <= pos; t++) sum += scores[t] = Math.Exp(scores[t] - max);
+                        for (int t = 0; t <= pos; t++)
+                            for (int i = 0; i < hd; i++) att[h * hd + i] += scores[t] / sum * values[l][t][kvh * hd + i];
+                    }
+                    var o = MatVec(L.O, att, null);
+                    for (int i = 0; i < dim; i++) x[i] += o[i];
+                    xb = RmsNorm(x, L.FfnNorm, c.RmsEps);
+                    var gate = MatVec(L.Gate, xb, null);
+                    var up = MatVec(L.Up, xb, null);
+                    for (int i = 0; i < gate.Length; i++) gate[i] = gate[i] / (1 + Math.Exp(-gate[i])) * up[i];
+                    var down = MatVec(L.Down, gate, null);
+                    for (int i = 0; i < dim; i++) x[i] += down[i];
+                }
+            }
+            var final = RmsNorm(x, outputNorm, c.RmsEps);
+            var logits = MatVec(output, final, null);
+            return Array.ConvertAll(logits, v => (float)v);
+        }
+
+        private static unsafe float[][] Dense(WeightMatrix m)
+        {
+            var rows = new float[m.Rows][];
+            for (int r = 0; r < m.Rows; r++)
+            {
+                rows[r] = new float[m.Cols];
+                WeightConversion.ToFloats(m.Type, m.Row(r), rows[r]);
+            }
+            return rows;
+        }
+
+        private static double[] RmsNorm(double[] x, float[] weight, float eps)
+        {
+            double ss = 0;
+            foreach (var v in x) ss += v * v;
+            double scale = 1.0 / Math.Sqrt(ss / x.Length + eps);
+            var result = new double[x.Length];
+            for (int i = 0; i < x.Length; i++) result[i] = x[i] * scale * weight[i];
+            return result;
+        }
+
+        private static double[] MatVec(float[][] m, double[] x, float[]? bias)
+        {
+            var y = new double[m.Length];
+            for (int r = 0; r < m.Length; r++)
+            {
+                double s = bias?[r] ?? 0;
+                var row = m[r];
+                for (int i = 0; i < x.Length; i++) s += row[i] * x[i];
+                y[r] = s;
+            }
+            return y;
+        }
+
+        private static void Rope(double[] v, int heads, int hd, int ropeDim, RopeLayout layout, int pos, double[] invFreq)
+        {
+            int half = ropeDim / 2;
+            for (int h = 0; h < heads; h++)
+            {
+                for (int i = 0; i < half; i++)
+                {
+                    int a = h * hd + (layout == RopeLayout.Neox ? i : 2 * i);
+                    int b = h * hd + (layout == RopeLayout.Neox ? i + half : 2 * i + 1);
+                    double theta = pos * invFreq[i], cos = Math.Cos(theta), sin = Math.Sin(theta);
+                    double x0 = v[a], x1 = v[b];
+                    v[a] = x0 * cos - x1 * sin;
+                    v[b] = x0 * sin + x1 * cos;
+                }
+            }
+        }
+    }
+}
