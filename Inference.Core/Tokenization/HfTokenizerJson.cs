@@ -146,6 +146,10 @@ public static class HfTokenizerJson
             int space = merge.IndexOf(' ', 1);
             if (space <= 0 || space == merge.Length - 1 || merge.IndexOf(' ', space + 1) >= 0)
                 throw Bad($"merge {m} '{merge}' is not two pieces separated by one space");
+            // NOTE: as in Hugging Face's own loader, both pieces and their concatenation must be tokens.
+            string leftPiece = merge[..space], rightPiece = merge[(space + 1)..];
+            if (!byText.ContainsKey(leftPiece) || !byText.ContainsKey(rightPiece) || !byText.ContainsKey(leftPiece + rightPiece))
+                throw Bad($"merge {m} '{merge}' uses or produces a piece that is not in the vocabulary");
             merges[m++] = merge;
         }
 
