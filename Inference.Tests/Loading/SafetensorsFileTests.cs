@@ -92,6 +92,29 @@ public class SafetensorsFileTests
     }
 
     [Test]
+    public void Writer_RefusesMisuse()
+    {
+        using var stream = new MemoryStream();
+        using var w = new SafetensorsWriter(stream);
+        w.AddTensor("a", SafetensorsDType.F32, [2]);
+        w.AddTensor("b", SafetensorsDType.F16, [2]);
+        Assert.Throws<ArgumentException>(() => w.AddTensor("a", SafetensorsDType.F32, [1]), "duplicate name");
+        Assert.Throws<ArgumentException>(() => w.AddTensor("__metadata__", SafetensorsDType.F32, [1]), "reserved name");
+        Assert.Throws<ArgumentOutOfRangeException>(() => w.AddTensor("c", SafetensorsDType.F32, [-1]));
+        Assert.Throws<InvalidOperationException>(() => w.WriteTensorData("a", new byte[8]), "data before the header");
+        w.WriteHeader();
+        Assert.Throws<InvalidOperationException>(() => w.AddTensor("c", SafetensorsDType.F32, [1]), "declaring after the header");
+        Assert.Throws<InvalidOperationException>(() => w.WriteTensorData("b", new byte[4]), "out of order");
+        Assert.Throws<ArgumentException>(() => w.WriteTensorData("a", new byte[12]), "too many bytes");
+        w.WriteTensorData("a", [1f, 2f]);
+        Assert.Throws<InvalidOperationException>(() => w.Complete(), "b not written");
+        w.WriteTensorData("b", [3f, 4f]);
+        w.Complete();
+        using var f = SafetensorsFile.OpenBuffer(stream.ToArray(), "mem");
+        Assert.That(f.Tensors.Select(t => t.ByteCount), Is.EqualTo(new long[] { 8, 4 }));
+    }
+
+    [Test]
     public void BFloat16_RoundsToNearestEven()
     {
         Assert.That(SafetensorsWriter.ToBFloat16(1f), Is.EqualTo(0x3F80));
