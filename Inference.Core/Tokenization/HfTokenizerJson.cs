@@ -161,7 +161,10 @@ public static class HfTokenizerJson
             || normalizers.Any(n => TypeOf(n) == "Replace" && IsSpaceToMetaspace(n))
             || byteFallback;
 
-        string? bosText = config?.BosToken, eosText = config?.EosToken;
+        // NOTE: without tokenizer_config.json, the special token a TemplateProcessing post-processor puts first (Llama 2's
+        // "<s>") is taken as BOS, as transformers does when it adds it.
+        var (firstSpecial, lastSpecial) = TemplateSpecialTokens(path, Find(root, "post_processor"));
+        string? bosText = config?.BosToken ?? firstSpecial, eosText = config?.EosToken;
         string? unkText = String(path, model, "unk_token") ?? config?.UnknownToken;
         int? IdOf(string? text, string what)
         {
@@ -170,7 +173,8 @@ public static class HfTokenizerJson
         }
         int? bosId = IdOf(bosText, "BOS"), eosId = IdOf(eosText, "EOS"), unkId = IdOf(unkText, "unknown");
         int? padId = config?.PaddingToken is string padText && byText.TryGetValue(padText, out int pid) ? pid : null;
-        var (templateBos, templateEos) = PostProcessorAddsSpecial(path, Find(root, "post_processor"), bosText, eosText);
+        bool? templateBos = firstSpecial is null && lastSpecial is null && !HasTemplate(Find(root, "post_processor")) ? null : firstSpecial is not null && firstSpecial == bosText;
+        bool? templateEos = templateBos is null ? null : lastSpecial is not null && lastSpecial == eosText;
 
         var tokens = new string[count];
         var types = new int[count];
@@ -252,21 +256,22 @@ public static class HfTokenizerJson
         text.Length == 6 && text.StartsWith("<0x", StringComparison.Ordinal) && text[5] == '>' && Uri.IsHexDigit(text[3]) && Uri.IsHexDigit(text[4]);
 
     /// <summary>
-    /// Whether a <c>TemplateProcessing</c> post-processor puts BOS first / EOS last of a single sequence (how Llama 3's
-    /// tokenizer.json adds BOS); nulls when there is no such post-processor.
+    /// The special tokens a <c>TemplateProcessing</c> post-processor puts first and last around a single sequence (how
+    /// Llama 2 and Llama 3 tokenizer.json files add BOS); nulls when there is none.
     /// </summary>
-    private static (bool? Bos, bool? Eos) PostProcessorAddsSpecial(string path, JsonElement? postProcessor, string? bosText, string? eosText)
+    private static (string? First, string? Last) TemplateSpecialTokens(string path, JsonElement? postProcessor)
     {
         foreach (var p in Flatten(postProcessor, "processors"))
         {
             if (TypeOf(p) != "TemplateProcessing" || Find(p, "single") is not JsonElement single || single.ValueKind != JsonValueKind.Array) continue;
             int n = single.GetArrayLength();
-            if (n == 0) return (false, false);
-            string? SpecialId(JsonElement item) =>
-                Find(item, "SpecialToken") is JsonElement st ? String(path, st, "id") : null;
-            string? first = SpecialId(single[0]), last = SpecialId(single[n - 1]);
-            return (first is not null && first == bosText, last is not null && last == eosText);
+            if (n == 0) return (null, null);
+            string? SpecialId(JsonElement item) => Find(item, "SpecialToken") is JsonElement st ? String(path, st, "id") : null;
+            return (SpecialId(single[0]), SpecialId(single[n - 1]));
         }
         return (null, null);
     }
+
+    private static bool HasTemplate(JsonElement? postProcessor) =>
+        Flatten(postProcessor, "processors").Any(p => TypeOf(p) == "TemplateProcessing");
 }

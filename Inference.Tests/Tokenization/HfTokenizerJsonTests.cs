@@ -62,6 +62,16 @@ public class HfTokenizerJsonTests
     }
 
     [Test]
+    public void WithoutTokenizerConfig_BosComesFromThePostProcessorTemplate()
+    {
+        using var donor = GgufFile.Open(TestData.Stories260K);
+        HfTestCheckpoint.WriteSentencePieceTokenizer(donor, _dir, addBos: true);
+        var tokenizer = HfTokenizerJson.Load(Path.Combine(_dir, "tokenizer.json"), config: null);
+        Assert.That((tokenizer.BosId, tokenizer.EosId, tokenizer.AddBos), Is.EqualTo(((int?)1, (int?)null, true)));
+        Assert.That(tokenizer.Encode("Once upon a time", addSpecial: true), Is.EqualTo(ModelTokenizer.FromGguf(donor).Encode("Once upon a time", addSpecial: true)));
+    }
+
+    [Test]
     public void Gpt2_TokenizerJson_MatchesLlamaCppVectors()
     {
         using var donor = GgufFile.Open(TestData.Path("vocab/ggml-vocab-gpt-2.gguf"));
