@@ -17,7 +17,8 @@ namespace Inference.Tokenization;
 /// produces it, which orders the merges exactly as the file does (the merges of such files were generated from the
 /// SentencePiece scores in that order).
 /// Differences to Hugging Face's own tokenizers: normalizers other than the SentencePiece space handling (Qwen2's NFC)
-/// are not applied, and special-token texts in the input are encoded as plain text.
+/// are not applied, <c>ignore_merges</c> (Llama 3: a pre-token that is itself a token is not merged) is left to the
+/// BPE encoder, and special-token texts in the input are encoded as plain text.
 /// </remarks>
 public static class HfTokenizerJson
 {
