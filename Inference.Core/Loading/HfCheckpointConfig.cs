@@ -1,0 +1,158 @@
+using System.Text.Json;
+using Inference.Models;
+using static Inference.Loading.HfCheckpointJson;
+
+namespace Inference.Loading;
+
+/// <summary>
+/// The <c>config.json</c> of a Hugging Face llama or qwen2 checkpoint, read into a <see cref="ModelConfig"/> with the
+/// defaults of the transformers configuration classes for absent keys.
+/// </summary>
+internal sealed record HfCheckpointConfig
+{
+    /// <summary>The model's hyperparameters (<see cref="RopeLayout.Neox"/>: HF checkpoints keep Q/K un-permuted).</summary>
+    public required ModelConfig Model { get; init; }
+    /// <summary>Per-dimension RoPE frequency divisors for Llama 3.1 scaling ([ropeDim / 2]), else null.</summary>
+    public float[]? RopeFreqFactors { get; init; }
+    /// <summary>Whether the output head shares the embedding matrix (<c>tie_word_embeddings</c>).</summary>
+    public bool TieWordEmbeddings { get; init; }
+    /// <summary>The <c>torch_dtype</c> (or <c>dtype</c>) the checkpoint was saved in, if given.</summary>
+    public string? TorchDType { get; init; }
+    /// <summary><c>bos_token_id</c> of config.json, if given.</summary>
+    public int? BosTokenId { get; init; }
+    /// <summary><c>eos_token_id</c> of config.json (one or several).</summary>
+    public int[] EosTokenIds { get; init; } = [];
+
+    /// <summary>Reads and validates <paramref name="path"/>.</summary>
+    /// <exception cref="ModelFormatException">The file is missing, malformed, or describes an unsupported model.</exception>
+    public static HfCheckpointConfig Read(string path)
+    {
+        using var doc = Load(path, MaxConfigBytes, optional: false)!;
+        var root = doc.RootElement;
+        if (root.ValueKind != JsonValueKind.Object) throw new ModelFormatException(path, -1, "expected a JSON object");
+
+        string? modelType = String(path, root, "model_type");
+        if (modelType is null && Find(root, "architectures") is JsonElement archs && archs.ValueKind == JsonValueKind.Array && archs.GetArrayLength() > 0)
+        {
+            modelType = archs[0].ValueKind == JsonValueKind.String ? archs[0].GetString() switch
+            {
+                "LlamaForCausalLM" => "llama",
+                "Qwen2ForCausalLM" => "qwen2",
+                var other => other,
+            } : null;
+        }
+        if (modelType is null) throw new ModelFormatException(path, -1, "'model_type' is missing");
+        if (!ModelConfig.SupportedArchitectures.Contains(modelType))
+            throw new ModelFormatException(path, -1, $"unsupported model_type '{modelType}' (supported: {string.Join(", ", ModelConfig.SupportedArchitectures)})");
+
+        string? act = String(path, root, "hidden_act");
+        if (act is not (null or "silu"))
+            throw new ModelFormatException(path, -1, $"unsupported hidden_act '{act}' (supported: silu)");
+        if (Bool(path, root, "use_sliding_window") == true)
+            throw new ModelFormatException(path, -1, "sliding-window attention ('use_sliding_window': true) is not supported");
+
+        int dim = RequiredInt(path, root, "hidden_size", 1, 1 << 17);
+        int layers = RequiredInt(path, root, "num_hidden_layers", 1, 4096);
+        int heads = RequiredInt(path, root, "num_attention_heads", 1, 4096);
+        int kvHeads = Int(path, root, "num_key_value_heads", 1, heads) ?? heads;
+        if (heads % kvHeads != 0)
+            throw new ModelFormatException(path, -1, $"num_attention_heads {heads} is not a multiple of num_key_value_heads {kvHeads}");
+        int headDim = Int(path, root, "head_dim", 1, 1 << 12) ?? dim / heads;
+        if (headDim * heads != dim && Find(root, "head_dim") is null)
+            throw new ModelFormatException(path, -1, $"hidden_size {dim} is not a multiple of num_attention_heads {heads}");
+        if (headDim % 2 != 0) throw new ModelFormatException(path, -1, $"head dimension {headDim} is odd; RoPE needs pairs");
+        int ffn = RequiredInt(path, root, "intermediate_size", 1, 1 << 20);
+        int vocab = RequiredInt(path, root, "vocab_size", 1, int.MaxValue);
+        // NOTE: transformers' LlamaConfig/Qwen2Config defaults: 2048 positions (Qwen2: 32768), eps 1e-6, theta 10000.
+        int ctx = Int(path, root, "max_position_embeddings", 1, 1 << 24) ?? (modelType == "qwen2" ? 32768 : 2048);
+        double eps = Number(path, root, "rms_norm_eps") ?? 1e-6;
+        double theta = Number(path, root, "rope_theta") ?? 10000.0;
+        if (!(eps > 0) || !(theta > 0)) throw new ModelFormatException(path, -1, "'rms_norm_eps' and 'rope_theta' must be positive");
+
+        var scaling = RopeScaling.None;
+        float factor = 1f;
+        float[]? freqFactors = null;
+        if (Find(root, "rope_scaling") is JsonElement rs)
+        {
+            if (rs.ValueKind != JsonValueKind.Object) throw new ModelFormatException(path, -1, "'rope_scaling' is not an object");
+            string? type = String(path, rs, "rope_type") ?? String(path, rs, "type");
+            switch (type)
+            {
+                case null or "default":
+                    break;
+                case "linear":
+                    scaling = RopeScaling.Linear;
+                    factor = (float)(Number(path, rs, "factor") ?? throw new ModelFormatException(path, -1, "'rope_scaling.factor' is missing"));
+                    if (!(factor > 0)) throw new ModelFormatException(path, -1, "'rope_scaling.factor' must be positive");
+                    break;
+                case "llama3":
+                    scaling = RopeScaling.Llama3;
+                    freqFactors = Llama3FreqFactors(path, rs, theta, headDim);
+                    break;
+                default:
+                    throw new ModelFormatException(path, -1, $"unsupported rope_scaling type '{type}' (supported: linear, llama3)");
+            }
+        }
+
+        var model = new ModelConfig
+        {
+            Architecture = modelType,
+            Dim = dim,
+            LayerCount = layers,
+            HeadCount = heads,
+            KvHeadCount = kvHeads,
+            HeadDim = headDim,
+            FfnDim = ffn,
+            VocabSize = vocab,
+            ContextLength = ctx,
+            RmsEps = (float)eps,
+            RopeBase = (float)theta,
+            RopeDim = headDim,
+            RopeLayout = RopeLayout.Neox,
+            RopeScaling = scaling,
+            RopeScalingFactor = factor,
+            // NOTE: qwen2 always has Q/K/V biases; llama has them when 'attention_bias' says so. The weight binding
+            // checks the tensors either way.
+            HasAttentionBias = modelType == "qwen2" || Bool(path, root, "attention_bias") == true,
+        };
+        return new HfCheckpointConfig
+        {
+            Model = model,
+            RopeFreqFactors = freqFactors,
+            TieWordEmbeddings = Bool(path, root, "tie_word_embeddings") ?? false,
+            TorchDType = String(path, root, "torch_dtype") ?? String(path, root, "dtype"),
+            BosTokenId = Int(path, root, "bos_token_id", 0, int.MaxValue),
+            EosTokenIds = IntOrList(path, root, "eos_token_id", int.MaxValue),
+        };
+    }
+
+    /// <summary>
+    /// Llama 3.1's frequency-dependent RoPE scaling as per-dimension divisors of the inverse frequencies — what llama.cpp's
+    /// converter stores as <c>rope_freqs.weight</c>: 1 for short wavelengths, <c>factor</c> for long ones, a smooth
+    /// blend in between.
+    /// </summary>
+    internal static float[] Llama3FreqFactors(string path, JsonElement rs, double theta, int headDim)
+    {
+        double factor = Number(path, rs, "factor") ?? 8.0;
+        double low = Number(path, rs, "low_freq_factor") ?? 1.0;
+        double high = Number(path, rs, "high_freq_factor") ?? 4.0;
+        double oldContext = Number(path, rs, "original_max_position_embeddings") ?? 8192;
+        if (!(factor > 0) || !(low > 0) || !(high > low) || !(oldContext > 0))
+            throw new ModelFormatException(path, -1, "llama3 'rope_scaling' needs factor > 0, 0 < low_freq_factor < high_freq_factor, original_max_position_embeddings > 0");
+        double lowWavelen = oldContext / low, highWavelen = oldContext / high;
+        var result = new float[headDim / 2];
+        for (int i = 0; i < result.Length; i++)
+        {
+            double freq = 1.0 / Math.Pow(theta, 2.0 * i / headDim);
+            double wavelen = 2 * Math.PI / freq;
+            if (wavelen < highWavelen) result[i] = 1f;
+            else if (wavelen > lowWavelen) result[i] = (float)factor;
+            else
+            {
+                double smooth = (oldContext / wavelen - low) / (high - low);
+                result[i] = (float)(1.0 / ((1 - smooth) / factor + smooth));
+            }
+        }
+        return result;
+    }
+}

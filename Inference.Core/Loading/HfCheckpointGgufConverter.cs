@@ -1,0 +1,155 @@
+using Inference.Models;
+using Inference.Tokenization;
+
+namespace Inference.Loading;
+
+/// <summary>Row order of the Q and K projections in a converted GGUF file.</summary>
+internal enum QkRowOrder
+{
+    /// <summary>
+    /// Permuted for adjacent-pair RoPE, as llama.cpp's converter writes llama models (the file loads as <see cref="RopeLayout.Normal"/>).
+    /// </summary>
+    AdjacentPairs,
+    /// <summary>Left in the checkpoint's half-rotation order (only meaningful with a <see cref="RopeLayout.Neox"/> configuration).</summary>
+    AsStored,
+}
+
+/// <summary>
+/// Converts a Hugging Face checkpoint to GGUF the way llama.cpp's <c>convert_hf_to_gguf.py</c> does for llama and qwen2:
+/// GGUF tensor names, 2-D weights copied in their dtype, 1-D tensors as F32, tokenizer keys from <c>tokenizer.json</c>,
+/// and — for llama only — Q/K rows permuted from half-rotation to adjacent-pair RoPE order.
+/// </summary>
+/// <remarks>
+/// The permutation (llama.cpp's <c>LlamaModel.permute</c>), per head of <c>headDim</c> rows:
+/// <code>
+/// rows [heads, 2, headDim/2] → swap the last two axes → [heads, headDim/2, 2]
+/// new row h·headDim + 2i + j  =  old row h·headDim + j·headDim/2 + i      (i &lt; headDim/2, j ∈ {0, 1})
+/// </code>
+/// so the pair (i, i + headDim/2) that NeoX RoPE rotates becomes the adjacent pair (2i, 2i + 1). K uses the KV head count.
+/// </remarks>
+internal static class HfCheckpointGgufConverter
+{
+    /// <summary>Writes <paramref name="checkpoint"/> as a GGUF file at <paramref name="path"/>.</summary>
+    public static void Write(HfCheckpoint checkpoint, string path, QkRowOrder order, CancellationToken cancellationToken)
+    {
+        var c = checkpoint.Config;
+        bool permute = c.Architecture == "llama" && order == QkRowOrder.AdjacentPairs;
+        string arch = c.Architecture;
+
+        var tensors = new List<(string Gguf, string? Hf, int Heads)>
+        {
+            ("token_embd.weight", "model.embed_tokens.weight", 0),
+        };
+        for (int l = 0; l < c.LayerCount; l++)
+        {
+            foreach (var suffix in (ReadOnlySpan<string>)["attn_norm.weight", "attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias",
+                "attn_v.weight", "attn_v.bias", "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"])
+            {
+                string gguf = $"blk.{l}.{suffix}";
+                string hf = HfCheckpointTensorNames.ToHf(gguf)!;
+                if (checkpoint.FindTensor(hf) is null && suffix.EndsWith(".bias", StringComparison.Ordinal)) continue;
+                int heads = !permute ? 0 : suffix.StartsWith("attn_q", StringComparison.Ordinal) ? c.HeadCount
+                    : suffix.StartsWith("attn_k", StringComparison.Ordinal) ? c.KvHeadCount : 0;
+                tensors.Add((gguf, hf, heads));
+            }
+        }
+        tensors.Add(("output_norm.weight", "model.norm.weight", 0));
+        if (checkpoint.FindTensor("lm_head.weight") is not null) tensors.Add(("output.weight", "lm_head.weight", 0));
+        float[]? ropeFreqs = checkpoint.Weights.GetVector("rope_freqs.weight", c.RopeDim / 2, optional: true);
+        if (ropeFreqs is not null) tensors.Add(("rope_freqs.weight", null, 0));
+
+        using var w = GgufWriter.Create(path);
+        w.AddString("general.architecture", arch);
+        w.AddString("general.name", Path.GetFileName(checkpoint.DirectoryPath.TrimEnd(Path.DirectorySeparatorChar)));
+        var matrixTypes = new HashSet<SafetensorsDType>();
+        foreach (var t in tensors)
+            if (t.Hf is not null && checkpoint.FindTensor(t.Hf)!.Shape.Length == 2) matrixTypes.Add(checkpoint.FindTensor(t.Hf)!.DType);
+        // LLAMA_FTYPE: ALL_F32 = 0, MOSTLY_F16 = 1, MOSTLY_BF16 = 32.
+        w.AddUInt32("general.file_type", matrixTypes.Contains(SafetensorsDType.BF16) ? 32u : matrixTypes.Contains(SafetensorsDType.F16) ? 1u : 0u);
+        w.AddUInt32($"{arch}.context_length", (uint)c.ContextLength);
+        w.AddUInt32($"{arch}.embedding_length", (uint)c.Dim);
+        w.AddUInt32($"{arch}.block_count", (uint)c.LayerCount);
+        w.AddUInt32($"{arch}.feed_forward_length", (uint)c.FfnDim);
+        w.AddUInt32($"{arch}.rope.dimension_count", (uint)c.RopeDim);
+        w.AddUInt32($"{arch}.attention.head_count", (uint)c.HeadCount);
+        w.AddUInt32($"{arch}.attention.head_count_kv", (uint)c.KvHeadCount);
+        if (c.HeadDim * c.HeadCount != c.Dim)
+        {
+            w.AddUInt32($"{arch}.attention.key_length", (uint)c.HeadDim);
+            w.AddUInt32($"{arch}.attention.value_length", (uint)c.HeadDim);
+        }
+        w.AddFloat32($"{arch}.attention.layer_norm_rms_epsilon", c.RmsEps);
+        w.AddFloat32($"{arch}.rope.freq_base", c.RopeBase);
+        w.AddUInt32($"{arch}.vocab_size", (uint)c.VocabSize);
+        if (c.RopeScaling == RopeScaling.Linear)
+        {
+            w.AddString($"{arch}.rope.scaling.type", "linear");
+            w.AddFloat32($"{arch}.rope.scaling.factor", c.RopeScalingFactor);
+        }
+        string tokenizerPath = Path.Combine(checkpoint.DirectoryPath, HfCheckpoint.TokenizerFileName);
+        if (File.Exists(tokenizerPath))
+            HfTokenizerJson.AddGgufMetadata(w, HfTokenizerJson.Parse(tokenizerPath, checkpoint.TokenizerConfig, c.VocabSize));
+
+        foreach (var t in tensors)
+        {
+            if (t.Hf is null)
+            {
+                w.AddTensorInfo(t.Gguf, [ropeFreqs!.Length], GgmlType.F32);
+                continue;
+            }
+            var info = checkpoint.FindTensor(t.Hf)!;
+            if (info.Shape.Length == 2) w.AddTensorInfo(t.Gguf, [info.Shape[1], info.Shape[0]], SafetensorsDTypeInfo.ToGgmlType(info.DType));
+            else w.AddTensorInfo(t.Gguf, [info.ElementCount], GgmlType.F32);
+        }
+        w.WriteHeader();
+
+        foreach (var t in tensors)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            if (t.Hf is null)
+            {
+                w.WriteTensorData(t.Gguf, ropeFreqs);
+                continue;
+            }
+            var (file, info) = checkpoint.Locate(t.Hf)!.Value;
+            var bytes = file.GetTensorBytes(info);
+            if (info.Shape.Length != 2)
+            {
+                var values = new float[info.ElementCount];
+                WeightConversion.ToFloats(SafetensorsDTypeInfo.ToGgmlType(info.DType), bytes, values);
+                if (t.Heads > 0) values = PermuteRows(values, 1, t.Heads);
+                w.WriteTensorData(t.Gguf, values);
+                continue;
+            }
+            if (t.Heads == 0)
+            {
+                w.WriteTensorData(t.Gguf, bytes);
+                continue;
+            }
+            int rows = (int)info.Shape[0];
+            int rowBytes = (int)(info.ByteCount / rows);
+            int headDim = rows / t.Heads, half = headDim / 2;
+            for (int newRow = 0; newRow < rows; newRow++)
+            {
+                int h = newRow / headDim, i = newRow % headDim / 2, j = newRow % 2;
+                int oldRow = h * headDim + j * half + i;
+                w.WriteTensorData(t.Gguf, bytes.Slice(oldRow * rowBytes, rowBytes));
+            }
+        }
+        w.Complete();
+    }
+
+    /// <summary>The row permutation above applied to a [rows, rowLength] float array.</summary>
+    internal static float[] PermuteRows(float[] values, int rowLength, int heads)
+    {
+        int rows = values.Length / rowLength, headDim = rows / heads, half = headDim / 2;
+        var result = new float[values.Length];
+        for (int newRow = 0; newRow < rows; newRow++)
+        {
+            int h = newRow / headDim, i = newRow % headDim / 2, j = newRow % 2;
+            int oldRow = h * headDim + j * half + i;
+            values.AsSpan(oldRow * rowLength, rowLength).CopyTo(result.AsSpan(newRow * rowLength, rowLength));
+        }
+        return result;
+    }
+}

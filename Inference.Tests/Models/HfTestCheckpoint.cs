@@ -1,0 +1,313 @@
+using System.Text;
+using System.Text.Json;
+using Inference.Loading;
+using Inference.Tokenization;
+
+namespace Inference.Tests.Models;
+
+/// <summary>Options of a random-weight Hugging Face llama checkpoint written for tests.</summary>
+public sealed record HfTestCheckpointOptions
+{
+    public int Hidden { get; init; } = 128;
+    public int Layers { get; init; } = 2;
+    public int Heads { get; init; } = 8;
+    public int KvHeads { get; init; } = 2;
+    public int Intermediate { get; init; } = 256;
+    public SafetensorsDType DType { get; init; } = SafetensorsDType.F32;
+    public int Seed { get; init; } = 1234;
+    public float WeightScale { get; init; } = 0.08f;
+    /// <summary>Number of safetensors shards (1: model.safetensors; more: model-0000N-of-0000M.safetensors with an index).</summary>
+    public int Shards { get; init; } = 1;
+    public bool TieWordEmbeddings { get; init; }
+    public string ModelType { get; init; } = "llama";
+    /// <summary>Extra JSON members written into config.json (raw JSON values by key).</summary>
+    public IReadOnlyDictionary<string, string> ExtraConfig { get; init; } = new Dictionary<string, string>();
+}
+
+/// <summary>
+/// Writes Hugging Face checkpoints the way transformers saves them: config.json, safetensors shards (with
+/// model.safetensors.index.json), generation_config.json, and a tokenizer.json / tokenizer_config.json made from a GGUF
+/// vocabulary the way transformers' SentencePiece converter makes them.
+/// </summary>
+public static class HfTestCheckpoint
+{
+    /// <summary>Writes a random llama checkpoint into <paramref name="dir"/> with stories260K's vocabulary (512 tokens).</summary>
+    public static void Write(string dir, HfTestCheckpointOptions o)
+    {
+        Directory.CreateDirectory(dir);
+        using var donor = GgufFile.Open(Support.TestData.Stories260K);
+        int vocab = donor.GetArray<string>("tokenizer.ggml.tokens")!.Length;
+        int headDim = o.Hidden / o.Heads, kvDim = o.KvHeads * headDim;
+
+        // [name, shape] in the order transformers' state dict has them.
+        var tensors = new List<(string Name, long[] Shape, bool Norm)> { ("model.embed_tokens.weight", [vocab, o.Hidden], false) };
+        for (int l = 0; l < o.Layers; l++)
+        {
+            string p = $"model.layers.{l}.";
+            tensors.Add((p + "self_attn.q_proj.weight", [o.Hidden, o.Hidden], false));
+            tensors.Add((p + "self_attn.k_proj.weight", [kvDim, o.Hidden], false));
+            tensors.Add((p + "self_attn.v_proj.weight", [kvDim, o.Hidden], false));
+            if (o.ModelType == "qwen2")
+            {
+                tensors.Add((p + "self_attn.q_proj.bias", [o.Hidden], false));
+                tensors.Add((p + "self_attn.k_proj.bias", [kvDim], false));
+                tensors.Add((p + "self_attn.v_proj.bias", [kvDim], false));
+            }
+            tensors.Add((p + "self_attn.o_proj.weight", [o.Hidden, o.Hidden], false));
+            tensors.Add((p + "mlp.gate_proj.weight", [o.Intermediate, o.Hidden], false));
+            tensors.Add((p + "mlp.up_proj.weight", [o.Intermediate, o.Hidden], false));
+            tensors.Add((p + "mlp.down_proj.weight", [o.Hidden, o.Intermediate], false));
+            tensors.Add((p + "input_layernorm.weight", [o.Hidden], true));
+            tensors.Add((p + "post_attention_layernorm.weight", [o.Hidden], true));
+        }
+        tensors.Add(("model.norm.weight", [o.Hidden], true));
+        if (!o.TieWordEmbeddings) tensors.Add(("lm_head.weight", [vocab, o.Hidden], false));
+
+        var rng = new Random(o.Seed);
+        var weightMap = new Dictionary<string, string>();
+        int perShard = (tensors.Count + o.Shards - 1) / o.Shards;
+        for (int s = 0; s < o.Shards; s++)
+        {
+            string file = o.Shards == 1 ? "model.safetensors" : $"model-{s + 1:D5}-of-{o.Shards:D5}.safetensors";
+            var part = tensors.Skip(s * perShard).Take(perShard).ToList();
+            using var w = SafetensorsWriter.Create(Path.Combine(dir, file));
+            w.AddMetadata("format", "pt");
+            foreach (var t in part) w.AddTensor(t.Name, t.Norm ? SafetensorsDType.F32 : o.DType, t.Shape);
+            w.WriteHeader();
+            foreach (var t in part)
+            {
+                var values = new float[t.Shape.Aggregate(1L, (a, b) => a * b)];
+                for (int i = 0; i < values.Length; i++)
+                {
+                    float z = Normal(rng);
+                    values[i] = t.Norm ? 1f + 0.1f * o.WeightScale * z : o.WeightScale * z;
+                }
+                w.WriteTensorData(t.Name, values);
+                weightMap[t.Name] = file;
+            }
+            w.Complete();
+        }
+        if (o.Shards > 1)
+        {
+            WriteJson(Path.Combine(dir, "model.safetensors.index.json"), w =>
+            {
+                w.WriteStartObject();
+                w.WriteStartObject("metadata");
+                w.WriteNumber("total_size", 0);
+                w.WriteEndObject();
+                w.WriteStartObject("weight_map");
+                foreach (var (name, file) in weightMap) w.WriteString(name, file);
+                w.WriteEndObject();
+                w.WriteEndObject();
+            });
+        }
+
+        WriteJson(Path.Combine(dir, "config.json"), w =>
+        {
+            w.WriteStartObject();
+            w.WriteStartArray("architectures");
+            w.WriteStringValue(o.ModelType == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM");
+            w.WriteEndArray();
+            w.WriteString("model_type", o.ModelType);
+            w.WriteNumber("hidden_size", o.Hidden);
+            w.WriteNumber("num_hidden_layers", o.Layers);
+            w.WriteNumber("num_attention_heads", o.Heads);
+            w.WriteNumber("num_key_value_heads", o.KvHeads);
+            w.WriteNumber("intermediate_size", o.Intermediate);
+            w.WriteNumber("rms_norm_eps", 1e-5);
+            w.WriteNumber("rope_theta", 10000.0);
+            w.WriteNumber("max_position_embeddings", 2048);
+            w.WriteNumber("vocab_size", vocab);
+            w.WriteBoolean("tie_word_embeddings", o.TieWordEmbeddings);
+            w.WriteString("hidden_act", "silu");
+            w.WriteNull("rope_scaling");
+            w.WriteString("torch_dtype", o.DType switch { SafetensorsDType.F32 => "float32", SafetensorsDType.F16 => "float16", _ => "bfloat16" });
+            w.WriteNumber("bos_token_id", 1);
+            w.WriteNumber("eos_token_id", 2);
+            foreach (var (key, raw) in o.ExtraConfig)
+            {
+                w.WritePropertyName(key);
+                w.WriteRawValue(raw);
+            }
+            w.WriteEndObject();
+        });
+        WriteJson(Path.Combine(dir, "generation_config.json"), w =>
+        {
+            w.WriteStartObject();
+            w.WriteNumber("bos_token_id", 1);
+            w.WriteStartArray("eos_token_id");
+            w.WriteNumberValue(2);
+            w.WriteEndArray();
+            w.WriteEndObject();
+        });
+        WriteSentencePieceTokenizer(donor, dir, addBos: true);
+    }
+
+    /// <summary>
+    /// tokenizer.json and tokenizer_config.json of a Llama-2-style tokenizer made from a GGUF SentencePiece vocabulary:
+    /// Prepend/Replace normalizer, BPE with byte_fallback, merges generated from the piece scores the way transformers'
+    /// SentencePieceExtractor does (every split of a piece into two pieces, ordered by the merged piece's score).
+    /// </summary>
+    public static void WriteSentencePieceTokenizer(GgufFile donor, string dir, bool addBos)
+    {
+        string[] tokens = donor.GetArray<string>("tokenizer.ggml.tokens")!;
+        float[] scores = donor.GetArray<float>("tokenizer.ggml.scores")!;
+        int[] types = donor.GetIntArray("tokenizer.ggml.token_type")!;
+        var normalIds = new Dictionary<string, int>(StringComparer.Ordinal);
+        for (int id = 0; id < tokens.Length; id++)
+            if (types[id] == (int)TokenType.Normal) normalIds[tokens[id]] = id;
+        var merges = new List<(int Merged, int Left, int Right)>();
+        foreach (var (piece, id) in normalIds)
+            for (int cut = 1; cut < piece.Length; cut++)
+                if (normalIds.TryGetValue(piece[..cut], out int l) && normalIds.TryGetValue(piece[cut..], out int r)) merges.Add((id, l, r));
+        merges.Sort((a, b) =>
+        {
+            int c = scores[b.Merged].CompareTo(scores[a.Merged]);
+            if (c != 0) return c;
+            c = a.Merged.CompareTo(b.Merged);
+            return c != 0 ? c : a.Left != b.Left ? a.Left.CompareTo(b.Left) : a.Right.CompareTo(b.Right);
+        });
+
+        WriteJson(Path.Combine(dir, "tokenizer.json"), w =>
+        {
+            w.WriteStartObject();
+            w.WriteString("version", "1.0");
+            w.WriteNull("truncation");
+            w.WriteNull("padding");
+            w.WriteStartArray("added_tokens");
+            for (int id = 0; id < tokens.Length; id++)
+            {
+                if (types[id] is not ((int)TokenType.Control or (int)TokenType.Unknown)) continue;
+                w.WriteStartObject();
+                w.WriteNumber("id", id);
+                w.WriteString("content", tokens[id]);
+                w.WriteBoolean("single_word", false);
+                w.WriteBoolean("lstrip", false);
+                w.WriteBoolean("rstrip", false);
+                w.WriteBoolean("normalized", false);
+                w.WriteBoolean("special", true);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteStartObject("normalizer");
+            w.WriteString("type", "Sequence");
+            w.WriteStartArray("normalizers");
+            w.WriteRawValue("""{"type":"Prepend","prepend":"▁"}""");
+            w.WriteRawValue("""{"type":"Replace","pattern":{"String":" "},"content":"▁"}""");
+            w.WriteEndArray();
+            w.WriteEndObject();
+            w.WriteNull("pre_tokenizer");
+            w.WritePropertyName("post_processor");
+            w.WriteRawValue("""{"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"<s>","type_id":0}},{"Sequence":{"id":"A","type_id":0}}],"pair":[],"special_tokens":{}}""");
+            w.WritePropertyName("decoder");
+            w.WriteRawValue("""{"type":"Sequence","decoders":[{"type":"Replace","pattern":{"String":"▁"},"content":" "},{"type":"ByteFallback"},{"type":"Fuse"},{"type":"Strip","content":" ","start":1,"stop":0}]}""");
+            w.WriteStartObject("model");
+            w.WriteString("type", "BPE");
+            w.WriteNull("dropout");
+            w.WriteString("unk_token", "<unk>");
+            w.WriteNull("continuing_subword_prefix");
+            w.WriteNull("end_of_word_suffix");
+            w.WriteBoolean("fuse_unk", true);
+            w.WriteBoolean("byte_fallback", true);
+            w.WriteStartObject("vocab");
+            for (int id = 0; id < tokens.Length; id++) w.WriteNumber(tokens[id], id);
+            w.WriteEndObject();
+            w.WriteStartArray("merges");
+            foreach (var m in merges) w.WriteStringValue(tokens[m.Left] + " " + tokens[m.Right]);
+            w.WriteEndArray();
+            w.WriteEndObject();
+            w.WriteEndObject();
+        });
+        WriteJson(Path.Combine(dir, "tokenizer_config.json"), w =>
+        {
+            w.WriteStartObject();
+            w.WriteBoolean("add_bos_token", addBos);
+            w.WriteBoolean("add_eos_token", false);
+            w.WriteString("bos_token", "<s>");
+            w.WriteString("eos_token", "</s>");
+            w.WriteString("unk_token", "<unk>");
+            w.WriteString("chat_template", "{% for message in messages %}{{ message['content'] }}{% endfor %}");
+            w.WriteBoolean("legacy", false);
+            w.WriteEndObject();
+        });
+    }
+
+    /// <summary>A byte-level BPE tokenizer.json from a GGUF gpt2-model vocabulary (vocab and merges as stored).</summary>
+    public static void WriteByteLevelTokenizer(GgufFile donor, string dir, string? splitRegex)
+    {
+        string[] tokens = donor.GetArray<string>("tokenizer.ggml.tokens")!;
+        string[] merges = donor.GetArray<string>("tokenizer.ggml.merges")!;
+        int[]? types = donor.GetIntArray("tokenizer.ggml.token_type");
+        WriteJson(Path.Combine(dir, "tokenizer.json"), w =>
+        {
+            w.WriteStartObject();
+            w.WriteString("version", "1.0");
+            w.WriteStartArray("added_tokens");
+            for (int id = 0; id < tokens.Length; id++)
+            {
+                if (types is null || types[id] != (int)TokenType.Control) continue;
+                w.WriteStartObject();
+                w.WriteNumber("id", id);
+                w.WriteString("content", tokens[id]);
+                w.WriteBoolean("special", true);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteNull("normalizer");
+            w.WritePropertyName("pre_tokenizer");
+            string byteLevel = splitRegex is null
+                ? """{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true}"""
+                : """{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":false}""";
+            if (splitRegex is null) w.WriteRawValue(byteLevel);
+            else
+            {
+                w.WriteStartObject();
+                w.WriteString("type", "Sequence");
+                w.WriteStartArray("pretokenizers");
+                w.WriteStartObject();
+                w.WriteString("type", "Split");
+                w.WriteStartObject("pattern");
+                w.WriteString("Regex", splitRegex);
+                w.WriteEndObject();
+                w.WriteString("behavior", "Isolated");
+                w.WriteBoolean("invert", false);
+                w.WriteEndObject();
+                w.WriteRawValue(byteLevel);
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
+            w.WriteStartObject("model");
+            w.WriteString("type", "BPE");
+            w.WriteBoolean("byte_fallback", false);
+            w.WriteStartObject("vocab");
+            for (int id = 0; id < tokens.Length; id++) w.WriteNumber(tokens[id], id);
+            w.WriteEndObject();
+            w.WriteStartArray("merges");
+            // The newer list-of-pairs form.
+            foreach (var m in merges)
+            {
+                int space = m.IndexOf(' ', 1);
+                w.WriteStartArray();
+                w.WriteStringValue(m[..space]);
+                w.WriteStringValue(m[(space + 1)..]);
+                w.WriteEndArray();
+            }
+            w.WriteEndArray();
+            w.WriteEndObject();
+            w.WriteEndObject();
+        });
+    }
+
+    public static void WriteJson(string path, Action<Utf8JsonWriter> body)
+    {
+        using var stream = File.Create(path);
+        using var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping });
+        body(w);
+    }
+
+    private static float Normal(Random rng)
+    {
+        double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
+        return (float)(Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
+    }
+}
