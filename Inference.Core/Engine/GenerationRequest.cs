@@ -18,9 +18,10 @@ internal sealed class GenerationRequest
     private readonly StringBuilder _pending = new();   // decoded text not yet emitted (may start a stop string)
     private readonly StringBuilder _text = new();
     private readonly StreamingDecoder _decoder;
+    private readonly IReadOnlySet<int> _stopTokens;
     private int _cancelled;
 
-    public GenerationRequest(long id, int[] promptTokens, SamplingOptions sampling, ModelTokenizer tokenizer, int vocabSize, int maxTotalTokens)
+    public GenerationRequest(long id, int[] promptTokens, SamplingOptions sampling, ModelTokenizer tokenizer, IReadOnlySet<int> stopTokens, int vocabSize, int maxTotalTokens)
     {
         Id = id;
         PromptTokens = promptTokens;
@@ -28,6 +29,7 @@ internal sealed class GenerationRequest
         Tokens.AddRange(promptTokens);
         Sampling = sampling;
         Tokenizer = tokenizer;
+        _stopTokens = stopTokens;
         Sampler = new Sampler(sampling, vocabSize);
         MaxTotalTokens = maxTotalTokens;
         _decoder = tokenizer.CreateStreamingDecoder(promptTokens[^1]);
@@ -72,7 +74,7 @@ internal sealed class GenerationRequest
         if (FirstToken == 0) FirstToken = now;
         LastToken = now;
 
-        if (Tokenizer.IsEndOfGeneration(token) && Sampling.EndOfSequence == EndOfSequenceHandling.Stop)
+        if ((Tokenizer.IsEndOfGeneration(token) || _stopTokens.Contains(token)) && Sampling.EndOfSequence == EndOfSequenceHandling.Stop)
         {
             Flush();
             return FinishReason.EndOfSequence;

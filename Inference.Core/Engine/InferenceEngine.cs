@@ -20,18 +20,20 @@ namespace Inference.Engine;
 /// </example>
 public sealed class InferenceEngine : IAsyncDisposable
 {
-    private readonly GgufFile _gguf;
+    private readonly IDisposable _weights;   // the mapped file(s) the model's weights live in
     private readonly EngineLoop _loop;
     private long _nextRequestId;
+    private readonly HashSet<int> _stopTokens;  // end-of-generation ids beyond the tokenizer's own (HF generation_config)
 
-    private InferenceEngine(GgufFile gguf, ModelConfig config, ModelTokenizer tokenizer, LlamaModel model, EngineOptions options)
+    private InferenceEngine(IDisposable weights, ModelConfig config, ModelTokenizer tokenizer, LlamaModel model, IReadOnlyList<int> extraStopTokens, EngineOptions options)
     {
-        _gguf = gguf;
+        _weights = weights;
+        _stopTokens = [.. extraStopTokens];
         Config = config;
         Tokenizer = tokenizer;
         Options = options;
         ContextLength = options.ContextLength ?? Math.Min(config.ContextLength, 4096);
-        _loop = new EngineLoop(model, options, ContextLength, PrefixIdentity.Compute(gguf, config, options.KvCache));
+        _loop = new EngineLoop(model, options, ContextLength, PrefixIdentity.Compute(model, tokenizer, options.KvCache));
     }
 
     /// <summary>The model's hyperparameters.</summary>
@@ -52,43 +54,67 @@ public sealed class InferenceEngine : IAsyncDisposable
     /// <summary>Like <see cref="Stats"/>, but read on the engine thread after it has handled everything queued so far.</summary>
     public Task<EngineStats> GetStatsAsync() => _loop.InvokeAsync(static l => l.CurrentStats());
 
-    /// <summary>Opens a GGUF model and starts the engine.</summary>
-    /// <param name="path">The .gguf file.</param>
+    /// <summary>Opens a model and starts the engine.</summary>
+    /// <param name="path">A .gguf file, or a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json).</param>
     /// <param name="options">Engine options; null for defaults.</param>
     /// <param name="progress">Receives load progress from 0 to 1.</param>
     /// <param name="cancellationToken">Cancels loading.</param>
     /// <exception cref="FileNotFoundException">The file does not exist.</exception>
     /// <exception cref="ModelFormatException">The file is malformed or describes an unsupported model.</exception>
+    /// <exception cref="NotSupportedException"><see cref="Device.Cuda"/> was asked for and no CUDA backend is available.</exception>
     public static Task<InferenceEngine> LoadAsync(string path, EngineOptions? options = null, IProgress<float>? progress = null, CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         options ??= new EngineOptions();
-        return Task.Run(() =>
+        if (options.Device == Device.Cuda)
+            throw new NotSupportedException("Device.Cuda: the CUDA backend does not run whole models yet; use Device.Auto or Device.Cpu");
+        return Task.Run(() => Directory.Exists(path) ? LoadCheckpoint(path, options, progress, cancellationToken) : LoadGguf(path, options, progress, cancellationToken), cancellationToken);
+    }
+
+    private static InferenceEngine LoadGguf(string path, EngineOptions options, IProgress<float>? progress, CancellationToken cancellationToken)
+    {
+        progress?.Report(0f);
+        var gguf = GgufFile.Open(path);
+        try
         {
-            progress?.Report(0f);
-            var gguf = GgufFile.Open(path);
-            try
-            {
-                cancellationToken.ThrowIfCancellationRequested();
-                progress?.Report(0.2f);
-                var config = ModelConfig.FromGguf(gguf);
-                var tokenizer = ModelTokenizer.FromGguf(gguf);
-                if (tokenizer.VocabularySize > config.VocabSize)
-                    throw gguf.Bad(-1, $"the tokenizer has {tokenizer.VocabularySize} tokens but the embedding only {config.VocabSize} rows");
-                cancellationToken.ThrowIfCancellationRequested();
-                progress?.Report(0.5f);
-                var model = new LlamaModel(gguf, config);
-                if (options.Device == Device.Cuda)
-                    throw new NotSupportedException("Device.Cuda: no CUDA backend is available in this build; use Device.Auto or Device.Cpu");
-                progress?.Report(1f);
-                return new InferenceEngine(gguf, config, tokenizer, model, options);
-            }
-            catch
-            {
-                gguf.Dispose();
-                throw;
-            }
-        }, cancellationToken);
+            cancellationToken.ThrowIfCancellationRequested();
+            progress?.Report(0.2f);
+            var config = ModelConfig.FromGguf(gguf);
+            var tokenizer = ModelTokenizer.FromGguf(gguf);
+            if (tokenizer.VocabularySize > config.VocabSize)
+                throw gguf.Bad(-1, $"the tokenizer has {tokenizer.VocabularySize} tokens but the embedding only {config.VocabSize} rows");
+            cancellationToken.ThrowIfCancellationRequested();
+            progress?.Report(0.5f);
+            var model = new LlamaModel(gguf, config);
+            progress?.Report(1f);
+            return new InferenceEngine(gguf, config, tokenizer, model, [], options);
+        }
+        catch
+        {
+            gguf.Dispose();
+            throw;
+        }
+    }
+
+    private static InferenceEngine LoadCheckpoint(string path, EngineOptions options, IProgress<float>? progress, CancellationToken cancellationToken)
+    {
+        progress?.Report(0f);
+        var checkpoint = HfCheckpoint.Open(path);
+        try
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            progress?.Report(0.2f);
+            var tokenizer = checkpoint.CreateTokenizer();
+            progress?.Report(0.5f);
+            var model = new LlamaModel(checkpoint);
+            progress?.Report(1f);
+            return new InferenceEngine(checkpoint, checkpoint.Config, tokenizer, model, checkpoint.EosTokenIds, options);
+        }
+        catch
+        {
+            checkpoint.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Tokenizes a prompt the way <see cref="GenerateAsync(string, SamplingOptions?, CancellationToken)"/> does (BOS as the model says).</summary>
@@ -164,7 +190,7 @@ public sealed class InferenceEngine : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(sampling);
         var tokens = CheckPrompt(promptTokens, 1);
-        return new GenerationRequest(Interlocked.Increment(ref _nextRequestId), tokens, sampling, Tokenizer, Config.VocabSize, ContextLength);
+        return new GenerationRequest(Interlocked.Increment(ref _nextRequestId), tokens, sampling, Tokenizer, _stopTokens, Config.VocabSize, ContextLength);
     }
 
     private int[] CheckPrompt(IReadOnlyList<int> promptTokens, int room)
@@ -190,6 +216,6 @@ public sealed class InferenceEngine : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await _loop.DisposeAsync().ConfigureAwait(false);
-        _gguf.Dispose();
+        _weights.Dispose();
     }
 }

@@ -1,7 +1,7 @@
 using System.IO.Hashing;
 using System.Text;
 using Inference.KvCache;
-using Inference.Loading;
+using Inference.Tokenization;
 using Inference.Models;
 
 namespace Inference.Engine;
@@ -27,28 +27,25 @@ internal sealed record PrefixIdentity(ulong Model, ulong Tokenizer, ulong Rope, 
         }
     }
 
-    public static PrefixIdentity Compute(GgufFile gguf, ModelConfig config, KvCacheOptions kv)
+    public static PrefixIdentity Compute(LlamaModel model, ModelTokenizer tokenizer, KvCacheOptions kv)
     {
-        var model = new XxHash64();
+        var config = model.Config;
+        var modelHash = new XxHash64();
         var withoutRope = config with { RopeBase = 0, RopeDim = 0, RopeScalingFactor = 0 };
-        model.Append(Encoding.UTF8.GetBytes(withoutRope.ToString()));
-        foreach (var name in new[] { "token_embd.weight", "output_norm.weight", $"blk.{config.LayerCount - 1}.attn_q.weight", $"blk.{config.LayerCount - 1}.ffn_down.weight" })
-        {
-            if (gguf.FindTensor(name) is not { } t) continue;
-            model.Append(gguf.GetTensorBytes(t with { ByteCount = Math.Min(t.ByteCount, 1 << 16) }));
-        }
+        modelHash.Append(Encoding.UTF8.GetBytes(withoutRope.ToString()));
+        model.AppendWeightSample(modelHash);
 
-        var tokenizer = new XxHash64();
-        foreach (var token in gguf.GetArray<string>("tokenizer.ggml.tokens") ?? [])
+        var tokenizerHash = new XxHash64();
+        tokenizerHash.Append(Encoding.UTF8.GetBytes(tokenizer.Kind.ToString()));
+        for (int i = 0; i < tokenizer.VocabularySize; i++)
         {
-            tokenizer.Append(Encoding.UTF8.GetBytes(token));
-            tokenizer.Append([0]);
+            tokenizerHash.Append(tokenizer.GetTokenBytes(i));
+            tokenizerHash.Append([0]);
         }
-        tokenizer.Append(Encoding.UTF8.GetBytes(gguf.GetString("tokenizer.ggml.model") ?? ""));
 
         ulong rope = XxHash64.HashToUInt64(Encoding.UTF8.GetBytes(
             $"{config.RopeLayout}/{config.RopeBase:R}/{config.RopeDim}/{config.RopeScaling}/{config.RopeScalingFactor:R}"));
         ulong kvHash = XxHash64.HashToUInt64(Encoding.UTF8.GetBytes($"{kv.DataType}/{kv.BlockSize}"));
-        return new PrefixIdentity(model.GetCurrentHashAsUInt64(), tokenizer.GetCurrentHashAsUInt64(), rope, kvHash);
+        return new PrefixIdentity(modelHash.GetCurrentHashAsUInt64(), tokenizerHash.GetCurrentHashAsUInt64(), rope, kvHash);
     }
 }

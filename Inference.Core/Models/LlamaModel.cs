@@ -25,34 +25,48 @@ public sealed class LlamaModel
 
     /// <summary>Binds the weights of <paramref name="gguf"/> (which must stay open while the model is used).</summary>
     /// <exception cref="ModelFormatException">A tensor is missing, misshapen or of an unsupported type.</exception>
-    public LlamaModel(GgufFile gguf, ModelConfig config)
+    public LlamaModel(GgufFile gguf, ModelConfig config) : this(new GgufWeightSource(gguf), config)
+    {
+    }
+
+    /// <summary>
+    /// Binds the weights of a Hugging Face checkpoint in place (which must stay open while the model is used), with its
+    /// configuration (<see cref="RopeLayout.Neox"/>).
+    /// </summary>
+    /// <exception cref="ModelFormatException">A tensor is missing, misshapen or of an unsupported type.</exception>
+    public LlamaModel(HfCheckpoint checkpoint) : this(checkpoint.Weights, checkpoint.Config)
+    {
+    }
+
+    /// <summary>Binds the weights of <paramref name="weights"/> (GGUF tensor names), which must outlive the model.</summary>
+    internal LlamaModel(IWeightSource weights, ModelConfig config)
     {
         Config = config;
         var c = config;
-        _embedding = Matrix(gguf, "token_embd.weight", c.VocabSize, c.Dim);
-        _output = gguf.FindTensor("output.weight") is null ? _embedding : Matrix(gguf, "output.weight", c.VocabSize, c.Dim);
-        _outputNorm = Vector(gguf, "output_norm.weight", c.Dim)!;
+        _embedding = weights.GetMatrix("token_embd.weight", c.VocabSize, c.Dim);
+        _output = !weights.Contains("output.weight") ? _embedding : weights.GetMatrix("output.weight", c.VocabSize, c.Dim);
+        _outputNorm = weights.GetVector("output_norm.weight", c.Dim)!;
         _layers = new LayerWeights[c.LayerCount];
         for (int l = 0; l < c.LayerCount; l++)
         {
             string p = $"blk.{l}.";
             _layers[l] = new LayerWeights(
-                Vector(gguf, p + "attn_norm.weight", c.Dim)!,
-                Matrix(gguf, p + "attn_q.weight", c.QDim, c.Dim),
-                Matrix(gguf, p + "attn_k.weight", c.KvDim, c.Dim),
-                Matrix(gguf, p + "attn_v.weight", c.KvDim, c.Dim),
-                Matrix(gguf, p + "attn_output.weight", c.Dim, c.QDim),
-                Vector(gguf, p + "attn_q.bias", c.QDim, optional: true),
-                Vector(gguf, p + "attn_k.bias", c.KvDim, optional: true),
-                Vector(gguf, p + "attn_v.bias", c.KvDim, optional: true),
-                Vector(gguf, p + "ffn_norm.weight", c.Dim)!,
-                Matrix(gguf, p + "ffn_gate.weight", c.FfnDim, c.Dim),
-                Matrix(gguf, p + "ffn_up.weight", c.FfnDim, c.Dim),
-                Matrix(gguf, p + "ffn_down.weight", c.Dim, c.FfnDim));
+                weights.GetVector(p + "attn_norm.weight", c.Dim)!,
+                weights.GetMatrix(p + "attn_q.weight", c.QDim, c.Dim),
+                weights.GetMatrix(p + "attn_k.weight", c.KvDim, c.Dim),
+                weights.GetMatrix(p + "attn_v.weight", c.KvDim, c.Dim),
+                weights.GetMatrix(p + "attn_output.weight", c.Dim, c.QDim),
+                weights.GetVector(p + "attn_q.bias", c.QDim, optional: true),
+                weights.GetVector(p + "attn_k.bias", c.KvDim, optional: true),
+                weights.GetVector(p + "attn_v.bias", c.KvDim, optional: true),
+                weights.GetVector(p + "ffn_norm.weight", c.Dim)!,
+                weights.GetMatrix(p + "ffn_gate.weight", c.FfnDim, c.Dim),
+                weights.GetMatrix(p + "ffn_up.weight", c.FfnDim, c.Dim),
+                weights.GetMatrix(p + "ffn_down.weight", c.Dim, c.FfnDim));
         }
 
         _ropeInvFreq = new double[c.RopeDim / 2];
-        float[]? freqFactors = c.RopeScaling == RopeScaling.Llama3 ? Vector(gguf, "rope_freqs.weight", c.RopeDim / 2) : null;
+        float[]? freqFactors = c.RopeScaling == RopeScaling.Llama3 ? weights.GetVector("rope_freqs.weight", c.RopeDim / 2) : null;
         for (int i = 0; i < _ropeInvFreq.Length; i++)
         {
             _ropeInvFreq[i] = Math.Pow(c.RopeBase, -2.0 * i / c.RopeDim);
@@ -63,6 +77,14 @@ public sealed class LlamaModel
 
     /// <summary>The model's hyperparameters.</summary>
     public ModelConfig Config { get; }
+
+    /// <summary>Adds a sample of the weights (the start of a few matrices) to <paramref name="hash"/>: enough to tell models apart.</summary>
+    internal unsafe void AppendWeightSample(System.IO.Hashing.NonCryptographicHashAlgorithm hash)
+    {
+        foreach (var w in new[] { _embedding, _output, _layers[^1].Q, _layers[^1].Down })
+            hash.Append(new ReadOnlySpan<byte>(w.Data, (int)Math.Min(1 << 16, w.RowBytes * w.Rows)));
+        foreach (var v in _outputNorm) hash.Append(BitConverter.GetBytes(v));
+    }
 
     /// <summary>Weight types this CPU path computes with.</summary>
     public static IReadOnlyList<GgmlType> SupportedWeightTypes { get; } =
@@ -190,34 +212,6 @@ public sealed class LlamaModel
             float g = gate[i];
             gate[i] = g / (1f + MathF.Exp(-g)) * up[i];
         }
-    }
-
-    // ---- weight binding --------------------------------------------------------------------------------------------
-
-    private static unsafe WeightMatrix Matrix(GgufFile gguf, string name, int rows, int cols)
-    {
-        var t = gguf.GetTensor(name);
-        if (t.Dimensions.Length != 2 || t.Dimensions[0] != cols || t.Dimensions[1] != rows)
-            throw gguf.Bad(t.DataOffset, $"tensor '{name}' has shape [{string.Join(", ", t.Dimensions)}], expected [{cols}, {rows}]");
-        if (!SupportedWeightTypes.Contains(t.Type))
-            throw gguf.Bad(t.DataOffset, $"tensor '{name}' has type {t.Type}, which is not supported (supported: {string.Join(", ", SupportedWeightTypes)})");
-        return new WeightMatrix(t.Type, gguf.GetTensorPointer(t), rows, cols);
-    }
-
-    private static float[]? Vector(GgufFile gguf, string name, int length, bool optional = false)
-    {
-        var t = gguf.FindTensor(name);
-        if (t is null)
-        {
-            if (optional) return null;
-            throw gguf.Bad(-1, $"tensor '{name}' is missing");
-        }
-        if (t.ElementCount != length) throw gguf.Bad(t.DataOffset, $"tensor '{name}' has {t.ElementCount} elements, expected {length}");
-        if (t.Type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
-            throw gguf.Bad(t.DataOffset, $"tensor '{name}' has type {t.Type}, expected F32, F16 or BF16");
-        var result = new float[length];
-        Dequantize.Row(t.Type, gguf.GetTensorBytes(t), result);
-        return result;
     }
 
     /// <summary>Activation buffers, grown to the largest batch seen.</summary>
