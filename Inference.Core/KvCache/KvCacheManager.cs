@@ -221,11 +221,27 @@ public sealed class KvCacheManager
     /// the tail of a sequence is evicted before its prefix, which other sequences are more likely to share.
     /// </summary>
     /// <exception cref="InvalidOperationException">The sequence holds no blocks (never allocated or freed twice).</exception>
-    public void Free(long sequenceId)
+    public void Free(long sequenceId) => Free(sequenceId, int.MaxValue);
+
+    /// <summary>
+    /// As <see cref="Free(long)"/>, for a sequence whose keys and values were written only for its first
+    /// <paramref name="computedTokenCount"/> tokens (for example one preempted after it was given slots for a step that
+    /// never ran): full blocks past that point are removed from the prefix cache instead of being offered to others.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The sequence holds no blocks (never allocated or freed twice).</exception>
+    public void Free(long sequenceId, int computedTokenCount)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(computedTokenCount);
         if (!_tables.Remove(sequenceId, out var table))
             throw new InvalidOperationException($"Sequence {sequenceId} holds no KV blocks.");
-        for (int i = table.BlockCount - 1; i >= 0; i--) _pool.Release(table[i]);
+        for (int i = table.BlockCount - 1; i >= 0; i--)
+        {
+            int block = table[i];
+            // NOTE: a block filled by unwritten slots has ref count 1: nobody could hit it before it filled, and a
+            // forked partial block is copied before its first write.
+            if ((long)(i + 1) * BlockSize > computedTokenCount && _pool.RefCount(block) == 1) _pool.Unregister(block);
+            _pool.Release(block);
+        }
     }
 
     /// <summary>Physical block ids of <paramref name="sequenceId"/> in logical order. Valid until the table next changes.</summary>

@@ -208,6 +208,18 @@ public class KvCacheManagerTests
     }
 
     [Test]
+    public void BlocksFilledByUncomputedSlotsAreNotOfferedAfterFree()
+    {
+        var m = Create(8, 4);
+        var prompt = Tokens(0, 13);
+        m.TryAllocate(1, prompt, out _);
+        m.Free(1, computedTokenCount: 5); // only the first block holds written keys and values
+        Assert.That(m.GetCachedPrefixTokenCount(prompt), Is.EqualTo(4));
+        Assert.That(m.CachedFreeBlockCount, Is.EqualTo(1));
+        m.CheckInvariants();
+    }
+
+    [Test]
     public void FreeTwiceOrUnknownThrows()
     {
         var m = Create(4, 4);

@@ -258,6 +258,30 @@ public class SchedulerTests
     }
 
     [Test]
+    public void VictimScheduledEarlierInTheStepLeavesNoUnwrittenBlockInThePrefixCache()
+    {
+        // Priority policy, 7 blocks of 4, prefill chunks of 8. b (low priority) runs first; a (high priority) comes
+        // later. In step 3 b's chunk 16..24 fills two blocks, then a needs a block, the pool is empty and b is the
+        // victim: its dropped chunk was never computed, so those two blocks must not be hittable afterwards.
+        var options = new SchedulerOptions { Policy = SchedulingPolicy.Priority, LongPrefillTokenThreshold = 8 };
+        var s = Create(7, options: options);
+        var b = new SchedulerRequest(2, Tokens(100, 24), 4) { Priority = 5 };
+        var a = new SchedulerRequest(1, Tokens(0, 4), 4) { Priority = 0 };
+        s.AddRequest(b);
+        Execute(s, s.Schedule());
+        s.AddRequest(a);
+        Execute(s, s.Schedule());
+        int written = b.ComputedTokenCount;
+        Assert.That(written, Is.EqualTo(16));
+
+        var o = s.Schedule();
+        Assert.That(o.PreemptedRequestIds.ToArray(), Is.EqualTo(new[] { 2L }));
+        Assert.That(o.Chunks.ToArray().Select(c => c.RequestId), Is.EqualTo(new[] { 1L }));
+        Assert.That(s.KvCache.GetCachedPrefixTokenCount([.. b.TokenIds, 0]), Is.EqualTo(written));
+        s.KvCache.CheckInvariants();
+    }
+
+    [Test]
     public void RejectsRequestsThatCanNeverRun()
     {
         var s = Create(4);
