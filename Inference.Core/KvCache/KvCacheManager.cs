@@ -15,8 +15,10 @@ namespace Inference.KvCache;
 /// </para>
 /// <para>
 /// NOTE: a block is offered for prefix hits as soon as its slots are handed out, before the forward pass has written
-/// its keys and values. That is safe when the engine writes the KV of every scheduled token of a layer before running
-/// attention for that layer (the usual order), because a hit never covers a sequence's last prompt token.
+/// its keys and values, so a sequence admitted later in the same step can share it. That is safe when the engine
+/// either writes the KV of every scheduled token of a layer before any attention of that layer, or runs the
+/// sequences in the order their slots were handed out (the order of <c>SchedulerOutput.Chunks</c>). A sequence that
+/// gives up slots it never computed is freed with <see cref="Free(long, int)"/>, which withdraws those blocks.
 /// </para>
 /// <para>
 /// Threading: not thread-safe. The engine loop thread owns the manager (and the scheduler that drives it).
