@@ -246,7 +246,10 @@ public sealed class KvCacheManager
         }
     }
 
-    /// <summary>Physical block ids of <paramref name="sequenceId"/> in logical order. Valid until the table next changes.</summary>
+    /// <summary>
+    /// Physical block ids of <paramref name="sequenceId"/> in logical order: position p lives in block
+    /// <c>table[p / BlockSize]</c>, slot <c>p % BlockSize</c>. Valid until the table next changes.
+    /// </summary>
     public ReadOnlySpan<int> GetBlockTable(long sequenceId) => GetTable(sequenceId).BlockIds;
 
     /// <summary>Token positions of <paramref name="sequenceId"/> that have a slot.</summary>

@@ -55,6 +55,27 @@ public class SchedulerTests
     }
 
     [Test]
+    public void BatchUpdateAndStopSequence()
+    {
+        var s = Create(32, options: new SchedulerOptions { MaxNumBatchedTokens = 8 });
+        var a = new SchedulerRequest(1, Tokens(0, 3), 10);
+        var b = new SchedulerRequest(2, Tokens(10, 12), 10);
+        s.AddRequest(a);
+        s.AddRequest(b);
+        var o = s.Schedule();
+        Assert.That(o.Chunks.ToArray().Select(c => (c.RequestId, c.TokenCount, c.SamplesToken)), Is.EqualTo(new[] { (1L, 3, true), (2L, 5, false) }));
+        s.Update(o, [40, 99]); // b's entry is ignored: its chunk does not sample
+        Assert.That((a.OutputTokenCount, b.OutputTokenCount), Is.EqualTo((1, 0)));
+        Assert.Throws<ArgumentException>(() => s.Update(o, [1]));
+        Assert.Throws<InvalidOperationException>(() => s.Update(b, 5), "b has uncomputed prompt tokens");
+        Assert.That(s.Finish(1, FinishReason.StopSequence), Is.True);
+        Assert.That(a.FinishReason, Is.EqualTo(FinishReason.StopSequence));
+        Assert.That(s.KvCache.Contains(1), Is.False);
+        Assert.That(s.Find(1), Is.Null);
+        Assert.That(s.Find(2), Is.SameAs(b));
+    }
+
+    [Test]
     public void StopTokenFinishes()
     {
         var s = Create(16);
