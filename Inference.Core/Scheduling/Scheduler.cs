@@ -116,7 +116,10 @@ public sealed class Scheduler
         return true;
     }
 
-    /// <summary>Plans the next step. The returned object is reused: valid until the next call.</summary>
+    /// <summary>
+    /// Plans the next step. The returned object is reused: valid until the next call. It can be empty while requests
+    /// are live, when all of them wait for consumers that are not reading.
+    /// </summary>
     public SchedulerOutput Schedule()
     {
         _output.Reset(++_steps);
