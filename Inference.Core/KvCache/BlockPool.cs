@@ -166,6 +166,17 @@ internal sealed class BlockPool
         return true;
     }
 
+    /// <summary>Removes <paramref name="blockId"/> from the prefix cache (its contents will never be written).</summary>
+    public void Unregister(int blockId)
+    {
+        ref var b = ref _blocks[blockId];
+        if (!b.HasHash) return;
+        if (b.RefCount == 0) throw new InvalidOperationException($"Block {blockId} is free; evict it by allocation instead.");
+        _cached.Remove(b.Hash);
+        b.HasHash = false;
+        b.Hash = default;
+    }
+
     /// <summary>
     /// The cached block with <paramref name="hash"/> whose token ids equal <paramref name="tokenIds"/>, or -1.
     /// </summary>

@@ -15,8 +15,10 @@ namespace Inference.KvCache;
 /// </para>
 /// <para>
 /// NOTE: a block is offered for prefix hits as soon as its slots are handed out, before the forward pass has written
-/// its keys and values. That is safe when the engine writes the KV of every scheduled token of a layer before running
-/// attention for that layer (the usual order), because a hit never covers a sequence's last prompt token.
+/// its keys and values, so a sequence admitted later in the same step can share it. That is safe when the engine
+/// either writes the KV of every scheduled token of a layer before any attention of that layer, or runs the
+/// sequences in the order their slots were handed out (the order of <c>SchedulerOutput.Chunks</c>). A sequence that
+/// gives up slots it never computed is freed with <see cref="Free(long, int)"/>, which withdraws those blocks.
 /// </para>
 /// <para>
 /// Threading: not thread-safe. The engine loop thread owns the manager (and the scheduler that drives it).
@@ -221,14 +223,33 @@ public sealed class KvCacheManager
     /// the tail of a sequence is evicted before its prefix, which other sequences are more likely to share.
     /// </summary>
     /// <exception cref="InvalidOperationException">The sequence holds no blocks (never allocated or freed twice).</exception>
-    public void Free(long sequenceId)
+    public void Free(long sequenceId) => Free(sequenceId, int.MaxValue);
+
+    /// <summary>
+    /// As <see cref="Free(long)"/>, for a sequence whose keys and values were written only for its first
+    /// <paramref name="computedTokenCount"/> tokens (for example one preempted after it was given slots for a step that
+    /// never ran): full blocks past that point are removed from the prefix cache instead of being offered to others.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The sequence holds no blocks (never allocated or freed twice).</exception>
+    public void Free(long sequenceId, int computedTokenCount)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(computedTokenCount);
         if (!_tables.Remove(sequenceId, out var table))
             throw new InvalidOperationException($"Sequence {sequenceId} holds no KV blocks.");
-        for (int i = table.BlockCount - 1; i >= 0; i--) _pool.Release(table[i]);
+        for (int i = table.BlockCount - 1; i >= 0; i--)
+        {
+            int block = table[i];
+            // NOTE: a block filled by unwritten slots has ref count 1: nobody could hit it before it filled, and a
+            // forked partial block is copied before its first write.
+            if ((long)(i + 1) * BlockSize > computedTokenCount && _pool.RefCount(block) == 1) _pool.Unregister(block);
+            _pool.Release(block);
+        }
     }
 
-    /// <summary>Physical block ids of <paramref name="sequenceId"/> in logical order. Valid until the table next changes.</summary>
+    /// <summary>
+    /// Physical block ids of <paramref name="sequenceId"/> in logical order: position p lives in block
+    /// <c>table[p / BlockSize]</c>, slot <c>p % BlockSize</c>. Valid until the table next changes.
+    /// </summary>
     public ReadOnlySpan<int> GetBlockTable(long sequenceId) => GetTable(sequenceId).BlockIds;
 
     /// <summary>Token positions of <paramref name="sequenceId"/> that have a slot.</summary>

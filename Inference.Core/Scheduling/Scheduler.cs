@@ -87,12 +87,17 @@ public sealed class Scheduler
         Enqueue(request, front: false);
     }
 
-    /// <summary>Cancels a waiting or running request now, freeing its blocks; false when it is not live.</summary>
+    /// <summary>
+    /// Cancels a waiting or running request now, freeing its blocks; false when it is not live.
+    /// Call it between steps (after <see cref="Update(SchedulerRequest, int)"/>, before <see cref="Schedule"/>): blocks
+    /// of a request scheduled in the current step may be shared with requests of the same step.
+    /// </summary>
     public bool Cancel(long requestId) => Finish(requestId, FinishReason.Cancelled);
 
     /// <summary>
     /// Finishes a live request now (a stop sequence found by the engine, a cancellation), freeing its blocks.
-    /// A chunk of it in the current <see cref="SchedulerOutput"/> is then ignored by <see cref="Update(SchedulerRequest, int)"/>.
+    /// Call it between steps, as <see cref="Cancel"/>. A sampled token for it is then ignored by
+    /// <see cref="Update(SchedulerRequest, int)"/>.
     /// </summary>
     public bool Finish(long requestId, FinishReason reason)
     {
@@ -101,7 +106,7 @@ public sealed class Scheduler
         if (request.Status == RequestStatus.Running)
         {
             _running.Remove(request);
-            KvCache.Free(request.RequestId);
+            KvCache.Free(request.RequestId, request.ComputedTokenCount);
         }
         else
         {
@@ -111,7 +116,10 @@ public sealed class Scheduler
         return true;
     }
 
-    /// <summary>Plans the next step. The returned object is reused: valid until the next call.</summary>
+    /// <summary>
+    /// Plans the next step. The returned object is reused: valid until the next call. It can be empty while requests
+    /// are live, when all of them wait for consumers that are not reading.
+    /// </summary>
     public SchedulerOutput Schedule()
     {
         _output.Reset(++_steps);
@@ -277,7 +285,9 @@ public sealed class Scheduler
     {
         var request = _running[index];
         _running.RemoveAt(index);
-        KvCache.Free(request.RequestId);
+        // NOTE: computed tokens advance at the end of Schedule, so here they count only tokens whose keys and values
+        // were written by earlier steps; blocks filled by this step's dropped chunk leave the prefix cache.
+        KvCache.Free(request.RequestId, request.ComputedTokenCount);
         int refund = _output.RemoveChunk(request);
         request.ComputedTokenCount = 0;
         request.Status = RequestStatus.Preempted;

@@ -11,6 +11,8 @@ namespace Inference.Scheduling;
 /// The engine, per step: copy <see cref="BlockCopies"/> in the KV storage, run the model over <see cref="Chunks"/>
 /// (tokens of all chunks batched, each with its block table from <see cref="KvCacheManager.GetBlockTable"/>), then
 /// call <see cref="Scheduler.Update(SchedulerRequest, int)"/> for every chunk that samples a token.
+/// A chunk may reuse cached blocks that an earlier chunk of the same step fills: per layer, write the keys and values
+/// of all chunks before running attention, or run the chunks in this order.
 /// </remarks>
 public sealed class SchedulerOutput
 {

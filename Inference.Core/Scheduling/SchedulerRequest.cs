@@ -12,6 +12,7 @@ public sealed class SchedulerRequest
 {
     private readonly int[] _tokenIds; // [prompt + maxNewTokens], filled up to TokenCount
     private readonly int[] _stopTokenIds = [];
+    private readonly IReadOnlyList<int> _stopTokenView = Array.Empty<int>();
 
     /// <summary>Creates a request.</summary>
     /// <param name="requestId">Unique among live requests; also the KV cache sequence id.</param>
@@ -42,11 +43,12 @@ public sealed class SchedulerRequest
     /// <summary>Tokens that end generation when sampled (end of sequence and the like). Default none.</summary>
     public IReadOnlyList<int> StopTokenIds
     {
-        get => _stopTokenIds;
+        get => _stopTokenView;
         init
         {
             ArgumentNullException.ThrowIfNull(value);
             _stopTokenIds = [.. value];
+            _stopTokenView = Array.AsReadOnly(_stopTokenIds);
         }
     }
 

@@ -70,6 +70,21 @@ public class KvCacheManagerTests
     }
 
     [Test]
+    public void EqualBlocksAfterDifferentPrefixesAreNotShared()
+    {
+        // Block [5 6 7 8] first appears at position 0 of z, then at position 4 of x. A prompt continuing x must reuse
+        // x's block, never z's: the keys and values of a block depend on everything before it.
+        var m = Create(16, 4);
+        m.TryAllocate(1, [5, 6, 7, 8, 0], out _);              // z
+        m.TryAllocate(2, [1, 2, 3, 4, 5, 6, 7, 8, 0], out _);  // x
+        Assert.That(m.TryAllocate(3, [1, 2, 3, 4, 5, 6, 7, 8, 9], out int hit), Is.True);
+        Assert.That(hit, Is.EqualTo(8));
+        Assert.That(m.GetBlockTable(3)[..2].ToArray(), Is.EqualTo(m.GetBlockTable(2)[..2].ToArray()));
+        Assert.That(m.GetBlockTable(3)[1], Is.Not.EqualTo(m.GetBlockTable(1)[0]));
+        m.CheckInvariants();
+    }
+
+    [Test]
     public void DifferentSaltOrDisabledCachingNeverHits()
     {
         var prompt = Tokens(0, 20);
@@ -205,6 +220,18 @@ public class KvCacheManagerTests
             for (int p = 0; p < 3; p++)
                 Assert.That(ReadToken(storage, layer, m.GetBlockTable(2), p), Is.EqualTo(p + 1f));
         }
+    }
+
+    [Test]
+    public void BlocksFilledByUncomputedSlotsAreNotOfferedAfterFree()
+    {
+        var m = Create(8, 4);
+        var prompt = Tokens(0, 13);
+        m.TryAllocate(1, prompt, out _);
+        m.Free(1, computedTokenCount: 5); // only the first block holds written keys and values
+        Assert.That(m.GetCachedPrefixTokenCount(prompt), Is.EqualTo(4));
+        Assert.That(m.CachedFreeBlockCount, Is.EqualTo(1));
+        m.CheckInvariants();
     }
 
     [Test]

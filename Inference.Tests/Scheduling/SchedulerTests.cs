@@ -55,6 +55,27 @@ public class SchedulerTests
     }
 
     [Test]
+    public void BatchUpdateAndStopSequence()
+    {
+        var s = Create(32, options: new SchedulerOptions { MaxNumBatchedTokens = 8 });
+        var a = new SchedulerRequest(1, Tokens(0, 3), 10);
+        var b = new SchedulerRequest(2, Tokens(10, 12), 10);
+        s.AddRequest(a);
+        s.AddRequest(b);
+        var o = s.Schedule();
+        Assert.That(o.Chunks.ToArray().Select(c => (c.RequestId, c.TokenCount, c.SamplesToken)), Is.EqualTo(new[] { (1L, 3, true), (2L, 5, false) }));
+        s.Update(o, [40, 99]); // b's entry is ignored: its chunk does not sample
+        Assert.That((a.OutputTokenCount, b.OutputTokenCount), Is.EqualTo((1, 0)));
+        Assert.Throws<ArgumentException>(() => s.Update(o, [1]));
+        Assert.Throws<InvalidOperationException>(() => s.Update(b, 5), "b has uncomputed prompt tokens");
+        Assert.That(s.Finish(1, FinishReason.StopSequence), Is.True);
+        Assert.That(a.FinishReason, Is.EqualTo(FinishReason.StopSequence));
+        Assert.That(s.KvCache.Contains(1), Is.False);
+        Assert.That(s.Find(1), Is.Null);
+        Assert.That(s.Find(2), Is.SameAs(b));
+    }
+
+    [Test]
     public void StopTokenFinishes()
     {
         var s = Create(16);
@@ -255,6 +276,30 @@ public class SchedulerTests
             Execute(s, o);
         }
         Assert.That(order, Is.EqualTo(new[] { 2L, 1L, 3L }));
+    }
+
+    [Test]
+    public void VictimScheduledEarlierInTheStepLeavesNoUnwrittenBlockInThePrefixCache()
+    {
+        // Priority policy, 7 blocks of 4, prefill chunks of 8. b (low priority) runs first; a (high priority) comes
+        // later. In step 3 b's chunk 16..24 fills two blocks, then a needs a block, the pool is empty and b is the
+        // victim: its dropped chunk was never computed, so those two blocks must not be hittable afterwards.
+        var options = new SchedulerOptions { Policy = SchedulingPolicy.Priority, LongPrefillTokenThreshold = 8 };
+        var s = Create(7, options: options);
+        var b = new SchedulerRequest(2, Tokens(100, 24), 4) { Priority = 5 };
+        var a = new SchedulerRequest(1, Tokens(0, 4), 4) { Priority = 0 };
+        s.AddRequest(b);
+        Execute(s, s.Schedule());
+        s.AddRequest(a);
+        Execute(s, s.Schedule());
+        int written = b.ComputedTokenCount;
+        Assert.That(written, Is.EqualTo(16));
+
+        var o = s.Schedule();
+        Assert.That(o.PreemptedRequestIds.ToArray(), Is.EqualTo(new[] { 2L }));
+        Assert.That(o.Chunks.ToArray().Select(c => c.RequestId), Is.EqualTo(new[] { 1L }));
+        Assert.That(s.KvCache.GetCachedPrefixTokenCount([.. b.TokenIds, 0]), Is.EqualTo(written));
+        s.KvCache.CheckInvariants();
     }
 
     [Test]

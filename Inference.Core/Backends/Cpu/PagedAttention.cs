@@ -1,5 +1,6 @@
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
+using Inference.KvCache;
 
 namespace Inference.Backends.Cpu;
 
@@ -85,6 +86,34 @@ public static class PagedAttention
             var job = new GroupJob<T>(shape, q, query.Length, k, v, keyCache.Length, table, blockTable.Length, startPosition, o);
             pool.Run(tokenCount * shape.KvHeadCount, job);
         }
+    }
+
+    /// <summary>Attention over one layer of <paramref name="storage"/>, dispatching on its element type.</summary>
+    /// <param name="shape">Heads and head layout; KV heads, head size and block size must match <paramref name="storage"/>.</param>
+    /// <param name="query">[tokenCount, heads, headDim].</param>
+    /// <param name="storage">The KV cache memory.</param>
+    /// <param name="layer">Layer whose keys and values are read.</param>
+    /// <param name="blockTable">The sequence's physical block ids in logical order.</param>
+    /// <param name="startPosition">Position of the first query token.</param>
+    /// <param name="output">[tokenCount, heads, headDim].</param>
+    /// <param name="pool">Threads to spread the (token, KV head) pairs over.</param>
+    public static void Forward(
+        in PagedAttentionShape shape,
+        ReadOnlySpan<float> query,
+        KvCacheStorage storage,
+        int layer,
+        ReadOnlySpan<int> blockTable,
+        int startPosition,
+        Span<float> output,
+        WorkerPool pool)
+    {
+        ArgumentNullException.ThrowIfNull(storage);
+        if (shape.KvHeadCount != storage.KvHeadCount || shape.HeadDim != storage.HeadDim || shape.BlockSize != storage.BlockSize)
+            throw new ArgumentException($"Shape {shape} does not match the KV storage ({storage.KvHeadCount} KV heads × {storage.HeadDim}, blocks of {storage.BlockSize}).", nameof(shape));
+        if (storage.DataType == KvCacheDataType.Float32)
+            Forward<float>(shape, query, storage.GetKeys<float>(layer), storage.GetValues<float>(layer), blockTable, startPosition, output, pool);
+        else
+            Forward<Half>(shape, query, storage.GetKeys<Half>(layer), storage.GetValues<Half>(layer), blockTable, startPosition, output, pool);
     }
 
     // NOTE: scratch per thread, not per call: a pool thread keeps its buffer, so steady-state calls do not allocate.

@@ -1,4 +1,5 @@
 using Inference.Backends.Cpu;
+using Inference.KvCache;
 
 namespace Inference.Tests.Backends.Cpu;
 
@@ -46,6 +47,33 @@ public class PagedAttentionTests
         PagedAttention.Forward<Half>(shape, q, keys, values, table, start, parallel, pool);
         Assert.That(parallel, Is.EqualTo(single));
         Assert.That(single.All(float.IsFinite), Is.True);
+    }
+
+    [Test]
+    public void StorageOverloadReadsTheRightLayer([Values] KvCacheDataType dataType)
+    {
+        var shape = new PagedAttentionShape(4, 2, 8, 4);
+        using var storage = new KvCacheStorage(2, 6, 4, 2, 8, dataType);
+        var rng = new Random(8);
+        int[] table = [4, 1, 3];
+        for (int layer = 0; layer < 2; layer++)
+            for (int p = 0; p < 12; p++)
+                storage.Write(layer, table[p / 4], p % 4, RandomArray(rng, 16), RandomArray(rng, 16));
+        var q = RandomArray(rng, 3 * shape.QueryStride);
+        using var pool = new WorkerPool(2);
+        for (int layer = 0; layer < 2; layer++)
+        {
+            var viaStorage = Poisoned(q.Length);
+            var direct = Poisoned(q.Length);
+            PagedAttention.Forward(shape, q, storage, layer, table, 9, viaStorage, pool);
+            var scratch = new float[PagedAttention.GetScratchLength(shape, 12)];
+            if (dataType == KvCacheDataType.Float32)
+                PagedAttention.Forward<float>(shape, q, storage.GetKeys<float>(layer), storage.GetValues<float>(layer), table, 9, direct, scratch);
+            else
+                PagedAttention.Forward<Half>(shape, q, storage.GetKeys<Half>(layer), storage.GetValues<Half>(layer), table, 9, direct, scratch);
+            Assert.That(viaStorage, Is.EqualTo(direct));
+        }
+        Assert.Throws<ArgumentException>(() => PagedAttention.Forward(new PagedAttentionShape(4, 2, 8, 8), q, storage, 0, table, 9, new float[q.Length], pool));
     }
 
     [Test]
