@@ -45,6 +45,13 @@ internal sealed class PagedKvAttention : IKvAttention
             }
             maxContext = Math.Max(maxContext, seg.StartPosition + seg.TokenCount);
         }
+        if (batch.Segments.Count == 1)
+        {
+            // One sequence (single-user decode or a prefill chunk): spread its (token, KV head) pairs over the threads.
+            var seg = batch.Segments[0];
+            PagedAttention.Forward(_shape, q, _storage, layer, _manager.GetBlockTable(seg.SequenceId), seg.StartPosition, output, pool);
+            return;
+        }
         unsafe
         {
             fixed (float* pq = q)
