@@ -12,6 +12,7 @@ public static class Program
         ["e2e"] = ("end-to-end generation like llama-bench: -p P -n N --batch B --threads T [--engine inference|llama.cpp]", E2e.E2eBenchmark.RunAsync),
         ["bandwidth"] = ("memory read bandwidth: --threads T", E2e.BandwidthBenchmark.RunAsync),
         ["prefix"] = ("prefix reuse: --model PATH --shared-prefix-tokens 1024 --suffix-tokens 32 --threads 2", Prefix.PrefixBenchmark.RunAsync),
+        ["kv-waste"] = ("KV waste of paged blocks vs contiguous reservations: [--sequences 300 --context 4096 --block-size 16]", Prefix.KvWasteBenchmark.RunAsync),
         ["dump-ptx"] = ("DIR: write the ILGPU-generated PTX of every kernel (sm_80, sm_90)", a => Task.FromResult(Gpu.PtxDumpMode.Run(a))),
         ["gpu"] = ("OUTDIR: GPU checks and the decode-attention benchmark (needs a CUDA device)", a => Task.FromResult(Gpu.GpuMode.Run(a))),
     };

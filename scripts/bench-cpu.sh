@@ -22,5 +22,6 @@ done
 for engine in inference llama.cpp; do
   bench e2e --model .models/bench-q8_0.gguf -p 128 -n 32 --batch 8 --threads "$threads" --engine $engine | tee -a "$out.tmp"
 done
+bench kv-waste | tee -a "$out.tmp"
 bench prefix --model .models/bench-q8_0.gguf --shared-prefix-tokens 1024 --suffix-tokens 32 --threads "$threads" | tee -a "$out.tmp"
 [ "$out" = /dev/stdout ] && rm -f "$out.tmp" || mv "$out.tmp" "$out"
