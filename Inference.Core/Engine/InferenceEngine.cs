@@ -99,6 +99,8 @@ public sealed class InferenceEngine : IAsyncDisposable
     private static InferenceEngine LoadCheckpoint(string path, EngineOptions options, IProgress<float>? progress, CancellationToken cancellationToken)
     {
         progress?.Report(0f);
+        if (!File.Exists(Path.Combine(path, "config.json")))
+            throw new ModelFormatException(path, -1, "is a directory without config.json: expected a GGUF file or a Hugging Face checkpoint folder");
         var checkpoint = HfCheckpoint.Open(path);
         try
         {
