@@ -18,7 +18,7 @@ namespace Inference.Engine;
 ///     Console.Write(token.Text);
 /// </code>
 /// </example>
-public sealed class InferenceEngine : IAsyncDisposable
+public sealed partial class InferenceEngine : IAsyncDisposable
 {
     private readonly GgufFile _gguf;
     private readonly EngineLoop _loop;
