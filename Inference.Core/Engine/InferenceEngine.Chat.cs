@@ -8,6 +8,9 @@ public sealed partial class InferenceEngine
 {
     private ChatState? _chat;
 
+    /// <summary>The model's name: GGUF <c>general.name</c>, else the file name without extension.</summary>
+    public string ModelName => _gguf.GetString("general.name") is { Length: > 0 } name ? name : Path.GetFileNameWithoutExtension(_gguf.FilePath);
+
     /// <summary>
     /// The chat template the model ships (GGUF key <c>tokenizer.chat_template</c>), parsed on first use; null when the
     /// model has none.
