@@ -7,6 +7,11 @@ try
     await app.RunAsync();
     return 0;
 }
+catch (Exception e) when (e is FileNotFoundException or Inference.Loading.ModelFormatException or Inference.Chat.ChatTemplateException)
+{
+    Console.Error.WriteLine(e.Message);
+    return 1;
+}
 catch (ArgumentException e)
 {
     Console.Error.WriteLine(e.Message);
