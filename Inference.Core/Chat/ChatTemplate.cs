@@ -35,7 +35,14 @@ public sealed class ChatTemplate
     public static ChatTemplate Parse(string source)
     {
         ArgumentNullException.ThrowIfNull(source);
-        return new ChatTemplate(source, TemplateParser.Parse(source));
+        try
+        {
+            return new ChatTemplate(source, TemplateParser.Parse(source));
+        }
+        catch (InsufficientExecutionStackException e)
+        {
+            throw new ChatTemplateException("the chat template nests too deeply", e);
+        }
     }
 
     /// <summary>Renders <paramref name="messages"/> into prompt text.</summary>
@@ -77,6 +84,10 @@ public sealed class ChatTemplate
         catch (OverflowException e)
         {
             throw new ChatTemplateException("chat template arithmetic overflow: " + e.Message, e);
+        }
+        catch (InsufficientExecutionStackException e)
+        {
+            throw new ChatTemplateException("the chat template nests too deeply to render", e);
         }
     }
 

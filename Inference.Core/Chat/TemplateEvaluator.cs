@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using System.Text;
 using static Inference.Chat.TemplateValues;
 
@@ -34,6 +35,7 @@ internal sealed class TemplateEvaluator
 
     private void Execute(IReadOnlyList<TemplateNode> nodes, StringBuilder output)
     {
+        RuntimeHelpers.EnsureSufficientExecutionStack();
         foreach (var node in nodes)
         {
             switch (node)
@@ -196,6 +198,8 @@ internal sealed class TemplateEvaluator
 
     private object? Evaluate(TemplateExpression expression)
     {
+        // Left-deep operator chains make the tree as deep as the chain is long.
+        RuntimeHelpers.EnsureSufficientExecutionStack();
         switch (expression)
         {
             case LiteralExpression literal: return literal.Value;

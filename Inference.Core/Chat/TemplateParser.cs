@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Runtime.CompilerServices;
 
 namespace Inference.Chat;
 
@@ -27,6 +28,7 @@ internal sealed class TemplateParser
     // Parses nodes until the end of the template or a block tag named in stopAt (returned in end, its name consumed).
     private List<TemplateNode> ParseBody(out string? end, params string[] stopAt)
     {
+        RuntimeHelpers.EnsureSufficientExecutionStack();
         var nodes = new List<TemplateNode>();
         while (true)
         {
@@ -164,6 +166,8 @@ internal sealed class TemplateParser
 
     private TemplateExpression ParseExpression()
     {
+        // NOTE: templates come from model files; hostile nesting must fail as a ChatTemplateException, not a crash.
+        RuntimeHelpers.EnsureSufficientExecutionStack();
         var value = ParseOr();
         if (!AcceptKeyword("if")) return value;
         var condition = ParseOr();
@@ -185,8 +189,11 @@ internal sealed class TemplateParser
         return left;
     }
 
-    private TemplateExpression ParseNot() =>
-        AcceptKeyword("not") ? new UnaryExpression("not", ParseNot()) : ParseComparison();
+    private TemplateExpression ParseNot()
+    {
+        RuntimeHelpers.EnsureSufficientExecutionStack();
+        return AcceptKeyword("not") ? new UnaryExpression("not", ParseNot()) : ParseComparison();
+    }
 
     private TemplateExpression ParseComparison()
     {
@@ -252,6 +259,7 @@ internal sealed class TemplateParser
     // As in Jinja, "-x | f" applies f to -x: the operand of a sign takes no filters of its own.
     private TemplateExpression ParseUnary(bool withFilters = true)
     {
+        RuntimeHelpers.EnsureSufficientExecutionStack();
         TemplateExpression value;
         if (Peek is { Kind: TemplateTokenKind.Operator, Value: "-" or "+" } t)
         {

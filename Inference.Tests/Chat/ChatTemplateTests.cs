@@ -105,6 +105,19 @@ public class ChatTemplateTests
     }
 
     [Test]
+    public void HostileNestingFailsCleanly()
+    {
+        // Templates come from model files: absurd nesting must be an exception, never a crashed process.
+        Assert.Throws<ChatTemplateException>(() => ChatTemplate.Parse("{{ " + new string('(', 200_000) + "1" + new string(')', 200_000) + " }}"));
+        Assert.Throws<ChatTemplateException>(() => ChatTemplate.Parse(string.Concat(Enumerable.Repeat("{% if true %}", 200_000))));
+        var chain = ChatTemplate.Parse("{{ 0" + string.Concat(Enumerable.Repeat(" + 1", 300_000)) + " }}");
+        Assert.Throws<ChatTemplateException>(() => chain.Render([]));
+        // Moderate depth is fine.
+        Assert.That(ChatTemplate.Parse("{{ " + new string('(', 50) + "1" + new string(')', 50) + " }}").Render([]), Is.EqualTo("1"));
+        Assert.That(ChatTemplate.Parse("{{ 0" + string.Concat(Enumerable.Repeat(" + 1", 500)) + " }}").Render([]), Is.EqualTo("500"));
+    }
+
+    [Test]
     public void RaiseExceptionCarriesTheMessage()
     {
         var e = Assert.Throws<ChatTemplateException>(() => Render("{{ raise_exception('bad ' ~ messages[0].role) }}"))!;
