@@ -216,6 +216,49 @@ public class ServerTests
         Assert.That(texts, Has.All.EqualTo(expected.Text));
     }
 
+    [Test]
+    public async Task StreamingSeveralChoicesInterleavesThemByIndex()
+    {
+        string body = JsonSerializer.Serialize(new { messages = new[] { new { role = "user", content = Prompt } }, n = 2, seed = 5, temperature = 1.0, max_tokens = 10, stream = true });
+        var response = await _http.PostAsync("/v1/chat/completions", new StringContent(body, Encoding.UTF8, "application/json"));
+        Assert.That(response.Content.Headers.ContentType!.MediaType, Is.EqualTo("text/event-stream"));
+        var events = (await response.Content.ReadAsStringAsync()).Split("\n\n", StringSplitOptions.RemoveEmptyEntries);
+        Assert.That(events[^1], Is.EqualTo("data: [DONE]"));
+        var texts = new[] { new StringBuilder(), new StringBuilder() };
+        var finishes = new string?[2];
+        foreach (var e in events[..^1])
+        {
+            using var chunk = JsonDocument.Parse(e["data: ".Length..]);
+            var choice = chunk.RootElement.GetProperty("choices")[0];
+            int index = choice.GetProperty("index").GetInt32();
+            if (choice.GetProperty("delta").TryGetProperty("content", out var content)) texts[index].Append(content.GetString());
+            if (choice.GetProperty("finish_reason").ValueKind == JsonValueKind.String) finishes[index] = choice.GetProperty("finish_reason").GetString();
+        }
+        // The same request without streaming gives the same two texts.
+        string whole = JsonSerializer.Serialize(new { messages = new[] { new { role = "user", content = Prompt } }, n = 2, seed = 5, temperature = 1.0, max_tokens = 10 });
+        using var json = JsonDocument.Parse(await (await _http.PostAsync("/v1/chat/completions", new StringContent(whole, Encoding.UTF8, "application/json"))).Content.ReadAsStringAsync());
+        for (int i = 0; i < 2; i++)
+        {
+            Assert.That(texts[i].ToString(), Is.EqualTo(json.RootElement.GetProperty("choices")[i].GetProperty("message").GetProperty("content").GetString()));
+            Assert.That(finishes[i], Is.Not.Null);
+        }
+    }
+
+    [Test]
+    public async Task AClientThatHangsUpMidStreamDoesNotHurtTheServer()
+    {
+        string body = JsonSerializer.Serialize(new { messages = new[] { new { role = "user", content = Prompt } }, max_tokens = 1000, stream = true });
+        using (var request = new HttpRequestMessage(HttpMethod.Post, "/v1/chat/completions") { Content = new StringContent(body, Encoding.UTF8, "application/json") })
+        using (var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead))
+        {
+            using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+            for (int i = 0; i < 3; i++) Assert.That(await reader.ReadLineAsync(), Is.Not.Null);
+        } // hang up
+        var expected = await Expected(8);
+        ChatCompletion after = await _chat.CompleteChatAsync([new UserChatMessage(Prompt)], new ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 8 });
+        Assert.That(after.Content[0].Text, Is.EqualTo(expected.Text));
+    }
+
     [TestCase("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"temperature\":7}", "temperature")]
     [TestCase("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"top_p\":0}", "top_p")]
     [TestCase("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":0}", "max_tokens")]

@@ -20,7 +20,9 @@ public sealed class ServerMetrics : IDisposable
         Requests = _meter.CreateCounter<long>("inference.server.requests", "{request}", "HTTP API requests by endpoint and status");
         PromptTokens = _meter.CreateCounter<long>("inference.server.prompt_tokens", "{token}", "Prompt tokens processed");
         CompletionTokens = _meter.CreateCounter<long>("inference.server.completion_tokens", "{token}", "Tokens generated");
-        RequestDuration = _meter.CreateHistogram<double>("inference.server.request.duration", "s", "Time to answer a request");
+        // NOTE: the default buckets suit milliseconds; requests take from milliseconds to minutes, in seconds.
+        RequestDuration = _meter.CreateHistogram<double>("inference.server.request.duration", "s", "Time to answer a request", tags: null,
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250] });
     }
 
     /// <summary>Requests by <c>endpoint</c> and <c>status</c>.</summary>
