@@ -33,7 +33,7 @@ internal sealed class TemplateEvaluator
 
     // ---------------------------------------------------------------- statements
 
-    private void Execute(IReadOnlyList<TemplateNode> nodes, StringBuilder output)
+    private LoopSignal Execute(IReadOnlyList<TemplateNode> nodes, StringBuilder output)
     {
         RuntimeHelpers.EnsureSufficientExecutionStack();
         foreach (var node in nodes)
@@ -48,17 +48,19 @@ internal sealed class TemplateEvaluator
                     break;
                 case IfNode branch:
                 {
-                    bool taken = false;
+                    IReadOnlyList<TemplateNode> chosen = branch.Else;
                     foreach (var (condition, body) in branch.Branches)
                     {
                         if (!IsTruthy(Evaluate(condition))) continue;
-                        Execute(body, output);
-                        taken = true;
+                        chosen = body;
                         break;
                     }
-                    if (!taken) Execute(branch.Else, output);
+                    var signal = Execute(chosen, output);
+                    if (signal != LoopSignal.None) return signal;
                     break;
                 }
+                case LoopControlNode control:
+                    return control.Signal;
                 case ForNode loop:
                     ExecuteFor(loop, output);
                     break;
@@ -85,6 +87,7 @@ internal sealed class TemplateEvaluator
             }
             if (output.Length > MaxOutputChars) throw new ChatTemplateException($"the rendered template exceeds {MaxOutputChars} characters");
         }
+        return LoopSignal.None;
     }
 
     private void ExecuteFor(ForNode loop, StringBuilder output)
@@ -127,7 +130,7 @@ internal sealed class TemplateEvaluator
                     ["nextitem"] = i + 1 < items.Count ? items[i + 1] : TemplateUndefined.Instance,
                     ["cycle"] = (TemplateCallable)((args, _) => args.Count == 0 ? null : args[index % args.Count]),
                 };
-                Execute(loop.Body, output);
+                if (Execute(loop.Body, output) == LoopSignal.Break) break;
             }
         }
         finally

@@ -26,6 +26,17 @@ internal sealed record SetBlockNode(string Name, IReadOnlyList<TemplateNode> Bod
 /// <summary><c>{% macro name(params) %}…{% endmacro %}</c>; Defaults hold null for parameters without one.</summary>
 internal sealed record MacroNode(string Name, IReadOnlyList<string> Parameters, IReadOnlyList<TemplateExpression?> Defaults, IReadOnlyList<TemplateNode> Body) : TemplateNode;
 
+/// <summary><c>{% break %}</c> or <c>{% continue %}</c> (Jinja's loopcontrols extension, which Hugging Face enables).</summary>
+internal sealed record LoopControlNode(LoopSignal Signal) : TemplateNode;
+
+/// <summary>How a statement list ended: normally, or by <c>break</c>/<c>continue</c> of the innermost loop.</summary>
+internal enum LoopSignal
+{
+    None,
+    Break,
+    Continue,
+}
+
 /// <summary>An expression of a template.</summary>
 internal abstract record TemplateExpression;
 

@@ -12,6 +12,7 @@ internal sealed class TemplateParser
 {
     private readonly List<TemplateToken> _tokens;
     private int _at;
+    private int _loopDepth;
 
     private TemplateParser(List<TemplateToken> tokens) => _tokens = tokens;
 
@@ -104,7 +105,9 @@ internal sealed class TemplateParser
                 var items = ParseOr();
                 TemplateExpression? condition = AcceptKeyword("if") ? ParseOr() : null;
                 EndStatement();
+                _loopDepth++;
                 var body = ParseBody(out string? end, "else", "endfor");
+                _loopDepth--;
                 IReadOnlyList<TemplateNode> elseBody = [];
                 if (end == "else")
                 {
@@ -143,10 +146,17 @@ internal sealed class TemplateParser
                     defaults.Add(AcceptOperator("=") ? ParseExpression() : null);
                 }
                 EndStatement();
+                int outerLoops = _loopDepth;
+                _loopDepth = 0;
                 var body = ParseBody(out _, "endmacro");
+                _loopDepth = outerLoops;
                 EndStatement();
                 return new MacroNode(name, parameters, defaults, body);
             }
+            case "break" or "continue":
+                if (_loopDepth == 0) throw Error($"'{{% {keyword.Value} %}}' outside a loop");
+                EndStatement();
+                return new LoopControlNode(keyword.Value == "break" ? LoopSignal.Break : LoopSignal.Continue);
             case "generation":
             {
                 // Hugging Face's marker for assistant-token masks; it renders its body unchanged.

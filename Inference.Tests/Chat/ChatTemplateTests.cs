@@ -38,6 +38,8 @@ public class ChatTemplateTests
     [TestCase("{% for m in messages %}{{ loop.index0 }}{{ loop.index }}{% if loop.first %}F{% endif %}{% if loop.last %}L{% endif %},{% endfor %}", "01F,12,23,34L,")]
     [TestCase("{% for m in messages if m.role == 'user' %}{{ m.content }}{{ loop.length }}{% endfor %}", "a2c2")]
     [TestCase("{% for x in [] %}x{% else %}empty{% endfor %}", "empty")]
+    [TestCase("{% for x in [1, 2, 3, 4] %}{% if x == 3 %}{% break %}{% endif %}{{ x }}{% endfor %}", "12")]
+    [TestCase("{% for x in [1, 2, 3] %}{% for y in 'ab' %}{% if x == 2 %}{% continue %}{% endif %}{{ x }}{{ y }}{% endfor %}{% endfor %}", "1a1b3a3b")]
     [TestCase("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}", "a=1;b=2;")]
     [TestCase("{% set x = 1 %}{% for m in messages %}{% set x = 2 %}{% endfor %}{{ x }}", "1")]
     [TestCase("{% set ns = namespace(found=false) %}{% for m in messages %}{% if m.role == 'assistant' %}{% set ns.found = true %}{% endif %}{% endfor %}{{ ns.found }}", "True")]
@@ -87,6 +89,8 @@ public class ChatTemplateTests
     [TestCase("{{ 'unterminated }}")]
     [TestCase("{% endif %}")]
     [TestCase("{{ a b }}")]
+    [TestCase("{% break %}")]
+    [TestCase("{% for x in y %}{% macro m() %}{% continue %}{% endmacro %}{% endfor %}")]
     public void SyntaxErrorsThrow(string template)
     {
         Assert.Throws<ChatTemplateException>(() => ChatTemplate.Parse(template));
