@@ -20,6 +20,9 @@ internal static class TemplateLexer
 
     public static List<TemplateToken> Tokenize(string source)
     {
+        // Jinja drops a single trailing newline of the template (keep_trailing_newline defaults to false).
+        if (source.EndsWith("\r\n", StringComparison.Ordinal)) source = source[..^2];
+        else if (source.EndsWith('\n')) source = source[..^1];
         var tokens = new List<TemplateToken>();
         int pos = 0;
         bool stripLeading = false;   // the previous tag ended with '-': drop all leading whitespace
@@ -123,6 +126,17 @@ internal static class TemplateLexer
                     isFloat = true;
                     p++;
                     while (p < source.Length && char.IsAsciiDigit(source[p])) p++;
+                }
+                if (p < source.Length && source[p] is 'e' or 'E')
+                {
+                    int e = p + 1;
+                    if (e < source.Length && source[e] is '+' or '-') e++;
+                    if (e < source.Length && char.IsAsciiDigit(source[e]))
+                    {
+                        isFloat = true;
+                        p = e;
+                        while (p < source.Length && char.IsAsciiDigit(source[p])) p++;
+                    }
                 }
                 tokens.Add(new TemplateToken(isFloat ? TemplateTokenKind.Float : TemplateTokenKind.Integer, source[s..p].Replace("_", ""), s));
             }

@@ -28,6 +28,7 @@ public class ChatTemplateTests
     [TestCase("{{ 7 // 2 }},{{ -7 // 2 }},{{ 7 % 3 }},{{ -7 % 3 }},{{ 7 / 2 }},{{ 2 ** 10 }}", "3,-4,1,2,3.5,1024")]
     [TestCase("{{ 'a' ~ 1 ~ none ~ true }}", "a1NoneTrue")]
     [TestCase("{{ 'ab' * 3 }}", "ababab")]
+    [TestCase("{{ 1e3 }} {{ 2.5E-1 }} {{ 10 / 4 }} {{ 3.0 }} {{ 2 ** -1 }}", "1000.0 0.25 2.5 3.0 0.5")]
     [TestCase("{{ 1 == 1.0 }} {{ 'a' != 'b' }} {{ 2 < 3 }} {{ 'b' >= 'a' }}", "True True True True")]
     [TestCase("{{ 'x' if false else 'y' }}{{ 'z' if true }}", "yz")]
     [TestCase("{{ not false and (true or undefined_thing) }}", "True")]
@@ -69,6 +70,8 @@ public class ChatTemplateTests
     [TestCase("{{ 'x' }}\ny", "x\ny")]                                      // an output tag keeps its newline
     [TestCase("  {%+ if true %}x{% endif %}", "  x")]                       // {%+ turns lstrip_blocks off
     [TestCase("{# c #}\nx", "x")]
+    [TestCase("x\n", "x")]                                                  // one trailing newline of the template goes
+    [TestCase("x\n\n", "x\n")]
     public void WhitespaceControl(string template, string expected)
     {
         Assert.That(Render(template), Is.EqualTo(expected));
