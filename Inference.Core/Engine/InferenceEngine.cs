@@ -18,16 +18,20 @@ namespace Inference.Engine;
 ///     Console.Write(token.Text);
 /// </code>
 /// </example>
-public sealed class InferenceEngine : IAsyncDisposable
+public sealed partial class InferenceEngine : IAsyncDisposable
 {
     private readonly IDisposable _weights;   // the mapped file(s) the model's weights live in
+    private readonly GgufFile _metadata;     // tokenizer and chat template metadata (the model file, or built from tokenizer.json)
+    private readonly string _modelName;
     private readonly EngineLoop _loop;
     private long _nextRequestId;
     private readonly HashSet<int> _stopTokens;  // end-of-generation ids beyond the tokenizer's own (HF generation_config)
 
-    private InferenceEngine(IDisposable weights, ModelConfig config, ModelTokenizer tokenizer, LlamaModel model, IReadOnlyList<int> extraStopTokens, EngineOptions options)
+    private InferenceEngine(IDisposable weights, GgufFile metadata, string modelName, ModelConfig config, ModelTokenizer tokenizer, LlamaModel model, IReadOnlyList<int> extraStopTokens, EngineOptions options)
     {
         _weights = weights;
+        _metadata = metadata;
+        _modelName = modelName;
         _stopTokens = [.. extraStopTokens];
         Config = config;
         Tokenizer = tokenizer;
@@ -87,7 +91,8 @@ public sealed class InferenceEngine : IAsyncDisposable
             progress?.Report(0.5f);
             var model = new LlamaModel(gguf, config);
             progress?.Report(1f);
-            return new InferenceEngine(gguf, config, tokenizer, model, [], options);
+            string name = gguf.GetString("general.name") is { Length: > 0 } n ? n : Path.GetFileNameWithoutExtension(path);
+            return new InferenceEngine(gguf, gguf, name, config, tokenizer, model, [], options);
         }
         catch
         {
@@ -102,18 +107,22 @@ public sealed class InferenceEngine : IAsyncDisposable
         if (!File.Exists(Path.Combine(path, "config.json")))
             throw new ModelFormatException(path, -1, "is a directory without config.json: expected a GGUF file or a Hugging Face checkpoint folder");
         var checkpoint = HfCheckpoint.Open(path);
+        GgufFile? metadata = null;
         try
         {
             cancellationToken.ThrowIfCancellationRequested();
             progress?.Report(0.2f);
             var tokenizer = checkpoint.CreateTokenizer();
+            metadata = checkpoint.CreateTokenizerMetadata();
             progress?.Report(0.5f);
             var model = new LlamaModel(checkpoint);
             progress?.Report(1f);
-            return new InferenceEngine(checkpoint, checkpoint.Config, tokenizer, model, checkpoint.EosTokenIds, options);
+            string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(path)));
+            return new InferenceEngine(checkpoint, metadata, name, checkpoint.Config, tokenizer, model, checkpoint.EosTokenIds, options);
         }
         catch
         {
+            metadata?.Dispose();
             checkpoint.Dispose();
             throw;
         }
@@ -218,6 +227,7 @@ public sealed class InferenceEngine : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await _loop.DisposeAsync().ConfigureAwait(false);
+        if (!ReferenceEquals(_metadata, _weights)) _metadata.Dispose();
         _weights.Dispose();
     }
 }

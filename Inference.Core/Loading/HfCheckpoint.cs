@@ -128,6 +128,10 @@ public sealed class HfCheckpoint : IDisposable
     public ModelTokenizer CreateTokenizer() =>
         HfTokenizerJson.Load(Path.Combine(DirectoryPath, TokenizerFileName), TokenizerConfig, Config.VocabSize);
 
+    /// <summary>The tokenizer (and chat template) as in-memory GGUF metadata, as the chat prompt encoder reads it.</summary>
+    internal GgufFile CreateTokenizerMetadata() =>
+        HfTokenizerJson.LoadAsGguf(Path.Combine(DirectoryPath, TokenizerFileName), TokenizerConfig, Config.VocabSize);
+
     /// <summary>
     /// Writes the checkpoint as a GGUF file the way llama.cpp's converter does (llama Q/K rows permuted for adjacent-pair
     /// RoPE; weights in their stored dtype, norms as F32; tokenizer keys from <c>tokenizer.json</c> when present), so it

@@ -43,17 +43,24 @@ public static class HfTokenizerJson
     /// <exception cref="ModelFormatException">The file is missing, malformed, or a kind of tokenizer not supported here.</exception>
     public static ModelTokenizer Load(string tokenizerJsonPath, HfTokenizerJsonConfig? config, int minimumVocabularySize = 0)
     {
+        using var gguf = LoadAsGguf(tokenizerJsonPath, config, minimumVocabularySize);
+        return ModelTokenizer.FromGguf(gguf);
+    }
+
+    /// <summary>The tokenizer as in-memory GGUF tokenizer metadata (<c>tokenizer.ggml.*</c>, and the chat template when the config has one).</summary>
+    internal static GgufFile LoadAsGguf(string tokenizerJsonPath, HfTokenizerJsonConfig? config, int minimumVocabularySize)
+    {
         var data = Parse(tokenizerJsonPath, config, minimumVocabularySize);
         using var stream = new MemoryStream();
         using (var w = new GgufWriter(stream))
         {
             AddGgufMetadata(w, data);
+            if (config?.ChatTemplate is { Length: > 0 } template) w.AddString("tokenizer.chat_template", template);
             w.WriteHeader();
             w.Complete();
         }
         // NOTE: errors found by the GGUF validation name tokenizer.json; their offsets refer to the translated keys.
-        using var gguf = GgufFile.OpenBuffer(stream.ToArray(), tokenizerJsonPath);
-        return ModelTokenizer.FromGguf(gguf);
+        return GgufFile.OpenBuffer(stream.ToArray(), tokenizerJsonPath);
     }
 
     /// <summary>The contents of a <c>tokenizer.json</c> as GGUF tokenizer metadata.</summary>

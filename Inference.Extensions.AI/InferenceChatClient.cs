@@ -1,0 +1,176 @@
+using System.Runtime.CompilerServices;
+using Inference.Chat;
+using Inference.Engine;
+using Inference.Sampling;
+using Microsoft.Extensions.AI;
+using AIChatMessage = Microsoft.Extensions.AI.ChatMessage;
+using AIChatRole = Microsoft.Extensions.AI.ChatRole;
+using ChatMessage = Inference.Chat.ChatMessage;
+using ChatRole = Inference.Chat.ChatRole;
+
+namespace Inference.Extensions.AI;
+
+/// <summary>
+/// An <see cref="IChatClient"/> over an <see cref="InferenceEngine"/>: conversations are rendered with the model's
+/// chat template (or <see cref="InferenceChatClientOptions.Template"/>) and answered locally. Thread-safe; concurrent
+/// requests are batched by the engine.
+/// </summary>
+/// <remarks>
+/// <see cref="ChatOptions"/> maps onto <see cref="SamplingOptions"/>: Temperature, TopP, TopK, MaxOutputTokens,
+/// StopSequences, Seed, FrequencyPenalty and PresencePenalty; <see cref="ChatOptions.Instructions"/> becomes a leading
+/// system message. Only text content is sent to the model; tools and response formats are not supported and are
+/// ignored. Invalid option values throw <see cref="ArgumentOutOfRangeException"/> naming the sampling option.
+/// The client does not own the engine: disposing the client leaves the engine running.
+/// </remarks>
+/// <example>
+/// <code>
+/// await using var engine = await InferenceEngine.LoadAsync("model.gguf");
+/// IChatClient client = new InferenceChatClient(engine);
+/// var response = await client.GetResponseAsync("Hello!");
+/// </code>
+/// </example>
+public sealed class InferenceChatClient : IChatClient
+{
+    private readonly InferenceEngine _engine;
+    private readonly InferenceChatClientOptions _options;
+    private readonly ChatPromptOptions _prompt;
+    private readonly string _modelId;
+
+    /// <summary>Creates a client over <paramref name="engine"/>.</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="engine"/> is null.</exception>
+    public InferenceChatClient(InferenceEngine engine, InferenceChatClientOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(engine);
+        _engine = engine;
+        _options = options ?? new InferenceChatClientOptions();
+        _prompt = new ChatPromptOptions { Template = _options.Template };
+        _modelId = _options.ModelId ?? engine.ModelName;
+        Metadata = new ChatClientMetadata("inference", providerUri: null, defaultModelId: _modelId);
+    }
+
+    /// <summary>Provider name "inference" and the model id.</summary>
+    public ChatClientMetadata Metadata { get; }
+
+    /// <inheritdoc />
+    public async Task<ChatResponse> GetResponseAsync(IEnumerable<AIChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        var stream = Start(messages, options, cancellationToken);
+        await foreach (var _ in stream.ConfigureAwait(false))
+        {
+        }
+        var completion = await stream.Completion.ConfigureAwait(false);
+        return new ChatResponse(new AIChatMessage(AIChatRole.Assistant, completion.Text))
+        {
+            ResponseId = NewId(),
+            ModelId = _modelId,
+            CreatedAt = DateTimeOffset.UtcNow,
+            FinishReason = MapFinishReason(completion.FinishReason),
+            Usage = Usage(completion),
+        };
+    }
+
+    /// <inheritdoc />
+    public IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<AIChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        // Validate and render eagerly so bad input throws at the call, not at the first MoveNextAsync.
+        var stream = Start(messages, options, cancellationToken);
+        return Stream(stream, cancellationToken);
+    }
+
+    private async IAsyncEnumerable<ChatResponseUpdate> Stream(GenerationStream stream, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        string responseId = NewId();
+        var createdAt = DateTimeOffset.UtcNow;
+        await foreach (var token in stream.WithCancellation(cancellationToken).ConfigureAwait(false))
+        {
+            if (token.Text.Length == 0) continue;
+            yield return new ChatResponseUpdate(AIChatRole.Assistant, token.Text)
+            {
+                ResponseId = responseId,
+                MessageId = responseId,
+                ModelId = _modelId,
+                CreatedAt = createdAt,
+            };
+        }
+        var completion = await stream.Completion.ConfigureAwait(false);
+        yield return new ChatResponseUpdate(AIChatRole.Assistant, [new UsageContent(Usage(completion))])
+        {
+            ResponseId = responseId,
+            MessageId = responseId,
+            ModelId = _modelId,
+            CreatedAt = createdAt,
+            FinishReason = MapFinishReason(completion.FinishReason),
+        };
+    }
+
+    private GenerationStream Start(IEnumerable<AIChatMessage> messages, ChatOptions? options, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        var conversation = new List<ChatMessage>();
+        if (!string.IsNullOrEmpty(options?.Instructions)) conversation.Add(ChatMessage.System(options.Instructions));
+        foreach (var message in messages)
+        {
+            ArgumentNullException.ThrowIfNull(message, nameof(messages));
+            conversation.Add(new ChatMessage(MapRole(message.Role), message.Text));
+        }
+        return _engine.ChatAsync(conversation, ToSamplingOptions(options, _options.DefaultSampling), _prompt, cancellationToken);
+    }
+
+    /// <summary>
+    /// The sampling options a request runs with: <paramref name="defaults"/> overridden by whatever
+    /// <paramref name="options"/> sets.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">A value is outside the range <see cref="SamplingOptions"/> accepts.</exception>
+    public static SamplingOptions ToSamplingOptions(ChatOptions? options, SamplingOptions defaults)
+    {
+        ArgumentNullException.ThrowIfNull(defaults);
+        if (options is null) return defaults;
+        var s = defaults;
+        if (options.Temperature is float temperature) s = s with { Temperature = temperature };
+        if (options.TopP is float topP) s = s with { TopP = topP };
+        if (options.TopK is int topK) s = s with { TopK = topK };
+        if (options.MaxOutputTokens is int maxTokens) s = s with { MaxTokens = maxTokens };
+        if (options.StopSequences is { Count: > 0 } stops) s = s with { StopStrings = stops.ToArray() };
+        if (options.Seed is long seed) s = s with { Seed = unchecked((ulong)seed) };
+        if (options.FrequencyPenalty is float frequency) s = s with { FrequencyPenalty = frequency };
+        if (options.PresencePenalty is float presence) s = s with { PresencePenalty = presence };
+        return s;
+    }
+
+    private static ChatRole MapRole(AIChatRole role)
+    {
+        if (role == AIChatRole.System) return ChatRole.System;
+        if (role == AIChatRole.User) return ChatRole.User;
+        if (role == AIChatRole.Assistant) return ChatRole.Assistant;
+        if (role == AIChatRole.Tool) return ChatRole.Tool;
+        throw new ArgumentException($"unsupported chat role '{role.Value}'", "messages");
+    }
+
+    private static ChatFinishReason MapFinishReason(FinishReason reason) =>
+        reason == FinishReason.Length ? ChatFinishReason.Length : ChatFinishReason.Stop;
+
+    private static UsageDetails Usage(Completion completion) => new()
+    {
+        InputTokenCount = completion.Metrics.PromptTokens,
+        OutputTokenCount = completion.Metrics.GeneratedTokens,
+        TotalTokenCount = completion.Metrics.PromptTokens + completion.Metrics.GeneratedTokens,
+        CachedInputTokenCount = completion.Metrics.PrefixHitTokens,
+    };
+
+    private static string NewId() => "chatcmpl-" + Guid.NewGuid().ToString("N");
+
+    /// <inheritdoc />
+    public object? GetService(Type serviceType, object? serviceKey = null)
+    {
+        ArgumentNullException.ThrowIfNull(serviceType);
+        if (serviceKey is not null) return null;
+        if (serviceType == typeof(ChatClientMetadata)) return Metadata;
+        if (serviceType == typeof(InferenceEngine)) return _engine;
+        return serviceType.IsInstanceOfType(this) ? this : null;
+    }
+
+    /// <summary>Does nothing: the engine belongs to the caller.</summary>
+    public void Dispose()
+    {
+    }
+}
