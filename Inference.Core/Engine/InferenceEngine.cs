@@ -32,6 +32,7 @@ public sealed partial class InferenceEngine : IAsyncDisposable
         _weights = weights;
         _metadata = metadata;
         _modelName = modelName;
+        ParameterCount = model.ParameterCount;
         _stopTokens = [.. extraStopTokens];
         Config = config;
         Tokenizer = tokenizer;
@@ -51,6 +52,12 @@ public sealed partial class InferenceEngine : IAsyncDisposable
 
     /// <summary>Most tokens (prompt + output) of one sequence.</summary>
     public int ContextLength { get; }
+
+    /// <summary>Number of weights of the model.</summary>
+    public long ParameterCount { get; }
+
+    /// <summary>KV cache bytes one token takes: 2 · layers · kvHeads · headDim · bytes per element.</summary>
+    public long KvBytesPerToken => 2L * Config.LayerCount * Config.KvHeadCount * Config.HeadDim * KvCache.KvCacheStorage.ElementSize(Options.KvCache.DataType);
 
     /// <summary>Running and waiting requests, preemptions and KV cache blocks after the engine's latest step.</summary>
     public EngineStats Stats => _loop.Stats;

@@ -78,6 +78,24 @@ public sealed class LlamaModel
     /// <summary>The model's hyperparameters.</summary>
     public ModelConfig Config { get; }
 
+    private static unsafe bool SameMatrix(in WeightMatrix a, in WeightMatrix b) => a.Data == b.Data;
+
+    /// <summary>Number of weights (all matrices and vectors; a tied output head counts once).</summary>
+    public long ParameterCount
+    {
+        get
+        {
+            long n = (long)_embedding.Rows * _embedding.Cols + _outputNorm.Length;
+            if (!SameMatrix(_output, _embedding)) n += (long)_output.Rows * _output.Cols;
+            foreach (var l in _layers)
+            {
+                foreach (var m in new[] { l.Q, l.K, l.V, l.O, l.Gate, l.Up, l.Down }) n += (long)m.Rows * m.Cols;
+                n += l.AttnNorm.Length + l.FfnNorm.Length + (l.QBias?.Length ?? 0) + (l.KBias?.Length ?? 0) + (l.VBias?.Length ?? 0);
+            }
+            return n;
+        }
+    }
+
     /// <summary>Adds a sample of the weights (the start of a few matrices) to <paramref name="hash"/>: enough to tell models apart.</summary>
     internal unsafe void AppendWeightSample(System.IO.Hashing.NonCryptographicHashAlgorithm hash)
     {

@@ -7,12 +7,16 @@ namespace Inference.Tests.Cli;
 /// <summary>The CLI as other tools drive it: a real process, exact stdout, one-line errors with exit code 1.</summary>
 public class CliTests
 {
-    private static (int Code, string Out, string Err) Run(params string[] args)
+    private static (int Code, string Out, string Err) Run(params string[] args) => RunWithInput(null, args);
+
+    private static (int Code, string Out, string Err) RunWithInput(string? input, params string[] args)
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = TestData.RepoRoot };
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, WorkingDirectory = TestData.RepoRoot };
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "inference.dll"));
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
+        if (input is not null) p.StandardInput.Write(input);
+        p.StandardInput.Close();
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
         if (!p.WaitForExit(120_000))
@@ -56,6 +60,28 @@ public class CliTests
         var logits = doc.RootElement.GetProperty("logits").EnumerateArray().Select(e => e.GetSingle()).ToArray();
         Assert.That(logits, Has.Length.EqualTo(512));
         Assert.That(Array.IndexOf(logits, logits.Max()), Is.EqualTo(432), "greedy continues with ','");
+    }
+
+    [Test]
+    public void Info_ReportsShapeParametersAndKvCost()
+    {
+        var (code, stdout, stderr) = Run("info", "--memory-gb", "1");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain("5 layers, dim 64, 8 heads, 4 KV heads (GQA)"));
+        Assert.That(stdout, Does.Contain("292,800"));
+        Assert.That(stdout, Does.Contain("KV per token     640 bytes"));
+        Assert.That(stdout, Does.Contain("1,677,721 tokens in 1 GiB"));
+    }
+
+    [Test]
+    public void Chat_AnswersEachLine_AndReusesTheConversationPrefix()
+    {
+        var (code, stdout, stderr) = RunWithInput("Hello there\nTell me a story\n", "chat", "--max-tokens", "20", "--temperature", "0");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length, Is.GreaterThanOrEqualTo(2));
+        var turns = stderr.Split('\n').Where(l => l.StartsWith('[')).ToArray();
+        Assert.That(turns, Has.Length.EqualTo(2));
+        Assert.That(turns[1], Does.Match(@"[1-9]\d* prompt tokens from the prefix cache"), "the second turn reuses the first turn's KV");
     }
 
     private static readonly object[] ErrorCases =

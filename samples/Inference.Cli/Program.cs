@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
+using Inference.Chat;
 using Inference.Engine;
 using Inference.Loading;
 using Inference.Sampling;
@@ -103,7 +104,70 @@ public static class Program
             return 0;
         });
 
-        var root = new RootCommand("Inference: run GGUF language models in pure .NET") { generate, logits, tokenize };
+        var memoryOption = new Option<double>("--memory-gb") { Description = "KV cache memory budget to report capacity for", DefaultValueFactory = _ => 4 };
+        var info = new Command("info", "Print the model's architecture, size and KV cache cost") { modelOption, memoryOption };
+        info.SetAction(async (result, ct) =>
+        {
+            await using var engine = await Load(result.GetValue(modelOption), 1, ct);
+            var c = engine.Config;
+            double budget = result.GetValue(memoryOption) * (1L << 30);
+            Console.Out.WriteLine($"model            {engine.ModelName}");
+            Console.Out.WriteLine($"architecture     {c.Architecture}: {c.LayerCount} layers, dim {c.Dim}, {c.HeadCount} heads, {c.KvHeadCount} KV heads ({AttentionKind(c)}), head dim {c.HeadDim}, ffn {c.FfnDim}, vocab {c.VocabSize}");
+            Console.Out.WriteLine($"rope             {c.RopeLayout}, base {c.RopeBase}, {c.RopeDim} dims, scaling {c.RopeScaling}");
+            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"parameters       {engine.ParameterCount:N0} ({engine.ParameterCount / 1e6:F2} M)"));
+            Console.Out.WriteLine($"context          {c.ContextLength} trained, {engine.ContextLength} used");
+            Console.Out.WriteLine($"KV per token     {engine.KvBytesPerToken:N0} bytes (2 · {c.LayerCount} layers · {c.KvHeadCount} KV heads · {c.HeadDim} · {engine.KvBytesPerToken / (2L * c.LayerCount * c.KvHeadCount * c.HeadDim)} bytes, {engine.Options.KvCache.DataType})");
+            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"KV capacity      {(long)(budget / engine.KvBytesPerToken):N0} tokens in {result.GetValue(memoryOption):G} GiB"));
+            Console.Out.WriteLine($"chat template    {(engine.ChatTemplate is null ? "none" : "yes")}");
+            return 0;
+        });
+
+        var systemOption = new Option<string?>("--system") { Description = "System message" };
+        var chat = new Command("chat", "Chat interactively (one line per turn; an empty line or end of input quits)")
+        {
+            modelOption, systemOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption, seedOption, threadsOption,
+        };
+        chat.SetAction(async (result, ct) =>
+        {
+            var sampling = new SamplingOptions
+            {
+                MaxTokens = result.GetValue(maxTokensOption),
+                Temperature = result.GetValue(temperatureOption),
+                TopK = result.GetValue(topKOption),
+                TopP = result.GetValue(topPOption),
+                MinP = result.GetValue(minPOption),
+                RepetitionPenalty = result.GetValue(repeatOption),
+                Seed = result.GetValue(seedOption),
+            };
+            await using var engine = await Load(result.GetValue(modelOption), result.GetValue(threadsOption), ct);
+            // NOTE: a model without a chat template gets a plain "role: text" transcript, so base models can be tried too.
+            var prompt = engine.ChatTemplate is null ? new ChatPromptOptions { Template = ChatTemplate.Parse(PlainTranscript) } : null;
+            var history = new List<ChatMessage>();
+            if (result.GetValue(systemOption) is { Length: > 0 } system) history.Add(ChatMessage.System(system));
+            while (!ct.IsCancellationRequested)
+            {
+                if (!Console.IsInputRedirected) Console.Error.Write("> ");
+                var line = Console.In.ReadLine();
+                if (string.IsNullOrWhiteSpace(line)) break;
+                history.Add(ChatMessage.User(line));
+                var stream = engine.ChatAsync(history, sampling, prompt, ct);
+                var reply = new System.Text.StringBuilder();
+                await foreach (var token in stream)
+                {
+                    reply.Append(token.Text);
+                    Console.Out.Write(token.Text);
+                    Console.Out.Flush();
+                }
+                Console.Out.WriteLine();
+                var done = await stream.Completion;
+                history.Add(ChatMessage.Assistant(reply.ToString().Trim()));
+                Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"[{done.Metrics.GeneratedTokens} tokens, TTFT {done.Metrics.TimeToFirstToken.TotalMilliseconds:F0} ms, {done.Metrics.TokensPerSecond:F1} tokens/s, {done.Metrics.PrefixHitTokens} prompt tokens from the prefix cache]"));
+            }
+            return 0;
+        });
+
+        var root = new RootCommand("Inference: run GGUF language models in pure .NET") { generate, logits, tokenize, info, chat };
         try
         {
             var parsed = root.Parse(args);
@@ -123,11 +187,25 @@ public static class Program
         }
     }
 
-    private static Task<InferenceEngine> Load(string? model, int? threads, CancellationToken ct)
+    private const string PlainTranscript =
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
+
+    private static string AttentionKind(Inference.Models.ModelConfig c) =>
+        c.KvHeadCount == c.HeadCount ? "MHA" : c.KvHeadCount == 1 ? "MQA" : "GQA";
+
+    private static async Task<InferenceEngine> Load(string? model, int? threads, CancellationToken ct)
     {
         string path = model ?? DefaultModelPath();
         var options = threads is int t ? new EngineOptions { Threads = t } : new EngineOptions();
-        return InferenceEngine.LoadAsync(path, options, null, ct);
+        // A progress bar on an interactive terminal only: redirected stderr stays one line per message.
+        IProgress<float>? progress = Console.IsErrorRedirected ? null : new Progress<float>(p =>
+        {
+            int filled = (int)(p * 30);
+            Console.Error.Write($"\rloading [{new string('#', filled)}{new string('.', 30 - filled)}] {p:P0}");
+            if (p >= 1) Console.Error.Write("\r" + new string(' ', 50) + "\r");
+        });
+        var engine = await InferenceEngine.LoadAsync(path, options, progress, ct);
+        return engine;
     }
 
     /// <summary>../shared/testdata/stories260K.gguf relative to the repository root (found above the working directory or the program).</summary>
