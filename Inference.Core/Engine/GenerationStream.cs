@@ -24,6 +24,15 @@ public sealed class GenerationStream : IAsyncEnumerable<GeneratedToken>
     /// <summary>The whole result; completes when generation ends (after enumeration started) (faults with <see cref="OperationCanceledException"/> on cancellation).</summary>
     public Task<Completion> Completion => _request.Completion.Task;
 
+    /// <summary>Runs the request to its end without streaming and returns the whole result.</summary>
+    public async Task<Completion> CompleteAsync()
+    {
+        await foreach (var _ in this.ConfigureAwait(false))
+        {
+        }
+        return await Completion.ConfigureAwait(false);
+    }
+
     /// <inheritdoc />
     public IAsyncEnumerator<GeneratedToken> GetAsyncEnumerator(CancellationToken cancellationToken = default) =>
         Stream(cancellationToken).GetAsyncEnumerator(cancellationToken);

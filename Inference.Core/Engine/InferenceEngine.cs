@@ -161,14 +161,8 @@ public sealed partial class InferenceEngine : IAsyncDisposable
         CompleteAsync(Tokenize(prompt), sampling, cancellationToken);
 
     /// <summary>Generates the whole continuation of a tokenized prompt.</summary>
-    public async Task<Completion> CompleteAsync(IReadOnlyList<int> promptTokens, SamplingOptions? sampling = null, CancellationToken cancellationToken = default)
-    {
-        var stream = GenerateAsync(promptTokens, sampling, cancellationToken);
-        await foreach (var _ in stream.ConfigureAwait(false))
-        {
-        }
-        return await stream.Completion.ConfigureAwait(false);
-    }
+    public Task<Completion> CompleteAsync(IReadOnlyList<int> promptTokens, SamplingOptions? sampling = null, CancellationToken cancellationToken = default) =>
+        GenerateAsync(promptTokens, sampling, cancellationToken).CompleteAsync();
 
     /// <summary>Runs the prompt and returns the logits at its last position ([vocab]).</summary>
     public Task<float[]> GetLogitsAsync(IReadOnlyList<int> promptTokens, CancellationToken cancellationToken = default)
