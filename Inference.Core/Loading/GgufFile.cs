@@ -1,5 +1,3 @@
-using System.IO.MemoryMappedFiles;
-using System.Runtime.InteropServices;
 using System.Text;
 
 namespace Inference.Loading;
@@ -31,20 +29,17 @@ public sealed unsafe class GgufFile : IDisposable
 
     private const uint Magic = 0x46554747; // "GGUF" little-endian
 
-    private readonly MemoryMappedFile? _mapping;
-    private readonly MemoryMappedViewAccessor? _view;
+    private readonly MappedMemory _memory;
     private byte* _base;
-    private GCHandle _pin; // set instead of the mapping when parsing an in-memory buffer
     private readonly Dictionary<string, GgufValue> _metadata;
     private readonly Dictionary<string, GgufTensorInfo> _tensorsByName;
 
-    private GgufFile(string path, long length, MemoryMappedFile? mapping, MemoryMappedViewAccessor? view, byte* basePtr)
+    private GgufFile(string path, MappedMemory memory)
     {
         FilePath = path;
-        FileLength = length;
-        _mapping = mapping;
-        _view = view;
-        _base = basePtr;
+        FileLength = memory.Length;
+        _memory = memory;
+        _base = memory.Pointer;
         _metadata = new Dictionary<string, GgufValue>(StringComparer.Ordinal);
         _tensorsByName = new Dictionary<string, GgufTensorInfo>(StringComparer.Ordinal);
         MetadataKeys = new List<string>();
@@ -80,35 +75,8 @@ public sealed unsafe class GgufFile : IDisposable
     /// <exception cref="ModelFormatException">The file is not a valid GGUF file.</exception>
     public static GgufFile Open(string path)
     {
-        ArgumentException.ThrowIfNullOrEmpty(path);
-        if (Directory.Exists(path)) throw new ModelFormatException(path, -1, "is a directory, expected a GGUF file");
-        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: file not found", path);
-        long length = new FileInfo(path).Length;
-        if (length < 24) throw new ModelFormatException(path, 0, $"file is {length} bytes, too short for a GGUF header (24 bytes)");
-
-        var mapping = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
-        MemoryMappedViewAccessor? view = null;
-        GgufFile? file = null;
-        try
-        {
-            view = mapping.CreateViewAccessor(0, length, MemoryMappedFileAccess.Read);
-            byte* p = null;
-            view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
-            p += view.PointerOffset;
-            file = new GgufFile(path, length, mapping, view, p);
-            file.Parse();
-            return file;
-        }
-        catch
-        {
-            if (file is not null) file.Dispose();
-            else
-            {
-                view?.Dispose();
-                mapping.Dispose();
-            }
-            throw;
-        }
+        var memory = MappedMemory.OpenFile(path, 24, "GGUF");
+        return MappedMemory.Parse(new GgufFile(path, memory), static f => f.Parse());
     }
 
     /// <summary>
@@ -116,22 +84,8 @@ public sealed unsafe class GgufFile : IDisposable
     /// <paramref name="displayPath"/> only names the buffer in error messages.
     /// </summary>
     /// <remarks>NOTE: this shares <see cref="Parse"/> with <see cref="Open"/>; there is one parsing code path.</remarks>
-    internal static GgufFile OpenBuffer(byte[] buffer, string displayPath)
-    {
-        ArgumentNullException.ThrowIfNull(buffer);
-        var pin = GCHandle.Alloc(buffer, GCHandleType.Pinned);
-        var file = new GgufFile(displayPath, buffer.Length, null, null, (byte*)pin.AddrOfPinnedObject()) { _pin = pin };
-        try
-        {
-            file.Parse();
-            return file;
-        }
-        catch
-        {
-            file.Dispose();
-            throw;
-        }
-    }
+    internal static GgufFile OpenBuffer(byte[] buffer, string displayPath) =>
+        MappedMemory.Parse(new GgufFile(displayPath, MappedMemory.Pin(buffer)), static f => f.Parse());
 
     /// <summary>Finds a tensor by name.</summary>
     public GgufTensorInfo? FindTensor(string name) => _tensorsByName.GetValueOrDefault(name);
@@ -261,14 +215,8 @@ public sealed unsafe class GgufFile : IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
-        if (_base != null)
-        {
-            _base = null;
-            if (_pin.IsAllocated) _pin.Free();
-            else _view!.SafeMemoryMappedViewHandle.ReleasePointer();
-        }
-        _view?.Dispose();
-        _mapping?.Dispose();
+        _base = null;
+        _memory.Dispose();
     }
 
     // ---- parsing ---------------------------------------------------------------------------------------------------

@@ -1,5 +1,3 @@
-using System.IO.MemoryMappedFiles;
-using System.Runtime.InteropServices;
 using System.Text.Json;
 
 namespace Inference.Loading;
@@ -34,21 +32,18 @@ public sealed unsafe class SafetensorsFile : IDisposable
     // NOTE: root object (1) → a tensor entry or the metadata object (2) → its shape / data_offsets arrays (3).
     private const int MaxJsonDepth = 3;
 
-    private readonly MemoryMappedFile? _mapping;
-    private readonly MemoryMappedViewAccessor? _view;
+    private readonly MappedMemory _memory;
     private byte* _base;
-    private GCHandle _pin; // set instead of the mapping when parsing an in-memory buffer
     private readonly Dictionary<string, string> _metadata = new(StringComparer.Ordinal);
     private readonly Dictionary<string, SafetensorsTensorInfo> _tensorsByName = new(StringComparer.Ordinal);
     private readonly List<SafetensorsTensorInfo> _tensors = new();
 
-    private SafetensorsFile(string path, long length, MemoryMappedFile? mapping, MemoryMappedViewAccessor? view, byte* basePtr)
+    private SafetensorsFile(string path, MappedMemory memory)
     {
         FilePath = path;
-        FileLength = length;
-        _mapping = mapping;
-        _view = view;
-        _base = basePtr;
+        FileLength = memory.Length;
+        _memory = memory;
+        _base = memory.Pointer;
     }
 
     /// <summary>Path the file was opened from.</summary>
@@ -71,57 +66,16 @@ public sealed unsafe class SafetensorsFile : IDisposable
     /// <exception cref="ModelFormatException">The file is not a valid safetensors file or holds an unsupported dtype.</exception>
     public static SafetensorsFile Open(string path)
     {
-        ArgumentException.ThrowIfNullOrEmpty(path);
-        if (Directory.Exists(path)) throw new ModelFormatException(path, -1, "is a directory, expected a safetensors file");
-        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: file not found", path);
-        long length = new FileInfo(path).Length;
-        if (length < 10) throw new ModelFormatException(path, 0, $"file is {length} bytes, too short for a safetensors header (at least 10 bytes)");
-
-        var mapping = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
-        MemoryMappedViewAccessor? view = null;
-        SafetensorsFile? file = null;
-        try
-        {
-            view = mapping.CreateViewAccessor(0, length, MemoryMappedFileAccess.Read);
-            byte* p = null;
-            view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
-            p += view.PointerOffset;
-            file = new SafetensorsFile(path, length, mapping, view, p);
-            file.Parse();
-            return file;
-        }
-        catch
-        {
-            if (file is not null) file.Dispose();
-            else
-            {
-                view?.Dispose();
-                mapping.Dispose();
-            }
-            throw;
-        }
+        var memory = MappedMemory.OpenFile(path, 10, "safetensors");
+        return MappedMemory.Parse(new SafetensorsFile(path, memory), static f => f.Parse());
     }
 
     /// <summary>
     /// Parses a safetensors image held in memory (tests and fuzzing). <paramref name="displayPath"/> only names the buffer
     /// in error messages.
     /// </summary>
-    internal static SafetensorsFile OpenBuffer(byte[] buffer, string displayPath)
-    {
-        ArgumentNullException.ThrowIfNull(buffer);
-        var pin = GCHandle.Alloc(buffer, GCHandleType.Pinned);
-        var file = new SafetensorsFile(displayPath, buffer.Length, null, null, (byte*)pin.AddrOfPinnedObject()) { _pin = pin };
-        try
-        {
-            file.Parse();
-            return file;
-        }
-        catch
-        {
-            file.Dispose();
-            throw;
-        }
-    }
+    internal static SafetensorsFile OpenBuffer(byte[] buffer, string displayPath) =>
+        MappedMemory.Parse(new SafetensorsFile(displayPath, MappedMemory.Pin(buffer)), static f => f.Parse());
 
     /// <summary>Finds a tensor by name.</summary>
     public SafetensorsTensorInfo? FindTensor(string name) => _tensorsByName.GetValueOrDefault(name);
@@ -153,14 +107,8 @@ public sealed unsafe class SafetensorsFile : IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
-        if (_base != null)
-        {
-            _base = null;
-            if (_pin.IsAllocated) _pin.Free();
-            else _view!.SafeMemoryMappedViewHandle.ReleasePointer();
-        }
-        _view?.Dispose();
-        _mapping?.Dispose();
+        _base = null;
+        _memory.Dispose();
     }
 
     // ---- parsing ---------------------------------------------------------------------------------------------------

@@ -37,22 +37,24 @@ public static class Program
             modelOption, promptOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption,
             seedOption, stopOption, threadsOption,
         };
+        SamplingOptions Sampling(ParseResult result) => new()
+        {
+            MaxTokens = result.GetValue(maxTokensOption),
+            Temperature = result.GetValue(temperatureOption),
+            TopK = result.GetValue(topKOption),
+            TopP = result.GetValue(topPOption),
+            MinP = result.GetValue(minPOption),
+            RepetitionPenalty = result.GetValue(repeatOption),
+            Seed = result.GetValue(seedOption),
+            StopStrings = result.GetValue(stopOption) ?? [],
+        };
+
         // NOTE: generate streams tokens as they come; the completion's metrics are printed at the end.
         generate.SetAction(async (result, ct) => await Generate(result, ct));
 
         async Task<int> Generate(ParseResult result, CancellationToken ct)
         {
-            var sampling = new SamplingOptions
-            {
-                MaxTokens = result.GetValue(maxTokensOption),
-                Temperature = result.GetValue(temperatureOption),
-                TopK = result.GetValue(topKOption),
-                TopP = result.GetValue(topPOption),
-                MinP = result.GetValue(minPOption),
-                RepetitionPenalty = result.GetValue(repeatOption),
-                Seed = result.GetValue(seedOption),
-                StopStrings = result.GetValue(stopOption) ?? [],
-            };
+            var sampling = Sampling(result);
             await using var engine = await Load(result.GetValue(modelOption), result.GetValue(threadsOption), ct);
             var stream = engine.GenerateAsync(result.GetValue(promptOption)!, sampling, ct);
             await foreach (var token in stream)
@@ -129,16 +131,7 @@ public static class Program
         };
         chat.SetAction(async (result, ct) =>
         {
-            var sampling = new SamplingOptions
-            {
-                MaxTokens = result.GetValue(maxTokensOption),
-                Temperature = result.GetValue(temperatureOption),
-                TopK = result.GetValue(topKOption),
-                TopP = result.GetValue(topPOption),
-                MinP = result.GetValue(minPOption),
-                RepetitionPenalty = result.GetValue(repeatOption),
-                Seed = result.GetValue(seedOption),
-            };
+            var sampling = Sampling(result);
             await using var engine = await Load(result.GetValue(modelOption), result.GetValue(threadsOption), ct);
             // NOTE: a model without a chat template gets a plain "role: text" transcript, so base models can be tried too.
             var prompt = engine.ChatTemplate is null ? new ChatPromptOptions { Template = ChatTemplate.Parse(PlainTranscript) } : null;
