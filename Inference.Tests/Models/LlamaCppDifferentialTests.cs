@@ -115,9 +115,9 @@ public class LlamaCppDifferentialTests
         }
     }
 
-    // NOTE: llama.cpp keeps this model's output.weight in F32, whose matmul roundoff (as in the F32 cases, ~5e-7) is
-    // what remains: Q4_0 layers are bit-identical; Q4_K/Q6_K (the Q4_K_M mix) quantize activations to Q8_K exactly as
-    // llama.cpp and measured 3e-7 here.
+    // NOTE: the activations are quantized exactly as llama.cpp does (Q8_0 for Q4_0, Q8_K for the Q4_K/Q6_K of the Q4_K_M
+    // mix); only the f32 summation order of the block products differs (and llama.cpp keeps this model's output.weight
+    // in F32). Both measured ~3e-7. A divergence in one activation rounding decision would show as ~1e-2, not as a drift.
     [TestCase(LLamaFtype.MOSTLY_Q4_0, 1e-5)]
     [TestCase(LLamaFtype.MOSTLY_Q4_K_M, 1e-5)]
     public async Task LlamaCppQuantized_LastLogits_MatchLlamaCpp(LLamaFtype ftype, double tolerance)
