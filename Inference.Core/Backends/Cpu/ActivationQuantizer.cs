@@ -9,16 +9,24 @@ namespace Inference.Backends.Cpu;
 /// bytes: quants [cols], one float scale per block, and per-block quant sums.
 /// </summary>
 /// <remarks>
-/// NOTE: the scales stay f32 (ggml rounds the Q8_0 scale to f16): the kernels never need the byte format, and the
-/// unrounded scale removes one error term. The vector paths round with the MXCSR default (halves to even) where the
-/// Q8_0 reference rounds halves away from zero; quants differ only on exact ties.
+/// NOTE: Q8_0 follows ggml's x86 <c>quantize_row_q8_0</c> and <c>quantize_mat_q8_0</c> (the activation quantizers
+/// llama.cpp's CPU backend runs before <c>vec_dot_q8_0_q8_0</c>, the llamafile <c>tinyBLAS_Q0</c> tiles and the repacked
+/// Q4_0 kernels) to the bit: id = 127 / max|x|, q = round(x·id) with halves to even, and the scale d = max|x| / 127
+/// rounded to f16 because ggml stores it in the block's f16 field. The rounding matters for parity, not accuracy: an
+/// unrounded scale moves each product by up to 2^-11 relative, which flips rounding decisions of the next layer's
+/// quantization, and that grew to 1.7e-2 relative L2 in the logits of a two-layer Q8_0 model (0 with the rounding and
+/// <see cref="Q8_0Kernel"/>'s summation order). Q8_K follows <c>quantize_row_q8_K_ref</c>; Q4_K_M models quantized by
+/// llama.cpp agree with it to 3e-7 in the logits.
 /// </remarks>
 internal static unsafe class ActivationQuantizer
 {
     // NOTE: the vector paths use AVX min/max rather than Vector256.Max, whose NaN and −0 handling costs extra
     // instructions; activations are finite.
 
-    /// <summary>Q8_0: per 32 values d = max|x| / 127, q = round(x / d), <paramref name="sums"/> = Σq per block.</summary>
+    /// <summary>
+    /// Q8_0 as <see cref="Q8_0Block"/> for each 32 values, the f16-rounded scales into <paramref name="d"/> (as floats)
+    /// and <paramref name="sums"/> = Σq per block.
+    /// </summary>
     public static void RowQ8_0(float* x, int cols, sbyte* q, float* d, int* sums, KernelPath path)
     {
         int nb = cols / 32;
@@ -27,7 +35,7 @@ internal static unsafe class ActivationQuantizer
             for (int b = 0; b < nb; b++)
             {
                 var qs = new Span<sbyte>(q + 32 * b, 32);
-                d[b] = Quantize.Q8_0Block(new ReadOnlySpan<float>(x + 32 * b, 32), qs);
+                d[b] = Q8_0Block(new ReadOnlySpan<float>(x + 32 * b, 32), qs);
                 int s = 0;
                 for (int j = 0; j < 32; j++) s += qs[j];
                 sums[b] = s;
@@ -43,17 +51,35 @@ internal static unsafe class ActivationQuantizer
             var v3 = Vector256.Load(xb + 24);
             var m = Avx.Max(Avx.Max(Vector256.Abs(v0), Vector256.Abs(v1)), Avx.Max(Vector256.Abs(v2), Vector256.Abs(v3)));
             float amax = HorizontalMax(m);
-            float scale = amax / 127;
-            var id = Vector256.Create(scale != 0 ? 1.0f / scale : 0.0f);
+            var id = Vector256.Create(amax != 0 ? 127f / amax : 0.0f);
             var i0 = Avx.ConvertToVector256Int32(v0 * id);
             var i1 = Avx.ConvertToVector256Int32(v1 * id);
             var i2 = Avx.ConvertToVector256Int32(v2 * id);
             var i3 = Avx.ConvertToVector256Int32(v3 * id);
             Vector256.Narrow(Vector256.Narrow(i0, i1), Vector256.Narrow(i2, i3)).Store(q + 32 * b);
-            d[b] = scale;
+            d[b] = RoundToHalf(amax / 127);
             sums[b] = Vector256.Sum((i0 + i1) + (i2 + i3));
         }
     }
+
+    /// <summary>
+    /// The reference Q8_0 activation block: with m = max|x|, id = 127 / m (0 when m = 0), q = round(x·id) (halves to
+    /// even); returns d = m / 127 rounded to the nearest f16 (ties to even), as a float.
+    /// </summary>
+    /// <remarks>Differs from the weight quantizer <see cref="Quantize.Q8_0Block"/> (ggml's <c>quantize_row_q8_0_ref</c>:
+    /// id = 1 / d, halves away from zero) exactly as ggml's x86 activation path differs from its reference.</remarks>
+    public static float Q8_0Block(ReadOnlySpan<float> x, Span<sbyte> q)
+    {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = MathF.Max(amax, MathF.Abs(x[j]));
+        float id = amax != 0 ? 127f / amax : 0.0f;
+        for (int j = 0; j < 32; j++) q[j] = (sbyte)MathF.Round(x[j] * id, MidpointRounding.ToEven);
+        return RoundToHalf(amax / 127);
+    }
+
+    /// <summary>The float value of <paramref name="value"/> rounded to the nearest f16 (ties to even), as F16C's
+    /// <c>vcvtps2ph</c> with rounding mode 0 does.</summary>
+    public static float RoundToHalf(float value) => (float)(Half)value;
 
     /// <summary>
     /// Q8_K: per 256 values the value m of largest magnitude gives d = m / −127, q = min(127, round(x / d)),

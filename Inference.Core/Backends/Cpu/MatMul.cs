@@ -9,13 +9,14 @@ namespace Inference.Backends.Cpu;
 /// <para>What each weight type effectively computes (compare <see cref="MatMulReference"/>):</para>
 /// <list type="bullet">
 /// <item>F32, F16, BF16: the float dot product with f32 accumulation, F16/BF16 widened exactly in registers.</item>
-/// <item>Q8_0, Q4_0: each activation row is first quantized to Q8_0 (per 32 values, scale max|x|/127), then block
-/// integer dots are scaled by both block scales, as ggml's <c>vec_dot_q8_0_q8_0</c> / <c>vec_dot_q4_0_q8_0</c>.</item>
+/// <item>Q8_0, Q4_0: each activation row is first quantized to Q8_0 (per 32 values, scale max|x|/127 rounded to f16,
+/// see <see cref="ActivationQuantizer"/>), then block integer dots are scaled by the product of both f16 block scales
+/// (exact in f32), as ggml's <c>vec_dot_q8_0_q8_0</c> / <c>vec_dot_q4_0_q8_0</c>.</item>
 /// <item>Q4_K, Q6_K: activations are quantized to Q8_K (per 256 values), as ggml's <c>vec_dot_q4_K_q8_K</c> /
 /// <c>vec_dot_q6_K_q8_K</c>.</item>
 /// </list>
 /// <para>The result therefore differs from the exact product by the activation quantization error (at most half a
-/// quantization step per activation) plus f32 rounding. Weight rows are split over the pool's threads; each weight
+/// quantization step per activation, plus for Q8_0 up to 2^-11·max|x| from the f16 scale) plus f32 rounding. Weight rows are split over the pool's threads; each weight
 /// row is read from memory once and used for every batch row. A call allocates nothing once its scratch buffers
 /// have grown to the largest batch seen on the calling thread.</para>
 /// </remarks>

@@ -8,7 +8,10 @@ namespace Inference.Backends.Cpu;
 /// Q8_0 weights × Q8_0 activations: y = Σ_blocks d_w·d_x·Σ q_w·q_x (ggml's <c>vec_dot_q8_0_q8_0</c>).
 /// </summary>
 /// <remarks>
-/// The signed × signed byte product goes through the unsigned × signed instructions as |w| · (x·sign(w)).
+/// The signed × signed byte product goes through the unsigned × signed instructions as |w| · (x·sign(w)). The vector
+/// paths give the same bits as llama.cpp's x86 CPU backend (with <see cref="ActivationQuantizer"/>'s quantization):
+/// per block the eight int32 lanes are converted to float and fused-multiply-added with d_w·d_x into one 8-lane
+/// accumulator, blocks in order, and the lanes are summed as <see cref="QuantKernel.HorizontalSum"/>.
 /// </remarks>
 internal readonly unsafe struct Q8_0Kernel : IQuantKernel
 {
@@ -30,36 +33,11 @@ internal readonly unsafe struct Q8_0Kernel : IQuantKernel
         }
 
         bool vnni = KernelPaths.UsesVnni(a.Path);
-        Vector256<float> e0 = default, e1 = default, e2 = default, e3 = default; // even blocks
-        Vector256<float> o0 = default, o1 = default, o2 = default, o3 = default; // odd blocks
-        int i = 0;
-        for (; i + 2 <= nb; i += 2)
-        {
-            byte* p = row + i * BlockBytes;
-            float dwe = Fp16.ToFloat(*(ushort*)p), dwo = Fp16.ToFloat(*(ushort*)(p + BlockBytes));
-            var we = Vector256.Load((sbyte*)(p + 2));
-            var wo = Vector256.Load((sbyte*)(p + BlockBytes + 2));
-            var ue = Avx2.Abs(we);
-            var uo = Avx2.Abs(wo);
-            e0 = Step(e0, ue, we, q0 + 32 * i, dwe * d0[i], vnni);
-            o0 = Step(o0, uo, wo, q0 + 32 * i + 32, dwo * d0[i + 1], vnni);
-            if (TTile.Count > 1)
-            {
-                e1 = Step(e1, ue, we, q1 + 32 * i, dwe * d1[i], vnni);
-                o1 = Step(o1, uo, wo, q1 + 32 * i + 32, dwo * d1[i + 1], vnni);
-            }
-            if (TTile.Count > 2)
-            {
-                e2 = Step(e2, ue, we, q2 + 32 * i, dwe * d2[i], vnni);
-                o2 = Step(o2, uo, wo, q2 + 32 * i + 32, dwo * d2[i + 1], vnni);
-            }
-            if (TTile.Count > 3)
-            {
-                e3 = Step(e3, ue, we, q3 + 32 * i, dwe * d3[i], vnni);
-                o3 = Step(o3, uo, wo, q3 + 32 * i + 32, dwo * d3[i + 1], vnni);
-            }
-        }
-        if (i < nb)
+        // NOTE: one accumulator per batch row, blocks in order, then QuantKernel.HorizontalSum: the exact f32 operation
+        // order of ggml's AVX2 vec_dot_q8_0_q8_0 and llamafile's tinyBLAS_Q0 tiles, so that the results agree to the bit
+        // (see ActivationQuantizer for why bits matter). Independent chains come from the batch tile instead.
+        Vector256<float> e0 = default, e1 = default, e2 = default, e3 = default;
+        for (int i = 0; i < nb; i++)
         {
             byte* p = row + i * BlockBytes;
             float dw = Fp16.ToFloat(*(ushort*)p);
@@ -70,7 +48,8 @@ internal readonly unsafe struct Q8_0Kernel : IQuantKernel
             if (TTile.Count > 2) e2 = Step(e2, u, w, q2 + 32 * i, dw * d2[i], vnni);
             if (TTile.Count > 3) e3 = Step(e3, u, w, q3 + 32 * i, dw * d3[i], vnni);
         }
-        QuantKernel.Store<TTile>(a, r, b, Vector256.Sum(e0 + o0), Vector256.Sum(e1 + o1), Vector256.Sum(e2 + o2), Vector256.Sum(e3 + o3));
+        QuantKernel.Store<TTile>(a, r, b, QuantKernel.HorizontalSum(e0), QuantKernel.HorizontalSum(e1),
+            QuantKernel.HorizontalSum(e2), QuantKernel.HorizontalSum(e3));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

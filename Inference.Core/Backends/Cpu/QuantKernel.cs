@@ -52,4 +52,17 @@ internal static unsafe class QuantKernel
         vnni
             ? AvxVnni.MultiplyWideningAndAdd(acc, u, s)
             : acc + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256.Create((short)1));
+
+    /// <summary>
+    /// The sum of the eight lanes as ggml's <c>hsum_float_8</c> adds them: upper half + lower half, then the two
+    /// 64-bit halves, then the two remaining lanes.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float HorizontalSum(Vector256<float> v)
+    {
+        var s = Sse.Add(v.GetUpper(), v.GetLower());
+        s = Sse.Add(s, Sse.MoveHighToLow(s, s));
+        s = Sse.AddScalar(s, Sse3.MoveHighAndDuplicate(s));
+        return s.ToScalar();
+    }
 }

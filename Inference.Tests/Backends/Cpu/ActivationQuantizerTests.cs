@@ -8,8 +8,11 @@ public unsafe class ActivationQuantizerTests
     private static IEnumerable<string> VectorPaths() =>
         Enum.GetValues<KernelPath>().Where(p => p != KernelPath.Scalar && KernelPaths.IsSupported(p)).Select(p => p.ToString());
 
-    [TestCaseSource(nameof(VectorPaths))]
-    public void Vector_Q8_0_matches_the_reference_block_quantizer(string pathName)
+    private static IEnumerable<string> AllPaths() =>
+        Enum.GetValues<KernelPath>().Where(KernelPaths.IsSupported).Select(p => p.ToString());
+
+    [TestCaseSource(nameof(AllPaths))]
+    public void Q8_0_matches_the_reference_block_quantizer(string pathName)
     {
         var path = Enum.Parse<KernelPath>(pathName);
         var rng = new Random(11);
@@ -30,7 +33,7 @@ public unsafe class ActivationQuantizerTests
         var refQ = new sbyte[32];
         for (int b = 0; b < cols / 32; b++)
         {
-            float refD = Quantize.Q8_0Block(x.AsSpan(32 * b, 32), refQ);
+            float refD = ActivationQuantizer.Q8_0Block(x.AsSpan(32 * b, 32), refQ);
             Assert.That(d[b], Is.EqualTo(refD), $"scale of block {b}");
             Assert.That(q.AsSpan(32 * b, 32).ToArray(), Is.EqualTo(refQ), $"quants of block {b}");
             int s = 0;
@@ -38,6 +41,50 @@ public unsafe class ActivationQuantizerTests
             Assert.That(sums[b], Is.EqualTo(s), $"sum of block {b}");
         }
     }
+
+    [TestCaseSource(nameof(AllPaths))]
+    public void Q8_0_rounds_halves_to_even_and_the_scale_to_f16(string pathName)
+    {
+        // ggml's x86 activation quantizer: id = 127 / max|x| (exactly 1 here), _mm256_round_ps to nearest even, and the
+        // scale stored as f16. The weight quantizer (quantize_row_q8_0_ref) would give 3, 4, -3, -4 for the ties.
+        var path = Enum.Parse<KernelPath>(pathName);
+        var x = new float[64];
+        for (int j = 0; j < 32; j++) x[j] = (j % 7) - 3.25f;
+        x[0] = 127f;
+        x[1] = 2.5f;
+        x[2] = 3.5f;
+        x[3] = -2.5f;
+        x[4] = -3.5f;
+        var rng = new Random(3);
+        for (int j = 32; j < 64; j++) x[j] = (float)(rng.NextDouble() - 0.5) * 0.3f;
+        x[40] = 0.1734567f; // the block maximum; 0.1734567 / 127 is not an f16 value
+        var q = new sbyte[64];
+        var d = new float[2];
+        var sums = new int[2];
+        d.AsSpan().Fill(float.NaN);
+        fixed (float* px = x)
+        fixed (sbyte* pq = q)
+        fixed (float* pd = d)
+        fixed (int* ps = sums)
+            ActivationQuantizer.RowQ8_0(px, 64, pq, pd, ps, path);
+
+        Assert.That(q[..5], Is.EqualTo(new sbyte[] { 127, 2, 4, -2, -4 }));
+        Assert.That(d[0], Is.EqualTo(1f));
+        float amax = 0;
+        for (int j = 32; j < 64; j++) amax = MathF.Max(amax, MathF.Abs(x[j]));
+        Assert.That(d[1], Is.EqualTo((float)(Half)(amax / 127)));
+        Assert.That(d[1], Is.Not.EqualTo(amax / 127), "the scale is rounded");
+        Assert.That(q[40], Is.EqualTo(127));
+    }
+
+    [TestCase(1f / 3, 0.333251953125)]                // 0x3555
+    [TestCase(0.1f, 0.0999755859375)]                 // 0x2E66
+    [TestCase(1f + 1f / 2048, 1.0)]                   // a tie rounds to the even mantissa
+    [TestCase(1f + 3f / 2048, 1.001953125)]           // a tie rounds to the even mantissa (up)
+    [TestCase(1e-6f, 17 * 5.9604644775390625e-8)]    // subnormal f16: multiples of 2^-24
+    [TestCase(-65519f, -65504.0)]                     // largest finite f16
+    public void RoundToHalf_rounds_to_the_nearest_f16(float value, double expected) =>
+        Assert.That(ActivationQuantizer.RoundToHalf(value), Is.EqualTo((float)expected));
 
     [TestCaseSource(nameof(VectorPaths))]
     public void Vector_Q8_K_matches_the_reference_block_quantizer(string pathName)

@@ -15,7 +15,7 @@ public unsafe class MatMulTests
     private static (int Rows, int Cols)[] Shapes(GgmlType type) => MatMulReference.ActivationBlock(type) switch
     {
         256 => [(7, 256), (33, 768), (5, 1024)],
-        32 => [(7, 32), (33, 96), (5, 1056)],
+        32 => [(7, 32), (33, 96), (5, 1056), (16, 288)],
         _ => [(7, 1), (33, 47), (5, 1040)],
     };
 
@@ -75,7 +75,7 @@ public unsafe class MatMulTests
     }
 
     /// <summary>For each activation, half the quantization step of its block (blocks never straddle rows because
-    /// cols is a multiple of the block).</summary>
+    /// cols is a multiple of the block), plus for Q8_0 the f16 rounding of the scale: |d − f16(d)|·|q| ≤ 2^-11·d·127.</summary>
     private static double[] HalfSteps(float[] x, int block)
     {
         var result = new double[x.Length];
@@ -83,7 +83,8 @@ public unsafe class MatMulTests
         {
             float amax = 0;
             for (int j = start; j < start + block; j++) amax = MathF.Max(amax, MathF.Abs(x[j]));
-            result.AsSpan(start, block).Fill(amax / 127.0 / 2);
+            double f16 = block == 32 ? amax * Math.ScaleB(1, -11) : 0;
+            result.AsSpan(start, block).Fill(amax / 127.0 / 2 + f16);
         }
         return result;
     }
@@ -96,7 +97,7 @@ public unsafe class MatMulTests
         for (int start = 0; start < x.Length; start += block)
         {
             float d = block == 32
-                ? Quantize.Q8_0Block(x.AsSpan(start, 32), q)
+                ? ActivationQuantizer.Q8_0Block(x.AsSpan(start, 32), q)
                 : Quantize.Q8_KBlock(x.AsSpan(start, 256), q, bsums);
             for (int j = 0; j < block; j++) result[start + j] = d * q[j];
         }

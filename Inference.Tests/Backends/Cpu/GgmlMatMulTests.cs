@@ -1,0 +1,65 @@
+using Inference.Backends.Cpu;
+using Inference.Loading;
+using Inference.Tests.Support;
+
+namespace Inference.Tests.Backends.Cpu;
+
+/// <summary>Our quantized matmuls against ggml's own <c>mul_mat</c> (llama.cpp's CPU backend) on the same bytes.</summary>
+[NonParallelizable]
+public unsafe class GgmlMatMulTests
+{
+    private static (byte[] Weights, float[] X) RandomProblem(GgmlType type, int rows, int cols, int batch, int seed)
+    {
+        var rng = new Random(seed);
+        int rowBytes = (int)GgmlTypeInfo.RowBytes(type, cols);
+        var weights = new byte[rows * rowBytes];
+        for (int r = 0; r < rows; r++)
+        {
+            Quantize.Row(type, CpuTestHelpers.RandomFloats(rng, cols), weights.AsSpan(r * rowBytes, rowBytes));
+        }
+        return (weights, CpuTestHelpers.RandomFloats(rng, batch * cols));
+    }
+
+    private static float[] Ours(GgmlType type, byte[] weights, int rows, int cols, float[] x, int batch)
+    {
+        var y = new float[batch * rows];
+        y.AsSpan().Fill(float.NaN);
+        using var pool = new WorkerPool(2);
+        fixed (byte* pw = weights)
+            MatMul.Multiply(new WeightMatrix(type, pw, rows, cols), x, y, batch, pool);
+        return y;
+    }
+
+    // batch 1 runs ggml's vec_dot, larger batches llamafile's tinyBLAS tiles (with row and column tails).
+    [TestCase(128, 256, 1)]
+    [TestCase(100, 1056, 1)]
+    [TestCase(128, 256, 2)]
+    [TestCase(36, 512, 7)]
+    [TestCase(128, 256, 17)]
+    public void Q8_0_is_bit_identical_to_ggml(int rows, int cols, int batch)
+    {
+        var (weights, x) = RandomProblem(GgmlType.Q8_0, rows, cols, batch, HashCode.Combine(rows, cols, batch));
+        var expected = GgmlCpu.MatMul((int)GgmlType.Q8_0, weights, rows, cols, x, batch);
+        var actual = Ours(GgmlType.Q8_0, weights, rows, cols, x, batch);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.That(BitConverter.SingleToInt32Bits(actual[i]), Is.EqualTo(BitConverter.SingleToInt32Bits(expected[i])),
+                $"y[{i / rows}, {i % rows}]: {actual[i]} vs ggml {expected[i]}");
+    }
+
+    [TestCase(124, 256, 1)]
+    [TestCase(128, 1056, 5)]
+    public void Q4_0_matches_ggml_to_f32_roundoff(int rows, int cols, int batch)
+    {
+        // Same products and activation quantization; only the f32 summation order differs (see Q4_0Kernel).
+        var (weights, x) = RandomProblem(GgmlType.Q4_0, rows, cols, batch, HashCode.Combine(rows, cols, batch));
+        var expected = GgmlCpu.MatMul((int)GgmlType.Q4_0, weights, rows, cols, x, batch);
+        var actual = Ours(GgmlType.Q4_0, weights, rows, cols, x, batch);
+        double num = 0, den = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            num += Math.Pow(actual[i] - expected[i], 2);
+            den += Math.Pow(expected[i], 2);
+        }
+        Assert.That(Math.Sqrt(num / den), Is.LessThan(1e-6));
+    }
+}
