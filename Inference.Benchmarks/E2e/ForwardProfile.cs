@@ -1,0 +1,74 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Inference.Backends.Cpu;
+using Inference.Loading;
+using Inference.Models;
+
+namespace Inference.Benchmarks.E2e;
+
+/// <summary>
+/// Where a decode step's time goes: the whole forward pass for one token against the matrix products alone (every
+/// weight matrix of the model once, batch 1), both on the same pool.
+/// </summary>
+public static class ForwardProfile
+{
+    public static Task<int> RunAsync(string[] argv)
+    {
+        var a = new Args(argv);
+        string model = a.Required("--model");
+        int threads = a.Int("--threads", 2), steps = a.Int("--steps", 64);
+        using var gguf = GgufFile.Open(model);
+        var config = ModelConfig.FromGguf(gguf);
+        var llama = new LlamaModel(gguf, config);
+        using var pool = new WorkerPool(threads);
+        var kv = new ContiguousKvCache(config, steps + 8);
+        var batch = new ModelBatch();
+        var logits = new float[config.VocabSize];
+        var matrices = gguf.Tensors.Where(t => t.Dimensions.Length == 2 && t.Name != "token_embd.weight").ToArray();
+
+        double forwardMs = 0, matmulMs = 0;
+        for (int pass = 0; pass < 2; pass++)
+        {
+            var sw = Stopwatch.StartNew();
+            for (int i = 0; i < steps; i++)
+            {
+                batch.Clear();
+                batch.Add(0, [1 + i % 100], i, wantLogits: true);
+                llama.Forward(batch, kv, logits, pool);
+            }
+            forwardMs = sw.Elapsed.TotalMilliseconds / steps;
+            kv.Remove(0);
+
+            sw.Restart();
+            for (int i = 0; i < steps; i++)
+            {
+                foreach (var t in matrices) Multiply(gguf, t, pool);
+            }
+            matmulMs = sw.Elapsed.TotalMilliseconds / steps;
+        }
+        Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
+        {
+            ["mode"] = "forward-profile",
+            ["model"] = Path.GetFileName(model),
+            ["threads"] = threads,
+            ["forward_ms"] = Math.Round(forwardMs, 3),
+            ["matmul_ms"] = Math.Round(matmulMs, 3),
+            ["other_ms"] = Math.Round(forwardMs - matmulMs, 3),
+        }));
+        return Task.FromResult(0);
+    }
+
+    private static readonly Dictionary<string, (float[] X, float[] Y)> Buffers = new();
+
+    private static unsafe void Multiply(GgufFile gguf, GgufTensorInfo t, WorkerPool pool)
+    {
+        var w = new WeightMatrix(t.Type, gguf.GetTensorPointer(t), (int)t.RowCount, (int)t.RowLength);
+        if (!Buffers.TryGetValue(t.Name, out var b))
+        {
+            b = (new float[w.Cols], new float[w.Rows]);
+            for (int i = 0; i < b.X.Length; i++) b.X[i] = (i % 7 - 3) * 0.1f;
+            Buffers[t.Name] = b;
+        }
+        MatMul.Multiply(w, b.X, b.Y, 1, pool);
+    }
+}
