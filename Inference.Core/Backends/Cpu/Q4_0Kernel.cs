@@ -16,7 +16,7 @@ internal readonly unsafe struct Q4_0Kernel : IQuantKernel
 {
     private const int BlockBytes = 18;
 
-    public static void Tile<TTile>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile
+    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IDotU8S8
     {
         int cols = a.Cols, nb = cols / 32;
         sbyte* q0 = a.Q + (long)b * cols, q1 = q0 + cols, q2 = q1 + cols, q3 = q2 + cols;
@@ -32,7 +32,6 @@ internal readonly unsafe struct Q4_0Kernel : IQuantKernel
             return;
         }
 
-        bool vnni = KernelPaths.UsesVnni(a.Path);
         Vector256<float> e0 = default, e1 = default, e2 = default, e3 = default; // even blocks
         Vector256<float> o0 = default, o1 = default, o2 = default, o3 = default; // odd blocks
         int i = 0;
@@ -42,22 +41,22 @@ internal readonly unsafe struct Q4_0Kernel : IQuantKernel
             float dwe = Fp16.ToFloat(*(ushort*)p), dwo = Fp16.ToFloat(*(ushort*)(p + BlockBytes));
             var ue = Codes(p);
             var uo = Codes(p + BlockBytes);
-            e0 = Step(e0, ue, q0 + 32 * i, s0[i], dwe * d0[i], vnni);
-            o0 = Step(o0, uo, q0 + 32 * i + 32, s0[i + 1], dwo * d0[i + 1], vnni);
+            e0 = Step<TDot>(e0, ue, q0 + 32 * i, s0[i], dwe * d0[i]);
+            o0 = Step<TDot>(o0, uo, q0 + 32 * i + 32, s0[i + 1], dwo * d0[i + 1]);
             if (TTile.Count > 1)
             {
-                e1 = Step(e1, ue, q1 + 32 * i, s1[i], dwe * d1[i], vnni);
-                o1 = Step(o1, uo, q1 + 32 * i + 32, s1[i + 1], dwo * d1[i + 1], vnni);
+                e1 = Step<TDot>(e1, ue, q1 + 32 * i, s1[i], dwe * d1[i]);
+                o1 = Step<TDot>(o1, uo, q1 + 32 * i + 32, s1[i + 1], dwo * d1[i + 1]);
             }
             if (TTile.Count > 2)
             {
-                e2 = Step(e2, ue, q2 + 32 * i, s2[i], dwe * d2[i], vnni);
-                o2 = Step(o2, uo, q2 + 32 * i + 32, s2[i + 1], dwo * d2[i + 1], vnni);
+                e2 = Step<TDot>(e2, ue, q2 + 32 * i, s2[i], dwe * d2[i]);
+                o2 = Step<TDot>(o2, uo, q2 + 32 * i + 32, s2[i + 1], dwo * d2[i + 1]);
             }
             if (TTile.Count > 3)
             {
-                e3 = Step(e3, ue, q3 + 32 * i, s3[i], dwe * d3[i], vnni);
-                o3 = Step(o3, uo, q3 + 32 * i + 32, s3[i + 1], dwo * d3[i + 1], vnni);
+                e3 = Step<TDot>(e3, ue, q3 + 32 * i, s3[i], dwe * d3[i]);
+                o3 = Step<TDot>(o3, uo, q3 + 32 * i + 32, s3[i + 1], dwo * d3[i + 1]);
             }
         }
         if (i < nb)
@@ -65,10 +64,10 @@ internal readonly unsafe struct Q4_0Kernel : IQuantKernel
             byte* p = row + i * BlockBytes;
             float dw = Fp16.ToFloat(*(ushort*)p);
             var u = Codes(p);
-            e0 = Step(e0, u, q0 + 32 * i, s0[i], dw * d0[i], vnni);
-            if (TTile.Count > 1) e1 = Step(e1, u, q1 + 32 * i, s1[i], dw * d1[i], vnni);
-            if (TTile.Count > 2) e2 = Step(e2, u, q2 + 32 * i, s2[i], dw * d2[i], vnni);
-            if (TTile.Count > 3) e3 = Step(e3, u, q3 + 32 * i, s3[i], dw * d3[i], vnni);
+            e0 = Step<TDot>(e0, u, q0 + 32 * i, s0[i], dw * d0[i]);
+            if (TTile.Count > 1) e1 = Step<TDot>(e1, u, q1 + 32 * i, s1[i], dw * d1[i]);
+            if (TTile.Count > 2) e2 = Step<TDot>(e2, u, q2 + 32 * i, s2[i], dw * d2[i]);
+            if (TTile.Count > 3) e3 = Step<TDot>(e3, u, q3 + 32 * i, s3[i], dw * d3[i]);
         }
         QuantKernel.Store<TTile>(a, r, b, Vector256.Sum(e0 + o0), Vector256.Sum(e1 + o1), Vector256.Sum(e2 + o2), Vector256.Sum(e3 + o3));
     }
@@ -83,9 +82,10 @@ internal readonly unsafe struct Q4_0Kernel : IQuantKernel
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Step(Vector256<float> acc, Vector256<byte> codes, sbyte* x, int xSum, float scale, bool vnni)
+    private static Vector256<float> Step<TDot>(Vector256<float> acc, Vector256<byte> codes, sbyte* x, int xSum, float scale)
+        where TDot : IDotU8S8
     {
-        var dot = QuantKernel.DotU8S8(Vector256.CreateScalar(-8 * xSum), codes, Vector256.Load(x), vnni);
+        var dot = TDot.Dot(Vector256.CreateScalar(-8 * xSum), codes, Vector256.Load(x));
         return Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot), Vector256.Create(scale), acc);
     }
 

@@ -20,7 +20,7 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
     // Byte j of the result is min j duplicated into a pair of shorts' worth of bytes: [m0, m0, m1, m1, …, m7, m7].
     private static readonly Vector128<byte> DuplicateBytes = Vector128.Create((byte)0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
 
-    public static void Tile<TTile>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile
+    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IDotU8S8
     {
         int cols = a.Cols, nsb = cols / 256;
         sbyte* q0 = a.Q + (long)b * cols, q1 = q0 + cols, q2 = q1 + cols, q3 = q2 + cols;
@@ -47,10 +47,10 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
 
             // Σ_j m_j·(bsums[2j] + bsums[2j+1]) as 8 int lanes.
             var mins16 = Avx2.ConvertToVector256Int16(Ssse3.Shuffle(Vector128.CreateScalar(mins).AsByte(), DuplicateBytes));
-            min0 = MinStep(min0, bs0 + 16 * s, mins16, dmin * d0[s]);
-            if (TTile.Count > 1) min1 = MinStep(min1, bs1 + 16 * s, mins16, dmin * d1[s]);
-            if (TTile.Count > 2) min2 = MinStep(min2, bs2 + 16 * s, mins16, dmin * d2[s]);
-            if (TTile.Count > 3) min3 = MinStep(min3, bs3 + 16 * s, mins16, dmin * d3[s]);
+            min0 = MinStep<TDot>(min0, bs0 + 16 * s, mins16, dmin * d0[s]);
+            if (TTile.Count > 1) min1 = MinStep<TDot>(min1, bs1 + 16 * s, mins16, dmin * d1[s]);
+            if (TTile.Count > 2) min2 = MinStep<TDot>(min2, bs2 + 16 * s, mins16, dmin * d2[s]);
+            if (TTile.Count > 3) min3 = MinStep<TDot>(min3, bs3 + 16 * s, mins16, dmin * d3[s]);
 
             Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
             for (int k = 0; k < 4; k++)
@@ -62,10 +62,10 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
                 var scLo = Vector256.Create((short)(byte)(scales >> (16 * k)));
                 var scHi = Vector256.Create((short)(byte)(scales >> (16 * k + 8)));
                 int off = 256 * s + 64 * k;
-                i0 = SubStep(i0, lo, hi, q0 + off, scLo, scHi);
-                if (TTile.Count > 1) i1 = SubStep(i1, lo, hi, q1 + off, scLo, scHi);
-                if (TTile.Count > 2) i2 = SubStep(i2, lo, hi, q2 + off, scLo, scHi);
-                if (TTile.Count > 3) i3 = SubStep(i3, lo, hi, q3 + off, scLo, scHi);
+                i0 = SubStep<TDot>(i0, lo, hi, q0 + off, scLo, scHi);
+                if (TTile.Count > 1) i1 = SubStep<TDot>(i1, lo, hi, q1 + off, scLo, scHi);
+                if (TTile.Count > 2) i2 = SubStep<TDot>(i2, lo, hi, q2 + off, scLo, scHi);
+                if (TTile.Count > 3) i3 = SubStep<TDot>(i3, lo, hi, q3 + off, scLo, scHi);
             }
             acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), Vector256.Create(d * d0[s]), acc0);
             if (TTile.Count > 1) acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i1), Vector256.Create(d * d1[s]), acc1);
@@ -93,11 +93,11 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> MinStep(Vector256<float> acc, short* bsums, Vector256<short> mins16, float scale) =>
+    private static Vector256<float> MinStep<TDot>(Vector256<float> acc, short* bsums, Vector256<short> mins16, float scale) =>
         Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Vector256.Load(bsums), mins16)), Vector256.Create(scale), acc);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> SubStep(Vector256<int> acc, Vector256<byte> lo, Vector256<byte> hi, sbyte* x, Vector256<short> scLo, Vector256<short> scHi)
+    private static Vector256<int> SubStep<TDot>(Vector256<int> acc, Vector256<byte> lo, Vector256<byte> hi, sbyte* x, Vector256<short> scLo, Vector256<short> scHi)
     {
         var pl = Avx2.MultiplyAddAdjacent(lo, Vector256.Load(x));
         var ph = Avx2.MultiplyAddAdjacent(hi, Vector256.Load(x + 32));

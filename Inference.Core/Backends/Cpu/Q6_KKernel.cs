@@ -19,7 +19,7 @@ internal readonly unsafe struct Q6_KKernel : IQuantKernel
     // Chunk c (32 values = sub-blocks 2c and 2c+1) takes scale bytes [2c ×8, 2c+1 ×8]; chunks 0..7 of a super-block.
     private static readonly Vector128<byte>[] ScaleShuffles = BuildShuffles();
 
-    public static void Tile<TTile>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile
+    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IDotU8S8
     {
         int cols = a.Cols, nsb = cols / 256;
         sbyte* q0 = a.Q + (long)b * cols, q1 = q0 + cols, q2 = q1 + cols, q3 = q2 + cols;
@@ -50,10 +50,10 @@ internal readonly unsafe struct Q6_KKernel : IQuantKernel
 
             // Σ_j sc_j·bsums_j as 8 int lanes, times 32·d·d_x.
             var sc16 = Avx2.ConvertToVector256Int16(sc.AsSByte());
-            off0 = OffsetStep(off0, bs0 + 16 * s, sc16, 32 * d * d0[s]);
-            if (TTile.Count > 1) off1 = OffsetStep(off1, bs1 + 16 * s, sc16, 32 * d * d1[s]);
-            if (TTile.Count > 2) off2 = OffsetStep(off2, bs2 + 16 * s, sc16, 32 * d * d2[s]);
-            if (TTile.Count > 3) off3 = OffsetStep(off3, bs3 + 16 * s, sc16, 32 * d * d3[s]);
+            off0 = OffsetStep<TDot>(off0, bs0 + 16 * s, sc16, 32 * d * d0[s]);
+            if (TTile.Count > 1) off1 = OffsetStep<TDot>(off1, bs1 + 16 * s, sc16, 32 * d * d1[s]);
+            if (TTile.Count > 2) off2 = OffsetStep<TDot>(off2, bs2 + 16 * s, sc16, 32 * d * d2[s]);
+            if (TTile.Count > 3) off3 = OffsetStep<TDot>(off3, bs3 + 16 * s, sc16, 32 * d * d3[s]);
 
             Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
             for (int n = 0; n < 2; n++)
@@ -72,10 +72,10 @@ internal readonly unsafe struct Q6_KKernel : IQuantKernel
                 var s2 = Avx2.ConvertToVector256Int16(Ssse3.Shuffle(sc, n == 0 ? sh2 : sh6).AsSByte());
                 var s3 = Avx2.ConvertToVector256Int16(Ssse3.Shuffle(sc, n == 0 ? sh3 : sh7).AsSByte());
                 int off = 256 * s + 128 * n;
-                i0 = HalfStep(i0, c0, c1, c2, c3, s0, s1, s2, s3, q0 + off);
-                if (TTile.Count > 1) i1 = HalfStep(i1, c0, c1, c2, c3, s0, s1, s2, s3, q1 + off);
-                if (TTile.Count > 2) i2 = HalfStep(i2, c0, c1, c2, c3, s0, s1, s2, s3, q2 + off);
-                if (TTile.Count > 3) i3 = HalfStep(i3, c0, c1, c2, c3, s0, s1, s2, s3, q3 + off);
+                i0 = HalfStep<TDot>(i0, c0, c1, c2, c3, s0, s1, s2, s3, q0 + off);
+                if (TTile.Count > 1) i1 = HalfStep<TDot>(i1, c0, c1, c2, c3, s0, s1, s2, s3, q1 + off);
+                if (TTile.Count > 2) i2 = HalfStep<TDot>(i2, c0, c1, c2, c3, s0, s1, s2, s3, q2 + off);
+                if (TTile.Count > 3) i3 = HalfStep<TDot>(i3, c0, c1, c2, c3, s0, s1, s2, s3, q3 + off);
             }
             acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), Vector256.Create(d * d0[s]), acc0);
             if (TTile.Count > 1) acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i1), Vector256.Create(d * d1[s]), acc1);
@@ -86,11 +86,11 @@ internal readonly unsafe struct Q6_KKernel : IQuantKernel
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> OffsetStep(Vector256<float> acc, short* bsums, Vector256<short> sc16, float scale) =>
+    private static Vector256<float> OffsetStep<TDot>(Vector256<float> acc, short* bsums, Vector256<short> sc16, float scale) =>
         Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Vector256.Load(bsums), sc16)), Vector256.Create(scale), acc);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> HalfStep(Vector256<int> acc,
+    private static Vector256<int> HalfStep<TDot>(Vector256<int> acc,
         Vector256<byte> c0, Vector256<byte> c1, Vector256<byte> c2, Vector256<byte> c3,
         Vector256<short> s0, Vector256<short> s1, Vector256<short> s2, Vector256<short> s3, sbyte* x)
     {

@@ -14,7 +14,7 @@ internal readonly unsafe struct Q8_0Kernel : IQuantKernel
 {
     private const int BlockBytes = 34;
 
-    public static void Tile<TTile>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile
+    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IDotU8S8
     {
         int cols = a.Cols, nb = cols / 32;
         sbyte* q0 = a.Q + (long)b * cols, q1 = q0 + cols, q2 = q1 + cols, q3 = q2 + cols;
@@ -29,7 +29,6 @@ internal readonly unsafe struct Q8_0Kernel : IQuantKernel
             return;
         }
 
-        bool vnni = KernelPaths.UsesVnni(a.Path);
         Vector256<float> e0 = default, e1 = default, e2 = default, e3 = default; // even blocks
         Vector256<float> o0 = default, o1 = default, o2 = default, o3 = default; // odd blocks
         int i = 0;
@@ -41,22 +40,22 @@ internal readonly unsafe struct Q8_0Kernel : IQuantKernel
             var wo = Vector256.Load((sbyte*)(p + BlockBytes + 2));
             var ue = Avx2.Abs(we);
             var uo = Avx2.Abs(wo);
-            e0 = Step(e0, ue, we, q0 + 32 * i, dwe * d0[i], vnni);
-            o0 = Step(o0, uo, wo, q0 + 32 * i + 32, dwo * d0[i + 1], vnni);
+            e0 = Step<TDot>(e0, ue, we, q0 + 32 * i, dwe * d0[i]);
+            o0 = Step<TDot>(o0, uo, wo, q0 + 32 * i + 32, dwo * d0[i + 1]);
             if (TTile.Count > 1)
             {
-                e1 = Step(e1, ue, we, q1 + 32 * i, dwe * d1[i], vnni);
-                o1 = Step(o1, uo, wo, q1 + 32 * i + 32, dwo * d1[i + 1], vnni);
+                e1 = Step<TDot>(e1, ue, we, q1 + 32 * i, dwe * d1[i]);
+                o1 = Step<TDot>(o1, uo, wo, q1 + 32 * i + 32, dwo * d1[i + 1]);
             }
             if (TTile.Count > 2)
             {
-                e2 = Step(e2, ue, we, q2 + 32 * i, dwe * d2[i], vnni);
-                o2 = Step(o2, uo, wo, q2 + 32 * i + 32, dwo * d2[i + 1], vnni);
+                e2 = Step<TDot>(e2, ue, we, q2 + 32 * i, dwe * d2[i]);
+                o2 = Step<TDot>(o2, uo, wo, q2 + 32 * i + 32, dwo * d2[i + 1]);
             }
             if (TTile.Count > 3)
             {
-                e3 = Step(e3, ue, we, q3 + 32 * i, dwe * d3[i], vnni);
-                o3 = Step(o3, uo, wo, q3 + 32 * i + 32, dwo * d3[i + 1], vnni);
+                e3 = Step<TDot>(e3, ue, we, q3 + 32 * i, dwe * d3[i]);
+                o3 = Step<TDot>(o3, uo, wo, q3 + 32 * i + 32, dwo * d3[i + 1]);
             }
         }
         if (i < nb)
@@ -65,19 +64,20 @@ internal readonly unsafe struct Q8_0Kernel : IQuantKernel
             float dw = Fp16.ToFloat(*(ushort*)p);
             var w = Vector256.Load((sbyte*)(p + 2));
             var u = Avx2.Abs(w);
-            e0 = Step(e0, u, w, q0 + 32 * i, dw * d0[i], vnni);
-            if (TTile.Count > 1) e1 = Step(e1, u, w, q1 + 32 * i, dw * d1[i], vnni);
-            if (TTile.Count > 2) e2 = Step(e2, u, w, q2 + 32 * i, dw * d2[i], vnni);
-            if (TTile.Count > 3) e3 = Step(e3, u, w, q3 + 32 * i, dw * d3[i], vnni);
+            e0 = Step<TDot>(e0, u, w, q0 + 32 * i, dw * d0[i]);
+            if (TTile.Count > 1) e1 = Step<TDot>(e1, u, w, q1 + 32 * i, dw * d1[i]);
+            if (TTile.Count > 2) e2 = Step<TDot>(e2, u, w, q2 + 32 * i, dw * d2[i]);
+            if (TTile.Count > 3) e3 = Step<TDot>(e3, u, w, q3 + 32 * i, dw * d3[i]);
         }
         QuantKernel.Store<TTile>(a, r, b, Vector256.Sum(e0 + o0), Vector256.Sum(e1 + o1), Vector256.Sum(e2 + o2), Vector256.Sum(e3 + o3));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Step(Vector256<float> acc, Vector256<byte> absW, Vector256<sbyte> w, sbyte* x, float scale, bool vnni)
+    private static Vector256<float> Step<TDot>(Vector256<float> acc, Vector256<byte> absW, Vector256<sbyte> w, sbyte* x, float scale)
+        where TDot : IDotU8S8
     {
         var signedX = Avx2.Sign(Vector256.Load(x), w);
-        var dot = QuantKernel.DotU8S8(Vector256<int>.Zero, absW, signedX, vnni);
+        var dot = TDot.Dot(Vector256<int>.Zero, absW, signedX);
         return Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot), Vector256.Create(scale), acc);
     }
 
