@@ -16,16 +16,18 @@ internal readonly unsafe struct Q8_0Kernel : IQuantKernel
 
     public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IDotU8S8
     {
-        int cols = a.Cols, nb = cols / 32;
-        sbyte* q0 = a.Q + (long)b * cols, q1 = q0 + cols, q2 = q1 + cols, q3 = q2 + cols;
-        float* d0 = a.D + (long)b * nb, d1 = d0 + nb, d2 = d1 + nb, d3 = d2 + nb;
+        int nb = a.Cols / 32, batch = a.Batch;
+        // Block i of batch row b + t: quants at q + i·qStep + 32t, scale at d[i·batch + t].
+        sbyte* q = a.Q + 32L * b;
+        float* d = a.D + b;
+        long qStep = 32L * batch;
         if (a.Path == KernelPath.Scalar)
         {
             QuantKernel.Store<TTile>(a, r, b,
-                DotScalar(row, nb, q0, d0),
-                TTile.Count > 1 ? DotScalar(row, nb, q1, d1) : 0,
-                TTile.Count > 2 ? DotScalar(row, nb, q2, d2) : 0,
-                TTile.Count > 3 ? DotScalar(row, nb, q3, d3) : 0);
+                DotScalar(row, nb, q, qStep, d, batch),
+                TTile.Count > 1 ? DotScalar(row, nb, q + 32, qStep, d + 1, batch) : 0,
+                TTile.Count > 2 ? DotScalar(row, nb, q + 64, qStep, d + 2, batch) : 0,
+                TTile.Count > 3 ? DotScalar(row, nb, q + 96, qStep, d + 3, batch) : 0);
             return;
         }
 
@@ -35,39 +37,43 @@ internal readonly unsafe struct Q8_0Kernel : IQuantKernel
         for (; i + 2 <= nb; i += 2)
         {
             byte* p = row + i * BlockBytes;
+            sbyte* qe = q + i * qStep, qo = qe + qStep;
+            float* de = d + (long)i * batch, dO = de + batch;
             float dwe = Fp16.ToFloat(*(ushort*)p), dwo = Fp16.ToFloat(*(ushort*)(p + BlockBytes));
             var we = Vector256.Load((sbyte*)(p + 2));
             var wo = Vector256.Load((sbyte*)(p + BlockBytes + 2));
             var ue = Avx2.Abs(we);
             var uo = Avx2.Abs(wo);
-            e0 = Step<TDot>(e0, ue, we, q0 + 32 * i, dwe * d0[i]);
-            o0 = Step<TDot>(o0, uo, wo, q0 + 32 * i + 32, dwo * d0[i + 1]);
+            e0 = Step<TDot>(e0, ue, we, qe, dwe * de[0]);
+            o0 = Step<TDot>(o0, uo, wo, qo, dwo * dO[0]);
             if (TTile.Count > 1)
             {
-                e1 = Step<TDot>(e1, ue, we, q1 + 32 * i, dwe * d1[i]);
-                o1 = Step<TDot>(o1, uo, wo, q1 + 32 * i + 32, dwo * d1[i + 1]);
+                e1 = Step<TDot>(e1, ue, we, qe + 32, dwe * de[1]);
+                o1 = Step<TDot>(o1, uo, wo, qo + 32, dwo * dO[1]);
             }
             if (TTile.Count > 2)
             {
-                e2 = Step<TDot>(e2, ue, we, q2 + 32 * i, dwe * d2[i]);
-                o2 = Step<TDot>(o2, uo, wo, q2 + 32 * i + 32, dwo * d2[i + 1]);
+                e2 = Step<TDot>(e2, ue, we, qe + 64, dwe * de[2]);
+                o2 = Step<TDot>(o2, uo, wo, qo + 64, dwo * dO[2]);
             }
             if (TTile.Count > 3)
             {
-                e3 = Step<TDot>(e3, ue, we, q3 + 32 * i, dwe * d3[i]);
-                o3 = Step<TDot>(o3, uo, wo, q3 + 32 * i + 32, dwo * d3[i + 1]);
+                e3 = Step<TDot>(e3, ue, we, qe + 96, dwe * de[3]);
+                o3 = Step<TDot>(o3, uo, wo, qo + 96, dwo * dO[3]);
             }
         }
         if (i < nb)
         {
             byte* p = row + i * BlockBytes;
+            sbyte* qe = q + i * qStep;
+            float* de = d + (long)i * batch;
             float dw = Fp16.ToFloat(*(ushort*)p);
             var w = Vector256.Load((sbyte*)(p + 2));
             var u = Avx2.Abs(w);
-            e0 = Step<TDot>(e0, u, w, q0 + 32 * i, dw * d0[i]);
-            if (TTile.Count > 1) e1 = Step<TDot>(e1, u, w, q1 + 32 * i, dw * d1[i]);
-            if (TTile.Count > 2) e2 = Step<TDot>(e2, u, w, q2 + 32 * i, dw * d2[i]);
-            if (TTile.Count > 3) e3 = Step<TDot>(e3, u, w, q3 + 32 * i, dw * d3[i]);
+            e0 = Step<TDot>(e0, u, w, qe, dw * de[0]);
+            if (TTile.Count > 1) e1 = Step<TDot>(e1, u, w, qe + 32, dw * de[1]);
+            if (TTile.Count > 2) e2 = Step<TDot>(e2, u, w, qe + 64, dw * de[2]);
+            if (TTile.Count > 3) e3 = Step<TDot>(e3, u, w, qe + 96, dw * de[3]);
         }
         QuantKernel.Store<TTile>(a, r, b, Vector256.Sum(e0 + o0), Vector256.Sum(e1 + o1), Vector256.Sum(e2 + o2), Vector256.Sum(e3 + o3));
     }
@@ -81,17 +87,17 @@ internal readonly unsafe struct Q8_0Kernel : IQuantKernel
         return Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot), Vector256.Create(scale), acc);
     }
 
-    private static float DotScalar(byte* row, int nb, sbyte* x, float* d)
+    private static float DotScalar(byte* row, int nb, sbyte* x, long xStep, float* d, int dStep)
     {
         float sum = 0;
         for (int i = 0; i < nb; i++)
         {
             byte* p = row + i * BlockBytes;
             sbyte* w = (sbyte*)(p + 2);
-            sbyte* xb = x + 32 * i;
+            sbyte* xb = x + i * xStep;
             int dot = 0;
             for (int j = 0; j < 32; j++) dot += w[j] * xb[j];
-            sum += Fp16.ToFloat(*(ushort*)p) * d[i] * dot;
+            sum += Fp16.ToFloat(*(ushort*)p) * d[(long)i * dStep] * dot;
         }
         return sum;
     }

@@ -25,7 +25,7 @@ public unsafe class ActivationQuantizerTests
         fixed (sbyte* pq = q)
         fixed (float* pd = d)
         fixed (int* ps = sums)
-            ActivationQuantizer.RowQ8_0(px, cols, pq, pd, ps, path);
+            ActivationQuantizer.RowQ8_0(px, cols, 1, pq, pd, ps, path);
 
         var refQ = new sbyte[32];
         for (int b = 0; b < cols / 32; b++)
@@ -57,7 +57,7 @@ public unsafe class ActivationQuantizerTests
         fixed (sbyte* pq = q)
         fixed (float* pd = d)
         fixed (short* pb = bsums)
-            ActivationQuantizer.RowQ8_K(px, cols, pq, pd, pb, path);
+            ActivationQuantizer.RowQ8_K(px, cols, 1, pq, pd, pb, path);
 
         var refQ = new sbyte[256];
         var refB = new short[16];
