@@ -22,8 +22,9 @@ internal static unsafe class ActivationQuantizer
     // NOTE: the vector paths use AVX min/max rather than Vector256.Max, whose NaN and −0 handling costs extra
     // instructions; activations are finite.
 
-    /// <summary>Q8_0: per 32 values d = max|x| / 127, q = round(x / d), <paramref name="sums"/> = Σq per block.</summary>
-    public static void RowQ8_0(float* x, int cols, int stride, sbyte* q, float* d, int* sums, KernelPath path)
+    /// <summary>Q8_0: per 32 values d = max|x| / 127, q = round(x / d), and <paramref name="offsets"/> = −8·Σq per block
+    /// (the term Q4_0's code offset contributes to a block dot product).</summary>
+    public static void RowQ8_0(float* x, int cols, int stride, sbyte* q, float* d, int* offsets, KernelPath path)
     {
         int nb = cols / 32;
         if (path == KernelPath.Scalar)
@@ -34,7 +35,7 @@ internal static unsafe class ActivationQuantizer
                 d[(long)b * stride] = Quantize.Q8_0Block(new ReadOnlySpan<float>(x + 32 * b, 32), qs);
                 int s = 0;
                 for (int j = 0; j < 32; j++) s += qs[j];
-                sums[(long)b * stride] = s;
+                offsets[(long)b * stride] = -8 * s;
             }
             return;
         }
@@ -55,7 +56,7 @@ internal static unsafe class ActivationQuantizer
             var i3 = Avx.ConvertToVector256Int32(v3 * id);
             Vector256.Narrow(Vector256.Narrow(i0, i1), Vector256.Narrow(i2, i3)).Store(q + 32L * b * stride);
             d[(long)b * stride] = scale;
-            sums[(long)b * stride] = Vector256.Sum((i0 + i1) + (i2 + i3));
+            offsets[(long)b * stride] = -8 * Vector256.Sum((i0 + i1) + (i2 + i3));
         }
     }
 

@@ -24,7 +24,7 @@ internal readonly unsafe struct MatMulArgs
     public readonly sbyte* Q;
     /// <summary>Activation block scales, [Cols / block, Batch] (integer kernels only).</summary>
     public readonly float* D;
-    /// <summary>Q8_0: Σq per 32-block, [Cols / 32, Batch] (used by Q4_0's −8 offset).</summary>
+    /// <summary>Q8_0: −8·Σq per 32-block, [Cols / 32, Batch] (Q4_0's code offset term).</summary>
     public readonly int* Sums;
     /// <summary>Q8_K: Σq per 16 values, [Cols / 256, Batch, 16].</summary>
     public readonly short* BSums;

@@ -9,8 +9,8 @@ namespace Inference.Backends.Cpu;
 /// <c>vec_dot_q4_0_q8_0</c>).
 /// </summary>
 /// <remarks>
-/// The codes n are used unsigned (0..15) and the offset is folded in as −8·Σq_x, taken from the per-block activation
-/// sums and seeded into lane 0 of the integer accumulator.
+/// The codes n are used unsigned (0..15) and the offset is folded in as −8·Σq_x, precomputed per activation block
+/// (<see cref="MatMulArgs.Sums"/>) and seeded into lane 0 of the integer accumulator.
 /// </remarks>
 internal readonly unsafe struct Q4_0Kernel : IQuantKernel
 {
@@ -42,25 +42,26 @@ internal readonly unsafe struct Q4_0Kernel : IQuantKernel
             byte* p = row + i * BlockBytes;
             sbyte* qe = q + i * qStep, qo = qe + qStep;
             long ie = (long)i * batch, io = ie + batch;
-            float dwe = Fp16.ToFloat(*(ushort*)p), dwo = Fp16.ToFloat(*(ushort*)(p + BlockBytes));
+            var dwe = Vector256.Create(Fp16.ToFloat(*(ushort*)p));
+            var dwo = Vector256.Create(Fp16.ToFloat(*(ushort*)(p + BlockBytes)));
             var ue = Codes(p);
             var uo = Codes(p + BlockBytes);
-            e0 = Step<TDot>(e0, ue, qe, s[ie], dwe * d[ie]);
-            o0 = Step<TDot>(o0, uo, qo, s[io], dwo * d[io]);
+            e0 = Step<TDot>(e0, ue, qe, s[ie], dwe, d + ie);
+            o0 = Step<TDot>(o0, uo, qo, s[io], dwo, d + io);
             if (TTile.Count > 1)
             {
-                e1 = Step<TDot>(e1, ue, qe + 32, s[ie + 1], dwe * d[ie + 1]);
-                o1 = Step<TDot>(o1, uo, qo + 32, s[io + 1], dwo * d[io + 1]);
+                e1 = Step<TDot>(e1, ue, qe + 32, s[ie + 1], dwe, d + ie + 1);
+                o1 = Step<TDot>(o1, uo, qo + 32, s[io + 1], dwo, d + io + 1);
             }
             if (TTile.Count > 2)
             {
-                e2 = Step<TDot>(e2, ue, qe + 64, s[ie + 2], dwe * d[ie + 2]);
-                o2 = Step<TDot>(o2, uo, qo + 64, s[io + 2], dwo * d[io + 2]);
+                e2 = Step<TDot>(e2, ue, qe + 64, s[ie + 2], dwe, d + ie + 2);
+                o2 = Step<TDot>(o2, uo, qo + 64, s[io + 2], dwo, d + io + 2);
             }
             if (TTile.Count > 3)
             {
-                e3 = Step<TDot>(e3, ue, qe + 96, s[ie + 3], dwe * d[ie + 3]);
-                o3 = Step<TDot>(o3, uo, qo + 96, s[io + 3], dwo * d[io + 3]);
+                e3 = Step<TDot>(e3, ue, qe + 96, s[ie + 3], dwe, d + ie + 3);
+                o3 = Step<TDot>(o3, uo, qo + 96, s[io + 3], dwo, d + io + 3);
             }
         }
         if (i < nb)
@@ -68,12 +69,12 @@ internal readonly unsafe struct Q4_0Kernel : IQuantKernel
             byte* p = row + i * BlockBytes;
             sbyte* qe = q + i * qStep;
             long ie = (long)i * batch;
-            float dw = Fp16.ToFloat(*(ushort*)p);
+            var dw = Vector256.Create(Fp16.ToFloat(*(ushort*)p));
             var u = Codes(p);
-            e0 = Step<TDot>(e0, u, qe, s[ie], dw * d[ie]);
-            if (TTile.Count > 1) e1 = Step<TDot>(e1, u, qe + 32, s[ie + 1], dw * d[ie + 1]);
-            if (TTile.Count > 2) e2 = Step<TDot>(e2, u, qe + 64, s[ie + 2], dw * d[ie + 2]);
-            if (TTile.Count > 3) e3 = Step<TDot>(e3, u, qe + 96, s[ie + 3], dw * d[ie + 3]);
+            e0 = Step<TDot>(e0, u, qe, s[ie], dw, d + ie);
+            if (TTile.Count > 1) e1 = Step<TDot>(e1, u, qe + 32, s[ie + 1], dw, d + ie + 1);
+            if (TTile.Count > 2) e2 = Step<TDot>(e2, u, qe + 64, s[ie + 2], dw, d + ie + 2);
+            if (TTile.Count > 3) e3 = Step<TDot>(e3, u, qe + 96, s[ie + 3], dw, d + ie + 3);
         }
         QuantKernel.Store<TTile>(a, r, b, Vector256.Sum(e0 + o0), Vector256.Sum(e1 + o1), Vector256.Sum(e2 + o2), Vector256.Sum(e3 + o3));
     }
@@ -88,11 +89,11 @@ internal readonly unsafe struct Q4_0Kernel : IQuantKernel
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Step<TDot>(Vector256<float> acc, Vector256<byte> codes, sbyte* x, int xSum, float scale)
+    private static Vector256<float> Step<TDot>(Vector256<float> acc, Vector256<byte> codes, sbyte* x, int offset, Vector256<float> dw, float* dx)
         where TDot : IDotU8S8
     {
-        var dot = TDot.Dot(Vector256.CreateScalar(-8 * xSum), codes, Vector256.Load(x));
-        return Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot), Vector256.Create(scale), acc);
+        var dot = TDot.Dot(Vector256.CreateScalar(offset), codes, Vector256.Load(x));
+        return Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot), dw * Vector256.Create(*dx), acc);
     }
 
     private static float DotScalar(byte* row, int nb, sbyte* x, long xStep, float* d, int dStep)

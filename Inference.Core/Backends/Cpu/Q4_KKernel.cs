@@ -58,6 +58,10 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
             if (TTile.Count > 2) min2 = MinStep(min2, bs + 32, mins16, dmin * ds[2]);
             if (TTile.Count > 3) min3 = MinStep(min3, bs + 48, mins16, dmin * ds[3]);
 
+            // The 8 scales as shorts in both 128-bit lanes; a byte shuffle with pick = [2j, 2j+1, …] broadcasts scale j.
+            var sc8 = Sse41.ConvertToVector128Int16(Vector128.CreateScalar(scales).AsByte()).AsByte();
+            var scalesBoth = Vector256.Create(sc8, sc8);
+            var pick = Vector256.Create((short)0x0100).AsByte();
             Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
             for (int k = 0; k < 4; k++)
             {
@@ -65,8 +69,10 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
                 var qv = Vector256.Load(p + 16 + 32 * k);
                 var lo = qv & nibble;
                 var hi = Avx2.ShiftRightLogical(qv.AsUInt16(), 4).AsByte() & nibble;
-                var scLo = Vector256.Create((short)(byte)(scales >> (16 * k)));
-                var scHi = Vector256.Create((short)(byte)(scales >> (16 * k + 8)));
+                var scLo = Avx2.Shuffle(scalesBoth, pick).AsInt16();
+                pick += Vector256.Create((byte)2);
+                var scHi = Avx2.Shuffle(scalesBoth, pick).AsInt16();
+                pick += Vector256.Create((byte)2);
                 int off = 64 * k;
                 i0 = SubStep(i0, lo, hi, qs + off, scLo, scHi);
                 if (TTile.Count > 1) i1 = SubStep(i1, lo, hi, qs + 256 + off, scLo, scHi);

@@ -39,27 +39,28 @@ internal readonly unsafe struct Q8_0Kernel : IQuantKernel
             byte* p = row + i * BlockBytes;
             sbyte* qe = q + i * qStep, qo = qe + qStep;
             float* de = d + (long)i * batch, dO = de + batch;
-            float dwe = Fp16.ToFloat(*(ushort*)p), dwo = Fp16.ToFloat(*(ushort*)(p + BlockBytes));
+            var dwe = Vector256.Create(Fp16.ToFloat(*(ushort*)p));
+            var dwo = Vector256.Create(Fp16.ToFloat(*(ushort*)(p + BlockBytes)));
             var we = Vector256.Load((sbyte*)(p + 2));
             var wo = Vector256.Load((sbyte*)(p + BlockBytes + 2));
             var ue = Avx2.Abs(we);
             var uo = Avx2.Abs(wo);
-            e0 = Step<TDot>(e0, ue, we, qe, dwe * de[0]);
-            o0 = Step<TDot>(o0, uo, wo, qo, dwo * dO[0]);
+            e0 = Step<TDot>(e0, ue, we, qe, dwe, de);
+            o0 = Step<TDot>(o0, uo, wo, qo, dwo, dO);
             if (TTile.Count > 1)
             {
-                e1 = Step<TDot>(e1, ue, we, qe + 32, dwe * de[1]);
-                o1 = Step<TDot>(o1, uo, wo, qo + 32, dwo * dO[1]);
+                e1 = Step<TDot>(e1, ue, we, qe + 32, dwe, de + 1);
+                o1 = Step<TDot>(o1, uo, wo, qo + 32, dwo, dO + 1);
             }
             if (TTile.Count > 2)
             {
-                e2 = Step<TDot>(e2, ue, we, qe + 64, dwe * de[2]);
-                o2 = Step<TDot>(o2, uo, wo, qo + 64, dwo * dO[2]);
+                e2 = Step<TDot>(e2, ue, we, qe + 64, dwe, de + 2);
+                o2 = Step<TDot>(o2, uo, wo, qo + 64, dwo, dO + 2);
             }
             if (TTile.Count > 3)
             {
-                e3 = Step<TDot>(e3, ue, we, qe + 96, dwe * de[3]);
-                o3 = Step<TDot>(o3, uo, wo, qo + 96, dwo * dO[3]);
+                e3 = Step<TDot>(e3, ue, we, qe + 96, dwe, de + 3);
+                o3 = Step<TDot>(o3, uo, wo, qo + 96, dwo, dO + 3);
             }
         }
         if (i < nb)
@@ -67,24 +68,24 @@ internal readonly unsafe struct Q8_0Kernel : IQuantKernel
             byte* p = row + i * BlockBytes;
             sbyte* qe = q + i * qStep;
             float* de = d + (long)i * batch;
-            float dw = Fp16.ToFloat(*(ushort*)p);
+            var dw = Vector256.Create(Fp16.ToFloat(*(ushort*)p));
             var w = Vector256.Load((sbyte*)(p + 2));
             var u = Avx2.Abs(w);
-            e0 = Step<TDot>(e0, u, w, qe, dw * de[0]);
-            if (TTile.Count > 1) e1 = Step<TDot>(e1, u, w, qe + 32, dw * de[1]);
-            if (TTile.Count > 2) e2 = Step<TDot>(e2, u, w, qe + 64, dw * de[2]);
-            if (TTile.Count > 3) e3 = Step<TDot>(e3, u, w, qe + 96, dw * de[3]);
+            e0 = Step<TDot>(e0, u, w, qe, dw, de);
+            if (TTile.Count > 1) e1 = Step<TDot>(e1, u, w, qe + 32, dw, de + 1);
+            if (TTile.Count > 2) e2 = Step<TDot>(e2, u, w, qe + 64, dw, de + 2);
+            if (TTile.Count > 3) e3 = Step<TDot>(e3, u, w, qe + 96, dw, de + 3);
         }
         QuantKernel.Store<TTile>(a, r, b, Vector256.Sum(e0 + o0), Vector256.Sum(e1 + o1), Vector256.Sum(e2 + o2), Vector256.Sum(e3 + o3));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Step<TDot>(Vector256<float> acc, Vector256<byte> absW, Vector256<sbyte> w, sbyte* x, float scale)
+    private static Vector256<float> Step<TDot>(Vector256<float> acc, Vector256<byte> absW, Vector256<sbyte> w, sbyte* x, Vector256<float> dw, float* dx)
         where TDot : IDotU8S8
     {
         var signedX = Avx2.Sign(Vector256.Load(x), w);
         var dot = TDot.Dot(Vector256<int>.Zero, absW, signedX);
-        return Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot), Vector256.Create(scale), acc);
+        return Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot), dw * Vector256.Create(*dx), acc);
     }
 
     private static float DotScalar(byte* row, int nb, sbyte* x, long xStep, float* d, int dStep)
