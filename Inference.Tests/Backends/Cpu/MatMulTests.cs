@@ -133,6 +133,27 @@ public unsafe class MatMulTests
         }
     }
 
+    [TestCase(GgmlType.F16)]
+    [TestCase(GgmlType.Q4_0)]
+    [TestCase(GgmlType.Q4_K)]
+    public void Repeated_calls_allocate_nothing_on_the_calling_thread(GgmlType type)
+    {
+        const int rows = 64, cols = 512, batch = 5;
+        var rng = new Random(5);
+        var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
+        var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
+        var y = new float[batch * rows];
+        using var pool = new WorkerPool(2);
+        fixed (byte* pw = weights)
+        {
+            var w = new WeightMatrix(type, pw, rows, cols);
+            for (int i = 0; i < 10; i++) MatMul.Multiply(w, x, y, batch, pool); // scratch and job boxes grow here
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 200; i++) MatMul.Multiply(w, x, y, i % batch + 1, pool);
+            Assert.That(GC.GetAllocatedBytesForCurrentThread() - before, Is.EqualTo(0));
+        }
+    }
+
     [Test]
     public void Validates_arguments()
     {
