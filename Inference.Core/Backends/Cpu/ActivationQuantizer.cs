@@ -14,8 +14,8 @@ namespace Inference.Backends.Cpu;
 /// </remarks>
 /// <remarks>
 /// NOTE: the scales stay f32 (ggml rounds the Q8_0 scale to f16): the kernels never need the byte format, and the
-/// unrounded scale removes one error term. The vector paths round with the MXCSR default (halves to even) where the
-/// Q8_0 reference rounds halves away from zero; quants differ only on exact ties.
+/// unrounded scale removes one error term. Quants match the reference block quantizers exactly, ties included
+/// (Q8_0 rounds halves away from zero, Q8_K to even).
 /// </remarks>
 internal static unsafe class ActivationQuantizer
 {
@@ -50,10 +50,10 @@ internal static unsafe class ActivationQuantizer
             float amax = HorizontalMax(m);
             float scale = amax / 127;
             var id = Vector256.Create(scale != 0 ? 1.0f / scale : 0.0f);
-            var i0 = Avx.ConvertToVector256Int32(v0 * id);
-            var i1 = Avx.ConvertToVector256Int32(v1 * id);
-            var i2 = Avx.ConvertToVector256Int32(v2 * id);
-            var i3 = Avx.ConvertToVector256Int32(v3 * id);
+            var i0 = RoundHalfAwayFromZero(v0 * id);
+            var i1 = RoundHalfAwayFromZero(v1 * id);
+            var i2 = RoundHalfAwayFromZero(v2 * id);
+            var i3 = RoundHalfAwayFromZero(v3 * id);
             Vector256.Narrow(Vector256.Narrow(i0, i1), Vector256.Narrow(i2, i3)).Store(q + 32L * b * stride);
             d[(long)b * stride] = scale;
             offsets[(long)b * stride] = -8 * Vector256.Sum((i0 + i1) + (i2 + i3));
@@ -111,6 +111,17 @@ internal static unsafe class ActivationQuantizer
             }
             d[(long)b * stride] = 1 / iscale;
         }
+    }
+
+    /// <summary>
+    /// round() as C's <c>roundf</c>: truncating x + copysign(0.49999997, x) is exact for every float (the largest float
+    /// below one half never rounds a non-tie up, and rounds an exact tie up through the addition's own rounding).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> RoundHalfAwayFromZero(Vector256<float> p)
+    {
+        var half = (p.AsUInt32() & Vector256.Create(0x80000000u)) | Vector256.Create(0x3EFFFFFFu);
+        return Avx.ConvertToVector256Int32WithTruncation(p + half.AsSingle());
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -16,6 +16,16 @@ public unsafe class ActivationQuantizerTests
         const int cols = 32 * 40;
         var x = CpuTestHelpers.RandomFloats(rng, cols, 5f);
         x.AsSpan(64, 32).Clear(); // an all-zero block
+        // A block with scale exactly 1 whose values sit on rounding ties (halves go away from zero, as roundf does),
+        // and the largest floats below ties.
+        x.AsSpan(96, 32).Clear();
+        x[96] = 127f;
+        x[97] = 80.5f;
+        x[98] = -80.5f;
+        x[99] = 0.5f;
+        x[100] = -2.5f;
+        x[101] = MathF.BitDecrement(0.5f);
+        x[102] = MathF.BitDecrement(80.5f);
         var q = new sbyte[cols];
         var d = new float[cols / 32];
         var sums = new int[cols / 32];
@@ -27,6 +37,7 @@ public unsafe class ActivationQuantizerTests
         fixed (int* ps = sums)
             ActivationQuantizer.RowQ8_0(px, cols, 1, pq, pd, ps, path);
 
+        Assert.That(q.AsSpan(96, 7).ToArray(), Is.EqualTo(new sbyte[] { 127, 81, -81, 1, -3, 0, 80 }));
         var refQ = new sbyte[32];
         for (int b = 0; b < cols / 32; b++)
         {
