@@ -134,7 +134,7 @@ public static unsafe class QuickKernelBench
             {
                 long from = bytes * part / parts & ~63L, to = bytes * (part + 1) / parts & ~63L;
                 Vector256<float> a = default, b = default, c = default, d = default;
-                for (long o = from; o < to; o += 128)
+                for (long o = from; o + 128 <= to; o += 128)
                 {
                     a += Vector256.Load((float*)(data + o));
                     b += Vector256.Load((float*)(data + o + 32));

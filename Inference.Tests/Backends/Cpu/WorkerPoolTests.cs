@@ -71,6 +71,20 @@ public class WorkerPoolTests
     }
 
     [Test]
+    public void Workers_wake_up_after_blocking_between_calls()
+    {
+        using var pool = new WorkerPool(3);
+        var hits = new int[90];
+        for (int call = 0; call < 20; call++)
+        {
+            // Alternate gaps shorter and longer than the spin window so both the spinning and the blocked hand-off run.
+            if (call % 2 == 1) Thread.Sleep(2);
+            pool.Run(hits.Length, new CountJob(hits));
+        }
+        Assert.That(hits, Is.All.EqualTo(20));
+    }
+
+    [Test]
     public void Nothing_to_do_returns_at_once()
     {
         using var pool = new WorkerPool(2);
@@ -96,12 +110,14 @@ public class WorkerPoolTests
     public void Dispose_stops_the_workers_and_later_runs_throw()
     {
         var pool = new WorkerPool(4);
-        pool.Run(8, new CountJob(new int[8]));
-        var before = Environment.ProcessorCount; // unused; keeps the call sites similar across runtimes
-        pool.Dispose();
+        var hits = new int[8];
+        pool.Run(8, new CountJob(hits));
+        Assert.That(hits, Is.All.EqualTo(1));
+        // Dispose joins the workers, so it returns only once every worker thread has left its loop.
+        var dispose = Task.Run(pool.Dispose);
+        Assert.That(dispose.Wait(TimeSpan.FromSeconds(30)), Is.True, "workers did not stop");
         pool.Dispose(); // idempotent
         Assert.Throws<ObjectDisposedException>(() => pool.Run(8, new CountJob(new int[8])));
-        Assert.That(before, Is.GreaterThan(0));
     }
 
     [Test]
