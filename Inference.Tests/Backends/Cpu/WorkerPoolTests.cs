@@ -28,6 +28,14 @@ public class WorkerPoolTests
         }
     }
 
+    /// <summary>Runs <paramref name="body"/> on another thread and fails (instead of hanging the run) if it does not
+    /// finish in time, e.g. after a lost wake-up.</summary>
+    private static void Within(Action body, int seconds = 20)
+    {
+        var task = Task.Factory.StartNew(body, TaskCreationOptions.LongRunning);
+        Assert.That(task.Wait(TimeSpan.FromSeconds(seconds)), Is.True, "the pool did not finish in time");
+    }
+
     [TestCase(1, 10)]
     [TestCase(2, 1)]
     [TestCase(2, 2)]
@@ -47,7 +55,10 @@ public class WorkerPoolTests
     {
         using var pool = new WorkerPool(3);
         var hits = new int[257];
-        for (int call = 0; call < 5000; call++) pool.Run(call % 257 + 1, new CountJob(hits));
+        Within(() =>
+        {
+            for (int call = 0; call < 5000; call++) pool.Run(call % 257 + 1, new CountJob(hits));
+        });
         // Item i is covered by every call whose item count exceeds i.
         for (int i = 0; i < hits.Length; i++)
         {
@@ -62,12 +73,17 @@ public class WorkerPoolTests
     {
         using var pool = new WorkerPool(2);
         var ids = new int[100];
-        // Give the worker time to fall asleep so the wake-up path runs too.
-        Thread.Sleep(50);
-        pool.Run(ids.Length, new ThreadJob(ids));
-        Assert.That(ids[..50], Is.All.EqualTo(Environment.CurrentManagedThreadId));
+        int caller = 0;
+        Within(() =>
+        {
+            caller = Environment.CurrentManagedThreadId;
+            // Give the worker time to fall asleep so the wake-up path runs too.
+            Thread.Sleep(50);
+            pool.Run(ids.Length, new ThreadJob(ids));
+        });
+        Assert.That(ids[..50], Is.All.EqualTo(caller));
         Assert.That(ids[50..], Is.All.EqualTo(ids[50]));
-        Assert.That(ids[50], Is.Not.EqualTo(Environment.CurrentManagedThreadId));
+        Assert.That(ids[50], Is.Not.EqualTo(caller));
     }
 
     [Test]
@@ -75,12 +91,15 @@ public class WorkerPoolTests
     {
         using var pool = new WorkerPool(3);
         var hits = new int[90];
-        for (int call = 0; call < 20; call++)
+        Within(() =>
         {
-            // Alternate gaps shorter and longer than the spin window so both the spinning and the blocked hand-off run.
-            if (call % 2 == 1) Thread.Sleep(2);
-            pool.Run(hits.Length, new CountJob(hits));
-        }
+            for (int call = 0; call < 20; call++)
+            {
+                // Alternate gaps shorter and longer than the spin window so both the spinning and the blocked hand-off run.
+                if (call % 2 == 1) Thread.Sleep(2);
+                pool.Run(hits.Length, new CountJob(hits));
+            }
+        });
         Assert.That(hits, Is.All.EqualTo(20));
     }
 
