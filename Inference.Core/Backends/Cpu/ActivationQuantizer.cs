@@ -6,9 +6,12 @@ namespace Inference.Backends.Cpu;
 
 /// <summary>
 /// Quantizes float activation rows for the integer kernels, into a kernel-friendly split layout rather than ggml block
-/// bytes: quants [cols], one float scale per block, and per-block quant sums.
+/// bytes: quants, one float scale per block, and per-block quant sums.
 /// </summary>
 /// <remarks>
+/// Blocks of one row are <c>stride</c> blocks apart so that a batch can be stored block-interleaved,
+/// <c>[block, batch, values]</c>: the kernels then find the same block of consecutive batch rows at fixed small offsets.
+/// <para/>
 /// NOTE: Q8_0 follows ggml's x86 <c>quantize_row_q8_0</c> and <c>quantize_mat_q8_0</c> (the activation quantizers
 /// llama.cpp's CPU backend runs before <c>vec_dot_q8_0_q8_0</c>, the llamafile <c>tinyBLAS_Q0</c> tiles and the repacked
 /// Q4_0 kernels) to the bit: id = 127 / max|x|, q = round(x·id) with halves to even, and the scale d = max|x| / 127
@@ -25,20 +28,20 @@ internal static unsafe class ActivationQuantizer
 
     /// <summary>
     /// Q8_0 as <see cref="Q8_0Block"/> for each 32 values, the f16-rounded scales into <paramref name="d"/> (as floats)
-    /// and <paramref name="sums"/> = Σq per block.
+    /// and <paramref name="offsets"/> = −8·Σq per block (the term Q4_0's code offset contributes to a block dot product).
     /// </summary>
-    public static void RowQ8_0(float* x, int cols, sbyte* q, float* d, int* sums, KernelPath path)
+    public static void RowQ8_0(float* x, int cols, int stride, sbyte* q, float* d, int* offsets, KernelPath path)
     {
         int nb = cols / 32;
         if (path == KernelPath.Scalar)
         {
             for (int b = 0; b < nb; b++)
             {
-                var qs = new Span<sbyte>(q + 32 * b, 32);
-                d[b] = Q8_0Block(new ReadOnlySpan<float>(x + 32 * b, 32), qs);
+                var qs = new Span<sbyte>(q + 32L * b * stride, 32);
+                d[(long)b * stride] = Q8_0Block(new ReadOnlySpan<float>(x + 32 * b, 32), qs);
                 int s = 0;
                 for (int j = 0; j < 32; j++) s += qs[j];
-                sums[b] = s;
+                offsets[(long)b * stride] = -8 * s;
             }
             return;
         }
@@ -56,9 +59,9 @@ internal static unsafe class ActivationQuantizer
             var i1 = Avx.ConvertToVector256Int32(v1 * id);
             var i2 = Avx.ConvertToVector256Int32(v2 * id);
             var i3 = Avx.ConvertToVector256Int32(v3 * id);
-            Vector256.Narrow(Vector256.Narrow(i0, i1), Vector256.Narrow(i2, i3)).Store(q + 32 * b);
-            d[b] = RoundToHalf(amax / 127);
-            sums[b] = Vector256.Sum((i0 + i1) + (i2 + i3));
+            Vector256.Narrow(Vector256.Narrow(i0, i1), Vector256.Narrow(i2, i3)).Store(q + 32L * b * stride);
+            d[(long)b * stride] = RoundToHalf(amax / 127);
+            offsets[(long)b * stride] = -8 * Vector256.Sum((i0 + i1) + (i2 + i3));
         }
     }
 
@@ -85,19 +88,21 @@ internal static unsafe class ActivationQuantizer
     /// Q8_K: per 256 values the value m of largest magnitude gives d = m / −127, q = min(127, round(x / d)),
     /// <paramref name="bsums"/> = Σq per 16 values.
     /// </summary>
-    public static void RowQ8_K(float* x, int cols, sbyte* q, float* d, short* bsums, KernelPath path)
+    public static void RowQ8_K(float* x, int cols, int stride, sbyte* q, float* d, short* bsums, KernelPath path)
     {
         int nb = cols / 256;
         if (path == KernelPath.Scalar)
         {
             for (int b = 0; b < nb; b++)
-                d[b] = Quantize.Q8_KBlock(new ReadOnlySpan<float>(x + 256 * b, 256), new Span<sbyte>(q + 256 * b, 256),
-                    new Span<short>(bsums + 16 * b, 16));
+                d[(long)b * stride] = Quantize.Q8_KBlock(new ReadOnlySpan<float>(x + 256 * b, 256), new Span<sbyte>(q + 256L * b * stride, 256),
+                    new Span<short>(bsums + 16L * b * stride, 16));
             return;
         }
         for (int b = 0; b < nb; b++)
         {
             float* xb = x + 256 * b;
+            sbyte* qb = q + 256L * b * stride;
+            short* sb = bsums + 16L * b * stride;
             var vmax = Vector256.Load(xb);
             var vmin = vmax;
             for (int j = 8; j < 256; j += 8)
@@ -110,9 +115,9 @@ internal static unsafe class ActivationQuantizer
             float max = hi >= -lo ? hi : lo;
             if (max == 0)
             {
-                new Span<sbyte>(q + 256 * b, 256).Clear();
-                new Span<short>(bsums + 16 * b, 16).Clear();
-                d[b] = 0;
+                new Span<sbyte>(qb, 256).Clear();
+                new Span<short>(sb, 16).Clear();
+                d[(long)b * stride] = 0;
                 continue;
             }
             float iscale = -127f / max;
@@ -124,11 +129,11 @@ internal static unsafe class ActivationQuantizer
                 var i1 = Vector256.Min(Avx.ConvertToVector256Int32(Vector256.Load(xb + j + 8) * vs), limit);
                 var i2 = Vector256.Min(Avx.ConvertToVector256Int32(Vector256.Load(xb + j + 16) * vs), limit);
                 var i3 = Vector256.Min(Avx.ConvertToVector256Int32(Vector256.Load(xb + j + 24) * vs), limit);
-                Vector256.Narrow(Vector256.Narrow(i0, i1), Vector256.Narrow(i2, i3)).Store(q + 256 * b + j);
-                bsums[16 * b + j / 16] = (short)Vector256.Sum(i0 + i1);
-                bsums[16 * b + j / 16 + 1] = (short)Vector256.Sum(i2 + i3);
+                Vector256.Narrow(Vector256.Narrow(i0, i1), Vector256.Narrow(i2, i3)).Store(qb + j);
+                sb[j / 16] = (short)Vector256.Sum(i0 + i1);
+                sb[j / 16 + 1] = (short)Vector256.Sum(i2 + i3);
             }
-            d[b] = 1 / iscale;
+            d[(long)b * stride] = 1 / iscale;
         }
     }
 

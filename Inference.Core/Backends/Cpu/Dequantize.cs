@@ -14,6 +14,7 @@ namespace Inference.Backends.Cpu;
 ///                   8 sub-blocks of 32 with 6-bit scale sc and min m: x = d·sc·q − dmin·m
 /// Q6_K 210 B / 256: u8 ql[128] | u8 qh[64] | i8 scales[16] | f16 d
 ///                   16 sub-blocks of 16 with 8-bit signed scale: x = d·sc·(q − 32), q 6-bit
+/// Q8_K 292 B / 256: f32 d | i8 qs[256] | i16 bsums[16]       x = d·q (activations only)
 /// </code>
 /// </remarks>
 public static class Dequantize
@@ -55,6 +56,14 @@ public static class Dequantize
                 break;
             case GgmlType.Q6_K:
                 for (int b = 0; b < dst.Length / 256; b++) Q6_KBlock(src.Slice(b * 210, 210), dst.Slice(b * 256, 256));
+                break;
+            case GgmlType.Q8_K:
+                for (int b = 0; b < dst.Length / 256; b++)
+                {
+                    var block = src.Slice(b * 292, 292);
+                    float d = BinaryPrimitives.ReadSingleLittleEndian(block);
+                    for (int j = 0; j < 256; j++) dst[b * 256 + j] = d * (sbyte)block[4 + j];
+                }
                 break;
             default:
                 throw new NotSupportedException($"dequantization of {type} is not supported");

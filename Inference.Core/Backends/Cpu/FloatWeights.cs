@@ -57,28 +57,29 @@ internal readonly unsafe struct F16Weights : IFloatWeights
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(byte* row, int i) => Fp16.ToFloat(((ushort*)row)[i]);
 
-    // NOTE: exponent+mantissa shifted into float position and scaled by 2^112 re-biases normals and turns half
-    // subnormals (which land on float subnormals) into the right normal floats; only Inf/NaN need a fix-up.
+    // NOTE: with the half in the top 16 bits of an int, an arithmetic shift by 3 puts exponent and mantissa where a
+    // float keeps them (the sign stays on top; the mask clears its copies); scaling by 2^112 then re-biases normals and
+    // turns half subnormals (which land on float subnormals) into the right normal floats. Only Inf/NaN need a fix-up.
     private const uint Scale = (127 + 112) << 23;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static Vector512<float> ToSingle(Vector512<uint> h)
     {
-        var em = (h & Vector512.Create(0x7FFFu)) << 13;
-        var f = em.AsSingle() * Vector512.Create(Scale).AsSingle();
-        var infNan = Vector512.Equals(h & Vector512.Create(0x7C00u), Vector512.Create(0x7C00u));
-        f = Vector512.ConditionalSelect(infNan.AsSingle(), (em | Vector512.Create(0x7F800000u)).AsSingle(), f);
-        return (f.AsUInt32() | ((h & Vector512.Create(0x8000u)) << 16)).AsSingle();
+        var top = (h << 16).AsInt32();
+        var f = ((top >> 3) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(Scale).AsSingle();
+        var exponent = top & Vector512.Create(0x7C000000);
+        var infNan = Vector512.Equals(exponent, Vector512.Create(0x7C000000));
+        return (f.AsInt32() | (infNan & Vector512.Create(0x7F800000))).AsSingle();
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static Vector256<float> ToSingle(Vector256<uint> h)
     {
-        var em = (h & Vector256.Create(0x7FFFu)) << 13;
-        var f = em.AsSingle() * Vector256.Create(Scale).AsSingle();
-        var infNan = Vector256.Equals(h & Vector256.Create(0x7C00u), Vector256.Create(0x7C00u));
-        f = Vector256.ConditionalSelect(infNan.AsSingle(), (em | Vector256.Create(0x7F800000u)).AsSingle(), f);
-        return (f.AsUInt32() | ((h & Vector256.Create(0x8000u)) << 16)).AsSingle();
+        var top = (h << 16).AsInt32();
+        var f = ((top >> 3) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(Scale).AsSingle();
+        var exponent = top & Vector256.Create(0x7C000000);
+        var infNan = Vector256.Equals(exponent, Vector256.Create(0x7C000000));
+        return (f.AsInt32() | (infNan & Vector256.Create(0x7F800000))).AsSingle();
     }
 }
 

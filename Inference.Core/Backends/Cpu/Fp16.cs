@@ -10,6 +10,7 @@ internal static class Fp16
     private static readonly float[] Table = Build();
 
     /// <summary>The float value of the half whose bits are <paramref name="bits"/>.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     public static float ToFloat(ushort bits) =>
         System.Runtime.CompilerServices.Unsafe.Add(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(Table), bits);
 

@@ -13,6 +13,11 @@ internal enum KernelPath
     /// <summary>AVX2 + FMA with AVX-VNNI integer dots (<c>vpdpbusd</c>).</summary>
     Vector256Vnni,
     /// <summary>AVX-512 float kernels; integer kernels as <see cref="Vector256Vnni"/> (or <see cref="Vector256"/> without VNNI).</summary>
+    /// <remarks>
+    /// NOTE: .NET 10 exposes 512-bit <c>vpdpbusd</c> only through AVX10 (<c>Avx10v1.V512</c>), which AVX-512 Xeons do not
+    /// report; the 512-bit <c>vpmaddubsw</c> + <c>vpmaddwd</c> pair moves as many bytes per µop as 256-bit AVX-VNNI
+    /// (512-bit µops occupy two ports), so the integer kernels stay at 256 bits.
+    /// </remarks>
     Vector512,
 }
 

@@ -104,9 +104,9 @@ public static class MatMul
     {
         public void Execute(int start, int end)
         {
-            int cols = a.Cols, nb = cols / 32;
+            int cols = a.Cols;
             for (long b = start; b < end; b++)
-                ActivationQuantizer.RowQ8_0(a.X + b * cols, cols, a.Q + b * cols, a.D + b * nb, a.Sums + b * nb, a.Path);
+                ActivationQuantizer.RowQ8_0(a.X + b * cols, cols, a.Batch, a.Q + 32 * b, a.D + b, a.Sums + b, a.Path);
         }
     }
 
@@ -116,11 +116,11 @@ public static class MatMul
         {
             int cols = a.Cols;
             for (long b = start; b < end; b++)
-                ActivationQuantizer.RowQ8_K(a.X + b * cols, cols, a.Q + b * cols, a.D + b * (cols / 256), a.BSums + b * (cols / 16), a.Path);
+                ActivationQuantizer.RowQ8_K(a.X + b * cols, cols, a.Batch, a.Q + 256 * b, a.D + b, a.BSums + 16 * b, a.Path);
         }
     }
 
-    /// <summary>Quantized activations of one call, grown to the largest batch × cols seen and pinned for life.</summary>
+    /// <summary>Quantized activations of one call, block-interleaved (<c>[block, batch, values]</c>), grown to the largest batch × cols seen and pinned for life.</summary>
     private sealed unsafe class ActivationScratch
     {
         private sbyte[] _q = [];

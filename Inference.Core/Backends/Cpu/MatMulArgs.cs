@@ -17,13 +17,16 @@ internal readonly unsafe struct MatMulArgs
     public readonly float* Y;
     /// <summary>Batch rows (tokens).</summary>
     public readonly int Batch;
-    /// <summary>Quantized activations, [Batch, Cols] (integer kernels only).</summary>
+    // NOTE: the quantized activations are block-interleaved so a kernel reaches the same block of four consecutive
+    // batch rows through one pointer and constant offsets (the x64 register file cannot hold 12 row pointers).
+
+    /// <summary>Quantized activations, [Cols / block, Batch, block] (integer kernels only).</summary>
     public readonly sbyte* Q;
-    /// <summary>Activation block scales, [Batch, Cols / block] (integer kernels only).</summary>
+    /// <summary>Activation block scales, [Cols / block, Batch] (integer kernels only).</summary>
     public readonly float* D;
-    /// <summary>Q8_0: Σq per 32-block, [Batch, Cols / 32] (used by Q4_0's −8 offset).</summary>
+    /// <summary>Q8_0: −8·Σq per 32-block, [Cols / 32, Batch] (Q4_0's code offset term).</summary>
     public readonly int* Sums;
-    /// <summary>Q8_K: Σq per 16 values, [Batch, Cols / 16].</summary>
+    /// <summary>Q8_K: Σq per 16 values, [Cols / 256, Batch, 16].</summary>
     public readonly short* BSums;
     /// <summary>Instruction-set level to run at.</summary>
     public readonly KernelPath Path;

@@ -20,19 +20,22 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
     // Byte j of the result is min j duplicated into a pair of shorts' worth of bytes: [m0, m0, m1, m1, …, m7, m7].
     private static readonly Vector128<byte> DuplicateBytes = Vector128.Create((byte)0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
 
-    public static void Tile<TTile>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile
+    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IDotU8S8
     {
-        int cols = a.Cols, nsb = cols / 256;
-        sbyte* q0 = a.Q + (long)b * cols, q1 = q0 + cols, q2 = q1 + cols, q3 = q2 + cols;
-        float* d0 = a.D + (long)b * nsb, d1 = d0 + nsb, d2 = d1 + nsb, d3 = d2 + nsb;
-        short* bs0 = a.BSums + (long)b * (cols / 16), bs1 = bs0 + cols / 16, bs2 = bs1 + cols / 16, bs3 = bs2 + cols / 16;
+        int nsb = a.Cols / 256, batch = a.Batch;
+        // Super-block s of batch row b + t: quants at q + s·qStep + 256t, scale at d[s·batch + t],
+        // sums at bsums + s·bsStep + 16t.
+        sbyte* q = a.Q + 256L * b;
+        float* dx = a.D + b;
+        short* bsums = a.BSums + 16L * b;
+        long qStep = 256L * batch, bsStep = 16L * batch;
         if (a.Path == KernelPath.Scalar)
         {
             QuantKernel.Store<TTile>(a, r, b,
-                DotScalar(row, nsb, q0, d0, bs0),
-                TTile.Count > 1 ? DotScalar(row, nsb, q1, d1, bs1) : 0,
-                TTile.Count > 2 ? DotScalar(row, nsb, q2, d2, bs2) : 0,
-                TTile.Count > 3 ? DotScalar(row, nsb, q3, d3, bs3) : 0);
+                DotScalar(row, nsb, q, qStep, dx, batch, bsums, bsStep),
+                TTile.Count > 1 ? DotScalar(row, nsb, q + 256, qStep, dx + 1, batch, bsums + 16, bsStep) : 0,
+                TTile.Count > 2 ? DotScalar(row, nsb, q + 512, qStep, dx + 2, batch, bsums + 32, bsStep) : 0,
+                TTile.Count > 3 ? DotScalar(row, nsb, q + 768, qStep, dx + 3, batch, bsums + 48, bsStep) : 0);
             return;
         }
 
@@ -42,16 +45,23 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
         for (int s = 0; s < nsb; s++)
         {
             byte* p = row + s * BlockBytes;
+            sbyte* qs = q + s * qStep;
+            float* ds = dx + (long)s * batch;
+            short* bs = bsums + s * bsStep;
             float d = Fp16.ToFloat(*(ushort*)p), dmin = Fp16.ToFloat(*(ushort*)(p + 2));
             UnpackScales(p + 4, out ulong scales, out ulong mins);
 
             // Σ_j m_j·(bsums[2j] + bsums[2j+1]) as 8 int lanes.
             var mins16 = Avx2.ConvertToVector256Int16(Ssse3.Shuffle(Vector128.CreateScalar(mins).AsByte(), DuplicateBytes));
-            min0 = MinStep(min0, bs0 + 16 * s, mins16, dmin * d0[s]);
-            if (TTile.Count > 1) min1 = MinStep(min1, bs1 + 16 * s, mins16, dmin * d1[s]);
-            if (TTile.Count > 2) min2 = MinStep(min2, bs2 + 16 * s, mins16, dmin * d2[s]);
-            if (TTile.Count > 3) min3 = MinStep(min3, bs3 + 16 * s, mins16, dmin * d3[s]);
+            min0 = MinStep(min0, bs + 0, mins16, dmin * ds[0]);
+            if (TTile.Count > 1) min1 = MinStep(min1, bs + 16, mins16, dmin * ds[1]);
+            if (TTile.Count > 2) min2 = MinStep(min2, bs + 32, mins16, dmin * ds[2]);
+            if (TTile.Count > 3) min3 = MinStep(min3, bs + 48, mins16, dmin * ds[3]);
 
+            // The 8 scales as shorts in both 128-bit lanes; a byte shuffle with pick = [2j, 2j+1, …] broadcasts scale j.
+            var sc8 = Sse41.ConvertToVector128Int16(Vector128.CreateScalar(scales).AsByte()).AsByte();
+            var scalesBoth = Vector256.Create(sc8, sc8);
+            var pick = Vector256.Create((short)0x0100).AsByte();
             Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
             for (int k = 0; k < 4; k++)
             {
@@ -59,18 +69,20 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
                 var qv = Vector256.Load(p + 16 + 32 * k);
                 var lo = qv & nibble;
                 var hi = Avx2.ShiftRightLogical(qv.AsUInt16(), 4).AsByte() & nibble;
-                var scLo = Vector256.Create((short)(byte)(scales >> (16 * k)));
-                var scHi = Vector256.Create((short)(byte)(scales >> (16 * k + 8)));
-                int off = 256 * s + 64 * k;
-                i0 = SubStep(i0, lo, hi, q0 + off, scLo, scHi);
-                if (TTile.Count > 1) i1 = SubStep(i1, lo, hi, q1 + off, scLo, scHi);
-                if (TTile.Count > 2) i2 = SubStep(i2, lo, hi, q2 + off, scLo, scHi);
-                if (TTile.Count > 3) i3 = SubStep(i3, lo, hi, q3 + off, scLo, scHi);
+                var scLo = Avx2.Shuffle(scalesBoth, pick).AsInt16();
+                pick += Vector256.Create((byte)2);
+                var scHi = Avx2.Shuffle(scalesBoth, pick).AsInt16();
+                pick += Vector256.Create((byte)2);
+                int off = 64 * k;
+                i0 = SubStep(i0, lo, hi, qs + off, scLo, scHi);
+                if (TTile.Count > 1) i1 = SubStep(i1, lo, hi, qs + 256 + off, scLo, scHi);
+                if (TTile.Count > 2) i2 = SubStep(i2, lo, hi, qs + 512 + off, scLo, scHi);
+                if (TTile.Count > 3) i3 = SubStep(i3, lo, hi, qs + 768 + off, scLo, scHi);
             }
-            acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), Vector256.Create(d * d0[s]), acc0);
-            if (TTile.Count > 1) acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i1), Vector256.Create(d * d1[s]), acc1);
-            if (TTile.Count > 2) acc2 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i2), Vector256.Create(d * d2[s]), acc2);
-            if (TTile.Count > 3) acc3 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i3), Vector256.Create(d * d3[s]), acc3);
+            acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), Vector256.Create(d * ds[0]), acc0);
+            if (TTile.Count > 1) acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i1), Vector256.Create(d * ds[1]), acc1);
+            if (TTile.Count > 2) acc2 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i2), Vector256.Create(d * ds[2]), acc2);
+            if (TTile.Count > 3) acc3 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i3), Vector256.Create(d * ds[3]), acc3);
         }
         QuantKernel.Store<TTile>(a, r, b, Vector256.Sum(acc0 - min0), Vector256.Sum(acc1 - min1), Vector256.Sum(acc2 - min2), Vector256.Sum(acc3 - min3));
     }
@@ -104,7 +116,7 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
         return acc + Avx2.MultiplyAddAdjacent(pl, scLo) + Avx2.MultiplyAddAdjacent(ph, scHi);
     }
 
-    private static float DotScalar(byte* row, int nsb, sbyte* x, float* dx, short* bsums)
+    private static float DotScalar(byte* row, int nsb, sbyte* x, long xStep, float* dx, int dStep, short* bsums, long bsStep)
     {
         float sum = 0;
         for (int s = 0; s < nsb; s++)
@@ -112,7 +124,8 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
             byte* p = row + s * BlockBytes;
             var packed = new ReadOnlySpan<byte>(p + 4, 12);
             byte* qs = p + 16;
-            sbyte* xs = x + 256 * s;
+            sbyte* xs = x + s * xStep;
+            short* bs = bsums + s * bsStep;
             int sumi = 0, sumMins = 0;
             for (int j = 0; j < 8; j++)
             {
@@ -122,9 +135,9 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
                 int dot = 0;
                 for (int l = 0; l < 32; l++) dot += ((q[l] >> shift) & 0xF) * xs[32 * j + l];
                 sumi += sc * dot;
-                sumMins += m * (bsums[16 * s + 2 * j] + bsums[16 * s + 2 * j + 1]);
+                sumMins += m * (bs[2 * j] + bs[2 * j + 1]);
             }
-            sum += dx[s] * (Fp16.ToFloat(*(ushort*)p) * sumi - Fp16.ToFloat(*(ushort*)(p + 2)) * sumMins);
+            sum += dx[(long)s * dStep] * (Fp16.ToFloat(*(ushort*)p) * sumi - Fp16.ToFloat(*(ushort*)(p + 2)) * sumMins);
         }
         return sum;
     }

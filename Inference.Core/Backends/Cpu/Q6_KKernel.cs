@@ -19,19 +19,22 @@ internal readonly unsafe struct Q6_KKernel : IQuantKernel
     // Chunk c (32 values = sub-blocks 2c and 2c+1) takes scale bytes [2c ×8, 2c+1 ×8]; chunks 0..7 of a super-block.
     private static readonly Vector128<byte>[] ScaleShuffles = BuildShuffles();
 
-    public static void Tile<TTile>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile
+    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IDotU8S8
     {
-        int cols = a.Cols, nsb = cols / 256;
-        sbyte* q0 = a.Q + (long)b * cols, q1 = q0 + cols, q2 = q1 + cols, q3 = q2 + cols;
-        float* d0 = a.D + (long)b * nsb, d1 = d0 + nsb, d2 = d1 + nsb, d3 = d2 + nsb;
-        short* bs0 = a.BSums + (long)b * (cols / 16), bs1 = bs0 + cols / 16, bs2 = bs1 + cols / 16, bs3 = bs2 + cols / 16;
+        int nsb = a.Cols / 256, batch = a.Batch;
+        // Super-block s of batch row b + t: quants at q + s·qStep + 256t, scale at d[s·batch + t],
+        // sums at bsums + s·bsStep + 16t.
+        sbyte* q = a.Q + 256L * b;
+        float* dx = a.D + b;
+        short* bsums = a.BSums + 16L * b;
+        long qStep = 256L * batch, bsStep = 16L * batch;
         if (a.Path == KernelPath.Scalar)
         {
             QuantKernel.Store<TTile>(a, r, b,
-                DotScalar(row, nsb, q0, d0, bs0),
-                TTile.Count > 1 ? DotScalar(row, nsb, q1, d1, bs1) : 0,
-                TTile.Count > 2 ? DotScalar(row, nsb, q2, d2, bs2) : 0,
-                TTile.Count > 3 ? DotScalar(row, nsb, q3, d3, bs3) : 0);
+                DotScalar(row, nsb, q, qStep, dx, batch, bsums, bsStep),
+                TTile.Count > 1 ? DotScalar(row, nsb, q + 256, qStep, dx + 1, batch, bsums + 16, bsStep) : 0,
+                TTile.Count > 2 ? DotScalar(row, nsb, q + 512, qStep, dx + 2, batch, bsums + 32, bsStep) : 0,
+                TTile.Count > 3 ? DotScalar(row, nsb, q + 768, qStep, dx + 3, batch, bsums + 48, bsStep) : 0);
             return;
         }
 
@@ -45,15 +48,18 @@ internal readonly unsafe struct Q6_KKernel : IQuantKernel
         for (int s = 0; s < nsb; s++)
         {
             byte* p = row + s * BlockBytes;
+            sbyte* qs = q + s * qStep;
+            float* ds = dx + (long)s * batch;
+            short* bs = bsums + s * bsStep;
             float d = Fp16.ToFloat(*(ushort*)(p + 208));
             var sc = Vector128.Load(p + 192);
 
             // Σ_j sc_j·bsums_j as 8 int lanes, times 32·d·d_x.
             var sc16 = Avx2.ConvertToVector256Int16(sc.AsSByte());
-            off0 = OffsetStep(off0, bs0 + 16 * s, sc16, 32 * d * d0[s]);
-            if (TTile.Count > 1) off1 = OffsetStep(off1, bs1 + 16 * s, sc16, 32 * d * d1[s]);
-            if (TTile.Count > 2) off2 = OffsetStep(off2, bs2 + 16 * s, sc16, 32 * d * d2[s]);
-            if (TTile.Count > 3) off3 = OffsetStep(off3, bs3 + 16 * s, sc16, 32 * d * d3[s]);
+            off0 = OffsetStep(off0, bs + 0, sc16, 32 * d * ds[0]);
+            if (TTile.Count > 1) off1 = OffsetStep(off1, bs + 16, sc16, 32 * d * ds[1]);
+            if (TTile.Count > 2) off2 = OffsetStep(off2, bs + 32, sc16, 32 * d * ds[2]);
+            if (TTile.Count > 3) off3 = OffsetStep(off3, bs + 48, sc16, 32 * d * ds[3]);
 
             Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
             for (int n = 0; n < 2; n++)
@@ -71,16 +77,16 @@ internal readonly unsafe struct Q6_KKernel : IQuantKernel
                 var s1 = Avx2.ConvertToVector256Int16(Ssse3.Shuffle(sc, n == 0 ? sh1 : sh5).AsSByte());
                 var s2 = Avx2.ConvertToVector256Int16(Ssse3.Shuffle(sc, n == 0 ? sh2 : sh6).AsSByte());
                 var s3 = Avx2.ConvertToVector256Int16(Ssse3.Shuffle(sc, n == 0 ? sh3 : sh7).AsSByte());
-                int off = 256 * s + 128 * n;
-                i0 = HalfStep(i0, c0, c1, c2, c3, s0, s1, s2, s3, q0 + off);
-                if (TTile.Count > 1) i1 = HalfStep(i1, c0, c1, c2, c3, s0, s1, s2, s3, q1 + off);
-                if (TTile.Count > 2) i2 = HalfStep(i2, c0, c1, c2, c3, s0, s1, s2, s3, q2 + off);
-                if (TTile.Count > 3) i3 = HalfStep(i3, c0, c1, c2, c3, s0, s1, s2, s3, q3 + off);
+                int off = 128 * n;
+                i0 = HalfStep(i0, c0, c1, c2, c3, s0, s1, s2, s3, qs + off);
+                if (TTile.Count > 1) i1 = HalfStep(i1, c0, c1, c2, c3, s0, s1, s2, s3, qs + 256 + off);
+                if (TTile.Count > 2) i2 = HalfStep(i2, c0, c1, c2, c3, s0, s1, s2, s3, qs + 512 + off);
+                if (TTile.Count > 3) i3 = HalfStep(i3, c0, c1, c2, c3, s0, s1, s2, s3, qs + 768 + off);
             }
-            acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), Vector256.Create(d * d0[s]), acc0);
-            if (TTile.Count > 1) acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i1), Vector256.Create(d * d1[s]), acc1);
-            if (TTile.Count > 2) acc2 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i2), Vector256.Create(d * d2[s]), acc2);
-            if (TTile.Count > 3) acc3 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i3), Vector256.Create(d * d3[s]), acc3);
+            acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), Vector256.Create(d * ds[0]), acc0);
+            if (TTile.Count > 1) acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i1), Vector256.Create(d * ds[1]), acc1);
+            if (TTile.Count > 2) acc2 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i2), Vector256.Create(d * ds[2]), acc2);
+            if (TTile.Count > 3) acc3 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i3), Vector256.Create(d * ds[3]), acc3);
         }
         QuantKernel.Store<TTile>(a, r, b, Vector256.Sum(acc0 - off0), Vector256.Sum(acc1 - off1), Vector256.Sum(acc2 - off2), Vector256.Sum(acc3 - off3));
     }
@@ -113,7 +119,7 @@ internal readonly unsafe struct Q6_KKernel : IQuantKernel
         return result;
     }
 
-    private static float DotScalar(byte* row, int nsb, sbyte* x, float* dx, short* bsums)
+    private static float DotScalar(byte* row, int nsb, sbyte* x, long xStep, float* dx, int dStep, short* bsums, long bsStep)
     {
         float sum = 0;
         for (int s = 0; s < nsb; s++)
@@ -122,7 +128,8 @@ internal readonly unsafe struct Q6_KKernel : IQuantKernel
             byte* ql = p;
             byte* qh = p + 128;
             sbyte* sc = (sbyte*)(p + 192);
-            sbyte* xs = x + 256 * s;
+            sbyte* xs = x + s * xStep;
+            short* bs = bsums + s * bsStep;
             int sumi = 0, offset = 0;
             for (int n = 0; n < 2; n++)
             {
@@ -138,8 +145,8 @@ internal readonly unsafe struct Q6_KKernel : IQuantKernel
                     sumi += sc[j] * c0 * xh[0] + sc[j + 2] * c1 * xh[32] + sc[j + 4] * c2 * xh[64] + sc[j + 6] * c3 * xh[96];
                 }
             }
-            for (int j = 0; j < 16; j++) offset += sc[j] * bsums[16 * s + j];
-            sum += Fp16.ToFloat(*(ushort*)(p + 208)) * dx[s] * (sumi - 32 * offset);
+            for (int j = 0; j < 16; j++) offset += sc[j] * bs[j];
+            sum += Fp16.ToFloat(*(ushort*)(p + 208)) * dx[(long)s * dStep] * (sumi - 32 * offset);
         }
         return sum;
     }

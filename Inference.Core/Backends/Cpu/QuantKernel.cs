@@ -8,7 +8,32 @@ namespace Inference.Backends.Cpu;
 internal unsafe interface IQuantKernel
 {
     /// <summary>Writes y[b + t, r] for t &lt; TTile.Count from weight row <paramref name="row"/>.</summary>
-    static abstract void Tile<TTile>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile;
+    static abstract void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IDotU8S8;
+}
+
+/// <summary>Σ u·s over groups of four bytes into int32 lanes (u unsigned, s signed), chosen once per call.</summary>
+internal interface IDotU8S8
+{
+    /// <summary>Adds the four-byte group sums of u·s to <paramref name="acc"/>.</summary>
+    static abstract Vector256<int> Dot(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s);
+}
+
+/// <summary>One AVX-VNNI <c>vpdpbusd</c>.</summary>
+internal readonly struct VnniDot : IDotU8S8
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<int> Dot(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s) => AvxVnni.MultiplyWideningAndAdd(acc, u, s);
+}
+
+/// <summary>
+/// <c>vpmaddubsw</c> + <c>vpmaddwd</c>: exact as long as each adjacent pair of products fits in a short (callers keep
+/// |u·s| ≤ 128·127).
+/// </summary>
+internal readonly struct MaddDot : IDotU8S8
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<int> Dot(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s) =>
+        acc + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256.Create((short)1));
 }
 
 /// <summary>Drives an <see cref="IQuantKernel"/> over a slice of weight rows, tiling the batch by four.</summary>
@@ -17,16 +42,22 @@ internal static unsafe class QuantKernel
     /// <summary>Computes output rows [<paramref name="rowStart"/>, <paramref name="rowEnd"/>) for every batch row.</summary>
     public static void Rows<TKernel>(in MatMulArgs a, int rowStart, int rowEnd) where TKernel : IQuantKernel
     {
+        if (KernelPaths.UsesVnni(a.Path)) Rows<TKernel, VnniDot>(a, rowStart, rowEnd);
+        else Rows<TKernel, MaddDot>(a, rowStart, rowEnd);
+    }
+
+    private static void Rows<TKernel, TDot>(in MatMulArgs a, int rowStart, int rowEnd) where TKernel : IQuantKernel where TDot : IDotU8S8
+    {
         for (int r = rowStart; r < rowEnd; r++)
         {
             byte* row = a.W + r * a.RowBytes;
             int b = 0;
-            for (; b + 4 <= a.Batch; b += 4) TKernel.Tile<Tile4>(a, row, r, b);
+            for (; b + 4 <= a.Batch; b += 4) TKernel.Tile<Tile4, TDot>(a, row, r, b);
             switch (a.Batch - b)
             {
-                case 3: TKernel.Tile<Tile3>(a, row, r, b); break;
-                case 2: TKernel.Tile<Tile2>(a, row, r, b); break;
-                case 1: TKernel.Tile<Tile1>(a, row, r, b); break;
+                case 3: TKernel.Tile<Tile3, TDot>(a, row, r, b); break;
+                case 2: TKernel.Tile<Tile2, TDot>(a, row, r, b); break;
+                case 1: TKernel.Tile<Tile1, TDot>(a, row, r, b); break;
             }
         }
     }
@@ -41,17 +72,6 @@ internal static unsafe class QuantKernel
         if (TTile.Count > 2) y[2 * a.Rows] = s2;
         if (TTile.Count > 3) y[3 * a.Rows] = s3;
     }
-
-    /// <summary>
-    /// Σ u·s over groups of four bytes into the int32 lanes of <paramref name="acc"/> (u unsigned, s signed).
-    /// With AVX-VNNI this is one <c>vpdpbusd</c>; otherwise <c>vpmaddubsw</c> + <c>vpmaddwd</c>, exact as long as each
-    /// adjacent pair of products fits in a short (callers keep |u·s| ≤ 128·127).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<int> DotU8S8(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s, bool vnni) =>
-        vnni
-            ? AvxVnni.MultiplyWideningAndAdd(acc, u, s)
-            : acc + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256.Create((short)1));
 
     /// <summary>
     /// The sum of the eight lanes as ggml's <c>hsum_float_8</c> adds them: upper half + lower half, then the two

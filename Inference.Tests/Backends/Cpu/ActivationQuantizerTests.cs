@@ -19,6 +19,16 @@ public unsafe class ActivationQuantizerTests
         const int cols = 32 * 40;
         var x = CpuTestHelpers.RandomFloats(rng, cols, 5f);
         x.AsSpan(64, 32).Clear(); // an all-zero block
+        // A block with scale exactly 1 whose values sit on rounding ties (halves go to even, as ggml's x86 activation
+        // quantizer's _mm256_round_ps does), and the largest floats below ties.
+        x.AsSpan(96, 32).Clear();
+        x[96] = 127f;
+        x[97] = 80.5f;
+        x[98] = -80.5f;
+        x[99] = 0.5f;
+        x[100] = -2.5f;
+        x[101] = MathF.BitDecrement(0.5f);
+        x[102] = MathF.BitDecrement(80.5f);
         var q = new sbyte[cols];
         var d = new float[cols / 32];
         var sums = new int[cols / 32];
@@ -28,8 +38,9 @@ public unsafe class ActivationQuantizerTests
         fixed (sbyte* pq = q)
         fixed (float* pd = d)
         fixed (int* ps = sums)
-            ActivationQuantizer.RowQ8_0(px, cols, pq, pd, ps, path);
+            ActivationQuantizer.RowQ8_0(px, cols, 1, pq, pd, ps, path);
 
+        Assert.That(q.AsSpan(96, 7).ToArray(), Is.EqualTo(new sbyte[] { 127, 80, -80, 0, -2, 0, 80 }));
         var refQ = new sbyte[32];
         for (int b = 0; b < cols / 32; b++)
         {
@@ -38,7 +49,7 @@ public unsafe class ActivationQuantizerTests
             Assert.That(q.AsSpan(32 * b, 32).ToArray(), Is.EqualTo(refQ), $"quants of block {b}");
             int s = 0;
             foreach (var v in refQ) s += v;
-            Assert.That(sums[b], Is.EqualTo(s), $"sum of block {b}");
+            Assert.That(sums[b], Is.EqualTo(-8 * s), $"offset term of block {b}");
         }
     }
 
@@ -66,7 +77,7 @@ public unsafe class ActivationQuantizerTests
         fixed (sbyte* pq = q)
         fixed (float* pd = d)
         fixed (int* ps = sums)
-            ActivationQuantizer.RowQ8_0(px, 64, pq, pd, ps, path);
+            ActivationQuantizer.RowQ8_0(px, 64, 1, pq, pd, ps, path);
 
         Assert.That(q[..5], Is.EqualTo(new sbyte[] { 127, 2, 4, -2, -4 }));
         Assert.That(d[0], Is.EqualTo(1f));
@@ -104,7 +115,7 @@ public unsafe class ActivationQuantizerTests
         fixed (sbyte* pq = q)
         fixed (float* pd = d)
         fixed (short* pb = bsums)
-            ActivationQuantizer.RowQ8_K(px, cols, pq, pd, pb, path);
+            ActivationQuantizer.RowQ8_K(px, cols, 1, pq, pd, pb, path);
 
         var refQ = new sbyte[256];
         var refB = new short[16];

@@ -33,7 +33,12 @@ public unsafe class MatMulTests
     {
         // NOTE: the path travels as a name because KernelPath is internal and test methods are public.
         var path = Enum.Parse<KernelPath>(pathName);
-        var rng = new Random(HashCode.Combine(type, rows, cols, batch));
+        Check(type, path, rows, cols, batch, seed: (int)type * 1_000_003 + rows * 7919 + cols * 31 + batch);
+    }
+
+    private static void Check(GgmlType type, KernelPath path, int rows, int cols, int batch, int seed)
+    {
+        var rng = new Random(seed);
         var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
         var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
         var y = new float[batch * rows];
@@ -104,6 +109,29 @@ public unsafe class MatMulTests
         return result;
     }
 
+    /// <summary>The matmul check over many random seeds (SWEEP_SEEDS, default 20; SWEEP_SEED=k runs only seed k).</summary>
+    [Test, Explicit("long seed sweep, run by hand")]
+    public void Seed_sweep()
+    {
+        int seeds = int.Parse(Environment.GetEnvironmentVariable("SWEEP_SEEDS") ?? "20");
+        var failures = new List<string>();
+        for (int seed = 0; seed < seeds; seed++)
+        foreach (var c in Cases())
+        {
+            var args = c.Arguments;
+            if (Environment.GetEnvironmentVariable("SWEEP_SEED") is { } only && int.Parse(only) != seed) continue;
+            try
+            {
+                Check((GgmlType)args[0]!, Enum.Parse<KernelPath>((string)args[1]!), (int)args[2]!, (int)args[3]!, (int)args[4]!, seed);
+            }
+            catch (Exception e)
+            {
+                failures.Add($"seed {seed} {string.Join(",", args)}: {e.Message}");
+            }
+        }
+        Assert.That(failures, Is.Empty);
+    }
+
     [Test]
     public void Integer_kernels_see_the_full_range_of_codes()
     {
@@ -131,6 +159,27 @@ public unsafe class MatMulTests
                     for (int r = 0; r < rows; r++) Assert.That(y[r], Is.EqualTo(exact[r]).Within(1e-3 * cols), $"{type} {path}");
                 }
             }
+        }
+    }
+
+    [TestCase(GgmlType.F16)]
+    [TestCase(GgmlType.Q4_0)]
+    [TestCase(GgmlType.Q4_K)]
+    public void Repeated_calls_allocate_nothing_on_the_calling_thread(GgmlType type)
+    {
+        const int rows = 64, cols = 512, batch = 5;
+        var rng = new Random(5);
+        var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
+        var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
+        var y = new float[batch * rows];
+        using var pool = new WorkerPool(2);
+        fixed (byte* pw = weights)
+        {
+            var w = new WeightMatrix(type, pw, rows, cols);
+            for (int i = 0; i < 10; i++) MatMul.Multiply(w, x, y, batch, pool); // scratch and job boxes grow here
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 200; i++) MatMul.Multiply(w, x, y, i % batch + 1, pool);
+            Assert.That(GC.GetAllocatedBytesForCurrentThread() - before, Is.EqualTo(0));
         }
     }
 

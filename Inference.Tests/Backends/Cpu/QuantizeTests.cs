@@ -118,6 +118,9 @@ public class QuantizeTests
                 Assert.That(q[j], Is.InRange(-127, 127));
                 Assert.That(MathF.Abs(d * q[j] - x[256 * b + j]), Is.LessThanOrEqualTo(MathF.Abs(d) * 0.5001f), $"block {b} value {j}");
             }
+            var back = new float[256];
+            Dequantize.Row(GgmlType.Q8_K, block, back);
+            for (int j = 0; j < 256; j++) Assert.That(back[j], Is.EqualTo(d * q[j]));
             for (int g = 0; g < 16; g++)
             {
                 int sum = 0;

@@ -28,6 +28,14 @@ public class WorkerPoolTests
         }
     }
 
+    /// <summary>Runs <paramref name="body"/> on another thread and fails (instead of hanging the run) if it does not
+    /// finish in time, e.g. after a lost wake-up.</summary>
+    private static void Within(Action body, int seconds = 20)
+    {
+        var task = Task.Factory.StartNew(body, TaskCreationOptions.LongRunning);
+        Assert.That(task.Wait(TimeSpan.FromSeconds(seconds)), Is.True, "the pool did not finish in time");
+    }
+
     [TestCase(1, 10)]
     [TestCase(2, 1)]
     [TestCase(2, 2)]
@@ -47,7 +55,10 @@ public class WorkerPoolTests
     {
         using var pool = new WorkerPool(3);
         var hits = new int[257];
-        for (int call = 0; call < 5000; call++) pool.Run(call % 257 + 1, new CountJob(hits));
+        Within(() =>
+        {
+            for (int call = 0; call < 5000; call++) pool.Run(call % 257 + 1, new CountJob(hits));
+        });
         // Item i is covered by every call whose item count exceeds i.
         for (int i = 0; i < hits.Length; i++)
         {
@@ -62,12 +73,34 @@ public class WorkerPoolTests
     {
         using var pool = new WorkerPool(2);
         var ids = new int[100];
-        // Give the worker time to fall asleep so the wake-up path runs too.
-        Thread.Sleep(50);
-        pool.Run(ids.Length, new ThreadJob(ids));
-        Assert.That(ids[..50], Is.All.EqualTo(Environment.CurrentManagedThreadId));
+        int caller = 0;
+        Within(() =>
+        {
+            caller = Environment.CurrentManagedThreadId;
+            // Give the worker time to fall asleep so the wake-up path runs too.
+            Thread.Sleep(50);
+            pool.Run(ids.Length, new ThreadJob(ids));
+        });
+        Assert.That(ids[..50], Is.All.EqualTo(caller));
         Assert.That(ids[50..], Is.All.EqualTo(ids[50]));
-        Assert.That(ids[50], Is.Not.EqualTo(Environment.CurrentManagedThreadId));
+        Assert.That(ids[50], Is.Not.EqualTo(caller));
+    }
+
+    [Test]
+    public void Workers_wake_up_after_blocking_between_calls()
+    {
+        using var pool = new WorkerPool(3);
+        var hits = new int[90];
+        Within(() =>
+        {
+            for (int call = 0; call < 20; call++)
+            {
+                // Alternate gaps shorter and longer than the spin window so both the spinning and the blocked hand-off run.
+                if (call % 2 == 1) Thread.Sleep(2);
+                pool.Run(hits.Length, new CountJob(hits));
+            }
+        });
+        Assert.That(hits, Is.All.EqualTo(20));
     }
 
     [Test]
@@ -96,12 +129,14 @@ public class WorkerPoolTests
     public void Dispose_stops_the_workers_and_later_runs_throw()
     {
         var pool = new WorkerPool(4);
-        pool.Run(8, new CountJob(new int[8]));
-        var before = Environment.ProcessorCount; // unused; keeps the call sites similar across runtimes
-        pool.Dispose();
+        var hits = new int[8];
+        pool.Run(8, new CountJob(hits));
+        Assert.That(hits, Is.All.EqualTo(1));
+        // Dispose joins the workers, so it returns only once every worker thread has left its loop.
+        var dispose = Task.Run(pool.Dispose);
+        Assert.That(dispose.Wait(TimeSpan.FromSeconds(30)), Is.True, "workers did not stop");
         pool.Dispose(); // idempotent
         Assert.Throws<ObjectDisposedException>(() => pool.Run(8, new CountJob(new int[8])));
-        Assert.That(before, Is.GreaterThan(0));
     }
 
     [Test]

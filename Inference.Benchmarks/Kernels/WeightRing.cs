@@ -1,0 +1,62 @@
+using System.Runtime.InteropServices;
+using Inference.Backends.Cpu;
+using Inference.Loading;
+
+namespace Inference.Benchmarks.Kernels;
+
+/// <summary>
+/// Copies of one random weight matrix laid end to end in native memory, larger than the last-level cache, so that
+/// cycling through them measures DRAM streaming rather than cache hits (a decode step also reads every weight once).
+/// </summary>
+public sealed unsafe class WeightRing : IDisposable
+{
+    private readonly byte* _data;
+
+    public WeightRing(GgmlType type, int rows, int cols, long minBytes, int seed = 1)
+    {
+        Type = type;
+        Rows = rows;
+        Cols = cols;
+        MatrixBytes = GgmlTypeInfo.RowBytes(type, cols) * rows;
+        Count = (int)Math.Max(1, (minBytes + MatrixBytes - 1) / MatrixBytes);
+        _data = (byte*)NativeMemory.AlignedAlloc((nuint)(MatrixBytes * Count), 64);
+        var first = new Span<byte>(_data, checked((int)MatrixBytes));
+        Fill(type, rows, cols, first, new Random(seed));
+        for (int i = 1; i < Count; i++) first.CopyTo(new Span<byte>(_data + i * MatrixBytes, (int)MatrixBytes));
+    }
+
+    public GgmlType Type { get; }
+    public int Rows { get; }
+    public int Cols { get; }
+    public long MatrixBytes { get; }
+    public int Count { get; }
+    public long TotalBytes => MatrixBytes * Count;
+    public byte* Base => _data;
+
+    public WeightMatrix this[int index] => new(Type, _data + (long)(index % Count) * MatrixBytes, Rows, Cols);
+
+    public void Dispose() => NativeMemory.AlignedFree(_data);
+
+    private static void Fill(GgmlType type, int rows, int cols, Span<byte> dst, Random rng)
+    {
+        long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+        if (type is GgmlType.Q4_K or GgmlType.Q6_K)
+        {
+            // Random codes and scales with small f16 super-block scales (the bytes at those offsets).
+            rng.NextBytes(dst);
+            int blockBytes = GgmlTypeInfo.BlockBytes(type), scaleAt = type == GgmlType.Q4_K ? 0 : 208;
+            for (int b = 0; b < dst.Length / blockBytes; b++)
+            {
+                BitConverter.TryWriteBytes(dst[(b * blockBytes + scaleAt)..], (Half)0.01f);
+                if (type == GgmlType.Q4_K) BitConverter.TryWriteBytes(dst[(b * blockBytes + 2)..], (Half)0.01f);
+            }
+            return;
+        }
+        var values = new float[cols];
+        for (int r = 0; r < rows; r++)
+        {
+            for (int c = 0; c < cols; c++) values[c] = (float)(rng.NextDouble() * 2 - 1);
+            Quantize.Row(type, values, dst.Slice((int)(r * rowBytes), (int)rowBytes));
+        }
+    }
+}
