@@ -109,6 +109,48 @@ public class CliTests
         Assert.That(stderr, Does.Not.Contain("   at "), "no stack trace");
     }
 
+    /// <summary>A one-tensor GGUF with a known layout, patched at a field: the CLI reports each kind of damage in one line.</summary>
+    [TestCase("version", 4, 4L, 9L, "version")]
+    [TestCase("tensor-count", 8, 8L, long.MaxValue, "tensor count")]
+    [TestCase("metadata-count", 16, 8L, 1L << 40, "metadata count")]
+    [TestCase("name-length", 24, 8L, 1L << 50, "length")]
+    [TestCase("dimension-overflow", 37, 8L, 1L << 62, "")]
+    [TestCase("tensor-offset", 49, 8L, 1L << 40, "outside the file")]
+    [TestCase("tensor-type", 45, 4L, 77L, "type")]
+    public void DamagedHeaderField_OneLine_ExitCode1(string name, int offset, long width, long value, string mention)
+    {
+        var dir = TestData.TempDir();
+        try
+        {
+            string file = Path.Combine(dir, name + ".gguf");
+            // Layout: magic 0, version 4, tensor count 8, metadata count 16, then the tensor info: name length 24,
+            // name 32 ("t"), dimension count 33, ne0 37, type 45, offset 49.
+            using (var w = Inference.Loading.GgufWriter.Create(file))
+            {
+                w.AddTensorInfo("t", [64], Inference.Loading.GgmlType.F32);
+                w.WriteHeader();
+                w.WriteTensorData("t", new float[64]);
+                w.Complete();
+            }
+            var bytes = File.ReadAllBytes(file);
+            Assert.That(bytes[32], Is.EqualTo((byte)'t'), "the layout the offsets assume");
+            if (width == 4) BitConverter.GetBytes((int)value).CopyTo(bytes, offset);
+            else BitConverter.GetBytes(value).CopyTo(bytes, offset);
+            File.WriteAllBytes(file, bytes);
+
+            var (code, stdout, stderr) = Run("generate", "--model", file, "--prompt", "x");
+            Assert.That(code, Is.EqualTo(1));
+            Assert.That(stdout, Is.Empty);
+            Assert.That(stderr.Trim().Split('\n'), Has.Length.EqualTo(1), stderr);
+            Assert.That(stderr, Does.Contain(file).And.Contain("offset").And.Contain(mention));
+            Assert.That(stderr, Does.Not.Contain("   at "));
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
     [Test]
     public void CorruptModel_OneLine_NamesFileAndOffset()
     {
