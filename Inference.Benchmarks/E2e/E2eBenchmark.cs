@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Inference.Engine;
+using Inference.KvCache;
 using Inference.Loading;
 using Inference.Sampling;
 
@@ -31,7 +32,7 @@ public static class E2eBenchmark
         {
             var r = engine switch
             {
-                "inference" => await RunInferenceAsync(model, prompts, n, threads),
+                "inference" => await RunInferenceAsync(model, prompts, n, threads, a.String("--kv", "f16") == "f32" ? KvCacheDataType.Float32 : KvCacheDataType.Float16),
                 "llama.cpp" => LlamaCppE2e.Run(model, prompts, n, threads),
                 _ => throw new ArgumentException($"unknown engine '{engine}' (inference or llama.cpp)"),
             };
@@ -71,10 +72,14 @@ public static class E2eBenchmark
         }).ToArray();
     }
 
-    private static async Task<E2eResult> RunInferenceAsync(string model, int[][] prompts, int n, int threads)
+    private static async Task<E2eResult> RunInferenceAsync(string model, int[][] prompts, int n, int threads, KvCacheDataType kv)
     {
         int b = prompts.Length, p = prompts[0].Length;
-        var options = new EngineOptions { Threads = threads, MaxNumSeqs = Math.Max(b, 1), MaxNumBatchedTokens = Math.Max(512, b), ContextLength = p + n + 1 };
+        var options = new EngineOptions
+        {
+            Threads = threads, MaxNumSeqs = Math.Max(b, 1), MaxNumBatchedTokens = Math.Max(512, b), ContextLength = p + n + 1,
+            KvCache = new KvCacheOptions { DataType = kv },
+        };
         await using var engine = await InferenceEngine.LoadAsync(model, options);
         var sampling = SamplingOptions.Greedy with { MaxTokens = n, EndOfSequence = EndOfSequenceHandling.Ignore };
         // Warm-up: touch every weight once.
