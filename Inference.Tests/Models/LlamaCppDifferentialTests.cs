@@ -99,7 +99,12 @@ public class LlamaCppDifferentialTests
     [TestCase(8, 1, GgmlType.Q8_0, 1e-5)]
     public async Task LastLogits_MatchLlamaCpp(int heads, int kvHeads, GgmlType type, double tolerance)
     {
-        string path = Model(heads, kvHeads, type);
+        await AssertLastLogitsMatchAsync(Model(heads, kvHeads, type), $"{heads}/{kvHeads} {type}", tolerance);
+    }
+
+    /// <summary>Last-position logits of every prompt in <see cref="Prompts"/>: relative L2 under the bound, same argmax.</summary>
+    private static async Task AssertLastLogitsMatchAsync(string path, string label, double tolerance)
+    {
         using var reference = LlamaCpp.Load(path);
         // K/V in f32 on both sides, so the comparison is of the arithmetic (llama.cpp's side is set in LlamaCpp.cs).
         var options = new EngineOptions { Threads = 2, KvCache = new KvCacheOptions { DataType = KvCacheDataType.Float32 } };
@@ -109,7 +114,7 @@ public class LlamaCppDifferentialTests
             var expected = reference.EvaluateLastLogits(prompt);
             var actual = await engine.GetLogitsAsync(prompt);
             double err = RelativeL2(actual, expected);
-            TestContext.Out.WriteLine($"{heads}/{kvHeads} {type} prompt {prompt.Length}: relative L2 {err:E2}");
+            TestContext.Out.WriteLine($"{label} prompt {prompt.Length}: relative L2 {err:E2}");
             Assert.That(err, Is.LessThan(tolerance), $"prompt of {prompt.Length} tokens");
             Assert.That(Argmax(actual), Is.EqualTo(Argmax(expected)), $"argmax, prompt of {prompt.Length} tokens");
         }
@@ -122,22 +127,8 @@ public class LlamaCppDifferentialTests
     // that, and the argmax must still agree; Q8_0 above is bit-identical and keeps its tight bound.
     [TestCase(LLamaFtype.MOSTLY_Q4_0, 2e-2)]
     [TestCase(LLamaFtype.MOSTLY_Q4_K_M, 2e-2)]
-    public async Task LlamaCppQuantized_LastLogits_MatchLlamaCpp(LLamaFtype ftype, double tolerance)
-    {
-        string path = QuantizedModel(ftype);
-        using var reference = LlamaCpp.Load(path);
-        var options = new EngineOptions { Threads = 2, KvCache = new KvCacheOptions { DataType = KvCacheDataType.Float32 } };
-        await using var engine = await InferenceEngine.LoadAsync(path, options);
-        foreach (var prompt in Prompts)
-        {
-            var expected = reference.EvaluateLastLogits(prompt);
-            var actual = await engine.GetLogitsAsync(prompt);
-            double err = RelativeL2(actual, expected);
-            TestContext.Out.WriteLine($"{ftype} prompt {prompt.Length}: relative L2 {err:E2}");
-            Assert.That(err, Is.LessThan(tolerance), $"prompt of {prompt.Length} tokens");
-            Assert.That(Argmax(actual), Is.EqualTo(Argmax(expected)), $"argmax, prompt of {prompt.Length} tokens");
-        }
-    }
+    public Task LlamaCppQuantized_LastLogits_MatchLlamaCpp(LLamaFtype ftype, double tolerance) =>
+        AssertLastLogitsMatchAsync(QuantizedModel(ftype), ftype.ToString(), tolerance);
 
     [Test]
     public async Task Stories260K_Greedy200_IdenticalToLlamaCpp()
