@@ -105,7 +105,7 @@ public static class GpuMode
         summary.AppendLine("| kernel | batch | context | µs/call | KV GB/s | of copy |");
         summary.AppendLine("|---|---|---|---|---|---|");
 
-        using var ptx = new PtxPagedDecodeAttention<ILGPU.Half>(acc, shape, 512);
+        using var ptx = new PtxPagedDecodeAttention<ILGPU.Half>(acc, shape);   // automatic partition size
         using var ilgpu = new PagedDecodeAttention<ILGPU.Half, F16Element>(acc, shape, 512);
         var rng = new Random(7);
         foreach (var batch in batches)
