@@ -33,9 +33,9 @@ internal sealed unsafe class PtxPagedAttention : IDisposable
             throw new ArgumentException($"the PTX kernels support head dims 64 and 128, not {shape.HeadDim}.", nameof(shape));
         if (shape.KvMul > 32)
             throw new ArgumentException("the PTX kernels support at most 32 query heads per KV head.", nameof(shape));
-        if (partitionSize <= 0 || partitionSize % shape.BlockSize != 0 || partitionSize / shape.BlockSize > MaxBlocksPerPartition)
+        if (partitionSize < 0 || (partitionSize > 0 && !IsValidPartitionSize(shape, partitionSize)))
             throw new ArgumentException(
-                $"partitionSize must be a positive multiple of the block size spanning at most {MaxBlocksPerPartition} blocks.",
+                $"partitionSize must be 0 (automatic) or a positive multiple of the block size spanning at most {MaxBlocksPerPartition} blocks.",
                 nameof(partitionSize));
         _accelerator = accelerator;
         Shape = shape;
@@ -48,7 +48,26 @@ internal sealed unsafe class PtxPagedAttention : IDisposable
 
     public AttentionShape Shape { get; }
 
+    /// <summary>Positions per partition, or 0 to choose per launch (see <see cref="ChoosePartitionSize"/>).</summary>
     public int PartitionSize { get; }
+
+    private static bool IsValidPartitionSize(AttentionShape shape, int size) =>
+        size > 0 && size % shape.BlockSize == 0 && size / shape.BlockSize <= MaxBlocksPerPartition;
+
+    /// <summary>
+    /// Automatic partition size: enough partitions that the grid has about two CTAs per multiprocessor, each
+    /// partition a whole number of blocks, at least 256 positions (so the merge pass stays cheap) and at most
+    /// <see cref="MaxBlocksPerPartition"/> blocks.
+    /// </summary>
+    internal static int ChoosePartitionSize(AttentionShape shape, int tokenCount, int maxContextLength, int multiprocessors)
+    {
+        long ctas = (long)tokenCount * shape.KvHeadCount;
+        long wanted = Math.Max(1, (2L * multiprocessors + ctas - 1) / ctas);
+        long size = (maxContextLength + wanted - 1) / wanted;
+        size = Math.Max(size, 256);
+        size = (size + shape.BlockSize - 1) / shape.BlockSize * shape.BlockSize;
+        return (int)Math.Min(size, (long)MaxBlocksPerPartition * shape.BlockSize);
+    }
 
     /// <summary>
     /// Enqueues both passes on the accelerator's default stream. <paramref name="tokenSeqs"/> = 0 selects decode
@@ -61,7 +80,9 @@ internal sealed unsafe class PtxPagedAttention : IDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(maxContextLength, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(maxContextLength, Shape.MaxContextLength);
         var s = Shape;
-        int partitionCount = (maxContextLength + PartitionSize - 1) / PartitionSize;
+        int partitionSize = PartitionSize > 0 ? PartitionSize
+            : ChoosePartitionSize(s, tokenCount, maxContextLength, _accelerator.NumMultiprocessors);
+        int partitionCount = (maxContextLength + partitionSize - 1) / partitionSize;
         if (partitionCount > 65535) throw new ArgumentOutOfRangeException(nameof(maxContextLength), "too many partitions for grid.z");
         long rows = (long)tokenCount * s.HeadCount * partitionCount;
         Ensure(ref _partialOut, rows * s.HeadDim);
@@ -73,13 +94,13 @@ internal sealed unsafe class PtxPagedAttention : IDisposable
         IntPtr partialOut = ((ArrayView<float>)_partialOut!.View).LoadEffectiveAddressAsPtr();
         IntPtr partialMl = ((ArrayView<float>)_partialMl!.View).LoadEffectiveAddressAsPtr();
         uint heads = (uint)s.HeadCount, kvHeads = (uint)s.KvHeadCount, headDim = (uint)s.HeadDim, blockSize = (uint)s.BlockSize;
-        uint maxBlocks = (uint)s.MaxBlocksPerSeq, partitionSize = (uint)PartitionSize;
+        uint maxBlocks = (uint)s.MaxBlocksPerSeq, partitionPositions = (uint)partitionSize;
         float scaleLog2 = s.Scale * 1.4426950408889634f;   // scores in the log2 domain: exp(x) = 2^(x log2 e)
         void** args = stackalloc void*[16];
         args[0] = &q; args[1] = &kCache; args[2] = &vCache; args[3] = &blockTables; args[4] = &contextLens;
         args[5] = &tokenSeqs; args[6] = &tokenPositions; args[7] = &partialOut; args[8] = &partialMl;
         args[9] = &heads; args[10] = &kvHeads; args[11] = &headDim; args[12] = &blockSize; args[13] = &maxBlocks;
-        args[14] = &partitionSize; args[15] = &scaleLog2;
+        args[14] = &partitionPositions; args[15] = &scaleLog2;
         Check(CudaAPI.CurrentAPI.LaunchKernel(_partial, tokenCount, s.KvHeadCount, partitionCount, 32 * s.KvMul, 1, 1, 0,
             stream, (IntPtr)args, IntPtr.Zero), "paged_attention partial");
 

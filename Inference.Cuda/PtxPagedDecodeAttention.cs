@@ -13,7 +13,8 @@ namespace Inference.Cuda;
 /// Effectively computes what <see cref="Inference.Kernels.Reference.ReferenceAttention.Decode"/> computes: for each
 /// sequence s and query head h, softmax(q·Kᵀ/sqrt(headDim))·V over positions 0 .. contextLens[s] - 1 of KV head
 /// h / kvMul. Long contexts are split into partitions of <see cref="PartitionSize"/> positions (Flash-Decoding) and merged
-/// by a second kernel. Head dims 64 and 128; up to 32 query heads per KV head. Not thread-safe.
+/// by a second kernel. Head dims 64 and 128; up to 32 query heads per KV head. Views must be 16-byte aligned (whole
+/// buffers are). Not thread-safe.
 /// </remarks>
 public sealed class PtxPagedDecodeAttention<TKv> : IDisposable where TKv : unmanaged
 {
@@ -22,15 +23,16 @@ public sealed class PtxPagedDecodeAttention<TKv> : IDisposable where TKv : unman
     /// <summary>Loads the PTX modules into the accelerator's context.</summary>
     /// <param name="accelerator">The CUDA accelerator.</param>
     /// <param name="shape">Attention shape.</param>
-    /// <param name="partitionSize">Positions per partition: a multiple of the block size, at most 512 blocks.</param>
+    /// <param name="partitionSize">Positions per partition: a multiple of the block size spanning at most 512 blocks,
+    /// or 0 (the default) to size partitions per launch so the grid fills the device.</param>
     /// <exception cref="ArgumentException">Unsupported element type, head dim, head ratio or partition size.</exception>
-    public PtxPagedDecodeAttention(CudaAccelerator accelerator, AttentionShape shape, int partitionSize = 512) =>
+    public PtxPagedDecodeAttention(CudaAccelerator accelerator, AttentionShape shape, int partitionSize = 0) =>
         _core = new PtxPagedAttention(accelerator, shape, typeof(TKv), partitionSize);
 
     /// <summary>The attention shape.</summary>
     public AttentionShape Shape => _core.Shape;
 
-    /// <summary>Positions per partition.</summary>
+    /// <summary>Positions per partition, or 0 when chosen per launch.</summary>
     public int PartitionSize => _core.PartitionSize;
 
     /// <summary>Enqueues decode attention on the accelerator's default stream.</summary>

@@ -24,9 +24,10 @@ public sealed class PtxPagedPrefillAttention<TKv> : IDisposable where TKv : unma
     /// <summary>Loads the PTX modules into the accelerator's context.</summary>
     /// <param name="accelerator">The CUDA accelerator.</param>
     /// <param name="shape">Attention shape.</param>
-    /// <param name="partitionSize">Positions per partition: a multiple of the block size, at most 512 blocks.</param>
+    /// <param name="partitionSize">Positions per partition: a multiple of the block size spanning at most 512 blocks,
+    /// or 0 (the default) to size partitions per launch so the grid fills the device.</param>
     /// <exception cref="ArgumentException">Unsupported element type, head dim, head ratio or partition size.</exception>
-    public PtxPagedPrefillAttention(CudaAccelerator accelerator, AttentionShape shape, int partitionSize = 512) =>
+    public PtxPagedPrefillAttention(CudaAccelerator accelerator, AttentionShape shape, int partitionSize = 0) =>
         _core = new PtxPagedAttention(accelerator, shape, typeof(TKv), partitionSize);
 
     /// <summary>The attention shape.</summary>

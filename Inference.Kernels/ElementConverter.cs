@@ -3,7 +3,8 @@ namespace Inference.Kernels;
 /// <summary>Widens a stored element (KV cache entry or weight) to f32 inside a kernel.</summary>
 /// <typeparam name="T">The stored element type.</typeparam>
 /// <remarks>
-/// NOTE: kernels are generic over a converter struct rather than over the element alone because ILGPU resolves
+/// NOTE: the interface and its two tiny implementations share this file; they are one concept.
+/// Kernels are generic over a converter struct rather than over the element alone because ILGPU resolves
 /// constrained calls on structs statically; one kernel body then serves f32 and f16 storage with no branches.
 /// </remarks>
 public interface IElementConverter<T> where T : unmanaged

@@ -4,22 +4,6 @@ using Inference.Kernels.Layer;
 
 namespace Inference.Kernels;
 
-/// <summary>How a kernel computes its thread indices.</summary>
-public enum KernelGrouping
-{
-    /// <summary>The kernel takes an <c>Index1D</c>/<c>Index2D</c> and ILGPU picks the group size.</summary>
-    Implicit,
-
-    /// <summary>The kernel reads <c>Grid</c>/<c>Group</c> indices and is launched with an explicit <c>KernelConfig</c>.</summary>
-    Explicit,
-}
-
-/// <summary>One ILGPU kernel instantiation: a stable name, its method and how it is grouped.</summary>
-/// <param name="Name">File-system friendly name, e.g. <c>paged_decode_partial_f16</c>.</param>
-/// <param name="Method">The closed static kernel method.</param>
-/// <param name="Grouping">Implicit or explicit grouping.</param>
-public sealed record KernelEntry(string Name, MethodInfo Method, KernelGrouping Grouping);
-
 /// <summary>Every ILGPU kernel of this library with the instantiations the engine uses (for PTX dumps and checks).</summary>
 public static class KernelCatalog
 {

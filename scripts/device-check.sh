@@ -54,6 +54,18 @@ run() {
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   tar -C "$work" -xzf "$tgz"
+  # NOTE: ILGPU opens the driver as "libcuda.so"; driver-only installs and containers may ship just libcuda.so.1.
+  if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so '; then
+    local so1
+    so1="$(ldconfig -p 2>/dev/null | awk '/libcuda\.so\.1 /{print $NF; exit}')"
+    [[ -n "$so1" ]] || so1="$(find /usr/lib /usr/lib64 /usr/local /lib -name 'libcuda.so.1' 2>/dev/null | head -n 1)"
+    if [[ -n "$so1" ]]; then
+      mkdir -p "$work/lib"
+      ln -s "$so1" "$work/lib/libcuda.so"
+      export LD_LIBRARY_PATH="$work/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+      echo "device-check: using $so1 as libcuda.so"
+    fi
+  fi
   (nvidia-smi || echo "nvidia-smi not available") >"$out/nvidia-smi.txt" 2>&1
   set +e
   "$work/inference-gpu-runner/inference-gpu-runner" gpu "$out" $quick 2>&1 | tee "$out/runner.log"

@@ -75,6 +75,21 @@ public static class GpuMode
                 Console.WriteLine($"{(r.Passed ? "PASS" : "FAIL")} {r.Case} {r.Kernel} max_abs={r.MaxAbsError:E3} {r.Detail}");
             }
         }
+        foreach (var name in LayerSelfCheck.Names)
+        {
+            AttentionSelfCheck.Result r;
+            try
+            {
+                r = LayerSelfCheck.Run(backend, name);
+            }
+            catch (Exception e)
+            {
+                r = new AttentionSelfCheck.Result(name, "exception", double.NaN, false, e.GetType().Name + ": " + e.Message);
+            }
+            tsv.Append(CultureInfo.InvariantCulture, $"{r.Case}\t{r.Kernel}\t{r.Passed}\t{r.MaxAbsError:E3}\t{r.Detail}\n");
+            if (r.Passed) passed++; else failed++;
+            Console.WriteLine($"{(r.Passed ? "PASS" : "FAIL")} {r.Case} {r.Kernel} max_abs={r.MaxAbsError:E3} {r.Detail}");
+        }
         File.WriteAllText(Path.Combine(outDir, "checks.tsv"), tsv.ToString());
         summary.AppendLine(CultureInfo.InvariantCulture, $"checks: {passed} passed, {failed} failed (see checks.tsv)\n");
         return failed == 0;
@@ -105,7 +120,7 @@ public static class GpuMode
         summary.AppendLine("| kernel | batch | context | µs/call | KV GB/s | of copy |");
         summary.AppendLine("|---|---|---|---|---|---|");
 
-        using var ptx = new PtxPagedDecodeAttention<ILGPU.Half>(acc, shape, 512);
+        using var ptx = new PtxPagedDecodeAttention<ILGPU.Half>(acc, shape);   // automatic partition size
         using var ilgpu = new PagedDecodeAttention<ILGPU.Half, F16Element>(acc, shape, 512);
         var rng = new Random(7);
         foreach (var batch in batches)

@@ -18,6 +18,7 @@ public sealed class PagedDecodeAttention<TKv, TConv> : IDisposable
         ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, PagedAttentionParams> _partial;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
         PagedAttentionParams> _reduce;
+    private readonly int _groupSize;
     private MemoryBuffer1D<float, Stride1D.Dense>? _partialOut;   // [seqCount, heads, partitionCount, headDim]
     private MemoryBuffer1D<float, Stride1D.Dense>? _partialStats; // [2, seqCount, heads, partitionCount]: max, sum
 
@@ -34,6 +35,7 @@ public sealed class PagedDecodeAttention<TKv, TConv> : IDisposable
         if (partitionSize <= 0 || partitionSize % PagedDecodeAttentionKernels.GroupSize != 0)
             throw new ArgumentException($"partitionSize must be a positive multiple of {PagedDecodeAttentionKernels.GroupSize}.", nameof(partitionSize));
         _accelerator = accelerator;
+        _groupSize = KernelGroupSize.For(accelerator, PagedDecodeAttentionKernels.GroupSize);
         Shape = shape;
         PartitionSize = partitionSize;
         _partial = accelerator.LoadKernel<ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>, ArrayView<int>,
@@ -76,7 +78,7 @@ public sealed class PagedDecodeAttention<TKv, TConv> : IDisposable
 
         var config = new KernelConfig(
             new Index3D(partitionCount, s.KvHeadCount, seqCount),
-            new Index3D(PagedDecodeAttentionKernels.GroupSize, 1, 1),
+            new Index3D(_groupSize, 1, 1),
             SharedMemoryConfig.RequestDynamic<float>(PagedDecodeAttentionKernels.SharedFloats(s.KvMul, s.HeadDim)));
         var stream = _accelerator.DefaultStream;
         _partial(stream, config, q, kCache, vCache, blockTables, contextLens, _partialOut!.View, partialMax, partialSum, p);

@@ -11,23 +11,25 @@ public sealed class PagedPrefillAttention<TKv, TConv>
     where TConv : struct, IElementConverter<TKv>
 {
     private readonly Accelerator _accelerator;
+    private readonly int _groupSize;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>,
         ArrayView<int>, ArrayView<int>, ArrayView<float>, PagedAttentionParams> _prefill;
 
     /// <summary>Loads the kernel.</summary>
     /// <param name="accelerator">The accelerator to run on.</param>
-    /// <param name="shape">Attention shape; <c>KvMul</c> must not exceed <see cref="PagedPrefillAttentionKernels.GroupSize"/>.</param>
+    /// <param name="shape">Attention shape; <c>KvMul</c> must not exceed the group size (64 on GPUs).</param>
     /// <exception cref="ArgumentException">The shape has more query heads per KV head than the group size.</exception>
     public PagedPrefillAttention(Accelerator accelerator, AttentionShape shape)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         ArgumentNullException.ThrowIfNull(shape);
-        if (shape.KvMul > PagedPrefillAttentionKernels.GroupSize)
-            throw new ArgumentException($"at most {PagedPrefillAttentionKernels.GroupSize} query heads per KV head.", nameof(shape));
+        _groupSize = KernelGroupSize.For(accelerator, PagedPrefillAttentionKernels.GroupSize);
+        if (shape.KvMul > _groupSize)
+            throw new ArgumentException($"at most {_groupSize} query heads per KV head on this accelerator.", nameof(shape));
         _accelerator = accelerator;
         Shape = shape;
         // NOTE: 16 rows per group keeps shared memory at 2*16*headDim + 16*64 floats (≈ 20 KB at headDim 128).
-        QueryTile = Math.Max(1, 16 / shape.KvMul);
+        QueryTile = Math.Max(1, Math.Min(16, _groupSize) / shape.KvMul);
         _prefill = accelerator.LoadKernel<ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>, ArrayView<int>,
             ArrayView<int>, ArrayView<float>, PagedAttentionParams>(PagedPrefillAttentionKernels.Prefill<TKv, TConv>);
     }
@@ -59,7 +61,7 @@ public sealed class PagedPrefillAttention<TKv, TConv>
         int tiles = (maxChunkLength + QueryTile - 1) / QueryTile;
         var config = new KernelConfig(
             new Index3D(tiles, s.KvHeadCount, seqCount),
-            new Index3D(PagedPrefillAttentionKernels.GroupSize, 1, 1),
+            new Index3D(_groupSize, 1, 1),
             SharedMemoryConfig.RequestDynamic<float>(PagedPrefillAttentionKernels.SharedFloats(QueryTile * s.KvMul, s.HeadDim)));
         _prefill(_accelerator.DefaultStream, config, q, kCache, vCache, blockTables, querySeqStarts, contextLens, output, p);
     }

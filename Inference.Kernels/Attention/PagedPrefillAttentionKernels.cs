@@ -22,7 +22,7 @@ namespace Inference.Kernels.Attention;
 /// </remarks>
 public static class PagedPrefillAttentionKernels
 {
-    /// <summary>Threads per group, which is also the key tile.</summary>
+    /// <summary>Threads per group on GPUs, which is also the key tile; any power of two up to 64 works.</summary>
     public const int GroupSize = 64;
 
     /// <summary>Floats of dynamic shared memory for <paramref name="rows"/> = queryTile * kvMul rows.</summary>

@@ -11,6 +11,7 @@ namespace Inference.Kernels.Layer;
 public sealed class LayerKernels
 {
     private readonly Accelerator _accelerator;
+    private readonly int _groupSize;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float> _rmsNorm;
     private readonly Action<Index2D, ArrayView<float>, ArrayView<int>, int, int, int, float, int> _rope;
     private readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>> _swiGlu;
@@ -29,6 +30,7 @@ public sealed class LayerKernels
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         _accelerator = accelerator;
+        _groupSize = KernelGroupSize.For(accelerator, GroupReduce.MaxGroupSize);
         var a = accelerator;
         _rmsNorm = a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(RmsNormKernels.RmsNorm);
         _rope = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<int>, int, int, int, float, int>(RopeKernels.Rope);
@@ -57,7 +59,7 @@ public sealed class LayerKernels
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(rows, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(dim, 1);
-        _rmsNorm(new KernelConfig(rows, RmsNormKernels.GroupSize), x, weight, output, dim, epsilon);
+        _rmsNorm(new KernelConfig(rows, _groupSize), x, weight, output, dim, epsilon);
     }
 
     /// <summary><see cref="RopeKernels.Rope"/> in place.</summary>
@@ -158,7 +160,7 @@ public sealed class LayerKernels
     /// <param name="rows">Rows.</param>
     /// <param name="cols">Row length.</param>
     public void ArgMax(ArrayView<float> logits, ArrayView<int> indices, int rows, int cols) =>
-        _argMax(new KernelConfig(rows, SelectionKernels.GroupSize), logits, indices, cols);
+        _argMax(new KernelConfig(rows, _groupSize), logits, indices, cols);
 
     /// <summary><see cref="SelectionKernels.TopK"/>.</summary>
     /// <param name="logits">Input, <c>[rows, cols]</c>.</param>
@@ -171,9 +173,9 @@ public sealed class LayerKernels
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(k, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(k, cols);
-        _topK(new KernelConfig(rows, SelectionKernels.GroupSize), logits, values, indices, cols, k);
+        _topK(new KernelConfig(rows, _groupSize), logits, values, indices, cols, k);
     }
 
-    private static KernelConfig MatMulConfig(int rows, int batch) =>
-        new(new Index2D(rows, batch), new Index2D(MatMulKernels.GroupSize, 1));
+    private KernelConfig MatMulConfig(int rows, int batch) =>
+        new(new Index2D(rows, batch), new Index2D(_groupSize, 1));
 }

@@ -12,7 +12,7 @@ namespace Inference.Kernels.Layer;
 /// </remarks>
 public static class MatMulKernels
 {
-    /// <summary>Threads per group.</summary>
+    /// <summary>Threads per group on GPUs; the kernels work with any power of two up to 64.</summary>
     public const int GroupSize = 64;
 
     /// <summary>Elements per Q8_0 block.</summary>

@@ -6,7 +6,7 @@ namespace Inference.Kernels.Layer;
 /// <summary>RMSNorm: <c>y[r, i] = x[r, i] / sqrt(mean(x[r, :]²) + eps) * w[i]</c>.</summary>
 public static class RmsNormKernels
 {
-    /// <summary>Threads per group.</summary>
+    /// <summary>Threads per group on GPUs; the kernels work with any power of two up to 64.</summary>
     public const int GroupSize = 64;
 
     /// <summary>One group per row: grid <c>(rows)</c>, group <c>(GroupSize)</c>.</summary>

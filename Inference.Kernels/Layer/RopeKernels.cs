@@ -12,6 +12,11 @@ namespace Inference.Kernels.Layer;
 /// </remarks>
 public static class RopeKernels
 {
+    // 2π split for Cody-Waite reduction: TwoPiHi has 8 significant bits, so k * TwoPiHi is exact for |k| < 2^16.
+    private const float TwoPiHi = 6.28125f;
+    private const float TwoPiLo = 1.9353071795864769e-3f;
+    private const float InverseTwoPi = 0.15915494309189535f;
+
     /// <summary>Implicitly grouped over <c>(rotaryDim / 2, tokenCount * heads)</c>.</summary>
     /// <param name="index">(pair, token * heads + head).</param>
     /// <param name="x">Queries or keys, <c>[tokenCount, heads, headDim]</c>, rotated in place.</param>
@@ -28,8 +33,11 @@ public static class RopeKernels
         int row = index.Y;
         int token = row / heads;
         float theta = positions[token] * XMath.Pow(freqBase, -2f * pair / rotaryDim);
-        float cos = XMath.Cos(theta);
-        float sin = XMath.Sin(theta);
+        // NOTE: θ reaches the context length in radians; GPU fast sin/cos are accurate only near [-π, π], so reduce first.
+        float turns = XMath.Round(theta * InverseTwoPi);
+        float reduced = theta - turns * TwoPiHi - turns * TwoPiLo;
+        float cos = XMath.Cos(reduced);
+        float sin = XMath.Sin(reduced);
         long head = (long)row * headDim;
         long ia = neox != 0 ? head + pair : head + 2 * pair;
         long ib = neox != 0 ? ia + rotaryDim / 2 : ia + 1;

@@ -6,7 +6,7 @@ namespace Inference.Kernels.Layer;
 /// <remarks>Ranking: larger value first, lower index on ties. NaN elements are never selected.</remarks>
 public static class SelectionKernels
 {
-    /// <summary>Threads per group.</summary>
+    /// <summary>Threads per group on GPUs; the kernels work with any power of two up to 64.</summary>
     public const int GroupSize = 64;
 
     /// <summary>Index of the largest element per row. Grid <c>(rows)</c>, group <c>(GroupSize)</c>.</summary>

@@ -35,3 +35,26 @@ public class CudaBackendTests
     public void MissingModuleFailsLoudly() =>
         Assert.Throws<InvalidOperationException>(() => PtxModule.ReadSource("no_such_module"));
 }
+
+/// <summary>The automatic Flash-Decoding partition size of the PTX launchers (host arithmetic only).</summary>
+public class PtxPartitionSizeTests
+{
+    [TestCase(1, 8, 16, 1024, 132)]
+    [TestCase(1, 8, 16, 16384, 132)]
+    [TestCase(64, 8, 16, 16384, 132)]
+    [TestCase(1, 1, 32, 1, 132)]
+    [TestCase(3, 2, 8, 100_000, 108)]
+    public void ChoosesWholeBlocksWithinTheStagedTable(int tokens, int kvHeads, int blockSize, int maxContext, int multiprocessors)
+    {
+        var shape = new Inference.Kernels.AttentionShape(8, kvHeads, 128, blockSize, (maxContext + blockSize - 1) / blockSize);
+        int size = PtxPagedAttention.ChoosePartitionSize(shape, tokens, maxContext, multiprocessors);
+        Assert.That(size % blockSize, Is.Zero);
+        Assert.That(size / blockSize, Is.InRange(1, PtxPagedAttention.MaxBlocksPerPartition));
+        Assert.That(size, Is.GreaterThanOrEqualTo(Math.Min(256, PtxPagedAttention.MaxBlocksPerPartition * blockSize)));
+        int partitions = (maxContext + size - 1) / size;
+        // enough CTAs to fill the device whenever the context allows partitions of 256 positions
+        long ctas = (long)tokens * kvHeads * partitions;
+        if ((long)tokens * kvHeads * (maxContext / 256) >= 2 * multiprocessors && size < PtxPagedAttention.MaxBlocksPerPartition * blockSize)
+            Assert.That(ctas, Is.GreaterThanOrEqualTo(2 * multiprocessors - tokens * kvHeads));
+    }
+}

@@ -10,7 +10,8 @@ internal static class KernelTestAccelerator
 {
     private static readonly Lazy<(Context Context, Accelerator Accelerator)> Instance = new(() =>
     {
-        // NOTE: a simulated device with 32-wide warps and 64-thread groups like the GPU launch configurations use.
+        // NOTE: a small simulated device (16-thread groups): the CPU accelerator runs one OS thread per group thread
+        // and every barrier costs thread switches, so GPU-sized 64-thread groups make the tests several times slower.
         var context = Context.Create(b => b.CPU(new CPUDevice(32, 2, 1)).EnableAlgorithms());
         return (context, context.CreateCPUAccelerator(0));
     });

@@ -7,7 +7,7 @@ namespace Inference.Tests.Kernels;
 /// <summary>The non-attention ILGPU kernels on the CPU accelerator against the plain references, random inputs.</summary>
 public class LayerKernelTests
 {
-    private static readonly Lazy<LayerKernels> Kernels = new(() => new LayerKernels(KernelTestAccelerator.Cpu));
+    internal static readonly Lazy<LayerKernels> Kernels = new(() => new LayerKernels(KernelTestAccelerator.Cpu));
     private static Accelerator Acc => KernelTestAccelerator.Cpu;
 
     [TestCase(1, 64)]

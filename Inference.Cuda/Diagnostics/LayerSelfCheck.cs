@@ -1,0 +1,243 @@
+using ILGPU;
+using ILGPU.Runtime;
+using Inference.Kernels.Layer;
+using Inference.Kernels.Reference;
+
+namespace Inference.Cuda.Diagnostics;
+
+/// <summary>
+/// Runs the ILGPU layer kernels (<see cref="LayerKernels"/>) on a CUDA device against the plain references with random
+/// inputs (outputs poisoned first). Shared by the GPU tests and the device-check runner.
+/// </summary>
+public static class LayerSelfCheck
+{
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<Accelerator, LayerKernels> Loaded = new();
+
+    /// <summary>Names of the checks, in the order the device-check runner reports them.</summary>
+    public static IReadOnlyList<string> Names { get; } =
+    [
+        "rmsnorm", "rope-normal", "rope-neox", "swiglu", "matmul-f32", "matmul-f16", "matmul-q8_0",
+        "embedding-f32", "embedding-f16", "embedding-q8_0", "argmax", "topk",
+    ];
+
+    /// <summary>Runs one named check.</summary>
+    /// <param name="backend">The CUDA backend.</param>
+    /// <param name="name">One of <see cref="Names"/>.</param>
+    /// <returns>The result (kernel "ilgpu-vs-reference").</returns>
+    /// <exception cref="ArgumentException">Unknown name.</exception>
+    public static AttentionSelfCheck.Result Run(CudaBackend backend, string name)
+    {
+        ArgumentNullException.ThrowIfNull(backend);
+        backend.Bind();
+        return Run(backend.Accelerator, name);
+    }
+
+    /// <summary>Runs one named check on any accelerator (the CPU accelerator too, slowly).</summary>
+    /// <param name="acc">The accelerator; its context must have ILGPU.Algorithms enabled.</param>
+    /// <param name="name">One of <see cref="Names"/>.</param>
+    /// <returns>The result (kernel "ilgpu-vs-reference").</returns>
+    /// <exception cref="ArgumentException">Unknown name.</exception>
+    public static AttentionSelfCheck.Result Run(Accelerator acc, string name)
+    {
+        ArgumentNullException.ThrowIfNull(acc);
+        var kernels = Loaded.GetValue(acc, a => new LayerKernels(a));
+        var rng = new Random(name.Length * 31 + 7);
+        return name switch
+        {
+            "rmsnorm" => RmsNorm(acc, kernels, rng),
+            "rope-normal" => Rope(acc, kernels, rng, RopeLayout.Normal),
+            "rope-neox" => Rope(acc, kernels, rng, RopeLayout.Neox),
+            "swiglu" => SwiGlu(acc, kernels, rng),
+            "matmul-f32" or "matmul-f16" or "matmul-q8_0" => MatMul(acc, kernels, rng, name),
+            "embedding-f32" or "embedding-f16" or "embedding-q8_0" => Embedding(acc, kernels, rng, name),
+            "argmax" or "topk" => Selection(acc, kernels, rng, name),
+            _ => throw new ArgumentException($"unknown layer check {name}", nameof(name)),
+        };
+    }
+
+    private static AttentionSelfCheck.Result RmsNorm(Accelerator acc, LayerKernels k, Random rng)
+    {
+        const int rows = 7, dim = 4096;
+        var x = Values(rng, rows * dim, 3f);
+        var w = Values(rng, dim, 1f);
+        var expected = new float[x.Length];
+        ReferenceLayer.RmsNorm(x, w, expected, 1e-5f);
+        using var xb = acc.Allocate1D(x);
+        using var wb = acc.Allocate1D(w);
+        using var yb = Poisoned(acc, x.Length);
+        k.RmsNorm(xb.View, wb.View, yb.View, rows, dim, 1e-5f);
+        return Compare("rmsnorm", expected, Read(acc, yb), 1e-5, 1e-4);
+    }
+
+    private static AttentionSelfCheck.Result Rope(Accelerator acc, LayerKernels k, Random rng, RopeLayout layout)
+    {
+        const int tokens = 9, heads = 8, headDim = 128;
+        var x = Values(rng, tokens * heads * headDim, 1f);
+        int[] positions = [0, 1, 2, 15, 16, 511, 1000, 4095, 8191];
+        var expected = (float[])x.Clone();
+        ReferenceLayer.Rope(expected, positions, heads, headDim, headDim, 10000f, layout);
+        using var xb = acc.Allocate1D(x);
+        using var pb = acc.Allocate1D(positions);
+        k.Rope(xb.View, pb.View, tokens, heads, headDim, headDim, 10000f, layout);
+        // NOTE: angles reach 8191 rad; fast sin/cos with f32 argument reduction costs ~1e-3 there.
+        return Compare(layout == RopeLayout.Neox ? "rope-neox" : "rope-normal", expected, Read(acc, xb), 2e-3, 2e-3);
+    }
+
+    private static AttentionSelfCheck.Result SwiGlu(Accelerator acc, LayerKernels k, Random rng)
+    {
+        const int n = 11008 * 3;
+        var gate = Values(rng, n, 6f);
+        var up = Values(rng, n, 1f);
+        var expected = new float[n];
+        ReferenceLayer.SwiGlu(gate, up, expected);
+        using var gb = acc.Allocate1D(gate);
+        using var ub = acc.Allocate1D(up);
+        using var ob = Poisoned(acc, n);
+        k.SwiGlu(gb.View, ub.View, ob.View, n);
+        return Compare("swiglu", expected, Read(acc, ob), 1e-5, 1e-4);
+    }
+
+    private static AttentionSelfCheck.Result MatMul(Accelerator acc, LayerKernels k, Random rng, string name)
+    {
+        const int rows = 300, cols = 1024, batch = 3;
+        var w = Values(rng, rows * cols, 1f);
+        var x = Values(rng, batch * cols, 1f);
+        using var xb = acc.Allocate1D(x);
+        using var yb = Poisoned(acc, batch * rows);
+        float[] effective;
+        if (name == "matmul-f32")
+        {
+            effective = w;
+            using var wb = acc.Allocate1D(w);
+            k.MatMul(wb.View, xb.View, yb.View, rows, cols, batch);
+            acc.Synchronize();
+        }
+        else if (name == "matmul-f16")
+        {
+            var h = Array.ConvertAll(w, v => (ILGPU.Half)v);
+            effective = Array.ConvertAll(h, v => (float)v);
+            using var wb = acc.Allocate1D(h);
+            k.MatMul(wb.View, xb.View, yb.View, rows, cols, batch);
+            acc.Synchronize();
+        }
+        else
+        {
+            var q = ReferenceMatMul.QuantizeQ8_0(w);
+            effective = ReferenceMatMul.DequantizeQ8_0(q);
+            using var wb = acc.Allocate1D(q);
+            k.MatMulQ8_0(wb.View, xb.View, yb.View, rows, cols, batch);
+            acc.Synchronize();
+        }
+        var expected = new float[batch * rows];
+        ReferenceMatMul.MatMul(effective, x, expected, rows, cols);
+        return Compare(name, expected, Read(acc, yb), 1e-4, 1e-4);
+    }
+
+    private static AttentionSelfCheck.Result Embedding(Accelerator acc, LayerKernels k, Random rng, string name)
+    {
+        const int vocab = 1000, dim = 256;
+        var table = Values(rng, vocab * dim, 1f);
+        int[] ids = [0, 999, 17, 17, 512];
+        using var ib = acc.Allocate1D(ids);
+        using var ob = Poisoned(acc, ids.Length * dim);
+        float[] effective;
+        if (name == "embedding-f32")
+        {
+            effective = table;
+            using var tb = acc.Allocate1D(table);
+            k.Embedding(tb.View, ib.View, ob.View, ids.Length, dim);
+            acc.Synchronize();
+        }
+        else if (name == "embedding-f16")
+        {
+            var h = Array.ConvertAll(table, v => (ILGPU.Half)v);
+            effective = Array.ConvertAll(h, v => (float)v);
+            using var tb = acc.Allocate1D(h);
+            k.Embedding(tb.View, ib.View, ob.View, ids.Length, dim);
+            acc.Synchronize();
+        }
+        else
+        {
+            var q = ReferenceMatMul.QuantizeQ8_0(table);
+            effective = ReferenceMatMul.DequantizeQ8_0(q);
+            using var tb = acc.Allocate1D(q);
+            k.EmbeddingQ8_0(tb.View, ib.View, ob.View, ids.Length, dim);
+            acc.Synchronize();
+        }
+        var expected = new float[ids.Length * dim];
+        ReferenceLayer.Embedding(effective, ids, expected, dim);
+        return Compare(name, expected, Read(acc, ob), 0, 0);
+    }
+
+    private static AttentionSelfCheck.Result Selection(Accelerator acc, LayerKernels k, Random rng, string name)
+    {
+        const int rows = 4, cols = 32000, topK = 40;
+        var logits = Values(rng, rows * cols, 10f);
+        logits[5] = 50f;
+        logits[cols - 1] = 50f;            // tie in row 0: index 5 must win
+        logits[cols + 7] = float.NaN;      // NaN is never selected
+        using var lb = acc.Allocate1D(logits);
+        if (name == "argmax")
+        {
+            using var ib = acc.Allocate1D(Enumerable.Repeat(-7, rows).ToArray());
+            k.ArgMax(lb.View, ib.View, rows, cols);
+            acc.Synchronize();
+            var got = ib.GetAsArray1D();
+            for (int r = 0; r < rows; r++)
+            {
+                int want = ReferenceSelection.ArgMax(logits.AsSpan(r * cols, cols));
+                if (got[r] != want)
+                    return new AttentionSelfCheck.Result("argmax", "ilgpu-vs-reference", double.NaN, false, $"row {r}: expected {want}, got {got[r]}");
+            }
+            return new AttentionSelfCheck.Result("argmax", "ilgpu-vs-reference", 0, true, null);
+        }
+        using var vb = Poisoned(acc, rows * topK);
+        using var tb = acc.Allocate1D(Enumerable.Repeat(-7, rows * topK).ToArray());
+        k.TopK(lb.View, vb.View, tb.View, rows, cols, topK);
+        acc.Synchronize();
+        var indices = tb.GetAsArray1D();
+        for (int r = 0; r < rows; r++)
+        {
+            var want = ReferenceSelection.TopK(logits.AsSpan(r * cols, cols), topK);
+            for (int i = 0; i < topK; i++)
+                if (indices[r * topK + i] != want[i])
+                    return new AttentionSelfCheck.Result("topk", "ilgpu-vs-reference", double.NaN, false,
+                        $"row {r} rank {i}: expected {want[i]}, got {indices[r * topK + i]}");
+        }
+        return new AttentionSelfCheck.Result("topk", "ilgpu-vs-reference", 0, true, null);
+    }
+
+    private static MemoryBuffer1D<float, Stride1D.Dense> Poisoned(Accelerator acc, int length) =>
+        acc.Allocate1D(Enumerable.Repeat(float.NaN, length).ToArray());
+
+    private static float[] Read(Accelerator acc, MemoryBuffer1D<float, Stride1D.Dense> buffer)
+    {
+        acc.Synchronize();
+        return buffer.GetAsArray1D();
+    }
+
+    private static AttentionSelfCheck.Result Compare(string name, float[] expected, float[] actual, double atol, double rtol)
+    {
+        double maxAbs = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            double err = Math.Abs((double)actual[i] - expected[i]);
+            if (!(err <= atol + rtol * Math.Abs(expected[i])))
+                return new AttentionSelfCheck.Result(name, "ilgpu-vs-reference", err, false,
+                    $"element {i}: expected {expected[i]}, got {actual[i]}");
+            maxAbs = Math.Max(maxAbs, err);
+        }
+        return new AttentionSelfCheck.Result(name, "ilgpu-vs-reference", maxAbs, true, null);
+    }
+
+    private static float[] Values(Random rng, int count, float scale)
+    {
+        var a = new float[count];
+        for (int i = 0; i < count; i++)
+        {
+            float x = (float)(rng.NextDouble() * 2 - 1);
+            a[i] = (x == 0f ? 0.25f : x) * scale;
+        }
+        return a;
+    }
+}
