@@ -94,6 +94,8 @@ public class CliTests
         new object[] { new[] { "generate", "--prompt", "x", "--threads", "0" }, "Threads" },
         new object[] { new[] { "generate", "--bogus" }, "bogus" },
         new object[] { new[] { "frobnicate" }, "frobnicate" },
+        new object[] { new[] { "generate", "--prompt", "x", "--device", "cuda" }, "CUDA" },
+        new object[] { new[] { "generate", "--prompt", "x", "--device", "tpu" }, "tpu" },
         new object[] { new[] { "generate", "--prompt", "x", "--max-tokens", "abc" }, "abc" },
     ];
 

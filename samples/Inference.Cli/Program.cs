@@ -31,11 +31,12 @@ public static class Program
         var stopOption = new Option<string[]>("--stop") { Description = "Stop string (repeatable)", AllowMultipleArgumentsPerToken = false };
         var threadsOption = new Option<int?>("--threads", "-t") { Description = "CPU threads (default: all cores)" };
         var textOption = new Option<string>("--text") { Description = "Text to tokenize", Required = true };
+        var deviceOption = new Option<Device>("--device") { Description = "auto (a CUDA GPU when usable, else the CPU), cpu or cuda", DefaultValueFactory = _ => Device.Auto };
 
         var generate = new Command("generate", "Generate a continuation of a prompt")
         {
             modelOption, promptOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption,
-            seedOption, stopOption, threadsOption,
+            seedOption, stopOption, threadsOption, deviceOption,
         };
         SamplingOptions Sampling(ParseResult result) => new()
         {
@@ -55,7 +56,7 @@ public static class Program
         async Task<int> Generate(ParseResult result, CancellationToken ct)
         {
             var sampling = Sampling(result);
-            await using var engine = await Load(result.GetValue(modelOption), result.GetValue(threadsOption), ct);
+            await using var engine = await Load(result.GetValue(modelOption), result.GetValue(threadsOption), ct, result.GetValue(deviceOption));
             var stream = engine.GenerateAsync(result.GetValue(promptOption)!, sampling, ct);
             await foreach (var token in stream)
             {
@@ -186,10 +187,10 @@ public static class Program
     private static string AttentionKind(Inference.Models.ModelConfig c) =>
         c.KvHeadCount == c.HeadCount ? "MHA" : c.KvHeadCount == 1 ? "MQA" : "GQA";
 
-    private static async Task<InferenceEngine> Load(string? model, int? threads, CancellationToken ct)
+    private static async Task<InferenceEngine> Load(string? model, int? threads, CancellationToken ct, Device device = Device.Auto)
     {
         string path = model ?? DefaultModelPath();
-        var options = threads is int t ? new EngineOptions { Threads = t } : new EngineOptions();
+        var options = (threads is int t ? new EngineOptions { Threads = t } : new EngineOptions()) with { Device = device };
         // A progress bar on an interactive terminal only: redirected stderr stays one line per message.
         IProgress<float>? progress = Console.IsErrorRedirected ? null : new Progress<float>(p =>
         {
