@@ -19,14 +19,31 @@ internal sealed class EngineMetrics : IDisposable
     private static readonly Histogram<int> TokensPerStep = InferenceMeter.Meter.CreateHistogram<int>("inference.step.tokens", "{token}", "Tokens computed in one forward pass.");
     private static readonly Counter<long> Preemptions = InferenceMeter.Meter.CreateCounter<long>("inference.scheduler.preemptions", "{request}", "Requests preempted for want of KV blocks.");
 
-    private readonly ObservableGauge<int> _running;
-    private readonly ObservableGauge<int> _waiting;
+    // NOTE: the gauges are created once per process and sum over the live engines; an engine leaves the list when
+    // disposed, so loading many engines does not pile up instruments on the shared meter.
+    private static readonly Lock Gate = new();
+    private static readonly List<EngineLoop> Loops = [];
+
+    static EngineMetrics()
+    {
+        InferenceMeter.Meter.CreateObservableGauge("inference.scheduler.running", () => Sum(static l => l.Stats.RunningCount), "{request}", "Requests running.");
+        InferenceMeter.Meter.CreateObservableGauge("inference.scheduler.waiting", () => Sum(static l => l.Stats.WaitingCount), "{request}", "Requests waiting.");
+    }
+
+    private readonly EngineLoop _loop;
 
     public EngineMetrics(EngineLoop loop)
     {
-        var weak = new WeakReference<EngineLoop>(loop);
-        _running = InferenceMeter.Meter.CreateObservableGauge("inference.scheduler.running", () => weak.TryGetTarget(out var l) ? l.Stats.RunningCount : 0, "{request}", "Requests running.");
-        _waiting = InferenceMeter.Meter.CreateObservableGauge("inference.scheduler.waiting", () => weak.TryGetTarget(out var l) ? l.Stats.WaitingCount : 0, "{request}", "Requests waiting.");
+        _loop = loop;
+        lock (Gate) Loops.Add(loop);
+    }
+
+    private static int Sum(Func<EngineLoop, int> value)
+    {
+        int total = 0;
+        lock (Gate)
+            foreach (var l in Loops) total += value(l);
+        return total;
     }
 
     public void StepExecuted(int tokens, int preempted)
@@ -51,8 +68,6 @@ internal sealed class EngineMetrics : IDisposable
 
     public void Dispose()
     {
-        // NOTE: observable instruments cannot be removed from a shared Meter; the weak reference lets the engine go.
-        _ = _running;
-        _ = _waiting;
+        lock (Gate) Loops.Remove(_loop);
     }
 }

@@ -1,4 +1,3 @@
-using System.IO.MemoryMappedFiles;
 using System.Runtime.InteropServices;
 using Inference.KvCache;
 using Inference.Loading;
@@ -66,64 +65,56 @@ internal static class PrefixFile
     }
 
     /// <summary>A validated prefix file, memory-mapped for reading.</summary>
-    public sealed class Reader : IDisposable
+    public sealed unsafe class Reader : IDisposable
     {
-        private readonly MemoryMappedFile _mapping;
-        private readonly MemoryMappedViewAccessor _view;
+        private readonly MappedMemory _memory;
+        private readonly long _dataOffset;
 
-        private Reader(MemoryMappedFile mapping, MemoryMappedViewAccessor view, int[] tokens, int blockCount, long dataOffset)
+        private Reader(MappedMemory memory, int[] tokens, int blockCount, long dataOffset)
         {
-            _mapping = mapping;
-            _view = view;
+            _memory = memory;
             Tokens = tokens;
             BlockCount = blockCount;
-            DataOffset = dataOffset;
+            _dataOffset = dataOffset;
         }
 
         public int[] Tokens { get; }
         public int BlockCount { get; }
-        private long DataOffset { get; }
 
         /// <summary>Opens <paramref name="path"/> and checks it against this engine's identity and cache layout.</summary>
         /// <exception cref="ModelFormatException">The file is malformed or was made by another model, tokenizer, RoPE configuration or KV type.</exception>
         public static Reader Open(string path, PrefixIdentity identity, KvCacheStorage storage)
         {
-            if (!File.Exists(path)) throw new FileNotFoundException($"{path}: file not found", path);
-            long length = new FileInfo(path).Length;
-            if (length < HeaderBytes) throw new ModelFormatException(path, 0, $"file is {length} bytes, too short for a prefix file header ({HeaderBytes} bytes)");
-            var mapping = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
-            var view = mapping.CreateViewAccessor(0, length, MemoryMappedFileAccess.Read);
+            var memory = MappedMemory.OpenFile(path, HeaderBytes, "prefix");
             try
             {
-                Span<byte> magic = stackalloc byte[8];
-                for (int i = 0; i < 8; i++) magic[i] = view.ReadByte(i);
-                if (!magic.SequenceEqual(Magic)) throw new ModelFormatException(path, 0, "bad magic, expected 'INFKVPF1' (not a prefix file)");
-                uint version = view.ReadUInt32(8);
+                byte* p = memory.Pointer;
+                long length = memory.Length;
+                if (!new ReadOnlySpan<byte>(p, 8).SequenceEqual(Magic)) throw new ModelFormatException(path, 0, "bad magic, expected 'INFKVPF1' (not a prefix file)");
+                uint version = *(uint*)(p + 8);
                 if (version != Version) throw new ModelFormatException(path, 8, $"unsupported prefix file version {version} (expected {Version})");
-                Check(path, 12, view.ReadUInt64(12), identity.Model, "another model");
-                Check(path, 20, view.ReadUInt64(20), identity.Tokenizer, "another tokenizer");
-                Check(path, 28, view.ReadUInt64(28), identity.Rope, "another RoPE configuration");
-                Check(path, 36, view.ReadUInt64(36), identity.Kv, "another KV cache type or block size");
-                int[] layout = [view.ReadInt32(44), view.ReadInt32(48), view.ReadInt32(52), view.ReadInt32(56), view.ReadInt32(60)];
+                Check(path, 12, *(ulong*)(p + 12), identity.Model, "another model");
+                Check(path, 20, *(ulong*)(p + 20), identity.Tokenizer, "another tokenizer");
+                Check(path, 28, *(ulong*)(p + 28), identity.Rope, "another RoPE configuration");
+                Check(path, 36, *(ulong*)(p + 36), identity.Kv, "another KV cache type or block size");
+                int[] layout = new ReadOnlySpan<int>(p + 44, 5).ToArray();
                 int[] expected = [storage.BlockSize, storage.LayerCount, storage.KvHeadCount, storage.HeadDim, (int)storage.DataType];
                 if (!layout.AsSpan().SequenceEqual(expected))
                     throw new ModelFormatException(path, 44, $"cache layout [{string.Join(", ", layout)}] differs from this engine's [{string.Join(", ", expected)}] (block size, layers, KV heads, head size, type)");
-                int blockCount = view.ReadInt32(64);
+                int blockCount = *(int*)(p + 64);
                 long blockBytes = 2L * storage.LayerCount * storage.BlockSize * storage.KvHeadCount * storage.HeadDim * KvCacheStorage.ElementSize(storage.DataType);
                 if (blockCount < 1 || blockCount > (length - HeaderBytes) / (blockBytes + 4L * storage.BlockSize))
                     throw new ModelFormatException(path, 64, $"block count {blockCount} does not fit the file ({length} bytes)");
                 int tokenCount = blockCount * storage.BlockSize;
-                var tokens = new int[tokenCount];
-                view.ReadArray(HeaderBytes, tokens, 0, tokenCount);
+                var tokens = new ReadOnlySpan<int>(p + HeaderBytes, tokenCount).ToArray();
                 long dataOffset = (HeaderBytes + 4L * tokenCount + 63) / 64 * 64;
                 if (dataOffset + blockCount * blockBytes != length)
                     throw new ModelFormatException(path, dataOffset, $"expected {blockCount * blockBytes} bytes of KV data after offset {dataOffset}, the file has {length - dataOffset}");
-                return new Reader(mapping, view, tokens, blockCount, dataOffset);
+                return new Reader(memory, tokens, blockCount, dataOffset);
             }
             catch
             {
-                view.Dispose();
-                mapping.Dispose();
+                memory.Dispose();
                 throw;
             }
         }
@@ -134,32 +125,19 @@ internal static class PrefixFile
         }
 
         /// <summary>Copies block <paramref name="index"/> of the file into pool block <paramref name="block"/>.</summary>
-        public unsafe void CopyInto(KvCacheStorage storage, int index, int block)
+        public void CopyInto(KvCacheStorage storage, int index, int block)
         {
             int bytes = storage.BlockSize * storage.KvHeadCount * storage.HeadDim * KvCacheStorage.ElementSize(storage.DataType);
-            byte* p = null;
-            _view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
-            try
+            byte* p = _memory.Pointer + _dataOffset + (long)index * 2 * storage.LayerCount * bytes;
+            for (int l = 0; l < storage.LayerCount; l++)
             {
-                p += _view.PointerOffset + DataOffset + (long)index * 2 * storage.LayerCount * bytes;
-                for (int l = 0; l < storage.LayerCount; l++)
-                {
-                    new ReadOnlySpan<byte>(p, bytes).CopyTo(BlockBytes(storage, l, keys: true, block));
-                    p += bytes;
-                    new ReadOnlySpan<byte>(p, bytes).CopyTo(BlockBytes(storage, l, keys: false, block));
-                    p += bytes;
-                }
-            }
-            finally
-            {
-                _view.SafeMemoryMappedViewHandle.ReleasePointer();
+                new ReadOnlySpan<byte>(p, bytes).CopyTo(BlockBytes(storage, l, keys: true, block));
+                p += bytes;
+                new ReadOnlySpan<byte>(p, bytes).CopyTo(BlockBytes(storage, l, keys: false, block));
+                p += bytes;
             }
         }
 
-        public void Dispose()
-        {
-            _view.Dispose();
-            _mapping.Dispose();
-        }
+        public void Dispose() => _memory.Dispose();
     }
 }

@@ -136,6 +136,9 @@ public sealed class LlamaModel
         var att = s.Att.AsSpan(0, n * c.QDim);
         var gate = s.Gate.AsSpan(0, n * c.FfnDim);
         var up = s.Up.AsSpan(0, n * c.FfnDim);
+        var ropeCos = s.RopeCos.AsSpan(0, n * (c.RopeDim / 2));
+        var ropeSin = s.RopeSin.AsSpan(0, n * (c.RopeDim / 2));
+        ComputeRopeAngles(batch, ropeCos, ropeSin);
 
         for (int l = 0; l < c.LayerCount; l++)
         {
@@ -147,8 +150,8 @@ public sealed class LlamaModel
             if (w.QBias is not null) AddBias(q, w.QBias, n);
             if (w.KBias is not null) AddBias(k, w.KBias, n);
             if (w.VBias is not null) AddBias(v, w.VBias, n);
-            Rope(q, batch, c.HeadCount);
-            Rope(k, batch, c.KvHeadCount);
+            Rope(q, n, c.HeadCount, ropeCos, ropeSin);
+            Rope(k, n, c.KvHeadCount, ropeCos, ropeSin);
             kv.Attend(l, batch, q, k, v, att, pool);
             MatMul.Multiply(w.O, att, xb, n, pool);
             TensorPrimitives.Add(x, xb, x);
@@ -197,18 +200,32 @@ public sealed class LlamaModel
         }
     }
 
-    /// <summary>Rotates the first RopeDim dimensions of every head of every token by its position.</summary>
-    private void Rope(Span<float> qk, ModelBatch batch, int heads)
+    /// <summary>cos/sin of every token's rotation angles, [tokenCount, RopeDim / 2] each: once per forward pass, shared by all layers.</summary>
+    private void ComputeRopeAngles(ModelBatch batch, Span<float> cos, Span<float> sin)
     {
-        int hd = Config.HeadDim, half = Config.RopeDim / 2;
-        bool neox = Config.RopeLayout == RopeLayout.Neox;
+        int half = Config.RopeDim / 2;
         for (int t = 0; t < batch.TokenCount; t++)
         {
             int pos = batch.Positions[t];
             for (int i = 0; i < half; i++)
             {
                 double theta = pos * _ropeInvFreq[i];
-                float cos = (float)Math.Cos(theta), sin = (float)Math.Sin(theta);
+                cos[t * half + i] = (float)Math.Cos(theta);
+                sin[t * half + i] = (float)Math.Sin(theta);
+            }
+        }
+    }
+
+    /// <summary>Rotates the first RopeDim dimensions of every head of every token by its position.</summary>
+    private void Rope(Span<float> qk, int tokenCount, int heads, ReadOnlySpan<float> cosTable, ReadOnlySpan<float> sinTable)
+    {
+        int hd = Config.HeadDim, half = Config.RopeDim / 2;
+        bool neox = Config.RopeLayout == RopeLayout.Neox;
+        for (int t = 0; t < tokenCount; t++)
+        {
+            for (int i = 0; i < half; i++)
+            {
+                float cos = cosTable[t * half + i], sin = sinTable[t * half + i];
                 for (int h = 0; h < heads; h++)
                 {
                     int b = (t * heads + h) * hd;
@@ -248,6 +265,8 @@ public sealed class LlamaModel
             Gate = new float[capacity * c.FfnDim];
             Up = new float[capacity * c.FfnDim];
             Last = new float[capacity * c.Dim];
+            RopeCos = new float[capacity * (c.RopeDim / 2)];
+            RopeSin = new float[capacity * (c.RopeDim / 2)];
         }
 
         public int Capacity { get; }
@@ -260,5 +279,7 @@ public sealed class LlamaModel
         public float[] Gate { get; } = [];  // [n, ffn]
         public float[] Up { get; } = [];    // [n, ffn]
         public float[] Last { get; } = [];  // [logitCount, dim]
+        public float[] RopeCos { get; } = [];  // [n, ropeDim / 2]
+        public float[] RopeSin { get; } = [];  // [n, ropeDim / 2]
     }
 }
