@@ -139,9 +139,8 @@ public sealed partial class InferenceEngine : IAsyncDisposable
     public int[] Tokenize(string prompt)
     {
         ArgumentNullException.ThrowIfNull(prompt);
-        var tokens = Tokenizer.Encode(prompt, addSpecial: true);
-        if (tokens.Length == 0) tokens = [Tokenizer.BosId ?? Tokenizer.EosId ?? 0];
-        return tokens;
+        // NOTE: an empty result stays empty here; generation starts an empty prompt from BOS (CheckPrompt).
+        return Tokenizer.Encode(prompt, addSpecial: true);
     }
 
     /// <summary>Streams the continuation of <paramref name="prompt"/> token by token.</summary>
