@@ -15,7 +15,7 @@ public static class Program
         ["kernels-quick"] = ("GB/s of weights per type at 1 and 2 threads [--seconds S --threads 1,2 --batch 1,8 --types ...]", a => Task.FromResult(QuickKernelBench.Run(a))),
         ["write-model"] = ("write a random-weight benchmark GGUF: --out PATH --type f32|f16|q8_0|q4_0|q4_k|q6_k [--dim --layers --heads --kv-heads --ffn]", Models.WriteModel.RunAsync),
         ["e2e"] = ("end-to-end generation like llama-bench: -p P -n N --batch B --threads T [--engine inference|llama.cpp]", E2e.E2eBenchmark.RunAsync),
-        ["forward-profile"] = ("decode step time vs its matrix products alone: --model PATH [--threads 2 --steps 64]", E2e.ForwardProfile.RunAsync),
+        ["forward-profile"] = ("decode step time vs its matrix products alone: --model PATH [--threads 2 --steps 64 --batch 1]", E2e.ForwardProfile.RunAsync),
         ["bandwidth"] = ("memory read bandwidth: --threads T", E2e.BandwidthBenchmark.RunAsync),
         ["prefix"] = ("prefix reuse: --model PATH --shared-prefix-tokens 1024 --suffix-tokens 32 --threads 2", Prefix.PrefixBenchmark.RunAsync),
         ["kv-waste"] = ("KV waste of paged blocks vs contiguous reservations: [--sequences 300 --context 4096 --block-size 16]", Prefix.KvWasteBenchmark.RunAsync),

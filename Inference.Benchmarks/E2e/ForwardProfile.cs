@@ -16,14 +16,14 @@ public static class ForwardProfile
     {
         var a = new Args(argv);
         string model = a.Required("--model");
-        int threads = a.Int("--threads", 2), steps = a.Int("--steps", 64);
+        int threads = a.Int("--threads", 2), steps = a.Int("--steps", 64), batchSize = a.Int("--batch", 1);
         using var gguf = GgufFile.Open(model);
         var config = ModelConfig.FromGguf(gguf);
         var llama = new LlamaModel(gguf, config);
         using var pool = new WorkerPool(threads);
         var kv = new ContiguousKvCache(config, steps + 8);
         var batch = new ModelBatch();
-        var logits = new float[config.VocabSize];
+        var logits = new float[config.VocabSize * batchSize];
         var matrices = gguf.Tensors.Where(t => t.Dimensions.Length == 2 && t.Name != "token_embd.weight").ToArray();
 
         double forwardMs = 0, matmulMs = 0;
@@ -33,16 +33,16 @@ public static class ForwardProfile
             for (int i = 0; i < steps; i++)
             {
                 batch.Clear();
-                batch.Add(0, [1 + i % 100], i, wantLogits: true);
+                for (int b = 0; b < batchSize; b++) batch.Add(b, [1 + (i + b) % 100], i, wantLogits: true);
                 llama.Forward(batch, kv, logits, pool);
             }
             forwardMs = sw.Elapsed.TotalMilliseconds / steps;
-            kv.Remove(0);
+            for (int b = 0; b < batchSize; b++) kv.Remove(b);
 
             sw.Restart();
             for (int i = 0; i < steps; i++)
             {
-                foreach (var t in matrices) Multiply(gguf, t, pool);
+                foreach (var t in matrices) Multiply(gguf, t, pool, batchSize);
             }
             matmulMs = sw.Elapsed.TotalMilliseconds / steps;
         }
@@ -51,6 +51,7 @@ public static class ForwardProfile
             ["mode"] = "forward-profile",
             ["model"] = Path.GetFileName(model),
             ["threads"] = threads,
+            ["batch"] = batchSize,
             ["forward_ms"] = Math.Round(forwardMs, 3),
             ["matmul_ms"] = Math.Round(matmulMs, 3),
             ["other_ms"] = Math.Round(forwardMs - matmulMs, 3),
@@ -58,17 +59,17 @@ public static class ForwardProfile
         return Task.FromResult(0);
     }
 
-    private static readonly Dictionary<string, (float[] X, float[] Y)> Buffers = new();
+    private static readonly Dictionary<string, (WeightMatrix W, float[] X, float[] Y)> Buffers = new();
 
-    private static unsafe void Multiply(GgufFile gguf, GgufTensorInfo t, WorkerPool pool)
+    private static unsafe void Multiply(GgufFile gguf, GgufTensorInfo t, WorkerPool pool, int batch)
     {
-        var w = new WeightMatrix(t.Type, gguf.GetTensorPointer(t), (int)t.RowCount, (int)t.RowLength);
         if (!Buffers.TryGetValue(t.Name, out var b))
         {
-            b = (new float[w.Cols], new float[w.Rows]);
+            var w = MatMul.Prepare(new WeightMatrix(t.Type, gguf.GetTensorPointer(t), (int)t.RowCount, (int)t.RowLength));
+            b = (w, new float[w.Cols * batch], new float[w.Rows * batch]);
             for (int i = 0; i < b.X.Length; i++) b.X[i] = (i % 7 - 3) * 0.1f;
             Buffers[t.Name] = b;
         }
-        MatMul.Multiply(w, b.X, b.Y, 1, pool);
+        MatMul.Multiply(b.W, b.X, b.Y, batch, pool);
     }
 }

@@ -33,7 +33,19 @@ public sealed unsafe class WeightRing : IDisposable
     public long TotalBytes => MatrixBytes * Count;
     public byte* Base => _data;
 
-    public WeightMatrix this[int index] => new(Type, _data + (long)(index % Count) * MatrixBytes, Rows, Cols);
+    private WeightMatrix?[]? _prepared;
+
+    /// <summary>Copy <paramref name="index"/> modulo <see cref="Count"/>, prepared as the engine prepares model weights
+    /// (<see cref="MatMul.Prepare"/>: repacked where the fastest kernel wants it).</summary>
+    public WeightMatrix this[int index]
+    {
+        get
+        {
+            _prepared ??= new WeightMatrix?[Count];
+            int i = index % Count;
+            return _prepared[i] ??= MatMul.Prepare(new WeightMatrix(Type, _data + (long)i * MatrixBytes, Rows, Cols));
+        }
+    }
 
     public void Dispose() => NativeMemory.AlignedFree(_data);
 

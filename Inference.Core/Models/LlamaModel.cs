@@ -44,7 +44,7 @@ public sealed class LlamaModel
         Config = config;
         var c = config;
         _embedding = weights.GetMatrix("token_embd.weight", c.VocabSize, c.Dim);
-        _output = !weights.Contains("output.weight") ? _embedding : weights.GetMatrix("output.weight", c.VocabSize, c.Dim);
+        _output = MatMul.Prepare(!weights.Contains("output.weight") ? _embedding : weights.GetMatrix("output.weight", c.VocabSize, c.Dim));
         _outputNorm = weights.GetVector("output_norm.weight", c.Dim)!;
         _layers = new LayerWeights[c.LayerCount];
         for (int l = 0; l < c.LayerCount; l++)
@@ -52,17 +52,17 @@ public sealed class LlamaModel
             string p = $"blk.{l}.";
             _layers[l] = new LayerWeights(
                 weights.GetVector(p + "attn_norm.weight", c.Dim)!,
-                weights.GetMatrix(p + "attn_q.weight", c.QDim, c.Dim),
-                weights.GetMatrix(p + "attn_k.weight", c.KvDim, c.Dim),
-                weights.GetMatrix(p + "attn_v.weight", c.KvDim, c.Dim),
-                weights.GetMatrix(p + "attn_output.weight", c.Dim, c.QDim),
+                MatMul.Prepare(weights.GetMatrix(p + "attn_q.weight", c.QDim, c.Dim)),
+                MatMul.Prepare(weights.GetMatrix(p + "attn_k.weight", c.KvDim, c.Dim)),
+                MatMul.Prepare(weights.GetMatrix(p + "attn_v.weight", c.KvDim, c.Dim)),
+                MatMul.Prepare(weights.GetMatrix(p + "attn_output.weight", c.Dim, c.QDim)),
                 weights.GetVector(p + "attn_q.bias", c.QDim, optional: true),
                 weights.GetVector(p + "attn_k.bias", c.KvDim, optional: true),
                 weights.GetVector(p + "attn_v.bias", c.KvDim, optional: true),
                 weights.GetVector(p + "ffn_norm.weight", c.Dim)!,
-                weights.GetMatrix(p + "ffn_gate.weight", c.FfnDim, c.Dim),
-                weights.GetMatrix(p + "ffn_up.weight", c.FfnDim, c.Dim),
-                weights.GetMatrix(p + "ffn_down.weight", c.Dim, c.FfnDim));
+                MatMul.Prepare(weights.GetMatrix(p + "ffn_gate.weight", c.FfnDim, c.Dim)),
+                MatMul.Prepare(weights.GetMatrix(p + "ffn_up.weight", c.FfnDim, c.Dim)),
+                MatMul.Prepare(weights.GetMatrix(p + "ffn_down.weight", c.Dim, c.FfnDim)));
         }
 
         _ropeInvFreq = new double[c.RopeDim / 2];

@@ -11,7 +11,9 @@ namespace Inference.Backends.Cpu;
 /// <item>F32, F16, BF16: the float dot product with f32 accumulation, F16/BF16 widened exactly in registers.</item>
 /// <item>Q8_0, Q4_0: each activation row is first quantized to Q8_0 (per 32 values, scale max|x|/127 rounded to f16,
 /// see <see cref="ActivationQuantizer"/>), then block integer dots are scaled by the product of both f16 block scales
-/// (exact in f32), as ggml's <c>vec_dot_q8_0_q8_0</c> / <c>vec_dot_q4_0_q8_0</c>.</item>
+/// (exact in f32), as ggml's <c>vec_dot_q8_0_q8_0</c> / <c>vec_dot_q4_0_q8_0</c>. Q8_0 weights passed through
+/// <see cref="Prepare"/> are repacked eight rows at a time (<see cref="PackedQ8_0"/>): the same exact integer block
+/// products, scaled once per block and row.</item>
 /// <item>Q4_K, Q6_K: activations are quantized to Q8_K (per 256 values), as ggml's <c>vec_dot_q4_K_q8_K</c> /
 /// <c>vec_dot_q6_K_q8_K</c>.</item>
 /// </list>
@@ -23,6 +25,18 @@ namespace Inference.Backends.Cpu;
 public static class MatMul
 {
     [ThreadStatic] private static ActivationScratch? t_scratch;
+
+    /// <summary>
+    /// Returns <paramref name="w"/> with a copy of its rows in the layout this machine's fastest kernel reads (for Q8_0
+    /// with AVX-VNNI: <see cref="PackedQ8_0"/>), or <paramref name="w"/> itself when there is none. The copy lives as
+    /// long as the returned value is reachable; the original memory must stay valid too.
+    /// </summary>
+    /// <param name="w">The weights.</param>
+    /// <returns>The weights to multiply with.</returns>
+    public static WeightMatrix Prepare(in WeightMatrix w) =>
+        w.Type == GgmlType.Q8_0 && w.PackedQ8_0 is null && PackedQ8_0.IsSupported && PackedQ8_0.Pack(w) is { } packed
+            ? w with { PackedQ8_0 = packed }
+            : w;
 
     /// <summary>
     /// y[b, r] = Σ_c W[r, c] · x[b, c] for every batch row b &lt; <paramref name="batch"/>.
@@ -61,6 +75,7 @@ public static class MatMul
                 case GgmlType.F32: pool.Run(w.Rows, new FloatJob<F32Weights>(new MatMulArgs(w, px, py, batch, path))); break;
                 case GgmlType.F16: pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, px, py, batch, path))); break;
                 case GgmlType.BF16: pool.Run(w.Rows, new FloatJob<BF16Weights>(new MatMulArgs(w, px, py, batch, path))); break;
+                case GgmlType.Q8_0 when w.PackedQ8_0 is { } packed && KernelPaths.UsesVnni(path): RunPackedQ8_0(w, packed, px, py, batch, pool, path); break;
                 case GgmlType.Q8_0: RunQ8_0<Q8_0Kernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q4_0: RunQ8_0<Q4_0Kernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q4_K: RunQ8_K<Q4_KKernel>(w, px, py, batch, pool, path); break;
@@ -78,6 +93,16 @@ public static class MatMul
         var a = new MatMulArgs(w, x, y, batch, path, s.Q, s.D, s.Sums, s.BSums);
         pool.Run(batch, new QuantizeQ8_0Job(a));
         pool.Run(w.Rows, new QuantJob<TKernel>(a));
+    }
+
+    private static unsafe void RunPackedQ8_0(in WeightMatrix w, PackedQ8_0 packed, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
+    {
+        var s = t_scratch ??= new ActivationScratch();
+        s.Ensure(batch, w.Cols);
+        var a = new MatMulArgs(w, x, y, batch, path, s.Q, s.D, s.Sums, s.BSums);
+        pool.Run(batch, new QuantizeQ8_0Job(a));
+        bool tail = w.Rows % PackedQ8_0.GroupRows != 0;
+        pool.Run(packed.Groups + (tail ? 1 : 0), new PackedQ8_0Job(a, packed));
     }
 
     private static unsafe void RunQ8_K<TKernel>(in WeightMatrix w, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
@@ -98,6 +123,16 @@ public static class MatMul
     private readonly struct QuantJob<TKernel>(MatMulArgs a) : IRangeJob where TKernel : IQuantKernel
     {
         public void Execute(int start, int end) => QuantKernel.Rows<TKernel>(a, start, end);
+    }
+
+    private readonly struct PackedQ8_0Job(MatMulArgs a, PackedQ8_0 packed) : IRangeJob
+    {
+        public void Execute(int start, int end)
+        {
+            // Item Groups (when present) is the rows after the last whole group, in the GGUF layout.
+            packed.Groups4(a, start, Math.Min(end, packed.Groups));
+            if (end > packed.Groups) QuantKernel.Rows<Q8_0Kernel>(a, packed.Groups * PackedQ8_0.GroupRows, a.Rows);
+        }
     }
 
     private readonly unsafe struct QuantizeQ8_0Job(MatMulArgs a) : IRangeJob

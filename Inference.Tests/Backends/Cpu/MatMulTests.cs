@@ -36,7 +36,46 @@ public unsafe class MatMulTests
         Check(type, path, rows, cols, batch, seed: (int)type * 1_000_003 + rows * 7919 + cols * 31 + batch);
     }
 
-    private static void Check(GgmlType type, KernelPath path, int rows, int cols, int batch, int seed)
+    // Packed Q8_0 (eight rows per group, VNNI): row counts below, at and across whole groups.
+    [TestCase(7, 96, 1)]
+    [TestCase(8, 32, 1)]
+    [TestCase(8, 1056, 3)]
+    [TestCase(33, 288, 1)]
+    [TestCase(33, 288, 17)]
+    [TestCase(64, 1024, 6)]
+    public void Packed_q8_0_matches_the_float64_reference(int rows, int cols, int batch)
+    {
+        if (!PackedQ8_0.IsSupported) Assert.Ignore("packed Q8_0 needs AVX-VNNI");
+        Check(GgmlType.Q8_0, KernelPaths.Best, rows, cols, batch, seed: rows * 7919 + cols * 31 + batch, prepare: true);
+    }
+
+    [Test]
+    public void Packed_q8_0_gives_each_batch_row_the_bits_it_gets_alone()
+    {
+        if (!PackedQ8_0.IsSupported) Assert.Ignore("packed Q8_0 needs AVX-VNNI");
+        const int rows = 45, cols = 320, batch = 11;
+        var rng = new Random(5);
+        var weights = CpuTestHelpers.RandomWeights(rng, GgmlType.Q8_0, rows, cols);
+        var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
+        var all = new float[batch * rows];
+        all.AsSpan().Fill(float.NaN);
+        using var pool = new WorkerPool(3);
+        fixed (byte* pw = weights)
+        {
+            var w = MatMul.Prepare(new WeightMatrix(GgmlType.Q8_0, pw, rows, cols));
+            Assert.That(w.PackedQ8_0, Is.Not.Null);
+            MatMul.Multiply(w, x, all, batch, pool);
+            var one = new float[rows];
+            for (int b = 0; b < batch; b++)
+            {
+                one.AsSpan().Fill(float.NaN);
+                MatMul.Multiply(w, x.AsSpan(b * cols, cols), one, 1, pool);
+                Assert.That(all.AsSpan(b * rows, rows).ToArray(), Is.EqualTo(one), $"batch row {b}");
+            }
+        }
+    }
+
+    private static void Check(GgmlType type, KernelPath path, int rows, int cols, int batch, int seed, bool prepare = false)
     {
         var rng = new Random(seed);
         var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
@@ -48,6 +87,7 @@ public unsafe class MatMulTests
         fixed (byte* pw = weights)
         {
             var w = new WeightMatrix(type, pw, rows, cols);
+            if (prepare) w = MatMul.Prepare(w);
             MatMul.Multiply(w, x, y, batch, pool, path);
 
             var wf = MatMulReference.DequantizedWeights(w);
