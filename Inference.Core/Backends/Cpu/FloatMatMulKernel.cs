@@ -8,12 +8,32 @@ namespace Inference.Backends.Cpu;
 /// widened in registers. Each weight row is streamed once per tile of up to four batch rows (and stays in L1 for the
 /// next tile).
 /// </summary>
+/// <remarks>
+/// With AVX-512, rows go four at a time against four batch rows (<see cref="RowTile4{TW, TTile}"/>): sixteen
+/// accumulators, eight loads per sixteen FMAs, where one row at a time needs five loads per four FMAs. Each output
+/// keeps one accumulator over 16-column steps whatever the batch size, so results do not depend on the batching.
+/// </remarks>
 internal static unsafe class FloatMatMulKernel
 {
     /// <summary>Computes output rows [<paramref name="rowStart"/>, <paramref name="rowEnd"/>) for every batch row.</summary>
     public static void Rows<TW>(in MatMulArgs a, int rowStart, int rowEnd) where TW : IFloatWeights
     {
-        for (int r = rowStart; r < rowEnd; r++)
+        int r = rowStart;
+        if (a.Path == KernelPath.Vector512)
+        {
+            for (; r + 4 <= rowEnd; r += 4)
+            {
+                int b = 0;
+                for (; b + 4 <= a.Batch; b += 4) RowTile4<TW, Tile4>(a, r, b);
+                switch (a.Batch - b)
+                {
+                    case 3: RowTile4<TW, Tile3>(a, r, b); break;
+                    case 2: RowTile4<TW, Tile2>(a, r, b); break;
+                    case 1: RowTile4<TW, Tile1>(a, r, b); break;
+                }
+            }
+        }
+        for (; r < rowEnd; r++)
         {
             byte* row = a.W + r * a.RowBytes;
             int b = 0;
@@ -25,6 +45,75 @@ internal static unsafe class FloatMatMulKernel
                 case 1: Tile<TW, Tile1>(a, row, r, b); break;
             }
         }
+    }
+
+    /// <summary>Rows r … r+3 against batch rows b … b+TTile.Count−1.</summary>
+    private static void RowTile4<TW, TTile>(in MatMulArgs a, int r, int b) where TW : IFloatWeights where TTile : IBatchTile
+    {
+        int cols = a.Cols;
+        long rb = a.RowBytes;
+        byte* w0 = a.W + r * rb, w1 = w0 + rb, w2 = w1 + rb, w3 = w2 + rb;
+        float* x0 = a.X + (long)b * cols, x1 = x0 + cols, x2 = x1 + cols, x3 = x2 + cols;
+        // NOTE: written out (not through a helper with ref parameters, which would keep the accumulators in memory).
+        Vector512<float> c00 = default, c01 = default, c02 = default, c03 = default;
+        Vector512<float> c10 = default, c11 = default, c12 = default, c13 = default;
+        Vector512<float> c20 = default, c21 = default, c22 = default, c23 = default;
+        Vector512<float> c30 = default, c31 = default, c32 = default, c33 = default;
+        int i = 0;
+        for (; i + 16 <= cols; i += 16)
+        {
+            var v0 = TW.Load16x512(w0, i);
+            var v1 = TW.Load16x512(w1, i);
+            var v2 = TW.Load16x512(w2, i);
+            var v3 = TW.Load16x512(w3, i);
+            var u0 = Vector512.Load(x0 + i);
+            c00 = Vector512.FusedMultiplyAdd(v0, u0, c00);
+            c10 = Vector512.FusedMultiplyAdd(v1, u0, c10);
+            c20 = Vector512.FusedMultiplyAdd(v2, u0, c20);
+            c30 = Vector512.FusedMultiplyAdd(v3, u0, c30);
+            if (TTile.Count > 1)
+            {
+                var u1 = Vector512.Load(x1 + i);
+                c01 = Vector512.FusedMultiplyAdd(v0, u1, c01);
+                c11 = Vector512.FusedMultiplyAdd(v1, u1, c11);
+                c21 = Vector512.FusedMultiplyAdd(v2, u1, c21);
+                c31 = Vector512.FusedMultiplyAdd(v3, u1, c31);
+            }
+            if (TTile.Count > 2)
+            {
+                var u2 = Vector512.Load(x2 + i);
+                c02 = Vector512.FusedMultiplyAdd(v0, u2, c02);
+                c12 = Vector512.FusedMultiplyAdd(v1, u2, c12);
+                c22 = Vector512.FusedMultiplyAdd(v2, u2, c22);
+                c32 = Vector512.FusedMultiplyAdd(v3, u2, c32);
+            }
+            if (TTile.Count > 3)
+            {
+                var u3 = Vector512.Load(x3 + i);
+                c03 = Vector512.FusedMultiplyAdd(v0, u3, c03);
+                c13 = Vector512.FusedMultiplyAdd(v1, u3, c13);
+                c23 = Vector512.FusedMultiplyAdd(v2, u3, c23);
+                c33 = Vector512.FusedMultiplyAdd(v3, u3, c33);
+            }
+        }
+        Store<TW, TTile>(a, r, b, w0, i, c00, c01, c02, c03);
+        Store<TW, TTile>(a, r + 1, b, w1, i, c10, c11, c12, c13);
+        Store<TW, TTile>(a, r + 2, b, w2, i, c20, c21, c22, c23);
+        Store<TW, TTile>(a, r + 3, b, w3, i, c30, c31, c32, c33);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store<TW, TTile>(in MatMulArgs a, int r, int b, byte* row, int tail,
+        Vector512<float> c0, Vector512<float> c1, Vector512<float> c2, Vector512<float> c3)
+        where TW : IFloatWeights where TTile : IBatchTile
+    {
+        int cols = a.Cols;
+        float* x = a.X + (long)b * cols;
+        float* y = a.Y + (long)b * a.Rows + r;
+        y[0] = Vector512.Sum(c0) + DotScalar<TW>(row, tail, cols, x);
+        if (TTile.Count > 1) y[a.Rows] = Vector512.Sum(c1) + DotScalar<TW>(row, tail, cols, x + cols);
+        if (TTile.Count > 2) y[2 * a.Rows] = Vector512.Sum(c2) + DotScalar<TW>(row, tail, cols, x + 2 * cols);
+        if (TTile.Count > 3) y[3 * a.Rows] = Vector512.Sum(c3) + DotScalar<TW>(row, tail, cols, x + 3 * cols);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Inference.Backends.Cpu;
 
@@ -10,6 +11,8 @@ internal unsafe interface IFloatWeights
     static abstract void Load32(byte* row, int i, out Vector512<float> lo, out Vector512<float> hi);
     /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+15 of <paramref name="row"/>.</summary>
     static abstract void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi);
+    /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+15 of <paramref name="row"/> in one 512-bit vector.</summary>
+    static abstract Vector512<float> Load16x512(byte* row, int i);
     /// <summary>Weight <paramref name="i"/> of <paramref name="row"/>.</summary>
     static abstract float Load1(byte* row, int i);
 }
@@ -30,6 +33,9 @@ internal readonly unsafe struct F32Weights : IFloatWeights
         lo = Vector256.Load((float*)row + i);
         hi = Vector256.Load((float*)row + i + 8);
     }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Load16x512(byte* row, int i) => Vector512.Load((float*)row + i);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(byte* row, int i) => ((float*)row)[i];
@@ -53,6 +59,10 @@ internal readonly unsafe struct F16Weights : IFloatWeights
         lo = ToSingle(l);
         hi = ToSingle(h);
     }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Load16x512(byte* row, int i) =>
+        ToSingle(Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)row + i)));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(byte* row, int i) => Fp16.ToFloat(((ushort*)row)[i]);
@@ -101,6 +111,10 @@ internal readonly unsafe struct BF16Weights : IFloatWeights
         lo = (l << 16).AsSingle();
         hi = (h << 16).AsSingle();
     }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Load16x512(byte* row, int i) =>
+        (Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)row + i)) << 16).AsSingle();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(byte* row, int i) => BitConverter.Int32BitsToSingle(((ushort*)row)[i] << 16);
