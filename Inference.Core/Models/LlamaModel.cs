@@ -239,14 +239,12 @@ public sealed class LlamaModel
         }
     }
 
-    /// <summary>gate = silu(gate) ⊙ up.</summary>
-    private static void SwiGlu(Span<float> gate, ReadOnlySpan<float> up)
+    /// <summary>gate = silu(gate) ⊙ up = gate·σ(gate)·up; <paramref name="up"/> is overwritten.</summary>
+    private static void SwiGlu(Span<float> gate, Span<float> up)
     {
-        for (int i = 0; i < gate.Length; i++)
-        {
-            float g = gate[i];
-            gate[i] = g / (1f + MathF.Exp(-g)) * up[i];
-        }
+        TensorPrimitives.Multiply(gate, up, up);
+        TensorPrimitives.Sigmoid(gate, gate);
+        TensorPrimitives.Multiply(gate, up, gate);
     }
 
     /// <summary>Activation buffers, grown to the largest batch seen.</summary>
