@@ -14,9 +14,10 @@ public interface IRangeJob
 /// Splits index ranges over a fixed set of persistent threads. One pool per engine; the calling thread takes part.
 /// </summary>
 /// <remarks>
-/// <para>Each <see cref="Run{TJob}"/> cuts [0, itemCount) into <see cref="ThreadCount"/> contiguous slices (fewer when
-/// there are fewer items); slice 0 runs on the caller, slice i on worker i, so each thread streams its own rows.
-/// Workers spin briefly after a job (the next matmul usually follows within microseconds) and then block.</para>
+/// <para>Each <see cref="Run{TJob}"/> cuts [0, itemCount) into contiguous chunks, about <see cref="ChunksPerThread"/>
+/// per thread, which the caller and the workers take in order from a shared counter: a thread that starts late (woken
+/// late, or sharing its core with other work) takes fewer chunks instead of holding up the step. Workers spin briefly
+/// after a job (the next matmul usually follows within microseconds) and then block.</para>
 /// <para>Not thread-safe: call <see cref="Run{TJob}"/> from one thread at a time (the engine thread), and never from
 /// inside a job. A call allocates nothing once a job type has been seen on the calling thread.</para>
 /// </remarks>
@@ -35,6 +36,11 @@ public sealed class WorkerPool : IDisposable
     private IJobRunner? _runner;
     private int _itemCount;
     private int _parts;
+    private int _chunk;
+    private int _next;
+
+    /// <summary>Chunks per thread that one <see cref="Run{TJob}"/> cuts its items into (when there are enough items).</summary>
+    public const int ChunksPerThread = 4;
     private Exception? _failure;
 
     /// <summary>Creates a pool of <paramref name="threadCount"/> threads (the caller counts as one).</summary>
@@ -76,6 +82,8 @@ public sealed class WorkerPool : IDisposable
         _runner = box;
         _itemCount = itemCount;
         _parts = parts;
+        _chunk = Math.Max(1, itemCount / (parts * ChunksPerThread));
+        _next = 0;
         _failure = null;
         _pending = _workers.Length;
         Interlocked.Increment(ref _generation);
@@ -84,7 +92,7 @@ public sealed class WorkerPool : IDisposable
 
         try
         {
-            job.Execute(0, SliceEnd(itemCount, parts, 0));
+            RunChunks(ref job);
         }
         catch (Exception e)
         {
@@ -112,7 +120,17 @@ public sealed class WorkerPool : IDisposable
         foreach (var w in _workers) w.Join();
     }
 
-    private static int SliceEnd(int itemCount, int parts, int part) => (int)((long)itemCount * (part + 1) / parts);
+    /// <summary>Takes chunks from the shared counter until none is left.</summary>
+    private void RunChunks<TJob>(ref TJob job) where TJob : IRangeJob
+    {
+        int count = _itemCount, chunk = _chunk;
+        while (true)
+        {
+            int start = Interlocked.Add(ref _next, chunk) - chunk;
+            if (start >= count) return;
+            job.Execute(start, Math.Min(count, start + chunk));
+        }
+    }
 
     private void WorkerLoop(int index)
     {
@@ -122,13 +140,12 @@ public sealed class WorkerPool : IDisposable
             WaitForGeneration(seen);
             seen = _generation;
             if (_disposed) return;
-            int parts = _parts;
-            if (index < parts)
+            if (index < _parts)
             {
                 try
                 {
-                    int itemCount = _itemCount;
-                    _runner!.Execute(SliceEnd(itemCount, parts, index - 1), SliceEnd(itemCount, parts, index));
+                    var runner = _runner!;
+                    RunChunks(ref runner);
                 }
                 catch (Exception e)
                 {
@@ -158,9 +175,8 @@ public sealed class WorkerPool : IDisposable
         }
     }
 
-    private interface IJobRunner
+    private interface IJobRunner : IRangeJob
     {
-        void Execute(int start, int end);
     }
 
     private sealed class JobBox<TJob> : IJobRunner where TJob : IRangeJob

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Inference.Backends.Cpu;
 
 namespace Inference.Tests.Backends.Cpu;
@@ -69,11 +70,11 @@ public class WorkerPoolTests
     }
 
     [Test]
-    public void Slices_are_contiguous_and_the_caller_takes_the_first()
+    public void Chunks_are_contiguous_and_only_pool_threads_run_them()
     {
         using var pool = new WorkerPool(2);
         var ids = new int[100];
-        int caller = 0;
+        int caller = 0, worker = 0;
         Within(() =>
         {
             caller = Environment.CurrentManagedThreadId;
@@ -81,9 +82,41 @@ public class WorkerPoolTests
             Thread.Sleep(50);
             pool.Run(ids.Length, new ThreadJob(ids));
         });
-        Assert.That(ids[..50], Is.All.EqualTo(caller));
-        Assert.That(ids[50..], Is.All.EqualTo(ids[50]));
-        Assert.That(ids[50], Is.Not.EqualTo(caller));
+        int chunk = ids.Length / (2 * WorkerPool.ChunksPerThread);
+        for (int start = 0; start < ids.Length; start += chunk)
+        {
+            var run = ids[start..Math.Min(ids.Length, start + chunk)];
+            Assert.That(run, Is.All.EqualTo(run[0]), $"chunk at {start}");
+            if (run[0] != caller) worker = worker == 0 ? run[0] : worker;
+            Assert.That(run[0], Is.EqualTo(caller).Or.EqualTo(worker), $"chunk at {start} ran on a third thread");
+        }
+    }
+
+    /// <summary>Stalls the first chunk a non-caller thread takes.</summary>
+    private readonly struct StallingJob(int[] threadIds, int caller, StrongBox<int> stalled) : IRangeJob
+    {
+        public void Execute(int start, int end)
+        {
+            int id = Environment.CurrentManagedThreadId;
+            if (id != caller && Interlocked.Exchange(ref stalled.Value, 1) == 0) Thread.Sleep(200);
+            for (int i = start; i < end; i++) threadIds[i] = id;
+        }
+    }
+
+    [Test]
+    public void A_stalled_worker_holds_up_only_its_own_chunk()
+    {
+        using var pool = new WorkerPool(2);
+        var ids = new int[400];
+        int caller = 0;
+        Within(() =>
+        {
+            caller = Environment.CurrentManagedThreadId;
+            pool.Run(ids.Length, new StallingJob(ids, caller, new StrongBox<int>()));
+        });
+        int chunk = ids.Length / (2 * WorkerPool.ChunksPerThread);
+        // With fixed halves the caller would have done 200 items; here it takes every chunk but the stalled one.
+        Assert.That(ids.Count(id => id == caller), Is.GreaterThanOrEqualTo(ids.Length - chunk));
     }
 
     [Test]
