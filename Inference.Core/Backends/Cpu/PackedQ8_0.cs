@@ -67,9 +67,9 @@ internal sealed unsafe class PackedQ8_0
                 {
                     byte* src = w.Data + (8L * g + j) * w.RowBytes + (long)i * BlockBytes;
                     ((float*)dst)[j] = Fp16.ToFloat(*(ushort*)src);
-                    for (int k = 0; k < 8; k++)
-                    for (int e = 0; e < 4; e++)
-                        dst[32 + 32 * k + 4 * j + e] = (byte)(src[2 + 4 * k + e] ^ 0x80);
+                    // Four-byte group k of row j goes to int 8k + j of the block's quants, each byte + 128.
+                    int* groups4 = (int*)(dst + 32);
+                    for (int k = 0; k < 8; k++) groups4[8 * k + j] = Unsafe.ReadUnaligned<int>(src + 2 + 4 * k) ^ unchecked((int)0x80808080);
                 }
             }
         }
