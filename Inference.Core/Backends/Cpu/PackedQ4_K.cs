@@ -41,12 +41,6 @@ internal sealed unsafe class PackedQ4_K
     private const int CodesOffset = 192;
     private const int PackedBlockBytes = CodesOffset + 8 * 128;
 
-    // Bytes m0..m7 (broadcast to both halves) to the shorts (m0, m0, m1, m1, …, m7, m7): vpdpwssd against the two 16-value
-    // sums of a sub-block then gives m_row·(bsums[2j] + bsums[2j + 1]) in each row's lane.
-    private static readonly Vector256<byte> DuplicateMins = Vector256.Create(
-        (byte)0, 0x80, 0, 0x80, 1, 0x80, 1, 0x80, 2, 0x80, 2, 0x80, 3, 0x80, 3, 0x80,
-        4, 0x80, 4, 0x80, 5, 0x80, 5, 0x80, 6, 0x80, 6, 0x80, 7, 0x80, 7, 0x80);
-
     private readonly byte[] _data;
 
     private PackedQ4_K(byte[] data, int groups, long groupBytes)
@@ -128,7 +122,16 @@ internal sealed unsafe class PackedQ4_K
         float* dx = a.D + b;
         short* bsums = a.BSums + 16L * b;
         long qStep = 256L * batch, bsStep = 16L * batch;
-        Vector256<float> y0 = default, y1 = default, y2 = default, y3 = default;
+        // Bytes m0..m7 (broadcast to both halves) to the shorts (m0, m0, m1, m1, …, m7, m7): vpdpwssd against the two
+        // 16-value sums of a sub-block then gives m_row·(bsums[2sub] + bsums[2sub + 1]) in each row's lane.
+        // NOTE: a constant in the method rather than a static field, which costs a class-initialization check in the loop.
+        var duplicateMins = Vector256.Create(
+            (byte)0, 0x80, 0, 0x80, 1, 0x80, 1, 0x80, 2, 0x80, 2, 0x80, 3, 0x80, 3, 0x80,
+            4, 0x80, 4, 0x80, 5, 0x80, 5, 0x80, 6, 0x80, 6, 0x80, 7, 0x80, 7, 0x80);
+        // NOTE: the row sums accumulate in y itself (these eight outputs belong to this group alone): kept in registers
+        // they would push the vpdpbusd accumulators into ymm16+, which the VEX encoding cannot name (a copy per use).
+        float* y = a.Y + (long)b * a.Rows + 8L * g;
+        for (int t = 0; t < TTile.Count; t++) Vector256<float>.Zero.Store(y + (long)t * a.Rows);
         for (int s = 0; s < nsb; s++)
         {
             byte* blk = group + (long)s * PackedBlockBytes;
@@ -136,65 +139,52 @@ internal sealed unsafe class PackedQ4_K
             short* bs = bsums + s * bsStep;
             float* ds = dx + (long)s * batch;
 
+            // Σ_sub sc_sub·Σ_c q·q_x per row.
+            Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
+            for (int i = 0; i < 4; i++)
+            {
+                byte* codes = blk + CodesOffset + 256 * i;
+                byte* scales = blk + ScalesOffset + 16 * i;
+                int x = 64 * i;
+                if (TTile.Count == 1) i0 += Pair(codes, qs + x, scales);
+                else PairN<TTile>(codes, qs + x, scales, ref i0, ref i1, ref i2, ref i3);
+            }
+
             // Σ_sub m_sub·(bsums[2sub] + bsums[2sub + 1]) per row.
             Vector256<int> m0 = default, m1 = default, m2 = default, m3 = default;
             for (int sub = 0; sub < 8; sub++)
             {
-                var mins = Avx2.Shuffle(Vector256.Create(*(ulong*)(blk + MinsOffset + 8 * sub)).AsByte(), DuplicateMins).AsInt16();
+                var mins = Avx2.Shuffle(Vector256.Create(*(ulong*)(blk + MinsOffset + 8 * sub)).AsByte(), duplicateMins).AsInt16();
                 m0 = AvxVnni.MultiplyWideningAndAdd(m0, mins, Vector256.Create(*(int*)(bs + 2 * sub)).AsInt16());
                 if (TTile.Count > 1) m1 = AvxVnni.MultiplyWideningAndAdd(m1, mins, Vector256.Create(*(int*)(bs + 16 + 2 * sub)).AsInt16());
                 if (TTile.Count > 2) m2 = AvxVnni.MultiplyWideningAndAdd(m2, mins, Vector256.Create(*(int*)(bs + 32 + 2 * sub)).AsInt16());
                 if (TTile.Count > 3) m3 = AvxVnni.MultiplyWideningAndAdd(m3, mins, Vector256.Create(*(int*)(bs + 48 + 2 * sub)).AsInt16());
             }
 
-            // Σ_sub sc_sub·Σ_c q·q_x per row.
-            Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
-            for (int i = 0; i < 4; i++)
-            {
-                byte* codes = blk + CodesOffset + 256 * i;
-                var scLo = Avx2.ConvertToVector256Int32(blk + ScalesOffset + 16 * i);
-                var scHi = Avx2.ConvertToVector256Int32(blk + ScalesOffset + 16 * i + 8);
-                int x = 64 * i;
-                if (TTile.Count <= 2)
-                {
-                    // NOTE: few batch rows give few dependency chains; two chains per sub-block keep vpdpbusd's
-                    // latency hidden. Integer sums are exact, so the split does not change any result.
-                    Pair2(codes, qs + x, scLo, scHi, ref i0);
-                    if (TTile.Count > 1) Pair2(codes, qs + 256 + x, scLo, scHi, ref i1);
-                }
-                else
-                {
-                    Pair4<TTile>(codes, qs + x, scLo, scHi, ref i0, ref i1, ref i2, ref i3);
-                }
-            }
-
             var dw = Vector256.Load((float*)blk);
             var dminw = Vector256.Load((float*)blk + 8);
-            y0 = Step(y0, i0, m0, dw, dminw, ds[0]);
-            if (TTile.Count > 1) y1 = Step(y1, i1, m1, dw, dminw, ds[1]);
-            if (TTile.Count > 2) y2 = Step(y2, i2, m2, dw, dminw, ds[2]);
-            if (TTile.Count > 3) y3 = Step(y3, i3, m3, dw, dminw, ds[3]);
+            Step(y, i0, m0, dw, dminw, ds[0]);
+            if (TTile.Count > 1) Step(y + a.Rows, i1, m1, dw, dminw, ds[1]);
+            if (TTile.Count > 2) Step(y + 2L * a.Rows, i2, m2, dw, dminw, ds[2]);
+            if (TTile.Count > 3) Step(y + 3L * a.Rows, i3, m3, dw, dminw, ds[3]);
         }
-        float* y = a.Y + (long)b * a.Rows + 8L * g;
-        y0.Store(y);
-        if (TTile.Count > 1) y1.Store(y + a.Rows);
-        if (TTile.Count > 2) y2.Store(y + 2L * a.Rows);
-        if (TTile.Count > 3) y3.Store(y + 3L * a.Rows);
     }
 
-    /// <summary>y + d_x·(d·Σ sc·dot − dmin·Σ m·bsums) per row lane.</summary>
+    /// <summary>y += d_x·(d·Σ sc·dot − dmin·Σ m·bsums) per row lane.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Step(Vector256<float> acc, Vector256<int> sumi, Vector256<int> summ,
-        Vector256<float> dw, Vector256<float> dminw, float dx)
+    private static void Step(float* y, Vector256<int> sumi, Vector256<int> summ, Vector256<float> dw, Vector256<float> dminw, float dx)
     {
         var scale = Vector256.Create(dx);
-        acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(sumi), dw * scale, acc);
-        return Fma.MultiplyAddNegated(Avx.ConvertToVector256Single(summ), dminw * scale, acc);
+        var acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(sumi), dw * scale, Vector256.Load(y));
+        Fma.MultiplyAddNegated(Avx.ConvertToVector256Single(summ), dminw * scale, acc).Store(y);
     }
 
-    /// <summary>Sub-blocks 2i and 2i + 1 of one batch row, two dependency chains per sub-block.</summary>
+    /// <summary>
+    /// Σ sc·dot over sub-blocks 2i and 2i + 1 of one batch row, two dependency chains per sub-block (one row alone would
+    /// otherwise wait on vpdpbusd's latency). Integer sums are exact, so the split does not change any result.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Pair2(byte* codes, sbyte* x, Vector256<int> scLo, Vector256<int> scHi, ref Vector256<int> sumi)
+    private static Vector256<int> Pair(byte* codes, sbyte* x, byte* scales)
     {
         var nibble = Vector256.Create((byte)0x0F);
         Vector256<int> lo0 = default, lo1 = default, hi0 = default, hi1 = default;
@@ -207,12 +197,13 @@ internal sealed unsafe class PackedQ4_K
             lo1 = AvxVnni.MultiplyWideningAndAdd(lo1, v1 & nibble, Broadcast(x + 4 * k + 4));
             hi1 = AvxVnni.MultiplyWideningAndAdd(hi1, High(v1, nibble), Broadcast(x + 36 + 4 * k));
         }
-        sumi += Avx2.MultiplyLow(lo0 + lo1, scLo) + Avx2.MultiplyLow(hi0 + hi1, scHi);
+        return Avx2.MultiplyLow(lo0 + lo1, Avx2.ConvertToVector256Int32(scales))
+             + Avx2.MultiplyLow(hi0 + hi1, Avx2.ConvertToVector256Int32(scales + 8));
     }
 
-    /// <summary>Sub-blocks 2i and 2i + 1 of three or four batch rows (activations 256 bytes apart), one chain per sub-block and row.</summary>
+    /// <summary>Σ sc·dot over sub-blocks 2i and 2i + 1 of two to four batch rows (activations 256 bytes apart), one chain per sub-block and row.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Pair4<TTile>(byte* codes, sbyte* x, Vector256<int> scLo, Vector256<int> scHi,
+    private static void PairN<TTile>(byte* codes, sbyte* x, byte* scales,
         ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3) where TTile : IBatchTile
     {
         var nibble = Vector256.Create((byte)0x0F);
@@ -228,17 +219,22 @@ internal sealed unsafe class PackedQ4_K
             hi0 = AvxVnni.MultiplyWideningAndAdd(hi0, hi, Broadcast(xk + 32));
             lo1 = AvxVnni.MultiplyWideningAndAdd(lo1, lo, Broadcast(xk + 256));
             hi1 = AvxVnni.MultiplyWideningAndAdd(hi1, hi, Broadcast(xk + 288));
-            lo2 = AvxVnni.MultiplyWideningAndAdd(lo2, lo, Broadcast(xk + 512));
-            hi2 = AvxVnni.MultiplyWideningAndAdd(hi2, hi, Broadcast(xk + 544));
+            if (TTile.Count > 2)
+            {
+                lo2 = AvxVnni.MultiplyWideningAndAdd(lo2, lo, Broadcast(xk + 512));
+                hi2 = AvxVnni.MultiplyWideningAndAdd(hi2, hi, Broadcast(xk + 544));
+            }
             if (TTile.Count > 3)
             {
                 lo3 = AvxVnni.MultiplyWideningAndAdd(lo3, lo, Broadcast(xk + 768));
                 hi3 = AvxVnni.MultiplyWideningAndAdd(hi3, hi, Broadcast(xk + 800));
             }
         }
+        var scLo = Avx2.ConvertToVector256Int32(scales);
+        var scHi = Avx2.ConvertToVector256Int32(scales + 8);
         sumi0 += Avx2.MultiplyLow(lo0, scLo) + Avx2.MultiplyLow(hi0, scHi);
         sumi1 += Avx2.MultiplyLow(lo1, scLo) + Avx2.MultiplyLow(hi1, scHi);
-        sumi2 += Avx2.MultiplyLow(lo2, scLo) + Avx2.MultiplyLow(hi2, scHi);
+        if (TTile.Count > 2) sumi2 += Avx2.MultiplyLow(lo2, scLo) + Avx2.MultiplyLow(hi2, scHi);
         if (TTile.Count > 3) sumi3 += Avx2.MultiplyLow(lo3, scLo) + Avx2.MultiplyLow(hi3, scHi);
     }
 
