@@ -33,12 +33,13 @@ public static class MatMul
     /// </summary>
     /// <param name="w">The weights.</param>
     /// <returns>The weights to multiply with.</returns>
-    public static WeightMatrix Prepare(in WeightMatrix w) =>
-        w.Type == GgmlType.Q8_0 && w.PackedQ8_0 is null && PackedQ8_0.IsSupported && PackedQ8_0.Pack(w) is { } packed
-            ? w with { PackedQ8_0 = packed }
-            : w.Type == GgmlType.Q4_K && w.PackedQ4_K is null && PackedQ4_K.IsSupported && PackedQ4_K.Pack(w) is { } packedQ4_K
-            ? w with { PackedQ4_K = packedQ4_K }
-            : w;
+    public static WeightMatrix Prepare(in WeightMatrix w) => w.Type switch
+    {
+        GgmlType.Q8_0 when w.PackedQ8_0 is null && PackedQ8_0.IsSupported && PackedQ8_0.Pack(w) is { } packed => w with { PackedQ8_0 = packed },
+        GgmlType.Q4_K when w.PackedQ4_K is null && PackedQ4_K.IsSupported && PackedQ4_K.Pack(w) is { } packed => w with { PackedQ4_K = packed },
+        GgmlType.Q6_K when w.PackedQ6_K is null && PackedQ6_K.IsSupported && PackedQ6_K.Pack(w) is { } packed => w with { PackedQ6_K = packed },
+        _ => w,
+    };
 
     /// <summary>
     /// y[b, r] = Σ_c W[r, c] · x[b, c] for every batch row b &lt; <paramref name="batch"/>.
@@ -82,6 +83,7 @@ public static class MatMul
                 case GgmlType.Q4_0: RunQ8_0<Q4_0Kernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q4_K when w.PackedQ4_K is { } packedQ4_K && KernelPaths.UsesVnni(path): RunPackedQ4_K(w, packedQ4_K, px, py, batch, pool, path); break;
                 case GgmlType.Q4_K: RunQ8_K<Q4_KKernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q6_K when w.PackedQ6_K is { } packedQ6_K && KernelPaths.UsesVnni(path): RunPackedQ6_K(w, packedQ6_K, px, py, batch, pool, path); break;
                 case GgmlType.Q6_K: RunQ8_K<Q6_KKernel>(w, px, py, batch, pool, path); break;
                 default: throw new NotSupportedException($"matmul with {w.Type} weights is not supported");
             }
@@ -128,6 +130,16 @@ public static class MatMul
         pool.Run(packed.Groups + (tail ? 1 : 0), new PackedQ4_KJob(a, packed));
     }
 
+    private static unsafe void RunPackedQ6_K(in WeightMatrix w, PackedQ6_K packed, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
+    {
+        var s = t_scratch ??= new ActivationScratch();
+        s.Ensure(batch, w.Cols);
+        var a = new MatMulArgs(w, x, y, batch, path, s.Q, s.D, s.Sums, s.BSums);
+        pool.Run(batch, new QuantizeQ8_KJob(a));
+        bool tail = w.Rows % PackedQ6_K.GroupRows != 0;
+        pool.Run(packed.Groups + (tail ? 1 : 0), new PackedQ6_KJob(a, packed));
+    }
+
     private readonly struct FloatJob<TW>(MatMulArgs a) : IRangeJob where TW : IFloatWeights
     {
         public void Execute(int start, int end) => FloatMatMulKernel.Rows<TW>(a, start, end);
@@ -155,6 +167,16 @@ public static class MatMul
             // Item Groups (when present) is the rows after the last whole group, in the GGUF layout.
             packed.Groups4(a, start, Math.Min(end, packed.Groups));
             if (end > packed.Groups) QuantKernel.Rows<Q4_KKernel>(a, packed.Groups * PackedQ4_K.GroupRows, a.Rows);
+        }
+    }
+
+    private readonly struct PackedQ6_KJob(MatMulArgs a, PackedQ6_K packed) : IRangeJob
+    {
+        public void Execute(int start, int end)
+        {
+            // Item Groups (when present) is the rows after the last whole group, in the GGUF layout.
+            packed.Groups4(a, start, Math.Min(end, packed.Groups));
+            if (end > packed.Groups) QuantKernel.Rows<Q6_KKernel>(a, packed.Groups * PackedQ6_K.GroupRows, a.Rows);
         }
     }
 
