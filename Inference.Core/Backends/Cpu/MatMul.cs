@@ -15,7 +15,9 @@ namespace Inference.Backends.Cpu;
 /// <see cref="Prepare"/> are repacked eight rows at a time (<see cref="PackedQ8_0"/>): the same exact integer block
 /// products, scaled once per block and row.</item>
 /// <item>Q4_K, Q6_K: activations are quantized to Q8_K (per 256 values), as ggml's <c>vec_dot_q4_K_q8_K</c> /
-/// <c>vec_dot_q6_K_q8_K</c>.</item>
+/// <c>vec_dot_q6_K_q8_K</c>. Weights passed through <see cref="Prepare"/> are repacked eight rows at a time
+/// (<see cref="PackedQ4_K"/>, <see cref="PackedQ6_K"/>): the same exact integer super-block sums, scaled once per
+/// super-block and row.</item>
 /// </list>
 /// <para>The result therefore differs from the exact product by the activation quantization error (at most half a
 /// quantization step per activation, plus for Q8_0 up to 2^-11·max|x| from the f16 scale) plus f32 rounding. Weight rows are split over the pool's threads; each weight
@@ -27,9 +29,10 @@ public static class MatMul
     [ThreadStatic] private static ActivationScratch? t_scratch;
 
     /// <summary>
-    /// Returns <paramref name="w"/> with a copy of its rows in the layout this machine's fastest kernel reads (for Q8_0
-    /// with AVX-VNNI: <see cref="PackedQ8_0"/>), or <paramref name="w"/> itself when there is none. The copy lives as
-    /// long as the returned value is reachable; the original memory must stay valid too.
+    /// Returns <paramref name="w"/> with a copy of its rows in the layout this machine's fastest kernel reads (with
+    /// AVX-VNNI: <see cref="PackedQ8_0"/>, <see cref="PackedQ4_K"/>, <see cref="PackedQ6_K"/>), or <paramref name="w"/>
+    /// itself when there is none. The copy lives as long as the returned value is reachable; the original memory must
+    /// stay valid too.
     /// </summary>
     /// <param name="w">The weights.</param>
     /// <returns>The weights to multiply with.</returns>
