@@ -62,14 +62,16 @@ internal sealed unsafe class PackedQ4_K
     /// <summary>True when this machine runs the packed kernel.</summary>
     public static bool IsSupported => KernelPaths.UsesVnni(KernelPaths.Best);
 
-    /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows; null when it has fewer than eight rows.</summary>
+    /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows; null when it has fewer than eight rows or the copy
+    /// would exceed one array.</summary>
     public static PackedQ4_K? Pack(in WeightMatrix w)
     {
         if (w.Type != GgmlType.Q4_K) throw new ArgumentException($"expected Q4_K weights, got {w.Type}", nameof(w));
         int groups = w.Rows / GroupRows, nsb = w.Cols / 256;
-        if (groups == 0) return null;
         long groupBytes = (long)nsb * PackedBlockBytes;
-        var data = GC.AllocateUninitializedArray<byte>(checked((int)(groups * groupBytes)), pinned: true);
+        // NOTE: a copy larger than one array can hold keeps the GGUF layout (the unpacked kernel) rather than failing the load.
+        if (groups == 0 || groups * groupBytes > Array.MaxLength) return null;
+        var data = GC.AllocateUninitializedArray<byte>((int)(groups * groupBytes), pinned: true);
         var packed = new PackedQ4_K(data, groups, groupBytes);
         for (int g = 0; g < groups; g++)
         {
