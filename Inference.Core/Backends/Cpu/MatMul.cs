@@ -15,7 +15,9 @@ namespace Inference.Backends.Cpu;
 /// <see cref="Prepare"/> are repacked eight rows at a time (<see cref="PackedQ8_0"/>): the same exact integer block
 /// products, scaled once per block and row.</item>
 /// <item>Q4_K, Q6_K: activations are quantized to Q8_K (per 256 values), as ggml's <c>vec_dot_q4_K_q8_K</c> /
-/// <c>vec_dot_q6_K_q8_K</c>.</item>
+/// <c>vec_dot_q6_K_q8_K</c>. Weights passed through <see cref="Prepare"/> are repacked eight rows at a time
+/// (<see cref="PackedQ4_K"/>, <see cref="PackedQ6_K"/>): the same exact integer super-block sums, scaled once per
+/// super-block and row.</item>
 /// </list>
 /// <para>The result therefore differs from the exact product by the activation quantization error (at most half a
 /// quantization step per activation, plus for Q8_0 up to 2^-11·max|x| from the f16 scale) plus f32 rounding. Weight rows are split over the pool's threads; each weight
@@ -27,16 +29,20 @@ public static class MatMul
     [ThreadStatic] private static ActivationScratch? t_scratch;
 
     /// <summary>
-    /// Returns <paramref name="w"/> with a copy of its rows in the layout this machine's fastest kernel reads (for Q8_0
-    /// with AVX-VNNI: <see cref="PackedQ8_0"/>), or <paramref name="w"/> itself when there is none. The copy lives as
-    /// long as the returned value is reachable; the original memory must stay valid too.
+    /// Returns <paramref name="w"/> with a copy of its rows in the layout this machine's fastest kernel reads (with
+    /// AVX-VNNI: <see cref="PackedQ8_0"/>, <see cref="PackedQ4_K"/>, <see cref="PackedQ6_K"/>), or <paramref name="w"/>
+    /// itself when there is none. The copy lives as long as the returned value is reachable; the original memory must
+    /// stay valid too.
     /// </summary>
     /// <param name="w">The weights.</param>
     /// <returns>The weights to multiply with.</returns>
-    public static WeightMatrix Prepare(in WeightMatrix w) =>
-        w.Type == GgmlType.Q8_0 && w.PackedQ8_0 is null && PackedQ8_0.IsSupported && PackedQ8_0.Pack(w) is { } packed
-            ? w with { PackedQ8_0 = packed }
-            : w;
+    public static WeightMatrix Prepare(in WeightMatrix w) => w.Type switch
+    {
+        GgmlType.Q8_0 when w.PackedQ8_0 is null && PackedQ8_0.IsSupported && PackedQ8_0.Pack(w) is { } packed => w with { PackedQ8_0 = packed },
+        GgmlType.Q4_K when w.PackedQ4_K is null && PackedQ4_K.IsSupported && PackedQ4_K.Pack(w) is { } packed => w with { PackedQ4_K = packed },
+        GgmlType.Q6_K when w.PackedQ6_K is null && PackedQ6_K.IsSupported && PackedQ6_K.Pack(w) is { } packed => w with { PackedQ6_K = packed },
+        _ => w,
+    };
 
     /// <summary>
     /// y[b, r] = Σ_c W[r, c] · x[b, c] for every batch row b &lt; <paramref name="batch"/>.
@@ -78,7 +84,9 @@ public static class MatMul
                 case GgmlType.Q8_0 when w.PackedQ8_0 is { } packed && KernelPaths.UsesVnni(path): RunPackedQ8_0(w, packed, px, py, batch, pool, path); break;
                 case GgmlType.Q8_0: RunQ8_0<Q8_0Kernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q4_0: RunQ8_0<Q4_0Kernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q4_K when w.PackedQ4_K is { } packedQ4_K && KernelPaths.UsesVnni(path): RunPackedQ4_K(w, packedQ4_K, px, py, batch, pool, path); break;
                 case GgmlType.Q4_K: RunQ8_K<Q4_KKernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q6_K when w.PackedQ6_K is { } packedQ6_K && KernelPaths.UsesVnni(path): RunPackedQ6_K(w, packedQ6_K, px, py, batch, pool, path); break;
                 case GgmlType.Q6_K: RunQ8_K<Q6_KKernel>(w, px, py, batch, pool, path); break;
                 default: throw new NotSupportedException($"matmul with {w.Type} weights is not supported");
             }
@@ -115,6 +123,26 @@ public static class MatMul
         pool.Run(w.Rows, new QuantJob<TKernel>(a));
     }
 
+    private static unsafe void RunPackedQ4_K(in WeightMatrix w, PackedQ4_K packed, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
+    {
+        var s = t_scratch ??= new ActivationScratch();
+        s.Ensure(batch, w.Cols);
+        var a = new MatMulArgs(w, x, y, batch, path, s.Q, s.D, s.Sums, s.BSums);
+        pool.Run(batch, new QuantizeQ8_KJob(a));
+        bool tail = w.Rows % PackedQ4_K.GroupRows != 0;
+        pool.Run(packed.Groups + (tail ? 1 : 0), new PackedQ4_KJob(a, packed));
+    }
+
+    private static unsafe void RunPackedQ6_K(in WeightMatrix w, PackedQ6_K packed, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
+    {
+        var s = t_scratch ??= new ActivationScratch();
+        s.Ensure(batch, w.Cols);
+        var a = new MatMulArgs(w, x, y, batch, path, s.Q, s.D, s.Sums, s.BSums);
+        pool.Run(batch, new QuantizeQ8_KJob(a));
+        bool tail = w.Rows % PackedQ6_K.GroupRows != 0;
+        pool.Run(packed.Groups + (tail ? 1 : 0), new PackedQ6_KJob(a, packed));
+    }
+
     private readonly struct FloatJob<TW>(MatMulArgs a) : IRangeJob where TW : IFloatWeights
     {
         public void Execute(int start, int end) => FloatMatMulKernel.Rows<TW>(a, start, end);
@@ -132,6 +160,26 @@ public static class MatMul
             // Item Groups (when present) is the rows after the last whole group, in the GGUF layout.
             packed.Groups4(a, start, Math.Min(end, packed.Groups));
             if (end > packed.Groups) QuantKernel.Rows<Q8_0Kernel>(a, packed.Groups * PackedQ8_0.GroupRows, a.Rows);
+        }
+    }
+
+    private readonly struct PackedQ4_KJob(MatMulArgs a, PackedQ4_K packed) : IRangeJob
+    {
+        public void Execute(int start, int end)
+        {
+            // Item Groups (when present) is the rows after the last whole group, in the GGUF layout.
+            packed.Groups4(a, start, Math.Min(end, packed.Groups));
+            if (end > packed.Groups) QuantKernel.Rows<Q4_KKernel>(a, packed.Groups * PackedQ4_K.GroupRows, a.Rows);
+        }
+    }
+
+    private readonly struct PackedQ6_KJob(MatMulArgs a, PackedQ6_K packed) : IRangeJob
+    {
+        public void Execute(int start, int end)
+        {
+            // Item Groups (when present) is the rows after the last whole group, in the GGUF layout.
+            packed.Groups4(a, start, Math.Min(end, packed.Groups));
+            if (end > packed.Groups) QuantKernel.Rows<Q6_KKernel>(a, packed.Groups * PackedQ6_K.GroupRows, a.Rows);
         }
     }
 

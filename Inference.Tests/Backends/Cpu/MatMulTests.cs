@@ -76,6 +76,96 @@ public unsafe class MatMulTests
         }
     }
 
+    // Packed Q4_K (eight rows per group, VNNI): row counts below, at and across whole groups; batch sizes through every
+    // tile width (the kernel splits dependency chains differently for one or two batch rows than for three or four).
+    [TestCase(7, 256, 1)]
+    [TestCase(8, 256, 1)]
+    [TestCase(8, 768, 2)]
+    [TestCase(16, 512, 3)]
+    [TestCase(33, 512, 4)]
+    [TestCase(33, 256, 17)]
+    [TestCase(64, 1024, 6)]
+    public void Packed_q4_K_matches_the_float64_reference(int rows, int cols, int batch)
+    {
+        if (!PackedQ4_K.IsSupported) Assert.Ignore("packed Q4_K needs AVX-VNNI");
+        Check(GgmlType.Q4_K, KernelPaths.Best, rows, cols, batch, seed: rows * 7919 + cols * 31 + batch, prepare: true);
+    }
+
+    [Test]
+    public void Packed_q4_K_gives_each_batch_row_the_bits_it_gets_alone() =>
+        CheckBatchInvariance(GgmlType.Q4_K, rows: 45, cols: 768, batch: 11, w => w.PackedQ4_K is not null);
+
+    [Test]
+    public void Packed_q4_K_agrees_with_the_unpacked_kernel() => CheckAgainstUnpacked(GgmlType.Q4_K);
+
+    private static void CheckAgainstUnpacked(GgmlType type)
+    {
+        const int rows = 24, cols = 512, batch = 5;
+        var rng = new Random(11);
+        var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
+        var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
+        var packed = new float[batch * rows];
+        var plain = new float[batch * rows];
+        packed.AsSpan().Fill(float.NaN);
+        plain.AsSpan().Fill(float.NaN);
+        using var pool = new WorkerPool(2);
+        fixed (byte* pw = weights)
+        {
+            var w = new WeightMatrix(type, pw, rows, cols);
+            var prepared = MatMul.Prepare(w);
+            if (prepared.PackedQ4_K is null && prepared.PackedQ6_K is null) Assert.Ignore($"no packed {type} kernel on this machine (needs AVX-VNNI)");
+            MatMul.Multiply(w, x, plain, batch, pool);
+            MatMul.Multiply(prepared, x, packed, batch, pool);
+        }
+        // Same integer sums, same Q8_K activations: only the f32 order of the per-super-block scaling differs.
+        for (int i = 0; i < plain.Length; i++)
+            Assert.That(packed[i], Is.EqualTo(plain[i]).Within(1e-5 * Math.Abs(plain[i]) + 1e-6), $"output {i}");
+    }
+
+    // Packed Q6_K: as packed Q4_K.
+    [TestCase(7, 256, 1)]
+    [TestCase(8, 256, 1)]
+    [TestCase(8, 768, 2)]
+    [TestCase(16, 512, 3)]
+    [TestCase(33, 512, 4)]
+    [TestCase(33, 256, 17)]
+    [TestCase(64, 1024, 6)]
+    public void Packed_q6_K_matches_the_float64_reference(int rows, int cols, int batch)
+    {
+        if (!PackedQ6_K.IsSupported) Assert.Ignore("packed Q6_K needs AVX-VNNI");
+        Check(GgmlType.Q6_K, KernelPaths.Best, rows, cols, batch, seed: rows * 7919 + cols * 31 + batch, prepare: true);
+    }
+
+    [Test]
+    public void Packed_q6_K_gives_each_batch_row_the_bits_it_gets_alone() =>
+        CheckBatchInvariance(GgmlType.Q6_K, rows: 45, cols: 768, batch: 11, w => w.PackedQ6_K is not null);
+
+    [Test]
+    public void Packed_q6_K_agrees_with_the_unpacked_kernel() => CheckAgainstUnpacked(GgmlType.Q6_K);
+
+    private static void CheckBatchInvariance(GgmlType type, int rows, int cols, int batch, Func<WeightMatrix, bool> isPacked)
+    {
+        var rng = new Random(5);
+        var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
+        var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
+        var all = new float[batch * rows];
+        all.AsSpan().Fill(float.NaN);
+        using var pool = new WorkerPool(3);
+        fixed (byte* pw = weights)
+        {
+            var w = MatMul.Prepare(new WeightMatrix(type, pw, rows, cols));
+            if (!isPacked(w)) Assert.Ignore($"no packed {type} kernel on this machine (needs AVX-VNNI)");
+            MatMul.Multiply(w, x, all, batch, pool);
+            var one = new float[rows];
+            for (int b = 0; b < batch; b++)
+            {
+                one.AsSpan().Fill(float.NaN);
+                MatMul.Multiply(w, x.AsSpan(b * cols, cols), one, 1, pool);
+                Assert.That(all.AsSpan(b * rows, rows).ToArray(), Is.EqualTo(one), $"batch row {b}");
+            }
+        }
+    }
+
     private static void Check(GgmlType type, KernelPath path, int rows, int cols, int batch, int seed, bool prepare = false)
     {
         var rng = new Random(seed);

@@ -1,0 +1,256 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Inference.Loading;
+
+namespace Inference.Backends.Cpu;
+
+/// <summary>
+/// Q4_K weights repacked eight rows at a time so that one <c>vpdpbusd</c> lane belongs to one output row (as
+/// <see cref="PackedQ8_0"/>): each 32-byte load holds four code bytes of each of the eight rows, the int32 lanes of a
+/// sub-block's products are the eight rows' exact sub-block dot products, and the scales, mins and float work are
+/// applied once per sub-block or super-block for eight rows instead of once per row.
+/// </summary>
+/// <remarks>
+/// <code>
+///  group g = rows 8g … 8g+7, super-block s (256 columns):  1216 bytes
+///    [   0,   32)  d of the 8 rows as f32
+///    [  32,   64)  dmin of the 8 rows as f32
+///    [  64,  128)  sub-block j = 0..7: the 6-bit scales of rows 0..7, one byte each
+///    [ 128,  192)  sub-block j = 0..7: the 6-bit mins of rows 0..7, one byte each
+///    [ 192, 1216)  pair i = 0..3, k = 0..7: rows 0..7 × GGUF bytes qs[32i + 4k … 32i + 4k + 3]   (32 B per k)
+///                  low nibbles: elements 64i + 4k … +3 (sub-block 2i), high nibbles: elements 64i + 32 + 4k … +3 (2i + 1)
+///
+///  lane j of y[b, 8g + j] += d_x·(d_j·Σ_sub sc_j,sub·Σ_c q·q_x  −  dmin_j·Σ_sub m_j,sub·(bsums[2sub] + bsums[2sub + 1]))
+///                                 └──── int32, exact (codes 0..15 are unsigned) ───┘      └──── int32, exact ────┘
+/// </code>
+/// The integer sums are those of <see cref="Q4_KKernel"/> (ggml's <c>vec_dot_q4_K_q8_K</c>); the two f32 terms go into one
+/// accumulator per row (the unpacked kernel keeps them in two and subtracts at the end), so results differ from it by
+/// f32 rounding only. Rows after the last whole group keep the GGUF layout and go through <see cref="Q4_KKernel"/>. Every
+/// output sees the same operations whatever the batch size, so a request's tokens do not depend on what it is batched
+/// with. Needs AVX-VNNI (unsigned × signed bytes, and <c>vpdpwssd</c> for the mins).
+/// </remarks>
+internal sealed unsafe class PackedQ4_K
+{
+    /// <summary>Rows per group.</summary>
+    public const int GroupRows = 8;
+    private const int BlockBytes = 144;
+    private const int ScalesOffset = 64;
+    private const int MinsOffset = 128;
+    private const int CodesOffset = 192;
+    private const int PackedBlockBytes = CodesOffset + 8 * 128;
+    private const int PrefetchDistance = 4 * PackedBlockBytes;
+
+    private readonly byte[] _data;
+
+    private PackedQ4_K(byte[] data, int groups, long groupBytes)
+    {
+        _data = data;
+        Groups = groups;
+        GroupBytes = groupBytes;
+        Data = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(data));
+    }
+
+    /// <summary>Start of group 0 (pinned for the life of this object).</summary>
+    public byte* Data { get; }
+    /// <summary>Whole groups of eight rows.</summary>
+    public int Groups { get; }
+    /// <summary>Bytes per group.</summary>
+    public long GroupBytes { get; }
+
+    /// <summary>True when this machine runs the packed kernel.</summary>
+    public static bool IsSupported => KernelPaths.UsesVnni(KernelPaths.Best);
+
+    /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows; null when it has fewer than eight rows or the copy
+    /// would exceed one array.</summary>
+    public static PackedQ4_K? Pack(in WeightMatrix w)
+    {
+        if (w.Type != GgmlType.Q4_K) throw new ArgumentException($"expected Q4_K weights, got {w.Type}", nameof(w));
+        int groups = w.Rows / GroupRows, nsb = w.Cols / 256;
+        long groupBytes = (long)nsb * PackedBlockBytes;
+        // NOTE: a copy larger than one array can hold keeps the GGUF layout (the unpacked kernel) rather than failing the load.
+        if (groups == 0 || groups * groupBytes > Array.MaxLength) return null;
+        var data = GC.AllocateUninitializedArray<byte>((int)(groups * groupBytes), pinned: true);
+        var packed = new PackedQ4_K(data, groups, groupBytes);
+        for (int g = 0; g < groups; g++)
+        {
+            for (int s = 0; s < nsb; s++)
+            {
+                byte* dst = packed.Data + g * groupBytes + (long)s * PackedBlockBytes;
+                for (int j = 0; j < GroupRows; j++)
+                {
+                    byte* src = w.Data + (8L * g + j) * w.RowBytes + (long)s * BlockBytes;
+                    ((float*)dst)[j] = Fp16.ToFloat(*(ushort*)src);
+                    ((float*)dst)[8 + j] = Fp16.ToFloat(*(ushort*)(src + 2));
+                    Q4_KKernel.UnpackScales(src + 4, out ulong scales, out ulong mins);
+                    for (int sub = 0; sub < 8; sub++)
+                    {
+                        dst[ScalesOffset + 8 * sub + j] = (byte)(scales >> (8 * sub));
+                        dst[MinsOffset + 8 * sub + j] = (byte)(mins >> (8 * sub));
+                    }
+                    for (int i = 0; i < 4; i++)
+                    for (int k = 0; k < 8; k++)
+                        *(uint*)(dst + CodesOffset + 256 * i + 32 * k + 4 * j) = *(uint*)(src + 16 + 32 * i + 4 * k);
+                }
+            }
+        }
+        return packed;
+    }
+
+    /// <summary>Computes the outputs of groups [<paramref name="start"/>, <paramref name="end"/>) for every batch row.</summary>
+    /// <remarks>Needs <see cref="MatMulArgs.Q"/>, <see cref="MatMulArgs.D"/> and <see cref="MatMulArgs.BSums"/> (Q8_K activations).</remarks>
+    public void Groups4(in MatMulArgs a, int start, int end)
+    {
+        for (int g = start; g < end; g++)
+        {
+            byte* group = Data + g * GroupBytes;
+            int b = 0;
+            for (; b + 4 <= a.Batch; b += 4) Tile<Tile4>(a, group, g, b);
+            switch (a.Batch - b)
+            {
+                case 3: Tile<Tile3>(a, group, g, b); break;
+                case 2: Tile<Tile2>(a, group, g, b); break;
+                case 1: Tile<Tile1>(a, group, g, b); break;
+            }
+        }
+    }
+
+    private static void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
+    {
+        int nsb = a.Cols / 256, batch = a.Batch;
+        // Super-block s of batch row b + t: quants at q + s·qStep + 256t, scale at d[s·batch + t],
+        // sums at bsums + s·bsStep + 16t.
+        sbyte* q = a.Q + 256L * b;
+        float* dx = a.D + b;
+        short* bsums = a.BSums + 16L * b;
+        long qStep = 256L * batch, bsStep = 16L * batch;
+        // Bytes m0..m7 (broadcast to both halves) to the shorts (m0, m0, m1, m1, …, m7, m7): vpdpwssd against the two
+        // 16-value sums of a sub-block then gives m_row·(bsums[2sub] + bsums[2sub + 1]) in each row's lane.
+        // NOTE: a constant in the method rather than a static field, which costs a class-initialization check in the loop.
+        var duplicateMins = Vector256.Create(
+            (byte)0, 0x80, 0, 0x80, 1, 0x80, 1, 0x80, 2, 0x80, 2, 0x80, 3, 0x80, 3, 0x80,
+            4, 0x80, 4, 0x80, 5, 0x80, 5, 0x80, 6, 0x80, 6, 0x80, 7, 0x80, 7, 0x80);
+        // NOTE: the row sums accumulate in y itself (these eight outputs belong to this group alone): kept in registers
+        // they would push the vpdpbusd accumulators into ymm16+, which the VEX encoding cannot name (a copy per use).
+        float* y = a.Y + (long)b * a.Rows + 8L * g;
+        for (int t = 0; t < TTile.Count; t++) Vector256<float>.Zero.Store(y + (long)t * a.Rows);
+        for (int s = 0; s < nsb; s++)
+        {
+            byte* blk = group + (long)s * PackedBlockBytes;
+            // NOTE: one batch row is not enough work per byte for the hardware prefetcher alone to keep a core's loads
+            // in flight; asking for the lines PrefetchDistance ahead took batch 1 from about 9 to 12–14 GB/s (one thread,
+            // best call of kernels-quick, 15–16 GB/s plain reads).
+            if (b == 0)
+                for (int line = 0; line < PackedBlockBytes; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
+            sbyte* qs = q + s * qStep;
+            short* bs = bsums + s * bsStep;
+            float* ds = dx + (long)s * batch;
+
+            // Σ_sub sc_sub·Σ_c q·q_x per row.
+            Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
+            for (int i = 0; i < 4; i++)
+            {
+                byte* codes = blk + CodesOffset + 256 * i;
+                byte* scales = blk + ScalesOffset + 16 * i;
+                int x = 64 * i;
+                if (TTile.Count == 1) i0 += Pair(codes, qs + x, scales);
+                else PairN<TTile>(codes, qs + x, scales, ref i0, ref i1, ref i2, ref i3);
+            }
+
+            // Σ_sub m_sub·(bsums[2sub] + bsums[2sub + 1]) per row.
+            Vector256<int> m0 = default, m1 = default, m2 = default, m3 = default;
+            for (int sub = 0; sub < 8; sub++)
+            {
+                var mins = Avx2.Shuffle(Vector256.Create(*(ulong*)(blk + MinsOffset + 8 * sub)).AsByte(), duplicateMins).AsInt16();
+                m0 = AvxVnni.MultiplyWideningAndAdd(m0, mins, Vector256.Create(*(int*)(bs + 2 * sub)).AsInt16());
+                if (TTile.Count > 1) m1 = AvxVnni.MultiplyWideningAndAdd(m1, mins, Vector256.Create(*(int*)(bs + 16 + 2 * sub)).AsInt16());
+                if (TTile.Count > 2) m2 = AvxVnni.MultiplyWideningAndAdd(m2, mins, Vector256.Create(*(int*)(bs + 32 + 2 * sub)).AsInt16());
+                if (TTile.Count > 3) m3 = AvxVnni.MultiplyWideningAndAdd(m3, mins, Vector256.Create(*(int*)(bs + 48 + 2 * sub)).AsInt16());
+            }
+
+            var dw = Vector256.Load((float*)blk);
+            var dminw = Vector256.Load((float*)blk + 8);
+            Step(y, i0, m0, dw, dminw, ds[0]);
+            if (TTile.Count > 1) Step(y + a.Rows, i1, m1, dw, dminw, ds[1]);
+            if (TTile.Count > 2) Step(y + 2L * a.Rows, i2, m2, dw, dminw, ds[2]);
+            if (TTile.Count > 3) Step(y + 3L * a.Rows, i3, m3, dw, dminw, ds[3]);
+        }
+    }
+
+    /// <summary>y += d_x·(d·Σ sc·dot − dmin·Σ m·bsums) per row lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Step(float* y, Vector256<int> sumi, Vector256<int> summ, Vector256<float> dw, Vector256<float> dminw, float dx)
+    {
+        var scale = Vector256.Create(dx);
+        var acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(sumi), dw * scale, Vector256.Load(y));
+        Fma.MultiplyAddNegated(Avx.ConvertToVector256Single(summ), dminw * scale, acc).Store(y);
+    }
+
+    /// <summary>
+    /// Σ sc·dot over sub-blocks 2i and 2i + 1 of one batch row, two dependency chains per sub-block (one row alone would
+    /// otherwise wait on vpdpbusd's latency). Integer sums are exact, so the split does not change any result.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Pair(byte* codes, sbyte* x, byte* scales)
+    {
+        var nibble = Vector256.Create((byte)0x0F);
+        Vector256<int> lo0 = default, lo1 = default, hi0 = default, hi1 = default;
+        for (int k = 0; k < 8; k += 2)
+        {
+            var v0 = Vector256.Load(codes + 32 * k);
+            var v1 = Vector256.Load(codes + 32 * k + 32);
+            lo0 = AvxVnni.MultiplyWideningAndAdd(lo0, v0 & nibble, Broadcast(x + 4 * k));
+            hi0 = AvxVnni.MultiplyWideningAndAdd(hi0, High(v0, nibble), Broadcast(x + 32 + 4 * k));
+            lo1 = AvxVnni.MultiplyWideningAndAdd(lo1, v1 & nibble, Broadcast(x + 4 * k + 4));
+            hi1 = AvxVnni.MultiplyWideningAndAdd(hi1, High(v1, nibble), Broadcast(x + 36 + 4 * k));
+        }
+        return Avx2.MultiplyLow(lo0 + lo1, Avx2.ConvertToVector256Int32(scales))
+             + Avx2.MultiplyLow(hi0 + hi1, Avx2.ConvertToVector256Int32(scales + 8));
+    }
+
+    /// <summary>Σ sc·dot over sub-blocks 2i and 2i + 1 of two to four batch rows (activations 256 bytes apart), one chain per sub-block and row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PairN<TTile>(byte* codes, sbyte* x, byte* scales,
+        ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3) where TTile : IBatchTile
+    {
+        var nibble = Vector256.Create((byte)0x0F);
+        Vector256<int> lo0 = default, lo1 = default, lo2 = default, lo3 = default;
+        Vector256<int> hi0 = default, hi1 = default, hi2 = default, hi3 = default;
+        for (int k = 0; k < 8; k++)
+        {
+            var v = Vector256.Load(codes + 32 * k);
+            var lo = v & nibble;
+            var hi = High(v, nibble);
+            sbyte* xk = x + 4 * k;
+            lo0 = AvxVnni.MultiplyWideningAndAdd(lo0, lo, Broadcast(xk));
+            hi0 = AvxVnni.MultiplyWideningAndAdd(hi0, hi, Broadcast(xk + 32));
+            lo1 = AvxVnni.MultiplyWideningAndAdd(lo1, lo, Broadcast(xk + 256));
+            hi1 = AvxVnni.MultiplyWideningAndAdd(hi1, hi, Broadcast(xk + 288));
+            if (TTile.Count > 2)
+            {
+                lo2 = AvxVnni.MultiplyWideningAndAdd(lo2, lo, Broadcast(xk + 512));
+                hi2 = AvxVnni.MultiplyWideningAndAdd(hi2, hi, Broadcast(xk + 544));
+            }
+            if (TTile.Count > 3)
+            {
+                lo3 = AvxVnni.MultiplyWideningAndAdd(lo3, lo, Broadcast(xk + 768));
+                hi3 = AvxVnni.MultiplyWideningAndAdd(hi3, hi, Broadcast(xk + 800));
+            }
+        }
+        var scLo = Avx2.ConvertToVector256Int32(scales);
+        var scHi = Avx2.ConvertToVector256Int32(scales + 8);
+        sumi0 += Avx2.MultiplyLow(lo0, scLo) + Avx2.MultiplyLow(hi0, scHi);
+        sumi1 += Avx2.MultiplyLow(lo1, scLo) + Avx2.MultiplyLow(hi1, scHi);
+        if (TTile.Count > 2) sumi2 += Avx2.MultiplyLow(lo2, scLo) + Avx2.MultiplyLow(hi2, scHi);
+        if (TTile.Count > 3) sumi3 += Avx2.MultiplyLow(lo3, scLo) + Avx2.MultiplyLow(hi3, scHi);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> High(Vector256<byte> v, Vector256<byte> nibble) =>
+        Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & nibble;
+
+    /// <summary>Four activation bytes broadcast to every lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<sbyte> Broadcast(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
+}

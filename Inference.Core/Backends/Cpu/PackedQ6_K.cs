@@ -1,0 +1,250 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Inference.Loading;
+
+namespace Inference.Backends.Cpu;
+
+/// <summary>
+/// Q6_K weights repacked eight rows at a time so that one <c>vpdpbusd</c> lane belongs to one output row (as
+/// <see cref="PackedQ4_K"/>): the int32 lanes of a sub-block's products are the eight rows' exact sub-block dot
+/// products, and the scales and float work are applied once per sub-block or super-block for eight rows.
+/// </summary>
+/// <remarks>
+/// <code>
+///  group g = rows 8g … 8g+7, super-block s (256 columns):  1696 bytes
+///    [   0,   32)  d of the 8 rows as f32
+///    [  32,  160)  p = 0..7: rows 0..7 × (sc[2p], sc[2p + 1]), the signed 8-bit scales of sub-blocks 2p and 2p + 1
+///    [ 160, 1184)  n = 0..1, a = 0..1, k = 0..7: rows 0..7 × GGUF bytes ql[64n + 32a + 4k … +3]         (32 B per k)
+///    [1184, 1696)  n = 0..1, k = 0..7:           rows 0..7 × GGUF bytes qh[32n + 4k … +3]               (32 B per k)
+///
+///  the 6-bit code of element 128n + 32·quarter + 4k + e: low nibble (quarters 0, 1) or high nibble (2, 3) of
+///  ql[64n + 32·(quarter mod 2) + 4k + e], with bits 2·quarter … 2·quarter + 1 of qh[32n + 4k + e] above it
+///
+///  lane j of y[b, 8g + j] += d_j·d_x·(Σ_sub sc_j,sub·Σ_c q·q_x  −  32·Σ_sub sc_j,sub·bsums[sub])      (int32, exact)
+/// </code>
+/// The integer sums are those of <see cref="Q6_KKernel"/> (ggml's <c>vec_dot_q6_K_q8_K</c>: codes used unsigned, the −32
+/// offset from the Q8_K bsums); here the offset is subtracted in the integer domain before the one f32 scaling per
+/// super-block (the unpacked kernel scales both terms in f32), so results differ from it by f32 rounding only. Rows
+/// after the last whole group keep the GGUF layout and go through <see cref="Q6_KKernel"/>. Every output sees the same
+/// operations whatever the batch size, so a request's tokens do not depend on what it is batched with. Needs AVX-VNNI.
+/// </remarks>
+internal sealed unsafe class PackedQ6_K
+{
+    /// <summary>Rows per group.</summary>
+    public const int GroupRows = 8;
+    private const int BlockBytes = 210;
+    private const int ScalesOffset = 32;
+    private const int LowOffset = 160;
+    private const int HighOffset = LowOffset + 4 * 256;
+    private const int PackedBlockBytes = HighOffset + 2 * 256;
+    private const int PrefetchDistance = 4 * PackedBlockBytes;
+
+    private readonly byte[] _data;
+
+    private PackedQ6_K(byte[] data, int groups, long groupBytes)
+    {
+        _data = data;
+        Groups = groups;
+        GroupBytes = groupBytes;
+        Data = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(data));
+    }
+
+    /// <summary>Start of group 0 (pinned for the life of this object).</summary>
+    public byte* Data { get; }
+    /// <summary>Whole groups of eight rows.</summary>
+    public int Groups { get; }
+    /// <summary>Bytes per group.</summary>
+    public long GroupBytes { get; }
+
+    /// <summary>True when this machine runs the packed kernel.</summary>
+    public static bool IsSupported => KernelPaths.UsesVnni(KernelPaths.Best);
+
+    /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows; null when it has fewer than eight rows or the copy
+    /// would exceed one array.</summary>
+    public static PackedQ6_K? Pack(in WeightMatrix w)
+    {
+        if (w.Type != GgmlType.Q6_K) throw new ArgumentException($"expected Q6_K weights, got {w.Type}", nameof(w));
+        int groups = w.Rows / GroupRows, nsb = w.Cols / 256;
+        long groupBytes = (long)nsb * PackedBlockBytes;
+        // NOTE: a copy larger than one array can hold keeps the GGUF layout (the unpacked kernel) rather than failing the load.
+        if (groups == 0 || groups * groupBytes > Array.MaxLength) return null;
+        var data = GC.AllocateUninitializedArray<byte>((int)(groups * groupBytes), pinned: true);
+        var packed = new PackedQ6_K(data, groups, groupBytes);
+        for (int g = 0; g < groups; g++)
+        {
+            for (int s = 0; s < nsb; s++)
+            {
+                byte* dst = packed.Data + g * groupBytes + (long)s * PackedBlockBytes;
+                for (int j = 0; j < GroupRows; j++)
+                {
+                    byte* src = w.Data + (8L * g + j) * w.RowBytes + (long)s * BlockBytes;
+                    byte* ql = src, qh = src + 128, sc = src + 192;
+                    ((float*)dst)[j] = Fp16.ToFloat(*(ushort*)(src + 208));
+                    for (int p = 0; p < 8; p++)
+                    {
+                        dst[ScalesOffset + 16 * p + 2 * j] = sc[2 * p];
+                        dst[ScalesOffset + 16 * p + 2 * j + 1] = sc[2 * p + 1];
+                    }
+                    for (int n = 0; n < 2; n++)
+                    for (int k = 0; k < 8; k++)
+                    {
+                        for (int a = 0; a < 2; a++)
+                            *(uint*)(dst + LowOffset + 512 * n + 256 * a + 32 * k + 4 * j) = *(uint*)(ql + 64 * n + 32 * a + 4 * k);
+                        *(uint*)(dst + HighOffset + 256 * n + 32 * k + 4 * j) = *(uint*)(qh + 32 * n + 4 * k);
+                    }
+                }
+            }
+        }
+        return packed;
+    }
+
+    /// <summary>Computes the outputs of groups [<paramref name="start"/>, <paramref name="end"/>) for every batch row.</summary>
+    /// <remarks>Needs <see cref="MatMulArgs.Q"/>, <see cref="MatMulArgs.D"/> and <see cref="MatMulArgs.BSums"/> (Q8_K activations).</remarks>
+    public void Groups4(in MatMulArgs a, int start, int end)
+    {
+        for (int g = start; g < end; g++)
+        {
+            byte* group = Data + g * GroupBytes;
+            int b = 0;
+            for (; b + 4 <= a.Batch; b += 4) Tile<Tile4>(a, group, g, b);
+            switch (a.Batch - b)
+            {
+                case 3: Tile<Tile3>(a, group, g, b); break;
+                case 2: Tile<Tile2>(a, group, g, b); break;
+                case 1: Tile<Tile1>(a, group, g, b); break;
+            }
+        }
+    }
+
+    private static void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
+    {
+        int nsb = a.Cols / 256, batch = a.Batch;
+        // Super-block s of batch row b + t: quants at q + s·qStep + 256t, scale at d[s·batch + t],
+        // sums at bsums + s·bsStep + 16t.
+        sbyte* q = a.Q + 256L * b;
+        float* dx = a.D + b;
+        short* bsums = a.BSums + 16L * b;
+        long qStep = 256L * batch, bsStep = 16L * batch;
+        // NOTE: the row sums accumulate in y itself (these eight outputs belong to this group alone), as in PackedQ4_K.
+        float* y = a.Y + (long)b * a.Rows + 8L * g;
+        for (int t = 0; t < TTile.Count; t++) Vector256<float>.Zero.Store(y + (long)t * a.Rows);
+        for (int s = 0; s < nsb; s++)
+        {
+            byte* blk = group + (long)s * PackedBlockBytes;
+            // NOTE: as in PackedQ4_K, the lines a few super-blocks ahead are asked for while the first tile runs.
+            if (b == 0)
+                for (int line = 0; line < PackedBlockBytes; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
+            sbyte* qs = q + s * qStep;
+            short* bs = bsums + s * bsStep;
+            float* ds = dx + (long)s * batch;
+
+            // Σ_sub sc_sub·Σ_c q·q_x per row.
+            Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
+            for (int n = 0; n < 2; n++)
+            for (int half = 0; half < 2; half++)
+            {
+                Pass<TTile, Quarters02>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);
+                Pass<TTile, Quarters13>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);
+            }
+
+            // Σ_sub sc_sub·bsums[sub] per row: pairs of scales against pairs of sums.
+            Vector256<int> o0 = default, o1 = default, o2 = default, o3 = default;
+            for (int p = 0; p < 8; p++)
+            {
+                var sc = Avx2.ConvertToVector256Int16((sbyte*)blk + ScalesOffset + 16 * p);
+                o0 = AvxVnni.MultiplyWideningAndAdd(o0, sc, Vector256.Create(*(int*)(bs + 2 * p)).AsInt16());
+                if (TTile.Count > 1) o1 = AvxVnni.MultiplyWideningAndAdd(o1, sc, Vector256.Create(*(int*)(bs + 16 + 2 * p)).AsInt16());
+                if (TTile.Count > 2) o2 = AvxVnni.MultiplyWideningAndAdd(o2, sc, Vector256.Create(*(int*)(bs + 32 + 2 * p)).AsInt16());
+                if (TTile.Count > 3) o3 = AvxVnni.MultiplyWideningAndAdd(o3, sc, Vector256.Create(*(int*)(bs + 48 + 2 * p)).AsInt16());
+            }
+
+            var dw = Vector256.Load((float*)blk);
+            Step(y, i0, o0, dw, ds[0]);
+            if (TTile.Count > 1) Step(y + a.Rows, i1, o1, dw, ds[1]);
+            if (TTile.Count > 2) Step(y + 2L * a.Rows, i2, o2, dw, ds[2]);
+            if (TTile.Count > 3) Step(y + 3L * a.Rows, i3, o3, dw, ds[3]);
+        }
+    }
+
+    /// <summary>y += d·d_x·(Σ sc·dot − 32·Σ sc·bsums) per row lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Step(float* y, Vector256<int> sumi, Vector256<int> offset, Vector256<float> dw, float dx) =>
+        Fma.MultiplyAdd(Avx.ConvertToVector256Single(sumi - Avx2.ShiftLeftLogical(offset, 5)), dw * Vector256.Create(dx), Vector256.Load(y)).Store(y);
+
+    /// <summary>Which two quarters of a 128-value half one pass decodes: quarters a (low nibbles) and a + 2 (high nibbles).</summary>
+    private interface IQuarters
+    {
+        /// <summary>a: 0 or 1.</summary>
+        static abstract int A { get; }
+    }
+
+    private readonly struct Quarters02 : IQuarters { public static int A => 0; }
+    private readonly struct Quarters13 : IQuarters { public static int A => 1; }
+
+    /// <summary>
+    /// Sub-blocks 8n + 2a + half (low nibbles) and 8n + 4 + 2a + half (high nibbles) of up to four batch rows
+    /// (activations 256 bytes apart): four steps of four values, one chain per sub-block and row, then the scales.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Pass<TTile, TQ>(byte* blk, int n, int half, sbyte* x,
+        ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3)
+        where TTile : IBatchTile where TQ : IQuarters
+    {
+        var low4 = Vector256.Create((byte)0x0F);
+        var bits45 = Vector256.Create((byte)0x30);
+        byte* ql = blk + LowOffset + 512 * n + 256 * TQ.A + 128 * half;
+        byte* qh = blk + HighOffset + 256 * n + 128 * half;
+        // Element 128n + 32·quarter + 16·half + 4k' (k' = 0..3) of batch row t is at x + 256t + that.
+        sbyte* xl = x + 128 * n + 32 * TQ.A + 16 * half;
+        Vector256<int> lo0 = default, lo1 = default, lo2 = default, lo3 = default;
+        Vector256<int> hi0 = default, hi1 = default, hi2 = default, hi3 = default;
+        for (int k = 0; k < 4; k++)
+        {
+            var l = Vector256.Load(ql + 32 * k);
+            var h = Vector256.Load(qh + 32 * k).AsUInt16();
+            // The 16-bit shifts leak bits across bytes only into positions the masks clear.
+            var cl = (l & low4) | ((TQ.A == 0 ? Avx2.ShiftLeftLogical(h, 4) : Avx2.ShiftLeftLogical(h, 2)).AsByte() & bits45);
+            var ch = (Avx2.ShiftRightLogical(l.AsUInt16(), 4).AsByte() & low4)
+                     | ((TQ.A == 0 ? h : Avx2.ShiftRightLogical(h, 2)).AsByte() & bits45);
+            sbyte* xk = xl + 4 * k;
+            lo0 = AvxVnni.MultiplyWideningAndAdd(lo0, cl, Broadcast(xk));
+            hi0 = AvxVnni.MultiplyWideningAndAdd(hi0, ch, Broadcast(xk + 64));
+            if (TTile.Count > 1)
+            {
+                lo1 = AvxVnni.MultiplyWideningAndAdd(lo1, cl, Broadcast(xk + 256));
+                hi1 = AvxVnni.MultiplyWideningAndAdd(hi1, ch, Broadcast(xk + 320));
+            }
+            if (TTile.Count > 2)
+            {
+                lo2 = AvxVnni.MultiplyWideningAndAdd(lo2, cl, Broadcast(xk + 512));
+                hi2 = AvxVnni.MultiplyWideningAndAdd(hi2, ch, Broadcast(xk + 576));
+            }
+            if (TTile.Count > 3)
+            {
+                lo3 = AvxVnni.MultiplyWideningAndAdd(lo3, cl, Broadcast(xk + 768));
+                hi3 = AvxVnni.MultiplyWideningAndAdd(hi3, ch, Broadcast(xk + 832));
+            }
+        }
+        // Pair p = 4n + quarter holds (sc[2p], sc[2p + 1]) per row as two sign-extended shorts of one int lane.
+        var scLo = Scales(blk, 4 * n + TQ.A, half);
+        var scHi = Scales(blk, 4 * n + 2 + TQ.A, half);
+        sumi0 += Avx2.MultiplyLow(lo0, scLo) + Avx2.MultiplyLow(hi0, scHi);
+        if (TTile.Count > 1) sumi1 += Avx2.MultiplyLow(lo1, scLo) + Avx2.MultiplyLow(hi1, scHi);
+        if (TTile.Count > 2) sumi2 += Avx2.MultiplyLow(lo2, scLo) + Avx2.MultiplyLow(hi2, scHi);
+        if (TTile.Count > 3) sumi3 += Avx2.MultiplyLow(lo3, scLo) + Avx2.MultiplyLow(hi3, scHi);
+    }
+
+    /// <summary>The scales of sub-block 2p + <paramref name="half"/> of the eight rows as int lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Scales(byte* blk, int p, int half)
+    {
+        var pair = Avx2.ConvertToVector256Int16((sbyte*)blk + ScalesOffset + 16 * p).AsInt32();
+        return half == 0 ? Avx2.ShiftRightArithmetic(Avx2.ShiftLeftLogical(pair, 16), 16) : Avx2.ShiftRightArithmetic(pair, 16);
+    }
+
+    /// <summary>Four activation bytes broadcast to every lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<sbyte> Broadcast(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
+}
