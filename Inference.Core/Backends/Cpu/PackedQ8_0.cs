@@ -49,14 +49,16 @@ internal sealed unsafe class PackedQ8_0
     /// <summary>True when this machine runs the packed kernel.</summary>
     public static bool IsSupported => KernelPaths.UsesVnni(KernelPaths.Best);
 
-    /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows; null when it has fewer than eight rows.</summary>
+    /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows; null when it has fewer than eight rows or the copy
+    /// would not fit one array.</summary>
     public static PackedQ8_0? Pack(in WeightMatrix w)
     {
         if (w.Type != GgmlType.Q8_0) throw new ArgumentException($"expected Q8_0 weights, got {w.Type}", nameof(w));
         int groups = w.Rows / GroupRows, nb = w.Cols / 32;
-        if (groups == 0) return null;
         long groupBytes = (long)nb * PackedBlockBytes;
-        var data = GC.AllocateUninitializedArray<byte>(checked((int)(groups * groupBytes)), pinned: true);
+        // NOTE: a copy larger than one .NET array keeps the GGUF layout (and the unpacked kernel).
+        if (groups == 0 || groups * groupBytes > Array.MaxLength) return null;
+        var data = GC.AllocateUninitializedArray<byte>((int)(groups * groupBytes), pinned: true);
         var packed = new PackedQ8_0(data, groups, groupBytes);
         for (int g = 0; g < groups; g++)
         {
