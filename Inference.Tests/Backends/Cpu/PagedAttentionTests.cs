@@ -13,7 +13,7 @@ public class PagedAttentionTests
 
     [Test]
     public void MatchesReference_F32(
-        [Values(8)] int heads, [Values(8, 2, 1)] int kvHeads, [Values(8, 16, 32)] int blockSize, [Values(40, 64)] int headDim)
+        [Values(8)] int heads, [Values(8, 2, 1)] int kvHeads, [Values(8, 16, 32)] int blockSize, [Values(40, 64, 128)] int headDim)
         => CompareWithReference<float>(new PagedAttentionShape(heads, kvHeads, headDim, blockSize), seed: heads * 1000 + kvHeads * 100 + blockSize + headDim);
 
     [Test]
