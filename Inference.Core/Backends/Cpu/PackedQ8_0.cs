@@ -28,6 +28,7 @@ internal sealed unsafe class PackedQ8_0
     public const int GroupRows = 8;
     private const int BlockBytes = 34;
     private const int PackedBlockBytes = 32 + 8 * 32;
+    private const int PrefetchDistance = 8 * PackedBlockBytes;
 
     private readonly byte[] _data;
 
@@ -108,6 +109,9 @@ internal sealed unsafe class PackedQ8_0
         for (int i = 0; i < nb; i++)
         {
             byte* blk = group + (long)i * PackedBlockBytes;
+            // NOTE: as in PackedQ4_K: one batch row leaves the hardware prefetcher alone too few loads in flight.
+            if (b == 0)
+                for (int line = 0; line < PackedBlockBytes; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
             var dw = Vector256.Load((float*)blk);
             byte* wq = blk + 32;
             var w0 = Vector256.Load(wq);
