@@ -72,7 +72,8 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
         var c = _config;
         try
         {
-            _kernels = new LayerKernels(accelerator);
+            // NOTE: on ILGPU's CPU accelerator (tests) one-thread groups: each matrix row is a plain loop, no barriers.
+            _kernels = new LayerKernels(accelerator, accelerator.AcceleratorType == AcceleratorType.CPU ? 1 : MatMulKernels.GroupSize);
             var kv = context.KvOptions;
             int maxBlocks = (context.ContextLength + kv.BlockSize - 1) / kv.BlockSize;
             _shape = new AttentionShape(c.HeadCount, c.KvHeadCount, c.HeadDim, kv.BlockSize, maxBlocks);

@@ -32,11 +32,23 @@ public sealed class LayerKernels
 
     /// <summary>Compiles and loads every kernel for <paramref name="accelerator"/>.</summary>
     /// <param name="accelerator">The accelerator; its context must have ILGPU.Algorithms enabled.</param>
-    public LayerKernels(Accelerator accelerator)
+    public LayerKernels(Accelerator accelerator) : this(accelerator, GroupReduce.MaxGroupSize)
+    {
+    }
+
+    /// <summary>Compiles and loads every kernel for <paramref name="accelerator"/> with groups of at most <paramref name="maxGroupSize"/> threads.</summary>
+    /// <param name="accelerator">The accelerator; its context must have ILGPU.Algorithms enabled.</param>
+    /// <param name="maxGroupSize">Threads per group of the explicitly grouped kernels (a power of two is used, 1 to 64).</param>
+    /// <remarks>
+    /// NOTE: ILGPU's CPU accelerator pays for every barrier with thread switches; one-thread groups make each row
+    /// a plain loop there, tens of times faster for whole-model runs. GPUs want the default 64.
+    /// </remarks>
+    public LayerKernels(Accelerator accelerator, int maxGroupSize)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxGroupSize, 1);
         _accelerator = accelerator;
-        _groupSize = KernelGroupSize.For(accelerator, GroupReduce.MaxGroupSize);
+        _groupSize = KernelGroupSize.For(accelerator, Math.Min(maxGroupSize, GroupReduce.MaxGroupSize));
         var a = accelerator;
         _rmsNorm = a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(RmsNormKernels.RmsNorm);
         _rope = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<int>, int, int, int, float, int>(RopeKernels.Rope);
