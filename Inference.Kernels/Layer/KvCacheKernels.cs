@@ -32,7 +32,10 @@ public static class KvCacheKernels
         vCache[dst] = v[src];
     }
 
-    /// <summary>f16 cache (round to nearest even). Implicitly grouped over <c>(kvDim, tokenCount)</c>.</summary>
+    /// <summary>
+    /// f16 cache: on CUDA rounded to nearest even (<c>cvt.rn.f16.f32</c>, as <see cref="System.Half"/>); ILGPU's CPU
+    /// accelerator converts in software and may land one ulp away. Implicitly grouped over <c>(kvDim, tokenCount)</c>.
+    /// </summary>
     /// <param name="index">(element, token).</param>
     /// <param name="k">Keys, <c>[tokenCount, kvDim]</c>.</param>
     /// <param name="v">Values, <c>[tokenCount, kvDim]</c>.</param>
