@@ -262,7 +262,8 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
     private StepBuffers EnsureStep(int tokens, int seqs, int logitCount)
     {
         if (_step is { } s && s.TokenCapacity >= tokens && s.SeqCapacity >= seqs && s.LogitCapacity >= logitCount) return s;
-        int t = Math.Max(tokens, (_step?.TokenCapacity ?? 0) * 2);
+        int had = _step?.TokenCapacity ?? 0;
+        int t = tokens > had ? Math.Max(tokens, had * 2) : had;
         int sc = Math.Max(seqs, _step?.SeqCapacity ?? 0);
         int lc = Math.Max(Math.Max(logitCount, 1), _step?.LogitCapacity ?? 0);
         _step?.Dispose();

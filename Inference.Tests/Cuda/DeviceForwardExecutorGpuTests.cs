@@ -39,4 +39,34 @@ public class DeviceForwardExecutorGpuTests
         var actual = await gpu.CompleteAsync("Once upon a time", sampling);
         Assert.That(actual.TokenIds, Is.EqualTo(expected.TokenIds));
     }
+
+    [TestCase(CudaAttentionKernels.Ptx)]
+    [TestCase(CudaAttentionKernels.Ilgpu)]
+    public async Task Engine_Logits_MatchTheCpuEngine(CudaAttentionKernels attention)
+    {
+        GpuTestBackend.RequireDevice();
+        string model = DeviceForwardExecutorTests.Model(8, 2, GgmlType.F32, headDim: 64);
+        await using var cpu = await InferenceEngine.LoadAsync(model, new EngineOptions { Device = Device.Cpu, Threads = 2 });
+        await using var gpu = await InferenceEngine.LoadAsync(model, new EngineOptions { MaxNumBatchedTokens = 16 }.UseCuda(new CudaOptions { Attention = attention }));
+        Assert.That(gpu.DeviceName, Does.Contain(attention == CudaAttentionKernels.Ptx ? "PTX" : "ILGPU"));
+        var rng = new Random(5);
+        var prompt = Enumerable.Range(0, 45).Select(_ => 1 + rng.Next(cpu.Config.VocabSize - 1)).ToArray();
+        var expected = await cpu.GetLogitsAsync(prompt);
+        var actual = await gpu.GetLogitsAsync(prompt);   // three chunks of 16: prefill over cached blocks
+        Assert.That(DeviceForwardExecutorTests.RelativeL2(actual, expected), Is.LessThan(1e-3));
+    }
+
+    [Test]
+    public async Task Engine_ConcurrentRequests_EachEqualsItsCpuOutput()
+    {
+        GpuTestBackend.RequireDevice();
+        string[] prompts = ["Once upon a time", "Lily and Ben", "The cat", "One day, a little girl named Sue went to the park"];
+        var sampling = SamplingOptions.Greedy with { MaxTokens = 32, EndOfSequence = EndOfSequenceHandling.Ignore };
+        await using var cpu = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Device = Device.Cpu, Threads = 2 });
+        await using var gpu = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Device = Device.Cuda, MaxNumBatchedTokens = 8 });
+        var expected = new List<int[]>();
+        foreach (var p in prompts) expected.Add([.. (await cpu.CompleteAsync(p, sampling)).TokenIds]);
+        var actual = await Task.WhenAll(prompts.Select(p => gpu.CompleteAsync(p, sampling)));
+        for (int i = 0; i < prompts.Length; i++) Assert.That(actual[i].TokenIds, Is.EqualTo(expected[i]), prompts[i]);
+    }
 }
