@@ -1,4 +1,7 @@
+using System.Text.Json.Nodes;
 using Inference.Cuda;
+using Inference.Loading;
+using Inference.Tests.Models;
 using Inference.Engine;
 using Inference.Sampling;
 using Inference.Tests.Kernels;
@@ -112,5 +115,46 @@ public class DeviceEngineTests
         var options = new EngineOptions().UseCuda(new CudaOptions { Attention = CudaAttentionKernels.Ilgpu });
         Assert.That(options.Device, Is.EqualTo(Device.Cuda));
         Assert.ThrowsAsync<DeviceNotAvailableException>(() => InferenceEngine.LoadAsync(TestData.Stories260K, options));
+    }
+
+    /// <summary>
+    /// Hugging Face checkpoints through both engines: qwen2 (Q/K/V biases, tied output, NeoX RoPE), llama BF16 (widened
+    /// to F32 on the device) with Llama 3 RoPE frequency factors, llama F16 with linear RoPE scaling.
+    /// </summary>
+    [TestCase("qwen2", SafetensorsDType.F32, true, "")]
+    [TestCase("llama", SafetensorsDType.BF16, false, "llama3")]
+    [TestCase("llama", SafetensorsDType.F16, false, "linear")]
+    public async Task HfCheckpoints_Logits_MatchTheCpuEngine(string type, SafetensorsDType dtype, bool tied, string scaling)
+    {
+        var dir = TestData.TempDir();
+        try
+        {
+            HfTestCheckpoint.Write(dir, new HfTestCheckpointOptions { ModelType = type, DType = dtype, TieWordEmbeddings = tied, Hidden = 64, Heads = 4, KvHeads = 2, Intermediate = 96 });
+            if (scaling.Length > 0)
+            {
+                string configPath = Path.Combine(dir, "config.json");
+                var config = JsonNode.Parse(File.ReadAllText(configPath))!.AsObject();
+                config["rope_scaling"] = scaling == "linear"
+                    ? new JsonObject { ["type"] = "linear", ["factor"] = 4.0 }
+                    : new JsonObject { ["rope_type"] = "llama3", ["factor"] = 8.0, ["low_freq_factor"] = 1.0, ["high_freq_factor"] = 4.0, ["original_max_position_embeddings"] = 64 };
+                File.WriteAllText(configPath, config.ToJsonString());
+            }
+            // NOTE: f32 KV: with f16 KV the CPU accelerator's software f16 rounding (one ulp off at times) adds ≈ 5e-4.
+            var kv = new Inference.KvCache.KvCacheOptions { DataType = Inference.KvCache.KvCacheDataType.Float32 };
+            await using var cpu = await InferenceEngine.LoadAsync(dir, new EngineOptions { Device = Device.Cpu, Threads = 2, KvCache = kv });
+            await using var device = await InferenceEngine.LoadAsync(dir, OnCpuAccelerator(new EngineOptions { Threads = 2, KvCache = kv }));
+            Assert.That(cpu.Config.HasAttentionBias, Is.EqualTo(type == "qwen2"));
+            var rng = new Random(9);
+            var prompt = Enumerable.Range(0, 40).Select(_ => 1 + rng.Next(cpu.Config.VocabSize - 1)).ToArray();
+            var expected = await cpu.GetLogitsAsync(prompt);
+            var actual = await device.GetLogitsAsync(prompt);
+            double error = DeviceForwardExecutorTests.RelativeL2(actual, expected);
+            TestContext.Out.WriteLine($"{type} {dtype} tied={tied} scaling={scaling}: relative L2 {error:E2}");
+            Assert.That(error, Is.LessThan(1e-4));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 }

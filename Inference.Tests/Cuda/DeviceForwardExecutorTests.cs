@@ -63,15 +63,20 @@ public class DeviceForwardExecutorTests
         Assert.That(errors.Max(), Is.LessThan(1e-3));
     }
 
+    [TestCase(GgmlType.F16, KvCacheDataType.Float32)]
     [TestCase(GgmlType.F16, KvCacheDataType.Float16)]
+    [TestCase(GgmlType.Q8_0, KvCacheDataType.Float32)]
     [TestCase(GgmlType.Q8_0, KvCacheDataType.Float16)]
-    public void MixedBatches_MatchTheCpuPath_QuantizedWeightsAndF16Kv(GgmlType type, KvCacheDataType kv)
+    public void MixedBatches_MatchTheCpuPath_F16AndQ8_0Weights(GgmlType type, KvCacheDataType kv)
     {
         var errors = RunScenario(DeviceTestAccelerator.Cpu, Model(8, 2, type), 8, kv, CudaAttentionKernels.Ilgpu);
         TestContext.Out.WriteLine($"{type} weights, {kv} KV: relative L2 per step {string.Join(", ", errors.Select(e => e.ToString("E2")))}");
         // NOTE: the CPU path quantizes activations to Q8 for Q8_0 weights (as ggml does); the device kernels widen the
-        // weights and keep activations in f32. Measured: F16 ≈ 5e-4 to 9e-4, Q8_0 ≈ 1.2e-2 to 1.9e-2.
-        Assert.That(errors.Max(), Is.LessThan(type == GgmlType.Q8_0 ? 5e-2 : 3e-3));
+        // weights and keep activations in f32 (measured ≈ 1.2e-2 to 1.9e-2). F16 weights agree to ≈ 1e-6 with f32 KV;
+        // with f16 KV the CPU accelerator's software f16 rounding (one ulp off at times; CUDA rounds like System.Half)
+        // adds ≈ 5e-4 to 9e-4.
+        double limit = type == GgmlType.Q8_0 ? 5e-2 : kv == KvCacheDataType.Float16 ? 3e-3 : 1e-4;
+        Assert.That(errors.Max(), Is.LessThan(limit));
     }
 
     /// <summary>
