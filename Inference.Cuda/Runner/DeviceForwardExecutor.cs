@@ -104,6 +104,16 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             }
             _accelerator.Synchronize();
         }
+        catch (Exception e) when (e is OutOfMemoryException or CudaException)
+        {
+            long weights = 0;
+            foreach (var r in _owned) if (r is DeviceMatrix m) weights += m.ByteCount;
+            DisposeOwned();
+            long pool = KvCacheStorage.GetBlockByteCount(c.LayerCount, context.KvOptions.BlockSize, c.KvHeadCount, c.HeadDim, context.KvOptions.DataType) * context.BlockCount;
+            throw new InvalidOperationException(
+                $"the model does not fit {accelerator.Name} ({accelerator.MemorySize / (1 << 20):N0} MiB): KV pool {pool / (1 << 20):N0} MiB, " +
+                $"weights uploaded so far {weights / (1 << 20):N0} MiB; lower KvCacheOptions.PoolBytes, MaxNumSeqs or ContextLength ({e.Message.ReplaceLineEndings(" ")})", e);
+        }
         catch
         {
             DisposeOwned();
