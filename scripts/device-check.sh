@@ -5,15 +5,20 @@
 #       scripts/device-check.sh --pack
 #     publishes scripts/gpu-runner (the `gpu` mode of Inference.Benchmarks without BenchmarkDotNet/LLamaSharp) as a
 #     self-contained linux-x64 app (no trimming: it breaks ILGPU) and packs it as
-#     .device/inference-gpu-runner.tgz (git-ignored, ~40 MB).
+#     .device/inference-gpu-runner.tgz (git-ignored, ~40 MB), with the 32,000-token llama vocabulary
+#     (../shared/testdata/vocab/ggml-vocab-llama-spm.gguf, 0.7 MB) the end-to-end model is written with.
 #
 #   Phase 2, on the GPU machine (needs only the NVIDIA driver; no .NET, no CUDA toolkit), from the repository root:
-#       scripts/device-check.sh --run OUTDIR [--quick] [--tgz PATH]
+#       scripts/device-check.sh --run OUTDIR [--quick] [--no-e2e] [--tgz PATH]
 #     unpacks the runner into a temporary folder and runs it:
 #       - checks: PTX vs ILGPU vs reference paged attention (the same cases as Inference.Tests/Cuda),
 #       - benchmark: decode attention, f16 KV, batch 1/16/64 × context 1k/4k/16k (--quick: 1k/4k), PTX and ILGPU,
-#         achieved KV GB/s next to a device-to-device copy measured in the same run.
-#     Writes OUTDIR/{device.txt,checks.tsv,bench.tsv,summary.md,nvidia-smi.txt,runner.log}.
+#         achieved KV GB/s next to a device-to-device copy measured in the same run,
+#       - end to end (skip with --no-e2e): writes a random-weight 1.1B GQA F16 model (dim 2048, 16 layers, 32/8 heads,
+#         ffn 5632, vocab 32000; --quick: 4 layers) into a temporary folder, compares the GPU engine's last-position
+#         logits with the CPU engine's (relative L2, target < 5e-3) with PTX and ILGPU attention, and measures GPU
+#         decode tokens/s for 1 and for 16 concurrent requests through the engine. Needs ~3 GB of temporary disk.
+#     Writes OUTDIR/{device.txt,checks.tsv,bench.tsv,e2e.tsv,summary.md,nvidia-smi.txt,runner.log}.
 #     Exit status: 0 all checks passed, 1 a check failed, 2 no CUDA device, other: runner crashed.
 set -euo pipefail
 
@@ -21,7 +26,7 @@ repo_root="$(cd "$(dirname "$0")/.." && pwd)"
 tgz="$repo_root/.device/inference-gpu-runner.tgz"
 
 usage() {
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -31,16 +36,18 @@ pack() {
   mkdir -p "$repo_root/.device"
   dotnet publish "$repo_root/scripts/gpu-runner" -c Release -r linux-x64 --self-contained true \
     -p:PublishTrimmed=false -p:DebugType=none -o "$publish/inference-gpu-runner" -nologo -v quiet
+  cp "$repo_root/../shared/testdata/vocab/ggml-vocab-llama-spm.gguf" "$publish/inference-gpu-runner/vocab-llama-spm.gguf"
   tar -C "$publish" -czf "$tgz" inference-gpu-runner
   rm -rf "$publish"
   echo "packed $(du -h "$tgz" | cut -f1) $tgz"
 }
 
 run() {
-  local out="" quick=""
+  local out="" quick="" e2e=""
   while (( $# > 0 )); do
     case "$1" in
       --quick) quick="--quick" ;;
+      --no-e2e) e2e="--no-e2e" ;;
       --tgz) shift; tgz="$1" ;;
       *) out="$1" ;;
     esac
@@ -68,7 +75,7 @@ run() {
   fi
   (nvidia-smi || echo "nvidia-smi not available") >"$out/nvidia-smi.txt" 2>&1
   set +e
-  "$work/inference-gpu-runner/inference-gpu-runner" gpu "$out" $quick 2>&1 | tee "$out/runner.log"
+  "$work/inference-gpu-runner/inference-gpu-runner" gpu "$out" $quick $e2e 2>&1 | tee "$out/runner.log"
   local rc=${PIPESTATUS[0]}
   set -e
   echo "device-check: runner exit status $rc; results in $out"

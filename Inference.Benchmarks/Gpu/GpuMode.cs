@@ -11,8 +11,9 @@ using Inference.Kernels.Attention;
 namespace Inference.Benchmarks.Gpu;
 
 /// <summary>
-/// <c>gpu OUTDIR [--quick]</c>: on a CUDA machine, runs the attention checks (PTX vs ILGPU vs reference) and the
-/// decode-attention benchmark, writing <c>device.txt</c>, <c>checks.tsv</c>, <c>bench.tsv</c> and <c>summary.md</c>.
+/// <c>gpu OUTDIR [--quick] [--no-e2e]</c>: on a CUDA machine, runs the attention checks (PTX vs ILGPU vs reference), the
+/// decode-attention benchmark and the end-to-end model check (<see cref="EndToEndCheck"/>), writing <c>device.txt</c>,
+/// <c>checks.tsv</c>, <c>bench.tsv</c>, <c>e2e.tsv</c> and <c>summary.md</c>.
 /// Exit status: 0 all checks passed, 1 a check failed, 2 no CUDA device.
 /// </summary>
 public static class GpuMode
@@ -24,7 +25,7 @@ public static class GpuMode
     {
         if (args.Length < 1)
         {
-            Console.Error.WriteLine("usage: Inference.Benchmarks gpu OUTDIR [--quick]");
+            Console.Error.WriteLine("usage: Inference.Benchmarks gpu OUTDIR [--quick] [--no-e2e]");
             return 2;
         }
         var outDir = Directory.CreateDirectory(args[0]).FullName;
@@ -47,6 +48,12 @@ public static class GpuMode
 
         bool allPassed = RunChecks(backend, outDir, summary);
         RunBenchmark(backend, outDir, summary, quick);
+        File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
+        if (!args.Contains("--no-e2e"))
+        {
+            summary.AppendLine("## End to end: synthetic GQA model, GPU engine vs CPU engine").AppendLine();
+            allPassed &= EndToEndCheck.Run(outDir, summary, quick);
+        }
 
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
         Console.WriteLine(summary.ToString());

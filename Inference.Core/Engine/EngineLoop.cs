@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Threading.Channels;
-using Inference.Backends.Cpu;
 using Inference.KvCache;
 using Inference.Models;
 using Inference.Scheduling;
@@ -13,10 +12,8 @@ namespace Inference.Engine;
 /// </summary>
 internal sealed class EngineLoop : IAsyncDisposable
 {
-    private readonly LlamaModel _model;
-    private readonly WorkerPool _pool;
-    private readonly KvCacheStorage _storage;
-    private readonly PagedKvAttention _attention;
+    private readonly ModelConfig _config;
+    private readonly IForwardExecutor _executor;
     private readonly Scheduler _scheduler;
     private readonly EngineMetrics _metrics;
     private readonly Channel<object> _incoming = Channel.CreateUnbounded<object>(new UnboundedChannelOptions { SingleReader = true });
@@ -30,20 +27,21 @@ internal sealed class EngineLoop : IAsyncDisposable
     private readonly PrefixIdentity _identity;
     private readonly List<long> _prefixHolders = new();
 
-    public EngineLoop(LlamaModel model, EngineOptions options, int contextLength, PrefixIdentity identity)
+    // factory: creates the executor; null for the CPU path.
+    public EngineLoop(LlamaModel model, EngineOptions options, int contextLength, PrefixIdentity identity, IForwardExecutorFactory? factory)
     {
-        _model = model;
+        _config = model.Config;
         var c = model.Config;
         ContextLength = contextLength;
-        _pool = new WorkerPool(options.Threads);
         // NOTE: more blocks than MaxNumSeqs full contexts (twice over, for cached prefixes) can never be used.
         long cap = 2L * options.MaxNumSeqs * ((contextLength + options.KvCache.BlockSize - 1) / options.KvCache.BlockSize)
             * KvCacheStorage.GetBlockByteCount(c.LayerCount, options.KvCache.BlockSize, c.KvHeadCount, c.HeadDim, options.KvCache.DataType);
         var kvOptions = options.KvCache with { PoolBytes = Math.Min(options.KvCache.ResolvePoolBytes(), cap) };
-        _storage = KvCacheStorage.Create(kvOptions, c.LayerCount, c.KvHeadCount, c.HeadDim);
+        int blockCount = KvCacheStorage.GetRequiredBlockCount(kvOptions, c.LayerCount, c.KvHeadCount, c.HeadDim);
         _identity = identity;
-        var manager = new KvCacheManager(_storage.BlockCount, kvOptions, identity.Salt);
-        _attention = new PagedKvAttention(_storage, manager, c);
+        var manager = new KvCacheManager(blockCount, kvOptions, identity.Salt);
+        var context = new ForwardExecutorContext(model, manager, kvOptions, blockCount, contextLength, options.MaxNumBatchedTokens, options.MaxNumSeqs, options.Threads);
+        _executor = factory is null ? new CpuForwardExecutor(context) : factory.Create(context);
         _scheduler = new Scheduler(new SchedulerOptions { MaxNumSeqs = options.MaxNumSeqs, MaxNumBatchedTokens = options.MaxNumBatchedTokens }, manager);
         _metrics = new EngineMetrics(this);
         _thread = new Thread(Run) { IsBackground = true, Name = "Inference engine loop" };
@@ -51,6 +49,12 @@ internal sealed class EngineLoop : IAsyncDisposable
     }
 
     public int ContextLength { get; }
+
+    /// <summary>The hardware the forward pass runs on.</summary>
+    public Device Device => _executor.Device;
+
+    /// <summary>Names that hardware.</summary>
+    public string DeviceName => _executor.DeviceName;
 
     /// <summary>The KV cache (read it only on the engine thread, or through <see cref="Stats"/>).</summary>
     public KvCacheManager KvCache => _scheduler.KvCache;
@@ -188,7 +192,7 @@ internal sealed class EngineLoop : IAsyncDisposable
 
     private void Execute(SchedulerOutput output)
     {
-        _storage.CopyBlocks(output.BlockCopies);
+        _executor.Storage.CopyBlocks(output.BlockCopies);
         _batch.Clear();
         long now = Stopwatch.GetTimestamp();
         foreach (ref readonly var chunk in output.Chunks)
@@ -201,15 +205,15 @@ internal sealed class EngineLoop : IAsyncDisposable
                 r.PrefixHitTokens = chunk.Request.CachedTokenCount;
             }
         }
-        int vocab = _model.Config.VocabSize;
+        int vocab = _config.VocabSize;
         if (_logits.Length < _batch.LogitCount * vocab) _logits = new float[_batch.LogitCount * vocab];
-        _model.Forward(_batch, _attention, _logits, _pool);
+        _executor.Forward(_batch, _logits);
         _metrics.StepExecuted(output.TotalTokenCount, output.PreemptedRequestIds.Length);
     }
 
     private void Update(SchedulerOutput output)
     {
-        int vocab = _model.Config.VocabSize;
+        int vocab = _config.VocabSize;
         var chunks = output.Chunks;
         for (int i = 0; i < chunks.Length; i++)
         {
@@ -255,7 +259,7 @@ internal sealed class EngineLoop : IAsyncDisposable
         long id = _nextInternalId--;
         try
         {
-            var logits = new float[_model.Config.VocabSize];
+            var logits = new float[_config.VocabSize];
             Prefill(id, w.Tokens, logits);
             w.Result.TrySetResult(logits);
         }
@@ -284,11 +288,11 @@ internal sealed class EngineLoop : IAsyncDisposable
         {
             // Slots cover [0, computed + n); a prefix hit means those tokens need no recomputation.
             int n = Math.Min(chunk, length - computed);
-            _storage.CopyBlocks(manager.PendingCopies);
+            _executor.Storage.CopyBlocks(manager.PendingCopies);
             manager.ClearPendingCopies();
             batch.Clear();
             batch.Add(id, tokens.AsSpan(computed, n), computed, wantLogits: computed + n == length);
-            _model.Forward(batch, _attention, logits, _pool);
+            _executor.Forward(batch, logits);
             computed += n;
             if (computed == length) break;
             if (!manager.TryAppendSlots(id, tokens.AsSpan(computed, Math.Min(chunk, length - computed))))
@@ -299,14 +303,14 @@ internal sealed class EngineLoop : IAsyncDisposable
     /// <summary>Computes <paramref name="tokens"/> and writes their full blocks to <paramref name="path"/>; returns the tokens saved.</summary>
     public int SavePrefix(int[] tokens, string path)
     {
-        int bs = _storage.BlockSize;
+        int bs = _executor.Storage.BlockSize;
         int blocks = tokens.Length / bs;
         if (blocks == 0) throw new ArgumentException($"the prompt has {tokens.Length} tokens; a prefix file holds whole blocks of {bs}", nameof(tokens));
         long id = _nextInternalId--;
         try
         {
-            Prefill(id, tokens, new float[_model.Config.VocabSize]);
-            PrefixFile.Write(path, _identity, _storage, tokens, KvCache.GetBlockTable(id), blocks);
+            Prefill(id, tokens, new float[_config.VocabSize]);
+            PrefixFile.Write(path, _identity, _executor.Storage, tokens, KvCache.GetBlockTable(id), blocks);
             return blocks * bs;
         }
         finally
@@ -321,7 +325,8 @@ internal sealed class EngineLoop : IAsyncDisposable
     /// </summary>
     public int LoadPrefix(string path)
     {
-        using var reader = PrefixFile.Reader.Open(path, _identity, _storage);
+        var storage = _executor.Storage;
+        using var reader = PrefixFile.Reader.Open(path, _identity, storage);
         long holder = _nextInternalId--;
         var manager = KvCache;
         if (!manager.TryAllocate(holder, reader.Tokens, out int hit))
@@ -330,7 +335,7 @@ internal sealed class EngineLoop : IAsyncDisposable
         manager.ClearPendingCopies();
         var table = manager.GetBlockTable(holder);
         // NOTE: blocks already cached (an earlier load, or a request) hold the same data; only the others are copied.
-        for (int b = hit / _storage.BlockSize; b < reader.BlockCount; b++) reader.CopyInto(_storage, b, table[b]);
+        for (int b = hit / storage.BlockSize; b < reader.BlockCount; b++) reader.CopyInto(storage, b, table[b]);
         return reader.Tokens.Length;
     }
 
@@ -358,8 +363,7 @@ internal sealed class EngineLoop : IAsyncDisposable
         _incoming.Writer.TryComplete();
         await Task.Run(() => _thread.Join()).ConfigureAwait(false);
         _metrics.Dispose();
-        _pool.Dispose();
-        _storage.Dispose();
+        _executor.Dispose();
         _stop.Dispose();
     }
 }

@@ -42,8 +42,18 @@ public sealed record EngineOptions
     /// <summary>Most tokens in one forward pass (vLLM's max_num_batched_tokens); long prompts are chunked to fit.</summary>
     public int MaxNumBatchedTokens { get => _maxNumBatchedTokens; init => _maxNumBatchedTokens = value is >= 1 and <= 65536 ? value : throw Out(nameof(MaxNumBatchedTokens), value, "must be in [1, 65536]"); }
 
-    /// <summary>The hardware to run on.</summary>
+    /// <summary>
+    /// The hardware to run on. <see cref="Device.Cuda"/> and <see cref="Device.Auto"/> use the GPU through the
+    /// <c>Inference.Cuda</c> package when it is installed and a CUDA device exists; <see cref="InferenceEngine.Device"/>
+    /// says what was chosen.
+    /// </summary>
     public Device Device { get; init; } = Device.Auto;
+
+    /// <summary>
+    /// Creates the executor for <see cref="Device.Cuda"/> and <see cref="Device.Auto"/> instead of the one found in the
+    /// Inference.Cuda assembly (its options, or an ILGPU CPU accelerator in tests). Null: look it up.
+    /// </summary>
+    internal IForwardExecutorFactory? ExecutorFactory { get; init; }
 
     /// <summary>
     /// The paged KV cache: block size, pool size, element type, prefix caching. The pool is capped at what

@@ -1,5 +1,4 @@
 using System.Threading.Channels;
-using Inference.Backends.Cpu;
 using Inference.Loading;
 using Inference.Models;
 using Inference.Sampling;
@@ -27,7 +26,7 @@ public sealed partial class InferenceEngine : IAsyncDisposable
     private long _nextRequestId;
     private readonly HashSet<int> _stopTokens;  // end-of-generation ids beyond the tokenizer's own (HF generation_config)
 
-    private InferenceEngine(IDisposable weights, GgufFile metadata, string modelName, ModelConfig config, ModelTokenizer tokenizer, LlamaModel model, IReadOnlyList<int> extraStopTokens, EngineOptions options)
+    private InferenceEngine(IDisposable weights, GgufFile metadata, string modelName, ModelConfig config, ModelTokenizer tokenizer, LlamaModel model, IReadOnlyList<int> extraStopTokens, EngineOptions options, IForwardExecutorFactory? executorFactory)
     {
         _weights = weights;
         _metadata = metadata;
@@ -38,7 +37,7 @@ public sealed partial class InferenceEngine : IAsyncDisposable
         Tokenizer = tokenizer;
         Options = options;
         ContextLength = options.ContextLength ?? Math.Min(config.ContextLength, 4096);
-        _loop = new EngineLoop(model, options, ContextLength, PrefixIdentity.Compute(model, tokenizer, options.KvCache));
+        _loop = new EngineLoop(model, options, ContextLength, PrefixIdentity.Compute(model, tokenizer, options.KvCache), executorFactory);
     }
 
     /// <summary>The model's hyperparameters.</summary>
@@ -52,6 +51,12 @@ public sealed partial class InferenceEngine : IAsyncDisposable
 
     /// <summary>Most tokens (prompt + output) of one sequence.</summary>
     public int ContextLength { get; }
+
+    /// <summary>The hardware the model runs on: <see cref="Engine.Device.Cpu"/> or <see cref="Engine.Device.Cuda"/> (never Auto).</summary>
+    public Device Device => _loop.Device;
+
+    /// <summary>Names that hardware, e.g. "CPU, 4 threads" or "CUDA: NVIDIA H100 80GB HBM3 (sm_90), PTX attention".</summary>
+    public string DeviceName => _loop.DeviceName;
 
     /// <summary>Number of weights of the model.</summary>
     public long ParameterCount { get; }
@@ -72,17 +77,19 @@ public sealed partial class InferenceEngine : IAsyncDisposable
     /// <param name="cancellationToken">Cancels loading.</param>
     /// <exception cref="FileNotFoundException">The file does not exist.</exception>
     /// <exception cref="ModelFormatException">The file is malformed or describes an unsupported model.</exception>
-    /// <exception cref="NotSupportedException"><see cref="Device.Cuda"/> was asked for and no CUDA backend is available.</exception>
+    /// <exception cref="DeviceNotAvailableException"><see cref="Device.Cuda"/> was asked for and the Inference.Cuda package is not installed or no CUDA device exists.</exception>
     public static Task<InferenceEngine> LoadAsync(string path, EngineOptions? options = null, IProgress<float>? progress = null, CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         options ??= new EngineOptions();
-        if (options.Device == Device.Cuda)
-            throw new NotSupportedException("Device.Cuda: the CUDA backend does not run whole models yet; use Device.Auto or Device.Cpu");
-        return Task.Run(() => Directory.Exists(path) ? LoadCheckpoint(path, options, progress, cancellationToken) : LoadGguf(path, options, progress, cancellationToken), cancellationToken);
+        return Task.Run(() =>
+        {
+            var factory = ForwardExecutors.Resolve(options);
+            return Directory.Exists(path) ? LoadCheckpoint(path, options, factory, progress, cancellationToken) : LoadGguf(path, options, factory, progress, cancellationToken);
+        }, cancellationToken);
     }
 
-    private static InferenceEngine LoadGguf(string path, EngineOptions options, IProgress<float>? progress, CancellationToken cancellationToken)
+    private static InferenceEngine LoadGguf(string path, EngineOptions options, IForwardExecutorFactory? factory, IProgress<float>? progress, CancellationToken cancellationToken)
     {
         progress?.Report(0f);
         var gguf = GgufFile.Open(path);
@@ -99,7 +106,7 @@ public sealed partial class InferenceEngine : IAsyncDisposable
             var model = new LlamaModel(gguf, config);
             progress?.Report(1f);
             string name = gguf.GetString("general.name") is { Length: > 0 } n ? n : Path.GetFileNameWithoutExtension(path);
-            return new InferenceEngine(gguf, gguf, name, config, tokenizer, model, [], options);
+            return new InferenceEngine(gguf, gguf, name, config, tokenizer, model, [], options, factory);
         }
         catch
         {
@@ -108,7 +115,7 @@ public sealed partial class InferenceEngine : IAsyncDisposable
         }
     }
 
-    private static InferenceEngine LoadCheckpoint(string path, EngineOptions options, IProgress<float>? progress, CancellationToken cancellationToken)
+    private static InferenceEngine LoadCheckpoint(string path, EngineOptions options, IForwardExecutorFactory? factory, IProgress<float>? progress, CancellationToken cancellationToken)
     {
         progress?.Report(0f);
         if (!File.Exists(Path.Combine(path, "config.json")))
@@ -125,7 +132,7 @@ public sealed partial class InferenceEngine : IAsyncDisposable
             var model = new LlamaModel(checkpoint);
             progress?.Report(1f);
             string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(path)));
-            return new InferenceEngine(checkpoint, metadata, name, checkpoint.Config, tokenizer, model, checkpoint.EosTokenIds, options);
+            return new InferenceEngine(checkpoint, metadata, name, checkpoint.Config, tokenizer, model, checkpoint.EosTokenIds, options, factory);
         }
         catch
         {

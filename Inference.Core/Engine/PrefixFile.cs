@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Inference.KvCache;
 using Inference.Loading;
 
@@ -27,7 +26,7 @@ internal static class PrefixFile
     private const int HeaderBytes = 68;
 
     /// <summary>Writes the first <paramref name="blockCount"/> blocks of <paramref name="blockTable"/>.</summary>
-    public static void Write(string path, PrefixIdentity identity, KvCacheStorage storage, ReadOnlySpan<int> tokens, ReadOnlySpan<int> blockTable, int blockCount)
+    public static void Write(string path, PrefixIdentity identity, IKvBlockStorage storage, ReadOnlySpan<int> tokens, ReadOnlySpan<int> blockTable, int blockCount)
     {
         using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None);
         using var w = new BinaryWriter(stream);
@@ -45,23 +44,18 @@ internal static class PrefixFile
         w.Write(blockCount);
         for (int i = 0; i < blockCount * storage.BlockSize; i++) w.Write(tokens[i]);
         while (stream.Position % 64 != 0) w.Write((byte)0);
+        int bytes = KvBlockStorage.LayerBlockByteCount(storage);
+        var keys = new byte[bytes];
+        var values = new byte[bytes];
         foreach (int block in blockTable[..blockCount])
         {
             for (int l = 0; l < storage.LayerCount; l++)
             {
-                w.Write(BlockBytes(storage, l, keys: true, block));
-                w.Write(BlockBytes(storage, l, keys: false, block));
+                storage.ReadBlock(l, block, keys, values);
+                w.Write(keys);
+                w.Write(values);
             }
         }
-    }
-
-    /// <summary>The bytes of one block of one layer's keys or values.</summary>
-    private static Span<byte> BlockBytes(KvCacheStorage storage, int layer, bool keys, int block)
-    {
-        int elements = storage.BlockSize * storage.KvHeadCount * storage.HeadDim;
-        return storage.DataType == KvCacheDataType.Float32
-            ? MemoryMarshal.AsBytes((keys ? storage.GetKeys<float>(layer) : storage.GetValues<float>(layer)).Slice(block * elements, elements))
-            : MemoryMarshal.AsBytes((keys ? storage.GetKeys<Half>(layer) : storage.GetValues<Half>(layer)).Slice(block * elements, elements));
     }
 
     /// <summary>A validated prefix file, memory-mapped for reading.</summary>
@@ -83,7 +77,7 @@ internal static class PrefixFile
 
         /// <summary>Opens <paramref name="path"/> and checks it against this engine's identity and cache layout.</summary>
         /// <exception cref="ModelFormatException">The file is malformed or was made by another model, tokenizer, RoPE configuration or KV type.</exception>
-        public static Reader Open(string path, PrefixIdentity identity, KvCacheStorage storage)
+        public static Reader Open(string path, PrefixIdentity identity, IKvBlockStorage storage)
         {
             var memory = MappedMemory.OpenFile(path, HeaderBytes, "prefix");
             try
@@ -125,16 +119,14 @@ internal static class PrefixFile
         }
 
         /// <summary>Copies block <paramref name="index"/> of the file into pool block <paramref name="block"/>.</summary>
-        public void CopyInto(KvCacheStorage storage, int index, int block)
+        public void CopyInto(IKvBlockStorage storage, int index, int block)
         {
-            int bytes = storage.BlockSize * storage.KvHeadCount * storage.HeadDim * KvCacheStorage.ElementSize(storage.DataType);
+            int bytes = KvBlockStorage.LayerBlockByteCount(storage);
             byte* p = _memory.Pointer + _dataOffset + (long)index * 2 * storage.LayerCount * bytes;
             for (int l = 0; l < storage.LayerCount; l++)
             {
-                new ReadOnlySpan<byte>(p, bytes).CopyTo(BlockBytes(storage, l, keys: true, block));
-                p += bytes;
-                new ReadOnlySpan<byte>(p, bytes).CopyTo(BlockBytes(storage, l, keys: false, block));
-                p += bytes;
+                storage.WriteBlock(l, block, new ReadOnlySpan<byte>(p, bytes), new ReadOnlySpan<byte>(p + bytes, bytes));
+                p += 2 * bytes;
             }
         }
 

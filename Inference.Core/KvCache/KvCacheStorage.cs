@@ -16,7 +16,7 @@ namespace Inference.KvCache;
 /// NOTE: the memory is not cleared: attention only reads slots that were written, and clearing would commit the whole
 /// budget up front. Not thread-safe for writes; the engine decides who writes which slots.
 /// </remarks>
-public sealed unsafe class KvCacheStorage : IDisposable
+public sealed unsafe class KvCacheStorage : IDisposable, IKvBlockStorage
 {
     private readonly void*[] _keys;   // [layerCount] → [blockCount, blockSize, kvHeads, headDim]
     private readonly void*[] _values; // [layerCount] → [blockCount, blockSize, kvHeads, headDim]
@@ -106,12 +106,17 @@ public sealed unsafe class KvCacheStorage : IDisposable
 
     /// <summary>Allocates as many blocks as the byte budget of <paramref name="options"/> allows.</summary>
     /// <exception cref="ArgumentException">The budget does not hold a single block.</exception>
-    public static KvCacheStorage Create(KvCacheOptions options, int layerCount, int kvHeadCount, int headDim)
+    public static KvCacheStorage Create(KvCacheOptions options, int layerCount, int kvHeadCount, int headDim) =>
+        new(layerCount, GetRequiredBlockCount(options, layerCount, kvHeadCount, headDim), options.BlockSize, kvHeadCount, headDim, options.DataType);
+
+    /// <summary><see cref="GetBlockCount"/>, refusing a budget that holds no block.</summary>
+    /// <exception cref="ArgumentException">The budget does not hold a single block.</exception>
+    internal static int GetRequiredBlockCount(KvCacheOptions options, int layerCount, int kvHeadCount, int headDim)
     {
         int blocks = GetBlockCount(options, layerCount, kvHeadCount, headDim);
         if (blocks < 1)
             throw new ArgumentException($"A KV budget of {options.ResolvePoolBytes()} bytes holds no block of {GetBlockByteCount(layerCount, options.BlockSize, kvHeadCount, headDim, options.DataType)} bytes.", nameof(options));
-        return new KvCacheStorage(layerCount, blocks, options.BlockSize, kvHeadCount, headDim, options.DataType);
+        return blocks;
     }
 
     /// <summary>Keys of <paramref name="layer"/>: <c>[blockCount, blockSize, kvHeads, headDim]</c>. T is float or Half, matching <see cref="DataType"/>.</summary>
@@ -166,6 +171,24 @@ public sealed unsafe class KvCacheStorage : IDisposable
     public void CopyBlocks(ReadOnlySpan<BlockCopy> copies)
     {
         foreach (var c in copies) CopyBlock(c.SourceBlockId, c.DestinationBlockId);
+    }
+
+    void IKvBlockStorage.ReadBlock(int layer, int blockId, Span<byte> keys, Span<byte> values)
+    {
+        KvBlockStorage.CheckBlockAccess(this, layer, blockId, keys.Length, values.Length);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        long offset = (long)blockId * keys.Length;
+        new ReadOnlySpan<byte>((byte*)_keys[layer] + offset, keys.Length).CopyTo(keys);
+        new ReadOnlySpan<byte>((byte*)_values[layer] + offset, values.Length).CopyTo(values);
+    }
+
+    void IKvBlockStorage.WriteBlock(int layer, int blockId, ReadOnlySpan<byte> keys, ReadOnlySpan<byte> values)
+    {
+        KvBlockStorage.CheckBlockAccess(this, layer, blockId, keys.Length, values.Length);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        long offset = (long)blockId * keys.Length;
+        keys.CopyTo(new Span<byte>((byte*)_keys[layer] + offset, keys.Length));
+        values.CopyTo(new Span<byte>((byte*)_values[layer] + offset, values.Length));
     }
 
     /// <inheritdoc />

@@ -42,6 +42,7 @@ public sealed class LlamaModel
     internal LlamaModel(IWeightSource weights, ModelConfig config)
     {
         Config = config;
+        Weights = weights;
         var c = config;
         _embedding = weights.GetMatrix("token_embd.weight", c.VocabSize, c.Dim);
         _output = MatMul.Prepare(!weights.Contains("output.weight") ? _embedding : weights.GetMatrix("output.weight", c.VocabSize, c.Dim));
@@ -77,6 +78,9 @@ public sealed class LlamaModel
 
     /// <summary>The model's hyperparameters.</summary>
     public ModelConfig Config { get; }
+
+    /// <summary>Where the weights are bound (device executors upload them from here).</summary>
+    internal IWeightSource Weights { get; }
 
     private static unsafe bool SameMatrix(in WeightMatrix a, in WeightMatrix b) => a.Data == b.Data;
 
@@ -201,7 +205,7 @@ public sealed class LlamaModel
     }
 
     /// <summary>cos/sin of every token's rotation angles, [tokenCount, RopeDim / 2] each: once per forward pass, shared by all layers.</summary>
-    private void ComputeRopeAngles(ModelBatch batch, Span<float> cos, Span<float> sin)
+    internal void ComputeRopeAngles(ModelBatch batch, Span<float> cos, Span<float> sin)
     {
         int half = Config.RopeDim / 2;
         for (int t = 0; t < batch.TokenCount; t++)

@@ -18,6 +18,7 @@ public static class LayerSelfCheck
     [
         "rmsnorm", "rope-normal", "rope-neox", "swiglu", "matmul-f32", "matmul-f16", "matmul-q8_0",
         "embedding-f32", "embedding-f16", "embedding-q8_0", "argmax", "topk",
+        "add-bias", "gather-rows", "rope-table", "kv-write-f32", "kv-write-f16",
     ];
 
     /// <summary>Runs one named check.</summary>
@@ -51,6 +52,10 @@ public static class LayerSelfCheck
             "matmul-f32" or "matmul-f16" or "matmul-q8_0" => MatMul(acc, kernels, rng, name),
             "embedding-f32" or "embedding-f16" or "embedding-q8_0" => Embedding(acc, kernels, rng, name),
             "argmax" or "topk" => Selection(acc, kernels, rng, name),
+            "add-bias" => AddBias(acc, kernels, rng),
+            "gather-rows" => GatherRows(acc, kernels, rng),
+            "rope-table" => RopeTable(acc, kernels, rng),
+            "kv-write-f32" or "kv-write-f16" => WriteKv(acc, kernels, rng, name),
             _ => throw new ArgumentException($"unknown layer check {name}", nameof(name)),
         };
     }
@@ -205,6 +210,93 @@ public static class LayerSelfCheck
                         $"row {r} rank {i}: expected {want[i]}, got {indices[r * topK + i]}");
         }
         return new AttentionSelfCheck.Result("topk", "ilgpu-vs-reference", 0, true, null);
+    }
+
+    private static AttentionSelfCheck.Result AddBias(Accelerator acc, LayerKernels k, Random rng)
+    {
+        const int rows = 7, width = 2048;
+        var x = Values(rng, rows * width, 1f);
+        var y = Values(rng, rows * width, 1f);
+        var bias = Values(rng, width, 1f);
+        var expected = (float[])x.Clone();
+        ReferenceLayer.Add(expected, y);
+        ReferenceLayer.AddBias(expected, bias);
+        using var xb = acc.Allocate1D(x);
+        using var yb = acc.Allocate1D(y);
+        using var bb = acc.Allocate1D(bias);
+        k.Add(xb.View, yb.View, x.Length);
+        k.AddBias(xb.View, bb.View, rows, width);
+        return Compare("add-bias", expected, Read(acc, xb), 1e-6, 1e-6);
+    }
+
+    private static AttentionSelfCheck.Result GatherRows(Accelerator acc, LayerKernels k, Random rng)
+    {
+        const int width = 2048;
+        var x = Values(rng, 40 * width, 1f);
+        int[] rows = [39, 0, 17, 17];
+        var expected = new float[rows.Length * width];
+        ReferenceLayer.GatherRows(x, rows, expected, width);
+        using var xb = acc.Allocate1D(x);
+        using var rb = acc.Allocate1D(rows);
+        using var ob = Poisoned(acc, expected.Length);
+        k.GatherRows(xb.View, rb.View, ob.View, rows.Length, width);
+        return Compare("gather-rows", expected, Read(acc, ob), 0, 0);
+    }
+
+    private static AttentionSelfCheck.Result RopeTable(Accelerator acc, LayerKernels k, Random rng)
+    {
+        const int tokens = 9, heads = 8, headDim = 128;
+        var x = Values(rng, tokens * heads * headDim, 1f);
+        var angles = Values(rng, tokens * headDim / 2, 3f);
+        var cos = Array.ConvertAll(angles, MathF.Cos);
+        var sin = Array.ConvertAll(angles, MathF.Sin);
+        var expected = (float[])x.Clone();
+        ReferenceLayer.RopeTable(expected, cos, sin, heads, headDim, headDim, RopeLayout.Neox);
+        using var xb = acc.Allocate1D(x);
+        using var cb = acc.Allocate1D(cos);
+        using var sb = acc.Allocate1D(sin);
+        k.RopeTable(xb.View, cb.View, sb.View, tokens, heads, headDim, headDim, RopeLayout.Neox);
+        return Compare("rope-table", expected, Read(acc, xb), 1e-6, 1e-6);
+    }
+
+    private static AttentionSelfCheck.Result WriteKv(Accelerator acc, LayerKernels k, Random rng, string name)
+    {
+        const int kvDim = 1024, slotCount = 64;
+        var key = Values(rng, 5 * kvDim, 1f);
+        var value = Values(rng, 5 * kvDim, 1f);
+        int[] slots = [63, 0, 16, 17, 40];
+        var kExpected = new float[slotCount * kvDim];
+        var vExpected = new float[slotCount * kvDim];
+        ReferenceLayer.WriteKv(key, value, slots, kExpected, vExpected, kvDim);
+        using var kb = acc.Allocate1D(key);
+        using var vb = acc.Allocate1D(value);
+        using var sb = acc.Allocate1D(slots);
+        float[] kActual, vActual;
+        if (name == "kv-write-f32")
+        {
+            using var kc = acc.Allocate1D(new float[slotCount * kvDim]);
+            using var vc = acc.Allocate1D(new float[slotCount * kvDim]);
+            k.WriteKv(kb.View, vb.View, sb.View, kc.View, vc.View, slots.Length, kvDim);
+            kActual = Read(acc, kc);
+            vActual = Read(acc, vc);
+        }
+        else
+        {
+            // f16: the expected values are System.Half's round-to-nearest-even of the inputs.
+            kExpected = Array.ConvertAll(kExpected, f => (float)(System.Half)f);
+            vExpected = Array.ConvertAll(vExpected, f => (float)(System.Half)f);
+            using var kc = acc.Allocate1D(new ILGPU.Half[slotCount * kvDim]);
+            using var vc = acc.Allocate1D(new ILGPU.Half[slotCount * kvDim]);
+            k.WriteKv(kb.View, vb.View, sb.View, kc.View, vc.View, slots.Length, kvDim);
+            acc.Synchronize();
+            kActual = Array.ConvertAll(kc.GetAsArray1D(), h => (float)h);
+            vActual = Array.ConvertAll(vc.GetAsArray1D(), h => (float)h);
+        }
+        // NOTE: exact on CUDA (cvt.rn); ILGPU's CPU accelerator converts to f16 in software, up to one ulp away.
+        bool soft = name == "kv-write-f16" && acc.AcceleratorType != AcceleratorType.Cuda;
+        double atol = soft ? 6e-8 : 0, rtol = soft ? 1.0 / 1024 : 0;   // one f16 ulp: subnormal spacing, relative spacing
+        var a = Compare(name, kExpected, kActual, atol, rtol);
+        return a.Passed ? Compare(name, vExpected, vActual, atol, rtol) : a;
     }
 
     private static MemoryBuffer1D<float, Stride1D.Dense> Poisoned(Accelerator acc, int length) =>

@@ -21,16 +21,34 @@ public sealed class LayerKernels
     private readonly Action<Index2D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int> _gatherF32;
     private readonly Action<Index2D, ArrayView<ILGPU.Half>, ArrayView<int>, ArrayView<float>, int> _gatherF16;
     private readonly Action<Index2D, ArrayView<byte>, ArrayView<ILGPU.Half>, ArrayView<int>, ArrayView<float>, int> _gatherQ8;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int> _ropeTable;
+    private readonly Action<Index1D, ArrayView<float>, ArrayView<float>> _add;
+    private readonly Action<Index1D, ArrayView<float>, ArrayView<float>, int> _addBias;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int> _gatherRows;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int> _writeKvF32;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<ILGPU.Half>, ArrayView<ILGPU.Half>, int> _writeKvF16;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, int> _argMax;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int> _topK;
 
     /// <summary>Compiles and loads every kernel for <paramref name="accelerator"/>.</summary>
     /// <param name="accelerator">The accelerator; its context must have ILGPU.Algorithms enabled.</param>
-    public LayerKernels(Accelerator accelerator)
+    public LayerKernels(Accelerator accelerator) : this(accelerator, GroupReduce.MaxGroupSize)
+    {
+    }
+
+    /// <summary>Compiles and loads every kernel for <paramref name="accelerator"/> with groups of at most <paramref name="maxGroupSize"/> threads.</summary>
+    /// <param name="accelerator">The accelerator; its context must have ILGPU.Algorithms enabled.</param>
+    /// <param name="maxGroupSize">Threads per group of the explicitly grouped kernels (a power of two is used, 1 to 64).</param>
+    /// <remarks>
+    /// NOTE: ILGPU's CPU accelerator pays for every barrier with thread switches; one-thread groups make each row
+    /// a plain loop there, tens of times faster for whole-model runs. GPUs want the default 64.
+    /// </remarks>
+    public LayerKernels(Accelerator accelerator, int maxGroupSize)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxGroupSize, 1);
         _accelerator = accelerator;
-        _groupSize = KernelGroupSize.For(accelerator, GroupReduce.MaxGroupSize);
+        _groupSize = KernelGroupSize.For(accelerator, Math.Min(maxGroupSize, GroupReduce.MaxGroupSize));
         var a = accelerator;
         _rmsNorm = a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(RmsNormKernels.RmsNorm);
         _rope = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<int>, int, int, int, float, int>(RopeKernels.Rope);
@@ -41,6 +59,12 @@ public sealed class LayerKernels
         _gatherF32 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>(EmbeddingKernels.Gather<float, F32Element>);
         _gatherF16 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<ILGPU.Half>, ArrayView<int>, ArrayView<float>, int>(EmbeddingKernels.Gather<ILGPU.Half, F16Element>);
         _gatherQ8 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<byte>, ArrayView<ILGPU.Half>, ArrayView<int>, ArrayView<float>, int>(EmbeddingKernels.GatherQ8_0);
+        _ropeTable = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(RopeKernels.RopeTable);
+        _add = a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(ElementwiseKernels.Add);
+        _addBias = a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int>(ElementwiseKernels.AddBias);
+        _gatherRows = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>(ElementwiseKernels.GatherRows);
+        _writeKvF32 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int>(KvCacheKernels.WriteF32);
+        _writeKvF16 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<ILGPU.Half>, ArrayView<ILGPU.Half>, int>(KvCacheKernels.WriteF16);
         _argMax = a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int>(SelectionKernels.ArgMax);
         _topK = a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int>(SelectionKernels.TopK);
     }
@@ -175,6 +199,69 @@ public sealed class LayerKernels
         ArgumentOutOfRangeException.ThrowIfGreaterThan(k, cols);
         _topK(new KernelConfig(rows, _groupSize), logits, values, indices, cols, k);
     }
+
+    /// <summary><see cref="RopeKernels.RopeTable"/> in place.</summary>
+    /// <param name="x">Queries or keys, <c>[tokenCount, heads, headDim]</c>.</param>
+    /// <param name="cos">cos θ, <c>[tokenCount, rotaryDim / 2]</c>.</param>
+    /// <param name="sin">sin θ, same shape.</param>
+    /// <param name="tokenCount">Tokens.</param>
+    /// <param name="heads">Heads per token.</param>
+    /// <param name="headDim">Elements per head.</param>
+    /// <param name="rotaryDim">Rotated elements per head (even, ≤ headDim).</param>
+    /// <param name="layout">Pairing of rotated elements.</param>
+    /// <exception cref="ArgumentException"><paramref name="rotaryDim"/> is odd or larger than <paramref name="headDim"/>.</exception>
+    public void RopeTable(ArrayView<float> x, ArrayView<float> cos, ArrayView<float> sin, int tokenCount, int heads, int headDim,
+        int rotaryDim, RopeLayout layout)
+    {
+        if (rotaryDim <= 0 || rotaryDim % 2 != 0 || rotaryDim > headDim)
+            throw new ArgumentException("rotaryDim must be even, positive and at most headDim.", nameof(rotaryDim));
+        _ropeTable(new Index2D(rotaryDim / 2, tokenCount * heads), x, cos, sin, heads, headDim, rotaryDim,
+            layout == RopeLayout.Neox ? 1 : 0);
+    }
+
+    /// <summary><see cref="ElementwiseKernels.Add"/>: <c>x += y</c> over <paramref name="count"/> elements.</summary>
+    /// <param name="x">Accumulator.</param>
+    /// <param name="y">Addend.</param>
+    /// <param name="count">Elements.</param>
+    public void Add(ArrayView<float> x, ArrayView<float> y, int count) => _add(count, x, y);
+
+    /// <summary><see cref="ElementwiseKernels.AddBias"/> over <paramref name="rows"/> rows of <paramref name="width"/>.</summary>
+    /// <param name="y">Rows, <c>[rows, width]</c>.</param>
+    /// <param name="bias">Bias, <c>[width]</c>.</param>
+    /// <param name="rows">Rows.</param>
+    /// <param name="width">Row length.</param>
+    public void AddBias(ArrayView<float> y, ArrayView<float> bias, int rows, int width) => _addBias(rows * width, y, bias, width);
+
+    /// <summary><see cref="ElementwiseKernels.GatherRows"/>.</summary>
+    /// <param name="x">Source, <c>[n, width]</c>.</param>
+    /// <param name="rows">Source row per output row, <c>[rowCount]</c>.</param>
+    /// <param name="output">Output, <c>[rowCount, width]</c>.</param>
+    /// <param name="rowCount">Output rows.</param>
+    /// <param name="width">Row length.</param>
+    public void GatherRows(ArrayView<float> x, ArrayView<int> rows, ArrayView<float> output, int rowCount, int width) =>
+        _gatherRows(new Index2D(width, rowCount), x, rows, output, width);
+
+    /// <summary><see cref="KvCacheKernels.WriteF32"/>.</summary>
+    /// <param name="k">Keys, <c>[tokenCount, kvDim]</c>.</param>
+    /// <param name="v">Values, same shape.</param>
+    /// <param name="slots">Slot per token, <c>[tokenCount]</c>.</param>
+    /// <param name="kCache">Key cache, <c>[slotCount, kvDim]</c>.</param>
+    /// <param name="vCache">Value cache, same shape.</param>
+    /// <param name="tokenCount">Tokens.</param>
+    /// <param name="kvDim">kvHeads · headDim.</param>
+    public void WriteKv(ArrayView<float> k, ArrayView<float> v, ArrayView<int> slots, ArrayView<float> kCache, ArrayView<float> vCache,
+        int tokenCount, int kvDim) => _writeKvF32(new Index2D(kvDim, tokenCount), k, v, slots, kCache, vCache, kvDim);
+
+    /// <summary><see cref="KvCacheKernels.WriteF16"/>.</summary>
+    /// <param name="k">Keys, <c>[tokenCount, kvDim]</c>.</param>
+    /// <param name="v">Values, same shape.</param>
+    /// <param name="slots">Slot per token, <c>[tokenCount]</c>.</param>
+    /// <param name="kCache">Key cache, <c>[slotCount, kvDim]</c>.</param>
+    /// <param name="vCache">Value cache, same shape.</param>
+    /// <param name="tokenCount">Tokens.</param>
+    /// <param name="kvDim">kvHeads · headDim.</param>
+    public void WriteKv(ArrayView<float> k, ArrayView<float> v, ArrayView<int> slots, ArrayView<ILGPU.Half> kCache, ArrayView<ILGPU.Half> vCache,
+        int tokenCount, int kvDim) => _writeKvF16(new Index2D(kvDim, tokenCount), k, v, slots, kCache, vCache, kvDim);
 
     private KernelConfig MatMulConfig(int rows, int batch) =>
         new(new Index2D(rows, batch), new Index2D(_groupSize, 1));

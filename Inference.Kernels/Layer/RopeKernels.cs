@@ -46,4 +46,35 @@ public static class RopeKernels
         x[ia] = a * cos - b * sin;
         x[ib] = a * sin + b * cos;
     }
+
+    /// <summary>
+    /// RoPE with the angles' cosines and sines precomputed per token (so any frequency scaling — linear, Llama 3
+    /// factors — is the host's business, computed once per forward pass for all layers).
+    /// Implicitly grouped over <c>(rotaryDim / 2, tokenCount * heads)</c>.
+    /// </summary>
+    /// <param name="index">(pair, token * heads + head).</param>
+    /// <param name="x">Queries or keys, <c>[tokenCount, heads, headDim]</c>, rotated in place.</param>
+    /// <param name="cos">cos θ per token and pair, <c>[tokenCount, rotaryDim / 2]</c>.</param>
+    /// <param name="sin">sin θ per token and pair, same shape.</param>
+    /// <param name="heads">Heads per token.</param>
+    /// <param name="headDim">Elements per head.</param>
+    /// <param name="rotaryDim">Rotated elements per head (even, ≤ headDim).</param>
+    /// <param name="neox">1 for <see cref="RopeLayout.Neox"/>, 0 for <see cref="RopeLayout.Normal"/>.</param>
+    public static void RopeTable(Index2D index, ArrayView<float> x, ArrayView<float> cos, ArrayView<float> sin, int heads,
+        int headDim, int rotaryDim, int neox)
+    {
+        int pair = index.X;
+        int row = index.Y;
+        int half = rotaryDim / 2;
+        long angle = (long)(row / heads) * half + pair;
+        float c = cos[angle];
+        float s = sin[angle];
+        long head = (long)row * headDim;
+        long ia = neox != 0 ? head + pair : head + 2 * pair;
+        long ib = neox != 0 ? ia + half : ia + 1;
+        float a = x[ia];
+        float b = x[ib];
+        x[ia] = a * c - b * s;
+        x[ib] = a * s + b * c;
+    }
 }

@@ -68,4 +68,71 @@ public static class ReferenceLayer
     {
         for (int t = 0; t < ids.Length; t++) table.Slice(ids[t] * dim, dim).CopyTo(output.Slice(t * dim, dim));
     }
+
+    /// <summary><c>x[i] += y[i]</c>.</summary>
+    /// <param name="x">Accumulator.</param>
+    /// <param name="y">Addend, same length.</param>
+    public static void Add(Span<float> x, ReadOnlySpan<float> y)
+    {
+        for (int i = 0; i < x.Length; i++) x[i] += y[i];
+    }
+
+    /// <summary><c>y[r, i] += bias[i]</c>.</summary>
+    /// <param name="y">Rows, <c>[rows, bias.Length]</c>.</param>
+    /// <param name="bias">Bias.</param>
+    public static void AddBias(Span<float> y, ReadOnlySpan<float> bias)
+    {
+        for (int i = 0; i < y.Length; i++) y[i] += bias[i % bias.Length];
+    }
+
+    /// <summary><c>output[r, :] = x[rows[r], :]</c>.</summary>
+    /// <param name="x">Source, <c>[n, width]</c>.</param>
+    /// <param name="rows">Source row per output row.</param>
+    /// <param name="output">Output, <c>[rows.Length, width]</c>.</param>
+    /// <param name="width">Row length.</param>
+    public static void GatherRows(ReadOnlySpan<float> x, ReadOnlySpan<int> rows, Span<float> output, int width)
+    {
+        for (int r = 0; r < rows.Length; r++) x.Slice(rows[r] * width, width).CopyTo(output.Slice(r * width, width));
+    }
+
+    /// <summary>Paged K/V store in f32: <c>cache[slots[t], :] = k[t, :]</c> (see <see cref="KvCacheKernels"/>).</summary>
+    /// <param name="k">Keys, <c>[tokenCount, kvDim]</c>.</param>
+    /// <param name="v">Values, same shape.</param>
+    /// <param name="slots">Slot per token.</param>
+    /// <param name="kCache">Key cache, <c>[slotCount, kvDim]</c>.</param>
+    /// <param name="vCache">Value cache, same shape.</param>
+    /// <param name="kvDim">Row length.</param>
+    public static void WriteKv(ReadOnlySpan<float> k, ReadOnlySpan<float> v, ReadOnlySpan<int> slots, Span<float> kCache, Span<float> vCache, int kvDim)
+    {
+        for (int t = 0; t < slots.Length; t++)
+        {
+            k.Slice(t * kvDim, kvDim).CopyTo(kCache.Slice(slots[t] * kvDim, kvDim));
+            v.Slice(t * kvDim, kvDim).CopyTo(vCache.Slice(slots[t] * kvDim, kvDim));
+        }
+    }
+
+    /// <summary>RoPE in place from per-token cosines and sines (see <see cref="RopeKernels.RopeTable"/>).</summary>
+    /// <param name="x">Queries or keys, <c>[tokenCount, heads, headDim]</c>.</param>
+    /// <param name="cos">cos θ, <c>[tokenCount, rotaryDim / 2]</c>.</param>
+    /// <param name="sin">sin θ, same shape.</param>
+    /// <param name="heads">Heads per token.</param>
+    /// <param name="headDim">Elements per head.</param>
+    /// <param name="rotaryDim">Rotated elements per head.</param>
+    /// <param name="layout">Pairing.</param>
+    public static void RopeTable(Span<float> x, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, int heads, int headDim, int rotaryDim, RopeLayout layout)
+    {
+        int half = rotaryDim / 2;
+        for (int row = 0; row < x.Length / headDim; row++)
+        {
+            int t = row / heads;
+            for (int i = 0; i < half; i++)
+            {
+                int a = layout == RopeLayout.Neox ? row * headDim + i : row * headDim + 2 * i;
+                int b = layout == RopeLayout.Neox ? a + half : a + 1;
+                float c = cos[t * half + i], s = sin[t * half + i], xa = x[a], xb = x[b];
+                x[a] = xa * c - xb * s;
+                x[b] = xa * s + xb * c;
+            }
+        }
+    }
 }

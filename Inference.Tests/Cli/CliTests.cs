@@ -71,6 +71,7 @@ public class CliTests
         Assert.That(stdout, Does.Contain("292,800"));
         Assert.That(stdout, Does.Contain("KV per token     640 bytes"));
         Assert.That(stdout, Does.Contain("1,677,721 tokens in 1 GiB"));
+        Assert.That(stdout, Does.Contain("device           "));
     }
 
     [Test]
@@ -94,10 +95,17 @@ public class CliTests
         new object[] { new[] { "generate", "--prompt", "x", "--threads", "0" }, "Threads" },
         new object[] { new[] { "generate", "--bogus" }, "bogus" },
         new object[] { new[] { "frobnicate" }, "frobnicate" },
-        new object[] { new[] { "generate", "--prompt", "x", "--device", "cuda" }, "CUDA" },
         new object[] { new[] { "generate", "--prompt", "x", "--device", "tpu" }, "tpu" },
         new object[] { new[] { "generate", "--prompt", "x", "--max-tokens", "abc" }, "abc" },
     ];
+
+    [TestCase("generate", "--prompt", "x", "--device", "cuda")]
+    [TestCase("info", "--device", "cuda")]
+    public void DeviceCuda_WithoutAGpu_IsOneLineAndExitCode1(params string[] args)
+    {
+        if (Inference.Cuda.CudaBackend.Probe().IsAvailable) Assert.Ignore("a CUDA device exists here");
+        Errors_AreOneLineOnStderr_ExitCode1(args, "Device.Cuda is not available: no CUDA device");
+    }
 
     [TestCaseSource(nameof(ErrorCases))]
     public void Errors_AreOneLineOnStderr_ExitCode1(string[] args, string mention)

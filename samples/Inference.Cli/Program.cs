@@ -67,17 +67,17 @@ public static class Program
             Console.Out.WriteLine();
             var m = completion.Metrics;
             Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"prompt {m.PromptTokens} tokens, generated {m.GeneratedTokens} tokens ({completion.FinishReason}); TTFT {m.TimeToFirstToken.TotalMilliseconds:F2} ms, TPOT {m.TimePerOutputToken.TotalMilliseconds:F2} ms, {m.TokensPerSecond:F1} tokens/s, seed {completion.Seed}"));
+                $"prompt {m.PromptTokens} tokens, generated {m.GeneratedTokens} tokens ({completion.FinishReason}); TTFT {m.TimeToFirstToken.TotalMilliseconds:F2} ms, TPOT {m.TimePerOutputToken.TotalMilliseconds:F2} ms, {m.TokensPerSecond:F1} tokens/s, seed {completion.Seed}; {engine.DeviceName}"));
             return 0;
         }
 
         var logits = new Command("logits", "Print the prompt's token ids and the logits at its last position as one JSON line")
         {
-            modelOption, promptOption, threadsOption,
+            modelOption, promptOption, threadsOption, deviceOption,
         };
         logits.SetAction(async (result, ct) =>
         {
-            await using var engine = await Load(result.GetValue(modelOption), result.GetValue(threadsOption), ct);
+            await using var engine = await Load(result.GetValue(modelOption), result.GetValue(threadsOption), ct, result.GetValue(deviceOption));
             var tokens = engine.Tokenize(result.GetValue(promptOption)!);
             var values = await engine.GetLogitsAsync(tokens, ct);
             using var stream = Console.OpenStandardOutput();
@@ -108,10 +108,10 @@ public static class Program
         });
 
         var memoryOption = new Option<double>("--memory-gb") { Description = "KV cache memory budget to report capacity for", DefaultValueFactory = _ => 4 };
-        var info = new Command("info", "Print the model's architecture, size and KV cache cost") { modelOption, memoryOption };
+        var info = new Command("info", "Print the model's architecture, size, KV cache cost and the device it runs on") { modelOption, memoryOption, deviceOption };
         info.SetAction(async (result, ct) =>
         {
-            await using var engine = await Load(result.GetValue(modelOption), 1, ct);
+            await using var engine = await Load(result.GetValue(modelOption), 1, ct, result.GetValue(deviceOption));
             var c = engine.Config;
             double budget = result.GetValue(memoryOption) * (1L << 30);
             Console.Out.WriteLine($"model            {engine.ModelName}");
@@ -122,18 +122,19 @@ public static class Program
             Console.Out.WriteLine($"KV per token     {engine.KvBytesPerToken:N0} bytes (2 · {c.LayerCount} layers · {c.KvHeadCount} KV heads · {c.HeadDim} · {engine.KvBytesPerToken / (2L * c.LayerCount * c.KvHeadCount * c.HeadDim)} bytes, {engine.Options.KvCache.DataType})");
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"KV capacity      {(long)(budget / engine.KvBytesPerToken):N0} tokens in {result.GetValue(memoryOption):G} GiB"));
             Console.Out.WriteLine($"chat template    {(engine.ChatTemplate is null ? "none" : "yes")}");
+            Console.Out.WriteLine($"device           {engine.DeviceName}");
             return 0;
         });
 
         var systemOption = new Option<string?>("--system") { Description = "System message" };
         var chat = new Command("chat", "Chat interactively (one line per turn; an empty line or end of input quits)")
         {
-            modelOption, systemOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption, seedOption, threadsOption,
+            modelOption, systemOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption, seedOption, threadsOption, deviceOption,
         };
         chat.SetAction(async (result, ct) =>
         {
             var sampling = Sampling(result);
-            await using var engine = await Load(result.GetValue(modelOption), result.GetValue(threadsOption), ct);
+            await using var engine = await Load(result.GetValue(modelOption), result.GetValue(threadsOption), ct, result.GetValue(deviceOption));
             // NOTE: a model without a chat template gets a plain "role: text" transcript, so base models can be tried too.
             var prompt = engine.ChatTemplate is null ? new ChatPromptOptions { Template = ChatTemplate.Parse(PlainTranscript) } : null;
             var history = new List<ChatMessage>();

@@ -1,0 +1,43 @@
+using Inference.Engine;
+
+namespace Inference.Cuda;
+
+/// <summary>Which paged attention kernels the CUDA executor runs.</summary>
+public enum CudaAttentionKernels
+{
+    /// <summary>The hand-written PTX kernels (head dims 64 and 128, up to 32 query heads per KV head; other shapes use ILGPU's).</summary>
+    Ptx,
+    /// <summary>The ILGPU kernels (any shape): for comparison.</summary>
+    Ilgpu,
+}
+
+/// <summary>How <see cref="Device.Cuda"/> runs. Immutable.</summary>
+public sealed record CudaOptions
+{
+    private readonly int _deviceIndex;
+
+    /// <summary>Index among the CUDA devices. Default 0.</summary>
+    public int DeviceIndex { get => _deviceIndex; init => _deviceIndex = value >= 0 ? value : throw new ArgumentOutOfRangeException(nameof(DeviceIndex), value, "DeviceIndex must be ≥ 0."); }
+
+    /// <summary>The attention kernels. Default <see cref="CudaAttentionKernels.Ptx"/>.</summary>
+    public CudaAttentionKernels Attention { get; init; } = CudaAttentionKernels.Ptx;
+}
+
+/// <summary>Selects the CUDA executor with explicit <see cref="CudaOptions"/>.</summary>
+/// <remarks>
+/// Not needed for the defaults: with this package installed, <see cref="Device.Cuda"/> and <see cref="Device.Auto"/>
+/// find the CUDA executor by themselves.
+/// </remarks>
+public static class CudaEngineOptionsExtensions
+{
+    /// <summary>
+    /// <paramref name="options"/> with <see cref="EngineOptions.Device"/> = <see cref="Device.Cuda"/>, run as
+    /// <paramref name="cuda"/> says.
+    /// </summary>
+    /// <example><c>new EngineOptions().UseCuda(new CudaOptions { Attention = CudaAttentionKernels.Ilgpu })</c></example>
+    public static EngineOptions UseCuda(this EngineOptions options, CudaOptions? cuda = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return options with { Device = Device.Cuda, ExecutorFactory = new CudaForwardExecutorFactory(cuda ?? new CudaOptions()) };
+    }
+}

@@ -1,0 +1,78 @@
+using ILGPU;
+using ILGPU.Runtime.Cuda;
+using Inference.Kernels;
+using Inference.Kernels.Attention;
+
+namespace Inference.Cuda.Runner;
+
+/// <summary>The metadata of one step's attention, in device memory (see <see cref="DeviceForwardExecutor"/>).</summary>
+/// <param name="BlockTables">[seqCount, maxBlocksPerSeq] physical block ids.</param>
+/// <param name="ContextLens">[seqCount] positions after this step.</param>
+/// <param name="SeqStarts">[seqCount + 1] first token of each sequence, then the total.</param>
+/// <param name="TokenSeqs">[tokenCount] block-table row of each token.</param>
+/// <param name="Positions">[tokenCount] absolute position of each token.</param>
+/// <param name="TokenCount">Query tokens.</param>
+/// <param name="SeqCount">Sequences.</param>
+/// <param name="MaxContextLength">The longest context after this step.</param>
+/// <param name="MaxChunkLength">The most tokens of one sequence in this step (1: decode only).</param>
+internal readonly record struct AttentionStep(
+    ArrayView<int> BlockTables, ArrayView<int> ContextLens, ArrayView<int> SeqStarts, ArrayView<int> TokenSeqs,
+    ArrayView<int> Positions, int TokenCount, int SeqCount, int MaxContextLength, int MaxChunkLength);
+
+/// <summary>Paged attention of one layer over the device KV pool: queries <c>[tokenCount, heads, headDim]</c> → output, same shape.</summary>
+internal interface IDeviceAttention : IDisposable
+{
+    /// <summary>"PTX" or "ILGPU".</summary>
+    string Name { get; }
+
+    void Run(in AttentionStep step, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output);
+}
+
+/// <summary>The ILGPU kernels (any accelerator): decode kernel when every sequence has one token, else the tiled prefill kernel.</summary>
+internal sealed class IlgpuDeviceAttention<TKv, TConv> : IDeviceAttention
+    where TKv : unmanaged
+    where TConv : struct, IElementConverter<TKv>
+{
+    private readonly PagedDecodeAttention<TKv, TConv> _decode;
+    private readonly PagedPrefillAttention<TKv, TConv> _prefill;
+
+    public IlgpuDeviceAttention(ILGPU.Runtime.Accelerator accelerator, AttentionShape shape)
+    {
+        _decode = new PagedDecodeAttention<TKv, TConv>(accelerator, shape);
+        _prefill = new PagedPrefillAttention<TKv, TConv>(accelerator, shape);
+    }
+
+    public string Name => "ILGPU";
+
+    public void Run(in AttentionStep s, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output)
+    {
+        var k = kCache.Cast<TKv>();
+        var v = vCache.Cast<TKv>();
+        if (s.MaxChunkLength == 1)
+            _decode.Run(q, k, v, s.BlockTables, s.ContextLens, s.SeqCount, s.MaxContextLength, output);
+        else
+            _prefill.Run(q, k, v, s.BlockTables, s.SeqStarts, s.ContextLens, s.SeqCount, s.MaxChunkLength, output);
+    }
+
+    public void Dispose() => _decode.Dispose();
+}
+
+/// <summary>The hand-written PTX kernels (CUDA only): every token described by its sequence row and position, one launch.</summary>
+internal sealed class PtxDeviceAttention<TKv> : IDeviceAttention where TKv : unmanaged
+{
+    private readonly PtxPagedPrefillAttention<TKv> _attention;
+
+    public PtxDeviceAttention(CudaAccelerator accelerator, AttentionShape shape) =>
+        _attention = new PtxPagedPrefillAttention<TKv>(accelerator, shape);
+
+    public string Name => "PTX";
+
+    /// <summary>Whether the PTX kernels take this shape (head dims 64 and 128, at most 32 query heads per KV head).</summary>
+    public static bool Supports(AttentionShape shape) => shape.HeadDim is 64 or 128 && shape.KvMul <= 32;
+
+    public void Run(in AttentionStep s, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output) =>
+        _attention.Run(q, kCache.Cast<TKv>(), vCache.Cast<TKv>(), s.BlockTables, s.TokenSeqs, s.Positions, s.TokenCount,
+            s.MaxContextLength, output);
+
+    public void Dispose() => _attention.Dispose();
+}

@@ -1,0 +1,107 @@
+using ILGPU;
+using ILGPU.Runtime;
+using Inference.Backends.Cpu;
+using Inference.Kernels.Layer;
+using Inference.Loading;
+
+namespace Inference.Cuda.Runner;
+
+/// <summary>
+/// A weight matrix in device memory in GGML row layout (one row per output feature): F32, F16 and Q8_0 are uploaded
+/// as they are; other types are dequantized on the host at load time — BF16 to F32 (exact), Q4_0, Q4_K and Q6_K to F16.
+/// </summary>
+internal sealed unsafe class DeviceMatrix : IDisposable
+{
+    private const long StagingBytes = 8 << 20;   // host rows converted per upload
+    private readonly MemoryBuffer1D<byte, Stride1D.Dense> _buffer;
+
+    private DeviceMatrix(MemoryBuffer1D<byte, Stride1D.Dense> buffer, GgmlType type, int rows, int cols)
+    {
+        _buffer = buffer;
+        Type = type;
+        Rows = rows;
+        Cols = cols;
+    }
+
+    /// <summary>The type on the device: F32, F16 or Q8_0.</summary>
+    public GgmlType Type { get; }
+
+    public int Rows { get; }
+
+    public int Cols { get; }
+
+    public long ByteCount => _buffer.Length;
+
+    /// <summary>The device type a stored type is kept in.</summary>
+    public static GgmlType DeviceType(GgmlType stored) => stored switch
+    {
+        GgmlType.F32 or GgmlType.F16 or GgmlType.Q8_0 => stored,
+        GgmlType.BF16 => GgmlType.F32,
+        _ => GgmlType.F16,
+    };
+
+    public static DeviceMatrix Upload(Accelerator accelerator, in WeightMatrix m)
+    {
+        var type = DeviceType(m.Type);
+        long bytes = GgmlTypeInfo.RowBytes(type, m.Cols) * m.Rows;
+        var buffer = accelerator.Allocate1D<byte>(bytes);
+        try
+        {
+            if (type == m.Type)
+            {
+                buffer.View.CopyFromCPU(ref *m.Data, bytes);
+            }
+            else
+            {
+                int rowBytes = (int)GgmlTypeInfo.RowBytes(type, m.Cols);
+                int rowsPerChunk = (int)Math.Max(1, StagingBytes / rowBytes);
+                var staging = new byte[(long)rowsPerChunk * rowBytes];
+                var row = new float[m.Cols];
+                for (int r0 = 0; r0 < m.Rows; r0 += rowsPerChunk)
+                {
+                    int count = Math.Min(rowsPerChunk, m.Rows - r0);
+                    for (int r = 0; r < count; r++)
+                    {
+                        Dequantize.Row(m.Type, m.Row(r0 + r), row);
+                        var dst = staging.AsSpan(r * rowBytes, rowBytes);
+                        if (type == GgmlType.F32) row.AsSpan().CopyTo(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(dst));
+                        else System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(row, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, System.Half>(dst));
+                    }
+                    ((ArrayView<byte>)buffer.View.SubView((long)r0 * rowBytes, (long)count * rowBytes)).CopyFromCPU<byte, ArrayView<byte>>(staging.AsSpan(0, count * rowBytes));
+                }
+            }
+        }
+        catch
+        {
+            buffer.Dispose();
+            throw;
+        }
+        return new DeviceMatrix(buffer, type, m.Rows, m.Cols);
+    }
+
+    /// <summary><c>y[b, r] = Σ_c W[r, c] · x[b, c]</c>: x <c>[batch, cols]</c>, y <c>[batch, rows]</c>.</summary>
+    public void MatMul(LayerKernels kernels, ArrayView<float> x, ArrayView<float> y, int batch)
+    {
+        ArrayView<byte> w = _buffer.View;
+        switch (Type)
+        {
+            case GgmlType.F32: kernels.MatMul(w.Cast<float>(), x, y, Rows, Cols, batch); break;
+            case GgmlType.F16: kernels.MatMul(w.Cast<ILGPU.Half>(), x, y, Rows, Cols, batch); break;
+            default: kernels.MatMulQ8_0(w, x, y, Rows, Cols, batch); break;
+        }
+    }
+
+    /// <summary>Embedding rows of <paramref name="ids"/> widened to f32: output <c>[tokenCount, cols]</c>.</summary>
+    public void Gather(LayerKernels kernels, ArrayView<int> ids, ArrayView<float> output, int tokenCount)
+    {
+        ArrayView<byte> w = _buffer.View;
+        switch (Type)
+        {
+            case GgmlType.F32: kernels.Embedding(w.Cast<float>(), ids, output, tokenCount, Cols); break;
+            case GgmlType.F16: kernels.Embedding(w.Cast<ILGPU.Half>(), ids, output, tokenCount, Cols); break;
+            default: kernels.EmbeddingQ8_0(w, ids, output, tokenCount, Cols); break;
+        }
+    }
+
+    public void Dispose() => _buffer.Dispose();
+}

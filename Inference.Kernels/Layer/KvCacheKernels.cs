@@ -1,0 +1,54 @@
+using ILGPU;
+
+namespace Inference.Kernels.Layer;
+
+/// <summary>
+/// Stores the new tokens' keys and values into the paged cache: token <c>t</c> goes to slot <c>slots[t]</c>
+/// (<c>= physical block · blockSize + position % blockSize</c>), narrowed to the cache's element type
+/// (reference: <see cref="Reference.ReferenceLayer.WriteKv"/>).
+/// </summary>
+/// <remarks>
+/// <code>
+/// k, v        [tokenCount, kvHeads, headDim]   f32
+/// kCache      [blockCount, blockSize, kvHeads, headDim] = [slotCount, kvDim]
+/// </code>
+/// </remarks>
+public static class KvCacheKernels
+{
+    /// <summary>f32 cache. Implicitly grouped over <c>(kvDim, tokenCount)</c>.</summary>
+    /// <param name="index">(element, token).</param>
+    /// <param name="k">Keys, <c>[tokenCount, kvDim]</c>.</param>
+    /// <param name="v">Values, <c>[tokenCount, kvDim]</c>.</param>
+    /// <param name="slots">Cache slot of each token, <c>[tokenCount]</c>.</param>
+    /// <param name="kCache">Key cache of the layer, <c>[slotCount, kvDim]</c>.</param>
+    /// <param name="vCache">Value cache of the layer, same shape.</param>
+    /// <param name="kvDim">kvHeads · headDim.</param>
+    public static void WriteF32(Index2D index, ArrayView<float> k, ArrayView<float> v, ArrayView<int> slots,
+        ArrayView<float> kCache, ArrayView<float> vCache, int kvDim)
+    {
+        long src = (long)index.Y * kvDim + index.X;
+        long dst = (long)slots[index.Y] * kvDim + index.X;
+        kCache[dst] = k[src];
+        vCache[dst] = v[src];
+    }
+
+    /// <summary>
+    /// f16 cache: on CUDA rounded to nearest even (<c>cvt.rn.f16.f32</c>, as <see cref="System.Half"/>); ILGPU's CPU
+    /// accelerator converts in software and may land one ulp away. Implicitly grouped over <c>(kvDim, tokenCount)</c>.
+    /// </summary>
+    /// <param name="index">(element, token).</param>
+    /// <param name="k">Keys, <c>[tokenCount, kvDim]</c>.</param>
+    /// <param name="v">Values, <c>[tokenCount, kvDim]</c>.</param>
+    /// <param name="slots">Cache slot of each token, <c>[tokenCount]</c>.</param>
+    /// <param name="kCache">Key cache of the layer, <c>[slotCount, kvDim]</c>.</param>
+    /// <param name="vCache">Value cache of the layer, same shape.</param>
+    /// <param name="kvDim">kvHeads · headDim.</param>
+    public static void WriteF16(Index2D index, ArrayView<float> k, ArrayView<float> v, ArrayView<int> slots,
+        ArrayView<ILGPU.Half> kCache, ArrayView<ILGPU.Half> vCache, int kvDim)
+    {
+        long src = (long)index.Y * kvDim + index.X;
+        long dst = (long)slots[index.Y] * kvDim + index.X;
+        kCache[dst] = (ILGPU.Half)k[src];
+        vCache[dst] = (ILGPU.Half)v[src];
+    }
+}

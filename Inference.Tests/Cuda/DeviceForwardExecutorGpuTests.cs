@@ -1,0 +1,72 @@
+using Inference.Cuda;
+using Inference.Engine;
+using Inference.KvCache;
+using Inference.Loading;
+using Inference.Sampling;
+using Inference.Tests.Support;
+
+namespace Inference.Tests.Cuda;
+
+/// <summary>
+/// The differential checks of <see cref="DeviceForwardExecutorTests"/> on a real CUDA device, PTX attention and ILGPU
+/// attention; skipped (ignored, with the probe's reason) where no CUDA device exists.
+/// </summary>
+[Category("Gpu")]
+public class DeviceForwardExecutorGpuTests
+{
+    [TestCase(8, 8, 16, KvCacheDataType.Float32, CudaAttentionKernels.Ptx)]
+    [TestCase(8, 2, 16, KvCacheDataType.Float16, CudaAttentionKernels.Ptx)]
+    [TestCase(8, 1, 8, KvCacheDataType.Float16, CudaAttentionKernels.Ptx)]
+    [TestCase(8, 2, 16, KvCacheDataType.Float32, CudaAttentionKernels.Ilgpu)]
+    public void MixedBatches_MatchTheCpuPath(int heads, int kvHeads, int blockSize, KvCacheDataType kv, CudaAttentionKernels attention)
+    {
+        var backend = GpuTestBackend.RequireDevice();
+        var errors = DeviceForwardExecutorTests.RunScenario(backend.Accelerator, DeviceForwardExecutorTests.Model(heads, kvHeads, GgmlType.F32, headDim: 64),
+            blockSize, kv, attention);
+        TestContext.Out.WriteLine($"{heads}/{kvHeads} block {blockSize} {kv} {attention}: max relative L2 {errors.Max():E2}");
+        Assert.That(errors.Max(), Is.LessThan(1e-3));
+    }
+
+    [Test]
+    public async Task Stories260K_Greedy64_EqualsTheCpuEngine()
+    {
+        GpuTestBackend.RequireDevice();
+        var sampling = SamplingOptions.Greedy with { MaxTokens = 64, EndOfSequence = EndOfSequenceHandling.Ignore };
+        await using var cpu = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Device = Device.Cpu, Threads = 2 });
+        await using var gpu = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Device = Device.Cuda });
+        Assert.That(gpu.Device, Is.EqualTo(Device.Cuda));
+        var expected = await cpu.CompleteAsync("Once upon a time", sampling);
+        var actual = await gpu.CompleteAsync("Once upon a time", sampling);
+        Assert.That(actual.TokenIds, Is.EqualTo(expected.TokenIds));
+    }
+
+    [TestCase(CudaAttentionKernels.Ptx)]
+    [TestCase(CudaAttentionKernels.Ilgpu)]
+    public async Task Engine_Logits_MatchTheCpuEngine(CudaAttentionKernels attention)
+    {
+        GpuTestBackend.RequireDevice();
+        string model = DeviceForwardExecutorTests.Model(8, 2, GgmlType.F32, headDim: 64);
+        await using var cpu = await InferenceEngine.LoadAsync(model, new EngineOptions { Device = Device.Cpu, Threads = 2 });
+        await using var gpu = await InferenceEngine.LoadAsync(model, new EngineOptions { MaxNumBatchedTokens = 16 }.UseCuda(new CudaOptions { Attention = attention }));
+        Assert.That(gpu.DeviceName, Does.Contain(attention == CudaAttentionKernels.Ptx ? "PTX" : "ILGPU"));
+        var rng = new Random(5);
+        var prompt = Enumerable.Range(0, 45).Select(_ => 1 + rng.Next(cpu.Config.VocabSize - 1)).ToArray();
+        var expected = await cpu.GetLogitsAsync(prompt);
+        var actual = await gpu.GetLogitsAsync(prompt);   // three chunks of 16: prefill over cached blocks
+        Assert.That(DeviceForwardExecutorTests.RelativeL2(actual, expected), Is.LessThan(1e-3));
+    }
+
+    [Test]
+    public async Task Engine_ConcurrentRequests_EachEqualsItsCpuOutput()
+    {
+        GpuTestBackend.RequireDevice();
+        string[] prompts = ["Once upon a time", "Lily and Ben", "The cat", "One day, a little girl named Sue went to the park"];
+        var sampling = SamplingOptions.Greedy with { MaxTokens = 32, EndOfSequence = EndOfSequenceHandling.Ignore };
+        await using var cpu = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Device = Device.Cpu, Threads = 2 });
+        await using var gpu = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Device = Device.Cuda, MaxNumBatchedTokens = 8 });
+        var expected = new List<int[]>();
+        foreach (var p in prompts) expected.Add([.. (await cpu.CompleteAsync(p, sampling)).TokenIds]);
+        var actual = await Task.WhenAll(prompts.Select(p => gpu.CompleteAsync(p, sampling)));
+        for (int i = 0; i < prompts.Length; i++) Assert.That(actual[i].TokenIds, Is.EqualTo(expected[i]), prompts[i]);
+    }
+}

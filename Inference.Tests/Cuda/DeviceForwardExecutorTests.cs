@@ -1,0 +1,185 @@
+using ILGPU.Runtime;
+using Inference.Cuda;
+using Inference.Cuda.Runner;
+using Inference.Engine;
+using Inference.KvCache;
+using Inference.Loading;
+using Inference.Models;
+using Inference.Tests.Kernels;
+using Inference.Tests.Support;
+
+namespace Inference.Tests.Cuda;
+
+/// <summary>
+/// The device executor against the CPU path (<see cref="LlamaModel"/> + paged CPU attention), both driven by ONE
+/// <see cref="KvCacheManager"/>, so both see the same physical block ids: random-weight synthetic models, a batch mixing
+/// prefill chunks and decode tokens of several sequences, contexts crossing block boundaries, copy-on-write after a fork.
+/// Runs on ILGPU's CPU accelerator here; <see cref="DeviceForwardExecutorGpuTests"/> runs the same on CUDA.
+/// </summary>
+public class DeviceForwardExecutorTests
+{
+    private static readonly Dictionary<string, string> Models = new();
+
+    /// <summary>A synthetic model written once per shape and type for the whole run.</summary>
+    internal static string Model(int heads, int kvHeads, GgmlType type, int headDim = 16)
+    {
+        string key = $"{heads}-{kvHeads}-{type}-{headDim}";
+        lock (Models)
+        {
+            if (Models.TryGetValue(key, out var path)) return path;
+            path = Path.Combine(TestData.TempDir(), $"device-{key}.gguf");
+            // NOTE: headDim 16 keeps the CPU accelerator fast; the GPU tests use headDim 64 for the PTX kernels.
+            SyntheticModel.Write(path, new SyntheticModelOptions
+            {
+                TokenizerDonorPath = TestData.Stories260K, Dimension = heads * headDim, HeadCount = heads, KvHeadCount = kvHeads,
+                LayerCount = 2, FeedForwardLength = 96, TensorType = type, Seed = heads * 10 + kvHeads, WeightScale = 0.08f,
+            });
+            Models[key] = path;
+            return path;
+        }
+    }
+
+    internal static double RelativeL2(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected)
+    {
+        double num = 0, den = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            double d = actual[i] - expected[i];
+            num += d * d;
+            den += (double)expected[i] * expected[i];
+        }
+        return Math.Sqrt(num / den);
+    }
+
+    [TestCase(8, 8, 8)]
+    [TestCase(4, 2, 8)]
+    [TestCase(8, 2, 8)]
+    [TestCase(8, 1, 16)]
+    [TestCase(8, 2, 16)]
+    public void MixedBatches_MatchTheCpuPath_F32(int heads, int kvHeads, int blockSize)
+    {
+        var errors = RunScenario(DeviceTestAccelerator.Cpu, Model(heads, kvHeads, GgmlType.F32), blockSize, KvCacheDataType.Float32, CudaAttentionKernels.Ilgpu);
+        TestContext.Out.WriteLine($"MHA/GQA/MQA {heads}/{kvHeads}, block {blockSize}: relative L2 per step {string.Join(", ", errors.Select(e => e.ToString("E2")))}");
+        Assert.That(errors.Max(), Is.LessThan(1e-3));
+    }
+
+    [TestCase(GgmlType.F16, KvCacheDataType.Float32)]
+    [TestCase(GgmlType.F16, KvCacheDataType.Float16)]
+    [TestCase(GgmlType.Q8_0, KvCacheDataType.Float32)]
+    [TestCase(GgmlType.Q8_0, KvCacheDataType.Float16)]
+    public void MixedBatches_MatchTheCpuPath_F16AndQ8_0Weights(GgmlType type, KvCacheDataType kv)
+    {
+        var errors = RunScenario(DeviceTestAccelerator.Cpu, Model(8, 2, type), 8, kv, CudaAttentionKernels.Ilgpu);
+        TestContext.Out.WriteLine($"{type} weights, {kv} KV: relative L2 per step {string.Join(", ", errors.Select(e => e.ToString("E2")))}");
+        // NOTE: the CPU path quantizes activations to Q8 for Q8_0 weights (as ggml does); the device kernels widen the
+        // weights and keep activations in f32 (measured ≈ 1.2e-2 to 1.9e-2). F16 weights agree to ≈ 1e-6 with f32 KV;
+        // with f16 KV the CPU accelerator's software f16 rounding (one ulp off at times; CUDA rounds like System.Half)
+        // adds ≈ 5e-4 to 9e-4.
+        double limit = type == GgmlType.Q8_0 ? 5e-2 : kv == KvCacheDataType.Float16 ? 3e-3 : 1e-4;
+        Assert.That(errors.Max(), Is.LessThan(limit));
+    }
+
+    /// <summary>
+    /// Three steps on both executors with one shared KV cache manager; returns the relative L2 error of every logit row.
+    /// </summary>
+    /// <remarks>
+    /// <code>
+    ///  step 1   A prefill [0, 24)            B prefill [0, 20) → logits
+    ///  step 2   A prefill [24, 37) → logits  B decode 20 → logits    C prefill [0, 5) → logits
+    ///  fork A → D (shares A's partly filled last block), then D's first token forces a copy-on-write
+    ///  step 3   A decode 37 → logits  B decode 21 → logits   C decode 5 → logits   D decode 37 → logits
+    /// </code>
+    /// </remarks>
+    internal static List<double> RunScenario(Accelerator accelerator, string modelPath, int blockSize, KvCacheDataType kvType, CudaAttentionKernels attention)
+    {
+        using var gguf = GgufFile.Open(modelPath);
+        var config = ModelConfig.FromGguf(gguf);
+        var model = new LlamaModel(gguf, config);
+        var kvOptions = new KvCacheOptions { BlockSize = blockSize, DataType = kvType, PoolBytes = 1, PrefixCaching = PrefixCachingMode.Disabled };
+        const int blocks = 40, context = 128;
+        var manager = new KvCacheManager(blocks, kvOptions);
+        var ctx = new ForwardExecutorContext(model, manager, kvOptions, blocks, context, 64, 8, 2);
+        using var cpu = new CpuForwardExecutor(ctx);
+        using var device = new DeviceForwardExecutor(accelerator, ctx, attention, owner: null);
+
+        var rng = new Random(blockSize * 7 + config.KvHeadCount);
+        int[] Tokens(int n) => Enumerable.Range(0, n).Select(_ => 1 + rng.Next(config.VocabSize - 1)).ToArray();
+        var a = Tokens(38);
+        var b = Tokens(22);
+        var c = Tokens(6);
+        Assert.That(manager.TryAllocate(1, a.AsSpan(0, 37), out _) && manager.TryAllocate(2, b.AsSpan(0, 21), out _) && manager.TryAllocate(3, c.AsSpan(0, 5), out _));
+
+        var errors = new List<double>();
+        var batch = new ModelBatch();
+        void Step()
+        {
+            int vocab = config.VocabSize;
+            var expected = new float[Math.Max(1, batch.LogitCount) * vocab];
+            var actual = new float[expected.Length];
+            Array.Fill(expected, float.NaN);
+            Array.Fill(actual, float.NaN);
+            cpu.Storage.CopyBlocks(manager.PendingCopies);
+            device.Storage.CopyBlocks(manager.PendingCopies);
+            manager.ClearPendingCopies();
+            cpu.Forward(batch, expected);
+            device.Forward(batch, actual);
+            for (int i = 0; i < batch.LogitCount; i++)
+            {
+                var e = expected.AsSpan(i * vocab, vocab);
+                var x = actual.AsSpan(i * vocab, vocab);
+                Assert.That(x.ToArray(), Has.None.NaN, "every wanted logit is written");
+                errors.Add(RelativeL2(x, e));
+            }
+        }
+
+        batch.Add(1, a.AsSpan(0, 24), 0, wantLogits: false);
+        batch.Add(2, b.AsSpan(0, 20), 0, wantLogits: true);
+        Step();
+
+        batch.Clear();
+        batch.Add(1, a.AsSpan(24, 13), 24, wantLogits: true);
+        batch.Add(2, b.AsSpan(20, 1), 20, wantLogits: true);
+        batch.Add(3, c.AsSpan(0, 5), 0, wantLogits: true);
+        Step();
+
+        manager.Fork(1, 4);
+        var d = Tokens(1);
+        Assert.That(manager.TryAppendSlots(1, a.AsSpan(37, 1)) && manager.TryAppendSlots(2, b.AsSpan(21, 1))
+            && manager.TryAppendSlots(3, c.AsSpan(5, 1)) && manager.TryAppendSlots(4, d));
+        Assert.That(manager.PendingCopies.Length, Is.GreaterThan(0), "the fork shares a partly filled block");
+        batch.Clear();
+        batch.Add(1, a.AsSpan(37, 1), 37, wantLogits: true);
+        batch.Add(2, b.AsSpan(21, 1), 21, wantLogits: true);
+        batch.Add(3, c.AsSpan(5, 1), 5, wantLogits: true);
+        batch.Add(4, d, 37, wantLogits: true);
+        Step();
+        Assert.That(errors, Has.Count.EqualTo(1 + 3 + 4));
+        return errors;
+    }
+
+    [Test]
+    public void KvBlocks_RoundTripThroughTheHost()
+    {
+        using var gguf = GgufFile.Open(Model(8, 2, GgmlType.F32));
+        var config = ModelConfig.FromGguf(gguf);
+        var kvOptions = new KvCacheOptions { BlockSize = 8, DataType = KvCacheDataType.Float16, PoolBytes = 1 };
+        var ctx = new ForwardExecutorContext(new LlamaModel(gguf, config), new KvCacheManager(6, kvOptions), kvOptions, 6, 48, 16, 4, 1);
+        using var device = new DeviceForwardExecutor(DeviceTestAccelerator.Cpu, ctx, CudaAttentionKernels.Ilgpu, owner: null);
+        var storage = device.Storage;
+        int bytes = KvBlockStorage.LayerBlockByteCount(storage);
+        var rng = new Random(3);
+        var keys = new byte[bytes];
+        var values = new byte[bytes];
+        rng.NextBytes(keys);
+        rng.NextBytes(values);
+        storage.WriteBlock(1, 4, keys, values);
+        storage.CopyBlocks([new BlockCopy(4, 2)]);
+        var k2 = new byte[bytes];
+        var v2 = new byte[bytes];
+        storage.ReadBlock(1, 2, k2, v2);
+        Assert.That(k2, Is.EqualTo(keys));
+        Assert.That(v2, Is.EqualTo(values));
+        Assert.Throws<ArgumentOutOfRangeException>(() => storage.ReadBlock(1, 6, k2, v2));
+        Assert.Throws<ArgumentException>(() => storage.ReadBlock(0, 0, k2.AsSpan(1), v2));
+    }
+}
