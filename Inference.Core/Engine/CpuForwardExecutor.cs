@@ -16,6 +16,7 @@ internal sealed class CpuForwardExecutor : IForwardExecutor
     {
         var c = context.Model.Config;
         _model = context.Model;
+        _model.PrepareForCpu();
         _storage = new KvCacheStorage(c.LayerCount, context.BlockCount, context.KvOptions.BlockSize, c.KvHeadCount, c.HeadDim, context.KvOptions.DataType);
         _attention = new PagedKvAttention(_storage, context.KvCache, c);
         _pool = new WorkerPool(context.Threads);

@@ -13,7 +13,7 @@ public sealed class LlamaModel
 {
     private readonly LayerWeights[] _layers;
     private readonly WeightMatrix _embedding;   // [vocab rows, dim]
-    private readonly WeightMatrix _output;      // [vocab rows, dim]
+    private WeightMatrix _output;               // [vocab rows, dim]
     private readonly float[] _outputNorm;       // [dim]
     private readonly double[] _ropeInvFreq;     // [ropeDim / 2]
     private ForwardState _state = new(0, null!);
@@ -45,7 +45,7 @@ public sealed class LlamaModel
         Weights = weights;
         var c = config;
         _embedding = weights.GetMatrix("token_embd.weight", c.VocabSize, c.Dim);
-        _output = MatMul.Prepare(!weights.Contains("output.weight") ? _embedding : weights.GetMatrix("output.weight", c.VocabSize, c.Dim));
+        _output = !weights.Contains("output.weight") ? _embedding : weights.GetMatrix("output.weight", c.VocabSize, c.Dim);
         _outputNorm = weights.GetVector("output_norm.weight", c.Dim)!;
         _layers = new LayerWeights[c.LayerCount];
         for (int l = 0; l < c.LayerCount; l++)
@@ -53,17 +53,17 @@ public sealed class LlamaModel
             string p = $"blk.{l}.";
             _layers[l] = new LayerWeights(
                 weights.GetVector(p + "attn_norm.weight", c.Dim)!,
-                MatMul.Prepare(weights.GetMatrix(p + "attn_q.weight", c.QDim, c.Dim)),
-                MatMul.Prepare(weights.GetMatrix(p + "attn_k.weight", c.KvDim, c.Dim)),
-                MatMul.Prepare(weights.GetMatrix(p + "attn_v.weight", c.KvDim, c.Dim)),
-                MatMul.Prepare(weights.GetMatrix(p + "attn_output.weight", c.Dim, c.QDim)),
+                weights.GetMatrix(p + "attn_q.weight", c.QDim, c.Dim),
+                weights.GetMatrix(p + "attn_k.weight", c.KvDim, c.Dim),
+                weights.GetMatrix(p + "attn_v.weight", c.KvDim, c.Dim),
+                weights.GetMatrix(p + "attn_output.weight", c.Dim, c.QDim),
                 weights.GetVector(p + "attn_q.bias", c.QDim, optional: true),
                 weights.GetVector(p + "attn_k.bias", c.KvDim, optional: true),
                 weights.GetVector(p + "attn_v.bias", c.KvDim, optional: true),
                 weights.GetVector(p + "ffn_norm.weight", c.Dim)!,
-                MatMul.Prepare(weights.GetMatrix(p + "ffn_gate.weight", c.FfnDim, c.Dim)),
-                MatMul.Prepare(weights.GetMatrix(p + "ffn_up.weight", c.FfnDim, c.Dim)),
-                MatMul.Prepare(weights.GetMatrix(p + "ffn_down.weight", c.Dim, c.FfnDim)));
+                weights.GetMatrix(p + "ffn_gate.weight", c.FfnDim, c.Dim),
+                weights.GetMatrix(p + "ffn_up.weight", c.FfnDim, c.Dim),
+                weights.GetMatrix(p + "ffn_down.weight", c.Dim, c.FfnDim));
         }
 
         _ropeInvFreq = new double[c.RopeDim / 2];
@@ -78,6 +78,28 @@ public sealed class LlamaModel
 
     /// <summary>The model's hyperparameters.</summary>
     public ModelConfig Config { get; }
+
+    private bool _prepared;
+
+    /// <summary>
+    /// Copies the weight matrices into the layouts this machine's fastest CPU kernels read (<see cref="MatMul.Prepare"/>),
+    /// once; <see cref="Forward"/> does it on first use. A model whose weights run elsewhere (a GPU) never calls it.
+    /// </summary>
+    internal void PrepareForCpu()
+    {
+        if (_prepared) return;
+        _output = MatMul.Prepare(_output);
+        for (int l = 0; l < _layers.Length; l++)
+        {
+            var w = _layers[l];
+            _layers[l] = w with
+            {
+                Q = MatMul.Prepare(w.Q), K = MatMul.Prepare(w.K), V = MatMul.Prepare(w.V), O = MatMul.Prepare(w.O),
+                Gate = MatMul.Prepare(w.Gate), Up = MatMul.Prepare(w.Up), Down = MatMul.Prepare(w.Down),
+            };
+        }
+        _prepared = true;
+    }
 
     /// <summary>Where the weights are bound (device executors upload them from here).</summary>
     internal IWeightSource Weights { get; }
@@ -122,6 +144,7 @@ public sealed class LlamaModel
         int n = batch.TokenCount;
         if (n == 0) return;
         if (logits.Length < batch.LogitCount * c.VocabSize) throw new ArgumentException("logits buffer too small", nameof(logits));
+        PrepareForCpu();
         if (_state.Capacity < n) _state = new ForwardState(Math.Max(n, _state.Capacity * 2), c);
         var s = _state;
 
