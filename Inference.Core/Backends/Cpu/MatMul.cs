@@ -36,13 +36,18 @@ public static class MatMul
     /// </summary>
     /// <param name="w">The weights.</param>
     /// <returns>The weights to multiply with.</returns>
-    public static WeightMatrix Prepare(in WeightMatrix w) => w.Type switch
+    public static WeightMatrix Prepare(in WeightMatrix w)
     {
-        GgmlType.Q8_0 when w.PackedQ8_0 is null && PackedQ8_0.IsSupported && PackedQ8_0.Pack(w) is { } packed => w with { PackedQ8_0 = packed },
-        GgmlType.Q4_K when w.PackedQ4_K is null && PackedQ4_K.IsSupported && PackedQ4_K.Pack(w) is { } packed => w with { PackedQ4_K = packed },
-        GgmlType.Q6_K when w.PackedQ6_K is null && PackedQ6_K.IsSupported && PackedQ6_K.Pack(w) is { } packed => w with { PackedQ6_K = packed },
-        _ => w,
-    };
+        if (w.Packed is not null || !PackedWeights.IsSupported) return w;
+        var packed = w.Type switch
+        {
+            GgmlType.Q8_0 => PackedWeights.Pack<PackedQ8_0>(w),
+            GgmlType.Q4_K => PackedWeights.Pack<PackedQ4_K>(w),
+            GgmlType.Q6_K => PackedWeights.Pack<PackedQ6_K>(w),
+            _ => null,
+        };
+        return packed is null ? w : w with { Packed = packed };
+    }
 
     /// <summary>
     /// y[b, r] = Σ_c W[r, c] · x[b, c] for every batch row b &lt; <paramref name="batch"/>.
@@ -81,12 +86,12 @@ public static class MatMul
                 case GgmlType.F32: pool.Run(w.Rows, new FloatJob<F32Weights>(new MatMulArgs(w, px, py, batch, path))); break;
                 case GgmlType.F16: pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, px, py, batch, path))); break;
                 case GgmlType.BF16: pool.Run(w.Rows, new FloatJob<BF16Weights>(new MatMulArgs(w, px, py, batch, path))); break;
-                case GgmlType.Q8_0 when w.PackedQ8_0 is { } packed && KernelPaths.UsesVnni(path): RunPackedQ8_0(w, packed, px, py, batch, pool, path); break;
+                case GgmlType.Q8_0 when w.Packed is { } packed && KernelPaths.UsesVnni(path): RunPacked<PackedQ8_0>(w, packed, px, py, batch, pool, path); break;
                 case GgmlType.Q8_0: RunQ8_0<Q8_0Kernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q4_0: RunQ8_0<Q4_0Kernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q4_K when w.PackedQ4_K is { } packedQ4_K && KernelPaths.UsesVnni(path): RunPackedQ4_K(w, packedQ4_K, px, py, batch, pool, path); break;
+                case GgmlType.Q4_K when w.Packed is { } packed && KernelPaths.UsesVnni(path): RunPacked<PackedQ4_K>(w, packed, px, py, batch, pool, path); break;
                 case GgmlType.Q4_K: RunQ8_K<Q4_KKernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q6_K when w.PackedQ6_K is { } packedQ6_K && KernelPaths.UsesVnni(path): RunPackedQ6_K(w, packedQ6_K, px, py, batch, pool, path); break;
+                case GgmlType.Q6_K when w.Packed is { } packed && KernelPaths.UsesVnni(path): RunPacked<PackedQ6_K>(w, packed, px, py, batch, pool, path); break;
                 case GgmlType.Q6_K: RunQ8_K<Q6_KKernel>(w, px, py, batch, pool, path); break;
                 default: throw new NotSupportedException($"matmul with {w.Type} weights is not supported");
             }
@@ -103,14 +108,15 @@ public static class MatMul
         pool.Run(w.Rows, new QuantJob<TKernel>(a));
     }
 
-    private static unsafe void RunPackedQ8_0(in WeightMatrix w, PackedQ8_0 packed, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
+    private static unsafe void RunPacked<TKernel>(in WeightMatrix w, PackedWeights packed, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
+        where TKernel : IPackedKernel
     {
         var s = t_scratch ??= new ActivationScratch();
         s.Ensure(batch, w.Cols);
         var a = new MatMulArgs(w, x, y, batch, path, s.Q, s.D, s.Sums, s.BSums);
-        pool.Run(batch, new QuantizeQ8_0Job(a));
-        bool tail = w.Rows % PackedQ8_0.GroupRows != 0;
-        pool.Run(packed.Groups + (tail ? 1 : 0), new PackedQ8_0Job(a, packed));
+        if (TKernel.ActivationBlock == 32) pool.Run(batch, new QuantizeQ8_0Job(a));
+        else pool.Run(batch, new QuantizeQ8_KJob(a));
+        pool.Run(packed.ItemCount(w.Rows), new PackedJob<TKernel>(a, packed));
     }
 
     private static unsafe void RunQ8_K<TKernel>(in WeightMatrix w, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
@@ -123,26 +129,6 @@ public static class MatMul
         pool.Run(w.Rows, new QuantJob<TKernel>(a));
     }
 
-    private static unsafe void RunPackedQ4_K(in WeightMatrix w, PackedQ4_K packed, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
-    {
-        var s = t_scratch ??= new ActivationScratch();
-        s.Ensure(batch, w.Cols);
-        var a = new MatMulArgs(w, x, y, batch, path, s.Q, s.D, s.Sums, s.BSums);
-        pool.Run(batch, new QuantizeQ8_KJob(a));
-        bool tail = w.Rows % PackedQ4_K.GroupRows != 0;
-        pool.Run(packed.Groups + (tail ? 1 : 0), new PackedQ4_KJob(a, packed));
-    }
-
-    private static unsafe void RunPackedQ6_K(in WeightMatrix w, PackedQ6_K packed, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
-    {
-        var s = t_scratch ??= new ActivationScratch();
-        s.Ensure(batch, w.Cols);
-        var a = new MatMulArgs(w, x, y, batch, path, s.Q, s.D, s.Sums, s.BSums);
-        pool.Run(batch, new QuantizeQ8_KJob(a));
-        bool tail = w.Rows % PackedQ6_K.GroupRows != 0;
-        pool.Run(packed.Groups + (tail ? 1 : 0), new PackedQ6_KJob(a, packed));
-    }
-
     private readonly struct FloatJob<TW>(MatMulArgs a) : IRangeJob where TW : IFloatWeights
     {
         public void Execute(int start, int end) => FloatMatMulKernel.Rows<TW>(a, start, end);
@@ -153,34 +139,9 @@ public static class MatMul
         public void Execute(int start, int end) => QuantKernel.Rows<TKernel>(a, start, end);
     }
 
-    private readonly struct PackedQ8_0Job(MatMulArgs a, PackedQ8_0 packed) : IRangeJob
+    private readonly struct PackedJob<TKernel>(MatMulArgs a, PackedWeights packed) : IRangeJob where TKernel : IPackedKernel
     {
-        public void Execute(int start, int end)
-        {
-            // Item Groups (when present) is the rows after the last whole group, in the GGUF layout.
-            packed.Groups4(a, start, Math.Min(end, packed.Groups));
-            if (end > packed.Groups) QuantKernel.Rows<Q8_0Kernel>(a, packed.Groups * PackedQ8_0.GroupRows, a.Rows);
-        }
-    }
-
-    private readonly struct PackedQ4_KJob(MatMulArgs a, PackedQ4_K packed) : IRangeJob
-    {
-        public void Execute(int start, int end)
-        {
-            // Item Groups (when present) is the rows after the last whole group, in the GGUF layout.
-            packed.Groups4(a, start, Math.Min(end, packed.Groups));
-            if (end > packed.Groups) QuantKernel.Rows<Q4_KKernel>(a, packed.Groups * PackedQ4_K.GroupRows, a.Rows);
-        }
-    }
-
-    private readonly struct PackedQ6_KJob(MatMulArgs a, PackedQ6_K packed) : IRangeJob
-    {
-        public void Execute(int start, int end)
-        {
-            // Item Groups (when present) is the rows after the last whole group, in the GGUF layout.
-            packed.Groups4(a, start, Math.Min(end, packed.Groups));
-            if (end > packed.Groups) QuantKernel.Rows<Q6_KKernel>(a, packed.Groups * PackedQ6_K.GroupRows, a.Rows);
-        }
+        public void Execute(int start, int end) => packed.Run<TKernel>(a, start, end);
     }
 
     private readonly unsafe struct QuantizeQ8_0Job(MatMulArgs a) : IRangeJob

@@ -31,92 +31,44 @@ namespace Inference.Backends.Cpu;
 /// output sees the same operations whatever the batch size, so a request's tokens do not depend on what it is batched
 /// with. Needs AVX-VNNI (unsigned × signed bytes, and <c>vpdpwssd</c> for the mins).
 /// </remarks>
-internal sealed unsafe class PackedQ4_K
+internal readonly unsafe struct PackedQ4_K : IPackedKernel
 {
-    /// <summary>Rows per group.</summary>
-    public const int GroupRows = 8;
+    private const int GroupRows = PackedWeights.GroupRows;
     private const int BlockBytes = 144;
     private const int ScalesOffset = 64;
     private const int MinsOffset = 128;
     private const int CodesOffset = 192;
-    private const int PackedBlockBytes = CodesOffset + 8 * 128;
-    private const int PrefetchDistance = 4 * PackedBlockBytes;
+    private const int PackedBlock = CodesOffset + 8 * 128;
+    private const int PrefetchDistance = 4 * PackedBlock;
 
-    private readonly byte[] _data;
+    public static GgmlType Type => GgmlType.Q4_K;
 
-    private PackedQ4_K(byte[] data, int groups, long groupBytes)
+    public static int PackedBlockBytes => PackedBlock;
+
+    public static int ActivationBlock => 256;
+
+    public static void TailRows(in MatMulArgs a, int rowStart, int rowEnd) => QuantKernel.Rows<Q4_KKernel>(a, rowStart, rowEnd);
+
+    public static void PackBlock(byte* dst, in WeightMatrix w, int g, int s)
     {
-        _data = data;
-        Groups = groups;
-        GroupBytes = groupBytes;
-        Data = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(data));
-    }
-
-    /// <summary>Start of group 0 (pinned for the life of this object).</summary>
-    public byte* Data { get; }
-    /// <summary>Whole groups of eight rows.</summary>
-    public int Groups { get; }
-    /// <summary>Bytes per group.</summary>
-    public long GroupBytes { get; }
-
-    /// <summary>True when this machine runs the packed kernel.</summary>
-    public static bool IsSupported => KernelPaths.UsesVnni(KernelPaths.Best);
-
-    /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows; null when it has fewer than eight rows or the copy
-    /// would exceed one array.</summary>
-    public static PackedQ4_K? Pack(in WeightMatrix w)
-    {
-        if (w.Type != GgmlType.Q4_K) throw new ArgumentException($"expected Q4_K weights, got {w.Type}", nameof(w));
-        int groups = w.Rows / GroupRows, nsb = w.Cols / 256;
-        long groupBytes = (long)nsb * PackedBlockBytes;
-        // NOTE: a copy larger than one array can hold keeps the GGUF layout (the unpacked kernel) rather than failing the load.
-        if (groups == 0 || groups * groupBytes > Array.MaxLength) return null;
-        var data = GC.AllocateUninitializedArray<byte>((int)(groups * groupBytes), pinned: true);
-        var packed = new PackedQ4_K(data, groups, groupBytes);
-        for (int g = 0; g < groups; g++)
+        for (int j = 0; j < GroupRows; j++)
         {
-            for (int s = 0; s < nsb; s++)
+            byte* src = w.Data + (8L * g + j) * w.RowBytes + (long)s * BlockBytes;
+            ((float*)dst)[j] = Fp16.ToFloat(*(ushort*)src);
+            ((float*)dst)[8 + j] = Fp16.ToFloat(*(ushort*)(src + 2));
+            Q4_KKernel.UnpackScales(src + 4, out ulong scales, out ulong mins);
+            for (int sub = 0; sub < 8; sub++)
             {
-                byte* dst = packed.Data + g * groupBytes + (long)s * PackedBlockBytes;
-                for (int j = 0; j < GroupRows; j++)
-                {
-                    byte* src = w.Data + (8L * g + j) * w.RowBytes + (long)s * BlockBytes;
-                    ((float*)dst)[j] = Fp16.ToFloat(*(ushort*)src);
-                    ((float*)dst)[8 + j] = Fp16.ToFloat(*(ushort*)(src + 2));
-                    Q4_KKernel.UnpackScales(src + 4, out ulong scales, out ulong mins);
-                    for (int sub = 0; sub < 8; sub++)
-                    {
-                        dst[ScalesOffset + 8 * sub + j] = (byte)(scales >> (8 * sub));
-                        dst[MinsOffset + 8 * sub + j] = (byte)(mins >> (8 * sub));
-                    }
-                    for (int i = 0; i < 4; i++)
-                    for (int k = 0; k < 8; k++)
-                        *(uint*)(dst + CodesOffset + 256 * i + 32 * k + 4 * j) = *(uint*)(src + 16 + 32 * i + 4 * k);
-                }
+                dst[ScalesOffset + 8 * sub + j] = (byte)(scales >> (8 * sub));
+                dst[MinsOffset + 8 * sub + j] = (byte)(mins >> (8 * sub));
             }
-        }
-        return packed;
-    }
-
-    /// <summary>Computes the outputs of groups [<paramref name="start"/>, <paramref name="end"/>) for every batch row.</summary>
-    /// <remarks>Needs <see cref="MatMulArgs.Q"/>, <see cref="MatMulArgs.D"/> and <see cref="MatMulArgs.BSums"/> (Q8_K activations).</remarks>
-    public void Groups4(in MatMulArgs a, int start, int end)
-    {
-        for (int g = start; g < end; g++)
-        {
-            byte* group = Data + g * GroupBytes;
-            int b = 0;
-            for (; b + 4 <= a.Batch; b += 4) Tile<Tile4>(a, group, g, b);
-            switch (a.Batch - b)
-            {
-                case 3: Tile<Tile3>(a, group, g, b); break;
-                case 2: Tile<Tile2>(a, group, g, b); break;
-                case 1: Tile<Tile1>(a, group, g, b); break;
-            }
+            for (int i = 0; i < 4; i++)
+            for (int k = 0; k < 8; k++)
+                *(uint*)(dst + CodesOffset + 256 * i + 32 * k + 4 * j) = *(uint*)(src + 16 + 32 * i + 4 * k);
         }
     }
 
-    private static void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
+    public static void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
     {
         int nsb = a.Cols / 256, batch = a.Batch;
         // Super-block s of batch row b + t: quants at q + s·qStep + 256t, scale at d[s·batch + t],
@@ -137,12 +89,12 @@ internal sealed unsafe class PackedQ4_K
         for (int t = 0; t < TTile.Count; t++) Vector256<float>.Zero.Store(y + (long)t * a.Rows);
         for (int s = 0; s < nsb; s++)
         {
-            byte* blk = group + (long)s * PackedBlockBytes;
+            byte* blk = group + (long)s * PackedBlock;
             // NOTE: one batch row is not enough work per byte for the hardware prefetcher alone to keep a core's loads
             // in flight; asking for the lines PrefetchDistance ahead took batch 1 from about 9 to 12–14 GB/s (one thread,
             // best call of kernels-quick, 15–16 GB/s plain reads).
             if (b == 0)
-                for (int line = 0; line < PackedBlockBytes; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
+                for (int line = 0; line < PackedBlock; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
             sbyte* qs = q + s * qStep;
             short* bs = bsums + s * bsStep;
             float* ds = dx + (long)s * batch;

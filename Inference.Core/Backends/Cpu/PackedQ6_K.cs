@@ -30,95 +30,47 @@ namespace Inference.Backends.Cpu;
 /// after the last whole group keep the GGUF layout and go through <see cref="Q6_KKernel"/>. Every output sees the same
 /// operations whatever the batch size, so a request's tokens do not depend on what it is batched with. Needs AVX-VNNI.
 /// </remarks>
-internal sealed unsafe class PackedQ6_K
+internal readonly unsafe struct PackedQ6_K : IPackedKernel
 {
-    /// <summary>Rows per group.</summary>
-    public const int GroupRows = 8;
+    private const int GroupRows = PackedWeights.GroupRows;
     private const int BlockBytes = 210;
     private const int ScalesOffset = 32;
     private const int LowOffset = 160;
     private const int HighOffset = LowOffset + 4 * 256;
-    private const int PackedBlockBytes = HighOffset + 2 * 256;
-    private const int PrefetchDistance = 4 * PackedBlockBytes;
+    private const int PackedBlock = HighOffset + 2 * 256;
+    private const int PrefetchDistance = 4 * PackedBlock;
 
-    private readonly byte[] _data;
+    public static GgmlType Type => GgmlType.Q6_K;
 
-    private PackedQ6_K(byte[] data, int groups, long groupBytes)
+    public static int PackedBlockBytes => PackedBlock;
+
+    public static int ActivationBlock => 256;
+
+    public static void TailRows(in MatMulArgs a, int rowStart, int rowEnd) => QuantKernel.Rows<Q6_KKernel>(a, rowStart, rowEnd);
+
+    public static void PackBlock(byte* dst, in WeightMatrix w, int g, int s)
     {
-        _data = data;
-        Groups = groups;
-        GroupBytes = groupBytes;
-        Data = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(data));
-    }
-
-    /// <summary>Start of group 0 (pinned for the life of this object).</summary>
-    public byte* Data { get; }
-    /// <summary>Whole groups of eight rows.</summary>
-    public int Groups { get; }
-    /// <summary>Bytes per group.</summary>
-    public long GroupBytes { get; }
-
-    /// <summary>True when this machine runs the packed kernel.</summary>
-    public static bool IsSupported => KernelPaths.UsesVnni(KernelPaths.Best);
-
-    /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows; null when it has fewer than eight rows or the copy
-    /// would exceed one array.</summary>
-    public static PackedQ6_K? Pack(in WeightMatrix w)
-    {
-        if (w.Type != GgmlType.Q6_K) throw new ArgumentException($"expected Q6_K weights, got {w.Type}", nameof(w));
-        int groups = w.Rows / GroupRows, nsb = w.Cols / 256;
-        long groupBytes = (long)nsb * PackedBlockBytes;
-        // NOTE: a copy larger than one array can hold keeps the GGUF layout (the unpacked kernel) rather than failing the load.
-        if (groups == 0 || groups * groupBytes > Array.MaxLength) return null;
-        var data = GC.AllocateUninitializedArray<byte>((int)(groups * groupBytes), pinned: true);
-        var packed = new PackedQ6_K(data, groups, groupBytes);
-        for (int g = 0; g < groups; g++)
+        for (int j = 0; j < GroupRows; j++)
         {
-            for (int s = 0; s < nsb; s++)
+            byte* src = w.Data + (8L * g + j) * w.RowBytes + (long)s * BlockBytes;
+            byte* ql = src, qh = src + 128, sc = src + 192;
+            ((float*)dst)[j] = Fp16.ToFloat(*(ushort*)(src + 208));
+            for (int p = 0; p < 8; p++)
             {
-                byte* dst = packed.Data + g * groupBytes + (long)s * PackedBlockBytes;
-                for (int j = 0; j < GroupRows; j++)
-                {
-                    byte* src = w.Data + (8L * g + j) * w.RowBytes + (long)s * BlockBytes;
-                    byte* ql = src, qh = src + 128, sc = src + 192;
-                    ((float*)dst)[j] = Fp16.ToFloat(*(ushort*)(src + 208));
-                    for (int p = 0; p < 8; p++)
-                    {
-                        dst[ScalesOffset + 16 * p + 2 * j] = sc[2 * p];
-                        dst[ScalesOffset + 16 * p + 2 * j + 1] = sc[2 * p + 1];
-                    }
-                    for (int n = 0; n < 2; n++)
-                    for (int k = 0; k < 8; k++)
-                    {
-                        for (int a = 0; a < 2; a++)
-                            *(uint*)(dst + LowOffset + 512 * n + 256 * a + 32 * k + 4 * j) = *(uint*)(ql + 64 * n + 32 * a + 4 * k);
-                        *(uint*)(dst + HighOffset + 256 * n + 32 * k + 4 * j) = *(uint*)(qh + 32 * n + 4 * k);
-                    }
-                }
+                dst[ScalesOffset + 16 * p + 2 * j] = sc[2 * p];
+                dst[ScalesOffset + 16 * p + 2 * j + 1] = sc[2 * p + 1];
             }
-        }
-        return packed;
-    }
-
-    /// <summary>Computes the outputs of groups [<paramref name="start"/>, <paramref name="end"/>) for every batch row.</summary>
-    /// <remarks>Needs <see cref="MatMulArgs.Q"/>, <see cref="MatMulArgs.D"/> and <see cref="MatMulArgs.BSums"/> (Q8_K activations).</remarks>
-    public void Groups4(in MatMulArgs a, int start, int end)
-    {
-        for (int g = start; g < end; g++)
-        {
-            byte* group = Data + g * GroupBytes;
-            int b = 0;
-            for (; b + 4 <= a.Batch; b += 4) Tile<Tile4>(a, group, g, b);
-            switch (a.Batch - b)
+            for (int n = 0; n < 2; n++)
+            for (int k = 0; k < 8; k++)
             {
-                case 3: Tile<Tile3>(a, group, g, b); break;
-                case 2: Tile<Tile2>(a, group, g, b); break;
-                case 1: Tile<Tile1>(a, group, g, b); break;
+                for (int a = 0; a < 2; a++)
+                    *(uint*)(dst + LowOffset + 512 * n + 256 * a + 32 * k + 4 * j) = *(uint*)(ql + 64 * n + 32 * a + 4 * k);
+                *(uint*)(dst + HighOffset + 256 * n + 32 * k + 4 * j) = *(uint*)(qh + 32 * n + 4 * k);
             }
         }
     }
 
-    private static void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
+    public static void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
     {
         int nsb = a.Cols / 256, batch = a.Batch;
         // Super-block s of batch row b + t: quants at q + s·qStep + 256t, scale at d[s·batch + t],
@@ -132,10 +84,10 @@ internal sealed unsafe class PackedQ6_K
         for (int t = 0; t < TTile.Count; t++) Vector256<float>.Zero.Store(y + (long)t * a.Rows);
         for (int s = 0; s < nsb; s++)
         {
-            byte* blk = group + (long)s * PackedBlockBytes;
+            byte* blk = group + (long)s * PackedBlock;
             // NOTE: as in PackedQ4_K, the lines a few super-blocks ahead are asked for while the first tile runs.
             if (b == 0)
-                for (int line = 0; line < PackedBlockBytes; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
+                for (int line = 0; line < PackedBlock; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
             sbyte* qs = q + s * qStep;
             short* bs = bsums + s * bsStep;
             float* ds = dx + (long)s * batch;

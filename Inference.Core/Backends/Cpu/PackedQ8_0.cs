@@ -22,82 +22,34 @@ namespace Inference.Backends.Cpu;
 /// order differs from ggml's <c>vec_dot_q8_0_q8_0</c> (which converts eight partial lanes per block): about 1e-7
 /// relative per product. Needs AVX-VNNI (unsigned × signed bytes without saturation).
 /// </remarks>
-internal sealed unsafe class PackedQ8_0
+internal readonly unsafe struct PackedQ8_0 : IPackedKernel
 {
-    /// <summary>Rows per group.</summary>
-    public const int GroupRows = 8;
+    private const int GroupRows = PackedWeights.GroupRows;
     private const int BlockBytes = 34;
-    private const int PackedBlockBytes = 32 + 8 * 32;
-    private const int PrefetchDistance = 8 * PackedBlockBytes;
+    private const int PackedBlock = 32 + 8 * 32;
+    private const int PrefetchDistance = 8 * PackedBlock;
 
-    private readonly byte[] _data;
+    public static GgmlType Type => GgmlType.Q8_0;
 
-    private PackedQ8_0(byte[] data, int groups, long groupBytes)
+    public static int PackedBlockBytes => PackedBlock;
+
+    public static int ActivationBlock => 32;
+
+    public static void TailRows(in MatMulArgs a, int rowStart, int rowEnd) => QuantKernel.Rows<Q8_0Kernel>(a, rowStart, rowEnd);
+
+    public static void PackBlock(byte* dst, in WeightMatrix w, int g, int i)
     {
-        _data = data;
-        Groups = groups;
-        GroupBytes = groupBytes;
-        Data = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(data));
-    }
-
-    /// <summary>Start of group 0 (pinned for the life of this object).</summary>
-    public byte* Data { get; }
-    /// <summary>Whole groups of eight rows.</summary>
-    public int Groups { get; }
-    /// <summary>Bytes per group.</summary>
-    public long GroupBytes { get; }
-
-    /// <summary>True when this machine runs the packed kernel.</summary>
-    public static bool IsSupported => KernelPaths.UsesVnni(KernelPaths.Best);
-
-    /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows; null when it has fewer than eight rows or the copy
-    /// would not fit one array.</summary>
-    public static PackedQ8_0? Pack(in WeightMatrix w)
-    {
-        if (w.Type != GgmlType.Q8_0) throw new ArgumentException($"expected Q8_0 weights, got {w.Type}", nameof(w));
-        int groups = w.Rows / GroupRows, nb = w.Cols / 32;
-        long groupBytes = (long)nb * PackedBlockBytes;
-        // NOTE: a copy larger than one .NET array keeps the GGUF layout (and the unpacked kernel).
-        if (groups == 0 || groups * groupBytes > Array.MaxLength) return null;
-        var data = GC.AllocateUninitializedArray<byte>((int)(groups * groupBytes), pinned: true);
-        var packed = new PackedQ8_0(data, groups, groupBytes);
-        for (int g = 0; g < groups; g++)
+        for (int j = 0; j < GroupRows; j++)
         {
-            for (int i = 0; i < nb; i++)
-            {
-                byte* dst = packed.Data + g * groupBytes + (long)i * PackedBlockBytes;
-                for (int j = 0; j < GroupRows; j++)
-                {
-                    byte* src = w.Data + (8L * g + j) * w.RowBytes + (long)i * BlockBytes;
-                    ((float*)dst)[j] = Fp16.ToFloat(*(ushort*)src);
-                    // Four-byte group k of row j goes to int 8k + j of the block's quants, each byte + 128.
-                    int* groups4 = (int*)(dst + 32);
-                    for (int k = 0; k < 8; k++) groups4[8 * k + j] = Unsafe.ReadUnaligned<int>(src + 2 + 4 * k) ^ unchecked((int)0x80808080);
-                }
-            }
-        }
-        return packed;
-    }
-
-    /// <summary>Computes the outputs of groups [<paramref name="start"/>, <paramref name="end"/>) for every batch row.</summary>
-    /// <remarks>Needs <see cref="MatMulArgs.Q"/>, <see cref="MatMulArgs.D"/> and <see cref="MatMulArgs.Sums"/> (−8·Σq per block).</remarks>
-    public void Groups4(in MatMulArgs a, int start, int end)
-    {
-        for (int g = start; g < end; g++)
-        {
-            byte* group = Data + g * GroupBytes;
-            int b = 0;
-            for (; b + 4 <= a.Batch; b += 4) Tile<Tile4>(a, group, g, b);
-            switch (a.Batch - b)
-            {
-                case 3: Tile<Tile3>(a, group, g, b); break;
-                case 2: Tile<Tile2>(a, group, g, b); break;
-                case 1: Tile<Tile1>(a, group, g, b); break;
-            }
+            byte* src = w.Data + (8L * g + j) * w.RowBytes + (long)i * BlockBytes;
+            ((float*)dst)[j] = Fp16.ToFloat(*(ushort*)src);
+            // Four-byte group k of row j goes to int 8k + j of the block's quants, each byte + 128.
+            int* groups4 = (int*)(dst + 32);
+            for (int k = 0; k < 8; k++) groups4[8 * k + j] = Unsafe.ReadUnaligned<int>(src + 2 + 4 * k) ^ unchecked((int)0x80808080);
         }
     }
 
-    private static void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
+    public static void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
     {
         int nb = a.Cols / 32, batch = a.Batch;
         // Block i of batch row b + t: quants at q + i·qStep + 32t, scale and −8·Σq at [i·batch + t].
@@ -108,10 +60,10 @@ internal sealed unsafe class PackedQ8_0
         Vector256<float> y0 = default, y1 = default, y2 = default, y3 = default;
         for (int i = 0; i < nb; i++)
         {
-            byte* blk = group + (long)i * PackedBlockBytes;
+            byte* blk = group + (long)i * PackedBlock;
             // NOTE: as in PackedQ4_K: one batch row leaves the hardware prefetcher alone too few loads in flight.
             if (b == 0)
-                for (int line = 0; line < PackedBlockBytes; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
+                for (int line = 0; line < PackedBlock; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
             var dw = Vector256.Load((float*)blk);
             byte* wq = blk + 32;
             var w0 = Vector256.Load(wq);

@@ -29,14 +29,8 @@ public readonly unsafe struct WeightMatrix
     /// <summary>Bytes per row.</summary>
     public long RowBytes { get; }
 
-    /// <summary>A repacked copy of the rows for the faster kernel (see <see cref="MatMul.Prepare"/>), or null.</summary>
-    internal PackedQ8_0? PackedQ8_0 { get; init; }
-
-    /// <summary>A repacked copy of the Q4_K rows for the faster kernel (see <see cref="MatMul.Prepare"/>), or null.</summary>
-    internal PackedQ4_K? PackedQ4_K { get; init; }
-
-    /// <summary>A repacked copy of the Q6_K rows for the faster kernel (see <see cref="MatMul.Prepare"/>), or null.</summary>
-    internal PackedQ6_K? PackedQ6_K { get; init; }
+    /// <summary>The whole groups of eight rows repacked for the faster kernels (see <see cref="MatMul.Prepare"/>), or null.</summary>
+    internal PackedWeights? Packed { get; init; }
 
     /// <summary>The bytes of row <paramref name="row"/>.</summary>
     public ReadOnlySpan<byte> Row(int row) => new(Data + row * RowBytes, checked((int)RowBytes));

@@ -36,24 +36,32 @@ public unsafe class MatMulTests
         Check(type, path, rows, cols, batch, seed: (int)type * 1_000_003 + rows * 7919 + cols * 31 + batch);
     }
 
-    // Packed Q8_0 (eight rows per group, VNNI): row counts below, at and across whole groups.
-    [TestCase(7, 96, 1)]
-    [TestCase(8, 32, 1)]
-    [TestCase(8, 1056, 3)]
-    [TestCase(33, 288, 1)]
-    [TestCase(33, 288, 17)]
-    [TestCase(64, 1024, 6)]
-    public void Packed_q8_0_matches_the_float64_reference(int rows, int cols, int batch)
+    private static readonly GgmlType[] PackedTypes = [GgmlType.Q8_0, GgmlType.Q4_K, GgmlType.Q6_K];
+
+    // Packed weights (eight rows per group, VNNI): row counts below, at and across whole groups; batch sizes through every
+    // tile width (the K-quant kernels split dependency chains differently for one or two batch rows than for three or four).
+    private static IEnumerable<TestCaseData> PackedCases()
     {
-        if (!PackedQ8_0.IsSupported) Assert.Ignore("packed Q8_0 needs AVX-VNNI");
-        Check(GgmlType.Q8_0, KernelPaths.Best, rows, cols, batch, seed: rows * 7919 + cols * 31 + batch, prepare: true);
+        foreach (var type in PackedTypes)
+        {
+            int block = GgmlTypeInfo.BlockElements(type);
+            foreach (var (rows, blocks, batch) in new[] { (7, 3, 1), (8, 1, 1), (8, 3, 2), (16, 2, 3), (33, 2, 4), (33, 9, 17), (64, 4, 6) })
+                yield return new TestCaseData(type, rows, blocks * block, batch);
+        }
+    }
+
+    [TestCaseSource(nameof(PackedCases))]
+    public void Packed_weights_match_the_float64_reference(GgmlType type, int rows, int cols, int batch)
+    {
+        if (!PackedWeights.IsSupported) Assert.Ignore("packed weights need AVX-VNNI");
+        Check(type, KernelPaths.Best, rows, cols, batch, seed: rows * 7919 + cols * 31 + batch, prepare: true);
     }
 
     /// <summary>Batch invariance: a request's outputs must not depend on what it is batched with.</summary>
     [TestCaseSource(nameof(Types))]
     public void Each_batch_row_gets_the_bits_it_gets_alone(GgmlType type)
     {
-        int cols = MatMulReference.ActivationBlock(type) == 256 ? 512 : 320;
+        int cols = MatMulReference.ActivationBlock(type) == 256 ? 768 : 320;
         const int rows = 45, batch = 11;
         var rng = new Random(5 + (int)type);
         var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
@@ -65,6 +73,7 @@ public unsafe class MatMulTests
         {
             // As the model uses them: prepared (repacked where this machine's fastest kernel wants it).
             var w = MatMul.Prepare(new WeightMatrix(type, pw, rows, cols));
+            if (PackedTypes.Contains(type) && PackedWeights.IsSupported) Assert.That(w.Packed, Is.Not.Null, "packed");
             MatMul.Multiply(w, x, all, batch, pool);
             var one = new float[rows];
             for (int b = 0; b < batch; b++)
@@ -76,31 +85,11 @@ public unsafe class MatMulTests
         }
     }
 
-    // Packed Q4_K (eight rows per group, VNNI): row counts below, at and across whole groups; batch sizes through every
-    // tile width (the kernel splits dependency chains differently for one or two batch rows than for three or four).
-    [TestCase(7, 256, 1)]
-    [TestCase(8, 256, 1)]
-    [TestCase(8, 768, 2)]
-    [TestCase(16, 512, 3)]
-    [TestCase(33, 512, 4)]
-    [TestCase(33, 256, 17)]
-    [TestCase(64, 1024, 6)]
-    public void Packed_q4_K_matches_the_float64_reference(int rows, int cols, int batch)
+    [TestCaseSource(nameof(PackedTypes))]
+    public void Packed_weights_agree_with_the_unpacked_kernel(GgmlType type)
     {
-        if (!PackedQ4_K.IsSupported) Assert.Ignore("packed Q4_K needs AVX-VNNI");
-        Check(GgmlType.Q4_K, KernelPaths.Best, rows, cols, batch, seed: rows * 7919 + cols * 31 + batch, prepare: true);
-    }
-
-    [Test]
-    public void Packed_q4_K_gives_each_batch_row_the_bits_it_gets_alone() =>
-        CheckBatchInvariance(GgmlType.Q4_K, rows: 45, cols: 768, batch: 11, w => w.PackedQ4_K is not null);
-
-    [Test]
-    public void Packed_q4_K_agrees_with_the_unpacked_kernel() => CheckAgainstUnpacked(GgmlType.Q4_K);
-
-    private static void CheckAgainstUnpacked(GgmlType type)
-    {
-        const int rows = 24, cols = 512, batch = 5;
+        const int rows = 24, batch = 5;
+        int cols = 2 * GgmlTypeInfo.BlockElements(type) * (type == GgmlType.Q8_0 ? 8 : 1);
         var rng = new Random(11);
         var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
         var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
@@ -113,57 +102,13 @@ public unsafe class MatMulTests
         {
             var w = new WeightMatrix(type, pw, rows, cols);
             var prepared = MatMul.Prepare(w);
-            if (prepared.PackedQ4_K is null && prepared.PackedQ6_K is null) Assert.Ignore($"no packed {type} kernel on this machine (needs AVX-VNNI)");
+            if (prepared.Packed is null) Assert.Ignore($"no packed {type} kernel on this machine (needs AVX-VNNI)");
             MatMul.Multiply(w, x, plain, batch, pool);
             MatMul.Multiply(prepared, x, packed, batch, pool);
         }
-        // Same integer sums, same Q8_K activations: only the f32 order of the per-super-block scaling differs.
+        // Same integer sums, same activations: only the f32 order of the per-block scaling differs.
         for (int i = 0; i < plain.Length; i++)
             Assert.That(packed[i], Is.EqualTo(plain[i]).Within(1e-5 * Math.Abs(plain[i]) + 1e-6), $"output {i}");
-    }
-
-    // Packed Q6_K: as packed Q4_K.
-    [TestCase(7, 256, 1)]
-    [TestCase(8, 256, 1)]
-    [TestCase(8, 768, 2)]
-    [TestCase(16, 512, 3)]
-    [TestCase(33, 512, 4)]
-    [TestCase(33, 256, 17)]
-    [TestCase(64, 1024, 6)]
-    public void Packed_q6_K_matches_the_float64_reference(int rows, int cols, int batch)
-    {
-        if (!PackedQ6_K.IsSupported) Assert.Ignore("packed Q6_K needs AVX-VNNI");
-        Check(GgmlType.Q6_K, KernelPaths.Best, rows, cols, batch, seed: rows * 7919 + cols * 31 + batch, prepare: true);
-    }
-
-    [Test]
-    public void Packed_q6_K_gives_each_batch_row_the_bits_it_gets_alone() =>
-        CheckBatchInvariance(GgmlType.Q6_K, rows: 45, cols: 768, batch: 11, w => w.PackedQ6_K is not null);
-
-    [Test]
-    public void Packed_q6_K_agrees_with_the_unpacked_kernel() => CheckAgainstUnpacked(GgmlType.Q6_K);
-
-    private static void CheckBatchInvariance(GgmlType type, int rows, int cols, int batch, Func<WeightMatrix, bool> isPacked)
-    {
-        var rng = new Random(5);
-        var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
-        var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
-        var all = new float[batch * rows];
-        all.AsSpan().Fill(float.NaN);
-        using var pool = new WorkerPool(3);
-        fixed (byte* pw = weights)
-        {
-            var w = MatMul.Prepare(new WeightMatrix(type, pw, rows, cols));
-            if (!isPacked(w)) Assert.Ignore($"no packed {type} kernel on this machine (needs AVX-VNNI)");
-            MatMul.Multiply(w, x, all, batch, pool);
-            var one = new float[rows];
-            for (int b = 0; b < batch; b++)
-            {
-                one.AsSpan().Fill(float.NaN);
-                MatMul.Multiply(w, x.AsSpan(b * cols, cols), one, 1, pool);
-                Assert.That(all.AsSpan(b * rows, rows).ToArray(), Is.EqualTo(one), $"batch row {b}");
-            }
-        }
     }
 
     private static void Check(GgmlType type, KernelPath path, int rows, int cols, int batch, int seed, bool prepare = false)

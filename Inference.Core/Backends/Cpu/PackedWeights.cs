@@ -1,0 +1,106 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using Inference.Loading;
+
+namespace Inference.Backends.Cpu;
+
+/// <summary>
+/// A matmul kernel over weights repacked eight rows per group (<see cref="PackedWeights"/>): the layout of one packed
+/// block and the tile that computes a group's eight outputs for a few batch rows.
+/// </summary>
+internal unsafe interface IPackedKernel
+{
+    /// <summary>The weight type whose rows it packs.</summary>
+    static abstract GgmlType Type { get; }
+
+    /// <summary>Bytes of one packed block: the same GGUF block of each of the eight rows.</summary>
+    static abstract int PackedBlockBytes { get; }
+
+    /// <summary>Activation values per quantization block: 32 (Q8_0 activations) or 256 (Q8_K).</summary>
+    static abstract int ActivationBlock { get; }
+
+    /// <summary>Writes GGUF block <paramref name="block"/> of rows 8g … 8g+7 of <paramref name="w"/> to <paramref name="dst"/>.</summary>
+    static abstract void PackBlock(byte* dst, in WeightMatrix w, int g, int block);
+
+    /// <summary>Writes y[b + t, 8g + j] for t &lt; TTile.Count and j &lt; 8 from the packed group at <paramref name="group"/>.</summary>
+    static abstract void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile;
+
+    /// <summary>Computes rows [<paramref name="rowStart"/>, <paramref name="rowEnd"/>) from the GGUF layout (the rows
+    /// after the last whole group).</summary>
+    static abstract void TailRows(in MatMulArgs a, int rowStart, int rowEnd);
+}
+
+/// <summary>
+/// The whole groups of eight rows of a weight matrix, repacked for an <see cref="IPackedKernel"/> so that one
+/// <c>vpdpbusd</c> lane belongs to one output row (see <see cref="PackedQ8_0"/>, <see cref="PackedQ4_K"/>,
+/// <see cref="PackedQ6_K"/>). Rows after the last whole group keep the GGUF layout.
+/// </summary>
+/// <remarks>Every output sees the same operations whatever the batch size, so a request's tokens do not depend on what
+/// it is batched with. The kernels need AVX-VNNI (unsigned × signed bytes without saturation).</remarks>
+internal sealed unsafe class PackedWeights
+{
+    /// <summary>Rows per group.</summary>
+    public const int GroupRows = 8;
+
+    private readonly byte[] _data;
+
+    private PackedWeights(GgmlType type, int groups, long groupBytes)
+    {
+        Type = type;
+        Groups = groups;
+        GroupBytes = groupBytes;
+        _data = GC.AllocateUninitializedArray<byte>((int)(groups * groupBytes), pinned: true);
+        Data = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_data));
+    }
+
+    /// <summary>The packed weight type.</summary>
+    public GgmlType Type { get; }
+    /// <summary>Start of group 0 (pinned for the life of this object).</summary>
+    public byte* Data { get; }
+    /// <summary>Whole groups of eight rows.</summary>
+    public int Groups { get; }
+    /// <summary>Bytes per group.</summary>
+    public long GroupBytes { get; }
+
+    /// <summary>True when this machine runs the packed kernels.</summary>
+    public static bool IsSupported => KernelPaths.UsesVnni(KernelPaths.Best);
+
+    /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows; null when it has fewer than eight rows or the
+    /// copy would not fit one array (that matrix then keeps the GGUF layout and the unpacked kernel).</summary>
+    /// <exception cref="ArgumentException"><paramref name="w"/> is not of <typeparamref name="TKernel"/>'s type.</exception>
+    public static PackedWeights? Pack<TKernel>(in WeightMatrix w) where TKernel : IPackedKernel
+    {
+        if (w.Type != TKernel.Type) throw new ArgumentException($"expected {TKernel.Type} weights, got {w.Type}", nameof(w));
+        int groups = w.Rows / GroupRows, blocks = w.Cols / GgmlTypeInfo.BlockElements(w.Type);
+        long groupBytes = (long)blocks * TKernel.PackedBlockBytes;
+        if (groups == 0 || groups * groupBytes > Array.MaxLength) return null;
+        var packed = new PackedWeights(w.Type, groups, groupBytes);
+        for (int g = 0; g < groups; g++)
+        for (int i = 0; i < blocks; i++)
+            TKernel.PackBlock(packed.Data + g * groupBytes + (long)i * TKernel.PackedBlockBytes, w, g, i);
+        return packed;
+    }
+
+    /// <summary>Computes the outputs of groups [<paramref name="start"/>, <paramref name="end"/>) for every batch row,
+    /// in tiles of up to four batch rows; item <see cref="Groups"/> (when the matrix has one) is the tail rows.</summary>
+    public void Run<TKernel>(in MatMulArgs a, int start, int end) where TKernel : IPackedKernel
+    {
+        for (int g = start; g < Math.Min(end, Groups); g++)
+        {
+            byte* group = Data + g * GroupBytes;
+            int b = 0;
+            for (; b + 4 <= a.Batch; b += 4) TKernel.Tile<Tile4>(a, group, g, b);
+            switch (a.Batch - b)
+            {
+                case 3: TKernel.Tile<Tile3>(a, group, g, b); break;
+                case 2: TKernel.Tile<Tile2>(a, group, g, b); break;
+                case 1: TKernel.Tile<Tile1>(a, group, g, b); break;
+            }
+        }
+        if (end > Groups) TKernel.TailRows(a, Groups * GroupRows, a.Rows);
+    }
+
+    /// <summary>Items for <see cref="Run{TKernel}"/> over a matrix of <paramref name="rows"/> rows: the groups, plus one
+    /// for the tail rows when there are any.</summary>
+    public int ItemCount(int rows) => Groups + (rows % GroupRows != 0 ? 1 : 0);
+}
