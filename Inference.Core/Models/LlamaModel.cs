@@ -171,9 +171,7 @@ public sealed class LlamaModel
         {
             var w = _layers[l];
             RmsNorm(x, w.AttnNorm, xb, n, c.Dim, c.RmsEps);
-            MatMul.Multiply(w.Q, xb, q, n, pool);
-            MatMul.Multiply(w.K, xb, k, n, pool);
-            MatMul.Multiply(w.V, xb, v, n, pool);
+            MatMul.MultiplyShared(xb, n, pool, w.Q, q, w.K, k, w.V, v);
             if (w.QBias is not null) AddBias(q, w.QBias, n);
             if (w.KBias is not null) AddBias(k, w.KBias, n);
             if (w.VBias is not null) AddBias(v, w.VBias, n);
@@ -184,8 +182,7 @@ public sealed class LlamaModel
             TensorPrimitives.Add(x, xb, x);
 
             RmsNorm(x, w.FfnNorm, xb, n, c.Dim, c.RmsEps);
-            MatMul.Multiply(w.Gate, xb, gate, n, pool);
-            MatMul.Multiply(w.Up, xb, up, n, pool);
+            MatMul.MultiplyShared(xb, n, pool, w.Gate, gate, w.Up, up, default, default);
             SwiGlu(gate, up);
             MatMul.Multiply(w.Down, gate, xb, n, pool);
             TensorPrimitives.Add(x, xb, x);

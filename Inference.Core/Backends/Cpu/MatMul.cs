@@ -108,6 +108,58 @@ public static class MatMul
         pool.Run(w.Rows, new QuantJob<TKernel>(a));
     }
 
+    /// <summary>
+    /// Products of the same activations with two or three matrices (q/k/v, gate/up): y_i = W_i · x. When every matrix is
+    /// packed for the same kernel, x is quantized once and all their row groups go to the pool as one job (one hand-off
+    /// instead of one per matrix); otherwise it is <see cref="Multiply(in WeightMatrix, ReadOnlySpan{float}, Span{float}, int, WorkerPool)"/>
+    /// per matrix. The results are the same bits either way.
+    /// </summary>
+    /// <remarks>Pass a default <see cref="WeightMatrix"/> (no rows) as <paramref name="w2"/> for two matrices.</remarks>
+    internal static unsafe void MultiplyShared(ReadOnlySpan<float> x, int batch, WorkerPool pool,
+        in WeightMatrix w0, Span<float> y0, in WeightMatrix w1, Span<float> y1, in WeightMatrix w2, Span<float> y2)
+    {
+        bool three = w2.Rows > 0;
+        bool fused = batch > 0 && w0.Packed is not null && w1.Packed is not null && (!three || w2.Packed is not null)
+                     && w1.Type == w0.Type && (!three || w2.Type == w0.Type) && w1.Cols == w0.Cols && (!three || w2.Cols == w0.Cols)
+                     && KernelPaths.UsesVnni(KernelPaths.Best) && x.Length >= (long)batch * w0.Cols
+                     && y0.Length >= (long)batch * w0.Rows && y1.Length >= (long)batch * w1.Rows && (!three || y2.Length >= (long)batch * w2.Rows);
+        if (!fused)
+        {
+            Multiply(w0, x, y0, batch, pool);
+            Multiply(w1, x, y1, batch, pool);
+            if (three) Multiply(w2, x, y2, batch, pool);
+            return;
+        }
+        fixed (float* px = x)
+        fixed (float* p0 = y0)
+        fixed (float* p1 = y1)
+        fixed (float* p2 = y2)
+        {
+            switch (w0.Type)
+            {
+                case GgmlType.Q8_0: RunPackedShared<PackedQ8_0>(px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                case GgmlType.Q4_K: RunPackedShared<PackedQ4_K>(px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                case GgmlType.Q6_K: RunPackedShared<PackedQ6_K>(px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                default: throw new NotSupportedException($"no packed kernel for {w0.Type}");
+            }
+        }
+    }
+
+    private static unsafe void RunPackedShared<TKernel>(float* x, int batch, WorkerPool pool,
+        in WeightMatrix w0, float* y0, in WeightMatrix w1, float* y1, in WeightMatrix w2, float* y2) where TKernel : IPackedKernel
+    {
+        var s = t_scratch ??= new ActivationScratch();
+        s.Ensure(batch, w0.Cols);
+        var path = KernelPaths.Best;
+        var a0 = new MatMulArgs(w0, x, y0, batch, path, s.Q, s.D, s.Sums, s.BSums);
+        if (TKernel.ActivationBlock == 32) pool.Run(batch, new QuantizeQ8_0Job(a0));
+        else pool.Run(batch, new QuantizeQ8_KJob(a0));
+        var a1 = new MatMulArgs(w1, x, y1, batch, path, s.Q, s.D, s.Sums, s.BSums);
+        var a2 = new MatMulArgs(w2, x, y2, batch, path, s.Q, s.D, s.Sums, s.BSums);
+        int n0 = w0.Packed!.ItemCount(w0.Rows), n1 = w1.Packed!.ItemCount(w1.Rows), n2 = w2.Packed?.ItemCount(w2.Rows) ?? 0;
+        pool.Run(n0 + n1 + n2, new PackedSharedJob<TKernel>(a0, w0.Packed, n0, a1, w1.Packed, n1, a2, w2.Packed, n2));
+    }
+
     private static unsafe void RunPacked<TKernel>(in WeightMatrix w, PackedWeights packed, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
         where TKernel : IPackedKernel
     {
@@ -142,6 +194,19 @@ public static class MatMul
     private readonly struct PackedJob<TKernel>(MatMulArgs a, PackedWeights packed) : IRangeJob where TKernel : IPackedKernel
     {
         public void Execute(int start, int end) => packed.Run<TKernel>(a, start, end);
+    }
+
+    /// <summary>The row groups of two or three packed matrices as one item range, in order.</summary>
+    private readonly struct PackedSharedJob<TKernel>(
+        MatMulArgs a0, PackedWeights p0, int n0, MatMulArgs a1, PackedWeights p1, int n1, MatMulArgs a2, PackedWeights? p2, int n2)
+        : IRangeJob where TKernel : IPackedKernel
+    {
+        public void Execute(int start, int end)
+        {
+            if (start < n0) p0.Run<TKernel>(a0, start, Math.Min(end, n0));
+            if (end > n0 && start < n0 + n1) p1.Run<TKernel>(a1, Math.Max(start, n0) - n0, Math.Min(end, n0 + n1) - n0);
+            if (end > n0 + n1 && p2 is not null) p2.Run<TKernel>(a2, Math.Max(start, n0 + n1) - n0 - n1, Math.Min(end, n0 + n1 + n2) - n0 - n1);
+        }
     }
 
     private readonly unsafe struct QuantizeQ8_0Job(MatMulArgs a) : IRangeJob

@@ -85,6 +85,35 @@ public unsafe class MatMulTests
         }
     }
 
+    [Test]
+    public void Shared_activations_give_the_bits_of_separate_products(
+        [ValueSource(nameof(PackedTypes))] GgmlType type, [Values(1, 5)] int batch, [Values(2, 3)] int matrices)
+    {
+        int cols = 3 * GgmlTypeInfo.BlockElements(type) * (type == GgmlType.Q8_0 ? 8 : 1);
+        int[] rows = [45, 24, 13];
+        var rng = new Random(17 + (int)type + batch);
+        var weights = rows.Select(r => CpuTestHelpers.RandomWeights(rng, type, r, cols)).ToArray();
+        var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
+        var shared = rows.Select(r => Enumerable.Repeat(float.NaN, batch * r).ToArray()).ToArray();
+        var separate = rows.Select(r => Enumerable.Repeat(float.NaN, batch * r).ToArray()).ToArray();
+        using var pool = new WorkerPool(3);
+        fixed (byte* p0 = weights[0])
+        fixed (byte* p1 = weights[1])
+        fixed (byte* p2 = weights[2])
+        {
+            var w = new[] { new WeightMatrix(type, p0, rows[0], cols), new WeightMatrix(type, p1, rows[1], cols), new WeightMatrix(type, p2, rows[2], cols) }
+                .Select(m => MatMul.Prepare(m)).ToArray();
+            var w2 = matrices == 3 ? w[2] : default;
+            MatMul.MultiplyShared(x, batch, pool, w[0], shared[0], w[1], shared[1], w2, matrices == 3 ? shared[2] : default);
+            for (int i = 0; i < matrices; i++) MatMul.Multiply(w[i], x, separate[i], batch, pool);
+        }
+        for (int i = 0; i < matrices; i++)
+        {
+            Assert.That(shared[i], Has.None.NaN, $"matrix {i} fully written");
+            Assert.That(shared[i], Is.EqualTo(separate[i]), $"matrix {i}");
+        }
+    }
+
     [TestCaseSource(nameof(PackedTypes))]
     public void Packed_weights_agree_with_the_unpacked_kernel(GgmlType type)
     {
