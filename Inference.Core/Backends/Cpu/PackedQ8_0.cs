@@ -13,8 +13,8 @@ namespace Inference.Backends.Cpu;
 /// </summary>
 /// <remarks>
 /// <code>
-///  group g = rows 8g … 8g+7, block i (32 columns):  288 bytes
-///    [ d_w of the 8 rows as f32 (32 B) | k = 0..7: rows 0..7 × bytes 4k..4k+3 of the block, each w + 128 (8 × 32 B) ]
+///  group g = rows 8g … 8g+7, block i (32 columns):  272 bytes, as many as the eight GGUF blocks
+///    [ d_w of the 8 rows as f16 (16 B) | k = 0..7: rows 0..7 × bytes 4k..4k+3 of the block, each w + 128 (8 × 32 B) ]
 ///  y[b, 8g + j] = Σ_i (d_w[j]·d_x[b, i]) · (Σ_c (w + 128)·q_x − 128·Σ_c q_x)       (lane j, int32 exact)
 /// </code>
 /// Rows after the last whole group keep the GGUF layout and go through <see cref="Q8_0Kernel"/>. Every output sees the
@@ -26,7 +26,8 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
 {
     private const int GroupRows = PackedWeights.GroupRows;
     private const int BlockBytes = 34;
-    private const int PackedBlock = 32 + 8 * 32;
+    private const int ScalesBytes = 16;
+    private const int PackedBlock = ScalesBytes + 8 * 32;
     private const int PrefetchDistance = 8 * PackedBlock;
 
     public static GgmlType Type => GgmlType.Q8_0;
@@ -42,9 +43,9 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
         for (int j = 0; j < GroupRows; j++)
         {
             byte* src = w.Data + (8L * g + j) * w.RowBytes + (long)i * BlockBytes;
-            ((float*)dst)[j] = Fp16.ToFloat(*(ushort*)src);
+            ((ushort*)dst)[j] = *(ushort*)src;
             // Four-byte group k of row j goes to int 8k + j of the block's quants, each byte + 128.
-            int* groups4 = (int*)(dst + 32);
+            int* groups4 = (int*)(dst + ScalesBytes);
             for (int k = 0; k < 8; k++) groups4[8 * k + j] = Unsafe.ReadUnaligned<int>(src + 2 + 4 * k) ^ unchecked((int)0x80808080);
         }
     }
@@ -64,8 +65,10 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
             // NOTE: as in PackedQ4_K: one batch row leaves the hardware prefetcher alone too few loads in flight.
             if (b == 0)
                 for (int line = 0; line < PackedBlock; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
-            var dw = Vector256.Load((float*)blk);
-            byte* wq = blk + 32;
+            // NOTE: f16 scales keep the packed block as small as the GGUF blocks (decode streams every byte); widening
+            // eight of them costs a few vector operations per block, shared by the tile's batch rows.
+            var dw = F16Weights.ToSingle(Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)blk)).AsUInt32());
+            byte* wq = blk + ScalesBytes;
             var w0 = Vector256.Load(wq);
             var w1 = Vector256.Load(wq + 32);
             var w2 = Vector256.Load(wq + 64);
