@@ -10,6 +10,7 @@
 #
 #   Phase 2, on the GPU machine (needs only the NVIDIA driver; no .NET, no CUDA toolkit), from the repository root:
 #       scripts/device-check.sh --run OUTDIR [--quick] [--no-e2e] [--tgz PATH]
+#     (or just scripts/device-check.sh OUTDIR [options], which also packs first where the .NET SDK is present)
 #     unpacks the runner into a temporary folder and runs it:
 #       - checks: PTX vs ILGPU vs reference paged attention (the same cases as Inference.Tests/Cuda),
 #       - benchmark: decode attention, f16 KV, batch 1/16/64 × context 1k/4k/16k (--quick: 1k/4k), PTX and ILGPU,
@@ -85,5 +86,9 @@ run() {
 case "${1:-}" in
   --pack) pack ;;
   --run) shift; run "$@" ;;
-  *) usage ;;
+  ""|-h|--help) usage ;;
+  *)
+    # scripts/device-check.sh OUTDIR [options]: --run, packing first where the runner is missing and .NET is here.
+    if [[ ! -f "$tgz" ]] && command -v dotnet >/dev/null; then pack; fi
+    run "$@" ;;
 esac
