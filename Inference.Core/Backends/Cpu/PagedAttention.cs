@@ -213,17 +213,7 @@ public static class PagedAttention
                 scores[m * contextLength + j] = TensorPrimitives.Dot(groupQuery.Slice(m * headDim, headDim), k);
         }
 
-        // Softmax per head: scale, subtract the max, exponentiate, normalize.
-        for (int m = 0; m < kvMul; m++)
-        {
-            var s = scores.Slice(m * contextLength, contextLength);
-            TensorPrimitives.Multiply(s, scale, s);
-            float max = TensorPrimitives.Max(s);
-            TensorPrimitives.Subtract(s, max, s);
-            TensorPrimitives.Exp(s, s);
-            float inv = 1f / TensorPrimitives.Sum(s);
-            TensorPrimitives.Multiply(s, inv, s);
-        }
+        Softmax(scores, kvMul, contextLength, scale);
 
         // Pass 2: out = Σ_j w_j · v_j.
         groupOut.Clear();
@@ -281,17 +271,7 @@ public static class PagedAttention
                 }
             }
 
-            // Softmax per head: scale, subtract the max, exponentiate, normalize.
-            for (int m = 0; m < kvMul; m++)
-            {
-                var s = scores.Slice(m * contextLength, contextLength);
-                TensorPrimitives.Multiply(s, scale, s);
-                float max = TensorPrimitives.Max(s);
-                TensorPrimitives.Subtract(s, max, s);
-                TensorPrimitives.Exp(s, s);
-                float inv = 1f / TensorPrimitives.Sum(s);
-                TensorPrimitives.Multiply(s, inv, s);
-            }
+            Softmax(scores, kvMul, contextLength, scale);
 
             // Pass 2: out = Σ_j w_j · v_j.
             groupOut.Clear();
@@ -306,6 +286,21 @@ public static class PagedAttention
                     for (int c = 0; c < headDim; c += 16) Vector512.FusedMultiplyAdd(Vector512.Load(v + c), w, Vector512.Load(om + c)).Store(om + c);
                 }
             }
+        }
+    }
+
+    /// <summary>Softmax of each head's scores, [kvMul, contextLength]: scale, subtract the max, exponentiate, normalize.</summary>
+    private static void Softmax(Span<float> scores, int kvMul, int contextLength, float scale)
+    {
+        for (int m = 0; m < kvMul; m++)
+        {
+            var s = scores.Slice(m * contextLength, contextLength);
+            TensorPrimitives.Multiply(s, scale, s);
+            float max = TensorPrimitives.Max(s);
+            TensorPrimitives.Subtract(s, max, s);
+            TensorPrimitives.Exp(s, s);
+            float inv = 1f / TensorPrimitives.Sum(s);
+            TensorPrimitives.Multiply(s, inv, s);
         }
     }
 
