@@ -27,7 +27,7 @@ public static class PagedAttention
 {
     /// <summary>Floats of scratch the single-threaded <c>Forward</c> needs for a context of <paramref name="contextLength"/> positions.</summary>
     public static int GetScratchLength(in PagedAttentionShape shape, int contextLength) =>
-        shape.KvMul * contextLength + shape.HeadDim;
+        shape.KvMul * contextLength + 4 * shape.HeadDim;
 
     /// <summary>Attention of <paramref name="query"/> tokens at positions <paramref name="startPosition"/>.. over the paged cache.</summary>
     /// <typeparam name="T">Cache element type: <see cref="float"/> or <see cref="Half"/>.</typeparam>
@@ -195,7 +195,7 @@ public static class PagedAttention
         int headDim = shape.HeadDim, kvMul = shape.KvMul, bs = shape.BlockSize, kvStride = shape.KvStride;
         float scale = 1f / MathF.Sqrt(headDim);
         var scores = scratch[..(kvMul * contextLength)];                      // [kvMul, contextLength]
-        var row = scratch.Slice(kvMul * contextLength, headDim);              // one widened key or value row
+        var row = scratch.Slice(kvMul * contextLength, 4 * headDim);          // up to four widened key or value rows
         var groupQuery = query.Slice((i * shape.HeadCount + g * kvMul) * headDim, kvMul * headDim); // [kvMul, headDim]
         var groupOut = output.Slice((i * shape.HeadCount + g * kvMul) * headDim, kvMul * headDim);  // [kvMul, headDim]
         if (Vector512.IsHardwareAccelerated && Avx512F.IsSupported && headDim % 16 == 0)
@@ -257,11 +257,37 @@ public static class PagedAttention
         fixed (T* values = valueCache)
         fixed (int* table = blockTable)
         {
-            // Pass 1: scores = q · k for every position, block by block.
-            for (int j = 0; j < contextLength; j++)
+            // Pass 1: scores = q · k for every position, four positions at a time (each query chunk loaded once for
+            // the four); every score is the same chain of FMAs and the same sum as one position at a time.
+            int j = 0;
+            for (; j + 4 <= contextLength; j += 4)
             {
-                long offset = ((long)table[j / bs] * bs + j % bs) * kvStride + (long)g * headDim;
-                float* k = Widen(keys + offset, headDim, buffer);
+                float* k0 = Widen(keys + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
+                float* k1 = Widen(keys + Offset(table, j + 1, bs, kvStride, g, headDim), headDim, buffer + headDim);
+                float* k2 = Widen(keys + Offset(table, j + 2, bs, kvStride, g, headDim), headDim, buffer + 2 * headDim);
+                float* k3 = Widen(keys + Offset(table, j + 3, bs, kvStride, g, headDim), headDim, buffer + 3 * headDim);
+                for (int m = 0; m < kvMul; m++)
+                {
+                    float* qm = q + m * headDim;
+                    Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                    for (int c = 0; c < headDim; c += 16)
+                    {
+                        var qc = Vector512.Load(qm + c);
+                        a0 = Vector512.FusedMultiplyAdd(qc, Vector512.Load(k0 + c), a0);
+                        a1 = Vector512.FusedMultiplyAdd(qc, Vector512.Load(k1 + c), a1);
+                        a2 = Vector512.FusedMultiplyAdd(qc, Vector512.Load(k2 + c), a2);
+                        a3 = Vector512.FusedMultiplyAdd(qc, Vector512.Load(k3 + c), a3);
+                    }
+                    float* sm = sc + m * contextLength + j;
+                    sm[0] = Vector512.Sum(a0);
+                    sm[1] = Vector512.Sum(a1);
+                    sm[2] = Vector512.Sum(a2);
+                    sm[3] = Vector512.Sum(a3);
+                }
+            }
+            for (; j < contextLength; j++)
+            {
+                float* k = Widen(keys + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
                 for (int m = 0; m < kvMul; m++)
                 {
                     float* qm = q + m * headDim;
@@ -273,12 +299,35 @@ public static class PagedAttention
 
             Softmax(scores, kvMul, contextLength, scale);
 
-            // Pass 2: out = Σ_j w_j · v_j.
+            // Pass 2: out = Σ_j w_j · v_j, four positions per load and store of the output (the FMAs in position order,
+            // as one position at a time).
             groupOut.Clear();
-            for (int j = 0; j < contextLength; j++)
+            j = 0;
+            for (; j + 4 <= contextLength; j += 4)
             {
-                long offset = ((long)table[j / bs] * bs + j % bs) * kvStride + (long)g * headDim;
-                float* v = Widen(values + offset, headDim, buffer);
+                float* v0 = Widen(values + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
+                float* v1 = Widen(values + Offset(table, j + 1, bs, kvStride, g, headDim), headDim, buffer + headDim);
+                float* v2 = Widen(values + Offset(table, j + 2, bs, kvStride, g, headDim), headDim, buffer + 2 * headDim);
+                float* v3 = Widen(values + Offset(table, j + 3, bs, kvStride, g, headDim), headDim, buffer + 3 * headDim);
+                for (int m = 0; m < kvMul; m++)
+                {
+                    float* om = o + m * headDim, sm = sc + m * contextLength + j;
+                    var w0 = Vector512.Create(sm[0]);
+                    var w1 = Vector512.Create(sm[1]);
+                    var w2 = Vector512.Create(sm[2]);
+                    var w3 = Vector512.Create(sm[3]);
+                    for (int c = 0; c < headDim; c += 16)
+                    {
+                        var acc = Vector512.FusedMultiplyAdd(Vector512.Load(v0 + c), w0, Vector512.Load(om + c));
+                        acc = Vector512.FusedMultiplyAdd(Vector512.Load(v1 + c), w1, acc);
+                        acc = Vector512.FusedMultiplyAdd(Vector512.Load(v2 + c), w2, acc);
+                        Vector512.FusedMultiplyAdd(Vector512.Load(v3 + c), w3, acc).Store(om + c);
+                    }
+                }
+            }
+            for (; j < contextLength; j++)
+            {
+                float* v = Widen(values + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
                 for (int m = 0; m < kvMul; m++)
                 {
                     float* om = o + m * headDim;
@@ -288,6 +337,11 @@ public static class PagedAttention
             }
         }
     }
+
+    /// <summary>Element offset of position <paramref name="j"/>'s row for KV head <paramref name="g"/> in a layer's cache.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    private static unsafe long Offset(int* table, int j, int bs, int kvStride, int g, int headDim) =>
+        ((long)table[j / bs] * bs + j % bs) * kvStride + (long)g * headDim;
 
     /// <summary>Softmax of each head's scores, [kvMul, contextLength]: scale, subtract the max, exponentiate, normalize.</summary>
     private static void Softmax(Span<float> scores, int kvMul, int contextLength, float scale)
