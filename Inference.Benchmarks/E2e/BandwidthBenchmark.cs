@@ -5,8 +5,9 @@ using System.Text.Json;
 namespace Inference.Benchmarks.E2e;
 
 /// <summary>
-/// Memory read bandwidth with T threads: each streams its slice of a 1 GiB buffer (far above the caches) with vector
-/// loads; the best of several passes. The decode roofline is this divided by the weight bytes read per token.
+/// Memory read bandwidth with T threads: each streams its slice of a 1 GiB buffer (far above the caches) with 512-bit
+/// loads, as one stream or as four; the best of several passes. The decode roofline is this divided by the weight bytes
+/// read per token.
 /// </summary>
 public static class BandwidthBenchmark
 {
@@ -29,24 +30,42 @@ public static class BandwidthBenchmark
         fixed (float* p = buffer)
         {
             float* basePtr = p;
-            for (int pass = 0; pass < 6; pass++)
+            for (int pass = 0; pass < 8; pass++)
             {
                 var sums = new float[threads];
                 var sw = Stopwatch.StartNew();
+                // NOTE: even passes read each thread's slice as one stream, odd passes as four interleaved streams (as
+                // the float matmul reads four weight rows at once); a core keeps more loads in flight with several streams,
+                // and the roofline should divide by the best this machine does, not by one access pattern's.
+                bool fourStreams = pass % 2 == 1;
                 Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
                 {
-                    long n = buffer.LongLength / threads / 32 * 32;
+                    long n = buffer.LongLength / threads / 256 * 256;
                     float* s = basePtr + t * n;
-                    var acc0 = Vector256<float>.Zero; var acc1 = Vector256<float>.Zero;
-                    var acc2 = Vector256<float>.Zero; var acc3 = Vector256<float>.Zero;
-                    for (long i = 0; i < n; i += 32)
+                    var acc0 = Vector512<float>.Zero; var acc1 = Vector512<float>.Zero;
+                    var acc2 = Vector512<float>.Zero; var acc3 = Vector512<float>.Zero;
+                    if (fourStreams)
                     {
-                        acc0 += Vector256.Load(s + i);
-                        acc1 += Vector256.Load(s + i + 8);
-                        acc2 += Vector256.Load(s + i + 16);
-                        acc3 += Vector256.Load(s + i + 24);
+                        long q = n / 4;
+                        for (long i = 0; i < q; i += 16)
+                        {
+                            acc0 += Vector512.Load(s + i);
+                            acc1 += Vector512.Load(s + q + i);
+                            acc2 += Vector512.Load(s + 2 * q + i);
+                            acc3 += Vector512.Load(s + 3 * q + i);
+                        }
                     }
-                    sums[t] = Vector256.Sum(acc0 + acc1 + acc2 + acc3);
+                    else
+                    {
+                        for (long i = 0; i < n; i += 64)
+                        {
+                            acc0 += Vector512.Load(s + i);
+                            acc1 += Vector512.Load(s + i + 16);
+                            acc2 += Vector512.Load(s + i + 32);
+                            acc3 += Vector512.Load(s + i + 48);
+                        }
+                    }
+                    sums[t] = Vector512.Sum(acc0 + acc1 + acc2 + acc3);
                 });
                 double seconds = sw.Elapsed.TotalSeconds;
                 sink += sums.Sum();
