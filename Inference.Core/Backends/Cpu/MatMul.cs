@@ -86,12 +86,12 @@ public static class MatMul
                 case GgmlType.F32: pool.Run(w.Rows, new FloatJob<F32Weights>(new MatMulArgs(w, px, py, batch, path))); break;
                 case GgmlType.F16: pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, px, py, batch, path))); break;
                 case GgmlType.BF16: pool.Run(w.Rows, new FloatJob<BF16Weights>(new MatMulArgs(w, px, py, batch, path))); break;
-                case GgmlType.Q8_0 when w.Packed is { } packed && KernelPaths.UsesVnni(path): RunPacked<PackedQ8_0>(w, packed, px, py, batch, pool, path); break;
+                case GgmlType.Q8_0 when w.Packed is { } packed && KernelPaths.UsesVnni(path): RunPacked<PackedQ8_0>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q8_0: RunQ8_0<Q8_0Kernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q4_0: RunQ8_0<Q4_0Kernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q4_K when w.Packed is { } packed && KernelPaths.UsesVnni(path): RunPacked<PackedQ4_K>(w, packed, px, py, batch, pool, path); break;
+                case GgmlType.Q4_K when w.Packed is { } packed && KernelPaths.UsesVnni(path): RunPacked<PackedQ4_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q4_K: RunQ8_K<Q4_KKernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q6_K when w.Packed is { } packed && KernelPaths.UsesVnni(path): RunPacked<PackedQ6_K>(w, packed, px, py, batch, pool, path); break;
+                case GgmlType.Q6_K when w.Packed is { } packed && KernelPaths.UsesVnni(path): RunPacked<PackedQ6_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q6_K: RunQ8_K<Q6_KKernel>(w, px, py, batch, pool, path); break;
                 default: throw new NotSupportedException($"matmul with {w.Type} weights is not supported");
             }
@@ -137,38 +137,28 @@ public static class MatMul
         {
             switch (w0.Type)
             {
-                case GgmlType.Q8_0: RunPackedShared<PackedQ8_0>(px, batch, pool, w0, p0, w1, p1, w2, p2); break;
-                case GgmlType.Q4_K: RunPackedShared<PackedQ4_K>(px, batch, pool, w0, p0, w1, p1, w2, p2); break;
-                case GgmlType.Q6_K: RunPackedShared<PackedQ6_K>(px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                case GgmlType.Q8_0: RunPacked<PackedQ8_0>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                case GgmlType.Q4_K: RunPacked<PackedQ4_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                case GgmlType.Q6_K: RunPacked<PackedQ6_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 default: throw new NotSupportedException($"no packed kernel for {w0.Type}");
             }
         }
     }
 
-    private static unsafe void RunPackedShared<TKernel>(float* x, int batch, WorkerPool pool,
-        in WeightMatrix w0, float* y0, in WeightMatrix w1, float* y1, in WeightMatrix w2, float* y2) where TKernel : IPackedKernel
+    /// <summary>Quantizes x once for <typeparamref name="TKernel"/> and runs the row groups of one to three packed
+    /// matrices (w1, w2 default when absent) as one pool job.</summary>
+    private static unsafe void RunPacked<TKernel>(KernelPath path, float* x, int batch, WorkerPool pool, in WeightMatrix w0, float* y0,
+        in WeightMatrix w1 = default, float* y1 = null, in WeightMatrix w2 = default, float* y2 = null) where TKernel : IPackedKernel
     {
         var s = t_scratch ??= new ActivationScratch();
         s.Ensure(batch, w0.Cols);
-        var path = KernelPaths.Best;
         var a0 = new MatMulArgs(w0, x, y0, batch, path, s.Q, s.D, s.Sums, s.BSums);
         if (TKernel.ActivationBlock == 32) pool.Run(batch, new QuantizeQ8_0Job(a0));
         else pool.Run(batch, new QuantizeQ8_KJob(a0));
         var a1 = new MatMulArgs(w1, x, y1, batch, path, s.Q, s.D, s.Sums, s.BSums);
         var a2 = new MatMulArgs(w2, x, y2, batch, path, s.Q, s.D, s.Sums, s.BSums);
-        int n0 = w0.Packed!.ItemCount(w0.Rows), n1 = w1.Packed!.ItemCount(w1.Rows), n2 = w2.Packed?.ItemCount(w2.Rows) ?? 0;
-        pool.Run(n0 + n1 + n2, new PackedSharedJob<TKernel>(a0, w0.Packed, n0, a1, w1.Packed, n1, a2, w2.Packed, n2));
-    }
-
-    private static unsafe void RunPacked<TKernel>(in WeightMatrix w, PackedWeights packed, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
-        where TKernel : IPackedKernel
-    {
-        var s = t_scratch ??= new ActivationScratch();
-        s.Ensure(batch, w.Cols);
-        var a = new MatMulArgs(w, x, y, batch, path, s.Q, s.D, s.Sums, s.BSums);
-        if (TKernel.ActivationBlock == 32) pool.Run(batch, new QuantizeQ8_0Job(a));
-        else pool.Run(batch, new QuantizeQ8_KJob(a));
-        pool.Run(packed.ItemCount(w.Rows), new PackedJob<TKernel>(a, packed));
+        int n0 = w0.Packed!.ItemCount(w0.Rows), n1 = w1.Packed?.ItemCount(w1.Rows) ?? 0, n2 = w2.Packed?.ItemCount(w2.Rows) ?? 0;
+        pool.Run(n0 + n1 + n2, new PackedJob<TKernel>(a0, w0.Packed, n0, a1, w1.Packed, n1, a2, w2.Packed, n2));
     }
 
     private static unsafe void RunQ8_K<TKernel>(in WeightMatrix w, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
@@ -191,21 +181,16 @@ public static class MatMul
         public void Execute(int start, int end) => QuantKernel.Rows<TKernel>(a, start, end);
     }
 
-    private readonly struct PackedJob<TKernel>(MatMulArgs a, PackedWeights packed) : IRangeJob where TKernel : IPackedKernel
-    {
-        public void Execute(int start, int end) => packed.Run<TKernel>(a, start, end);
-    }
-
-    /// <summary>The row groups of two or three packed matrices as one item range, in order.</summary>
-    private readonly struct PackedSharedJob<TKernel>(
-        MatMulArgs a0, PackedWeights p0, int n0, MatMulArgs a1, PackedWeights p1, int n1, MatMulArgs a2, PackedWeights? p2, int n2)
+    /// <summary>The row groups of one to three packed matrices as one item range, in order (n1, n2 = 0 when absent).</summary>
+    private readonly struct PackedJob<TKernel>(
+        MatMulArgs a0, PackedWeights p0, int n0, MatMulArgs a1, PackedWeights? p1, int n1, MatMulArgs a2, PackedWeights? p2, int n2)
         : IRangeJob where TKernel : IPackedKernel
     {
         public void Execute(int start, int end)
         {
             if (start < n0) p0.Run<TKernel>(a0, start, Math.Min(end, n0));
-            if (end > n0 && start < n0 + n1) p1.Run<TKernel>(a1, Math.Max(start, n0) - n0, Math.Min(end, n0 + n1) - n0);
-            if (end > n0 + n1 && p2 is not null) p2.Run<TKernel>(a2, Math.Max(start, n0 + n1) - n0 - n1, Math.Min(end, n0 + n1 + n2) - n0 - n1);
+            if (p1 is not null && end > n0 && start < n0 + n1) p1.Run<TKernel>(a1, Math.Max(start, n0) - n0, Math.Min(end, n0 + n1) - n0);
+            if (p2 is not null && end > n0 + n1) p2.Run<TKernel>(a2, Math.Max(start, n0 + n1) - n0 - n1, Math.Min(end, n0 + n1 + n2) - n0 - n1);
         }
     }
 
