@@ -38,6 +38,8 @@ pack() {
   dotnet publish "$repo_root/scripts/gpu-runner" -c Release -r linux-x64 --self-contained true \
     -p:PublishTrimmed=false -p:DebugType=none -o "$publish/inference-gpu-runner" -nologo -v quiet
   cp "$repo_root/../shared/testdata/vocab/ggml-vocab-llama-spm.gguf" "$publish/inference-gpu-runner/vocab-llama-spm.gguf"
+  cp "$repo_root/../shared/testdata/stories260K.gguf" "$repo_root/../shared/testdata/expected/stories260K-greedy-200.json" \
+    "$publish/inference-gpu-runner/"
   tar -C "$publish" -czf "$tgz" inference-gpu-runner
   rm -rf "$publish"
   echo "packed $(du -h "$tgz" | cut -f1) $tgz"

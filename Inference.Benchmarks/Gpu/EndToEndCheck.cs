@@ -127,17 +127,9 @@ public static class EndToEndCheck
     }
 
     /// <summary>The 32,000-token llama vocabulary: packed beside the runner, or from ../shared/testdata in a checkout.</summary>
-    private static string FindDonor()
-    {
-        string packed = Path.Combine(AppContext.BaseDirectory, "vocab-llama-spm.gguf");
-        if (File.Exists(packed)) return packed;
-        for (var d = new DirectoryInfo(Environment.CurrentDirectory); d is not null; d = d.Parent)
-        {
-            string p = Path.Combine(d.FullName, "..", "shared", "testdata", "vocab", "ggml-vocab-llama-spm.gguf");
-            if (File.Exists(p)) return Path.GetFullPath(p);
-        }
-        throw new FileNotFoundException("the tokenizer donor vocab-llama-spm.gguf is neither beside the runner nor in ../shared/testdata/vocab");
-    }
+    private static string FindDonor() =>
+        RunnerFiles.Find("vocab-llama-spm.gguf", Path.Combine("vocab", "ggml-vocab-llama-spm.gguf"))
+        ?? throw new FileNotFoundException("the tokenizer donor vocab-llama-spm.gguf is neither beside the runner nor in ../shared/testdata/vocab");
 
     private static double RelativeL2(float[] actual, float[] expected)
     {

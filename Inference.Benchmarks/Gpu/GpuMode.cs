@@ -49,6 +49,8 @@ public static class GpuMode
         bool allPassed = RunChecks(backend, outDir, summary);
         RunBenchmark(backend, outDir, summary, quick);
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
+        allPassed &= Stories260KCheck.Run(summary);
+        File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
         if (!args.Contains("--no-e2e"))
         {
             summary.AppendLine("## End to end: synthetic GQA model, GPU engine vs CPU engine").AppendLine();
