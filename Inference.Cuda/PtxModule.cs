@@ -35,7 +35,7 @@ internal sealed class PtxModule : IDisposable
         var source = ReadSource(name);
         var error = CudaAPI.CurrentAPI.LoadModule(out var module, source, out var log);
         if (error != CudaError.CUDA_SUCCESS)
-            throw new InvalidOperationException($"loading PTX module {name} failed: {error} {log}");
+            throw new InvalidOperationException($"loading PTX module {name} failed: {error} {log?.Split('\0')[0].Trim()}");
         return new PtxModule(name, module);
     }
 

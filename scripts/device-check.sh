@@ -15,7 +15,8 @@
 #       - checks: PTX vs ILGPU vs reference paged attention (the same cases as Inference.Tests/Cuda),
 #       - benchmark: decode attention, f16 KV, batch 1/16/64 × context 1k/4k/16k (--quick: 1k/4k), PTX and ILGPU,
 #         achieved KV GB/s next to a device-to-device copy measured in the same run,
-#       - end to end (skip with --no-e2e): writes a random-weight 1.1B GQA F16 model (dim 2048, 16 layers, 32/8 heads,
+#       - stories260K on the GPU engine: llama2.c's 200-token greedy text, 16 concurrent requests = solo,
+#       - end to end (skip with --no-e2e): writes a random-weight 0.85B GQA F16 model (dim 2048, 16 layers, 32/8 heads,
 #         ffn 5632, vocab 32000; --quick: 4 layers) into a temporary folder, compares the GPU engine's last-position
 #         logits with the CPU engine's (relative L2, target < 5e-3) with PTX and ILGPU attention, and measures GPU
 #         decode tokens/s for 1 and for 16 concurrent requests through the engine. Needs ~3 GB of temporary disk.
@@ -27,7 +28,7 @@ repo_root="$(cd "$(dirname "$0")/.." && pwd)"
 tgz="$repo_root/.device/inference-gpu-runner.tgz"
 
 usage() {
-  sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 

@@ -9,7 +9,7 @@ using Inference.Sampling;
 namespace Inference.Benchmarks.Gpu;
 
 /// <summary>
-/// The end-to-end step of <c>gpu OUTDIR</c>: writes a random-weight ~1.1B-parameter GQA model on this machine (dim 2048,
+/// The end-to-end step of <c>gpu OUTDIR</c>: writes a random-weight 0.85B-parameter GQA model on this machine (dim 2048,
 /// 16 layers, 32 heads, 8 KV heads, ffn 5632, the 32,000-token llama SentencePiece vocabulary), then compares the GPU
 /// engine's last-position logits with the CPU engine's (relative L2, target &lt; 5e-3) for PTX and ILGPU attention and
 /// measures GPU decode tokens/s for one request and for 16 concurrent requests. Writes <c>e2e.tsv</c>.

@@ -47,7 +47,16 @@ public static class GpuMode
             $"{acc.MemorySize / (1L << 30)} GiB, driver {acc.DriverVersion}\n");
 
         bool allPassed = RunChecks(backend, outDir, summary);
-        RunBenchmark(backend, outDir, summary, quick);
+        try
+        {
+            RunBenchmark(backend, outDir, summary, quick);
+        }
+        catch (Exception e)
+        {
+            allPassed = false;
+            summary.AppendLine(CultureInfo.InvariantCulture, $"benchmark: **exception** {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}\n");
+            Console.WriteLine($"benchmark: {e}");
+        }
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
         allPassed &= Stories260KCheck.Run(summary);
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());

@@ -29,6 +29,9 @@ public class CudaBackendTests
         var source = PtxModule.ReadSource(module);
         Assert.That(source, Does.Contain($".visible .entry {entry}("));
         Assert.That(source, Does.Contain(".target sm_80"));
+        // The driver's PTX JIT rejects any non-ASCII byte, comments included (offline ptxas 11.8 accepts them).
+        var nonAscii = source.Select((c, i) => (c, i)).FirstOrDefault(p => p.c > 127);
+        Assert.That(nonAscii.c, Is.EqualTo('\0'), $"non-ASCII character U+{(int)nonAscii.c:X4} at offset {nonAscii.i}");
     }
 
     [Test]
