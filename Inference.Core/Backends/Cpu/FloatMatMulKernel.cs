@@ -96,24 +96,30 @@ internal static unsafe class FloatMatMulKernel
                 c33 = Vector512.FusedMultiplyAdd(v3, u3, c33);
             }
         }
-        Store<TW, TTile>(a, r, b, w0, i, c00, c01, c02, c03);
-        Store<TW, TTile>(a, r + 1, b, w1, i, c10, c11, c12, c13);
-        Store<TW, TTile>(a, r + 2, b, w2, i, c20, c21, c22, c23);
-        Store<TW, TTile>(a, r + 3, b, w3, i, c30, c31, c32, c33);
+        // NOTE: every horizontal sum before the first call (the scalar tails): an accumulator live across a call makes
+        // the JIT spill it at each definition inside the loop above.
+        float s00 = Vector512.Sum(c00), s10 = Vector512.Sum(c10), s20 = Vector512.Sum(c20), s30 = Vector512.Sum(c30);
+        float s01 = 0, s11 = 0, s21 = 0, s31 = 0, s02 = 0, s12 = 0, s22 = 0, s32 = 0, s03 = 0, s13 = 0, s23 = 0, s33 = 0;
+        if (TTile.Count > 1) (s01, s11, s21, s31) = (Vector512.Sum(c01), Vector512.Sum(c11), Vector512.Sum(c21), Vector512.Sum(c31));
+        if (TTile.Count > 2) (s02, s12, s22, s32) = (Vector512.Sum(c02), Vector512.Sum(c12), Vector512.Sum(c22), Vector512.Sum(c32));
+        if (TTile.Count > 3) (s03, s13, s23, s33) = (Vector512.Sum(c03), Vector512.Sum(c13), Vector512.Sum(c23), Vector512.Sum(c33));
+        Store<TW, TTile>(a, r, b, w0, i, s00, s01, s02, s03);
+        Store<TW, TTile>(a, r + 1, b, w1, i, s10, s11, s12, s13);
+        Store<TW, TTile>(a, r + 2, b, w2, i, s20, s21, s22, s23);
+        Store<TW, TTile>(a, r + 3, b, w3, i, s30, s31, s32, s33);
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Store<TW, TTile>(in MatMulArgs a, int r, int b, byte* row, int tail,
-        Vector512<float> c0, Vector512<float> c1, Vector512<float> c2, Vector512<float> c3)
+    /// <summary>Writes one weight row's outputs for the tile's batch rows: the vector sums plus the scalar tails.</summary>
+    private static void Store<TW, TTile>(in MatMulArgs a, int r, int b, byte* row, int tail, float s0, float s1, float s2, float s3)
         where TW : IFloatWeights where TTile : IBatchTile
     {
         int cols = a.Cols;
         float* x = a.X + (long)b * cols;
         float* y = a.Y + (long)b * a.Rows + r;
-        y[0] = Vector512.Sum(c0) + DotScalar<TW>(row, tail, cols, x);
-        if (TTile.Count > 1) y[a.Rows] = Vector512.Sum(c1) + DotScalar<TW>(row, tail, cols, x + cols);
-        if (TTile.Count > 2) y[2 * a.Rows] = Vector512.Sum(c2) + DotScalar<TW>(row, tail, cols, x + 2 * cols);
-        if (TTile.Count > 3) y[3 * a.Rows] = Vector512.Sum(c3) + DotScalar<TW>(row, tail, cols, x + 3 * cols);
+        y[0] = s0 + DotScalar<TW>(row, tail, cols, x);
+        if (TTile.Count > 1) y[a.Rows] = s1 + DotScalar<TW>(row, tail, cols, x + cols);
+        if (TTile.Count > 2) y[2 * a.Rows] = s2 + DotScalar<TW>(row, tail, cols, x + 2 * cols);
+        if (TTile.Count > 3) y[3 * a.Rows] = s3 + DotScalar<TW>(row, tail, cols, x + 3 * cols);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
