@@ -139,6 +139,7 @@ public static class GpuMode
         summary.AppendLine("|---|---|---|---|---|---|");
 
         using var ptx = new PtxPagedDecodeAttention<ILGPU.Half>(acc, shape);   // automatic partition size
+        using var ptx256 = new PtxPagedDecodeAttention<ILGPU.Half>(acc, shape, 256);   // the earlier fixed minimum
         using var ilgpu = new PagedDecodeAttention<ILGPU.Half, F16Element>(acc, shape, 512);
         var rng = new Random(7);
         foreach (var batch in batches)
@@ -159,6 +160,7 @@ public static class GpuMode
                 foreach (var (name, run) in new (string, Action)[]
                 {
                     ("ptx", () => ptx.Run(qv, k.View, v.View, tableBuf.View, lens.View, batch, context, ov)),
+                    ("ptx-p256", () => ptx256.Run(qv, k.View, v.View, tableBuf.View, lens.View, batch, context, ov)),
                     ("ilgpu", () => ilgpu.Run(qv, k.View, v.View, tableBuf.View, lens.View, batch, context, ov)),
                 })
                 {
