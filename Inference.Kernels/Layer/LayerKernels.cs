@@ -87,10 +87,10 @@ public sealed class LayerKernels
     public Accelerator Accelerator => _accelerator;
 
     /// <summary>Threads per group of the matrix row kernels.</summary>
-    internal int RowGroupSize => _rowGroupSize;
+    public int RowGroupSize => _rowGroupSize;
 
     /// <summary>Threads per output row of the matrix row kernels (1 or the warp size).</summary>
-    internal int LanesPerRow => _lanesPerRow;
+    public int LanesPerRow => _lanesPerRow;
 
     /// <summary><see cref="RmsNormKernels.RmsNorm"/> over <paramref name="rows"/> rows of <paramref name="dim"/>.</summary>
     /// <param name="x">Input, <c>[rows, dim]</c>.</param>
@@ -185,13 +185,54 @@ public sealed class LayerKernels
     /// </exception>
     public void MatMulQ8_0(ArrayView<byte> q8Weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch)
     {
-        if (cols % MatMulKernels.Q8BlockElements != 0) throw new ArgumentException("cols must be a multiple of 32.", nameof(cols));
-        if (((IContiguousArrayView)q8Weights).IndexInBytes % 2 != 0)
-            throw new ArgumentException("Q8_0 weights must start at an even byte of their buffer.", nameof(q8Weights));
+        CheckQ8_0(q8Weights, cols);
         if (IsWide(cols, MatMulKernels.Q8BlockElements, q8Weights, 2, x))
             _matMulQ8(RowConfig(rows, batch), q8Weights.Cast<ushort>(), x, y, rows, cols, batch, _lanesPerRow);
         else
             _matMulSimpleQ8(SimpleConfig(rows, batch), q8Weights, q8Weights.Cast<ILGPU.Half>(), x, y, rows, cols);
+    }
+
+    /// <summary>
+    /// <see cref="MatMulKernels.MatMul{TW, TConv}"/> with F32 weights always (one group per row and item): the fallback
+    /// of <see cref="MatMul(ArrayView{float}, ArrayView{float}, ArrayView{float}, int, int, int)"/>, callable for comparisons.
+    /// </summary>
+    /// <param name="weights">Weights, <c>[rows, cols]</c>.</param>
+    /// <param name="x">Input, <c>[batch, cols]</c>.</param>
+    /// <param name="y">Output, <c>[batch, rows]</c>.</param>
+    /// <param name="rows">Output features.</param>
+    /// <param name="cols">Input features.</param>
+    /// <param name="batch">Input rows.</param>
+    public void MatMulSimple(ArrayView<float> weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch) =>
+        _matMulSimpleF32(SimpleConfig(rows, batch), weights, x, y, rows, cols);
+
+    /// <summary>
+    /// <see cref="MatMulKernels.MatMul{TW, TConv}"/> with F16 weights always (one group per row and item): the fallback
+    /// of <see cref="MatMul(ArrayView{ILGPU.Half}, ArrayView{float}, ArrayView{float}, int, int, int)"/>, callable for comparisons.
+    /// </summary>
+    /// <param name="weights">Weights, <c>[rows, cols]</c>.</param>
+    /// <param name="x">Input, <c>[batch, cols]</c>.</param>
+    /// <param name="y">Output, <c>[batch, rows]</c>.</param>
+    /// <param name="rows">Output features.</param>
+    /// <param name="cols">Input features.</param>
+    /// <param name="batch">Input rows.</param>
+    public void MatMulSimple(ArrayView<ILGPU.Half> weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch) =>
+        _matMulSimpleF16(SimpleConfig(rows, batch), weights, x, y, rows, cols);
+
+    /// <summary>
+    /// <see cref="MatMulKernels.MatMulQ8_0Simple"/> always (one group per row and item): the fallback of
+    /// <see cref="MatMulQ8_0"/>, callable for comparisons.
+    /// </summary>
+    /// <param name="q8Weights">Raw Q8_0 bytes, <c>rows * cols / 32 * 34</c>, starting at an even byte.</param>
+    /// <param name="x">Input, <c>[batch, cols]</c>.</param>
+    /// <param name="y">Output, <c>[batch, rows]</c>.</param>
+    /// <param name="rows">Output features.</param>
+    /// <param name="cols">Input features (a multiple of 32).</param>
+    /// <param name="batch">Input rows.</param>
+    /// <exception cref="ArgumentException">As <see cref="MatMulQ8_0"/>.</exception>
+    public void MatMulQ8_0Simple(ArrayView<byte> q8Weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch)
+    {
+        CheckQ8_0(q8Weights, cols);
+        _matMulSimpleQ8(SimpleConfig(rows, batch), q8Weights, q8Weights.Cast<ILGPU.Half>(), x, y, rows, cols);
     }
 
     /// <summary><see cref="EmbeddingKernels.Gather{TW, TConv}"/> from an F32 table.</summary>
@@ -309,6 +350,14 @@ public sealed class LayerKernels
     /// <param name="kvDim">kvHeads · headDim.</param>
     public void WriteKv(ArrayView<float> k, ArrayView<float> v, ArrayView<int> slots, ArrayView<ILGPU.Half> kCache, ArrayView<ILGPU.Half> vCache,
         int tokenCount, int kvDim) => _writeKvF16(new Index2D(kvDim, tokenCount), k, v, slots, kCache, vCache, kvDim);
+
+    /// <summary>Q8_0 needs whole blocks per row and 2-byte aligned scales.</summary>
+    private static void CheckQ8_0(ArrayView<byte> q8Weights, int cols)
+    {
+        if (cols % MatMulKernels.Q8BlockElements != 0) throw new ArgumentException("cols must be a multiple of 32.", "cols");
+        if (((IContiguousArrayView)q8Weights).IndexInBytes % 2 != 0)
+            throw new ArgumentException("Q8_0 weights must start at an even byte of their buffer.", "q8Weights");
+    }
 
     /// <summary>
     /// Whether the row kernels apply: <paramref name="cols"/> a multiple of <paramref name="colMultiple"/>, the weights
