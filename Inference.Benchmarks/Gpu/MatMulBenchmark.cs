@@ -18,17 +18,33 @@ public static class MatMulBenchmark
     private static readonly (int Rows, int Cols)[] Shapes = [(5632, 2048), (2048, 5632), (32000, 2048)];
     private static readonly int[] Batches = [1, 4, 16];
 
-    /// <summary>Runs the benchmark.</summary>
+    /// <summary>Runs the benchmark on the standard shapes and batches.</summary>
     /// <param name="acc">The CUDA accelerator (its context has ILGPU.Algorithms enabled).</param>
     /// <param name="outDir">Where <c>matmul.tsv</c> goes.</param>
     /// <param name="summary">Gets the table.</param>
     /// <param name="copyGbs">The device-to-device copy bandwidth (read + write), GB/s.</param>
     /// <returns>Whether every row kernel's output stayed within 1e-3 (relative to the largest output) of the simple kernel's.</returns>
-    public static bool Run(Accelerator acc, string outDir, StringBuilder summary, double copyGbs)
+    public static bool Run(Accelerator acc, string outDir, StringBuilder summary, double copyGbs) =>
+        Run(acc, outDir, summary, copyGbs, Shapes, Batches);
+
+    /// <summary>Runs the benchmark on given shapes (cols a multiple of 32) and batches.</summary>
+    /// <param name="acc">The accelerator (its context has ILGPU.Algorithms enabled).</param>
+    /// <param name="outDir">Where <c>matmul.tsv</c> goes.</param>
+    /// <param name="summary">Gets the table.</param>
+    /// <param name="copyGbs">The device-to-device copy bandwidth (read + write), GB/s.</param>
+    /// <param name="shapes">(rows, cols) of the weight matrices.</param>
+    /// <param name="batches">Input rows per call.</param>
+    /// <returns>Whether every row kernel's output stayed within 1e-3 (relative to the largest output) of the simple kernel's.</returns>
+    public static bool Run(Accelerator acc, string outDir, StringBuilder summary, double copyGbs,
+        IReadOnlyList<(int Rows, int Cols)> shapes, IReadOnlyList<int> batches)
     {
+        ArgumentNullException.ThrowIfNull(acc);
+        ArgumentNullException.ThrowIfNull(summary);
+        ArgumentNullException.ThrowIfNull(shapes);
+        ArgumentNullException.ThrowIfNull(batches);
         var kernels = new LayerKernels(acc);
-        long maxWeights = Shapes.Max(s => (long)s.Rows * s.Cols);
-        int maxCols = Shapes.Max(s => s.Cols), maxRows = Shapes.Max(s => s.Rows), maxBatch = Batches.Max();
+        long maxWeights = shapes.Max(s => (long)s.Rows * s.Cols);
+        int maxCols = shapes.Max(s => s.Cols), maxRows = shapes.Max(s => s.Rows), maxBatch = batches.Max();
 
         // random non-zero weights and inputs in [-1, 1); one host array serves every shape (a prefix of it)
         var rng = new Random(13);
@@ -49,8 +65,8 @@ public static class MatMulBenchmark
         summary.AppendLine("|---|---|---|---|---|---|---|---|");
         bool agree = true;
         foreach (var type in new[] { "f16", "q8_0", "f32" })
-            foreach (var (rows, cols) in Shapes)
-                foreach (var batch in Batches)
+            foreach (var (rows, cols) in shapes)
+                foreach (var batch in batches)
                 {
                     long count = (long)rows * cols;
                     var xv = x.View.SubView(0, (long)batch * cols);

@@ -93,6 +93,13 @@ public class MatMulKernelTests
     public void UnalignedInputsFallBackAndMatchReference(WeightType type, int cols, int weightOffset, int xOffset = 0) =>
         Check(Layout.Warp32Rows4, type, 7, cols, 5, weightOffset, xOffset);
 
+    /// <summary>The simple kernels called directly (the benchmark's baseline) on aligned views.</summary>
+    [TestCase(WeightType.F32)]
+    [TestCase(WeightType.F16)]
+    [TestCase(WeightType.Q8_0)]
+    public void SimpleKernelsMatchReference(WeightType type) =>
+        Check(Layout.Warp32Rows2, type, 7, 96, 5, simple: true);
+
     [Test]
     public void Q8_0WeightsAtAnOddByteAreRejected()
     {
@@ -100,6 +107,7 @@ public class MatMulKernelTests
         using var wb = kernels.Accelerator.Allocate1D<byte>(1 + 34);
         using var xb = kernels.Accelerator.Allocate1D<float>(32);
         Assert.Throws<ArgumentException>(() => kernels.MatMulQ8_0(Skip<byte>(wb.View, 1), xb.View, xb.View, 1, 32, 1));
+        Assert.Throws<ArgumentException>(() => kernels.MatMulQ8_0Simple(Skip<byte>(wb.View, 1), xb.View, xb.View, 1, 32, 1));
     }
 
     [Test]
@@ -136,7 +144,8 @@ public class MatMulKernelTests
     /// Runs one case: weights placed <paramref name="weightOffset"/> elements (bytes for Q8_0) and the input
     /// <paramref name="xOffset"/> elements into their buffers after NaN padding, output poisoned with NaN and one poisoned element past the end that must stay untouched.
     /// </summary>
-    private static void Check(Layout layout, WeightType type, int rows, int cols, int batch, int weightOffset = 0, int xOffset = 0)
+    private static void Check(Layout layout, WeightType type, int rows, int cols, int batch, int weightOffset = 0, int xOffset = 0,
+        bool simple = false)
     {
         var kernels = Kernel[layout].Value;
         var acc = kernels.Accelerator;
@@ -154,7 +163,8 @@ public class MatMulKernelTests
             {
                 effective = w;
                 using var wb = acc.Allocate1D(Enumerable.Repeat(float.NaN, weightOffset).Concat(w).ToArray());
-                kernels.MatMul(Skip<float>(wb.View, weightOffset), xv, y, rows, cols, batch);
+                if (simple) kernels.MatMulSimple(Skip<float>(wb.View, weightOffset), xv, y, rows, cols, batch);
+                else kernels.MatMul(Skip<float>(wb.View, weightOffset), xv, y, rows, cols, batch);
                 acc.Synchronize();
                 break;
             }
@@ -163,7 +173,8 @@ public class MatMulKernelTests
                 var half = w.Select(v => (System.Half)v).ToArray();
                 effective = half.Select(v => (float)v).ToArray();
                 using var wb = acc.Allocate1D(PagedAttentionKernelTests.ToIlgpuHalf(Enumerable.Repeat(System.Half.NaN, weightOffset).Concat(half).ToArray()));
-                kernels.MatMul(Skip<ILGPU.Half>(wb.View, weightOffset), xv, y, rows, cols, batch);
+                if (simple) kernels.MatMulSimple(Skip<ILGPU.Half>(wb.View, weightOffset), xv, y, rows, cols, batch);
+                else kernels.MatMul(Skip<ILGPU.Half>(wb.View, weightOffset), xv, y, rows, cols, batch);
                 acc.Synchronize();
                 break;
             }
@@ -172,7 +183,8 @@ public class MatMulKernelTests
                 var q = ReferenceMatMul.QuantizeQ8_0(w);
                 effective = ReferenceMatMul.DequantizeQ8_0(q);
                 using var wb = acc.Allocate1D(new byte[weightOffset].Concat(q).ToArray());
-                kernels.MatMulQ8_0(Skip<byte>(wb.View, weightOffset), xv, y, rows, cols, batch);
+                if (simple) kernels.MatMulQ8_0Simple(Skip<byte>(wb.View, weightOffset), xv, y, rows, cols, batch);
+                else kernels.MatMulQ8_0(Skip<byte>(wb.View, weightOffset), xv, y, rows, cols, batch);
                 acc.Synchronize();
                 break;
             }
