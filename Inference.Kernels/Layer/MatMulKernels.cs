@@ -11,7 +11,7 @@ namespace Inference.Kernels.Layer;
 /// The row kernels (<see cref="MatMulF32"/>, <see cref="MatMulF16"/>, <see cref="MatMulQ8_0"/>) are written for
 /// memory bandwidth: <c>lanesPerRow</c> consecutive threads (a warp on GPUs) share one output row, a group holds
 /// <c>Group.DimX / lanesPerRow</c> rows, and the lanes of a row reduce with warp shuffles (no shared memory, no
-/// barriers). Each lane reads 16 bytes of F32 / F16 weights per load (a warp reads 512 contiguous bytes) and two
+/// barriers). Each lane reads 16 bytes of F32 / F16 weights per load (a warp reads 512 contiguous bytes) and four
 /// loads are in flight per loop step. Q8_0 rows are only 2-byte aligned: four lanes share a 34-byte block, each
 /// reading 8 quants as four 2-byte loads, so a warp reads 8 consecutive blocks (272 bytes) per step.
 /// </para>
@@ -189,15 +189,19 @@ public static class MatMulKernels
         {
             long wRow = (long)p.Row * p.Slots;
             long x0 = (long)b0 * p.Slots;   // cols / 4 vectors per item
-            int s = p.Lane;
-            for (; s + p.Lanes < p.Slots; s += 2 * p.Lanes)
+            int s = p.Lane, l = p.Lanes;
+            for (; s + 3 * l < p.Slots; s += 4 * l)
             {
                 var v0 = w[wRow + s];
-                var v1 = w[wRow + s + p.Lanes];
+                var v1 = w[wRow + s + l];
+                var v2 = w[wRow + s + 2 * l];
+                var v3 = w[wRow + s + 3 * l];
                 acc = F32Step<TTile>(acc, v0, x, x0 + s, p.Slots);
-                acc = F32Step<TTile>(acc, v1, x, x0 + s + p.Lanes, p.Slots);
+                acc = F32Step<TTile>(acc, v1, x, x0 + s + l, p.Slots);
+                acc = F32Step<TTile>(acc, v2, x, x0 + s + 2 * l, p.Slots);
+                acc = F32Step<TTile>(acc, v3, x, x0 + s + 3 * l, p.Slots);
             }
-            if (s < p.Slots) acc = F32Step<TTile>(acc, w[wRow + s], x, x0 + s, p.Slots);
+            for (; s < p.Slots; s += l) acc = F32Step<TTile>(acc, w[wRow + s], x, x0 + s, p.Slots);
         }
         Finish<TTile>(p, acc, y, b0);
     }
@@ -222,15 +226,19 @@ public static class MatMulKernels
             long wRow = (long)p.Row * p.Slots;
             int stride = 2 * p.Slots;         // cols / 4 vectors per item
             long x0 = (long)b0 * stride;
-            int s = p.Lane;
-            for (; s + p.Lanes < p.Slots; s += 2 * p.Lanes)
+            int s = p.Lane, l = p.Lanes;
+            for (; s + 3 * l < p.Slots; s += 4 * l)
             {
                 var v0 = w[wRow + s];
-                var v1 = w[wRow + s + p.Lanes];
+                var v1 = w[wRow + s + l];
+                var v2 = w[wRow + s + 2 * l];
+                var v3 = w[wRow + s + 3 * l];
                 acc = F16Step<TTile>(acc, v0, x, x0 + 2L * s, stride);
-                acc = F16Step<TTile>(acc, v1, x, x0 + 2L * (s + p.Lanes), stride);
+                acc = F16Step<TTile>(acc, v1, x, x0 + 2L * (s + l), stride);
+                acc = F16Step<TTile>(acc, v2, x, x0 + 2L * (s + 2 * l), stride);
+                acc = F16Step<TTile>(acc, v3, x, x0 + 2L * (s + 3 * l), stride);
             }
-            if (s < p.Slots) acc = F16Step<TTile>(acc, w[wRow + s], x, x0 + 2L * s, stride);
+            for (; s < p.Slots; s += l) acc = F16Step<TTile>(acc, w[wRow + s], x, x0 + 2L * s, stride);
         }
         Finish<TTile>(p, acc, y, b0);
     }
@@ -258,15 +266,19 @@ public static class MatMulKernels
             long wRow = (long)p.Row * (p.Slots >> 2) * (Q8BlockBytes / 2);
             int stride = 2 * p.Slots;         // cols / 4 vectors per item
             long x0 = (long)b0 * stride;
-            int s = p.Lane;
-            for (; s + p.Lanes < p.Slots; s += 2 * p.Lanes)
+            int s = p.Lane, l = p.Lanes;
+            for (; s + 3 * l < p.Slots; s += 4 * l)
             {
                 var q0 = LoadQuarter(words, wRow, s);
-                var q1 = LoadQuarter(words, wRow, s + p.Lanes);
+                var q1 = LoadQuarter(words, wRow, s + l);
+                var q2 = LoadQuarter(words, wRow, s + 2 * l);
+                var q3 = LoadQuarter(words, wRow, s + 3 * l);
                 acc = Q8Step<TTile>(acc, q0, x, x0 + 2L * s, stride);
-                acc = Q8Step<TTile>(acc, q1, x, x0 + 2L * (s + p.Lanes), stride);
+                acc = Q8Step<TTile>(acc, q1, x, x0 + 2L * (s + l), stride);
+                acc = Q8Step<TTile>(acc, q2, x, x0 + 2L * (s + 2 * l), stride);
+                acc = Q8Step<TTile>(acc, q3, x, x0 + 2L * (s + 3 * l), stride);
             }
-            if (s < p.Slots) acc = Q8Step<TTile>(acc, LoadQuarter(words, wRow, s), x, x0 + 2L * s, stride);
+            for (; s < p.Slots; s += l) acc = Q8Step<TTile>(acc, LoadQuarter(words, wRow, s), x, x0 + 2L * s, stride);
         }
         Finish<TTile>(p, acc, y, b0);
     }

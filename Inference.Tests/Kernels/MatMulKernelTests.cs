@@ -48,8 +48,11 @@ public class MatMulKernelTests
 
     private static readonly int[] Batches = [1, 3, 4, 5, 9];
 
-    /// <summary>(rows, cols): rows never a multiple of 4 or 16; cols 32 (one Q8_0 block), 96 and 2048.</summary>
-    private static readonly (int Rows, int Cols)[] Shapes = [(5, 32), (7, 96), (3, 2048)];
+    /// <summary>
+    /// (rows, cols): rows never a multiple of 4 or 16; cols 32 (one Q8_0 block), 96, 2048, and 1056, whose rows end
+    /// part-way through a four-load step of the warp (the remainder loop after the unrolled one).
+    /// </summary>
+    private static readonly (int Rows, int Cols)[] Shapes = [(5, 32), (7, 96), (3, 2048), (9, 1056)];
 
     private static IEnumerable<TestCaseData> GpuLayoutCases()
     {
@@ -72,6 +75,8 @@ public class MatMulKernelTests
     [TestCase(Layout.Thread1Row, WeightType.F32, 3, 2048, 3)]
     [TestCase(Layout.Thread1Row, WeightType.F16, 7, 96, 4)]
     [TestCase(Layout.Thread1Row, WeightType.Q8_0, 5, 96, 9)]
+    [TestCase(Layout.Thread1Row, WeightType.F32, 5, 36, 3)]      // 9 loads per row: the remainder loop of one thread
+    [TestCase(Layout.Thread1Row, WeightType.F16, 5, 40, 5)]      // 5 loads per row
     public void OtherLayoutsMatchReference(Layout layout, WeightType type, int rows, int cols, int batch) =>
         Check(layout, type, rows, cols, batch);
 
