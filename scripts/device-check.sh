@@ -20,7 +20,7 @@
 #         ffn 5632, vocab 32000; --quick: 4 layers) into a temporary folder, compares the GPU engine's last-position
 #         logits with the CPU engine's (relative L2, target < 5e-3) with PTX and ILGPU attention, and measures GPU
 #         decode tokens/s for 1 and for 16 concurrent requests through the engine. Needs ~3 GB of temporary disk.
-#     Writes OUTDIR/{device.txt,checks.tsv,bench.tsv,e2e.tsv,summary.md,nvidia-smi.txt,runner.log}.
+#     Writes OUTDIR/{device.txt,checks.tsv,bench.tsv,matmul.tsv,e2e.tsv,summary.md,nvidia-smi.txt,runner.log}.
 #     Exit status: 0 all checks passed, 1 a check failed, 2 no CUDA device, other: runner crashed.
 set -euo pipefail
 

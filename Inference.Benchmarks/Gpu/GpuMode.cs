@@ -12,8 +12,9 @@ namespace Inference.Benchmarks.Gpu;
 
 /// <summary>
 /// <c>gpu OUTDIR [--quick] [--no-e2e]</c>: on a CUDA machine, runs the attention checks (PTX vs ILGPU vs reference), the
-/// decode-attention benchmark and the end-to-end model check (<see cref="EndToEndCheck"/>), writing <c>device.txt</c>,
-/// <c>checks.tsv</c>, <c>bench.tsv</c>, <c>e2e.tsv</c> and <c>summary.md</c>.
+/// decode-attention benchmark, the matrix-kernel benchmark (<see cref="MatMulBenchmark"/>) and the end-to-end model
+/// check (<see cref="EndToEndCheck"/>), writing <c>device.txt</c>, <c>checks.tsv</c>, <c>bench.tsv</c>,
+/// <c>matmul.tsv</c>, <c>e2e.tsv</c> and <c>summary.md</c>.
 /// Exit status: 0 all checks passed, 1 a check failed, 2 no CUDA device.
 /// </summary>
 public static class GpuMode
@@ -47,15 +48,28 @@ public static class GpuMode
             $"{acc.MemorySize / (1L << 30)} GiB, driver {acc.DriverVersion}\n");
 
         bool allPassed = RunChecks(backend, outDir, summary);
+        double copyGbs = double.NaN;
         try
         {
-            RunBenchmark(backend, outDir, summary, quick);
+            copyGbs = MeasureCopy(acc, 1L << 30);
+            RunBenchmark(backend, outDir, summary, quick, copyGbs);
         }
         catch (Exception e)
         {
             allPassed = false;
             summary.AppendLine(CultureInfo.InvariantCulture, $"benchmark: **exception** {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}\n");
             Console.WriteLine($"benchmark: {e}");
+        }
+        File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
+        try
+        {
+            allPassed &= MatMulBenchmark.Run(acc, outDir, summary, copyGbs);
+        }
+        catch (Exception e)
+        {
+            allPassed = false;
+            summary.AppendLine(CultureInfo.InvariantCulture, $"matmul benchmark: **exception** {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}\n");
+            Console.WriteLine($"matmul benchmark: {e}");
         }
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
         allPassed &= Stories260KCheck.Run(summary);
@@ -113,7 +127,7 @@ public static class GpuMode
         return failed == 0;
     }
 
-    private static void RunBenchmark(CudaBackend backend, string outDir, StringBuilder summary, bool quick)
+    private static void RunBenchmark(CudaBackend backend, string outDir, StringBuilder summary, bool quick, double copyGbs)
     {
         var acc = backend.Accelerator;
         int[] batches = [1, 16, 64];
@@ -131,7 +145,6 @@ public static class GpuMode
         q.View.MemSet((byte)0x3C);
         using var output = acc.Allocate1D<float>(q.Length);
 
-        double copyGbs = MeasureCopy(acc, 1L << 30);
         var tsv = new StringBuilder("kernel\tbatch\tcontext\tus_per_call\tkv_bytes\tGB_per_s\tfraction_of_copy\n");
         summary.AppendLine(CultureInfo.InvariantCulture,
             $"device-to-device copy (1 GiB, read + write counted): {copyGbs:F0} GB/s\n");
@@ -176,7 +189,7 @@ public static class GpuMode
     }
 
     /// <summary>Mean seconds per call: warm-up, then enough calls for ≥ 200 ms.</summary>
-    private static double Time(Accelerator acc, Action run)
+    internal static double Time(Accelerator acc, Action run)
     {
         for (int i = 0; i < 3; i++) run();
         acc.Synchronize();

@@ -102,9 +102,27 @@ public static class LayerSelfCheck
         return Compare("swiglu", expected, Read(acc, ob), 1e-5, 1e-4);
     }
 
+    /// <summary>
+    /// (rows, cols, batch) of the matrix checks: a full-size row, rows that leave the last group of 4 partly empty,
+    /// batches around the tile of 4 and past the chunk of 16, and the narrowest row (one Q8_0 block).
+    /// </summary>
+    private static readonly (int Rows, int Cols, int Batch)[] MatMulShapes =
+        [(300, 1024, 3), (37, 2048, 5), (13, 96, 16), (5, 32, 9), (6, 96, 17), (2, 2048, 1)];
+
     private static AttentionSelfCheck.Result MatMul(Accelerator acc, LayerKernels k, Random rng, string name)
     {
-        const int rows = 300, cols = 1024, batch = 3;
+        AttentionSelfCheck.Result? worst = null;
+        foreach (var (rows, cols, batch) in MatMulShapes)
+        {
+            var r = MatMul(acc, k, rng, name, rows, cols, batch);
+            if (!r.Passed) return r with { Detail = $"{rows}x{cols} batch {batch}: {r.Detail}" };
+            if (worst is null || r.MaxAbsError > worst.MaxAbsError) worst = r;
+        }
+        return worst!;
+    }
+
+    private static AttentionSelfCheck.Result MatMul(Accelerator acc, LayerKernels k, Random rng, string name, int rows, int cols, int batch)
+    {
         var w = Values(rng, rows * cols, 1f);
         var x = Values(rng, batch * cols, 1f);
         using var xb = acc.Allocate1D(x);

@@ -12,12 +12,17 @@ public sealed class LayerKernels
 {
     private readonly Accelerator _accelerator;
     private readonly int _groupSize;
+    private readonly int _rowGroupSize;
+    private readonly int _lanesPerRow;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float> _rmsNorm;
     private readonly Action<Index2D, ArrayView<float>, ArrayView<int>, int, int, int, float, int> _rope;
     private readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>> _swiGlu;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> _matMulF32;
-    private readonly Action<KernelConfig, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int> _matMulF16;
-    private readonly Action<KernelConfig, ArrayView<byte>, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int> _matMulQ8;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int> _matMulF32;
+    private readonly Action<KernelConfig, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int, int, int> _matMulF16;
+    private readonly Action<KernelConfig, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int> _matMulQ8;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> _matMulSimpleF32;
+    private readonly Action<KernelConfig, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int> _matMulSimpleF16;
+    private readonly Action<KernelConfig, ArrayView<byte>, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int> _matMulSimpleQ8;
     private readonly Action<Index2D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int> _gatherF32;
     private readonly Action<Index2D, ArrayView<ILGPU.Half>, ArrayView<int>, ArrayView<float>, int> _gatherF16;
     private readonly Action<Index2D, ArrayView<byte>, ArrayView<ILGPU.Half>, ArrayView<int>, ArrayView<float>, int> _gatherQ8;
@@ -42,6 +47,9 @@ public sealed class LayerKernels
     /// <remarks>
     /// NOTE: ILGPU's CPU accelerator pays for every barrier with thread switches; one-thread groups make each row
     /// a plain loop there, tens of times faster for whole-model runs. GPUs want the default 64.
+    /// The matrix row kernels use <see cref="MatMulKernels.RowGroupSize"/> threads per group (a warp per row) when
+    /// <paramref name="maxGroupSize"/> is 64 or more, else <paramref name="maxGroupSize"/> threads with one thread per
+    /// row when that is below the warp size.
     /// </remarks>
     public LayerKernels(Accelerator accelerator, int maxGroupSize)
     {
@@ -49,13 +57,19 @@ public sealed class LayerKernels
         ArgumentOutOfRangeException.ThrowIfLessThan(maxGroupSize, 1);
         _accelerator = accelerator;
         _groupSize = KernelGroupSize.For(accelerator, Math.Min(maxGroupSize, GroupReduce.MaxGroupSize));
+        _rowGroupSize = KernelGroupSize.For(accelerator, maxGroupSize >= GroupReduce.MaxGroupSize ? MatMulKernels.RowGroupSize : maxGroupSize);
+        int warp = accelerator.WarpSize;
+        _lanesPerRow = warp > 0 && (warp & (warp - 1)) == 0 && _rowGroupSize % warp == 0 ? warp : 1;
         var a = accelerator;
         _rmsNorm = a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(RmsNormKernels.RmsNorm);
         _rope = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<int>, int, int, int, float, int>(RopeKernels.Rope);
         _swiGlu = a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>(SwiGluKernels.SwiGlu);
-        _matMulF32 = a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(MatMulKernels.MatMul<float, F32Element>);
-        _matMulF16 = a.LoadStreamKernel<ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int>(MatMulKernels.MatMul<ILGPU.Half, F16Element>);
-        _matMulQ8 = a.LoadStreamKernel<ArrayView<byte>, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int>(MatMulKernels.MatMulQ8_0);
+        _matMulF32 = a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MatMulKernels.MatMulF32);
+        _matMulF16 = a.LoadStreamKernel<ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MatMulKernels.MatMulF16);
+        _matMulQ8 = a.LoadStreamKernel<ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MatMulKernels.MatMulQ8_0);
+        _matMulSimpleF32 = a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(MatMulKernels.MatMul<float, F32Element>);
+        _matMulSimpleF16 = a.LoadStreamKernel<ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int>(MatMulKernels.MatMul<ILGPU.Half, F16Element>);
+        _matMulSimpleQ8 = a.LoadStreamKernel<ArrayView<byte>, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int>(MatMulKernels.MatMulQ8_0Simple);
         _gatherF32 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>(EmbeddingKernels.Gather<float, F32Element>);
         _gatherF16 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<ILGPU.Half>, ArrayView<int>, ArrayView<float>, int>(EmbeddingKernels.Gather<ILGPU.Half, F16Element>);
         _gatherQ8 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<byte>, ArrayView<ILGPU.Half>, ArrayView<int>, ArrayView<float>, int>(EmbeddingKernels.GatherQ8_0);
@@ -71,6 +85,12 @@ public sealed class LayerKernels
 
     /// <summary>The accelerator the kernels run on.</summary>
     public Accelerator Accelerator => _accelerator;
+
+    /// <summary>Threads per group of the matrix row kernels.</summary>
+    public int RowGroupSize => _rowGroupSize;
+
+    /// <summary>Threads per output row of the matrix row kernels (1 or the warp size).</summary>
+    public int LanesPerRow => _lanesPerRow;
 
     /// <summary><see cref="RmsNormKernels.RmsNorm"/> over <paramref name="rows"/> rows of <paramref name="dim"/>.</summary>
     /// <param name="x">Input, <c>[rows, dim]</c>.</param>
@@ -113,38 +133,106 @@ public sealed class LayerKernels
     public void SwiGlu(ArrayView<float> gate, ArrayView<float> up, ArrayView<float> output, int count) =>
         _swiGlu(count, gate, up, output);
 
-    /// <summary><see cref="MatMulKernels.MatMul{TW, TConv}"/> with F32 weights.</summary>
+    /// <summary>
+    /// <see cref="MatMulKernels.MatMulF32"/> (16-byte loads, a warp per row) when <paramref name="cols"/> is a multiple
+    /// of 4 and both views start 16-byte aligned, else <see cref="MatMulKernels.MatMul{TW, TConv}"/>.
+    /// </summary>
     /// <param name="weights">Weights, <c>[rows, cols]</c>.</param>
     /// <param name="x">Input, <c>[batch, cols]</c>.</param>
     /// <param name="y">Output, <c>[batch, rows]</c>.</param>
     /// <param name="rows">Output features.</param>
     /// <param name="cols">Input features.</param>
     /// <param name="batch">Input rows.</param>
-    public void MatMul(ArrayView<float> weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch) =>
-        _matMulF32(MatMulConfig(rows, batch), weights, x, y, rows, cols);
+    public void MatMul(ArrayView<float> weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch)
+    {
+        if (IsWide(cols, 4, weights, 16, x))
+            _matMulF32(RowConfig(rows, batch), weights, x, y, rows, cols, batch, _lanesPerRow);
+        else
+            _matMulSimpleF32(SimpleConfig(rows, batch), weights, x, y, rows, cols);
+    }
 
-    /// <summary><see cref="MatMulKernels.MatMul{TW, TConv}"/> with F16 weights.</summary>
+    /// <summary>
+    /// <see cref="MatMulKernels.MatMulF16"/> (16-byte loads, a warp per row) when <paramref name="cols"/> is a multiple
+    /// of 8 and both views start 16-byte aligned, else <see cref="MatMulKernels.MatMul{TW, TConv}"/>.
+    /// </summary>
     /// <param name="weights">Weights, <c>[rows, cols]</c>.</param>
     /// <param name="x">Input, <c>[batch, cols]</c>.</param>
     /// <param name="y">Output, <c>[batch, rows]</c>.</param>
     /// <param name="rows">Output features.</param>
     /// <param name="cols">Input features.</param>
     /// <param name="batch">Input rows.</param>
-    public void MatMul(ArrayView<ILGPU.Half> weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch) =>
-        _matMulF16(MatMulConfig(rows, batch), weights, x, y, rows, cols);
+    public void MatMul(ArrayView<ILGPU.Half> weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch)
+    {
+        if (IsWide(cols, 8, weights, 16, x))
+            _matMulF16(RowConfig(rows, batch), weights, x, y, rows, cols, batch, _lanesPerRow);
+        else
+            _matMulSimpleF16(SimpleConfig(rows, batch), weights, x, y, rows, cols);
+    }
 
-    /// <summary><see cref="MatMulKernels.MatMulQ8_0"/>.</summary>
+    /// <summary>
+    /// <see cref="MatMulKernels.MatMulQ8_0"/> (a warp per row, four lanes per block) when the input starts 16-byte
+    /// aligned, else <see cref="MatMulKernels.MatMulQ8_0Simple"/>.
+    /// </summary>
     /// <param name="q8Weights">Raw Q8_0 bytes, <c>rows * cols / 32 * 34</c>.</param>
     /// <param name="x">Input, <c>[batch, cols]</c>.</param>
     /// <param name="y">Output, <c>[batch, rows]</c>.</param>
     /// <param name="rows">Output features.</param>
     /// <param name="cols">Input features (a multiple of 32).</param>
     /// <param name="batch">Input rows.</param>
-    /// <exception cref="ArgumentException"><paramref name="cols"/> is not a multiple of 32.</exception>
+    /// <exception cref="ArgumentException">
+    /// <paramref name="cols"/> is not a multiple of 32, or <paramref name="q8Weights"/> starts at an odd byte of its
+    /// buffer (both kernels read the f16 scales as 2-byte words).
+    /// </exception>
     public void MatMulQ8_0(ArrayView<byte> q8Weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch)
     {
-        if (cols % MatMulKernels.Q8BlockElements != 0) throw new ArgumentException("cols must be a multiple of 32.", nameof(cols));
-        _matMulQ8(MatMulConfig(rows, batch), q8Weights, q8Weights.Cast<ILGPU.Half>(), x, y, rows, cols);
+        CheckQ8_0(q8Weights, cols);
+        if (IsWide(cols, MatMulKernels.Q8BlockElements, q8Weights, 2, x))
+            _matMulQ8(RowConfig(rows, batch), q8Weights.Cast<ushort>(), x, y, rows, cols, batch, _lanesPerRow);
+        else
+            _matMulSimpleQ8(SimpleConfig(rows, batch), q8Weights, q8Weights.Cast<ILGPU.Half>(), x, y, rows, cols);
+    }
+
+    /// <summary>
+    /// <see cref="MatMulKernels.MatMul{TW, TConv}"/> with F32 weights always (one group per row and item): the fallback
+    /// of <see cref="MatMul(ArrayView{float}, ArrayView{float}, ArrayView{float}, int, int, int)"/>, callable for comparisons.
+    /// </summary>
+    /// <param name="weights">Weights, <c>[rows, cols]</c>.</param>
+    /// <param name="x">Input, <c>[batch, cols]</c>.</param>
+    /// <param name="y">Output, <c>[batch, rows]</c>.</param>
+    /// <param name="rows">Output features.</param>
+    /// <param name="cols">Input features.</param>
+    /// <param name="batch">Input rows.</param>
+    public void MatMulSimple(ArrayView<float> weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch) =>
+        _matMulSimpleF32(SimpleConfig(rows, batch), weights, x, y, rows, cols);
+
+    /// <summary>
+    /// <see cref="MatMulKernels.MatMul{TW, TConv}"/> with F16 weights always (one group per row and item): the fallback
+    /// of <see cref="MatMul(ArrayView{ILGPU.Half}, ArrayView{float}, ArrayView{float}, int, int, int)"/>, callable for comparisons.
+    /// </summary>
+    /// <param name="weights">Weights, <c>[rows, cols]</c>.</param>
+    /// <param name="x">Input, <c>[batch, cols]</c>.</param>
+    /// <param name="y">Output, <c>[batch, rows]</c>.</param>
+    /// <param name="rows">Output features.</param>
+    /// <param name="cols">Input features.</param>
+    /// <param name="batch">Input rows.</param>
+    public void MatMulSimple(ArrayView<ILGPU.Half> weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch) =>
+        _matMulSimpleF16(SimpleConfig(rows, batch), weights, x, y, rows, cols);
+
+    /// <summary>
+    /// <see cref="MatMulKernels.MatMulQ8_0Simple"/> always (one group per row and item): the fallback of
+    /// <see cref="MatMulQ8_0"/>, callable for comparisons.
+    /// </summary>
+    /// <param name="q8Weights">Raw Q8_0 bytes, <c>rows * cols / 32 * 34</c>, starting at an even byte.</param>
+    /// <param name="x">Input, <c>[batch, cols]</c>.</param>
+    /// <param name="y">Output, <c>[batch, rows]</c>.</param>
+    /// <param name="rows">Output features.</param>
+    /// <param name="cols">Input features (a multiple of 32).</param>
+    /// <param name="batch">Input rows.</param>
+    /// <exception cref="ArgumentException">As <see cref="MatMulQ8_0"/>.</exception>
+    public void MatMulQ8_0Simple(ArrayView<byte> q8Weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch)
+    {
+        CheckQ8_0(q8Weights, cols);
+        _matMulSimpleQ8(SimpleConfig(rows, batch), q8Weights, q8Weights.Cast<ILGPU.Half>(), x, y, rows, cols);
     }
 
     /// <summary><see cref="EmbeddingKernels.Gather{TW, TConv}"/> from an F32 table.</summary>
@@ -263,6 +351,32 @@ public sealed class LayerKernels
     public void WriteKv(ArrayView<float> k, ArrayView<float> v, ArrayView<int> slots, ArrayView<ILGPU.Half> kCache, ArrayView<ILGPU.Half> vCache,
         int tokenCount, int kvDim) => _writeKvF16(new Index2D(kvDim, tokenCount), k, v, slots, kCache, vCache, kvDim);
 
-    private KernelConfig MatMulConfig(int rows, int batch) =>
+    /// <summary>Q8_0 needs whole blocks per row and 2-byte aligned scales.</summary>
+    private static void CheckQ8_0(ArrayView<byte> q8Weights, int cols)
+    {
+        if (cols % MatMulKernels.Q8BlockElements != 0) throw new ArgumentException("cols must be a multiple of 32.", "cols");
+        if (((IContiguousArrayView)q8Weights).IndexInBytes % 2 != 0)
+            throw new ArgumentException("Q8_0 weights must start at an even byte of their buffer.", "q8Weights");
+    }
+
+    /// <summary>
+    /// Whether the row kernels apply: <paramref name="cols"/> a multiple of <paramref name="colMultiple"/>, the weights
+    /// starting a multiple of <paramref name="weightAlign"/> bytes into their buffer and the input a multiple of 16
+    /// (buffers themselves start 256-byte aligned on GPUs, so these are the alignments the loads get).
+    /// </summary>
+    internal static bool IsWide<TW>(int cols, int colMultiple, ArrayView<TW> weights, int weightAlign, ArrayView<float> x)
+        where TW : unmanaged =>
+        cols > 0 && cols % colMultiple == 0
+        && ((IContiguousArrayView)weights).IndexInBytes % weightAlign == 0
+        && ((IContiguousArrayView)x).IndexInBytes % 16 == 0;
+
+    private KernelConfig RowConfig(int rows, int batch)
+    {
+        int rowsPerGroup = _rowGroupSize / _lanesPerRow;
+        return new(new Index2D((rows + rowsPerGroup - 1) / rowsPerGroup, (batch + MatMulKernels.BatchChunk - 1) / MatMulKernels.BatchChunk),
+            new Index2D(_rowGroupSize, 1));
+    }
+
+    private KernelConfig SimpleConfig(int rows, int batch) =>
         new(new Index2D(rows, batch), new Index2D(_groupSize, 1));
 }
