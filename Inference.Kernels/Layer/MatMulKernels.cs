@@ -336,9 +336,12 @@ public static class MatMulKernels
 
     private static float High(uint bits) => (float)Interop.IntAsFloat((ushort)(bits >> 16));
 
-    private static float QLow(ushort word) => (sbyte)(byte)(word & 0xFF);
+    // NOTE: sign-extended in 32-bit integer arithmetic: ILGPU 1.5.3 compiles (sbyte)(byte)x to PTX as an unsigned byte
+    // conversion (cvt.rn.f32.u8), which gave codes 128..255 instead of -128..-1 on an H100 (the CPU accelerator runs
+    // the C# semantics and hid it).
+    private static float QLow(ushort word) => ((word & 0xFF) ^ 0x80) - 0x80;
 
-    private static float QHigh(ushort word) => (sbyte)(byte)(word >> 8);
+    private static float QHigh(ushort word) => ((word >> 8) ^ 0x80) - 0x80;
 
     /// <summary>Where a thread works in a row kernel.</summary>
     private readonly struct RowPass

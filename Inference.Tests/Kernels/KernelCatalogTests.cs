@@ -18,4 +18,23 @@ public class KernelCatalogTests
             Assert.That(ptx, Does.Contain(".target sm_"), entry.Name);
         }
     }
+
+    /// <summary>
+    /// Kernels that read int8 quants convert them as signed: ILGPU 1.5.3 compiles <c>(sbyte)(byte)x</c> to an unsigned
+    /// byte conversion in PTX (seen on an H100, where the Q8_0 row kernel turned codes -128..-1 into 128..255), a bug the
+    /// CPU accelerator does not reproduce.
+    /// </summary>
+    [Test]
+    public void QuantKernelsHaveNoUnsignedByteToFloatConversion()
+    {
+        using var compiler = new IlgpuPtxCompiler();
+        var quantKernels = KernelCatalog.All.Where(k => k.Name.Contains("q8_0", StringComparison.OrdinalIgnoreCase)).ToList();
+        Assert.That(quantKernels, Is.Not.Empty);
+        foreach (var entry in quantKernels)
+        {
+            var ptx = compiler.Compile(entry, 9, 0);
+            Assert.That(ptx, Does.Not.Contain("f32.u8"), entry.Name);
+            Assert.That(ptx, Does.Not.Contain("s32.u8"), entry.Name);
+        }
+    }
 }
