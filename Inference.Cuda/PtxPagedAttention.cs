@@ -60,15 +60,20 @@ internal sealed unsafe class PtxPagedAttention : IDisposable
     /// <summary>Fewest positions in an automatic partition (so the merge pass stays cheap).</summary>
     internal const int MinPartitionPositions = 64;
 
+    /// <summary>Most positions in an automatic partition (more, smaller partitions measured faster up to here).</summary>
+    internal const int MaxPartitionPositions = 256;
+
     /// <summary>
     /// Automatic partition size: enough partitions that the grid has about <see cref="CtasPerMultiprocessor"/> CTAs per
-    /// multiprocessor, each partition a whole number of blocks, at least <see cref="MinPartitionPositions"/> positions
-    /// and at most <see cref="MaxBlocksPerPartition"/> blocks.
+    /// multiprocessor, each partition a whole number of blocks of at least <see cref="MinPartitionPositions"/> positions,
+    /// at most <see cref="MaxPartitionPositions"/> while the tokens alone do not fill the grid, and at most
+    /// <see cref="MaxBlocksPerPartition"/> blocks.
     /// </summary>
     /// <remarks>
     /// NOTE: a warp waits for each step's K/V loads before it issues the next, so the loads in flight grow with the warps
     /// on the device: on an H100, a 1k-token sequence in partitions of 256 positions (32 CTAs for 8 KV heads, about one
-    /// warp per multiprocessor) took 65 µs.
+    /// warp per multiprocessor) took 65 µs, in partitions of 64 positions 22 µs; 64 sequences of 4k tokens took 794 µs in
+    /// partitions of 256 positions and 1,079 µs in three partitions of 1,376 (docs/gpu-results.md).
     /// </remarks>
     internal static int ChoosePartitionSize(AttentionShape shape, int tokenCount, int maxContextLength, int multiprocessors)
     {
@@ -76,7 +81,9 @@ internal sealed unsafe class PtxPagedAttention : IDisposable
         long target = (long)CtasPerMultiprocessor * multiprocessors;
         long wanted = Math.Max(1, (target + ctas - 1) / ctas);
         long size = (maxContextLength + wanted - 1) / wanted;
-        size = Math.Max(size, MinPartitionPositions);
+        // NOTE: no upper bound once the grid is full without partitions (a long prefill chunk): the partial buffers grow
+        // with tokens × partitions.
+        size = ctas < target ? Math.Clamp(size, MinPartitionPositions, MaxPartitionPositions) : Math.Max(size, MinPartitionPositions);
         size = (size + shape.BlockSize - 1) / shape.BlockSize * shape.BlockSize;
         return (int)Math.Min(size, (long)MaxBlocksPerPartition * shape.BlockSize);
     }

@@ -47,6 +47,8 @@ public class PtxPartitionSizeTests
     [TestCase(64, 8, 16, 16384, 132)]
     [TestCase(1, 1, 32, 1, 132)]
     [TestCase(3, 2, 8, 100_000, 108)]
+    [TestCase(128, 8, 16, 16384, 132)]
+    [TestCase(512, 8, 16, 4096, 132)]
     public void ChoosesWholeBlocksWithinTheStagedTable(int tokens, int kvHeads, int blockSize, int maxContext, int multiprocessors)
     {
         var shape = new Inference.Kernels.AttentionShape(8, kvHeads, 128, blockSize, (maxContext + blockSize - 1) / blockSize);
@@ -55,6 +57,8 @@ public class PtxPartitionSizeTests
         Assert.That(size / blockSize, Is.InRange(1, PtxPagedAttention.MaxBlocksPerPartition));
         int min = PtxPagedAttention.MinPartitionPositions, perSm = PtxPagedAttention.CtasPerMultiprocessor;
         Assert.That(size, Is.GreaterThanOrEqualTo(Math.Min(min, PtxPagedAttention.MaxBlocksPerPartition * blockSize)));
+        if ((long)tokens * kvHeads < perSm * multiprocessors)
+            Assert.That(size, Is.LessThanOrEqualTo(Math.Max(PtxPagedAttention.MaxPartitionPositions, blockSize)));
         int partitions = (maxContext + size - 1) / size;
         // enough CTAs to fill the device whenever the context allows partitions of the smallest size
         long ctas = (long)tokens * kvHeads * partitions;
