@@ -42,20 +42,20 @@ internal sealed unsafe class PackedWeights
     /// <summary>Rows per group.</summary>
     public const int GroupRows = 8;
 
-    private readonly byte[] _data;
+    private readonly WeightBuffer _buffer;
 
     private PackedWeights(GgmlType type, int groups, long groupBytes)
     {
         Type = type;
         Groups = groups;
         GroupBytes = groupBytes;
-        _data = GC.AllocateUninitializedArray<byte>((int)(groups * groupBytes), pinned: true);
-        Data = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_data));
+        _buffer = new WeightBuffer(groups * groupBytes);
+        Data = _buffer.Data;
     }
 
     /// <summary>The packed weight type.</summary>
     public GgmlType Type { get; }
-    /// <summary>Start of group 0 (pinned for the life of this object).</summary>
+    /// <summary>Start of group 0 (valid for the life of this object).</summary>
     public byte* Data { get; }
     /// <summary>Whole groups of eight rows.</summary>
     public int Groups { get; }
