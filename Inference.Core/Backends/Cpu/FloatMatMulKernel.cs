@@ -22,6 +22,8 @@ internal static unsafe class FloatMatMulKernel
         int r = rowStart;
         if (a.Path == KernelPath.Vector512)
         {
+            if (a.Batch == 1)
+                for (; r + 8 <= rowEnd; r += 8) RowTile8x1<TW>(a, r);
             if (a.Batch >= Tile8x3MinBatch)
                 for (; r + 8 <= rowEnd; r += 8)
                 {
@@ -119,6 +121,45 @@ internal static unsafe class FloatMatMulKernel
         Store<TW, TTile>(a, r + 1, b, w1, i, s10, s11, s12, s13);
         Store<TW, TTile>(a, r + 2, b, w2, i, s20, s21, s22, s23);
         Store<TW, TTile>(a, r + 3, b, w3, i, s30, s31, s32, s33);
+    }
+
+    /// <summary>
+    /// Rows r … r+7 against one batch row (decode): eight weight streams per thread, one accumulator per row as in
+    /// <see cref="RowTile4{TW, TTile}"/>, so results have the same bits.
+    /// </summary>
+    private static void RowTile8x1<TW>(in MatMulArgs a, int r) where TW : IFloatWeights
+    {
+        int cols = a.Cols;
+        long rb = a.RowBytes;
+        byte* w0 = a.W + r * rb, w1 = w0 + rb, w2 = w1 + rb, w3 = w2 + rb;
+        byte* w4 = w3 + rb, w5 = w4 + rb, w6 = w5 + rb, w7 = w6 + rb;
+        float* x = a.X;
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        Vector512<float> c4 = default, c5 = default, c6 = default, c7 = default;
+        int i = 0;
+        for (; i + 16 <= cols; i += 16)
+        {
+            var u = Vector512.Load(x + i);
+            c0 = Vector512.FusedMultiplyAdd(TW.Load16x512(w0, i), u, c0);
+            c1 = Vector512.FusedMultiplyAdd(TW.Load16x512(w1, i), u, c1);
+            c2 = Vector512.FusedMultiplyAdd(TW.Load16x512(w2, i), u, c2);
+            c3 = Vector512.FusedMultiplyAdd(TW.Load16x512(w3, i), u, c3);
+            c4 = Vector512.FusedMultiplyAdd(TW.Load16x512(w4, i), u, c4);
+            c5 = Vector512.FusedMultiplyAdd(TW.Load16x512(w5, i), u, c5);
+            c6 = Vector512.FusedMultiplyAdd(TW.Load16x512(w6, i), u, c6);
+            c7 = Vector512.FusedMultiplyAdd(TW.Load16x512(w7, i), u, c7);
+        }
+        // NOTE: all sums before the first call, as in RowTile4.
+        float s0 = Vector512.Sum(c0), s1 = Vector512.Sum(c1), s2 = Vector512.Sum(c2), s3 = Vector512.Sum(c3);
+        float s4 = Vector512.Sum(c4), s5 = Vector512.Sum(c5), s6 = Vector512.Sum(c6), s7 = Vector512.Sum(c7);
+        Store<TW, Tile1>(a, r, 0, w0, i, s0, 0, 0, 0);
+        Store<TW, Tile1>(a, r + 1, 0, w1, i, s1, 0, 0, 0);
+        Store<TW, Tile1>(a, r + 2, 0, w2, i, s2, 0, 0, 0);
+        Store<TW, Tile1>(a, r + 3, 0, w3, i, s3, 0, 0, 0);
+        Store<TW, Tile1>(a, r + 4, 0, w4, i, s4, 0, 0, 0);
+        Store<TW, Tile1>(a, r + 5, 0, w5, i, s5, 0, 0, 0);
+        Store<TW, Tile1>(a, r + 6, 0, w6, i, s6, 0, 0, 0);
+        Store<TW, Tile1>(a, r + 7, 0, w7, i, s7, 0, 0, 0);
     }
 
     /// <summary>Batch rows from which <see cref="RowTile8x3{TW}"/> takes over from four-by-four tiles.</summary>
