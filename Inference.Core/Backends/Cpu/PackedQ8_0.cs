@@ -91,6 +91,41 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
         if (TTile.Count > 3) y3.Store(y + 3L * a.Rows);
     }
 
+    public static bool InterleavesGroups => true;
+
+    public static void TileTwoGroups(in MatMulArgs a, byte* groupA, int gA, byte* groupB, int gB)
+    {
+        int nb = a.Cols / 32;
+        sbyte* q = a.Q;
+        float* d = a.D;
+        int* s = a.Sums;
+        Vector256<float> ya = default, yb = default;
+        for (int i = 0; i < nb; i++)
+        {
+            byte* blkA = groupA + (long)i * PackedBlock, blkB = groupB + (long)i * PackedBlock;
+            for (int line = 0; line < PackedBlock; line += 64)
+            {
+                Sse.Prefetch0(blkA + PrefetchDistance + line);
+                Sse.Prefetch0(blkB + PrefetchDistance + line);
+            }
+            ya = Block(ya, blkA, (int*)(q + 32L * i), s[i], d[i]);
+            yb = Block(yb, blkB, (int*)(q + 32L * i), s[i], d[i]);
+        }
+        ya.Store(a.Y + 8L * gA);
+        yb.Store(a.Y + 8L * gB);
+    }
+
+    /// <summary>One packed block against one batch row: <see cref="Tile{TTile}"/>'s operations for a single row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Block(Vector256<float> acc, byte* blk, int* x, int minus8Sum, float dx)
+    {
+        var dw = F16Weights.ToSingle(Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)blk)).AsUInt32());
+        byte* wq = blk + ScalesBytes;
+        return Step(acc, Vector256.Load(wq), Vector256.Load(wq + 32), Vector256.Load(wq + 64), Vector256.Load(wq + 96),
+            Vector256.Load(wq + 128), Vector256.Load(wq + 160), Vector256.Load(wq + 192), Vector256.Load(wq + 224),
+            x, minus8Sum, dw, dx);
+    }
+
     /// <summary>One block of one batch row against the group's eight rows.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Step(Vector256<float> acc,

@@ -28,6 +28,16 @@ internal unsafe interface IPackedKernel
     /// <summary>Computes rows [<paramref name="rowStart"/>, <paramref name="rowEnd"/>) from the GGUF layout (the rows
     /// after the last whole group).</summary>
     static abstract void TailRows(in MatMulArgs a, int rowStart, int rowEnd);
+
+    /// <summary>True when <see cref="TileTwoGroups"/> reads two groups' weight streams at once (batch 1).</summary>
+    static virtual bool InterleavesGroups => false;
+
+    /// <summary>
+    /// One batch row against groups <paramref name="gA"/> and <paramref name="gB"/>, each with exactly the operations of
+    /// <see cref="Tile{TTile}"/> for one batch row (so the same bits), the two weight streams read side by side.
+    /// </summary>
+    static virtual void TileTwoGroups(in MatMulArgs a, byte* groupA, int gA, byte* groupB, int gB) =>
+        throw new NotSupportedException("this kernel does not interleave groups");
 }
 
 /// <summary>
@@ -85,7 +95,17 @@ internal sealed unsafe class PackedWeights
     /// in tiles of up to four batch rows; item <see cref="Groups"/> (when the matrix has one) is the tail rows.</summary>
     public void Run<TKernel>(in MatMulArgs a, int start, int end) where TKernel : IPackedKernel
     {
-        for (int g = start; g < Math.Min(end, Groups); g++)
+        int g = start;
+        if (TKernel.InterleavesGroups && a.Batch == 1)
+        {
+            // NOTE: one batch row streams the weights at the speed of a single stream per thread; two streams (the two
+            // halves of this range) keep more loads in flight.
+            int n = Math.Min(end, Groups) - start, half = n / 2;
+            for (int k = 0; k < half; k++)
+                TKernel.TileTwoGroups(a, Data + (start + k) * GroupBytes, start + k, Data + (start + half + k) * GroupBytes, start + half + k);
+            g = start + 2 * half;
+        }
+        for (; g < Math.Min(end, Groups); g++)
         {
             byte* group = Data + g * GroupBytes;
             int b = 0;

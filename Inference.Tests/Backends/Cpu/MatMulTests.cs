@@ -39,13 +39,14 @@ public unsafe class MatMulTests
     private static readonly GgmlType[] PackedTypes = [GgmlType.Q8_0, GgmlType.Q4_K, GgmlType.Q6_K];
 
     // Packed weights (eight rows per group, VNNI): row counts below, at and across whole groups; batch sizes through every
-    // tile width (the K-quant kernels split dependency chains differently for one or two batch rows than for three or four).
+    // tile width (the K-quant kernels split dependency chains differently for one or two batch rows than for three or four);
+    // one batch row over many groups reads two groups side by side (Q8_0).
     private static IEnumerable<TestCaseData> PackedCases()
     {
         foreach (var type in PackedTypes)
         {
             int block = GgmlTypeInfo.BlockElements(type);
-            foreach (var (rows, blocks, batch) in new[] { (7, 3, 1), (8, 1, 1), (8, 3, 2), (16, 2, 3), (33, 2, 4), (33, 9, 17), (64, 4, 6) })
+            foreach (var (rows, blocks, batch) in new[] { (7, 3, 1), (8, 1, 1), (8, 3, 2), (16, 2, 3), (33, 2, 4), (33, 9, 17), (64, 4, 6), (64, 4, 1), (203, 3, 1) })
                 yield return new TestCaseData(type, rows, blocks * block, batch);
         }
     }
