@@ -1,3 +1,4 @@
+using Inference.Kernels.Reference;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
@@ -72,7 +73,7 @@ public static class EndToEndCheck
                     string name = attention.ToString();
                     var tokens = gpu.Tokenize(Prompt);
                     var logits = gpu.GetLogitsAsync(tokens).GetAwaiter().GetResult();
-                    double l2 = RelativeL2(logits, cpuLogits);
+                    double l2 = ReferenceCompare.RelativeL2(logits, cpuLogits);
                     bool ok = l2 < 5e-3;
                     passed &= ok;
                     var gpuTokens = gpu.CompleteAsync(tokens, greedy).GetAwaiter().GetResult().TokenIds;
@@ -131,17 +132,6 @@ public static class EndToEndCheck
         RunnerFiles.Find("vocab-llama-spm.gguf", Path.Combine("vocab", "ggml-vocab-llama-spm.gguf"))
         ?? throw new FileNotFoundException("the tokenizer donor vocab-llama-spm.gguf is neither beside the runner nor in ../shared/testdata/vocab");
 
-    private static double RelativeL2(float[] actual, float[] expected)
-    {
-        double num = 0, den = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            double d = actual[i] - expected[i];
-            num += d * d;
-            den += (double)expected[i] * expected[i];
-        }
-        return Math.Sqrt(num / den);
-    }
 
     private sealed class Timing(string what) : IDisposable
     {

@@ -1,3 +1,4 @@
+using Inference.Kernels.Reference;
 using System.Text.Json.Nodes;
 using Inference.Cuda;
 using Inference.Loading;
@@ -69,7 +70,7 @@ public class DeviceEngineTests
             {
                 Assert.That(await cpu2.LoadPrefixAsync(fromDevice), Is.EqualTo(saved));
                 var hit = await cpu2.GetLogitsAsync(prompt);
-                Assert.That(DeviceForwardExecutorTests.RelativeL2(hit, expected), Is.LessThan(1e-3));
+                Assert.That(ReferenceCompare.RelativeL2(hit, expected), Is.LessThan(1e-3));
             }
 
             // CPU → file → device: the file's blocks are written into device memory
@@ -79,7 +80,7 @@ public class DeviceEngineTests
             Assert.That(await device2.LoadPrefixAsync(fromCpu), Is.EqualTo(saved));
             var stats = await device2.GetStatsAsync();
             var deviceHit = await device2.GetLogitsAsync(prompt);
-            Assert.That(DeviceForwardExecutorTests.RelativeL2(deviceHit, expected), Is.LessThan(1e-3));
+            Assert.That(ReferenceCompare.RelativeL2(deviceHit, expected), Is.LessThan(1e-3));
             Assert.That(stats.KvCache.UsedBlockCount, Is.EqualTo(saved / 8), "the prefix is pinned in the pool");
         }
         finally
@@ -148,7 +149,7 @@ public class DeviceEngineTests
             var prompt = Enumerable.Range(0, 40).Select(_ => 1 + rng.Next(cpu.Config.VocabSize - 1)).ToArray();
             var expected = await cpu.GetLogitsAsync(prompt);
             var actual = await device.GetLogitsAsync(prompt);
-            double error = DeviceForwardExecutorTests.RelativeL2(actual, expected);
+            double error = ReferenceCompare.RelativeL2(actual, expected);
             TestContext.Out.WriteLine($"{type} {dtype} tied={tied} scaling={scaling}: relative L2 {error:E2}");
             Assert.That(error, Is.LessThan(1e-4));
         }

@@ -1,3 +1,4 @@
+using Inference.Kernels.Reference;
 using ILGPU.Runtime;
 using Inference.Cuda;
 using Inference.Cuda.Runner;
@@ -39,17 +40,6 @@ public class DeviceForwardExecutorTests
         }
     }
 
-    internal static double RelativeL2(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected)
-    {
-        double num = 0, den = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            double d = actual[i] - expected[i];
-            num += d * d;
-            den += (double)expected[i] * expected[i];
-        }
-        return Math.Sqrt(num / den);
-    }
 
     [TestCase(8, 8, 8)]
     [TestCase(4, 2, 8)]
@@ -128,7 +118,7 @@ public class DeviceForwardExecutorTests
                 var e = expected.AsSpan(i * vocab, vocab);
                 var x = actual.AsSpan(i * vocab, vocab);
                 Assert.That(x.ToArray(), Has.None.NaN, "every wanted logit is written");
-                errors.Add(RelativeL2(x, e));
+                errors.Add(ReferenceCompare.RelativeL2(x, e));
             }
         }
 

@@ -1,3 +1,4 @@
+using Inference.Kernels.Reference;
 using Inference.Engine;
 using Inference.KvCache;
 using Inference.Loading;
@@ -30,8 +31,8 @@ public class HfCheckpointEngineTests
             var b = await fromGguf.GetLogitsAsync(prompt);
             float[] c;
             using (var reference = LlamaCpp.Load(gguf)) c = reference.EvaluateLastLogits(prompt);
-            Assert.That(RelativeL2(a, b), Is.LessThan(1e-4), "folder vs converted GGUF");
-            Assert.That(RelativeL2(a, c), Is.LessThan(1e-3), "folder vs llama.cpp");
+            Assert.That(ReferenceCompare.RelativeL2(a, b), Is.LessThan(1e-4), "folder vs converted GGUF");
+            Assert.That(ReferenceCompare.RelativeL2(a, c), Is.LessThan(1e-3), "folder vs llama.cpp");
 
             var sampling = SamplingOptions.Greedy with { MaxTokens = 24, EndOfSequence = EndOfSequenceHandling.Ignore };
             var textA = await fromFolder.CompleteAsync(prompt, sampling);
@@ -44,14 +45,4 @@ public class HfCheckpointEngineTests
         }
     }
 
-    private static double RelativeL2(float[] actual, float[] expected)
-    {
-        double num = 0, den = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            num += Math.Pow(actual[i] - expected[i], 2);
-            den += (double)expected[i] * expected[i];
-        }
-        return Math.Sqrt(num / den);
-    }
 }

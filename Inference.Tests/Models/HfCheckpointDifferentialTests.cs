@@ -1,3 +1,4 @@
+using Inference.Kernels.Reference;
 using Inference.Backends.Cpu;
 using Inference.Loading;
 using Inference.Models;
@@ -49,17 +50,6 @@ public class HfCheckpointDifferentialTests(string modelType, SafetensorsDType dt
     [OneTimeTearDown]
     public void TearDown() => Directory.Delete(_dir, recursive: true);
 
-    private static double RelativeL2(float[] actual, float[] expected)
-    {
-        double num = 0, den = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            double d = actual[i] - expected[i];
-            num += d * d;
-            den += (double)expected[i] * expected[i];
-        }
-        return Math.Sqrt(num / den);
-    }
 
     private static float[] EngineLastLogits(LlamaModel model, int[] prompt)
     {
@@ -117,11 +107,11 @@ public class HfCheckpointDifferentialTests(string modelType, SafetensorsDType dt
             var oursNeox = EngineLastLogits(engineNeox, prompt);
             var llamaCpp = reference.EvaluateLastLogits(prompt);
 
-            double hfVsGguf = RelativeL2(hfInPlace, ours);
-            double refVsEngine = RelativeL2(referenceOnGguf, ours);
-            double neoxVsGguf = RelativeL2(oursNeox, ours);
-            double oursVsLlamaCpp = RelativeL2(ours, llamaCpp);
-            double hfVsLlamaCpp = RelativeL2(hfInPlace, llamaCpp);
+            double hfVsGguf = ReferenceCompare.RelativeL2(hfInPlace, ours);
+            double refVsEngine = ReferenceCompare.RelativeL2(referenceOnGguf, ours);
+            double neoxVsGguf = ReferenceCompare.RelativeL2(oursNeox, ours);
+            double oursVsLlamaCpp = ReferenceCompare.RelativeL2(ours, llamaCpp);
+            double hfVsLlamaCpp = ReferenceCompare.RelativeL2(hfInPlace, llamaCpp);
             TestContext.Out.WriteLine($"prompt {prompt.Length}: HF in place vs engine on GGUF {hfVsGguf:E2}, reference vs engine on GGUF {refVsEngine:E2}, " +
                 $"engine Neox on HF rows vs engine on GGUF {neoxVsGguf:E2}, engine vs llama.cpp {oursVsLlamaCpp:E2}, HF in place vs llama.cpp {hfVsLlamaCpp:E2}");
             Assert.Multiple(() =>
@@ -147,7 +137,7 @@ public class HfCheckpointDifferentialTests(string modelType, SafetensorsDType dt
         var prompt = Prompts[2];
         var wrong = reference.EvaluateLastLogits(prompt);
         var hf = HfReferenceForward.LastLogits(checkpoint.Weights, checkpoint.Config, prompt);
-        Assert.That(RelativeL2(wrong, hf), Is.GreaterThan(1e-2));
+        Assert.That(ReferenceCompare.RelativeL2(wrong, hf), Is.GreaterThan(1e-2));
     }
 
     [Test]

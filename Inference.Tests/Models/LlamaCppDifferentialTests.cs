@@ -1,3 +1,4 @@
+using Inference.Kernels.Reference;
 using Inference.Engine;
 using Inference.KvCache;
 using Inference.Loading;
@@ -71,17 +72,6 @@ public class LlamaCppDifferentialTests
         return path;
     }
 
-    private static double RelativeL2(float[] actual, float[] expected)
-    {
-        double num = 0, den = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            double d = actual[i] - expected[i];
-            num += d * d;
-            den += (double)expected[i] * expected[i];
-        }
-        return Math.Sqrt(num / den);
-    }
 
     private static int Argmax(float[] a) => Array.IndexOf(a, a.Max());
 
@@ -115,7 +105,7 @@ public class LlamaCppDifferentialTests
         {
             var expected = reference.EvaluateLastLogits(prompt);
             var actual = await engine.GetLogitsAsync(prompt);
-            double err = RelativeL2(actual, expected);
+            double err = ReferenceCompare.RelativeL2(actual, expected);
             TestContext.Out.WriteLine($"{label} prompt {prompt.Length}: relative L2 {err:E2}");
             Assert.That(err, Is.LessThan(tolerance), $"prompt of {prompt.Length} tokens");
             Assert.That(Argmax(actual), Is.EqualTo(Argmax(expected)), $"argmax, prompt of {prompt.Length} tokens");
