@@ -49,6 +49,8 @@ internal sealed unsafe partial class WeightBuffer
 
     ~WeightBuffer()
     {
+        // NOTE: also runs for an instance whose constructor threw (nothing allocated then).
+        if (_data == null) return;
         NativeMemory.AlignedFree(_data);
         _data = null;
         GC.RemoveMemoryPressure(Length);
