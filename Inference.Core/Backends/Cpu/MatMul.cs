@@ -83,9 +83,9 @@ public static class MatMul
         {
             switch (w.Type)
             {
-                case GgmlType.F32: pool.Run(w.Rows, new FloatJob<F32Weights>(new MatMulArgs(w, px, py, batch, path))); break;
-                case GgmlType.F16: pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, px, py, batch, path))); break;
-                case GgmlType.BF16: pool.Run(w.Rows, new FloatJob<BF16Weights>(new MatMulArgs(w, px, py, batch, path))); break;
+                case GgmlType.F32: pool.Run(w.Rows, new FloatJob<F32Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
+                case GgmlType.F16: pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
+                case GgmlType.BF16: pool.Run(w.Rows, new FloatJob<BF16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
                 case GgmlType.Q8_0 when w.Packed is { } packed && KernelPaths.UsesVnni(path): RunPacked<PackedQ8_0>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q8_0: RunQ8_0<Q8_0Kernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q4_0: RunQ8_0<Q4_0Kernel>(w, px, py, batch, pool, path); break;
@@ -104,8 +104,8 @@ public static class MatMul
         var s = t_scratch ??= new ActivationScratch();
         s.Ensure(batch, w.Cols);
         var a = new MatMulArgs(w, x, y, batch, path, s.Q, s.D, s.Sums, s.BSums);
-        pool.Run(batch, new QuantizeQ8_0Job(a));
-        pool.Run(w.Rows, new QuantJob<TKernel>(a));
+        pool.Run(batch, new QuantizeQ8_0Job(a), 4L * batch * w.Cols);
+        pool.Run(w.Rows, new QuantJob<TKernel>(a), w.Rows * w.RowBytes);
     }
 
     /// <summary>
@@ -153,12 +153,13 @@ public static class MatMul
         var s = t_scratch ??= new ActivationScratch();
         s.Ensure(batch, w0.Cols);
         var a0 = new MatMulArgs(w0, x, y0, batch, path, s.Q, s.D, s.Sums, s.BSums);
-        if (TKernel.ActivationBlock == 32) pool.Run(batch, new QuantizeQ8_0Job(a0));
-        else pool.Run(batch, new QuantizeQ8_KJob(a0));
+        if (TKernel.ActivationBlock == 32) pool.Run(batch, new QuantizeQ8_0Job(a0), 4L * batch * w0.Cols);
+        else pool.Run(batch, new QuantizeQ8_KJob(a0), 4L * batch * w0.Cols);
         var a1 = new MatMulArgs(w1, x, y1, batch, path, s.Q, s.D, s.Sums, s.BSums);
         var a2 = new MatMulArgs(w2, x, y2, batch, path, s.Q, s.D, s.Sums, s.BSums);
         int n0 = w0.Packed!.ItemCount(w0.Rows), n1 = w1.Packed?.ItemCount(w1.Rows) ?? 0, n2 = w2.Packed?.ItemCount(w2.Rows) ?? 0;
-        pool.Run(n0 + n1 + n2, new PackedJob<TKernel>(a0, w0.Packed, n0, a1, w1.Packed, n1, a2, w2.Packed, n2));
+        pool.Run(n0 + n1 + n2, new PackedJob<TKernel>(a0, w0.Packed, n0, a1, w1.Packed, n1, a2, w2.Packed, n2),
+            w0.Rows * w0.RowBytes + w1.Rows * w1.RowBytes + w2.Rows * w2.RowBytes);
     }
 
     private static unsafe void RunQ8_K<TKernel>(in WeightMatrix w, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
@@ -167,8 +168,8 @@ public static class MatMul
         var s = t_scratch ??= new ActivationScratch();
         s.Ensure(batch, w.Cols);
         var a = new MatMulArgs(w, x, y, batch, path, s.Q, s.D, s.Sums, s.BSums);
-        pool.Run(batch, new QuantizeQ8_KJob(a));
-        pool.Run(w.Rows, new QuantJob<TKernel>(a));
+        pool.Run(batch, new QuantizeQ8_KJob(a), 4L * batch * w.Cols);
+        pool.Run(w.Rows, new QuantJob<TKernel>(a), w.Rows * w.RowBytes);
     }
 
     private readonly struct FloatJob<TW>(MatMulArgs a) : IRangeJob where TW : IFloatWeights

@@ -86,7 +86,9 @@ public static class PagedAttention
         fixed (float* o = output)
         {
             var job = new GroupJob<T>(shape, q, query.Length, k, v, keyCache.Length, table, blockTable.Length, startPosition, o);
-            pool.Run(tokenCount * shape.KvHeadCount, job);
+            // the K and V rows every token reads, the size of the work
+            long cacheBytes = 2L * tokenCount * contextLength * shape.KvHeadCount * shape.HeadDim * sizeof(T);
+            pool.Run(tokenCount * shape.KvHeadCount, job, cacheBytes);
         }
     }
 

@@ -52,6 +52,24 @@ public class WorkerPoolTests
     }
 
     [Test]
+    public void Small_work_stays_on_the_calling_thread_and_still_covers_every_item()
+    {
+        using var pool = new WorkerPool(3);
+        var ids = new int[1000];
+        var hits = new int[1000];
+        int caller = 0;
+        Within(() =>
+        {
+            caller = Environment.CurrentManagedThreadId;
+            for (int call = 0; call < 200; call++) pool.Run(ids.Length, new ThreadJob(ids), WorkerPool.SerialBytes - 1);
+            pool.Run(hits.Length, new CountJob(hits), WorkerPool.SerialBytes - 1);
+            pool.Run(hits.Length, new CountJob(hits), WorkerPool.SerialBytes);
+        });
+        Assert.That(ids, Is.All.EqualTo(caller));
+        Assert.That(hits, Is.All.EqualTo(2));
+    }
+
+    [Test]
     public void Many_consecutive_calls_each_cover_the_range()
     {
         using var pool = new WorkerPool(3);
