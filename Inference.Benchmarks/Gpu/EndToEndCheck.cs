@@ -101,8 +101,8 @@ public static class EndToEndCheck
                 catch (Exception e)
                 {
                     passed = false;
-                    tsv.Append(CultureInfo.InvariantCulture, $"exception\t{attention}\t\t\t{e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}\n");
-                    summary.AppendLine(CultureInfo.InvariantCulture, $"| {attention} | **exception**: {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")} | | | |");
+                    tsv.Append(CultureInfo.InvariantCulture, $"exception\t{attention}\t\t\t{RunnerFiles.OneLine(e)}\n");
+                    summary.AppendLine(CultureInfo.InvariantCulture, $"| {attention} | **exception**: {RunnerFiles.OneLine(e)} | | | |");
                     Console.WriteLine($"e2e {attention}: {e}");
                 }
                 finally
@@ -115,8 +115,8 @@ public static class EndToEndCheck
         catch (Exception e)
         {
             passed = false;
-            tsv.Append(CultureInfo.InvariantCulture, $"exception\t\t\t\t{e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}\n");
-            summary.AppendLine(CultureInfo.InvariantCulture, $"e2e: **exception** {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}\n");
+            tsv.Append(CultureInfo.InvariantCulture, $"exception\t\t\t\t{RunnerFiles.OneLine(e)}\n");
+            summary.AppendLine(CultureInfo.InvariantCulture, $"e2e: **exception** {RunnerFiles.OneLine(e)}\n");
             Console.WriteLine($"e2e: {e}");
         }
         finally

@@ -57,7 +57,7 @@ public static class GpuMode
         catch (Exception e)
         {
             allPassed = false;
-            summary.AppendLine(CultureInfo.InvariantCulture, $"benchmark: **exception** {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}\n");
+            summary.AppendLine(CultureInfo.InvariantCulture, $"benchmark: **exception** {RunnerFiles.OneLine(e)}\n");
             Console.WriteLine($"benchmark: {e}");
         }
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
@@ -68,7 +68,7 @@ public static class GpuMode
         catch (Exception e)
         {
             allPassed = false;
-            summary.AppendLine(CultureInfo.InvariantCulture, $"matmul benchmark: **exception** {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}\n");
+            summary.AppendLine(CultureInfo.InvariantCulture, $"matmul benchmark: **exception** {RunnerFiles.OneLine(e)}\n");
             Console.WriteLine($"matmul benchmark: {e}");
         }
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());

@@ -1,6 +1,7 @@
 namespace Inference.Benchmarks.Gpu;
 
-/// <summary>Test data the GPU runner needs: packed beside it by <c>scripts/device-check.sh --pack</c>, or in a checkout.</summary>
+/// <summary>What the GPU runner's steps share: the test data packed beside it by <c>scripts/device-check.sh --pack</c> (or in a
+/// checkout), and one-line exception text for its tables.</summary>
 public static class RunnerFiles
 {
     /// <summary>A file packed beside the runner, or one under <c>../shared/testdata</c> above the working folder.</summary>
@@ -15,4 +16,7 @@ public static class RunnerFiles
         }
         return null;
     }
+
+    /// <summary>An exception as one line for the check's tables: its type and message.</summary>
+    public static string OneLine(Exception e) => $"{e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}";
 }

@@ -67,7 +67,7 @@ public static class Stories260KCheck
             catch (Exception e)
             {
                 passed = false;
-                summary.AppendLine(CultureInfo.InvariantCulture, $"| {attention} | **exception**: {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")} | |");
+                summary.AppendLine(CultureInfo.InvariantCulture, $"| {attention} | **exception**: {RunnerFiles.OneLine(e)} | |");
                 Console.WriteLine($"FAIL stories260K {attention}: {e}");
             }
         }
