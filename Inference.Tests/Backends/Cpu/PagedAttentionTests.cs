@@ -50,6 +50,33 @@ public class PagedAttentionTests
     }
 
     [Test]
+    public void ScratchAtAnyOffsetGivesTheSameBitsAndStaysInside([Values(1, 2)] int kvHeads, [Values(1, 5)] int tokenCount)
+    {
+        // The fast path moves its rows to a 64-byte boundary inside the scratch: wherever the scratch starts, the result
+        // must be the same and nothing past the scratch may be written.
+        var shape = new PagedAttentionShape(8, kvHeads, 64, 16);
+        var rng = new Random(kvHeads * 10 + tokenCount);
+        int start = 37, context = start + tokenCount, blocks = (context + 15) / 16;
+        var table = Enumerable.Range(0, blocks).Reverse().ToArray();
+        var keys = RandomCache<Half>(rng, blocks * 16 * shape.KvStride);
+        var values = RandomCache<Half>(rng, blocks * 16 * shape.KvStride);
+        var q = RandomArray(rng, tokenCount * shape.QueryStride);
+        int length = PagedAttention.GetScratchLength(shape, context);
+        float[]? first = null;
+        for (int offset = 0; offset < 16; offset++)
+        {
+            var backing = Poisoned(offset + length + 32);
+            var output = Poisoned(q.Length);
+            PagedAttention.Forward<Half>(shape, q, keys, values, table, start, output, backing.AsSpan(offset, length));
+            Assert.That(backing.Skip(offset + length).All(float.IsNaN), Is.True, $"offset {offset}: written past the scratch");
+            Assert.That(backing.Take(offset).All(float.IsNaN), Is.True, $"offset {offset}: written before the scratch");
+            first ??= output;
+            Assert.That(output, Is.EqualTo(first), $"offset {offset}");
+        }
+        Assert.That(first!.All(float.IsFinite), Is.True);
+    }
+
+    [Test]
     public void StorageOverloadReadsTheRightLayer([Values] KvCacheDataType dataType)
     {
         var shape = new PagedAttentionShape(4, 2, 8, 4);
