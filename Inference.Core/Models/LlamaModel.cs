@@ -183,7 +183,7 @@ public sealed class LlamaModel
 
             RmsNorm(x, w.FfnNorm, xb, n, c.Dim, c.RmsEps);
             MatMul.MultiplyShared(xb, n, pool, w.Gate, gate, w.Up, up, default, default);
-            SwiGlu(gate, up);
+            SwiGlu(gate, up, pool);
             MatMul.Multiply(w.Down, gate, xb, n, pool);
             TensorPrimitives.Add(x, xb, x);
         }
@@ -263,12 +263,38 @@ public sealed class LlamaModel
         }
     }
 
-    /// <summary>gate = silu(gate) ⊙ up = gate·σ(gate)·up; <paramref name="up"/> is overwritten.</summary>
-    private static void SwiGlu(Span<float> gate, Span<float> up)
+    /// <summary>gate = silu(gate) ⊙ up = gate·σ(gate)·up; <paramref name="up"/> is overwritten. Runs over slices of
+    /// <see cref="SwiGluSlice"/> values spread over the pool, each slice's three passes while it is in the L1 cache.</summary>
+    private static unsafe void SwiGlu(Span<float> gate, Span<float> up, WorkerPool pool)
     {
-        TensorPrimitives.Multiply(gate, up, up);
-        TensorPrimitives.Sigmoid(gate, gate);
-        TensorPrimitives.Multiply(gate, up, gate);
+        // NOTE: three whole-array passes over a 128-token prefill's 1.4 MB arrays (beyond L2 with both) took 8 ms of the
+        // benchmark model's 140 ms prefill at two threads; slice by slice on both threads, about 4 ms.
+        fixed (float* g = gate)
+        fixed (float* u = up)
+        {
+            // The last slice takes the remainder, so no slice is shorter than a vector (a value's bits must not depend
+            // on how many tokens share the step, and a remainder shorter than a vector may take another code path).
+            int slices = Math.Max(1, gate.Length / SwiGluSlice);
+            pool.Run(slices, new SwiGluJob(g, u, gate.Length, slices), 8L * gate.Length);
+        }
+    }
+
+    private const int SwiGluSlice = 2048;
+
+    private readonly unsafe struct SwiGluJob(float* gate, float* up, int length, int slices) : IRangeJob
+    {
+        public void Execute(int start, int end)
+        {
+            for (int s = start; s < end; s++)
+            {
+                int offset = s * SwiGluSlice, n = s == slices - 1 ? length - offset : SwiGluSlice;
+                var g = new Span<float>(gate + offset, n);
+                var u = new Span<float>(up + offset, n);
+                TensorPrimitives.Multiply(g, u, u);
+                TensorPrimitives.Sigmoid(g, g);
+                TensorPrimitives.Multiply(g, u, g);
+            }
+        }
     }
 
     /// <summary>Activation buffers, grown to the largest batch seen.</summary>

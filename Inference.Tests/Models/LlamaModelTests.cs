@@ -60,4 +60,47 @@ public class LlamaModelTests
         }
         Assert.That(b, Is.EqualTo(a).Within(1e-4f));
     }
+
+    [Test]
+    public void PrefillInOneBatch_IsBitIdenticalToTokenByToken_AcrossSwiGluSlices()
+    {
+        // 2,050 feed-forward values per token: the SwiGLU slices of 2,048 values cut the tokens at different places in
+        // a nine-token step and in one-token steps, and each token must still get the same bits.
+        string dir = Path.Combine(Path.GetTempPath(), "inference-tests-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        try
+        {
+            string path = Path.Combine(dir, "ffn2056.gguf");
+            SyntheticModel.Write(path, new SyntheticModelOptions
+            {
+                Dimension = 64, LayerCount = 2, HeadCount = 8, KvHeadCount = 2, FeedForwardLength = 2050, ContextLength = 64,
+                TensorType = GgmlType.F32, Seed = 11, WeightScale = 0.05f, TokenizerDonorPath = TestData.Stories260K,
+            });
+            using var gguf = GgufFile.Open(path);
+            var config = ModelConfig.FromGguf(gguf);
+            var model = new LlamaModel(gguf, config);
+            using var pool = new WorkerPool(2);
+            int[] prompt = [1, 403, 407, 261, 378, 432, 383, 286, 261];
+
+            var batch = new ModelBatch();
+            batch.Add(3, prompt, 0, wantLogits: true);
+            var whole = new float[config.VocabSize];
+            model.Forward(batch, new ContiguousKvCache(config, 64), whole, pool);
+
+            var kv = new ContiguousKvCache(config, 64);
+            var stepwise = new float[config.VocabSize];
+            for (int i = 0; i < prompt.Length; i++)
+            {
+                batch.Clear();
+                batch.Add(3, prompt.AsSpan(i, 1), i, wantLogits: true);
+                model.Forward(batch, kv, stepwise, pool);
+            }
+            Assert.That(whole.All(float.IsFinite), Is.True);
+            Assert.That(stepwise, Is.EqualTo(whole));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }
