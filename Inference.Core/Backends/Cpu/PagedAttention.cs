@@ -143,13 +143,70 @@ public static class PagedAttention
             var v = new ReadOnlySpan<T>(values, cacheLength);
             var table = new ReadOnlySpan<int>(blockTable, blockTableLength);
             var o = new Span<float>(output, queryLength);
-            for (int item = start; item < end; item++)
+            int tokenCount = queryLength / shape.QueryStride;
+            for (int item = start; item < end;)
             {
-                int i = item / shape.KvHeadCount, g = item % shape.KvHeadCount;
-                AttendGroup(shape, q, k, v, table, i, startPosition + i + 1, g, o, scratch);
+                // Items run KV head by KV head (g-major), so a chunk holds consecutive tokens of one group.
+                int g = item / tokenCount, first = item % tokenCount;
+                int runEnd = Math.Min(end, (g + 1) * tokenCount), last = first + (runEnd - item) - 1;
+                if (!TryAttendWidened(first, last, g, q, o, scratch))
+                {
+                    for (int i = first; i <= last; i++)
+                        AttendGroup(shape, q, k, v, table, i, startPosition + i + 1, g, o, scratch);
+                }
+                item = runEnd;
             }
         }
+
+        /// <summary>
+        /// Tokens <paramref name="first"/> … <paramref name="last"/> of KV head <paramref name="g"/> from f16 rows
+        /// widened once for all of them instead of once per token; false (nothing done) when the rows are already
+        /// float, the run is one token, the 512-bit path does not apply or the widened rows would not fit in
+        /// <see cref="WidenedFloats"/>.
+        /// </summary>
+        /// <remarks>Each token then runs exactly the operations of its own call on the same values, so the bits do
+        /// not change: a token decoded alone gets what it got in a prefill.</remarks>
+        private bool TryAttendWidened(int first, int last, int g, ReadOnlySpan<float> q, Span<float> o, Span<float> scratch)
+        {
+            int headDim = shape.HeadDim, kvMul = shape.KvMul;
+            int context = startPosition + last + 1;
+            if (typeof(T) == typeof(float) || last == first || !Use512(headDim) || 2L * context * headDim > WidenedFloats)
+                return false;
+            var widened = t_widened ??= GC.AllocateUninitializedArray<float>(WidenedFloats + 16, pinned: true);
+            fixed (float* pinned = widened)
+            {
+                float* wk = (float*)(((nuint)pinned + 63) & ~(nuint)63), wv = wk + (long)context * headDim;
+                for (int j = 0; j < context; j++)
+                {
+                    long offset = Offset(blockTable, j, shape.BlockSize, shape.KvStride, g, headDim);
+                    Widen(keys + offset, headDim, wk + (long)j * headDim);
+                    Widen(values + offset, headDim, wv + (long)j * headDim);
+                }
+                // The widened rows as a one-head cache of one block: position j at row j.
+                var rowShape = new PagedAttentionShape(kvMul, 1, headDim, context);
+                var wkSpan = new ReadOnlySpan<float>(wk, context * headDim);
+                var wvSpan = new ReadOnlySpan<float>(wv, context * headDim);
+                ReadOnlySpan<int> oneBlock = [0];
+                for (int i = first; i <= last; i++)
+                {
+                    int at = (i * shape.HeadCount + g * kvMul) * headDim;
+                    AttendGroup512(rowShape, q.Slice(at, kvMul * headDim), wkSpan, wvSpan, oneBlock, startPosition + i + 1, 0,
+                        o.Slice(at, kvMul * headDim), scratch);
+                }
+            }
+            return true;
+        }
     }
+
+    /// <summary>Floats of the per-thread buffer for rows widened once per run of prefill tokens: 2 MB, about a core's L2.</summary>
+    private const int WidenedFloats = 1 << 19;
+
+    // NOTE: pinned, so the 64-byte alignment taken inside it holds for the life of the thread.
+    [ThreadStatic]
+    private static float[]? t_widened;
+
+    /// <summary>True when <see cref="AttendGroup{T}"/> takes the 512-bit path for this head size.</summary>
+    private static bool Use512(int headDim) => Vector512.IsHardwareAccelerated && Avx512F.IsSupported && headDim % 16 == 0;
 
     /// <summary>Checks the arguments; returns the context length start + tokenCount.</summary>
     private static int Validate<T>(
@@ -201,7 +258,7 @@ public static class PagedAttention
         float scale = 1f / MathF.Sqrt(headDim);
         var groupQuery = query.Slice((i * shape.HeadCount + g * kvMul) * headDim, kvMul * headDim); // [kvMul, headDim]
         var groupOut = output.Slice((i * shape.HeadCount + g * kvMul) * headDim, kvMul * headDim);  // [kvMul, headDim]
-        if (Vector512.IsHardwareAccelerated && Avx512F.IsSupported && headDim % 16 == 0)
+        if (Use512(headDim))
         {
             AttendGroup512(shape, groupQuery, keyCache, valueCache, blockTable, contextLength, g, groupOut, scratch);
             return;
