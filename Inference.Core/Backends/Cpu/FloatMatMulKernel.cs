@@ -19,6 +19,11 @@ internal static unsafe class FloatMatMulKernel
     /// <summary>Computes output rows [<paramref name="rowStart"/>, <paramref name="rowEnd"/>) for every batch row.</summary>
     public static void Rows<TW>(in MatMulArgs a, int rowStart, int rowEnd) where TW : IFloatWeights
     {
+        if (a.Path is KernelPath.Vector256 or KernelPath.Vector256Vnni)
+        {
+            Rows256<TW>(a, rowStart, rowEnd);
+            return;
+        }
         int r = rowStart;
         if (a.Path == KernelPath.Vector512)
         {
@@ -224,6 +229,123 @@ internal static unsafe class FloatMatMulKernel
         Store<TW, Tile3>(a, r + 7, b, w0 + 7 * rb, i, s70, s71, s72, 0);
     }
 
+    /// <summary>
+    /// The AVX2 path: rows eight at a time against one batch row (decode), otherwise four at a time against three batch
+    /// rows (twelve accumulators, seven loads per twelve FMAs: the sixteen ymm registers hold the tile, the three
+    /// activation vectors and the weight vector). Every output keeps one accumulator over 8-column steps whatever the
+    /// tile, so results do not depend on the batching.
+    /// </summary>
+    private static void Rows256<TW>(in MatMulArgs a, int rowStart, int rowEnd) where TW : IFloatWeights
+    {
+        int r = rowStart;
+        if (a.Batch == 1)
+            for (; r + 8 <= rowEnd; r += 8) RowTile8x1_256<TW>(a, r);
+        else
+            for (; r + 4 <= rowEnd; r += 4) BatchTiles256<TW, Tile4>(a, r);
+        for (; r < rowEnd; r++) BatchTiles256<TW, Tile1>(a, r);
+    }
+
+    /// <summary>Rows r … r+TRows.Count−1 against every batch row, three at a time.</summary>
+    private static void BatchTiles256<TW, TRows>(in MatMulArgs a, int r) where TW : IFloatWeights where TRows : IBatchTile
+    {
+        int b = 0;
+        for (; b + 3 <= a.Batch; b += 3) RowTile256<TW, TRows, Tile3>(a, r, b);
+        switch (a.Batch - b)
+        {
+            case 2: RowTile256<TW, TRows, Tile2>(a, r, b); break;
+            case 1: RowTile256<TW, TRows, Tile1>(a, r, b); break;
+        }
+    }
+
+    /// <summary>Rows r … r+TRows.Count−1 (up to four) against batch rows b … b+TTile.Count−1 (up to three), 256-bit.</summary>
+    private static void RowTile256<TW, TRows, TTile>(in MatMulArgs a, int r, int b)
+        where TW : IFloatWeights where TRows : IBatchTile where TTile : IBatchTile
+    {
+        int cols = a.Cols;
+        long rb = a.RowBytes;
+        byte* w0 = a.W + r * rb, w1 = w0 + rb, w2 = w1 + rb, w3 = w2 + rb;
+        float* x0 = a.X + (long)b * cols, x1 = x0 + cols, x2 = x1 + cols;
+        Vector256<float> c00 = default, c01 = default, c02 = default, c10 = default, c11 = default, c12 = default;
+        Vector256<float> c20 = default, c21 = default, c22 = default, c30 = default, c31 = default, c32 = default;
+        int i = 0;
+        for (; i + 8 <= cols; i += 8)
+        {
+            var u0 = Vector256.Load(x0 + i);
+            var u1 = TTile.Count > 1 ? Vector256.Load(x1 + i) : default;
+            var u2 = TTile.Count > 2 ? Vector256.Load(x2 + i) : default;
+            var v = TW.Load8(w0, i);
+            c00 = Vector256.FusedMultiplyAdd(v, u0, c00);
+            if (TTile.Count > 1) c01 = Vector256.FusedMultiplyAdd(v, u1, c01);
+            if (TTile.Count > 2) c02 = Vector256.FusedMultiplyAdd(v, u2, c02);
+            if (TRows.Count > 1)
+            {
+                v = TW.Load8(w1, i);
+                c10 = Vector256.FusedMultiplyAdd(v, u0, c10);
+                if (TTile.Count > 1) c11 = Vector256.FusedMultiplyAdd(v, u1, c11);
+                if (TTile.Count > 2) c12 = Vector256.FusedMultiplyAdd(v, u2, c12);
+            }
+            if (TRows.Count > 2)
+            {
+                v = TW.Load8(w2, i);
+                c20 = Vector256.FusedMultiplyAdd(v, u0, c20);
+                if (TTile.Count > 1) c21 = Vector256.FusedMultiplyAdd(v, u1, c21);
+                if (TTile.Count > 2) c22 = Vector256.FusedMultiplyAdd(v, u2, c22);
+            }
+            if (TRows.Count > 3)
+            {
+                v = TW.Load8(w3, i);
+                c30 = Vector256.FusedMultiplyAdd(v, u0, c30);
+                if (TTile.Count > 1) c31 = Vector256.FusedMultiplyAdd(v, u1, c31);
+                if (TTile.Count > 2) c32 = Vector256.FusedMultiplyAdd(v, u2, c32);
+            }
+        }
+        // NOTE: all sums before the first call, as in RowTile4.
+        float s00 = Vector256.Sum(c00), s01 = Vector256.Sum(c01), s02 = Vector256.Sum(c02);
+        float s10 = Vector256.Sum(c10), s11 = Vector256.Sum(c11), s12 = Vector256.Sum(c12);
+        float s20 = Vector256.Sum(c20), s21 = Vector256.Sum(c21), s22 = Vector256.Sum(c22);
+        float s30 = Vector256.Sum(c30), s31 = Vector256.Sum(c31), s32 = Vector256.Sum(c32);
+        Store<TW, TTile>(a, r, b, w0, i, s00, s01, s02, 0);
+        if (TRows.Count > 1) Store<TW, TTile>(a, r + 1, b, w1, i, s10, s11, s12, 0);
+        if (TRows.Count > 2) Store<TW, TTile>(a, r + 2, b, w2, i, s20, s21, s22, 0);
+        if (TRows.Count > 3) Store<TW, TTile>(a, r + 3, b, w3, i, s30, s31, s32, 0);
+    }
+
+    /// <summary>Rows r … r+7 against one batch row, 256-bit: eight weight streams, one accumulator per row as in
+    /// <see cref="RowTile256{TW, TRows, TTile}"/>, so results have the same bits.</summary>
+    private static void RowTile8x1_256<TW>(in MatMulArgs a, int r) where TW : IFloatWeights
+    {
+        int cols = a.Cols;
+        long rb = a.RowBytes;
+        byte* w0 = a.W + r * rb, w1 = w0 + rb, w2 = w1 + rb, w3 = w2 + rb;
+        byte* w4 = w3 + rb, w5 = w4 + rb, w6 = w5 + rb, w7 = w6 + rb;
+        float* x = a.X;
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        Vector256<float> c4 = default, c5 = default, c6 = default, c7 = default;
+        int i = 0;
+        for (; i + 8 <= cols; i += 8)
+        {
+            var u = Vector256.Load(x + i);
+            c0 = Vector256.FusedMultiplyAdd(TW.Load8(w0, i), u, c0);
+            c1 = Vector256.FusedMultiplyAdd(TW.Load8(w1, i), u, c1);
+            c2 = Vector256.FusedMultiplyAdd(TW.Load8(w2, i), u, c2);
+            c3 = Vector256.FusedMultiplyAdd(TW.Load8(w3, i), u, c3);
+            c4 = Vector256.FusedMultiplyAdd(TW.Load8(w4, i), u, c4);
+            c5 = Vector256.FusedMultiplyAdd(TW.Load8(w5, i), u, c5);
+            c6 = Vector256.FusedMultiplyAdd(TW.Load8(w6, i), u, c6);
+            c7 = Vector256.FusedMultiplyAdd(TW.Load8(w7, i), u, c7);
+        }
+        float s0 = Vector256.Sum(c0), s1 = Vector256.Sum(c1), s2 = Vector256.Sum(c2), s3 = Vector256.Sum(c3);
+        float s4 = Vector256.Sum(c4), s5 = Vector256.Sum(c5), s6 = Vector256.Sum(c6), s7 = Vector256.Sum(c7);
+        Store<TW, Tile1>(a, r, 0, w0, i, s0, 0, 0, 0);
+        Store<TW, Tile1>(a, r + 1, 0, w1, i, s1, 0, 0, 0);
+        Store<TW, Tile1>(a, r + 2, 0, w2, i, s2, 0, 0, 0);
+        Store<TW, Tile1>(a, r + 3, 0, w3, i, s3, 0, 0, 0);
+        Store<TW, Tile1>(a, r + 4, 0, w4, i, s4, 0, 0, 0);
+        Store<TW, Tile1>(a, r + 5, 0, w5, i, s5, 0, 0, 0);
+        Store<TW, Tile1>(a, r + 6, 0, w6, i, s6, 0, 0, 0);
+        Store<TW, Tile1>(a, r + 7, 0, w7, i, s7, 0, 0, 0);
+    }
+
     /// <summary>Writes one weight row's outputs for the tile's batch rows: the vector sums plus the scalar tails.</summary>
     private static void Store<TW, TTile>(in MatMulArgs a, int r, int b, byte* row, int tail, float s0, float s1, float s2, float s3)
         where TW : IFloatWeights where TTile : IBatchTile
@@ -245,7 +367,6 @@ internal static unsafe class FloatMatMulKernel
         float* x0 = a.X + (long)b * cols;
         float s0, s1 = 0, s2 = 0, s3 = 0;
         if (a.Path == KernelPath.Vector512) Dot512<TW, TTile>(row, cols, x0, out s0, out s1, out s2, out s3);
-        else if (a.Path != KernelPath.Scalar) Dot256<TW, TTile>(row, cols, x0, out s0, out s1, out s2, out s3);
         else
         {
             s0 = DotScalar<TW>(row, 0, cols, x0);
@@ -300,40 +421,5 @@ internal static unsafe class FloatMatMulKernel
         s1 = TTile.Count > 1 ? Vector512.Sum(a1 + b1) + DotScalar<TW>(row, i, cols, x1) : 0;
         s2 = TTile.Count > 2 ? Vector512.Sum(a2 + b2) + DotScalar<TW>(row, i, cols, x2) : 0;
         s3 = TTile.Count > 3 ? Vector512.Sum(a3 + b3) + DotScalar<TW>(row, i, cols, x3) : 0;
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Dot256<TW, TTile>(byte* row, int cols, float* x0, out float s0, out float s1, out float s2, out float s3)
-        where TW : IFloatWeights where TTile : IBatchTile
-    {
-        float* x1 = x0 + cols, x2 = x1 + cols, x3 = x2 + cols;
-        Vector256<float> a0 = default, b0 = default, a1 = default, b1 = default;
-        Vector256<float> a2 = default, b2 = default, a3 = default, b3 = default;
-        int i = 0;
-        for (; i + 16 <= cols; i += 16)
-        {
-            TW.Load16(row, i, out var lo, out var hi);
-            a0 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x0 + i), a0);
-            b0 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x0 + i + 8), b0);
-            if (TTile.Count > 1)
-            {
-                a1 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x1 + i), a1);
-                b1 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x1 + i + 8), b1);
-            }
-            if (TTile.Count > 2)
-            {
-                a2 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x2 + i), a2);
-                b2 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x2 + i + 8), b2);
-            }
-            if (TTile.Count > 3)
-            {
-                a3 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x3 + i), a3);
-                b3 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x3 + i + 8), b3);
-            }
-        }
-        s0 = Vector256.Sum(a0 + b0) + DotScalar<TW>(row, i, cols, x0);
-        s1 = TTile.Count > 1 ? Vector256.Sum(a1 + b1) + DotScalar<TW>(row, i, cols, x1) : 0;
-        s2 = TTile.Count > 2 ? Vector256.Sum(a2 + b2) + DotScalar<TW>(row, i, cols, x2) : 0;
-        s3 = TTile.Count > 3 ? Vector256.Sum(a3 + b3) + DotScalar<TW>(row, i, cols, x3) : 0;
     }
 }

@@ -9,10 +9,10 @@ internal unsafe interface IFloatWeights
 {
     /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+31 of <paramref name="row"/>.</summary>
     static abstract void Load32(byte* row, int i, out Vector512<float> lo, out Vector512<float> hi);
-    /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+15 of <paramref name="row"/>.</summary>
-    static abstract void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi);
     /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+15 of <paramref name="row"/> in one 512-bit vector.</summary>
     static abstract Vector512<float> Load16x512(byte* row, int i);
+    /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+7 of <paramref name="row"/>.</summary>
+    static abstract Vector256<float> Load8(byte* row, int i);
     /// <summary>Weight <paramref name="i"/> of <paramref name="row"/>.</summary>
     static abstract float Load1(byte* row, int i);
 }
@@ -28,14 +28,10 @@ internal readonly unsafe struct F32Weights : IFloatWeights
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi)
-    {
-        lo = Vector256.Load((float*)row + i);
-        hi = Vector256.Load((float*)row + i + 8);
-    }
+    public static Vector512<float> Load16x512(byte* row, int i) => Vector512.Load((float*)row + i);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> Load16x512(byte* row, int i) => Vector512.Load((float*)row + i);
+    public static Vector256<float> Load8(byte* row, int i) => Vector256.Load((float*)row + i);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(byte* row, int i) => ((float*)row)[i];
@@ -53,16 +49,12 @@ internal readonly unsafe struct F16Weights : IFloatWeights
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi)
-    {
-        var (l, h) = Vector256.Widen(Vector256.Load((ushort*)row + i));
-        lo = ToSingle(l);
-        hi = ToSingle(h);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Load16x512(byte* row, int i) =>
         ToSingle(Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)row + i)));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load8(byte* row, int i) =>
+        ToSingle(Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)row + i)).AsUInt32());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(byte* row, int i) => Fp16.ToFloat(((ushort*)row)[i]);
@@ -105,16 +97,12 @@ internal readonly unsafe struct BF16Weights : IFloatWeights
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi)
-    {
-        var (l, h) = Vector256.Widen(Vector256.Load((ushort*)row + i));
-        lo = (l << 16).AsSingle();
-        hi = (h << 16).AsSingle();
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Load16x512(byte* row, int i) =>
         (Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)row + i)) << 16).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load8(byte* row, int i) =>
+        (Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)row + i)) << 16).AsSingle();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(byte* row, int i) => BitConverter.Int32BitsToSingle(((ushort*)row)[i] << 16);
