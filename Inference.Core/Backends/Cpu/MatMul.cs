@@ -30,7 +30,7 @@ public static class MatMul
 
     /// <summary>
     /// Returns <paramref name="w"/> with a copy of its rows in the layout this machine's fastest kernel reads (with
-    /// AVX-VNNI: <see cref="PackedQ8_0"/>, <see cref="PackedQ4_K"/>, <see cref="PackedQ6_K"/>), or <paramref name="w"/>
+    /// AVX2: <see cref="PackedQ4_K"/>, <see cref="PackedQ6_K"/>; with AVX-VNNI also <see cref="PackedQ8_0"/>), or <paramref name="w"/>
     /// itself when there is none. The copy lives as long as the returned value is reachable; the original memory must
     /// stay valid too.
     /// </summary>
@@ -38,7 +38,7 @@ public static class MatMul
     /// <returns>The weights to multiply with.</returns>
     public static WeightMatrix Prepare(in WeightMatrix w)
     {
-        if (w.Packed is not null || !PackedWeights.IsSupported) return w;
+        if (w.Packed is not null || !PackedWeights.IsSupportedFor(w.Type)) return w;
         var packed = w.Type switch
         {
             GgmlType.Q8_0 => PackedWeights.Pack<PackedQ8_0>(w),
@@ -86,12 +86,12 @@ public static class MatMul
                 case GgmlType.F32: pool.Run(w.Rows, new FloatJob<F32Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
                 case GgmlType.F16: pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
                 case GgmlType.BF16: pool.Run(w.Rows, new FloatJob<BF16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
-                case GgmlType.Q8_0 when w.Packed is { } packed && KernelPaths.UsesVnni(path): RunPacked<PackedQ8_0>(path, px, batch, pool, w, py); break;
+                case GgmlType.Q8_0 when w.Packed is not null && PackedWeights.Runs<PackedQ8_0>(path): RunPacked<PackedQ8_0>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q8_0: RunQ8_0<Q8_0Kernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q4_0: RunQ8_0<Q4_0Kernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q4_K when w.Packed is { } packed && KernelPaths.UsesVnni(path): RunPacked<PackedQ4_K>(path, px, batch, pool, w, py); break;
+                case GgmlType.Q4_K when w.Packed is not null && PackedWeights.Runs<PackedQ4_K>(path): RunPacked<PackedQ4_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q4_K: RunQ8_K<Q4_KKernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q6_K when w.Packed is { } packed && KernelPaths.UsesVnni(path): RunPacked<PackedQ6_K>(path, px, batch, pool, w, py); break;
+                case GgmlType.Q6_K when w.Packed is not null && PackedWeights.Runs<PackedQ6_K>(path): RunPacked<PackedQ6_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q6_K: RunQ8_K<Q6_KKernel>(w, px, py, batch, pool, path); break;
                 default: throw new NotSupportedException($"matmul with {w.Type} weights is not supported");
             }
@@ -121,7 +121,7 @@ public static class MatMul
         bool three = w2.Rows > 0;
         bool fused = batch > 0 && w0.Packed is not null && w1.Packed is not null && (!three || w2.Packed is not null)
                      && w1.Type == w0.Type && (!three || w2.Type == w0.Type) && w1.Cols == w0.Cols && (!three || w2.Cols == w0.Cols)
-                     && KernelPaths.UsesVnni(KernelPaths.Best) && x.Length >= (long)batch * w0.Cols
+                     && PackedWeights.IsSupportedFor(w0.Type) && x.Length >= (long)batch * w0.Cols
                      && y0.Length >= (long)batch * w0.Rows && y1.Length >= (long)batch * w1.Rows && (!three || y2.Length >= (long)batch * w2.Rows);
         if (!fused)
         {

@@ -29,7 +29,8 @@ namespace Inference.Backends.Cpu;
 /// accumulator per row (the unpacked kernel keeps them in two and subtracts at the end), so results differ from it by
 /// f32 rounding only. Rows after the last whole group keep the GGUF layout and go through <see cref="Q4_KKernel"/>. Every
 /// output sees the same operations whatever the batch size, so a request's tokens do not depend on what it is batched
-/// with. Needs AVX-VNNI (unsigned × signed bytes, and <c>vpdpwssd</c> for the mins).
+/// with. Runs with AVX-VNNI (<c>vpdpbusd</c>, <c>vpdpwssd</c>) or on AVX2 alone (<see cref="PairMadd{TTile}"/>), with the
+/// same integer sums and so the same bits.
 /// </remarks>
 internal readonly unsafe struct PackedQ4_K : IPackedKernel
 {
@@ -68,7 +69,15 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
         }
     }
 
+    public static bool NeedsVnni => false;
+
     public static void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
+    {
+        if (KernelPaths.UsesVnni(a.Path)) Tile<TTile, WithVnni>(a, group, g, b);
+        else Tile<TTile, WithoutVnni>(a, group, g, b);
+    }
+
+    private static void Tile<TTile, TIsa>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile where TIsa : IPackedIsa
     {
         int nsb = a.Cols / 256, batch = a.Batch;
         // Super-block s of batch row b + t: quants at q + s·qStep + 256t, scale at d[s·batch + t],
@@ -106,7 +115,8 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
                 byte* codes = blk + CodesOffset + 256 * i;
                 byte* scales = blk + ScalesOffset + 16 * i;
                 int x = 64 * i;
-                if (TTile.Count == 1) i0 += Pair(codes, qs + x, scales);
+                if (!TIsa.Vnni) PairMadd<TTile>(codes, qs + x, scales, ref i0, ref i1, ref i2, ref i3);
+                else if (TTile.Count == 1) i0 += Pair(codes, qs + x, scales);
                 else PairN<TTile>(codes, qs + x, scales, ref i0, ref i1, ref i2, ref i3);
             }
 
@@ -115,10 +125,10 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
             for (int sub = 0; sub < 8; sub++)
             {
                 var mins = Avx2.Shuffle(Vector256.Create(*(ulong*)(blk + MinsOffset + 8 * sub)).AsByte(), duplicateMins).AsInt16();
-                m0 = AvxVnni.MultiplyWideningAndAdd(m0, mins, Vector256.Create(*(int*)(bs + 2 * sub)).AsInt16());
-                if (TTile.Count > 1) m1 = AvxVnni.MultiplyWideningAndAdd(m1, mins, Vector256.Create(*(int*)(bs + 16 + 2 * sub)).AsInt16());
-                if (TTile.Count > 2) m2 = AvxVnni.MultiplyWideningAndAdd(m2, mins, Vector256.Create(*(int*)(bs + 32 + 2 * sub)).AsInt16());
-                if (TTile.Count > 3) m3 = AvxVnni.MultiplyWideningAndAdd(m3, mins, Vector256.Create(*(int*)(bs + 48 + 2 * sub)).AsInt16());
+                m0 = PackedSteps.DotWords<TIsa>(m0, mins, Vector256.Create(*(int*)(bs + 2 * sub)).AsInt16());
+                if (TTile.Count > 1) m1 = PackedSteps.DotWords<TIsa>(m1, mins, Vector256.Create(*(int*)(bs + 16 + 2 * sub)).AsInt16());
+                if (TTile.Count > 2) m2 = PackedSteps.DotWords<TIsa>(m2, mins, Vector256.Create(*(int*)(bs + 32 + 2 * sub)).AsInt16());
+                if (TTile.Count > 3) m3 = PackedSteps.DotWords<TIsa>(m3, mins, Vector256.Create(*(int*)(bs + 48 + 2 * sub)).AsInt16());
             }
 
             var dw = Vector256.Load((float*)blk);
@@ -152,10 +162,10 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
         {
             var v0 = Vector256.Load(codes + 32 * k);
             var v1 = Vector256.Load(codes + 32 * k + 32);
-            lo0 = AvxVnni.MultiplyWideningAndAdd(lo0, v0 & nibble, Broadcast(x + 4 * k));
-            hi0 = AvxVnni.MultiplyWideningAndAdd(hi0, High(v0, nibble), Broadcast(x + 32 + 4 * k));
-            lo1 = AvxVnni.MultiplyWideningAndAdd(lo1, v1 & nibble, Broadcast(x + 4 * k + 4));
-            hi1 = AvxVnni.MultiplyWideningAndAdd(hi1, High(v1, nibble), Broadcast(x + 36 + 4 * k));
+            lo0 = AvxVnni.MultiplyWideningAndAdd(lo0, v0 & nibble, PackedSteps.Broadcast(x + 4 * k));
+            hi0 = AvxVnni.MultiplyWideningAndAdd(hi0, High(v0, nibble), PackedSteps.Broadcast(x + 32 + 4 * k));
+            lo1 = AvxVnni.MultiplyWideningAndAdd(lo1, v1 & nibble, PackedSteps.Broadcast(x + 4 * k + 4));
+            hi1 = AvxVnni.MultiplyWideningAndAdd(hi1, High(v1, nibble), PackedSteps.Broadcast(x + 36 + 4 * k));
         }
         return Avx2.MultiplyLow(lo0 + lo1, Avx2.ConvertToVector256Int32(scales))
              + Avx2.MultiplyLow(hi0 + hi1, Avx2.ConvertToVector256Int32(scales + 8));
@@ -175,19 +185,19 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
             var lo = v & nibble;
             var hi = High(v, nibble);
             sbyte* xk = x + 4 * k;
-            lo0 = AvxVnni.MultiplyWideningAndAdd(lo0, lo, Broadcast(xk));
-            hi0 = AvxVnni.MultiplyWideningAndAdd(hi0, hi, Broadcast(xk + 32));
-            lo1 = AvxVnni.MultiplyWideningAndAdd(lo1, lo, Broadcast(xk + 256));
-            hi1 = AvxVnni.MultiplyWideningAndAdd(hi1, hi, Broadcast(xk + 288));
+            lo0 = AvxVnni.MultiplyWideningAndAdd(lo0, lo, PackedSteps.Broadcast(xk));
+            hi0 = AvxVnni.MultiplyWideningAndAdd(hi0, hi, PackedSteps.Broadcast(xk + 32));
+            lo1 = AvxVnni.MultiplyWideningAndAdd(lo1, lo, PackedSteps.Broadcast(xk + 256));
+            hi1 = AvxVnni.MultiplyWideningAndAdd(hi1, hi, PackedSteps.Broadcast(xk + 288));
             if (TTile.Count > 2)
             {
-                lo2 = AvxVnni.MultiplyWideningAndAdd(lo2, lo, Broadcast(xk + 512));
-                hi2 = AvxVnni.MultiplyWideningAndAdd(hi2, hi, Broadcast(xk + 544));
+                lo2 = AvxVnni.MultiplyWideningAndAdd(lo2, lo, PackedSteps.Broadcast(xk + 512));
+                hi2 = AvxVnni.MultiplyWideningAndAdd(hi2, hi, PackedSteps.Broadcast(xk + 544));
             }
             if (TTile.Count > 3)
             {
-                lo3 = AvxVnni.MultiplyWideningAndAdd(lo3, lo, Broadcast(xk + 768));
-                hi3 = AvxVnni.MultiplyWideningAndAdd(hi3, hi, Broadcast(xk + 800));
+                lo3 = AvxVnni.MultiplyWideningAndAdd(lo3, lo, PackedSteps.Broadcast(xk + 768));
+                hi3 = AvxVnni.MultiplyWideningAndAdd(hi3, hi, PackedSteps.Broadcast(xk + 800));
             }
         }
         var scLo = Avx2.ConvertToVector256Int32(scales);
@@ -198,11 +208,51 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
         if (TTile.Count > 3) sumi3 += Avx2.MultiplyLow(lo3, scLo) + Avx2.MultiplyLow(hi3, scHi);
     }
 
+    /// <summary>
+    /// <see cref="PairN{TTile}"/> for one to four batch rows without VNNI: the <c>vpmaddubsw</c> pair products of a
+    /// sub-block's eight steps summed as shorts (at most 16 · 15 · 127 = 30,480, no overflow), then one <c>vpmaddwd</c>
+    /// against the scales as short pairs: the same exact sums.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PairMadd<TTile>(byte* codes, sbyte* x, byte* scales,
+        ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3) where TTile : IBatchTile
+    {
+        var nibble = Vector256.Create((byte)0x0F);
+        Vector256<short> lo0 = default, lo1 = default, lo2 = default, lo3 = default;
+        Vector256<short> hi0 = default, hi1 = default, hi2 = default, hi3 = default;
+        for (int k = 0; k < 8; k++)
+        {
+            var v = Vector256.Load(codes + 32 * k);
+            var lo = v & nibble;
+            var hi = High(v, nibble);
+            sbyte* xk = x + 4 * k;
+            lo0 += Avx2.MultiplyAddAdjacent(lo, PackedSteps.Broadcast(xk));
+            hi0 += Avx2.MultiplyAddAdjacent(hi, PackedSteps.Broadcast(xk + 32));
+            if (TTile.Count > 1)
+            {
+                lo1 += Avx2.MultiplyAddAdjacent(lo, PackedSteps.Broadcast(xk + 256));
+                hi1 += Avx2.MultiplyAddAdjacent(hi, PackedSteps.Broadcast(xk + 288));
+            }
+            if (TTile.Count > 2)
+            {
+                lo2 += Avx2.MultiplyAddAdjacent(lo, PackedSteps.Broadcast(xk + 512));
+                hi2 += Avx2.MultiplyAddAdjacent(hi, PackedSteps.Broadcast(xk + 544));
+            }
+            if (TTile.Count > 3)
+            {
+                lo3 += Avx2.MultiplyAddAdjacent(lo, PackedSteps.Broadcast(xk + 768));
+                hi3 += Avx2.MultiplyAddAdjacent(hi, PackedSteps.Broadcast(xk + 800));
+            }
+        }
+        var scLo = PackedSteps.ShortPairs(Avx2.ConvertToVector256Int32(scales));
+        var scHi = PackedSteps.ShortPairs(Avx2.ConvertToVector256Int32(scales + 8));
+        sumi0 += Avx2.MultiplyAddAdjacent(lo0, scLo) + Avx2.MultiplyAddAdjacent(hi0, scHi);
+        if (TTile.Count > 1) sumi1 += Avx2.MultiplyAddAdjacent(lo1, scLo) + Avx2.MultiplyAddAdjacent(hi1, scHi);
+        if (TTile.Count > 2) sumi2 += Avx2.MultiplyAddAdjacent(lo2, scLo) + Avx2.MultiplyAddAdjacent(hi2, scHi);
+        if (TTile.Count > 3) sumi3 += Avx2.MultiplyAddAdjacent(lo3, scLo) + Avx2.MultiplyAddAdjacent(hi3, scHi);
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<byte> High(Vector256<byte> v, Vector256<byte> nibble) =>
         Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & nibble;
-
-    /// <summary>Four activation bytes broadcast to every lane.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<sbyte> Broadcast(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
 }

@@ -28,7 +28,8 @@ namespace Inference.Backends.Cpu;
 /// offset from the Q8_K bsums); here the offset is subtracted in the integer domain before the one f32 scaling per
 /// super-block (the unpacked kernel scales both terms in f32), so results differ from it by f32 rounding only. Rows
 /// after the last whole group keep the GGUF layout and go through <see cref="Q6_KKernel"/>. Every output sees the same
-/// operations whatever the batch size, so a request's tokens do not depend on what it is batched with. Needs AVX-VNNI.
+/// operations whatever the batch size, so a request's tokens do not depend on what it is batched with. Runs with AVX-VNNI
+/// or on AVX2 alone (<see cref="PassMadd{TTile, TQ}"/>), with the same integer sums and so the same bits.
 /// </remarks>
 internal readonly unsafe struct PackedQ6_K : IPackedKernel
 {
@@ -70,7 +71,15 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
         }
     }
 
+    public static bool NeedsVnni => false;
+
     public static void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
+    {
+        if (KernelPaths.UsesVnni(a.Path)) Tile<TTile, WithVnni>(a, group, g, b);
+        else Tile<TTile, WithoutVnni>(a, group, g, b);
+    }
+
+    private static void Tile<TTile, TIsa>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile where TIsa : IPackedIsa
     {
         int nsb = a.Cols / 256, batch = a.Batch;
         // Super-block s of batch row b + t: quants at q + s·qStep + 256t, scale at d[s·batch + t],
@@ -97,8 +106,16 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
             for (int n = 0; n < 2; n++)
             for (int half = 0; half < 2; half++)
             {
-                Pass<TTile, Quarters02>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);
-                Pass<TTile, Quarters13>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);
+                if (TIsa.Vnni)
+                {
+                    Pass<TTile, Quarters02>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);
+                    Pass<TTile, Quarters13>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);
+                }
+                else
+                {
+                    PassMadd<TTile, Quarters02>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);
+                    PassMadd<TTile, Quarters13>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);
+                }
             }
 
             // Σ_sub sc_sub·bsums[sub] per row: pairs of scales against pairs of sums.
@@ -106,10 +123,10 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
             for (int p = 0; p < 8; p++)
             {
                 var sc = Avx2.ConvertToVector256Int16((sbyte*)blk + ScalesOffset + 16 * p);
-                o0 = AvxVnni.MultiplyWideningAndAdd(o0, sc, Vector256.Create(*(int*)(bs + 2 * p)).AsInt16());
-                if (TTile.Count > 1) o1 = AvxVnni.MultiplyWideningAndAdd(o1, sc, Vector256.Create(*(int*)(bs + 16 + 2 * p)).AsInt16());
-                if (TTile.Count > 2) o2 = AvxVnni.MultiplyWideningAndAdd(o2, sc, Vector256.Create(*(int*)(bs + 32 + 2 * p)).AsInt16());
-                if (TTile.Count > 3) o3 = AvxVnni.MultiplyWideningAndAdd(o3, sc, Vector256.Create(*(int*)(bs + 48 + 2 * p)).AsInt16());
+                o0 = PackedSteps.DotWords<TIsa>(o0, sc, Vector256.Create(*(int*)(bs + 2 * p)).AsInt16());
+                if (TTile.Count > 1) o1 = PackedSteps.DotWords<TIsa>(o1, sc, Vector256.Create(*(int*)(bs + 16 + 2 * p)).AsInt16());
+                if (TTile.Count > 2) o2 = PackedSteps.DotWords<TIsa>(o2, sc, Vector256.Create(*(int*)(bs + 32 + 2 * p)).AsInt16());
+                if (TTile.Count > 3) o3 = PackedSteps.DotWords<TIsa>(o3, sc, Vector256.Create(*(int*)(bs + 48 + 2 * p)).AsInt16());
             }
 
             var dw = Vector256.Load((float*)blk);
@@ -161,22 +178,22 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
             var ch = (Avx2.ShiftRightLogical(l.AsUInt16(), 4).AsByte() & low4)
                      | ((TQ.A == 0 ? h : Avx2.ShiftRightLogical(h, 2)).AsByte() & bits45);
             sbyte* xk = xl + 4 * k;
-            lo0 = AvxVnni.MultiplyWideningAndAdd(lo0, cl, Broadcast(xk));
-            hi0 = AvxVnni.MultiplyWideningAndAdd(hi0, ch, Broadcast(xk + 64));
+            lo0 = AvxVnni.MultiplyWideningAndAdd(lo0, cl, PackedSteps.Broadcast(xk));
+            hi0 = AvxVnni.MultiplyWideningAndAdd(hi0, ch, PackedSteps.Broadcast(xk + 64));
             if (TTile.Count > 1)
             {
-                lo1 = AvxVnni.MultiplyWideningAndAdd(lo1, cl, Broadcast(xk + 256));
-                hi1 = AvxVnni.MultiplyWideningAndAdd(hi1, ch, Broadcast(xk + 320));
+                lo1 = AvxVnni.MultiplyWideningAndAdd(lo1, cl, PackedSteps.Broadcast(xk + 256));
+                hi1 = AvxVnni.MultiplyWideningAndAdd(hi1, ch, PackedSteps.Broadcast(xk + 320));
             }
             if (TTile.Count > 2)
             {
-                lo2 = AvxVnni.MultiplyWideningAndAdd(lo2, cl, Broadcast(xk + 512));
-                hi2 = AvxVnni.MultiplyWideningAndAdd(hi2, ch, Broadcast(xk + 576));
+                lo2 = AvxVnni.MultiplyWideningAndAdd(lo2, cl, PackedSteps.Broadcast(xk + 512));
+                hi2 = AvxVnni.MultiplyWideningAndAdd(hi2, ch, PackedSteps.Broadcast(xk + 576));
             }
             if (TTile.Count > 3)
             {
-                lo3 = AvxVnni.MultiplyWideningAndAdd(lo3, cl, Broadcast(xk + 768));
-                hi3 = AvxVnni.MultiplyWideningAndAdd(hi3, ch, Broadcast(xk + 832));
+                lo3 = AvxVnni.MultiplyWideningAndAdd(lo3, cl, PackedSteps.Broadcast(xk + 768));
+                hi3 = AvxVnni.MultiplyWideningAndAdd(hi3, ch, PackedSteps.Broadcast(xk + 832));
             }
         }
         // Pair p = 4n + quarter holds (sc[2p], sc[2p + 1]) per row as two sign-extended shorts of one int lane.
@@ -188,6 +205,60 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
         if (TTile.Count > 3) sumi3 += Avx2.MultiplyLow(lo3, scLo) + Avx2.MultiplyLow(hi3, scHi);
     }
 
+    /// <summary>
+    /// <see cref="Pass{TTile, TQ}"/> without VNNI: the <c>vpmaddubsw</c> pair products of two steps summed as shorts (at
+    /// most 4 · 63 · 127 = 32,004, no overflow), then <c>vpmaddwd</c> against the scales as short pairs, twice per
+    /// sub-block: the same exact sums.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PassMadd<TTile, TQ>(byte* blk, int n, int half, sbyte* x,
+        ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3)
+        where TTile : IBatchTile where TQ : IQuarters
+    {
+        var low4 = Vector256.Create((byte)0x0F);
+        var bits45 = Vector256.Create((byte)0x30);
+        byte* ql = blk + LowOffset + 512 * n + 256 * TQ.A + 128 * half;
+        byte* qh = blk + HighOffset + 256 * n + 128 * half;
+        sbyte* xl = x + 128 * n + 32 * TQ.A + 16 * half;
+        var scLo = PackedSteps.ShortPairs(Scales(blk, 4 * n + TQ.A, half));
+        var scHi = PackedSteps.ShortPairs(Scales(blk, 4 * n + 2 + TQ.A, half));
+        for (int k0 = 0; k0 < 4; k0 += 2)
+        {
+            Vector256<short> lo0 = default, lo1 = default, lo2 = default, lo3 = default;
+            Vector256<short> hi0 = default, hi1 = default, hi2 = default, hi3 = default;
+            for (int k = k0; k < k0 + 2; k++)
+            {
+                var l = Vector256.Load(ql + 32 * k);
+                var h = Vector256.Load(qh + 32 * k).AsUInt16();
+                var cl = (l & low4) | ((TQ.A == 0 ? Avx2.ShiftLeftLogical(h, 4) : Avx2.ShiftLeftLogical(h, 2)).AsByte() & bits45);
+                var ch = (Avx2.ShiftRightLogical(l.AsUInt16(), 4).AsByte() & low4)
+                         | ((TQ.A == 0 ? h : Avx2.ShiftRightLogical(h, 2)).AsByte() & bits45);
+                sbyte* xk = xl + 4 * k;
+                lo0 += Avx2.MultiplyAddAdjacent(cl, PackedSteps.Broadcast(xk));
+                hi0 += Avx2.MultiplyAddAdjacent(ch, PackedSteps.Broadcast(xk + 64));
+                if (TTile.Count > 1)
+                {
+                    lo1 += Avx2.MultiplyAddAdjacent(cl, PackedSteps.Broadcast(xk + 256));
+                    hi1 += Avx2.MultiplyAddAdjacent(ch, PackedSteps.Broadcast(xk + 320));
+                }
+                if (TTile.Count > 2)
+                {
+                    lo2 += Avx2.MultiplyAddAdjacent(cl, PackedSteps.Broadcast(xk + 512));
+                    hi2 += Avx2.MultiplyAddAdjacent(ch, PackedSteps.Broadcast(xk + 576));
+                }
+                if (TTile.Count > 3)
+                {
+                    lo3 += Avx2.MultiplyAddAdjacent(cl, PackedSteps.Broadcast(xk + 768));
+                    hi3 += Avx2.MultiplyAddAdjacent(ch, PackedSteps.Broadcast(xk + 832));
+                }
+            }
+            sumi0 += Avx2.MultiplyAddAdjacent(lo0, scLo) + Avx2.MultiplyAddAdjacent(hi0, scHi);
+            if (TTile.Count > 1) sumi1 += Avx2.MultiplyAddAdjacent(lo1, scLo) + Avx2.MultiplyAddAdjacent(hi1, scHi);
+            if (TTile.Count > 2) sumi2 += Avx2.MultiplyAddAdjacent(lo2, scLo) + Avx2.MultiplyAddAdjacent(hi2, scHi);
+            if (TTile.Count > 3) sumi3 += Avx2.MultiplyAddAdjacent(lo3, scLo) + Avx2.MultiplyAddAdjacent(hi3, scHi);
+        }
+    }
+
     /// <summary>The scales of sub-block 2p + <paramref name="half"/> of the eight rows as int lanes.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> Scales(byte* blk, int p, int half)
@@ -195,8 +266,4 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
         var pair = Avx2.ConvertToVector256Int16((sbyte*)blk + ScalesOffset + 16 * p).AsInt32();
         return half == 0 ? Avx2.ShiftRightArithmetic(Avx2.ShiftLeftLogical(pair, 16), 16) : Avx2.ShiftRightArithmetic(pair, 16);
     }
-
-    /// <summary>Four activation bytes broadcast to every lane.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<sbyte> Broadcast(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
 }

@@ -1,5 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Inference.Loading;
 
 namespace Inference.Backends.Cpu;
@@ -29,6 +31,9 @@ internal unsafe interface IPackedKernel
     /// after the last whole group).</summary>
     static abstract void TailRows(in MatMulArgs a, int rowStart, int rowEnd);
 
+    /// <summary>True when the kernel needs AVX-VNNI; false when it also runs on plain AVX2 (with <c>vpmaddubsw</c>).</summary>
+    static virtual bool NeedsVnni => true;
+
     /// <summary>True when <see cref="TileTwoGroups"/> reads two groups' weight streams at once (batch 1).</summary>
     static virtual bool InterleavesGroups => false;
 
@@ -46,7 +51,8 @@ internal unsafe interface IPackedKernel
 /// <see cref="PackedQ6_K"/>). Rows after the last whole group keep the GGUF layout.
 /// </summary>
 /// <remarks>Every output sees the same operations whatever the batch size, so a request's tokens do not depend on what
-/// it is batched with. The kernels need AVX-VNNI (unsigned × signed bytes without saturation).</remarks>
+/// it is batched with. The Q8_0 kernel needs AVX-VNNI (unsigned × signed bytes without saturation); the K-quant kernels
+/// also run on AVX2 alone, with the same integer sums (<see cref="IPackedIsa"/>).</remarks>
 internal sealed unsafe class PackedWeights
 {
     /// <summary>Rows per group.</summary>
@@ -72,8 +78,18 @@ internal sealed unsafe class PackedWeights
     /// <summary>Bytes per group.</summary>
     public long GroupBytes { get; }
 
-    /// <summary>True when this machine runs the packed kernels.</summary>
-    public static bool IsSupported => KernelPaths.UsesVnni(KernelPaths.Best);
+    /// <summary>True when <typeparamref name="TKernel"/> runs at <paramref name="path"/> on this machine.</summary>
+    public static bool Runs<TKernel>(KernelPath path) where TKernel : IPackedKernel =>
+        path >= KernelPath.Vector256 && KernelPaths.IsSupported(path) && (!TKernel.NeedsVnni || KernelPaths.UsesVnni(path));
+
+    /// <summary>True when this machine's fastest path runs a packed kernel for <paramref name="type"/>.</summary>
+    public static bool IsSupportedFor(GgmlType type) => type switch
+    {
+        GgmlType.Q8_0 => Runs<PackedQ8_0>(KernelPaths.Best),
+        GgmlType.Q4_K => Runs<PackedQ4_K>(KernelPaths.Best),
+        GgmlType.Q6_K => Runs<PackedQ6_K>(KernelPaths.Best),
+        _ => false,
+    };
 
     /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows; null when it has fewer than eight rows or the
     /// copy would not fit one array (that matrix then keeps the GGUF layout and the unpacked kernel).</summary>
@@ -123,4 +139,40 @@ internal sealed unsafe class PackedWeights
     /// <summary>Items for <see cref="Run{TKernel}"/> over a matrix of <paramref name="rows"/> rows: the groups, plus one
     /// for the tail rows when there are any.</summary>
     public int ItemCount(int rows) => Groups + (rows % GroupRows != 0 ? 1 : 0);
+}
+
+/// <summary>
+/// Whether a packed kernel's integer steps use AVX-VNNI or plain AVX2. Without VNNI, <c>vpmaddubsw</c> products of small
+/// codes are summed as shorts over several steps and widened once by <c>vpmaddwd</c> against the scales: the same exact
+/// integer sums, so both give the same bits.
+/// </summary>
+internal interface IPackedIsa
+{
+    /// <summary>True for AVX-VNNI.</summary>
+    static abstract bool Vnni { get; }
+}
+
+/// <summary>AVX-VNNI integer steps.</summary>
+internal readonly struct WithVnni : IPackedIsa { public static bool Vnni => true; }
+
+/// <summary>AVX2 integer steps.</summary>
+internal readonly struct WithoutVnni : IPackedIsa { public static bool Vnni => false; }
+
+/// <summary>Integer steps shared by the packed kernels.</summary>
+internal static class PackedSteps
+{
+    /// <summary>acc + the sums of adjacent short products (<c>vpdpwssd</c>, or <c>vpmaddwd</c> + add).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<int> DotWords<TIsa>(Vector256<int> acc, Vector256<short> a, Vector256<short> b) where TIsa : IPackedIsa =>
+        TIsa.Vnni ? AvxVnni.MultiplyWideningAndAdd(acc, a, b) : acc + Avx2.MultiplyAddAdjacent(a, b);
+
+    /// <summary>Int lanes of values that fit a short, each as a pair of equal shorts (the <c>vpmaddwd</c> multiplier
+    /// that scales both shorts of a lane by its value).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<short> ShortPairs(Vector256<int> v) =>
+        ((v & Vector256.Create(0xFFFF)) | Avx2.ShiftLeftLogical(v, 16)).AsInt16();
+
+    /// <summary>Four activation bytes broadcast to every lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector256<sbyte> Broadcast(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
 }

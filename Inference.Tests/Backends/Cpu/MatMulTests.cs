@@ -54,8 +54,10 @@ public unsafe class MatMulTests
     [TestCaseSource(nameof(PackedCases))]
     public void Packed_weights_match_the_float64_reference(GgmlType type, int rows, int cols, int batch)
     {
-        if (!PackedWeights.IsSupported) Assert.Ignore("packed weights need AVX-VNNI");
-        Check(type, KernelPaths.Best, rows, cols, batch, seed: rows * 7919 + cols * 31 + batch, prepare: true);
+        if (!PackedWeights.IsSupportedFor(type)) Assert.Ignore($"no packed {type} kernel on this machine");
+        // Every vector path: with AVX-VNNI the K-quant kernels also run their AVX2 integer steps at Vector256.
+        foreach (var path in SupportedPaths().Where(p => p >= KernelPath.Vector256))
+            Check(type, path, rows, cols, batch, seed: rows * 7919 + cols * 31 + batch, prepare: true);
     }
 
     /// <summary>Batch invariance: a request's outputs must not depend on what it is batched with.</summary>
@@ -77,7 +79,7 @@ public unsafe class MatMulTests
         {
             // As the model uses them: prepared (repacked where this machine's fastest kernel wants it).
             var w = MatMul.Prepare(new WeightMatrix(type, pw, rows, cols));
-            if (PackedTypes.Contains(type) && PackedWeights.IsSupported) Assert.That(w.Packed, Is.Not.Null, "packed");
+            if (PackedWeights.IsSupportedFor(type)) Assert.That(w.Packed, Is.Not.Null, "packed");
             MatMul.Multiply(w, x, all, batch, pool);
             var one = new float[rows];
             for (int b = 0; b < batch; b++)
@@ -116,6 +118,31 @@ public unsafe class MatMulTests
             Assert.That(shared[i], Has.None.NaN, $"matrix {i} fully written");
             Assert.That(shared[i], Is.EqualTo(separate[i]), $"matrix {i}");
         }
+    }
+
+    /// <summary>The K-quant kernels' AVX2 integer steps (short sums, then <c>vpmaddwd</c>) and their VNNI steps compute the
+    /// same exact integers, so the two give the same bits; needs a machine with AVX-VNNI to compare.</summary>
+    [Test]
+    public void Packed_K_quants_give_the_same_bits_with_and_without_VNNI(
+        [Values(GgmlType.Q4_K, GgmlType.Q6_K)] GgmlType type, [Values(1, 3, 4, 6)] int batch)
+    {
+        if (!KernelPaths.IsSupported(KernelPath.Vector256Vnni)) Assert.Ignore("needs AVX-VNNI to compare against");
+        const int rows = 40, cols = 768;
+        var rng = new Random(23 + batch);
+        var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
+        var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
+        var avx2 = Enumerable.Repeat(float.NaN, batch * rows).ToArray();
+        var vnni = Enumerable.Repeat(float.NaN, batch * rows).ToArray();
+        using var pool = new WorkerPool(2);
+        fixed (byte* pw = weights)
+        {
+            var w = MatMul.Prepare(new WeightMatrix(type, pw, rows, cols));
+            Assert.That(w.Packed, Is.Not.Null, "packed");
+            MatMul.Multiply(w, x, avx2, batch, pool, KernelPath.Vector256);
+            MatMul.Multiply(w, x, vnni, batch, pool, KernelPath.Vector256Vnni);
+        }
+        Assert.That(avx2, Has.None.NaN);
+        Assert.That(avx2, Is.EqualTo(vnni));
     }
 
     [TestCaseSource(nameof(PackedTypes))]
