@@ -30,7 +30,7 @@ public static class MatMul
 
     /// <summary>
     /// Returns <paramref name="w"/> with a copy of its rows in the layout this machine's fastest kernel reads (with
-    /// AVX2: <see cref="PackedQ4_K"/>, <see cref="PackedQ6_K"/>; with AVX-VNNI also <see cref="PackedQ8_0"/>), or <paramref name="w"/>
+    /// AVX2: <see cref="PackedQ8_0"/>, <see cref="PackedQ4_K"/>, <see cref="PackedQ6_K"/>), or <paramref name="w"/>
     /// itself when there is none. The copy lives as long as the returned value is reachable; the original memory must
     /// stay valid too.
     /// </summary>
@@ -86,12 +86,12 @@ public static class MatMul
                 case GgmlType.F32: pool.Run(w.Rows, new FloatJob<F32Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
                 case GgmlType.F16: pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
                 case GgmlType.BF16: pool.Run(w.Rows, new FloatJob<BF16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
-                case GgmlType.Q8_0 when w.Packed is not null && PackedWeights.Runs<PackedQ8_0>(path): RunPacked<PackedQ8_0>(path, px, batch, pool, w, py); break;
+                case GgmlType.Q8_0 when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ8_0>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q8_0: RunQ8_0<Q8_0Kernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q4_0: RunQ8_0<Q4_0Kernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q4_K when w.Packed is not null && PackedWeights.Runs<PackedQ4_K>(path): RunPacked<PackedQ4_K>(path, px, batch, pool, w, py); break;
+                case GgmlType.Q4_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ4_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q4_K: RunQ8_K<Q4_KKernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q6_K when w.Packed is not null && PackedWeights.Runs<PackedQ6_K>(path): RunPacked<PackedQ6_K>(path, px, batch, pool, w, py); break;
+                case GgmlType.Q6_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ6_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q6_K: RunQ8_K<Q6_KKernel>(w, px, py, batch, pool, path); break;
                 default: throw new NotSupportedException($"matmul with {w.Type} weights is not supported");
             }

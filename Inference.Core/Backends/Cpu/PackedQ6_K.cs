@@ -71,8 +71,6 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
         }
     }
 
-    public static bool NeedsVnni => false;
-
     public static void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
     {
         if (KernelPaths.UsesVnni(a.Path)) Tile<TTile, WithVnni>(a, group, g, b);

@@ -20,7 +20,8 @@ namespace Inference.Backends.Cpu;
 /// Rows after the last whole group keep the GGUF layout and go through <see cref="Q8_0Kernel"/>. Every output sees the
 /// same operations whatever the batch size, so a request's tokens do not depend on what it is batched with. The f32
 /// order differs from ggml's <c>vec_dot_q8_0_q8_0</c> (which converts eight partial lanes per block): about 1e-7
-/// relative per product. Needs AVX-VNNI (unsigned × signed bytes without saturation).
+/// relative per product. With AVX-VNNI the stored w + 128 feeds <c>vpdpbusd</c>; on AVX2 alone see
+/// <see cref="TileMadd{TTile}"/>.
 /// </remarks>
 internal readonly unsafe struct PackedQ8_0 : IPackedKernel
 {
@@ -52,6 +53,11 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
 
     public static void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
     {
+        if (!KernelPaths.UsesVnni(a.Path))
+        {
+            TileMadd<TTile>(a, group, g, b);
+            return;
+        }
         int nb = a.Cols / 32, batch = a.Batch;
         // Block i of batch row b + t: quants at q + i·qStep + 32t, scale and −8·Σq at [i·batch + t].
         sbyte* q = a.Q + 32L * b;
@@ -95,6 +101,12 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
 
     public static void TileTwoGroups(in MatMulArgs a, byte* groupA, int gA, byte* groupB, int gB)
     {
+        if (!KernelPaths.UsesVnni(a.Path))
+        {
+            TileMadd<Tile1>(a, groupA, gA, 0);
+            TileMadd<Tile1>(a, groupB, gB, 0);
+            return;
+        }
         int nb = a.Cols / 32;
         sbyte* q = a.Q;
         float* d = a.D;
@@ -113,6 +125,51 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
         }
         ya.Store(a.Y + 8L * gA);
         yb.Store(a.Y + 8L * gB);
+    }
+
+    /// <summary>
+    /// <see cref="Tile{TTile}"/> without VNNI: the stored w + 128 back to signed w (shared by the batch rows), then per
+    /// batch row |w| · (x·sign(w)) with <c>vpmaddubsw</c> (a pair at most 2 · 128 · 127, no saturation) and
+    /// <c>vpmaddwd</c> into int lanes: the same exact block sums, scaled by the same f32 operations, so the same bits.
+    /// </summary>
+    private static void TileMadd<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
+    {
+        int nb = a.Cols / 32, batch = a.Batch;
+        sbyte* q = a.Q + 32L * b;
+        float* d = a.D + b;
+        long qStep = 32L * batch;
+        var ones = Vector256.Create((short)1);
+        var flip = Vector256.Create((byte)0x80);
+        Vector256<float> y0 = default, y1 = default, y2 = default, y3 = default;
+        for (int i = 0; i < nb; i++)
+        {
+            byte* blk = group + (long)i * PackedBlock;
+            if (b == 0)
+                for (int line = 0; line < PackedBlock; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
+            var dw = F16Weights.ToSingle(Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)blk)).AsUInt32());
+            byte* wq = blk + ScalesBytes;
+            sbyte* qe = q + i * qStep;
+            Vector256<int> p0 = default, p1 = default, p2 = default, p3 = default;
+            for (int k = 0; k < 8; k++)
+            {
+                var w = (Vector256.Load(wq + 32 * k) ^ flip).AsSByte();
+                var absW = Avx2.Abs(w);
+                p0 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, Avx2.Sign(PackedSteps.Broadcast(qe + 4 * k), w)), ones);
+                if (TTile.Count > 1) p1 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, Avx2.Sign(PackedSteps.Broadcast(qe + 32 + 4 * k), w)), ones);
+                if (TTile.Count > 2) p2 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, Avx2.Sign(PackedSteps.Broadcast(qe + 64 + 4 * k), w)), ones);
+                if (TTile.Count > 3) p3 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, Avx2.Sign(PackedSteps.Broadcast(qe + 96 + 4 * k), w)), ones);
+            }
+            long e = (long)i * batch;
+            y0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), dw * Vector256.Create(d[e]), y0);
+            if (TTile.Count > 1) y1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), dw * Vector256.Create(d[e + 1]), y1);
+            if (TTile.Count > 2) y2 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p2), dw * Vector256.Create(d[e + 2]), y2);
+            if (TTile.Count > 3) y3 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p3), dw * Vector256.Create(d[e + 3]), y3);
+        }
+        float* y = a.Y + (long)b * a.Rows + 8L * g;
+        y0.Store(y);
+        if (TTile.Count > 1) y1.Store(y + a.Rows);
+        if (TTile.Count > 2) y2.Store(y + 2L * a.Rows);
+        if (TTile.Count > 3) y3.Store(y + 3L * a.Rows);
     }
 
     /// <summary>One packed block against one batch row: <see cref="Tile{TTile}"/>'s operations for a single row.</summary>

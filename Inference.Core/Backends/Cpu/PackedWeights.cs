@@ -31,9 +31,6 @@ internal unsafe interface IPackedKernel
     /// after the last whole group).</summary>
     static abstract void TailRows(in MatMulArgs a, int rowStart, int rowEnd);
 
-    /// <summary>True when the kernel needs AVX-VNNI; false when it also runs on plain AVX2 (with <c>vpmaddubsw</c>).</summary>
-    static virtual bool NeedsVnni => true;
-
     /// <summary>True when <see cref="TileTwoGroups"/> reads two groups' weight streams at once (batch 1).</summary>
     static virtual bool InterleavesGroups => false;
 
@@ -51,8 +48,8 @@ internal unsafe interface IPackedKernel
 /// <see cref="PackedQ6_K"/>). Rows after the last whole group keep the GGUF layout.
 /// </summary>
 /// <remarks>Every output sees the same operations whatever the batch size, so a request's tokens do not depend on what
-/// it is batched with. The Q8_0 kernel needs AVX-VNNI (unsigned × signed bytes without saturation); the K-quant kernels
-/// also run on AVX2 alone, with the same integer sums (<see cref="IPackedIsa"/>).</remarks>
+/// it is batched with. The kernels use AVX-VNNI where present and run on AVX2 alone otherwise, with the same integer sums
+/// (<see cref="IPackedIsa"/>).</remarks>
 internal sealed unsafe class PackedWeights
 {
     /// <summary>Rows per group.</summary>
@@ -78,18 +75,11 @@ internal sealed unsafe class PackedWeights
     /// <summary>Bytes per group.</summary>
     public long GroupBytes { get; }
 
-    /// <summary>True when <typeparamref name="TKernel"/> runs at <paramref name="path"/> on this machine.</summary>
-    public static bool Runs<TKernel>(KernelPath path) where TKernel : IPackedKernel =>
-        path >= KernelPath.Vector256 && KernelPaths.IsSupported(path) && (!TKernel.NeedsVnni || KernelPaths.UsesVnni(path));
+    /// <summary>True when the packed kernels run at <paramref name="path"/> on this machine (AVX2 or better).</summary>
+    public static bool Runs(KernelPath path) => path >= KernelPath.Vector256 && KernelPaths.IsSupported(path);
 
     /// <summary>True when this machine's fastest path runs a packed kernel for <paramref name="type"/>.</summary>
-    public static bool IsSupportedFor(GgmlType type) => type switch
-    {
-        GgmlType.Q8_0 => Runs<PackedQ8_0>(KernelPaths.Best),
-        GgmlType.Q4_K => Runs<PackedQ4_K>(KernelPaths.Best),
-        GgmlType.Q6_K => Runs<PackedQ6_K>(KernelPaths.Best),
-        _ => false,
-    };
+    public static bool IsSupportedFor(GgmlType type) => (type is GgmlType.Q8_0 or GgmlType.Q4_K or GgmlType.Q6_K) && Runs(KernelPaths.Best);
 
     /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows; null when it has fewer than eight rows or the
     /// copy would not fit one array (that matrix then keeps the GGUF layout and the unpacked kernel).</summary>
