@@ -169,12 +169,7 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
         Vector256<int> hi0 = default, hi1 = default, hi2 = default, hi3 = default;
         for (int k = 0; k < 4; k++)
         {
-            var l = Vector256.Load(ql + 32 * k);
-            var h = Vector256.Load(qh + 32 * k).AsUInt16();
-            // The 16-bit shifts leak bits across bytes only into positions the masks clear.
-            var cl = (l & low4) | ((TQ.A == 0 ? Avx2.ShiftLeftLogical(h, 4) : Avx2.ShiftLeftLogical(h, 2)).AsByte() & bits45);
-            var ch = (Avx2.ShiftRightLogical(l.AsUInt16(), 4).AsByte() & low4)
-                     | ((TQ.A == 0 ? h : Avx2.ShiftRightLogical(h, 2)).AsByte() & bits45);
+            Codes<TQ>(ql + 32 * k, qh + 32 * k, low4, bits45, out var cl, out var ch);
             sbyte* xk = xl + 4 * k;
             lo0 = AvxVnni.MultiplyWideningAndAdd(lo0, cl, PackedSteps.Broadcast(xk));
             hi0 = AvxVnni.MultiplyWideningAndAdd(hi0, ch, PackedSteps.Broadcast(xk + 64));
@@ -226,11 +221,7 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
             Vector256<short> hi0 = default, hi1 = default, hi2 = default, hi3 = default;
             for (int k = k0; k < k0 + 2; k++)
             {
-                var l = Vector256.Load(ql + 32 * k);
-                var h = Vector256.Load(qh + 32 * k).AsUInt16();
-                var cl = (l & low4) | ((TQ.A == 0 ? Avx2.ShiftLeftLogical(h, 4) : Avx2.ShiftLeftLogical(h, 2)).AsByte() & bits45);
-                var ch = (Avx2.ShiftRightLogical(l.AsUInt16(), 4).AsByte() & low4)
-                         | ((TQ.A == 0 ? h : Avx2.ShiftRightLogical(h, 2)).AsByte() & bits45);
+                Codes<TQ>(ql + 32 * k, qh + 32 * k, low4, bits45, out var cl, out var ch);
                 sbyte* xk = xl + 4 * k;
                 lo0 += Avx2.MultiplyAddAdjacent(cl, PackedSteps.Broadcast(xk));
                 hi0 += Avx2.MultiplyAddAdjacent(ch, PackedSteps.Broadcast(xk + 64));
@@ -255,6 +246,20 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
             if (TTile.Count > 2) sumi2 += Avx2.MultiplyAddAdjacent(lo2, scLo) + Avx2.MultiplyAddAdjacent(hi2, scHi);
             if (TTile.Count > 3) sumi3 += Avx2.MultiplyAddAdjacent(lo3, scLo) + Avx2.MultiplyAddAdjacent(hi3, scHi);
         }
+    }
+
+    /// <summary>The 6-bit codes of one step: quarter a from the low nibbles of <paramref name="ql"/> (<paramref name="cl"/>)
+    /// and quarter a + 2 from the high nibbles (<paramref name="ch"/>), with their two bits of <paramref name="qh"/> on top.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Codes<TQ>(byte* ql, byte* qh, Vector256<byte> low4, Vector256<byte> bits45, out Vector256<byte> cl, out Vector256<byte> ch)
+        where TQ : IQuarters
+    {
+        var l = Vector256.Load(ql);
+        var h = Vector256.Load(qh).AsUInt16();
+        // The 16-bit shifts leak bits across bytes only into positions the masks clear.
+        cl = (l & low4) | ((TQ.A == 0 ? Avx2.ShiftLeftLogical(h, 4) : Avx2.ShiftLeftLogical(h, 2)).AsByte() & bits45);
+        ch = (Avx2.ShiftRightLogical(l.AsUInt16(), 4).AsByte() & low4)
+             | ((TQ.A == 0 ? h : Avx2.ShiftRightLogical(h, 2)).AsByte() & bits45);
     }
 
     /// <summary>The scales of sub-block 2p + <paramref name="half"/> of the eight rows as int lanes.</summary>

@@ -73,7 +73,7 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
                 for (int line = 0; line < PackedBlock; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
             // NOTE: f16 scales keep the packed block as small as the GGUF blocks (decode streams every byte); widening
             // eight of them costs a few vector operations per block, shared by the tile's batch rows.
-            var dw = F16Weights.ToSingle(Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)blk)).AsUInt32());
+            var dw = RowScales(blk);
             byte* wq = blk + ScalesBytes;
             var w0 = Vector256.Load(wq);
             var w1 = Vector256.Load(wq + 32);
@@ -103,6 +103,7 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
     {
         if (!KernelPaths.UsesVnni(a.Path))
         {
+            // NOTE: the two-stream form exists for the VNNI steps only; here the groups run one after the other.
             TileMadd<Tile1>(a, groupA, gA, 0);
             TileMadd<Tile1>(a, groupB, gB, 0);
             return;
@@ -146,7 +147,7 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
             byte* blk = group + (long)i * PackedBlock;
             if (b == 0)
                 for (int line = 0; line < PackedBlock; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
-            var dw = F16Weights.ToSingle(Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)blk)).AsUInt32());
+            var dw = RowScales(blk);
             byte* wq = blk + ScalesBytes;
             sbyte* qe = q + i * qStep;
             Vector256<int> p0 = default, p1 = default, p2 = default, p3 = default;
@@ -176,12 +177,17 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Block(Vector256<float> acc, byte* blk, int* x, int minus8Sum, float dx)
     {
-        var dw = F16Weights.ToSingle(Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)blk)).AsUInt32());
+        var dw = RowScales(blk);
         byte* wq = blk + ScalesBytes;
         return Step(acc, Vector256.Load(wq), Vector256.Load(wq + 32), Vector256.Load(wq + 64), Vector256.Load(wq + 96),
             Vector256.Load(wq + 128), Vector256.Load(wq + 160), Vector256.Load(wq + 192), Vector256.Load(wq + 224),
             x, minus8Sum, dw, dx);
     }
+
+    /// <summary>The eight rows' f16 block scales at the start of a packed block, widened.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> RowScales(byte* blk) =>
+        F16Weights.ToSingle(Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)blk)).AsUInt32());
 
     /// <summary>One block of one batch row against the group's eight rows.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -168,11 +168,18 @@ public static class PagedAttention
         /// not change: a token decoded alone gets what it got in a prefill.</remarks>
         private bool TryAttendWidened(int first, int last, int g, ReadOnlySpan<float> q, Span<float> o, Span<float> scratch)
         {
-            int headDim = shape.HeadDim, kvMul = shape.KvMul;
-            int context = startPosition + last + 1;
-            if (typeof(T) == typeof(float) || last == first || !(Use512(headDim) || Use256(headDim)) || 2L * context * headDim > WidenedFloats)
-                return false;
-            bool wide512 = Use512(headDim);
+            int headDim = shape.HeadDim, context = startPosition + last + 1;
+            if (typeof(T) == typeof(float) || last == first || 2L * context * headDim > WidenedFloats) return false;
+            if (Width512.IsSupported(headDim)) AttendWidened<Width512>(first, last, g, q, o, scratch);
+            else if (Width256.IsSupported(headDim)) AttendWidened<Width256>(first, last, g, q, o, scratch);
+            else return false;
+            return true;
+        }
+
+        private void AttendWidened<TWidth>(int first, int last, int g, ReadOnlySpan<float> q, Span<float> o, Span<float> scratch)
+            where TWidth : IAttentionWidth
+        {
+            int headDim = shape.HeadDim, kvMul = shape.KvMul, context = startPosition + last + 1;
             var widened = t_widened ??= GC.AllocateUninitializedArray<float>(WidenedFloats + 16, pinned: true);
             fixed (float* pinned = widened)
             {
@@ -180,16 +187,8 @@ public static class PagedAttention
                 for (int j = 0; j < context; j++)
                 {
                     long offset = Offset(blockTable, j, shape.BlockSize, shape.KvStride, g, headDim);
-                    if (wide512)
-                    {
-                        Widen(keys + offset, headDim, wk + (long)j * headDim);
-                        Widen(values + offset, headDim, wv + (long)j * headDim);
-                    }
-                    else
-                    {
-                        Widen256(keys + offset, headDim, wk + (long)j * headDim);
-                        Widen256(values + offset, headDim, wv + (long)j * headDim);
-                    }
+                    TWidth.Widen(keys + offset, headDim, wk + (long)j * headDim);
+                    TWidth.Widen(values + offset, headDim, wv + (long)j * headDim);
                 }
                 // The widened rows as a one-head cache of one block: position j at row j.
                 var rowShape = new PagedAttentionShape(kvMul, 1, headDim, context);
@@ -199,15 +198,10 @@ public static class PagedAttention
                 for (int i = first; i <= last; i++)
                 {
                     int at = (i * shape.HeadCount + g * kvMul) * headDim;
-                    if (wide512)
-                        AttendGroup512(rowShape, q.Slice(at, kvMul * headDim), wkSpan, wvSpan, oneBlock, startPosition + i + 1, 0,
-                            o.Slice(at, kvMul * headDim), scratch);
-                    else
-                        AttendGroup256(rowShape, q.Slice(at, kvMul * headDim), wkSpan, wvSpan, oneBlock, startPosition + i + 1, 0,
-                            o.Slice(at, kvMul * headDim), scratch);
+                    AttendGroupVector<float, TWidth>(rowShape, q.Slice(at, kvMul * headDim), wkSpan, wvSpan, oneBlock,
+                        startPosition + i + 1, 0, o.Slice(at, kvMul * headDim), scratch);
                 }
             }
-            return true;
         }
     }
 
@@ -218,11 +212,6 @@ public static class PagedAttention
     [ThreadStatic]
     private static float[]? t_widened;
 
-    /// <summary>True when <see cref="AttendGroup{T}"/> takes the 512-bit path for this head size.</summary>
-    private static bool Use512(int headDim) => Vector512.IsHardwareAccelerated && Avx512F.IsSupported && headDim % 16 == 0;
-
-    /// <summary>True when <see cref="AttendGroup{T}"/> takes the 256-bit path (AVX2, no 512-bit path) for this head size.</summary>
-    private static bool Use256(int headDim) => !Use512(headDim) && Avx2.IsSupported && Fma.IsSupported && headDim % 8 == 0;
 
     /// <summary>Checks the arguments; returns the context length start + tokenCount.</summary>
     private static int Validate<T>(
@@ -274,14 +263,14 @@ public static class PagedAttention
         float scale = 1f / MathF.Sqrt(headDim);
         var groupQuery = query.Slice((i * shape.HeadCount + g * kvMul) * headDim, kvMul * headDim); // [kvMul, headDim]
         var groupOut = output.Slice((i * shape.HeadCount + g * kvMul) * headDim, kvMul * headDim);  // [kvMul, headDim]
-        if (Use512(headDim))
+        if (Width512.IsSupported(headDim))
         {
-            AttendGroup512(shape, groupQuery, keyCache, valueCache, blockTable, contextLength, g, groupOut, scratch);
+            AttendGroupVector<T, Width512>(shape, groupQuery, keyCache, valueCache, blockTable, contextLength, g, groupOut, scratch);
             return;
         }
-        if (Use256(headDim))
+        if (Width256.IsSupported(headDim))
         {
-            AttendGroup256(shape, groupQuery, keyCache, valueCache, blockTable, contextLength, g, groupOut, scratch);
+            AttendGroupVector<T, Width256>(shape, groupQuery, keyCache, valueCache, blockTable, contextLength, g, groupOut, scratch);
             return;
         }
         var scores = scratch[..(kvMul * contextLength)];                      // [kvMul, contextLength]
@@ -313,12 +302,12 @@ public static class PagedAttention
     }
 
     /// <summary>
-    /// <see cref="AttendGroup{T}"/> with 512-bit vectors over raw rows: one key or value row is widened once per position
-    /// and used by every query head of the group, without a library call per (position, head).
+    /// <see cref="AttendGroup{T}"/> with <typeparamref name="TWidth"/> vectors over raw rows: one key or value row is
+    /// widened once per position and used by every query head of the group, without a library call per (position, head).
     /// </summary>
-    /// <remarks>The same three steps and the same softmax; the dot products are summed by 16-lane chunks and, four
-    /// positions at a time, reduced together (<see cref="Sum4"/>); the value sums run in position order.</remarks>
-    private static unsafe void AttendGroup512<T>(
+    /// <remarks>The same three steps and the same softmax; the dot products are summed by lane chunks and, four
+    /// positions at a time, reduced together (<see cref="IAttentionWidth.Dot4"/>); the value sums run in position order.</remarks>
+    private static unsafe void AttendGroupVector<T, TWidth>(
         in PagedAttentionShape shape,
         ReadOnlySpan<float> groupQuery,
         ReadOnlySpan<T> keyCache,
@@ -328,7 +317,7 @@ public static class PagedAttention
         int g,
         Span<float> groupOut,
         Span<float> scratch)
-        where T : unmanaged
+        where T : unmanaged where TWidth : IAttentionWidth
     {
         int headDim = shape.HeadDim, kvMul = shape.KvMul, bs = shape.BlockSize, kvStride = shape.KvStride;
         float scale = 1f / MathF.Sqrt(headDim);
@@ -352,35 +341,17 @@ public static class PagedAttention
             int j = 0;
             for (; j + 4 <= contextLength; j += 4)
             {
-                float* k0 = Widen(keys + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
-                float* k1 = Widen(keys + Offset(table, j + 1, bs, kvStride, g, headDim), headDim, buffer + headDim);
-                float* k2 = Widen(keys + Offset(table, j + 2, bs, kvStride, g, headDim), headDim, buffer + 2 * headDim);
-                float* k3 = Widen(keys + Offset(table, j + 3, bs, kvStride, g, headDim), headDim, buffer + 3 * headDim);
+                float* k0 = TWidth.Widen(keys + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
+                float* k1 = TWidth.Widen(keys + Offset(table, j + 1, bs, kvStride, g, headDim), headDim, buffer + headDim);
+                float* k2 = TWidth.Widen(keys + Offset(table, j + 2, bs, kvStride, g, headDim), headDim, buffer + 2 * headDim);
+                float* k3 = TWidth.Widen(keys + Offset(table, j + 3, bs, kvStride, g, headDim), headDim, buffer + 3 * headDim);
                 for (int m = 0; m < kvMul; m++)
-                {
-                    float* qm = q + m * headDim;
-                    Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-                    for (int c = 0; c < headDim; c += 16)
-                    {
-                        var qc = Vector512.Load(qm + c);
-                        a0 = Vector512.FusedMultiplyAdd(qc, Vector512.Load(k0 + c), a0);
-                        a1 = Vector512.FusedMultiplyAdd(qc, Vector512.Load(k1 + c), a1);
-                        a2 = Vector512.FusedMultiplyAdd(qc, Vector512.Load(k2 + c), a2);
-                        a3 = Vector512.FusedMultiplyAdd(qc, Vector512.Load(k3 + c), a3);
-                    }
-                    (Sum4(a0, a1, a2, a3) * scale4).Store(sc + m * contextLength + j);
-                }
+                    (TWidth.Dot4(q + m * headDim, k0, k1, k2, k3, headDim) * scale4).Store(sc + m * contextLength + j);
             }
             for (; j < contextLength; j++)
             {
-                float* k = Widen(keys + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
-                for (int m = 0; m < kvMul; m++)
-                {
-                    float* qm = q + m * headDim;
-                    var acc = Vector512<float>.Zero;
-                    for (int c = 0; c < headDim; c += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(qm + c), Vector512.Load(k + c), acc);
-                    sc[m * contextLength + j] = Vector512.Sum(acc) * scale;
-                }
+                float* k = TWidth.Widen(keys + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
+                for (int m = 0; m < kvMul; m++) sc[m * contextLength + j] = TWidth.Dot(q + m * headDim, k, headDim) * scale;
             }
 
             Softmax(scores, kvMul, contextLength, scale: 1f);
@@ -390,191 +361,23 @@ public static class PagedAttention
             j = 0;
             for (; j + 8 <= contextLength; j += 8)
             {
-                float* v0 = Widen(values + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
-                float* v1 = Widen(values + Offset(table, j + 1, bs, kvStride, g, headDim), headDim, buffer + headDim);
-                float* v2 = Widen(values + Offset(table, j + 2, bs, kvStride, g, headDim), headDim, buffer + 2 * headDim);
-                float* v3 = Widen(values + Offset(table, j + 3, bs, kvStride, g, headDim), headDim, buffer + 3 * headDim);
-                float* v4 = Widen(values + Offset(table, j + 4, bs, kvStride, g, headDim), headDim, buffer + 4 * headDim);
-                float* v5 = Widen(values + Offset(table, j + 5, bs, kvStride, g, headDim), headDim, buffer + 5 * headDim);
-                float* v6 = Widen(values + Offset(table, j + 6, bs, kvStride, g, headDim), headDim, buffer + 6 * headDim);
-                float* v7 = Widen(values + Offset(table, j + 7, bs, kvStride, g, headDim), headDim, buffer + 7 * headDim);
+                float* v0 = TWidth.Widen(values + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
+                float* v1 = TWidth.Widen(values + Offset(table, j + 1, bs, kvStride, g, headDim), headDim, buffer + headDim);
+                float* v2 = TWidth.Widen(values + Offset(table, j + 2, bs, kvStride, g, headDim), headDim, buffer + 2 * headDim);
+                float* v3 = TWidth.Widen(values + Offset(table, j + 3, bs, kvStride, g, headDim), headDim, buffer + 3 * headDim);
+                float* v4 = TWidth.Widen(values + Offset(table, j + 4, bs, kvStride, g, headDim), headDim, buffer + 4 * headDim);
+                float* v5 = TWidth.Widen(values + Offset(table, j + 5, bs, kvStride, g, headDim), headDim, buffer + 5 * headDim);
+                float* v6 = TWidth.Widen(values + Offset(table, j + 6, bs, kvStride, g, headDim), headDim, buffer + 6 * headDim);
+                float* v7 = TWidth.Widen(values + Offset(table, j + 7, bs, kvStride, g, headDim), headDim, buffer + 7 * headDim);
                 for (int m = 0; m < kvMul; m++)
-                {
-                    float* om = o + m * headDim, sm = sc + m * contextLength + j;
-                    var w0 = Vector512.Create(sm[0]);
-                    var w1 = Vector512.Create(sm[1]);
-                    var w2 = Vector512.Create(sm[2]);
-                    var w3 = Vector512.Create(sm[3]);
-                    var w4 = Vector512.Create(sm[4]);
-                    var w5 = Vector512.Create(sm[5]);
-                    var w6 = Vector512.Create(sm[6]);
-                    var w7 = Vector512.Create(sm[7]);
-                    for (int c = 0; c < headDim; c += 16)
-                    {
-                        var acc = Vector512.FusedMultiplyAdd(Vector512.Load(v0 + c), w0, Vector512.Load(om + c));
-                        acc = Vector512.FusedMultiplyAdd(Vector512.Load(v1 + c), w1, acc);
-                        acc = Vector512.FusedMultiplyAdd(Vector512.Load(v2 + c), w2, acc);
-                        acc = Vector512.FusedMultiplyAdd(Vector512.Load(v3 + c), w3, acc);
-                        acc = Vector512.FusedMultiplyAdd(Vector512.Load(v4 + c), w4, acc);
-                        acc = Vector512.FusedMultiplyAdd(Vector512.Load(v5 + c), w5, acc);
-                        acc = Vector512.FusedMultiplyAdd(Vector512.Load(v6 + c), w6, acc);
-                        Vector512.FusedMultiplyAdd(Vector512.Load(v7 + c), w7, acc).Store(om + c);
-                    }
-                }
+                    TWidth.AddWeighted8(o + m * headDim, sc + m * contextLength + j, v0, v1, v2, v3, v4, v5, v6, v7, headDim);
             }
             for (; j < contextLength; j++)
             {
-                float* v = Widen(values + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
-                for (int m = 0; m < kvMul; m++)
-                {
-                    float* om = o + m * headDim;
-                    var w = Vector512.Create(sc[m * contextLength + j]);
-                    for (int c = 0; c < headDim; c += 16) Vector512.FusedMultiplyAdd(Vector512.Load(v + c), w, Vector512.Load(om + c)).Store(om + c);
-                }
+                float* v = TWidth.Widen(values + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
+                for (int m = 0; m < kvMul; m++) TWidth.AddWeighted(o + m * headDim, sc[m * contextLength + j], v, headDim);
             }
         }
-    }
-
-    /// <summary><see cref="AttendGroup512{T}"/> with 256-bit vectors (AVX2), for head sizes in eights.</summary>
-    private static unsafe void AttendGroup256<T>(
-        in PagedAttentionShape shape,
-        ReadOnlySpan<float> groupQuery,
-        ReadOnlySpan<T> keyCache,
-        ReadOnlySpan<T> valueCache,
-        ReadOnlySpan<int> blockTable,
-        int contextLength,
-        int g,
-        Span<float> groupOut,
-        Span<float> scratch)
-        where T : unmanaged
-    {
-        int headDim = shape.HeadDim, kvMul = shape.KvMul, bs = shape.BlockSize, kvStride = shape.KvStride;
-        float scale = 1f / MathF.Sqrt(headDim);
-        fixed (float* q = groupQuery)
-        fixed (float* o = groupOut)
-        fixed (float* pinned = scratch)
-        fixed (T* keys = keyCache)
-        fixed (T* values = valueCache)
-        fixed (int* table = blockTable)
-        {
-            // NOTE: up to eight widened rows, then [kvMul, contextLength] scores, from a 64-byte boundary: with the
-            // rows wherever the scores' length left them, a context length in four took 40 instead of 28 µs per call
-            // (split 512-bit loads and stores).
-            float* buffer = (float*)(((nuint)pinned + 63) & ~(nuint)63);
-            float* sc = buffer + 8 * headDim;
-            var scores = new Span<float>(sc, kvMul * contextLength);
-            // Pass 1: scaled scores q · k / √headDim for every position, four positions at a time (each query chunk
-            // loaded once for the four, the four sums reduced together). A position's score depends only on its place
-            // in the context, so a token gets the same scores whether it is decoded alone or prefilled with others.
-            var scale4 = Vector128.Create(scale);
-            int j = 0;
-            for (; j + 4 <= contextLength; j += 4)
-            {
-                float* k0 = Widen256(keys + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
-                float* k1 = Widen256(keys + Offset(table, j + 1, bs, kvStride, g, headDim), headDim, buffer + headDim);
-                float* k2 = Widen256(keys + Offset(table, j + 2, bs, kvStride, g, headDim), headDim, buffer + 2 * headDim);
-                float* k3 = Widen256(keys + Offset(table, j + 3, bs, kvStride, g, headDim), headDim, buffer + 3 * headDim);
-                for (int m = 0; m < kvMul; m++)
-                {
-                    float* qm = q + m * headDim;
-                    Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-                    for (int c = 0; c < headDim; c += 8)
-                    {
-                        var qc = Vector256.Load(qm + c);
-                        a0 = Vector256.FusedMultiplyAdd(qc, Vector256.Load(k0 + c), a0);
-                        a1 = Vector256.FusedMultiplyAdd(qc, Vector256.Load(k1 + c), a1);
-                        a2 = Vector256.FusedMultiplyAdd(qc, Vector256.Load(k2 + c), a2);
-                        a3 = Vector256.FusedMultiplyAdd(qc, Vector256.Load(k3 + c), a3);
-                    }
-                    (Sum4x256(a0, a1, a2, a3) * scale4).Store(sc + m * contextLength + j);
-                }
-            }
-            for (; j < contextLength; j++)
-            {
-                float* k = Widen256(keys + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
-                for (int m = 0; m < kvMul; m++)
-                {
-                    float* qm = q + m * headDim;
-                    var acc = Vector256<float>.Zero;
-                    for (int c = 0; c < headDim; c += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(qm + c), Vector256.Load(k + c), acc);
-                    sc[m * contextLength + j] = Vector256.Sum(acc) * scale;
-                }
-            }
-
-            Softmax(scores, kvMul, contextLength, scale: 1f);
-
-            // Pass 2: out = Σ_j w_j · v_j in position order, eight positions per load and store of the output.
-            groupOut.Clear();
-            j = 0;
-            for (; j + 8 <= contextLength; j += 8)
-            {
-                float* v0 = Widen256(values + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
-                float* v1 = Widen256(values + Offset(table, j + 1, bs, kvStride, g, headDim), headDim, buffer + headDim);
-                float* v2 = Widen256(values + Offset(table, j + 2, bs, kvStride, g, headDim), headDim, buffer + 2 * headDim);
-                float* v3 = Widen256(values + Offset(table, j + 3, bs, kvStride, g, headDim), headDim, buffer + 3 * headDim);
-                float* v4 = Widen256(values + Offset(table, j + 4, bs, kvStride, g, headDim), headDim, buffer + 4 * headDim);
-                float* v5 = Widen256(values + Offset(table, j + 5, bs, kvStride, g, headDim), headDim, buffer + 5 * headDim);
-                float* v6 = Widen256(values + Offset(table, j + 6, bs, kvStride, g, headDim), headDim, buffer + 6 * headDim);
-                float* v7 = Widen256(values + Offset(table, j + 7, bs, kvStride, g, headDim), headDim, buffer + 7 * headDim);
-                for (int m = 0; m < kvMul; m++)
-                {
-                    float* om = o + m * headDim, sm = sc + m * contextLength + j;
-                    var w0 = Vector256.Create(sm[0]);
-                    var w1 = Vector256.Create(sm[1]);
-                    var w2 = Vector256.Create(sm[2]);
-                    var w3 = Vector256.Create(sm[3]);
-                    var w4 = Vector256.Create(sm[4]);
-                    var w5 = Vector256.Create(sm[5]);
-                    var w6 = Vector256.Create(sm[6]);
-                    var w7 = Vector256.Create(sm[7]);
-                    for (int c = 0; c < headDim; c += 8)
-                    {
-                        var acc = Vector256.FusedMultiplyAdd(Vector256.Load(v0 + c), w0, Vector256.Load(om + c));
-                        acc = Vector256.FusedMultiplyAdd(Vector256.Load(v1 + c), w1, acc);
-                        acc = Vector256.FusedMultiplyAdd(Vector256.Load(v2 + c), w2, acc);
-                        acc = Vector256.FusedMultiplyAdd(Vector256.Load(v3 + c), w3, acc);
-                        acc = Vector256.FusedMultiplyAdd(Vector256.Load(v4 + c), w4, acc);
-                        acc = Vector256.FusedMultiplyAdd(Vector256.Load(v5 + c), w5, acc);
-                        acc = Vector256.FusedMultiplyAdd(Vector256.Load(v6 + c), w6, acc);
-                        Vector256.FusedMultiplyAdd(Vector256.Load(v7 + c), w7, acc).Store(om + c);
-                    }
-                }
-            }
-            for (; j < contextLength; j++)
-            {
-                float* v = Widen256(values + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
-                for (int m = 0; m < kvMul; m++)
-                {
-                    float* om = o + m * headDim;
-                    var w = Vector256.Create(sc[m * contextLength + j]);
-                    for (int c = 0; c < headDim; c += 8) Vector256.FusedMultiplyAdd(Vector256.Load(v + c), w, Vector256.Load(om + c)).Store(om + c);
-                }
-            }
-        }
-    }
-
-    /// <summary>The lane sums of four vectors: halves, then quarters, then lanes added pairwise across all four at once
-    /// (nine shuffles and five adds for four sums).</summary>
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
-    private static Vector128<float> Sum4(Vector512<float> a, Vector512<float> b, Vector512<float> c, Vector512<float> d)
-    {
-        // [a0+a2, a1+a3, b0+b2, b1+b3] in 128-bit quarters, likewise c and d
-        var ab = Avx512F.Shuffle4x128(a, b, 0x44) + Avx512F.Shuffle4x128(a, b, 0xEE);
-        var cd = Avx512F.Shuffle4x128(c, d, 0x44) + Avx512F.Shuffle4x128(c, d, 0xEE);
-        // quarter i: four partial sums of vector i (a, b, c, d)
-        var abcd = Avx512F.Shuffle4x128(ab, cd, 0x88) + Avx512F.Shuffle4x128(ab, cd, 0xDD);
-        // within each quarter: lanes (2, 3, 0, 1), then (1, 0, 3, 2) added, so every lane holds its quarter's sum
-        var t = abcd + Avx512F.Shuffle(abcd, abcd, 0x4E);
-        t += Avx512F.Shuffle(t, t, 0xB1);
-        return Avx512F.PermuteVar16x32(t, Vector512.Create(0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12)).GetLower().GetLower();
-    }
-
-    /// <summary>The lane sums of four 256-bit vectors: three horizontal adds, then the two halves.</summary>
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
-    private static Vector128<float> Sum4x256(Vector256<float> a, Vector256<float> b, Vector256<float> c, Vector256<float> d)
-    {
-        var t = Avx.HorizontalAdd(Avx.HorizontalAdd(a, b), Avx.HorizontalAdd(c, d));
-        return t.GetLower() + t.GetUpper();
     }
 
     /// <summary>Element offset of position <paramref name="j"/>'s row for KV head <paramref name="g"/> in a layer's cache.</summary>
@@ -595,24 +398,6 @@ public static class PagedAttention
             float inv = 1f / TensorPrimitives.Sum(s);
             TensorPrimitives.Multiply(s, inv, s);
         }
-    }
-
-    /// <summary>The row at <paramref name="source"/> as floats: itself for float, widened into <paramref name="buffer"/> for Half.</summary>
-    private static unsafe float* Widen<T>(T* source, int length, float* buffer) where T : unmanaged
-    {
-        if (typeof(T) == typeof(float)) return (float*)source;
-        for (int c = 0; c < length; c += 16)
-            F16Weights.ToSingle(Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)source + c))).Store(buffer + c);
-        return buffer;
-    }
-
-    /// <summary><see cref="Widen{T}"/> with 256-bit vectors.</summary>
-    private static unsafe float* Widen256<T>(T* source, int length, float* buffer) where T : unmanaged
-    {
-        if (typeof(T) == typeof(float)) return (float*)source;
-        for (int c = 0; c < length; c += 8)
-            F16Weights.ToSingle(Avx2.ConvertToVector256Int32((ushort*)source + c).AsUInt32()).Store(buffer + c);
-        return buffer;
     }
 
     private static ReadOnlySpan<float> Row<T>(ReadOnlySpan<T> cache, int offset, int length, Span<float> buffer)
