@@ -88,16 +88,18 @@ public sealed class LlamaModel
     internal void PrepareForCpu()
     {
         if (_prepared) return;
-        _output = MatMul.Prepare(_output);
+        var arena = new WeightArena();
         for (int l = 0; l < _layers.Length; l++)
         {
             var w = _layers[l];
             _layers[l] = w with
             {
-                Q = MatMul.Prepare(w.Q), K = MatMul.Prepare(w.K), V = MatMul.Prepare(w.V), O = MatMul.Prepare(w.O),
-                Gate = MatMul.Prepare(w.Gate), Up = MatMul.Prepare(w.Up), Down = MatMul.Prepare(w.Down),
+                Q = MatMul.PrepareInto(w.Q, arena), K = MatMul.PrepareInto(w.K, arena), V = MatMul.PrepareInto(w.V, arena),
+                O = MatMul.PrepareInto(w.O, arena), Gate = MatMul.PrepareInto(w.Gate, arena), Up = MatMul.PrepareInto(w.Up, arena),
+                Down = MatMul.PrepareInto(w.Down, arena),
             };
         }
+        _output = MatMul.PrepareInto(_output, arena);
         _prepared = true;
     }
 

@@ -36,14 +36,18 @@ public static class MatMul
     /// </summary>
     /// <param name="w">The weights.</param>
     /// <returns>The weights to multiply with.</returns>
-    public static WeightMatrix Prepare(in WeightMatrix w)
+    public static WeightMatrix Prepare(in WeightMatrix w) => PrepareInto(w, null);
+
+    /// <summary><see cref="Prepare(in WeightMatrix)"/> with the copy in <paramref name="arena"/>, where a model's matrices
+    /// share large buffers (huge pages for small matrices too); null for a buffer of this matrix's own.</summary>
+    internal static WeightMatrix PrepareInto(in WeightMatrix w, WeightArena? arena)
     {
         if (w.Packed is not null || !PackedWeights.IsSupportedFor(w.Type)) return w;
         var packed = w.Type switch
         {
-            GgmlType.Q8_0 => PackedWeights.Pack<PackedQ8_0>(w),
-            GgmlType.Q4_K => PackedWeights.Pack<PackedQ4_K>(w),
-            GgmlType.Q6_K => PackedWeights.Pack<PackedQ6_K>(w),
+            GgmlType.Q8_0 => PackedWeights.Pack<PackedQ8_0>(w, arena),
+            GgmlType.Q4_K => PackedWeights.Pack<PackedQ4_K>(w, arena),
+            GgmlType.Q6_K => PackedWeights.Pack<PackedQ6_K>(w, arena),
             _ => null,
         };
         return packed is null ? w : w with { Packed = packed };

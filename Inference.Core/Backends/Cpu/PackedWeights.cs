@@ -57,13 +57,17 @@ internal sealed unsafe class PackedWeights
 
     private readonly WeightBuffer _buffer;
 
-    private PackedWeights(GgmlType type, int groups, long groupBytes)
+    private PackedWeights(GgmlType type, int groups, long groupBytes, WeightArena? arena)
     {
         Type = type;
         Groups = groups;
         GroupBytes = groupBytes;
-        _buffer = new WeightBuffer(groups * groupBytes);
-        Data = _buffer.Data;
+        if (arena is null)
+        {
+            _buffer = new WeightBuffer(groups * groupBytes);
+            Data = _buffer.Data;
+        }
+        else Data = arena.Allocate(groups * groupBytes, out _buffer);
     }
 
     /// <summary>The packed weight type.</summary>
@@ -81,16 +85,17 @@ internal sealed unsafe class PackedWeights
     /// <summary>True when this machine's fastest path runs a packed kernel for <paramref name="type"/>.</summary>
     public static bool IsSupportedFor(GgmlType type) => (type is GgmlType.Q8_0 or GgmlType.Q4_K or GgmlType.Q6_K) && Runs(KernelPaths.Best);
 
-    /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows; null when it has fewer than eight rows or the
-    /// copy would not fit one array (that matrix then keeps the GGUF layout and the unpacked kernel).</summary>
+    /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows (into <paramref name="arena"/> when given, else a
+    /// buffer of their own); null when it has fewer than eight rows or the copy would not fit one array (that matrix then
+    /// keeps the GGUF layout and the unpacked kernel).</summary>
     /// <exception cref="ArgumentException"><paramref name="w"/> is not of <typeparamref name="TKernel"/>'s type.</exception>
-    public static PackedWeights? Pack<TKernel>(in WeightMatrix w) where TKernel : IPackedKernel
+    public static PackedWeights? Pack<TKernel>(in WeightMatrix w, WeightArena? arena = null) where TKernel : IPackedKernel
     {
         if (w.Type != TKernel.Type) throw new ArgumentException($"expected {TKernel.Type} weights, got {w.Type}", nameof(w));
         int groups = w.Rows / GroupRows, blocks = w.Cols / GgmlTypeInfo.BlockElements(w.Type);
         long groupBytes = (long)blocks * TKernel.PackedBlockBytes;
         if (groups == 0 || groups * groupBytes > Array.MaxLength) return null;
-        var packed = new PackedWeights(w.Type, groups, groupBytes);
+        var packed = new PackedWeights(w.Type, groups, groupBytes, arena);
         for (int g = 0; g < groups; g++)
         for (int i = 0; i < blocks; i++)
             TKernel.PackBlock(packed.Data + g * groupBytes + (long)i * TKernel.PackedBlockBytes, w, g, i);

@@ -31,3 +31,33 @@ public unsafe class WeightBufferTests
         GC.WaitForPendingFinalizers();
     }
 }
+
+public unsafe class WeightArenaTests
+{
+    [Test]
+    public void PiecesAreAlignedDisjointAndShareBuffersUntilOneIsFull()
+    {
+        var arena = new WeightArena();
+        var rng = new Random(9);
+        var pieces = new List<(long Start, long Bytes, WeightBuffer Owner, byte[] Data)>();
+        // Small pieces (many to a buffer, across a buffer boundary), one large enough for a buffer of its own.
+        long[] sizes = [1, 63, 64, 4097, 3 << 20, 5 << 20, 7 << 20, 6 << 20, 7 << 20, 100, 40 << 20, 7 << 20, 65];
+        foreach (long bytes in sizes)
+        {
+            byte* p = arena.Allocate(bytes, out var owner);
+            Assert.That((long)p % 64, Is.Zero, $"{bytes} bytes: 64-byte aligned");
+            Assert.That(p >= owner.Data && p + bytes <= owner.Data + owner.Length, Is.True, $"{bytes} bytes inside their owner");
+            var data = new byte[bytes];
+            rng.NextBytes(data);
+            data.CopyTo(new Span<byte>(p, (int)bytes));
+            pieces.Add(((long)p, bytes, owner, data));
+        }
+        foreach (var (start, bytes, owner, data) in pieces)
+            Assert.That(new Span<byte>((byte*)start, (int)bytes).SequenceEqual(data), Is.True, $"{bytes} bytes kept (no overlap)");
+        Assert.That(pieces.Take(10).Select(p => p.Owner).Distinct().Count(), Is.EqualTo(1), "small pieces share a buffer");
+        Assert.That(pieces[10].Owner.Length, Is.EqualTo(40L << 20), "a large piece gets a buffer of its own");
+        Assert.That(pieces[11].Owner, Is.Not.SameAs(pieces[0].Owner), "a new buffer when one is full");
+        Assert.That(pieces[12].Owner, Is.SameAs(pieces[11].Owner), "then pieces come from the new one");
+        Assert.Throws<ArgumentOutOfRangeException>(() => arena.Allocate(0, out _));
+    }
+}
