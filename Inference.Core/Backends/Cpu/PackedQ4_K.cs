@@ -18,7 +18,8 @@ namespace Inference.Backends.Cpu;
 ///    [   0,   32)  d of the 8 rows as f32
 ///    [  32,   64)  dmin of the 8 rows as f32
 ///    [  64,  128)  sub-block j = 0..7: the 6-bit scales of rows 0..7, one byte each
-///    [ 128,  192)  sub-block j = 0..7: the 6-bit mins of rows 0..7, one byte each
+///    [ 128,  192)  v = 0..3: rows 0..7 × (m[c], m[c + 1]), the 6-bit mins of sub-blocks c and c + 1, where
+///                  c = 2·(v mod 2) + 4·((v div 2) xor (row div 4)): rows 0..3 and 4..7 take different pairs (see MinTerm)
 ///    [ 192, 1216)  pair i = 0..3, k = 0..7: rows 0..7 × GGUF bytes qs[32i + 4k … 32i + 4k + 3]   (32 B per k)
 ///                  low nibbles: elements 64i + 4k … +3 (sub-block 2i), high nibbles: elements 64i + 32 + 4k … +3 (2i + 1)
 ///
@@ -58,10 +59,12 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
             ((float*)dst)[j] = Fp16.ToFloat(*(ushort*)src);
             ((float*)dst)[8 + j] = Fp16.ToFloat(*(ushort*)(src + 2));
             Q4_KKernel.UnpackScales(src + 4, out ulong scales, out ulong mins);
-            for (int sub = 0; sub < 8; sub++)
+            for (int sub = 0; sub < 8; sub++) dst[ScalesOffset + 8 * sub + j] = (byte)(scales >> (8 * sub));
+            for (int v = 0; v < 4; v++)
             {
-                dst[ScalesOffset + 8 * sub + j] = (byte)(scales >> (8 * sub));
-                dst[MinsOffset + 8 * sub + j] = (byte)(mins >> (8 * sub));
+                int c = 2 * (v & 1) + 4 * ((v >> 1) ^ (j >> 2));
+                dst[MinsOffset + 16 * v + 2 * j] = (byte)(mins >> (8 * c));
+                dst[MinsOffset + 16 * v + 2 * j + 1] = (byte)(mins >> (8 * (c + 1)));
             }
             for (int i = 0; i < 4; i++)
             for (int k = 0; k < 8; k++)
@@ -84,12 +87,6 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
         float* dx = a.D + b;
         short* bsums = a.BSums + 16L * b;
         long qStep = 256L * batch, bsStep = 16L * batch;
-        // Bytes m0..m7 (broadcast to both halves) to the shorts (m0, m0, m1, m1, …, m7, m7): vpdpwssd against the two
-        // 16-value sums of a sub-block then gives m_row·(bsums[2sub] + bsums[2sub + 1]) in each row's lane.
-        // NOTE: a constant in the method rather than a static field, which costs a class-initialization check in the loop.
-        var duplicateMins = Vector256.Create(
-            (byte)0, 0x80, 0, 0x80, 1, 0x80, 1, 0x80, 2, 0x80, 2, 0x80, 3, 0x80, 3, 0x80,
-            4, 0x80, 4, 0x80, 5, 0x80, 5, 0x80, 6, 0x80, 6, 0x80, 7, 0x80, 7, 0x80);
         // NOTE: the row sums accumulate in y itself (these eight outputs belong to this group alone): kept in registers
         // they would push the vpdpbusd accumulators into ymm16+, which the VEX encoding cannot name (a copy per use).
         float* y = a.Y + (long)b * a.Rows + 8L * g;
@@ -118,16 +115,15 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
                 else PairN<TTile>(codes, qs + x, scales, ref i0, ref i1, ref i2, ref i3);
             }
 
-            // Σ_sub m_sub·(bsums[2sub] + bsums[2sub + 1]) per row.
-            Vector256<int> m0 = default, m1 = default, m2 = default, m3 = default;
-            for (int sub = 0; sub < 8; sub++)
-            {
-                var mins = Avx2.Shuffle(Vector256.Create(*(ulong*)(blk + MinsOffset + 8 * sub)).AsByte(), duplicateMins).AsInt16();
-                m0 = PackedSteps.DotWords<TIsa>(m0, mins, Vector256.Create(*(int*)(bs + 2 * sub)).AsInt16());
-                if (TTile.Count > 1) m1 = PackedSteps.DotWords<TIsa>(m1, mins, Vector256.Create(*(int*)(bs + 16 + 2 * sub)).AsInt16());
-                if (TTile.Count > 2) m2 = PackedSteps.DotWords<TIsa>(m2, mins, Vector256.Create(*(int*)(bs + 32 + 2 * sub)).AsInt16());
-                if (TTile.Count > 3) m3 = PackedSteps.DotWords<TIsa>(m3, mins, Vector256.Create(*(int*)(bs + 48 + 2 * sub)).AsInt16());
-            }
+            // Σ_sub m_sub·(bsums[2sub] + bsums[2sub + 1]) per row: four vpmaddwd of (m[c], m[c + 1]) against (B[c], B[c + 1]).
+            var mA = Avx2.ConvertToVector256Int16(blk + MinsOffset);
+            var mB = Avx2.ConvertToVector256Int16(blk + MinsOffset + 16);
+            var mA2 = Avx2.ConvertToVector256Int16(blk + MinsOffset + 32);
+            var mB2 = Avx2.ConvertToVector256Int16(blk + MinsOffset + 48);
+            var m0 = MinTerm<TIsa>(bs, mA, mB, mA2, mB2);
+            var m1 = TTile.Count > 1 ? MinTerm<TIsa>(bs + 16, mA, mB, mA2, mB2) : default;
+            var m2 = TTile.Count > 2 ? MinTerm<TIsa>(bs + 32, mA, mB, mA2, mB2) : default;
+            var m3 = TTile.Count > 3 ? MinTerm<TIsa>(bs + 48, mA, mB, mA2, mB2) : default;
 
             var dw = Vector256.Load((float*)blk);
             var dminw = Vector256.Load((float*)blk + 8);
@@ -136,6 +132,25 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
             if (TTile.Count > 2) Step(y + 2L * a.Rows, i2, m2, dw, dminw, ds[2]);
             if (TTile.Count > 3) Step(y + 3L * a.Rows, i3, m3, dw, dminw, ds[3]);
         }
+    }
+
+    /// <summary>
+    /// Σ_sub m_sub·B_sub per row lane for one batch row, B_sub = bsums[2sub] + bsums[2sub + 1] (at most 32 · 127 in size,
+    /// a short). The pairs (B[c], B[c + 1]) come from one vpackssdw: its 128-bit halves hold the pairs of sub-blocks 0–3 and
+    /// 4–7, so rows 0..3 and 4..7 take different pairs in each step (the mins layout follows) and the halves swap for the
+    /// last two steps.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> MinTerm<TIsa>(short* bs, Vector256<short> mA, Vector256<short> mB, Vector256<short> mA2, Vector256<short> mB2)
+        where TIsa : IPackedIsa
+    {
+        var b = Avx2.MultiplyAddAdjacent(Vector256.Load(bs), Vector256.Create((short)1));
+        var pairs = Avx2.PackSignedSaturate(b, b).AsInt32();
+        var swapped = Avx2.Permute4x64(pairs.AsInt64(), 0x4E).AsInt32();
+        var m = Avx2.MultiplyAddAdjacent(mA, Avx2.Shuffle(pairs, 0x00).AsInt16());
+        m = PackedSteps.DotWords<TIsa>(m, mB, Avx2.Shuffle(pairs, 0x55).AsInt16());
+        m = PackedSteps.DotWords<TIsa>(m, mA2, Avx2.Shuffle(swapped, 0x00).AsInt16());
+        return PackedSteps.DotWords<TIsa>(m, mB2, Avx2.Shuffle(swapped, 0x55).AsInt16());
     }
 
     /// <summary>y += d_x·(d·Σ sc·dot − dmin·Σ m·bsums) per row lane.</summary>
@@ -218,36 +233,57 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
         var nibble = Vector256.Create((byte)0x0F);
         Vector256<short> lo0 = default, lo1 = default, lo2 = default, lo3 = default;
         Vector256<short> hi0 = default, hi1 = default, hi2 = default, hi3 = default;
-        for (int k = 0; k < 8; k++)
-        {
-            var v = Vector256.Load(codes + 32 * k);
-            var lo = v & nibble;
-            var hi = High(v, nibble);
-            sbyte* xk = x + 4 * k;
-            lo0 += Avx2.MultiplyAddAdjacent(lo, PackedSteps.Broadcast(xk));
-            hi0 += Avx2.MultiplyAddAdjacent(hi, PackedSteps.Broadcast(xk + 32));
-            if (TTile.Count > 1)
-            {
-                lo1 += Avx2.MultiplyAddAdjacent(lo, PackedSteps.Broadcast(xk + 256));
-                hi1 += Avx2.MultiplyAddAdjacent(hi, PackedSteps.Broadcast(xk + 288));
-            }
-            if (TTile.Count > 2)
-            {
-                lo2 += Avx2.MultiplyAddAdjacent(lo, PackedSteps.Broadcast(xk + 512));
-                hi2 += Avx2.MultiplyAddAdjacent(hi, PackedSteps.Broadcast(xk + 544));
-            }
-            if (TTile.Count > 3)
-            {
-                lo3 += Avx2.MultiplyAddAdjacent(lo, PackedSteps.Broadcast(xk + 768));
-                hi3 += Avx2.MultiplyAddAdjacent(hi, PackedSteps.Broadcast(xk + 800));
-            }
-        }
-        var scLo = PackedSteps.ShortPairs(Avx2.ConvertToVector256Int32(scales));
-        var scHi = PackedSteps.ShortPairs(Avx2.ConvertToVector256Int32(scales + 8));
+        // NOTE: written out rather than looped: the loop's index arithmetic took issue slots from the vector steps.
+        MaddStep<TTile>(codes, x, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        MaddStep<TTile>(codes + 32, x + 4, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        MaddStep<TTile>(codes + 64, x + 8, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        MaddStep<TTile>(codes + 96, x + 12, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        MaddStep<TTile>(codes + 128, x + 16, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        MaddStep<TTile>(codes + 160, x + 20, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        MaddStep<TTile>(codes + 192, x + 24, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        MaddStep<TTile>(codes + 224, x + 28, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        // The sixteen scale bytes (sub-block 2i, then 2i + 1, rows 0..7) in both halves; each shuffle makes one sub-block's
+        // scales the short pairs (sc, sc) per row lane.
+        var sc = Avx2.BroadcastVector128ToVector256(scales);
+        var scLo = Avx2.Shuffle(sc, Vector256.Create(
+            (byte)0, 0x80, 0, 0x80, 1, 0x80, 1, 0x80, 2, 0x80, 2, 0x80, 3, 0x80, 3, 0x80,
+            4, 0x80, 4, 0x80, 5, 0x80, 5, 0x80, 6, 0x80, 6, 0x80, 7, 0x80, 7, 0x80)).AsInt16();
+        var scHi = Avx2.Shuffle(sc, Vector256.Create(
+            (byte)8, 0x80, 8, 0x80, 9, 0x80, 9, 0x80, 10, 0x80, 10, 0x80, 11, 0x80, 11, 0x80,
+            12, 0x80, 12, 0x80, 13, 0x80, 13, 0x80, 14, 0x80, 14, 0x80, 15, 0x80, 15, 0x80)).AsInt16();
         sumi0 += Avx2.MultiplyAddAdjacent(lo0, scLo) + Avx2.MultiplyAddAdjacent(hi0, scHi);
         if (TTile.Count > 1) sumi1 += Avx2.MultiplyAddAdjacent(lo1, scLo) + Avx2.MultiplyAddAdjacent(hi1, scHi);
         if (TTile.Count > 2) sumi2 += Avx2.MultiplyAddAdjacent(lo2, scLo) + Avx2.MultiplyAddAdjacent(hi2, scHi);
         if (TTile.Count > 3) sumi3 += Avx2.MultiplyAddAdjacent(lo3, scLo) + Avx2.MultiplyAddAdjacent(hi3, scHi);
+    }
+
+    /// <summary>One step of <see cref="PairMadd{TTile}"/>: four columns of the eight rows' two sub-blocks against up to
+    /// four batch rows' activations.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MaddStep<TTile>(byte* codes, sbyte* xk, Vector256<byte> nibble,
+        ref Vector256<short> lo0, ref Vector256<short> hi0, ref Vector256<short> lo1, ref Vector256<short> hi1,
+        ref Vector256<short> lo2, ref Vector256<short> hi2, ref Vector256<short> lo3, ref Vector256<short> hi3) where TTile : IBatchTile
+    {
+        var v = Vector256.Load(codes);
+        var lo = v & nibble;
+        var hi = High(v, nibble);
+        lo0 += Avx2.MultiplyAddAdjacent(lo, PackedSteps.Broadcast(xk));
+        hi0 += Avx2.MultiplyAddAdjacent(hi, PackedSteps.Broadcast(xk + 32));
+        if (TTile.Count > 1)
+        {
+            lo1 += Avx2.MultiplyAddAdjacent(lo, PackedSteps.Broadcast(xk + 256));
+            hi1 += Avx2.MultiplyAddAdjacent(hi, PackedSteps.Broadcast(xk + 288));
+        }
+        if (TTile.Count > 2)
+        {
+            lo2 += Avx2.MultiplyAddAdjacent(lo, PackedSteps.Broadcast(xk + 512));
+            hi2 += Avx2.MultiplyAddAdjacent(hi, PackedSteps.Broadcast(xk + 544));
+        }
+        if (TTile.Count > 3)
+        {
+            lo3 += Avx2.MultiplyAddAdjacent(lo, PackedSteps.Broadcast(xk + 768));
+            hi3 += Avx2.MultiplyAddAdjacent(hi, PackedSteps.Broadcast(xk + 800));
+        }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
