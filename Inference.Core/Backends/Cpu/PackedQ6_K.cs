@@ -208,44 +208,52 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
         ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3)
         where TTile : IBatchTile where TQ : IQuarters
     {
-        var low4 = Vector256.Create((byte)0x0F);
-        var bits45 = Vector256.Create((byte)0x30);
         byte* ql = blk + LowOffset + 512 * n + 256 * TQ.A + 128 * half;
         byte* qh = blk + HighOffset + 256 * n + 128 * half;
         sbyte* xl = x + 128 * n + 32 * TQ.A + 16 * half;
-        var scLo = PackedSteps.ShortPairs(Scales(blk, 4 * n + TQ.A, half));
-        var scHi = PackedSteps.ShortPairs(Scales(blk, 4 * n + 2 + TQ.A, half));
-        for (int k0 = 0; k0 < 4; k0 += 2)
-        {
-            Vector256<short> lo0 = default, lo1 = default, lo2 = default, lo3 = default;
-            Vector256<short> hi0 = default, hi1 = default, hi2 = default, hi3 = default;
-            for (int k = k0; k < k0 + 2; k++)
-            {
-                Codes<TQ>(ql + 32 * k, qh + 32 * k, low4, bits45, out var cl, out var ch);
-                sbyte* xk = xl + 4 * k;
-                lo0 += Avx2.MultiplyAddAdjacent(cl, PackedSteps.Broadcast(xk));
-                hi0 += Avx2.MultiplyAddAdjacent(ch, PackedSteps.Broadcast(xk + 64));
-                if (TTile.Count > 1)
-                {
-                    lo1 += Avx2.MultiplyAddAdjacent(cl, PackedSteps.Broadcast(xk + 256));
-                    hi1 += Avx2.MultiplyAddAdjacent(ch, PackedSteps.Broadcast(xk + 320));
-                }
-                if (TTile.Count > 2)
-                {
-                    lo2 += Avx2.MultiplyAddAdjacent(cl, PackedSteps.Broadcast(xk + 512));
-                    hi2 += Avx2.MultiplyAddAdjacent(ch, PackedSteps.Broadcast(xk + 576));
-                }
-                if (TTile.Count > 3)
-                {
-                    lo3 += Avx2.MultiplyAddAdjacent(cl, PackedSteps.Broadcast(xk + 768));
-                    hi3 += Avx2.MultiplyAddAdjacent(ch, PackedSteps.Broadcast(xk + 832));
-                }
-            }
-            sumi0 += Avx2.MultiplyAddAdjacent(lo0, scLo) + Avx2.MultiplyAddAdjacent(hi0, scHi);
-            if (TTile.Count > 1) sumi1 += Avx2.MultiplyAddAdjacent(lo1, scLo) + Avx2.MultiplyAddAdjacent(hi1, scHi);
-            if (TTile.Count > 2) sumi2 += Avx2.MultiplyAddAdjacent(lo2, scLo) + Avx2.MultiplyAddAdjacent(hi2, scHi);
-            if (TTile.Count > 3) sumi3 += Avx2.MultiplyAddAdjacent(lo3, scLo) + Avx2.MultiplyAddAdjacent(hi3, scHi);
-        }
+        var scLo = ScalePairs(blk, 4 * n + TQ.A, half);
+        var scHi = ScalePairs(blk, 4 * n + 2 + TQ.A, half);
+        // NOTE: written out rather than looped (as in PackedQ4_K): steps 0 and 1, then 2 and 3.
+        MaddTwoSteps<TTile, TQ>(ql, qh, xl, scLo, scHi, ref sumi0, ref sumi1, ref sumi2, ref sumi3);
+        MaddTwoSteps<TTile, TQ>(ql + 64, qh + 64, xl + 8, scLo, scHi, ref sumi0, ref sumi1, ref sumi2, ref sumi3);
+    }
+
+    /// <summary>Two steps of <see cref="PassMadd{TTile, TQ}"/> summed as shorts, then widened against the scales.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MaddTwoSteps<TTile, TQ>(byte* ql, byte* qh, sbyte* xk, Vector256<short> scLo, Vector256<short> scHi,
+        ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3)
+        where TTile : IBatchTile where TQ : IQuarters
+    {
+        var low4 = Vector256.Create((byte)0x0F);
+        var bits45 = Vector256.Create((byte)0x30);
+        Codes<TQ>(ql, qh, low4, bits45, out var cl, out var ch);
+        Codes<TQ>(ql + 32, qh + 32, low4, bits45, out var cl1, out var ch1);
+        sumi0 += MaddTwo(cl, ch, cl1, ch1, xk, scLo, scHi);
+        if (TTile.Count > 1) sumi1 += MaddTwo(cl, ch, cl1, ch1, xk + 256, scLo, scHi);
+        if (TTile.Count > 2) sumi2 += MaddTwo(cl, ch, cl1, ch1, xk + 512, scLo, scHi);
+        if (TTile.Count > 3) sumi3 += MaddTwo(cl, ch, cl1, ch1, xk + 768, scLo, scHi);
+    }
+
+    /// <summary>One batch row's part of <see cref="MaddTwoSteps{TTile, TQ}"/>: codes of step k (cl, ch) and k + 1 (cl1, ch1)
+    /// against activations at xk + 4k (low quarter) and xk + 64 + 4k (high quarter).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> MaddTwo(Vector256<byte> cl, Vector256<byte> ch, Vector256<byte> cl1, Vector256<byte> ch1,
+        sbyte* xk, Vector256<short> scLo, Vector256<short> scHi)
+    {
+        var lo = Avx2.MultiplyAddAdjacent(cl, PackedSteps.Broadcast(xk)) + Avx2.MultiplyAddAdjacent(cl1, PackedSteps.Broadcast(xk + 4));
+        var hi = Avx2.MultiplyAddAdjacent(ch, PackedSteps.Broadcast(xk + 64)) + Avx2.MultiplyAddAdjacent(ch1, PackedSteps.Broadcast(xk + 68));
+        return Avx2.MultiplyAddAdjacent(lo, scLo) + Avx2.MultiplyAddAdjacent(hi, scHi);
+    }
+
+    /// <summary>The scales of sub-block 2p + <paramref name="half"/> of the eight rows as the short pairs (sc, sc) of each
+    /// row lane: the stored (sc[2p], sc[2p + 1]) of a row sign-extended to two shorts, then one of them copied to both.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> ScalePairs(byte* blk, int p, int half)
+    {
+        var pair = Avx2.ConvertToVector256Int16((sbyte*)blk + ScalesOffset + 16 * p).AsByte();
+        return Avx2.Shuffle(pair, half == 0
+            ? Vector256.Create((byte)0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13)
+            : Vector256.Create((byte)2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15, 2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15)).AsInt16();
     }
 
     /// <summary>The 6-bit codes of one step: quarter a from the low nibbles of <paramref name="ql"/> (<paramref name="cl"/>)

@@ -161,12 +161,6 @@ internal static class PackedSteps
     public static Vector256<int> DotWords<TIsa>(Vector256<int> acc, Vector256<short> a, Vector256<short> b) where TIsa : IPackedIsa =>
         TIsa.Vnni ? AvxVnni.MultiplyWideningAndAdd(acc, a, b) : acc + Avx2.MultiplyAddAdjacent(a, b);
 
-    /// <summary>Int lanes of values that fit a short, each as a pair of equal shorts (the <c>vpmaddwd</c> multiplier
-    /// that scales both shorts of a lane by its value).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<short> ShortPairs(Vector256<int> v) =>
-        ((v & Vector256.Create(0xFFFF)) | Avx2.ShiftLeftLogical(v, 16)).AsInt16();
-
     /// <summary>Four activation bytes broadcast to every lane.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector256<sbyte> Broadcast(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
