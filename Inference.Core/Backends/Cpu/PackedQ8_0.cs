@@ -151,15 +151,15 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
             byte* wq = blk + ScalesBytes;
             sbyte* qe = q + i * qStep;
             Vector256<int> p0 = default, p1 = default, p2 = default, p3 = default;
-            for (int k = 0; k < 8; k++)
-            {
-                var w = (Vector256.Load(wq + 32 * k) ^ flip).AsSByte();
-                var absW = Avx2.Abs(w);
-                p0 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, Avx2.Sign(PackedSteps.Broadcast(qe + 4 * k), w)), ones);
-                if (TTile.Count > 1) p1 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, Avx2.Sign(PackedSteps.Broadcast(qe + 32 + 4 * k), w)), ones);
-                if (TTile.Count > 2) p2 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, Avx2.Sign(PackedSteps.Broadcast(qe + 64 + 4 * k), w)), ones);
-                if (TTile.Count > 3) p3 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, Avx2.Sign(PackedSteps.Broadcast(qe + 96 + 4 * k), w)), ones);
-            }
+            // NOTE: written out rather than looped (as in PackedQ4_K): the loop's index arithmetic took issue slots.
+            MaddStep<TTile>(wq, qe, flip, ones, ref p0, ref p1, ref p2, ref p3);
+            MaddStep<TTile>(wq + 32, qe + 4, flip, ones, ref p0, ref p1, ref p2, ref p3);
+            MaddStep<TTile>(wq + 64, qe + 8, flip, ones, ref p0, ref p1, ref p2, ref p3);
+            MaddStep<TTile>(wq + 96, qe + 12, flip, ones, ref p0, ref p1, ref p2, ref p3);
+            MaddStep<TTile>(wq + 128, qe + 16, flip, ones, ref p0, ref p1, ref p2, ref p3);
+            MaddStep<TTile>(wq + 160, qe + 20, flip, ones, ref p0, ref p1, ref p2, ref p3);
+            MaddStep<TTile>(wq + 192, qe + 24, flip, ones, ref p0, ref p1, ref p2, ref p3);
+            MaddStep<TTile>(wq + 224, qe + 28, flip, ones, ref p0, ref p1, ref p2, ref p3);
             long e = (long)i * batch;
             y0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), dw * Vector256.Create(d[e]), y0);
             if (TTile.Count > 1) y1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), dw * Vector256.Create(d[e + 1]), y1);
@@ -171,6 +171,20 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
         if (TTile.Count > 1) y1.Store(y + a.Rows);
         if (TTile.Count > 2) y2.Store(y + 2L * a.Rows);
         if (TTile.Count > 3) y3.Store(y + 3L * a.Rows);
+    }
+
+    /// <summary>One step of <see cref="TileMadd{TTile}"/>: four columns of the eight rows against up to four batch rows
+    /// (activations 32 bytes apart).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MaddStep<TTile>(byte* wq, sbyte* xk, Vector256<byte> flip, Vector256<short> ones,
+        ref Vector256<int> p0, ref Vector256<int> p1, ref Vector256<int> p2, ref Vector256<int> p3) where TTile : IBatchTile
+    {
+        var w = (Vector256.Load(wq) ^ flip).AsSByte();
+        var absW = Avx2.Abs(w);
+        p0 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, Avx2.Sign(PackedSteps.Broadcast(xk), w)), ones);
+        if (TTile.Count > 1) p1 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, Avx2.Sign(PackedSteps.Broadcast(xk + 32), w)), ones);
+        if (TTile.Count > 2) p2 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, Avx2.Sign(PackedSteps.Broadcast(xk + 64), w)), ones);
+        if (TTile.Count > 3) p3 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, Avx2.Sign(PackedSteps.Broadcast(xk + 96), w)), ones);
     }
 
     /// <summary>One packed block against one batch row: <see cref="Tile{TTile}"/>'s operations for a single row.</summary>
