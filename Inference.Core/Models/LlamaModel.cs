@@ -12,7 +12,7 @@ namespace Inference.Models;
 public sealed class LlamaModel
 {
     private readonly LayerWeights[] _layers;
-    private readonly WeightMatrix _embedding;   // [vocab rows, dim]
+    private WeightMatrix _embedding;            // [vocab rows, dim]
     private WeightMatrix _output;               // [vocab rows, dim]
     private readonly float[] _outputNorm;       // [dim]
     private readonly double[] _ropeInvFreq;     // [ropeDim / 2]
@@ -99,7 +99,10 @@ public sealed class LlamaModel
                 Down = MatMul.PrepareInto(w.Down, arena),
             };
         }
+        bool tied = SameMatrix(_output, _embedding);
         _output = MatMul.PrepareInto(_output, arena);
+        // A tied head's float copy serves the embedding lookups too (the same rows), rather than a second copy of them.
+        if (tied) _embedding = _output;
         _prepared = true;
     }
 

@@ -39,9 +39,20 @@ public static class MatMul
     public static WeightMatrix Prepare(in WeightMatrix w) => PrepareInto(w, null);
 
     /// <summary><see cref="Prepare(in WeightMatrix)"/> with the copy in <paramref name="arena"/>, where a model's matrices
-    /// share large buffers (huge pages for small matrices too); null for a buffer of this matrix's own.</summary>
-    internal static WeightMatrix PrepareInto(in WeightMatrix w, WeightArena? arena)
+    /// share large buffers (huge pages for small matrices too); null for a buffer of this matrix's own. With an arena,
+    /// float matrices (read in place otherwise) are copied into it too.</summary>
+    internal static unsafe WeightMatrix PrepareInto(in WeightMatrix w, WeightArena? arena)
     {
+        if (arena is not null && w.Owner is null && (w.Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16) && w.Rows > 0)
+        {
+            // NOTE: float weights are read in place by the kernels, but a mapped file's pages are 4 KiB: a copy on huge
+            // pages saves a TLB miss per 4 KiB of every decode step (F32 benchmark model, 2 threads: fastest step 33.6-34.8
+            // -> 30.4-30.8 ms). The file's pages are clean page cache the system can reclaim.
+            long bytes = w.Rows * w.RowBytes;
+            byte* copy = arena.Allocate(bytes, out var owner);
+            Buffer.MemoryCopy(w.Data, copy, bytes, bytes);
+            return new WeightMatrix(w.Type, copy, w.Rows, w.Cols) { Owner = owner };
+        }
         if (w.Packed is not null || !PackedWeights.IsSupportedFor(w.Type)) return w;
         var packed = w.Type switch
         {

@@ -32,6 +32,10 @@ public readonly unsafe struct WeightMatrix
     /// <summary>The whole groups of eight rows repacked for the faster kernels (see <see cref="MatMul.Prepare"/>), or null.</summary>
     internal PackedWeights? Packed { get; init; }
 
+    /// <summary>The buffer <see cref="Data"/> points into when the rows were copied for the kernels (a model's float
+    /// weights on huge pages), or null for memory owned elsewhere.</summary>
+    internal WeightBuffer? Owner { get; init; }
+
     /// <summary>The bytes of row <paramref name="row"/>.</summary>
     public ReadOnlySpan<byte> Row(int row) => new(Data + row * RowBytes, checked((int)RowBytes));
 }

@@ -1,4 +1,5 @@
 using Inference.Backends.Cpu;
+using Inference.Loading;
 
 namespace Inference.Tests.Backends.Cpu;
 
@@ -59,5 +60,35 @@ public unsafe class WeightArenaTests
         Assert.That(pieces[11].Owner, Is.Not.SameAs(pieces[0].Owner), "a new buffer when one is full");
         Assert.That(pieces[12].Owner, Is.SameAs(pieces[11].Owner), "then pieces come from the new one");
         Assert.Throws<ArgumentOutOfRangeException>(() => arena.Allocate(0, out _));
+    }
+}
+
+public unsafe class PrepareIntoArenaTests
+{
+    [TestCase(GgmlType.F32)]
+    [TestCase(GgmlType.F16)]
+    [TestCase(GgmlType.BF16)]
+    public void Float_matrices_are_copied_into_the_arena_with_the_same_products(GgmlType type)
+    {
+        const int rows = 37, cols = 96, batch = 3;
+        var rng = new Random(41 + (int)type);
+        var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
+        var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
+        var direct = Enumerable.Repeat(float.NaN, batch * rows).ToArray();
+        var copied = Enumerable.Repeat(float.NaN, batch * rows).ToArray();
+        using var pool = new WorkerPool(2);
+        fixed (byte* pw = weights)
+        {
+            var w = new WeightMatrix(type, pw, rows, cols);
+            var prepared = MatMul.PrepareInto(w, new WeightArena());
+            Assert.That((nint)prepared.Data, Is.Not.EqualTo((nint)pw), "a copy");
+            Assert.That(prepared.Owner, Is.Not.Null, "kept alive by the matrix");
+            Assert.That(new ReadOnlySpan<byte>(prepared.Data, weights.Length).SequenceEqual(weights), Is.True, "the same bytes");
+            MatMul.Multiply(w, x, direct, batch, pool);
+            MatMul.Multiply(prepared, x, copied, batch, pool);
+            Assert.That(MatMul.PrepareInto(w, null).Data == pw, Is.True, "no arena: read in place");
+        }
+        Assert.That(direct, Has.None.NaN);
+        Assert.That(copied, Is.EqualTo(direct));
     }
 }
