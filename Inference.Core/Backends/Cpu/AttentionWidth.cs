@@ -30,8 +30,88 @@ internal unsafe interface IAttentionWidth
     static abstract void AddWeighted(float* o, float w, float* v, int length);
 }
 
+/// <summary>The few operations of one vector type that <see cref="AttentionSteps{TOps, TV}"/> is written in.</summary>
+internal unsafe interface IWidthOps<TV> where TV : struct
+{
+    /// <summary>Floats per vector.</summary>
+    static abstract int Lanes { get; }
+
+    static abstract TV Load(float* p);
+
+    static abstract void Store(TV v, float* p);
+
+    static abstract TV Splat(float x);
+
+    /// <summary>a·b + c, fused.</summary>
+    static abstract TV MultiplyAdd(TV a, TV b, TV c);
+
+    static abstract float Sum(TV v);
+
+    /// <summary>The lane sums of four vectors.</summary>
+    static abstract Vector128<float> Sum4(TV a, TV b, TV c, TV d);
+}
+
+/// <summary>The <see cref="IAttentionWidth"/> steps, written once over a width's vector type.</summary>
+internal static unsafe class AttentionSteps<TOps, TV> where TOps : IWidthOps<TV> where TV : struct
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> Dot4(float* q, float* k0, float* k1, float* k2, float* k3, int length)
+    {
+        TV a0 = default, a1 = default, a2 = default, a3 = default;
+        for (int c = 0; c < length; c += TOps.Lanes)
+        {
+            var qc = TOps.Load(q + c);
+            a0 = TOps.MultiplyAdd(qc, TOps.Load(k0 + c), a0);
+            a1 = TOps.MultiplyAdd(qc, TOps.Load(k1 + c), a1);
+            a2 = TOps.MultiplyAdd(qc, TOps.Load(k2 + c), a2);
+            a3 = TOps.MultiplyAdd(qc, TOps.Load(k3 + c), a3);
+        }
+        return TOps.Sum4(a0, a1, a2, a3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Dot(float* q, float* k, int length)
+    {
+        TV acc = default;
+        for (int c = 0; c < length; c += TOps.Lanes) acc = TOps.MultiplyAdd(TOps.Load(q + c), TOps.Load(k + c), acc);
+        return TOps.Sum(acc);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void AddWeighted8(float* o, float* w, float* v0, float* v1, float* v2, float* v3,
+        float* v4, float* v5, float* v6, float* v7, int length)
+    {
+        var w0 = TOps.Splat(w[0]);
+        var w1 = TOps.Splat(w[1]);
+        var w2 = TOps.Splat(w[2]);
+        var w3 = TOps.Splat(w[3]);
+        var w4 = TOps.Splat(w[4]);
+        var w5 = TOps.Splat(w[5]);
+        var w6 = TOps.Splat(w[6]);
+        var w7 = TOps.Splat(w[7]);
+        for (int c = 0; c < length; c += TOps.Lanes)
+        {
+            var acc = TOps.MultiplyAdd(TOps.Load(v0 + c), w0, TOps.Load(o + c));
+            acc = TOps.MultiplyAdd(TOps.Load(v1 + c), w1, acc);
+            acc = TOps.MultiplyAdd(TOps.Load(v2 + c), w2, acc);
+            acc = TOps.MultiplyAdd(TOps.Load(v3 + c), w3, acc);
+            acc = TOps.MultiplyAdd(TOps.Load(v4 + c), w4, acc);
+            acc = TOps.MultiplyAdd(TOps.Load(v5 + c), w5, acc);
+            acc = TOps.MultiplyAdd(TOps.Load(v6 + c), w6, acc);
+            TOps.Store(TOps.MultiplyAdd(TOps.Load(v7 + c), w7, acc), o + c);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void AddWeighted(float* o, float w, float* v, int length)
+    {
+        var wv = TOps.Splat(w);
+        for (int c = 0; c < length; c += TOps.Lanes) TOps.Store(TOps.MultiplyAdd(TOps.Load(v + c), wv, TOps.Load(o + c)), o + c);
+    }
+}
+
 /// <summary>512-bit steps (AVX-512), head sizes in sixteens.</summary>
-internal readonly unsafe struct Width512 : IAttentionWidth
+internal readonly unsafe struct Width512 : IAttentionWidth, IWidthOps<Vector512<float>>
 {
     public static bool IsSupported(int headDim) => Vector512.IsHardwareAccelerated && Avx512F.IsSupported && headDim % 16 == 0;
 
@@ -44,65 +124,33 @@ internal readonly unsafe struct Width512 : IAttentionWidth
         return buffer;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector128<float> Dot4(float* q, float* k0, float* k1, float* k2, float* k3, int length)
-    {
-        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        for (int c = 0; c < length; c += 16)
-        {
-            var qc = Vector512.Load(q + c);
-            a0 = Vector512.FusedMultiplyAdd(qc, Vector512.Load(k0 + c), a0);
-            a1 = Vector512.FusedMultiplyAdd(qc, Vector512.Load(k1 + c), a1);
-            a2 = Vector512.FusedMultiplyAdd(qc, Vector512.Load(k2 + c), a2);
-            a3 = Vector512.FusedMultiplyAdd(qc, Vector512.Load(k3 + c), a3);
-        }
-        return Sum4(a0, a1, a2, a3);
-    }
+    public static Vector128<float> Dot4(float* q, float* k0, float* k1, float* k2, float* k3, int length) =>
+        AttentionSteps<Width512, Vector512<float>>.Dot4(q, k0, k1, k2, k3, length);
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Dot(float* q, float* k, int length)
-    {
-        var acc = Vector512<float>.Zero;
-        for (int c = 0; c < length; c += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(q + c), Vector512.Load(k + c), acc);
-        return Vector512.Sum(acc);
-    }
+    public static float Dot(float* q, float* k, int length) => AttentionSteps<Width512, Vector512<float>>.Dot(q, k, length);
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void AddWeighted8(float* o, float* w, float* v0, float* v1, float* v2, float* v3,
-        float* v4, float* v5, float* v6, float* v7, int length)
-    {
-        var w0 = Vector512.Create(w[0]);
-        var w1 = Vector512.Create(w[1]);
-        var w2 = Vector512.Create(w[2]);
-        var w3 = Vector512.Create(w[3]);
-        var w4 = Vector512.Create(w[4]);
-        var w5 = Vector512.Create(w[5]);
-        var w6 = Vector512.Create(w[6]);
-        var w7 = Vector512.Create(w[7]);
-        for (int c = 0; c < length; c += 16)
-        {
-            var acc = Vector512.FusedMultiplyAdd(Vector512.Load(v0 + c), w0, Vector512.Load(o + c));
-            acc = Vector512.FusedMultiplyAdd(Vector512.Load(v1 + c), w1, acc);
-            acc = Vector512.FusedMultiplyAdd(Vector512.Load(v2 + c), w2, acc);
-            acc = Vector512.FusedMultiplyAdd(Vector512.Load(v3 + c), w3, acc);
-            acc = Vector512.FusedMultiplyAdd(Vector512.Load(v4 + c), w4, acc);
-            acc = Vector512.FusedMultiplyAdd(Vector512.Load(v5 + c), w5, acc);
-            acc = Vector512.FusedMultiplyAdd(Vector512.Load(v6 + c), w6, acc);
-            Vector512.FusedMultiplyAdd(Vector512.Load(v7 + c), w7, acc).Store(o + c);
-        }
-    }
+        float* v4, float* v5, float* v6, float* v7, int length) =>
+        AttentionSteps<Width512, Vector512<float>>.AddWeighted8(o, w, v0, v1, v2, v3, v4, v5, v6, v7, length);
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void AddWeighted(float* o, float w, float* v, int length)
-    {
-        var wv = Vector512.Create(w);
-        for (int c = 0; c < length; c += 16) Vector512.FusedMultiplyAdd(Vector512.Load(v + c), wv, Vector512.Load(o + c)).Store(o + c);
-    }
+    public static void AddWeighted(float* o, float w, float* v, int length) => AttentionSteps<Width512, Vector512<float>>.AddWeighted(o, w, v, length);
 
-    /// <summary>The lane sums of four vectors: halves, then quarters, then lanes added pairwise across all four at once
-    /// (nine shuffles and five adds for four sums).</summary>
+    public static int Lanes => 16;
+
+    public static Vector512<float> Load(float* p) => Vector512.Load(p);
+
+    public static void Store(Vector512<float> v, float* p) => v.Store(p);
+
+    public static Vector512<float> Splat(float x) => Vector512.Create(x);
+
+    public static Vector512<float> MultiplyAdd(Vector512<float> a, Vector512<float> b, Vector512<float> c) => Vector512.FusedMultiplyAdd(a, b, c);
+
+    public static float Sum(Vector512<float> v) => Vector512.Sum(v);
+
+    /// <summary>Halves, then quarters, then lanes added pairwise across all four at once (nine shuffles and five adds for
+    /// four sums).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector128<float> Sum4(Vector512<float> a, Vector512<float> b, Vector512<float> c, Vector512<float> d)
+    public static Vector128<float> Sum4(Vector512<float> a, Vector512<float> b, Vector512<float> c, Vector512<float> d)
     {
         // [a0+a2, a1+a3, b0+b2, b1+b3] in 128-bit quarters, likewise c and d
         var ab = Avx512F.Shuffle4x128(a, b, 0x44) + Avx512F.Shuffle4x128(a, b, 0xEE);
@@ -117,7 +165,7 @@ internal readonly unsafe struct Width512 : IAttentionWidth
 }
 
 /// <summary>256-bit steps (AVX2 + FMA, where the 512-bit path does not run), head sizes in eights.</summary>
-internal readonly unsafe struct Width256 : IAttentionWidth
+internal readonly unsafe struct Width256 : IAttentionWidth, IWidthOps<Vector256<float>>
 {
     public static bool IsSupported(int headDim) => !Width512.IsSupported(headDim) && Avx2.IsSupported && Fma.IsSupported && headDim % 8 == 0;
 
@@ -130,60 +178,34 @@ internal readonly unsafe struct Width256 : IAttentionWidth
         return buffer;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector128<float> Dot4(float* q, float* k0, float* k1, float* k2, float* k3, int length)
-    {
-        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        for (int c = 0; c < length; c += 8)
-        {
-            var qc = Vector256.Load(q + c);
-            a0 = Vector256.FusedMultiplyAdd(qc, Vector256.Load(k0 + c), a0);
-            a1 = Vector256.FusedMultiplyAdd(qc, Vector256.Load(k1 + c), a1);
-            a2 = Vector256.FusedMultiplyAdd(qc, Vector256.Load(k2 + c), a2);
-            a3 = Vector256.FusedMultiplyAdd(qc, Vector256.Load(k3 + c), a3);
-        }
-        // Three horizontal adds, then the two halves.
-        var t = Avx.HorizontalAdd(Avx.HorizontalAdd(a0, a1), Avx.HorizontalAdd(a2, a3));
-        return t.GetLower() + t.GetUpper();
-    }
+    public static Vector128<float> Dot4(float* q, float* k0, float* k1, float* k2, float* k3, int length) =>
+        AttentionSteps<Width256, Vector256<float>>.Dot4(q, k0, k1, k2, k3, length);
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Dot(float* q, float* k, int length)
-    {
-        var acc = Vector256<float>.Zero;
-        for (int c = 0; c < length; c += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(q + c), Vector256.Load(k + c), acc);
-        return Vector256.Sum(acc);
-    }
+    public static float Dot(float* q, float* k, int length) => AttentionSteps<Width256, Vector256<float>>.Dot(q, k, length);
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void AddWeighted8(float* o, float* w, float* v0, float* v1, float* v2, float* v3,
-        float* v4, float* v5, float* v6, float* v7, int length)
-    {
-        var w0 = Vector256.Create(w[0]);
-        var w1 = Vector256.Create(w[1]);
-        var w2 = Vector256.Create(w[2]);
-        var w3 = Vector256.Create(w[3]);
-        var w4 = Vector256.Create(w[4]);
-        var w5 = Vector256.Create(w[5]);
-        var w6 = Vector256.Create(w[6]);
-        var w7 = Vector256.Create(w[7]);
-        for (int c = 0; c < length; c += 8)
-        {
-            var acc = Vector256.FusedMultiplyAdd(Vector256.Load(v0 + c), w0, Vector256.Load(o + c));
-            acc = Vector256.FusedMultiplyAdd(Vector256.Load(v1 + c), w1, acc);
-            acc = Vector256.FusedMultiplyAdd(Vector256.Load(v2 + c), w2, acc);
-            acc = Vector256.FusedMultiplyAdd(Vector256.Load(v3 + c), w3, acc);
-            acc = Vector256.FusedMultiplyAdd(Vector256.Load(v4 + c), w4, acc);
-            acc = Vector256.FusedMultiplyAdd(Vector256.Load(v5 + c), w5, acc);
-            acc = Vector256.FusedMultiplyAdd(Vector256.Load(v6 + c), w6, acc);
-            Vector256.FusedMultiplyAdd(Vector256.Load(v7 + c), w7, acc).Store(o + c);
-        }
-    }
+        float* v4, float* v5, float* v6, float* v7, int length) =>
+        AttentionSteps<Width256, Vector256<float>>.AddWeighted8(o, w, v0, v1, v2, v3, v4, v5, v6, v7, length);
 
+    public static void AddWeighted(float* o, float w, float* v, int length) => AttentionSteps<Width256, Vector256<float>>.AddWeighted(o, w, v, length);
+
+    public static int Lanes => 8;
+
+    public static Vector256<float> Load(float* p) => Vector256.Load(p);
+
+    public static void Store(Vector256<float> v, float* p) => v.Store(p);
+
+    public static Vector256<float> Splat(float x) => Vector256.Create(x);
+
+    public static Vector256<float> MultiplyAdd(Vector256<float> a, Vector256<float> b, Vector256<float> c) => Vector256.FusedMultiplyAdd(a, b, c);
+
+    public static float Sum(Vector256<float> v) => Vector256.Sum(v);
+
+    /// <summary>Three horizontal adds, then the two halves.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void AddWeighted(float* o, float w, float* v, int length)
+    public static Vector128<float> Sum4(Vector256<float> a, Vector256<float> b, Vector256<float> c, Vector256<float> d)
     {
-        var wv = Vector256.Create(w);
-        for (int c = 0; c < length; c += 8) Vector256.FusedMultiplyAdd(Vector256.Load(v + c), wv, Vector256.Load(o + c)).Store(o + c);
+        var t = Avx.HorizontalAdd(Avx.HorizontalAdd(a, b), Avx.HorizontalAdd(c, d));
+        return t.GetLower() + t.GetUpper();
     }
 }
