@@ -164,7 +164,8 @@ internal readonly unsafe struct Width512 : IAttentionWidth, IWidthOps<Vector512<
     }
 }
 
-/// <summary>256-bit steps (AVX2 + FMA, where the 512-bit path does not run), head sizes in eights.</summary>
+/// <summary>256-bit steps (AVX2 + FMA, where the 512-bit path does not run), head sizes in eights: the rows widened into a
+/// buffer first. Head sizes in sixteens take <see cref="GroupAttention256"/> instead, which widens in registers.</summary>
 internal readonly unsafe struct Width256 : IAttentionWidth, IWidthOps<Vector256<float>>
 {
     public static bool IsSupported(int headDim) => !Width512.IsSupported(headDim) && Avx2.IsSupported && Fma.IsSupported && headDim % 8 == 0;

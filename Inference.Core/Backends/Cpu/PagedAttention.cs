@@ -198,8 +198,12 @@ public static class PagedAttention
                 for (int i = first; i <= last; i++)
                 {
                     int at = (i * shape.HeadCount + g * kvMul) * headDim;
-                    AttendGroupVector<float, TWidth>(rowShape, q.Slice(at, kvMul * headDim), wkSpan, wvSpan, oneBlock,
-                        startPosition + i + 1, 0, o.Slice(at, kvMul * headDim), scratch);
+                    if (GroupAttention256.IsSupported(headDim))
+                        AttendGroup256<float>(rowShape, q.Slice(at, kvMul * headDim), wkSpan, wvSpan, oneBlock,
+                            startPosition + i + 1, 0, o.Slice(at, kvMul * headDim), scratch);
+                    else
+                        AttendGroupVector<float, TWidth>(rowShape, q.Slice(at, kvMul * headDim), wkSpan, wvSpan, oneBlock,
+                            startPosition + i + 1, 0, o.Slice(at, kvMul * headDim), scratch);
                 }
             }
         }
@@ -266,6 +270,11 @@ public static class PagedAttention
         if (Width512.IsSupported(headDim))
         {
             AttendGroupVector<T, Width512>(shape, groupQuery, keyCache, valueCache, blockTable, contextLength, g, groupOut, scratch);
+            return;
+        }
+        if (GroupAttention256.IsSupported(headDim))
+        {
+            AttendGroup256<T>(shape, groupQuery, keyCache, valueCache, blockTable, contextLength, g, groupOut, scratch);
             return;
         }
         if (Width256.IsSupported(headDim))
@@ -377,6 +386,36 @@ public static class PagedAttention
                 float* v = TWidth.Widen(values + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
                 for (int m = 0; m < kvMul; m++) TWidth.AddWeighted(o + m * headDim, sc[m * contextLength + j], v, headDim);
             }
+        }
+    }
+
+    /// <summary><see cref="AttendGroup{T}"/> through <see cref="GroupAttention256"/>: scores, softmax, values.</summary>
+    private static unsafe void AttendGroup256<T>(
+        in PagedAttentionShape shape,
+        ReadOnlySpan<float> groupQuery,
+        ReadOnlySpan<T> keyCache,
+        ReadOnlySpan<T> valueCache,
+        ReadOnlySpan<int> blockTable,
+        int contextLength,
+        int g,
+        Span<float> groupOut,
+        Span<float> scratch)
+        where T : unmanaged
+    {
+        int headDim = shape.HeadDim, kvMul = shape.KvMul;
+        fixed (float* q = groupQuery)
+        fixed (float* o = groupOut)
+        fixed (float* pinned = scratch)
+        fixed (T* keys = keyCache)
+        fixed (T* values = valueCache)
+        fixed (int* table = blockTable)
+        {
+            // NOTE: the scores where AttendGroupVector keeps them (after its eight rows), so the scratch size is shared.
+            float* sc = (float*)(((nuint)pinned + 63) & ~(nuint)63) + 8 * headDim;
+            long rows = (long)g * headDim;
+            GroupAttention256.Scores(q, kvMul, headDim, keys, table, shape.BlockSize, shape.KvStride, rows, contextLength, sc, 1f / MathF.Sqrt(headDim));
+            Softmax(new Span<float>(sc, kvMul * contextLength), kvMul, contextLength, scale: 1f);
+            GroupAttention256.Values(sc, kvMul, headDim, values, table, shape.BlockSize, shape.KvStride, rows, contextLength, o);
         }
     }
 

@@ -18,7 +18,7 @@ public class PagedAttentionTests
 
     [Test]
     public void MatchesReference_F16(
-        [Values(8)] int heads, [Values(8, 2, 1)] int kvHeads, [Values(8, 16, 32)] int blockSize, [Values(64)] int headDim)
+        [Values(8)] int heads, [Values(8, 2, 1)] int kvHeads, [Values(8, 16, 32)] int blockSize, [Values(40, 64, 128)] int headDim)
         => CompareWithReference<Half>(new PagedAttentionShape(heads, kvHeads, headDim, blockSize), seed: 7 + heads * 1000 + kvHeads * 100 + blockSize + headDim);
 
     [Test]
@@ -118,6 +118,60 @@ public class PagedAttentionTests
         for (int h = 0; h < 4; h++)
             for (int d = 0; d < 8; d++)
                 Assert.That(output[h * 8 + d], Is.EqualTo(v[(1 * 4 * 2 + h / 2) * 8 + d]).Within(1e-6));
+    }
+
+    [Test]
+    public void EveryHalfValueComesOutExactly([Values(1, 2, 6)] int kvMul)
+    {
+        // One position: the softmax weight is exactly 1, so each output is the cached value widened. All 65,536 f16 bit
+        // patterns go through, 64 per KV head and call: finite ones must come out as the exact float, infinities as
+        // infinities of their sign, NaNs as NaNs. kvMul 6 runs a block of four query heads and one of two.
+        const int headDim = 64;
+        var shape = new PagedAttentionShape(2 * kvMul, 2, headDim, 4);
+        var rng = new Random(kvMul);
+        var q = RandomArray(rng, shape.QueryStride);
+        var keys = RandomCache<Half>(rng, 4 * shape.KvStride);
+        var values = new Half[4 * shape.KvStride];
+        var output = new float[shape.QueryStride];
+        var scratch = new float[PagedAttention.GetScratchLength(shape, 1)];
+        for (int first = 0; first < 65536; first += shape.KvStride)
+        {
+            for (int i = 0; i < shape.KvStride; i++) values[i] = BitConverter.UInt16BitsToHalf((ushort)(first + i));
+            Array.Fill(output, float.NaN);
+            PagedAttention.Forward<Half>(shape, q, keys, values, [0], 0, output, scratch);
+            for (int h = 0; h < shape.HeadCount; h++)
+                for (int d = 0; d < headDim; d++)
+                {
+                    var half = values[(h / kvMul) * headDim + d];
+                    float expected = (float)half, actual = output[h * headDim + d];
+                    // NOTE: equality as floats: the sum starts from +0, so −0 comes out as +0.
+                    if (Half.IsNaN(half)) Assert.That(float.IsNaN(actual), $"0x{BitConverter.HalfToUInt16Bits(half):X4}: {actual}");
+                    else Assert.That(actual, Is.EqualTo(expected), $"0x{BitConverter.HalfToUInt16Bits(half):X4}");
+                }
+        }
+    }
+
+    [Test]
+    public void NonFiniteKeyReachesTheOutput([Values(1, 2)] int kvHeads, [Values(0x7C00, 0xFC00, 0x7E00)] int bits)
+    {
+        // An infinite or NaN key makes that position's score non-finite: NaN, or +∞ (then ∞ − ∞ in the softmax), gives NaN
+        // for the head; −∞ gives the position weight 0 and a finite output. Heads of the other KV head are untouched.
+        var shape = new PagedAttentionShape(4, kvHeads, 64, 8);
+        var rng = new Random(bits);
+        var q = RandomArray(rng, shape.QueryStride);
+        var keys = RandomCache<Half>(rng, 2 * 8 * shape.KvStride);
+        var values = RandomCache<Half>(rng, 2 * 8 * shape.KvStride);
+        keys[(8 + 3) * shape.KvStride + 17] = BitConverter.UInt16BitsToHalf((ushort)bits); // block 1, position 3, KV head 0
+        var output = new float[shape.QueryStride];
+        PagedAttention.Forward<Half>(shape, q, keys, values, [0, 1], 11, output, new float[PagedAttention.GetScratchLength(shape, 12)]);
+        var key = BitConverter.UInt16BitsToHalf((ushort)bits);
+        for (int h = 0; h < shape.HeadCount; h++)
+        {
+            var head = output.AsSpan(h * 64, 64).ToArray();
+            bool nan = h < shape.KvMul && (Half.IsNaN(key) || q[h * 64 + 17] * (float)key > 0);
+            Assert.That(nan ? head.All(float.IsNaN) : head.All(float.IsFinite), Is.True, $"head {h}");
+        }
+        Assert.That(output.Take(shape.KvMul * 64).Any(float.IsNaN), Is.True);
     }
 
     [Test]

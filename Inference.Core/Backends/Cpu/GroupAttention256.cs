@@ -1,0 +1,226 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Inference.Backends.Cpu;
+
+/// <summary>
+/// The two passes of <see cref="PagedAttention"/> for one token and the query heads of one KV head, with 256-bit vectors
+/// (AVX2 + FMA, where the 512-bit path does not run), straight from the cache rows: f16 rows are widened in registers,
+/// sixteen values at a time, as the products use them; up to four query heads share each widened row; the block table
+/// is read once per block, not once per position.
+/// </summary>
+/// <remarks>
+/// <para>Scores: per position one dot product per head (two accumulators over alternate sixteenths of the head, added,
+/// then the lane sums), scaled by 1/√headDim. Values: per head and sixteen output lanes, Σ_j w_j·v_j fused-multiply-added
+/// in position order from zero. A position's result depends only on its row and the query, so a token gets the same
+/// bits whether it is decoded alone, prefilled with others, or read from rows widened beforehand.</para>
+/// <para>f16 → f32 is exact for every finite value and keeps infinities and NaNs (a NaN's payload may be quieted).</para>
+/// </remarks>
+internal static unsafe class GroupAttention256
+{
+    /// <summary>Whether this path runs for <paramref name="headDim"/> on this CPU.</summary>
+    public static bool IsSupported(int headDim) =>
+        !Width512.IsSupported(headDim) && Avx2.IsSupported && Fma.IsSupported && headDim % 16 == 0;
+
+    /// <summary>
+    /// Scaled scores of <paramref name="kvMul"/> query heads (queries <paramref name="q"/>, [kvMul, headDim]) into
+    /// <paramref name="scores"/>, [kvMul, contextLength], from one layer's keys <paramref name="cache"/>, [blocks,
+    /// blockSize, kvHeads, headDim], where the KV head's part of a position starts <paramref name="rows"/> = g·headDim in.
+    /// </summary>
+    public static void Scores<T>(float* q, int kvMul, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
+        int contextLength, float* scores, float scale) where T : unmanaged
+    {
+        int m = 0;
+        for (; m + 4 <= kvMul; m += 4)
+            Scores<T, Tile4>(q + m * headDim, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores + (long)m * contextLength, scale);
+        float* qm = q + m * headDim, sm = scores + (long)m * contextLength;
+        switch (kvMul - m)
+        {
+            case 1: Scores<T, Tile1>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale); break;
+            case 2: Scores<T, Tile2>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale); break;
+            case 3: Scores<T, Tile3>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale); break;
+        }
+    }
+
+    /// <summary>output[m] = Σ_j weights[m, j]·v_j for <paramref name="kvMul"/> heads; <paramref name="output"/> is [kvMul, headDim].</summary>
+    public static void Values<T>(float* weights, int kvMul, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
+        int contextLength, float* output) where T : unmanaged
+    {
+        // NOTE: f16 rows are used as widened but not re-biased (Load16Unscaled) and the weights carry the 2^112 instead:
+        // v'·(w·2^112) is v·w exactly (a power of two moves no bits; w ≤ 1 cannot overflow), so the sums are the same bits
+        // with two multiplies fewer per sixteen values.
+        if (typeof(T) == typeof(Half))
+            System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(weights, kvMul * contextLength),
+                Rebias112, new Span<float>(weights, kvMul * contextLength));
+        int m = 0;
+        for (; m + 4 <= kvMul; m += 4)
+            Values<T, Tile4>(weights + (long)m * contextLength, headDim, cache, table, blockSize, kvStride, rows, contextLength, output + m * headDim);
+        float* wm = weights + (long)m * contextLength, om = output + m * headDim;
+        switch (kvMul - m)
+        {
+            case 1: Values<T, Tile1>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om); break;
+            case 2: Values<T, Tile2>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om); break;
+            case 3: Values<T, Tile3>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om); break;
+        }
+    }
+
+    private static void Scores<T, THeads>(float* q, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
+        int contextLength, float* scores, float scale) where T : unmanaged where THeads : IBatchTile
+    {
+        var scale8 = Vector256.Create(scale);
+        // NOTE: two positions at a time: eight independent accumulators and one reduction for both. A lone position
+        // was bound by its chain of dependent steps, not by the vector units.
+        var next = new RowCursor<T>(cache, table, blockSize, kvStride, rows);
+        for (int j = 0; j < contextLength; j += 2)
+        {
+            T* rowA = next.Advance();
+            T* rowB = j + 1 < contextLength ? next.Advance() : rowA;
+            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+            Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
+            for (int c = 0; c < headDim; c += 16)
+            {
+                Load16(rowA + c, out var ka0, out var ka1);
+                Load16(rowB + c, out var kb0, out var kb1);
+                var qLo = Vector256.Load(q + c);
+                var qHi = Vector256.Load(q + c + 8);
+                a0 = Fma.MultiplyAdd(ka1, qHi, Fma.MultiplyAdd(ka0, qLo, a0));
+                b0 = Fma.MultiplyAdd(kb1, qHi, Fma.MultiplyAdd(kb0, qLo, b0));
+                if (THeads.Count > 1)
+                {
+                    qLo = Vector256.Load(q + headDim + c);
+                    qHi = Vector256.Load(q + headDim + c + 8);
+                    a1 = Fma.MultiplyAdd(ka1, qHi, Fma.MultiplyAdd(ka0, qLo, a1));
+                    b1 = Fma.MultiplyAdd(kb1, qHi, Fma.MultiplyAdd(kb0, qLo, b1));
+                }
+                if (THeads.Count > 2)
+                {
+                    qLo = Vector256.Load(q + 2 * headDim + c);
+                    qHi = Vector256.Load(q + 2 * headDim + c + 8);
+                    a2 = Fma.MultiplyAdd(ka1, qHi, Fma.MultiplyAdd(ka0, qLo, a2));
+                    b2 = Fma.MultiplyAdd(kb1, qHi, Fma.MultiplyAdd(kb0, qLo, b2));
+                }
+                if (THeads.Count > 3)
+                {
+                    qLo = Vector256.Load(q + 3 * headDim + c);
+                    qHi = Vector256.Load(q + 3 * headDim + c + 8);
+                    a3 = Fma.MultiplyAdd(ka1, qHi, Fma.MultiplyAdd(ka0, qLo, a3));
+                    b3 = Fma.MultiplyAdd(kb1, qHi, Fma.MultiplyAdd(kb0, qLo, b3));
+                }
+            }
+            // [heads 0..3 of position j | heads 0..3 of position j + 1]; each lane sum by the same tree as Width256.Sum4.
+            var ha = Avx.HorizontalAdd(Avx.HorizontalAdd(a0, a1), Avx.HorizontalAdd(a2, a3));
+            var hb = Avx.HorizontalAdd(Avx.HorizontalAdd(b0, b1), Avx.HorizontalAdd(b2, b3));
+            var s = (Avx.Permute2x128(ha, hb, 0x20) + Avx.Permute2x128(ha, hb, 0x31)) * scale8;
+            for (int m = 0; m < THeads.Count; m++) scores[(long)m * contextLength + j] = s.GetElement(m);
+            if (j + 1 < contextLength)
+                for (int m = 0; m < THeads.Count; m++) scores[(long)m * contextLength + j + 1] = s.GetElement(4 + m);
+        }
+    }
+
+    /// <summary>Position by position through the block table: the row of the next position for one KV head.</summary>
+    private struct RowCursor<T>(T* cache, int* table, int blockSize, int kvStride, long rows) where T : unmanaged
+    {
+        private int _block = -1, _left;
+        private T* _row;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public T* Advance()
+        {
+            if (_left == 0)
+            {
+                _block++;
+                _left = blockSize;
+                _row = cache + (long)table[_block] * blockSize * kvStride + rows;
+            }
+            T* row = _row;
+            _row += kvStride;
+            _left--;
+            return row;
+        }
+    }
+
+    private static void Values<T, THeads>(float* weights, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
+        int contextLength, float* output) where T : unmanaged where THeads : IBatchTile
+    {
+        float* w1 = weights + contextLength, w2 = w1 + contextLength, w3 = w2 + contextLength;
+        for (int c = 0; c < headDim; c += 16)
+        {
+            Vector256<float> l0 = default, l1 = default, l2 = default, l3 = default;
+            Vector256<float> h0 = default, h1 = default, h2 = default, h3 = default;
+            for (int b = 0, j = 0; j < contextLength; b++)
+            {
+                T* row = cache + (long)table[b] * blockSize * kvStride + rows + c;
+                for (int end = Math.Min(contextLength, j + blockSize); j < end; j++, row += kvStride)
+                {
+                    Load16Unscaled(row, out var v0, out var v1);
+                    var s0 = Vector256.Create(weights[j]);
+                    l0 = Fma.MultiplyAdd(v0, s0, l0);
+                    h0 = Fma.MultiplyAdd(v1, s0, h0);
+                    if (THeads.Count > 1)
+                    {
+                        var s1 = Vector256.Create(w1[j]);
+                        l1 = Fma.MultiplyAdd(v0, s1, l1);
+                        h1 = Fma.MultiplyAdd(v1, s1, h1);
+                    }
+                    if (THeads.Count > 2)
+                    {
+                        var s2 = Vector256.Create(w2[j]);
+                        l2 = Fma.MultiplyAdd(v0, s2, l2);
+                        h2 = Fma.MultiplyAdd(v1, s2, h2);
+                    }
+                    if (THeads.Count > 3)
+                    {
+                        var s3 = Vector256.Create(w3[j]);
+                        l3 = Fma.MultiplyAdd(v0, s3, l3);
+                        h3 = Fma.MultiplyAdd(v1, s3, h3);
+                    }
+                }
+            }
+            l0.Store(output + c);
+            h0.Store(output + c + 8);
+            if (THeads.Count > 1) { l1.Store(output + headDim + c); h1.Store(output + headDim + c + 8); }
+            if (THeads.Count > 2) { l2.Store(output + 2 * headDim + c); h2.Store(output + 2 * headDim + c + 8); }
+            if (THeads.Count > 3) { l3.Store(output + 3 * headDim + c); h3.Store(output + 3 * headDim + c + 8); }
+        }
+    }
+
+    // NOTE: f16 → f32 for sixteen values in the 16-bit lanes, with half the shifts of widening first: the float's top
+    // half is the half shifted right by 3 (sign copies masked off), its bottom half the three mantissa bits shifted out,
+    // so interleaving the two gives (h << 16) >> 3, which times 2^112 re-biases normals and subnormals (as
+    // F16Weights.ToSingle does). An all-ones half exponent becomes an all-ones float exponent before the multiply, which
+    // keeps infinities and NaNs. The qword permute first makes the interleave come out in order.
+    private const uint Rebias = (127 + 112) << 23;
+
+    private static readonly float Rebias112 = BitConverter.UInt32BitsToSingle(Rebias);
+
+    /// <summary>Sixteen values as floats.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Load16<T>(T* p, out Vector256<float> lo, out Vector256<float> hi) where T : unmanaged
+    {
+        Load16Unscaled(p, out lo, out hi);
+        if (typeof(T) == typeof(float)) return;
+        var rebias = Vector256.Create(Rebias).AsSingle();
+        lo *= rebias;
+        hi *= rebias;
+    }
+
+    /// <summary>Sixteen values as floats, f16 ones still to be multiplied by 2^112.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Load16Unscaled<T>(T* p, out Vector256<float> lo, out Vector256<float> hi) where T : unmanaged
+    {
+        if (typeof(T) == typeof(float))
+        {
+            lo = Vector256.Load((float*)p);
+            hi = Vector256.Load((float*)p + 8);
+            return;
+        }
+        var h = Avx2.Permute4x64(Vector256.Load((ulong*)p), 0b11_01_10_00).AsInt16();
+        var infNan = Vector256.Equals(h & Vector256.Create((short)0x7C00), Vector256.Create((short)0x7C00));
+        var top = (Avx2.ShiftRightArithmetic(h, 3) & Vector256.Create(unchecked((short)0x8FFF)))
+                | (infNan & Vector256.Create((short)0x7F80));
+        var bottom = Avx2.ShiftLeftLogical(h, 13);
+        lo = Avx2.UnpackLow(bottom, top).AsSingle();
+        hi = Avx2.UnpackHigh(bottom, top).AsSingle();
+    }
+}
