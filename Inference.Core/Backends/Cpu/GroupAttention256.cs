@@ -27,19 +27,35 @@ internal static unsafe class GroupAttention256
     /// Scaled scores of <paramref name="kvMul"/> query heads (queries <paramref name="q"/>, [kvMul, headDim]) into
     /// <paramref name="scores"/>, [kvMul, contextLength], from one layer's keys <paramref name="cache"/>, [blocks,
     /// blockSize, kvHeads, headDim], where the KV head's part of a position starts <paramref name="rows"/> = g·headDim in.
+    /// <paramref name="queryBuffer"/> (room for <paramref name="queryBufferFloats"/>) may take the queries times 2^112.
     /// </summary>
     public static void Scores<T>(float* q, int kvMul, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
-        int contextLength, float* scores, float scale) where T : unmanaged
+        int contextLength, float* scores, float scale, float* queryBuffer, int queryBufferFloats) where T : unmanaged
+    {
+        int n = kvMul * headDim;
+        // NOTE: as in Values, f16 keys are used without their 2^112 re-bias when the queries can carry it instead:
+        // k'·(q·2^112) is k·q exactly unless q·2^112 overflows, so only queries under 2^16 in size (and finite) take it.
+        if (typeof(T) == typeof(Half) && n <= queryBufferFloats
+            && float.Abs(System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(new ReadOnlySpan<float>(q, n))) < 65536f)
+        {
+            System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(q, n), Rebias112, new Span<float>(queryBuffer, n));
+            Scores<T, Unscaled>(queryBuffer, kvMul, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores, scale);
+        }
+        else Scores<T, Rebiased>(q, kvMul, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores, scale);
+    }
+
+    private static void Scores<T, TLoad>(float* q, int kvMul, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
+        int contextLength, float* scores, float scale) where T : unmanaged where TLoad : IRowLoad
     {
         int m = 0;
         for (; m + 4 <= kvMul; m += 4)
-            Scores<T, Tile4>(q + m * headDim, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores + (long)m * contextLength, scale);
+            Scores<T, Tile4, TLoad>(q + m * headDim, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores + (long)m * contextLength, scale);
         float* qm = q + m * headDim, sm = scores + (long)m * contextLength;
         switch (kvMul - m)
         {
-            case 1: Scores<T, Tile1>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale); break;
-            case 2: Scores<T, Tile2>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale); break;
-            case 3: Scores<T, Tile3>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale); break;
+            case 1: Scores<T, Tile1, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale); break;
+            case 2: Scores<T, Tile2, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale); break;
+            case 3: Scores<T, Tile3, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale); break;
         }
     }
 
@@ -65,8 +81,8 @@ internal static unsafe class GroupAttention256
         }
     }
 
-    private static void Scores<T, THeads>(float* q, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
-        int contextLength, float* scores, float scale) where T : unmanaged where THeads : IBatchTile
+    private static void Scores<T, THeads, TLoad>(float* q, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
+        int contextLength, float* scores, float scale) where T : unmanaged where THeads : IBatchTile where TLoad : IRowLoad
     {
         var scale8 = Vector256.Create(scale);
         // NOTE: two positions at a time: eight independent accumulators and one reduction for both. A lone position
@@ -80,8 +96,8 @@ internal static unsafe class GroupAttention256
             Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
             for (int c = 0; c < headDim; c += 16)
             {
-                Load16(rowA + c, out var ka0, out var ka1);
-                Load16(rowB + c, out var kb0, out var kb1);
+                TLoad.Load16(rowA + c, out var ka0, out var ka1);
+                TLoad.Load16(rowB + c, out var kb0, out var kb1);
                 var qLo = Vector256.Load(q + c);
                 var qHi = Vector256.Load(q + c + 8);
                 a0 = Fma.MultiplyAdd(ka1, qHi, Fma.MultiplyAdd(ka0, qLo, a0));
@@ -191,6 +207,28 @@ internal static unsafe class GroupAttention256
     // F16Weights.ToSingle does). An all-ones half exponent becomes an all-ones float exponent before the multiply, which
     // keeps infinities and NaNs. The qword permute first makes the interleave come out in order.
     private const uint Rebias = (127 + 112) << 23;
+
+    /// <summary>How the scores read sixteen key values.</summary>
+    private interface IRowLoad
+    {
+        static abstract void Load16<T>(T* p, out Vector256<float> lo, out Vector256<float> hi) where T : unmanaged;
+    }
+
+    /// <summary>As floats.</summary>
+    private readonly struct Rebiased : IRowLoad
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Load16<T>(T* p, out Vector256<float> lo, out Vector256<float> hi) where T : unmanaged =>
+            GroupAttention256.Load16(p, out lo, out hi);
+    }
+
+    /// <summary>f16 ones without the 2^112 (the queries carry it).</summary>
+    private readonly struct Unscaled : IRowLoad
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Load16<T>(T* p, out Vector256<float> lo, out Vector256<float> hi) where T : unmanaged =>
+            Load16Unscaled(p, out lo, out hi);
+    }
 
     private static readonly float Rebias112 = BitConverter.UInt32BitsToSingle(Rebias);
 

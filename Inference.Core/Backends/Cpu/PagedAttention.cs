@@ -411,9 +411,11 @@ public static class PagedAttention
         fixed (int* table = blockTable)
         {
             // NOTE: the scores where AttendGroupVector keeps them (after its eight rows), so the scratch size is shared.
-            float* sc = (float*)(((nuint)pinned + 63) & ~(nuint)63) + 8 * headDim;
+            // The room of AttendGroupVector's eight rows holds the re-biased queries here.
+            float* buffer = (float*)(((nuint)pinned + 63) & ~(nuint)63), sc = buffer + 8 * headDim;
             long rows = (long)g * headDim;
-            GroupAttention256.Scores(q, kvMul, headDim, keys, table, shape.BlockSize, shape.KvStride, rows, contextLength, sc, 1f / MathF.Sqrt(headDim));
+            GroupAttention256.Scores(q, kvMul, headDim, keys, table, shape.BlockSize, shape.KvStride, rows, contextLength, sc,
+                1f / MathF.Sqrt(headDim), buffer, 8 * headDim);
             Softmax(new Span<float>(sc, kvMul * contextLength), kvMul, contextLength, scale: 1f);
             GroupAttention256.Values(sc, kvMul, headDim, values, table, shape.BlockSize, shape.KvStride, rows, contextLength, o);
         }

@@ -152,6 +152,31 @@ public class PagedAttentionTests
     }
 
     [Test]
+    public void QueriesOfAnySizeGiveTheSameBitsFromF16AndWidenedRows([Values(1f, 3e4f, 2e5f)] float scale)
+    {
+        // f16 keys can be read without their re-bias when the queries carry it, which needs queries under 2^16 in size;
+        // larger ones take the other way. Either way a token's bits must not depend on whether its rows were widened
+        // first (a prefill run, on the pool) or read as f16 (a lone token), and must match the reference.
+        var shape = new PagedAttentionShape(8, 2, 64, 16);
+        var rng = new Random((int)scale);
+        int start = 40, tokenCount = 3, context = start + tokenCount, blocks = (context + 15) / 16;
+        var table = Enumerable.Range(0, blocks).Reverse().ToArray();
+        var keys = RandomCache<Half>(rng, blocks * 16 * shape.KvStride);
+        var values = RandomCache<Half>(rng, blocks * 16 * shape.KvStride);
+        var q = RandomArray(rng, tokenCount * shape.QueryStride, scale: 1f / 64);
+        q[5] = scale; // one large query value in head 0
+        var single = Poisoned(q.Length);
+        PagedAttention.Forward<Half>(shape, q, keys, values, table, start, single, new float[PagedAttention.GetScratchLength(shape, context)]);
+        var widened = Poisoned(q.Length);
+        using (var pool = new WorkerPool(2)) PagedAttention.Forward<Half>(shape, q, keys, values, table, start, widened, pool);
+        Assert.That(widened, Is.EqualTo(single));
+        var expected = Poisoned(q.Length);
+        PagedAttentionReference.Forward(shape, q, PagedAttentionReference.Gather<Half>(shape, keys, table, context),
+            PagedAttentionReference.Gather<Half>(shape, values, table, context), start, expected);
+        for (int i = 0; i < q.Length; i++) Assert.That(single[i], Is.EqualTo(expected[i]).Within(1e-5), $"element {i}");
+    }
+
+    [Test]
     public void NonFiniteKeyReachesTheOutput([Values(1, 2)] int kvHeads, [Values(0x7C00, 0xFC00, 0x7E00)] int bits)
     {
         // An infinite or NaN key makes that position's score non-finite: NaN, or +∞ (then ∞ − ∞ in the softmax), gives NaN
