@@ -87,7 +87,7 @@ internal static unsafe class GroupAttention256
         var scale8 = Vector256.Create(scale);
         // NOTE: two positions at a time: eight independent accumulators and one reduction for both. A lone position
         // was bound by its chain of dependent steps, not by the vector units.
-        var next = new RowCursor<T>(cache, table, blockSize, kvStride, rows);
+        var next = new KvRowCursor<T>(cache, table, blockSize, kvStride, rows);
         for (int j = 0; j < contextLength; j += 2)
         {
             T* rowA = next.Advance();
@@ -131,28 +131,6 @@ internal static unsafe class GroupAttention256
             for (int m = 0; m < THeads.Count; m++) scores[(long)m * contextLength + j] = s.GetElement(m);
             if (j + 1 < contextLength)
                 for (int m = 0; m < THeads.Count; m++) scores[(long)m * contextLength + j + 1] = s.GetElement(4 + m);
-        }
-    }
-
-    /// <summary>Position by position through the block table: the row of the next position for one KV head.</summary>
-    private struct RowCursor<T>(T* cache, int* table, int blockSize, int kvStride, long rows) where T : unmanaged
-    {
-        private int _block = -1, _left;
-        private T* _row;
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public T* Advance()
-        {
-            if (_left == 0)
-            {
-                _block++;
-                _left = blockSize;
-                _row = cache + (long)table[_block] * blockSize * kvStride + rows;
-            }
-            T* row = _row;
-            _row += kvStride;
-            _left--;
-            return row;
         }
     }
 

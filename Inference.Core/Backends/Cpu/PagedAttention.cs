@@ -184,11 +184,12 @@ public static class PagedAttention
             fixed (float* pinned = widened)
             {
                 float* wk = (float*)(((nuint)pinned + 63) & ~(nuint)63), wv = wk + (long)context * headDim;
+                var nextKey = new KvRowCursor<T>(keys, blockTable, shape.BlockSize, shape.KvStride, (long)g * headDim);
+                var nextValue = new KvRowCursor<T>(values, blockTable, shape.BlockSize, shape.KvStride, (long)g * headDim);
                 for (int j = 0; j < context; j++)
                 {
-                    long offset = Offset(blockTable, j, shape.BlockSize, shape.KvStride, g, headDim);
-                    TWidth.Widen(keys + offset, headDim, wk + (long)j * headDim);
-                    TWidth.Widen(values + offset, headDim, wv + (long)j * headDim);
+                    TWidth.Widen(nextKey.Advance(), headDim, wk + (long)j * headDim);
+                    TWidth.Widen(nextValue.Advance(), headDim, wv + (long)j * headDim);
                 }
                 // The widened rows as a one-head cache of one block: position j at row j.
                 var rowShape = new PagedAttentionShape(kvMul, 1, headDim, context);
@@ -347,19 +348,21 @@ public static class PagedAttention
             // loaded once for the four, the four sums reduced together). A position's score depends only on its place
             // in the context, so a token gets the same scores whether it is decoded alone or prefilled with others.
             var scale4 = Vector128.Create(scale);
+            long rows = (long)g * headDim;
+            var nextKey = new KvRowCursor<T>(keys, table, bs, kvStride, rows);
             int j = 0;
             for (; j + 4 <= contextLength; j += 4)
             {
-                float* k0 = TWidth.Widen(keys + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
-                float* k1 = TWidth.Widen(keys + Offset(table, j + 1, bs, kvStride, g, headDim), headDim, buffer + headDim);
-                float* k2 = TWidth.Widen(keys + Offset(table, j + 2, bs, kvStride, g, headDim), headDim, buffer + 2 * headDim);
-                float* k3 = TWidth.Widen(keys + Offset(table, j + 3, bs, kvStride, g, headDim), headDim, buffer + 3 * headDim);
+                float* k0 = TWidth.Widen(nextKey.Advance(), headDim, buffer);
+                float* k1 = TWidth.Widen(nextKey.Advance(), headDim, buffer + headDim);
+                float* k2 = TWidth.Widen(nextKey.Advance(), headDim, buffer + 2 * headDim);
+                float* k3 = TWidth.Widen(nextKey.Advance(), headDim, buffer + 3 * headDim);
                 for (int m = 0; m < kvMul; m++)
                     (TWidth.Dot4(q + m * headDim, k0, k1, k2, k3, headDim) * scale4).Store(sc + m * contextLength + j);
             }
             for (; j < contextLength; j++)
             {
-                float* k = TWidth.Widen(keys + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
+                float* k = TWidth.Widen(nextKey.Advance(), headDim, buffer);
                 for (int m = 0; m < kvMul; m++) sc[m * contextLength + j] = TWidth.Dot(q + m * headDim, k, headDim) * scale;
             }
 
@@ -367,23 +370,24 @@ public static class PagedAttention
 
             // Pass 2: out = Σ_j w_j · v_j in position order, eight positions per load and store of the output.
             groupOut.Clear();
+            var nextValue = new KvRowCursor<T>(values, table, bs, kvStride, rows);
             j = 0;
             for (; j + 8 <= contextLength; j += 8)
             {
-                float* v0 = TWidth.Widen(values + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
-                float* v1 = TWidth.Widen(values + Offset(table, j + 1, bs, kvStride, g, headDim), headDim, buffer + headDim);
-                float* v2 = TWidth.Widen(values + Offset(table, j + 2, bs, kvStride, g, headDim), headDim, buffer + 2 * headDim);
-                float* v3 = TWidth.Widen(values + Offset(table, j + 3, bs, kvStride, g, headDim), headDim, buffer + 3 * headDim);
-                float* v4 = TWidth.Widen(values + Offset(table, j + 4, bs, kvStride, g, headDim), headDim, buffer + 4 * headDim);
-                float* v5 = TWidth.Widen(values + Offset(table, j + 5, bs, kvStride, g, headDim), headDim, buffer + 5 * headDim);
-                float* v6 = TWidth.Widen(values + Offset(table, j + 6, bs, kvStride, g, headDim), headDim, buffer + 6 * headDim);
-                float* v7 = TWidth.Widen(values + Offset(table, j + 7, bs, kvStride, g, headDim), headDim, buffer + 7 * headDim);
+                float* v0 = TWidth.Widen(nextValue.Advance(), headDim, buffer);
+                float* v1 = TWidth.Widen(nextValue.Advance(), headDim, buffer + headDim);
+                float* v2 = TWidth.Widen(nextValue.Advance(), headDim, buffer + 2 * headDim);
+                float* v3 = TWidth.Widen(nextValue.Advance(), headDim, buffer + 3 * headDim);
+                float* v4 = TWidth.Widen(nextValue.Advance(), headDim, buffer + 4 * headDim);
+                float* v5 = TWidth.Widen(nextValue.Advance(), headDim, buffer + 5 * headDim);
+                float* v6 = TWidth.Widen(nextValue.Advance(), headDim, buffer + 6 * headDim);
+                float* v7 = TWidth.Widen(nextValue.Advance(), headDim, buffer + 7 * headDim);
                 for (int m = 0; m < kvMul; m++)
                     TWidth.AddWeighted8(o + m * headDim, sc + m * contextLength + j, v0, v1, v2, v3, v4, v5, v6, v7, headDim);
             }
             for (; j < contextLength; j++)
             {
-                float* v = TWidth.Widen(values + Offset(table, j, bs, kvStride, g, headDim), headDim, buffer);
+                float* v = TWidth.Widen(nextValue.Advance(), headDim, buffer);
                 for (int m = 0; m < kvMul; m++) TWidth.AddWeighted(o + m * headDim, sc[m * contextLength + j], v, headDim);
             }
         }
@@ -420,11 +424,6 @@ public static class PagedAttention
             GroupAttention256.Values(sc, kvMul, headDim, values, table, shape.BlockSize, shape.KvStride, rows, contextLength, o);
         }
     }
-
-    /// <summary>Element offset of position <paramref name="j"/>'s row for KV head <paramref name="g"/> in a layer's cache.</summary>
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
-    private static unsafe long Offset(int* table, int j, int bs, int kvStride, int g, int headDim) =>
-        ((long)table[j / bs] * bs + j % bs) * kvStride + (long)g * headDim;
 
     /// <summary>Softmax of each head's scores, [kvMul, contextLength]: scale (unless already scaled: 1), subtract the max, exponentiate, normalize.</summary>
     private static void Softmax(Span<float> scores, int kvMul, int contextLength, float scale)
