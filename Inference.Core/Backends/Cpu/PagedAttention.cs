@@ -199,12 +199,8 @@ public static class PagedAttention
                 for (int i = first; i <= last; i++)
                 {
                     int at = (i * shape.HeadCount + g * kvMul) * headDim;
-                    if (GroupAttention256.IsSupported(headDim))
-                        AttendGroup256<float>(rowShape, q.Slice(at, kvMul * headDim), wkSpan, wvSpan, oneBlock,
-                            startPosition + i + 1, 0, o.Slice(at, kvMul * headDim), scratch);
-                    else
-                        AttendGroupVector<float, TWidth>(rowShape, q.Slice(at, kvMul * headDim), wkSpan, wvSpan, oneBlock,
-                            startPosition + i + 1, 0, o.Slice(at, kvMul * headDim), scratch);
+                    AttendGroupVector<float, TWidth>(rowShape, q.Slice(at, kvMul * headDim), wkSpan, wvSpan, oneBlock,
+                        startPosition + i + 1, 0, o.Slice(at, kvMul * headDim), scratch);
                 }
             }
         }
@@ -273,11 +269,6 @@ public static class PagedAttention
             AttendGroupVector<T, Width512>(shape, groupQuery, keyCache, valueCache, blockTable, contextLength, g, groupOut, scratch);
             return;
         }
-        if (GroupAttention256.IsSupported(headDim))
-        {
-            AttendGroup256<T>(shape, groupQuery, keyCache, valueCache, blockTable, contextLength, g, groupOut, scratch);
-            return;
-        }
         if (Width256.IsSupported(headDim))
         {
             AttendGroupVector<T, Width256>(shape, groupQuery, keyCache, valueCache, blockTable, contextLength, g, groupOut, scratch);
@@ -316,7 +307,8 @@ public static class PagedAttention
     /// widened once per position and used by every query head of the group, without a library call per (position, head).
     /// </summary>
     /// <remarks>The same three steps and the same softmax; the dot products are summed by lane chunks and, four
-    /// positions at a time, reduced together (<see cref="IAttentionWidth.Dot4"/>); the value sums run in position order.</remarks>
+    /// positions at a time, reduced together (<see cref="IAttentionWidth.Dot4"/>); the value sums run in position order.
+    /// Where <see cref="GroupAttention256"/> runs (AVX2, head sizes in sixteens), it takes both passes instead.</remarks>
     private static unsafe void AttendGroupVector<T, TWidth>(
         in PagedAttentionShape shape,
         ReadOnlySpan<float> groupQuery,
@@ -344,11 +336,19 @@ public static class PagedAttention
             float* buffer = (float*)(((nuint)pinned + 63) & ~(nuint)63);
             float* sc = buffer + 8 * headDim;
             var scores = new Span<float>(sc, kvMul * contextLength);
+            long rows = (long)g * headDim;
+            if (GroupAttention256.IsSupported(headDim))
+            {
+                // Rows widened in registers instead (the room of the eight rows holds the re-biased queries).
+                GroupAttention256.Scores(q, kvMul, headDim, keys, table, bs, kvStride, rows, contextLength, sc, scale, buffer, 8 * headDim);
+                Softmax(scores, kvMul, contextLength, scale: 1f);
+                GroupAttention256.Values(sc, kvMul, headDim, values, table, bs, kvStride, rows, contextLength, o);
+                return;
+            }
             // Pass 1: scaled scores q · k / √headDim for every position, four positions at a time (each query chunk
             // loaded once for the four, the four sums reduced together). A position's score depends only on its place
             // in the context, so a token gets the same scores whether it is decoded alone or prefilled with others.
             var scale4 = Vector128.Create(scale);
-            long rows = (long)g * headDim;
             var nextKey = new KvRowCursor<T>(keys, table, bs, kvStride, rows);
             int j = 0;
             for (; j + 4 <= contextLength; j += 4)
@@ -390,38 +390,6 @@ public static class PagedAttention
                 float* v = TWidth.Widen(nextValue.Advance(), headDim, buffer);
                 for (int m = 0; m < kvMul; m++) TWidth.AddWeighted(o + m * headDim, sc[m * contextLength + j], v, headDim);
             }
-        }
-    }
-
-    /// <summary><see cref="AttendGroup{T}"/> through <see cref="GroupAttention256"/>: scores, softmax, values.</summary>
-    private static unsafe void AttendGroup256<T>(
-        in PagedAttentionShape shape,
-        ReadOnlySpan<float> groupQuery,
-        ReadOnlySpan<T> keyCache,
-        ReadOnlySpan<T> valueCache,
-        ReadOnlySpan<int> blockTable,
-        int contextLength,
-        int g,
-        Span<float> groupOut,
-        Span<float> scratch)
-        where T : unmanaged
-    {
-        int headDim = shape.HeadDim, kvMul = shape.KvMul;
-        fixed (float* q = groupQuery)
-        fixed (float* o = groupOut)
-        fixed (float* pinned = scratch)
-        fixed (T* keys = keyCache)
-        fixed (T* values = valueCache)
-        fixed (int* table = blockTable)
-        {
-            // NOTE: the scores where AttendGroupVector keeps them (after its eight rows), so the scratch size is shared.
-            // The room of AttendGroupVector's eight rows holds the re-biased queries here.
-            float* buffer = (float*)(((nuint)pinned + 63) & ~(nuint)63), sc = buffer + 8 * headDim;
-            long rows = (long)g * headDim;
-            GroupAttention256.Scores(q, kvMul, headDim, keys, table, shape.BlockSize, shape.KvStride, rows, contextLength, sc,
-                1f / MathF.Sqrt(headDim), buffer, 8 * headDim);
-            Softmax(new Span<float>(sc, kvMul * contextLength), kvMul, contextLength, scale: 1f);
-            GroupAttention256.Values(sc, kvMul, headDim, values, table, shape.BlockSize, shape.KvStride, rows, contextLength, o);
         }
     }
 
