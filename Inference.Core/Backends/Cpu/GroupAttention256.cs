@@ -142,33 +142,30 @@ internal static unsafe class GroupAttention256
         {
             Vector256<float> l0 = default, l1 = default, l2 = default, l3 = default;
             Vector256<float> h0 = default, h1 = default, h2 = default, h3 = default;
-            for (int b = 0, j = 0; j < contextLength; b++)
+            var next = new KvRowCursor<T>(cache, table, blockSize, kvStride, rows + c);
+            for (int j = 0; j < contextLength; j++)
             {
-                T* row = cache + (long)table[b] * blockSize * kvStride + rows + c;
-                for (int end = Math.Min(contextLength, j + blockSize); j < end; j++, row += kvStride)
+                Load16Unscaled(next.Advance(), out var v0, out var v1);
+                var s0 = Vector256.Create(weights[j]);
+                l0 = Fma.MultiplyAdd(v0, s0, l0);
+                h0 = Fma.MultiplyAdd(v1, s0, h0);
+                if (THeads.Count > 1)
                 {
-                    Load16Unscaled(row, out var v0, out var v1);
-                    var s0 = Vector256.Create(weights[j]);
-                    l0 = Fma.MultiplyAdd(v0, s0, l0);
-                    h0 = Fma.MultiplyAdd(v1, s0, h0);
-                    if (THeads.Count > 1)
-                    {
-                        var s1 = Vector256.Create(w1[j]);
-                        l1 = Fma.MultiplyAdd(v0, s1, l1);
-                        h1 = Fma.MultiplyAdd(v1, s1, h1);
-                    }
-                    if (THeads.Count > 2)
-                    {
-                        var s2 = Vector256.Create(w2[j]);
-                        l2 = Fma.MultiplyAdd(v0, s2, l2);
-                        h2 = Fma.MultiplyAdd(v1, s2, h2);
-                    }
-                    if (THeads.Count > 3)
-                    {
-                        var s3 = Vector256.Create(w3[j]);
-                        l3 = Fma.MultiplyAdd(v0, s3, l3);
-                        h3 = Fma.MultiplyAdd(v1, s3, h3);
-                    }
+                    var s1 = Vector256.Create(w1[j]);
+                    l1 = Fma.MultiplyAdd(v0, s1, l1);
+                    h1 = Fma.MultiplyAdd(v1, s1, h1);
+                }
+                if (THeads.Count > 2)
+                {
+                    var s2 = Vector256.Create(w2[j]);
+                    l2 = Fma.MultiplyAdd(v0, s2, l2);
+                    h2 = Fma.MultiplyAdd(v1, s2, h2);
+                }
+                if (THeads.Count > 3)
+                {
+                    var s3 = Vector256.Create(w3[j]);
+                    l3 = Fma.MultiplyAdd(v0, s3, l3);
+                    h3 = Fma.MultiplyAdd(v1, s3, h3);
                 }
             }
             l0.Store(output + c);
@@ -196,8 +193,14 @@ internal static unsafe class GroupAttention256
     private readonly struct Rebiased : IRowLoad
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Load16<T>(T* p, out Vector256<float> lo, out Vector256<float> hi) where T : unmanaged =>
-            GroupAttention256.Load16(p, out lo, out hi);
+        public static void Load16<T>(T* p, out Vector256<float> lo, out Vector256<float> hi) where T : unmanaged
+        {
+            Load16Unscaled(p, out lo, out hi);
+            if (typeof(T) == typeof(float)) return;
+            var rebias = Vector256.Create(Rebias).AsSingle();
+            lo *= rebias;
+            hi *= rebias;
+        }
     }
 
     /// <summary>f16 ones without the 2^112 (the queries carry it).</summary>
@@ -209,17 +212,6 @@ internal static unsafe class GroupAttention256
     }
 
     private static readonly float Rebias112 = BitConverter.UInt32BitsToSingle(Rebias);
-
-    /// <summary>Sixteen values as floats.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Load16<T>(T* p, out Vector256<float> lo, out Vector256<float> hi) where T : unmanaged
-    {
-        Load16Unscaled(p, out lo, out hi);
-        if (typeof(T) == typeof(float)) return;
-        var rebias = Vector256.Create(Rebias).AsSingle();
-        lo *= rebias;
-        hi *= rebias;
-    }
 
     /// <summary>Sixteen values as floats, f16 ones still to be multiplied by 2^112.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
