@@ -10,6 +10,12 @@ internal enum KernelPath
     Scalar,
     /// <summary>AVX2 + FMA; integer dots through <c>vpmaddubsw</c> + <c>vpmaddwd</c>.</summary>
     Vector256,
+    /// <summary>
+    /// <see cref="Vector256"/> running the integer kernels of <see cref="Vector256Vnni"/>, each VNNI instruction computed
+    /// exactly by AVX2 instructions (<see cref="EmulatedVnni"/>): slower than both and never chosen as <see cref="KernelPaths.Best"/>;
+    /// it lets a machine without AVX-VNNI test the loops that machines with it run.
+    /// </summary>
+    Vector256VnniEmulated,
     /// <summary>AVX2 + FMA with AVX-VNNI integer dots (<c>vpdpbusd</c>).</summary>
     Vector256Vnni,
     /// <summary>AVX-512 float kernels; integer kernels as <see cref="Vector256Vnni"/> (or <see cref="Vector256"/> without VNNI).</summary>
@@ -35,13 +41,16 @@ internal static class KernelPaths
     public static bool IsSupported(KernelPath path) => path switch
     {
         KernelPath.Scalar => true,
-        KernelPath.Vector256 => Avx2.IsSupported && Fma.IsSupported,
+        KernelPath.Vector256 or KernelPath.Vector256VnniEmulated => Avx2.IsSupported && Fma.IsSupported,
         KernelPath.Vector256Vnni => Avx2.IsSupported && Fma.IsSupported && AvxVnni.IsSupported,
         KernelPath.Vector512 => Avx2.IsSupported && Fma.IsSupported && Avx512F.IsSupported && Avx512BW.IsSupported
                                 && Vector512.IsHardwareAccelerated,
         _ => false,
     };
 
-    /// <summary>True when integer dots on <paramref name="path"/> use AVX-VNNI.</summary>
-    public static bool UsesVnni(KernelPath path) => path >= KernelPath.Vector256Vnni && AvxVnni.IsSupported;
+    /// <summary>The integer dot steps of the quantized kernels on <paramref name="path"/>.</summary>
+    public static IntegerSteps Steps(KernelPath path) =>
+        path == KernelPath.Vector256VnniEmulated ? IntegerSteps.EmulatedVnni
+        : path >= KernelPath.Vector256Vnni && AvxVnni.IsSupported ? IntegerSteps.Vnni
+        : IntegerSteps.Madd;
 }

@@ -72,13 +72,7 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
         }
     }
 
-    public static void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
-    {
-        if (KernelPaths.UsesVnni(a.Path)) Tile<TTile, WithVnni>(a, group, g, b);
-        else Tile<TTile, WithoutVnni>(a, group, g, b);
-    }
-
-    private static void Tile<TTile, TIsa>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile where TIsa : IPackedIsa
+    public static void Tile<TTile, TIsa>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile where TIsa : IIntegerIsa
     {
         int nsb = a.Cols / 256, batch = a.Batch;
         // Super-block s of batch row b + t: quants at q + s·qStep + 256t, scale at d[s·batch + t],
@@ -111,8 +105,8 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
                 byte* scales = blk + ScalesOffset + 16 * i;
                 int x = 64 * i;
                 if (!TIsa.Vnni) PairMadd<TTile>(codes, qs + x, scales, ref i0, ref i1, ref i2, ref i3);
-                else if (TTile.Count == 1) i0 += Pair(codes, qs + x, scales);
-                else PairN<TTile>(codes, qs + x, scales, ref i0, ref i1, ref i2, ref i3);
+                else if (TTile.Count == 1) i0 += Pair<TIsa>(codes, qs + x, scales);
+                else PairN<TTile, TIsa>(codes, qs + x, scales, ref i0, ref i1, ref i2, ref i3);
             }
 
             // Σ_sub m_sub·(bsums[2sub] + bsums[2sub + 1]) per row: four vpmaddwd of (m[c], m[c + 1]) against (B[c], B[c + 1]).
@@ -142,15 +136,15 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> MinTerm<TIsa>(short* bs, Vector256<short> mA, Vector256<short> mB, Vector256<short> mA2, Vector256<short> mB2)
-        where TIsa : IPackedIsa
+        where TIsa : IIntegerIsa
     {
         var b = Avx2.MultiplyAddAdjacent(Vector256.Load(bs), Vector256.Create((short)1));
         var pairs = Avx2.PackSignedSaturate(b, b).AsInt32();
         var swapped = Avx2.Permute4x64(pairs.AsInt64(), 0x4E).AsInt32();
         var m = Avx2.MultiplyAddAdjacent(mA, Avx2.Shuffle(pairs, 0x00).AsInt16());
-        m = PackedSteps.DotWords<TIsa>(m, mB, Avx2.Shuffle(pairs, 0x55).AsInt16());
-        m = PackedSteps.DotWords<TIsa>(m, mA2, Avx2.Shuffle(swapped, 0x00).AsInt16());
-        return PackedSteps.DotWords<TIsa>(m, mB2, Avx2.Shuffle(swapped, 0x55).AsInt16());
+        m = TIsa.DotWords(m, mB, Avx2.Shuffle(pairs, 0x55).AsInt16());
+        m = TIsa.DotWords(m, mA2, Avx2.Shuffle(swapped, 0x00).AsInt16());
+        return TIsa.DotWords(m, mB2, Avx2.Shuffle(swapped, 0x55).AsInt16());
     }
 
     /// <summary>y += d_x·(d·Σ sc·dot − dmin·Σ m·bsums) per row lane.</summary>
@@ -167,7 +161,7 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
     /// otherwise wait on vpdpbusd's latency). Integer sums are exact, so the split does not change any result.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> Pair(byte* codes, sbyte* x, byte* scales)
+    private static Vector256<int> Pair<TIsa>(byte* codes, sbyte* x, byte* scales) where TIsa : IIntegerIsa
     {
         var nibble = Vector256.Create((byte)0x0F);
         Vector256<int> lo0 = default, lo1 = default, hi0 = default, hi1 = default;
@@ -175,10 +169,10 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
         {
             var v0 = Vector256.Load(codes + 32 * k);
             var v1 = Vector256.Load(codes + 32 * k + 32);
-            lo0 = AvxVnni.MultiplyWideningAndAdd(lo0, v0 & nibble, PackedSteps.Broadcast(x + 4 * k));
-            hi0 = AvxVnni.MultiplyWideningAndAdd(hi0, High(v0, nibble), PackedSteps.Broadcast(x + 32 + 4 * k));
-            lo1 = AvxVnni.MultiplyWideningAndAdd(lo1, v1 & nibble, PackedSteps.Broadcast(x + 4 * k + 4));
-            hi1 = AvxVnni.MultiplyWideningAndAdd(hi1, High(v1, nibble), PackedSteps.Broadcast(x + 36 + 4 * k));
+            lo0 = TIsa.Dot(lo0, v0 & nibble, PackedSteps.Broadcast(x + 4 * k));
+            hi0 = TIsa.Dot(hi0, High(v0, nibble), PackedSteps.Broadcast(x + 32 + 4 * k));
+            lo1 = TIsa.Dot(lo1, v1 & nibble, PackedSteps.Broadcast(x + 4 * k + 4));
+            hi1 = TIsa.Dot(hi1, High(v1, nibble), PackedSteps.Broadcast(x + 36 + 4 * k));
         }
         return Avx2.MultiplyLow(lo0 + lo1, Avx2.ConvertToVector256Int32(scales))
              + Avx2.MultiplyLow(hi0 + hi1, Avx2.ConvertToVector256Int32(scales + 8));
@@ -186,8 +180,8 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
 
     /// <summary>Σ sc·dot over sub-blocks 2i and 2i + 1 of two to four batch rows (activations 256 bytes apart), one chain per sub-block and row.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void PairN<TTile>(byte* codes, sbyte* x, byte* scales,
-        ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3) where TTile : IBatchTile
+    private static void PairN<TTile, TIsa>(byte* codes, sbyte* x, byte* scales,
+        ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3) where TTile : IBatchTile where TIsa : IIntegerIsa
     {
         var nibble = Vector256.Create((byte)0x0F);
         Vector256<int> lo0 = default, lo1 = default, lo2 = default, lo3 = default;
@@ -198,19 +192,19 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
             var lo = v & nibble;
             var hi = High(v, nibble);
             sbyte* xk = x + 4 * k;
-            lo0 = AvxVnni.MultiplyWideningAndAdd(lo0, lo, PackedSteps.Broadcast(xk));
-            hi0 = AvxVnni.MultiplyWideningAndAdd(hi0, hi, PackedSteps.Broadcast(xk + 32));
-            lo1 = AvxVnni.MultiplyWideningAndAdd(lo1, lo, PackedSteps.Broadcast(xk + 256));
-            hi1 = AvxVnni.MultiplyWideningAndAdd(hi1, hi, PackedSteps.Broadcast(xk + 288));
+            lo0 = TIsa.Dot(lo0, lo, PackedSteps.Broadcast(xk));
+            hi0 = TIsa.Dot(hi0, hi, PackedSteps.Broadcast(xk + 32));
+            lo1 = TIsa.Dot(lo1, lo, PackedSteps.Broadcast(xk + 256));
+            hi1 = TIsa.Dot(hi1, hi, PackedSteps.Broadcast(xk + 288));
             if (TTile.Count > 2)
             {
-                lo2 = AvxVnni.MultiplyWideningAndAdd(lo2, lo, PackedSteps.Broadcast(xk + 512));
-                hi2 = AvxVnni.MultiplyWideningAndAdd(hi2, hi, PackedSteps.Broadcast(xk + 544));
+                lo2 = TIsa.Dot(lo2, lo, PackedSteps.Broadcast(xk + 512));
+                hi2 = TIsa.Dot(hi2, hi, PackedSteps.Broadcast(xk + 544));
             }
             if (TTile.Count > 3)
             {
-                lo3 = AvxVnni.MultiplyWideningAndAdd(lo3, lo, PackedSteps.Broadcast(xk + 768));
-                hi3 = AvxVnni.MultiplyWideningAndAdd(hi3, hi, PackedSteps.Broadcast(xk + 800));
+                lo3 = TIsa.Dot(lo3, lo, PackedSteps.Broadcast(xk + 768));
+                hi3 = TIsa.Dot(hi3, hi, PackedSteps.Broadcast(xk + 800));
             }
         }
         var scLo = Avx2.ConvertToVector256Int32(scales);
@@ -222,7 +216,7 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
     }
 
     /// <summary>
-    /// <see cref="PairN{TTile}"/> for one to four batch rows without VNNI: the <c>vpmaddubsw</c> pair products of a
+    /// <see cref="PairN{TTile, TIsa}"/> for one to four batch rows without VNNI: the <c>vpmaddubsw</c> pair products of a
     /// sub-block's eight steps summed as shorts (at most 16 · 15 · 127 = 30,480, no overflow), then one <c>vpmaddwd</c>
     /// against the scales as short pairs: the same exact sums.
     /// </summary>

@@ -71,13 +71,7 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
         }
     }
 
-    public static void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
-    {
-        if (KernelPaths.UsesVnni(a.Path)) Tile<TTile, WithVnni>(a, group, g, b);
-        else Tile<TTile, WithoutVnni>(a, group, g, b);
-    }
-
-    private static void Tile<TTile, TIsa>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile where TIsa : IPackedIsa
+    public static void Tile<TTile, TIsa>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile where TIsa : IIntegerIsa
     {
         int nsb = a.Cols / 256, batch = a.Batch;
         // Super-block s of batch row b + t: quants at q + s·qStep + 256t, scale at d[s·batch + t],
@@ -106,8 +100,8 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
             {
                 if (TIsa.Vnni)
                 {
-                    Pass<TTile, Quarters02>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);
-                    Pass<TTile, Quarters13>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);
+                    Pass<TTile, TIsa, Quarters02>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);
+                    Pass<TTile, TIsa, Quarters13>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);
                 }
                 else
                 {
@@ -121,10 +115,10 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
             for (int p = 0; p < 8; p++)
             {
                 var sc = Avx2.ConvertToVector256Int16((sbyte*)blk + ScalesOffset + 16 * p);
-                o0 = PackedSteps.DotWords<TIsa>(o0, sc, Vector256.Create(*(int*)(bs + 2 * p)).AsInt16());
-                if (TTile.Count > 1) o1 = PackedSteps.DotWords<TIsa>(o1, sc, Vector256.Create(*(int*)(bs + 16 + 2 * p)).AsInt16());
-                if (TTile.Count > 2) o2 = PackedSteps.DotWords<TIsa>(o2, sc, Vector256.Create(*(int*)(bs + 32 + 2 * p)).AsInt16());
-                if (TTile.Count > 3) o3 = PackedSteps.DotWords<TIsa>(o3, sc, Vector256.Create(*(int*)(bs + 48 + 2 * p)).AsInt16());
+                o0 = TIsa.DotWords(o0, sc, Vector256.Create(*(int*)(bs + 2 * p)).AsInt16());
+                if (TTile.Count > 1) o1 = TIsa.DotWords(o1, sc, Vector256.Create(*(int*)(bs + 16 + 2 * p)).AsInt16());
+                if (TTile.Count > 2) o2 = TIsa.DotWords(o2, sc, Vector256.Create(*(int*)(bs + 32 + 2 * p)).AsInt16());
+                if (TTile.Count > 3) o3 = TIsa.DotWords(o3, sc, Vector256.Create(*(int*)(bs + 48 + 2 * p)).AsInt16());
             }
 
             var dw = Vector256.Load((float*)blk);
@@ -155,9 +149,9 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
     /// (activations 256 bytes apart): four steps of four values, one chain per sub-block and row, then the scales.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Pass<TTile, TQ>(byte* blk, int n, int half, sbyte* x,
+    private static void Pass<TTile, TIsa, TQ>(byte* blk, int n, int half, sbyte* x,
         ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3)
-        where TTile : IBatchTile where TQ : IQuarters
+        where TTile : IBatchTile where TIsa : IIntegerIsa where TQ : IQuarters
     {
         var low4 = Vector256.Create((byte)0x0F);
         var bits45 = Vector256.Create((byte)0x30);
@@ -171,22 +165,22 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
         {
             Codes<TQ>(ql + 32 * k, qh + 32 * k, low4, bits45, out var cl, out var ch);
             sbyte* xk = xl + 4 * k;
-            lo0 = AvxVnni.MultiplyWideningAndAdd(lo0, cl, PackedSteps.Broadcast(xk));
-            hi0 = AvxVnni.MultiplyWideningAndAdd(hi0, ch, PackedSteps.Broadcast(xk + 64));
+            lo0 = TIsa.Dot(lo0, cl, PackedSteps.Broadcast(xk));
+            hi0 = TIsa.Dot(hi0, ch, PackedSteps.Broadcast(xk + 64));
             if (TTile.Count > 1)
             {
-                lo1 = AvxVnni.MultiplyWideningAndAdd(lo1, cl, PackedSteps.Broadcast(xk + 256));
-                hi1 = AvxVnni.MultiplyWideningAndAdd(hi1, ch, PackedSteps.Broadcast(xk + 320));
+                lo1 = TIsa.Dot(lo1, cl, PackedSteps.Broadcast(xk + 256));
+                hi1 = TIsa.Dot(hi1, ch, PackedSteps.Broadcast(xk + 320));
             }
             if (TTile.Count > 2)
             {
-                lo2 = AvxVnni.MultiplyWideningAndAdd(lo2, cl, PackedSteps.Broadcast(xk + 512));
-                hi2 = AvxVnni.MultiplyWideningAndAdd(hi2, ch, PackedSteps.Broadcast(xk + 576));
+                lo2 = TIsa.Dot(lo2, cl, PackedSteps.Broadcast(xk + 512));
+                hi2 = TIsa.Dot(hi2, ch, PackedSteps.Broadcast(xk + 576));
             }
             if (TTile.Count > 3)
             {
-                lo3 = AvxVnni.MultiplyWideningAndAdd(lo3, cl, PackedSteps.Broadcast(xk + 768));
-                hi3 = AvxVnni.MultiplyWideningAndAdd(hi3, ch, PackedSteps.Broadcast(xk + 832));
+                lo3 = TIsa.Dot(lo3, cl, PackedSteps.Broadcast(xk + 768));
+                hi3 = TIsa.Dot(hi3, ch, PackedSteps.Broadcast(xk + 832));
             }
         }
         // Pair p = 4n + quarter holds (sc[2p], sc[2p + 1]) per row as two sign-extended shorts of one int lane.
@@ -199,7 +193,7 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
     }
 
     /// <summary>
-    /// <see cref="Pass{TTile, TQ}"/> without VNNI: the <c>vpmaddubsw</c> pair products of two steps summed as shorts (at
+    /// <see cref="Pass{TTile, TIsa, TQ}"/> without VNNI: the <c>vpmaddubsw</c> pair products of two steps summed as shorts (at
     /// most 4 · 63 · 127 = 32,004, no overflow), then <c>vpmaddwd</c> against the scales as short pairs, twice per
     /// sub-block: the same exact sums.
     /// </summary>

@@ -51,9 +51,9 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
         }
     }
 
-    public static void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile
+    public static void Tile<TTile, TIsa>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile where TIsa : IIntegerIsa
     {
-        if (!KernelPaths.UsesVnni(a.Path))
+        if (!TIsa.Vnni)
         {
             TileMadd<TTile>(a, group, g, b);
             return;
@@ -85,10 +85,10 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
             var w7 = Vector256.Load(wq + 224);
             sbyte* qe = q + i * qStep;
             long e = (long)i * batch;
-            y0 = Step(y0, w0, w1, w2, w3, w4, w5, w6, w7, (int*)qe, s[e], dw, d[e]);
-            if (TTile.Count > 1) y1 = Step(y1, w0, w1, w2, w3, w4, w5, w6, w7, (int*)(qe + 32), s[e + 1], dw, d[e + 1]);
-            if (TTile.Count > 2) y2 = Step(y2, w0, w1, w2, w3, w4, w5, w6, w7, (int*)(qe + 64), s[e + 2], dw, d[e + 2]);
-            if (TTile.Count > 3) y3 = Step(y3, w0, w1, w2, w3, w4, w5, w6, w7, (int*)(qe + 96), s[e + 3], dw, d[e + 3]);
+            y0 = Step<TIsa>(y0, w0, w1, w2, w3, w4, w5, w6, w7, (int*)qe, s[e], dw, d[e]);
+            if (TTile.Count > 1) y1 = Step<TIsa>(y1, w0, w1, w2, w3, w4, w5, w6, w7, (int*)(qe + 32), s[e + 1], dw, d[e + 1]);
+            if (TTile.Count > 2) y2 = Step<TIsa>(y2, w0, w1, w2, w3, w4, w5, w6, w7, (int*)(qe + 64), s[e + 2], dw, d[e + 2]);
+            if (TTile.Count > 3) y3 = Step<TIsa>(y3, w0, w1, w2, w3, w4, w5, w6, w7, (int*)(qe + 96), s[e + 3], dw, d[e + 3]);
         }
         float* y = a.Y + (long)b * a.Rows + 8L * g;
         y0.Store(y);
@@ -99,9 +99,9 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
 
     public static bool InterleavesGroups => true;
 
-    public static void TileTwoGroups(in MatMulArgs a, byte* groupA, int gA, byte* groupB, int gB)
+    public static void TileTwoGroups<TIsa>(in MatMulArgs a, byte* groupA, int gA, byte* groupB, int gB) where TIsa : IIntegerIsa
     {
-        if (!KernelPaths.UsesVnni(a.Path))
+        if (!TIsa.Vnni)
         {
             // NOTE: the two-stream form exists for the VNNI steps only; here the groups run one after the other.
             TileMadd<Tile1>(a, groupA, gA, 0);
@@ -121,15 +121,15 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
                 Sse.Prefetch0(blkA + PrefetchDistance + line);
                 Sse.Prefetch0(blkB + PrefetchDistance + line);
             }
-            ya = Block(ya, blkA, (int*)(q + 32L * i), s[i], d[i]);
-            yb = Block(yb, blkB, (int*)(q + 32L * i), s[i], d[i]);
+            ya = Block<TIsa>(ya, blkA, (int*)(q + 32L * i), s[i], d[i]);
+            yb = Block<TIsa>(yb, blkB, (int*)(q + 32L * i), s[i], d[i]);
         }
         ya.Store(a.Y + 8L * gA);
         yb.Store(a.Y + 8L * gB);
     }
 
     /// <summary>
-    /// <see cref="Tile{TTile}"/> without VNNI: the stored w + 128 back to signed w (shared by the batch rows), then per
+    /// <see cref="Tile{TTile, TIsa}"/> without VNNI: the stored w + 128 back to signed w (shared by the batch rows), then per
     /// batch row |w| · (x·sign(w)) with <c>vpmaddubsw</c> (a pair at most 2 · 128 · 127, no saturation) and
     /// <c>vpmaddwd</c> into int lanes: the same exact block sums, scaled by the same f32 operations, so the same bits.
     /// </summary>
@@ -187,13 +187,13 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
         if (TTile.Count > 3) p3 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, Avx2.Sign(PackedSteps.Broadcast(xk + 96), w)), ones);
     }
 
-    /// <summary>One packed block against one batch row: <see cref="Tile{TTile}"/>'s operations for a single row.</summary>
+    /// <summary>One packed block against one batch row: <see cref="Tile{TTile, TIsa}"/>'s operations for a single row.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Block(Vector256<float> acc, byte* blk, int* x, int minus8Sum, float dx)
+    private static Vector256<float> Block<TIsa>(Vector256<float> acc, byte* blk, int* x, int minus8Sum, float dx) where TIsa : IIntegerIsa
     {
         var dw = RowScales(blk);
         byte* wq = blk + ScalesBytes;
-        return Step(acc, Vector256.Load(wq), Vector256.Load(wq + 32), Vector256.Load(wq + 64), Vector256.Load(wq + 96),
+        return Step<TIsa>(acc, Vector256.Load(wq), Vector256.Load(wq + 32), Vector256.Load(wq + 64), Vector256.Load(wq + 96),
             Vector256.Load(wq + 128), Vector256.Load(wq + 160), Vector256.Load(wq + 192), Vector256.Load(wq + 224),
             x, minus8Sum, dw, dx);
     }
@@ -205,22 +205,22 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
 
     /// <summary>One block of one batch row against the group's eight rows.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Step(Vector256<float> acc,
+    private static Vector256<float> Step<TIsa>(Vector256<float> acc,
         Vector256<byte> w0, Vector256<byte> w1, Vector256<byte> w2, Vector256<byte> w3,
         Vector256<byte> w4, Vector256<byte> w5, Vector256<byte> w6, Vector256<byte> w7,
-        int* x, int minus8Sum, Vector256<float> dw, float dx)
+        int* x, int minus8Sum, Vector256<float> dw, float dx) where TIsa : IIntegerIsa
     {
         // Two chains of four dependent vpdpbusd each; the first starts at −128·Σq (= 16 · −8·Σq).
         var even = Vector256.Create(minus8Sum * 16);
         var odd = Vector256<int>.Zero;
-        even = AvxVnni.MultiplyWideningAndAdd(even, w0, Vector256.Create(x[0]).AsSByte());
-        odd = AvxVnni.MultiplyWideningAndAdd(odd, w1, Vector256.Create(x[1]).AsSByte());
-        even = AvxVnni.MultiplyWideningAndAdd(even, w2, Vector256.Create(x[2]).AsSByte());
-        odd = AvxVnni.MultiplyWideningAndAdd(odd, w3, Vector256.Create(x[3]).AsSByte());
-        even = AvxVnni.MultiplyWideningAndAdd(even, w4, Vector256.Create(x[4]).AsSByte());
-        odd = AvxVnni.MultiplyWideningAndAdd(odd, w5, Vector256.Create(x[5]).AsSByte());
-        even = AvxVnni.MultiplyWideningAndAdd(even, w6, Vector256.Create(x[6]).AsSByte());
-        odd = AvxVnni.MultiplyWideningAndAdd(odd, w7, Vector256.Create(x[7]).AsSByte());
+        even = TIsa.Dot(even, w0, Vector256.Create(x[0]).AsSByte());
+        odd = TIsa.Dot(odd, w1, Vector256.Create(x[1]).AsSByte());
+        even = TIsa.Dot(even, w2, Vector256.Create(x[2]).AsSByte());
+        odd = TIsa.Dot(odd, w3, Vector256.Create(x[3]).AsSByte());
+        even = TIsa.Dot(even, w4, Vector256.Create(x[4]).AsSByte());
+        odd = TIsa.Dot(odd, w5, Vector256.Create(x[5]).AsSByte());
+        even = TIsa.Dot(even, w6, Vector256.Create(x[6]).AsSByte());
+        odd = TIsa.Dot(odd, w7, Vector256.Create(x[7]).AsSByte());
         return Fma.MultiplyAdd(Avx.ConvertToVector256Single(even + odd), dw * Vector256.Create(dx), acc);
     }
 }

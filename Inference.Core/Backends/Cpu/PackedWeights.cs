@@ -25,7 +25,7 @@ internal unsafe interface IPackedKernel
     static abstract void PackBlock(byte* dst, in WeightMatrix w, int g, int block);
 
     /// <summary>Writes y[b + t, 8g + j] for t &lt; TTile.Count and j &lt; 8 from the packed group at <paramref name="group"/>.</summary>
-    static abstract void Tile<TTile>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile;
+    static abstract void Tile<TTile, TIsa>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile where TIsa : IIntegerIsa;
 
     /// <summary>Computes rows [<paramref name="rowStart"/>, <paramref name="rowEnd"/>) from the GGUF layout (the rows
     /// after the last whole group).</summary>
@@ -36,9 +36,9 @@ internal unsafe interface IPackedKernel
 
     /// <summary>
     /// One batch row against groups <paramref name="gA"/> and <paramref name="gB"/>, each with exactly the operations of
-    /// <see cref="Tile{TTile}"/> for one batch row (so the same bits), the two weight streams read side by side.
+    /// <see cref="Tile{TTile, TIsa}"/> for one batch row (so the same bits), the two weight streams read side by side.
     /// </summary>
-    static virtual void TileTwoGroups(in MatMulArgs a, byte* groupA, int gA, byte* groupB, int gB) =>
+    static virtual void TileTwoGroups<TIsa>(in MatMulArgs a, byte* groupA, int gA, byte* groupB, int gB) where TIsa : IIntegerIsa =>
         throw new NotSupportedException("this kernel does not interleave groups");
 }
 
@@ -49,7 +49,7 @@ internal unsafe interface IPackedKernel
 /// </summary>
 /// <remarks>Every output sees the same operations whatever the batch size, so a request's tokens do not depend on what
 /// it is batched with. The kernels use AVX-VNNI where present and run on AVX2 alone otherwise, with the same integer sums
-/// (<see cref="IPackedIsa"/>).</remarks>
+/// (<see cref="IIntegerIsa"/>).</remarks>
 internal sealed unsafe class PackedWeights
 {
     /// <summary>Rows per group.</summary>
@@ -106,6 +106,16 @@ internal sealed unsafe class PackedWeights
     /// in tiles of up to four batch rows; item <see cref="Groups"/> (when the matrix has one) is the tail rows.</summary>
     public void Run<TKernel>(in MatMulArgs a, int start, int end) where TKernel : IPackedKernel
     {
+        switch (KernelPaths.Steps(a.Path))
+        {
+            case IntegerSteps.Vnni: Run<TKernel, WithVnni>(a, start, end); break;
+            case IntegerSteps.EmulatedVnni: Run<TKernel, EmulatedVnni>(a, start, end); break;
+            default: Run<TKernel, WithoutVnni>(a, start, end); break;
+        }
+    }
+
+    private void Run<TKernel, TIsa>(in MatMulArgs a, int start, int end) where TKernel : IPackedKernel where TIsa : IIntegerIsa
+    {
         int g = start;
         if (TKernel.InterleavesGroups && a.Batch == 1)
         {
@@ -113,19 +123,19 @@ internal sealed unsafe class PackedWeights
             // halves of this range) keep more loads in flight.
             int n = Math.Min(end, Groups) - start, half = n / 2;
             for (int k = 0; k < half; k++)
-                TKernel.TileTwoGroups(a, Data + (start + k) * GroupBytes, start + k, Data + (start + half + k) * GroupBytes, start + half + k);
+                TKernel.TileTwoGroups<TIsa>(a, Data + (start + k) * GroupBytes, start + k, Data + (start + half + k) * GroupBytes, start + half + k);
             g = start + 2 * half;
         }
         for (; g < Math.Min(end, Groups); g++)
         {
             byte* group = Data + g * GroupBytes;
             int b = 0;
-            for (; b + 4 <= a.Batch; b += 4) TKernel.Tile<Tile4>(a, group, g, b);
+            for (; b + 4 <= a.Batch; b += 4) TKernel.Tile<Tile4, TIsa>(a, group, g, b);
             switch (a.Batch - b)
             {
-                case 3: TKernel.Tile<Tile3>(a, group, g, b); break;
-                case 2: TKernel.Tile<Tile2>(a, group, g, b); break;
-                case 1: TKernel.Tile<Tile1>(a, group, g, b); break;
+                case 3: TKernel.Tile<Tile3, TIsa>(a, group, g, b); break;
+                case 2: TKernel.Tile<Tile2, TIsa>(a, group, g, b); break;
+                case 1: TKernel.Tile<Tile1, TIsa>(a, group, g, b); break;
             }
         }
         if (end > Groups) TKernel.TailRows(a, Groups * GroupRows, a.Rows);
@@ -136,31 +146,9 @@ internal sealed unsafe class PackedWeights
     public int ItemCount(int rows) => Groups + (rows % GroupRows != 0 ? 1 : 0);
 }
 
-/// <summary>
-/// Whether a packed kernel's integer steps use AVX-VNNI or plain AVX2. Without VNNI, <c>vpmaddubsw</c> products of small
-/// codes are summed as shorts over several steps and widened once by <c>vpmaddwd</c> against the scales: the same exact
-/// integer sums, so both give the same bits.
-/// </summary>
-internal interface IPackedIsa
-{
-    /// <summary>True for AVX-VNNI.</summary>
-    static abstract bool Vnni { get; }
-}
-
-/// <summary>AVX-VNNI integer steps.</summary>
-internal readonly struct WithVnni : IPackedIsa { public static bool Vnni => true; }
-
-/// <summary>AVX2 integer steps.</summary>
-internal readonly struct WithoutVnni : IPackedIsa { public static bool Vnni => false; }
-
 /// <summary>Integer steps shared by the packed kernels.</summary>
 internal static class PackedSteps
 {
-    /// <summary>acc + the sums of adjacent short products (<c>vpdpwssd</c>, or <c>vpmaddwd</c> + add).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<int> DotWords<TIsa>(Vector256<int> acc, Vector256<short> a, Vector256<short> b) where TIsa : IPackedIsa =>
-        TIsa.Vnni ? AvxVnni.MultiplyWideningAndAdd(acc, a, b) : acc + Avx2.MultiplyAddAdjacent(a, b);
-
     /// <summary>Four activation bytes broadcast to every lane.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector256<sbyte> Broadcast(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();

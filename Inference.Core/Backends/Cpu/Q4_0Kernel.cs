@@ -22,7 +22,7 @@ internal readonly unsafe struct Q4_0Kernel : IQuantKernel
 {
     private const int BlockBytes = 18;
 
-    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IDotU8S8
+    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IIntegerIsa
     {
         int nb = a.Cols / 32, batch = a.Batch;
         // Block i of batch row b + t: quants at q + i·qStep + 32t, scale and sum at [i·batch + t].
@@ -96,7 +96,7 @@ internal readonly unsafe struct Q4_0Kernel : IQuantKernel
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Step<TDot>(Vector256<float> acc, Vector256<byte> codes, sbyte* x, int offset, Vector256<float> dw, float* dx)
-        where TDot : IDotU8S8
+        where TDot : IIntegerIsa
     {
         var dot = TDot.Dot(Vector256.CreateScalar(offset), codes, Vector256.Load(x));
         return Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot), dw * Vector256.Create(*dx), acc);

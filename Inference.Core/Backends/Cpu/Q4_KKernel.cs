@@ -20,7 +20,7 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
     // Byte j of the result is min j duplicated into a pair of shorts' worth of bytes: [m0, m0, m1, m1, …, m7, m7].
     private static readonly Vector128<byte> DuplicateBytes = Vector128.Create((byte)0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
 
-    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IDotU8S8
+    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IIntegerIsa
     {
         int nsb = a.Cols / 256, batch = a.Batch;
         // Super-block s of batch row b + t: quants at q + s·qStep + 256t, scale at d[s·batch + t],

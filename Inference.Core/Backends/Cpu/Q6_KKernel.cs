@@ -19,7 +19,7 @@ internal readonly unsafe struct Q6_KKernel : IQuantKernel
     // Chunk c (32 values = sub-blocks 2c and 2c+1) takes scale bytes [2c ×8, 2c+1 ×8]; chunks 0..7 of a super-block.
     private static readonly Vector128<byte>[] ScaleShuffles = BuildShuffles();
 
-    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IDotU8S8
+    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IIntegerIsa
     {
         int nsb = a.Cols / 256, batch = a.Batch;
         // Super-block s of batch row b + t: quants at q + s·qStep + 256t, scale at d[s·batch + t],

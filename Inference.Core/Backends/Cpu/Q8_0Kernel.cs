@@ -17,7 +17,7 @@ internal readonly unsafe struct Q8_0Kernel : IQuantKernel
 {
     private const int BlockBytes = 34;
 
-    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IDotU8S8
+    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IIntegerIsa
     {
         int nb = a.Cols / 32, batch = a.Batch;
         // Block i of batch row b + t: quants at q + i·qStep + 32t, scale at d[i·batch + t].
@@ -57,7 +57,7 @@ internal readonly unsafe struct Q8_0Kernel : IQuantKernel
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Step<TDot>(Vector256<float> acc, Vector256<byte> absW, Vector256<sbyte> w, sbyte* x, Vector256<float> dw, float* dx)
-        where TDot : IDotU8S8
+        where TDot : IIntegerIsa
     {
         var signedX = Avx2.Sign(Vector256.Load(x), w);
         var dot = TDot.Dot(Vector256<int>.Zero, absW, signedX);

@@ -8,32 +8,7 @@ namespace Inference.Backends.Cpu;
 internal unsafe interface IQuantKernel
 {
     /// <summary>Writes y[b + t, r] for t &lt; TTile.Count from weight row <paramref name="row"/>.</summary>
-    static abstract void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IDotU8S8;
-}
-
-/// <summary>Σ u·s over groups of four bytes into int32 lanes (u unsigned, s signed), chosen once per call.</summary>
-internal interface IDotU8S8
-{
-    /// <summary>Adds the four-byte group sums of u·s to <paramref name="acc"/>.</summary>
-    static abstract Vector256<int> Dot(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s);
-}
-
-/// <summary>One AVX-VNNI <c>vpdpbusd</c>.</summary>
-internal readonly struct VnniDot : IDotU8S8
-{
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<int> Dot(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s) => AvxVnni.MultiplyWideningAndAdd(acc, u, s);
-}
-
-/// <summary>
-/// <c>vpmaddubsw</c> + <c>vpmaddwd</c>: exact as long as each adjacent pair of products fits in a short (callers keep
-/// |u·s| ≤ 128·127).
-/// </summary>
-internal readonly struct MaddDot : IDotU8S8
-{
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<int> Dot(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s) =>
-        acc + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256.Create((short)1));
+    static abstract void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IIntegerIsa;
 }
 
 /// <summary>Drives an <see cref="IQuantKernel"/> over a slice of weight rows, tiling the batch by four.</summary>
@@ -42,11 +17,15 @@ internal static unsafe class QuantKernel
     /// <summary>Computes output rows [<paramref name="rowStart"/>, <paramref name="rowEnd"/>) for every batch row.</summary>
     public static void Rows<TKernel>(in MatMulArgs a, int rowStart, int rowEnd) where TKernel : IQuantKernel
     {
-        if (KernelPaths.UsesVnni(a.Path)) Rows<TKernel, VnniDot>(a, rowStart, rowEnd);
-        else Rows<TKernel, MaddDot>(a, rowStart, rowEnd);
+        switch (KernelPaths.Steps(a.Path))
+        {
+            case IntegerSteps.Vnni: Rows<TKernel, WithVnni>(a, rowStart, rowEnd); break;
+            case IntegerSteps.EmulatedVnni: Rows<TKernel, EmulatedVnni>(a, rowStart, rowEnd); break;
+            default: Rows<TKernel, WithoutVnni>(a, rowStart, rowEnd); break;
+        }
     }
 
-    private static void Rows<TKernel, TDot>(in MatMulArgs a, int rowStart, int rowEnd) where TKernel : IQuantKernel where TDot : IDotU8S8
+    private static void Rows<TKernel, TDot>(in MatMulArgs a, int rowStart, int rowEnd) where TKernel : IQuantKernel where TDot : IIntegerIsa
     {
         for (int r = rowStart; r < rowEnd; r++)
         {
