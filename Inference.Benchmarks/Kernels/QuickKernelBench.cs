@@ -18,6 +18,7 @@ public static unsafe class QuickKernelBench
         long ringBytes = 768L << 20;
         int[] threadCounts = [1, 2];
         int[] batches = [1, 8];
+        int rows = MatMulBenchmarks.Rows, cols = MatMulBenchmarks.Cols;
         var types = new List<GgmlType> { GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K };
         for (int i = 0; i < args.Length; i++)
         {
@@ -27,18 +28,22 @@ public static unsafe class QuickKernelBench
                 case "--ring-mb": ringBytes = long.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture) << 20; break;
                 case "--threads": threadCounts = Array.ConvertAll(args[++i].Split(','), int.Parse); break;
                 case "--batch": batches = Array.ConvertAll(args[++i].Split(','), int.Parse); break;
+                case "--shape":
+                    var dims = args[++i].Split('x');
+                    (rows, cols) = (int.Parse(dims[0], System.Globalization.CultureInfo.InvariantCulture), int.Parse(dims[1], System.Globalization.CultureInfo.InvariantCulture));
+                    break;
                 case "--types": types = [.. Array.ConvertAll(args[++i].Split(','), Enum.Parse<GgmlType>)]; break;
                 default:
-                    Console.Error.WriteLine("kernels-quick [--seconds S] [--ring-mb M] [--threads 1,2] [--batch 1,8] [--types F32,Q8_0,...]");
+                    Console.Error.WriteLine("kernels-quick [--seconds S] [--ring-mb M] [--threads 1,2] [--batch 1,8] [--types F32,Q8_0,...] [--shape ROWSxCOLS]");
                     return 1;
             }
         }
 
-        Console.WriteLine($"matrix {MatMulBenchmarks.Rows} x {MatMulBenchmarks.Cols}, ring {ringBytes >> 20} MiB, {seconds:F1} s per point, " +
+        Console.WriteLine($"matrix {rows} x {cols}, ring {ringBytes >> 20} MiB, {seconds:F1} s per point, " +
                           $"Vector512 {Vector512.IsHardwareAccelerated}, path {KernelPaths.Best}");
         var readGbs = new Dictionary<int, double>();
         var bestRead = new Dictionary<int, double>();
-        using (var ring = new WeightRing(GgmlType.F32, MatMulBenchmarks.Rows, MatMulBenchmarks.Cols, ringBytes))
+        using (var ring = new WeightRing(GgmlType.F32, rows, cols, ringBytes))
         {
             foreach (int t in threadCounts)
             {
@@ -57,16 +62,16 @@ public static unsafe class QuickKernelBench
         Console.WriteLine($"{"type",-6} {"threads",7} {"batch",5} {"us/call",9} {"GB/s",7} {"% read",7} {"GB/cpu-s",9} {"best us",8} {"best GB/s",9} {"best %",7}");
         foreach (var type in types)
         {
-            using var ring = new WeightRing(type, MatMulBenchmarks.Rows, MatMulBenchmarks.Cols, ringBytes);
+            using var ring = new WeightRing(type, rows, cols, ringBytes);
             foreach (int t in threadCounts)
             {
                 using var pool = new WorkerPool(t);
                 foreach (int batch in batches)
                 {
-                    var x = new float[batch * MatMulBenchmarks.Cols];
+                    var x = new float[batch * cols];
                     var rng = new Random(3);
                     for (int i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() * 2 - 1);
-                    var y = new float[batch * MatMulBenchmarks.Rows];
+                    var y = new float[batch * rows];
                     int next = 0;
                     var warm = Stopwatch.StartNew(); // warm-up: tiered JIT and pages
                     for (int i = 0; i < ring.Count || warm.Elapsed.TotalSeconds < 0.3; i++) MatMul.Multiply(ring[next++], x, y, batch, pool);
