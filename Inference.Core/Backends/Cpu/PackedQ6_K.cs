@@ -16,11 +16,12 @@ namespace Inference.Backends.Cpu;
 ///  group g = rows 8g … 8g+7, super-block s (256 columns):  1696 bytes
 ///    [   0,   32)  d of the 8 rows as f32
 ///    [  32,  160)  p = 0..7: rows 0..7 × (sc[2p], sc[2p + 1]), the signed 8-bit scales of sub-blocks 2p and 2p + 1
-///    [ 160, 1184)  n = 0..1, a = 0..1, k = 0..7: rows 0..7 × GGUF bytes ql[64n + 32a + 4k … +3]         (32 B per k)
-///    [1184, 1696)  n = 0..1, k = 0..7:           rows 0..7 × GGUF bytes qh[32n + 4k … +3]               (32 B per k)
-///
-///  the 6-bit code of element 128n + 32·quarter + 4k + e: low nibble (quarters 0, 1) or high nibble (2, 3) of
-///  ql[64n + 32·(quarter mod 2) + 4k + e], with bits 2·quarter … 2·quarter + 1 of qh[32n + 4k + e] above it
+///    [ 160, 1696)  n = 0..1, half = 0..1: 384 bytes of planes P0, P1, P2 (128 B each), k = 0..3: rows 0..7 × 4 bytes
+///                  (32 B per k), byte e of a row holding the codes c0..c3 of the four quarters at column
+///                  128n + 32·quarter + 16·half + 4k + e:
+///                    P0 = c0 + 64·(c1 div 16)    P1 = c2 + 64·(c3 div 16)    P2 = (c1 mod 16) + 16·(c3 mod 16)
+///                  so c0 and c2 are a mask away (P0, P1 mod 64) and c1, c3 take three shifts between them, where the
+///                  GGUF layout (low nibbles in ql, two bits in qh) takes five shifts per four codes
 ///
 ///  lane j of y[b, 8g + j] += d_j·d_x·(Σ_sub sc_j,sub·Σ_c q·q_x  −  32·Σ_sub sc_j,sub·bsums[sub])      (int32, exact)
 /// </code>
@@ -36,9 +37,9 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
     private const int GroupRows = PackedWeights.GroupRows;
     private const int BlockBytes = 210;
     private const int ScalesOffset = 32;
-    private const int LowOffset = 160;
-    private const int HighOffset = LowOffset + 4 * 256;
-    private const int PackedBlock = HighOffset + 2 * 256;
+    private const int CodesOffset = 160;
+    private const int PlaneBytes = 128;
+    private const int PackedBlock = CodesOffset + 4 * 3 * PlaneBytes;
     private const int PrefetchDistance = 4 * PackedBlock;
 
     public static GgmlType Type => GgmlType.Q6_K;
@@ -62,13 +63,25 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
                 dst[ScalesOffset + 16 * p + 2 * j + 1] = sc[2 * p + 1];
             }
             for (int n = 0; n < 2; n++)
-            for (int k = 0; k < 8; k++)
+            for (int half = 0; half < 2; half++)
+            for (int k = 0; k < 4; k++)
+            for (int e = 0; e < 4; e++)
             {
-                for (int a = 0; a < 2; a++)
-                    *(uint*)(dst + LowOffset + 512 * n + 256 * a + 32 * k + 4 * j) = *(uint*)(ql + 64 * n + 32 * a + 4 * k);
-                *(uint*)(dst + HighOffset + 256 * n + 32 * k + 4 * j) = *(uint*)(qh + 32 * n + 4 * k);
+                int pos = 16 * half + 4 * k + e;
+                int c0 = Code(ql, qh, n, 0, pos), c1 = Code(ql, qh, n, 1, pos), c2 = Code(ql, qh, n, 2, pos), c3 = Code(ql, qh, n, 3, pos);
+                byte* plane = dst + CodesOffset + 3 * PlaneBytes * (2 * n + half) + 32 * k + 4 * j + e;
+                plane[0] = (byte)(c0 | (c1 >> 4) << 6);
+                plane[PlaneBytes] = (byte)(c2 | (c3 >> 4) << 6);
+                plane[2 * PlaneBytes] = (byte)((c1 & 15) | (c3 & 15) << 4);
             }
         }
+    }
+
+    /// <summary>The 6-bit code (0..63) of element 128n + 32·quarter + pos of a GGUF Q6_K block.</summary>
+    private static int Code(byte* ql, byte* qh, int n, int quarter, int pos)
+    {
+        int low = ql[64 * n + 32 * (quarter & 1) + pos];
+        return (quarter < 2 ? low & 15 : low >> 4) | ((qh[32 * n + pos] >> (2 * quarter)) & 3) << 4;
     }
 
     public static void Tile<TTile, TIsa>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile where TIsa : IIntegerIsa
@@ -153,17 +166,14 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
         ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3)
         where TTile : IBatchTile where TIsa : IIntegerIsa where TQ : IQuarters
     {
-        var low4 = Vector256.Create((byte)0x0F);
-        var bits45 = Vector256.Create((byte)0x30);
-        byte* ql = blk + LowOffset + 512 * n + 256 * TQ.A + 128 * half;
-        byte* qh = blk + HighOffset + 256 * n + 128 * half;
+        byte* codes = blk + CodesOffset + 3 * PlaneBytes * (2 * n + half);
         // Element 128n + 32·quarter + 16·half + 4k' (k' = 0..3) of batch row t is at x + 256t + that.
         sbyte* xl = x + 128 * n + 32 * TQ.A + 16 * half;
         Vector256<int> lo0 = default, lo1 = default, lo2 = default, lo3 = default;
         Vector256<int> hi0 = default, hi1 = default, hi2 = default, hi3 = default;
         for (int k = 0; k < 4; k++)
         {
-            Codes<TQ>(ql + 32 * k, qh + 32 * k, low4, bits45, out var cl, out var ch);
+            Codes<TQ>(codes + 32 * k, out var cl, out var ch);
             sbyte* xk = xl + 4 * k;
             lo0 = TIsa.Dot(lo0, cl, PackedSteps.Broadcast(xk));
             hi0 = TIsa.Dot(hi0, ch, PackedSteps.Broadcast(xk + 64));
@@ -202,26 +212,23 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
         ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3)
         where TTile : IBatchTile where TQ : IQuarters
     {
-        byte* ql = blk + LowOffset + 512 * n + 256 * TQ.A + 128 * half;
-        byte* qh = blk + HighOffset + 256 * n + 128 * half;
+        byte* codes = blk + CodesOffset + 3 * PlaneBytes * (2 * n + half);
         sbyte* xl = x + 128 * n + 32 * TQ.A + 16 * half;
         var scLo = ScalePairs(blk, 4 * n + TQ.A, half);
         var scHi = ScalePairs(blk, 4 * n + 2 + TQ.A, half);
         // NOTE: written out rather than looped (as in PackedQ4_K): steps 0 and 1, then 2 and 3.
-        MaddTwoSteps<TTile, TQ>(ql, qh, xl, scLo, scHi, ref sumi0, ref sumi1, ref sumi2, ref sumi3);
-        MaddTwoSteps<TTile, TQ>(ql + 64, qh + 64, xl + 8, scLo, scHi, ref sumi0, ref sumi1, ref sumi2, ref sumi3);
+        MaddTwoSteps<TTile, TQ>(codes, xl, scLo, scHi, ref sumi0, ref sumi1, ref sumi2, ref sumi3);
+        MaddTwoSteps<TTile, TQ>(codes + 64, xl + 8, scLo, scHi, ref sumi0, ref sumi1, ref sumi2, ref sumi3);
     }
 
     /// <summary>Two steps of <see cref="PassMadd{TTile, TQ}"/> summed as shorts, then widened against the scales.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void MaddTwoSteps<TTile, TQ>(byte* ql, byte* qh, sbyte* xk, Vector256<short> scLo, Vector256<short> scHi,
+    private static void MaddTwoSteps<TTile, TQ>(byte* codes, sbyte* xk, Vector256<short> scLo, Vector256<short> scHi,
         ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3)
         where TTile : IBatchTile where TQ : IQuarters
     {
-        var low4 = Vector256.Create((byte)0x0F);
-        var bits45 = Vector256.Create((byte)0x30);
-        Codes<TQ>(ql, qh, low4, bits45, out var cl, out var ch);
-        Codes<TQ>(ql + 32, qh + 32, low4, bits45, out var cl1, out var ch1);
+        Codes<TQ>(codes, out var cl, out var ch);
+        Codes<TQ>(codes + 32, out var cl1, out var ch1);
         sumi0 += MaddTwo(cl, ch, cl1, ch1, xk, scLo, scHi);
         if (TTile.Count > 1) sumi1 += MaddTwo(cl, ch, cl1, ch1, xk + 256, scLo, scHi);
         if (TTile.Count > 2) sumi2 += MaddTwo(cl, ch, cl1, ch1, xk + 512, scLo, scHi);
@@ -250,18 +257,25 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
             : Vector256.Create((byte)2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15, 2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15)).AsInt16();
     }
 
-    /// <summary>The 6-bit codes of one step: quarter a from the low nibbles of <paramref name="ql"/> (<paramref name="cl"/>)
-    /// and quarter a + 2 from the high nibbles (<paramref name="ch"/>), with their two bits of <paramref name="qh"/> on top.</summary>
+    /// <summary>The 6-bit codes of one step from the three planes at <paramref name="p"/>: quarter a (<paramref name="cl"/>)
+    /// and quarter a + 2 (<paramref name="ch"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Codes<TQ>(byte* ql, byte* qh, Vector256<byte> low4, Vector256<byte> bits45, out Vector256<byte> cl, out Vector256<byte> ch)
-        where TQ : IQuarters
+    private static void Codes<TQ>(byte* p, out Vector256<byte> cl, out Vector256<byte> ch) where TQ : IQuarters
     {
-        var l = Vector256.Load(ql);
-        var h = Vector256.Load(qh).AsUInt16();
+        var p0 = Vector256.Load(p);
+        var p1 = Vector256.Load(p + PlaneBytes);
+        if (TQ.A == 0)
+        {
+            cl = p0 & Vector256.Create((byte)0x3F);
+            ch = p1 & Vector256.Create((byte)0x3F);
+            return;
+        }
         // The 16-bit shifts leak bits across bytes only into positions the masks clear.
-        cl = (l & low4) | ((TQ.A == 0 ? Avx2.ShiftLeftLogical(h, 4) : Avx2.ShiftLeftLogical(h, 2)).AsByte() & bits45);
-        ch = (Avx2.ShiftRightLogical(l.AsUInt16(), 4).AsByte() & low4)
-             | ((TQ.A == 0 ? h : Avx2.ShiftRightLogical(h, 2)).AsByte() & bits45);
+        var low4 = Vector256.Create((byte)0x0F);
+        var bits45 = Vector256.Create((byte)0x30);
+        var p2 = Vector256.Load(p + 2 * PlaneBytes);
+        cl = (p2 & low4) | (Avx2.ShiftRightLogical(p0.AsUInt16(), 2).AsByte() & bits45);
+        ch = (Avx2.ShiftRightLogical(p2.AsUInt16(), 4).AsByte() & low4) | (Avx2.ShiftRightLogical(p1.AsUInt16(), 2).AsByte() & bits45);
     }
 
     /// <summary>The scales of sub-block 2p + <paramref name="half"/> of the eight rows as int lanes.</summary>
