@@ -9,7 +9,8 @@ namespace Inference.Benchmarks.Kernels;
 /// One layer's paged attention on the CPU (<see cref="PagedAttention"/>) for one decode token or, with
 /// <c>--tokens N</c>, a prefill chunk of the last N positions: µs per call, best of 40
 /// rounds, with the cache in 64-byte-aligned memory as the engine keeps it and the blocks in reverse order. With
-/// <c>--cold</c> a 4 MiB read between calls pushes the cache rows out of the core's L2, as a layer's matrix products do.
+/// <c>--cold</c> a read of <c>--evict-mb</c> MiB (default 4) between calls, split over the pool's threads, pushes the cache
+/// rows out of the cores' L2 (or, at 64, out of the last-level cache too, as a decode step's other layers and weights do).
 /// </summary>
 public static unsafe class AttentionQuickBench
 {
@@ -19,6 +20,7 @@ public static unsafe class AttentionQuickBench
         int context = a.Int("--context", 160), threads = a.Int("--threads", 1), tokens = a.Int("--tokens", 1);
         int heads = a.Int("--heads", 16), kvHeads = a.Int("--kv-heads", 4), headDim = a.Int("--head-dim", 64), blockSize = a.Int("--block-size", 16);
         bool half = a.String("--kv", "f16") == "f16", cold = a.Optional("--cold") is not null;
+        int evictMb = a.Int("--evict-mb", 4);
         var shape = new PagedAttentionShape(heads, kvHeads, headDim, blockSize);
         int blocks = (context + blockSize - 1) / blockSize;
         long cacheElements = (long)blocks * blockSize * shape.KvStride;
@@ -36,11 +38,10 @@ public static unsafe class AttentionQuickBench
         foreach (ref var x in query.AsSpan()) x = rng.NextSingle() - 0.5f;
         var output = new float[tokens * shape.QueryStride];
         var table = Enumerable.Range(0, blocks).Reverse().ToArray();
-        var evict = new float[(4 << 20) / sizeof(float)];
+        var evict = new float[((long)evictMb << 20) / sizeof(float)];
         using var pool = new WorkerPool(threads);
 
         double best = double.MaxValue;
-        float sink = 0;
         for (int round = 0; round < 40; round++)
         {
             int calls = cold ? 200 : 1000;
@@ -48,7 +49,8 @@ public static unsafe class AttentionQuickBench
             for (int i = 0; i < calls; i++)
             {
                 if (cold)
-                    for (int e = 0; e < evict.Length; e += 16) sink += evict[e];
+                    fixed (float* pe = evict)
+                        pool.Run(pool.ThreadCount, new EvictJob(pe, evict.Length, pool.ThreadCount));
                 long start = Stopwatch.GetTimestamp();
                 if (half)
                     PagedAttention.Forward(shape, query, new ReadOnlySpan<Half>(keys, (int)cacheElements), new ReadOnlySpan<Half>(values, (int)cacheElements), table, context - tokens, output, pool);
@@ -60,7 +62,7 @@ public static unsafe class AttentionQuickBench
         }
         NativeMemory.AlignedFree(keys);
         NativeMemory.AlignedFree(values);
-        GC.KeepAlive(sink);
+        GC.KeepAlive(evict);
         Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
         {
             ["mode"] = "attention",
@@ -72,8 +74,19 @@ public static unsafe class AttentionQuickBench
             ["kv"] = half ? "f16" : "f32",
             ["threads"] = threads,
             ["cold"] = cold,
+            ["evict_mb"] = cold ? evictMb : 0,
             ["us_per_call"] = Math.Round(best, 2),
         }));
         return Task.FromResult(0);
+    }
+
+    /// <summary>Touches one float per cache line of slice i of the buffer (writes, so the lines cannot stay shared).</summary>
+    private readonly struct EvictJob(float* data, long length, int parts) : IRangeJob
+    {
+        public void Execute(int start, int end)
+        {
+            for (int part = start; part < end; part++)
+                for (long e = length * part / parts; e < length * (part + 1) / parts; e += 16) data[e] += 1;
+        }
     }
 }

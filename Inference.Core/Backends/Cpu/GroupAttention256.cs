@@ -30,7 +30,7 @@ internal static unsafe class GroupAttention256
     /// <paramref name="queryBuffer"/> (room for <paramref name="queryBufferFloats"/>) may take the queries times 2^112.
     /// </summary>
     public static void Scores<T>(float* q, int kvMul, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
-        int contextLength, float* scores, float scale, float* queryBuffer, int queryBufferFloats) where T : unmanaged
+        int contextLength, float* scores, float scale, float* queryBuffer, int queryBufferFloats, int prefetched) where T : unmanaged
     {
         int n = kvMul * headDim;
         // NOTE: as in Values, f16 keys are used without their 2^112 re-bias when the queries can carry it instead:
@@ -39,29 +39,29 @@ internal static unsafe class GroupAttention256
             && float.Abs(System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(new ReadOnlySpan<float>(q, n))) < 65536f)
         {
             System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(q, n), Rebias112, new Span<float>(queryBuffer, n));
-            Scores<T, Unscaled>(queryBuffer, kvMul, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores, scale);
+            Scores<T, Unscaled>(queryBuffer, kvMul, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores, scale, prefetched);
         }
-        else Scores<T, Rebiased>(q, kvMul, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores, scale);
+        else Scores<T, Rebiased>(q, kvMul, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores, scale, prefetched);
     }
 
     private static void Scores<T, TLoad>(float* q, int kvMul, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
-        int contextLength, float* scores, float scale) where T : unmanaged where TLoad : IRowLoad
+        int contextLength, float* scores, float scale, int prefetched) where T : unmanaged where TLoad : IRowLoad
     {
         int m = 0;
         for (; m + 4 <= kvMul; m += 4)
-            Scores<T, Tile4, TLoad>(q + m * headDim, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores + (long)m * contextLength, scale);
+            Scores<T, Tile4, TLoad>(q + m * headDim, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores + (long)m * contextLength, scale, m == 0 ? prefetched : 0);
         float* qm = q + m * headDim, sm = scores + (long)m * contextLength;
         switch (kvMul - m)
         {
-            case 1: Scores<T, Tile1, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale); break;
-            case 2: Scores<T, Tile2, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale); break;
-            case 3: Scores<T, Tile3, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale); break;
+            case 1: Scores<T, Tile1, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale, m == 0 ? prefetched : 0); break;
+            case 2: Scores<T, Tile2, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale, m == 0 ? prefetched : 0); break;
+            case 3: Scores<T, Tile3, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale, m == 0 ? prefetched : 0); break;
         }
     }
 
     /// <summary>output[m] = Σ_j weights[m, j]·v_j for <paramref name="kvMul"/> heads; <paramref name="output"/> is [kvMul, headDim].</summary>
     public static void Values<T>(float* weights, int kvMul, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
-        int contextLength, float* output) where T : unmanaged
+        int contextLength, float* output, int prefetched) where T : unmanaged
     {
         // NOTE: f16 rows are used as widened but not re-biased (Load16Unscaled) and the weights carry the 2^112 instead:
         // v'·(w·2^112) is v·w exactly (a power of two moves no bits; w ≤ 1 cannot overflow), so the sums are the same bits
@@ -71,23 +71,23 @@ internal static unsafe class GroupAttention256
                 Rebias112, new Span<float>(weights, kvMul * contextLength));
         int m = 0;
         for (; m + 4 <= kvMul; m += 4)
-            Values<T, Tile4>(weights + (long)m * contextLength, headDim, cache, table, blockSize, kvStride, rows, contextLength, output + m * headDim);
+            Values<T, Tile4>(weights + (long)m * contextLength, headDim, cache, table, blockSize, kvStride, rows, contextLength, output + m * headDim, m == 0 ? prefetched : 0);
         float* wm = weights + (long)m * contextLength, om = output + m * headDim;
         switch (kvMul - m)
         {
-            case 1: Values<T, Tile1>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om); break;
-            case 2: Values<T, Tile2>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om); break;
-            case 3: Values<T, Tile3>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om); break;
+            case 1: Values<T, Tile1>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om, m == 0 ? prefetched : 0); break;
+            case 2: Values<T, Tile2>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om, m == 0 ? prefetched : 0); break;
+            case 3: Values<T, Tile3>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om, m == 0 ? prefetched : 0); break;
         }
     }
 
     private static void Scores<T, THeads, TLoad>(float* q, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
-        int contextLength, float* scores, float scale) where T : unmanaged where THeads : IBatchTile where TLoad : IRowLoad
+        int contextLength, float* scores, float scale, int prefetched) where T : unmanaged where THeads : IBatchTile where TLoad : IRowLoad
     {
         var scale8 = Vector256.Create(scale);
         // NOTE: two positions at a time: eight independent accumulators and one reduction for both. A lone position
         // was bound by its chain of dependent steps, not by the vector units.
-        var next = new KvRowCursor<T>(cache, table, blockSize, kvStride, rows);
+        var next = new KvRowCursor<T>(cache, table, blockSize, kvStride, rows, prefetched, headDim * sizeof(T));
         for (int j = 0; j < contextLength; j += 2)
         {
             T* rowA = next.Advance();
@@ -135,14 +135,17 @@ internal static unsafe class GroupAttention256
     }
 
     private static void Values<T, THeads>(float* weights, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
-        int contextLength, float* output) where T : unmanaged where THeads : IBatchTile
+        int contextLength, float* output, int prefetched) where T : unmanaged where THeads : IBatchTile
     {
         float* w1 = weights + contextLength, w2 = w1 + contextLength, w3 = w2 + contextLength;
         for (int c = 0; c < headDim; c += 16)
         {
             Vector256<float> l0 = default, l1 = default, l2 = default, l3 = default;
             Vector256<float> h0 = default, h1 = default, h2 = default, h3 = default;
-            var next = new KvRowCursor<T>(cache, table, blockSize, kvStride, rows + c);
+            // NOTE: the first pass over the positions asks for whole rows; the later passes find them in the cache.
+            var next = c == 0
+                ? new KvRowCursor<T>(cache, table, blockSize, kvStride, rows, prefetched, headDim * sizeof(T))
+                : new KvRowCursor<T>(cache, table, blockSize, kvStride, rows + c);
             for (int j = 0; j < contextLength; j++)
             {
                 Load16Unscaled(next.Advance(), out var v0, out var v1);

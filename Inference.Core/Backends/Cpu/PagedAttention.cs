@@ -60,7 +60,7 @@ public static class PagedAttention
 
         for (int i = 0; i < tokenCount; i++)
             for (int g = 0; g < shape.KvHeadCount; g++)
-                AttendGroup(shape, query, keyCache, valueCache, blockTable, i, startPosition + i + 1, g, output, scratch);
+                AttendGroup(shape, query, keyCache, valueCache, blockTable, i, startPosition + i + 1, g, output, scratch, prefetch: tokenCount == 1);
     }
 
     /// <summary>
@@ -152,7 +152,7 @@ public static class PagedAttention
                 if (!TryAttendWidened(first, last, g, q, o, scratch))
                 {
                     for (int i = first; i <= last; i++)
-                        AttendGroup(shape, q, k, v, table, i, startPosition + i + 1, g, o, scratch);
+                        AttendGroup(shape, q, k, v, table, i, startPosition + i + 1, g, o, scratch, prefetch: tokenCount == 1);
                 }
                 item = runEnd;
             }
@@ -200,7 +200,7 @@ public static class PagedAttention
                 {
                     int at = (i * shape.HeadCount + g * kvMul) * headDim;
                     AttendGroupVector<float, TWidth>(rowShape, q.Slice(at, kvMul * headDim), wkSpan, wvSpan, oneBlock,
-                        startPosition + i + 1, 0, o.Slice(at, kvMul * headDim), scratch);
+                        startPosition + i + 1, 0, o.Slice(at, kvMul * headDim), scratch, prefetch: false);
                 }
             }
         }
@@ -246,7 +246,11 @@ public static class PagedAttention
 
     }
 
-    /// <summary>Query token i, the kvMul query heads of KV head g, over positions [0, contextLength).</summary>
+    /// <summary>
+    /// Query token i, the kvMul query heads of KV head g, over positions [0, contextLength); with prefetch, the cache rows
+    /// are asked for ahead of the reads (<see cref="KvRowCursor{T}"/>): for a decode token, whose rows come from memory.
+    /// In a prefill chunk the same rows serve every token and stay in the cache, and the requests would only cost time.
+    /// </summary>
     private static void AttendGroup<T>(
         in PagedAttentionShape shape,
         ReadOnlySpan<float> query,
@@ -257,7 +261,8 @@ public static class PagedAttention
         int contextLength,
         int g,
         Span<float> output,
-        Span<float> scratch)
+        Span<float> scratch,
+        bool prefetch)
         where T : unmanaged
     {
         int headDim = shape.HeadDim, kvMul = shape.KvMul, bs = shape.BlockSize, kvStride = shape.KvStride;
@@ -266,12 +271,12 @@ public static class PagedAttention
         var groupOut = output.Slice((i * shape.HeadCount + g * kvMul) * headDim, kvMul * headDim);  // [kvMul, headDim]
         if (Width512.IsSupported(headDim))
         {
-            AttendGroupVector<T, Width512>(shape, groupQuery, keyCache, valueCache, blockTable, contextLength, g, groupOut, scratch);
+            AttendGroupVector<T, Width512>(shape, groupQuery, keyCache, valueCache, blockTable, contextLength, g, groupOut, scratch, prefetch);
             return;
         }
         if (Width256.IsSupported(headDim))
         {
-            AttendGroupVector<T, Width256>(shape, groupQuery, keyCache, valueCache, blockTable, contextLength, g, groupOut, scratch);
+            AttendGroupVector<T, Width256>(shape, groupQuery, keyCache, valueCache, blockTable, contextLength, g, groupOut, scratch, prefetch);
             return;
         }
         var scores = scratch[..(kvMul * contextLength)];                      // [kvMul, contextLength]
@@ -318,7 +323,8 @@ public static class PagedAttention
         int contextLength,
         int g,
         Span<float> groupOut,
-        Span<float> scratch)
+        Span<float> scratch,
+        bool prefetch)
         where T : unmanaged where TWidth : IAttentionWidth
     {
         int headDim = shape.HeadDim, kvMul = shape.KvMul, bs = shape.BlockSize, kvStride = shape.KvStride;
@@ -337,19 +343,20 @@ public static class PagedAttention
             float* sc = buffer + 8 * headDim;
             var scores = new Span<float>(sc, kvMul * contextLength);
             long rows = (long)g * headDim;
+            int prefetched = prefetch ? contextLength : 0;
             if (GroupAttention256.IsSupported(headDim))
             {
                 // Rows widened in registers instead (the room of the eight rows holds the re-biased queries).
-                GroupAttention256.Scores(q, kvMul, headDim, keys, table, bs, kvStride, rows, contextLength, sc, scale, buffer, 8 * headDim);
+                GroupAttention256.Scores(q, kvMul, headDim, keys, table, bs, kvStride, rows, contextLength, sc, scale, buffer, 8 * headDim, prefetched);
                 Softmax(scores, kvMul, contextLength, scale: 1f);
-                GroupAttention256.Values(sc, kvMul, headDim, values, table, bs, kvStride, rows, contextLength, o);
+                GroupAttention256.Values(sc, kvMul, headDim, values, table, bs, kvStride, rows, contextLength, o, prefetched);
                 return;
             }
             // Pass 1: scaled scores q · k / √headDim for every position, four positions at a time (each query chunk
             // loaded once for the four, the four sums reduced together). A position's score depends only on its place
             // in the context, so a token gets the same scores whether it is decoded alone or prefilled with others.
             var scale4 = Vector128.Create(scale);
-            var nextKey = new KvRowCursor<T>(keys, table, bs, kvStride, rows);
+            var nextKey = new KvRowCursor<T>(keys, table, bs, kvStride, rows, prefetched, headDim * sizeof(T));
             int j = 0;
             for (; j + 4 <= contextLength; j += 4)
             {
@@ -370,7 +377,7 @@ public static class PagedAttention
 
             // Pass 2: out = Σ_j w_j · v_j in position order, eight positions per load and store of the output.
             groupOut.Clear();
-            var nextValue = new KvRowCursor<T>(values, table, bs, kvStride, rows);
+            var nextValue = new KvRowCursor<T>(values, table, bs, kvStride, rows, prefetched, headDim * sizeof(T));
             j = 0;
             for (; j + 8 <= contextLength; j += 8)
             {
