@@ -5,15 +5,16 @@ namespace Inference.Backends.Cpu;
 
 /// <summary>
 /// Position by position through a sequence's block table: the row of the next position for one KV head, with the table
-/// read once per block (no division by the block size per row). Optionally, on entering a block, it asks for the rows
-/// of the block <see cref="PrefetchPositions"/> positions further on.
+/// read once per block (no division by the block size per row). Optionally, with each row it returns, it asks for the
+/// row of the same slot <see cref="PrefetchPositions"/> positions (whole blocks) further on.
 /// </summary>
 /// <remarks>
 /// NOTE: in a decode step a layer's cache rows come from memory (the other layers and the weights pass through the caches
 /// between two visits), and one head's part of a row is a few lines of every row of every block, in blocks that need not
 /// follow each other: the hardware prefetchers do not run far enough ahead. Asking for the lines
 /// <see cref="PrefetchPositions"/> ahead took one layer of the benchmark model at 1,024 positions with the cache rows out
-/// of every cache from 463–470 to 263–284 µs (<c>attention --context 1024 --threads 2 --cold --evict-mb 64</c>). In a
+/// of every cache from 463–470 to 281–282 µs (<c>attention --context 1024 --threads 2 --cold --evict-mb 64</c>; 180–184 µs
+/// with the rows in the last-level cache, before and after). In a
 /// prefill chunk the rows stay in the cache from one token to the next, and the requests only cost time: callers ask
 /// for them for decode tokens alone.
 /// </remarks>
