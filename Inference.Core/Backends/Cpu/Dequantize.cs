@@ -130,26 +130,33 @@ public static class Dequantize
         }
     }
 
+    /// <summary>
+    /// The 6-bit code (0..63) of element 128n + 32·quarter + pos (pos &lt; 32) of a Q6_K block: the low nibble (quarters
+    /// 0, 1) or high nibble (2, 3) of ql[64n + 32·(quarter mod 2) + pos], with bits 2·quarter, 2·quarter + 1 of
+    /// qh[32n + pos] above it.
+    /// </summary>
+    internal static int Q6_KCode(ReadOnlySpan<byte> block, int n, int quarter, int pos)
+    {
+        int low = block[64 * n + 32 * (quarter & 1) + pos];
+        return (quarter < 2 ? low & 15 : low >> 4) | ((block[128 + 32 * n + pos] >> (2 * quarter)) & 3) << 4;
+    }
+
     private static void Q6_KBlock(ReadOnlySpan<byte> b, Span<float> y)
     {
-        var ql = b[..128];
-        var qh = b.Slice(128, 64);
         var sc = MemoryMarshal.Cast<byte, sbyte>(b.Slice(192, 16));
         float d = ReadHalf(b, 208);
-        // Two halves of 128 weights; each uses 64 bytes of ql, 32 of qh and 8 scales.
+        // Two halves of 128 weights; each uses 64 bytes of ql, 32 of qh (Q6_KCode) and 8 scales.
         for (int n = 0; n < 2; n++)
         {
-            var l4 = ql.Slice(64 * n, 64);
-            var h2 = qh.Slice(32 * n, 32);
             var s = sc.Slice(8 * n, 8);
             var o = y.Slice(128 * n, 128);
             for (int l = 0; l < 32; l++)
             {
                 int isub = l / 16;
-                int q1 = ((l4[l] & 0xF) | (((h2[l] >> 0) & 3) << 4)) - 32;
-                int q2 = ((l4[l + 32] & 0xF) | (((h2[l] >> 2) & 3) << 4)) - 32;
-                int q3 = ((l4[l] >> 4) | (((h2[l] >> 4) & 3) << 4)) - 32;
-                int q4 = ((l4[l + 32] >> 4) | (((h2[l] >> 6) & 3) << 4)) - 32;
+                int q1 = Q6_KCode(b, n, 0, l) - 32;
+                int q2 = Q6_KCode(b, n, 1, l) - 32;
+                int q3 = Q6_KCode(b, n, 2, l) - 32;
+                int q4 = Q6_KCode(b, n, 3, l) - 32;
                 o[l] = d * s[isub] * q1;
                 o[l + 32] = d * s[isub + 2] * q2;
                 o[l + 64] = d * s[isub + 4] * q3;

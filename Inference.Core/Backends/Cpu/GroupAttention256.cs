@@ -47,15 +47,16 @@ internal static unsafe class GroupAttention256
     private static void Scores<T, TLoad>(float* q, int kvMul, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
         int contextLength, float* scores, float scale, int prefetched) where T : unmanaged where TLoad : IRowLoad
     {
+        // NOTE: only the first tile of heads asks for the rows (prefetched positions); the others find them in the cache.
         int m = 0;
-        for (; m + 4 <= kvMul; m += 4)
-            Scores<T, Tile4, TLoad>(q + m * headDim, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores + (long)m * contextLength, scale, m == 0 ? prefetched : 0);
+        for (; m + 4 <= kvMul; m += 4, prefetched = 0)
+            Scores<T, Tile4, TLoad>(q + m * headDim, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores + (long)m * contextLength, scale, prefetched);
         float* qm = q + m * headDim, sm = scores + (long)m * contextLength;
         switch (kvMul - m)
         {
-            case 1: Scores<T, Tile1, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale, m == 0 ? prefetched : 0); break;
-            case 2: Scores<T, Tile2, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale, m == 0 ? prefetched : 0); break;
-            case 3: Scores<T, Tile3, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale, m == 0 ? prefetched : 0); break;
+            case 1: Scores<T, Tile1, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale, prefetched); break;
+            case 2: Scores<T, Tile2, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale, prefetched); break;
+            case 3: Scores<T, Tile3, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale, prefetched); break;
         }
     }
 
@@ -70,14 +71,14 @@ internal static unsafe class GroupAttention256
             System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(weights, kvMul * contextLength),
                 Rebias112, new Span<float>(weights, kvMul * contextLength));
         int m = 0;
-        for (; m + 4 <= kvMul; m += 4)
-            Values<T, Tile4>(weights + (long)m * contextLength, headDim, cache, table, blockSize, kvStride, rows, contextLength, output + m * headDim, m == 0 ? prefetched : 0);
+        for (; m + 4 <= kvMul; m += 4, prefetched = 0)
+            Values<T, Tile4>(weights + (long)m * contextLength, headDim, cache, table, blockSize, kvStride, rows, contextLength, output + m * headDim, prefetched);
         float* wm = weights + (long)m * contextLength, om = output + m * headDim;
         switch (kvMul - m)
         {
-            case 1: Values<T, Tile1>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om, m == 0 ? prefetched : 0); break;
-            case 2: Values<T, Tile2>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om, m == 0 ? prefetched : 0); break;
-            case 3: Values<T, Tile3>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om, m == 0 ? prefetched : 0); break;
+            case 1: Values<T, Tile1>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om, prefetched); break;
+            case 2: Values<T, Tile2>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om, prefetched); break;
+            case 3: Values<T, Tile3>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om, prefetched); break;
         }
     }
 

@@ -55,7 +55,8 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
         for (int j = 0; j < GroupRows; j++)
         {
             byte* src = w.Data + (8L * g + j) * w.RowBytes + (long)s * BlockBytes;
-            byte* ql = src, qh = src + 128, sc = src + 192;
+            byte* sc = src + 192;
+            var block = new ReadOnlySpan<byte>(src, BlockBytes);
             ((float*)dst)[j] = Fp16.ToFloat(*(ushort*)(src + 208));
             for (int p = 0; p < 8; p++)
             {
@@ -68,20 +69,14 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
             for (int e = 0; e < 4; e++)
             {
                 int pos = 16 * half + 4 * k + e;
-                int c0 = Code(ql, qh, n, 0, pos), c1 = Code(ql, qh, n, 1, pos), c2 = Code(ql, qh, n, 2, pos), c3 = Code(ql, qh, n, 3, pos);
+                int c0 = Dequantize.Q6_KCode(block, n, 0, pos), c1 = Dequantize.Q6_KCode(block, n, 1, pos);
+                int c2 = Dequantize.Q6_KCode(block, n, 2, pos), c3 = Dequantize.Q6_KCode(block, n, 3, pos);
                 byte* plane = dst + CodesOffset + 3 * PlaneBytes * (2 * n + half) + 32 * k + 4 * j + e;
                 plane[0] = (byte)(c0 | (c1 >> 4) << 6);
                 plane[PlaneBytes] = (byte)(c2 | (c3 >> 4) << 6);
                 plane[2 * PlaneBytes] = (byte)((c1 & 15) | (c3 & 15) << 4);
             }
         }
-    }
-
-    /// <summary>The 6-bit code (0..63) of element 128n + 32·quarter + pos of a GGUF Q6_K block.</summary>
-    private static int Code(byte* ql, byte* qh, int n, int quarter, int pos)
-    {
-        int low = ql[64 * n + 32 * (quarter & 1) + pos];
-        return (quarter < 2 ? low & 15 : low >> 4) | ((qh[32 * n + pos] >> (2 * quarter)) & 3) << 4;
     }
 
     public static void Tile<TTile, TIsa>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile where TIsa : IIntegerIsa
