@@ -48,6 +48,25 @@ public static class ForwardProfile
             }
             matmulMs = sw.Elapsed.TotalMilliseconds / steps;
         }
+
+        // Each weight type's share of the matrix products, and the rate its bytes stream at.
+        var byType = new Dictionary<string, object>();
+        foreach (var group in matrices.GroupBy(t => t.Type))
+        {
+            var sw = Stopwatch.StartNew();
+            for (int i = 0; i < steps; i++)
+            {
+                foreach (var t in group) Multiply(gguf, t, pool, batchSize);
+            }
+            double ms = sw.Elapsed.TotalMilliseconds / steps;
+            long bytes = group.Sum(t => t.ByteCount);
+            byType[group.Key.ToString()] = new Dictionary<string, object>
+            {
+                ["ms"] = Math.Round(ms, 3),
+                ["mb"] = Math.Round(bytes / 1e6, 1),
+                ["gb_per_s"] = Math.Round(bytes / (ms * 1e6), 2),
+            };
+        }
         Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
         {
             ["mode"] = "forward-profile",
@@ -59,6 +78,7 @@ public static class ForwardProfile
             ["forward_best_ms"] = Math.Round(bestMs, 3),
             ["matmul_ms"] = Math.Round(matmulMs, 3),
             ["other_ms"] = Math.Round(forwardMs - matmulMs, 3),
+            ["by_type"] = byType,
         }));
         return Task.FromResult(0);
     }

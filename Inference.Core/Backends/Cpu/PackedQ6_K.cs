@@ -94,8 +94,10 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
         for (int s = 0; s < nsb; s++)
         {
             byte* blk = group + (long)s * PackedBlock;
-            // NOTE: as in PackedQ4_K, the lines a few super-blocks ahead are asked for while the first tile runs.
-            if (b == 0)
+            // NOTE: as in PackedQ4_K, the lines a few super-blocks ahead are asked for while the first tile runs, with
+            // VNNI only: the AVX2 steps take long enough per byte for the hardware prefetcher alone (two threads, batch 1,
+            // best call of kernels-quick: 16.2–16.7 GB/s without, 15.5–16.1 with; in cache 10.0 against 9.2).
+            if (b == 0 && TIsa.Vnni)
                 for (int line = 0; line < PackedBlock; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
             sbyte* qs = q + s * qStep;
             short* bs = bsums + s * bsStep;
@@ -110,6 +112,10 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
                 {
                     Pass<TTile, TIsa, Quarters02>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);
                     Pass<TTile, TIsa, Quarters13>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);
+                }
+                else if (TTile.Count == 1)
+                {
+                    i0 += QuartersMadd(blk, n, half, qs);
                 }
                 else
                 {
@@ -216,6 +222,59 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
         MaddTwoSteps<TTile, TQ>(codes + 64, xl + 8, scLo, scHi, ref sumi0, ref sumi1, ref sumi2, ref sumi3);
     }
 
+    /// <summary>
+    /// <see cref="PassMadd{TTile, TQ}"/> for one batch row, all four quarters at once: each step's three planes are loaded
+    /// once for the four code vectors (the two-pass form loads P0 and P1 twice, and at one batch row the loads and the
+    /// registers they hold are what the step waits on), two steps summed as shorts per quarter, then widened against the
+    /// scales: the same exact sums.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> QuartersMadd(byte* blk, int n, int half, sbyte* x)
+    {
+        byte* codes = blk + CodesOffset + 3 * PlaneBytes * (2 * n + half);
+        // Quarter q of step k: activations at xl + 32q + 4k, scales of sub-block 8n + 2q + half.
+        sbyte* xl = x + 128 * n + 16 * half;
+        var select = ScaleSelect(half);
+        var sum = QuarterStepPair(codes, xl, blk + 64 * n, select);
+        return sum + QuarterStepPair(codes + 64, xl + 8, blk + 64 * n, select);
+    }
+
+    /// <summary>Steps k and k + 1 of <see cref="QuartersMadd"/> (codes at <paramref name="codes"/> and + 32), scales of
+    /// half-block n read from <paramref name="blkN"/> = blk + 64n.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> QuarterStepPair(byte* codes, sbyte* xk, byte* blkN, Vector256<byte> select)
+    {
+        AllCodes(codes, out var c0, out var c1, out var c2, out var c3);
+        var l0 = Avx2.MultiplyAddAdjacent(c0, PackedSteps.Broadcast(xk));
+        var l1 = Avx2.MultiplyAddAdjacent(c1, PackedSteps.Broadcast(xk + 32));
+        var l2 = Avx2.MultiplyAddAdjacent(c2, PackedSteps.Broadcast(xk + 64));
+        var l3 = Avx2.MultiplyAddAdjacent(c3, PackedSteps.Broadcast(xk + 96));
+        AllCodes(codes + 32, out c0, out c1, out c2, out c3);
+        l0 += Avx2.MultiplyAddAdjacent(c0, PackedSteps.Broadcast(xk + 4));
+        l1 += Avx2.MultiplyAddAdjacent(c1, PackedSteps.Broadcast(xk + 36));
+        l2 += Avx2.MultiplyAddAdjacent(c2, PackedSteps.Broadcast(xk + 68));
+        l3 += Avx2.MultiplyAddAdjacent(c3, PackedSteps.Broadcast(xk + 100));
+        // blkN = blk + 64n: pair 4n + q of the scales is at blkN + 16q.
+        return Avx2.MultiplyAddAdjacent(l0, ScalePairs(blkN, 0, select)) + Avx2.MultiplyAddAdjacent(l1, ScalePairs(blkN, 1, select))
+             + Avx2.MultiplyAddAdjacent(l2, ScalePairs(blkN, 2, select)) + Avx2.MultiplyAddAdjacent(l3, ScalePairs(blkN, 3, select));
+    }
+
+    /// <summary>The 6-bit codes of all four quarters of one step from the three planes at <paramref name="p"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void AllCodes(byte* p, out Vector256<byte> c0, out Vector256<byte> c1, out Vector256<byte> c2, out Vector256<byte> c3)
+    {
+        var low6 = Vector256.Create((byte)0x3F);
+        var low4 = Vector256.Create((byte)0x0F);
+        var bits45 = Vector256.Create((byte)0x30);
+        var p0 = Vector256.Load(p);
+        var p1 = Vector256.Load(p + PlaneBytes);
+        var p2 = Vector256.Load(p + 2 * PlaneBytes);
+        c0 = p0 & low6;
+        c2 = p1 & low6;
+        c1 = (p2 & low4) | (Avx2.ShiftRightLogical(p0.AsUInt16(), 2).AsByte() & bits45);
+        c3 = (Avx2.ShiftRightLogical(p2.AsUInt16(), 4).AsByte() & low4) | (Avx2.ShiftRightLogical(p1.AsUInt16(), 2).AsByte() & bits45);
+    }
+
     /// <summary>Two steps of <see cref="PassMadd{TTile, TQ}"/> summed as shorts, then widened against the scales.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void MaddTwoSteps<TTile, TQ>(byte* codes, sbyte* xk, Vector256<short> scLo, Vector256<short> scHi,
@@ -244,13 +303,18 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
     /// <summary>The scales of sub-block 2p + <paramref name="half"/> of the eight rows as the short pairs (sc, sc) of each
     /// row lane: the stored (sc[2p], sc[2p + 1]) of a row sign-extended to two shorts, then one of them copied to both.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<short> ScalePairs(byte* blk, int p, int half)
-    {
-        var pair = Avx2.ConvertToVector256Int16((sbyte*)blk + ScalesOffset + 16 * p).AsByte();
-        return Avx2.Shuffle(pair, half == 0
-            ? Vector256.Create((byte)0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13)
-            : Vector256.Create((byte)2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15, 2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15)).AsInt16();
-    }
+    private static Vector256<short> ScalePairs(byte* blk, int p, int half) => ScalePairs(blk, p, ScaleSelect(half));
+
+    /// <summary><see cref="ScalePairs(byte*, int, int)"/> with the shuffle of <see cref="ScaleSelect"/> chosen once.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> ScalePairs(byte* blk, int p, Vector256<byte> select) =>
+        Avx2.Shuffle(Avx2.ConvertToVector256Int16((sbyte*)blk + ScalesOffset + 16 * p).AsByte(), select).AsInt16();
+
+    /// <summary>The shuffle that copies the scale of sub-block 2p + <paramref name="half"/> to both shorts of each row lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> ScaleSelect(int half) => half == 0
+        ? Vector256.Create((byte)0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13)
+        : Vector256.Create((byte)2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15, 2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15);
 
     /// <summary>The 6-bit codes of one step from the three planes at <paramref name="p"/>: quarter a (<paramref name="cl"/>)
     /// and quarter a + 2 (<paramref name="ch"/>).</summary>
