@@ -88,11 +88,6 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
         for (int s = 0; s < nsb; s++)
         {
             byte* blk = group + (long)s * PackedBlock;
-            // NOTE: one batch row is not enough work per byte for the hardware prefetcher alone to keep a core's loads
-            // in flight; asking for the lines PrefetchDistance ahead took batch 1 from about 9 to 12–14 GB/s (one thread,
-            // best call of kernels-quick, 15–16 GB/s plain reads).
-            if (b == 0)
-                for (int line = 0; line < PackedBlock; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
             sbyte* qs = q + s * qStep;
             short* bs = bsums + s * bsStep;
             float* ds = dx + (long)s * batch;
@@ -101,6 +96,11 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
             Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
             for (int i = 0; i < 4; i++)
             {
+                // NOTE: one batch row is not enough work per byte for the hardware prefetcher alone to keep a core's
+                // loads in flight; asking for the lines PrefetchDistance ahead took batch 1 from about 9 to 12–14 GB/s
+                // (one thread, best call of kernels-quick, 15–16 GB/s plain reads). A quarter of them per pair of
+                // sub-blocks (4 · 5 lines ≥ PackedBlock).
+                if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance + 320 * i, 5);
                 byte* codes = blk + CodesOffset + 256 * i;
                 byte* scales = blk + ScalesOffset + 16 * i;
                 int x = 64 * i;

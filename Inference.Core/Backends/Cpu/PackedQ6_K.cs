@@ -94,11 +94,6 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
         for (int s = 0; s < nsb; s++)
         {
             byte* blk = group + (long)s * PackedBlock;
-            // NOTE: as in PackedQ4_K, the lines a few super-blocks ahead are asked for while the first tile runs, with
-            // VNNI only: the AVX2 steps take long enough per byte for the hardware prefetcher alone (two threads, batch 1,
-            // best call of kernels-quick: 16.2–16.7 GB/s without, 15.5–16.1 with; in cache 10.0 against 9.2).
-            if (b == 0 && TIsa.Vnni)
-                for (int line = 0; line < PackedBlock; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
             sbyte* qs = q + s * qStep;
             short* bs = bsums + s * bsStep;
             float* ds = dx + (long)s * batch;
@@ -108,6 +103,10 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
             for (int n = 0; n < 2; n++)
             for (int half = 0; half < 2; half++)
             {
+                // NOTE: as in PackedQ4_K, the lines a few super-blocks ahead are asked for while the first tile runs, a
+                // quarter of them per (n, half) (4 · 7 lines ≥ PackedBlock); two threads, batch 1, best call of
+                // kernels-quick: 16.6–17.2 GB/s without, 18.2–18.6 with, and no cost in cache.
+                if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance + 448 * (2 * n + half), 7);
                 if (TIsa.Vnni)
                 {
                     Pass<TTile, TIsa, Quarters02>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);

@@ -69,8 +69,8 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
         {
             byte* blk = group + (long)i * PackedBlock;
             // NOTE: as in PackedQ4_K: one batch row leaves the hardware prefetcher alone too few loads in flight.
-            if (b == 0)
-                for (int line = 0; line < PackedBlock; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
+            // Five lines from the block PrefetchDistance ahead: with the next block's five, every line of the stream.
+            if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance, 5);
             // NOTE: f16 scales keep the packed block as small as the GGUF blocks (decode streams every byte); widening
             // eight of them costs a few vector operations per block, shared by the tile's batch rows.
             var dw = RowScales(blk);
@@ -116,11 +116,8 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
         for (int i = 0; i < nb; i++)
         {
             byte* blkA = groupA + (long)i * PackedBlock, blkB = groupB + (long)i * PackedBlock;
-            for (int line = 0; line < PackedBlock; line += 64)
-            {
-                Sse.Prefetch0(blkA + PrefetchDistance + line);
-                Sse.Prefetch0(blkB + PrefetchDistance + line);
-            }
+            PackedSteps.PrefetchLines(blkA + PrefetchDistance, 5);
+            PackedSteps.PrefetchLines(blkB + PrefetchDistance, 5);
             ya = Block<TIsa>(ya, blkA, (int*)(q + 32L * i), s[i], d[i]);
             yb = Block<TIsa>(yb, blkB, (int*)(q + 32L * i), s[i], d[i]);
         }
@@ -145,8 +142,8 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
         for (int i = 0; i < nb; i++)
         {
             byte* blk = group + (long)i * PackedBlock;
-            if (b == 0)
-                for (int line = 0; line < PackedBlock; line += 64) Sse.Prefetch0(blk + PrefetchDistance + line);
+            // Five lines from the block PrefetchDistance ahead: with the next block's five, every line of the stream.
+            if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance, 5);
             var dw = RowScales(blk);
             byte* wq = blk + ScalesBytes;
             sbyte* qe = q + i * qStep;

@@ -152,4 +152,25 @@ internal static class PackedSteps
     /// <summary>Four activation bytes broadcast to every lane.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector256<sbyte> Broadcast(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
+
+    /// <summary>
+    /// Asks for the <paramref name="lines"/> cache lines (a constant from 1 to 8) at <paramref name="p"/>, p + 64, …
+    /// </summary>
+    /// <remarks>
+    /// Written out rather than looped: a loop spends an index update, a compare and a branch per line, which at batch 1
+    /// took as many decode slots as a tenth of the vector steps (Q4_K in cache, one thread: 12% slower with the loop,
+    /// the same lines asked for).
+    /// </remarks>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe void PrefetchLines(byte* p, int lines)
+    {
+        Sse.Prefetch0(p);
+        if (lines > 1) Sse.Prefetch0(p + 64);
+        if (lines > 2) Sse.Prefetch0(p + 128);
+        if (lines > 3) Sse.Prefetch0(p + 192);
+        if (lines > 4) Sse.Prefetch0(p + 256);
+        if (lines > 5) Sse.Prefetch0(p + 320);
+        if (lines > 6) Sse.Prefetch0(p + 384);
+        if (lines > 7) Sse.Prefetch0(p + 448);
+    }
 }
