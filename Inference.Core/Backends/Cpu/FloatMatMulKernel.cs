@@ -322,6 +322,29 @@ internal static unsafe class FloatMatMulKernel
         Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
         Vector256<float> c4 = default, c5 = default, c6 = default, c7 = default;
         int i = 0;
+        // NOTE: sixteen columns per step (two FMAs per row in column order, the same sums as two eight-column steps):
+        // f16 and bf16 rows widen sixteen values at a time on 16-bit lanes, half the shifts of eight at a time.
+        for (; i + 16 <= cols; i += 16)
+        {
+            var ul = Vector256.Load(x + i);
+            var uh = Vector256.Load(x + i + 8);
+            TW.Load16(w0, i, out var l, out var h);
+            c0 = Vector256.FusedMultiplyAdd(h, uh, Vector256.FusedMultiplyAdd(l, ul, c0));
+            TW.Load16(w1, i, out l, out h);
+            c1 = Vector256.FusedMultiplyAdd(h, uh, Vector256.FusedMultiplyAdd(l, ul, c1));
+            TW.Load16(w2, i, out l, out h);
+            c2 = Vector256.FusedMultiplyAdd(h, uh, Vector256.FusedMultiplyAdd(l, ul, c2));
+            TW.Load16(w3, i, out l, out h);
+            c3 = Vector256.FusedMultiplyAdd(h, uh, Vector256.FusedMultiplyAdd(l, ul, c3));
+            TW.Load16(w4, i, out l, out h);
+            c4 = Vector256.FusedMultiplyAdd(h, uh, Vector256.FusedMultiplyAdd(l, ul, c4));
+            TW.Load16(w5, i, out l, out h);
+            c5 = Vector256.FusedMultiplyAdd(h, uh, Vector256.FusedMultiplyAdd(l, ul, c5));
+            TW.Load16(w6, i, out l, out h);
+            c6 = Vector256.FusedMultiplyAdd(h, uh, Vector256.FusedMultiplyAdd(l, ul, c6));
+            TW.Load16(w7, i, out l, out h);
+            c7 = Vector256.FusedMultiplyAdd(h, uh, Vector256.FusedMultiplyAdd(l, ul, c7));
+        }
         for (; i + 8 <= cols; i += 8)
         {
             var u = Vector256.Load(x + i);

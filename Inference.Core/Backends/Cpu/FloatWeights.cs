@@ -13,6 +13,9 @@ internal unsafe interface IFloatWeights
     static abstract Vector512<float> Load16x512(byte* row, int i);
     /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+7 of <paramref name="row"/>.</summary>
     static abstract Vector256<float> Load8(byte* row, int i);
+    /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+15 of <paramref name="row"/> as two 256-bit vectors, the
+    /// same values as two <see cref="Load8"/>.</summary>
+    static abstract void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi);
     /// <summary>Weight <paramref name="i"/> of <paramref name="row"/>.</summary>
     static abstract float Load1(byte* row, int i);
 }
@@ -32,6 +35,13 @@ internal readonly unsafe struct F32Weights : IFloatWeights
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Load8(byte* row, int i) => Vector256.Load((float*)row + i);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi)
+    {
+        lo = Vector256.Load((float*)row + i);
+        hi = Vector256.Load((float*)row + i + 8);
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(byte* row, int i) => ((float*)row)[i];
@@ -57,7 +67,42 @@ internal readonly unsafe struct F16Weights : IFloatWeights
         ToSingle(Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)row + i)).AsUInt32());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi)
+    {
+        WidenUnscaled16((ushort*)row + i, out lo, out hi);
+        var scale = Vector256.Create(Scale).AsSingle();
+        lo *= scale;
+        hi *= scale;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(byte* row, int i) => Fp16.ToFloat(((ushort*)row)[i]);
+
+    /// <summary>
+    /// Sixteen halves at <paramref name="p"/> as floats still to be multiplied by 2^112 (the re-bias of
+    /// <see cref="ToSingle(Vector256{uint})"/>), in order: the arithmetic on 16-bit lanes, half the shifts of widening
+    /// first (this core's one vector shift pipe is what <see cref="Load8"/> waits on).
+    /// </summary>
+    /// <remarks>
+    /// The float's top half is the half shifted right by 3 (sign copies masked off), its bottom half the three mantissa
+    /// bits shifted out, so interleaving the two gives (h &lt;&lt; 16) >> 3. An all-ones half exponent becomes an all-ones
+    /// float exponent, which the 2^112 keeps: infinities and NaNs come out as such. The qword permute first makes the
+    /// interleave come out in order.
+    /// </remarks>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void WidenUnscaled16(ushort* p, out Vector256<float> lo, out Vector256<float> hi)
+    {
+        var h = Avx2.Permute4x64(Vector256.Load((ulong*)p), 0b11_01_10_00).AsInt16();
+        var infNan = Vector256.Equals(h & Vector256.Create((short)0x7C00), Vector256.Create((short)0x7C00));
+        var top = (Avx2.ShiftRightArithmetic(h, 3) & Vector256.Create(unchecked((short)0x8FFF)))
+                | (infNan & Vector256.Create((short)0x7F80));
+        var bottom = Avx2.ShiftLeftLogical(h, 13);
+        lo = Avx2.UnpackLow(bottom, top).AsSingle();
+        hi = Avx2.UnpackHigh(bottom, top).AsSingle();
+    }
+
+    /// <summary>The factor (2^112) that <see cref="WidenUnscaled16"/>'s values still need.</summary>
+    internal static float Rebias => BitConverter.UInt32BitsToSingle(Scale);
 
     // NOTE: with the half in the top 16 bits of an int, an arithmetic shift by 3 puts exponent and mantissa where a
     // float keeps them (the sign stays on top; the mask clears its copies); scaling by 2^112 then re-biases normals and
@@ -103,6 +148,15 @@ internal readonly unsafe struct BF16Weights : IFloatWeights
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Load8(byte* row, int i) =>
         (Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)row + i)) << 16).AsSingle();
+
+    /// <summary>Interleaved with zero words below them (no shifts: this core has one vector shift pipe).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi)
+    {
+        var h = Avx2.Permute4x64(Vector256.Load((ulong*)((ushort*)row + i)), 0b11_01_10_00).AsUInt16();
+        lo = Avx2.UnpackLow(Vector256<ushort>.Zero, h).AsSingle();
+        hi = Avx2.UnpackHigh(Vector256<ushort>.Zero, h).AsSingle();
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(byte* row, int i) => BitConverter.Int32BitsToSingle(((ushort*)row)[i] << 16);

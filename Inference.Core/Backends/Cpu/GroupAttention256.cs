@@ -180,11 +180,8 @@ internal static unsafe class GroupAttention256
         }
     }
 
-    // NOTE: f16 → f32 for sixteen values in the 16-bit lanes, with half the shifts of widening first: the float's top
-    // half is the half shifted right by 3 (sign copies masked off), its bottom half the three mantissa bits shifted out,
-    // so interleaving the two gives (h << 16) >> 3, which times 2^112 re-biases normals and subnormals (as
-    // F16Weights.ToSingle does). An all-ones half exponent becomes an all-ones float exponent before the multiply, which
-    // keeps infinities and NaNs. The qword permute first makes the interleave come out in order.
+    // NOTE: f16 rows widen sixteen values at a time (F16Weights.WidenUnscaled16); the 2^112 re-bias is applied here
+    // or carried by the queries and the softmax weights.
     private const uint Rebias = (127 + 112) << 23;
 
     /// <summary>How the scores read sixteen key values.</summary>
@@ -227,12 +224,6 @@ internal static unsafe class GroupAttention256
             hi = Vector256.Load((float*)p + 8);
             return;
         }
-        var h = Avx2.Permute4x64(Vector256.Load((ulong*)p), 0b11_01_10_00).AsInt16();
-        var infNan = Vector256.Equals(h & Vector256.Create((short)0x7C00), Vector256.Create((short)0x7C00));
-        var top = (Avx2.ShiftRightArithmetic(h, 3) & Vector256.Create(unchecked((short)0x8FFF)))
-                | (infNan & Vector256.Create((short)0x7F80));
-        var bottom = Avx2.ShiftLeftLogical(h, 13);
-        lo = Avx2.UnpackLow(bottom, top).AsSingle();
-        hi = Avx2.UnpackHigh(bottom, top).AsSingle();
+        F16Weights.WidenUnscaled16((ushort*)p, out lo, out hi);
     }
 }

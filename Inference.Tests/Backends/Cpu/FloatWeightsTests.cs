@@ -1,4 +1,5 @@
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Inference.Backends.Cpu;
 
 namespace Inference.Tests.Backends.Cpu;
@@ -28,6 +29,41 @@ public class FloatWeightsTests
                 Assert.That(BitConverter.SingleToInt32Bits(got512), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)), $"512: 0x{bits[i]:X4}");
                 Assert.That(BitConverter.SingleToInt32Bits(got256), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)), $"256: 0x{bits[i]:X4}");
                 Assert.That(Fp16.ToFloat(bits[i]), Is.EqualTo(expected));
+            }
+        }
+    }
+
+    [Test]
+    public unsafe void Sixteen_value_loads_match_eight_value_loads_for_every_bit_pattern()
+    {
+        if (!Avx2.IsSupported) Assert.Ignore("AVX2 is not supported on this CPU.");
+        // All 65,536 f16 and bf16 bit patterns through Load16 (the 16-bit-lane widening of the batch-1 AVX2 tile),
+        // against two Load8 and against Half / the bf16 definition: the same bits, NaNs as NaNs.
+        var bits = new ushort[65536];
+        for (int i = 0; i < bits.Length; i++) bits[i] = (ushort)i;
+        fixed (ushort* p = bits)
+        {
+            for (int start = 0; start < 65536; start += 16)
+            {
+                byte* row = (byte*)p;
+                F16Weights.Load16(row, start, out var lo, out var hi);
+                var lo8 = F16Weights.Load8(row, start);
+                var hi8 = F16Weights.Load8(row, start + 8);
+                BF16Weights.Load16(row, start, out var blo, out var bhi);
+                for (int i = 0; i < 16; i++)
+                {
+                    ushort b = bits[start + i];
+                    float got = i < 8 ? lo[i] : hi[i - 8], got8 = i < 8 ? lo8[i] : hi8[i - 8];
+                    float expected = (float)BitConverter.UInt16BitsToHalf(b);
+                    if (float.IsNaN(expected)) Assert.That(float.IsNaN(got) && float.IsNaN(got8), $"f16 0x{b:X4}");
+                    else
+                    {
+                        Assert.That(BitConverter.SingleToInt32Bits(got), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)), $"f16 0x{b:X4}");
+                        Assert.That(BitConverter.SingleToInt32Bits(got8), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)), $"f16 Load8 0x{b:X4}");
+                    }
+                    float bgot = i < 8 ? blo[i] : bhi[i - 8];
+                    Assert.That(BitConverter.SingleToInt32Bits(bgot), Is.EqualTo(b << 16), $"bf16 0x{b:X4}");
+                }
             }
         }
     }
