@@ -11,9 +11,9 @@ namespace Inference.Backends.Cpu;
 /// <item>F32, F16, BF16: the float dot product with f32 accumulation, F16/BF16 widened exactly in registers.</item>
 /// <item>Q8_0, Q4_0: each activation row is first quantized to Q8_0 (per 32 values, scale max|x|/127 rounded to f16,
 /// see <see cref="ActivationQuantizer"/>), then block integer dots are scaled by the product of both f16 block scales
-/// (exact in f32), as ggml's <c>vec_dot_q8_0_q8_0</c> / <c>vec_dot_q4_0_q8_0</c>. Q8_0 weights passed through
-/// <see cref="Prepare"/> are repacked eight rows at a time (<see cref="PackedQ8_0"/>): the same exact integer block
-/// products, scaled once per block and row.</item>
+/// (exact in f32), as ggml's <c>vec_dot_q8_0_q8_0</c> / <c>vec_dot_q4_0_q8_0</c>. Q8_0 and Q4_0 weights passed through
+/// <see cref="Prepare"/> are repacked eight rows at a time (<see cref="PackedQ8_0"/>, <see cref="PackedQ4_0"/>): the
+/// same exact integer block products, scaled once per block and row.</item>
 /// <item>Q4_K, Q6_K: activations are quantized to Q8_K (per 256 values), as ggml's <c>vec_dot_q4_K_q8_K</c> /
 /// <c>vec_dot_q6_K_q8_K</c>. Weights passed through <see cref="Prepare"/> are repacked eight rows at a time
 /// (<see cref="PackedQ4_K"/>, <see cref="PackedQ6_K"/>): the same exact integer super-block sums, scaled once per
@@ -30,7 +30,7 @@ public static class MatMul
 
     /// <summary>
     /// Returns <paramref name="w"/> with a copy of its rows in the layout this machine's fastest kernel reads (with
-    /// AVX2: <see cref="PackedQ8_0"/>, <see cref="PackedQ4_K"/>, <see cref="PackedQ6_K"/>), or <paramref name="w"/>
+    /// AVX2: <see cref="PackedQ8_0"/>, <see cref="PackedQ4_0"/>, <see cref="PackedQ4_K"/>, <see cref="PackedQ6_K"/>), or <paramref name="w"/>
     /// itself when there is none. The copy lives as long as the returned value is reachable; the original memory must
     /// stay valid too.
     /// </summary>
@@ -57,6 +57,7 @@ public static class MatMul
         var packed = w.Type switch
         {
             GgmlType.Q8_0 => PackedWeights.Pack<PackedQ8_0>(w, arena),
+            GgmlType.Q4_0 => PackedWeights.Pack<PackedQ4_0>(w, arena),
             GgmlType.Q4_K => PackedWeights.Pack<PackedQ4_K>(w, arena),
             GgmlType.Q6_K => PackedWeights.Pack<PackedQ6_K>(w, arena),
             _ => null,
@@ -103,6 +104,7 @@ public static class MatMul
                 case GgmlType.BF16: pool.Run(w.Rows, new FloatJob<BF16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
                 case GgmlType.Q8_0 when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ8_0>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q8_0: RunQ8_0<Q8_0Kernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q4_0 when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ4_0>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q4_0: RunQ8_0<Q4_0Kernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q4_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ4_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q4_K: RunQ8_K<Q4_KKernel>(w, px, py, batch, pool, path); break;
@@ -153,6 +155,7 @@ public static class MatMul
             switch (w0.Type)
             {
                 case GgmlType.Q8_0: RunPacked<PackedQ8_0>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                case GgmlType.Q4_0: RunPacked<PackedQ4_0>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q4_K: RunPacked<PackedQ4_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q6_K: RunPacked<PackedQ6_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 default: throw new NotSupportedException($"no packed kernel for {w0.Type}");

@@ -195,9 +195,9 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
             x, minus8Sum, dw, dx);
     }
 
-    /// <summary>The eight rows' f16 block scales at the start of a packed block, widened.</summary>
+    /// <summary>The eight rows' f16 block scales at the start of a packed block, widened (also <see cref="PackedQ4_0"/>'s).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> RowScales(byte* blk) =>
+    internal static Vector256<float> RowScales(byte* blk) =>
         F16Weights.ToSingle(Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)blk)).AsUInt32());
 
     /// <summary>One block of one batch row against the group's eight rows.</summary>
