@@ -318,16 +318,17 @@ internal static unsafe class FloatMatMulKernel
         long rb = a.RowBytes;
         byte* w0 = a.W + r * rb, w1 = w0 + rb, w2 = w1 + rb, w3 = w2 + rb;
         byte* w4 = w3 + rb, w5 = w4 + rb, w6 = w5 + rb, w7 = w6 + rb;
-        float* x = a.X;
+        float* x = a.X, xs = a.XScaled;
         Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
         Vector256<float> c4 = default, c5 = default, c6 = default, c7 = default;
         int i = 0;
         // NOTE: sixteen columns per step (two FMAs per row in column order, the same sums as two eight-column steps):
-        // f16 and bf16 rows widen sixteen values at a time on 16-bit lanes, half the shifts of eight at a time.
+        // f16 and bf16 rows widen sixteen values at a time on 16-bit lanes, half the shifts of eight at a time. The
+        // activations are the scaled ones where the loads fall short by a factor (the products are the same).
         for (; i + 16 <= cols; i += 16)
         {
-            var ul = Vector256.Load(x + i);
-            var uh = Vector256.Load(x + i + 8);
+            var ul = Vector256.Load(xs + i);
+            var uh = Vector256.Load(xs + i + 8);
             TW.Load16(w0, i, out var l, out var h);
             c0 = Vector256.FusedMultiplyAdd(h, uh, Vector256.FusedMultiplyAdd(l, ul, c0));
             TW.Load16(w1, i, out l, out h);

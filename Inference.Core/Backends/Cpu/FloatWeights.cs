@@ -14,8 +14,11 @@ internal unsafe interface IFloatWeights
     /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+7 of <paramref name="row"/>.</summary>
     static abstract Vector256<float> Load8(byte* row, int i);
     /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+15 of <paramref name="row"/> as two 256-bit vectors, the
-    /// same values as two <see cref="Load8"/>.</summary>
+    /// same values as two <see cref="Load8"/> times <see cref="Load16Scale"/>.</summary>
     static abstract void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi);
+    /// <summary>What <see cref="Load16"/>'s values are short of: 1, or 2^112 for <see cref="F16FiniteWeights"/>, whose
+    /// callers multiply the activations by it instead (exact while they are under 2^16 in size).</summary>
+    static virtual float Load16Scale => 1f;
     /// <summary>Weight <paramref name="i"/> of <paramref name="row"/>.</summary>
     static abstract float Load1(byte* row, int i);
 }
@@ -127,6 +130,52 @@ internal readonly unsafe struct F16Weights : IFloatWeights
         var exponent = top & Vector256.Create(0x7C000000);
         var infNan = Vector256.Equals(exponent, Vector256.Create(0x7C000000));
         return (f.AsInt32() | (infNan & Vector256.Create(0x7F800000))).AsSingle();
+    }
+}
+
+/// <summary>
+/// F16 weights known to hold no infinity or NaN (<see cref="WeightMatrix.FiniteHalves"/>): <see cref="Load16"/> widens them
+/// without the fix-up those need and without the 2^112 re-bias, which the activations carry instead
+/// (<see cref="Load16Scale"/>); w·2^-112 times x·2^112 is w·x exactly, so every sum keeps its bits. The other loads are
+/// <see cref="F16Weights"/>'.
+/// </summary>
+internal readonly unsafe struct F16FiniteWeights : IFloatWeights
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Load32(byte* row, int i, out Vector512<float> lo, out Vector512<float> hi) => F16Weights.Load32(row, i, out lo, out hi);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Load16x512(byte* row, int i) => F16Weights.Load16x512(row, i);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load8(byte* row, int i) => F16Weights.Load8(row, i);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi)
+    {
+        var h = Avx2.Permute4x64(Vector256.Load((ulong*)((ushort*)row + i)), 0b11_01_10_00).AsInt16();
+        var top = Avx2.ShiftRightArithmetic(h, 3) & Vector256.Create(unchecked((short)0x8FFF));
+        var bottom = Avx2.ShiftLeftLogical(h, 13);
+        lo = Avx2.UnpackLow(bottom, top).AsSingle();
+        hi = Avx2.UnpackHigh(bottom, top).AsSingle();
+    }
+
+    public static float Load16Scale => F16Weights.Rebias;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Load1(byte* row, int i) => F16Weights.Load1(row, i);
+
+    /// <summary>True when none of the <paramref name="count"/> halves at <paramref name="p"/> is an infinity or a NaN
+    /// (all exponent bits set).</summary>
+    public static bool AllFinite(ushort* p, long count)
+    {
+        long i = 0;
+        var exponent = Vector256.Create((ushort)0x7C00);
+        var any = Vector256<ushort>.Zero;
+        for (; i + 16 <= count; i += 16) any |= Vector256.Equals(Vector256.Load(p + i) & exponent, exponent);
+        if (any != Vector256<ushort>.Zero) return false;
+        for (; i < count; i++) if ((p[i] & 0x7C00) == 0x7C00) return false;
+        return true;
     }
 }
 

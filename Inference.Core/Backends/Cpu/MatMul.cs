@@ -51,8 +51,11 @@ public static class MatMul
             long bytes = w.Rows * w.RowBytes;
             byte* copy = arena.Allocate(bytes, out var owner);
             Buffer.MemoryCopy(w.Data, copy, bytes, bytes);
-            return new WeightMatrix(w.Type, copy, w.Rows, w.Cols) { Owner = owner };
+            var copied = new WeightMatrix(w.Type, copy, w.Rows, w.Cols) { Owner = owner };
+            return w.Type == GgmlType.F16 ? copied with { FiniteHalves = F16FiniteWeights.AllFinite((ushort*)copy, bytes / 2) } : copied;
         }
+        if (w.Type == GgmlType.F16 && !w.FiniteHalves)
+            return w with { FiniteHalves = F16FiniteWeights.AllFinite((ushort*)w.Data, w.Rows * w.RowBytes / 2) };
         if (w.Packed is not null || !PackedWeights.IsSupportedFor(w.Type)) return w;
         var packed = w.Type switch
         {
@@ -100,6 +103,9 @@ public static class MatMul
             switch (w.Type)
             {
                 case GgmlType.F32: pool.Run(w.Rows, new FloatJob<F32Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
+                case GgmlType.F16 when w.FiniteHalves && batch == 1 && path is KernelPath.Vector256 or KernelPath.Vector256VnniEmulated or KernelPath.Vector256Vnni:
+                    RunFiniteHalves(w, px, py, pool, path);
+                    break;
                 case GgmlType.F16: pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
                 case GgmlType.BF16: pool.Run(w.Rows, new FloatJob<BF16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
                 case GgmlType.Q8_0 when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ8_0>(path, px, batch, pool, w, py); break;
@@ -113,6 +119,25 @@ public static class MatMul
                 default: throw new NotSupportedException($"matmul with {w.Type} weights is not supported");
             }
         }
+    }
+
+    /// <summary>
+    /// One activation row against F16 weights without infinities or NaNs (<see cref="F16FiniteWeights"/>): the
+    /// activations take the weights' 2^112 re-bias, exact while they are all under 2^16 in size (otherwise, or for NaN
+    /// activations, the weights are widened in full).
+    /// </summary>
+    private static unsafe void RunFiniteHalves(in WeightMatrix w, float* x, float* y, WorkerPool pool, KernelPath path)
+    {
+        var input = new ReadOnlySpan<float>(x, w.Cols);
+        if (!(MathF.Abs(System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(input)) < 65536f))
+        {
+            pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, x, y, 1, path)), w.Rows * w.RowBytes);
+            return;
+        }
+        var s = t_scratch ??= new ActivationScratch();
+        float* scaled = s.EnsureScaled(w.Cols);
+        System.Numerics.Tensors.TensorPrimitives.Multiply(input, F16FiniteWeights.Load16Scale, new Span<float>(scaled, w.Cols));
+        pool.Run(w.Rows, new FloatJob<F16FiniteWeights>(new MatMulArgs(w, x, scaled, y, 1, path)), w.Rows * w.RowBytes);
     }
 
     private static unsafe void RunQ8_0<TKernel>(in WeightMatrix w, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
@@ -240,11 +265,19 @@ public static class MatMul
         private float[] _d = [];
         private int[] _sums = [];
         private short[] _bsums = [];
+        private float[] _scaled = [];
 
         public sbyte* Q { get; private set; }
         public float* D { get; private set; }
         public int* Sums { get; private set; }
         public short* BSums { get; private set; }
+
+        /// <summary>Room for <paramref name="floats"/> scaled activations.</summary>
+        public float* EnsureScaled(int floats)
+        {
+            if (_scaled.Length < floats) _scaled = GC.AllocateUninitializedArray<float>((floats + 255) & ~255, pinned: true);
+            return (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_scaled));
+        }
 
         public void Ensure(int batch, int cols)
         {

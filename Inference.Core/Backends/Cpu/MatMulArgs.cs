@@ -30,6 +30,8 @@ internal readonly unsafe struct MatMulArgs
     public readonly short* BSums;
     /// <summary>Instruction-set level to run at.</summary>
     public readonly KernelPath Path;
+    /// <summary>The activations times the weights' <see cref="IFloatWeights.Load16Scale"/> (<see cref="X"/> when that is 1).</summary>
+    public readonly float* XScaled;
 
     public MatMulArgs(in WeightMatrix w, float* x, float* y, int batch, KernelPath path,
         sbyte* q = null, float* d = null, int* sums = null, short* bsums = null)
@@ -46,7 +48,12 @@ internal readonly unsafe struct MatMulArgs
         D = d;
         Sums = sums;
         BSums = bsums;
+        XScaled = x;
     }
+
+    /// <summary>Float weights whose 16-value loads fall short by a factor the activations <paramref name="xScaled"/> carry.</summary>
+    public MatMulArgs(in WeightMatrix w, float* x, float* xScaled, float* y, int batch, KernelPath path)
+        : this(w, x, y, batch, path) => XScaled = xScaled;
 }
 
 /// <summary>How many batch rows a kernel handles per pass over a weight row (a compile-time constant per type).</summary>

@@ -36,6 +36,10 @@ public readonly unsafe struct WeightMatrix
     /// weights on huge pages), or null for memory owned elsewhere.</summary>
     internal WeightBuffer? Owner { get; init; }
 
+    /// <summary>F16 weights with no infinity or NaN among them (checked by <see cref="MatMul.Prepare"/>): the batch-1 AVX2
+    /// kernel then widens them without the fix-up those need (<see cref="F16FiniteWeights"/>).</summary>
+    internal bool FiniteHalves { get; init; }
+
     /// <summary>The bytes of row <paramref name="row"/>.</summary>
     public ReadOnlySpan<byte> Row(int row) => new(Data + row * RowBytes, checked((int)RowBytes));
 }

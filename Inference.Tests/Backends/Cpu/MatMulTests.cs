@@ -120,6 +120,37 @@ public unsafe class MatMulTests
         }
     }
 
+    /// <summary>
+    /// F16 weights without infinities or NaNs take a lighter widening at batch 1 with the activations carrying the
+    /// 2^112 re-bias; weights with an infinity, or activations of 2^16 and more, take the full widening. Each case must
+    /// give the bits the batched (full-widening) product gives.
+    /// </summary>
+    [Test]
+    public void F16_batch_one_gives_the_batched_bits_with_infinities_and_large_activations(
+        [Values(false, true)] bool infinity, [Values(false, true)] bool largeActivation)
+    {
+        const int rows = 19, cols = 72;
+        var rng = new Random(31 + (infinity ? 1 : 0) + (largeActivation ? 2 : 0));
+        var weights = CpuTestHelpers.RandomWeights(rng, GgmlType.F16, rows, cols);
+        if (infinity) BitConverter.TryWriteBytes(weights.AsSpan((5 * cols + 17) * 2, 2), (ushort)0x7C00);
+        var x = CpuTestHelpers.RandomFloats(rng, cols);
+        if (largeActivation) x[40] = 70_000f;
+        var twice = x.Concat(x).ToArray();
+        var one = Enumerable.Repeat(float.NaN, rows).ToArray();
+        var two = Enumerable.Repeat(float.NaN, 2 * rows).ToArray();
+        using var pool = new WorkerPool(2);
+        fixed (byte* pw = weights)
+        {
+            var w = MatMul.Prepare(new WeightMatrix(GgmlType.F16, pw, rows, cols));
+            Assert.That(w.FiniteHalves, Is.EqualTo(!infinity), "finite halves");
+            MatMul.Multiply(w, x, one, 1, pool);
+            MatMul.Multiply(w, twice, two, 2, pool);
+        }
+        if (infinity) Assert.That(float.IsInfinity(one[5]) || float.IsNaN(one[5]), "the infinity reaches its row");
+        Assert.That(one, Is.EqualTo(two.AsSpan(0, rows).ToArray()));
+        Assert.That(one, Is.EqualTo(two.AsSpan(rows, rows).ToArray()));
+    }
+
     private static readonly GgmlType[] IntegerTypes = [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K];
 
     /// <summary>
