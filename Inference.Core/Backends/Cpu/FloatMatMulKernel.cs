@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using Inference.Loading;
 
 namespace Inference.Backends.Cpu;
 
@@ -240,9 +241,44 @@ internal static unsafe class FloatMatMulKernel
         int r = rowStart;
         if (a.Batch == 1)
             for (; r + 8 <= rowEnd; r += 8) RowTile8x1_256<TW>(a, r);
+        else if (typeof(TW) != typeof(F32Weights) && a.Batch >= WidenOnceMinBatch)
+            for (; r + 4 <= rowEnd; r += 4) WidenedTiles256<TW>(a, r);
         else
             for (; r + 4 <= rowEnd; r += 4) BatchTiles256<TW, Tile4>(a, r);
         for (; r < rowEnd; r++) BatchTiles256<TW, Tile1>(a, r);
+    }
+
+    /// <summary>Batch rows from which f16/bf16 row tiles are widened once into f32 for the whole batch.</summary>
+    private const int WidenOnceMinBatch = 6;
+
+    [ThreadStatic] private static float[]? t_widened;
+
+    /// <summary>
+    /// Rows r … r+3 of f16/bf16 weights against every batch row: the four rows widened once into f32 (a per-thread
+    /// buffer that stays in the core's cache), then the F32 tiles over the batch. The widening is exact and the F32 tiles
+    /// make the same products in the same order as <see cref="BatchTiles256{TW, TRows}"/> on the narrow rows, so the bits
+    /// are the same; the widening is paid once per weight instead of once per three batch rows (F16 prefill had been
+    /// bound by it).
+    /// </summary>
+    private static void WidenedTiles256<TW>(in MatMulArgs a, int r) where TW : IFloatWeights
+    {
+        int cols = a.Cols;
+        var buffer = t_widened;
+        if (buffer is null || buffer.Length < 4 * cols) t_widened = buffer = GC.AllocateUninitializedArray<float>(4 * cols, pinned: true);
+        fixed (float* wide = buffer)
+        {
+            for (int k = 0; k < 4; k++)
+            {
+                byte* row = a.W + (r + k) * a.RowBytes;
+                float* dst = wide + (long)k * cols;
+                int i = 0;
+                for (; i + 8 <= cols; i += 8) TW.Load8(row, i).Store(dst + i);
+                for (; i < cols; i++) dst[i] = TW.Load1(row, i);
+            }
+            // A view of the matrix whose rows r … r+3 are the widened ones (the others are never read).
+            var widened = new WeightMatrix(GgmlType.F32, (byte*)wide - (long)r * cols * sizeof(float), a.Rows, cols);
+            BatchTiles256<F32Weights, Tile4>(new MatMulArgs(widened, a.X, a.Y, a.Batch, a.Path), r);
+        }
     }
 
     /// <summary>Rows r … r+TRows.Count−1 against every batch row, three at a time.</summary>
