@@ -3,15 +3,15 @@
 # Usage: scripts/bench-cpu.sh [OUTFILE]   (JSON lines; default: stdout)
 # Writes the benchmark models into .models/ first when they are missing (dim 1024, 16 layers, 16 heads, 4 KV heads,
 # ffn 2816, vocab 512). Run on an otherwise idle machine; each measurement is the best of three warm passes (the first
-# pass of each process is not counted), decode over 64 generated tokens at batch 1 and 32 at batch 8; the 1,024-token
-# prompt run (Q4_K_M) counts one warm pass.
+# pass of each process is not counted), decode over 64 generated tokens at batch 1 and 32 at batch 8; the Q4_0 and F16
+# runs (32 generated tokens) and the 1,024-token prompt run (Q4_K_M) count one warm pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/dev/stdout}
 threads=${THREADS:-2}
 dotnet build -c Release Inference.Benchmarks -v q -nologo >/dev/null
 bench() { dotnet Inference.Benchmarks/bin/Release/net10.0/Inference.Benchmarks.dll "$@"; }
-for t in q8_0 q4_k f32; do
+for t in q8_0 q4_k f32 q4_0 f16; do
   [ -f .models/bench-$t.gguf ] || bench write-model --out .models/bench-$t.gguf --type $t >&2
 done
 : > "$out.tmp"
@@ -19,6 +19,12 @@ done
 for t in q8_0 q4_k f32; do
   for engine in inference llama.cpp; do
     bench e2e --model .models/bench-$t.gguf -p 128 -n 64 --batch 1 --threads "$threads" --engine $engine --repeat 4 | tee -a "$out.tmp"
+  done
+done
+# the other common weight types, shorter runs
+for t in q4_0 f16; do
+  for engine in inference llama.cpp; do
+    bench e2e --model .models/bench-$t.gguf -p 128 -n 32 --batch 1 --threads "$threads" --engine $engine --repeat 2 | tee -a "$out.tmp"
   done
 done
 # a long context, where attention over the cache is a large part of each decode step
