@@ -7,7 +7,7 @@ namespace Inference.Benchmarks.Models;
 
 /// <summary>
 /// Writes the benchmark models: random-weight llama GGUFs of a given shape with stories260K's 512-token vocabulary.
-/// F32, F16 and Q8_0 are written directly; Q4_0, Q4_K (llama.cpp's Q4_K_M mix of Q4_K and Q6_K) and Q6_K are quantized
+/// F32, F16 and Q8_0 are written directly; Q4_0, Q4_K (llama.cpp's Q4_K_M mix of Q4_K and Q6_K), Q5_K (Q5_K_M: Q5_K and Q6_K) and Q6_K are quantized
 /// from an F32 file by llama.cpp.
 /// <code>
 /// dotnet run -c Release --project Inference.Benchmarks -- write-model --out .models/bench-q8_0.gguf --type q8_0
@@ -41,16 +41,22 @@ public static class WriteModel
             case "f32": SyntheticModel.Write(output, options with { TensorType = GgmlType.F32 }); break;
             case "f16": SyntheticModel.Write(output, options with { TensorType = GgmlType.F16 }); break;
             case "q8_0": SyntheticModel.Write(output, options with { TensorType = GgmlType.Q8_0 }); break;
-            case "q4_0" or "q4_k" or "q6_k":
+            case "q4_0" or "q4_k" or "q5_k" or "q6_k":
                 string f32 = output + ".f32.tmp";
                 SyntheticModel.Write(f32, options with { TensorType = GgmlType.F32 });
-                var ftype = type switch { "q4_0" => LLamaFtype.MOSTLY_Q4_0, "q4_k" => LLamaFtype.MOSTLY_Q4_K_M, _ => LLamaFtype.MOSTLY_Q6_K };
+                var ftype = type switch
+                {
+                    "q4_0" => LLamaFtype.MOSTLY_Q4_0,
+                    "q4_k" => LLamaFtype.MOSTLY_Q4_K_M,
+                    "q5_k" => LLamaFtype.MOSTLY_Q5_K_M,
+                    _ => LLamaFtype.MOSTLY_Q6_K,
+                };
                 E2e.LlamaCppSetup.EnsureQuiet();
                 bool ok = LLamaQuantizer.Quantize(f32, output, ftype, Environment.ProcessorCount);
                 File.Delete(f32);
                 if (!ok) throw new InvalidOperationException($"llama.cpp could not quantize to {type}");
                 break;
-            default: throw new ArgumentException($"unknown --type '{type}' (f32, f16, q8_0, q4_0, q4_k, q6_k)");
+            default: throw new ArgumentException($"unknown --type '{type}' (f32, f16, q8_0, q4_0, q4_k, q5_k, q6_k)");
         }
         Console.WriteLine($"{{\"out\":\"{output}\",\"type\":\"{type}\",\"bytes\":{new FileInfo(output).Length},\"seconds\":{sw.Elapsed.TotalSeconds:F1}}}");
         return Task.FromResult(0);

@@ -137,7 +137,7 @@ public sealed class LlamaModel
 
     /// <summary>Weight types this CPU path computes with.</summary>
     public static IReadOnlyList<GgmlType> SupportedWeightTypes { get; } =
-        [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K];
+        [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K];
 
     /// <summary>
     /// Runs <paramref name="batch"/> through the model, storing K/V in <paramref name="kv"/>, and writes the logits of

@@ -11,6 +11,7 @@ namespace Inference.Backends.Cpu;
 /// Q8_0  34 B / 32:  f16 d | i8 qs[32]                      x = d·q
 /// Q4_0  18 B / 32:  f16 d | u8 qs[16]                      x[j] = d·((qs[j] &amp; 15) − 8), x[j+16] = d·((qs[j] >> 4) − 8)
 /// Q4_K 144 B / 256: f16 d | f16 dmin | u8 scales[12] | u8 qs[128]
+/// Q5_K 176 B / 256: f16 d | f16 dmin | u8 scales[12] | u8 qh[32] | u8 qs[128]
 ///                   8 sub-blocks of 32 with 6-bit scale sc and min m: x = d·sc·q − dmin·m
 /// Q6_K 210 B / 256: u8 ql[128] | u8 qh[64] | i8 scales[16] | f16 d
 ///                   16 sub-blocks of 16 with 8-bit signed scale: x = d·sc·(q − 32), q 6-bit
@@ -53,6 +54,9 @@ public static class Dequantize
                 break;
             case GgmlType.Q4_K:
                 for (int b = 0; b < dst.Length / 256; b++) Q4_KBlock(src.Slice(b * 144, 144), dst.Slice(b * 256, 256));
+                break;
+            case GgmlType.Q5_K:
+                for (int b = 0; b < dst.Length / 256; b++) Q5_KBlock(src.Slice(b * 176, 176), dst.Slice(b * 256, 256));
                 break;
             case GgmlType.Q6_K:
                 for (int b = 0; b < dst.Length / 256; b++) Q6_KBlock(src.Slice(b * 210, 210), dst.Slice(b * 256, 256));
@@ -126,6 +130,33 @@ public static class Dequantize
             {
                 o[l] = d0 * (q[l] & 0xF) - min0;
                 o[l + 32] = d1 * (q[l] >> 4) - min1;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Q5_K (ggml's <c>dequantize_row_q5_K</c>): Q4_K's scales and mins, and a fifth code bit per value from qh: each
+    /// 32 bytes of qs hold sub-blocks 2k (low nibbles) and 2k + 1 (high nibbles), whose top bits are bits 2k and 2k + 1
+    /// of qh[l].
+    /// </summary>
+    private static void Q5_KBlock(ReadOnlySpan<byte> b, Span<float> y)
+    {
+        float d = ReadHalf(b, 0);
+        float dmin = ReadHalf(b, 2);
+        var scales = b.Slice(4, 12);
+        var qh = b.Slice(16, 32);
+        var qs = b.Slice(48, 128);
+        for (int k = 0; k < 4; k++)
+        {
+            ScaleMinK4(2 * k, scales, out int sc0, out int m0);
+            ScaleMinK4(2 * k + 1, scales, out int sc1, out int m1);
+            float d0 = d * sc0, min0 = dmin * m0, d1 = d * sc1, min1 = dmin * m1;
+            var q = qs.Slice(32 * k, 32);
+            var o = y.Slice(64 * k, 64);
+            for (int l = 0; l < 32; l++)
+            {
+                o[l] = d0 * ((q[l] & 0xF) | (((qh[l] >> (2 * k)) & 1) << 4)) - min0;
+                o[l + 32] = d1 * ((q[l] >> 4) | (((qh[l] >> (2 * k + 1)) & 1) << 4)) - min1;
             }
         }
     }

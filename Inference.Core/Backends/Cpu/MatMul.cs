@@ -14,8 +14,8 @@ namespace Inference.Backends.Cpu;
 /// (exact in f32), as ggml's <c>vec_dot_q8_0_q8_0</c> / <c>vec_dot_q4_0_q8_0</c>. Q8_0 and Q4_0 weights passed through
 /// <see cref="Prepare"/> are repacked eight rows at a time (<see cref="PackedQ8_0"/>, <see cref="PackedQ4_0"/>): the
 /// same exact integer block products, scaled once per block and row.</item>
-/// <item>Q4_K, Q6_K: activations are quantized to Q8_K (per 256 values), as ggml's <c>vec_dot_q4_K_q8_K</c> /
-/// <c>vec_dot_q6_K_q8_K</c>. Weights passed through <see cref="Prepare"/> are repacked eight rows at a time
+/// <item>Q4_K, Q5_K, Q6_K: activations are quantized to Q8_K (per 256 values), as ggml's <c>vec_dot_q4_K_q8_K</c> /
+/// <c>vec_dot_q5_K_q8_K</c> / <c>vec_dot_q6_K_q8_K</c>. Weights passed through <see cref="Prepare"/> are repacked eight rows at a time
 /// (<see cref="PackedQ4_K"/>, <see cref="PackedQ6_K"/>): the same exact integer super-block sums, scaled once per
 /// super-block and row.</item>
 /// </list>
@@ -72,7 +72,7 @@ public static class MatMul
     /// y[b, r] = Σ_c W[r, c] · x[b, c] for every batch row b &lt; <paramref name="batch"/>.
     /// x is [batch, Cols] and y is [batch, Rows], both row-major.
     /// </summary>
-    /// <param name="w">The weights; F32, F16, BF16, Q8_0, Q4_0, Q4_K or Q6_K.</param>
+    /// <param name="w">The weights; F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K.</param>
     /// <param name="x">Activations, [batch, Cols].</param>
     /// <param name="y">Receives the outputs, [batch, Rows].</param>
     /// <param name="batch">Number of activation rows (tokens in the step).</param>
@@ -114,6 +114,7 @@ public static class MatMul
                 case GgmlType.Q4_0: RunQ8_0<Q4_0Kernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q4_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ4_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q4_K: RunQ8_K<Q4_KKernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q5_K: RunQ8_K<Q5_KKernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q6_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ6_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q6_K: RunQ8_K<Q6_KKernel>(w, px, py, batch, pool, path); break;
                 default: throw new NotSupportedException($"matmul with {w.Type} weights is not supported");

@@ -38,7 +38,7 @@ internal static class MatMulReference
     public static int ActivationBlock(GgmlType type) => type switch
     {
         GgmlType.Q8_0 or GgmlType.Q4_0 => 32,
-        GgmlType.Q4_K or GgmlType.Q6_K => 256,
+        GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K => 256,
         _ => 0,
     };
 }

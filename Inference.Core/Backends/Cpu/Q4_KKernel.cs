@@ -18,7 +18,7 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
     private const int BlockBytes = 144;
 
     // Byte j of the result is min j duplicated into a pair of shorts' worth of bytes: [m0, m0, m1, m1, …, m7, m7].
-    private static readonly Vector128<byte> DuplicateBytes = Vector128.Create((byte)0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    internal static readonly Vector128<byte> DuplicateBytes = Vector128.Create((byte)0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
 
     public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IIntegerIsa
     {
@@ -105,11 +105,11 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> MinStep(Vector256<float> acc, short* bsums, Vector256<short> mins16, float scale) =>
+    internal static Vector256<float> MinStep(Vector256<float> acc, short* bsums, Vector256<short> mins16, float scale) =>
         Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Vector256.Load(bsums), mins16)), Vector256.Create(scale), acc);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> SubStep(Vector256<int> acc, Vector256<byte> lo, Vector256<byte> hi, sbyte* x, Vector256<short> scLo, Vector256<short> scHi)
+    internal static Vector256<int> SubStep(Vector256<int> acc, Vector256<byte> lo, Vector256<byte> hi, sbyte* x, Vector256<short> scLo, Vector256<short> scHi)
     {
         var pl = Avx2.MultiplyAddAdjacent(lo, Vector256.Load(x));
         var ph = Avx2.MultiplyAddAdjacent(hi, Vector256.Load(x + 32));

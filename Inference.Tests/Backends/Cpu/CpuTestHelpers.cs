@@ -28,12 +28,13 @@ internal static class CpuTestHelpers
         var bytes = new byte[rows * rowBytes];
         switch (type)
         {
-            case GgmlType.Q4_K:
+            case GgmlType.Q4_K or GgmlType.Q5_K:
+                int blockBytes = (int)GgmlTypeInfo.RowBytes(type, 256);
                 rng.NextBytes(bytes);
-                for (int b = 0; b < bytes.Length / 144; b++)
+                for (int b = 0; b < bytes.Length / blockBytes; b++)
                 {
-                    BinaryPrimitives.WriteHalfLittleEndian(bytes.AsSpan(b * 144), (Half)(0.001 + rng.NextDouble() * 0.01));
-                    BinaryPrimitives.WriteHalfLittleEndian(bytes.AsSpan(b * 144 + 2), (Half)(0.001 + rng.NextDouble() * 0.01));
+                    BinaryPrimitives.WriteHalfLittleEndian(bytes.AsSpan(b * blockBytes), (Half)(0.001 + rng.NextDouble() * 0.01));
+                    BinaryPrimitives.WriteHalfLittleEndian(bytes.AsSpan(b * blockBytes + 2), (Half)(0.001 + rng.NextDouble() * 0.01));
                 }
                 break;
             case GgmlType.Q6_K:

@@ -155,6 +155,6 @@ public class DequantizeTests
     {
         Assert.Throws<ArgumentException>(() => Dequantize.Row(GgmlType.Q8_0, new byte[34], new float[31]));
         Assert.Throws<ArgumentException>(() => Dequantize.Row(GgmlType.Q4_K, new byte[143], new float[256]));
-        Assert.Throws<NotSupportedException>(() => Dequantize.Row(GgmlType.Q5_K, new byte[176], new float[256]));
+        Assert.Throws<NotSupportedException>(() => Dequantize.Row(GgmlType.Q5_0, new byte[22], new float[32]));
     }
 }

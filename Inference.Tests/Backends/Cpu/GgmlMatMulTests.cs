@@ -62,4 +62,25 @@ public unsafe class GgmlMatMulTests
         }
         Assert.That(Math.Sqrt(num / den), Is.LessThan(1e-6));
     }
+
+    [TestCase(64, 256, 1)]
+    [TestCase(100, 768, 1)]
+    [TestCase(48, 512, 5)]
+    public void Q5_K_matches_ggml_to_f32_roundoff(int rows, int cols, int batch)
+    {
+        // Random Q5_K blocks (random codes, high bits, scales and mins; small f16 super-block scales): the same exact
+        // integer sums and Q8_K activations as vec_dot_q5_K_q8_K, the f32 order of the per-super-block scaling aside.
+        var rng = new Random(HashCode.Combine(rows, cols, batch));
+        var weights = CpuTestHelpers.RandomWeights(rng, GgmlType.Q5_K, rows, cols);
+        var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
+        var expected = GgmlCpu.MatMul((int)GgmlType.Q5_K, weights, rows, cols, x, batch);
+        var actual = Ours(GgmlType.Q5_K, weights, rows, cols, x, batch);
+        double num = 0, den = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            num += Math.Pow(actual[i] - expected[i], 2);
+            den += Math.Pow(expected[i], 2);
+        }
+        Assert.That(Math.Sqrt(num / den), Is.LessThan(1e-6));
+    }
 }

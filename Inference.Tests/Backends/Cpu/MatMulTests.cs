@@ -6,7 +6,7 @@ namespace Inference.Tests.Backends.Cpu;
 public unsafe class MatMulTests
 {
     private static readonly GgmlType[] Types =
-        [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K];
+        [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K];
 
     private static IEnumerable<KernelPath> SupportedPaths() => Enum.GetValues<KernelPath>().Where(KernelPaths.IsSupported);
 
@@ -151,7 +151,7 @@ public unsafe class MatMulTests
         Assert.That(one, Is.EqualTo(two.AsSpan(rows, rows).ToArray()));
     }
 
-    private static readonly GgmlType[] IntegerTypes = [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K];
+    private static readonly GgmlType[] IntegerTypes = [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K];
 
     /// <summary>
     /// The quantized kernels' AVX2 steps (<c>vpmaddubsw</c>, <c>vpmaddwd</c>) and their VNNI loops compute the same exact
