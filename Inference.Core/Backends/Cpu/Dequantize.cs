@@ -112,12 +112,20 @@ public static class Dequantize
         }
     }
 
-    private static void Q4_KBlock(ReadOnlySpan<byte> b, Span<float> y)
+    private static void Q4_KBlock(ReadOnlySpan<byte> b, Span<float> y) => K4Block(b, b.Slice(16, 128), default, y);
+
+    /// <summary>
+    /// Q5_K (ggml's <c>dequantize_row_q5_K</c>): Q4_K's scales, mins and nibbles, and a fifth code bit per value from qh:
+    /// the top bits of sub-blocks 2k and 2k + 1 are bits 2k and 2k + 1 of qh[l].
+    /// </summary>
+    private static void Q5_KBlock(ReadOnlySpan<byte> b, Span<float> y) => K4Block(b, b.Slice(48, 128), b.Slice(16, 32), y);
+
+    /// <summary>Q4_K (no <paramref name="qh"/>) or Q5_K: d and dmin at 0 and 2, the packed scales and mins at 4.</summary>
+    private static void K4Block(ReadOnlySpan<byte> b, ReadOnlySpan<byte> qs, ReadOnlySpan<byte> qh, Span<float> y)
     {
         float d = ReadHalf(b, 0);
         float dmin = ReadHalf(b, 2);
         var scales = b.Slice(4, 12);
-        var qs = b.Slice(16, 128);
         // Each 32 bytes of qs hold 64 weights: low nibbles are sub-block 2k, high nibbles sub-block 2k+1.
         for (int k = 0; k < 4; k++)
         {
@@ -128,35 +136,9 @@ public static class Dequantize
             var o = y.Slice(64 * k, 64);
             for (int l = 0; l < 32; l++)
             {
-                o[l] = d0 * (q[l] & 0xF) - min0;
-                o[l + 32] = d1 * (q[l] >> 4) - min1;
-            }
-        }
-    }
-
-    /// <summary>
-    /// Q5_K (ggml's <c>dequantize_row_q5_K</c>): Q4_K's scales and mins, and a fifth code bit per value from qh: each
-    /// 32 bytes of qs hold sub-blocks 2k (low nibbles) and 2k + 1 (high nibbles), whose top bits are bits 2k and 2k + 1
-    /// of qh[l].
-    /// </summary>
-    private static void Q5_KBlock(ReadOnlySpan<byte> b, Span<float> y)
-    {
-        float d = ReadHalf(b, 0);
-        float dmin = ReadHalf(b, 2);
-        var scales = b.Slice(4, 12);
-        var qh = b.Slice(16, 32);
-        var qs = b.Slice(48, 128);
-        for (int k = 0; k < 4; k++)
-        {
-            ScaleMinK4(2 * k, scales, out int sc0, out int m0);
-            ScaleMinK4(2 * k + 1, scales, out int sc1, out int m1);
-            float d0 = d * sc0, min0 = dmin * m0, d1 = d * sc1, min1 = dmin * m1;
-            var q = qs.Slice(32 * k, 32);
-            var o = y.Slice(64 * k, 64);
-            for (int l = 0; l < 32; l++)
-            {
-                o[l] = d0 * ((q[l] & 0xF) | (((qh[l] >> (2 * k)) & 1) << 4)) - min0;
-                o[l + 32] = d1 * ((q[l] >> 4) | (((qh[l] >> (2 * k + 1)) & 1) << 4)) - min1;
+                int h0 = qh.IsEmpty ? 0 : ((qh[l] >> (2 * k)) & 1) << 4, h1 = qh.IsEmpty ? 0 : ((qh[l] >> (2 * k + 1)) & 1) << 4;
+                o[l] = d0 * ((q[l] & 0xF) | h0) - min0;
+                o[l + 32] = d1 * ((q[l] >> 4) | h1) - min1;
             }
         }
     }
