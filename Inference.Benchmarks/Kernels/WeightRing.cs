@@ -52,15 +52,15 @@ public sealed unsafe class WeightRing : IDisposable
     private static void Fill(GgmlType type, int rows, int cols, Span<byte> dst, Random rng)
     {
         long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
-        if (type is GgmlType.Q4_K or GgmlType.Q6_K)
+        if (type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K)
         {
             // Random codes and scales with small f16 super-block scales (the bytes at those offsets).
             rng.NextBytes(dst);
-            int blockBytes = GgmlTypeInfo.BlockBytes(type), scaleAt = type == GgmlType.Q4_K ? 0 : 208;
+            int blockBytes = GgmlTypeInfo.BlockBytes(type), scaleAt = type == GgmlType.Q6_K ? 208 : 0;
             for (int b = 0; b < dst.Length / blockBytes; b++)
             {
                 BitConverter.TryWriteBytes(dst[(b * blockBytes + scaleAt)..], (Half)0.01f);
-                if (type == GgmlType.Q4_K) BitConverter.TryWriteBytes(dst[(b * blockBytes + 2)..], (Half)0.01f);
+                if (type != GgmlType.Q6_K) BitConverter.TryWriteBytes(dst[(b * blockBytes + 2)..], (Half)0.01f);
             }
             return;
         }

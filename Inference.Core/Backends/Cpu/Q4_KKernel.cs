@@ -7,20 +7,24 @@ namespace Inference.Backends.Cpu;
 /// <summary>
 /// Q4_K weights × Q8_K activations (ggml's <c>vec_dot_q4_K_q8_K</c>): per super-block of 256,
 /// y += d_x·(d·Σ_j sc_j·Σ q·q_x − dmin·Σ_j m_j·Σ q_x), the activation sums of each 32-value sub-block j coming from
-/// the Q8_K bsums.
+/// the Q8_K bsums. The same sums with five-bit codes are Q5_K's (<see cref="Q5_KKernel"/>, through
+/// <see cref="Tile{TTile, TDot, TCodes}"/>).
 /// </summary>
 /// <remarks>
-/// The scale is applied in the integer domain with <c>vpmaddwd</c> on the <c>vpmaddubsw</c> pair sums (codes ≤ 15, so
+/// The scale is applied in the integer domain with <c>vpmaddwd</c> on the <c>vpmaddubsw</c> pair sums (codes ≤ 31, so
 /// no pair saturates); AVX-VNNI would need a 32-bit multiply per sub-block instead and is no faster here.
 /// </remarks>
 internal readonly unsafe struct Q4_KKernel : IQuantKernel
 {
-    private const int BlockBytes = 144;
-
     // Byte j of the result is min j duplicated into a pair of shorts' worth of bytes: [m0, m0, m1, m1, …, m7, m7].
-    internal static readonly Vector128<byte> DuplicateBytes = Vector128.Create((byte)0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    private static readonly Vector128<byte> DuplicateBytes = Vector128.Create((byte)0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
 
-    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IIntegerIsa
+    public static void Tile<TTile, TDot>(in MatMulArgs a, byte* row, int r, int b) where TTile : IBatchTile where TDot : IIntegerIsa =>
+        Tile<TTile, TDot, Q4_KCodes>(a, row, r, b);
+
+    /// <summary>Q4_K (<see cref="Q4_KCodes"/>) or Q5_K (<see cref="Q5_KCodes"/>) rows: the same sums, four- or five-bit codes.</summary>
+    internal static void Tile<TTile, TDot, TCodes>(in MatMulArgs a, byte* row, int r, int b)
+        where TTile : IBatchTile where TDot : IIntegerIsa where TCodes : IK4Codes
     {
         int nsb = a.Cols / 256, batch = a.Batch;
         // Super-block s of batch row b + t: quants at q + s·qStep + 256t, scale at d[s·batch + t],
@@ -32,19 +36,20 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
         if (a.Path == KernelPath.Scalar)
         {
             QuantKernel.Store<TTile>(a, r, b,
-                DotScalar(row, nsb, q, qStep, dx, batch, bsums, bsStep),
-                TTile.Count > 1 ? DotScalar(row, nsb, q + 256, qStep, dx + 1, batch, bsums + 16, bsStep) : 0,
-                TTile.Count > 2 ? DotScalar(row, nsb, q + 512, qStep, dx + 2, batch, bsums + 32, bsStep) : 0,
-                TTile.Count > 3 ? DotScalar(row, nsb, q + 768, qStep, dx + 3, batch, bsums + 48, bsStep) : 0);
+                DotScalar<TCodes>(row, nsb, q, qStep, dx, batch, bsums, bsStep),
+                TTile.Count > 1 ? DotScalar<TCodes>(row, nsb, q + 256, qStep, dx + 1, batch, bsums + 16, bsStep) : 0,
+                TTile.Count > 2 ? DotScalar<TCodes>(row, nsb, q + 512, qStep, dx + 2, batch, bsums + 32, bsStep) : 0,
+                TTile.Count > 3 ? DotScalar<TCodes>(row, nsb, q + 768, qStep, dx + 3, batch, bsums + 48, bsStep) : 0);
             return;
         }
 
         Vector256<float> acc0 = default, acc1 = default, acc2 = default, acc3 = default;
         Vector256<float> min0 = default, min1 = default, min2 = default, min3 = default;
         var nibble = Vector256.Create((byte)0x0F);
+        var bit4 = Vector256.Create((byte)0x10);
         for (int s = 0; s < nsb; s++)
         {
-            byte* p = row + s * BlockBytes;
+            byte* p = row + s * TCodes.BlockBytes;
             sbyte* qs = q + s * qStep;
             float* ds = dx + (long)s * batch;
             short* bs = bsums + s * bsStep;
@@ -62,13 +67,22 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
             var sc8 = Sse41.ConvertToVector128Int16(Vector128.CreateScalar(scales).AsByte()).AsByte();
             var scalesBoth = Vector256.Create(sc8, sc8);
             var pick = Vector256.Create((short)0x0100).AsByte();
+            var qh = TCodes.HighBits ? Vector256.Load(p + IK4Codes.HighBitsOffset).AsUInt16() : default;
             Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
             for (int k = 0; k < 4; k++)
             {
                 // 64 values: low nibbles are sub-block 2k, high nibbles sub-block 2k+1.
-                var qv = Vector256.Load(p + 16 + 32 * k);
+                var qv = Vector256.Load(p + TCodes.CodesOffset + 32 * k);
                 var lo = qv & nibble;
                 var hi = Avx2.ShiftRightLogical(qv.AsUInt16(), 4).AsByte() & nibble;
+                if (TCodes.HighBits)
+                {
+                    // Q5_K: the fifth bits are bits 2k and 2k + 1 of qh, bits 0 and 1 of qh >> 2k, moved to bit 4 (the
+                    // 16-bit shifts leak bits across bytes only where the mask clears them, or above bit 1 of a byte).
+                    lo |= Avx2.ShiftLeftLogical(qh, 4).AsByte() & bit4;
+                    hi |= Avx2.ShiftLeftLogical(qh, 3).AsByte() & bit4;
+                    qh = Avx2.ShiftRightLogical(qh, 2);
+                }
                 var scLo = Avx2.Shuffle(scalesBoth, pick).AsInt16();
                 pick += Vector256.Create((byte)2);
                 var scHi = Avx2.Shuffle(scalesBoth, pick).AsInt16();
@@ -105,25 +119,27 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector256<float> MinStep(Vector256<float> acc, short* bsums, Vector256<short> mins16, float scale) =>
+    private static Vector256<float> MinStep(Vector256<float> acc, short* bsums, Vector256<short> mins16, float scale) =>
         Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Vector256.Load(bsums), mins16)), Vector256.Create(scale), acc);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector256<int> SubStep(Vector256<int> acc, Vector256<byte> lo, Vector256<byte> hi, sbyte* x, Vector256<short> scLo, Vector256<short> scHi)
+    private static Vector256<int> SubStep(Vector256<int> acc, Vector256<byte> lo, Vector256<byte> hi, sbyte* x, Vector256<short> scLo, Vector256<short> scHi)
     {
         var pl = Avx2.MultiplyAddAdjacent(lo, Vector256.Load(x));
         var ph = Avx2.MultiplyAddAdjacent(hi, Vector256.Load(x + 32));
         return acc + Avx2.MultiplyAddAdjacent(pl, scLo) + Avx2.MultiplyAddAdjacent(ph, scHi);
     }
 
-    private static float DotScalar(byte* row, int nsb, sbyte* x, long xStep, float* dx, int dStep, short* bsums, long bsStep)
+    private static float DotScalar<TCodes>(byte* row, int nsb, sbyte* x, long xStep, float* dx, int dStep, short* bsums, long bsStep)
+        where TCodes : IK4Codes
     {
         float sum = 0;
         for (int s = 0; s < nsb; s++)
         {
-            byte* p = row + s * BlockBytes;
+            byte* p = row + s * TCodes.BlockBytes;
             var packed = new ReadOnlySpan<byte>(p + 4, 12);
-            byte* qs = p + 16;
+            byte* qs = p + TCodes.CodesOffset;
+            byte* qh = p + IK4Codes.HighBitsOffset;
             sbyte* xs = x + s * xStep;
             short* bs = bsums + s * bsStep;
             int sumi = 0, sumMins = 0;
@@ -133,7 +149,12 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
                 byte* q = qs + 32 * (j / 2);
                 int shift = 4 * (j % 2);
                 int dot = 0;
-                for (int l = 0; l < 32; l++) dot += ((q[l] >> shift) & 0xF) * xs[32 * j + l];
+                for (int l = 0; l < 32; l++)
+                {
+                    int code = (q[l] >> shift) & 0xF;
+                    if (TCodes.HighBits) code |= ((qh[l] >> j) & 1) << 4;
+                    dot += code * xs[32 * j + l];
+                }
                 sumi += sc * dot;
                 sumMins += m * (bs[2 * j] + bs[2 * j + 1]);
             }
@@ -141,4 +162,34 @@ internal readonly unsafe struct Q4_KKernel : IQuantKernel
         }
         return sum;
     }
+}
+
+/// <summary>The code layout of a Q4_K-family block: Q4_K (nibbles) or Q5_K (nibbles and a fifth bit from qh).</summary>
+internal interface IK4Codes
+{
+    /// <summary>Where Q5_K keeps qh, its 32 bytes of fifth bits.</summary>
+    const int HighBitsOffset = 16;
+
+    /// <summary>Bytes per super-block.</summary>
+    static abstract int BlockBytes { get; }
+    /// <summary>Where the 128 bytes of nibbles start.</summary>
+    static abstract int CodesOffset { get; }
+    /// <summary>True for Q5_K.</summary>
+    static abstract bool HighBits { get; }
+}
+
+/// <summary>Q4_K: f16 d | f16 dmin | scales[12] | qs[128].</summary>
+internal readonly struct Q4_KCodes : IK4Codes
+{
+    public static int BlockBytes => 144;
+    public static int CodesOffset => 16;
+    public static bool HighBits => false;
+}
+
+/// <summary>Q5_K: f16 d | f16 dmin | scales[12] | qh[32] | qs[128].</summary>
+internal readonly struct Q5_KCodes : IK4Codes
+{
+    public static int BlockBytes => 176;
+    public static int CodesOffset => 48;
+    public static bool HighBits => true;
 }
