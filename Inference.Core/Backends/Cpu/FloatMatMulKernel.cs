@@ -20,7 +20,7 @@ internal static unsafe class FloatMatMulKernel
     /// <summary>Computes output rows [<paramref name="rowStart"/>, <paramref name="rowEnd"/>) for every batch row.</summary>
     public static void Rows<TW>(in MatMulArgs a, int rowStart, int rowEnd) where TW : IFloatWeights
     {
-        if (a.Path is KernelPath.Vector256 or KernelPath.Vector256VnniEmulated or KernelPath.Vector256Vnni)
+        if (KernelPaths.Floats256(a.Path))
         {
             Rows256<TW>(a, rowStart, rowEnd);
             return;

@@ -92,13 +92,18 @@ internal readonly unsafe struct F16Weights : IFloatWeights
     /// float exponent, which the 2^112 keeps: infinities and NaNs come out as such. The qword permute first makes the
     /// interleave come out in order.
     /// </remarks>
+    /// <param name="p">The halves.</param>
+    /// <param name="lo">Values 0..7.</param>
+    /// <param name="hi">Values 8..15.</param>
+    /// <param name="finite">A constant: true when no half is an infinity or a NaN, which skips their fix-up
+    /// (<see cref="F16FiniteWeights"/>).</param>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void WidenUnscaled16(ushort* p, out Vector256<float> lo, out Vector256<float> hi)
+    internal static void WidenUnscaled16(ushort* p, out Vector256<float> lo, out Vector256<float> hi, bool finite = false)
     {
         var h = Avx2.Permute4x64(Vector256.Load((ulong*)p), 0b11_01_10_00).AsInt16();
-        var infNan = Vector256.Equals(h & Vector256.Create((short)0x7C00), Vector256.Create((short)0x7C00));
-        var top = (Avx2.ShiftRightArithmetic(h, 3) & Vector256.Create(unchecked((short)0x8FFF)))
-                | (infNan & Vector256.Create((short)0x7F80));
+        var top = Avx2.ShiftRightArithmetic(h, 3) & Vector256.Create(unchecked((short)0x8FFF));
+        if (!finite)
+            top |= Vector256.Equals(h & Vector256.Create((short)0x7C00), Vector256.Create((short)0x7C00)) & Vector256.Create((short)0x7F80);
         var bottom = Avx2.ShiftLeftLogical(h, 13);
         lo = Avx2.UnpackLow(bottom, top).AsSingle();
         hi = Avx2.UnpackHigh(bottom, top).AsSingle();
@@ -151,14 +156,8 @@ internal readonly unsafe struct F16FiniteWeights : IFloatWeights
     public static Vector256<float> Load8(byte* row, int i) => F16Weights.Load8(row, i);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi)
-    {
-        var h = Avx2.Permute4x64(Vector256.Load((ulong*)((ushort*)row + i)), 0b11_01_10_00).AsInt16();
-        var top = Avx2.ShiftRightArithmetic(h, 3) & Vector256.Create(unchecked((short)0x8FFF));
-        var bottom = Avx2.ShiftLeftLogical(h, 13);
-        lo = Avx2.UnpackLow(bottom, top).AsSingle();
-        hi = Avx2.UnpackHigh(bottom, top).AsSingle();
-    }
+    public static void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi) =>
+        F16Weights.WidenUnscaled16((ushort*)row + i, out lo, out hi, finite: true);
 
     public static float Load16Scale => F16Weights.Rebias;
 

@@ -48,6 +48,10 @@ internal static class KernelPaths
         _ => false,
     };
 
+    /// <summary>True for the paths whose float kernels use 256-bit vectors (AVX2 + FMA, with or without VNNI).</summary>
+    public static bool Floats256(KernelPath path) =>
+        path is KernelPath.Vector256 or KernelPath.Vector256VnniEmulated or KernelPath.Vector256Vnni;
+
     /// <summary>The integer dot steps of the quantized kernels on <paramref name="path"/>.</summary>
     public static IntegerSteps Steps(KernelPath path) =>
         path == KernelPath.Vector256VnniEmulated ? IntegerSteps.EmulatedVnni

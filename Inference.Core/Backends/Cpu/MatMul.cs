@@ -103,7 +103,7 @@ public static class MatMul
             switch (w.Type)
             {
                 case GgmlType.F32: pool.Run(w.Rows, new FloatJob<F32Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
-                case GgmlType.F16 when w.FiniteHalves && batch == 1 && path is KernelPath.Vector256 or KernelPath.Vector256VnniEmulated or KernelPath.Vector256Vnni:
+                case GgmlType.F16 when w.FiniteHalves && batch == 1 && KernelPaths.Floats256(path):
                     RunFiniteHalves(w, px, py, pool, path);
                     break;
                 case GgmlType.F16: pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
