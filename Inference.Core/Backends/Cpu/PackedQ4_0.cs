@@ -69,7 +69,7 @@ internal readonly unsafe struct PackedQ4_0 : IPackedKernel
             byte* blk = group + (long)i * PackedBlock;
             // NOTE: as in PackedQ8_0; three lines from the block ahead cover it with the next block's three.
             if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance, 3);
-            var dw = PackedQ8_0.RowScales(blk);
+            var dw = PackedSteps.RowScales(blk);
             byte* wq = blk + ScalesBytes;
             Codes(wq, nibble, out var l0, out var h0);
             Codes(wq + 32, nibble, out var l1, out var h1);
@@ -82,7 +82,7 @@ internal readonly unsafe struct PackedQ4_0 : IPackedKernel
             if (TTile.Count > 2) y2 = Step<TIsa>(y2, l0, h0, l1, h1, l2, h2, l3, h3, qe + 64, s[e + 2], dw, d[e + 2]);
             if (TTile.Count > 3) y3 = Step<TIsa>(y3, l0, h0, l1, h1, l2, h2, l3, h3, qe + 96, s[e + 3], dw, d[e + 3]);
         }
-        Store<TTile>(a, g, b, y0, y1, y2, y3);
+        PackedSteps.StoreTile<TTile>(a, g, b, y0, y1, y2, y3);
     }
 
     /// <summary>
@@ -104,7 +104,7 @@ internal readonly unsafe struct PackedQ4_0 : IPackedKernel
         {
             byte* blk = group + (long)i * PackedBlock;
             if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance, 3);
-            var dw = PackedQ8_0.RowScales(blk);
+            var dw = PackedSteps.RowScales(blk);
             byte* wq = blk + ScalesBytes;
             sbyte* qe = q + i * qStep;
             Vector256<short> p0 = default, p1 = default, p2 = default, p3 = default;
@@ -114,12 +114,12 @@ internal readonly unsafe struct PackedQ4_0 : IPackedKernel
             MaddStep<TTile>(wq + 64, qe + 8, nibble, ref p0, ref p1, ref p2, ref p3);
             MaddStep<TTile>(wq + 96, qe + 12, nibble, ref p0, ref p1, ref p2, ref p3);
             long e = (long)i * batch;
-            y0 = Scale(y0, Avx2.MultiplyAddAdjacent(p0, ones) + Vector256.Create(s[e]), dw, d[e]);
-            if (TTile.Count > 1) y1 = Scale(y1, Avx2.MultiplyAddAdjacent(p1, ones) + Vector256.Create(s[e + 1]), dw, d[e + 1]);
-            if (TTile.Count > 2) y2 = Scale(y2, Avx2.MultiplyAddAdjacent(p2, ones) + Vector256.Create(s[e + 2]), dw, d[e + 2]);
-            if (TTile.Count > 3) y3 = Scale(y3, Avx2.MultiplyAddAdjacent(p3, ones) + Vector256.Create(s[e + 3]), dw, d[e + 3]);
+            y0 = PackedSteps.ScaleBlock(y0, Avx2.MultiplyAddAdjacent(p0, ones) + Vector256.Create(s[e]), dw, d[e]);
+            if (TTile.Count > 1) y1 = PackedSteps.ScaleBlock(y1, Avx2.MultiplyAddAdjacent(p1, ones) + Vector256.Create(s[e + 1]), dw, d[e + 1]);
+            if (TTile.Count > 2) y2 = PackedSteps.ScaleBlock(y2, Avx2.MultiplyAddAdjacent(p2, ones) + Vector256.Create(s[e + 2]), dw, d[e + 2]);
+            if (TTile.Count > 3) y3 = PackedSteps.ScaleBlock(y3, Avx2.MultiplyAddAdjacent(p3, ones) + Vector256.Create(s[e + 3]), dw, d[e + 3]);
         }
-        Store<TTile>(a, g, b, y0, y1, y2, y3);
+        PackedSteps.StoreTile<TTile>(a, g, b, y0, y1, y2, y3);
     }
 
     /// <summary>One step of <see cref="TileMadd{TTile}"/>: code bytes 4k … 4k+3 of the eight rows (columns 4k … 4k+3 and
@@ -164,22 +164,6 @@ internal readonly unsafe struct PackedQ4_0 : IPackedKernel
         hi = TIsa.Dot(hi, h2, PackedSteps.Broadcast(x + 24));
         lo = TIsa.Dot(lo, l3, PackedSteps.Broadcast(x + 12));
         hi = TIsa.Dot(hi, h3, PackedSteps.Broadcast(x + 28));
-        return Scale(acc, lo + hi, dw, dx);
-    }
-
-    /// <summary>acc + (d_w·d_x)·sum per row lane.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Scale(Vector256<float> acc, Vector256<int> sum, Vector256<float> dw, float dx) =>
-        Fma.MultiplyAdd(Avx.ConvertToVector256Single(sum), dw * Vector256.Create(dx), acc);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Store<TTile>(in MatMulArgs a, int g, int b, Vector256<float> y0, Vector256<float> y1, Vector256<float> y2, Vector256<float> y3)
-        where TTile : IBatchTile
-    {
-        float* y = a.Y + (long)b * a.Rows + 8L * g;
-        y0.Store(y);
-        if (TTile.Count > 1) y1.Store(y + a.Rows);
-        if (TTile.Count > 2) y2.Store(y + 2L * a.Rows);
-        if (TTile.Count > 3) y3.Store(y + 3L * a.Rows);
+        return PackedSteps.ScaleBlock(acc, lo + hi, dw, dx);
     }
 }

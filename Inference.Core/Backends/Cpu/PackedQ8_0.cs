@@ -73,7 +73,7 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
             if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance, 5);
             // NOTE: f16 scales keep the packed block as small as the GGUF blocks (decode streams every byte); widening
             // eight of them costs a few vector operations per block, shared by the tile's batch rows.
-            var dw = RowScales(blk);
+            var dw = PackedSteps.RowScales(blk);
             byte* wq = blk + ScalesBytes;
             var w0 = Vector256.Load(wq);
             var w1 = Vector256.Load(wq + 32);
@@ -90,11 +90,7 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
             if (TTile.Count > 2) y2 = Step<TIsa>(y2, w0, w1, w2, w3, w4, w5, w6, w7, (int*)(qe + 64), s[e + 2], dw, d[e + 2]);
             if (TTile.Count > 3) y3 = Step<TIsa>(y3, w0, w1, w2, w3, w4, w5, w6, w7, (int*)(qe + 96), s[e + 3], dw, d[e + 3]);
         }
-        float* y = a.Y + (long)b * a.Rows + 8L * g;
-        y0.Store(y);
-        if (TTile.Count > 1) y1.Store(y + a.Rows);
-        if (TTile.Count > 2) y2.Store(y + 2L * a.Rows);
-        if (TTile.Count > 3) y3.Store(y + 3L * a.Rows);
+        PackedSteps.StoreTile<TTile>(a, g, b, y0, y1, y2, y3);
     }
 
     public static bool InterleavesGroups => true;
@@ -144,7 +140,7 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
             byte* blk = group + (long)i * PackedBlock;
             // Five lines from the block PrefetchDistance ahead: with the next block's five, every line of the stream.
             if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance, 5);
-            var dw = RowScales(blk);
+            var dw = PackedSteps.RowScales(blk);
             byte* wq = blk + ScalesBytes;
             sbyte* qe = q + i * qStep;
             Vector256<int> p0 = default, p1 = default, p2 = default, p3 = default;
@@ -158,16 +154,12 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
             MaddStep<TTile>(wq + 192, qe + 24, flip, ones, ref p0, ref p1, ref p2, ref p3);
             MaddStep<TTile>(wq + 224, qe + 28, flip, ones, ref p0, ref p1, ref p2, ref p3);
             long e = (long)i * batch;
-            y0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), dw * Vector256.Create(d[e]), y0);
-            if (TTile.Count > 1) y1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), dw * Vector256.Create(d[e + 1]), y1);
-            if (TTile.Count > 2) y2 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p2), dw * Vector256.Create(d[e + 2]), y2);
-            if (TTile.Count > 3) y3 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p3), dw * Vector256.Create(d[e + 3]), y3);
+            y0 = PackedSteps.ScaleBlock(y0, p0, dw, d[e]);
+            if (TTile.Count > 1) y1 = PackedSteps.ScaleBlock(y1, p1, dw, d[e + 1]);
+            if (TTile.Count > 2) y2 = PackedSteps.ScaleBlock(y2, p2, dw, d[e + 2]);
+            if (TTile.Count > 3) y3 = PackedSteps.ScaleBlock(y3, p3, dw, d[e + 3]);
         }
-        float* y = a.Y + (long)b * a.Rows + 8L * g;
-        y0.Store(y);
-        if (TTile.Count > 1) y1.Store(y + a.Rows);
-        if (TTile.Count > 2) y2.Store(y + 2L * a.Rows);
-        if (TTile.Count > 3) y3.Store(y + 3L * a.Rows);
+        PackedSteps.StoreTile<TTile>(a, g, b, y0, y1, y2, y3);
     }
 
     /// <summary>One step of <see cref="TileMadd{TTile}"/>: four columns of the eight rows against up to four batch rows
@@ -188,17 +180,12 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Block<TIsa>(Vector256<float> acc, byte* blk, int* x, int minus8Sum, float dx) where TIsa : IIntegerIsa
     {
-        var dw = RowScales(blk);
+        var dw = PackedSteps.RowScales(blk);
         byte* wq = blk + ScalesBytes;
         return Step<TIsa>(acc, Vector256.Load(wq), Vector256.Load(wq + 32), Vector256.Load(wq + 64), Vector256.Load(wq + 96),
             Vector256.Load(wq + 128), Vector256.Load(wq + 160), Vector256.Load(wq + 192), Vector256.Load(wq + 224),
             x, minus8Sum, dw, dx);
     }
-
-    /// <summary>The eight rows' f16 block scales at the start of a packed block, widened (also <see cref="PackedQ4_0"/>'s).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector256<float> RowScales(byte* blk) =>
-        F16Weights.ToSingle(Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)blk)).AsUInt32());
 
     /// <summary>One block of one batch row against the group's eight rows.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -218,6 +205,6 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
         odd = TIsa.Dot(odd, w5, Vector256.Create(x[5]).AsSByte());
         even = TIsa.Dot(even, w6, Vector256.Create(x[6]).AsSByte());
         odd = TIsa.Dot(odd, w7, Vector256.Create(x[7]).AsSByte());
-        return Fma.MultiplyAdd(Avx.ConvertToVector256Single(even + odd), dw * Vector256.Create(dx), acc);
+        return PackedSteps.ScaleBlock(acc, even + odd, dw, dx);
     }
 }

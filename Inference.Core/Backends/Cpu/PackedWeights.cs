@@ -154,6 +154,29 @@ internal static class PackedSteps
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector256<sbyte> Broadcast(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
 
+    /// <summary>The eight rows' f16 block scales at the start of a packed 32-value block, widened.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector256<float> RowScales(byte* blk) =>
+        F16Weights.ToSingle(Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)blk)).AsUInt32());
+
+    /// <summary>acc + (d_w·d_x)·sum per row lane: a 32-value block's exact integer sums scaled once for the eight rows
+    /// (<see cref="PackedQ8_0"/>, <see cref="PackedQ4_0"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> ScaleBlock(Vector256<float> acc, Vector256<int> sum, Vector256<float> dw, float dx) =>
+        Fma.MultiplyAdd(Avx.ConvertToVector256Single(sum), dw * Vector256.Create(dx), acc);
+
+    /// <summary>The eight outputs of group <paramref name="g"/> for batch rows b … b + TTile.Count − 1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe void StoreTile<TTile>(in MatMulArgs a, int g, int b,
+        Vector256<float> y0, Vector256<float> y1, Vector256<float> y2, Vector256<float> y3) where TTile : IBatchTile
+    {
+        float* y = a.Y + (long)b * a.Rows + 8L * g;
+        y0.Store(y);
+        if (TTile.Count > 1) y1.Store(y + a.Rows);
+        if (TTile.Count > 2) y2.Store(y + 2L * a.Rows);
+        if (TTile.Count > 3) y3.Store(y + 3L * a.Rows);
+    }
+
     /// <summary>
     /// Asks for the <paramref name="lines"/> cache lines (a constant from 1 to 8) at <paramref name="p"/>, p + 64, …
     /// </summary>
