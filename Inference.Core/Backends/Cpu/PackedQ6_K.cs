@@ -262,14 +262,28 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void AllCodes(byte* p, out Vector256<byte> c0, out Vector256<byte> c1, out Vector256<byte> c2, out Vector256<byte> c3)
     {
-        var low6 = Vector256.Create((byte)0x3F);
-        var low4 = Vector256.Create((byte)0x0F);
-        var bits45 = Vector256.Create((byte)0x30);
         var p0 = Vector256.Load(p);
         var p1 = Vector256.Load(p + PlaneBytes);
         var p2 = Vector256.Load(p + 2 * PlaneBytes);
-        c0 = p0 & low6;
-        c2 = p1 & low6;
+        EvenCodes(p0, p1, out c0, out c2);
+        OddCodes(p0, p1, p2, out c1, out c3);
+    }
+
+    /// <summary>Quarters 0 and 2 of a step from planes P0 and P1: a mask away.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void EvenCodes(Vector256<byte> p0, Vector256<byte> p1, out Vector256<byte> c0, out Vector256<byte> c2)
+    {
+        c0 = p0 & Vector256.Create((byte)0x3F);
+        c2 = p1 & Vector256.Create((byte)0x3F);
+    }
+
+    /// <summary>Quarters 1 and 3 of a step: low bits from P2, top two bits from P0 and P1. The 16-bit shifts leak bits
+    /// across bytes only into positions the masks clear.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void OddCodes(Vector256<byte> p0, Vector256<byte> p1, Vector256<byte> p2, out Vector256<byte> c1, out Vector256<byte> c3)
+    {
+        var low4 = Vector256.Create((byte)0x0F);
+        var bits45 = Vector256.Create((byte)0x30);
         c1 = (p2 & low4) | (Avx2.ShiftRightLogical(p0.AsUInt16(), 2).AsByte() & bits45);
         c3 = (Avx2.ShiftRightLogical(p2.AsUInt16(), 4).AsByte() & low4) | (Avx2.ShiftRightLogical(p1.AsUInt16(), 2).AsByte() & bits45);
     }
@@ -322,18 +336,8 @@ internal readonly unsafe struct PackedQ6_K : IPackedKernel
     {
         var p0 = Vector256.Load(p);
         var p1 = Vector256.Load(p + PlaneBytes);
-        if (TQ.A == 0)
-        {
-            cl = p0 & Vector256.Create((byte)0x3F);
-            ch = p1 & Vector256.Create((byte)0x3F);
-            return;
-        }
-        // The 16-bit shifts leak bits across bytes only into positions the masks clear.
-        var low4 = Vector256.Create((byte)0x0F);
-        var bits45 = Vector256.Create((byte)0x30);
-        var p2 = Vector256.Load(p + 2 * PlaneBytes);
-        cl = (p2 & low4) | (Avx2.ShiftRightLogical(p0.AsUInt16(), 2).AsByte() & bits45);
-        ch = (Avx2.ShiftRightLogical(p2.AsUInt16(), 4).AsByte() & low4) | (Avx2.ShiftRightLogical(p1.AsUInt16(), 2).AsByte() & bits45);
+        if (TQ.A == 0) EvenCodes(p0, p1, out cl, out ch);
+        else OddCodes(p0, p1, Vector256.Load(p + 2 * PlaneBytes), out cl, out ch);
     }
 
     /// <summary>The scales of sub-block 2p + <paramref name="half"/> of the eight rows as int lanes.</summary>
