@@ -62,6 +62,18 @@ public class CliTests
         Assert.That(Array.IndexOf(logits, logits.Max()), Is.EqualTo(432), "greedy continues with ','");
     }
 
+    [TestCase("f32")]
+    [TestCase("f16")]
+    public void Logits_TakeTheEngineOptions_AsTheServerDoes(string type)
+    {
+        var (code, stdout, stderr) = Run("logits", "--prompt", "Once upon a time", "--kv-cache-dtype", type, "--block-size", "4",
+            "--max-model-len", "64", "--no-enable-prefix-caching", "--max-num-batched-tokens", "3");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        var logits = doc.RootElement.GetProperty("logits").EnumerateArray().Select(e => e.GetSingle()).ToArray();
+        Assert.That(Array.IndexOf(logits, logits.Max()), Is.EqualTo(432));
+    }
+
     [Test]
     public void Info_ReportsShapeParametersAndKvCost()
     {
@@ -97,6 +109,8 @@ public class CliTests
         new object[] { new[] { "frobnicate" }, "frobnicate" },
         new object[] { new[] { "generate", "--prompt", "x", "--device", "tpu" }, "tpu" },
         new object[] { new[] { "generate", "--prompt", "x", "--max-tokens", "abc" }, "abc" },
+        new object[] { new[] { "logits", "--prompt", "x", "--kv-cache-dtype", "q9" }, "q9" },
+        new object[] { new[] { "logits", "--prompt", "x", "--block-size", "0" }, "0" },
     ];
 
     [TestCase("generate", "--prompt", "x", "--device", "cuda")]

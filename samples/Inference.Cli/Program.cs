@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using Inference.Chat;
+using Inference.CommandLine;
 using Inference.Engine;
 using Inference.Loading;
 using Inference.Sampling;
@@ -16,10 +17,9 @@ public static class Program
 {
     public static async Task<int> Main(string[] args)
     {
-        var modelOption = new Option<string>("--model", "-m")
-        {
-            Description = "Path of a GGUF model (default: ../shared/testdata/stories260K.gguf from the repository root)",
-        };
+        // The engine's options (--model, --device, --threads, --max-model-len, --kv-cache-dtype, ...) as the server has them.
+        var engineOptions = new EngineCommandLine();
+        engineOptions.Model.Description = "Path of a GGUF model or a Hugging Face checkpoint folder (default: ../shared/testdata/stories260K.gguf from the repository root)";
         var promptOption = new Option<string>("--prompt", "-p") { Description = "Prompt text", Required = true };
         var maxTokensOption = new Option<int>("--max-tokens", "-n") { Description = "Most tokens to generate", DefaultValueFactory = _ => 256 };
         var temperatureOption = new Option<float>("--temperature") { Description = "Sampling temperature; 0 is greedy", DefaultValueFactory = _ => 0.8f };
@@ -29,15 +29,14 @@ public static class Program
         var repeatOption = new Option<float>("--repeat-penalty") { Description = "Repetition penalty (1 disables)", DefaultValueFactory = _ => 1f };
         var seedOption = new Option<ulong?>("--seed", "-s") { Description = "Sampling seed" };
         var stopOption = new Option<string[]>("--stop") { Description = "Stop string (repeatable)", AllowMultipleArgumentsPerToken = false };
-        var threadsOption = new Option<int?>("--threads", "-t") { Description = "CPU threads (default: all cores)" };
         var textOption = new Option<string>("--text") { Description = "Text to tokenize", Required = true };
-        var deviceOption = new Option<Device>("--device") { Description = "auto (a CUDA GPU when usable, else the CPU), cpu or cuda", DefaultValueFactory = _ => Device.Auto };
 
         var generate = new Command("generate", "Generate a continuation of a prompt")
         {
-            modelOption, promptOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption,
-            seedOption, stopOption, threadsOption, deviceOption,
+            promptOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption,
+            seedOption, stopOption,
         };
+        engineOptions.AddTo(generate);
         SamplingOptions Sampling(ParseResult result) => new()
         {
             MaxTokens = result.GetValue(maxTokensOption),
@@ -56,7 +55,7 @@ public static class Program
         async Task<int> Generate(ParseResult result, CancellationToken ct)
         {
             var sampling = Sampling(result);
-            await using var engine = await Load(result.GetValue(modelOption), result.GetValue(threadsOption), ct, result.GetValue(deviceOption));
+            await using var engine = await Load(result, engineOptions, ct);
             var stream = engine.GenerateAsync(result.GetValue(promptOption)!, sampling, ct);
             await foreach (var token in stream)
             {
@@ -73,11 +72,12 @@ public static class Program
 
         var logits = new Command("logits", "Print the prompt's token ids and the logits at its last position as one JSON line")
         {
-            modelOption, promptOption, threadsOption, deviceOption,
+            promptOption,
         };
+        engineOptions.AddTo(logits);
         logits.SetAction(async (result, ct) =>
         {
-            await using var engine = await Load(result.GetValue(modelOption), result.GetValue(threadsOption), ct, result.GetValue(deviceOption));
+            await using var engine = await Load(result, engineOptions, ct);
             var tokens = engine.Tokenize(result.GetValue(promptOption)!);
             var values = await engine.GetLogitsAsync(tokens, ct);
             using var stream = Console.OpenStandardOutput();
@@ -98,20 +98,21 @@ public static class Program
 
         var tokenize = new Command("tokenize", "Print the token ids of a text, comma separated (BOS as the model says)")
         {
-            modelOption, textOption,
+            engineOptions.Model, textOption,
         };
         tokenize.SetAction(async (result, ct) =>
         {
-            await using var engine = await Load(result.GetValue(modelOption), 1, ct);
+            await using var engine = await Load(result, engineOptions, ct, new EngineOptions { Threads = 1 });
             Console.Out.WriteLine(string.Join(",", engine.Tokenize(result.GetValue(textOption)!)));
             return 0;
         });
 
         var memoryOption = new Option<double>("--memory-gb") { Description = "KV cache memory budget to report capacity for", DefaultValueFactory = _ => 4 };
-        var info = new Command("info", "Print the model's architecture, size, KV cache cost and the device it runs on") { modelOption, memoryOption, deviceOption };
+        var info = new Command("info", "Print the model's architecture, size, KV cache cost and the device it runs on") { memoryOption };
+        engineOptions.AddTo(info);
         info.SetAction(async (result, ct) =>
         {
-            await using var engine = await Load(result.GetValue(modelOption), 1, ct, result.GetValue(deviceOption));
+            await using var engine = await Load(result, engineOptions, ct, new EngineOptions { Threads = 1 });
             var c = engine.Config;
             double budget = result.GetValue(memoryOption) * (1L << 30);
             Console.Out.WriteLine($"model            {engine.ModelName}");
@@ -129,12 +130,13 @@ public static class Program
         var systemOption = new Option<string?>("--system") { Description = "System message" };
         var chat = new Command("chat", "Chat interactively (one line per turn; an empty line or end of input quits)")
         {
-            modelOption, systemOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption, seedOption, threadsOption, deviceOption,
+            systemOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption, seedOption,
         };
+        engineOptions.AddTo(chat);
         chat.SetAction(async (result, ct) =>
         {
             var sampling = Sampling(result);
-            await using var engine = await Load(result.GetValue(modelOption), result.GetValue(threadsOption), ct, result.GetValue(deviceOption));
+            await using var engine = await Load(result, engineOptions, ct);
             // NOTE: a model without a chat template gets a plain "role: text" transcript, so base models can be tried too.
             var prompt = engine.ChatTemplate is null ? new ChatPromptOptions { Template = ChatTemplate.Parse(PlainTranscript) } : null;
             var history = new List<ChatMessage>();
@@ -188,10 +190,10 @@ public static class Program
     private static string AttentionKind(Inference.Models.ModelConfig c) =>
         c.KvHeadCount == c.HeadCount ? "MHA" : c.KvHeadCount == 1 ? "MQA" : "GQA";
 
-    private static async Task<InferenceEngine> Load(string? model, int? threads, CancellationToken ct, Device device = Device.Auto)
+    private static async Task<InferenceEngine> Load(ParseResult result, EngineCommandLine engineOptions, CancellationToken ct, EngineOptions? defaults = null)
     {
-        string path = model ?? DefaultModelPath();
-        var options = (threads is int t ? new EngineOptions { Threads = t } : new EngineOptions()) with { Device = device };
+        string path = result.GetValue(engineOptions.Model) ?? DefaultModelPath();
+        var options = engineOptions.ToEngineOptions(result, defaults);
         // A progress bar on an interactive terminal only: redirected stderr stays one line per message.
         IProgress<float>? progress = Console.IsErrorRedirected ? null : new Progress<float>(p =>
         {

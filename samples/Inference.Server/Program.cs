@@ -1,6 +1,11 @@
 using Inference.Server;
 
-// dotnet run --project samples/Inference.Server -- --model PATH --urls http://127.0.0.1:8080 [--chat-template FILE]
+// dotnet run --project samples/Inference.Server -- --model PATH --urls http://127.0.0.1:8080 [--chat-template FILE] [engine options: --help]
+if (ServerOptions.IsHelp(args))
+{
+    ServerOptions.WriteHelp(Console.Out);
+    return 0;
+}
 try
 {
     var app = await ServerApp.BuildAsync(args);
@@ -14,7 +19,7 @@ catch (Exception e) when (e is FileNotFoundException or Inference.Loading.ModelF
 }
 catch (ArgumentException e)
 {
-    Console.Error.WriteLine(e.Message);
-    Console.Error.WriteLine("usage: Inference.Server --model PATH [--urls http://127.0.0.1:8080] [--chat-template FILE] [--model-id NAME] [--threads N] [--ctx-size N]");
+    // One line: the problem, and where the options are listed.
+    Console.Error.WriteLine(e.Message + " (options: --help)");
     return 2;
 }

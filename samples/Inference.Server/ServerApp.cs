@@ -11,11 +11,9 @@ public static class ServerApp
     public static async Task<WebApplication> BuildAsync(string[] args, CancellationToken cancellationToken = default)
     {
         var options = ServerOptions.Parse(args);
-        var engineOptions = new EngineOptions();
-        if (options.Threads is int threads) engineOptions = engineOptions with { Threads = threads };
-        if (options.ContextLength is int context) engineOptions = engineOptions with { ContextLength = context };
-        var engine = await InferenceEngine.LoadAsync(options.ModelPath, engineOptions, progress: null, cancellationToken).ConfigureAwait(false);
-        var app = Build(engine, options, args);
+        var engine = await InferenceEngine.LoadAsync(options.ModelPath, options.Engine, progress: null, cancellationToken).ConfigureAwait(false);
+        // NOTE: the command line is ours alone (unknown options are errors), so none of it goes to ASP.NET Core's configuration.
+        var app = Build(engine, options);
         app.Lifetime.ApplicationStopped.Register(() => engine.DisposeAsync().AsTask().GetAwaiter().GetResult());
         return app;
     }

@@ -1,5 +1,8 @@
-using System.Globalization;
+using System.CommandLine;
+using System.CommandLine.Parsing;
 using Inference.Chat;
+using Inference.CommandLine;
+using Inference.Engine;
 
 namespace Inference.Server;
 
@@ -18,40 +21,73 @@ public sealed record ServerOptions
     /// <summary>The model id reported by <c>/v1/models</c> and in responses (<c>--model-id</c>); null uses the GGUF name.</summary>
     public string? ModelId { get; init; }
 
-    /// <summary>Engine threads (<c>--threads</c>); null for the engine's default.</summary>
-    public int? Threads { get; init; }
-
-    /// <summary>Context length (<c>--ctx-size</c>); null for the engine's default.</summary>
-    public int? ContextLength { get; init; }
+    /// <summary>
+    /// The engine's options (<c>--threads</c>, <c>--max-model-len</c>, <c>--kv-cache-dtype</c>, ...: see
+    /// <see cref="EngineCommandLine"/>, which the CLI shares).
+    /// </summary>
+    public EngineOptions Engine { get; init => field = value ?? throw new ArgumentNullException(nameof(Engine)); } = new();
 
     /// <summary>Most choices one request may ask for with <c>n</c>.</summary>
     public int MaxChoices { get; init; } = 16;
 
-    /// <summary>Reads <c>--model</c>, <c>--urls</c>, <c>--chat-template</c>, <c>--model-id</c>, <c>--threads</c> and <c>--ctx-size</c>.</summary>
-    /// <exception cref="ArgumentException">A value is missing or malformed, or <c>--model</c> is absent.</exception>
+    /// <summary>Reads <c>--urls</c>, <c>--chat-template</c>, <c>--model-id</c> and the engine's options, <c>--model</c> among them.</summary>
+    /// <exception cref="ArgumentException">
+    /// An option is unknown, a value is missing or malformed, or <c>--model</c> is absent; the message is one line.
+    /// </exception>
     public static ServerOptions Parse(IReadOnlyList<string> args)
     {
-        var options = new ServerOptions();
-        for (int i = 0; i < args.Count; i++)
+        ArgumentNullException.ThrowIfNull(args);
+        var (root, engine, urls, chatTemplate, modelId) = CreateCommand();
+        var result = root.Parse([.. args]);
+        if (result.Errors.Count > 0)
         {
-            string name = args[i];
-            string? inline = null;
-            int eq = name.IndexOf('=');
-            if (name.StartsWith("--", StringComparison.Ordinal) && eq > 0) (name, inline) = (name[..eq], name[(eq + 1)..]);
-            string Value() => inline ?? (i + 1 < args.Count ? args[++i] : throw new ArgumentException($"{name} needs a value", nameof(args)));
-            int IntValue() => int.TryParse(Value(), NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) && v > 0 ? v : throw new ArgumentException($"{name} needs a positive integer", nameof(args));
-            options = name switch
+            // The most specific error first: an unknown word says more than a missing option.
+            ParseError error = result.Errors[0];
+            foreach (var e in result.Errors)
             {
-                "--model" or "-m" => options with { ModelPath = Value() },
-                "--urls" => options with { Urls = Value() },
-                "--chat-template" => options with { ChatTemplate = Inference.Chat.ChatTemplate.Parse(File.ReadAllText(Value())) },
-                "--model-id" => options with { ModelId = Value() },
-                "--threads" or "-t" => options with { Threads = IntValue() },
-                "--ctx-size" or "-c" => options with { ContextLength = IntValue() },
-                _ => options,
-            };
+                if (e.Message.Contains("Unrecognized", StringComparison.Ordinal)) { error = e; break; }
+            }
+            throw new ArgumentException(error.Message.ReplaceLineEndings(" ").Trim());
         }
-        if (string.IsNullOrEmpty(options.ModelPath)) throw new ArgumentException("--model PATH is required", nameof(args));
-        return options;
+        EngineOptions engineOptions;
+        try
+        {
+            engineOptions = engine.ToEngineOptions(result);
+        }
+        catch (ArgumentException e)
+        {
+            throw new ArgumentException(e.Message.ReplaceLineEndings(" ").Trim(), e);
+        }
+        return new ServerOptions
+        {
+            ModelPath = result.GetValue(engine.Model)!,
+            Urls = result.GetValue(urls),
+            ChatTemplate = result.GetValue(chatTemplate) is { } file ? ChatTemplate.Parse(File.ReadAllText(file.FullName)) : null,
+            ModelId = result.GetValue(modelId),
+            Engine = engineOptions,
+        };
+    }
+
+    /// <summary>Whether <paramref name="args"/> asks for the option list (<c>--help</c>, <c>-h</c>, <c>-?</c>).</summary>
+    public static bool IsHelp(IReadOnlyList<string> args) =>
+        args.Contains("--help") || args.Contains("-h") || args.Contains("-?");
+
+    /// <summary>Writes the option list to <paramref name="writer"/>.</summary>
+    public static void WriteHelp(TextWriter writer)
+    {
+        var (root, _, _, _, _) = CreateCommand();
+        root.Parse(["--help"]).Invoke(new InvocationConfiguration { Output = writer });
+    }
+
+    private static (RootCommand Root, EngineCommandLine Engine, Option<string?> Urls, Option<FileInfo?> ChatTemplate, Option<string?> ModelId) CreateCommand()
+    {
+        var engine = new EngineCommandLine();
+        engine.Model.Required = true;
+        var urls = new Option<string?>("--urls") { Description = "Where to listen, e.g. http://127.0.0.1:8080" };
+        var chatTemplate = new Option<FileInfo?>("--chat-template") { Description = "A Jinja chat template file to use instead of the model's" };
+        var modelId = new Option<string?>("--model-id") { Description = "The model id /v1/models reports (default: the model's name)" };
+        var root = new RootCommand("Inference: an OpenAI-compatible server") { urls, chatTemplate, modelId };
+        engine.AddTo(root);
+        return (root, engine, urls, chatTemplate, modelId);
     }
 }

@@ -1,0 +1,59 @@
+using Inference.Engine;
+using Inference.KvCache;
+using Inference.Server;
+
+namespace Inference.Tests.Server;
+
+/// <summary>The server's command line: the engine options it shares with the CLI, by vLLM's names, and one-line errors.</summary>
+public class ServerOptionsTests
+{
+    [Test]
+    public void EngineOptions_ByVllmNames()
+    {
+        var options = ServerOptions.Parse([
+            "--model", "m.gguf", "--urls", "http://127.0.0.1:9", "--model-id", "x", "--threads", "3", "--max-model-len", "777",
+            "--max-num-seqs", "5", "--max-num-batched-tokens", "64", "--block-size", "32", "--kv-cache-dtype", "f32",
+            "--no-enable-prefix-caching", "--gpu-memory-utilization", "0.5", "--device", "cpu",
+        ]);
+        Assert.That(options.ModelPath, Is.EqualTo("m.gguf"));
+        Assert.That(options.Urls, Is.EqualTo("http://127.0.0.1:9"));
+        Assert.That(options.ModelId, Is.EqualTo("x"));
+        var e = options.Engine;
+        Assert.That((e.Threads, e.ContextLength, e.MaxNumSeqs, e.MaxNumBatchedTokens, e.Device), Is.EqualTo((3, (int?)777, 5, 64, Device.Cpu)));
+        Assert.That((e.KvCache.BlockSize, e.KvCache.DataType, e.KvCache.PrefixCaching, e.KvCache.MemoryFraction),
+            Is.EqualTo((32, KvCacheDataType.Float32, PrefixCachingMode.Disabled, 0.5)));
+    }
+
+    [Test]
+    public void Defaults_AreTheEngineDefaults_AndOldNamesStillWork()
+    {
+        var options = ServerOptions.Parse(["--model", "m.gguf"]);
+        Assert.That(options.Engine, Is.EqualTo(new EngineOptions()));
+        Assert.That(ServerOptions.Parse(["-m", "m.gguf", "--ctx-size", "99"]).Engine.ContextLength, Is.EqualTo(99));
+        Assert.That(ServerOptions.Parse(["--model=m.gguf", "-c", "98", "-t", "1"]).Engine.ContextLength, Is.EqualTo(98));
+        Assert.That(ServerOptions.Parse(["--model", "m.gguf", "--enable-prefix-caching", "--kv-cache-dtype", "auto"]).Engine.KvCache,
+            Is.EqualTo(new KvCacheOptions()));
+    }
+
+    [TestCase("--bogus", "--bogus")]
+    [TestCase("--threads", "threads")]
+    [TestCase("--threads 0", "Threads")]
+    [TestCase("--block-size 1000", "1000")]
+    [TestCase("--kv-cache-dtype q9", "q9")]
+    [TestCase("--gpu-memory-utilization 2", "MemoryFraction")]
+    [TestCase("--max-num-seqs x", "x")]
+    [TestCase("--enable-prefix-caching --no-enable-prefix-caching", "contradict")]
+    public void BadOptions_AreOneLineArgumentErrors(string extra, string mention)
+    {
+        var e = Assert.Throws<ArgumentException>(() => ServerOptions.Parse(["--model", "m.gguf", .. extra.Split(' ')]))!;
+        Assert.That(e.Message, Does.Contain(mention));
+        Assert.That(e.Message, Does.Not.Contain('\n'));
+    }
+
+    [Test]
+    public void ModelIsRequired()
+    {
+        var e = Assert.Throws<ArgumentException>(() => ServerOptions.Parse(["--threads", "2"]))!;
+        Assert.That(e.Message, Does.Contain("--model"));
+    }
+}

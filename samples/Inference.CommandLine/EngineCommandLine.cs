@@ -1,0 +1,115 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
+using System.Globalization;
+using Inference.Engine;
+using Inference.KvCache;
+
+namespace Inference.CommandLine;
+
+/// <summary>
+/// The engine's command-line options, shared by the CLI and the server so both accept the same names: vLLM's
+/// (<c>--max-model-len</c>, <c>--kv-cache-dtype</c>, <c>--block-size</c>, ...) with the older names kept as aliases
+/// (<c>--ctx-size</c>). Each front end creates one instance, adds <see cref="All"/> to its commands and turns a parse
+/// result into <see cref="EngineOptions"/> with <see cref="ToEngineOptions"/>.
+/// </summary>
+/// <remarks>
+/// A new engine setting gets its option here (one property, one line in <see cref="All"/>, one line in
+/// <see cref="ToEngineOptions"/>). Values are only parsed here; their ranges are checked by <see cref="EngineOptions"/>
+/// and <see cref="KvCacheOptions"/>, whose one-line messages name the setting.
+/// </remarks>
+public sealed class EngineCommandLine
+{
+    /// <summary><c>--model</c>, <c>-m</c>: a GGUF file or a Hugging Face checkpoint folder.</summary>
+    public Option<string?> Model { get; } = new("--model", "-m") { Description = "Path of a GGUF model or a Hugging Face checkpoint folder" };
+
+    /// <summary><c>--device</c>: auto, cpu or cuda.</summary>
+    public Option<Device> Device { get; } = new("--device") { Description = "auto (a CUDA GPU when usable, else the CPU), cpu or cuda", DefaultValueFactory = _ => Engine.Device.Auto };
+
+    /// <summary><c>--threads</c>, <c>-t</c>: CPU threads.</summary>
+    public Option<int?> Threads { get; } = new("--threads", "-t") { Description = "CPU threads (default: all cores)" };
+
+    /// <summary><c>--max-model-len</c> (alias <c>--ctx-size</c>, <c>-c</c>): most tokens of one sequence.</summary>
+    public Option<int?> MaxModelLen { get; } = new("--max-model-len", "--ctx-size", "-c") { Description = "Most tokens (prompt and output) of one sequence (default: the model's context, at most 4096)" };
+
+    /// <summary><c>--max-num-seqs</c>: most sequences in one forward pass.</summary>
+    public Option<int?> MaxNumSeqs { get; } = new("--max-num-seqs") { Description = "Most sequences in one forward pass" };
+
+    /// <summary><c>--max-num-batched-tokens</c>: most tokens in one forward pass.</summary>
+    public Option<int?> MaxNumBatchedTokens { get; } = new("--max-num-batched-tokens") { Description = "Most tokens in one forward pass; longer prompts are chunked" };
+
+    /// <summary><c>--block-size</c>: tokens per KV cache block.</summary>
+    public Option<int?> BlockSize { get; } = new("--block-size") { Description = "Tokens per KV cache block" };
+
+    /// <summary><c>--kv-cache-dtype</c>: the element type of stored keys and values.</summary>
+    public Option<KvCacheDataType?> KvCacheDtype { get; } = new("--kv-cache-dtype")
+    {
+        Description = "Element type of the KV cache: auto (f16), f32 or f16",
+        HelpName = "auto|f32|f16",
+        CustomParser = ParseKvCacheDataType,
+    };
+
+    /// <summary><c>--enable-prefix-caching</c>: share KV blocks between requests with equal prefixes (the default).</summary>
+    public Option<bool> EnablePrefixCaching { get; } = new("--enable-prefix-caching") { Description = "Reuse the KV blocks of equal prompt prefixes (default)" };
+
+    /// <summary><c>--no-enable-prefix-caching</c>: compute every prompt in full.</summary>
+    public Option<bool> NoEnablePrefixCaching { get; } = new("--no-enable-prefix-caching") { Description = "Compute every prompt in full" };
+
+    /// <summary><c>--gpu-memory-utilization</c>: fraction (0, 1] of memory the KV cache pool may take.</summary>
+    public Option<double?> GpuMemoryUtilization { get; } = new("--gpu-memory-utilization") { Description = "Fraction (0, 1] of memory the KV cache may use" };
+
+    /// <summary>Every option above, in help order.</summary>
+    public IReadOnlyList<Option> All =>
+    [
+        Model, Device, Threads, MaxModelLen, MaxNumSeqs, MaxNumBatchedTokens, BlockSize, KvCacheDtype,
+        EnablePrefixCaching, NoEnablePrefixCaching, GpuMemoryUtilization,
+    ];
+
+    /// <summary>Adds every option to <paramref name="command"/> and rejects contradicting pairs.</summary>
+    /// <param name="command">The command that takes engine options.</param>
+    public void AddTo(Command command)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        foreach (var option in All) command.Options.Add(option);
+        command.Validators.Add(result =>
+        {
+            if (result.GetValue(EnablePrefixCaching) && result.GetValue(NoEnablePrefixCaching))
+                result.AddError("--enable-prefix-caching and --no-enable-prefix-caching contradict each other");
+        });
+    }
+
+    /// <summary>The engine options a parse result asks for, over <paramref name="defaults"/>; options not given keep their value there.</summary>
+    /// <param name="result">A parse result of a command this instance was added to.</param>
+    /// <param name="defaults">The starting options; null for <see cref="EngineOptions"/>' defaults.</param>
+    /// <exception cref="ArgumentException">A value is out of its range (the message names the setting).</exception>
+    public EngineOptions ToEngineOptions(ParseResult result, EngineOptions? defaults = null)
+    {
+        ArgumentNullException.ThrowIfNull(result);
+        var options = defaults ?? new EngineOptions();
+        var kv = options.KvCache;
+        options = options with { Device = result.GetValue(Device) };
+        if (result.GetValue(Threads) is int threads) options = options with { Threads = threads };
+        if (result.GetValue(MaxModelLen) is int length) options = options with { ContextLength = length };
+        if (result.GetValue(MaxNumSeqs) is int seqs) options = options with { MaxNumSeqs = seqs };
+        if (result.GetValue(MaxNumBatchedTokens) is int batched) options = options with { MaxNumBatchedTokens = batched };
+        if (result.GetValue(BlockSize) is int blockSize) kv = kv with { BlockSize = blockSize };
+        if (result.GetValue(KvCacheDtype) is KvCacheDataType type) kv = kv with { DataType = type };
+        if (result.GetValue(EnablePrefixCaching)) kv = kv with { PrefixCaching = PrefixCachingMode.Enabled };
+        if (result.GetValue(NoEnablePrefixCaching)) kv = kv with { PrefixCaching = PrefixCachingMode.Disabled };
+        if (result.GetValue(GpuMemoryUtilization) is double fraction) kv = kv with { MemoryFraction = fraction };
+        return options with { KvCache = kv };
+    }
+
+    /// <summary>Names accepted by <c>--kv-cache-dtype</c>: vLLM's and llama.cpp's (<c>-ctk</c>) spellings.</summary>
+    private static KvCacheDataType? ParseKvCacheDataType(ArgumentResult result)
+    {
+        string text = result.Tokens.Count > 0 ? result.Tokens[0].Value : "";
+        switch (text.ToLowerInvariant())
+        {
+            case "auto" or "f16" or "fp16" or "float16" or "half": return KvCacheDataType.Float16;
+            case "f32" or "fp32" or "float32" or "float": return KvCacheDataType.Float32;
+            default:
+                result.AddError(string.Create(CultureInfo.InvariantCulture, $"--kv-cache-dtype '{text}' is not one of auto, f32, f16"));
+                return null;
+        }
+    }
+}
