@@ -9,12 +9,8 @@ public static class RunnerFiles
     {
         string packed = Path.Combine(AppContext.BaseDirectory, packedName);
         if (File.Exists(packed)) return packed;
-        for (var d = new DirectoryInfo(Environment.CurrentDirectory); d is not null; d = d.Parent)
-        {
-            string p = Path.Combine(d.FullName, "..", "shared", "testdata", testDataPath);
-            if (File.Exists(p)) return Path.GetFullPath(p);
-        }
-        return null;
+        string p = RepositoryPaths.TestData(testDataPath);
+        return File.Exists(p) ? p : null;
     }
 
     /// <summary>An exception as one line for the check's tables: its type and message.</summary>

@@ -21,7 +21,7 @@ public static class WriteModel
         var a = new Args(argv);
         string output = a.Required("--out");
         string type = a.String("--type", "q8_0").ToLowerInvariant();
-        string donor = a.String("--donor", Path.Combine(RepoRoot(), "..", "shared", "testdata", "stories260K.gguf"));
+        string donor = a.String("--donor", RepositoryPaths.TestData("stories260K.gguf"));
         var options = new SyntheticModelOptions
         {
             Dimension = a.Int("--dim", 1024),
@@ -60,13 +60,5 @@ public static class WriteModel
         }
         Console.WriteLine($"{{\"out\":\"{output}\",\"type\":\"{type}\",\"bytes\":{new FileInfo(output).Length},\"seconds\":{sw.Elapsed.TotalSeconds:F1}}}");
         return Task.FromResult(0);
-    }
-
-    internal static string RepoRoot()
-    {
-        foreach (var start in new[] { Environment.CurrentDirectory, AppContext.BaseDirectory })
-            for (var d = new DirectoryInfo(start); d is not null; d = d.Parent)
-                if (File.Exists(Path.Combine(d.FullName, "Inference.sln"))) return d.FullName;
-        return Environment.CurrentDirectory;
     }
 }

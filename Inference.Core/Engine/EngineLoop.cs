@@ -223,7 +223,7 @@ internal sealed class EngineLoop : IAsyncDisposable
             int token = r.Sampler.Sample(_logits.AsSpan(logitIndex * vocab, vocab), System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Tokens));
             var schedulerReason = _scheduler.Update(scheduled, token);
             var finish = r.Accept(token);
-            if (finish is null && schedulerReason == Scheduling.FinishReason.MaxTokens) finish = FinishReason.Length;
+            if (finish is null && schedulerReason == FinishReason.Length) finish = FinishReason.Length;
             if (finish is not null) Retire(r.Id, finish.Value);
         }
         Stats = CurrentStats();
@@ -237,13 +237,7 @@ internal sealed class EngineLoop : IAsyncDisposable
     private void Retire(long id, FinishReason reason)
     {
         if (!_live.Remove(id, out var entry)) return;
-        _scheduler.Finish(id, reason switch
-        {
-            FinishReason.Cancelled => Scheduling.FinishReason.Cancelled,
-            FinishReason.StopString => Scheduling.FinishReason.StopSequence,
-            FinishReason.EndOfSequence => Scheduling.FinishReason.StopToken,
-            _ => Scheduling.FinishReason.MaxTokens,
-        });
+        _scheduler.Finish(id, reason);
         if (reason == FinishReason.Cancelled) entry.Request.Finish(reason, new OperationCanceledException("the request was cancelled"));
         else entry.Request.Finish(reason);
         _metrics.RequestFinished(entry.Request);
@@ -352,7 +346,7 @@ internal sealed class EngineLoop : IAsyncDisposable
         {
             var r = _live[id].Request;
             _live.Remove(id);
-            _scheduler.Finish(id, Scheduling.FinishReason.Cancelled);
+            _scheduler.Finish(id, FinishReason.Cancelled);
             r.Finish(FinishReason.Cancelled, error);
         }
     }

@@ -1,3 +1,4 @@
+using Inference.Engine;
 using Inference.KvCache;
 
 namespace Inference.Scheduling;
@@ -101,7 +102,7 @@ public sealed class Scheduler
     /// </summary>
     public bool Finish(long requestId, FinishReason reason)
     {
-        if (reason == FinishReason.None || !Enum.IsDefined(reason)) throw new ArgumentOutOfRangeException(nameof(reason));
+        if (!Enum.IsDefined(reason)) throw new ArgumentOutOfRangeException(nameof(reason));
         if (!_live.TryGetValue(requestId, out var request)) return false;
         if (request.Status == RequestStatus.Running)
         {
@@ -212,22 +213,22 @@ public sealed class Scheduler
     /// <summary>
     /// Appends the token sampled for <paramref name="request"/> after the model ran its chunk, and finishes the request
     /// (freeing its blocks) on a stop token or when <see cref="SchedulerRequest.MaxNewTokenCount"/> is reached.
-    /// Returns the finish reason, <see cref="FinishReason.None"/> while it continues. A request finished or cancelled in
+    /// Returns the finish reason, null while it continues. A request finished or cancelled in
     /// the meantime ignores the token and returns its reason.
     /// </summary>
     /// <exception cref="InvalidOperationException">The request is not waiting for a sampled token.</exception>
-    public FinishReason Update(SchedulerRequest request, int sampledTokenId)
+    public FinishReason? Update(SchedulerRequest request, int sampledTokenId)
     {
         ArgumentNullException.ThrowIfNull(request);
         if (request.Status == RequestStatus.Finished) return request.FinishReason;
         if (request.Status != RequestStatus.Running || request.ComputedTokenCount != request.TokenCount)
             throw new InvalidOperationException($"Request {request.RequestId} did not compute its last token; no token can be sampled for it.");
         request.AppendToken(sampledTokenId);
-        FinishReason reason =
-            request.IsStopToken(sampledTokenId) ? FinishReason.StopToken :
-            request.OutputTokenCount >= request.MaxNewTokenCount ? FinishReason.MaxTokens :
-            FinishReason.None;
-        if (reason != FinishReason.None) Finish(request.RequestId, reason);
+        FinishReason? reason =
+            request.IsStopToken(sampledTokenId) ? FinishReason.EndOfSequence :
+            request.OutputTokenCount >= request.MaxNewTokenCount ? FinishReason.Length :
+            null;
+        if (reason is { } r) Finish(request.RequestId, r);
         return reason;
     }
 

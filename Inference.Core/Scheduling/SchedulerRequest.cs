@@ -1,3 +1,4 @@
+using Inference.Engine;
 namespace Inference.Scheduling;
 
 /// <summary>
@@ -84,8 +85,8 @@ public sealed class SchedulerRequest
     /// <summary>Where the request stands.</summary>
     public RequestStatus Status { get; internal set; }
 
-    /// <summary>Why it finished, or <see cref="Scheduling.FinishReason.None"/>.</summary>
-    public FinishReason FinishReason { get; internal set; }
+    /// <summary>Why it finished, or null while it has not.</summary>
+    public FinishReason? FinishReason { get; internal set; }
 
     /// <summary>Arrival number assigned by <see cref="Scheduler.AddRequest"/> (FCFS order).</summary>
     public long ArrivalOrder { get; internal set; }

@@ -1,3 +1,4 @@
+using Inference.Models;
 using ILGPU;
 using ILGPU.Runtime;
 using Inference.Kernels.Layer;

@@ -169,7 +169,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
         var att = s.Att.View.SubView(0, (long)n * c.QDim);
         var gate = s.Gate.View.SubView(0, (long)n * c.FfnDim);
         var up = s.Up.View.SubView(0, (long)n * c.FfnDim);
-        var layout = c.RopeLayout == Models.RopeLayout.Neox ? Kernels.Layer.RopeLayout.Neox : Kernels.Layer.RopeLayout.Normal;
+        var layout = c.RopeLayout;
 
         for (int l = 0; l < c.LayerCount; l++)
         {

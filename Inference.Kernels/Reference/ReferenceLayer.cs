@@ -1,3 +1,4 @@
+using Inference.Models;
 using Inference.Kernels.Layer;
 
 namespace Inference.Kernels.Reference;

@@ -1,3 +1,4 @@
+using Inference.Models;
 using Inference.Kernels;
 using Inference.Kernels.Attention;
 using Inference.Kernels.Layer;

@@ -1,3 +1,4 @@
+using Inference.Models;
 using ILGPU.Runtime;
 using Inference.Kernels.Layer;
 using Inference.Kernels.Reference;

@@ -1,3 +1,4 @@
+using Inference.Engine;
 using Inference.KvCache;
 using Inference.Scheduling;
 
@@ -40,13 +41,13 @@ public class SchedulerTests
         s.AddRequest(r);
         var o = s.Schedule();
         Assert.That(o.Chunks.ToArray(), Is.EqualTo(new[] { new ScheduledChunk(r, 0, 10, true) }));
-        Assert.That(s.Update(r, 7), Is.EqualTo(FinishReason.None));
+        Assert.That(s.Update(r, 7), Is.Null);
         o = s.Schedule();
         Assert.That(o.Chunks.ToArray(), Is.EqualTo(new[] { new ScheduledChunk(r, 10, 1, true) }));
         Assert.That(o.Chunks[0].TokenIds.ToArray(), Is.EqualTo(new[] { 7 }));
-        Assert.That(s.Update(r, 8), Is.EqualTo(FinishReason.None));
+        Assert.That(s.Update(r, 8), Is.Null);
         s.Schedule();
-        Assert.That(s.Update(r, 9), Is.EqualTo(FinishReason.MaxTokens));
+        Assert.That(s.Update(r, 9), Is.EqualTo(FinishReason.Length));
         Assert.That(r.OutputTokenIds.ToArray(), Is.EqualTo(new[] { 7, 8, 9 }));
         Assert.That(r.Status, Is.EqualTo(RequestStatus.Finished));
         Assert.That(s.KvCache.UsedBlockCount, Is.EqualTo(0));
@@ -68,8 +69,8 @@ public class SchedulerTests
         Assert.That((a.OutputTokenCount, b.OutputTokenCount), Is.EqualTo((1, 0)));
         Assert.Throws<ArgumentException>(() => s.Update(o, [1]));
         Assert.Throws<InvalidOperationException>(() => s.Update(b, 5), "b has uncomputed prompt tokens");
-        Assert.That(s.Finish(1, FinishReason.StopSequence), Is.True);
-        Assert.That(a.FinishReason, Is.EqualTo(FinishReason.StopSequence));
+        Assert.That(s.Finish(1, FinishReason.StopString), Is.True);
+        Assert.That(a.FinishReason, Is.EqualTo(FinishReason.StopString));
         Assert.That(s.KvCache.Contains(1), Is.False);
         Assert.That(s.Find(1), Is.Null);
         Assert.That(s.Find(2), Is.SameAs(b));
@@ -82,9 +83,9 @@ public class SchedulerTests
         var r = new SchedulerRequest(1, Tokens(0, 3), 50) { StopTokenIds = [2] };
         s.AddRequest(r);
         s.Schedule();
-        Assert.That(s.Update(r, 5), Is.EqualTo(FinishReason.None));
+        Assert.That(s.Update(r, 5), Is.Null);
         s.Schedule();
-        Assert.That(s.Update(r, 2), Is.EqualTo(FinishReason.StopToken));
+        Assert.That(s.Update(r, 2), Is.EqualTo(FinishReason.EndOfSequence));
         Assert.That(r.OutputTokenIds.ToArray(), Is.EqualTo(new[] { 5, 2 }));
         Assert.That(s.KvCache.UsedBlockCount, Is.EqualTo(0));
     }
@@ -181,9 +182,9 @@ public class SchedulerTests
         Assert.That(a.PreemptionCount, Is.Zero);
         Assert.That(b.PreemptionCount, Is.GreaterThan(0));
         Assert.That(b.CachedTokenCount, Is.GreaterThan(0), "b's full prompt blocks were still cached when it resumed");
-        Assert.That(a.FinishReason, Is.EqualTo(FinishReason.MaxTokens));
-        Assert.That(b.FinishReason, Is.EqualTo(FinishReason.MaxTokens));
-        Assert.That(c.FinishReason, Is.EqualTo(FinishReason.MaxTokens));
+        Assert.That(a.FinishReason, Is.EqualTo(FinishReason.Length));
+        Assert.That(b.FinishReason, Is.EqualTo(FinishReason.Length));
+        Assert.That(c.FinishReason, Is.EqualTo(FinishReason.Length));
         Assert.That(b.OutputTokenCount, Is.EqualTo(12));
         Assert.That(s.KvCache.UsedBlockCount, Is.Zero);
     }
@@ -384,8 +385,8 @@ public class SchedulerTests
             Assert.That(r.Status, Is.EqualTo(RequestStatus.Finished));
             switch (r.FinishReason)
             {
-                case FinishReason.MaxTokens: Assert.That(r.OutputTokenCount, Is.EqualTo(r.MaxNewTokenCount)); break;
-                case FinishReason.StopToken: Assert.That(r.OutputTokenIds[^1], Is.EqualTo(7)); break;
+                case FinishReason.Length: Assert.That(r.OutputTokenCount, Is.EqualTo(r.MaxNewTokenCount)); break;
+                case FinishReason.EndOfSequence: Assert.That(r.OutputTokenIds[^1], Is.EqualTo(7)); break;
                 case FinishReason.Cancelled: Assert.That(r.OutputTokenCount, Is.LessThanOrEqualTo(r.MaxNewTokenCount)); break;
                 default: Assert.Fail($"unexpected finish reason {r.FinishReason}"); break;
             }

@@ -3,15 +3,14 @@ namespace Inference.Tests.Support;
 /// <summary>Paths into ../shared/testdata, resolved from the repository root. Missing files fail loudly.</summary>
 public static class TestData
 {
-    private static readonly Lazy<string> Root = new(FindRoot);
-
     /// <summary>The repository root (the folder holding Inference.sln).</summary>
-    public static string RepoRoot => Root.Value;
+    public static string RepoRoot => RepositoryPaths.Root ?? throw new InvalidOperationException("Inference.sln not found above " + AppContext.BaseDirectory);
 
     /// <summary>Absolute path of <paramref name="relative"/> under ../shared/testdata; fails the test when missing.</summary>
     public static string Path(string relative)
     {
-        var p = System.IO.Path.GetFullPath(System.IO.Path.Combine(RepoRoot, "..", "shared", "testdata", relative));
+        _ = RepoRoot;
+        var p = RepositoryPaths.TestData(relative);
         if (!File.Exists(p)) Assert.Fail($"test data file missing: {p} (expected ../shared/testdata beside the repository)");
         return p;
     }
@@ -25,12 +24,5 @@ public static class TestData
         var d = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "inference-tests", Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(d);
         return d;
-    }
-
-    private static string FindRoot()
-    {
-        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
-            if (File.Exists(System.IO.Path.Combine(d.FullName, "Inference.sln"))) return d.FullName;
-        throw new InvalidOperationException("Inference.sln not found above " + AppContext.BaseDirectory);
     }
 }

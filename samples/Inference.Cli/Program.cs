@@ -206,18 +206,7 @@ public static class Program
     }
 
     /// <summary>../shared/testdata/stories260K.gguf relative to the repository root (found above the working directory or the program).</summary>
-    private static string DefaultModelPath()
-    {
-        foreach (var start in new[] { Environment.CurrentDirectory, AppContext.BaseDirectory })
-        {
-            for (var d = new DirectoryInfo(start); d is not null; d = d.Parent)
-            {
-                if (File.Exists(Path.Combine(d.FullName, "Inference.sln")))
-                    return Path.GetFullPath(Path.Combine(d.FullName, "..", "shared", "testdata", "stories260K.gguf"));
-            }
-        }
-        return Path.GetFullPath(Path.Combine("..", "shared", "testdata", "stories260K.gguf"));
-    }
+    private static string DefaultModelPath() => RepositoryPaths.TestData("stories260K.gguf");
 
     private static string Describe(Exception e) => e switch
     {
