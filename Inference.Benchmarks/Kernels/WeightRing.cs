@@ -52,15 +52,24 @@ public sealed unsafe class WeightRing : IDisposable
     private static void Fill(GgmlType type, int rows, int cols, Span<byte> dst, Random rng)
     {
         long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
-        if (type is GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K)
+        var (scaleAt, minAt) = type switch
         {
-            // Random codes and scales with small f16 super-block scales (the bytes at those offsets).
+            GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q4_1 or GgmlType.Q5_1 => (0, 2),
+            GgmlType.Q6_K => (208, -1),
+            GgmlType.Q2_K => (80, 82),
+            GgmlType.Q3_K => (108, -1),
+            GgmlType.Q5_0 or GgmlType.IQ4_NL or GgmlType.IQ4_XS => (0, -1),
+            _ => (-1, -1),
+        };
+        if (scaleAt >= 0)
+        {
+            // Random codes and scales with small f16 (super-)block scales and mins (the bytes at those offsets).
             rng.NextBytes(dst);
-            int blockBytes = GgmlTypeInfo.BlockBytes(type), scaleAt = type == GgmlType.Q6_K ? 208 : 0;
+            int blockBytes = GgmlTypeInfo.BlockBytes(type);
             for (int b = 0; b < dst.Length / blockBytes; b++)
             {
                 BitConverter.TryWriteBytes(dst[(b * blockBytes + scaleAt)..], (Half)0.01f);
-                if (type != GgmlType.Q6_K) BitConverter.TryWriteBytes(dst[(b * blockBytes + 2)..], (Half)0.01f);
+                if (minAt >= 0) BitConverter.TryWriteBytes(dst[(b * blockBytes + minAt)..], (Half)0.01f);
             }
             return;
         }

@@ -11,17 +11,17 @@ public enum GgmlType : uint
     Q4_0 = 2,
     /// <summary>32 weights: f16 scale, f16 min, 16 bytes of 4-bit values.</summary>
     Q4_1 = 3,
-    /// <summary>32 weights, 5-bit.</summary>
+    /// <summary>32 weights: f16 scale, 4 bytes of fifth bits, 16 bytes of low nibbles (offset 16).</summary>
     Q5_0 = 6,
-    /// <summary>32 weights, 5-bit with min.</summary>
+    /// <summary>32 weights: f16 scale, f16 min, 4 bytes of fifth bits, 16 bytes of low nibbles.</summary>
     Q5_1 = 7,
     /// <summary>32 weights: f16 scale + 32 signed bytes.</summary>
     Q8_0 = 8,
     /// <summary>32 weights: f32 scale, f32 sum, 32 signed bytes.</summary>
     Q8_1 = 9,
-    /// <summary>K-quant, 2-bit.</summary>
+    /// <summary>K-quant, 2-bit: 256 weights in 16 sub-blocks with 4-bit scales and mins.</summary>
     Q2_K = 10,
-    /// <summary>K-quant, 3-bit.</summary>
+    /// <summary>K-quant, 3-bit: 256 weights in 16 sub-blocks with 6-bit signed scales.</summary>
     Q3_K = 11,
     /// <summary>K-quant, 4-bit: 256 weights in 8 sub-blocks with 6-bit scales and mins.</summary>
     Q4_K = 12,
@@ -31,6 +31,10 @@ public enum GgmlType : uint
     Q6_K = 14,
     /// <summary>K-quant intermediate, 8-bit.</summary>
     Q8_K = 15,
+    /// <summary>32 weights: f16 scale + 16 bytes of 4-bit indices into a fixed non-linear table.</summary>
+    IQ4_NL = 20,
+    /// <summary>256 weights: IQ4_NL's table in 8 sub-blocks of 32 with 6-bit scales.</summary>
+    IQ4_XS = 23,
     /// <summary>8-bit integer.</summary>
     I8 = 24,
     /// <summary>16-bit integer.</summary>
@@ -68,6 +72,8 @@ public static class GgmlTypeInfo
             GgmlType.Q5_K => (256, 176),
             GgmlType.Q6_K => (256, 210),
             GgmlType.Q8_K => (256, 292),
+            GgmlType.IQ4_NL => (32, 18),
+            GgmlType.IQ4_XS => (256, 136),
             GgmlType.I8 => (1, 1),
             GgmlType.I16 => (1, 2),
             GgmlType.I32 => (1, 4),

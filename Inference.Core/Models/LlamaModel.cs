@@ -137,7 +137,8 @@ public sealed class LlamaModel
 
     /// <summary>Weight types this CPU path computes with.</summary>
     public static IReadOnlyList<GgmlType> SupportedWeightTypes { get; } =
-        [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K];
+        [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1,
+         GgmlType.IQ4_NL, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.IQ4_XS];
 
     /// <summary>
     /// Runs <paramref name="batch"/> through the model, storing K/V in <paramref name="kv"/>, and writes the logits of

@@ -8,7 +8,8 @@ namespace Inference.Cuda.Runner;
 
 /// <summary>
 /// A weight matrix in device memory in GGML row layout (one row per output feature): F32, F16 and Q8_0 are uploaded
-/// as they are; other types are dequantized on the host at load time — BF16 to F32 (exact), Q4_0, Q4_K, Q5_K and Q6_K to F16.
+/// as they are; other types are dequantized on the host at load time (<see cref="Dequantize.Row"/>) — BF16 to F32
+/// (exact), the other quantized types (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K … Q6_K, IQ4_XS) to F16.
 /// </summary>
 internal sealed unsafe class DeviceMatrix : IDisposable
 {

@@ -121,8 +121,28 @@ public class LlamaCppDifferentialTests
     [TestCase(LLamaFtype.MOSTLY_Q4_0, 2e-2)]
     [TestCase(LLamaFtype.MOSTLY_Q4_K_M, 2e-2)]
     [TestCase(LLamaFtype.MOSTLY_Q5_K_M, 3e-2)]
-    public Task LlamaCppQuantized_LastLogits_MatchLlamaCpp(LLamaFtype ftype, double tolerance) =>
-        AssertLastLogitsMatchAsync(QuantizedModel(ftype), ftype.ToString(), tolerance);
+    // The other types llama.cpp's quantizer writes, each file a mix: Q4_1, Q5_0, Q5_1 and IQ4_NL files (Q8_0 / Q8_1
+    // activations), IQ4_XS and the Q2_K, Q3_K_S/M, Q4_K_S and Q5_K_S mixes (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K; Q8_K activations).
+    [TestCase(LLamaFtype.MOSTLY_Q4_1, 3e-2)]
+    [TestCase(LLamaFtype.MOSTLY_Q5_0, 3e-2)]
+    [TestCase(LLamaFtype.MOSTLY_Q5_1, 3e-2)]
+    [TestCase(LLamaFtype.MOSTLY_IQ4_NL, 3e-2)]
+    [TestCase(LLamaFtype.MOSTLY_IQ4_XS, 3e-2)]
+    [TestCase(LLamaFtype.MOSTLY_Q2_K, 3e-2)]
+    [TestCase(LLamaFtype.MOSTLY_Q3_K_S, 3e-2)]
+    [TestCase(LLamaFtype.MOSTLY_Q3_K_M, 3e-2)]
+    [TestCase(LLamaFtype.MOSTLY_Q4_K_S, 3e-2)]
+    [TestCase(LLamaFtype.MOSTLY_Q5_K_S, 3e-2)]
+    public Task LlamaCppQuantized_LastLogits_MatchLlamaCpp(LLamaFtype ftype, double tolerance)
+    {
+        string path = QuantizedModel(ftype);
+        using (var gguf = GgufFile.Open(path))
+        {
+            var types = gguf.Tensors.GroupBy(t => t.Type).Select(g => $"{g.Key} ×{g.Count()}");
+            TestContext.Out.WriteLine($"{ftype}: {string.Join(", ", types)}");
+        }
+        return AssertLastLogitsMatchAsync(path, ftype.ToString(), tolerance);
+    }
 
     [Test]
     public async Task Stories260K_Greedy200_IdenticalToLlamaCpp()

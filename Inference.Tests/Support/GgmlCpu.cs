@@ -66,6 +66,25 @@ public static unsafe class GgmlCpu
         }
     }
 
+    /// <summary>
+    /// ggml's own dequantization (<c>dequantize_row_*</c> in libggml-base) of <paramref name="count"/> values of
+    /// <paramref name="typeName"/> (ggml's lower-case type name: q4_1, q2_K, iq4_xs…).
+    /// </summary>
+    public static float[] Dequantize(string typeName, ReadOnlySpan<byte> blocks, int count)
+    {
+        LlamaCpp.EnsureInitialized();
+        lock (Gate)
+        {
+            var (bl, _) = Libraries();
+            var dequantize = (delegate* unmanaged<byte*, float*, long, void>)NativeLibrary.GetExport(bl, "dequantize_row_" + typeName);
+            var y = new float[count];
+            fixed (byte* px = blocks)
+            fixed (float* py = y)
+                dequantize(px, py, count);
+            return y;
+        }
+    }
+
     /// <summary>The ggml libraries llama.cpp's loader chose for this CPU (found among the loaded modules).</summary>
     private static (nint, nint) Libraries()
     {

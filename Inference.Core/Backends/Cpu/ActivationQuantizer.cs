@@ -30,7 +30,19 @@ internal static unsafe class ActivationQuantizer
     /// Q8_0 as <see cref="Q8_0Block"/> for each 32 values, the f16-rounded scales into <paramref name="d"/> (as floats)
     /// and <paramref name="offsets"/> = −8·Σq per block (the term Q4_0's code offset contributes to a block dot product).
     /// </summary>
-    public static void RowQ8_0(float* x, int cols, int stride, sbyte* q, float* d, int* offsets, KernelPath path)
+    public static void RowQ8_0(float* x, int cols, int stride, sbyte* q, float* d, int* offsets, KernelPath path) =>
+        RowQ8_0(x, cols, stride, q, d, offsets, path, q8_1: false);
+
+    /// <summary>
+    /// Q8_1 (ggml's x86 <c>quantize_row_q8_1</c>, the activations of <c>vec_dot_q4_1_q8_1</c> and <c>vec_dot_q5_1_q8_1</c>):
+    /// the quants and f16-rounded scales of <see cref="RowQ8_0(float*, int, int, sbyte*, float*, int*, KernelPath)"/>, and
+    /// per block s = (max|x| / 127)·Σq rounded to f16 (the unrounded scale, as ggml computes it), stored as float bits in
+    /// <paramref name="sums"/>.
+    /// </summary>
+    public static void RowQ8_1(float* x, int cols, int stride, sbyte* q, float* d, int* sums, KernelPath path) =>
+        RowQ8_0(x, cols, stride, q, d, sums, path, q8_1: true);
+
+    private static void RowQ8_0(float* x, int cols, int stride, sbyte* q, float* d, int* offsets, KernelPath path, bool q8_1)
     {
         int nb = cols / 32;
         if (path == KernelPath.Scalar)
@@ -38,10 +50,11 @@ internal static unsafe class ActivationQuantizer
             for (int b = 0; b < nb; b++)
             {
                 var qs = new Span<sbyte>(q + 32L * b * stride, 32);
-                d[(long)b * stride] = Q8_0Block(new ReadOnlySpan<float>(x + 32 * b, 32), qs);
+                var xb = new ReadOnlySpan<float>(x + 32 * b, 32);
+                d[(long)b * stride] = Q8_0Block(xb, qs);
                 int s = 0;
                 for (int j = 0; j < 32; j++) s += qs[j];
-                offsets[(long)b * stride] = -8 * s;
+                offsets[(long)b * stride] = q8_1 ? BitConverter.SingleToInt32Bits(Q8_1Sum(xb, s)) : -8 * s;
             }
             return;
         }
@@ -61,8 +74,17 @@ internal static unsafe class ActivationQuantizer
             var i3 = Avx.ConvertToVector256Int32(v3 * id);
             Vector256.Narrow(Vector256.Narrow(i0, i1), Vector256.Narrow(i2, i3)).Store(q + 32L * b * stride);
             d[(long)b * stride] = RoundToHalf(amax / 127);
-            offsets[(long)b * stride] = -8 * Vector256.Sum((i0 + i1) + (i2 + i3));
+            int sum = Vector256.Sum((i0 + i1) + (i2 + i3));
+            offsets[(long)b * stride] = q8_1 ? BitConverter.SingleToInt32Bits(RoundToHalf(amax / 127 * sum)) : -8 * sum;
         }
+    }
+
+    /// <summary>The s of a Q8_1 activation block whose quants sum to <paramref name="sum"/>: (max|x| / 127)·Σq rounded to f16.</summary>
+    public static float Q8_1Sum(ReadOnlySpan<float> x, int sum)
+    {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = MathF.Max(amax, MathF.Abs(x[j]));
+        return RoundToHalf(amax / 127 * sum);
     }
 
     /// <summary>

@@ -10,6 +10,16 @@ namespace Inference.Backends.Cpu;
 /// <code>
 /// Q8_0  34 B / 32:  f16 d | i8 qs[32]                      x = d·q
 /// Q4_0  18 B / 32:  f16 d | u8 qs[16]                      x[j] = d·((qs[j] &amp; 15) − 8), x[j+16] = d·((qs[j] >> 4) − 8)
+/// Q4_1  20 B / 32:  f16 d | f16 m | u8 qs[16]              x = d·q + m, q as Q4_0's without the offset
+/// Q5_0  22 B / 32:  f16 d | u32 qh | u8 qs[16]             x[j] = d·(q − 16), bit j of qh above the nibble of value j
+/// Q5_1  24 B / 32:  f16 d | f16 m | u32 qh | u8 qs[16]     x = d·q + m, q as Q5_0's without the offset
+/// IQ4_NL 18 B / 32: f16 d | u8 qs[16]                      x = d·T[q], T the 16-entry table <see cref="IQ4Values"/>
+/// Q2_K  84 B / 256: u8 scales[16] | u8 qs[64] | f16 d | f16 dmin
+///                   16 sub-blocks of 16, 4-bit scale sc (low nibble) and min m (high): x = d·sc·q − dmin·m, q 2-bit
+/// Q3_K 110 B / 256: u8 hmask[32] | u8 qs[64] | u8 scales[12] | f16 d
+///                   16 sub-blocks of 16, 6-bit scale sc: x = d·(sc − 32)·(q − 4·(1 − h)), q 2-bit, h from hmask
+/// IQ4_XS 136 B / 256: f16 d | u16 scales_h | u8 scales_l[4] | u8 qs[128]
+///                   8 sub-blocks of 32, 6-bit scale ls: x = d·(ls − 32)·T[q]
 /// Q4_K 144 B / 256: f16 d | f16 dmin | u8 scales[12] | u8 qs[128]
 /// Q5_K 176 B / 256: f16 d | f16 dmin | u8 scales[12] | u8 qh[32] | u8 qs[128]
 ///                   8 sub-blocks of 32 with 6-bit scale sc and min m: x = d·sc·q − dmin·m
@@ -61,6 +71,27 @@ public static class Dequantize
             case GgmlType.Q6_K:
                 for (int b = 0; b < dst.Length / 256; b++) Q6_KBlock(src.Slice(b * 210, 210), dst.Slice(b * 256, 256));
                 break;
+            case GgmlType.Q4_1:
+                for (int b = 0; b < dst.Length / 32; b++) Q4_1Block(src.Slice(b * 20, 20), dst.Slice(b * 32, 32));
+                break;
+            case GgmlType.Q5_0:
+                for (int b = 0; b < dst.Length / 32; b++) Q5Block(src.Slice(b * 22, 22), withMin: false, dst.Slice(b * 32, 32));
+                break;
+            case GgmlType.Q5_1:
+                for (int b = 0; b < dst.Length / 32; b++) Q5Block(src.Slice(b * 24, 24), withMin: true, dst.Slice(b * 32, 32));
+                break;
+            case GgmlType.IQ4_NL:
+                for (int b = 0; b < dst.Length / 32; b++) IQ4_NLBlock(src.Slice(b * 18, 18), dst.Slice(b * 32, 32));
+                break;
+            case GgmlType.Q2_K:
+                for (int b = 0; b < dst.Length / 256; b++) Q2_KBlock(src.Slice(b * 84, 84), dst.Slice(b * 256, 256));
+                break;
+            case GgmlType.Q3_K:
+                for (int b = 0; b < dst.Length / 256; b++) Q3_KBlock(src.Slice(b * 110, 110), dst.Slice(b * 256, 256));
+                break;
+            case GgmlType.IQ4_XS:
+                for (int b = 0; b < dst.Length / 256; b++) IQ4_XSBlock(src.Slice(b * 136, 136), dst.Slice(b * 256, 256));
+                break;
             case GgmlType.Q8_K:
                 for (int b = 0; b < dst.Length / 256; b++)
                 {
@@ -90,6 +121,124 @@ public static class Dequantize
         {
             y[j] = d * ((qs[j] & 0xF) - 8);
             y[j + 16] = d * ((qs[j] >> 4) - 8);
+        }
+    }
+
+    /// <summary>The 16 values a 4-bit IQ4_NL / IQ4_XS code stands for (ggml's <c>kvalues_iq4nl</c>), in code order.</summary>
+    internal static ReadOnlySpan<sbyte> IQ4Values => [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+
+    private static void Q4_1Block(ReadOnlySpan<byte> b, Span<float> y)
+    {
+        float d = ReadHalf(b, 0), m = ReadHalf(b, 2);
+        var qs = b.Slice(4, 16);
+        for (int j = 0; j < 16; j++)
+        {
+            y[j] = (qs[j] & 0xF) * d + m;
+            y[j + 16] = (qs[j] >> 4) * d + m;
+        }
+    }
+
+    /// <summary>The five-bit code of value <paramref name="j"/> (0..31) of a Q5_0 / Q5_1 block whose qh starts at
+    /// <paramref name="qhOffset"/>: the nibble of value j (low nibbles are values 0..15) and bit j of qh above it.</summary>
+    internal static int Q5Code(ReadOnlySpan<byte> block, int qhOffset, int j)
+    {
+        uint qh = BinaryPrimitives.ReadUInt32LittleEndian(block[qhOffset..]);
+        int nibble = j < 16 ? block[qhOffset + 4 + j] & 0xF : block[qhOffset + 4 + j - 16] >> 4;
+        return nibble | (int)((qh >> j) & 1) << 4;
+    }
+
+    private static void Q5Block(ReadOnlySpan<byte> b, bool withMin, Span<float> y)
+    {
+        float d = ReadHalf(b, 0);
+        if (withMin)
+        {
+            float m = ReadHalf(b, 2);
+            for (int j = 0; j < 32; j++) y[j] = Q5Code(b, 4, j) * d + m;
+        }
+        else
+        {
+            for (int j = 0; j < 32; j++) y[j] = (Q5Code(b, 2, j) - 16) * d;
+        }
+    }
+
+    private static void IQ4_NLBlock(ReadOnlySpan<byte> b, Span<float> y)
+    {
+        float d = ReadHalf(b, 0);
+        var qs = b.Slice(2, 16);
+        for (int j = 0; j < 16; j++)
+        {
+            y[j] = d * IQ4Values[qs[j] & 0xF];
+            y[j + 16] = d * IQ4Values[qs[j] >> 4];
+        }
+    }
+
+    /// <summary>The 6-bit scale (0..63, used as ls − 32) of IQ4_XS sub-block <paramref name="j"/> (0..7): the low nibble
+    /// (even j) or high nibble (odd j) of scales_l[j / 2], and bits 2j, 2j + 1 of scales_h above it.</summary>
+    internal static int IQ4_XSScale(ReadOnlySpan<byte> block, int j)
+    {
+        int high = BinaryPrimitives.ReadUInt16LittleEndian(block[2..]) >> (2 * j) & 3;
+        return ((block[4 + j / 2] >> (4 * (j % 2))) & 0xF) | high << 4;
+    }
+
+    private static void IQ4_XSBlock(ReadOnlySpan<byte> b, Span<float> y)
+    {
+        float d = ReadHalf(b, 0);
+        for (int j = 0; j < 8; j++)
+        {
+            float dl = d * (IQ4_XSScale(b, j) - 32);
+            var qs = b.Slice(8 + 16 * j, 16);
+            var o = y.Slice(32 * j, 32);
+            for (int l = 0; l < 16; l++)
+            {
+                o[l] = dl * IQ4Values[qs[l] & 0xF];
+                o[l + 16] = dl * IQ4Values[qs[l] >> 4];
+            }
+        }
+    }
+
+    /// <summary>
+    /// The 2-bit code of element 128n + 32·j + l (j &lt; 4, l &lt; 32) of a Q2_K or Q3_K block: bits 2j, 2j + 1 of
+    /// qs[32n + l]; the element belongs to sub-block 8n + 2j + l / 16.
+    /// </summary>
+    internal static int K2Code(ReadOnlySpan<byte> qs, int n, int j, int l) => (qs[32 * n + l] >> (2 * j)) & 3;
+
+    private static void Q2_KBlock(ReadOnlySpan<byte> b, Span<float> y)
+    {
+        var scales = b[..16];
+        var qs = b.Slice(16, 64);
+        float d = ReadHalf(b, 80), dmin = ReadHalf(b, 82);
+        for (int i = 0; i < 256; i++)
+        {
+            int n = i / 128, j = i % 128 / 32, l = i % 32, sub = i / 16;
+            float dl = d * (scales[sub] & 0xF), ml = dmin * (scales[sub] >> 4);
+            y[i] = dl * K2Code(qs, n, j, l) - ml;
+        }
+    }
+
+    /// <summary>
+    /// The 6-bit scale (0..63, used as sc − 32) of Q3_K sub-block <paramref name="j"/> (0..15) from its 12 packed bytes:
+    /// the low nibble (j &lt; 8) or high nibble (j ≥ 8) of byte j mod 8, and bits 2·(j / 4) and 2·(j / 4) + 1 of byte
+    /// 8 + j mod 4 above it (ggml's <c>kmask1</c> / <c>kmask2</c> unpacking).
+    /// </summary>
+    internal static int Q3_KScale(ReadOnlySpan<byte> scales, int j)
+    {
+        int low = j < 8 ? scales[j] & 0xF : scales[j - 8] >> 4;
+        int high = (scales[8 + j % 4] >> (2 * (j / 4))) & 3;
+        return low | high << 4;
+    }
+
+    private static void Q3_KBlock(ReadOnlySpan<byte> b, Span<float> y)
+    {
+        var hmask = b[..32];
+        var qs = b.Slice(32, 64);
+        var scales = b.Slice(96, 12);
+        float d = ReadHalf(b, 108);
+        for (int i = 0; i < 256; i++)
+        {
+            int n = i / 128, j = i % 128 / 32, l = i % 32;
+            float dl = d * (Q3_KScale(scales, i / 16) - 32);
+            int high = (hmask[l] >> (4 * n + j)) & 1;
+            y[i] = dl * (K2Code(qs, n, j, l) - (high != 0 ? 0 : 4));
         }
     }
 

@@ -14,6 +14,10 @@ namespace Inference.Backends.Cpu;
 /// (exact in f32), as ggml's <c>vec_dot_q8_0_q8_0</c> / <c>vec_dot_q4_0_q8_0</c>. Q8_0 and Q4_0 weights passed through
 /// <see cref="Prepare"/> are repacked eight rows at a time (<see cref="PackedQ8_0"/>, <see cref="PackedQ4_0"/>): the
 /// same exact integer block products, scaled once per block and row.</item>
+/// <item>Q5_0, IQ4_NL: Q8_0 activations as for Q4_0; Q4_1, Q5_1: Q8_1 activations (Q8_0's, with the f16 d·Σq per
+/// block for the weights' min), as ggml's <c>vec_dot_q4_1_q8_1</c> / <c>vec_dot_q5_1_q8_1</c> (<see cref="Block32Kernel"/>).</item>
+/// <item>Q2_K, Q3_K, IQ4_XS: Q8_K activations, as ggml's <c>vec_dot_q2_K_q8_K</c> / <c>vec_dot_q3_K_q8_K</c> /
+/// <c>vec_dot_iq4_xs_q8_K</c> (<see cref="SuperBlockKernel"/>).</item>
 /// <item>Q4_K, Q5_K, Q6_K: activations are quantized to Q8_K (per 256 values), as ggml's <c>vec_dot_q4_K_q8_K</c> /
 /// <c>vec_dot_q5_K_q8_K</c> / <c>vec_dot_q6_K_q8_K</c>. Weights passed through <see cref="Prepare"/> are repacked eight rows at a time
 /// (<see cref="PackedQ4_K"/>, <see cref="PackedQ6_K"/>): the same exact integer super-block sums, scaled once per
@@ -72,7 +76,7 @@ public static class MatMul
     /// y[b, r] = Σ_c W[r, c] · x[b, c] for every batch row b &lt; <paramref name="batch"/>.
     /// x is [batch, Cols] and y is [batch, Rows], both row-major.
     /// </summary>
-    /// <param name="w">The weights; F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K.</param>
+    /// <param name="w">The weights; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS.</param>
     /// <param name="x">Activations, [batch, Cols].</param>
     /// <param name="y">Receives the outputs, [batch, Rows].</param>
     /// <param name="batch">Number of activation rows (tokens in the step).</param>
@@ -115,6 +119,13 @@ public static class MatMul
                 case GgmlType.Q4_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ4_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q4_K: RunQ8_K<Q4_KKernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q5_K: RunQ8_K<Q5_KKernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q4_1: RunQ8_0<Q4_1Kernel>(w, px, py, batch, pool, path, q8_1: true); break;
+                case GgmlType.Q5_0: RunQ8_0<Q5_0Kernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q5_1: RunQ8_0<Q5_1Kernel>(w, px, py, batch, pool, path, q8_1: true); break;
+                case GgmlType.IQ4_NL: RunQ8_0<IQ4_NLKernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q2_K: RunQ8_K<Q2_KKernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q3_K: RunQ8_K<Q3_KKernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.IQ4_XS: RunQ8_K<IQ4_XSKernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q6_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ6_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q6_K: RunQ8_K<Q6_KKernel>(w, px, py, batch, pool, path); break;
                 default: throw new NotSupportedException($"matmul with {w.Type} weights is not supported");
@@ -141,13 +152,14 @@ public static class MatMul
         pool.Run(w.Rows, new FloatJob<F16FiniteWeights>(new MatMulArgs(w, x, scaled, y, 1, path)), w.Rows * w.RowBytes);
     }
 
-    private static unsafe void RunQ8_0<TKernel>(in WeightMatrix w, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
+    private static unsafe void RunQ8_0<TKernel>(in WeightMatrix w, float* x, float* y, int batch, WorkerPool pool, KernelPath path, bool q8_1 = false)
         where TKernel : IQuantKernel
     {
         var s = t_scratch ??= new ActivationScratch();
         s.Ensure(batch, w.Cols);
         var a = new MatMulArgs(w, x, y, batch, path, s.Q, s.D, s.Sums, s.BSums);
-        pool.Run(batch, new QuantizeQ8_0Job(a), 4L * batch * w.Cols);
+        if (q8_1) pool.Run(batch, new QuantizeQ8_1Job(a), 4L * batch * w.Cols);
+        else pool.Run(batch, new QuantizeQ8_0Job(a), 4L * batch * w.Cols);
         pool.Run(w.Rows, new QuantJob<TKernel>(a), w.Rows * w.RowBytes);
     }
 
@@ -246,6 +258,16 @@ public static class MatMul
             int cols = a.Cols;
             for (long b = start; b < end; b++)
                 ActivationQuantizer.RowQ8_0(a.X + b * cols, cols, a.Batch, a.Q + 32 * b, a.D + b, a.Sums + b, a.Path);
+        }
+    }
+
+    private readonly unsafe struct QuantizeQ8_1Job(MatMulArgs a) : IRangeJob
+    {
+        public void Execute(int start, int end)
+        {
+            int cols = a.Cols;
+            for (long b = start; b < end; b++)
+                ActivationQuantizer.RowQ8_1(a.X + b * cols, cols, a.Batch, a.Q + 32 * b, a.D + b, a.Sums + b, a.Path);
         }
     }
 

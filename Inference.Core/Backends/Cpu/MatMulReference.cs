@@ -37,8 +37,8 @@ internal static class MatMulReference
     /// first quantizes the activations for <paramref name="type"/>, and the block length it quantizes over (else 0).</summary>
     public static int ActivationBlock(GgmlType type) => type switch
     {
-        GgmlType.Q8_0 or GgmlType.Q4_0 => 32,
-        GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K => 256,
+        GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.IQ4_NL => 32,
+        GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.IQ4_XS => 256,
         _ => 0,
     };
 }

@@ -42,6 +42,24 @@ internal static class CpuTestHelpers
                 for (int b = 0; b < bytes.Length / 210; b++)
                     BinaryPrimitives.WriteHalfLittleEndian(bytes.AsSpan(b * 210 + 208), (Half)(0.0005 + rng.NextDouble() * 0.002));
                 break;
+            case GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.IQ4_NL or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.IQ4_XS:
+                // Random codes, high bits and sub-block scales; small f16 scales (and mins of either sign).
+                int bb = GgmlTypeInfo.BlockBytes(type);
+                rng.NextBytes(bytes);
+                var (dAt, minAt) = type switch
+                {
+                    GgmlType.Q4_1 or GgmlType.Q5_1 => (0, 2),
+                    GgmlType.Q2_K => (80, 82),
+                    GgmlType.Q3_K => (108, -1),
+                    _ => (0, -1),
+                };
+                for (int b = 0; b < bytes.Length / bb; b++)
+                {
+                    BinaryPrimitives.WriteHalfLittleEndian(bytes.AsSpan(b * bb + dAt), (Half)(0.001 + rng.NextDouble() * 0.01));
+                    if (minAt >= 0)
+                        BinaryPrimitives.WriteHalfLittleEndian(bytes.AsSpan(b * bb + minAt), (Half)((rng.NextDouble() * 2 - 1) * 0.05));
+                }
+                break;
             default:
                 for (int r = 0; r < rows; r++)
                     Quantize.Row(type, RandomFloats(rng, cols), bytes.AsSpan((int)(r * rowBytes), (int)rowBytes));

@@ -58,6 +58,38 @@ public unsafe class GgmlMatMulTests
         Assert.That(ReferenceCompare.RelativeL2(actual, expected), Is.LessThan(1e-6));
     }
 
+    /// <summary>
+    /// Random blocks of each type (random codes, high bits, sub-block scales and mins; small f16 scales) against ggml's
+    /// mul_mat: the same activation quantization (Q8_0, Q8_1 or Q8_K) and exact integer block sums as ggml's vec_dot,
+    /// the f32 order of the per-block scaling aside. Batch 1 runs vec_dot; larger batches with odd row counts take
+    /// ggml's tiles and their tails where it has them.
+    /// </summary>
+    [TestCase(GgmlType.Q4_1, 64, 256, 1)]
+    [TestCase(GgmlType.Q4_1, 37, 1056, 5)]
+    [TestCase(GgmlType.Q5_0, 64, 256, 1)]
+    [TestCase(GgmlType.Q5_0, 37, 1056, 5)]
+    [TestCase(GgmlType.Q5_1, 64, 256, 1)]
+    [TestCase(GgmlType.Q5_1, 37, 1056, 5)]
+    [TestCase(GgmlType.IQ4_NL, 64, 256, 1)]
+    [TestCase(GgmlType.IQ4_NL, 37, 1056, 5)]
+    [TestCase(GgmlType.Q2_K, 64, 512, 1)]
+    [TestCase(GgmlType.Q2_K, 37, 768, 5)]
+    [TestCase(GgmlType.Q3_K, 64, 512, 1)]
+    [TestCase(GgmlType.Q3_K, 37, 768, 5)]
+    [TestCase(GgmlType.IQ4_XS, 64, 512, 1)]
+    [TestCase(GgmlType.IQ4_XS, 37, 768, 5)]
+    public void Types_match_ggml_to_f32_roundoff(GgmlType type, int rows, int cols, int batch)
+    {
+        var rng = new Random(HashCode.Combine((int)type, rows, cols, batch));
+        var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
+        var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
+        var expected = GgmlCpu.MatMul((int)type, weights, rows, cols, x, batch);
+        var actual = Ours(type, weights, rows, cols, x, batch);
+        double err = ReferenceCompare.RelativeL2(actual, expected);
+        TestContext.Out.WriteLine($"{type} {rows}x{cols} batch {batch}: relative L2 {err:E2} from ggml");
+        Assert.That(err, Is.LessThan(1e-6));
+    }
+
     [TestCase(64, 256, 1)]
     [TestCase(100, 768, 1)]
     [TestCase(48, 512, 5)]

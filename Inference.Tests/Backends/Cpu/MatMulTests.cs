@@ -6,7 +6,8 @@ namespace Inference.Tests.Backends.Cpu;
 public unsafe class MatMulTests
 {
     private static readonly GgmlType[] Types =
-        [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K];
+        [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.IQ4_NL,
+         GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.IQ4_XS];
 
     private static IEnumerable<KernelPath> SupportedPaths() => Enum.GetValues<KernelPath>().Where(KernelPaths.IsSupported);
 
@@ -151,7 +152,9 @@ public unsafe class MatMulTests
         Assert.That(one, Is.EqualTo(two.AsSpan(rows, rows).ToArray()));
     }
 
-    private static readonly GgmlType[] IntegerTypes = [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K];
+    private static readonly GgmlType[] IntegerTypes =
+        [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.IQ4_NL, GgmlType.Q2_K, GgmlType.Q3_K,
+         GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.IQ4_XS];
 
     /// <summary>
     /// The quantized kernels' AVX2 steps (<c>vpmaddubsw</c>, <c>vpmaddwd</c>) and their VNNI loops compute the same exact
@@ -247,14 +250,36 @@ public unsafe class MatMulTests
                     absProduct += Math.Abs(wv * x[b * cols + c]);
                     if (halfStep is not null) quantBound += Math.Abs(wv) * halfStep[b * cols + c];
                 }
+                quantBound += Q8_1SumRounding(type, weights, r, cols, xq.AsSpan(b * cols, cols));
                 float got = y[b * rows + r];
                 // f32 accumulation (and the f32 products of scales) against float64.
                 double roundoff = 2e-5 * absProduct + 1e-6;
                 string where = $"batch row {b}, output {r}";
-                Assert.That(got, Is.EqualTo(onQuantized).Within(roundoff), "against quantized activations, " + where);
+                Assert.That(got, Is.EqualTo(onQuantized).Within(roundoff + Q8_1SumRounding(type, weights, r, cols, xq.AsSpan(b * cols, cols))),
+                    "against quantized activations, " + where);
                 Assert.That(got, Is.EqualTo(exact[b * rows + r]).Within(quantBound * 1.0001 + roundoff), "against exact activations, " + where);
             }
         }
+    }
+
+    /// <summary>
+    /// Q4_1 and Q5_1 take each block's min times the Q8_1 activation's s = f16(d·Σq) (d the unrounded scale) rather
+    /// than times Σ of the dequantized activations f16(d)·Σq: at most |m|·2^-10·|d·Σq| apart per block.
+    /// </summary>
+    private static double Q8_1SumRounding(GgmlType type, byte[] weights, int r, int cols, ReadOnlySpan<float> xq)
+    {
+        if (type is not (GgmlType.Q4_1 or GgmlType.Q5_1)) return 0;
+        int bb = GgmlTypeInfo.BlockBytes(type);
+        long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+        double bound = 0;
+        for (int k = 0; k < cols / 32; k++)
+        {
+            double m = (double)BitConverter.ToHalf(weights, (int)(r * rowBytes + k * bb + 2));
+            double sum = 0;
+            for (int j = 0; j < 32; j++) sum += xq[32 * k + j];
+            bound += Math.Abs(m) * Math.ScaleB(1, -10) * 1.01 * Math.Abs(sum);
+        }
+        return bound;
     }
 
     /// <summary>For each activation, half the quantization step of its block (blocks never straddle rows because
@@ -373,8 +398,8 @@ public unsafe class MatMulTests
             Assert.Throws<ArgumentException>(() => MatMul.Multiply(w, new float[31], new float[4], 1, pool));
             Assert.Throws<ArgumentException>(() => MatMul.Multiply(w, new float[32], new float[3], 1, pool));
             Assert.Throws<ArgumentOutOfRangeException>(() => MatMul.Multiply(w, new float[32], new float[4], -1, pool));
-            var q5 = new WeightMatrix(GgmlType.Q5_0, pw, 2, 32);
-            Assert.Throws<NotSupportedException>(() => MatMul.Multiply(q5, new float[32], new float[2], 1, pool));
+            var q8_1 = new WeightMatrix(GgmlType.Q8_1, pw, 2, 32);
+            Assert.Throws<NotSupportedException>(() => MatMul.Multiply(q8_1, new float[32], new float[2], 1, pool));
         }
     }
 }
