@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Threading.Channels;
 using Inference.KvCache;
 using Inference.Models;
+using Inference.Sampling;
 using Inference.Scheduling;
 
 namespace Inference.Engine;
@@ -157,6 +158,18 @@ internal sealed class EngineLoop : IAsyncDisposable
 
     private void Admit(GenerationRequest r)
     {
+        if (r.Sampling.PromptLogprobs is int promptTop)
+        {
+            try
+            {
+                r.PromptLogprobs = ScorePrompt(r.PromptTokens, promptTop);
+            }
+            catch (InvalidOperationException e)
+            {
+                r.Finish(FinishReason.Cancelled, e);
+                return;
+            }
+        }
         int maxNew = Math.Min(r.Sampling.MaxTokens, ContextLength - r.PromptTokens.Length);
         var scheduled = new SchedulerRequest(r.Id, r.PromptTokens, Math.Max(1, maxNew));
         try
@@ -220,9 +233,11 @@ internal sealed class EngineLoop : IAsyncDisposable
             if (!chunks[i].SamplesToken) continue;
             var (r, scheduled) = _live[chunks[i].RequestId];
             int logitIndex = _batch.Segments[i].LogitIndex;
-            int token = r.Sampler.Sample(_logits.AsSpan(logitIndex * vocab, vocab), System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Tokens));
+            var logits = _logits.AsSpan(logitIndex * vocab, vocab);
+            int token = r.Sampler.Sample(logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Tokens), r.PromptTokens.Length);
+            var logprobs = r.Sampling.Logprobs is int top ? r.Sampler.GetLogprobs(logits, token, top) : null;
             var schedulerReason = _scheduler.Update(scheduled, token);
-            var finish = r.Accept(token);
+            var finish = r.Accept(token, logprobs);
             if (finish is null && schedulerReason == FinishReason.Length) finish = FinishReason.Length;
             if (finish is not null) Retire(r.Id, finish.Value);
         }
@@ -292,6 +307,50 @@ internal sealed class EngineLoop : IAsyncDisposable
             if (!manager.TryAppendSlots(id, tokens.AsSpan(computed, Math.Min(chunk, length - computed))))
                 throw new InvalidOperationException("the KV cache has no room for this prompt now; retry when fewer requests run");
         }
+    }
+
+    /// <summary>
+    /// The log-probability of each token of <paramref name="tokens"/> after the first given the ones before it, with
+    /// the <paramref name="topCount"/> likeliest alternatives, from the raw logits. Every position needs its logits, so
+    /// nothing is taken from the prefix cache; the blocks it fills stay cached for the generation that follows.
+    /// </summary>
+    private TokenLogprobs[] ScorePrompt(int[] tokens, int topCount)
+    {
+        int vocab = _config.VocabSize, length = tokens.Length;
+        var result = new TokenLogprobs[length - 1];
+        if (length == 1) return result;
+        // NOTE: logits rows are vocab floats each; a chunk keeps them to about 16 MiB whatever the step budget.
+        int chunk = Math.Clamp((1 << 22) / vocab, 1, _scheduler.Options.MaxNumBatchedTokens);
+        var logits = new float[Math.Min(chunk, length) * vocab];
+        var manager = KvCache;
+        var batch = new ModelBatch();
+        long id = _nextInternalId--;
+        try
+        {
+            // A one-token start never hits the prefix cache.
+            if (!manager.TryAllocate(id, tokens.AsSpan(0, 1), 1, out _))
+                throw new InvalidOperationException("the KV cache has no room to score this prompt now; retry when fewer requests run");
+            for (int computed = 0; computed < length;)
+            {
+                int n = Math.Min(chunk, length - computed);
+                int from = Math.Max(computed, 1);
+                if (!manager.TryAppendSlots(id, tokens.AsSpan(from, computed + n - from)))
+                    throw new InvalidOperationException("the KV cache has no room to score this prompt now; retry when fewer requests run");
+                _executor.Storage.CopyBlocks(manager.PendingCopies);
+                manager.ClearPendingCopies();
+                batch.Clear();
+                batch.Add(id, tokens.AsSpan(computed, n), computed, n);
+                _executor.Forward(batch, logits);
+                for (int j = 0; j < n && computed + j + 1 < length; j++)
+                    result[computed + j] = TokenLogprobs.Compute(logits.AsSpan(j * vocab, vocab), 1f, tokens[computed + j + 1], topCount);
+                computed += n;
+            }
+        }
+        finally
+        {
+            if (manager.Contains(id)) manager.Free(id);
+        }
+        return result;
     }
 
     /// <summary>Computes <paramref name="tokens"/> and writes their full blocks to <paramref name="path"/>; returns the tokens saved.</summary>

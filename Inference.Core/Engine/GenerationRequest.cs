@@ -32,6 +32,7 @@ internal sealed class GenerationRequest
         _stopTokens = stopTokens;
         Sampler = new Sampler(sampling, vocabSize);
         MaxTotalTokens = maxTotalTokens;
+        if (sampling.Logprobs is not null) Logprobs = new List<TokenLogprobs>(Math.Min(sampling.MaxTokens, 4096));
         _decoder = tokenizer.CreateStreamingDecoder(promptTokens[^1]);
         Output = Channel.CreateBounded<GeneratedToken>(new BoundedChannelOptions(OutputCapacity)
         {
@@ -67,8 +68,14 @@ internal sealed class GenerationRequest
 
     public void Cancel() => Interlocked.Exchange(ref _cancelled, 1);
 
+    /// <summary>Log-probabilities of the generated tokens so far (when asked for).</summary>
+    public List<TokenLogprobs>? Logprobs { get; }
+
+    /// <summary>Log-probabilities of the prompt tokens (when asked for), set before the first token.</summary>
+    public IReadOnlyList<TokenLogprobs>? PromptLogprobs { get; set; }
+
     /// <summary>Appends a sampled token; returns the finish reason when the request is done.</summary>
-    public FinishReason? Accept(int token)
+    public FinishReason? Accept(int token, TokenLogprobs? logprobs = null)
     {
         long now = Stopwatch.GetTimestamp();
         if (FirstToken == 0) FirstToken = now;
@@ -80,17 +87,18 @@ internal sealed class GenerationRequest
             return FinishReason.EndOfSequence;
         }
         Tokens.Add(token);
+        if (logprobs is not null) Logprobs?.Add(logprobs);
         _pending.Append(_decoder.Push(token));
         if (FindStop(out int stopAt))
         {
             _pending.Length = stopAt;
-            Emit(token, _pending.ToString());
+            Emit(token, _pending.ToString(), logprobs);
             _pending.Clear();
             return FinishReason.StopString;
         }
         // Hold back the longest tail that could still grow into a stop string.
         int hold = HeldBack();
-        Emit(token, _pending.ToString(0, _pending.Length - hold));
+        Emit(token, _pending.ToString(0, _pending.Length - hold), logprobs);
         _pending.Remove(0, _pending.Length - hold);
 
         if (GeneratedCount >= Sampling.MaxTokens || Tokens.Count >= MaxTotalTokens)
@@ -108,13 +116,13 @@ internal sealed class GenerationRequest
         _pending.Clear();
     }
 
-    private void Emit(int token, string text)
+    private void Emit(int token, string text, TokenLogprobs? logprobs = null)
     {
         _text.Append(text);
         if (token < 0 && text.Length == 0) return;
         // NOTE: the engine never schedules a request whose consumer is behind, so this cannot fail for want of room;
         // it fails only after the consumer went away, which is fine to ignore.
-        Output.Writer.TryWrite(new GeneratedToken(token < 0 ? Tokens[^1] : token, text));
+        Output.Writer.TryWrite(new GeneratedToken(token < 0 ? Tokens[^1] : token, text, logprobs));
     }
 
     private bool FindStop(out int at)
@@ -165,7 +173,11 @@ internal sealed class GenerationRequest
         var tpot = n > 1 ? (latency - ttft) / (n - 1) : TimeSpan.Zero;
         var queue = FirstScheduled != 0 ? Stopwatch.GetElapsedTime(Submitted, FirstScheduled) : latency;
         var metrics = new GenerationMetrics(PromptTokens.Length, GeneratedCount, queue, ttft, tpot, latency, PrefixHitTokens);
-        var result = new Completion(_text.ToString(), Tokens.GetRange(PromptTokens.Length, GeneratedCount), PromptTokens, reason, Sampler.Seed, metrics);
+        var result = new Completion(_text.ToString(), Tokens.GetRange(PromptTokens.Length, GeneratedCount), PromptTokens, reason, Sampler.Seed, metrics)
+        {
+            Logprobs = Logprobs?.ToArray(),
+            PromptLogprobs = PromptLogprobs,
+        };
         Completion.TrySetResult(result);
         Output.Writer.TryComplete();
     }

@@ -1,10 +1,14 @@
+using Inference.Sampling;
+
 namespace Inference.Engine;
 
 /// <summary>One generated token and the text it completes.</summary>
 /// <param name="TokenId">The token id.</param>
 /// <param name="Text">Text that became complete with this token (may be empty while a UTF-8 character or a possible
 /// stop string is pending, or hold several tokens' worth once it resolves).</param>
-public readonly record struct GeneratedToken(int TokenId, string Text);
+/// <param name="Logprobs">The token's log-probability and alternatives when <see cref="SamplingOptions.Logprobs"/> asks
+/// for them; null otherwise, and on the last item that only flushes held-back text.</param>
+public readonly record struct GeneratedToken(int TokenId, string Text, TokenLogprobs? Logprobs = null);
 
 /// <summary>Why generation ended.</summary>
 public enum FinishReason
@@ -56,4 +60,15 @@ public sealed record Completion(
     IReadOnlyList<int> PromptTokenIds,
     FinishReason FinishReason,
     ulong Seed,
-    GenerationMetrics Metrics);
+    GenerationMetrics Metrics)
+{
+    /// <summary>Per entry of <see cref="TokenIds"/>, its log-probabilities, when <see cref="SamplingOptions.Logprobs"/> asked for them.</summary>
+    public IReadOnlyList<TokenLogprobs>? Logprobs { get; init; }
+
+    /// <summary>
+    /// Per prompt token after the first, its log-probability given the tokens before it and the most likely
+    /// alternatives there, when <see cref="SamplingOptions.PromptLogprobs"/> asked for them (from the raw logits: no
+    /// penalties, temperature 1).
+    /// </summary>
+    public IReadOnlyList<TokenLogprobs>? PromptLogprobs { get; init; }
+}

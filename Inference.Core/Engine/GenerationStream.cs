@@ -24,6 +24,12 @@ public sealed class GenerationStream : IAsyncEnumerable<GeneratedToken>
     /// <summary>The whole result; completes when generation ends (after enumeration started) (faults with <see cref="OperationCanceledException"/> on cancellation).</summary>
     public Task<Completion> Completion => _request.Completion.Task;
 
+    /// <summary>
+    /// The prompt's log-probabilities when <see cref="Sampling.SamplingOptions.PromptLogprobs"/> asked for them; set
+    /// before the first token is streamed (null until then, and when not asked for).
+    /// </summary>
+    public IReadOnlyList<Sampling.TokenLogprobs>? PromptLogprobs => _request.PromptLogprobs;
+
     /// <summary>Runs the request to its end without streaming and returns the whole result.</summary>
     public async Task<Completion> CompleteAsync()
     {

@@ -199,8 +199,8 @@ public sealed class LlamaModel
         foreach (var seg in batch.Segments)
         {
             if (seg.LogitIndex < 0) continue;
-            int t = seg.TokenStart + seg.TokenCount - 1;
-            RmsNorm(x.Slice(t * c.Dim, c.Dim), _outputNorm, last.Slice(seg.LogitIndex * c.Dim, c.Dim), 1, c.Dim, c.RmsEps);
+            int t = seg.FirstLogitToken;
+            RmsNorm(x.Slice(t * c.Dim, seg.LogitRowCount * c.Dim), _outputNorm, last.Slice(seg.LogitIndex * c.Dim, seg.LogitRowCount * c.Dim), seg.LogitRowCount, c.Dim, c.RmsEps);
         }
         MatMul.Multiply(_output, last, logits, batch.LogitCount, pool);
     }

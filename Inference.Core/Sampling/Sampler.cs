@@ -31,15 +31,98 @@ public sealed class Sampler
     /// <summary>The seed in use (the option's, or the one picked when it was null).</summary>
     public ulong Seed { get; }
 
-    /// <summary>Chooses the next token. <paramref name="logits"/> is modified (penalties).</summary>
+    /// <summary>
+    /// Chooses the next token after <paramref name="history"/>, all of it counted as generated (see
+    /// <see cref="Sample(Span{float}, ReadOnlySpan{int}, int)"/>).
+    /// </summary>
+    public int Sample(Span<float> logits, ReadOnlySpan<int> history) => Sample(logits, history, 0);
+
+    /// <summary>Chooses the next token. <paramref name="logits"/> is modified: it holds the penalized logits afterwards.</summary>
     /// <param name="logits">[vocab] logits of the last position.</param>
-    /// <param name="history">Tokens so far (prompt and generated), for the penalties.</param>
-    public int Sample(Span<float> logits, ReadOnlySpan<int> history)
+    /// <param name="tokens">The sequence so far: the prompt, then the generated tokens.</param>
+    /// <param name="promptLength">How many of <paramref name="tokens"/> are the prompt: frequency and presence
+    /// penalties count only the tokens after it; the repetition penalty looks at the last
+    /// <see cref="SamplingOptions.PenaltyLastN"/> of all of them.</param>
+    public int Sample(Span<float> logits, ReadOnlySpan<int> tokens, int promptLength)
     {
         if (logits.Length != _ids.Length) throw new ArgumentException($"expected {_ids.Length} logits, got {logits.Length}", nameof(logits));
-        ApplyPenalties(logits, history);
+        ArgumentOutOfRangeException.ThrowIfNegative(promptLength);
+        ApplyPenalties(logits, tokens, Math.Min(promptLength, tokens.Length));
         if (_options.Temperature <= 0) return TensorPrimitives.IndexOfMax(logits);
+        int keep = Truncate(logits);
+        var kept = _values.AsSpan(0, keep);
+        TensorPrimitives.Divide(kept, _options.Temperature, kept);
+        TensorPrimitives.SoftMax(kept, kept);
+        float r = NextFloat();
+        float cumulative = 0;
+        for (int i = 0; i < keep; i++)
+        {
+            cumulative += kept[i];
+            if (r < cumulative) return _ids[i];
+        }
+        return _ids[keep - 1];
+    }
 
+    /// <summary>
+    /// The log-probability of <paramref name="tokenId"/> and the <paramref name="topCount"/> most likely tokens under
+    /// the distribution the sampler draws from: log-softmax of the penalized logits divided by the temperature (1 when
+    /// greedy), over the whole vocabulary, before the top-k, top-p and min-p cut.
+    /// </summary>
+    /// <param name="penalizedLogits">[vocab] the logits as <see cref="Sample(Span{float}, ReadOnlySpan{int}, int)"/> left them.</param>
+    /// <param name="tokenId">The chosen token.</param>
+    /// <param name="topCount">How many alternatives to list, most likely first (0 for none).</param>
+    public TokenLogprobs GetLogprobs(ReadOnlySpan<float> penalizedLogits, int tokenId, int topCount)
+    {
+        float t = _options.Temperature > 0 ? _options.Temperature : 1f;
+        return TokenLogprobs.Compute(penalizedLogits, t, tokenId, topCount);
+    }
+
+    /// <summary>
+    /// Writes the sampler's whole distribution over the vocabulary for <paramref name="logits"/> to
+    /// <paramref name="probs"/> ([vocab]; tokens cut by top-k, top-p or min-p get 0, greedy puts 1 on the argmax). The
+    /// penalties are applied to <paramref name="logits"/> first, as in <see cref="Sample(Span{float}, ReadOnlySpan{int}, int)"/>.
+    /// </summary>
+    public void GetDistribution(Span<float> logits, ReadOnlySpan<int> tokens, int promptLength, Span<float> probs)
+    {
+        if (logits.Length != _ids.Length || probs.Length != _ids.Length) throw new ArgumentException($"expected {_ids.Length} logits and probabilities");
+        ApplyPenalties(logits, tokens, Math.Min(promptLength, tokens.Length));
+        probs.Clear();
+        if (_options.Temperature <= 0)
+        {
+            probs[TensorPrimitives.IndexOfMax(logits)] = 1;
+            return;
+        }
+        int keep = Truncate(logits);
+        var kept = _values.AsSpan(0, keep);
+        TensorPrimitives.Divide(kept, _options.Temperature, kept);
+        TensorPrimitives.SoftMax(kept, kept);
+        for (int i = 0; i < keep; i++) probs[_ids[i]] = kept[i];
+    }
+
+    /// <summary>Draws a token from <paramref name="probs"/> (non-negative, summing to about 1) with the sampler's random state.</summary>
+    public int Draw(ReadOnlySpan<float> probs)
+    {
+        float r = NextFloat();
+        double sum = 0;
+        for (int i = 0; i < probs.Length; i++) sum += probs[i];
+        double target = r * sum, cumulative = 0;
+        int last = -1;
+        for (int i = 0; i < probs.Length; i++)
+        {
+            if (probs[i] <= 0) continue;
+            cumulative += probs[i];
+            last = i;
+            if (target < cumulative) return i;
+        }
+        return last >= 0 ? last : TensorPrimitives.IndexOfMax(probs);
+    }
+
+    /// <summary>A uniform float in [0, 1) from the sampler's random state.</summary>
+    public float NextUniform() => NextFloat();
+
+    /// <summary>Sorts the candidates into _ids/_values and applies top-k, top-p and min-p; returns how many are kept.</summary>
+    private int Truncate(ReadOnlySpan<float> logits)
+    {
         // Candidates sorted by logit, best first, cut to top-k.
         int n = logits.Length;
         for (int i = 0; i < n; i++)
@@ -71,36 +154,38 @@ public sealed class Sampler
             while (m < keep && probs[m] >= threshold) m++;
             keep = m;
         }
-
-        var kept = vals[..keep];
-        TensorPrimitives.Divide(kept, _options.Temperature, kept);
-        TensorPrimitives.SoftMax(kept, kept);
-        float r = NextFloat();
-        float cumulative = 0;
-        for (int i = 0; i < keep; i++)
-        {
-            cumulative += kept[i];
-            if (r < cumulative) return _ids[i];
-        }
-        return _ids[keep - 1];
+        return keep;
     }
 
-    private void ApplyPenalties(Span<float> logits, ReadOnlySpan<int> history)
+    // NOTE: OpenAI's frequency and presence penalties (and vLLM's) count generated tokens only, never the prompt;
+    // llama.cpp's repeat penalty looks at the last repeat_last_n tokens, prompt included. Both are kept as users expect.
+    private void ApplyPenalties(Span<float> logits, ReadOnlySpan<int> tokens, int promptLength)
     {
         var o = _options;
-        if (o.PenaltyLastN == 0 || (o.RepetitionPenalty == 1 && o.FrequencyPenalty == 0 && o.PresencePenalty == 0)) return;
-        _counts.Clear();
-        int from = Math.Max(0, history.Length - o.PenaltyLastN);
-        for (int i = from; i < history.Length; i++)
+        if (o.RepetitionPenalty != 1 && o.PenaltyLastN > 0)
         {
-            int t = history[i];
-            if ((uint)t < (uint)logits.Length) _counts[t] = _counts.GetValueOrDefault(t) + 1;
+            _counts.Clear();
+            for (int i = Math.Max(0, tokens.Length - o.PenaltyLastN); i < tokens.Length; i++)
+            {
+                int t = tokens[i];
+                if ((uint)t < (uint)logits.Length) _counts[t] = 1;
+            }
+            foreach (var (token, _) in _counts)
+            {
+                ref float l = ref logits[token];
+                l = l > 0 ? l / o.RepetitionPenalty : l * o.RepetitionPenalty;
+            }
         }
-        foreach (var (token, count) in _counts)
+        if (o.FrequencyPenalty != 0 || o.PresencePenalty != 0)
         {
-            ref float l = ref logits[token];
-            l = l > 0 ? l / o.RepetitionPenalty : l * o.RepetitionPenalty;
-            l -= count * o.FrequencyPenalty + o.PresencePenalty;
+            _counts.Clear();
+            for (int i = promptLength; i < tokens.Length; i++)
+            {
+                int t = tokens[i];
+                if ((uint)t < (uint)logits.Length) _counts[t] = _counts.GetValueOrDefault(t) + 1;
+            }
+            foreach (var (token, count) in _counts)
+                logits[token] -= count * o.FrequencyPenalty + o.PresencePenalty;
         }
     }
 

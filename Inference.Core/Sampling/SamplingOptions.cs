@@ -5,9 +5,11 @@ namespace Inference.Sampling;
 /// throws <see cref="ArgumentOutOfRangeException"/> naming the option. Defaults follow llama.cpp's.
 /// </summary>
 /// <remarks>
-/// The chain, in order: repetition/frequency/presence penalties over the last <see cref="PenaltyLastN"/> tokens →
-/// top-k → top-p → min-p → temperature → a draw from the remaining distribution. Temperature 0 is greedy (argmax after
-/// the penalties).
+/// The chain, in order: the repetition penalty over the last <see cref="PenaltyLastN"/> tokens (prompt included, as
+/// llama.cpp's repeat_penalty) → frequency and presence penalties over the generated tokens (as OpenAI's) → top-k →
+/// top-p → min-p → temperature → a draw from the remaining distribution. Temperature 0 is greedy (argmax after the
+/// penalties). Log-probabilities (<see cref="Logprobs"/>) are those of the penalized logits divided by the temperature
+/// (1 when greedy), over the whole vocabulary, before the top-k/top-p/min-p cut.
 /// </remarks>
 public sealed record SamplingOptions
 {
@@ -21,6 +23,8 @@ public sealed record SamplingOptions
     private readonly int _penaltyLastN = 64;
     private readonly int _maxTokens = 256;
     private readonly IReadOnlyList<string> _stopStrings = [];
+    private readonly int? _logprobs;
+    private readonly int? _promptLogprobs;
 
     /// <summary>Greedy decoding: always the most likely token.</summary>
     public static SamplingOptions Greedy { get; } = new() { Temperature = 0 };
@@ -37,17 +41,35 @@ public sealed record SamplingOptions
     /// <summary>Drop tokens less likely than MinP × the top token's probability; 0 keeps all. Range [0, 1].</summary>
     public float MinP { get => _minP; init => _minP = InRange(value, 0, 1, nameof(MinP)); }
 
-    /// <summary>Divides positive (multiplies negative) logits of recently seen tokens; 1 disables. Range (0, 10].</summary>
+    /// <summary>
+    /// llama.cpp's repeat_penalty: divides positive (multiplies negative) logits of the tokens among the last
+    /// <see cref="PenaltyLastN"/> (prompt included), once whatever their count; 1 disables. Range (0, 10].
+    /// </summary>
     public float RepetitionPenalty { get => _repetitionPenalty; init => _repetitionPenalty = value > 0 && value <= 10 ? value : throw Out(nameof(RepetitionPenalty), value, "must be in (0, 10]"); }
 
-    /// <summary>Subtracted from a token's logit once per recent occurrence. Range [-2, 2].</summary>
+    /// <summary>OpenAI's frequency_penalty: subtracted from a token's logit once per occurrence among the generated tokens (never the prompt's). Range [-2, 2].</summary>
     public float FrequencyPenalty { get => _frequencyPenalty; init => _frequencyPenalty = InRange(value, -2, 2, nameof(FrequencyPenalty)); }
 
-    /// <summary>Subtracted from a token's logit if it occurred recently. Range [-2, 2].</summary>
+    /// <summary>OpenAI's presence_penalty: subtracted from a token's logit if it occurs among the generated tokens (never the prompt's). Range [-2, 2].</summary>
     public float PresencePenalty { get => _presencePenalty; init => _presencePenalty = InRange(value, -2, 2, nameof(PresencePenalty)); }
 
-    /// <summary>How many recent tokens (prompt included) the penalties look at; 0 disables them.</summary>
+    /// <summary>llama.cpp's repeat_last_n: how many recent tokens (prompt included) the repetition penalty looks at; 0 disables it.</summary>
     public int PenaltyLastN { get => _penaltyLastN; init => _penaltyLastN = value >= 0 ? value : throw Out(nameof(PenaltyLastN), value, "must be ≥ 0"); }
+
+    /// <summary>
+    /// Log-probabilities per generated token: null for none, 0 for the chosen token's only, N for it and the N most
+    /// likely alternatives (vLLM's and OpenAI's <c>logprobs</c>). Range [0, 20].
+    /// </summary>
+    public int? Logprobs { get => _logprobs; init => _logprobs = value is null or (>= 0 and <= MaxLogprobs) ? value : throw Out(nameof(Logprobs), value, $"must be in [0, {MaxLogprobs}]"); }
+
+    /// <summary>
+    /// Log-probabilities of the prompt's tokens (each given the tokens before it; the first has none), with the N most
+    /// likely alternatives at each position: null for none (vLLM's <c>prompt_logprobs</c>). Range [0, 20].
+    /// </summary>
+    public int? PromptLogprobs { get => _promptLogprobs; init => _promptLogprobs = value is null or (>= 0 and <= MaxLogprobs) ? value : throw Out(nameof(PromptLogprobs), value, $"must be in [0, {MaxLogprobs}]"); }
+
+    /// <summary>Most alternatives <see cref="Logprobs"/> and <see cref="PromptLogprobs"/> may ask for.</summary>
+    public const int MaxLogprobs = 20;
 
     /// <summary>Seed of the random draw; the same seed, prompt and options give the same text. Null picks one.</summary>
     public ulong? Seed { get; init; }

@@ -248,7 +248,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             }
             ints[oStarts + si] = seg.TokenStart;
             ints[oLens + si] = end;
-            if (seg.LogitIndex >= 0) ints[oRows + seg.LogitIndex] = seg.TokenStart + seg.TokenCount - 1;
+            for (int r = 0; r < seg.LogitRowCount; r++) ints[oRows + seg.LogitIndex + r] = seg.FirstLogitToken + r;
             maxContext = Math.Max(maxContext, end);
             maxChunk = Math.Max(maxChunk, seg.TokenCount);
         }

@@ -113,4 +113,82 @@ public class SamplerTests
         Assert.That(() => new SamplingOptions { Temperature = float.NaN }, Throws.TypeOf<ArgumentOutOfRangeException>());
         Assert.That(() => new SamplingOptions { StopStrings = [""] }, Throws.TypeOf<ArgumentOutOfRangeException>().With.Property("ParamName").EqualTo("StopStrings"));
     }
+
+    [Test]
+    public void FrequencyAndPresencePenalties_CountGeneratedTokensOnly()
+    {
+        // Token 0 leads by 0.1; it appears twice in the prompt and never in the output: no penalty.
+        var l = new[] { 1.1f, 1.0f, 0.5f };
+        var f = new Sampler(SamplingOptions.Greedy with { FrequencyPenalty = 0.06f, PresencePenalty = 0.02f }, 3);
+        Assert.That(f.Sample((float[])l.Clone(), [0, 0], promptLength: 2), Is.EqualTo(0));
+        // Once generated twice, 2 · 0.06 + 0.02 = 0.14 > 0.1 turns the choice.
+        Assert.That(f.Sample((float[])l.Clone(), [2, 0, 0], promptLength: 1), Is.EqualTo(1));
+        var penalized = (float[])l.Clone();
+        f.Sample(penalized, [2, 0, 0, 1], promptLength: 1);
+        Assert.That(penalized, Is.EqualTo(new[] { 1.1f - 0.14f, 1.0f - 0.08f, 0.5f }).Within(1e-6f));
+    }
+
+    [Test]
+    public void RepetitionPenalty_LooksAtTheLastNTokens_PromptIncluded()
+    {
+        var l = new[] { 1.2f, 1.0f, -0.5f };
+        var s = new Sampler(SamplingOptions.Greedy with { RepetitionPenalty = 1.5f, PenaltyLastN = 2 }, 3);
+        // Token 0 is in the prompt and within the last two: 1.2 / 1.5 = 0.8 < 1.0.
+        Assert.That(s.Sample((float[])l.Clone(), [2, 0], promptLength: 2), Is.EqualTo(1));
+        // Out of the window: unpenalized; counted once however often it occurs.
+        Assert.That(s.Sample((float[])l.Clone(), [0, 2, 2], promptLength: 3), Is.EqualTo(0));
+        var penalized = (float[])l.Clone();
+        s.Sample(penalized, [0, 2, 2], promptLength: 3);
+        Assert.That(penalized, Is.EqualTo(new[] { 1.2f, 1.0f, -0.75f }).Within(1e-6f));
+        var off = new Sampler(SamplingOptions.Greedy with { RepetitionPenalty = 1.5f, PenaltyLastN = 0 }, 3);
+        Assert.That(off.Sample((float[])l.Clone(), [0, 0], promptLength: 2), Is.EqualTo(0));
+    }
+
+    [TestCase(0f, 0)]
+    [TestCase(0.7f, 5)]
+    [TestCase(1.3f, 20)]
+    public void Logprobs_AreTheLogSoftmaxOfThePenalizedTemperedLogits(float temperature, int top)
+    {
+        const int vocab = 300;
+        var options = new SamplingOptions { Temperature = temperature, TopK = 10, FrequencyPenalty = 0.5f, Seed = 11 };
+        var sampler = new Sampler(options, vocab);
+        int[] history = [5, 7, 7, 9];
+        for (int step = 0; step < 10; step++)
+        {
+            var logits = RandomLogits(vocab, 40 + step);
+            var expected = (float[])logits.Clone();
+            for (int i = 1; i < history.Length; i++) expected[history[i]] -= 0.5f; // generated tokens after a one-token prompt
+            int token = sampler.Sample(logits, history, promptLength: 1);
+            var lp = sampler.GetLogprobs(logits, token, top);
+
+            double t = temperature > 0 ? temperature : 1, max = expected.Max();
+            double logZ = Math.Log(expected.Sum(x => Math.Exp((x - max) / t)));
+            double Ref(int id) => (expected[id] - max) / t - logZ;
+            Assert.That(lp.TokenId, Is.EqualTo(token));
+            Assert.That(lp.Logprob, Is.EqualTo(Ref(token)).Within(1e-5));
+            var order = Enumerable.Range(0, vocab).OrderByDescending(i => expected[i]).ThenBy(i => i).Take(top).ToArray();
+            Assert.That(lp.Top.Select(a => a.TokenId), Is.EqualTo(order));
+            foreach (var a in lp.Top) Assert.That(a.Logprob, Is.EqualTo(Ref(a.TokenId)).Within(1e-5));
+            if (temperature == 0) Assert.That(token, Is.EqualTo(order.Length > 0 ? order[0] : Array.IndexOf(expected, expected.Max())));
+        }
+    }
+
+    [Test]
+    public void Distribution_MatchesTheSampledFrequencies()
+    {
+        const int vocab = 8, draws = 40000;
+        var options = new SamplingOptions { Temperature = 0.9f, TopK = 6, TopP = 0.9f, MinP = 0.02f, Seed = 3 };
+        var logits = RandomLogits(vocab, 77);
+        var probs = new float[vocab];
+        new Sampler(options, vocab).GetDistribution((float[])logits.Clone(), [], 0, probs);
+        Assert.That(probs.Sum(), Is.EqualTo(1).Within(1e-5));
+        var sampler = new Sampler(options, vocab);
+        var counts = new int[vocab];
+        for (int i = 0; i < draws; i++) counts[sampler.Sample((float[])logits.Clone(), [])]++;
+        for (int i = 0; i < vocab; i++)
+        {
+            double sd = Math.Sqrt(draws * probs[i] * (1 - probs[i]));
+            Assert.That(counts[i], Is.EqualTo(draws * probs[i]).Within(5 * sd + 1), $"token {i}");
+        }
+    }
 }

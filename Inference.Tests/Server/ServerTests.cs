@@ -158,6 +158,66 @@ public class ServerTests
         Assert.That(finish, Is.EqualTo(expectedStopped.FinishReason == FinishReason.StopString ? "stop" : "length"));
     }
 
+    [Test]
+    public async Task LogprobsThroughTheSdk_ChatStreamedAndNot()
+    {
+        var expected = await _engine.CompleteAsync(Prompt, SamplingOptions.Greedy with { MaxTokens = 10, Logprobs = 3 });
+        var options = new ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 10, IncludeLogProbabilities = true, TopLogProbabilityCount = 3 };
+        ChatCompletion completion = await _chat.CompleteChatAsync([new UserChatMessage(Prompt)], options);
+        var logprobs = completion.ContentTokenLogProbabilities;
+        Assert.That(logprobs, Has.Count.EqualTo(expected.TokenIds.Count));
+        for (int i = 0; i < logprobs.Count; i++)
+        {
+            var e = expected.Logprobs![i];
+            Assert.That(logprobs[i].LogProbability, Is.EqualTo(e.Logprob).Within(1e-6));
+            Assert.That(logprobs[i].Utf8Bytes!.Value.ToArray(), Is.EqualTo(_engine.Tokenizer.GetTokenBytes(e.TokenId).ToArray()));
+            Assert.That(logprobs[i].TopLogProbabilities, Has.Count.EqualTo(3));
+            Assert.That(logprobs[i].TopLogProbabilities[0].LogProbability, Is.EqualTo(e.Logprob).Within(1e-6), "greedy picks the top alternative");
+            Assert.That(logprobs[i].TopLogProbabilities.Select(t => t.LogProbability), Is.Ordered.Descending);
+        }
+        Assert.That(string.Concat(logprobs.Select(l => l.Token)), Is.EqualTo(expected.Text));
+
+        var streamed = new List<ChatTokenLogProbabilityDetails>();
+        await foreach (var update in _chat.CompleteChatStreamingAsync([new UserChatMessage(Prompt)], options))
+            streamed.AddRange(update.ContentTokenLogProbabilities);
+        Assert.That(streamed.Select(l => l.LogProbability), Is.EqualTo(logprobs.Select(l => l.LogProbability)));
+        Assert.That(streamed.Select(l => l.Token), Is.EqualTo(logprobs.Select(l => l.Token)));
+
+        ChatCompletion plain = await _chat.CompleteChatAsync([new UserChatMessage(Prompt)], new ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 10 });
+        Assert.That(plain.ContentTokenLogProbabilities, Is.Empty);
+    }
+
+    [Test]
+    public async Task CompletionsLogprobsAndEcho()
+    {
+        var prompt = _engine.Tokenize(Prompt);
+        var expected = await _engine.CompleteAsync(prompt, SamplingOptions.Greedy with { MaxTokens = 6, Logprobs = 2, PromptLogprobs = 2 });
+        using var json = JsonDocument.Parse(await SendCompletionAsync(new { prompt = Prompt, max_tokens = 6, temperature = 0, logprobs = 2, echo = true }));
+        var choice = json.RootElement.GetProperty("choices")[0];
+        Assert.That(choice.GetProperty("text").GetString(), Is.EqualTo(Prompt + expected.Text));
+        var lp = choice.GetProperty("logprobs");
+        var values = lp.GetProperty("token_logprobs").EnumerateArray().ToArray();
+        Assert.That(values, Has.Length.EqualTo(prompt.Length + expected.TokenIds.Count));
+        Assert.That(values[0].ValueKind, Is.EqualTo(JsonValueKind.Null), "the first prompt token has nothing before it");
+        for (int i = 1; i < prompt.Length; i++) Assert.That(values[i].GetSingle(), Is.EqualTo(expected.PromptLogprobs![i - 1].Logprob).Within(1e-6));
+        for (int i = 0; i < expected.TokenIds.Count; i++) Assert.That(values[prompt.Length + i].GetSingle(), Is.EqualTo(expected.Logprobs![i].Logprob).Within(1e-6));
+        var top = lp.GetProperty("top_logprobs").EnumerateArray().ToArray();
+        Assert.That(top[^1].EnumerateObject().Count(), Is.InRange(1, 2));
+        var offsets = lp.GetProperty("text_offset").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+        Assert.That(offsets, Is.Ordered);
+
+        // Streamed: each chunk's logprobs belong to its token.
+        string sse = await SendCompletionAsync(new { prompt = Prompt, max_tokens = 6, temperature = 0, logprobs = 0, stream = true });
+        var streamed = new List<float>();
+        foreach (var e in sse.Split("\n\n", StringSplitOptions.RemoveEmptyEntries)[..^1])
+        {
+            using var chunk = JsonDocument.Parse(e["data: ".Length..]);
+            var l = chunk.RootElement.GetProperty("choices")[0].GetProperty("logprobs");
+            if (l.ValueKind == JsonValueKind.Object) foreach (var v in l.GetProperty("token_logprobs").EnumerateArray()) streamed.Add(v.GetSingle());
+        }
+        Assert.That(streamed, Is.EqualTo(expected.Logprobs!.Select(x => x.Logprob)).Within(1e-6f));
+    }
+
     private async Task<string> SendCompletionAsync(object body)
     {
         var pipeline = _chat.Pipeline;

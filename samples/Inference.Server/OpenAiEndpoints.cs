@@ -39,7 +39,7 @@ internal static class OpenAiEndpoints
             long promptTokens = 0;
             foreach (var p in prompts) promptTokens += p.Length;
             metrics.PromptTokens.Add(promptTokens);
-            var call = new Call(context, metrics, kind, request, ModelId(engine, options), prompts, streams);
+            var call = new Call(context, metrics, kind, request, ModelId(engine, options), prompts, streams, engine.Tokenizer);
             if (request.Stream) await call.StreamAsync().ConfigureAwait(false);
             else await call.RespondAsync().ConfigureAwait(false);
         }
@@ -146,11 +146,60 @@ internal static class OpenAiEndpoints
         return streams;
     }
 
+    private static string TokenText(Inference.Tokenization.ModelTokenizer tokenizer, int tokenId) =>
+        System.Text.Encoding.UTF8.GetString(tokenizer.GetTokenBytes(tokenId));
+
+    private static int[] TokenBytes(Inference.Tokenization.ModelTokenizer tokenizer, int tokenId)
+    {
+        var bytes = tokenizer.GetTokenBytes(tokenId);
+        var result = new int[bytes.Length];
+        for (int i = 0; i < bytes.Length; i++) result[i] = bytes[i];
+        return result;
+    }
+
+    /// <summary>The legacy completions' logprobs object: parallel lists of tokens, their log-probabilities, alternatives and text offsets.</summary>
+    private sealed class CompletionLogprobs(int offset = 0)
+    {
+        private readonly List<string> _tokens = [];
+        private readonly List<float?> _logprobs = [];
+        private readonly List<Dictionary<string, float>?> _top = [];
+        private readonly List<int> _offsets = [];
+        private int _offset = offset;
+
+        /// <summary>The prompt's tokens; the first has no log-probability (nothing comes before it).</summary>
+        public void AddPrompt(Inference.Tokenization.ModelTokenizer tokenizer, IReadOnlyList<int> prompt, IReadOnlyList<Inference.Sampling.TokenLogprobs>? scored)
+        {
+            for (int i = 0; i < prompt.Count; i++)
+            {
+                if (i > 0 && scored is not null) Add(tokenizer, scored[i - 1]);
+                else Append(TokenText(tokenizer, prompt[i]), null, null);
+            }
+        }
+
+        public void Add(Inference.Tokenization.ModelTokenizer tokenizer, Inference.Sampling.TokenLogprobs t)
+        {
+            var top = new Dictionary<string, float>(t.Top.Count);
+            foreach (var a in t.Top) top.TryAdd(TokenText(tokenizer, a.TokenId), a.Logprob);
+            Append(TokenText(tokenizer, t.TokenId), t.Logprob, top);
+        }
+
+        private void Append(string token, float? logprob, Dictionary<string, float>? top)
+        {
+            _tokens.Add(token);
+            _logprobs.Add(logprob);
+            _top.Add(top);
+            _offsets.Add(_offset);
+            _offset += token.Length;
+        }
+
+        public object ToJson() => new { tokens = _tokens, token_logprobs = _logprobs, top_logprobs = _top, text_offset = _offsets };
+    }
+
     private static string FinishReasonText(FinishReason reason) => reason == FinishReason.Length ? "length" : "stop";
 
     /// <summary>One request being answered: its streams and how their output is written.</summary>
     private sealed class Call(HttpContext context, ServerMetrics metrics, Kind kind, OpenAiRequest request,
-        string modelId, List<int[]> prompts, GenerationStream[] streams)
+        string modelId, List<int[]> prompts, GenerationStream[] streams, Inference.Tokenization.ModelTokenizer tokenizer)
     {
         private readonly string _id = (kind == Kind.Chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
         private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
@@ -163,9 +212,24 @@ internal static class OpenAiEndpoints
             for (int i = 0; i < completions.Length; i++)
             {
                 var c = completions[i];
-                choices[i] = kind == Kind.Chat
-                    ? new { index = i, message = new { role = "assistant", content = c.Text }, logprobs = (object?)null, finish_reason = FinishReasonText(c.FinishReason) }
-                    : new { text = c.Text, index = i, logprobs = (object?)null, finish_reason = FinishReasonText(c.FinishReason) };
+                if (kind == Kind.Chat)
+                {
+                    object? logprobs = c.Logprobs is { } lp ? new { content = ChatLogprobs(lp), refusal = (object?)null } : null;
+                    choices[i] = new { index = i, message = new { role = "assistant", content = c.Text }, logprobs, finish_reason = FinishReasonText(c.FinishReason) };
+                }
+                else
+                {
+                    var logprobs = c.Logprobs is not null ? new CompletionLogprobs() : null;
+                    string text = c.Text;
+                    if (request.Echo)
+                    {
+                        string prompt = PromptText(i / request.N);
+                        logprobs?.AddPrompt(tokenizer, c.PromptTokenIds, c.PromptLogprobs);
+                        text = prompt + text;
+                    }
+                    if (c.Logprobs is { } lp) foreach (var t in lp) logprobs!.Add(tokenizer, t);
+                    choices[i] = new { text, index = i, logprobs = logprobs?.ToJson(), finish_reason = FinishReasonText(c.FinishReason) };
+                }
             }
             var body = new
             {
@@ -204,24 +268,70 @@ internal static class OpenAiEndpoints
         private async Task<Completion> StreamChoiceAsync(GenerationStream stream, int index)
         {
             if (kind == Kind.Chat) await WriteChunkAsync(index, "", role: "assistant", finishReason: null).ConfigureAwait(false);
+            bool echoed = !request.Echo;
+            int offset = 0;
+            async Task EchoAsync()
+            {
+                // The prompt (and its log-probabilities, known before the first token) goes out first.
+                echoed = true;
+                var scored = request.Sampling.PromptLogprobs is not null ? new CompletionLogprobs() : null;
+                var prompt = PromptText(index / request.N);
+                scored?.AddPrompt(tokenizer, prompts[index / request.N], stream.PromptLogprobs);
+                await WriteChunkAsync(index, prompt, role: null, finishReason: null, scored?.ToJson()).ConfigureAwait(false);
+                offset = prompt.Length;
+            }
             await foreach (var token in stream.ConfigureAwait(false))
-                if (token.Text.Length > 0) await WriteChunkAsync(index, token.Text, role: null, finishReason: null).ConfigureAwait(false);
+            {
+                if (!echoed) await EchoAsync().ConfigureAwait(false);
+                if (token.Text.Length == 0 && token.Logprobs is null) continue;
+                object? logprobs = null;
+                if (token.Logprobs is { } lp)
+                {
+                    if (kind == Kind.Chat) logprobs = new { content = ChatLogprobs([lp]), refusal = (object?)null };
+                    else
+                    {
+                        var one = new CompletionLogprobs(offset);
+                        one.Add(tokenizer, lp);
+                        logprobs = one.ToJson();
+                    }
+                }
+                offset += token.Text.Length;
+                await WriteChunkAsync(index, token.Text, role: null, finishReason: null, logprobs).ConfigureAwait(false);
+            }
             var completion = await stream.Completion.ConfigureAwait(false);
+            if (!echoed) await EchoAsync().ConfigureAwait(false);
             Count(completion);
             await WriteChunkAsync(index, null, role: null, finishReason: FinishReasonText(completion.FinishReason)).ConfigureAwait(false);
             return completion;
         }
 
-        private Task WriteChunkAsync(int index, string? text, string? role, string? finishReason)
+        private Task WriteChunkAsync(int index, string? text, string? role, string? finishReason, object? logprobs = null)
         {
             object choice;
             if (kind == Kind.Chat)
             {
                 object delta = role is not null ? new { role, content = text } : text is not null ? new { content = text } : new { };
-                choice = new { index, delta, logprobs = (object?)null, finish_reason = finishReason };
+                choice = new { index, delta, logprobs, finish_reason = finishReason };
             }
-            else choice = new { text = text ?? "", index, logprobs = (object?)null, finish_reason = finishReason };
+            else choice = new { text = text ?? "", index, logprobs, finish_reason = finishReason };
             return WriteEventAsync(new { id = _id, @object = ChunkObject, created = _created, model = modelId, choices = new[] { choice } });
+        }
+
+        private string PromptText(int prompt) =>
+            prompt < request.Prompts.Count ? request.Prompts[prompt] : tokenizer.Decode(prompts[prompt]);
+
+        private object[] ChatLogprobs(IReadOnlyList<Inference.Sampling.TokenLogprobs> tokens)
+        {
+            var content = new object[tokens.Count];
+            for (int i = 0; i < tokens.Count; i++)
+            {
+                var t = tokens[i];
+                var top = new object[t.Top.Count];
+                for (int j = 0; j < top.Length; j++)
+                    top[j] = new { token = TokenText(tokenizer, t.Top[j].TokenId), logprob = t.Top[j].Logprob, bytes = TokenBytes(tokenizer, t.Top[j].TokenId) };
+                content[i] = new { token = TokenText(tokenizer, t.TokenId), logprob = t.Logprob, bytes = TokenBytes(tokenizer, t.TokenId), top_logprobs = top };
+            }
+            return content;
         }
 
         private Task WriteEventAsync(object chunk) => WriteRawAsync(JsonSerializer.Serialize(chunk, JsonOptions.Default));

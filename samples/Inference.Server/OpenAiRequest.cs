@@ -30,6 +30,9 @@ public sealed record OpenAiRequest
     /// <summary>Choices per prompt.</summary>
     public int N { get; init; } = 1;
 
+    /// <summary>Completions: whether the answer repeats the prompt before the completion (<c>echo</c>).</summary>
+    public bool Echo { get; init; }
+
     /// <summary>Whether to answer with server-sent events.</summary>
     public bool Stream { get; init; }
 
@@ -61,7 +64,14 @@ public sealed record OpenAiRequest
             };
             list.Add(new ChatMessage(chatRole, ReadContent(m, where)));
         }
-        return request with { Messages = list };
+        // OpenAI's chat form: logprobs is a boolean, top_logprobs (0-20) the alternatives and only with logprobs.
+        bool logprobs = Boolean(root, "logprobs") ?? false;
+        long? top = Integer(root, "top_logprobs");
+        if (top is long t && (t < 0 || t > SamplingOptions.MaxLogprobs))
+            throw OpenAiError.BadRequest($"'top_logprobs' must be between 0 and {SamplingOptions.MaxLogprobs}", "top_logprobs");
+        if (top is not null && !logprobs) throw OpenAiError.BadRequest("'top_logprobs' requires 'logprobs' to be true", "top_logprobs");
+        var sampling = logprobs ? request.Sampling with { Logprobs = (int)(top ?? 0) } : request.Sampling;
+        return request with { Messages = list, Sampling = sampling };
     }
 
     /// <summary>Parses a (legacy) completions request.</summary>
@@ -69,6 +79,15 @@ public sealed record OpenAiRequest
     public static OpenAiRequest ParseCompletion(JsonElement root, int maxChoices)
     {
         var request = ParseCommon(root, maxChoices);
+        // The legacy form: logprobs is the number of alternatives (0 for the chosen token's only); echo with logprobs
+        // scores the prompt too.
+        long? logprobs = Integer(root, "logprobs");
+        if (logprobs is long l && (l < 0 || l > SamplingOptions.MaxLogprobs))
+            throw OpenAiError.BadRequest($"'logprobs' must be between 0 and {SamplingOptions.MaxLogprobs}", "logprobs");
+        bool echo = Boolean(root, "echo") ?? false;
+        if (logprobs is long top)
+            request = request with { Sampling = request.Sampling with { Logprobs = (int)top, PromptLogprobs = echo ? (int)top : null } };
+        request = request with { Echo = echo };
         if (!root.TryGetProperty("prompt", out var prompt)) throw OpenAiError.BadRequest("'prompt' is required", "prompt");
         switch (prompt.ValueKind)
         {
@@ -126,7 +145,9 @@ public sealed record OpenAiRequest
             if (Number(root, "min_p") is double minP) sampling = sampling with { MinP = (float)minP };
             if (Number(root, "frequency_penalty") is double frequency) sampling = sampling with { FrequencyPenalty = (float)frequency };
             if (Number(root, "presence_penalty") is double presence) sampling = sampling with { PresencePenalty = (float)presence };
-            if (Number(root, "repetition_penalty") is double repetition) sampling = sampling with { RepetitionPenalty = (float)repetition };
+            // llama.cpp's names (repeat_penalty, repeat_last_n) and vLLM's (repetition_penalty) for the same penalty.
+            if ((Number(root, "repetition_penalty") ?? Number(root, "repeat_penalty")) is double repetition) sampling = sampling with { RepetitionPenalty = (float)repetition };
+            if (Integer(root, "repeat_last_n") is long lastN) sampling = sampling with { PenaltyLastN = (int)Math.Clamp(lastN, -1, int.MaxValue) };
             long? maxTokens = Integer(root, "max_completion_tokens") ?? Integer(root, "max_tokens");
             if (maxTokens is long max) sampling = sampling with { MaxTokens = (int)Math.Clamp(max, int.MinValue, int.MaxValue) };
             if (Integer(root, "seed") is long seed) sampling = sampling with { Seed = unchecked((ulong)seed) };
@@ -152,7 +173,8 @@ public sealed record OpenAiRequest
                 nameof(SamplingOptions.MinP) => "min_p",
                 nameof(SamplingOptions.FrequencyPenalty) => "frequency_penalty",
                 nameof(SamplingOptions.PresencePenalty) => "presence_penalty",
-                nameof(SamplingOptions.RepetitionPenalty) => "repetition_penalty",
+                nameof(SamplingOptions.RepetitionPenalty) => root.TryGetProperty("repetition_penalty", out _) ? "repetition_penalty" : "repeat_penalty",
+                nameof(SamplingOptions.PenaltyLastN) => "repeat_last_n",
                 nameof(SamplingOptions.MaxTokens) => root.TryGetProperty("max_completion_tokens", out _) ? "max_completion_tokens" : "max_tokens",
                 nameof(SamplingOptions.StopStrings) => "stop",
                 _ => e.ParamName ?? "",
