@@ -75,7 +75,7 @@ public class DeviceForwardExecutorTests
     /// <remarks>
     /// <code>
     ///  step 1   A prefill [0, 24)            B prefill [0, 20) → logits
-    ///  step 2   A prefill [24, 37) → logits  B decode 20 → logits    C prefill [0, 5) → logits
+    ///  step 2   A prefill [24, 37) → 4 rows  B decode 20 → logits    C prefill [0, 5) → logits
     ///  fork A → D (shares A's partly filled last block), then D's first token forces a copy-on-write
     ///  step 3   A decode 37 → logits  B decode 21 → logits   C decode 5 → logits   D decode 37 → logits
     /// </code>
@@ -127,7 +127,7 @@ public class DeviceForwardExecutorTests
         Step();
 
         batch.Clear();
-        batch.Add(1, a.AsSpan(24, 13), 24, wantLogits: true);
+        batch.Add(1, a.AsSpan(24, 13), 24, logitCount: 4); // logits at its last four positions (a verification step)
         batch.Add(2, b.AsSpan(20, 1), 20, wantLogits: true);
         batch.Add(3, c.AsSpan(0, 5), 0, wantLogits: true);
         Step();
@@ -143,7 +143,7 @@ public class DeviceForwardExecutorTests
         batch.Add(3, c.AsSpan(5, 1), 5, wantLogits: true);
         batch.Add(4, d, 37, wantLogits: true);
         Step();
-        Assert.That(errors, Has.Count.EqualTo(1 + 3 + 4));
+        Assert.That(errors, Has.Count.EqualTo(1 + 6 + 4));
         return errors;
     }
 

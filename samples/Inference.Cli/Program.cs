@@ -26,14 +26,17 @@ public static class Program
         var topKOption = new Option<int>("--top-k") { Description = "Top-k (0 keeps all)", DefaultValueFactory = _ => 40 };
         var topPOption = new Option<float>("--top-p") { Description = "Top-p nucleus mass", DefaultValueFactory = _ => 0.95f };
         var minPOption = new Option<float>("--min-p") { Description = "Min-p relative threshold", DefaultValueFactory = _ => 0.05f };
-        var repeatOption = new Option<float>("--repeat-penalty") { Description = "Repetition penalty (1 disables)", DefaultValueFactory = _ => 1f };
+        var repeatOption = new Option<float>("--repeat-penalty") { Description = "Repetition penalty over the last --repeat-last-n tokens, prompt included (1 disables)", DefaultValueFactory = _ => 1f };
+        var repeatLastNOption = new Option<int>("--repeat-last-n") { Description = "Tokens the repetition penalty looks at (0 disables it)", DefaultValueFactory = _ => 64 };
+        var frequencyOption = new Option<float>("--frequency-penalty") { Description = "Subtracted once per occurrence among the generated tokens", DefaultValueFactory = _ => 0f };
+        var presenceOption = new Option<float>("--presence-penalty") { Description = "Subtracted from tokens present among the generated tokens", DefaultValueFactory = _ => 0f };
         var seedOption = new Option<ulong?>("--seed", "-s") { Description = "Sampling seed" };
         var stopOption = new Option<string[]>("--stop") { Description = "Stop string (repeatable)", AllowMultipleArgumentsPerToken = false };
         var textOption = new Option<string>("--text") { Description = "Text to tokenize", Required = true };
 
         var generate = new Command("generate", "Generate a continuation of a prompt")
         {
-            promptOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption,
+            promptOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption, repeatLastNOption, frequencyOption, presenceOption,
             seedOption, stopOption,
         };
         engineOptions.AddTo(generate);
@@ -45,6 +48,9 @@ public static class Program
             TopP = result.GetValue(topPOption),
             MinP = result.GetValue(minPOption),
             RepetitionPenalty = result.GetValue(repeatOption),
+            PenaltyLastN = result.GetValue(repeatLastNOption),
+            FrequencyPenalty = result.GetValue(frequencyOption),
+            PresencePenalty = result.GetValue(presenceOption),
             Seed = result.GetValue(seedOption),
             StopStrings = result.GetValue(stopOption) ?? [],
         };
@@ -130,7 +136,7 @@ public static class Program
         var systemOption = new Option<string?>("--system") { Description = "System message" };
         var chat = new Command("chat", "Chat interactively (one line per turn; an empty line or end of input quits)")
         {
-            systemOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption, seedOption,
+            systemOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption, repeatLastNOption, frequencyOption, presenceOption, seedOption,
         };
         engineOptions.AddTo(chat);
         chat.SetAction(async (result, ct) =>
