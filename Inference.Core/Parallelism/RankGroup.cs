@@ -1,0 +1,67 @@
+namespace Inference.Parallelism;
+
+/// <summary>
+/// A group of <see cref="Size"/> ranks that compute one model together and exchange activations through collectives:
+/// the seam between a parallel layout (tensor, pipeline, expert, context) and the hardware that moves the bytes.
+/// </summary>
+/// <remarks>
+/// <para>Every collective is called by all ranks of the group, each from its own thread with its own rank, in the same
+/// order; it returns on a rank once that rank's output is complete and its input may be reused. Point-to-point
+/// <see cref="Send"/> and <see cref="Receive"/> pair one sender with one receiver.</para>
+/// <para>Sums are taken in rank order (rank 0 first), so every rank receives the same bits whatever the timing.</para>
+/// </remarks>
+public abstract class RankGroup : IDisposable
+{
+    /// <summary>Creates a group of <paramref name="size"/> ranks.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="size"/> is less than 1.</exception>
+    protected RankGroup(int size)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(size, 1);
+        Size = size;
+    }
+
+    /// <summary>Number of ranks.</summary>
+    public int Size { get; }
+
+    /// <summary>Element-wise sum of every rank's <paramref name="data"/>, written back to every rank's <paramref name="data"/>.</summary>
+    /// <exception cref="ArgumentException">The ranks passed spans of different lengths.</exception>
+    public abstract void AllReduce(int rank, Span<float> data);
+
+    /// <summary>
+    /// Concatenates every rank's <paramref name="mine"/> in rank order into every rank's <paramref name="all"/>
+    /// (<c>all.Length = Size × mine.Length</c>).
+    /// </summary>
+    public abstract void AllGather(int rank, ReadOnlySpan<float> mine, Span<float> all);
+
+    /// <summary>
+    /// Sums every rank's <paramref name="full"/> and gives rank r the r-th of <see cref="Size"/> equal parts of the sum in
+    /// <paramref name="mine"/> (<c>full.Length = Size × mine.Length</c>).
+    /// </summary>
+    public abstract void ReduceScatter(int rank, ReadOnlySpan<float> full, Span<float> mine);
+
+    /// <summary>Sends <paramref name="data"/> from <paramref name="rank"/> to <paramref name="destination"/>; returns once it was received.</summary>
+    public abstract void Send(int rank, int destination, ReadOnlySpan<float> data);
+
+    /// <summary>Receives into <paramref name="data"/> what <paramref name="source"/> sends to <paramref name="rank"/> (the same length).</summary>
+    public abstract void Receive(int rank, int source, Span<float> data);
+
+    /// <summary>Releases what the group holds.</summary>
+    public virtual void Dispose() => GC.SuppressFinalize(this);
+
+    /// <summary>Checks a rank argument.</summary>
+    protected void CheckRank(int rank, string name = "rank")
+    {
+        if ((uint)rank >= (uint)Size) throw new ArgumentOutOfRangeException(name, rank, $"a rank of a group of {Size} is in [0, {Size})");
+    }
+
+    /// <summary>
+    /// The part of <paramref name="length"/> elements that rank <paramref name="rank"/> reduces: contiguous, in rank order,
+    /// the first <c>length mod Size</c> parts one element longer.
+    /// </summary>
+    public static (int Start, int Length) Part(int length, int size, int rank)
+    {
+        int q = length / size, r = length % size;
+        int start = rank * q + Math.Min(rank, r);
+        return (start, q + (rank < r ? 1 : 0));
+    }
+}

@@ -1,0 +1,195 @@
+using System.Numerics.Tensors;
+
+namespace Inference.Parallelism;
+
+/// <summary>
+/// Ranks that share one address space (CPU ranks: each a thread with its own worker group): collectives read the other
+/// ranks' buffers directly, so no byte is copied more often than the result needs.
+/// </summary>
+/// <remarks>
+/// <code>
+///  AllReduce (each rank publishes its buffer; parts split as RankGroup.Part):
+///    barrier → rank r sums part r of every buffer, in rank order, into part r of its own buffer
+///    barrier → rank r copies part q (q ≠ r) from rank q's buffer
+///    barrier → buffers may be reused
+///  bytes moved per rank: reads (Size − 1)/Size · n + (Size − 1)/Size · n floats from the other ranks
+/// </code>
+/// Each collective holds its callers' spans pinned only while it runs. Not reentrant: one collective at a time per group.
+/// </remarks>
+public sealed unsafe class SharedMemoryRankGroup : RankGroup
+{
+    private readonly float*[] _buffers;
+    private readonly int[] _lengths;
+    private readonly SpinBarrier _barrier;
+    private readonly Mailbox[] _mailboxes;   // [source * Size + destination]
+    private readonly float[][] _scratch;     // [rank] one row of sums each
+
+    /// <summary>Creates a group of <paramref name="size"/> ranks.</summary>
+    public SharedMemoryRankGroup(int size) : base(size)
+    {
+        _buffers = new float*[size];
+        _lengths = new int[size];
+        _barrier = new SpinBarrier(size);
+        _scratch = new float[size][];
+        for (int r = 0; r < size; r++) _scratch[r] = [];
+        _mailboxes = new Mailbox[size * size];
+        for (int i = 0; i < _mailboxes.Length; i++) _mailboxes[i] = new Mailbox();
+    }
+
+    /// <summary>Bytes read from other ranks' buffers by all collectives so far (all ranks together).</summary>
+    public long BytesMoved => Interlocked.Read(ref _bytesMoved);
+    private long _bytesMoved;
+
+    /// <inheritdoc />
+    public override void AllReduce(int rank, Span<float> data)
+    {
+        CheckRank(rank);
+        if (Size == 1) return;
+        fixed (float* p = data)
+        {
+            Publish(rank, p, data.Length);
+            CheckLengths(data.Length);
+            var (start, length) = Part(data.Length, Size, rank);
+            if (length > 0)
+            {
+                // NOTE: rank order for every part, own buffer included, so all ranks compute the same bits; the sum
+                // goes through a scratch row because this rank's own values are one of its terms.
+                var sum = Scratch(rank, length);
+                SumInRankOrder(start, sum);
+                sum.CopyTo(new Span<float>(p + start, length));
+            }
+            _barrier.SignalAndWait();
+            for (int q = 0; q < Size; q++)
+            {
+                if (q == rank) continue;
+                var (s, n) = Part(data.Length, Size, q);
+                new ReadOnlySpan<float>(_buffers[q] + s, n).CopyTo(data.Slice(s, n));
+            }
+            Interlocked.Add(ref _bytesMoved, 4L * (2L * (data.Length - length)));
+            _barrier.SignalAndWait();
+        }
+    }
+
+    /// <inheritdoc />
+    public override void AllGather(int rank, ReadOnlySpan<float> mine, Span<float> all)
+    {
+        CheckRank(rank);
+        if (all.Length != Size * mine.Length) throw new ArgumentException($"all has {all.Length} elements, expected {Size} × {mine.Length}", nameof(all));
+        fixed (float* p = mine)
+        {
+            Publish(rank, p, mine.Length);
+            CheckLengths(mine.Length);
+            for (int q = 0; q < Size; q++) new ReadOnlySpan<float>(_buffers[q], mine.Length).CopyTo(all.Slice(q * mine.Length, mine.Length));
+            Interlocked.Add(ref _bytesMoved, 4L * (Size - 1) * mine.Length);
+            _barrier.SignalAndWait();
+        }
+    }
+
+    /// <inheritdoc />
+    public override void ReduceScatter(int rank, ReadOnlySpan<float> full, Span<float> mine)
+    {
+        CheckRank(rank);
+        if (full.Length != Size * mine.Length) throw new ArgumentException($"full has {full.Length} elements, expected {Size} × {mine.Length}", nameof(full));
+        fixed (float* p = full)
+        {
+            Publish(rank, p, full.Length);
+            CheckLengths(full.Length);
+            SumInRankOrder(rank * mine.Length, mine);
+            Interlocked.Add(ref _bytesMoved, 4L * (Size - 1) * mine.Length);
+            _barrier.SignalAndWait();
+        }
+    }
+
+    /// <inheritdoc />
+    public override void Send(int rank, int destination, ReadOnlySpan<float> data)
+    {
+        CheckRank(rank);
+        CheckRank(destination, nameof(destination));
+        if (destination == rank) throw new ArgumentException("a rank does not send to itself", nameof(destination));
+        fixed (float* p = data) _mailboxes[rank * Size + destination].Put(p, data.Length);
+        Interlocked.Add(ref _bytesMoved, 4L * data.Length);
+    }
+
+    /// <inheritdoc />
+    public override void Receive(int rank, int source, Span<float> data)
+    {
+        CheckRank(rank);
+        CheckRank(source, nameof(source));
+        if (source == rank) throw new ArgumentException("a rank does not receive from itself", nameof(source));
+        _mailboxes[source * Size + rank].Take(data);
+    }
+
+    /// <inheritdoc />
+    public override void Dispose()
+    {
+        foreach (var m in _mailboxes) m.Dispose();
+        base.Dispose();
+    }
+
+    /// <summary>destination = Σ over ranks, in rank order, of the published buffers' elements [start, start + destination.Length).</summary>
+    private void SumInRankOrder(int start, Span<float> destination)
+    {
+        new ReadOnlySpan<float>(_buffers[0] + start, destination.Length).CopyTo(destination);
+        for (int q = 1; q < Size; q++) TensorPrimitives.Add(destination, new ReadOnlySpan<float>(_buffers[q] + start, destination.Length), destination);
+    }
+
+    /// <summary>A rank's scratch row of at least <paramref name="length"/> floats, grown on demand.</summary>
+    private Span<float> Scratch(int rank, int length)
+    {
+        if (_scratch[rank].Length < length) _scratch[rank] = new float[Math.Max(length, 2 * _scratch[rank].Length)];
+        return _scratch[rank].AsSpan(0, length);
+    }
+
+    /// <summary>Publishes a rank's buffer and waits until every rank has published its own.</summary>
+    private void Publish(int rank, float* buffer, int length)
+    {
+        _buffers[rank] = buffer;
+        _lengths[rank] = length;
+        _barrier.SignalAndWait();
+    }
+
+    private void CheckLengths(int length)
+    {
+        // NOTE: every rank sees the same lengths after the barrier, so all of them throw or none does (and none waits
+        // at a barrier the others skipped).
+        for (int q = 0; q < Size; q++)
+            if (_lengths[q] != length) throw new ArgumentException($"rank {q} passed {_lengths[q]} elements where rank 0 passed {_lengths[0]}");
+    }
+
+    /// <summary>A rendezvous from one sender to one receiver: the receiver copies straight out of the sender's span.</summary>
+    private sealed class Mailbox : IDisposable
+    {
+        private readonly SemaphoreSlim _full = new(0, 1);
+        private readonly SemaphoreSlim _taken = new(0, 1);
+        private float* _data;
+        private int _length;
+
+        public void Put(float* data, int length)
+        {
+            _data = data;
+            _length = length;
+            _full.Release();
+            _taken.Wait();
+        }
+
+        public void Take(Span<float> destination)
+        {
+            _full.Wait();
+            try
+            {
+                if (_length != destination.Length) throw new ArgumentException($"received {_length} elements into a span of {destination.Length}", nameof(destination));
+                new ReadOnlySpan<float>(_data, _length).CopyTo(destination);
+            }
+            finally
+            {
+                _taken.Release();
+            }
+        }
+
+        public void Dispose()
+        {
+            _full.Dispose();
+            _taken.Dispose();
+        }
+    }
+}

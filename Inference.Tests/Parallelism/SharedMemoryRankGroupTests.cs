@@ -1,0 +1,144 @@
+using Inference.Parallelism;
+
+namespace Inference.Tests.Parallelism;
+
+/// <summary>The CPU ranks' collectives against a plain float64 reference, every rank on its own thread.</summary>
+public class SharedMemoryRankGroupTests
+{
+    /// <summary>Runs <paramref name="body"/> on <paramref name="size"/> threads, one per rank, and rethrows the first failure.</summary>
+    private static void OnRanks(int size, Action<int> body)
+    {
+        var failures = new Exception?[size];
+        var threads = new Thread[size];
+        for (int r = 0; r < size; r++)
+        {
+            int rank = r;
+            threads[r] = new Thread(() =>
+            {
+                try { body(rank); }
+                catch (Exception e) { failures[rank] = e; }
+            });
+            threads[r].Start();
+        }
+        foreach (var t in threads) t.Join();
+        foreach (var f in failures) if (f is not null) throw new AggregateException(f);
+    }
+
+    private static float[][] RandomInputs(int size, int length, int seed)
+    {
+        var random = new Random(seed);
+        var inputs = new float[size][];
+        for (int r = 0; r < size; r++)
+        {
+            inputs[r] = new float[length];
+            for (int i = 0; i < length; i++) inputs[r][i] = (float)(random.NextDouble() * 2 - 1) * (1 + r);
+        }
+        return inputs;
+    }
+
+    [Test]
+    public void AllReduce_SumsInRankOrder_AndGivesEveryRankTheSameBits(
+        [Values(1, 2, 3, 4)] int size, [Values(1, 7, 64, 1001)] int length)
+    {
+        var inputs = RandomInputs(size, length, 1000 * size + length);
+        var data = inputs.Select(a => (float[])a.Clone()).ToArray();
+        using var group = new SharedMemoryRankGroup(size);
+        for (int round = 0; round < 3; round++)
+        {
+            for (int r = 0; r < size; r++) inputs[r].CopyTo(data[r], 0);
+            OnRanks(size, r => group.AllReduce(r, data[r]));
+            for (int i = 0; i < length; i++)
+            {
+                // The float sum in rank order is what every rank must hold, bit for bit.
+                float expected = inputs[0][i];
+                double exact = inputs[0][i];
+                for (int q = 1; q < size; q++) { expected += inputs[q][i]; exact += inputs[q][i]; }
+                for (int r = 0; r < size; r++)
+                    Assert.That(data[r][i], Is.EqualTo(expected), $"rank {r}, element {i}");
+                Assert.That(data[0][i], Is.EqualTo(exact).Within(1e-5 * (1 + Math.Abs(exact))));
+            }
+        }
+    }
+
+    [Test]
+    public void AllGather_ConcatenatesInRankOrder([Values(1, 2, 4)] int size, [Values(1, 33)] int length)
+    {
+        var inputs = RandomInputs(size, length, 7 + size);
+        var all = new float[size][];
+        for (int r = 0; r < size; r++) all[r] = Enumerable.Repeat(float.NaN, size * length).ToArray();
+        using var group = new SharedMemoryRankGroup(size);
+        OnRanks(size, r => group.AllGather(r, inputs[r], all[r]));
+        for (int r = 0; r < size; r++)
+            Assert.That(all[r], Is.EqualTo(inputs.SelectMany(a => a).ToArray()));
+    }
+
+    [Test]
+    public void ReduceScatter_GivesEachRankItsPartOfTheSum([Values(1, 2, 3, 4)] int size, [Values(1, 16)] int part)
+    {
+        var inputs = RandomInputs(size, size * part, 99 + size);
+        var mine = new float[size][];
+        for (int r = 0; r < size; r++) mine[r] = Enumerable.Repeat(float.NaN, part).ToArray();
+        using var group = new SharedMemoryRankGroup(size);
+        OnRanks(size, r => group.ReduceScatter(r, inputs[r], mine[r]));
+        for (int r = 0; r < size; r++)
+        {
+            for (int i = 0; i < part; i++)
+            {
+                float expected = inputs[0][r * part + i];
+                for (int q = 1; q < size; q++) expected += inputs[q][r * part + i];
+                Assert.That(mine[r][i], Is.EqualTo(expected));
+            }
+        }
+    }
+
+    [Test]
+    public void SendAndReceive_PassValuesAroundARing([Values(2, 3, 4)] int size)
+    {
+        var inputs = RandomInputs(size, 50, size);
+        var received = new float[size][];
+        using var group = new SharedMemoryRankGroup(size);
+        OnRanks(size, r =>
+        {
+            received[r] = new float[50];
+            // Even ranks send first and odd ranks receive first, so a ring of any size makes progress.
+            int next = (r + 1) % size, previous = (r + size - 1) % size;
+            if (r % 2 == 0)
+            {
+                group.Send(r, next, inputs[r]);
+                group.Receive(r, previous, received[r]);
+            }
+            else
+            {
+                group.Receive(r, previous, received[r]);
+                group.Send(r, next, inputs[r]);
+            }
+        });
+        for (int r = 0; r < size; r++) Assert.That(received[r], Is.EqualTo(inputs[(r + size - 1) % size]));
+    }
+
+    [Test]
+    public void MismatchedLengths_ThrowOnEveryRank_WithoutHanging()
+    {
+        using var group = new SharedMemoryRankGroup(2);
+        var errors = new Exception?[2];
+        OnRanks(2, r =>
+        {
+            try { group.AllReduce(r, new float[r == 0 ? 8 : 9]); }
+            catch (ArgumentException e) { errors[r] = e; }
+        });
+        Assert.That(errors, Has.All.InstanceOf<ArgumentException>());
+    }
+
+    [Test]
+    public void Part_CoversTheWholeRangeOnce([Values(1, 2, 3, 4, 7)] int size, [Values(0, 1, 5, 64, 1001)] int length)
+    {
+        int next = 0;
+        for (int r = 0; r < size; r++)
+        {
+            var (start, n) = RankGroup.Part(length, size, r);
+            Assert.That(start, Is.EqualTo(next));
+            next += n;
+        }
+        Assert.That(next, Is.EqualTo(length));
+    }
+}
