@@ -66,6 +66,8 @@ internal sealed class EngineLoop : IAsyncDisposable
     public void Submit(GenerationRequest request)
     {
         request.Submitted = Stopwatch.GetTimestamp();
+        if (request.Forks is { } forks)
+            foreach (var child in forks) child.Submitted = request.Submitted;
         if (!_incoming.Writer.TryWrite(request))
             throw new ObjectDisposedException(nameof(InferenceEngine));
     }
@@ -148,12 +150,28 @@ internal sealed class EngineLoop : IAsyncDisposable
         {
             switch (item)
             {
-                case GenerationRequest r when r.IsCancelled: r.Finish(FinishReason.Cancelled, new OperationCanceledException("the request was cancelled")); break;
+                case GenerationRequest r when r.IsCancelled: CancelBeforeAdmission(r); break;
                 case GenerationRequest r: Admit(r); break;
                 case EvaluateWork w: RunEvaluate(w); break;
                 case IInvokeWork i: i.Run(this); break;
             }
         }
+    }
+
+    private void CancelBeforeAdmission(GenerationRequest r)
+    {
+        r.Finish(FinishReason.Cancelled, new OperationCanceledException("the request was cancelled"));
+        if (r.Forks is not { Count: > 0 } forks) return;
+        // Its forks go on without it: the first still live becomes the parent of the others.
+        var next = forks.Find(f => !f.IsCancelled);
+        foreach (var f in forks)
+            if (f.IsCancelled) f.Finish(FinishReason.Cancelled, new OperationCanceledException("the request was cancelled"));
+        if (next is not null)
+        {
+            next.Forks = forks.FindAll(f => !f.IsCancelled && !ReferenceEquals(f, next));
+            Admit(next);
+        }
+        forks.Clear();
     }
 
     private void Admit(GenerationRequest r)
@@ -166,23 +184,25 @@ internal sealed class EngineLoop : IAsyncDisposable
             }
             catch (InvalidOperationException e)
             {
-                r.Finish(FinishReason.Cancelled, e);
+                FailWithForks(r, e);
                 return;
             }
         }
-        int maxNew = Math.Min(r.Sampling.MaxTokens, ContextLength - r.PromptTokens.Length);
-        var scheduled = new SchedulerRequest(r.Id, r.PromptTokens, Math.Max(1, maxNew));
+        var scheduled = NewSchedulerRequest(r);
         try
         {
             _scheduler.AddRequest(scheduled);
         }
         catch (ArgumentException e)
         {
-            r.Finish(FinishReason.Cancelled, new ArgumentException(e.Message, e));
+            FailWithForks(r, new ArgumentException(e.Message, e));
             return;
         }
         _live.Add(r.Id, (r, scheduled));
     }
+
+    private SchedulerRequest NewSchedulerRequest(GenerationRequest r) =>
+        new(r.Id, r.PromptTokens, Math.Max(1, Math.Min(r.Sampling.MaxTokens, ContextLength - r.PromptTokens.Length)));
 
     private void WaitForWork()
     {
@@ -234,14 +254,52 @@ internal sealed class EngineLoop : IAsyncDisposable
             var (r, scheduled) = _live[chunks[i].RequestId];
             int logitIndex = _batch.Segments[i].LogitIndex;
             var logits = _logits.AsSpan(logitIndex * vocab, vocab);
-            int token = r.Sampler.Sample(logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Tokens), r.PromptTokens.Length);
-            var logprobs = r.Sampling.Logprobs is int top ? r.Sampler.GetLogprobs(logits, token, top) : null;
-            var schedulerReason = _scheduler.Update(scheduled, token);
-            var finish = r.Accept(token, logprobs);
-            if (finish is null && schedulerReason == FinishReason.Length) finish = FinishReason.Length;
-            if (finish is not null) Retire(r.Id, finish.Value);
+            if (r.Forks is { Count: > 0 }) StartForks(r, scheduled, logits);
+            SampleAndAccept(r, scheduled, logits);
         }
         Stats = CurrentStats();
+    }
+
+    private void SampleAndAccept(GenerationRequest r, SchedulerRequest scheduled, Span<float> logits)
+    {
+        int token = r.Sampler.Sample(logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Tokens), r.PromptTokens.Length);
+        var logprobs = r.Sampling.Logprobs is int top ? r.Sampler.GetLogprobs(logits, token, top) : null;
+        var schedulerReason = _scheduler.Update(scheduled, token);
+        var finish = r.Accept(token, logprobs);
+        if (finish is null && schedulerReason == FinishReason.Length) finish = FinishReason.Length;
+        if (finish is not null) Retire(r.Id, finish.Value);
+    }
+
+    /// <summary>
+    /// The parent's prompt is computed: its forks start as copies of its KV (the prompt's blocks held once) and sample
+    /// their first tokens from the same logits with their own samplers. A fork that finds no free sequence slot is
+    /// queued as an ordinary request instead (its prompt then mostly hits the prefix cache).
+    /// </summary>
+    private void StartForks(GenerationRequest parent, SchedulerRequest parentScheduled, ReadOnlySpan<float> logits)
+    {
+        // NOTE: each sampler applies its penalties in place, so every fork starts from its own copy of the raw logits.
+        var raw = logits.ToArray();
+        var forks = parent.Forks!;
+        foreach (var child in forks)
+        {
+            if (child.IsCancelled)
+            {
+                child.Finish(FinishReason.Cancelled, new OperationCanceledException("the request was cancelled"));
+                continue;
+            }
+            var scheduled = NewSchedulerRequest(child);
+            if (!_scheduler.TryAddFork(parentScheduled, scheduled))
+            {
+                Admit(child);
+                continue;
+            }
+            _live.Add(child.Id, (child, scheduled));
+            child.FirstScheduled = parent.FirstScheduled;
+            child.PrefixHitTokens = parent.PrefixHitTokens;
+            child.PromptLogprobs ??= parent.PromptLogprobs;
+            SampleAndAccept(child, scheduled, (float[])raw.Clone());
+        }
+        forks.Clear();
     }
 
     /// <summary>The state now (engine thread only).</summary>
@@ -256,6 +314,16 @@ internal sealed class EngineLoop : IAsyncDisposable
         if (reason == FinishReason.Cancelled) entry.Request.Finish(reason, new OperationCanceledException("the request was cancelled"));
         else entry.Request.Finish(reason);
         _metrics.RequestFinished(entry.Request);
+        if (entry.Request.Forks is { Count: > 0 } forks)
+        {
+            // The parent ended before its prompt was computed: its forks go on as ordinary requests.
+            foreach (var child in forks)
+            {
+                if (child.IsCancelled) child.Finish(FinishReason.Cancelled, new OperationCanceledException("the request was cancelled"));
+                else Admit(child);
+            }
+            forks.Clear();
+        }
     }
 
     private void RunEvaluate(EvaluateWork w)
@@ -397,7 +465,7 @@ internal sealed class EngineLoop : IAsyncDisposable
         _incoming.Writer.TryComplete();
         while (_incoming.Reader.TryRead(out var item))
         {
-            if (item is GenerationRequest r) r.Finish(FinishReason.Cancelled, error);
+            if (item is GenerationRequest r) FailWithForks(r, error);
             else if (item is EvaluateWork w) w.Result.TrySetException(error);
             else if (item is IInvokeWork i) i.Fail(error);
         }
@@ -406,8 +474,16 @@ internal sealed class EngineLoop : IAsyncDisposable
             var r = _live[id].Request;
             _live.Remove(id);
             _scheduler.Finish(id, FinishReason.Cancelled);
-            r.Finish(FinishReason.Cancelled, error);
+            FailWithForks(r, error);
         }
+    }
+
+    private static void FailWithForks(GenerationRequest r, Exception error)
+    {
+        r.Finish(FinishReason.Cancelled, error);
+        if (r.Forks is null) return;
+        foreach (var child in r.Forks) child.Finish(FinishReason.Cancelled, error);
+        r.Forks.Clear();
     }
 
     public async ValueTask DisposeAsync()

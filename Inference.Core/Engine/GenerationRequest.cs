@@ -68,6 +68,12 @@ internal sealed class GenerationRequest
 
     public void Cancel() => Interlocked.Exchange(ref _cancelled, 1);
 
+    /// <summary>
+    /// Requests with the same prompt that start as forks of this one once its prompt is computed (parallel samples),
+    /// instead of prefilling it again; engine thread only after submission.
+    /// </summary>
+    public List<GenerationRequest>? Forks { get; set; }
+
     /// <summary>Log-probabilities of the generated tokens so far (when asked for).</summary>
     public List<TokenLogprobs>? Logprobs { get; }
 

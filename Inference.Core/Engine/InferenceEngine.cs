@@ -162,6 +162,36 @@ public sealed partial class InferenceEngine : IAsyncDisposable
         return new GenerationStream(CreateRequest(promptTokens, sampling ?? new SamplingOptions()), _loop.Submit, cancellationToken);
     }
 
+    /// <summary>
+    /// Streams <paramref name="n"/> independent samples of the continuation of <paramref name="promptTokens"/> (vLLM's
+    /// and OpenAI's <c>n</c>): the prompt is computed once and the samples start as copy-on-write forks of its KV
+    /// (<see cref="KvCache.KvCacheManager.Fork"/>), holding its blocks once. Sample i uses seed
+    /// <c>Seed + i</c> when <see cref="SamplingOptions.Seed"/> is set.
+    /// </summary>
+    /// <remarks>
+    /// Enumerating any of the streams starts all of them; enumerate every one (a stream nobody reads pauses once its
+    /// buffer fills, holding its blocks) or cancel <paramref name="cancellationToken"/>.
+    /// </remarks>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="n"/> is below 1 or above 1024.</exception>
+    public IReadOnlyList<GenerationStream> GenerateParallelAsync(IReadOnlyList<int> promptTokens, int n, SamplingOptions? sampling = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(n, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(n, 1024);
+        sampling ??= new SamplingOptions();
+        var requests = new GenerationRequest[n];
+        for (int i = 0; i < n; i++)
+            requests[i] = CreateRequest(promptTokens, sampling.Seed is ulong seed ? sampling with { Seed = unchecked(seed + (ulong)i) } : sampling);
+        if (n > 1) requests[0].Forks = [.. requests.AsSpan(1)];
+        int submitted = 0;
+        void Submit(GenerationRequest _)
+        {
+            if (Interlocked.Exchange(ref submitted, 1) == 0) _loop.Submit(requests[0]);
+        }
+        var streams = new GenerationStream[n];
+        for (int i = 0; i < n; i++) streams[i] = new GenerationStream(requests[i], Submit, cancellationToken);
+        return streams;
+    }
+
     /// <summary>Generates the whole continuation of <paramref name="prompt"/>.</summary>
     public Task<Completion> CompleteAsync(string prompt, SamplingOptions? sampling = null, CancellationToken cancellationToken = default) =>
         CompleteAsync(Tokenize(prompt), sampling, cancellationToken);

@@ -89,6 +89,38 @@ public sealed class Scheduler
     }
 
     /// <summary>
+    /// Starts <paramref name="child"/> as a running copy of <paramref name="parent"/>, which has just computed all its
+    /// known tokens (its prompt, say): the child shares the parent's blocks through <see cref="KvCacheManager.Fork"/>
+    /// (the partly filled last block is copied on its first write) and samples its next token from the parent's logits.
+    /// Returns false, changing nothing, when the sequence limit leaves no room; queue the child with
+    /// <see cref="AddRequest"/> then. Call it between <see cref="Schedule"/> and the parent's <see cref="Update(SchedulerRequest, int)"/>.
+    /// </summary>
+    /// <exception cref="ArgumentException">The child is not new, its id is in use, or its tokens differ from the parent's.</exception>
+    /// <exception cref="InvalidOperationException">The parent is not running with all its tokens computed.</exception>
+    public bool TryAddFork(SchedulerRequest parent, SchedulerRequest child)
+    {
+        ArgumentNullException.ThrowIfNull(parent);
+        ArgumentNullException.ThrowIfNull(child);
+        if (child.Status != RequestStatus.Waiting || child.ArrivalOrder != 0)
+            throw new ArgumentException("A request can be added once.", nameof(child));
+        if (_live.ContainsKey(child.RequestId))
+            throw new ArgumentException($"Request id {child.RequestId} is in use.", nameof(child));
+        if (!child.TokenIds.SequenceEqual(parent.TokenIds))
+            throw new ArgumentException("A fork starts with its parent's tokens.", nameof(child));
+        if (parent.Status != RequestStatus.Running || parent.ComputedTokenCount != parent.TokenCount)
+            throw new InvalidOperationException($"Request {parent.RequestId} has not computed all its tokens; it cannot be forked.");
+        if (_running.Count >= _options.MaxNumSeqs) return false;
+        KvCache.Fork(parent.RequestId, child.RequestId);
+        child.ArrivalOrder = ++_arrivals;
+        child.Status = RequestStatus.Running;
+        child.ComputedTokenCount = parent.ComputedTokenCount;
+        child.CachedTokenCount = parent.ComputedTokenCount;
+        _live.Add(child.RequestId, child);
+        _running.Add(child);
+        return true;
+    }
+
+    /// <summary>
     /// Cancels a waiting or running request now, freeing its blocks; false when it is not live.
     /// Call it between steps (after <see cref="Update(SchedulerRequest, int)"/>, before <see cref="Schedule"/>): blocks
     /// of a request scheduled in the current step may be shared with requests of the same step.

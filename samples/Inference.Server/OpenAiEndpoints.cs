@@ -126,23 +126,22 @@ internal static class OpenAiEndpoints
         string param = request.Messages.Count > 0 ? "messages" : "prompt";
         var streams = new GenerationStream[prompts.Count * request.N];
         for (int p = 0; p < prompts.Count; p++)
-            for (int i = 0; i < request.N; i++)
+        {
+            try
             {
-                // Each choice gets its own seed so n choices differ yet repeat for the same request seed.
-                var sampling = request.Sampling.Seed is ulong seed ? request.Sampling with { Seed = unchecked(seed + (ulong)i) } : request.Sampling;
-                try
-                {
-                    streams[p * request.N + i] = engine.GenerateAsync(prompts[p], sampling, cancellationToken);
-                }
-                catch (ArgumentOutOfRangeException e)
-                {
-                    throw OpenAiError.BadRequest(e.Message.Split(" (Parameter")[0], param);
-                }
-                catch (ArgumentException e)
-                {
-                    throw OpenAiError.BadRequest(e.Message.Split(" (Parameter")[0], param, "context_length_exceeded");
-                }
+                // n choices of one prompt share its prefill: the engine forks the prompt's KV (choice i seeded seed + i).
+                var choices = engine.GenerateParallelAsync(prompts[p], request.N, request.Sampling, cancellationToken);
+                for (int i = 0; i < request.N; i++) streams[p * request.N + i] = choices[i];
             }
+            catch (ArgumentOutOfRangeException e)
+            {
+                throw OpenAiError.BadRequest(e.Message.Split(" (Parameter")[0], param);
+            }
+            catch (ArgumentException e)
+            {
+                throw OpenAiError.BadRequest(e.Message.Split(" (Parameter")[0], param, "context_length_exceeded");
+            }
+        }
         return streams;
     }
 
