@@ -31,8 +31,9 @@ internal sealed class PagedKvAttention : IKvAttention
         _shape = new PagedAttentionShape(config.HeadCount, config.KvHeadCount, config.HeadDim, storage.BlockSize);
     }
 
-    public void Attend(int layer, ModelBatch batch, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, WorkerPool pool)
+    public void Attend(int layer, ModelBatch batch, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, WorkerPool pool, int slidingWindow = 0)
     {
+        var shape = slidingWindow == 0 ? _shape : _shape with { SlidingWindow = slidingWindow };
         int kvDim = _config.KvDim, bs = _storage.BlockSize;
         int maxContext = 0;
         foreach (var seg in batch.Segments)
@@ -52,7 +53,7 @@ internal sealed class PagedKvAttention : IKvAttention
             // `e2e --model .models/bench-q8_0.gguf -p 128 -n 64 --batch 1 --threads 2`, five alternating runs each with
             // and without this split (then `TokenCount > 1` here), gave 81 and 75 tok/s on average.
             var seg = batch.Segments[0];
-            PagedAttention.Forward(_shape, q, _storage, layer, _manager.GetBlockTable(seg.SequenceId), seg.StartPosition, output, pool);
+            PagedAttention.Forward(shape, q, _storage, layer, _manager.GetBlockTable(seg.SequenceId), seg.StartPosition, output, pool);
             return;
         }
         unsafe
@@ -60,17 +61,16 @@ internal sealed class PagedKvAttention : IKvAttention
             fixed (float* pq = q)
             fixed (float* po = output)
             {
-                pool.Run(batch.TokenCount, new Job(this, layer, batch, pq, po, PagedAttention.GetScratchLength(_shape, maxContext)));
+                pool.Run(batch.TokenCount, new Job(this, shape, layer, batch, pq, po, PagedAttention.GetScratchLength(shape, maxContext)));
             }
         }
     }
 
     /// <summary>Attention of query tokens [start, end) of the batch, each against its own sequence's cache.</summary>
-    private readonly unsafe struct Job(PagedKvAttention owner, int layer, ModelBatch batch, float* q, float* output, int scratchLength) : IRangeJob
+    private readonly unsafe struct Job(PagedKvAttention owner, PagedAttentionShape shape, int layer, ModelBatch batch, float* q, float* output, int scratchLength) : IRangeJob
     {
         public void Execute(int start, int end)
         {
-            var shape = owner._shape;
             int stride = shape.QueryStride;
             float[] scratch = ArrayPool<float>.Shared.Rent(scratchLength);
             int s = 0;

@@ -31,7 +31,7 @@ public sealed class ContiguousKvCache : IKvAttention
     }
 
     /// <inheritdoc />
-    public void Attend(int layer, ModelBatch batch, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, WorkerPool pool)
+    public void Attend(int layer, ModelBatch batch, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, WorkerPool pool, int slidingWindow = 0)
     {
         int kvDim = _config.KvDim;
         var keys = new float[batch.Segments.Count][];
@@ -71,13 +71,13 @@ public sealed class ContiguousKvCache : IKvAttention
             fixed (float* pq = q)
             fixed (float* po = output)
             {
-                var job = new AttentionJob(_config, batch, keys, values, pq, po);
+                var job = new AttentionJob(_config, batch, keys, values, pq, po, slidingWindow);
                 pool.Run(batch.TokenCount * _config.HeadCount, job);
             }
         }
     }
 
-    private readonly unsafe struct AttentionJob(ModelConfig config, ModelBatch batch, float[][] keys, float[][] values, float* q, float* output) : IRangeJob
+    private readonly unsafe struct AttentionJob(ModelConfig config, ModelBatch batch, float[][] keys, float[][] values, float* q, float* output, int slidingWindow) : IRangeJob
     {
         public void Execute(int start, int end)
         {
@@ -98,14 +98,15 @@ public sealed class ContiguousKvCache : IKvAttention
                 var vc = values[segIndex];
                 int kvh = h / kvMul;
                 var qh = new ReadOnlySpan<float>(q + ((long)t * heads + h) * hd, hd);
-                var sc = scores.AsSpan(0, pos + 1);
-                for (int j = 0; j <= pos; j++)
-                    sc[j] = TensorPrimitives.Dot(qh, kc.AsSpan(j * kvDim + kvh * hd, hd)) * scale;
+                int first = slidingWindow > 0 ? Math.Max(0, pos + 1 - slidingWindow) : 0; // local layers see pos − W + 1..pos
+                var sc = scores.AsSpan(0, pos + 1 - first);
+                for (int j = first; j <= pos; j++)
+                    sc[j - first] = TensorPrimitives.Dot(qh, kc.AsSpan(j * kvDim + kvh * hd, hd)) * scale;
                 TensorPrimitives.SoftMax(sc, sc);
                 var oh = new Span<float>(output + ((long)t * heads + h) * hd, hd);
                 oh.Clear();
-                for (int j = 0; j <= pos; j++)
-                    TensorPrimitives.MultiplyAdd(vc.AsSpan(j * kvDim + kvh * hd, hd), sc[j], oh, oh);
+                for (int j = first; j <= pos; j++)
+                    TensorPrimitives.MultiplyAdd(vc.AsSpan(j * kvDim + kvh * hd, hd), sc[j - first], oh, oh);
             }
             ArrayPool<float>.Shared.Return(scores);
         }

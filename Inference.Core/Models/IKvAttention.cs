@@ -19,5 +19,9 @@ public interface IKvAttention
     /// <param name="v">[tokenCount, kvHeads, headDim].</param>
     /// <param name="output">[tokenCount, heads, headDim].</param>
     /// <param name="pool">Threads to spread the work over.</param>
-    void Attend(int layer, ModelBatch batch, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, WorkerPool pool);
+    /// <param name="slidingWindow">
+    /// The layer's attention window W: a query at position p sees positions p − W + 1 … p (see
+    /// <see cref="Backends.Cpu.PagedAttentionShape.SlidingWindow"/>); 0 sees every position (<see cref="ModelConfig.LayerSlidingWindow"/>).
+    /// </param>
+    void Attend(int layer, ModelBatch batch, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, WorkerPool pool, int slidingWindow = 0);
 }

@@ -183,7 +183,7 @@ public sealed class LlamaModel
             if (w.VBias is not null) AddBias(v, w.VBias, n);
             Rope(q, n, c.HeadCount, ropeCos, ropeSin);
             Rope(k, n, c.KvHeadCount, ropeCos, ropeSin);
-            kv.Attend(l, batch, q, k, v, att, pool);
+            kv.Attend(l, batch, q, k, v, att, pool, c.LayerSlidingWindow(l));
             MatMul.Multiply(w.O, att, xb, n, pool);
             TensorPrimitives.Add(x, xb, x);
 

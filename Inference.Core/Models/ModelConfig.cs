@@ -38,6 +38,34 @@ public sealed record ModelConfig
     /// <summary>True when Q/K/V have biases (qwen2).</summary>
     public bool HasAttentionBias { get; init; }
 
+    /// <summary>
+    /// Each layer's sliding attention window (0: the layer sees every position; see
+    /// <see cref="Backends.Cpu.PagedAttentionShape.SlidingWindow"/>); null or empty when no layer has one.
+    /// </summary>
+    public IReadOnlyList<int>? SlidingWindows { get; init; }
+
+    /// <summary>Layer <paramref name="layer"/>'s sliding attention window; 0 when it sees every position.</summary>
+    public int LayerSlidingWindow(int layer) => SlidingWindows is { Count: > 0 } w ? w[layer] : 0;
+
+    /// <summary>
+    /// The most positions back any layer still reads: the largest window when every layer has one, else null (some
+    /// layer sees everything). KV blocks wholly before the latest position minus this can be freed.
+    /// </summary>
+    public int? KvRetention
+    {
+        get
+        {
+            if (SlidingWindows is not { Count: > 0 } w) return null;
+            int max = 0;
+            foreach (int window in w)
+            {
+                if (window == 0) return null;
+                max = Math.Max(max, window);
+            }
+            return max;
+        }
+    }
+
     /// <summary>Query heads per KV head.</summary>
     public int KvMul => HeadCount / KvHeadCount;
     /// <summary>Width of all query heads.</summary>

@@ -25,7 +25,8 @@ internal interface IDeviceAttention : IDisposable
     /// <summary>"PTX" or "ILGPU".</summary>
     string Name { get; }
 
-    void Run(in AttentionStep step, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output);
+    /// <summary>Runs one layer; <paramref name="slidingWindow"/> is the layer's window (0: none).</summary>
+    void Run(in AttentionStep step, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output, int slidingWindow);
 }
 
 /// <summary>The ILGPU kernels (any accelerator): decode kernel when every sequence has one token, else the tiled prefill kernel.</summary>
@@ -44,14 +45,14 @@ internal sealed class IlgpuDeviceAttention<TKv, TConv> : IDeviceAttention
 
     public string Name => "ILGPU";
 
-    public void Run(in AttentionStep s, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output)
+    public void Run(in AttentionStep s, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output, int slidingWindow)
     {
         var k = kCache.Cast<TKv>();
         var v = vCache.Cast<TKv>();
         if (s.MaxChunkLength == 1)
-            _decode.Run(q, k, v, s.BlockTables, s.ContextLens, s.SeqCount, s.MaxContextLength, output);
+            _decode.Run(q, k, v, s.BlockTables, s.ContextLens, s.SeqCount, s.MaxContextLength, output, slidingWindow);
         else
-            _prefill.Run(q, k, v, s.BlockTables, s.SeqStarts, s.ContextLens, s.SeqCount, s.MaxChunkLength, output);
+            _prefill.Run(q, k, v, s.BlockTables, s.SeqStarts, s.ContextLens, s.SeqCount, s.MaxChunkLength, output, slidingWindow);
     }
 
     public void Dispose() => _decode.Dispose();
@@ -68,11 +69,15 @@ internal sealed class PtxDeviceAttention<TKv> : IDeviceAttention where TKv : unm
     public string Name => "PTX";
 
     /// <summary>Whether the PTX kernels take this shape (head dims 64 and 128, at most 32 query heads per KV head).</summary>
+    /// <remarks>NOTE: they have no sliding-window mask yet: models with local layers run the ILGPU kernels.</remarks>
     public static bool Supports(AttentionShape shape) => shape.HeadDim is 64 or 128 && shape.KvMul <= 32;
 
-    public void Run(in AttentionStep s, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output) =>
+    public void Run(in AttentionStep s, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output, int slidingWindow)
+    {
+        if (slidingWindow != 0) throw new NotSupportedException("the PTX attention kernels have no sliding-window mask");
         _attention.Run(q, kCache.Cast<TKv>(), vCache.Cast<TKv>(), s.BlockTables, s.TokenSeqs, s.Positions, s.TokenCount,
             s.MaxContextLength, output);
+    }
 
     public void Dispose() => _attention.Dispose();
 }

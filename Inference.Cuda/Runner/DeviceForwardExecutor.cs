@@ -78,7 +78,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             int maxBlocks = (context.ContextLength + kv.BlockSize - 1) / kv.BlockSize;
             _shape = new AttentionShape(c.HeadCount, c.KvHeadCount, c.HeadDim, kv.BlockSize, maxBlocks);
             _storage = Own(new DeviceKvStorage(accelerator, c.LayerCount, context.BlockCount, kv.BlockSize, c.KvHeadCount, c.HeadDim, kv.DataType));
-            _attention = Own(CreateAttention(accelerator, _shape, kv.DataType, attention));
+            _attention = Own(CreateAttention(accelerator, _shape, kv.DataType, c.SlidingWindows is { Count: > 0 } ? CudaAttentionKernels.Ilgpu : attention));
 
             var w = _model.Weights;
             _embedding = Own(DeviceMatrix.Upload(accelerator, w.GetMatrix("token_embd.weight", c.VocabSize, c.Dim)));
@@ -187,7 +187,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
                 _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<float>(), _storage.Values(l).Cast<float>(), n, c.KvDim);
             else
                 _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<ILGPU.Half>(), _storage.Values(l).Cast<ILGPU.Half>(), n, c.KvDim);
-            _attention.Run(step, _storage.Keys(l), _storage.Values(l), q, att);
+            _attention.Run(step, _storage.Keys(l), _storage.Values(l), q, att, c.LayerSlidingWindow(l));
             w.O.MatMul(_kernels, att, xb, n);
             _kernels.Add(x, xb, n * c.Dim);
 

@@ -21,6 +21,15 @@ public readonly record struct PagedAttentionParams(
     int PartitionCount,
     int QueryTile)
 {
+    /// <summary>
+    /// Sliding-window (local) attention: a query at position p sees keys p − W + 1 … p; 0 (the default) sees 0 … p.
+    /// Keys before the window are never read, so their blocks may be freed.
+    /// </summary>
+    public int SlidingWindow { get; init; }
+
+    /// <summary>The first position a query at <paramref name="position"/> sees.</summary>
+    public int FirstVisible(int position) => SlidingWindow > 0 && position >= SlidingWindow ? position - SlidingWindow + 1 : 0;
+
     /// <summary>Query heads per KV head.</summary>
     public int KvMul => HeadCount / KvHeadCount;
 }

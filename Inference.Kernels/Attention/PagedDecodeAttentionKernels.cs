@@ -10,8 +10,9 @@ namespace Inference.Kernels.Attention;
 /// </summary>
 /// <remarks>
 /// Effectively computes, for every sequence <c>s</c> and query head <c>h</c> with <c>kvh = h / kvMul</c>:
-/// <c>out[s, h] = softmax(q[s, h] · K[s, kvh, 0..ctx)ᵀ * scale) · V[s, kvh, 0..ctx)</c>, where the K/V rows of position
-/// <c>j</c> live in block <c>blockTables[s, j / blockSize]</c> at slot <c>j % blockSize</c>.
+/// <c>out[s, h] = softmax(q[s, h] · K[s, kvh, f..ctx)ᵀ * scale) · V[s, kvh, f..ctx)</c>, where the K/V rows of position
+/// <c>j</c> live in block <c>blockTables[s, j / blockSize]</c> at slot <c>j % blockSize</c> and f is 0, or
+/// ctx − W (at least 0) with a <see cref="PagedAttentionParams.SlidingWindow"/> W (partitions before f stay empty).
 /// <para>
 /// One group handles one (partition, KV head, sequence). The <c>kvMul</c> query heads that share the KV head are processed
 /// together, so each K and V element of the partition is read from global memory once. Inside a partition the keys are
@@ -77,8 +78,9 @@ public static class PagedDecodeAttentionKernels
         var sAlpha = shared.SubView(2 * rowsHd + kvMul * groupSize + 2 * kvMul, kvMul);                       // [kvMul] rescale of this tile
 
         int ctx = contextLens[seq];
-        int start = partition * p.PartitionSize;
-        int end = XMath.Min(start + p.PartitionSize, ctx);
+        // The partition's part of the window: empty (start ≥ end) when it lies wholly before it.
+        int start = XMath.Max(partition * p.PartitionSize, p.FirstVisible(ctx - 1));
+        int end = XMath.Min(partition * p.PartitionSize + p.PartitionSize, ctx);
         long tableRow = (long)seq * p.MaxBlocksPerSeq;
         int rowStride = p.KvHeadCount * hd;   // elements between consecutive positions of one block
 

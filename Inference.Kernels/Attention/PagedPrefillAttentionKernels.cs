@@ -15,6 +15,7 @@ namespace Inference.Kernels.Attention;
 ///   positions  0 ........................ ctx-n-1 | ctx-n ......... ctx-1
 ///              cached prefix (earlier chunks)      | this chunk (queries)
 ///   query i attends to 0 .. ctx-n+i                (causal, inclusive)
+///   with a sliding window W:  ctx-n+i-W+1 .. ctx-n+i (from 0)
 /// </code>
 /// One group handles one tile of <c>QueryTile</c> query tokens of one sequence and one KV head; its rows are the
 /// <c>QueryTile * kvMul</c> (token, query head) pairs, so each K/V element is read once per query tile.
@@ -75,6 +76,7 @@ public static class PagedPrefillAttentionKernels
         int firstPos = ctx - n;        // absolute position of local query 0
         int lastLocal = XMath.Min(firstLocal + p.QueryTile, n) - 1;
         int keyEnd = firstPos + lastLocal + 1;
+        int keyStart = p.FirstVisible(firstPos + firstLocal);   // the first key any row of the tile sees
 
         var shared = SharedMemory.GetDynamic<float>();
         var sQ = shared.SubView(0, rowsHd);                            // [rows, headDim]
@@ -103,7 +105,7 @@ public static class PagedPrefillAttentionKernels
         long tableRow = (long)seq * p.MaxBlocksPerSeq;
         int rowStride = p.KvHeadCount * hd;
         TConv conv = default;
-        for (int tileStart = 0; tileStart < keyEnd; tileStart += groupSize)
+        for (int tileStart = keyStart; tileStart < keyEnd; tileStart += groupSize)
         {
             // 1. scores: thread t owns key tileStart + t against every row (K read once per query tile).
             int j = tileStart + t;
@@ -121,7 +123,8 @@ public static class PagedPrefillAttentionKernels
             for (int r = 0; r < rows; r++)
             {
                 int local = firstLocal + r / kvMul;
-                bool visible = j < keyEnd && local < n && j <= firstPos + local;   // causal mask
+                // causal mask, and the window's lower edge
+                bool visible = j < keyEnd && local < n && j <= firstPos + local && j >= p.FirstVisible(firstPos + local);
                 sS[r * groupSize + t] = visible ? sS[r * groupSize + t] * p.Scale : float.NegativeInfinity;
             }
             Group.Barrier();

@@ -14,8 +14,9 @@ public static class ReferenceAttention
     /// <param name="blockTables">Block tables, <c>[seqCount, maxBlocksPerSeq]</c>.</param>
     /// <param name="contextLens">Context length per sequence, <c>[seqCount]</c>.</param>
     /// <param name="output">Output, <c>[seqCount, heads, headDim]</c>.</param>
+    /// <param name="slidingWindow">A window W: the query at position p sees p − W + 1 … p only; 0 for none.</param>
     public static void Decode(AttentionShape shape, ReadOnlySpan<float> q, ReadOnlySpan<float> kCache, ReadOnlySpan<float> vCache,
-        ReadOnlySpan<int> blockTables, ReadOnlySpan<int> contextLens, Span<float> output)
+        ReadOnlySpan<int> blockTables, ReadOnlySpan<int> contextLens, Span<float> output, int slidingWindow = 0)
     {
         ArgumentNullException.ThrowIfNull(shape);
         for (int s = 0; s < contextLens.Length; s++)
@@ -26,7 +27,7 @@ public static class ReferenceAttention
                 int row = s * shape.HeadCount + h;
                 AttendOne(shape, q.Slice(row * shape.HeadDim, shape.HeadDim), kCache, vCache,
                     blockTables.Slice(s * shape.MaxBlocksPerSeq, shape.MaxBlocksPerSeq), h, ctx,
-                    output.Slice(row * shape.HeadDim, shape.HeadDim));
+                    output.Slice(row * shape.HeadDim, shape.HeadDim), slidingWindow);
             }
         }
     }
@@ -41,8 +42,10 @@ public static class ReferenceAttention
     /// <param name="querySeqStarts">First query token of each sequence plus the total, <c>[seqCount + 1]</c>.</param>
     /// <param name="contextLens">Context length per sequence after the chunk, <c>[seqCount]</c>.</param>
     /// <param name="output">Output, <c>[tokenCount, heads, headDim]</c>.</param>
+    /// <param name="slidingWindow">A window W: the query at position p sees p − W + 1 … p only; 0 for none.</param>
     public static void Prefill(AttentionShape shape, ReadOnlySpan<float> q, ReadOnlySpan<float> kCache, ReadOnlySpan<float> vCache,
-        ReadOnlySpan<int> blockTables, ReadOnlySpan<int> querySeqStarts, ReadOnlySpan<int> contextLens, Span<float> output)
+        ReadOnlySpan<int> blockTables, ReadOnlySpan<int> querySeqStarts, ReadOnlySpan<int> contextLens, Span<float> output,
+        int slidingWindow = 0)
     {
         ArgumentNullException.ThrowIfNull(shape);
         for (int s = 0; s < contextLens.Length; s++)
@@ -57,20 +60,21 @@ public static class ReferenceAttention
                     int row = token * shape.HeadCount + h;
                     AttendOne(shape, q.Slice(row * shape.HeadDim, shape.HeadDim), kCache, vCache,
                         blockTables.Slice(s * shape.MaxBlocksPerSeq, shape.MaxBlocksPerSeq), h, position + 1,
-                        output.Slice(row * shape.HeadDim, shape.HeadDim));
+                        output.Slice(row * shape.HeadDim, shape.HeadDim), slidingWindow);
                 }
             }
         }
     }
 
     private static void AttendOne(AttentionShape shape, ReadOnlySpan<float> query, ReadOnlySpan<float> kCache,
-        ReadOnlySpan<float> vCache, ReadOnlySpan<int> blockTable, int head, int length, Span<float> output)
+        ReadOnlySpan<float> vCache, ReadOnlySpan<int> blockTable, int head, int length, Span<float> output, int slidingWindow)
     {
         int hd = shape.HeadDim;
         int kvHead = head / shape.KvMul;
+        int first = slidingWindow > 0 ? Math.Max(0, length - slidingWindow) : 0;   // positions before the window are never read
         var scores = new float[length];
         float max = float.NegativeInfinity;
-        for (int j = 0; j < length; j++)
+        for (int j = first; j < length; j++)
         {
             var k = kCache.Slice(RowOffset(shape, blockTable, j, kvHead), hd);
             float dot = 0f;
@@ -79,13 +83,13 @@ public static class ReferenceAttention
             max = MathF.Max(max, scores[j]);
         }
         float sum = 0f;
-        for (int j = 0; j < length; j++)
+        for (int j = first; j < length; j++)
         {
             scores[j] = MathF.Exp(scores[j] - max);
             sum += scores[j];
         }
         output.Clear();
-        for (int j = 0; j < length; j++)
+        for (int j = first; j < length; j++)
         {
             var v = vCache.Slice(RowOffset(shape, blockTable, j, kvHead), hd);
             float w = scores[j] / sum;

@@ -62,6 +62,22 @@ internal sealed class PagedAttentionCase
         };
     }
 
+    /// <summary>Sets the K and V rows of positions 0 … <paramref name="end"/> − 1 of sequence <paramref name="seq"/> to NaN (after the reference ran).</summary>
+    public void PoisonBefore(int seq, int end)
+    {
+        var s = Shape;
+        int rowLength = s.KvHeadCount * s.HeadDim;
+        for (int p = 0; p < end; p++)
+        {
+            int at = (BlockTables[seq * s.MaxBlocksPerSeq + p / s.BlockSize] * s.BlockSize + p % s.BlockSize) * rowLength;
+            for (int e = at; e < at + rowLength; e++)
+            {
+                K[e] = V[e] = float.NaN;
+                KHalf[e] = VHalf[e] = Half.NaN;
+            }
+        }
+    }
+
     /// <summary>Uniform in [-1, 1) and never exactly zero.</summary>
     public static float[] Random(Random rng, int count, float scale = 1f)
     {

@@ -32,14 +32,38 @@ public class PagedAttentionKernelTests
         new object[] { 8, 2, 64, 16, KvStorage.F16, new[] { 130 }, new[] { 66 } },
     ];
 
+    // heads, kvHeads, headDim, blockSize, storage, partitionSize, contexts, window
+    private static readonly object[] WindowedDecodeCases =
+    [
+        new object[] { 8, 8, 64, 16, KvStorage.F32, 64, new[] { 1, 15, 16, 17, 130 }, 1 },
+        new object[] { 8, 2, 128, 8, KvStorage.F16, 64, new[] { 1, 8, 9, 100 }, 9 },
+        new object[] { 8, 1, 64, 32, KvStorage.F32, 256, new[] { 31, 32, 33, 1000 }, 300 },
+        new object[] { 8, 2, 64, 16, KvStorage.F16, 128, new[] { 1029, 5 }, 129 },
+    ];
+
+    // heads, kvHeads, headDim, blockSize, storage, contexts, chunk lengths, window
+    private static readonly object[] WindowedPrefillCases =
+    [
+        new object[] { 8, 8, 64, 16, KvStorage.F32, new[] { 20, 37 }, new[] { 20, 5 }, 1 },
+        new object[] { 8, 2, 128, 8, KvStorage.F16, new[] { 9, 70 }, new[] { 9, 33 }, 17 },
+        new object[] { 8, 1, 64, 32, KvStorage.F32, new[] { 1, 1000 }, new[] { 1, 100 }, 64 },
+        new object[] { 8, 2, 64, 16, KvStorage.F16, new[] { 130 }, new[] { 66 }, 100 },
+    ];
+
     [TestCaseSource(nameof(DecodeCases))]
-    public void DecodeMatchesReference(int heads, int kvHeads, int headDim, int blockSize, KvStorage storage, int partitionSize, int[] contexts)
+    public void DecodeMatchesReference(int heads, int kvHeads, int headDim, int blockSize, KvStorage storage, int partitionSize, int[] contexts) =>
+        DecodeMatchesReference(heads, kvHeads, headDim, blockSize, storage, partitionSize, contexts, 0);
+
+    [TestCaseSource(nameof(WindowedDecodeCases))]
+    public void DecodeMatchesReference(int heads, int kvHeads, int headDim, int blockSize, KvStorage storage, int partitionSize, int[] contexts, int window)
     {
         var c = PagedAttentionCase.Create(heads, kvHeads, headDim, blockSize, contexts, storage, seed: heads * 7 + kvHeads + headDim + blockSize);
         var s = c.Shape;
         var q = PagedAttentionCase.Random(new Random(11), c.SeqCount * s.HeadCount * s.HeadDim);
         var expected = new float[q.Length];
-        ReferenceAttention.Decode(s, q, c.K, c.V, c.BlockTables, c.ContextLens, expected);
+        ReferenceAttention.Decode(s, q, c.K, c.V, c.BlockTables, c.ContextLens, expected, window);
+        // Rows before each window become NaN: a kernel that reads one puts a NaN in the output.
+        for (int seq = 0; seq < c.SeqCount; seq++) c.PoisonBefore(seq, window > 0 ? Math.Max(0, c.ContextLens[seq] - window) : 0);
 
         var acc = KernelTestAccelerator.Cpu;
         using var qBuf = acc.Allocate1D(q);
@@ -51,21 +75,25 @@ public class PagedAttentionKernelTests
             using var k = acc.Allocate1D(c.K);
             using var v = acc.Allocate1D(c.V);
             using var kernel = new PagedDecodeAttention<float, F32Element>(acc, s, partitionSize);
-            kernel.Run(qBuf.View, k.View, v.View, tables.View, lens.View, c.SeqCount, c.MaxContext, outBuf.View);
+            kernel.Run(qBuf.View, k.View, v.View, tables.View, lens.View, c.SeqCount, c.MaxContext, outBuf.View, window);
         }
         else
         {
             using var k = acc.Allocate1D(ToIlgpuHalf(c.KHalf));
             using var v = acc.Allocate1D(ToIlgpuHalf(c.VHalf));
             using var kernel = new PagedDecodeAttention<ILGPU.Half, F16Element>(acc, s, partitionSize);
-            kernel.Run(qBuf.View, k.View, v.View, tables.View, lens.View, c.SeqCount, c.MaxContext, outBuf.View);
+            kernel.Run(qBuf.View, k.View, v.View, tables.View, lens.View, c.SeqCount, c.MaxContext, outBuf.View, window);
         }
         acc.Synchronize();
         PagedAttentionCase.AssertClose(expected, outBuf.GetAsArray1D(), 2e-5f, 1e-4f, "decode");
     }
 
     [TestCaseSource(nameof(PrefillCases))]
-    public void PrefillMatchesReference(int heads, int kvHeads, int headDim, int blockSize, KvStorage storage, int[] contexts, int[] chunks)
+    public void PrefillMatchesReference(int heads, int kvHeads, int headDim, int blockSize, KvStorage storage, int[] contexts, int[] chunks) =>
+        PrefillMatchesReference(heads, kvHeads, headDim, blockSize, storage, contexts, chunks, 0);
+
+    [TestCaseSource(nameof(WindowedPrefillCases))]
+    public void PrefillMatchesReference(int heads, int kvHeads, int headDim, int blockSize, KvStorage storage, int[] contexts, int[] chunks, int window)
     {
         var c = PagedAttentionCase.Create(heads, kvHeads, headDim, blockSize, contexts, storage, seed: heads * 5 + kvHeads + headDim + blockSize);
         var s = c.Shape;
@@ -73,7 +101,9 @@ public class PagedAttentionKernelTests
         for (int i = 0; i < chunks.Length; i++) starts[i + 1] = starts[i] + chunks[i];
         var q = PagedAttentionCase.Random(new Random(13), starts[^1] * s.HeadCount * s.HeadDim);
         var expected = new float[q.Length];
-        ReferenceAttention.Prefill(s, q, c.K, c.V, c.BlockTables, starts, c.ContextLens, expected);
+        ReferenceAttention.Prefill(s, q, c.K, c.V, c.BlockTables, starts, c.ContextLens, expected, window);
+        for (int seq = 0; seq < c.SeqCount; seq++)
+            c.PoisonBefore(seq, window > 0 ? Math.Max(0, c.ContextLens[seq] - chunks[seq] + 1 - window) : 0);
 
         var acc = KernelTestAccelerator.Cpu;
         using var qBuf = acc.Allocate1D(q);
@@ -86,14 +116,14 @@ public class PagedAttentionKernelTests
             using var k = acc.Allocate1D(c.K);
             using var v = acc.Allocate1D(c.V);
             new PagedPrefillAttention<float, F32Element>(acc, s)
-                .Run(qBuf.View, k.View, v.View, tables.View, startBuf.View, lens.View, c.SeqCount, chunks.Max(), outBuf.View);
+                .Run(qBuf.View, k.View, v.View, tables.View, startBuf.View, lens.View, c.SeqCount, chunks.Max(), outBuf.View, window);
         }
         else
         {
             using var k = acc.Allocate1D(ToIlgpuHalf(c.KHalf));
             using var v = acc.Allocate1D(ToIlgpuHalf(c.VHalf));
             new PagedPrefillAttention<ILGPU.Half, F16Element>(acc, s)
-                .Run(qBuf.View, k.View, v.View, tables.View, startBuf.View, lens.View, c.SeqCount, chunks.Max(), outBuf.View);
+                .Run(qBuf.View, k.View, v.View, tables.View, startBuf.View, lens.View, c.SeqCount, chunks.Max(), outBuf.View, window);
         }
         acc.Synchronize();
         PagedAttentionCase.AssertClose(expected, outBuf.GetAsArray1D(), 2e-5f, 1e-4f, "prefill");

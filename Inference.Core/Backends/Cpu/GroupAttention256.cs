@@ -25,12 +25,13 @@ internal static unsafe class GroupAttention256
 
     /// <summary>
     /// Scaled scores of <paramref name="kvMul"/> query heads (queries <paramref name="q"/>, [kvMul, headDim]) into
-    /// <paramref name="scores"/>, [kvMul, contextLength], from one layer's keys <paramref name="cache"/>, [blocks,
-    /// blockSize, kvHeads, headDim], where the KV head's part of a position starts <paramref name="rows"/> = g·headDim in.
+    /// <paramref name="scores"/>, [kvMul, count] for the positions <paramref name="first"/> … first + count − 1, from one
+    /// layer's keys <paramref name="cache"/>, [blocks, blockSize, kvHeads, headDim], where the KV head's part of a position
+    /// starts <paramref name="rows"/> = g·headDim in. <paramref name="prefetched"/>: the end of the positions to prefetch (0: none).
     /// <paramref name="queryBuffer"/> (room for <paramref name="queryBufferFloats"/>) may take the queries times 2^112.
     /// </summary>
     public static void Scores<T>(float* q, int kvMul, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
-        int contextLength, float* scores, float scale, float* queryBuffer, int queryBufferFloats, int prefetched) where T : unmanaged
+        int first, int count, float* scores, float scale, float* queryBuffer, int queryBufferFloats, int prefetched) where T : unmanaged
     {
         int n = kvMul * headDim;
         // NOTE: as in Values, f16 keys are used without their 2^112 re-bias when the queries can carry it instead:
@@ -39,60 +40,60 @@ internal static unsafe class GroupAttention256
             && float.Abs(System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(new ReadOnlySpan<float>(q, n))) < 65536f)
         {
             System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(q, n), Rebias112, new Span<float>(queryBuffer, n));
-            Scores<T, Unscaled>(queryBuffer, kvMul, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores, scale, prefetched);
+            Scores<T, Unscaled>(queryBuffer, kvMul, headDim, cache, table, blockSize, kvStride, rows, first, count, scores, scale, prefetched);
         }
-        else Scores<T, Rebiased>(q, kvMul, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores, scale, prefetched);
+        else Scores<T, Rebiased>(q, kvMul, headDim, cache, table, blockSize, kvStride, rows, first, count, scores, scale, prefetched);
     }
 
     private static void Scores<T, TLoad>(float* q, int kvMul, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
-        int contextLength, float* scores, float scale, int prefetched) where T : unmanaged where TLoad : IRowLoad
+        int first, int count, float* scores, float scale, int prefetched) where T : unmanaged where TLoad : IRowLoad
     {
         // NOTE: only the first tile of heads asks for the rows (prefetched positions); the others find them in the cache.
         int m = 0;
         for (; m + 4 <= kvMul; m += 4, prefetched = 0)
-            Scores<T, Tile4, TLoad>(q + m * headDim, headDim, cache, table, blockSize, kvStride, rows, contextLength, scores + (long)m * contextLength, scale, prefetched);
-        float* qm = q + m * headDim, sm = scores + (long)m * contextLength;
+            Scores<T, Tile4, TLoad>(q + m * headDim, headDim, cache, table, blockSize, kvStride, rows, first, count, scores + (long)m * count, scale, prefetched);
+        float* qm = q + m * headDim, sm = scores + (long)m * count;
         switch (kvMul - m)
         {
-            case 1: Scores<T, Tile1, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale, prefetched); break;
-            case 2: Scores<T, Tile2, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale, prefetched); break;
-            case 3: Scores<T, Tile3, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, contextLength, sm, scale, prefetched); break;
+            case 1: Scores<T, Tile1, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, first, count, sm, scale, prefetched); break;
+            case 2: Scores<T, Tile2, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, first, count, sm, scale, prefetched); break;
+            case 3: Scores<T, Tile3, TLoad>(qm, headDim, cache, table, blockSize, kvStride, rows, first, count, sm, scale, prefetched); break;
         }
     }
 
-    /// <summary>output[m] = Σ_j weights[m, j]·v_j for <paramref name="kvMul"/> heads; <paramref name="output"/> is [kvMul, headDim].</summary>
+    /// <summary>output[m] = Σ_j weights[m, j]·v_(first + j), j &lt; count, for <paramref name="kvMul"/> heads; <paramref name="output"/> is [kvMul, headDim].</summary>
     public static void Values<T>(float* weights, int kvMul, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
-        int contextLength, float* output, int prefetched) where T : unmanaged
+        int first, int count, float* output, int prefetched) where T : unmanaged
     {
         // NOTE: f16 rows are used as widened but not re-biased (Load16Unscaled) and the weights carry the 2^112 instead:
         // v'·(w·2^112) is v·w exactly (a power of two moves no bits; w ≤ 1 cannot overflow), so the sums are the same bits
         // with two multiplies fewer per sixteen values.
         if (typeof(T) == typeof(Half))
-            System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(weights, kvMul * contextLength),
-                Rebias112, new Span<float>(weights, kvMul * contextLength));
+            System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(weights, kvMul * count),
+                Rebias112, new Span<float>(weights, kvMul * count));
         int m = 0;
         for (; m + 4 <= kvMul; m += 4, prefetched = 0)
-            Values<T, Tile4>(weights + (long)m * contextLength, headDim, cache, table, blockSize, kvStride, rows, contextLength, output + m * headDim, prefetched);
-        float* wm = weights + (long)m * contextLength, om = output + m * headDim;
+            Values<T, Tile4>(weights + (long)m * count, headDim, cache, table, blockSize, kvStride, rows, first, count, output + m * headDim, prefetched);
+        float* wm = weights + (long)m * count, om = output + m * headDim;
         switch (kvMul - m)
         {
-            case 1: Values<T, Tile1>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om, prefetched); break;
-            case 2: Values<T, Tile2>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om, prefetched); break;
-            case 3: Values<T, Tile3>(wm, headDim, cache, table, blockSize, kvStride, rows, contextLength, om, prefetched); break;
+            case 1: Values<T, Tile1>(wm, headDim, cache, table, blockSize, kvStride, rows, first, count, om, prefetched); break;
+            case 2: Values<T, Tile2>(wm, headDim, cache, table, blockSize, kvStride, rows, first, count, om, prefetched); break;
+            case 3: Values<T, Tile3>(wm, headDim, cache, table, blockSize, kvStride, rows, first, count, om, prefetched); break;
         }
     }
 
     private static void Scores<T, THeads, TLoad>(float* q, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
-        int contextLength, float* scores, float scale, int prefetched) where T : unmanaged where THeads : IBatchTile where TLoad : IRowLoad
+        int first, int count, float* scores, float scale, int prefetched) where T : unmanaged where THeads : IBatchTile where TLoad : IRowLoad
     {
         var scale8 = Vector256.Create(scale);
         // NOTE: two positions at a time: eight independent accumulators and one reduction for both. A lone position
         // was bound by its chain of dependent steps, not by the vector units.
-        var next = new KvRowCursor<T>(cache, table, blockSize, kvStride, rows, prefetched, headDim * sizeof(T));
-        for (int j = 0; j < contextLength; j += 2)
+        var next = new KvRowCursor<T>(cache, table, blockSize, kvStride, rows, first, prefetched, headDim * sizeof(T));
+        for (int j = 0; j < count; j += 2)
         {
             T* rowA = next.Advance();
-            T* rowB = j + 1 < contextLength ? next.Advance() : rowA;
+            T* rowB = j + 1 < count ? next.Advance() : rowA;
             Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
             Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
             for (int c = 0; c < headDim; c += 16)
@@ -129,25 +130,25 @@ internal static unsafe class GroupAttention256
             var ha = Avx.HorizontalAdd(Avx.HorizontalAdd(a0, a1), Avx.HorizontalAdd(a2, a3));
             var hb = Avx.HorizontalAdd(Avx.HorizontalAdd(b0, b1), Avx.HorizontalAdd(b2, b3));
             var s = (Avx.Permute2x128(ha, hb, 0x20) + Avx.Permute2x128(ha, hb, 0x31)) * scale8;
-            for (int m = 0; m < THeads.Count; m++) scores[(long)m * contextLength + j] = s.GetElement(m);
-            if (j + 1 < contextLength)
-                for (int m = 0; m < THeads.Count; m++) scores[(long)m * contextLength + j + 1] = s.GetElement(4 + m);
+            for (int m = 0; m < THeads.Count; m++) scores[(long)m * count + j] = s.GetElement(m);
+            if (j + 1 < count)
+                for (int m = 0; m < THeads.Count; m++) scores[(long)m * count + j + 1] = s.GetElement(4 + m);
         }
     }
 
     private static void Values<T, THeads>(float* weights, int headDim, T* cache, int* table, int blockSize, int kvStride, long rows,
-        int contextLength, float* output, int prefetched) where T : unmanaged where THeads : IBatchTile
+        int first, int count, float* output, int prefetched) where T : unmanaged where THeads : IBatchTile
     {
-        float* w1 = weights + contextLength, w2 = w1 + contextLength, w3 = w2 + contextLength;
+        float* w1 = weights + count, w2 = w1 + count, w3 = w2 + count;
         for (int c = 0; c < headDim; c += 16)
         {
             Vector256<float> l0 = default, l1 = default, l2 = default, l3 = default;
             Vector256<float> h0 = default, h1 = default, h2 = default, h3 = default;
             // NOTE: the first pass over the positions asks for whole rows; the later passes find them in the cache.
             var next = c == 0
-                ? new KvRowCursor<T>(cache, table, blockSize, kvStride, rows, prefetched, headDim * sizeof(T))
-                : new KvRowCursor<T>(cache, table, blockSize, kvStride, rows + c);
-            for (int j = 0; j < contextLength; j++)
+                ? new KvRowCursor<T>(cache, table, blockSize, kvStride, rows, first, prefetched, headDim * sizeof(T))
+                : new KvRowCursor<T>(cache, table, blockSize, kvStride, rows + c, first);
+            for (int j = 0; j < count; j++)
             {
                 Load16Unscaled(next.Advance(), out var v0, out var v1);
                 var s0 = Vector256.Create(weights[j]);

@@ -30,38 +30,46 @@ internal unsafe struct KvRowCursor<T> where T : unmanaged
     private int _block, _left;
     private T* _row, _ahead;
 
-    /// <summary>A cursor at position 0; rows start <paramref name="rows"/> elements into each position's
-    /// <paramref name="kvStride"/> elements.</summary>
+    /// <summary>A cursor at position <paramref name="first"/>; rows start <paramref name="rows"/> elements into each
+    /// position's <paramref name="kvStride"/> elements.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public KvRowCursor(T* cache, int* table, int blockSize, int kvStride, long rows)
-        : this(cache, table, blockSize, kvStride, rows, 0, 0)
+    public KvRowCursor(T* cache, int* table, int blockSize, int kvStride, long rows, int first)
+        : this(cache, table, blockSize, kvStride, rows, first, 0, 0)
     {
     }
 
     /// <summary>
-    /// A cursor at position 0 that also asks for the <paramref name="prefetchBytes"/> bytes of each row of the first
-    /// <paramref name="positions"/> positions, a row per read about <see cref="PrefetchPositions"/> positions ahead of it
-    /// (none when <paramref name="prefetchBytes"/> or <paramref name="positions"/> is 0).
+    /// A cursor at position <paramref name="first"/> that also asks for the <paramref name="prefetchBytes"/> bytes of
+    /// each row of the positions before <paramref name="positions"/>, a row per read about <see cref="PrefetchPositions"/>
+    /// positions ahead of it (none when <paramref name="prefetchBytes"/> or <paramref name="positions"/> is 0).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public KvRowCursor(T* cache, int* table, int blockSize, int kvStride, long rows, int positions, int prefetchBytes)
+    public KvRowCursor(T* cache, int* table, int blockSize, int kvStride, long rows, int first, int positions, int prefetchBytes)
     {
         _cache = cache;
         _table = table;
         _blockSize = blockSize;
         _kvStride = kvStride;
         _rows = rows;
-        _block = -1;
-        _prefetchBytes = Sse.IsSupported && positions > 0 ? prefetchBytes : 0;
+        // NOTE: a window that starts inside a block enters that block part-way: the first Advance then needs no table read.
+        int skip = first % blockSize;
+        _block = first / blockSize - (skip == 0 ? 1 : 0);
+        if (skip != 0)
+        {
+            _left = blockSize - skip;
+            _row = RowOf(_block) + (long)skip * kvStride;
+        }
+        _prefetchBytes = Sse.IsSupported && positions > first ? prefetchBytes : 0;
         if (_prefetchBytes == 0) return;
         _blocksAhead = (PrefetchPositions + blockSize - 1) / blockSize;
         _lastBlock = (positions - 1) / blockSize;
         // The first blocks at once: they are read right away.
-        for (int b = 0; b < _blocksAhead && b <= _lastBlock; b++)
+        for (int b = first / blockSize; b < first / blockSize + _blocksAhead && b <= _lastBlock; b++)
         {
             T* row = RowOf(b);
             for (int r = 0; r < blockSize; r++, row += kvStride) Prefetch((byte*)row, _prefetchBytes);
         }
+        if (skip != 0) _ahead = (_block + _blocksAhead <= _lastBlock ? RowOf(_block + _blocksAhead) : RowOf(_block)) + (long)skip * kvStride;
     }
 
     /// <summary>The row of the next position.</summary>

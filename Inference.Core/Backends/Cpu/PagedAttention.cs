@@ -14,7 +14,9 @@ namespace Inference.Backends.Cpu;
 /// <para>
 /// Effectively computes what <see cref="PagedAttentionReference.Forward"/> computes over the gathered cache:
 /// out[i, h] = Σ_{j ≤ start+i} softmax_j(q[i, h] · k[j, h / kvMul] / √headDim) · v[j, h / kvMul], in float with a
-/// two-pass softmax (max subtracted), so it agrees with the reference to about 1e-6 relative.
+/// two-pass softmax (max subtracted), so it agrees with the reference to about 1e-6 relative. With a
+/// <see cref="PagedAttentionShape.SlidingWindow"/> W the sums start at j = start + i − W + 1 (at least 0): positions
+/// before it are never read, so their blocks may already be freed.
 /// </para>
 /// <para>
 /// The keys and values of the n new tokens must already be written to the cache (positions up to start+n−1).
@@ -168,8 +170,8 @@ public static class PagedAttention
         /// not change: a token decoded alone gets what it got in a prefill.</remarks>
         private bool TryAttendWidened(int first, int last, int g, ReadOnlySpan<float> q, Span<float> o, Span<float> scratch)
         {
-            int headDim = shape.HeadDim, context = startPosition + last + 1;
-            if (typeof(T) == typeof(float) || last == first || 2L * context * headDim > WidenedFloats) return false;
+            int headDim = shape.HeadDim, rowCount = startPosition + last + 1 - shape.FirstVisible(startPosition + first + 1);
+            if (typeof(T) == typeof(float) || last == first || 2L * rowCount * headDim > WidenedFloats) return false;
             if (Width512.IsSupported(headDim)) AttendWidened<Width512>(first, last, g, q, o, scratch);
             else if (Width256.IsSupported(headDim)) AttendWidened<Width256>(first, last, g, q, o, scratch);
             else return false;
@@ -179,28 +181,30 @@ public static class PagedAttention
         private void AttendWidened<TWidth>(int first, int last, int g, ReadOnlySpan<float> q, Span<float> o, Span<float> scratch)
             where TWidth : IAttentionWidth
         {
-            int headDim = shape.HeadDim, kvMul = shape.KvMul, context = startPosition + last + 1;
+            int headDim = shape.HeadDim, kvMul = shape.KvMul;
+            // Rows from the first position the first token sees (0 without a window) to the last token's own.
+            int from = shape.FirstVisible(startPosition + first + 1), rowCount = startPosition + last + 1 - from;
             var widened = t_widened ??= GC.AllocateUninitializedArray<float>(WidenedFloats + 16, pinned: true);
             fixed (float* pinned = widened)
             {
-                float* wk = (float*)(((nuint)pinned + 63) & ~(nuint)63), wv = wk + (long)context * headDim;
-                var nextKey = new KvRowCursor<T>(keys, blockTable, shape.BlockSize, shape.KvStride, (long)g * headDim);
-                var nextValue = new KvRowCursor<T>(values, blockTable, shape.BlockSize, shape.KvStride, (long)g * headDim);
-                for (int j = 0; j < context; j++)
+                float* wk = (float*)(((nuint)pinned + 63) & ~(nuint)63), wv = wk + (long)rowCount * headDim;
+                var nextKey = new KvRowCursor<T>(keys, blockTable, shape.BlockSize, shape.KvStride, (long)g * headDim, from);
+                var nextValue = new KvRowCursor<T>(values, blockTable, shape.BlockSize, shape.KvStride, (long)g * headDim, from);
+                for (int j = 0; j < rowCount; j++)
                 {
                     TWidth.Widen(nextKey.Advance(), headDim, wk + (long)j * headDim);
                     TWidth.Widen(nextValue.Advance(), headDim, wv + (long)j * headDim);
                 }
-                // The widened rows as a one-head cache of one block: position j at row j.
-                var rowShape = new PagedAttentionShape(kvMul, 1, headDim, context);
-                var wkSpan = new ReadOnlySpan<float>(wk, context * headDim);
-                var wvSpan = new ReadOnlySpan<float>(wv, context * headDim);
+                // The widened rows as a one-head cache of one block: position from + j at row j (the same window).
+                var rowShape = new PagedAttentionShape(kvMul, 1, headDim, rowCount) { SlidingWindow = shape.SlidingWindow };
+                var wkSpan = new ReadOnlySpan<float>(wk, rowCount * headDim);
+                var wvSpan = new ReadOnlySpan<float>(wv, rowCount * headDim);
                 ReadOnlySpan<int> oneBlock = [0];
                 for (int i = first; i <= last; i++)
                 {
                     int at = (i * shape.HeadCount + g * kvMul) * headDim;
                     AttendGroupVector<float, TWidth>(rowShape, q.Slice(at, kvMul * headDim), wkSpan, wvSpan, oneBlock,
-                        startPosition + i + 1, 0, o.Slice(at, kvMul * headDim), scratch, prefetch: false);
+                        startPosition + i + 1 - from, 0, o.Slice(at, kvMul * headDim), scratch, prefetch: false);
                 }
             }
         }
@@ -239,7 +243,8 @@ public static class PagedAttention
         if (keyCache.Length % blockElements != 0 || valueCache.Length != keyCache.Length)
             throw new ArgumentException("keyCache and valueCache must be [blockCount, blockSize, kvHeads, headDim].", nameof(keyCache));
         int blockCount = keyCache.Length / blockElements;
-        for (int b = 0; b < (contextLength + shape.BlockSize - 1) / shape.BlockSize; b++)
+        // NOTE: blocks wholly before the first query's window are never read (they may have been freed already).
+        for (int b = shape.FirstVisible(startPosition + 1) / shape.BlockSize; b < (contextLength + shape.BlockSize - 1) / shape.BlockSize; b++)
             if ((uint)blockTable[b] >= (uint)blockCount)
                 throw new ArgumentException($"Block table entry {b} = {blockTable[b]} is outside the cache ({blockCount} blocks).", nameof(blockTable));
         return contextLength;
@@ -247,7 +252,8 @@ public static class PagedAttention
     }
 
     /// <summary>
-    /// Query token i, the kvMul query heads of KV head g, over positions [0, contextLength); with prefetch, the cache rows
+    /// Query token i, the kvMul query heads of KV head g, over positions [first, contextLength) (first from the shape's
+    /// window, else 0); with prefetch, the cache rows
     /// are asked for ahead of the reads (<see cref="KvRowCursor{T}"/>): for a decode token, whose rows come from memory.
     /// In a prefill chunk the same rows serve every token and stay in the cache, and the requests would only cost time.
     /// </summary>
@@ -279,30 +285,31 @@ public static class PagedAttention
             AttendGroupVector<T, Width256>(shape, groupQuery, keyCache, valueCache, blockTable, contextLength, g, groupOut, scratch, prefetch);
             return;
         }
-        var scores = scratch[..(kvMul * contextLength)];                      // [kvMul, contextLength]
-        var row = scratch.Slice(kvMul * contextLength, 8 * headDim);          // up to eight widened key or value rows
+        int first = shape.FirstVisible(contextLength), n = contextLength - first;
+        var scores = scratch[..(kvMul * n)];                                  // [kvMul, n]: positions first..contextLength−1
+        var row = scratch.Slice(kvMul * n, 8 * headDim);                      // up to eight widened key or value rows
 
-        // Pass 1: scores = q · k for every position, block by block.
-        for (int j = 0; j < contextLength; j++)
+        // Pass 1: scores = q · k for every visible position, block by block.
+        for (int j = first; j < contextLength; j++)
         {
             int offset = (blockTable[j / bs] * bs + j % bs) * kvStride + g * headDim;
             var k = Row(keyCache, offset, headDim, row);
             for (int m = 0; m < kvMul; m++)
-                scores[m * contextLength + j] = TensorPrimitives.Dot(groupQuery.Slice(m * headDim, headDim), k);
+                scores[m * n + j - first] = TensorPrimitives.Dot(groupQuery.Slice(m * headDim, headDim), k);
         }
 
-        Softmax(scores, kvMul, contextLength, scale);
+        Softmax(scores, kvMul, n, scale);
 
         // Pass 2: out = Σ_j w_j · v_j.
         groupOut.Clear();
-        for (int j = 0; j < contextLength; j++)
+        for (int j = first; j < contextLength; j++)
         {
             int offset = (blockTable[j / bs] * bs + j % bs) * kvStride + g * headDim;
             var v = Row(valueCache, offset, headDim, row);
             for (int m = 0; m < kvMul; m++)
             {
                 var o = groupOut.Slice(m * headDim, headDim);
-                TensorPrimitives.MultiplyAdd(v, scores[m * contextLength + j], o, o);
+                TensorPrimitives.MultiplyAdd(v, scores[m * n + j - first], o, o);
             }
         }
     }
@@ -329,6 +336,8 @@ public static class PagedAttention
     {
         int headDim = shape.HeadDim, kvMul = shape.KvMul, bs = shape.BlockSize, kvStride = shape.KvStride;
         float scale = 1f / MathF.Sqrt(headDim);
+        // The visible positions first..contextLength−1, n of them; scores [kvMul, n].
+        int first = shape.FirstVisible(contextLength), n = contextLength - first;
         fixed (float* q = groupQuery)
         fixed (float* o = groupOut)
         fixed (float* pinned = scratch)
@@ -341,45 +350,45 @@ public static class PagedAttention
             // (split 512-bit loads and stores).
             float* buffer = (float*)(((nuint)pinned + 63) & ~(nuint)63);
             float* sc = buffer + 8 * headDim;
-            var scores = new Span<float>(sc, kvMul * contextLength);
+            var scores = new Span<float>(sc, kvMul * n);
             long rows = (long)g * headDim;
             int prefetched = prefetch ? contextLength : 0;
             if (GroupAttention256.IsSupported(headDim))
             {
                 // Rows widened in registers instead (the room of the eight rows holds the re-biased queries).
-                GroupAttention256.Scores(q, kvMul, headDim, keys, table, bs, kvStride, rows, contextLength, sc, scale, buffer, 8 * headDim, prefetched);
-                Softmax(scores, kvMul, contextLength, scale: 1f);
-                GroupAttention256.Values(sc, kvMul, headDim, values, table, bs, kvStride, rows, contextLength, o, prefetched);
+                GroupAttention256.Scores(q, kvMul, headDim, keys, table, bs, kvStride, rows, first, n, sc, scale, buffer, 8 * headDim, prefetched);
+                Softmax(scores, kvMul, n, scale: 1f);
+                GroupAttention256.Values(sc, kvMul, headDim, values, table, bs, kvStride, rows, first, n, o, prefetched);
                 return;
             }
             // Pass 1: scaled scores q · k / √headDim for every position, four positions at a time (each query chunk
             // loaded once for the four, the four sums reduced together). A position's score depends only on its place
             // in the context, so a token gets the same scores whether it is decoded alone or prefilled with others.
             var scale4 = Vector128.Create(scale);
-            var nextKey = new KvRowCursor<T>(keys, table, bs, kvStride, rows, prefetched, headDim * sizeof(T));
+            var nextKey = new KvRowCursor<T>(keys, table, bs, kvStride, rows, first, prefetched, headDim * sizeof(T));
             int j = 0;
-            for (; j + 4 <= contextLength; j += 4)
+            for (; j + 4 <= n; j += 4)
             {
                 float* k0 = TWidth.Widen(nextKey.Advance(), headDim, buffer);
                 float* k1 = TWidth.Widen(nextKey.Advance(), headDim, buffer + headDim);
                 float* k2 = TWidth.Widen(nextKey.Advance(), headDim, buffer + 2 * headDim);
                 float* k3 = TWidth.Widen(nextKey.Advance(), headDim, buffer + 3 * headDim);
                 for (int m = 0; m < kvMul; m++)
-                    (TWidth.Dot4(q + m * headDim, k0, k1, k2, k3, headDim) * scale4).Store(sc + m * contextLength + j);
+                    (TWidth.Dot4(q + m * headDim, k0, k1, k2, k3, headDim) * scale4).Store(sc + m * n + j);
             }
-            for (; j < contextLength; j++)
+            for (; j < n; j++)
             {
                 float* k = TWidth.Widen(nextKey.Advance(), headDim, buffer);
-                for (int m = 0; m < kvMul; m++) sc[m * contextLength + j] = TWidth.Dot(q + m * headDim, k, headDim) * scale;
+                for (int m = 0; m < kvMul; m++) sc[m * n + j] = TWidth.Dot(q + m * headDim, k, headDim) * scale;
             }
 
-            Softmax(scores, kvMul, contextLength, scale: 1f);
+            Softmax(scores, kvMul, n, scale: 1f);
 
             // Pass 2: out = Σ_j w_j · v_j in position order, eight positions per load and store of the output.
             groupOut.Clear();
-            var nextValue = new KvRowCursor<T>(values, table, bs, kvStride, rows, prefetched, headDim * sizeof(T));
+            var nextValue = new KvRowCursor<T>(values, table, bs, kvStride, rows, first, prefetched, headDim * sizeof(T));
             j = 0;
-            for (; j + 8 <= contextLength; j += 8)
+            for (; j + 8 <= n; j += 8)
             {
                 float* v0 = TWidth.Widen(nextValue.Advance(), headDim, buffer);
                 float* v1 = TWidth.Widen(nextValue.Advance(), headDim, buffer + headDim);
@@ -390,12 +399,12 @@ public static class PagedAttention
                 float* v6 = TWidth.Widen(nextValue.Advance(), headDim, buffer + 6 * headDim);
                 float* v7 = TWidth.Widen(nextValue.Advance(), headDim, buffer + 7 * headDim);
                 for (int m = 0; m < kvMul; m++)
-                    TWidth.AddWeighted8(o + m * headDim, sc + m * contextLength + j, v0, v1, v2, v3, v4, v5, v6, v7, headDim);
+                    TWidth.AddWeighted8(o + m * headDim, sc + m * n + j, v0, v1, v2, v3, v4, v5, v6, v7, headDim);
             }
-            for (; j < contextLength; j++)
+            for (; j < n; j++)
             {
                 float* v = TWidth.Widen(nextValue.Advance(), headDim, buffer);
-                for (int m = 0; m < kvMul; m++) TWidth.AddWeighted(o + m * headDim, sc[m * contextLength + j], v, headDim);
+                for (int m = 0; m < kvMul; m++) TWidth.AddWeighted(o + m * headDim, sc[m * n + j], v, headDim);
             }
         }
     }

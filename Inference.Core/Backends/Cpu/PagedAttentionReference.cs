@@ -9,9 +9,10 @@ namespace Inference.Backends.Cpu;
 public static class PagedAttentionReference
 {
     /// <summary>
-    /// out[i, h] = Σ_{j ≤ start+i} softmax_j(q[i, h] · k[j, h / kvMul] / √headDim) · v[j, h / kvMul].
+    /// out[i, h] = Σ_{first ≤ j ≤ start+i} softmax_j(q[i, h] · k[j, h / kvMul] / √headDim) · v[j, h / kvMul], with
+    /// first = 0, or start + i − W + 1 (at least 0) for a <see cref="PagedAttentionShape.SlidingWindow"/> W.
     /// </summary>
-    /// <param name="shape">Heads and head size (<see cref="PagedAttentionShape.BlockSize"/> is not used).</param>
+    /// <param name="shape">Heads, head size and window (<see cref="PagedAttentionShape.BlockSize"/> is not used).</param>
     /// <param name="query">[tokenCount, heads, headDim]; token i sits at position <paramref name="startPosition"/> + i.</param>
     /// <param name="keys">[contextLength, kvHeads, headDim] with contextLength ≥ start + tokenCount.</param>
     /// <param name="values">[contextLength, kvHeads, headDim].</param>
@@ -37,12 +38,13 @@ public static class PagedAttentionReference
         for (int i = 0; i < tokenCount; i++)
         {
             int contextLength = startPosition + i + 1; // causal: position p sees 0..p
+            int first = shape.SlidingWindow > 0 ? Math.Max(0, contextLength - shape.SlidingWindow) : 0; // local: p − W + 1..p
             for (int h = 0; h < heads; h++)
             {
                 int g = h / kvMul;
                 int q = (i * heads + h) * headDim;
                 double max = double.NegativeInfinity;
-                for (int j = 0; j < contextLength; j++)
+                for (int j = first; j < contextLength; j++)
                 {
                     int k = (j * kvHeads + g) * headDim;
                     double dot = 0;
@@ -51,13 +53,13 @@ public static class PagedAttentionReference
                     max = Math.Max(max, scores[j]);
                 }
                 double sum = 0;
-                for (int j = 0; j < contextLength; j++)
+                for (int j = first; j < contextLength; j++)
                 {
                     scores[j] = Math.Exp(scores[j] - max);
                     sum += scores[j];
                 }
                 Array.Clear(acc);
-                for (int j = 0; j < contextLength; j++)
+                for (int j = first; j < contextLength; j++)
                 {
                     int v = (j * kvHeads + g) * headDim;
                     for (int d = 0; d < headDim; d++) acc[d] += scores[j] * values[v + d];

@@ -1,7 +1,7 @@
 namespace Inference.Backends.Cpu;
 
 /// <summary>
-/// Head layout and block size of a paged attention call. MHA, GQA and MQA are one case:
+/// Head layout, block size and attention window of a paged attention call. MHA, GQA and MQA are one case:
 /// kvMul = <see cref="HeadCount"/> / <see cref="KvHeadCount"/>, and query head h reads KV head h / kvMul.
 /// </summary>
 public readonly record struct PagedAttentionShape
@@ -36,6 +36,25 @@ public readonly record struct PagedAttentionShape
 
     /// <summary>Slots per KV block.</summary>
     public int BlockSize { get; }
+
+    /// <summary>
+    /// Sliding-window (local) attention: a query at position p sees keys p − W + 1 … p, the W latest positions itself
+    /// included (Mistral's, gemma2/3's local layers', llama.cpp's standard SWA mask). 0, the default, sees every
+    /// position 0 … p.
+    /// </summary>
+    public int SlidingWindow
+    {
+        get;
+        init
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(value);
+            field = value;
+        }
+    }
+
+    /// <summary>The first position a query sees when <paramref name="contextLength"/> positions (its own the last) exist.</summary>
+    public int FirstVisible(int contextLength) =>
+        SlidingWindow > 0 && contextLength > SlidingWindow ? contextLength - SlidingWindow : 0;
 
     /// <summary>Query heads per KV head.</summary>
     public int KvMul => HeadCount / KvHeadCount;

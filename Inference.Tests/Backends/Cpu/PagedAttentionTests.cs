@@ -212,6 +212,106 @@ public class PagedAttentionTests
         Assert.Throws<ArgumentException>(() => new PagedAttentionShape(8, 3, 4, 4));
     }
 
+    [Test]
+    public void SlidingWindow_MatchesReference_AndNeverReadsBeforeTheWindow(
+        [Values(8, 2, 1)] int kvHeads, [Values(8, 16)] int blockSize, [Values(1, 5, 16, 17, 100)] int window,
+        [Values(false, true)] bool f16)
+    {
+        foreach (int headDim in new[] { 40, 64 })
+        {
+            var shape = new PagedAttentionShape(8, kvHeads, headDim, blockSize) { SlidingWindow = window };
+            int seed = kvHeads * 1000 + blockSize * 10 + window + headDim;
+            if (f16) CompareWindowed<Half>(shape, seed);
+            else CompareWindowed<float>(shape, seed);
+        }
+    }
+
+    [Test]
+    public void WindowCoveringTheContext_GivesTheSameBitsAsNoWindow([Values(8, 1)] int kvHeads)
+    {
+        var shape = new PagedAttentionShape(8, kvHeads, 64, 16);
+        var rng = new Random(kvHeads);
+        int start = 70, count = 9, context = start + count, blocks = (context + 15) / 16;
+        var table = Enumerable.Range(0, blocks).Reverse().ToArray();
+        var keys = RandomCache<Half>(rng, blocks * 16 * shape.KvStride);
+        var values = RandomCache<Half>(rng, blocks * 16 * shape.KvStride);
+        var q = RandomArray(rng, count * shape.QueryStride);
+        using var pool = new WorkerPool(2);
+        var all = Poisoned(q.Length);
+        var windowed = Poisoned(q.Length);
+        PagedAttention.Forward<Half>(shape, q, keys, values, table, start, all, pool);
+        PagedAttention.Forward<Half>(shape with { SlidingWindow = context }, q, keys, values, table, start, windowed, pool);
+        Assert.That(windowed, Is.EqualTo(all));
+        PagedAttention.Forward<Half>(shape with { SlidingWindow = context - 1 }, q, keys, values, table, start, windowed, pool);
+        Assert.That(windowed, Is.Not.EqualTo(all), "a window one short of the context drops position 0 for the last token");
+    }
+
+    [Test]
+    public void NegativeWindowIsRejected() =>
+        Assert.Throws<ArgumentOutOfRangeException>(() => _ = new PagedAttentionShape(8, 2, 64, 16) { SlidingWindow = -1 });
+
+    /// <summary>
+    /// Every chunk of <see cref="Chunks"/> through the single-threaded and the pooled (row-widening) paths against the
+    /// float64 reference; every key and value row before the first query's window is NaN and the block-table entries
+    /// wholly before it point at a block of NaNs, so a read outside the window shows in the output.
+    /// </summary>
+    private static void CompareWindowed<T>(PagedAttentionShape shape, int seed) where T : unmanaged
+    {
+        var rng = new Random(seed);
+        int bs = shape.BlockSize, maxContext = 0;
+        foreach (var (s, n) in Chunks) maxContext = Math.Max(maxContext, s + n);
+        int logicalBlocks = (maxContext + bs - 1) / bs, blockCount = logicalBlocks + 2, nanBlock = blockCount - 1;
+        var order = Enumerable.Range(0, blockCount - 1).OrderBy(_ => rng.Next()).Take(logicalBlocks).ToArray();
+        var keys = RandomCache<T>(rng, blockCount * bs * shape.KvStride);
+        var values = RandomCache<T>(rng, blockCount * bs * shape.KvStride);
+        var scratch = new float[PagedAttention.GetScratchLength(shape, maxContext)];
+        using var pool = new WorkerPool(2);
+        foreach (var (start, count) in Chunks)
+        {
+            int firstVisible = shape.FirstVisible(start + 1);
+            var k = PagedAttentionReference.Gather<T>(shape, keys, order, start + count);
+            var v = PagedAttentionReference.Gather<T>(shape, values, order, start + count);
+            // A copy of the cache with everything before the window poisoned.
+            var pk = (T[])keys.Clone();
+            var pv = (T[])values.Clone();
+            var table = (int[])order.Clone();
+            for (int b = 0; b < firstVisible / bs; b++) table[b] = nanBlock;
+            Poison(pk, nanBlock * bs * shape.KvStride, bs * shape.KvStride);
+            Poison(pv, nanBlock * bs * shape.KvStride, bs * shape.KvStride);
+            for (int p = firstVisible / bs * bs; p < firstVisible; p++)
+            {
+                Poison(pk, (table[p / bs] * bs + p % bs) * shape.KvStride, shape.KvStride);
+                Poison(pv, (table[p / bs] * bs + p % bs) * shape.KvStride, shape.KvStride);
+            }
+
+            var q = RandomArray(rng, count * shape.QueryStride, scale: 2f);
+            var expected = Poisoned(q.Length);
+            PagedAttentionReference.Forward(shape, q, k, v, start, expected);
+            var single = Poisoned(q.Length);
+            PagedAttention.Forward<T>(shape, q, pk, pv, table, start, single, scratch);
+            var pooled = Poisoned(q.Length);
+            PagedAttention.Forward<T>(shape, q, pk, pv, table, start, pooled, pool);
+            Assert.That(pooled, Is.EqualTo(single), $"{shape}: start {start}, count {count}: pooled and single-threaded bits");
+            for (int r = 0; r < count * shape.HeadCount; r++)
+            {
+                float scale = 0;
+                for (int d = 0; d < shape.HeadDim; d++) scale = Math.Max(scale, Math.Abs(expected[r * shape.HeadDim + d]));
+                for (int d = 0; d < shape.HeadDim; d++)
+                {
+                    int i = r * shape.HeadDim + d;
+                    if (!(Math.Abs(single[i] - expected[i]) <= 1e-5 * scale))
+                        Assert.Fail($"{typeof(T).Name} {shape}: start {start}, count {count}, row {r}, dim {d}: fast {single[i]} vs reference {expected[i]}");
+                }
+            }
+        }
+    }
+
+    private static void Poison<T>(T[] cache, int at, int length) where T : unmanaged
+    {
+        for (int i = at; i < at + length; i++)
+            cache[i] = typeof(T) == typeof(float) ? (T)(object)float.NaN : (T)(object)Half.NaN;
+    }
+
     /// <summary>Runs every chunk of <see cref="Chunks"/>; returns the largest scaled difference seen.</summary>
     private static double CompareWithReference<T>(PagedAttentionShape shape, int seed) where T : unmanaged
     {
