@@ -40,7 +40,7 @@ internal sealed class EngineLoop : IAsyncDisposable
         var kvOptions = options.KvCache with { PoolBytes = Math.Min(options.KvCache.ResolvePoolBytes(), cap) };
         int blockCount = KvCacheStorage.GetRequiredBlockCount(kvOptions, c.LayerCount, c.KvHeadCount, c.HeadDim);
         _identity = identity;
-        var manager = new KvCacheManager(blockCount, kvOptions, identity.Salt);
+        var manager = new KvCacheManager(blockCount, kvOptions, identity.Salt, c.KvRetention ?? 0);
         var context = new ForwardExecutorContext(model, manager, kvOptions, blockCount, contextLength, options.MaxNumBatchedTokens, options.MaxNumSeqs, options.Threads);
         _executor = factory is null ? new CpuForwardExecutor(context) : factory.Create(context);
         _scheduler = new Scheduler(new SchedulerOptions { MaxNumSeqs = options.MaxNumSeqs, MaxNumBatchedTokens = options.MaxNumBatchedTokens }, manager);
@@ -427,6 +427,9 @@ internal sealed class EngineLoop : IAsyncDisposable
         int bs = _executor.Storage.BlockSize;
         int blocks = tokens.Length / bs;
         if (blocks == 0) throw new ArgumentException($"the prompt has {tokens.Length} tokens; a prefix file holds whole blocks of {bs}", nameof(tokens));
+        // NOTE: under sliding-window attention the blocks before the window are released while the prompt is computed.
+        if (_config.KvRetention is int window && tokens.Length > window)
+            throw new NotSupportedException($"the prompt has {tokens.Length} tokens; a prefix file of this model (attention window {window}) holds at most {window}");
         long id = _nextInternalId--;
         try
         {

@@ -11,6 +11,8 @@ namespace Inference.KvCache;
 ///   physical   BlockIds[0]=7 | BlockIds[1]=3  | BlockIds[2]=12
 ///   slot of position p:  block BlockIds[p / blockSize], offset p % blockSize
 /// </code>
+/// Under sliding-window attention the leading <see cref="ReleasedBlockCount"/> blocks, wholly before every layer's
+/// window, have gone back to the pool; their entries hold <see cref="KvCacheManager.ReleasedBlock"/>.
 /// Not thread-safe: the engine loop thread owns it.
 /// </remarks>
 internal sealed class BlockTable
@@ -29,6 +31,9 @@ internal sealed class BlockTable
 
     /// <summary>Number of token positions with a slot.</summary>
     public int TokenCount { get; set; }
+
+    /// <summary>Leading blocks given back to the pool (outside every layer's window); their ids are <see cref="KvCacheManager.ReleasedBlock"/>.</summary>
+    public int ReleasedBlockCount { get; set; }
 
     /// <summary>Leading full blocks whose chained hash is known.</summary>
     public int HashedBlockCount { get; private set; }
@@ -72,6 +77,7 @@ internal sealed class BlockTable
         _hashes.AsSpan(0, HashedBlockCount).CopyTo(c._hashes);
         c.BlockCount = BlockCount;
         c.HashedBlockCount = HashedBlockCount;
+        c.ReleasedBlockCount = ReleasedBlockCount;
         c.TokenCount = TokenCount;
         return c;
     }

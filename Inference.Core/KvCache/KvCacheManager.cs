@@ -34,13 +34,25 @@ public sealed class KvCacheManager
     private BlockHash[] _hitHashes = new BlockHash[16];
     private long _queriedTokenCount;
     private long _hitTokenCount;
+    private readonly int _slidingWindow;
+
+    /// <summary>The block-table entry of a block released under sliding-window attention (never read again).</summary>
+    public const int ReleasedBlock = -1;
 
     /// <summary>Creates a manager over <paramref name="blockCount"/> blocks.</summary>
     /// <param name="blockCount">Blocks in the pool (normally <see cref="KvCacheStorage.BlockCount"/>).</param>
     /// <param name="options">Block size and prefix caching mode are taken from here.</param>
     /// <param name="hashSalt">Salt of every block hash, see <see cref="BlockHash.CreateSalt"/>.</param>
-    public KvCacheManager(int blockCount, KvCacheOptions options, long hashSalt = 0)
+    /// <param name="slidingWindow">
+    /// The most positions back any layer attends (the model's largest window when every layer has one,
+    /// <see cref="Models.ModelConfig.KvRetention"/>); 0 when some layer sees everything. With a window W, appending slots
+    /// for a sequence whose next query is at position p releases its blocks wholly before p − W + 1, as vLLM's sliding
+    /// window manager does, so a long sequence holds about W / blockSize + 1 blocks.
+    /// </param>
+    public KvCacheManager(int blockCount, KvCacheOptions options, long hashSalt = 0, int slidingWindow = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(slidingWindow);
+        _slidingWindow = slidingWindow;
         ArgumentNullException.ThrowIfNull(options);
         ArgumentOutOfRangeException.ThrowIfLessThan(blockCount, 1);
         _pool = new BlockPool(blockCount, options.BlockSize);
@@ -179,12 +191,14 @@ public sealed class KvCacheManager
     /// </summary>
     /// <remarks>
     /// NOTE: the manager takes token ids, not a count, because it hashes each block when it fills; without the ids a
-    /// block could never be shared.
+    /// block could never be shared. Under a sliding window (see the constructor) the blocks that the new tokens' queries
+    /// can no longer see are released first, even when it then returns false: no query will read them again.
     /// </remarks>
     public bool TryAppendSlots(long sequenceId, ReadOnlySpan<int> tokenIds)
     {
         var table = GetTable(sequenceId);
         if (tokenIds.IsEmpty) return true;
+        ReleaseOutsideWindow(table);
         if (AppendBlockCount(table, tokenIds.Length) > _pool.FreeCount) return false;
 
         if (table.TokenCount % BlockSize != 0)
@@ -214,7 +228,7 @@ public sealed class KvCacheManager
         var parent = GetTable(parentId);
         if (_tables.ContainsKey(childId)) throw new InvalidOperationException($"Sequence {childId} already holds KV blocks.");
         var child = parent.Clone();
-        foreach (int id in child.BlockIds) _pool.Acquire(id);
+        foreach (int id in child.BlockIds[child.ReleasedBlockCount..]) _pool.Acquire(id);
         _tables.Add(childId, child);
     }
 
@@ -236,7 +250,7 @@ public sealed class KvCacheManager
         ArgumentOutOfRangeException.ThrowIfNegative(computedTokenCount);
         if (!_tables.Remove(sequenceId, out var table))
             throw new InvalidOperationException($"Sequence {sequenceId} holds no KV blocks.");
-        for (int i = table.BlockCount - 1; i >= 0; i--)
+        for (int i = table.BlockCount - 1; i >= table.ReleasedBlockCount; i--)
         {
             int block = table[i];
             // NOTE: a block filled by unwritten slots has ref count 1: nobody could hit it before it filled, and a
@@ -248,7 +262,8 @@ public sealed class KvCacheManager
 
     /// <summary>
     /// Physical block ids of <paramref name="sequenceId"/> in logical order: position p lives in block
-    /// <c>table[p / BlockSize]</c>, slot <c>p % BlockSize</c>. Valid until the table next changes.
+    /// <c>table[p / BlockSize]</c>, slot <c>p % BlockSize</c>. Valid until the table next changes. Under a sliding window
+    /// the leading entries may be <see cref="ReleasedBlock"/>.
     /// </summary>
     public ReadOnlySpan<int> GetBlockTable(long sequenceId) => GetTable(sequenceId).BlockIds;
 
@@ -274,6 +289,11 @@ public sealed class KvCacheManager
             for (int i = 0; i < table.BlockCount; i++)
             {
                 int b = table[i];
+                if (i < table.ReleasedBlockCount)
+                {
+                    if (b != ReleasedBlock) throw new InvalidOperationException($"Sequence {id}: released entry {i} still names block {b}.");
+                    continue;
+                }
                 refs[b]++;
                 int expected = i < table.BlockCount - 1 ? BlockSize : table.TokenCount - i * BlockSize;
                 if (_pool.TokenCount(b) < expected)
@@ -283,6 +303,22 @@ public sealed class KvCacheManager
         for (int b = 0; b < refs.Length; b++)
             if (refs[b] != _pool.RefCount(b))
                 throw new InvalidOperationException($"Block {b}: ref count {_pool.RefCount(b)}, referenced by {refs[b]} tables.");
+    }
+
+    /// <summary>Releases the blocks of <paramref name="table"/> wholly before the window of its next query (position TokenCount).</summary>
+    private void ReleaseOutsideWindow(BlockTable table)
+    {
+        if (_slidingWindow == 0) return;
+        // The next query sits at position TokenCount and sees TokenCount − W + 1 onward; later queries see less.
+        int end = Math.Max(0, table.TokenCount + 1 - _slidingWindow) / BlockSize;
+        // NOTE: released front to back, so the oldest block is evicted first; each keeps its hash and stays hittable
+        // by an equal prefix until the pool hands it out again.
+        for (int i = table.ReleasedBlockCount; i < end; i++)
+        {
+            _pool.Release(table[i]);
+            table[i] = ReleasedBlock;
+        }
+        table.ReleasedBlockCount = Math.Max(table.ReleasedBlockCount, end);
     }
 
     private BlockTable GetTable(long sequenceId) =>
