@@ -111,7 +111,31 @@ public class CliTests
         new object[] { new[] { "generate", "--prompt", "x", "--max-tokens", "abc" }, "abc" },
         new object[] { new[] { "logits", "--prompt", "x", "--kv-cache-dtype", "q9" }, "q9" },
         new object[] { new[] { "logits", "--prompt", "x", "--block-size", "0" }, "0" },
+        new object[] { new[] { "quantize", "--out", "/tmp/never-written.gguf", "--type", "Q3_K_M" }, "Q3_K_M" },
     ];
+
+    [Test]
+    public void Quantize_WritesAModelThatLoadsAndRuns()
+    {
+        string dir = TestData.TempDir();
+        try
+        {
+            // NOTE: stories260K's rows of 64 and 172 values fit no K-quant: Q6_K falls back to Q8_0, and to F16 for 172.
+            string output = Path.Combine(dir, "stories-q6_k.gguf");
+            var (code, stdout, stderr) = Run("quantize", "--out", output, "--type", "q6_k");
+            Assert.That(code, Is.EqualTo(0), stderr);
+            Assert.That(stdout, Does.Contain("Q8_0").And.Contain("F16"));
+            using (var gguf = Inference.Loading.GgufFile.Open(output))
+                Assert.That(gguf.GetInteger("general.file_type"), Is.EqualTo(18));
+            var (runCode, text, runErr) = Run("generate", "--model", output, "--prompt", "Once upon a time", "--max-tokens", "8", "--temperature", "0");
+            Assert.That(runCode, Is.EqualTo(0), runErr);
+            Assert.That(text.Trim(), Is.Not.Empty);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 
     [TestCase("generate", "--prompt", "x", "--device", "cuda")]
     [TestCase("info", "--device", "cuda")]

@@ -85,6 +85,29 @@ public static unsafe class GgmlCpu
         }
     }
 
+    /// <summary>
+    /// <paramref name="rows"/> rows of <paramref name="cols"/> values quantized by ggml's <c>ggml_quantize_chunk</c> to
+    /// <paramref name="ggmlType"/> (the GGML type code) without an importance matrix: what <c>llama-quantize</c> calls.
+    /// </summary>
+    public static byte[] QuantizeChunk(int ggmlType, ReadOnlySpan<float> src, int rows, int cols)
+    {
+        LlamaCpp.EnsureInitialized();
+        lock (Gate)
+        {
+            var (bl, _) = Libraries();
+            var rowSize = (delegate* unmanaged<int, long, nuint>)NativeLibrary.GetExport(bl, "ggml_row_size");
+            var quantize = (delegate* unmanaged<int, float*, void*, long, long, long, float*, nuint>)NativeLibrary.GetExport(bl, "ggml_quantize_chunk");
+            var dst = new byte[(long)rowSize(ggmlType, cols) * rows];
+            fixed (float* s = src)
+            fixed (byte* d = dst)
+            {
+                nuint written = quantize(ggmlType, s, d, 0, rows, cols, null);
+                if ((long)written != dst.Length) throw new InvalidOperationException($"ggml_quantize_chunk wrote {written} bytes, expected {dst.Length}");
+            }
+            return dst;
+        }
+    }
+
     /// <summary>The ggml libraries llama.cpp's loader chose for this CPU (found among the loaded modules).</summary>
     private static (nint, nint) Libraries()
     {

@@ -49,13 +49,19 @@ public static class LlamaCpp
     /// Quantizes <paramref name="sourcePath"/> into <paramref name="destinationPath"/> with llama.cpp's quantizer
     /// (e.g. <see cref="LLamaFtype.MOSTLY_Q8_0"/>, <see cref="LLamaFtype.MOSTLY_Q4_K_M"/>).
     /// </summary>
+    /// <param name="sourcePath">The model to quantize.</param>
+    /// <param name="destinationPath">The file to write.</param>
+    /// <param name="type">The llama.cpp file type.</param>
+    /// <param name="threads">Quantization threads.</param>
+    /// <param name="quantizeOutputTensor">Whether <c>output.weight</c> is quantized too, as <c>llama-quantize</c> does by
+    /// default; LLamaSharp's default (false) leaves it in its source type.</param>
     /// <exception cref="InvalidOperationException">llama.cpp reported a failure.</exception>
-    public static void Quantize(string sourcePath, string destinationPath, LLamaFtype type, int threads = 2)
+    public static void Quantize(string sourcePath, string destinationPath, LLamaFtype type, int threads = 2, bool quantizeOutputTensor = false)
     {
         EnsureInitialized();
         lock (Gate)
         {
-            if (!LLamaQuantizer.Quantize(sourcePath, destinationPath, type, threads))
+            if (!LLamaQuantizer.Quantize(sourcePath, destinationPath, type, threads, quantizeOutputTensor: quantizeOutputTensor))
                 throw new InvalidOperationException($"llama.cpp could not quantize {sourcePath} to {type}");
         }
     }

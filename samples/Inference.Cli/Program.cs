@@ -5,6 +5,7 @@ using Inference.Chat;
 using Inference.CommandLine;
 using Inference.Engine;
 using Inference.Loading;
+using Inference.Quantization;
 using Inference.Sampling;
 
 namespace Inference.Cli;
@@ -170,7 +171,29 @@ public static class Program
             return 0;
         });
 
-        var root = new RootCommand("Inference: run GGUF language models in pure .NET") { generate, logits, tokenize, info, chat };
+        var outOption = new Option<string>("--out", "-o") { Description = "The GGUF file to write", Required = true };
+        var typeOption = new Option<string>("--type")
+        {
+            Description = "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K_S, Q4_K_M (Q4_K), Q5_K_S, Q5_K_M (Q5_K) or Q6_K: llama-quantize's recipes, byte for byte",
+            Required = true,
+        };
+        var quantize = new Command("quantize", "Quantize an F32/F16/BF16 model (GGUF file or Hugging Face folder) into a GGUF file")
+        {
+            engineOptions.Model, outOption, typeOption,
+        };
+        quantize.SetAction(async (result, ct) =>
+        {
+            var preset = QuantizationPresets.Parse(result.GetValue(typeOption)!);
+            string input = result.GetValue(engineOptions.Model) ?? DefaultModelPath(), output = result.GetValue(outOption)!;
+            var started = System.Diagnostics.Stopwatch.StartNew();
+            var plan = await ModelQuantizer.QuantizeAsync(input, output, preset, ProgressBar("quantizing"), ct);
+            var counts = plan.GroupBy(t => t.TargetType).OrderBy(g => g.Key).Select(g => $"{g.Count()} {g.Key}");
+            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{output}: {preset}, {plan.Count} tensors ({string.Join(", ", counts)}), {new FileInfo(output).Length / 1048576.0:F1} MiB in {started.Elapsed.TotalSeconds:F1} s"));
+            return 0;
+        });
+
+        var root = new RootCommand("Inference: run GGUF language models in pure .NET") { generate, logits, tokenize, info, chat, quantize };
         try
         {
             var parsed = root.Parse(args);
@@ -200,16 +223,17 @@ public static class Program
     {
         string path = result.GetValue(engineOptions.Model) ?? DefaultModelPath();
         var options = engineOptions.ToEngineOptions(result, defaults);
-        // A progress bar on an interactive terminal only: redirected stderr stays one line per message.
-        IProgress<float>? progress = Console.IsErrorRedirected ? null : new Progress<float>(p =>
-        {
-            int filled = (int)(p * 30);
-            Console.Error.Write($"\rloading [{new string('#', filled)}{new string('.', 30 - filled)}] {p:P0}");
-            if (p >= 1) Console.Error.Write("\r" + new string(' ', 50) + "\r");
-        });
-        var engine = await InferenceEngine.LoadAsync(path, options, progress, ct);
+        var engine = await InferenceEngine.LoadAsync(path, options, ProgressBar("loading"), ct);
         return engine;
     }
+
+    /// <summary>A progress bar on an interactive terminal only: redirected stderr stays one line per message.</summary>
+    private static IProgress<float>? ProgressBar(string label) => Console.IsErrorRedirected ? null : new Progress<float>(p =>
+    {
+        int filled = (int)(p * 30);
+        Console.Error.Write($"\r{label} [{new string('#', filled)}{new string('.', 30 - filled)}] {p:P0}");
+        if (p >= 1) Console.Error.Write("\r" + new string(' ', 50) + "\r");
+    });
 
     /// <summary>../shared/testdata/stories260K.gguf relative to the repository root (found above the working directory or the program).</summary>
     private static string DefaultModelPath() => RepositoryPaths.TestData("stories260K.gguf");

@@ -3,6 +3,7 @@ using System.CommandLine.Parsing;
 using System.Globalization;
 using Inference.Engine;
 using Inference.KvCache;
+using Inference.Quantization;
 
 namespace Inference.CommandLine;
 
@@ -57,11 +58,19 @@ public sealed class EngineCommandLine
     /// <summary><c>--gpu-memory-utilization</c>: fraction (0, 1] of memory the KV cache pool may take.</summary>
     public Option<double?> GpuMemoryUtilization { get; } = new("--gpu-memory-utilization") { Description = "Fraction (0, 1] of memory the KV cache may use" };
 
+    /// <summary><c>--quantization</c>, <c>-q</c>: quantize float weights while loading (vLLM's name).</summary>
+    public Option<QuantizationPreset?> Quantization { get; } = new("--quantization", "-q")
+    {
+        Description = "Quantize F32/F16/BF16 weights while loading, as llama-quantize's recipe of that name: q8_0, q4_0, q4_k_m, q5_k_m or q6_k",
+        HelpName = "q8_0|q4_0|q4_k_m|q5_k_m|q6_k",
+        CustomParser = ParseQuantization,
+    };
+
     /// <summary>Every option above, in help order.</summary>
     public IReadOnlyList<Option> All =>
     [
         Model, Device, Threads, MaxModelLen, MaxNumSeqs, MaxNumBatchedTokens, BlockSize, KvCacheDtype,
-        EnablePrefixCaching, NoEnablePrefixCaching, GpuMemoryUtilization,
+        EnablePrefixCaching, NoEnablePrefixCaching, GpuMemoryUtilization, Quantization,
     ];
 
     /// <summary>Adds every option to <paramref name="command"/> and rejects contradicting pairs.</summary>
@@ -96,7 +105,17 @@ public sealed class EngineCommandLine
         if (result.GetValue(EnablePrefixCaching)) kv = kv with { PrefixCaching = PrefixCachingMode.Enabled };
         if (result.GetValue(NoEnablePrefixCaching)) kv = kv with { PrefixCaching = PrefixCachingMode.Disabled };
         if (result.GetValue(GpuMemoryUtilization) is double fraction) kv = kv with { MemoryFraction = fraction };
+        if (result.GetValue(Quantization) is QuantizationPreset preset) options = options with { Quantization = preset };
         return options with { KvCache = kv };
+    }
+
+    /// <summary>Preset names accepted by <c>--quantization</c> (<see cref="QuantizationPresets.TryParse"/>).</summary>
+    private static QuantizationPreset? ParseQuantization(ArgumentResult result)
+    {
+        string text = result.Tokens.Count > 0 ? result.Tokens[0].Value : "";
+        if (QuantizationPresets.TryParse(text, out var preset)) return preset;
+        result.AddError($"--quantization '{text}' is not one of q8_0, q4_0, q4_k_m, q5_k_m, q6_k");
+        return null;
     }
 
     /// <summary>Names accepted by <c>--kv-cache-dtype</c>: vLLM's and llama.cpp's (<c>-ctk</c>) spellings.</summary>

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using Inference.Loading;
+using Inference.Quantization;
 
 namespace Inference.Backends.Cpu;
 
@@ -13,47 +14,22 @@ namespace Inference.Backends.Cpu;
 public static class Quantize
 {
     /// <summary>Writes <paramref name="src"/> as <paramref name="type"/> into <paramref name="dst"/>.</summary>
-    /// <param name="type">F32, F16, BF16, Q8_0, Q4_0 or Q8_K.</param>
+    /// <param name="type">Q8_K, or a weight type <see cref="BlockQuantizer"/> writes (F32, F16, BF16, Q4_0, Q4_1, Q5_0,
+    /// Q5_1, Q8_0, Q4_K, Q5_K, Q6_K).</param>
     /// <param name="src">Values; the length must be a multiple of the type's block size.</param>
     /// <param name="dst">At least <see cref="GgmlTypeInfo.RowBytes"/> bytes.</param>
     /// <exception cref="NotSupportedException">The type has no quantizer here.</exception>
     /// <exception cref="ArgumentException">The lengths do not fit the block geometry.</exception>
     public static void Row(GgmlType type, ReadOnlySpan<float> src, Span<byte> dst)
     {
-        switch (type)
-        {
-            case GgmlType.F32:
-                Check(type, src, dst);
-                MemoryMarshal.AsBytes(src).CopyTo(dst);
-                break;
-            case GgmlType.F16:
-                Check(type, src, dst);
-                for (int i = 0; i < src.Length; i++) BinaryPrimitives.WriteHalfLittleEndian(dst[(2 * i)..], (Half)src[i]);
-                break;
-            case GgmlType.BF16:
-                Check(type, src, dst);
-                for (int i = 0; i < src.Length; i++) BinaryPrimitives.WriteUInt16LittleEndian(dst[(2 * i)..], ToBFloat16(src[i]));
-                break;
-            case GgmlType.Q8_0: RowQ8_0(src, dst); break;
-            case GgmlType.Q4_0: RowQ4_0(src, dst); break;
-            case GgmlType.Q8_K: RowQ8_K(src, dst); break;
-            default: throw new NotSupportedException($"quantization to {type} is not supported");
-        }
+        if (type == GgmlType.Q8_K) RowQ8_K(src, dst);
+        else BlockQuantizer.QuantizeRow(type, src, dst);
     }
 
     /// <summary>Q8_0: per 32 values d = max|x| / 127, q = round(x / d) (halves away from zero), d stored as f16.</summary>
     /// <param name="src">Values, a multiple of 32.</param>
     /// <param name="dst">34 bytes per 32 values.</param>
-    public static void RowQ8_0(ReadOnlySpan<float> src, Span<byte> dst)
-    {
-        Check(GgmlType.Q8_0, src, dst);
-        for (int b = 0; b < src.Length / 32; b++)
-        {
-            var block = dst.Slice(b * 34, 34);
-            float d = Q8_0Block(src.Slice(b * 32, 32), MemoryMarshal.Cast<byte, sbyte>(block.Slice(2, 32)));
-            BinaryPrimitives.WriteHalfLittleEndian(block, (Half)d);
-        }
-    }
+    public static void RowQ8_0(ReadOnlySpan<float> src, Span<byte> dst) => BlockQuantizer.QuantizeRow(GgmlType.Q8_0, src, dst);
 
     /// <summary>
     /// Q4_0: per 32 values the value m of largest magnitude (sign kept) gives d = m / −8 and
@@ -61,34 +37,7 @@ public static class Quantize
     /// </summary>
     /// <param name="src">Values, a multiple of 32.</param>
     /// <param name="dst">18 bytes per 32 values.</param>
-    public static void RowQ4_0(ReadOnlySpan<float> src, Span<byte> dst)
-    {
-        Check(GgmlType.Q4_0, src, dst);
-        for (int b = 0; b < src.Length / 32; b++)
-        {
-            var x = src.Slice(b * 32, 32);
-            var block = dst.Slice(b * 18, 18);
-            float amax = 0, max = 0;
-            for (int j = 0; j < 32; j++)
-            {
-                float a = MathF.Abs(x[j]);
-                if (amax < a)
-                {
-                    amax = a;
-                    max = x[j];
-                }
-            }
-            float d = max / -8;
-            float id = d != 0 ? 1.0f / d : 0.0f;
-            BinaryPrimitives.WriteHalfLittleEndian(block, (Half)d);
-            for (int j = 0; j < 16; j++)
-            {
-                int q0 = Math.Min(15, (int)(sbyte)(x[j] * id + 8.5f));
-                int q1 = Math.Min(15, (int)(sbyte)(x[j + 16] * id + 8.5f));
-                block[2 + j] = (byte)(q0 | (q1 << 4));
-            }
-        }
-    }
+    public static void RowQ4_0(ReadOnlySpan<float> src, Span<byte> dst) => BlockQuantizer.QuantizeRow(GgmlType.Q4_0, src, dst);
 
     /// <summary>
     /// Q8_K: per 256 values the value m of largest magnitude (sign kept) gives d = m / −127 stored as f32,
@@ -151,12 +100,7 @@ public static class Quantize
     }
 
     /// <summary>Rounds a float to bfloat16 bits (nearest, ties to even; NaN stays a quiet NaN).</summary>
-    internal static ushort ToBFloat16(float value)
-    {
-        uint bits = BitConverter.SingleToUInt32Bits(value);
-        if (float.IsNaN(value)) return (ushort)((bits >> 16) | 0x40);
-        return (ushort)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
-    }
+    internal static ushort ToBFloat16(float value) => SafetensorsWriter.ToBFloat16(value);
 
     private static void Check(GgmlType type, ReadOnlySpan<float> src, Span<byte> dst)
     {

@@ -151,6 +151,6 @@ public class QuantizeTests
         Assert.Throws<ArgumentException>(() => Quantize.RowQ8_0(new float[33], new byte[68]));
         Assert.Throws<ArgumentException>(() => Quantize.RowQ4_0(new float[32], new byte[17]));
         Assert.Throws<ArgumentException>(() => Quantize.RowQ8_K(new float[128], new byte[292]));
-        Assert.Throws<NotSupportedException>(() => Quantize.Row(GgmlType.Q4_K, new float[256], new byte[144]));
+        Assert.Throws<NotSupportedException>(() => Quantize.Row(GgmlType.Q2_K, new float[256], new byte[84]));
     }
 }
