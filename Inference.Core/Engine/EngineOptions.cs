@@ -1,3 +1,5 @@
+using Inference.Models;
+using Inference.Quantization;
 using Inference.KvCache;
 
 namespace Inference.Engine;
@@ -60,6 +62,20 @@ public sealed record EngineOptions
     /// <see cref="MaxNumSeqs"/> sequences of the full context can use, twice over (the rest keeps cached prefixes).
     /// </summary>
     public KvCacheOptions KvCache { get; init => field = value ?? throw new ArgumentNullException(nameof(KvCache)); } = new();
+
+    /// <summary>
+    /// Quantizes the model's F32/F16/BF16 weight matrices while loading (vLLM's <c>quantization</c>): each gets the type
+    /// llama.cpp's quantizer gives it under this preset (<see cref="TensorTypeRules"/>), converted on all cores, and the
+    /// model runs on the quantized kernels. Null (the default) runs the weights as stored. Presets whose block type the
+    /// CPU path does not run are refused; weights already quantized in the file are left as they are.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The preset's block type has no CPU kernel.</exception>
+    public QuantizationPreset? Quantization
+    {
+        get;
+        init => field = value is null || LlamaModel.SupportedWeightTypes.Contains(TensorTypeRules.DefaultType(value.Value)) ? value
+            : throw Out(nameof(Quantization), value, $"must be a preset whose block type runs on the CPU ({string.Join(", ", LlamaModel.SupportedWeightTypes)})");
+    }
 
     /// <summary>What to do with a prompt longer than the context.</summary>
     public PromptOverflow PromptOverflow { get; init; } = PromptOverflow.Reject;

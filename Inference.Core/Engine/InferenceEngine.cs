@@ -1,6 +1,7 @@
 using System.Threading.Channels;
 using Inference.Loading;
 using Inference.Models;
+using Inference.Quantization;
 using Inference.Sampling;
 using Inference.Tokenization;
 
@@ -103,7 +104,7 @@ public sealed partial class InferenceEngine : IAsyncDisposable
                 throw gguf.Bad(-1, $"the tokenizer has {tokenizer.VocabularySize} tokens but the embedding only {config.VocabSize} rows");
             cancellationToken.ThrowIfCancellationRequested();
             progress?.Report(0.5f);
-            var model = new LlamaModel(gguf, config);
+            var model = new LlamaModel(Weights(new GgufWeightSource(gguf), config, options, progress, cancellationToken), config);
             progress?.Report(1f);
             string name = gguf.GetString("general.name") is { Length: > 0 } n ? n : Path.GetFileNameWithoutExtension(path);
             return new InferenceEngine(gguf, gguf, name, config, tokenizer, model, [], options, factory);
@@ -129,7 +130,7 @@ public sealed partial class InferenceEngine : IAsyncDisposable
             var tokenizer = checkpoint.CreateTokenizer();
             metadata = checkpoint.CreateTokenizerMetadata();
             progress?.Report(0.5f);
-            var model = new LlamaModel(checkpoint);
+            var model = new LlamaModel(Weights(checkpoint.Weights, checkpoint.Config, options, progress, cancellationToken), checkpoint.Config);
             progress?.Report(1f);
             string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(path)));
             return new InferenceEngine(checkpoint, metadata, name, checkpoint.Config, tokenizer, model, checkpoint.EosTokenIds, options, factory);
@@ -141,6 +142,12 @@ public sealed partial class InferenceEngine : IAsyncDisposable
             throw;
         }
     }
+
+    /// <summary>The stored weights, or with <see cref="EngineOptions.Quantization"/> a source that quantizes them as the
+    /// model reads them (progress from 0.5 to 1).</summary>
+    private static IWeightSource Weights(IWeightSource stored, ModelConfig config, EngineOptions options, IProgress<float>? progress, CancellationToken cancellationToken) =>
+        options.Quantization is not { } preset ? stored
+            : new QuantizingWeightSource(stored, config, preset, progress is null ? null : p => progress.Report(0.5f + 0.5f * p), cancellationToken);
 
     /// <summary>Tokenizes a prompt the way <see cref="GenerateAsync(string, SamplingOptions?, CancellationToken)"/> does (BOS as the model says).</summary>
     public int[] Tokenize(string prompt)

@@ -89,7 +89,12 @@ public static class TensorTypeRules
     /// <see cref="CompareNames"/> order, which the decisions depend on.
     /// </summary>
     /// <exception cref="ArgumentException">A tensor's rows fit neither the preset's type nor a fallback.</exception>
-    public static IReadOnlyList<TensorQuantization> Plan(IEnumerable<QuantizationInput> tensors, QuantizationPreset preset, QuantizationModelFacts facts)
+    public static IReadOnlyList<TensorQuantization> Plan(IEnumerable<QuantizationInput> tensors, QuantizationPreset preset, QuantizationModelFacts facts) =>
+        Plan(tensors, preset, facts, keepMisfits: false);
+
+    /// <summary><see cref="Plan(IEnumerable{QuantizationInput}, QuantizationPreset, QuantizationModelFacts)"/>; with
+    /// <paramref name="keepMisfits"/>, a tensor whose rows fit no type keeps its stored type instead of failing the plan.</summary>
+    internal static IReadOnlyList<TensorQuantization> Plan(IEnumerable<QuantizationInput> tensors, QuantizationPreset preset, QuantizationModelFacts facts, bool keepMisfits)
     {
         ArgumentNullException.ThrowIfNull(tensors);
         ArgumentNullException.ThrowIfNull(facts);
@@ -104,7 +109,15 @@ public static class TensorTypeRules
         }
         var result = new List<TensorQuantization>(sorted.Count);
         foreach (var t in sorted)
-            result.Add(new TensorQuantization(t.Name, t.Dimensions, t.Type, AllowsQuantization(t) ? Choose(state, t) : t.Type));
+        {
+            var type = t.Type;
+            if (AllowsQuantization(t))
+            {
+                type = Choose(state, t);
+                if (type == Misfit) type = keepMisfits ? t.Type : throw MisfitError(t, DefaultType(preset));
+            }
+            result.Add(new TensorQuantization(t.Name, t.Dimensions, t.Type, type));
+        }
         return result;
     }
 
@@ -235,9 +248,15 @@ public static class TensorTypeRules
             GgmlType.Q4_K => GgmlType.Q5_0,
             GgmlType.Q5_K => GgmlType.Q5_1,
             GgmlType.Q6_K => GgmlType.Q8_0,
-            _ => throw new ArgumentException(
-                $"tensor '{t.Name}' has rows of {cols} values, not a multiple of the {type} block size {GgmlTypeInfo.BlockElements(type)}, and {type} has no fallback type"),
+            _ => Misfit,
         };
+        if (fallback == Misfit) return Misfit;
         return cols % GgmlTypeInfo.BlockElements(fallback) == 0 ? fallback : GgmlType.F16;
     }
+
+    /// <summary>Marks a tensor whose rows fit neither the chosen type nor a fallback (llama.cpp gives up on the model).</summary>
+    private const GgmlType Misfit = (GgmlType)uint.MaxValue;
+
+    private static ArgumentException MisfitError(QuantizationInput t, GgmlType type) =>
+        new($"tensor '{t.Name}' has rows of {t.Dimensions[0]} values, not a multiple of the {type} block size {GgmlTypeInfo.BlockElements(type)}, and {type} has no fallback type");
 }

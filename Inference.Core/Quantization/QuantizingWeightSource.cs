@@ -1,0 +1,112 @@
+using Inference.Backends.Cpu;
+using Inference.Loading;
+using Inference.Models;
+
+namespace Inference.Quantization;
+
+/// <summary>
+/// Quantizes a model's float matrices while it loads (<see cref="Engine.EngineOptions.Quantization"/>): each
+/// F32/F16/BF16 matrix the model asks for is converted, rows over all cores, into a buffer of the type
+/// <see cref="TensorTypeRules"/> gives it, so the model runs on the quantized kernels. Vectors (norms, biases) and
+/// matrices already quantized in the file pass through.
+/// </summary>
+/// <remarks>
+/// NOTE: a type the rules choose that the CPU path cannot run yet (a Q5_0 / Q5_1 fallback for rows that are not a whole
+/// number of 256-value blocks) becomes Q8_0 instead, or stays as stored when its rows do not fit Q8_0 either; where every
+/// chosen type runs, the weights are exactly those <c>llama-quantize</c> writes for the preset. Converted matrices are
+/// cached, so a second request for one (the CUDA executor's upload) costs nothing.
+/// </remarks>
+internal sealed class QuantizingWeightSource : IWeightSource
+{
+    private readonly IWeightSource _inner;
+    private readonly Dictionary<string, GgmlType> _targets = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, WeightMatrix> _converted = new(StringComparer.Ordinal);
+    private readonly Action<float>? _progress;
+    private readonly CancellationToken _cancellationToken;
+    private readonly long _totalElements;
+    private long _doneElements;
+
+    /// <summary>Wraps <paramref name="inner"/>, quantizing the matrices of a llama-family model of <paramref name="config"/>.</summary>
+    /// <param name="inner">The stored weights.</param>
+    /// <param name="config">The model's shape (which tensors exist, and their sizes).</param>
+    /// <param name="preset">The recipe.</param>
+    /// <param name="progress">Receives the fraction of matrix values converted, 0 to 1.</param>
+    /// <param name="cancellationToken">Stops between row chunks.</param>
+    public QuantizingWeightSource(IWeightSource inner, ModelConfig config, QuantizationPreset preset, Action<float>? progress, CancellationToken cancellationToken)
+    {
+        _inner = inner;
+        _progress = progress;
+        _cancellationToken = cancellationToken;
+        var plan = TensorTypeRules.Plan(Tensors(config, inner.Contains("output.weight")), preset,
+            new QuantizationModelFacts(config.Architecture, config.LayerCount, config.HeadCount, config.KvHeadCount, ExpertCount: 0),
+            keepMisfits: true);
+        foreach (var t in plan)
+        {
+            if (t.TargetType == t.SourceType) continue;
+            var target = Runnable(t.TargetType, t.Dimensions[0]);
+            if (target is not GgmlType type) continue;
+            _targets[t.Name] = type;
+            _totalElements += t.Dimensions[0] * t.Dimensions[1];
+        }
+    }
+
+    /// <summary>The type to convert to: <paramref name="chosen"/> when the CPU path runs it, else Q8_0 when the rows fit, else none.</summary>
+    private static GgmlType? Runnable(GgmlType chosen, long cols)
+    {
+        if (chosen is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16) return null; // a float fallback: keep the stored floats
+        if (LlamaModel.SupportedWeightTypes.Contains(chosen)) return chosen;
+        return cols % 32 == 0 ? GgmlType.Q8_0 : null;
+    }
+
+    /// <summary>The tensors a llama-family model of <paramref name="c"/> reads, as the rules see them (stored type F16:
+    /// only whether a tensor is float matters).</summary>
+    private static List<QuantizationInput> Tensors(ModelConfig c, bool hasOutput)
+    {
+        var list = new List<QuantizationInput> { new("token_embd.weight", [c.Dim, c.VocabSize], GgmlType.F16) };
+        if (hasOutput) list.Add(new("output.weight", [c.Dim, c.VocabSize], GgmlType.F16));
+        list.Add(new("output_norm.weight", [c.Dim], GgmlType.F32));
+        for (int l = 0; l < c.LayerCount; l++)
+        {
+            string p = $"blk.{l}.";
+            list.Add(new(p + "attn_norm.weight", [c.Dim], GgmlType.F32));
+            list.Add(new(p + "attn_q.weight", [c.Dim, c.QDim], GgmlType.F16));
+            list.Add(new(p + "attn_k.weight", [c.Dim, c.KvDim], GgmlType.F16));
+            list.Add(new(p + "attn_v.weight", [c.Dim, c.KvDim], GgmlType.F16));
+            list.Add(new(p + "attn_output.weight", [c.QDim, c.Dim], GgmlType.F16));
+            list.Add(new(p + "ffn_norm.weight", [c.Dim], GgmlType.F32));
+            list.Add(new(p + "ffn_gate.weight", [c.Dim, c.FfnDim], GgmlType.F16));
+            list.Add(new(p + "ffn_up.weight", [c.Dim, c.FfnDim], GgmlType.F16));
+            list.Add(new(p + "ffn_down.weight", [c.FfnDim, c.Dim], GgmlType.F16));
+        }
+        return list;
+    }
+
+    /// <summary>The type <paramref name="name"/> is converted to, or null when it is left as stored.</summary>
+    internal GgmlType? TargetOf(string name) => _targets.TryGetValue(name, out var t) ? t : null;
+
+    /// <inheritdoc />
+    public string Description => _inner.Description;
+
+    /// <inheritdoc />
+    public bool Contains(string name) => _inner.Contains(name);
+
+    /// <inheritdoc />
+    public unsafe WeightMatrix GetMatrix(string name, int rows, int cols)
+    {
+        if (_converted.TryGetValue(name, out var done)) return done;
+        var stored = _inner.GetMatrix(name, rows, cols);
+        if (!_targets.TryGetValue(name, out var target) || stored.Type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16)) return stored;
+        long bytes = GgmlTypeInfo.RowBytes(target, cols) * rows;
+        var buffer = new WeightBuffer(bytes);
+        long before = _doneElements;
+        ModelQuantizer.ConvertRows(stored.Type, stored.Data, target, buffer.Data, rows, cols, _cancellationToken,
+            _progress is null ? null : r => _progress((float)((before + r * cols) / (double)_totalElements)));
+        _doneElements += (long)rows * cols;
+        var result = new WeightMatrix(target, buffer.Data, rows, cols) { Owner = buffer };
+        _converted[name] = result;
+        return result;
+    }
+
+    /// <inheritdoc />
+    public float[]? GetVector(string name, int length, bool optional = false) => _inner.GetVector(name, length, optional);
+}
