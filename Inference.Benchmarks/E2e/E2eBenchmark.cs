@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Inference.Engine;
 using Inference.KvCache;
 using Inference.Loading;
+using Inference.Quantization;
 using Inference.Sampling;
 
 namespace Inference.Benchmarks.E2e;
@@ -32,7 +33,8 @@ public static class E2eBenchmark
         {
             var r = engine switch
             {
-                "inference" => await RunInferenceAsync(model, prompts, n, threads, a.String("--kv", "f16") == "f32" ? KvCacheDataType.Float32 : KvCacheDataType.Float16),
+                "inference" => await RunInferenceAsync(model, prompts, n, threads, a.String("--kv", "f16") == "f32" ? KvCacheDataType.Float32 : KvCacheDataType.Float16,
+                    a.Optional("--quantization") is { } q ? QuantizationPresets.Parse(q) : null),
                 "llama.cpp" => LlamaCppE2e.Run(model, prompts, n, threads),
                 _ => throw new ArgumentException($"unknown engine '{engine}' (inference or llama.cpp)"),
             };
@@ -72,18 +74,21 @@ public static class E2eBenchmark
         }).ToArray();
     }
 
-    private static async Task<E2eResult> RunInferenceAsync(string model, int[][] prompts, int n, int threads, KvCacheDataType kv)
+    internal static async Task<E2eResult> RunInferenceAsync(string model, int[][] prompts, int n, int threads, KvCacheDataType kv, QuantizationPreset? quantization = null)
     {
+        var loadStart = Stopwatch.GetTimestamp();
         int b = prompts.Length, p = prompts[0].Length;
         var options = new EngineOptions
         {
             Threads = threads, MaxNumSeqs = Math.Max(b, 1), MaxNumBatchedTokens = Math.Max(512, b), ContextLength = p + n + 1,
             KvCache = new KvCacheOptions { DataType = kv },
+            Quantization = quantization,
         };
         await using var engine = await InferenceEngine.LoadAsync(model, options);
         var sampling = SamplingOptions.Greedy with { MaxTokens = n, EndOfSequence = EndOfSequenceHandling.Ignore };
         // Warm-up: touch every weight once.
         await engine.CompleteAsync(prompts[0][..Math.Min(8, p)], sampling with { MaxTokens = 2 });
+        double readyS = Stopwatch.GetElapsedTime(loadStart).TotalSeconds;
 
         var start = Stopwatch.GetTimestamp();
         var firstTokenAt = new long[b];
@@ -105,6 +110,9 @@ public static class E2eBenchmark
             (generated - b) / decodeS,
             results.Average(r => r.Metrics.TimeToFirstToken.TotalMilliseconds),
             results.Average(r => r.Metrics.TimePerOutputToken.TotalMilliseconds),
-            Stopwatch.GetElapsedTime(start, end).TotalSeconds);
+            Stopwatch.GetElapsedTime(start, end).TotalSeconds)
+        {
+            ReadyS = readyS,
+        };
     }
 }

@@ -13,8 +13,12 @@ public sealed record E2eResult(
     /// <summary>Read bandwidth measured in the same run, GB/s (0 when not measured).</summary>
     public double BandwidthGbs { get; init; }
 
+    /// <summary>Seconds from the start of loading until the warm-up request is answered (0 when not measured).</summary>
+    public double ReadyS { get; init; }
+
     public string ToJson() => JsonSerializer.Serialize(new Dictionary<string, object>
     {
+        ["ready_s"] = Math.Round(ReadyS, 3),
         ["engine"] = Engine,
         ["model"] = Path.GetFileName(Model),
         ["p"] = Prompt,

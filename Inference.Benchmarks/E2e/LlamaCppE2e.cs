@@ -11,6 +11,7 @@ internal static class LlamaCppE2e
     public static E2eResult Run(string model, int[][] prompts, int n, int threads)
     {
         LlamaCppSetup.EnsureQuiet();
+        var loadStart = Stopwatch.GetTimestamp();
         int b = prompts.Length, p = prompts[0].Length;
         var parameters = new ModelParams(model)
         {
@@ -32,6 +33,7 @@ internal static class LlamaCppE2e
         batch.AddRange(prompts[0].AsSpan(0, Math.Min(8, p)).ToArray().Select(t => (LLamaToken)t).ToArray(), 0, (LLamaSeqId)0, true);
         Check(handle.Decode(batch));
         handle.MemoryClear(true);
+        double readyS = Stopwatch.GetElapsedTime(loadStart).TotalSeconds;
 
         var start = Stopwatch.GetTimestamp();
         // Prefill: every prompt, in chunks of the batch size, logits only at each prompt's last token.
@@ -70,7 +72,10 @@ internal static class LlamaCppE2e
         double prefillS = Stopwatch.GetElapsedTime(start, firstTokens).TotalSeconds;
         double decodeS = Stopwatch.GetElapsedTime(firstTokens, end).TotalSeconds;
         return new E2eResult("llama.cpp", model, p, n, b, threads,
-            b * p / prefillS, b * (n - 1) / decodeS, ttftMs, decodeS * 1000 / (n - 1), Stopwatch.GetElapsedTime(start, end).TotalSeconds);
+            b * p / prefillS, b * (n - 1) / decodeS, ttftMs, decodeS * 1000 / (n - 1), Stopwatch.GetElapsedTime(start, end).TotalSeconds)
+        {
+            ReadyS = readyS,
+        };
     }
 
     private static LLamaToken Argmax(Span<float> logits, int vocab)

@@ -111,6 +111,7 @@ public class CliTests
         new object[] { new[] { "generate", "--prompt", "x", "--max-tokens", "abc" }, "abc" },
         new object[] { new[] { "logits", "--prompt", "x", "--kv-cache-dtype", "q9" }, "q9" },
         new object[] { new[] { "logits", "--prompt", "x", "--block-size", "0" }, "0" },
+        new object[] { new[] { "logits", "--prompt", "x", "--quantization", "q3_k" }, "q3_k" },
         new object[] { new[] { "quantize", "--out", "/tmp/never-written.gguf", "--type", "Q3_K_M" }, "Q3_K_M" },
     ];
 
