@@ -61,7 +61,7 @@ public static class BlockQuantizer
                 for (int i = 0; i < src.Length; i++) BinaryPrimitives.WriteHalfLittleEndian(dst[(2 * i)..], (Half)src[i]);
                 break;
             case GgmlType.BF16:
-                for (int i = 0; i < src.Length; i++) BinaryPrimitives.WriteUInt16LittleEndian(dst[(2 * i)..], SafetensorsWriter.ToBFloat16(src[i]));
+                for (int i = 0; i < src.Length; i++) BinaryPrimitives.WriteUInt16LittleEndian(dst[(2 * i)..], ToBFloat16(src[i]));
                 break;
             case GgmlType.Q4_0:
                 for (int b = 0; b < blocks; b++) Q4_0(src.Slice(b * 32, 32), dst.Slice(b * 18, 18));
@@ -97,6 +97,14 @@ public static class BlockQuantizer
     {
         float v = x + 12582912f;
         return (BitConverter.SingleToInt32Bits(v) & 0x007fffff) - 0x00400000;
+    }
+
+    /// <summary>bfloat16 bits of <paramref name="x"/>: nearest, ties to even; a NaN stays a quiet NaN (ggml's <c>ggml_compute_fp32_to_bf16</c>).</summary>
+    internal static ushort ToBFloat16(float x)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(x);
+        if ((bits & 0x7fffffff) > 0x7f800000) return (ushort)((bits >> 16) | 0x40);
+        return (ushort)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
     }
 
     private static void WriteHalf(Span<byte> dst, float value) => BinaryPrimitives.WriteHalfLittleEndian(dst, (Half)value);

@@ -100,7 +100,7 @@ public static class Quantize
     }
 
     /// <summary>Rounds a float to bfloat16 bits (nearest, ties to even; NaN stays a quiet NaN).</summary>
-    internal static ushort ToBFloat16(float value) => SafetensorsWriter.ToBFloat16(value);
+    internal static ushort ToBFloat16(float value) => BlockQuantizer.ToBFloat16(value);
 
     private static void Check(GgmlType type, ReadOnlySpan<float> src, Span<byte> dst)
     {
