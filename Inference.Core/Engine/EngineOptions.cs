@@ -66,14 +66,14 @@ public sealed record EngineOptions
     /// <summary>
     /// Quantizes the model's F32/F16/BF16 weight matrices while loading (vLLM's <c>quantization</c>): each gets the type
     /// llama.cpp's quantizer gives it under this preset (<see cref="TensorTypeRules"/>), converted on all cores, and the
-    /// model runs on the quantized kernels. Null (the default) runs the weights as stored. Presets whose block type the
-    /// CPU path does not run are refused; weights already quantized in the file are left as they are.
+    /// model runs on the quantized kernels. Null (the default) runs the weights as stored; weights already quantized in the
+    /// file are left as they are.
     /// </summary>
-    /// <exception cref="ArgumentOutOfRangeException">The preset's block type has no CPU kernel.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">Not a preset, or one whose block type has no CPU kernel.</exception>
     public QuantizationPreset? Quantization
     {
         get;
-        init => field = value is null || LlamaModel.SupportedWeightTypes.Contains(TensorTypeRules.DefaultType(value.Value)) ? value
+        init => field = value is null || (Enum.IsDefined(value.Value) && LlamaModel.SupportedWeightTypes.Contains(TensorTypeRules.DefaultType(value.Value))) ? value
             : throw Out(nameof(Quantization), value, $"must be a preset whose block type runs on the CPU ({string.Join(", ", LlamaModel.SupportedWeightTypes)})");
     }
 

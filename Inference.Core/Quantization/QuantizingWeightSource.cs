@@ -11,9 +11,9 @@ namespace Inference.Quantization;
 /// matrices already quantized in the file pass through.
 /// </summary>
 /// <remarks>
-/// NOTE: a type the rules choose that the CPU path cannot run yet (a Q5_0 / Q5_1 fallback for rows that are not a whole
-/// number of 256-value blocks) becomes Q8_0 instead, or stays as stored when its rows do not fit Q8_0 either; where every
-/// chosen type runs, the weights are exactly those <c>llama-quantize</c> writes for the preset. Converted matrices are
+/// NOTE: a type the rules choose that the CPU path cannot run (none today) would become Q8_0 instead, or stay as stored
+/// when its rows do not fit Q8_0 either; where every chosen type runs, the weights are exactly those
+/// <c>llama-quantize</c> writes for the preset. Rows that fit no type at all stay as stored (llama-quantize gives up). Converted matrices are
 /// cached, so a second request for one (the CUDA executor's upload) costs nothing.
 /// </remarks>
 internal sealed class QuantizingWeightSource : IWeightSource
