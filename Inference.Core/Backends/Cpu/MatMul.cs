@@ -20,7 +20,7 @@ namespace Inference.Backends.Cpu;
 /// <c>vec_dot_iq4_xs_q8_K</c> (<see cref="SuperBlockKernel"/>).</item>
 /// <item>Q4_K, Q5_K, Q6_K: activations are quantized to Q8_K (per 256 values), as ggml's <c>vec_dot_q4_K_q8_K</c> /
 /// <c>vec_dot_q5_K_q8_K</c> / <c>vec_dot_q6_K_q8_K</c>. Weights passed through <see cref="Prepare"/> are repacked eight rows at a time
-/// (<see cref="PackedQ4_K"/>, <see cref="PackedQ6_K"/>): the same exact integer super-block sums, scaled once per
+/// (<see cref="PackedQ4_K"/>, <see cref="PackedQ5_K"/>, <see cref="PackedQ6_K"/>): the same exact integer super-block sums, scaled once per
 /// super-block and row.</item>
 /// </list>
 /// <para>The result therefore differs from the exact product by the activation quantization error (at most half a
@@ -34,7 +34,7 @@ public static class MatMul
 
     /// <summary>
     /// Returns <paramref name="w"/> with a copy of its rows in the layout this machine's fastest kernel reads (with
-    /// AVX2: <see cref="PackedQ8_0"/>, <see cref="PackedQ4_0"/>, <see cref="PackedQ4_K"/>, <see cref="PackedQ6_K"/>), or <paramref name="w"/>
+    /// AVX2: <see cref="PackedQ8_0"/>, <see cref="PackedQ4_0"/>, <see cref="PackedQ4_K"/>, <see cref="PackedQ5_K"/>, <see cref="PackedQ6_K"/>), or <paramref name="w"/>
     /// itself when there is none. The copy lives as long as the returned value is reachable; the original memory must
     /// stay valid too.
     /// </summary>
@@ -66,6 +66,7 @@ public static class MatMul
             GgmlType.Q8_0 => PackedWeights.Pack<PackedQ8_0>(w, arena),
             GgmlType.Q4_0 => PackedWeights.Pack<PackedQ4_0>(w, arena),
             GgmlType.Q4_K => PackedWeights.Pack<PackedQ4_K>(w, arena),
+            GgmlType.Q5_K => PackedWeights.Pack<PackedQ5_K>(w, arena),
             GgmlType.Q6_K => PackedWeights.Pack<PackedQ6_K>(w, arena),
             _ => null,
         };
@@ -118,6 +119,7 @@ public static class MatMul
                 case GgmlType.Q4_0: RunQ8_0<Q4_0Kernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q4_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ4_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q4_K: RunQ8_K<Q4_KKernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q5_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ5_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q5_K: RunQ8_K<Q5_KKernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q4_1: RunQ8_0<Q4_1Kernel>(w, px, py, batch, pool, path, q8_1: true); break;
                 case GgmlType.Q5_0: RunQ8_0<Q5_0Kernel>(w, px, py, batch, pool, path); break;
@@ -195,6 +197,7 @@ public static class MatMul
                 case GgmlType.Q8_0: RunPacked<PackedQ8_0>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q4_0: RunPacked<PackedQ4_0>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q4_K: RunPacked<PackedQ4_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                case GgmlType.Q5_K: RunPacked<PackedQ5_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q6_K: RunPacked<PackedQ6_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 default: throw new NotSupportedException($"no packed kernel for {w0.Type}");
             }

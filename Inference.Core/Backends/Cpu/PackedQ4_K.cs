@@ -30,32 +30,71 @@ namespace Inference.Backends.Cpu;
 /// accumulator per row (the unpacked kernel keeps them in two and subtracts at the end), so results differ from it by
 /// f32 rounding only. Rows after the last whole group keep the GGUF layout and go through <see cref="Q4_KKernel"/>. Every
 /// output sees the same operations whatever the batch size, so a request's tokens do not depend on what it is batched
-/// with. Runs with AVX-VNNI (<c>vpdpbusd</c>, <c>vpdpwssd</c>) or on AVX2 alone (<see cref="PairMadd{TTile}"/>), with the
-/// same integer sums and so the same bits.
+/// with. Runs with AVX-VNNI (<c>vpdpbusd</c>, <c>vpdpwssd</c>) or on AVX2 alone (<see cref="PackedK4{TCodes}.PairMadd{TTile}"/>), with the
+/// same integer sums and so the same bits. Q5_K packs the same way with its fifth bits after the codes (<see cref="PackedQ5_K"/>).
 /// </remarks>
 internal readonly unsafe struct PackedQ4_K : IPackedKernel
 {
-    private const int GroupRows = PackedWeights.GroupRows;
-    private const int BlockBytes = 144;
-    private const int ScalesOffset = 64;
-    private const int MinsOffset = 128;
-    private const int CodesOffset = 192;
-    private const int PackedBlock = CodesOffset + 8 * 128;
-    private const int PrefetchDistance = 4 * PackedBlock;
-
     public static GgmlType Type => GgmlType.Q4_K;
 
-    public static int PackedBlockBytes => PackedBlock;
+    public static int PackedBlockBytes => PackedK4<Q4_KCodes>.PackedBlock;
 
     public static int ActivationBlock => 256;
 
     public static void TailRows(in MatMulArgs a, int rowStart, int rowEnd) => QuantKernel.Rows<Q4_KKernel>(a, rowStart, rowEnd);
 
+    public static void PackBlock(byte* dst, in WeightMatrix w, int g, int block) => PackedK4<Q4_KCodes>.PackBlock(dst, w, g, block);
+
+    public static void Tile<TTile, TIsa>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile where TIsa : IIntegerIsa =>
+        PackedK4<Q4_KCodes>.Tile<TTile, TIsa>(a, group, g, b);
+}
+
+/// <summary>
+/// Q5_K weights repacked as <see cref="PackedQ4_K"/>, 1472 bytes per group and super-block (4.5% more than the GGUF rows):
+/// the Q4_K layout of d, dmin, scales, mins and nibbles, then at 1216 the fifth bits, k = 0..7: rows 0..7 × GGUF bytes
+/// qh[4k … 4k + 3] (32 B per k). Bit 2i of those bytes is the fifth bit of the low-nibble codes of pair i, bit 2i + 1 that
+/// of its high-nibble codes (the GGUF qh layout: bit j of qh[l] belongs to element 32j + l).
+/// </summary>
+/// <remarks>Codes reach 31: without VNNI the <c>vpmaddubsw</c> pair sums are widened every four steps (8 · 31 · 127 fits a
+/// short, 16 · 31 · 127 does not). The integer sums are those of <see cref="Q5_KKernel"/> (ggml's <c>vec_dot_q5_K_q8_K</c>).</remarks>
+internal readonly unsafe struct PackedQ5_K : IPackedKernel
+{
+    public static GgmlType Type => GgmlType.Q5_K;
+
+    public static int PackedBlockBytes => PackedK4<Q5_KCodes>.PackedBlock;
+
+    public static int ActivationBlock => 256;
+
+    public static void TailRows(in MatMulArgs a, int rowStart, int rowEnd) => QuantKernel.Rows<Q5_KKernel>(a, rowStart, rowEnd);
+
+    public static void PackBlock(byte* dst, in WeightMatrix w, int g, int block) => PackedK4<Q5_KCodes>.PackBlock(dst, w, g, block);
+
+    public static void Tile<TTile, TIsa>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile where TIsa : IIntegerIsa =>
+        PackedK4<Q5_KCodes>.Tile<TTile, TIsa>(a, group, g, b);
+}
+
+/// <summary>The packed Q4_K-family kernel (<see cref="PackedQ4_K"/>, <see cref="PackedQ5_K"/>) for one code layout.</summary>
+internal static unsafe class PackedK4<TCodes> where TCodes : IK4Codes
+{
+    private const int GroupRows = PackedWeights.GroupRows;
+    private const int ScalesOffset = 64;
+    private const int MinsOffset = 128;
+    private const int CodesOffset = 192;
+    private const int HighBitsOffset = CodesOffset + 8 * 128;
+
+    /// <summary>Bytes per group and super-block.</summary>
+    public static int PackedBlock => HighBitsOffset + (TCodes.HighBits ? 256 : 0);
+
+    private static int PrefetchDistance => 4 * PackedBlock;
+
+    /// <summary>Cache lines asked for per pair of sub-blocks (four pairs cover a packed block).</summary>
+    private static int PrefetchLinesPerPair => TCodes.HighBits ? 6 : 5;
+
     public static void PackBlock(byte* dst, in WeightMatrix w, int g, int s)
     {
         for (int j = 0; j < GroupRows; j++)
         {
-            byte* src = w.Data + (8L * g + j) * w.RowBytes + (long)s * BlockBytes;
+            byte* src = w.Data + (8L * g + j) * w.RowBytes + (long)s * TCodes.BlockBytes;
             ((float*)dst)[j] = Fp16.ToFloat(*(ushort*)src);
             ((float*)dst)[8 + j] = Fp16.ToFloat(*(ushort*)(src + 2));
             Q4_KKernel.UnpackScales(src + 4, out ulong scales, out ulong mins);
@@ -68,7 +107,10 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
             }
             for (int i = 0; i < 4; i++)
             for (int k = 0; k < 8; k++)
-                *(uint*)(dst + CodesOffset + 256 * i + 32 * k + 4 * j) = *(uint*)(src + 16 + 32 * i + 4 * k);
+                *(uint*)(dst + CodesOffset + 256 * i + 32 * k + 4 * j) = *(uint*)(src + TCodes.CodesOffset + 32 * i + 4 * k);
+            if (TCodes.HighBits)
+                for (int k = 0; k < 8; k++)
+                    *(uint*)(dst + HighBitsOffset + 32 * k + 4 * j) = *(uint*)(src + IK4Codes.HighBitsOffset + 4 * k);
         }
     }
 
@@ -100,13 +142,15 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
                 // loads in flight; asking for the lines PrefetchDistance ahead took batch 1 from about 9 to 12–14 GB/s
                 // (one thread, best call of kernels-quick, 15–16 GB/s plain reads). A quarter of them per pair of
                 // sub-blocks (4 · 5 lines ≥ PackedBlock).
-                if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance + 320 * i, 5);
+                if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance + 64 * PrefetchLinesPerPair * i, PrefetchLinesPerPair);
                 byte* codes = blk + CodesOffset + 256 * i;
                 byte* scales = blk + ScalesOffset + 16 * i;
+                // Q5_K: the fifth bits of pair i are bits 2i and 2i + 1 of the high-bit bytes.
+                var fifth = new FifthBits(blk + HighBitsOffset, Vector128.CreateScalar((ushort)(2 * i)));
                 int x = 64 * i;
-                if (!TIsa.Vnni) PairMadd<TTile>(codes, qs + x, scales, ref i0, ref i1, ref i2, ref i3);
-                else if (TTile.Count == 1) i0 += Pair<TIsa>(codes, qs + x, scales);
-                else PairN<TTile, TIsa>(codes, qs + x, scales, ref i0, ref i1, ref i2, ref i3);
+                if (!TIsa.Vnni) PairMadd<TTile>(codes, qs + x, scales, fifth, ref i0, ref i1, ref i2, ref i3);
+                else if (TTile.Count == 1) i0 += Pair<TIsa>(codes, qs + x, scales, fifth);
+                else PairN<TTile, TIsa>(codes, qs + x, scales, fifth, ref i0, ref i1, ref i2, ref i3);
             }
 
             // Σ_sub m_sub·(bsums[2sub] + bsums[2sub + 1]) per row: four vpmaddwd of (m[c], m[c + 1]) against (B[c], B[c + 1]).
@@ -161,18 +205,18 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
     /// otherwise wait on vpdpbusd's latency). Integer sums are exact, so the split does not change any result.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> Pair<TIsa>(byte* codes, sbyte* x, byte* scales) where TIsa : IIntegerIsa
+    private static Vector256<int> Pair<TIsa>(byte* codes, sbyte* x, byte* scales, FifthBits fifth) where TIsa : IIntegerIsa
     {
         var nibble = Vector256.Create((byte)0x0F);
         Vector256<int> lo0 = default, lo1 = default, hi0 = default, hi1 = default;
         for (int k = 0; k < 8; k += 2)
         {
-            var v0 = Vector256.Load(codes + 32 * k);
-            var v1 = Vector256.Load(codes + 32 * k + 32);
-            lo0 = TIsa.Dot(lo0, v0 & nibble, PackedSteps.Broadcast(x + 4 * k));
-            hi0 = TIsa.Dot(hi0, High(v0, nibble), PackedSteps.Broadcast(x + 32 + 4 * k));
-            lo1 = TIsa.Dot(lo1, v1 & nibble, PackedSteps.Broadcast(x + 4 * k + 4));
-            hi1 = TIsa.Dot(hi1, High(v1, nibble), PackedSteps.Broadcast(x + 36 + 4 * k));
+            fifth.Codes(codes + 32 * k, k, nibble, out var l0, out var h0);
+            fifth.Codes(codes + 32 * k + 32, k + 1, nibble, out var l1, out var h1);
+            lo0 = TIsa.Dot(lo0, l0, PackedSteps.Broadcast(x + 4 * k));
+            hi0 = TIsa.Dot(hi0, h0, PackedSteps.Broadcast(x + 32 + 4 * k));
+            lo1 = TIsa.Dot(lo1, l1, PackedSteps.Broadcast(x + 4 * k + 4));
+            hi1 = TIsa.Dot(hi1, h1, PackedSteps.Broadcast(x + 36 + 4 * k));
         }
         return Avx2.MultiplyLow(lo0 + lo1, Avx2.ConvertToVector256Int32(scales))
              + Avx2.MultiplyLow(hi0 + hi1, Avx2.ConvertToVector256Int32(scales + 8));
@@ -180,7 +224,7 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
 
     /// <summary>Σ sc·dot over sub-blocks 2i and 2i + 1 of two to four batch rows (activations 256 bytes apart), one chain per sub-block and row.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void PairN<TTile, TIsa>(byte* codes, sbyte* x, byte* scales,
+    private static void PairN<TTile, TIsa>(byte* codes, sbyte* x, byte* scales, FifthBits fifth,
         ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3) where TTile : IBatchTile where TIsa : IIntegerIsa
     {
         var nibble = Vector256.Create((byte)0x0F);
@@ -188,9 +232,7 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
         Vector256<int> hi0 = default, hi1 = default, hi2 = default, hi3 = default;
         for (int k = 0; k < 8; k++)
         {
-            var v = Vector256.Load(codes + 32 * k);
-            var lo = v & nibble;
-            var hi = High(v, nibble);
+            fifth.Codes(codes + 32 * k, k, nibble, out var lo, out var hi);
             sbyte* xk = x + 4 * k;
             lo0 = TIsa.Dot(lo0, lo, PackedSteps.Broadcast(xk));
             hi0 = TIsa.Dot(hi0, hi, PackedSteps.Broadcast(xk + 32));
@@ -218,24 +260,40 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
     /// <summary>
     /// <see cref="PairN{TTile, TIsa}"/> for one to four batch rows without VNNI: the <c>vpmaddubsw</c> pair products of a
     /// sub-block's eight steps summed as shorts (at most 16 · 15 · 127 = 30,480, no overflow), then one <c>vpmaddwd</c>
-    /// against the scales as short pairs: the same exact sums.
+    /// against the scales as short pairs: the same exact sums. Q5_K's codes reach 31, so its shorts are widened after
+    /// four steps (8 · 31 · 127 = 31,496) and again after eight.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void PairMadd<TTile>(byte* codes, sbyte* x, byte* scales,
+    internal static void PairMadd<TTile>(byte* codes, sbyte* x, byte* scales, FifthBits fifth,
         ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3) where TTile : IBatchTile
     {
         var nibble = Vector256.Create((byte)0x0F);
         Vector256<short> lo0 = default, lo1 = default, lo2 = default, lo3 = default;
         Vector256<short> hi0 = default, hi1 = default, hi2 = default, hi3 = default;
         // NOTE: written out rather than looped: the loop's index arithmetic took issue slots from the vector steps.
-        MaddStep<TTile>(codes, x, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
-        MaddStep<TTile>(codes + 32, x + 4, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
-        MaddStep<TTile>(codes + 64, x + 8, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
-        MaddStep<TTile>(codes + 96, x + 12, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
-        MaddStep<TTile>(codes + 128, x + 16, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
-        MaddStep<TTile>(codes + 160, x + 20, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
-        MaddStep<TTile>(codes + 192, x + 24, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
-        MaddStep<TTile>(codes + 224, x + 28, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        MaddStep<TTile>(codes, x, fifth, 0, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        MaddStep<TTile>(codes + 32, x + 4, fifth, 1, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        MaddStep<TTile>(codes + 64, x + 8, fifth, 2, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        MaddStep<TTile>(codes + 96, x + 12, fifth, 3, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        if (TCodes.HighBits)
+        {
+            Widen<TTile>(scales, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3,
+                ref sumi0, ref sumi1, ref sumi2, ref sumi3);
+        }
+        MaddStep<TTile>(codes + 128, x + 16, fifth, 4, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        MaddStep<TTile>(codes + 160, x + 20, fifth, 5, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        MaddStep<TTile>(codes + 192, x + 24, fifth, 6, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        MaddStep<TTile>(codes + 224, x + 28, fifth, 7, nibble, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3);
+        Widen<TTile>(scales, ref lo0, ref hi0, ref lo1, ref hi1, ref lo2, ref hi2, ref lo3, ref hi3, ref sumi0, ref sumi1, ref sumi2, ref sumi3);
+    }
+
+    /// <summary>Adds the short pair sums times the scales to the int sums and clears the shorts.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Widen<TTile>(byte* scales,
+        ref Vector256<short> lo0, ref Vector256<short> hi0, ref Vector256<short> lo1, ref Vector256<short> hi1,
+        ref Vector256<short> lo2, ref Vector256<short> hi2, ref Vector256<short> lo3, ref Vector256<short> hi3,
+        ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3) where TTile : IBatchTile
+    {
         // The sixteen scale bytes (sub-block 2i, then 2i + 1, rows 0..7) in both halves; each shuffle makes one sub-block's
         // scales the short pairs (sc, sc) per row lane.
         var sc = Avx2.BroadcastVector128ToVector256(scales);
@@ -249,18 +307,17 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
         if (TTile.Count > 1) sumi1 += Avx2.MultiplyAddAdjacent(lo1, scLo) + Avx2.MultiplyAddAdjacent(hi1, scHi);
         if (TTile.Count > 2) sumi2 += Avx2.MultiplyAddAdjacent(lo2, scLo) + Avx2.MultiplyAddAdjacent(hi2, scHi);
         if (TTile.Count > 3) sumi3 += Avx2.MultiplyAddAdjacent(lo3, scLo) + Avx2.MultiplyAddAdjacent(hi3, scHi);
+        lo0 = hi0 = lo1 = hi1 = lo2 = hi2 = lo3 = hi3 = default;
     }
 
     /// <summary>One step of <see cref="PairMadd{TTile}"/>: four columns of the eight rows' two sub-blocks against up to
     /// four batch rows' activations.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void MaddStep<TTile>(byte* codes, sbyte* xk, Vector256<byte> nibble,
+    private static void MaddStep<TTile>(byte* codes, sbyte* xk, FifthBits fifth, int k, Vector256<byte> nibble,
         ref Vector256<short> lo0, ref Vector256<short> hi0, ref Vector256<short> lo1, ref Vector256<short> hi1,
         ref Vector256<short> lo2, ref Vector256<short> hi2, ref Vector256<short> lo3, ref Vector256<short> hi3) where TTile : IBatchTile
     {
-        var v = Vector256.Load(codes);
-        var lo = v & nibble;
-        var hi = High(v, nibble);
+        fifth.Codes(codes, k, nibble, out var lo, out var hi);
         lo0 += Avx2.MultiplyAddAdjacent(lo, PackedSteps.Broadcast(xk));
         hi0 += Avx2.MultiplyAddAdjacent(hi, PackedSteps.Broadcast(xk + 32));
         if (TTile.Count > 1)
@@ -283,4 +340,28 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<byte> High(Vector256<byte> v, Vector256<byte> nibble) =>
         Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & nibble;
+
+    /// <summary>Where a pair of sub-blocks finds its fifth code bits (Q5_K; unused for Q4_K).</summary>
+    internal readonly struct FifthBits(byte* highBits, Vector128<ushort> shift)
+    {
+        /// <summary>
+        /// The low- and high-nibble codes of step <paramref name="k"/> of the pair at <paramref name="codes"/>, with Q5_K's
+        /// fifth bits: bits 2i and 2i + 1 of the step's high-bit bytes, moved to bit 4 (the 16-bit shifts leak bits across
+        /// bytes only where the mask clears them).
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Codes(byte* codes, int k, Vector256<byte> nibble, out Vector256<byte> lo, out Vector256<byte> hi)
+        {
+            var v = Vector256.Load(codes);
+            lo = v & nibble;
+            hi = High(v, nibble);
+            if (TCodes.HighBits)
+            {
+                var t = Avx2.ShiftRightLogical(Vector256.Load(highBits + 32 * k).AsUInt16(), shift);
+                var bit4 = Vector256.Create((byte)0x10);
+                lo |= Avx2.ShiftLeftLogical(t, 4).AsByte() & bit4;
+                hi |= Avx2.ShiftLeftLogical(t, 3).AsByte() & bit4;
+            }
+        }
+    }
 }

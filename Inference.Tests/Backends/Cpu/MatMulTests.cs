@@ -37,7 +37,7 @@ public unsafe class MatMulTests
         Check(type, path, rows, cols, batch, seed: (int)type * 1_000_003 + rows * 7919 + cols * 31 + batch);
     }
 
-    private static readonly GgmlType[] PackedTypes = [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K];
+    private static readonly GgmlType[] PackedTypes = [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K];
 
     // Packed weights (eight rows per group): row counts below, at and across whole groups; batch sizes through every
     // tile width (the K-quant kernels split dependency chains differently for one or two batch rows than for three or four);
