@@ -3,15 +3,16 @@
 # Usage: scripts/bench-cpu.sh [OUTFILE]   (JSON lines; default: stdout)
 # Writes the benchmark models into .models/ first when they are missing (dim 1024, 16 layers, 16 heads, 4 KV heads,
 # ffn 2816, vocab 512). Run on an otherwise idle machine; each measurement is the best of three warm passes (the first
-# pass of each process is not counted), decode over 64 generated tokens at batch 1 and 32 at batch 8; the Q4_0 and F16
-# runs (32 generated tokens) and the 1,024-token prompt run (Q4_K_M) count one warm pass.
+# pass of each process is not counted), decode over 64 generated tokens at batch 1 and 32 at batch 8; the Q4_0, F16 and
+# other-type runs (32 generated tokens) and the 1,024-token prompt run (Q4_K_M) count one warm pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/dev/stdout}
 threads=${THREADS:-2}
 dotnet build -c Release Inference.Benchmarks -v q -nologo >/dev/null
 bench() { dotnet Inference.Benchmarks/bin/Release/net10.0/Inference.Benchmarks.dll "$@"; }
-for t in q8_0 q4_k f32 q4_0 f16; do
+more_types="q5_k q4_1 q5_0 q5_1 iq4_nl iq4_xs q3_k q2_k"
+for t in q8_0 q4_k f32 q4_0 f16 $more_types; do
   [ -f .models/bench-$t.gguf ] || bench write-model --out .models/bench-$t.gguf --type $t >&2
 done
 : > "$out.tmp"
@@ -23,6 +24,12 @@ for t in q8_0 q4_k f32; do
 done
 # the other common weight types, shorter runs
 for t in q4_0 f16; do
+  for engine in inference llama.cpp; do
+    bench e2e --model .models/bench-$t.gguf -p 128 -n 32 --batch 1 --threads "$threads" --engine $engine --repeat 2 | tee -a "$out.tmp"
+  done
+done
+# every other weight type llama.cpp's presets write (Q5_K_M, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, Q3_K_M, Q2_K), shorter runs
+for t in $more_types; do
   for engine in inference llama.cpp; do
     bench e2e --model .models/bench-$t.gguf -p 128 -n 32 --batch 1 --threads "$threads" --engine $engine --repeat 2 | tee -a "$out.tmp"
   done
