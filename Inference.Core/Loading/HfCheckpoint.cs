@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Inference.Models;
+using Inference.Models.Architectures;
 using Inference.Tokenization;
 using static Inference.Loading.HfCheckpointJson;
 
@@ -46,7 +47,8 @@ public sealed class HfCheckpoint : IDisposable
         _tensors = tensors;
         TokenizerConfig = tokenizerConfig;
         EosTokenIds = eosIds;
-        Weights = new HfCheckpointWeightSource(this, config.RopeFreqFactors);
+        Architecture = ModelArchitecture.Find(config.Model.Architecture)!;
+        Weights = new HfCheckpointWeightSource(this, Architecture.TensorNames, config.RopeFreqFactors);
     }
 
     /// <summary>The checkpoint folder.</summary>
@@ -75,6 +77,9 @@ public sealed class HfCheckpoint : IDisposable
 
     /// <summary>The chat template of <c>tokenizer_config.json</c> (a Jinja template), if any.</summary>
     public string? ChatTemplate => TokenizerConfig?.ChatTemplate;
+
+    /// <summary>The model's architecture.</summary>
+    internal ModelArchitecture Architecture { get; }
 
     /// <summary>The weights under GGUF names, for binding a model.</summary>
     internal IWeightSource Weights { get; }
@@ -222,26 +227,11 @@ public sealed class HfCheckpoint : IDisposable
             throw new ModelFormatException(DirectoryPath, -1, $"'model.embed_tokens.weight' has shape [{string.Join(", ", embedding.Shape)}], expected [vocab_size {c.VocabSize}, hidden_size {c.Dim}]");
         if (!TieWordEmbeddings && !w.Contains("output.weight"))
             throw new ModelFormatException(DirectoryPath, -1, "'lm_head.weight' is missing and tie_word_embeddings is false");
-        if (w.Contains("output.weight")) w.GetMatrix("output.weight", c.VocabSize, c.Dim);
-        w.GetVector("output_norm.weight", c.Dim);
-        for (int l = 0; l < c.LayerCount; l++)
+        // Every tensor the forward pass reads, with its shape.
+        foreach (var spec in Architecture.Build(c, w).Weights)
         {
-            string p = $"blk.{l}.";
-            w.GetVector(p + "attn_norm.weight", c.Dim);
-            w.GetMatrix(p + "attn_q.weight", c.QDim, c.Dim);
-            w.GetMatrix(p + "attn_k.weight", c.KvDim, c.Dim);
-            w.GetMatrix(p + "attn_v.weight", c.KvDim, c.Dim);
-            w.GetMatrix(p + "attn_output.weight", c.Dim, c.QDim);
-            if (c.HasAttentionBias)
-            {
-                w.GetVector(p + "attn_q.bias", c.QDim);
-                w.GetVector(p + "attn_k.bias", c.KvDim);
-                w.GetVector(p + "attn_v.bias", c.KvDim);
-            }
-            w.GetVector(p + "ffn_norm.weight", c.Dim);
-            w.GetMatrix(p + "ffn_gate.weight", c.FfnDim, c.Dim);
-            w.GetMatrix(p + "ffn_up.weight", c.FfnDim, c.Dim);
-            w.GetMatrix(p + "ffn_down.weight", c.Dim, c.FfnDim);
+            if (spec.IsMatrix) w.GetMatrix(spec.Name, spec.Rows, spec.Cols);
+            else w.GetVector(spec.Name, spec.Rows);
         }
     }
 }

@@ -1,11 +1,12 @@
 using System.Text.Json;
 using Inference.Models;
+using Inference.Models.Architectures;
 using static Inference.Loading.HfCheckpointJson;
 
 namespace Inference.Loading;
 
 /// <summary>
-/// The <c>config.json</c> of a Hugging Face llama or qwen2 checkpoint, read into a <see cref="ModelConfig"/> with the
+/// The <c>config.json</c> of a Hugging Face checkpoint, read into a <see cref="ModelConfig"/> with the
 /// defaults of the transformers configuration classes for absent keys.
 /// </summary>
 internal sealed record HfCheckpointConfig
@@ -34,16 +35,13 @@ internal sealed record HfCheckpointConfig
         string? modelType = String(path, root, "model_type");
         if (modelType is null && Find(root, "architectures") is JsonElement archs && archs.ValueKind == JsonValueKind.Array && archs.GetArrayLength() > 0)
         {
-            modelType = archs[0].ValueKind == JsonValueKind.String ? archs[0].GetString() switch
-            {
-                "LlamaForCausalLM" => "llama",
-                "Qwen2ForCausalLM" => "qwen2",
-                var other => other,
-            } : null;
+            modelType = archs[0].ValueKind == JsonValueKind.String
+                ? ModelArchitecture.FindByHfClass(archs[0].GetString())?.Name ?? archs[0].GetString()
+                : null;
         }
         if (modelType is null) throw new ModelFormatException(path, -1, "'model_type' is missing");
-        if (!ModelConfig.SupportedArchitectures.Contains(modelType))
-            throw new ModelFormatException(path, -1, $"unsupported model_type '{modelType}' (supported: {string.Join(", ", ModelConfig.SupportedArchitectures)})");
+        var architecture = ModelArchitecture.Find(modelType)
+            ?? throw new ModelFormatException(path, -1, $"unsupported model_type '{modelType}' (supported: {string.Join(", ", ModelConfig.SupportedArchitectures)})");
 
         string? act = String(path, root, "hidden_act");
         if (act is not (null or "silu"))
@@ -63,8 +61,8 @@ internal sealed record HfCheckpointConfig
         if (headDim % 2 != 0) throw new ModelFormatException(path, -1, $"head dimension {headDim} is odd; RoPE needs pairs");
         int ffn = RequiredInt(path, root, "intermediate_size", 1, 1 << 20);
         int vocab = RequiredInt(path, root, "vocab_size", 1, int.MaxValue);
-        // NOTE: transformers' LlamaConfig/Qwen2Config defaults: 2048 positions (Qwen2: 32768), eps 1e-6, theta 10000.
-        int ctx = Int(path, root, "max_position_embeddings", 1, 1 << 24) ?? (modelType == "qwen2" ? 32768 : 2048);
+        // NOTE: transformers' configuration defaults: eps 1e-6, theta 10000; positions per architecture.
+        int ctx = Int(path, root, "max_position_embeddings", 1, 1 << 24) ?? architecture.HfDefaultContextLength;
         double eps = Number(path, root, "rms_norm_eps") ?? 1e-6;
         double theta = Number(path, root, "rope_theta") ?? 10000.0;
         if (!(eps > 0) || !(theta > 0)) throw new ModelFormatException(path, -1, "'rms_norm_eps' and 'rope_theta' must be positive");
@@ -111,10 +109,10 @@ internal sealed record HfCheckpointConfig
             RopeLayout = RopeLayout.Neox,
             RopeScaling = scaling,
             RopeScalingFactor = factor,
-            // NOTE: qwen2 always has Q/K/V biases; llama has them when 'attention_bias' says so. The weight binding
-            // checks the tensors either way.
-            HasAttentionBias = modelType == "qwen2" || Bool(path, root, "attention_bias") == true,
+            // NOTE: an architecture that always has Q/K/V biases (qwen2) says so in its ReadHf.
+            HasAttentionBias = Bool(path, root, "attention_bias") == true,
         };
+        model = architecture.ReadHf(path, root, model);
         return new HfCheckpointConfig
         {
             Model = model,

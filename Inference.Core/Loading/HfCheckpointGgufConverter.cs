@@ -33,7 +33,7 @@ internal static class HfCheckpointGgufConverter
     public static void Write(HfCheckpoint checkpoint, string path, QkRowOrder order, CancellationToken cancellationToken)
     {
         var c = checkpoint.Config;
-        bool permute = c.Architecture == "llama" && order == QkRowOrder.AdjacentPairs;
+        bool permute = checkpoint.Architecture.GgufRopeLayout == RopeLayout.Normal && order == QkRowOrder.AdjacentPairs;
         string arch = c.Architecture;
 
         var tensors = new List<(string Gguf, string? Hf, int Heads)>
@@ -42,12 +42,13 @@ internal static class HfCheckpointGgufConverter
         };
         for (int l = 0; l < c.LayerCount; l++)
         {
-            foreach (var suffix in (ReadOnlySpan<string>)["attn_norm.weight", "attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias",
-                "attn_v.weight", "attn_v.bias", "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"])
+            foreach (var (_, suffix) in checkpoint.Architecture.TensorNames.LayerSuffixes)
             {
                 string gguf = $"blk.{l}.{suffix}";
-                string hf = HfCheckpointTensorNames.ToHf(gguf)!;
-                if (checkpoint.FindTensor(hf) is null && suffix.EndsWith(".bias", StringComparison.Ordinal)) continue;
+                string hf = checkpoint.Architecture.TensorNames.ToHf(gguf)!;
+                // Tensors the checkpoint does not have (optional ones, or another member of the family's) are left out;
+                // the model's own binding checks what it needs.
+                if (checkpoint.FindTensor(hf) is null) continue;
                 int heads = !permute ? 0 : suffix.StartsWith("attn_q", StringComparison.Ordinal) ? c.HeadCount
                     : suffix.StartsWith("attn_k", StringComparison.Ordinal) ? c.KvHeadCount : 0;
                 tensors.Add((gguf, hf, heads));

@@ -1,5 +1,6 @@
 using Inference.Backends.Cpu;
 using Inference.Models;
+using Inference.Models.Architectures;
 
 namespace Inference.Loading;
 
@@ -12,7 +13,7 @@ namespace Inference.Loading;
 /// RoPE pairs dimension i with i + headDim/2 — hence <see cref="RopeLayout.Neox"/> in the configuration.
 /// <c>rope_freqs.weight</c> (Llama 3.1 scaling) is computed from <c>config.json</c>, as llama.cpp's converter does.
 /// </remarks>
-internal sealed class HfCheckpointWeightSource(HfCheckpoint checkpoint, float[]? ropeFreqFactors) : IWeightSource
+internal sealed class HfCheckpointWeightSource(HfCheckpoint checkpoint, TensorNameMap names, float[]? ropeFreqFactors) : IWeightSource
 {
     private const string RopeFreqs = "rope_freqs.weight";
 
@@ -21,7 +22,7 @@ internal sealed class HfCheckpointWeightSource(HfCheckpoint checkpoint, float[]?
 
     /// <inheritdoc />
     public bool Contains(string name) =>
-        name == RopeFreqs ? ropeFreqFactors is not null : HfCheckpointTensorNames.ToHf(name) is string hf && checkpoint.Locate(hf) is not null;
+        name == RopeFreqs ? ropeFreqFactors is not null : names.ToHf(name) is string hf && checkpoint.Locate(hf) is not null;
 
     /// <inheritdoc />
     public unsafe WeightMatrix GetMatrix(string name, int rows, int cols)
@@ -59,7 +60,7 @@ internal sealed class HfCheckpointWeightSource(HfCheckpoint checkpoint, float[]?
 
     private (SafetensorsFile File, SafetensorsTensorInfo Tensor) Find(string ggufName)
     {
-        string hf = HfCheckpointTensorNames.ToHf(ggufName)
+        string hf = names.ToHf(ggufName)
             ?? throw new ModelFormatException(checkpoint.DirectoryPath, -1, $"tensor '{ggufName}' has no Hugging Face equivalent");
         return checkpoint.Locate(hf) is { } found
             ? found

@@ -1,27 +1,22 @@
 using System.Numerics.Tensors;
 using Inference.Backends.Cpu;
 using Inference.Loading;
+using Inference.Models.Architectures;
+using Inference.Models.Graph;
 
 namespace Inference.Models;
 
 /// <summary>
-/// The llama-family transformer (llama, qwen2) on the CPU: weights stay in the memory-mapped GGUF file; the forward
-/// pass runs one <see cref="ModelBatch"/> of tokens from any number of sequences through every weight matrix together.
+/// A transformer language model on the CPU: its architecture's forward pass (a <see cref="ModelGraph"/>, see
+/// <see cref="ModelArchitecture"/>) over weights that stay in the memory-mapped file; <see cref="Forward"/> runs one
+/// <see cref="ModelBatch"/> of tokens from any number of sequences through every weight matrix together.
 /// </summary>
 /// <remarks>Not thread-safe: one engine thread owns a model and its scratch buffers.</remarks>
 public sealed class LlamaModel
 {
-    private readonly LayerWeights[] _layers;
-    private WeightMatrix _embedding;            // [vocab rows, dim]
-    private WeightMatrix _output;               // [vocab rows, dim]
-    private readonly float[] _outputNorm;       // [dim]
-    private readonly double[] _ropeInvFreq;     // [ropeDim / 2]
+    private readonly WeightMatrix[] _matrices;   // by weight id; default for vectors
+    private readonly float[]?[] _vectors;        // by weight id; null for matrices
     private ForwardState _state = new(0, null!);
-
-    private sealed record LayerWeights(
-        float[] AttnNorm, WeightMatrix Q, WeightMatrix K, WeightMatrix V, WeightMatrix O,
-        float[]? QBias, float[]? KBias, float[]? VBias,
-        float[] FfnNorm, WeightMatrix Gate, WeightMatrix Up, WeightMatrix Down);
 
     /// <summary>Binds the weights of <paramref name="gguf"/> (which must stay open while the model is used).</summary>
     /// <exception cref="ModelFormatException">A tensor is missing, misshapen or of an unsupported type.</exception>
@@ -43,41 +38,24 @@ public sealed class LlamaModel
     {
         Config = config;
         Weights = weights;
-        var c = config;
-        _embedding = weights.GetMatrix("token_embd.weight", c.VocabSize, c.Dim);
-        _output = !weights.Contains("output.weight") ? _embedding : weights.GetMatrix("output.weight", c.VocabSize, c.Dim);
-        _outputNorm = weights.GetVector("output_norm.weight", c.Dim)!;
-        _layers = new LayerWeights[c.LayerCount];
-        for (int l = 0; l < c.LayerCount; l++)
+        var architecture = ModelArchitecture.Find(config.Architecture)
+            ?? throw new ModelFormatException(weights.Description, -1, $"unsupported architecture '{config.Architecture}'");
+        Graph = architecture.Build(config, weights);
+        var specs = Graph.Weights;
+        _matrices = new WeightMatrix[specs.Length];
+        _vectors = new float[]?[specs.Length];
+        for (int i = 0; i < specs.Length; i++)
         {
-            string p = $"blk.{l}.";
-            _layers[l] = new LayerWeights(
-                weights.GetVector(p + "attn_norm.weight", c.Dim)!,
-                weights.GetMatrix(p + "attn_q.weight", c.QDim, c.Dim),
-                weights.GetMatrix(p + "attn_k.weight", c.KvDim, c.Dim),
-                weights.GetMatrix(p + "attn_v.weight", c.KvDim, c.Dim),
-                weights.GetMatrix(p + "attn_output.weight", c.Dim, c.QDim),
-                weights.GetVector(p + "attn_q.bias", c.QDim, optional: true),
-                weights.GetVector(p + "attn_k.bias", c.KvDim, optional: true),
-                weights.GetVector(p + "attn_v.bias", c.KvDim, optional: true),
-                weights.GetVector(p + "ffn_norm.weight", c.Dim)!,
-                weights.GetMatrix(p + "ffn_gate.weight", c.FfnDim, c.Dim),
-                weights.GetMatrix(p + "ffn_up.weight", c.FfnDim, c.Dim),
-                weights.GetMatrix(p + "ffn_down.weight", c.Dim, c.FfnDim));
-        }
-
-        _ropeInvFreq = new double[c.RopeDim / 2];
-        float[]? freqFactors = c.RopeScaling == RopeScaling.Llama3 ? weights.GetVector("rope_freqs.weight", c.RopeDim / 2) : null;
-        for (int i = 0; i < _ropeInvFreq.Length; i++)
-        {
-            _ropeInvFreq[i] = Math.Pow(c.RopeBase, -2.0 * i / c.RopeDim);
-            if (freqFactors is not null) _ropeInvFreq[i] /= freqFactors[i];
-            if (c.RopeScaling == RopeScaling.Linear) _ropeInvFreq[i] /= c.RopeScalingFactor;
+            if (specs[i].IsMatrix) _matrices[i] = weights.GetMatrix(specs[i].Name, specs[i].Rows, specs[i].Cols);
+            else _vectors[i] = weights.GetVector(specs[i].Name, specs[i].Rows);
         }
     }
 
     /// <summary>The model's hyperparameters.</summary>
     public ModelConfig Config { get; }
+
+    /// <summary>The forward pass every backend runs.</summary>
+    internal ModelGraph Graph { get; }
 
     private bool _prepared;
 
@@ -85,54 +63,64 @@ public sealed class LlamaModel
     /// Copies the weight matrices into the layouts this machine's fastest CPU kernels read (<see cref="MatMul.Prepare"/>),
     /// once; <see cref="Forward"/> does it on first use. A model whose weights run elsewhere (a GPU) never calls it.
     /// </summary>
+    /// <remarks>Only matrices that a matmul reads are prepared; an embedding table read by lookups alone stays as stored,
+    /// and a tied head's prepared copy serves the embedding lookups too (the same rows), rather than a second copy of them.</remarks>
     internal void PrepareForCpu()
     {
         if (_prepared) return;
         var arena = new WeightArena();
-        for (int l = 0; l < _layers.Length; l++)
+        var done = new bool[_matrices.Length];
+        foreach (var op in Graph.Ops)
         {
-            var w = _layers[l];
-            _layers[l] = w with
+            if (op.Kind != OpKind.MatMul) continue;
+            foreach (int w in (ReadOnlySpan<int>)[op.W0, op.W1, op.W2])
             {
-                Q = MatMul.PrepareInto(w.Q, arena), K = MatMul.PrepareInto(w.K, arena), V = MatMul.PrepareInto(w.V, arena),
-                O = MatMul.PrepareInto(w.O, arena), Gate = MatMul.PrepareInto(w.Gate, arena), Up = MatMul.PrepareInto(w.Up, arena),
-                Down = MatMul.PrepareInto(w.Down, arena),
-            };
+                if (w < 0 || done[w]) continue;
+                _matrices[w] = MatMul.PrepareInto(_matrices[w], arena);
+                done[w] = true;
+            }
         }
-        bool tied = SameMatrix(_output, _embedding);
-        _output = MatMul.PrepareInto(_output, arena);
-        // A tied head's float copy serves the embedding lookups too (the same rows), rather than a second copy of them.
-        if (tied) _embedding = _output;
         _prepared = true;
     }
 
     /// <summary>Where the weights are bound (device executors upload them from here).</summary>
     internal IWeightSource Weights { get; }
 
-    private static unsafe bool SameMatrix(in WeightMatrix a, in WeightMatrix b) => a.Data == b.Data;
-
     /// <summary>Number of weights (all matrices and vectors; a tied output head counts once).</summary>
     public long ParameterCount
     {
         get
         {
-            long n = (long)_embedding.Rows * _embedding.Cols + _outputNorm.Length;
-            if (!SameMatrix(_output, _embedding)) n += (long)_output.Rows * _output.Cols;
-            foreach (var l in _layers)
-            {
-                foreach (var m in new[] { l.Q, l.K, l.V, l.O, l.Gate, l.Up, l.Down }) n += (long)m.Rows * m.Cols;
-                n += l.AttnNorm.Length + l.FfnNorm.Length + (l.QBias?.Length ?? 0) + (l.KBias?.Length ?? 0) + (l.VBias?.Length ?? 0);
-            }
+            long n = 0;
+            foreach (var w in Graph.Weights) n += w.IsMatrix ? (long)w.Rows * w.Cols : w.Rows;
             return n;
         }
     }
 
     /// <summary>Adds a sample of the weights (the start of a few matrices) to <paramref name="hash"/>: enough to tell models apart.</summary>
+    /// <remarks>The embedding, the output head, the last block's first and last matrices, then the final norm's values.</remarks>
     internal unsafe void AppendWeightSample(System.IO.Hashing.NonCryptographicHashAlgorithm hash)
     {
-        foreach (var w in new[] { _embedding, _output, _layers[^1].Q, _layers[^1].Down })
+        var ops = Graph.Ops;
+        int embedding = -1, output = -1, first = -1, last = -1, finalNorm = -1, lastLayer = Config.LayerCount - 1;
+        for (int i = 0; i < ops.Length; i++)
+        {
+            var op = ops[i];
+            if (op.Kind == OpKind.Embed && embedding < 0) embedding = op.W0;
+            if (op.Kind == OpKind.MatMul && op.Layer == lastLayer)
+            {
+                if (first < 0) first = op.W0;
+                last = op.W0;
+            }
+            if (i >= Graph.HeadStart && op.Kind == OpKind.MatMul) output = op.W0;
+            if (i >= Graph.HeadStart && op.Kind == OpKind.RmsNorm && finalNorm < 0) finalNorm = op.W0;
+        }
+        foreach (int id in (ReadOnlySpan<int>)[embedding, output, first, last])
+        {
+            var w = _matrices[id];
             hash.Append(new ReadOnlySpan<byte>(w.Data, (int)Math.Min(1 << 16, w.RowBytes * w.Rows)));
-        foreach (var v in _outputNorm) hash.Append(BitConverter.GetBytes(v));
+        }
+        foreach (var v in _vectors[finalNorm]!) hash.Append(BitConverter.GetBytes(v));
     }
 
     /// <summary>Weight types this CPU path computes with.</summary>
@@ -147,62 +135,106 @@ public sealed class LlamaModel
     public void Forward(ModelBatch batch, IKvAttention kv, Span<float> logits, WorkerPool pool)
     {
         var c = Config;
-        int n = batch.TokenCount;
+        var g = Graph;
+        int n = batch.TokenCount, logitRows = batch.LogitCount;
         if (n == 0) return;
-        if (logits.Length < batch.LogitCount * c.VocabSize) throw new ArgumentException("logits buffer too small", nameof(logits));
+        if (logits.Length < logitRows * c.VocabSize) throw new ArgumentException("logits buffer too small", nameof(logits));
         PrepareForCpu();
-        if (_state.Capacity < n) _state = new ForwardState(Math.Max(n, _state.Capacity * 2), c);
+        if (_state.Capacity < n) _state = new ForwardState(Math.Max(n, _state.Capacity * 2), g);
         var s = _state;
-
-        var x = s.X.AsSpan(0, n * c.Dim);
-        for (int t = 0; t < n; t++)
+        for (int r = 0; r < g.RopeTables.Length; r++)
         {
-            int token = batch.Tokens[t];
-            if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"token id {token} is outside the vocabulary of {c.VocabSize}");
-            Dequantize.Row(_embedding.Type, _embedding.Row(token), x.Slice(t * c.Dim, c.Dim));
+            int half = g.RopeTables[r].RopeDim / 2;
+            g.ComputeRopeAngles(r, batch, s.RopeCos[r].AsSpan(0, n * half), s.RopeSin[r].AsSpan(0, n * half));
         }
 
-        var xb = s.Xb.AsSpan(0, n * c.Dim);
-        var q = s.Q.AsSpan(0, n * c.QDim);
-        var k = s.K.AsSpan(0, n * c.KvDim);
-        var v = s.V.AsSpan(0, n * c.KvDim);
-        var att = s.Att.AsSpan(0, n * c.QDim);
-        var gate = s.Gate.AsSpan(0, n * c.FfnDim);
-        var up = s.Up.AsSpan(0, n * c.FfnDim);
-        var ropeCos = s.RopeCos.AsSpan(0, n * (c.RopeDim / 2));
-        var ropeSin = s.RopeSin.AsSpan(0, n * (c.RopeDim / 2));
-        ComputeRopeAngles(batch, ropeCos, ropeSin);
-
-        for (int l = 0; l < c.LayerCount; l++)
+        var ops = g.Ops;
+        for (int i = 0; i < ops.Length; i++)
         {
-            var w = _layers[l];
-            RmsNorm(x, w.AttnNorm, xb, n, c.Dim, c.RmsEps);
-            MatMul.MultiplyShared(xb, n, pool, w.Q, q, w.K, k, w.V, v);
-            if (w.QBias is not null) AddBias(q, w.QBias, n);
-            if (w.KBias is not null) AddBias(k, w.KBias, n);
-            if (w.VBias is not null) AddBias(v, w.VBias, n);
-            Rope(q, n, c.HeadCount, ropeCos, ropeSin);
-            Rope(k, n, c.KvHeadCount, ropeCos, ropeSin);
-            kv.Attend(l, batch, q, k, v, att, pool, c.LayerSlidingWindow(l));
-            MatMul.Multiply(w.O, att, xb, n, pool);
-            TensorPrimitives.Add(x, xb, x);
-
-            RmsNorm(x, w.FfnNorm, xb, n, c.Dim, c.RmsEps);
-            MatMul.MultiplyShared(xb, n, pool, w.Gate, gate, w.Up, up, default, default);
-            SwiGlu(gate, up, pool);
-            MatMul.Multiply(w.Down, gate, xb, n, pool);
-            TensorPrimitives.Add(x, xb, x);
+            if (i == g.HeadStart && logitRows == 0) return;
+            var op = ops[i];
+            switch (op.Kind)
+            {
+                case OpKind.Embed:
+                {
+                    var table = _matrices[op.W0];
+                    var x = Buffer(op.Dst, n, logitRows, logits);
+                    int dim = table.Cols;
+                    for (int t = 0; t < n; t++)
+                    {
+                        int token = batch.Tokens[t];
+                        if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"token id {token} is outside the vocabulary of {c.VocabSize}");
+                        Dequantize.Row(table.Type, table.Row(token), x.Slice(t * dim, dim));
+                    }
+                    break;
+                }
+                case OpKind.RmsNorm:
+                {
+                    var src = Buffer(op.Src, n, logitRows, logits);
+                    RmsNorm(src, _vectors[op.W0], Buffer(op.Dst, n, logitRows, logits), src.Length / op.Width, op.Width, op.Value);
+                    break;
+                }
+                case OpKind.MatMul:
+                {
+                    var src = Buffer(op.Src, n, logitRows, logits);
+                    int rows = g.Buffers[op.Src].LogitRows ? logitRows : n;
+                    if (op.W1 < 0) MatMul.Multiply(_matrices[op.W0], src, Buffer(op.Dst, n, logitRows, logits), rows, pool);
+                    else
+                    {
+                        MatMul.MultiplyShared(src, rows, pool, _matrices[op.W0], Buffer(op.Dst, n, logitRows, logits),
+                            _matrices[op.W1], Buffer(op.Dst2, n, logitRows, logits),
+                            op.W2 < 0 ? default : _matrices[op.W2], op.W2 < 0 ? default : Buffer(op.Dst3, n, logitRows, logits));
+                    }
+                    break;
+                }
+                case OpKind.AddBias:
+                    AddBias(Buffer(op.Dst, n, logitRows, logits), _vectors[op.W0]);
+                    break;
+                case OpKind.Rope:
+                {
+                    var table = g.RopeTables[op.Param];
+                    var dst = Buffer(op.Dst, n, logitRows, logits);
+                    int half = table.RopeDim / 2;
+                    Rope(dst, n, g.Buffers[op.Dst].Width / table.HeadDim, table, s.RopeCos[op.Param].AsSpan(0, n * half), s.RopeSin[op.Param].AsSpan(0, n * half));
+                    break;
+                }
+                case OpKind.Attention:
+                    kv.Attend(op.Layer, batch, Buffer(op.Src, n, logitRows, logits), Buffer(op.Src2, n, logitRows, logits),
+                        Buffer(op.Src3, n, logitRows, logits), Buffer(op.Dst, n, logitRows, logits), pool, op.Param);
+                    break;
+                case OpKind.Add:
+                {
+                    var dst = Buffer(op.Dst, n, logitRows, logits);
+                    TensorPrimitives.Add(dst, Buffer(op.Src, n, logitRows, logits), dst);
+                    break;
+                }
+                case OpKind.SwiGlu:
+                    SwiGlu(Buffer(op.Dst, n, logitRows, logits), Buffer(op.Src, n, logitRows, logits), pool);
+                    break;
+                case OpKind.GatherLogitRows:
+                {
+                    var src = Buffer(op.Src, n, logitRows, logits);
+                    var dst = Buffer(op.Dst, n, logitRows, logits);
+                    int width = g.Buffers[op.Src].Width;
+                    foreach (var seg in batch.Segments)
+                    {
+                        if (seg.LogitIndex < 0) continue;
+                        src.Slice(seg.FirstLogitToken * width, seg.LogitRowCount * width).CopyTo(dst.Slice(seg.LogitIndex * width, seg.LogitRowCount * width));
+                    }
+                    break;
+                }
+                default:
+                    throw new NotSupportedException($"the CPU path has no {op.Kind} operation");
+            }
         }
+    }
 
-        if (batch.LogitCount == 0) return;
-        var last = s.Last.AsSpan(0, batch.LogitCount * c.Dim);
-        foreach (var seg in batch.Segments)
-        {
-            if (seg.LogitIndex < 0) continue;
-            int t = seg.FirstLogitToken;
-            RmsNorm(x.Slice(t * c.Dim, seg.LogitRowCount * c.Dim), _outputNorm, last.Slice(seg.LogitIndex * c.Dim, seg.LogitRowCount * c.Dim), seg.LogitRowCount, c.Dim, c.RmsEps);
-        }
-        MatMul.Multiply(_output, last, logits, batch.LogitCount, pool);
+    /// <summary>The rows of buffer <paramref name="id"/> this step uses (the caller's logits for the logits buffer).</summary>
+    private Span<float> Buffer(int id, int tokens, int logitRows, Span<float> logits)
+    {
+        var spec = Graph.Buffers[id];
+        int length = (spec.LogitRows ? logitRows : tokens) * spec.Width;
+        return id == Graph.LogitsBuffer ? logits[..length] : _state.Buffers[id].AsSpan(0, length);
     }
 
     // ---- layer ops -------------------------------------------------------------------------------------------------
@@ -221,36 +253,20 @@ public sealed class LlamaModel
         }
     }
 
-    private static void AddBias(Span<float> y, ReadOnlySpan<float> bias, int rows)
+    private static void AddBias(Span<float> y, ReadOnlySpan<float> bias)
     {
-        for (int t = 0; t < rows; t++)
+        for (int t = 0; t < y.Length / bias.Length; t++)
         {
             var row = y.Slice(t * bias.Length, bias.Length);
             TensorPrimitives.Add(row, bias, row);
         }
     }
 
-    /// <summary>cos/sin of every token's rotation angles, [tokenCount, RopeDim / 2] each: once per forward pass, shared by all layers.</summary>
-    internal void ComputeRopeAngles(ModelBatch batch, Span<float> cos, Span<float> sin)
-    {
-        int half = Config.RopeDim / 2;
-        for (int t = 0; t < batch.TokenCount; t++)
-        {
-            int pos = batch.Positions[t];
-            for (int i = 0; i < half; i++)
-            {
-                double theta = pos * _ropeInvFreq[i];
-                cos[t * half + i] = (float)Math.Cos(theta);
-                sin[t * half + i] = (float)Math.Sin(theta);
-            }
-        }
-    }
-
     /// <summary>Rotates the first RopeDim dimensions of every head of every token by its position.</summary>
-    private void Rope(Span<float> qk, int tokenCount, int heads, ReadOnlySpan<float> cosTable, ReadOnlySpan<float> sinTable)
+    private static void Rope(Span<float> qk, int tokenCount, int heads, RopeTable table, ReadOnlySpan<float> cosTable, ReadOnlySpan<float> sinTable)
     {
-        int hd = Config.HeadDim, half = Config.RopeDim / 2;
-        bool neox = Config.RopeLayout == RopeLayout.Neox;
+        int hd = table.HeadDim, half = table.RopeDim / 2;
+        bool neox = table.Layout == RopeLayout.Neox;
         for (int t = 0; t < tokenCount; t++)
         {
             for (int i = 0; i < half; i++)
@@ -303,37 +319,29 @@ public sealed class LlamaModel
         }
     }
 
-    /// <summary>Activation buffers, grown to the largest batch seen.</summary>
+    /// <summary>Activation buffers and rotation angles, grown to the largest batch seen.</summary>
     private sealed class ForwardState
     {
-        public ForwardState(int capacity, ModelConfig c)
+        public ForwardState(int capacity, ModelGraph graph)
         {
             Capacity = capacity;
             if (capacity == 0) return;
-            X = new float[capacity * c.Dim];
-            Xb = new float[capacity * c.Dim];
-            Q = new float[capacity * c.QDim];
-            K = new float[capacity * c.KvDim];
-            V = new float[capacity * c.KvDim];
-            Att = new float[capacity * c.QDim];
-            Gate = new float[capacity * c.FfnDim];
-            Up = new float[capacity * c.FfnDim];
-            Last = new float[capacity * c.Dim];
-            RopeCos = new float[capacity * (c.RopeDim / 2)];
-            RopeSin = new float[capacity * (c.RopeDim / 2)];
+            // NOTE: logit rows never outnumber tokens, so every buffer holds `capacity` rows; the logits are the caller's.
+            Buffers = new float[graph.Buffers.Length][];
+            for (int i = 0; i < Buffers.Length; i++)
+                Buffers[i] = i == graph.LogitsBuffer ? [] : new float[capacity * graph.Buffers[i].Width];
+            RopeCos = new float[graph.RopeTables.Length][];
+            RopeSin = new float[graph.RopeTables.Length][];
+            for (int i = 0; i < RopeCos.Length; i++)
+            {
+                RopeCos[i] = new float[capacity * (graph.RopeTables[i].RopeDim / 2)];
+                RopeSin[i] = new float[capacity * (graph.RopeTables[i].RopeDim / 2)];
+            }
         }
 
         public int Capacity { get; }
-        public float[] X { get; } = [];     // [n, dim] residual stream
-        public float[] Xb { get; } = [];    // [n, dim] normed input / block output
-        public float[] Q { get; } = [];     // [n, heads, headDim]
-        public float[] K { get; } = [];     // [n, kvHeads, headDim]
-        public float[] V { get; } = [];     // [n, kvHeads, headDim]
-        public float[] Att { get; } = [];   // [n, heads, headDim]
-        public float[] Gate { get; } = [];  // [n, ffn]
-        public float[] Up { get; } = [];    // [n, ffn]
-        public float[] Last { get; } = [];  // [logitCount, dim]
-        public float[] RopeCos { get; } = [];  // [n, ropeDim / 2]
-        public float[] RopeSin { get; } = [];  // [n, ropeDim / 2]
+        public float[][] Buffers { get; } = [];   // by buffer id, [capacity, width]
+        public float[][] RopeCos { get; } = [];   // by rotation table, [capacity, ropeDim / 2]
+        public float[][] RopeSin { get; } = [];
     }
 }

@@ -1,11 +1,12 @@
 using Inference.Loading;
+using Inference.Models.Architectures;
 
 namespace Inference.Models;
 
-/// <summary>Hyperparameters of a llama-family transformer, read from GGUF metadata.</summary>
+/// <summary>Hyperparameters of a transformer, read from GGUF metadata or a Hugging Face <c>config.json</c>.</summary>
 public sealed record ModelConfig
 {
-    /// <summary>Architecture name (<c>llama</c> or <c>qwen2</c>).</summary>
+    /// <summary>Architecture name (one of <see cref="SupportedArchitectures"/>).</summary>
     public required string Architecture { get; init; }
     /// <summary>Residual stream width.</summary>
     public required int Dim { get; init; }
@@ -73,16 +74,16 @@ public sealed record ModelConfig
     /// <summary>Width of all KV heads.</summary>
     public int KvDim => KvHeadCount * HeadDim;
 
-    /// <summary>Architectures this library runs.</summary>
-    public static IReadOnlyList<string> SupportedArchitectures { get; } = ["llama", "qwen2"];
+    /// <summary>Architectures this library runs (GGUF <c>general.architecture</c> and Hugging Face <c>model_type</c> names).</summary>
+    public static IReadOnlyList<string> SupportedArchitectures { get; } = ModelArchitecture.All.Select(a => a.Name).ToArray();
 
     /// <summary>Reads the configuration from GGUF metadata, applying llama.cpp's defaults for absent keys.</summary>
     /// <exception cref="ModelFormatException">A required key is missing or a value is out of range.</exception>
     public static ModelConfig FromGguf(GgufFile gguf)
     {
         string arch = gguf.GetString("general.architecture") ?? throw gguf.Bad(-1, "metadata 'general.architecture' is missing");
-        if (!SupportedArchitectures.Contains(arch))
-            throw gguf.Bad(gguf.Metadata["general.architecture"].Offset, $"unsupported architecture '{arch}' (supported: {string.Join(", ", SupportedArchitectures)})");
+        var architecture = ModelArchitecture.Find(arch)
+            ?? throw gguf.Bad(gguf.Metadata["general.architecture"].Offset, $"unsupported architecture '{arch}' (supported: {string.Join(", ", SupportedArchitectures)})");
 
         int Required(string key, int min, int max)
         {
@@ -135,7 +136,7 @@ public sealed record ModelConfig
             throw gguf.Bad(-1, $"token_embd.weight has shape [{string.Join(", ", embd.Dimensions)}], expected [{dim}, vocab]");
         if (embd.Dimensions[1] > int.MaxValue) throw gguf.Bad(-1, "vocabulary too large");
 
-        return new ModelConfig
+        var config = new ModelConfig
         {
             Architecture = arch,
             Dim = dim,
@@ -149,10 +150,11 @@ public sealed record ModelConfig
             RmsEps = eps,
             RopeBase = ropeBase,
             RopeDim = ropeDim,
-            RopeLayout = arch == "llama" ? RopeLayout.Normal : RopeLayout.Neox,
+            RopeLayout = architecture.GgufRopeLayout,
             RopeScaling = scaling,
             RopeScalingFactor = factor,
             HasAttentionBias = gguf.FindTensor("blk.0.attn_q.bias") is not null,
         };
+        return architecture.ReadGguf(gguf, config);
     }
 }

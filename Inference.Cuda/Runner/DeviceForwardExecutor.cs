@@ -6,24 +6,25 @@ using Inference.Kernels;
 using Inference.Kernels.Layer;
 using Inference.KvCache;
 using Inference.Models;
+using Inference.Models.Graph;
 using Device = Inference.Engine.Device;
 
 namespace Inference.Cuda.Runner;
 
 /// <summary>
-/// The llama-family forward pass (the math of <see cref="LlamaModel.Forward"/>) on any ILGPU accelerator: weights
-/// uploaded once, the paged KV pool in device memory, activations on the device; per step only the batch metadata goes
-/// up and the logits of the segments that want them come back.
+/// A model's forward pass (its <see cref="ModelGraph"/>, the same one <see cref="LlamaModel.Forward"/> runs on the CPU) on
+/// any ILGPU accelerator: weights uploaded once, the paged KV pool in device memory, activations on the device; per step
+/// only the batch metadata goes up and the logits of the segments that want them come back.
 /// </summary>
 /// <remarks>
 /// <code>
 ///  per step, host → device (one int upload, one float upload):
 ///    tokens [n] · slots [n] · tokenSeqs [n] · positions [n] · seqStarts [S + 1] · contextLens [S] · logitRows [L]
-///    · blockTables [S, maxBlocksPerSeq]          cos, sin [n, ropeDim / 2] (the CPU model's angles)
-///  per layer, on the device:
-///    x ─rmsnorm→ xb ─Wq,Wk,Wv (+bias)→ q,k,v ─rope→ k,v → KV pool slots ─attention→ att ─Wo→ xb; x += xb
-///    x ─rmsnorm→ xb ─Wgate,Wup→ gate,up ─swiglu→ gate ─Wdown→ xb; x += xb
-///  then x[logitRows] ─rmsnorm→ last ─Woutput→ logits [L, vocab] → host
+///    · blockTables [S, maxBlocksPerSeq]          per rotation table: cos, sin [n, ropeDim / 2] (the graph's angles)
+///  on the device, each operation of the graph in order, one kernel (or a few) per operation:
+///    Embed → gather · RmsNorm → rmsnorm · MatMul → one matmul per output · AddBias · Rope → rope from the tables
+///    Attention → K/V to the pool slots, then paged attention · Add · SwiGlu · GatherLogitRows → gather
+///  then the logits buffer [L, vocab] → host
 /// </code>
 /// slot of a token = block table[position / blockSize] · blockSize + position % blockSize, the same physical block
 /// ids as the CPU path, so the engine's scheduler and KV cache manager drive both unchanged.
@@ -40,20 +41,14 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
     private readonly DeviceKvStorage _storage;
     private readonly IDeviceAttention _attention;
     private readonly AttentionShape _shape;
-    private readonly DeviceLayer[] _layers;
-    private readonly DeviceMatrix _embedding;      // [vocab, dim]
-    private readonly DeviceMatrix _output;         // [vocab, dim], the embedding when tied
-    private readonly MemoryBuffer1D<float, Stride1D.Dense> _outputNorm;   // [dim]
+    private readonly ModelGraph _graph;
+    private readonly DeviceMatrix?[] _matrices;                                   // by weight id
+    private readonly MemoryBuffer1D<float, Stride1D.Dense>?[] _vectors;           // by weight id
     private readonly List<IDisposable> _owned = [];
     private StepBuffers? _step;
     private int[] _ints = [];
     private float[] _angles = [];
     private Thread? _boundThread;
-
-    private sealed record DeviceLayer(
-        MemoryBuffer1D<float, Stride1D.Dense> AttnNorm, DeviceMatrix Q, DeviceMatrix K, DeviceMatrix V, DeviceMatrix O,
-        MemoryBuffer1D<float, Stride1D.Dense>? QBias, MemoryBuffer1D<float, Stride1D.Dense>? KBias, MemoryBuffer1D<float, Stride1D.Dense>? VBias,
-        MemoryBuffer1D<float, Stride1D.Dense> FfnNorm, DeviceMatrix Gate, DeviceMatrix Up, DeviceMatrix Down);
 
     /// <param name="accelerator">Where to run; its context must have ILGPU.Algorithms enabled.</param>
     /// <param name="context">Model, KV cache manager and pool geometry.</param>
@@ -81,26 +76,14 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             _attention = Own(CreateAttention(accelerator, _shape, kv.DataType, c.SlidingWindows is { Count: > 0 } ? CudaAttentionKernels.Ilgpu : attention));
 
             var w = _model.Weights;
-            _embedding = Own(DeviceMatrix.Upload(accelerator, w.GetMatrix("token_embd.weight", c.VocabSize, c.Dim)));
-            _output = w.Contains("output.weight") ? Own(DeviceMatrix.Upload(accelerator, w.GetMatrix("output.weight", c.VocabSize, c.Dim))) : _embedding;
-            _outputNorm = Vector(w.GetVector("output_norm.weight", c.Dim)!);
-            _layers = new DeviceLayer[c.LayerCount];
-            for (int l = 0; l < c.LayerCount; l++)
+            _graph = _model.Graph;
+            var specs = _graph.Weights;
+            _matrices = new DeviceMatrix?[specs.Length];
+            _vectors = new MemoryBuffer1D<float, Stride1D.Dense>?[specs.Length];
+            for (int i = 0; i < specs.Length; i++)
             {
-                string p = $"blk.{l}.";
-                _layers[l] = new DeviceLayer(
-                    Vector(w.GetVector(p + "attn_norm.weight", c.Dim)!),
-                    Matrix(p + "attn_q.weight", c.QDim, c.Dim),
-                    Matrix(p + "attn_k.weight", c.KvDim, c.Dim),
-                    Matrix(p + "attn_v.weight", c.KvDim, c.Dim),
-                    Matrix(p + "attn_output.weight", c.Dim, c.QDim),
-                    OptionalVector(w.GetVector(p + "attn_q.bias", c.QDim, optional: true)),
-                    OptionalVector(w.GetVector(p + "attn_k.bias", c.KvDim, optional: true)),
-                    OptionalVector(w.GetVector(p + "attn_v.bias", c.KvDim, optional: true)),
-                    Vector(w.GetVector(p + "ffn_norm.weight", c.Dim)!),
-                    Matrix(p + "ffn_gate.weight", c.FfnDim, c.Dim),
-                    Matrix(p + "ffn_up.weight", c.FfnDim, c.Dim),
-                    Matrix(p + "ffn_down.weight", c.Dim, c.FfnDim));
+                if (specs[i].IsMatrix) _matrices[i] = Own(DeviceMatrix.Upload(accelerator, w.GetMatrix(specs[i].Name, specs[i].Rows, specs[i].Cols)));
+                else _vectors[i] = Own(accelerator.Allocate1D(w.GetVector(specs[i].Name, specs[i].Rows)!));
             }
             _accelerator.Synchronize();
         }
@@ -149,6 +132,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
     public void Forward(ModelBatch batch, Span<float> logits)
     {
         var c = _config;
+        var g = _graph;
         int n = batch.TokenCount;
         if (n == 0) return;
         int seqs = batch.Segments.Count, logitCount = batch.LogitCount;
@@ -157,59 +141,99 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
         var s = EnsureStep(n, seqs, logitCount);
         var step = Upload(batch, s);
 
-        _embedding.Gather(_kernels, s.Tokens, s.X.View, n);
-        int half = c.RopeDim / 2;
-        var cos = s.Angles.View.SubView(0, (long)n * half);
-        var sin = s.Angles.View.SubView((long)n * half, (long)n * half);
-        var x = s.X.View.SubView(0, (long)n * c.Dim);
-        var xb = s.Xb.View.SubView(0, (long)n * c.Dim);
-        var q = s.Q.View.SubView(0, (long)n * c.QDim);
-        var k = s.K.View.SubView(0, (long)n * c.KvDim);
-        var v = s.V.View.SubView(0, (long)n * c.KvDim);
-        var att = s.Att.View.SubView(0, (long)n * c.QDim);
-        var gate = s.Gate.View.SubView(0, (long)n * c.FfnDim);
-        var up = s.Up.View.SubView(0, (long)n * c.FfnDim);
-        var layout = c.RopeLayout;
-
-        for (int l = 0; l < c.LayerCount; l++)
+        var ops = g.Ops;
+        for (int i = 0; i < ops.Length; i++)
         {
-            var w = _layers[l];
-            _kernels.RmsNorm(x, w.AttnNorm.View, xb, n, c.Dim, c.RmsEps);
-            w.Q.MatMul(_kernels, xb, q, n);
-            w.K.MatMul(_kernels, xb, k, n);
-            w.V.MatMul(_kernels, xb, v, n);
-            if (w.QBias is not null) _kernels.AddBias(q, w.QBias.View, n, c.QDim);
-            if (w.KBias is not null) _kernels.AddBias(k, w.KBias.View, n, c.KvDim);
-            if (w.VBias is not null) _kernels.AddBias(v, w.VBias.View, n, c.KvDim);
-            _kernels.RopeTable(q, cos, sin, n, c.HeadCount, c.HeadDim, c.RopeDim, layout);
-            _kernels.RopeTable(k, cos, sin, n, c.KvHeadCount, c.HeadDim, c.RopeDim, layout);
-            if (_storage.DataType == KvCacheDataType.Float32)
-                _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<float>(), _storage.Values(l).Cast<float>(), n, c.KvDim);
-            else
-                _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<ILGPU.Half>(), _storage.Values(l).Cast<ILGPU.Half>(), n, c.KvDim);
-            _attention.Run(step, _storage.Keys(l), _storage.Values(l), q, att, c.LayerSlidingWindow(l));
-            w.O.MatMul(_kernels, att, xb, n);
-            _kernels.Add(x, xb, n * c.Dim);
-
-            _kernels.RmsNorm(x, w.FfnNorm.View, xb, n, c.Dim, c.RmsEps);
-            w.Gate.MatMul(_kernels, xb, gate, n);
-            w.Up.MatMul(_kernels, xb, up, n);
-            _kernels.SwiGlu(gate, up, gate, n * c.FfnDim);
-            w.Down.MatMul(_kernels, gate, xb, n);
-            _kernels.Add(x, xb, n * c.Dim);
+            if (i == g.HeadStart && logitCount == 0)
+            {
+                _accelerator.Synchronize();
+                return;
+            }
+            var op = ops[i];
+            switch (op.Kind)
+            {
+                case OpKind.Embed:
+                    _matrices[op.W0]!.Gather(_kernels, s.Tokens, View(s, op.Dst, n, logitCount), n);
+                    break;
+                case OpKind.RmsNorm:
+                {
+                    var src = View(s, op.Src, n, logitCount);
+                    _kernels.RmsNorm(src, _vectors[op.W0]!.View, View(s, op.Dst, n, logitCount), (int)(src.Length / op.Width), op.Width, op.Value);
+                    break;
+                }
+                case OpKind.MatMul:
+                {
+                    var src = View(s, op.Src, n, logitCount);
+                    int rows = g.Buffers[op.Src].LogitRows ? logitCount : n;
+                    _matrices[op.W0]!.MatMul(_kernels, src, View(s, op.Dst, n, logitCount), rows);
+                    if (op.W1 >= 0) _matrices[op.W1]!.MatMul(_kernels, src, View(s, op.Dst2, n, logitCount), rows);
+                    if (op.W2 >= 0) _matrices[op.W2]!.MatMul(_kernels, src, View(s, op.Dst3, n, logitCount), rows);
+                    break;
+                }
+                case OpKind.AddBias:
+                {
+                    var dst = View(s, op.Dst, n, logitCount);
+                    int width = g.Buffers[op.Dst].Width;
+                    _kernels.AddBias(dst, _vectors[op.W0]!.View, (int)(dst.Length / width), width);
+                    break;
+                }
+                case OpKind.Rope:
+                {
+                    var table = g.RopeTables[op.Param];
+                    long half = table.RopeDim / 2, offset = 2L * n * RopeOffset(op.Param);
+                    var cos = s.Angles.View.SubView(offset, n * half);
+                    var sin = s.Angles.View.SubView(offset + n * half, n * half);
+                                        _kernels.RopeTable(View(s, op.Dst, n, logitCount), cos, sin, n, g.Buffers[op.Dst].Width / table.HeadDim, table.HeadDim, table.RopeDim, table.Layout);
+                    break;
+                }
+                case OpKind.Attention:
+                {
+                    int l = op.Layer, kvDim = g.Buffers[op.Src2].Width;
+                    var k = View(s, op.Src2, n, logitCount);
+                    var v = View(s, op.Src3, n, logitCount);
+                    if (_storage.DataType == KvCacheDataType.Float32)
+                        _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<float>(), _storage.Values(l).Cast<float>(), n, kvDim);
+                    else
+                        _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<ILGPU.Half>(), _storage.Values(l).Cast<ILGPU.Half>(), n, kvDim);
+                    _attention.Run(step, _storage.Keys(l), _storage.Values(l), View(s, op.Src, n, logitCount), View(s, op.Dst, n, logitCount), op.Param);
+                    break;
+                }
+                case OpKind.Add:
+                {
+                    var dst = View(s, op.Dst, n, logitCount);
+                    _kernels.Add(dst, View(s, op.Src, n, logitCount), (int)dst.Length);
+                    break;
+                }
+                case OpKind.SwiGlu:
+                {
+                    var gate = View(s, op.Dst, n, logitCount);
+                    _kernels.SwiGlu(gate, View(s, op.Src, n, logitCount), gate, (int)gate.Length);
+                    break;
+                }
+                case OpKind.GatherLogitRows:
+                    _kernels.GatherRows(View(s, op.Src, n, logitCount), s.LogitRows, View(s, op.Dst, n, logitCount), logitCount, g.Buffers[op.Src].Width);
+                    break;
+                default:
+                    throw new NotSupportedException($"the device executor has no {op.Kind} operation");
+            }
         }
-
-        if (logitCount == 0)
-        {
-            _accelerator.Synchronize();
-            return;
-        }
-        var last = s.Last.View.SubView(0, (long)logitCount * c.Dim);
-        _kernels.GatherRows(x, s.LogitRows, last, logitCount, c.Dim);
-        _kernels.RmsNorm(last, _outputNorm.View, last, logitCount, c.Dim, c.RmsEps);
-        var output = s.Logits.View.SubView(0, (long)logitCount * c.VocabSize);
-        _output.MatMul(_kernels, last, output, logitCount);
+        var output = View(s, g.LogitsBuffer, n, logitCount);
         ((ArrayView<float>)output).CopyToCPU(logits[..(logitCount * c.VocabSize)]);
+    }
+
+    /// <summary>The rows of graph buffer <paramref name="id"/> this step uses.</summary>
+    private ArrayView1D<float, Stride1D.Dense> View(StepBuffers s, int id, int tokens, int logitRows)
+    {
+        var spec = _graph.Buffers[id];
+        return s.Buffers[id].View.SubView(0, (long)(spec.LogitRows ? logitRows : tokens) * spec.Width);
+    }
+
+    /// <summary>Sum of the half rotated dimensions of the tables before <paramref name="table"/> (its place in the angle upload).</summary>
+    private int RopeOffset(int table)
+    {
+        int offset = 0;
+        for (int r = 0; r < table; r++) offset += _graph.RopeTables[r].RopeDim / 2;
+        return offset;
     }
 
     /// <summary>Builds and uploads the step's metadata; returns the attention views over it.</summary>
@@ -255,11 +279,16 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
         ints[oStarts + seqs] = n;
         ((ArrayView<int>)s.Ints.View.SubView(0, total)).CopyFromCPU<int, ArrayView<int>>(ints);
 
-        int half = c.RopeDim / 2;
-        if (_angles.Length < 2 * n * half) _angles = new float[Math.Max(2 * n * half, _angles.Length * 2)];
-        var angles = _angles.AsSpan(0, 2 * n * half);
-        _model.ComputeRopeAngles(batch, angles[..(n * half)], angles[(n * half)..]);
-        ((ArrayView<float>)s.Angles.View.SubView(0, angles.Length)).CopyFromCPU<float, ArrayView<float>>(angles);
+        // per rotation table r: cos [n, half_r] then sin [n, half_r], tables one after another
+        int totalHalf = RopeOffset(_graph.RopeTables.Length);
+        if (_angles.Length < 2 * n * totalHalf) _angles = new float[Math.Max(2 * n * totalHalf, _angles.Length * 2)];
+        for (int r = 0; r < _graph.RopeTables.Length; r++)
+        {
+            int half = _graph.RopeTables[r].RopeDim / 2, offset = 2 * n * RopeOffset(r);
+            _graph.ComputeRopeAngles(r, batch, _angles.AsSpan(offset, n * half), _angles.AsSpan(offset + n * half, n * half));
+        }
+        if (totalHalf > 0)
+            ((ArrayView<float>)s.Angles.View.SubView(0, 2L * n * totalHalf)).CopyFromCPU<float, ArrayView<float>>(_angles.AsSpan(0, 2 * n * totalHalf));
 
         var view = s.Ints.View;
         s.Tokens = view.SubView(0, n);
@@ -278,16 +307,9 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
         int lc = Math.Max(Math.Max(logitCount, 1), _step?.LogitCapacity ?? 0);
         _step?.Dispose();
         _step = null;
-        _step = new StepBuffers(_accelerator, _config, t, sc, lc, _shape.MaxBlocksPerSeq);
+        _step = new StepBuffers(_accelerator, _graph, t, sc, lc, _shape.MaxBlocksPerSeq);
         return _step;
     }
-
-    private DeviceMatrix Matrix(string name, int rows, int cols) =>
-        Own(DeviceMatrix.Upload(_accelerator, _model.Weights.GetMatrix(name, rows, cols)));
-
-    private MemoryBuffer1D<float, Stride1D.Dense> Vector(float[] values) => Own(_accelerator.Allocate1D(values));
-
-    private MemoryBuffer1D<float, Stride1D.Dense>? OptionalVector(float[]? values) => values is null ? null : Vector(values);
 
     private T Own<T>(T resource) where T : IDisposable
     {
@@ -322,40 +344,34 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
     /// <summary>Device activations and metadata for up to <see cref="TokenCapacity"/> tokens, grown on demand.</summary>
     private sealed class StepBuffers : IDisposable
     {
-        public StepBuffers(Accelerator a, ModelConfig c, int tokens, int seqs, int logits, int maxBlocks)
+        public StepBuffers(Accelerator a, ModelGraph graph, int tokens, int seqs, int logits, int maxBlocks)
         {
             TokenCapacity = tokens;
             SeqCapacity = seqs;
             LogitCapacity = logits;
-            X = a.Allocate1D<float>((long)tokens * c.Dim);
-            Xb = a.Allocate1D<float>((long)tokens * c.Dim);
-            Q = a.Allocate1D<float>((long)tokens * c.QDim);
-            K = a.Allocate1D<float>((long)tokens * c.KvDim);
-            V = a.Allocate1D<float>((long)tokens * c.KvDim);
-            Att = a.Allocate1D<float>((long)tokens * c.QDim);
-            Gate = a.Allocate1D<float>((long)tokens * c.FfnDim);
-            Up = a.Allocate1D<float>((long)tokens * c.FfnDim);
-            Last = a.Allocate1D<float>((long)logits * c.Dim);
-            Logits = a.Allocate1D<float>((long)logits * c.VocabSize);
-            Angles = a.Allocate1D<float>(Math.Max(1L, (long)tokens * c.RopeDim));
-            Ints = a.Allocate1D<int>(4L * tokens + 2L * seqs + 1 + logits + (long)seqs * maxBlocks);
+            Buffers = new MemoryBuffer1D<float, Stride1D.Dense>[graph.Buffers.Length];
+            int ropeFloats = 0;
+            foreach (var r in graph.RopeTables) ropeFloats += r.RopeDim;
+            try
+            {
+                for (int i = 0; i < Buffers.Length; i++)
+                    Buffers[i] = a.Allocate1D<float>(Math.Max(1L, (long)(graph.Buffers[i].LogitRows ? logits : tokens) * graph.Buffers[i].Width));
+                Angles = a.Allocate1D<float>(Math.Max(1L, (long)tokens * ropeFloats));
+                Ints = a.Allocate1D<int>(4L * tokens + 2L * seqs + 1 + logits + (long)seqs * maxBlocks);
+            }
+            catch
+            {
+                Dispose();
+                throw;
+            }
         }
 
         public int TokenCapacity { get; }
         public int SeqCapacity { get; }
         public int LogitCapacity { get; }
-        public MemoryBuffer1D<float, Stride1D.Dense> X { get; }       // [n, dim] residual stream
-        public MemoryBuffer1D<float, Stride1D.Dense> Xb { get; }      // [n, dim] normed input / block output
-        public MemoryBuffer1D<float, Stride1D.Dense> Q { get; }       // [n, heads, headDim]
-        public MemoryBuffer1D<float, Stride1D.Dense> K { get; }       // [n, kvHeads, headDim]
-        public MemoryBuffer1D<float, Stride1D.Dense> V { get; }       // [n, kvHeads, headDim]
-        public MemoryBuffer1D<float, Stride1D.Dense> Att { get; }     // [n, heads, headDim]
-        public MemoryBuffer1D<float, Stride1D.Dense> Gate { get; }    // [n, ffn]
-        public MemoryBuffer1D<float, Stride1D.Dense> Up { get; }      // [n, ffn]
-        public MemoryBuffer1D<float, Stride1D.Dense> Last { get; }    // [logitCount, dim]
-        public MemoryBuffer1D<float, Stride1D.Dense> Logits { get; }  // [logitCount, vocab]
-        public MemoryBuffer1D<float, Stride1D.Dense> Angles { get; }  // cos [n, ropeDim / 2] then sin, same shape
-        public MemoryBuffer1D<int, Stride1D.Dense> Ints { get; }      // the step's metadata (see Upload)
+        public MemoryBuffer1D<float, Stride1D.Dense>[] Buffers { get; }   // by graph buffer id, [rows, width]
+        public MemoryBuffer1D<float, Stride1D.Dense> Angles { get; } = null!;  // per rotation table: cos [n, ropeDim / 2] then sin
+        public MemoryBuffer1D<int, Stride1D.Dense> Ints { get; } = null!;      // the step's metadata (see Upload)
 
         // views into Ints, set by Upload for the current step
         public ArrayView<int> Tokens { get; set; }
@@ -364,7 +380,9 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
 
         public void Dispose()
         {
-            foreach (var b in new MemoryBuffer[] { X, Xb, Q, K, V, Att, Gate, Up, Last, Logits, Angles, Ints }) b.Dispose();
+            foreach (var b in Buffers) b?.Dispose();
+            Angles?.Dispose();
+            Ints?.Dispose();
         }
     }
 }

@@ -1,0 +1,94 @@
+using Inference.Models.Graph;
+
+namespace Inference.Models.Architectures;
+
+/// <summary>
+/// Layer blocks shared by architectures (as model files share layer modules): each emits its operations for the
+/// builder's current block, naming tensors by their GGUF suffixes.
+/// </summary>
+internal static class Blocks
+{
+    /// <summary>The token embedding into the residual stream <c>x</c>; returns the embedding matrix (for a tied output head).</summary>
+    public static int Embedding(GraphBuilder b, int x)
+    {
+        var c = b.Config;
+        int table = b.Matrix("token_embd.weight", c.VocabSize, c.Dim);
+        b.Embed(x, table);
+        return table;
+    }
+
+    /// <summary>
+    /// RoPE angles from the configuration: θᵢ = base^(−2i/ropeDim), divided by Llama 3.1's per-dimension factors
+    /// (<c>rope_freqs.weight</c>) or by the linear scaling factor.
+    /// </summary>
+    public static RopeTable DefaultRope(GraphBuilder b)
+    {
+        var c = b.Config;
+        var invFreq = new double[c.RopeDim / 2];
+        float[]? freqFactors = c.RopeScaling == RopeScaling.Llama3 ? b.ReadVector("rope_freqs.weight", c.RopeDim / 2) : null;
+        for (int i = 0; i < invFreq.Length; i++)
+        {
+            invFreq[i] = Math.Pow(c.RopeBase, -2.0 * i / c.RopeDim);
+            if (freqFactors is not null) invFreq[i] /= freqFactors[i];
+            if (c.RopeScaling == RopeScaling.Linear) invFreq[i] /= c.RopeScalingFactor;
+        }
+        return new RopeTable(invFreq, c.HeadDim, c.RopeDim, c.RopeLayout);
+    }
+
+    /// <summary>
+    /// Pre-norm self-attention with a residual: x += Wo · attention(rope(Wq·n + bq), rope(Wk·n + bk), Wv·n + bv), n = rmsnorm(x) ⊙ attn_norm.
+    /// Biases are used where the configuration or the tensors say so.
+    /// </summary>
+    public static void SelfAttention(GraphBuilder b, int x, int xb, int rope)
+    {
+        var c = b.Config;
+        int q = b.Buffer("q", c.QDim), k = b.Buffer("k", c.KvDim), v = b.Buffer("v", c.KvDim), att = b.Buffer("att", c.QDim);
+        b.RmsNorm(x, b.Vector(b.LayerName("attn_norm.weight"), c.Dim), xb, c.RmsEps);
+        b.MatMul(xb,
+            b.Matrix(b.LayerName("attn_q.weight"), c.QDim, c.Dim), q,
+            b.Matrix(b.LayerName("attn_k.weight"), c.KvDim, c.Dim), k,
+            b.Matrix(b.LayerName("attn_v.weight"), c.KvDim, c.Dim), v);
+        b.AddBias(q, Bias(b, "attn_q.bias", c.QDim));
+        b.AddBias(k, Bias(b, "attn_k.bias", c.KvDim));
+        b.AddBias(v, Bias(b, "attn_v.bias", c.KvDim));
+        b.Rope(q, rope);
+        b.Rope(k, rope);
+        b.Attention(q, k, v, att, c.LayerSlidingWindow(b.Layer));
+        b.MatMul(att, b.Matrix(b.LayerName("attn_output.weight"), c.Dim, c.QDim), xb);
+        b.AddTo(x, xb);
+    }
+
+    /// <summary>A block's bias: required when the configuration says the model has them, else used where present.</summary>
+    private static int Bias(GraphBuilder b, string suffix, int length) =>
+        b.Config.HasAttentionBias ? b.Vector(b.LayerName(suffix), length) : b.OptionalVector(b.LayerName(suffix), length);
+
+    /// <summary>Pre-norm SwiGLU feed-forward with a residual: x += Wdown · (silu(Wgate·n) ⊙ Wup·n), n = rmsnorm(x) ⊙ ffn_norm.</summary>
+    public static void SwiGluFeedForward(GraphBuilder b, int x, int xb)
+    {
+        var c = b.Config;
+        int gate = b.Buffer("gate", c.FfnDim), up = b.Buffer("up", c.FfnDim);
+        b.RmsNorm(x, b.Vector(b.LayerName("ffn_norm.weight"), c.Dim), xb, c.RmsEps);
+        b.MatMul(xb,
+            b.Matrix(b.LayerName("ffn_gate.weight"), c.FfnDim, c.Dim), gate,
+            b.Matrix(b.LayerName("ffn_up.weight"), c.FfnDim, c.Dim), up);
+        b.SwiGlu(gate, up);
+        b.MatMul(gate, b.Matrix(b.LayerName("ffn_down.weight"), c.Dim, c.FfnDim), xb);
+        b.AddTo(x, xb);
+    }
+
+    /// <summary>
+    /// The output head on each segment's last token: logits = W_out · rmsnorm(x) ⊙ output_norm, W_out being
+    /// <c>output.weight</c> or, when absent, the embedding <paramref name="embedding"/> (tied). Returns the logits buffer.
+    /// </summary>
+    public static int OutputHead(GraphBuilder b, int x, int embedding)
+    {
+        var c = b.Config;
+        b.Layer = -1;
+        int last = b.Buffer("last", c.Dim, logitRows: true), logits = b.Buffer("logits", c.VocabSize, logitRows: true);
+        b.GatherLogitRows(x, last);
+        b.RmsNorm(last, b.Vector("output_norm.weight", c.Dim), last, c.RmsEps);
+        int output = b.Has("output.weight") ? b.Matrix("output.weight", c.VocabSize, c.Dim) : embedding;
+        b.MatMul(last, output, logits);
+        return logits;
+    }
+}

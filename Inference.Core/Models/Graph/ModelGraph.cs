@@ -1,0 +1,65 @@
+namespace Inference.Models.Graph;
+
+/// <summary>
+/// An architecture's forward pass compiled for one model: a flat array of <see cref="ModelOp"/>s over named activation
+/// buffers and named weights, which each backend interprets with one switch per operation (no allocation per step).
+/// </summary>
+/// <remarks>
+/// <code>
+///  Ops        Embed · [block 0 ops] · … · [block L-1 ops] · GatherLogitRows · (head ops on logit rows)
+///  Buffers    [id] → name, row width, token rows (n per step) or logit rows (one per segment that wants logits)
+///  Weights    [id] → GGUF tensor name and shape (a tied output head is the embedding's id)
+///  RopeTables [id] → inverse frequencies, rotated dimensions and pairing; every step computes cos/sin per token once
+/// </code>
+/// </remarks>
+internal sealed class ModelGraph
+{
+    public ModelGraph(ModelOp[] ops, BufferSpec[] buffers, WeightSpec[] weights, RopeTable[] ropeTables, int logitsBuffer)
+    {
+        Ops = ops;
+        Buffers = buffers;
+        Weights = weights;
+        RopeTables = ropeTables;
+        LogitsBuffer = logitsBuffer;
+        HeadStart = Array.FindIndex(ops, o => o.Kind == OpKind.GatherLogitRows);
+        if (HeadStart < 0) throw new InvalidOperationException("a model graph must gather its logit rows");
+    }
+
+    public ModelOp[] Ops { get; }
+    public BufferSpec[] Buffers { get; }
+    public WeightSpec[] Weights { get; }
+    public RopeTable[] RopeTables { get; }
+    /// <summary>The buffer that receives the logits ([logit rows, vocab]).</summary>
+    public int LogitsBuffer { get; }
+    /// <summary>Index of the first operation on logit rows (skipped when no segment wants logits).</summary>
+    public int HeadStart { get; }
+
+    /// <summary>cos/sin of every token's rotation angles for table <paramref name="table"/>, [tokenCount, RopeDim / 2] each.</summary>
+    public void ComputeRopeAngles(int table, ModelBatch batch, Span<float> cos, Span<float> sin)
+    {
+        var invFreq = RopeTables[table].InvFreq;
+        int half = invFreq.Length;
+        for (int t = 0; t < batch.TokenCount; t++)
+        {
+            int pos = batch.Positions[t];
+            for (int i = 0; i < half; i++)
+            {
+                double theta = pos * invFreq[i];
+                cos[t * half + i] = (float)Math.Cos(theta);
+                sin[t * half + i] = (float)Math.Sin(theta);
+            }
+        }
+    }
+}
+
+/// <summary>An activation buffer: <paramref name="Width"/> floats per row, one row per token or per logit row.</summary>
+internal readonly record struct BufferSpec(string Name, int Width, bool LogitRows);
+
+/// <summary>A weight tensor by its GGUF name: a <paramref name="Rows"/> × <paramref name="Cols"/> matrix, or a vector of <paramref name="Rows"/> values (<paramref name="Cols"/> 0).</summary>
+internal readonly record struct WeightSpec(string Name, int Rows, int Cols)
+{
+    public bool IsMatrix => Cols > 0;
+}
+
+/// <summary>RoPE of <paramref name="RopeDim"/> dimensions of heads of <paramref name="HeadDim"/>, angle position × InvFreq[i].</summary>
+internal sealed record RopeTable(double[] InvFreq, int HeadDim, int RopeDim, RopeLayout Layout);

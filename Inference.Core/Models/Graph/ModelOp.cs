@@ -1,0 +1,59 @@
+namespace Inference.Models.Graph;
+
+/// <summary>The kinds of layer operation a <see cref="ModelGraph"/> is made of; each backend implements every kind.</summary>
+internal enum OpKind : byte
+{
+    /// <summary>Dst[t] = row <c>token[t]</c> of matrix W0 (the embedding lookup).</summary>
+    Embed,
+    /// <summary>Dst = Src / rms(Src) ⊙ W0 over rows of <see cref="ModelOp.Width"/> values; <see cref="ModelOp.Value"/> is ε.</summary>
+    RmsNorm,
+    /// <summary>Dst = W0·Src, and Dst2 = W1·Src, Dst3 = W2·Src when present: one shared input, one pass over it.</summary>
+    MatMul,
+    /// <summary>Dst[t] += W0 (a vector of the buffer's width) for every row.</summary>
+    AddBias,
+    /// <summary>Rotates every head of Dst by its token's position, with rotation table <see cref="ModelOp.Param"/>.</summary>
+    Rope,
+    /// <summary>
+    /// Stores K = Src2 and V = Src3 in layer <see cref="ModelOp.Layer"/>'s cache, then Dst = causal attention of Q = Src
+    /// over a sliding window of <see cref="ModelOp.Param"/> positions (0: every position).
+    /// </summary>
+    Attention,
+    /// <summary>Dst += Src.</summary>
+    Add,
+    /// <summary>Dst = silu(Dst) ⊙ Src (Src may be overwritten).</summary>
+    SwiGlu,
+    /// <summary>Dst[i] = Src[token whose logits are row i] (each segment's last tokens that want logits); every operation after it runs on logit rows.</summary>
+    GatherLogitRows,
+}
+
+/// <summary>
+/// One layer operation: its kind, the activation buffers it reads and writes (indexes into
+/// <see cref="ModelGraph.Buffers"/>, -1 when unused) and the weights it reads (indexes into <see cref="ModelGraph.Weights"/>).
+/// </summary>
+internal readonly record struct ModelOp
+{
+    public OpKind Kind { get; init; }
+    /// <summary>Transformer block the operation belongs to (-1 outside the blocks).</summary>
+    public int Layer { get; init; }
+    public int Src { get; init; }
+    public int Src2 { get; init; }
+    public int Src3 { get; init; }
+    public int Dst { get; init; }
+    public int Dst2 { get; init; }
+    public int Dst3 { get; init; }
+    public int W0 { get; init; }
+    public int W1 { get; init; }
+    public int W2 { get; init; }
+    /// <summary>Row width where the operation's rows are narrower than its buffer (per-head norms); else the buffer's width.</summary>
+    public int Width { get; init; }
+    /// <summary>An integer parameter (the rotation table of <see cref="OpKind.Rope"/>, the window of <see cref="OpKind.Attention"/>).</summary>
+    public int Param { get; init; }
+    /// <summary>A float parameter (ε of <see cref="OpKind.RmsNorm"/>).</summary>
+    public float Value { get; init; }
+
+    /// <summary>An operation of <paramref name="kind"/> with every buffer and weight unset.</summary>
+    public static ModelOp Of(OpKind kind, int layer) => new()
+    {
+        Kind = kind, Layer = layer, Src = -1, Src2 = -1, Src3 = -1, Dst = -1, Dst2 = -1, Dst3 = -1, W0 = -1, W1 = -1, W2 = -1,
+    };
+}
