@@ -183,7 +183,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
                     long half = table.RopeDim / 2, offset = 2L * n * RopeOffset(op.Param);
                     var cos = s.Angles.View.SubView(offset, n * half);
                     var sin = s.Angles.View.SubView(offset + n * half, n * half);
-                                        _kernels.RopeTable(View(s, op.Dst, n, logitCount), cos, sin, n, g.Buffers[op.Dst].Width / table.HeadDim, table.HeadDim, table.RopeDim, table.Layout);
+                    _kernels.RopeTable(View(s, op.Dst, n, logitCount), cos, sin, n, g.Buffers[op.Dst].Width / table.HeadDim, table.HeadDim, table.RopeDim, table.Layout);
                     break;
                 }
                 case OpKind.Attention:
