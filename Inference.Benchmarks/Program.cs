@@ -22,6 +22,7 @@ public static class Program
         ["bandwidth"] = ("memory read bandwidth: --threads T", E2e.BandwidthBenchmark.RunAsync),
         ["prefix"] = ("prefix reuse: --model PATH --shared-prefix-tokens 1024 --suffix-tokens 32 --threads 2", Prefix.PrefixBenchmark.RunAsync),
         ["kv-waste"] = ("KV waste of paged blocks vs contiguous reservations: [--sequences 300 --context 4096 --block-size 16]", Prefix.KvWasteBenchmark.RunAsync),
+        ["grammar-mask"] = ("constrained-decoding mask cost per token: [--vocab ../shared/testdata/vocab/ggml-vocab-deepseek-llm.gguf --json-schema FILE --walks 8 --steps 300]", Constraints.GrammarMaskBenchmark.RunAsync),
         ["dump-ptx"] = ("DIR: write the ILGPU-generated PTX of every kernel (sm_80, sm_90)", a => Task.FromResult(Gpu.PtxDumpMode.Run(a))),
         ["gpu"] = ("OUTDIR: GPU checks and the decode-attention benchmark (needs a CUDA device)", a => Task.FromResult(Gpu.GpuMode.Run(a))),
     };

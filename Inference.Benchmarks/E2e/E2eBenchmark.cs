@@ -12,7 +12,8 @@ namespace Inference.Benchmarks.E2e;
 /// through llama.cpp (LLamaSharp, one batch of B sequences). Metrics:
 /// prefill_tok_s = B·P / (time until every request has its first token);
 /// decode_tok_s = B·(N−1) / (time from then to the end), aggregate over all requests;
-/// ttft_ms and tpot_ms are means over requests.
+/// ttft_ms and tpot_ms are means over requests. <c>--json-schema FILE</c> constrains every request to the schema
+/// (Inference only), to compare TPOT with and without the grammar mask.
 /// </summary>
 public static class E2eBenchmark
 {
@@ -27,6 +28,7 @@ public static class E2eBenchmark
         if (p < 1 || n < 2 || batch < 1) throw new ArgumentException("-p ≥ 1, -n ≥ 2 and --batch ≥ 1 are required");
 
         var prompts = MakePrompts(model, p, batch);
+        var constraint = a.Optional("--json-schema") is string schemaFile ? new Inference.Constraints.JsonSchemaConstraint(File.ReadAllText(schemaFile)) : null;
         E2eResult? best = null;
         // NOTE: the first pass over a model file reads it from disk; only warm passes count.
         for (int i = 0; i < repeat; i++)
@@ -34,7 +36,7 @@ public static class E2eBenchmark
             var r = engine switch
             {
                 "inference" => await RunInferenceAsync(model, prompts, n, threads, a.String("--kv", "f16") == "f32" ? KvCacheDataType.Float32 : KvCacheDataType.Float16,
-                    a.Optional("--quantization") is { } q ? QuantizationPresets.Parse(q) : null),
+                    a.Optional("--quantization") is { } q ? QuantizationPresets.Parse(q) : null, constraint),
                 "llama.cpp" => LlamaCppE2e.Run(model, prompts, n, threads),
                 _ => throw new ArgumentException($"unknown engine '{engine}' (inference or llama.cpp)"),
             };
@@ -74,7 +76,7 @@ public static class E2eBenchmark
         }).ToArray();
     }
 
-    internal static async Task<E2eResult> RunInferenceAsync(string model, int[][] prompts, int n, int threads, KvCacheDataType kv, QuantizationPreset? quantization = null)
+    internal static async Task<E2eResult> RunInferenceAsync(string model, int[][] prompts, int n, int threads, KvCacheDataType kv, QuantizationPreset? quantization = null, Inference.Constraints.Constraint? constraint = null)
     {
         var loadStart = Stopwatch.GetTimestamp();
         int b = prompts.Length, p = prompts[0].Length;
@@ -85,7 +87,7 @@ public static class E2eBenchmark
             Quantization = quantization,
         };
         await using var engine = await InferenceEngine.LoadAsync(model, options);
-        var sampling = SamplingOptions.Greedy with { MaxTokens = n, EndOfSequence = EndOfSequenceHandling.Ignore };
+        var sampling = SamplingOptions.Greedy with { MaxTokens = n, EndOfSequence = EndOfSequenceHandling.Ignore, Constraint = constraint };
         // Warm-up: touch every weight once.
         await engine.CompleteAsync(prompts[0][..Math.Min(8, p)], sampling with { MaxTokens = 2 });
         double readyS = Stopwatch.GetElapsedTime(loadStart).TotalSeconds;

@@ -262,6 +262,7 @@ internal sealed class EngineLoop : IAsyncDisposable
 
     private void SampleAndAccept(GenerationRequest r, SchedulerRequest scheduled, Span<float> logits)
     {
+        r.Matcher?.ApplyMask(logits);
         int token = r.Sampler.Sample(logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Tokens), r.PromptTokens.Length);
         var logprobs = r.Sampling.Logprobs is int top ? r.Sampler.GetLogprobs(logits, token, top) : null;
         var schedulerReason = _scheduler.Update(scheduled, token);

@@ -31,6 +31,8 @@ internal sealed class GenerationRequest
         Tokenizer = tokenizer;
         _stopTokens = stopTokens;
         Sampler = new Sampler(sampling, vocabSize);
+        // NOTE: the grammar is compiled with the constraint; the matcher (its state and mask cache) is per request.
+        Matcher = sampling.Constraint?.CreateMatcher(tokenizer, vocabSize, stopTokens);
         MaxTotalTokens = maxTotalTokens;
         if (sampling.Logprobs is not null) Logprobs = new List<TokenLogprobs>(Math.Min(sampling.MaxTokens, 4096));
         _decoder = tokenizer.CreateStreamingDecoder(promptTokens[^1]);
@@ -52,6 +54,8 @@ internal sealed class GenerationRequest
     public SamplingOptions Sampling { get; }
     public ModelTokenizer Tokenizer { get; }
     public Sampler Sampler { get; }
+    /// <summary>Follows the output through <see cref="SamplingOptions.Constraint"/>; null without one.</summary>
+    public Constraints.GrammarMatcher? Matcher { get; }
     public int MaxTotalTokens { get; }
     public Channel<GeneratedToken> Output { get; }
     public TaskCompletionSource<Completion> Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -94,6 +98,7 @@ internal sealed class GenerationRequest
         }
         Tokens.Add(token);
         if (logprobs is not null) Logprobs?.Add(logprobs);
+        Matcher?.TryAccept(token);
         _pending.Append(_decoder.Push(token));
         if (FindStop(out int stopAt))
         {
@@ -107,6 +112,12 @@ internal sealed class GenerationRequest
         Emit(token, _pending.ToString(0, _pending.Length - hold), logprobs);
         _pending.Remove(0, _pending.Length - hold);
 
+        if (Matcher is { IsTerminated: true })
+        {
+            // The constraint is matched and nothing may follow: the end-of-generation token is the only choice left.
+            Flush();
+            return FinishReason.EndOfSequence;
+        }
         if (GeneratedCount >= Sampling.MaxTokens || Tokens.Count >= MaxTotalTokens)
         {
             Flush();

@@ -1,3 +1,5 @@
+using Inference.Constraints;
+
 namespace Inference.Sampling;
 
 /// <summary>
@@ -89,6 +91,13 @@ public sealed record SamplingOptions
             _stopStrings = value.ToArray();
         }
     }
+
+    /// <summary>
+    /// What the generated text must match (a JSON schema, any JSON object, a GBNF grammar, a regex or a choice of
+    /// strings); null leaves it free. Tokens that cannot continue a match are masked out before the penalties and the
+    /// chain above, and generation ends once the match is complete and nothing can follow it.
+    /// </summary>
+    public Constraint? Constraint { get; init; }
 
     /// <summary>What to do when the model produces an end-of-generation token.</summary>
     public EndOfSequenceHandling EndOfSequence { get; init; } = EndOfSequenceHandling.Stop;
