@@ -1,5 +1,7 @@
 using System.Runtime.CompilerServices;
+using System.Text.Json;
 using Inference.Chat;
+using Inference.Constraints;
 using Inference.Engine;
 using Inference.Sampling;
 using Microsoft.Extensions.AI;
@@ -18,8 +20,12 @@ namespace Inference.Extensions.AI;
 /// <remarks>
 /// <see cref="ChatOptions"/> maps onto <see cref="SamplingOptions"/>: Temperature, TopP, TopK, MaxOutputTokens,
 /// StopSequences, Seed, FrequencyPenalty and PresencePenalty; <see cref="ChatOptions.Instructions"/> becomes a leading
-/// system message. Only text content is sent to the model; tools and response formats are not supported and are
-/// ignored. Invalid option values throw <see cref="ArgumentOutOfRangeException"/> naming the sampling option.
+/// system message. <see cref="ChatOptions.Tools"/> (function declarations) are rendered by the chat template and
+/// <see cref="ChatOptions.ToolMode"/> decides whether the reply is read for calls (auto), not (none) or must be a call
+/// (required, or a named function: forced through a grammar); calls come back as <see cref="FunctionCallContent"/> and
+/// results go in as <see cref="FunctionResultContent"/>, so <c>FunctionInvokingChatClient</c> can run a tool loop.
+/// <see cref="ChatOptions.ResponseFormat"/> JSON (with or without a schema) constrains the output. Text, function
+/// calls and function results are sent to the model; other content is ignored. Invalid option values throw <see cref="ArgumentOutOfRangeException"/> naming the sampling option.
 /// The client does not own the engine: disposing the client leaves the engine running.
 /// </remarks>
 /// <example>
@@ -59,14 +65,34 @@ public sealed class InferenceChatClient : IChatClient
         {
         }
         var completion = await stream.Completion.ConfigureAwait(false);
-        return new ChatResponse(new AIChatMessage(AIChatRole.Assistant, completion.Text))
+        var reply = ToolsActive(options) && ToolCalls.TryParse(completion.Text, out var content, out var calls)
+            ? new AIChatMessage(AIChatRole.Assistant, CallContents(content, calls))
+            : new AIChatMessage(AIChatRole.Assistant, completion.Text);
+        return new ChatResponse(reply)
         {
             ResponseId = NewId(),
             ModelId = _modelId,
             CreatedAt = DateTimeOffset.UtcNow,
-            FinishReason = MapFinishReason(completion.FinishReason),
+            FinishReason = reply.Contents.Any(c => c is FunctionCallContent) ? ChatFinishReason.ToolCalls : MapFinishReason(completion.FinishReason),
             Usage = Usage(completion),
         };
+    }
+
+    private static bool ToolsActive(ChatOptions? options) =>
+        options?.Tools is { Count: > 0 } tools && tools.Any(t => t is AIFunctionDeclaration) && options.ToolMode is not NoneChatToolMode;
+
+    private static List<AIContent> CallContents(string content, IReadOnlyList<ChatToolCall> calls)
+    {
+        var contents = new List<AIContent>();
+        if (content.Length > 0) contents.Add(new TextContent(content));
+        foreach (var call in calls)
+        {
+            Dictionary<string, object?>? arguments;
+            try { arguments = JsonSerializer.Deserialize<Dictionary<string, object?>>(call.Arguments); }
+            catch (JsonException) { arguments = null; }
+            contents.Add(new FunctionCallContent(call.Id, call.Name, arguments));
+        }
+        return contents;
     }
 
     /// <inheritdoc />
@@ -74,16 +100,17 @@ public sealed class InferenceChatClient : IChatClient
     {
         // Validate and render eagerly so bad input throws at the call, not at the first MoveNextAsync.
         var stream = Start(messages, options, cancellationToken);
-        return Stream(stream, cancellationToken);
+        return Stream(stream, ToolsActive(options), cancellationToken);
     }
 
-    private async IAsyncEnumerable<ChatResponseUpdate> Stream(GenerationStream stream, [EnumeratorCancellation] CancellationToken cancellationToken)
+    private async IAsyncEnumerable<ChatResponseUpdate> Stream(GenerationStream stream, bool tools, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
         string responseId = NewId();
         var createdAt = DateTimeOffset.UtcNow;
         await foreach (var token in stream.WithCancellation(cancellationToken).ConfigureAwait(false))
         {
-            if (token.Text.Length == 0) continue;
+            // NOTE: with tools the reply is held until it ends: whether it is a call is known only then.
+            if (token.Text.Length == 0 || tools) continue;
             yield return new ChatResponseUpdate(AIChatRole.Assistant, token.Text)
             {
                 ResponseId = responseId,
@@ -93,13 +120,20 @@ public sealed class InferenceChatClient : IChatClient
             };
         }
         var completion = await stream.Completion.ConfigureAwait(false);
+        bool called = false;
+        if (tools)
+        {
+            called = ToolCalls.TryParse(completion.Text, out var content, out var calls);
+            var contents = called ? CallContents(content, calls) : [new TextContent(completion.Text)];
+            yield return new ChatResponseUpdate(AIChatRole.Assistant, contents) { ResponseId = responseId, MessageId = responseId, ModelId = _modelId, CreatedAt = createdAt };
+        }
         yield return new ChatResponseUpdate(AIChatRole.Assistant, [new UsageContent(Usage(completion))])
         {
             ResponseId = responseId,
             MessageId = responseId,
             ModelId = _modelId,
             CreatedAt = createdAt,
-            FinishReason = MapFinishReason(completion.FinishReason),
+            FinishReason = called ? ChatFinishReason.ToolCalls : MapFinishReason(completion.FinishReason),
         };
     }
 
@@ -111,9 +145,38 @@ public sealed class InferenceChatClient : IChatClient
         foreach (var message in messages)
         {
             ArgumentNullException.ThrowIfNull(message, nameof(messages));
-            conversation.Add(new ChatMessage(MapRole(message.Role), message.Text));
+            var calls = new List<ChatToolCall>();
+            foreach (var content in message.Contents)
+            {
+                if (content is FunctionCallContent call)
+                    calls.Add(new ChatToolCall(call.CallId, call.Name, JsonSerializer.Serialize(call.Arguments ?? new Dictionary<string, object?>())));
+                else if (content is FunctionResultContent result)
+                    conversation.Add(ChatMessage.ToolResult(result.CallId, result.Result switch
+                    {
+                        null => "",
+                        string text => text,
+                        JsonElement json when json.ValueKind == JsonValueKind.String => json.GetString()!,
+                        var other => JsonSerializer.Serialize(other),
+                    }));
+            }
+            if (calls.Count > 0) conversation.Add(ChatMessage.AssistantToolCalls(calls, message.Text));
+            else if (!message.Contents.Any(c => c is FunctionResultContent)) conversation.Add(new ChatMessage(MapRole(message.Role), message.Text));
         }
-        return _engine.ChatAsync(conversation, ToSamplingOptions(options, _options.DefaultSampling), _prompt, cancellationToken);
+        var sampling = ToSamplingOptions(options, _options.DefaultSampling);
+        var prompt = _prompt;
+        if (options?.Tools is { Count: > 0 } && ToolsActive(options))
+        {
+            var tools = new List<ChatTool>();
+            foreach (var tool in options.Tools)
+                if (tool is AIFunctionDeclaration f) tools.Add(new ChatTool(f.Name, f.Description, f.JsonSchema.GetRawText()));
+            prompt = _prompt with { Tools = tools };
+            if (options.ToolMode is RequiredChatToolMode required)
+            {
+                var format = ToolCalls.DetectFormat((_options.Template ?? _engine.ChatTemplate)?.Source);
+                sampling = sampling with { Constraint = ToolCalls.RequiredCallConstraint(tools, required.RequiredFunctionName, format) };
+            }
+        }
+        return _engine.ChatAsync(conversation, sampling, prompt, cancellationToken);
     }
 
     /// <summary>
@@ -134,6 +197,8 @@ public sealed class InferenceChatClient : IChatClient
         if (options.Seed is long seed) s = s with { Seed = unchecked((ulong)seed) };
         if (options.FrequencyPenalty is float frequency) s = s with { FrequencyPenalty = frequency };
         if (options.PresencePenalty is float presence) s = s with { PresencePenalty = presence };
+        if (options.ResponseFormat is ChatResponseFormatJson json)
+            s = s with { Constraint = json.Schema is JsonElement schema ? new JsonSchemaConstraint(schema.GetRawText()) : JsonObjectConstraint.Instance };
         return s;
     }
 

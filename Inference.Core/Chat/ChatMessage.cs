@@ -24,6 +24,12 @@ public sealed record ChatMessage
     /// <summary>The message text.</summary>
     public string Content { get => _content; init => _content = value ?? throw new ArgumentNullException(nameof(Content)); }
 
+    /// <summary>The tool calls of an assistant message (empty otherwise).</summary>
+    public IReadOnlyList<ChatToolCall> ToolCalls { get; init => field = value ?? throw new ArgumentNullException(nameof(ToolCalls)); } = [];
+
+    /// <summary>The call a tool message answers (<c>tool_call_id</c>); null on other messages.</summary>
+    public string? ToolCallId { get; init; }
+
     /// <summary>The role as chat templates spell it: <c>system</c>, <c>user</c>, <c>assistant</c> or <c>tool</c>.</summary>
     public string RoleName => RoleNameOf(Role);
 
@@ -35,6 +41,12 @@ public sealed record ChatMessage
 
     /// <summary>An assistant message.</summary>
     public static ChatMessage Assistant(string content) => new(ChatRole.Assistant, content);
+
+    /// <summary>An assistant message that calls tools.</summary>
+    public static ChatMessage AssistantToolCalls(IReadOnlyList<ChatToolCall> calls, string content = "") => new(ChatRole.Assistant, content) { ToolCalls = calls };
+
+    /// <summary>A tool's result for call <paramref name="toolCallId"/>.</summary>
+    public static ChatMessage ToolResult(string toolCallId, string content) => new(ChatRole.Tool, content) { ToolCallId = toolCallId };
 
     internal static string RoleNameOf(ChatRole role) => role switch
     {

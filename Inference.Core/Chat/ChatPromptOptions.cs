@@ -14,4 +14,10 @@ public sealed record ChatPromptOptions
         get => _variables;
         init => _variables = value ?? throw new ArgumentNullException(nameof(Variables));
     }
+
+    /// <summary>
+    /// Tools the model may call, rendered by the template as its <c>tools</c> variable (OpenAI's
+    /// <c>{"type":"function","function":{"name","description","parameters"}}</c> objects). Empty renders none.
+    /// </summary>
+    public IReadOnlyList<ChatTool> Tools { get; init => field = value ?? throw new ArgumentNullException(nameof(Tools)); } = [];
 }

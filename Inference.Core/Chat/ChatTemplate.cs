@@ -61,11 +61,30 @@ public sealed class ChatTemplate
         foreach (var message in messages)
         {
             if (message is null) throw new ArgumentNullException(nameof(messages), "a message is null");
-            messageValues.Add(new Dictionary<string, object?>(StringComparer.Ordinal)
+            var value = new Dictionary<string, object?>(StringComparer.Ordinal)
             {
                 ["role"] = message.RoleName,
                 ["content"] = message.Content,
-            });
+            };
+            if (message.ToolCalls.Count > 0)
+            {
+                var calls = new List<object?>(message.ToolCalls.Count);
+                foreach (var call in message.ToolCalls)
+                    calls.Add(new Dictionary<string, object?>(StringComparer.Ordinal)
+                    {
+                        ["id"] = call.Id,
+                        ["type"] = "function",
+                        ["function"] = new Dictionary<string, object?>(StringComparer.Ordinal)
+                        {
+                            ["name"] = call.Name,
+                            // NOTE: templates expect the arguments as a mapping (they apply tojson); text that is not JSON stays text.
+                            ["arguments"] = TemplateValues.FromJsonText(call.Arguments),
+                        },
+                    });
+                value["tool_calls"] = calls;
+            }
+            if (message.ToolCallId is not null) value["tool_call_id"] = message.ToolCallId;
+            messageValues.Add(value);
         }
         var globals = new Dictionary<string, object?>(StringComparer.Ordinal);
         foreach (var (name, value) in options.Variables) globals[name] = TemplateValues.FromClr(value);

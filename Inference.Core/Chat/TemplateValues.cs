@@ -30,6 +30,41 @@ internal delegate object? TemplateCallable(List<object?> positional, Dictionary<
 /// </summary>
 internal static class TemplateValues
 {
+    /// <summary>Template values of JSON text: objects as mappings, arrays as lists; text that is not JSON stays a string.</summary>
+    public static object? FromJsonText(string json)
+    {
+        try
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(json);
+            return FromJson(doc.RootElement);
+        }
+        catch (System.Text.Json.JsonException)
+        {
+            return json;
+        }
+    }
+
+    /// <summary>Template values of a JSON element.</summary>
+    public static object? FromJson(System.Text.Json.JsonElement e)
+    {
+        switch (e.ValueKind)
+        {
+            case System.Text.Json.JsonValueKind.Object:
+                var map = new Dictionary<string, object?>(StringComparer.Ordinal);
+                foreach (var p in e.EnumerateObject()) map[p.Name] = FromJson(p.Value);
+                return map;
+            case System.Text.Json.JsonValueKind.Array:
+                var list = new List<object?>();
+                foreach (var item in e.EnumerateArray()) list.Add(FromJson(item));
+                return list;
+            case System.Text.Json.JsonValueKind.String: return e.GetString();
+            case System.Text.Json.JsonValueKind.Number: return e.TryGetInt64(out long l) ? l : e.GetDouble();
+            case System.Text.Json.JsonValueKind.True: return true;
+            case System.Text.Json.JsonValueKind.False: return false;
+            default: return null;
+        }
+    }
+
     /// <summary>Converts a .NET value handed in by the caller into the value model.</summary>
     public static object? FromClr(object? value) => value switch
     {

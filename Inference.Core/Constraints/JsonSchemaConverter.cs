@@ -53,11 +53,11 @@ internal sealed class JsonSchemaConverter
     }
 
     /// <summary>The GBNF grammar for <paramref name="schema"/> (root rule <c>root</c>).</summary>
-    public static string ToGbnf(JsonElement schema)
+    public static string ToGbnf(JsonElement schema, string rootName = "root")
     {
         var c = new JsonSchemaConverter(schema);
-        string root = c.Visit(schema, "root");
-        return CommonRules + c._rules + "root ::= " + root + "\n";
+        string root = c.Visit(schema, rootName);
+        return CommonRules + c._rules + rootName + " ::= " + root + "\n";
     }
 
     /// <summary>The GBNF grammar accepting any JSON object.</summary>

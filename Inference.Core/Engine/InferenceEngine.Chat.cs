@@ -41,7 +41,7 @@ public sealed partial class InferenceEngine
             BosToken = Chat.Encoder.BosText,
             EosToken = Chat.Encoder.EosText,
             GenerationPrompt = GenerationPrompt.Add,
-            Variables = prompt?.Variables ?? new Dictionary<string, object?>(),
+            Variables = prompt is { Tools.Count: > 0 } ? ToolCalls.WithTools(prompt.Variables, prompt.Tools) : prompt?.Variables ?? new Dictionary<string, object?>(),
         });
     }
 

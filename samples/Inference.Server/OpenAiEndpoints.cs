@@ -35,6 +35,7 @@ internal static class OpenAiEndpoints
         {
             var request = await ReadRequestAsync(context, kind, options).ConfigureAwait(false);
             var prompts = Tokenize(engine, options, kind, request);
+            if (request.ToolChoice is "required" or "function") request = ForceToolCall(engine, options, request);
             var streams = Start(engine, prompts, request, context.RequestAborted);
             long promptTokens = 0;
             foreach (var p in prompts) promptTokens += p.Length;
@@ -103,7 +104,8 @@ internal static class OpenAiEndpoints
         {
             try
             {
-                return [engine.TokenizeChat(request.Messages, new ChatPromptOptions { Template = options.ChatTemplate })];
+                var tools = request.ToolChoice == "none" ? [] : request.Tools;
+                return [engine.TokenizeChat(request.Messages, new ChatPromptOptions { Template = options.ChatTemplate, Tools = tools })];
             }
             catch (ChatTemplateException e)
             {
@@ -118,6 +120,23 @@ internal static class OpenAiEndpoints
         var prompts = new List<int[]>(request.Prompts.Count);
         foreach (var prompt in request.Prompts) prompts.Add(engine.Tokenize(prompt));
         return prompts;
+    }
+
+    /// <summary>Constrains the reply to a call, in the template's format, of one of the tools (or of the named one).</summary>
+    private static OpenAiRequest ForceToolCall(InferenceEngine engine, ServerOptions options, OpenAiRequest request)
+    {
+        if (request.Sampling.Constraint is not null)
+            throw OpenAiError.BadRequest("'tool_choice' that requires a call cannot be combined with 'response_format' or guided decoding", "tool_choice");
+        var format = ToolCalls.DetectFormat((options.ChatTemplate ?? engine.ChatTemplate)?.Source);
+        try
+        {
+            var constraint = ToolCalls.RequiredCallConstraint(request.Tools, request.ToolChoiceName, format);
+            return request with { Sampling = request.Sampling with { Constraint = constraint } };
+        }
+        catch (Inference.Constraints.InvalidConstraintException e)
+        {
+            throw OpenAiError.BadRequest("a tool's parameters schema cannot be enforced: " + e.Message, "tools");
+        }
     }
 
     // One stream per (prompt, choice), created eagerly so that invalid input fails before any response is written.
@@ -194,6 +213,14 @@ internal static class OpenAiEndpoints
         public object ToJson() => new { tokens = _tokens, token_logprobs = _logprobs, top_logprobs = _top, text_offset = _offsets };
     }
 
+    private static object[] ToolCallObjects(IReadOnlyList<ChatToolCall> calls)
+    {
+        var result = new object[calls.Count];
+        for (int i = 0; i < calls.Count; i++)
+            result[i] = new { id = calls[i].Id, type = "function", function = new { name = calls[i].Name, arguments = calls[i].Arguments } };
+        return result;
+    }
+
     private static string FinishReasonText(FinishReason reason) => reason == FinishReason.Length ? "length" : "stop";
 
     /// <summary>One request being answered: its streams and how their output is written.</summary>
@@ -211,7 +238,18 @@ internal static class OpenAiEndpoints
             for (int i = 0; i < completions.Length; i++)
             {
                 var c = completions[i];
-                if (kind == Kind.Chat)
+                if (kind == Kind.Chat && request.ToolsActive && ToolCalls.TryParse(c.Text, out var content, out var calls))
+                {
+                    object? logprobs = c.Logprobs is { } lp ? new { content = ChatLogprobs(lp), refusal = (object?)null } : null;
+                    choices[i] = new
+                    {
+                        index = i,
+                        message = new { role = "assistant", content = content.Length > 0 ? content : null, tool_calls = ToolCallObjects(calls) },
+                        logprobs,
+                        finish_reason = "tool_calls",
+                    };
+                }
+                else if (kind == Kind.Chat)
                 {
                     object? logprobs = c.Logprobs is { } lp ? new { content = ChatLogprobs(lp), refusal = (object?)null } : null;
                     choices[i] = new { index = i, message = new { role = "assistant", content = c.Text }, logprobs, finish_reason = FinishReasonText(c.FinishReason) };
@@ -279,10 +317,13 @@ internal static class OpenAiEndpoints
                 await WriteChunkAsync(index, prompt, role: null, finishReason: null, scored?.ToJson()).ConfigureAwait(false);
                 offset = prompt.Length;
             }
+            // NOTE: with tools the reply is held until it ends, then sent as tool_calls deltas or as content: whether
+            // text is a call is known only once it is complete.
+            bool hold = kind == Kind.Chat && request.ToolsActive;
             await foreach (var token in stream.ConfigureAwait(false))
             {
                 if (!echoed) await EchoAsync().ConfigureAwait(false);
-                if (token.Text.Length == 0 && token.Logprobs is null) continue;
+                if (hold || (token.Text.Length == 0 && token.Logprobs is null)) continue;
                 object? logprobs = null;
                 if (token.Logprobs is { } lp)
                 {
@@ -300,6 +341,23 @@ internal static class OpenAiEndpoints
             var completion = await stream.Completion.ConfigureAwait(false);
             if (!echoed) await EchoAsync().ConfigureAwait(false);
             Count(completion);
+            if (hold)
+            {
+                if (ToolCalls.TryParse(completion.Text, out var content, out var calls))
+                {
+                    if (content.Length > 0) await WriteChunkAsync(index, content, role: null, finishReason: null).ConfigureAwait(false);
+                    // As OpenAI streams them: the id, type and name first with empty arguments, then the arguments.
+                    for (int c = 0; c < calls.Count; c++)
+                    {
+                        var call = calls[c];
+                        await WriteDeltaAsync(index, new { tool_calls = new[] { new { index = c, id = call.Id, type = "function", function = new { name = call.Name, arguments = "" } } } }).ConfigureAwait(false);
+                        await WriteDeltaAsync(index, new { tool_calls = new[] { new { index = c, function = new { arguments = call.Arguments } } } }).ConfigureAwait(false);
+                    }
+                    await WriteDeltaAsync(index, new { }, "tool_calls").ConfigureAwait(false);
+                    return completion;
+                }
+                if (completion.Text.Length > 0) await WriteChunkAsync(index, completion.Text, role: null, finishReason: null).ConfigureAwait(false);
+            }
             await WriteChunkAsync(index, null, role: null, finishReason: FinishReasonText(completion.FinishReason)).ConfigureAwait(false);
             return completion;
         }
@@ -332,6 +390,8 @@ internal static class OpenAiEndpoints
             }
             return content;
         }
+        private Task WriteDeltaAsync(int index, object delta, string? finishReason = null) =>
+            WriteEventAsync(new { id = _id, @object = ChunkObject, created = _created, model = modelId, choices = new[] { new { index, delta, logprobs = (object?)null, finish_reason = finishReason } } });
 
         private Task WriteEventAsync(object chunk) => WriteRawAsync(JsonSerializer.Serialize(chunk, JsonOptions.Default));
 

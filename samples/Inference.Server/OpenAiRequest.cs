@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Inference.Chat;
+using Inference.Constraints;
 using Inference.Sampling;
 
 namespace Inference.Server;
@@ -39,6 +40,18 @@ public sealed record OpenAiRequest
     /// <summary>Whether a streamed answer ends with a usage chunk (<c>stream_options.include_usage</c>).</summary>
     public bool IncludeUsage { get; init; }
 
+    /// <summary>Chat: the tools the model may call (<c>tools</c>).</summary>
+    public IReadOnlyList<ChatTool> Tools { get; init; } = [];
+
+    /// <summary>Chat: <c>tool_choice</c>: <c>auto</c>, <c>none</c>, <c>required</c>, or <c>function</c> for a named one.</summary>
+    public string ToolChoice { get; init; } = "auto";
+
+    /// <summary>Chat: the function <c>tool_choice</c> names, when it names one.</summary>
+    public string? ToolChoiceName { get; init; }
+
+    /// <summary>Whether the reply is read for tool calls: tools were given and <c>tool_choice</c> is not <c>none</c>.</summary>
+    public bool ToolsActive => Tools.Count > 0 && ToolChoice != "none";
+
     /// <summary>Parses a chat completions request.</summary>
     /// <exception cref="OpenAiError">The request is invalid.</exception>
     public static OpenAiRequest ParseChat(JsonElement root, int maxChoices)
@@ -62,7 +75,12 @@ public sealed record OpenAiRequest
                 "tool" => ChatRole.Tool,
                 _ => throw OpenAiError.BadRequest($"'{role}' is not a supported role (system, developer, user, assistant, tool)", $"{where}.role"),
             };
-            list.Add(new ChatMessage(chatRole, ReadContent(m, where)));
+            var message = new ChatMessage(chatRole, ReadContent(m, where));
+            if (m.TryGetProperty("tool_calls", out var calls) && calls.ValueKind == JsonValueKind.Array)
+                message = message with { ToolCalls = ReadToolCalls(calls, where) };
+            if (m.TryGetProperty("tool_call_id", out var callId) && callId.ValueKind == JsonValueKind.String)
+                message = message with { ToolCallId = callId.GetString() };
+            list.Add(message);
         }
         // OpenAI's chat form: logprobs is a boolean, top_logprobs (0-20) the alternatives and only with logprobs.
         bool logprobs = Boolean(root, "logprobs") ?? false;
@@ -71,7 +89,62 @@ public sealed record OpenAiRequest
             throw OpenAiError.BadRequest($"'top_logprobs' must be between 0 and {SamplingOptions.MaxLogprobs}", "top_logprobs");
         if (top is not null && !logprobs) throw OpenAiError.BadRequest("'top_logprobs' requires 'logprobs' to be true", "top_logprobs");
         var sampling = logprobs ? request.Sampling with { Logprobs = (int)(top ?? 0) } : request.Sampling;
-        return request with { Messages = list, Sampling = sampling };
+        var (tools, choice, choiceName) = ReadTools(root);
+        return request with { Messages = list, Sampling = sampling, Tools = tools, ToolChoice = choice, ToolChoiceName = choiceName };
+    }
+
+    private static List<ChatToolCall> ReadToolCalls(JsonElement calls, string where)
+    {
+        var result = new List<ChatToolCall>();
+        int i = 0;
+        foreach (var call in calls.EnumerateArray())
+        {
+            string at = $"{where}.tool_calls[{i++}]";
+            if (call.ValueKind != JsonValueKind.Object || !call.TryGetProperty("function", out var f) || f.ValueKind != JsonValueKind.Object
+                || !f.TryGetProperty("name", out var name) || name.ValueKind != JsonValueKind.String)
+                throw OpenAiError.BadRequest($"'{at}' must be an object with function.name", at);
+            string arguments = f.TryGetProperty("arguments", out var a) ? a.ValueKind == JsonValueKind.String ? a.GetString()! : a.GetRawText() : "{}";
+            string id = call.TryGetProperty("id", out var idv) && idv.ValueKind == JsonValueKind.String ? idv.GetString()! : ToolCalls.NewId();
+            result.Add(new ChatToolCall(id, name.GetString()!, arguments));
+        }
+        return result;
+    }
+
+    private static (List<ChatTool> Tools, string Choice, string? Name) ReadTools(JsonElement root)
+    {
+        var tools = new List<ChatTool>();
+        if (root.TryGetProperty("tools", out var list) && list.ValueKind != JsonValueKind.Null)
+        {
+            if (list.ValueKind != JsonValueKind.Array) throw OpenAiError.BadRequest("'tools' must be an array", "tools");
+            int i = 0;
+            foreach (var t in list.EnumerateArray())
+            {
+                string at = $"tools[{i++}]";
+                if (t.ValueKind != JsonValueKind.Object || !t.TryGetProperty("function", out var f) || f.ValueKind != JsonValueKind.Object
+                    || !f.TryGetProperty("name", out var name) || name.ValueKind != JsonValueKind.String || name.GetString()!.Length == 0)
+                    throw OpenAiError.BadRequest($"'{at}' must be {{\"type\":\"function\",\"function\":{{\"name\":...}}}}", at);
+                string? description = f.TryGetProperty("description", out var d) && d.ValueKind == JsonValueKind.String ? d.GetString() : null;
+                string? parameters = f.TryGetProperty("parameters", out var p) && p.ValueKind == JsonValueKind.Object ? p.GetRawText() : null;
+                tools.Add(new ChatTool(name.GetString()!, description, parameters));
+            }
+        }
+        string choice = "auto";
+        string? choiceName = null;
+        if (root.TryGetProperty("tool_choice", out var tc) && tc.ValueKind != JsonValueKind.Null)
+        {
+            if (tc.ValueKind == JsonValueKind.String && tc.GetString() is "auto" or "none" or "required") choice = tc.GetString()!;
+            else if (tc.ValueKind == JsonValueKind.Object && tc.TryGetProperty("function", out var f) && f.TryGetProperty("name", out var n) && n.ValueKind == JsonValueKind.String)
+            {
+                choice = "function";
+                choiceName = n.GetString();
+                bool known = false;
+                foreach (var t in tools) known |= t.Name == choiceName;
+                if (!known) throw OpenAiError.BadRequest($"'tool_choice' names '{choiceName}', which is not among the tools", "tool_choice");
+            }
+            else throw OpenAiError.BadRequest("'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\":\"function\",\"function\":{\"name\":...}}", "tool_choice");
+            if (choice == "required" && tools.Count == 0) throw OpenAiError.BadRequest("'tool_choice' is \"required\" but there are no tools", "tool_choice");
+        }
+        return (tools, choice, choiceName);
     }
 
     /// <summary>Parses a (legacy) completions request.</summary>
@@ -186,12 +259,66 @@ public sealed record OpenAiRequest
             throw OpenAiError.BadRequest("'top_k' is out of range", "top_k");
         }
 
+        sampling = sampling with { Constraint = ReadConstraint(root) };
         long n = Integer(root, "n") ?? 1;
         if (n < 1 || n > maxChoices) throw OpenAiError.BadRequest($"'n' must be between 1 and {maxChoices}", "n");
         bool stream = Boolean(root, "stream") ?? false;
         bool includeUsage = root.TryGetProperty("stream_options", out var so) && so.ValueKind == JsonValueKind.Object && (Boolean(so, "include_usage") ?? false);
         string? model = root.TryGetProperty("model", out var mo) && mo.ValueKind == JsonValueKind.String ? mo.GetString() : null;
         return new OpenAiRequest { Model = model, Sampling = sampling, N = (int)n, Stream = stream, IncludeUsage = includeUsage };
+    }
+
+    /// <summary>
+    /// The output constraint: OpenAI's <c>response_format</c> (<c>json_object</c>, <c>json_schema</c>) or vLLM's
+    /// <c>guided_json</c>, <c>guided_regex</c>, <c>guided_choice</c>, <c>guided_grammar</c>; at most one.
+    /// </summary>
+    private static Constraint? ReadConstraint(JsonElement root)
+    {
+        Constraint? constraint = null;
+        string? from = null;
+        void Set(string name, Func<Constraint> make)
+        {
+            if (from is not null) throw OpenAiError.BadRequest($"'{name}' and '{from}' cannot both constrain the output", name);
+            from = name;
+            try { constraint = make(); }
+            catch (InvalidConstraintException e) { throw OpenAiError.BadRequest($"invalid '{name}': {e.Message}", name); }
+        }
+        if (root.TryGetProperty("response_format", out var rf) && rf.ValueKind != JsonValueKind.Null)
+        {
+            string? type = rf.ValueKind == JsonValueKind.Object && rf.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
+            switch (type)
+            {
+                case "text":
+                    break;
+                case "json_object":
+                    Set("response_format", () => JsonObjectConstraint.Instance);
+                    break;
+                case "json_schema":
+                    if (!rf.TryGetProperty("json_schema", out var js) || js.ValueKind != JsonValueKind.Object
+                        || !js.TryGetProperty("schema", out var schema) || schema.ValueKind is not (JsonValueKind.Object or JsonValueKind.True))
+                        throw OpenAiError.BadRequest("'response_format.json_schema.schema' is required and must be an object", "response_format");
+                    // NOTE: the schema is enforced whether or not 'strict' is set; strict only promises it.
+                    Set("response_format", () => new JsonSchemaConstraint(schema.GetRawText()));
+                    break;
+                default:
+                    throw OpenAiError.BadRequest("'response_format.type' must be \"text\", \"json_object\" or \"json_schema\"", "response_format");
+            }
+        }
+        if (root.TryGetProperty("guided_json", out var gj) && gj.ValueKind != JsonValueKind.Null)
+            Set("guided_json", () => new JsonSchemaConstraint(gj.ValueKind == JsonValueKind.String ? gj.GetString()! : gj.GetRawText()));
+        if (root.TryGetProperty("guided_regex", out var gr) && gr.ValueKind != JsonValueKind.Null)
+            Set("guided_regex", () => new RegexConstraint(gr.ValueKind == JsonValueKind.String ? gr.GetString()! : throw OpenAiError.BadRequest("'guided_regex' must be a string", "guided_regex")));
+        if (root.TryGetProperty("guided_grammar", out var gg) && gg.ValueKind != JsonValueKind.Null)
+            Set("guided_grammar", () => new GrammarConstraint(gg.ValueKind == JsonValueKind.String ? gg.GetString()! : throw OpenAiError.BadRequest("'guided_grammar' must be a string", "guided_grammar")));
+        if (root.TryGetProperty("guided_choice", out var gc) && gc.ValueKind != JsonValueKind.Null)
+        {
+            if (gc.ValueKind != JsonValueKind.Array) throw OpenAiError.BadRequest("'guided_choice' must be an array of strings", "guided_choice");
+            var choices = new List<string>();
+            foreach (var c in gc.EnumerateArray())
+                choices.Add(c.ValueKind == JsonValueKind.String ? c.GetString()! : throw OpenAiError.BadRequest("'guided_choice' must be an array of strings", "guided_choice"));
+            Set("guided_choice", () => new ChoiceConstraint(choices));
+        }
+        return constraint;
     }
 
     private static double? Number(JsonElement root, string name)
