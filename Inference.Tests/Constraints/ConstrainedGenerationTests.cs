@@ -41,8 +41,9 @@ public class ConstrainedGenerationTests
         await using var engine = await InferenceEngine.LoadAsync(path, new EngineOptions { Threads = 2, MaxNumSeqs = 8 });
         var alone = await engine.CompleteAsync("Once upon a time", SamplingOptions.Greedy with { MaxTokens = 20 });
         var runs = new List<(string Schema, Task<Completion> Result)>();
-        // NOTE: the random-weight model's 100k-token vocabulary makes each step dearer; a third of the schemas suffice there.
-        var schemas = model == "stories260K" ? FiniteSchemas : FiniteSchemas[..3];
+        // NOTE: the random-weight model's 100k-token vocabulary makes each step far dearer (the matcher's random walks
+        // cover that vocabulary with every schema); one schema with every kind of value suffices here.
+        var schemas = model == "stories260K" ? FiniteSchemas : FiniteSchemas[3..4];
         for (int seed = 0; seed < (model == "stories260K" ? 2 : 1); seed++)
             foreach (var schema in schemas)
             {
