@@ -1,3 +1,4 @@
+#pragma warning disable OPENAI001 // ChatCompletionOptions.Seed is marked experimental in the SDK
 using System.ClientModel;
 using System.Net;
 using System.Text;
