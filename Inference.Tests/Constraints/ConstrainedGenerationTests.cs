@@ -34,7 +34,6 @@ public class ConstrainedGenerationTests
     }
 
     [TestCase("stories260K")]
-    [TestCase("random-byte-level")]
     public async Task EveryOutput_ValidatesAgainstItsSchema_ConcurrentRequests(string model)
     {
         string path = model == "stories260K" ? TestData.Stories260K : RandomByteLevelModel();
@@ -59,17 +58,6 @@ public class ConstrainedGenerationTests
             AssertValid(schema, c.Text);
         }
         Assert.That((await free).TokenIds, Is.EqualTo(alone.TokenIds));
-    }
-
-    [Test]
-    public async Task Greedy_Choice_PicksOneOfTheChoices_AndRegexMatches()
-    {
-        await using var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Threads = 1 });
-        var choice = await engine.CompleteAsync("Once upon a time", SamplingOptions.Greedy with { Constraint = new ChoiceConstraint(["happy", "sad", "a big red dog"]) });
-        Assert.That(new[] { "happy", "sad", "a big red dog" }, Does.Contain(choice.Text));
-        Assert.That(choice.FinishReason, Is.EqualTo(FinishReason.EndOfSequence));
-        var regex = await engine.CompleteAsync("Once upon a time", new SamplingOptions { Seed = 3, Constraint = new RegexConstraint(@"[A-Z][a-z]{2,6}( [a-z]{1,5}){2}\.") });
-        Assert.That(regex.Text, Does.Match(@"^[A-Z][a-z]{2,6}( [a-z]{1,5}){2}\.$"));
     }
 
     [Test]
