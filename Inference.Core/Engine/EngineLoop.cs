@@ -22,6 +22,8 @@ internal sealed class EngineLoop : IAsyncDisposable
     private readonly Thread _thread;
     private readonly Dictionary<long, (GenerationRequest Request, SchedulerRequest Scheduled)> _live = new();
     private readonly ModelBatch _batch = new();
+    private readonly ModelBatch _soloBatch = new();
+    private readonly Dictionary<long, Exception> _failed = new();  // requests whose chunk failed in this step
     private float[] _logits = [];
     private int[] _sampled = [];
     private long _nextInternalId = -1;
@@ -62,6 +64,12 @@ internal sealed class EngineLoop : IAsyncDisposable
 
     /// <summary>A snapshot taken on the engine thread after each step.</summary>
     public EngineStats Stats { get; private set; } = EngineStats.Empty;
+
+    /// <summary>
+    /// Called on the engine thread after each step that ran the model (tests observe the engine's progress through it
+    /// instead of waiting for time to pass).
+    /// </summary>
+    internal Action<SchedulerOutput>? StepCompleted { get; set; }
 
     public void Submit(GenerationRequest request)
     {
@@ -127,6 +135,7 @@ internal sealed class EngineLoop : IAsyncDisposable
                 }
                 Execute(output);
                 Update(output);
+                StepCompleted?.Invoke(output);
             }
         }
         catch (Exception e) when (e is not OperationCanceledException)
@@ -240,18 +249,70 @@ internal sealed class EngineLoop : IAsyncDisposable
         }
         int vocab = _config.VocabSize;
         if (_logits.Length < _batch.LogitCount * vocab) _logits = new float[_batch.LogitCount * vocab];
-        _executor.Forward(_batch, _logits);
+        try
+        {
+            _executor.Forward(_batch, _logits);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            IsolateFailures(output, e);
+        }
         _metrics.StepExecuted(output.TotalTokenCount, output.PreemptedRequestIds.Length);
+    }
+
+    /// <summary>
+    /// The batch failed: runs each chunk alone so that only the requests whose own chunk fails end (with that error)
+    /// and the others go on as if nothing happened.
+    /// </summary>
+    /// <remarks>
+    /// NOTE: rerunning a chunk rewrites every KV slot it covers, and a row's result does not depend on its batch, so the
+    /// survivors' logits and KV are what the whole batch would have produced. Blocks shared through the prefix cache are
+    /// full and computed by earlier steps: a chunk never writes them.
+    /// </remarks>
+    private void IsolateFailures(SchedulerOutput output, Exception batchError)
+    {
+        int vocab = _config.VocabSize;
+        var chunks = output.Chunks;
+        if (chunks.Length == 1)
+        {
+            _failed[chunks[0].RequestId] = batchError;
+            return;
+        }
+        for (int i = 0; i < chunks.Length; i++)
+        {
+            var segment = _batch.Segments[i];
+            _soloBatch.Clear();
+            _soloBatch.Add(chunks[i].RequestId, chunks[i].TokenIds, chunks[i].StartPosition, segment.LogitRowCount);
+            var logits = segment.LogitRowCount > 0 ? _logits.AsSpan(segment.LogitIndex * vocab, segment.LogitRowCount * vocab) : Span<float>.Empty;
+            try
+            {
+                _executor.Forward(_soloBatch, logits);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                _failed[chunks[i].RequestId] = e;
+            }
+        }
     }
 
     private void Update(SchedulerOutput output)
     {
         int vocab = _config.VocabSize;
         var chunks = output.Chunks;
+        if (_failed.Count > 0)
+        {
+            for (int i = 0; i < chunks.Length; i++)
+            {
+                if (!_failed.Remove(chunks[i].RequestId, out var error)) continue;
+                // The failed chunk's slots hold no trustworthy KV: keep it out of the prefix cache.
+                chunks[i].Request.ComputedTokenCount = chunks[i].StartPosition;
+                Retire(chunks[i].RequestId, FinishReason.Cancelled, error);
+            }
+        }
         for (int i = 0; i < chunks.Length; i++)
         {
-            if (!chunks[i].SamplesToken) continue;
-            var (r, scheduled) = _live[chunks[i].RequestId];
+            if (!chunks[i].SamplesToken || !_live.TryGetValue(chunks[i].RequestId, out var entry)) continue;
+            var (r, scheduled) = entry;
             int logitIndex = _batch.Segments[i].LogitIndex;
             var logits = _logits.AsSpan(logitIndex * vocab, vocab);
             if (r.Forks is { Count: > 0 }) StartForks(r, scheduled, logits);
@@ -262,12 +323,22 @@ internal sealed class EngineLoop : IAsyncDisposable
 
     private void SampleAndAccept(GenerationRequest r, SchedulerRequest scheduled, Span<float> logits)
     {
-        r.Matcher?.ApplyMask(logits);
-        int token = r.Sampler.Sample(logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Tokens), r.PromptTokens.Length);
-        var logprobs = r.Sampling.Logprobs is int top ? r.Sampler.GetLogprobs(logits, token, top) : null;
-        var schedulerReason = _scheduler.Update(scheduled, token);
-        var finish = r.Accept(token, logprobs);
-        if (finish is null && schedulerReason == FinishReason.Length) finish = FinishReason.Length;
+        FinishReason? finish;
+        try
+        {
+            r.Matcher?.ApplyMask(logits);
+            int token = r.Sampler.Sample(logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Tokens), r.PromptTokens.Length);
+            var logprobs = r.Sampling.Logprobs is int top ? r.Sampler.GetLogprobs(logits, token, top) : null;
+            var schedulerReason = _scheduler.Update(scheduled, token);
+            finish = r.Accept(token, logprobs);
+            if (finish is null && schedulerReason == FinishReason.Length) finish = FinishReason.Length;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // One request's failure stays its own.
+            Retire(r.Id, FinishReason.Cancelled, e);
+            return;
+        }
         if (finish is not null) Retire(r.Id, finish.Value);
     }
 
@@ -307,12 +378,13 @@ internal sealed class EngineLoop : IAsyncDisposable
     public EngineStats CurrentStats() =>
         new(_scheduler.RunningCount, _scheduler.WaitingCount, _scheduler.PreemptionCount, _scheduler.KvCache.GetStats());
 
-    /// <summary>Ends a live request: frees its blocks (now) and completes its stream.</summary>
-    private void Retire(long id, FinishReason reason)
+    /// <summary>Ends a live request: frees its blocks (now) and completes its stream (with <paramref name="error"/> when it failed).</summary>
+    private void Retire(long id, FinishReason reason, Exception? error = null)
     {
         if (!_live.Remove(id, out var entry)) return;
         _scheduler.Finish(id, reason);
-        if (reason == FinishReason.Cancelled) entry.Request.Finish(reason, new OperationCanceledException("the request was cancelled"));
+        if (error is not null) entry.Request.Finish(reason, error);
+        else if (reason == FinishReason.Cancelled) entry.Request.Finish(reason, new OperationCanceledException("the request was cancelled"));
         else entry.Request.Finish(reason);
         _metrics.RequestFinished(entry.Request);
         if (entry.Request.Forks is { Count: > 0 } forks)

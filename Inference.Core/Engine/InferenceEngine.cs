@@ -68,6 +68,9 @@ public sealed partial class InferenceEngine : IAsyncDisposable
     /// <summary>Running and waiting requests, preemptions and KV cache blocks after the engine's latest step.</summary>
     public EngineStats Stats => _loop.Stats;
 
+    /// <summary>The engine loop (tests hook its steps).</summary>
+    internal EngineLoop Loop => _loop;
+
     /// <summary>Like <see cref="Stats"/>, but read on the engine thread after it has handled everything queued so far.</summary>
     public Task<EngineStats> GetStatsAsync() => _loop.InvokeAsync(static l => l.CurrentStats());
 

@@ -17,7 +17,8 @@ namespace Inference.Scheduling;
 /// One step: (1) running requests in admission order get slots for their uncomputed tokens; when the KV cache is full
 /// the scheduler preempts (frees the blocks of, and requeues at the front) first requests whose consumer is not reading,
 /// then the most recently admitted (or lowest priority) request, until the slots fit or the request itself was
-/// preempted. (2) If nobody was preempted, waiting requests are admitted while sequences, budget and blocks last;
+/// preempted. (2) If nobody was preempted, waiting requests are admitted while sequences, budget and blocks last; a
+/// running request whose consumer is not reading gives up its sequence slot and blocks to a waiting one that can run;
 /// the longest cached prefix is reused, so recomputing a preempted request is cheap.
 /// </para>
 /// <para>
@@ -200,12 +201,22 @@ public sealed class Scheduler
         // (2) Waiting requests, unless memory pressure preempted someone this step.
         if (preempted == 0)
         {
-            for (int w = 0; w < _waiting.Count && _running.Count < _options.MaxNumSeqs && budget > 0;)
+            for (int w = 0; w < _waiting.Count && budget > 0;)
             {
                 var request = _waiting[w];
                 if (IsIdle(request))
                 {
                     w++;
+                    continue;
+                }
+                if (_running.Count >= _options.MaxNumSeqs)
+                {
+                    // NOTE: a request whose consumer stopped reading yields its sequence slot (and its blocks) to one
+                    // that can run; it is recomputed from its cached prefix once its consumer reads again.
+                    int idleSlot = LastIdleRunning();
+                    if (idleSlot < 0) break;
+                    budget += Preempt(idleSlot, out int slotRequeuedAt);
+                    if (slotRequeuedAt <= w) w++;
                     continue;
                 }
                 var tokens = request.TokenIds;

@@ -242,6 +242,34 @@ public class SchedulerTests
     }
 
     [Test]
+    public void ConsumerNotReading_YieldsItsSequenceSlotToAWaitingRequest()
+    {
+        // Blocks to spare: only the sequence limit keeps the third request out.
+        var s = Create(64, options: new SchedulerOptions { MaxNumSeqs = 2 });
+        var a = new SchedulerRequest(1, Tokens(0, 8), 12);
+        var b = new SchedulerRequest(2, Tokens(100, 8), 12);
+        s.AddRequest(a);
+        s.AddRequest(b);
+        Execute(s, s.Schedule());
+        a.ConsumerState = ConsumerState.NotReading;
+        b.ConsumerState = ConsumerState.NotReading;
+        var c = new SchedulerRequest(3, Tokens(200, 8), 4);
+        s.AddRequest(c);
+        var o = s.Schedule();
+        Assert.That(o.Chunks.ToArray().Select(x => x.RequestId), Is.EqualTo(new[] { 3L }), "the waiting request runs at once");
+        Assert.That(o.PreemptedRequestIds.ToArray(), Has.Length.EqualTo(1), "one paused request gives up its slot");
+        Assert.That(s.RunningCount, Is.EqualTo(2));
+        Execute(s, o);
+        while (c.Status != RequestStatus.Finished) Execute(s, s.Schedule());
+        Assert.That(s.Schedule().IsEmpty, Is.True, "paused requests stay parked while nobody reads");
+        a.ConsumerState = ConsumerState.Reading;
+        b.ConsumerState = ConsumerState.Reading;
+        while (a.Status != RequestStatus.Finished || b.Status != RequestStatus.Finished) Execute(s, s.Schedule());
+        Assert.That(a.OutputTokenCount + b.OutputTokenCount, Is.EqualTo(24));
+        Assert.That(s.KvCache.SequenceCount, Is.Zero);
+    }
+
+    [Test]
     public void CancellationFreesBlocksInTheSameStep()
     {
         var s = Create(16);
