@@ -48,6 +48,17 @@ public class CliTests
         Assert.That(stdout.Trim(), Is.EqualTo("1,403,407,261,378"));
     }
 
+    [TestCase("ggml-vocab-llama-spm.gguf", "Äpfel", "1,11585,7810,295")]
+    [TestCase("ggml-vocab-gpt-2.gguf", "Hello world", "15496,995")]
+    public void Tokenize_VocabOnlyGguf(string file, string text, string? expected)
+    {
+        // Vocab-only files have no tensors: the tokenizer alone is read. Expected ids from llama.cpp's test data (.out).
+        var (code, stdout, stderr) = Run("tokenize", "--model", TestData.Path("vocab/" + file), "--text", text);
+        Assert.That(code, Is.EqualTo(0), stderr);
+        if (expected is not null) Assert.That(stdout.Trim(), Is.EqualTo(expected));
+        else Assert.That(stdout.Trim(), Does.Match("^[0-9]+(,[0-9]+)+$"));
+    }
+
     [Test]
     public void Logits_PrintsOneJsonLine()
     {

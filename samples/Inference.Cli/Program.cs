@@ -110,10 +110,11 @@ public static class Program
         {
             engineOptions.Model, textOption,
         };
-        tokenize.SetAction(async (result, ct) =>
+        // NOTE: only the tokenizer is read, so vocab-only GGUF files (no tensors) work, as with llama.cpp's llama-tokenize.
+        tokenize.SetAction(result =>
         {
-            await using var engine = await Load(result, engineOptions, ct, new EngineOptions { Threads = 1 });
-            Console.Out.WriteLine(string.Join(",", engine.Tokenize(result.GetValue(textOption)!)));
+            string path = result.GetValue(engineOptions.Model) ?? DefaultModelPath();
+            Console.Out.WriteLine(string.Join(",", OpenTokenizer(path).Encode(result.GetValue(textOption)!, addSpecial: true)));
             return 0;
         });
 
@@ -247,6 +248,18 @@ public static class Program
         Console.Error.Write($"\r{label} [{new string('#', filled)}{new string('.', 30 - filled)}] {p:P0}");
         if (p >= 1) Console.Error.Write("\r" + new string(' ', 50) + "\r");
     });
+
+    /// <summary>The tokenizer of a GGUF file (weights not needed) or of a checkpoint folder.</summary>
+    private static Inference.Tokenization.ModelTokenizer OpenTokenizer(string path)
+    {
+        if (Directory.Exists(path))
+        {
+            using var checkpoint = HfCheckpoint.Open(path);
+            return checkpoint.CreateTokenizer();
+        }
+        using var gguf = GgufFile.Open(path);
+        return Inference.Tokenization.ModelTokenizer.FromGguf(gguf);
+    }
 
     /// <summary>../shared/testdata/stories260K.gguf relative to the repository root (found above the working directory or the program).</summary>
     private static string DefaultModelPath() => RepositoryPaths.TestData("stories260K.gguf");
