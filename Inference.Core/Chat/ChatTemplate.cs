@@ -53,7 +53,11 @@ public sealed class ChatTemplate
     /// Rendering failed: a type error, an unsupported filter, or the template raised an exception (for example because
     /// the roles do not alternate; then <see cref="ChatTemplateException.RaisedByTemplate"/> is true).
     /// </exception>
-    public string Render(IReadOnlyList<ChatMessage> messages, ChatTemplateOptions? options = null)
+    public string Render(IReadOnlyList<ChatMessage> messages, ChatTemplateOptions? options = null) =>
+        Render(messages, options, TemplateLimits.Default);
+
+    /// <summary>Renders within <paramref name="limits"/> (the defaults, or tighter ones in tests).</summary>
+    internal string Render(IReadOnlyList<ChatMessage> messages, ChatTemplateOptions? options, TemplateLimits limits)
     {
         ArgumentNullException.ThrowIfNull(messages);
         options ??= new ChatTemplateOptions();
@@ -94,7 +98,7 @@ public sealed class ChatTemplate
         globals["add_generation_prompt"] = options.GenerationPrompt == GenerationPrompt.Add;
         try
         {
-            return TemplateEvaluator.Render(_nodes, globals);
+            return TemplateEvaluator.Render(_nodes, globals, limits);
         }
         catch (InvalidCastException e)
         {
@@ -107,6 +111,11 @@ public sealed class ChatTemplate
         catch (InsufficientExecutionStackException e)
         {
             throw new ChatTemplateException("the chat template nests too deeply to render", e);
+        }
+        catch (ArgumentOutOfRangeException e) when (e.ParamName is "requiredLength" or "capacity" or "repeatCount" or "valueCount")
+        {
+            // A builder refused to grow past TemplateLimits.MaxStringChars.
+            throw new ChatTemplateException($"the chat template builds a string over {TemplateLimits.MaxStringChars} characters", e);
         }
     }
 

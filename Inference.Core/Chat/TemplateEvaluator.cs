@@ -11,22 +11,23 @@ namespace Inference.Chat;
 /// </summary>
 internal sealed class TemplateEvaluator
 {
-    private const int MaxOutputChars = 64 << 20;
     private const int MaxCallDepth = 64;
 
     private readonly List<Dictionary<string, object?>> _scopes = [];
+    private readonly TemplateLimits.Budget _budget;
     private int _callDepth;
 
-    private TemplateEvaluator(Dictionary<string, object?> globals)
+    private TemplateEvaluator(Dictionary<string, object?> globals, TemplateLimits limits)
     {
-        _scopes.Add(Builtins());
+        _budget = new TemplateLimits.Budget(limits);
+        _scopes.Add(Builtins(_budget));
         _scopes.Add(globals);
     }
 
-    public static string Render(IReadOnlyList<TemplateNode> nodes, Dictionary<string, object?> globals)
+    public static string Render(IReadOnlyList<TemplateNode> nodes, Dictionary<string, object?> globals, TemplateLimits limits)
     {
-        var evaluator = new TemplateEvaluator(globals);
-        var output = new StringBuilder();
+        var evaluator = new TemplateEvaluator(globals, limits);
+        var output = TemplateLimits.NewBuilder();
         evaluator.Execute(nodes, output);
         return output.ToString();
     }
@@ -38,6 +39,7 @@ internal sealed class TemplateEvaluator
         RuntimeHelpers.EnsureSufficientExecutionStack();
         foreach (var node in nodes)
         {
+            _budget.Step();
             switch (node)
             {
                 case TextNode text:
@@ -74,7 +76,7 @@ internal sealed class TemplateEvaluator
                 }
                 case SetBlockNode block:
                 {
-                    var captured = new StringBuilder();
+                    var captured = TemplateLimits.NewBuilder();
                     Execute(block.Body, captured);
                     _scopes[^1][block.Name] = captured.ToString();
                     break;
@@ -85,7 +87,6 @@ internal sealed class TemplateEvaluator
                 default:
                     throw new ChatTemplateException($"unsupported node {node.GetType().Name}");
             }
-            if (output.Length > MaxOutputChars) throw new ChatTemplateException($"the rendered template exceeds {MaxOutputChars} characters");
         }
         return LoopSignal.None;
     }
@@ -99,6 +100,7 @@ internal sealed class TemplateEvaluator
         {
             foreach (var item in Iterate(source))
             {
+                _budget.Iteration();
                 if (loop.Condition is not null)
                 {
                     Bind(loop.Targets, item);
@@ -113,6 +115,7 @@ internal sealed class TemplateEvaluator
             }
             for (int i = 0; i < items.Count; i++)
             {
+                _budget.Iteration();
                 var scope = _scopes[^1];
                 scope.Clear();
                 Bind(loop.Targets, items[i]);
@@ -179,7 +182,7 @@ internal sealed class TemplateEvaluator
         _scopes.Add(scope);
         try
         {
-            var output = new StringBuilder();
+            var output = TemplateLimits.NewBuilder();
             Execute(macro.Body, output);
             return output.ToString();
         }
@@ -203,6 +206,7 @@ internal sealed class TemplateEvaluator
     {
         // Left-deep operator chains make the tree as deep as the chain is long.
         RuntimeHelpers.EnsureSufficientExecutionStack();
+        _budget.Step();
         switch (expression)
         {
             case LiteralExpression literal: return literal.Value;
@@ -299,13 +303,31 @@ internal sealed class TemplateEvaluator
             case ">=": return Compare(a, b) >= 0;
             case "in": return Contains(b, a);
             case "not in": return !Contains(b, a);
-            case "~": return ToText(a) + ToText(b);
+            case "~":
+            {
+                string ta = ToText(a), tb = ToText(b);
+                TemplateLimits.CheckString((long)ta.Length + tb.Length);
+                return ta + tb;
+            }
             case "+":
-                if (a is string sa && b is string sb) return sa + sb;
-                if (a is List<object?> la && b is List<object?> lb) return (List<object?>)[.. la, .. lb];
+                if (a is string sa && b is string sb)
+                {
+                    TemplateLimits.CheckString((long)sa.Length + sb.Length);
+                    return sa + sb;
+                }
+                if (a is List<object?> la && b is List<object?> lb)
+                {
+                    TemplateLimits.CheckList((long)la.Count + lb.Count);
+                    return (List<object?>)[.. la, .. lb];
+                }
                 return Arithmetic(binary.Operator, a, b);
             case "*":
-                if (a is string repeated && b is long times) return string.Concat(Enumerable.Repeat(repeated, (int)Math.Clamp(times, 0, MaxOutputChars)));
+                if (a is string repeated && b is long times)
+                {
+                    if (times <= 0 || repeated.Length == 0) return "";
+                    TemplateLimits.CheckString(times > TemplateLimits.MaxStringChars ? times : repeated.Length * times);
+                    return string.Concat(Enumerable.Repeat(repeated, (int)times));
+                }
                 return Arithmetic(binary.Operator, a, b);
             default:
                 return Arithmetic(binary.Operator, a, b);
@@ -423,7 +445,7 @@ internal sealed class TemplateEvaluator
         for (long i = from; stepValue > 0 ? i < to : i > to; i += stepValue) indices.Add((int)i);
         if (value is string text)
         {
-            var sb = new StringBuilder(indices.Count);
+            var sb = TemplateLimits.NewBuilder(indices.Count);
             foreach (int i in indices) sb.Append(text[i]);
             return sb.ToString();
         }
@@ -440,7 +462,7 @@ internal sealed class TemplateEvaluator
         _ => "expression",
     };
 
-    private static Dictionary<string, object?> Builtins() => new(StringComparer.Ordinal)
+    private static Dictionary<string, object?> Builtins(TemplateLimits.Budget budget) => new(StringComparer.Ordinal)
     {
         ["raise_exception"] = (TemplateCallable)((args, _) =>
             throw new ChatTemplateException(args.Count > 0 ? ToText(args[0]) : "the chat template raised an exception") { RaisedByTemplate = true }),
@@ -465,8 +487,8 @@ internal sealed class TemplateEvaluator
             var result = new List<object?>();
             for (long i = start; step > 0 ? i < stop : i > stop; i += step)
             {
+                budget.Iteration();
                 result.Add(i);
-                if (result.Count > 1_000_000) throw new ChatTemplateException("range() is too long");
             }
             return result;
         }),

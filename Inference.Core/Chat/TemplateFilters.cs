@@ -73,7 +73,7 @@ internal static class TemplateFilters
             {
                 string separator = Arg(0, "d", "") is string sep ? sep : "";
                 var attribute = Arg(1, "attribute", null);
-                var sb = new StringBuilder();
+                var sb = TemplateLimits.NewBuilder();
                 var items = AsList(value, name);
                 for (int i = 0; i < items.Count; i++)
                 {
@@ -86,7 +86,7 @@ internal static class TemplateFilters
             {
                 string s = AsString(value, name);
                 string old = AsString(Arg(0, "old", null), name), replacement = AsString(Arg(1, "new", null), name);
-                return old.Length == 0 ? s : s.Replace(old, replacement, StringComparison.Ordinal);
+                return TemplateLimits.Replace(s, old, replacement);
             }
             case "items":
                 return value is Dictionary<string, object?> dict ? TemplateMethods.Items(dict) : throw new ChatTemplateException($"'items' needs a dict, not {TypeName(value)}");

@@ -32,7 +32,7 @@ internal static class TemplateMethods
         {
             if (args.Count < 2 || args[0] is not string old || args[1] is not string replacement)
                 throw new ChatTemplateException("str.replace() needs two strings");
-            return old.Length == 0 ? s : s.Replace(old, replacement, StringComparison.Ordinal);
+            return TemplateLimits.Replace(s, old, replacement);
         },
         "find" => (args, _) => args.Count > 0 && args[0] is string needle ? (long)s.IndexOf(needle, StringComparison.Ordinal) : throw new ChatTemplateException("str.find() needs a string"),
         "count" => (args, _) =>
@@ -44,7 +44,7 @@ internal static class TemplateMethods
         },
         "join" => (args, _) =>
         {
-            var sb = new StringBuilder();
+            var sb = TemplateLimits.NewBuilder();
             if (args.Count > 0 && args[0] is List<object?> items)
                 for (int i = 0; i < items.Count; i++)
                 {

@@ -136,7 +136,7 @@ internal static class TemplateValues
             case string s: return topLevel ? s : "'" + s.Replace("\\", "\\\\").Replace("'", "\\'").Replace("\n", "\\n") + "'";
             case Dictionary<string, object?> dictionary:
             {
-                var sb = new StringBuilder("{");
+                var sb = TemplateLimits.NewBuilder().Append('{');
                 foreach (var (key, item) in dictionary)
                 {
                     if (sb.Length > 1) sb.Append(", ");
@@ -146,7 +146,7 @@ internal static class TemplateValues
             }
             case List<object?> list:
             {
-                var sb = new StringBuilder("[");
+                var sb = TemplateLimits.NewBuilder().Append('[');
                 for (int i = 0; i < list.Count; i++)
                 {
                     if (i > 0) sb.Append(", ");
@@ -169,7 +169,7 @@ internal static class TemplateValues
     /// <summary>JSON text of a value the way Hugging Face's <c>tojson</c> writes it (<c>json.dumps</c>, non-ASCII kept).</summary>
     public static string ToJson(object? value, int? indent)
     {
-        var sb = new StringBuilder();
+        var sb = TemplateLimits.NewBuilder();
         WriteJson(sb, value, indent, 0);
         return sb.ToString();
     }

@@ -236,7 +236,7 @@ Thanks<|im_end|>
         using var json = JsonDocument.Parse(Data);
         var globals = new Dictionary<string, object?>();
         foreach (var property in json.RootElement.EnumerateObject()) globals[property.Name] = TemplateValues.FromClr(Convert(property.Value));
-        Assert.That(TemplateEvaluator.Render(TemplateParser.Parse(template), globals), Is.EqualTo(expected));
+        Assert.That(TemplateEvaluator.Render(TemplateParser.Parse(template), globals, TemplateLimits.Default), Is.EqualTo(expected));
     }
 
     private static object? Convert(JsonElement e) => e.ValueKind switch
