@@ -44,7 +44,11 @@ internal sealed class EngineLoop : IAsyncDisposable
         _identity = identity;
         var manager = new KvCacheManager(blockCount, kvOptions, identity.Salt, c.KvRetention ?? 0);
         var context = new ForwardExecutorContext(model, manager, kvOptions, blockCount, contextLength, options.MaxNumBatchedTokens, options.MaxNumSeqs, options.Threads);
-        _executor = factory is null ? new CpuForwardExecutor(context) : factory.Create(context);
+        _executor = options.TensorParallelSize > 1
+            ? options.Device == Device.Cuda
+                ? throw new NotSupportedException($"tensor parallelism runs on CPU ranks; TensorParallelSize {options.TensorParallelSize} cannot be combined with Device.Cuda yet")
+                : new Parallelism.TensorParallelExecutor(context, options.TensorParallelSize)
+            : factory is null ? new CpuForwardExecutor(context) : factory.Create(context);
         _scheduler = new Scheduler(new SchedulerOptions { MaxNumSeqs = options.MaxNumSeqs, MaxNumBatchedTokens = options.MaxNumBatchedTokens }, manager);
         _metrics = new EngineMetrics(this);
         _thread = new Thread(Run) { IsBackground = true, Name = "Inference engine loop" };

@@ -77,6 +77,14 @@ public sealed record EngineOptions
             : throw Out(nameof(Quantization), value, $"must be a preset whose block type runs on the CPU ({string.Join(", ", LlamaModel.SupportedWeightTypes)})");
     }
 
+    /// <summary>
+    /// Ranks that split each layer of the model (vLLM's tensor_parallel_size): attention heads, the KV cache (by KV head)
+    /// and the feed-forward width are divided over the ranks, which add their partial outputs with one all-reduce after
+    /// the attention output and one after the feed-forward down projection. On the CPU each rank is a group of
+    /// <see cref="Threads"/> / size threads with its own KV pool. Default 1 (no split).
+    /// </summary>
+    public int TensorParallelSize { get; init => field = value is >= 1 and <= 64 ? value : throw Out(nameof(TensorParallelSize), value, "must be in [1, 64]"); } = 1;
+
     /// <summary>What to do with a prompt longer than the context.</summary>
     public PromptOverflow PromptOverflow { get; init; } = PromptOverflow.Reject;
 

@@ -17,6 +17,7 @@ public sealed class LlamaModel
     private readonly WeightMatrix[] _matrices;   // by weight id; default for vectors
     private readonly float[]?[] _vectors;        // by weight id; null for matrices
     private ForwardState _state = new(0, null!);
+    private readonly Parallelism.TensorParallelRank? _rank;
 
     /// <summary>Binds the weights of <paramref name="gguf"/> (which must stay open while the model is used).</summary>
     /// <exception cref="ModelFormatException">A tensor is missing, misshapen or of an unsupported type.</exception>
@@ -34,13 +35,18 @@ public sealed class LlamaModel
     }
 
     /// <summary>Binds the weights of <paramref name="weights"/> (GGUF tensor names), which must outlive the model.</summary>
-    internal LlamaModel(IWeightSource weights, ModelConfig config)
+    /// <param name="weights">The weights (for a tensor-parallel rank, its slice of them).</param>
+    /// <param name="config">The configuration (for a tensor-parallel rank, its share of heads and widths).</param>
+    /// <param name="rank">The rank's place in a tensor-parallel group, or null for a whole model.</param>
+    internal LlamaModel(IWeightSource weights, ModelConfig config, Parallelism.TensorParallelRank? rank = null)
     {
+        _rank = rank;
         Config = config;
         Weights = weights;
         var architecture = ModelArchitecture.Find(config.Architecture)
             ?? throw new ModelFormatException(weights.Description, -1, $"unsupported architecture '{config.Architecture}'");
         Graph = architecture.Build(config, weights);
+        if (rank is not null) Graph = Parallelism.TensorParallelGraph.WithAllReduces(Graph);
         var specs = Graph.Weights;
         _matrices = new WeightMatrix[specs.Length];
         _vectors = new float[]?[specs.Length];
@@ -223,6 +229,9 @@ public sealed class LlamaModel
                     }
                     break;
                 }
+                case OpKind.AllReduce:
+                    _rank!.Group.AllReduce(_rank.Rank, Buffer(op.Dst, n, logitRows, logits));
+                    break;
                 default:
                     throw new NotSupportedException($"the CPU path has no {op.Kind} operation");
             }

@@ -66,11 +66,14 @@ public sealed class EngineCommandLine
         CustomParser = ParseQuantization,
     };
 
+    /// <summary><c>--tensor-parallel-size</c>: ranks that split each layer (attention heads, KV cache, feed-forward width).</summary>
+    public Option<int?> TensorParallelSize { get; } = new("--tensor-parallel-size", "-tp") { Description = "Ranks that split each layer of the model (CPU ranks: threads / size threads each)" };
+
     /// <summary>Every option above, in help order.</summary>
     public IReadOnlyList<Option> All =>
     [
         Model, Device, Threads, MaxModelLen, MaxNumSeqs, MaxNumBatchedTokens, BlockSize, KvCacheDtype,
-        EnablePrefixCaching, NoEnablePrefixCaching, GpuMemoryUtilization, Quantization,
+        EnablePrefixCaching, NoEnablePrefixCaching, GpuMemoryUtilization, Quantization, TensorParallelSize,
     ];
 
     /// <summary>Adds every option to <paramref name="command"/> and rejects contradicting pairs.</summary>
@@ -100,6 +103,7 @@ public sealed class EngineCommandLine
         if (result.GetValue(MaxModelLen) is int length) options = options with { ContextLength = length };
         if (result.GetValue(MaxNumSeqs) is int seqs) options = options with { MaxNumSeqs = seqs };
         if (result.GetValue(MaxNumBatchedTokens) is int batched) options = options with { MaxNumBatchedTokens = batched };
+        if (result.GetValue(TensorParallelSize) is int ranks) options = options with { TensorParallelSize = ranks };
         if (result.GetValue(BlockSize) is int blockSize) kv = kv with { BlockSize = blockSize };
         if (result.GetValue(KvCacheDtype) is KvCacheDataType type) kv = kv with { DataType = type };
         if (result.GetValue(EnablePrefixCaching)) kv = kv with { PrefixCaching = PrefixCachingMode.Enabled };

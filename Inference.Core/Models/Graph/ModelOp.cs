@@ -24,6 +24,8 @@ internal enum OpKind : byte
     SwiGlu,
     /// <summary>Dst[i] = Src[token whose logits are row i] (each segment's last tokens that want logits); every operation after it runs on logit rows.</summary>
     GatherLogitRows,
+    /// <summary>Dst = Σ over the ranks of a tensor-parallel group of their Dst (after a row-parallel product's partial sums).</summary>
+    AllReduce,
 }
 
 /// <summary>
