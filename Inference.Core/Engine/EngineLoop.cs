@@ -11,7 +11,7 @@ namespace Inference.Engine;
 /// The one thread that owns the model, the scheduler and the KV cache. Each iteration: schedule → execute → update.
 /// Requests arrive through a channel; tokens leave through each request's own channel.
 /// </summary>
-internal sealed class EngineLoop : IAsyncDisposable
+internal sealed partial class EngineLoop : IAsyncDisposable
 {
     private readonly ModelConfig _config;
     private readonly IForwardExecutor _executor;

@@ -202,6 +202,26 @@ public sealed partial class InferenceEngine : IAsyncDisposable
         return streams;
     }
 
+    /// <summary>
+    /// Beam search: the <see cref="Search.BeamSearchOptions.BeamWidth"/> best continuations of
+    /// <paramref name="promptTokens"/> by cumulative log-probability, ranked with the length penalty. The prompt is
+    /// computed once and beams are copy-on-write forks of their parents' KV, sharing their common blocks.
+    /// </summary>
+    /// <remarks>The search runs as one piece of work on the engine thread: other requests wait while it runs.</remarks>
+    /// <exception cref="ArgumentException">The prompt fills the context.</exception>
+    /// <exception cref="InvalidOperationException">The KV cache has no room for the beams now.</exception>
+    public Task<Search.BeamSearchResult> BeamSearchAsync(IReadOnlyList<int> promptTokens, Search.BeamSearchOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        var tokens = CheckPrompt(promptTokens, 1);
+        options ??= new Search.BeamSearchOptions();
+        cancellationToken.ThrowIfCancellationRequested();
+        return _loop.InvokeAsync(l => l.BeamSearch(tokens, options, t => Tokenizer.IsEndOfGeneration(t) || _stopTokens.Contains(t), t => Tokenizer.Decode(t)));
+    }
+
+    /// <summary>Beam search over the tokenized <paramref name="prompt"/>; see <see cref="BeamSearchAsync(IReadOnlyList{int}, Search.BeamSearchOptions?, CancellationToken)"/>.</summary>
+    public Task<Search.BeamSearchResult> BeamSearchAsync(string prompt, Search.BeamSearchOptions? options = null, CancellationToken cancellationToken = default) =>
+        BeamSearchAsync(Tokenize(prompt), options, cancellationToken);
+
     /// <summary>Generates the whole continuation of <paramref name="prompt"/>.</summary>
     public Task<Completion> CompleteAsync(string prompt, SamplingOptions? sampling = null, CancellationToken cancellationToken = default) =>
         CompleteAsync(Tokenize(prompt), sampling, cancellationToken);

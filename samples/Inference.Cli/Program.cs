@@ -198,7 +198,31 @@ public static class Program
             return 0;
         });
 
-        var root = new RootCommand("Inference: run GGUF language models in pure .NET") { generate, logits, tokenize, info, chat, quantize };
+
+        var beamWidthOption = new Option<int>("--beam-width") { Description = "Beams kept at each step and printed", DefaultValueFactory = _ => 4 };
+        var lengthPenaltyOption = new Option<float>("--length-penalty") { Description = "Beams rank by cumulative log-probability / length^penalty", DefaultValueFactory = _ => 1f };
+        var beam = new Command("beam", "Beam search: print the best beams, one per line, with their cumulative log-probability and score")
+        {
+            promptOption, maxTokensOption, beamWidthOption, lengthPenaltyOption,
+        };
+        engineOptions.AddTo(beam);
+        beam.SetAction(async (result, ct) =>
+        {
+            var options = new Inference.Search.BeamSearchOptions
+            {
+                BeamWidth = result.GetValue(beamWidthOption),
+                MaxTokens = result.GetValue(maxTokensOption),
+                LengthPenalty = result.GetValue(lengthPenaltyOption),
+            };
+            await using var engine = await Load(result, engineOptions, ct);
+            var found = await engine.BeamSearchAsync(result.GetValue(promptOption)!, options, ct);
+            foreach (var b in found.Beams)
+                Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{b.CumulativeLogprob:F4}\t{b.Score:F4}\t{JsonSerializer.Serialize(b.Text)}"));
+            Console.Error.WriteLine($"peak KV blocks in use {found.PeakUsedBlockCount}; {engine.DeviceName}");
+            return 0;
+        });
+
+        var root = new RootCommand("Inference: run GGUF language models in pure .NET") { generate, logits, tokenize, info, chat, quantize, beam };
         try
         {
             var parsed = root.Parse(args);
