@@ -189,48 +189,48 @@ internal sealed class TensorParallelKvStorage(TensorParallelLayout layout, KvCac
         foreach (var r in ranks) r.CopyBlocks(copies);
     }
 
-    public void ReadBlock(int layer, int blockId, Span<byte> keys, Span<byte> values) => Move(layer, blockId, keys, values, read: true);
+    public void ReadBlock(int layer, int blockId, Span<byte> keys, Span<byte> values)
+    {
+        KvBlockStorage.CheckBlockAccess(this, layer, blockId, keys.Length, values.Length);
+        var (rankKeys, rankValues) = RankBlock();
+        for (int r = 0; r < ranks.Length; r++)
+        {
+            // A replicated head is read from its first holder.
+            if (layout.KvHeadOwner(layout.KvHeadStart(r)) != r) continue;
+            ((IKvBlockStorage)ranks[r]).ReadBlock(layer, blockId, rankKeys, rankValues);
+            CopyHeads(r, rankKeys, keys, toFull: true);
+            CopyHeads(r, rankValues, values, toFull: true);
+        }
+    }
 
     public void WriteBlock(int layer, int blockId, ReadOnlySpan<byte> keys, ReadOnlySpan<byte> values)
     {
-        // NOTE: Move writes through spans; the copies here are the caller's bytes, not changed.
-        var k = keys.ToArray();
-        var v = values.ToArray();
-        Move(layer, blockId, k, v, read: false);
-    }
-
-    /// <summary>Copies one block between the unsplit layout [slot, kvHead, headDim] and the ranks' pools.</summary>
-    private void Move(int layer, int blockId, Span<byte> keys, Span<byte> values, bool read)
-    {
         KvBlockStorage.CheckBlockAccess(this, layer, blockId, keys.Length, values.Length);
-        int element = KvCacheStorage.ElementSize(DataType), head = HeadDim * element, rankHeads = ranks[0].KvHeadCount;
-        var rankKeys = new byte[KvBlockStorage.LayerBlockByteCount(_first)];
-        var rankValues = new byte[rankKeys.Length];
+        var (rankKeys, rankValues) = RankBlock();
         for (int r = 0; r < ranks.Length; r++)
         {
-            IKvBlockStorage s = ranks[r];
-            int firstHead = layout.KvHeadStart(r);
-            // A replicated head is read from its first holder and written to every holder.
-            if (read && layout.KvHeadOwner(firstHead) != r) continue;
-            if (read) s.ReadBlock(layer, blockId, rankKeys, rankValues);
-            for (int slot = 0; slot < BlockSize; slot++)
-            {
-                for (int h = 0; h < rankHeads; h++)
-                {
-                    int full = (slot * KvHeadCount + firstHead + h) * head, local = (slot * rankHeads + h) * head;
-                    if (read)
-                    {
-                        rankKeys.AsSpan(local, head).CopyTo(keys.Slice(full, head));
-                        rankValues.AsSpan(local, head).CopyTo(values.Slice(full, head));
-                    }
-                    else
-                    {
-                        keys.Slice(full, head).CopyTo(rankKeys.AsSpan(local, head));
-                        values.Slice(full, head).CopyTo(rankValues.AsSpan(local, head));
-                    }
-                }
-            }
-            if (!read) s.WriteBlock(layer, blockId, rankKeys, rankValues);
+            // Every holder of a replicated head gets it.
+            CopyHeads(r, keys, rankKeys, toFull: false);
+            CopyHeads(r, values, rankValues, toFull: false);
+            ((IKvBlockStorage)ranks[r]).WriteBlock(layer, blockId, rankKeys, rankValues);
+        }
+    }
+
+    private (byte[] Keys, byte[] Values) RankBlock()
+    {
+        int bytes = KvBlockStorage.LayerBlockByteCount(_first);
+        return (new byte[bytes], new byte[bytes]);
+    }
+
+    /// <summary>Copies rank <paramref name="rank"/>'s heads of every slot between the unsplit layout [slot, kvHead, headDim] and the rank's.</summary>
+    private void CopyHeads(int rank, ReadOnlySpan<byte> from, Span<byte> to, bool toFull)
+    {
+        int head = HeadDim * KvCacheStorage.ElementSize(DataType), rankHeads = _first.KvHeadCount, firstHead = layout.KvHeadStart(rank);
+        for (int slot = 0; slot < BlockSize; slot++)
+        {
+            int full = (slot * KvHeadCount + firstHead) * head, local = slot * rankHeads * head;
+            if (toFull) from.Slice(local, rankHeads * head).CopyTo(to.Slice(full, rankHeads * head));
+            else from.Slice(full, rankHeads * head).CopyTo(to.Slice(local, rankHeads * head));
         }
     }
 }

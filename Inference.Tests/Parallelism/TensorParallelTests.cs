@@ -102,6 +102,30 @@ public class TensorParallelTests
         Assert.That(stats.KvCache.UsedBlockCount, Is.Zero);
     }
 
+    [TestCase(8, 2, 4)]
+    [TestCase(8, 1, 2)]
+    public async Task PrefixFiles_MoveBetweenOneRankAndSplitPools(int heads, int kvHeads, int ranks)
+    {
+        // Saving gathers every KV head from the rank that holds it; loading scatters them to every holder.
+        string path = ModelPath(heads, kvHeads, GgmlType.F32), prefix = Path.Combine(_dir, $"p-{heads}-{kvHeads}-{ranks}.kvprefix"),
+            back = Path.Combine(_dir, $"b-{heads}-{kvHeads}-{ranks}.kvprefix");
+        string text = "Once upon a time there was a little dog who liked to run";
+        float[] expected;
+        await using (var single = await InferenceEngine.LoadAsync(path, Options(1)))
+        {
+            await single.SavePrefixAsync(text, prefix);
+            expected = await single.GetLogitsAsync(single.Tokenizer.Encode(text + " far", addSpecial: true));
+        }
+        await using (var parallel = await InferenceEngine.LoadAsync(path, Options(ranks)))
+        {
+            await parallel.LoadPrefixAsync(prefix);
+            var actual = await parallel.GetLogitsAsync(parallel.Tokenizer.Encode(text + " far", addSpecial: true));
+            Assert.That(ReferenceCompare.RelativeL2(actual, expected), Is.LessThan(1e-5));
+            await parallel.SavePrefixAsync(text, back);
+        }
+        Assert.That(File.ReadAllBytes(back), Is.EqualTo(File.ReadAllBytes(prefix)), "the split pools give back the bytes of the unsplit one");
+    }
+
     [Test]
     public void HeadsThatDoNotDivide_AreRefusedWithOneLine()
     {
