@@ -9,20 +9,45 @@ namespace Inference.Engine;
 /// </summary>
 public sealed class GenerationStream : IAsyncEnumerable<GeneratedToken>
 {
-    private readonly GenerationRequest _request;
+    private readonly GenerationRequest? _request;
+    private readonly Action<GenerationRequest>? _submit;
+    private readonly Func<CancellationToken, IAsyncEnumerable<GeneratedToken>>? _source;
+    private readonly Task<Completion> _completion;
     private readonly CancellationToken _cancellationToken;
-    private readonly Action<GenerationRequest> _submit;
     private int _started;
 
     internal GenerationStream(GenerationRequest request, Action<GenerationRequest> submit, CancellationToken cancellationToken)
     {
         _request = request;
         _submit = submit;
+        _completion = request.Completion.Task;
         _cancellationToken = cancellationToken;
     }
 
+    private GenerationStream(Func<CancellationToken, IAsyncEnumerable<GeneratedToken>> source, Task<Completion> completion, CancellationToken cancellationToken)
+    {
+        _source = source;
+        _completion = completion;
+        _cancellationToken = cancellationToken;
+    }
+
+    /// <summary>
+    /// A stream over generation that runs elsewhere (another process, a cluster of engines), for code written against
+    /// <see cref="ITextGenerator"/>.
+    /// </summary>
+    /// <param name="source">Starts the generation and yields its tokens; called once, when enumeration starts, with a
+    /// token that is cancelled when the caller cancels or stops enumerating early.</param>
+    /// <param name="completion">Completes with the whole result when <paramref name="source"/> ends (faults as it does).</param>
+    /// <param name="cancellationToken">Cancels the generation.</param>
+    public static GenerationStream FromSource(Func<CancellationToken, IAsyncEnumerable<GeneratedToken>> source, Task<Completion> completion, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        ArgumentNullException.ThrowIfNull(completion);
+        return new GenerationStream(source, completion, cancellationToken);
+    }
+
     /// <summary>The whole result; completes when generation ends (after enumeration started) (faults with <see cref="OperationCanceledException"/> on cancellation).</summary>
-    public Task<Completion> Completion => _request.Completion.Task;
+    public Task<Completion> Completion => _completion;
 
     /// <summary>
     /// The prompt's log-probabilities when <see cref="Sampling.SamplingOptions.PromptLogprobs"/> asked for them; set
@@ -46,9 +71,22 @@ public sealed class GenerationStream : IAsyncEnumerable<GeneratedToken>
     private async IAsyncEnumerable<GeneratedToken> Stream([EnumeratorCancellation] CancellationToken cancellationToken)
     {
         if (Interlocked.Exchange(ref _started, 1) != 0) throw new InvalidOperationException("a generation stream can be enumerated only once");
-        _submit(_request);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(_cancellationToken, cancellationToken);
         var token = linked.Token;
+        if (_request is null)
+        {
+            try
+            {
+                await foreach (var item in _source!(token).WithCancellation(token).ConfigureAwait(false)) yield return item;
+            }
+            finally
+            {
+                // A consumer that stops early ends the remote request too.
+                if (!_completion.IsCompleted) await linked.CancelAsync().ConfigureAwait(false);
+            }
+            yield break;
+        }
+        _submit!(_request);
         using var registration = token.Register(static r => ((GenerationRequest)r!).Cancel(), _request);
         try
         {

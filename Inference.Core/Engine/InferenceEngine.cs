@@ -18,7 +18,7 @@ namespace Inference.Engine;
 ///     Console.Write(token.Text);
 /// </code>
 /// </example>
-public sealed partial class InferenceEngine : IAsyncDisposable
+public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
 {
     private readonly IDisposable _weights;   // the mapped file(s) the model's weights live in
     private readonly GgufFile _metadata;     // tokenizer and chat template metadata (the model file, or built from tokenizer.json)
@@ -38,7 +38,9 @@ public sealed partial class InferenceEngine : IAsyncDisposable
         Tokenizer = tokenizer;
         Options = options;
         ContextLength = options.ContextLength ?? Math.Min(config.ContextLength, 4096);
-        _loop = new EngineLoop(model, options, ContextLength, PrefixIdentity.Compute(model, tokenizer, options.KvCache), executorFactory);
+        var identity = PrefixIdentity.Compute(model, tokenizer, options.KvCache);
+        PrefixSalt = identity.Salt;
+        _loop = new EngineLoop(model, options, ContextLength, identity, executorFactory);
     }
 
     /// <summary>The model's hyperparameters.</summary>
@@ -64,6 +66,21 @@ public sealed partial class InferenceEngine : IAsyncDisposable
 
     /// <summary>KV cache bytes one token takes: 2 · layers · kvHeads · headDim · bytes per element.</summary>
     public long KvBytesPerToken => 2L * Config.LayerCount * Config.KvHeadCount * Config.HeadDim * KvCache.KvCacheStorage.ElementSize(Options.KvCache.DataType);
+
+    /// <summary>
+    /// The salt of this engine's KV block hashes: it stands for the model, tokenizer, RoPE configuration, KV element type
+    /// and block size, so two engines with equal salts cache equal prompts under equal <see cref="KvCache.BlockHash"/>es.
+    /// </summary>
+    public long PrefixSalt { get; }
+
+    /// <summary>
+    /// The hashes the KV cache gives the leading full blocks of <paramref name="promptTokens"/> (see
+    /// <see cref="KvCache.BlockHash.ComputeChain"/>); a router uses them to send prompts with a shared prefix to the
+    /// engine that holds it.
+    /// </summary>
+    /// <returns>How many hashes were written.</returns>
+    public int ComputePrefixBlockHashes(ReadOnlySpan<int> promptTokens, Span<KvCache.BlockHash> destination) =>
+        KvCache.BlockHash.ComputeChain(promptTokens, Options.KvCache.BlockSize, PrefixSalt, destination);
 
     /// <summary>Running and waiting requests, preemptions and KV cache blocks after the engine's latest step.</summary>
     public EngineStats Stats => _loop.Stats;
@@ -159,6 +176,13 @@ public sealed partial class InferenceEngine : IAsyncDisposable
         // NOTE: an empty result stays empty here; generation starts an empty prompt from BOS (CheckPrompt).
         return Tokenizer.Encode(prompt, addSpecial: true);
     }
+
+    /// <inheritdoc />
+    Task<int[]> ITextGenerator.TokenizeAsync(string prompt, CancellationToken cancellationToken) => Task.FromResult(Tokenize(prompt));
+
+    /// <inheritdoc />
+    Task<int[]> ITextGenerator.TokenizeChatAsync(IReadOnlyList<Chat.ChatMessage> messages, Chat.ChatPromptOptions? prompt, CancellationToken cancellationToken) =>
+        Task.FromResult(TokenizeChat(messages, prompt));
 
     /// <summary>Streams the continuation of <paramref name="prompt"/> token by token.</summary>
     /// <exception cref="ArgumentException">The prompt does not fit the context (and truncation is off).</exception>

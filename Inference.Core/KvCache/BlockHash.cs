@@ -38,6 +38,30 @@ public readonly struct BlockHash : IEquatable<BlockHash>
     }
 
     /// <summary>
+    /// Hashes of the leading full blocks of <paramref name="tokenIds"/>, chained from <see cref="Root"/> exactly as the
+    /// KV cache chains them: <c>destination[i]</c> stands for tokens <c>0 .. (i + 1) · blockSize − 1</c>.
+    /// </summary>
+    /// <param name="tokenIds">The token ids (a prompt); a partial last block is not hashed.</param>
+    /// <param name="blockSize">Tokens per block, 1 to <see cref="KvCacheOptions.MaxBlockSize"/>.</param>
+    /// <param name="salt">The cache's salt (see <c>InferenceEngine.PrefixSalt</c>).</param>
+    /// <param name="destination">Receives at most its length of hashes.</param>
+    /// <returns>How many hashes were written: min(full blocks, destination length).</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="blockSize"/> is out of range.</exception>
+    public static int ComputeChain(ReadOnlySpan<int> tokenIds, int blockSize, long salt, Span<BlockHash> destination)
+    {
+        if (blockSize is < 1 or > KvCacheOptions.MaxBlockSize)
+            throw new ArgumentOutOfRangeException(nameof(blockSize), blockSize, $"blockSize must be in [1, {KvCacheOptions.MaxBlockSize}].");
+        int count = Math.Min(tokenIds.Length / blockSize, destination.Length);
+        var parent = Root;
+        for (int i = 0; i < count; i++)
+        {
+            parent = Compute(parent, tokenIds.Slice(i * blockSize, blockSize), salt);
+            destination[i] = parent;
+        }
+        return count;
+    }
+
+    /// <summary>
     /// A salt for <see cref="Compute"/> that keeps cached blocks of different models, tokenizers, RoPE settings or KV
     /// element types apart. Pass strings that change whenever the keys and values would (file hash, scaling settings...).
     /// </summary>
