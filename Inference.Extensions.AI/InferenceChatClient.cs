@@ -13,9 +13,10 @@ using ChatRole = Inference.Chat.ChatRole;
 namespace Inference.Extensions.AI;
 
 /// <summary>
-/// An <see cref="IChatClient"/> over an <see cref="InferenceEngine"/>: conversations are rendered with the model's
-/// chat template (or <see cref="InferenceChatClientOptions.Template"/>) and answered locally. Thread-safe; concurrent
-/// requests are batched by the engine.
+/// An <see cref="IChatClient"/> over an <see cref="InferenceEngine"/>, or any <see cref="ITextGenerator"/> (for example
+/// a cluster of engine replicas): conversations are rendered with the model's chat template (or
+/// <see cref="InferenceChatClientOptions.Template"/>) and answered by the engine. Thread-safe; concurrent requests are
+/// batched by the engine.
 /// </summary>
 /// <remarks>
 /// <see cref="ChatOptions"/> maps onto <see cref="SamplingOptions"/>: Temperature, TopP, TopK, MaxOutputTokens,
@@ -37,7 +38,7 @@ namespace Inference.Extensions.AI;
 /// </example>
 public sealed class InferenceChatClient : IChatClient
 {
-    private readonly InferenceEngine _engine;
+    private readonly ITextGenerator _generator;
     private readonly InferenceChatClientOptions _options;
     private readonly ChatPromptOptions _prompt;
     private readonly string _modelId;
@@ -45,12 +46,19 @@ public sealed class InferenceChatClient : IChatClient
     /// <summary>Creates a client over <paramref name="engine"/>.</summary>
     /// <exception cref="ArgumentNullException"><paramref name="engine"/> is null.</exception>
     public InferenceChatClient(InferenceEngine engine, InferenceChatClientOptions? options = null)
+        : this((ITextGenerator)engine, options)
     {
-        ArgumentNullException.ThrowIfNull(engine);
-        _engine = engine;
+    }
+
+    /// <summary>Creates a client over <paramref name="generator"/> (an engine, or a model of an engine cluster).</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="generator"/> is null.</exception>
+    public InferenceChatClient(ITextGenerator generator, InferenceChatClientOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(generator);
+        _generator = generator;
         _options = options ?? new InferenceChatClientOptions();
         _prompt = new ChatPromptOptions { Template = _options.Template };
-        _modelId = _options.ModelId ?? engine.ModelName;
+        _modelId = _options.ModelId ?? generator.ModelName;
         Metadata = new ChatClientMetadata("inference", providerUri: null, defaultModelId: _modelId);
     }
 
@@ -60,7 +68,7 @@ public sealed class InferenceChatClient : IChatClient
     /// <inheritdoc />
     public async Task<ChatResponse> GetResponseAsync(IEnumerable<AIChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
     {
-        var stream = Start(messages, options, cancellationToken);
+        var stream = await Start(messages, options, cancellationToken).ConfigureAwait(false);
         await foreach (var _ in stream.ConfigureAwait(false))
         {
         }
@@ -98,13 +106,15 @@ public sealed class InferenceChatClient : IChatClient
     /// <inheritdoc />
     public IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<AIChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
     {
-        // Validate and render eagerly so bad input throws at the call, not at the first MoveNextAsync.
+        // Validate and render eagerly so bad input throws at the call, not at the first MoveNextAsync (a local engine
+        // renders synchronously; a remote generator's errors arrive when its task completes).
         var stream = Start(messages, options, cancellationToken);
         return Stream(stream, ToolsActive(options), cancellationToken);
     }
 
-    private async IAsyncEnumerable<ChatResponseUpdate> Stream(GenerationStream stream, bool tools, [EnumeratorCancellation] CancellationToken cancellationToken)
+    private async IAsyncEnumerable<ChatResponseUpdate> Stream(Task<GenerationStream> start, bool tools, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
+        var stream = await start.ConfigureAwait(false);
         string responseId = NewId();
         var createdAt = DateTimeOffset.UtcNow;
         await foreach (var token in stream.WithCancellation(cancellationToken).ConfigureAwait(false))
@@ -137,7 +147,7 @@ public sealed class InferenceChatClient : IChatClient
         };
     }
 
-    private GenerationStream Start(IEnumerable<AIChatMessage> messages, ChatOptions? options, CancellationToken cancellationToken)
+    private Task<GenerationStream> Start(IEnumerable<AIChatMessage> messages, ChatOptions? options, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(messages);
         var conversation = new List<ChatMessage>();
@@ -171,13 +181,36 @@ public sealed class InferenceChatClient : IChatClient
                 if (tool is AIFunctionDeclaration f) tools.Add(new ChatTool(f.Name, f.Description, f.JsonSchema.GetRawText()));
             prompt = _prompt with { Tools = tools };
             if (options.ToolMode is RequiredChatToolMode required)
-            {
-                var format = ToolCalls.DetectFormat((_options.Template ?? _engine.ChatTemplate)?.Source);
-                sampling = sampling with { Constraint = ToolCalls.RequiredCallConstraint(tools, required.RequiredFunctionName, format) };
-            }
+                return GenerateCall(conversation, prompt, sampling, tools, required.RequiredFunctionName, cancellationToken);
         }
-        return _engine.ChatAsync(conversation, sampling, prompt, cancellationToken);
+        return Generate(_generator.TokenizeChatAsync(conversation, prompt, cancellationToken), sampling, cancellationToken);
     }
+
+    // A required call is forced through a grammar in the template's tool-call format.
+    private Task<GenerationStream> GenerateCall(List<ChatMessage> conversation, ChatPromptOptions prompt, SamplingOptions sampling, List<ChatTool> tools, string? name, CancellationToken cancellationToken)
+    {
+        var template = _options.Template is { } own ? Task.FromResult<ChatTemplate?>(own) : _generator.GetChatTemplateAsync(cancellationToken);
+        if (template.IsCompletedSuccessfully)
+            return Generate(_generator.TokenizeChatAsync(conversation, prompt, cancellationToken), WithCall(template.Result), cancellationToken);
+        return Later();
+
+        SamplingOptions WithCall(ChatTemplate? t) => sampling with { Constraint = ToolCalls.RequiredCallConstraint(tools, name, ToolCalls.DetectFormat(t?.Source)) };
+
+        async Task<GenerationStream> Later()
+        {
+            var t = await template.ConfigureAwait(false);
+            return await Generate(_generator.TokenizeChatAsync(conversation, prompt, cancellationToken), WithCall(t), cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    // NOTE: a local engine tokenizes synchronously, so its prompt errors (too long for the context...) still throw at the call.
+    private Task<GenerationStream> Generate(Task<int[]> prompt, SamplingOptions sampling, CancellationToken cancellationToken) =>
+        prompt.IsCompletedSuccessfully
+            ? Task.FromResult(_generator.GenerateAsync(prompt.Result, sampling, cancellationToken))
+            : GenerateLater(prompt, sampling, cancellationToken);
+
+    private async Task<GenerationStream> GenerateLater(Task<int[]> prompt, SamplingOptions sampling, CancellationToken cancellationToken) =>
+        _generator.GenerateAsync(await prompt.ConfigureAwait(false), sampling, cancellationToken);
 
     /// <summary>
     /// The sampling options a request runs with: <paramref name="defaults"/> overridden by whatever
@@ -230,11 +263,12 @@ public sealed class InferenceChatClient : IChatClient
         ArgumentNullException.ThrowIfNull(serviceType);
         if (serviceKey is not null) return null;
         if (serviceType == typeof(ChatClientMetadata)) return Metadata;
-        if (serviceType == typeof(InferenceEngine)) return _engine;
+        if (serviceType == typeof(InferenceEngine)) return _generator as InferenceEngine;
+        if (serviceType == typeof(ITextGenerator)) return _generator;
         return serviceType.IsInstanceOfType(this) ? this : null;
     }
 
-    /// <summary>Does nothing: the engine belongs to the caller.</summary>
+    /// <summary>Does nothing: the engine (or generator) belongs to the caller.</summary>
     public void Dispose()
     {
     }

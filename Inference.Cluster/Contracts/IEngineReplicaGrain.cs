@@ -18,8 +18,11 @@ public interface IEngineReplicaGrain : IGrainWithStringKey
     /// <summary>Tokenizes a prompt (BOS as the model says).</summary>
     Task<int[]> TokenizeAsync(string prompt);
 
-    /// <summary>Renders a conversation with the model's chat template (or <paramref name="templateSource"/>) and tokenizes it.</summary>
-    Task<int[]> TokenizeChatAsync(ChatTurn[] messages, string? templateSource);
+    /// <summary>
+    /// Renders a conversation with the model's chat template (or <paramref name="templateSource"/>), offering
+    /// <paramref name="tools"/>, and tokenizes it.
+    /// </summary>
+    Task<int[]> TokenizeChatAsync(ChatTurn[] messages, string? templateSource, ToolWire[] tools);
 
     /// <summary>
     /// Streams the continuation of <paramref name="promptTokens"/>: token events, then one event with the completion.

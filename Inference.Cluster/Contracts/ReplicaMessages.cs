@@ -1,3 +1,4 @@
+using Inference.Constraints;
 using Inference.Engine;
 using Inference.Sampling;
 
@@ -27,6 +28,9 @@ public sealed record ReplicaDescriptor
 
     /// <summary>Most tokens of one sequence.</summary>
     [Id(6)] public int ContextLength { get; init; }
+
+    /// <summary>The source of the model's chat template; null when it has none (or it does not parse).</summary>
+    [Id(7)] public string? ChatTemplateSource { get; init; }
 }
 
 /// <summary>A replica's load after its engine's latest step.</summary>
@@ -114,7 +118,7 @@ public sealed record ReplicaCompletion
         new TimeSpan(TimingTicks[2]), new TimeSpan(TimingTicks[3]), PrefixHitTokens));
 }
 
-/// <summary>One chat message on the wire.</summary>
+/// <summary>One chat message on the wire (<see cref="Chat.ChatMessage"/>).</summary>
 [GenerateSerializer, Immutable]
 public sealed record ChatTurn
 {
@@ -122,6 +126,92 @@ public sealed record ChatTurn
     [Id(0)] public Chat.ChatRole Role { get; init; }
     /// <summary>The message text.</summary>
     [Id(1)] public string Content { get; init; } = "";
+    /// <summary>The tool calls of an assistant message.</summary>
+    [Id(2)] public ToolCallWire[] ToolCalls { get; init; } = [];
+    /// <summary>The call a tool result answers.</summary>
+    [Id(3)] public string? ToolCallId { get; init; }
+
+    internal static ChatTurn From(Chat.ChatMessage m)
+    {
+        var calls = new ToolCallWire[m.ToolCalls.Count];
+        for (int i = 0; i < calls.Length; i++) calls[i] = new ToolCallWire(m.ToolCalls[i].Id, m.ToolCalls[i].Name, m.ToolCalls[i].Arguments);
+        return new ChatTurn { Role = m.Role, Content = m.Content, ToolCalls = calls, ToolCallId = m.ToolCallId };
+    }
+
+    internal Chat.ChatMessage ToMessage()
+    {
+        var calls = new Chat.ChatToolCall[ToolCalls.Length];
+        for (int i = 0; i < calls.Length; i++) calls[i] = new Chat.ChatToolCall(ToolCalls[i].Id, ToolCalls[i].Name, ToolCalls[i].Arguments);
+        return new Chat.ChatMessage(Role, Content) { ToolCalls = calls, ToolCallId = ToolCallId };
+    }
+}
+
+/// <summary>A <see cref="Chat.ChatToolCall"/> on the wire.</summary>
+/// <param name="Id">The call's id.</param>
+/// <param name="Name">The function name.</param>
+/// <param name="Arguments">The arguments, as JSON text.</param>
+[GenerateSerializer, Immutable]
+public sealed record ToolCallWire([property: Id(0)] string Id, [property: Id(1)] string Name, [property: Id(2)] string Arguments);
+
+/// <summary>A <see cref="Chat.ChatTool"/> on the wire.</summary>
+/// <param name="Name">The function name.</param>
+/// <param name="Description">What it does.</param>
+/// <param name="ParametersSchema">The JSON Schema of its arguments.</param>
+[GenerateSerializer, Immutable]
+public sealed record ToolWire([property: Id(0)] string Name, [property: Id(1)] string? Description, [property: Id(2)] string ParametersSchema);
+
+/// <summary>
+/// The wire form of a <see cref="Constraint"/>: its kind and its source text (schema, grammar, pattern or choices). The
+/// replica compiles it again on arrival, so a constraint crosses the wire as small text, never as a compiled grammar.
+/// </summary>
+[GenerateSerializer, Immutable]
+public struct ConstraintSurrogate
+{
+    [Id(0)] internal ConstraintKind Kind;
+    [Id(1)] internal string? Text;
+    [Id(2)] internal string[]? Choices;
+}
+
+/// <summary>The kinds of <see cref="Constraint"/>.</summary>
+public enum ConstraintKind
+{
+    /// <summary><see cref="JsonSchemaConstraint"/>.</summary>
+    JsonSchema,
+    /// <summary><see cref="JsonObjectConstraint"/>.</summary>
+    JsonObject,
+    /// <summary><see cref="GrammarConstraint"/>.</summary>
+    Grammar,
+    /// <summary><see cref="RegexConstraint"/>.</summary>
+    Regex,
+    /// <summary><see cref="ChoiceConstraint"/>.</summary>
+    Choice,
+}
+
+/// <summary>Converts a <see cref="Constraint"/> to and from its wire form (compiled and validated again on arrival).</summary>
+[RegisterConverter]
+public sealed class ConstraintConverter : IConverter<Constraint, ConstraintSurrogate>
+{
+    /// <inheritdoc />
+    public Constraint ConvertFromSurrogate(in ConstraintSurrogate s) => s.Kind switch
+    {
+        ConstraintKind.JsonSchema => new JsonSchemaConstraint(s.Text ?? ""),
+        ConstraintKind.JsonObject => JsonObjectConstraint.Instance,
+        ConstraintKind.Grammar => new GrammarConstraint(s.Text ?? ""),
+        ConstraintKind.Regex => new RegexConstraint(s.Text ?? ""),
+        ConstraintKind.Choice => new ChoiceConstraint(s.Choices ?? []),
+        _ => throw new InvalidConstraintException($"unknown constraint kind {(int)s.Kind}"),
+    };
+
+    /// <inheritdoc />
+    public ConstraintSurrogate ConvertToSurrogate(in Constraint value) => value switch
+    {
+        JsonSchemaConstraint c => new ConstraintSurrogate { Kind = ConstraintKind.JsonSchema, Text = c.Schema },
+        JsonObjectConstraint => new ConstraintSurrogate { Kind = ConstraintKind.JsonObject },
+        GrammarConstraint c => new ConstraintSurrogate { Kind = ConstraintKind.Grammar, Text = c.Gbnf },
+        RegexConstraint c => new ConstraintSurrogate { Kind = ConstraintKind.Regex, Text = c.Pattern },
+        ChoiceConstraint c => new ConstraintSurrogate { Kind = ConstraintKind.Choice, Choices = [.. c.Choices] },
+        _ => throw new NotSupportedException($"constraint {value.GetType().Name} cannot be sent to a cluster replica"),
+    };
 }
 
 /// <summary>The wire form of <see cref="SamplingOptions"/>.</summary>

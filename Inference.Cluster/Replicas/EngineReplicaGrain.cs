@@ -26,20 +26,36 @@ internal sealed class EngineReplicaGrain(ReplicaEngines engines) : Grain, IEngin
             BlockSize = engine.Options.KvCache.BlockSize,
             MaxNumSeqs = engine.Options.MaxNumSeqs,
             ContextLength = engine.ContextLength,
+            ChatTemplateSource = TemplateSource(engine),
         };
+    }
+
+    private static string? TemplateSource(Engine.InferenceEngine engine)
+    {
+        try
+        {
+            return engine.ChatTemplate?.Source;
+        }
+        catch (ChatTemplateException)
+        {
+            return null; // NOTE: rendering on this replica fails with the parse error; the router just learns no format.
+        }
     }
 
     public async Task<ReplicaLoad> GetLoadAsync() => ReplicaLoad.From(await (await EngineAsync()).GetStatsAsync());
 
     public async Task<int[]> TokenizeAsync(string prompt) => (await EngineAsync()).Tokenize(prompt);
 
-    public async Task<int[]> TokenizeChatAsync(ChatTurn[] messages, string? templateSource)
+    public async Task<int[]> TokenizeChatAsync(ChatTurn[] messages, string? templateSource, ToolWire[] tools)
     {
         ArgumentNullException.ThrowIfNull(messages);
+        ArgumentNullException.ThrowIfNull(tools);
         var engine = await EngineAsync();
         var conversation = new ChatMessage[messages.Length];
-        for (int i = 0; i < messages.Length; i++) conversation[i] = new ChatMessage(messages[i].Role, messages[i].Content);
-        var prompt = templateSource is null ? null : new ChatPromptOptions { Template = ChatTemplate.Parse(templateSource) };
+        for (int i = 0; i < messages.Length; i++) conversation[i] = messages[i].ToMessage();
+        var offered = new ChatTool[tools.Length];
+        for (int i = 0; i < tools.Length; i++) offered[i] = new ChatTool(tools[i].Name, tools[i].Description, tools[i].ParametersSchema);
+        var prompt = new ChatPromptOptions { Template = templateSource is null ? null : ChatTemplate.Parse(templateSource), Tools = offered };
         return engine.TokenizeChat(conversation, prompt);
     }
 

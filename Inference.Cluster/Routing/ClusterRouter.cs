@@ -35,6 +35,7 @@ public sealed class ClusterRouter : IAsyncDisposable
     private readonly SemaphoreSlim _refreshGate = new(1, 1);
     private Dictionary<string, ReplicaState[]> _byModel = new(StringComparer.Ordinal);
     private readonly Dictionary<string, ReplicaState> _byId = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, ChatTemplate> _templates = new(StringComparer.Ordinal);
     private long _roundRobin;
     private long _requests, _affinity, _balanced, _misses, _resends, _failures, _promptTokens, _prefixHitTokens;
 
@@ -198,7 +199,7 @@ public sealed class ClusterRouter : IAsyncDisposable
         return OnAnyReplicaAsync(modelId, r => r.Grain.TokenizeAsync(prompt), cancellationToken);
     }
 
-    /// <summary>Renders and tokenizes a conversation on a replica of <paramref name="modelId"/>.</summary>
+    /// <summary>Renders and tokenizes a conversation (tools and tool calls included) on a replica of <paramref name="modelId"/>.</summary>
     /// <exception cref="NotSupportedException"><paramref name="prompt"/> has template variables (they do not cross the wire).</exception>
     /// <exception cref="ReplicaUnavailableException">No live replica of the model answered.</exception>
     public Task<int[]> TokenizeChatAsync(string modelId, IReadOnlyList<ChatMessage> messages, ChatPromptOptions? prompt = null, CancellationToken cancellationToken = default)
@@ -206,9 +207,47 @@ public sealed class ClusterRouter : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(messages);
         if (prompt is { Variables.Count: > 0 }) throw new NotSupportedException("chat template variables are not sent to cluster replicas; render the prompt locally and send tokens");
         var turns = new ChatTurn[messages.Count];
-        for (int i = 0; i < turns.Length; i++) turns[i] = new ChatTurn { Role = messages[i].Role, Content = messages[i].Content };
+        for (int i = 0; i < turns.Length; i++) turns[i] = ChatTurn.From(messages[i] ?? throw new ArgumentNullException(nameof(messages)));
+        var tools = new ToolWire[prompt?.Tools.Count ?? 0];
+        for (int i = 0; i < tools.Length; i++) tools[i] = new ToolWire(prompt!.Tools[i].Name, prompt.Tools[i].Description, prompt.Tools[i].ParametersSchema);
         string? template = prompt?.Template?.Source;
-        return OnAnyReplicaAsync(modelId, r => r.Grain.TokenizeChatAsync(turns, template), cancellationToken);
+        return OnAnyReplicaAsync(modelId, r => r.Grain.TokenizeChatAsync(turns, template, tools), cancellationToken);
+    }
+
+    /// <summary>The chat template a replica of <paramref name="modelId"/> reported (null when the model has none).</summary>
+    /// <exception cref="ReplicaUnavailableException">No live replica of the model.</exception>
+    public async Task<ChatTemplate?> GetChatTemplateAsync(string modelId, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(modelId);
+        string? source = null;
+        for (int pass = 0; ; pass++)
+        {
+            bool found = false;
+            lock (_lock)
+            {
+                if (_byModel.TryGetValue(modelId, out var states))
+                    foreach (var s in states)
+                        if (!s.Failed)
+                        {
+                            source = s.Descriptor.ChatTemplateSource;
+                            found = true;
+                            break;
+                        }
+            }
+            if (found) break;
+            if (pass > 0) throw new ReplicaUnavailableException($"no live replica of model '{modelId}'");
+            await RefreshAsync(cancellationToken).ConfigureAwait(false);
+        }
+        if (source is null) return null;
+        lock (_templates)
+        {
+            if (!_templates.TryGetValue(source, out var template))
+            {
+                if (_templates.Count >= 64) _templates.Clear();
+                _templates[source] = template = ChatTemplate.Parse(source);
+            }
+            return template;
+        }
     }
 
     private async Task<T> OnAnyReplicaAsync<T>(string modelId, Func<ReplicaState, Task<T>> call, CancellationToken cancellationToken)

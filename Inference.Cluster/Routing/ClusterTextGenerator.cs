@@ -15,6 +15,9 @@ internal sealed class ClusterTextGenerator(ClusterRouter router, string modelId)
     public Task<int[]> TokenizeChatAsync(IReadOnlyList<ChatMessage> messages, ChatPromptOptions? prompt = null, CancellationToken cancellationToken = default) =>
         router.TokenizeChatAsync(modelId, messages, prompt, cancellationToken);
 
+    public Task<ChatTemplate?> GetChatTemplateAsync(CancellationToken cancellationToken = default) =>
+        router.GetChatTemplateAsync(modelId, cancellationToken);
+
     public GenerationStream GenerateAsync(IReadOnlyList<int> promptTokens, SamplingOptions? sampling = null, CancellationToken cancellationToken = default) =>
         router.GenerateAsync(modelId, promptTokens, sampling, cancellationToken);
 }

@@ -21,6 +21,13 @@ public interface ITextGenerator
     /// <exception cref="ChatTemplateException">The template failed.</exception>
     Task<int[]> TokenizeChatAsync(IReadOnlyList<ChatMessage> messages, ChatPromptOptions? prompt = null, CancellationToken cancellationToken = default);
 
+    /// <summary>
+    /// The model's own chat template (what <see cref="InferenceEngine.ChatTemplate"/> returns); null when it has none.
+    /// Front ends read it to learn the template's tool-call format.
+    /// </summary>
+    /// <exception cref="ChatTemplateException">The model's template does not parse.</exception>
+    Task<ChatTemplate?> GetChatTemplateAsync(CancellationToken cancellationToken = default);
+
     /// <summary>Streams the continuation of a tokenized prompt (cold: it starts when enumerated).</summary>
     GenerationStream GenerateAsync(IReadOnlyList<int> promptTokens, SamplingOptions? sampling = null, CancellationToken cancellationToken = default);
 }

@@ -184,6 +184,9 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
     Task<int[]> ITextGenerator.TokenizeChatAsync(IReadOnlyList<Chat.ChatMessage> messages, Chat.ChatPromptOptions? prompt, CancellationToken cancellationToken) =>
         Task.FromResult(TokenizeChat(messages, prompt));
 
+    /// <inheritdoc />
+    Task<Chat.ChatTemplate?> ITextGenerator.GetChatTemplateAsync(CancellationToken cancellationToken) => Task.FromResult(ChatTemplate);
+
     /// <summary>Streams the continuation of <paramref name="prompt"/> token by token.</summary>
     /// <exception cref="ArgumentException">The prompt does not fit the context (and truncation is off).</exception>
     /// <exception cref="OperationCanceledException">The token was cancelled.</exception>

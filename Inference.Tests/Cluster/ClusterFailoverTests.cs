@@ -51,10 +51,13 @@ public class ClusterFailoverTests
         int stranded = before.Replicas[victimId].InFlight;
         Assert.That(stranded, Is.EqualTo(3), "round-robin put three of the nine requests on each replica");
         var victim = cluster.Silos.Single(s => victimId.StartsWith(s.SiloAddress.ToParsableString() + "|", StringComparison.Ordinal));
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         await cluster.KillSiloAsync(victim);
+        TestContext.Out.WriteLine($"killed in {clock.Elapsed.TotalSeconds:F1} s");
         released.SetResult();
 
         var results = await Task.WhenAll(runs);
+        TestContext.Out.WriteLine($"all done {clock.Elapsed.TotalSeconds:F1} s after the kill");
         for (int i = 0; i < prompts.Length; i++)
         {
             var expected = await single.CompleteAsync(prompts[i], sampling);

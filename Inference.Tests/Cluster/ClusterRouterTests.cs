@@ -1,5 +1,11 @@
 using System.Diagnostics;
+using System.ClientModel;
+using Inference.Chat;
 using Inference.Cluster.Contracts;
+using Inference.Extensions.AI;
+using Inference.Server;
+using Microsoft.Extensions.AI;
+using OpenAI;
 using Inference.Cluster.Routing;
 using Inference.Engine;
 using Inference.Sampling;
@@ -174,5 +180,43 @@ public class ClusterRouterTests
         ReplicaLoad after;
         while ((after = await replica.GetLoadAsync()).RunningCount + after.WaitingCount > 0) await Task.Yield();
         Assert.That(after.FreeBlockCount, Is.EqualTo(after.TotalBlockCount), "no KV block leaked");
+    }
+
+    [Test]
+    [CancelAfter(120_000)]
+    public async Task TheOpenAiServerAndIChatClient_FrontTheCluster()
+    {
+        const string Prompt = "Once upon a time, there was a little girl named Lily.";
+        var template = ChatTemplate.Parse("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}");
+        var expected = await _single.CompleteAsync(Prompt, SamplingOptions.Greedy with { MaxTokens = 20 });
+        await using var router = new ClusterRouter(_cluster.Client, new ClusterRouterOptions { RefreshInterval = null });
+        var generator = router.ForModel(ReplicaCluster.Model);
+
+        var app = ServerApp.Build(generator, new ServerOptions { Urls = "http://127.0.0.1:0", ChatTemplate = template }, ["--Logging:LogLevel:Default=Warning"]);
+        await app.StartAsync();
+        try
+        {
+            var openAi = new OpenAIClient(new ApiKeyCredential("not-needed"), new OpenAIClientOptions { Endpoint = new Uri(app.Urls.Single() + "/v1") });
+            var models = (await openAi.GetOpenAIModelClient().GetModelsAsync()).Value;
+            Assert.That(models.Select(m => m.Id), Is.EqualTo(new[] { ReplicaCluster.Model }));
+            var chat = await openAi.GetChatClient(ReplicaCluster.Model).CompleteChatAsync([new OpenAI.Chat.UserChatMessage(Prompt)],
+                new OpenAI.Chat.ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 20 });
+            Assert.That(chat.Value.Content.Single().Text, Is.EqualTo(expected.Text));
+            Assert.That(chat.Value.Usage.InputTokenCount, Is.EqualTo(expected.PromptTokenIds.Count));
+        }
+        finally
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
+        }
+
+        using IChatClient client = new InferenceChatClient(generator, new InferenceChatClientOptions { Template = template });
+        var options = new ChatOptions { Temperature = 0, MaxOutputTokens = 20 };
+        var response = await client.GetResponseAsync(Prompt, options);
+        Assert.That(response.Text, Is.EqualTo(expected.Text));
+        Assert.That(response.ModelId, Is.EqualTo(ReplicaCluster.Model));
+        var streamed = "";
+        await foreach (var update in client.GetStreamingResponseAsync(Prompt, options)) streamed += update.Text;
+        Assert.That(streamed, Is.EqualTo(expected.Text));
     }
 }

@@ -14,18 +14,18 @@ internal static class OpenAiEndpoints
         Chat,
     }
 
-    public static IResult Models(HttpContext context, InferenceEngine engine, ServerOptions options) =>
+    public static IResult Models(HttpContext context, ITextGenerator engine, ServerOptions options) =>
         Results.Json(new
         {
             @object = "list",
             data = new[] { new { id = ModelId(engine, options), @object = "model", created = 0L, owned_by = "inference" } },
         }, JsonOptions.Default);
 
-    private static string ModelId(InferenceEngine engine, ServerOptions options) => options.ModelId ?? engine.ModelName;
+    private static string ModelId(ITextGenerator engine, ServerOptions options) => options.ModelId ?? engine.ModelName;
 
     public static async Task HandleAsync(HttpContext context, Kind kind)
     {
-        var engine = context.RequestServices.GetRequiredService<InferenceEngine>();
+        var engine = context.RequestServices.GetRequiredService<ITextGenerator>();
         var options = context.RequestServices.GetRequiredService<ServerOptions>();
         var metrics = context.RequestServices.GetRequiredService<ServerMetrics>();
         long started = Stopwatch.GetTimestamp();
@@ -34,8 +34,8 @@ internal static class OpenAiEndpoints
         try
         {
             var request = await ReadRequestAsync(context, kind, options).ConfigureAwait(false);
-            var prompts = Tokenize(engine, options, kind, request);
-            if (request.ToolChoice is "required" or "function") request = ForceToolCall(engine, options, request);
+            var prompts = await TokenizeAsync(engine, options, kind, request, context.RequestAborted).ConfigureAwait(false);
+            if (request.ToolChoice is "required" or "function") request = await ForceToolCallAsync(engine, options, request, context.RequestAborted).ConfigureAwait(false);
             var streams = Start(engine, prompts, request, context.RequestAborted);
             long promptTokens = 0;
             foreach (var p in prompts) promptTokens += p.Length;
@@ -98,14 +98,14 @@ internal static class OpenAiEndpoints
         }
     }
 
-    private static List<int[]> Tokenize(InferenceEngine engine, ServerOptions options, Kind kind, OpenAiRequest request)
+    private static async Task<List<int[]>> TokenizeAsync(ITextGenerator engine, ServerOptions options, Kind kind, OpenAiRequest request, CancellationToken cancellationToken)
     {
         if (kind == Kind.Chat)
         {
             try
             {
                 var tools = request.ToolChoice == "none" ? [] : request.Tools;
-                return [engine.TokenizeChat(request.Messages, new ChatPromptOptions { Template = options.ChatTemplate, Tools = tools })];
+                return [await engine.TokenizeChatAsync(request.Messages, new ChatPromptOptions { Template = options.ChatTemplate, Tools = tools }, cancellationToken).ConfigureAwait(false)];
             }
             catch (ChatTemplateException e)
             {
@@ -118,16 +118,17 @@ internal static class OpenAiEndpoints
         }
         if (request.PromptTokens is { } tokens) return [tokens.ToArray()];
         var prompts = new List<int[]>(request.Prompts.Count);
-        foreach (var prompt in request.Prompts) prompts.Add(engine.Tokenize(prompt));
+        foreach (var prompt in request.Prompts) prompts.Add(await engine.TokenizeAsync(prompt, cancellationToken).ConfigureAwait(false));
         return prompts;
     }
 
     /// <summary>Constrains the reply to a call, in the template's format, of one of the tools (or of the named one).</summary>
-    private static OpenAiRequest ForceToolCall(InferenceEngine engine, ServerOptions options, OpenAiRequest request)
+    private static async Task<OpenAiRequest> ForceToolCallAsync(ITextGenerator engine, ServerOptions options, OpenAiRequest request, CancellationToken cancellationToken)
     {
         if (request.Sampling.Constraint is not null)
             throw OpenAiError.BadRequest("'tool_choice' that requires a call cannot be combined with 'response_format' or guided decoding", "tool_choice");
-        var format = ToolCalls.DetectFormat((options.ChatTemplate ?? engine.ChatTemplate)?.Source);
+        var template = options.ChatTemplate ?? await engine.GetChatTemplateAsync(cancellationToken).ConfigureAwait(false);
+        var format = ToolCalls.DetectFormat(template?.Source);
         try
         {
             var constraint = ToolCalls.RequiredCallConstraint(request.Tools, request.ToolChoiceName, format);
@@ -140,7 +141,7 @@ internal static class OpenAiEndpoints
     }
 
     // One stream per (prompt, choice), created eagerly so that invalid input fails before any response is written.
-    private static GenerationStream[] Start(InferenceEngine engine, List<int[]> prompts, OpenAiRequest request, CancellationToken cancellationToken)
+    private static GenerationStream[] Start(ITextGenerator engine, List<int[]> prompts, OpenAiRequest request, CancellationToken cancellationToken)
     {
         string param = request.Messages.Count > 0 ? "messages" : "prompt";
         var streams = new GenerationStream[prompts.Count * request.N];
