@@ -15,7 +15,7 @@ namespace Inference.Tests.Packaging;
 [Category("Pack")]
 public class PackTests
 {
-    private static readonly string[] Packages = ["Inference.Core", "Inference.Kernels", "Inference.Cuda", "Inference.Extensions.AI"];
+    private static readonly string[] Packages = ["Inference.Core", "Inference.Kernels", "Inference.Cuda", "Inference.Extensions.AI", "Inference.Cluster"];
 
     [Test]
     [CancelAfter(900_000)]
@@ -28,7 +28,7 @@ public class PackTests
             // A fresh version each run, so no stale copy in the global packages folder can stand in for this build.
             string version = "0.0.0-packtest." + DateTime.UtcNow.ToString("yyyyMMddHHmmss") + "." + Environment.ProcessId;
 
-            // One pack over a solution filter of the four libraries: one build, in parallel where it can be.
+            // One pack over a solution filter of the libraries: one build, in parallel where it can be.
             string filter = Path.Combine(root, "pack.slnf");
             await File.WriteAllTextAsync(filter, $$"""
                 { "solution": { "path": "{{Path.Combine(TestData.RepoRoot, "Inference.sln").Replace("\\", "\\\\")}}",
