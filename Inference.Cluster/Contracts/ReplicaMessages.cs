@@ -230,6 +230,8 @@ public struct SamplingOptionsSurrogate
     [Id(9)] internal int MaxTokens;
     [Id(10)] internal string[] StopStrings;
     [Id(11)] internal EndOfSequenceHandling EndOfSequence;
+    [Id(12)] internal int? Logprobs;
+    [Id(13)] internal int? PromptLogprobs;
 }
 
 /// <summary>Converts <see cref="SamplingOptions"/> to and from its wire form (validated again on arrival).</summary>
@@ -251,6 +253,8 @@ public sealed class SamplingOptionsConverter : IConverter<SamplingOptions, Sampl
         MaxTokens = s.MaxTokens,
         StopStrings = s.StopStrings ?? [],
         EndOfSequence = s.EndOfSequence,
+        Logprobs = s.Logprobs,
+        PromptLogprobs = s.PromptLogprobs,
     };
 
     /// <inheritdoc />
@@ -268,5 +272,7 @@ public sealed class SamplingOptionsConverter : IConverter<SamplingOptions, Sampl
         MaxTokens = value.MaxTokens,
         StopStrings = [.. value.StopStrings],
         EndOfSequence = value.EndOfSequence,
+        Logprobs = value.Logprobs,
+        PromptLogprobs = value.PromptLogprobs,
     };
 }

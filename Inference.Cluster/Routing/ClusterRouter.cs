@@ -272,6 +272,7 @@ public sealed class ClusterRouter : IAsyncDisposable
 
     /// <summary>Streams the continuation of <paramref name="promptTokens"/> from a replica of <paramref name="modelId"/>.</summary>
     /// <remarks>Sampling with a temperature and no seed gets a seed here, so a resend reproduces the delivered tokens.</remarks>
+    /// <exception cref="NotSupportedException"><paramref name="sampling"/> asks for log-probabilities (not carried back from replicas).</exception>
     /// <exception cref="ReplicaUnavailableException">(When enumerated) no live replica of the model, or every attempt failed.</exception>
     /// <exception cref="ReplicaDivergedException">(When enumerated) a resend produced other tokens than were delivered.</exception>
     public GenerationStream GenerateAsync(string modelId, IReadOnlyList<int> promptTokens, SamplingOptions? sampling = null, CancellationToken cancellationToken = default)
@@ -279,6 +280,8 @@ public sealed class ClusterRouter : IAsyncDisposable
         ArgumentException.ThrowIfNullOrEmpty(modelId);
         ArgumentNullException.ThrowIfNull(promptTokens);
         sampling ??= new SamplingOptions();
+        if (sampling.Logprobs is not null || sampling.PromptLogprobs is not null)
+            throw new NotSupportedException("log-probabilities are not carried back from cluster replicas; leave Logprobs and PromptLogprobs unset");
         if (sampling.Seed is null && sampling.Temperature > 0) sampling = sampling with { Seed = (ulong)Random.Shared.NextInt64() };
         int[] tokens = [.. promptTokens];
         var completion = new TaskCompletionSource<Completion>(TaskCreationOptions.RunContinuationsAsynchronously);

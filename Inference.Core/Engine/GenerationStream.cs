@@ -51,9 +51,9 @@ public sealed class GenerationStream : IAsyncEnumerable<GeneratedToken>
 
     /// <summary>
     /// The prompt's log-probabilities when <see cref="Sampling.SamplingOptions.PromptLogprobs"/> asked for them; set
-    /// before the first token is streamed (null until then, and when not asked for).
+    /// before the first token is streamed (null until then, when not asked for, and on a stream from <see cref="FromSource"/>).
     /// </summary>
-    public IReadOnlyList<Sampling.TokenLogprobs>? PromptLogprobs => _request.PromptLogprobs;
+    public IReadOnlyList<Sampling.TokenLogprobs>? PromptLogprobs => _request?.PromptLogprobs;
 
     /// <summary>Runs the request to its end without streaming and returns the whole result.</summary>
     public async Task<Completion> CompleteAsync()

@@ -40,7 +40,7 @@ internal static class OpenAiEndpoints
             long promptTokens = 0;
             foreach (var p in prompts) promptTokens += p.Length;
             metrics.PromptTokens.Add(promptTokens);
-            var call = new Call(context, metrics, kind, request, ModelId(engine, options), prompts, streams, engine.Tokenizer);
+            var call = new Call(context, metrics, kind, request, ModelId(engine, options), prompts, streams, (engine as InferenceEngine)?.Tokenizer);
             if (request.Stream) await call.StreamAsync().ConfigureAwait(false);
             else await call.RespondAsync().ConfigureAwait(false);
         }
@@ -149,13 +149,29 @@ internal static class OpenAiEndpoints
         {
             try
             {
-                // n choices of one prompt share its prefill: the engine forks the prompt's KV (choice i seeded seed + i).
-                var choices = engine.GenerateParallelAsync(prompts[p], request.N, request.Sampling, cancellationToken);
-                for (int i = 0; i < request.N; i++) streams[p * request.N + i] = choices[i];
+                if (engine is InferenceEngine local)
+                {
+                    // n choices of one prompt share its prefill: the engine forks the prompt's KV (choice i seeded seed + i).
+                    var choices = local.GenerateParallelAsync(prompts[p], request.N, request.Sampling, cancellationToken);
+                    for (int i = 0; i < request.N; i++) streams[p * request.N + i] = choices[i];
+                }
+                else
+                {
+                    // A remote generator (a cluster): one request per choice, choice i seeded seed + i.
+                    for (int i = 0; i < request.N; i++)
+                    {
+                        var sampling = request.Sampling.Seed is ulong seed ? request.Sampling with { Seed = unchecked(seed + (ulong)i) } : request.Sampling;
+                        streams[p * request.N + i] = engine.GenerateAsync(prompts[p], sampling, cancellationToken);
+                    }
+                }
             }
             catch (ArgumentOutOfRangeException e)
             {
                 throw OpenAiError.BadRequest(e.Message.Split(" (Parameter")[0], param);
+            }
+            catch (NotSupportedException e)
+            {
+                throw OpenAiError.BadRequest(e.Message, param);
             }
             catch (ArgumentException e)
             {
@@ -226,8 +242,11 @@ internal static class OpenAiEndpoints
 
     /// <summary>One request being answered: its streams and how their output is written.</summary>
     private sealed class Call(HttpContext context, ServerMetrics metrics, Kind kind, OpenAiRequest request,
-        string modelId, List<int[]> prompts, GenerationStream[] streams, Inference.Tokenization.ModelTokenizer tokenizer)
+        string modelId, List<int[]> prompts, GenerationStream[] streams, Inference.Tokenization.ModelTokenizer? localTokenizer)
     {
+        // NOTE: token texts (logprobs, echoed token prompts) need the model's tokenizer; a cluster front end has none.
+        private Inference.Tokenization.ModelTokenizer tokenizer => localTokenizer ?? throw OpenAiError.BadRequest("log-probabilities and echoed token prompts need a local model (not available in front of a cluster)");
+
         private readonly string _id = (kind == Kind.Chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
         private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         private readonly SemaphoreSlim _writeLock = new(1, 1);
