@@ -162,7 +162,7 @@ public sealed record ToolWire([property: Id(0)] string Name, [property: Id(1)] s
 
 /// <summary>
 /// The wire form of a <see cref="Constraint"/>: its kind and its source text (schema, grammar, pattern or choices). The
-/// replica compiles it again on arrival, so a constraint crosses the wire as small text, never as a compiled grammar.
+/// replica compiles it again on arrival, so a constraint crosses the wire as its text, never as a compiled grammar.
 /// </summary>
 [GenerateSerializer, Immutable]
 public struct ConstraintSurrogate
@@ -170,6 +170,27 @@ public struct ConstraintSurrogate
     [Id(0)] internal ConstraintKind Kind;
     [Id(1)] internal string? Text;
     [Id(2)] internal string[]? Choices;
+
+    /// <exception cref="InvalidConstraintException">The text does not compile (checked again on arrival).</exception>
+    internal readonly Constraint ToConstraint() => Kind switch
+    {
+        ConstraintKind.JsonSchema => new JsonSchemaConstraint(Text ?? ""),
+        ConstraintKind.JsonObject => JsonObjectConstraint.Instance,
+        ConstraintKind.Grammar => new GrammarConstraint(Text ?? ""),
+        ConstraintKind.Regex => new RegexConstraint(Text ?? ""),
+        ConstraintKind.Choice => new ChoiceConstraint(Choices ?? []),
+        _ => throw new InvalidConstraintException($"unknown constraint kind {(int)Kind}"),
+    };
+
+    internal static ConstraintSurrogate From(Constraint value) => value switch
+    {
+        JsonSchemaConstraint c => new ConstraintSurrogate { Kind = ConstraintKind.JsonSchema, Text = c.Schema },
+        JsonObjectConstraint => new ConstraintSurrogate { Kind = ConstraintKind.JsonObject },
+        GrammarConstraint c => new ConstraintSurrogate { Kind = ConstraintKind.Grammar, Text = c.Gbnf },
+        RegexConstraint c => new ConstraintSurrogate { Kind = ConstraintKind.Regex, Text = c.Pattern },
+        ChoiceConstraint c => new ConstraintSurrogate { Kind = ConstraintKind.Choice, Choices = [.. c.Choices] },
+        _ => throw new NotSupportedException($"constraint {value.GetType().Name} cannot be sent to a cluster replica"),
+    };
 }
 
 /// <summary>The kinds of <see cref="Constraint"/>.</summary>
@@ -185,33 +206,6 @@ public enum ConstraintKind
     Regex,
     /// <summary><see cref="ChoiceConstraint"/>.</summary>
     Choice,
-}
-
-/// <summary>Converts a <see cref="Constraint"/> to and from its wire form (compiled and validated again on arrival).</summary>
-[RegisterConverter]
-public sealed class ConstraintConverter : IConverter<Constraint, ConstraintSurrogate>
-{
-    /// <inheritdoc />
-    public Constraint ConvertFromSurrogate(in ConstraintSurrogate s) => s.Kind switch
-    {
-        ConstraintKind.JsonSchema => new JsonSchemaConstraint(s.Text ?? ""),
-        ConstraintKind.JsonObject => JsonObjectConstraint.Instance,
-        ConstraintKind.Grammar => new GrammarConstraint(s.Text ?? ""),
-        ConstraintKind.Regex => new RegexConstraint(s.Text ?? ""),
-        ConstraintKind.Choice => new ChoiceConstraint(s.Choices ?? []),
-        _ => throw new InvalidConstraintException($"unknown constraint kind {(int)s.Kind}"),
-    };
-
-    /// <inheritdoc />
-    public ConstraintSurrogate ConvertToSurrogate(in Constraint value) => value switch
-    {
-        JsonSchemaConstraint c => new ConstraintSurrogate { Kind = ConstraintKind.JsonSchema, Text = c.Schema },
-        JsonObjectConstraint => new ConstraintSurrogate { Kind = ConstraintKind.JsonObject },
-        GrammarConstraint c => new ConstraintSurrogate { Kind = ConstraintKind.Grammar, Text = c.Gbnf },
-        RegexConstraint c => new ConstraintSurrogate { Kind = ConstraintKind.Regex, Text = c.Pattern },
-        ChoiceConstraint c => new ConstraintSurrogate { Kind = ConstraintKind.Choice, Choices = [.. c.Choices] },
-        _ => throw new NotSupportedException($"constraint {value.GetType().Name} cannot be sent to a cluster replica"),
-    };
 }
 
 /// <summary>The wire form of <see cref="SamplingOptions"/>.</summary>
@@ -232,6 +226,7 @@ public struct SamplingOptionsSurrogate
     [Id(11)] internal EndOfSequenceHandling EndOfSequence;
     [Id(12)] internal int? Logprobs;
     [Id(13)] internal int? PromptLogprobs;
+    [Id(14)] internal ConstraintSurrogate? Constraint;
 }
 
 /// <summary>Converts <see cref="SamplingOptions"/> to and from its wire form (validated again on arrival).</summary>
@@ -255,6 +250,7 @@ public sealed class SamplingOptionsConverter : IConverter<SamplingOptions, Sampl
         EndOfSequence = s.EndOfSequence,
         Logprobs = s.Logprobs,
         PromptLogprobs = s.PromptLogprobs,
+        Constraint = s.Constraint?.ToConstraint(),
     };
 
     /// <inheritdoc />
@@ -274,5 +270,6 @@ public sealed class SamplingOptionsConverter : IConverter<SamplingOptions, Sampl
         EndOfSequence = value.EndOfSequence,
         Logprobs = value.Logprobs,
         PromptLogprobs = value.PromptLogprobs,
+        Constraint = value.Constraint is { } c ? ConstraintSurrogate.From(c) : null,
     };
 }

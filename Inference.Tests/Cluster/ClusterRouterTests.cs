@@ -1,11 +1,16 @@
 using System.Diagnostics;
 using System.ClientModel;
 using Inference.Chat;
+using System.Net;
+using System.Text;
+using System.Text.Json;
 using Inference.Cluster.Contracts;
+using Inference.Constraints;
 using Inference.Extensions.AI;
 using Inference.Server;
 using Microsoft.Extensions.AI;
 using OpenAI;
+using ChatMessage = Inference.Chat.ChatMessage;
 using Inference.Cluster.Routing;
 using Inference.Engine;
 using Inference.Sampling;
@@ -184,6 +189,51 @@ public class ClusterRouterTests
 
     [Test]
     [CancelAfter(120_000)]
+    public async Task StructuredOutputAndTools_CrossTheWire_AndLogprobsAreRefused()
+    {
+        await using var router = new ClusterRouter(_cluster.Client, new ClusterRouterOptions { RefreshInterval = null });
+        var tokens = _single.Tokenize(SystemPrompts(5)[2]);
+        Constraint[] constraints =
+        [
+            new RegexConstraint("[a-z]+( [a-z]+){2}\\."),
+            new ChoiceConstraint(["yes", "no", "the ball"]),
+            new JsonSchemaConstraint("""{"type":"object","properties":{"ok":{"type":"boolean"}},"required":["ok"]}"""),
+            new GrammarConstraint("root ::= \"a\" [b-d]+ \"!\"\n"),
+            JsonObjectConstraint.Instance,
+        ];
+        foreach (var constraint in constraints)
+        {
+            // The replica compiles the constraint again from its text: the same greedy tokens as one engine with the original.
+            var sampling = SamplingOptions.Greedy with { MaxTokens = 24, Constraint = constraint };
+            var remote = await router.GenerateAsync(ReplicaCluster.Model, tokens, sampling).CompleteAsync();
+            var local = await _single.GenerateAsync(tokens, sampling).CompleteAsync();
+            Assert.That(remote.TokenIds, Is.EqualTo(local.TokenIds), constraint.GetType().Name);
+            Assert.That(remote.Text, Is.EqualTo(local.Text));
+        }
+        var regex = await router.GenerateAsync(ReplicaCluster.Model, tokens, SamplingOptions.Greedy with { MaxTokens = 24, Constraint = constraints[0] }).CompleteAsync();
+        Assert.That(regex.Text, Does.Match("^[a-z]+( [a-z]+){2}\\.$"));
+
+        Assert.Throws<NotSupportedException>(() => router.GenerateAsync(ReplicaCluster.Model, tokens, Short with { Logprobs = 2 }));
+        Assert.Throws<NotSupportedException>(() => router.GenerateAsync(ReplicaCluster.Model, tokens, Short with { PromptLogprobs = 0 }));
+
+        // Tools, tool calls and tool results render on the replica as on one engine.
+        var template = ChatTemplate.Parse("{{ bos_token }}{% for t in tools %}[{{ t.function.name }}:{{ t.function.description }}]{% endfor %}" +
+            "{% for m in messages %}{{ m.role }}: {{ m.content }}{% for c in m.tool_calls %}<{{ c.id }} {{ c.function.name }} {{ c.function.arguments.city }}>{% endfor %}{{ m.tool_call_id }}\n{% endfor %}");
+        var prompt = new ChatPromptOptions { Template = template, Tools = [new ChatTool("weather", "the weather in a city", """{"type":"object","properties":{"city":{"type":"string"}}}""")] };
+        List<ChatMessage> conversation =
+        [
+            ChatMessage.User("What is the weather in Paris?"),
+            ChatMessage.AssistantToolCalls([new ChatToolCall("call1", "weather", """{"city":"Paris"}""")]),
+            ChatMessage.ToolResult("call1", "sunny"),
+        ];
+        var rendered = await router.TokenizeChatAsync(ReplicaCluster.Model, conversation, prompt);
+        Assert.That(rendered, Is.EqualTo(_single.TokenizeChat(conversation, prompt)));
+        Assert.That(_single.Tokenizer.Decode(rendered), Does.Contain("[weather:the weather in a city]").And.Contain("<call1 weather Paris>").And.Contain("sunny"));
+        Assert.That(await router.GetChatTemplateAsync(ReplicaCluster.Model), Is.Null, "stories260K has no chat template");
+    }
+
+    [Test]
+    [CancelAfter(120_000)]
     public async Task TheOpenAiServerAndIChatClient_FrontTheCluster()
     {
         const string Prompt = "Once upon a time, there was a little girl named Lily.";
@@ -203,6 +253,34 @@ public class ClusterRouterTests
                 new OpenAI.Chat.ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 20 });
             Assert.That(chat.Value.Content.Single().Text, Is.EqualTo(expected.Text));
             Assert.That(chat.Value.Usage.InputTokenCount, Is.EqualTo(expected.PromptTokenIds.Count));
+
+            using var http = new HttpClient { BaseAddress = new Uri(app.Urls.Single()) };
+            var structured = await http.PostAsync("/v1/chat/completions", new StringContent(JsonSerializer.Serialize(new
+            {
+                model = ReplicaCluster.Model,
+                messages = new[] { new { role = "user", content = Prompt } },
+                max_tokens = 8,
+                temperature = 0,
+                guided_choice = new[] { "Lily", "Tom" },
+                n = 2,
+            }), Encoding.UTF8, "application/json"));
+            Assert.That(structured.StatusCode, Is.EqualTo(HttpStatusCode.OK), await structured.Content.ReadAsStringAsync());
+            using (var json = JsonDocument.Parse(await structured.Content.ReadAsStringAsync()))
+            {
+                var choices = json.RootElement.GetProperty("choices");
+                Assert.That(choices.GetArrayLength(), Is.EqualTo(2), "n choices, one request each");
+                foreach (var choice in choices.EnumerateArray())
+                    Assert.That(choice.GetProperty("message").GetProperty("content").GetString(), Is.AnyOf("Lily", "Tom"));
+            }
+            var logprobs = await http.PostAsync("/v1/chat/completions", new StringContent(JsonSerializer.Serialize(new
+            {
+                model = ReplicaCluster.Model,
+                messages = new[] { new { role = "user", content = Prompt } },
+                max_tokens = 4,
+                logprobs = true,
+            }), Encoding.UTF8, "application/json"));
+            Assert.That(logprobs.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
+            Assert.That(await logprobs.Content.ReadAsStringAsync(), Does.Contain("log-probabilities"));
         }
         finally
         {
