@@ -4,6 +4,7 @@ using Inference.KvCache;
 using Inference.Models;
 using Inference.Sampling;
 using Inference.Scheduling;
+using Inference.Speculative;
 
 namespace Inference.Engine;
 
@@ -29,9 +30,15 @@ internal sealed partial class EngineLoop : IAsyncDisposable
     private long _nextInternalId = -1;
     private readonly PrefixIdentity _identity;
     private readonly List<long> _prefixHolders = new();
+    private readonly ISpeculativeProposer? _proposer;
+    private readonly int _numSpeculativeTokens;
+    private readonly List<SchedulerRequest> _proposalRequests = [];
+    private int[] _proposalLimits = [];
+    private readonly int[] _verified = new int[SpeculativeOptions.MaxSpeculativeTokens + 1];
+    private long _speculativeSteps, _proposedTokens, _acceptedTokens;
 
     // factory: creates the executor; null for the CPU path.
-    public EngineLoop(LlamaModel model, EngineOptions options, int contextLength, PrefixIdentity identity, IForwardExecutorFactory? factory)
+    public EngineLoop(LlamaModel model, EngineOptions options, int contextLength, PrefixIdentity identity, IForwardExecutorFactory? factory, DraftModel? draft = null)
     {
         _config = model.Config;
         var c = model.Config;
@@ -50,6 +57,13 @@ internal sealed partial class EngineLoop : IAsyncDisposable
                 : new Parallelism.TensorParallelExecutor(context, options.TensorParallelSize)
             : factory is null ? new CpuForwardExecutor(context) : factory.Create(context);
         _scheduler = new Scheduler(new SchedulerOptions { MaxNumSeqs = options.MaxNumSeqs, MaxNumBatchedTokens = options.MaxNumBatchedTokens }, manager);
+        if (options.Speculative is { } speculative)
+        {
+            _numSpeculativeTokens = speculative.NumSpeculativeTokens;
+            _proposer = speculative.Method == SpeculativeMethod.NGram
+                ? new NGramProposer(speculative.PromptLookupMin, speculative.PromptLookupMax)
+                : new DraftModelProposer(draft ?? throw new ArgumentException("a draft model is needed for SpeculativeMethod.DraftModel", nameof(draft)), options, contextLength, factory);
+        }
         _metrics = new EngineMetrics(this);
         _thread = new Thread(Run) { IsBackground = true, Name = "Inference engine loop" };
         _thread.Start();
@@ -65,6 +79,9 @@ internal sealed partial class EngineLoop : IAsyncDisposable
 
     /// <summary>The KV cache (read it only on the engine thread, or through <see cref="Stats"/>).</summary>
     public KvCacheManager KvCache => _scheduler.KvCache;
+
+    /// <summary>The proposer of speculative decoding, or null (tests inspect the draft model's KV).</summary>
+    internal ISpeculativeProposer? Proposer => _proposer;
 
     /// <summary>A snapshot taken on the engine thread after each step.</summary>
     public EngineStats Stats { get; private set; } = EngineStats.Empty;
@@ -131,6 +148,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
             while (!_stop.IsCancellationRequested)
             {
                 Drain();
+                Propose();
                 var output = Schedule();
                 if (output.IsEmpty)
                 {
@@ -243,7 +261,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         long now = Stopwatch.GetTimestamp();
         foreach (ref readonly var chunk in output.Chunks)
         {
-            _batch.Add(chunk.RequestId, chunk.TokenIds, chunk.StartPosition, chunk.SamplesToken);
+            _batch.Add(chunk.RequestId, chunk.TokenIds, chunk.StartPosition, chunk.SamplesToken ? 1 + chunk.SpeculativeTokenCount : 0);
             var r = _live[chunk.RequestId].Request;
             if (r.FirstScheduled == 0)
             {
@@ -318,6 +336,11 @@ internal sealed partial class EngineLoop : IAsyncDisposable
             if (!chunks[i].SamplesToken || !_live.TryGetValue(chunks[i].RequestId, out var entry)) continue;
             var (r, scheduled) = entry;
             int logitIndex = _batch.Segments[i].LogitIndex;
+            if (chunks[i].SpeculativeTokenCount > 0)
+            {
+                Verify(r, scheduled, _logits.AsSpan(logitIndex * vocab, (chunks[i].SpeculativeTokenCount + 1) * vocab));
+                continue;
+            }
             var logits = _logits.AsSpan(logitIndex * vocab, vocab);
             if (r.Forks is { Count: > 0 }) StartForks(r, scheduled, logits);
             SampleAndAccept(r, scheduled, logits);
@@ -340,6 +363,92 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             // One request's failure stays its own.
+            Retire(r.Id, FinishReason.Cancelled, e);
+            return;
+        }
+        if (finish is not null) Retire(r.Id, finish.Value);
+    }
+
+    /// <summary>
+    /// Before scheduling: proposes tokens for every running request that is decoding (all its known tokens computed but
+    /// the last sampled one), at most <see cref="SpeculativeOptions.NumSpeculativeTokens"/>, the room before its length
+    /// limit and the room in its output buffer (a step may emit every accepted token and one more).
+    /// </summary>
+    private void Propose()
+    {
+        if (_proposer is null) return;
+        _proposalRequests.Clear();
+        if (_proposalLimits.Length < _live.Count) _proposalLimits = new int[_live.Count * 2];
+        foreach (var (_, (r, scheduled)) in _live)
+        {
+            scheduled.ClearSpeculativeTokens();
+            if (scheduled.Status != RequestStatus.Running || scheduled.ComputedTokenCount != scheduled.TokenCount - 1 || scheduled.OutputTokenCount == 0) continue;
+            int room = GenerationRequest.OutputCapacity - 2 - (r.Output.Reader.CanCount ? r.Output.Reader.Count : GenerationRequest.OutputCapacity);
+            int limit = Math.Min(Math.Min(_numSpeculativeTokens, scheduled.SpeculativeCapacity), room);
+            if (limit <= 0) continue;
+            _proposalLimits[_proposalRequests.Count] = limit;
+            _proposalRequests.Add(scheduled);
+        }
+        if (_proposalRequests.Count == 0) return;
+        try
+        {
+            _proposer.Propose(_proposalRequests, _proposalLimits.AsSpan(0, _proposalRequests.Count));
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // NOTE: a failing proposer costs the speed-up of this step, never a request: they decode one token each.
+            foreach (var scheduled in _proposalRequests)
+            {
+                scheduled.ClearSpeculativeTokens();
+                _proposer.Release(scheduled.RequestId);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The request's chunk computed its last known token and its proposed tokens: samples from the logits after each
+    /// position in turn (constraint mask, penalties over the tokens so far, logprobs: all as for one token) and keeps
+    /// going while the sampled token equals the proposed one. The first sampled token that differs, or the one after
+    /// the last proposal, ends the step; the rejected proposals' KV is rolled back.
+    /// </summary>
+    /// <remarks>
+    /// NOTE: this is the standard rejection rule for point-mass proposals: a proposal q is accepted with probability
+    /// min(1, p(q)/1) = p(q), and on rejection the token is drawn from p without q, renormalized; drawing x from p and
+    /// accepting when x = q does exactly that. Greedy output is therefore the same as without speculation, and sampled
+    /// output follows the model's distribution.
+    /// </remarks>
+    private void Verify(GenerationRequest r, SchedulerRequest scheduled, Span<float> rows)
+    {
+        int vocab = _config.VocabSize;
+        var proposed = scheduled.SpeculativeTokenIds;
+        int count = 0, accepted = 0;
+        FinishReason? finish = null;
+        try
+        {
+            for (int i = 0; i <= proposed.Length; i++)
+            {
+                var logits = rows.Slice(i * vocab, vocab);
+                r.Matcher?.ApplyMask(logits);
+                int token = r.Sampler.Sample(logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Tokens), r.PromptTokens.Length);
+                var logprobs = r.Sampling.Logprobs is int top ? r.Sampler.GetLogprobs(logits, token, top) : null;
+                _verified[count++] = token;
+                bool match = i < proposed.Length && token == proposed[i];
+                if (match) accepted++;
+                finish = r.Accept(token, logprobs);
+                if (finish is not null || !match) break;
+            }
+            r.SpeculativeSteps++;
+            r.ProposedTokens += proposed.Length;
+            r.AcceptedTokens += accepted;
+            _speculativeSteps++;
+            _proposedTokens += proposed.Length;
+            _acceptedTokens += accepted;
+            _metrics.Verified(proposed.Length, accepted);
+            var schedulerReason = _scheduler.Update(scheduled, _verified.AsSpan(0, count));
+            if (finish is null && schedulerReason == FinishReason.Length) finish = FinishReason.Length;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
             Retire(r.Id, FinishReason.Cancelled, e);
             return;
         }
@@ -380,13 +489,17 @@ internal sealed partial class EngineLoop : IAsyncDisposable
 
     /// <summary>The state now (engine thread only).</summary>
     public EngineStats CurrentStats() =>
-        new(_scheduler.RunningCount, _scheduler.WaitingCount, _scheduler.PreemptionCount, _scheduler.KvCache.GetStats());
+        new(_scheduler.RunningCount, _scheduler.WaitingCount, _scheduler.PreemptionCount, _scheduler.KvCache.GetStats())
+        {
+            Speculation = _proposer is null ? null : new SpeculationMetrics(_speculativeSteps, _proposedTokens, _acceptedTokens),
+        };
 
     /// <summary>Ends a live request: frees its blocks (now) and completes its stream (with <paramref name="error"/> when it failed).</summary>
     private void Retire(long id, FinishReason reason, Exception? error = null)
     {
         if (!_live.Remove(id, out var entry)) return;
         _scheduler.Finish(id, reason);
+        _proposer?.Release(id);
         if (error is not null) entry.Request.Finish(reason, error);
         else if (reason == FinishReason.Cancelled) entry.Request.Finish(reason, new OperationCanceledException("the request was cancelled"));
         else entry.Request.Finish(reason);
@@ -572,6 +685,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         _incoming.Writer.TryComplete();
         await Task.Run(() => _thread.Join()).ConfigureAwait(false);
         _metrics.Dispose();
+        _proposer?.Dispose();
         _executor.Dispose();
         _stop.Dispose();
     }

@@ -17,6 +17,9 @@ internal sealed class EngineMetrics : IDisposable
     private static readonly Counter<long> OutputTokens = InferenceMeter.Meter.CreateCounter<long>("inference.request.output_tokens", "{token}", "Generated tokens.");
     private static readonly Counter<long> Requests = InferenceMeter.Meter.CreateCounter<long>("inference.requests", "{request}", "Requests finished, by finish reason.");
     private static readonly Histogram<int> TokensPerStep = InferenceMeter.Meter.CreateHistogram<int>("inference.step.tokens", "{token}", "Tokens computed in one forward pass.");
+    private static readonly Counter<long> Drafts = InferenceMeter.Meter.CreateCounter<long>("inference.spec_decode.drafts", "{step}", "Speculative verification steps (one per request and step that checked proposed tokens).");
+    private static readonly Counter<long> DraftTokens = InferenceMeter.Meter.CreateCounter<long>("inference.spec_decode.draft_tokens", "{token}", "Proposed tokens verified.");
+    private static readonly Counter<long> AcceptedTokens = InferenceMeter.Meter.CreateCounter<long>("inference.spec_decode.accepted_tokens", "{token}", "Proposed tokens accepted.");
     private static readonly Counter<long> Preemptions = InferenceMeter.Meter.CreateCounter<long>("inference.scheduler.preemptions", "{request}", "Requests preempted for want of KV blocks.");
 
     // NOTE: the gauges are created once per process and sum over the live engines; an engine leaves the list when
@@ -50,6 +53,13 @@ internal sealed class EngineMetrics : IDisposable
     {
         TokensPerStep.Record(tokens);
         if (preempted > 0) Preemptions.Add(preempted);
+    }
+
+    public void Verified(int proposed, int accepted)
+    {
+        Drafts.Add(1);
+        DraftTokens.Add(proposed);
+        AcceptedTokens.Add(accepted);
     }
 
     public void RequestFinished(GenerationRequest r)

@@ -85,6 +85,13 @@ public sealed record EngineOptions
     /// </summary>
     public int TensorParallelSize { get; init => field = value is >= 1 and <= 64 ? value : throw Out(nameof(TensorParallelSize), value, "must be in [1, 64]"); } = 1;
 
+    /// <summary>
+    /// Speculative decoding (vLLM's <c>speculative_config</c>): n-gram prompt lookup or a draft model proposes up to
+    /// <see cref="Speculative.SpeculativeOptions.NumSpeculativeTokens"/> tokens per request and step, verified in the same
+    /// batched forward pass. Null (the default) decodes one token per request and step.
+    /// </summary>
+    public Speculative.SpeculativeOptions? Speculative { get; init; }
+
     /// <summary>What to do with a prompt longer than the context.</summary>
     public PromptOverflow PromptOverflow { get; init; } = PromptOverflow.Reject;
 

@@ -9,5 +9,8 @@ namespace Inference.Engine;
 /// <param name="KvCache">Blocks total / used / cached-free and prefix-cache hits.</param>
 public sealed record EngineStats(int RunningCount, int WaitingCount, long PreemptionCount, KvCacheStats KvCache)
 {
+    /// <summary>Speculative decoding so far (all requests) when <see cref="EngineOptions.Speculative"/> is set; null otherwise.</summary>
+    public Speculative.SpeculationMetrics? Speculation { get; init; }
+
     internal static EngineStats Empty { get; } = new(0, 0, 0, new KvCacheStats(0, 0, 0, 0, 0));
 }

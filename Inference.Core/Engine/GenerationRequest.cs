@@ -70,6 +70,11 @@ internal sealed class GenerationRequest
     public long LastToken { get; private set; }
     public int PrefixHitTokens { get; set; }
 
+    /// <summary>Speculative verification steps of this request, tokens proposed in them and tokens accepted.</summary>
+    public long SpeculativeSteps { get; set; }
+    public long ProposedTokens { get; set; }
+    public long AcceptedTokens { get; set; }
+
     public void Cancel() => Interlocked.Exchange(ref _cancelled, 1);
 
     /// <summary>
@@ -189,7 +194,10 @@ internal sealed class GenerationRequest
         int n = Math.Max(GeneratedCount, FirstToken != 0 ? 1 : 0);
         var tpot = n > 1 ? (latency - ttft) / (n - 1) : TimeSpan.Zero;
         var queue = FirstScheduled != 0 ? Stopwatch.GetElapsedTime(Submitted, FirstScheduled) : latency;
-        var metrics = new GenerationMetrics(PromptTokens.Length, GeneratedCount, queue, ttft, tpot, latency, PrefixHitTokens);
+        var metrics = new GenerationMetrics(PromptTokens.Length, GeneratedCount, queue, ttft, tpot, latency, PrefixHitTokens)
+        {
+            Speculation = SpeculativeSteps > 0 ? new Speculative.SpeculationMetrics(SpeculativeSteps, ProposedTokens, AcceptedTokens) : null,
+        };
         var result = new Completion(_text.ToString(), Tokens.GetRange(PromptTokens.Length, GeneratedCount), PromptTokens, reason, Sampler.Seed, metrics)
         {
             Logprobs = Logprobs?.ToArray(),

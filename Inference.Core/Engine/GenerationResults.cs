@@ -45,6 +45,12 @@ public sealed record GenerationMetrics(
 
     /// <summary>Decode speed: tokens after the first per second.</summary>
     public double DecodeTokensPerSecond => TimePerOutputToken > TimeSpan.Zero ? 1.0 / TimePerOutputToken.TotalSeconds : 0;
+
+    /// <summary>
+    /// Speculative decoding of this request (acceptance rate, mean accepted tokens per step) when
+    /// <see cref="EngineOptions.Speculative"/> proposed tokens for it; null otherwise.
+    /// </summary>
+    public Speculative.SpeculationMetrics? Speculation { get; init; }
 }
 
 /// <summary>The whole result of a request.</summary>

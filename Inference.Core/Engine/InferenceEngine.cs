@@ -40,7 +40,18 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
         ContextLength = options.ContextLength ?? Math.Min(config.ContextLength, 4096);
         var identity = PrefixIdentity.Compute(model, tokenizer, options.KvCache);
         PrefixSalt = identity.Salt;
-        _loop = new EngineLoop(model, options, ContextLength, identity, executorFactory);
+        options.Speculative?.Validate();
+        var draft = options.Speculative is { Method: Speculative.SpeculativeMethod.DraftModel, DraftModel: { } draftPath }
+            ? Speculative.DraftModel.Load(draftPath, config, tokenizer) : null;
+        try
+        {
+            _loop = new EngineLoop(model, options, ContextLength, identity, executorFactory, draft);
+        }
+        catch
+        {
+            draft?.Dispose();
+            throw;
+        }
     }
 
     /// <summary>The model's hyperparameters.</summary>
@@ -98,6 +109,7 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
     /// <param name="cancellationToken">Cancels loading.</param>
     /// <exception cref="FileNotFoundException">The file does not exist.</exception>
     /// <exception cref="ModelFormatException">The file is malformed or describes an unsupported model.</exception>
+    /// <exception cref="Speculative.DraftModelMismatchException">The draft model of <see cref="EngineOptions.Speculative"/> has another vocabulary.</exception>
     /// <exception cref="DeviceNotAvailableException"><see cref="Device.Cuda"/> was asked for and the Inference.Cuda package is not installed or no CUDA device exists.</exception>
     public static Task<InferenceEngine> LoadAsync(string path, EngineOptions? options = null, IProgress<float>? progress = null, CancellationToken cancellationToken = default)
     {

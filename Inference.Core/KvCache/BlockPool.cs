@@ -152,6 +152,32 @@ internal sealed class BlockPool
     }
 
     /// <summary>
+    /// Copies the first <paramref name="count"/> token ids of <paramref name="source"/> into the empty block
+    /// <paramref name="destination"/> (a private copy of a shared block's kept slots).
+    /// </summary>
+    public void CopyTokens(int source, int destination, int count)
+    {
+        ref var d = ref _blocks[destination];
+        if (d.TokenCount != 0) throw new InvalidOperationException($"Block {destination} is not empty.");
+        if ((uint)count > (uint)_blocks[source].TokenCount) throw new ArgumentOutOfRangeException(nameof(count));
+        _tokenIds.AsSpan(source * BlockSize, count).CopyTo(_tokenIds.AsSpan(destination * BlockSize, count));
+        d.TokenCount = count;
+    }
+
+    /// <summary>
+    /// Forgets the slots of <paramref name="blockId"/> from <paramref name="count"/> on, so they can be written again
+    /// (rolled-back speculative tokens). The block must be held by one sequence and not be in the prefix cache.
+    /// </summary>
+    public void TruncateTokens(int blockId, int count)
+    {
+        ref var b = ref _blocks[blockId];
+        if (b.RefCount != 1) throw new InvalidOperationException($"Block {blockId} has {b.RefCount} references; only a private block can be truncated.");
+        if (b.HasHash) throw new InvalidOperationException($"Block {blockId} is cached; unregister it before truncating it.");
+        if ((uint)count > (uint)b.TokenCount) throw new ArgumentOutOfRangeException(nameof(count));
+        b.TokenCount = count;
+    }
+
+    /// <summary>
     /// Registers the full block <paramref name="blockId"/> under <paramref name="hash"/>. Returns false (and leaves the
     /// block unregistered) when another block already holds that hash: the first copy stays the shared one.
     /// </summary>

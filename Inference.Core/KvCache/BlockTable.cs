@@ -69,6 +69,17 @@ internal sealed class BlockTable
         _hashes[HashedBlockCount++] = hash;
     }
 
+    /// <summary>
+    /// Keeps the first <paramref name="blockCount"/> blocks, <paramref name="tokenCount"/> slots and at most
+    /// <paramref name="fullBlockCount"/> hashes (the caller releases the dropped blocks).
+    /// </summary>
+    public void Truncate(int blockCount, int tokenCount, int fullBlockCount)
+    {
+        BlockCount = blockCount;
+        TokenCount = tokenCount;
+        HashedBlockCount = Math.Min(HashedBlockCount, fullBlockCount);
+    }
+
     /// <summary>A copy sharing the same physical ids (the caller adds the references).</summary>
     public BlockTable Clone()
     {

@@ -219,6 +219,53 @@ public sealed class KvCacheManager
     }
 
     /// <summary>
+    /// Gives back the slots of <paramref name="sequenceId"/> from position <paramref name="tokenCount"/> on (the KV of
+    /// rejected speculative tokens): blocks wholly past it return to the pool, leaving the prefix cache when no other
+    /// sequence holds them; a kept, partly filled last block that another sequence shares is replaced by a private copy
+    /// of its kept slots (reported in <see cref="PendingCopies"/>), a private one forgets the dropped slots. The next
+    /// <see cref="TryAppendSlots"/> writes from <paramref name="tokenCount"/> on.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="tokenCount"/> is negative, beyond the sequence's
+    /// slots, or inside blocks released under a sliding window.</exception>
+    public void TruncateSlots(long sequenceId, int tokenCount)
+    {
+        var table = GetTable(sequenceId);
+        if (tokenCount < 0 || tokenCount > table.TokenCount || (tokenCount < table.TokenCount && BlocksFor(tokenCount) <= table.ReleasedBlockCount && table.ReleasedBlockCount > 0))
+            throw new ArgumentOutOfRangeException(nameof(tokenCount), tokenCount, $"sequence {sequenceId} has {table.TokenCount} slots ({table.ReleasedBlockCount} blocks released)");
+        if (tokenCount == table.TokenCount) return;
+        int keepBlocks = BlocksFor(tokenCount);
+        for (int i = table.BlockCount - 1; i >= keepBlocks; i--)
+        {
+            int block = table[i];
+            // NOTE: a block another sequence holds (a prefix hit in the same step) keeps its hash: its KV was computed.
+            if (_pool.RefCount(block) == 1) _pool.Unregister(block);
+            _pool.Release(block);
+        }
+        int kept = tokenCount - (keepBlocks - 1) * BlockSize;
+        if (keepBlocks > 0 && kept < BlockSize)
+        {
+            int last = table[keepBlocks - 1];
+            if (_pool.TokenCount(last) > kept)
+            {
+                if (_pool.RefCount(last) > 1)
+                {
+                    int copy = _pool.Allocate();
+                    _pool.CopyTokens(last, copy, kept);
+                    _pool.Release(last);
+                    table[keepBlocks - 1] = copy;
+                    _pendingCopies.Add(new BlockCopy(last, copy));
+                }
+                else
+                {
+                    _pool.Unregister(last);
+                    _pool.TruncateTokens(last, kept);
+                }
+            }
+        }
+        table.Truncate(keepBlocks, tokenCount, tokenCount / BlockSize);
+    }
+
+    /// <summary>
     /// Starts <paramref name="childId"/> as a copy of <paramref name="parentId"/> that shares all its blocks.
     /// Full blocks stay shared for good; the partly filled last block is copied on the first write by either side.
     /// </summary>

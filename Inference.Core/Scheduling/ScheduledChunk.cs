@@ -13,9 +13,15 @@ namespace Inference.Scheduling;
 /// </param>
 public readonly record struct ScheduledChunk(SchedulerRequest Request, int StartPosition, int TokenCount, bool SamplesToken)
 {
+    /// <summary>
+    /// Proposed tokens at the end of the chunk (<see cref="SchedulerRequest.SpeculativeTokenIds"/>): the engine wants
+    /// logits at the chunk's last <see cref="SpeculativeTokenCount"/> + 1 positions and verifies them. Zero otherwise.
+    /// </summary>
+    public int SpeculativeTokenCount { get; init; }
+
     /// <summary>The request id (also its KV sequence id).</summary>
     public long RequestId => Request.RequestId;
 
-    /// <summary>The token ids to compute: Request.TokenIds[StartPosition .. StartPosition + TokenCount].</summary>
-    public ReadOnlySpan<int> TokenIds => Request.TokenIds.Slice(StartPosition, TokenCount);
+    /// <summary>The token ids to compute: the request's known tokens, then its proposed ones, from StartPosition.</summary>
+    public ReadOnlySpan<int> TokenIds => Request.ScheduledTokenIds.Slice(StartPosition, TokenCount);
 }

@@ -164,11 +164,18 @@ public sealed class Scheduler
         for (int i = 0; i < _running.Count && budget > 0;)
         {
             var request = _running[i];
-            int newCount = request.TokenCount - request.ComputedTokenCount;
+            int newCount = request.TokenCount + request.SpeculativeTokenCount - request.ComputedTokenCount;
             if (newCount <= 0 || IsIdle(request))
             {
+                request.ClearSpeculativeTokens();
                 i++;
                 continue;
+            }
+            if (request.SpeculativeTokenCount > 0 && ClampChunk(newCount, budget) < newCount)
+            {
+                // NOTE: proposals are verified whole or not at all; without room for them the request decodes one token.
+                request.ClearSpeculativeTokens();
+                newCount = request.TokenCount - request.ComputedTokenCount;
             }
             newCount = ClampChunk(newCount, budget);
             if (newCount == 0)
@@ -180,7 +187,7 @@ public sealed class Scheduler
             bool scheduled = false;
             while (true)
             {
-                if (KvCache.TryAppendSlots(request.RequestId, request.TokenIds.Slice(request.ComputedTokenCount, newCount)))
+                if (KvCache.TryAppendSlots(request.RequestId, request.ScheduledTokenIds.Slice(request.ComputedTokenCount, newCount)))
                 {
                     scheduled = true;
                     break;
@@ -264,8 +271,44 @@ public sealed class Scheduler
     {
         ArgumentNullException.ThrowIfNull(request);
         if (request.Status == RequestStatus.Finished) return request.FinishReason;
-        if (request.Status != RequestStatus.Running || request.ComputedTokenCount != request.TokenCount)
+        if (request.Status != RequestStatus.Running || request.ComputedTokenCount != request.TokenCount || request.SpeculativeTokenCount != 0)
             throw new InvalidOperationException($"Request {request.RequestId} did not compute its last token; no token can be sampled for it.");
+        return Append(request, sampledTokenId);
+    }
+
+    /// <summary>
+    /// After a step that verified <paramref name="request"/>'s proposed tokens: <paramref name="sampledTokenIds"/> are
+    /// the tokens sampled from its logits rows, in order: the proposed tokens the verification accepted (a prefix of
+    /// them) and the one sampled after the last accepted. The KV of the rejected proposals is rolled back
+    /// (<see cref="KvCacheManager.TruncateSlots"/>), then the tokens are appended as by
+    /// <see cref="Update(SchedulerRequest, int)"/>, stopping at a stop token or the length limit.
+    /// </summary>
+    /// <exception cref="ArgumentException">The tokens are empty, more than the proposals + 1, or do not start with the proposals.</exception>
+    /// <exception cref="InvalidOperationException">The request did not compute its proposals in the last step.</exception>
+    public FinishReason? Update(SchedulerRequest request, ReadOnlySpan<int> sampledTokenIds)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        if (request.Status == RequestStatus.Finished) return request.FinishReason;
+        int proposed = request.SpeculativeTokenCount, known = request.TokenCount;
+        if (request.Status != RequestStatus.Running || request.ComputedTokenCount != known + proposed)
+            throw new InvalidOperationException($"Request {request.RequestId} did not compute its proposed tokens; they cannot be verified.");
+        if (sampledTokenIds.IsEmpty || sampledTokenIds.Length > proposed + 1)
+            throw new ArgumentException($"1 to {proposed + 1} tokens are expected after verifying {proposed} proposed tokens, got {sampledTokenIds.Length}.", nameof(sampledTokenIds));
+        int accepted = sampledTokenIds.Length - 1;
+        if (!sampledTokenIds[..accepted].SequenceEqual(request.SpeculativeTokenIds[..accepted]))
+            throw new ArgumentException("Every sampled token but the last must equal the proposed token at its position.", nameof(sampledTokenIds));
+        // The accepted proposals' KV is kept; the rejected ones' slots are given back.
+        KvCache.TruncateSlots(request.RequestId, known + accepted);
+        request.ComputedTokenCount = known + accepted;
+        request.ClearSpeculativeTokens();
+        FinishReason? reason = null;
+        foreach (int token in sampledTokenIds)
+            if ((reason = Append(request, token)) is not null) break;
+        return reason;
+    }
+
+    private FinishReason? Append(SchedulerRequest request, int sampledTokenId)
+    {
         request.AppendToken(sampledTokenId);
         FinishReason? reason =
             request.IsStopToken(sampledTokenId) ? FinishReason.EndOfSequence :
@@ -298,8 +341,11 @@ public sealed class Scheduler
         return Math.Min(count, budget);
     }
 
-    private void AddChunk(SchedulerRequest request, int start, int count) =>
-        _output.AddChunk(new ScheduledChunk(request, start, count, start + count == request.TokenCount));
+    private void AddChunk(SchedulerRequest request, int start, int count)
+    {
+        int end = request.TokenCount + request.SpeculativeTokenCount;
+        _output.AddChunk(new ScheduledChunk(request, start, count, start + count == end) { SpeculativeTokenCount = start + count == end ? request.SpeculativeTokenCount : 0 });
+    }
 
     /// <summary>Index in _running of the request to preempt next.</summary>
     private int PickVictim()
@@ -332,6 +378,7 @@ public sealed class Scheduler
         // NOTE: computed tokens advance at the end of Schedule, so here they count only tokens whose keys and values
         // were written by earlier steps; blocks filled by this step's dropped chunk leave the prefix cache.
         KvCache.Free(request.RequestId, request.ComputedTokenCount);
+        request.ClearSpeculativeTokens();
         int refund = _output.RemoveChunk(request);
         request.ComputedTokenCount = 0;
         request.Status = RequestStatus.Preempted;

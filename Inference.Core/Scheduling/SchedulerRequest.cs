@@ -97,6 +97,38 @@ public sealed class SchedulerRequest
     /// <summary>Cached prompt tokens found at the latest admission.</summary>
     public int CachedTokenCount { get; internal set; }
 
+    /// <summary>
+    /// Proposed (speculative) tokens after the known ones, verified by the next step: they are computed with the last
+    /// known token and the model's logits after each are sampled. Zero when none are proposed.
+    /// </summary>
+    public int SpeculativeTokenCount { get; private set; }
+
+    /// <summary>The proposed tokens (see <see cref="SpeculativeTokenCount"/>).</summary>
+    public ReadOnlySpan<int> SpeculativeTokenIds => _tokenIds.AsSpan(TokenCount, SpeculativeTokenCount);
+
+    /// <summary>Most tokens that can be proposed now: the room left before <see cref="MaxNewTokenCount"/>, less the token the verification samples itself.</summary>
+    public int SpeculativeCapacity => Math.Max(0, _tokenIds.Length - TokenCount - 1);
+
+    /// <summary>Known tokens followed by the proposed ones: what a step computes from.</summary>
+    internal ReadOnlySpan<int> ScheduledTokenIds => _tokenIds.AsSpan(0, TokenCount + SpeculativeTokenCount);
+
+    /// <summary>
+    /// Sets the tokens proposed for the next step (at most <see cref="SpeculativeCapacity"/>); empty clears them.
+    /// Only for a running request that is decoding: all its known tokens computed but the last sampled one.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The request is not decoding.</exception>
+    public void SetSpeculativeTokens(ReadOnlySpan<int> tokenIds)
+    {
+        if (tokenIds.Length > SpeculativeCapacity)
+            throw new ArgumentException($"at most {SpeculativeCapacity} tokens can be proposed for request {RequestId}", nameof(tokenIds));
+        if (!tokenIds.IsEmpty && (Status != RequestStatus.Running || ComputedTokenCount != TokenCount - 1))
+            throw new InvalidOperationException($"Request {RequestId} is not decoding (all its tokens computed but the last); nothing can be proposed for it.");
+        tokenIds.CopyTo(_tokenIds.AsSpan(TokenCount));
+        SpeculativeTokenCount = tokenIds.Length;
+    }
+
+    internal void ClearSpeculativeTokens() => SpeculativeTokenCount = 0;
+
     internal void AppendToken(int tokenId) => _tokenIds[TokenCount++] = tokenId;
 
     internal bool IsStopToken(int tokenId)
