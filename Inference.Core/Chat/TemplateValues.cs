@@ -58,7 +58,7 @@ internal static class TemplateValues
                 foreach (var item in e.EnumerateArray()) list.Add(FromJson(item));
                 return list;
             case System.Text.Json.JsonValueKind.String: return e.GetString();
-            case System.Text.Json.JsonValueKind.Number: return e.TryGetInt64(out long l) ? l : e.GetDouble();
+            case System.Text.Json.JsonValueKind.Number: return e.TryGetInt64(out long l) ? l : (object)e.GetDouble(); // NOTE: the cast keeps integers long (a bare conditional would widen them to double)
             case System.Text.Json.JsonValueKind.True: return true;
             case System.Text.Json.JsonValueKind.False: return false;
             default: return null;

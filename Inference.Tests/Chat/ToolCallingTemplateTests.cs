@@ -232,11 +232,49 @@ Thanks<|im_end|>
     [TestCase(QwenToolStyle, QwenToolStyleExpected)]
     public void RendersLikeJinja2(string template, string expected)
     {
-        // Messages with tool calls go in through the evaluator: ChatMessage carries role and text only.
+        // The data goes in as plain values, the way Jinja2 got it.
         using var json = JsonDocument.Parse(Data);
         var globals = new Dictionary<string, object?>();
         foreach (var property in json.RootElement.EnumerateObject()) globals[property.Name] = TemplateValues.FromClr(Convert(property.Value));
         Assert.That(TemplateEvaluator.Render(TemplateParser.Parse(template), globals, TemplateLimits.Default), Is.EqualTo(expected));
+    }
+
+    [TestCase(CommandStyle, CommandStyleExpected)]
+    [TestCase(LlamaToolStyle, LlamaToolStyleExpected)]
+    [TestCase(QwenToolStyle, QwenToolStyleExpected)]
+    public void ChatMessagesWithToolCallsAndResults_RenderLikeJinja2(string template, string expected)
+    {
+        // The same conversation as Data, through the public types: ChatMessage tool calls and results, ChatTool.
+        ChatMessage[] messages =
+        [
+            ChatMessage.System("Be nice."),
+            ChatMessage.User("  What's the weather?  "),
+            ChatMessage.AssistantToolCalls([new ChatToolCall("c1", "get_weather", """{"city":"Paris","unit":"C"}"""), new ChatToolCall("c2", "get_time", "{}")]),
+            ChatMessage.ToolResult("c1", "18C \"sunny\""),
+            ChatMessage.ToolResult("c2", "noon"),
+            ChatMessage.Assistant("It is 18C and sunny at noon."),
+            ChatMessage.User("Thanks"),
+        ];
+        ChatTool[] tools = [new ChatTool("get_weather", "Weather", """{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}""")];
+        var options = new ChatTemplateOptions
+        {
+            BosToken = "<s>",
+            EosToken = "</s>",
+            GenerationPrompt = GenerationPrompt.Add,
+            Variables = ToolCalls.WithTools(new Dictionary<string, object?>(), tools),
+        };
+        Assert.That(ChatTemplate.Parse(template).Render(messages, options), Is.EqualTo(expected));
+    }
+
+    [Test]
+    public void JsonNumbers_InArgumentsAndSchemas_KeepTheirKind()
+    {
+        // json.dumps(json.loads('{"days": 3, "x": 2.5, "big": 1e3}')) == '{"days": 3, "x": 2.5, "big": 1000.0}'
+        const string template = "{% for m in messages %}{% for tc in m.tool_calls %}{{ tc.function.arguments | tojson }}{% endfor %}{% endfor %}|{{ tools[0].function.parameters | tojson }}";
+        ChatMessage[] messages = [ChatMessage.AssistantToolCalls([new ChatToolCall("c", "f", """{"days": 3, "x": 2.5, "big": 1e3}""")])];
+        ChatTool[] tools = [new ChatTool("f", null, """{"type": "integer", "minimum": 1}""")];
+        string text = ChatTemplate.Parse(template).Render(messages, new ChatTemplateOptions { Variables = ToolCalls.WithTools(new Dictionary<string, object?>(), tools) });
+        Assert.That(text, Is.EqualTo("""{"days": 3, "x": 2.5, "big": 1000.0}|{"type": "integer", "minimum": 1}"""));
     }
 
     private static object? Convert(JsonElement e) => e.ValueKind switch
@@ -244,7 +282,7 @@ Thanks<|im_end|>
         JsonValueKind.Object => e.EnumerateObject().ToDictionary(p => p.Name, p => Convert(p.Value)),
         JsonValueKind.Array => e.EnumerateArray().Select(Convert).ToList(),
         JsonValueKind.String => e.GetString(),
-        JsonValueKind.Number => e.TryGetInt64(out long l) ? l : e.GetDouble(),
+        JsonValueKind.Number => e.TryGetInt64(out long l) ? l : (object)e.GetDouble(),
         JsonValueKind.True => true,
         JsonValueKind.False => false,
         _ => null,
