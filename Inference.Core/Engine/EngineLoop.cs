@@ -36,11 +36,13 @@ internal sealed partial class EngineLoop : IAsyncDisposable
     private int[] _proposalLimits = [];
     private readonly int[] _verified = new int[SpeculativeOptions.MaxSpeculativeTokens + 1];
     private long _speculativeSteps, _proposedTokens, _acceptedTokens;
+    private readonly WaitingQueue _waitingToStart;
 
     // factory: creates the executor; null for the CPU path.
     public EngineLoop(LlamaModel model, EngineOptions options, int contextLength, PrefixIdentity identity, IForwardExecutorFactory? factory, DraftModel? draft = null)
     {
         _config = model.Config;
+        _waitingToStart = new WaitingQueue(options.MaxWaitingRequests);
         var c = model.Config;
         ContextLength = contextLength;
         // NOTE: more blocks than MaxNumSeqs full contexts (twice over, for cached prefixes) can never be used.
@@ -92,13 +94,34 @@ internal sealed partial class EngineLoop : IAsyncDisposable
     /// </summary>
     internal Action<SchedulerOutput>? StepCompleted { get; set; }
 
+    /// <summary>Called on the engine thread before a request samples a token (tests inject faults here).</summary>
+    internal Action<GenerationRequest>? BeforeSample { get; set; }
+
+    /// <summary>Requests submitted that have not started yet (counted against <see cref="EngineOptions.MaxWaitingRequests"/>).</summary>
+    internal int WaitingToStart => _waitingToStart.Count;
+
+    /// <summary>Queues <paramref name="request"/> (and its forks).</summary>
+    /// <exception cref="RequestQueueFullException">Too many requests wait to start.</exception>
     public void Submit(GenerationRequest request)
     {
+        _waitingToStart.Enter(1 + (request.Forks?.Count ?? 0));
         request.Submitted = Stopwatch.GetTimestamp();
+        request.EnterQueue(_waitingToStart);
         if (request.Forks is { } forks)
-            foreach (var child in forks) child.Submitted = request.Submitted;
+        {
+            foreach (var child in forks)
+            {
+                child.Submitted = request.Submitted;
+                child.EnterQueue(_waitingToStart);
+            }
+        }
         if (!_incoming.Writer.TryWrite(request))
+        {
+            request.LeaveQueue();
+            if (request.Forks is { } f)
+                foreach (var child in f) child.LeaveQueue();
             throw new ObjectDisposedException(nameof(InferenceEngine));
+        }
     }
 
     /// <summary>Computes the logits at the last position of <paramref name="tokens"/> on the engine thread.</summary>
@@ -265,6 +288,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
             var r = _live[chunk.RequestId].Request;
             if (r.FirstScheduled == 0)
             {
+                r.LeaveQueue();
                 r.FirstScheduled = now;
                 r.PrefixHitTokens = chunk.Request.CachedTokenCount;
             }
@@ -353,6 +377,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         FinishReason? finish;
         try
         {
+            BeforeSample?.Invoke(r);
             r.Matcher?.ApplyMask(logits);
             int token = r.Sampler.Sample(logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Tokens), r.PromptTokens.Length);
             var logprobs = r.Sampling.Logprobs is int top ? r.Sampler.GetLogprobs(logits, token, top) : null;
@@ -463,7 +488,11 @@ internal sealed partial class EngineLoop : IAsyncDisposable
     private void StartForks(GenerationRequest parent, SchedulerRequest parentScheduled, ReadOnlySpan<float> logits)
     {
         // NOTE: each sampler applies its penalties in place, so every fork starts from its own copy of the raw logits.
-        var raw = logits.ToArray();
+        int vocab = logits.Length;
+        var pooled = System.Buffers.ArrayPool<float>.Shared.Rent(2 * vocab);
+        var raw = pooled.AsSpan(0, vocab);
+        var copy = pooled.AsSpan(vocab, vocab);
+        logits.CopyTo(raw);
         var forks = parent.Forks!;
         foreach (var child in forks)
         {
@@ -479,12 +508,15 @@ internal sealed partial class EngineLoop : IAsyncDisposable
                 continue;
             }
             _live.Add(child.Id, (child, scheduled));
+            child.LeaveQueue();
             child.FirstScheduled = parent.FirstScheduled;
             child.PrefixHitTokens = parent.PrefixHitTokens;
             child.PromptLogprobs ??= parent.PromptLogprobs;
-            SampleAndAccept(child, scheduled, (float[])raw.Clone());
+            raw.CopyTo(copy);
+            SampleAndAccept(child, scheduled, copy);
         }
         forks.Clear();
+        System.Buffers.ArrayPool<float>.Shared.Return(pooled);
     }
 
     /// <summary>The state now (engine thread only).</summary>

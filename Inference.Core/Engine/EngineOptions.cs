@@ -92,6 +92,13 @@ public sealed record EngineOptions
     /// </summary>
     public Speculative.SpeculativeOptions? Speculative { get; init; }
 
+    /// <summary>
+    /// Most requests that may wait to start (submitted, not yet scheduled; preempted requests are not counted). A request
+    /// beyond it is refused with <see cref="RequestQueueFullException"/> when it is queued, so a flood of callers costs
+    /// bounded memory. Default 1,024.
+    /// </summary>
+    public int MaxWaitingRequests { get; init => field = value is >= 1 and <= 1_048_576 ? value : throw Out(nameof(MaxWaitingRequests), value, "must be in [1, 1048576]"); } = 1024;
+
     /// <summary>What to do with a prompt longer than the context.</summary>
     public PromptOverflow PromptOverflow { get; init; } = PromptOverflow.Reject;
 

@@ -25,7 +25,9 @@ internal sealed class GenerationRequest
     {
         Id = id;
         PromptTokens = promptTokens;
-        Tokens = new List<int>(promptTokens.Length + sampling.MaxTokens);
+        // NOTE: MaxTokens may be far beyond the context; nothing is sized by it unchecked.
+        int room = Math.Clamp(Math.Min(sampling.MaxTokens, maxTotalTokens - promptTokens.Length), 1, 1 << 20);
+        Tokens = new List<int>(promptTokens.Length + Math.Min(room, 4096));
         Tokens.AddRange(promptTokens);
         Sampling = sampling;
         Tokenizer = tokenizer;
@@ -34,7 +36,7 @@ internal sealed class GenerationRequest
         // NOTE: the grammar is compiled with the constraint; the matcher (its state and mask cache) is per request.
         Matcher = sampling.Constraint?.CreateMatcher(tokenizer, vocabSize, stopTokens);
         MaxTotalTokens = maxTotalTokens;
-        if (sampling.Logprobs is not null) Logprobs = new List<TokenLogprobs>(Math.Min(sampling.MaxTokens, 4096));
+        if (sampling.Logprobs is not null) Logprobs = new List<TokenLogprobs>(Math.Min(room, 4096));
         _decoder = tokenizer.CreateStreamingDecoder(promptTokens[^1]);
         Output = Channel.CreateBounded<GeneratedToken>(new BoundedChannelOptions(OutputCapacity)
         {
@@ -76,6 +78,17 @@ internal sealed class GenerationRequest
     public long AcceptedTokens { get; set; }
 
     public void Cancel() => Interlocked.Exchange(ref _cancelled, 1);
+
+    private WaitingQueue? _queue;
+
+    /// <summary>Counts the request against <paramref name="queue"/> until it starts or ends.</summary>
+    public void EnterQueue(WaitingQueue queue) => _queue = queue;
+
+    /// <summary>The request started (or ended): it no longer counts as waiting. Idempotent.</summary>
+    public void LeaveQueue() => Interlocked.Exchange(ref _queue, null)?.Leave();
+
+    /// <summary>Disposed when the request ends: cancels it when its stream's token fires.</summary>
+    public CancellationTokenRegistration CancelRegistration { get; set; }
 
     /// <summary>
     /// Requests with the same prompt that start as forks of this one once its prompt is computed (parallel samples),
@@ -182,6 +195,8 @@ internal sealed class GenerationRequest
     /// <summary>Completes the request: closes the stream and publishes the result.</summary>
     public void Finish(FinishReason reason, Exception? error = null)
     {
+        LeaveQueue();
+        CancelRegistration.Dispose();
         if (error is not null)
         {
             Output.Writer.TryComplete(error);

@@ -15,6 +15,7 @@ public sealed class GenerationStream : IAsyncEnumerable<GeneratedToken>
     private readonly Task<Completion> _completion;
     private readonly CancellationToken _cancellationToken;
     private int _started;
+    private int _submitted;
 
     internal GenerationStream(GenerationRequest request, Action<GenerationRequest> submit, CancellationToken cancellationToken)
     {
@@ -64,6 +65,32 @@ public sealed class GenerationStream : IAsyncEnumerable<GeneratedToken>
         return await Completion.ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// Queues the request now instead of at the first enumeration, so that a full queue is known before anything else
+    /// is done (the server answers 429 before it writes a response). Does nothing when already queued. The stream's
+    /// cancellation token ends the request from now on, even if it is never enumerated.
+    /// </summary>
+    /// <exception cref="RequestQueueFullException">The engine already holds <see cref="EngineOptions.MaxWaitingRequests"/> requests waiting to start.</exception>
+    /// <exception cref="ObjectDisposedException">The engine was disposed.</exception>
+    public void Start()
+    {
+        // A stream from a source starts when it is enumerated.
+        if (_request is null || Interlocked.Exchange(ref _submitted, 1) != 0) return;
+        // Registered before the engine sees the request, so that the engine disposes it when the request ends.
+        if (_cancellationToken.CanBeCanceled)
+            _request.CancelRegistration = _cancellationToken.Register(static r => ((GenerationRequest)r!).Cancel(), _request);
+        try
+        {
+            _submit!(_request);
+        }
+        catch
+        {
+            _request.CancelRegistration.Dispose();
+            Volatile.Write(ref _submitted, 0);
+            throw;
+        }
+    }
+
     /// <inheritdoc />
     public IAsyncEnumerator<GeneratedToken> GetAsyncEnumerator(CancellationToken cancellationToken = default) =>
         Stream(cancellationToken).GetAsyncEnumerator(cancellationToken);
@@ -86,7 +113,7 @@ public sealed class GenerationStream : IAsyncEnumerable<GeneratedToken>
             }
             yield break;
         }
-        _submit!(_request);
+        Start();
         using var registration = token.Register(static r => ((GenerationRequest)r!).Cancel(), _request);
         try
         {

@@ -234,7 +234,16 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
         int submitted = 0;
         void Submit(GenerationRequest _)
         {
-            if (Interlocked.Exchange(ref submitted, 1) == 0) _loop.Submit(requests[0]);
+            if (Interlocked.Exchange(ref submitted, 1) != 0) return;
+            try
+            {
+                _loop.Submit(requests[0]);
+            }
+            catch
+            {
+                Volatile.Write(ref submitted, 0);
+                throw;
+            }
         }
         var streams = new GenerationStream[n];
         for (int i = 0; i < n; i++) streams[i] = new GenerationStream(requests[i], Submit, cancellationToken);

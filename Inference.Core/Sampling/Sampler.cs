@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Numerics.Tensors;
 
 namespace Inference.Sampling;
@@ -9,9 +10,7 @@ namespace Inference.Sampling;
 public sealed class Sampler
 {
     private readonly SamplingOptions _options;
-    private readonly int[] _ids;          // [vocab] candidate token ids
-    private readonly float[] _values;     // [vocab] candidate logits, then probabilities
-    private readonly float[] _probs;      // [vocab] untempered probabilities of the candidates
+    private readonly int _vocabSize;
     private readonly Dictionary<int, int> _counts = new();
     private ulong _state;
 
@@ -21,9 +20,9 @@ public sealed class Sampler
         ArgumentNullException.ThrowIfNull(options);
         ArgumentOutOfRangeException.ThrowIfLessThan(vocabSize, 1);
         _options = options;
-        _ids = new int[vocabSize];
-        _values = new float[vocabSize];
-        _probs = new float[vocabSize];
+        // NOTE: the vocabulary-sized scratch (candidate ids, logits, probabilities) is rented from the shared pool for
+        // the duration of one call, so a waiting or paused request holds none of it.
+        _vocabSize = vocabSize;
         Seed = options.Seed ?? (ulong)Random.Shared.NextInt64();
         _state = Seed;
     }
@@ -45,22 +44,43 @@ public sealed class Sampler
     /// <see cref="SamplingOptions.PenaltyLastN"/> of all of them.</param>
     public int Sample(Span<float> logits, ReadOnlySpan<int> tokens, int promptLength)
     {
-        if (logits.Length != _ids.Length) throw new ArgumentException($"expected {_ids.Length} logits, got {logits.Length}", nameof(logits));
+        if (logits.Length != _vocabSize) throw new ArgumentException($"expected {_vocabSize} logits, got {logits.Length}", nameof(logits));
         ArgumentOutOfRangeException.ThrowIfNegative(promptLength);
         ApplyPenalties(logits, tokens, Math.Min(promptLength, tokens.Length));
         if (_options.Temperature <= 0) return TensorPrimitives.IndexOfMax(logits);
-        int keep = Truncate(logits);
-        var kept = _values.AsSpan(0, keep);
-        TensorPrimitives.Divide(kept, _options.Temperature, kept);
-        TensorPrimitives.SoftMax(kept, kept);
-        float r = NextFloat();
-        float cumulative = 0;
-        for (int i = 0; i < keep; i++)
+        var scratch = Scratch.Rent(_vocabSize);
+        try
         {
-            cumulative += kept[i];
-            if (r < cumulative) return _ids[i];
+            int keep = Truncate(logits, scratch);
+            var kept = scratch.Values.AsSpan(0, keep);
+            TensorPrimitives.Divide(kept, _options.Temperature, kept);
+            TensorPrimitives.SoftMax(kept, kept);
+            float r = NextFloat();
+            float cumulative = 0;
+            for (int i = 0; i < keep; i++)
+            {
+                cumulative += kept[i];
+                if (r < cumulative) return scratch.Ids[i];
+            }
+            return scratch.Ids[keep - 1];
         }
-        return _ids[keep - 1];
+        finally
+        {
+            scratch.Return();
+        }
+    }
+
+    /// <summary>Candidate ids, values and probabilities for one call, rented from <see cref="ArrayPool{T}.Shared"/>.</summary>
+    private readonly record struct Scratch(int[] Ids, float[] Values, float[] Probs)
+    {
+        public static Scratch Rent(int n) => new(ArrayPool<int>.Shared.Rent(n), ArrayPool<float>.Shared.Rent(n), ArrayPool<float>.Shared.Rent(n));
+
+        public void Return()
+        {
+            ArrayPool<int>.Shared.Return(Ids);
+            ArrayPool<float>.Shared.Return(Values);
+            ArrayPool<float>.Shared.Return(Probs);
+        }
     }
 
     /// <summary>
@@ -84,7 +104,7 @@ public sealed class Sampler
     /// </summary>
     public void GetDistribution(Span<float> logits, ReadOnlySpan<int> tokens, int promptLength, Span<float> probs)
     {
-        if (logits.Length != _ids.Length || probs.Length != _ids.Length) throw new ArgumentException($"expected {_ids.Length} logits and probabilities");
+        if (logits.Length != _vocabSize || probs.Length != _vocabSize) throw new ArgumentException($"expected {_vocabSize} logits and probabilities");
         ApplyPenalties(logits, tokens, Math.Min(promptLength, tokens.Length));
         probs.Clear();
         if (_options.Temperature <= 0)
@@ -92,11 +112,19 @@ public sealed class Sampler
             probs[TensorPrimitives.IndexOfMax(logits)] = 1;
             return;
         }
-        int keep = Truncate(logits);
-        var kept = _values.AsSpan(0, keep);
-        TensorPrimitives.Divide(kept, _options.Temperature, kept);
-        TensorPrimitives.SoftMax(kept, kept);
-        for (int i = 0; i < keep; i++) probs[_ids[i]] = kept[i];
+        var scratch = Scratch.Rent(_vocabSize);
+        try
+        {
+            int keep = Truncate(logits, scratch);
+            var kept = scratch.Values.AsSpan(0, keep);
+            TensorPrimitives.Divide(kept, _options.Temperature, kept);
+            TensorPrimitives.SoftMax(kept, kept);
+            for (int i = 0; i < keep; i++) probs[scratch.Ids[i]] = kept[i];
+        }
+        finally
+        {
+            scratch.Return();
+        }
     }
 
     /// <summary>Draws a token from <paramref name="probs"/> (non-negative, summing to about 1) with the sampler's random state.</summary>
@@ -120,22 +148,24 @@ public sealed class Sampler
     /// <summary>A uniform float in [0, 1) from the sampler's random state.</summary>
     public float NextUniform() => NextFloat();
 
-    /// <summary>Sorts the candidates into _ids/_values and applies top-k, top-p and min-p; returns how many are kept.</summary>
-    private int Truncate(ReadOnlySpan<float> logits)
+    /// <summary>Sorts the candidates into the scratch ids/values and applies top-k, top-p and min-p; returns how many are kept.</summary>
+    private int Truncate(ReadOnlySpan<float> logits, Scratch scratch)
     {
         // Candidates sorted by logit, best first, cut to top-k.
         int n = logits.Length;
+        var ids = scratch.Ids;
+        var values = scratch.Values;
         for (int i = 0; i < n; i++)
         {
-            _ids[i] = i;
-            _values[i] = logits[i];
+            ids[i] = i;
+            values[i] = logits[i];
         }
         int k = _options.TopK > 0 ? Math.Min(_options.TopK, n) : n;
-        SortDescending(k, n);
-        var vals = _values.AsSpan(0, k);
+        SortDescending(ids, values, k, n);
+        var vals = values.AsSpan(0, k);
 
         // Probabilities of the untempered logits decide top-p and min-p, as in llama.cpp.
-        var probs = _probs.AsSpan(0, k);
+        var probs = scratch.Probs.AsSpan(0, k);
         TensorPrimitives.SoftMax(vals, probs);
         int keep = k;
         if (_options.TopP < 1)
@@ -190,7 +220,7 @@ public sealed class Sampler
     }
 
     /// <summary>Moves the <paramref name="k"/> largest of the first <paramref name="n"/> candidates to the front, sorted.</summary>
-    private void SortDescending(int k, int n)
+    private static void SortDescending(int[] ids, float[] values, int k, int n)
     {
         if (k < n)
         {
@@ -198,16 +228,16 @@ public sealed class Sampler
             int lo = 0, hi = n - 1;
             while (lo < hi)
             {
-                float pivot = _values[(lo + hi) >>> 1];
+                float pivot = values[(lo + hi) >>> 1];
                 int i = lo, j = hi;
                 while (i <= j)
                 {
-                    while (_values[i] > pivot) i++;
-                    while (_values[j] < pivot) j--;
+                    while (values[i] > pivot) i++;
+                    while (values[j] < pivot) j--;
                     if (i <= j)
                     {
-                        (_values[i], _values[j]) = (_values[j], _values[i]);
-                        (_ids[i], _ids[j]) = (_ids[j], _ids[i]);
+                        (values[i], values[j]) = (values[j], values[i]);
+                        (ids[i], ids[j]) = (ids[j], ids[i]);
                         i++;
                         j--;
                     }
@@ -218,8 +248,8 @@ public sealed class Sampler
             }
         }
         // Descending by value, ties by lower id, so results do not depend on the selection's order.
-        var keys = _values.AsSpan(0, k);
-        var items = _ids.AsSpan(0, k);
+        var keys = values.AsSpan(0, k);
+        var items = ids.AsSpan(0, k);
         for (int i = 0; i < k; i++) keys[i] = -keys[i];
         keys.Sort(items);
         for (int i = 0; i < k; i++) keys[i] = -keys[i];

@@ -69,10 +69,13 @@ public sealed class EngineCommandLine
     /// <summary><c>--tensor-parallel-size</c>: ranks that split each layer (attention heads, KV cache, feed-forward width).</summary>
     public Option<int?> TensorParallelSize { get; } = new("--tensor-parallel-size", "-tp") { Description = "Ranks that split each layer of the model (CPU ranks: threads / size threads each)" };
 
+    /// <summary><c>--max-waiting-requests</c>: most requests waiting to start before new ones are refused.</summary>
+    public Option<int?> MaxWaitingRequests { get; } = new("--max-waiting-requests") { Description = "Most requests waiting to start; more are refused (the server answers 429) (default 1024)" };
+
     /// <summary>Every option above, in help order.</summary>
     public IReadOnlyList<Option> All =>
     [
-        Model, Device, Threads, MaxModelLen, MaxNumSeqs, MaxNumBatchedTokens, BlockSize, KvCacheDtype,
+        Model, Device, Threads, MaxModelLen, MaxNumSeqs, MaxNumBatchedTokens, MaxWaitingRequests, BlockSize, KvCacheDtype,
         EnablePrefixCaching, NoEnablePrefixCaching, GpuMemoryUtilization, Quantization, TensorParallelSize,
     ];
 
@@ -103,6 +106,7 @@ public sealed class EngineCommandLine
         if (result.GetValue(MaxModelLen) is int length) options = options with { ContextLength = length };
         if (result.GetValue(MaxNumSeqs) is int seqs) options = options with { MaxNumSeqs = seqs };
         if (result.GetValue(MaxNumBatchedTokens) is int batched) options = options with { MaxNumBatchedTokens = batched };
+        if (result.GetValue(MaxWaitingRequests) is int waiting) options = options with { MaxWaitingRequests = waiting };
         if (result.GetValue(TensorParallelSize) is int ranks) options = options with { TensorParallelSize = ranks };
         if (result.GetValue(BlockSize) is int blockSize) kv = kv with { BlockSize = blockSize };
         if (result.GetValue(KvCacheDtype) is KvCacheDataType type) kv = kv with { DataType = type };

@@ -31,12 +31,14 @@ internal static class OpenAiEndpoints
         long started = Stopwatch.GetTimestamp();
         string endpoint = kind == Kind.Chat ? "chat.completions" : "completions";
         int status = 200;
+        // Ends every stream of this request that is still queued or running when the handler leaves, however it leaves.
+        using var abandon = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted);
         try
         {
             var request = await ReadRequestAsync(context, kind, options).ConfigureAwait(false);
             var prompts = await TokenizeAsync(engine, options, kind, request, context.RequestAborted).ConfigureAwait(false);
             if (request.ToolChoice is "required" or "function") request = await ForceToolCallAsync(engine, options, request, context.RequestAborted).ConfigureAwait(false);
-            var streams = Start(engine, prompts, request, context.RequestAborted);
+            var streams = Start(engine, prompts, request, abandon);
             long promptTokens = 0;
             foreach (var p in prompts) promptTokens += p.Length;
             metrics.PromptTokens.Add(promptTokens);
@@ -61,6 +63,7 @@ internal static class OpenAiEndpoints
         }
         finally
         {
+            abandon.Cancel();
             var tags = new TagList { { "endpoint", endpoint }, { "status", status } };
             metrics.Requests.Add(1, tags);
             metrics.RequestDuration.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, tags);
@@ -81,6 +84,12 @@ internal static class OpenAiEndpoints
 
     private static async Task<OpenAiRequest> ReadRequestAsync(HttpContext context, Kind kind, ServerOptions options)
     {
+        long limit = options.MaxRequestBodyBytes;
+        var tooLarge = new OpenAiError(413, $"the request body is larger than {limit} bytes (the server's limit)", code: "request_too_large");
+        if (context.Request.ContentLength > limit) throw tooLarge;
+        // NOTE: a body without Content-Length (chunked) is cut off by the server while it is read.
+        if (context.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } feature)
+            feature.MaxRequestBodySize = limit;
         JsonDocument document;
         try
         {
@@ -90,11 +99,15 @@ internal static class OpenAiEndpoints
         {
             throw OpenAiError.BadRequest("the request body is not valid JSON: " + e.Message);
         }
+        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        {
+            throw tooLarge;
+        }
         using (document)
         {
             return kind == Kind.Chat
                 ? OpenAiRequest.ParseChat(document.RootElement, options.MaxChoices)
-                : OpenAiRequest.ParseCompletion(document.RootElement, options.MaxChoices);
+                : OpenAiRequest.ParseCompletion(document.RootElement, options.MaxChoices, options.MaxPrompts);
         }
     }
 
@@ -140,9 +153,11 @@ internal static class OpenAiEndpoints
         }
     }
 
-    // One stream per (prompt, choice), created eagerly so that invalid input fails before any response is written.
-    private static GenerationStream[] Start(ITextGenerator engine, List<int[]> prompts, OpenAiRequest request, CancellationToken cancellationToken)
+    // One stream per (prompt, choice), created and queued eagerly so that invalid input and a full queue fail before
+    // any response is written; a refused request cancels the streams it already queued.
+    private static GenerationStream[] Start(ITextGenerator engine, List<int[]> prompts, OpenAiRequest request, CancellationTokenSource abandon)
     {
+        var cancellationToken = abandon.Token;
         string param = request.Messages.Count > 0 ? "messages" : "prompt";
         var streams = new GenerationStream[prompts.Count * request.N];
         for (int p = 0; p < prompts.Count; p++)
@@ -177,6 +192,15 @@ internal static class OpenAiEndpoints
             {
                 throw OpenAiError.BadRequest(e.Message.Split(" (Parameter")[0], param, "context_length_exceeded");
             }
+        }
+        try
+        {
+            foreach (var stream in streams) stream.Start();
+        }
+        catch (RequestQueueFullException e)
+        {
+            abandon.Cancel();
+            throw new OpenAiError(429, e.Message, code: "rate_limit_exceeded", type: "requests") { RetryAfterSeconds = 1 };
         }
         return streams;
     }

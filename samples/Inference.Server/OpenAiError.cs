@@ -26,6 +26,9 @@ public sealed class OpenAiError : Exception
     /// <summary>The error type (<c>invalid_request_error</c>, <c>server_error</c>, …).</summary>
     public string Type { get; }
 
+    /// <summary>Seconds after which the client may retry (sent as <c>Retry-After</c>); null sends none.</summary>
+    public int? RetryAfterSeconds { get; init; }
+
     /// <summary>A 400 for <paramref name="param"/>.</summary>
     public static OpenAiError BadRequest(string message, string? param = null, string? code = null) => new(400, message, param, code);
 
@@ -36,6 +39,8 @@ public sealed class OpenAiError : Exception
     public Task WriteAsync(HttpContext context)
     {
         context.Response.StatusCode = Status;
+        if (RetryAfterSeconds is int seconds) context.Response.Headers.RetryAfter = seconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        if (Status == 401) context.Response.Headers.WWWAuthenticate = "Bearer";
         return context.Response.WriteAsJsonAsync(ToBody(), JsonOptions.Default, context.RequestAborted);
     }
 }

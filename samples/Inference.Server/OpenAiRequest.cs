@@ -149,7 +149,10 @@ public sealed record OpenAiRequest
 
     /// <summary>Parses a (legacy) completions request.</summary>
     /// <exception cref="OpenAiError">The request is invalid.</exception>
-    public static OpenAiRequest ParseCompletion(JsonElement root, int maxChoices)
+    /// <param name="root">The request body.</param>
+    /// <param name="maxChoices">Most choices <c>n</c> may ask for.</param>
+    /// <param name="maxPrompts">Most prompts an array of strings may hold.</param>
+    public static OpenAiRequest ParseCompletion(JsonElement root, int maxChoices, int maxPrompts = 32)
     {
         var request = ParseCommon(root, maxChoices);
         // The legacy form: logprobs is the number of alternatives (0 for the chosen token's only); echo with logprobs
@@ -175,6 +178,8 @@ public sealed record OpenAiRequest
             }
             case JsonValueKind.Array when prompt.GetArrayLength() > 0:
             {
+                if (prompt.GetArrayLength() > maxPrompts)
+                    throw OpenAiError.BadRequest($"'prompt' holds {prompt.GetArrayLength()} prompts; at most {maxPrompts} are accepted in one request", "prompt");
                 var prompts = new List<string>();
                 foreach (var p in prompt.EnumerateArray())
                     prompts.Add(p.ValueKind == JsonValueKind.String ? p.GetString()! : throw OpenAiError.BadRequest("'prompt' must be a string, an array of strings or an array of token ids", "prompt"));

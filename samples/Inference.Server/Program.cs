@@ -1,6 +1,6 @@
 using Inference.Server;
 
-// dotnet run --project samples/Inference.Server -- --model PATH --urls http://127.0.0.1:8080 [--chat-template FILE] [engine options: --help]
+// dotnet run --project samples/Inference.Server -- --model PATH [--host 127.0.0.1 --port 8000 | --urls URL] [--api-key KEY] [--chat-template FILE] [engine options: --help]
 // In front of an engine cluster (docs/cluster.md): --cluster 30000,30001 --model-id stories [--routing affinity]
 if (ServerOptions.IsHelp(args))
 {

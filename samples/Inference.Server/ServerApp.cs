@@ -67,11 +67,23 @@ public static class ServerApp
         register(builder.Services);
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton<ServerMetrics>();
+        if (options.AllowedOrigins.Count > 0) builder.Services.AddCors();
         builder.Services.AddOpenTelemetry().WithMetrics(metrics => metrics
             .AddMeter(ServerMetrics.EngineMeterName, ServerMetrics.MeterName, RouterMetrics.MeterName)
             .AddPrometheusExporter());
 
         var app = builder.Build();
+        // CORS is off unless origins were named: browsers then refuse cross-origin calls.
+        if (options.AllowedOrigins.Count > 0)
+        {
+            app.UseCors(policy =>
+            {
+                if (options.AllowedOrigins.Contains("*")) policy.AllowAnyOrigin();
+                else policy.WithOrigins([.. options.AllowedOrigins]);
+                policy.AllowAnyHeader().AllowAnyMethod();
+            });
+        }
+        if (options.ApiKey is { } key) app.Use(ApiKeyCheck.Create(key));
         app.MapPrometheusScrapingEndpoint("/metrics");
         app.MapGet("/health", () => Results.Json(new { status = "ok" }));
         app.MapGet("/v1/models", (HttpContext context) => OpenAiEndpoints.Models(context, context.RequestServices.GetRequiredService<ITextGenerator>(), options));
