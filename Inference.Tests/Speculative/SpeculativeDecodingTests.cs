@@ -140,7 +140,8 @@ public class SpeculativeDecodingTests
     public async Task Sampling_FollowsTheModelsDistribution(string proposer)
     {
         const int runs = 3000, topK = 3;
-        var options = new EngineOptions { Threads = 2, ContextLength = 128, MaxNumSeqs = 64, Device = Device.Cpu };
+        // All the runs are queued at once.
+        var options = new EngineOptions { Threads = 2, ContextLength = 128, MaxNumSeqs = 64, Device = Device.Cpu, MaxWaitingRequests = runs };
         await using var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, options with { Speculative = Speculation(proposer, 2) });
         // The start, its greedy continuation and the start again: prompt lookup then proposes the continuation.
         var start = engine.Tokenize("Lily saw a");
