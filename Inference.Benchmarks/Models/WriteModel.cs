@@ -25,6 +25,7 @@ public static class WriteModel
         string donor = a.String("--donor", RepositoryPaths.TestData("stories260K.gguf"));
         var options = new SyntheticModelOptions
         {
+            Architecture = a.String("--arch", "llama"),
             Dimension = a.Int("--dim", 1024),
             LayerCount = a.Int("--layers", 16),
             HeadCount = a.Int("--heads", 16),

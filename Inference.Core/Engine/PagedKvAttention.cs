@@ -31,9 +31,9 @@ internal sealed class PagedKvAttention : IKvAttention
         _shape = new PagedAttentionShape(config.HeadCount, config.KvHeadCount, config.HeadDim, storage.BlockSize);
     }
 
-    public void Attend(int layer, ModelBatch batch, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, WorkerPool pool, int slidingWindow = 0)
+    public void Attend(int layer, ModelBatch batch, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, WorkerPool pool, int slidingWindow = 0, float logitSoftCap = 0f)
     {
-        var shape = slidingWindow == 0 ? _shape : _shape with { SlidingWindow = slidingWindow };
+        var shape = slidingWindow == 0 && logitSoftCap == 0f ? _shape : _shape with { SlidingWindow = slidingWindow, LogitSoftCap = logitSoftCap };
         int kvDim = _config.KvDim, bs = _storage.BlockSize;
         int maxContext = 0;
         foreach (var seg in batch.Segments)

@@ -48,7 +48,7 @@ public sealed class HfCheckpoint : IDisposable
         TokenizerConfig = tokenizerConfig;
         EosTokenIds = eosIds;
         Architecture = ModelArchitecture.Find(config.Model.Architecture)!;
-        Weights = new HfCheckpointWeightSource(this, Architecture.TensorNames, config.RopeFreqFactors);
+        Weights = new HfCheckpointWeightSource(this, Architecture, config.RopeFreqFactors);
     }
 
     /// <summary>The checkpoint folder.</summary>

@@ -40,12 +40,15 @@ internal sealed record HfCheckpointConfig
                 : null;
         }
         if (modelType is null) throw new ModelFormatException(path, -1, "'model_type' is missing");
-        var architecture = ModelArchitecture.Find(modelType)
-            ?? throw new ModelFormatException(path, -1, $"unsupported model_type '{modelType}' (supported: {string.Join(", ", ModelConfig.SupportedArchitectures)})");
+        var architecture = ModelArchitecture.FindByHfModelType(modelType)
+            ?? throw new ModelFormatException(path, -1, $"unsupported model_type '{modelType}' (supported: {string.Join(", ", ModelArchitecture.All.SelectMany(a => a.HfModelTypes))})");
 
-        string? act = String(path, root, "hidden_act");
-        if (act is not (null or "silu"))
-            throw new ModelFormatException(path, -1, $"unsupported hidden_act '{act}' (supported: silu)");
+        foreach (string key in (ReadOnlySpan<string>)["hidden_act", "hidden_activation"])
+        {
+            string? act = String(path, root, key);
+            if (act is not null && !architecture.HfActivations.Contains(act))
+                throw new ModelFormatException(path, -1, $"unsupported {key} '{act}' for {architecture.Name} (supported: {string.Join(", ", architecture.HfActivations)})");
+        }
         if (Bool(path, root, "use_sliding_window") == true)
             throw new ModelFormatException(path, -1, "sliding-window attention ('use_sliding_window': true) is not supported");
 
@@ -94,7 +97,7 @@ internal sealed record HfCheckpointConfig
 
         var model = new ModelConfig
         {
-            Architecture = modelType,
+            Architecture = architecture.Name,
             Dim = dim,
             LayerCount = layers,
             HeadCount = heads,

@@ -36,26 +36,19 @@ internal static class HfCheckpointGgufConverter
         bool permute = checkpoint.Architecture.GgufRopeLayout == RopeLayout.Normal && order == QkRowOrder.AdjacentPairs;
         string arch = c.Architecture;
 
-        var tensors = new List<(string Gguf, string? Hf, int Heads)>
+        // The tensors the architecture's forward pass reads from this checkpoint (optional ones where present), in its order.
+        var names = checkpoint.Architecture.TensorNames;
+        var tensors = new List<(string Gguf, string? Hf, int Heads)>();
+        foreach (var spec in checkpoint.Architecture.Build(c, checkpoint.Weights).Weights)
         {
-            ("token_embd.weight", "model.embed_tokens.weight", 0),
-        };
-        for (int l = 0; l < c.LayerCount; l++)
-        {
-            foreach (var (_, suffix) in checkpoint.Architecture.TensorNames.LayerSuffixes)
-            {
-                string gguf = $"blk.{l}.{suffix}";
-                string hf = checkpoint.Architecture.TensorNames.ToHf(gguf)!;
-                // Tensors the checkpoint does not have (optional ones, or another member of the family's) are left out;
-                // the model's own binding checks what it needs.
-                if (checkpoint.FindTensor(hf) is null) continue;
-                int heads = !permute ? 0 : suffix.StartsWith("attn_q", StringComparison.Ordinal) ? c.HeadCount
-                    : suffix.StartsWith("attn_k", StringComparison.Ordinal) ? c.KvHeadCount : 0;
-                tensors.Add((gguf, hf, heads));
-            }
+            string hf = names.ToHf(spec.Name) ?? throw new InvalidOperationException($"tensor '{spec.Name}' has no Hugging Face name");
+            int dot = spec.Name.StartsWith("blk.", StringComparison.Ordinal) ? spec.Name.IndexOf('.', 4) + 1 : 0;
+            string suffix = spec.Name[dot..];
+            int heads = !permute ? 0 : suffix.StartsWith("attn_q", StringComparison.Ordinal) ? c.HeadCount
+                : suffix.StartsWith("attn_k", StringComparison.Ordinal) ? c.KvHeadCount : 0;
+            tensors.Add((spec.Name, hf, heads));
         }
-        tensors.Add(("output_norm.weight", "model.norm.weight", 0));
-        if (checkpoint.FindTensor("lm_head.weight") is not null) tensors.Add(("output.weight", "lm_head.weight", 0));
+        // Llama 3.1's RoPE frequency factors, computed from config.json, as llama.cpp's converter stores them.
         float[]? ropeFreqs = checkpoint.Weights.GetVector("rope_freqs.weight", c.RopeDim / 2, optional: true);
         if (ropeFreqs is not null) tensors.Add(("rope_freqs.weight", null, 0));
 
@@ -67,26 +60,7 @@ internal static class HfCheckpointGgufConverter
             if (t.Hf is not null && checkpoint.FindTensor(t.Hf)!.Shape.Length == 2) matrixTypes.Add(checkpoint.FindTensor(t.Hf)!.DType);
         // LLAMA_FTYPE: ALL_F32 = 0, MOSTLY_F16 = 1, MOSTLY_BF16 = 32.
         w.AddUInt32("general.file_type", matrixTypes.Contains(SafetensorsDType.BF16) ? 32u : matrixTypes.Contains(SafetensorsDType.F16) ? 1u : 0u);
-        w.AddUInt32($"{arch}.context_length", (uint)c.ContextLength);
-        w.AddUInt32($"{arch}.embedding_length", (uint)c.Dim);
-        w.AddUInt32($"{arch}.block_count", (uint)c.LayerCount);
-        w.AddUInt32($"{arch}.feed_forward_length", (uint)c.FfnDim);
-        w.AddUInt32($"{arch}.rope.dimension_count", (uint)c.RopeDim);
-        w.AddUInt32($"{arch}.attention.head_count", (uint)c.HeadCount);
-        w.AddUInt32($"{arch}.attention.head_count_kv", (uint)c.KvHeadCount);
-        if (c.HeadDim * c.HeadCount != c.Dim)
-        {
-            w.AddUInt32($"{arch}.attention.key_length", (uint)c.HeadDim);
-            w.AddUInt32($"{arch}.attention.value_length", (uint)c.HeadDim);
-        }
-        w.AddFloat32($"{arch}.attention.layer_norm_rms_epsilon", c.RmsEps);
-        w.AddFloat32($"{arch}.rope.freq_base", c.RopeBase);
-        w.AddUInt32($"{arch}.vocab_size", (uint)c.VocabSize);
-        if (c.RopeScaling == RopeScaling.Linear)
-        {
-            w.AddString($"{arch}.rope.scaling.type", "linear");
-            w.AddFloat32($"{arch}.rope.scaling.factor", c.RopeScalingFactor);
-        }
+        checkpoint.Architecture.WriteGgufMetadata(w, c);
         string tokenizerPath = Path.Combine(checkpoint.DirectoryPath, HfCheckpoint.TokenizerFileName);
         if (File.Exists(tokenizerPath))
             HfTokenizerJson.AddGgufMetadata(w, HfTokenizerJson.Parse(tokenizerPath, checkpoint.TokenizerConfig, c.VocabSize));
@@ -119,6 +93,8 @@ internal static class HfCheckpointGgufConverter
                 var values = new float[info.ElementCount];
                 WeightConversion.ToFloats(SafetensorsDTypeInfo.ToGgmlType(info.DType), bytes, values);
                 if (t.Heads > 0) values = PermuteRows(values, 1, t.Heads);
+                float offset = checkpoint.Architecture.HfNormOffset(t.Gguf);
+                if (offset != 0f) System.Numerics.Tensors.TensorPrimitives.Add(values, offset, values);
                 w.WriteTensorData(t.Gguf, values);
                 continue;
             }

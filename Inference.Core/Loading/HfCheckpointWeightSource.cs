@@ -13,8 +13,10 @@ namespace Inference.Loading;
 /// RoPE pairs dimension i with i + headDim/2 — hence <see cref="RopeLayout.Neox"/> in the configuration.
 /// <c>rope_freqs.weight</c> (Llama 3.1 scaling) is computed from <c>config.json</c>, as llama.cpp's converter does.
 /// </remarks>
-internal sealed class HfCheckpointWeightSource(HfCheckpoint checkpoint, TensorNameMap names, float[]? ropeFreqFactors) : IWeightSource
+internal sealed class HfCheckpointWeightSource(HfCheckpoint checkpoint, ModelArchitecture architecture, float[]? ropeFreqFactors) : IWeightSource
 {
+    private readonly TensorNameMap _names = architecture.TensorNames;
+
     private const string RopeFreqs = "rope_freqs.weight";
 
     /// <inheritdoc />
@@ -22,7 +24,7 @@ internal sealed class HfCheckpointWeightSource(HfCheckpoint checkpoint, TensorNa
 
     /// <inheritdoc />
     public bool Contains(string name) =>
-        name == RopeFreqs ? ropeFreqFactors is not null : names.ToHf(name) is string hf && checkpoint.Locate(hf) is not null;
+        name == RopeFreqs ? ropeFreqFactors is not null : _names.ToHf(name) is string hf && checkpoint.Locate(hf) is not null;
 
     /// <inheritdoc />
     public unsafe WeightMatrix GetMatrix(string name, int rows, int cols)
@@ -55,12 +57,14 @@ internal sealed class HfCheckpointWeightSource(HfCheckpoint checkpoint, TensorNa
         if (t.ElementCount != length) throw file.Bad(t.DataOffset, $"tensor '{t.Name}' has {t.ElementCount} elements, expected {length}");
         var result = new float[length];
         WeightConversion.ToFloats(SafetensorsDTypeInfo.ToGgmlType(t.DType), file.GetTensorBytes(t), result);
+        float offset = architecture.HfNormOffset(name);
+        if (offset != 0f) System.Numerics.Tensors.TensorPrimitives.Add(result, offset, result);
         return result;
     }
 
     private (SafetensorsFile File, SafetensorsTensorInfo Tensor) Find(string ggufName)
     {
-        string hf = names.ToHf(ggufName)
+        string hf = _names.ToHf(ggufName)
             ?? throw new ModelFormatException(checkpoint.DirectoryPath, -1, $"tensor '{ggufName}' has no Hugging Face equivalent");
         return checkpoint.Locate(hf) is { } found
             ? found

@@ -31,7 +31,7 @@ public sealed class ContiguousKvCache : IKvAttention
     }
 
     /// <inheritdoc />
-    public void Attend(int layer, ModelBatch batch, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, WorkerPool pool, int slidingWindow = 0)
+    public void Attend(int layer, ModelBatch batch, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, WorkerPool pool, int slidingWindow = 0, float logitSoftCap = 0f)
     {
         int kvDim = _config.KvDim;
         var keys = new float[batch.Segments.Count][];
@@ -71,13 +71,13 @@ public sealed class ContiguousKvCache : IKvAttention
             fixed (float* pq = q)
             fixed (float* po = output)
             {
-                var job = new AttentionJob(_config, batch, keys, values, pq, po, slidingWindow);
+                var job = new AttentionJob(_config, batch, keys, values, pq, po, slidingWindow, logitSoftCap);
                 pool.Run(batch.TokenCount * _config.HeadCount, job);
             }
         }
     }
 
-    private readonly unsafe struct AttentionJob(ModelConfig config, ModelBatch batch, float[][] keys, float[][] values, float* q, float* output, int slidingWindow) : IRangeJob
+    private readonly unsafe struct AttentionJob(ModelConfig config, ModelBatch batch, float[][] keys, float[][] values, float* q, float* output, int slidingWindow, float softCap) : IRangeJob
     {
         public void Execute(int start, int end)
         {
@@ -102,6 +102,12 @@ public sealed class ContiguousKvCache : IKvAttention
                 var sc = scores.AsSpan(0, pos + 1 - first);
                 for (int j = first; j <= pos; j++)
                     sc[j - first] = TensorPrimitives.Dot(qh, kc.AsSpan(j * kvDim + kvh * hd, hd)) * scale;
+                if (softCap != 0f)
+                {
+                    TensorPrimitives.Multiply(sc, 1f / softCap, sc);
+                    TensorPrimitives.Tanh(sc, sc);
+                    TensorPrimitives.Multiply(sc, softCap, sc);
+                }
                 TensorPrimitives.SoftMax(sc, sc);
                 var oh = new Span<float>(output + ((long)t * heads + h) * hd, hd);
                 oh.Clear();

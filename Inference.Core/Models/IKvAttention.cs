@@ -23,5 +23,9 @@ public interface IKvAttention
     /// The layer's attention window W: a query at position p sees positions p − W + 1 … p (see
     /// <see cref="Backends.Cpu.PagedAttentionShape.SlidingWindow"/>); 0 sees every position (<see cref="ModelConfig.LayerSlidingWindow"/>).
     /// </param>
-    void Attend(int layer, ModelBatch batch, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, WorkerPool pool, int slidingWindow = 0);
+    /// <param name="logitSoftCap">
+    /// Attention logit soft-capping c (gemma2): each scaled score s becomes c · tanh(s / c); 0 leaves it (see
+    /// <see cref="Backends.Cpu.PagedAttentionShape.LogitSoftCap"/>).
+    /// </param>
+    void Attend(int layer, ModelBatch batch, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output, WorkerPool pool, int slidingWindow = 0, float logitSoftCap = 0f);
 }

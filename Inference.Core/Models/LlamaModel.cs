@@ -206,7 +206,7 @@ public sealed class LlamaModel
                 }
                 case OpKind.Attention:
                     kv.Attend(op.Layer, batch, Buffer(op.Src, n, logitRows, logits), Buffer(op.Src2, n, logitRows, logits),
-                        Buffer(op.Src3, n, logitRows, logits), Buffer(op.Dst, n, logitRows, logits), pool, op.Param);
+                        Buffer(op.Src3, n, logitRows, logits), Buffer(op.Dst, n, logitRows, logits), pool, op.Param, op.Value);
                     break;
                 case OpKind.Add:
                 {
@@ -216,6 +216,18 @@ public sealed class LlamaModel
                 }
                 case OpKind.SwiGlu:
                     SwiGlu(Buffer(op.Dst, n, logitRows, logits), Buffer(op.Src, n, logitRows, logits), pool);
+                    break;
+                case OpKind.Scale:
+                {
+                    var dst = Buffer(op.Dst, n, logitRows, logits);
+                    TensorPrimitives.Multiply(dst, op.Value, dst);
+                    break;
+                }
+                case OpKind.SoftCap:
+                    SoftCap(Buffer(op.Dst, n, logitRows, logits), op.Value);
+                    break;
+                case OpKind.GeGlu:
+                    GeGlu(Buffer(op.Dst, n, logitRows, logits), Buffer(op.Src, n, logitRows, logits), pool);
                     break;
                 case OpKind.GatherLogitRows:
                 {
@@ -311,6 +323,52 @@ public sealed class LlamaModel
     }
 
     private const int SwiGluSlice = 2048;
+
+    /// <summary>x = c · tanh(x / c).</summary>
+    internal static void SoftCap(Span<float> x, float cap)
+    {
+        TensorPrimitives.Multiply(x, 1f / cap, x);
+        TensorPrimitives.Tanh(x, x);
+        TensorPrimitives.Multiply(x, cap, x);
+    }
+
+    /// <summary>
+    /// gate = gelu(gate) ⊙ up with GELU's tanh approximation, gelu(g) = g/2 · (1 + tanh(√(2/π) · (g + 0.044715 g³)));
+    /// <paramref name="up"/> is overwritten. Sliced over the pool as <see cref="SwiGlu"/>.
+    /// </summary>
+    private static unsafe void GeGlu(Span<float> gate, Span<float> up, WorkerPool pool)
+    {
+        fixed (float* g = gate)
+        fixed (float* u = up)
+        {
+            int slices = Math.Max(1, gate.Length / SwiGluSlice);
+            pool.Run(slices, new GeGluJob(g, u, gate.Length, slices), 8L * gate.Length);
+        }
+    }
+
+    private readonly unsafe struct GeGluJob(float* gate, float* up, int length, int slices) : IRangeJob
+    {
+        public void Execute(int start, int end)
+        {
+            const float Sqrt2OverPi = 0.7978845608028654f;
+            for (int s = start; s < end; s++)
+            {
+                int offset = s * SwiGluSlice, n = s == slices - 1 ? length - offset : SwiGluSlice;
+                var g = new Span<float>(gate + offset, n);
+                var u = new Span<float>(up + offset, n);
+                // u = g/2 · up; g = tanh(√(2/π) · g · (1 + 0.044715 g²)); g = u · g + u
+                TensorPrimitives.Multiply(g, u, u);
+                TensorPrimitives.Multiply(u, 0.5f, u);
+                for (int i = 0; i < n; i++)
+                {
+                    float x = g[i];
+                    g[i] = Sqrt2OverPi * x * (1f + 0.044715f * x * x);
+                }
+                TensorPrimitives.Tanh(g, g);
+                TensorPrimitives.MultiplyAdd(u, g, u, g);
+            }
+        }
+    }
 
     private readonly unsafe struct SwiGluJob(float* gate, float* up, int length, int slices) : IRangeJob
     {

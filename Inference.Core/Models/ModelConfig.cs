@@ -39,6 +39,15 @@ public sealed record ModelConfig
     /// <summary>True when Q/K/V have biases (qwen2).</summary>
     public bool HasAttentionBias { get; init; }
 
+    /// <summary>Attention score scale applied to q · k (gemma: query_pre_attn_scalar^−½); 0 means 1/√<see cref="HeadDim"/>.</summary>
+    public float AttentionScale { get; init; }
+    /// <summary>Attention logit soft-capping c (gemma2: s ↦ c · tanh(s / c) on the scaled scores); 0 when none.</summary>
+    public float AttentionLogitSoftCap { get; init; }
+    /// <summary>Final logit soft-capping c (gemma2: logits ↦ c · tanh(logits / c)); 0 when none.</summary>
+    public float FinalLogitSoftCap { get; init; }
+    /// <summary>RoPE base of the sliding-window layers when it differs from <see cref="RopeBase"/> (gemma3: 10000, unscaled); 0 when the same.</summary>
+    public float SlidingWindowRopeBase { get; init; }
+
     /// <summary>
     /// Each layer's sliding attention window (0: the layer sees every position; see
     /// <see cref="Backends.Cpu.PagedAttentionShape.SlidingWindow"/>); null or empty when no layer has one.

@@ -63,6 +63,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
         _model = context.Model;
         _config = context.Model.Config;
         _kvCache = context.KvCache;
+        RefuseUnsupported(_model.Graph, _config.Architecture);
         Bind();
         var c = _config;
         try
@@ -108,6 +109,27 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             ? $"CUDA: {accelerator.Name} (sm_{cuda.Architecture.Major}{cuda.Architecture.Minor})"
             : $"ILGPU {accelerator.AcceleratorType} accelerator: {accelerator.Name}";
         DeviceName = $"{what}, {_attention.Name} attention";
+    }
+
+    /// <summary>Refuses, before anything is uploaded, a graph with an operation this executor does not run.</summary>
+    /// <exception cref="NotSupportedException">The architecture needs an operation the device kernels lack.</exception>
+    private static void RefuseUnsupported(ModelGraph graph, string architecture)
+    {
+        foreach (var op in graph.Ops)
+        {
+            bool supported = op.Kind switch
+            {
+                OpKind.Embed or OpKind.RmsNorm or OpKind.MatMul or OpKind.AddBias or OpKind.Rope or OpKind.Add or OpKind.SwiGlu
+                    or OpKind.GeGlu or OpKind.Scale or OpKind.SoftCap or OpKind.GatherLogitRows => true,
+                OpKind.Attention => op.Value == 0f,
+                _ => false,
+            };
+            if (!supported)
+            {
+                string what = op.Kind == OpKind.Attention ? "attention logit soft-capping" : $"the {op.Kind} operation";
+                throw new NotSupportedException($"architecture '{architecture}' needs {what}, which the device executor does not run; use the CPU backend");
+            }
+        }
     }
 
     public Device Device { get; }
@@ -208,6 +230,24 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
                 {
                     var gate = View(s, op.Dst, n, logitCount);
                     _kernels.SwiGlu(gate, View(s, op.Src, n, logitCount), gate, (int)gate.Length);
+                    break;
+                }
+                case OpKind.Scale:
+                {
+                    var dst = View(s, op.Dst, n, logitCount);
+                    _kernels.Scale(dst, op.Value, (int)dst.Length);
+                    break;
+                }
+                case OpKind.SoftCap:
+                {
+                    var dst = View(s, op.Dst, n, logitCount);
+                    _kernels.SoftCap(dst, op.Value, (int)dst.Length);
+                    break;
+                }
+                case OpKind.GeGlu:
+                {
+                    var gate = View(s, op.Dst, n, logitCount);
+                    _kernels.GeGlu(gate, View(s, op.Src, n, logitCount), gate, (int)gate.Length);
                     break;
                 }
                 case OpKind.GatherLogitRows:

@@ -1,11 +1,12 @@
 using ILGPU;
+using ILGPU.Algorithms;
 
 namespace Inference.Kernels.Layer;
 
 /// <summary>
 /// The small glue of a transformer forward pass: residual add, bias add and row gather
 /// (references: <see cref="Reference.ReferenceLayer.Add"/>, <see cref="Reference.ReferenceLayer.AddBias"/>,
-/// <see cref="Reference.ReferenceLayer.GatherRows"/>).
+/// <see cref="Reference.ReferenceLayer.GatherRows"/>, <see cref="Reference.ReferenceLayer.SoftCap"/>).
 /// </summary>
 public static class ElementwiseKernels
 {
@@ -14,6 +15,18 @@ public static class ElementwiseKernels
     /// <param name="x">Accumulator, <c>[count]</c>.</param>
     /// <param name="y">Addend, <c>[count]</c>.</param>
     public static void Add(Index1D index, ArrayView<float> x, ArrayView<float> y) => x[index] += y[index];
+
+    /// <summary><c>x[i] *= factor</c>. Implicitly grouped over the element count.</summary>
+    /// <param name="index">Element.</param>
+    /// <param name="x">Values, <c>[count]</c>.</param>
+    /// <param name="factor">Factor.</param>
+    public static void Scale(Index1D index, ArrayView<float> x, float factor) => x[index] *= factor;
+
+    /// <summary><c>x[i] = cap · tanh(x[i] / cap)</c> (logit soft-capping). Implicitly grouped over the element count.</summary>
+    /// <param name="index">Element.</param>
+    /// <param name="x">Values, <c>[count]</c>.</param>
+    /// <param name="cap">The cap, positive.</param>
+    public static void SoftCap(Index1D index, ArrayView<float> x, float cap) => x[index] = cap * XMath.Tanh(x[index] / cap);
 
     /// <summary><c>y[r, i] += bias[i]</c>. Implicitly grouped over the element count <c>rows * width</c>.</summary>
     /// <param name="index">Element.</param>

@@ -29,6 +29,9 @@ public sealed class LayerKernels
     private readonly Action<Index2D, ArrayView<byte>, ArrayView<ILGPU.Half>, ArrayView<int>, ArrayView<float>, int> _gatherQ8;
     private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int> _ropeTable;
     private readonly Action<Index1D, ArrayView<float>, ArrayView<float>> _add;
+    private readonly Action<Index1D, ArrayView<float>, float> _scale;
+    private readonly Action<Index1D, ArrayView<float>, float> _softCap;
+    private readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>> _geGlu;
     private readonly Action<Index1D, ArrayView<float>, ArrayView<float>, int> _addBias;
     private readonly Action<Index2D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int> _gatherRows;
     private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int> _writeKvF32;
@@ -76,6 +79,9 @@ public sealed class LayerKernels
         _gatherQ8 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<byte>, ArrayView<ILGPU.Half>, ArrayView<int>, ArrayView<float>, int>(EmbeddingKernels.GatherQ8_0);
         _ropeTable = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(RopeKernels.RopeTable);
         _add = a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(ElementwiseKernels.Add);
+        _scale = a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, float>(ElementwiseKernels.Scale);
+        _softCap = a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, float>(ElementwiseKernels.SoftCap);
+        _geGlu = a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>(SwiGluKernels.GeGlu);
         _addBias = a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int>(ElementwiseKernels.AddBias);
         _gatherRows = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>(ElementwiseKernels.GatherRows);
         _writeKvF32 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int>(KvCacheKernels.WriteF32);
@@ -313,6 +319,25 @@ public sealed class LayerKernels
     /// <param name="y">Addend.</param>
     /// <param name="count">Elements.</param>
     public void Add(ArrayView<float> x, ArrayView<float> y, int count) => _add(count, x, y);
+
+    /// <summary><see cref="ElementwiseKernels.Scale"/>: <c>x *= factor</c> over <paramref name="count"/> elements.</summary>
+    /// <param name="x">Values.</param>
+    /// <param name="factor">Factor.</param>
+    /// <param name="count">Elements.</param>
+    public void Scale(ArrayView<float> x, float factor, int count) => _scale(count, x, factor);
+
+    /// <summary><see cref="ElementwiseKernels.SoftCap"/>: <c>x = cap · tanh(x / cap)</c> over <paramref name="count"/> elements.</summary>
+    /// <param name="x">Values.</param>
+    /// <param name="cap">The cap, positive.</param>
+    /// <param name="count">Elements.</param>
+    public void SoftCap(ArrayView<float> x, float cap, int count) => _softCap(count, x, cap);
+
+    /// <summary><see cref="SwiGluKernels.GeGlu"/> over <paramref name="count"/> elements.</summary>
+    /// <param name="gate">Gate, <c>[count]</c>.</param>
+    /// <param name="up">Up, <c>[count]</c>.</param>
+    /// <param name="output">Output, <c>[count]</c>.</param>
+    /// <param name="count">Elements.</param>
+    public void GeGlu(ArrayView<float> gate, ArrayView<float> up, ArrayView<float> output, int count) => _geGlu(count, gate, up, output);
 
     /// <summary><see cref="ElementwiseKernels.AddBias"/> over <paramref name="rows"/> rows of <paramref name="width"/>.</summary>
     /// <param name="y">Rows, <c>[rows, width]</c>.</param>

@@ -60,6 +60,27 @@ public static class ReferenceLayer
         for (int i = 0; i < gate.Length; i++) output[i] = gate[i] / (1f + MathF.Exp(-gate[i])) * up[i];
     }
 
+    /// <summary>GeGLU: <c>out = gelu(gate) * up</c> with GELU's tanh approximation, in double precision.</summary>
+    /// <param name="gate">Gate projection.</param>
+    /// <param name="up">Up projection.</param>
+    /// <param name="output">Output (may alias either input).</param>
+    public static void GeGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> output)
+    {
+        for (int i = 0; i < gate.Length; i++)
+        {
+            double g = gate[i];
+            output[i] = (float)(0.5 * g * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (g + 0.044715 * g * g * g))) * up[i]);
+        }
+    }
+
+    /// <summary>Logit soft-capping: <c>x = cap · tanh(x / cap)</c>, in double precision.</summary>
+    /// <param name="x">Values.</param>
+    /// <param name="cap">The cap, positive.</param>
+    public static void SoftCap(Span<float> x, float cap)
+    {
+        for (int i = 0; i < x.Length; i++) x[i] = (float)(cap * Math.Tanh(x[i] / (double)cap));
+    }
+
     /// <summary><c>out[t, :] = table[ids[t], :]</c> for an f32 table (dequantize other tables first).</summary>
     /// <param name="table">Table, <c>[vocab, dim]</c>.</param>
     /// <param name="ids">Token ids.</param>

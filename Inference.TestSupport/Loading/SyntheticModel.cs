@@ -1,11 +1,15 @@
+using Inference.Models;
+using Inference.Models.Architectures;
+
 namespace Inference.Loading;
 
 /// <summary>
-/// Writes a llama-architecture GGUF with random weights and a tokenizer copied from a donor GGUF: a model of any shape for
+/// Writes a GGUF of any supported architecture (<see cref="SyntheticModelOptions.Architecture"/>) with random weights and a tokenizer copied from a donor GGUF: a model of any shape for
 /// differential tests against llama.cpp and for benchmarks, without downloading weights.
 /// </summary>
 /// <remarks>
-/// Tensor names and shapes are the ones llama.cpp's llama architecture loads (ggml <c>ne</c> order, <c>ne[0]</c> = input):
+/// Tensor names and shapes are the ones the architecture's forward pass reads (and llama.cpp loads), for llama
+/// (ggml <c>ne</c> order, <c>ne[0]</c> = input):
 /// <code>
 /// token_embd.weight        [dim, vocab]
 /// blk.N.attn_norm.weight   [dim]                      F32
@@ -39,32 +43,19 @@ public static class SyntheticModel
         var tokens = donor.GetArray<string>("tokenizer.ggml.tokens")
             ?? throw new ModelFormatException(donor.FilePath, -1, "the tokenizer donor has no tokenizer.ggml.tokens");
         int vocab = tokens.Length;
-        int dim = options.Dimension, ffn = options.FeedForwardLength;
-        int kvDim = options.KvHeadCount * options.HeadDimension;
         var type = options.TensorType;
 
-        var tensors = new List<(string Name, int Cols, int Rows, GgmlType Type, bool IsNorm)>
-        {
-            ("token_embd.weight", dim, vocab, type, false),
-        };
-        for (int l = 0; l < options.LayerCount; l++)
-        {
-            tensors.Add(($"blk.{l}.attn_norm.weight", dim, 1, GgmlType.F32, true));
-            tensors.Add(($"blk.{l}.attn_q.weight", dim, dim, type, false));
-            tensors.Add(($"blk.{l}.attn_k.weight", dim, kvDim, type, false));
-            tensors.Add(($"blk.{l}.attn_v.weight", dim, kvDim, type, false));
-            tensors.Add(($"blk.{l}.attn_output.weight", dim, dim, type, false));
-            tensors.Add(($"blk.{l}.ffn_norm.weight", dim, 1, GgmlType.F32, true));
-            tensors.Add(($"blk.{l}.ffn_gate.weight", dim, ffn, type, false));
-            tensors.Add(($"blk.{l}.ffn_up.weight", dim, ffn, type, false));
-            tensors.Add(($"blk.{l}.ffn_down.weight", ffn, dim, type, false));
-        }
-        tensors.Add(("output_norm.weight", dim, 1, GgmlType.F32, true));
-        if (options.OutputHead == OutputHead.Separate) tensors.Add(("output.weight", dim, vocab, type, false));
+        var architecture = ModelArchitecture.Find(options.Architecture)
+            ?? throw new ArgumentException($"unknown architecture '{options.Architecture}' (supported: {string.Join(", ", ModelConfig.SupportedArchitectures)})");
+        var config = Config(options, vocab);
+        // The tensors the architecture's forward pass reads, in its order: matrices in the chosen type, vectors (norms) F32.
+        var tensors = new List<(string Name, int Cols, int Rows, GgmlType Type, bool IsNorm)>();
+        foreach (var spec in architecture.PlanTensors(config, options.OutputHead == OutputHead.TiedToEmbedding))
+            tensors.Add(spec.IsMatrix ? (spec.Name, spec.Cols, spec.Rows, type, false) : (spec.Name, spec.Rows, 1, GgmlType.F32, true));
 
         try
         {
-            WriteModel(path, options, donor, tensors, vocab, cancellationToken);
+            WriteModel(path, options, architecture, config, donor, tensors, cancellationToken);
         }
         catch
         {
@@ -74,13 +65,35 @@ public static class SyntheticModel
         }
     }
 
-    private static void WriteModel(string path, SyntheticModelOptions options, GgufFile donor,
-        List<(string Name, int Cols, int Rows, GgmlType Type, bool IsNorm)> tensors, int vocab, CancellationToken cancellationToken)
+    /// <summary>The hyperparameters the options describe, as the model's reader will see them.</summary>
+    private static ModelConfig Config(SyntheticModelOptions o, int vocab)
     {
-        int dim = options.Dimension, ffn = options.FeedForwardLength;
+        var architecture = ModelArchitecture.Find(o.Architecture)!;
+        var c = architecture.CompleteConfig(new ModelConfig
+        {
+            Architecture = o.Architecture,
+            Dim = o.Dimension,
+            LayerCount = o.LayerCount,
+            HeadCount = o.HeadCount,
+            KvHeadCount = o.KvHeadCount,
+            HeadDim = o.HeadDimension,
+            FfnDim = o.FeedForwardLength,
+            VocabSize = vocab,
+            ContextLength = o.ContextLength,
+            RmsEps = o.RmsNormEpsilon,
+            RopeBase = o.RopeFreqBase,
+            RopeDim = o.HeadDimension,
+            RopeLayout = architecture.GgufRopeLayout,
+        }, o.SlidingWindow);
+        return o.AttentionLogitSoftCap > 0 ? c with { AttentionLogitSoftCap = o.AttentionLogitSoftCap, FinalLogitSoftCap = o.FinalLogitSoftCap } : c;
+    }
+
+    private static void WriteModel(string path, SyntheticModelOptions options, ModelArchitecture architecture, ModelConfig config, GgufFile donor,
+        List<(string Name, int Cols, int Rows, GgmlType Type, bool IsNorm)> tensors, CancellationToken cancellationToken)
+    {
         var type = options.TensorType;
         using var w = GgufWriter.Create(path);
-        w.AddString("general.architecture", "llama");
+        w.AddString("general.architecture", architecture.Name);
         w.AddString("general.name", options.Name);
         w.AddUInt32("general.file_type", type switch
         {
@@ -88,16 +101,7 @@ public static class SyntheticModel
             GgmlType.F16 => 1u, // LLAMA_FTYPE_MOSTLY_F16
             _ => 7u,            // LLAMA_FTYPE_MOSTLY_Q8_0
         });
-        w.AddUInt32("llama.context_length", (uint)options.ContextLength);
-        w.AddUInt32("llama.embedding_length", (uint)dim);
-        w.AddUInt32("llama.block_count", (uint)options.LayerCount);
-        w.AddUInt32("llama.feed_forward_length", (uint)ffn);
-        w.AddUInt32("llama.rope.dimension_count", (uint)options.HeadDimension);
-        w.AddUInt32("llama.attention.head_count", (uint)options.HeadCount);
-        w.AddUInt32("llama.attention.head_count_kv", (uint)options.KvHeadCount);
-        w.AddFloat32("llama.attention.layer_norm_rms_epsilon", options.RmsNormEpsilon);
-        w.AddFloat32("llama.rope.freq_base", options.RopeFreqBase);
-        w.AddUInt32("llama.vocab_size", (uint)vocab);
+        architecture.WriteGgufMetadata(w, config);
         foreach (var key in donor.MetadataKeys)
             if (key.StartsWith("tokenizer.", StringComparison.Ordinal)) w.AddValue(key, donor.Metadata[key]);
 
@@ -105,7 +109,8 @@ public static class SyntheticModel
             w.AddTensorInfo(t.Name, t.Rows == 1 ? [t.Cols] : [t.Cols, t.Rows], t.Type);
         w.WriteHeader();
 
-        int maxCols = Math.Max(dim, ffn);
+        int maxCols = 0;
+        foreach (var t in tensors) maxCols = Math.Max(maxCols, t.Cols);
         var row = new float[maxCols];
         var encoded = new byte[SyntheticModelQuantizer.RowBytes(GgmlType.F32, maxCols)];
         for (int i = 0; i < tensors.Count; i++)

@@ -23,6 +23,9 @@ public sealed record SyntheticModelOptions
     private readonly string _tokenizerDonorPath = "";
     private readonly string _name = "synthetic";
 
+    /// <summary>GGUF architecture name (see <c>ModelConfig.SupportedArchitectures</c>). Defaults to <c>llama</c>.</summary>
+    public string Architecture { get; init; } = "llama";
+
     /// <summary>Model (embedding) dimension. Defaults to 64.</summary>
     public int Dimension { get => _dimension; init => _dimension = Positive(value, nameof(Dimension)); }
 
@@ -89,15 +92,36 @@ public sealed record SyntheticModelOptions
     /// <summary>The <c>general.name</c> value. Defaults to "synthetic".</summary>
     public string Name { get => _name; init => _name = value ?? throw new ArgumentNullException(nameof(Name)); }
 
-    /// <summary>Size of one attention head: <see cref="Dimension"/> / <see cref="HeadCount"/>.</summary>
-    public int HeadDimension => Dimension / HeadCount;
+    private readonly int _headDimension;
+
+    /// <summary>
+    /// Size of one attention head. Defaults to <see cref="Dimension"/> / <see cref="HeadCount"/>; architectures with
+    /// their own head size (qwen3, gemma) may set another.
+    /// </summary>
+    public int HeadDimension
+    {
+        get => _headDimension > 0 ? _headDimension : Dimension / HeadCount;
+        init => _headDimension = Positive(value, nameof(HeadDimension));
+    }
+
+    /// <summary>
+    /// Sliding attention window of the layers that have one (gemma2/gemma3's local layers, mistral-style llama's every
+    /// layer). 0, the default, takes the architecture's choice for a small model (4 positions where it has local layers).
+    /// </summary>
+    public int SlidingWindow { get; init; }
+
+    /// <summary>gemma2's attention logit soft-cap, with <see cref="FinalLogitSoftCap"/>; 0, the default, takes the architecture's (50 and 30).</summary>
+    public float AttentionLogitSoftCap { get; init; }
+
+    /// <summary>gemma2's final logit soft-cap (used when <see cref="AttentionLogitSoftCap"/> is set).</summary>
+    public float FinalLogitSoftCap { get; init; }
 
     /// <summary>Checks the relations between the options.</summary>
     /// <exception cref="ArgumentException">The options do not describe a valid llama model.</exception>
     public void Validate()
     {
         if (TokenizerDonorPath.Length == 0) throw new ArgumentException("a tokenizer donor GGUF is required", nameof(TokenizerDonorPath));
-        if (Dimension % HeadCount != 0) throw new ArgumentException($"dimension {Dimension} is not a multiple of the head count {HeadCount}");
+        if (_headDimension == 0 && Dimension % HeadCount != 0) throw new ArgumentException($"dimension {Dimension} is not a multiple of the head count {HeadCount}");
         if (HeadCount % KvHeadCount != 0) throw new ArgumentException($"head count {HeadCount} is not a multiple of the KV head count {KvHeadCount}");
         if (HeadDimension % 2 != 0) throw new ArgumentException($"head dimension {HeadDimension} must be even for RoPE");
         if (TensorType == GgmlType.Q8_0 && (Dimension % 32 != 0 || FeedForwardLength % 32 != 0))

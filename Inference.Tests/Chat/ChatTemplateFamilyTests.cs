@@ -120,6 +120,175 @@ public class ChatTemplateFamilyTests
         Assert.That(e.Message, Is.EqualTo("System role not supported"));
     }
 
+    // Qwen/Qwen3-8B: ChatML; a namespace found by walking the messages backwards; reasoning split off earlier answers.
+    private const string Qwen3Template = """
+        {%- if tools %}
+            {{- '<|im_start|>system\n' }}
+            {%- if messages[0].role == 'system' %}
+                {{- messages[0].content + '\n\n' }}
+            {%- endif %}
+            {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+            {%- for tool in tools %}
+                {{- "\n" }}
+                {{- tool | tojson }}
+            {%- endfor %}
+            {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+        {%- else %}
+            {%- if messages[0].role == 'system' %}
+                {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+            {%- endif %}
+        {%- endif %}
+        {%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+        {%- for message in messages[::-1] %}
+            {%- set index = (messages|length - 1) - loop.index0 %}
+            {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+                {%- set ns.multi_step_tool = false %}
+                {%- set ns.last_query_index = index %}
+            {%- endif %}
+        {%- endfor %}
+        {%- for message in messages %}
+            {%- if message.content is string %}
+                {%- set content = message.content %}
+            {%- else %}
+                {%- set content = '' %}
+            {%- endif %}
+            {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+                {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+            {%- elif message.role == "assistant" %}
+                {%- set reasoning_content = '' %}
+                {%- if message.reasoning_content is string %}
+                    {%- set reasoning_content = message.reasoning_content %}
+                {%- else %}
+                    {%- if '</think>' in content %}
+                        {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+                        {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+                    {%- endif %}
+                {%- endif %}
+                {%- if loop.index0 > ns.last_query_index %}
+                    {%- if loop.last or (not loop.last and reasoning_content) %}
+                        {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+                    {%- else %}
+                        {{- '<|im_start|>' + message.role + '\n' + content }}
+                    {%- endif %}
+                {%- else %}
+                    {{- '<|im_start|>' + message.role + '\n' + content }}
+                {%- endif %}
+                {%- if message.tool_calls %}
+                    {%- for tool_call in message.tool_calls %}
+                        {%- if (loop.first and content) or (not loop.first) %}
+                            {{- '\n' }}
+                        {%- endif %}
+                        {%- if tool_call.function %}
+                            {%- set tool_call = tool_call.function %}
+                        {%- endif %}
+                        {{- '<tool_call>\n{"name": "' }}
+                        {{- tool_call.name }}
+                        {{- '", "arguments": ' }}
+                        {%- if tool_call.arguments is string %}
+                            {{- tool_call.arguments }}
+                        {%- else %}
+                            {{- tool_call.arguments | tojson }}
+                        {%- endif %}
+                        {{- '}\n</tool_call>' }}
+                    {%- endfor %}
+                {%- endif %}
+                {{- '<|im_end|>\n' }}
+            {%- elif message.role == "tool" %}
+                {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+                    {{- '<|im_start|>user' }}
+                {%- endif %}
+                {{- '\n<tool_response>\n' }}
+                {{- content }}
+                {{- '\n</tool_response>' }}
+                {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+                    {{- '<|im_end|>\n' }}
+                {%- endif %}
+            {%- endif %}
+        {%- endfor %}
+        {%- if add_generation_prompt %}
+            {{- '<|im_start|>assistant\n' }}
+            {%- if enable_thinking is defined and enable_thinking is false %}
+                {{- '<think>\n\n</think>\n\n' }}
+            {%- endif %}
+        {%- endif %}
+        """;
+
+    [Test]
+    public void Qwen3()
+    {
+        Assert.That(Render(Qwen3Template, Conversation, "", "<|im_end|>"), Is.EqualTo(
+            "<|im_start|>system\nYou are terse.<|im_end|>\n" +
+            "<|im_start|>user\nHi there<|im_end|>\n" +
+            "<|im_start|>assistant\nHello! How can I help?<|im_end|>\n" +
+            "<|im_start|>user\nTell me a joke.\n<|im_end|>\n" +
+            "<|im_start|>assistant\n"));
+        // An earlier answer's reasoning is dropped; a reply after the last question keeps it.
+        ChatMessage[] thinking =
+        [
+            ChatMessage.User("2+2?"),
+            ChatMessage.Assistant("<think>\nadd them\n</think>\n\n4"),
+            ChatMessage.User("and 3+3?"),
+            ChatMessage.Assistant("<think>\nagain\n</think>\n\n6"),
+        ];
+        Assert.That(Render(Qwen3Template, thinking, "", "<|im_end|>", GenerationPrompt.Omit), Is.EqualTo(
+            "<|im_start|>user\n2+2?<|im_end|>\n" +
+            "<|im_start|>assistant\n4<|im_end|>\n" +
+            "<|im_start|>user\nand 3+3?<|im_end|>\n" +
+            "<|im_start|>assistant\n<think>\nagain\n</think>\n\n6<|im_end|>\n"));
+    }
+
+    // google/gemma-3-1b-it: the system message becomes a prefix of the first user turn.
+    private const string Gemma3Template = """
+        {{ bos_token }}
+        {%- if messages[0]['role'] == 'system' -%}
+            {%- if messages[0]['content'] is string -%}
+                {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+            {%- else -%}
+                {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+            {%- endif -%}
+            {%- set loop_messages = messages[1:] -%}
+        {%- else -%}
+            {%- set first_user_prefix = "" -%}
+            {%- set loop_messages = messages -%}
+        {%- endif -%}
+        {%- for message in loop_messages -%}
+            {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+                {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+            {%- endif -%}
+            {%- if (message['role'] == 'assistant') -%}
+                {%- set role = "model" -%}
+            {%- else -%}
+                {%- set role = message['role'] -%}
+            {%- endif -%}
+            {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+            {%- if message['content'] is string -%}
+                {{ message['content'] | trim }}
+            {%- elif message['content'] is iterable -%}
+                {%- for item in message['content'] -%}
+                    {%- if item['type'] == 'image' -%}
+                        {{ '<start_of_image>' }}
+                    {%- elif item['type'] == 'text' -%}
+                        {{ item['text'] | trim }}
+                    {%- endif -%}
+                {%- endfor -%}
+            {%- else -%}
+                {{ raise_exception("Invalid content type") }}
+            {%- endif -%}
+            {{ '<end_of_turn>\n' }}
+        {%- endfor -%}
+        {%- if add_generation_prompt -%}
+            {{'<start_of_turn>model\n'}}
+        {%- endif -%}
+        """;
+
+    [Test]
+    public void Gemma3()
+    {
+        Assert.That(Render(Gemma3Template, Conversation, "<bos>", "<eos>"), Is.EqualTo(
+            "<bos><start_of_turn>user\nYou are terse.\n\nHi there<end_of_turn>\n<start_of_turn>model\nHello! How can I help?<end_of_turn>\n" +
+            "<start_of_turn>user\nTell me a joke.<end_of_turn>\n<start_of_turn>model\n"));
+    }
+
     // HuggingFaceH4/zephyr-7b-beta (also TinyLlama-1.1B-Chat): one tag per line, relies on trim_blocks.
     private const string ZephyrTemplate = """
         {% for message in messages %}

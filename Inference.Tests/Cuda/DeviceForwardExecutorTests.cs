@@ -22,9 +22,9 @@ public class DeviceForwardExecutorTests
     private static readonly Dictionary<string, string> Models = new();
 
     /// <summary>A synthetic model written once per shape and type for the whole run.</summary>
-    internal static string Model(int heads, int kvHeads, GgmlType type, int headDim = 16)
+    internal static string Model(int heads, int kvHeads, GgmlType type, int headDim = 16, string architecture = "llama")
     {
-        string key = $"{heads}-{kvHeads}-{type}-{headDim}";
+        string key = $"{architecture}-{heads}-{kvHeads}-{type}-{headDim}";
         lock (Models)
         {
             if (Models.TryGetValue(key, out var path)) return path;
@@ -32,7 +32,7 @@ public class DeviceForwardExecutorTests
             // NOTE: headDim 16 keeps the CPU accelerator fast; the GPU tests use headDim 64 for the PTX kernels.
             SyntheticModel.Write(path, new SyntheticModelOptions
             {
-                TokenizerDonorPath = TestData.Stories260K, Dimension = heads * headDim, HeadCount = heads, KvHeadCount = kvHeads,
+                Architecture = architecture, TokenizerDonorPath = TestData.Stories260K, Dimension = heads * headDim, HeadCount = heads, KvHeadCount = kvHeads,
                 LayerCount = 2, FeedForwardLength = 96, TensorType = type, Seed = heads * 10 + kvHeads, WeightScale = 0.08f,
             });
             Models[key] = path;
@@ -51,6 +51,26 @@ public class DeviceForwardExecutorTests
         var errors = RunScenario(DeviceTestAccelerator.Cpu, Model(heads, kvHeads, GgmlType.F32), blockSize, KvCacheDataType.Float32, CudaAttentionKernels.Ilgpu);
         TestContext.Out.WriteLine($"MHA/GQA/MQA {heads}/{kvHeads}, block {blockSize}: relative L2 per step {string.Join(", ", errors.Select(e => e.ToString("E2")))}");
         Assert.That(errors.Max(), Is.LessThan(1e-3));
+    }
+
+    /// <summary>Every architecture's graph on the device executor against the CPU path (one op kind each at least once).</summary>
+    [TestCase("qwen2")]
+    [TestCase("qwen3")]
+    [TestCase("gemma3")]
+    public void Architectures_MatchTheCpuPath(string architecture)
+    {
+        var errors = RunScenario(DeviceTestAccelerator.Cpu, Model(8, 2, GgmlType.F32, architecture: architecture), 8, KvCacheDataType.Float32, CudaAttentionKernels.Ilgpu);
+        TestContext.Out.WriteLine($"{architecture}: relative L2 per step {string.Join(", ", errors.Select(e => e.ToString("E2")))}");
+        Assert.That(errors.Max(), Is.LessThan(1e-4));
+    }
+
+    /// <summary>gemma2's attention logit soft-capping has no device kernel: the executor refuses it before uploading anything.</summary>
+    [Test]
+    public void Gemma2_IsRefusedWithATypedError()
+    {
+        var e = Assert.Throws<NotSupportedException>(() =>
+            RunScenario(DeviceTestAccelerator.Cpu, Model(8, 2, GgmlType.F32, architecture: "gemma2"), 8, KvCacheDataType.Float32, CudaAttentionKernels.Ilgpu));
+        Assert.That(e!.Message, Does.Contain("gemma2").And.Contain("soft-capping"));
     }
 
     [TestCase(GgmlType.F16, KvCacheDataType.Float32)]

@@ -68,6 +68,31 @@ public class LayerKernelTests
         PagedAttentionCase.AssertClose(expected, ob.GetAsArray1D(), 1e-6f, 1e-5f, "swiglu");
     }
 
+    [Test]
+    public void GeGluAndSoftCapMatchReference()
+    {
+        var rng = new Random(6);
+        var gate = PagedAttentionCase.Random(rng, 1000, 6f);
+        var up = PagedAttentionCase.Random(rng, 1000);
+        var expected = new float[1000];
+        ReferenceLayer.GeGlu(gate, up, expected);
+        using var gb = Acc.Allocate1D(gate);
+        using var ub = Acc.Allocate1D(up);
+        using var ob = Acc.Allocate1D(PagedAttentionCase.Poisoned(1000));
+        Kernels.Value.GeGlu(gb.View, ub.View, ob.View, 1000);
+        Acc.Synchronize();
+        PagedAttentionCase.AssertClose(expected, ob.GetAsArray1D(), 1e-6f, 1e-5f, "geglu");
+
+        var logits = PagedAttentionCase.Random(rng, 1000, 80f);
+        var capped = (float[])logits.Clone();
+        ReferenceLayer.SoftCap(capped, 30f);
+        using var lb = Acc.Allocate1D(logits);
+        Kernels.Value.SoftCap(lb.View, 30f, 1000);
+        Acc.Synchronize();
+        PagedAttentionCase.AssertClose(capped, lb.GetAsArray1D(), 1e-5f, 1e-5f, "softcap");
+        Assert.That(capped.Max(), Is.LessThan(30f));
+    }
+
     public enum WeightType { F32, F16, Q8_0 }
 
     [TestCase(WeightType.F32, 13, 96, 1)]

@@ -20,6 +20,9 @@ namespace Inference.Tests.Models;
 [TestFixture("llama", SafetensorsDType.F32, false, 2, 1e-3)]
 [TestFixture("llama", SafetensorsDType.F16, false, 1, 5e-3)]
 [TestFixture("qwen2", SafetensorsDType.F32, true, 1, 1e-3)]
+[TestFixture("qwen3", SafetensorsDType.F32, false, 1, 1e-3)]
+[TestFixture("gemma2", SafetensorsDType.F32, true, 1, 1e-3)]
+[TestFixture("gemma3", SafetensorsDType.F32, true, 1, 1e-3)]
 public class HfCheckpointDifferentialTests(string modelType, SafetensorsDType dtype, bool tied, int shards, double llamaCppTolerance)
 {
     private string _dir = "";
@@ -39,13 +42,44 @@ public class HfCheckpointDifferentialTests(string modelType, SafetensorsDType dt
     {
         _dir = TestData.TempDir();
         _hfDir = Path.Combine(_dir, "hf");
-        HfTestCheckpoint.Write(_hfDir, new HfTestCheckpointOptions { ModelType = modelType, DType = dtype, TieWordEmbeddings = tied, Shards = shards });
+        HfTestCheckpoint.Write(_hfDir, Options(modelType) with { ModelType = modelType, DType = dtype, TieWordEmbeddings = tied, Shards = shards });
         _ggufPath = Path.Combine(_dir, "converted.gguf");
         _asStoredPath = Path.Combine(_dir, "as-stored.gguf");
         using var checkpoint = HfCheckpoint.Open(_hfDir);
         checkpoint.ConvertToGguf(_ggufPath);
         HfCheckpointGgufConverter.Write(checkpoint, _asStoredPath, QkRowOrder.AsStored, CancellationToken.None);
     }
+
+    /// <summary>
+    /// What each architecture's checkpoint has beyond llama's: qwen3 and gemma a head size of their own (32, the query
+    /// width 256 against a hidden size of 128); gemma a window of 4 on its local layers, GELU-tanh, the attention scale
+    /// of query_pre_attn_scalar (= head size, as the released models), gemma2 strong soft-caps, gemma3 six layers (one
+    /// global) with RoPE bases 10⁶ (global) and 10⁴ (local).
+    /// </summary>
+    private static HfTestCheckpointOptions Options(string modelType) => modelType switch
+    {
+        "qwen3" => new HfTestCheckpointOptions { HeadDim = 32 },
+        "gemma2" => new HfTestCheckpointOptions
+        {
+            HeadDim = 32, SlidingWindow = 4,
+            ExtraConfig = new Dictionary<string, string>
+            {
+                ["hidden_act"] = "\"gelu_pytorch_tanh\"", ["hidden_activation"] = "\"gelu_pytorch_tanh\"", ["sliding_window"] = "4",
+                ["query_pre_attn_scalar"] = "32", ["attn_logit_softcapping"] = "0.5", ["final_logit_softcapping"] = "2.0",
+            },
+        },
+        "gemma3" => new HfTestCheckpointOptions
+        {
+            HeadDim = 32, SlidingWindow = 4, Layers = 6,
+            ExtraConfig = new Dictionary<string, string>
+            {
+                ["hidden_act"] = "\"gelu_pytorch_tanh\"", ["hidden_activation"] = "\"gelu_pytorch_tanh\"", ["sliding_window"] = "4",
+                ["sliding_window_pattern"] = "6", ["query_pre_attn_scalar"] = "32", ["rope_local_base_freq"] = "10000.0", ["rope_theta"] = "1000000.0",
+                ["final_logit_softcapping"] = "null", ["attn_logit_softcapping"] = "null",
+            },
+        },
+        _ => new HfTestCheckpointOptions(),
+    };
 
     [OneTimeTearDown]
     public void TearDown() => Directory.Delete(_dir, recursive: true);
@@ -73,7 +107,9 @@ public class HfCheckpointDifferentialTests(string modelType, SafetensorsDType dt
         var layout = modelType == "llama" ? RopeLayout.Normal : RopeLayout.Neox;
         Assert.That(checkpoint.Config.RopeLayout, Is.EqualTo(RopeLayout.Neox));
         Assert.That(fromGguf.RopeLayout, Is.EqualTo(layout));
-        Assert.That(fromGguf, Is.EqualTo(checkpoint.Config with { RopeLayout = layout }));
+        // NOTE: the windows are a list (compared by reference in the record's equality): compared apart.
+        Assert.That(fromGguf with { SlidingWindows = null }, Is.EqualTo(checkpoint.Config with { RopeLayout = layout, SlidingWindows = null }));
+        Assert.That(fromGguf.SlidingWindows ?? [], Is.EqualTo(checkpoint.Config.SlidingWindows ?? []));
         Assert.That(checkpoint.Config.HasAttentionBias, Is.EqualTo(modelType == "qwen2"));
         Assert.That(checkpoint.TieWordEmbeddings, Is.EqualTo(tied));
         Assert.That(gguf.FindTensor("output.weight") is null, Is.EqualTo(tied));

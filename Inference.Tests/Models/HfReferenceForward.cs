@@ -4,38 +4,63 @@ using Inference.Models;
 namespace Inference.Tests.Models;
 
 /// <summary>
-/// A plain llama forward pass for one sequence (llama2.c style, double accumulation) over any weight source: the
-/// reference the bound weights are checked with.
+/// A plain forward pass for one sequence (llama2.c style, double accumulation) over any weight source: the reference the
+/// bound weights and the engine are checked with. It reads the architecture's features from the configuration and the
+/// tensors present, written independently of the model graph: Q/K/V biases, per-head Q/K RMSNorm (qwen3, gemma3),
+/// post-attention and post-feed-forward norms, gemma's √dim embedding scale and GELU-tanh, the attention scale, sliding
+/// windows with their own RoPE base, attention and final logit soft-capping.
 /// </summary>
 internal static class HfReferenceForward
 {
-    public static float[] LastLogits(IWeightSource w, ModelConfig c, int[] tokens)
+    /// <param name="w">The weights, by GGUF name.</param>
+    /// <param name="c">The configuration.</param>
+    /// <param name="tokens">The sequence.</param>
+    /// <param name="ggmlGelu">
+    /// GELU as ggml's CPU backend computes it (input and output rounded to f16 through its table, 0 below −10 and the
+    /// identity above 10) instead of exactly: to show that this rounding is what separates llama.cpp's gemma logits from
+    /// an exact forward pass.
+    /// </param>
+    public static float[] LastLogits(IWeightSource w, ModelConfig c, int[] tokens, bool ggmlGelu = false)
     {
         int dim = c.Dim, hd = c.HeadDim, n = tokens.Length;
+        bool gemma = c.Architecture is "gemma2" or "gemma3";
         var embedding = Dense(w.GetMatrix("token_embd.weight", c.VocabSize, dim));
         var output = w.Contains("output.weight") ? Dense(w.GetMatrix("output.weight", c.VocabSize, dim)) : embedding;
         var keys = new double[c.LayerCount][][];   // [layer][pos][kvDim]
         var values = new double[c.LayerCount][][];
         double[] x = new double[dim];
-        double[] invFreq = new double[c.RopeDim / 2];
         var freqFactors = c.RopeScaling == RopeScaling.Llama3 ? w.GetVector("rope_freqs.weight", c.RopeDim / 2) : null;
-        for (int i = 0; i < invFreq.Length; i++)
+        double[] InvFreq(bool local)
         {
-            invFreq[i] = Math.Pow(c.RopeBase, -2.0 * i / c.RopeDim);
-            if (freqFactors is not null) invFreq[i] /= freqFactors[i];
-            if (c.RopeScaling == RopeScaling.Linear) invFreq[i] /= c.RopeScalingFactor;
+            var f = new double[c.RopeDim / 2];
+            for (int i = 0; i < f.Length; i++)
+            {
+                if (local)
+                {
+                    f[i] = Math.Pow(c.SlidingWindowRopeBase, -2.0 * i / c.RopeDim);
+                    continue;
+                }
+                f[i] = Math.Pow(c.RopeBase, -2.0 * i / c.RopeDim);
+                if (freqFactors is not null) f[i] /= freqFactors[i];
+                if (c.RopeScaling == RopeScaling.Linear) f[i] /= c.RopeScalingFactor;
+            }
+            return f;
         }
-        var layers = new (float[] AttnNorm, float[][] Q, float[][] K, float[][] V, float[][] O, float[]? Qb, float[]? Kb, float[]? Vb, float[] FfnNorm, float[][] Gate, float[][] Up, float[][] Down)[c.LayerCount];
+        double[] globalFreq = InvFreq(false), localFreq = c.SlidingWindowRopeBase > 0 ? InvFreq(true) : globalFreq;
+        double scale = c.AttentionScale > 0 ? c.AttentionScale : 1.0 / Math.Sqrt(hd);
+        var layers = new Layer[c.LayerCount];
         for (int l = 0; l < c.LayerCount; l++)
         {
             string p = $"blk.{l}.";
-            layers[l] = (w.GetVector(p + "attn_norm.weight", dim)!,
+            layers[l] = new Layer(w.GetVector(p + "attn_norm.weight", dim)!,
                 Dense(w.GetMatrix(p + "attn_q.weight", c.QDim, dim)), Dense(w.GetMatrix(p + "attn_k.weight", c.KvDim, dim)),
                 Dense(w.GetMatrix(p + "attn_v.weight", c.KvDim, dim)), Dense(w.GetMatrix(p + "attn_output.weight", dim, c.QDim)),
                 w.GetVector(p + "attn_q.bias", c.QDim, optional: true), w.GetVector(p + "attn_k.bias", c.KvDim, optional: true),
-                w.GetVector(p + "attn_v.bias", c.KvDim, optional: true), w.GetVector(p + "ffn_norm.weight", dim)!,
+                w.GetVector(p + "attn_v.bias", c.KvDim, optional: true),
+                w.GetVector(p + "attn_q_norm.weight", hd, optional: true), w.GetVector(p + "attn_k_norm.weight", hd, optional: true),
+                w.GetVector(p + "post_attention_norm.weight", dim, optional: true), w.GetVector(p + "ffn_norm.weight", dim)!,
                 Dense(w.GetMatrix(p + "ffn_gate.weight", c.FfnDim, dim)), Dense(w.GetMatrix(p + "ffn_up.weight", c.FfnDim, dim)),
-                Dense(w.GetMatrix(p + "ffn_down.weight", dim, c.FfnDim)));
+                Dense(w.GetMatrix(p + "ffn_down.weight", dim, c.FfnDim)), w.GetVector(p + "post_ffw_norm.weight", dim, optional: true));
             keys[l] = new double[n][];
             values[l] = new double[n][];
         }
@@ -43,49 +68,88 @@ internal static class HfReferenceForward
 
         for (int pos = 0; pos < n; pos++)
         {
-            for (int i = 0; i < dim; i++) x[i] = embedding[tokens[pos]][i];
+            for (int i = 0; i < dim; i++) x[i] = embedding[tokens[pos]][i] * (gemma ? Math.Sqrt(dim) : 1.0);
             for (int l = 0; l < c.LayerCount; l++)
             {
                 var L = layers[l];
+                int window = c.LayerSlidingWindow(l);
                 var xb = RmsNorm(x, L.AttnNorm, c.RmsEps);
                 var q = MatVec(L.Q, xb, L.Qb);
                 var k = MatVec(L.K, xb, L.Kb);
                 var v = MatVec(L.V, xb, L.Vb);
+                if (L.QNorm is not null) HeadNorm(q, L.QNorm, c.RmsEps);
+                if (L.KNorm is not null) HeadNorm(k, L.KNorm, c.RmsEps);
+                var invFreq = window > 0 ? localFreq : globalFreq;
                 Rope(q, c.HeadCount, hd, c.RopeDim, c.RopeLayout, pos, invFreq);
                 Rope(k, c.KvHeadCount, hd, c.RopeDim, c.RopeLayout, pos, invFreq);
                 keys[l][pos] = k;
                 values[l][pos] = v;
                 var att = new double[c.QDim];
+                int first = window > 0 ? Math.Max(0, pos + 1 - window) : 0;
                 for (int h = 0; h < c.HeadCount; h++)
                 {
                     int kvh = h / c.KvMul;
                     var scores = new double[pos + 1];
                     double max = double.NegativeInfinity;
-                    for (int t = 0; t <= pos; t++)
+                    for (int t = first; t <= pos; t++)
                     {
                         double s = 0;
                         for (int i = 0; i < hd; i++) s += q[h * hd + i] * keys[l][t][kvh * hd + i];
-                        scores[t] = s / Math.Sqrt(hd);
-                        max = Math.Max(max, scores[t]);
+                        s *= scale;
+                        if (c.AttentionLogitSoftCap > 0) s = c.AttentionLogitSoftCap * Math.Tanh(s / c.AttentionLogitSoftCap);
+                        scores[t] = s;
+                        max = Math.Max(max, s);
                     }
                     double sum = 0;
-                    for (int t = 0; t <= pos; t++) sum += scores[t] = Math.Exp(scores[t] - max);
-                    for (int t = 0; t <= pos; t++)
+                    for (int t = first; t <= pos; t++) sum += scores[t] = Math.Exp(scores[t] - max);
+                    for (int t = first; t <= pos; t++)
                         for (int i = 0; i < hd; i++) att[h * hd + i] += scores[t] / sum * values[l][t][kvh * hd + i];
                 }
                 var o = MatVec(L.O, att, null);
+                if (L.PostAttnNorm is not null) o = RmsNorm(o, L.PostAttnNorm, c.RmsEps);
                 for (int i = 0; i < dim; i++) x[i] += o[i];
                 xb = RmsNorm(x, L.FfnNorm, c.RmsEps);
                 var gate = MatVec(L.Gate, xb, null);
                 var up = MatVec(L.Up, xb, null);
-                for (int i = 0; i < gate.Length; i++) gate[i] = gate[i] / (1 + Math.Exp(-gate[i])) * up[i];
+                for (int i = 0; i < gate.Length; i++)
+                {
+                    double g = gate[i];
+                    gate[i] = (gemma ? (ggmlGelu ? GgmlGelu(g) : Gelu(g)) : g / (1 + Math.Exp(-g))) * up[i];
+                }
                 var down = MatVec(L.Down, gate, null);
+                if (L.PostFfwNorm is not null) down = RmsNorm(down, L.PostFfwNorm, c.RmsEps);
                 for (int i = 0; i < dim; i++) x[i] += down[i];
             }
         }
         var final = RmsNorm(x, outputNorm, c.RmsEps);
         var logits = MatVec(output, final, null);
+        if (c.FinalLogitSoftCap > 0)
+            for (int i = 0; i < logits.Length; i++) logits[i] = c.FinalLogitSoftCap * Math.Tanh(logits[i] / c.FinalLogitSoftCap);
         return Array.ConvertAll(logits, v => (float)v);
+    }
+
+    private static double Gelu(double g) => 0.5 * g * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (g + 0.044715 * g * g * g)));
+
+    private static double GgmlGelu(double g)
+    {
+        float x = (float)g;
+        if (x <= -10f) return 0;
+        if (x >= 10f) return x;
+        return (float)(Half)Gelu((float)(Half)x);
+    }
+
+    private sealed record Layer(float[] AttnNorm, float[][] Q, float[][] K, float[][] V, float[][] O, float[]? Qb, float[]? Kb, float[]? Vb,
+        float[]? QNorm, float[]? KNorm, float[]? PostAttnNorm, float[] FfnNorm, float[][] Gate, float[][] Up, float[][] Down, float[]? PostFfwNorm);
+
+    /// <summary>RMSNorm of every head of <paramref name="v"/> with one [headDim] weight.</summary>
+    private static void HeadNorm(double[] v, float[] weight, float eps)
+    {
+        int hd = weight.Length;
+        for (int h = 0; h < v.Length / hd; h++)
+        {
+            var head = RmsNorm(v[(h * hd)..((h + 1) * hd)], weight, eps);
+            head.CopyTo(v, h * hd);
+        }
     }
 
     private static unsafe float[][] Dense(WeightMatrix m)

@@ -20,6 +20,10 @@ public sealed record HfTestCheckpointOptions
     public int Shards { get; init; } = 1;
     public bool TieWordEmbeddings { get; init; }
     public string ModelType { get; init; } = "llama";
+    /// <summary>Head size when not hidden / heads (qwen3, gemma); 0: hidden / heads.</summary>
+    public int HeadDim { get; init; }
+    /// <summary>Sliding window of the layers that have one (see <c>SyntheticModelOptions.SlidingWindow</c>); 0: the architecture's choice.</summary>
+    public int SlidingWindow { get; init; }
     /// <summary>Extra JSON members written into config.json (raw JSON values by key).</summary>
     public IReadOnlyDictionary<string, string> ExtraConfig { get; init; } = new Dictionary<string, string>();
 }
@@ -37,11 +41,30 @@ public static class HfTestCheckpoint
         Directory.CreateDirectory(dir);
         using var donor = GgufFile.Open(Support.TestData.Stories260K);
         int vocab = donor.GetArray<string>("tokenizer.ggml.tokens")!.Length;
-        int headDim = o.Hidden / o.Heads, kvDim = o.KvHeads * headDim;
+        int headDim = o.HeadDim > 0 ? o.HeadDim : o.Hidden / o.Heads, kvDim = o.KvHeads * headDim;
+        var architecture = Inference.Models.Architectures.ModelArchitecture.Find(o.ModelType)
+            ?? throw new ArgumentException($"unknown model type '{o.ModelType}'");
+        bool llamaFamily = o.ModelType is "llama" or "qwen2";
 
         // [name, shape] in the order transformers' state dict has them.
         var tensors = new List<(string Name, long[] Shape, bool Norm)> { ("model.embed_tokens.weight", [vocab, o.Hidden], false) };
-        for (int l = 0; l < o.Layers; l++)
+        if (!llamaFamily)
+        {
+            // Any other architecture: the tensors its forward pass reads, under their Hugging Face names.
+            tensors.Clear();
+            var config = architecture.CompleteConfig(new Inference.Models.ModelConfig
+            {
+                Architecture = o.ModelType, Dim = o.Hidden, LayerCount = o.Layers, HeadCount = o.Heads, KvHeadCount = o.KvHeads,
+                HeadDim = headDim, FfnDim = o.Intermediate, VocabSize = vocab, ContextLength = 2048, RmsEps = 1e-5f,
+                RopeBase = 10000f, RopeDim = headDim, RopeLayout = Inference.Models.RopeLayout.Neox,
+            }, o.SlidingWindow);
+            foreach (var spec in architecture.PlanTensors(config, o.TieWordEmbeddings))
+            {
+                string hf = architecture.TensorNames.ToHf(spec.Name) ?? throw new InvalidOperationException($"'{spec.Name}' has no Hugging Face name");
+                tensors.Add((hf, spec.IsMatrix ? [spec.Rows, spec.Cols] : [spec.Rows], !spec.IsMatrix));
+            }
+        }
+        for (int l = 0; l < (llamaFamily ? o.Layers : 0); l++)
         {
             string p = $"model.layers.{l}.";
             tensors.Add((p + "self_attn.q_proj.weight", [o.Hidden, o.Hidden], false));
@@ -60,8 +83,11 @@ public static class HfTestCheckpoint
             tensors.Add((p + "input_layernorm.weight", [o.Hidden], true));
             tensors.Add((p + "post_attention_layernorm.weight", [o.Hidden], true));
         }
-        tensors.Add(("model.norm.weight", [o.Hidden], true));
-        if (!o.TieWordEmbeddings) tensors.Add(("lm_head.weight", [vocab, o.Hidden], false));
+        if (llamaFamily)
+        {
+            tensors.Add(("model.norm.weight", [o.Hidden], true));
+            if (!o.TieWordEmbeddings) tensors.Add(("lm_head.weight", [vocab, o.Hidden], false));
+        }
 
         var rng = new Random(o.Seed);
         var weightMap = new Dictionary<string, string>();
@@ -80,7 +106,8 @@ public static class HfTestCheckpoint
                 for (int i = 0; i < values.Length; i++)
                 {
                     float z = Normal(rng);
-                    values[i] = t.Norm ? 1f + 0.1f * o.WeightScale * z : o.WeightScale * z;
+                    // NOTE: a norm's weight is near 1 as the model applies it (gemma stores it less 1).
+                    values[i] = t.Norm ? 1f - architecture.HfNormOffset(architecture.TensorNames.ToGguf(t.Name) ?? "") + 0.1f * o.WeightScale * z : o.WeightScale * z;
                 }
                 w.WriteTensorData(t.Name, values);
                 weightMap[t.Name] = file;
@@ -106,7 +133,7 @@ public static class HfTestCheckpoint
         {
             w.WriteStartObject();
             w.WriteStartArray("architectures");
-            w.WriteStringValue(o.ModelType == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM");
+            w.WriteStringValue(architecture.HfClassNames[0]);
             w.WriteEndArray();
             w.WriteString("model_type", o.ModelType);
             w.WriteNumber("hidden_size", o.Hidden);
@@ -114,12 +141,13 @@ public static class HfTestCheckpoint
             w.WriteNumber("num_attention_heads", o.Heads);
             w.WriteNumber("num_key_value_heads", o.KvHeads);
             w.WriteNumber("intermediate_size", o.Intermediate);
+            if (o.HeadDim > 0) w.WriteNumber("head_dim", o.HeadDim);
             w.WriteNumber("rms_norm_eps", 1e-5);
-            w.WriteNumber("rope_theta", 10000.0);
+            if (!o.ExtraConfig.ContainsKey("rope_theta")) w.WriteNumber("rope_theta", 10000.0);
             w.WriteNumber("max_position_embeddings", 2048);
             w.WriteNumber("vocab_size", vocab);
             w.WriteBoolean("tie_word_embeddings", o.TieWordEmbeddings);
-            w.WriteString("hidden_act", "silu");
+            if (!o.ExtraConfig.ContainsKey("hidden_act")) w.WriteString("hidden_act", "silu");
             w.WriteNull("rope_scaling");
             w.WriteString("torch_dtype", o.DType switch { SafetensorsDType.F32 => "float32", SafetensorsDType.F16 => "float16", _ => "bfloat16" });
             w.WriteNumber("bos_token_id", 1);

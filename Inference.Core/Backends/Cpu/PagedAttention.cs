@@ -196,7 +196,7 @@ public static class PagedAttention
                     TWidth.Widen(nextValue.Advance(), headDim, wv + (long)j * headDim);
                 }
                 // The widened rows as a one-head cache of one block: position from + j at row j (the same window).
-                var rowShape = new PagedAttentionShape(kvMul, 1, headDim, rowCount) { SlidingWindow = shape.SlidingWindow };
+                var rowShape = new PagedAttentionShape(kvMul, 1, headDim, rowCount) { SlidingWindow = shape.SlidingWindow, LogitSoftCap = shape.LogitSoftCap };
                 var wkSpan = new ReadOnlySpan<float>(wk, rowCount * headDim);
                 var wvSpan = new ReadOnlySpan<float>(wv, rowCount * headDim);
                 ReadOnlySpan<int> oneBlock = [0];
@@ -298,7 +298,7 @@ public static class PagedAttention
                 scores[m * n + j - first] = TensorPrimitives.Dot(groupQuery.Slice(m * headDim, headDim), k);
         }
 
-        Softmax(scores, kvMul, n, scale);
+        Softmax(scores, kvMul, n, scale, shape.LogitSoftCap);
 
         // Pass 2: out = Σ_j w_j · v_j.
         groupOut.Clear();
@@ -357,7 +357,7 @@ public static class PagedAttention
             {
                 // Rows widened in registers instead (the room of the eight rows holds the re-biased queries).
                 GroupAttention256.Scores(q, kvMul, headDim, keys, table, bs, kvStride, rows, first, n, sc, scale, buffer, 8 * headDim, prefetched);
-                Softmax(scores, kvMul, n, scale: 1f);
+                Softmax(scores, kvMul, n, scale: 1f, shape.LogitSoftCap);
                 GroupAttention256.Values(sc, kvMul, headDim, values, table, bs, kvStride, rows, first, n, o, prefetched);
                 return;
             }
@@ -382,7 +382,7 @@ public static class PagedAttention
                 for (int m = 0; m < kvMul; m++) sc[m * n + j] = TWidth.Dot(q + m * headDim, k, headDim) * scale;
             }
 
-            Softmax(scores, kvMul, n, scale: 1f);
+            Softmax(scores, kvMul, n, scale: 1f, shape.LogitSoftCap);
 
             // Pass 2: out = Σ_j w_j · v_j in position order, eight positions per load and store of the output.
             groupOut.Clear();
@@ -409,13 +409,22 @@ public static class PagedAttention
         }
     }
 
-    /// <summary>Softmax of each head's scores, [kvMul, contextLength]: scale (unless already scaled: 1), subtract the max, exponentiate, normalize.</summary>
-    private static void Softmax(Span<float> scores, int kvMul, int contextLength, float scale)
+    /// <summary>
+    /// Softmax of each head's scores, [kvMul, contextLength]: scale (unless already scaled: 1), soft-cap (unless
+    /// <paramref name="softCap"/> is 0), subtract the max, exponentiate, normalize.
+    /// </summary>
+    private static void Softmax(Span<float> scores, int kvMul, int contextLength, float scale, float softCap)
     {
         for (int m = 0; m < kvMul; m++)
         {
             var s = scores.Slice(m * contextLength, contextLength);
             if (scale != 1f) TensorPrimitives.Multiply(s, scale, s);
+            if (softCap != 0f)
+            {
+                TensorPrimitives.Multiply(s, 1f / softCap, s);
+                TensorPrimitives.Tanh(s, s);
+                TensorPrimitives.Multiply(s, softCap, s);
+            }
             float max = TensorPrimitives.Max(s);
             TensorPrimitives.Subtract(s, max, s);
             TensorPrimitives.Exp(s, s);

@@ -10,7 +10,8 @@ public static class PagedAttentionReference
 {
     /// <summary>
     /// out[i, h] = Σ_{first ≤ j ≤ start+i} softmax_j(q[i, h] · k[j, h / kvMul] / √headDim) · v[j, h / kvMul], with
-    /// first = 0, or start + i − W + 1 (at least 0) for a <see cref="PagedAttentionShape.SlidingWindow"/> W.
+    /// first = 0, or start + i − W + 1 (at least 0) for a <see cref="PagedAttentionShape.SlidingWindow"/> W; each
+    /// score soft-capped as c · tanh(s / c) for a <see cref="PagedAttentionShape.LogitSoftCap"/> c.
     /// </summary>
     /// <param name="shape">Heads, head size and window (<see cref="PagedAttentionShape.BlockSize"/> is not used).</param>
     /// <param name="query">[tokenCount, heads, headDim]; token i sits at position <paramref name="startPosition"/> + i.</param>
@@ -50,6 +51,7 @@ public static class PagedAttentionReference
                     double dot = 0;
                     for (int d = 0; d < headDim; d++) dot += (double)query[q + d] * keys[k + d];
                     scores[j] = dot * scale;
+                    if (shape.LogitSoftCap != 0) scores[j] = shape.LogitSoftCap * Math.Tanh(scores[j] / shape.LogitSoftCap);
                     max = Math.Max(max, scores[j]);
                 }
                 double sum = 0;

@@ -52,6 +52,20 @@ public readonly record struct PagedAttentionShape
         }
     }
 
+    /// <summary>
+    /// Attention logit soft-capping (gemma2): each scaled score s becomes c · tanh(s / c) before the softmax. 0, the
+    /// default, leaves the scores as they are.
+    /// </summary>
+    public float LogitSoftCap
+    {
+        get;
+        init
+        {
+            if (!(value >= 0) || !float.IsFinite(value)) throw new ArgumentOutOfRangeException(nameof(value), value, "must be finite and not negative");
+            field = value;
+        }
+    }
+
     /// <summary>The first position a query sees when <paramref name="contextLength"/> positions (its own the last) exist.</summary>
     public int FirstVisible(int contextLength) =>
         SlidingWindow > 0 && contextLength > SlidingWindow ? contextLength - SlidingWindow : 0;

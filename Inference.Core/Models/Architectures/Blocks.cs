@@ -19,27 +19,32 @@ internal static class Blocks
 
     /// <summary>
     /// RoPE angles from the configuration: θᵢ = base^(−2i/ropeDim), divided by Llama 3.1's per-dimension factors
-    /// (<c>rope_freqs.weight</c>) or by the linear scaling factor.
+    /// (<c>rope_freqs.weight</c>) or by the linear scaling factor. With <paramref name="unscaledBase"/> (gemma3's local
+    /// layers), that base and no scaling.
     /// </summary>
-    public static RopeTable DefaultRope(GraphBuilder b)
+    public static RopeTable DefaultRope(GraphBuilder b, float unscaledBase = 0f)
     {
         var c = b.Config;
         var invFreq = new double[c.RopeDim / 2];
-        float[]? freqFactors = c.RopeScaling == RopeScaling.Llama3 ? b.ReadVector("rope_freqs.weight", c.RopeDim / 2) : null;
+        bool scaled = unscaledBase == 0f;
+        float[]? freqFactors = scaled && c.RopeScaling == RopeScaling.Llama3 ? b.ReadVector("rope_freqs.weight", c.RopeDim / 2) : null;
         for (int i = 0; i < invFreq.Length; i++)
         {
-            invFreq[i] = Math.Pow(c.RopeBase, -2.0 * i / c.RopeDim);
+            invFreq[i] = Math.Pow(scaled ? c.RopeBase : unscaledBase, -2.0 * i / c.RopeDim);
             if (freqFactors is not null) invFreq[i] /= freqFactors[i];
-            if (c.RopeScaling == RopeScaling.Linear) invFreq[i] /= c.RopeScalingFactor;
+            if (scaled && c.RopeScaling == RopeScaling.Linear) invFreq[i] /= c.RopeScalingFactor;
         }
         return new RopeTable(invFreq, c.HeadDim, c.RopeDim, c.RopeLayout);
     }
 
     /// <summary>
     /// Pre-norm self-attention with a residual: x += Wo · attention(rope(Wq·n + bq), rope(Wk·n + bk), Wv·n + bv), n = rmsnorm(x) ⊙ attn_norm.
-    /// Biases are used where the configuration or the tensors say so.
+    /// Biases are used where the configuration or the tensors say so. With <paramref name="qkNorm"/> (qwen3, gemma3) every
+    /// head of Q and K is RMS-normalised with <c>attn_q_norm</c>/<c>attn_k_norm</c> ([headDim]) before RoPE; with
+    /// <paramref name="postNorm"/> (gemma) the output is RMS-normalised with <c>post_attention_norm</c> before the residual
+    /// add. The configuration's attention scale (as a factor on Q) and logit soft-capping apply.
     /// </summary>
-    public static void SelfAttention(GraphBuilder b, int x, int xb, int rope)
+    public static void SelfAttention(GraphBuilder b, int x, int xb, int rope, bool qkNorm = false, bool postNorm = false)
     {
         var c = b.Config;
         int q = b.Buffer("q", c.QDim), k = b.Buffer("k", c.KvDim), v = b.Buffer("v", c.KvDim), att = b.Buffer("att", c.QDim);
@@ -51,10 +56,18 @@ internal static class Blocks
         b.AddBias(q, Bias(b, "attn_q.bias", c.QDim));
         b.AddBias(k, Bias(b, "attn_k.bias", c.KvDim));
         b.AddBias(v, Bias(b, "attn_v.bias", c.KvDim));
+        if (qkNorm)
+        {
+            b.RmsNorm(q, b.Vector(b.LayerName("attn_q_norm.weight"), c.HeadDim), q, c.RmsEps, c.HeadDim);
+            b.RmsNorm(k, b.Vector(b.LayerName("attn_k_norm.weight"), c.HeadDim), k, c.RmsEps, c.HeadDim);
+        }
         b.Rope(q, rope);
         b.Rope(k, rope);
-        b.Attention(q, k, v, att, c.LayerSlidingWindow(b.Layer));
+        // The attention kernels scale scores by 1/√headDim; another scale is a factor on Q (as llama.cpp applies it).
+        if (c.AttentionScale > 0 && c.AttentionScale != 1f / MathF.Sqrt(c.HeadDim)) b.Scale(q, c.AttentionScale * MathF.Sqrt(c.HeadDim));
+        b.Attention(q, k, v, att, c.LayerSlidingWindow(b.Layer), c.AttentionLogitSoftCap);
         b.MatMul(att, b.Matrix(b.LayerName("attn_output.weight"), c.Dim, c.QDim), xb);
+        if (postNorm) b.RmsNorm(xb, b.Vector(b.LayerName("post_attention_norm.weight"), c.Dim), xb, c.RmsEps);
         b.AddTo(x, xb);
     }
 
@@ -62,8 +75,12 @@ internal static class Blocks
     private static int Bias(GraphBuilder b, string suffix, int length) =>
         b.Config.HasAttentionBias ? b.Vector(b.LayerName(suffix), length) : b.OptionalVector(b.LayerName(suffix), length);
 
-    /// <summary>Pre-norm SwiGLU feed-forward with a residual: x += Wdown · (silu(Wgate·n) ⊙ Wup·n), n = rmsnorm(x) ⊙ ffn_norm.</summary>
-    public static void SwiGluFeedForward(GraphBuilder b, int x, int xb)
+    /// <summary>
+    /// Pre-norm SwiGLU feed-forward with a residual: x += Wdown · (silu(Wgate·n) ⊙ Wup·n), n = rmsnorm(x) ⊙ ffn_norm.
+    /// With <paramref name="gelu"/> (gemma's GeGLU) GELU's tanh approximation instead of SiLU; with
+    /// <paramref name="postNorm"/> the output is RMS-normalised with <c>post_ffw_norm</c> before the residual add.
+    /// </summary>
+    public static void SwiGluFeedForward(GraphBuilder b, int x, int xb, bool gelu = false, bool postNorm = false)
     {
         var c = b.Config;
         int gate = b.Buffer("gate", c.FfnDim), up = b.Buffer("up", c.FfnDim);
@@ -71,8 +88,10 @@ internal static class Blocks
         b.MatMul(xb,
             b.Matrix(b.LayerName("ffn_gate.weight"), c.FfnDim, c.Dim), gate,
             b.Matrix(b.LayerName("ffn_up.weight"), c.FfnDim, c.Dim), up);
-        b.SwiGlu(gate, up);
+        if (gelu) b.GeGlu(gate, up);
+        else b.SwiGlu(gate, up);
         b.MatMul(gate, b.Matrix(b.LayerName("ffn_down.weight"), c.Dim, c.FfnDim), xb);
+        if (postNorm) b.RmsNorm(xb, b.Vector(b.LayerName("post_ffw_norm.weight"), c.Dim), xb, c.RmsEps);
         b.AddTo(x, xb);
     }
 
@@ -89,6 +108,7 @@ internal static class Blocks
         b.RmsNorm(last, b.Vector("output_norm.weight", c.Dim), last, c.RmsEps);
         int output = b.Has("output.weight") ? b.Matrix("output.weight", c.VocabSize, c.Dim) : embedding;
         b.MatMul(last, output, logits);
+        b.SoftCap(logits, c.FinalLogitSoftCap);
         return logits;
     }
 }

@@ -23,6 +23,12 @@ internal abstract class ModelArchitecture
     /// <summary>The transformers class names of <c>config.json</c>'s <c>architectures</c> list.</summary>
     public abstract IReadOnlyList<string> HfClassNames { get; }
 
+    /// <summary>The Hugging Face <c>model_type</c> values of this architecture (by default its <see cref="Name"/>).</summary>
+    public virtual IReadOnlyList<string> HfModelTypes => [Name];
+
+    /// <summary>The <c>hidden_act</c> / <c>hidden_activation</c> values of <c>config.json</c> this architecture runs.</summary>
+    public virtual IReadOnlyList<string> HfActivations { get; } = ["silu"];
+
     /// <summary>Tensor names, GGUF and Hugging Face.</summary>
     public abstract TensorNameMap TensorNames { get; }
 
@@ -38,6 +44,71 @@ internal abstract class ModelArchitecture
     /// <summary>Adds this architecture's settings from <c>config.json</c> (<paramref name="root"/>) to <paramref name="config"/>.</summary>
     public virtual ModelConfig ReadHf(string path, JsonElement root, ModelConfig config) => config;
 
+    /// <summary>
+    /// <paramref name="c"/> with this architecture's own settings (those <see cref="ReadGguf"/> adds) at the values a
+    /// model of it usually has, for writers of new model files; <paramref name="slidingWindow"/> is the window of layers
+    /// that have one (0: a small default).
+    /// </summary>
+    public virtual ModelConfig CompleteConfig(ModelConfig c, int slidingWindow) => c;
+
+    /// <summary>
+    /// What a Hugging Face checkpoint's stored value of vector <paramref name="ggufName"/> lacks of the value the model
+    /// applies (gemma's RMSNorm weights are stored less 1 and applied as 1 + w; llama.cpp's converter adds the 1): 0 for
+    /// most tensors.
+    /// </summary>
+    public virtual float HfNormOffset(string ggufName) => 0f;
+
+    /// <summary>
+    /// Writes the hyperparameters of <paramref name="c"/> as GGUF metadata under this architecture's keys (what
+    /// <see cref="ModelConfig.FromGguf"/> and llama.cpp read back); <c>general.*</c> and tokenizer keys are the caller's.
+    /// </summary>
+    public virtual void WriteGgufMetadata(GgufWriter w, ModelConfig c)
+    {
+        string a = Name;
+        w.AddUInt32($"{a}.context_length", (uint)c.ContextLength);
+        w.AddUInt32($"{a}.embedding_length", (uint)c.Dim);
+        w.AddUInt32($"{a}.block_count", (uint)c.LayerCount);
+        w.AddUInt32($"{a}.feed_forward_length", (uint)c.FfnDim);
+        w.AddUInt32($"{a}.rope.dimension_count", (uint)c.RopeDim);
+        w.AddUInt32($"{a}.attention.head_count", (uint)c.HeadCount);
+        w.AddUInt32($"{a}.attention.head_count_kv", (uint)c.KvHeadCount);
+        if (c.HeadDim * c.HeadCount != c.Dim)
+        {
+            w.AddUInt32($"{a}.attention.key_length", (uint)c.HeadDim);
+            w.AddUInt32($"{a}.attention.value_length", (uint)c.HeadDim);
+        }
+        w.AddFloat32($"{a}.attention.layer_norm_rms_epsilon", c.RmsEps);
+        w.AddFloat32($"{a}.rope.freq_base", c.RopeBase);
+        w.AddUInt32($"{a}.vocab_size", (uint)c.VocabSize);
+        if (c.RopeScaling == RopeScaling.Linear)
+        {
+            w.AddString($"{a}.rope.scaling.type", "linear");
+            w.AddFloat32($"{a}.rope.scaling.factor", c.RopeScalingFactor);
+        }
+    }
+
+    /// <summary>
+    /// The tensors a model of <paramref name="config"/> reads, in the order its forward pass first uses them, with GGUF
+    /// names and shapes (optional tensors: Q/K/V biases when <see cref="ModelConfig.HasAttentionBias"/>, the output head
+    /// unless <paramref name="tiedOutput"/>). Writers of model files list their tensors from here.
+    /// </summary>
+    public IReadOnlyList<WeightSpec> PlanTensors(ModelConfig config, bool tiedOutput) =>
+        Build(config, new PlanningWeightSource(tiedOutput)).Weights;
+
+    /// <summary>A weight source that has every required tensor and, of the optional ones, only the output head when asked.</summary>
+    private sealed class PlanningWeightSource(bool tiedOutput) : IWeightSource
+    {
+        public string Description => "(planned)";
+        public bool Contains(string name) => name == "output.weight" && !tiedOutput;
+        public Backends.Cpu.WeightMatrix GetMatrix(string name, int rows, int cols) => default;
+        public float[]? GetVector(string name, int length, bool optional = false)
+        {
+            var ones = new float[length];
+            Array.Fill(ones, 1f);
+            return ones;
+        }
+    }
+
     /// <summary>Emits the forward pass for <see cref="GraphBuilder.Config"/> into <paramref name="b"/>; returns the logits buffer.</summary>
     protected abstract int Emit(GraphBuilder b);
 
@@ -50,13 +121,24 @@ internal abstract class ModelArchitecture
     }
 
     /// <summary>Every architecture this library runs.</summary>
-    public static IReadOnlyList<ModelArchitecture> All { get; } = [LlamaArchitecture.Llama, LlamaArchitecture.Qwen2];
+    public static IReadOnlyList<ModelArchitecture> All { get; } = [
+        LlamaArchitecture.Llama, LlamaArchitecture.Qwen2, Qwen3Architecture.Instance, GemmaArchitecture.Gemma2, GemmaArchitecture.Gemma3,
+    ];
 
     /// <summary>The architecture named <paramref name="name"/> (GGUF or Hugging Face <c>model_type</c>), or null.</summary>
     public static ModelArchitecture? Find(string? name)
     {
         foreach (var a in All)
             if (a.Name == name) return a;
+        return null;
+    }
+
+    /// <summary>The architecture with Hugging Face <c>model_type</c> <paramref name="modelType"/>, or null.</summary>
+    public static ModelArchitecture? FindByHfModelType(string? modelType)
+    {
+        foreach (var a in All)
+            foreach (var t in a.HfModelTypes)
+                if (t == modelType) return a;
         return null;
     }
 

@@ -15,6 +15,10 @@ internal sealed class TensorNameMap(IReadOnlyList<(string Hf, string Gguf)> glob
     /// <summary>Tensors of every block, by suffix.</summary>
     public IReadOnlyList<(string Hf, string Gguf)> LayerSuffixes { get; } = layerSuffixes;
 
+    /// <summary>This map with more names (an architecture that extends another's blocks).</summary>
+    public TensorNameMap With(IReadOnlyList<(string Hf, string Gguf)> globals, IReadOnlyList<(string Hf, string Gguf)> layerSuffixes) =>
+        new([.. Globals, .. globals], [.. LayerSuffixes, .. layerSuffixes]);
+
     /// <summary>The Hugging Face name of GGUF tensor <paramref name="ggufName"/>, or null when it has none.</summary>
     public string? ToHf(string ggufName)
     {

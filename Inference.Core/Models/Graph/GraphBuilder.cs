@@ -97,9 +97,26 @@ internal sealed class GraphBuilder
 
     public void Rope(int dst, int table) => Add(Op(OpKind.Rope) with { Dst = dst, Param = table });
 
-    /// <summary>Attention of the current block; <paramref name="slidingWindow"/> W lets a query at p see p − W + 1 … p (0: all).</summary>
-    public void Attention(int q, int k, int v, int dst, int slidingWindow) =>
-        Add(Op(OpKind.Attention) with { Src = q, Src2 = k, Src3 = v, Dst = dst, Param = slidingWindow });
+    /// <summary>
+    /// Attention of the current block; <paramref name="slidingWindow"/> W lets a query at p see p − W + 1 … p (0: all);
+    /// <paramref name="logitSoftCap"/> c caps the scores at c · tanh(s / c) (0: not capped).
+    /// </summary>
+    public void Attention(int q, int k, int v, int dst, int slidingWindow, float logitSoftCap = 0f) =>
+        Add(Op(OpKind.Attention) with { Src = q, Src2 = k, Src3 = v, Dst = dst, Param = slidingWindow, Value = logitSoftCap });
+
+    /// <summary>dst ×= <paramref name="factor"/>; nothing when it is 1.</summary>
+    public void Scale(int dst, float factor)
+    {
+        if (factor != 1f) Add(Op(OpKind.Scale) with { Dst = dst, Value = factor });
+    }
+
+    /// <summary>dst = c · tanh(dst / c) for <paramref name="cap"/> c; nothing when it is 0.</summary>
+    public void SoftCap(int dst, float cap)
+    {
+        if (cap != 0f) Add(Op(OpKind.SoftCap) with { Dst = dst, Value = cap });
+    }
+
+    public void GeGlu(int gate, int up) => Add(Op(OpKind.GeGlu) with { Dst = gate, Src = up });
 
     public void AddTo(int dst, int src) => Add(Op(OpKind.Add) with { Dst = dst, Src = src });
 

@@ -15,7 +15,8 @@ internal enum OpKind : byte
     Rope,
     /// <summary>
     /// Stores K = Src2 and V = Src3 in layer <see cref="ModelOp.Layer"/>'s cache, then Dst = causal attention of Q = Src
-    /// over a sliding window of <see cref="ModelOp.Param"/> positions (0: every position).
+    /// over a sliding window of <see cref="ModelOp.Param"/> positions (0: every position), its scores soft-capped at
+    /// <see cref="ModelOp.Value"/> (0: not capped).
     /// </summary>
     Attention,
     /// <summary>Dst += Src.</summary>
@@ -24,6 +25,12 @@ internal enum OpKind : byte
     SwiGlu,
     /// <summary>Dst[i] = Src[token whose logits are row i] (each segment's last tokens that want logits); every operation after it runs on logit rows.</summary>
     GatherLogitRows,
+    /// <summary>Dst ×= <see cref="ModelOp.Value"/> (gemma's embedding scale √dim, a query scale).</summary>
+    Scale,
+    /// <summary>Dst = c · tanh(Dst / c), c = <see cref="ModelOp.Value"/> (gemma2's final logit soft-capping).</summary>
+    SoftCap,
+    /// <summary>Dst = gelu(Dst) ⊙ Src with GELU's tanh approximation (gemma's GeGLU feed-forward; Src may be overwritten).</summary>
+    GeGlu,
     /// <summary>Dst = Σ over the ranks of a tensor-parallel group of their Dst (after a row-parallel product's partial sums).</summary>
     AllReduce,
 }
@@ -50,7 +57,7 @@ internal readonly record struct ModelOp
     public int Width { get; init; }
     /// <summary>An integer parameter (the rotation table of <see cref="OpKind.Rope"/>, the window of <see cref="OpKind.Attention"/>).</summary>
     public int Param { get; init; }
-    /// <summary>A float parameter (ε of <see cref="OpKind.RmsNorm"/>).</summary>
+    /// <summary>A float parameter (ε of <see cref="OpKind.RmsNorm"/>, the factor of <see cref="OpKind.Scale"/>, the cap of <see cref="OpKind.SoftCap"/> and <see cref="OpKind.Attention"/>).</summary>
     public float Value { get; init; }
 
     /// <summary>An operation of <paramref name="kind"/> with every buffer and weight unset.</summary>
