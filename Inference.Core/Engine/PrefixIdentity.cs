@@ -13,6 +13,13 @@ namespace Inference.Engine;
 /// </summary>
 internal sealed record PrefixIdentity(ulong Model, ulong Tokenizer, ulong Rope, ulong Kv)
 {
+    /// <summary>
+    /// A hash of every weight's bytes (<see cref="LlamaModel.HashWeights"/>), computed on first use (the first prefix
+    /// file saved or loaded) and kept; prefix files carry it so a fine-tune with the same shapes is refused. Null: not
+    /// known (then a file's weights hash is not checked).
+    /// </summary>
+    public Lazy<UInt128>? Weights { get; init; }
+
     /// <summary>The block-hash salt.</summary>
     public long Salt
     {
@@ -46,6 +53,9 @@ internal sealed record PrefixIdentity(ulong Model, ulong Tokenizer, ulong Rope, 
         ulong rope = XxHash64.HashToUInt64(Encoding.UTF8.GetBytes(
             $"{config.RopeLayout}/{config.RopeBase:R}/{config.RopeDim}/{config.RopeScaling}/{config.RopeScalingFactor:R}"));
         ulong kvHash = XxHash64.HashToUInt64(Encoding.UTF8.GetBytes($"{kv.DataType}/{kv.BlockSize}"));
-        return new PrefixIdentity(modelHash.GetCurrentHashAsUInt64(), tokenizerHash.GetCurrentHashAsUInt64(), rope, kvHash);
+        return new PrefixIdentity(modelHash.GetCurrentHashAsUInt64(), tokenizerHash.GetCurrentHashAsUInt64(), rope, kvHash)
+        {
+            Weights = new Lazy<UInt128>(model.HashWeights),
+        };
     }
 }

@@ -16,6 +16,7 @@ public sealed class LlamaModel
 {
     private readonly WeightMatrix[] _matrices;   // by weight id; default for vectors
     private readonly float[]?[] _vectors;        // by weight id; null for matrices
+    private readonly WeightMatrix[] _stored;     // the matrices as bound, before PrepareForCpu repacks or copies them
     private ForwardState _state = new(0, null!);
     private readonly Parallelism.TensorParallelRank? _rank;
 
@@ -55,6 +56,38 @@ public sealed class LlamaModel
             if (specs[i].IsMatrix) _matrices[i] = weights.GetMatrix(specs[i].Name, specs[i].Rows, specs[i].Cols);
             else _vectors[i] = weights.GetVector(specs[i].Name, specs[i].Rows);
         }
+        _stored = (WeightMatrix[])_matrices.Clone();
+    }
+
+    /// <summary>
+    /// A 128-bit hash of every weight as bound (matrices as stored, before <see cref="PrepareForCpu"/>; vectors as
+    /// floats): each weight is hashed on its own with XXH3-128, in parallel, then their names, types, shapes and hashes
+    /// together. Two models hash alike only when every weight is equal, so a fine-tune of the same shapes differs. Reads
+    /// every weight byte once (at memory speed once the weights are paged in).
+    /// </summary>
+    internal unsafe UInt128 HashWeights()
+    {
+        var specs = Graph.Weights;
+        var hashes = new UInt128[specs.Length];
+        Parallel.For(0, specs.Length, i =>
+        {
+            var hash = new System.IO.Hashing.XxHash128();
+            if (_vectors[i] is { } vector) hash.Append(System.Runtime.InteropServices.MemoryMarshal.AsBytes(vector.AsSpan()));
+            else
+            {
+                var w = _stored[i];
+                long total = w.RowBytes * w.Rows;
+                for (long at = 0; at < total; at += 1 << 30)
+                    hash.Append(new ReadOnlySpan<byte>(w.Data + at, (int)Math.Min(1 << 30, total - at)));
+            }
+            hashes[i] = hash.GetCurrentHashAsUInt128();
+        });
+        var all = new System.IO.Hashing.XxHash128();
+        for (int i = 0; i < specs.Length; i++)
+        {
+            all.Append(System.Text.Encoding.UTF8.GetBytes($"{specs[i].Name}/{(specs[i].IsMatrix ? _stored[i].Type.ToString() : "f32")}/{specs[i].Rows}x{specs[i].Cols}/{hashes[i]}\n"));
+        }
+        return all.GetCurrentHashAsUInt128();
     }
 
     /// <summary>The model's hyperparameters.</summary>

@@ -117,4 +117,78 @@ public class PrefixCachingTests
             Directory.Delete(dir, true);
         }
     }
+
+    [Test]
+    public async Task PrefixFile_FromAFineTuneOfTheSameShapes_IsRefused()
+    {
+        var dir = TestData.TempDir();
+        try
+        {
+            string file = Path.Combine(dir, "system.kvprefix");
+            await using (var maker = await InferenceEngine.LoadAsync(TestData.Stories260K, Options(PrefixCachingMode.Enabled)))
+                await maker.SavePrefixAsync(Shared, file);
+
+            // The same file with a few weights of one middle layer changed, as a fine-tune (or a LoRA merged into it) does.
+            string tuned = Path.Combine(dir, "tuned.gguf");
+            File.Copy(TestData.Stories260K, tuned);
+            long offset;
+            using (var gguf = GgufFile.Open(TestData.Stories260K))
+            {
+                var tensor = gguf.Tensors.Single(t => t.Name == "blk.1.attn_v.weight");
+                offset = tensor.DataOffset + tensor.ByteCount / 2;
+            }
+            using (var stream = new FileStream(tuned, FileMode.Open, FileAccess.ReadWrite))
+            {
+                stream.Position = offset;
+                var bytes = new byte[16];
+                stream.ReadExactly(bytes);
+                for (int i = 0; i < bytes.Length; i++) bytes[i] ^= 0x10;
+                stream.Position = offset;
+                stream.Write(bytes);
+            }
+            await using (var tunedEngine = await InferenceEngine.LoadAsync(tuned, Options(PrefixCachingMode.Enabled)))
+                Assert.That(async () => await tunedEngine.LoadPrefixAsync(file), Throws.TypeOf<ModelFormatException>().With.Message.Contains("other weights"));
+
+            // The unchanged model still takes it.
+            await using var same = await InferenceEngine.LoadAsync(TestData.Stories260K, Options(PrefixCachingMode.Enabled));
+            Assert.That(await same.LoadPrefixAsync(file), Is.GreaterThan(0));
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    [Test]
+    public async Task PrefixFile_WithAnyByteChanged_IsRefusedByItsChecksum()
+    {
+        var dir = TestData.TempDir();
+        try
+        {
+            string file = Path.Combine(dir, "system.kvprefix");
+            await using var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, Options(PrefixCachingMode.Enabled));
+            await engine.SavePrefixAsync(Shared, file);
+            var original = File.ReadAllBytes(file);
+            var random = new Random(20261207);
+            // A byte of the header (the block count), of the weights hash, of the tokens and of the KV data, then random ones.
+            var offsets = new List<int> { 64, 70, 100, 104, original.Length / 2, original.Length - 1 };
+            for (int i = 0; i < 6; i++) offsets.Add(random.Next(12, original.Length));
+            foreach (int at in offsets)
+            {
+                if (at is >= 84 and < 100) continue; // the checksum itself
+                var corrupt = (byte[])original.Clone();
+                corrupt[at] ^= (byte)(1 << random.Next(8));
+                File.WriteAllBytes(file, corrupt);
+                Assert.That(async () => await engine.LoadPrefixAsync(file), Throws.TypeOf<ModelFormatException>().With.Message.Contains("checksum"), $"byte {at}");
+            }
+            var stats = await engine.GetStatsAsync();
+            Assert.That(stats.KvCache.UsedBlockCount, Is.Zero, "a refused file pins nothing");
+            File.WriteAllBytes(file, original);
+            Assert.That(await engine.LoadPrefixAsync(file), Is.GreaterThan(0));
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
 }
