@@ -102,8 +102,18 @@ public sealed class ClusterRouter : IAsyncDisposable
         {
             var hosts = await _grains.GetGrain<IManagementGrain>(0).GetHosts(onlyActive: true).ConfigureAwait(false);
             var lists = new List<Task<(ReplicaDescriptor[]? List, ReplicaLoad?[] Loads)>>();
-            foreach (var silo in hosts.Keys) lists.Add(DescribeSiloAsync(silo));
+            var silos = new List<string>();
+            foreach (var silo in hosts.Keys)
+            {
+                lists.Add(DescribeSiloAsync(silo));
+                silos.Add(silo.ToParsableString());
+            }
             var results = await Task.WhenAll(lists).ConfigureAwait(false);
+            // A silo that is still active but did not answer this time (busy, or the directory recovering from another
+            // silo's death) keeps its replicas: only membership removes a replica, a failed call marks it failed.
+            var unanswered = new HashSet<string>(StringComparer.Ordinal);
+            for (int i = 0; i < results.Length; i++)
+                if (results[i].List is null) unanswered.Add(silos[i]);
 
             List<ReplicaState> gone = [];
             lock (_lock)
@@ -129,7 +139,15 @@ public sealed class ClusterRouter : IAsyncDisposable
                     }
                 }
                 foreach (var (id, state) in _byId)
-                    if (!seen.Contains(id)) gone.Add(state);
+                {
+                    if (seen.Contains(id)) continue;
+                    if (unanswered.Contains(state.Descriptor.Silo))
+                    {
+                        if (!byModel.TryGetValue(state.Descriptor.ModelId, out var models)) byModel[state.Descriptor.ModelId] = models = [];
+                        models.Add(state);
+                    }
+                    else gone.Add(state);
+                }
                 foreach (var state in gone) _byId.Remove(state.Descriptor.ReplicaId);
                 var snapshot = new Dictionary<string, ReplicaState[]>(StringComparer.Ordinal);
                 foreach (var (model, states) in byModel) snapshot[model] = [.. states];
@@ -257,7 +275,7 @@ public sealed class ClusterRouter : IAsyncDisposable
         for (int attempt = 0; ; attempt++)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            var replica = await PickAsync(modelId, [], failed, cancellationToken).ConfigureAwait(false);
+            var replica = await PickAsync(modelId, null, failed, cancellationToken).ConfigureAwait(false);
             try
             {
                 return await call(replica.State).WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -392,7 +410,8 @@ public sealed class ClusterRouter : IAsyncDisposable
         lock (_lock) state.Failed = true;
     }
 
-    private async Task<(ReplicaState State, string Decision)> PickAsync(string modelId, int[] prompt, List<ReplicaState> exclude, CancellationToken cancellationToken)
+    // A null prompt (tokenizing) takes the least-loaded replica and is not counted as a routed request.
+    private async Task<(ReplicaState State, string Decision)> PickAsync(string modelId, int[]? prompt, List<ReplicaState> exclude, CancellationToken cancellationToken)
     {
         for (int pass = 0; ; pass++)
         {
@@ -408,7 +427,7 @@ public sealed class ClusterRouter : IAsyncDisposable
         }
     }
 
-    private (ReplicaState? State, string Decision) TryPick(string modelId, int[] prompt, List<ReplicaState> exclude)
+    private (ReplicaState? State, string Decision) TryPick(string modelId, int[]? prompt, List<ReplicaState> exclude)
     {
         lock (_lock)
         {
@@ -417,7 +436,7 @@ public sealed class ClusterRouter : IAsyncDisposable
             int live = 0;
             Span<BlockHash> hashes = stackalloc BlockHash[Options.AffinityBlocks];
             int hashCount = 0;
-            if (Options.Policy == RoutingPolicy.PrefixAffinity)
+            if (Options.Policy == RoutingPolicy.PrefixAffinity && prompt is not null)
             {
                 var d = all[0].Descriptor;
                 hashCount = BlockHash.ComputeChain(prompt, d.BlockSize, d.PrefixSalt, hashes);
@@ -432,6 +451,7 @@ public sealed class ClusterRouter : IAsyncDisposable
                 if (least is null || s.Load < least.Load || (s.Load == least.Load && s.Rank(firstHash) > least.Rank(firstHash))) least = s;
             }
             if (least is null) return (null, "");
+            if (prompt is null) return (least, "tokenize");
 
             ReplicaState chosen;
             string decision;

@@ -67,7 +67,8 @@ public class ClusterFailoverTests
             Assert.That(completion.TokenIds, Is.EqualTo(expected.TokenIds));
         }
         var after = router.GetStats();
-        TestContext.Out.WriteLine($"resent {after.ResendCount} of the {stranded} requests on the killed replica");
+        TestContext.Out.WriteLine($"resent {after.ResendCount} of the {stranded} requests on the killed replica; " +
+            string.Join(", ", after.Replicas.Where(r => r.Value.ModelId == ReplicaCluster.Model).Select(r => $"{r.Key}: {r.Value.RequestCount} requests{(r.Value.Failed ? ", failed" : "")}")));
         Assert.That(after.ResendCount, Is.EqualTo(stranded));
         Assert.That(after.FailedCount, Is.Zero);
         Assert.That(router.Replicas.Any(r => r.ReplicaId == victimId), Is.False, "the killed replica is no longer routed to");

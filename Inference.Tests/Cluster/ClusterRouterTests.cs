@@ -137,6 +137,7 @@ public class ClusterRouterTests
             Assert.That(cluster[i].PromptTokenIds, Is.EqualTo(expected.PromptTokenIds));
         }
         Assert.That(router.GetStats().Replicas.Values.Count(r => r.RequestCount > 0), Is.GreaterThan(1), "the requests were spread");
+        Assert.That(router.GetStats().RequestCount, Is.EqualTo(prompts.Count), "tokenizing on a replica is not a routed request");
     }
 
     [Test]
@@ -281,6 +282,15 @@ public class ClusterRouterTests
             }), Encoding.UTF8, "application/json"));
             Assert.That(logprobs.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
             Assert.That(await logprobs.Content.ReadAsStringAsync(), Does.Contain("log-probabilities"));
+            var echo = await http.PostAsync("/v1/completions", new StringContent(JsonSerializer.Serialize(new
+            {
+                model = ReplicaCluster.Model,
+                prompt = new[] { 1, 400, 300 },
+                max_tokens = 4,
+                echo = true,
+            }), Encoding.UTF8, "application/json"));
+            Assert.That(echo.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
+            Assert.That(await echo.Content.ReadAsStringAsync(), Does.Contain("echo"));
         }
         finally
         {

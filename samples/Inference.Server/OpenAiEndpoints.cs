@@ -36,6 +36,8 @@ internal static class OpenAiEndpoints
         try
         {
             var request = await ReadRequestAsync(context, kind, options).ConfigureAwait(false);
+            if (request.Echo && request.PromptTokens is not null && engine is not InferenceEngine)
+                throw OpenAiError.BadRequest("'echo' of a token prompt needs a local model to detokenize it (not available in front of a cluster)", "echo");
             var prompts = await TokenizeAsync(engine, options, kind, request, context.RequestAborted).ConfigureAwait(false);
             if (request.ToolChoice is "required" or "function") request = await ForceToolCallAsync(engine, options, request, context.RequestAborted).ConfigureAwait(false);
             var streams = Start(engine, prompts, request, abandon);
