@@ -12,8 +12,9 @@ namespace Inference.Benchmarks.E2e;
 /// through llama.cpp (LLamaSharp, one batch of B sequences). Metrics:
 /// prefill_tok_s = B·P / (time until every request has its first token);
 /// decode_tok_s = B·(N−1) / (time from then to the end), aggregate over all requests;
-/// ttft_ms and tpot_ms are means over requests. <c>--json-schema FILE</c> constrains every request to the schema
-/// (Inference only), to compare TPOT with and without the grammar mask.
+/// ttft_ms and tpot_ms are means over requests. <c>--json-schema FILE</c> (or <c>nested</c>: the grammar-mask
+/// benchmark's schema) constrains every request to the schema (Inference only); with <c>--compare-constraint</c> runs
+/// without and with it alternate in one process and a last line gives both TPOTs (best warm run of each) and their ratio.
 /// </summary>
 public static class E2eBenchmark
 {
@@ -28,7 +29,11 @@ public static class E2eBenchmark
         if (p < 1 || n < 2 || batch < 1) throw new ArgumentException("-p ≥ 1, -n ≥ 2 and --batch ≥ 1 are required");
 
         var prompts = MakePrompts(model, p, batch);
-        var constraint = a.Optional("--json-schema") is string schemaFile ? new Inference.Constraints.JsonSchemaConstraint(File.ReadAllText(schemaFile)) : null;
+        var constraint = a.Optional("--json-schema") is string schemaFile
+            ? new Inference.Constraints.JsonSchemaConstraint(schemaFile == "nested" ? Constraints.GrammarMaskBenchmark.NestedSchema : File.ReadAllText(schemaFile))
+            : null;
+        if (a.Optional("--compare-constraint") is not null)
+            return await CompareConstraintAsync(a, model, prompts, n, threads, repeat, constraint ?? throw new ArgumentException("--compare-constraint needs --json-schema FILE|nested"));
         E2eResult? best = null;
         // NOTE: the first pass over a model file reads it from disk; only warm passes count.
         for (int i = 0; i < repeat; i++)
@@ -46,6 +51,78 @@ public static class E2eBenchmark
         double bandwidth = a.Optional("--no-bandwidth") is null ? BandwidthBenchmark.Measure(threads, 1024) : 0;
         Console.WriteLine((best! with { WeightBytesPerToken = WeightBytesPerToken(model), BandwidthGbs = bandwidth }).ToJson());
         return 0;
+    }
+
+    /// <summary>
+    /// Alternates runs without and with <paramref name="constraint"/> (the first pair warms up and is not counted) and
+    /// prints each run, then the best TPOT of each and their ratio.
+    /// </summary>
+    private static async Task<int> CompareConstraintAsync(Args a, string model, int[][] prompts, int n, int threads, int repeat, Inference.Constraints.Constraint constraint)
+    {
+        var kv = a.String("--kv", "f16") == "f32" ? KvCacheDataType.Float32 : KvCacheDataType.Float16;
+        E2eResult? bestWithout = null, bestWith = null;
+        var withoutTpot = new List<double>();
+        var withTpot = new List<double>();
+        var generated = new List<int[]>();
+        for (int i = 0; i < repeat + 1; i++)
+        {
+            var without = await RunInferenceAsync(model, prompts, n, threads, kv);
+            generated.Clear();
+            var with = await RunInferenceAsync(model, prompts, n, threads, kv, constraint: constraint, generatedTokens: generated);
+            Console.WriteLine(without.ToJson());
+            Console.WriteLine(with.ToJson());
+            if (i == 0) continue;
+            withoutTpot.Add(without.TpotMs);
+            withTpot.Add(with.TpotMs);
+            if (bestWithout is null || without.TpotMs < bestWithout.TpotMs) bestWithout = without;
+            if (bestWith is null || with.TpotMs < bestWith.TpotMs) bestWith = with;
+        }
+        // The grammar's own work in a request, replayed: a fresh matcher (cold, as each request starts) masks the
+        // logits and accepts each token the constrained run generated, timed alone; robust to other load.
+        var replay = ReplayGrammar(model, constraint, generated);
+        withoutTpot.Sort();
+        withTpot.Sort();
+        Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
+        {
+            ["model"] = Path.GetFileName(model),
+            ["tpot_ms_without"] = Math.Round(bestWithout!.TpotMs, 3),
+            ["tpot_ms_with"] = Math.Round(bestWith!.TpotMs, 3),
+            ["ratio_best"] = Math.Round(bestWith.TpotMs / bestWithout.TpotMs, 4),
+            ["ratio_median"] = Math.Round(withTpot[withTpot.Count / 2] / withoutTpot[withoutTpot.Count / 2], 4),
+            ["generated_with"] = bestWith.GeneratedTokens,
+            ["grammar_us_per_token"] = Math.Round(replay.MeanUs, 1),
+            ["grammar_max_us"] = Math.Round(replay.MaxUs, 1),
+            ["grammar_fraction_of_tpot"] = Math.Round(replay.MeanUs / 1000 / bestWithout.TpotMs, 4),
+        }));
+        return 0;
+    }
+
+    /// <summary>Mean and largest time per token of masking the logits and accepting the token, over fresh matchers.</summary>
+    private static (double MeanUs, double MaxUs) ReplayGrammar(string model, Inference.Constraints.Constraint constraint, List<int[]> generated)
+    {
+        Inference.Tokenization.ModelTokenizer tokenizer;
+        using (var gguf = GgufFile.Open(model)) tokenizer = Inference.Tokenization.ModelTokenizer.FromGguf(gguf);
+        _ = constraint.CreateMatcher(tokenizer); // the vocabulary trie, built once per tokenizer (the engine's warm-up did this)
+        var logits = new float[tokenizer.VocabularySize];
+        double total = 0, max = 0;
+        int count = 0;
+        foreach (var tokens in generated)
+        {
+            var matcher = constraint.CreateMatcher(tokenizer);
+            foreach (int token in tokens)
+            {
+                logits.AsSpan().Fill(1f);
+                long t0 = Stopwatch.GetTimestamp();
+                matcher.ApplyMask(logits);
+                bool ok = matcher.TryAccept(token);
+                double us = Stopwatch.GetElapsedTime(t0).TotalMicroseconds;
+                if (!ok) throw new InvalidOperationException("a generated token is not allowed on replay");
+                total += us;
+                max = Math.Max(max, us);
+                count++;
+            }
+        }
+        return (total / Math.Max(1, count), max);
     }
 
     /// <summary>Weight bytes a decode step reads: all tensors but the embedding table, plus one embedding row.</summary>
@@ -76,7 +153,7 @@ public static class E2eBenchmark
         }).ToArray();
     }
 
-    internal static async Task<E2eResult> RunInferenceAsync(string model, int[][] prompts, int n, int threads, KvCacheDataType kv, QuantizationPreset? quantization = null, Inference.Constraints.Constraint? constraint = null)
+    internal static async Task<E2eResult> RunInferenceAsync(string model, int[][] prompts, int n, int threads, KvCacheDataType kv, QuantizationPreset? quantization = null, Inference.Constraints.Constraint? constraint = null, List<int[]>? generatedTokens = null)
     {
         var loadStart = Stopwatch.GetTimestamp();
         int b = prompts.Length, p = prompts[0].Length;
@@ -103,6 +180,7 @@ public static class E2eBenchmark
         }).ToArray();
         var results = await Task.WhenAll(tasks);
         var end = Stopwatch.GetTimestamp();
+        generatedTokens?.AddRange(results.Select(r => r.TokenIds.ToArray()));
 
         double prefillS = Stopwatch.GetElapsedTime(start, firstTokenAt.Max()).TotalSeconds;
         double decodeS = Stopwatch.GetElapsedTime(firstTokenAt.Max(), end).TotalSeconds;
@@ -115,6 +193,7 @@ public static class E2eBenchmark
             Stopwatch.GetElapsedTime(start, end).TotalSeconds)
         {
             ReadyS = readyS,
+            GeneratedTokens = generated,
         };
     }
 }

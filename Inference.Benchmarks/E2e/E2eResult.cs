@@ -16,6 +16,9 @@ public sealed record E2eResult(
     /// <summary>Seconds from the start of loading until the warm-up request is answered (0 when not measured).</summary>
     public double ReadyS { get; init; }
 
+    /// <summary>Tokens generated over all requests (fewer than batch × N when a constraint ends a request early).</summary>
+    public int GeneratedTokens { get; init; }
+
     public string ToJson() => JsonSerializer.Serialize(new Dictionary<string, object>
     {
         ["ready_s"] = Math.Round(ReadyS, 3),

@@ -1,5 +1,6 @@
 using Inference.Constraints;
 using Inference.Engine;
+using Inference.KvCache;
 using Inference.Loading;
 using Inference.Sampling;
 using Inference.Tests.Support;
@@ -34,6 +35,7 @@ public class ConstrainedGenerationTests
     }
 
     [TestCase("stories260K")]
+    [TestCase("random-byte-level")]
     public async Task EveryOutput_ValidatesAgainstItsSchema_ConcurrentRequests(string model)
     {
         string path = model == "stories260K" ? TestData.Stories260K : RandomByteLevelModel();
@@ -61,6 +63,61 @@ public class ConstrainedGenerationTests
     }
 
     [Test]
+    public async Task Greedy_UnderPreemptionAndPrefixHits_SameAsAlone_AndCancellationFreesBlocks()
+    {
+        // Constraints of every kind over prompts that share a prefix, on a pool small enough to preempt.
+        Constraint[] constraints =
+        [
+            new JsonSchemaConstraint(FiniteSchemas[0]), new JsonSchemaConstraint(FiniteSchemas[5]), JsonObjectConstraint.Instance,
+            new RegexConstraint("[a-z]+( [a-z]+){3,8}\\."), new ChoiceConstraint(["the cat sat", "a dog ran far away"]),
+            new GrammarConstraint("root ::= \"Tim\" (\" \" [a-z]+)+ \".\""),
+        ];
+        string[] prompts = ["Once upon a time, there was a little girl named Lily.", "Once upon a time, there was a little boy named Tim.", "Once upon a time, there was a big dog."];
+        var sampling = SamplingOptions.Greedy with { MaxTokens = 160 };
+        var options = new EngineOptions
+        {
+            Threads = 2, MaxNumSeqs = 12, MaxNumBatchedTokens = 64, ContextLength = 256, Device = Device.Cpu,
+            KvCache = new KvCacheOptions { BlockSize = 8, PoolBytes = 40 * KvCacheStorage.GetBlockByteCount(5, 8, 4, 8, KvCacheDataType.Float16) },
+        };
+        var expected = new List<Completion>();
+        await using (var plain = await InferenceEngine.LoadAsync(TestData.Stories260K, options with { KvCache = options.KvCache with { PoolBytes = null } }))
+            foreach (var c in constraints)
+                foreach (var p in prompts) expected.Add(await plain.CompleteAsync(p, sampling with { Constraint = c }));
+
+        await using var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, options);
+        using var cts = new CancellationTokenSource();
+        var cancelled = engine.GenerateAsync(prompts[0], new SamplingOptions { Seed = 3, MaxTokens = 200, Constraint = new RegexConstraint("[a-z ]+") }, cts.Token);
+        var cancelledRun = Task.Run(async () =>
+        {
+            int n = 0;
+            await foreach (var _ in cancelled)
+                if (++n == 5) cts.Cancel();
+        });
+        var results = await Task.WhenAll(Enumerable.Range(0, 2 * expected.Count).Select(i =>
+            engine.CompleteAsync(prompts[i % prompts.Length], sampling with { Constraint = constraints[i % expected.Count / prompts.Length] })));
+        Assert.That(async () => await cancelledRun, Throws.InstanceOf<OperationCanceledException>());
+        for (int i = 0; i < results.Length; i++)
+        {
+            var want = expected[i % expected.Count];
+            Assert.That(results[i].TokenIds, Is.EqualTo(want.TokenIds), $"request {i}");
+            Assert.That(results[i].FinishReason, Is.EqualTo(want.FinishReason));
+        }
+        foreach (var i in new[] { 0, 1 })
+        {
+            var c = results[i * prompts.Length];
+            Assert.That(c.FinishReason, Is.EqualTo(FinishReason.EndOfSequence), c.Text);
+            AssertValid(FiniteSchemas[i == 0 ? 0 : 5], c.Text);
+        }
+
+        var stats = await engine.GetStatsAsync();
+        Assert.That(stats.PreemptionCount, Is.GreaterThan(0), "the pool was small enough to force preemption");
+        Assert.That(stats.KvCache.PrefixHitTokenCount, Is.GreaterThan(0), "prompts hit the prefix cache");
+        Assert.That(stats.KvCache.UsedBlockCount, Is.Zero, "every KV block is free again, the cancelled request's too");
+        Assert.That(stats.RunningCount + stats.WaitingCount, Is.Zero);
+        await engine.Loop.InvokeAsync(l => { l.KvCache.CheckInvariants(); return 0; });
+    }
+
+    [Test]
     public async Task Cancellation_OfAConstrainedRequest_FreesItsBlocks()
     {
         await using var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Threads = 1 });
@@ -74,5 +131,6 @@ public class ConstrainedGenerationTests
         }, Throws.InstanceOf<OperationCanceledException>());
         var stats = await engine.GetStatsAsync();
         Assert.That(stats.RunningCount + stats.WaitingCount, Is.EqualTo(0));
+        Assert.That(stats.KvCache.UsedBlockCount, Is.Zero);
     }
 }

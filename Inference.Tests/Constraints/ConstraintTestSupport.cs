@@ -14,6 +14,8 @@ internal static class ConstraintTestSupport
     private static readonly Lazy<ModelTokenizer> DeepSeekLazy = new(() => Load("vocab/ggml-vocab-deepseek-llm.gguf"));
     private static readonly Lazy<ModelTokenizer> StoriesLazy = new(() => Load("stories260K.gguf"));
     private static readonly Lazy<ModelTokenizer> LlamaSpmLazy = new(() => Load("vocab/ggml-vocab-llama-spm.gguf"));
+    private static readonly Lazy<ModelTokenizer> Gpt2Lazy = new(() => Load("vocab/ggml-vocab-gpt-2.gguf"));
+    private static readonly Lazy<ModelTokenizer> Phi3Lazy = new(() => Load("vocab/ggml-vocab-phi-3.gguf"));
 
     /// <summary>deepseek-llm: byte-level BPE, about 100k tokens.</summary>
     public static ModelTokenizer DeepSeek => DeepSeekLazy.Value;
@@ -23,6 +25,12 @@ internal static class ConstraintTestSupport
 
     /// <summary>llama-spm: SentencePiece, 32k tokens.</summary>
     public static ModelTokenizer LlamaSpm => LlamaSpmLazy.Value;
+
+    /// <summary>gpt-2: byte-level BPE, 50k tokens.</summary>
+    public static ModelTokenizer Gpt2 => Gpt2Lazy.Value;
+
+    /// <summary>phi-3: SentencePiece with byte fallback and added special tokens, 32k tokens.</summary>
+    public static ModelTokenizer Phi3 => Phi3Lazy.Value;
 
     private static ModelTokenizer Load(string relative)
     {

@@ -86,6 +86,26 @@ public class GrammarMatcherTests
     }
 
     [Test]
+    public void EveryTokenizerWeLoad_WalksValidate_AndTheMaskAgreesWithIsTokenAllowed()
+    {
+        // Byte-level BPE (deepseek, gpt-2) and SentencePiece with byte fallback (stories260K, llama-spm, phi-3); the
+        // schema with non-ASCII keys and values makes tokens end inside multi-byte characters.
+        var tokenizers = new[] { ("deepseek", DeepSeek), ("gpt-2", Gpt2), ("stories260K", Stories), ("llama-spm", LlamaSpm), ("phi-3", Phi3) };
+        var schema = new JsonSchemaConstraint(FiniteSchemas[7]);
+        var regex = new RegexConstraint("[α-ω]{2}-[0-9]{3}");
+        foreach (var (name, tokenizer) in tokenizers)
+            for (int seed = 0; seed < 3; seed++)
+            {
+                var (bytes, ended) = RandomWalk(schema.CreateMatcher(tokenizer), tokenizer, new Random(seed), 2000, checkEvery: seed == 0 ? 3 : 0);
+                Assert.That(ended, Is.True, name);
+                AssertValid(FiniteSchemas[7], StrictUtf8(bytes));
+                (bytes, ended) = RandomWalk(regex.CreateMatcher(tokenizer), tokenizer, new Random(seed), 200, checkEvery: seed == 0 ? 2 : 0);
+                Assert.That(ended, Is.True, name);
+                Assert.That(StrictUtf8(bytes), Does.Match("^[α-ω]{2}-[0-9]{3}$"), name);
+            }
+    }
+
+    [Test]
     public void ByteLevelTokens_EndingInsideACharacter_AreAllowed()
     {
         // "日本" is three bytes a character; deepseek has byte tokens that hold part of one.
