@@ -124,25 +124,12 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         }
     }
 
-    /// <summary>Computes the logits at the last position of <paramref name="tokens"/> on the engine thread.</summary>
-    public Task<float[]> EvaluateAsync(int[] tokens, CancellationToken cancellationToken)
-    {
-        var work = new EvaluateWork(tokens, cancellationToken);
-        if (!_incoming.Writer.TryWrite(work)) throw new ObjectDisposedException(nameof(InferenceEngine));
-        return work.Result.Task;
-    }
-
     /// <summary>Runs <paramref name="action"/> on the engine thread between steps.</summary>
     public Task<T> InvokeAsync<T>(Func<EngineLoop, T> action)
     {
         var work = new InvokeWork<T>(action);
         if (!_incoming.Writer.TryWrite(work)) throw new ObjectDisposedException(nameof(InferenceEngine));
         return work.Result.Task;
-    }
-
-    private sealed record EvaluateWork(int[] Tokens, CancellationToken CancellationToken)
-    {
-        public TaskCompletionSource<float[]> Result { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
     private interface IInvokeWork
@@ -206,7 +193,6 @@ internal sealed partial class EngineLoop : IAsyncDisposable
             {
                 case GenerationRequest r when r.IsCancelled: CancelBeforeAdmission(r); break;
                 case GenerationRequest r: Admit(r); break;
-                case EvaluateWork w: RunEvaluate(w); break;
                 case IInvokeWork i: i.Run(this); break;
             }
         }
@@ -360,6 +346,20 @@ internal sealed partial class EngineLoop : IAsyncDisposable
             if (!chunks[i].SamplesToken || !_live.TryGetValue(chunks[i].RequestId, out var entry)) continue;
             var (r, scheduled) = entry;
             int logitIndex = _batch.Segments[i].LogitIndex;
+            if (r.OnPromptComputed is { } sideWork)
+            {
+                try
+                {
+                    sideWork(r.Id, _logits.AsSpan(logitIndex * vocab, vocab));
+                }
+                catch (Exception e) when (e is not OutOfMemoryException)
+                {
+                    Retire(r.Id, FinishReason.Cancelled, e);
+                    continue;
+                }
+                Retire(r.Id, FinishReason.Length);
+                continue;
+            }
             if (chunks[i].SpeculativeTokenCount > 0)
             {
                 Verify(r, scheduled, _logits.AsSpan(logitIndex * vocab, (chunks[i].SpeculativeTokenCount + 1) * vocab));
@@ -548,30 +548,6 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         }
     }
 
-    private void RunEvaluate(EvaluateWork w)
-    {
-        if (w.CancellationToken.IsCancellationRequested)
-        {
-            w.Result.TrySetCanceled(w.CancellationToken);
-            return;
-        }
-        long id = _nextInternalId--;
-        try
-        {
-            var logits = new float[_config.VocabSize];
-            Prefill(id, w.Tokens, logits);
-            w.Result.TrySetResult(logits);
-        }
-        catch (Exception e)
-        {
-            w.Result.TrySetException(e);
-        }
-        finally
-        {
-            if (KvCache.Contains(id)) KvCache.Free(id);
-        }
-    }
-
     /// <summary>
     /// Computes <paramref name="tokens"/> as sequence <paramref name="id"/> outside the scheduler, in budget-sized
     /// chunks from its longest cached prefix, and leaves the sequence allocated (the caller frees it).
@@ -643,27 +619,22 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         return result;
     }
 
-    /// <summary>Computes <paramref name="tokens"/> and writes their full blocks to <paramref name="path"/>; returns the tokens saved.</summary>
-    public int SavePrefix(int[] tokens, string path)
+    /// <summary>How many tokens of a <paramref name="length"/>-token prompt a prefix file holds (its whole blocks).</summary>
+    /// <exception cref="ArgumentException">The prompt is shorter than one block.</exception>
+    /// <exception cref="NotSupportedException">The model's attention window is shorter than the prompt.</exception>
+    public int PrefixTokens(int length)
     {
         int bs = _executor.Storage.BlockSize;
-        int blocks = tokens.Length / bs;
-        if (blocks == 0) throw new ArgumentException($"the prompt has {tokens.Length} tokens; a prefix file holds whole blocks of {bs}", nameof(tokens));
+        if (length < bs) throw new ArgumentException($"the prompt has {length} tokens; a prefix file holds whole blocks of {bs}", "prompt");
         // NOTE: under sliding-window attention the blocks before the window are released while the prompt is computed.
-        if (_config.KvRetention is int window && tokens.Length > window)
-            throw new NotSupportedException($"the prompt has {tokens.Length} tokens; a prefix file of this model (attention window {window}) holds at most {window}");
-        long id = _nextInternalId--;
-        try
-        {
-            Prefill(id, tokens, new float[_config.VocabSize]);
-            PrefixFile.Write(path, _identity, _executor.Storage, tokens, KvCache.GetBlockTable(id), blocks);
-            return blocks * bs;
-        }
-        finally
-        {
-            if (KvCache.Contains(id)) KvCache.Free(id);
-        }
+        if (_config.KvRetention is int window && length > window)
+            throw new NotSupportedException($"the prompt has {length} tokens; a prefix file of this model (attention window {window}) holds at most {window}");
+        return length / bs * bs;
     }
+
+    /// <summary>Writes the first <paramref name="tokenCount"/> tokens of live sequence <paramref name="id"/> to a prefix file (engine thread).</summary>
+    public void WritePrefix(string path, int[] tokens, long id, int tokenCount) =>
+        PrefixFile.Write(path, _identity, _executor.Storage, tokens, KvCache.GetBlockTable(id), tokenCount / _executor.Storage.BlockSize);
 
     /// <summary>
     /// Adopts the blocks of a prefix file into the pool, pinned for the engine's lifetime, so requests that start with
@@ -691,7 +662,6 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         while (_incoming.Reader.TryRead(out var item))
         {
             if (item is GenerationRequest r) FailWithForks(r, error);
-            else if (item is EvaluateWork w) w.Result.TrySetException(error);
             else if (item is IInvokeWork i) i.Fail(error);
         }
         foreach (var id in _live.Keys.ToArray())

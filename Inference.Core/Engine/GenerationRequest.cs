@@ -87,6 +87,13 @@ internal sealed class GenerationRequest
     /// <summary>The request started (or ended): it no longer counts as waiting. Idempotent.</summary>
     public void LeaveQueue() => Interlocked.Exchange(ref _queue, null)?.Leave();
 
+    /// <summary>
+    /// Side work (logits, a prefix file) instead of generation: called on the engine thread, in the step that computed the
+    /// last prompt token, with the request's id (its blocks still allocated) and the logits at that position; the
+    /// request then ends with <see cref="FinishReason.Length"/> and no token, or with the exception it throws.
+    /// </summary>
+    public Action<long, ReadOnlySpan<float>>? OnPromptComputed { get; set; }
+
     /// <summary>Disposed when the request ends: cancels it when its stream's token fires.</summary>
     public CancellationTokenRegistration CancelRegistration { get; set; }
 

@@ -279,24 +279,43 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
         GenerateAsync(promptTokens, sampling, cancellationToken).CompleteAsync();
 
     /// <summary>Runs the prompt and returns the logits at its last position ([vocab]).</summary>
+    /// <remarks>
+    /// The prompt is a scheduled request like any other: it is computed in the engine's batched steps beside running
+    /// requests (reusing cached prefixes) and waits for KV blocks when the pool is full.
+    /// </remarks>
+    /// <exception cref="RequestQueueFullException">Too many requests wait to start (the returned task faults).</exception>
     public Task<float[]> GetLogitsAsync(IReadOnlyList<int> promptTokens, CancellationToken cancellationToken = default)
     {
         var tokens = CheckPrompt(promptTokens, 1);
-        return _loop.EvaluateAsync(tokens, cancellationToken);
+        float[]? logits = null;
+        return RunSideWorkAsync(tokens, (_, row) => logits = row.ToArray(), () => logits!, cancellationToken);
     }
+
+    /// <summary>Queues <paramref name="tokens"/> as a request that runs <paramref name="work"/> once they are computed.</summary>
+    private async Task<T> RunSideWorkAsync<T>(int[] tokens, Action<long, ReadOnlySpan<float>> work, Func<T> result, CancellationToken cancellationToken)
+    {
+        var request = CreateRequest(tokens, SideWorkSampling);
+        request.OnPromptComputed = work;
+        await new GenerationStream(request, _loop.Submit, cancellationToken).CompleteAsync().ConfigureAwait(false);
+        return result();
+    }
+
+    private static readonly SamplingOptions SideWorkSampling = SamplingOptions.Greedy with { MaxTokens = 1 };
 
     /// <summary>
     /// Computes <paramref name="prompt"/> and writes the KV of its whole blocks to <paramref name="path"/>, with the
     /// identity of this model, tokenizer, RoPE configuration and KV type, so another engine can skip that prefill.
     /// </summary>
+    /// <remarks>The prompt is computed as a scheduled request, batched with running requests; it waits for KV blocks when the pool is full.</remarks>
     /// <returns>The number of prompt tokens saved (a multiple of the block size).</returns>
     /// <exception cref="ArgumentException">The prompt is shorter than one block or longer than the context.</exception>
     public Task<int> SavePrefixAsync(string prompt, string path, CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         var tokens = CheckPrompt(Tokenize(prompt), 1);
+        int saved = _loop.PrefixTokens(tokens.Length);
         cancellationToken.ThrowIfCancellationRequested();
-        return _loop.InvokeAsync(l => l.SavePrefix(tokens, path));
+        return RunSideWorkAsync(tokens, (id, _) => _loop.WritePrefix(path, tokens, id, saved), () => saved, cancellationToken);
     }
 
     /// <summary>
