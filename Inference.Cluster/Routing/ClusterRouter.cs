@@ -293,6 +293,7 @@ public sealed class ClusterRouter : IAsyncDisposable
     /// <exception cref="NotSupportedException"><paramref name="sampling"/> asks for log-probabilities (not carried back from replicas).</exception>
     /// <exception cref="ReplicaUnavailableException">(When enumerated) no live replica of the model, or every attempt failed.</exception>
     /// <exception cref="ReplicaDivergedException">(When enumerated) a resend produced other tokens than were delivered.</exception>
+    /// <exception cref="RequestQueueFullException">(When enumerated) every replica tried (up to <see cref="ClusterRouterOptions.MaxAttempts"/>) had a full waiting queue; retry later.</exception>
     public GenerationStream GenerateAsync(string modelId, IReadOnlyList<int> promptTokens, SamplingOptions? sampling = null, CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(modelId);
@@ -320,6 +321,7 @@ public sealed class ClusterRouter : IAsyncDisposable
                 using var call = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
                 replica.Begin(call);
                 ReplicaCompletion? result = null;
+                RequestQueueFullException? full = null;
                 int replayed = 0;
                 try
                 {
@@ -333,6 +335,11 @@ public sealed class ClusterRouter : IAsyncDisposable
                             {
                                 if (!await events.MoveNextAsync().ConfigureAwait(false)) break;
                                 item = events.Current;
+                            }
+                            catch (RequestQueueFullException e)
+                            {
+                                full = e; // the replica is healthy but refused to queue the request: try another
+                                break;
                             }
                             catch (Exception e) when (IsReplicaFailure(e, cancellationToken))
                             {
@@ -372,6 +379,13 @@ public sealed class ClusterRouter : IAsyncDisposable
                     yield break;
                 }
                 cancellationToken.ThrowIfCancellationRequested();
+                if (full is not null)
+                {
+                    // Not a failure: the replica stays in service; this request tries another one, or reports the full queue.
+                    failed.Add(replica);
+                    if (attempt + 1 >= Options.MaxAttempts || !HasCandidate(modelId, failed)) throw full;
+                    continue;
+                }
                 // The replica failed or left: send the request again elsewhere.
                 lastError ??= new ReplicaUnavailableException($"replica {replica.Descriptor.ReplicaId} left the cluster");
                 MarkFailed(replica);
@@ -403,6 +417,17 @@ public sealed class ClusterRouter : IAsyncDisposable
             ReplicaDivergedException => false,
             _ => true,                                       // silo gone, connection lost, timeout, call cancelled by a refresh
         };
+    }
+
+    private bool HasCandidate(string modelId, List<ReplicaState> exclude)
+    {
+        lock (_lock)
+        {
+            if (!_byModel.TryGetValue(modelId, out var all)) return false;
+            foreach (var s in all)
+                if (!s.Failed && !exclude.Contains(s)) return true;
+            return false;
+        }
     }
 
     private void MarkFailed(ReplicaState state)

@@ -158,6 +158,19 @@ public class ClusterRouterTests
 
     [Test]
     [CancelAfter(60_000)]
+    public async Task ARequestsOwnFault_ComesBackTyped_AndIsNotResent()
+    {
+        await using var router = new ClusterRouter(_cluster.Client, new ClusterRouterOptions { RefreshInterval = null });
+        var tooLong = Enumerable.Repeat(_single.Tokenize("Lily")[^1], 600).ToArray(); // the replicas' context is 512
+        var e = Assert.ThrowsAsync(Is.InstanceOf<ArgumentException>(), () => router.GenerateAsync(ReplicaCluster.OtherModel, tooLong, Short).CompleteAsync());
+        TestContext.Out.WriteLine(e!.GetType().Name + ": " + e.Message);
+        var stats = router.GetStats();
+        Assert.That(stats.ResendCount, Is.Zero, "a request's own fault is not a replica failure");
+        Assert.That(stats.Replicas.Values.Any(r => r.Failed), Is.False);
+    }
+
+    [Test]
+    [CancelAfter(60_000)]
     public async Task Cancellation_ReachesTheReplica_AndFreesItsBlocks()
     {
         await using var router = new ClusterRouter(_cluster.Client, new ClusterRouterOptions { RefreshInterval = null });
@@ -291,6 +304,14 @@ public class ClusterRouterTests
             }), Encoding.UTF8, "application/json"));
             Assert.That(echo.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
             Assert.That(await echo.Content.ReadAsStringAsync(), Does.Contain("echo"));
+            var tooLong = await http.PostAsync("/v1/completions", new StringContent(JsonSerializer.Serialize(new
+            {
+                model = ReplicaCluster.Model,
+                prompt = Enumerable.Repeat(400, 600).ToArray(),
+                max_tokens = 4,
+            }), Encoding.UTF8, "application/json"));
+            Assert.That(tooLong.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest), "the replica's refusal is the client's error, not the server's");
+            Assert.That(await tooLong.Content.ReadAsStringAsync(), Does.Contain("context"));
         }
         finally
         {

@@ -57,6 +57,18 @@ internal static class OpenAiEndpoints
         {
             status = 499; // the client went away
         }
+        catch (RequestQueueFullException e)
+        {
+            // A cluster's requests start when read: every replica tried had a full queue.
+            status = 429;
+            await WriteErrorAsync(context, new OpenAiError(429, e.Message, code: "rate_limit_exceeded", type: "requests") { RetryAfterSeconds = 1 }).ConfigureAwait(false);
+        }
+        catch (ArgumentException e) when (engine is not InferenceEngine)
+        {
+            // A cluster replica refused the request (a local engine refuses it before the response begins, in Start).
+            status = 400;
+            await WriteErrorAsync(context, OpenAiError.BadRequest(e.Message.Split(" (Parameter")[0], kind == Kind.Chat ? "messages" : "prompt")).ConfigureAwait(false);
+        }
         catch (Exception e)
         {
             // NOTE: bad requests are all caught above as OpenAiError; what reaches here is a server fault.
