@@ -131,6 +131,7 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
             cancellationToken.ThrowIfCancellationRequested();
             progress?.Report(0.2f);
             var config = ModelConfig.FromGguf(gguf);
+            config = config.ForContextWindow(options.ContextLength ?? Math.Min(config.ContextLength, 4096));
             var tokenizer = ModelTokenizer.FromGguf(gguf);
             if (tokenizer.VocabularySize > config.VocabSize)
                 throw gguf.Bad(-1, $"the tokenizer has {tokenizer.VocabularySize} tokens but the embedding only {config.VocabSize} rows");
@@ -162,10 +163,11 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
             var tokenizer = checkpoint.CreateTokenizer();
             metadata = checkpoint.CreateTokenizerMetadata();
             progress?.Report(0.5f);
-            var model = new LlamaModel(Weights(checkpoint.Weights, checkpoint.Config, options, progress, cancellationToken), checkpoint.Config);
+            var config = checkpoint.Config.ForContextWindow(options.ContextLength ?? Math.Min(checkpoint.Config.ContextLength, 4096));
+            var model = new LlamaModel(Weights(checkpoint.Weights, config, options, progress, cancellationToken), config);
             progress?.Report(1f);
             string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(path)));
-            return new InferenceEngine(checkpoint, metadata, name, checkpoint.Config, tokenizer, model, checkpoint.EosTokenIds, options, factory);
+            return new InferenceEngine(checkpoint, metadata, name, config, tokenizer, model, checkpoint.EosTokenIds, options, factory);
         }
         catch
         {

@@ -48,7 +48,7 @@ public sealed class HfCheckpoint : IDisposable
         TokenizerConfig = tokenizerConfig;
         EosTokenIds = eosIds;
         Architecture = ModelArchitecture.Find(config.Model.Architecture)!;
-        Weights = new HfCheckpointWeightSource(this, Architecture, config.RopeFreqFactors);
+        Weights = new HfCheckpointWeightSource(this, Architecture, config.RopeFreqFactors, config.Vectors);
     }
 
     /// <summary>The checkpoint folder.</summary>
@@ -56,6 +56,9 @@ public sealed class HfCheckpoint : IDisposable
 
     /// <summary>The model's hyperparameters, from <c>config.json</c>.</summary>
     public ModelConfig Config => _config.Model;
+
+    /// <summary>Vectors the architecture computes from config.json (Phi-3's LongRoPE factors), by GGUF name.</summary>
+    internal IReadOnlyDictionary<string, float[]> ComputedVectors => _config.Vectors;
 
     /// <summary>Whether the output head shares the embedding matrix.</summary>
     public bool TieWordEmbeddings => _config.TieWordEmbeddings;
@@ -230,7 +233,7 @@ public sealed class HfCheckpoint : IDisposable
         // Every tensor the forward pass reads, with its shape.
         foreach (var spec in Architecture.Build(c, w).Weights)
         {
-            if (spec.IsMatrix) w.GetMatrix(spec.Name, spec.Rows, spec.Cols);
+            if (spec.IsMatrix) w.GetMatrix(spec.Name, spec.TensorRows, spec.Cols);
             else w.GetVector(spec.Name, spec.Rows);
         }
     }

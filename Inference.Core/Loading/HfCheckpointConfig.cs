@@ -15,6 +15,8 @@ internal sealed record HfCheckpointConfig
     public required ModelConfig Model { get; init; }
     /// <summary>Per-dimension RoPE frequency divisors for Llama 3.1 scaling ([ropeDim / 2]), else null.</summary>
     public float[]? RopeFreqFactors { get; init; }
+    /// <summary>Other vectors the architecture computes from config.json (Phi-3's LongRoPE factors), by GGUF name.</summary>
+    public IReadOnlyDictionary<string, float[]> Vectors { get; init; } = new Dictionary<string, float[]>();
     /// <summary>Whether the output head shares the embedding matrix (<c>tie_word_embeddings</c>).</summary>
     public bool TieWordEmbeddings { get; init; }
     /// <summary>The <c>torch_dtype</c> (or <c>dtype</c>) the checkpoint was saved in, if given.</summary>
@@ -86,6 +88,10 @@ internal sealed record HfCheckpointConfig
                     factor = (float)(Number(path, rs, "factor") ?? throw new ModelFormatException(path, -1, "'rope_scaling.factor' is missing"));
                     if (!(factor > 0)) throw new ModelFormatException(path, -1, "'rope_scaling.factor' must be positive");
                     break;
+                case "longrope" or "su":
+                    // NOTE: the architecture reads the factors (ReadHfVectors) and the attention factor (ReadHf).
+                    scaling = RopeScaling.LongRope;
+                    break;
                 case "llama3":
                     scaling = RopeScaling.Llama3;
                     freqFactors = Llama3FreqFactors(path, rs, theta, headDim);
@@ -120,6 +126,7 @@ internal sealed record HfCheckpointConfig
         {
             Model = model,
             RopeFreqFactors = freqFactors,
+            Vectors = architecture.ReadHfVectors(path, root, model),
             TieWordEmbeddings = Bool(path, root, "tie_word_embeddings") ?? false,
             TorchDType = String(path, root, "torch_dtype") ?? String(path, root, "dtype"),
             BosTokenId = Int(path, root, "bos_token_id", 0, int.MaxValue),

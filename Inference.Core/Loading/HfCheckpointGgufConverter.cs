@@ -41,6 +41,7 @@ internal static class HfCheckpointGgufConverter
         var tensors = new List<(string Gguf, string? Hf, int Heads)>();
         foreach (var spec in checkpoint.Architecture.Build(c, checkpoint.Weights).Weights)
         {
+            if (spec.FirstRow > 0) continue; // the other parts of a fused tensor, written whole with its first
             string hf = names.ToHf(spec.Name) ?? throw new InvalidOperationException($"tensor '{spec.Name}' has no Hugging Face name");
             int dot = spec.Name.StartsWith("blk.", StringComparison.Ordinal) ? spec.Name.IndexOf('.', 4) + 1 : 0;
             string suffix = spec.Name[dot..];
@@ -49,8 +50,11 @@ internal static class HfCheckpointGgufConverter
             tensors.Add((spec.Name, hf, heads));
         }
         // Llama 3.1's RoPE frequency factors, computed from config.json, as llama.cpp's converter stores them.
-        float[]? ropeFreqs = checkpoint.Weights.GetVector("rope_freqs.weight", c.RopeDim / 2, optional: true);
-        if (ropeFreqs is not null) tensors.Add(("rope_freqs.weight", null, 0));
+        // Vectors computed from config.json (Llama 3.1's RoPE frequency factors, Phi-3's LongRoPE factors), as llama.cpp's
+        // converter stores them.
+        var computed = new Dictionary<string, float[]>(checkpoint.ComputedVectors);
+        if (checkpoint.Weights.GetVector("rope_freqs.weight", c.RopeDim / 2, optional: true) is { } ropeFreqs) computed["rope_freqs.weight"] = ropeFreqs;
+        foreach (var name in computed.Keys) tensors.Add((name, null, 0));
 
         using var w = GgufWriter.Create(path);
         w.AddString("general.architecture", arch);
@@ -69,7 +73,7 @@ internal static class HfCheckpointGgufConverter
         {
             if (t.Hf is null)
             {
-                w.AddTensorInfo(t.Gguf, [ropeFreqs!.Length], GgmlType.F32);
+                w.AddTensorInfo(t.Gguf, [computed[t.Gguf].Length], GgmlType.F32);
                 continue;
             }
             var info = checkpoint.FindTensor(t.Hf)!;
@@ -83,7 +87,7 @@ internal static class HfCheckpointGgufConverter
             cancellationToken.ThrowIfCancellationRequested();
             if (t.Hf is null)
             {
-                w.WriteTensorData(t.Gguf, ropeFreqs);
+                w.WriteTensorData(t.Gguf, computed[t.Gguf]);
                 continue;
             }
             var (file, info) = checkpoint.Locate(t.Hf)!.Value;

@@ -13,7 +13,8 @@ namespace Inference.Loading;
 /// RoPE pairs dimension i with i + headDim/2 — hence <see cref="RopeLayout.Neox"/> in the configuration.
 /// <c>rope_freqs.weight</c> (Llama 3.1 scaling) is computed from <c>config.json</c>, as llama.cpp's converter does.
 /// </remarks>
-internal sealed class HfCheckpointWeightSource(HfCheckpoint checkpoint, ModelArchitecture architecture, float[]? ropeFreqFactors) : IWeightSource
+internal sealed class HfCheckpointWeightSource(HfCheckpoint checkpoint, ModelArchitecture architecture, float[]? ropeFreqFactors,
+    IReadOnlyDictionary<string, float[]> computed) : IWeightSource
 {
     private readonly TensorNameMap _names = architecture.TensorNames;
 
@@ -24,7 +25,8 @@ internal sealed class HfCheckpointWeightSource(HfCheckpoint checkpoint, ModelArc
 
     /// <inheritdoc />
     public bool Contains(string name) =>
-        name == RopeFreqs ? ropeFreqFactors is not null : _names.ToHf(name) is string hf && checkpoint.Locate(hf) is not null;
+        name == RopeFreqs ? ropeFreqFactors is not null
+            : computed.ContainsKey(name) || (_names.ToHf(name) is string hf && checkpoint.Locate(hf) is not null);
 
     /// <inheritdoc />
     public unsafe WeightMatrix GetMatrix(string name, int rows, int cols)
@@ -51,6 +53,12 @@ internal sealed class HfCheckpointWeightSource(HfCheckpoint checkpoint, ModelArc
             if (ropeFreqFactors.Length != length)
                 throw new ModelFormatException(checkpoint.DirectoryPath, -1, $"RoPE frequency factors have {ropeFreqFactors.Length} entries, expected {length}");
             return (float[])ropeFreqFactors.Clone();
+        }
+        if (computed.TryGetValue(name, out var values))
+        {
+            if (values.Length != length)
+                throw new ModelFormatException(checkpoint.DirectoryPath, -1, $"'{name}' from config.json has {values.Length} entries, expected {length}");
+            return (float[])values.Clone();
         }
         if (optional && !Contains(name)) return null;
         var (file, t) = Find(name);

@@ -49,13 +49,10 @@ public sealed class LlamaModel
         Graph = architecture.Build(config, weights);
         if (rank is not null) Graph = Parallelism.TensorParallelGraph.WithAllReduces(Graph);
         var specs = Graph.Weights;
-        _matrices = new WeightMatrix[specs.Length];
+        _matrices = WeightSpec.BindMatrices(weights, specs);
         _vectors = new float[]?[specs.Length];
         for (int i = 0; i < specs.Length; i++)
-        {
-            if (specs[i].IsMatrix) _matrices[i] = weights.GetMatrix(specs[i].Name, specs[i].Rows, specs[i].Cols);
-            else _vectors[i] = weights.GetVector(specs[i].Name, specs[i].Rows);
-        }
+            if (!specs[i].IsMatrix) _vectors[i] = weights.GetVector(specs[i].Name, specs[i].Rows);
         _stored = (WeightMatrix[])_matrices.Clone();
     }
 

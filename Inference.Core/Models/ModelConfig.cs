@@ -36,6 +36,20 @@ public sealed record ModelConfig
     public RopeScaling RopeScaling { get; init; }
     /// <summary>Factor of linear RoPE scaling (1 when none).</summary>
     public float RopeScalingFactor { get; init; } = 1f;
+    /// <summary>The attention factor of <see cref="RopeScaling.LongRope"/> (cos and sin multiplied by it); 1 otherwise.</summary>
+    public float RopeAttentionFactor { get; init; } = 1f;
+    /// <summary>The context the model was first trained for (LongRoPE's short factors apply within it); 0 when not given.</summary>
+    public int RopeOriginalContextLength { get; init; }
+    /// <summary>With <see cref="RopeScaling.LongRope"/>: the long factors, because the context window exceeds <see cref="RopeOriginalContextLength"/>.</summary>
+    public bool UseLongRopeFactors { get; init; }
+
+    /// <summary>
+    /// This configuration for a context window of <paramref name="contextLength"/> tokens: LongRoPE's long factors when
+    /// the window exceeds the original context, as llama.cpp chooses them by its context size.
+    /// </summary>
+    public ModelConfig ForContextWindow(int contextLength) =>
+        RopeScaling == RopeScaling.LongRope ? this with { UseLongRopeFactors = contextLength > RopeOriginalContextLength } : this;
+
     /// <summary>True when Q/K/V have biases (qwen2).</summary>
     public bool HasAttentionBias { get; init; }
 
@@ -139,6 +153,16 @@ public sealed record ModelConfig
         // NOTE: llama.cpp stores Llama 3.1's frequency-dependent scaling as a 'rope_freqs.weight' tensor of
         // per-dimension divisors rather than as metadata.
         if (gguf.FindTensor("rope_freqs.weight") is not null) scaling = RopeScaling.Llama3;
+        // NOTE: and Phi-3's LongRoPE as two tensors of divisors with an attention factor and the original context in metadata.
+        float attnFactor = 1f;
+        int originalContext = 0;
+        if (gguf.FindTensor("rope_factors_short.weight") is not null)
+        {
+            scaling = RopeScaling.LongRope;
+            attnFactor = (float)(gguf.GetFloat($"{arch}.rope.scaling.attn_factor") ?? 1.0);
+            if (!(attnFactor > 0)) throw gguf.Bad(-1, $"'{arch}.rope.scaling.attn_factor' must be positive");
+            originalContext = Optional("rope.scaling.original_context_length", ctx, 1, 1 << 24);
+        }
 
         var embd = gguf.GetTensor("token_embd.weight");
         if (embd.Dimensions.Length != 2 || embd.Dimensions[0] != dim)
@@ -162,6 +186,8 @@ public sealed record ModelConfig
             RopeLayout = architecture.GgufRopeLayout,
             RopeScaling = scaling,
             RopeScalingFactor = factor,
+            RopeAttentionFactor = attnFactor,
+            RopeOriginalContextLength = originalContext,
             HasAttentionBias = gguf.FindTensor("blk.0.attn_q.bias") is not null,
         };
         return architecture.ReadGguf(gguf, config);

@@ -18,4 +18,9 @@ public enum RopeScaling
     Linear,
     /// <summary>Llama 3.1 frequency-dependent scaling (per-dimension frequency factors).</summary>
     Llama3,
+    /// <summary>
+    /// Phi-3's LongRoPE ("su"): per-dimension divisors of the frequencies, short ones within the original context and
+    /// long ones beyond it, and cos/sin multiplied by an attention factor.
+    /// </summary>
+    LongRope,
 }

@@ -81,9 +81,10 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             var specs = _graph.Weights;
             _matrices = new DeviceMatrix?[specs.Length];
             _vectors = new MemoryBuffer1D<float, Stride1D.Dense>?[specs.Length];
+            var bound = WeightSpec.BindMatrices(w, specs);
             for (int i = 0; i < specs.Length; i++)
             {
-                if (specs[i].IsMatrix) _matrices[i] = Own(DeviceMatrix.Upload(accelerator, w.GetMatrix(specs[i].Name, specs[i].Rows, specs[i].Cols)));
+                if (specs[i].IsMatrix) _matrices[i] = Own(DeviceMatrix.Upload(accelerator, bound[i]));
                 else _vectors[i] = Own(accelerator.Allocate1D(w.GetVector(specs[i].Name, specs[i].Rows)!));
             }
             _accelerator.Synchronize();

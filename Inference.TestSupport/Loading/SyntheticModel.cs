@@ -125,7 +125,9 @@ public static class SyntheticModel
                 for (int c = 0; c < values.Length; c++)
                 {
                     float z = rng.Next();
-                    values[c] = t.IsNorm ? 1f + z * options.WeightScale * 0.1f : z * options.WeightScale;
+                    // NOTE: LongRoPE factors are divisors of the frequencies, 1 and up.
+                    values[c] = t.Name.StartsWith("rope_factors", StringComparison.Ordinal) ? 1f + MathF.Abs(z)
+                        : t.IsNorm ? 1f + z * options.WeightScale * 0.1f : z * options.WeightScale;
                 }
                 SyntheticModelQuantizer.EncodeRow(t.Type, values, encoded.AsSpan(0, rowBytes));
                 w.WriteTensorData(t.Name, encoded.AsSpan(0, rowBytes));

@@ -57,6 +57,7 @@ public class DeviceForwardExecutorTests
     [TestCase("qwen2")]
     [TestCase("qwen3")]
     [TestCase("gemma3")]
+    [TestCase("phi3")]
     public void Architectures_MatchTheCpuPath(string architecture)
     {
         var errors = RunScenario(DeviceTestAccelerator.Cpu, Model(8, 2, GgmlType.F32, architecture: architecture), 8, KvCacheDataType.Float32, CudaAttentionKernels.Ilgpu);

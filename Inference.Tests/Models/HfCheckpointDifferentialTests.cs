@@ -23,6 +23,7 @@ namespace Inference.Tests.Models;
 [TestFixture("qwen3", SafetensorsDType.F32, false, 1, 1e-3)]
 [TestFixture("gemma2", SafetensorsDType.F32, true, 1, 1e-3)]
 [TestFixture("gemma3", SafetensorsDType.F32, true, 1, 1e-3)]
+[TestFixture("phi3", SafetensorsDType.F32, false, 1, 1e-3)]
 public class HfCheckpointDifferentialTests(string modelType, SafetensorsDType dtype, bool tied, int shards, double llamaCppTolerance)
 {
     private string _dir = "";
@@ -76,6 +77,15 @@ public class HfCheckpointDifferentialTests(string modelType, SafetensorsDType dt
                 ["hidden_act"] = "\"gelu_pytorch_tanh\"", ["hidden_activation"] = "\"gelu_pytorch_tanh\"", ["sliding_window"] = "4",
                 ["sliding_window_pattern"] = "6", ["query_pre_attn_scalar"] = "32", ["rope_local_base_freq"] = "10000.0", ["rope_theta"] = "1000000.0",
                 ["final_logit_softcapping"] = "null", ["attn_logit_softcapping"] = "null",
+            },
+        },
+        // Phi-3: fused QKV and gate/up; LongRoPE from a 512-token original context to 2048 (short factors at this size).
+        "phi3" => new HfTestCheckpointOptions
+        {
+            ExtraConfig = new Dictionary<string, string>
+            {
+                ["original_max_position_embeddings"] = "512",
+                ["rope_scaling"] = """{"type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.7, 2.2, 3.1, 4.0, 5.5], "long_factor": [1.0, 1.5, 2.5, 4.0, 7.0, 11.0, 19.0, 30.0]}""",
             },
         },
         _ => new HfTestCheckpointOptions(),

@@ -29,7 +29,13 @@ internal static class HfReferenceForward
         var keys = new double[c.LayerCount][][];   // [layer][pos][kvDim]
         var values = new double[c.LayerCount][][];
         double[] x = new double[dim];
-        var freqFactors = c.RopeScaling == RopeScaling.Llama3 ? w.GetVector("rope_freqs.weight", c.RopeDim / 2) : null;
+        var freqFactors = c.RopeScaling switch
+        {
+            RopeScaling.Llama3 => w.GetVector("rope_freqs.weight", c.RopeDim / 2),
+            RopeScaling.LongRope => w.GetVector(c.UseLongRopeFactors ? "rope_factors_long.weight" : "rope_factors_short.weight", c.RopeDim / 2),
+            _ => null,
+        };
+        double mscale = c.RopeScaling == RopeScaling.LongRope ? c.RopeAttentionFactor : 1.0;
         double[] InvFreq(bool local)
         {
             var f = new double[c.RopeDim / 2];
@@ -52,15 +58,35 @@ internal static class HfReferenceForward
         for (int l = 0; l < c.LayerCount; l++)
         {
             string p = $"blk.{l}.";
+            float[][] wq, wk, wv, wGate, wUp;
+            if (w.Contains(p + "attn_qkv.weight"))
+            {
+                // phi3: Q, K and V rows of one matrix.
+                var qkv = Dense(w.GetMatrix(p + "attn_qkv.weight", c.QDim + 2 * c.KvDim, dim));
+                (wq, wk, wv) = (qkv[..c.QDim], qkv[c.QDim..(c.QDim + c.KvDim)], qkv[(c.QDim + c.KvDim)..]);
+            }
+            else
+            {
+                (wq, wk, wv) = (Dense(w.GetMatrix(p + "attn_q.weight", c.QDim, dim)), Dense(w.GetMatrix(p + "attn_k.weight", c.KvDim, dim)),
+                    Dense(w.GetMatrix(p + "attn_v.weight", c.KvDim, dim)));
+            }
+            if (!w.Contains(p + "ffn_gate.weight"))
+            {
+                // phi3: gate rows, then up rows, of one matrix.
+                var gateUp = Dense(w.GetMatrix(p + "ffn_up.weight", 2 * c.FfnDim, dim));
+                (wGate, wUp) = (gateUp[..c.FfnDim], gateUp[c.FfnDim..]);
+            }
+            else
+            {
+                (wGate, wUp) = (Dense(w.GetMatrix(p + "ffn_gate.weight", c.FfnDim, dim)), Dense(w.GetMatrix(p + "ffn_up.weight", c.FfnDim, dim)));
+            }
             layers[l] = new Layer(w.GetVector(p + "attn_norm.weight", dim)!,
-                Dense(w.GetMatrix(p + "attn_q.weight", c.QDim, dim)), Dense(w.GetMatrix(p + "attn_k.weight", c.KvDim, dim)),
-                Dense(w.GetMatrix(p + "attn_v.weight", c.KvDim, dim)), Dense(w.GetMatrix(p + "attn_output.weight", dim, c.QDim)),
+                wq, wk, wv, Dense(w.GetMatrix(p + "attn_output.weight", dim, c.QDim)),
                 w.GetVector(p + "attn_q.bias", c.QDim, optional: true), w.GetVector(p + "attn_k.bias", c.KvDim, optional: true),
                 w.GetVector(p + "attn_v.bias", c.KvDim, optional: true),
                 w.GetVector(p + "attn_q_norm.weight", hd, optional: true), w.GetVector(p + "attn_k_norm.weight", hd, optional: true),
                 w.GetVector(p + "post_attention_norm.weight", dim, optional: true), w.GetVector(p + "ffn_norm.weight", dim)!,
-                Dense(w.GetMatrix(p + "ffn_gate.weight", c.FfnDim, dim)), Dense(w.GetMatrix(p + "ffn_up.weight", c.FfnDim, dim)),
-                Dense(w.GetMatrix(p + "ffn_down.weight", dim, c.FfnDim)), w.GetVector(p + "post_ffw_norm.weight", dim, optional: true));
+                wGate, wUp, Dense(w.GetMatrix(p + "ffn_down.weight", dim, c.FfnDim)), w.GetVector(p + "post_ffw_norm.weight", dim, optional: true));
             keys[l] = new double[n][];
             values[l] = new double[n][];
         }
@@ -80,8 +106,8 @@ internal static class HfReferenceForward
                 if (L.QNorm is not null) HeadNorm(q, L.QNorm, c.RmsEps);
                 if (L.KNorm is not null) HeadNorm(k, L.KNorm, c.RmsEps);
                 var invFreq = window > 0 ? localFreq : globalFreq;
-                Rope(q, c.HeadCount, hd, c.RopeDim, c.RopeLayout, pos, invFreq);
-                Rope(k, c.KvHeadCount, hd, c.RopeDim, c.RopeLayout, pos, invFreq);
+                Rope(q, c.HeadCount, hd, c.RopeDim, c.RopeLayout, pos, invFreq, window > 0 && localFreq != globalFreq ? 1.0 : mscale);
+                Rope(k, c.KvHeadCount, hd, c.RopeDim, c.RopeLayout, pos, invFreq, window > 0 && localFreq != globalFreq ? 1.0 : mscale);
                 keys[l][pos] = k;
                 values[l][pos] = v;
                 var att = new double[c.QDim];
@@ -186,7 +212,7 @@ internal static class HfReferenceForward
         return y;
     }
 
-    private static void Rope(double[] v, int heads, int hd, int ropeDim, RopeLayout layout, int pos, double[] invFreq)
+    private static void Rope(double[] v, int heads, int hd, int ropeDim, RopeLayout layout, int pos, double[] invFreq, double mscale)
     {
         int half = ropeDim / 2;
         for (int h = 0; h < heads; h++)
@@ -195,7 +221,7 @@ internal static class HfReferenceForward
             {
                 int a = h * hd + (layout == RopeLayout.Neox ? i : 2 * i);
                 int b = h * hd + (layout == RopeLayout.Neox ? i + half : 2 * i + 1);
-                double theta = pos * invFreq[i], cos = Math.Cos(theta), sin = Math.Sin(theta);
+                double theta = pos * invFreq[i], cos = Math.Cos(theta) * mscale, sin = Math.Sin(theta) * mscale;
                 double x0 = v[a], x1 = v[b];
                 v[a] = x0 * cos - x1 * sin;
                 v[b] = x0 * sin + x1 * cos;

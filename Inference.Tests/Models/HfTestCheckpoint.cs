@@ -60,6 +60,8 @@ public static class HfTestCheckpoint
             }, o.SlidingWindow);
             foreach (var spec in architecture.PlanTensors(config, o.TieWordEmbeddings))
             {
+                // Vectors computed from config.json (LongRoPE factors) come with the options' ExtraConfig.
+                if (architecture.ComputedVectors(config).Any(v => v.Name == spec.Name)) continue;
                 string hf = architecture.TensorNames.ToHf(spec.Name) ?? throw new InvalidOperationException($"'{spec.Name}' has no Hugging Face name");
                 tensors.Add((hf, spec.IsMatrix ? [spec.Rows, spec.Cols] : [spec.Rows], !spec.IsMatrix));
             }
@@ -148,7 +150,7 @@ public static class HfTestCheckpoint
             w.WriteNumber("vocab_size", vocab);
             w.WriteBoolean("tie_word_embeddings", o.TieWordEmbeddings);
             if (!o.ExtraConfig.ContainsKey("hidden_act")) w.WriteString("hidden_act", "silu");
-            w.WriteNull("rope_scaling");
+            if (!o.ExtraConfig.ContainsKey("rope_scaling")) w.WriteNull("rope_scaling");
             w.WriteString("torch_dtype", o.DType switch { SafetensorsDType.F32 => "float32", SafetensorsDType.F16 => "float16", _ => "bfloat16" });
             w.WriteNumber("bos_token_id", 1);
             w.WriteNumber("eos_token_id", 2);

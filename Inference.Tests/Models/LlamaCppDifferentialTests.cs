@@ -108,7 +108,8 @@ public class LlamaCppDifferentialTests
             {
                 Architecture = arch,
                 Dimension = 128,
-                HeadDimension = 32,
+                // NOTE: llama.cpp's phi3 needs heads × head size = dim (its attention output is [dim, dim]).
+                HeadDimension = arch == "phi3" ? 16 : 32,
                 LayerCount = arch == "gemma3" ? 6 : 2,
                 HeadCount = heads,
                 KvHeadCount = kvHeads,
@@ -137,6 +138,8 @@ public class LlamaCppDifferentialTests
     [TestCase("gemma2", 8, 4, 1e-3)]
     [TestCase("gemma3", 8, 2, 1e-3)]
     [TestCase("gemma3", 4, 1, 1e-3)]
+    [TestCase("phi3", 8, 2, 1e-4)]
+    [TestCase("phi3", 8, 8, 1e-4)]
     public async Task Architecture_LastLogitsAndGreedy_MatchLlamaCppAndReference(string arch, int heads, int kvHeads, double tolerance)
     {
         using (var llamaCpp = LlamaCpp.Load(ArchitectureModel(arch, heads, kvHeads)))
@@ -169,6 +172,27 @@ public class LlamaCppDifferentialTests
                 double err = ReferenceCompare.RelativeL2(actual, expected);
                 TestContext.Out.WriteLine($"{arch} {heads}/{kvHeads} prompt {prompt.Length}: engine vs float64 reference {err:E2}");
                 Assert.That(err, Is.LessThan(1e-5), "engine vs float64 reference");
+            }
+            if (config.RopeScaling == Inference.Models.RopeScaling.LongRope)
+            {
+                // LongRoPE's long factors (a context window beyond the original one): the engine against the reference
+                // with them, and they matter. llama.cpp uses the short ones at the test's context size, as the engine does.
+                var longConfig = config.ForContextWindow(config.RopeOriginalContextLength + 1);
+                Assert.That(longConfig.UseLongRopeFactors, Is.True);
+                var longModel = new Inference.Models.LlamaModel(gguf, longConfig);
+                int[] prompt = Prompts[2];
+                var expected = HfReferenceForward.LastLogits(new Inference.Models.GgufWeightSource(gguf), longConfig, prompt);
+                var shortExpected = HfReferenceForward.LastLogits(new Inference.Models.GgufWeightSource(gguf), config, prompt);
+                var kv = new Inference.Models.ContiguousKvCache(longConfig, 64);
+                var batch = new Inference.Models.ModelBatch();
+                batch.Add(0, prompt, 0, wantLogits: true);
+                var actual = new float[config.VocabSize];
+                Array.Fill(actual, float.NaN);
+                longModel.Forward(batch, kv, actual, pool);
+                double err = ReferenceCompare.RelativeL2(actual, expected), apart = ReferenceCompare.RelativeL2(shortExpected, expected);
+                TestContext.Out.WriteLine($"{arch} long factors: engine vs reference {err:E2}; short vs long {apart:E2}");
+                Assert.That(err, Is.LessThan(1e-5));
+                Assert.That(apart, Is.GreaterThan(1e-3));
             }
         }
         await AssertLastLogitsMatchAsync(path, $"{arch} {heads}/{kvHeads}", tolerance);

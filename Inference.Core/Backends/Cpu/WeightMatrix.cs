@@ -40,6 +40,14 @@ public readonly unsafe struct WeightMatrix
     /// kernel then widens them without the fix-up those need (<see cref="F16FiniteWeights"/>).</summary>
     internal bool FiniteHalves { get; init; }
 
+    /// <summary>Rows <paramref name="first"/> … <paramref name="first"/> + <paramref name="count"/> − 1 as a matrix of their own (a fused tensor's part); stored matrices only.</summary>
+    internal WeightMatrix RowSlice(int first, int count)
+    {
+        if (Packed is not null) throw new InvalidOperationException("a packed matrix cannot be sliced");
+        if (first < 0 || count < 1 || first + count > Rows) throw new ArgumentOutOfRangeException(nameof(first), $"rows {first}..{first + count} are outside the matrix of {Rows}");
+        return new WeightMatrix(Type, Data + first * RowBytes, count, Cols) { Owner = Owner, FiniteHalves = FiniteHalves };
+    }
+
     /// <summary>The bytes of row <paramref name="row"/>.</summary>
     public ReadOnlySpan<byte> Row(int row) => new(Data + row * RowBytes, checked((int)RowBytes));
 }

@@ -27,14 +27,19 @@ internal static class Blocks
         var c = b.Config;
         var invFreq = new double[c.RopeDim / 2];
         bool scaled = unscaledBase == 0f;
-        float[]? freqFactors = scaled && c.RopeScaling == RopeScaling.Llama3 ? b.ReadVector("rope_freqs.weight", c.RopeDim / 2) : null;
+        float[]? freqFactors = !scaled ? null : c.RopeScaling switch
+        {
+            RopeScaling.Llama3 => b.ReadVector("rope_freqs.weight", c.RopeDim / 2),
+            RopeScaling.LongRope => b.ReadVector(c.UseLongRopeFactors ? "rope_factors_long.weight" : "rope_factors_short.weight", c.RopeDim / 2),
+            _ => null,
+        };
         for (int i = 0; i < invFreq.Length; i++)
         {
             invFreq[i] = Math.Pow(scaled ? c.RopeBase : unscaledBase, -2.0 * i / c.RopeDim);
             if (freqFactors is not null) invFreq[i] /= freqFactors[i];
             if (scaled && c.RopeScaling == RopeScaling.Linear) invFreq[i] /= c.RopeScalingFactor;
         }
-        return new RopeTable(invFreq, c.HeadDim, c.RopeDim, c.RopeLayout);
+        return new RopeTable(invFreq, c.HeadDim, c.RopeDim, c.RopeLayout, scaled ? c.RopeAttentionFactor : 1.0);
     }
 
     /// <summary>
@@ -44,15 +49,28 @@ internal static class Blocks
     /// <paramref name="postNorm"/> (gemma) the output is RMS-normalised with <c>post_attention_norm</c> before the residual
     /// add. The configuration's attention scale (as a factor on Q) and logit soft-capping apply.
     /// </summary>
-    public static void SelfAttention(GraphBuilder b, int x, int xb, int rope, bool qkNorm = false, bool postNorm = false)
+    /// <remarks>With <paramref name="fusedQkv"/> (phi3) Q, K and V are the row ranges of one <c>attn_qkv</c> matrix.</remarks>
+    public static void SelfAttention(GraphBuilder b, int x, int xb, int rope, bool qkNorm = false, bool postNorm = false, bool fusedQkv = false)
     {
         var c = b.Config;
         int q = b.Buffer("q", c.QDim), k = b.Buffer("k", c.KvDim), v = b.Buffer("v", c.KvDim), att = b.Buffer("att", c.QDim);
         b.RmsNorm(x, b.Vector(b.LayerName("attn_norm.weight"), c.Dim), xb, c.RmsEps);
-        b.MatMul(xb,
-            b.Matrix(b.LayerName("attn_q.weight"), c.QDim, c.Dim), q,
-            b.Matrix(b.LayerName("attn_k.weight"), c.KvDim, c.Dim), k,
-            b.Matrix(b.LayerName("attn_v.weight"), c.KvDim, c.Dim), v);
+        if (fusedQkv)
+        {
+            string qkv = b.LayerName("attn_qkv.weight");
+            int rows = c.QDim + 2 * c.KvDim;
+            b.MatMul(xb,
+                b.MatrixSlice(qkv, rows, 0, c.QDim, c.Dim), q,
+                b.MatrixSlice(qkv, rows, c.QDim, c.KvDim, c.Dim), k,
+                b.MatrixSlice(qkv, rows, c.QDim + c.KvDim, c.KvDim, c.Dim), v);
+        }
+        else
+        {
+            b.MatMul(xb,
+                b.Matrix(b.LayerName("attn_q.weight"), c.QDim, c.Dim), q,
+                b.Matrix(b.LayerName("attn_k.weight"), c.KvDim, c.Dim), k,
+                b.Matrix(b.LayerName("attn_v.weight"), c.KvDim, c.Dim), v);
+        }
         b.AddBias(q, Bias(b, "attn_q.bias", c.QDim));
         b.AddBias(k, Bias(b, "attn_k.bias", c.KvDim));
         b.AddBias(v, Bias(b, "attn_v.bias", c.KvDim));
@@ -80,14 +98,25 @@ internal static class Blocks
     /// With <paramref name="gelu"/> (gemma's GeGLU) GELU's tanh approximation instead of SiLU; with
     /// <paramref name="postNorm"/> the output is RMS-normalised with <c>post_ffw_norm</c> before the residual add.
     /// </summary>
-    public static void SwiGluFeedForward(GraphBuilder b, int x, int xb, bool gelu = false, bool postNorm = false)
+    /// <remarks>With <paramref name="fusedGateUp"/> (phi3) the gate and up projections are the first and second halves of one <c>ffn_up</c> matrix.</remarks>
+    public static void SwiGluFeedForward(GraphBuilder b, int x, int xb, bool gelu = false, bool postNorm = false, bool fusedGateUp = false)
     {
         var c = b.Config;
         int gate = b.Buffer("gate", c.FfnDim), up = b.Buffer("up", c.FfnDim);
         b.RmsNorm(x, b.Vector(b.LayerName("ffn_norm.weight"), c.Dim), xb, c.RmsEps);
-        b.MatMul(xb,
-            b.Matrix(b.LayerName("ffn_gate.weight"), c.FfnDim, c.Dim), gate,
-            b.Matrix(b.LayerName("ffn_up.weight"), c.FfnDim, c.Dim), up);
+        if (fusedGateUp)
+        {
+            string gateUp = b.LayerName("ffn_up.weight");
+            b.MatMul(xb,
+                b.MatrixSlice(gateUp, 2 * c.FfnDim, 0, c.FfnDim, c.Dim), gate,
+                b.MatrixSlice(gateUp, 2 * c.FfnDim, c.FfnDim, c.FfnDim, c.Dim), up);
+        }
+        else
+        {
+            b.MatMul(xb,
+                b.Matrix(b.LayerName("ffn_gate.weight"), c.FfnDim, c.Dim), gate,
+                b.Matrix(b.LayerName("ffn_up.weight"), c.FfnDim, c.Dim), up);
+        }
         if (gelu) b.GeGlu(gate, up);
         else b.SwiGlu(gate, up);
         b.MatMul(gate, b.Matrix(b.LayerName("ffn_down.weight"), c.Dim, c.FfnDim), xb);

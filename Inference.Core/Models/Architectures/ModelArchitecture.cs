@@ -92,8 +92,31 @@ internal abstract class ModelArchitecture
     /// names and shapes (optional tensors: Q/K/V biases when <see cref="ModelConfig.HasAttentionBias"/>, the output head
     /// unless <paramref name="tiedOutput"/>). Writers of model files list their tensors from here.
     /// </summary>
-    public IReadOnlyList<WeightSpec> PlanTensors(ModelConfig config, bool tiedOutput) =>
-        Build(config, new PlanningWeightSource(tiedOutput)).Weights;
+    public IReadOnlyList<WeightSpec> PlanTensors(ModelConfig config, bool tiedOutput)
+    {
+        // One entry per stored tensor: the parts of a fused one become the whole.
+        var result = new List<WeightSpec>();
+        foreach (var spec in Build(config, new PlanningWeightSource(tiedOutput)).Weights)
+        {
+            if (spec.StoredRows == 0) result.Add(spec);
+            else if (spec.FirstRow == 0) result.Add(new WeightSpec(spec.Name, spec.StoredRows, spec.Cols));
+        }
+        foreach (var (name, length) in ComputedVectors(config)) result.Add(new WeightSpec(name, length, 0));
+        return result;
+    }
+
+    /// <summary>
+    /// Vectors the forward pass reads at load time that are not layer weights (Phi-3's LongRoPE factors): their GGUF
+    /// names and lengths, for writers of model files.
+    /// </summary>
+    public virtual IReadOnlyList<(string Name, int Length)> ComputedVectors(ModelConfig config) => [];
+
+    /// <summary>
+    /// Those vectors computed from a Hugging Face <c>config.json</c> (<paramref name="root"/>), by GGUF name; empty when
+    /// the architecture has none.
+    /// </summary>
+    public virtual IReadOnlyDictionary<string, float[]> ReadHfVectors(string path, JsonElement root, ModelConfig config) =>
+        new Dictionary<string, float[]>();
 
     /// <summary>A weight source that has every required tensor and, of the optional ones, only the output head when asked.</summary>
     private sealed class PlanningWeightSource(bool tiedOutput) : IWeightSource
@@ -123,6 +146,7 @@ internal abstract class ModelArchitecture
     /// <summary>Every architecture this library runs.</summary>
     public static IReadOnlyList<ModelArchitecture> All { get; } = [
         LlamaArchitecture.Llama, LlamaArchitecture.Qwen2, Qwen3Architecture.Instance, GemmaArchitecture.Gemma2, GemmaArchitecture.Gemma3,
+        Phi3Architecture.Instance,
     ];
 
     /// <summary>The architecture named <paramref name="name"/> (GGUF or Hugging Face <c>model_type</c>), or null.</summary>

@@ -50,6 +50,9 @@ internal sealed class GraphBuilder
     /// <summary>The matrix weight <paramref name="name"/> ([rows = output features, cols = inputs]).</summary>
     public int Matrix(string name, int rows, int cols) => Weight(new WeightSpec(name, rows, cols));
 
+    /// <summary>Rows <paramref name="firstRow"/> … of <paramref name="rows"/> of the stored matrix <paramref name="name"/> of <paramref name="storedRows"/> rows (a fused tensor's part).</summary>
+    public int MatrixSlice(string name, int storedRows, int firstRow, int rows, int cols) => Weight(new WeightSpec(name, rows, cols, firstRow, storedRows));
+
     /// <summary>The vector weight <paramref name="name"/> of <paramref name="length"/> values.</summary>
     public int Vector(string name, int length) => Weight(new WeightSpec(name, length, 0));
 
@@ -60,7 +63,7 @@ internal sealed class GraphBuilder
     {
         for (int i = 0; i < _weightSpecs.Count; i++)
         {
-            if (_weightSpecs[i].Name != spec.Name) continue;
+            if (_weightSpecs[i].Name != spec.Name || _weightSpecs[i].FirstRow != spec.FirstRow) continue;
             if (_weightSpecs[i] != spec) throw new InvalidOperationException($"weight '{spec.Name}' declared twice with different shapes");
             return i;
         }

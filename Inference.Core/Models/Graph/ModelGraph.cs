@@ -42,11 +42,12 @@ internal sealed class ModelGraph
         for (int t = 0; t < batch.TokenCount; t++)
         {
             int pos = batch.Positions[t];
+            double scale = RopeTables[table].Scale;
             for (int i = 0; i < half; i++)
             {
                 double theta = pos * invFreq[i];
-                cos[t * half + i] = (float)Math.Cos(theta);
-                sin[t * half + i] = (float)Math.Sin(theta);
+                cos[t * half + i] = (float)(Math.Cos(theta) * scale);
+                sin[t * half + i] = (float)(Math.Sin(theta) * scale);
             }
         }
     }
@@ -55,11 +56,40 @@ internal sealed class ModelGraph
 /// <summary>An activation buffer: <paramref name="Width"/> floats per row, one row per token or per logit row.</summary>
 internal readonly record struct BufferSpec(string Name, int Width, bool LogitRows);
 
-/// <summary>A weight tensor by its GGUF name: a <paramref name="Rows"/> × <paramref name="Cols"/> matrix, or a vector of <paramref name="Rows"/> values (<paramref name="Cols"/> 0).</summary>
-internal readonly record struct WeightSpec(string Name, int Rows, int Cols)
+/// <summary>
+/// A weight tensor by its GGUF name: a <paramref name="Rows"/> × <paramref name="Cols"/> matrix, or a vector of
+/// <paramref name="Rows"/> values (<paramref name="Cols"/> 0). A matrix may be rows <paramref name="FirstRow"/> … of a
+/// stored tensor of <paramref name="StoredRows"/> rows (a fused QKV or gate/up); StoredRows 0 means Rows.
+/// </summary>
+internal readonly record struct WeightSpec(string Name, int Rows, int Cols, int FirstRow = 0, int StoredRows = 0)
 {
     public bool IsMatrix => Cols > 0;
+
+    /// <summary>Rows of the tensor as stored.</summary>
+    public int TensorRows => StoredRows == 0 ? Rows : StoredRows;
+
+    /// <summary>Binds every matrix of <paramref name="specs"/> (default for vectors); slices of one stored tensor share one binding.</summary>
+    public static Backends.Cpu.WeightMatrix[] BindMatrices(IWeightSource weights, WeightSpec[] specs)
+    {
+        var result = new Backends.Cpu.WeightMatrix[specs.Length];
+        Dictionary<string, Backends.Cpu.WeightMatrix>? fused = null;
+        for (int i = 0; i < specs.Length; i++)
+        {
+            var s = specs[i];
+            if (!s.IsMatrix) continue;
+            if (s.StoredRows == 0)
+            {
+                result[i] = weights.GetMatrix(s.Name, s.Rows, s.Cols);
+                continue;
+            }
+            fused ??= [];
+            if (!fused.TryGetValue(s.Name, out var whole)) fused[s.Name] = whole = weights.GetMatrix(s.Name, s.StoredRows, s.Cols);
+            result[i] = whole.RowSlice(s.FirstRow, s.Rows);
+        }
+        return result;
+    }
 }
 
 /// <summary>RoPE of <paramref name="RopeDim"/> dimensions of heads of <paramref name="HeadDim"/>, angle position × InvFreq[i].</summary>
-internal sealed record RopeTable(double[] InvFreq, int HeadDim, int RopeDim, RopeLayout Layout);
+/// <remarks><paramref name="Scale"/> multiplies cos and sin (LongRoPE's attention factor).</remarks>
+internal sealed record RopeTable(double[] InvFreq, int HeadDim, int RopeDim, RopeLayout Layout, double Scale = 1.0);
