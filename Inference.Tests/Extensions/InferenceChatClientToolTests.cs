@@ -73,6 +73,25 @@ public class InferenceChatClientToolTests
     }
 
     [Test]
+    public async Task FunctionInvokingChatClient_Streaming_RunsAToolLoop()
+    {
+        var calls = new List<int>();
+        var tool = AIFunctionFactory.Create((int days) => { calls.Add(days); return $"dry for {days} days"; }, "forecast", "Weather forecast");
+        using var client = new ChatClientBuilder(_inner).UseFunctionInvocation().Build();
+        var options = new ChatOptions { Temperature = 1, Seed = 4, MaxOutputTokens = 200, Tools = [tool], ToolMode = ChatToolMode.RequireAny };
+        var updates = new List<ChatResponseUpdate>();
+        await foreach (var u in client.GetStreamingResponseAsync([new AIChatMessage(AIChatRole.User, "Will it rain?")], options)) updates.Add(u);
+
+        Assert.That(calls, Has.Count.EqualTo(1));
+        var contents = updates.SelectMany(u => u.Contents).ToList();
+        var call = contents.OfType<FunctionCallContent>().Single();
+        var result = contents.OfType<FunctionResultContent>().Single();
+        Assert.That(result.CallId, Is.EqualTo(call.CallId));
+        int after = contents.IndexOf(result);
+        Assert.That(contents.Skip(after + 1).OfType<TextContent>().Any(t => t.Text.Length > 0), Is.True, "the model's answer streams after the result");
+    }
+
+    [Test]
     public async Task ToolModeNone_GivesText()
     {
         var tool = AIFunctionFactory.Create((int days) => "", "forecast");
