@@ -4,6 +4,7 @@ using Inference.KvCache;
 using Inference.Loading;
 using Inference.Quantization;
 using Inference.Sampling;
+using Inference.Speculative;
 
 namespace Inference.Benchmarks.E2e;
 
@@ -15,6 +16,15 @@ namespace Inference.Benchmarks.E2e;
 /// ttft_ms and tpot_ms are means over requests. <c>--json-schema FILE</c> (or <c>nested</c>: the grammar-mask
 /// benchmark's schema) constrains every request to the schema (Inference only); with <c>--compare-constraint</c> runs
 /// without and with it alternate in one process and a last line gives both TPOTs (best warm run of each) and their ratio.
+/// <para>
+/// Speculative decoding: <c>--draft-model PATH</c> (with <c>--draft-p-min P</c>, default 0) or <c>--ngram-speculation</c>,
+/// with <c>--num-speculative-tokens K</c> (default 4), runs each repeat twice side by side, first without speculation
+/// then with it, and the line adds <c>acceptance_rate</c>, <c>mean_accepted_tokens</c> (accepted proposals per
+/// verification step), <c>baseline_decode_tok_s</c>, <c>speedup</c> (decode, best speculative over best baseline) and
+/// <c>same_text</c> (every request's greedy tokens equal); on a shared machine also <c>speedup_median_pair</c> (the
+/// median over repeats of speculative / baseline decode tok/s, each pair run back to back) and
+/// <c>cpu_speedup_median_pair</c> (the same for process CPU milliseconds per decoded token, <c>decode_cpu_ms_per_token</c>).
+/// </para>
 /// </summary>
 public static class E2eBenchmark
 {
@@ -34,19 +44,43 @@ public static class E2eBenchmark
             : null;
         if (a.Optional("--compare-constraint") is not null)
             return await CompareConstraintAsync(a, model, prompts, n, threads, repeat, constraint ?? throw new ArgumentException("--compare-constraint needs --json-schema FILE|nested"));
-        E2eResult? best = null;
+        var speculative = Speculation(a);
+        if (speculative is not null && engine != "inference") throw new ArgumentException("speculative decoding runs on --engine inference only");
+        var kv = a.String("--kv", "f16") == "f32" ? KvCacheDataType.Float32 : KvCacheDataType.Float16;
+        QuantizationPreset? quantization = a.Optional("--quantization") is { } q ? QuantizationPresets.Parse(q) : null;
+        E2eResult? best = null, baseline = null;
+        bool sameText = true;
+        var pairs = new List<(double Wall, double Cpu)>();
         // NOTE: the first pass over a model file reads it from disk; only warm passes count.
         for (int i = 0; i < repeat; i++)
         {
+            E2eResult? plain = null;
+            var plainTokens = new List<int[]>();
+            var tokens = new List<int[]>();
+            if (speculative is not null)
+            {
+                plain = await RunInferenceAsync(model, prompts, n, threads, kv, quantization, constraint, plainTokens);
+                if (i > 0 || repeat == 1) baseline = baseline is null || plain.DecodeTokS > baseline.DecodeTokS ? plain : baseline;
+            }
             var r = engine switch
             {
-                "inference" => await RunInferenceAsync(model, prompts, n, threads, a.String("--kv", "f16") == "f32" ? KvCacheDataType.Float32 : KvCacheDataType.Float16,
-                    a.Optional("--quantization") is { } q ? QuantizationPresets.Parse(q) : null, constraint),
+                "inference" => await RunInferenceAsync(model, prompts, n, threads, kv, quantization, constraint, tokens, speculative),
                 "llama.cpp" => LlamaCppE2e.Run(model, prompts, n, threads),
                 _ => throw new ArgumentException($"unknown engine '{engine}' (inference or llama.cpp)"),
             };
+            if (plain is not null)
+            {
+                sameText &= plainTokens.Count == tokens.Count && plainTokens.Zip(tokens).All(x => x.First.SequenceEqual(x.Second));
+                if (i > 0 || repeat == 1) pairs.Add((r.DecodeTokS / plain.DecodeTokS, plain.DecodeCpuMsPerToken / r.DecodeCpuMsPerToken));
+            }
             if (i > 0 || repeat == 1) best = best is null || r.DecodeTokS > best.DecodeTokS ? r : best;
         }
+        if (baseline is not null)
+            best = best! with
+            {
+                BaselineDecodeTokS = baseline.DecodeTokS, SameText = sameText,
+                PairedSpeedupMedian = Median(pairs.Select(x => x.Wall)), CpuSpeedupMedian = Median(pairs.Select(x => x.Cpu)),
+            };
         // NOTE: bandwidth is measured right after, in the same process and conditions, for the roofline fraction.
         double bandwidth = a.Optional("--no-bandwidth") is null ? BandwidthBenchmark.Measure(threads, 1024) : 0;
         Console.WriteLine((best! with { WeightBytesPerToken = WeightBytesPerToken(model), BandwidthGbs = bandwidth }).ToJson());
@@ -125,6 +159,30 @@ public static class E2eBenchmark
         return (total / Math.Max(1, count), max);
     }
 
+    private static double Median(IEnumerable<double> values)
+    {
+        var v = values.Order().ToArray();
+        return v.Length == 0 ? 0 : v.Length % 2 == 1 ? v[v.Length / 2] : (v[v.Length / 2 - 1] + v[v.Length / 2]) / 2;
+    }
+
+    private static TimeSpan CpuTime()
+    {
+        using var p = Process.GetCurrentProcess();
+        return p.TotalProcessorTime;
+    }
+
+    /// <summary>The speculative decoding the arguments ask for, or null.</summary>
+    private static SpeculativeOptions? Speculation(Args a)
+    {
+        string? draft = a.Optional("--draft-model");
+        bool ngram = a.Optional("--ngram-speculation") is not null;
+        if (draft is not null && ngram) throw new ArgumentException("--draft-model and --ngram-speculation contradict each other");
+        if (draft is null && !ngram) return null;
+        int k = a.Int("--num-speculative-tokens", 4);
+        float pMin = float.Parse(a.String("--draft-p-min", "0"), System.Globalization.CultureInfo.InvariantCulture);
+        return draft is not null ? SpeculativeOptions.Draft(draft, k) with { DraftMinProbability = pMin } : SpeculativeOptions.NGram(k);
+    }
+
     /// <summary>Weight bytes a decode step reads: all tensors but the embedding table, plus one embedding row.</summary>
     internal static long WeightBytesPerToken(string model)
     {
@@ -153,7 +211,7 @@ public static class E2eBenchmark
         }).ToArray();
     }
 
-    internal static async Task<E2eResult> RunInferenceAsync(string model, int[][] prompts, int n, int threads, KvCacheDataType kv, QuantizationPreset? quantization = null, Inference.Constraints.Constraint? constraint = null, List<int[]>? generatedTokens = null)
+    internal static async Task<E2eResult> RunInferenceAsync(string model, int[][] prompts, int n, int threads, KvCacheDataType kv, QuantizationPreset? quantization = null, Inference.Constraints.Constraint? constraint = null, List<int[]>? generatedTokens = null, SpeculativeOptions? speculative = null)
     {
         var loadStart = Stopwatch.GetTimestamp();
         int b = prompts.Length, p = prompts[0].Length;
@@ -162,6 +220,7 @@ public static class E2eBenchmark
             Threads = threads, MaxNumSeqs = Math.Max(b, 1), MaxNumBatchedTokens = Math.Max(512, b), ContextLength = p + n + 1,
             KvCache = new KvCacheOptions { DataType = kv },
             Quantization = quantization,
+            Speculative = speculative,
         };
         await using var engine = await InferenceEngine.LoadAsync(model, options);
         var sampling = SamplingOptions.Greedy with { MaxTokens = n, EndOfSequence = EndOfSequenceHandling.Ignore, Constraint = constraint };
@@ -171,20 +230,29 @@ public static class E2eBenchmark
 
         var start = Stopwatch.GetTimestamp();
         var firstTokenAt = new long[b];
+        var cpuAt = new TimeSpan[b];
         var tasks = prompts.Select(async (prompt, i) =>
         {
             var stream = engine.GenerateAsync(prompt, sampling);
             await foreach (var _ in stream)
-                if (firstTokenAt[i] == 0) firstTokenAt[i] = Stopwatch.GetTimestamp();
+            {
+                if (firstTokenAt[i] != 0) continue;
+                firstTokenAt[i] = Stopwatch.GetTimestamp();
+                cpuAt[i] = CpuTime();
+            }
             return await stream.Completion;
         }).ToArray();
         var results = await Task.WhenAll(tasks);
         var end = Stopwatch.GetTimestamp();
+        // NOTE: CPU seconds of the process over the decode: on a shared machine they vary less than wall time.
+        var decodeCpu = CpuTime() - cpuAt[Array.IndexOf(firstTokenAt, firstTokenAt.Max())];
         generatedTokens?.AddRange(results.Select(r => r.TokenIds.ToArray()));
 
         double prefillS = Stopwatch.GetElapsedTime(start, firstTokenAt.Max()).TotalSeconds;
         double decodeS = Stopwatch.GetElapsedTime(firstTokenAt.Max(), end).TotalSeconds;
         int generated = results.Sum(r => r.Metrics.GeneratedTokens);
+        var spec = results.Select(r => r.Metrics.Speculation).Where(m => m is not null).ToArray();
+        long steps = spec.Sum(m => m!.Steps), proposed = spec.Sum(m => m!.ProposedTokens), accepted = spec.Sum(m => m!.AcceptedTokens);
         return new E2eResult("inference", model, p, n, b, threads,
             b * p / prefillS,
             (generated - b) / decodeS,
@@ -194,6 +262,9 @@ public static class E2eBenchmark
         {
             ReadyS = readyS,
             GeneratedTokens = generated,
+            DecodeCpuMsPerToken = decodeCpu.TotalMilliseconds / Math.Max(1, generated - b),
+            AcceptanceRate = speculative is null ? null : proposed > 0 ? (double)accepted / proposed : 0,
+            MeanAcceptedTokens = speculative is null ? null : steps > 0 ? (double)accepted / steps : 0,
         };
     }
 }

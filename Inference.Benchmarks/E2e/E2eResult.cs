@@ -19,7 +19,44 @@ public sealed record E2eResult(
     /// <summary>Tokens generated over all requests (fewer than batch × N when a constraint ends a request early).</summary>
     public int GeneratedTokens { get; init; }
 
-    public string ToJson() => JsonSerializer.Serialize(new Dictionary<string, object>
+    /// <summary>Process CPU milliseconds per decoded token.</summary>
+    public double DecodeCpuMsPerToken { get; init; }
+
+    /// <summary>Accepted / proposed tokens with speculative decoding; null without.</summary>
+    public double? AcceptanceRate { get; init; }
+
+    /// <summary>Accepted proposals per verification step with speculative decoding; null without.</summary>
+    public double? MeanAcceptedTokens { get; init; }
+
+    /// <summary>Decode tok/s of the same run without speculation (side by side); null when not run.</summary>
+    public double? BaselineDecodeTokS { get; init; }
+
+    /// <summary>Median over repeats of speculative / baseline decode tok/s, each pair back to back; null when not run.</summary>
+    public double? PairedSpeedupMedian { get; init; }
+
+    /// <summary>Median over repeats of baseline / speculative CPU milliseconds per decoded token; null when not run.</summary>
+    public double? CpuSpeedupMedian { get; init; }
+
+    /// <summary>Whether every request's tokens equal the run without speculation; null when not run.</summary>
+    public bool? SameText { get; init; }
+
+    public string ToJson()
+    {
+        var json = Fields();
+        if (AcceptanceRate is double rate) json["acceptance_rate"] = Math.Round(rate, 3);
+        if (MeanAcceptedTokens is double mean) json["mean_accepted_tokens"] = Math.Round(mean, 3);
+        if (BaselineDecodeTokS is double baseline)
+        {
+            json["baseline_decode_tok_s"] = Math.Round(baseline, 2);
+            json["speedup"] = Math.Round(DecodeTokS / baseline, 3);
+        }
+        if (PairedSpeedupMedian is double paired) json["speedup_median_pair"] = Math.Round(paired, 3);
+        if (CpuSpeedupMedian is double cpu) json["cpu_speedup_median_pair"] = Math.Round(cpu, 3);
+        if (SameText is bool same) json["same_text"] = same;
+        return JsonSerializer.Serialize(json);
+    }
+
+    private Dictionary<string, object> Fields() => new()
     {
         ["ready_s"] = Math.Round(ReadyS, 3),
         ["engine"] = Engine,
@@ -33,9 +70,10 @@ public sealed record E2eResult(
         ["ttft_ms"] = Math.Round(TtftMs, 2),
         ["tpot_ms"] = Math.Round(TpotMs, 3),
         ["wall_s"] = Math.Round(WallS, 3),
+        ["decode_cpu_ms_per_token"] = Math.Round(DecodeCpuMsPerToken, 2),
         ["weight_mb_per_token"] = Math.Round(WeightBytesPerToken / 1e6, 1),
         ["read_gb_s"] = Math.Round(BandwidthGbs, 2),
         // Decode roofline: every token streams all weights once; batch B shares one pass.
         ["decode_roofline_fraction"] = BandwidthGbs > 0 ? Math.Round(DecodeTokS / Batch * WeightBytesPerToken / (BandwidthGbs * 1e9), 3) : 0,
-    });
+    };
 }

@@ -22,6 +22,7 @@ internal sealed class DraftModelProposer : ISpeculativeProposer
     private readonly IForwardExecutor _executor;
     private readonly KvCacheManager _kv;
     private readonly int _vocab, _budget;
+    private readonly float _minProbability;
     private readonly Dictionary<long, List<int>> _computed = new(); // request id → token ids in the draft's KV
     private readonly ModelBatch _batch = new();
     private readonly List<(int Request, bool Logits)> _segments = [];
@@ -45,6 +46,7 @@ internal sealed class DraftModelProposer : ISpeculativeProposer
         var c = draft.Model.Config;
         _vocab = c.VocabSize;
         _budget = options.MaxNumBatchedTokens;
+        _minProbability = options.Speculative?.DraftMinProbability ?? 0;
         int perSequence = (contextLength + options.KvCache.BlockSize - 1) / options.KvCache.BlockSize;
         long cap = (long)options.MaxNumSeqs * perSequence * KvCacheStorage.GetBlockByteCount(c.LayerCount, options.KvCache.BlockSize, c.KvHeadCount, c.HeadDim, options.KvCache.DataType);
         var kvOptions = options.KvCache with { PoolBytes = Math.Min(options.KvCache.ResolvePoolBytes(), cap), PrefixCaching = PrefixCachingMode.Disabled };
@@ -164,11 +166,25 @@ internal sealed class DraftModelProposer : ISpeculativeProposer
             var (a, logits) = _segments[i];
             if (!logits) continue;
             var s = _active[a];
-            int row = _batch.Segments[i].LogitIndex;
-            s.Proposed[s.Count++] = TensorPrimitives.IndexOfMax(_logits.AsSpan(row * _vocab, _vocab));
+            var row = _logits.AsSpan(_batch.Segments[i].LogitIndex * _vocab, _vocab);
+            int token = TensorPrimitives.IndexOfMax(row);
+            // The argmax's softmax probability is 1 / Σ exp(l − max).
+            if (_minProbability > 0 && 1 / SumExp(row, row[token]) < _minProbability)
+            {
+                s.Stopped = true;
+                continue;
+            }
+            s.Proposed[s.Count++] = token;
         }
         _batch.Clear();
         _segments.Clear();
+    }
+
+    private static double SumExp(ReadOnlySpan<float> logits, float max)
+    {
+        double sum = 0;
+        foreach (float l in logits) sum += Math.Exp(l - max);
+        return sum;
     }
 
     public void Release(long requestId)

@@ -72,6 +72,17 @@ public sealed record SpeculativeOptions
         init => field = value is >= 1 and <= MaxPromptLookup ? value : throw Out(nameof(PromptLookupMax), value, $"must be in [1, {MaxPromptLookup}]");
     } = 3;
 
+    /// <summary>
+    /// With a draft model: the draft stops proposing at a token whose probability under the draft (softmax of its logits)
+    /// is below this (llama.cpp's <c>--draft-p-min</c>), so unlikely proposals cost neither draft steps nor rows of the
+    /// verification. 0 to 1; default 0 (always propose <see cref="NumSpeculativeTokens"/>).
+    /// </summary>
+    public float DraftMinProbability
+    {
+        get;
+        init => field = value is >= 0 and <= 1 ? value : throw Out(nameof(DraftMinProbability), value, "must be in [0, 1]");
+    }
+
     /// <summary>Prompt lookup proposing <paramref name="numSpeculativeTokens"/> tokens per step.</summary>
     public static SpeculativeOptions NGram(int numSpeculativeTokens = 4) => new() { Method = SpeculativeMethod.NGram, NumSpeculativeTokens = numSpeculativeTokens };
 

@@ -41,6 +41,18 @@ public class CliTests
     }
 
     [Test]
+    public void Generate_WithNgramSpeculation_SameTextAndAcceptanceOnStderr()
+    {
+        var (code, plain, stderr) = Run("generate", "--prompt", "Once upon a time", "--max-tokens", "80", "--temperature", "0", "--threads", "1");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        var (code2, speculative, stderr2) = Run("generate", "--prompt", "Once upon a time", "--max-tokens", "80", "--temperature", "0", "--threads", "1",
+            "--ngram-speculation", "--num-speculative-tokens", "3");
+        Assert.That(code2, Is.EqualTo(0), stderr2);
+        Assert.That(speculative, Is.EqualTo(plain));
+        Assert.That(stderr2, Does.Contain("speculative acceptance"));
+    }
+
+    [Test]
     public void Tokenize_PrintsIdsWithBos()
     {
         var (code, stdout, _) = Run("tokenize", "--text", "Once upon a time");

@@ -43,11 +43,26 @@ public class ServerOptionsTests
     [TestCase("--gpu-memory-utilization 2", "MemoryFraction")]
     [TestCase("--max-num-seqs x", "x")]
     [TestCase("--enable-prefix-caching --no-enable-prefix-caching", "contradict")]
+    [TestCase("--draft-model d.gguf --ngram-speculation", "contradict")]
+    [TestCase("--num-speculative-tokens 3", "--draft-model")]
+    [TestCase("--ngram-speculation --num-speculative-tokens 0", "NumSpeculativeTokens")]
+    [TestCase("--ngram-speculation --prompt-lookup-min 5 --prompt-lookup-max 2", "PromptLookupMin")]
+    [TestCase("--prompt-lookup-max 2", "--ngram-speculation")]
     public void BadOptions_AreOneLineArgumentErrors(string extra, string mention)
     {
         var e = Assert.Throws<ArgumentException>(() => ServerOptions.Parse(["--model", "m.gguf", .. extra.Split(' ')]))!;
         Assert.That(e.Message, Does.Contain(mention));
         Assert.That(e.Message, Does.Not.Contain('\n'));
+    }
+
+    [Test]
+    public void SpeculativeDecoding_ByVllmNames()
+    {
+        Assert.That(ServerOptions.Parse(["--model", "m.gguf", "--draft-model", "d.gguf", "--num-speculative-tokens", "5"]).Engine.Speculative,
+            Is.EqualTo(new Inference.Speculative.SpeculativeOptions { Method = Inference.Speculative.SpeculativeMethod.DraftModel, DraftModel = "d.gguf", NumSpeculativeTokens = 5 }));
+        Assert.That(ServerOptions.Parse(["--model", "m.gguf", "--ngram-speculation", "--prompt-lookup-max", "4", "--prompt-lookup-min", "2"]).Engine.Speculative,
+            Is.EqualTo(new Inference.Speculative.SpeculativeOptions { PromptLookupMin = 2, PromptLookupMax = 4 }));
+        Assert.That(ServerOptions.Parse(["--model", "m.gguf"]).Engine.Speculative, Is.Null);
     }
 
     [Test]

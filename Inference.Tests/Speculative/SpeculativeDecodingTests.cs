@@ -39,6 +39,8 @@ public class SpeculativeDecodingTests
         "ngram" => SpeculativeOptions.NGram(k),
         "self" => SpeculativeOptions.Draft(TestData.Stories260K, k),
         "random" => SpeculativeOptions.Draft(RandomDraft, k),
+        // The draft stops at tokens it is unsure of: fewer, likelier proposals.
+        "self-pmin" => SpeculativeOptions.Draft(TestData.Stories260K, k) with { DraftMinProbability = 0.6f },
         _ => throw new ArgumentException(proposer),
     };
 
@@ -56,6 +58,7 @@ public class SpeculativeDecodingTests
     [TestCase("ngram", 4)]
     [TestCase("self", 3)]
     [TestCase("random", 5)]
+    [TestCase("self-pmin", 6)]
     public async Task Greedy_SameTokensAsPlainDecoding_UnderLoad_NoLeakedBlocks(string proposer, int k)
     {
         var prompts = Prompts();
@@ -229,6 +232,7 @@ public class SpeculativeDecodingTests
         Assert.Throws<ArgumentOutOfRangeException>(() => _ = new SpeculativeOptions { NumSpeculativeTokens = 0 });
         Assert.Throws<ArgumentOutOfRangeException>(() => _ = new SpeculativeOptions { NumSpeculativeTokens = 33 });
         Assert.Throws<ArgumentOutOfRangeException>(() => _ = new SpeculativeOptions { PromptLookupMin = 0 });
+        Assert.Throws<ArgumentOutOfRangeException>(() => _ = new SpeculativeOptions { DraftMinProbability = 1.5f });
         Assert.Throws<ArgumentException>(() => new SpeculativeOptions { Method = SpeculativeMethod.DraftModel }.Validate());
         Assert.Throws<ArgumentException>(() => new SpeculativeOptions { PromptLookupMin = 4, PromptLookupMax = 2 }.Validate());
         Assert.Throws<ArgumentException>(() => new SpeculativeOptions { DraftModel = "x.gguf" }.Validate());

@@ -75,8 +75,11 @@ public static class Program
             var completion = await stream.Completion;
             Console.Out.WriteLine();
             var m = completion.Metrics;
+            string speculation = m.Speculation is { } spec
+                ? string.Create(CultureInfo.InvariantCulture, $"; speculative acceptance {spec.AcceptanceRate:F2}, {spec.MeanAcceptedTokens:F2} accepted tokens per step")
+                : "";
             Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"prompt {m.PromptTokens} tokens, generated {m.GeneratedTokens} tokens ({completion.FinishReason}); TTFT {m.TimeToFirstToken.TotalMilliseconds:F2} ms, TPOT {m.TimePerOutputToken.TotalMilliseconds:F2} ms, {m.TokensPerSecond:F1} tokens/s, seed {completion.Seed}; {engine.DeviceName}"));
+                $"prompt {m.PromptTokens} tokens, generated {m.GeneratedTokens} tokens ({completion.FinishReason}); TTFT {m.TimeToFirstToken.TotalMilliseconds:F2} ms, TPOT {m.TimePerOutputToken.TotalMilliseconds:F2} ms, {m.TokensPerSecond:F1} tokens/s, seed {completion.Seed}; {engine.DeviceName}{speculation}"));
             return 0;
         }
 

@@ -4,6 +4,7 @@ using System.Globalization;
 using Inference.Engine;
 using Inference.KvCache;
 using Inference.Quantization;
+using Inference.Speculative;
 
 namespace Inference.CommandLine;
 
@@ -72,11 +73,27 @@ public sealed class EngineCommandLine
     /// <summary><c>--max-waiting-requests</c>: most requests waiting to start before new ones are refused.</summary>
     public Option<int?> MaxWaitingRequests { get; } = new("--max-waiting-requests") { Description = "Most requests waiting to start; more are refused (the server answers 429) (default 1024)" };
 
+    /// <summary><c>--draft-model</c>: speculative decoding with a draft model of the same vocabulary.</summary>
+    public Option<string?> DraftModel { get; } = new("--draft-model") { Description = "Speculative decoding: a smaller or quantized model with the same vocabulary proposes tokens (GGUF or Hugging Face folder)" };
+
+    /// <summary><c>--ngram-speculation</c>: speculative decoding with prompt lookup (no second model).</summary>
+    public Option<bool> NgramSpeculation { get; } = new("--ngram-speculation") { Description = "Speculative decoding by prompt lookup: the tokens that followed the latest earlier occurrence of the last n-gram are proposed" };
+
+    /// <summary><c>--num-speculative-tokens</c>: tokens proposed per step.</summary>
+    public Option<int?> NumSpeculativeTokens { get; } = new("--num-speculative-tokens") { Description = "Tokens proposed per request and step with --draft-model or --ngram-speculation (default 4)" };
+
+    /// <summary><c>--prompt-lookup-min</c>: shortest n-gram matched by prompt lookup.</summary>
+    public Option<int?> PromptLookupMin { get; } = new("--prompt-lookup-min") { Description = "Shortest n-gram --ngram-speculation matches (default 1)" };
+
+    /// <summary><c>--prompt-lookup-max</c>: longest n-gram matched by prompt lookup.</summary>
+    public Option<int?> PromptLookupMax { get; } = new("--prompt-lookup-max") { Description = "Longest n-gram --ngram-speculation matches first (default 3)" };
+
     /// <summary>Every option above, in help order.</summary>
     public IReadOnlyList<Option> All =>
     [
         Model, Device, Threads, MaxModelLen, MaxNumSeqs, MaxNumBatchedTokens, MaxWaitingRequests, BlockSize, KvCacheDtype,
         EnablePrefixCaching, NoEnablePrefixCaching, GpuMemoryUtilization, Quantization, TensorParallelSize,
+        DraftModel, NgramSpeculation, NumSpeculativeTokens, PromptLookupMin, PromptLookupMax,
     ];
 
     /// <summary>Adds every option to <paramref name="command"/> and rejects contradicting pairs.</summary>
@@ -89,6 +106,13 @@ public sealed class EngineCommandLine
         {
             if (result.GetValue(EnablePrefixCaching) && result.GetValue(NoEnablePrefixCaching))
                 result.AddError("--enable-prefix-caching and --no-enable-prefix-caching contradict each other");
+            bool draft = result.GetValue(DraftModel) is not null, ngram = result.GetValue(NgramSpeculation);
+            if (draft && ngram)
+                result.AddError("--draft-model and --ngram-speculation contradict each other (one proposer at a time)");
+            if (!draft && !ngram && result.GetValue(NumSpeculativeTokens) is not null)
+                result.AddError("--num-speculative-tokens needs --draft-model PATH or --ngram-speculation");
+            if (!ngram && (result.GetValue(PromptLookupMin) is not null || result.GetValue(PromptLookupMax) is not null))
+                result.AddError("--prompt-lookup-min and --prompt-lookup-max need --ngram-speculation");
         });
     }
 
@@ -114,6 +138,17 @@ public sealed class EngineCommandLine
         if (result.GetValue(NoEnablePrefixCaching)) kv = kv with { PrefixCaching = PrefixCachingMode.Disabled };
         if (result.GetValue(GpuMemoryUtilization) is double fraction) kv = kv with { MemoryFraction = fraction };
         if (result.GetValue(Quantization) is QuantizationPreset preset) options = options with { Quantization = preset };
+        if (result.GetValue(DraftModel) is not null || result.GetValue(NgramSpeculation))
+        {
+            var speculative = result.GetValue(DraftModel) is string path
+                ? new SpeculativeOptions { Method = SpeculativeMethod.DraftModel, DraftModel = path }
+                : new SpeculativeOptions { Method = SpeculativeMethod.NGram };
+            if (result.GetValue(NumSpeculativeTokens) is int k) speculative = speculative with { NumSpeculativeTokens = k };
+            if (result.GetValue(PromptLookupMin) is int min) speculative = speculative with { PromptLookupMin = min };
+            if (result.GetValue(PromptLookupMax) is int max) speculative = speculative with { PromptLookupMax = max };
+            speculative.Validate();
+            options = options with { Speculative = speculative };
+        }
         return options with { KvCache = kv };
     }
 
