@@ -380,7 +380,8 @@ internal sealed class TemplateParser
                 return new LiteralExpression(s);
             }
             case TemplateTokenKind.Integer:
-                return new LiteralExpression(long.Parse(t.Value, CultureInfo.InvariantCulture));
+                return long.TryParse(t.Value, NumberStyles.None, CultureInfo.InvariantCulture, out long integer) ? new LiteralExpression(integer)
+                    : throw new ChatTemplateException($"the integer literal {(t.Value.Length > 40 ? t.Value[..40] + "…" : t.Value)} is out of range (64-bit integers only)");
             case TemplateTokenKind.Float:
                 return new LiteralExpression(double.Parse(t.Value, CultureInfo.InvariantCulture));
             case TemplateTokenKind.Name:

@@ -47,6 +47,15 @@ public abstract record Constraint
         {
             throw new InvalidConstraintException($"{what}: {e.Message}", e);
         }
+        catch (InvalidConstraintException)
+        {
+            throw;
+        }
+        catch (Exception e) when (e is InvalidOperationException or FormatException or KeyNotFoundException or ArgumentException or OverflowException or System.Text.Json.JsonException)
+        {
+            // A malformed document (a keyword of the wrong JSON type, say) found while converting it.
+            throw new InvalidConstraintException($"{what}: malformed ({e.Message})", e);
+        }
     }
 }
 

@@ -54,7 +54,25 @@ public sealed record OpenAiRequest
 
     /// <summary>Parses a chat completions request.</summary>
     /// <exception cref="OpenAiError">The request is invalid.</exception>
-    public static OpenAiRequest ParseChat(JsonElement root, int maxChoices)
+    public static OpenAiRequest ParseChat(JsonElement root, int maxChoices) => Guard(() => ParseChatCore(root, maxChoices));
+
+    /// <summary>
+    /// Runs a parse, answering 400 for JSON strings that are not valid UTF-16 (an escaped lone surrogate such as
+    /// <c>"\uD800"</c>), which <see cref="JsonElement.GetString"/> refuses with <see cref="InvalidOperationException"/>.
+    /// </summary>
+    private static OpenAiRequest Guard(Func<OpenAiRequest> parse)
+    {
+        try
+        {
+            return parse();
+        }
+        catch (InvalidOperationException e)
+        {
+            throw OpenAiError.BadRequest("the request holds a string that cannot be read: " + e.Message);
+        }
+    }
+
+    private static OpenAiRequest ParseChatCore(JsonElement root, int maxChoices)
     {
         var request = ParseCommon(root, maxChoices);
         if (!root.TryGetProperty("messages", out var messages) || messages.ValueKind != JsonValueKind.Array)
@@ -152,7 +170,9 @@ public sealed record OpenAiRequest
     /// <param name="root">The request body.</param>
     /// <param name="maxChoices">Most choices <c>n</c> may ask for.</param>
     /// <param name="maxPrompts">Most prompts an array of strings may hold.</param>
-    public static OpenAiRequest ParseCompletion(JsonElement root, int maxChoices, int maxPrompts = 32)
+    public static OpenAiRequest ParseCompletion(JsonElement root, int maxChoices, int maxPrompts = 32) => Guard(() => ParseCompletionCore(root, maxChoices, maxPrompts));
+
+    private static OpenAiRequest ParseCompletionCore(JsonElement root, int maxChoices, int maxPrompts)
     {
         var request = ParseCommon(root, maxChoices);
         // The legacy form: logprobs is the number of alternatives (0 for the chosen token's only); echo with logprobs
