@@ -43,11 +43,19 @@ public class ChatTemplateLimitsTests
     [Test]
     public void RenderingPastItsTime_IsRefused()
     {
-        // A zero time limit: refused at the first time check (every 256 steps), whatever the machine's speed.
-        var template = ChatTemplate.Parse("{% for i in range(1000) %}{{ i }}{% endfor %}");
-        Assert.That(template.Render(Messages), Has.Length.EqualTo(2890), "within the default limits it renders");
+        // A zero time limit: refused at the first time check past StepsBeforeClock, whatever the machine's speed.
+        var template = ChatTemplate.Parse("{% for i in range(40000) %}{{ i }}{% endfor %}");
+        Assert.That(template.Render(Messages, null, new TemplateLimits(TimeSpan.FromDays(1))), Has.Length.EqualTo(188_890), "without a time limit it renders");
         var e = Assert.Throws<ChatTemplateException>(() => template.Render(Messages, null, new TemplateLimits(TimeSpan.Zero)));
         Assert.That(e!.Message, Does.Contain("longer than"));
+    }
+
+    [Test]
+    public void ShortRendering_IsNeverRefusedForTime()
+    {
+        // Fewer steps than StepsBeforeClock: a stalled thread cannot make an ordinary template fail, even at a zero limit.
+        var template = ChatTemplate.Parse("{% for i in range(1000) %}{{ i }}{% endfor %}");
+        Assert.That(template.Render(Messages, null, new TemplateLimits(TimeSpan.Zero)), Has.Length.EqualTo(2890));
     }
 
     [Test]
