@@ -51,10 +51,8 @@ public sealed class Sampler
         var scratch = Scratch.Rent(_vocabSize);
         try
         {
-            int keep = Truncate(logits, scratch);
-            var kept = scratch.Values.AsSpan(0, keep);
-            TensorPrimitives.Divide(kept, _options.Temperature, kept);
-            TensorPrimitives.SoftMax(kept, kept);
+            var kept = KeptDistribution(logits, scratch);
+            int keep = kept.Length;
             float r = NextFloat();
             float cumulative = 0;
             for (int i = 0; i < keep; i++)
@@ -68,6 +66,18 @@ public sealed class Sampler
         {
             scratch.Return();
         }
+    }
+
+    /// <summary>
+    /// The top-k, top-p and min-p cut of <paramref name="logits"/> into <paramref name="scratch"/>, divided by the
+    /// temperature and normalised: the probabilities of the kept candidates, whose ids are <c>scratch.Ids</c>.
+    /// </summary>
+    private Span<float> KeptDistribution(ReadOnlySpan<float> logits, Scratch scratch)
+    {
+        var kept = scratch.Values.AsSpan(0, Truncate(logits, scratch));
+        TensorPrimitives.Divide(kept, _options.Temperature, kept);
+        TensorPrimitives.SoftMax(kept, kept);
+        return kept;
     }
 
     /// <summary>Candidate ids, values and probabilities for one call, rented from <see cref="ArrayPool{T}.Shared"/>.</summary>
@@ -115,11 +125,8 @@ public sealed class Sampler
         var scratch = Scratch.Rent(_vocabSize);
         try
         {
-            int keep = Truncate(logits, scratch);
-            var kept = scratch.Values.AsSpan(0, keep);
-            TensorPrimitives.Divide(kept, _options.Temperature, kept);
-            TensorPrimitives.SoftMax(kept, kept);
-            for (int i = 0; i < keep; i++) probs[scratch.Ids[i]] = kept[i];
+            var kept = KeptDistribution(logits, scratch);
+            for (int i = 0; i < kept.Length; i++) probs[scratch.Ids[i]] = kept[i];
         }
         finally
         {
