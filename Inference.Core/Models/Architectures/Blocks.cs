@@ -140,4 +140,27 @@ internal static class Blocks
         b.SoftCap(logits, c.FinalLogitSoftCap);
         return logits;
     }
+
+    /// <summary>
+    /// The pre-norm decoder llama, qwen2, qwen3 and phi3 share: the embedding, one RoPE table, then per layer
+    /// <see cref="SelfAttention"/> and the SwiGLU <see cref="SwiGluFeedForward"/>, then the <see cref="OutputHead"/>.
+    /// </summary>
+    /// <param name="b">The graph being built.</param>
+    /// <param name="qkNorm">Per-head RMSNorm of Q and K (qwen3).</param>
+    /// <param name="fusedWhereStored">Read a layer's Q/K/V and gate/up from the fused tensors unless the file stores
+    /// them separately (phi3; llama.cpp reads both).</param>
+    public static int PreNormDecoder(GraphBuilder b, bool qkNorm = false, bool fusedWhereStored = false)
+    {
+        var c = b.Config;
+        int x = b.Buffer("x", c.Dim), xb = b.Buffer("xb", c.Dim);
+        int embedding = Embedding(b, x);
+        int rope = b.RopeTable(DefaultRope(b));
+        for (int l = 0; l < c.LayerCount; l++)
+        {
+            b.Layer = l;
+            SelfAttention(b, x, xb, rope, qkNorm, fusedQkv: fusedWhereStored && !b.Has(b.LayerName("attn_q.weight")));
+            SwiGluFeedForward(b, x, xb, fusedGateUp: fusedWhereStored && !b.Has(b.LayerName("ffn_gate.weight")));
+        }
+        return OutputHead(b, x, embedding);
+    }
 }

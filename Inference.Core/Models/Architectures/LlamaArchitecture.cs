@@ -61,18 +61,5 @@ internal sealed class LlamaArchitecture : ModelArchitecture
     public override ModelConfig ReadHf(string path, System.Text.Json.JsonElement root, ModelConfig config) =>
         _alwaysBiased ? config with { HasAttentionBias = true } : config;
 
-    protected override int Emit(GraphBuilder b)
-    {
-        var c = b.Config;
-        int x = b.Buffer("x", c.Dim), xb = b.Buffer("xb", c.Dim);
-        int embedding = Blocks.Embedding(b, x);
-        int rope = b.RopeTable(Blocks.DefaultRope(b));
-        for (int l = 0; l < c.LayerCount; l++)
-        {
-            b.Layer = l;
-            Blocks.SelfAttention(b, x, xb, rope);
-            Blocks.SwiGluFeedForward(b, x, xb);
-        }
-        return Blocks.OutputHead(b, x, embedding);
-    }
+    protected override int Emit(GraphBuilder b) => Blocks.PreNormDecoder(b);
 }

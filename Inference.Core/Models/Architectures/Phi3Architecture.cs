@@ -92,19 +92,5 @@ internal sealed class Phi3Architecture : ModelArchitecture
         w.AddUInt32($"{Name}.rope.scaling.original_context_length", (uint)c.RopeOriginalContextLength);
     }
 
-    protected override int Emit(GraphBuilder b)
-    {
-        var c = b.Config;
-        int x = b.Buffer("x", c.Dim), xb = b.Buffer("xb", c.Dim);
-        int embedding = Blocks.Embedding(b, x);
-        int rope = b.RopeTable(Blocks.DefaultRope(b));
-        for (int l = 0; l < c.LayerCount; l++)
-        {
-            b.Layer = l;
-            // NOTE: llama.cpp also reads phi3 files with separate Q/K/V; a file that has them is read as stored.
-            Blocks.SelfAttention(b, x, xb, rope, fusedQkv: !b.Has(b.LayerName("attn_q.weight")));
-            Blocks.SwiGluFeedForward(b, x, xb, fusedGateUp: !b.Has(b.LayerName("ffn_gate.weight")));
-        }
-        return Blocks.OutputHead(b, x, embedding);
-    }
+    protected override int Emit(GraphBuilder b) => Blocks.PreNormDecoder(b, fusedWhereStored: true);
 }

@@ -24,18 +24,5 @@ internal sealed class Qwen3Architecture : ModelArchitecture
             ("self_attn.k_norm.weight", "attn_k_norm.weight"),
         ]);
 
-    protected override int Emit(GraphBuilder b)
-    {
-        var c = b.Config;
-        int x = b.Buffer("x", c.Dim), xb = b.Buffer("xb", c.Dim);
-        int embedding = Blocks.Embedding(b, x);
-        int rope = b.RopeTable(Blocks.DefaultRope(b));
-        for (int l = 0; l < c.LayerCount; l++)
-        {
-            b.Layer = l;
-            Blocks.SelfAttention(b, x, xb, rope, qkNorm: true);
-            Blocks.SwiGluFeedForward(b, x, xb);
-        }
-        return Blocks.OutputHead(b, x, embedding);
-    }
+    protected override int Emit(GraphBuilder b) => Blocks.PreNormDecoder(b, qkNorm: true);
 }
