@@ -220,7 +220,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         {
             try
             {
-                r.PromptLogprobs = ScorePrompt(r.PromptTokens, promptTop);
+                r.PromptLogprobs = ScorePrompt(r.PromptTokens.ToArray(), promptTop);
             }
             catch (InvalidOperationException e)
             {
@@ -228,7 +228,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
                 return;
             }
         }
-        var scheduled = NewSchedulerRequest(r);
+        var scheduled = r.Scheduled;
         try
         {
             _scheduler.AddRequest(scheduled);
@@ -240,9 +240,6 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         }
         _live.Add(r.Id, (r, scheduled));
     }
-
-    private SchedulerRequest NewSchedulerRequest(GenerationRequest r) =>
-        new(r.Id, r.PromptTokens, Math.Max(1, Math.Min(r.Sampling.MaxTokens, ContextLength - r.PromptTokens.Length)));
 
     private void WaitForWork()
     {
@@ -379,7 +376,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         {
             BeforeSample?.Invoke(r);
             r.Matcher?.ApplyMask(logits);
-            int token = r.Sampler.Sample(logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Tokens), r.PromptTokens.Length);
+            int token = r.Sampler.Sample(logits, scheduled.TokenIds, scheduled.PromptTokenCount);
             var logprobs = r.Sampling.Logprobs is int top ? r.Sampler.GetLogprobs(logits, token, top) : null;
             var schedulerReason = _scheduler.Update(scheduled, token);
             finish = r.Accept(token, logprobs);
@@ -454,7 +451,8 @@ internal sealed partial class EngineLoop : IAsyncDisposable
             {
                 var logits = rows.Slice(i * vocab, vocab);
                 r.Matcher?.ApplyMask(logits);
-                int token = r.Sampler.Sample(logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Tokens), r.PromptTokens.Length);
+                // NOTE: the history is the known tokens and the proposals before this position, all accepted so far.
+                int token = r.Sampler.Sample(logits, scheduled.ScheduledTokenIds[..(scheduled.TokenCount + i)], scheduled.PromptTokenCount);
                 var logprobs = r.Sampling.Logprobs is int top ? r.Sampler.GetLogprobs(logits, token, top) : null;
                 _verified[count++] = token;
                 bool match = i < proposed.Length && token == proposed[i];
@@ -501,7 +499,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
                 child.Finish(FinishReason.Cancelled, new OperationCanceledException("the request was cancelled"));
                 continue;
             }
-            var scheduled = NewSchedulerRequest(child);
+            var scheduled = child.Scheduled;
             if (!_scheduler.TryAddFork(parentScheduled, scheduled))
             {
                 Admit(child);

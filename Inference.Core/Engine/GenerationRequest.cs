@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text;
 using System.Threading.Channels;
 using Inference.Sampling;
+using Inference.Scheduling;
 using Inference.Tokenization;
 
 namespace Inference.Engine;
@@ -20,15 +21,15 @@ internal sealed class GenerationRequest
     private readonly StreamingDecoder _decoder;
     private readonly IReadOnlySet<int> _stopTokens;
     private int _cancelled;
+    private int _lastToken;
 
     public GenerationRequest(long id, int[] promptTokens, SamplingOptions sampling, ModelTokenizer tokenizer, IReadOnlySet<int> stopTokens, int vocabSize, int maxTotalTokens)
     {
         Id = id;
-        PromptTokens = promptTokens;
-        // NOTE: MaxTokens may be far beyond the context; nothing is sized by it unchecked.
-        int room = Math.Clamp(Math.Min(sampling.MaxTokens, maxTotalTokens - promptTokens.Length), 1, 1 << 20);
-        Tokens = new List<int>(promptTokens.Length + Math.Min(room, 4096));
-        Tokens.AddRange(promptTokens);
+        // NOTE: MaxTokens may be far beyond the context; nothing is sized by it unchecked. The scheduler's request holds
+        // the one list of known tokens (prompt and output), sized for every token the context leaves room for.
+        int room = Math.Max(1, Math.Min(sampling.MaxTokens, maxTotalTokens - promptTokens.Length));
+        Scheduled = new SchedulerRequest(id, promptTokens, room);
         Sampling = sampling;
         Tokenizer = tokenizer;
         _stopTokens = stopTokens;
@@ -47,12 +48,11 @@ internal sealed class GenerationRequest
     }
 
     public long Id { get; }
-    public int[] PromptTokens { get; }
-    /// <summary>Prompt and generated tokens: the request's known tokens.</summary>
-    public List<int> Tokens { get; }
-    /// <summary>Tokens whose KV is in the cache.</summary>
-    public int ComputedTokens { get; set; }
-    public int GeneratedCount => Tokens.Count - PromptTokens.Length;
+    /// <summary>The request as the scheduler sees it: its known tokens (prompt, then output) and its progress.</summary>
+    public SchedulerRequest Scheduled { get; }
+    public ReadOnlySpan<int> PromptTokens => Scheduled.TokenIds[..Scheduled.PromptTokenCount];
+    /// <summary>Tokens accepted as output (an end-of-generation token that stops the request is not one).</summary>
+    public int GeneratedCount { get; private set; }
     public SamplingOptions Sampling { get; }
     public ModelTokenizer Tokenizer { get; }
     public Sampler Sampler { get; }
@@ -121,7 +121,8 @@ internal sealed class GenerationRequest
             Flush();
             return FinishReason.EndOfSequence;
         }
-        Tokens.Add(token);
+        GeneratedCount++;
+        _lastToken = token;
         if (logprobs is not null) Logprobs?.Add(logprobs);
         Matcher?.TryAccept(token);
         _pending.Append(_decoder.Push(token));
@@ -143,7 +144,7 @@ internal sealed class GenerationRequest
             Flush();
             return FinishReason.EndOfSequence;
         }
-        if (GeneratedCount >= Sampling.MaxTokens || Tokens.Count >= MaxTotalTokens)
+        if (GeneratedCount >= Sampling.MaxTokens || Scheduled.PromptTokenCount + GeneratedCount >= MaxTotalTokens)
         {
             Flush();
             return FinishReason.Length;
@@ -164,7 +165,7 @@ internal sealed class GenerationRequest
         if (token < 0 && text.Length == 0) return;
         // NOTE: the engine never schedules a request whose consumer is behind, so this cannot fail for want of room;
         // it fails only after the consumer went away, which is fine to ignore.
-        Output.Writer.TryWrite(new GeneratedToken(token < 0 ? Tokens[^1] : token, text, logprobs));
+        Output.Writer.TryWrite(new GeneratedToken(token < 0 ? _lastToken : token, text, logprobs));
     }
 
     private bool FindStop(out int at)
@@ -216,11 +217,11 @@ internal sealed class GenerationRequest
         int n = Math.Max(GeneratedCount, FirstToken != 0 ? 1 : 0);
         var tpot = n > 1 ? (latency - ttft) / (n - 1) : TimeSpan.Zero;
         var queue = FirstScheduled != 0 ? Stopwatch.GetElapsedTime(Submitted, FirstScheduled) : latency;
-        var metrics = new GenerationMetrics(PromptTokens.Length, GeneratedCount, queue, ttft, tpot, latency, PrefixHitTokens)
+        var metrics = new GenerationMetrics(Scheduled.PromptTokenCount, GeneratedCount, queue, ttft, tpot, latency, PrefixHitTokens)
         {
             Speculation = SpeculativeSteps > 0 ? new Speculative.SpeculationMetrics(SpeculativeSteps, ProposedTokens, AcceptedTokens) : null,
         };
-        var result = new Completion(_text.ToString(), Tokens.GetRange(PromptTokens.Length, GeneratedCount), PromptTokens, reason, Sampler.Seed, metrics)
+        var result = new Completion(_text.ToString(), Scheduled.OutputTokenIds[..GeneratedCount].ToArray(), PromptTokens.ToArray(), reason, Sampler.Seed, metrics)
         {
             Logprobs = Logprobs?.ToArray(),
             PromptLogprobs = PromptLogprobs,

@@ -110,7 +110,7 @@ public class EngineLimitsTests
         // The request with the poisoned prompt fails while sampling its fourth token, in a step shared with the others.
         engine.Loop.BeforeSample = r =>
         {
-            if (r.PromptTokens.AsSpan().SequenceEqual(poisoned) && r.GeneratedCount == 3)
+            if (r.PromptTokens.SequenceEqual(poisoned) && r.GeneratedCount == 3)
             {
                 faults++;
                 throw new InvalidOperationException("injected sampling fault");
