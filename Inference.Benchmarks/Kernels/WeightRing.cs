@@ -10,6 +10,7 @@ namespace Inference.Benchmarks.Kernels;
 /// </summary>
 public sealed unsafe class WeightRing : IDisposable
 {
+    private readonly WeightBuffer _buffer;
     private readonly byte* _data;
 
     public WeightRing(GgmlType type, int rows, int cols, long minBytes, int seed = 1)
@@ -19,7 +20,9 @@ public sealed unsafe class WeightRing : IDisposable
         Cols = cols;
         MatrixBytes = GgmlTypeInfo.RowBytes(type, cols) * rows;
         Count = (int)Math.Max(1, (minBytes + MatrixBytes - 1) / MatrixBytes);
-        _data = (byte*)NativeMemory.AlignedAlloc((nuint)(MatrixBytes * Count), 64);
+        // NOTE: memory advised for 2 MiB pages, as the engine's prepared weights are (float matrices are read in place).
+        _buffer = new WeightBuffer(MatrixBytes * Count);
+        _data = _buffer.Data;
         var first = new Span<byte>(_data, checked((int)MatrixBytes));
         Fill(type, rows, cols, first, new Random(seed));
         for (int i = 1; i < Count; i++) first.CopyTo(new Span<byte>(_data + i * MatrixBytes, (int)MatrixBytes));
@@ -47,7 +50,7 @@ public sealed unsafe class WeightRing : IDisposable
         }
     }
 
-    public void Dispose() => NativeMemory.AlignedFree(_data);
+    public void Dispose() => _buffer.Dispose();
 
     private static void Fill(GgmlType type, int rows, int cols, Span<byte> dst, Random rng)
     {

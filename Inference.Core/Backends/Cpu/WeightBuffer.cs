@@ -11,7 +11,7 @@ namespace Inference.Backends.Cpu;
 /// 192 MB of Q8_0 weights). Where the kernel's transparent huge pages are in "madvise" mode (a common default), only
 /// memory advised with <c>MADV_HUGEPAGE</c> gets 2 MiB pages; anywhere else the advice is skipped or ignored.
 /// </remarks>
-internal sealed unsafe partial class WeightBuffer
+internal sealed unsafe partial class WeightBuffer : IDisposable
 {
     private const nuint HugePage = 2 << 20;
     private const int MadvHugePage = 14;
@@ -47,7 +47,16 @@ internal sealed unsafe partial class WeightBuffer
     /// <summary>The first byte; valid while this object is reachable.</summary>
     public byte* Data => _data;
 
-    ~WeightBuffer()
+    /// <summary>Frees the memory now (for a buffer no kernel can reach any more).</summary>
+    public void Dispose()
+    {
+        Free();
+        GC.SuppressFinalize(this);
+    }
+
+    ~WeightBuffer() => Free();
+
+    private void Free()
     {
         // NOTE: also runs for an instance whose constructor threw (nothing allocated then).
         if (_data == null) return;
