@@ -22,7 +22,7 @@ public static class BandwidthBenchmark
         var a = new Args(argv);
         int threads = a.Int("--threads", 2);
         double gbs = Measure(threads, a.Int("--mib", 1024));
-        Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object> { ["mode"] = "bandwidth", ["threads"] = threads, ["read_gb_s"] = Math.Round(gbs, 2) }));
+        Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object> { ["mode"] = "bandwidth", ["threads"] = threads, ["read_gb_s"] = Math.Round(gbs, 2), ["cpu"] = Kernels.DecodeCeiling.CpuTag }));
         return Task.FromResult(0);
     }
 

@@ -83,7 +83,10 @@ public static class E2eBenchmark
             };
         // NOTE: bandwidth is measured right after, in the same process and conditions, for the roofline fraction.
         double bandwidth = a.Optional("--no-bandwidth") is null ? BandwidthBenchmark.Measure(threads, 1024) : 0;
-        Console.WriteLine((best! with { WeightBytesPerToken = WeightBytesPerToken(model), BandwidthGbs = bandwidth }).ToJson());
+        // The ceiling of our kernels at batch 1 (weights as stored: not with --quantization or speculation).
+        var ceiling = engine == "inference" && batch == 1 && bandwidth > 0 && quantization is null && speculative is null
+            ? Kernels.DecodeCeiling.ForModel(model, threads, bandwidth) : null;
+        Console.WriteLine((best! with { WeightBytesPerToken = WeightBytesPerToken(model), BandwidthGbs = bandwidth, Ceiling = ceiling }).ToJson());
         return 0;
     }
 

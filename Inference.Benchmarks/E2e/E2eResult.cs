@@ -13,6 +13,9 @@ public sealed record E2eResult(
     /// <summary>Read bandwidth measured in the same run, GB/s (0 when not measured).</summary>
     public double BandwidthGbs { get; init; }
 
+    /// <summary>The batch-1 decode ceiling of this model on this machine (ours only); null when not measured.</summary>
+    public Kernels.ModelCeiling? Ceiling { get; init; }
+
     /// <summary>Seconds from the start of loading until the warm-up request is answered (0 when not measured).</summary>
     public double ReadyS { get; init; }
 
@@ -53,11 +56,24 @@ public sealed record E2eResult(
         if (PairedSpeedupMedian is double paired) json["speedup_median_pair"] = Math.Round(paired, 3);
         if (CpuSpeedupMedian is double cpu) json["cpu_speedup_median_pair"] = Math.Round(cpu, 3);
         if (SameText is bool same) json["same_text"] = same;
+        if (Ceiling is { } c)
+        {
+            // NOTE: the ceiling is min(bandwidth roofline, compute roofline): the in-cache rate of each weight type's
+            // kernel on one core, times the threads, against the bytes of that type per token.
+            json["ceiling_bandwidth_tok_s"] = Math.Round(c.BandwidthTokS, 2);
+            json["ceiling_compute_tok_s"] = Math.Round(c.ComputeTokS, 2);
+            json["ceiling_tok_s"] = Math.Round(c.TokS, 2);
+            json["bound_by"] = c.BoundBy;
+            json["decode_ceiling_fraction"] = c.TokS > 0 ? Math.Round(DecodeTokS / c.TokS, 3) : 0;
+            json["in_cache_gb_s"] = c.InCacheGbs.ToDictionary(kv => kv.Key.ToString(), kv => Math.Round(kv.Value, 2));
+        }
         return JsonSerializer.Serialize(json);
     }
 
     private Dictionary<string, object> Fields() => new()
     {
+        ["cpu"] = Kernels.DecodeCeiling.CpuTag,
+        ["cpu_name"] = Kernels.DecodeCeiling.CpuName,
         ["ready_s"] = Math.Round(ReadyS, 3),
         ["engine"] = Engine,
         ["model"] = Path.GetFileName(Model),

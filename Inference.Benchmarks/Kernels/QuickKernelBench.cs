@@ -40,7 +40,7 @@ public static unsafe class QuickKernelBench
         }
 
         Console.WriteLine($"matrix {rows} x {cols}, ring {ringBytes >> 20} MiB, {seconds:F1} s per point, " +
-                          $"Vector512 {Vector512.IsHardwareAccelerated}, path {KernelPaths.Best}");
+                          $"Vector512 {Vector512.IsHardwareAccelerated}, path {KernelPaths.Best}, cpu {DecodeCeiling.CpuName} ({DecodeCeiling.CpuTag})");
         var readGbs = new Dictionary<int, double>();
         var bestRead = new Dictionary<int, double>();
         using (var ring = new WeightRing(GgmlType.F32, rows, cols, ringBytes))
@@ -59,15 +59,21 @@ public static unsafe class QuickKernelBench
         // NOTE: on a shared machine wall time depends on what else runs; "GB/cpu-s" (weight bytes per CPU-second of
         // this process) shows whether a kernel could keep up with memory if it had its cores to itself.
         // "best" is the fastest single call: on a machine shared with other work it approximates an undisturbed run.
-        Console.WriteLine($"{"type",-6} {"threads",7} {"batch",5} {"us/call",9} {"GB/s",7} {"% read",7} {"GB/cpu-s",9} {"best us",8} {"best GB/s",9} {"best %",7}");
+        // "cache GB/s": one core on a matrix in its own cache (DecodeCeiling.InCacheGbs), the compute roofline of one
+        // thread; "ceiling" = min(best read, threads × cache GB/s), the most a batch-1 call can stream here, and
+        // "best %c" the best call against it.
+        Console.WriteLine($"{"type",-6} {"threads",7} {"batch",5} {"us/call",9} {"GB/s",7} {"% read",7} {"GB/cpu-s",9} {"best us",8} {"best GB/s",9} {"best %",7} {"cache GB/s",10} {"ceiling",7} {"best %c",7}  cpu");
         foreach (var type in types)
         {
+            var inCacheAt = new Dictionary<int, double>();
             using var ring = new WeightRing(type, rows, cols, ringBytes);
             foreach (int t in threadCounts)
             {
                 using var pool = new WorkerPool(t);
                 foreach (int batch in batches)
                 {
+                    if (!inCacheAt.TryGetValue(batch, out double inCache))
+                        inCacheAt[batch] = inCache = DecodeCeiling.InCacheGbs(type, Math.Min(seconds, 0.5), batch);
                     var x = new float[batch * cols];
                     var rng = new Random(3);
                     for (int i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() * 2 - 1);
@@ -94,7 +100,8 @@ public static unsafe class QuickKernelBench
                     double perCall = sw.Elapsed.TotalSeconds / calls;
                     double cpuPerCall = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds / calls;
                     double gbs = ring.MatrixBytes / perCall / 1e9;
-                    Console.WriteLine($"{type,-6} {t,7} {batch,5} {perCall * 1e6,9:F1} {gbs,7:F1} {100 * gbs / readGbs[t],6:F0}% {ring.MatrixBytes / cpuPerCall / 1e9,9:F1} {bestCall * 1e6,8:F1} {bestGbs,9:F1} {100 * bestGbs / bestRead[t],6:F0}%");
+                    Console.WriteLine($"{type,-6} {t,7} {batch,5} {perCall * 1e6,9:F1} {gbs,7:F1} {100 * gbs / readGbs[t],6:F0}% {ring.MatrixBytes / cpuPerCall / 1e9,9:F1} {bestCall * 1e6,8:F1} {bestGbs,9:F1} {100 * bestGbs / bestRead[t],6:F0}% " +
+                                      $"{inCache,10:F1} {Math.Min(bestRead[t], t * inCache),7:F1} {100 * bestGbs / Math.Min(bestRead[t], t * inCache),6:F0}%  {DecodeCeiling.CpuTag}");
                 }
             }
         }

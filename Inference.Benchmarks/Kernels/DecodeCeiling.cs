@@ -1,0 +1,146 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.Intrinsics.X86;
+using Inference.Backends.Cpu;
+using Inference.Loading;
+
+namespace Inference.Benchmarks.Kernels;
+
+/// <summary>
+/// What bounds a batch-1 decode step on this machine: the read bandwidth (every weight is read once per token) or the
+/// arithmetic of the kernels (the rate at which one core multiplies weights that are already in its cache), whichever
+/// is slower; and which CPU the figures come from.
+/// </summary>
+/// <remarks>
+/// NOTE: machines of one kind differ. On a Zen 1 core (family 23) the packed integer kernels were bound by arithmetic
+/// (one 128-bit multiply pipe); on a Zen 3 core (family 25) they are not, and llama.cpp runs much faster too. A fraction
+/// of the bandwidth roofline alone hides which it is, so every result line says the CPU and the ceiling of both.
+/// </remarks>
+public static class DecodeCeiling
+{
+    private static readonly Lazy<(int Family, int Model, string Name)> Cpu = new(ReadCpu);
+
+    /// <summary>The CPU's family (CPUID leaf 1, extended family added), or 0 off x86.</summary>
+    public static int CpuFamily => Cpu.Value.Family;
+
+    /// <summary>The CPU's model (CPUID leaf 1, extended model included), or 0 off x86.</summary>
+    public static int CpuModel => Cpu.Value.Model;
+
+    /// <summary>The CPU's name as the operating system gives it ("AMD EPYC"), or "unknown".</summary>
+    public static string CpuName => Cpu.Value.Name;
+
+    /// <summary>"family 25 model 1": the tag every result line carries.</summary>
+    public static string CpuTag => string.Create(CultureInfo.InvariantCulture, $"family {CpuFamily} model {CpuModel}");
+
+    /// <summary>
+    /// GB/s of <paramref name="type"/> weights one core multiplies at batch <paramref name="batch"/> (1: decode) with the matrix in its own cache: the best
+    /// call of <see cref="MatMul.Multiply(in WeightMatrix, ReadOnlySpan{float}, Span{float}, int, WorkerPool)"/> on a
+    /// prepared (repacked) matrix of about 192 KiB, 1,024 columns, on the calling thread, activation quantization included.
+    /// </summary>
+    /// <param name="type">The weight type.</param>
+    /// <param name="seconds">How long to call it.</param>
+    /// <param name="batch">Activation rows per call.</param>
+    public static double InCacheGbs(GgmlType type, double seconds = 0.3, int batch = 1)
+    {
+        const int cols = 1024;
+        long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+        int rows = (int)Math.Max(8, (192 << 10) / rowBytes / 8 * 8);
+        using var ring = new WeightRing(type, rows, cols, 0);
+        using var pool = new WorkerPool(1);
+        var w = ring[0];
+        var x = new float[batch * cols];
+        var rng = new Random(3);
+        for (int i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() * 2 - 1);
+        var y = new float[batch * rows];
+        for (int i = 0; i < 200; i++) MatMul.Multiply(w, x, y, batch, pool); // warm-up
+        long best = long.MaxValue;
+        var sw = Stopwatch.StartNew();
+        while (sw.Elapsed.TotalSeconds < seconds)
+        {
+            for (int i = 0; i < 16; i++)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                MatMul.Multiply(w, x, y, batch, pool);
+                best = Math.Min(best, Stopwatch.GetTimestamp() - t0);
+            }
+        }
+        return ring.MatrixBytes / ((double)best / Stopwatch.Frequency) / 1e9;
+    }
+
+    /// <summary>
+    /// The batch-1 decode ceiling of a model on <paramref name="threads"/> cores, tokens/s: the bandwidth roofline (weight
+    /// bytes per token over <paramref name="readGbs"/>) and the compute roofline (each weight type's bytes per token over
+    /// <paramref name="threads"/> times its <see cref="InCacheGbs"/>), and the smaller of the two.
+    /// </summary>
+    /// <param name="model">A GGUF file.</param>
+    /// <param name="threads">Cores the decode runs on.</param>
+    /// <param name="readGbs">Read bandwidth measured in the same process.</param>
+    /// <param name="seconds">Time per weight type for <see cref="InCacheGbs"/>.</param>
+    public static ModelCeiling ForModel(string model, int threads, double readGbs, double seconds = 0.3)
+    {
+        var bytesByType = new Dictionary<GgmlType, long>();
+        long total = 0;
+        using (var gguf = GgufFile.Open(model))
+        {
+            foreach (var t in gguf.Tensors)
+            {
+                // NOTE: the embedding table gives one row per token and no product; vectors (norms) are read, not multiplied.
+                long bytes = t.Name == "token_embd.weight" ? t.ByteCount / t.RowCount : t.ByteCount;
+                total += bytes;
+                if (t.Dimensions.Length >= 2 && t.Name != "token_embd.weight")
+                    bytesByType[t.Type] = bytesByType.GetValueOrDefault(t.Type) + bytes;
+            }
+        }
+        var rates = new Dictionary<GgmlType, double>();
+        double computeSeconds = 0;
+        foreach (var (type, bytes) in bytesByType)
+        {
+            rates[type] = InCacheGbs(type, seconds);
+            computeSeconds += bytes / (rates[type] * 1e9 * threads);
+        }
+        double bandwidthTokS = readGbs > 0 ? readGbs * 1e9 / total : 0;
+        double computeTokS = computeSeconds > 0 ? 1 / computeSeconds : 0;
+        return new ModelCeiling(bandwidthTokS, computeTokS, rates);
+    }
+
+    private static (int, int, string) ReadCpu()
+    {
+        string name = "unknown";
+        try
+        {
+            if (File.Exists("/proc/cpuinfo"))
+                foreach (var line in File.ReadLines("/proc/cpuinfo"))
+                    if (line.StartsWith("model name", StringComparison.Ordinal))
+                    {
+                        name = line[(line.IndexOf(':') + 1)..].Trim();
+                        break;
+                    }
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+        if (!X86Base.IsSupported) return (0, 0, name);
+        uint eax = (uint)X86Base.CpuId(1, 0).Eax;
+        int baseFamily = (int)(eax >> 8) & 0xF;
+        int family = baseFamily == 0xF ? baseFamily + (int)((eax >> 20) & 0xFF) : baseFamily;
+        int model = (int)(eax >> 4) & 0xF;
+        if (baseFamily is 0xF or 0x6) model |= (int)((eax >> 16) & 0xF) << 4;
+        return (family, model, name);
+    }
+}
+
+/// <summary>A model's batch-1 decode ceiling on one machine (<see cref="DecodeCeiling.ForModel"/>).</summary>
+/// <param name="BandwidthTokS">Tokens/s if reading the weights were all a step did.</param>
+/// <param name="ComputeTokS">Tokens/s if the kernels' in-cache arithmetic were all a step did.</param>
+/// <param name="InCacheGbs">Each weight type's in-cache rate on one core, GB/s of weights.</param>
+public sealed record ModelCeiling(double BandwidthTokS, double ComputeTokS, IReadOnlyDictionary<GgmlType, double> InCacheGbs)
+{
+    /// <summary>min(bandwidth roofline, compute roofline), tokens/s.</summary>
+    public double TokS => ComputeTokS > 0 && BandwidthTokS > 0 ? Math.Min(BandwidthTokS, ComputeTokS) : Math.Max(BandwidthTokS, ComputeTokS);
+
+    /// <summary>Which roofline is lower: "bandwidth" or "compute".</summary>
+    public string BoundBy => ComputeTokS > 0 && ComputeTokS < BandwidthTokS ? "compute" : "bandwidth";
+}
