@@ -20,29 +20,29 @@ namespace Inference.Engine;
 /// </example>
 public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
 {
-    private readonly IDisposable _weights;   // the mapped file(s) the model's weights live in
+    private readonly LoadedModel _files;     // the mapped file(s) the weights live in, tokenizer and chat template metadata
     private readonly GgufFile _metadata;     // tokenizer and chat template metadata (the model file, or built from tokenizer.json)
     private readonly string _modelName;
     private readonly EngineLoop _loop;
     private long _nextRequestId;
     private readonly HashSet<int> _stopTokens;  // end-of-generation ids beyond the tokenizer's own (HF generation_config)
 
-    private InferenceEngine(IDisposable weights, GgufFile metadata, string modelName, ModelConfig config, ModelTokenizer tokenizer, LlamaModel model, IReadOnlyList<int> extraStopTokens, EngineOptions options, IForwardExecutorFactory? executorFactory)
+    private InferenceEngine(LoadedModel files, LlamaModel model, EngineOptions options, IForwardExecutorFactory? executorFactory)
     {
-        _weights = weights;
-        _metadata = metadata;
-        _modelName = modelName;
+        _files = files;
+        _metadata = files.Metadata;
+        _modelName = files.Name;
         ParameterCount = model.ParameterCount;
-        _stopTokens = [.. extraStopTokens];
-        Config = config;
-        Tokenizer = tokenizer;
+        _stopTokens = [.. files.ExtraStopTokens];
+        Config = files.Config;
+        Tokenizer = files.Tokenizer;
         Options = options;
-        ContextLength = options.ContextLength ?? Math.Min(config.ContextLength, 4096);
-        var identity = PrefixIdentity.Compute(model, tokenizer, options.KvCache);
+        ContextLength = options.ContextLength ?? LoadedModel.DefaultContextWindow(Config);
+        var identity = PrefixIdentity.Compute(model, Tokenizer, options.KvCache);
         PrefixSalt = identity.Salt;
         options.Speculative?.Validate();
         var draft = options.Speculative is { Method: Speculative.SpeculativeMethod.DraftModel, DraftModel: { } draftPath }
-            ? Speculative.DraftModel.Load(draftPath, config, tokenizer) : null;
+            ? Speculative.DraftModel.Load(draftPath, ContextLength, Config, Tokenizer) : null;
         try
         {
             _loop = new EngineLoop(model, options, ContextLength, identity, executorFactory, draft);
@@ -118,63 +118,20 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
         return Task.Run(() =>
         {
             var factory = ForwardExecutors.Resolve(options);
-            return Directory.Exists(path) ? LoadCheckpoint(path, options, factory, progress, cancellationToken) : LoadGguf(path, options, factory, progress, cancellationToken);
+            var files = LoadedModel.Open(path, options.ContextLength, progress, cancellationToken);
+            try
+            {
+                _ = files.Metadata; // a checkpoint's tokenizer.json as GGUF keys (chat templates), refused now if malformed
+                var model = new LlamaModel(Weights(files.Weights, files.Config, options, progress, cancellationToken), files.Config);
+                progress?.Report(1f);
+                return new InferenceEngine(files, model, options, factory);
+            }
+            catch
+            {
+                files.Dispose();
+                throw;
+            }
         }, cancellationToken);
-    }
-
-    private static InferenceEngine LoadGguf(string path, EngineOptions options, IForwardExecutorFactory? factory, IProgress<float>? progress, CancellationToken cancellationToken)
-    {
-        progress?.Report(0f);
-        var gguf = GgufFile.Open(path);
-        try
-        {
-            cancellationToken.ThrowIfCancellationRequested();
-            progress?.Report(0.2f);
-            var config = ModelConfig.FromGguf(gguf);
-            config = config.ForContextWindow(options.ContextLength ?? Math.Min(config.ContextLength, 4096));
-            var tokenizer = ModelTokenizer.FromGguf(gguf);
-            if (tokenizer.VocabularySize > config.VocabSize)
-                throw gguf.Bad(-1, $"the tokenizer has {tokenizer.VocabularySize} tokens but the embedding only {config.VocabSize} rows");
-            cancellationToken.ThrowIfCancellationRequested();
-            progress?.Report(0.5f);
-            var model = new LlamaModel(Weights(new GgufWeightSource(gguf), config, options, progress, cancellationToken), config);
-            progress?.Report(1f);
-            string name = gguf.GetString("general.name") is { Length: > 0 } n ? n : Path.GetFileNameWithoutExtension(path);
-            return new InferenceEngine(gguf, gguf, name, config, tokenizer, model, [], options, factory);
-        }
-        catch
-        {
-            gguf.Dispose();
-            throw;
-        }
-    }
-
-    private static InferenceEngine LoadCheckpoint(string path, EngineOptions options, IForwardExecutorFactory? factory, IProgress<float>? progress, CancellationToken cancellationToken)
-    {
-        progress?.Report(0f);
-        if (!File.Exists(Path.Combine(path, "config.json")))
-            throw new ModelFormatException(path, -1, "is a directory without config.json: expected a GGUF file or a Hugging Face checkpoint folder");
-        var checkpoint = HfCheckpoint.Open(path);
-        GgufFile? metadata = null;
-        try
-        {
-            cancellationToken.ThrowIfCancellationRequested();
-            progress?.Report(0.2f);
-            var tokenizer = checkpoint.CreateTokenizer();
-            metadata = checkpoint.CreateTokenizerMetadata();
-            progress?.Report(0.5f);
-            var config = checkpoint.Config.ForContextWindow(options.ContextLength ?? Math.Min(checkpoint.Config.ContextLength, 4096));
-            var model = new LlamaModel(Weights(checkpoint.Weights, config, options, progress, cancellationToken), config);
-            progress?.Report(1f);
-            string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(path)));
-            return new InferenceEngine(checkpoint, metadata, name, config, tokenizer, model, checkpoint.EosTokenIds, options, factory);
-        }
-        catch
-        {
-            metadata?.Dispose();
-            checkpoint.Dispose();
-            throw;
-        }
     }
 
     /// <summary>The stored weights, or with <see cref="EngineOptions.Quantization"/> a source that quantizes them as the
@@ -363,7 +320,6 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await _loop.DisposeAsync().ConfigureAwait(false);
-        if (!ReferenceEquals(_metadata, _weights)) _metadata.Dispose();
-        _weights.Dispose();
+        _files.Dispose();
     }
 }

@@ -7,47 +7,34 @@ namespace Inference.Speculative;
 /// <summary>A loaded draft model: its weights (and the file they are mapped from), checked against the target's vocabulary.</summary>
 internal sealed class DraftModel : IDisposable
 {
-    private readonly IDisposable _file;
+    private readonly LoadedModel _files;
 
-    private DraftModel(IDisposable file, LlamaModel model)
+    private DraftModel(LoadedModel files, LlamaModel model)
     {
-        _file = file;
+        _files = files;
         Model = model;
     }
 
     public LlamaModel Model { get; }
 
-    /// <summary>Loads <paramref name="path"/> (a .gguf file or a Hugging Face checkpoint folder) and checks that its vocabulary is the target's.</summary>
+    /// <summary>
+    /// Loads <paramref name="path"/> (a .gguf file or a Hugging Face checkpoint folder) as the engine loads its model
+    /// (<see cref="LoadedModel.Open"/>), for the engine's context window, and checks that its vocabulary is the target's.
+    /// </summary>
     /// <exception cref="FileNotFoundException">No such file or folder.</exception>
     /// <exception cref="DraftModelMismatchException">The vocabularies differ.</exception>
     /// <exception cref="ModelFormatException">The file is malformed or of an unsupported model.</exception>
-    public static DraftModel Load(string path, ModelConfig targetConfig, ModelTokenizer targetTokenizer)
+    public static DraftModel Load(string path, int contextLength, ModelConfig targetConfig, ModelTokenizer targetTokenizer)
     {
-        if (Directory.Exists(path))
-        {
-            var checkpoint = HfCheckpoint.Open(path);
-            try
-            {
-                Check(path, checkpoint.Config, checkpoint.CreateTokenizer(), targetConfig, targetTokenizer);
-                return new DraftModel(checkpoint, new LlamaModel(checkpoint.Weights, checkpoint.Config));
-            }
-            catch
-            {
-                checkpoint.Dispose();
-                throw;
-            }
-        }
-        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: draft model not found", path);
-        var gguf = GgufFile.Open(path);
+        var files = LoadedModel.Open(path, contextLength);
         try
         {
-            var config = ModelConfig.FromGguf(gguf);
-            Check(path, config, ModelTokenizer.FromGguf(gguf), targetConfig, targetTokenizer);
-            return new DraftModel(gguf, new LlamaModel(new GgufWeightSource(gguf), config));
+            Check(path, files.Config, files.Tokenizer, targetConfig, targetTokenizer);
+            return new DraftModel(files, new LlamaModel(files.Weights, files.Config));
         }
         catch
         {
-            gguf.Dispose();
+            files.Dispose();
             throw;
         }
     }
@@ -61,5 +48,5 @@ internal sealed class DraftModel : IDisposable
                 throw new DraftModelMismatchException($"token {t} of the draft model {path} differs from the model's; a draft model needs the same vocabulary");
     }
 
-    public void Dispose() => _file.Dispose();
+    public void Dispose() => _files.Dispose();
 }

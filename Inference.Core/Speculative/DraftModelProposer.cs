@@ -56,6 +56,9 @@ internal sealed class DraftModelProposer : ISpeculativeProposer
         _executor = factory is null ? new CpuForwardExecutor(context) : factory.Create(context);
     }
 
+    /// <summary>The draft model (tests compare its configuration with the model's).</summary>
+    internal DraftModel Draft => _draft;
+
     /// <summary>The draft's KV cache (tests check that its blocks come back).</summary>
     internal KvCacheManager KvCache => _kv;
 
