@@ -165,6 +165,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
                     WaitForWork();
                     continue;
                 }
+                PrefillDraft(output);
                 Execute(output);
                 Update(output);
                 StepCompleted?.Invoke(output);
@@ -424,6 +425,21 @@ internal sealed partial class EngineLoop : IAsyncDisposable
                 scheduled.ClearSpeculativeTokens();
                 _proposer.Release(scheduled.RequestId);
             }
+        }
+    }
+
+    /// <summary>The proposer computes this step's prompt chunks too (a draft model's KV), before the model runs them.</summary>
+    private void PrefillDraft(SchedulerOutput output)
+    {
+        if (_proposer is null) return;
+        try
+        {
+            _proposer.Prefill(output.Chunks);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // NOTE: as in Propose, a failing proposer costs speed, never a request: it starts over at the next proposal.
+            foreach (ref readonly var chunk in output.Chunks) _proposer.Release(chunk.RequestId);
         }
     }
 

@@ -75,7 +75,7 @@ internal sealed class DraftModelProposer : ISpeculativeProposer
             r.SetSpeculativeTokens(default);
             if (limits[i] <= 0) continue;
             var known = r.TokenIds;
-            if (!CatchUp(r.RequestId, known, out int common)) continue;
+            if (!CatchUp(r.RequestId, known, computeLast: true, out int common)) continue;
             var active = _spare.Count > 0 ? _spare[^1] : new Active();
             if (_spare.Count > 0) _spare.RemoveAt(_spare.Count - 1);
             active.Request = r;
@@ -83,7 +83,7 @@ internal sealed class DraftModelProposer : ISpeculativeProposer
             active.Count = 0;
             active.Stopped = false;
             _active.Add(active);
-            AddSegments(_active.Count - 1, known[common..], common);
+            AddSegments(r.RequestId, _active.Count - 1, known[common..], common, wantLogits: true);
         }
         Flush();
         // Rounds 2..k: one token per sequence, the previous proposal.
@@ -101,7 +101,7 @@ internal sealed class DraftModelProposer : ISpeculativeProposer
                     continue;
                 }
                 var computed = _computed[id];
-                AddSegments(a, [token], computed.Count);
+                AddSegments(id, a, [token], computed.Count, wantLogits: true);
                 computed.Add(token);
             }
             if (_segments.Count == 0) break;
@@ -111,15 +111,35 @@ internal sealed class DraftModelProposer : ISpeculativeProposer
     }
 
     /// <summary>
-    /// Cuts the draft's sequence for <paramref name="id"/> back to the prefix it shares with <paramref name="known"/>
-    /// (leaving at least the last token to compute) and gives it slots for the rest; false when its pool is full.
+    /// The prompt tokens of this step's chunks, computed in the draft's KV now (no logits): by the first decode step the
+    /// draft holds the whole prompt and catches up one token, so its prompt costs the time to the first token rather
+    /// than the decode's. Requests that have generated tokens (a prompt recomputed after preemption) catch up in
+    /// <see cref="Propose"/> as usual.
     /// </summary>
-    private bool CatchUp(long id, ReadOnlySpan<int> known, out int common)
+    public void Prefill(ReadOnlySpan<ScheduledChunk> chunks)
+    {
+        foreach (ref readonly var chunk in chunks)
+        {
+            var r = chunk.Request;
+            if (chunk.SpeculativeTokenCount > 0 || r.OutputTokenCount > 0 || r.MaxNewTokenCount < 2) continue;
+            var known = r.TokenIds[..(chunk.StartPosition + chunk.TokenCount)];
+            if (!CatchUp(r.RequestId, known, computeLast: false, out int common)) continue;
+            AddSegments(r.RequestId, -1, known[common..], common, wantLogits: false);
+        }
+        Flush();
+    }
+
+    /// <summary>
+    /// Cuts the draft's sequence for <paramref name="id"/> back to the prefix it shares with <paramref name="known"/>
+    /// (leaving at least the last token to compute when <paramref name="computeLast"/>: its logits give the next
+    /// proposal) and gives it slots for the rest; false when its pool is full.
+    /// </summary>
+    private bool CatchUp(long id, ReadOnlySpan<int> known, bool computeLast, out int common)
     {
         common = 0;
         if (_computed.TryGetValue(id, out var computed))
         {
-            int max = Math.Min(computed.Count, known.Length - 1);
+            int max = Math.Min(computed.Count, computeLast ? known.Length - 1 : known.Length);
             while (common < max && computed[common] == known[common]) common++;
             _kv.TruncateSlots(id, common);
             computed.RemoveRange(common, computed.Count - common);
@@ -136,10 +156,13 @@ internal sealed class DraftModelProposer : ISpeculativeProposer
         return true;
     }
 
-    /// <summary>Adds <paramref name="tokens"/> of active request <paramref name="active"/> from <paramref name="start"/>, in pieces within the step budget, logits at the last.</summary>
-    private void AddSegments(int active, ReadOnlySpan<int> tokens, int start)
+    /// <summary>
+    /// Adds <paramref name="tokens"/> of sequence <paramref name="id"/> (active request <paramref name="active"/>, or −1
+    /// for a prompt chunk) from <paramref name="start"/>, in pieces within the step budget, with logits at the last when
+    /// <paramref name="wantLogits"/>.
+    /// </summary>
+    private void AddSegments(long id, int active, ReadOnlySpan<int> tokens, int start, bool wantLogits)
     {
-        long id = _active[active].Request.RequestId;
         for (int done = 0; done < tokens.Length;)
         {
             int room = _budget - _batch.TokenCount;
@@ -149,9 +172,9 @@ internal sealed class DraftModelProposer : ISpeculativeProposer
                 room = _budget;
             }
             int n = Math.Min(room, tokens.Length - done);
-            bool last = done + n == tokens.Length;
-            _batch.Add(id, tokens.Slice(done, n), start + done, last ? 1 : 0);
-            _segments.Add((active, last));
+            bool logits = wantLogits && done + n == tokens.Length;
+            _batch.Add(id, tokens.Slice(done, n), start + done, logits ? 1 : 0);
+            _segments.Add((active, logits));
             done += n;
         }
     }

@@ -106,6 +106,39 @@ public class SpeculativeDecodingTests
         });
     }
 
+    [Test]
+    public async Task DraftComputesEachPromptChunk_InTheStepThatComputesItForTheModel()
+    {
+        // A 16-token step budget: the story's prompt takes several chunks; the second request hits the prefix cache.
+        await using var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions
+        {
+            Threads = 1, ContextLength = 256, MaxNumBatchedTokens = 16, Device = Device.Cpu,
+            KvCache = new KvCacheOptions { BlockSize = 8 }, Speculative = Speculation("self", 3),
+        });
+        var draft = (DraftModelProposer)engine.Loop.Proposer!;
+        int promptChunks = 0, mismatches = 0;
+        engine.Loop.StepCompleted = output =>
+        {
+            foreach (ref readonly var chunk in output.Chunks)
+            {
+                int end = chunk.StartPosition + chunk.TokenCount;
+                if (end > chunk.Request.PromptTokenCount) continue;
+                promptChunks++;
+                // The draft holds exactly the prompt up to the chunk's end (from position 0, whatever the model's prefix hit).
+                if (!draft.KvCache.Contains(chunk.RequestId) || draft.KvCache.GetTokenCount(chunk.RequestId) != end) mismatches++;
+            }
+        };
+        var sampling = SamplingOptions.Greedy with { MaxTokens = 12, EndOfSequence = EndOfSequenceHandling.Ignore };
+        var first = await engine.CompleteAsync(Story + "Then", sampling);
+        var second = await engine.CompleteAsync(Story + "Then", sampling);
+        engine.Loop.StepCompleted = null;
+        Assert.That(second.TokenIds, Is.EqualTo(first.TokenIds));
+        Assert.That(second.Metrics.PrefixHitTokens, Is.GreaterThan(0), "the second prompt hit the model's prefix cache");
+        Assert.That(promptChunks, Is.GreaterThan(4), "prompts took several chunks");
+        Assert.That(mismatches, Is.Zero);
+        Assert.That(first.Metrics.Speculation!.AcceptedTokens, Is.GreaterThan(0));
+    }
+
     [TestCase("ngram")]
     [TestCase("random")]
     public async Task Greedy_WithPenaltiesLogprobsAndAConstraint_SameAsPlainDecoding(string proposer)
