@@ -37,6 +37,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
     private readonly int[] _verified = new int[SpeculativeOptions.MaxSpeculativeTokens + 1];
     private long _speculativeSteps, _proposedTokens, _acceptedTokens;
     private readonly WaitingQueue _waitingToStart;
+    private readonly KvCompactor? _compactor;
 
     // factory: creates the executor; null for the CPU path.
     public EngineLoop(LlamaModel model, EngineOptions options, int contextLength, PrefixIdentity identity, IForwardExecutorFactory? factory, DraftModel? draft = null)
@@ -51,13 +52,30 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         var kvOptions = options.KvCache with { PoolBytes = Math.Min(options.KvCache.ResolvePoolBytes(), cap) };
         int blockCount = KvCacheStorage.GetRequiredBlockCount(kvOptions, c.LayerCount, c.KvHeadCount, c.HeadDim);
         _identity = identity;
-        var manager = new KvCacheManager(blockCount, kvOptions, identity.Salt, c.KvRetention ?? 0);
+        if (options.KvEviction is { } eviction)
+        {
+            eviction.Validate(contextLength, kvOptions.BlockSize);
+            if (options.Speculative is not null) throw new NotSupportedException("KV eviction cannot be combined with speculative decoding yet");
+            if (options.TensorParallelSize > 1) throw new NotSupportedException("KV eviction cannot be combined with tensor parallelism yet");
+            if (c.KvRetention is not null) throw new NotSupportedException("KV eviction is not needed for a model whose every layer has a sliding window: the window already bounds its KV");
+            if (!KvCompactor.Supports(kvOptions.DataType)) throw new NotSupportedException($"KV eviction re-rotates stored keys, which it does for f32 and f16 K/V, not {kvOptions.DataType}");
+        }
+        var manager = new KvCacheManager(blockCount, kvOptions, identity.Salt, c.KvRetention ?? 0, options.KvEviction);
         var context = new ForwardExecutorContext(model, manager, kvOptions, blockCount, contextLength, options.MaxNumBatchedTokens, options.MaxNumSeqs, options.Threads);
         _executor = options.TensorParallelSize > 1
             ? options.Device == Device.Cuda
                 ? throw new NotSupportedException($"tensor parallelism runs on CPU ranks; TensorParallelSize {options.TensorParallelSize} cannot be combined with Device.Cuda yet")
                 : new Parallelism.TensorParallelExecutor(context, options.TensorParallelSize)
             : factory is null ? new CpuForwardExecutor(context) : factory.Create(context);
+        if (options.KvEviction is { } evicting)
+        {
+            if (evicting.Policy == KvEvictionPolicy.HeavyHitters && _executor.Device != Device.Cpu)
+            {
+                _executor.Dispose();
+                throw new NotSupportedException("heavy-hitter KV eviction accumulates attention on the CPU path only; use Device.Cpu or the attention-sink policy");
+            }
+            _compactor = new KvCompactor(_executor.Storage, model.Graph);
+        }
         _scheduler = new Scheduler(new SchedulerOptions { MaxNumSeqs = options.MaxNumSeqs, MaxNumBatchedTokens = options.MaxNumBatchedTokens }, manager);
         if (options.Speculative is { } speculative)
         {
@@ -263,12 +281,12 @@ internal sealed partial class EngineLoop : IAsyncDisposable
 
     private void Execute(SchedulerOutput output)
     {
-        _executor.Storage.CopyBlocks(output.BlockCopies);
+        KvCompactor.Perform(_executor.Storage, _compactor, output.BlockCopies, output.Compactions);
         _batch.Clear();
         long now = Stopwatch.GetTimestamp();
         foreach (ref readonly var chunk in output.Chunks)
         {
-            _batch.Add(chunk.RequestId, chunk.TokenIds, chunk.StartPosition, chunk.SamplesToken ? 1 + chunk.SpeculativeTokenCount : 0);
+            _batch.Add(chunk.RequestId, chunk.TokenIds, chunk.CachePosition, chunk.SamplesToken ? 1 + chunk.SpeculativeTokenCount : 0);
             var r = _live[chunk.RequestId].Request;
             if (r.FirstScheduled == 0)
             {
@@ -312,7 +330,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         {
             var segment = _batch.Segments[i];
             _soloBatch.Clear();
-            _soloBatch.Add(chunks[i].RequestId, chunks[i].TokenIds, chunks[i].StartPosition, segment.LogitRowCount);
+            _soloBatch.Add(chunks[i].RequestId, chunks[i].TokenIds, chunks[i].CachePosition, segment.LogitRowCount);
             var logits = segment.LogitRowCount > 0 ? _logits.AsSpan(segment.LogitIndex * vocab, segment.LogitRowCount * vocab) : Span<float>.Empty;
             try
             {
@@ -647,8 +665,13 @@ internal sealed partial class EngineLoop : IAsyncDisposable
     }
 
     /// <summary>Writes the first <paramref name="tokenCount"/> tokens of live sequence <paramref name="id"/> to a prefix file (engine thread).</summary>
-    public void WritePrefix(string path, int[] tokens, long id, int tokenCount) =>
+    public void WritePrefix(string path, int[] tokens, long id, int tokenCount)
+    {
+        // NOTE: an evicting sequence's blocks no longer hold its prompt at its positions.
+        if (KvCache.HasEvicted(id))
+            throw new NotSupportedException($"the prompt outgrew the KV eviction budget ({KvCache.Eviction!.KeptTokenCount} tokens) while it was computed; a prefix file holds at most that many");
         PrefixFile.Write(path, _identity, _executor.Storage, tokens, KvCache.GetBlockTable(id), tokenCount / _executor.Storage.BlockSize);
+    }
 
     /// <summary>
     /// Adopts the blocks of a prefix file into the pool, pinned for the engine's lifetime, so requests that start with

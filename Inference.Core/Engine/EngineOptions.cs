@@ -99,6 +99,16 @@ public sealed record EngineOptions
     /// </summary>
     public int MaxWaitingRequests { get; init => field = value is >= 1 and <= 1_048_576 ? value : throw Out(nameof(MaxWaitingRequests), value, "must be in [1, 1048576]"); } = 1024;
 
+    /// <summary>
+    /// Generation past the context window: each sequence keeps at most <see cref="KvEvictionOptions.KeptTokenCount"/>
+    /// tokens (plus a block) in the KV cache, evicting by attention sinks (StreamingLLM) or heavy hitters (H2O) and
+    /// re-basing the kept tokens' positions, so output may run far beyond <see cref="ContextLength"/> with bounded KV
+    /// memory. Null (the default) keeps every token and ends a request when prompt and output fill the context.
+    /// Runs on the CPU (and on a GPU for attention sinks); not with speculative decoding, tensor parallelism or a model
+    /// whose every layer has a sliding window.
+    /// </summary>
+    public KvEvictionOptions? KvEviction { get; init; }
+
     /// <summary>What to do with a prompt longer than the context.</summary>
     public PromptOverflow PromptOverflow { get; init; } = PromptOverflow.Reject;
 

@@ -294,7 +294,9 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(sampling);
         var tokens = CheckPrompt(promptTokens, 1);
-        return new GenerationRequest(Interlocked.Increment(ref _nextRequestId), tokens, sampling, Tokenizer, _stopTokens, Config.VocabSize, ContextLength);
+        // NOTE: under KV eviction prompt and output may run past the context (the cache keeps a bounded part of them).
+        int maxTotal = Options.KvEviction is null ? ContextLength : (int)Math.Min(int.MaxValue, (long)tokens.Length + 1_000_000);
+        return new GenerationRequest(Interlocked.Increment(ref _nextRequestId), tokens, sampling, Tokenizer, _stopTokens, Config.VocabSize, maxTotal);
     }
 
     private int[] CheckPrompt(IReadOnlyList<int> promptTokens, int room)

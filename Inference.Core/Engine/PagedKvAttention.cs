@@ -22,6 +22,7 @@ internal sealed class PagedKvAttention : IKvAttention
     private readonly KvCacheManager _manager;
     private readonly ModelConfig _config;
     private readonly PagedAttentionShape _shape;
+    private double[] _probabilities = [];
 
     public PagedKvAttention(KvCacheStorage storage, KvCacheManager manager, ModelConfig config)
     {
@@ -46,6 +47,7 @@ internal sealed class PagedKvAttention : IKvAttention
             }
             maxContext = Math.Max(maxContext, seg.StartPosition + seg.TokenCount);
         }
+        if (_manager.Eviction?.Policy == KvEvictionPolicy.HeavyHitters) AccumulateAttention(shape, layer, batch, q);
         if (batch.Segments.Count == 1)
         {
             // One sequence (a prefill chunk or a single decode token): spread its (token, KV head) pairs over the threads.
@@ -62,6 +64,56 @@ internal sealed class PagedKvAttention : IKvAttention
             fixed (float* po = output)
             {
                 pool.Run(batch.TokenCount, new Job(this, shape, layer, batch, pq, po, PagedAttention.GetScratchLength(shape, maxContext)));
+            }
+        }
+    }
+
+    /// <summary>
+    /// Heavy-hitter eviction: adds, for every query of <paramref name="batch"/> and every head, the softmax attention
+    /// it gives each cached position to that position's score (<see cref="KvCacheManager.GetAttentionScores"/>).
+    /// </summary>
+    /// <remarks>
+    /// NOTE: a second, plain pass over the keys (the kernels do not export their probabilities), in double, on the
+    /// engine thread: it doubles the cost of attention for the layers it runs on. The scores sum over layers and heads
+    /// because the paged cache evicts a token from every layer at once.
+    /// </remarks>
+    private void AccumulateAttention(in PagedAttentionShape shape, int layer, ModelBatch batch, ReadOnlySpan<float> q)
+    {
+        int heads = shape.HeadCount, kvMul = shape.KvMul, hd = shape.HeadDim, bs = shape.BlockSize, stride = shape.QueryStride;
+        double scale = 1.0 / Math.Sqrt(hd);
+        bool f32 = _storage.DataType == KvCacheDataType.Float32;
+        var keys32 = f32 ? _storage.GetKeys<float>(layer) : default;
+        var keys16 = f32 ? default : _storage.GetKeys<Half>(layer);
+        foreach (var seg in batch.Segments)
+        {
+            var scores = _manager.GetAttentionScores(seg.SequenceId);
+            var table = _manager.GetBlockTable(seg.SequenceId);
+            int context = seg.StartPosition + seg.TokenCount;
+            if (_probabilities.Length < context) _probabilities = new double[Math.Max(context, 2 * _probabilities.Length)];
+            var p = _probabilities.AsSpan(0, context);
+            for (int i = 0; i < seg.TokenCount; i++)
+            {
+                int pos = seg.StartPosition + i, visible = pos + 1, first = shape.FirstVisible(visible);
+                for (int h = 0; h < heads; h++)
+                {
+                    var query = q.Slice((seg.TokenStart + i) * stride + h * hd, hd);
+                    int kvHead = h / kvMul;
+                    double max = double.NegativeInfinity;
+                    for (int j = first; j < visible; j++)
+                    {
+                        int row = ((table[j / bs] * bs + j % bs) * shape.KvHeadCount + kvHead) * hd;
+                        double dot = 0;
+                        if (f32) for (int d = 0; d < hd; d++) dot += query[d] * keys32[row + d];
+                        else for (int d = 0; d < hd; d++) dot += query[d] * (float)keys16[row + d];
+                        dot *= scale;
+                        if (shape.LogitSoftCap != 0) dot = shape.LogitSoftCap * Math.Tanh(dot / shape.LogitSoftCap);
+                        p[j] = dot;
+                        max = Math.Max(max, dot);
+                    }
+                    double sum = 0;
+                    for (int j = first; j < visible; j++) sum += p[j] = Math.Exp(p[j] - max);
+                    for (int j = first; j < visible; j++) scores[j] += (float)(p[j] / sum);
+                }
             }
         }
     }

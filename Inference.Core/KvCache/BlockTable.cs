@@ -35,6 +35,15 @@ internal sealed class BlockTable
     /// <summary>Leading blocks given back to the pool (outside every layer's window); their ids are <see cref="KvCacheManager.ReleasedBlock"/>.</summary>
     public int ReleasedBlockCount { get; set; }
 
+    /// <summary>
+    /// Whether tokens were evicted from the sequence (<see cref="KvCacheManager.TryEvict"/>): its cache no longer holds a
+    /// prefix of its text at that text's positions, so no block it fills from now on is offered to other sequences.
+    /// </summary>
+    public bool Evicted { get; set; }
+
+    /// <summary>Attention each cached token received so far (heavy-hitter eviction), [TokenCount] in use; null otherwise.</summary>
+    public float[]? Scores { get; set; }
+
     /// <summary>Leading full blocks whose chained hash is known.</summary>
     public int HashedBlockCount { get; private set; }
 
@@ -90,6 +99,8 @@ internal sealed class BlockTable
         c.HashedBlockCount = HashedBlockCount;
         c.ReleasedBlockCount = ReleasedBlockCount;
         c.TokenCount = TokenCount;
+        c.Evicted = Evicted;
+        c.Scores = (float[]?)Scores?.Clone();
         return c;
     }
 }

@@ -35,6 +35,8 @@ public sealed class KvCacheManager
     private long _queriedTokenCount;
     private long _hitTokenCount;
     private readonly int _slidingWindow;
+    private readonly KvEvictionOptions? _eviction;
+    private readonly List<KvCompaction> _pendingCompactions = [];
 
     /// <summary>The block-table entry of a block released under sliding-window attention (never read again).</summary>
     public const int ReleasedBlock = -1;
@@ -49,9 +51,16 @@ public sealed class KvCacheManager
     /// for a sequence whose next query is at position p releases its blocks wholly before p − W + 1, as vLLM's sliding
     /// window manager does, so a long sequence holds about W / blockSize + 1 blocks.
     /// </param>
-    public KvCacheManager(int blockCount, KvCacheOptions options, long hashSalt = 0, int slidingWindow = 0)
+    /// <param name="eviction">
+    /// Bounds every sequence's cached tokens (<see cref="TryEvict"/>); null keeps every token. Cannot be combined with a
+    /// sliding window.
+    /// </param>
+    public KvCacheManager(int blockCount, KvCacheOptions options, long hashSalt = 0, int slidingWindow = 0, KvEvictionOptions? eviction = null)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(slidingWindow);
+        if (eviction is not null && slidingWindow > 0)
+            throw new ArgumentException("KV eviction cannot be combined with a model whose every layer has a sliding window (the window already bounds its KV)", nameof(eviction));
+        _eviction = eviction;
         _slidingWindow = slidingWindow;
         ArgumentNullException.ThrowIfNull(options);
         ArgumentOutOfRangeException.ThrowIfLessThan(blockCount, 1);
@@ -94,8 +103,21 @@ public sealed class KvCacheManager
     /// <summary>The block pool, for invariant checks in tests.</summary>
     internal BlockPool Pool => _pool;
 
-    /// <summary>Forgets <see cref="PendingCopies"/> once they were handed to the storage.</summary>
-    public void ClearPendingCopies() => _pendingCopies.Clear();
+    /// <summary>
+    /// Compactions the storage must perform before the next forward pass, from <see cref="TryEvict"/>; each after the
+    /// first <see cref="KvCompaction.CopiesBefore"/> of <see cref="PendingCopies"/>. Valid until <see cref="ClearPendingCopies"/>.
+    /// </summary>
+    internal ReadOnlySpan<KvCompaction> PendingCompactions => CollectionsMarshal.AsSpan(_pendingCompactions);
+
+    /// <summary>How sequences are bounded, or null when every token is kept.</summary>
+    public KvEvictionOptions? Eviction => _eviction;
+
+    /// <summary>Forgets <see cref="PendingCopies"/> (and the pending compactions) once they were handed to the storage.</summary>
+    public void ClearPendingCopies()
+    {
+        _pendingCopies.Clear();
+        _pendingCompactions.Clear();
+    }
 
     /// <summary>Whether <paramref name="sequenceId"/> holds blocks.</summary>
     public bool Contains(long sequenceId) => _tables.ContainsKey(sequenceId);
@@ -230,6 +252,7 @@ public sealed class KvCacheManager
     public void TruncateSlots(long sequenceId, int tokenCount)
     {
         var table = GetTable(sequenceId);
+        if (table.Evicted) throw new InvalidOperationException($"Sequence {sequenceId} evicted tokens; its slots cannot be truncated.");
         if (tokenCount < 0 || tokenCount > table.TokenCount || (tokenCount < table.TokenCount && BlocksFor(tokenCount) <= table.ReleasedBlockCount && table.ReleasedBlockCount > 0))
             throw new ArgumentOutOfRangeException(nameof(tokenCount), tokenCount, $"sequence {sequenceId} has {table.TokenCount} slots ({table.ReleasedBlockCount} blocks released)");
         if (tokenCount == table.TokenCount) return;
@@ -264,6 +287,124 @@ public sealed class KvCacheManager
         }
         table.Truncate(keepBlocks, tokenCount, tokenCount / BlockSize);
     }
+
+
+    /// <summary>
+    /// Makes room for <paramref name="newTokenCount"/> more tokens of <paramref name="sequenceId"/> under
+    /// <see cref="Eviction"/>: when its cached tokens and the new ones would exceed
+    /// <see cref="KvEvictionOptions.KeptTokenCount"/> + <see cref="BlockSize"/>, it drops tokens by the policy until
+    /// exactly KeptTokenCount remain with the new ones, moves the kept tokens after the first dropped one down (their
+    /// cache positions, hence their RoPE positions, are re-based) and releases the blocks no longer needed. The storage
+    /// work is reported in <see cref="PendingCompactions"/>. Returns false, changing nothing, when a shared block that
+    /// must be rewritten cannot get a private copy (too few free blocks).
+    /// </summary>
+    /// <param name="sequenceId">A sequence holding blocks.</param>
+    /// <param name="newTokenCount">Tokens about to be appended, at most <see cref="KvEvictionOptions.RecentTokens"/>.</param>
+    /// <param name="evictedCount">Tokens dropped (0 when nothing had to go).</param>
+    /// <remarks>
+    /// NOTE: eviction works a block's worth of tokens at a time, so the copying and re-rotation it costs (every kept
+    /// token after the first dropped one) is paid once per block of generated tokens. The dropped tokens: the oldest
+    /// after the sinks (<see cref="KvEvictionPolicy.AttentionSinks"/>), or the least attended among those neither sinks
+    /// nor recent (<see cref="KvEvictionPolicy.HeavyHitters"/>, older first on ties).
+    /// </remarks>
+    public bool TryEvict(long sequenceId, int newTokenCount, out int evictedCount)
+    {
+        evictedCount = 0;
+        var table = GetTable(sequenceId);
+        if (_eviction is null || newTokenCount == 0) return true;
+        int length = table.TokenCount, kept = _eviction.KeptTokenCount;
+        if (length + newTokenCount <= kept + BlockSize) return true;
+        if (newTokenCount > _eviction.RecentTokens)
+            throw new ArgumentOutOfRangeException(nameof(newTokenCount), newTokenCount, $"an evicting sequence appends at most {_eviction.RecentTokens} tokens at a time (its recent window)");
+        int drop = length + newTokenCount - kept;
+        // Evictable: after the sinks and before the recent window (which the new tokens partly fill).
+        int lo = _eviction.SinkTokens, hi = length - (_eviction.RecentTokens - newTokenCount);
+        var dropped = new bool[length];
+        if (_eviction.Policy == KvEvictionPolicy.AttentionSinks)
+        {
+            for (int i = lo; i < lo + drop; i++) dropped[i] = true;
+        }
+        else
+        {
+            var order = new int[hi - lo];
+            var keys = new float[hi - lo];
+            for (int i = 0; i < order.Length; i++)
+            {
+                order[i] = lo + i;
+                keys[i] = table.Scores![lo + i];
+            }
+            // NOTE: a stable sort by score keeps older tokens first among equal scores.
+            var stable = new (float Score, int Index)[order.Length];
+            for (int i = 0; i < order.Length; i++) stable[i] = (keys[i], order[i]);
+            Array.Sort(stable, static (a, b) => a.Score != b.Score ? a.Score.CompareTo(b.Score) : a.Index.CompareTo(b.Index));
+            for (int i = 0; i < drop; i++) dropped[stable[i].Index] = true;
+        }
+        int first = Array.IndexOf(dropped, true);
+        int newLength = length - drop;
+        int firstBlock = first / BlockSize, oldBlocks = table.BlockCount, newBlocks = BlocksFor(newLength);
+
+        // Shared blocks to rewrite need private copies; released tail blocks held by this sequence alone come back.
+        int needed = 0, gained = 0;
+        for (int b = firstBlock; b < newBlocks; b++)
+            if (_pool.RefCount(table[b]) > 1) needed++;
+        for (int b = newBlocks; b < oldBlocks; b++)
+            if (_pool.RefCount(table[b]) == 1) gained++;
+        if (needed > _pool.FreeCount + gained) return false;
+
+        int baseIndex = firstBlock * BlockSize;
+        var oldTokens = new int[length - baseIndex];
+        for (int i = baseIndex; i < length; i++) oldTokens[i - baseIndex] = _pool.TokenIds(table[i / BlockSize])[i % BlockSize];
+        var sources = new int[newLength - baseIndex];
+        for (int i = baseIndex, j = 0; i < length; i++)
+            if (!dropped[i]) sources[j++] = i;
+        var sourceBlocks = table.BlockIds[firstBlock..oldBlocks].ToArray();
+
+        if (table.Scores is { } scores)
+            for (int j = 0; j < sources.Length; j++) scores[baseIndex + j] = scores[sources[j]];
+
+        // NOTE: a released tail block keeps its hash when it has one: it was filled before any eviction, so its content
+        // (which nothing rewrites) is still that prefix's keys and values.
+        for (int b = newBlocks; b < oldBlocks; b++) _pool.Release(table[b]);
+        var destinations = new int[newBlocks - firstBlock];
+        for (int b = firstBlock; b < newBlocks; b++)
+        {
+            int block = table[b];
+            if (_pool.RefCount(block) > 1)
+            {
+                int copy = _pool.Allocate();
+                _pool.Release(block);
+                block = copy;
+                table[b] = block;
+            }
+            else
+            {
+                _pool.Unregister(block);
+                _pool.TruncateTokens(block, 0);
+            }
+            destinations[b - firstBlock] = block;
+            int end = Math.Min(BlockSize, newLength - b * BlockSize);
+            for (int slot = 0; slot < end; slot++)
+                _pool.SetToken(block, slot, oldTokens[sources[b * BlockSize + slot - baseIndex] - baseIndex]);
+        }
+        table.Truncate(newBlocks, newLength, firstBlock);
+        table.Evicted = true;
+        _pendingCompactions.Add(new KvCompaction(sequenceId, BlockSize, firstBlock, sourceBlocks, length, sources, destinations, _pendingCopies.Count));
+        evictedCount = drop;
+        return true;
+    }
+
+    /// <summary>
+    /// The attention each cached token of <paramref name="sequenceId"/> received so far, by cache position
+    /// (<see cref="KvEvictionPolicy.HeavyHitters"/> only; empty otherwise). The attention kernels' caller adds to it.
+    /// </summary>
+    internal Span<float> GetAttentionScores(long sequenceId)
+    {
+        var table = GetTable(sequenceId);
+        return table.Scores is null ? Span<float>.Empty : table.Scores.AsSpan(0, table.TokenCount);
+    }
+
+    /// <summary>Whether <paramref name="sequenceId"/> has evicted tokens (its blocks are no longer offered as prefixes).</summary>
+    public bool HasEvicted(long sequenceId) => GetTable(sequenceId).Evicted;
 
     /// <summary>
     /// Starts <paramref name="childId"/> as a copy of <paramref name="parentId"/> that shares all its blocks.
@@ -381,6 +522,17 @@ public sealed class KvCacheManager
 
     private void AppendSlots(BlockTable table, ReadOnlySpan<int> tokenIds)
     {
+        if (_eviction?.Policy == KvEvictionPolicy.HeavyHitters)
+        {
+            int need = table.TokenCount + tokenIds.Length;
+            if (table.Scores is null || table.Scores.Length < need)
+            {
+                var grown = new float[Math.Max(need, _eviction.KeptTokenCount + 2 * BlockSize)];
+                table.Scores?.AsSpan(0, table.TokenCount).CopyTo(grown);
+                table.Scores = grown;
+            }
+            table.Scores.AsSpan(table.TokenCount, tokenIds.Length).Clear();
+        }
         foreach (int token in tokenIds)
         {
             int slot = table.TokenCount % BlockSize;
@@ -388,7 +540,7 @@ public sealed class KvCacheManager
             int block = table[table.BlockCount - 1];
             _pool.SetToken(block, slot, token);
             table.TokenCount++;
-            if (slot == BlockSize - 1 && PrefixCaching == PrefixCachingMode.Enabled)
+            if (slot == BlockSize - 1 && PrefixCaching == PrefixCachingMode.Enabled && !table.Evicted)
             {
                 // The block just filled: hash it now (not while scheduling) and offer it to later sequences.
                 var hash = BlockHash.Compute(table.LastHash, _pool.TokenIds(block), _salt);

@@ -1,3 +1,4 @@
+using Inference.KvCache;
 namespace Inference.Scheduling;
 
 /// <summary>
@@ -18,6 +19,15 @@ public readonly record struct ScheduledChunk(SchedulerRequest Request, int Start
     /// logits at the chunk's last <see cref="SpeculativeTokenCount"/> + 1 positions and verifies them. Zero otherwise.
     /// </summary>
     public int SpeculativeTokenCount { get; init; }
+
+    /// <summary>
+    /// Tokens of the request evicted from the KV cache before this chunk (<see cref="KvCacheManager.Eviction"/>): the
+    /// chunk's tokens sit at cache positions <see cref="CachePosition"/> onward, which is where RoPE places them.
+    /// </summary>
+    public int EvictedTokenCount { get; init; }
+
+    /// <summary>Cache (and RoPE) position of the chunk's first token: <see cref="StartPosition"/> − <see cref="EvictedTokenCount"/>.</summary>
+    public int CachePosition => StartPosition - EvictedTokenCount;
 
     /// <summary>The request id (also its KV sequence id).</summary>
     public long RequestId => Request.RequestId;

@@ -79,6 +79,8 @@ public sealed class Scheduler
         if (_live.ContainsKey(request.RequestId))
             throw new ArgumentException($"Request id {request.RequestId} is in use.", nameof(request));
         int maxTokens = request.PromptTokenCount + request.MaxNewTokenCount;
+        // NOTE: under KV eviction a sequence holds at most KeptTokenCount + a block of slack + a chunk (before it evicts).
+        if (KvCache.Eviction is { } eviction) maxTokens = Math.Min(maxTokens, eviction.KeptTokenCount + KvCache.BlockSize + eviction.RecentTokens);
         if (KvCache.BlocksFor(maxTokens) > KvCache.TotalBlockCount)
             throw new ArgumentException($"Request {request.RequestId} may need {KvCache.BlocksFor(maxTokens)} KV blocks; the pool has {KvCache.TotalBlockCount}.", nameof(request));
         // NOTE: without chunking a preempted request is recomputed in one step, prompt and output together.
@@ -115,6 +117,7 @@ public sealed class Scheduler
         child.ArrivalOrder = ++_arrivals;
         child.Status = RequestStatus.Running;
         child.ComputedTokenCount = parent.ComputedTokenCount;
+        child.EvictedTokenCount = parent.EvictedTokenCount;
         child.CachedTokenCount = parent.ComputedTokenCount;
         _live.Add(child.RequestId, child);
         _running.Add(child);
@@ -187,7 +190,11 @@ public sealed class Scheduler
             bool scheduled = false;
             while (true)
             {
-                if (KvCache.TryAppendSlots(request.RequestId, request.ScheduledTokenIds.Slice(request.ComputedTokenCount, newCount)))
+                // NOTE: under KV eviction the sequence first gives up the tokens its policy drops (its cache positions
+                // shift down by that many); an eviction that cannot copy a shared block counts as a full cache.
+                bool evicted = KvCache.TryEvict(request.RequestId, newCount, out int evictedCount);
+                request.EvictedTokenCount += evictedCount;
+                if (evicted && KvCache.TryAppendSlots(request.RequestId, request.ScheduledTokenIds.Slice(request.ComputedTokenCount, newCount)))
                 {
                     scheduled = true;
                     break;
@@ -227,6 +234,9 @@ public sealed class Scheduler
                     continue;
                 }
                 var tokens = request.TokenIds;
+                // NOTE: an evicting sequence starts with at most what it may hold before its first eviction, so a prefix
+                // hit never places a token past KeptTokenCount + a block; the rest is computed (and evicted) chunk by chunk.
+                if (KvCache.Eviction is { } eviction) tokens = tokens[..Math.Min(tokens.Length, eviction.KeptTokenCount + KvCache.BlockSize)];
                 int cached = KvCache.GetCachedPrefixTokenCount(tokens);
                 int remaining = tokens.Length - cached;
                 int newCount = ClampChunk(remaining, budget);
@@ -256,6 +266,7 @@ public sealed class Scheduler
         foreach (ref readonly var chunk in _output.Chunks)
             chunk.Request.ComputedTokenCount = chunk.StartPosition + chunk.TokenCount;
         _output.AddCopies(KvCache.PendingCopies);
+        _output.AddCompactions(KvCache.PendingCompactions);
         KvCache.ClearPendingCopies();
         return _output;
     }
@@ -338,13 +349,19 @@ public sealed class Scheduler
     {
         if (_options.ChunkedPrefill == ChunkedPrefillMode.Disabled) return count <= budget ? count : 0;
         if (_options.LongPrefillTokenThreshold > 0) count = Math.Min(count, _options.LongPrefillTokenThreshold);
+        // NOTE: an evicting sequence appends at most its recent window at a time (see KvCacheManager.TryEvict).
+        if (KvCache.Eviction is { } eviction) count = Math.Min(count, eviction.RecentTokens);
         return Math.Min(count, budget);
     }
 
     private void AddChunk(SchedulerRequest request, int start, int count)
     {
         int end = request.TokenCount + request.SpeculativeTokenCount;
-        _output.AddChunk(new ScheduledChunk(request, start, count, start + count == end) { SpeculativeTokenCount = start + count == end ? request.SpeculativeTokenCount : 0 });
+        _output.AddChunk(new ScheduledChunk(request, start, count, start + count == end)
+        {
+            SpeculativeTokenCount = start + count == end ? request.SpeculativeTokenCount : 0,
+            EvictedTokenCount = request.EvictedTokenCount,
+        });
     }
 
     /// <summary>Index in _running of the request to preempt next.</summary>
@@ -381,6 +398,7 @@ public sealed class Scheduler
         request.ClearSpeculativeTokens();
         int refund = _output.RemoveChunk(request);
         request.ComputedTokenCount = 0;
+        request.EvictedTokenCount = 0;
         request.Status = RequestStatus.Preempted;
         request.PreemptionCount++;
         PreemptionCount++;

@@ -19,12 +19,19 @@ public sealed class SchedulerOutput
     private readonly List<ScheduledChunk> _chunks = [];
     private readonly List<BlockCopy> _blockCopies = [];
     private readonly List<long> _preemptedRequestIds = [];
+    private readonly List<KvCompaction> _compactions = [];
 
     /// <summary>Requests to compute this step, running ones first, in scheduling order.</summary>
     public ReadOnlySpan<ScheduledChunk> Chunks => CollectionsMarshal.AsSpan(_chunks);
 
     /// <summary>KV block copies (copy-on-write) to perform before the forward pass.</summary>
     public ReadOnlySpan<BlockCopy> BlockCopies => CollectionsMarshal.AsSpan(_blockCopies);
+
+    /// <summary>
+    /// KV compactions (tokens evicted under <see cref="KvCacheManager.Eviction"/>) to perform before the forward pass,
+    /// each after the first <see cref="KvCompaction.CopiesBefore"/> of <see cref="BlockCopies"/>.
+    /// </summary>
+    internal ReadOnlySpan<KvCompaction> Compactions => CollectionsMarshal.AsSpan(_compactions);
 
     /// <summary>Requests preempted in this step: their blocks were freed and they will be recomputed later.</summary>
     public ReadOnlySpan<long> PreemptedRequestIds => CollectionsMarshal.AsSpan(_preemptedRequestIds);
@@ -42,6 +49,7 @@ public sealed class SchedulerOutput
     {
         _chunks.Clear();
         _blockCopies.Clear();
+        _compactions.Clear();
         _preemptedRequestIds.Clear();
         TotalTokenCount = 0;
         StepNumber = step;
@@ -68,6 +76,11 @@ public sealed class SchedulerOutput
     }
 
     internal void AddPreempted(long requestId) => _preemptedRequestIds.Add(requestId);
+
+    internal void AddCompactions(ReadOnlySpan<KvCompaction> compactions)
+    {
+        foreach (var c in compactions) _compactions.Add(c);
+    }
 
     internal void AddCopies(ReadOnlySpan<BlockCopy> copies)
     {

@@ -82,6 +82,12 @@ public sealed class SchedulerRequest
     /// <summary>Leading known tokens whose keys and values are in the KV cache (or scheduled to be written this step).</summary>
     public int ComputedTokenCount { get; internal set; }
 
+    /// <summary>
+    /// Computed tokens no longer in the KV cache (evicted under <see cref="KvCache.KvCacheManager.Eviction"/>): known token
+    /// i ≥ <see cref="ComputedTokenCount"/> will sit at cache position i − EvictedTokenCount. Zero without eviction.
+    /// </summary>
+    public int EvictedTokenCount { get; internal set; }
+
     /// <summary>Where the request stands.</summary>
     public RequestStatus Status { get; internal set; }
 

@@ -53,6 +53,16 @@ public class CliTests
     }
 
     [Test]
+    public void Generate_WithKvEviction_RunsPastTheContext()
+    {
+        var (code, stdout, stderr) = Run("generate", "--prompt", "Once upon a time", "--max-tokens", "300", "--temperature", "0", "--threads", "1",
+            "--max-model-len", "64", "--kv-eviction", "sinks", "--kv-recent-tokens", "40");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        var generated = System.Text.RegularExpressions.Regex.Match(stderr, "generated ([0-9]+) tokens");
+        Assert.That(int.Parse(generated.Groups[1].Value), Is.GreaterThan(64), "more tokens than the context holds");
+    }
+
+    [Test]
     public void Tokenize_PrintsIdsWithBos()
     {
         var (code, stdout, _) = Run("tokenize", "--text", "Once upon a time");

@@ -48,6 +48,10 @@ public class ServerOptionsTests
     [TestCase("--ngram-speculation --num-speculative-tokens 0", "NumSpeculativeTokens")]
     [TestCase("--ngram-speculation --prompt-lookup-min 5 --prompt-lookup-max 2", "PromptLookupMin")]
     [TestCase("--prompt-lookup-max 2", "--ngram-speculation")]
+    [TestCase("--kv-eviction lru", "lru")]
+    [TestCase("--kv-recent-tokens 100", "--kv-eviction")]
+    [TestCase("--kv-eviction sinks --kv-heavy-hitter-tokens 8", "h2o")]
+    [TestCase("--kv-eviction sinks --kv-recent-tokens 0", "RecentTokens")]
     public void BadOptions_AreOneLineArgumentErrors(string extra, string mention)
     {
         var e = Assert.Throws<ArgumentException>(() => ServerOptions.Parse(["--model", "m.gguf", .. extra.Split(' ')]))!;
@@ -63,6 +67,16 @@ public class ServerOptionsTests
         Assert.That(ServerOptions.Parse(["--model", "m.gguf", "--ngram-speculation", "--prompt-lookup-max", "4", "--prompt-lookup-min", "2"]).Engine.Speculative,
             Is.EqualTo(new Inference.Speculative.SpeculativeOptions { PromptLookupMin = 2, PromptLookupMax = 4 }));
         Assert.That(ServerOptions.Parse(["--model", "m.gguf"]).Engine.Speculative, Is.Null);
+    }
+
+    [Test]
+    public void KvEviction_Options()
+    {
+        var sinks = ServerOptions.Parse(["--model", "m.gguf", "--max-model-len", "512", "--block-size", "16", "--kv-eviction", "sinks"]).Engine.KvEviction;
+        Assert.That(sinks, Is.EqualTo(new KvEvictionOptions { SinkTokens = 4, RecentTokens = 512 - 4 - 16 }), "the context filled: sinks + recent + a block");
+        var h2o = ServerOptions.Parse(["--model", "m.gguf", "--kv-eviction", "h2o", "--kv-sink-tokens", "0", "--kv-recent-tokens", "64", "--kv-heavy-hitter-tokens", "32"]).Engine.KvEviction;
+        Assert.That(h2o, Is.EqualTo(new KvEvictionOptions { Policy = KvEvictionPolicy.HeavyHitters, SinkTokens = 0, RecentTokens = 64, HeavyHitterTokens = 32 }));
+        Assert.That(ServerOptions.Parse(["--model", "m.gguf", "--kv-eviction", "none"]).Engine.KvEviction, Is.Null);
     }
 
     [Test]

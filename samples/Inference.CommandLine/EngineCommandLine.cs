@@ -88,12 +88,28 @@ public sealed class EngineCommandLine
     /// <summary><c>--prompt-lookup-max</c>: longest n-gram matched by prompt lookup.</summary>
     public Option<int?> PromptLookupMax { get; } = new("--prompt-lookup-max") { Description = "Longest n-gram --ngram-speculation matches first (default 3)" };
 
+    /// <summary><c>--kv-eviction</c>: generate past the context window by evicting KV (sinks or h2o).</summary>
+    public Option<string?> KvEviction { get; } = new Option<string?>("--kv-eviction")
+    {
+        Description = "Generate past the context window with bounded KV: sinks (StreamingLLM: keep the first and the latest tokens) or h2o (also keep the most attended); positions are re-based",
+        HelpName = "none|sinks|h2o",
+    }.AcceptOnlyFromAmong("none", "sinks", "h2o");
+
+    /// <summary><c>--kv-sink-tokens</c>: leading tokens never evicted.</summary>
+    public Option<int?> KvSinkTokens { get; } = new("--kv-sink-tokens") { Description = "With --kv-eviction: leading tokens never evicted (default 4)" };
+
+    /// <summary><c>--kv-recent-tokens</c>: latest tokens never evicted.</summary>
+    public Option<int?> KvRecentTokens { get; } = new("--kv-recent-tokens") { Description = "With --kv-eviction: latest tokens never evicted (default: the context less the sinks, the heavy hitters and a block)" };
+
+    /// <summary><c>--kv-heavy-hitter-tokens</c>: tokens kept for the attention they received (h2o).</summary>
+    public Option<int?> KvHeavyHitterTokens { get; } = new("--kv-heavy-hitter-tokens") { Description = "With --kv-eviction h2o: tokens kept for the attention they received (default: a quarter of the context)" };
+
     /// <summary>Every option above, in help order.</summary>
     public IReadOnlyList<Option> All =>
     [
         Model, Device, Threads, MaxModelLen, MaxNumSeqs, MaxNumBatchedTokens, MaxWaitingRequests, BlockSize, KvCacheDtype,
-        EnablePrefixCaching, NoEnablePrefixCaching, GpuMemoryUtilization, Quantization, TensorParallelSize,
-        DraftModel, NgramSpeculation, NumSpeculativeTokens, PromptLookupMin, PromptLookupMax,
+        EnablePrefixCaching, NoEnablePrefixCaching, GpuMemoryUtilization, KvEviction, KvSinkTokens, KvRecentTokens, KvHeavyHitterTokens,
+        Quantization, TensorParallelSize, DraftModel, NgramSpeculation, NumSpeculativeTokens, PromptLookupMin, PromptLookupMax,
     ];
 
     /// <summary>Adds every option to <paramref name="command"/> and rejects contradicting pairs.</summary>
@@ -111,6 +127,12 @@ public sealed class EngineCommandLine
                 result.AddError("--draft-model and --ngram-speculation contradict each other (one proposer at a time)");
             if (!draft && !ngram && result.GetValue(NumSpeculativeTokens) is not null)
                 result.AddError("--num-speculative-tokens needs --draft-model PATH or --ngram-speculation");
+            string? eviction = result.GetValue(KvEviction);
+            bool evicting = eviction is "sinks" or "h2o";
+            if (!evicting && (result.GetValue(KvSinkTokens) is not null || result.GetValue(KvRecentTokens) is not null || result.GetValue(KvHeavyHitterTokens) is not null))
+                result.AddError("--kv-sink-tokens, --kv-recent-tokens and --kv-heavy-hitter-tokens need --kv-eviction sinks|h2o");
+            if (eviction == "sinks" && result.GetValue(KvHeavyHitterTokens) is not null)
+                result.AddError("--kv-heavy-hitter-tokens needs --kv-eviction h2o");
             if (!ngram && (result.GetValue(PromptLookupMin) is not null || result.GetValue(PromptLookupMax) is not null))
                 result.AddError("--prompt-lookup-min and --prompt-lookup-max need --ngram-speculation");
         });
@@ -148,6 +170,15 @@ public sealed class EngineCommandLine
             if (result.GetValue(PromptLookupMax) is int max) speculative = speculative with { PromptLookupMax = max };
             speculative.Validate();
             options = options with { Speculative = speculative };
+        }
+        if (result.GetValue(KvEviction) is "sinks" or "h2o")
+        {
+            var policy = result.GetValue(KvEviction) == "h2o" ? KvEvictionPolicy.HeavyHitters : KvEvictionPolicy.AttentionSinks;
+            // NOTE: unset sizes fill the context: sinks + heavy hitters + recent + a block of slack = the context.
+            int context = options.ContextLength ?? 4096, sinks = result.GetValue(KvSinkTokens) ?? 4;
+            int heavy = policy == KvEvictionPolicy.HeavyHitters ? result.GetValue(KvHeavyHitterTokens) ?? context / 4 : 0;
+            int recent = result.GetValue(KvRecentTokens) ?? Math.Max(1, context - sinks - heavy - kv.BlockSize);
+            options = options with { KvEviction = new KvEvictionOptions { Policy = policy, SinkTokens = sinks, HeavyHitterTokens = heavy, RecentTokens = recent } };
         }
         return options with { KvCache = kv };
     }
