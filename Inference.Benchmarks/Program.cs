@@ -15,7 +15,7 @@ public static class Program
         ["kernels-quick"] = ("GB/s of weights per type at 1 and 2 threads [--seconds S --threads 1,2 --batch 1,8 --types ... --shape 2816x1024]", a => Task.FromResult(QuickKernelBench.Run(a))),
         ["vector-ops"] = ("cycles per 256-bit vpmaddubsw, vpmaddwd, vpsrlw, vpaddw on this core [--millions 50]", a => Task.FromResult(Kernels.VectorOpCosts.Run(a))),
         ["attention"] = ("CPU paged attention, one layer, µs per call: [--context 160 --tokens 1 --threads 1 --kv f16|f32 --heads 16 --kv-heads 4 --head-dim 64 --cold]", Kernels.AttentionQuickBench.RunAsync),
-        ["write-model"] = ("write a random-weight GGUF: --out PATH [--arch llama|qwen2|qwen3|gemma2|gemma3|phi3] --type f32|f16|q8_0|q4_0|q4_k|q5_k|q6_k [--dim --layers --heads --kv-heads --ffn]", Models.WriteModel.RunAsync),
+        ["write-model"] = ("write a random-weight GGUF: --out PATH [--arch llama|qwen2|qwen3|gemma2|gemma3|phi3|qwen2moe|qwen3moe] --type f32|f16|q8_0|q4_0|q4_k|q5_k|q6_k [--dim --layers --heads --kv-heads --ffn] [--experts N --experts-used K --expert-ffn --shared-expert-ffn] (llama with --experts: Mixtral)", Models.WriteModel.RunAsync),
         ["e2e"] = ("end-to-end generation like llama-bench: -p P -n N --batch B --threads T [--engine inference|llama.cpp] [--quantization q8_0|q4_k_m|...]", E2e.E2eBenchmark.RunAsync),
         ["quantization"] = ("ready time and decode speed of a float model as stored, quantized at load, and quantized ahead, beside llama.cpp: --model F16.gguf [--threads 2 -p 16 -n 64 --repeat 2 --presets q8_0,q4_k_m]", E2e.QuantizationBenchmark.RunAsync),
         ["forward-profile"] = ("decode step time vs its matrix products alone: --model PATH [--threads 2 --steps 64 --batch 1]", E2e.ForwardProfile.RunAsync),

@@ -233,7 +233,8 @@ public sealed class HfCheckpoint : IDisposable
         // Every tensor the forward pass reads, with its shape.
         foreach (var spec in Architecture.Build(c, w).Weights)
         {
-            if (spec.IsMatrix) w.GetMatrix(spec.Name, spec.TensorRows, spec.Cols);
+            if (spec.IsExpert) w.GetExpertMatrix(spec.Name, spec.Expert, spec.Experts, spec.Rows, spec.Cols);
+            else if (spec.IsMatrix) w.GetMatrix(spec.Name, spec.TensorRows, spec.Cols);
             else w.GetVector(spec.Name, spec.Rows);
         }
     }

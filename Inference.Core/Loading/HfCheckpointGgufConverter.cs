@@ -39,9 +39,20 @@ internal static class HfCheckpointGgufConverter
         // The tensors the architecture's forward pass reads from this checkpoint (optional ones where present), in its order.
         var names = checkpoint.Architecture.TensorNames;
         var tensors = new List<(string Gguf, string? Hf, int Heads)>();
+        var experts = new Dictionary<string, int>(); // stacked expert tensors: GGUF name → expert count
+        var vectors = new HashSet<string>();          // 1-D in GGUF, whatever the checkpoint's shape (qwen2moe's [1, hidden] shared expert gate)
         foreach (var spec in checkpoint.Architecture.Build(c, checkpoint.Weights).Weights)
         {
             if (spec.FirstRow > 0) continue; // the other parts of a fused tensor, written whole with its first
+            if (spec.IsExpert)
+            {
+                // One GGUF tensor [cols, rows, experts] from the checkpoint's tensor of each expert, written with the first.
+                if (spec.Expert > 0) continue;
+                experts[spec.Name] = spec.Experts;
+                tensors.Add((spec.Name, names.ToHfExpert(spec.Name, 0), 0));
+                continue;
+            }
+            if (!spec.IsMatrix) vectors.Add(spec.Name);
             string hf = names.ToHf(spec.Name) ?? throw new InvalidOperationException($"tensor '{spec.Name}' has no Hugging Face name");
             int dot = spec.Name.StartsWith("blk.", StringComparison.Ordinal) ? spec.Name.IndexOf('.', 4) + 1 : 0;
             string suffix = spec.Name[dot..];
@@ -77,7 +88,17 @@ internal static class HfCheckpointGgufConverter
                 continue;
             }
             var info = checkpoint.FindTensor(t.Hf)!;
-            if (info.Shape.Length == 2) w.AddTensorInfo(t.Gguf, [info.Shape[1], info.Shape[0]], SafetensorsDTypeInfo.ToGgmlType(info.DType));
+            if (experts.TryGetValue(t.Gguf, out int count))
+            {
+                for (int e = 1; e < count; e++)
+                {
+                    var other = checkpoint.FindTensor(names.ToHfExpert(t.Gguf, e)!)!;
+                    if (other.DType != info.DType)
+                        throw new ModelFormatException(checkpoint.DirectoryPath, -1, $"the experts of '{t.Gguf}' are stored in different dtypes ({info.DType}, {other.DType})");
+                }
+                w.AddTensorInfo(t.Gguf, [info.Shape[1], info.Shape[0], count], SafetensorsDTypeInfo.ToGgmlType(info.DType));
+            }
+            else if (info.Shape.Length == 2 && !vectors.Contains(t.Gguf)) w.AddTensorInfo(t.Gguf, [info.Shape[1], info.Shape[0]], SafetensorsDTypeInfo.ToGgmlType(info.DType));
             else w.AddTensorInfo(t.Gguf, [info.ElementCount], GgmlType.F32);
         }
         w.WriteHeader();
@@ -90,9 +111,18 @@ internal static class HfCheckpointGgufConverter
                 w.WriteTensorData(t.Gguf, computed[t.Gguf]);
                 continue;
             }
+            if (experts.TryGetValue(t.Gguf, out int expertCount))
+            {
+                for (int e = 0; e < expertCount; e++)
+                {
+                    var (expertFile, expertInfo) = checkpoint.Locate(names.ToHfExpert(t.Gguf, e)!)!.Value;
+                    w.WriteTensorData(t.Gguf, expertFile.GetTensorBytes(expertInfo));
+                }
+                continue;
+            }
             var (file, info) = checkpoint.Locate(t.Hf)!.Value;
             var bytes = file.GetTensorBytes(info);
-            if (info.Shape.Length != 2)
+            if (info.Shape.Length != 2 || vectors.Contains(t.Gguf))
             {
                 var values = new float[info.ElementCount];
                 WeightConversion.ToFloats(SafetensorsDTypeInfo.ToGgmlType(info.DType), bytes, values);

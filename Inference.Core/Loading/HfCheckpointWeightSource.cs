@@ -26,12 +26,24 @@ internal sealed class HfCheckpointWeightSource(HfCheckpoint checkpoint, ModelArc
     /// <inheritdoc />
     public bool Contains(string name) =>
         name == RopeFreqs ? ropeFreqFactors is not null
-            : computed.ContainsKey(name) || (_names.ToHf(name) is string hf && checkpoint.Locate(hf) is not null);
+            : computed.ContainsKey(name) || ((_names.ToHf(name) ?? _names.ToHfExpert(name, 0)) is string hf && checkpoint.Locate(hf) is not null);
 
     /// <inheritdoc />
-    public unsafe WeightMatrix GetMatrix(string name, int rows, int cols)
+    public WeightMatrix GetMatrix(string name, int rows, int cols) => Bind(Find(name), rows, cols);
+
+    /// <inheritdoc />
+    public WeightMatrix GetExpertMatrix(string name, int expert, int experts, int rows, int cols)
     {
-        var (file, t) = Find(name);
+        string hf = _names.ToHfExpert(name, expert)
+            ?? throw new ModelFormatException(checkpoint.DirectoryPath, -1, $"tensor '{name}' has no Hugging Face equivalent");
+        var found = checkpoint.Locate(hf)
+            ?? throw new ModelFormatException(checkpoint.DirectoryPath, -1, $"tensor '{hf}' (expert {expert} of {experts} of GGUF '{name}') is missing from the checkpoint");
+        return Bind(found, rows, cols);
+    }
+
+    private unsafe WeightMatrix Bind((SafetensorsFile File, SafetensorsTensorInfo Tensor) found, int rows, int cols)
+    {
+        var (file, t) = found;
         if (t.Shape.Length != 2 || t.Shape[0] != rows || t.Shape[1] != cols)
             throw file.Bad(t.DataOffset, $"tensor '{t.Name}' has shape [{string.Join(", ", t.Shape)}], expected [{rows}, {cols}]");
         var type = SafetensorsDTypeInfo.ToGgmlType(t.DType);

@@ -25,6 +25,19 @@ internal sealed class GgufWeightSource(GgufFile gguf) : IWeightSource
     }
 
     /// <inheritdoc />
+    public unsafe WeightMatrix GetExpertMatrix(string name, int expert, int experts, int rows, int cols)
+    {
+        var t = gguf.GetTensor(name);
+        if (t.Dimensions.Length != 3 || t.Dimensions[0] != cols || t.Dimensions[1] != rows || t.Dimensions[2] != experts)
+            throw gguf.Bad(t.DataOffset, $"tensor '{name}' has shape [{string.Join(", ", t.Dimensions)}], expected [{cols}, {rows}, {experts}]");
+        if (!LlamaModel.SupportedWeightTypes.Contains(t.Type))
+            throw gguf.Bad(t.DataOffset, $"tensor '{name}' has type {t.Type}, which is not supported (supported: {string.Join(", ", LlamaModel.SupportedWeightTypes)})");
+        if ((uint)expert >= (uint)experts) throw new ArgumentOutOfRangeException(nameof(expert));
+        long bytes = GgmlTypeInfo.RowBytes(t.Type, cols) * (long)rows;
+        return new WeightMatrix(t.Type, gguf.GetTensorPointer(t) + expert * bytes, rows, cols);
+    }
+
+    /// <inheritdoc />
     public float[]? GetVector(string name, int length, bool optional = false)
     {
         var t = gguf.FindTensor(name);

@@ -20,6 +20,13 @@ internal interface IWeightSource
     /// <exception cref="ModelFormatException">The tensor is missing, misshapen or of a type the CPU path does not support.</exception>
     WeightMatrix GetMatrix(string name, int rows, int cols);
 
+    /// <summary>
+    /// Expert <paramref name="expert"/>'s <paramref name="rows"/> × <paramref name="cols"/> matrix of the stacked expert
+    /// tensor <paramref name="name"/> of <paramref name="experts"/> experts (GGUF <c>blk.N.ffn_gate_exps.weight</c> …), bound in place.
+    /// </summary>
+    /// <exception cref="ModelFormatException">The tensor is missing, misshapen or of a type the CPU path does not support.</exception>
+    WeightMatrix GetExpertMatrix(string name, int expert, int experts, int rows, int cols);
+
     /// <summary>A vector of <paramref name="length"/> values converted to float; null when absent and <paramref name="optional"/>.</summary>
     /// <exception cref="ModelFormatException">The tensor is missing (and required), has the wrong length or a non-float type.</exception>
     float[]? GetVector(string name, int length, bool optional = false);

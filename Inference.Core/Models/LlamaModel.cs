@@ -19,6 +19,7 @@ public sealed class LlamaModel
     private readonly WeightMatrix[] _stored;     // the matrices as bound, before PrepareForCpu repacks or copies them
     private ForwardState _state = new(0, null!);
     private readonly Parallelism.TensorParallelRank? _rank;
+    private readonly MixtureOfExperts _experts = new();
 
     /// <summary>Binds the weights of <paramref name="gguf"/> (which must stay open while the model is used).</summary>
     /// <exception cref="ModelFormatException">A tensor is missing, misshapen or of an unsupported type.</exception>
@@ -106,15 +107,32 @@ public sealed class LlamaModel
         if (_prepared) return;
         var arena = new WeightArena();
         var done = new bool[_matrices.Length];
+        void Prepare(int w)
+        {
+            if (w < 0 || done[w]) return;
+            _matrices[w] = MatMul.PrepareInto(_matrices[w], arena);
+            done[w] = true;
+        }
         foreach (var op in Graph.Ops)
         {
-            if (op.Kind != OpKind.MatMul) continue;
-            foreach (int w in (ReadOnlySpan<int>)[op.W0, op.W1, op.W2])
+            if (op.Kind == OpKind.MixtureOfExperts)
             {
-                if (w < 0 || done[w]) continue;
-                _matrices[w] = MatMul.PrepareInto(_matrices[w], arena);
-                done[w] = true;
+                var layer = Graph.Experts[op.Param];
+                Prepare(layer.Router);
+                for (int e = 0; e < layer.Count; e++)
+                {
+                    Prepare(layer.Gate[e]);
+                    Prepare(layer.Up[e]);
+                    Prepare(layer.Down[e]);
+                }
+                Prepare(layer.SharedGate);
+                Prepare(layer.SharedUp);
+                Prepare(layer.SharedDown);
             }
+            if (op.Kind != OpKind.MatMul) continue;
+            Prepare(op.W0);
+            Prepare(op.W1);
+            Prepare(op.W2);
         }
         _prepared = true;
     }
@@ -271,6 +289,9 @@ public sealed class LlamaModel
                     }
                     break;
                 }
+                case OpKind.MixtureOfExperts:
+                    _experts.Run(g.Experts[op.Param], _matrices, _vectors, Buffer(op.Src, n, logitRows, logits), Buffer(op.Dst, n, logitRows, logits), n, pool);
+                    break;
                 case OpKind.AllReduce:
                     _rank!.Group.AllReduce(_rank.Rank, Buffer(op.Dst, n, logitRows, logits));
                     break;
@@ -338,7 +359,7 @@ public sealed class LlamaModel
 
     /// <summary>gate = silu(gate) ⊙ up = gate·σ(gate)·up; <paramref name="up"/> is overwritten. Runs over slices of
     /// <see cref="SwiGluSlice"/> values spread over the pool, each slice's three passes while it is in the L1 cache.</summary>
-    private static unsafe void SwiGlu(Span<float> gate, Span<float> up, WorkerPool pool)
+    internal static unsafe void SwiGlu(Span<float> gate, Span<float> up, WorkerPool pool)
     {
         // NOTE: three whole-array passes over a 128-token prefill's 1.4 MB arrays (beyond L2 with both) took 8 ms of the
         // benchmark model's 140 ms prefill at two threads; slice by slice on both threads, about 4 ms.

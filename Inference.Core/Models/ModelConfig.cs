@@ -90,6 +90,23 @@ public sealed record ModelConfig
         }
     }
 
+    /// <summary>Experts of each mixture-of-experts feed-forward block (Mixtral, qwen2moe, qwen3moe); 0 for a dense model.</summary>
+    public int ExpertCount { get; init; }
+    /// <summary>Experts each token is routed to (top-k of the router's softmax); 0 for a dense model.</summary>
+    public int ExpertUsedCount { get; init; }
+    /// <summary>Hidden width of one expert's SwiGLU feed-forward (0: <see cref="FfnDim"/>, as Mixtral).</summary>
+    public int ExpertFfnDim { get; init; }
+    /// <summary>Hidden width of the shared expert every token runs beside the routed ones (qwen2moe); 0 when there is none.</summary>
+    public int SharedExpertFfnDim { get; init; }
+    /// <summary>Whether the top-k routing weights are renormalised to sum to 1 (Mixtral, qwen3moe) or kept as softmax probabilities (qwen2moe).</summary>
+    public bool ExpertWeightsNorm { get; init; }
+
+    /// <summary>Whether the feed-forward blocks are mixtures of experts.</summary>
+    public bool IsMixtureOfExperts => ExpertCount > 0;
+
+    /// <summary>The hidden width of one routed expert.</summary>
+    public int ExpertWidth => ExpertFfnDim > 0 ? ExpertFfnDim : FfnDim;
+
     /// <summary>Query heads per KV head.</summary>
     public int KvMul => HeadCount / KvHeadCount;
     /// <summary>Width of all query heads.</summary>
@@ -190,6 +207,15 @@ public sealed record ModelConfig
             RopeOriginalContextLength = originalContext,
             HasAttentionBias = gguf.FindTensor("blk.0.attn_q.bias") is not null,
         };
+        // Mixture of experts (llama.cpp's keys for every architecture that has them); the architecture adds its widths
+        // and whether the top-k weights are renormalised.
+        int experts = architecture.MayHaveExperts ? Optional("expert_count", 0, 0, 1 << 16) : 0;
+        if (experts > 0)
+        {
+            int used = Optional("expert_used_count", 0, 0, experts);
+            if (used == 0) throw gguf.Bad(-1, $"'{arch}.expert_used_count' is missing or 0 with {experts} experts");
+            config = config with { ExpertCount = experts, ExpertUsedCount = used, ExpertWeightsNorm = true };
+        }
         return architecture.ReadGguf(gguf, config);
     }
 }

@@ -15,6 +15,7 @@ internal static class TensorParallelGraph
         var ops = new List<ModelOp>(graph.Ops.Length + 2 * 64);
         foreach (var op in graph.Ops)
         {
+            if (op.Kind == OpKind.MixtureOfExperts) throw new NotSupportedException("tensor parallelism does not split mixture-of-experts blocks");
             ops.Add(op);
             if (op.Kind != OpKind.MatMul) continue;
             foreach (int w in (ReadOnlySpan<int>)[op.W0, op.W1, op.W2])

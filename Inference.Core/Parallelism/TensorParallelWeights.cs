@@ -40,6 +40,10 @@ internal sealed unsafe class TensorParallelWeights : IWeightSource, IDisposable
 
     public bool Contains(string name) => _inner.Contains(name);
 
+    /// <inheritdoc />
+    public WeightMatrix GetExpertMatrix(string name, int expert, int experts, int rows, int cols) =>
+        throw new NotSupportedException($"tensor parallelism does not split the experts of '{name}'");
+
     public WeightMatrix GetMatrix(string name, int rows, int cols)
     {
         var c = _layout.Full;

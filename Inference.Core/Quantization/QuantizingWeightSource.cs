@@ -91,6 +91,10 @@ internal sealed class QuantizingWeightSource : IWeightSource
     public bool Contains(string name) => _inner.Contains(name);
 
     /// <inheritdoc />
+    /// <remarks>Experts pass through as stored (the rules here plan a dense model's tensors).</remarks>
+    public WeightMatrix GetExpertMatrix(string name, int expert, int experts, int rows, int cols) => _inner.GetExpertMatrix(name, expert, experts, rows, cols);
+
+    /// <inheritdoc />
     public unsafe WeightMatrix GetMatrix(string name, int rows, int cols)
     {
         if (_converted.TryGetValue(name, out var done)) return done;

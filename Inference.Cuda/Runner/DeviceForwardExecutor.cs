@@ -127,7 +127,12 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             };
             if (!supported)
             {
-                string what = op.Kind == OpKind.Attention ? "attention logit soft-capping" : $"the {op.Kind} operation";
+                string what = op.Kind switch
+                {
+                    OpKind.Attention => "attention logit soft-capping",
+                    OpKind.MixtureOfExperts => "mixture-of-experts routing",
+                    _ => $"the {op.Kind} operation",
+                };
                 throw new NotSupportedException($"architecture '{architecture}' needs {what}, which the device executor does not run; use the CPU backend");
             }
         }

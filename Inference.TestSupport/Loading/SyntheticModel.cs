@@ -47,11 +47,18 @@ public static class SyntheticModel
 
         var architecture = ModelArchitecture.Find(options.Architecture)
             ?? throw new ArgumentException($"unknown architecture '{options.Architecture}' (supported: {string.Join(", ", ModelConfig.SupportedArchitectures)})");
+        if (options.ExpertCount > 0 && !architecture.MayHaveExperts)
+            throw new ArgumentException($"architecture '{options.Architecture}' has no mixture-of-experts form (llama, qwen2moe and qwen3moe have)");
         var config = Config(options, vocab);
         // The tensors the architecture's forward pass reads, in its order: matrices in the chosen type, vectors (norms) F32.
-        var tensors = new List<(string Name, int Cols, int Rows, GgmlType Type, bool IsNorm)>();
+        // Experts are one tensor [cols, rows, experts] per block; the router stays F32, as llama.cpp's quantizer keeps it.
+        var tensors = new List<(string Name, int Cols, int Rows, GgmlType Type, bool IsNorm, int Experts)>();
         foreach (var spec in architecture.PlanTensors(config, options.OutputHead == OutputHead.TiedToEmbedding))
-            tensors.Add(spec.IsMatrix ? (spec.Name, spec.Cols, spec.Rows, type, false) : (spec.Name, spec.Rows, 1, GgmlType.F32, true));
+        {
+            bool router = spec.Name.EndsWith("ffn_gate_inp.weight", StringComparison.Ordinal);
+            tensors.Add(spec.IsMatrix ? (spec.Name, spec.Cols, spec.Rows, router ? GgmlType.F32 : type, false, spec.Experts)
+                : (spec.Name, spec.Rows, 1, GgmlType.F32, !spec.Name.EndsWith("ffn_gate_inp_shexp.weight", StringComparison.Ordinal), 0));
+        }
 
         try
         {
@@ -84,12 +91,16 @@ public static class SyntheticModel
             RopeBase = o.RopeFreqBase,
             RopeDim = o.HeadDimension,
             RopeLayout = architecture.GgufRopeLayout,
+            ExpertCount = o.ExpertCount,
+            ExpertUsedCount = o.ExpertUsedCount,
+            ExpertFfnDim = o.ExpertFeedForwardLength,
+            SharedExpertFfnDim = o.SharedExpertFeedForwardLength,
         }, o.SlidingWindow);
         return o.AttentionLogitSoftCap > 0 ? c with { AttentionLogitSoftCap = o.AttentionLogitSoftCap, FinalLogitSoftCap = o.FinalLogitSoftCap } : c;
     }
 
     private static void WriteModel(string path, SyntheticModelOptions options, ModelArchitecture architecture, ModelConfig config, GgufFile donor,
-        List<(string Name, int Cols, int Rows, GgmlType Type, bool IsNorm)> tensors, CancellationToken cancellationToken)
+        List<(string Name, int Cols, int Rows, GgmlType Type, bool IsNorm, int Experts)> tensors, CancellationToken cancellationToken)
     {
         var type = options.TensorType;
         using var w = GgufWriter.Create(path);
@@ -106,7 +117,7 @@ public static class SyntheticModel
             if (key.StartsWith("tokenizer.", StringComparison.Ordinal)) w.AddValue(key, donor.Metadata[key]);
 
         foreach (var t in tensors)
-            w.AddTensorInfo(t.Name, t.Rows == 1 ? [t.Cols] : [t.Cols, t.Rows], t.Type);
+            w.AddTensorInfo(t.Name, t.Experts > 0 ? [t.Cols, t.Rows, t.Experts] : t.Rows == 1 ? [t.Cols] : [t.Cols, t.Rows], t.Type);
         w.WriteHeader();
 
         int maxCols = 0;
@@ -120,13 +131,15 @@ public static class SyntheticModel
             var rng = new NormalGenerator(unchecked(options.Seed * 1_000_003 + i));
             var values = row.AsSpan(0, t.Cols);
             int rowBytes = SyntheticModelQuantizer.RowBytes(t.Type, t.Cols);
-            for (int r = 0; r < t.Rows; r++)
+            for (int r = 0; r < t.Rows * Math.Max(1, t.Experts); r++)
             {
                 for (int c = 0; c < values.Length; c++)
                 {
                     float z = rng.Next();
-                    // NOTE: LongRoPE factors are divisors of the frequencies, 1 and up.
+                    // NOTE: LongRoPE factors are divisors of the frequencies, 1 and up; a router's weights are larger, so that
+                    // the top-k choice is clear (far from a tie that rounding could flip).
                     values[c] = t.Name.StartsWith("rope_factors", StringComparison.Ordinal) ? 1f + MathF.Abs(z)
+                        : t.Name.EndsWith("ffn_gate_inp.weight", StringComparison.Ordinal) ? z * options.WeightScale * 4f
                         : t.IsNorm ? 1f + z * options.WeightScale * 0.1f : z * options.WeightScale;
                 }
                 SyntheticModelQuantizer.EncodeRow(t.Type, values, encoded.AsSpan(0, rowBytes));

@@ -116,6 +116,21 @@ public sealed record SyntheticModelOptions
     /// <summary>gemma2's final logit soft-cap (used when <see cref="AttentionLogitSoftCap"/> is set).</summary>
     public float FinalLogitSoftCap { get; init; }
 
+    /// <summary>
+    /// Experts of each mixture-of-experts feed-forward (Mixtral-style llama, qwen2moe, qwen3moe); 0, the default, gives
+    /// llama a dense feed-forward and the MoE architectures 4 experts.
+    /// </summary>
+    public int ExpertCount { get; init; }
+
+    /// <summary>Experts each token uses; 0, the default, takes 2 (or all when fewer).</summary>
+    public int ExpertUsedCount { get; init; }
+
+    /// <summary>Hidden width of a routed expert of qwen2moe/qwen3moe; 0, the default, takes <see cref="FeedForwardLength"/> (Mixtral always does).</summary>
+    public int ExpertFeedForwardLength { get; init; }
+
+    /// <summary>Hidden width of qwen2moe's shared expert; 0, the default, takes <see cref="FeedForwardLength"/>.</summary>
+    public int SharedExpertFeedForwardLength { get; init; }
+
     /// <summary>Checks the relations between the options.</summary>
     /// <exception cref="ArgumentException">The options do not describe a valid llama model.</exception>
     public void Validate()
@@ -124,6 +139,8 @@ public sealed record SyntheticModelOptions
         if (_headDimension == 0 && Dimension % HeadCount != 0) throw new ArgumentException($"dimension {Dimension} is not a multiple of the head count {HeadCount}");
         if (HeadCount % KvHeadCount != 0) throw new ArgumentException($"head count {HeadCount} is not a multiple of the KV head count {KvHeadCount}");
         if (HeadDimension % 2 != 0) throw new ArgumentException($"head dimension {HeadDimension} must be even for RoPE");
+        if (ExpertCount < 0 || ExpertUsedCount < 0 || (ExpertCount > 0 && ExpertUsedCount > ExpertCount))
+            throw new ArgumentException($"{ExpertUsedCount} experts used of {ExpertCount}");
         if (TensorType == GgmlType.Q8_0 && (Dimension % 32 != 0 || FeedForwardLength % 32 != 0))
             throw new ArgumentException($"Q8_0 needs the dimension ({Dimension}) and feed-forward length ({FeedForwardLength}) to be multiples of 32");
     }

@@ -74,6 +74,16 @@ public class DeviceForwardExecutorTests
         Assert.That(e!.Message, Does.Contain("gemma2").And.Contain("soft-capping"));
     }
 
+    /// <summary>Mixture-of-experts routing has no device kernel yet: refused, typed, before anything is uploaded.</summary>
+    [TestCase("qwen3moe")]
+    [TestCase("qwen2moe")]
+    public void MixtureOfExperts_IsRefusedWithATypedError(string architecture)
+    {
+        var e = Assert.Throws<NotSupportedException>(() =>
+            RunScenario(DeviceTestAccelerator.Cpu, Model(8, 2, GgmlType.F32, architecture: architecture), 8, KvCacheDataType.Float32, CudaAttentionKernels.Ilgpu));
+        Assert.That(e!.Message, Does.Contain(architecture).And.Contain("mixture-of-experts"));
+    }
+
     [TestCase(GgmlType.F16, KvCacheDataType.Float32)]
     [TestCase(GgmlType.F16, KvCacheDataType.Float16)]
     [TestCase(GgmlType.Q8_0, KvCacheDataType.Float32)]

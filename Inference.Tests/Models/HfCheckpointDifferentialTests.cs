@@ -24,6 +24,9 @@ namespace Inference.Tests.Models;
 [TestFixture("gemma2", SafetensorsDType.F32, true, 1, 1e-3)]
 [TestFixture("gemma3", SafetensorsDType.F32, true, 1, 1e-3)]
 [TestFixture("phi3", SafetensorsDType.F32, false, 1, 1e-3)]
+[TestFixture("mixtral", SafetensorsDType.F32, false, 2, 1e-3)]
+[TestFixture("qwen2moe", SafetensorsDType.F32, false, 1, 1e-3)]
+[TestFixture("qwen3moe", SafetensorsDType.BF16, true, 1, 5e-3)]
 public class HfCheckpointDifferentialTests(string modelType, SafetensorsDType dtype, bool tied, int shards, double llamaCppTolerance)
 {
     private string _dir = "";
@@ -88,6 +91,11 @@ public class HfCheckpointDifferentialTests(string modelType, SafetensorsDType dt
                 ["rope_scaling"] = """{"type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.7, 2.2, 3.1, 4.0, 5.5], "long_factor": [1.0, 1.5, 2.5, 4.0, 7.0, 11.0, 19.0, 30.0]}""",
             },
         },
+        // Mixtures of experts: 4 experts, 2 per token; qwen's experts narrower than the dense width, qwen2moe's shared
+        // expert wider; qwen3moe with its own head size and renormalised top-k weights.
+        "mixtral" => new HfTestCheckpointOptions { Experts = 4 },
+        "qwen2moe" => new HfTestCheckpointOptions { Experts = 4, ExpertIntermediate = 64, SharedExpertIntermediate = 192 },
+        "qwen3moe" => new HfTestCheckpointOptions { Experts = 4, ExpertIntermediate = 64, HeadDim = 32 },
         _ => new HfTestCheckpointOptions(),
     };
 
@@ -114,13 +122,14 @@ public class HfCheckpointDifferentialTests(string modelType, SafetensorsDType dt
         using var gguf = GgufFile.Open(_ggufPath);
         var fromGguf = ModelConfig.FromGguf(gguf);
         // NOTE: llama.cpp runs qwen2 with NeoX RoPE on un-permuted rows, llama with adjacent pairs on permuted rows.
-        var layout = modelType == "llama" ? RopeLayout.Normal : RopeLayout.Neox;
+        var layout = modelType is "llama" or "mixtral" ? RopeLayout.Normal : RopeLayout.Neox;
         Assert.That(checkpoint.Config.RopeLayout, Is.EqualTo(RopeLayout.Neox));
         Assert.That(fromGguf.RopeLayout, Is.EqualTo(layout));
         // NOTE: the windows are a list (compared by reference in the record's equality): compared apart.
         Assert.That(fromGguf with { SlidingWindows = null }, Is.EqualTo(checkpoint.Config with { RopeLayout = layout, SlidingWindows = null }));
         Assert.That(fromGguf.SlidingWindows ?? [], Is.EqualTo(checkpoint.Config.SlidingWindows ?? []));
-        Assert.That(checkpoint.Config.HasAttentionBias, Is.EqualTo(modelType == "qwen2"));
+        Assert.That(checkpoint.Config.HasAttentionBias, Is.EqualTo(modelType is "qwen2" or "qwen2moe"));
+        Assert.That(checkpoint.Config.IsMixtureOfExperts, Is.EqualTo(modelType.EndsWith("moe", StringComparison.Ordinal) || modelType == "mixtral"));
         Assert.That(checkpoint.TieWordEmbeddings, Is.EqualTo(tied));
         Assert.That(gguf.FindTensor("output.weight") is null, Is.EqualTo(tied));
         Assert.That(checkpoint.Shards, Has.Count.EqualTo(shards));

@@ -70,7 +70,30 @@ internal static class HfReferenceForward
                 (wq, wk, wv) = (Dense(w.GetMatrix(p + "attn_q.weight", c.QDim, dim)), Dense(w.GetMatrix(p + "attn_k.weight", c.KvDim, dim)),
                     Dense(w.GetMatrix(p + "attn_v.weight", c.KvDim, dim)));
             }
-            if (!w.Contains(p + "ffn_gate.weight"))
+            Experts? moe = null;
+            if (c.IsMixtureOfExperts)
+            {
+                // Mixture of experts: the router, each expert's gate/up/down, and qwen2moe's gated shared expert.
+                int e = c.ExpertCount, ew = c.ExpertWidth;
+                var gates = new float[e][][];
+                var ups = new float[e][][];
+                var downs = new float[e][][];
+                for (int i = 0; i < e; i++)
+                {
+                    gates[i] = Dense(w.GetExpertMatrix(p + "ffn_gate_exps.weight", i, e, ew, dim));
+                    ups[i] = Dense(w.GetExpertMatrix(p + "ffn_up_exps.weight", i, e, ew, dim));
+                    downs[i] = Dense(w.GetExpertMatrix(p + "ffn_down_exps.weight", i, e, dim, ew));
+                }
+                bool shared = c.SharedExpertFfnDim > 0;
+                int sw = c.SharedExpertFfnDim;
+                moe = new Experts(Dense(w.GetMatrix(p + "ffn_gate_inp.weight", e, dim)), gates, ups, downs,
+                    shared ? Dense(w.GetMatrix(p + "ffn_gate_shexp.weight", sw, dim)) : null,
+                    shared ? Dense(w.GetMatrix(p + "ffn_up_shexp.weight", sw, dim)) : null,
+                    shared ? Dense(w.GetMatrix(p + "ffn_down_shexp.weight", dim, sw)) : null,
+                    shared ? w.GetVector(p + "ffn_gate_inp_shexp.weight", dim) : null);
+                (wGate, wUp) = ([], []);
+            }
+            else if (!w.Contains(p + "ffn_gate.weight"))
             {
                 // phi3: gate rows, then up rows, of one matrix.
                 var gateUp = Dense(w.GetMatrix(p + "ffn_up.weight", 2 * c.FfnDim, dim));
@@ -86,7 +109,7 @@ internal static class HfReferenceForward
                 w.GetVector(p + "attn_v.bias", c.KvDim, optional: true),
                 w.GetVector(p + "attn_q_norm.weight", hd, optional: true), w.GetVector(p + "attn_k_norm.weight", hd, optional: true),
                 w.GetVector(p + "post_attention_norm.weight", dim, optional: true), w.GetVector(p + "ffn_norm.weight", dim)!,
-                wGate, wUp, Dense(w.GetMatrix(p + "ffn_down.weight", dim, c.FfnDim)), w.GetVector(p + "post_ffw_norm.weight", dim, optional: true));
+                wGate, wUp, moe is null ? Dense(w.GetMatrix(p + "ffn_down.weight", dim, c.FfnDim)) : [], w.GetVector(p + "post_ffw_norm.weight", dim, optional: true), moe);
             keys[l] = new double[n][];
             values[l] = new double[n][];
         }
@@ -135,6 +158,12 @@ internal static class HfReferenceForward
                 if (L.PostAttnNorm is not null) o = RmsNorm(o, L.PostAttnNorm, c.RmsEps);
                 for (int i = 0; i < dim; i++) x[i] += o[i];
                 xb = RmsNorm(x, L.FfnNorm, c.RmsEps);
+                if (L.Moe is { } m)
+                {
+                    var moeOut = MixtureOfExperts(m, xb, c.ExpertUsedCount, c.ExpertWeightsNorm);
+                    for (int i = 0; i < dim; i++) x[i] += moeOut[i];
+                    continue;
+                }
                 var gate = MatVec(L.Gate, xb, null);
                 var up = MatVec(L.Up, xb, null);
                 for (int i = 0; i < gate.Length; i++)
@@ -154,6 +183,48 @@ internal static class HfReferenceForward
         return Array.ConvertAll(logits, v => (float)v);
     }
 
+    /// <summary>
+    /// Σ over the top-k experts (softmax of the router's logits; ties to the lower index) of p or p / Σp times the
+    /// expert's SwiGLU, plus σ(g · x) times the shared expert's SwiGLU where there is one.
+    /// </summary>
+    private static double[] MixtureOfExperts(Experts m, double[] x, int k, bool normalize)
+    {
+        var logits = MatVec(m.Router, x, null);
+        double max = logits.Max(), sum = 0;
+        var prob = new double[logits.Length];
+        for (int e = 0; e < prob.Length; e++) sum += prob[e] = Math.Exp(logits[e] - max);
+        for (int e = 0; e < prob.Length; e++) prob[e] /= sum;
+        var top = Enumerable.Range(0, prob.Length).OrderByDescending(e => prob[e]).ThenBy(e => e).Take(k).ToArray();
+        double total = top.Sum(e => prob[e]);
+        var result = new double[x.Length];
+        foreach (int e in top)
+        {
+            var y = SwiGluExpert(m.Gate[e], m.Up[e], m.Down[e], x);
+            double weight = normalize ? prob[e] / total : prob[e];
+            for (int i = 0; i < result.Length; i++) result[i] += weight * y[i];
+        }
+        if (m.SharedGate is not null)
+        {
+            double g = 0;
+            for (int i = 0; i < x.Length; i++) g += m.SharedGateInput![i] * x[i];
+            double sigma = 1 / (1 + Math.Exp(-g));
+            var y = SwiGluExpert(m.SharedGate, m.SharedUp!, m.SharedDown!, x);
+            for (int i = 0; i < result.Length; i++) result[i] += sigma * y[i];
+        }
+        return result;
+    }
+
+    private static double[] SwiGluExpert(float[][] gate, float[][] up, float[][] down, double[] x)
+    {
+        var g = MatVec(gate, x, null);
+        var u = MatVec(up, x, null);
+        for (int i = 0; i < g.Length; i++) g[i] = g[i] / (1 + Math.Exp(-g[i])) * u[i];
+        return MatVec(down, g, null);
+    }
+
+    private sealed record Experts(float[][] Router, float[][][] Gate, float[][][] Up, float[][][] Down,
+        float[][]? SharedGate, float[][]? SharedUp, float[][]? SharedDown, float[]? SharedGateInput);
+
     private static double Gelu(double g) => 0.5 * g * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (g + 0.044715 * g * g * g)));
 
     private static double GgmlGelu(double g)
@@ -165,7 +236,8 @@ internal static class HfReferenceForward
     }
 
     private sealed record Layer(float[] AttnNorm, float[][] Q, float[][] K, float[][] V, float[][] O, float[]? Qb, float[]? Kb, float[]? Vb,
-        float[]? QNorm, float[]? KNorm, float[]? PostAttnNorm, float[] FfnNorm, float[][] Gate, float[][] Up, float[][] Down, float[]? PostFfwNorm);
+        float[]? QNorm, float[]? KNorm, float[]? PostAttnNorm, float[] FfnNorm, float[][] Gate, float[][] Up, float[][] Down, float[]? PostFfwNorm,
+        Experts? Moe);
 
     /// <summary>RMSNorm of every head of <paramref name="v"/> with one [headDim] weight.</summary>
     private static void HeadNorm(double[] v, float[] weight, float eps)

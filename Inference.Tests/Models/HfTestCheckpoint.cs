@@ -24,6 +24,14 @@ public sealed record HfTestCheckpointOptions
     public int HeadDim { get; init; }
     /// <summary>Sliding window of the layers that have one (see <c>SyntheticModelOptions.SlidingWindow</c>); 0: the architecture's choice.</summary>
     public int SlidingWindow { get; init; }
+    /// <summary>Experts of a mixture-of-experts model (mixtral, qwen2moe, qwen3moe); 0 for a dense one.</summary>
+    public int Experts { get; init; }
+    /// <summary>Experts each token uses.</summary>
+    public int ExpertsUsed { get; init; } = 2;
+    /// <summary>qwen2moe/qwen3moe's <c>moe_intermediate_size</c> (0: <see cref="Intermediate"/>).</summary>
+    public int ExpertIntermediate { get; init; }
+    /// <summary>qwen2moe's <c>shared_expert_intermediate_size</c> (0: <see cref="Intermediate"/>).</summary>
+    public int SharedExpertIntermediate { get; init; }
     /// <summary>Extra JSON members written into config.json (raw JSON values by key).</summary>
     public IReadOnlyDictionary<string, string> ExtraConfig { get; init; } = new Dictionary<string, string>();
 }
@@ -42,7 +50,7 @@ public static class HfTestCheckpoint
         using var donor = GgufFile.Open(Support.TestData.Stories260K);
         int vocab = donor.GetArray<string>("tokenizer.ggml.tokens")!.Length;
         int headDim = o.HeadDim > 0 ? o.HeadDim : o.Hidden / o.Heads, kvDim = o.KvHeads * headDim;
-        var architecture = Inference.Models.Architectures.ModelArchitecture.Find(o.ModelType)
+        var architecture = Inference.Models.Architectures.ModelArchitecture.FindByHfModelType(o.ModelType)
             ?? throw new ArgumentException($"unknown model type '{o.ModelType}'");
         bool llamaFamily = o.ModelType is "llama" or "qwen2";
 
@@ -54,16 +62,27 @@ public static class HfTestCheckpoint
             tensors.Clear();
             var config = architecture.CompleteConfig(new Inference.Models.ModelConfig
             {
-                Architecture = o.ModelType, Dim = o.Hidden, LayerCount = o.Layers, HeadCount = o.Heads, KvHeadCount = o.KvHeads,
+                Architecture = architecture.Name, Dim = o.Hidden, LayerCount = o.Layers, HeadCount = o.Heads, KvHeadCount = o.KvHeads,
                 HeadDim = headDim, FfnDim = o.Intermediate, VocabSize = vocab, ContextLength = 2048, RmsEps = 1e-5f,
                 RopeBase = 10000f, RopeDim = headDim, RopeLayout = Inference.Models.RopeLayout.Neox,
+                ExpertCount = o.Experts, ExpertUsedCount = o.Experts > 0 ? o.ExpertsUsed : 0,
+                ExpertFfnDim = o.ExpertIntermediate, SharedExpertFfnDim = o.SharedExpertIntermediate,
             }, o.SlidingWindow);
             foreach (var spec in architecture.PlanTensors(config, o.TieWordEmbeddings))
             {
                 // Vectors computed from config.json (LongRoPE factors) come with the options' ExtraConfig.
                 if (architecture.ComputedVectors(config).Any(v => v.Name == spec.Name)) continue;
+                if (spec.IsExpert)
+                {
+                    // One tensor per expert, as transformers saves a ModuleList of experts.
+                    for (int e = 0; e < spec.Experts; e++)
+                        tensors.Add((architecture.TensorNames.ToHfExpert(spec.Name, e)!, [spec.Rows, spec.Cols], false));
+                    continue;
+                }
                 string hf = architecture.TensorNames.ToHf(spec.Name) ?? throw new InvalidOperationException($"'{spec.Name}' has no Hugging Face name");
-                tensors.Add((hf, spec.IsMatrix ? [spec.Rows, spec.Cols] : [spec.Rows], !spec.IsMatrix));
+                // NOTE: qwen2moe's shared expert gate is a Linear(hidden, 1): [1, hidden].
+                bool gateVector = spec.Name.EndsWith("ffn_gate_inp_shexp.weight", StringComparison.Ordinal);
+                tensors.Add((hf, spec.IsMatrix ? [spec.Rows, spec.Cols] : gateVector ? [1, spec.Rows] : [spec.Rows], !spec.IsMatrix && !gateVector));
             }
         }
         for (int l = 0; l < (llamaFamily ? o.Layers : 0); l++)
@@ -109,7 +128,10 @@ public static class HfTestCheckpoint
                 {
                     float z = Normal(rng);
                     // NOTE: a norm's weight is near 1 as the model applies it (gemma stores it less 1).
-                    values[i] = t.Norm ? 1f - architecture.HfNormOffset(architecture.TensorNames.ToGguf(t.Name) ?? "") + 0.1f * o.WeightScale * z : o.WeightScale * z;
+                    // A router's weights are larger, so that the top-k choice is clear (far from a tie rounding could flip).
+                    values[i] = t.Norm ? 1f - architecture.HfNormOffset(architecture.TensorNames.ToGguf(t.Name) ?? "") + 0.1f * o.WeightScale * z
+                        : t.Name.EndsWith("block_sparse_moe.gate.weight", StringComparison.Ordinal) || t.Name.EndsWith("mlp.gate.weight", StringComparison.Ordinal) ? 4 * o.WeightScale * z
+                        : o.WeightScale * z;
                 }
                 w.WriteTensorData(t.Name, values);
                 weightMap[t.Name] = file;
@@ -154,6 +176,21 @@ public static class HfTestCheckpoint
             w.WriteString("torch_dtype", o.DType switch { SafetensorsDType.F32 => "float32", SafetensorsDType.F16 => "float16", _ => "bfloat16" });
             w.WriteNumber("bos_token_id", 1);
             w.WriteNumber("eos_token_id", 2);
+            if (o.Experts > 0)
+            {
+                if (o.ModelType == "mixtral") w.WriteNumber("num_local_experts", o.Experts);
+                else
+                {
+                    w.WriteNumber("num_experts", o.Experts);
+                    w.WriteNumber("moe_intermediate_size", o.ExpertIntermediate > 0 ? o.ExpertIntermediate : o.Intermediate);
+                    if (o.ModelType == "qwen2moe") w.WriteNumber("shared_expert_intermediate_size", o.SharedExpertIntermediate > 0 ? o.SharedExpertIntermediate : o.Intermediate);
+                    w.WriteBoolean("norm_topk_prob", o.ModelType == "qwen3moe");
+                    w.WriteNumber("decoder_sparse_step", 1);
+                    w.WriteStartArray("mlp_only_layers");
+                    w.WriteEndArray();
+                }
+                w.WriteNumber("num_experts_per_tok", o.ExpertsUsed);
+            }
             foreach (var (key, raw) in o.ExtraConfig)
             {
                 w.WritePropertyName(key);

@@ -204,6 +204,102 @@ public class LlamaCppDifferentialTests
         Assert.That(ours.TokenIds, Is.EqualTo(greedy), "greedy tokens");
     }
 
+    /// <summary>
+    /// A small mixture-of-experts model: <paramref name="arch"/> is qwen2moe, qwen3moe or mixtral (a llama with experts);
+    /// 4 experts (8 for mixtral), 2 per token; qwen's experts of 128 and qwen2moe's shared expert of 192 beside a dense
+    /// width of 256; qwen3moe with a head size of 32 (and a tied head with 4 heads). <paramref name="dim"/> 256 for llama.cpp's K-quants.
+    /// </summary>
+    private static string MoeModel(string arch, int heads, int kvHeads, int dim = 128)
+    {
+        string path = Path.Combine(_dir, $"moe-{arch}-{heads}-{kvHeads}-{dim}.gguf");
+        if (!File.Exists(path))
+        {
+            SyntheticModel.Write(path, new SyntheticModelOptions
+            {
+                Architecture = arch == "mixtral" ? "llama" : arch,
+                Dimension = dim,
+                HeadDimension = arch == "qwen3moe" ? 32 : dim / heads,
+                LayerCount = 2,
+                HeadCount = heads,
+                KvHeadCount = kvHeads,
+                FeedForwardLength = dim == 128 ? 256 : 512,
+                ExpertCount = arch == "mixtral" ? 8 : 4,
+                ExpertUsedCount = 2,
+                ExpertFeedForwardLength = dim == 128 ? 128 : 256,
+                SharedExpertFeedForwardLength = dim == 128 ? 192 : 512,
+                TensorType = GgmlType.F32,
+                Seed = heads * 41 + kvHeads + dim,
+                WeightScale = 0.08f,
+                TokenizerDonorPath = TestData.Stories260K,
+                OutputHead = arch == "qwen3moe" && heads == 4 ? OutputHead.TiedToEmbedding : OutputHead.Separate,
+            });
+        }
+        return path;
+    }
+
+    // NOTE: F32 weights and f32 K/V: only the summation order differs, and the routing picks the same experts on both
+    // sides (the random routers' top-k are far from ties). The engine is also checked against the float64 reference.
+    [TestCase("mixtral", 8, 2)]
+    [TestCase("qwen2moe", 8, 8)]
+    [TestCase("qwen2moe", 8, 2)]
+    [TestCase("qwen3moe", 8, 2)]
+    [TestCase("qwen3moe", 4, 1)]
+    public async Task MixtureOfExperts_LastLogitsAndGreedy_MatchLlamaCppAndReference(string arch, int heads, int kvHeads)
+    {
+        string path = MoeModel(arch, heads, kvHeads);
+        using (var gguf = GgufFile.Open(path))
+        using (var llamaCpp = LlamaCpp.Load(path))
+        using (var pool = new Inference.Backends.Cpu.WorkerPool(2))
+        {
+            var config = Inference.Models.ModelConfig.FromGguf(gguf);
+            Assert.That(config.IsMixtureOfExperts, Is.True);
+            Assert.That(config.ExpertWeightsNorm, Is.EqualTo(arch != "qwen2moe"));
+            var model = new Inference.Models.LlamaModel(gguf, config);
+            foreach (var prompt in Prompts)
+            {
+                var expected = HfReferenceForward.LastLogits(new Inference.Models.GgufWeightSource(gguf), config, prompt);
+                var kv = new Inference.Models.ContiguousKvCache(config, 64);
+                var batch = new Inference.Models.ModelBatch();
+                batch.Add(0, prompt, 0, wantLogits: true);
+                var actual = new float[config.VocabSize];
+                Array.Fill(actual, float.NaN);
+                model.Forward(batch, kv, actual, pool);
+                double err = ReferenceCompare.RelativeL2(actual, expected);
+                double refVsLlamaCpp = ReferenceCompare.RelativeL2(expected, llamaCpp.EvaluateLastLogits(prompt));
+                TestContext.Out.WriteLine($"{arch} {heads}/{kvHeads} prompt {prompt.Length}: engine vs float64 reference {err:E2}, reference vs llama.cpp {refVsLlamaCpp:E2}");
+                Assert.That(err, Is.LessThan(1e-5), "engine vs float64 reference");
+                Assert.That(refVsLlamaCpp, Is.LessThan(1e-4), "float64 reference vs llama.cpp");
+            }
+        }
+        await AssertLastLogitsMatchAsync(path, $"{arch} {heads}/{kvHeads}", 1e-4);
+        using var reference = LlamaCpp.Load(path);
+        await using var engine = await InferenceEngine.LoadAsync(path, new EngineOptions { Threads = 2, KvCache = new KvCacheOptions { DataType = KvCacheDataType.Float32 } });
+        int[] prompt5 = Prompts[1];
+        var greedy = reference.GenerateGreedy(prompt5, 24);
+        var ours = await engine.CompleteAsync(prompt5, SamplingOptions.Greedy with { MaxTokens = 24, EndOfSequence = EndOfSequenceHandling.Ignore });
+        Assert.That(ours.TokenIds, Is.EqualTo(greedy), "greedy tokens");
+    }
+
+    // Quantized experts, by llama.cpp's own quantizer from the F32 file (the router stays F32 there): Q8_0 (activations
+    // quantized as llama.cpp does, block products exact) and the Q4_K_M mix (Q4_K/Q6_K experts, Q8_K activations).
+    [TestCase("mixtral", LLamaFtype.MOSTLY_Q8_0, 1e-4)]
+    [TestCase("qwen2moe", LLamaFtype.MOSTLY_Q8_0, 1e-4)]
+    [TestCase("qwen3moe", LLamaFtype.MOSTLY_Q4_K_M, 3e-2)]
+    [TestCase("qwen2moe", LLamaFtype.MOSTLY_Q4_K_M, 3e-2)]
+    public Task MixtureOfExperts_Quantized_MatchLlamaCpp(string arch, LLamaFtype ftype, double tolerance)
+    {
+        string f32 = MoeModel(arch, 8, 2, dim: 256);
+        string path = Path.Combine(_dir, $"moe-{arch}-{ftype}.gguf");
+        if (!File.Exists(path)) LlamaCpp.Quantize(f32, path, ftype);
+        using (var gguf = GgufFile.Open(path))
+        {
+            var types = gguf.Tensors.Where(t => t.Name.Contains("_exps", StringComparison.Ordinal)).GroupBy(t => t.Type).Select(g => $"{g.Key} ×{g.Count()}");
+            TestContext.Out.WriteLine($"{arch} {ftype} experts: {string.Join(", ", types)}");
+            Assert.That(gguf.Tensors.Where(t => t.Name.Contains("_exps", StringComparison.Ordinal)).All(t => t.Type != GgmlType.F32), Is.True);
+        }
+        return AssertLastLogitsMatchAsync(path, $"{arch} {ftype}", tolerance);
+    }
+
     /// <summary>Last-position logits of every prompt in <see cref="Prompts"/>: relative L2 under the bound, same argmax.</summary>
     private static async Task AssertLastLogitsMatchAsync(string path, string label, double tolerance)
     {

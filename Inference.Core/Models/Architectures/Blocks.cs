@@ -125,6 +125,45 @@ internal static class Blocks
     }
 
     /// <summary>
+    /// Pre-norm mixture-of-experts feed-forward with a residual: x += Σₑ wₑ · SwiGLU expert e (n), n = rmsnorm(x) ⊙
+    /// ffn_norm, over the top-k experts of the router <c>ffn_gate_inp</c>; experts stacked in <c>ffn_{gate,up,down}_exps</c>.
+    /// Where the configuration has a shared expert (qwen2moe), σ(ffn_gate_inp_shexp · n) · SwiGLU shared expert (n) is
+    /// added (<c>ffn_{gate,up,down}_shexp</c>).
+    /// </summary>
+    public static void MixtureOfExpertsFeedForward(GraphBuilder b, int x, int xb)
+    {
+        var c = b.Config;
+        int moe = b.Buffer("moe", c.Dim);
+        b.RmsNorm(x, b.Vector(b.LayerName("ffn_norm.weight"), c.Dim), xb, c.RmsEps);
+        int experts = c.ExpertCount, width = c.ExpertWidth;
+        var gate = new int[experts];
+        var up = new int[experts];
+        var down = new int[experts];
+        string gateName = b.LayerName("ffn_gate_exps.weight"), upName = b.LayerName("ffn_up_exps.weight"), downName = b.LayerName("ffn_down_exps.weight");
+        for (int e = 0; e < experts; e++)
+        {
+            gate[e] = b.ExpertMatrix(gateName, e, experts, width, c.Dim);
+            up[e] = b.ExpertMatrix(upName, e, experts, width, c.Dim);
+            down[e] = b.ExpertMatrix(downName, e, experts, c.Dim, width);
+        }
+        var layer = new ExpertLayer(b.Matrix(b.LayerName("ffn_gate_inp.weight"), experts, c.Dim), gate, up, down, width, c.ExpertUsedCount, c.ExpertWeightsNorm);
+        int shared = c.SharedExpertFfnDim;
+        if (shared > 0)
+        {
+            layer = layer with
+            {
+                SharedGate = b.Matrix(b.LayerName("ffn_gate_shexp.weight"), shared, c.Dim),
+                SharedUp = b.Matrix(b.LayerName("ffn_up_shexp.weight"), shared, c.Dim),
+                SharedDown = b.Matrix(b.LayerName("ffn_down_shexp.weight"), c.Dim, shared),
+                SharedGateInput = b.Vector(b.LayerName("ffn_gate_inp_shexp.weight"), c.Dim),
+                SharedWidth = shared,
+            };
+        }
+        b.MixtureOfExperts(xb, moe, layer);
+        b.AddTo(x, moe);
+    }
+
+    /// <summary>
     /// The output head on each segment's last token: logits = W_out · rmsnorm(x) ⊙ output_norm, W_out being
     /// <c>output.weight</c> or, when absent, the embedding <paramref name="embedding"/> (tied). Returns the logits buffer.
     /// </summary>
@@ -142,8 +181,9 @@ internal static class Blocks
     }
 
     /// <summary>
-    /// The pre-norm decoder llama, qwen2, qwen3 and phi3 share: the embedding, one RoPE table, then per layer
-    /// <see cref="SelfAttention"/> and the SwiGLU <see cref="SwiGluFeedForward"/>, then the <see cref="OutputHead"/>.
+    /// The pre-norm decoder llama, qwen2, qwen3, phi3 and their mixtures of experts (Mixtral, qwen2moe, qwen3moe) share:
+    /// the embedding, one RoPE table, then per layer <see cref="SelfAttention"/> and the SwiGLU <see cref="SwiGluFeedForward"/>
+    /// (<see cref="MixtureOfExpertsFeedForward"/> when the configuration has experts), then the <see cref="OutputHead"/>.
     /// </summary>
     /// <param name="b">The graph being built.</param>
     /// <param name="qkNorm">Per-head RMSNorm of Q and K (qwen3).</param>
@@ -159,7 +199,8 @@ internal static class Blocks
         {
             b.Layer = l;
             SelfAttention(b, x, xb, rope, qkNorm, fusedQkv: fusedWhereStored && !b.Has(b.LayerName("attn_q.weight")));
-            SwiGluFeedForward(b, x, xb, fusedGateUp: fusedWhereStored && !b.Has(b.LayerName("ffn_gate.weight")));
+            if (c.IsMixtureOfExperts) MixtureOfExpertsFeedForward(b, x, xb);
+            else SwiGluFeedForward(b, x, xb, fusedGateUp: fusedWhereStored && !b.Has(b.LayerName("ffn_gate.weight")));
         }
         return OutputHead(b, x, embedding);
     }

@@ -1,3 +1,4 @@
+using Inference.Loading;
 using Inference.Models.Graph;
 
 namespace Inference.Models.Architectures;
@@ -5,29 +6,34 @@ namespace Inference.Models.Architectures;
 /// <summary>
 /// llama and qwen2: pre-norm blocks of RoPE self-attention (Q/K/V biases where present: qwen2 always) and a SwiGLU
 /// feed-forward, a final RMSNorm and an output head (tied to the embedding when <c>output.weight</c> is absent).
+/// A llama with experts (<c>llama.expert_count</c>; Hugging Face <c>MixtralForCausalLM</c>) has a mixture-of-experts
+/// feed-forward instead: the top-k of <c>num_local_experts</c> experts of <c>intermediate_size</c>, their weights renormalised.
 /// </summary>
 internal sealed class LlamaArchitecture : ModelArchitecture
 {
     private readonly bool _alwaysBiased;
 
-    private LlamaArchitecture(string name, string hfClass, RopeLayout ggufRope, int hfContext, bool alwaysBiased)
+    private LlamaArchitecture(string name, string[] hfClasses, string[] hfModelTypes, RopeLayout ggufRope, int hfContext, bool alwaysBiased)
     {
         _alwaysBiased = alwaysBiased;
         Name = name;
-        HfClassNames = [hfClass];
+        HfClassNames = hfClasses;
+        HfModelTypes = hfModelTypes;
         GgufRopeLayout = ggufRope;
         HfDefaultContextLength = hfContext;
     }
 
     /// <summary>llama (GGUF Q/K rows permuted for adjacent-pair RoPE).</summary>
-    public static LlamaArchitecture Llama { get; } = new("llama", "LlamaForCausalLM", RopeLayout.Normal, 2048, alwaysBiased: false);
+    public static LlamaArchitecture Llama { get; } = new("llama", ["LlamaForCausalLM", "MixtralForCausalLM"], ["llama", "mixtral"], RopeLayout.Normal, 2048, alwaysBiased: false);
 
     /// <summary>qwen2 (Q/K/V biases; NeoX RoPE in GGUF too).</summary>
-    public static LlamaArchitecture Qwen2 { get; } = new("qwen2", "Qwen2ForCausalLM", RopeLayout.Neox, 32768, alwaysBiased: true);
+    public static LlamaArchitecture Qwen2 { get; } = new("qwen2", ["Qwen2ForCausalLM"], ["qwen2"], RopeLayout.Neox, 32768, alwaysBiased: true);
 
     public override string Name { get; }
 
     public override IReadOnlyList<string> HfClassNames { get; }
+
+    public override IReadOnlyList<string> HfModelTypes { get; }
 
     public override RopeLayout GgufRopeLayout { get; }
 
@@ -55,11 +61,37 @@ internal sealed class LlamaArchitecture : ModelArchitecture
             ("mlp.down_proj.weight", "ffn_down.weight"),
         ]);
 
-    public override TensorNameMap TensorNames => Names;
+    /// <summary>Mixtral's router and experts.</summary>
+    private static readonly TensorNameMap LlamaNames = Names.With(
+        [],
+        [("block_sparse_moe.gate.weight", "ffn_gate_inp.weight")],
+        [
+            ("block_sparse_moe.experts.{0}.w1.weight", "ffn_gate_exps.weight"),
+            ("block_sparse_moe.experts.{0}.w3.weight", "ffn_up_exps.weight"),
+            ("block_sparse_moe.experts.{0}.w2.weight", "ffn_down_exps.weight"),
+        ]);
+
+    public override TensorNameMap TensorNames => _alwaysBiased ? Names : LlamaNames;
 
     /// <inheritdoc />
-    public override ModelConfig ReadHf(string path, System.Text.Json.JsonElement root, ModelConfig config) =>
-        _alwaysBiased ? config with { HasAttentionBias = true } : config;
+    public override bool MayHaveExperts => !_alwaysBiased;
+
+    /// <inheritdoc />
+    public override ModelConfig ReadHf(string path, System.Text.Json.JsonElement root, ModelConfig config)
+    {
+        if (_alwaysBiased) return config with { HasAttentionBias = true };
+        // Mixtral: num_local_experts experts of intermediate_size, num_experts_per_tok per token (transformers' default 2),
+        // the top-k weights renormalised.
+        if (HfCheckpointJson.Int(path, root, "num_local_experts", 1, 1 << 16) is not int experts) return config;
+        int used = HfCheckpointJson.Int(path, root, "num_experts_per_tok", 1, experts) ?? Math.Min(2, experts);
+        return config with { ExpertCount = experts, ExpertUsedCount = used, ExpertWeightsNorm = true };
+    }
+
+    /// <inheritdoc />
+    public override ModelConfig CompleteConfig(ModelConfig c, int slidingWindow) =>
+        c.IsMixtureOfExperts
+            ? c with { ExpertUsedCount = c.ExpertUsedCount > 0 ? c.ExpertUsedCount : Math.Min(2, c.ExpertCount), ExpertWeightsNorm = true, ExpertFfnDim = 0, SharedExpertFfnDim = 0 }
+            : c with { ExpertCount = 0, ExpertUsedCount = 0, ExpertFfnDim = 0, SharedExpertFfnDim = 0 };
 
     protected override int Emit(GraphBuilder b) => Blocks.PreNormDecoder(b);
 }

@@ -38,6 +38,9 @@ internal abstract class ModelArchitecture
     /// <summary>Context length when <c>config.json</c> has no <c>max_position_embeddings</c> (transformers' default).</summary>
     public virtual int HfDefaultContextLength => 2048;
 
+    /// <summary>Whether its feed-forward blocks may be mixtures of experts (<c>{arch}.expert_count</c> is read only then).</summary>
+    public virtual bool MayHaveExperts => false;
+
     /// <summary>Adds this architecture's settings from GGUF metadata to <paramref name="config"/>.</summary>
     public virtual ModelConfig ReadGguf(GgufFile gguf, ModelConfig config) => config;
 
@@ -85,6 +88,11 @@ internal abstract class ModelArchitecture
             w.AddString($"{a}.rope.scaling.type", "linear");
             w.AddFloat32($"{a}.rope.scaling.factor", c.RopeScalingFactor);
         }
+        if (c.IsMixtureOfExperts)
+        {
+            w.AddUInt32($"{a}.expert_count", (uint)c.ExpertCount);
+            w.AddUInt32($"{a}.expert_used_count", (uint)c.ExpertUsedCount);
+        }
     }
 
     /// <summary>
@@ -98,7 +106,11 @@ internal abstract class ModelArchitecture
         var result = new List<WeightSpec>();
         foreach (var spec in Build(config, new PlanningWeightSource(tiedOutput)).Weights)
         {
-            if (spec.StoredRows == 0) result.Add(spec);
+            if (spec.IsExpert)
+            {
+                if (spec.Expert == 0) result.Add(spec);
+            }
+            else if (spec.StoredRows == 0) result.Add(spec);
             else if (spec.FirstRow == 0) result.Add(new WeightSpec(spec.Name, spec.StoredRows, spec.Cols));
         }
         foreach (var (name, length) in ComputedVectors(config)) result.Add(new WeightSpec(name, length, 0));
@@ -124,6 +136,7 @@ internal abstract class ModelArchitecture
         public string Description => "(planned)";
         public bool Contains(string name) => name == "output.weight" && !tiedOutput;
         public Backends.Cpu.WeightMatrix GetMatrix(string name, int rows, int cols) => default;
+        public Backends.Cpu.WeightMatrix GetExpertMatrix(string name, int expert, int experts, int rows, int cols) => default;
         public float[]? GetVector(string name, int length, bool optional = false)
         {
             var ones = new float[length];
@@ -146,7 +159,7 @@ internal abstract class ModelArchitecture
     /// <summary>Every architecture this library runs.</summary>
     public static IReadOnlyList<ModelArchitecture> All { get; } = [
         LlamaArchitecture.Llama, LlamaArchitecture.Qwen2, Qwen3Architecture.Instance, GemmaArchitecture.Gemma2, GemmaArchitecture.Gemma3,
-        Phi3Architecture.Instance,
+        Phi3Architecture.Instance, QwenMoeArchitecture.Qwen2Moe, QwenMoeArchitecture.Qwen3Moe,
     ];
 
     /// <summary>The architecture named <paramref name="name"/> (GGUF or Hugging Face <c>model_type</c>), or null.</summary>

@@ -2,9 +2,12 @@ namespace Inference.Models.Architectures;
 
 /// <summary>
 /// One architecture's tensor names in GGUF and in Hugging Face checkpoints: whole-model tensors by full name, block
-/// tensors by suffix (<c>blk.N.</c> in GGUF, <c>model.layers.N.</c> in Hugging Face).
+/// tensors by suffix (<c>blk.N.</c> in GGUF, <c>model.layers.N.</c> in Hugging Face). Experts' matrices are one stacked
+/// tensor per block in GGUF (<c>blk.N.ffn_gate_exps.weight</c>) and one per expert in Hugging Face, whose suffix has
+/// <c>{0}</c> where the expert's index goes (<c>mlp.experts.{0}.gate_proj.weight</c>).
 /// </summary>
-internal sealed class TensorNameMap(IReadOnlyList<(string Hf, string Gguf)> globals, IReadOnlyList<(string Hf, string Gguf)> layerSuffixes)
+internal sealed class TensorNameMap(IReadOnlyList<(string Hf, string Gguf)> globals, IReadOnlyList<(string Hf, string Gguf)> layerSuffixes,
+    IReadOnlyList<(string Hf, string Gguf)>? expertSuffixes = null)
 {
     private const string GgufLayerPrefix = "blk.";
     private const string HfLayerPrefix = "model.layers.";
@@ -15,9 +18,22 @@ internal sealed class TensorNameMap(IReadOnlyList<(string Hf, string Gguf)> glob
     /// <summary>Tensors of every block, by suffix.</summary>
     public IReadOnlyList<(string Hf, string Gguf)> LayerSuffixes { get; } = layerSuffixes;
 
+    /// <summary>Stacked expert tensors of every block: the Hugging Face suffix of one expert's tensor (<c>{0}</c> for its index) and the GGUF suffix.</summary>
+    public IReadOnlyList<(string Hf, string Gguf)> ExpertSuffixes { get; } = expertSuffixes ?? [];
+
     /// <summary>This map with more names (an architecture that extends another's blocks).</summary>
-    public TensorNameMap With(IReadOnlyList<(string Hf, string Gguf)> globals, IReadOnlyList<(string Hf, string Gguf)> layerSuffixes) =>
-        new([.. Globals, .. globals], [.. LayerSuffixes, .. layerSuffixes]);
+    public TensorNameMap With(IReadOnlyList<(string Hf, string Gguf)> globals, IReadOnlyList<(string Hf, string Gguf)> layerSuffixes,
+        IReadOnlyList<(string Hf, string Gguf)>? expertSuffixes = null) =>
+        new([.. Globals, .. globals], [.. LayerSuffixes, .. layerSuffixes], [.. ExpertSuffixes, .. expertSuffixes ?? []]);
+
+    /// <summary>The Hugging Face name of expert <paramref name="expert"/>'s part of the stacked GGUF tensor <paramref name="ggufName"/>, or null when it is not one.</summary>
+    public string? ToHfExpert(string ggufName, int expert)
+    {
+        if (!TrySplitLayer(ggufName, GgufLayerPrefix, out int layer, out string suffix)) return null;
+        foreach (var (hf, gguf) in ExpertSuffixes)
+            if (gguf == suffix) return $"{HfLayerPrefix}{layer}.{string.Format(System.Globalization.CultureInfo.InvariantCulture, hf, expert)}";
+        return null;
+    }
 
     /// <summary>The Hugging Face name of GGUF tensor <paramref name="ggufName"/>, or null when it has none.</summary>
     public string? ToHf(string ggufName)

@@ -12,6 +12,7 @@ internal sealed class GraphBuilder
     private readonly List<BufferSpec> _buffers = [];
     private readonly List<WeightSpec> _weightSpecs = [];
     private readonly List<RopeTable> _ropeTables = [];
+    private readonly List<ExpertLayer> _experts = [];
 
     public GraphBuilder(ModelConfig config, IWeightSource weights)
     {
@@ -53,6 +54,10 @@ internal sealed class GraphBuilder
     /// <summary>Rows <paramref name="firstRow"/> … of <paramref name="rows"/> of the stored matrix <paramref name="name"/> of <paramref name="storedRows"/> rows (a fused tensor's part).</summary>
     public int MatrixSlice(string name, int storedRows, int firstRow, int rows, int cols) => Weight(new WeightSpec(name, rows, cols, firstRow, storedRows));
 
+    /// <summary>Expert <paramref name="expert"/>'s matrix of the stacked expert tensor <paramref name="name"/> of <paramref name="experts"/> experts.</summary>
+    public int ExpertMatrix(string name, int expert, int experts, int rows, int cols) =>
+        Weight(new WeightSpec(name, rows, cols, Expert: expert, Experts: experts));
+
     /// <summary>The vector weight <paramref name="name"/> of <paramref name="length"/> values.</summary>
     public int Vector(string name, int length) => Weight(new WeightSpec(name, length, 0));
 
@@ -63,7 +68,7 @@ internal sealed class GraphBuilder
     {
         for (int i = 0; i < _weightSpecs.Count; i++)
         {
-            if (_weightSpecs[i].Name != spec.Name || _weightSpecs[i].FirstRow != spec.FirstRow) continue;
+            if (_weightSpecs[i].Name != spec.Name || _weightSpecs[i].FirstRow != spec.FirstRow || _weightSpecs[i].Expert != spec.Expert) continue;
             if (_weightSpecs[i] != spec) throw new InvalidOperationException($"weight '{spec.Name}' declared twice with different shapes");
             return i;
         }
@@ -125,9 +130,16 @@ internal sealed class GraphBuilder
 
     public void SwiGlu(int gate, int up) => Add(Op(OpKind.SwiGlu) with { Dst = gate, Src = up });
 
+    /// <summary>dst = the mixture-of-experts feed-forward <paramref name="layer"/> of <paramref name="src"/> (see <see cref="OpKind.MixtureOfExperts"/>).</summary>
+    public void MixtureOfExperts(int src, int dst, ExpertLayer layer)
+    {
+        _experts.Add(layer);
+        Add(Op(OpKind.MixtureOfExperts) with { Src = src, Dst = dst, W0 = layer.Router, Param = _experts.Count - 1 });
+    }
+
     public void GatherLogitRows(int src, int dst) => Add(Op(OpKind.GatherLogitRows) with { Src = src, Dst = dst });
 
     /// <summary>The graph; <paramref name="logitsBuffer"/> receives the logits.</summary>
     public ModelGraph Build(int logitsBuffer) =>
-        new([.. _ops], [.. _buffers], [.. _weightSpecs], [.. _ropeTables], logitsBuffer);
+        new([.. _ops], [.. _buffers], [.. _weightSpecs], [.. _ropeTables], logitsBuffer, [.. _experts]);
 }

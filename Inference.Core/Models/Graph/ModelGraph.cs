@@ -14,8 +14,9 @@ namespace Inference.Models.Graph;
 /// </remarks>
 internal sealed class ModelGraph
 {
-    public ModelGraph(ModelOp[] ops, BufferSpec[] buffers, WeightSpec[] weights, RopeTable[] ropeTables, int logitsBuffer)
+    public ModelGraph(ModelOp[] ops, BufferSpec[] buffers, WeightSpec[] weights, RopeTable[] ropeTables, int logitsBuffer, ExpertLayer[]? experts = null)
     {
+        Experts = experts ?? [];
         Ops = ops;
         Buffers = buffers;
         Weights = weights;
@@ -29,6 +30,8 @@ internal sealed class ModelGraph
     public BufferSpec[] Buffers { get; }
     public WeightSpec[] Weights { get; }
     public RopeTable[] RopeTables { get; }
+    /// <summary>The mixture-of-experts blocks, by <see cref="OpKind.MixtureOfExperts"/>'s <see cref="ModelOp.Param"/>.</summary>
+    public ExpertLayer[] Experts { get; }
     /// <summary>The buffer that receives the logits ([logit rows, vocab]).</summary>
     public int LogitsBuffer { get; }
     /// <summary>Index of the first operation on logit rows (skipped when no segment wants logits).</summary>
@@ -53,17 +56,42 @@ internal sealed class ModelGraph
     }
 }
 
+/// <summary>
+/// One mixture-of-experts block: its router (a weight id, [experts, dim]), each expert's gate, up ([width, dim]) and down
+/// ([dim, width]) weight ids by expert index, how many experts each token uses and whether their weights are
+/// renormalised to sum to 1; and the shared expert (weight ids, -1 when absent) with its gate vector.
+/// </summary>
+/// <remarks>
+/// Routing (as transformers and llama.cpp): p = softmax(router · x) over all experts, the k largest kept (ties to the lower
+/// index), their weights p or p / Σ p. Expert e's weights are <c>Gate[e]</c>, <c>Up[e]</c> and <c>Down[e]</c>, so a
+/// backend can place or run experts apart (expert parallelism).
+/// </remarks>
+internal sealed record ExpertLayer(int Router, int[] Gate, int[] Up, int[] Down, int Width, int TopK, bool NormalizeWeights,
+    int SharedGate = -1, int SharedUp = -1, int SharedDown = -1, int SharedGateInput = -1, int SharedWidth = 0)
+{
+    /// <summary>Number of routed experts.</summary>
+    public int Count => Gate.Length;
+
+    /// <summary>Whether a shared expert runs on every token beside the routed ones.</summary>
+    public bool HasShared => SharedGate >= 0;
+}
+
 /// <summary>An activation buffer: <paramref name="Width"/> floats per row, one row per token or per logit row.</summary>
 internal readonly record struct BufferSpec(string Name, int Width, bool LogitRows);
 
 /// <summary>
 /// A weight tensor by its GGUF name: a <paramref name="Rows"/> × <paramref name="Cols"/> matrix, or a vector of
 /// <paramref name="Rows"/> values (<paramref name="Cols"/> 0). A matrix may be rows <paramref name="FirstRow"/> … of a
-/// stored tensor of <paramref name="StoredRows"/> rows (a fused QKV or gate/up); StoredRows 0 means Rows.
+/// stored tensor of <paramref name="StoredRows"/> rows (a fused QKV or gate/up); StoredRows 0 means Rows. An expert's
+/// matrix is expert <paramref name="Expert"/> of <paramref name="Experts"/> stacked under one GGUF name (ggml
+/// <c>[cols, rows, experts]</c>; one tensor per expert in Hugging Face checkpoints); Experts 0 for any other weight.
 /// </summary>
-internal readonly record struct WeightSpec(string Name, int Rows, int Cols, int FirstRow = 0, int StoredRows = 0)
+internal readonly record struct WeightSpec(string Name, int Rows, int Cols, int FirstRow = 0, int StoredRows = 0, int Expert = 0, int Experts = 0)
 {
     public bool IsMatrix => Cols > 0;
+
+    /// <summary>Whether this is one expert's matrix of a stacked expert tensor.</summary>
+    public bool IsExpert => Experts > 0;
 
     /// <summary>Rows of the tensor as stored.</summary>
     public int TensorRows => StoredRows == 0 ? Rows : StoredRows;
@@ -77,6 +105,11 @@ internal readonly record struct WeightSpec(string Name, int Rows, int Cols, int 
         {
             var s = specs[i];
             if (!s.IsMatrix) continue;
+            if (s.IsExpert)
+            {
+                result[i] = weights.GetExpertMatrix(s.Name, s.Expert, s.Experts, s.Rows, s.Cols);
+                continue;
+            }
             if (s.StoredRows == 0)
             {
                 result[i] = weights.GetMatrix(s.Name, s.Rows, s.Cols);

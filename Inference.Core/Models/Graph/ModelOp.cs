@@ -31,6 +31,12 @@ internal enum OpKind : byte
     SoftCap,
     /// <summary>Dst = gelu(Dst) ⊙ Src with GELU's tanh approximation (gemma's GeGLU feed-forward; Src may be overwritten).</summary>
     GeGlu,
+    /// <summary>
+    /// A mixture-of-experts feed-forward: Dst = Σ over the top-k experts e of Src's router softmax (W0 · Src) of
+    /// wₑ · downₑ(silu(gateₑ · Src) ⊙ upₑ · Src), plus a shared expert where the model has one, scaled by
+    /// σ(gate_inp_shexp · Src). The experts, top-k and renormalisation are <see cref="ModelGraph.Experts"/>[<see cref="ModelOp.Param"/>].
+    /// </summary>
+    MixtureOfExperts,
     /// <summary>Dst = Σ over the ranks of a tensor-parallel group of their Dst (after a row-parallel product's partial sums).</summary>
     AllReduce,
 }
