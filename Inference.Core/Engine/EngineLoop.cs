@@ -62,10 +62,10 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         }
         var manager = new KvCacheManager(blockCount, kvOptions, identity.Salt, c.KvRetention ?? 0, options.KvEviction);
         var context = new ForwardExecutorContext(model, manager, kvOptions, blockCount, contextLength, options.MaxNumBatchedTokens, options.MaxNumSeqs, options.Threads);
-        _executor = options.TensorParallelSize > 1
+        _executor = options.TensorParallelSize > 1 || options.PipelineParallelSize > 1
             ? options.Device == Device.Cuda
-                ? throw new NotSupportedException($"tensor parallelism runs on CPU ranks; TensorParallelSize {options.TensorParallelSize} cannot be combined with Device.Cuda yet")
-                : new Parallelism.TensorParallelExecutor(context, options.TensorParallelSize)
+                ? throw new NotSupportedException($"parallel layouts run on CPU ranks; TensorParallelSize {options.TensorParallelSize} × PipelineParallelSize {options.PipelineParallelSize} cannot be combined with Device.Cuda yet")
+                : new Parallelism.ParallelExecutor(context, options.TensorParallelSize, options.PipelineParallelSize)
             : factory is null ? new CpuForwardExecutor(context) : factory.Create(context);
         if (options.KvEviction is { } evicting)
         {
@@ -556,6 +556,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         new(_scheduler.RunningCount, _scheduler.WaitingCount, _scheduler.PreemptionCount, _scheduler.KvCache.GetStats())
         {
             Speculation = _proposer is null ? null : new SpeculationMetrics(_speculativeSteps, _proposedTokens, _acceptedTokens),
+            Communication = (_executor as Parallelism.ParallelExecutor)?.Communication,
         };
 
     /// <summary>Ends a live request: frees its blocks (now) and completes its stream (with <paramref name="error"/> when it failed).</summary>

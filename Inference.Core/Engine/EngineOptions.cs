@@ -86,6 +86,15 @@ public sealed record EngineOptions
     public int TensorParallelSize { get; init => field = value is >= 1 and <= 64 ? value : throw Out(nameof(TensorParallelSize), value, "must be in [1, 64]"); } = 1;
 
     /// <summary>
+    /// Stages that split the model's layers (vLLM's pipeline_parallel_size): each stage runs a contiguous range of layers
+    /// and holds their KV cache; a step's batch is cut into micro-batches that flow through the stages one after the
+    /// other, so the stages work at the same time, passing each micro-batch's residual stream on. Combines with
+    /// <see cref="TensorParallelSize"/> (each stage then splits its layers over that many ranks). On the CPU each rank is
+    /// a group of <see cref="Threads"/> / (tensor × pipeline size) threads. Default 1 (no split).
+    /// </summary>
+    public int PipelineParallelSize { get; init => field = value is >= 1 and <= 64 ? value : throw Out(nameof(PipelineParallelSize), value, "must be in [1, 64]"); } = 1;
+
+    /// <summary>
     /// Speculative decoding (vLLM's <c>speculative_config</c>): n-gram prompt lookup or a draft model proposes up to
     /// <see cref="Speculative.SpeculativeOptions.NumSpeculativeTokens"/> tokens per request and step, verified in the same
     /// batched forward pass. Null (the default) decodes one token per request and step.

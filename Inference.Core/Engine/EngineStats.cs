@@ -12,5 +12,11 @@ public sealed record EngineStats(int RunningCount, int WaitingCount, long Preemp
     /// <summary>Speculative decoding so far (all requests) when <see cref="EngineOptions.Speculative"/> is set; null otherwise.</summary>
     public Speculative.SpeculationMetrics? Speculation { get; init; }
 
+    /// <summary>
+    /// The ranks' communication so far when the model runs on several ranks (<see cref="EngineOptions.TensorParallelSize"/>
+    /// or <see cref="EngineOptions.PipelineParallelSize"/> above 1); null on one.
+    /// </summary>
+    public Parallelism.ParallelCommunication? Communication { get; init; }
+
     internal static EngineStats Empty { get; } = new(0, 0, 0, new KvCacheStats(0, 0, 0, 0, 0));
 }

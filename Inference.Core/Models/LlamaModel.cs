@@ -18,7 +18,7 @@ public sealed class LlamaModel
     private readonly float[]?[] _vectors;        // by weight id; null for matrices
     private readonly WeightMatrix[] _stored;     // the matrices as bound, before PrepareForCpu repacks or copies them
     private ForwardState _state = new(0, null!);
-    private readonly Parallelism.TensorParallelRank? _rank;
+    private readonly Parallelism.RankPlace? _place;
     private readonly MixtureOfExperts _experts = new();
 
     /// <summary>Binds the weights of <paramref name="gguf"/> (which must stay open while the model is used).</summary>
@@ -39,22 +39,50 @@ public sealed class LlamaModel
     /// <summary>Binds the weights of <paramref name="weights"/> (GGUF tensor names), which must outlive the model.</summary>
     /// <param name="weights">The weights (for a tensor-parallel rank, its slice of them).</param>
     /// <param name="config">The configuration (for a tensor-parallel rank, its share of heads and widths).</param>
-    /// <param name="rank">The rank's place in a tensor-parallel group, or null for a whole model.</param>
-    internal LlamaModel(IWeightSource weights, ModelConfig config, Parallelism.TensorParallelRank? rank = null)
+    /// <param name="place">The rank's place in a parallel layout (the part of the graph it runs, the groups it talks
+    /// through), or null for a whole model.</param>
+    internal LlamaModel(IWeightSource weights, ModelConfig config, Parallelism.RankPlace? place = null)
     {
-        _rank = rank;
+        _place = place;
         Config = config;
         Weights = weights;
         var architecture = ModelArchitecture.Find(config.Architecture)
             ?? throw new ModelFormatException(weights.Description, -1, $"unsupported architecture '{config.Architecture}'");
         Graph = architecture.Build(config, weights);
-        if (rank is not null) Graph = Parallelism.TensorParallelGraph.WithAllReduces(Graph);
+        if (place is not null) Graph = place.Apply(Graph);
         var specs = Graph.Weights;
-        _matrices = WeightSpec.BindMatrices(weights, specs);
+        // A rank binds only the weights its part of the graph reads (a pipeline stage: its layers').
+        var used = place is null ? null : UsedWeights(Graph);
+        _matrices = WeightSpec.BindMatrices(weights, specs, used);
         _vectors = new float[]?[specs.Length];
         for (int i = 0; i < specs.Length; i++)
-            if (!specs[i].IsMatrix) _vectors[i] = weights.GetVector(specs[i].Name, specs[i].Rows);
+            if (!specs[i].IsMatrix && (used is null || used[i])) _vectors[i] = weights.GetVector(specs[i].Name, specs[i].Rows);
         _stored = (WeightMatrix[])_matrices.Clone();
+    }
+
+    private static bool[] UsedWeights(ModelGraph graph)
+    {
+        var used = new bool[graph.Weights.Length];
+        void Use(int w)
+        {
+            if (w >= 0) used[w] = true;
+        }
+        foreach (var op in graph.Ops)
+        {
+            Use(op.W0);
+            Use(op.W1);
+            Use(op.W2);
+            if (op.Kind != OpKind.MixtureOfExperts) continue;
+            var layer = graph.Experts[op.Param];
+            foreach (int w in (ReadOnlySpan<int>)[layer.Router, layer.SharedGate, layer.SharedUp, layer.SharedDown, layer.SharedGateInput]) Use(w);
+            for (int e = 0; e < layer.Count; e++)
+            {
+                Use(layer.Gate[e]);
+                Use(layer.Up[e]);
+                Use(layer.Down[e]);
+            }
+        }
+        return used;
     }
 
     /// <summary>
@@ -192,7 +220,7 @@ public sealed class LlamaModel
         var g = Graph;
         int n = batch.TokenCount, logitRows = batch.LogitCount;
         if (n == 0) return;
-        if (logits.Length < logitRows * c.VocabSize) throw new ArgumentException("logits buffer too small", nameof(logits));
+        if (WritesLogits && logits.Length < logitRows * c.VocabSize) throw new ArgumentException("logits buffer too small", nameof(logits));
         PrepareForCpu();
         if (_state.Capacity < n) _state = new ForwardState(Math.Max(n, _state.Capacity * 2), g);
         var s = _state;
@@ -218,7 +246,11 @@ public sealed class LlamaModel
                     {
                         int token = batch.Tokens[t];
                         if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"token id {token} is outside the vocabulary of {c.VocabSize}");
-                        Dequantize.Row(table.Type, table.Row(token), x.Slice(t * dim, dim));
+                        // A vocabulary-parallel rank holds rows Param … of the table: other tokens are zeros, which the
+                        // all-reduce after this adds to the holder's row exactly.
+                        int row = token - op.Param;
+                        if ((uint)row < (uint)table.Rows) Dequantize.Row(table.Type, table.Row(row), x.Slice(t * dim, dim));
+                        else x.Slice(t * dim, dim).Clear();
                     }
                     break;
                 }
@@ -293,13 +325,26 @@ public sealed class LlamaModel
                     _experts.Run(g.Experts[op.Param], _matrices, _vectors, Buffer(op.Src, n, logitRows, logits), Buffer(op.Dst, n, logitRows, logits), n, pool);
                     break;
                 case OpKind.AllReduce:
-                    _rank!.Group.AllReduce(_rank.Rank, Buffer(op.Dst, n, logitRows, logits));
+                    _place!.Tensor.AllReduce(_place.TensorRank, Buffer(op.Dst, n, logitRows, logits));
+                    break;
+                case OpKind.GatherColumns:
+                    _place!.Tensor.GatherColumns(_place.TensorRank, 0, Buffer(op.Src, n, logitRows, logits), logitRows,
+                        _place.TensorRank == 0 ? Buffer(op.Dst, n, logitRows, logits) : Span<float>.Empty);
+                    break;
+                case OpKind.Send:
+                    _place!.Pipeline!.Send(_place.PipelineRank, op.Param, Buffer(op.Src, n, logitRows, logits));
+                    break;
+                case OpKind.Receive:
+                    _place!.Pipeline!.Receive(_place.PipelineRank, op.Param, Buffer(op.Dst, n, logitRows, logits));
                     break;
                 default:
                     throw new NotSupportedException($"the CPU path has no {op.Kind} operation");
             }
         }
     }
+
+    /// <summary>Whether <see cref="Forward"/> writes logits (not a pipeline stage before the last, nor a tensor-parallel rank but the first).</summary>
+    internal bool WritesLogits => Graph.HasHead && (_place is null || _place.TensorRank == 0);
 
     /// <summary>The rows of buffer <paramref name="id"/> this step uses (the caller's logits for the logits buffer).</summary>
     private Span<float> Buffer(int id, int tokens, int logitRows, Span<float> logits)

@@ -39,6 +39,15 @@ public abstract class RankGroup : IDisposable
     /// </summary>
     public abstract void ReduceScatter(int rank, ReadOnlySpan<float> full, Span<float> mine);
 
+    /// <summary>
+    /// Gathers every rank's columns of a <paramref name="rows"/>-row matrix into <paramref name="root"/>'s
+    /// <paramref name="all"/>: rank q's <paramref name="mine"/> is <c>[rows, w_q]</c> (<c>w_q = mine.Length / rows</c>, widths
+    /// may differ), the root's <paramref name="all"/> is <c>[rows, Σ w_q]</c> with rank q's columns after those of ranks
+    /// before it. Other ranks pass an empty <paramref name="all"/>. (A vocabulary-parallel output head's logits.)
+    /// </summary>
+    /// <exception cref="ArgumentException">A length is not a multiple of <paramref name="rows"/>, or the root's <paramref name="all"/> is not the sum of the widths.</exception>
+    public abstract void GatherColumns(int rank, int root, ReadOnlySpan<float> mine, int rows, Span<float> all);
+
     /// <summary>Sends <paramref name="data"/> from <paramref name="rank"/> to <paramref name="destination"/>; returns once it was received.</summary>
     public abstract void Send(int rank, int destination, ReadOnlySpan<float> data);
 

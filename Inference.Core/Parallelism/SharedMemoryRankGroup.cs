@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Numerics.Tensors;
 
 namespace Inference.Parallelism;
@@ -23,6 +24,8 @@ public sealed unsafe class SharedMemoryRankGroup : RankGroup
     private readonly SpinBarrier _barrier;
     private readonly Mailbox[] _mailboxes;   // [source * Size + destination]
     private readonly float[][] _scratch;     // [rank] one row of sums each
+    private readonly long[] _ticks;          // [rank * 8] Stopwatch ticks inside collectives (a cache line apart)
+    private int _rootLength;
 
     /// <summary>Creates a group of <paramref name="size"/> ranks.</summary>
     public SharedMemoryRankGroup(int size) : base(size)
@@ -30,6 +33,7 @@ public sealed unsafe class SharedMemoryRankGroup : RankGroup
         _buffers = new float*[size];
         _lengths = new int[size];
         _barrier = new SpinBarrier(size);
+        _ticks = new long[size * 8];
         _scratch = new float[size][];
         for (int r = 0; r < size; r++) _scratch[r] = [];
         _mailboxes = new Mailbox[size * size];
@@ -40,11 +44,21 @@ public sealed unsafe class SharedMemoryRankGroup : RankGroup
     public long BytesMoved => Interlocked.Read(ref _bytesMoved);
     private long _bytesMoved;
 
+    /// <summary>Time rank <paramref name="rank"/> spent inside collectives so far, waiting for the others included.</summary>
+    public TimeSpan CommunicationTime(int rank)
+    {
+        CheckRank(rank);
+        return Stopwatch.GetElapsedTime(0, Volatile.Read(ref _ticks[rank * 8]));
+    }
+
+    private void AddTime(int rank, long start) => _ticks[rank * 8] += Stopwatch.GetTimestamp() - start;
+
     /// <inheritdoc />
     public override void AllReduce(int rank, Span<float> data)
     {
         CheckRank(rank);
         if (Size == 1) return;
+        long started = Stopwatch.GetTimestamp();
         fixed (float* p = data)
         {
             Publish(rank, p, data.Length);
@@ -68,6 +82,7 @@ public sealed unsafe class SharedMemoryRankGroup : RankGroup
             Interlocked.Add(ref _bytesMoved, 4L * (2L * (data.Length - length)));
             _barrier.SignalAndWait();
         }
+        AddTime(rank, started);
     }
 
     /// <inheritdoc />
@@ -75,6 +90,7 @@ public sealed unsafe class SharedMemoryRankGroup : RankGroup
     {
         CheckRank(rank);
         if (all.Length != Size * mine.Length) throw new ArgumentException($"all has {all.Length} elements, expected {Size} × {mine.Length}", nameof(all));
+        long start = Stopwatch.GetTimestamp();
         fixed (float* p = mine)
         {
             Publish(rank, p, mine.Length);
@@ -83,6 +99,7 @@ public sealed unsafe class SharedMemoryRankGroup : RankGroup
             Interlocked.Add(ref _bytesMoved, 4L * (Size - 1) * mine.Length);
             _barrier.SignalAndWait();
         }
+        AddTime(rank, start);
     }
 
     /// <inheritdoc />
@@ -90,6 +107,7 @@ public sealed unsafe class SharedMemoryRankGroup : RankGroup
     {
         CheckRank(rank);
         if (full.Length != Size * mine.Length) throw new ArgumentException($"full has {full.Length} elements, expected {Size} × {mine.Length}", nameof(full));
+        long start = Stopwatch.GetTimestamp();
         fixed (float* p = full)
         {
             Publish(rank, p, full.Length);
@@ -98,6 +116,44 @@ public sealed unsafe class SharedMemoryRankGroup : RankGroup
             Interlocked.Add(ref _bytesMoved, 4L * (Size - 1) * mine.Length);
             _barrier.SignalAndWait();
         }
+        AddTime(rank, start);
+    }
+
+    /// <inheritdoc />
+    public override void GatherColumns(int rank, int root, ReadOnlySpan<float> mine, int rows, Span<float> all)
+    {
+        CheckRank(rank);
+        CheckRank(root, nameof(root));
+        ArgumentOutOfRangeException.ThrowIfNegative(rows);
+        long start = Stopwatch.GetTimestamp();
+        fixed (float* p = mine)
+        {
+            if (rank == root) _rootLength = all.Length;
+            Publish(rank, p, mine.Length);
+            // NOTE: every rank checks every rank's length after the barrier, so all of them throw or none does.
+            int total = 0;
+            for (int q = 0; q < Size; q++)
+            {
+                if (rows == 0 ? _lengths[q] != 0 : _lengths[q] % rows != 0)
+                    throw new ArgumentException($"rank {q} passed {_lengths[q]} elements, not a multiple of {rows} rows");
+                total += rows == 0 ? 0 : _lengths[q] / rows;
+            }
+            if (_rootLength != rows * total) throw new ArgumentException($"the root's all has {_rootLength} elements, expected {rows} × {total}", nameof(all));
+            if (rank == root)
+            {
+                int column = 0;
+                for (int q = 0; q < Size; q++)
+                {
+                    int width = rows == 0 ? 0 : _lengths[q] / rows;
+                    for (int row = 0; row < rows; row++)
+                        new ReadOnlySpan<float>(_buffers[q] + (long)row * width, width).CopyTo(all.Slice(row * total + column, width));
+                    column += width;
+                    if (q != rank) Interlocked.Add(ref _bytesMoved, 4L * _lengths[q]);
+                }
+            }
+            _barrier.SignalAndWait();
+        }
+        AddTime(rank, start);
     }
 
     /// <inheritdoc />
@@ -106,8 +162,10 @@ public sealed unsafe class SharedMemoryRankGroup : RankGroup
         CheckRank(rank);
         CheckRank(destination, nameof(destination));
         if (destination == rank) throw new ArgumentException("a rank does not send to itself", nameof(destination));
+        long start = Stopwatch.GetTimestamp();
         fixed (float* p = data) _mailboxes[rank * Size + destination].Put(p, data.Length);
         Interlocked.Add(ref _bytesMoved, 4L * data.Length);
+        AddTime(rank, start);
     }
 
     /// <inheritdoc />
@@ -116,7 +174,9 @@ public sealed unsafe class SharedMemoryRankGroup : RankGroup
         CheckRank(rank);
         CheckRank(source, nameof(source));
         if (source == rank) throw new ArgumentException("a rank does not receive from itself", nameof(source));
+        long start = Stopwatch.GetTimestamp();
         _mailboxes[source * Size + rank].Take(data);
+        AddTime(rank, start);
     }
 
     /// <inheritdoc />

@@ -16,7 +16,10 @@ namespace Inference.Parallelism;
 ///                                         (and their biases)                         in place, no copy
 ///  row-parallel (input columns split):    attn_output, ffn_down                      columns [r·C, (r+1)·C) of every row
 ///                                                                                    copied once (rows are not contiguous)
-///  replicated:                            embeddings, norms, the output head
+///  vocabulary-parallel (rows split):      token_embd, output                         rows of the rank's vocabulary slice,
+///                                                                                    in place (RankGraph: masked lookup
+///                                                                                    + all-reduce, logits gathered)
+///  replicated:                            norms
 ///  K/V with fewer KV heads than ranks:    rank r holds KV head r / (ranks / kvHeads) (vLLM's replication)
 /// </code>
 /// The row-parallel products are partial sums that the ranks add with one all-reduce after each (see
@@ -64,6 +67,11 @@ internal sealed unsafe class TensorParallelWeights : IWeightSource, IDisposable
             {
                 var full = _inner.GetMatrix(name, rows, cols * _layout.Size);
                 return ColumnSlice(name, full, _rank * cols, cols);
+            }
+            case TensorRole.Vocabulary:
+            {
+                var full = _inner.GetMatrix(name, c.VocabSize, cols);
+                return RowSlice(full, _layout.VocabSlice(_rank).Start, rows);
             }
             default:
                 return _inner.GetMatrix(name, rows, cols);
@@ -125,6 +133,8 @@ internal enum TensorRole
     FeedForwardIn,
     /// <summary>Attention output and feed-forward down projections: input columns split, partial sums all-reduced.</summary>
     RowParallel,
+    /// <summary>The token embedding and the output head: rows (tokens) split into contiguous vocabulary slices.</summary>
+    Vocabulary,
 }
 
 /// <summary>
@@ -142,6 +152,7 @@ internal sealed class TensorParallelLayout
         string Why(string what, int value) => $"tensor parallelism over {size} ranks needs {what} ({value}) to be a multiple of {size}";
         if (full.HeadCount % size != 0) throw new NotSupportedException(Why("the query head count", full.HeadCount));
         if (full.FfnDim % size != 0) throw new NotSupportedException(Why("the feed-forward width", full.FfnDim));
+        if (full.VocabSize < size) throw new NotSupportedException($"tensor parallelism over {size} ranks needs at least {size} vocabulary entries ({full.VocabSize})");
         if (full.KvHeadCount % size != 0 && size % full.KvHeadCount != 0)
             throw new NotSupportedException($"tensor parallelism over {size} ranks needs the KV head count ({full.KvHeadCount}) to divide it or be a multiple of it");
         RankConfig = full with
@@ -172,9 +183,16 @@ internal sealed class TensorParallelLayout
     /// <summary>Whether the matrix <paramref name="name"/> is split by input columns (its product needs an all-reduce).</summary>
     public static bool IsRowParallel(string name) => Classify(name) == TensorRole.RowParallel;
 
+    /// <summary>
+    /// The tokens of the vocabulary slice rank <paramref name="rank"/> holds of the embedding and the output head:
+    /// contiguous, in rank order, the first <c>vocab mod Size</c> slices one token longer (vLLM pads the vocabulary instead).
+    /// </summary>
+    public (int Start, int Length) VocabSlice(int rank) => RankGroup.Part(Full.VocabSize, Size, rank);
+
     /// <summary>The role of a tensor by its GGUF name.</summary>
     public static TensorRole Classify(string name)
     {
+        if (name is "token_embd.weight" or "output.weight") return TensorRole.Vocabulary;
         if (!name.StartsWith("blk.", StringComparison.Ordinal)) return TensorRole.Replicated;
         int dot = name.IndexOf('.', 4);
         var suffix = dot < 0 ? name : name[(dot + 1)..];

@@ -92,6 +92,47 @@ public class SharedMemoryRankGroupTests
     }
 
     [Test]
+    public void GatherColumns_PutsEachRanksColumnsSideBySideOnTheRoot(
+        [Values(1, 2, 3, 4)] int size, [Values(0, 1, 3)] int rows, [Values(0, 2)] int root)
+    {
+        if (root >= size) root = size - 1;
+        // Ragged widths (a vocabulary of 512 over 3 ranks is 171, 171, 170).
+        var widths = Enumerable.Range(0, size).Select(r => RankGroup.Part(13, size, r).Length).ToArray();
+        int total = widths.Sum();
+        var random = new Random(size * 31 + rows);
+        var mine = widths.Select(w => Enumerable.Range(0, rows * w).Select(_ => random.NextSingle() - 0.5f).ToArray()).ToArray();
+        var all = Enumerable.Range(0, size).Select(r => r == root ? Enumerable.Repeat(float.NaN, rows * total).ToArray() : []).ToArray();
+        using var group = new SharedMemoryRankGroup(size);
+        OnRanks(size, r => group.GatherColumns(r, root, mine[r], rows, all[r]));
+        // Plain reference: row i of the whole = row i of rank 0's part, then rank 1's, ...
+        var expected = new float[rows * total];
+        for (int i = 0; i < rows; i++)
+        {
+            int column = 0;
+            for (int q = 0; q < size; q++)
+            {
+                for (int j = 0; j < widths[q]; j++) expected[i * total + column + j] = mine[q][i * widths[q] + j];
+                column += widths[q];
+            }
+        }
+        Assert.That(all[root], Is.EqualTo(expected));
+        Assert.That(group.BytesMoved, Is.EqualTo(4L * rows * (total - widths[root])));
+    }
+
+    [Test]
+    public void GatherColumns_WrongRootLength_ThrowsOnEveryRank_WithoutHanging()
+    {
+        using var group = new SharedMemoryRankGroup(3);
+        var errors = new Exception?[3];
+        OnRanks(3, r =>
+        {
+            try { group.GatherColumns(r, 0, new float[4], 2, r == 0 ? new float[11] : []); }
+            catch (ArgumentException e) { errors[r] = e; }
+        });
+        Assert.That(errors, Has.All.InstanceOf<ArgumentException>());
+    }
+
+    [Test]
     public void SendAndReceive_PassValuesAroundARing([Values(2, 3, 4)] int size)
     {
         var inputs = RandomInputs(size, 50, size);

@@ -14,7 +14,14 @@ namespace Inference.Models.Graph;
 /// </remarks>
 internal sealed class ModelGraph
 {
-    public ModelGraph(ModelOp[] ops, BufferSpec[] buffers, WeightSpec[] weights, RopeTable[] ropeTables, int logitsBuffer, ExpertLayer[]? experts = null)
+    /// <param name="ops">The operations in order.</param>
+    /// <param name="buffers">The activation buffers by id.</param>
+    /// <param name="weights">The weights by id.</param>
+    /// <param name="ropeTables">The rotation tables by id.</param>
+    /// <param name="logitsBuffer">The buffer that receives the logits.</param>
+    /// <param name="experts">The mixture-of-experts blocks, or null when there are none.</param>
+    /// <param name="partial">A pipeline stage's part of the graph, which may end before the output head.</param>
+    public ModelGraph(ModelOp[] ops, BufferSpec[] buffers, WeightSpec[] weights, RopeTable[] ropeTables, int logitsBuffer, ExpertLayer[]? experts = null, bool partial = false)
     {
         Experts = experts ?? [];
         Ops = ops;
@@ -23,7 +30,9 @@ internal sealed class ModelGraph
         RopeTables = ropeTables;
         LogitsBuffer = logitsBuffer;
         HeadStart = Array.FindIndex(ops, o => o.Kind == OpKind.GatherLogitRows);
-        if (HeadStart < 0) throw new InvalidOperationException("a model graph must gather its logit rows");
+        if (HeadStart < 0 && !partial) throw new InvalidOperationException("a model graph must gather its logit rows");
+        HasHead = HeadStart >= 0;
+        if (!HasHead) HeadStart = ops.Length;
     }
 
     public ModelOp[] Ops { get; }
@@ -34,8 +43,10 @@ internal sealed class ModelGraph
     public ExpertLayer[] Experts { get; }
     /// <summary>The buffer that receives the logits ([logit rows, vocab]).</summary>
     public int LogitsBuffer { get; }
-    /// <summary>Index of the first operation on logit rows (skipped when no segment wants logits).</summary>
+    /// <summary>Index of the first operation on logit rows (skipped when no segment wants logits); the end of a stage without the head.</summary>
     public int HeadStart { get; }
+    /// <summary>Whether the graph computes logits (a pipeline stage before the last does not).</summary>
+    public bool HasHead { get; }
 
     /// <summary>cos/sin of every token's rotation angles for table <paramref name="table"/>, [tokenCount, RopeDim / 2] each.</summary>
     public void ComputeRopeAngles(int table, ModelBatch batch, Span<float> cos, Span<float> sin)
@@ -96,15 +107,15 @@ internal readonly record struct WeightSpec(string Name, int Rows, int Cols, int 
     /// <summary>Rows of the tensor as stored.</summary>
     public int TensorRows => StoredRows == 0 ? Rows : StoredRows;
 
-    /// <summary>Binds every matrix of <paramref name="specs"/> (default for vectors); slices of one stored tensor share one binding.</summary>
-    public static Backends.Cpu.WeightMatrix[] BindMatrices(IWeightSource weights, WeightSpec[] specs)
+    /// <summary>Binds every matrix of <paramref name="specs"/> (default for vectors, and for those <paramref name="used"/> marks unused); slices of one stored tensor share one binding.</summary>
+    public static Backends.Cpu.WeightMatrix[] BindMatrices(IWeightSource weights, WeightSpec[] specs, bool[]? used = null)
     {
         var result = new Backends.Cpu.WeightMatrix[specs.Length];
         Dictionary<string, Backends.Cpu.WeightMatrix>? fused = null;
         for (int i = 0; i < specs.Length; i++)
         {
             var s = specs[i];
-            if (!s.IsMatrix) continue;
+            if (!s.IsMatrix || (used is not null && !used[i])) continue;
             if (s.IsExpert)
             {
                 result[i] = weights.GetExpertMatrix(s.Name, s.Expert, s.Experts, s.Rows, s.Cols);

@@ -3,7 +3,10 @@ namespace Inference.Models.Graph;
 /// <summary>The kinds of layer operation a <see cref="ModelGraph"/> is made of; each backend implements every kind.</summary>
 internal enum OpKind : byte
 {
-    /// <summary>Dst[t] = row <c>token[t]</c> of matrix W0 (the embedding lookup).</summary>
+    /// <summary>
+    /// Dst[t] = row <c>token[t] − Param</c> of matrix W0 (the embedding lookup); zeros where that row is outside W0 (a
+    /// vocabulary-parallel rank's slice of the table starts at row <see cref="ModelOp.Param"/> of the whole one).
+    /// </summary>
     Embed,
     /// <summary>Dst = Src / rms(Src) ⊙ W0 over rows of <see cref="ModelOp.Width"/> values; <see cref="ModelOp.Value"/> is ε.</summary>
     RmsNorm,
@@ -39,6 +42,15 @@ internal enum OpKind : byte
     MixtureOfExperts,
     /// <summary>Dst = Σ over the ranks of a tensor-parallel group of their Dst (after a row-parallel product's partial sums).</summary>
     AllReduce,
+    /// <summary>
+    /// The tensor-parallel group's first rank gets Dst = every rank's Src side by side ([logit rows, Σ widths]): a
+    /// vocabulary-parallel output head's slices of the logits gathered into the whole rows.
+    /// </summary>
+    GatherColumns,
+    /// <summary>Sends Src to rank <see cref="ModelOp.Param"/> of the pipeline (the next stage).</summary>
+    Send,
+    /// <summary>Receives Dst from rank <see cref="ModelOp.Param"/> of the pipeline (the previous stage).</summary>
+    Receive,
 }
 
 /// <summary>
