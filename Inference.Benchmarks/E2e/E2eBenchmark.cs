@@ -25,6 +25,12 @@ namespace Inference.Benchmarks.E2e;
 /// median over repeats of speculative / baseline decode tok/s, each pair run back to back) and
 /// <c>cpu_speedup_median_pair</c> (the same for process CPU milliseconds per decoded token, <c>decode_cpu_ms_per_token</c>).
 /// </para>
+/// <para>
+/// Parallel layouts on CPU ranks: <c>--tensor-parallel-size T</c> and <c>--pipeline-parallel-size P</c>; the line adds
+/// <c>tp</c>, <c>pp</c> and, over the measured run, <c>comm_steps</c>, <c>comm_bytes_per_step</c> (bytes the ranks read
+/// from each other per forward pass), <c>comm_bytes_per_token</c> (per token processed, prompt and generated) and
+/// <c>comm_ms_per_step</c> (a rank's mean time inside collectives and sends per forward pass, waiting included).
+/// </para>
 /// </summary>
 public static class E2eBenchmark
 {
@@ -48,6 +54,8 @@ public static class E2eBenchmark
         if (speculative is not null && engine != "inference") throw new ArgumentException("speculative decoding runs on --engine inference only");
         var kv = a.String("--kv", "f16") == "f32" ? KvCacheDataType.Float32 : KvCacheDataType.Float16;
         QuantizationPreset? quantization = a.Optional("--quantization") is { } q ? QuantizationPresets.Parse(q) : null;
+        var layout = (Tensor: a.Int("--tensor-parallel-size", 1), Pipeline: a.Int("--pipeline-parallel-size", 1));
+        if (layout != (1, 1) && engine != "inference") throw new ArgumentException("parallel layouts run on --engine inference only");
         E2eResult? best = null, baseline = null;
         bool sameText = true;
         var pairs = new List<(double Wall, double Cpu)>();
@@ -59,12 +67,12 @@ public static class E2eBenchmark
             var tokens = new List<int[]>();
             if (speculative is not null)
             {
-                plain = await RunInferenceAsync(model, prompts, n, threads, kv, quantization, constraint, plainTokens);
+                plain = await RunInferenceAsync(model, prompts, n, threads, kv, quantization, constraint, plainTokens, layout: layout);
                 if (i > 0 || repeat == 1) baseline = baseline is null || plain.DecodeTokS > baseline.DecodeTokS ? plain : baseline;
             }
             var r = engine switch
             {
-                "inference" => await RunInferenceAsync(model, prompts, n, threads, kv, quantization, constraint, tokens, speculative),
+                "inference" => await RunInferenceAsync(model, prompts, n, threads, kv, quantization, constraint, tokens, speculative, layout),
                 "llama.cpp" => LlamaCppE2e.Run(model, prompts, n, threads),
                 _ => throw new ArgumentException($"unknown engine '{engine}' (inference or llama.cpp)"),
             };
@@ -214,8 +222,9 @@ public static class E2eBenchmark
         }).ToArray();
     }
 
-    internal static async Task<E2eResult> RunInferenceAsync(string model, int[][] prompts, int n, int threads, KvCacheDataType kv, QuantizationPreset? quantization = null, Inference.Constraints.Constraint? constraint = null, List<int[]>? generatedTokens = null, SpeculativeOptions? speculative = null)
+    internal static async Task<E2eResult> RunInferenceAsync(string model, int[][] prompts, int n, int threads, KvCacheDataType kv, QuantizationPreset? quantization = null, Inference.Constraints.Constraint? constraint = null, List<int[]>? generatedTokens = null, SpeculativeOptions? speculative = null, (int Tensor, int Pipeline)? layout = null)
     {
+        var (tensorParallel, pipelineParallel) = layout ?? (1, 1);
         var loadStart = Stopwatch.GetTimestamp();
         int b = prompts.Length, p = prompts[0].Length;
         var options = new EngineOptions
@@ -224,12 +233,15 @@ public static class E2eBenchmark
             KvCache = new KvCacheOptions { DataType = kv },
             Quantization = quantization,
             Speculative = speculative,
+            TensorParallelSize = tensorParallel,
+            PipelineParallelSize = pipelineParallel,
         };
         await using var engine = await InferenceEngine.LoadAsync(model, options);
         var sampling = SamplingOptions.Greedy with { MaxTokens = n, EndOfSequence = EndOfSequenceHandling.Ignore, Constraint = constraint };
         // Warm-up: touch every weight once.
         await engine.CompleteAsync(prompts[0][..Math.Min(8, p)], sampling with { MaxTokens = 2 });
         double readyS = Stopwatch.GetElapsedTime(loadStart).TotalSeconds;
+        var communicationBefore = (await engine.GetStatsAsync()).Communication;
 
         var start = Stopwatch.GetTimestamp();
         var firstTokenAt = new long[b];
@@ -247,6 +259,7 @@ public static class E2eBenchmark
         }).ToArray();
         var results = await Task.WhenAll(tasks);
         var end = Stopwatch.GetTimestamp();
+        var communicationAfter = (await engine.GetStatsAsync()).Communication;
         // NOTE: CPU seconds of the process over the decode: on a shared machine they vary less than wall time.
         var decodeCpu = CpuTime() - cpuAt[Array.IndexOf(firstTokenAt, firstTokenAt.Max())];
         generatedTokens?.AddRange(results.Select(r => r.TokenIds.ToArray()));
@@ -268,6 +281,16 @@ public static class E2eBenchmark
             DecodeCpuMsPerToken = decodeCpu.TotalMilliseconds / Math.Max(1, generated - b),
             AcceptanceRate = speculative is null ? null : proposed > 0 ? (double)accepted / proposed : 0,
             MeanAcceptedTokens = speculative is null ? null : steps > 0 ? (double)accepted / steps : 0,
+            TensorParallelSize = tensorParallel,
+            PipelineParallelSize = pipelineParallel,
+            Communication = communicationAfter is null || communicationBefore is null ? null : communicationAfter with
+            {
+                Steps = communicationAfter.Steps - communicationBefore.Steps,
+                Bytes = communicationAfter.Bytes - communicationBefore.Bytes,
+                Time = communicationAfter.Time - communicationBefore.Time,
+            },
+            // The last token of each request is sampled, never fed back.
+            ProcessedTokens = b * p + generated - b,
         };
     }
 }

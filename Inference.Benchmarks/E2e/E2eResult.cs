@@ -43,9 +43,30 @@ public sealed record E2eResult(
     /// <summary>Whether every request's tokens equal the run without speculation; null when not run.</summary>
     public bool? SameText { get; init; }
 
+    /// <summary>Ranks that split each layer.</summary>
+    public int TensorParallelSize { get; init; } = 1;
+
+    /// <summary>Pipeline stages.</summary>
+    public int PipelineParallelSize { get; init; } = 1;
+
+    /// <summary>The ranks' communication over the measured run (several ranks only).</summary>
+    public Inference.Parallelism.ParallelCommunication? Communication { get; init; }
+
+    /// <summary>Tokens the measured run put through the model (prompts and generated).</summary>
+    public long ProcessedTokens { get; init; }
+
     public string ToJson()
     {
         var json = Fields();
+        json["tp"] = TensorParallelSize;
+        json["pp"] = PipelineParallelSize;
+        if (Communication is { } comm)
+        {
+            json["comm_steps"] = comm.Steps;
+            json["comm_bytes_per_step"] = Math.Round(comm.BytesPerStep);
+            json["comm_bytes_per_token"] = ProcessedTokens == 0 ? 0 : Math.Round((double)comm.Bytes / ProcessedTokens, 1);
+            json["comm_ms_per_step"] = Math.Round(comm.TimePerStep.TotalMilliseconds, 4);
+        }
         if (AcceptanceRate is double rate) json["acceptance_rate"] = Math.Round(rate, 3);
         if (MeanAcceptedTokens is double mean) json["mean_accepted_tokens"] = Math.Round(mean, 3);
         if (BaselineDecodeTokS is double baseline)

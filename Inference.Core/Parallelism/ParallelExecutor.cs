@@ -30,8 +30,14 @@ namespace Inference.Parallelism;
 /// </remarks>
 internal sealed unsafe class ParallelExecutor : IForwardExecutor
 {
-    /// <summary>Micro-batches per pipeline stage that a step's batch is cut into (when it has enough tokens).</summary>
+    /// <summary>Micro-batches per pipeline stage that a step's batch of at least <see cref="LargeBatchTokens"/> tokens per stage is cut into; a smaller one is cut into one per stage.</summary>
     public const int MicroBatchesPerStage = 2;
+
+    /// <summary>
+    /// Tokens per stage from which a batch is cut into <see cref="MicroBatchesPerStage"/> micro-batches per stage: each
+    /// micro-batch reads every weight of its stage again, so a small (decode) batch is cut no finer than the overlap needs.
+    /// </summary>
+    public const int LargeBatchTokens = 64;
 
     private readonly int _tensorSize, _stageCount, _vocab;
     private readonly SharedMemoryRankGroup[] _tensorGroups;   // [stage]
@@ -191,7 +197,7 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
     private void CutIntoMicroBatches(ModelBatch batch)
     {
         int n = batch.TokenCount;
-        int count = Math.Min(_micro.Length, n);
+        int count = Math.Min(n, n >= LargeBatchTokens * _stageCount ? _micro.Length : _stageCount);
         if (_stageCount == 1 || count == 1)
         {
             _microCount = 1;
