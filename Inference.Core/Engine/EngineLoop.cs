@@ -69,10 +69,10 @@ internal sealed partial class EngineLoop : IAsyncDisposable
             : factory is null ? new CpuForwardExecutor(context) : factory.Create(context);
         if (options.KvEviction is { } evicting)
         {
-            if (evicting.Policy == KvEvictionPolicy.HeavyHitters && _executor.Device != Device.Cpu)
+            if (evicting.Policy == KvEvictionPolicy.HeavyHitters && (_executor.Device != Device.Cpu || _executor is Parallelism.ParallelExecutor))
             {
                 _executor.Dispose();
-                throw new NotSupportedException("heavy-hitter KV eviction accumulates attention on the CPU path only; use Device.Cpu or the attention-sink policy");
+                throw new NotSupportedException("heavy-hitter KV eviction accumulates attention on the one-rank CPU path only; use Device.Cpu on one rank or the attention-sink policy");
             }
             _compactor = new KvCompactor(_executor.Storage, model.Graph);
         }
