@@ -52,7 +52,7 @@ public static class E2eBenchmark
             return await CompareConstraintAsync(a, model, prompts, n, threads, repeat, constraint ?? throw new ArgumentException("--compare-constraint needs --json-schema FILE|nested"));
         var speculative = Speculation(a);
         if (speculative is not null && engine != "inference") throw new ArgumentException("speculative decoding runs on --engine inference only");
-        var kv = a.String("--kv", "f16") == "f32" ? KvCacheDataType.Float32 : KvCacheDataType.Float16;
+        var kv = Kernels.AttentionQuickBench.ParseKv(a.String("--kv", "f16"));
         QuantizationPreset? quantization = a.Optional("--quantization") is { } q ? QuantizationPresets.Parse(q) : null;
         var layout = (Tensor: a.Int("--tensor-parallel-size", 1), Pipeline: a.Int("--pipeline-parallel-size", 1));
         if (layout != (1, 1) && engine != "inference") throw new ArgumentException("parallel layouts run on --engine inference only");
@@ -104,7 +104,7 @@ public static class E2eBenchmark
     /// </summary>
     private static async Task<int> CompareConstraintAsync(Args a, string model, int[][] prompts, int n, int threads, int repeat, Inference.Constraints.Constraint constraint)
     {
-        var kv = a.String("--kv", "f16") == "f32" ? KvCacheDataType.Float32 : KvCacheDataType.Float16;
+        var kv = Kernels.AttentionQuickBench.ParseKv(a.String("--kv", "f16"));
         E2eResult? bestWithout = null, bestWith = null;
         var withoutTpot = new List<double>();
         var withTpot = new List<double>();

@@ -2,13 +2,14 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using Inference.Backends.Cpu;
+using Inference.KvCache;
 
 namespace Inference.Benchmarks.Kernels;
 
 /// <summary>
 /// One layer's paged attention on the CPU (<see cref="PagedAttention"/>) for one decode token or, with
 /// <c>--tokens N</c>, a prefill chunk of the last N positions: µs per call, best of 40
-/// rounds, with the cache in 64-byte-aligned memory as the engine keeps it and the blocks in reverse order. With
+/// rounds (<c>--rounds</c>, <c>--calls</c> calls each), with the cache in 64-byte-aligned memory as the engine keeps it and the blocks in reverse order. With
 /// <c>--cold</c> a read of <c>--evict-mb</c> MiB (default 4) between calls, split over the pool's threads, pushes the cache
 /// rows out of the cores' L2 (or, at 64, out of the last-level cache too, as a decode step's other layers and weights do).
 /// </summary>
@@ -19,21 +20,18 @@ public static unsafe class AttentionQuickBench
         var a = new Args(argv);
         int context = a.Int("--context", 160), threads = a.Int("--threads", 1), tokens = a.Int("--tokens", 1);
         int heads = a.Int("--heads", 16), kvHeads = a.Int("--kv-heads", 4), headDim = a.Int("--head-dim", 64), blockSize = a.Int("--block-size", 16);
-        bool half = a.String("--kv", "f16") == "f16", cold = a.Optional("--cold") is not null;
-        int evictMb = a.Int("--evict-mb", 4);
+        // NOTE: several types (--kv f32,f16,q8_0,fp8) run side by side, round by round, so they share the machine's state.
+        var types = a.String("--kv", "f16").Split(',').Select(ParseKv).ToArray();
+        bool cold = a.Optional("--cold") is not null;
+        int evictMb = a.Int("--evict-mb", 4), rounds = a.Int("--rounds", 40), callsPerRound = a.Int("--calls", cold ? 200 : 1000);
         var shape = new PagedAttentionShape(heads, kvHeads, headDim, blockSize);
         int blocks = (context + blockSize - 1) / blockSize;
         long cacheElements = (long)blocks * blockSize * shape.KvStride;
-        int elementBytes = half ? 2 : 4;
-        void* keys = NativeMemory.AlignedAlloc((nuint)(cacheElements * elementBytes), 64);
-        void* values = NativeMemory.AlignedAlloc((nuint)(cacheElements * elementBytes), 64);
         var rng = new Random(1);
-        for (long i = 0; i < cacheElements; i++)
-        {
-            float k = rng.NextSingle() - 0.5f, v = rng.NextSingle() - 0.5f;
-            if (half) { ((Half*)keys)[i] = (Half)k; ((Half*)values)[i] = (Half)v; }
-            else { ((float*)keys)[i] = k; ((float*)values)[i] = v; }
-        }
+        var k32 = new float[cacheElements];
+        var v32 = new float[cacheElements];
+        for (long i = 0; i < cacheElements; i++) { k32[i] = rng.NextSingle() - 0.5f; v32[i] = rng.NextSingle() - 0.5f; }
+        var caches = types.Select(t => (Keys: (nint)Store(t, k32), Values: (nint)Store(t, v32), Bytes: KvBlockFormat.ByteCount(t, cacheElements))).ToArray();
         var query = new float[tokens * shape.QueryStride];
         foreach (ref var x in query.AsSpan()) x = rng.NextSingle() - 0.5f;
         var output = new float[tokens * shape.QueryStride];
@@ -41,43 +39,94 @@ public static unsafe class AttentionQuickBench
         var evict = new float[((long)evictMb << 20) / sizeof(float)];
         using var pool = new WorkerPool(threads);
 
-        double best = double.MaxValue;
-        for (int round = 0; round < 40; round++)
+        var best = new double[types.Length];
+        Array.Fill(best, double.MaxValue);
+        for (int round = 0; round < rounds; round++)
         {
-            int calls = cold ? 200 : 1000;
-            long ticks = 0;
-            for (int i = 0; i < calls; i++)
+            for (int t = 0; t < types.Length; t++)
             {
-                if (cold)
-                    fixed (float* pe = evict)
-                        pool.Run(pool.ThreadCount, new EvictJob(pe, evict.Length, pool.ThreadCount));
-                long start = Stopwatch.GetTimestamp();
-                if (half)
-                    PagedAttention.Forward(shape, query, new ReadOnlySpan<Half>(keys, (int)cacheElements), new ReadOnlySpan<Half>(values, (int)cacheElements), table, context - tokens, output, pool);
-                else
-                    PagedAttention.Forward(shape, query, new ReadOnlySpan<float>(keys, (int)cacheElements), new ReadOnlySpan<float>(values, (int)cacheElements), table, context - tokens, output, pool);
-                ticks += Stopwatch.GetTimestamp() - start;
+                int calls = callsPerRound;
+                long ticks = 0;
+                void* keys = (void*)caches[t].Keys, values = (void*)caches[t].Values;
+                long bytes = caches[t].Bytes;
+                for (int i = 0; i < calls; i++)
+                {
+                    if (cold)
+                        fixed (float* pe = evict)
+                            pool.Run(pool.ThreadCount, new EvictJob(pe, evict.Length, pool.ThreadCount));
+                    long start = Stopwatch.GetTimestamp();
+                    switch (types[t])
+                    {
+                        case KvCacheDataType.Float16:
+                            PagedAttention.Forward(shape, query, new ReadOnlySpan<Half>(keys, (int)cacheElements), new ReadOnlySpan<Half>(values, (int)cacheElements), table, context - tokens, output, pool);
+                            break;
+                        case KvCacheDataType.Float32:
+                            PagedAttention.Forward(shape, query, new ReadOnlySpan<float>(keys, (int)cacheElements), new ReadOnlySpan<float>(values, (int)cacheElements), table, context - tokens, output, pool);
+                            break;
+                        default:
+                            QuantizedKvAttention.Forward(shape, query, new ReadOnlySpan<byte>(keys, (int)bytes), new ReadOnlySpan<byte>(values, (int)bytes), types[t], table, context - tokens, output, pool);
+                            break;
+                    }
+                    ticks += Stopwatch.GetTimestamp() - start;
+                }
+                best[t] = Math.Min(best[t], ticks * 1e6 / Stopwatch.Frequency / calls);
             }
-            best = Math.Min(best, ticks * 1e6 / Stopwatch.Frequency / calls);
         }
-        NativeMemory.AlignedFree(keys);
-        NativeMemory.AlignedFree(values);
-        GC.KeepAlive(evict);
-        Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
+        foreach (var c in caches)
         {
-            ["mode"] = "attention",
-            ["context"] = context,
-            ["tokens"] = tokens,
-            ["heads"] = heads,
-            ["kv_heads"] = kvHeads,
-            ["head_dim"] = headDim,
-            ["kv"] = half ? "f16" : "f32",
-            ["threads"] = threads,
-            ["cold"] = cold,
-            ["evict_mb"] = cold ? evictMb : 0,
-            ["us_per_call"] = Math.Round(best, 2),
-        }));
+            NativeMemory.AlignedFree((void*)c.Keys);
+            NativeMemory.AlignedFree((void*)c.Values);
+        }
+        GC.KeepAlive(evict);
+        for (int t = 0; t < types.Length; t++)
+        {
+            Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
+            {
+                ["mode"] = "attention",
+                ["context"] = context,
+                ["tokens"] = tokens,
+                ["heads"] = heads,
+                ["kv_heads"] = kvHeads,
+                ["head_dim"] = headDim,
+                ["kv"] = KvBlockFormat.Name(types[t]),
+                ["kv_bytes_per_token_layer"] = 2 * KvBlockFormat.ByteCount(types[t], shape.KvStride),
+                ["threads"] = threads,
+                ["cold"] = cold,
+                ["evict_mb"] = cold ? evictMb : 0,
+                ["us_per_call"] = Math.Round(best[t], 2),
+            }));
+        }
         return Task.FromResult(0);
+    }
+
+    /// <summary>f32, f16, q8_0, fp8 (fp8_e4m3).</summary>
+    internal static KvCacheDataType ParseKv(string name) => name.Trim().ToLowerInvariant() switch
+    {
+        "f32" => KvCacheDataType.Float32,
+        "f16" => KvCacheDataType.Float16,
+        "q8_0" => KvCacheDataType.Q8_0,
+        "fp8" or "fp8_e4m3" => KvCacheDataType.Fp8E4M3,
+        _ => throw new ArgumentException($"--kv '{name}' is not one of f32, f16, q8_0, fp8"),
+    };
+
+    /// <summary>The values in 64-byte aligned native memory as <paramref name="type"/> stores them.</summary>
+    private static void* Store(KvCacheDataType type, float[] values)
+    {
+        long bytes = KvBlockFormat.ByteCount(type, values.LongLength);
+        void* p = NativeMemory.AlignedAlloc((nuint)bytes, 64);
+        switch (type)
+        {
+            case KvCacheDataType.Float32:
+                values.CopyTo(new Span<float>(p, values.Length));
+                break;
+            case KvCacheDataType.Float16:
+                System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(values, new Span<Half>(p, values.Length));
+                break;
+            default:
+                KvBlockFormat.Quantize(type, values, new Span<byte>(p, (int)bytes));
+                break;
+        }
+        return p;
     }
 
     /// <summary>Touches one float per cache line of slice i of the buffer (writes, so the lines cannot stay shared).</summary>

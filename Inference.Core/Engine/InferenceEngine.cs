@@ -75,8 +75,8 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
     /// <summary>Number of weights of the model.</summary>
     public long ParameterCount { get; }
 
-    /// <summary>KV cache bytes one token takes: 2 · layers · kvHeads · headDim · bytes per element.</summary>
-    public long KvBytesPerToken => 2L * Config.LayerCount * Config.KvHeadCount * Config.HeadDim * KvCache.KvCacheStorage.ElementSize(Options.KvCache.DataType);
+    /// <summary>KV cache bytes one token takes: 2 · layers · kvHeads · (bytes of a head's row: headDim values, or headDim / 32 blocks of 34 bytes for Q8_0 and FP8).</summary>
+    public long KvBytesPerToken => KvCache.KvCacheStorage.GetTokenByteCount(Config.LayerCount, Config.KvHeadCount, Config.HeadDim, Options.KvCache.DataType);
 
     /// <summary>
     /// The salt of this engine's KV block hashes: it stands for the model, tokenizer, RoPE configuration, KV element type

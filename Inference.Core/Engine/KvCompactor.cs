@@ -79,7 +79,7 @@ internal sealed class KvCompactor
     {
         var s = _storage;
         int blockBytes = KvBlockStorage.LayerBlockByteCount(s);
-        int elem = KvCacheStorage.ElementSize(s.DataType);
+        int elem = (int)KvBlockFormat.ByteCount(s.DataType, 1); // f32 or f16 (Supports)
         int rowBytes = s.KvHeadCount * s.HeadDim * elem;
         int inBytes = c.SourceBlocks.Length * blockBytes, outBytes = c.DestinationBlocks.Length * blockBytes;
         Grow(ref _inKeys, inBytes);

@@ -63,7 +63,8 @@ internal sealed class PagedKvAttention : IKvAttention
             fixed (float* pq = q)
             fixed (float* po = output)
             {
-                pool.Run(batch.TokenCount, new Job(this, shape, layer, batch, pq, po, PagedAttention.GetScratchLength(shape, maxContext)));
+                int scratchLength = Math.Max(PagedAttention.GetScratchLength(shape, maxContext), QuantizedKvAttention.GetScratchLength(shape, maxContext));
+                pool.Run(batch.TokenCount, new Job(this, shape, layer, batch, pq, po, scratchLength));
             }
         }
     }
@@ -134,8 +135,11 @@ internal sealed class PagedKvAttention : IKvAttention
                 int pos = seg.StartPosition + (t - seg.TokenStart);
                 var query = new ReadOnlySpan<float>(q + (long)t * stride, stride);
                 var o = new Span<float>(output + (long)t * stride, stride);
-                if (owner._storage.DataType == KvCacheDataType.Float32)
-                    PagedAttention.Forward<float>(shape, query, owner._storage.GetKeys<float>(layer), owner._storage.GetValues<float>(layer), table, pos, o, scratch);
+                var storage = owner._storage;
+                if (storage.DataType == KvCacheDataType.Float32)
+                    PagedAttention.Forward<float>(shape, query, storage.GetKeys<float>(layer), storage.GetValues<float>(layer), table, pos, o, scratch);
+                else if (KvBlockFormat.IsBlockFormat(storage.DataType))
+                    QuantizedKvAttention.Forward(shape, query, storage.GetKeyBytes(layer), storage.GetValueBytes(layer), storage.DataType, table, pos, o, scratch);
                 else
                     PagedAttention.Forward<Half>(shape, query, owner._storage.GetKeys<Half>(layer), owner._storage.GetValues<Half>(layer), table, pos, o, scratch);
             }

@@ -135,7 +135,7 @@ internal static class PrefixFile
                 if (!layout.AsSpan().SequenceEqual(expected))
                     throw new ModelFormatException(path, 44, $"cache layout [{string.Join(", ", layout)}] differs from this engine's [{string.Join(", ", expected)}] (block size, layers, KV heads, head size, type)");
                 int blockCount = *(int*)(p + 64);
-                long blockBytes = 2L * storage.LayerCount * storage.BlockSize * storage.KvHeadCount * storage.HeadDim * KvCacheStorage.ElementSize(storage.DataType);
+                long blockBytes = KvCacheStorage.GetBlockByteCount(storage.LayerCount, storage.BlockSize, storage.KvHeadCount, storage.HeadDim, storage.DataType);
                 if (blockCount < 1 || blockCount > (length - HeaderBytes) / (blockBytes + 4L * storage.BlockSize))
                     throw new ModelFormatException(path, 64, $"block count {blockCount} does not fit the file ({length} bytes)");
                 int tokenCount = blockCount * storage.BlockSize;

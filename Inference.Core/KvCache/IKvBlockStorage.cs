@@ -44,7 +44,7 @@ internal static class KvBlockStorage
 {
     /// <summary>Bytes of one block of one layer's keys (or values).</summary>
     public static int LayerBlockByteCount(IKvBlockStorage storage) =>
-        storage.BlockSize * storage.KvHeadCount * storage.HeadDim * KvCacheStorage.ElementSize(storage.DataType);
+        storage.BlockSize * storage.KvHeadCount * KvBlockFormat.RowBytes(storage.DataType, storage.HeadDim);
 
     /// <summary>Throws unless <paramref name="blockId"/> and <paramref name="layer"/> are in range and both spans hold one block.</summary>
     public static void CheckBlockAccess(IKvBlockStorage storage, int layer, int blockId, int keyBytes, int valueBytes)

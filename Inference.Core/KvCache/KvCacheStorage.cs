@@ -5,7 +5,8 @@ namespace Inference.KvCache;
 
 /// <summary>
 /// The memory of the paged KV cache: for every layer one key and one value tensor
-/// <c>[blockCount, blockSize, kvHeads, headDim]</c> in native, 64-byte aligned memory, as f32 or f16.
+/// <c>[blockCount, blockSize, kvHeads, headDim]</c> in native, 64-byte aligned memory, as f32, f16 or one of the 34-byte
+/// block formats (<see cref="KvBlockFormat"/>: Q8_0, FP8 E4M3), whose rows are headDim / 32 blocks.
 /// </summary>
 /// <remarks>
 /// <code>
@@ -23,6 +24,7 @@ public sealed unsafe class KvCacheStorage : IDisposable, IKvBlockStorage
     private bool _disposed;
 
     /// <summary>Allocates storage for exactly <paramref name="blockCount"/> blocks.</summary>
+    /// <exception cref="NotSupportedException">A block format (<see cref="KvCacheDataType.Q8_0"/>, <see cref="KvCacheDataType.Fp8E4M3"/>) with a head size that is not a multiple of 32.</exception>
     public KvCacheStorage(int layerCount, int blockCount, int blockSize, int kvHeadCount, int headDim, KvCacheDataType dataType)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(layerCount, 1);
@@ -32,9 +34,10 @@ public sealed unsafe class KvCacheStorage : IDisposable, IKvBlockStorage
         ArgumentOutOfRangeException.ThrowIfLessThan(kvHeadCount, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(headDim, 1);
         if (!Enum.IsDefined(dataType)) throw new ArgumentOutOfRangeException(nameof(dataType));
+        KvBlockFormat.CheckHeadDim(dataType, headDim);
         long layerElements = (long)blockCount * blockSize * kvHeadCount * headDim;
-        if (layerElements > Array.MaxLength)
-            throw new ArgumentOutOfRangeException(nameof(blockCount), blockCount, $"One layer would hold {layerElements} elements; at most {Array.MaxLength} are addressable.");
+        if (layerElements > Array.MaxLength || (KvBlockFormat.IsBlockFormat(dataType) && KvBlockFormat.ByteCount(dataType, layerElements) > Array.MaxLength))
+            throw new ArgumentOutOfRangeException(nameof(blockCount), blockCount, $"One layer would hold {layerElements} elements; at most {Array.MaxLength} elements (or bytes, for a block format) are addressable.");
 
         LayerCount = layerCount;
         BlockCount = blockCount;
@@ -45,7 +48,8 @@ public sealed unsafe class KvCacheStorage : IDisposable, IKvBlockStorage
         ElementsPerLayer = (int)layerElements;
         _keys = new void*[layerCount];
         _values = new void*[layerCount];
-        nuint bytes = (nuint)(layerElements * ElementSize(dataType));
+        BytesPerLayer = KvBlockFormat.ByteCount(dataType, layerElements);
+        nuint bytes = (nuint)BytesPerLayer;
         try
         {
             for (int l = 0; l < layerCount; l++)
@@ -85,15 +89,27 @@ public sealed unsafe class KvCacheStorage : IDisposable, IKvBlockStorage
     /// <summary>Elements of one layer's key (or value) tensor.</summary>
     public int ElementsPerLayer { get; }
 
-    /// <summary>Total bytes of keys and values.</summary>
-    public long ByteCount => 2L * LayerCount * ElementsPerLayer * ElementSize(DataType);
+    /// <summary>Bytes of one layer's key (or value) tensor.</summary>
+    public long BytesPerLayer { get; }
 
-    /// <summary>Bytes of one element of <paramref name="dataType"/>.</summary>
-    public static int ElementSize(KvCacheDataType dataType) => dataType == KvCacheDataType.Float32 ? 4 : 2;
+    /// <summary>Total bytes of keys and values.</summary>
+    public long ByteCount => 2L * LayerCount * BytesPerLayer;
+
+    /// <summary>Bytes of one head's row (one token's <see cref="HeadDim"/> keys or values of one KV head).</summary>
+    public int RowBytes => KvBlockFormat.RowBytes(DataType, HeadDim);
 
     /// <summary>Bytes one block takes across all layers, keys and values.</summary>
+    /// <exception cref="NotSupportedException">A block format with a head size that is not a multiple of 32.</exception>
     public static long GetBlockByteCount(int layerCount, int blockSize, int kvHeadCount, int headDim, KvCacheDataType dataType) =>
-        2L * layerCount * blockSize * kvHeadCount * headDim * ElementSize(dataType);
+        blockSize * GetTokenByteCount(layerCount, kvHeadCount, headDim, dataType);
+
+    /// <summary>Bytes of K and V of one token across all layers: 2 · layers · kvHeads · (bytes of one head's row).</summary>
+    /// <exception cref="NotSupportedException">A block format with a head size that is not a multiple of 32.</exception>
+    public static long GetTokenByteCount(int layerCount, int kvHeadCount, int headDim, KvCacheDataType dataType)
+    {
+        KvBlockFormat.CheckHeadDim(dataType, headDim);
+        return 2L * layerCount * kvHeadCount * KvBlockFormat.ByteCount(dataType, headDim);
+    }
 
     /// <summary>Blocks that fit the byte budget of <paramref name="options"/>.</summary>
     public static int GetBlockCount(KvCacheOptions options, int layerCount, int kvHeadCount, int headDim)
@@ -101,6 +117,8 @@ public sealed unsafe class KvCacheStorage : IDisposable, IKvBlockStorage
         ArgumentNullException.ThrowIfNull(options);
         long perBlock = GetBlockByteCount(layerCount, options.BlockSize, kvHeadCount, headDim, options.DataType);
         long perLayerLimit = Array.MaxLength / ((long)options.BlockSize * kvHeadCount * headDim);
+        if (KvBlockFormat.IsBlockFormat(options.DataType))
+            perLayerLimit = Math.Min(perLayerLimit, Array.MaxLength / (options.BlockSize * kvHeadCount * KvBlockFormat.ByteCount(options.DataType, headDim)));
         return (int)Math.Min(Math.Min(options.ResolvePoolBytes() / perBlock, perLayerLimit), int.MaxValue);
     }
 
@@ -125,6 +143,12 @@ public sealed unsafe class KvCacheStorage : IDisposable, IKvBlockStorage
     /// <summary>Values of <paramref name="layer"/>: <c>[blockCount, blockSize, kvHeads, headDim]</c>. T is float or Half, matching <see cref="DataType"/>.</summary>
     public Span<T> GetValues<T>(int layer) where T : unmanaged => Layer<T>(_values, layer);
 
+    /// <summary>The bytes of <paramref name="layer"/>'s keys, whatever <see cref="DataType"/> is: <c>[blockCount, blockSize, kvHeads, row]</c>.</summary>
+    public Span<byte> GetKeyBytes(int layer) => LayerBytes(_keys, layer);
+
+    /// <summary>The bytes of <paramref name="layer"/>'s values, whatever <see cref="DataType"/> is: <c>[blockCount, blockSize, kvHeads, row]</c>.</summary>
+    public Span<byte> GetValueBytes(int layer) => LayerBytes(_values, layer);
+
     /// <summary>
     /// Stores the key and value of one token, converting to <see cref="DataType"/>.
     /// <paramref name="key"/> and <paramref name="value"/> are <c>[kvHeads, headDim]</c>.
@@ -144,10 +168,16 @@ public sealed unsafe class KvCacheStorage : IDisposable, IKvBlockStorage
             key.CopyTo(GetKeys<float>(layer).Slice(offset, n));
             value.CopyTo(GetValues<float>(layer).Slice(offset, n));
         }
-        else
+        else if (DataType == KvCacheDataType.Float16)
         {
             TensorPrimitives.ConvertToHalf(key, GetKeys<Half>(layer).Slice(offset, n));
             TensorPrimitives.ConvertToHalf(value, GetValues<Half>(layer).Slice(offset, n));
+        }
+        else
+        {
+            int bytes = KvBlockFormat.RowBytes(DataType, n), at = (blockId * BlockSize + slot) * bytes;
+            KvBlockFormat.Quantize(DataType, key, GetKeyBytes(layer).Slice(at, bytes));
+            KvBlockFormat.Quantize(DataType, value, GetValueBytes(layer).Slice(at, bytes));
         }
     }
 
@@ -159,7 +189,7 @@ public sealed unsafe class KvCacheStorage : IDisposable, IKvBlockStorage
         ArgumentOutOfRangeException.ThrowIfNegative(destinationBlockId);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(destinationBlockId, BlockCount);
         ObjectDisposedException.ThrowIf(_disposed, this);
-        int blockBytes = BlockSize * KvHeadCount * HeadDim * ElementSize(DataType);
+        int blockBytes = BlockSize * KvHeadCount * RowBytes;
         for (int l = 0; l < LayerCount; l++)
         {
             CopyBytes(_keys[l], sourceBlockId, destinationBlockId, blockBytes);
@@ -204,7 +234,8 @@ public sealed unsafe class KvCacheStorage : IDisposable, IKvBlockStorage
     /// <summary>Releases the native memory of a storage that was not disposed.</summary>
     ~KvCacheStorage()
     {
-        if (_disposed) return;
+        // NOTE: a constructor that threw on its arguments left nothing allocated (and no memory pressure added).
+        if (_disposed || _keys is null) return;
         Free();
         GC.RemoveMemoryPressure(ByteCount);
     }
@@ -220,9 +251,22 @@ public sealed unsafe class KvCacheStorage : IDisposable, IKvBlockStorage
         ObjectDisposedException.ThrowIf(_disposed, this);
         ArgumentOutOfRangeException.ThrowIfNegative(layer);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(layer, LayerCount);
-        bool ok = DataType == KvCacheDataType.Float32 ? typeof(T) == typeof(float) : typeof(T) == typeof(Half);
+        bool ok = DataType switch
+        {
+            KvCacheDataType.Float32 => typeof(T) == typeof(float),
+            KvCacheDataType.Float16 => typeof(T) == typeof(Half),
+            _ => false,
+        };
         if (!ok) throw new InvalidOperationException($"The KV cache holds {DataType}; {typeof(T).Name} was requested.");
         return new Span<T>(tensors[layer], ElementsPerLayer);
+    }
+
+    private Span<byte> LayerBytes(void*[] tensors, int layer)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentOutOfRangeException.ThrowIfNegative(layer);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(layer, LayerCount);
+        return new Span<byte>(tensors[layer], checked((int)BytesPerLayer));
     }
 
     private void Free()

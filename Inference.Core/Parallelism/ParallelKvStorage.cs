@@ -63,7 +63,7 @@ internal sealed class TensorParallelKvStorage(TensorParallelLayout layout, KvCac
     /// <summary>Copies rank <paramref name="rank"/>'s heads of every slot between the unsplit layout [slot, kvHead, headDim] and the rank's.</summary>
     private void CopyHeads(int rank, ReadOnlySpan<byte> from, Span<byte> to, bool toFull)
     {
-        int head = HeadDim * KvCacheStorage.ElementSize(DataType), rankHeads = _first.KvHeadCount, firstHead = layout.KvHeadStart(rank);
+        int head = KvBlockFormat.RowBytes(DataType, HeadDim), rankHeads = _first.KvHeadCount, firstHead = layout.KvHeadStart(rank);
         for (int slot = 0; slot < BlockSize; slot++)
         {
             int full = (slot * KvHeadCount + firstHead) * head, local = slot * rankHeads * head;

@@ -64,6 +64,9 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
         _config = context.Model.Config;
         _kvCache = context.KvCache;
         RefuseUnsupported(_model.Graph, _config.Architecture);
+        // NOTE: the ILGPU and PTX attention kernels read f32 and f16 rows only; the CPU backend reads the block formats.
+        if (KvBlockFormat.IsBlockFormat(context.KvOptions.DataType))
+            throw new NotSupportedException($"the device executor does not run a {KvBlockFormat.Name(context.KvOptions.DataType)} KV cache yet; use --kv-cache-dtype f16 or f32, or the CPU backend");
         Bind();
         var c = _config;
         try

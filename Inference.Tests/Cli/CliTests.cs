@@ -126,6 +126,46 @@ public class CliTests
     }
 
     [Test]
+    public void Logits_AndInfo_WithBlockFormatKvCache()
+    {
+        // A model with head size 64 (stories260K's is 8, which the block formats refuse).
+        string dir = TestData.TempDir();
+        try
+        {
+            string model = Path.Combine(dir, "hd64.gguf");
+            Inference.Loading.SyntheticModel.Write(model, new Inference.Loading.SyntheticModelOptions
+            {
+                Dimension = 128, HeadDimension = 64, LayerCount = 2, HeadCount = 4, KvHeadCount = 2, FeedForwardLength = 256,
+                TensorType = Inference.Loading.GgmlType.F32, WeightScale = 0.08f, TokenizerDonorPath = TestData.Stories260K,
+            });
+            var argmax = new Dictionary<string, int>();
+            foreach (var type in new[] { "f32", "f16", "q8_0", "fp8", "fp8_e4m3" })
+            {
+                var (code, stdout, stderr) = Run("logits", "--model", model, "--prompt", "Once upon a time there was", "--kv-cache-dtype", type, "--block-size", "4");
+                Assert.That(code, Is.EqualTo(0), $"{type}: {stderr}");
+                using var doc = JsonDocument.Parse(stdout);
+                var logits = doc.RootElement.GetProperty("logits").EnumerateArray().Select(e => e.GetSingle()).ToArray();
+                argmax[type] = Array.IndexOf(logits, logits.Max());
+            }
+            Assert.That(argmax.Values.Distinct().Count(), Is.EqualTo(1), string.Join(", ", argmax));
+
+            var (infoCode, info, infoErr) = Run("info", "--model", model, "--kv-cache-dtype", "q8_0");
+            Assert.That(infoCode, Is.EqualTo(0), infoErr);
+            Assert.That(info, Does.Contain("KV per token     544 bytes (2 · 2 layers · 2 KV heads · 64 / 32 blocks · 34 bytes, q8_0)"));
+            (infoCode, info, infoErr) = Run("info", "--model", model, "--kv-cache-dtype", "f16");
+            Assert.That(info, Does.Contain("KV per token     1,024 bytes (2 · 2 layers · 2 KV heads · 64 · 2 bytes, f16)"), infoErr);
+
+            var (refused, _, why) = Run("logits", "--prompt", "Once upon a time", "--kv-cache-dtype", "q8_0");
+            Assert.That(refused, Is.Not.EqualTo(0));
+            Assert.That(why, Does.Contain("multiple of 32"));
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    [Test]
     public void Info_ReportsShapeParametersAndKvCost()
     {
         var (code, stdout, stderr) = Run("info", "--memory-gb", "1");

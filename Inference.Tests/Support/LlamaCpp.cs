@@ -129,6 +129,20 @@ public sealed class LlamaCppModel : IDisposable
     public float[][] EvaluateAllLogits(IReadOnlyList<int> tokens) => Evaluate(tokens, allPositions: true);
 
     /// <summary>
+    /// Evaluates <paramref name="tokens"/> from position 0 with K and V stored as <paramref name="kvType"/> (e.g.
+    /// <see cref="GGMLType.GGML_TYPE_Q8_0"/>, llama.cpp's <c>-ctk/-ctv</c>) and the logits at every position: [tokens][vocab].
+    /// llama.cpp needs flash attention for a quantized V cache.
+    /// </summary>
+    /// <param name="tokens">The prompt.</param>
+    /// <param name="kvType">The K and V cache type.</param>
+    /// <param name="flashAttention">Whether llama.cpp runs its flash-attention kernel.</param>
+    /// <param name="rotateQuantizedKv">With a quantized cache llama.cpp by default rotates Q, K and V by a Hadamard
+    /// matrix before storing them and rotates the output back (its "attention rotation"); false turns that off
+    /// (<c>LLAMA_ATTN_ROT_DISABLE</c>), so the cache holds the plain quantized K and V.</param>
+    public float[][] EvaluateAllLogits(IReadOnlyList<int> tokens, GGMLType kvType, bool flashAttention, bool rotateQuantizedKv = true) =>
+        Evaluate(tokens, allPositions: true, kvType, flashAttention, rotateQuantizedKv);
+
+    /// <summary>
     /// Greedy (argmax, lowest id on ties) generation of exactly <paramref name="count"/> tokens after
     /// <paramref name="prompt"/>; end-of-sequence tokens do not stop it.
     /// </summary>
@@ -157,12 +171,24 @@ public sealed class LlamaCppModel : IDisposable
         });
     }
 
-    private float[][] Evaluate(IReadOnlyList<int> tokens, bool allPositions)
+    private float[][] Evaluate(IReadOnlyList<int> tokens, bool allPositions, GGMLType kvType = GGMLType.GGML_TYPE_F32, bool flashAttention = false, bool rotate = true)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(tokens.Count, 1);
         return LlamaCpp.Locked(() =>
         {
-            using var context = CreateContext(tokens.Count);
+            // NOTE: llama.cpp reads the variable when it creates a context's KV cache; .NET's own environment is a copy
+            // that native code does not see, so it is set in the C library's.
+            if (!rotate) NativeEnvironment.setenv("LLAMA_ATTN_ROT_DISABLE", "1", 1);
+            LLamaContext context;
+            try
+            {
+                context = CreateContext(tokens.Count, kvType, flashAttention);
+            }
+            finally
+            {
+                if (!rotate) NativeEnvironment.unsetenv("LLAMA_ATTN_ROT_DISABLE");
+            }
+            using var owned = context;
             var batch = new LLamaBatch();
             for (int i = 0; i < tokens.Count; i++) batch.Add(tokens[i], i, LLamaSeqId.Zero, allPositions || i == tokens.Count - 1);
             Decode(context, batch);
@@ -176,7 +202,7 @@ public sealed class LlamaCppModel : IDisposable
         });
     }
 
-    private LLamaContext CreateContext(int tokenCount)
+    private LLamaContext CreateContext(int tokenCount, GGMLType kvType = GGMLType.GGML_TYPE_F32, bool flashAttention = false)
     {
         uint size = (uint)Math.Max(64, (tokenCount + 63) / 64 * 64);
         var p = new ModelParams(Path)
@@ -189,9 +215,9 @@ public sealed class LlamaCppModel : IDisposable
             GpuLayerCount = 0,
             // NOTE: llama.cpp keeps K/V in f16 by default; f32 K/V (and no flash attention, which rounds Q to f16)
             // compare the arithmetic itself, so the F32 differential tolerance can be tight.
-            TypeK = GGMLType.GGML_TYPE_F32,
-            TypeV = GGMLType.GGML_TYPE_F32,
-            FlashAttention = false,
+            TypeK = kvType,
+            TypeV = kvType,
+            FlashAttention = flashAttention,
         };
         return _weights.CreateContext(p);
     }
@@ -216,6 +242,16 @@ public sealed class LlamaCppModel : IDisposable
         _weights.Dispose();
         return 0;
     });
+}
+
+/// <summary>The C library's environment, which llama.cpp reads (Linux).</summary>
+internal static partial class NativeEnvironment
+{
+    [System.Runtime.InteropServices.LibraryImport("libc.so.6", StringMarshalling = System.Runtime.InteropServices.StringMarshalling.Utf8)]
+    internal static partial int setenv(string name, string value, int overwrite);
+
+    [System.Runtime.InteropServices.LibraryImport("libc.so.6", StringMarshalling = System.Runtime.InteropServices.StringMarshalling.Utf8)]
+    internal static partial int unsetenv(string name);
 }
 
 /// <summary>Whether tokenization prepends the beginning-of-sequence token.</summary>

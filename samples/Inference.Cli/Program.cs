@@ -4,6 +4,7 @@ using System.Text.Json;
 using Inference.Chat;
 using Inference.CommandLine;
 using Inference.Engine;
+using Inference.KvCache;
 using Inference.Loading;
 using Inference.Quantization;
 using Inference.Sampling;
@@ -134,7 +135,11 @@ public static class Program
             Console.Out.WriteLine($"rope             {c.RopeLayout}, base {c.RopeBase}, {c.RopeDim} dims, scaling {c.RopeScaling}");
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"parameters       {engine.ParameterCount:N0} ({engine.ParameterCount / 1e6:F2} M)"));
             Console.Out.WriteLine($"context          {c.ContextLength} trained, {engine.ContextLength} used");
-            Console.Out.WriteLine($"KV per token     {engine.KvBytesPerToken:N0} bytes (2 · {c.LayerCount} layers · {c.KvHeadCount} KV heads · {c.HeadDim} · {engine.KvBytesPerToken / (2L * c.LayerCount * c.KvHeadCount * c.HeadDim)} bytes, {engine.Options.KvCache.DataType})");
+            var kvType = engine.Options.KvCache.DataType;
+            string row = KvBlockFormat.IsBlockFormat(kvType)
+                ? $"{c.HeadDim} / {KvBlockFormat.BlockValues} blocks · {KvBlockFormat.BlockBytes} bytes"
+                : $"{c.HeadDim} · {KvBlockFormat.ByteCount(kvType, 1)} bytes";
+            Console.Out.WriteLine($"KV per token     {engine.KvBytesPerToken:N0} bytes (2 · {c.LayerCount} layers · {c.KvHeadCount} KV heads · {row}, {KvBlockFormat.Name(kvType)})");
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"KV capacity      {(long)(budget / engine.KvBytesPerToken):N0} tokens in {result.GetValue(memoryOption):G} GiB"));
             Console.Out.WriteLine($"chat template    {(engine.ChatTemplate is null ? "none" : "yes")}");
             Console.Out.WriteLine($"device           {engine.DeviceName}");

@@ -45,8 +45,8 @@ public sealed class EngineCommandLine
     /// <summary><c>--kv-cache-dtype</c>: the element type of stored keys and values.</summary>
     public Option<KvCacheDataType?> KvCacheDtype { get; } = new("--kv-cache-dtype")
     {
-        Description = "Element type of the KV cache: auto (f16), f32 or f16",
-        HelpName = "auto|f32|f16",
+        Description = "Element type of the KV cache: auto (f16), f32, f16, q8_0 (ggml blocks) or fp8 (E4M3 with a scale per 32 values)",
+        HelpName = "auto|f32|f16|q8_0|fp8",
         CustomParser = ParseKvCacheDataType,
     };
 
@@ -204,8 +204,10 @@ public sealed class EngineCommandLine
         {
             case "auto" or "f16" or "fp16" or "float16" or "half": return KvCacheDataType.Float16;
             case "f32" or "fp32" or "float32" or "float": return KvCacheDataType.Float32;
+            case "q8_0": return KvCacheDataType.Q8_0;
+            case "fp8" or "fp8_e4m3": return KvCacheDataType.Fp8E4M3;
             default:
-                result.AddError(string.Create(CultureInfo.InvariantCulture, $"--kv-cache-dtype '{text}' is not one of auto, f32, f16"));
+                result.AddError(string.Create(CultureInfo.InvariantCulture, $"--kv-cache-dtype '{text}' is not one of auto, f32, f16, q8_0, fp8, fp8_e4m3"));
                 return null;
         }
     }

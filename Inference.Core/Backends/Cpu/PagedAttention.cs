@@ -121,6 +121,8 @@ public static class PagedAttention
             throw new ArgumentException($"Shape {shape} does not match the KV storage ({storage.KvHeadCount} KV heads × {storage.HeadDim}, blocks of {storage.BlockSize}).", nameof(shape));
         if (storage.DataType == KvCacheDataType.Float32)
             Forward<float>(shape, query, storage.GetKeys<float>(layer), storage.GetValues<float>(layer), blockTable, startPosition, output, pool);
+        else if (KvBlockFormat.IsBlockFormat(storage.DataType))
+            QuantizedKvAttention.Forward(shape, query, storage.GetKeyBytes(layer), storage.GetValueBytes(layer), storage.DataType, blockTable, startPosition, output, pool);
         else
             Forward<Half>(shape, query, storage.GetKeys<Half>(layer), storage.GetValues<Half>(layer), blockTable, startPosition, output, pool);
     }
@@ -413,7 +415,7 @@ public static class PagedAttention
     /// Softmax of each head's scores, [kvMul, contextLength]: scale (unless already scaled: 1), soft-cap (unless
     /// <paramref name="softCap"/> is 0), subtract the max, exponentiate, normalize.
     /// </summary>
-    private static void Softmax(Span<float> scores, int kvMul, int contextLength, float scale, float softCap)
+    internal static void Softmax(Span<float> scores, int kvMul, int contextLength, float scale, float softCap)
     {
         for (int m = 0; m < kvMul; m++)
         {

@@ -72,6 +72,28 @@ public static class PagedAttentionReference
     }
 
     /// <summary>
+    /// Dequantizes the first <paramref name="contextLength"/> positions of a paged cache of 34-byte blocks
+    /// (<see cref="KvCache.KvCacheDataType.Q8_0"/>, <see cref="KvCache.KvCacheDataType.Fp8E4M3"/>) into a contiguous
+    /// [contextLength, kvHeads, headDim] float array, value by value (d · code, exact in float).
+    /// </summary>
+    /// <param name="shape">KV heads, head size and block size of <paramref name="cache"/>.</param>
+    /// <param name="cache">[blockCount, blockSize, kvHeads, headDim / 32 blocks of 34 bytes].</param>
+    /// <param name="type">The block format.</param>
+    /// <param name="blockTable">Physical block of each logical block.</param>
+    /// <param name="contextLength">Positions to gather.</param>
+    public static float[] Gather(in PagedAttentionShape shape, ReadOnlySpan<byte> cache, KvCache.KvCacheDataType type, ReadOnlySpan<int> blockTable, int contextLength)
+    {
+        int stride = shape.KvStride, rowBytes = (int)KvCache.KvBlockFormat.ByteCount(type, stride);
+        var result = new float[contextLength * stride];
+        for (int p = 0; p < contextLength; p++)
+        {
+            int src = (blockTable[p / shape.BlockSize] * shape.BlockSize + p % shape.BlockSize) * rowBytes;
+            KvCache.KvBlockFormat.Dequantize(type, cache.Slice(src, rowBytes), result.AsSpan(p * stride, stride));
+        }
+        return result;
+    }
+
+    /// <summary>
     /// Copies the first <paramref name="contextLength"/> positions of a paged cache into a contiguous
     /// [contextLength, kvHeads, headDim] float array.
     /// </summary>
