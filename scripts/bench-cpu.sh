@@ -4,7 +4,9 @@
 # Writes the benchmark models into .models/ first when they are missing (dim 1024, 16 layers, 16 heads, 4 KV heads,
 # ffn 2816, vocab 512). Run on an otherwise idle machine; each measurement is the best of three warm passes (the first
 # pass of each process is not counted), decode over 64 generated tokens at batch 1 and 32 at batch 8; the Q4_0, F16 and
-# other-type runs (32 generated tokens) and the 1,024-token prompt run (Q4_K_M) count one warm pass.
+# other-type runs (32 generated tokens) and the 1,024-token prompt run (Q4_K_M) count one warm pass. Every line names
+# the CPU (family, model); batch-1 lines of ours add the ceiling, min(bandwidth roofline, compute roofline), with the
+# in-cache rate of each weight type's kernel, and decode_ceiling_fraction.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/dev/stdout}
@@ -41,6 +43,9 @@ done
 for engine in inference llama.cpp; do
   bench e2e --model .models/bench-q8_0.gguf -p 128 -n 32 --batch 8 --threads "$threads" --engine $engine --repeat 4 | tee -a "$out.tmp"
 done
+# a float model as stored, quantized at load (Q8_0, Q4_K_M) and quantized ahead, beside llama.cpp on the same files:
+# load time (ready_s) and decode; the Markdown table goes to stderr
+bench quantization --model .models/bench-f16.gguf --threads "$threads" -n 64 --repeat 2 | tee -a "$out.tmp"
 bench kv-waste | tee -a "$out.tmp"
 bench prefix --model .models/bench-q8_0.gguf --shared-prefix-tokens 1024 --suffix-tokens 32 --threads "$threads" | tee -a "$out.tmp"
 [ "$out" = /dev/stdout ] && rm -f "$out.tmp" || mv "$out.tmp" "$out"
