@@ -26,7 +26,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
     private readonly ModelBatch _soloBatch = new();
     private readonly Dictionary<long, Exception> _failed = new();  // requests whose chunk failed in this step
     private float[] _logits = [];
-    private int[] _sampled = [];
+    private int[] _segmentOf = [];  // per chunk of the step: its segment in _batch, or -1 (a prefix file's blocks copied instead)
     private long _nextInternalId = -1;
     private readonly PrefixIdentity _identity;
     private readonly List<long> _prefixHolders = new();
@@ -235,21 +235,23 @@ internal sealed partial class EngineLoop : IAsyncDisposable
 
     private void Admit(GenerationRequest r)
     {
-        if (r.Sampling.PromptLogprobs is int promptTop)
+        var scheduled = r.Scheduled;
+        if (r.Sampling.PromptLogprobs is not null && r.PromptLogprobs is null && !r.IsSideWork)
         {
-            try
+            // The prompt's chunks keep the logits of every position; nothing is taken from the prefix cache until the
+            // last prompt token is computed. NOTE: logits rows are vocab floats each; a chunk keeps them to about
+            // 16 MiB whatever the step budget.
+            if (r.PromptTokens.Length == 1) r.PromptLogprobs = [];
+            else
             {
-                r.PromptLogprobs = ScorePrompt(r.PromptTokens.ToArray(), promptTop);
-            }
-            catch (InvalidOperationException e)
-            {
-                FailWithForks(r, e);
-                return;
+                r.PromptScores = new TokenLogprobs[r.PromptTokens.Length - 1];
+                scheduled.ReusesCachedPrefix = false;
+                scheduled.MaxChunkTokenCount = Math.Clamp((1 << 22) / _config.VocabSize, 1, _scheduler.Options.MaxNumBatchedTokens);
             }
         }
-        var scheduled = r.Scheduled;
         try
         {
+            if (r.Beam is { } run) CheckBeamSearchFits(run);
             _scheduler.AddRequest(scheduled);
         }
         catch (ArgumentException e)
@@ -258,6 +260,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
             return;
         }
         _live.Add(r.Id, (r, scheduled));
+        r.Beam?.Start(r, scheduled);
     }
 
     private void WaitForWork()
@@ -274,8 +277,10 @@ internal sealed partial class EngineLoop : IAsyncDisposable
 
     private SchedulerOutput Schedule()
     {
-        foreach (var (_, entry) in _live)
-            entry.Scheduled.ConsumerState = entry.Request.IsConsumerBehind ? ConsumerState.NotReading : ConsumerState.Reading;
+        // NOTE: a beam whose logits are in, waiting for its siblings', counts as not reading: it yields its sequence slot
+        // and blocks to others and is not recomputed before the search moves on.
+        foreach (var (id, entry) in _live)
+            entry.Scheduled.ConsumerState = entry.Request.IsConsumerBehind || entry.Request.Beam?.IsParked(id) == true ? ConsumerState.NotReading : ConsumerState.Reading;
         return _scheduler.Schedule();
     }
 
@@ -284,9 +289,11 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         KvCompactor.Perform(_executor.Storage, _compactor, output.BlockCopies, output.Compactions);
         _batch.Clear();
         long now = Stopwatch.GetTimestamp();
-        foreach (ref readonly var chunk in output.Chunks)
+        var chunks = output.Chunks;
+        if (_segmentOf.Length < chunks.Length) _segmentOf = new int[Math.Max(16, 2 * chunks.Length)];
+        for (int i = 0; i < chunks.Length; i++)
         {
-            _batch.Add(chunk.RequestId, chunk.TokenIds, chunk.CachePosition, chunk.SamplesToken ? 1 + chunk.SpeculativeTokenCount : 0);
+            ref readonly var chunk = ref chunks[i];
             var r = _live[chunk.RequestId].Request;
             if (r.FirstScheduled == 0)
             {
@@ -294,16 +301,38 @@ internal sealed partial class EngineLoop : IAsyncDisposable
                 r.FirstScheduled = now;
                 r.PrefixHitTokens = chunk.Request.CachedTokenCount;
             }
+            if (r.PrefixSource is { } file)
+            {
+                // A prefix file's chunk: its blocks are copied in, nothing is computed.
+                _segmentOf[i] = -1;
+                try
+                {
+                    CopyPrefixBlocks(file, chunk);
+                }
+                catch (Exception e) when (e is not OutOfMemoryException)
+                {
+                    _failed[chunk.RequestId] = e;
+                }
+                continue;
+            }
+            int rows = chunk.SamplesToken ? 1 + chunk.SpeculativeTokenCount : 0;
+            // Prompt scoring: the logits after every prompt position of the chunk.
+            if (r.PromptScores is not null && chunk.StartPosition < r.PromptTokens.Length - 1) rows = chunk.TokenCount;
+            _segmentOf[i] = _batch.Segments.Count;
+            _batch.Add(chunk.RequestId, chunk.TokenIds, chunk.CachePosition, rows);
         }
         int vocab = _config.VocabSize;
         if (_logits.Length < _batch.LogitCount * vocab) _logits = new float[_batch.LogitCount * vocab];
-        try
+        if (_batch.TokenCount > 0)
         {
-            _executor.Forward(_batch, _logits);
-        }
-        catch (Exception e) when (e is not OutOfMemoryException)
-        {
-            IsolateFailures(output, e);
+            try
+            {
+                _executor.Forward(_batch, _logits);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                IsolateFailures(output, e);
+            }
         }
         _metrics.StepExecuted(output.TotalTokenCount, output.PreemptedRequestIds.Length);
     }
@@ -321,14 +350,15 @@ internal sealed partial class EngineLoop : IAsyncDisposable
     {
         int vocab = _config.VocabSize;
         var chunks = output.Chunks;
-        if (chunks.Length == 1)
-        {
-            _failed[chunks[0].RequestId] = batchError;
-            return;
-        }
         for (int i = 0; i < chunks.Length; i++)
         {
-            var segment = _batch.Segments[i];
+            if (_segmentOf[i] < 0) continue;
+            if (_batch.Segments.Count == 1)
+            {
+                _failed[chunks[i].RequestId] = batchError;
+                return;
+            }
+            var segment = _batch.Segments[_segmentOf[i]];
             _soloBatch.Clear();
             _soloBatch.Add(chunks[i].RequestId, chunks[i].TokenIds, chunks[i].CachePosition, segment.LogitRowCount);
             var logits = segment.LogitRowCount > 0 ? _logits.AsSpan(segment.LogitIndex * vocab, segment.LogitRowCount * vocab) : Span<float>.Empty;
@@ -359,9 +389,27 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         }
         for (int i = 0; i < chunks.Length; i++)
         {
-            if (!chunks[i].SamplesToken || !_live.TryGetValue(chunks[i].RequestId, out var entry)) continue;
+            if (!_live.TryGetValue(chunks[i].RequestId, out var entry)) continue;
             var (r, scheduled) = entry;
-            int logitIndex = _batch.Segments[i].LogitIndex;
+            var segment = _segmentOf[i] >= 0 ? _batch.Segments[_segmentOf[i]] : default;
+            if (r.PromptScores is not null && segment.LogitRowCount > 0 && !ScorePromptChunk(r, scheduled, chunks[i], segment)) continue;
+            if (!chunks[i].SamplesToken) continue;
+            if (r.PrefixSource is not null)
+            {
+                // Every block of the file is in: pin them for the engine's lifetime.
+                long holder = _nextInternalId--;
+                KvCache.Fork(r.Id, holder);
+                _prefixHolders.Add(holder);
+                Retire(r.Id, FinishReason.Length);
+                continue;
+            }
+            // The rows to sample from: the chunk's last (1 + proposed tokens) rows.
+            int logitIndex = segment.LogitIndex + segment.LogitRowCount - 1 - chunks[i].SpeculativeTokenCount;
+            if (r.Beam is { } run)
+            {
+                BeamLogits(run, scheduled, _logits.AsSpan(logitIndex * vocab, vocab));
+                continue;
+            }
             if (r.OnPromptComputed is { } sideWork)
             {
                 try
@@ -386,6 +434,49 @@ internal sealed partial class EngineLoop : IAsyncDisposable
             SampleAndAccept(r, scheduled, logits);
         }
         Stats = CurrentStats();
+    }
+
+    /// <summary>
+    /// Prompt log-probabilities from a chunk's logits rows: the row after position p scores prompt token p + 1. The chunk
+    /// that reaches the last prompt token completes them; the request then reuses cached prefixes again (after a
+    /// preemption). Returns false when the request failed.
+    /// </summary>
+    private bool ScorePromptChunk(GenerationRequest r, SchedulerRequest scheduled, in ScheduledChunk chunk, BatchSegment segment)
+    {
+        var scores = r.PromptScores!;
+        int vocab = _config.VocabSize, prompt = r.PromptTokens.Length, top = r.Sampling.PromptLogprobs ?? 0;
+        int first = chunk.StartPosition + chunk.TokenCount - segment.LogitRowCount;
+        try
+        {
+            for (int j = 0; j < segment.LogitRowCount && first + j + 1 < prompt; j++)
+                scores[first + j] = TokenLogprobs.Compute(_logits.AsSpan((segment.LogitIndex + j) * vocab, vocab), 1f, r.PromptTokens[first + j + 1], top);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            Retire(r.Id, FinishReason.Cancelled, e);
+            return false;
+        }
+        if (chunk.StartPosition + chunk.TokenCount >= prompt)
+        {
+            r.PromptLogprobs = scores;
+            r.PromptScores = null;
+            scheduled.ReusesCachedPrefix = true;
+            scheduled.MaxChunkTokenCount = 0;
+        }
+        return true;
+    }
+
+    /// <summary>Copies the blocks of a prefix file that <paramref name="chunk"/> fills (those whose last slot it covers).</summary>
+    private void CopyPrefixBlocks(PrefixFile.Reader file, in ScheduledChunk chunk)
+    {
+        // NOTE: the file's block b holds tokens [b·size, (b + 1)·size); once a sequence evicted tokens its blocks do not.
+        if (chunk.EvictedTokenCount > 0)
+            throw new NotSupportedException($"the prefix file holds more tokens than the KV eviction budget ({KvCache.Eviction?.KeptTokenCount}) keeps");
+        var storage = _executor.Storage;
+        int bs = storage.BlockSize, end = chunk.StartPosition + chunk.TokenCount;
+        var table = KvCache.GetBlockTable(chunk.RequestId);
+        for (int b = chunk.StartPosition / bs; (b + 1) * bs <= end; b++)
+            if (table[b] != KvCacheManager.ReleasedBlock) file.CopyInto(storage, b, table[b]);
     }
 
     private void SampleAndAccept(GenerationRequest r, SchedulerRequest scheduled, Span<float> logits)
@@ -423,6 +514,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         foreach (var (_, (r, scheduled)) in _live)
         {
             scheduled.ClearSpeculativeTokens();
+            if (r.IsSideWork) continue;
             if (scheduled.Status != RequestStatus.Running || scheduled.ComputedTokenCount != scheduled.TokenCount - 1 || scheduled.OutputTokenCount == 0) continue;
             int room = GenerationRequest.OutputCapacity - 2 - (r.Output.Reader.CanCount ? r.Output.Reader.Count : GenerationRequest.OutputCapacity);
             int limit = Math.Min(Math.Min(_numSpeculativeTokens, scheduled.SpeculativeCapacity), room);
@@ -536,6 +628,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
             var scheduled = child.Scheduled;
             if (!_scheduler.TryAddFork(parentScheduled, scheduled))
             {
+                child.PromptLogprobs ??= parent.PromptLogprobs;
                 Admit(child);
                 continue;
             }
@@ -564,6 +657,11 @@ internal sealed partial class EngineLoop : IAsyncDisposable
     {
         if (!_live.Remove(id, out var entry)) return;
         _scheduler.Finish(id, reason);
+        if (entry.Request.Beam is { } run)
+        {
+            EndBeamSearch(run, reason, error);
+            return;
+        }
         _proposer?.Release(id);
         if (error is not null) entry.Request.Finish(reason, error);
         else if (reason == FinishReason.Cancelled) entry.Request.Finish(reason, new OperationCanceledException("the request was cancelled"));
@@ -579,77 +677,6 @@ internal sealed partial class EngineLoop : IAsyncDisposable
             }
             forks.Clear();
         }
-    }
-
-    /// <summary>
-    /// Computes <paramref name="tokens"/> as sequence <paramref name="id"/> outside the scheduler, in budget-sized
-    /// chunks from its longest cached prefix, and leaves the sequence allocated (the caller frees it).
-    /// </summary>
-    private void Prefill(long id, int[] tokens, float[] logits)
-    {
-        var manager = KvCache;
-        var batch = new ModelBatch();
-        int chunk = _scheduler.Options.MaxNumBatchedTokens, length = tokens.Length;
-        if (!manager.TryAllocate(id, tokens, chunk, out int computed))
-            throw new InvalidOperationException("the KV cache has no room for this prompt now; retry when fewer requests run");
-        while (true)
-        {
-            // Slots cover [0, computed + n); a prefix hit means those tokens need no recomputation.
-            int n = Math.Min(chunk, length - computed);
-            _executor.Storage.CopyBlocks(manager.PendingCopies);
-            manager.ClearPendingCopies();
-            batch.Clear();
-            batch.Add(id, tokens.AsSpan(computed, n), computed, wantLogits: computed + n == length);
-            _executor.Forward(batch, logits);
-            computed += n;
-            if (computed == length) break;
-            if (!manager.TryAppendSlots(id, tokens.AsSpan(computed, Math.Min(chunk, length - computed))))
-                throw new InvalidOperationException("the KV cache has no room for this prompt now; retry when fewer requests run");
-        }
-    }
-
-    /// <summary>
-    /// The log-probability of each token of <paramref name="tokens"/> after the first given the ones before it, with
-    /// the <paramref name="topCount"/> likeliest alternatives, from the raw logits. Every position needs its logits, so
-    /// nothing is taken from the prefix cache; the blocks it fills stay cached for the generation that follows.
-    /// </summary>
-    private TokenLogprobs[] ScorePrompt(int[] tokens, int topCount)
-    {
-        int vocab = _config.VocabSize, length = tokens.Length;
-        var result = new TokenLogprobs[length - 1];
-        if (length == 1) return result;
-        // NOTE: logits rows are vocab floats each; a chunk keeps them to about 16 MiB whatever the step budget.
-        int chunk = Math.Clamp((1 << 22) / vocab, 1, _scheduler.Options.MaxNumBatchedTokens);
-        var logits = new float[Math.Min(chunk, length) * vocab];
-        var manager = KvCache;
-        var batch = new ModelBatch();
-        long id = _nextInternalId--;
-        try
-        {
-            // A one-token start never hits the prefix cache.
-            if (!manager.TryAllocate(id, tokens.AsSpan(0, 1), 1, out _))
-                throw new InvalidOperationException("the KV cache has no room to score this prompt now; retry when fewer requests run");
-            for (int computed = 0; computed < length;)
-            {
-                int n = Math.Min(chunk, length - computed);
-                int from = Math.Max(computed, 1);
-                if (!manager.TryAppendSlots(id, tokens.AsSpan(from, computed + n - from)))
-                    throw new InvalidOperationException("the KV cache has no room to score this prompt now; retry when fewer requests run");
-                _executor.Storage.CopyBlocks(manager.PendingCopies);
-                manager.ClearPendingCopies();
-                batch.Clear();
-                batch.Add(id, tokens.AsSpan(computed, n), computed, n);
-                _executor.Forward(batch, logits);
-                for (int j = 0; j < n && computed + j + 1 < length; j++)
-                    result[computed + j] = TokenLogprobs.Compute(logits.AsSpan(j * vocab, vocab), 1f, tokens[computed + j + 1], topCount);
-                computed += n;
-            }
-        }
-        finally
-        {
-            if (manager.Contains(id)) manager.Free(id);
-        }
-        return result;
     }
 
     /// <summary>How many tokens of a <paramref name="length"/>-token prompt a prefix file holds (its whole blocks).</summary>
@@ -675,24 +702,13 @@ internal sealed partial class EngineLoop : IAsyncDisposable
     }
 
     /// <summary>
-    /// Adopts the blocks of a prefix file into the pool, pinned for the engine's lifetime, so requests that start with
-    /// its tokens hit them. Returns the tokens adopted.
+    /// Opens and checks a prefix file against this engine (any thread: the checksum and, the first time, the weights
+    /// hash are computed here, not on the engine thread).
     /// </summary>
-    public int LoadPrefix(string path)
-    {
-        var storage = _executor.Storage;
-        using var reader = PrefixFile.Reader.Open(path, _identity, storage);
-        long holder = _nextInternalId--;
-        var manager = KvCache;
-        if (!manager.TryAllocate(holder, reader.Tokens, out int hit))
-            throw new InvalidOperationException($"the KV cache has no room for the {reader.BlockCount} blocks of {path}");
-        _prefixHolders.Add(holder);
-        manager.ClearPendingCopies();
-        var table = manager.GetBlockTable(holder);
-        // NOTE: blocks already cached (an earlier load, or a request) hold the same data; only the others are copied.
-        for (int b = hit / storage.BlockSize; b < reader.BlockCount; b++) reader.CopyInto(storage, b, table[b]);
-        return reader.Tokens.Length;
-    }
+    public PrefixFile.Reader OpenPrefix(string path) => PrefixFile.Reader.Open(path, _identity, _executor.Storage);
+
+    /// <summary>Computes the hash of every weight if not yet known (any thread), so the engine thread never does.</summary>
+    public void PrepareWeightsHash() => _ = _identity.Weights?.Value;
 
     private void FailAll(Exception error)
     {

@@ -94,6 +94,22 @@ internal sealed class GenerationRequest
     /// </summary>
     public Action<long, ReadOnlySpan<float>>? OnPromptComputed { get; set; }
 
+    /// <summary>
+    /// Loading a prefix file instead of generation: its tokens are the request's prompt and each scheduled chunk copies
+    /// the file's blocks into the chunk's slots instead of computing them; once all are there the blocks are pinned and
+    /// the request ends with <see cref="FinishReason.Length"/>. The caller owns (and disposes) the reader.
+    /// </summary>
+    public PrefixFile.Reader? PrefixSource { get; set; }
+
+    /// <summary>A beam search carried by this request (its beams are scheduled sequences of their own); null otherwise.</summary>
+    public BeamSearchRun? Beam { get; set; }
+
+    /// <summary>Prompt log-probabilities filled in as the prompt's chunks are computed; null when not asked for or done.</summary>
+    public TokenLogprobs[]? PromptScores { get; set; }
+
+    /// <summary>Whether the request does side work (logits, a prefix file, a beam search) rather than generate text.</summary>
+    public bool IsSideWork => OnPromptComputed is not null || PrefixSource is not null || Beam is not null;
+
     /// <summary>Disposed when the request ends: cancels it when its stream's token fires.</summary>
     public CancellationTokenRegistration CancelRegistration { get; set; }
 

@@ -214,15 +214,30 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
     /// <paramref name="promptTokens"/> by cumulative log-probability, ranked with the length penalty. The prompt is
     /// computed once and beams are copy-on-write forks of their parents' KV, sharing their common blocks.
     /// </summary>
-    /// <remarks>The search runs as one piece of work on the engine thread: other requests wait while it runs.</remarks>
-    /// <exception cref="ArgumentException">The prompt fills the context.</exception>
-    /// <exception cref="InvalidOperationException">The KV cache has no room for the beams now.</exception>
+    /// <remarks>
+    /// Every beam is a scheduled sequence: the search shares the engine's steps with running requests, waits for KV
+    /// blocks and sequence slots when they are taken, counts against <see cref="EngineOptions.MaxWaitingRequests"/> and
+    /// ends (freeing every block) when <paramref name="cancellationToken"/> is cancelled.
+    /// </remarks>
+    /// <exception cref="ArgumentException">The prompt fills the context (thrown here); the search needs more beams than
+    /// <see cref="EngineOptions.MaxNumSeqs"/> or more KV blocks than the pool has (the returned task faults).</exception>
+    /// <exception cref="RequestQueueFullException">Too many requests wait to start (the returned task faults).</exception>
     public Task<Search.BeamSearchResult> BeamSearchAsync(IReadOnlyList<int> promptTokens, Search.BeamSearchOptions? options = null, CancellationToken cancellationToken = default)
     {
         var tokens = CheckPrompt(promptTokens, 1);
         options ??= new Search.BeamSearchOptions();
         cancellationToken.ThrowIfCancellationRequested();
-        return _loop.InvokeAsync(l => l.BeamSearch(tokens, options, t => Tokenizer.IsEndOfGeneration(t) || _stopTokens.Contains(t), t => Tokenizer.Decode(t)));
+        var run = new BeamSearchRun(tokens, options, Math.Min(options.MaxTokens, ContextLength - tokens.Length),
+            t => Tokenizer.IsEndOfGeneration(t) || _stopTokens.Contains(t), t => Tokenizer.Decode(t));
+        var request = CreateRequest(tokens, SideWorkSampling);
+        request.Beam = run;
+        return BeamSearchCoreAsync(request, run, cancellationToken);
+    }
+
+    private async Task<Search.BeamSearchResult> BeamSearchCoreAsync(GenerationRequest request, BeamSearchRun run, CancellationToken cancellationToken)
+    {
+        await new GenerationStream(request, _loop.Submit, cancellationToken).CompleteAsync().ConfigureAwait(false);
+        return run.Result!;
     }
 
     /// <summary>Beam search over the tokenized <paramref name="prompt"/>; see <see cref="BeamSearchAsync(IReadOnlyList{int}, Search.BeamSearchOptions?, CancellationToken)"/>.</summary>
@@ -274,20 +289,63 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
         var tokens = CheckPrompt(Tokenize(prompt), 1);
         int saved = _loop.PrefixTokens(tokens.Length);
         cancellationToken.ThrowIfCancellationRequested();
-        return RunSideWorkAsync(tokens, (id, _) => _loop.WritePrefix(path, tokens, id, saved), () => saved, cancellationToken);
+        return SavePrefixCoreAsync(tokens, path, saved, cancellationToken);
+    }
+
+    private async Task<int> SavePrefixCoreAsync(int[] tokens, string path, int saved, CancellationToken cancellationToken)
+    {
+        // NOTE: the weights hash the file carries is computed (or read from its cache) here, never on the engine thread.
+        await Task.Run(_loop.PrepareWeightsHash, cancellationToken).ConfigureAwait(false);
+        return await RunSideWorkAsync(tokens, (id, _) => _loop.WritePrefix(path, tokens, id, saved), () => saved, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
     /// Adopts a prefix file written by <see cref="SavePrefixAsync"/> into the KV cache, pinned for the engine's lifetime:
     /// requests whose prompt starts with its tokens skip their prefill.
     /// </summary>
+    /// <remarks>
+    /// The file is read and checked on a pool thread; its blocks then enter the pool as a scheduled request whose chunks
+    /// copy them in instead of computing them: it shares the engine's steps with running requests, waits for free blocks
+    /// when the pool is full, counts against <see cref="EngineOptions.MaxWaitingRequests"/> and, when cancelled, frees
+    /// every block it took.
+    /// </remarks>
     /// <returns>The number of tokens adopted.</returns>
     /// <exception cref="ModelFormatException">The file is malformed, or was made by another model, tokenizer, RoPE configuration or KV type.</exception>
+    /// <exception cref="ArgumentException">The file holds as many tokens as the context or more.</exception>
+    /// <exception cref="RequestQueueFullException">Too many requests wait to start.</exception>
     public Task<int> LoadPrefixAsync(string path, CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         cancellationToken.ThrowIfCancellationRequested();
-        return _loop.InvokeAsync(l => l.LoadPrefix(path));
+        return LoadPrefixCoreAsync(path, cancellationToken);
+    }
+
+    private async Task<int> LoadPrefixCoreAsync(string path, CancellationToken cancellationToken)
+    {
+        var file = await Task.Run(() => _loop.OpenPrefix(path), cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (file.Tokens.Length >= ContextLength)
+                throw new ArgumentException($"{path} holds {file.Tokens.Length} tokens; the context holds {ContextLength} (prompt and at least 1 generated token)", nameof(path));
+            var request = CreateRequest(file.Tokens, SideWorkSampling);
+            request.PrefixSource = file;
+            var stream = new GenerationStream(request, _loop.Submit, cancellationToken);
+            stream.Start();
+            try
+            {
+                await stream.CompleteAsync().ConfigureAwait(false);
+            }
+            finally
+            {
+                // The engine thread reads the file until the request ends (a cancelled stream returns before that).
+                await ((Task)request.Completion.Task).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+            }
+            return file.Tokens.Length;
+        }
+        finally
+        {
+            file.Dispose();
+        }
     }
 
     private GenerationRequest CreateRequest(IReadOnlyList<int> promptTokens, SamplingOptions sampling)

@@ -151,13 +151,22 @@ public sealed class KvCacheManager
     /// Nothing changes when it returns false (too few free blocks).
     /// </summary>
     /// <exception cref="InvalidOperationException">The sequence already holds blocks.</exception>
-    public bool TryAllocate(long sequenceId, ReadOnlySpan<int> tokenIds, int maxNewTokenCount, out int hitTokenCount)
+    public bool TryAllocate(long sequenceId, ReadOnlySpan<int> tokenIds, int maxNewTokenCount, out int hitTokenCount) =>
+        TryAllocate(sequenceId, tokenIds, maxNewTokenCount, reuseCachedPrefix: true, out hitTokenCount);
+
+    /// <summary>
+    /// As <see cref="TryAllocate(long, ReadOnlySpan{int}, int, out int)"/>; with <paramref name="reuseCachedPrefix"/>
+    /// false nothing is taken from the prefix cache (every token is computed, for work that needs the logits at every
+    /// position), though the blocks it fills are still offered to later sequences.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The sequence already holds blocks.</exception>
+    public bool TryAllocate(long sequenceId, ReadOnlySpan<int> tokenIds, int maxNewTokenCount, bool reuseCachedPrefix, out int hitTokenCount)
     {
         if (tokenIds.IsEmpty) throw new ArgumentException("A sequence starts with at least one token.", nameof(tokenIds));
         ArgumentOutOfRangeException.ThrowIfLessThan(maxNewTokenCount, 1);
         if (_tables.ContainsKey(sequenceId)) throw new InvalidOperationException($"Sequence {sequenceId} already holds KV blocks.");
 
-        int hitBlocks = FindCachedBlocks(tokenIds);
+        int hitBlocks = reuseCachedPrefix ? FindCachedBlocks(tokenIds) : 0;
         int hit = hitBlocks * BlockSize;
         int newCount = Math.Min(maxNewTokenCount, tokenIds.Length - hit);
         int needed = BlocksFor(hit + newCount) - hitBlocks;
@@ -181,7 +190,7 @@ public sealed class KvCacheManager
         AppendSlots(table, tokenIds.Slice(hit, newCount));
         _tables.Add(sequenceId, table);
 
-        if (PrefixCaching == PrefixCachingMode.Enabled)
+        if (PrefixCaching == PrefixCachingMode.Enabled && reuseCachedPrefix)
         {
             _queriedTokenCount += tokenIds.Length;
             _hitTokenCount += hit;

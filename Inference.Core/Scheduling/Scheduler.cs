@@ -174,13 +174,13 @@ public sealed class Scheduler
                 i++;
                 continue;
             }
-            if (request.SpeculativeTokenCount > 0 && ClampChunk(newCount, budget) < newCount)
+            if (request.SpeculativeTokenCount > 0 && ClampChunk(request, newCount, budget) < newCount)
             {
                 // NOTE: proposals are verified whole or not at all; without room for them the request decodes one token.
                 request.ClearSpeculativeTokens();
                 newCount = request.TokenCount - request.ComputedTokenCount;
             }
-            newCount = ClampChunk(newCount, budget);
+            newCount = ClampChunk(request, newCount, budget);
             if (newCount == 0)
             {
                 i++;
@@ -237,12 +237,12 @@ public sealed class Scheduler
                 // NOTE: an evicting sequence starts with at most what it may hold before its first eviction, so a prefix
                 // hit never places a token past KeptTokenCount + a block; the rest is computed (and evicted) chunk by chunk.
                 if (KvCache.Eviction is { } eviction) tokens = tokens[..Math.Min(tokens.Length, eviction.KeptTokenCount + KvCache.BlockSize)];
-                int cached = KvCache.GetCachedPrefixTokenCount(tokens);
+                int cached = request.ReusesCachedPrefix ? KvCache.GetCachedPrefixTokenCount(tokens) : 0;
                 int remaining = tokens.Length - cached;
-                int newCount = ClampChunk(remaining, budget);
+                int newCount = ClampChunk(request, remaining, budget);
                 if (newCount == 0) break; // without chunking the rest does not fit this step; keep FCFS order
 
-                if (!KvCache.TryAllocate(request.RequestId, tokens, newCount, out int hit))
+                if (!KvCache.TryAllocate(request.RequestId, tokens, newCount, request.ReusesCachedPrefix, out int hit))
                 {
                     // Make room by preempting running requests whose consumer is not reading, if any; else wait.
                     int idle = LastIdleRunning();
@@ -345,12 +345,13 @@ public sealed class Scheduler
     /// <summary>A request whose consumer is not reading and which already produced output: leave it alone.</summary>
     private static bool IsIdle(SchedulerRequest r) => r.ConsumerState == ConsumerState.NotReading && r.OutputTokenCount > 0;
 
-    private int ClampChunk(int count, int budget)
+    private int ClampChunk(SchedulerRequest request, int count, int budget)
     {
         if (_options.ChunkedPrefill == ChunkedPrefillMode.Disabled) return count <= budget ? count : 0;
         if (_options.LongPrefillTokenThreshold > 0) count = Math.Min(count, _options.LongPrefillTokenThreshold);
         // NOTE: an evicting sequence appends at most its recent window at a time (see KvCacheManager.TryEvict).
         if (KvCache.Eviction is { } eviction) count = Math.Min(count, eviction.RecentTokens);
+        if (request.MaxChunkTokenCount > 0) count = Math.Min(count, request.MaxChunkTokenCount);
         return Math.Min(count, budget);
     }
 

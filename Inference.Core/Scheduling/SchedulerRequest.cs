@@ -53,6 +53,26 @@ public sealed class SchedulerRequest
         }
     }
 
+    /// <summary>
+    /// Whether admission reuses the longest cached prefix of the known tokens (default). False makes every token be
+    /// computed, for work that needs the logits at every prompt position (prompt log-probabilities).
+    /// </summary>
+    public bool ReusesCachedPrefix { get; set; } = true;
+
+    /// <summary>
+    /// Most tokens of one chunk of this request under chunked prefill, 0 for no limit beyond the step's budget (work
+    /// that keeps the logits of every position bounds the rows of one step with it).
+    /// </summary>
+    public int MaxChunkTokenCount
+    {
+        get;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(value);
+            field = value;
+        }
+    }
+
     /// <summary>Whether the consumer keeps up with the output; the engine sets it (see <see cref="Scheduling.ConsumerState"/>).</summary>
     public ConsumerState ConsumerState
     {
