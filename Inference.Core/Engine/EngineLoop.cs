@@ -710,6 +710,9 @@ internal sealed partial class EngineLoop : IAsyncDisposable
     /// <summary>Computes the hash of every weight if not yet known (any thread), so the engine thread never does.</summary>
     public void PrepareWeightsHash() => _ = _identity.Weights?.Value;
 
+    /// <summary>The weights hash (after <see cref="PrepareWeightsHash"/>); zero when the identity has none.</summary>
+    public UInt128 WeightsHash => _identity.Weights?.Value ?? 0;
+
     private void FailAll(Exception error)
     {
         _incoming.Writer.TryComplete();

@@ -118,6 +118,16 @@ public sealed record EngineOptions
     /// </summary>
     public KvEvictionOptions? KvEviction { get; init; }
 
+    /// <summary>
+    /// Where the per-tensor hashes of the weights that prefix files carry are cached between runs, so that a model's
+    /// first prefix save or load does not read every weight byte again: null (the default) for the user's cache folder
+    /// (<c>$XDG_CACHE_HOME</c> or <c>~/.cache</c>, on Windows the local application data folder, then
+    /// <c>inference/weight-hashes</c>), a directory (the model's own folder keeps them beside the model), or an empty
+    /// string for no cache. The cache is checked before use (its checksum, the model files' sizes, times and first and
+    /// last 64 KiB, and a random sample of tensors hashed again) and rebuilt when stale or corrupt.
+    /// </summary>
+    public string? WeightHashCacheDirectory { get; init; }
+
     /// <summary>What to do with a prompt longer than the context.</summary>
     public PromptOverflow PromptOverflow { get; init; } = PromptOverflow.Reject;
 

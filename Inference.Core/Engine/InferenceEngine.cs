@@ -27,7 +27,7 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
     private long _nextRequestId;
     private readonly HashSet<int> _stopTokens;  // end-of-generation ids beyond the tokenizer's own (HF generation_config)
 
-    private InferenceEngine(LoadedModel files, LlamaModel model, EngineOptions options, IForwardExecutorFactory? executorFactory)
+    private InferenceEngine(LoadedModel files, LlamaModel model, EngineOptions options, IForwardExecutorFactory? executorFactory, string path)
     {
         _files = files;
         _metadata = files.Metadata;
@@ -38,7 +38,12 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
         Tokenizer = files.Tokenizer;
         Options = options;
         ContextLength = options.ContextLength ?? LoadedModel.DefaultContextWindow(Config);
-        var identity = PrefixIdentity.Compute(model, Tokenizer, options.KvCache);
+        // The files the weights come from key the cache of their hashes: the GGUF file, or the checkpoint's safetensors.
+        string[] weightFiles = Directory.Exists(path) ? Directory.GetFiles(path, "*.safetensors") : [path];
+        Array.Sort(weightFiles, StringComparer.Ordinal);
+        var weightsCache = new WeightHashCache(model, WeightHashCache.PathFor(path, options.WeightHashCacheDirectory), weightFiles, options.Quantization?.ToString() ?? "stored");
+        var identity = PrefixIdentity.Compute(model, Tokenizer, options.KvCache, weightsCache);
+        WeightsCache = weightsCache;
         PrefixSalt = identity.Salt;
         options.Speculative?.Validate();
         var draft = options.Speculative is { Method: Speculative.SpeculativeMethod.DraftModel, DraftModel: { } draftPath }
@@ -96,6 +101,19 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
     /// <summary>Running and waiting requests, preemptions and KV cache blocks after the engine's latest step.</summary>
     public EngineStats Stats => _loop.Stats;
 
+    /// <summary>The cache of the weights hash prefix files carry (tests read what it did).</summary>
+    internal WeightHashCache WeightsCache { get; }
+
+    /// <summary>The hash of every weight that prefix files carry (computed, or read from its cache, on first use).</summary>
+    internal UInt128 WeightsHash
+    {
+        get
+        {
+            _loop.PrepareWeightsHash();
+            return _loop.WeightsHash;
+        }
+    }
+
     /// <summary>The engine loop (tests hook its steps).</summary>
     internal EngineLoop Loop => _loop;
 
@@ -124,7 +142,7 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
                 _ = files.Metadata; // a checkpoint's tokenizer.json as GGUF keys (chat templates), refused now if malformed
                 var model = new LlamaModel(Weights(files.Weights, files.Config, options, progress, cancellationToken), files.Config);
                 progress?.Report(1f);
-                return new InferenceEngine(files, model, options, factory);
+                return new InferenceEngine(files, model, options, factory, path);
             }
             catch
             {

@@ -20,6 +20,9 @@ internal sealed record PrefixIdentity(ulong Model, ulong Tokenizer, ulong Rope, 
     /// </summary>
     public Lazy<UInt128>? Weights { get; init; }
 
+    /// <summary>Computes <see cref="Weights"/> through its cache; null when <see cref="Weights"/> is.</summary>
+    public WeightHashCache? WeightsCache { get; init; }
+
     /// <summary>The block-hash salt.</summary>
     public long Salt
     {
@@ -34,7 +37,7 @@ internal sealed record PrefixIdentity(ulong Model, ulong Tokenizer, ulong Rope, 
         }
     }
 
-    public static PrefixIdentity Compute(LlamaModel model, ModelTokenizer tokenizer, KvCacheOptions kv)
+    public static PrefixIdentity Compute(LlamaModel model, ModelTokenizer tokenizer, KvCacheOptions kv, WeightHashCache? weightsCache = null)
     {
         var config = model.Config;
         var modelHash = new XxHash64();
@@ -55,7 +58,8 @@ internal sealed record PrefixIdentity(ulong Model, ulong Tokenizer, ulong Rope, 
         ulong kvHash = XxHash64.HashToUInt64(Encoding.UTF8.GetBytes($"{kv.DataType}/{kv.BlockSize}"));
         return new PrefixIdentity(modelHash.GetCurrentHashAsUInt64(), tokenizerHash.GetCurrentHashAsUInt64(), rope, kvHash)
         {
-            Weights = new Lazy<UInt128>(model.HashWeights),
+            Weights = weightsCache is null ? new Lazy<UInt128>(model.HashWeights) : new Lazy<UInt128>(weightsCache.GetHash),
+            WeightsCache = weightsCache,
         };
     }
 }

@@ -91,28 +91,44 @@ public sealed class LlamaModel
     /// together. Two models hash alike only when every weight is equal, so a fine-tune of the same shapes differs. Reads
     /// every weight byte once (at memory speed once the weights are paged in).
     /// </summary>
-    internal unsafe UInt128 HashWeights()
+    internal UInt128 HashWeights()
+    {
+        var hashes = new UInt128[Graph.Weights.Length];
+        Parallel.For(0, hashes.Length, i => hashes[i] = HashWeight(i));
+        return CombineWeightHashes(DescribeWeights(), hashes);
+    }
+
+    /// <summary>The XXH3-128 of weight <paramref name="index"/> (in <see cref="ModelGraph.Weights"/> order) as bound.</summary>
+    internal unsafe UInt128 HashWeight(int index)
+    {
+        var hash = new System.IO.Hashing.XxHash128();
+        if (_vectors[index] is { } vector) hash.Append(System.Runtime.InteropServices.MemoryMarshal.AsBytes(vector.AsSpan()));
+        else
+        {
+            var w = _stored[index];
+            long total = w.RowBytes * w.Rows;
+            for (long at = 0; at < total; at += 1 << 30)
+                hash.Append(new ReadOnlySpan<byte>(w.Data + at, (int)Math.Min(1 << 30, total - at)));
+        }
+        return hash.GetCurrentHashAsUInt128();
+    }
+
+    /// <summary>"name/type/rowsxcols" of every weight, in <see cref="ModelGraph.Weights"/> order.</summary>
+    internal string[] DescribeWeights()
     {
         var specs = Graph.Weights;
-        var hashes = new UInt128[specs.Length];
-        Parallel.For(0, specs.Length, i =>
-        {
-            var hash = new System.IO.Hashing.XxHash128();
-            if (_vectors[i] is { } vector) hash.Append(System.Runtime.InteropServices.MemoryMarshal.AsBytes(vector.AsSpan()));
-            else
-            {
-                var w = _stored[i];
-                long total = w.RowBytes * w.Rows;
-                for (long at = 0; at < total; at += 1 << 30)
-                    hash.Append(new ReadOnlySpan<byte>(w.Data + at, (int)Math.Min(1 << 30, total - at)));
-            }
-            hashes[i] = hash.GetCurrentHashAsUInt128();
-        });
-        var all = new System.IO.Hashing.XxHash128();
+        var result = new string[specs.Length];
         for (int i = 0; i < specs.Length; i++)
-        {
-            all.Append(System.Text.Encoding.UTF8.GetBytes($"{specs[i].Name}/{(specs[i].IsMatrix ? _stored[i].Type.ToString() : "f32")}/{specs[i].Rows}x{specs[i].Cols}/{hashes[i]}\n"));
-        }
+            result[i] = $"{specs[i].Name}/{(specs[i].IsMatrix ? _stored[i].Type.ToString() : "f32")}/{specs[i].Rows}x{specs[i].Cols}";
+        return result;
+    }
+
+    /// <summary>The names, types, shapes and per-tensor hashes hashed together (<see cref="HashWeights"/>).</summary>
+    internal static UInt128 CombineWeightHashes(string[] descriptors, ReadOnlySpan<UInt128> hashes)
+    {
+        var all = new System.IO.Hashing.XxHash128();
+        for (int i = 0; i < descriptors.Length; i++)
+            all.Append(System.Text.Encoding.UTF8.GetBytes($"{descriptors[i]}/{hashes[i]}\n"));
         return all.GetCurrentHashAsUInt128();
     }
 
