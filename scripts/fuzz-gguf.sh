@@ -1,45 +1,4 @@
 #!/usr/bin/env bash
-# Fuzzes the GGUF header parser (GgufFile) with AFL++ and SharpFuzz.
-#
-# Needs: afl++ (apt-get install afl++), the SharpFuzz instrumenter
-#   (dotnet tool install --global SharpFuzz.CommandLine --version 2.3.0), and ../shared/testdata for the seeds.
-# Usage: scripts/fuzz-gguf.sh [EXECUTIONS] [MAX_SECONDS]   (defaults: 1000000 executions, at most 3600 s)
-#        INFERENCE_FUZZ_SELFTEST=1 scripts/fuzz-gguf.sh 1000 60   makes every input throw: afl-fuzz must stop at its
-#        dry run reporting a crash, which proves that crashes are detected at all.
-# Output: artifacts/fuzz-gguf/findings (AFL's queue, crashes/, hangs/, fuzzer_stats).
-set -euo pipefail
-
-EXECS="${1:-1000000}"
-MAX_SECONDS="${2:-3600}"
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-OUT="$ROOT/artifacts/fuzz-gguf"
-BIN="$OUT/bin"          # instrumented copy, only usable under afl-fuzz
-PLAIN="$OUT/bin-plain"  # uninstrumented copy: seeds and replays
-export PATH="$PATH:$HOME/.dotnet/tools"
-
-rm -rf "$BIN" "$PLAIN" "$OUT/seeds"
-mkdir -p "$OUT"
-dotnet publish "$ROOT/fuzz/Inference.Fuzz/Inference.Fuzz.csproj" -c Release -o "$PLAIN" --nologo -v quiet
-cp -r "$PLAIN" "$BIN"
-# Instrument only the library under test (in place, in the fuzzing copy).
-sharpfuzz "$BIN/Inference.Core.dll"
-
-dotnet "$PLAIN/Inference.Fuzz.dll" --make-seeds "$ROOT/../shared/testdata" "$OUT/seeds"
-# Sanity check: every seed parses or fails with ModelFormatException outside the fuzzer.
-env -u INFERENCE_FUZZ_SELFTEST dotnet "$PLAIN/Inference.Fuzz.dll" --replay "$OUT/seeds"
-
-# NOTE: dotnet itself is not instrumented (SharpFuzz reports coverage from the managed code), so the binary check is
-# skipped; the remaining variables make AFL++ run on a shared machine without root-only system tuning.
-export AFL_SKIP_BIN_CHECK=1 AFL_SKIP_CPUFREQ=1 AFL_NO_AFFINITY=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1
-export DOTNET_TieredPGO=0
-RESUME="-i $OUT/seeds"
-if [[ -d "$OUT/findings/default/queue" ]]; then RESUME="-i -"; fi
-timeout "$((MAX_SECONDS + 120))" afl-fuzz $RESUME -o "$OUT/findings" -t 5000 -m none -E "$EXECS" -V "$MAX_SECONDS" \
-  -- dotnet "$BIN/Inference.Fuzz.dll" || true
-
-STATS="$OUT/findings/default/fuzzer_stats"
-grep -E '^(start_time|last_update|run_time|execs_done|execs_per_sec|saved_crashes|saved_hangs|corpus_count)' "$STATS"
-# Replay whatever AFL saved as crashes outside the fuzzer, with the exception printed.
-if compgen -G "$OUT/findings/default/crashes/id*" > /dev/null; then
-  dotnet "$PLAIN/Inference.Fuzz.dll" --replay "$OUT/findings/default/crashes" || true
-fi
+# Fuzzes the GGUF header parser (GgufFile) with AFL++ and SharpFuzz: scripts/fuzz-target.sh gguf.
+# Usage: scripts/fuzz-gguf.sh [EXECUTIONS] [MAX_SECONDS]   (see scripts/fuzz-target.sh)
+exec "$(dirname "$0")/fuzz-target.sh" gguf "$@"

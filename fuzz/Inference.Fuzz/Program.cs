@@ -1,27 +1,45 @@
 using Inference.Loading;
 using SharpFuzz;
 
-// GGUF header fuzz harness.
-//   Inference.Fuzz                      run under afl-fuzz (input on stdin / the file afl-fuzz passes)
-//   Inference.Fuzz --replay DIR|FILE    parse every file once outside the fuzzer and report non-ModelFormatException outcomes
-//   Inference.Fuzz --make-seeds TESTDATA OUTDIR   write the seed corpus
-// NOTE: every outcome other than a successful load or a ModelFormatException escapes the harness and counts as a crash.
+// Fuzz harness for untrusted input: GGUF headers, chat templates, tokenizers (text and GGUF vocabularies) and the
+// server's request JSON.
+//   Inference.Fuzz [--target T]                     run target T under afl-fuzz (gguf when omitted)
+//   Inference.Fuzz [--target T] --replay DIR|FILE   run every file once outside the fuzzer and report contract breaks
+//   Inference.Fuzz [--target T] --make-seeds TESTDATA OUTDIR   write T's seed corpus
+// Targets: gguf, template, tokenizer, vocab, request.
+// NOTE: every outcome other than success or the target's documented exception escapes the harness and counts as a crash.
 
+string target = "gguf";
+if (args.Length >= 2 && args[0] == "--target")
+{
+    target = args[1];
+    args = args[2..];
+}
+Action<byte[]> one = target switch
+{
+    "gguf" => Harness.ParseOne,
+    "template" => Targets.Template,
+    "tokenizer" => Targets.Tokenize,
+    "vocab" => Targets.Vocabulary,
+    "request" => Targets.Request,
+    _ => throw new ArgumentException($"unknown target '{target}' (gguf, template, tokenizer, vocab, request)"),
+};
 if (args.Length >= 2 && args[0] == "--make-seeds")
 {
-    Seeds.Make(args[1], args[2]);
+    if (target == "gguf") Seeds.Make(args[1], args[2]);
+    else Targets.MakeSeeds(target, args[1], args[2]);
     return 0;
 }
-if (args.Length >= 2 && args[0] == "--replay")
+if (args.Length >= 2 && args[^2] == "--replay")
 {
-    return Harness.Replay(args[1]);
+    return Harness.Replay(args[^1], one);
 }
 
 Fuzzer.Run(stream =>
 {
     using var ms = new MemoryStream();
     stream.CopyTo(ms);
-    Harness.ParseOne(ms.ToArray());
+    one(ms.ToArray());
 });
 return 0;
 
@@ -56,7 +74,7 @@ internal static class Harness
             throw new InvalidOperationException($"allocated {allocated} bytes for a {bytes.Length}-byte input");
     }
 
-    public static int Replay(string path)
+    public static int Replay(string path, Action<byte[]> one)
     {
         var files = Directory.Exists(path) ? Directory.GetFiles(path, "*", SearchOption.AllDirectories) : [path];
         int failures = 0;
@@ -64,7 +82,7 @@ internal static class Harness
         {
             try
             {
-                ParseOne(File.ReadAllBytes(f));
+                one(File.ReadAllBytes(f));
             }
             catch (Exception e)
             {

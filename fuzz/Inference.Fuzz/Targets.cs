@@ -1,0 +1,184 @@
+using System.Text;
+using System.Text.Json;
+using Inference.Chat;
+using Inference.Loading;
+using Inference.Server;
+using Inference.Tokenization;
+
+/// <summary>
+/// Fuzz targets beyond the GGUF header: each runs one input and throws (a crash to AFL) only when the input breaks the
+/// target's contract.
+/// </summary>
+internal static class Targets
+{
+    private static readonly List<ChatMessage> Messages =
+    [
+        new(ChatRole.System, "Be brief."),
+        new(ChatRole.User, "Hi {{ there }} {% x %}"),
+        new(ChatRole.Assistant, "Hello."),
+        new(ChatRole.User, "Bye \U0001F600"),
+    ];
+
+    private static readonly ChatTemplateOptions TemplateOptions = new() { BosToken = "<s>", EosToken = "</s>" };
+
+    /// <summary>A chat template (UTF-8): it parses and renders, or is refused with ChatTemplateException.</summary>
+    public static void Template(byte[] input)
+    {
+        string source = Encoding.UTF8.GetString(input);
+        try
+        {
+            ChatTemplate.Parse(source).Render(Messages, TemplateOptions);
+        }
+        catch (ChatTemplateException e) when (e.Message.Length > 0)
+        {
+        }
+    }
+
+    private static readonly List<(ModelTokenizer Tokenizer, bool ByteLevel)> Tokenizers = [];
+
+    // NOTE: loaded on the first input, inside Fuzzer.Run: instrumented code must not run before the fuzzer sets up its
+    // coverage map (the fork server aborts with signal 6 otherwise).
+    private static void LoadTokenizers(string testData)
+    {
+        foreach (var (file, byteLevel) in new[]
+        {
+            ("stories260K.gguf", false), ("vocab/ggml-vocab-llama-spm.gguf", false), ("vocab/ggml-vocab-phi-3.gguf", false),
+            ("vocab/ggml-vocab-gpt-2.gguf", true), ("vocab/ggml-vocab-deepseek-llm.gguf", true),
+        })
+        {
+            using var gguf = GgufFile.Open(Path.Combine(testData, file));
+            Tokenizers.Add((ModelTokenizer.FromGguf(gguf), byteLevel));
+        }
+    }
+
+    /// <summary>
+    /// Text for one of five real tokenizers. The first byte picks the tokenizer, whether special-token texts are parsed
+    /// and whether the rest is read as UTF-8 or as raw UTF-16 units (lone surrogates included). Ids must be in the
+    /// vocabulary, decoding must not throw, and byte-level BPE must give well-formed text back exactly.
+    /// </summary>
+    public static void Tokenize(byte[] input)
+    {
+        if (Tokenizers.Count == 0) LoadTokenizers(Environment.GetEnvironmentVariable("INFERENCE_TESTDATA") ?? "../shared/testdata");
+        if (input.Length == 0) return;
+        var (tokenizer, byteLevel) = Tokenizers[input[0] % Tokenizers.Count];
+        bool special = (input[0] & 0x10) != 0, utf16 = (input[0] & 0x20) != 0;
+        var rest = input.AsSpan(1);
+        string text = utf16 ? new string(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, char>(rest[..(rest.Length & ~1)])) : Encoding.UTF8.GetString(rest);
+        int[] ids = tokenizer.Encode(text, addSpecial: special, special ? SpecialTokenText.Token : SpecialTokenText.Literal);
+        foreach (int id in ids)
+            if ((uint)id >= (uint)tokenizer.VocabularySize) throw new InvalidOperationException($"id {id} outside the vocabulary of {tokenizer.VocabularySize}");
+        string decoded = tokenizer.Decode(ids);
+        if (byteLevel && !special && !text.AsSpan().ContainsAnyInRange('\uD800', '\uDFFF') && decoded != text)
+            throw new InvalidOperationException("byte-level BPE did not give the text back");
+    }
+
+    /// <summary>A GGUF file holding a vocabulary: it loads as a tokenizer (which then encodes a text) or is refused with ModelFormatException.</summary>
+    public static void Vocabulary(byte[] input)
+    {
+        try
+        {
+            using var gguf = GgufFile.OpenBuffer(input, "fuzz-vocab.gguf");
+            var tokenizer = ModelTokenizer.FromGguf(gguf);
+            int[] ids = tokenizer.Encode("Hello wörld <s> 😀 \u00a0 12345", addSpecial: true, SpecialTokenText.Token);
+            foreach (int id in ids)
+                if ((uint)id >= (uint)tokenizer.VocabularySize) throw new InvalidOperationException($"id {id} outside the vocabulary of {tokenizer.VocabularySize}");
+            tokenizer.Decode(ids);
+        }
+        catch (ModelFormatException e) when (!e.Message.Contains('\n'))
+        {
+        }
+    }
+
+    /// <summary>A request body: not JSON, or parsed as a chat or completions request, or refused with a 400 OpenAiError.</summary>
+    public static void Request(byte[] input)
+    {
+        JsonDocument document;
+        try
+        {
+            document = JsonDocument.Parse(input);
+        }
+        catch (JsonException)
+        {
+            return;
+        }
+        using (document)
+        {
+            var root = document.RootElement;
+            bool chat = root.ValueKind == JsonValueKind.Object && root.TryGetProperty("messages", out _);
+            try
+            {
+                if (chat) OpenAiRequest.ParseChat(root, 16);
+                else OpenAiRequest.ParseCompletion(root, 16, 32);
+            }
+            catch (OpenAiError e) when (e.Status == 400)
+            {
+            }
+        }
+    }
+
+    public static void MakeSeeds(string target, string testData, string outDir)
+    {
+        Directory.CreateDirectory(outDir);
+        switch (target)
+        {
+            case "template":
+                foreach (var (name, source) in TemplateSeeds)
+                    File.WriteAllText(Path.Combine(outDir, name + ".jinja"), source);
+                break;
+            case "tokenizer":
+                byte k = 0;
+                foreach (var text in new[] { "Once upon a time, there was a little girl.", "Hello wörld 😀 \t\n  x", "<s>[INST] hi [/INST]</s>", "12345 678.9 don't", "日本語のテキスト" })
+                    for (int flags = 0; flags < 2; flags++, k++)
+                        File.WriteAllBytes(Path.Combine(outDir, $"text-{k}"), [(byte)(k | (flags << 4)), .. Encoding.UTF8.GetBytes(text)]);
+                break;
+            case "vocab":
+                WriteVocab(Path.Combine(outDir, "spm.gguf"), "llama", ["<unk>", "<s>", "</s>", "▁", "▁a", "b", "<0x41>", "ab"], [0, 0, 0, -1, -2, -3, 0, -4], [2, 3, 3, 1, 1, 1, 6, 4], null);
+                WriteVocab(Path.Combine(outDir, "bpe.gguf"), "gpt2", ["a", "b", "ab", "Ġ", "Ġa", "<|endoftext|>"], null, [1, 1, 1, 1, 1, 3], ["a b", "Ġ a"]);
+                break;
+            case "request":
+                foreach (var (name, body) in RequestSeeds) File.WriteAllText(Path.Combine(outDir, name + ".json"), body);
+                break;
+        }
+    }
+
+    private static void WriteVocab(string path, string model, string[] tokens, float[]? scores, int[] types, string[]? merges)
+    {
+        using var w = GgufWriter.Create(path, new GgufWriterOptions());
+        w.AddString("general.architecture", "llama");
+        w.AddString("tokenizer.ggml.model", model);
+        if (model == "gpt2") w.AddString("tokenizer.ggml.pre", "gpt-2");
+        w.AddStringArray("tokenizer.ggml.tokens", tokens);
+        if (scores is not null) w.AddArray<float>("tokenizer.ggml.scores", scores);
+        w.AddArray<int>("tokenizer.ggml.token_type", types);
+        if (merges is not null) w.AddStringArray("tokenizer.ggml.merges", merges);
+        if (model == "llama")
+        {
+            w.AddUInt32("tokenizer.ggml.unknown_token_id", 0);
+            w.AddUInt32("tokenizer.ggml.bos_token_id", 1);
+            w.AddUInt32("tokenizer.ggml.eos_token_id", 2);
+        }
+        else
+        {
+            w.AddUInt32("tokenizer.ggml.eos_token_id", (uint)tokens.Length - 1);
+        }
+        w.WriteHeader();
+        w.Complete();
+    }
+
+    private static readonly (string Name, string Source)[] TemplateSeeds =
+    [
+        ("chatml", "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
+        ("llama2", "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"),
+        ("macro", "{%- macro render(m) -%}{{ m.role | upper }}: {{ m.content | trim }}{%- endmacro -%}{%- for m in messages|selectattr('role', 'ne', 'tool') -%}{{ render(m) }}{{ '\\n' if not loop.last }}{%- endfor -%}{%- if add_generation_prompt %}ASSISTANT:{% endif %}"),
+        ("filters", "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + m.content|length %}{{ m.content|replace('a','b')|lower ~ (m.content|tojson) }}{% endfor %}{{ ns.n }}{{ [1,2,3]|join(',') }}{{ {'a': 1}|items|list }}{{ range(3)|list }}"),
+    ];
+
+    private static readonly (string Name, string Body)[] RequestSeeds =
+    [
+        ("chat", """{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi"}]}],"max_tokens":16,"temperature":0.7,"top_p":0.9,"stop":["\n","END"],"n":2,"seed":3,"logprobs":true,"top_logprobs":2,"stream":true,"stream_options":{"include_usage":true}}"""),
+        ("tools", """{"model":"m","messages":[{"role":"user","content":"weather?"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"get","arguments":"{\"city\":\"Paris\"}"}}]},{"role":"tool","tool_call_id":"c1","content":"sunny"}],"tools":[{"type":"function","function":{"name":"get","description":"d","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}],"tool_choice":{"type":"function","function":{"name":"get"}}}"""),
+        ("schema", """{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"s","strict":true,"schema":{"type":"object","properties":{"a":{"type":"integer","minimum":0},"b":{"type":"array","items":{"enum":["x","y"]}}},"required":["a"]}}}}"""),
+        ("completion", """{"model":"m","prompt":["Once upon", "a time"],"max_tokens":8,"echo":true,"logprobs":2,"best_of":1,"stop":"."}"""),
+        ("tokens", """{"model":"m","prompt":[[1,2,3],[4,5]],"max_tokens":4,"guided_regex":"[a-z]+","guided_choice":null}"""),
+    ];
+}
