@@ -33,6 +33,15 @@ internal sealed class CudaForwardExecutorFactory : IForwardExecutorFactory
         }
     }
 
+    /// <summary>Free and total memory of the device (cuMemGetInfo) in a context of its own, before anything is loaded.</summary>
+    public (long Free, long Total)? GetDeviceMemory()
+    {
+        using var backend = CudaBackend.Create(_options.DeviceIndex);
+        backend.Bind();
+        return ILGPU.Runtime.Cuda.CudaAPI.CurrentAPI.GetMemoryInfo(out long free, out long total) == ILGPU.Runtime.Cuda.CudaError.CUDA_SUCCESS
+            ? (free, total) : null;
+    }
+
     public IForwardExecutor Create(ForwardExecutorContext context)
     {
         var backend = CudaBackend.Create(_options.DeviceIndex);

@@ -47,9 +47,14 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         var c = model.Config;
         ContextLength = contextLength;
         // NOTE: more blocks than MaxNumSeqs full contexts (twice over, for cached prefixes) can never be used.
-        long cap = 2L * options.MaxNumSeqs * ((contextLength + options.KvCache.BlockSize - 1) / options.KvCache.BlockSize)
-            * KvCacheStorage.GetBlockByteCount(c.LayerCount, options.KvCache.BlockSize, c.KvHeadCount, c.HeadDim, options.KvCache.DataType);
-        var kvOptions = options.KvCache with { PoolBytes = Math.Min(options.KvCache.ResolvePoolBytes(), cap) };
+        long blockBytes = KvCacheStorage.GetBlockByteCount(c.LayerCount, options.KvCache.BlockSize, c.KvHeadCount, c.HeadDim, options.KvCache.DataType);
+        long cap = 2L * options.MaxNumSeqs * ((contextLength + options.KvCache.BlockSize - 1) / options.KvCache.BlockSize) * blockBytes;
+        // NOTE: vLLM's rule: the engine may use fraction × total (device memory on a GPU, the process's available memory on
+        // the CPU); the pool gets what the weights and a full step's activations leave of it.
+        var device = options.TensorParallelSize > 1 ? null : factory?.GetDeviceMemory();
+        MemoryPlan = KvMemoryPlan.Create(options.KvCache, device?.Total ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes, device?.Free,
+            model.WeightBytes, model.ActivationBytes(options.MaxNumBatchedTokens), cap, blockBytes);
+        var kvOptions = options.KvCache with { PoolBytes = Math.Max(MemoryPlan.PoolBytes, blockBytes) };
         int blockCount = KvCacheStorage.GetRequiredBlockCount(kvOptions, c.LayerCount, c.KvHeadCount, c.HeadDim);
         _identity = identity;
         if (options.KvEviction is { } eviction)
@@ -90,6 +95,9 @@ internal sealed partial class EngineLoop : IAsyncDisposable
     }
 
     public int ContextLength { get; }
+
+    /// <summary>How the KV pool was sized.</summary>
+    public KvMemoryPlan MemoryPlan { get; }
 
     /// <summary>The hardware the forward pass runs on.</summary>
     public Device Device => _executor.Device;

@@ -40,6 +40,12 @@ internal interface IForwardExecutorFactory
     /// <summary>Why no executor can be created on this machine (one line), or null when one can.</summary>
     string? UnavailableReason { get; }
 
+    /// <summary>
+    /// Free and total memory of the device the executor will run on, before anything is loaded, for sizing the KV pool
+    /// (<see cref="KvCache.KvMemoryPlan"/>); null when the host's memory is the limit.
+    /// </summary>
+    (long Free, long Total)? GetDeviceMemory() => null;
+
     /// <summary>Creates an executor with the model's weights and a KV pool of <see cref="ForwardExecutorContext.BlockCount"/> blocks.</summary>
     IForwardExecutor Create(ForwardExecutorContext context);
 }

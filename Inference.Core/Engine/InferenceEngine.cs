@@ -80,6 +80,12 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
     /// <summary>Number of weights of the model.</summary>
     public long ParameterCount { get; }
 
+    /// <summary>
+    /// How the KV pool was sized (vLLM's rule: <c>--gpu-memory-utilization</c> × total memory − weights − activations,
+    /// capped at what max-num-seqs full contexts can use), with its block count and token capacity.
+    /// </summary>
+    public KvCache.KvMemoryPlan KvMemory => _loop.MemoryPlan;
+
     /// <summary>KV cache bytes one token takes: 2 · layers · kvHeads · (bytes of a head's row: headDim values, or headDim / 32 blocks of 34 bytes for Q8_0 and FP8).</summary>
     public long KvBytesPerToken => KvCache.KvCacheStorage.GetTokenByteCount(Config.LayerCount, Config.KvHeadCount, Config.HeadDim, Options.KvCache.DataType);
 

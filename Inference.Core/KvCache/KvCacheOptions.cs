@@ -35,7 +35,11 @@ public sealed record KvCacheOptions
         }
     }
 
-    /// <summary>Fraction (0, 1] of the memory available to the process used for the pool when <see cref="PoolBytes"/> is null. Default 0.25.</summary>
+    /// <summary>
+    /// Fraction (0, 1] of the memory the engine may use when <see cref="PoolBytes"/> is null (vLLM's
+    /// <c>gpu_memory_utilization</c>): the device's memory on a GPU, the memory available to the process on the CPU. The
+    /// engine's pool gets fraction × total − weights − activations (<see cref="KvMemoryPlan"/>). Default 0.25.
+    /// </summary>
     public double MemoryFraction
     {
         get;

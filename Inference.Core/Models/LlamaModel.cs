@@ -181,6 +181,31 @@ public sealed class LlamaModel
         _prepared = true;
     }
 
+    /// <summary>Bytes of the weights as bound (each stored tensor once, vectors as floats): what the KV pool's memory rule subtracts.</summary>
+    internal long WeightBytes
+    {
+        get
+        {
+            long total = 0;
+            var seen = new HashSet<string>();
+            var specs = Graph.Weights;
+            for (int i = 0; i < specs.Length; i++)
+            {
+                if (!seen.Add(specs[i].Name)) continue;
+                total += specs[i].IsMatrix ? _stored[i].RowBytes * specs[i].TensorRows : 4L * specs[i].Rows;
+            }
+            return total;
+        }
+    }
+
+    /// <summary>Bytes of the activation buffers of a step of <paramref name="tokenCount"/> tokens (every buffer of the graph, floats).</summary>
+    internal long ActivationBytes(int tokenCount)
+    {
+        long floats = 0;
+        foreach (var b in Graph.Buffers) floats += (long)b.Width * tokenCount;
+        return 4 * floats;
+    }
+
     /// <summary>Where the weights are bound (device executors upload them from here).</summary>
     internal IWeightSource Weights { get; }
 

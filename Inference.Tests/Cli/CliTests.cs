@@ -178,6 +178,16 @@ public class CliTests
     }
 
     [Test]
+    public void Info_PrintsTheKvPoolFormula_AndWhatFits()
+    {
+        var (code, stdout, stderr) = Run("info", "--gpu-memory-utilization", "0.5", "--max-model-len", "256", "--max-num-seqs", "4");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Match(@"KV pool +0\.5 × [0-9.]+ GiB − [0-9.]+ (KiB|MiB) weights − [0-9.]+ (KiB|MiB) activations = [0-9.]+ GiB; capped at [0-9.]+ MiB \(2 · 4 max-num-seqs · 256 tokens\)"));
+        // 2 · 4 · 256 tokens of 640 bytes (f16) = 128 blocks of 16.
+        Assert.That(stdout, Does.Contain("KV pool fits     128 blocks × 16 tokens = 2,048 tokens: 8 sequences of 256 tokens"));
+    }
+
+    [Test]
     public void Chat_AnswersEachLine_AndReusesTheConversationPrefix()
     {
         var (code, stdout, stderr) = RunWithInput("Hello there\nTell me a story\n", "chat", "--max-tokens", "20", "--temperature", "0");

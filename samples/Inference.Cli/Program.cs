@@ -141,6 +141,12 @@ public static class Program
                 : $"{c.HeadDim} · {KvBlockFormat.ByteCount(kvType, 1)} bytes";
             Console.Out.WriteLine($"KV per token     {engine.KvBytesPerToken:N0} bytes (2 · {c.LayerCount} layers · {c.KvHeadCount} KV heads · {row}, {KvBlockFormat.Name(kvType)})");
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"KV capacity      {(long)(budget / engine.KvBytesPerToken):N0} tokens in {result.GetValue(memoryOption):G} GiB"));
+            // NOTE: the pool this engine sized: --gpu-memory-utilization × total − weights − activations, capped at what
+            // max-num-seqs full contexts can use (twice over, for cached prefixes).
+            var plan = engine.KvMemory;
+            Console.Out.WriteLine($"KV pool          {plan.Formula()}; capped at {KvMemoryPlan.Gib(plan.CapBytes)} (2 · {engine.Options.MaxNumSeqs} max-num-seqs · {engine.ContextLength} tokens) → {KvMemoryPlan.Gib(plan.PoolBytes)}");
+            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"KV pool fits     {plan.BlockCount:N0} blocks × {plan.BlockSize} tokens = {plan.TokenCapacity:N0} tokens: {plan.SequencesOf(engine.ContextLength):N0} sequences of {engine.ContextLength} tokens ({engine.Options.MaxNumSeqs} run at once at most)"));
             Console.Out.WriteLine($"chat template    {(engine.ChatTemplate is null ? "none" : "yes")}");
             Console.Out.WriteLine($"device           {engine.DeviceName}");
             return 0;
