@@ -75,6 +75,8 @@ internal sealed record HfCheckpointConfig
         var scaling = RopeScaling.None;
         float factor = 1f;
         float[]? freqFactors = null;
+        float attentionFactor = 1f, betaFast = 32f, betaSlow = 1f;
+        int originalContext = 0;
         if (Find(root, "rope_scaling") is JsonElement rs)
         {
             if (rs.ValueKind != JsonValueKind.Object) throw new ModelFormatException(path, -1, "'rope_scaling' is not an object");
@@ -96,8 +98,28 @@ internal sealed record HfCheckpointConfig
                     scaling = RopeScaling.Llama3;
                     freqFactors = Llama3FreqFactors(path, rs, theta, headDim);
                     break;
+                case "yarn":
+                    scaling = RopeScaling.Yarn;
+                    factor = (float)(Number(path, rs, "factor") ?? throw new ModelFormatException(path, -1, "'rope_scaling.factor' is missing"));
+                    originalContext = Int(path, rs, "original_max_position_embeddings", 1, 1 << 24) ?? ctx;
+                    // NOTE: Hugging Face's attention factor: given, or from DeepSeek's mscale pair, or 0.1 · ln factor + 1.
+                    double? mscale = Number(path, rs, "mscale"), mscaleAllDim = Number(path, rs, "mscale_all_dim");
+                    attentionFactor = (float)(Number(path, rs, "attention_factor")
+                        ?? (mscale is double m && mscaleAllDim is double mAll ? YarnMscale(factor, m) / YarnMscale(factor, mAll) : ModelConfig.YarnAttentionFactor(factor)));
+                    betaFast = (float)(Number(path, rs, "beta_fast") ?? 32.0);
+                    betaSlow = (float)(Number(path, rs, "beta_slow") ?? 1.0);
+                    if (!(factor > 0) || !(attentionFactor > 0) || !(betaFast > betaSlow) || !(betaSlow > 0))
+                        throw new ModelFormatException(path, -1, "yarn 'rope_scaling' needs factor > 0, attention_factor > 0 and beta_fast > beta_slow > 0");
+                    break;
+                case "dynamic" or "ntk":
+                    // NOTE: dynamic NTK's original context is max_position_embeddings; it scales only past it.
+                    scaling = type == "dynamic" ? RopeScaling.DynamicNtk : RopeScaling.Ntk;
+                    factor = (float)(Number(path, rs, "factor") ?? throw new ModelFormatException(path, -1, "'rope_scaling.factor' is missing"));
+                    if (!(factor > 0)) throw new ModelFormatException(path, -1, "'rope_scaling.factor' must be positive");
+                    originalContext = Int(path, rs, "original_max_position_embeddings", 1, 1 << 24) ?? ctx;
+                    break;
                 default:
-                    throw new ModelFormatException(path, -1, $"unsupported rope_scaling type '{type}' (supported: linear, llama3)");
+                    throw new ModelFormatException(path, -1, $"unsupported rope_scaling type '{type}' (supported: linear, llama3, longrope, yarn, dynamic, ntk)");
             }
         }
 
@@ -118,6 +140,10 @@ internal sealed record HfCheckpointConfig
             RopeLayout = RopeLayout.Neox,
             RopeScaling = scaling,
             RopeScalingFactor = factor,
+            RopeAttentionFactor = attentionFactor,
+            RopeOriginalContextLength = originalContext,
+            YarnBetaFast = betaFast,
+            YarnBetaSlow = betaSlow,
             // NOTE: an architecture that always has Q/K/V biases (qwen2) says so in its ReadHf.
             HasAttentionBias = Bool(path, root, "attention_bias") == true,
         };
@@ -133,6 +159,9 @@ internal sealed record HfCheckpointConfig
             EosTokenIds = IntOrList(path, root, "eos_token_id", int.MaxValue),
         };
     }
+
+    /// <summary>DeepSeek's YaRN magnitude: 0.1 · m · ln factor + 1 (1 for factor ≤ 1).</summary>
+    private static double YarnMscale(double factor, double m) => factor <= 1 ? 1 : 0.1 * m * Math.Log(factor) + 1;
 
     /// <summary>
     /// Llama 3.1's frequency-dependent RoPE scaling as per-dimension divisors of the inverse frequencies — what llama.cpp's

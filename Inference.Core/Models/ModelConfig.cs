@@ -42,13 +42,54 @@ public sealed record ModelConfig
     public int RopeOriginalContextLength { get; init; }
     /// <summary>With <see cref="RopeScaling.LongRope"/>: the long factors, because the context window exceeds <see cref="RopeOriginalContextLength"/>.</summary>
     public bool UseLongRopeFactors { get; init; }
+    /// <summary>YaRN's β_fast: dimensions that turn more than this often over the original context keep their frequency. Default 32.</summary>
+    public float YarnBetaFast { get; init; } = 32f;
+    /// <summary>YaRN's β_slow: dimensions that turn less than this often over the original context are fully interpolated. Default 1.</summary>
+    public float YarnBetaSlow { get; init; } = 1f;
+    /// <summary>With <see cref="RopeScaling.DynamicNtk"/>: the context window the base is scaled for (<see cref="ForContextWindow"/>); 0 before.</summary>
+    public int RopeContextWindow { get; init; }
 
     /// <summary>
     /// This configuration for a context window of <paramref name="contextLength"/> tokens: LongRoPE's long factors when
     /// the window exceeds the original context, as llama.cpp chooses them by its context size.
     /// </summary>
-    public ModelConfig ForContextWindow(int contextLength) =>
-        RopeScaling == RopeScaling.LongRope ? this with { UseLongRopeFactors = contextLength > RopeOriginalContextLength } : this;
+    /// <remarks>
+    /// NOTE: dynamic NTK scales the base for the whole window once (Hugging Face recomputes it at every length, so the keys
+    /// it cached earlier were rotated with another base); keys in the cache then stay consistent with later queries.
+    /// </remarks>
+    public ModelConfig ForContextWindow(int contextLength) => RopeScaling switch
+    {
+        RopeScaling.LongRope => this with { UseLongRopeFactors = contextLength > RopeOriginalContextLength },
+        RopeScaling.DynamicNtk => this with { RopeContextWindow = contextLength },
+        _ => this,
+    };
+
+    /// <summary>The RoPE base after NTK-aware or dynamic NTK scaling (<see cref="RopeBase"/> otherwise).</summary>
+    public double ScaledRopeBase()
+    {
+        double exponent = (double)RopeDim / (RopeDim - 2);
+        if (RopeScaling == RopeScaling.Ntk) return RopeBase * Math.Pow(RopeScalingFactor, exponent);
+        if (RopeScaling == RopeScaling.DynamicNtk && RopeContextWindow > RopeOriginalContextLength && RopeOriginalContextLength > 0)
+            return RopeBase * Math.Pow(RopeScalingFactor * RopeContextWindow / RopeOriginalContextLength - (RopeScalingFactor - 1), exponent);
+        return RopeBase;
+    }
+
+    /// <summary>
+    /// YaRN's ramp for rotated pair i (0 … RopeDim/2 − 1): 1 keeps the original frequency, 0 takes the interpolated one;
+    /// linear between the correction dimensions of β_fast and β_slow (llama.cpp's <c>ggml_rope_yarn_corr_dims</c>).
+    /// </summary>
+    public double YarnRamp(int i)
+    {
+        double CorrectionDim(double rotations) =>
+            RopeDim * Math.Log(RopeOriginalContextLength / (rotations * 2 * Math.PI)) / (2 * Math.Log(RopeBase));
+        double low = Math.Max(0, Math.Floor(CorrectionDim(YarnBetaFast)));
+        double high = Math.Min(RopeDim - 1, Math.Ceiling(CorrectionDim(YarnBetaSlow)));
+        double y = (i - low) / Math.Max(0.001, high - low);
+        return 1 - Math.Min(1, Math.Max(0, y));
+    }
+
+    /// <summary>YaRN's default attention factor for a scaling <paramref name="factor"/>: 0.1 · ln factor + 1 (1 for factor ≤ 1).</summary>
+    public static float YarnAttentionFactor(double factor) => factor <= 1 ? 1f : (float)(0.1 * Math.Log(factor) + 1);
 
     /// <summary>True when Q/K/V have biases (qwen2).</summary>
     public bool HasAttentionBias { get; init; }
@@ -163,6 +204,14 @@ public sealed record ModelConfig
             factor = (float)(gguf.GetFloat($"{arch}.rope.scaling.factor") ?? 1.0);
             if (!(factor > 0)) throw gguf.Bad(-1, $"'{arch}.rope.scaling.factor' must be positive");
         }
+        else if (scalingType == "yarn")
+        {
+            // NOTE: as llama.cpp reads it: factor, original context, β_fast/β_slow (defaults 32 and 1), and an attention
+            // factor that multiplies YaRN's own 0.1 · ln factor + 1.
+            scaling = RopeScaling.Yarn;
+            factor = (float)(gguf.GetFloat($"{arch}.rope.scaling.factor") ?? 1.0);
+            if (!(factor > 0)) throw gguf.Bad(-1, $"'{arch}.rope.scaling.factor' must be positive");
+        }
         else if (scalingType is not (null or "none"))
         {
             throw gguf.Bad(gguf.Metadata[$"{arch}.rope.scaling.type"].Offset, $"unsupported RoPE scaling '{scalingType}'");
@@ -179,6 +228,17 @@ public sealed record ModelConfig
             attnFactor = (float)(gguf.GetFloat($"{arch}.rope.scaling.attn_factor") ?? 1.0);
             if (!(attnFactor > 0)) throw gguf.Bad(-1, $"'{arch}.rope.scaling.attn_factor' must be positive");
             originalContext = Optional("rope.scaling.original_context_length", ctx, 1, 1 << 24);
+        }
+
+        float betaFast = 32f, betaSlow = 1f;
+        if (scaling == RopeScaling.Yarn)
+        {
+            originalContext = Optional("rope.scaling.original_context_length", ctx, 1, 1 << 24);
+            float extra = (float)(gguf.GetFloat($"{arch}.rope.scaling.attn_factor") ?? 1.0);
+            betaFast = (float)(gguf.GetFloat($"{arch}.rope.scaling.yarn_beta_fast") ?? 32.0);
+            betaSlow = (float)(gguf.GetFloat($"{arch}.rope.scaling.yarn_beta_slow") ?? 1.0);
+            if (!(extra > 0) || !(betaFast > betaSlow) || !(betaSlow > 0)) throw gguf.Bad(-1, "YaRN needs attn_factor > 0 and β_fast > β_slow > 0");
+            attnFactor = extra * YarnAttentionFactor(factor);
         }
 
         var embd = gguf.GetTensor("token_embd.weight");
@@ -205,6 +265,8 @@ public sealed record ModelConfig
             RopeScalingFactor = factor,
             RopeAttentionFactor = attnFactor,
             RopeOriginalContextLength = originalContext,
+            YarnBetaFast = betaFast,
+            YarnBetaSlow = betaSlow,
             HasAttentionBias = gguf.FindTensor("blk.0.attn_q.bias") is not null,
         };
         // Mixture of experts (llama.cpp's keys for every architecture that has them); the architecture adds its widths

@@ -23,4 +23,17 @@ public enum RopeScaling
     /// long ones beyond it, and cos/sin multiplied by an attention factor.
     /// </summary>
     LongRope,
+    /// <summary>
+    /// YaRN: each frequency blended between its interpolated (÷ factor) and original value by a ramp over the dimensions
+    /// whose wavelength lies between the original context / β_fast and / β_slow, and cos/sin multiplied by the attention
+    /// factor (0.1 · ln factor + 1 unless given), as llama.cpp's <c>rope_yarn</c> and Hugging Face's <c>yarn</c>.
+    /// </summary>
+    Yarn,
+    /// <summary>NTK-aware scaling: the base multiplied by factor^(d / (d − 2)), d the rotated dimensions.</summary>
+    Ntk,
+    /// <summary>
+    /// Dynamic NTK (Hugging Face's <c>dynamic</c>): past the original context the base is multiplied by
+    /// (factor · n / original − (factor − 1))^(d / (d − 2)), n the context window the engine runs at.
+    /// </summary>
+    DynamicNtk,
 }

@@ -152,7 +152,7 @@ public class HfCheckpointTests
     [TestCase("hidden_size", "\"64\"", "expected an integer")]
     [TestCase("hidden_size", "65", "not a multiple")]
     [TestCase("rms_norm_eps", "0", "must be positive")]
-    [TestCase("rope_scaling", """{"rope_type":"yarn","factor":4.0}""", "unsupported rope_scaling type 'yarn'")]
+    [TestCase("rope_scaling", """{"rope_type":"xpos","factor":4.0}""", "unsupported rope_scaling type 'xpos'")]
     [TestCase("rope_scaling", """{"type":"linear"}""", "'rope_scaling.factor' is missing")]
     [TestCase("rope_scaling", """{"rope_type":"llama3","factor":8.0,"low_freq_factor":4.0,"high_freq_factor":1.0}""", "llama3")]
     [TestCase("intermediate_size", "100", "has shape [96, 64], expected [100, 64]")]

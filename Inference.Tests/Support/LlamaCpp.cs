@@ -202,6 +202,12 @@ public sealed class LlamaCppModel : IDisposable
         });
     }
 
+    /// <summary>
+    /// Context settings applied to every evaluation (e.g. YaRN's β_fast/β_slow, which this llama.cpp takes from its
+    /// context parameters rather than from the file).
+    /// </summary>
+    public Action<ModelParams>? ConfigureContext { get; set; }
+
     private LLamaContext CreateContext(int tokenCount, GGMLType kvType = GGMLType.GGML_TYPE_F32, bool flashAttention = false)
     {
         uint size = (uint)Math.Max(64, (tokenCount + 63) / 64 * 64);
@@ -219,6 +225,7 @@ public sealed class LlamaCppModel : IDisposable
             TypeV = kvType,
             FlashAttention = flashAttention,
         };
+        ConfigureContext?.Invoke(p);
         return _weights.CreateContext(p);
     }
 

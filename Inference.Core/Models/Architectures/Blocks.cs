@@ -33,11 +33,17 @@ internal static class Blocks
             RopeScaling.LongRope => b.ReadVector(c.UseLongRopeFactors ? "rope_factors_long.weight" : "rope_factors_short.weight", c.RopeDim / 2),
             _ => null,
         };
+        double ropeBase = scaled ? c.ScaledRopeBase() : unscaledBase;
         for (int i = 0; i < invFreq.Length; i++)
         {
-            invFreq[i] = Math.Pow(scaled ? c.RopeBase : unscaledBase, -2.0 * i / c.RopeDim);
+            invFreq[i] = Math.Pow(ropeBase, -2.0 * i / c.RopeDim);
             if (freqFactors is not null) invFreq[i] /= freqFactors[i];
             if (scaled && c.RopeScaling == RopeScaling.Linear) invFreq[i] /= c.RopeScalingFactor;
+            if (scaled && c.RopeScaling == RopeScaling.Yarn)
+            {
+                double ramp = c.YarnRamp(i);
+                invFreq[i] = invFreq[i] / c.RopeScalingFactor * (1 - ramp) + invFreq[i] * ramp;
+            }
         }
         return new RopeTable(invFreq, c.HeadDim, c.RopeDim, c.RopeLayout, scaled ? c.RopeAttentionFactor : 1.0);
     }

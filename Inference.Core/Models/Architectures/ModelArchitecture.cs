@@ -93,6 +93,18 @@ internal abstract class ModelArchitecture
             w.AddUInt32($"{a}.expert_count", (uint)c.ExpertCount);
             w.AddUInt32($"{a}.expert_used_count", (uint)c.ExpertUsedCount);
         }
+        if (c.RopeScaling == RopeScaling.Yarn)
+        {
+            w.AddString($"{a}.rope.scaling.type", "yarn");
+            w.AddFloat32($"{a}.rope.scaling.factor", c.RopeScalingFactor);
+            w.AddUInt32($"{a}.rope.scaling.original_context_length", (uint)c.RopeOriginalContextLength);
+            float extra = c.RopeAttentionFactor / ModelConfig.YarnAttentionFactor(c.RopeScalingFactor);
+            if (Math.Abs(extra - 1f) > 1e-6f) w.AddFloat32($"{a}.rope.scaling.attn_factor", extra);
+            if (c.YarnBetaFast != 32f) w.AddFloat32($"{a}.rope.scaling.yarn_beta_fast", c.YarnBetaFast);
+            if (c.YarnBetaSlow != 1f) w.AddFloat32($"{a}.rope.scaling.yarn_beta_slow", c.YarnBetaSlow);
+        }
+        if (c.RopeScaling is RopeScaling.Ntk or RopeScaling.DynamicNtk)
+            throw new NotSupportedException($"{c.RopeScaling} RoPE scaling has no GGUF form llama.cpp reads; run the checkpoint folder instead");
     }
 
     /// <summary>
