@@ -67,10 +67,12 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         }
         var manager = new KvCacheManager(blockCount, kvOptions, identity.Salt, c.KvRetention ?? 0, options.KvEviction);
         var context = new ForwardExecutorContext(model, manager, kvOptions, blockCount, contextLength, options.MaxNumBatchedTokens, options.MaxNumSeqs, options.Threads);
+        if (options.EnableExpertParallel && options.TensorParallelSize == 1)
+            throw new NotSupportedException("expert parallelism spreads experts over the tensor-parallel ranks; it needs TensorParallelSize above 1");
         _executor = options.TensorParallelSize > 1 || options.PipelineParallelSize > 1
             ? options.Device == Device.Cuda
                 ? throw new NotSupportedException($"parallel layouts run on CPU ranks; TensorParallelSize {options.TensorParallelSize} × PipelineParallelSize {options.PipelineParallelSize} cannot be combined with Device.Cuda yet")
-                : new Parallelism.ParallelExecutor(context, options.TensorParallelSize, options.PipelineParallelSize)
+                : new Parallelism.ParallelExecutor(context, options.TensorParallelSize, options.PipelineParallelSize, options.EnableExpertParallel)
             : factory is null ? new CpuForwardExecutor(context) : factory.Create(context);
         if (options.KvEviction is { } evicting)
         {

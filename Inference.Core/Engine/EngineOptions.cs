@@ -95,6 +95,15 @@ public sealed record EngineOptions
     public int PipelineParallelSize { get; init => field = value is >= 1 and <= 64 ? value : throw Out(nameof(PipelineParallelSize), value, "must be in [1, 64]"); } = 1;
 
     /// <summary>
+    /// Spreads the experts of mixture-of-experts blocks over the tensor-parallel ranks (vLLM's enable_expert_parallel)
+    /// instead of refusing them: rank t holds a contiguous 1/<see cref="TensorParallelSize"/> of each block's experts
+    /// whole (the shared expert on the first rank), every rank routes every token (the residual stream is replicated
+    /// across the ranks, so dispatching tokens moves no bytes), runs its own experts over the tokens that chose them, and
+    /// one all-reduce combines the ranks' weighted outputs. Needs <see cref="TensorParallelSize"/> above 1.
+    /// </summary>
+    public bool EnableExpertParallel { get; init; }
+
+    /// <summary>
     /// Speculative decoding (vLLM's <c>speculative_config</c>): n-gram prompt lookup or a draft model proposes up to
     /// <see cref="Speculative.SpeculativeOptions.NumSpeculativeTokens"/> tokens per request and step, verified in the same
     /// batched forward pass. Null (the default) decodes one token per request and step.

@@ -55,7 +55,7 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
     private float* _logits;
     private long _steps;
 
-    public ParallelExecutor(ForwardExecutorContext context, int tensorSize, int stageCount)
+    public ParallelExecutor(ForwardExecutorContext context, int tensorSize, int stageCount, bool expertParallel = false)
     {
         var model = context.Model;
         var full = model.Config;
@@ -82,7 +82,7 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
                 {
                     int g = s * tensorSize + t;
                     var place = new RankPlace(_tensorGroups[s], t, _pipeline, g, layout.VocabSlice(t), full.LayerCount, firstLayer, firstLayer + layers,
-                        PreviousRank: g - tensorSize, NextRank: g + tensorSize);
+                        PreviousRank: g - tensorSize, NextRank: g + tensorSize, ExpertParallel: expertParallel);
                     // NOTE: one rank reads the model's own weights in place; tensor ranks read their slices.
                     var weights = tensorSize == 1 ? null : new TensorParallelWeights(model.Weights, layout, t);
                     var rankModel = new LlamaModel((IWeightSource?)weights ?? model.Weights, config, place);
@@ -315,14 +315,15 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
 /// <param name="EndLayer">The layer after the stage's last.</param>
 /// <param name="PreviousRank">The rank of the previous stage it receives from.</param>
 /// <param name="NextRank">The rank of the next stage it sends to.</param>
+/// <param name="ExpertParallel">Whether the tensor ranks spread mixture-of-experts blocks' experts among themselves.</param>
 internal sealed record RankPlace(
     RankGroup Tensor, int TensorRank, RankGroup? Pipeline, int PipelineRank, (int Start, int Length) Vocab,
-    int LayerCount, int FirstLayer, int EndLayer, int PreviousRank, int NextRank)
+    int LayerCount, int FirstLayer, int EndLayer, int PreviousRank, int NextRank, bool ExpertParallel = false)
 {
     /// <summary>The rank's part of <paramref name="graph"/>.</summary>
     public Models.Graph.ModelGraph Apply(Models.Graph.ModelGraph graph)
     {
-        if (Tensor.Size > 1) graph = RankGraph.ForTensorRank(graph, Vocab.Start, Vocab.Length);
+        if (Tensor.Size > 1) graph = RankGraph.ForTensorRank(graph, Vocab.Start, Vocab.Length, ExpertParallel ? (TensorRank, Tensor.Size) : null);
         if (Pipeline is not null) graph = RankGraph.ForStage(graph, LayerCount, FirstLayer, EndLayer, PreviousRank, NextRank);
         return graph;
     }

@@ -20,9 +20,16 @@ internal static class RankGraph
     /// [<paramref name="vocabStart"/>, + <paramref name="vocabLength"/>)), and the output head's product into the rank's
     /// slice of the logits, gathered into the whole rows on the group's first rank.
     /// </summary>
-    /// <exception cref="NotSupportedException">A block matrix the layout does not know how to split (a fused QKV, experts).</exception>
-    public static ModelGraph ForTensorRank(ModelGraph graph, int vocabStart, int vocabLength)
+    /// <param name="graph">The whole model's graph (built for the rank's share of heads and widths).</param>
+    /// <param name="vocabStart">The first token of the rank's vocabulary slice.</param>
+    /// <param name="vocabLength">Tokens of the slice.</param>
+    /// <param name="experts">With expert parallelism, the rank and the group's size: the rank runs experts
+    /// <see cref="RankGroup.Part"/>(experts, size, rank) of each mixture-of-experts block (and the shared expert when it is
+    /// rank 0) and an all-reduce adds the ranks' outputs; null refuses such blocks.</param>
+    /// <exception cref="NotSupportedException">A block matrix the layout does not know how to split (a fused QKV, experts without expert parallelism).</exception>
+    public static ModelGraph ForTensorRank(ModelGraph graph, int vocabStart, int vocabLength, (int Rank, int Size)? experts = null)
     {
+        var expertLayers = (ExpertLayer[])graph.Experts.Clone();
         var ops = new List<ModelOp>(graph.Ops.Length + 2 * 64);
         var buffers = new List<BufferSpec>(graph.Buffers);
         int rankLogits = buffers.Count;
@@ -41,7 +48,14 @@ internal static class RankGraph
                 if (op.Kind == OpKind.MatMul && op.Dst == rankLogits && TensorParallelLayout.Classify(graph.Weights[op.W0].Name) != TensorRole.Vocabulary)
                     throw new NotSupportedException($"tensor parallelism does not know how to split the output head '{graph.Weights[op.W0].Name}'");
             }
-            if (op.Kind == OpKind.MixtureOfExperts) throw new NotSupportedException("tensor parallelism does not split mixture-of-experts blocks");
+            if (op.Kind == OpKind.MixtureOfExperts)
+            {
+                if (experts is not { } ep) throw new NotSupportedException("tensor parallelism does not split mixture-of-experts blocks; spread their experts over the ranks with expert parallelism (--enable-expert-parallel)");
+                expertLayers[op.Param] = RankExperts(graph.Experts[op.Param], ep.Rank, ep.Size);
+                ops.Add(op);
+                ops.Add(ModelOp.Of(OpKind.AllReduce, op.Layer) with { Dst = op.Dst });
+                continue;
+            }
             if (op.Kind == OpKind.Embed)
             {
                 if (TensorParallelLayout.Classify(graph.Weights[op.W0].Name) != TensorRole.Vocabulary)
@@ -66,7 +80,26 @@ internal static class RankGraph
             }
         }
         if (graph.HasHead) ops.Add(ModelOp.Of(OpKind.GatherColumns, -1) with { Src = rankLogits, Dst = graph.LogitsBuffer });
-        return new ModelGraph([.. ops], [.. buffers], weights, graph.RopeTables, graph.LogitsBuffer, graph.Experts);
+        return new ModelGraph([.. ops], [.. buffers], weights, graph.RopeTables, graph.LogitsBuffer, expertLayers);
+    }
+
+    /// <summary>
+    /// <paramref name="layer"/> as rank <paramref name="rank"/> of <paramref name="size"/> runs it: the other ranks' experts
+    /// unset (-1: neither bound nor run; the tokens routed to them get nothing from this rank), the shared expert on rank
+    /// 0 only. The router stays whole, so every rank routes every token alike.
+    /// </summary>
+    private static ExpertLayer RankExperts(ExpertLayer layer, int rank, int size)
+    {
+        if (layer.Count < size) throw new NotSupportedException($"expert parallelism over {size} ranks needs at least {size} experts per block ({layer.Count})");
+        var (first, count) = RankGroup.Part(layer.Count, size, rank);
+        int[] Mine(int[] ids)
+        {
+            var mine = new int[ids.Length];
+            for (int e = 0; e < ids.Length; e++) mine[e] = e >= first && e < first + count ? ids[e] : -1;
+            return mine;
+        }
+        var result = layer with { Gate = Mine(layer.Gate), Up = Mine(layer.Up), Down = Mine(layer.Down) };
+        return rank == 0 ? result : result with { SharedGate = -1, SharedUp = -1, SharedDown = -1, SharedGateInput = -1, SharedWidth = 0 };
     }
 
     /// <summary>

@@ -44,8 +44,9 @@ internal sealed unsafe class TensorParallelWeights : IWeightSource, IDisposable
     public bool Contains(string name) => _inner.Contains(name);
 
     /// <inheritdoc />
+    /// <remarks>Expert parallelism: a rank binds its own experts whole (<see cref="RankGraph.ForTensorRank"/>).</remarks>
     public WeightMatrix GetExpertMatrix(string name, int expert, int experts, int rows, int cols) =>
-        throw new NotSupportedException($"tensor parallelism does not split the experts of '{name}'");
+        _inner.GetExpertMatrix(name, expert, experts, rows, cols);
 
     public WeightMatrix GetMatrix(string name, int rows, int cols)
     {
@@ -160,6 +161,8 @@ internal sealed class TensorParallelLayout
             HeadCount = full.HeadCount / size,
             KvHeadCount = Math.Max(1, full.KvHeadCount / size),
             FfnDim = full.FfnDim / size,
+            // Experts are not split (expert parallelism places them whole), so they keep their width.
+            ExpertFfnDim = full.ExpertWidth,
         };
     }
 

@@ -44,6 +44,17 @@ public class ParallelLayoutTests
             OutputHead = OutputHead.TiedToEmbedding, SlidingWindow = 8, AttentionLogitSoftCap = 50f, FinalLogitSoftCap = 30f,
             TokenizerDonorPath = TestData.Stories260K,
         });
+        // Mixture of experts: Mixtral-style llama (8 experts, top 2) and qwen2moe (4 experts, top 2, a shared expert).
+        foreach (var arch in new[] { "mixtral", "qwen2moe" })
+        {
+            SyntheticModel.Write(MoePath(arch), new SyntheticModelOptions
+            {
+                Architecture = arch == "mixtral" ? "llama" : arch, Dimension = 64, LayerCount = 2, HeadCount = 8, KvHeadCount = 2,
+                FeedForwardLength = 128, ExpertCount = arch == "mixtral" ? 8 : 4, ExpertUsedCount = 2, ExpertFeedForwardLength = 96,
+                SharedExpertFeedForwardLength = arch == "qwen2moe" ? 128 : 0, Seed = arch.Length, WeightScale = 0.08f,
+                TokenizerDonorPath = TestData.Stories260K,
+            });
+        }
         // Q8_0: the row-parallel slices must fall on whole blocks of 32 (dim 128 over 2 ranks, ffn 256).
         SyntheticModel.Write(ModelPath(4, 2, GgmlType.Q8_0), new SyntheticModelOptions
         {
@@ -59,8 +70,11 @@ public class ParallelLayoutTests
 
     private static string GemmaPath => Path.Combine(_dir, "gemma2.gguf");
 
-    private static EngineOptions Options(int tensorParallel, long? poolBytes = null, int pipelineParallel = 1) => new()
+    private static string MoePath(string arch) => Path.Combine(_dir, $"{arch}.gguf");
+
+    private static EngineOptions Options(int tensorParallel, long? poolBytes = null, int pipelineParallel = 1, bool expertParallel = false) => new()
     {
+        EnableExpertParallel = expertParallel,
         Threads = 2,
         ContextLength = 256,
         Device = Device.Cpu,
@@ -107,6 +121,38 @@ public class ParallelLayoutTests
         var expected = await single.GetLogitsAsync(Prompt);
         var actual = await parallel.GetLogitsAsync(Prompt);
         Assert.That(ReferenceCompare.RelativeL2(actual, expected), Is.LessThan(1e-5));
+    }
+
+    [TestCase("mixtral", 2, 1)]
+    [TestCase("mixtral", 4, 1)]
+    [TestCase("mixtral", 2, 2)]
+    [TestCase("qwen2moe", 2, 1)]
+    [TestCase("qwen2moe", 4, 1)]
+    public async Task ExpertParallel_MatchesOneRank(string arch, int tensorRanks, int stages)
+    {
+        // Logits within 1e-5 and the same greedy text for concurrent requests.
+        var sampling = new SamplingOptions { Temperature = 0, MaxTokens = 16 };
+        var prompts = Enumerable.Range(0, 4).Select(i => (IReadOnlyList<int>)[.. Prompt, 3 + i, 40 + i]).ToArray();
+        float[] expected;
+        string[] expectedText;
+        await using (var single = await InferenceEngine.LoadAsync(MoePath(arch), Options(1)))
+        {
+            expected = await single.GetLogitsAsync(Prompt);
+            expectedText = await Task.WhenAll(prompts.Select(p => single.CompleteAsync(p, sampling).ContinueWith(t => string.Join(",", t.Result.TokenIds))));
+        }
+        await using var parallel = await InferenceEngine.LoadAsync(MoePath(arch), Options(tensorRanks, pipelineParallel: stages, expertParallel: true));
+        var actual = await parallel.GetLogitsAsync(Prompt);
+        Assert.That(ReferenceCompare.RelativeL2(actual, expected), Is.LessThan(1e-5));
+        var text = await Task.WhenAll(prompts.Select(p => parallel.CompleteAsync(p, sampling).ContinueWith(t => string.Join(",", t.Result.TokenIds))));
+        Assert.That(text, Is.EqualTo(expectedText));
+    }
+
+    [Test]
+    public void ExpertBlocks_WithoutExpertParallel_AreRefusedWithOneLine()
+    {
+        var e = Assert.ThrowsAsync<NotSupportedException>(async () => await InferenceEngine.LoadAsync(MoePath("mixtral"), Options(2)));
+        Assert.That(e!.Message, Does.Contain("--enable-expert-parallel").And.Not.Contain("\n"));
+        Assert.ThrowsAsync<NotSupportedException>(async () => await InferenceEngine.LoadAsync(MoePath("mixtral"), Options(1, expertParallel: true)));
     }
 
     [TestCase(2, 1)]

@@ -73,6 +73,9 @@ public sealed class EngineCommandLine
     /// <summary><c>--pipeline-parallel-size</c>: stages that split the model's layers.</summary>
     public Option<int?> PipelineParallelSize { get; } = new("--pipeline-parallel-size", "-pp") { Description = "Stages that split the model's layers, each holding its layers' KV cache; batches flow through them in micro-batches (combines with --tensor-parallel-size)" };
 
+    /// <summary><c>--enable-expert-parallel</c>: spread mixture-of-experts blocks' experts over the tensor-parallel ranks.</summary>
+    public Option<bool> EnableExpertParallel { get; } = new("--enable-expert-parallel") { Description = "Spread each mixture-of-experts block's experts over the --tensor-parallel-size ranks (one all-reduce combines them)" };
+
     /// <summary><c>--max-waiting-requests</c>: most requests waiting to start before new ones are refused.</summary>
     public Option<int?> MaxWaitingRequests { get; } = new("--max-waiting-requests") { Description = "Most requests waiting to start; more are refused (the server answers 429) (default 1024)" };
 
@@ -112,7 +115,7 @@ public sealed class EngineCommandLine
     [
         Model, Device, Threads, MaxModelLen, MaxNumSeqs, MaxNumBatchedTokens, MaxWaitingRequests, BlockSize, KvCacheDtype,
         EnablePrefixCaching, NoEnablePrefixCaching, GpuMemoryUtilization, KvEviction, KvSinkTokens, KvRecentTokens, KvHeavyHitterTokens,
-        Quantization, TensorParallelSize, PipelineParallelSize, DraftModel, NgramSpeculation, NumSpeculativeTokens, PromptLookupMin, PromptLookupMax,
+        Quantization, TensorParallelSize, PipelineParallelSize, EnableExpertParallel, DraftModel, NgramSpeculation, NumSpeculativeTokens, PromptLookupMin, PromptLookupMax,
     ];
 
     /// <summary>Adds every option to <paramref name="command"/> and rejects contradicting pairs.</summary>
@@ -158,6 +161,7 @@ public sealed class EngineCommandLine
         if (result.GetValue(MaxWaitingRequests) is int waiting) options = options with { MaxWaitingRequests = waiting };
         if (result.GetValue(TensorParallelSize) is int ranks) options = options with { TensorParallelSize = ranks };
         if (result.GetValue(PipelineParallelSize) is int stages) options = options with { PipelineParallelSize = stages };
+        if (result.GetValue(EnableExpertParallel)) options = options with { EnableExpertParallel = true };
         if (result.GetValue(BlockSize) is int blockSize) kv = kv with { BlockSize = blockSize };
         if (result.GetValue(KvCacheDtype) is KvCacheDataType type) kv = kv with { DataType = type };
         if (result.GetValue(EnablePrefixCaching)) kv = kv with { PrefixCaching = PrefixCachingMode.Enabled };

@@ -69,7 +69,8 @@ internal sealed class MixtureOfExperts
         for (int e = 0; e < experts; e++)
         {
             int first = _starts[e], count = _starts[e + 1] - first;
-            if (count == 0) continue;
+            // NOTE: an expert-parallel rank runs its own experts only (the others' ids are -1).
+            if (count == 0 || layer.Gate[e] < 0) continue;
             var x = _gathered.AsSpan(0, count * dim);
             for (int r = 0; r < count; r++) src.Slice(_rowToken[first + r] * dim, dim).CopyTo(x.Slice(r * dim, dim));
             var gate = _gate.AsSpan(0, count * width);
@@ -86,6 +87,7 @@ internal sealed class MixtureOfExperts
             for (int j = 0; j < k; j++)
             {
                 int slot = t * k + j;
+                if (layer.Gate[_chosen[slot]] < 0) continue;
                 TensorPrimitives.MultiplyAdd(_y.AsSpan(_slotRow[slot] * dim, dim), _weights[slot], o, o);
             }
         }
