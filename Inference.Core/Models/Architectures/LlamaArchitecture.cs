@@ -8,6 +8,9 @@ namespace Inference.Models.Architectures;
 /// feed-forward, a final RMSNorm and an output head (tied to the embedding when <c>output.weight</c> is absent).
 /// A llama with experts (<c>llama.expert_count</c>; Hugging Face <c>MixtralForCausalLM</c>) has a mixture-of-experts
 /// feed-forward instead: the top-k of <c>num_local_experts</c> experts of <c>intermediate_size</c>, their weights renormalised.
+/// Hugging Face <c>mistral</c> and <c>mixtral</c> checkpoints with a <c>sliding_window</c> attend over that window in
+/// every layer (<see cref="ModelConfig.SlidingWindows"/>). GGUF llama files carry no window (llama.cpp's converter
+/// drops it and llama.cpp attends over the whole context), so a converted file runs without it, as in llama.cpp.
 /// </summary>
 internal sealed class LlamaArchitecture : ModelArchitecture
 {
@@ -24,7 +27,8 @@ internal sealed class LlamaArchitecture : ModelArchitecture
     }
 
     /// <summary>llama (GGUF Q/K rows permuted for adjacent-pair RoPE).</summary>
-    public static LlamaArchitecture Llama { get; } = new("llama", ["LlamaForCausalLM", "MixtralForCausalLM"], ["llama", "mixtral"], RopeLayout.Normal, 2048, alwaysBiased: false);
+    public static LlamaArchitecture Llama { get; } = new("llama", ["LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM"], ["llama", "mistral", "mixtral"],
+        RopeLayout.Normal, 2048, alwaysBiased: false);
 
     /// <summary>qwen2 (Q/K/V biases; NeoX RoPE in GGUF too).</summary>
     public static LlamaArchitecture Qwen2 { get; } = new("qwen2", ["Qwen2ForCausalLM"], ["qwen2"], RopeLayout.Neox, 32768, alwaysBiased: true);
@@ -80,6 +84,14 @@ internal sealed class LlamaArchitecture : ModelArchitecture
     public override ModelConfig ReadHf(string path, System.Text.Json.JsonElement root, ModelConfig config)
     {
         if (_alwaysBiased) return config with { HasAttentionBias = true };
+        // Mistral and Mixtral: a sliding window in every layer when config.json gives one (null or absent: none).
+        if (HfCheckpointJson.String(path, root, "model_type") is "mistral" or "mixtral"
+            && HfCheckpointJson.Int(path, root, "sliding_window", 1, int.MaxValue) is int window)
+        {
+            var windows = new int[config.LayerCount];
+            Array.Fill(windows, window);
+            config = config with { SlidingWindows = windows };
+        }
         // Mixtral: num_local_experts experts of intermediate_size, num_experts_per_tok per token (transformers' default 2),
         // the top-k weights renormalised.
         if (HfCheckpointJson.Int(path, root, "num_local_experts", 1, 1 << 16) is not int experts) return config;
