@@ -144,7 +144,7 @@ public class HfCheckpointTests
         Assert.That(ckpt.Weights.Contains("output.weight"), Is.False);
     }
 
-    [TestCase("model_type", "\"mistral\"", "unsupported model_type 'mistral'")]
+    [TestCase("model_type", "\"falcon\"", "unsupported model_type 'falcon'")]
     [TestCase("hidden_act", "\"gelu\"", "unsupported hidden_act")]
     [TestCase("use_sliding_window", "true", "sliding-window")]
     [TestCase("num_key_value_heads", "3", "not a multiple")]
