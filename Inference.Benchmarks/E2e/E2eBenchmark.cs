@@ -24,6 +24,9 @@ namespace Inference.Benchmarks.E2e;
 /// <c>same_text</c> (every request's greedy tokens equal); on a shared machine also <c>speedup_median_pair</c> (the
 /// median over repeats of speculative / baseline decode tok/s, each pair run back to back) and
 /// <c>cpu_speedup_median_pair</c> (the same for process CPU milliseconds per decoded token, <c>decode_cpu_ms_per_token</c>).
+/// Every line of ours also breaks the decode's engine steps down: <c>decode_steps</c>, <c>step_ms</c> (mean wall time of a
+/// step), <c>propose_ms_per_step</c> (a draft model's steps) and <c>forward_ms_per_step</c> (the model's forward pass: the
+/// verification, with speculation); with speculation also <c>baseline_step_ms</c>, the plain run's step.
 /// </para>
 /// <para>
 /// Parallel layouts on CPU ranks: <c>--tensor-parallel-size T</c> and <c>--pipeline-parallel-size P</c>; the line adds
@@ -86,7 +89,7 @@ public static class E2eBenchmark
         if (baseline is not null)
             best = best! with
             {
-                BaselineDecodeTokS = baseline.DecodeTokS, SameText = sameText,
+                BaselineDecodeTokS = baseline.DecodeTokS, BaselineStepMs = baseline.StepMs, SameText = sameText,
                 PairedSpeedupMedian = Median(pairs.Select(x => x.Wall)), CpuSpeedupMedian = Median(pairs.Select(x => x.Cpu)),
             };
         // NOTE: bandwidth is measured right after, in the same process and conditions, for the roofline fraction.
@@ -246,6 +249,7 @@ public static class E2eBenchmark
         var start = Stopwatch.GetTimestamp();
         var firstTokenAt = new long[b];
         var cpuAt = new TimeSpan[b];
+        var timesAt = new EngineLoop.StepTimes[b];
         var tasks = prompts.Select(async (prompt, i) =>
         {
             var stream = engine.GenerateAsync(prompt, sampling);
@@ -254,6 +258,7 @@ public static class E2eBenchmark
                 if (firstTokenAt[i] != 0) continue;
                 firstTokenAt[i] = Stopwatch.GetTimestamp();
                 cpuAt[i] = CpuTime();
+                timesAt[i] = engine.Loop.Times;
             }
             return await stream.Completion;
         }).ToArray();
@@ -262,6 +267,11 @@ public static class E2eBenchmark
         var communicationAfter = (await engine.GetStatsAsync()).Communication;
         // NOTE: CPU seconds of the process over the decode: on a shared machine they vary less than wall time.
         var decodeCpu = CpuTime() - cpuAt[Array.IndexOf(firstTokenAt, firstTokenAt.Max())];
+        // The engine's steps over the decode: where a step's time goes (proposing, the forward pass, the rest).
+        var times = engine.Loop.Times;
+        var timesFrom = timesAt[Array.IndexOf(firstTokenAt, firstTokenAt.Max())];
+        long decodeSteps = times.Steps - timesFrom.Steps;
+        double PerStepMs(long ticks) => decodeSteps > 0 ? ticks * 1000.0 / Stopwatch.Frequency / decodeSteps : 0;
         generatedTokens?.AddRange(results.Select(r => r.TokenIds.ToArray()));
 
         double prefillS = Stopwatch.GetElapsedTime(start, firstTokenAt.Max()).TotalSeconds;
@@ -279,6 +289,10 @@ public static class E2eBenchmark
             ReadyS = readyS,
             GeneratedTokens = generated,
             DecodeCpuMsPerToken = decodeCpu.TotalMilliseconds / Math.Max(1, generated - b),
+            DecodeSteps = decodeSteps,
+            StepMs = PerStepMs(times.TotalTicks - timesFrom.TotalTicks),
+            ProposeMsPerStep = PerStepMs(times.ProposeTicks - timesFrom.ProposeTicks),
+            ForwardMsPerStep = PerStepMs(times.ForwardTicks - timesFrom.ForwardTicks),
             AcceptanceRate = speculative is null ? null : proposed > 0 ? (double)accepted / proposed : 0,
             MeanAcceptedTokens = speculative is null ? null : steps > 0 ? (double)accepted / steps : 0,
             TensorParallelSize = tensorParallel,

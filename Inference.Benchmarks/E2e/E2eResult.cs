@@ -40,6 +40,21 @@ public sealed record E2eResult(
     /// <summary>Median over repeats of baseline / speculative CPU milliseconds per decoded token; null when not run.</summary>
     public double? CpuSpeedupMedian { get; init; }
 
+    /// <summary>Engine steps during the decode (ours only).</summary>
+    public long? DecodeSteps { get; init; }
+
+    /// <summary>Mean wall milliseconds of an engine step during the decode (ours only).</summary>
+    public double StepMs { get; init; }
+
+    /// <summary>Mean milliseconds per decode step spent proposing tokens (a draft model's steps).</summary>
+    public double ProposeMsPerStep { get; init; }
+
+    /// <summary>Mean milliseconds per decode step of the model's forward pass (with speculation, the verification).</summary>
+    public double ForwardMsPerStep { get; init; }
+
+    /// <summary>Mean step milliseconds of the run without speculation (side by side); null when not run.</summary>
+    public double? BaselineStepMs { get; init; }
+
     /// <summary>Whether every request's tokens equal the run without speculation; null when not run.</summary>
     public bool? SameText { get; init; }
 
@@ -77,6 +92,14 @@ public sealed record E2eResult(
         if (PairedSpeedupMedian is double paired) json["speedup_median_pair"] = Math.Round(paired, 3);
         if (CpuSpeedupMedian is double cpu) json["cpu_speedup_median_pair"] = Math.Round(cpu, 3);
         if (SameText is bool same) json["same_text"] = same;
+        if (DecodeSteps is long steps)
+        {
+            json["decode_steps"] = steps;
+            json["step_ms"] = Math.Round(StepMs, 3);
+            json["propose_ms_per_step"] = Math.Round(ProposeMsPerStep, 3);
+            json["forward_ms_per_step"] = Math.Round(ForwardMsPerStep, 3);
+        }
+        if (BaselineStepMs is double baselineStep) json["baseline_step_ms"] = Math.Round(baselineStep, 3);
         if (Ceiling is { } c)
         {
             // NOTE: the ceiling is min(bandwidth roofline, compute roofline): the in-cache rate of each weight type's
