@@ -11,6 +11,9 @@ namespace Inference.Cuda;
 /// </summary>
 internal sealed unsafe class PtxPagedAttention : IDisposable
 {
+    /// <summary>Parameters of the pass-1 entry points (<c>paged_attention_{f32,f16}</c>), the window last.</summary>
+    internal const int PartialArgumentCount = 17;
+
     /// <summary>Entries of the shared-memory block-table stage in the PTX (<c>s_blocks[512]</c>).</summary>
     public const int MaxBlocksPerPartition = 512;
 
@@ -92,9 +95,14 @@ internal sealed unsafe class PtxPagedAttention : IDisposable
     /// Enqueues both passes on the accelerator's default stream. <paramref name="tokenSeqs"/> = 0 selects decode
     /// (token t is sequence t at position contextLens[t] - 1).
     /// </summary>
+    /// <remarks>
+    /// A sliding window W &gt; 0 starts each query's partitions at its position − W + 1: partitions wholly before it
+    /// report (−∞, 0) like those past the position, and their K/V rows are never read.
+    /// </remarks>
     public void Run(IntPtr q, IntPtr kCache, IntPtr vCache, IntPtr blockTables, IntPtr contextLens, IntPtr tokenSeqs,
-        IntPtr tokenPositions, int tokenCount, int maxContextLength, ArrayView<float> output)
+        IntPtr tokenPositions, int tokenCount, int maxContextLength, ArrayView<float> output, int slidingWindow)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(slidingWindow);
         ArgumentOutOfRangeException.ThrowIfLessThan(tokenCount, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxContextLength, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(maxContextLength, Shape.MaxContextLength);
@@ -115,11 +123,12 @@ internal sealed unsafe class PtxPagedAttention : IDisposable
         uint heads = (uint)s.HeadCount, kvHeads = (uint)s.KvHeadCount, headDim = (uint)s.HeadDim, blockSize = (uint)s.BlockSize;
         uint maxBlocks = (uint)s.MaxBlocksPerSeq, partitionPositions = (uint)partitionSize;
         float scaleLog2 = s.Scale * 1.4426950408889634f;   // scores in the log2 domain: exp(x) = 2^(x log2 e)
-        void** args = stackalloc void*[16];
+        uint window = (uint)slidingWindow;
+        void** args = stackalloc void*[PartialArgumentCount];
         args[0] = &q; args[1] = &kCache; args[2] = &vCache; args[3] = &blockTables; args[4] = &contextLens;
         args[5] = &tokenSeqs; args[6] = &tokenPositions; args[7] = &partialOut; args[8] = &partialMl;
         args[9] = &heads; args[10] = &kvHeads; args[11] = &headDim; args[12] = &blockSize; args[13] = &maxBlocks;
-        args[14] = &partitionPositions; args[15] = &scaleLog2;
+        args[14] = &partitionPositions; args[15] = &scaleLog2; args[16] = &window;
         Check(CudaAPI.CurrentAPI.LaunchKernel(_partial, tokenCount, s.KvHeadCount, partitionCount, 32 * s.KvMul, 1, 1, 0,
             stream, (IntPtr)args, IntPtr.Zero), "paged_attention partial");
 

@@ -44,11 +44,13 @@ public sealed class PtxPagedDecodeAttention<TKv> : IDisposable where TKv : unman
     /// <param name="seqCount">Sequences.</param>
     /// <param name="maxContextLength">Upper bound of <paramref name="contextLens"/>.</param>
     /// <param name="output">Output, <c>[seqCount, heads, headDim]</c>.</param>
+    /// <param name="slidingWindow">A window W: the query at position p sees p − W + 1 … p only; 0 (the default) for none.</param>
+    /// <exception cref="ArgumentOutOfRangeException">A count is out of range.</exception>
     public void Run(ArrayView<float> q, ArrayView<TKv> kCache, ArrayView<TKv> vCache, ArrayView<int> blockTables,
-        ArrayView<int> contextLens, int seqCount, int maxContextLength, ArrayView<float> output) =>
+        ArrayView<int> contextLens, int seqCount, int maxContextLength, ArrayView<float> output, int slidingWindow = 0) =>
         _core.Run(q.LoadEffectiveAddressAsPtr(), kCache.LoadEffectiveAddressAsPtr(), vCache.LoadEffectiveAddressAsPtr(),
             blockTables.LoadEffectiveAddressAsPtr(), contextLens.LoadEffectiveAddressAsPtr(), IntPtr.Zero, IntPtr.Zero,
-            seqCount, maxContextLength, output);
+            seqCount, maxContextLength, output, slidingWindow);
 
     /// <summary>Unloads the modules and frees the partial buffers.</summary>
     public void Dispose() => _core.Dispose();

@@ -7,7 +7,8 @@ namespace Inference.Cuda;
 
 /// <summary>
 /// Paged prefill / chunk attention with the hand-written PTX kernels: every query token attends causally to its
-/// sequence's positions 0 .. its own position, prefix and chunk alike, read through the block table.
+/// sequence's positions 0 .. its own position (with a sliding window W, its last W positions), prefix and chunk alike,
+/// read through the block table.
 /// </summary>
 /// <typeparam name="TKv">KV cache element: <see cref="float"/> or <see cref="ILGPU.Half"/>.</typeparam>
 /// <remarks>
@@ -43,11 +44,14 @@ public sealed class PtxPagedPrefillAttention<TKv> : IDisposable where TKv : unma
     /// <param name="tokenCount">Query tokens.</param>
     /// <param name="maxContextLength">An upper bound of every position + 1.</param>
     /// <param name="output">Output, <c>[tokenCount, heads, headDim]</c>.</param>
+    /// <param name="slidingWindow">A window W: the query at position p sees p − W + 1 … p only; 0 (the default) for none.</param>
+    /// <exception cref="ArgumentOutOfRangeException">A count is out of range.</exception>
     public void Run(ArrayView<float> q, ArrayView<TKv> kCache, ArrayView<TKv> vCache, ArrayView<int> blockTables,
-        ArrayView<int> tokenSeqs, ArrayView<int> tokenPositions, int tokenCount, int maxContextLength, ArrayView<float> output) =>
+        ArrayView<int> tokenSeqs, ArrayView<int> tokenPositions, int tokenCount, int maxContextLength, ArrayView<float> output,
+        int slidingWindow = 0) =>
         _core.Run(q.LoadEffectiveAddressAsPtr(), kCache.LoadEffectiveAddressAsPtr(), vCache.LoadEffectiveAddressAsPtr(),
             blockTables.LoadEffectiveAddressAsPtr(), IntPtr.Zero, tokenSeqs.LoadEffectiveAddressAsPtr(),
-            tokenPositions.LoadEffectiveAddressAsPtr(), tokenCount, maxContextLength, output);
+            tokenPositions.LoadEffectiveAddressAsPtr(), tokenCount, maxContextLength, output, slidingWindow);
 
     /// <summary>Unloads the modules and frees the partial buffers.</summary>
     public void Dispose() => _core.Dispose();

@@ -16,14 +16,14 @@ public interface IElementConverter<T> where T : unmanaged
 }
 
 /// <summary>f32 storage: the identity.</summary>
-public readonly struct F32Element : IElementConverter<float>
+public readonly partial struct F32Element : IElementConverter<float>
 {
     /// <inheritdoc />
     public float ToFloat(float value) => value;
 }
 
 /// <summary>f16 storage (IEEE binary16, the same bits as <see cref="System.Half"/>).</summary>
-public readonly struct F16Element : IElementConverter<ILGPU.Half>
+public readonly partial struct F16Element : IElementConverter<ILGPU.Half>
 {
     /// <inheritdoc />
     public float ToFloat(ILGPU.Half value) => value;

@@ -14,13 +14,19 @@ public static class KernelCatalog
     {
         var f32 = new[] { typeof(float), typeof(F32Element) };
         var f16 = new[] { typeof(ILGPU.Half), typeof(F16Element) };
+        var q8 = new[] { typeof(byte), typeof(Q8_0Kv) };
+        var fp8 = new[] { typeof(byte), typeof(Fp8E4M3Kv) };
         return
         [
             Explicit("paged_decode_partial_f32", typeof(PagedDecodeAttentionKernels), nameof(PagedDecodeAttentionKernels.Partial), f32),
             Explicit("paged_decode_partial_f16", typeof(PagedDecodeAttentionKernels), nameof(PagedDecodeAttentionKernels.Partial), f16),
+            Explicit("paged_decode_partial_q8_0", typeof(PagedDecodeAttentionKernels), nameof(PagedDecodeAttentionKernels.Partial), q8),
+            Explicit("paged_decode_partial_fp8", typeof(PagedDecodeAttentionKernels), nameof(PagedDecodeAttentionKernels.Partial), fp8),
             Implicit("paged_decode_reduce", typeof(PagedDecodeAttentionKernels), nameof(PagedDecodeAttentionKernels.Reduce)),
             Explicit("paged_prefill_f32", typeof(PagedPrefillAttentionKernels), nameof(PagedPrefillAttentionKernels.Prefill), f32),
             Explicit("paged_prefill_f16", typeof(PagedPrefillAttentionKernels), nameof(PagedPrefillAttentionKernels.Prefill), f16),
+            Explicit("paged_prefill_q8_0", typeof(PagedPrefillAttentionKernels), nameof(PagedPrefillAttentionKernels.Prefill), q8),
+            Explicit("paged_prefill_fp8", typeof(PagedPrefillAttentionKernels), nameof(PagedPrefillAttentionKernels.Prefill), fp8),
             Explicit("rms_norm", typeof(RmsNormKernels), nameof(RmsNormKernels.RmsNorm)),
             Implicit("rope", typeof(RopeKernels), nameof(RopeKernels.Rope)),
             Implicit("rope_table", typeof(RopeKernels), nameof(RopeKernels.RopeTable)),
@@ -29,6 +35,8 @@ public static class KernelCatalog
             Implicit("gather_rows", typeof(ElementwiseKernels), nameof(ElementwiseKernels.GatherRows)),
             Implicit("kv_write_f32", typeof(KvCacheKernels), nameof(KvCacheKernels.WriteF32)),
             Implicit("kv_write_f16", typeof(KvCacheKernels), nameof(KvCacheKernels.WriteF16)),
+            Implicit("kv_write_q8_0", typeof(KvCacheKernels), nameof(KvCacheKernels.WriteBlocks), [typeof(Q8_0Kv)]),
+            Implicit("kv_write_fp8", typeof(KvCacheKernels), nameof(KvCacheKernels.WriteBlocks), [typeof(Fp8E4M3Kv)]),
             Implicit("swiglu", typeof(SwiGluKernels), nameof(SwiGluKernels.SwiGlu)),
             Explicit("matmul_f32", typeof(MatMulKernels), nameof(MatMulKernels.MatMulF32)),
             Explicit("matmul_f16", typeof(MatMulKernels), nameof(MatMulKernels.MatMulF16)),

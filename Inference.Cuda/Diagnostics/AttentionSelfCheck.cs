@@ -23,8 +23,9 @@ public static class AttentionSelfCheck
     /// <param name="ContextLens">Context length per sequence.</param>
     /// <param name="ChunkLens">Null for decode; else query tokens per sequence (the last ones of each context).</param>
     /// <param name="PartitionSize">Partition size of the PTX kernels (0: automatic); ILGPU uses it too, or 512 when 0.</param>
+    /// <param name="Window">Sliding window W (the query at p sees p − W + 1 … p); 0 for none.</param>
     public sealed record Case(string Name, int Heads, int KvHeads, int HeadDim, int BlockSize, bool F16, int[] ContextLens,
-        int[]? ChunkLens, int PartitionSize)
+        int[]? ChunkLens, int PartitionSize, int Window = 0)
     {
         /// <inheritdoc />
         public override string ToString() => Name;
@@ -44,7 +45,10 @@ public static class AttentionSelfCheck
     /// <summary>Relative tolerance.</summary>
     public const float RelTolerance = 2e-3f;
 
-    /// <summary>MHA (8/8), GQA (8/2), MQA (8/1) × f32/f16 × head dims 64/128, decode and prefill, contexts 1 .. 1500.</summary>
+    /// <summary>
+    /// MHA (8/8), GQA (8/2), MQA (8/1) × f32/f16 × head dims 64/128, decode and prefill, contexts 1 .. 1500; and sliding
+    /// windows (1, 100 and 1,000 positions: inside one partition, across partitions, wider than most contexts).
+    /// </summary>
     public static IReadOnlyList<Case> StandardCases { get; } = BuildCases();
 
     private static Case[] BuildCases()
@@ -61,6 +65,15 @@ public static class AttentionSelfCheck
                     list.Add(new Case($"prefill-{label}-hd{hd}-{kv}-bs{bs}", heads, kvHeads, hd, bs, f16,
                         [37, 600], [37, 45], 256));
                 }
+        foreach (var (window, f16, hd, kvHeads) in new[] { (1, true, 128, 2), (100, false, 64, 8), (100, true, 128, 1), (1000, true, 64, 2) })
+        {
+            string kv = f16 ? "f16" : "f32";
+            int bs = hd == 64 ? 16 : 32;
+            list.Add(new Case($"decode-window{window}-kv{kvHeads}-hd{hd}-{kv}", 8, kvHeads, hd, bs, f16,
+                [1, window, window + 1, 700, 1500], null, 0, window));
+            list.Add(new Case($"prefill-window{window}-kv{kvHeads}-hd{hd}-{kv}", 8, kvHeads, hd, bs, f16,
+                [37, 600, 1500], [37, 45, 130], 256, window));
+        }
         return [.. list];
     }
 
@@ -116,8 +129,22 @@ public static class AttentionSelfCheck
             }
         var q = RandomValues(rng, tokenCount * shape.HeadCount * shape.HeadDim);
         var expected = new float[q.Length];
-        if (c.ChunkLens is null) ReferenceAttention.Decode(shape, q, k, v, tables, c.ContextLens, expected);
-        else ReferenceAttention.Prefill(shape, q, k, v, tables, starts, c.ContextLens, expected);
+        if (c.ChunkLens is null) ReferenceAttention.Decode(shape, q, k, v, tables, c.ContextLens, expected, c.Window);
+        else ReferenceAttention.Prefill(shape, q, k, v, tables, starts, c.ContextLens, expected, c.Window);
+        if (c.Window > 0)
+        {
+            // every K/V row before each sequence's first visible position becomes NaN: a kernel reading one shows it
+            int rowLength = shape.KvHeadCount * shape.HeadDim;
+            for (int s = 0; s < c.ContextLens.Length; s++)
+                for (int p = 0; p < c.ContextLens[s] - (starts[s + 1] - starts[s]) + 1 - c.Window; p++)
+                {
+                    int at = (tables[s * maxBlocks + p / c.BlockSize] * c.BlockSize + p % c.BlockSize) * rowLength;
+                    Array.Fill(k, float.NaN, at, rowLength);
+                    Array.Fill(v, float.NaN, at, rowLength);
+                    Array.Fill(kHalf, (ILGPU.Half)float.NaN, at, rowLength);
+                    Array.Fill(vHalf, (ILGPU.Half)float.NaN, at, rowLength);
+                }
+        }
 
         var acc = backend.Accelerator;
         backend.Bind();
@@ -162,23 +189,23 @@ public static class AttentionSelfCheck
         ArrayView<float> q, ArrayView<TKv> k, ArrayView<TKv> v, ArrayView<int> tables, ArrayView<int> lens, ArrayView<int> starts,
         ArrayView<int> seqs, ArrayView<int> positions, ArrayView<float> ptxOut, ArrayView<float> ilgpuOut)
         where TKv : unmanaged
-        where TConv : struct, IElementConverter<TKv>
+        where TConv : struct, IKvRowFormat<TKv>
     {
         var cuda = (ILGPU.Runtime.Cuda.CudaAccelerator)acc;
         if (c.ChunkLens is null)
         {
             using var ptx = new PtxPagedDecodeAttention<TKv>(cuda, shape, c.PartitionSize);
-            ptx.Run(q, k, v, tables, lens, c.ContextLens.Length, maxContext, ptxOut);
+            ptx.Run(q, k, v, tables, lens, c.ContextLens.Length, maxContext, ptxOut, c.Window);
             using var ilgpu = new PagedDecodeAttention<TKv, TConv>(acc, shape, c.PartitionSize > 0 ? c.PartitionSize : 512);
-            ilgpu.Run(q, k, v, tables, lens, c.ContextLens.Length, maxContext, ilgpuOut);
+            ilgpu.Run(q, k, v, tables, lens, c.ContextLens.Length, maxContext, ilgpuOut, c.Window);
             acc.Synchronize();
         }
         else
         {
             using var ptx = new PtxPagedPrefillAttention<TKv>(cuda, shape, c.PartitionSize);
-            ptx.Run(q, k, v, tables, seqs, positions, tokenCount, maxContext, ptxOut);
+            ptx.Run(q, k, v, tables, seqs, positions, tokenCount, maxContext, ptxOut, c.Window);
             new PagedPrefillAttention<TKv, TConv>(acc, shape).Run(q, k, v, tables, starts, lens, c.ContextLens.Length,
-                c.ChunkLens.Max(), ilgpuOut);
+                c.ChunkLens.Max(), ilgpuOut, c.Window);
             acc.Synchronize();
         }
     }

@@ -1,8 +1,11 @@
 using Inference.Models;
 using ILGPU;
 using ILGPU.Runtime;
+using Inference.Kernels;
+using Inference.Kernels.Attention;
 using Inference.Kernels.Layer;
 using Inference.Kernels.Reference;
+using Inference.KvCache;
 
 namespace Inference.Cuda.Diagnostics;
 
@@ -19,7 +22,8 @@ public static class LayerSelfCheck
     [
         "rmsnorm", "rope-normal", "rope-neox", "swiglu", "matmul-f32", "matmul-f16", "matmul-q8_0",
         "embedding-f32", "embedding-f16", "embedding-q8_0", "argmax", "topk",
-        "add-bias", "gather-rows", "rope-table", "kv-write-f32", "kv-write-f16",
+        "add-bias", "gather-rows", "rope-table", "kv-write-f32", "kv-write-f16", "kv-write-q8_0", "kv-write-fp8",
+        "attention-decode-q8_0", "attention-decode-fp8", "attention-prefill-q8_0", "attention-prefill-fp8",
     ];
 
     /// <summary>Runs one named check.</summary>
@@ -57,6 +61,9 @@ public static class LayerSelfCheck
             "gather-rows" => GatherRows(acc, kernels, rng),
             "rope-table" => RopeTable(acc, kernels, rng),
             "kv-write-f32" or "kv-write-f16" => WriteKv(acc, kernels, rng, name),
+            "kv-write-q8_0" or "kv-write-fp8" => WriteKvBlocks(acc, kernels, rng, name),
+            "attention-decode-q8_0" or "attention-prefill-q8_0" => BlockAttention<Q8_0Kv>(acc, rng, name, KvCacheDataType.Q8_0),
+            "attention-decode-fp8" or "attention-prefill-fp8" => BlockAttention<Fp8E4M3Kv>(acc, rng, name, KvCacheDataType.Fp8E4M3),
             _ => throw new ArgumentException($"unknown layer check {name}", nameof(name)),
         };
     }
@@ -316,6 +323,99 @@ public static class LayerSelfCheck
         double atol = soft ? 6e-8 : 0, rtol = soft ? 1.0 / 1024 : 0;   // one f16 ulp: subnormal spacing, relative spacing
         var a = Compare(name, kExpected, kActual, atol, rtol);
         return a.Passed ? Compare(name, vExpected, vActual, atol, rtol) : a;
+    }
+
+    /// <summary>
+    /// The block formats' KV write kernel: the device must write the bytes the CPU's <see cref="KvBlockFormat.Quantize"/>
+    /// writes, exactly (block magnitudes from 1e-6 to 1e4, so f16 scales from subnormal up).
+    /// </summary>
+    private static AttentionSelfCheck.Result WriteKvBlocks(Accelerator acc, LayerKernels k, Random rng, string name)
+    {
+        var type = name == "kv-write-q8_0" ? KvCacheDataType.Q8_0 : KvCacheDataType.Fp8E4M3;
+        const int kvDim = 1024, slotCount = 64, tokens = 5;
+        var key = Values(rng, tokens * kvDim, 1f);
+        var value = Values(rng, tokens * kvDim, 1f);
+        for (int b = 0; b < tokens * kvDim / 32; b++)
+        {
+            float scale = MathF.Pow(10, (float)(rng.NextDouble() * 10 - 6));
+            for (int i = 0; i < 32; i++)
+            {
+                key[b * 32 + i] *= scale;
+                value[b * 32 + i] *= scale;
+            }
+        }
+        int[] slots = [63, 0, 16, 17, 40];
+        int rowBytes = (int)KvBlockFormat.ByteCount(type, kvDim);
+        var kExpected = Enumerable.Repeat((byte)0xCD, slotCount * rowBytes).ToArray();
+        var vExpected = (byte[])kExpected.Clone();
+        for (int t = 0; t < tokens; t++)
+        {
+            KvBlockFormat.Quantize(type, key.AsSpan(t * kvDim, kvDim), kExpected.AsSpan(slots[t] * rowBytes, rowBytes));
+            KvBlockFormat.Quantize(type, value.AsSpan(t * kvDim, kvDim), vExpected.AsSpan(slots[t] * rowBytes, rowBytes));
+        }
+        using var kb = acc.Allocate1D(key);
+        using var vb = acc.Allocate1D(value);
+        using var sb = acc.Allocate1D(slots);
+        using var kc = acc.Allocate1D(Enumerable.Repeat((byte)0xCD, slotCount * rowBytes).ToArray());
+        using var vc = acc.Allocate1D(Enumerable.Repeat((byte)0xCD, slotCount * rowBytes).ToArray());
+        k.WriteKv(kb.View, vb.View, sb.View, kc.View, vc.View, tokens, kvDim, type);
+        acc.Synchronize();
+        foreach (var (expected, actual, what) in new[] { (kExpected, kc.GetAsArray1D(), "K"), (vExpected, vc.GetAsArray1D(), "V") })
+            for (int i = 0; i < expected.Length; i++)
+                if (expected[i] != actual[i])
+                    return new AttentionSelfCheck.Result(name, "ilgpu-vs-cpu-bytes", double.NaN, false,
+                        $"{what} byte {i} (slot {i / rowBytes}, block {i % rowBytes / 34}): expected {expected[i]:X2}, got {actual[i]:X2}");
+        return new AttentionSelfCheck.Result(name, "ilgpu-vs-cpu-bytes", 0, true, null);
+    }
+
+    /// <summary>
+    /// The ILGPU attention kernels reading Q8_0 or FP8 blocks against the plain reference over the dequantized cache
+    /// (GQA 8/2, head size 128, blocks of 16, shuffled physical blocks, contexts 1 … 700).
+    /// </summary>
+    private static AttentionSelfCheck.Result BlockAttention<TFormat>(Accelerator acc, Random rng, string name, KvCacheDataType type)
+        where TFormat : struct, IKvRowFormat<byte>
+    {
+        bool prefill = name.StartsWith("attention-prefill", StringComparison.Ordinal);
+        int[] contexts = [1, 17, 700], chunks = prefill ? [1, 17, 45] : [1, 1, 1];
+        const int heads = 8, kvHeads = 2, headDim = 128, blockSize = 16;
+        int maxBlocks = (contexts.Max() + blockSize - 1) / blockSize;
+        var shape = new AttentionShape(heads, kvHeads, headDim, blockSize, maxBlocks);
+        int blockCount = contexts.Sum(c => (c + blockSize - 1) / blockSize) + 2;
+        var ids = Enumerable.Range(0, blockCount).OrderBy(_ => rng.Next()).ToArray();
+        var tables = new int[contexts.Length * maxBlocks];
+        for (int s = 0, next = 0; s < contexts.Length; s++)
+            for (int b = 0; b < (contexts[s] + blockSize - 1) / blockSize; b++)
+                tables[s * maxBlocks + b] = ids[next++];
+        var kf = Values(rng, blockCount * shape.BlockElements, 1f);
+        var vf = Values(rng, kf.Length, 1f);
+        var kq = new byte[KvBlockFormat.ByteCount(type, kf.Length)];
+        var vq = new byte[kq.Length];
+        KvBlockFormat.Quantize(type, kf, kq);
+        KvBlockFormat.Quantize(type, vf, vq);
+        KvBlockFormat.Dequantize(type, kq, kf);
+        KvBlockFormat.Dequantize(type, vq, vf);
+        var starts = new int[contexts.Length + 1];
+        for (int s = 0; s < contexts.Length; s++) starts[s + 1] = starts[s] + chunks[s];
+        var q = Values(rng, starts[^1] * heads * headDim, 1f);
+        var expected = new float[q.Length];
+        if (prefill) ReferenceAttention.Prefill(shape, q, kf, vf, tables, starts, contexts, expected);
+        else ReferenceAttention.Decode(shape, q, kf, vf, tables, contexts, expected);
+
+        using var qb = acc.Allocate1D(q);
+        using var kb = acc.Allocate1D(kq);
+        using var vb = acc.Allocate1D(vq);
+        using var tb = acc.Allocate1D(tables);
+        using var lb = acc.Allocate1D(contexts);
+        using var sb = acc.Allocate1D(starts);
+        using var ob = Poisoned(acc, q.Length);
+        if (prefill)
+        {
+            new PagedPrefillAttention<byte, TFormat>(acc, shape).Run(qb.View, kb.View, vb.View, tb.View, sb.View, lb.View, contexts.Length, chunks.Max(), ob.View);
+            return Compare(name, expected, Read(acc, ob), AttentionSelfCheck.AbsTolerance, AttentionSelfCheck.RelTolerance);
+        }
+        using var decode = new PagedDecodeAttention<byte, TFormat>(acc, shape, 256);
+        decode.Run(qb.View, kb.View, vb.View, tb.View, lb.View, contexts.Length, contexts.Max(), ob.View);
+        return Compare(name, expected, Read(acc, ob), AttentionSelfCheck.AbsTolerance, AttentionSelfCheck.RelTolerance);
     }
 
     private static MemoryBuffer1D<float, Stride1D.Dense> Poisoned(Accelerator acc, int length) =>

@@ -32,7 +32,7 @@ internal interface IDeviceAttention : IDisposable
 /// <summary>The ILGPU kernels (any accelerator): decode kernel when every sequence has one token, else the tiled prefill kernel.</summary>
 internal sealed class IlgpuDeviceAttention<TKv, TConv> : IDeviceAttention
     where TKv : unmanaged
-    where TConv : struct, IElementConverter<TKv>
+    where TConv : struct, IKvRowFormat<TKv>
 {
     private readonly PagedDecodeAttention<TKv, TConv> _decode;
     private readonly PagedPrefillAttention<TKv, TConv> _prefill;
@@ -69,15 +69,11 @@ internal sealed class PtxDeviceAttention<TKv> : IDeviceAttention where TKv : unm
     public string Name => "PTX";
 
     /// <summary>Whether the PTX kernels take this shape (head dims 64 and 128, at most 32 query heads per KV head).</summary>
-    /// <remarks>NOTE: they have no sliding-window mask yet: models with local layers run the ILGPU kernels.</remarks>
     public static bool Supports(AttentionShape shape) => shape.HeadDim is 64 or 128 && shape.KvMul <= 32;
 
-    public void Run(in AttentionStep s, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output, int slidingWindow)
-    {
-        if (slidingWindow != 0) throw new NotSupportedException("the PTX attention kernels have no sliding-window mask");
+    public void Run(in AttentionStep s, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output, int slidingWindow) =>
         _attention.Run(q, kCache.Cast<TKv>(), vCache.Cast<TKv>(), s.BlockTables, s.TokenSeqs, s.Positions, s.TokenCount,
-            s.MaxContextLength, output);
-    }
+            s.MaxContextLength, output, slidingWindow);
 
     public void Dispose() => _attention.Dispose();
 }

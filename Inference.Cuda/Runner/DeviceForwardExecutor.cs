@@ -64,9 +64,6 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
         _config = context.Model.Config;
         _kvCache = context.KvCache;
         RefuseUnsupported(_model.Graph, _config.Architecture);
-        // NOTE: the ILGPU and PTX attention kernels read f32 and f16 rows only; the CPU backend reads the block formats.
-        if (KvBlockFormat.IsBlockFormat(context.KvOptions.DataType))
-            throw new NotSupportedException($"the device executor does not run a {KvBlockFormat.Name(context.KvOptions.DataType)} KV cache yet; use --kv-cache-dtype f16 or f32, or the CPU backend");
         Bind();
         var c = _config;
         try
@@ -77,6 +74,9 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             int maxBlocks = (context.ContextLength + kv.BlockSize - 1) / kv.BlockSize;
             _shape = new AttentionShape(c.HeadCount, c.KvHeadCount, c.HeadDim, kv.BlockSize, maxBlocks);
             _storage = Own(new DeviceKvStorage(accelerator, c.LayerCount, context.BlockCount, kv.BlockSize, c.KvHeadCount, c.HeadDim, kv.DataType));
+            // NOTE: the PTX kernels take the sliding window (p_window), checked on the CPU by a lane-level model of the
+            // PTX; until its windowed cases (AttentionSelfCheck, scripts/device-check.sh) have passed on a device, a
+            // model with local layers keeps the ILGPU kernels on CUDA.
             _attention = Own(CreateAttention(accelerator, _shape, kv.DataType, c.SlidingWindows is { Count: > 0 } ? CudaAttentionKernels.Ilgpu : attention));
 
             var w = _model.Weights;
@@ -150,8 +150,17 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
     /// <summary>The attention kernels in use: "PTX" or "ILGPU".</summary>
     public string AttentionName => _attention.Name;
 
+    /// <remarks>
+    /// The block formats (Q8_0, FP8) run the ILGPU kernels on every accelerator: the hand-written PTX kernels read f32
+    /// and f16 rows only.
+    /// </remarks>
     private static IDeviceAttention CreateAttention(Accelerator accelerator, AttentionShape shape, KvCacheDataType type, CudaAttentionKernels choice)
     {
+        switch (type)
+        {
+            case KvCacheDataType.Q8_0: return new IlgpuDeviceAttention<byte, Q8_0Kv>(accelerator, shape);
+            case KvCacheDataType.Fp8E4M3: return new IlgpuDeviceAttention<byte, Fp8E4M3Kv>(accelerator, shape);
+        }
         bool f16 = type == KvCacheDataType.Float16;
         if (choice == CudaAttentionKernels.Ptx && accelerator is CudaAccelerator cuda && PtxDeviceAttention<float>.Supports(shape))
             return f16 ? new PtxDeviceAttention<ILGPU.Half>(cuda, shape) : new PtxDeviceAttention<float>(cuda, shape);
@@ -224,8 +233,10 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
                     var v = View(s, op.Src3, n, logitCount);
                     if (_storage.DataType == KvCacheDataType.Float32)
                         _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<float>(), _storage.Values(l).Cast<float>(), n, kvDim);
-                    else
+                    else if (_storage.DataType == KvCacheDataType.Float16)
                         _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<ILGPU.Half>(), _storage.Values(l).Cast<ILGPU.Half>(), n, kvDim);
+                    else
+                        _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l), _storage.Values(l), n, kvDim, _storage.DataType);
                     _attention.Run(step, _storage.Keys(l), _storage.Values(l), View(s, op.Src, n, logitCount), View(s, op.Dst, n, logitCount), op.Param);
                     break;
                 }

@@ -11,6 +11,7 @@ namespace Inference.Cuda.Runner;
 /// <remarks>
 /// <code>
 ///   keys[layer], values[layer]   // [blockCount, blockSize, kvHeads, headDim], f32 or f16, one device buffer each
+///                                // Q8_0, FP8: [blockCount, blockSize, kvHeads, headDim / 32, 34 bytes] (KvBlockFormat)
 /// </code>
 /// Block copies run device to device; prefix files read and write blocks through host copies.
 /// </remarks>
@@ -19,8 +20,10 @@ internal sealed class DeviceKvStorage : IKvBlockStorage, IDisposable
     private readonly MemoryBuffer1D<byte, Stride1D.Dense>[] _keys;
     private readonly MemoryBuffer1D<byte, Stride1D.Dense>[] _values;
 
+    /// <exception cref="NotSupportedException">A block format with a head size that is not a multiple of 32.</exception>
     public DeviceKvStorage(Accelerator accelerator, int layerCount, int blockCount, int blockSize, int kvHeadCount, int headDim, KvCacheDataType dataType)
     {
+        KvBlockFormat.CheckHeadDim(dataType, headDim);
         LayerCount = layerCount;
         BlockCount = blockCount;
         BlockSize = blockSize;

@@ -6,12 +6,12 @@ namespace Inference.Kernels.Attention;
 /// <summary>
 /// Launches <see cref="PagedDecodeAttentionKernels"/> on an accelerator: pass 1 over partitions, pass 2 reduction.
 /// </summary>
-/// <typeparam name="TKv">Stored KV element: <see cref="float"/> or <see cref="ILGPU.Half"/>.</typeparam>
-/// <typeparam name="TConv"><see cref="F32Element"/> or <see cref="F16Element"/>.</typeparam>
+/// <typeparam name="TKv">Stored KV element: <see cref="float"/>, <see cref="ILGPU.Half"/>, or <see cref="byte"/> for the block formats.</typeparam>
+/// <typeparam name="TConv"><see cref="F32Element"/>, <see cref="F16Element"/>, <see cref="Q8_0Kv"/> or <see cref="Fp8E4M3Kv"/>.</typeparam>
 /// <remarks>Not thread-safe: one launcher per stream. The partial buffers grow on demand and are reused.</remarks>
 public sealed class PagedDecodeAttention<TKv, TConv> : IDisposable
     where TKv : unmanaged
-    where TConv : struct, IElementConverter<TKv>
+    where TConv : struct, IKvRowFormat<TKv>
 {
     private readonly Accelerator _accelerator;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>,
@@ -27,13 +27,15 @@ public sealed class PagedDecodeAttention<TKv, TConv> : IDisposable
     /// <param name="shape">Attention shape.</param>
     /// <param name="partitionSize">KV positions per partition; a positive multiple of
     /// <see cref="PagedDecodeAttentionKernels.GroupSize"/>.</param>
-    /// <exception cref="ArgumentException"><paramref name="partitionSize"/> is not a positive multiple of the group size.</exception>
+    /// <exception cref="ArgumentException"><paramref name="partitionSize"/> is not a positive multiple of the group size, or a
+    /// block format is given a head size that is not a multiple of 32.</exception>
     public PagedDecodeAttention(Accelerator accelerator, AttentionShape shape, int partitionSize = 512)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         ArgumentNullException.ThrowIfNull(shape);
         if (partitionSize <= 0 || partitionSize % PagedDecodeAttentionKernels.GroupSize != 0)
             throw new ArgumentException($"partitionSize must be a positive multiple of {PagedDecodeAttentionKernels.GroupSize}.", nameof(partitionSize));
+        KvRowGroups.CheckHeadDim<TKv>(shape);
         _accelerator = accelerator;
         _groupSize = KernelGroupSize.For(accelerator, PagedDecodeAttentionKernels.GroupSize);
         Shape = shape;

@@ -36,8 +36,8 @@ public static class PagedDecodeAttentionKernels
     /// Grid <c>(partitionCount, kvHeads, seqCount)</c>, group <c>(GroupSize)</c>, dynamic shared memory
     /// <see cref="SharedFloats"/> floats.
     /// </summary>
-    /// <typeparam name="TKv">Stored KV element (f32 or f16).</typeparam>
-    /// <typeparam name="TConv">Widens <typeparamref name="TKv"/> to f32.</typeparam>
+    /// <typeparam name="TKv">Stored KV element (f32, f16, or bytes of a block format).</typeparam>
+    /// <typeparam name="TConv">Reads a row of <typeparamref name="TKv"/> (<see cref="IKvRowFormat{T}"/>).</typeparam>
     /// <param name="q">Queries, <c>[seqCount, heads, headDim]</c>.</param>
     /// <param name="kCache">K cache of the layer, <c>[blockCount, blockSize, kvHeads, headDim]</c>.</param>
     /// <param name="vCache">V cache of the layer, same shape.</param>
@@ -58,7 +58,7 @@ public static class PagedDecodeAttentionKernels
         ArrayView<float> partialSum,
         PagedAttentionParams p)
         where TKv : unmanaged
-        where TConv : struct, IElementConverter<TKv>
+        where TConv : struct, IKvRowFormat<TKv>
     {
         int partition = Grid.IdxX;
         int kvHead = Grid.IdxY;
@@ -82,7 +82,9 @@ public static class PagedDecodeAttentionKernels
         int start = XMath.Max(partition * p.PartitionSize, p.FirstVisible(ctx - 1));
         int end = XMath.Min(partition * p.PartitionSize + p.PartitionSize, ctx);
         long tableRow = (long)seq * p.MaxBlocksPerSeq;
-        int rowStride = p.KvHeadCount * hd;   // elements between consecutive positions of one block
+        TConv conv = default;
+        int rowLength = conv.RowLength(hd);       // elements of one head's row as stored
+        int rowStride = p.KvHeadCount * rowLength;   // elements between consecutive positions of one block
 
         for (int i = t; i < rowsHd; i += groupSize)
         {
@@ -98,7 +100,6 @@ public static class PagedDecodeAttentionKernels
         }
         Group.Barrier();
 
-        TConv conv = default;
         for (int tileStart = start; tileStart < end; tileStart += groupSize)
         {
             // 1. scores: thread t owns key tileStart + t and dots it with all kvMul queries (K read once).
@@ -107,11 +108,17 @@ public static class PagedDecodeAttentionKernels
             if (j < end)
             {
                 int block = blockTables[tableRow + j / p.BlockSize];
-                long kOffset = ((long)block * p.BlockSize + j % p.BlockSize) * rowStride + (long)kvHead * hd;
-                for (int d = 0; d < hd; d++)
+                long kRow = ((long)block * p.BlockSize + j % p.BlockSize) * rowStride + (long)kvHead * rowLength;
+                for (int d0 = 0; d0 < hd; d0 += KvRowGroups.GroupValues)
                 {
-                    float kd = conv.ToFloat(kCache[kOffset + d]);
-                    for (int h = 0; h < kvMul; h++) sS[h * groupSize + t] += sQ[h * hd + d] * kd;
+                    // the row as stored: one scale per 32 values (1 for f32/f16), each value scale · code (exact)
+                    float scale = conv.Scale(kCache, kRow, d0 / KvRowGroups.GroupValues);
+                    int dEnd = XMath.Min(d0 + KvRowGroups.GroupValues, hd);
+                    for (int d = d0; d < dEnd; d++)
+                    {
+                        float kd = scale * conv.Code(kCache, kRow, d);
+                        for (int h = 0; h < kvMul; h++) sS[h * groupSize + t] += sQ[h * hd + d] * kd;
+                    }
                 }
                 for (int h = 0; h < kvMul; h++) sS[h * groupSize + t] *= p.Scale;
             }
@@ -135,8 +142,8 @@ public static class PagedDecodeAttentionKernels
                 {
                     int pos = tileStart + jj;
                     int block = blockTables[tableRow + pos / p.BlockSize];
-                    long vOffset = ((long)block * p.BlockSize + pos % p.BlockSize) * rowStride + (long)kvHead * hd;
-                    float vd = conv.ToFloat(vCache[vOffset + d]);
+                    long vRow = ((long)block * p.BlockSize + pos % p.BlockSize) * rowStride + (long)kvHead * rowLength;
+                    float vd = KvRowGroups.Load<TKv, TConv>(vCache, vRow, d);
                     for (int h = 0; h < kvMul; h++) sAcc[h * hd + d] += sS[h * groupSize + jj] * vd;
                 }
             }

@@ -4,11 +4,11 @@ using ILGPU.Runtime;
 namespace Inference.Kernels.Attention;
 
 /// <summary>Launches <see cref="PagedPrefillAttentionKernels"/> on an accelerator.</summary>
-/// <typeparam name="TKv">Stored KV element: <see cref="float"/> or <see cref="ILGPU.Half"/>.</typeparam>
-/// <typeparam name="TConv"><see cref="F32Element"/> or <see cref="F16Element"/>.</typeparam>
+/// <typeparam name="TKv">Stored KV element: <see cref="float"/>, <see cref="ILGPU.Half"/>, or <see cref="byte"/> for the block formats.</typeparam>
+/// <typeparam name="TConv"><see cref="F32Element"/>, <see cref="F16Element"/>, <see cref="Q8_0Kv"/> or <see cref="Fp8E4M3Kv"/>.</typeparam>
 public sealed class PagedPrefillAttention<TKv, TConv>
     where TKv : unmanaged
-    where TConv : struct, IElementConverter<TKv>
+    where TConv : struct, IKvRowFormat<TKv>
 {
     private readonly Accelerator _accelerator;
     private readonly int _groupSize;
@@ -18,11 +18,13 @@ public sealed class PagedPrefillAttention<TKv, TConv>
     /// <summary>Loads the kernel.</summary>
     /// <param name="accelerator">The accelerator to run on.</param>
     /// <param name="shape">Attention shape; <c>KvMul</c> must not exceed the group size (64 on GPUs).</param>
-    /// <exception cref="ArgumentException">The shape has more query heads per KV head than the group size.</exception>
+    /// <exception cref="ArgumentException">The shape has more query heads per KV head than the group size, or a block format
+    /// is given a head size that is not a multiple of 32.</exception>
     public PagedPrefillAttention(Accelerator accelerator, AttentionShape shape)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         ArgumentNullException.ThrowIfNull(shape);
+        KvRowGroups.CheckHeadDim<TKv>(shape);
         _groupSize = KernelGroupSize.For(accelerator, PagedPrefillAttentionKernels.GroupSize);
         if (shape.KvMul > _groupSize)
             throw new ArgumentException($"at most {_groupSize} query heads per KV head on this accelerator.", nameof(shape));

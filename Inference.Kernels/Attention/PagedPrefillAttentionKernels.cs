@@ -36,8 +36,8 @@ public static class PagedPrefillAttentionKernels
     /// Grid <c>(queryTileCount, kvHeads, seqCount)</c> with <c>queryTileCount = ceil(maxChunk / QueryTile)</c>,
     /// group <c>(GroupSize)</c>, dynamic shared memory <see cref="SharedFloats"/> floats; <c>QueryTile * kvMul ≤ GroupSize</c>.
     /// </summary>
-    /// <typeparam name="TKv">Stored KV element (f32 or f16).</typeparam>
-    /// <typeparam name="TConv">Widens <typeparamref name="TKv"/> to f32.</typeparam>
+    /// <typeparam name="TKv">Stored KV element (f32, f16, or bytes of a block format).</typeparam>
+    /// <typeparam name="TConv">Reads a row of <typeparamref name="TKv"/> (<see cref="IKvRowFormat{T}"/>).</typeparam>
     /// <param name="q">Queries, <c>[tokenCount, heads, headDim]</c>.</param>
     /// <param name="kCache">K cache of the layer, <c>[blockCount, blockSize, kvHeads, headDim]</c>.</param>
     /// <param name="vCache">V cache of the layer, same shape.</param>
@@ -56,7 +56,7 @@ public static class PagedPrefillAttentionKernels
         ArrayView<float> output,
         PagedAttentionParams p)
         where TKv : unmanaged
-        where TConv : struct, IElementConverter<TKv>
+        where TConv : struct, IKvRowFormat<TKv>
     {
         int tile = Grid.IdxX;
         int kvHead = Grid.IdxY;
@@ -103,8 +103,9 @@ public static class PagedPrefillAttentionKernels
         Group.Barrier();
 
         long tableRow = (long)seq * p.MaxBlocksPerSeq;
-        int rowStride = p.KvHeadCount * hd;
         TConv conv = default;
+        int rowLength = conv.RowLength(hd);   // elements of one head's row as stored
+        int rowStride = p.KvHeadCount * rowLength;
         for (int tileStart = keyStart; tileStart < keyEnd; tileStart += groupSize)
         {
             // 1. scores: thread t owns key tileStart + t against every row (K read once per query tile).
@@ -113,11 +114,16 @@ public static class PagedPrefillAttentionKernels
             if (j < keyEnd)
             {
                 int block = blockTables[tableRow + j / p.BlockSize];
-                long kOffset = ((long)block * p.BlockSize + j % p.BlockSize) * rowStride + (long)kvHead * hd;
-                for (int d = 0; d < hd; d++)
+                long kRow = ((long)block * p.BlockSize + j % p.BlockSize) * rowStride + (long)kvHead * rowLength;
+                for (int d0 = 0; d0 < hd; d0 += KvRowGroups.GroupValues)
                 {
-                    float kd = conv.ToFloat(kCache[kOffset + d]);
-                    for (int r = 0; r < rows; r++) sS[r * groupSize + t] += sQ[r * hd + d] * kd;
+                    float scale = conv.Scale(kCache, kRow, d0 / KvRowGroups.GroupValues);
+                    int dEnd = XMath.Min(d0 + KvRowGroups.GroupValues, hd);
+                    for (int d = d0; d < dEnd; d++)
+                    {
+                        float kd = scale * conv.Code(kCache, kRow, d);
+                        for (int r = 0; r < rows; r++) sS[r * groupSize + t] += sQ[r * hd + d] * kd;
+                    }
                 }
             }
             for (int r = 0; r < rows; r++)
@@ -143,8 +149,8 @@ public static class PagedPrefillAttentionKernels
                 {
                     int pos = tileStart + jj;
                     int block = blockTables[tableRow + pos / p.BlockSize];
-                    long vOffset = ((long)block * p.BlockSize + pos % p.BlockSize) * rowStride + (long)kvHead * hd;
-                    float vd = conv.ToFloat(vCache[vOffset + d]);
+                    long vRow = ((long)block * p.BlockSize + pos % p.BlockSize) * rowStride + (long)kvHead * rowLength;
+                    float vd = KvRowGroups.Load<TKv, TConv>(vCache, vRow, d);
                     for (int r = 0; r < rows; r++) sAcc[r * hd + d] += sS[r * groupSize + jj] * vd;
                 }
             }

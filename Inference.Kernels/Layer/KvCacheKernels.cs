@@ -51,4 +51,29 @@ public static class KvCacheKernels
         kCache[dst] = (ILGPU.Half)k[src];
         vCache[dst] = (ILGPU.Half)v[src];
     }
+
+    /// <summary>
+    /// Block-format cache (<see cref="Q8_0Kv"/>, <see cref="Fp8E4M3Kv"/>): each thread quantizes 32 values of a token's K
+    /// and V into one 34-byte block, the bytes the CPU's <c>KvBlockFormat.Quantize</c> writes. Implicitly grouped over
+    /// <c>(kvDim / 32, tokenCount)</c>.
+    /// </summary>
+    /// <typeparam name="TQuant">The block format.</typeparam>
+    /// <param name="index">(block of the token's row, token).</param>
+    /// <param name="k">Keys, <c>[tokenCount, kvDim]</c>.</param>
+    /// <param name="v">Values, <c>[tokenCount, kvDim]</c>.</param>
+    /// <param name="slots">Cache slot of each token, <c>[tokenCount]</c>.</param>
+    /// <param name="kCache">Key cache of the layer as bytes, <c>[slotCount, kvDim / 32, 34]</c>.</param>
+    /// <param name="vCache">Value cache of the layer, same shape.</param>
+    /// <param name="kvDim">kvHeads · headDim (a multiple of 32).</param>
+    public static void WriteBlocks<TQuant>(Index2D index, ArrayView<float> k, ArrayView<float> v, ArrayView<int> slots,
+        ArrayView<byte> kCache, ArrayView<byte> vCache, int kvDim)
+        where TQuant : struct, IKvBlockQuantizer
+    {
+        int blocksPerSlot = kvDim / KvRowGroups.GroupValues;
+        long src = (long)index.Y * kvDim + (long)index.X * KvRowGroups.GroupValues;
+        long dst = ((long)slots[index.Y] * blocksPerSlot + index.X) * KvRowGroups.BlockBytes;
+        TQuant quant = default;
+        quant.Quantize(k, src, kCache, dst);
+        quant.Quantize(v, src, vCache, dst);
+    }
 }

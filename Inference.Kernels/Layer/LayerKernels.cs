@@ -1,3 +1,4 @@
+using Inference.KvCache;
 using Inference.Models;
 using ILGPU;
 using ILGPU.Runtime;
@@ -36,6 +37,8 @@ public sealed class LayerKernels
     private readonly Action<Index2D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int> _gatherRows;
     private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int> _writeKvF32;
     private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<ILGPU.Half>, ArrayView<ILGPU.Half>, int> _writeKvF16;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<byte>, ArrayView<byte>, int> _writeKvQ8_0;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<byte>, ArrayView<byte>, int> _writeKvFp8;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, int> _argMax;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int> _topK;
 
@@ -86,6 +89,8 @@ public sealed class LayerKernels
         _gatherRows = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>(ElementwiseKernels.GatherRows);
         _writeKvF32 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int>(KvCacheKernels.WriteF32);
         _writeKvF16 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<ILGPU.Half>, ArrayView<ILGPU.Half>, int>(KvCacheKernels.WriteF16);
+        _writeKvQ8_0 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<byte>, ArrayView<byte>, int>(KvCacheKernels.WriteBlocks<Q8_0Kv>);
+        _writeKvFp8 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<byte>, ArrayView<byte>, int>(KvCacheKernels.WriteBlocks<Fp8E4M3Kv>);
         _argMax = a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int>(SelectionKernels.ArgMax);
         _topK = a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int>(SelectionKernels.TopK);
     }
@@ -376,6 +381,29 @@ public sealed class LayerKernels
     /// <param name="kvDim">kvHeads · headDim.</param>
     public void WriteKv(ArrayView<float> k, ArrayView<float> v, ArrayView<int> slots, ArrayView<ILGPU.Half> kCache, ArrayView<ILGPU.Half> vCache,
         int tokenCount, int kvDim) => _writeKvF16(new Index2D(kvDim, tokenCount), k, v, slots, kCache, vCache, kvDim);
+
+    /// <summary><see cref="KvCacheKernels.WriteBlocks{TQuant}"/>: quantizes K and V into a block-format cache.</summary>
+    /// <param name="k">Keys, <c>[tokenCount, kvDim]</c>.</param>
+    /// <param name="v">Values, same shape.</param>
+    /// <param name="slots">Slot per token, <c>[tokenCount]</c>.</param>
+    /// <param name="kCache">Key cache as bytes, <c>[slotCount, kvDim / 32, 34]</c>.</param>
+    /// <param name="vCache">Value cache, same shape.</param>
+    /// <param name="tokenCount">Tokens.</param>
+    /// <param name="kvDim">kvHeads · headDim, a multiple of 32.</param>
+    /// <param name="type"><see cref="KvCacheDataType.Q8_0"/> or <see cref="KvCacheDataType.Fp8E4M3"/>.</param>
+    /// <exception cref="ArgumentException"><paramref name="type"/> is not a block format or <paramref name="kvDim"/> is not a multiple of 32.</exception>
+    public void WriteKv(ArrayView<float> k, ArrayView<float> v, ArrayView<int> slots, ArrayView<byte> kCache, ArrayView<byte> vCache,
+        int tokenCount, int kvDim, KvCacheDataType type)
+    {
+        if (kvDim % KvRowGroups.GroupValues != 0) throw new ArgumentException("kvDim must be a multiple of 32.", nameof(kvDim));
+        var write = type switch
+        {
+            KvCacheDataType.Q8_0 => _writeKvQ8_0,
+            KvCacheDataType.Fp8E4M3 => _writeKvFp8,
+            _ => throw new ArgumentException($"{type} is not a block format.", nameof(type)),
+        };
+        write(new Index2D(kvDim / KvRowGroups.GroupValues, tokenCount), k, v, slots, kCache, vCache, kvDim);
+    }
 
     /// <summary>Q8_0 needs whole blocks per row and 2-byte aligned scales.</summary>
     private static void CheckQ8_0(ArrayView<byte> q8Weights, int cols)

@@ -1,6 +1,7 @@
 using Inference.Kernels.Reference;
 using System.Text.Json.Nodes;
 using Inference.Cuda;
+using Inference.KvCache;
 using Inference.Loading;
 using Inference.Tests.Models;
 using Inference.Engine;
@@ -32,6 +33,29 @@ public class DeviceEngineTests
         Assert.That(actual.TokenIds, Has.Count.EqualTo(64));
         Assert.That(actual.TokenIds, Is.EqualTo(expected.TokenIds));
         Assert.That(actual.Text, Is.EqualTo(expected.Text));
+    }
+
+    /// <summary>
+    /// The engine with a Q8_0 or FP8 K/V cache on the device executor (no longer refused) against the CPU engine with the
+    /// same type: a 45-token prompt in chunks of 16 (prefill over cached blocks), then greedy decoding.
+    /// </summary>
+    [TestCase(KvCacheDataType.Q8_0)]
+    [TestCase(KvCacheDataType.Fp8E4M3)]
+    public async Task BlockFormatKv_MatchesTheCpuEngine(KvCacheDataType type)
+    {
+        string model = DeviceForwardExecutorTests.Model(8, 2, GgmlType.F32, headDim: 32);
+        EngineOptions Options() => new() { Threads = 2, MaxNumBatchedTokens = 16, KvCache = new KvCacheOptions { BlockSize = 8, DataType = type } };
+        await using var cpu = await InferenceEngine.LoadAsync(model, Options() with { Device = Device.Cpu });
+        await using var device = await InferenceEngine.LoadAsync(model, OnCpuAccelerator(Options()));
+        Assert.That(device.DeviceName, Does.StartWith("ILGPU CPU accelerator"));
+        var rng = new Random(5);
+        var prompt = Enumerable.Range(0, 45).Select(_ => 1 + rng.Next(cpu.Config.VocabSize - 1)).ToArray();
+        var expected = await cpu.GetLogitsAsync(prompt);
+        var actual = await device.GetLogitsAsync(prompt);
+        double error = ReferenceCompare.RelativeL2(actual, expected);
+        TestContext.Out.WriteLine($"{type}: last logits relative L2 {error:E2}");
+        Assert.That(error, Is.LessThan(1e-2));
+        Assert.That(System.Numerics.Tensors.TensorPrimitives.IndexOfMax(actual), Is.EqualTo(System.Numerics.Tensors.TensorPrimitives.IndexOfMax(expected)));
     }
 
     [Test]

@@ -19,13 +19,19 @@ public class DeviceForwardExecutorGpuTests
     [TestCase(8, 2, 16, KvCacheDataType.Float16, CudaAttentionKernels.Ptx)]
     [TestCase(8, 1, 8, KvCacheDataType.Float16, CudaAttentionKernels.Ptx)]
     [TestCase(8, 2, 16, KvCacheDataType.Float32, CudaAttentionKernels.Ilgpu)]
+    [TestCase(8, 8, 16, KvCacheDataType.Q8_0, CudaAttentionKernels.Ptx)]
+    [TestCase(8, 2, 8, KvCacheDataType.Q8_0, CudaAttentionKernels.Ptx)]
+    [TestCase(8, 1, 16, KvCacheDataType.Fp8E4M3, CudaAttentionKernels.Ptx)]
+    [TestCase(8, 2, 16, KvCacheDataType.Fp8E4M3, CudaAttentionKernels.Ilgpu)]
     public void MixedBatches_MatchTheCpuPath(int heads, int kvHeads, int blockSize, KvCacheDataType kv, CudaAttentionKernels attention)
     {
         var backend = GpuTestBackend.RequireDevice();
         var errors = DeviceForwardExecutorTests.RunScenario(backend.Accelerator, DeviceForwardExecutorTests.Model(heads, kvHeads, GgmlType.F32, headDim: 64),
             blockSize, kv, attention);
         TestContext.Out.WriteLine($"{heads}/{kvHeads} block {blockSize} {kv} {attention}: max relative L2 {errors.Max():E2}");
-        Assert.That(errors.Max(), Is.LessThan(1e-3));
+        // the block formats: a K/V value the two executors compute a few ulps apart may fall on either side of a code
+        // boundary (see DeviceForwardExecutorTests.MixedBatches_MatchTheCpuPath_BlockFormatKv)
+        Assert.That(errors.Max(), Is.LessThan(KvBlockFormat.IsBlockFormat(kv) ? 1e-2 : 1e-3));
     }
 
     [Test]

@@ -54,9 +54,58 @@ public class PtxAlgorithmModelTests
         PagedAttentionCase.AssertClose(expected, actual, 2e-5f, 1e-4f, "ptx model prefill");
     }
 
+    /// <summary>
+    /// The sliding-window path (<c>p_window</c>): decode and chunks whose windows start inside, at the edge of and before
+    /// partitions, with every K/V row before each query's window NaN (a read of one shows in the output).
+    /// </summary>
+    [TestCase(8, 2, 64, 16, 8, 64, 1)]
+    [TestCase(8, 8, 128, 32, 4, 128, 17)]
+    [TestCase(8, 1, 64, 16, 8, 64, 64)]
+    [TestCase(8, 2, 128, 8, 8, 64, 100)]
+    [TestCase(8, 2, 64, 16, 4, 256, 1000)]
+    public void WindowedModelMatchesReference(int heads, int kvHeads, int headDim, int blockSize, int vecWidth, int partitionSize, int window)
+    {
+        int[] contexts = [1, window, window + 1, 130, 700];
+        var c = PagedAttentionCase.Create(heads, kvHeads, headDim, blockSize, contexts, KvStorage.F32, seed: 31 + window);
+        var s = c.Shape;
+        var q = PagedAttentionCase.Random(new Random(8), c.SeqCount * s.HeadCount * s.HeadDim);
+        var expected = new float[q.Length];
+        ReferenceAttention.Decode(s, q, c.K, c.V, c.BlockTables, contexts, expected, window);
+        // a 12-token chunk at the end of the 700-token sequence, against the same cache
+        int[] starts = [0, 12];
+        var chunkQ = PagedAttentionCase.Random(new Random(9), 12 * s.HeadCount * s.HeadDim);
+        var chunkExpected = new float[chunkQ.Length];
+        var table = c.BlockTables.AsSpan(4 * s.MaxBlocksPerSeq, s.MaxBlocksPerSeq).ToArray();
+        ReferenceAttention.Prefill(s, chunkQ, c.K, c.V, table, starts, [700], chunkExpected, window);
+        for (int seq = 0; seq < c.SeqCount; seq++) c.PoisonBefore(seq, Math.Max(0, contexts[seq] - (seq == 4 ? 12 : 1) + 1 - window));
+
+        var actual = RunModel(s, q, c.K, c.V, c.BlockTables, Enumerable.Range(0, c.SeqCount).ToArray(), contexts.Select(n => n - 1).ToArray(),
+            c.MaxContext, partitionSize, vecWidth, window);
+        PagedAttentionCase.AssertClose(expected, actual, 2e-5f, 1e-4f, "ptx model windowed decode");
+        var chunkActual = RunModel(s, chunkQ, c.K, c.V, table, new int[12], Enumerable.Range(688, 12).ToArray(), 700, partitionSize, vecWidth, window);
+        PagedAttentionCase.AssertClose(chunkExpected, chunkActual, 2e-5f, 1e-4f, "ptx model windowed chunk");
+    }
+
+    /// <summary>
+    /// The PTX modules declare the window as their last parameter, in the order and number the launcher passes
+    /// (<see cref="Inference.Cuda.PtxPagedAttention.PartialArgumentCount"/>), and bound the partition with it.
+    /// </summary>
+    [TestCase("paged_attention_f32")]
+    [TestCase("paged_attention_f16")]
+    public void PtxModules_TakeTheWindow(string module)
+    {
+        using var stream = typeof(Inference.Cuda.PtxPagedAttention).Assembly.GetManifestResourceStream($"Inference.Cuda.Ptx.{module}.ptx")!;
+        string ptx = new StreamReader(stream).ReadToEnd();
+        var parameters = System.Text.RegularExpressions.Regex.Matches(ptx, @"\.param \.(u64|u32|f32) (p_\w+)");
+        Assert.That(parameters, Has.Count.EqualTo(Inference.Cuda.PtxPagedAttention.PartialArgumentCount));
+        Assert.That(parameters[^1].Groups[2].Value, Is.EqualTo("p_window"));
+        Assert.That(parameters[^2].Groups[2].Value, Is.EqualTo("p_scale_log2"));
+        Assert.That(ptx, Does.Contain("ld.param.u32    window, [p_window]").And.Contain("@windowed max.u32 part_start, part_start, tmp"));
+    }
+
     /// <summary>Both passes: every CTA (token, kvHead, partition), every warp (query head), all 32 lanes in lockstep.</summary>
     private static float[] RunModel(AttentionShape s, float[] q, float[] kCache, float[] vCache, int[] blockTables,
-        int[] tokenSeqs, int[] tokenPositions, int maxContext, int partitionSize, int vecWidth)
+        int[] tokenSeqs, int[] tokenPositions, int maxContext, int partitionSize, int vecWidth, int window = 0)
     {
         int tokenCount = tokenSeqs.Length;
         int partitionCount = (maxContext + partitionSize - 1) / partitionSize;
@@ -72,16 +121,18 @@ public class PtxAlgorithmModelTests
         {
             int seq = tokenSeqs[token], pos = tokenPositions[token];
             int partStart = partition * partitionSize;
+            int partEnd = Math.Min(partStart + partitionSize, pos + 1);
+            if (window > 0 && pos >= window) partStart = Math.Max(partStart, pos + 1 - window);   // @windowed max.u32
+            bool isEmpty = partStart >= partEnd;
             // s_blocks staging
             int firstBlock = partStart / s.BlockSize;
-            int partEnd = Math.Min(partStart + partitionSize, pos + 1);
-            int[] sBlocks = partStart > pos ? [] : Enumerable.Range(0, (partEnd - 1) / s.BlockSize - firstBlock + 1)
+            int[] sBlocks = isEmpty ? [] : Enumerable.Range(0, (partEnd - 1) / s.BlockSize - firstBlock + 1)
                 .Select(i => blockTables[seq * s.MaxBlocksPerSeq + firstBlock + i]).ToArray();
             for (int warp = 0; warp < s.KvMul; warp++)
             {
                 int head = kvHead * s.KvMul + warp;
                 long row = ((long)token * s.HeadCount + head) * partitionCount + partition;
-                if (partStart > pos)
+                if (isEmpty)
                 {
                     partialMl[row * 2] = float.NegativeInfinity;
                     partialMl[row * 2 + 1] = 0f;

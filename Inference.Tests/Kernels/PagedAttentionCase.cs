@@ -1,13 +1,15 @@
 using Inference.Kernels;
+using Inference.KvCache;
 
 namespace Inference.Tests.Kernels;
 
 /// <summary>Storage type of the KV cache in a test case.</summary>
-public enum KvStorage { F32, F16 }
+public enum KvStorage { F32, F16, Q8_0, Fp8 }
 
 /// <summary>
 /// Random paged-attention inputs: a KV cache with shuffled physical blocks, block tables, queries, and the reference
-/// output. f16 cases round K/V to f16 first so the reference sees exactly what the kernels read.
+/// output. f16 cases round K/V to f16 first, and the block formats (Q8_0, FP8) quantize them and keep the dequantized
+/// values in <see cref="K"/> and <see cref="V"/> (exact), so the reference sees exactly what the kernels read.
 /// </summary>
 internal sealed class PagedAttentionCase
 {
@@ -19,6 +21,8 @@ internal sealed class PagedAttentionCase
     public required float[] V { get; init; }
     public required Half[] KHalf { get; init; }
     public required Half[] VHalf { get; init; }
+    public required byte[] KBytes { get; init; }          // the block formats: [blockCount, blockSize, kvHeads, headDim / 32, 34]; else empty
+    public required byte[] VBytes { get; init; }
     public required int BlockCount { get; init; }
 
     public int SeqCount => ContextLens.Length;
@@ -55,10 +59,21 @@ internal sealed class PagedAttentionCase
                 v[i] = (float)vh[i];
             }
         }
+        byte[] kb = [], vb = [];
+        if (BlockType(storage) is { } type)
+        {
+            // every head row is whole blocks, so the cache quantizes as one run of blocks
+            kb = new byte[KvBlockFormat.ByteCount(type, n)];
+            vb = new byte[kb.Length];
+            KvBlockFormat.Quantize(type, k, kb);
+            KvBlockFormat.Quantize(type, v, vb);
+            KvBlockFormat.Dequantize(type, kb, k);
+            KvBlockFormat.Dequantize(type, vb, v);
+        }
         return new PagedAttentionCase
         {
             Shape = shape, Storage = storage, ContextLens = contextLens, BlockTables = tables,
-            K = k, V = v, KHalf = kh, VHalf = vh, BlockCount = blockCount,
+            K = k, V = v, KHalf = kh, VHalf = vh, KBytes = kb, VBytes = vb, BlockCount = blockCount,
         };
     }
 
@@ -75,8 +90,23 @@ internal sealed class PagedAttentionCase
                 K[e] = V[e] = float.NaN;
                 KHalf[e] = VHalf[e] = Half.NaN;
             }
+            if (KBytes.Length == 0) continue;
+            // the block formats: every block's f16 scale becomes NaN (d · code is NaN for every code)
+            for (int b = at / KvBlockFormat.BlockValues; b < (at + rowLength) / KvBlockFormat.BlockValues; b++)
+            {
+                KBytes[b * KvBlockFormat.BlockBytes] = VBytes[b * KvBlockFormat.BlockBytes] = 0x00;
+                KBytes[b * KvBlockFormat.BlockBytes + 1] = VBytes[b * KvBlockFormat.BlockBytes + 1] = 0x7E;
+            }
         }
     }
+
+    /// <summary>The block format of <paramref name="storage"/>, or null for f32 and f16.</summary>
+    public static KvCacheDataType? BlockType(KvStorage storage) => storage switch
+    {
+        KvStorage.Q8_0 => KvCacheDataType.Q8_0,
+        KvStorage.Fp8 => KvCacheDataType.Fp8E4M3,
+        _ => null,
+    };
 
     /// <summary>Uniform in [-1, 1) and never exactly zero.</summary>
     public static float[] Random(Random rng, int count, float scale = 1f)
