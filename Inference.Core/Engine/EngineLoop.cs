@@ -60,10 +60,16 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         if (options.KvEviction is { } eviction)
         {
             eviction.Validate(contextLength, kvOptions.BlockSize);
-            if (options.Speculative is not null) throw new NotSupportedException("KV eviction cannot be combined with speculative decoding yet");
+            // NOTE: n-gram speculation runs with the attention-sink policy: the rejected proposals' slots are truncated
+            // at the cache's re-based end. A draft model keeps its own KV cache of the whole text, which would need the
+            // same eviction and compaction; heavy hitters would count the attention of rejected proposals' queries.
+            if (options.Speculative is { Method: SpeculativeMethod.DraftModel })
+                throw new NotSupportedException("KV eviction cannot be combined with a draft model (the draft's own KV cache holds the whole text and is not evicted); use n-gram speculation or none");
+            if (options.Speculative is not null && eviction.Policy == KvEvictionPolicy.HeavyHitters)
+                throw new NotSupportedException("heavy-hitter KV eviction cannot be combined with speculative decoding (rejected proposals would add attention to the scores); use the attention-sink policy");
             if (options.TensorParallelSize > 1) throw new NotSupportedException("KV eviction cannot be combined with tensor parallelism yet");
             if (c.KvRetention is not null) throw new NotSupportedException("KV eviction is not needed for a model whose every layer has a sliding window: the window already bounds its KV");
-            if (!KvCompactor.Supports(kvOptions.DataType)) throw new NotSupportedException($"KV eviction re-rotates stored keys, which it does for f32 and f16 K/V, not {kvOptions.DataType}");
+            if (!KvCompactor.Supports(kvOptions.DataType)) throw new NotSupportedException($"KV eviction re-rotates stored keys, which it does for f32, f16, Q8_0 and FP8 K/V, not {kvOptions.DataType}");
         }
         var manager = new KvCacheManager(blockCount, kvOptions, identity.Salt, c.KvRetention ?? 0, options.KvEviction);
         var context = new ForwardExecutorContext(model, manager, kvOptions, blockCount, contextLength, options.MaxNumBatchedTokens, options.MaxNumSeqs, options.Threads);

@@ -22,7 +22,10 @@ namespace Inference.Engine;
 /// </para>
 /// <para>
 /// With f16 storage each re-rotation rounds the key to f16 again (about 2⁻¹¹ relative); a token is moved at most once per
-/// block of generated tokens while it stays cached. Engine thread only; no allocation once its buffers have grown.
+/// block of generated tokens while it stays cached. The block formats (Q8_0, FP8) are dequantized one head row at a time
+/// (exact), rotated in double and quantized again, which adds one more quantization's error per move (measured in
+/// <c>KvEvictionTests</c>, stated in docs/kv-cache.md). Values are moved as stored. Engine thread only; no allocation once
+/// its buffers have grown.
 /// </para>
 /// </remarks>
 internal sealed class KvCompactor
@@ -36,7 +39,7 @@ internal sealed class KvCompactor
     public KvCompactor(IKvBlockStorage storage, ModelGraph graph)
     {
         if (!Supports(storage.DataType))
-            throw new NotSupportedException($"KV eviction re-rotates stored keys, which it does for f32 and f16 K/V; not for {storage.DataType}");
+            throw new NotSupportedException($"KV eviction re-rotates stored keys, which it does for f32, f16, Q8_0 and FP8 K/V; not for {storage.DataType}");
         _storage = storage;
         _keyRope = KeyRopeTables(graph, storage.LayerCount);
         _row = new float[storage.HeadDim];
@@ -46,7 +49,8 @@ internal sealed class KvCompactor
     }
 
     /// <summary>Whether keys of <paramref name="dataType"/> can be re-rotated.</summary>
-    public static bool Supports(KvCacheDataType dataType) => dataType is KvCacheDataType.Float32 or KvCacheDataType.Float16;
+    public static bool Supports(KvCacheDataType dataType) =>
+        dataType is KvCacheDataType.Float32 or KvCacheDataType.Float16 or KvCacheDataType.Q8_0 or KvCacheDataType.Fp8E4M3;
 
     /// <summary>The rotation applied to each layer's keys before they are stored (null: the layer's keys are not rotated).</summary>
     internal static RopeTable?[] KeyRopeTables(ModelGraph graph, int layerCount)
@@ -79,8 +83,7 @@ internal sealed class KvCompactor
     {
         var s = _storage;
         int blockBytes = KvBlockStorage.LayerBlockByteCount(s);
-        int elem = (int)KvBlockFormat.ByteCount(s.DataType, 1); // f32 or f16 (Supports)
-        int rowBytes = s.KvHeadCount * s.HeadDim * elem;
+        int rowBytes = s.KvHeadCount * KvBlockFormat.RowBytes(s.DataType, s.HeadDim);   // one token's K (or V)
         int inBytes = c.SourceBlocks.Length * blockBytes, outBytes = c.DestinationBlocks.Length * blockBytes;
         Grow(ref _inKeys, inBytes);
         Grow(ref _inValues, inBytes);
@@ -121,15 +124,23 @@ internal sealed class KvCompactor
     /// <summary>Rotates every head of one stored key row by the angles in _cos/_sin.</summary>
     private void Rotate(Span<byte> key, RopeTable rope)
     {
-        int hd = _storage.HeadDim, half = rope.RopeDim / 2;
+        var type = _storage.DataType;
+        int hd = _storage.HeadDim, half = rope.RopeDim / 2, headBytes = KvBlockFormat.RowBytes(type, hd);
         bool neox = rope.Layout == RopeLayout.Neox;
-        bool f32 = _storage.DataType == KvCacheDataType.Float32;
-        var asFloat = MemoryMarshal.Cast<byte, float>(key);
-        var asHalf = MemoryMarshal.Cast<byte, Half>(key);
         for (int h = 0; h < _storage.KvHeadCount; h++)
         {
-            int b = h * hd;
-            for (int d = 0; d < hd; d++) _row[d] = f32 ? asFloat[b + d] : (float)asHalf[b + d];
+            var head = key.Slice(h * headBytes, headBytes);
+            switch (type)
+            {
+                case KvCacheDataType.Float32: MemoryMarshal.Cast<byte, float>(head).CopyTo(_row); break;
+                case KvCacheDataType.Float16:
+                {
+                    var halves = MemoryMarshal.Cast<byte, Half>(head);
+                    for (int d = 0; d < hd; d++) _row[d] = (float)halves[d];
+                    break;
+                }
+                default: KvBlockFormat.Dequantize(type, head, _row); break;
+            }
             for (int i = 0; i < half; i++)
             {
                 int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
@@ -137,10 +148,16 @@ internal sealed class KvCompactor
                 _row[i0] = (float)(x0 * _cos[i] - x1 * _sin[i]);
                 _row[i1] = (float)(x0 * _sin[i] + x1 * _cos[i]);
             }
-            for (int d = 0; d < hd; d++)
+            switch (type)
             {
-                if (f32) asFloat[b + d] = _row[d];
-                else asHalf[b + d] = (Half)_row[d];
+                case KvCacheDataType.Float32: _row.CopyTo(MemoryMarshal.Cast<byte, float>(head)); break;
+                case KvCacheDataType.Float16:
+                {
+                    var halves = MemoryMarshal.Cast<byte, Half>(head);
+                    for (int d = 0; d < hd; d++) halves[d] = (Half)_row[d];
+                    break;
+                }
+                default: KvBlockFormat.Quantize(type, _row, head); break;
             }
         }
     }

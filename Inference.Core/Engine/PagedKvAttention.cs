@@ -23,6 +23,7 @@ internal sealed class PagedKvAttention : IKvAttention
     private readonly ModelConfig _config;
     private readonly PagedAttentionShape _shape;
     private double[] _probabilities = [];
+    private float[] _keyRow = [];
 
     public PagedKvAttention(KvCacheStorage storage, KvCacheManager manager, ModelConfig config)
     {
@@ -82,9 +83,14 @@ internal sealed class PagedKvAttention : IKvAttention
     {
         int heads = shape.HeadCount, kvMul = shape.KvMul, hd = shape.HeadDim, bs = shape.BlockSize, stride = shape.QueryStride;
         double scale = 1.0 / Math.Sqrt(hd);
-        bool f32 = _storage.DataType == KvCacheDataType.Float32;
+        var type = _storage.DataType;
+        bool f32 = type == KvCacheDataType.Float32, blocks = KvBlockFormat.IsBlockFormat(type);
         var keys32 = f32 ? _storage.GetKeys<float>(layer) : default;
-        var keys16 = f32 ? default : _storage.GetKeys<Half>(layer);
+        var keys16 = f32 || blocks ? default : _storage.GetKeys<Half>(layer);
+        var keyBytes = blocks ? _storage.GetKeyBytes(layer) : default;
+        int headBytes = KvBlockFormat.RowBytes(type, hd);
+        if (_keyRow.Length < hd) _keyRow = new float[hd];
+        var keyRow = _keyRow.AsSpan(0, hd);
         foreach (var seg in batch.Segments)
         {
             var scores = _manager.GetAttentionScores(seg.SequenceId);
@@ -102,9 +108,15 @@ internal sealed class PagedKvAttention : IKvAttention
                     double max = double.NegativeInfinity;
                     for (int j = first; j < visible; j++)
                     {
-                        int row = ((table[j / bs] * bs + j % bs) * shape.KvHeadCount + kvHead) * hd;
+                        int headRow = (table[j / bs] * bs + j % bs) * shape.KvHeadCount + kvHead, row = headRow * hd;
                         double dot = 0;
                         if (f32) for (int d = 0; d < hd; d++) dot += query[d] * keys32[row + d];
+                        else if (blocks)
+                        {
+                            // the block formats: the row dequantized (exact), one head row at a time
+                            KvBlockFormat.Dequantize(type, keyBytes.Slice(headRow * headBytes, headBytes), keyRow);
+                            for (int d = 0; d < hd; d++) dot += query[d] * keyRow[d];
+                        }
                         else for (int d = 0; d < hd; d++) dot += query[d] * (float)keys16[row + d];
                         dot *= scale;
                         if (shape.LogitSoftCap != 0) dot = shape.LogitSoftCap * Math.Tanh(dot / shape.LogitSoftCap);

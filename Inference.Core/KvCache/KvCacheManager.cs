@@ -261,7 +261,6 @@ public sealed class KvCacheManager
     public void TruncateSlots(long sequenceId, int tokenCount)
     {
         var table = GetTable(sequenceId);
-        if (table.Evicted) throw new InvalidOperationException($"Sequence {sequenceId} evicted tokens; its slots cannot be truncated.");
         if (tokenCount < 0 || tokenCount > table.TokenCount || (tokenCount < table.TokenCount && BlocksFor(tokenCount) <= table.ReleasedBlockCount && table.ReleasedBlockCount > 0))
             throw new ArgumentOutOfRangeException(nameof(tokenCount), tokenCount, $"sequence {sequenceId} has {table.TokenCount} slots ({table.ReleasedBlockCount} blocks released)");
         if (tokenCount == table.TokenCount) return;

@@ -308,8 +308,9 @@ public sealed class Scheduler
         int accepted = sampledTokenIds.Length - 1;
         if (!sampledTokenIds[..accepted].SequenceEqual(request.SpeculativeTokenIds[..accepted]))
             throw new ArgumentException("Every sampled token but the last must equal the proposed token at its position.", nameof(sampledTokenIds));
-        // The accepted proposals' KV is kept; the rejected ones' slots are given back.
-        KvCache.TruncateSlots(request.RequestId, known + accepted);
+        // The accepted proposals' KV is kept; the rejected ones' slots are given back (at cache indices, which trail the
+        // text by the tokens evicted so far).
+        KvCache.TruncateSlots(request.RequestId, known + accepted - request.EvictedTokenCount);
         request.ComputedTokenCount = known + accepted;
         request.ClearSpeculativeTokens();
         FinishReason? reason = null;

@@ -370,13 +370,176 @@ public class KvEvictionTests
         Assert.That(stats.RunningCount + stats.WaitingCount, Is.Zero);
     }
 
+    /// <summary>
+    /// Q8_0 and FP8 keys moved by a compaction are dequantized, rotated and quantized again: the moved key's error against
+    /// the exact rotation of the original key is about √2 × one fresh quantization's error (the stored key's error,
+    /// rotated, plus the new rounding); unmoved keys and all values keep their bytes.
+    /// </summary>
+    [TestCase(KvCacheDataType.Q8_0)]
+    [TestCase(KvCacheDataType.Fp8E4M3)]
+    public void Compactor_ReRotatesQuantizedKeys_WithOneMoreQuantizationError(KvCacheDataType type)
+    {
+        using var gguf = GgufFile.Open(Inference.Tests.Cuda.DeviceForwardExecutorTests.Model(4, 2, GgmlType.F32, headDim: 64));
+        var config = ModelConfig.FromGguf(gguf);
+        var graph = new LlamaModel(gguf, config).Graph;
+        int kvHeads = config.KvHeadCount, hd = config.HeadDim, kvDim = kvHeads * hd;
+        const int bs = 8, old = 24, moved = 12;
+        using var storage = new KvCacheStorage(config.LayerCount, 4, bs, kvHeads, hd, type);
+        var rope = KvCompactor.KeyRopeTables(graph, config.LayerCount)[0]!;
+        int[] blocks = [2, 0, 3];
+        var rng = new Random(6);
+        var keys = new double[old][];
+        for (int p = 0; p < old; p++)
+        {
+            keys[p] = Enumerable.Range(0, kvDim).Select(_ => rng.NextDouble() * 2 - 1).ToArray();
+            var k = Rotated(keys[p], rope, kvHeads, hd, p).Select(x => (float)x).ToArray();
+            var v = Enumerable.Range(0, kvDim).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+            for (int l = 0; l < config.LayerCount; l++) storage.Write(l, blocks[p / bs], p % bs, k, v);
+        }
+        int rowBytes = kvHeads * KvBlockFormat.RowBytes(type, hd);
+        var before = storage.GetKeyBytes(0).ToArray();
+        var valuesBefore = storage.GetValueBytes(0).ToArray();
+        byte[] Row(byte[] bytes, int index) => bytes.AsSpan((blocks[index / bs] * bs + index % bs) * rowBytes, rowBytes).ToArray();
+
+        // keep the 4 sinks, drop 4 … 11, move 12 … 23 down to 4 … 15 (rotated by −8), into blocks 2 and 0
+        int[] sources = [0, 1, 2, 3, .. Enumerable.Range(moved, old - moved)];
+        new KvCompactor(storage, graph).Apply(new KvCompaction(0, bs, 0, blocks, old, sources, [2, 0], 0));
+
+        var after = storage.GetKeyBytes(0).ToArray();
+        var valuesAfter = storage.GetValueBytes(0).ToArray();
+        var row = new float[kvDim];
+        var fresh = new byte[rowBytes];
+        double movedErr = 0, freshErr = 0, norm = 0;
+        for (int j = 0; j < sources.Length; j++)
+        {
+            Assert.That(Row(valuesAfter, j), Is.EqualTo(Row(valuesBefore, sources[j])), $"value of index {j} moved as stored");
+            if (j < 4)
+            {
+                Assert.That(Row(after, j), Is.EqualTo(Row(before, j)), "a sink keeps its bytes");
+                continue;
+            }
+            var exact = Rotated(keys[sources[j]], rope, kvHeads, hd, j);
+            KvBlockFormat.Dequantize(type, Row(after, j), row);
+            KvBlockFormat.Quantize(type, exact.Select(x => (float)x).ToArray(), fresh);
+            var freshRow = new float[kvDim];
+            KvBlockFormat.Dequantize(type, fresh, freshRow);
+            for (int d = 0; d < kvDim; d++)
+            {
+                movedErr += (row[d] - exact[d]) * (row[d] - exact[d]);
+                freshErr += (freshRow[d] - exact[d]) * (freshRow[d] - exact[d]);
+                norm += exact[d] * exact[d];
+            }
+        }
+        movedErr = Math.Sqrt(movedErr / norm);
+        freshErr = Math.Sqrt(freshErr / norm);
+        TestContext.Out.WriteLine($"{type}: moved key relative L2 {movedErr:E2}, fresh quantization {freshErr:E2}, ratio {movedErr / freshErr:F2}");
+        Assert.That(movedErr, Is.LessThan(2 * freshErr), "one more quantization, not a wrong rotation");
+    }
+
+    /// <summary>R(position)·x per head, in double (the layout and frequencies of <paramref name="rope"/>).</summary>
+    private static double[] Rotated(double[] x, RopeTable rope, int heads, int hd, int position)
+    {
+        var r = (double[])x.Clone();
+        int half = rope.RopeDim / 2;
+        bool neox = rope.Layout == RopeLayout.Neox;
+        for (int h = 0; h < heads; h++)
+            for (int i = 0; i < half; i++)
+            {
+                int i0 = h * hd + (neox ? i : 2 * i), i1 = h * hd + (neox ? i + half : 2 * i + 1);
+                double c = Math.Cos(position * rope.InvFreq[i]), sn = Math.Sin(position * rope.InvFreq[i]);
+                r[i0] = x[i0] * c - x[i1] * sn;
+                r[i1] = x[i0] * sn + x[i1] * c;
+            }
+        return r;
+    }
+
+    /// <summary>
+    /// Both policies with Q8_0 and FP8 K/V (a synthetic llama with head size 32): four contexts generated with the block
+    /// count bounded and no block leaked; sinks with a window covering everything give the tokens of no eviction.
+    /// </summary>
+    [TestCase(KvCacheDataType.Q8_0, KvEvictionPolicy.AttentionSinks)]
+    [TestCase(KvCacheDataType.Fp8E4M3, KvEvictionPolicy.HeavyHitters)]
+    public async Task Engine_QuantizedKv_GeneratesFourContexts_WithBoundedBlocks(KvCacheDataType type, KvEvictionPolicy policy)
+    {
+        string model = Inference.Tests.Cuda.DeviceForwardExecutorTests.Model(8, 2, GgmlType.F32, headDim: 32);
+        var eviction = policy == KvEvictionPolicy.AttentionSinks
+            ? new KvEvictionOptions { SinkTokens = 4, RecentTokens = 44 }
+            : new KvEvictionOptions { Policy = policy, SinkTokens = 4, RecentTokens = 28, HeavyHitterTokens = 16 };
+        EngineOptions EngineWith(KvEvictionOptions? e) => new()
+        {
+            Threads = 2, ContextLength = 64, KvCache = new KvCacheOptions { BlockSize = 16, DataType = type }, KvEviction = e,
+            MaxNumSeqs = 4, MaxNumBatchedTokens = 64,
+        };
+        var sampling = SamplingOptions.Greedy with { MaxTokens = 4 * 64, EndOfSequence = EndOfSequenceHandling.Ignore };
+        await using (var engine = await InferenceEngine.LoadAsync(model, EngineWith(eviction)))
+        {
+            int most = 0;
+            engine.Loop.StepCompleted = _ => most = Math.Max(most, engine.Loop.KvCache.UsedBlockCount);
+            var result = await engine.CompleteAsync("Once upon a time", sampling);
+            engine.Loop.StepCompleted = null;
+            Assert.That(result.TokenIds, Has.Count.EqualTo(256));
+            Assert.That(most, Is.LessThanOrEqualTo((48 + 16) / 16 + 1), "bounded blocks");
+            Assert.That((await engine.GetStatsAsync()).KvCache.UsedBlockCount, Is.Zero, "no leaked block");
+        }
+        // 4 sinks + 44 recent + a block of 16 = 64 = the context: 40 tokens never evict anything
+        var short40 = sampling with { MaxTokens = 40 };
+        IReadOnlyList<int> plain;
+        await using (var engine = await InferenceEngine.LoadAsync(model, EngineWith(null)))
+            plain = (await engine.CompleteAsync("Once upon a time", short40)).TokenIds;
+        await using (var engine = await InferenceEngine.LoadAsync(model, EngineWith(new KvEvictionOptions { SinkTokens = 4, RecentTokens = 44 })))
+            Assert.That((await engine.CompleteAsync("Once upon a time", short40)).TokenIds, Is.EqualTo(plain));
+    }
+
     [Test]
     public async Task Engine_RefusesEvictionItCannotDo()
     {
         var eviction = new KvEvictionOptions { SinkTokens = 4, RecentTokens = 60 };
         Assert.That(async () => await InferenceEngine.LoadAsync(TestData.Stories260K, Options(eviction) with { KvCache = new KvCacheOptions { BlockSize = 16 }, ContextLength = 64 }),
             Throws.ArgumentException.With.Message.Contains("context"));
-        Assert.That(async () => await InferenceEngine.LoadAsync(TestData.Stories260K, Options(eviction) with { Speculative = Inference.Speculative.SpeculativeOptions.NGram(2) }),
-            Throws.InstanceOf<NotSupportedException>());
+        Assert.That(async () => await InferenceEngine.LoadAsync(TestData.Stories260K, Options(eviction) with { Speculative = Inference.Speculative.SpeculativeOptions.Draft(TestData.Stories260K, 2) }),
+            Throws.InstanceOf<NotSupportedException>().With.Message.Contains("draft"));
+        var heavy = new KvEvictionOptions { Policy = KvEvictionPolicy.HeavyHitters, SinkTokens = 4, RecentTokens = 60, HeavyHitterTokens = 16 };
+        Assert.That(async () => await InferenceEngine.LoadAsync(TestData.Stories260K, Options(heavy) with { Speculative = Inference.Speculative.SpeculativeOptions.NGram(2) }),
+            Throws.InstanceOf<NotSupportedException>().With.Message.Contains("speculative"));
+    }
+
+    /// <summary>
+    /// N-gram speculation with the attention-sink policy: rejected proposals are truncated at the re-based end of the
+    /// cache; four contexts with the block count bounded, proposals accepted along the way, no block leaked; with a
+    /// window that covers everything the tokens equal speculation without eviction.
+    /// </summary>
+    [Test]
+    public async Task Engine_NGramSpeculation_WithAttentionSinks()
+    {
+        var speculative = Inference.Speculative.SpeculativeOptions.NGram(3);
+        var sampling = SamplingOptions.Greedy with { MaxTokens = 4 * 128, EndOfSequence = EndOfSequenceHandling.Ignore };
+        const string prompt = "Once upon a time there was a cat. The cat was happy. Once upon a time there was a dog. The dog";
+        await using (var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, Options(new KvEvictionOptions { SinkTokens = 4, RecentTokens = 92 }) with { Speculative = speculative }))
+        {
+            int most = 0;
+            Exception? broken = null;
+            engine.Loop.StepCompleted = _ =>
+            {
+                most = Math.Max(most, engine.Loop.KvCache.UsedBlockCount);
+                try { engine.Loop.KvCache.CheckInvariants(); }
+                catch (Exception e) { broken ??= e; }
+            };
+            var result = await engine.CompleteAsync(prompt, sampling);
+            engine.Loop.StepCompleted = null;
+            Assert.That(broken, Is.Null);
+            Assert.That(result.TokenIds, Has.Count.EqualTo(512));
+            Assert.That(most, Is.LessThanOrEqualTo((96 + 16) / 16 + 1), "bounded blocks");
+            var stats = await engine.GetStatsAsync();
+            TestContext.Out.WriteLine($"speculation under eviction: {stats.Speculation}");
+            Assert.That(stats.Speculation!.AcceptedTokens, Is.GreaterThan(0), "proposals were accepted");
+            Assert.That(stats.Speculation.ProposedTokens, Is.GreaterThan(stats.Speculation.AcceptedTokens), "and some rejected (truncated)");
+            Assert.That(stats.KvCache.UsedBlockCount, Is.Zero, "no leaked block");
+        }
+        var short236 = sampling with { MaxTokens = 200 };
+        IReadOnlyList<int> plain;
+        await using (var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, Options(null, context: 256) with { Speculative = speculative }))
+            plain = (await engine.CompleteAsync(prompt, short236)).TokenIds;
+        await using (var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, Options(new KvEvictionOptions { SinkTokens = 4, RecentTokens = 236 }, context: 256) with { Speculative = speculative }))
+            Assert.That((await engine.CompleteAsync(prompt, short236)).TokenIds, Is.EqualTo(plain));
     }
 }
