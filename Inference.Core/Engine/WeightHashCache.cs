@@ -1,5 +1,6 @@
 using System.IO.Hashing;
 using System.Text;
+using Inference.Loading;
 using Inference.Models;
 
 namespace Inference.Engine;
@@ -132,7 +133,7 @@ internal sealed class WeightHashCache
         var edge = new byte[EdgeBytes];
         foreach (var file in _sources)
         {
-            var info = new FileInfo(file);
+            var info = MappedMemory.FileOf(file);
             key.Append(Encoding.UTF8.GetBytes($"{info.Name}/{info.Length}/{info.LastWriteTimeUtc.Ticks}\n"));
             using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
             int read = stream.ReadAtLeast(edge, edge.Length, throwOnEndOfStream: false);
@@ -153,7 +154,7 @@ internal sealed class WeightHashCache
         byte[] bytes;
         try
         {
-            var info = new FileInfo(path);
+            var info = MappedMemory.FileOf(path);
             if (!info.Exists)
             {
                 why = WeightHashCacheOutcome.Created;

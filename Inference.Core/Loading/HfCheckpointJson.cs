@@ -23,7 +23,7 @@ internal static class HfCheckpointJson
             if (optional) return null;
             throw new ModelFormatException(path, -1, "file is missing");
         }
-        long length = new FileInfo(path).Length;
+        long length = MappedMemory.FileOf(path).Length;
         if (length > maxBytes) throw new ModelFormatException(path, -1, $"file is {length} bytes, more than the limit of {maxBytes}");
         byte[] bytes = File.ReadAllBytes(path);
         try

@@ -29,6 +29,16 @@ internal sealed unsafe class MappedMemory : IDisposable
     public long Length { get; }
 
     /// <summary>
+    /// The file <paramref name="path"/> names, with symbolic links followed: <see cref="FileInfo"/> describes a link
+    /// itself (its length is the target path's), and Hugging Face's cache keeps every snapshot file as a link to a blob.
+    /// </summary>
+    public static FileInfo FileOf(string path)
+    {
+        var info = new FileInfo(path);
+        return info.LinkTarget is not null && info.ResolveLinkTarget(returnFinalTarget: true) is FileInfo target ? target : info;
+    }
+
+    /// <summary>
     /// Maps <paramref name="path"/> read-only after the checks every model file gets: not a directory, present, and at
     /// least <paramref name="minLength"/> bytes (<paramref name="format"/> names the expected kind in messages).
     /// </summary>
@@ -39,7 +49,7 @@ internal sealed unsafe class MappedMemory : IDisposable
         ArgumentException.ThrowIfNullOrEmpty(path);
         if (Directory.Exists(path)) throw new ModelFormatException(path, -1, $"is a directory, expected a {format} file");
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: file not found", path);
-        long length = new FileInfo(path).Length;
+        long length = FileOf(path).Length;
         if (length < minLength) throw new ModelFormatException(path, 0, $"file is {length} bytes, too short for a {format} header ({minLength} bytes)");
 
         var mapping = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
