@@ -231,21 +231,151 @@ internal static unsafe class FloatMatMulKernel
     }
 
     /// <summary>
-    /// The AVX2 path: rows eight at a time against one batch row (decode), otherwise four at a time against three batch
-    /// rows (twelve accumulators, seven loads per twelve FMAs: the sixteen ymm registers hold the tile, the three
-    /// activation vectors and the weight vector). Every output keeps one accumulator over 8-column steps whatever the
-    /// tile, so results do not depend on the batching.
+    /// The AVX2 path: rows eight at a time against one batch row (decode); F32 against 2 to <see cref="SmallBatchMax"/>
+    /// batch rows (a speculative verification) in single-pass tiles (<see cref="SmallBatch256{TW}"/>); otherwise four at a
+    /// time against three batch rows (twelve accumulators, seven loads per twelve FMAs: the sixteen ymm registers hold
+    /// the tile, the three activation vectors and the weight vector). Every output keeps one accumulator over 8-column
+    /// steps whatever the tile, so results do not depend on the batching.
     /// </summary>
     private static void Rows256<TW>(in MatMulArgs a, int rowStart, int rowEnd) where TW : IFloatWeights
     {
         int r = rowStart;
         if (a.Batch == 1)
             for (; r + 8 <= rowEnd; r += 8) RowTile8x1_256<TW>(a, r);
+        else if (typeof(TW) == typeof(F32Weights) && a.Batch <= SmallBatchMax)
+            r = SmallBatch256<TW>(a, r, rowEnd);
         else if (typeof(TW) != typeof(F32Weights) && a.Batch >= WidenOnceMinBatch)
             for (; r + 4 <= rowEnd; r += 4) WidenedTiles256<TW>(a, r);
         else
             for (; r + 4 <= rowEnd; r += 4) BatchTiles256<TW, Tile4>(a, r);
         for (; r < rowEnd; r++) BatchTiles256<TW, Tile1>(a, r);
+    }
+
+    /// <summary>Most batch rows <see cref="SmallBatch256{TW}"/> takes (speculative verification: K + 1 positions).</summary>
+    private const int SmallBatchMax = 8;
+
+    /// <summary>
+    /// F32 rows against 2 to <see cref="SmallBatchMax"/> batch rows (a speculative verification), each weight streamed
+    /// from memory once: a tile of four rows (two for four or more batch rows) is loaded into registers once per
+    /// 8-column step and multiplied with every batch row of the tile while it is there, and the tile asks for the next
+    /// tile's bytes as it goes, so memory keeps streaming while the FMAs run. Six to eight batch rows run as two
+    /// groups over the same two rows, the second reading them from L1. Returns the first row left for single-row tiles.
+    /// </summary>
+    /// <remarks>
+    /// The tiles with one pass per batch group of three (<see cref="BatchTiles256{TW, TRows}"/>) read a four-row tile
+    /// once from memory and again from L1/L2 for the remaining batch rows; nothing streams from memory during the
+    /// second pass, and the hardware prefetcher restarts on every 4 KiB row. Every output still keeps one accumulator
+    /// over 8-column steps in column order, so the bits equal the batch-1 kernel's (<see cref="RowTile8x1_256{TW}"/>).
+    /// </remarks>
+    private static int SmallBatch256<TW>(in MatMulArgs a, int r, int rowEnd) where TW : IFloatWeights
+    {
+        switch (a.Batch)
+        {
+            case 2: for (; r + 4 <= rowEnd; r += 4) Streamed256<TW, Tile4, Tile2>(a, r, 0, prefetch: true); break;
+            case 3: for (; r + 4 <= rowEnd; r += 4) Streamed256<TW, Tile4, Tile3>(a, r, 0, prefetch: true); break;
+            case 4: for (; r + 2 <= rowEnd; r += 2) Streamed256<TW, Tile2, Tile4>(a, r, 0, prefetch: true); break;
+            case 5: for (; r + 2 <= rowEnd; r += 2) Streamed256<TW, Tile2, Tile5>(a, r, 0, prefetch: true); break;
+            case 6:
+                for (; r + 2 <= rowEnd; r += 2)
+                {
+                    Streamed256<TW, Tile2, Tile3>(a, r, 0, prefetch: true);
+                    Streamed256<TW, Tile2, Tile3>(a, r, 3, prefetch: false);
+                }
+                break;
+            case 7:
+                for (; r + 2 <= rowEnd; r += 2)
+                {
+                    Streamed256<TW, Tile2, Tile4>(a, r, 0, prefetch: true);
+                    Streamed256<TW, Tile2, Tile3>(a, r, 4, prefetch: false);
+                }
+                break;
+            case 8:
+                for (; r + 2 <= rowEnd; r += 2)
+                {
+                    Streamed256<TW, Tile2, Tile4>(a, r, 0, prefetch: true);
+                    Streamed256<TW, Tile2, Tile4>(a, r, 4, prefetch: false);
+                }
+                break;
+        }
+        return r;
+    }
+
+    /// <summary>
+    /// Rows r … r+TRows.Count−1 (two or four) against batch rows b … b+TTile.Count−1 (up to five; three with four rows:
+    /// the accumulators, the activation vectors of a step and one weight vector fill the sixteen ymm registers). With
+    /// <paramref name="prefetch"/>, asks for the tile after this one (the rows right after these, 32 bytes per row and
+    /// step) as it goes.
+    /// </summary>
+    private static void Streamed256<TW, TRows, TTile>(in MatMulArgs a, int r, int b, bool prefetch)
+        where TW : IFloatWeights where TRows : IBatchTile where TTile : IBatchTile
+    {
+        int cols = a.Cols;
+        long rb = a.RowBytes;
+        byte* w0 = a.W + r * rb, w1 = w0 + rb, w2 = w1 + rb, w3 = w2 + rb;
+        float* x0 = a.X + (long)b * cols, x1 = x0 + cols, x2 = x1 + cols, x3 = x2 + cols, x4 = x3 + cols;
+        Vector256<float> c00 = default, c01 = default, c02 = default, c03 = default, c04 = default;
+        Vector256<float> c10 = default, c11 = default, c12 = default, c13 = default, c14 = default;
+        Vector256<float> c20 = default, c21 = default, c22 = default;
+        Vector256<float> c30 = default, c31 = default, c32 = default;
+        byte* next = w0 + TRows.Count * rb;
+        long nextStride = TRows.Count * rb / cols;
+        int i = 0;
+        for (; i + 8 <= cols; i += 8)
+        {
+            if (prefetch) PackedSteps.PrefetchLines(next + nextStride * i, TRows.Count / 2);
+            var u0 = Vector256.Load(x0 + i);
+            var u1 = TTile.Count > 1 ? Vector256.Load(x1 + i) : default;
+            var u2 = TTile.Count > 2 ? Vector256.Load(x2 + i) : default;
+            var u3 = TTile.Count > 3 ? Vector256.Load(x3 + i) : default;
+            var u4 = TTile.Count > 4 ? Vector256.Load(x4 + i) : default;
+            var v = TW.Load8(w0, i);
+            c00 = Vector256.FusedMultiplyAdd(v, u0, c00);
+            if (TTile.Count > 1) c01 = Vector256.FusedMultiplyAdd(v, u1, c01);
+            if (TTile.Count > 2) c02 = Vector256.FusedMultiplyAdd(v, u2, c02);
+            if (TTile.Count > 3) c03 = Vector256.FusedMultiplyAdd(v, u3, c03);
+            if (TTile.Count > 4) c04 = Vector256.FusedMultiplyAdd(v, u4, c04);
+            v = TW.Load8(w1, i);
+            c10 = Vector256.FusedMultiplyAdd(v, u0, c10);
+            if (TTile.Count > 1) c11 = Vector256.FusedMultiplyAdd(v, u1, c11);
+            if (TTile.Count > 2) c12 = Vector256.FusedMultiplyAdd(v, u2, c12);
+            if (TTile.Count > 3) c13 = Vector256.FusedMultiplyAdd(v, u3, c13);
+            if (TTile.Count > 4) c14 = Vector256.FusedMultiplyAdd(v, u4, c14);
+            if (TRows.Count > 2)
+            {
+                v = TW.Load8(w2, i);
+                c20 = Vector256.FusedMultiplyAdd(v, u0, c20);
+                if (TTile.Count > 1) c21 = Vector256.FusedMultiplyAdd(v, u1, c21);
+                if (TTile.Count > 2) c22 = Vector256.FusedMultiplyAdd(v, u2, c22);
+                v = TW.Load8(w3, i);
+                c30 = Vector256.FusedMultiplyAdd(v, u0, c30);
+                if (TTile.Count > 1) c31 = Vector256.FusedMultiplyAdd(v, u1, c31);
+                if (TTile.Count > 2) c32 = Vector256.FusedMultiplyAdd(v, u2, c32);
+            }
+        }
+        // NOTE: all sums before the first call, as in RowTile4.
+        float s00 = Vector256.Sum(c00), s01 = Vector256.Sum(c01), s02 = Vector256.Sum(c02), s03 = Vector256.Sum(c03), s04 = Vector256.Sum(c04);
+        float s10 = Vector256.Sum(c10), s11 = Vector256.Sum(c11), s12 = Vector256.Sum(c12), s13 = Vector256.Sum(c13), s14 = Vector256.Sum(c14);
+        float s20 = Vector256.Sum(c20), s21 = Vector256.Sum(c21), s22 = Vector256.Sum(c22);
+        float s30 = Vector256.Sum(c30), s31 = Vector256.Sum(c31), s32 = Vector256.Sum(c32);
+        float* y = a.Y + (long)b * a.Rows + r;
+        long n = a.Rows;
+        y[0] = s00 + DotScalar<TW>(w0, i, cols, x0);
+        y[1] = s10 + DotScalar<TW>(w1, i, cols, x0);
+        if (TRows.Count > 2) { y[2] = s20 + DotScalar<TW>(w2, i, cols, x0); y[3] = s30 + DotScalar<TW>(w3, i, cols, x0); }
+        if (TTile.Count > 1)
+        {
+            y[n] = s01 + DotScalar<TW>(w0, i, cols, x1);
+            y[n + 1] = s11 + DotScalar<TW>(w1, i, cols, x1);
+            if (TRows.Count > 2) { y[n + 2] = s21 + DotScalar<TW>(w2, i, cols, x1); y[n + 3] = s31 + DotScalar<TW>(w3, i, cols, x1); }
+        }
+        if (TTile.Count > 2)
+        {
+            y[2 * n] = s02 + DotScalar<TW>(w0, i, cols, x2);
+            y[2 * n + 1] = s12 + DotScalar<TW>(w1, i, cols, x2);
+            if (TRows.Count > 2) { y[2 * n + 2] = s22 + DotScalar<TW>(w2, i, cols, x2); y[2 * n + 3] = s32 + DotScalar<TW>(w3, i, cols, x2); }
+        }
+        if (TTile.Count > 3) { y[3 * n] = s03 + DotScalar<TW>(w0, i, cols, x3); y[3 * n + 1] = s13 + DotScalar<TW>(w1, i, cols, x3); }
+        if (TTile.Count > 4) { y[4 * n] = s04 + DotScalar<TW>(w0, i, cols, x4); y[4 * n + 1] = s14 + DotScalar<TW>(w1, i, cols, x4); }
     }
 
     /// <summary>Batch rows from which f16/bf16 row tiles are widened once into f32 for the whole batch.</summary>

@@ -59,7 +59,7 @@ internal readonly unsafe struct MatMulArgs
 /// <summary>How many batch rows a kernel handles per pass over a weight row (a compile-time constant per type).</summary>
 internal interface IBatchTile
 {
-    /// <summary>Batch rows per tile, 1 to 4.</summary>
+    /// <summary>Batch rows per tile, 1 to 5.</summary>
     static abstract int Count { get; }
 }
 
@@ -71,3 +71,5 @@ internal readonly struct Tile2 : IBatchTile { public static int Count => 2; }
 internal readonly struct Tile3 : IBatchTile { public static int Count => 3; }
 /// <summary>Four batch rows.</summary>
 internal readonly struct Tile4 : IBatchTile { public static int Count => 4; }
+/// <summary>Five batch rows.</summary>
+internal readonly struct Tile5 : IBatchTile { public static int Count => 5; }

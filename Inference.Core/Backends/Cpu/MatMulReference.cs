@@ -25,6 +25,33 @@ internal static class MatMulReference
         }
     }
 
+    /// <summary>
+    /// y[b, r] for float weights (F32, F16, BF16) with the exact bits of the 256-bit (AVX2) float kernels, whatever the
+    /// batch: eight lanes, lane j accumulating the fused products of columns j, j + 8, j + 16 … in column order over the
+    /// whole eight-column steps; the lanes summed as <c>Vector256.Sum</c> does, ((l0 + l1) + (l2 + l3)) + ((l4 + l5) +
+    /// (l6 + l7)); then the remaining columns added one product at a time.
+    /// </summary>
+    public static void MultiplyFloat256(in WeightMatrix w, ReadOnlySpan<float> x, Span<float> y, int batch)
+    {
+        var row = new float[w.Cols];
+        Span<float> lanes = stackalloc float[8];
+        int vectorEnd = w.Cols & ~7;
+        for (int r = 0; r < w.Rows; r++)
+        {
+            Dequantize.Row(w.Type, w.Row(r), row);
+            for (int b = 0; b < batch; b++)
+            {
+                var xb = x.Slice(b * w.Cols, w.Cols);
+                lanes.Clear();
+                for (int c = 0; c < vectorEnd; c++) lanes[c & 7] = MathF.FusedMultiplyAdd(row[c], xb[c], lanes[c & 7]);
+                float s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+                float tail = 0;
+                for (int c = vectorEnd; c < w.Cols; c++) tail += row[c] * xb[c];
+                y[b * w.Rows + r] = s + tail;
+            }
+        }
+    }
+
     /// <summary>The dequantized weights, [Rows, Cols].</summary>
     public static float[] DequantizedWeights(in WeightMatrix w)
     {

@@ -92,6 +92,47 @@ public unsafe class MatMulTests
         }
     }
 
+    /// <summary>
+    /// Small float batches (speculative verification: the model's K + 1 positions) take single-pass tiles that read
+    /// each weight once for all batch rows, in column chunks: every batch row must get the bits it gets alone, and on
+    /// the AVX2 path the bits of the plain reference with that path's accumulation order. Rows: whole four-row tiles and
+    /// remainders; columns: under one vector, a vector tail, exactly one chunk, chunk boundaries with and without a tail.
+    /// </summary>
+    [Test]
+    public void Small_float_batches_give_each_row_its_batch_one_bits(
+        [Values(GgmlType.F32, GgmlType.F16, GgmlType.BF16)] GgmlType type, [Values(1, 2, 3, 4, 5, 6, 7, 8, 9)] int batch)
+    {
+        var shapes = new[] { (7, 5), (13, 15), (16, 256), (9, 264), (21, 520), (8, 1031) };
+        using var pool = new WorkerPool(2);
+        foreach (var path in SupportedPaths())
+        foreach (var (rows, cols) in shapes)
+        {
+            var rng = new Random(41 + 13 * batch + rows + cols + (int)type);
+            var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
+            var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
+            var all = Enumerable.Repeat(float.NaN, batch * rows).ToArray();
+            var one = new float[rows];
+            string where = $"{path}, {rows}x{cols}";
+            fixed (byte* pw = weights)
+            {
+                var w = MatMul.Prepare(new WeightMatrix(type, pw, rows, cols));
+                MatMul.Multiply(w, x, all, batch, pool, path);
+                for (int b = 0; b < batch; b++)
+                {
+                    one.AsSpan().Fill(float.NaN);
+                    MatMul.Multiply(w, x.AsSpan(b * cols, cols), one, 1, pool, path);
+                    Assert.That(all.AsSpan(b * rows, rows).ToArray(), Is.EqualTo(one), $"batch row {b}, {where}");
+                }
+                if (KernelPaths.Floats256(path))
+                {
+                    var plain = new float[batch * rows];
+                    MatMulReference.MultiplyFloat256(w, x, plain, batch);
+                    Assert.That(all, Is.EqualTo(plain), $"plain reference, {where}");
+                }
+            }
+        }
+    }
+
     [Test]
     public void Shared_activations_give_the_bits_of_separate_products(
         [ValueSource(nameof(PackedTypes))] GgmlType type, [Values(1, 5)] int batch, [Values(2, 3)] int matrices)
