@@ -48,6 +48,18 @@ public class ServerOptionsTests
     [TestCase("--ngram-speculation --num-speculative-tokens 0", "NumSpeculativeTokens")]
     [TestCase("--ngram-speculation --prompt-lookup-min 5 --prompt-lookup-max 2", "PromptLookupMin")]
     [TestCase("--prompt-lookup-max 2", "--ngram-speculation")]
+    [TestCase("--speculative-config {\"model\":", "--speculative-config")]
+    [TestCase("--speculative-config [4]", "JSON object")]
+    [TestCase("--speculative-config {\"method\":\"eagle\",\"model\":\"e\"}", "eagle")]
+    [TestCase("--speculative-config {\"model\":\"d.gguf\",\"draft_tensor_parallel_size\":1}", "draft_tensor_parallel_size")]
+    [TestCase("--speculative-config {\"num_speculative_tokens\":3}", "\"model\"")]
+    [TestCase("--speculative-config {\"model\":\"d.gguf\",\"num_speculative_tokens\":0}", "NumSpeculativeTokens")]
+    [TestCase("--speculative-config {\"model\":\"d.gguf\",\"num_speculative_tokens\":\"3\"}", "integer")]
+    [TestCase("--speculative-config {\"method\":\"ngram\",\"model\":\"d.gguf\"}", "no \"model\"")]
+    [TestCase("--speculative-config {\"method\":\"ngram\",\"prompt_lookup_min\":4,\"prompt_lookup_max\":2}", "PromptLookupMin")]
+    [TestCase("--speculative-config {\"model\":\"d.gguf\",\"prompt_lookup_max\":2}", "ngram")]
+    [TestCase("--speculative-config {\"method\":\"ngram\"} --num-speculative-tokens 3", "contradicts")]
+    [TestCase("--speculative-config {\"method\":\"ngram\"} --draft-model d.gguf", "contradicts")]
     [TestCase("--kv-eviction lru", "lru")]
     [TestCase("--kv-recent-tokens 100", "--kv-eviction")]
     [TestCase("--kv-eviction sinks --kv-heavy-hitter-tokens 8", "h2o")]
@@ -67,6 +79,20 @@ public class ServerOptionsTests
         Assert.That(ServerOptions.Parse(["--model", "m.gguf", "--ngram-speculation", "--prompt-lookup-max", "4", "--prompt-lookup-min", "2"]).Engine.Speculative,
             Is.EqualTo(new Inference.Speculative.SpeculativeOptions { PromptLookupMin = 2, PromptLookupMax = 4 }));
         Assert.That(ServerOptions.Parse(["--model", "m.gguf"]).Engine.Speculative, Is.Null);
+    }
+
+    [Test]
+    public void SpeculativeConfig_JsonAsVllmTakesIt()
+    {
+        Assert.That(ServerOptions.Parse(["--model", "m.gguf", "--speculative-config", "{\"model\": \"d.gguf\", \"num_speculative_tokens\": 5}"]).Engine.Speculative,
+            Is.EqualTo(Inference.Speculative.SpeculativeOptions.Draft("d.gguf", 5)));
+        Assert.That(ServerOptions.Parse(["--model", "m.gguf", "--speculative-config", "{\"method\": \"draft_model\", \"model\": \"d.gguf\"}"]).Engine.Speculative,
+            Is.EqualTo(Inference.Speculative.SpeculativeOptions.Draft("d.gguf")));
+        Assert.That(ServerOptions.Parse(["--model", "m.gguf", "--speculative-config",
+                "{\"method\": \"ngram\", \"num_speculative_tokens\": 3, \"prompt_lookup_min\": 2, \"prompt_lookup_max\": 5}"]).Engine.Speculative,
+            Is.EqualTo(new Inference.Speculative.SpeculativeOptions { NumSpeculativeTokens = 3, PromptLookupMin = 2, PromptLookupMax = 5 }));
+        Assert.That(ServerOptions.Parse(["--model", "m.gguf", "--speculative-config={\"method\":\"ngram\"}"]).Engine.Speculative,
+            Is.EqualTo(Inference.Speculative.SpeculativeOptions.NGram()));
     }
 
     [Test]

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.CommandLine.Parsing;
 using System.Globalization;
+using System.Text.Json;
 using Inference.Engine;
 using Inference.KvCache;
 using Inference.Quantization;
@@ -94,6 +95,19 @@ public sealed class EngineCommandLine
     /// <summary><c>--prompt-lookup-max</c>: longest n-gram matched by prompt lookup.</summary>
     public Option<int?> PromptLookupMax { get; } = new("--prompt-lookup-max") { Description = "Longest n-gram --ngram-speculation matches first (default 3)" };
 
+    /// <summary>
+    /// <c>--speculative-config</c>: vLLM's JSON form of the speculative options, e.g.
+    /// <c>{"model": "draft.gguf", "num_speculative_tokens": 4}</c> or
+    /// <c>{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}</c>.
+    /// </summary>
+    public Option<SpeculativeOptions?> SpeculativeConfig { get; } = new("--speculative-config")
+    {
+        Description = "Speculative decoding as vLLM's JSON: {\"model\": PATH, \"num_speculative_tokens\": K} for a draft model, " +
+                      "{\"method\": \"ngram\", \"num_speculative_tokens\": K, \"prompt_lookup_min\": N, \"prompt_lookup_max\": M} for prompt lookup",
+        HelpName = "JSON",
+        CustomParser = ParseSpeculativeConfig,
+    };
+
     /// <summary><c>--kv-eviction</c>: generate past the context window by evicting KV (sinks or h2o).</summary>
     public Option<string?> KvEviction { get; } = new Option<string?>("--kv-eviction")
     {
@@ -115,7 +129,7 @@ public sealed class EngineCommandLine
     [
         Model, Device, Threads, MaxModelLen, MaxNumSeqs, MaxNumBatchedTokens, MaxWaitingRequests, BlockSize, KvCacheDtype,
         EnablePrefixCaching, NoEnablePrefixCaching, GpuMemoryUtilization, KvEviction, KvSinkTokens, KvRecentTokens, KvHeavyHitterTokens,
-        Quantization, TensorParallelSize, PipelineParallelSize, EnableExpertParallel, DraftModel, NgramSpeculation, NumSpeculativeTokens, PromptLookupMin, PromptLookupMax,
+        Quantization, TensorParallelSize, PipelineParallelSize, EnableExpertParallel, DraftModel, NgramSpeculation, NumSpeculativeTokens, PromptLookupMin, PromptLookupMax, SpeculativeConfig,
     ];
 
     /// <summary>Adds every option to <paramref name="command"/> and rejects contradicting pairs.</summary>
@@ -131,6 +145,9 @@ public sealed class EngineCommandLine
             bool draft = result.GetValue(DraftModel) is not null, ngram = result.GetValue(NgramSpeculation);
             if (draft && ngram)
                 result.AddError("--draft-model and --ngram-speculation contradict each other (one proposer at a time)");
+            if (result.GetResult(SpeculativeConfig) is not null && (draft || ngram || result.GetValue(NumSpeculativeTokens) is not null
+                || result.GetValue(PromptLookupMin) is not null || result.GetValue(PromptLookupMax) is not null))
+                result.AddError("--speculative-config contradicts --draft-model, --ngram-speculation, --num-speculative-tokens and --prompt-lookup-min/max (give the settings in one form)");
             if (!draft && !ngram && result.GetValue(NumSpeculativeTokens) is not null)
                 result.AddError("--num-speculative-tokens needs --draft-model PATH or --ngram-speculation");
             string? eviction = result.GetValue(KvEviction);
@@ -179,6 +196,7 @@ public sealed class EngineCommandLine
             speculative.Validate();
             options = options with { Speculative = speculative };
         }
+        if (result.GetValue(SpeculativeConfig) is SpeculativeOptions config) options = options with { Speculative = config };
         if (result.GetValue(KvEviction) is "sinks" or "h2o")
         {
             var policy = result.GetValue(KvEviction) == "h2o" ? KvEvictionPolicy.HeavyHitters : KvEvictionPolicy.AttentionSinks;
@@ -189,6 +207,72 @@ public sealed class EngineCommandLine
             options = options with { KvEviction = new KvEvictionOptions { Policy = policy, SinkTokens = sinks, HeavyHitterTokens = heavy, RecentTokens = recent } };
         }
         return options with { KvCache = kv };
+    }
+
+    /// <summary>
+    /// vLLM's <c>--speculative-config</c> JSON object: <c>method</c> (<c>ngram</c> or <c>draft_model</c>; a <c>model</c>
+    /// without a method means <c>draft_model</c>), <c>model</c>, <c>num_speculative_tokens</c>, <c>prompt_lookup_min</c>,
+    /// <c>prompt_lookup_max</c>. Other keys and other methods are refused by name.
+    /// </summary>
+    internal static SpeculativeOptions? ParseSpeculativeConfig(ArgumentResult result)
+    {
+        string text = result.Tokens.Count > 0 ? result.Tokens[0].Value : "";
+        try
+        {
+            var options = SpeculativeOptionsFromJson(text);
+            options.Validate();
+            return options;
+        }
+        catch (Exception e) when (e is JsonException or ArgumentException or FormatException or InvalidOperationException)
+        {
+            string reason = e is JsonException ? "is not a JSON object" : e.Message;
+            result.AddError($"--speculative-config: {reason.ReplaceLineEndings(" ").Trim()}");
+            return null;
+        }
+    }
+
+    private static SpeculativeOptions SpeculativeOptionsFromJson(string text)
+    {
+        using var json = JsonDocument.Parse(text);
+        if (json.RootElement.ValueKind != JsonValueKind.Object) throw new FormatException("is not a JSON object");
+        string? method = null, model = null;
+        int? k = null, min = null, max = null;
+        foreach (var property in json.RootElement.EnumerateObject())
+        {
+            switch (property.Name)
+            {
+                case "method": method = String(property); break;
+                case "model": model = String(property); break;
+                case "num_speculative_tokens": k = Int(property); break;
+                case "prompt_lookup_min": min = Int(property); break;
+                case "prompt_lookup_max": max = Int(property); break;
+                default:
+                    throw new FormatException($"\"{property.Name}\" is not supported (method, model, num_speculative_tokens, prompt_lookup_min, prompt_lookup_max)");
+            }
+        }
+        var kind = (method ?? (model is null ? null : "draft_model")) switch
+        {
+            "ngram" => SpeculativeMethod.NGram,
+            "draft_model" => SpeculativeMethod.DraftModel,
+            null => throw new FormatException("needs \"model\" (a draft model) or \"method\": \"ngram\""),
+            _ => throw new FormatException($"method \"{method}\" is not supported (ngram or draft_model)"),
+        };
+        if (kind == SpeculativeMethod.NGram && model is not null)
+            throw new FormatException("method \"ngram\" takes no \"model\"");
+        if (kind == SpeculativeMethod.DraftModel && (min is not null || max is not null))
+            throw new FormatException("prompt_lookup_min and prompt_lookup_max need method \"ngram\"");
+        var options = new SpeculativeOptions { Method = kind, DraftModel = model };
+        if (k is int tokens) options = options with { NumSpeculativeTokens = tokens };
+        if (min is int lookupMin) options = options with { PromptLookupMin = lookupMin };
+        if (max is int lookupMax) options = options with { PromptLookupMax = lookupMax };
+        return options;
+
+        static string String(JsonProperty p) => p.Value.ValueKind == JsonValueKind.String
+            ? p.Value.GetString()!
+            : throw new FormatException($"\"{p.Name}\" must be a string");
+        static int Int(JsonProperty p) => p.Value.ValueKind == JsonValueKind.Number && p.Value.TryGetInt32(out int v)
+            ? v
+            : throw new FormatException($"\"{p.Name}\" must be an integer");
     }
 
     /// <summary>Preset names accepted by <c>--quantization</c> (<see cref="QuantizationPresets.TryParse"/>).</summary>
