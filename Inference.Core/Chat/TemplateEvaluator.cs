@@ -340,12 +340,14 @@ internal sealed class TemplateEvaluator
             throw new ChatTemplateException($"unsupported operand types for {op}: {TypeName(a)} and {TypeName(b)}");
         if (a is not double && b is not double)
         {
-            long x = (long)ToDouble(a), y = (long)ToDouble(b);
+            // NOTE: exact, not through double (which rounds past 2^53); past long's range refused as an overflow
+            // (Python's integers would grow instead).
+            long x = a is long la ? la : (bool)a! ? 1 : 0, y = b is long lb ? lb : (bool)b! ? 1 : 0;
             switch (op)
             {
-                case "+": return x + y;
-                case "-": return x - y;
-                case "*": return x * y;
+                case "+": return checked(x + y);
+                case "-": return checked(x - y);
+                case "*": return checked(x * y);
                 case "//": return y == 0 ? throw DivideByZero() : (long)Math.Floor((double)x / y);
                 case "%": return y == 0 ? throw DivideByZero() : ((x % y) + y) % y;
                 case "**" when y >= 0: return (long)Math.Pow(x, y);
@@ -441,8 +443,12 @@ internal sealed class TemplateEvaluator
         }
         long from = Clamp(start, stepValue > 0 ? 0 : length - 1);
         long to = Clamp(stop, stepValue > 0 ? length : -1);
-        var indices = new List<int>();
-        for (long i = from; stepValue > 0 ? i < to : i > to; i += stepValue) indices.Add((int)i);
+        // NOTE: counted rather than stepped: 'from + step' overflows for a step near 2^63 and would wrap to a negative index.
+        long span = stepValue > 0 ? to - from : from - to;
+        long stride = stepValue == long.MinValue ? long.MaxValue : Math.Abs(stepValue);
+        long count = span <= 0 ? 0 : 1 + (span - 1) / stride;
+        var indices = new List<int>((int)count);
+        for (long k = 0; k < count; k++) indices.Add((int)(from + (stepValue > 0 ? k * stride : -k * stride)));
         if (value is string text)
         {
             var sb = TemplateLimits.NewBuilder(indices.Count);
@@ -489,6 +495,8 @@ internal sealed class TemplateEvaluator
             {
                 budget.Iteration();
                 result.Add(i);
+                // NOTE: the next value would wrap past long's range (Python's integers do not; its range stops here).
+                if (step > 0 ? i > long.MaxValue - step : i < long.MinValue - step) break;
             }
             return result;
         }),

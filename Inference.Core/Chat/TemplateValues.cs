@@ -1,5 +1,6 @@
 using System.Collections;
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using System.Text;
 
 namespace Inference.Chat;
@@ -30,6 +31,20 @@ internal delegate object? TemplateCallable(List<object?> positional, Dictionary<
 /// </summary>
 internal static class TemplateValues
 {
+    /// <summary>
+    /// How deeply lists and dictionaries may nest when a value is printed, serialized or compared. A template can build a
+    /// list that holds itself (<c>x.append(x)</c>) or nest one a hundred thousand deep in a loop; walking either without
+    /// a bound would overflow the stack, which ends the process.
+    /// </summary>
+    /// <remarks>NOTE: real values nest a few levels (tool schemas a few dozen at most; request JSON stops at 64).</remarks>
+    public const int MaxNesting = 256;
+
+    private static void Nest(int depth)
+    {
+        if (depth > MaxNesting) throw new ChatTemplateException($"the chat template builds a value nested more than {MaxNesting} deep (or one that contains itself)");
+        RuntimeHelpers.EnsureSufficientExecutionStack();
+    }
+
     /// <summary>Template values of JSON text: objects as mappings, arrays as lists; text that is not JSON stays a string.</summary>
     public static object? FromJsonText(string json)
     {
@@ -124,7 +139,9 @@ internal static class TemplateValues
     };
 
     /// <summary>Python's <c>repr(value)</c> (strings quoted), used inside lists and dictionaries.</summary>
-    public static string Repr(object? value, bool topLevel = false)
+    public static string Repr(object? value, bool topLevel = false) => Repr(value, topLevel, 0);
+
+    private static string Repr(object? value, bool topLevel, int depth)
     {
         switch (value)
         {
@@ -136,21 +153,23 @@ internal static class TemplateValues
             case string s: return topLevel ? s : "'" + s.Replace("\\", "\\\\").Replace("'", "\\'").Replace("\n", "\\n") + "'";
             case Dictionary<string, object?> dictionary:
             {
+                Nest(depth + 1);
                 var sb = TemplateLimits.NewBuilder().Append('{');
                 foreach (var (key, item) in dictionary)
                 {
                     if (sb.Length > 1) sb.Append(", ");
-                    sb.Append(Repr(key)).Append(": ").Append(Repr(item));
+                    sb.Append(Repr(key)).Append(": ").Append(Repr(item, false, depth + 1));
                 }
                 return sb.Append('}').ToString();
             }
             case List<object?> list:
             {
+                Nest(depth + 1);
                 var sb = TemplateLimits.NewBuilder().Append('[');
                 for (int i = 0; i < list.Count; i++)
                 {
                     if (i > 0) sb.Append(", ");
-                    sb.Append(Repr(list[i]));
+                    sb.Append(Repr(list[i], false, depth + 1));
                 }
                 return sb.Append(']').ToString();
             }
@@ -186,6 +205,7 @@ internal static class TemplateValues
             case Dictionary<string, object?> dictionary:
             {
                 if (dictionary.Count == 0) { sb.Append("{}"); break; }
+                Nest(depth + 1);
                 sb.Append('{');
                 bool first = true;
                 foreach (var (key, item) in dictionary)
@@ -204,6 +224,7 @@ internal static class TemplateValues
             case List<object?> list:
             {
                 if (list.Count == 0) { sb.Append("[]"); break; }
+                Nest(depth + 1);
                 sb.Append('[');
                 for (int i = 0; i < list.Count; i++)
                 {
@@ -248,7 +269,9 @@ internal static class TemplateValues
     }
 
     /// <summary>Python equality: numbers by value (1 == 1.0), strings ordinally, lists and dictionaries by content.</summary>
-    public static bool AreEqual(object? a, object? b)
+    public static bool AreEqual(object? a, object? b) => AreEqual(a, b, 0);
+
+    private static bool AreEqual(object? a, object? b, int depth)
     {
         if (a is null || b is null) return a is null && b is null;
         if (a is TemplateUndefined || b is TemplateUndefined) return a is TemplateUndefined && b is TemplateUndefined;
@@ -260,16 +283,20 @@ internal static class TemplateValues
         if (a is string sa && b is string sb) return string.Equals(sa, sb, StringComparison.Ordinal);
         if (a is List<object?> la && b is List<object?> lb)
         {
+            if (ReferenceEquals(la, lb)) return true; // as Python compares a container with itself
             if (la.Count != lb.Count) return false;
+            Nest(depth + 1);
             for (int i = 0; i < la.Count; i++)
-                if (!AreEqual(la[i], lb[i])) return false;
+                if (!AreEqual(la[i], lb[i], depth + 1)) return false;
             return true;
         }
         if (a is Dictionary<string, object?> da && b is Dictionary<string, object?> db)
         {
+            if (ReferenceEquals(da, db)) return true;
             if (da.Count != db.Count) return false;
+            Nest(depth + 1);
             foreach (var (key, value) in da)
-                if (!db.TryGetValue(key, out var other) || !AreEqual(value, other)) return false;
+                if (!db.TryGetValue(key, out var other) || !AreEqual(value, other, depth + 1)) return false;
             return true;
         }
         return ReferenceEquals(a, b);

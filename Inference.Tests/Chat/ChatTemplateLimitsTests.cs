@@ -12,6 +12,8 @@ public class ChatTemplateLimitsTests
     [TestCase("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}", "characters")]
     [TestCase("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}", "characters")]
     [TestCase("{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}", "items")]
+    [TestCase("{{ 9223372036854775807 + 1 }}", "overflow")]
+    [TestCase("{{ 3037000500 * 3037000500 }}", "overflow")]
     [TestCase("{{ 'x' * 1000000000 }}", "characters")]
     [TestCase("{{ 'xxxxxxxx' * 100000000000000000 }}", "characters")]
     [TestCase("{{ ('x' * 1000000) | replace('x', 'yyyyyyyyyy') }}", "characters")]
@@ -30,6 +32,54 @@ public class ChatTemplateLimitsTests
         var e = Assert.Throws<ChatTemplateException>(() => template.Render(Messages, null, new TemplateLimits(TimeSpan.FromDays(1))));
         Assert.That(e!.Message, Does.Contain(reason));
         Assert.That(e.RaisedByTemplate, Is.False);
+    }
+
+    // A value that holds itself, or one nested far deeper than any real template's, walked by printing, tojson or ==.
+    // NOTE: before the nesting bound these overflowed the stack, which ends the process (found by fuzzing); a test run
+    // without the bound dies here rather than failing.
+    [TestCase("{% set x = [] %}{% set _ = x.append(x) %}{{ x }}")]
+    [TestCase("{% set x = [] %}{% set _ = x.append(x) %}{{ x | tojson }}")]
+    [TestCase("{% set x = [] %}{% set y = [] %}{% set _ = x.append(x) %}{% set _ = y.append(y) %}{{ x == y }}")]
+    [TestCase("{% set x = [] %}{% set y = [] %}{% set _ = x.append(x) %}{% set _ = y.append(y) %}{{ x in [y] }}")]
+    [TestCase("{% set ns = namespace() %}{% set ns.me = ns %}{{ ns }}")]
+    [TestCase("{% set ns = namespace() %}{% set ns.me = ns %}{{ ns | tojson(indent=2) }}")]
+    [TestCase("{% set ns = namespace(x=[]) %}{% for i in range(60000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}")]
+    [TestCase("{% set ns = namespace(x=[]) %}{% for i in range(60000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x | tojson }}")]
+    [TestCase("{% set ns = namespace(x=[], y=[]) %}{% for i in range(60000) %}{% set ns.x = [ns.x] %}{% set ns.y = [ns.y] %}{% endfor %}{{ ns.x == ns.y }}")]
+    public void SelfContainingOrDeeplyNestedValue_IsRefused(string source)
+    {
+        var template = ChatTemplate.Parse(source);
+        var e = Assert.Throws<ChatTemplateException>(() => template.Render(Messages, null, new TemplateLimits(TimeSpan.FromDays(1))));
+        Assert.That(e!.Message, Does.Contain("nested more than").Or.Contain("nests too deeply"));
+    }
+
+    [Test]
+    public void NestedValues_WithinTheBound_Render()
+    {
+        // 200 levels: printed, serialized and compared like Python does; a list holding itself equals itself (Python
+        // compares a container with itself by identity first).
+        var template = ChatTemplate.Parse("{% set ns = namespace(x=[], y=[]) %}{% for i in range(200) %}{% set ns.x = [ns.x] %}{% set ns.y = [ns.y] %}{% endfor %}{{ ns.x }}|{{ ns.x | tojson }}|{{ ns.x == ns.y }}"
+            + "{% set z = [] %}{% set _ = z.append(z) %}|{{ z == [z] }}");
+        string text = template.Render(Messages, null, new TemplateLimits(TimeSpan.FromDays(1)));
+        string nested = new string('[', 201) + new string(']', 201);
+        Assert.That(text, Is.EqualTo(nested + "|" + nested + "|True|True"));
+    }
+
+    // Steps near 2^63 used to wrap 'from + step' to a negative index: IndexOutOfRangeException for strings,
+    // ArgumentOutOfRangeException for lists (found by review while fuzzing). Python's answers.
+    [TestCase("{{ 'abc'[1::9223372036854775807] }}", "b")]
+    [TestCase("{{ [1, 2, 3][1::9223372036854775807] }}", "[2]")]
+    [TestCase("{{ 'abc'[::-9223372036854775807] }}", "c")]
+    [TestCase("{{ 'abc'[::-9223372036854775807 - 1] }}", "c")]
+    [TestCase("{{ 'abcdef'[1:5:2] }}{{ 'abcdef'[::-2] }}{{ 'abcdef'[4:0:-3] }}{{ 'abc'[5:1] }}", "bdfdbeb")]
+    // A range whose next value would pass 2^63 wrapped around and ran until the loop limit refused it.
+    [TestCase("{{ range(9223372036854775800, 9223372036854775807, 100) | list }}", "[9223372036854775800]")]
+    [TestCase("{{ range(-9223372036854775800, -9223372036854775807 - 1, -100) | list }}", "[-9223372036854775800]")]
+    // Integer arithmetic went through double, so 2^63 - 1 - 1 wrapped to 2^63 - 1 and 2^53 + 1 lost its last bit.
+    [TestCase("{{ 9007199254740993 + 0 }}|{{ -9223372036854775807 - 1 }}|{{ 3 * -3 }}|{{ true + 1 }}", "9007199254740993|-9223372036854775808|-9|2")]
+    public void ExtremeSlicesAndRanges_RenderAsInPython(string source, string expected)
+    {
+        Assert.That(ChatTemplate.Parse(source).Render(Messages), Is.EqualTo(expected));
     }
 
     [Test]
