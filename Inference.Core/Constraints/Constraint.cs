@@ -51,6 +51,12 @@ public abstract record Constraint
         {
             throw;
         }
+        catch (InsufficientExecutionStackException e)
+        {
+            // Groups nested thousands deep, or a chain of thousands of rules each starting with the next: refused before
+            // the recursive parsers and the grammar's checks could overflow the stack (which ends the process).
+            throw new InvalidConstraintException($"{what}: nests too deeply", e);
+        }
         catch (Exception e) when (e is InvalidOperationException or FormatException or KeyNotFoundException or ArgumentException or OverflowException or System.Text.Json.JsonException)
         {
             // A malformed document (a keyword of the wrong JSON type, say) found while converting it.

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Text;
 using Element = Inference.Constraints.GrammarBuilder.Element;
 
@@ -73,6 +74,8 @@ internal sealed class GbnfParser
 
     private List<List<Element>> ParseAlternates(bool nested)
     {
+        // NOTE: grammars come from requests; nested groups recurse here (see Constraint.Compile).
+        RuntimeHelpers.EnsureSufficientExecutionStack();
         var alts = new List<List<Element>> { ParseSequence(nested) };
         while (true)
         {

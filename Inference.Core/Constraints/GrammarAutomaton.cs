@@ -81,11 +81,18 @@ internal sealed class GrammarAutomaton
     {
         _closure.Clear();
         _visited.Clear();
-        foreach (int node in _stateNodes[state])
+        try
         {
-            if (node == AcceptNode) continue;
-            int pc = _nodePc[node];
-            if (_grammar.Accepts(_code[pc], b)) Close(Node(pc + 1, _nodeParent[node]));
+            foreach (int node in _stateNodes[state])
+            {
+                if (node == AcceptNode) continue;
+                int pc = _nodePc[node];
+                if (_grammar.Accepts(_code[pc], b)) Close(Node(pc + 1, _nodeParent[node]));
+            }
+        }
+        catch (InsufficientExecutionStackException e)
+        {
+            throw new InvalidConstraintException("the grammar nests too deeply to match", e);
         }
         int next = Intern();
         _transitions[state][b] = next;
@@ -96,6 +103,8 @@ internal sealed class GrammarAutomaton
     private void Close(int node)
     {
         if (!_visited.Add(node)) return;
+        // NOTE: as deep as the chain of rules it enters without reading a byte (see Constraint.Compile).
+        System.Runtime.CompilerServices.RuntimeHelpers.EnsureSufficientExecutionStack();
         if (node == AcceptNode)
         {
             _closure.Add(AcceptNode);

@@ -195,6 +195,8 @@ internal sealed class GrammarBuilder
         void Visit(int r)
         {
             if (state[r] == 2) return;
+            // NOTE: a chain of rules each starting with the next is as deep as it is long (see Constraint.Compile).
+            System.Runtime.CompilerServices.RuntimeHelpers.EnsureSufficientExecutionStack();
             if (state[r] == 1) throw new InvalidConstraintException($"rule '{_names[r]}' is left-recursive (it can reach itself without consuming input)");
             state[r] = 1;
             foreach (var alt in _rules[r]!)

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Text;
 
 namespace Inference.Constraints;
@@ -40,6 +41,8 @@ internal sealed class RegexConverter
 
     private string ParseAlternation()
     {
+        // NOTE: patterns come from requests; nested groups recurse here (see Constraint.Compile).
+        RuntimeHelpers.EnsureSufficientExecutionStack();
         var alts = new List<string> { ParseConcat() };
         while (Peek('|'))
         {

@@ -235,6 +235,30 @@ public class GrammarMatcherTests
         Assert.That(new JsonSchemaConstraint("{}"), Is.EqualTo(new JsonSchemaConstraint("{}")));
     }
 
+    // Requests carry patterns and grammars: groups nested 100,000 deep, or 50,000 rules each starting with the next,
+    // used to recurse until the stack overflowed, which ends the process (the server's included). Found by review while
+    // fuzzing the server's requests; a test run without the fix dies here rather than failing.
+    [Test]
+    public void DeeplyNestedPatternsAndGrammars_AreRefused()
+    {
+        const int Depth = 100_000;
+        string groups = new string('(', Depth) + "a" + new string(')', Depth);
+        var regex = Assert.Throws<InvalidConstraintException>(() => _ = new RegexConstraint(groups))!;
+        Assert.That(regex.Message, Does.Contain("nests too deeply").And.Not.Contain("\n"));
+        Assert.Throws<InvalidConstraintException>(() => _ = new GrammarConstraint("root ::= " + groups.Replace("a", "\"a\"") + "\n"));
+        Assert.Throws<InvalidConstraintException>(() => _ = new JsonSchemaConstraint($$"""{"type":"string","pattern":"{{groups}}"}"""));
+        var chain = new StringBuilder("root ::= r0\n");
+        for (int i = 0; i < 50_000; i++) chain.Append($"r{i} ::= r{i + 1}\n");
+        chain.Append("r50000 ::= \"a\"\n");
+        var rules = Assert.Throws<InvalidConstraintException>(() => _ = new GrammarConstraint(chain.ToString()))!;
+        Assert.That(rules.Message, Does.Contain("nests too deeply"));
+
+        // Nesting as deep as real patterns go still compiles and matches.
+        string fifty = new string('(', 50) + "ab|c" + new string(')', 50) + "+";
+        Assert.That(Accepts(new RegexConstraint(fifty), "abcab"), Is.True);
+        Assert.That(Accepts(new RegexConstraint(fifty), "abd"), Is.False);
+    }
+
     [Test]
     public void Utf8Ranges_CoverExactlyTheCodePoints()
     {
