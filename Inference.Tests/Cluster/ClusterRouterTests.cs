@@ -251,16 +251,14 @@ public class ClusterRouterTests
     public async Task TheOpenAiServerAndIChatClient_FrontTheCluster()
     {
         const string Prompt = "Once upon a time, there was a little girl named Lily.";
-        var template = ChatTemplate.Parse("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}");
+        var template = TestServer.PlainTemplate;
         var expected = await _single.CompleteAsync(Prompt, SamplingOptions.Greedy with { MaxTokens = 20 });
         await using var router = new ClusterRouter(_cluster.Client, new ClusterRouterOptions { RefreshInterval = null });
         var generator = router.ForModel(ReplicaCluster.Model);
 
-        var app = ServerApp.Build(generator, new ServerOptions { Urls = "http://127.0.0.1:0", ChatTemplate = template }, ["--Logging:LogLevel:Default=Warning"]);
-        await app.StartAsync();
-        try
+        await using (var server = await TestServer.StartAsync(generator, new ServerOptions { ChatTemplate = template }))
         {
-            var openAi = new OpenAIClient(new ApiKeyCredential("not-needed"), new OpenAIClientOptions { Endpoint = new Uri(app.Urls.Single() + "/v1") });
+            var openAi = server.OpenAiClient();
             var models = (await openAi.GetOpenAIModelClient().GetModelsAsync()).Value;
             Assert.That(models.Select(m => m.Id), Is.EqualTo(new[] { ReplicaCluster.Model }));
             var chat = await openAi.GetChatClient(ReplicaCluster.Model).CompleteChatAsync([new OpenAI.Chat.UserChatMessage(Prompt)],
@@ -268,7 +266,7 @@ public class ClusterRouterTests
             Assert.That(chat.Value.Content.Single().Text, Is.EqualTo(expected.Text));
             Assert.That(chat.Value.Usage.InputTokenCount, Is.EqualTo(expected.PromptTokenIds.Count));
 
-            using var http = new HttpClient { BaseAddress = new Uri(app.Urls.Single()) };
+            var http = server.Http;
             var structured = await http.PostAsync("/v1/chat/completions", new StringContent(JsonSerializer.Serialize(new
             {
                 model = ReplicaCluster.Model,
@@ -312,11 +310,6 @@ public class ClusterRouterTests
             }), Encoding.UTF8, "application/json"));
             Assert.That(tooLong.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest), "the replica's refusal is the client's error, not the server's");
             Assert.That(await tooLong.Content.ReadAsStringAsync(), Does.Contain("context"));
-        }
-        finally
-        {
-            await app.StopAsync();
-            await app.DisposeAsync();
         }
 
         using IChatClient client = new InferenceChatClient(generator, new InferenceChatClientOptions { Template = template });

@@ -7,7 +7,6 @@ using Inference.KvCache;
 using Inference.Sampling;
 using Inference.Server;
 using Inference.Tests.Support;
-using Microsoft.AspNetCore.Builder;
 using OpenAI;
 using OpenAI.Chat;
 
@@ -47,24 +46,14 @@ public class HttpSoakTests
             foreach (int m in MaxTokens)
                 solo[(p, m)] = (await engine.CompleteAsync(p, SamplingOptions.Greedy with { MaxTokens = m }, guard)).Text;
 
-        var serverOptions = new ServerOptions
+        await using (var server = await TestServer.StartAsync(engine, new ServerOptions { ModelId = "stories260K", ChatTemplate = TestServer.PlainTemplate }, guard))
         {
-            Urls = "http://127.0.0.1:0",
-            ModelId = "stories260K",
-            // Every message's content after BOS: one user message gives exactly the plain prompt.
-            ChatTemplate = ChatTemplate.Parse("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"),
-        };
-        var app = ServerApp.Build(engine, serverOptions, ["--Logging:LogLevel:Default=Warning"]);
-        await app.StartAsync(guard);
-        try
-        {
-            var endpoint = new Uri(app.Urls.Single() + "/v1");
             int next = -1, completed = 0, cancelled = 0, streamed = 0;
             var failures = new System.Collections.Concurrent.ConcurrentQueue<string>();
             var sw = Stopwatch.StartNew();
             async Task Client(int seed)
             {
-                var chat = new OpenAIClient(new ApiKeyCredential("unused"), new OpenAIClientOptions { Endpoint = endpoint }).GetChatClient("stories260K");
+                var chat = server.Chat("stories260K");
                 var rng = new Random(seed);
                 int i;
                 while ((i = Interlocked.Increment(ref next)) < requests)
@@ -125,14 +114,9 @@ public class HttpSoakTests
             Assert.That(engine.Loop.WaitingToStart, Is.Zero);
 
             // Still serving, with the same text.
-            var after = new OpenAIClient(new ApiKeyCredential("unused"), new OpenAIClientOptions { Endpoint = endpoint }).GetChatClient("stories260K");
+            var after = server.Chat("stories260K");
             ChatCompletion last = await after.CompleteChatAsync([new UserChatMessage(Prompts[0])], new ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 40 }, guard);
             Assert.That(last.Content[0].Text, Is.EqualTo(solo[(Prompts[0], 40)]));
-        }
-        finally
-        {
-            await app.StopAsync(CancellationToken.None);
-            await app.DisposeAsync();
         }
     }
 }

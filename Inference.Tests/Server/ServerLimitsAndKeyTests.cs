@@ -6,7 +6,6 @@ using System.Text.Json;
 using Inference.Engine;
 using Inference.Server;
 using Inference.Tests.Support;
-using Microsoft.AspNetCore.Builder;
 using OpenAI;
 using OpenAI.Chat;
 
@@ -15,15 +14,8 @@ namespace Inference.Tests.Server;
 /// <summary>The server's limits (queue, body, prompt arrays), its API key and its CORS policy.</summary>
 public class ServerLimitsAndKeyTests
 {
-    private const string Template = "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}";
-
-    private static async Task<(WebApplication App, HttpClient Http)> StartAsync(InferenceEngine engine, ServerOptions options)
-    {
-        var app = ServerApp.Build(engine, options with { Urls = "http://127.0.0.1:0", ModelId = "m", ChatTemplate = Inference.Chat.ChatTemplate.Parse(Template) },
-            ["--Logging:LogLevel:Default=Warning"]);
-        await app.StartAsync();
-        return (app, new HttpClient { BaseAddress = new Uri(app.Urls.Single()) });
-    }
+    private static Task<TestServer> StartAsync(InferenceEngine engine, ServerOptions options) =>
+        TestServer.StartAsync(engine, options with { ModelId = "m", ChatTemplate = TestServer.PlainTemplate });
 
     private static StringContent Json(string json) => new(json, Encoding.UTF8, "application/json");
 
@@ -40,9 +32,9 @@ public class ServerLimitsAndKeyTests
     public async Task FullQueue_IsAnswered429WithRetryAfter_BeforeAnyStreamStarts(CancellationToken guard)
     {
         await using var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Threads = 1, MaxWaitingRequests = 1 });
-        var (app, http) = await StartAsync(engine, new ServerOptions());
-        try
+        await using (var server = await StartAsync(engine, new ServerOptions()))
         {
+            var http = server.Http;
             using var gate = new ManualResetEventSlim();
             var held = engine.Loop.InvokeAsync(_ => gate.Wait(TimeSpan.FromMinutes(1)));
             var first = http.PostAsync("/v1/completions", Json("""{"prompt":"Once upon a time","max_tokens":5,"temperature":0}"""), guard);
@@ -77,20 +69,15 @@ public class ServerLimitsAndKeyTests
             Assert.That(stats.KvCache.UsedBlockCount, Is.Zero);
             Assert.That(stats.RunningCount + stats.WaitingCount, Is.Zero);
         }
-        finally
-        {
-            http.Dispose();
-            await app.DisposeAsync();
-        }
     }
 
     [Test]
     public async Task LargeBodies_AndTooManyPrompts_AreRefused()
     {
         await using var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Threads = 1 });
-        var (app, http) = await StartAsync(engine, new ServerOptions { MaxRequestBodyBytes = 4096, MaxPrompts = 3, MaxChoices = 2 });
-        try
+        await using (var server = await StartAsync(engine, new ServerOptions { MaxRequestBodyBytes = 4096, MaxPrompts = 3, MaxChoices = 2 }))
         {
+            var http = server.Http;
             string big = $$"""{"prompt":"{{new string('a', 10_000)}}","max_tokens":1}""";
             var sized = await http.PostAsync("/v1/completions", Json(big));
             Assert.That(sized.StatusCode, Is.EqualTo(HttpStatusCode.RequestEntityTooLarge));
@@ -116,20 +103,15 @@ public class ServerLimitsAndKeyTests
             using var body = JsonDocument.Parse(await fine.Content.ReadAsStringAsync());
             Assert.That(body.RootElement.GetProperty("choices").GetArrayLength(), Is.EqualTo(6));
         }
-        finally
-        {
-            http.Dispose();
-            await app.DisposeAsync();
-        }
     }
 
     [Test]
     public async Task ApiKey_IsRequiredOnV1_HealthAndMetricsStayOpen()
     {
         await using var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Threads = 1 });
-        var (app, http) = await StartAsync(engine, new ServerOptions { ApiKey = "sk-test-key" });
-        try
+        await using (var server = await StartAsync(engine, new ServerOptions { ApiKey = "sk-test-key" }))
         {
+            var http = server.Http;
             foreach (var (path, method) in new[] { ("/v1/models", HttpMethod.Get), ("/v1/completions", HttpMethod.Post), ("/v1/chat/completions", HttpMethod.Post), ("/v1/nothing", HttpMethod.Get) })
             {
                 foreach (string? header in new[] { null, "Bearer wrong", "Bearer sk-test-ke", "Bearer sk-test-key2", "Basic sk-test-key", "sk-test-key" })
@@ -152,18 +134,12 @@ public class ServerLimitsAndKeyTests
             Assert.That((await http.SendAsync(withKey)).StatusCode, Is.EqualTo(HttpStatusCode.OK));
 
             // Through the OpenAI SDK: the right key is served, a wrong one gets 401.
-            var endpoint = new Uri(app.Urls.Single() + "/v1");
-            var good = new OpenAIClient(new ApiKeyCredential("sk-test-key"), new OpenAIClientOptions { Endpoint = endpoint }).GetChatClient("m");
+            var good = server.Chat("m", apiKey: "sk-test-key");
             ChatCompletion reply = await good.CompleteChatAsync([new UserChatMessage("Once upon a time")], new ChatCompletionOptions { MaxOutputTokenCount = 3, Temperature = 0 });
             Assert.That(reply.Content.Single().Text, Is.Not.Empty);
-            var bad = new OpenAIClient(new ApiKeyCredential("sk-other"), new OpenAIClientOptions { Endpoint = endpoint }).GetChatClient("m");
+            var bad = server.Chat("m", apiKey: "sk-other");
             var e = Assert.ThrowsAsync<ClientResultException>(() => bad.CompleteChatAsync([new UserChatMessage("x")]))!;
             Assert.That(e.Status, Is.EqualTo(401));
-        }
-        finally
-        {
-            http.Dispose();
-            await app.DisposeAsync();
         }
     }
 
@@ -179,9 +155,9 @@ public class ServerLimitsAndKeyTests
             request.Headers.Add("Access-Control-Request-Headers", "authorization,content-type");
             return request;
         }
-        var (app, http) = await StartAsync(engine, new ServerOptions());
-        try
+        await using (var server = await StartAsync(engine, new ServerOptions()))
         {
+            var http = server.Http;
             var preflight = await http.SendAsync(Preflight("https://evil.example"));
             Assert.That(preflight.Headers.Contains("Access-Control-Allow-Origin"), Is.False);
             var get = new HttpRequestMessage(HttpMethod.Get, "/v1/models");
@@ -190,23 +166,13 @@ public class ServerLimitsAndKeyTests
             Assert.That(response.StatusCode, Is.EqualTo(HttpStatusCode.OK));
             Assert.That(response.Headers.Contains("Access-Control-Allow-Origin"), Is.False);
         }
-        finally
+        await using (var server = await StartAsync(engine, new ServerOptions { AllowedOrigins = ["https://app.example"], ApiKey = "k" }))
         {
-            http.Dispose();
-            await app.DisposeAsync();
-        }
-        (app, http) = await StartAsync(engine, new ServerOptions { AllowedOrigins = ["https://app.example"], ApiKey = "k" });
-        try
-        {
+            var http = server.Http;
             var allowed = await http.SendAsync(Preflight("https://app.example"));
             Assert.That(allowed.Headers.GetValues("Access-Control-Allow-Origin"), Is.EqualTo(new[] { "https://app.example" }));
             var other = await http.SendAsync(Preflight("https://evil.example"));
             Assert.That(other.Headers.Contains("Access-Control-Allow-Origin"), Is.False);
-        }
-        finally
-        {
-            http.Dispose();
-            await app.DisposeAsync();
         }
     }
 

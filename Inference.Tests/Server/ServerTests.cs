@@ -8,7 +8,6 @@ using Inference.Engine;
 using Inference.Sampling;
 using Inference.Server;
 using Inference.Tests.Support;
-using Microsoft.AspNetCore.Builder;
 using OpenAI;
 using OpenAI.Chat;
 
@@ -20,7 +19,7 @@ public class ServerTests
     private const string Prompt = "Once upon a time";
 
     private InferenceEngine _engine = null!;
-    private WebApplication _app = null!;
+    private TestServer _server = null!;
     private string _baseUrl = null!;
     private OpenAIClient _client = null!;
     private ChatClient _chat = null!;
@@ -30,28 +29,18 @@ public class ServerTests
     public async Task StartAsync()
     {
         _engine = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Threads = 1 });
-        var options = new ServerOptions
-        {
-            Urls = "http://127.0.0.1:0",
-            ModelId = "stories260K",
-            // Every message's content after BOS: one user message gives exactly the plain prompt.
-            ChatTemplate = ChatTemplate.Parse("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"),
-        };
-        _app = ServerApp.Build(_engine, options, ["--Logging:LogLevel:Default=Warning"]);
-        await _app.StartAsync();
-        _baseUrl = _app.Urls.Single();
+        _server = await TestServer.StartAsync(_engine, new ServerOptions { ModelId = "stories260K", ChatTemplate = TestServer.PlainTemplate });
+        _baseUrl = _server.BaseUrl;
         Assert.That(_baseUrl, Does.StartWith("http://127.0.0.1:"));
-        _client = new OpenAIClient(new ApiKeyCredential("not-needed"), new OpenAIClientOptions { Endpoint = new Uri(_baseUrl + "/v1") });
+        _client = _server.OpenAiClient();
         _chat = _client.GetChatClient("stories260K");
-        _http = new HttpClient { BaseAddress = new Uri(_baseUrl) };
+        _http = _server.Http;
     }
 
     [OneTimeTearDown]
     public async Task StopAsync()
     {
-        _http.Dispose();
-        await _app.StopAsync();
-        await _app.DisposeAsync();
+        await _server.DisposeAsync();
         await _engine.DisposeAsync();
     }
 
@@ -261,7 +250,7 @@ public class ServerTests
         var tasks = Enumerable.Range(0, 32).Select(async i =>
         {
             // Each its own SDK client, as independent callers would be.
-            var client = new OpenAIClient(new ApiKeyCredential("k" + i), new OpenAIClientOptions { Endpoint = new Uri(_baseUrl + "/v1") }).GetChatClient("stories260K");
+            var client = _server.Chat("stories260K", apiKey: "k" + i);
             if (i % 2 == 0)
             {
                 ChatCompletion c = await client.CompleteChatAsync([new UserChatMessage(Prompt)], new ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 16 });

@@ -6,7 +6,6 @@ using System.Text.Json;
 using Inference.Engine;
 using Inference.Server;
 using Inference.Tests.Support;
-using Microsoft.AspNetCore.Builder;
 using OpenAI;
 using OpenAI.Chat;
 using static Inference.Tests.Constraints.ConstraintTestSupport;
@@ -26,7 +25,7 @@ public class StructuredOutputServerTests
     private const string TimeParameters = """{"type":"object","properties":{"zone":{"type":"integer"}},"required":["zone"]}""";
 
     private InferenceEngine _engine = null!;
-    private WebApplication _app = null!;
+    private TestServer _server = null!;
     private ChatClient _chat = null!;
     private HttpClient _http = null!;
 
@@ -34,20 +33,15 @@ public class StructuredOutputServerTests
     public async Task StartAsync()
     {
         _engine = await InferenceEngine.LoadAsync(TestData.Stories260K, new EngineOptions { Threads = 1 });
-        var options = new ServerOptions { Urls = "http://127.0.0.1:0", ModelId = "stories260K", ChatTemplate = Inference.Chat.ChatTemplate.Parse(Template) };
-        _app = ServerApp.Build(_engine, options, ["--Logging:LogLevel:Default=Warning"]);
-        await _app.StartAsync();
-        string url = _app.Urls.Single();
-        _chat = new OpenAIClient(new ApiKeyCredential("not-needed"), new OpenAIClientOptions { Endpoint = new Uri(url + "/v1") }).GetChatClient("stories260K");
-        _http = new HttpClient { BaseAddress = new Uri(url) };
+        _server = await TestServer.StartAsync(_engine, new ServerOptions { ModelId = "stories260K", ChatTemplate = Inference.Chat.ChatTemplate.Parse(Template) });
+        _chat = _server.Chat("stories260K");
+        _http = _server.Http;
     }
 
     [OneTimeTearDown]
     public async Task StopAsync()
     {
-        _http.Dispose();
-        await _app.StopAsync();
-        await _app.DisposeAsync();
+        await _server.DisposeAsync();
         await _engine.DisposeAsync();
     }
 
