@@ -133,9 +133,44 @@ public sealed record EngineOptions
     /// (<c>$XDG_CACHE_HOME</c> or <c>~/.cache</c>, on Windows the local application data folder, then
     /// <c>inference/weight-hashes</c>), a directory (the model's own folder keeps them beside the model), or an empty
     /// string for no cache. The cache is checked before use (its checksum, the model files' sizes, times and first and
-    /// last 64 KiB, and a random sample of tensors hashed again) and rebuilt when stale or corrupt.
+    /// last 64 KiB, and a random sample of tensors hashed again) and rebuilt when stale or corrupt. The folder is
+    /// created when the first cache file is written; one that cannot be written costs only the hashing.
     /// </summary>
-    public string? WeightHashCacheDirectory { get; init; }
+    /// <exception cref="ArgumentException">The value is only white space or not a usable path (a NUL or another
+    /// character the system refuses in paths).</exception>
+    public string? WeightHashCacheDirectory
+    {
+        get;
+        init => field = value is null || CheckWeightHashCacheDirectory(value) is not string problem
+            ? value
+            : throw new ArgumentException($"{nameof(WeightHashCacheDirectory)}: {problem}.", nameof(WeightHashCacheDirectory));
+    }
+
+    /// <summary>Why <paramref name="directory"/> cannot be a <see cref="WeightHashCacheDirectory"/>, or null when it can ("" turns the cache off).</summary>
+    /// <param name="directory">The folder to check; nothing is created or read.</param>
+    public static string? CheckWeightHashCacheDirectory(string directory)
+    {
+        ArgumentNullException.ThrowIfNull(directory);
+        if (directory.Length == 0) return null;
+        if (string.IsNullOrWhiteSpace(directory)) return "a folder name of only white space (use an empty string for no cache)";
+        if (directory.AsSpan().IndexOfAny(System.IO.Path.GetInvalidPathChars()) >= 0) return $"'{Escape(directory)}' holds a character that is not allowed in paths";
+        try
+        {
+            _ = System.IO.Path.GetFullPath(directory);
+        }
+        catch (Exception e) when (e is ArgumentException or NotSupportedException or System.IO.PathTooLongException or System.Security.SecurityException)
+        {
+            return $"'{Escape(directory)}' is not a usable path ({e.Message})";
+        }
+        return null;
+
+        static string Escape(string s)
+        {
+            var sb = new System.Text.StringBuilder(Math.Min(s.Length, 80));
+            foreach (char c in s.Length > 80 ? s[..80] : s) sb.Append(char.IsControl(c) ? $"\\u{(int)c:x4}" : c.ToString());
+            return sb.ToString();
+        }
+    }
 
     /// <summary>What to do with a prompt longer than the context.</summary>
     public PromptOverflow PromptOverflow { get; init; } = PromptOverflow.Reject;

@@ -64,11 +64,51 @@ public class ServerOptionsTests
     [TestCase("--kv-recent-tokens 100", "--kv-eviction")]
     [TestCase("--kv-eviction sinks --kv-heavy-hitter-tokens 8", "h2o")]
     [TestCase("--kv-eviction sinks --kv-recent-tokens 0", "RecentTokens")]
+    [TestCase("--weight-hash-cache-dir", "weight-hash-cache-dir")]
+    [TestCase("--weight-hash-cache-dir d --no-weight-hash-cache", "contradict")]
     public void BadOptions_AreOneLineArgumentErrors(string extra, string mention)
     {
         var e = Assert.Throws<ArgumentException>(() => ServerOptions.Parse(["--model", "m.gguf", .. extra.Split(' ')]))!;
         Assert.That(e.Message, Does.Contain(mention));
         Assert.That(e.Message, Does.Not.Contain('\n'));
+    }
+
+    [Test]
+    public void WeightHashCacheFolder_IsAnOption()
+    {
+        Assert.That(ServerOptions.Parse(["--model", "m.gguf"]).Engine.WeightHashCacheDirectory, Is.Null, "default: the user's cache folder");
+        Assert.That(ServerOptions.Parse(["--model", "m.gguf", "--weight-hash-cache-dir", "/var/cache/x"]).Engine.WeightHashCacheDirectory, Is.EqualTo("/var/cache/x"));
+        Assert.That(ServerOptions.Parse(["--model", "m.gguf", "--no-weight-hash-cache"]).Engine.WeightHashCacheDirectory, Is.EqualTo(""));
+        Assert.That(ServerOptions.Parse(["--model", "m.gguf", "--weight-hash-cache-dir", ""]).Engine.WeightHashCacheDirectory, Is.EqualTo(""), "an empty folder turns it off, as in EngineOptions");
+    }
+
+    [Test]
+    public void WeightHashCacheFolder_ThatIsAFile_IsRefused()
+    {
+        string file = Path.GetTempFileName();
+        try
+        {
+            var e = Assert.Throws<ArgumentException>(() => ServerOptions.Parse(["--model", "m.gguf", "--weight-hash-cache-dir", file]))!;
+            Assert.That(e.Message, Does.Contain("is a file, not a folder"));
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
+    [TestCase("  ", "white space")]
+    [TestCase("a\u0001\0b", "not allowed in paths")]
+    public void WeightHashCacheFolder_Unusable_IsRefused(string directory, string mention)
+    {
+        var parse = Assert.Throws<ArgumentException>(() => ServerOptions.Parse(["--model", "m.gguf", "--weight-hash-cache-dir", directory]))!;
+        Assert.That(parse.Message, Does.Contain("--weight-hash-cache-dir").And.Contain(mention));
+        Assert.That(parse.Message, Does.Not.Contain('\n').And.Not.Contain('\0'));
+        var e = Assert.Throws<ArgumentException>(() => _ = new EngineOptions { WeightHashCacheDirectory = directory })!;
+        Assert.That(e.Message, Does.Contain(mention));
+        Assert.That(e.ParamName, Is.EqualTo(nameof(EngineOptions.WeightHashCacheDirectory)));
+        Assert.That(e.Message, Does.Not.Contain('\n'));
+        Assert.That(new EngineOptions { WeightHashCacheDirectory = "" }.WeightHashCacheDirectory, Is.Empty);
     }
 
     [Test]

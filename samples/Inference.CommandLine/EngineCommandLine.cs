@@ -124,12 +124,24 @@ public sealed class EngineCommandLine
     /// <summary><c>--kv-heavy-hitter-tokens</c>: tokens kept for the attention they received (h2o).</summary>
     public Option<int?> KvHeavyHitterTokens { get; } = new("--kv-heavy-hitter-tokens") { Description = "With --kv-eviction h2o: tokens kept for the attention they received (default: a quarter of the context)" };
 
+    /// <summary><c>--weight-hash-cache-dir</c>: where the per-tensor weight hashes of prefix files are cached.</summary>
+    public Option<string?> WeightHashCacheDir { get; } = new("--weight-hash-cache-dir")
+    {
+        Description = "Folder for the cached per-tensor weight hashes that prefix files carry (default: the user's cache folder, inference/weight-hashes; the model's folder keeps them beside the model)",
+        HelpName = "DIR",
+        CustomParser = ParseWeightHashCacheDir,
+    };
+
+    /// <summary><c>--no-weight-hash-cache</c>: hash every weight on the first prefix save or load of each run.</summary>
+    public Option<bool> NoWeightHashCache { get; } = new("--no-weight-hash-cache") { Description = "Cache no weight hashes: every run hashes the weights again on its first prefix save or load" };
+
     /// <summary>Every option above, in help order.</summary>
     public IReadOnlyList<Option> All =>
     [
         Model, Device, Threads, MaxModelLen, MaxNumSeqs, MaxNumBatchedTokens, MaxWaitingRequests, BlockSize, KvCacheDtype,
         EnablePrefixCaching, NoEnablePrefixCaching, GpuMemoryUtilization, KvEviction, KvSinkTokens, KvRecentTokens, KvHeavyHitterTokens,
         Quantization, TensorParallelSize, PipelineParallelSize, EnableExpertParallel, DraftModel, NgramSpeculation, NumSpeculativeTokens, PromptLookupMin, PromptLookupMax, SpeculativeConfig,
+        WeightHashCacheDir, NoWeightHashCache,
     ];
 
     /// <summary>Adds every option to <paramref name="command"/> and rejects contradicting pairs.</summary>
@@ -158,6 +170,8 @@ public sealed class EngineCommandLine
                 result.AddError("--kv-heavy-hitter-tokens needs --kv-eviction h2o");
             if (!ngram && (result.GetValue(PromptLookupMin) is not null || result.GetValue(PromptLookupMax) is not null))
                 result.AddError("--prompt-lookup-min and --prompt-lookup-max need --ngram-speculation");
+            if (result.GetResult(WeightHashCacheDir) is not null && result.GetValue(NoWeightHashCache))
+                result.AddError("--weight-hash-cache-dir and --no-weight-hash-cache contradict each other");
         });
     }
 
@@ -185,6 +199,8 @@ public sealed class EngineCommandLine
         if (result.GetValue(NoEnablePrefixCaching)) kv = kv with { PrefixCaching = PrefixCachingMode.Disabled };
         if (result.GetValue(GpuMemoryUtilization) is double fraction) kv = kv with { MemoryFraction = fraction };
         if (result.GetValue(Quantization) is QuantizationPreset preset) options = options with { Quantization = preset };
+        if (result.GetValue(WeightHashCacheDir) is string hashDir) options = options with { WeightHashCacheDirectory = hashDir };
+        if (result.GetValue(NoWeightHashCache)) options = options with { WeightHashCacheDirectory = "" };
         if (result.GetValue(DraftModel) is not null || result.GetValue(NgramSpeculation))
         {
             var speculative = result.GetValue(DraftModel) is string path
@@ -273,6 +289,21 @@ public sealed class EngineCommandLine
         static int Int(JsonProperty p) => p.Value.ValueKind == JsonValueKind.Number && p.Value.TryGetInt32(out int v)
             ? v
             : throw new FormatException($"\"{p.Name}\" must be an integer");
+    }
+
+    /// <summary>A folder for <c>--weight-hash-cache-dir</c>: a usable path that is not a file ("" turns the cache off).</summary>
+    private static string? ParseWeightHashCacheDir(ArgumentResult result)
+    {
+        if (result.Tokens.Count == 0)
+        {
+            result.AddError("--weight-hash-cache-dir needs a folder (\"\" for none)");
+            return null;
+        }
+        string dir = result.Tokens[0].Value;
+        if (EngineOptions.CheckWeightHashCacheDirectory(dir) is string problem) result.AddError($"--weight-hash-cache-dir: {problem}");
+        else if (File.Exists(dir)) result.AddError($"--weight-hash-cache-dir '{dir}' is a file, not a folder");
+        else return dir;
+        return null;
     }
 
     /// <summary>Preset names accepted by <c>--quantization</c> (<see cref="QuantizationPresets.TryParse"/>).</summary>
