@@ -1,12 +1,12 @@
 using Inference.Loading;
 using SharpFuzz;
 
-// Fuzz harness for untrusted input: GGUF headers, chat templates, tokenizers (text and GGUF vocabularies) and the
-// server's request JSON.
+// Fuzz harness for untrusted input: GGUF headers, chat templates, tokenizers (text and GGUF vocabularies), the
+// server's request JSON and the constraints (regex, GBNF, JSON schema) a request may carry.
 //   Inference.Fuzz [--target T]                     run target T under afl-fuzz (gguf when omitted)
 //   Inference.Fuzz [--target T] --replay DIR|FILE   run every file once outside the fuzzer and report contract breaks
 //   Inference.Fuzz [--target T] --make-seeds TESTDATA OUTDIR   write T's seed corpus
-// Targets: gguf, template, tokenizer, vocab, request.
+// Targets: gguf, template, tokenizer, vocab, request, constraint.
 // NOTE: every outcome other than success or the target's documented exception escapes the harness and counts as a crash.
 
 string target = "gguf";
@@ -22,7 +22,8 @@ Action<byte[]> one = target switch
     "tokenizer" => Targets.Tokenize,
     "vocab" => Targets.Vocabulary,
     "request" => Targets.Request,
-    _ => throw new ArgumentException($"unknown target '{target}' (gguf, template, tokenizer, vocab, request)"),
+    "constraint" => Targets.Constraint,
+    _ => throw new ArgumentException($"unknown target '{target}' (gguf, template, tokenizer, vocab, request, constraint)"),
 };
 if (args.Length >= 2 && args[0] == "--make-seeds")
 {
@@ -35,12 +36,18 @@ if (args.Length >= 2 && args[^2] == "--replay")
     return Harness.Replay(args[^1], one);
 }
 
-Fuzzer.Run(stream =>
+Action<Stream> run = stream =>
 {
     using var ms = new MemoryStream();
     stream.CopyTo(ms);
     one(ms.ToArray());
-});
+};
+// NOTE: out of process by default: the fork server runs the inputs in a child process and starts a new one when it
+// dies, so an input that overflows the stack or runs past afl-fuzz's timeout is saved as a crash or a hang. In process
+// (SharpFuzz's plain fork server, which reports its own process as the child) such an input ends the whole campaign
+// with "unable to communicate with fork server" and is lost.
+if (Environment.GetEnvironmentVariable("INFERENCE_FUZZ_IN_PROCESS") == "1") Fuzzer.Run(run);
+else Fuzzer.OutOfProcess.Run(run);
 return 0;
 
 internal static class Harness
@@ -74,12 +81,24 @@ internal static class Harness
             throw new InvalidOperationException($"allocated {allocated} bytes for a {bytes.Length}-byte input");
     }
 
+    /// <summary>
+    /// Runs every file once, uninstrumented, and reports each contract break and the slowest input. With
+    /// INFERENCE_FUZZ_VERBOSE=1 each file's name is printed before it runs, so that an input that ends the process
+    /// (a stack overflow) is named.
+    /// </summary>
     public static int Replay(string path, Action<byte[]> one)
     {
-        var files = Directory.Exists(path) ? Directory.GetFiles(path, "*", SearchOption.AllDirectories) : [path];
+        bool verbose = Environment.GetEnvironmentVariable("INFERENCE_FUZZ_VERBOSE") == "1";
+        var files = Directory.Exists(path) ? Directory.GetFiles(path, "*", SearchOption.TopDirectoryOnly) : [path];
+        Array.Sort(files, StringComparer.Ordinal);
         int failures = 0;
+        string slowest = "";
+        var slowestTime = TimeSpan.Zero;
+        var total = System.Diagnostics.Stopwatch.StartNew();
         foreach (var f in files)
         {
+            if (verbose) Console.WriteLine($"{f} ...");
+            var started = System.Diagnostics.Stopwatch.StartNew();
             try
             {
                 one(File.ReadAllBytes(f));
@@ -89,8 +108,9 @@ internal static class Harness
                 failures++;
                 Console.WriteLine($"{f}: {e.GetType().Name}: {e.Message}");
             }
+            if (started.Elapsed > slowestTime) (slowest, slowestTime) = (f, started.Elapsed);
         }
-        Console.WriteLine($"{files.Length} inputs replayed, {failures} failure(s)");
+        Console.WriteLine($"{files.Length} inputs replayed in {total.Elapsed.TotalSeconds:0.0} s, {failures} failure(s); slowest {slowestTime.TotalMilliseconds:0} ms ({Path.GetFileName(slowest)})");
         return failures == 0 ? 0 : 1;
     }
 }

@@ -51,10 +51,16 @@ internal static class Targets
         }
     }
 
+    // INFERENCE_FUZZ_EXPAND=N (replays only): every text is repeated to at least N characters, so that a saved queue
+    // can be run again as megabyte inputs.
+    private static readonly int ExpandTo = int.TryParse(Environment.GetEnvironmentVariable("INFERENCE_FUZZ_EXPAND"), out int n) ? n : 0;
+
     /// <summary>
-    /// Text for one of five real tokenizers. The first byte picks the tokenizer, whether special-token texts are parsed
-    /// and whether the rest is read as UTF-8 or as raw UTF-16 units (lone surrogates included). Ids must be in the
-    /// vocabulary, decoding must not throw, and byte-level BPE must give well-formed text back exactly.
+    /// Text for one of five real tokenizers. The first byte picks the tokenizer (its value modulo 5), whether
+    /// special-token texts are parsed (0x10), whether the rest is read as UTF-8 or as raw UTF-16 units, lone surrogates
+    /// included (0x20), and whether the text is repeated to at least 2 Ki characters (0x40: longer words and runs, without
+    /// making every execution slow). Ids must be in the vocabulary, decoding must not throw, and byte-level BPE must give
+    /// well-formed text back exactly.
     /// </summary>
     public static void Tokenize(byte[] input)
     {
@@ -64,6 +70,13 @@ internal static class Targets
         bool special = (input[0] & 0x10) != 0, utf16 = (input[0] & 0x20) != 0;
         var rest = input.AsSpan(1);
         string text = utf16 ? new string(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, char>(rest[..(rest.Length & ~1)])) : Encoding.UTF8.GetString(rest);
+        int expandTo = Math.Max(ExpandTo, (input[0] & 0x40) != 0 ? 2 << 10 : 0);
+        if (expandTo > 0 && text.Length > 0 && text.Length < expandTo)
+        {
+            var sb = new StringBuilder(expandTo + text.Length);
+            while (sb.Length < expandTo) sb.Append(text);
+            text = sb.ToString();
+        }
         int[] ids = tokenizer.Encode(text, addSpecial: special, special ? SpecialTokenText.Token : SpecialTokenText.Literal);
         foreach (int id in ids)
             if ((uint)id >= (uint)tokenizer.VocabularySize) throw new InvalidOperationException($"id {id} outside the vocabulary of {tokenizer.VocabularySize}");
@@ -116,6 +129,46 @@ internal static class Targets
         }
     }
 
+    /// <summary>
+    /// A constraint a request can carry, then bytes walked through its automaton. The first byte picks a regex, a GBNF
+    /// grammar or a JSON schema; the text runs to the first NUL, the bytes to walk follow it. The constraint compiles
+    /// or is refused with a one-line InvalidConstraintException, and walking it never throws anything else.
+    /// </summary>
+    public static void Constraint(byte[] input)
+    {
+        if (input.Length == 0) return;
+        int split = Array.IndexOf(input, (byte)0, 1);
+        string text = Encoding.UTF8.GetString(input, 1, (split < 0 ? input.Length : split) - 1);
+        Inference.Constraints.Constraint constraint;
+        try
+        {
+            constraint = (input[0] % 3) switch
+            {
+                0 => new Inference.Constraints.RegexConstraint(text),
+                1 => new Inference.Constraints.GrammarConstraint(text),
+                _ => new Inference.Constraints.JsonSchemaConstraint(text),
+            };
+        }
+        catch (Inference.Constraints.InvalidConstraintException e) when (!e.Message.Contains('\n'))
+        {
+            return;
+        }
+        if (split < 0) return;
+        var automaton = new Inference.Constraints.GrammarAutomaton(constraint.Grammar);
+        int state = automaton.InitialState;
+        try
+        {
+            for (int i = split + 1; i < input.Length && state != Inference.Constraints.GrammarAutomaton.Dead; i++)
+            {
+                state = automaton.Step(state, input[i]);
+                if (state != Inference.Constraints.GrammarAutomaton.Dead) _ = automaton.IsAccepting(state) || automaton.CanContinue(state);
+            }
+        }
+        catch (Inference.Constraints.InvalidConstraintException e) when (!e.Message.Contains('\n'))
+        {
+        }
+    }
+
     public static void MakeSeeds(string target, string testData, string outDir)
     {
         Directory.CreateDirectory(outDir);
@@ -124,12 +177,27 @@ internal static class Targets
             case "template":
                 foreach (var (name, source) in TemplateSeeds)
                     File.WriteAllText(Path.Combine(outDir, name + ".jinja"), source);
+                using (var phi3 = GgufFile.Open(Path.Combine(testData, "vocab", "ggml-vocab-phi-3.gguf")))
+                    if (phi3.Metadata.TryGetValue("tokenizer.chat_template", out var phi3Template))
+                        File.WriteAllText(Path.Combine(outDir, "phi-3.jinja"), phi3Template.ToString());
+                // The published templates the tests render (raw string literals of the test sources), when given.
+                if (Environment.GetEnvironmentVariable("INFERENCE_FUZZ_TEMPLATE_SOURCES") is { Length: > 0 } sources)
+                {
+                    int n = 0;
+                    foreach (var file in Directory.GetFiles(sources, "*.cs"))
+                        foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(File.ReadAllText(file), "\"\"\"(.+?)\"\"\"", System.Text.RegularExpressions.RegexOptions.Singleline))
+                            if (m.Groups[1].Value.Contains("{%", StringComparison.Ordinal) && m.Groups[1].Value.Length < 16384)
+                                File.WriteAllText(Path.Combine(outDir, $"{Path.GetFileNameWithoutExtension(file)}-{n++}.jinja"), m.Groups[1].Value);
+                }
                 break;
             case "tokenizer":
                 byte k = 0;
                 foreach (var text in new[] { "Once upon a time, there was a little girl.", "Hello wörld 😀 \t\n  x", "<s>[INST] hi [/INST]</s>", "12345 678.9 don't", "日本語のテキスト" })
-                    for (int flags = 0; flags < 2; flags++, k++)
-                        File.WriteAllBytes(Path.Combine(outDir, $"text-{k}"), [(byte)(k | (flags << 4)), .. Encoding.UTF8.GetBytes(text)]);
+                    foreach (int flags in new[] { 0, 0x10, 0x40 })
+                    {
+                        File.WriteAllBytes(Path.Combine(outDir, $"text-{k}"), [(byte)(k | flags), .. Encoding.UTF8.GetBytes(text)]);
+                        k++;
+                    }
                 break;
             case "vocab":
                 WriteVocab(Path.Combine(outDir, "spm.gguf"), "llama", ["<unk>", "<s>", "</s>", "▁", "▁a", "b", "<0x41>", "ab"], [0, 0, 0, -1, -2, -3, 0, -4], [2, 3, 3, 1, 1, 1, 6, 4], null);
@@ -137,6 +205,10 @@ internal static class Targets
                 break;
             case "request":
                 foreach (var (name, body) in RequestSeeds) File.WriteAllText(Path.Combine(outDir, name + ".json"), body);
+                break;
+            case "constraint":
+                foreach (var (name, kind, text, walk) in ConstraintSeeds)
+                    File.WriteAllBytes(Path.Combine(outDir, name), [kind, .. Encoding.UTF8.GetBytes(text), 0, .. Encoding.UTF8.GetBytes(walk)]);
                 break;
         }
     }
@@ -170,7 +242,17 @@ internal static class Targets
         ("chatml", "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
         ("llama2", "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"),
         ("macro", "{%- macro render(m) -%}{{ m.role | upper }}: {{ m.content | trim }}{%- endmacro -%}{%- for m in messages|selectattr('role', 'ne', 'tool') -%}{{ render(m) }}{{ '\\n' if not loop.last }}{%- endfor -%}{%- if add_generation_prompt %}ASSISTANT:{% endif %}"),
+        ("values", "{% set ns = namespace(x=[], d={}) %}{% for m in messages %}{% set ns.x = [ns.x, m] %}{% set _ = ns.x.append(loop.index) %}{% endfor %}{{ ns.x | tojson(indent=2) }}{{ ns.x == ns.x }}{{ ns }}{{ 'abcdef'[1:5:2] }}{{ [1,2,3][::-1] }}{{ range(10, 0, -3) | list }}{{ 'x' * 3 }}{{ 7 // 2 }}{{ 2 ** 10 }}{{ -7 % 3 }}{{ 'a,b'.split(',') }}"),
         ("filters", "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + m.content|length %}{{ m.content|replace('a','b')|lower ~ (m.content|tojson) }}{% endfor %}{{ ns.n }}{{ [1,2,3]|join(',') }}{{ {'a': 1}|items|list }}{{ range(3)|list }}"),
+    ];
+
+    private static readonly (string Name, byte Kind, string Text, string Walk)[] ConstraintSeeds =
+    [
+        ("regex", 0, @"^(?:[A-Z][a-z]+|\d{2,4})( [a-z]+)*[.!?]$", "Hello world 12 ab."),
+        ("regex-class", 0, @"[^\n""]{0,8}\w+\s?(a|b|)*x{3}", "xy\"z ab x"),
+        ("gbnf", 1, "root ::= obj\nobj ::= \"{\" (pair (\",\" pair)*)? \"}\"\npair ::= str \":\" val\nval ::= str | [0-9]+ | obj | \"[\" val{0,3} \"]\"\nstr ::= \"\\\"\" [^\"]* \"\\\"\"\n", "{\"a\":{\"b\":12},\"c\":[1]}"),
+        ("schema", 2, """{"type":"object","properties":{"name":{"type":"string","maxLength":5},"age":{"type":"integer"},"tags":{"type":"array","items":{"enum":["x","y"]},"maxItems":2},"when":{"type":"string","format":"date-time"}},"required":["name"]}""", """{"name":"ab","age":-3,"tags":["x"]}"""),
+        ("schema-ref", 2, """{"$defs":{"n":{"anyOf":[{"type":"null"},{"type":"object","properties":{"next":{"$ref":"#/$defs/n"}}}]}},"$ref":"#/$defs/n"}""", """{"next":{"next":null}}"""),
     ];
 
     private static readonly (string Name, string Body)[] RequestSeeds =
@@ -179,6 +261,8 @@ internal static class Targets
         ("tools", """{"model":"m","messages":[{"role":"user","content":"weather?"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"get","arguments":"{\"city\":\"Paris\"}"}}]},{"role":"tool","tool_call_id":"c1","content":"sunny"}],"tools":[{"type":"function","function":{"name":"get","description":"d","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}],"tool_choice":{"type":"function","function":{"name":"get"}}}"""),
         ("schema", """{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"s","strict":true,"schema":{"type":"object","properties":{"a":{"type":"integer","minimum":0},"b":{"type":"array","items":{"enum":["x","y"]}}},"required":["a"]}}}}"""),
         ("completion", """{"model":"m","prompt":["Once upon", "a time"],"max_tokens":8,"echo":true,"logprobs":2,"best_of":1,"stop":"."}"""),
+        ("grammar", """{"model":"m","prompt":"x","guided_grammar":"root ::= item (\",\" item)*\nitem ::= [a-z]+ | \"(\" root \")\" | num{1,3}\nnum ::= [0-9]"}"""),
+        ("pattern", """{"model":"m","messages":[{"role":"user","content":"x"}],"guided_json":{"type":"object","properties":{"id":{"type":"string","pattern":"^(?:[A-Z]{2}|x)-\\d+$"},"tags":{"type":"array","items":{"$ref":"#/$defs/t"}}},"$defs":{"t":{"anyOf":[{"type":"string","format":"date"},{"type":"null"}]}}}}"""),
         ("tokens", """{"model":"m","prompt":[[1,2,3],[4,5]],"max_tokens":4,"guided_regex":"[a-z]+","guided_choice":null}"""),
     ];
 }
