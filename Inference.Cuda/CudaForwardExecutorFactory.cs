@@ -47,7 +47,7 @@ internal sealed class CudaForwardExecutorFactory : IForwardExecutorFactory
         var backend = CudaBackend.Create(_options.DeviceIndex);
         try
         {
-            return new DeviceForwardExecutor(backend.Accelerator, context, _options.Attention, owner: backend);
+            return new DeviceForwardExecutor(backend.Accelerator, context, _options.Attention, owner: backend, _options.TensorCoreMatMul);
         }
         catch
         {

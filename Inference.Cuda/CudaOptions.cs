@@ -21,6 +21,13 @@ public sealed record CudaOptions
 
     /// <summary>The attention kernels. Default <see cref="CudaAttentionKernels.Ptx"/>.</summary>
     public CudaAttentionKernels Attention { get; init; } = CudaAttentionKernels.Ptx;
+
+    /// <summary>
+    /// Whether F16 matrix products of 16 or more rows (prefill, batched decode) run on the hand-written tensor-core kernel
+    /// (mma.sync with f32 accumulation; activations are rounded to f16 first). Default true; false keeps every product on
+    /// the row kernels (for comparison).
+    /// </summary>
+    public bool TensorCoreMatMul { get; init; } = true;
 }
 
 /// <summary>Selects the CUDA executor with explicit <see cref="CudaOptions"/>.</summary>

@@ -12,7 +12,8 @@ namespace Inference.Benchmarks.Gpu;
 /// <summary>
 /// The end-to-end step of <c>gpu OUTDIR</c>: writes a random-weight 0.85B-parameter GQA model on this machine (dim 2048,
 /// 16 layers, 32 heads, 8 KV heads, ffn 5632, the 32,000-token llama SentencePiece vocabulary), then compares the GPU
-/// engine's last-position logits with the CPU engine's (relative L2, target &lt; 5e-3) for PTX and ILGPU attention and
+/// engine's last-position logits with the CPU engine's (relative L2, target &lt; 5e-3) for PTX and ILGPU attention (F16
+/// products of 16+ rows on the tensor-core kernel) and for PTX attention with every product on the row kernels, and
 /// measures GPU decode tokens/s for one request and for 16 concurrent requests. Writes <c>e2e.tsv</c>.
 /// </summary>
 /// <remarks>
@@ -65,12 +66,12 @@ public static class EndToEndCheck
 
             summary.AppendLine("| attention | logits rel. L2 vs CPU | greedy 8 tokens = CPU | decode tok/s, 1 request | decode tok/s, 16 requests |");
             summary.AppendLine("|---|---|---|---|---|");
-            foreach (var attention in new[] { CudaAttentionKernels.Ptx, CudaAttentionKernels.Ilgpu })
+            foreach (var (attention, tensorCores) in new[] { (CudaAttentionKernels.Ptx, true), (CudaAttentionKernels.Ilgpu, true), (CudaAttentionKernels.Ptx, false) })
             {
-                var gpu = InferenceEngine.LoadAsync(model, engine.UseCuda(new CudaOptions { Attention = attention })).GetAwaiter().GetResult();
+                var gpu = InferenceEngine.LoadAsync(model, engine.UseCuda(new CudaOptions { Attention = attention, TensorCoreMatMul = tensorCores })).GetAwaiter().GetResult();
                 try
                 {
-                    string name = attention.ToString();
+                    string name = tensorCores ? attention.ToString() : $"{attention}, row kernels only";
                     var tokens = gpu.Tokenize(Prompt);
                     var logits = gpu.GetLogitsAsync(tokens).GetAwaiter().GetResult();
                     double l2 = ReferenceCompare.RelativeL2(logits, cpuLogits);

@@ -22,7 +22,8 @@ namespace Inference.Cuda.Runner;
 ///    tokens [n] · slots [n] · tokenSeqs [n] · positions [n] · seqStarts [S + 1] · contextLens [S] · logitRows [L]
 ///    · blockTables [S, maxBlocksPerSeq]          per rotation table: cos, sin [n, ropeDim / 2] (the graph's angles)
 ///  on the device, each operation of the graph in order, one kernel (or a few) per operation:
-///    Embed → gather · RmsNorm → rmsnorm · MatMul → one matmul per output · AddBias · Rope → rope from the tables
+///    Embed → gather · RmsNorm → rmsnorm · MatMul → one matmul per output (F16 weights and ≥ 16 rows on CUDA: the
+///    tensor-core kernel of Ptx/gemm_tensor_core.ptx) · AddBias · Rope → rope from the tables
 ///    Attention → K/V to the pool slots, then paged attention · Add · SwiGlu · GatherLogitRows → gather
 ///  then the logits buffer [L, vocab] → host
 /// </code>
@@ -40,6 +41,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
     private readonly LayerKernels _kernels;
     private readonly DeviceKvStorage _storage;
     private readonly IDeviceAttention _attention;
+    private readonly PtxTensorCoreGemm? _gemm;                                    // CUDA only: F16 products of many rows
     private readonly AttentionShape _shape;
     private readonly ModelGraph _graph;
     private readonly DeviceMatrix?[] _matrices;                                   // by weight id
@@ -54,7 +56,9 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
     /// <param name="context">Model, KV cache manager and pool geometry.</param>
     /// <param name="attention">Which attention kernels to use on CUDA (other accelerators always use ILGPU's).</param>
     /// <param name="owner">Disposed with the executor (the backend that owns <paramref name="accelerator"/>), or null.</param>
-    public DeviceForwardExecutor(Accelerator accelerator, ForwardExecutorContext context, CudaAttentionKernels attention, IDisposable? owner)
+    /// <param name="tensorCoreMatMul">On CUDA, run F16 products of many rows on the tensor-core kernel.</param>
+    public DeviceForwardExecutor(Accelerator accelerator, ForwardExecutorContext context, CudaAttentionKernels attention, IDisposable? owner,
+        bool tensorCoreMatMul = true)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         ArgumentNullException.ThrowIfNull(context);
@@ -66,6 +70,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
         RefuseUnsupported(_model.Graph, _config.Architecture);
         Bind();
         var c = _config;
+        string? gemmUnavailable = null;
         try
         {
             // NOTE: on ILGPU's CPU accelerator (tests) one-thread groups: each matrix row is a plain loop, no barriers.
@@ -74,6 +79,12 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             int maxBlocks = (context.ContextLength + kv.BlockSize - 1) / kv.BlockSize;
             _shape = new AttentionShape(c.HeadCount, c.KvHeadCount, c.HeadDim, kv.BlockSize, maxBlocks);
             _storage = Own(new DeviceKvStorage(accelerator, c.LayerCount, context.BlockCount, kv.BlockSize, c.KvHeadCount, c.HeadDim, kv.DataType));
+            if (tensorCoreMatMul && accelerator is CudaAccelerator cudaAccelerator)
+            {
+                // NOTE: a driver whose JIT refuses the module leaves every product on the row kernels (DeviceName says why).
+                try { _gemm = Own(new PtxTensorCoreGemm(cudaAccelerator)); }
+                catch (InvalidOperationException e) { gemmUnavailable = e.Message; }
+            }
             // NOTE: the PTX kernels take the sliding window (p_window), checked on the CPU by a lane-level model of the
             // PTX; until its windowed cases (AttentionSelfCheck, scripts/device-check.sh) have passed on a device, a
             // model with local layers keeps the ILGPU kernels on CUDA.
@@ -112,7 +123,8 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
         string what = accelerator is CudaAccelerator cuda
             ? $"CUDA: {accelerator.Name} (sm_{cuda.Architecture.Major}{cuda.Architecture.Minor})"
             : $"ILGPU {accelerator.AcceleratorType} accelerator: {accelerator.Name}";
-        DeviceName = $"{what}, {_attention.Name} attention";
+        DeviceName = $"{what}, {_attention.Name} attention" +
+            (_gemm is not null ? ", tensor-core F16 matmul" : gemmUnavailable is not null ? $", tensor-core matmul unavailable ({gemmUnavailable})" : "");
     }
 
     /// <summary>Refuses, before anything is uploaded, a graph with an operation this executor does not run.</summary>
@@ -205,9 +217,9 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
                 {
                     var src = View(s, op.Src, n, logitCount);
                     int rows = g.Buffers[op.Src].LogitRows ? logitCount : n;
-                    _matrices[op.W0]!.MatMul(_kernels, src, View(s, op.Dst, n, logitCount), rows);
-                    if (op.W1 >= 0) _matrices[op.W1]!.MatMul(_kernels, src, View(s, op.Dst2, n, logitCount), rows);
-                    if (op.W2 >= 0) _matrices[op.W2]!.MatMul(_kernels, src, View(s, op.Dst3, n, logitCount), rows);
+                    _matrices[op.W0]!.MatMul(_kernels, _gemm, src, View(s, op.Dst, n, logitCount), rows);
+                    if (op.W1 >= 0) _matrices[op.W1]!.MatMul(_kernels, _gemm, src, View(s, op.Dst2, n, logitCount), rows);
+                    if (op.W2 >= 0) _matrices[op.W2]!.MatMul(_kernels, _gemm, src, View(s, op.Dst3, n, logitCount), rows);
                     break;
                 }
                 case OpKind.AddBias:

@@ -80,10 +80,31 @@ internal sealed unsafe class DeviceMatrix : IDisposable
         return new DeviceMatrix(buffer, type, m.Rows, m.Cols);
     }
 
+    /// <summary>
+    /// Fewest rows (tokens) an F16 product runs on the tensor-core kernel (<see cref="PtxTensorCoreGemm"/>) instead of the
+    /// row kernels, which stream the weights once per 4 rows and stay the batch-1 path.
+    /// </summary>
+    /// <remarks>NOTE: not tuned on a device yet (docs/gpu-results.md lists the crossover as unmeasured).</remarks>
+    public const int TensorCoreMinRows = 16;
+
+    /// <summary>Whether <see cref="MatMul"/> with <paramref name="batch"/> rows runs on the tensor-core kernel.</summary>
+    public bool UsesTensorCores(PtxTensorCoreGemm? gemm, int batch) =>
+        gemm is not null && Type == GgmlType.F16 && batch >= TensorCoreMinRows && Cols % 8 == 0;
+
     /// <summary><c>y[b, r] = Σ_c W[r, c] · x[b, c]</c>: x <c>[batch, cols]</c>, y <c>[batch, rows]</c>.</summary>
-    public void MatMul(LayerKernels kernels, ArrayView<float> x, ArrayView<float> y, int batch)
+    /// <param name="kernels">The ILGPU layer kernels (row kernels).</param>
+    /// <param name="gemm">The tensor-core kernel on CUDA, or null (other accelerators).</param>
+    /// <param name="x">Activations.</param>
+    /// <param name="y">Output.</param>
+    /// <param name="batch">Rows of <paramref name="x"/>.</param>
+    public void MatMul(LayerKernels kernels, PtxTensorCoreGemm? gemm, ArrayView<float> x, ArrayView<float> y, int batch)
     {
         ArrayView<byte> w = _buffer.View;
+        if (UsesTensorCores(gemm, batch))
+        {
+            gemm!.MatMul(TensorCoreElement.F16, w, x, y, batch, Rows, Cols);
+            return;
+        }
         switch (Type)
         {
             case GgmlType.F32: kernels.MatMul(w.Cast<float>(), x, y, Rows, Cols, batch); break;

@@ -34,6 +34,18 @@ public class DeviceForwardExecutorGpuTests
         Assert.That(errors.Max(), Is.LessThan(KvBlockFormat.IsBlockFormat(kv) ? 1e-2 : 1e-3));
     }
 
+    /// <summary>F16 weights: prefill steps of 16+ tokens run the tensor-core kernel (activations rounded to f16).</summary>
+    [TestCase(8, 2, 16, KvCacheDataType.Float16)]
+    [TestCase(8, 8, 16, KvCacheDataType.Float32)]
+    public void MixedBatches_F16Weights_TensorCoreMatMul_MatchTheCpuPath(int heads, int kvHeads, int blockSize, KvCacheDataType kv)
+    {
+        var backend = GpuTestBackend.RequireDevice();
+        var errors = DeviceForwardExecutorTests.RunScenario(backend.Accelerator, DeviceForwardExecutorTests.Model(heads, kvHeads, GgmlType.F16, headDim: 64),
+            blockSize, kv, CudaAttentionKernels.Ptx);
+        TestContext.Out.WriteLine($"F16 {heads}/{kvHeads} block {blockSize} {kv}: max relative L2 {errors.Max():E2}");
+        Assert.That(errors.Max(), Is.LessThan(5e-3));
+    }
+
     [Test]
     public async Task Stories260K_Greedy64_EqualsTheCpuEngine()
     {

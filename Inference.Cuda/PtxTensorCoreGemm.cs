@@ -1,0 +1,160 @@
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
+
+namespace Inference.Cuda;
+
+/// <summary>Element type of the tensor-core matrix product's inputs.</summary>
+internal enum TensorCoreElement
+{
+    /// <summary>IEEE half precision.</summary>
+    F16,
+
+    /// <summary>bfloat16.</summary>
+    BF16,
+}
+
+/// <summary>
+/// Launches the tensor-core matrix product of <c>Ptx/gemm_tensor_core.ptx</c> (see <see cref="TensorCoreGemmTile"/>):
+/// <c>C[M, N] = A[M, K] · W[N, K]ᵀ</c> with f16 or bf16 inputs and f32 accumulation, and the conversion of f32
+/// activations to the input type.
+/// </summary>
+/// <remarks>Enqueues on the accelerator's default stream. Not thread-safe (one staging buffer for converted activations).</remarks>
+internal sealed unsafe class PtxTensorCoreGemm : IDisposable
+{
+    private readonly CudaAccelerator _accelerator;
+    private readonly PtxModule _module;
+    private readonly IntPtr _gemmF16, _gemmBf16, _reduce, _convertF16, _convertBf16;
+    private MemoryBuffer1D<ushort, Stride1D.Dense>? _staging;     // activations converted to f16/bf16, [M, K]
+    private MemoryBuffer1D<float, Stride1D.Dense>? _partials;     // split-K partial products, [splits, M, N]
+
+    public PtxTensorCoreGemm(CudaAccelerator accelerator)
+    {
+        ArgumentNullException.ThrowIfNull(accelerator);
+        _accelerator = accelerator;
+        _module = PtxModule.Load(accelerator, TensorCoreGemmPtx.ModuleName);
+        _gemmF16 = _module.GetFunction("gemm_f16");
+        _gemmBf16 = _module.GetFunction("gemm_bf16");
+        _reduce = _module.GetFunction("gemm_reduce_splits");
+        _convertF16 = _module.GetFunction("convert_f32_f16");
+        _convertBf16 = _module.GetFunction("convert_f32_bf16");
+    }
+
+    /// <summary>The tile the module was generated with.</summary>
+    public static TensorCoreGemmTile Tile => TensorCoreGemmTile.Default;
+
+    /// <summary>Throws unless the launcher accepts these dimensions.</summary>
+    /// <exception cref="ArgumentException">K is not a positive multiple of 8, or a product of dimensions reaches 2^31.</exception>
+    public static void CheckShape(int m, int n, int k)
+    {
+        if (m < 1 || n < 1 || k < 1) throw new ArgumentException($"matrix dimensions must be positive (M={m}, N={n}, K={k})");
+        if (k % 8 != 0) throw new ArgumentException($"the tensor-core matrix product needs K divisible by 8 (16-byte rows), not {k}");
+        if ((long)m * k >= int.MaxValue || (long)n * k >= int.MaxValue || (long)m * n >= int.MaxValue)
+            throw new ArgumentException($"matrix too large for 32-bit indexing (M={m}, N={n}, K={k})");
+    }
+
+    /// <summary>Most k splits of one product.</summary>
+    internal const int MaxSplits = 16;
+
+    /// <summary>Fewest k tiles (of 32) a split runs, so each split's pipeline fills.</summary>
+    internal const int MinTilesPerSplit = 4;
+
+    /// <summary>
+    /// Split-K: when the output tiles fill less than half of the multiprocessors (a few rows times a small N), the k tiles
+    /// are split among up to <see cref="MaxSplits"/> CTAs per output tile, at least <see cref="MinTilesPerSplit"/> each;
+    /// returns the split count and the k tiles per split.
+    /// </summary>
+    /// <remarks>
+    /// NOTE: the split count depends on M, so a row's f32 rounding depends on how many rows share its product (so does
+    /// the choice between the row kernels and this kernel).
+    /// </remarks>
+    internal static (int Splits, int TilesPerSplit) ChooseSplits(int m, int n, int k, int multiprocessors)
+    {
+        var t = Tile;
+        long tiles = (long)((m + t.BlockM - 1) / t.BlockM) * ((n + t.BlockN - 1) / t.BlockN);
+        int kTiles = (k + t.BlockK - 1) / t.BlockK;
+        int splits = 1;
+        if (tiles * 2 < multiprocessors)
+            splits = (int)Math.Clamp(Math.Min(multiprocessors / tiles, kTiles / MinTilesPerSplit), 1, MaxSplits);
+        int perSplit = (kTiles + splits - 1) / splits;
+        return ((kTiles + perSplit - 1) / perSplit, perSplit);
+    }
+
+    /// <summary><c>c[M, N] = a[M, K] · w[N, K]ᵀ</c>; all views 16-byte aligned; on <paramref name="stream"/> or the default stream.</summary>
+    /// <remarks>A split product (<see cref="ChooseSplits"/>) may allocate its partial buffer on first use (not inside a graph capture).</remarks>
+    public void Run(TensorCoreElement type, IntPtr a, IntPtr w, IntPtr c, int m, int n, int k, CudaStream? stream = null)
+    {
+        CheckShape(m, n, k);
+        var t = Tile;
+        var (splits, perSplit) = ChooseSplits(m, n, k, _accelerator.NumMultiprocessors);
+        IntPtr target = c;
+        if (splits > 1)
+        {
+            long needed = (long)splits * m * n;
+            if (_partials is null || _partials.Length < needed)
+            {
+                _partials?.Dispose();
+                _partials = _accelerator.Allocate1D<float>(needed);
+            }
+            target = ((ArrayView<float>)_partials.View).LoadEffectiveAddressAsPtr();
+        }
+        uint um = (uint)m, un = (uint)n, uk = (uint)k, us = (uint)perSplit;
+        void** args = stackalloc void*[7];
+        args[0] = &a; args[1] = &w; args[2] = &target; args[3] = &um; args[4] = &un; args[5] = &uk; args[6] = &us;
+        _accelerator.Bind();
+        var s = (stream ?? (CudaStream)_accelerator.DefaultStream).StreamPtr;
+        Check(CudaAPI.CurrentAPI.LaunchKernel(type == TensorCoreElement.F16 ? _gemmF16 : _gemmBf16,
+            (n + t.BlockN - 1) / t.BlockN, (m + t.BlockM - 1) / t.BlockM, splits, t.Threads, 1, 1, 0, s, (IntPtr)args, IntPtr.Zero), "gemm");
+        if (splits == 1) return;
+        uint count = (uint)(m * n), uSplits = (uint)splits;
+        void** reduceArgs = stackalloc void*[4];
+        reduceArgs[0] = &target; reduceArgs[1] = &c; reduceArgs[2] = &count; reduceArgs[3] = &uSplits;
+        Check(CudaAPI.CurrentAPI.LaunchKernel(_reduce, (int)((count + 255) / 256), 1, 1, 256, 1, 1, 0, s, (IntPtr)reduceArgs, IntPtr.Zero), "gemm_reduce_splits");
+    }
+
+    /// <summary>Converts <paramref name="count"/> f32 values to 2-byte <paramref name="type"/> values (round to nearest even).</summary>
+    public void Convert(TensorCoreElement type, IntPtr src, IntPtr dst, int count, CudaStream? stream = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(count, 1);
+        uint uc = (uint)count;
+        void** args = stackalloc void*[3];
+        args[0] = &src; args[1] = &dst; args[2] = &uc;
+        _accelerator.Bind();
+        var s = (stream ?? (CudaStream)_accelerator.DefaultStream).StreamPtr;
+        Check(CudaAPI.CurrentAPI.LaunchKernel(type == TensorCoreElement.F16 ? _convertF16 : _convertBf16,
+            (count + 255) / 256, 1, 1, 256, 1, 1, 0, s, (IntPtr)args, IntPtr.Zero), "convert");
+    }
+
+    /// <summary>
+    /// <c>y[M, N] = x[M, K] · w[N, K]ᵀ</c> with f32 activations <paramref name="x"/>: converts them to
+    /// <paramref name="type"/> in a staging buffer, then runs the product.
+    /// </summary>
+    public void MatMul(TensorCoreElement type, ArrayView<byte> w, ArrayView<float> x, ArrayView<float> y, int m, int n, int k)
+    {
+        CheckShape(m, n, k);
+        long count = (long)m * k;
+        if (x.Length < count || y.Length < (long)m * n || w.Length < (long)n * k * 2)
+            throw new ArgumentException("a view is shorter than its matrix");
+        if (_staging is null || _staging.Length < count)
+        {
+            _staging?.Dispose();
+            _staging = _accelerator.Allocate1D<ushort>(count);
+        }
+        IntPtr staging = ((ArrayView<ushort>)_staging.View).LoadEffectiveAddressAsPtr();
+        Convert(type, x.LoadEffectiveAddressAsPtr(), staging, (int)count);
+        Run(type, staging, w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(), m, n, k);
+    }
+
+    private static void Check(CudaError error, string what)
+    {
+        if (error != CudaError.CUDA_SUCCESS)
+            throw new InvalidOperationException($"launching {what} failed: {error} ({CudaAPI.CurrentAPI.GetErrorString(error)})");
+    }
+
+    public void Dispose()
+    {
+        _staging?.Dispose();
+        _partials?.Dispose();
+        _module.Dispose();
+    }
+}

@@ -1,0 +1,486 @@
+using System.Globalization;
+
+namespace Inference.Tests.Cuda;
+
+/// <summary>
+/// Executes a hand-written PTX module on the CPU, instruction by instruction, where no GPU exists: the subset of PTX the
+/// tensor-core matrix product (<c>Inference.Cuda/Ptx/gemm_tensor_core.ptx</c>) uses, with the fragment layouts of
+/// <c>ldmatrix.m8n8.x4</c> and <c>mma.m16n8k16</c> as the PTX ISA defines them.
+/// </summary>
+/// <remarks>
+/// <para>Warps run in lockstep (32 lanes per instruction); a CTA's warps run one after another up to each
+/// <c>bar.sync</c>. A branch must be taken by all lanes of a warp or none (the kernels branch on uniform values only).</para>
+/// <para>Checks besides the arithmetic: every global access within an allocation; shared memory read only after a
+/// <c>cp.async</c> that wrote it was waited for by its thread and a barrier followed; a <c>cp.async</c> never targets
+/// shared bytes another copy has pending or that were read since the last barrier (a write-after-read race).</para>
+/// <para>NOTE: <c>mma</c> is modelled as <c>d = f32(c + Σ a·b)</c> with the 16 exact f16/bf16 products summed in float64
+/// in k order and one rounding to f32. PTX leaves the tensor cores' internal rounding unspecified, so this fixes the
+/// order of f32 accumulation across instructions exactly but a device may differ from the model in the last bits of
+/// each mma.</para>
+/// </remarks>
+internal sealed class PtxInterpreter
+{
+    private readonly Dictionary<string, Kernel> _kernels = [];
+
+    private PtxInterpreter() { }
+
+    public IReadOnlyCollection<string> Entries => _kernels.Keys;
+
+    /// <summary>Global memory: one byte array, allocations 256-byte aligned from a 64-bit base address.</summary>
+    public sealed class Memory
+    {
+        public const ulong Base = 0x1_0000_0000;
+        private readonly List<(ulong Address, int Length)> _allocations = [];
+        private byte[] _bytes = new byte[1 << 16];
+        private int _used;
+
+        public ulong Alloc(int length)
+        {
+            int start = (_used + 255) & ~255;
+            if (start + length > _bytes.Length) Array.Resize(ref _bytes, Math.Max(_bytes.Length * 2, start + length + 256));
+            _used = start + length;
+            _allocations.Add((Base + (ulong)start, length));
+            return Base + (ulong)start;
+        }
+
+        public Span<byte> Bytes(ulong address, int length)
+        {
+            foreach (var (a, l) in _allocations)
+                if (address >= a && address + (ulong)length <= a + (ulong)l) return _bytes.AsSpan((int)(address - Base), length);
+            throw new InvalidOperationException($"global access of {length} bytes at 0x{address:X} is outside every allocation");
+        }
+    }
+
+    /// <summary>float → bfloat16 bits, round to nearest even (NaN stays NaN), as <c>cvt.rn.bf16.f32</c>.</summary>
+    public static ushort ToBf16(uint bits)
+    {
+        if ((bits & 0x7FFF_FFFF) > 0x7F80_0000) return (ushort)((bits >> 16) | 0x40);
+        return (ushort)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+    }
+
+    private sealed record Kernel(string Name, string[] Params, Dictionary<string, int> Shared, int SharedBytes, Instr[] Code,
+        Dictionary<string, int> Labels, int RegisterCount);
+
+    private enum Kind { Reg, Imm, Special, Symbol, Vector, Mem, Label }
+
+    private sealed record Operand(Kind Kind, int Reg = -1, ulong Imm = 0, string Name = "", int[]? Regs = null, Operand? Base = null, long Offset = 0);
+
+    private sealed record Instr(string Op, int GuardReg, bool GuardNegated, Operand[] Args, string Text);
+
+    public static PtxInterpreter Parse(string source)
+    {
+        var result = new PtxInterpreter();
+        var lines = source.Split('\n').Select(l => { int c = l.IndexOf("//", StringComparison.Ordinal); return (c >= 0 ? l[..c] : l).Trim(); })
+            .Where(l => l.Length > 0).ToArray();
+        for (int i = 0; i < lines.Length; i++)
+        {
+            if (!lines[i].StartsWith(".visible .entry ", StringComparison.Ordinal)) continue;
+            string name = lines[i][".visible .entry ".Length..].TrimEnd('(').Trim();
+            var parameters = new List<string>();
+            for (i++; lines[i] != ")"; i++) parameters.Add(lines[i].TrimEnd(',').Split(' ', StringSplitOptions.RemoveEmptyEntries)[^1]);
+            while (lines[i] != "{") i++;
+            var body = new List<string>();
+            for (i++; lines[i] != "}"; i++) body.Add(lines[i]);
+            result._kernels[name] = Compile(name, [.. parameters], body);
+        }
+        return result;
+    }
+
+    private static Kernel Compile(string name, string[] parameters, List<string> body)
+    {
+        var shared = new Dictionary<string, int>();
+        int sharedBytes = 0;
+        var labels = new Dictionary<string, int>();
+        var regs = new Dictionary<string, int>();
+        var statements = new List<string>();
+        foreach (var line in body)
+        {
+            if (line.StartsWith(".reg", StringComparison.Ordinal)) continue;
+            if (line.StartsWith(".shared", StringComparison.Ordinal))
+            {
+                // .shared .align A .b8 NAME[SIZE];
+                var decl = line.TrimEnd(';').Split(' ', StringSplitOptions.RemoveEmptyEntries)[^1];
+                int open = decl.IndexOf('[');
+                if (open > 0 && line.Contains(" .b8 ", StringComparison.Ordinal))
+                {
+                    shared[decl[..open]] = 0x400 + sharedBytes;   // shared window addresses start at 0x400
+                    sharedBytes += int.Parse(decl[(open + 1)..^1], CultureInfo.InvariantCulture);
+                    continue;
+                }
+                throw new NotSupportedException($"shared declaration: {line}");
+            }
+            if (line.EndsWith(':')) { labels[line[..^1]] = statements.Count; continue; }
+            statements.Add(line);
+        }
+        var code = new Instr[statements.Count];
+        for (int s = 0; s < statements.Count; s++)
+        {
+            string text = statements[s].TrimEnd(';').Trim();
+            int guard = -1;
+            bool negated = false;
+            if (text.StartsWith('@'))
+            {
+                int sp = text.IndexOf(' ');
+                string g = text[1..sp];
+                negated = g.StartsWith('!');
+                guard = Reg(regs, negated ? g[1..] : g);
+                text = text[(sp + 1)..].Trim();
+            }
+            int space = text.IndexOfAny([' ', '\t']);
+            string op = space < 0 ? text : text[..space];
+            var args = space < 0 ? Array.Empty<Operand>() : SplitOperands(text[(space + 1)..]).Select(a => ParseOperand(a, regs, parameters, shared, labels)).ToArray();
+            code[s] = new Instr(op, guard, negated, args, statements[s]);
+        }
+        return new Kernel(name, parameters, shared, sharedBytes, code, labels, regs.Count);
+    }
+
+    private static int Reg(Dictionary<string, int> regs, string name)
+    {
+        if (!regs.TryGetValue(name, out int index)) regs[name] = index = regs.Count;
+        return index;
+    }
+
+    private static List<string> SplitOperands(string text)
+    {
+        var parts = new List<string>();
+        int depth = 0, start = 0;
+        for (int i = 0; i < text.Length; i++)
+        {
+            if (text[i] is '{' or '[') depth++;
+            else if (text[i] is '}' or ']') depth--;
+            else if (text[i] == ',' && depth == 0) { parts.Add(text[start..i].Trim()); start = i + 1; }
+        }
+        parts.Add(text[start..].Trim());
+        return parts;
+    }
+
+    private static Operand ParseOperand(string a, Dictionary<string, int> regs, string[] parameters, Dictionary<string, int> shared, Dictionary<string, int> labels)
+    {
+        if (a.StartsWith('{'))
+            return new Operand(Kind.Vector, Regs: a[1..^1].Split(',').Select(r => Reg(regs, r.Trim())).ToArray());
+        if (a.StartsWith('['))
+        {
+            string inner = a[1..^1];
+            long offset = 0;
+            int plus = inner.IndexOf('+');
+            if (plus >= 0)
+            {
+                offset = long.Parse(inner[(plus + 1)..], CultureInfo.InvariantCulture);
+                inner = inner[..plus];
+            }
+            var b = parameters.Contains(inner) ? new Operand(Kind.Symbol, Name: inner) : ParseOperand(inner, regs, parameters, shared, labels);
+            return new Operand(Kind.Mem, Base: b, Offset: offset);
+        }
+        if (a.StartsWith('%')) return new Operand(Kind.Special, Name: a);
+        if (a.StartsWith("0f", StringComparison.Ordinal) && a.Length == 10)
+            return new Operand(Kind.Imm, Imm: uint.Parse(a[2..], NumberStyles.HexNumber, CultureInfo.InvariantCulture));
+        if (char.IsDigit(a[0]) || a[0] == '-') return new Operand(Kind.Imm, Imm: (ulong)long.Parse(a, CultureInfo.InvariantCulture));
+        if (shared.TryGetValue(a, out int address)) return new Operand(Kind.Imm, Imm: (ulong)address);
+        if (char.IsUpper(a[0])) return new Operand(Kind.Label, Name: a);   // labels are upper case in these modules
+        return new Operand(Kind.Reg, Reg: Reg(regs, a));
+    }
+
+    /// <summary>Runs <paramref name="entry"/> over the grid; <paramref name="args"/> in parameter order (addresses as ulong).</summary>
+    public void Launch(string entry, int gridX, int gridY, int threads, Memory memory, params ulong[] args) =>
+        Launch(entry, (gridX, gridY, 1), threads, memory, args);
+
+    /// <summary>Runs <paramref name="entry"/> over a three-dimensional grid.</summary>
+    public void Launch(string entry, (int X, int Y, int Z) grid, int threads, Memory memory, params ulong[] args)
+    {
+        var kernel = _kernels[entry];
+        if (args.Length != kernel.Params.Length) throw new ArgumentException($"{entry} takes {kernel.Params.Length} arguments, not {args.Length}");
+        if (threads % 32 != 0) throw new ArgumentException("whole warps only");
+        for (int z = 0; z < grid.Z; z++)
+            for (int y = 0; y < grid.Y; y++)
+                for (int x = 0; x < grid.X; x++)
+                    new Cta(kernel, memory, args, (x, y, z), grid, threads).Run();
+    }
+
+    private sealed class Cta
+    {
+        private readonly Kernel _k;
+        private readonly Memory _mem;
+        private readonly ulong[] _args;
+        private readonly (int X, int Y, int Z) _id, _grid;
+        private readonly int _threads;
+        private readonly byte[] _shared;
+        private readonly int[] _pendingBy;       // per 16-byte shared chunk: thread with a copy in flight, or -1
+        private readonly int[] _landedEpoch;     // epoch its last copy landed in, -1 never written
+        private readonly int[] _readEpoch;       // epoch it was last read in
+        private readonly List<List<Copy>>[] _groups;
+        private readonly List<Copy>[] _open;
+        private int _epoch;
+
+        private readonly record struct Copy(int Thread, int Dst, ulong Src, int Size);
+
+        public Cta(Kernel k, Memory mem, ulong[] args, (int X, int Y, int Z) id, (int X, int Y, int Z) grid, int threads)
+        {
+            (_k, _mem, _args, _id, _grid, _threads) = (k, mem, args, id, grid, threads);
+            _shared = new byte[k.SharedBytes];
+            new Random(id.X * 7919 + id.Y * 31 + id.Z).NextBytes(_shared);   // poison
+            int chunks = (k.SharedBytes + 15) / 16;
+            _pendingBy = Enumerable.Repeat(-1, chunks).ToArray();
+            _landedEpoch = Enumerable.Repeat(-1, chunks).ToArray();
+            _readEpoch = Enumerable.Repeat(-1, chunks).ToArray();
+            _groups = Enumerable.Range(0, threads).Select(_ => new List<List<Copy>>()).ToArray();
+            _open = Enumerable.Range(0, threads).Select(_ => new List<Copy>()).ToArray();
+        }
+
+        public void Run()
+        {
+            int warps = _threads / 32;
+            var state = new Warp[warps];
+            for (int w = 0; w < warps; w++) state[w] = new Warp(w, _k.RegisterCount);
+            while (true)
+            {
+                for (int w = 0; w < warps; w++)
+                    if (!state[w].Done && !state[w].AtBarrier) Step(state[w]);
+                int done = state.Count(s => s.Done), waiting = state.Count(s => s.AtBarrier);
+                if (done == warps) return;
+                if (done > 0) throw new InvalidOperationException($"{_k.Name}: bar.sync with {done} warp(s) exited");
+                if (waiting != warps) throw new InvalidOperationException("scheduler");
+                _epoch++;
+                foreach (var s in state) s.AtBarrier = false;
+            }
+        }
+
+        private sealed class Warp(int index, int registers)
+        {
+            public int Index { get; } = index;
+            public int Pc { get; set; }
+            public bool Done { get; set; }
+            public bool AtBarrier { get; set; }
+            public ulong[] R { get; } = new ulong[registers * 32];
+        }
+
+        private ulong Read(Warp w, Operand o, int lane) => o.Kind switch
+        {
+            Kind.Reg => w.R[o.Reg * 32 + lane],
+            Kind.Imm => o.Imm,
+            Kind.Special => o.Name switch
+            {
+                "%tid.x" => (ulong)(w.Index * 32 + lane),
+                "%ntid.x" => (ulong)_threads,
+                "%ctaid.x" => (ulong)_id.X,
+                "%ctaid.y" => (ulong)_id.Y,
+                "%ctaid.z" => (ulong)_id.Z,
+                "%nctaid.x" => (ulong)_grid.X,
+                "%nctaid.y" => (ulong)_grid.Y,
+                "%nctaid.z" => (ulong)_grid.Z,
+                _ => throw new NotSupportedException(o.Name),
+            },
+            _ => throw new NotSupportedException($"operand {o.Kind}"),
+        };
+
+        private ulong Address(Warp w, Operand mem, int lane) =>
+            (mem.Base!.Kind == Kind.Symbol ? 0 : Read(w, mem.Base, lane)) + (ulong)mem.Offset;
+
+        private void Step(Warp w)
+        {
+            while (true)
+            {
+                var ins = _k.Code[w.Pc++];
+                var a = ins.Args;
+                var active = new bool[32];
+                for (int lane = 0; lane < 32; lane++)
+                    active[lane] = ins.GuardReg < 0 || ((w.R[ins.GuardReg * 32 + lane] != 0) ^ ins.GuardNegated);
+                string op = ins.Op;
+                switch (op)
+                {
+                    case "bra":
+                    {
+                        int taken = active.Count(t => t);
+                        if (taken is not (0 or 32)) throw new InvalidOperationException($"{_k.Name}: divergent branch '{ins.Text}'");
+                        if (taken == 32) w.Pc = _k.Labels[a[0].Name];
+                        continue;
+                    }
+                    case "ret":
+                        if (ins.GuardReg >= 0) throw new NotSupportedException("guarded ret");
+                        w.Done = true;
+                        return;
+                    case "bar.sync":
+                        w.AtBarrier = true;
+                        return;
+                    case "ldmatrix.sync.aligned.m8n8.x4.shared.b16":
+                        LdMatrix(w, a[0].Regs!, a[1]);
+                        continue;
+                    case "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32":
+                        Mma(w, a, bf16: false);
+                        continue;
+                    case "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32":
+                        Mma(w, a, bf16: true);
+                        continue;
+                }
+                for (int lane = 0; lane < 32; lane++)
+                {
+                    if (!active[lane]) continue;
+                    int thread = w.Index * 32 + lane;
+                    ulong R(int i) => Read(w, a[i], lane);
+                    void Set(ulong v) => w.R[a[0].Reg * 32 + lane] = v;
+                    switch (op)
+                    {
+                        case "ld.param.u64": case "ld.param.u32":
+                            Set(_args[Array.IndexOf(_k.Params, a[1].Base!.Name)]);
+                            break;
+                        case "cvta.to.global.u64": case "mov.u64": case "mov.u32": case "mov.f32": case "cvt.u64.u32":
+                            Set(R(1));
+                            break;
+                        case "add.u32": Set((uint)(R(1) + R(2))); break;
+                        case "add.u64": Set(R(1) + R(2)); break;
+                        case "sub.u32": Set((uint)(R(1) - R(2))); break;
+                        case "min.u32": Set(Math.Min((uint)R(1), (uint)R(2))); break;
+                        case "mul.lo.u64": Set(R(1) * R(2)); break;
+                        case "add.f32":
+                            Set(BitConverter.SingleToUInt32Bits(BitConverter.UInt32BitsToSingle((uint)R(1)) + BitConverter.UInt32BitsToSingle((uint)R(2))));
+                            break;
+                        case "mul.lo.u32": Set((uint)(R(1) * R(2))); break;
+                        case "mad.lo.u32": Set((uint)(R(1) * R(2) + R(3))); break;
+                        case "mul.wide.u32": Set((ulong)(uint)R(1) * (uint)R(2)); break;
+                        case "div.u32": Set((uint)R(1) / (uint)R(2)); break;
+                        case "rem.u32": Set((uint)R(1) % (uint)R(2)); break;
+                        case "shl.b32": Set((uint)(R(1) << (int)R(2))); break;
+                        case "shr.u32": Set((uint)R(1) >> (int)R(2)); break;
+                        case "and.b32": Set((uint)(R(1) & R(2))); break;
+                        case "xor.b32": Set((uint)(R(1) ^ R(2))); break;
+                        case "and.pred": Set(R(1) != 0 && R(2) != 0 ? 1UL : 0UL); break;
+                        case "setp.lt.u32": Set((uint)R(1) < (uint)R(2) ? 1UL : 0UL); break;
+                        case "setp.ge.u32": Set((uint)R(1) >= (uint)R(2) ? 1UL : 0UL); break;
+                        case "selp.u32": case "selp.b64": Set(R(3) != 0 ? R(1) : R(2)); break;
+                        case "cp.async.cg.shared.global":
+                            IssueCopy(thread, (int)Address(w, a[0], lane), Address(w, a[1], lane), (int)R(2), (int)R(3));
+                            break;
+                        case "cp.async.commit_group":
+                            _groups[thread].Add(_open[thread]);
+                            _open[thread] = [];
+                            break;
+                        case "cp.async.wait_group":
+                            while (_groups[thread].Count > (int)R(0))
+                            {
+                                foreach (var c in _groups[thread][0]) Land(c);
+                                _groups[thread].RemoveAt(0);
+                            }
+                            break;
+                        case "st.global.f32":
+                            BitConverter.TryWriteBytes(_mem.Bytes(Address(w, a[0], lane), 4), (uint)R(1));
+                            break;
+                        case "st.global.b16":
+                            BitConverter.TryWriteBytes(_mem.Bytes(Address(w, a[0], lane), 2), (ushort)R(1));
+                            break;
+                        case "ld.global.nc.f32": case "ld.global.f32":
+                            Set(BitConverter.ToUInt32(_mem.Bytes(Address(w, a[1], lane), 4)));
+                            break;
+                        case "cvt.rn.f16.f32":
+                            Set(BitConverter.HalfToUInt16Bits((Half)BitConverter.UInt32BitsToSingle((uint)R(1))));
+                            break;
+                        case "cvt.rn.bf16.f32":
+                            Set(ToBf16((uint)R(1)));
+                            break;
+                        default:
+                            throw new NotSupportedException($"{_k.Name}: instruction '{ins.Text}'");
+                    }
+                }
+            }
+        }
+
+        private int Chunk(int sharedAddress, int length)
+        {
+            int offset = sharedAddress - 0x400;
+            if (offset < 0 || offset + length > _shared.Length) throw new InvalidOperationException($"{_k.Name}: shared access at 0x{sharedAddress:X} out of range");
+            if (offset % 16 != 0) throw new InvalidOperationException($"{_k.Name}: shared access at 0x{sharedAddress:X} not 16-byte aligned");
+            return offset / 16;
+        }
+
+        private void IssueCopy(int thread, int dst, ulong src, int cpSize, int srcSize)
+        {
+            if (cpSize != 16 || srcSize is < 0 or > 16) throw new InvalidOperationException($"{_k.Name}: cp.async sizes {cpSize}/{srcSize}");
+            if (src % 16 != 0) throw new InvalidOperationException($"{_k.Name}: cp.async source 0x{src:X} not 16-byte aligned");
+            int chunk = Chunk(dst, 16);
+            if (_pendingBy[chunk] >= 0) throw new InvalidOperationException($"{_k.Name}: two copies in flight to shared 0x{dst:X}");
+            if (_readEpoch[chunk] == _epoch) throw new InvalidOperationException($"{_k.Name}: cp.async overwrites shared 0x{dst:X} read since the last barrier");
+            if (srcSize > 0) _mem.Bytes(src, srcSize);   // bounds check at issue
+            _pendingBy[chunk] = thread;
+            _open[thread].Add(new Copy(thread, dst, src, srcSize));
+        }
+
+        private void Land(Copy c)
+        {
+            int chunk = Chunk(c.Dst, 16);
+            var dst = _shared.AsSpan(chunk * 16, 16);
+            dst.Clear();
+            if (c.Size > 0) _mem.Bytes(c.Src, c.Size).CopyTo(dst);
+            _pendingBy[chunk] = -1;
+            _landedEpoch[chunk] = _epoch;
+        }
+
+        private ReadOnlySpan<byte> ReadShared(int address)
+        {
+            int chunk = Chunk(address, 16);
+            if (_pendingBy[chunk] >= 0) throw new InvalidOperationException($"{_k.Name}: reads shared 0x{address:X} while a copy to it is in flight");
+            if (_landedEpoch[chunk] < 0) throw new InvalidOperationException($"{_k.Name}: reads shared 0x{address:X} never written");
+            if (_landedEpoch[chunk] >= _epoch) throw new InvalidOperationException($"{_k.Name}: reads shared 0x{address:X} without a barrier after its copy landed");
+            _readEpoch[chunk] = _epoch;
+            return _shared.AsSpan(chunk * 16, 16);
+        }
+
+        /// <summary>ldmatrix.m8n8.x4.b16: lanes 8q..8q+7 give the row addresses of matrix q; register q of lane t holds
+        /// row t / 4, elements 2 (t % 4) and 2 (t % 4) + 1 of matrix q.</summary>
+        private void LdMatrix(Warp w, int[] dst, Operand mem)
+        {
+            var rows = new ushort[4, 8, 8];
+            for (int lane = 0; lane < 32; lane++)
+            {
+                var row = ReadShared((int)Address(w, mem, lane));
+                for (int e = 0; e < 8; e++) rows[lane / 8, lane % 8, e] = BitConverter.ToUInt16(row[(2 * e)..]);
+            }
+            for (int t = 0; t < 32; t++)
+                for (int q = 0; q < 4; q++)
+                    w.R[dst[q] * 32 + t] = rows[q, t / 4, t % 4 * 2] | (ulong)rows[q, t / 4, t % 4 * 2 + 1] << 16;
+        }
+
+        /// <summary>mma.m16n8k16.row.col, f32 accumulators; fragment layouts of the PTX ISA (groupID = lane >> 2,
+        /// threadID_in_group = lane &amp; 3).</summary>
+        private static void Mma(Warp w, Operand[] a, bool bf16)
+        {
+            var A = new double[16, 16];
+            var B = new double[16, 8];
+            var C = new float[16, 8];
+            for (int t = 0; t < 32; t++)
+            {
+                int g = t >> 2, q = t & 3;
+                for (int j = 0; j < 4; j++)   // A register j: row g + 8 (j & 1), columns 2q + 8 (j >> 1) + {0, 1}
+                {
+                    ulong v = w.R[a[1].Regs![j] * 32 + t];
+                    A[g + 8 * (j & 1), 2 * q + 8 * (j >> 1)] = Element((ushort)v, bf16);
+                    A[g + 8 * (j & 1), 2 * q + 8 * (j >> 1) + 1] = Element((ushort)(v >> 16), bf16);
+                }
+                for (int j = 0; j < 2; j++)   // B register j: rows (k) 2q + 8j + {0, 1}, column g
+                {
+                    ulong v = w.R[a[2].Regs![j] * 32 + t];
+                    B[2 * q + 8 * j, g] = Element((ushort)v, bf16);
+                    B[2 * q + 8 * j + 1, g] = Element((ushort)(v >> 16), bf16);
+                }
+                for (int i = 0; i < 4; i++)   // C register i: row g + 8 (i >> 1), column 2q + (i & 1)
+                    C[g + 8 * (i >> 1), 2 * q + (i & 1)] = BitConverter.UInt32BitsToSingle((uint)w.R[a[3].Regs![i] * 32 + t]);
+            }
+            for (int t = 0; t < 32; t++)
+            {
+                int g = t >> 2, q = t & 3;
+                for (int i = 0; i < 4; i++)
+                {
+                    int r = g + 8 * (i >> 1), c = 2 * q + (i & 1);
+                    w.R[a[0].Regs![i] * 32 + t] = BitConverter.SingleToUInt32Bits(MmaElement(C[r, c], A, B, r, c));
+                }
+            }
+        }
+
+        private static float MmaElement(float c, double[,] a, double[,] b, int r, int col)
+        {
+            double sum = c;
+            for (int k = 0; k < 16; k++) sum += a[r, k] * b[k, col];
+            return (float)sum;
+        }
+
+        private static double Element(ushort bits, bool bf16) =>
+            bf16 ? BitConverter.UInt32BitsToSingle((uint)bits << 16) : (double)BitConverter.UInt16BitsToHalf(bits);
+    }
+}

@@ -1,0 +1,87 @@
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
+using Inference.Cuda;
+using Inference.Kernels.Layer;
+using Half = System.Half;
+
+namespace Inference.Tests.Cuda;
+
+/// <summary>The tensor-core matrix product and CUDA graphs on a device. Skipped where no CUDA device exists.</summary>
+[Category("Gpu")]
+public class TensorCoreGemmGpuTests
+{
+    [TestCase(8, 512, 2048)]
+    [TestCase(130, 136, 88)]
+    [TestCase(512, 2048, 5632)]
+    public void GemmMatchesTheRowKernel(int m, int n, int k)
+    {
+        var backend = GpuTestBackend.RequireDevice();
+        var acc = backend.Accelerator;
+        var rng = new Random(m + n + k);
+        var wHost = new Half[(long)n * k];
+        for (int i = 0; i < wHost.Length; i++) wHost[i] = (Half)(rng.NextSingle() * 2 - 1);
+        // f16-exact activations: the two kernels then differ only in the order of f32 accumulation
+        var xHost = new float[(long)m * k];
+        for (int i = 0; i < xHost.Length; i++) xHost[i] = (float)(Half)(rng.NextSingle() * 2 - 1);
+        using var w = acc.Allocate1D(System.Runtime.InteropServices.MemoryMarshal.Cast<Half, ushort>(wHost.AsSpan()).ToArray());
+        using var x = acc.Allocate1D(xHost);
+        using var y = acc.Allocate1D<float>((long)m * n);
+        using var yRow = acc.Allocate1D<float>((long)m * n);
+        y.View.MemSet((byte)0xFF);
+        yRow.View.MemSet((byte)0xFF);
+        using var gemm = new PtxTensorCoreGemm(acc);
+        gemm.MatMul(TensorCoreElement.F16, ((ArrayView<ushort>)w.View).Cast<byte>(), x.View, y.View, m, n, k);
+        new LayerKernels(acc).MatMul(((ArrayView<ushort>)w.View).Cast<ILGPU.Half>(), x.View, yRow.View, n, k, m);
+        acc.Synchronize();
+        var a = y.GetAsArray1D();
+        var b = yRow.GetAsArray1D();
+        double scale = b.Max(v => Math.Abs(v));
+        for (int i = 0; i < a.Length; i++)
+            Assert.That(Math.Abs(a[i] - b[i]), Is.LessThanOrEqualTo(1e-4 * scale), $"element {i}: {a[i]} vs {b[i]}");
+    }
+
+    [Test]
+    public void CapturedGraphReplaysTheConversion()
+    {
+        var backend = GpuTestBackend.RequireDevice();
+        if (!CudaGraph.IsSupported(out var reason)) Assert.Ignore($"no CUDA graphs: {reason}");
+        var acc = backend.Accelerator;
+        const int count = 1000;
+        var rng = new Random(4);
+        var first = Enumerable.Range(0, count).Select(_ => rng.NextSingle() * 2 - 1).ToArray();
+        var second = Enumerable.Range(0, count).Select(_ => rng.NextSingle() * 8 - 4).ToArray();
+        using var src = acc.Allocate1D(first);
+        using var dst = acc.Allocate1D<ushort>(count);
+        dst.View.MemSet(0xFF);
+        acc.Synchronize();
+        using var gemm = new PtxTensorCoreGemm(acc);
+        using var stream = (CudaStream)acc.CreateStream();
+        IntPtr s = ((ArrayView<float>)src.View).LoadEffectiveAddressAsPtr(), d = ((ArrayView<ushort>)dst.View).LoadEffectiveAddressAsPtr();
+        using var graph = CudaGraph.Capture(stream, () => gemm.Convert(TensorCoreElement.F16, s, d, count, stream));
+        stream.Synchronize();
+        Assert.That(dst.GetAsArray1D(), Is.All.EqualTo((ushort)0xFFFF), "capture records the launch without running it");
+
+        graph.Launch(stream);
+        stream.Synchronize();
+        Assert.That(dst.GetAsArray1D(), Is.EqualTo(first.Select(v => BitConverter.HalfToUInt16Bits((Half)v)).ToArray()));
+
+        ((ArrayView<float>)src.View).CopyFromCPU<float, ArrayView<float>>(second);
+        acc.Synchronize();
+        graph.Launch(stream);
+        stream.Synchronize();
+        Assert.That(dst.GetAsArray1D(), Is.EqualTo(second.Select(v => BitConverter.HalfToUInt16Bits((Half)v)).ToArray()), "a replay reads the buffers again");
+    }
+}
+
+/// <summary>The CUDA graph wrapper where no device may exist.</summary>
+public class CudaGraphTests
+{
+    [Test]
+    public void IsSupportedNeverThrows()
+    {
+        bool supported = CudaGraph.IsSupported(out var reason);
+        Assert.That(supported, Is.EqualTo(reason is null));
+        if (!supported) Assert.That(reason, Is.Not.Empty);
+    }
+}
