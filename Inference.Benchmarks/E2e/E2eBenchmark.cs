@@ -29,8 +29,8 @@ namespace Inference.Benchmarks.E2e;
 /// verification, with speculation); with speculation also <c>baseline_step_ms</c>, the plain run's step.
 /// </para>
 /// <para>
-/// Parallel layouts on CPU ranks: <c>--tensor-parallel-size T</c> and <c>--pipeline-parallel-size P</c>; the line adds
-/// <c>tp</c>, <c>pp</c> and, over the measured run, <c>comm_steps</c>, <c>comm_bytes_per_step</c> (bytes the ranks read
+/// Parallel layouts on CPU ranks: <c>--tensor-parallel-size T</c>, <c>--pipeline-parallel-size P</c> and
+/// <c>--context-parallel-size C</c>; the line adds <c>tp</c>, <c>pp</c>, <c>cp</c> and, over the measured run, <c>comm_steps</c>, <c>comm_bytes_per_step</c> (bytes the ranks read
 /// from each other per forward pass), <c>comm_bytes_per_token</c> (per token processed, prompt and generated) and
 /// <c>comm_ms_per_step</c> (a rank's mean time inside collectives and sends per forward pass, waiting included).
 /// </para>
@@ -57,8 +57,8 @@ public static class E2eBenchmark
         if (speculative is not null && engine != "inference") throw new ArgumentException("speculative decoding runs on --engine inference only");
         var kv = Kernels.AttentionQuickBench.ParseKv(a.String("--kv", "f16"));
         QuantizationPreset? quantization = a.Optional("--quantization") is { } q ? QuantizationPresets.Parse(q) : null;
-        var layout = (Tensor: a.Int("--tensor-parallel-size", 1), Pipeline: a.Int("--pipeline-parallel-size", 1));
-        if (layout != (1, 1) && engine != "inference") throw new ArgumentException("parallel layouts run on --engine inference only");
+        var layout = (Tensor: a.Int("--tensor-parallel-size", 1), Pipeline: a.Int("--pipeline-parallel-size", 1), Context: a.Int("--context-parallel-size", 1));
+        if (layout != (1, 1, 1) && engine != "inference") throw new ArgumentException("parallel layouts run on --engine inference only");
         E2eResult? best = null, baseline = null;
         bool sameText = true;
         var pairs = new List<(double Wall, double Cpu)>();
@@ -225,9 +225,9 @@ public static class E2eBenchmark
         }).ToArray();
     }
 
-    internal static async Task<E2eResult> RunInferenceAsync(string model, int[][] prompts, int n, int threads, KvCacheDataType kv, QuantizationPreset? quantization = null, Inference.Constraints.Constraint? constraint = null, List<int[]>? generatedTokens = null, SpeculativeOptions? speculative = null, (int Tensor, int Pipeline)? layout = null)
+    internal static async Task<E2eResult> RunInferenceAsync(string model, int[][] prompts, int n, int threads, KvCacheDataType kv, QuantizationPreset? quantization = null, Inference.Constraints.Constraint? constraint = null, List<int[]>? generatedTokens = null, SpeculativeOptions? speculative = null, (int Tensor, int Pipeline, int Context)? layout = null)
     {
-        var (tensorParallel, pipelineParallel) = layout ?? (1, 1);
+        var (tensorParallel, pipelineParallel, contextParallel) = layout ?? (1, 1, 1);
         var loadStart = Stopwatch.GetTimestamp();
         int b = prompts.Length, p = prompts[0].Length;
         var options = new EngineOptions
@@ -238,6 +238,7 @@ public static class E2eBenchmark
             Speculative = speculative,
             TensorParallelSize = tensorParallel,
             PipelineParallelSize = pipelineParallel,
+            ContextParallelSize = contextParallel,
         };
         await using var engine = await InferenceEngine.LoadAsync(model, options);
         var sampling = SamplingOptions.Greedy with { MaxTokens = n, EndOfSequence = EndOfSequenceHandling.Ignore, Constraint = constraint };
@@ -297,6 +298,7 @@ public static class E2eBenchmark
             MeanAcceptedTokens = speculative is null ? null : steps > 0 ? (double)accepted / steps : 0,
             TensorParallelSize = tensorParallel,
             PipelineParallelSize = pipelineParallel,
+            ContextParallelSize = contextParallel,
             Communication = communicationAfter is null || communicationBefore is null ? null : communicationAfter with
             {
                 Steps = communicationAfter.Steps - communicationBefore.Steps,

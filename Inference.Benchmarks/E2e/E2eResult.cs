@@ -64,6 +64,9 @@ public sealed record E2eResult(
     /// <summary>Pipeline stages.</summary>
     public int PipelineParallelSize { get; init; } = 1;
 
+    /// <summary>Ranks that split each step's tokens (ring attention).</summary>
+    public int ContextParallelSize { get; init; } = 1;
+
     /// <summary>The ranks' communication over the measured run (several ranks only).</summary>
     public Inference.Parallelism.ParallelCommunication? Communication { get; init; }
 
@@ -75,6 +78,7 @@ public sealed record E2eResult(
         var json = Fields();
         json["tp"] = TensorParallelSize;
         json["pp"] = PipelineParallelSize;
+        json["cp"] = ContextParallelSize;
         if (Communication is { } comm)
         {
             json["comm_steps"] = comm.Steps;

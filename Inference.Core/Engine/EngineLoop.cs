@@ -47,14 +47,17 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         var c = model.Config;
         ContextLength = contextLength;
         // NOTE: more blocks than MaxNumSeqs full contexts (twice over, for cached prefixes) can never be used.
-        long blockBytes = KvCacheStorage.GetBlockByteCount(c.LayerCount, options.KvCache.BlockSize, c.KvHeadCount, c.HeadDim, options.KvCache.DataType);
+        // NOTE: every context-parallel rank holds a copy of every block, so a block costs that many times its bytes.
+        int copies = options.ContextParallelSize;
+        long blockBytes = copies * KvCacheStorage.GetBlockByteCount(c.LayerCount, options.KvCache.BlockSize, c.KvHeadCount, c.HeadDim, options.KvCache.DataType);
         long cap = 2L * options.MaxNumSeqs * ((contextLength + options.KvCache.BlockSize - 1) / options.KvCache.BlockSize) * blockBytes;
         // NOTE: vLLM's rule: the engine may use fraction × total (device memory on a GPU, the process's available memory on
         // the CPU); the pool gets what the weights and a full step's activations leave of it.
-        var device = options.TensorParallelSize > 1 ? null : factory?.GetDeviceMemory();
+        bool parallel = options.TensorParallelSize > 1 || options.PipelineParallelSize > 1 || options.ContextParallelSize > 1;
+        var device = parallel ? null : factory?.GetDeviceMemory();
         MemoryPlan = KvMemoryPlan.Create(options.KvCache, device?.Total ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes, device?.Free,
             model.WeightBytes, model.ActivationBytes(options.MaxNumBatchedTokens), cap, blockBytes);
-        var kvOptions = options.KvCache with { PoolBytes = Math.Max(MemoryPlan.PoolBytes, blockBytes) };
+        var kvOptions = options.KvCache with { PoolBytes = Math.Max(MemoryPlan.PoolBytes, blockBytes) / copies };
         int blockCount = KvCacheStorage.GetRequiredBlockCount(kvOptions, c.LayerCount, c.KvHeadCount, c.HeadDim);
         _identity = identity;
         if (options.KvEviction is { } eviction)
@@ -68,6 +71,7 @@ internal sealed partial class EngineLoop : IAsyncDisposable
             if (options.Speculative is not null && eviction.Policy == KvEvictionPolicy.HeavyHitters)
                 throw new NotSupportedException("heavy-hitter KV eviction cannot be combined with speculative decoding (rejected proposals would add attention to the scores); use the attention-sink policy");
             if (options.TensorParallelSize > 1) throw new NotSupportedException("KV eviction cannot be combined with tensor parallelism yet");
+            if (options.ContextParallelSize > 1) throw new NotSupportedException("KV eviction cannot be combined with context parallelism yet");
             if (c.KvRetention is not null) throw new NotSupportedException("KV eviction is not needed for a model whose every layer has a sliding window: the window already bounds its KV");
             if (!KvCompactor.Supports(kvOptions.DataType)) throw new NotSupportedException($"KV eviction re-rotates stored keys, which it does for f32, f16, Q8_0 and FP8 K/V, not {kvOptions.DataType}");
         }
@@ -75,10 +79,10 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         var context = new ForwardExecutorContext(model, manager, kvOptions, blockCount, contextLength, options.MaxNumBatchedTokens, options.MaxNumSeqs, options.Threads);
         if (options.EnableExpertParallel && options.TensorParallelSize == 1)
             throw new NotSupportedException("expert parallelism spreads experts over the tensor-parallel ranks; it needs TensorParallelSize above 1");
-        _executor = options.TensorParallelSize > 1 || options.PipelineParallelSize > 1
+        _executor = parallel
             ? options.Device == Device.Cuda
-                ? throw new NotSupportedException($"parallel layouts run on CPU ranks; TensorParallelSize {options.TensorParallelSize} × PipelineParallelSize {options.PipelineParallelSize} cannot be combined with Device.Cuda yet")
-                : new Parallelism.ParallelExecutor(context, options.TensorParallelSize, options.PipelineParallelSize, options.EnableExpertParallel)
+                ? throw new NotSupportedException($"parallel layouts run on CPU ranks; TensorParallelSize {options.TensorParallelSize} × PipelineParallelSize {options.PipelineParallelSize} × ContextParallelSize {options.ContextParallelSize} cannot be combined with Device.Cuda yet")
+                : new Parallelism.ParallelExecutor(context, options.TensorParallelSize, options.PipelineParallelSize, options.EnableExpertParallel, options.ContextParallelSize)
             : factory is null ? new CpuForwardExecutor(context) : factory.Create(context);
         if (options.KvEviction is { } evicting)
         {
@@ -103,6 +107,9 @@ internal sealed partial class EngineLoop : IAsyncDisposable
     }
 
     public int ContextLength { get; }
+
+    /// <summary>The executor that runs the forward passes (tests reach a parallel layout's ranks through it).</summary>
+    internal IForwardExecutor Executor => _executor;
 
     /// <summary>How the KV pool was sized.</summary>
     public KvMemoryPlan MemoryPlan { get; }

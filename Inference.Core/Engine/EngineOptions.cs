@@ -95,6 +95,18 @@ public sealed record EngineOptions
     public int PipelineParallelSize { get; init => field = value is >= 1 and <= 64 ? value : throw Out(nameof(PipelineParallelSize), value, "must be in [1, 64]"); } = 1;
 
     /// <summary>
+    /// Ranks that split each step's tokens (context parallelism, ring attention): a long prompt's tokens are cut into
+    /// 2 × size chunks, rank c computing chunks c and 2 × size − 1 − c (so the causal mask gives every rank about the same
+    /// work); each rank computes its tokens' queries, keys and values, the keys and values go round the ring of ranks
+    /// one block per hop, and each rank merges its queries' partial attention over each block with the online-softmax
+    /// (log-sum-exp) rule. Every rank stores every block in its own KV pool, so decode goes on as usual (short segments,
+    /// such as decode tokens, go whole to the ranks in turn); the pool's bytes are shared among the copies. Combines
+    /// with <see cref="TensorParallelSize"/> (each context rank then splits its layers over that many ranks), not with
+    /// <see cref="PipelineParallelSize"/>. Default 1 (no split).
+    /// </summary>
+    public int ContextParallelSize { get; init => field = value is >= 1 and <= 64 ? value : throw Out(nameof(ContextParallelSize), value, "must be in [1, 64]"); } = 1;
+
+    /// <summary>
     /// Spreads the experts of mixture-of-experts blocks over the tensor-parallel ranks (vLLM's enable_expert_parallel)
     /// instead of refusing them: rank t holds a contiguous 1/<see cref="TensorParallelSize"/> of each block's experts
     /// whole (the shared expert on the first rank), every rank routes every token (the residual stream is replicated

@@ -13,8 +13,8 @@ public sealed record EngineStats(int RunningCount, int WaitingCount, long Preemp
     public Speculative.SpeculationMetrics? Speculation { get; init; }
 
     /// <summary>
-    /// The ranks' communication so far when the model runs on several ranks (<see cref="EngineOptions.TensorParallelSize"/>
-    /// or <see cref="EngineOptions.PipelineParallelSize"/> above 1); null on one.
+    /// The ranks' communication so far when the model runs on several ranks (<see cref="EngineOptions.TensorParallelSize"/>,
+    /// <see cref="EngineOptions.PipelineParallelSize"/> or <see cref="EngineOptions.ContextParallelSize"/> above 1); null on one.
     /// </summary>
     public Parallelism.ParallelCommunication? Communication { get; init; }
 

@@ -20,6 +20,7 @@ public sealed class LlamaModel
     private ForwardState _state = new(0, null!);
     private readonly Parallelism.RankPlace? _place;
     private readonly MixtureOfExperts _experts = new();
+    private Parallelism.ExpertAllToAll? _expertAllToAll;
 
     /// <summary>Binds the weights of <paramref name="gguf"/> (which must stay open while the model is used).</summary>
     /// <exception cref="ModelFormatException">A tensor is missing, misshapen or of an unsupported type.</exception>
@@ -72,7 +73,7 @@ public sealed class LlamaModel
             Use(op.W0);
             Use(op.W1);
             Use(op.W2);
-            if (op.Kind != OpKind.MixtureOfExperts) continue;
+            if (op.Kind is not (OpKind.MixtureOfExperts or OpKind.ExpertAllToAll)) continue;
             var layer = graph.Experts[op.Param];
             foreach (int w in (ReadOnlySpan<int>)[layer.Router, layer.SharedGate, layer.SharedUp, layer.SharedDown, layer.SharedGateInput]) Use(w);
             for (int e = 0; e < layer.Count; e++)
@@ -159,7 +160,7 @@ public sealed class LlamaModel
         }
         foreach (var op in Graph.Ops)
         {
-            if (op.Kind == OpKind.MixtureOfExperts)
+            if (op.Kind is OpKind.MixtureOfExperts or OpKind.ExpertAllToAll)
             {
                 var layer = Graph.Experts[op.Param];
                 Prepare(layer.Router);
@@ -275,6 +276,7 @@ public sealed class LlamaModel
         for (int i = 0; i < ops.Length; i++)
         {
             if (i == g.HeadStart && logitRows == 0) return;
+            BeforeOperation?.Invoke(i);
             var op = ops[i];
             switch (op.Kind)
             {
@@ -365,6 +367,11 @@ public sealed class LlamaModel
                 case OpKind.MixtureOfExperts:
                     _experts.Run(g.Experts[op.Param], _matrices, _vectors, Buffer(op.Src, n, logitRows, logits), Buffer(op.Dst, n, logitRows, logits), n, pool);
                     break;
+                case OpKind.ExpertAllToAll:
+                    _expertAllToAll ??= new Parallelism.ExpertAllToAll();
+                    _expertAllToAll.Run(g.Experts[op.Param], _matrices, _vectors, Buffer(op.Src, n, logitRows, logits), Buffer(op.Dst, n, logitRows, logits), n, pool,
+                        _place!.Tensor, _place.TensorRank);
+                    break;
                 case OpKind.AllReduce:
                     _place!.Tensor.AllReduce(_place.TensorRank, Buffer(op.Dst, n, logitRows, logits));
                     break;
@@ -383,6 +390,9 @@ public sealed class LlamaModel
             }
         }
     }
+
+    /// <summary>Called with each operation's index before <see cref="Forward"/> runs it (tests inject a rank's fault here); null by default.</summary>
+    internal Action<int>? BeforeOperation { get; set; }
 
     /// <summary>Whether <see cref="Forward"/> writes logits (not a pipeline stage before the last, nor a tensor-parallel rank but the first).</summary>
     internal bool WritesLogits => Graph.HasHead && (_place is null || _place.TensorRank == 0);

@@ -6,7 +6,7 @@ using Inference.Models;
 namespace Inference.Parallelism;
 
 /// <summary>
-/// Tensor and pipeline parallelism on CPU ranks: a grid of <c>stages × tensor ranks</c>, each rank a thread with its own
+/// Tensor, pipeline and context parallelism on CPU ranks: a grid of <c>stages (or context ranks) × tensor ranks</c>, each rank a thread with its own
 /// worker group, its part of the model's graph (<see cref="RankGraph"/>) over its slice of the weights
 /// (<see cref="TensorParallelWeights"/>), and its own KV pool holding its stage's layers and its KV heads.
 /// </summary>
@@ -24,6 +24,11 @@ namespace Inference.Parallelism;
 ///
 ///    stage 0   | m0 | m1 | m2 | m3 |
 ///    stage 1        | m0 | m1 | m2 | m3 |      bubble: (P − 1) / (M + P − 1) of the stages' time
+///
+///  context parallel (rank (c, t) = c · T + t): the step's tokens are cut among the context ranks (ContextSplit: zigzag
+///                                    chunks of long segments, short ones whole), every context rank runs the whole model
+///                                    on its tokens, and attention is ring attention (RingKvAttention) among the ranks
+///                                    with the same tensor rank; every context rank's pool holds every token's K/V
 /// </code>
 /// The scheduler and the KV cache manager are the engine's: every rank's pool is indexed by the same block ids. The
 /// batch is validated on the engine thread before any rank starts, so a bad batch fails before a collective.
@@ -39,9 +44,11 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
     /// </summary>
     public const int LargeBatchTokens = 64;
 
-    private readonly int _tensorSize, _stageCount, _vocab;
-    private readonly SharedMemoryRankGroup[] _tensorGroups;   // [stage]
+    private readonly int _tensorSize, _stageCount, _contextSize, _vocab;
+    private readonly SharedMemoryRankGroup[] _tensorGroups;   // [stage or context rank]
     private readonly SharedMemoryRankGroup? _pipeline;         // every rank, for the sends between stages
+    private readonly SharedMemoryRankGroup[] _rings;          // [tensor rank]: the context ranks that hold its heads
+    private readonly ContextSplit? _split;
     private readonly Rank[] _ranks;
     private readonly Thread[] _threads;
     private readonly SemaphoreSlim _go = new(0);   // released once per rank thread and step: idle ranks block
@@ -55,29 +62,37 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
     private float* _logits;
     private long _steps;
 
-    public ParallelExecutor(ForwardExecutorContext context, int tensorSize, int stageCount, bool expertParallel = false)
+    public ParallelExecutor(ForwardExecutorContext context, int tensorSize, int stageCount, bool expertParallel = false, int contextSize = 1)
     {
         var model = context.Model;
         var full = model.Config;
         if (stageCount > full.LayerCount)
             throw new NotSupportedException($"pipeline parallelism over {stageCount} stages needs at least {stageCount} layers (the model has {full.LayerCount})");
+        if (contextSize > 1 && stageCount > 1)
+            throw new NotSupportedException($"context parallelism ({contextSize} ranks) cannot be combined with pipeline parallelism ({stageCount} stages) yet");
         _tensorSize = tensorSize;
         _stageCount = stageCount;
+        _contextSize = contextSize;
         _vocab = full.VocabSize;
         var layout = new TensorParallelLayout(full, tensorSize);
-        int rankCount = tensorSize * stageCount;
+        // One tensor group per pipeline stage or per context rank (one of the two sizes is 1).
+        int groupCount = stageCount * contextSize, rankCount = tensorSize * groupCount;
         int threadsPerRank = Math.Max(1, context.Threads / rankCount);
         var config = layout.RankConfig;
-        _tensorGroups = new SharedMemoryRankGroup[stageCount];
-        for (int s = 0; s < stageCount; s++) _tensorGroups[s] = new SharedMemoryRankGroup(tensorSize);
+        _tensorGroups = new SharedMemoryRankGroup[groupCount];
+        for (int s = 0; s < groupCount; s++) _tensorGroups[s] = new SharedMemoryRankGroup(tensorSize);
         _pipeline = stageCount > 1 ? new SharedMemoryRankGroup(rankCount) : null;
+        _rings = new SharedMemoryRankGroup[contextSize > 1 ? tensorSize : 0];
+        for (int t = 0; t < _rings.Length; t++) _rings[t] = new SharedMemoryRankGroup(contextSize);
+        _split = contextSize > 1 ? new ContextSplit(contextSize) : null;
         _ranks = new Rank[rankCount];
-        var stageStorages = new IKvBlockStorage[stageCount];
+        var groupStorages = new IKvBlockStorage[groupCount];
         try
         {
-            for (int s = 0; s < stageCount; s++)
+            for (int s = 0; s < groupCount; s++)
             {
-                var (firstLayer, layers) = RankGroup.Part(full.LayerCount, stageCount, s);
+                // Pipeline stage s holds its layers; a context rank holds them all.
+                var (firstLayer, layers) = RankGroup.Part(full.LayerCount, stageCount, stageCount == 1 ? 0 : s);
                 for (int t = 0; t < tensorSize; t++)
                 {
                     int g = s * tensorSize + t;
@@ -88,9 +103,12 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
                     var rankModel = new LlamaModel((IWeightSource?)weights ?? model.Weights, config, place);
                     rankModel.PrepareForCpu();
                     var storage = new KvCacheStorage(layers, context.BlockCount, context.KvOptions.BlockSize, config.KvHeadCount, config.HeadDim, context.KvOptions.DataType);
-                    _ranks[g] = new Rank(weights, rankModel, storage, new PagedKvAttention(storage, context.KvCache, config), new WorkerPool(threadsPerRank));
+                    IKvAttention attention = _split is null
+                        ? new PagedKvAttention(storage, context.KvCache, config)
+                        : new RingKvAttention(storage, context.KvCache, config, _rings[t], s, _split);
+                    _ranks[g] = new Rank(weights, rankModel, storage, attention, new WorkerPool(threadsPerRank));
                 }
-                stageStorages[s] = tensorSize == 1
+                groupStorages[s] = tensorSize == 1
                     ? _ranks[s].Storage
                     : new TensorParallelKvStorage(layout, Array.ConvertAll(_ranks[(s * tensorSize)..((s + 1) * tensorSize)], r => r.Storage));
             }
@@ -99,10 +117,13 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
         {
             foreach (var rank in _ranks) rank?.Dispose();
             foreach (var group in _tensorGroups) group.Dispose();
+            foreach (var ring in _rings) ring.Dispose();
             _pipeline?.Dispose();
             throw;
         }
-        _storage = stageCount == 1 ? stageStorages[0] : new PipelineKvStorage(stageStorages);
+        _storage = groupCount == 1 ? groupStorages[0]
+            : contextSize > 1 ? new ReplicatedKvStorage(groupStorages)
+            : new PipelineKvStorage(groupStorages);
         int maxMicro = stageCount == 1 ? 1 : MicroBatchesPerStage * stageCount;
         _micro = new ModelBatch[maxMicro];
         for (int m = 0; m < maxMicro; m++) _micro[m] = new ModelBatch();
@@ -115,10 +136,12 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
             _threads[r - 1] = new Thread(() => RankLoop(rank)) { IsBackground = true, Name = $"Inference parallel rank {rank}" };
             _threads[r - 1].Start();
         }
-        string split = (tensorSize, stageCount) switch
+        string split = (tensorSize, stageCount, contextSize) switch
         {
-            (_, 1) => $"tensor parallel over {tensorSize} ranks",
-            (1, _) => $"pipeline parallel over {stageCount} stages ({stageCount} ranks)",
+            (1, 1, _) => $"context parallel over {contextSize} ranks",
+            (_, 1, > 1) => $"context parallel over {contextSize} × tensor parallel over {tensorSize} ({rankCount} ranks)",
+            (_, 1, _) => $"tensor parallel over {tensorSize} ranks",
+            (1, _, _) => $"pipeline parallel over {stageCount} stages ({stageCount} ranks)",
             _ => $"tensor parallel over {tensorSize} ranks × pipeline parallel over {stageCount} stages ({rankCount} ranks)",
         };
         DeviceName = $"CPU, {split} of {threadsPerRank} thread{(threadsPerRank == 1 ? "" : "s")}";
@@ -137,13 +160,15 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
         {
             long bytes = _pipeline?.BytesMoved ?? 0;
             foreach (var g in _tensorGroups) bytes += g.BytesMoved;
+            foreach (var g in _rings) bytes += g.BytesMoved;
             var time = TimeSpan.Zero;
             for (int r = 0; r < _ranks.Length; r++)
             {
                 time += _tensorGroups[r / _tensorSize].CommunicationTime(r % _tensorSize);
                 if (_pipeline is not null) time += _pipeline.CommunicationTime(r);
+                if (_rings.Length > 0) time += _rings[r % _tensorSize].CommunicationTime(r / _tensorSize);
             }
-            return new ParallelCommunication(_tensorSize, _stageCount, Interlocked.Read(ref _steps), bytes, time / _ranks.Length);
+            return new ParallelCommunication(_tensorSize, _stageCount, Interlocked.Read(ref _steps), bytes, time / _ranks.Length, _contextSize);
         }
     }
 
@@ -155,8 +180,8 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
         // that failed alone would leave the others waiting in a collective.
         foreach (int token in batch.Tokens)
             if ((uint)token >= (uint)_vocab) throw new ArgumentOutOfRangeException(nameof(batch), $"token id {token} is outside the vocabulary of {_vocab}");
-        CutIntoMicroBatches(batch);
-        Exception? failure = null;
+        if (_split is not null) _split.Split(batch);
+        else CutIntoMicroBatches(batch);
         fixed (float* p = logits)
         {
             _logits = p;
@@ -167,25 +192,100 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
             }
             catch (Exception e)
             {
-                failure = e;
+                _ranks[0].Failure = e;
+                AbortGroups();
             }
             _done.SignalAndWait();
             _logits = null;
         }
         Interlocked.Increment(ref _steps);
-        failure ??= FirstFailure();
-        if (failure is not null) throw failure;
+        var failure = FirstFailure(out int failed);
+        if (failure is null) return;
+        // Every rank has left its collectives (the failed one by its error, the others aborted): re-arm the groups.
+        foreach (var g in Groups()) g.Reset();
+        throw new RankFailedException(failed, failure);
     }
+
+    /// <summary>Every group of the layout.</summary>
+    private IEnumerable<RankGroup> Groups()
+    {
+        foreach (var g in _tensorGroups) yield return g;
+        foreach (var g in _rings) yield return g;
+        if (_pipeline is not null) yield return _pipeline;
+    }
+
+    /// <summary>Makes every rank leave the collective it waits in (a rank failed): none is left waiting for the failed one.</summary>
+    private void AbortGroups()
+    {
+        foreach (var g in _tensorGroups) g.Abort();
+        foreach (var g in _rings) g.Abort();
+        _pipeline?.Abort();
+    }
+
+    /// <summary>
+    /// A test's injected fault: rank <paramref name="rank"/> throws <paramref name="error"/> before operation
+    /// <paramref name="op"/> of its graph in the next step that reaches it, once.
+    /// </summary>
+    internal void InjectFault(int rank, int op, Exception error)
+    {
+        var model = _ranks[rank].Model;
+        model.BeforeOperation = i =>
+        {
+            if (i != op) return;
+            model.BeforeOperation = null;
+            throw error;
+        };
+    }
+
+    /// <summary>Operations of rank <paramref name="rank"/>'s part of the graph.</summary>
+    internal int OperationCount(int rank) => _ranks[rank].Model.Graph.Ops.Length;
 
     /// <summary>Rank <paramref name="g"/>'s share of a step: its part of the graph over every micro-batch in order.</summary>
     private void RunStep(int g)
     {
         var rank = _ranks[g];
+        if (_split is not null)
+        {
+            RunContextRank(g);
+            return;
+        }
         for (int m = 0; m < _microCount; m++)
         {
             var micro = _micro[m];
             var logits = rank.Model.WritesLogits ? new Span<float>(_logits + (long)_microLogitRow[m] * _vocab, micro.LogitCount * _vocab) : Span<float>.Empty;
             rank.Model.Forward(micro, rank.Attention, logits, rank.Pool);
+        }
+    }
+
+    /// <summary>
+    /// Context rank <c>g / T</c>'s share of a step: its tokens of the batch (<see cref="ContextSplit"/>), their logits
+    /// rows copied to the step's rows; without tokens it still passes the other ranks' K/V round the ring.
+    /// </summary>
+    private void RunContextRank(int g)
+    {
+        var rank = _ranks[g];
+        int c = g / _tensorSize;
+        var local = _split!.Batches[c];
+        if (local.TokenCount == 0)
+        {
+            foreach (var op in rank.Model.Graph.Ops)
+                if (op.Kind == Models.Graph.OpKind.Attention) rank.Attention.Attend(op.Layer, local, [], [], [], [], rank.Pool, op.Param, op.Value);
+            return;
+        }
+        if (!rank.Model.WritesLogits)
+        {
+            rank.Model.Forward(local, rank.Attention, Span<float>.Empty, rank.Pool);
+            return;
+        }
+        int length = local.LogitCount * _vocab;
+        if (rank.Logits.Length < length) rank.Logits = new float[Math.Max(length, 2 * rank.Logits.Length)];
+        rank.Model.Forward(local, rank.Attention, rank.Logits.AsSpan(0, length), rank.Pool);
+        for (int p = 0; p < local.Segments.Count; p++)
+        {
+            var piece = local.Segments[p];
+            if (piece.LogitRowCount == 0) continue;
+            int rows = piece.LogitRowCount * _vocab;
+            rank.Logits.AsSpan(piece.LogitIndex * _vocab, rows).CopyTo(new Span<float>(_logits + (long)_split.LogitRow(c, p) * _vocab, rows));
         }
     }
 
@@ -237,17 +337,23 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
         for (int i = 0; i < tokens.Count; i++) _tokens[i] = tokens[i];
     }
 
-    private Exception? FirstFailure()
+    /// <summary>
+    /// The error of the first rank (in rank order) that failed by itself rather than by leaving an aborted collective, or
+    /// null when none failed; clears every rank's failure.
+    /// </summary>
+    private Exception? FirstFailure(out int rank)
     {
-        foreach (var r in _ranks)
+        Exception? first = null;
+        rank = -1;
+        for (int g = 0; g < _ranks.Length; g++)
         {
-            if (r.Failure is { } e)
-            {
-                r.Failure = null;
-                return e;
-            }
+            var e = _ranks[g].Failure;
+            _ranks[g].Failure = null;
+            if (e is null || (first is not null && (e is RankAbortedException || first is not RankAbortedException))) continue;
+            first = e;
+            rank = g;
         }
-        return null;
+        return first;
     }
 
     private void RankLoop(int rank)
@@ -264,6 +370,7 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
             catch (Exception e)
             {
                 r.Failure = e;
+                AbortGroups();
             }
             _done.SignalAndWait();
         }
@@ -276,15 +383,19 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
         foreach (var t in _threads) t.Join();
         foreach (var r in _ranks) r.Dispose();
         foreach (var g in _tensorGroups) g.Dispose();
+        foreach (var g in _rings) g.Dispose();
         _pipeline?.Dispose();
         _go.Dispose();
     }
 
-    private sealed class Rank(TensorParallelWeights? weights, LlamaModel model, KvCacheStorage storage, PagedKvAttention attention, WorkerPool pool) : IDisposable
+    private sealed class Rank(TensorParallelWeights? weights, LlamaModel model, KvCacheStorage storage, IKvAttention attention, WorkerPool pool) : IDisposable
     {
         public LlamaModel Model => model;
 
-        public PagedKvAttention Attention => attention;
+        public IKvAttention Attention => attention;
+
+        /// <summary>A context rank's logits rows, before they are copied to the step's rows.</summary>
+        public float[] Logits { get; set; } = [];
 
         public WorkerPool Pool => pool;
 

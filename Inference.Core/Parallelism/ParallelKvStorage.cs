@@ -134,3 +134,36 @@ internal sealed class PipelineKvStorage : IKvBlockStorage
         return s;
     }
 }
+
+/// <summary>
+/// The context-parallel ranks' KV pools seen as one: every rank holds every token's K/V (ring attention stores each
+/// block it passes on), so a block is read from the first and written to all; copy-on-write copies go to all.
+/// </summary>
+internal sealed class ReplicatedKvStorage(IKvBlockStorage[] replicas) : IKvBlockStorage
+{
+    private readonly IKvBlockStorage _first = replicas[0];
+
+    public int LayerCount => _first.LayerCount;
+
+    public int BlockCount => _first.BlockCount;
+
+    public int BlockSize => _first.BlockSize;
+
+    public int KvHeadCount => _first.KvHeadCount;
+
+    public int HeadDim => _first.HeadDim;
+
+    public KvCacheDataType DataType => _first.DataType;
+
+    public void CopyBlocks(ReadOnlySpan<BlockCopy> copies)
+    {
+        foreach (var r in replicas) r.CopyBlocks(copies);
+    }
+
+    public void ReadBlock(int layer, int blockId, Span<byte> keys, Span<byte> values) => _first.ReadBlock(layer, blockId, keys, values);
+
+    public void WriteBlock(int layer, int blockId, ReadOnlySpan<byte> keys, ReadOnlySpan<byte> values)
+    {
+        foreach (var r in replicas) r.WriteBlock(layer, blockId, keys, values);
+    }
+}

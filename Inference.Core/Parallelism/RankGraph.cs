@@ -7,6 +7,7 @@ namespace Inference.Parallelism;
 /// <code>
 ///  tensor parallel (rank t of T):   Embed (rows of my vocabulary slice, zeros elsewhere) → AllReduce
 ///                                   row-parallel MatMul → AllReduce
+///                                   MixtureOfExperts → ExpertAllToAll (expert parallel: my experts, tokens dispatched)
 ///                                   head MatMul → my slice of the logits → GatherColumns → logits on rank 0
 ///  pipeline parallel (stage s):     Receive(live buffers ← previous stage) · ops of my layers (KV layers renumbered
 ///                                   from 0) · Send(live buffers → next stage); embedding on the first, head on the last
@@ -23,9 +24,9 @@ internal static class RankGraph
     /// <param name="graph">The whole model's graph (built for the rank's share of heads and widths).</param>
     /// <param name="vocabStart">The first token of the rank's vocabulary slice.</param>
     /// <param name="vocabLength">Tokens of the slice.</param>
-    /// <param name="experts">With expert parallelism, the rank and the group's size: the rank runs experts
-    /// <see cref="RankGroup.Part"/>(experts, size, rank) of each mixture-of-experts block (and the shared expert when it is
-    /// rank 0) and an all-reduce adds the ranks' outputs; null refuses such blocks.</param>
+    /// <param name="experts">With expert parallelism, the rank and the group's size: the rank holds experts
+    /// <see cref="RankGroup.Part"/>(experts, size, rank) of each mixture-of-experts block (and the shared expert), and the
+    /// block becomes an <see cref="OpKind.ExpertAllToAll"/>; null refuses such blocks.</param>
     /// <exception cref="NotSupportedException">A block matrix the layout does not know how to split (a fused QKV, experts without expert parallelism).</exception>
     public static ModelGraph ForTensorRank(ModelGraph graph, int vocabStart, int vocabLength, (int Rank, int Size)? experts = null)
     {
@@ -52,8 +53,7 @@ internal static class RankGraph
             {
                 if (experts is not { } ep) throw new NotSupportedException("tensor parallelism does not split mixture-of-experts blocks; spread their experts over the ranks with expert parallelism (--enable-expert-parallel)");
                 expertLayers[op.Param] = RankExperts(graph.Experts[op.Param], ep.Rank, ep.Size);
-                ops.Add(op);
-                ops.Add(ModelOp.Of(OpKind.AllReduce, op.Layer) with { Dst = op.Dst });
+                ops.Add(op with { Kind = OpKind.ExpertAllToAll });
                 continue;
             }
             if (op.Kind == OpKind.Embed)
@@ -84,9 +84,9 @@ internal static class RankGraph
     }
 
     /// <summary>
-    /// <paramref name="layer"/> as rank <paramref name="rank"/> of <paramref name="size"/> runs it: the other ranks' experts
-    /// unset (-1: neither bound nor run; the tokens routed to them get nothing from this rank), the shared expert on rank
-    /// 0 only. The router stays whole, so every rank routes every token alike.
+    /// <paramref name="layer"/> as rank <paramref name="rank"/> of <paramref name="size"/> holds it: the other ranks' experts
+    /// unset (-1: neither bound nor run here), the shared expert on every rank (each runs it over its own tokens). The
+    /// router stays whole, so every rank routes every token alike.
     /// </summary>
     private static ExpertLayer RankExperts(ExpertLayer layer, int rank, int size)
     {
@@ -98,8 +98,7 @@ internal static class RankGraph
             for (int e = 0; e < ids.Length; e++) mine[e] = e >= first && e < first + count ? ids[e] : -1;
             return mine;
         }
-        var result = layer with { Gate = Mine(layer.Gate), Up = Mine(layer.Up), Down = Mine(layer.Down) };
-        return rank == 0 ? result : result with { SharedGate = -1, SharedUp = -1, SharedDown = -1, SharedGateInput = -1, SharedWidth = 0 };
+        return layer with { Gate = Mine(layer.Gate), Up = Mine(layer.Up), Down = Mine(layer.Down) };
     }
 
     /// <summary>
@@ -167,6 +166,8 @@ internal static class RankGraph
             case OpKind.RmsNorm:
             case OpKind.GatherLogitRows:
             case OpKind.GatherColumns:
+            case OpKind.MixtureOfExperts:
+            case OpKind.ExpertAllToAll:
                 reads[0] = op.Src;
                 readCount = 1;
                 writes[0] = op.Dst;

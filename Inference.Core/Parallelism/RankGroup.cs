@@ -54,6 +54,44 @@ public abstract class RankGroup : IDisposable
     /// <summary>Receives into <paramref name="data"/> what <paramref name="source"/> sends to <paramref name="rank"/> (the same length).</summary>
     public abstract void Receive(int rank, int source, Span<float> data);
 
+    /// <summary>
+    /// Sends <paramref name="send"/> to <paramref name="destination"/> and receives into <paramref name="receive"/> what
+    /// <paramref name="source"/> sends to <paramref name="rank"/> at the same time; returns once both are done. Every rank
+    /// of a ring (each sending to the next, receiving from the previous) calls it at once without deadlock, whatever the
+    /// order in which the ranks arrive. (Ring attention passes K/V blocks around this way.)
+    /// </summary>
+    /// <exception cref="ArgumentException">A rank sends to or receives from itself, or <paramref name="receive"/> is not as long as what its source sends.</exception>
+    public abstract void SendReceive(int rank, int destination, ReadOnlySpan<float> send, int source, Span<float> receive);
+
+    /// <summary>
+    /// Every rank sends a part of <paramref name="send"/> to every rank (itself included): <paramref name="send"/> holds
+    /// <see cref="Size"/> consecutive parts, part q of <paramref name="sendCounts"/>[q] elements for rank q; rank r's
+    /// <paramref name="receive"/> gets, in rank order, part r of every rank's <paramref name="send"/>
+    /// (<paramref name="receiveCounts"/>[q] elements from rank q). (Expert parallelism: rows sent to the ranks of their
+    /// experts, and the results sent back.)
+    /// </summary>
+    /// <exception cref="ArgumentException">A count array's length is not <see cref="Size"/>, a span is not the sum of its
+    /// counts, or a rank's receive count does not match what the sender sends it (thrown on every rank).</exception>
+    public abstract void AllToAll(int rank, ReadOnlySpan<float> send, ReadOnlySpan<int> sendCounts, Span<float> receive, ReadOnlySpan<int> receiveCounts);
+
+    /// <summary>
+    /// Ragged all-gather in place: every rank's part [<paramref name="start"/>, + <paramref name="length"/>) of its
+    /// <paramref name="data"/> is copied to the same place of every other rank's <paramref name="data"/>. The ranks' parts
+    /// must not overlap; <paramref name="data"/> has the same length on every rank.
+    /// </summary>
+    /// <exception cref="ArgumentException">The lengths differ or a part is outside <paramref name="data"/> (thrown on every rank).</exception>
+    public abstract void AllGatherInPlace(int rank, Span<float> data, int start, int length);
+
+    /// <summary>
+    /// Abandons the group's collectives after a rank failed: every rank waiting in one, and every rank that enters one
+    /// until <see cref="Reset"/>, throws <see cref="RankAbortedException"/> instead of waiting for the failed rank. Any
+    /// thread may call it, any number of times.
+    /// </summary>
+    public abstract void Abort();
+
+    /// <summary>Re-arms the group after <see cref="Abort"/>, once no rank is inside a collective.</summary>
+    public abstract void Reset();
+
     /// <summary>Releases what the group holds.</summary>
     public virtual void Dispose() => GC.SuppressFinalize(this);
 

@@ -26,11 +26,21 @@ public sealed unsafe class SharedMemoryRankGroup : RankGroup
     private readonly float[][] _scratch;     // [rank] one row of sums each
     private readonly long[] _ticks;          // [rank * 8] Stopwatch ticks inside collectives (a cache line apart)
     private int _rootLength;
+    private readonly int[] _sendCounts;        // [rank · Size + q] AllToAll's counts, published with the buffer
+    private readonly int[] _receiveCounts;
+    private readonly int[] _receiveLengths;    // [rank] AllToAll's receive span
+    private readonly int[] _starts;            // [rank] AllGatherInPlace's part
+    private readonly int[] _partLengths;
 
     /// <summary>Creates a group of <paramref name="size"/> ranks.</summary>
     public SharedMemoryRankGroup(int size) : base(size)
     {
         _buffers = new float*[size];
+        _sendCounts = new int[size * size];
+        _receiveCounts = new int[size * size];
+        _starts = new int[size];
+        _receiveLengths = new int[size];
+        _partLengths = new int[size];
         _lengths = new int[size];
         _barrier = new SpinBarrier(size);
         _ticks = new long[size * 8];
@@ -180,6 +190,116 @@ public sealed unsafe class SharedMemoryRankGroup : RankGroup
     }
 
     /// <inheritdoc />
+    /// <remarks>Each rank copies its parts straight out of the senders' buffers (its own part too, not counted as moved).</remarks>
+    public override void AllToAll(int rank, ReadOnlySpan<float> send, ReadOnlySpan<int> sendCounts, Span<float> receive, ReadOnlySpan<int> receiveCounts)
+    {
+        CheckRank(rank);
+        if (sendCounts.Length != Size || receiveCounts.Length != Size) throw new ArgumentException($"AllToAll needs {Size} send and receive counts");
+        long start = Stopwatch.GetTimestamp();
+        fixed (float* p = send)
+        {
+            sendCounts.CopyTo(_sendCounts.AsSpan(rank * Size, Size));
+            receiveCounts.CopyTo(_receiveCounts.AsSpan(rank * Size, Size));
+            _receiveLengths[rank] = receive.Length;
+            Publish(rank, p, send.Length);
+            // NOTE: every rank checks every rank's counts after the barrier, so all of them throw or none does.
+            for (int q = 0; q < Size; q++)
+            {
+                long sent = 0, received = 0;
+                for (int r = 0; r < Size; r++)
+                {
+                    int count = _sendCounts[q * Size + r], expected = _receiveCounts[r * Size + q];
+                    if (count < 0 || count != expected)
+                        throw new ArgumentException($"rank {q} sends {count} elements to rank {r}, which expects {expected}");
+                    sent += count;
+                    received += _receiveCounts[q * Size + r];
+                }
+                if (sent != _lengths[q] || received != _receiveLengths[q])
+                    throw new ArgumentException($"rank {q}'s spans do not hold the sum of its counts");
+            }
+            int at = 0;
+            for (int q = 0; q < Size; q++)
+            {
+                int offset = 0;
+                for (int r = 0; r < rank; r++) offset += _sendCounts[q * Size + r];
+                int count = _sendCounts[q * Size + rank];
+                new ReadOnlySpan<float>(_buffers[q] + offset, count).CopyTo(receive.Slice(at, count));
+                at += count;
+                if (q != rank) Interlocked.Add(ref _bytesMoved, 4L * count);
+            }
+            _barrier.SignalAndWait();
+        }
+        AddTime(rank, start);
+    }
+
+    /// <inheritdoc />
+    public override void AllGatherInPlace(int rank, Span<float> data, int start, int length)
+    {
+        CheckRank(rank);
+        long started = Stopwatch.GetTimestamp();
+        fixed (float* p = data)
+        {
+            _starts[rank] = start;
+            _partLengths[rank] = length;
+            Publish(rank, p, data.Length);
+            CheckLengths(data.Length);
+            for (int q = 0; q < Size; q++)
+                if (_starts[q] < 0 || _partLengths[q] < 0 || (long)_starts[q] + _partLengths[q] > data.Length)
+                    throw new ArgumentException($"rank {q}'s part [{_starts[q]}, +{_partLengths[q]}) is outside {data.Length} elements");
+            for (int q = 0; q < Size; q++)
+            {
+                if (q == rank) continue;
+                new ReadOnlySpan<float>(_buffers[q] + _starts[q], _partLengths[q]).CopyTo(data.Slice(_starts[q], _partLengths[q]));
+                Interlocked.Add(ref _bytesMoved, 4L * _partLengths[q]);
+            }
+            _barrier.SignalAndWait();
+        }
+        AddTime(rank, started);
+    }
+
+    /// <inheritdoc />
+    /// <remarks>The send is posted before the receive and waited for after it, so the ranks of a ring never all wait for a receiver.</remarks>
+    public override void SendReceive(int rank, int destination, ReadOnlySpan<float> send, int source, Span<float> receive)
+    {
+        CheckRank(rank);
+        CheckRank(destination, nameof(destination));
+        CheckRank(source, nameof(source));
+        if (destination == rank) throw new ArgumentException("a rank does not send to itself", nameof(destination));
+        if (source == rank) throw new ArgumentException("a rank does not receive from itself", nameof(source));
+        long start = Stopwatch.GetTimestamp();
+        var outgoing = _mailboxes[rank * Size + destination];
+        fixed (float* p = send)
+        {
+            outgoing.Post(p, send.Length);
+            try
+            {
+                _mailboxes[source * Size + rank].Take(receive);
+            }
+            finally
+            {
+                // NOTE: the receiver reads straight out of `send`, so it stays pinned until the copy is taken.
+                outgoing.WaitTaken();
+            }
+        }
+        Interlocked.Add(ref _bytesMoved, 4L * send.Length);
+        AddTime(rank, start);
+    }
+
+    /// <inheritdoc />
+    public override void Abort()
+    {
+        _barrier.Abort();
+        foreach (var m in _mailboxes) m.Abort();
+    }
+
+    /// <inheritdoc />
+    public override void Reset()
+    {
+        _barrier.Reset();
+        foreach (var m in _mailboxes) m.Reset();
+    }
+
+    /// <inheritdoc />
     public override void Dispose()
     {
         foreach (var m in _mailboxes) m.Dispose();
@@ -217,24 +337,58 @@ public sealed unsafe class SharedMemoryRankGroup : RankGroup
     }
 
     /// <summary>A rendezvous from one sender to one receiver: the receiver copies straight out of the sender's span.</summary>
+    /// <remarks>An abort cancels both waits (<see cref="RankAbortedException"/>); a reset starts over with fresh semaphores.</remarks>
     private sealed class Mailbox : IDisposable
     {
-        private readonly SemaphoreSlim _full = new(0, 1);
-        private readonly SemaphoreSlim _taken = new(0, 1);
+        private SemaphoreSlim _full = new(0, 1);
+        private SemaphoreSlim _taken = new(0, 1);
+        private CancellationTokenSource _abort = new();
         private float* _data;
         private int _length;
 
+        public void Abort() => _abort.Cancel();
+
+        public void Reset()
+        {
+            if (!_abort.IsCancellationRequested) return;
+            Dispose();
+            _full = new SemaphoreSlim(0, 1);
+            _taken = new SemaphoreSlim(0, 1);
+            _abort = new CancellationTokenSource();
+        }
+
+        private void Wait(SemaphoreSlim semaphore)
+        {
+            try
+            {
+                semaphore.Wait(_abort.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                throw new RankAbortedException();
+            }
+        }
+
         public void Put(float* data, int length)
         {
+            Post(data, length);
+            WaitTaken();
+        }
+
+        /// <summary>Offers <paramref name="data"/> to the receiver; it must stay valid until <see cref="WaitTaken"/> returns.</summary>
+        public void Post(float* data, int length)
+        {
+            if (_abort.IsCancellationRequested) throw new RankAbortedException();
             _data = data;
             _length = length;
             _full.Release();
-            _taken.Wait();
         }
+
+        public void WaitTaken() => Wait(_taken);
 
         public void Take(Span<float> destination)
         {
-            _full.Wait();
+            Wait(_full);
             try
             {
                 if (_length != destination.Length) throw new ArgumentException($"received {_length} elements into a span of {destination.Length}", nameof(destination));
@@ -250,6 +404,7 @@ public sealed unsafe class SharedMemoryRankGroup : RankGroup
         {
             _full.Dispose();
             _taken.Dispose();
+            _abort.Dispose();
         }
     }
 }

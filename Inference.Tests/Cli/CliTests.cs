@@ -112,6 +112,8 @@ public class CliTests
     [TestCase("--tensor-parallel-size", "4")]
     [TestCase("--pipeline-parallel-size", "2")]
     [TestCase("--pipeline-parallel-size", "2", "--tensor-parallel-size", "2")]
+    [TestCase("--context-parallel-size", "2")]
+    [TestCase("--context-parallel-size", "2", "--tensor-parallel-size", "2")]
     public void Logits_OnParallelRanks_EqualOneRank(params string[] layout)
     {
         static float[] Logits(string stdout) =>

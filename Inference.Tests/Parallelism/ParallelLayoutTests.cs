@@ -55,6 +55,13 @@ public class ParallelLayoutTests
                 TokenizerDonorPath = TestData.Stories260K,
             });
         }
+        // Every token uses every expert (top-4 of 4): the all-to-all's bytes do not depend on the routing.
+        SyntheticModel.Write(MoePath("dense4"), new SyntheticModelOptions
+        {
+            Architecture = "llama", Dimension = 64, LayerCount = 2, HeadCount = 8, KvHeadCount = 2, FeedForwardLength = 128,
+            ExpertCount = 4, ExpertUsedCount = 4, ExpertFeedForwardLength = 96, Seed = 44, WeightScale = 0.08f,
+            TokenizerDonorPath = TestData.Stories260K,
+        });
         // Q8_0: the row-parallel slices must fall on whole blocks of 32 (dim 128 over 2 ranks, ffn 256).
         SyntheticModel.Write(ModelPath(4, 2, GgmlType.Q8_0), new SyntheticModelOptions
         {
@@ -145,6 +152,56 @@ public class ParallelLayoutTests
         Assert.That(ReferenceCompare.RelativeL2(actual, expected), Is.LessThan(1e-5));
         var text = await Task.WhenAll(prompts.Select(p => parallel.CompleteAsync(p, sampling).ContinueWith(t => string.Join(",", t.Result.TokenIds))));
         Assert.That(text, Is.EqualTo(expectedText));
+    }
+
+    [TestCase("mixtral", 2, 1)]
+    [TestCase("qwen2moe", 2, 1)]
+    [TestCase("mixtral", 2, 2)]
+    public async Task ExpertParallel_GreedyText_UnderConcurrencyPreemptionAndPrefixCaching_EqualsOneRank(string arch, int tensorRanks, int stages)
+    {
+        var sampling = new SamplingOptions { Temperature = 0, MaxTokens = 24 };
+        var prompts = Enumerable.Range(0, 8).Select(i => (IReadOnlyList<int>)[.. Prompt, 3 + i % 3, 40 + i]).ToArray();
+        string[] expected;
+        await using (var single = await InferenceEngine.LoadAsync(MoePath(arch), Options(1)))
+            expected = await Task.WhenAll(prompts.Select(p => single.CompleteAsync(p, sampling).ContinueWith(t => string.Join(",", t.Result.TokenIds))));
+        // 12 blocks of 8 tokens cannot hold eight 43-token sequences: requests are preempted and recomputed, and the
+        // shared 17-token prompt prefix is served from the prefix cache.
+        long blockBytes = KvCacheStorage.GetBlockByteCount(2, 8, 2, 8, KvCacheDataType.Float32);
+        await using var parallel = await InferenceEngine.LoadAsync(MoePath(arch), Options(tensorRanks, poolBytes: 12 * blockBytes, pipelineParallel: stages, expertParallel: true));
+        var actual = await Task.WhenAll(prompts.Select(p => parallel.CompleteAsync(p, sampling).ContinueWith(t => string.Join(",", t.Result.TokenIds))));
+        Assert.That(actual, Is.EqualTo(expected));
+        var stats = await parallel.GetStatsAsync();
+        Assert.That(stats.PreemptionCount, Is.GreaterThan(0), "the pool was meant to force preemption");
+        Assert.That(stats.KvCache.PrefixHitTokenCount, Is.GreaterThan(0), "the shared prefix was meant to be reused");
+        Assert.That(stats.KvCache.UsedBlockCount, Is.Zero);
+    }
+
+    [TestCase(2)]
+    [TestCase(4)]
+    public async Task ExpertParallel_CommunicationBytes_FollowTheCostModel(int ranks)
+    {
+        // One step of the 17-token prompt on a model whose tokens use all 4 experts. Rank p owns tokens Part(n, T, p) and
+        // experts Part(4, T, p); per mixture-of-experts layer each of its tokens' rows for the other ranks' experts goes out
+        // and its output comes back (2 · D · dim · 4 bytes, D those (token, expert) pairs), and every rank gathers the others'
+        // tokens' outputs ((T − 1) · n · dim · 4). The rest is tensor parallelism's: the embedding's and each attention
+        // output's all-reduce ((L + 1) · 2(T − 1) · n · dim · 4) and the logits ((V − V₀) · 4).
+        const int layers = 2, dim = 64, vocab = 512, experts = 4;
+        int n = Prompt.Length, v0 = RankGroupPart(vocab, ranks);
+        long remote = 0;
+        for (int p = 0; p < ranks; p++)
+            remote += Inference.Parallelism.RankGroup.Part(n, ranks, p).Length * (experts - Inference.Parallelism.RankGroup.Part(experts, ranks, p).Length);
+        float[] expected;
+        await using (var single = await InferenceEngine.LoadAsync(MoePath("dense4"), Options(1)))
+            expected = await single.GetLogitsAsync(Prompt);
+        await using var parallel = await InferenceEngine.LoadAsync(MoePath("dense4"), Options(ranks, expertParallel: true));
+        var actual = await parallel.GetLogitsAsync(Prompt);
+        Assert.That(ReferenceCompare.RelativeL2(actual, expected), Is.LessThan(1e-5));
+        var communication = (await parallel.GetStatsAsync()).Communication!;
+        long bytes = (layers + 1) * 2L * (ranks - 1) * n * dim * 4
+            + layers * (2L * remote * dim * 4 + (ranks - 1L) * n * dim * 4)
+            + (vocab - v0) * 4L;
+        Assert.That(communication.Steps, Is.EqualTo(1));
+        Assert.That(communication.Bytes, Is.EqualTo(bytes));
     }
 
     [Test]

@@ -158,6 +158,117 @@ public class SharedMemoryRankGroupTests
     }
 
     [Test]
+    public void SendReceive_ShiftsRaggedBlocksRoundARing_InAnyArrivalOrder([Values(2, 3, 4)] int size)
+    {
+        // Ring attention's pattern: every rank sends the block it holds to the next and receives the previous one's, all
+        // at once; blocks of different lengths, passed on for size − 1 hops, so every rank sees every block once.
+        var lengths = Enumerable.Range(0, size).Select(r => 3 + 5 * r).ToArray();
+        var inputs = Enumerable.Range(0, size).Select(r => RandomInputs(1, lengths[r], 40 + r)[0]).ToArray();
+        var seen = new List<float[]>[size];
+        using var group = new SharedMemoryRankGroup(size);
+        for (int round = 0; round < 2; round++)
+        {
+            OnRanks(size, r =>
+            {
+                seen[r] = [inputs[r]];
+                var held = (float[])inputs[r].Clone();
+                for (int hop = 1; hop < size; hop++)
+                {
+                    // Reference: after hop h, rank r holds rank (r − h)'s block.
+                    int from = (r - hop + size) % size;
+                    var incoming = Enumerable.Repeat(float.NaN, lengths[from]).ToArray();
+                    group.SendReceive(r, (r + 1) % size, held, (r + size - 1) % size, incoming);
+                    held = incoming;
+                    seen[r].Add(incoming);
+                }
+            });
+            for (int r = 0; r < size; r++)
+                for (int hop = 0; hop < size; hop++)
+                    Assert.That(seen[r][hop], Is.EqualTo(inputs[(r - hop + size) % size]), $"rank {r}, hop {hop}");
+        }
+        // Each block crossed size − 1 links, in both rounds.
+        Assert.That(group.BytesMoved, Is.EqualTo(2L * 4 * (size - 1) * lengths.Sum()));
+    }
+
+    [Test]
+    public void SendReceive_BetweenTwoRanks_SwapsTheirBuffers()
+    {
+        var inputs = RandomInputs(2, 17, 5);
+        var received = new float[2][];
+        using var group = new SharedMemoryRankGroup(2);
+        OnRanks(2, r =>
+        {
+            received[r] = Enumerable.Repeat(float.NaN, 17).ToArray();
+            group.SendReceive(r, 1 - r, inputs[r], 1 - r, received[r]);
+        });
+        Assert.That(received[0], Is.EqualTo(inputs[1]));
+        Assert.That(received[1], Is.EqualTo(inputs[0]));
+        Assert.Throws<ArgumentException>(() => group.SendReceive(0, 0, new float[1], 1, new float[1]));
+    }
+
+    [Test]
+    public void AllToAll_GivesEachRankItsPartOfEveryRanksSend([Values(1, 2, 3, 4)] int size)
+    {
+        // Ragged parts, some empty: rank p sends (p + 2q) mod 4 elements to rank q.
+        int Count(int p, int q) => (p + 2 * q) % 4;
+        var random = new Random(size);
+        var send = Enumerable.Range(0, size).Select(p => Enumerable.Range(0, Enumerable.Range(0, size).Sum(q => Count(p, q))).Select(_ => random.NextSingle() - 0.5f).ToArray()).ToArray();
+        var receive = Enumerable.Range(0, size).Select(r => Enumerable.Repeat(float.NaN, Enumerable.Range(0, size).Sum(p => Count(p, r))).ToArray()).ToArray();
+        using var group = new SharedMemoryRankGroup(size);
+        OnRanks(size, r => group.AllToAll(r, send[r], Enumerable.Range(0, size).Select(q => Count(r, q)).ToArray(), receive[r],
+            Enumerable.Range(0, size).Select(p => Count(p, r)).ToArray()));
+        // Plain reference: rank r's receive is, for p = 0 … size − 1, the part of send[p] after its parts for ranks < r.
+        long moved = 0;
+        for (int r = 0; r < size; r++)
+        {
+            var expected = new List<float>();
+            for (int p = 0; p < size; p++)
+            {
+                int offset = Enumerable.Range(0, r).Sum(q => Count(p, q));
+                expected.AddRange(send[p].Skip(offset).Take(Count(p, r)));
+                if (p != r) moved += 4L * Count(p, r);
+            }
+            Assert.That(receive[r], Is.EqualTo(expected.ToArray()), $"rank {r}");
+        }
+        Assert.That(group.BytesMoved, Is.EqualTo(moved));
+    }
+
+    [Test]
+    public void AllToAll_MismatchedCounts_ThrowOnEveryRank_WithoutHanging()
+    {
+        using var group = new SharedMemoryRankGroup(2);
+        var errors = new Exception?[2];
+        OnRanks(2, r =>
+        {
+            // Rank 0 sends 2 elements to rank 1, which expects 3.
+            try { group.AllToAll(r, new float[r == 0 ? 3 : 4], r == 0 ? [1, 2] : [2, 2], new float[r == 0 ? 3 : 4], r == 0 ? [1, 2] : [3, 1]); }
+            catch (ArgumentException e) { errors[r] = e; }
+        });
+        Assert.That(errors, Has.All.InstanceOf<ArgumentException>());
+    }
+
+    [Test]
+    public void AllGatherInPlace_CopiesEveryRanksRaggedPart([Values(1, 2, 3, 4)] int size)
+    {
+        const int length = 23;
+        var data = Enumerable.Range(0, size).Select(_ => Enumerable.Repeat(float.NaN, length).ToArray()).ToArray();
+        var expected = RandomInputs(1, length, 3)[0];
+        for (int r = 0; r < size; r++)
+        {
+            var (start, n) = RankGroup.Part(length, size, r);
+            Array.Copy(expected, start, data[r], start, n);
+        }
+        using var group = new SharedMemoryRankGroup(size);
+        OnRanks(size, r =>
+        {
+            var (start, n) = RankGroup.Part(length, size, r);
+            group.AllGatherInPlace(r, data[r], start, n);
+        });
+        for (int r = 0; r < size; r++) Assert.That(data[r], Is.EqualTo(expected), $"rank {r}");
+        Assert.That(group.BytesMoved, Is.EqualTo(4L * (size - 1) * length));
+    }
+
+    [Test]
     public void MismatchedLengths_ThrowOnEveryRank_WithoutHanging()
     {
         using var group = new SharedMemoryRankGroup(2);

@@ -74,6 +74,9 @@ public sealed class EngineCommandLine
     /// <summary><c>--pipeline-parallel-size</c>: stages that split the model's layers.</summary>
     public Option<int?> PipelineParallelSize { get; } = new("--pipeline-parallel-size", "-pp") { Description = "Stages that split the model's layers, each holding its layers' KV cache; batches flow through them in micro-batches (combines with --tensor-parallel-size)" };
 
+    /// <summary><c>--context-parallel-size</c>: ranks that split each step's tokens (ring attention).</summary>
+    public Option<int?> ContextParallelSize { get; } = new("--context-parallel-size", "-cp") { Description = "Ranks that split a long prompt's tokens (ring attention: K/V passed round the ranks, partial attention merged by log-sum-exp); each holds a copy of the KV cache, so decode goes on as usual (combines with --tensor-parallel-size)" };
+
     /// <summary><c>--enable-expert-parallel</c>: spread mixture-of-experts blocks' experts over the tensor-parallel ranks.</summary>
     public Option<bool> EnableExpertParallel { get; } = new("--enable-expert-parallel") { Description = "Spread each mixture-of-experts block's experts over the --tensor-parallel-size ranks (one all-reduce combines them)" };
 
@@ -140,7 +143,7 @@ public sealed class EngineCommandLine
     [
         Model, Device, Threads, MaxModelLen, MaxNumSeqs, MaxNumBatchedTokens, MaxWaitingRequests, BlockSize, KvCacheDtype,
         EnablePrefixCaching, NoEnablePrefixCaching, GpuMemoryUtilization, KvEviction, KvSinkTokens, KvRecentTokens, KvHeavyHitterTokens,
-        Quantization, TensorParallelSize, PipelineParallelSize, EnableExpertParallel, DraftModel, NgramSpeculation, NumSpeculativeTokens, PromptLookupMin, PromptLookupMax, SpeculativeConfig,
+        Quantization, TensorParallelSize, PipelineParallelSize, ContextParallelSize, EnableExpertParallel, DraftModel, NgramSpeculation, NumSpeculativeTokens, PromptLookupMin, PromptLookupMax, SpeculativeConfig,
         WeightHashCacheDir, NoWeightHashCache,
     ];
 
@@ -192,6 +195,7 @@ public sealed class EngineCommandLine
         if (result.GetValue(MaxWaitingRequests) is int waiting) options = options with { MaxWaitingRequests = waiting };
         if (result.GetValue(TensorParallelSize) is int ranks) options = options with { TensorParallelSize = ranks };
         if (result.GetValue(PipelineParallelSize) is int stages) options = options with { PipelineParallelSize = stages };
+        if (result.GetValue(ContextParallelSize) is int contextRanks) options = options with { ContextParallelSize = contextRanks };
         if (result.GetValue(EnableExpertParallel)) options = options with { EnableExpertParallel = true };
         if (result.GetValue(BlockSize) is int blockSize) kv = kv with { BlockSize = blockSize };
         if (result.GetValue(KvCacheDtype) is KvCacheDataType type) kv = kv with { DataType = type };

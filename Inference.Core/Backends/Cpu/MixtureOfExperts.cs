@@ -73,11 +73,7 @@ internal sealed class MixtureOfExperts
             if (count == 0 || layer.Gate[e] < 0) continue;
             var x = _gathered.AsSpan(0, count * dim);
             for (int r = 0; r < count; r++) src.Slice(_rowToken[first + r] * dim, dim).CopyTo(x.Slice(r * dim, dim));
-            var gate = _gate.AsSpan(0, count * width);
-            var up = _up.AsSpan(0, count * width);
-            MatMul.MultiplyShared(x, count, pool, matrices[layer.Gate[e]], gate, matrices[layer.Up[e]], up, default, default);
-            Models.LlamaModel.SwiGlu(gate, up, pool);
-            MatMul.Multiply(matrices[layer.Down[e]], gate, _y.AsSpan(first * dim, count * dim), count, pool);
+            RunExpert(layer, matrices, e, x, count, _gate.AsSpan(0, count * width), _up.AsSpan(0, count * width), _y.AsSpan(first * dim, count * dim), pool);
         }
 
         for (int t = 0; t < n; t++)
@@ -94,12 +90,27 @@ internal sealed class MixtureOfExperts
 
         if (!layer.HasShared) return;
         int sw = layer.SharedWidth;
-        var sGate = _gate.AsSpan(0, n * sw);
-        var sUp = _up.AsSpan(0, n * sw);
-        MatMul.MultiplyShared(src, n, pool, matrices[layer.SharedGate], sGate, matrices[layer.SharedUp], sUp, default, default);
-        Models.LlamaModel.SwiGlu(sGate, sUp, pool);
-        var shared = _shared.AsSpan(0, n * dim);
-        MatMul.Multiply(matrices[layer.SharedDown], sGate, shared, n, pool);
+        AddShared(layer, matrices, vectors, src, dst, n, dim, _gate.AsSpan(0, n * sw), _up.AsSpan(0, n * sw), _shared.AsSpan(0, n * dim), pool);
+    }
+
+    /// <summary>y = down_e(silu(gate_e · x) ⊙ up_e · x) for <paramref name="count"/> rows of x (gate and up are scratch of [count, width]).</summary>
+    internal static void RunExpert(ExpertLayer layer, WeightMatrix[] matrices, int e, ReadOnlySpan<float> x, int count, Span<float> gate, Span<float> up, Span<float> y, WorkerPool pool)
+    {
+        MatMul.MultiplyShared(x, count, pool, matrices[layer.Gate[e]], gate, matrices[layer.Up[e]], up, default, default);
+        Models.LlamaModel.SwiGlu(gate, up, pool);
+        MatMul.Multiply(matrices[layer.Down[e]], gate, y, count, pool);
+    }
+
+    /// <summary>
+    /// dst[t] += σ(g · src[t]) · shared(src[t]) for <paramref name="n"/> rows (gate and up are scratch of [n, shared width],
+    /// shared of [n, dim]).
+    /// </summary>
+    internal static void AddShared(ExpertLayer layer, WeightMatrix[] matrices, float[]?[] vectors, ReadOnlySpan<float> src, Span<float> dst, int n, int dim,
+        Span<float> gate, Span<float> up, Span<float> shared, WorkerPool pool)
+    {
+        MatMul.MultiplyShared(src, n, pool, matrices[layer.SharedGate], gate, matrices[layer.SharedUp], up, default, default);
+        Models.LlamaModel.SwiGlu(gate, up, pool);
+        MatMul.Multiply(matrices[layer.SharedDown], gate, shared, n, pool);
         var gateInput = vectors[layer.SharedGateInput]!;
         for (int t = 0; t < n; t++)
         {

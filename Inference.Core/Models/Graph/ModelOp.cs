@@ -43,6 +43,12 @@ internal enum OpKind : byte
     /// <summary>Dst = Σ over the ranks of a tensor-parallel group of their Dst (after a row-parallel product's partial sums).</summary>
     AllReduce,
     /// <summary>
+    /// <see cref="MixtureOfExperts"/> over expert-parallel ranks (the tensor group; each holds some of the experts): every
+    /// rank's share of the tokens goes to the ranks of its chosen experts and their outputs come back (two all-to-alls),
+    /// are summed on the token's rank, and every rank gets every token's Dst (a ragged all-gather).
+    /// </summary>
+    ExpertAllToAll,
+    /// <summary>
     /// The tensor-parallel group's first rank gets Dst = every rank's Src side by side ([logit rows, Σ widths]): a
     /// vocabulary-parallel output head's slices of the logits gathered into the whole rows.
     /// </summary>
