@@ -87,12 +87,14 @@ public static class KvBlockFormat
         int blocks = dst.Length / BlockValues;
         if (dst.Length % BlockValues != 0 || src.Length < blocks * BlockBytes)
             throw new ArgumentException($"{dst.Length} values are not whole blocks of the {src.Length} bytes given.", nameof(dst));
+        bool q8 = type == KvCacheDataType.Q8_0;
         for (int b = 0; b < blocks; b++)
         {
             var block = src.Slice(b * BlockBytes, BlockBytes);
             float d = (float)BinaryPrimitives.ReadHalfLittleEndian(block);
-            for (int i = 0; i < BlockValues; i++)
-                dst[b * BlockValues + i] = d * (type == KvCacheDataType.Q8_0 ? (sbyte)block[2 + i] : FromE4M3(block[2 + i]));
+            var values = dst.Slice(b * BlockValues, BlockValues);
+            if (q8) for (int i = 0; i < BlockValues; i++) values[i] = d * (sbyte)block[2 + i];
+            else for (int i = 0; i < BlockValues; i++) values[i] = d * FromE4M3(block[2 + i]);
         }
     }
 

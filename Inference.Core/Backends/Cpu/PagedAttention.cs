@@ -233,6 +233,26 @@ public static class PagedAttention
     {
         if (typeof(T) != typeof(float) && typeof(T) != typeof(Half))
             throw new NotSupportedException($"KV element type {typeof(T).Name} is not supported; use float or Half.");
+        return CheckCall(shape, query, keyCache, valueCache, shape.BlockSize * shape.KvStride, "[blockCount, blockSize, kvHeads, headDim]",
+            blockTable, startPosition, output);
+    }
+
+    /// <summary>
+    /// The checks every paged attention entry point makes (this class's and <see cref="QuantizedKvAttention"/>'s):
+    /// the query and output shapes, the block table's reach, the caches in whole blocks of <paramref name="blockLength"/>
+    /// elements, every table entry the queries read inside the cache. Returns the context length start + tokenCount.
+    /// </summary>
+    internal static int CheckCall<TCache>(
+        in PagedAttentionShape shape,
+        ReadOnlySpan<float> query,
+        ReadOnlySpan<TCache> keyCache,
+        ReadOnlySpan<TCache> valueCache,
+        int blockLength,
+        string layout,
+        ReadOnlySpan<int> blockTable,
+        int startPosition,
+        Span<float> output)
+    {
         ArgumentOutOfRangeException.ThrowIfNegative(startPosition);
         int tokenCount = query.Length / shape.QueryStride;
         if (tokenCount == 0 || query.Length != tokenCount * shape.QueryStride)
@@ -241,16 +261,14 @@ public static class PagedAttention
         int contextLength = startPosition + tokenCount;
         if ((long)blockTable.Length * shape.BlockSize < contextLength)
             throw new ArgumentException($"The block table covers {blockTable.Length * (long)shape.BlockSize} positions; {contextLength} are needed.", nameof(blockTable));
-        int blockElements = shape.BlockSize * shape.KvStride;
-        if (keyCache.Length % blockElements != 0 || valueCache.Length != keyCache.Length)
-            throw new ArgumentException("keyCache and valueCache must be [blockCount, blockSize, kvHeads, headDim].", nameof(keyCache));
-        int blockCount = keyCache.Length / blockElements;
+        if (keyCache.Length % blockLength != 0 || valueCache.Length != keyCache.Length)
+            throw new ArgumentException($"keyCache and valueCache must be {layout}.", nameof(keyCache));
+        int blockCount = keyCache.Length / blockLength;
         // NOTE: blocks wholly before the first query's window are never read (they may have been freed already).
         for (int b = shape.FirstVisible(startPosition + 1) / shape.BlockSize; b < (contextLength + shape.BlockSize - 1) / shape.BlockSize; b++)
             if ((uint)blockTable[b] >= (uint)blockCount)
                 throw new ArgumentException($"Block table entry {b} = {blockTable[b]} is outside the cache ({blockCount} blocks).", nameof(blockTable));
         return contextLength;
-
     }
 
     /// <summary>

@@ -152,23 +152,8 @@ public static class QuantizedKvAttention
     {
         if (!KvBlockFormat.IsBlockFormat(type)) throw new ArgumentOutOfRangeException(nameof(type), type, "not a block format (Q8_0 or Fp8E4M3)");
         KvBlockFormat.CheckHeadDim(type, shape.HeadDim);
-        ArgumentOutOfRangeException.ThrowIfNegative(startPosition);
-        int tokenCount = query.Length / shape.QueryStride;
-        if (tokenCount == 0 || query.Length != tokenCount * shape.QueryStride)
-            throw new ArgumentException("query must be [tokenCount ≥ 1, heads, headDim].", nameof(query));
-        if (output.Length != query.Length) throw new ArgumentException("output must be [tokenCount, heads, headDim].", nameof(output));
-        int contextLength = startPosition + tokenCount;
-        if ((long)blockTable.Length * shape.BlockSize < contextLength)
-            throw new ArgumentException($"The block table covers {blockTable.Length * (long)shape.BlockSize} positions; {contextLength} are needed.", nameof(blockTable));
-        long blockBytes = (long)shape.BlockSize * shape.KvHeadCount * KvBlockFormat.RowBytes(type, shape.HeadDim);
-        if (keyCache.Length % blockBytes != 0 || valueCache.Length != keyCache.Length)
-            throw new ArgumentException("keyCache and valueCache must be [blockCount, blockSize, kvHeads, row bytes].", nameof(keyCache));
-        long blockCount = keyCache.Length / blockBytes;
-        // NOTE: blocks wholly before the first query's window are never read (they may have been freed already).
-        for (int b = shape.FirstVisible(startPosition + 1) / shape.BlockSize; b < (contextLength + shape.BlockSize - 1) / shape.BlockSize; b++)
-            if ((uint)blockTable[b] >= blockCount)
-                throw new ArgumentException($"Block table entry {b} = {blockTable[b]} is outside the cache ({blockCount} blocks).", nameof(blockTable));
-        return contextLength;
+        return PagedAttention.CheckCall(shape, query, keyCache, valueCache, shape.BlockSize * shape.KvHeadCount * KvBlockFormat.RowBytes(type, shape.HeadDim),
+            "[blockCount, blockSize, kvHeads, row bytes]", blockTable, startPosition, output);
     }
 
     /// <summary>Query token i, the kvMul query heads of KV head g, over the visible positions before <paramref name="contextLength"/>.</summary>
@@ -184,13 +169,16 @@ public static class QuantizedKvAttention
         float* o = output + (long)(i * shape.HeadCount + g * kvMul) * headDim;  // [kvMul, headDim]
         float* scores = scratch;                                                // [kvMul, n]
         var layout = new Layout(table, shape.BlockSize, tokenBytes, (long)g * rowBytes, first, n, prefetch ? contextLength : 0, rowBytes);
-        if (vectors)
-        {
-            if (type == KvCacheDataType.Q8_0) Vector256Path.Attend<Q8Codes>(q, kvMul, headDim, keys, values, layout, scores, scale, shape.LogitSoftCap, o);
-            else Vector256Path.Attend<Fp8Codes>(q, kvMul, headDim, keys, values, layout, scores, scale, shape.LogitSoftCap, o);
-            return;
-        }
-        AttendScalar(q, kvMul, headDim, type, keys, values, layout, scores, scratch + kvMul * n, scale, shape.LogitSoftCap, o);
+        // NOTE: one block reader per path, generic over how a code becomes a number: the format is decided here, once.
+        if (type == KvCacheDataType.Q8_0) Attend<Q8Codes>(q, kvMul, headDim, keys, values, layout, scores, scratch + kvMul * n, scale, shape.LogitSoftCap, o, vectors);
+        else Attend<Fp8Codes>(q, kvMul, headDim, keys, values, layout, scores, scratch + kvMul * n, scale, shape.LogitSoftCap, o, vectors);
+    }
+
+    private static unsafe void Attend<TCodes>(float* q, int kvMul, int headDim, byte* keys, byte* values, in Layout layout,
+        float* scores, float* row, float scale, float softCap, float* o, bool vectors) where TCodes : ICodes
+    {
+        if (vectors) Vector256Path.Attend<TCodes>(q, kvMul, headDim, keys, values, layout, scores, scale, softCap, o);
+        else AttendScalar<TCodes>(q, kvMul, headDim, keys, values, layout, scores, row, scale, softCap, o);
     }
 
     /// <summary>Where one KV head's rows are: the sequence's table, the geometry, the window and the prefetch end.</summary>
@@ -216,15 +204,15 @@ public static class QuantizedKvAttention
     }
 
     /// <summary>Without 256-bit vectors: each row dequantized into <paramref name="row"/>, then the float loops.</summary>
-    private static unsafe void AttendScalar(float* q, int kvMul, int headDim, KvCacheDataType type, byte* keys, byte* values,
-        in Layout layout, float* scores, float* row, float scale, float softCap, float* o)
+    private static unsafe void AttendScalar<TCodes>(float* q, int kvMul, int headDim, byte* keys, byte* values,
+        in Layout layout, float* scores, float* row, float scale, float softCap, float* o) where TCodes : ICodes
     {
-        int n = layout.Count, rowBytes = layout.RowBytes;
+        int n = layout.Count;
         var widened = new Span<float>(row, headDim);
         var next = layout.Cursor(keys, 0, prefetch: false);
         for (int j = 0; j < n; j++)
         {
-            KvBlockFormat.Dequantize(type, new ReadOnlySpan<byte>(next.Advance(), rowBytes), widened);
+            Dequantize<TCodes>(next.Advance(), headDim, row);
             for (int m = 0; m < kvMul; m++) scores[m * n + j] = TensorPrimitives.Dot(new ReadOnlySpan<float>(q + m * headDim, headDim), widened) * scale;
         }
         PagedAttention.Softmax(new Span<float>(scores, kvMul * n), kvMul, n, 1f, softCap);
@@ -233,7 +221,7 @@ public static class QuantizedKvAttention
         next = layout.Cursor(values, 0, prefetch: false);
         for (int j = 0; j < n; j++)
         {
-            KvBlockFormat.Dequantize(type, new ReadOnlySpan<byte>(next.Advance(), rowBytes), widened);
+            Dequantize<TCodes>(next.Advance(), headDim, row);
             for (int m = 0; m < kvMul; m++)
             {
                 var om = output.Slice(m * headDim, headDim);
@@ -242,10 +230,23 @@ public static class QuantizedKvAttention
         }
     }
 
-    /// <summary>Eight codes of a block as floats, in registers.</summary>
+    /// <summary>One row of blocks as floats: per block its scale times each code (exact in float).</summary>
+    private static unsafe void Dequantize<TCodes>(byte* row, int headDim, float* dst) where TCodes : ICodes
+    {
+        for (int b = 0; b < headDim / KvBlockFormat.BlockValues; b++)
+        {
+            byte* block = row + b * KvBlockFormat.BlockBytes;
+            float d = Fp16.ToFloat(*(ushort*)block);
+            for (int i = 0; i < KvBlockFormat.BlockValues; i++) dst[b * KvBlockFormat.BlockValues + i] = d * TCodes.Decode(block[2 + i]);
+        }
+    }
+
+    /// <summary>How a block's codes become numbers: eight at a time in registers, or one.</summary>
     private unsafe interface ICodes
     {
         static abstract Vector256<float> Load8(byte* codes);
+
+        static abstract float Decode(byte code);
     }
 
     /// <summary>Q8_0: signed bytes.</summary>
@@ -253,6 +254,8 @@ public static class QuantizedKvAttention
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<float> Load8(byte* codes) => Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32((sbyte*)codes));
+
+        public static float Decode(byte code) => (sbyte)code;
     }
 
     /// <summary>
@@ -271,6 +274,8 @@ public static class QuantizedKvAttention
             var bits = (x & Vector256.Create(int.MinValue)) | Avx2.ShiftLeftLogical(x & Vector256.Create(0x7F), 20);
             return bits.AsSingle() * Vector256.Create(Two120);
         }
+
+        public static float Decode(byte code) => KvBlockFormat.FromE4M3(code);
     }
 
     /// <summary>The two passes with 256-bit vectors (AVX2 + FMA), up to four query heads sharing each row's registers.</summary>

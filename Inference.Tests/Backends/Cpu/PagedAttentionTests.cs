@@ -1,15 +1,11 @@
 using Inference.Backends.Cpu;
 using Inference.KvCache;
+using static Inference.Tests.Backends.Cpu.PagedAttentionHarness;
 
 namespace Inference.Tests.Backends.Cpu;
 
 public class PagedAttentionTests
 {
-    // (start, tokenCount): decode (n = 1) and prefill chunks, from position 0 to past 1,000, crossing block boundaries.
-    private static readonly (int Start, int Count)[] Chunks =
-    [
-        (0, 1), (0, 7), (0, 40), (5, 1), (15, 3), (31, 2), (33, 64), (100, 37), (990, 24), (1031, 1),
-    ];
 
     [Test]
     public void MatchesReference_F32(
@@ -39,14 +35,7 @@ public class PagedAttentionTests
         var table = Enumerable.Range(0, blocks).OrderBy(_ => rng.Next()).Take((context + 15) / 16).ToArray();
         var keys = RandomCache<Half>(rng, blocks * 16 * shape.KvStride);
         var values = RandomCache<Half>(rng, blocks * 16 * shape.KvStride);
-        var q = RandomArray(rng, tokenCount * shape.QueryStride);
-        var single = Poisoned(q.Length);
-        var parallel = Poisoned(q.Length);
-        PagedAttention.Forward<Half>(shape, q, keys, values, table, start, single, new float[PagedAttention.GetScratchLength(shape, context)]);
-        using var pool = new WorkerPool(4);
-        PagedAttention.Forward<Half>(shape, q, keys, values, table, start, parallel, pool);
-        Assert.That(parallel, Is.EqualTo(single));
-        Assert.That(single.All(float.IsFinite), Is.True);
+        AssertBatchInvariant(shape, new FloatCacheUnderTest<Half>(shape, keys, values), table, start, RandomArray(rng, tokenCount * shape.QueryStride));
     }
 
     [Test]
@@ -251,109 +240,25 @@ public class PagedAttentionTests
         Assert.Throws<ArgumentOutOfRangeException>(() => _ = new PagedAttentionShape(8, 2, 64, 16) { SlidingWindow = -1 });
 
     /// <summary>
-    /// Every chunk of <see cref="Chunks"/> through the single-threaded and the pooled (row-widening) paths against the
-    /// float64 reference; every key and value row before the first query's window is NaN and the block-table entries
-    /// wholly before it point at a block of NaNs, so a read outside the window shows in the output.
+    /// Every chunk of <see cref="PagedAttentionHarness.Chunks"/> through the single-threaded and the pooled (row-widening)
+    /// paths against the float64 reference, rows before the window poisoned (<see cref="PagedAttentionHarness.CompareChunks"/>).
     /// </summary>
-    private static void CompareWindowed<T>(PagedAttentionShape shape, int seed) where T : unmanaged
+    private static void CompareWindowed<T>(PagedAttentionShape shape, int seed) where T : unmanaged =>
+        Compare<T>(shape, seed, pooled: true);
+
+    /// <summary>Runs every chunk single-threaded against the reference; returns the largest scaled difference seen.</summary>
+    private static double CompareWithReference<T>(PagedAttentionShape shape, int seed) where T : unmanaged =>
+        Compare<T>(shape, seed, pooled: false);
+
+    private static double Compare<T>(PagedAttentionShape shape, int seed, bool pooled) where T : unmanaged
     {
         var rng = new Random(seed);
-        int bs = shape.BlockSize, maxContext = 0;
-        foreach (var (s, n) in Chunks) maxContext = Math.Max(maxContext, s + n);
-        int logicalBlocks = (maxContext + bs - 1) / bs, blockCount = logicalBlocks + 2, nanBlock = blockCount - 1;
+        int bs = shape.BlockSize, logicalBlocks = (MaxContext + bs - 1) / bs, blockCount = logicalBlocks + 3, nanBlock = blockCount - 1;
+        // physical blocks in shuffled order, so logical ≠ physical, and blocks the sequence does not own
         var order = Enumerable.Range(0, blockCount - 1).OrderBy(_ => rng.Next()).Take(logicalBlocks).ToArray();
-        var keys = RandomCache<T>(rng, blockCount * bs * shape.KvStride);
+        var keys = RandomCache<T>(rng, blockCount * bs * shape.KvStride);   // [blockCount, blockSize, kvHeads, headDim]
         var values = RandomCache<T>(rng, blockCount * bs * shape.KvStride);
-        var scratch = new float[PagedAttention.GetScratchLength(shape, maxContext)];
-        using var pool = new WorkerPool(2);
-        foreach (var (start, count) in Chunks)
-        {
-            int firstVisible = shape.FirstVisible(start + 1);
-            var k = PagedAttentionReference.Gather<T>(shape, keys, order, start + count);
-            var v = PagedAttentionReference.Gather<T>(shape, values, order, start + count);
-            // A copy of the cache with everything before the window poisoned.
-            var pk = (T[])keys.Clone();
-            var pv = (T[])values.Clone();
-            var table = (int[])order.Clone();
-            for (int b = 0; b < firstVisible / bs; b++) table[b] = nanBlock;
-            Poison(pk, nanBlock * bs * shape.KvStride, bs * shape.KvStride);
-            Poison(pv, nanBlock * bs * shape.KvStride, bs * shape.KvStride);
-            for (int p = firstVisible / bs * bs; p < firstVisible; p++)
-            {
-                Poison(pk, (table[p / bs] * bs + p % bs) * shape.KvStride, shape.KvStride);
-                Poison(pv, (table[p / bs] * bs + p % bs) * shape.KvStride, shape.KvStride);
-            }
-
-            var q = RandomArray(rng, count * shape.QueryStride, scale: 2f);
-            var expected = Poisoned(q.Length);
-            PagedAttentionReference.Forward(shape, q, k, v, start, expected);
-            var single = Poisoned(q.Length);
-            PagedAttention.Forward<T>(shape, q, pk, pv, table, start, single, scratch);
-            var pooled = Poisoned(q.Length);
-            PagedAttention.Forward<T>(shape, q, pk, pv, table, start, pooled, pool);
-            Assert.That(pooled, Is.EqualTo(single), $"{shape}: start {start}, count {count}: pooled and single-threaded bits");
-            for (int r = 0; r < count * shape.HeadCount; r++)
-            {
-                float scale = 0;
-                for (int d = 0; d < shape.HeadDim; d++) scale = Math.Max(scale, Math.Abs(expected[r * shape.HeadDim + d]));
-                for (int d = 0; d < shape.HeadDim; d++)
-                {
-                    int i = r * shape.HeadDim + d;
-                    if (!(Math.Abs(single[i] - expected[i]) <= 1e-5 * scale))
-                        Assert.Fail($"{typeof(T).Name} {shape}: start {start}, count {count}, row {r}, dim {d}: fast {single[i]} vs reference {expected[i]}");
-                }
-            }
-        }
-    }
-
-    private static void Poison<T>(T[] cache, int at, int length) where T : unmanaged
-    {
-        for (int i = at; i < at + length; i++)
-            cache[i] = typeof(T) == typeof(float) ? (T)(object)float.NaN : (T)(object)Half.NaN;
-    }
-
-    /// <summary>Runs every chunk of <see cref="Chunks"/>; returns the largest scaled difference seen.</summary>
-    private static double CompareWithReference<T>(PagedAttentionShape shape, int seed) where T : unmanaged
-    {
-        var rng = new Random(seed);
-        int maxContext = 0;
-        foreach (var (s, n) in Chunks) maxContext = Math.Max(maxContext, s + n);
-        int logicalBlocks = (maxContext + shape.BlockSize - 1) / shape.BlockSize;
-        int blockCount = logicalBlocks + 5; // a few blocks the sequence does not own
-        // Physical blocks in shuffled order so logical ≠ physical.
-        var table = Enumerable.Range(0, blockCount).OrderBy(_ => rng.Next()).Take(logicalBlocks).ToArray();
-        var keys = RandomCache<T>(rng, blockCount * shape.BlockSize * shape.KvStride);   // [blockCount, blockSize, kvHeads, headDim]
-        var values = RandomCache<T>(rng, blockCount * shape.BlockSize * shape.KvStride); // [blockCount, blockSize, kvHeads, headDim]
-        var scratch = new float[PagedAttention.GetScratchLength(shape, maxContext)];
-        double worst = 0;
-        foreach (var (start, count) in Chunks)
-        {
-            var q = RandomArray(rng, count * shape.QueryStride, scale: 2f); // [count, heads, headDim]
-            var fast = Poisoned(q.Length);
-            PagedAttention.Forward<T>(shape, q, keys, values, table, start, fast, scratch);
-
-            var k = PagedAttentionReference.Gather<T>(shape, keys, table, start + count);
-            var v = PagedAttentionReference.Gather<T>(shape, values, table, start + count);
-            var expected = Poisoned(q.Length);
-            PagedAttentionReference.Forward(shape, q, k, v, start, expected);
-
-            for (int r = 0; r < count * shape.HeadCount; r++)
-            {
-                var e = expected.AsSpan(r * shape.HeadDim, shape.HeadDim);
-                var a = fast.AsSpan(r * shape.HeadDim, shape.HeadDim);
-                float scale = 0;
-                foreach (float x in e) scale = Math.Max(scale, Math.Abs(x));
-                Assert.That(scale, Is.GreaterThan(0f));
-                for (int d = 0; d < shape.HeadDim; d++)
-                {
-                    double rel = Math.Abs(a[d] - e[d]) / scale;
-                    worst = Math.Max(worst, rel);
-                    if (!(rel <= 1e-5))
-                        Assert.Fail($"{typeof(T).Name} {shape}: start {start}, count {count}, row {r}, dim {d}: fast {a[d]} vs reference {e[d]}");
-                }
-            }
-        }
-        return worst;
+        return CompareChunks(shape, rng, () => new FloatCacheUnderTest<T>(shape, keys, values), order, nanBlock, pooled);
     }
 
     private static T[] RandomCache<T>(Random rng, int length) where T : unmanaged
@@ -363,19 +268,5 @@ public class PagedAttentionTests
         var h = new Half[length];
         for (int i = 0; i < length; i++) h[i] = (Half)f[i];
         return (T[])(object)h;
-    }
-
-    private static float[] RandomArray(Random rng, int length, float scale = 1f)
-    {
-        var a = new float[length];
-        for (int i = 0; i < length; i++) a[i] = (float)(rng.NextDouble() * 2 - 1) * scale;
-        return a;
-    }
-
-    private static float[] Poisoned(int length)
-    {
-        var a = new float[length];
-        Array.Fill(a, float.NaN);
-        return a;
     }
 }

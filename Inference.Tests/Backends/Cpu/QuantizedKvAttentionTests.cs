@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using Inference.Backends.Cpu;
 using Inference.Kernels.Reference;
 using Inference.KvCache;
+using static Inference.Tests.Backends.Cpu.PagedAttentionHarness;
 
 namespace Inference.Tests.Backends.Cpu;
 
@@ -12,12 +13,6 @@ namespace Inference.Tests.Backends.Cpu;
 public class QuantizedKvAttentionTests
 {
     private static readonly KvCacheDataType[] Formats = [KvCacheDataType.Q8_0, KvCacheDataType.Fp8E4M3];
-
-    // (start, tokenCount): decode and prefill chunks from position 0 to past 1,000, crossing block boundaries.
-    private static readonly (int Start, int Count)[] Chunks =
-    [
-        (0, 1), (0, 7), (0, 40), (5, 1), (15, 3), (31, 2), (33, 64), (100, 37), (990, 24), (1031, 1),
-    ];
 
     [Test]
     public void MatchesReference(
@@ -40,27 +35,13 @@ public class QuantizedKvAttentionTests
     [Test]
     public void PooledAndPerTokenGiveTheSameBits([ValueSource(nameof(Formats))] KvCacheDataType type, [Values(8, 2, 1)] int kvHeads)
     {
-        // Batch invariance: a chunk of tokens on four threads, the same chunk on one, and each token decoded alone.
         var shape = new PagedAttentionShape(8, kvHeads, 64, 16);
         var rng = new Random(kvHeads);
         int start = 190, count = 21, context = start + count, blocks = (context + 15) / 16 + 2;
         var table = Enumerable.Range(0, blocks).OrderBy(_ => rng.Next()).Take((context + 15) / 16).ToArray();
         var keys = RandomCache(type, rng, blocks * 16 * shape.KvStride);
         var values = RandomCache(type, rng, blocks * 16 * shape.KvStride);
-        var q = RandomArray(rng, count * shape.QueryStride, 2f);
-        var single = Poisoned(q.Length);
-        var pooled = Poisoned(q.Length);
-        QuantizedKvAttention.Forward(shape, q, keys, values, type, table, start, single, new float[QuantizedKvAttention.GetScratchLength(shape, context)]);
-        using var pool = new WorkerPool(4);
-        QuantizedKvAttention.Forward(shape, q, keys, values, type, table, start, pooled, pool);
-        Assert.That(pooled, Is.EqualTo(single));
-        Assert.That(single.All(float.IsFinite), Is.True);
-        for (int i = 0; i < count; i++)
-        {
-            var alone = Poisoned(shape.QueryStride);
-            QuantizedKvAttention.Forward(shape, q.AsSpan(i * shape.QueryStride, shape.QueryStride), keys, values, type, table, start + i, alone, pool);
-            Assert.That(alone, Is.EqualTo(single.AsSpan(i * shape.QueryStride, shape.QueryStride).ToArray()), $"token {i} decoded alone");
-        }
+        AssertBatchInvariant(shape, new BlockCacheUnderTest(shape, type, keys, values), table, start, RandomArray(rng, count * shape.QueryStride, 2f));
     }
 
     [Test]
@@ -214,72 +195,20 @@ public class QuantizedKvAttentionTests
     }
 
     /// <summary>
-    /// Every chunk of <see cref="Chunks"/>, single-threaded and pooled, against the float64 reference over the
-    /// dequantized cache; every row before the first query's window has a NaN scale (and the table entries wholly before
-    /// it point at a block of NaN scales), so a read outside the window shows. Returns the largest scaled difference.
+    /// Every chunk of <see cref="PagedAttentionHarness.Chunks"/>, single-threaded and (on the vector path) pooled, against
+    /// the float64 reference over the dequantized cache, rows before the window with NaN scales
+    /// (<see cref="PagedAttentionHarness.CompareChunks"/>). Returns the largest scaled difference.
     /// </summary>
     private static double Compare(KvCacheDataType type, PagedAttentionShape shape, int seed, bool vectors)
     {
         var rng = new Random(seed);
-        int bs = shape.BlockSize, maxContext = 0, rowBytes = (int)KvBlockFormat.ByteCount(type, shape.KvStride);
-        foreach (var (s, n) in Chunks) maxContext = Math.Max(maxContext, s + n);
-        int logicalBlocks = (maxContext + bs - 1) / bs, blockCount = logicalBlocks + 3, nanBlock = blockCount - 1;
+        int bs = shape.BlockSize, logicalBlocks = (MaxContext + bs - 1) / bs, blockCount = logicalBlocks + 3, nanBlock = blockCount - 1;
         var order = Enumerable.Range(0, blockCount - 1).OrderBy(_ => rng.Next()).Take(logicalBlocks).ToArray();
         var keys = RandomCache(type, rng, blockCount * bs * shape.KvStride);
         var values = RandomCache(type, rng, blockCount * bs * shape.KvStride);
-        var scratch = new float[QuantizedKvAttention.GetScratchLength(shape, maxContext)];
-        using var pool = new WorkerPool(2);
-        double worst = 0;
-        foreach (var (start, count) in Chunks)
-        {
-            var k = PagedAttentionReference.Gather(shape, keys, type, order, start + count);
-            var v = PagedAttentionReference.Gather(shape, values, type, order, start + count);
-            int firstVisible = shape.FirstVisible(start + 1);
-            var pk = (byte[])keys.Clone();
-            var pv = (byte[])values.Clone();
-            var table = (int[])order.Clone();
-            for (int b = 0; b < firstVisible / bs; b++) table[b] = nanBlock;
-            for (int p = 0; p < bs; p++) { PoisonRow(pk, (nanBlock * bs + p) * rowBytes, rowBytes); PoisonRow(pv, (nanBlock * bs + p) * rowBytes, rowBytes); }
-            for (int p = firstVisible / bs * bs; p < firstVisible; p++)
-            {
-                PoisonRow(pk, (table[p / bs] * bs + p % bs) * rowBytes, rowBytes);
-                PoisonRow(pv, (table[p / bs] * bs + p % bs) * rowBytes, rowBytes);
-            }
-
-            var q = RandomArray(rng, count * shape.QueryStride, 2f);
-            var expected = Poisoned(q.Length);
-            PagedAttentionReference.Forward(shape, q, k, v, start, expected);
-            var single = Poisoned(q.Length);
-            QuantizedKvAttention.Forward(shape, q, pk, pv, type, table, start, single, scratch, vectors);
-            if (vectors)
-            {
-                var pooled = Poisoned(q.Length);
-                QuantizedKvAttention.Forward(shape, q, pk, pv, type, table, start, pooled, pool);
-                Assert.That(pooled, Is.EqualTo(single), $"{type} {shape}: start {start}, count {count}: pooled and single-threaded bits");
-            }
-            for (int r = 0; r < count * shape.HeadCount; r++)
-            {
-                float scale = 0;
-                for (int d = 0; d < shape.HeadDim; d++) scale = Math.Max(scale, Math.Abs(expected[r * shape.HeadDim + d]));
-                Assert.That(scale, Is.GreaterThan(0f));
-                for (int d = 0; d < shape.HeadDim; d++)
-                {
-                    int i = r * shape.HeadDim + d;
-                    double rel = Math.Abs(single[i] - expected[i]) / scale;
-                    worst = Math.Max(worst, double.IsNaN(rel) ? double.PositiveInfinity : rel);
-                    if (!(rel <= 1e-5))
-                        Assert.Fail($"{type} {shape}: start {start}, count {count}, row {r}, dim {d}: kernel {single[i]} vs reference {expected[i]}");
-                }
-            }
-        }
+        double worst = CompareChunks(shape, rng, () => new BlockCacheUnderTest(shape, type, keys, values, vectors), order, nanBlock, pooled: vectors);
         TestContext.Out.WriteLine($"{type} {shape}: largest difference {worst:E2} of the row's largest value");
         return worst;
-    }
-
-    /// <summary>NaN scales in every block of one token's row: any read of it makes NaNs.</summary>
-    private static void PoisonRow(byte[] cache, int at, int rowBytes)
-    {
-        for (int b = at; b < at + rowBytes; b += KvBlockFormat.BlockBytes) BinaryPrimitives.WriteHalfLittleEndian(cache.AsSpan(b), Half.NaN);
     }
 
     private static byte[] RandomCache(KvCacheDataType type, Random rng, int values)
@@ -294,19 +223,5 @@ public class QuantizedKvAttentionTests
         var bytes = new byte[KvBlockFormat.ByteCount(type, values)];
         KvBlockFormat.Quantize(type, f, bytes);
         return bytes;
-    }
-
-    private static float[] RandomArray(Random rng, int length, float scale = 1f)
-    {
-        var a = new float[length];
-        for (int i = 0; i < length; i++) a[i] = (float)(rng.NextDouble() * 2 - 1) * scale;
-        return a;
-    }
-
-    private static float[] Poisoned(int length)
-    {
-        var a = new float[length];
-        Array.Fill(a, float.NaN);
-        return a;
     }
 }
