@@ -34,6 +34,24 @@ public abstract record Constraint
         return new GrammarMatcher(Grammar, tokenizer, vocabSize ?? tokenizer.VocabularySize, extraEndTokens);
     }
 
+    /// <summary><paramref name="message"/> with control characters escaped (\uXXXX), cut after 300 characters.</summary>
+    private static string OneLine(string message)
+    {
+        const int MaxChars = 300;
+        if (message.Length <= MaxChars && !message.AsSpan().ContainsAnyInRange('\0', '\u001f') && !message.Contains('\u007f') && !message.Contains('\u2028') && !message.Contains('\u2029'))
+            return message;
+        var sb = new System.Text.StringBuilder(MaxChars + 32);
+        int i = 0;
+        for (; i < message.Length && sb.Length < MaxChars; i++)
+        {
+            char c = message[i];
+            if (char.IsControl(c) || c is '\u2028' or '\u2029') sb.Append($"\\u{(int)c:X4}");
+            else sb.Append(c);
+        }
+        if (i < message.Length) sb.Append($"… (cut, {message.Length} characters)");
+        return sb.ToString();
+    }
+
     /// <summary>Runs <paramref name="compile"/>, turning a failure into <see cref="InvalidConstraintException"/>.</summary>
     private protected static Grammar Compile(Func<Grammar> compile, string what)
     {
@@ -43,13 +61,12 @@ public abstract record Constraint
             _ = new GrammarAutomaton(grammar); // the start state: a grammar that matches nothing fails here
             return grammar;
         }
-        catch (InvalidConstraintException e) when (!e.Message.StartsWith(what, StringComparison.Ordinal))
+        catch (InvalidConstraintException e)
         {
-            throw new InvalidConstraintException($"{what}: {e.Message}", e);
-        }
-        catch (InvalidConstraintException)
-        {
-            throw;
+            // NOTE: messages quote the pattern or grammar, which may hold newlines and run to megabytes: one short line.
+            string message = OneLine(e.Message.StartsWith(what, StringComparison.Ordinal) ? e.Message : $"{what}: {e.Message}");
+            if (message == e.Message) throw;
+            throw new InvalidConstraintException(message, e);
         }
         catch (InsufficientExecutionStackException e)
         {
@@ -60,7 +77,7 @@ public abstract record Constraint
         catch (Exception e) when (e is InvalidOperationException or FormatException or KeyNotFoundException or ArgumentException or OverflowException or System.Text.Json.JsonException)
         {
             // A malformed document (a keyword of the wrong JSON type, say) found while converting it.
-            throw new InvalidConstraintException($"{what}: malformed ({e.Message})", e);
+            throw new InvalidConstraintException(OneLine($"{what}: malformed ({e.Message})"), e);
         }
     }
 }

@@ -197,6 +197,8 @@ internal sealed class RegexConverter
     /// <summary>Decodes the escape at the position (after the backslash) into a code point.</summary>
     private int ParseEscape()
     {
+        // NOTE: a range's upper end can be a backslash that ends the pattern ('[a-\\').
+        if (_pos >= _pattern.Length) throw Error("a backslash ends the pattern");
         char e = _pattern[_pos++];
         switch (e)
         {

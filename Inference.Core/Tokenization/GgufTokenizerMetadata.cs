@@ -51,7 +51,7 @@ internal sealed class GgufTokenizerMetadata
         {
             "llama" => TokenizerKind.SentencePiece,
             "gpt2" => TokenizerKind.BytePair,
-            _ => throw gguf.Bad(OffsetOf(gguf, Prefix + "model"), $"unsupported tokenizer model '{model}' in '{Prefix}model' (supported: llama, gpt2)"),
+            _ => throw gguf.Bad(OffsetOf(gguf, Prefix + "model"), $"unsupported tokenizer model {GgufFile.Quote(model)} in '{Prefix}model' (supported: llama, gpt2)"),
         };
 
         string[] tokens = gguf.GetArray<string>(Prefix + "tokens") ?? throw gguf.Bad(-1, $"metadata '{Prefix}tokens' is missing");
@@ -90,7 +90,7 @@ internal sealed class GgufTokenizerMetadata
             {
                 int space = merges[i].IndexOf(' ', 1);
                 if (space <= 0 || space == merges[i].Length - 1 || merges[i].IndexOf(' ', space + 1) >= 0)
-                    throw gguf.Bad(OffsetOf(gguf, Prefix + "merges"), $"'{Prefix}merges'[{i}] is '{merges[i]}', expected two pieces separated by one space");
+                    throw gguf.Bad(OffsetOf(gguf, Prefix + "merges"), $"'{Prefix}merges'[{i}] is {GgufFile.Quote(merges[i])}, expected two pieces separated by one space");
             }
         }
 

@@ -83,7 +83,7 @@ public sealed class ModelTokenizer
         var byText = new Dictionary<string, int>(tokens.Length, StringComparer.Ordinal);
         for (int id = 0; id < tokens.Length; id++)
             if (!byText.TryAdd(tokens[id], id))
-                throw gguf.Bad(tokensAt, $"token text '{tokens[id]}' appears twice in 'tokenizer.ggml.tokens' (ids {byText[tokens[id]]} and {id})");
+                throw gguf.Bad(tokensAt, $"token text {GgufFile.Quote(tokens[id])} appears twice in 'tokenizer.ggml.tokens' (ids {byText[tokens[id]]} and {id})");
 
         var tokenBytes = new byte[tokens.Length][];
         for (int id = 0; id < tokens.Length; id++)
@@ -123,7 +123,7 @@ public sealed class ModelTokenizer
         {
             var regexes = PreTokenizerPatterns.ForName(metadata.PreTokenizer)
                 ?? throw gguf.Bad(metadata.PreTokenizerOffset,
-                    $"unsupported pre-tokenizer '{metadata.PreTokenizer}' in 'tokenizer.ggml.pre' (supported: {string.Join(", ", PreTokenizerPatterns.SupportedNames)})");
+                    $"unsupported pre-tokenizer {GgufFile.Quote(metadata.PreTokenizer ?? "")} in 'tokenizer.ggml.pre' (supported: {string.Join(", ", PreTokenizerPatterns.SupportedNames)})");
             // Every merge must join two tokens into a third; Microsoft.ML.Tokenizers rejects anything else.
             long mergesAt = GgufTokenizerMetadata.OffsetOf(gguf, "tokenizer.ggml.merges");
             var lookup = byText.GetAlternateLookup<ReadOnlySpan<char>>();
@@ -133,7 +133,7 @@ public sealed class ModelTokenizer
                 int space = merge.IndexOf(' ');
                 if (!lookup.ContainsKey(merge.AsSpan(0, space)) || !lookup.ContainsKey(merge.AsSpan(space + 1))
                     || !byText.ContainsKey(string.Concat(merge.AsSpan(0, space), merge.AsSpan(space + 1))))
-                    throw gguf.Bad(mergesAt, $"'tokenizer.ggml.merges'[{i}] is '{merge}', but its pieces or their concatenation are not tokens");
+                    throw gguf.Bad(mergesAt, $"'tokenizer.ggml.merges'[{i}] is {GgufFile.Quote(merge)}, but its pieces or their concatenation are not tokens");
             }
             bytePair = new BytePairEncoder(byText, metadata.Merges, regexes);
         }
@@ -262,7 +262,7 @@ public sealed class ModelTokenizer
                 if (text.Length == 6 && text.StartsWith("<0x", StringComparison.Ordinal) && text[5] == '>'
                     && byte.TryParse(text.AsSpan(3, 2), System.Globalization.NumberStyles.AllowHexSpecifier, null, out byte value))
                     return [value];
-                throw gguf.Bad(tokensAt, $"byte token {id} is '{text}', expected <0xNN>");
+                throw gguf.Bad(tokensAt, $"byte token {id} is {GgufFile.Quote(text)}, expected <0xNN>");
             default:
                 return Encoding.UTF8.GetBytes(text.Replace('▁', ' '));
         }

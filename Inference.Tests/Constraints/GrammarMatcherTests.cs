@@ -259,6 +259,27 @@ public class GrammarMatcherTests
         Assert.That(Accepts(new RegexConstraint(fifty), "abd"), Is.False);
     }
 
+    // Found by fuzzing constraints: a class range ending in a backslash at the end of the pattern read past it
+    // (IndexOutOfRangeException); messages quoting the pattern or grammar kept its newlines and its whole length.
+    [Test]
+    public void MalformedConstraints_AreOneShortLine()
+    {
+        var backslash = Assert.Throws<InvalidConstraintException>(() => _ = new RegexConstraint("x[a-\\"))!;
+        Assert.That(backslash.Message, Does.Contain("backslash"));
+        foreach (var make in new Func<Constraint>[]
+        {
+            () => new RegexConstraint("a{\n}"),
+            () => new RegexConstraint("a{" + new string('x', 100_000) + "}"),
+            () => new GrammarConstraint("root ::= \"\\\n\""),
+            () => new JsonSchemaConstraint("{\"type\":\n\"object\"\n"),
+        })
+        {
+            var e = Assert.Throws<InvalidConstraintException>(() => make())!;
+            Assert.That(e.Message, Does.Not.Contain('\n'));
+            Assert.That(e.Message, Has.Length.LessThan(400));
+        }
+    }
+
     [Test]
     public void Utf8Ranges_CoverExactlyTheCodePoints()
     {

@@ -122,6 +122,25 @@ public class ModelTokenizerFormatTests
         Assert.That(LoadFails(BytePair().Set("tokenizer.ggml.token_type", w => w.Add("tokenizer.ggml.token_type", [1, 1, 1, 1, 9, 3]))).Reason, Does.Contain("token_type'[4] is 9"));
     }
 
+    // Found by fuzzing GGUF vocabularies: texts from the file went into the message as they were, so a merge, token or
+    // model name holding a newline made it several lines. They are quoted like keys now (GgufFile.Quote).
+    [Test]
+    public void TextsFromTheFile_KeepTheMessageOnOneLine()
+    {
+        foreach (var writer in new[]
+        {
+            BytePair().Set("tokenizer.ggml.merges", w => w.Add("tokenizer.ggml.merges", ["a b", "a\nb"])),
+            BytePair().Set("tokenizer.ggml.merges", w => w.Add("tokenizer.ggml.merges", ["a b", "x\ny z"])),
+            GgufVocabularyWriter.SentencePiece().Set("tokenizer.ggml.model", w => w.Add("tokenizer.ggml.model", "bert\r\nx")),
+            BytePair().Set("tokenizer.ggml.pre", w => w.Add("tokenizer.ggml.pre", "no\npre")),
+        })
+        {
+            var e = LoadFails(writer);
+            Assert.That(e.Message, Does.Not.Contain('\n').And.Not.Contain('\r'));
+            Assert.That(e.Reason, Does.Contain("\\u000A"));
+        }
+    }
+
     [Test]
     public void MergeOfUnknownPieces_Fails()
     {
