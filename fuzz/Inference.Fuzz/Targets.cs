@@ -117,7 +117,11 @@ internal static class Targets
         using (document)
         {
             var root = document.RootElement;
-            bool chat = root.ValueKind == JsonValueKind.Object && root.TryGetProperty("messages", out _);
+            // NOTE: the server knows the kind from the route; a property name that is not valid UTF-16 ("\\udded")
+            // makes TryGetProperty throw here, so such a body goes to ParseCompletion, which answers it with 400.
+            bool chat;
+            try { chat = root.ValueKind == JsonValueKind.Object && root.TryGetProperty("messages", out _); }
+            catch (InvalidOperationException) { chat = false; }
             try
             {
                 if (chat) OpenAiRequest.ParseChat(root, 16);
