@@ -24,10 +24,12 @@ public sealed record CudaOptions
 
     /// <summary>
     /// Whether F16 matrix products of 16 or more rows (prefill, batched decode) run on the hand-written tensor-core kernel
-    /// (mma.sync with f32 accumulation; activations are rounded to f16 first). Default true; false keeps every product on
-    /// the row kernels (for comparison).
+    /// (mma.sync with f32 accumulation; activations are rounded to f16 first). Default false: the kernel is verified
+    /// against a model of the instruction set but not yet on a device (docs/gpu-results.md), and with it a row's bits
+    /// depend on how many rows share its step (f16 activations from 16 rows on); false keeps every product on the
+    /// batch-invariant row kernels.
     /// </summary>
-    public bool TensorCoreMatMul { get; init; } = true;
+    public bool TensorCoreMatMul { get; init; }
 }
 
 /// <summary>Selects the CUDA executor with explicit <see cref="CudaOptions"/>.</summary>
