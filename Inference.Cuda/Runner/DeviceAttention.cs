@@ -25,8 +25,11 @@ internal interface IDeviceAttention : IDisposable
     /// <summary>"PTX" or "ILGPU".</summary>
     string Name { get; }
 
-    /// <summary>Runs one layer; <paramref name="slidingWindow"/> is the layer's window (0: none).</summary>
-    void Run(in AttentionStep step, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output, int slidingWindow);
+    /// <summary>
+    /// Runs one layer; <paramref name="slidingWindow"/> is the layer's window (0: none), <paramref name="logitSoftCap"/>
+    /// its score cap (0: none).
+    /// </summary>
+    void Run(in AttentionStep step, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output, int slidingWindow, float logitSoftCap);
 }
 
 /// <summary>The ILGPU kernels (any accelerator): decode kernel when every sequence has one token, else the tiled prefill kernel.</summary>
@@ -45,14 +48,14 @@ internal sealed class IlgpuDeviceAttention<TKv, TConv> : IDeviceAttention
 
     public string Name => "ILGPU";
 
-    public void Run(in AttentionStep s, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output, int slidingWindow)
+    public void Run(in AttentionStep s, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output, int slidingWindow, float logitSoftCap)
     {
         var k = kCache.Cast<TKv>();
         var v = vCache.Cast<TKv>();
         if (s.MaxChunkLength == 1)
-            _decode.Run(q, k, v, s.BlockTables, s.ContextLens, s.SeqCount, s.MaxContextLength, output, slidingWindow);
+            _decode.Run(q, k, v, s.BlockTables, s.ContextLens, s.SeqCount, s.MaxContextLength, output, slidingWindow, logitSoftCap);
         else
-            _prefill.Run(q, k, v, s.BlockTables, s.SeqStarts, s.ContextLens, s.SeqCount, s.MaxChunkLength, output, slidingWindow);
+            _prefill.Run(q, k, v, s.BlockTables, s.SeqStarts, s.ContextLens, s.SeqCount, s.MaxChunkLength, output, slidingWindow, logitSoftCap);
     }
 
     public void Dispose() => _decode.Dispose();
@@ -69,11 +72,15 @@ internal sealed class PtxDeviceAttention<TKv> : IDeviceAttention where TKv : unm
     public string Name => "PTX";
 
     /// <summary>Whether the PTX kernels take this shape (head dims 64 and 128, at most 32 query heads per KV head).</summary>
+    /// <remarks>NOTE: they have no score soft-capping yet: models with capped scores (gemma2) run the ILGPU kernels.</remarks>
     public static bool Supports(AttentionShape shape) => shape.HeadDim is 64 or 128 && shape.KvMul <= 32;
 
-    public void Run(in AttentionStep s, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output, int slidingWindow) =>
+    public void Run(in AttentionStep s, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output, int slidingWindow, float logitSoftCap)
+    {
+        if (logitSoftCap != 0f) throw new NotSupportedException("the PTX attention kernels have no score soft-capping");
         _attention.Run(q, kCache.Cast<TKv>(), vCache.Cast<TKv>(), s.BlockTables, s.TokenSeqs, s.Positions, s.TokenCount,
             s.MaxContextLength, output, slidingWindow);
+    }
 
     public void Dispose() => _attention.Dispose();
 }

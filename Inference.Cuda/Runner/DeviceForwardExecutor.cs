@@ -25,6 +25,7 @@ namespace Inference.Cuda.Runner;
 ///    Embed → gather · RmsNorm → rmsnorm · MatMul → one matmul per output (F16 weights and ≥ 16 rows on CUDA: the
 ///    tensor-core kernel of Ptx/gemm_tensor_core.ptx) · AddBias · Rope → rope from the tables
 ///    Attention → K/V to the pool slots, then paged attention · Add · SwiGlu · GatherLogitRows → gather
+///    MixtureOfExperts → router product, routing, the chosen experts' products (<see cref="DeviceMixtureOfExperts"/>)
 ///  then the logits buffer [L, vocab] → host
 /// </code>
 /// slot of a token = block table[position / blockSize] · blockSize + position % blockSize, the same physical block
@@ -46,6 +47,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
     private readonly ModelGraph _graph;
     private readonly DeviceMatrix?[] _matrices;                                   // by weight id
     private readonly MemoryBuffer1D<float, Stride1D.Dense>?[] _vectors;           // by weight id
+    private readonly DeviceMixtureOfExperts? _experts;                             // when the graph has MoE blocks
     private readonly List<IDisposable> _owned = [];
     private StepBuffers? _step;
     private int[] _ints = [];
@@ -87,8 +89,9 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             }
             // NOTE: the PTX kernels take the sliding window (p_window), checked on the CPU by a lane-level model of the
             // PTX; until its windowed cases (AttentionSelfCheck, scripts/device-check.sh) have passed on a device, a
-            // model with local layers keeps the ILGPU kernels on CUDA.
-            _attention = Own(CreateAttention(accelerator, _shape, kv.DataType, c.SlidingWindows is { Count: > 0 } ? CudaAttentionKernels.Ilgpu : attention));
+            // model with local layers keeps the ILGPU kernels on CUDA. They have no score soft-capping (gemma2) at all.
+            bool ilgpuOnly = c.SlidingWindows is { Count: > 0 } || c.AttentionLogitSoftCap != 0f;
+            _attention = Own(CreateAttention(accelerator, _shape, kv.DataType, ilgpuOnly ? CudaAttentionKernels.Ilgpu : attention));
 
             var w = _model.Weights;
             _graph = _model.Graph;
@@ -101,6 +104,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
                 if (specs[i].IsMatrix) _matrices[i] = Own(DeviceMatrix.Upload(accelerator, bound[i]));
                 else _vectors[i] = Own(accelerator.Allocate1D(w.GetVector(specs[i].Name, specs[i].Rows)!));
             }
+            if (_graph.Experts.Length > 0) _experts = Own(new DeviceMixtureOfExperts(accelerator, _kernels, _graph, _matrices, _vectors));
             _accelerator.Synchronize();
         }
         catch (Exception e) when (e is OutOfMemoryException or CudaException)
@@ -136,20 +140,12 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             bool supported = op.Kind switch
             {
                 OpKind.Embed or OpKind.RmsNorm or OpKind.MatMul or OpKind.AddBias or OpKind.Rope or OpKind.Add or OpKind.SwiGlu
-                    or OpKind.GeGlu or OpKind.Scale or OpKind.SoftCap or OpKind.GatherLogitRows => true,
-                OpKind.Attention => op.Value == 0f,
+                    or OpKind.GeGlu or OpKind.Scale or OpKind.SoftCap or OpKind.GatherLogitRows or OpKind.Attention
+                    or OpKind.MixtureOfExperts => true,
                 _ => false,
             };
             if (!supported)
-            {
-                string what = op.Kind switch
-                {
-                    OpKind.Attention => "attention logit soft-capping",
-                    OpKind.MixtureOfExperts => "mixture-of-experts routing",
-                    _ => $"the {op.Kind} operation",
-                };
-                throw new NotSupportedException($"architecture '{architecture}' needs {what}, which the device executor does not run; use the CPU backend");
-            }
+                throw new NotSupportedException($"architecture '{architecture}' needs the {op.Kind} operation, which the device executor does not run; use the CPU backend");
         }
     }
 
@@ -249,7 +245,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
                         _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<ILGPU.Half>(), _storage.Values(l).Cast<ILGPU.Half>(), n, kvDim);
                     else
                         _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l), _storage.Values(l), n, kvDim, _storage.DataType);
-                    _attention.Run(step, _storage.Keys(l), _storage.Values(l), View(s, op.Src, n, logitCount), View(s, op.Dst, n, logitCount), op.Param);
+                    _attention.Run(step, _storage.Keys(l), _storage.Values(l), View(s, op.Src, n, logitCount), View(s, op.Dst, n, logitCount), op.Param, op.Value);
                     break;
                 }
                 case OpKind.Add:
@@ -282,6 +278,9 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
                     _kernels.GeGlu(gate, View(s, op.Src, n, logitCount), gate, (int)gate.Length);
                     break;
                 }
+                case OpKind.MixtureOfExperts:
+                    _experts!.Run(g.Experts[op.Param], View(s, op.Src, n, logitCount), View(s, op.Dst, n, logitCount), n);
+                    break;
                 case OpKind.GatherLogitRows:
                     _kernels.GatherRows(View(s, op.Src, n, logitCount), s.LogitRows, View(s, op.Dst, n, logitCount), logitCount, g.Buffers[op.Src].Width);
                     break;

@@ -1,3 +1,5 @@
+using ILGPU.Algorithms;
+
 namespace Inference.Kernels.Attention;
 
 /// <summary>Scalar arguments of the paged attention kernels, passed by value to the device.</summary>
@@ -26,6 +28,19 @@ public readonly record struct PagedAttentionParams(
     /// Keys before the window are never read, so their blocks may be freed.
     /// </summary>
     public int SlidingWindow { get; init; }
+
+    /// <summary>
+    /// Attention logit soft-capping (gemma2): a scaled score s becomes c · tanh(s / c) before the softmax; 0 (the
+    /// default) leaves scores as they are.
+    /// </summary>
+    public float LogitSoftCap { get; init; }
+
+    /// <summary>The score of a query·key dot product: scaled by <see cref="Scale"/>, then soft-capped when <see cref="LogitSoftCap"/> is set.</summary>
+    public float Score(float dot)
+    {
+        float s = dot * Scale;
+        return LogitSoftCap > 0f ? LogitSoftCap * XMath.Tanh(s / LogitSoftCap) : s;
+    }
 
     /// <summary>The first position a query at <paramref name="position"/> sees.</summary>
     public int FirstVisible(int position) => SlidingWindow > 0 && position >= SlidingWindow ? position - SlidingWindow + 1 : 0;

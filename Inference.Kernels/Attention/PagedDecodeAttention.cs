@@ -62,18 +62,20 @@ public sealed class PagedDecodeAttention<TKv, TConv> : IDisposable
     /// <param name="maxContextLength">An upper bound of <paramref name="contextLens"/>; sets the partition count.</param>
     /// <param name="output">Output, <c>[seqCount, heads, headDim]</c>.</param>
     /// <param name="slidingWindow">The layer's attention window (<see cref="PagedAttentionParams.SlidingWindow"/>); 0 for none.</param>
+    /// <param name="logitSoftCap">The layer's score cap (<see cref="PagedAttentionParams.LogitSoftCap"/>); 0 for none.</param>
     /// <exception cref="ArgumentOutOfRangeException">A count is out of range.</exception>
     public void Run(ArrayView<float> q, ArrayView<TKv> kCache, ArrayView<TKv> vCache, ArrayView<int> blockTables,
-        ArrayView<int> contextLens, int seqCount, int maxContextLength, ArrayView<float> output, int slidingWindow = 0)
+        ArrayView<int> contextLens, int seqCount, int maxContextLength, ArrayView<float> output, int slidingWindow = 0, float logitSoftCap = 0f)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(seqCount, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(slidingWindow);
+        ArgumentOutOfRangeException.ThrowIfNegative(logitSoftCap);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxContextLength, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(maxContextLength, Shape.MaxContextLength);
         var s = Shape;
         int partitionCount = (maxContextLength + PartitionSize - 1) / PartitionSize;
         var p = new PagedAttentionParams(s.HeadCount, s.KvHeadCount, s.HeadDim, s.BlockSize, s.MaxBlocksPerSeq, s.Scale,
-            PartitionSize, partitionCount, 0) { SlidingWindow = slidingWindow };
+            PartitionSize, partitionCount, 0) { SlidingWindow = slidingWindow, LogitSoftCap = logitSoftCap };
         long rows = (long)seqCount * s.HeadCount * partitionCount;
         EnsureCapacity(ref _partialOut, rows * s.HeadDim);
         EnsureCapacity(ref _partialStats, 2 * rows);

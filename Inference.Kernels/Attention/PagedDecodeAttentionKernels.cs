@@ -120,7 +120,7 @@ public static class PagedDecodeAttentionKernels
                         for (int h = 0; h < kvMul; h++) sS[h * groupSize + t] += sQ[h * hd + d] * kd;
                     }
                 }
-                for (int h = 0; h < kvMul; h++) sS[h * groupSize + t] *= p.Scale;
+                for (int h = 0; h < kvMul; h++) sS[h * groupSize + t] = p.Score(sS[h * groupSize + t]);
             }
             else
             {

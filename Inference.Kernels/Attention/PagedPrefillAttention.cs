@@ -53,16 +53,18 @@ public sealed class PagedPrefillAttention<TKv, TConv>
     /// <param name="maxChunkLength">The longest chunk (query tokens of one sequence).</param>
     /// <param name="output">Output, <c>[tokenCount, heads, headDim]</c>.</param>
     /// <param name="slidingWindow">The layer's attention window (<see cref="PagedAttentionParams.SlidingWindow"/>); 0 for none.</param>
+    /// <param name="logitSoftCap">The layer's score cap (<see cref="PagedAttentionParams.LogitSoftCap"/>); 0 for none.</param>
     /// <exception cref="ArgumentOutOfRangeException">A count is out of range.</exception>
     public void Run(ArrayView<float> q, ArrayView<TKv> kCache, ArrayView<TKv> vCache, ArrayView<int> blockTables,
         ArrayView<int> querySeqStarts, ArrayView<int> contextLens, int seqCount, int maxChunkLength, ArrayView<float> output,
-        int slidingWindow = 0)
+        int slidingWindow = 0, float logitSoftCap = 0f)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(slidingWindow);
+        ArgumentOutOfRangeException.ThrowIfNegative(logitSoftCap);
         ArgumentOutOfRangeException.ThrowIfLessThan(seqCount, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxChunkLength, 1);
         var s = Shape;
-        var p = new PagedAttentionParams(s.HeadCount, s.KvHeadCount, s.HeadDim, s.BlockSize, s.MaxBlocksPerSeq, s.Scale, 0, 0, QueryTile) { SlidingWindow = slidingWindow };
+        var p = new PagedAttentionParams(s.HeadCount, s.KvHeadCount, s.HeadDim, s.BlockSize, s.MaxBlocksPerSeq, s.Scale, 0, 0, QueryTile) { SlidingWindow = slidingWindow, LogitSoftCap = logitSoftCap };
         int tiles = (maxChunkLength + QueryTile - 1) / QueryTile;
         var config = new KernelConfig(
             new Index3D(tiles, s.KvHeadCount, seqCount),

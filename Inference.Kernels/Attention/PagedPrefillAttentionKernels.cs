@@ -131,7 +131,7 @@ public static class PagedPrefillAttentionKernels
                 int local = firstLocal + r / kvMul;
                 // causal mask, and the window's lower edge
                 bool visible = j < keyEnd && local < n && j <= firstPos + local && j >= p.FirstVisible(firstPos + local);
-                sS[r * groupSize + t] = visible ? sS[r * groupSize + t] * p.Scale : float.NegativeInfinity;
+                sS[r * groupSize + t] = visible ? p.Score(sS[r * groupSize + t]) : float.NegativeInfinity;
             }
             Group.Barrier();
 

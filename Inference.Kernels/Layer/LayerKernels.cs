@@ -41,6 +41,9 @@ public sealed class LayerKernels
     private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<byte>, ArrayView<byte>, int> _writeKvFp8;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, int> _argMax;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int> _topK;
+    private readonly Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int> _routeExperts;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int> _combineExperts;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> _addSigmoidGated;
 
     /// <summary>Compiles and loads every kernel for <paramref name="accelerator"/>.</summary>
     /// <param name="accelerator">The accelerator; its context must have ILGPU.Algorithms enabled.</param>
@@ -93,6 +96,9 @@ public sealed class LayerKernels
         _writeKvFp8 = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<byte>, ArrayView<byte>, int>(KvCacheKernels.WriteBlocks<Fp8E4M3Kv>);
         _argMax = a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int>(SelectionKernels.ArgMax);
         _topK = a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int>(SelectionKernels.TopK);
+        _routeExperts = a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int>(ExpertKernels.Route);
+        _combineExperts = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(ExpertKernels.Combine);
+        _addSigmoidGated = a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(ExpertKernels.AddSigmoidGated);
     }
 
     /// <summary>The accelerator the kernels run on.</summary>
@@ -404,6 +410,41 @@ public sealed class LayerKernels
         };
         write(new Index2D(kvDim / KvRowGroups.GroupValues, tokenCount), k, v, slots, kCache, vCache, kvDim);
     }
+
+    /// <summary><see cref="ExpertKernels.Route"/>: top-k routing of <paramref name="tokenCount"/> tokens.</summary>
+    /// <param name="logits">Router logits, <c>[tokenCount, experts]</c>; left holding the probabilities.</param>
+    /// <param name="chosen">Output expert ids, <c>[tokenCount, k]</c>.</param>
+    /// <param name="weights">Output weights, <c>[tokenCount, k]</c>.</param>
+    /// <param name="tokenCount">Tokens.</param>
+    /// <param name="experts">Experts.</param>
+    /// <param name="k">Experts per token (1 … <paramref name="experts"/>).</param>
+    /// <param name="normalize">Whether the k weights are renormalised to sum to 1.</param>
+    public void RouteExperts(ArrayView<float> logits, ArrayView<int> chosen, ArrayView<float> weights, int tokenCount, int experts, int k, bool normalize)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(k, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(k, experts);
+        _routeExperts(tokenCount, logits, chosen, weights, experts, k, normalize ? 1 : 0);
+    }
+
+    /// <summary><see cref="ExpertKernels.Combine"/>: each token's weighted sum of its experts' output rows.</summary>
+    /// <param name="y">Expert outputs, <c>[tokenCount · k, dim]</c>.</param>
+    /// <param name="weights">Routing weights, <c>[tokenCount, k]</c>.</param>
+    /// <param name="slotRows">Row of <paramref name="y"/> per slot, <c>[tokenCount, k]</c>.</param>
+    /// <param name="output">Output, <c>[tokenCount, dim]</c>.</param>
+    /// <param name="tokenCount">Tokens.</param>
+    /// <param name="dim">Row length.</param>
+    /// <param name="k">Experts per token.</param>
+    public void CombineExperts(ArrayView<float> y, ArrayView<float> weights, ArrayView<int> slotRows, ArrayView<float> output, int tokenCount, int dim, int k) =>
+        _combineExperts(new Index2D(dim, tokenCount), y, weights, slotRows, output, dim, k);
+
+    /// <summary><see cref="ExpertKernels.AddSigmoidGated"/>: <c>output[t] += σ(gate[t]) · shared[t]</c>.</summary>
+    /// <param name="output">Accumulator, <c>[tokenCount, dim]</c>.</param>
+    /// <param name="shared">Shared expert output, same shape.</param>
+    /// <param name="gate">Gate logit per token, <c>[tokenCount]</c>.</param>
+    /// <param name="tokenCount">Tokens.</param>
+    /// <param name="dim">Row length.</param>
+    public void AddSigmoidGated(ArrayView<float> output, ArrayView<float> shared, ArrayView<float> gate, int tokenCount, int dim) =>
+        _addSigmoidGated(new Index2D(dim, tokenCount), output, shared, gate, dim);
 
     /// <summary>Q8_0 needs whole blocks per row and 2-byte aligned scales.</summary>
     private static void CheckQ8_0(ArrayView<byte> q8Weights, int cols)

@@ -15,8 +15,9 @@ public static class ReferenceAttention
     /// <param name="contextLens">Context length per sequence, <c>[seqCount]</c>.</param>
     /// <param name="output">Output, <c>[seqCount, heads, headDim]</c>.</param>
     /// <param name="slidingWindow">A window W: the query at position p sees p − W + 1 … p only; 0 for none.</param>
+    /// <param name="logitSoftCap">A cap c: each scaled score s becomes c · tanh(s / c) (gemma2); 0 for none.</param>
     public static void Decode(AttentionShape shape, ReadOnlySpan<float> q, ReadOnlySpan<float> kCache, ReadOnlySpan<float> vCache,
-        ReadOnlySpan<int> blockTables, ReadOnlySpan<int> contextLens, Span<float> output, int slidingWindow = 0)
+        ReadOnlySpan<int> blockTables, ReadOnlySpan<int> contextLens, Span<float> output, int slidingWindow = 0, float logitSoftCap = 0f)
     {
         ArgumentNullException.ThrowIfNull(shape);
         for (int s = 0; s < contextLens.Length; s++)
@@ -27,7 +28,7 @@ public static class ReferenceAttention
                 int row = s * shape.HeadCount + h;
                 AttendOne(shape, q.Slice(row * shape.HeadDim, shape.HeadDim), kCache, vCache,
                     blockTables.Slice(s * shape.MaxBlocksPerSeq, shape.MaxBlocksPerSeq), h, ctx,
-                    output.Slice(row * shape.HeadDim, shape.HeadDim), slidingWindow);
+                    output.Slice(row * shape.HeadDim, shape.HeadDim), slidingWindow, logitSoftCap);
             }
         }
     }
@@ -43,9 +44,10 @@ public static class ReferenceAttention
     /// <param name="contextLens">Context length per sequence after the chunk, <c>[seqCount]</c>.</param>
     /// <param name="output">Output, <c>[tokenCount, heads, headDim]</c>.</param>
     /// <param name="slidingWindow">A window W: the query at position p sees p − W + 1 … p only; 0 for none.</param>
+    /// <param name="logitSoftCap">A cap c: each scaled score s becomes c · tanh(s / c) (gemma2); 0 for none.</param>
     public static void Prefill(AttentionShape shape, ReadOnlySpan<float> q, ReadOnlySpan<float> kCache, ReadOnlySpan<float> vCache,
         ReadOnlySpan<int> blockTables, ReadOnlySpan<int> querySeqStarts, ReadOnlySpan<int> contextLens, Span<float> output,
-        int slidingWindow = 0)
+        int slidingWindow = 0, float logitSoftCap = 0f)
     {
         ArgumentNullException.ThrowIfNull(shape);
         for (int s = 0; s < contextLens.Length; s++)
@@ -60,14 +62,14 @@ public static class ReferenceAttention
                     int row = token * shape.HeadCount + h;
                     AttendOne(shape, q.Slice(row * shape.HeadDim, shape.HeadDim), kCache, vCache,
                         blockTables.Slice(s * shape.MaxBlocksPerSeq, shape.MaxBlocksPerSeq), h, position + 1,
-                        output.Slice(row * shape.HeadDim, shape.HeadDim), slidingWindow);
+                        output.Slice(row * shape.HeadDim, shape.HeadDim), slidingWindow, logitSoftCap);
                 }
             }
         }
     }
 
     private static void AttendOne(AttentionShape shape, ReadOnlySpan<float> query, ReadOnlySpan<float> kCache,
-        ReadOnlySpan<float> vCache, ReadOnlySpan<int> blockTable, int head, int length, Span<float> output, int slidingWindow)
+        ReadOnlySpan<float> vCache, ReadOnlySpan<int> blockTable, int head, int length, Span<float> output, int slidingWindow, float logitSoftCap)
     {
         int hd = shape.HeadDim;
         int kvHead = head / shape.KvMul;
@@ -80,6 +82,7 @@ public static class ReferenceAttention
             float dot = 0f;
             for (int d = 0; d < hd; d++) dot += query[d] * k[d];
             scores[j] = dot * shape.Scale;
+            if (logitSoftCap > 0f) scores[j] = (float)(logitSoftCap * Math.Tanh(scores[j] / (double)logitSoftCap));
             max = MathF.Max(max, scores[j]);
         }
         float sum = 0f;

@@ -58,6 +58,22 @@ public class DeviceEngineTests
         Assert.That(System.Numerics.Tensors.TensorPrimitives.IndexOfMax(actual), Is.EqualTo(System.Numerics.Tensors.TensorPrimitives.IndexOfMax(expected)));
     }
 
+    /// <summary>Greedy decoding of the three mixture-of-experts flavours (random weights) on the device executor equals the CPU engine's.</summary>
+    [TestCase("llama")]
+    [TestCase("qwen2moe")]
+    [TestCase("qwen3moe")]
+    public async Task MixtureOfExperts_Greedy_EqualsTheCpuEngine(string architecture)
+    {
+        string model = DeviceForwardExecutorTests.Model(8, 2, GgmlType.F32, architecture: architecture, experts: 6);
+        var sampling = SamplingOptions.Greedy with { MaxTokens = 24, EndOfSequence = EndOfSequenceHandling.Ignore };
+        await using var cpu = await InferenceEngine.LoadAsync(model, new EngineOptions { Device = Device.Cpu, Threads = 2 });
+        await using var device = await InferenceEngine.LoadAsync(model, OnCpuAccelerator(new EngineOptions { Threads = 2 }));
+        var expected = await cpu.CompleteAsync("Once upon a time", sampling);
+        var actual = await device.CompleteAsync("Once upon a time", sampling);
+        Assert.That(actual.TokenIds, Has.Count.EqualTo(24));
+        Assert.That(actual.TokenIds, Is.EqualTo(expected.TokenIds));
+    }
+
     [Test]
     public async Task ConcurrentRequests_AreBatched_AndEachEqualsItsCpuOutput()
     {

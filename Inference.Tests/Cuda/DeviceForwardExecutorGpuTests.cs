@@ -46,6 +46,23 @@ public class DeviceForwardExecutorGpuTests
         Assert.That(errors.Max(), Is.LessThan(5e-3));
     }
 
+    /// <summary>
+    /// Mixture-of-experts (Mixtral-style llama, qwen2moe, qwen3moe) and gemma2's soft-capping on CUDA; PTX is asked for,
+    /// gemma2's capped scores and local layers run the ILGPU attention kernels.
+    /// </summary>
+    [TestCase("llama", 6)]
+    [TestCase("qwen2moe", 6)]
+    [TestCase("qwen3moe", 6)]
+    [TestCase("gemma2", 0)]
+    public void Architectures_MatchTheCpuPath(string architecture, int experts)
+    {
+        var backend = GpuTestBackend.RequireDevice();
+        var errors = DeviceForwardExecutorTests.RunScenario(backend.Accelerator,
+            DeviceForwardExecutorTests.Model(8, 2, GgmlType.F32, headDim: 64, architecture: architecture, experts: experts), 16, KvCacheDataType.Float32, CudaAttentionKernels.Ptx);
+        TestContext.Out.WriteLine($"{architecture}: max relative L2 {errors.Max():E2}");
+        Assert.That(errors.Max(), Is.LessThan(1e-3));
+    }
+
     [Test]
     public async Task Stories260K_Greedy64_EqualsTheCpuEngine()
     {

@@ -65,22 +65,49 @@ public class PagedAttentionKernelTests
         new object[] { 8, 1, 64, 8, KvStorage.Q8_0, new[] { 9, 70 }, new[] { 9, 33 }, 17 },
     ];
 
+    // heads, kvHeads, headDim, blockSize, storage, partitionSize, contexts, window, soft cap (gemma2's attention logit soft-capping;
+    // small caps, so that they bend these random scores)
+    private static readonly object[] SoftCappedDecodeCases =
+    [
+        new object[] { 8, 8, 64, 16, KvStorage.F32, 64, new[] { 1, 17, 130 }, 0, 0.3f },
+        new object[] { 8, 2, 128, 8, KvStorage.F16, 64, new[] { 9, 100 }, 9, 0.5f },
+        new object[] { 8, 1, 64, 32, KvStorage.F32, 256, new[] { 33, 1000 }, 0, 0.2f },
+    ];
+
+    // heads, kvHeads, headDim, blockSize, storage, contexts, chunk lengths, window, soft cap
+    private static readonly object[] SoftCappedPrefillCases =
+    [
+        new object[] { 8, 8, 64, 16, KvStorage.F32, new[] { 20, 37 }, new[] { 20, 5 }, 0, 0.3f },
+        new object[] { 8, 2, 128, 8, KvStorage.F16, new[] { 9, 70 }, new[] { 9, 33 }, 17, 0.5f },
+        new object[] { 8, 1, 64, 32, KvStorage.F32, new[] { 1, 300 }, new[] { 1, 40 }, 0, 0.2f },
+    ];
+
     [TestCaseSource(nameof(DecodeCases))]
     public void DecodeMatchesReference(int heads, int kvHeads, int headDim, int blockSize, KvStorage storage, int partitionSize, int[] contexts) =>
         DecodeMatchesReference(heads, kvHeads, headDim, blockSize, storage, partitionSize, contexts, 0);
 
     [TestCaseSource(nameof(WindowedDecodeCases))]
-    public void DecodeMatchesReference(int heads, int kvHeads, int headDim, int blockSize, KvStorage storage, int partitionSize, int[] contexts, int window)
+    public void DecodeMatchesReference(int heads, int kvHeads, int headDim, int blockSize, KvStorage storage, int partitionSize, int[] contexts, int window) =>
+        DecodeMatchesReference(heads, kvHeads, headDim, blockSize, storage, partitionSize, contexts, window, 0f);
+
+    [TestCaseSource(nameof(SoftCappedDecodeCases))]
+    public void DecodeMatchesReference(int heads, int kvHeads, int headDim, int blockSize, KvStorage storage, int partitionSize, int[] contexts, int window, float softCap)
     {
         var c = PagedAttentionCase.Create(heads, kvHeads, headDim, blockSize, contexts, storage, seed: heads * 7 + kvHeads + headDim + blockSize);
         var s = c.Shape;
         var q = PagedAttentionCase.Random(new Random(11), c.SeqCount * s.HeadCount * s.HeadDim);
         var expected = new float[q.Length];
-        ReferenceAttention.Decode(s, q, c.K, c.V, c.BlockTables, c.ContextLens, expected, window);
+        ReferenceAttention.Decode(s, q, c.K, c.V, c.BlockTables, c.ContextLens, expected, window, softCap);
+        if (softCap > 0)
+        {
+            var uncapped = new float[q.Length];
+            ReferenceAttention.Decode(s, q, c.K, c.V, c.BlockTables, c.ContextLens, uncapped, window);
+            Assert.That(ReferenceCompare.RelativeL2(uncapped, expected), Is.GreaterThan(1e-3), "the cap bends these scores");
+        }
         // Rows before each window become NaN: a kernel that reads one puts a NaN in the output.
         for (int seq = 0; seq < c.SeqCount; seq++) c.PoisonBefore(seq, window > 0 ? Math.Max(0, c.ContextLens[seq] - window) : 0);
 
-        var actual = Decode(c, storage, q, c.BlockTables, c.ContextLens, partitionSize, window);
+        var actual = Decode(c, storage, q, c.BlockTables, c.ContextLens, partitionSize, window, softCap);
         PagedAttentionCase.AssertClose(expected, actual, 2e-5f, 1e-4f, "decode");
         if (PagedAttentionCase.BlockType(storage) is not null)
             AssertReadsBlocksExactly(actual, Decode(c, KvStorage.F32, q, c.BlockTables, c.ContextLens, partitionSize, window));
@@ -91,7 +118,11 @@ public class PagedAttentionKernelTests
         PrefillMatchesReference(heads, kvHeads, headDim, blockSize, storage, contexts, chunks, 0);
 
     [TestCaseSource(nameof(WindowedPrefillCases))]
-    public void PrefillMatchesReference(int heads, int kvHeads, int headDim, int blockSize, KvStorage storage, int[] contexts, int[] chunks, int window)
+    public void PrefillMatchesReference(int heads, int kvHeads, int headDim, int blockSize, KvStorage storage, int[] contexts, int[] chunks, int window) =>
+        PrefillMatchesReference(heads, kvHeads, headDim, blockSize, storage, contexts, chunks, window, 0f);
+
+    [TestCaseSource(nameof(SoftCappedPrefillCases))]
+    public void PrefillMatchesReference(int heads, int kvHeads, int headDim, int blockSize, KvStorage storage, int[] contexts, int[] chunks, int window, float softCap)
     {
         var c = PagedAttentionCase.Create(heads, kvHeads, headDim, blockSize, contexts, storage, seed: heads * 5 + kvHeads + headDim + blockSize);
         var s = c.Shape;
@@ -99,11 +130,11 @@ public class PagedAttentionKernelTests
         for (int i = 0; i < chunks.Length; i++) starts[i + 1] = starts[i] + chunks[i];
         var q = PagedAttentionCase.Random(new Random(13), starts[^1] * s.HeadCount * s.HeadDim);
         var expected = new float[q.Length];
-        ReferenceAttention.Prefill(s, q, c.K, c.V, c.BlockTables, starts, c.ContextLens, expected, window);
+        ReferenceAttention.Prefill(s, q, c.K, c.V, c.BlockTables, starts, c.ContextLens, expected, window, softCap);
         for (int seq = 0; seq < c.SeqCount; seq++)
             c.PoisonBefore(seq, window > 0 ? Math.Max(0, c.ContextLens[seq] - chunks[seq] + 1 - window) : 0);
 
-        var actual = Prefill(c, storage, q, c.BlockTables, starts, c.ContextLens, window);
+        var actual = Prefill(c, storage, q, c.BlockTables, starts, c.ContextLens, window, softCap);
         PagedAttentionCase.AssertClose(expected, actual, 2e-5f, 1e-4f, "prefill");
         if (PagedAttentionCase.BlockType(storage) is not null)
             AssertReadsBlocksExactly(actual, Prefill(c, KvStorage.F32, q, c.BlockTables, starts, c.ContextLens, window));
@@ -159,16 +190,16 @@ public class PagedAttentionKernelTests
     }
 
     /// <summary>The decode kernel over the case's cache stored as <paramref name="storage"/> (output poisoned first).</summary>
-    internal static float[] Decode(PagedAttentionCase c, KvStorage storage, float[] q, int[] tables, int[] lens, int partitionSize, int window) =>
+    internal static float[] Decode(PagedAttentionCase c, KvStorage storage, float[] q, int[] tables, int[] lens, int partitionSize, int window, float softCap = 0f) =>
         storage switch
         {
-            KvStorage.F32 => Decode<float, F32Element>(c, c.K, c.V, q, tables, lens, partitionSize, window),
-            KvStorage.F16 => Decode<ILGPU.Half, F16Element>(c, ToIlgpuHalf(c.KHalf), ToIlgpuHalf(c.VHalf), q, tables, lens, partitionSize, window),
-            KvStorage.Q8_0 => Decode<byte, Q8_0Kv>(c, c.KBytes, c.VBytes, q, tables, lens, partitionSize, window),
-            _ => Decode<byte, Fp8E4M3Kv>(c, c.KBytes, c.VBytes, q, tables, lens, partitionSize, window),
+            KvStorage.F32 => Decode<float, F32Element>(c, c.K, c.V, q, tables, lens, partitionSize, window, softCap),
+            KvStorage.F16 => Decode<ILGPU.Half, F16Element>(c, ToIlgpuHalf(c.KHalf), ToIlgpuHalf(c.VHalf), q, tables, lens, partitionSize, window, softCap),
+            KvStorage.Q8_0 => Decode<byte, Q8_0Kv>(c, c.KBytes, c.VBytes, q, tables, lens, partitionSize, window, softCap),
+            _ => Decode<byte, Fp8E4M3Kv>(c, c.KBytes, c.VBytes, q, tables, lens, partitionSize, window, softCap),
         };
 
-    private static float[] Decode<TKv, TConv>(PagedAttentionCase c, TKv[] kCache, TKv[] vCache, float[] q, int[] tables, int[] lens, int partitionSize, int window)
+    private static float[] Decode<TKv, TConv>(PagedAttentionCase c, TKv[] kCache, TKv[] vCache, float[] q, int[] tables, int[] lens, int partitionSize, int window, float softCap)
         where TKv : unmanaged
         where TConv : struct, IKvRowFormat<TKv>
     {
@@ -180,22 +211,22 @@ public class PagedAttentionKernelTests
         using var k = acc.Allocate1D(kCache);
         using var v = acc.Allocate1D(vCache);
         using var kernel = new PagedDecodeAttention<TKv, TConv>(acc, c.Shape, partitionSize);
-        kernel.Run(qBuf.View, k.View, v.View, tableBuf.View, lenBuf.View, lens.Length, lens.Max(), outBuf.View, window);
+        kernel.Run(qBuf.View, k.View, v.View, tableBuf.View, lenBuf.View, lens.Length, lens.Max(), outBuf.View, window, softCap);
         acc.Synchronize();
         return outBuf.GetAsArray1D();
     }
 
     /// <summary>The prefill kernel over the case's cache stored as <paramref name="storage"/> (output poisoned first).</summary>
-    internal static float[] Prefill(PagedAttentionCase c, KvStorage storage, float[] q, int[] tables, int[] starts, int[] lens, int window) =>
+    internal static float[] Prefill(PagedAttentionCase c, KvStorage storage, float[] q, int[] tables, int[] starts, int[] lens, int window, float softCap = 0f) =>
         storage switch
         {
-            KvStorage.F32 => Prefill<float, F32Element>(c, c.K, c.V, q, tables, starts, lens, window),
-            KvStorage.F16 => Prefill<ILGPU.Half, F16Element>(c, ToIlgpuHalf(c.KHalf), ToIlgpuHalf(c.VHalf), q, tables, starts, lens, window),
-            KvStorage.Q8_0 => Prefill<byte, Q8_0Kv>(c, c.KBytes, c.VBytes, q, tables, starts, lens, window),
-            _ => Prefill<byte, Fp8E4M3Kv>(c, c.KBytes, c.VBytes, q, tables, starts, lens, window),
+            KvStorage.F32 => Prefill<float, F32Element>(c, c.K, c.V, q, tables, starts, lens, window, softCap),
+            KvStorage.F16 => Prefill<ILGPU.Half, F16Element>(c, ToIlgpuHalf(c.KHalf), ToIlgpuHalf(c.VHalf), q, tables, starts, lens, window, softCap),
+            KvStorage.Q8_0 => Prefill<byte, Q8_0Kv>(c, c.KBytes, c.VBytes, q, tables, starts, lens, window, softCap),
+            _ => Prefill<byte, Fp8E4M3Kv>(c, c.KBytes, c.VBytes, q, tables, starts, lens, window, softCap),
         };
 
-    private static float[] Prefill<TKv, TConv>(PagedAttentionCase c, TKv[] kCache, TKv[] vCache, float[] q, int[] tables, int[] starts, int[] lens, int window)
+    private static float[] Prefill<TKv, TConv>(PagedAttentionCase c, TKv[] kCache, TKv[] vCache, float[] q, int[] tables, int[] starts, int[] lens, int window, float softCap)
         where TKv : unmanaged
         where TConv : struct, IKvRowFormat<TKv>
     {
@@ -210,7 +241,7 @@ public class PagedAttentionKernelTests
         int maxChunk = 0;
         for (int i = 0; i < lens.Length; i++) maxChunk = Math.Max(maxChunk, starts[i + 1] - starts[i]);
         new PagedPrefillAttention<TKv, TConv>(acc, c.Shape)
-            .Run(qBuf.View, k.View, v.View, tableBuf.View, startBuf.View, lenBuf.View, lens.Length, maxChunk, outBuf.View, window);
+            .Run(qBuf.View, k.View, v.View, tableBuf.View, startBuf.View, lenBuf.View, lens.Length, maxChunk, outBuf.View, window, softCap);
         acc.Synchronize();
         return outBuf.GetAsArray1D();
     }
