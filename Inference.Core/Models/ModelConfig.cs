@@ -142,8 +142,25 @@ public sealed record ModelConfig
     /// <summary>Whether the top-k routing weights are renormalised to sum to 1 (Mixtral, qwen3moe) or kept as softmax probabilities (qwen2moe).</summary>
     public bool ExpertWeightsNorm { get; init; }
 
+    /// <summary>
+    /// Layers of a mixture-of-experts model whose feed-forward is a dense SwiGLU of <see cref="FfnDim"/> instead (Qwen
+    /// MoE's <c>mlp_only_layers</c> and <c>decoder_sparse_step</c>; in GGUF, the layers without a router
+    /// <c>ffn_gate_inp</c>), ascending; null when every layer has experts.
+    /// </summary>
+    public IReadOnlyList<int>? DenseLayers { get; init; }
+
     /// <summary>Whether the feed-forward blocks are mixtures of experts.</summary>
     public bool IsMixtureOfExperts => ExpertCount > 0;
+
+    /// <summary>Whether layer <paramref name="layer"/>'s feed-forward is a mixture of experts (not one of <see cref="DenseLayers"/>).</summary>
+    public bool IsSparseLayer(int layer)
+    {
+        if (!IsMixtureOfExperts) return false;
+        if (DenseLayers is { } dense)
+            for (int i = 0; i < dense.Count; i++)
+                if (dense[i] == layer) return false;
+        return true;
+    }
 
     /// <summary>The hidden width of one routed expert.</summary>
     public int ExpertWidth => ExpertFfnDim > 0 ? ExpertFfnDim : FfnDim;

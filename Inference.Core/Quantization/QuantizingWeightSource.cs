@@ -1,6 +1,7 @@
 using Inference.Backends.Cpu;
 using Inference.Loading;
 using Inference.Models;
+using Inference.Models.Architectures;
 
 namespace Inference.Quantization;
 
@@ -26,7 +27,7 @@ internal sealed class QuantizingWeightSource : IWeightSource
     private readonly long _totalElements;
     private long _doneElements;
 
-    /// <summary>Wraps <paramref name="inner"/>, quantizing the matrices of a llama-family model of <paramref name="config"/>.</summary>
+    /// <summary>Wraps <paramref name="inner"/>, quantizing the matrices (experts' too) of a model of <paramref name="config"/>.</summary>
     /// <param name="inner">The stored weights.</param>
     /// <param name="config">The model's shape (which tensors exist, and their sizes).</param>
     /// <param name="preset">The recipe.</param>
@@ -37,8 +38,8 @@ internal sealed class QuantizingWeightSource : IWeightSource
         _inner = inner;
         _progress = progress;
         _cancellationToken = cancellationToken;
-        var plan = TensorTypeRules.Plan(Tensors(config, inner.Contains("output.weight")), preset,
-            new QuantizationModelFacts(config.Architecture, config.LayerCount, config.HeadCount, config.KvHeadCount, ExpertCount: 0),
+        var plan = TensorTypeRules.Plan(Tensors(config, inner), preset,
+            new QuantizationModelFacts(config.Architecture, config.LayerCount, config.HeadCount, config.KvHeadCount, config.ExpertCount),
             keepMisfits: true);
         foreach (var t in plan)
         {
@@ -46,7 +47,9 @@ internal sealed class QuantizingWeightSource : IWeightSource
             var target = Runnable(t.TargetType, t.Dimensions[0]);
             if (target is not GgmlType type) continue;
             _targets[t.Name] = type;
-            _totalElements += t.Dimensions[0] * t.Dimensions[1];
+            long elements = 1;
+            foreach (long d in t.Dimensions) elements *= d;
+            _totalElements += elements;
         }
     }
 
@@ -58,25 +61,21 @@ internal sealed class QuantizingWeightSource : IWeightSource
         return cols % 32 == 0 ? GgmlType.Q8_0 : null;
     }
 
-    /// <summary>The tensors a llama-family model of <paramref name="c"/> reads, as the rules see them (stored type F16:
-    /// only whether a tensor is float matters).</summary>
-    private static List<QuantizationInput> Tensors(ModelConfig c, bool hasOutput)
+    /// <summary>
+    /// The stored tensors a model of <paramref name="c"/> over <paramref name="weights"/> reads (a fused tensor whole, an
+    /// expert tensor stacked <c>[cols, rows, experts]</c>), as the rules see them (stored type F16: only whether a tensor
+    /// is float matters).
+    /// </summary>
+    private static List<QuantizationInput> Tensors(ModelConfig c, IWeightSource weights)
     {
-        var list = new List<QuantizationInput> { new("token_embd.weight", [c.Dim, c.VocabSize], GgmlType.F16) };
-        if (hasOutput) list.Add(new("output.weight", [c.Dim, c.VocabSize], GgmlType.F16));
-        list.Add(new("output_norm.weight", [c.Dim], GgmlType.F32));
-        for (int l = 0; l < c.LayerCount; l++)
+        var architecture = ModelArchitecture.Find(c.Architecture)
+            ?? throw new ArgumentException($"unknown architecture '{c.Architecture}'", nameof(c));
+        var list = new List<QuantizationInput>();
+        foreach (var spec in ModelArchitecture.StoredTensors(architecture.Build(c, weights)))
         {
-            string p = $"blk.{l}.";
-            list.Add(new(p + "attn_norm.weight", [c.Dim], GgmlType.F32));
-            list.Add(new(p + "attn_q.weight", [c.Dim, c.QDim], GgmlType.F16));
-            list.Add(new(p + "attn_k.weight", [c.Dim, c.KvDim], GgmlType.F16));
-            list.Add(new(p + "attn_v.weight", [c.Dim, c.KvDim], GgmlType.F16));
-            list.Add(new(p + "attn_output.weight", [c.QDim, c.Dim], GgmlType.F16));
-            list.Add(new(p + "ffn_norm.weight", [c.Dim], GgmlType.F32));
-            list.Add(new(p + "ffn_gate.weight", [c.Dim, c.FfnDim], GgmlType.F16));
-            list.Add(new(p + "ffn_up.weight", [c.Dim, c.FfnDim], GgmlType.F16));
-            list.Add(new(p + "ffn_down.weight", [c.FfnDim, c.Dim], GgmlType.F16));
+            list.Add(!spec.IsMatrix ? new(spec.Name, [spec.Rows], GgmlType.F32)
+                : spec.IsExpert ? new(spec.Name, [spec.Cols, spec.Rows, spec.Experts], GgmlType.F16)
+                : new(spec.Name, [spec.Cols, spec.TensorRows], GgmlType.F16));
         }
         return list;
     }
@@ -91,23 +90,34 @@ internal sealed class QuantizingWeightSource : IWeightSource
     public bool Contains(string name) => _inner.Contains(name);
 
     /// <inheritdoc />
-    /// <remarks>Experts pass through as stored (the rules here plan a dense model's tensors).</remarks>
-    public WeightMatrix GetExpertMatrix(string name, int expert, int experts, int rows, int cols) => _inner.GetExpertMatrix(name, expert, experts, rows, cols);
+    /// <remarks>An expert's matrix is converted to the type of its stacked tensor, each expert on first use.</remarks>
+    public WeightMatrix GetExpertMatrix(string name, int expert, int experts, int rows, int cols)
+    {
+        string key = $"{name}#{expert}";
+        if (_converted.TryGetValue(key, out var done)) return done;
+        return Convert(key, _targets.TryGetValue(name, out var target) ? target : null, _inner.GetExpertMatrix(name, expert, experts, rows, cols));
+    }
 
     /// <inheritdoc />
-    public unsafe WeightMatrix GetMatrix(string name, int rows, int cols)
+    public WeightMatrix GetMatrix(string name, int rows, int cols)
     {
         if (_converted.TryGetValue(name, out var done)) return done;
-        var stored = _inner.GetMatrix(name, rows, cols);
-        if (!_targets.TryGetValue(name, out var target) || stored.Type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16)) return stored;
-        long bytes = GgmlTypeInfo.RowBytes(target, cols) * rows;
+        return Convert(name, _targets.TryGetValue(name, out var target) ? target : null, _inner.GetMatrix(name, rows, cols));
+    }
+
+    /// <summary><paramref name="stored"/> converted to <paramref name="target"/> and cached under <paramref name="key"/>; as stored when there is no target or it is not float.</summary>
+    private unsafe WeightMatrix Convert(string key, GgmlType? target, WeightMatrix stored)
+    {
+        if (target is not GgmlType type || stored.Type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16)) return stored;
+        int rows = stored.Rows, cols = stored.Cols;
+        long bytes = GgmlTypeInfo.RowBytes(type, cols) * rows;
         var buffer = new WeightBuffer(bytes);
         long before = _doneElements;
-        ModelQuantizer.ConvertRows(stored.Type, stored.Data, target, buffer.Data, rows, cols, _cancellationToken,
+        ModelQuantizer.ConvertRows(stored.Type, stored.Data, type, buffer.Data, rows, cols, _cancellationToken,
             _progress is null ? null : r => _progress((float)((before + r * cols) / (double)_totalElements)));
         _doneElements += (long)rows * cols;
-        var result = new WeightMatrix(target, buffer.Data, rows, cols) { Owner = buffer };
-        _converted[name] = result;
+        var result = new WeightMatrix(type, buffer.Data, rows, cols) { Owner = buffer };
+        _converted[key] = result;
         return result;
     }
 

@@ -103,7 +103,7 @@ public class HfCheckpointDifferentialTests(string modelType, SafetensorsDType dt
     public void TearDown() => Directory.Delete(_dir, recursive: true);
 
 
-    private static float[] EngineLastLogits(LlamaModel model, int[] prompt)
+    internal static float[] EngineLastLogits(LlamaModel model, int[] prompt)
     {
         using var pool = new WorkerPool(2);
         var kv = new ContiguousKvCache(model.Config, 64);

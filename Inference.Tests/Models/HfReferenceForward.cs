@@ -71,7 +71,7 @@ internal static class HfReferenceForward
                     Dense(w.GetMatrix(p + "attn_v.weight", c.KvDim, dim)));
             }
             Experts? moe = null;
-            if (c.IsMixtureOfExperts)
+            if (c.IsSparseLayer(l))
             {
                 // Mixture of experts: the router, each expert's gate/up/down, and qwen2moe's gated shared expert.
                 int e = c.ExpertCount, ew = c.ExpertWidth;

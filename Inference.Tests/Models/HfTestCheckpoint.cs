@@ -32,6 +32,19 @@ public sealed record HfTestCheckpointOptions
     public int ExpertIntermediate { get; init; }
     /// <summary>qwen2moe's <c>shared_expert_intermediate_size</c> (0: <see cref="Intermediate"/>).</summary>
     public int SharedExpertIntermediate { get; init; }
+    /// <summary>
+    /// Writes the checkpoint as transformers saves a gemma3 image-text model (<c>Gemma3ForConditionalGeneration</c>): the
+    /// text configuration under <c>text_config</c> (values equal to <c>Gemma3TextConfig</c>'s defaults left out), the text
+    /// tensors under a <c>language_model.</c> prefix, and a few vision tower and projector tensors; the text weights are
+    /// those of the same options without it.
+    /// </summary>
+    public bool Multimodal { get; init; }
+    /// <summary>With <see cref="Multimodal"/>: transformers ≥ 4.52's names (<c>model.language_model.layers…</c>) instead of <c>language_model.model.layers…</c>.</summary>
+    public bool MultimodalNewNames { get; init; }
+    /// <summary>qwen2moe/qwen3moe's <c>mlp_only_layers</c>: layers with a dense SwiGLU of <see cref="Intermediate"/> instead of experts.</summary>
+    public int[] MlpOnlyLayers { get; init; } = [];
+    /// <summary>qwen2moe/qwen3moe's <c>decoder_sparse_step</c>: layer l has experts when (l + 1) is a multiple of it.</summary>
+    public int DecoderSparseStep { get; init; } = 1;
     /// <summary>Extra JSON members written into config.json (raw JSON values by key).</summary>
     public IReadOnlyDictionary<string, string> ExtraConfig { get; init; } = new Dictionary<string, string>();
 }
@@ -68,6 +81,8 @@ public static class HfTestCheckpoint
                 ExpertCount = o.Experts, ExpertUsedCount = o.Experts > 0 ? o.ExpertsUsed : 0,
                 ExpertFfnDim = o.ExpertIntermediate, SharedExpertFfnDim = o.SharedExpertIntermediate,
             }, o.SlidingWindow);
+            var dense = Enumerable.Range(0, o.Layers).Where(l => o.MlpOnlyLayers.Contains(l) || (l + 1) % o.DecoderSparseStep != 0).ToArray();
+            if (dense.Length > 0) config = config with { DenseLayers = dense };
             foreach (var spec in architecture.PlanTensors(config, o.TieWordEmbeddings))
             {
                 // Vectors computed from config.json (LongRoPE factors) come with the options' ExtraConfig.
@@ -185,8 +200,9 @@ public static class HfTestCheckpoint
                     w.WriteNumber("moe_intermediate_size", o.ExpertIntermediate > 0 ? o.ExpertIntermediate : o.Intermediate);
                     if (o.ModelType == "qwen2moe") w.WriteNumber("shared_expert_intermediate_size", o.SharedExpertIntermediate > 0 ? o.SharedExpertIntermediate : o.Intermediate);
                     w.WriteBoolean("norm_topk_prob", o.ModelType == "qwen3moe");
-                    w.WriteNumber("decoder_sparse_step", 1);
+                    w.WriteNumber("decoder_sparse_step", o.DecoderSparseStep);
                     w.WriteStartArray("mlp_only_layers");
+                    foreach (int l in o.MlpOnlyLayers) w.WriteNumberValue(l);
                     w.WriteEndArray();
                 }
                 w.WriteNumber("num_experts_per_tok", o.ExpertsUsed);

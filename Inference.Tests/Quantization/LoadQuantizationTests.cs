@@ -76,6 +76,40 @@ public class LoadQuantizationTests
         Assert.That(progress.Count(p => p > 0.5f && p < 1f), Is.GreaterThan(0), "quantization progress between 0.5 and 1");
     }
 
+    private static string F16MoeModel(string architecture)
+    {
+        string path = Path.Combine(_dir, $"f16-{architecture}.gguf");
+        if (!File.Exists(path))
+        {
+            SyntheticModel.Write(path, new SyntheticModelOptions
+            {
+                Architecture = architecture, Dimension = 256, LayerCount = 3, HeadCount = 8, KvHeadCount = 2, FeedForwardLength = 512,
+                ExpertCount = 4, ExpertUsedCount = 2, ExpertFeedForwardLength = 256, SharedExpertFeedForwardLength = architecture == "qwen2moe" ? 256 : 0,
+                TensorType = GgmlType.F16, Seed = 6, WeightScale = 0.08f, TokenizerDonorPath = TestData.Stories260K,
+            });
+        }
+        return path;
+    }
+
+    /// <summary>Expert matrices are quantized at load too, each to the type llama.cpp's quantizer gives its stacked tensor.</summary>
+    [TestCase("qwen2moe", QuantizationPreset.Q8_0)]
+    [TestCase("qwen2moe", QuantizationPreset.Q4_K_M)]
+    [TestCase("llama", QuantizationPreset.Q5_K_S)]
+    public async Task MixtureOfExperts_QuantizedAtLoad_RunsLikeLlamaQuantizesFile(string architecture, QuantizationPreset preset)
+    {
+        string f16 = F16MoeModel(architecture);
+        string quantized = Path.Combine(_dir, $"llama-{architecture}-{preset}.gguf");
+        LlamaCpp.Quantize(f16, quantized, (LLamaFtype)(int)preset, quantizeOutputTensor: true);
+        using (var file = GgufFile.Open(quantized))
+            Assert.That(file.GetTensor("blk.0.ffn_down_exps.weight").Type, Is.Not.EqualTo(GgmlType.F16), "llama.cpp quantizes the experts");
+
+        var atLoad = await Logits(f16, preset);
+        var fromFile = await Logits(quantized, null);
+        var asStored = await Logits(f16, null);
+        Assert.That(atLoad, Is.EqualTo(fromFile), "quantized at load vs llama-quantize's file");
+        Assert.That(atLoad, Is.Not.EqualTo(asStored), "the weights did change");
+    }
+
     [Test]
     public async Task HuggingFaceFolder_QuantizedAtLoad_MatchesItsQuantizedGguf()
     {

@@ -189,7 +189,7 @@ internal static class Blocks
     /// <summary>
     /// The pre-norm decoder llama, qwen2, qwen3, phi3 and their mixtures of experts (Mixtral, qwen2moe, qwen3moe) share:
     /// the embedding, one RoPE table, then per layer <see cref="SelfAttention"/> and the SwiGLU <see cref="SwiGluFeedForward"/>
-    /// (<see cref="MixtureOfExpertsFeedForward"/> when the configuration has experts), then the <see cref="OutputHead"/>.
+    /// (<see cref="MixtureOfExpertsFeedForward"/> in the layers that have experts), then the <see cref="OutputHead"/>.
     /// </summary>
     /// <param name="b">The graph being built.</param>
     /// <param name="qkNorm">Per-head RMSNorm of Q and K (qwen3).</param>
@@ -205,7 +205,7 @@ internal static class Blocks
         {
             b.Layer = l;
             SelfAttention(b, x, xb, rope, qkNorm, fusedQkv: fusedWhereStored && !b.Has(b.LayerName("attn_q.weight")));
-            if (c.IsMixtureOfExperts) MixtureOfExpertsFeedForward(b, x, xb);
+            if (c.IsSparseLayer(l)) MixtureOfExpertsFeedForward(b, x, xb);
             else SwiGluFeedForward(b, x, xb, fusedGateUp: fusedWhereStored && !b.Has(b.LayerName("ffn_gate.weight")));
         }
         return OutputHead(b, x, embedding);

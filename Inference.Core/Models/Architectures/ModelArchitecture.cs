@@ -114,9 +114,19 @@ internal abstract class ModelArchitecture
     /// </summary>
     public IReadOnlyList<WeightSpec> PlanTensors(ModelConfig config, bool tiedOutput)
     {
-        // One entry per stored tensor: the parts of a fused one become the whole.
+        var result = StoredTensors(Build(config, new PlanningWeightSource(tiedOutput)));
+        foreach (var (name, length) in ComputedVectors(config)) result.Add(new WeightSpec(name, length, 0));
+        return result;
+    }
+
+    /// <summary>
+    /// The stored tensors <paramref name="graph"/> reads, one entry each: the parts of a fused tensor become the whole,
+    /// an expert tensor appears once (as its expert 0, with <see cref="WeightSpec.Experts"/>).
+    /// </summary>
+    internal static List<WeightSpec> StoredTensors(ModelGraph graph)
+    {
         var result = new List<WeightSpec>();
-        foreach (var spec in Build(config, new PlanningWeightSource(tiedOutput)).Weights)
+        foreach (var spec in graph.Weights)
         {
             if (spec.IsExpert)
             {
@@ -125,7 +135,6 @@ internal abstract class ModelArchitecture
             else if (spec.StoredRows == 0) result.Add(spec);
             else if (spec.FirstRow == 0) result.Add(new WeightSpec(spec.Name, spec.StoredRows, spec.Cols));
         }
-        foreach (var (name, length) in ComputedVectors(config)) result.Add(new WeightSpec(name, length, 0));
         return result;
     }
 

@@ -15,8 +15,10 @@ namespace Inference.Models.Architectures;
 /// <remarks>
 /// llama.cpp fixes the renormalisation by architecture (qwen2moe off, qwen3moe on); transformers reads
 /// <c>norm_topk_prob</c> (default false for both). A GGUF file's <c>{arch}.expert_weights_norm</c>, where present (the
-/// converter here writes it), overrides the architecture's default. Every layer must be sparse (no
-/// <c>mlp_only_layers</c>, <c>decoder_sparse_step</c> 1), as in the released models.
+/// converter here writes it), overrides the architecture's default. Layers may be dense (transformers: a layer in
+/// <c>mlp_only_layers</c>, or one whose number + 1 is not a multiple of <c>decoder_sparse_step</c>, runs a SwiGLU of
+/// <c>intermediate_size</c>, <c>mlp.{gate,up,down}_proj</c>); llama.cpp has no key for them and expects a router in every
+/// layer, so a GGUF file's dense layers are those that store <c>ffn_{gate,up,down}</c> and no <c>ffn_gate_inp</c>.
 /// </remarks>
 internal sealed class QwenMoeArchitecture : ModelArchitecture
 {
@@ -75,10 +77,14 @@ internal sealed class QwenMoeArchitecture : ModelArchitecture
             return (int)v;
         }
         // NOTE: llama.cpp's fallbacks when the widths are absent: n_ff / n_expert_used for the experts, n_ff for the shared one.
+        var dense = new List<int>();
+        for (int l = 0; l < config.LayerCount; l++)
+            if (gguf.FindTensor($"blk.{l}.ffn_gate_inp.weight") is null && gguf.FindTensor($"blk.{l}.ffn_gate.weight") is not null) dense.Add(l);
         var c = config with
         {
             ExpertFfnDim = Width("expert_feed_forward_length", config.FfnDim / config.ExpertUsedCount),
             ExpertWeightsNorm = gguf.GetBool($"{a}.expert_weights_norm") ?? _qwen3,
+            DenseLayers = dense.Count > 0 ? dense : null,
         };
         return _qwen3 ? c : c with { SharedExpertFfnDim = Width("expert_shared_feed_forward_length", config.FfnDim) };
     }
@@ -88,12 +94,9 @@ internal sealed class QwenMoeArchitecture : ModelArchitecture
         int experts = HfCheckpointJson.RequiredInt(path, root, "num_experts", 1, 1 << 16);
         int used = HfCheckpointJson.RequiredInt(path, root, "num_experts_per_tok", 1, experts);
         int width = HfCheckpointJson.RequiredInt(path, root, "moe_intermediate_size", 1, 1 << 20);
-        if ((HfCheckpointJson.Int(path, root, "decoder_sparse_step", 0, int.MaxValue) ?? 1) != 1)
-            throw new ModelFormatException(path, -1, $"{Name} with dense layers between sparse ones ('decoder_sparse_step' other than 1) is not supported");
-        if (HfCheckpointJson.Find(root, "mlp_only_layers") is JsonElement dense && dense.ValueKind == JsonValueKind.Array && dense.GetArrayLength() > 0)
-            throw new ModelFormatException(path, -1, $"{Name} with dense layers ('mlp_only_layers') is not supported");
         var c = config with
         {
+            DenseLayers = DenseLayers(path, root, config.LayerCount),
             ExpertCount = experts,
             ExpertUsedCount = used,
             ExpertFfnDim = width,
@@ -105,6 +108,31 @@ internal sealed class QwenMoeArchitecture : ModelArchitecture
             HasAttentionBias = true,
             SharedExpertFfnDim = HfCheckpointJson.RequiredInt(path, root, "shared_expert_intermediate_size", 1, 1 << 20),
         };
+    }
+
+    /// <summary>
+    /// transformers' dense layers: those listed in <c>mlp_only_layers</c> and those whose number + 1 is not a multiple of
+    /// <c>decoder_sparse_step</c> (default 1: none); null when there are none.
+    /// </summary>
+    private static List<int>? DenseLayers(string path, JsonElement root, int layers)
+    {
+        int step = HfCheckpointJson.Int(path, root, "decoder_sparse_step", 1, int.MaxValue) ?? 1;
+        var dense = new bool[layers];
+        for (int l = 0; l < layers; l++) dense[l] = (l + 1) % step != 0;
+        if (HfCheckpointJson.Find(root, "mlp_only_layers") is JsonElement list && list.ValueKind != JsonValueKind.Null)
+        {
+            if (list.ValueKind != JsonValueKind.Array) throw new ModelFormatException(path, -1, "'mlp_only_layers' must be a list of layer numbers");
+            foreach (var e in list.EnumerateArray())
+            {
+                if (e.ValueKind != JsonValueKind.Number || !e.TryGetInt32(out int l) || l < 0 || l >= layers)
+                    throw new ModelFormatException(path, -1, $"'mlp_only_layers' holds {e.GetRawText()}, expected layer numbers 0 … {layers - 1}");
+                dense[l] = true;
+            }
+        }
+        var result = new List<int>();
+        for (int l = 0; l < layers; l++)
+            if (dense[l]) result.Add(l);
+        return result.Count > 0 ? result : null;
     }
 
     public override ModelConfig CompleteConfig(ModelConfig c, int slidingWindow)
