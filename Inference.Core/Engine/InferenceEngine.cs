@@ -77,6 +77,12 @@ public sealed partial class InferenceEngine : ITextGenerator, IAsyncDisposable
     /// <summary>Names that hardware, e.g. "CPU, 4 threads" or "CUDA: NVIDIA H100 80GB HBM3 (sm_90), PTX attention".</summary>
     public string DeviceName => _loop.DeviceName;
 
+    /// <summary>
+    /// What the model file or folder holds that the engine does not run, in one line for a log — a multimodal
+    /// checkpoint's vision tower and projector (only its text model runs) — or null when everything runs.
+    /// </summary>
+    public string? ModelNotice => _files.Notice;
+
     /// <summary>Number of weights of the model.</summary>
     public long ParameterCount { get; }
 

@@ -39,8 +39,9 @@ public sealed class HfCheckpoint : IDisposable
     private readonly HfCheckpointConfig _config;
 
     private HfCheckpoint(string directory, HfCheckpointConfig config, List<SafetensorsFile> shards,
-        Dictionary<string, (SafetensorsFile, SafetensorsTensorInfo)> tensors, HfTokenizerJsonConfig? tokenizerConfig, int[] eosIds)
+        Dictionary<string, (SafetensorsFile, SafetensorsTensorInfo)> tensors, HfTokenizerJsonConfig? tokenizerConfig, int[] eosIds, string? notice)
     {
+        Notice = notice;
         DirectoryPath = directory;
         _config = config;
         _shards = shards;
@@ -81,6 +82,13 @@ public sealed class HfCheckpoint : IDisposable
     /// <summary>The chat template of <c>tokenizer_config.json</c> (a Jinja template), if any.</summary>
     public string? ChatTemplate => TokenizerConfig?.ChatTemplate;
 
+    /// <summary>
+    /// What the folder holds that does not run, said once for a log line: for a multimodal checkpoint
+    /// (<c>Gemma3ForConditionalGeneration</c>) that only its text model runs and how many vision tensors are ignored;
+    /// null for a text checkpoint.
+    /// </summary>
+    public string? Notice { get; }
+
     /// <summary>The model's architecture.</summary>
     internal ModelArchitecture Architecture { get; }
 
@@ -104,6 +112,12 @@ public sealed class HfCheckpoint : IDisposable
         try
         {
             var tensors = OpenShards(directory, shards);
+            string? notice = null;
+            if (config.MultimodalClass is { } multimodal)
+            {
+                tensors = TextModelTensors(directory, tensors, out int ignored);
+                notice = $"{multimodal}: the text model runs; the vision tower and multimodal projector ({ignored} tensors) are ignored";
+            }
             var eos = new List<int>();
             string generationPath = Path.Combine(directory, GenerationConfigFileName);
             using (var generation = Load(generationPath, MaxConfigBytes, optional: true))
@@ -111,7 +125,7 @@ public sealed class HfCheckpoint : IDisposable
                 if (generation is not null) eos.AddRange(IntOrList(generationPath, generation.RootElement, "eos_token_id", int.MaxValue));
             }
             if (eos.Count == 0) eos.AddRange(config.EosTokenIds);
-            var checkpoint = new HfCheckpoint(directory, config, shards, tensors, tokenizerConfig, eos.Distinct().ToArray());
+            var checkpoint = new HfCheckpoint(directory, config, shards, tensors, tokenizerConfig, eos.Distinct().ToArray(), notice);
             checkpoint.ValidateTensors();
             return checkpoint;
         }
@@ -217,6 +231,32 @@ public sealed class HfCheckpoint : IDisposable
                     throw new ModelFormatException(Path.Combine(directory, file), -1, $"tensor '{tensor}' is listed in {IndexFileName} but not in this file");
         }
         return tensors;
+    }
+
+    /// <summary>
+    /// The text model's tensors of a multimodal checkpoint under the names of a text checkpoint: transformers saves them
+    /// under <c>language_model.model.…</c> (before 4.52) or <c>model.language_model.…</c>, the output head as
+    /// <c>language_model.lm_head.weight</c> or <c>lm_head.weight</c>; the rest (vision tower, projector) is counted and left out.
+    /// </summary>
+    private static Dictionary<string, (SafetensorsFile, SafetensorsTensorInfo)> TextModelTensors(string directory,
+        Dictionary<string, (SafetensorsFile, SafetensorsTensorInfo)> tensors, out int ignored)
+    {
+        const string Prefix = "language_model.";
+        var text = new Dictionary<string, (SafetensorsFile, SafetensorsTensorInfo)>(StringComparer.Ordinal);
+        ignored = 0;
+        foreach (var (name, tensor) in tensors)
+        {
+            int at = name.IndexOf(Prefix, StringComparison.Ordinal);
+            string? textName = at >= 0 ? name.Remove(at, Prefix.Length) : name == "lm_head.weight" ? name : null;
+            if (textName is null)
+            {
+                ignored++;
+                continue;
+            }
+            if (!text.TryAdd(textName, tensor))
+                throw new ModelFormatException(directory, -1, $"tensor '{name}' and another one are both the text model's '{textName}'");
+        }
+        return text;
     }
 
     /// <summary>Checks that every tensor the model binds exists with the shape the configuration implies.</summary>

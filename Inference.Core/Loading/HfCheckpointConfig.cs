@@ -25,6 +25,14 @@ internal sealed record HfCheckpointConfig
     public int? BosTokenId { get; init; }
     /// <summary><c>eos_token_id</c> of config.json (one or several).</summary>
     public int[] EosTokenIds { get; init; } = [];
+    /// <summary>
+    /// The transformers class of a multimodal checkpoint whose text model this is (its tensors under a
+    /// <c>language_model.</c> prefix), or null for a text checkpoint.
+    /// </summary>
+    public string? MultimodalClass { get; init; }
+
+    /// <summary>Keys of a multimodal <c>config.json</c>'s top level that apply to its text model unless <c>text_config</c> sets them.</summary>
+    private static readonly string[] SharedTopLevelKeys = ["torch_dtype", "dtype", "bos_token_id", "eos_token_id", "tie_word_embeddings"];
 
     /// <summary>Reads and validates <paramref name="path"/>.</summary>
     /// <exception cref="ModelFormatException">The file is missing, malformed, or describes an unsupported model.</exception>
@@ -33,6 +41,8 @@ internal sealed record HfCheckpointConfig
         using var doc = Load(path, MaxConfigBytes, optional: false)!;
         var root = doc.RootElement;
         if (root.ValueKind != JsonValueKind.Object) throw new ModelFormatException(path, -1, "expected a JSON object");
+        using var text = TextConfigOfMultimodal(path, root, out string? multimodal);
+        if (text is not null) root = text.RootElement;
 
         string? modelType = String(path, root, "model_type");
         if (modelType is null && Find(root, "architectures") is JsonElement archs && archs.ValueKind == JsonValueKind.Array && archs.GetArrayLength() > 0)
@@ -157,7 +167,35 @@ internal sealed record HfCheckpointConfig
             TorchDType = String(path, root, "torch_dtype") ?? String(path, root, "dtype"),
             BosTokenId = Int(path, root, "bos_token_id", 0, int.MaxValue),
             EosTokenIds = IntOrList(path, root, "eos_token_id", int.MaxValue),
+            MultimodalClass = multimodal,
         };
+    }
+
+    /// <summary>
+    /// For a multimodal checkpoint (a <c>text_config</c> object and no text shapes at the top level): its text model's
+    /// configuration — the architecture's text configuration defaults, then the top level's dtype and token ids, then
+    /// <c>text_config</c> — as a document of its own; null for a text checkpoint.
+    /// </summary>
+    /// <exception cref="ModelFormatException">A multimodal checkpoint of a class this library does not read.</exception>
+    private static JsonDocument? TextConfigOfMultimodal(string path, JsonElement root, out string? className)
+    {
+        className = null;
+        if (Find(root, "text_config") is not JsonElement text || text.ValueKind != JsonValueKind.Object || Find(root, "num_hidden_layers") is not null)
+            return null;
+        if (Find(root, "architectures") is JsonElement archs && archs.ValueKind == JsonValueKind.Array && archs.GetArrayLength() > 0
+            && archs[0].ValueKind == JsonValueKind.String)
+            className = archs[0].GetString();
+        var architecture = ModelArchitecture.FindByHfMultimodalClass(className);
+        if (architecture is null)
+        {
+            var supported = ModelArchitecture.All.Select(a => a.HfMultimodalClassName).OfType<string>();
+            throw new ModelFormatException(path, -1, $"multimodal checkpoint '{className ?? String(path, root, "model_type")}' is not supported (the text models of {string.Join(", ", supported)} are)");
+        }
+        var merged = System.Text.Json.Nodes.JsonNode.Parse(architecture.HfTextConfigDefaults)!.AsObject();
+        foreach (string key in SharedTopLevelKeys)
+            if (root.TryGetProperty(key, out var value)) merged[key] = System.Text.Json.Nodes.JsonNode.Parse(value.GetRawText());
+        foreach (var property in text.EnumerateObject()) merged[property.Name] = System.Text.Json.Nodes.JsonNode.Parse(property.Value.GetRawText());
+        return JsonDocument.Parse(merged.ToJsonString());
     }
 
     /// <summary>DeepSeek's YaRN magnitude: 0.1 · m · ln factor + 1 (1 for factor ≤ 1).</summary>

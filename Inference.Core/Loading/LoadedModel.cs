@@ -15,8 +15,9 @@ internal sealed class LoadedModel : IDisposable
     private readonly HfCheckpoint? _checkpoint;
     private GgufFile? _metadata;
 
-    private LoadedModel(IDisposable file, HfCheckpoint? checkpoint, GgufFile? metadata, string name, ModelConfig config, ModelTokenizer tokenizer, IWeightSource weights, IReadOnlyList<int> extraStopTokens)
+    private LoadedModel(IDisposable file, HfCheckpoint? checkpoint, GgufFile? metadata, string name, ModelConfig config, ModelTokenizer tokenizer, IWeightSource weights, IReadOnlyList<int> extraStopTokens, string? notice = null)
     {
+        Notice = notice;
         _file = file;
         _checkpoint = checkpoint;
         _metadata = metadata;
@@ -29,6 +30,9 @@ internal sealed class LoadedModel : IDisposable
 
     /// <summary>The model's name: GGUF's <c>general.name</c>, else the file's or folder's name.</summary>
     public string Name { get; }
+
+    /// <summary>What the model file holds that does not run (a multimodal checkpoint's vision tower), for one log line; else null.</summary>
+    public string? Notice { get; }
 
     /// <summary>The hyperparameters, for the context window given to <see cref="Open"/> (<see cref="ModelConfig.ForContextWindow"/>).</summary>
     public ModelConfig Config { get; }
@@ -81,7 +85,12 @@ internal sealed class LoadedModel : IDisposable
             cancellationToken.ThrowIfCancellationRequested();
             progress?.Report(0.5f);
             string name = gguf.GetString("general.name") is { Length: > 0 } n ? n : Path.GetFileNameWithoutExtension(path);
-            return new LoadedModel(gguf, null, gguf, name, config, tokenizer, new GgufWeightSource(gguf), []);
+            // NOTE: a multimodal model's GGUF may hold its vision tower (v.*) and projector (mm.*) beside the text model.
+            int vision = 0;
+            foreach (var t in gguf.Tensors)
+                if (t.Name.StartsWith("v.", StringComparison.Ordinal) || t.Name.StartsWith("mm.", StringComparison.Ordinal)) vision++;
+            string? notice = vision == 0 ? null : $"{config.Architecture}: the text model runs; the vision tower and multimodal projector ({vision} tensors) are ignored";
+            return new LoadedModel(gguf, null, gguf, name, config, tokenizer, new GgufWeightSource(gguf), [], notice);
         }
         catch
         {
@@ -103,7 +112,7 @@ internal sealed class LoadedModel : IDisposable
             progress?.Report(0.5f);
             var config = checkpoint.Config.ForContextWindow(contextLength ?? DefaultContextWindow(checkpoint.Config));
             string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(path)));
-            return new LoadedModel(checkpoint, checkpoint, null, name, config, tokenizer, checkpoint.Weights, checkpoint.EosTokenIds);
+            return new LoadedModel(checkpoint, checkpoint, null, name, config, tokenizer, checkpoint.Weights, checkpoint.EosTokenIds, checkpoint.Notice);
         }
         catch
         {

@@ -125,6 +125,20 @@ public static class HfTestCheckpoint
             if (!o.TieWordEmbeddings) tensors.Add(("lm_head.weight", [vocab, o.Hidden], false));
         }
 
+        // A multimodal checkpoint stores the same text tensors under other names, then its vision tensors (drawn after them).
+        var textNames = tensors.Select(t => t.Name).ToHashSet();
+        string Stored(string name) => !o.Multimodal || !textNames.Contains(name) ? name
+            : o.MultimodalNewNames ? (name.StartsWith("model.", StringComparison.Ordinal) ? "model.language_model." + name["model.".Length..] : name)
+            : "language_model." + name;
+        if (o.Multimodal)
+        {
+            string p = o.MultimodalNewNames ? "model." : "";
+            tensors.Add(($"{p}vision_tower.vision_model.embeddings.patch_embedding.weight", [32, 3, 4, 4], false));
+            tensors.Add(($"{p}vision_tower.vision_model.post_layernorm.weight", [32], false));
+            tensors.Add(($"{p}multi_modal_projector.mm_input_projection_weight", [32, o.Hidden], false));
+            tensors.Add(($"{p}multi_modal_projector.mm_soft_emb_norm.weight", [32], false));
+        }
+
         var rng = new Random(o.Seed);
         var weightMap = new Dictionary<string, string>();
         int perShard = (tensors.Count + o.Shards - 1) / o.Shards;
@@ -134,7 +148,7 @@ public static class HfTestCheckpoint
             var part = tensors.Skip(s * perShard).Take(perShard).ToList();
             using var w = SafetensorsWriter.Create(Path.Combine(dir, file));
             w.AddMetadata("format", "pt");
-            foreach (var t in part) w.AddTensor(t.Name, t.Norm ? SafetensorsDType.F32 : o.DType, t.Shape);
+            foreach (var t in part) w.AddTensor(Stored(t.Name), t.Norm ? SafetensorsDType.F32 : o.DType, t.Shape);
             w.WriteHeader();
             foreach (var t in part)
             {
@@ -148,8 +162,8 @@ public static class HfTestCheckpoint
                         : t.Name.EndsWith("block_sparse_moe.gate.weight", StringComparison.Ordinal) || t.Name.EndsWith("mlp.gate.weight", StringComparison.Ordinal) ? 4 * o.WeightScale * z
                         : o.WeightScale * z;
                 }
-                w.WriteTensorData(t.Name, values);
-                weightMap[t.Name] = file;
+                w.WriteTensorData(Stored(t.Name), values);
+                weightMap[Stored(t.Name)] = file;
             }
             w.Complete();
         }
@@ -214,6 +228,7 @@ public static class HfTestCheckpoint
             }
             w.WriteEndObject();
         });
+        if (o.Multimodal) NestTextConfig(Path.Combine(dir, "config.json"));
         WriteJson(Path.Combine(dir, "generation_config.json"), w =>
         {
             w.WriteStartObject();
@@ -224,6 +239,40 @@ public static class HfTestCheckpoint
             w.WriteEndObject();
         });
         WriteSentencePieceTokenizer(donor, dir, addBos: true);
+    }
+
+    /// <summary>
+    /// Rewrites a gemma3 config.json as <c>Gemma3ForConditionalGeneration</c>'s: the text settings under
+    /// <c>text_config</c> without those equal to <c>Gemma3TextConfig</c>'s defaults, dtype, token ids and tying at the top
+    /// level, and a SigLIP <c>vision_config</c>.
+    /// </summary>
+    private static void NestTextConfig(string path)
+    {
+        var text = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+        var root = new System.Text.Json.Nodes.JsonObject
+        {
+            ["architectures"] = new System.Text.Json.Nodes.JsonArray("Gemma3ForConditionalGeneration"),
+            ["model_type"] = "gemma3",
+            ["mm_tokens_per_image"] = 256,
+            ["image_token_index"] = 262144,
+        };
+        foreach (string key in (string[])["torch_dtype", "tie_word_embeddings", "bos_token_id", "eos_token_id"])
+        {
+            root[key] = text[key]?.DeepClone();
+            text.Remove(key);
+        }
+        text.Remove("architectures");
+        text["model_type"] = "gemma3_text";
+        (string Key, string Value)[] defaults =
+        [
+            ("rope_theta", "1000000.0"), ("rope_local_base_freq", "10000.0"), ("sliding_window_pattern", "6"), ("hidden_activation", "\"gelu_pytorch_tanh\""),
+            ("final_logit_softcapping", "null"), ("attn_logit_softcapping", "null"), ("rope_scaling", "null"),
+        ];
+        foreach (var (key, value) in defaults)
+            if (text.TryGetPropertyValue(key, out var v) && (v?.ToJsonString() ?? "null") == value) text.Remove(key);
+        root["text_config"] = text;
+        root["vision_config"] = System.Text.Json.Nodes.JsonNode.Parse("""{"model_type": "siglip_vision_model", "hidden_size": 32, "image_size": 16, "patch_size": 4, "num_hidden_layers": 1}""");
+        File.WriteAllText(path, root.ToJsonString());
     }
 
     /// <summary>

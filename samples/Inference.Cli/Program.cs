@@ -276,6 +276,7 @@ public static class Program
         string path = result.GetValue(engineOptions.Model) ?? DefaultModelPath();
         var options = engineOptions.ToEngineOptions(result, defaults);
         var engine = await InferenceEngine.LoadAsync(path, options, ProgressBar("loading"), ct);
+        if (engine.ModelNotice is { } notice) Console.Error.WriteLine($"note: {notice}");
         return engine;
     }
 

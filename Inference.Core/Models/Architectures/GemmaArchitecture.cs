@@ -69,6 +69,21 @@ internal sealed class GemmaArchitecture : ModelArchitecture
 
     public override int HfDefaultContextLength => 8192;
 
+    /// <summary>gemma3's image-text checkpoints (Gemma 3 4B, 12B, 27B): the text model runs, the SigLIP vision tower and projector are ignored.</summary>
+    public override string? HfMultimodalClassName => _gemma3 ? "Gemma3ForConditionalGeneration" : null;
+
+    /// <summary>transformers' <c>Gemma3TextConfig</c> defaults (the 1B-like shapes, 4096 window, bases 10⁶ and 10⁴, no soft-capping).</summary>
+    public override string HfTextConfigDefaults => _gemma3
+        ? """
+          {"model_type": "gemma3_text", "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+           "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+           "max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "bos_token_id": 2, "eos_token_id": 1, "tie_word_embeddings": true,
+           "rope_theta": 1000000.0, "attention_bias": false, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+           "final_logit_softcapping": null, "attn_logit_softcapping": null, "rope_scaling": null, "rope_local_base_freq": 10000.0,
+           "sliding_window_pattern": 6}
+          """
+        : "{}";
+
     public override IReadOnlyList<string> HfActivations { get; } = ["gelu_pytorch_tanh", "gelu"];
 
     public override TensorNameMap TensorNames { get; }

@@ -26,6 +26,19 @@ internal abstract class ModelArchitecture
     /// <summary>The Hugging Face <c>model_type</c> values of this architecture (by default its <see cref="Name"/>).</summary>
     public virtual IReadOnlyList<string> HfModelTypes => [Name];
 
+    /// <summary>
+    /// The transformers class of this architecture's multimodal checkpoints (<c>Gemma3ForConditionalGeneration</c>), whose
+    /// text model is read from the <c>text_config</c> of <c>config.json</c> and the tensors under a
+    /// <c>language_model.</c> prefix; null when there are none this library reads.
+    /// </summary>
+    public virtual string? HfMultimodalClassName => null;
+
+    /// <summary>
+    /// The text configuration class's defaults as a JSON object (transformers writes only the values that differ into a
+    /// multimodal checkpoint's <c>text_config</c>); used with <see cref="HfMultimodalClassName"/>.
+    /// </summary>
+    public virtual string HfTextConfigDefaults => "{}";
+
     /// <summary>The <c>hidden_act</c> / <c>hidden_activation</c> values of <c>config.json</c> this architecture runs.</summary>
     public virtual IReadOnlyList<string> HfActivations { get; } = ["silu"];
 
@@ -197,6 +210,14 @@ internal abstract class ModelArchitecture
         foreach (var a in All)
             foreach (var t in a.HfModelTypes)
                 if (t == modelType) return a;
+        return null;
+    }
+
+    /// <summary>The architecture whose multimodal transformers class is <paramref name="className"/>, or null.</summary>
+    public static ModelArchitecture? FindByHfMultimodalClass(string? className)
+    {
+        foreach (var a in All)
+            if (a.HfMultimodalClassName is { } name && name == className) return a;
         return null;
     }
 
