@@ -142,60 +142,59 @@ public class LlamaCppDifferentialTests
     [TestCase("phi3", 8, 8, 1e-4)]
     public async Task Architecture_LastLogitsAndGreedy_MatchLlamaCppAndReference(string arch, int heads, int kvHeads, double tolerance)
     {
-        using (var llamaCpp = LlamaCpp.Load(ArchitectureModel(arch, heads, kvHeads)))
-        using (var gguf = GgufFile.Open(ArchitectureModel(arch, heads, kvHeads)))
-        {
-            var config = Inference.Models.ModelConfig.FromGguf(gguf);
-            foreach (var prompt in Prompts)
-            {
-                var ggmlLike = HfReferenceForward.LastLogits(new Inference.Models.GgufWeightSource(gguf), config, prompt, ggmlGelu: true);
-                double err = ReferenceCompare.RelativeL2(ggmlLike, llamaCpp.EvaluateLastLogits(prompt));
-                TestContext.Out.WriteLine($"{arch} {heads}/{kvHeads} prompt {prompt.Length}: reference with ggml's GELU vs llama.cpp {err:E2}");
-                Assert.That(err, Is.LessThan(1e-4), "reference (ggml's GELU where the model has one) vs llama.cpp");
-            }
-        }
         string path = ArchitectureModel(arch, heads, kvHeads);
+        string label = $"{arch} {heads}/{kvHeads}";
+        AssertEngineMatchesReference(path, label, ggmlGelu: true);
         using (var gguf = GgufFile.Open(path))
         {
             var config = Inference.Models.ModelConfig.FromGguf(gguf);
-            var model = new Inference.Models.LlamaModel(gguf, config);
-            using var pool = new Inference.Backends.Cpu.WorkerPool(2);
-            foreach (var prompt in Prompts)
-            {
-                var expected = HfReferenceForward.LastLogits(new Inference.Models.GgufWeightSource(gguf), config, prompt);
-                var kv = new Inference.Models.ContiguousKvCache(config, 64);
-                var batch = new Inference.Models.ModelBatch();
-                batch.Add(0, prompt, 0, wantLogits: true);
-                var actual = new float[config.VocabSize];
-                Array.Fill(actual, float.NaN);
-                model.Forward(batch, kv, actual, pool);
-                double err = ReferenceCompare.RelativeL2(actual, expected);
-                TestContext.Out.WriteLine($"{arch} {heads}/{kvHeads} prompt {prompt.Length}: engine vs float64 reference {err:E2}");
-                Assert.That(err, Is.LessThan(1e-5), "engine vs float64 reference");
-            }
             if (config.RopeScaling == Inference.Models.RopeScaling.LongRope)
             {
                 // LongRoPE's long factors (a context window beyond the original one): the engine against the reference
                 // with them, and they matter. llama.cpp uses the short ones at the test's context size, as the engine does.
                 var longConfig = config.ForContextWindow(config.RopeOriginalContextLength + 1);
                 Assert.That(longConfig.UseLongRopeFactors, Is.True);
-                var longModel = new Inference.Models.LlamaModel(gguf, longConfig);
                 int[] prompt = Prompts[2];
                 var expected = HfReferenceForward.LastLogits(new Inference.Models.GgufWeightSource(gguf), longConfig, prompt);
                 var shortExpected = HfReferenceForward.LastLogits(new Inference.Models.GgufWeightSource(gguf), config, prompt);
-                var kv = new Inference.Models.ContiguousKvCache(longConfig, 64);
-                var batch = new Inference.Models.ModelBatch();
-                batch.Add(0, prompt, 0, wantLogits: true);
-                var actual = new float[config.VocabSize];
-                Array.Fill(actual, float.NaN);
-                longModel.Forward(batch, kv, actual, pool);
+                var actual = HfCheckpointDifferentialTests.EngineLastLogits(new Inference.Models.LlamaModel(gguf, longConfig), prompt);
                 double err = ReferenceCompare.RelativeL2(actual, expected), apart = ReferenceCompare.RelativeL2(shortExpected, expected);
                 TestContext.Out.WriteLine($"{arch} long factors: engine vs reference {err:E2}; short vs long {apart:E2}");
                 Assert.That(err, Is.LessThan(1e-5));
                 Assert.That(apart, Is.GreaterThan(1e-3));
             }
         }
-        await AssertLastLogitsMatchAsync(path, $"{arch} {heads}/{kvHeads}", tolerance);
+        await AssertLastLogitsMatchAsync(path, label, tolerance);
+        await AssertGreedyMatchesAsync(path);
+    }
+
+    /// <summary>
+    /// On every prompt of <see cref="Prompts"/>: the engine against the float64 reference forward pass (≤ 1e-5), and that
+    /// reference against llama.cpp (≤ 1e-4) — with ggml's f16-table GELU where <paramref name="ggmlGelu"/> asks for it
+    /// (gemma; no effect on SiLU models).
+    /// </summary>
+    private static void AssertEngineMatchesReference(string path, string label, bool ggmlGelu)
+    {
+        using var gguf = GgufFile.Open(path);
+        using var llamaCpp = LlamaCpp.Load(path);
+        var config = Inference.Models.ModelConfig.FromGguf(gguf);
+        var weights = new Inference.Models.GgufWeightSource(gguf);
+        var model = new Inference.Models.LlamaModel(gguf, config);
+        foreach (var prompt in Prompts)
+        {
+            var expected = HfReferenceForward.LastLogits(weights, config, prompt);
+            var ggmlLike = ggmlGelu ? HfReferenceForward.LastLogits(weights, config, prompt, ggmlGelu: true) : expected;
+            double err = ReferenceCompare.RelativeL2(HfCheckpointDifferentialTests.EngineLastLogits(model, prompt), expected);
+            double refVsLlamaCpp = ReferenceCompare.RelativeL2(ggmlLike, llamaCpp.EvaluateLastLogits(prompt));
+            TestContext.Out.WriteLine($"{label} prompt {prompt.Length}: engine vs float64 reference {err:E2}, reference{(ggmlGelu ? " (ggml's GELU)" : "")} vs llama.cpp {refVsLlamaCpp:E2}");
+            Assert.That(err, Is.LessThan(1e-5), "engine vs float64 reference");
+            Assert.That(refVsLlamaCpp, Is.LessThan(1e-4), "float64 reference vs llama.cpp");
+        }
+    }
+
+    /// <summary>24 greedy tokens after the 5-token prompt (f32 K/V): the engine's equal llama.cpp's.</summary>
+    private static async Task AssertGreedyMatchesAsync(string path)
+    {
         using var reference = LlamaCpp.Load(path);
         await using var engine = await InferenceEngine.LoadAsync(path, new EngineOptions { Threads = 2, KvCache = new KvCacheOptions { DataType = KvCacheDataType.Float32 } });
         int[] prompt5 = Prompts[1];
@@ -248,36 +247,14 @@ public class LlamaCppDifferentialTests
     {
         string path = MoeModel(arch, heads, kvHeads);
         using (var gguf = GgufFile.Open(path))
-        using (var llamaCpp = LlamaCpp.Load(path))
-        using (var pool = new Inference.Backends.Cpu.WorkerPool(2))
         {
             var config = Inference.Models.ModelConfig.FromGguf(gguf);
             Assert.That(config.IsMixtureOfExperts, Is.True);
             Assert.That(config.ExpertWeightsNorm, Is.EqualTo(arch != "qwen2moe"));
-            var model = new Inference.Models.LlamaModel(gguf, config);
-            foreach (var prompt in Prompts)
-            {
-                var expected = HfReferenceForward.LastLogits(new Inference.Models.GgufWeightSource(gguf), config, prompt);
-                var kv = new Inference.Models.ContiguousKvCache(config, 64);
-                var batch = new Inference.Models.ModelBatch();
-                batch.Add(0, prompt, 0, wantLogits: true);
-                var actual = new float[config.VocabSize];
-                Array.Fill(actual, float.NaN);
-                model.Forward(batch, kv, actual, pool);
-                double err = ReferenceCompare.RelativeL2(actual, expected);
-                double refVsLlamaCpp = ReferenceCompare.RelativeL2(expected, llamaCpp.EvaluateLastLogits(prompt));
-                TestContext.Out.WriteLine($"{arch} {heads}/{kvHeads} prompt {prompt.Length}: engine vs float64 reference {err:E2}, reference vs llama.cpp {refVsLlamaCpp:E2}");
-                Assert.That(err, Is.LessThan(1e-5), "engine vs float64 reference");
-                Assert.That(refVsLlamaCpp, Is.LessThan(1e-4), "float64 reference vs llama.cpp");
-            }
         }
+        AssertEngineMatchesReference(path, $"{arch} {heads}/{kvHeads}", ggmlGelu: false);
         await AssertLastLogitsMatchAsync(path, $"{arch} {heads}/{kvHeads}", 1e-4);
-        using var reference = LlamaCpp.Load(path);
-        await using var engine = await InferenceEngine.LoadAsync(path, new EngineOptions { Threads = 2, KvCache = new KvCacheOptions { DataType = KvCacheDataType.Float32 } });
-        int[] prompt5 = Prompts[1];
-        var greedy = reference.GenerateGreedy(prompt5, 24);
-        var ours = await engine.CompleteAsync(prompt5, SamplingOptions.Greedy with { MaxTokens = 24, EndOfSequence = EndOfSequenceHandling.Ignore });
-        Assert.That(ours.TokenIds, Is.EqualTo(greedy), "greedy tokens");
+        await AssertGreedyMatchesAsync(path);
     }
 
     // Quantized experts, by llama.cpp's own quantizer from the F32 file (the router stays F32 there): Q8_0 (activations
