@@ -104,7 +104,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
                 if (specs[i].IsMatrix) _matrices[i] = Own(DeviceMatrix.Upload(accelerator, bound[i]));
                 else _vectors[i] = Own(accelerator.Allocate1D(w.GetVector(specs[i].Name, specs[i].Rows)!));
             }
-            if (_graph.Experts.Length > 0) _experts = Own(new DeviceMixtureOfExperts(accelerator, _kernels, _graph, _matrices, _vectors));
+            if (_graph.Experts.Length > 0) _experts = Own(new DeviceMixtureOfExperts(accelerator, _kernels, _gemm, _graph, _matrices, _vectors));
             _accelerator.Synchronize();
         }
         catch (Exception e) when (e is OutOfMemoryException or CudaException)

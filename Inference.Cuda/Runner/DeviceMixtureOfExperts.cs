@@ -28,6 +28,7 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
 {
     private readonly Accelerator _accelerator;
     private readonly LayerKernels _kernels;
+    private readonly PtxTensorCoreGemm? _gemm;                                // CUDA: F16 products of many rows, as for every product
     private readonly DeviceMatrix?[] _matrices;                               // by weight id
     private readonly MemoryBuffer1D<float, Stride1D.Dense>?[] _vectors;       // by weight id
     private MemoryBuffer1D<float, Stride1D.Dense>? _floats;
@@ -39,11 +40,12 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
     private int[] _starts = [];       // [experts + 1]
     private readonly int _experts, _topK, _dim, _width;
 
-    public DeviceMixtureOfExperts(Accelerator accelerator, LayerKernels kernels, ModelGraph graph, DeviceMatrix?[] matrices,
+    public DeviceMixtureOfExperts(Accelerator accelerator, LayerKernels kernels, PtxTensorCoreGemm? gemm, ModelGraph graph, DeviceMatrix?[] matrices,
         MemoryBuffer1D<float, Stride1D.Dense>?[] vectors)
     {
         _accelerator = accelerator;
         _kernels = kernels;
+        _gemm = gemm;
         _matrices = matrices;
         _vectors = vectors;
         foreach (var layer in graph.Experts)
@@ -85,7 +87,7 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
         var rowToken = ints.SubView(c * _topK, slots);
         var slotRow = ints.SubView(c * _topK + slots, slots);
 
-        router.MatMul(_kernels, src, logits, n);
+        router.MatMul(_kernels, _gemm, src, logits, n);
         _kernels.RouteExperts(logits, chosen, weights, n, experts, k, layer.NormalizeWeights);
         chosen.CopyToCPU(_chosen.AsSpan(0, slots));   // waits for the routing
 
@@ -115,15 +117,15 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
             int first = _starts[e], count = _starts[e + 1] - first;
             if (count == 0) continue;
             var xe = x.SubView((long)first * dim, (long)count * dim);
-            _matrices[layer.Gate[e]]!.MatMul(_kernels, xe, gate.SubView((long)first * width, (long)count * width), count);
-            _matrices[layer.Up[e]]!.MatMul(_kernels, xe, up.SubView((long)first * width, (long)count * width), count);
+            _matrices[layer.Gate[e]]!.MatMul(_kernels, _gemm, xe, gate.SubView((long)first * width, (long)count * width), count);
+            _matrices[layer.Up[e]]!.MatMul(_kernels, _gemm, xe, up.SubView((long)first * width, (long)count * width), count);
         }
         _kernels.SwiGlu(gate, up, gate, slots * width);
         for (int e = 0; e < experts; e++)
         {
             int first = _starts[e], count = _starts[e + 1] - first;
             if (count == 0) continue;
-            _matrices[layer.Down[e]]!.MatMul(_kernels, gate.SubView((long)first * width, (long)count * width), y.SubView((long)first * dim, (long)count * dim), count);
+            _matrices[layer.Down[e]]!.MatMul(_kernels, _gemm, gate.SubView((long)first * width, (long)count * width), y.SubView((long)first * dim, (long)count * dim), count);
         }
         _kernels.CombineExperts(y, weights, slotRow, dst, n, dim, k);
 
@@ -131,11 +133,11 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
         int sw = layer.SharedWidth;
         var sGate = gate.SubView(0, (long)n * sw);
         var sUp = up.SubView(0, (long)n * sw);
-        _matrices[layer.SharedGate]!.MatMul(_kernels, src, sGate, n);
-        _matrices[layer.SharedUp]!.MatMul(_kernels, src, sUp, n);
+        _matrices[layer.SharedGate]!.MatMul(_kernels, _gemm, src, sGate, n);
+        _matrices[layer.SharedUp]!.MatMul(_kernels, _gemm, src, sUp, n);
         _kernels.SwiGlu(sGate, sUp, sGate, n * sw);
         var s = shared.SubView(0, (long)n * dim);
-        _matrices[layer.SharedDown]!.MatMul(_kernels, sGate, s, n);
+        _matrices[layer.SharedDown]!.MatMul(_kernels, _gemm, sGate, s, n);
         // σ's input g = gate_inp_shexp · x: the gate vector is a one-row matrix
         var g = sharedGate.SubView(0, n);
         _kernels.MatMul(_vectors[layer.SharedGateInput]!.View, src, g, 1, dim, n);
