@@ -98,6 +98,13 @@ public class PackTests
                 foreach (var name in new[] { "Inference.Kernels", "Inference.Cuda" })
                     Console.WriteLine("LOADED:" + System.Reflection.Assembly.Load(name).GetName().Name);
                 """, cancellationToken);
+            // The README's IChatClient block compiles as shown against the packages: its using directives head a file of
+            // their own, the rest becomes a method given the engine the README's earlier blocks made.
+            var block = ReadmeCSharpBlock("### Microsoft.Extensions.AI").Split('\n');
+            await File.WriteAllTextAsync(Path.Combine(app, "ReadmeChatClient.cs"),
+                string.Join('\n', block.Where(l => l.StartsWith("using ", StringComparison.Ordinal)))
+                + "\ninternal static class ReadmeChatClient\n{\n    public static async Task RunAsync(Inference.Engine.InferenceEngine engine)\n    {\n"
+                + string.Join('\n', block.Where(l => !l.StartsWith("using ", StringComparison.Ordinal))) + "\n    }\n}\n", cancellationToken);
             await RunDotnetAsync(app, cancellationToken, "build", app, "-nodeReuse:false", "--disable-build-servers");
             string output = await RunDotnetAsync(app, cancellationToken, "run", "--project", app, "--no-build", "--", TestData.Stories260K);
 
@@ -113,6 +120,16 @@ public class PackTests
         {
             Directory.Delete(root, recursive: true);
         }
+    }
+
+    /// <summary>The first C# block of the README after the line <paramref name="heading"/>.</summary>
+    private static string ReadmeCSharpBlock(string heading)
+    {
+        string readme = File.ReadAllText(Path.Combine(TestData.RepoRoot, "README.md")).ReplaceLineEndings("\n");
+        int at = readme.IndexOf("\n" + heading + "\n", StringComparison.Ordinal);
+        Assert.That(at, Is.GreaterThanOrEqualTo(0), $"README has no '{heading}'");
+        int start = readme.IndexOf("```csharp\n", at, StringComparison.Ordinal) + "```csharp\n".Length;
+        return readme[start..readme.IndexOf("\n```", start, StringComparison.Ordinal)];
     }
 
     private static async Task<string> RunDotnetAsync(string workingDirectory, CancellationToken cancellationToken, params string[] args)
