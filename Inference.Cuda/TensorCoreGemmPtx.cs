@@ -148,14 +148,7 @@ internal static class TensorCoreGemmPtx
         w.Line("and.b32", "swz, swz, 3");
         w.Line("shr.u32", "tmp2, lane, 4");
         w.Line("mul.lo.u32", $"tmp, wm, {t.WarpM * t.RowBytes}");
-        for (int kk = 0; kk < 2; kk++)
-        {
-            w.Line("add.u32", $"kc, tmp2, {2 * kk}");
-            w.Line("xor.b32", "kc, kc, swz");
-            w.Line("shl.b32", "kc, kc, 4");
-            w.Line("mad.lo.u32", $"aoff{kk}, r, 64, kc");
-            w.Line("add.u32", $"aoff{kk}, aoff{kk}, tmp");
-        }
+        EmitChunkOffsets(w, "aoff");
         w.Line("and.b32", "r, lane, 7");
         w.Line("shr.u32", "tmp2, lane, 4");
         w.Line("shl.b32", "tmp2, tmp2, 3");
@@ -165,14 +158,7 @@ internal static class TensorCoreGemmPtx
         w.Line("shr.u32", "tmp2, lane, 3");
         w.Line("and.b32", "tmp2, tmp2, 1");
         w.Line("mad.lo.u32", $"tmp, wn, {t.WarpN * t.RowBytes}, {t.StageABytes}");
-        for (int kk = 0; kk < 2; kk++)
-        {
-            w.Line("add.u32", $"kc, tmp2, {2 * kk}");
-            w.Line("xor.b32", "kc, kc, swz");
-            w.Line("shl.b32", "kc, kc, 4");
-            w.Line("mad.lo.u32", $"boff{kk}, r, 64, kc");
-            w.Line("add.u32", $"boff{kk}, boff{kk}, tmp");
-        }
+        EmitChunkOffsets(w, "boff");
         for (int i = 0; i < mi * ni * 4; i++) w.Line("mov.f32", $"acc{i}, 0f00000000");
 
         w.Comment("---- main loop: kt counts this split's k tiles; tile kbeg + kt sits in stage kt % " + t.Stages);
@@ -248,6 +234,22 @@ internal static class TensorCoreGemmPtx
     }
 
     /// <summary>Per copy i: row predicate and the global address of this thread's chunk in k tile 0.</summary>
+    /// <summary>
+    /// The two per-lane ldmatrix byte offsets <paramref name="name"/>0/1 of a k step's chunks: chunk (kc + 2·kk) XOR the
+    /// row's swizzle, at row r of 64 bytes, plus the warp's base in tmp (kc in tmp2, swizzle in swz).
+    /// </summary>
+    private static void EmitChunkOffsets(Writer w, string name)
+    {
+        for (int kk = 0; kk < 2; kk++)
+        {
+            w.Line("add.u32", $"kc, tmp2, {2 * kk}");
+            w.Line("xor.b32", "kc, kc, swz");
+            w.Line("shl.b32", "kc, kc, 4");
+            w.Line("mad.lo.u32", $"{name}{kk}, r, 64, kc");
+            w.Line("add.u32", $"{name}{kk}, {name}{kk}, tmp");
+        }
+    }
+
     private static void EmitRowPointers(Writer w, int count, int rowsPerPass, string pred, string ptr, string origin, string limit, string basePtr)
     {
         for (int i = 0; i < count; i++)
