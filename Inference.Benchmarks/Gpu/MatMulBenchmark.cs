@@ -118,7 +118,7 @@ public static class MatMulBenchmark
     }
 
     /// <summary>max |a − b| over max |b|; NaN anywhere gives +∞.</summary>
-    private static double MaxRelativeDifference(float[] a, float[] b)
+    internal static double MaxRelativeDifference(float[] a, float[] b)
     {
         double scale = 0, diff = 0;
         for (int i = 0; i < a.Length; i++)

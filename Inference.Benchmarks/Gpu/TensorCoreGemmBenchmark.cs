@@ -75,7 +75,7 @@ public static class TensorCoreGemmBenchmark
                 gemm.MatMul(TensorCoreElement.F16, wv.Cast<byte>(), xrv, yv, m, n, k);
                 kernels.MatMul(wv.Cast<ILGPU.Half>(), xrv, yr, n, k, m);
                 acc.Synchronize();
-                double diff = MaxRelativeDifference(yv.GetAsArray1D(), yr.GetAsArray1D());
+                double diff = MatMulBenchmark.MaxRelativeDifference(yv.GetAsArray1D(), yr.GetAsArray1D());
                 bool ok = diff <= 1e-4;
                 agree &= ok;
 
@@ -119,17 +119,5 @@ public static class TensorCoreGemmBenchmark
     {
         float v = rng.NextSingle() * 2f - 1f;
         return v == 0f ? 0.5f : v;
-    }
-
-    private static double MaxRelativeDifference(float[] a, float[] b)
-    {
-        double scale = 0, diff = 0;
-        for (int i = 0; i < a.Length; i++)
-        {
-            if (!float.IsFinite(a[i]) || !float.IsFinite(b[i])) return double.PositiveInfinity;
-            scale = Math.Max(scale, Math.Abs(b[i]));
-            diff = Math.Max(diff, Math.Abs((double)a[i] - b[i]));
-        }
-        return scale > 0 ? diff / scale : diff;
     }
 }
