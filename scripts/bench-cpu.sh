@@ -13,7 +13,7 @@ out=${1:-/dev/stdout}
 threads=${THREADS:-2}
 dotnet build -c Release Inference.Benchmarks -v q -nologo >/dev/null
 bench() { dotnet Inference.Benchmarks/bin/Release/net10.0/Inference.Benchmarks.dll "$@"; }
-more_types="q5_k q4_1 q5_0 q5_1 iq4_nl iq4_xs q3_k q2_k"
+more_types="q6_k q5_k q4_1 q5_0 q5_1 iq4_nl iq4_xs q3_k q2_k"
 for t in q8_0 q4_k f32 q4_0 f16 $more_types; do
   [ -f .models/bench-$t.gguf ] || bench write-model --out .models/bench-$t.gguf --type $t >&2
 done
@@ -30,7 +30,7 @@ for t in q4_0 f16; do
     bench e2e --model .models/bench-$t.gguf -p 128 -n 32 --batch 1 --threads "$threads" --engine $engine --repeat 2 | tee -a "$out.tmp"
   done
 done
-# every other weight type llama.cpp's presets write (Q5_K_M, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, Q3_K_M, Q2_K), shorter runs
+# every other weight type llama.cpp's presets write (Q6_K, Q5_K_M, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, Q3_K_M, Q2_K), shorter runs
 for t in $more_types; do
   for engine in inference llama.cpp; do
     bench e2e --model .models/bench-$t.gguf -p 128 -n 32 --batch 1 --threads "$threads" --engine $engine --repeat 2 | tee -a "$out.tmp"
