@@ -233,6 +233,9 @@ internal static class IQ4Table
     /// <summary><see cref="Dequantize.IQ4Values"/> as bytes in both 128-bit lanes (a <c>vpshufb</c> lookup).</summary>
     public static readonly Vector256<byte> Both = Build();
 
+    /// <summary>The table's values + 128 (1 … 241) as unsigned bytes in both 128-bit lanes.</summary>
+    public static readonly Vector256<byte> Offset = Both + Vector256.Create((byte)128);
+
     private static Vector256<byte> Build()
     {
         var t = Vector128.Create(Dequantize.IQ4Values).AsByte();

@@ -65,6 +65,10 @@ public static class MatMul
         {
             GgmlType.Q8_0 => PackedWeights.Pack<PackedQ8_0>(w, arena),
             GgmlType.Q4_0 => PackedWeights.Pack<PackedQ4_0>(w, arena),
+            GgmlType.Q4_1 => PackedWeights.Pack<PackedBlock32<Q4_1Layout>>(w, arena),
+            GgmlType.Q5_0 => PackedWeights.Pack<PackedBlock32<Q5_0Layout>>(w, arena),
+            GgmlType.Q5_1 => PackedWeights.Pack<PackedBlock32<Q5_1Layout>>(w, arena),
+            GgmlType.IQ4_NL => PackedWeights.Pack<PackedBlock32<IQ4_NLLayout>>(w, arena),
             GgmlType.Q4_K => PackedWeights.Pack<PackedQ4_K>(w, arena),
             GgmlType.Q5_K => PackedWeights.Pack<PackedQ5_K>(w, arena),
             GgmlType.Q6_K => PackedWeights.Pack<PackedQ6_K>(w, arena),
@@ -121,9 +125,13 @@ public static class MatMul
                 case GgmlType.Q4_K: RunQ8_K<Q4_KKernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q5_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ5_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q5_K: RunQ8_K<Q5_KKernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q4_1 when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedBlock32<Q4_1Layout>>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q4_1: RunQ8_0<Q4_1Kernel>(w, px, py, batch, pool, path, q8_1: true); break;
+                case GgmlType.Q5_0 when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedBlock32<Q5_0Layout>>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q5_0: RunQ8_0<Q5_0Kernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q5_1 when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedBlock32<Q5_1Layout>>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q5_1: RunQ8_0<Q5_1Kernel>(w, px, py, batch, pool, path, q8_1: true); break;
+                case GgmlType.IQ4_NL when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedBlock32<IQ4_NLLayout>>(path, px, batch, pool, w, py); break;
                 case GgmlType.IQ4_NL: RunQ8_0<IQ4_NLKernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q2_K: RunQ8_K<Q2_KKernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q3_K: RunQ8_K<Q3_KKernel>(w, px, py, batch, pool, path); break;
@@ -196,6 +204,10 @@ public static class MatMul
             {
                 case GgmlType.Q8_0: RunPacked<PackedQ8_0>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q4_0: RunPacked<PackedQ4_0>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                case GgmlType.Q4_1: RunPacked<PackedBlock32<Q4_1Layout>>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                case GgmlType.Q5_0: RunPacked<PackedBlock32<Q5_0Layout>>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                case GgmlType.Q5_1: RunPacked<PackedBlock32<Q5_1Layout>>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                case GgmlType.IQ4_NL: RunPacked<PackedBlock32<IQ4_NLLayout>>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q4_K: RunPacked<PackedQ4_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q5_K: RunPacked<PackedQ5_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q6_K: RunPacked<PackedQ6_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
@@ -212,8 +224,9 @@ public static class MatMul
         var s = t_scratch ??= new ActivationScratch();
         s.Ensure(batch, w0.Cols);
         var a0 = new MatMulArgs(w0, x, y0, batch, path, s.Q, s.D, s.Sums, s.BSums);
-        if (TKernel.ActivationBlock == 32) pool.Run(batch, new QuantizeQ8_0Job(a0), 4L * batch * w0.Cols);
-        else pool.Run(batch, new QuantizeQ8_KJob(a0), 4L * batch * w0.Cols);
+        if (TKernel.ActivationBlock != 32) pool.Run(batch, new QuantizeQ8_KJob(a0), 4L * batch * w0.Cols);
+        else if (TKernel.MinActivations) pool.Run(batch, new QuantizeQ8_1Job(a0), 4L * batch * w0.Cols);
+        else pool.Run(batch, new QuantizeQ8_0Job(a0), 4L * batch * w0.Cols);
         var a1 = new MatMulArgs(w1, x, y1, batch, path, s.Q, s.D, s.Sums, s.BSums);
         var a2 = new MatMulArgs(w2, x, y2, batch, path, s.Q, s.D, s.Sums, s.BSums);
         int n0 = w0.Packed!.ItemCount(w0.Rows), n1 = w1.Packed?.ItemCount(w1.Rows) ?? 0, n2 = w2.Packed?.ItemCount(w2.Rows) ?? 0;

@@ -21,6 +21,10 @@ internal unsafe interface IPackedKernel
     /// <summary>Activation values per quantization block: 32 (Q8_0 activations) or 256 (Q8_K).</summary>
     static abstract int ActivationBlock { get; }
 
+    /// <summary>True when the 32-value activation blocks are Q8_1 (the f16 d·Σq per block for the weights' min) rather
+    /// than Q8_0.</summary>
+    static virtual bool MinActivations => false;
+
     /// <summary>Writes GGUF block <paramref name="block"/> of rows 8g … 8g+7 of <paramref name="w"/> to <paramref name="dst"/>.</summary>
     static abstract void PackBlock(byte* dst, in WeightMatrix w, int g, int block);
 
@@ -84,7 +88,8 @@ internal sealed unsafe class PackedWeights
 
     /// <summary>True when this machine's fastest path runs a packed kernel for <paramref name="type"/>.</summary>
     public static bool IsSupportedFor(GgmlType type) =>
-        (type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K) && Runs(KernelPaths.Best);
+        (type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.IQ4_NL
+         or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K) && Runs(KernelPaths.Best);
 
     /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows (into <paramref name="arena"/> when given, else a
     /// buffer of their own); null when it has fewer than eight rows or the copy would not fit one array (that matrix then

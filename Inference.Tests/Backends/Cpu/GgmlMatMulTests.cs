@@ -21,13 +21,22 @@ public unsafe class GgmlMatMulTests
         return (weights, CpuTestHelpers.RandomFloats(rng, batch * cols));
     }
 
-    private static float[] Ours(GgmlType type, byte[] weights, int rows, int cols, float[] x, int batch)
+    private static float[] Ours(GgmlType type, byte[] weights, int rows, int cols, float[] x, int batch, bool prepare = false)
     {
         var y = new float[batch * rows];
         y.AsSpan().Fill(float.NaN);
         using var pool = new WorkerPool(2);
         fixed (byte* pw = weights)
-            MatMul.Multiply(new WeightMatrix(type, pw, rows, cols), x, y, batch, pool);
+        {
+            var w = new WeightMatrix(type, pw, rows, cols);
+            if (prepare)
+            {
+                w = MatMul.Prepare(w);
+                if (PackedWeights.IsSupportedFor(type)) Assert.That(w.Packed, Is.Not.Null, "packed");
+            }
+            MatMul.Multiply(w, x, y, batch, pool);
+        }
+        Assert.That(y, Has.None.NaN, "every output written");
         return y;
     }
 
@@ -87,6 +96,31 @@ public unsafe class GgmlMatMulTests
         var actual = Ours(type, weights, rows, cols, x, batch);
         double err = ReferenceCompare.RelativeL2(actual, expected);
         TestContext.Out.WriteLine($"{type} {rows}x{cols} batch {batch}: relative L2 {err:E2} from ggml");
+        Assert.That(err, Is.LessThan(1e-6));
+    }
+
+    /// <summary>
+    /// The 32-value-block types as the model runs them, repacked eight rows per group where this machine packs them
+    /// (43 rows: five groups and three tail rows of the GGUF layout), against ggml's mul_mat on the same bytes.
+    /// </summary>
+    [TestCase(GgmlType.Q4_0, 43, 1056, 1)]
+    [TestCase(GgmlType.Q4_1, 43, 1056, 1)]
+    [TestCase(GgmlType.Q4_1, 64, 256, 6)]
+    [TestCase(GgmlType.Q5_0, 43, 1056, 1)]
+    [TestCase(GgmlType.Q5_0, 64, 256, 6)]
+    [TestCase(GgmlType.Q5_1, 43, 1056, 1)]
+    [TestCase(GgmlType.Q5_1, 64, 256, 6)]
+    [TestCase(GgmlType.IQ4_NL, 43, 1056, 1)]
+    [TestCase(GgmlType.IQ4_NL, 64, 256, 6)]
+    public void Packed_types_match_ggml_to_f32_roundoff(GgmlType type, int rows, int cols, int batch)
+    {
+        var rng = new Random(HashCode.Combine((int)type, rows, cols, batch, 7));
+        var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
+        var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
+        var expected = GgmlCpu.MatMul((int)type, weights, rows, cols, x, batch);
+        var actual = Ours(type, weights, rows, cols, x, batch, prepare: true);
+        double err = ReferenceCompare.RelativeL2(actual, expected);
+        TestContext.Out.WriteLine($"{type} {rows}x{cols} batch {batch}, packed: relative L2 {err:E2} from ggml");
         Assert.That(err, Is.LessThan(1e-6));
     }
 

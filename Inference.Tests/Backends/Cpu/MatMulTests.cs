@@ -37,7 +37,44 @@ public unsafe class MatMulTests
         Check(type, path, rows, cols, batch, seed: (int)type * 1_000_003 + rows * 7919 + cols * 31 + batch);
     }
 
-    private static readonly GgmlType[] PackedTypes = [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K];
+    private static readonly GgmlType[] PackedTypes =
+        [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.IQ4_NL, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K];
+
+    private static readonly GgmlType[] PackedBlock32Types =
+        [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.IQ4_NL];
+
+    /// <summary>
+    /// Batch invariance of the packed 32-value-block kernels on every vector path (VNNI loops included, emulated where
+    /// the machine lacks AVX-VNNI): each batch row of batches 1 … 9 (every tile width and their remainders) gets the
+    /// bits it gets alone, in the five whole groups and in the three tail rows of the GGUF layout.
+    /// </summary>
+    [Test]
+    public void Packed_32_value_blocks_give_each_batch_row_its_batch_one_bits([ValueSource(nameof(PackedBlock32Types))] GgmlType type)
+    {
+        if (!PackedWeights.IsSupportedFor(type)) Assert.Ignore($"no packed {type} kernel on this machine");
+        const int rows = 43, cols = 320;
+        var rng = new Random(71 + (int)type);
+        var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
+        var x = CpuTestHelpers.RandomFloats(rng, 9 * cols);
+        using var pool = new WorkerPool(2);
+        fixed (byte* pw = weights)
+        {
+            var w = MatMul.Prepare(new WeightMatrix(type, pw, rows, cols));
+            Assert.That(w.Packed, Is.Not.Null, "packed");
+            foreach (var path in SupportedPaths().Where(PackedWeights.Runs))
+            {
+                var alone = Enumerable.Repeat(float.NaN, 9 * rows).ToArray();
+                for (int b = 0; b < 9; b++) MatMul.Multiply(w, x.AsSpan(b * cols, cols), alone.AsSpan(b * rows, rows), 1, pool, path);
+                Assert.That(alone, Has.None.NaN, $"{path}: every output written");
+                for (int batch = 2; batch <= 9; batch++)
+                {
+                    var all = Enumerable.Repeat(float.NaN, batch * rows).ToArray();
+                    MatMul.Multiply(w, x.AsSpan(0, batch * cols), all, batch, pool, path);
+                    Assert.That(all, Is.EqualTo(alone.AsSpan(0, batch * rows).ToArray()), $"{path}, batch {batch}");
+                }
+            }
+        }
+    }
 
     // Packed weights (eight rows per group): row counts below, at and across whole groups; batch sizes through every
     // tile width (the K-quant kernels split dependency chains differently for one or two batch rows than for three or four);
