@@ -37,21 +37,49 @@ internal readonly unsafe struct PackedBlock32<TLayout> : IPackedKernel where TLa
     private const int HighBitsBytes = 32;
 
     /// <summary>Start of the fifth bits in a packed block.</summary>
-    private static int HighBitsOffset => ScalesBytes * (TLayout.HasMin ? 2 : 1);
+    private static int HighBitsOffset
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => ScalesBytes * (TLayout.HasMin ? 2 : 1);
+    }
 
     /// <summary>Start of the code bytes in a packed block.</summary>
-    private static int CodesOffset => HighBitsOffset + (TLayout.HasHighBits ? HighBitsBytes : 0);
+    private static int CodesOffset
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => HighBitsOffset + (TLayout.HasHighBits ? HighBitsBytes : 0);
+    }
 
-    private static int PackedBlock => CodesOffset + 4 * 32;
+    private static int PackedBlock
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => CodesOffset + 4 * 32;
+    }
 
     /// <summary>GGUF block: f16 d | f16 m (Q4_1, Q5_1) | qh[4] (Q5_0, Q5_1) | qs[16].</summary>
-    private static int GgufBlockBytes => PackedBlock / GroupRows;
+    private static int GgufBlockBytes
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => PackedBlock / GroupRows;
+    }
 
-    private static int GgufQhOffset => TLayout.HasMin ? 4 : 2;
+    private static int GgufQhOffset
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => TLayout.HasMin ? 4 : 2;
+    }
 
-    private static int GgufQsOffset => GgufQhOffset + (TLayout.HasHighBits ? 4 : 0);
+    private static int GgufQsOffset
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => GgufQhOffset + (TLayout.HasHighBits ? 4 : 0);
+    }
 
-    private static int PrefetchDistance => 16 * PackedBlock;
+    private static int PrefetchDistance
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => 16 * PackedBlock;
+    }
 
     public static GgmlType Type => TLayout.Type;
 
@@ -99,19 +127,23 @@ internal readonly unsafe struct PackedBlock32<TLayout> : IPackedKernel where TLa
         int* s = a.Sums + b;
         long qStep = 32L * batch;
         Vector256<float> y0 = default, y1 = default, y2 = default, y3 = default;
+        // NOTE: the layout's offsets as locals: constants once inlined, but the inliner's budget runs out in these large
+        // methods and a call per use cost half the speed (Q4_1 in cache, one thread: 7.5 against Q4_0's 14 GB/s).
+        int packedBlock = PackedBlock, codesOffset = CodesOffset, highBitsOffset = HighBitsOffset, prefetchDistance = PrefetchDistance;
+        var table = LookupTable<TIsa>();
         for (int i = 0; i < nb; i++)
         {
-            byte* blk = group + (long)i * PackedBlock;
+            byte* blk = group + (long)i * packedBlock;
             // NOTE: as in PackedQ8_0; three lines from the block ahead cover it (at most 192 bytes) with the next block's three.
-            if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance, 3);
+            if (b == 0) PackedSteps.PrefetchLines(blk + prefetchDistance, 3);
             var dw = PackedSteps.RowScales(blk);
             var dm = TLayout.HasMin ? PackedSteps.RowScales(blk + ScalesBytes) : default;
-            HighBits(blk, out var h, out var hs);
-            byte* wq = blk + CodesOffset;
-            Codes<TIsa>(wq, h, hs, 0, out var l0, out var h0);
-            Codes<TIsa>(wq + 32, h, hs, 1, out var l1, out var h1);
-            Codes<TIsa>(wq + 64, h, hs, 2, out var l2, out var h2);
-            Codes<TIsa>(wq + 96, h, hs, 3, out var l3, out var h3);
+            HighBits(blk + highBitsOffset, out var h, out var hs);
+            byte* wq = blk + codesOffset;
+            Codes(wq, h, hs, table, 0, out var l0, out var h0);
+            Codes(wq + 32, h, hs, table, 1, out var l1, out var h1);
+            Codes(wq + 64, h, hs, table, 2, out var l2, out var h2);
+            Codes(wq + 96, h, hs, table, 3, out var l3, out var h3);
             sbyte* qe = q + i * qStep;
             long e = (long)i * batch;
             y0 = Step<TIsa>(y0, l0, h0, l1, h1, l2, h2, l3, h3, qe, s[e], dw, d[e], dm);
@@ -138,23 +170,27 @@ internal readonly unsafe struct PackedBlock32<TLayout> : IPackedKernel where TLa
         long qStep = 32L * batch;
         var ones = Vector256.Create((short)1);
         Vector256<float> y0 = default, y1 = default, y2 = default, y3 = default;
+        // NOTE: the layout's offsets as locals: constants once inlined, but the inliner's budget runs out in these large
+        // methods and a call per use cost half the speed (Q4_1 in cache, one thread: 7.5 against Q4_0's 14 GB/s).
+        int packedBlock = PackedBlock, codesOffset = CodesOffset, highBitsOffset = HighBitsOffset, prefetchDistance = PrefetchDistance;
+        var table = LookupTable<WithoutVnni>();
         for (int i = 0; i < nb; i++)
         {
-            byte* blk = group + (long)i * PackedBlock;
-            if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance, 3);
+            byte* blk = group + (long)i * packedBlock;
+            if (b == 0) PackedSteps.PrefetchLines(blk + prefetchDistance, 3);
             var dw = PackedSteps.RowScales(blk);
-            HighBits(blk, out var h, out var hs);
-            byte* wq = blk + CodesOffset;
+            HighBits(blk + highBitsOffset, out var h, out var hs);
+            byte* wq = blk + codesOffset;
             sbyte* qe = q + i * qStep;
             Vector256<int> i0, i1 = default, i2 = default, i3 = default;
             // NOTE: written out rather than looped (as in PackedQ4_K).
             if (TLayout.Lookup)
             {
                 i0 = default;
-                SignedStep<TTile>(wq, qe, ones, 0, ref i0, ref i1, ref i2, ref i3);
-                SignedStep<TTile>(wq + 32, qe + 4, ones, 1, ref i0, ref i1, ref i2, ref i3);
-                SignedStep<TTile>(wq + 64, qe + 8, ones, 2, ref i0, ref i1, ref i2, ref i3);
-                SignedStep<TTile>(wq + 96, qe + 12, ones, 3, ref i0, ref i1, ref i2, ref i3);
+                SignedStep<TTile>(wq, qe, table, ones, 0, ref i0, ref i1, ref i2, ref i3);
+                SignedStep<TTile>(wq + 32, qe + 4, table, ones, 1, ref i0, ref i1, ref i2, ref i3);
+                SignedStep<TTile>(wq + 64, qe + 8, table, ones, 2, ref i0, ref i1, ref i2, ref i3);
+                SignedStep<TTile>(wq + 96, qe + 12, table, ones, 3, ref i0, ref i1, ref i2, ref i3);
             }
             else
             {
@@ -193,7 +229,7 @@ internal readonly unsafe struct PackedBlock32<TLayout> : IPackedKernel where TLa
     private static void MaddStep<TTile>(byte* wq, sbyte* xk, Vector256<byte> h, Vector256<byte> hs, int k,
         ref Vector256<short> p0, ref Vector256<short> p1, ref Vector256<short> p2, ref Vector256<short> p3) where TTile : IBatchTile
     {
-        Codes<WithoutVnni>(wq, h, hs, k, out var lo, out var hi);
+        Codes(wq, h, hs, default, k, out var lo, out var hi);
         p0 += Avx2.MultiplyAddAdjacent(lo, PackedSteps.Broadcast(xk)) + Avx2.MultiplyAddAdjacent(hi, PackedSteps.Broadcast(xk + 16));
         if (TTile.Count > 1)
             p1 += Avx2.MultiplyAddAdjacent(lo, PackedSteps.Broadcast(xk + 32)) + Avx2.MultiplyAddAdjacent(hi, PackedSteps.Broadcast(xk + 48));
@@ -205,10 +241,10 @@ internal readonly unsafe struct PackedBlock32<TLayout> : IPackedKernel where TLa
 
     /// <summary>One step of <see cref="TileMadd{TTile}"/> for signed table values (IQ4_NL).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void SignedStep<TTile>(byte* wq, sbyte* xk, Vector256<short> ones, int k,
+    private static void SignedStep<TTile>(byte* wq, sbyte* xk, Vector256<byte> table, Vector256<short> ones, int k,
         ref Vector256<int> i0, ref Vector256<int> i1, ref Vector256<int> i2, ref Vector256<int> i3) where TTile : IBatchTile
     {
-        Codes<WithoutVnni>(wq, default, default, k, out var lo, out var hi);
+        Codes(wq, default, default, table, k, out var lo, out var hi);
         var vl = lo.AsSByte();
         var vh = hi.AsSByte();
         var al = Avx2.Abs(vl);
@@ -223,27 +259,35 @@ internal readonly unsafe struct PackedBlock32<TLayout> : IPackedKernel where TLa
     private static Vector256<int> SignedDot(Vector256<byte> abs, Vector256<sbyte> v, sbyte* x, Vector256<short> ones) =>
         Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(abs, Avx2.Sign(PackedSteps.Broadcast(x), v)), ones);
 
-    /// <summary>The fifth bits of a packed block (Q5_0, Q5_1): as stored, and shifted so that bits 0 … 3 of each byte
-    /// sit at 4 … 7.</summary>
+    /// <summary>IQ4_NL's table for <see cref="Codes"/>: value + 128 for the VNNI loops (offset −128·Σq), signed values
+    /// without them; unused by the other layouts.</summary>
+    /// <remarks>Read once per tile into a register: a static field read in the loop kept a class-initialisation check
+    /// there and spilled the tile's vectors around it.</remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void HighBits(byte* blk, out Vector256<byte> h, out Vector256<byte> hs)
+    private static Vector256<byte> LookupTable<TIsa>() where TIsa : IIntegerIsa =>
+        !TLayout.Lookup ? default : TIsa.Vnni ? IQ4Table.Offset : IQ4Table.Both;
+
+    /// <summary>The fifth bits of a packed block (Q5_0, Q5_1) at <paramref name="p"/>: as stored, and shifted so that
+    /// bits 0 … 3 of each byte sit at 4 … 7.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void HighBits(byte* p, out Vector256<byte> h, out Vector256<byte> hs)
     {
         if (!TLayout.HasHighBits)
         {
             h = hs = default;
             return;
         }
-        h = Vector256.Load(blk + HighBitsOffset);
+        h = Vector256.Load(p);
         hs = Avx2.ShiftLeftLogical(h.AsUInt16(), 4).AsByte();
     }
 
     /// <summary>
     /// The codes of step <paramref name="k"/>'s 32 bytes: low and high nibbles, with the fifth bit (Q5_0, Q5_1) as 16,
-    /// or IQ4_NL's table values (value + 128 for the VNNI loops, signed without them).
+    /// or IQ4_NL's values from <paramref name="table"/> (<see cref="LookupTable{TIsa}"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Codes<TIsa>(byte* wq, Vector256<byte> h, Vector256<byte> hs, int k, out Vector256<byte> lo, out Vector256<byte> hi)
-        where TIsa : IIntegerIsa
+    private static void Codes(byte* wq, Vector256<byte> h, Vector256<byte> hs, Vector256<byte> table, int k,
+        out Vector256<byte> lo, out Vector256<byte> hi)
     {
         var nibble = Vector256.Create((byte)0x0F);
         var v = Vector256.Load(wq);
@@ -260,7 +304,6 @@ internal readonly unsafe struct PackedBlock32<TLayout> : IPackedKernel where TLa
         }
         if (TLayout.Lookup)
         {
-            var table = TIsa.Vnni ? IQ4Table.Offset : IQ4Table.Both;
             lo = Avx2.Shuffle(table, lo);
             hi = Avx2.Shuffle(table, hi);
         }
