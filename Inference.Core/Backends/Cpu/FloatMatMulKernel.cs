@@ -488,9 +488,10 @@ internal static unsafe class FloatMatMulKernel
         Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
         Vector256<float> c4 = default, c5 = default, c6 = default, c7 = default;
         int i = 0;
-        // NOTE: sixteen columns per step (two FMAs per row in column order, the same sums as two eight-column steps):
-        // f16 and bf16 rows widen sixteen values at a time on 16-bit lanes, half the shifts of eight at a time. The
-        // activations are the scaled ones where the loads fall short by a factor (the products are the same).
+        // NOTE: sixteen columns per step (two FMAs per row in column order, the same sums as two eight-column steps).
+        // The activations are the scaled ones where the loads fall short by a factor (the products are the same):
+        // finite f16 rows widen without the re-bias (F16FiniteWeights.Load16), bf16 rows with one in-lane shuffle per
+        // eight values (BF16Weights.Load8); neither permutes across lanes.
         // NOTE: 2-byte rows ask for the next eight-row tile (the bytes right after this one's), 256 bytes per step, so
         // the whole tile is on its way when its first step starts. Without it F16 and BF16 streamed at about half the
         // read bandwidth: a tile's rows are short (2 KiB at 1,024 columns), each a new stream the hardware prefetcher

@@ -95,15 +95,12 @@ internal readonly unsafe struct F16Weights : IFloatWeights
     /// <param name="p">The halves.</param>
     /// <param name="lo">Values 0..7.</param>
     /// <param name="hi">Values 8..15.</param>
-    /// <param name="finite">A constant: true when no half is an infinity or a NaN, which skips their fix-up
-    /// (<see cref="F16FiniteWeights"/>).</param>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void WidenUnscaled16(ushort* p, out Vector256<float> lo, out Vector256<float> hi, bool finite = false)
+    internal static void WidenUnscaled16(ushort* p, out Vector256<float> lo, out Vector256<float> hi)
     {
         var h = Avx2.Permute4x64(Vector256.Load((ulong*)p), 0b11_01_10_00).AsInt16();
         var top = Avx2.ShiftRightArithmetic(h, 3) & Vector256.Create(unchecked((short)0x8FFF));
-        if (!finite)
-            top |= Vector256.Equals(h & Vector256.Create((short)0x7C00), Vector256.Create((short)0x7C00)) & Vector256.Create((short)0x7F80);
+        top |= Vector256.Equals(h & Vector256.Create((short)0x7C00), Vector256.Create((short)0x7C00)) & Vector256.Create((short)0x7F80);
         var bottom = Avx2.ShiftLeftLogical(h, 13);
         lo = Avx2.UnpackLow(bottom, top).AsSingle();
         hi = Avx2.UnpackHigh(bottom, top).AsSingle();
@@ -155,9 +152,32 @@ internal readonly unsafe struct F16FiniteWeights : IFloatWeights
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Load8(byte* row, int i) => F16Weights.Load8(row, i);
 
+    /// <summary>
+    /// Each half sign-extended to 32 bits (<c>vpmovsxwd</c> from memory, in order), times 2^13 (<c>vpmaddwd</c> against
+    /// (8192, 0) word pairs: the sign extension times 0), and the three copies of the sign above the exponent masked off:
+    /// sign, five exponent bits and ten mantissa bits where a float keeps them, short of 2^112.
+    /// </summary>
+    /// <remarks>
+    /// NOTE: measured on the Zen 3 EPYC, one core, a 128 KiB matrix in L2, batch 1 (eight rows per tile): 37 GB/s of
+    /// weights against 25 for <see cref="F16Weights.WidenUnscaled16"/> (qword permute, two 16-bit shifts, two unpacks) and
+    /// 34 with <c>vpslld</c> in place of <c>vpmaddwd</c>. The permute and the shifts share the core's two shuffle/shift
+    /// pipes with each other; the multiply runs on another pipe, and the sign extension from memory reads the halves in
+    /// column order, so no permute is needed to keep the summation order.
+    /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi) =>
-        F16Weights.WidenUnscaled16((ushort*)row + i, out lo, out hi, finite: true);
+    public static void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi)
+    {
+        lo = Widen8((short*)row + i);
+        hi = Widen8((short*)row + i + 8);
+    }
+
+    /// <summary>Eight finite halves at <paramref name="p"/> as floats still to be multiplied by 2^112.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> Widen8(short* p)
+    {
+        var shift13 = Vector256.Create(8192).AsInt16();
+        return (Avx2.MultiplyAddAdjacent(Avx2.ConvertToVector256Int32(p).AsInt16(), shift13) & Vector256.Create(unchecked((int)0x8FFFFFFF))).AsSingle();
+    }
 
     public static float Load16Scale => F16Weights.Rebias;
 
@@ -193,17 +213,34 @@ internal readonly unsafe struct BF16Weights : IFloatWeights
     public static Vector512<float> Load16x512(byte* row, int i) =>
         (Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)row + i)) << 16).AsSingle();
 
+    /// <summary>
+    /// The eight values loaded into both 128-bit lanes (<c>vbroadcasti128</c>, which runs in the load unit) and one
+    /// in-lane byte shuffle that puts values 0..3 (low lane) and 4..7 (high lane) in the top halves of the dwords, zeros
+    /// below: one shuffle per eight values.
+    /// </summary>
+    /// <remarks>
+    /// NOTE: measured on the Zen 3 EPYC, one core, a 128 KiB matrix in L2, batch 1 (eight rows per tile): 47 GB/s of
+    /// weights against 34 for a qword permute and two unpacks with zero per sixteen values and 40 for
+    /// <c>vpmovzxwd</c> and <c>vpslld</c>: the permute crosses lanes, and permutes, unpacks, sign extensions and shifts all
+    /// queue on the same two pipes.
+    /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Load8(byte* row, int i) =>
-        (Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)row + i)) << 16).AsSingle();
+    public static Vector256<float> Load8(byte* row, int i)
+    {
+        // NOTE: the shuffle control as a local constant (a static property returning it was not folded: the JIT built
+        // the vector on the stack at every load). Bytes 2k, 2k+1 of a lane go to the top of its dword k (the lanes hold
+        // the same eight values: k picks 0..3 in the low lane, 4..7 in the high one); 0x80 zeroes the bottom halves.
+        var toTopHalves = Vector256.Create(
+            (byte)0x80, 0x80, 0, 1, 0x80, 0x80, 2, 3, 0x80, 0x80, 4, 5, 0x80, 0x80, 6, 7,
+            0x80, 0x80, 8, 9, 0x80, 0x80, 10, 11, 0x80, 0x80, 12, 13, 0x80, 0x80, 14, 15);
+        return Avx2.Shuffle(Avx2.BroadcastVector128ToVector256((byte*)((ushort*)row + i)), toTopHalves).AsSingle();
+    }
 
-    /// <summary>Interleaved with zero words below them (no shifts: this core has one vector shift pipe).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Load16(byte* row, int i, out Vector256<float> lo, out Vector256<float> hi)
     {
-        var h = Avx2.Permute4x64(Vector256.Load((ulong*)((ushort*)row + i)), 0b11_01_10_00).AsUInt16();
-        lo = Avx2.UnpackLow(Vector256<ushort>.Zero, h).AsSingle();
-        hi = Avx2.UnpackHigh(Vector256<ushort>.Zero, h).AsSingle();
+        lo = Load8(row, i);
+        hi = Load8(row, i + 8);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

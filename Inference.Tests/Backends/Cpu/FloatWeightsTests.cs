@@ -37,8 +37,9 @@ public class FloatWeightsTests
     public unsafe void Sixteen_value_loads_match_eight_value_loads_for_every_bit_pattern()
     {
         if (!Avx2.IsSupported) Assert.Ignore("AVX2 is not supported on this CPU.");
-        // All 65,536 f16 and bf16 bit patterns through Load16 (the 16-bit-lane widening of the batch-1 AVX2 tile),
-        // against two Load8 and against Half / the bf16 definition: the same bits, NaNs as NaNs.
+        // All 65,536 f16 and bf16 bit patterns through Load16 (the widening of the batch-1 AVX2 tile; for f16 also the
+        // finite-halves one, every finite pattern), against Load8 and against Half / the bf16 definition: the same bits,
+        // NaNs as NaNs.
         var bits = new ushort[65536];
         for (int i = 0; i < bits.Length; i++) bits[i] = (ushort)i;
         fixed (ushort* p = bits)
@@ -50,6 +51,8 @@ public class FloatWeightsTests
                 var lo8 = F16Weights.Load8(row, start);
                 var hi8 = F16Weights.Load8(row, start + 8);
                 BF16Weights.Load16(row, start, out var blo, out var bhi);
+                var blo8 = BF16Weights.Load8(row, start);
+                F16FiniteWeights.Load16(row, start, out var flo, out var fhi);
                 for (int i = 0; i < 16; i++)
                 {
                     ushort b = bits[start + i];
@@ -63,6 +66,11 @@ public class FloatWeightsTests
                     }
                     float bgot = i < 8 ? blo[i] : bhi[i - 8];
                     Assert.That(BitConverter.SingleToInt32Bits(bgot), Is.EqualTo(b << 16), $"bf16 0x{b:X4}");
+                    if (i < 8) Assert.That(BitConverter.SingleToInt32Bits(blo8[i]), Is.EqualTo(b << 16), $"bf16 Load8 0x{b:X4}");
+                    // The finite-halves widening: short of 2^112 (the activations carry it), exact for every finite half.
+                    if (!float.IsFinite(expected)) continue;
+                    float finite = (i < 8 ? flo[i] : fhi[i - 8]) * F16FiniteWeights.Load16Scale;
+                    Assert.That(BitConverter.SingleToInt32Bits(finite), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)), $"f16 finite 0x{b:X4}");
                 }
             }
         }
