@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -317,12 +318,15 @@ internal static unsafe class FloatMatMulKernel
         Vector256<float> c10 = default, c11 = default, c12 = default, c13 = default, c14 = default;
         Vector256<float> c20 = default, c21 = default, c22 = default;
         Vector256<float> c30 = default, c31 = default, c32 = default;
-        byte* next = w0 + TRows.Count * rb;
-        long nextStride = TRows.Count * rb / cols;
+        // NOTE: the prefetch address advances by a pointer increment and is always issued (without prefetch it walks this
+        // tile's own rows, already in L1): a branch or a multiply per step in the loop made the JIT reload three
+        // activation pointers from the stack on every step. F32 only (SmallBatch256): 32 bytes per row and step.
+        Debug.Assert(typeof(TW) == typeof(F32Weights));
+        byte* pf = prefetch ? w0 + TRows.Count * rb : w0;
         int i = 0;
-        for (; i + 8 <= cols; i += 8)
+        for (; i + 8 <= cols; i += 8, pf += 32 * TRows.Count)
         {
-            if (prefetch) PackedSteps.PrefetchLines(next + nextStride * i, TRows.Count / 2);
+            PackedSteps.PrefetchLines(pf, TRows.Count / 2);
             var u0 = Vector256.Load(x0 + i);
             var u1 = TTile.Count > 1 ? Vector256.Load(x1 + i) : default;
             var u2 = TTile.Count > 2 ? Vector256.Load(x2 + i) : default;
@@ -357,25 +361,36 @@ internal static unsafe class FloatMatMulKernel
         float s10 = Vector256.Sum(c10), s11 = Vector256.Sum(c11), s12 = Vector256.Sum(c12), s13 = Vector256.Sum(c13), s14 = Vector256.Sum(c14);
         float s20 = Vector256.Sum(c20), s21 = Vector256.Sum(c21), s22 = Vector256.Sum(c22);
         float s30 = Vector256.Sum(c30), s31 = Vector256.Sum(c31), s32 = Vector256.Sum(c32);
+        // NOTE: the sums are stored first and the scalar tail (none when the row length is a multiple of 8) added by a
+        // helper that rebuilds its pointers, so no activation pointer is live after the loop (the JIT had kept them in
+        // stack slots and reloaded them on every step).
         float* y = a.Y + (long)b * a.Rows + r;
         long n = a.Rows;
-        y[0] = s00 + DotScalar<TW>(w0, i, cols, x0);
-        y[1] = s10 + DotScalar<TW>(w1, i, cols, x0);
-        if (TRows.Count > 2) { y[2] = s20 + DotScalar<TW>(w2, i, cols, x0); y[3] = s30 + DotScalar<TW>(w3, i, cols, x0); }
-        if (TTile.Count > 1)
+        y[0] = s00;
+        y[1] = s10;
+        if (TRows.Count > 2) { y[2] = s20; y[3] = s30; }
+        if (TTile.Count > 1) { y[n] = s01; y[n + 1] = s11; }
+        if (TTile.Count > 1 && TRows.Count > 2) { y[n + 2] = s21; y[n + 3] = s31; }
+        if (TTile.Count > 2) { y[2 * n] = s02; y[2 * n + 1] = s12; }
+        if (TTile.Count > 2 && TRows.Count > 2) { y[2 * n + 2] = s22; y[2 * n + 3] = s32; }
+        if (TTile.Count > 3) { y[3 * n] = s03; y[3 * n + 1] = s13; }
+        if (TTile.Count > 4) { y[4 * n] = s04; y[4 * n + 1] = s14; }
+        if (i < cols) AddStreamedTails<TW, TRows, TTile>(a, r, b, i);
+    }
+
+    /// <summary>Adds the scalar products of columns <paramref name="i"/> … Cols−1 to the outputs of a <see cref="Streamed256{TW, TRows, TTile}"/> tile.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void AddStreamedTails<TW, TRows, TTile>(in MatMulArgs a, int r, int b, int i)
+        where TW : IFloatWeights where TRows : IBatchTile where TTile : IBatchTile
+    {
+        int cols = a.Cols;
+        float* y = a.Y + (long)b * a.Rows + r;
+        for (int t = 0; t < TTile.Count; t++)
         {
-            y[n] = s01 + DotScalar<TW>(w0, i, cols, x1);
-            y[n + 1] = s11 + DotScalar<TW>(w1, i, cols, x1);
-            if (TRows.Count > 2) { y[n + 2] = s21 + DotScalar<TW>(w2, i, cols, x1); y[n + 3] = s31 + DotScalar<TW>(w3, i, cols, x1); }
+            float* x = a.X + (long)(b + t) * cols;
+            float* yt = y + (long)t * a.Rows;
+            for (int k = 0; k < TRows.Count; k++) yt[k] += DotScalar<TW>(a.W + (r + k) * a.RowBytes, i, cols, x);
         }
-        if (TTile.Count > 2)
-        {
-            y[2 * n] = s02 + DotScalar<TW>(w0, i, cols, x2);
-            y[2 * n + 1] = s12 + DotScalar<TW>(w1, i, cols, x2);
-            if (TRows.Count > 2) { y[2 * n + 2] = s22 + DotScalar<TW>(w2, i, cols, x2); y[2 * n + 3] = s32 + DotScalar<TW>(w3, i, cols, x2); }
-        }
-        if (TTile.Count > 3) { y[3 * n] = s03 + DotScalar<TW>(w0, i, cols, x3); y[3 * n + 1] = s13 + DotScalar<TW>(w1, i, cols, x3); }
-        if (TTile.Count > 4) { y[4 * n] = s04 + DotScalar<TW>(w0, i, cols, x4); y[4 * n + 1] = s14 + DotScalar<TW>(w1, i, cols, x4); }
     }
 
     /// <summary>Batch rows from which f16/bf16 row tiles are widened once into f32 for the whole batch.</summary>
