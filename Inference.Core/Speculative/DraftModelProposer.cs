@@ -22,7 +22,7 @@ internal sealed class DraftModelProposer : ISpeculativeProposer
     private readonly IForwardExecutor _executor;
     private readonly KvCacheManager _kv;
     private readonly int _vocab, _budget;
-    private readonly float _minProbability;
+    private readonly float _minProbability, _stopMargin;
     private readonly Dictionary<long, List<int>> _computed = new(); // request id → token ids in the draft's KV
     private readonly ModelBatch _batch = new();
     private readonly List<(int Request, bool Logits)> _segments = [];
@@ -47,6 +47,7 @@ internal sealed class DraftModelProposer : ISpeculativeProposer
         _vocab = c.VocabSize;
         _budget = options.MaxNumBatchedTokens;
         _minProbability = options.Speculative?.DraftMinProbability ?? 0;
+        _stopMargin = options.Speculative?.DraftStopMargin ?? 0;
         int perSequence = (contextLength + options.KvCache.BlockSize - 1) / options.KvCache.BlockSize;
         long cap = (long)options.MaxNumSeqs * perSequence * KvCacheStorage.GetBlockByteCount(c.LayerCount, options.KvCache.BlockSize, c.KvHeadCount, c.HeadDim, options.KvCache.DataType);
         var kvOptions = options.KvCache with { PoolBytes = Math.Min(options.KvCache.ResolvePoolBytes(), cap), PrefixCaching = PrefixCachingMode.Disabled };
@@ -201,9 +202,21 @@ internal sealed class DraftModelProposer : ISpeculativeProposer
                 continue;
             }
             s.Proposed[s.Count++] = token;
+            if (_stopMargin > 0 && row[token] - RunnerUp(row, token) < _stopMargin) s.Stopped = true;
         }
         _batch.Clear();
         _segments.Clear();
+    }
+
+    /// <summary>The largest logit of <paramref name="row"/> other than the one at <paramref name="top"/>.</summary>
+    private static float RunnerUp(Span<float> row, int top)
+    {
+        if (row.Length == 1) return float.NegativeInfinity;
+        float max = row[top];
+        row[top] = float.NegativeInfinity;
+        float second = TensorPrimitives.Max(row);
+        row[top] = max;
+        return second;
     }
 
     private static double SumExp(ReadOnlySpan<float> logits, float max)

@@ -41,6 +41,8 @@ public class SpeculativeDecodingTests
         "random" => SpeculativeOptions.Draft(RandomDraft, k),
         // The draft stops at tokens it is unsure of: fewer, likelier proposals.
         "self-pmin" => SpeculativeOptions.Draft(TestData.Stories260K, k) with { DraftMinProbability = 0.6f },
+        // The draft stops after a near tie of its two likeliest tokens.
+        "self-margin" => SpeculativeOptions.Draft(TestData.Stories260K, k) with { DraftStopMargin = 1f },
         _ => throw new ArgumentException(proposer),
     };
 
@@ -59,6 +61,7 @@ public class SpeculativeDecodingTests
     [TestCase("self", 3)]
     [TestCase("random", 5)]
     [TestCase("self-pmin", 6)]
+    [TestCase("self-margin", 8)]
     public async Task Greedy_SameTokensAsPlainDecoding_UnderLoad_NoLeakedBlocks(string proposer, int k)
     {
         var prompts = Prompts();
@@ -104,6 +107,34 @@ public class SpeculativeDecodingTests
             }
             return 0;
         });
+    }
+
+    [TestCase(0f)]
+    [TestCase(1.5f)]
+    [TestCase(1e30f)]
+    public async Task DraftStopMargin_EndsTheProposalsAfterANearTie(float margin)
+    {
+        // The random draft's logits are nearly flat (its top two tokens within a few hundredths of a nat), so any margin
+        // above that stops it after its first proposal; without a margin it proposes k tokens every step.
+        const int k = 5;
+        var sampling = SamplingOptions.Greedy with { MaxTokens = 40, EndOfSequence = EndOfSequenceHandling.Ignore };
+        var options = new EngineOptions { Threads = 1, ContextLength = 256, Device = Device.Cpu };
+        IReadOnlyList<int> expected;
+        await using (var plain = await InferenceEngine.LoadAsync(TestData.Stories260K, options))
+            expected = (await plain.CompleteAsync("Once upon a time", sampling)).TokenIds;
+        await using var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, options with
+        {
+            Speculative = Speculation("random", k) with { DraftStopMargin = margin },
+        });
+        var result = await engine.CompleteAsync("Once upon a time", sampling);
+        Assert.That(result.TokenIds, Is.EqualTo(expected));
+        var spec = result.Metrics.Speculation!;
+        TestContext.Out.WriteLine($"margin {margin}: steps {spec.Steps}, proposed {spec.ProposedTokens}, accepted {spec.AcceptedTokens}");
+        Assert.That(spec.Steps, Is.GreaterThan(10));
+        if (margin == 0)
+            Assert.That(spec.ProposedTokens, Is.GreaterThan(3 * spec.Steps), "k tokens per step, fewer only near the end");
+        else
+            Assert.That(spec.ProposedTokens, Is.EqualTo(spec.Steps), "one proposal per step: the first is a near tie");
     }
 
     [Test]
@@ -266,6 +297,9 @@ public class SpeculativeDecodingTests
         Assert.Throws<ArgumentOutOfRangeException>(() => _ = new SpeculativeOptions { NumSpeculativeTokens = 33 });
         Assert.Throws<ArgumentOutOfRangeException>(() => _ = new SpeculativeOptions { PromptLookupMin = 0 });
         Assert.Throws<ArgumentOutOfRangeException>(() => _ = new SpeculativeOptions { DraftMinProbability = 1.5f });
+        Assert.Throws<ArgumentOutOfRangeException>(() => _ = new SpeculativeOptions { DraftStopMargin = -0.1f });
+        Assert.Throws<ArgumentOutOfRangeException>(() => _ = new SpeculativeOptions { DraftStopMargin = float.NaN });
+        Assert.Throws<ArgumentOutOfRangeException>(() => _ = new SpeculativeOptions { DraftStopMargin = float.PositiveInfinity });
         Assert.Throws<ArgumentException>(() => new SpeculativeOptions { Method = SpeculativeMethod.DraftModel }.Validate());
         Assert.Throws<ArgumentException>(() => new SpeculativeOptions { PromptLookupMin = 4, PromptLookupMax = 2 }.Validate());
         Assert.Throws<ArgumentException>(() => new SpeculativeOptions { DraftModel = "x.gguf" }.Validate());
