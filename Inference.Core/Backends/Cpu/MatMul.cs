@@ -17,7 +17,9 @@ namespace Inference.Backends.Cpu;
 /// <item>Q5_0, IQ4_NL: Q8_0 activations as for Q4_0; Q4_1, Q5_1: Q8_1 activations (Q8_0's, with the f16 d·Σq per
 /// block for the weights' min), as ggml's <c>vec_dot_q4_1_q8_1</c> / <c>vec_dot_q5_1_q8_1</c> (<see cref="Block32Kernel"/>).</item>
 /// <item>Q2_K, Q3_K, IQ4_XS: Q8_K activations, as ggml's <c>vec_dot_q2_K_q8_K</c> / <c>vec_dot_q3_K_q8_K</c> /
-/// <c>vec_dot_iq4_xs_q8_K</c> (<see cref="SuperBlockKernel"/>).</item>
+/// <c>vec_dot_iq4_xs_q8_K</c> (<see cref="SuperBlockKernel"/>). Q2_K and Q3_K weights passed through <see cref="Prepare"/>
+/// are repacked eight rows at a time (<see cref="PackedQ2_K"/>, <see cref="PackedQ3_K"/>): the same exact integer
+/// super-block sums, scaled once per super-block and row.</item>
 /// <item>Q4_K, Q5_K, Q6_K: activations are quantized to Q8_K (per 256 values), as ggml's <c>vec_dot_q4_K_q8_K</c> /
 /// <c>vec_dot_q5_K_q8_K</c> / <c>vec_dot_q6_K_q8_K</c>. Weights passed through <see cref="Prepare"/> are repacked eight rows at a time
 /// (<see cref="PackedQ4_K"/>, <see cref="PackedQ5_K"/>, <see cref="PackedQ6_K"/>): the same exact integer super-block sums, scaled once per
@@ -34,7 +36,8 @@ public static class MatMul
 
     /// <summary>
     /// Returns <paramref name="w"/> with a copy of its rows in the layout this machine's fastest kernel reads (with
-    /// AVX2: <see cref="PackedQ8_0"/>, <see cref="PackedQ4_0"/>, <see cref="PackedQ4_K"/>, <see cref="PackedQ5_K"/>, <see cref="PackedQ6_K"/>), or <paramref name="w"/>
+    /// AVX2: <see cref="PackedQ8_0"/>, <see cref="PackedQ4_0"/>, <see cref="PackedQ4_K"/>, <see cref="PackedQ5_K"/>, <see cref="PackedQ6_K"/>,
+    /// <see cref="PackedQ3_K"/>, <see cref="PackedQ2_K"/>), or <paramref name="w"/>
     /// itself when there is none. The copy lives as long as the returned value is reachable; the original memory must
     /// stay valid too.
     /// </summary>
@@ -72,6 +75,8 @@ public static class MatMul
             GgmlType.Q4_K => PackedWeights.Pack<PackedQ4_K>(w, arena),
             GgmlType.Q5_K => PackedWeights.Pack<PackedQ5_K>(w, arena),
             GgmlType.Q6_K => PackedWeights.Pack<PackedQ6_K>(w, arena),
+            GgmlType.Q3_K => PackedWeights.Pack<PackedQ3_K>(w, arena),
+            GgmlType.Q2_K => PackedWeights.Pack<PackedQ2_K>(w, arena),
             _ => null,
         };
         return packed is null ? w : w with { Packed = packed };
@@ -133,7 +138,9 @@ public static class MatMul
                 case GgmlType.Q5_1: RunQ8_0<Q5_1Kernel>(w, px, py, batch, pool, path, q8_1: true); break;
                 case GgmlType.IQ4_NL when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedBlock32<IQ4_NLLayout>>(path, px, batch, pool, w, py); break;
                 case GgmlType.IQ4_NL: RunQ8_0<IQ4_NLKernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q2_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ2_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q2_K: RunQ8_K<Q2_KKernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.Q3_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ3_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q3_K: RunQ8_K<Q3_KKernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.IQ4_XS: RunQ8_K<IQ4_XSKernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q6_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ6_K>(path, px, batch, pool, w, py); break;
@@ -211,6 +218,8 @@ public static class MatMul
                 case GgmlType.Q4_K: RunPacked<PackedQ4_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q5_K: RunPacked<PackedQ5_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q6_K: RunPacked<PackedQ6_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                case GgmlType.Q3_K: RunPacked<PackedQ3_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                case GgmlType.Q2_K: RunPacked<PackedQ2_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 default: throw new NotSupportedException($"no packed kernel for {w0.Type}");
             }
         }

@@ -38,7 +38,10 @@ public unsafe class MatMulTests
     }
 
     private static readonly GgmlType[] PackedTypes =
-        [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.IQ4_NL, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K];
+        [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.IQ4_NL, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K,
+         GgmlType.Q3_K, GgmlType.Q2_K];
+
+    private static readonly GgmlType[] PackedSuperBlockTypes = [GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.Q3_K, GgmlType.Q2_K];
 
     private static readonly GgmlType[] PackedBlock32Types =
         [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.IQ4_NL];
@@ -165,6 +168,37 @@ public unsafe class MatMulTests
                     var plain = new float[batch * rows];
                     MatMulReference.MultiplyFloat256(w, x, plain, batch);
                     Assert.That(all, Is.EqualTo(plain), $"plain reference, {where}");
+                }
+            }
+        }
+    }
+
+    /// <summary>The packed super-block kernels at every batch size from 1 to 9 (every tile width and the one-row steps): each
+    /// batch row gets the bits it gets alone, on every vector path. 41 rows: five groups and a tail row of the GGUF layout.</summary>
+    [Test]
+    public void Packed_super_blocks_give_each_batch_row_its_batch_one_bits([ValueSource(nameof(PackedSuperBlockTypes))] GgmlType type)
+    {
+        if (!PackedWeights.IsSupportedFor(type)) Assert.Ignore($"no packed {type} kernel on this machine");
+        const int rows = 41;
+        int cols = 2 * GgmlTypeInfo.BlockElements(type) * (GgmlTypeInfo.BlockElements(type) == 32 ? 8 : 1);
+        var rng = new Random(29 + (int)type);
+        var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
+        var x = CpuTestHelpers.RandomFloats(rng, 9 * cols);
+        using var pool = new WorkerPool(2);
+        fixed (byte* pw = weights)
+        {
+            var w = MatMul.Prepare(new WeightMatrix(type, pw, rows, cols));
+            Assert.That(w.Packed, Is.Not.Null, "packed");
+            foreach (var path in SupportedPaths().Where(PackedWeights.Runs))
+            {
+                var alone = Enumerable.Repeat(float.NaN, 9 * rows).ToArray();
+                for (int b = 0; b < 9; b++) MatMul.Multiply(w, x.AsSpan(b * cols, cols), alone.AsSpan(b * rows, rows), 1, pool, path);
+                Assert.That(alone, Has.None.NaN, $"{path}: every output written");
+                for (int batch = 2; batch <= 9; batch++)
+                {
+                    var all = Enumerable.Repeat(float.NaN, batch * rows).ToArray();
+                    MatMul.Multiply(w, x.AsSpan(0, batch * cols), all, batch, pool, path);
+                    Assert.That(all, Is.EqualTo(alone.AsSpan(0, batch * rows).ToArray()), $"{path}, batch {batch}");
                 }
             }
         }
