@@ -14,6 +14,8 @@ namespace Inference.Backends.Cpu;
 /// −16 offset is folded in as −16·Σq_x (twice the Q8_0 activation's −8·Σq_x) seeded into lane 0 of the integer
 /// accumulator, as <see cref="Q4_0Kernel"/> does. IQ4_NL's table values are signed: their magnitudes go in unsigned and
 /// their signs move onto the activations (|v| ≤ 127, so a pair stays under 2·127·127).</para>
+/// <para>Where AVX2 runs, prepared weights of these types are repacked (<see cref="PackedBlock32{TLayout}"/>) and this
+/// kernel computes the rows after the last whole group of eight, and every row at the scalar and 128-bit paths.</para>
 /// <para>The integer block sums are exact; the f32 order of the per-block scaling (two accumulators, even and odd
 /// blocks) is this kernel's own, so it agrees with ggml to f32 roundoff, not to the bit.</para>
 /// </remarks>

@@ -12,10 +12,12 @@ namespace Inference.Backends.Cpu;
 /// <item>Q8_0, Q4_0: each activation row is first quantized to Q8_0 (per 32 values, scale max|x|/127 rounded to f16,
 /// see <see cref="ActivationQuantizer"/>), then block integer dots are scaled by the product of both f16 block scales
 /// (exact in f32), as ggml's <c>vec_dot_q8_0_q8_0</c> / <c>vec_dot_q4_0_q8_0</c>. Q8_0 and Q4_0 weights passed through
-/// <see cref="Prepare"/> are repacked eight rows at a time (<see cref="PackedQ8_0"/>, <see cref="PackedQ4_0"/>): the
+/// <see cref="Prepare"/> are repacked eight rows at a time (<see cref="PackedQ8_0"/>, <see cref="PackedBlock32{TLayout}"/>): the
 /// same exact integer block products, scaled once per block and row.</item>
 /// <item>Q5_0, IQ4_NL: Q8_0 activations as for Q4_0; Q4_1, Q5_1: Q8_1 activations (Q8_0's, with the f16 d·Σq per
-/// block for the weights' min), as ggml's <c>vec_dot_q4_1_q8_1</c> / <c>vec_dot_q5_1_q8_1</c> (<see cref="Block32Kernel"/>).</item>
+/// block for the weights' min), as ggml's <c>vec_dot_q4_1_q8_1</c> / <c>vec_dot_q5_1_q8_1</c> (<see cref="Block32Kernel"/>).
+/// Weights passed through <see cref="Prepare"/> are repacked eight rows at a time as Q4_0's are
+/// (<see cref="PackedBlock32{TLayout}"/>).</item>
 /// <item>Q2_K, Q3_K, IQ4_XS: Q8_K activations, as ggml's <c>vec_dot_q2_K_q8_K</c> / <c>vec_dot_q3_K_q8_K</c> /
 /// <c>vec_dot_iq4_xs_q8_K</c> (<see cref="SuperBlockKernel"/>). Q2_K and Q3_K weights passed through <see cref="Prepare"/>
 /// are repacked eight rows at a time (<see cref="PackedQ2_K"/>, <see cref="PackedQ3_K"/>): the same exact integer
@@ -36,8 +38,8 @@ public static class MatMul
 
     /// <summary>
     /// Returns <paramref name="w"/> with a copy of its rows in the layout this machine's fastest kernel reads (with
-    /// AVX2: <see cref="PackedQ8_0"/>, <see cref="PackedQ4_0"/>, <see cref="PackedQ4_K"/>, <see cref="PackedQ5_K"/>, <see cref="PackedQ6_K"/>,
-    /// <see cref="PackedQ3_K"/>, <see cref="PackedQ2_K"/>), or <paramref name="w"/>
+    /// AVX2: <see cref="PackedQ8_0"/>, <see cref="PackedBlock32{TLayout}"/> (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), <see cref="PackedQ4_K"/>,
+    /// <see cref="PackedQ5_K"/>, <see cref="PackedQ6_K"/>, <see cref="PackedQ3_K"/>, <see cref="PackedQ2_K"/>), or <paramref name="w"/>
     /// itself when there is none. The copy lives as long as the returned value is reachable; the original memory must
     /// stay valid too.
     /// </summary>
@@ -67,7 +69,7 @@ public static class MatMul
         var packed = w.Type switch
         {
             GgmlType.Q8_0 => PackedWeights.Pack<PackedQ8_0>(w, arena),
-            GgmlType.Q4_0 => PackedWeights.Pack<PackedQ4_0>(w, arena),
+            GgmlType.Q4_0 => PackedWeights.Pack<PackedBlock32<Q4_0Layout>>(w, arena),
             GgmlType.Q4_1 => PackedWeights.Pack<PackedBlock32<Q4_1Layout>>(w, arena),
             GgmlType.Q5_0 => PackedWeights.Pack<PackedBlock32<Q5_0Layout>>(w, arena),
             GgmlType.Q5_1 => PackedWeights.Pack<PackedBlock32<Q5_1Layout>>(w, arena),
@@ -124,7 +126,7 @@ public static class MatMul
                 case GgmlType.BF16: pool.Run(w.Rows, new FloatJob<BF16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
                 case GgmlType.Q8_0 when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ8_0>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q8_0: RunQ8_0<Q8_0Kernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q4_0 when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ4_0>(path, px, batch, pool, w, py); break;
+                case GgmlType.Q4_0 when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedBlock32<Q4_0Layout>>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q4_0: RunQ8_0<Q4_0Kernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q4_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ4_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q4_K: RunQ8_K<Q4_KKernel>(w, px, py, batch, pool, path); break;
@@ -210,7 +212,7 @@ public static class MatMul
             switch (w0.Type)
             {
                 case GgmlType.Q8_0: RunPacked<PackedQ8_0>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
-                case GgmlType.Q4_0: RunPacked<PackedQ4_0>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                case GgmlType.Q4_0: RunPacked<PackedBlock32<Q4_0Layout>>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q4_1: RunPacked<PackedBlock32<Q4_1Layout>>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q5_0: RunPacked<PackedBlock32<Q5_0Layout>>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q5_1: RunPacked<PackedBlock32<Q5_1Layout>>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;

@@ -127,6 +127,7 @@ internal readonly unsafe struct PackedBlock32<TLayout> : IPackedKernel where TLa
         int* s = a.Sums + b;
         long qStep = 32L * batch;
         Vector256<float> y0 = default, y1 = default, y2 = default, y3 = default;
+        Vector256<float> m0 = default, m1 = default, m2 = default, m3 = default; // Q4_1, Q5_1: Σ m·s_x
         // NOTE: the layout's offsets as locals: constants once inlined, but the inliner's budget runs out in these large
         // methods and a call per use cost half the speed (Q4_1 in cache, one thread: 7.5 against Q4_0's 14 GB/s).
         int packedBlock = PackedBlock, codesOffset = CodesOffset, highBitsOffset = HighBitsOffset, prefetchDistance = PrefetchDistance;
@@ -146,12 +147,13 @@ internal readonly unsafe struct PackedBlock32<TLayout> : IPackedKernel where TLa
             Codes(wq + 96, h, hs, table, 3, out var l3, out var h3);
             sbyte* qe = q + i * qStep;
             long e = (long)i * batch;
-            y0 = Step<TIsa>(y0, l0, h0, l1, h1, l2, h2, l3, h3, qe, s[e], dw, d[e], dm);
-            if (TTile.Count > 1) y1 = Step<TIsa>(y1, l0, h0, l1, h1, l2, h2, l3, h3, qe + 32, s[e + 1], dw, d[e + 1], dm);
-            if (TTile.Count > 2) y2 = Step<TIsa>(y2, l0, h0, l1, h1, l2, h2, l3, h3, qe + 64, s[e + 2], dw, d[e + 2], dm);
-            if (TTile.Count > 3) y3 = Step<TIsa>(y3, l0, h0, l1, h1, l2, h2, l3, h3, qe + 96, s[e + 3], dw, d[e + 3], dm);
+            y0 = Step<TIsa>(y0, l0, h0, l1, h1, l2, h2, l3, h3, qe, s[e], dw, d[e]);
+            if (TTile.Count > 1) y1 = Step<TIsa>(y1, l0, h0, l1, h1, l2, h2, l3, h3, qe + 32, s[e + 1], dw, d[e + 1]);
+            if (TTile.Count > 2) y2 = Step<TIsa>(y2, l0, h0, l1, h1, l2, h2, l3, h3, qe + 64, s[e + 2], dw, d[e + 2]);
+            if (TTile.Count > 3) y3 = Step<TIsa>(y3, l0, h0, l1, h1, l2, h2, l3, h3, qe + 96, s[e + 3], dw, d[e + 3]);
+            MinSteps<TTile>(dm, s + e, ref m0, ref m1, ref m2, ref m3);
         }
-        PackedSteps.StoreTile<TTile>(a, g, b, y0, y1, y2, y3);
+        Store<TTile>(a, g, b, y0, y1, y2, y3, m0, m1, m2, m3);
     }
 
     /// <summary>
@@ -170,6 +172,7 @@ internal readonly unsafe struct PackedBlock32<TLayout> : IPackedKernel where TLa
         long qStep = 32L * batch;
         var ones = Vector256.Create((short)1);
         Vector256<float> y0 = default, y1 = default, y2 = default, y3 = default;
+        Vector256<float> m0 = default, m1 = default, m2 = default, m3 = default; // Q4_1, Q5_1: Σ m·s_x
         // NOTE: the layout's offsets as locals: constants once inlined, but the inliner's budget runs out in these large
         // methods and a call per use cost half the speed (Q4_1 in cache, one thread: 7.5 against Q4_0's 14 GB/s).
         int packedBlock = PackedBlock, codesOffset = CodesOffset, highBitsOffset = HighBitsOffset, prefetchDistance = PrefetchDistance;
@@ -215,12 +218,13 @@ internal readonly unsafe struct PackedBlock32<TLayout> : IPackedKernel where TLa
             }
             long e = (long)i * batch;
             var dm = TLayout.HasMin ? PackedSteps.RowScales(blk + ScalesBytes) : default;
-            y0 = Scale(y0, i0, s[e], dw, d[e], dm, madd: true);
-            if (TTile.Count > 1) y1 = Scale(y1, i1, s[e + 1], dw, d[e + 1], dm, madd: true);
-            if (TTile.Count > 2) y2 = Scale(y2, i2, s[e + 2], dw, d[e + 2], dm, madd: true);
-            if (TTile.Count > 3) y3 = Scale(y3, i3, s[e + 3], dw, d[e + 3], dm, madd: true);
+            y0 = Scale(y0, i0, s[e], dw, d[e], madd: true);
+            if (TTile.Count > 1) y1 = Scale(y1, i1, s[e + 1], dw, d[e + 1], madd: true);
+            if (TTile.Count > 2) y2 = Scale(y2, i2, s[e + 2], dw, d[e + 2], madd: true);
+            if (TTile.Count > 3) y3 = Scale(y3, i3, s[e + 3], dw, d[e + 3], madd: true);
+            MinSteps<TTile>(dm, s + e, ref m0, ref m1, ref m2, ref m3);
         }
-        PackedSteps.StoreTile<TTile>(a, g, b, y0, y1, y2, y3);
+        Store<TTile>(a, g, b, y0, y1, y2, y3, m0, m1, m2, m3);
     }
 
     /// <summary>One step of <see cref="TileMadd{TTile}"/> for unsigned codes: code bytes 4k … 4k+3 of the eight rows
@@ -315,7 +319,7 @@ internal readonly unsafe struct PackedBlock32<TLayout> : IPackedKernel where TLa
     private static Vector256<float> Step<TIsa>(Vector256<float> acc,
         Vector256<byte> l0, Vector256<byte> h0, Vector256<byte> l1, Vector256<byte> h1,
         Vector256<byte> l2, Vector256<byte> h2, Vector256<byte> l3, Vector256<byte> h3,
-        sbyte* x, int sum, Vector256<float> dw, float dx, Vector256<float> dm) where TIsa : IIntegerIsa
+        sbyte* x, int sum, Vector256<float> dw, float dx) where TIsa : IIntegerIsa
     {
         var lo = Vector256<int>.Zero;
         var hi = Vector256<int>.Zero;
@@ -327,21 +331,45 @@ internal readonly unsafe struct PackedBlock32<TLayout> : IPackedKernel where TLa
         hi = TIsa.Dot(hi, h2, PackedSteps.Broadcast(x + 24));
         lo = TIsa.Dot(lo, l3, PackedSteps.Broadcast(x + 12));
         hi = TIsa.Dot(hi, h3, PackedSteps.Broadcast(x + 28));
-        return Scale(acc, lo + hi, sum, dw, dx, dm, madd: false);
+        return Scale(acc, lo + hi, sum, dw, dx, madd: false);
     }
 
     /// <summary>
-    /// acc + (d_w·d_x)·(block sum + offset) (+ m·s_x): <paramref name="sum"/> is the Q8_0 activation's −8·Σq (times
-    /// the layout's offset; IQ4_NL's only in the VNNI loops, <paramref name="madd"/> false) or the Q8_1 activation's s.
+    /// acc + (d_w·d_x)·(block sum + offset): <paramref name="sum"/> is the Q8_0 activation's −8·Σq, times the layout's
+    /// offset (IQ4_NL's only in the VNNI loops, <paramref name="madd"/> false); Q4_1 and Q5_1 have none.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Scale(Vector256<float> acc, Vector256<int> block, int sum, Vector256<float> dw, float dx,
-        Vector256<float> dm, bool madd)
+    private static Vector256<float> Scale(Vector256<float> acc, Vector256<int> block, int sum, Vector256<float> dw, float dx, bool madd)
     {
         if (TLayout.OffsetSums != 0 && !(madd && TLayout.Lookup)) block += Vector256.Create(TLayout.OffsetSums * sum);
-        acc = PackedSteps.ScaleBlock(acc, block, dw, dx);
-        if (TLayout.HasMin) acc = Fma.MultiplyAdd(dm, Vector256.Create(BitConverter.Int32BitsToSingle(sum)), acc);
-        return acc;
+        return PackedSteps.ScaleBlock(acc, block, dw, dx);
+    }
+
+    /// <summary>
+    /// Q4_1, Q5_1: m·s_x of one block for up to four batch rows, <paramref name="sx"/> the Q8_1 activations' s (as float
+    /// bits, batch rows adjacent).
+    /// </summary>
+    /// <remarks>Summed apart from the code products: one more dependency chain per output instead of a second
+    /// multiply-add in line (Q4_1 in cache, one thread, <c>kernels-quick --ring-mb 0 --shape 256x1024</c>: 10.3–10.5 →
+    /// 10.7–10.8 GB/s).</remarks>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MinSteps<TTile>(Vector256<float> dm, int* sx,
+        ref Vector256<float> m0, ref Vector256<float> m1, ref Vector256<float> m2, ref Vector256<float> m3) where TTile : IBatchTile
+    {
+        if (!TLayout.HasMin) return;
+        m0 = Fma.MultiplyAdd(dm, Vector256.Create(*(float*)sx), m0);
+        if (TTile.Count > 1) m1 = Fma.MultiplyAdd(dm, Vector256.Create(*(float*)(sx + 1)), m1);
+        if (TTile.Count > 2) m2 = Fma.MultiplyAdd(dm, Vector256.Create(*(float*)(sx + 2)), m2);
+        if (TTile.Count > 3) m3 = Fma.MultiplyAdd(dm, Vector256.Create(*(float*)(sx + 3)), m3);
+    }
+
+    /// <summary>The tile's outputs: the code products' sums, plus the min terms' (Q4_1, Q5_1).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store<TTile>(in MatMulArgs a, int g, int b, Vector256<float> y0, Vector256<float> y1, Vector256<float> y2,
+        Vector256<float> y3, Vector256<float> m0, Vector256<float> m1, Vector256<float> m2, Vector256<float> m3) where TTile : IBatchTile
+    {
+        if (TLayout.HasMin) PackedSteps.StoreTile<TTile>(a, g, b, y0 + m0, y1 + m1, y2 + m2, y3 + m3);
+        else PackedSteps.StoreTile<TTile>(a, g, b, y0, y1, y2, y3);
     }
 }
 

@@ -48,7 +48,7 @@ internal unsafe interface IPackedKernel
 
 /// <summary>
 /// The whole groups of eight rows of a weight matrix, repacked for an <see cref="IPackedKernel"/> so that one
-/// <c>vpdpbusd</c> lane belongs to one output row (see <see cref="PackedQ8_0"/>, <see cref="PackedQ4_0"/>,
+/// <c>vpdpbusd</c> lane belongs to one output row (see <see cref="PackedQ8_0"/>, <see cref="PackedBlock32{TLayout}"/>,
 /// <see cref="PackedQ4_K"/>, <see cref="PackedQ5_K"/>, <see cref="PackedQ6_K"/>, <see cref="PackedQ3_K"/>, <see cref="PackedQ2_K"/>). Rows after the last whole group keep the GGUF layout.
 /// </summary>
 /// <remarks>Every output sees the same operations whatever the batch size, so a request's tokens do not depend on what
@@ -165,7 +165,7 @@ internal static class PackedSteps
         F16Weights.ToSingle(Avx2.ConvertToVector256Int32(Vector128.Load((ushort*)blk)).AsUInt32());
 
     /// <summary>acc + (d_w·d_x)·sum per row lane: a 32-value block's exact integer sums scaled once for the eight rows
-    /// (<see cref="PackedQ8_0"/>, <see cref="PackedQ4_0"/>).</summary>
+    /// (<see cref="PackedQ8_0"/>, <see cref="PackedBlock32{TLayout}"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> ScaleBlock(Vector256<float> acc, Vector256<int> sum, Vector256<float> dw, float dx) =>
         Fma.MultiplyAdd(Avx.ConvertToVector256Single(sum), dw * Vector256.Create(dx), acc);
