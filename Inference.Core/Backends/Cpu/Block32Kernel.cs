@@ -238,6 +238,9 @@ internal static class IQ4Table
     /// <summary>The table's values + 128 (1 … 241) as unsigned bytes in both 128-bit lanes.</summary>
     public static readonly Vector256<byte> Offset = Both + Vector256.Create((byte)128);
 
+    /// <summary>The sizes |T[q]| of <see cref="Dequantize.IQ4Values"/> in both lanes (unsigned <c>vpmaddubsw</c> operands).</summary>
+    public static readonly Vector256<byte> Magnitudes = Vector256.Abs(Both.AsSByte()).AsByte();
+
     private static Vector256<byte> Build()
     {
         var t = Vector128.Create(Dequantize.IQ4Values).AsByte();

@@ -19,9 +19,9 @@ namespace Inference.Backends.Cpu;
 /// Weights passed through <see cref="Prepare"/> are repacked eight rows at a time as Q4_0's are
 /// (<see cref="PackedBlock32{TLayout}"/>).</item>
 /// <item>Q2_K, Q3_K, IQ4_XS: Q8_K activations, as ggml's <c>vec_dot_q2_K_q8_K</c> / <c>vec_dot_q3_K_q8_K</c> /
-/// <c>vec_dot_iq4_xs_q8_K</c> (<see cref="SuperBlockKernel"/>). Q2_K and Q3_K weights passed through <see cref="Prepare"/>
-/// are repacked eight rows at a time (<see cref="PackedQ2_K"/>, <see cref="PackedQ3_K"/>): the same exact integer
-/// super-block sums, scaled once per super-block and row.</item>
+/// <c>vec_dot_iq4_xs_q8_K</c> (<see cref="SuperBlockKernel"/>). Q2_K, Q3_K and IQ4_XS weights passed through
+/// <see cref="Prepare"/> are repacked eight rows at a time (<see cref="PackedQ2_K"/>, <see cref="PackedQ3_K"/>,
+/// <see cref="PackedIQ4_XS"/>): the same exact integer super-block sums, scaled once per super-block and row.</item>
 /// <item>Q4_K, Q5_K, Q6_K: activations are quantized to Q8_K (per 256 values), as ggml's <c>vec_dot_q4_K_q8_K</c> /
 /// <c>vec_dot_q5_K_q8_K</c> / <c>vec_dot_q6_K_q8_K</c>. Weights passed through <see cref="Prepare"/> are repacked eight rows at a time
 /// (<see cref="PackedQ4_K"/>, <see cref="PackedQ5_K"/>, <see cref="PackedQ6_K"/>): the same exact integer super-block sums, scaled once per
@@ -39,7 +39,8 @@ public static class MatMul
     /// <summary>
     /// Returns <paramref name="w"/> with a copy of its rows in the layout this machine's fastest kernel reads (with
     /// AVX2: <see cref="PackedQ8_0"/>, <see cref="PackedBlock32{TLayout}"/> (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), <see cref="PackedQ4_K"/>,
-    /// <see cref="PackedQ5_K"/>, <see cref="PackedQ6_K"/>, <see cref="PackedQ3_K"/>, <see cref="PackedQ2_K"/>), or <paramref name="w"/>
+    /// <see cref="PackedQ5_K"/>, <see cref="PackedQ6_K"/>, <see cref="PackedQ3_K"/>, <see cref="PackedQ2_K"/>,
+    /// <see cref="PackedIQ4_XS"/>), or <paramref name="w"/>
     /// itself when there is none. The copy lives as long as the returned value is reachable; the original memory must
     /// stay valid too.
     /// </summary>
@@ -79,6 +80,7 @@ public static class MatMul
             GgmlType.Q6_K => PackedWeights.Pack<PackedQ6_K>(w, arena),
             GgmlType.Q3_K => PackedWeights.Pack<PackedQ3_K>(w, arena),
             GgmlType.Q2_K => PackedWeights.Pack<PackedQ2_K>(w, arena),
+            GgmlType.IQ4_XS => PackedWeights.Pack<PackedIQ4_XS>(w, arena),
             _ => null,
         };
         return packed is null ? w : w with { Packed = packed };
@@ -144,6 +146,7 @@ public static class MatMul
                 case GgmlType.Q2_K: RunQ8_K<Q2_KKernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q3_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ3_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q3_K: RunQ8_K<Q3_KKernel>(w, px, py, batch, pool, path); break;
+                case GgmlType.IQ4_XS when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedIQ4_XS>(path, px, batch, pool, w, py); break;
                 case GgmlType.IQ4_XS: RunQ8_K<IQ4_XSKernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q6_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ6_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q6_K: RunQ8_K<Q6_KKernel>(w, px, py, batch, pool, path); break;
@@ -222,6 +225,7 @@ public static class MatMul
                 case GgmlType.Q6_K: RunPacked<PackedQ6_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q3_K: RunPacked<PackedQ3_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 case GgmlType.Q2_K: RunPacked<PackedQ2_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
+                case GgmlType.IQ4_XS: RunPacked<PackedIQ4_XS>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
                 default: throw new NotSupportedException($"no packed kernel for {w0.Type}");
             }
         }

@@ -49,7 +49,8 @@ internal unsafe interface IPackedKernel
 /// <summary>
 /// The whole groups of eight rows of a weight matrix, repacked for an <see cref="IPackedKernel"/> so that one
 /// <c>vpdpbusd</c> lane belongs to one output row (see <see cref="PackedQ8_0"/>, <see cref="PackedBlock32{TLayout}"/>,
-/// <see cref="PackedQ4_K"/>, <see cref="PackedQ5_K"/>, <see cref="PackedQ6_K"/>, <see cref="PackedQ3_K"/>, <see cref="PackedQ2_K"/>). Rows after the last whole group keep the GGUF layout.
+/// <see cref="PackedQ4_K"/>, <see cref="PackedQ5_K"/>, <see cref="PackedQ6_K"/>, <see cref="PackedQ3_K"/>, <see cref="PackedQ2_K"/>,
+/// <see cref="PackedIQ4_XS"/>). Rows after the last whole group keep the GGUF layout.
 /// </summary>
 /// <remarks>Every output sees the same operations whatever the batch size, so a request's tokens do not depend on what
 /// it is batched with. The kernels use AVX-VNNI where present and run on AVX2 alone otherwise, with the same integer sums
@@ -89,7 +90,7 @@ internal sealed unsafe class PackedWeights
     /// <summary>True when this machine's fastest path runs a packed kernel for <paramref name="type"/>.</summary>
     public static bool IsSupportedFor(GgmlType type) =>
         (type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.IQ4_NL
-         or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q3_K or GgmlType.Q2_K) && Runs(KernelPaths.Best);
+         or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.IQ4_XS) && Runs(KernelPaths.Best);
 
     /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows (into <paramref name="arena"/> when given, else a
     /// buffer of their own); null when it has fewer than eight rows or the copy would not fit one array (that matrix then

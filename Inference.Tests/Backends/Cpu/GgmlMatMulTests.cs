@@ -100,7 +100,7 @@ public unsafe class GgmlMatMulTests
     }
 
     /// <summary>
-    /// The 32-value-block types, Q2_K and Q3_K as the model runs them, repacked eight rows per group where this machine packs them
+    /// The 32-value-block types, Q2_K, Q3_K and IQ4_XS as the model runs them, repacked eight rows per group where this machine packs them
     /// (43 rows: five groups and three tail rows of the GGUF layout), against ggml's mul_mat on the same bytes.
     /// </summary>
     [TestCase(GgmlType.Q4_0, 43, 1056, 1)]
@@ -116,6 +116,10 @@ public unsafe class GgmlMatMulTests
     [TestCase(GgmlType.Q2_K, 37, 768, 5)]
     [TestCase(GgmlType.Q3_K, 64, 512, 1)]
     [TestCase(GgmlType.Q3_K, 37, 768, 5)]
+    [TestCase(GgmlType.IQ4_XS, 64, 512, 1)]
+    [TestCase(GgmlType.IQ4_XS, 61, 768, 1)]
+    [TestCase(GgmlType.IQ4_XS, 37, 768, 5)]
+    [TestCase(GgmlType.IQ4_XS, 96, 1024, 9)]
     public void Packed_types_match_ggml_to_f32_roundoff(GgmlType type, int rows, int cols, int batch)
     {
         var rng = new Random(HashCode.Combine((int)type, rows, cols, batch, 7));

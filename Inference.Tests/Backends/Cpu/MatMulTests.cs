@@ -39,9 +39,10 @@ public unsafe class MatMulTests
 
     private static readonly GgmlType[] PackedTypes =
         [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.IQ4_NL, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K,
-         GgmlType.Q3_K, GgmlType.Q2_K];
+         GgmlType.Q3_K, GgmlType.Q2_K, GgmlType.IQ4_XS];
 
-    private static readonly GgmlType[] PackedSuperBlockTypes = [GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.Q3_K, GgmlType.Q2_K];
+    private static readonly GgmlType[] PackedSuperBlockTypes =
+        [GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.Q3_K, GgmlType.Q2_K, GgmlType.IQ4_XS];
 
     private static readonly GgmlType[] PackedBlock32Types =
         [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.IQ4_NL];
