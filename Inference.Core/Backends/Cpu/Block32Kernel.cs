@@ -230,21 +230,36 @@ internal readonly unsafe struct IQ4_NLCodes : IBlock32Codes
 }
 
 /// <summary>The IQ4 table for byte shuffles.</summary>
+/// <remarks>Constant vectors rather than static readonly fields: a kernel compiled before a class's static constructor
+/// has run tests for it at every use, and keeps its vector registers spilled around that test. The IQ4 table test
+/// checks them against <see cref="Dequantize.IQ4Values"/>.</remarks>
 internal static class IQ4Table
 {
     /// <summary><see cref="Dequantize.IQ4Values"/> as bytes in both 128-bit lanes (a <c>vpshufb</c> lookup).</summary>
-    public static readonly Vector256<byte> Both = Build();
-
-    /// <summary>The table's values + 128 (1 … 241) as unsigned bytes in both 128-bit lanes.</summary>
-    public static readonly Vector256<byte> Offset = Both + Vector256.Create((byte)128);
+    public static Vector256<byte> Both
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => Vector256.Create(
+            (sbyte)-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+            -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113).AsByte();
+    }
 
     /// <summary>The sizes |T[q]| of <see cref="Dequantize.IQ4Values"/> in both lanes (unsigned <c>vpmaddubsw</c> operands).</summary>
-    public static readonly Vector256<byte> Magnitudes = Vector256.Abs(Both.AsSByte()).AsByte();
-
-    private static Vector256<byte> Build()
+    public static Vector256<byte> Magnitudes
     {
-        var t = Vector128.Create(Dequantize.IQ4Values).AsByte();
-        return Vector256.Create(t, t);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => Vector256.Create(
+            (byte)127, 104, 83, 65, 49, 35, 22, 10, 1, 13, 25, 38, 53, 69, 89, 113,
+            127, 104, 83, 65, 49, 35, 22, 10, 1, 13, 25, 38, 53, 69, 89, 113);
+    }
+
+    /// <summary>The table's values + 128 (1 … 241) as unsigned bytes in both lanes (<c>vpdpbusd</c> operands).</summary>
+    public static Vector256<byte> Offset
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => Vector256.Create(
+            (byte)1, 24, 45, 63, 79, 93, 106, 118, 129, 141, 153, 166, 181, 197, 217, 241,
+            1, 24, 45, 63, 79, 93, 106, 118, 129, 141, 153, 166, 181, 197, 217, 241);
     }
 }
 

@@ -90,16 +90,24 @@ internal readonly unsafe struct PackedIQ4_XS : IPackedKernel
 
             // Σ_j sc_j·Σ_c T[q]·q_x per row (with VNNI: Σ_j sc_j·Σ_c (T[q] + 128)·q_x).
             Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
-            for (int j = 0; j < 8; j++)
+            for (int i = 0; i < 4; i++)
             {
                 // NOTE: as in PackedQ4_K, batch 1 asks for the lines a few super-blocks ahead (the hardware prefetcher
-                // alone leaves one batch row's loads short of the core's bandwidth).
-                if (b == 0 && (j & 1) == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance + 64 * PrefetchLinesPerPair * (j >> 1), PrefetchLinesPerPair);
-                byte* codes = blk + CodesOffset + 128 * j;
-                sbyte* scales = (sbyte*)blk + ScalesOffset + 16 * j;
-                sbyte* x = qs + 32 * j;
-                if (!TIsa.Vnni) SubBlockMadd<TTile>(codes, x, scales, ref i0, ref i1, ref i2, ref i3);
-                else SubBlock<TTile, TIsa>(codes, x, scales, ref i0, ref i1, ref i2, ref i3);
+                // alone leaves one batch row's loads short of the core's bandwidth), a quarter of them per pair of sub-blocks.
+                if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance + 64 * PrefetchLinesPerPair * i, PrefetchLinesPerPair);
+                byte* codes = blk + CodesOffset + 256 * i;
+                sbyte* scales = (sbyte*)blk + ScalesOffset + 32 * i;
+                sbyte* x = qs + 64 * i;
+                if (!TIsa.Vnni)
+                {
+                    SubBlockMadd<TTile>(codes, x, scales, ref i0, ref i1, ref i2, ref i3);
+                    SubBlockMadd<TTile>(codes + 128, x + 32, scales + 16, ref i0, ref i1, ref i2, ref i3);
+                }
+                else
+                {
+                    SubBlock<TTile, TIsa>(codes, x, scales, ref i0, ref i1, ref i2, ref i3);
+                    SubBlock<TTile, TIsa>(codes + 128, x + 32, scales + 16, ref i0, ref i1, ref i2, ref i3);
+                }
             }
             if (TIsa.Vnni)
             {

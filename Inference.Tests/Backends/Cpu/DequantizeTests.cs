@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.Intrinsics;
 using Inference.Backends.Cpu;
 using Inference.Loading;
 
@@ -184,5 +185,20 @@ public class DequantizeTests
         Assert.Throws<ArgumentException>(() => Dequantize.Row(GgmlType.Q8_0, new byte[34], new float[31]));
         Assert.Throws<ArgumentException>(() => Dequantize.Row(GgmlType.Q4_K, new byte[143], new float[256]));
         Assert.Throws<NotSupportedException>(() => Dequantize.Row(GgmlType.Q8_1, new byte[36], new float[32]));
+    }
+
+    [Test]
+    public void IQ4_shuffle_tables_hold_the_IQ4_values_in_both_lanes()
+    {
+        var both = IQ4Table.Both.AsSByte();
+        var magnitudes = IQ4Table.Magnitudes;
+        var offset = IQ4Table.Offset;
+        for (int i = 0; i < 32; i++)
+        {
+            int v = Dequantize.IQ4Values[i % 16];
+            Assert.That(both[i], Is.EqualTo(v), $"value {i}");
+            Assert.That(magnitudes[i], Is.EqualTo(Math.Abs(v)), $"magnitude {i}");
+            Assert.That(offset[i], Is.EqualTo(v + 128), $"offset value {i}");
+        }
     }
 }
