@@ -47,6 +47,11 @@ internal readonly unsafe struct PackedQ4_K : IPackedKernel
 
     public static void Tile<TTile, TIsa>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile where TIsa : IIntegerIsa =>
         PackedK4<Q4_KCodes>.Tile<TTile, TIsa>(a, group, g, b);
+
+    public static bool InterleavesGroups => true;
+
+    public static void TileTwoGroups<TIsa>(in MatMulArgs a, byte* groupA, int gA, byte* groupB, int gB) where TIsa : IIntegerIsa =>
+        PackedK4<Q4_KCodes>.TileTwoGroups<TIsa>(a, groupA, gA, groupB, gB);
 }
 
 /// <summary>
@@ -71,6 +76,11 @@ internal readonly unsafe struct PackedQ5_K : IPackedKernel
 
     public static void Tile<TTile, TIsa>(in MatMulArgs a, byte* group, int g, int b) where TTile : IBatchTile where TIsa : IIntegerIsa =>
         PackedK4<Q5_KCodes>.Tile<TTile, TIsa>(a, group, g, b);
+
+    public static bool InterleavesGroups => true;
+
+    public static void TileTwoGroups<TIsa>(in MatMulArgs a, byte* groupA, int gA, byte* groupB, int gB) where TIsa : IIntegerIsa =>
+        PackedK4<Q5_KCodes>.TileTwoGroups<TIsa>(a, groupA, gA, groupB, gB);
 }
 
 /// <summary>The packed Q4_K-family kernel (<see cref="PackedQ4_K"/>, <see cref="PackedQ5_K"/>) for one code layout.</summary>
@@ -82,13 +92,27 @@ internal static unsafe class PackedK4<TCodes> where TCodes : IK4Codes
     private const int CodesOffset = 192;
     private const int HighBitsOffset = CodesOffset + 8 * 128;
 
+    // NOTE: these properties were left as calls in the hot loop (which then kept its accumulators on the stack):
+    // every kernel inlines them.
     /// <summary>Bytes per group and super-block.</summary>
-    public static int PackedBlock => HighBitsOffset + (TCodes.HighBits ? 256 : 0);
+    public static int PackedBlock
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => HighBitsOffset + (TCodes.HighBits ? 256 : 0);
+    }
 
-    private static int PrefetchDistance => 4 * PackedBlock;
+    private static int PrefetchDistance
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => 4 * PackedBlock;
+    }
 
     /// <summary>Cache lines asked for per pair of sub-blocks (four pairs cover a packed block).</summary>
-    private static int PrefetchLinesPerPair => TCodes.HighBits ? 6 : 5;
+    private static int PrefetchLinesPerPair
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => TCodes.HighBits ? 6 : 5;
+    }
 
     public static void PackBlock(byte* dst, in WeightMatrix w, int g, int s)
     {
@@ -170,6 +194,102 @@ internal static unsafe class PackedK4<TCodes> where TCodes : IK4Codes
             if (TTile.Count > 2) Step(y + 2L * a.Rows, i2, m2, dw, dminw, ds[2]);
             if (TTile.Count > 3) Step(y + 3L * a.Rows, i3, m3, dw, dminw, ds[3]);
         }
+    }
+
+    /// <summary>
+    /// One batch row against groups <paramref name="gA"/> and <paramref name="gB"/> (<see cref="IPackedKernel.TileTwoGroups"/>):
+    /// without VNNI the two weight streams are read side by side and share each activation broadcast, with exactly the
+    /// integer sums and f32 operations of <see cref="Tile{TTile, TIsa}"/> for one batch row (so the same bits); with VNNI
+    /// the groups run one after the other.
+    /// </summary>
+    public static void TileTwoGroups<TIsa>(in MatMulArgs a, byte* groupA, int gA, byte* groupB, int gB) where TIsa : IIntegerIsa
+    {
+        if (TIsa.Vnni)
+        {
+            Tile<Tile1, TIsa>(a, groupA, gA, 0);
+            Tile<Tile1, TIsa>(a, groupB, gB, 0);
+            return;
+        }
+        int nsb = a.Cols / 256;
+        float* yA = a.Y + 8L * gA, yB = a.Y + 8L * gB;
+        Vector256<float>.Zero.Store(yA);
+        Vector256<float>.Zero.Store(yB);
+        for (int s = 0; s < nsb; s++)
+        {
+            byte* blkA = groupA + (long)s * PackedBlock, blkB = groupB + (long)s * PackedBlock;
+            sbyte* qs = a.Q + 256L * s;
+            short* bs = a.BSums + 16L * s;
+            Vector256<int> iA = default, iB = default;
+            for (int i = 0; i < 4; i++)
+            {
+                PackedSteps.PrefetchLines(blkA + PrefetchDistance + 64 * PrefetchLinesPerPair * i, PrefetchLinesPerPair);
+                PackedSteps.PrefetchLines(blkB + PrefetchDistance + 64 * PrefetchLinesPerPair * i, PrefetchLinesPerPair);
+                var shift = Vector128.CreateScalar((ushort)(2 * i));
+                PairMaddTwo(blkA + CodesOffset + 256 * i, blkB + CodesOffset + 256 * i, qs + 64 * i,
+                    blkA + ScalesOffset + 16 * i, blkB + ScalesOffset + 16 * i,
+                    new FifthBits(blkA + HighBitsOffset, shift), new FifthBits(blkB + HighBitsOffset, shift), ref iA, ref iB);
+            }
+            float dx = a.D[s];
+            Step(yA, iA, MinTerm<TIsa>(bs, blkA), Vector256.Load((float*)blkA), Vector256.Load((float*)blkA + 8), dx);
+            Step(yB, iB, MinTerm<TIsa>(bs, blkB), Vector256.Load((float*)blkB), Vector256.Load((float*)blkB + 8), dx);
+        }
+    }
+
+    /// <summary><see cref="MinTerm{TIsa}(short*, Vector256{short}, Vector256{short}, Vector256{short}, Vector256{short})"/> with the mins of the packed block at <paramref name="blk"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> MinTerm<TIsa>(short* bs, byte* blk) where TIsa : IIntegerIsa =>
+        MinTerm<TIsa>(bs, Avx2.ConvertToVector256Int16(blk + MinsOffset), Avx2.ConvertToVector256Int16(blk + MinsOffset + 16),
+            Avx2.ConvertToVector256Int16(blk + MinsOffset + 32), Avx2.ConvertToVector256Int16(blk + MinsOffset + 48));
+
+    /// <summary>
+    /// <see cref="PairMadd{TTile}"/> for one batch row and two groups: the same short sums, widened at the same steps,
+    /// each activation broadcast used by both groups.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PairMaddTwo(byte* codesA, byte* codesB, sbyte* x, byte* scalesA, byte* scalesB, FifthBits fifthA, FifthBits fifthB,
+        ref Vector256<int> sumiA, ref Vector256<int> sumiB)
+    {
+        var nibble = Vector256.Create((byte)0x0F);
+        Vector256<short> loA = default, hiA = default, loB = default, hiB = default;
+        MaddStepTwo(codesA, codesB, x, fifthA, fifthB, 0, nibble, ref loA, ref hiA, ref loB, ref hiB);
+        MaddStepTwo(codesA + 32, codesB + 32, x + 4, fifthA, fifthB, 1, nibble, ref loA, ref hiA, ref loB, ref hiB);
+        MaddStepTwo(codesA + 64, codesB + 64, x + 8, fifthA, fifthB, 2, nibble, ref loA, ref hiA, ref loB, ref hiB);
+        MaddStepTwo(codesA + 96, codesB + 96, x + 12, fifthA, fifthB, 3, nibble, ref loA, ref hiA, ref loB, ref hiB);
+        if (TCodes.HighBits)
+        {
+            WidenOne(scalesA, ref loA, ref hiA, ref sumiA);
+            WidenOne(scalesB, ref loB, ref hiB, ref sumiB);
+        }
+        MaddStepTwo(codesA + 128, codesB + 128, x + 16, fifthA, fifthB, 4, nibble, ref loA, ref hiA, ref loB, ref hiB);
+        MaddStepTwo(codesA + 160, codesB + 160, x + 20, fifthA, fifthB, 5, nibble, ref loA, ref hiA, ref loB, ref hiB);
+        MaddStepTwo(codesA + 192, codesB + 192, x + 24, fifthA, fifthB, 6, nibble, ref loA, ref hiA, ref loB, ref hiB);
+        MaddStepTwo(codesA + 224, codesB + 224, x + 28, fifthA, fifthB, 7, nibble, ref loA, ref hiA, ref loB, ref hiB);
+        WidenOne(scalesA, ref loA, ref hiA, ref sumiA);
+        WidenOne(scalesB, ref loB, ref hiB, ref sumiB);
+    }
+
+    /// <summary>One step of <see cref="PairMaddTwo"/>: four columns of two groups' two sub-blocks against one batch row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MaddStepTwo(byte* codesA, byte* codesB, sbyte* xk, FifthBits fifthA, FifthBits fifthB, int k, Vector256<byte> nibble,
+        ref Vector256<short> loA, ref Vector256<short> hiA, ref Vector256<short> loB, ref Vector256<short> hiB)
+    {
+        fifthA.Codes(codesA, k, nibble, out var la, out var ha);
+        fifthB.Codes(codesB, k, nibble, out var lb, out var hb);
+        var xLo = PackedSteps.Broadcast(xk);
+        var xHi = PackedSteps.Broadcast(xk + 32);
+        loA += Avx2.MultiplyAddAdjacent(la, xLo);
+        hiA += Avx2.MultiplyAddAdjacent(ha, xHi);
+        loB += Avx2.MultiplyAddAdjacent(lb, xLo);
+        hiB += Avx2.MultiplyAddAdjacent(hb, xHi);
+    }
+
+    /// <summary><see cref="Widen{TTile}"/> for one group and batch row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void WidenOne(byte* scales, ref Vector256<short> lo, ref Vector256<short> hi, ref Vector256<int> sumi)
+    {
+        ScalePairs(scales, out var scLo, out var scHi);
+        sumi += Avx2.MultiplyAddAdjacent(lo, scLo) + Avx2.MultiplyAddAdjacent(hi, scHi);
+        lo = hi = default;
     }
 
     /// <summary>
@@ -294,20 +414,28 @@ internal static unsafe class PackedK4<TCodes> where TCodes : IK4Codes
         ref Vector256<short> lo2, ref Vector256<short> hi2, ref Vector256<short> lo3, ref Vector256<short> hi3,
         ref Vector256<int> sumi0, ref Vector256<int> sumi1, ref Vector256<int> sumi2, ref Vector256<int> sumi3) where TTile : IBatchTile
     {
-        // The sixteen scale bytes (sub-block 2i, then 2i + 1, rows 0..7) in both halves; each shuffle makes one sub-block's
-        // scales the short pairs (sc, sc) per row lane.
-        var sc = Avx2.BroadcastVector128ToVector256(scales);
-        var scLo = Avx2.Shuffle(sc, Vector256.Create(
-            (byte)0, 0x80, 0, 0x80, 1, 0x80, 1, 0x80, 2, 0x80, 2, 0x80, 3, 0x80, 3, 0x80,
-            4, 0x80, 4, 0x80, 5, 0x80, 5, 0x80, 6, 0x80, 6, 0x80, 7, 0x80, 7, 0x80)).AsInt16();
-        var scHi = Avx2.Shuffle(sc, Vector256.Create(
-            (byte)8, 0x80, 8, 0x80, 9, 0x80, 9, 0x80, 10, 0x80, 10, 0x80, 11, 0x80, 11, 0x80,
-            12, 0x80, 12, 0x80, 13, 0x80, 13, 0x80, 14, 0x80, 14, 0x80, 15, 0x80, 15, 0x80)).AsInt16();
+        ScalePairs(scales, out var scLo, out var scHi);
         sumi0 += Avx2.MultiplyAddAdjacent(lo0, scLo) + Avx2.MultiplyAddAdjacent(hi0, scHi);
         if (TTile.Count > 1) sumi1 += Avx2.MultiplyAddAdjacent(lo1, scLo) + Avx2.MultiplyAddAdjacent(hi1, scHi);
         if (TTile.Count > 2) sumi2 += Avx2.MultiplyAddAdjacent(lo2, scLo) + Avx2.MultiplyAddAdjacent(hi2, scHi);
         if (TTile.Count > 3) sumi3 += Avx2.MultiplyAddAdjacent(lo3, scLo) + Avx2.MultiplyAddAdjacent(hi3, scHi);
         lo0 = hi0 = lo1 = hi1 = lo2 = hi2 = lo3 = hi3 = default;
+    }
+
+    /// <summary>
+    /// The sixteen scale bytes (sub-block 2i, then 2i + 1, rows 0..7) in both halves; each shuffle makes one sub-block's
+    /// scales the short pairs (sc, sc) per row lane.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ScalePairs(byte* scales, out Vector256<short> scLo, out Vector256<short> scHi)
+    {
+        var sc = Avx2.BroadcastVector128ToVector256(scales);
+        scLo = Avx2.Shuffle(sc, Vector256.Create(
+            (byte)0, 0x80, 0, 0x80, 1, 0x80, 1, 0x80, 2, 0x80, 2, 0x80, 3, 0x80, 3, 0x80,
+            4, 0x80, 4, 0x80, 5, 0x80, 5, 0x80, 6, 0x80, 6, 0x80, 7, 0x80, 7, 0x80)).AsInt16();
+        scHi = Avx2.Shuffle(sc, Vector256.Create(
+            (byte)8, 0x80, 8, 0x80, 9, 0x80, 9, 0x80, 10, 0x80, 10, 0x80, 11, 0x80, 11, 0x80,
+            12, 0x80, 12, 0x80, 13, 0x80, 13, 0x80, 14, 0x80, 14, 0x80, 15, 0x80, 15, 0x80)).AsInt16();
     }
 
     /// <summary>One step of <see cref="PairMadd{TTile}"/>: four columns of the eight rows' two sub-blocks against up to

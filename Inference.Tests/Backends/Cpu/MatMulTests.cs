@@ -296,6 +296,49 @@ public unsafe class MatMulTests
         for (int i = 1; i < paths.Length; i++) Assert.That(y[i], Is.EqualTo(y[0]), $"{paths[i]} against {paths[0]}");
     }
 
+    /// <summary>
+    /// Batch 1 on packed weights reads two groups side by side (<see cref="IPackedKernel.TileTwoGroups"/>; without VNNI
+    /// its own loop): one thread takes the whole range, so 203 rows are twelve pairs of groups, one group alone and three
+    /// tail rows. Every batch row of batches 1 to 9 must get the bits it gets alone, on AVX2 and on the emulated VNNI
+    /// loops alike, and batch 1 must match the float64 reference.
+    /// </summary>
+    [Test]
+    public void Batch_one_reading_two_groups_gives_the_bits_of_every_batch([ValueSource(nameof(PackedTypes))] GgmlType type)
+    {
+        if (!PackedWeights.IsSupportedFor(type)) Assert.Ignore($"no packed {type} kernel on this machine");
+        const int rows = 203;
+        int cols = MatMulReference.ActivationBlock(type) == 256 ? 512 : 160;
+        var rng = new Random(61 + (int)type);
+        var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
+        var x = CpuTestHelpers.RandomFloats(rng, 9 * cols);
+        var one = new float[rows];
+        var paths = new[] { KernelPath.Vector256, KernelPath.Vector256VnniEmulated, KernelPath.Vector256Vnni }.Where(KernelPaths.IsSupported).ToArray();
+        using var pool = new WorkerPool(1);
+        fixed (byte* pw = weights)
+        {
+            var w = MatMul.Prepare(new WeightMatrix(type, pw, rows, cols));
+            Assert.That(w.Packed, Is.Not.Null, "packed");
+            var alone = new float[9 * rows];
+            foreach (var path in paths)
+            {
+                for (int b = 0; b < 9; b++)
+                {
+                    one.AsSpan().Fill(float.NaN);
+                    MatMul.Multiply(w, x.AsSpan(b * cols, cols), one, 1, pool, path);
+                    if (path == paths[0]) one.CopyTo(alone, b * rows);
+                    else Assert.That(one, Is.EqualTo(alone.AsSpan(b * rows, rows).ToArray()), $"{path} against {paths[0]}, batch row {b}");
+                }
+                for (int batch = 2; batch <= 9; batch++)
+                {
+                    var all = Enumerable.Repeat(float.NaN, batch * rows).ToArray();
+                    MatMul.Multiply(w, x.AsSpan(0, batch * cols), all, batch, pool, path);
+                    Assert.That(all, Is.EqualTo(alone.AsSpan(0, batch * rows).ToArray()), $"{path}, batch {batch}");
+                }
+            }
+        }
+        Check(type, KernelPath.Vector256, rows, cols, 1, seed: 67 + (int)type, prepare: true);
+    }
+
     [TestCaseSource(nameof(PackedTypes))]
     public void Packed_weights_agree_with_the_unpacked_kernel(GgmlType type)
     {
