@@ -48,6 +48,8 @@ public class ServerOptionsTests
     [TestCase("--ngram-speculation --num-speculative-tokens 0", "NumSpeculativeTokens")]
     [TestCase("--ngram-speculation --prompt-lookup-min 5 --prompt-lookup-max 2", "PromptLookupMin")]
     [TestCase("--prompt-lookup-max 2", "--ngram-speculation")]
+    [TestCase("--ngram-speculation --draft-stop-margin 0.05", "--draft-model")]
+    [TestCase("--draft-model d.gguf --draft-stop-margin -1", "DraftStopMargin")]
     [TestCase("--speculative-config {\"model\":", "--speculative-config")]
     [TestCase("--speculative-config [4]", "JSON object")]
     [TestCase("--speculative-config {\"method\":\"eagle\",\"model\":\"e\"}", "eagle")]
@@ -118,6 +120,8 @@ public class ServerOptionsTests
             Is.EqualTo(new Inference.Speculative.SpeculativeOptions { Method = Inference.Speculative.SpeculativeMethod.DraftModel, DraftModel = "d.gguf", NumSpeculativeTokens = 5 }));
         Assert.That(ServerOptions.Parse(["--model", "m.gguf", "--ngram-speculation", "--prompt-lookup-max", "4", "--prompt-lookup-min", "2"]).Engine.Speculative,
             Is.EqualTo(new Inference.Speculative.SpeculativeOptions { PromptLookupMin = 2, PromptLookupMax = 4 }));
+        Assert.That(ServerOptions.Parse(["--model", "m.gguf", "--draft-model", "d.gguf", "--num-speculative-tokens", "7", "--draft-stop-margin", "0.05"]).Engine.Speculative,
+            Is.EqualTo(Inference.Speculative.SpeculativeOptions.Draft("d.gguf", 7) with { DraftStopMargin = 0.05f }));
         Assert.That(ServerOptions.Parse(["--model", "m.gguf"]).Engine.Speculative, Is.Null);
     }
 

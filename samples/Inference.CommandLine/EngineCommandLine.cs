@@ -92,6 +92,9 @@ public sealed class EngineCommandLine
     /// <summary><c>--num-speculative-tokens</c>: tokens proposed per step.</summary>
     public Option<int?> NumSpeculativeTokens { get; } = new("--num-speculative-tokens") { Description = "Tokens proposed per request and step with --draft-model or --ngram-speculation (default 4)" };
 
+    /// <summary><c>--draft-stop-margin</c>: the draft stops proposing after a near tie of its two likeliest tokens.</summary>
+    public Option<float?> DraftStopMargin { get; } = new("--draft-stop-margin") { Description = "With --draft-model: no further proposal after a token whose logit exceeds the draft's runner-up by less than this many nats (default 0: off)" };
+
     /// <summary><c>--prompt-lookup-min</c>: shortest n-gram matched by prompt lookup.</summary>
     public Option<int?> PromptLookupMin { get; } = new("--prompt-lookup-min") { Description = "Shortest n-gram --ngram-speculation matches (default 1)" };
 
@@ -143,7 +146,7 @@ public sealed class EngineCommandLine
     [
         Model, Device, Threads, MaxModelLen, MaxNumSeqs, MaxNumBatchedTokens, MaxWaitingRequests, BlockSize, KvCacheDtype,
         EnablePrefixCaching, NoEnablePrefixCaching, GpuMemoryUtilization, KvEviction, KvSinkTokens, KvRecentTokens, KvHeavyHitterTokens,
-        Quantization, TensorParallelSize, PipelineParallelSize, ContextParallelSize, EnableExpertParallel, DraftModel, NgramSpeculation, NumSpeculativeTokens, PromptLookupMin, PromptLookupMax, SpeculativeConfig,
+        Quantization, TensorParallelSize, PipelineParallelSize, ContextParallelSize, EnableExpertParallel, DraftModel, NgramSpeculation, NumSpeculativeTokens, DraftStopMargin, PromptLookupMin, PromptLookupMax, SpeculativeConfig,
         WeightHashCacheDir, NoWeightHashCache,
     ];
 
@@ -165,6 +168,8 @@ public sealed class EngineCommandLine
                 result.AddError("--speculative-config contradicts --draft-model, --ngram-speculation, --num-speculative-tokens and --prompt-lookup-min/max (give the settings in one form)");
             if (!draft && !ngram && result.GetValue(NumSpeculativeTokens) is not null)
                 result.AddError("--num-speculative-tokens needs --draft-model PATH or --ngram-speculation");
+            if (!draft && result.GetValue(DraftStopMargin) is not null)
+                result.AddError("--draft-stop-margin needs --draft-model PATH");
             string? eviction = result.GetValue(KvEviction);
             bool evicting = eviction is "sinks" or "h2o";
             if (!evicting && (result.GetValue(KvSinkTokens) is not null || result.GetValue(KvRecentTokens) is not null || result.GetValue(KvHeavyHitterTokens) is not null))
@@ -211,6 +216,7 @@ public sealed class EngineCommandLine
                 ? new SpeculativeOptions { Method = SpeculativeMethod.DraftModel, DraftModel = path }
                 : new SpeculativeOptions { Method = SpeculativeMethod.NGram };
             if (result.GetValue(NumSpeculativeTokens) is int k) speculative = speculative with { NumSpeculativeTokens = k };
+            if (result.GetValue(DraftStopMargin) is float margin) speculative = speculative with { DraftStopMargin = margin };
             if (result.GetValue(PromptLookupMin) is int min) speculative = speculative with { PromptLookupMin = min };
             if (result.GetValue(PromptLookupMax) is int max) speculative = speculative with { PromptLookupMax = max };
             speculative.Validate();
