@@ -17,7 +17,7 @@ namespace Inference.Benchmarks.E2e;
 /// benchmark's schema) constrains every request to the schema (Inference only); with <c>--compare-constraint</c> runs
 /// without and with it alternate in one process and a last line gives both TPOTs (best warm run of each) and their ratio.
 /// <para>
-/// Speculative decoding: <c>--draft-model PATH</c> (with <c>--draft-p-min P</c> and <c>--draft-margin M</c>, <see cref="SpeculativeOptions.DraftStopMargin"/>, both default 0) or <c>--ngram-speculation</c>,
+/// Speculative decoding: <c>--draft-model PATH</c> (with <c>--draft-p-min P</c> and <c>--draft-stop-margin M</c>, <see cref="SpeculativeOptions.DraftStopMargin"/>, both default 0) or <c>--ngram-speculation</c>,
 /// with <c>--num-speculative-tokens K</c> (default 4), runs each repeat twice side by side, first without speculation
 /// then with it, and the line adds <c>acceptance_rate</c>, <c>mean_accepted_tokens</c> (accepted proposals per
 /// verification step), <c>baseline_decode_tok_s</c>, <c>speedup</c> (decode, best speculative over best baseline) and
@@ -194,7 +194,7 @@ public static class E2eBenchmark
         if (draft is null && !ngram) return null;
         int k = a.Int("--num-speculative-tokens", 4);
         float pMin = float.Parse(a.String("--draft-p-min", "0"), System.Globalization.CultureInfo.InvariantCulture);
-        float margin = float.Parse(a.String("--draft-margin", "0"), System.Globalization.CultureInfo.InvariantCulture);
+        float margin = float.Parse(a.String("--draft-stop-margin", "0"), System.Globalization.CultureInfo.InvariantCulture);
         return draft is not null ? SpeculativeOptions.Draft(draft, k) with { DraftMinProbability = pMin, DraftStopMargin = margin } : SpeculativeOptions.NGram(k);
     }
 
