@@ -56,28 +56,7 @@ public unsafe class MatMulTests
     public void Packed_32_value_blocks_give_each_batch_row_its_batch_one_bits([ValueSource(nameof(PackedBlock32Types))] GgmlType type)
     {
         if (!PackedWeights.IsSupportedFor(type)) Assert.Ignore($"no packed {type} kernel on this machine");
-        const int rows = 43, cols = 320;
-        var rng = new Random(71 + (int)type);
-        var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
-        var x = CpuTestHelpers.RandomFloats(rng, 9 * cols);
-        using var pool = new WorkerPool(2);
-        fixed (byte* pw = weights)
-        {
-            var w = MatMul.Prepare(new WeightMatrix(type, pw, rows, cols));
-            Assert.That(w.Packed, Is.Not.Null, "packed");
-            foreach (var path in SupportedPaths().Where(PackedWeights.Runs))
-            {
-                var alone = Enumerable.Repeat(float.NaN, 9 * rows).ToArray();
-                for (int b = 0; b < 9; b++) MatMul.Multiply(w, x.AsSpan(b * cols, cols), alone.AsSpan(b * rows, rows), 1, pool, path);
-                Assert.That(alone, Has.None.NaN, $"{path}: every output written");
-                for (int batch = 2; batch <= 9; batch++)
-                {
-                    var all = Enumerable.Repeat(float.NaN, batch * rows).ToArray();
-                    MatMul.Multiply(w, x.AsSpan(0, batch * cols), all, batch, pool, path);
-                    Assert.That(all, Is.EqualTo(alone.AsSpan(0, batch * rows).ToArray()), $"{path}, batch {batch}");
-                }
-            }
-        }
+        AssertBatchRowsGetBatchOneBits(type, 43, 320, 71);
     }
 
     // Packed weights (eight rows per group): row counts below, at and across whole groups; batch sizes through every
@@ -180,9 +159,15 @@ public unsafe class MatMulTests
     public void Packed_super_blocks_give_each_batch_row_its_batch_one_bits([ValueSource(nameof(PackedSuperBlockTypes))] GgmlType type)
     {
         if (!PackedWeights.IsSupportedFor(type)) Assert.Ignore($"no packed {type} kernel on this machine");
-        const int rows = 41;
         int cols = 2 * GgmlTypeInfo.BlockElements(type) * (GgmlTypeInfo.BlockElements(type) == 32 ? 8 : 1);
-        var rng = new Random(29 + (int)type);
+        AssertBatchRowsGetBatchOneBits(type, 41, cols, 29);
+    }
+
+    /// <summary>Batches 2..9 of a prepared (packed) matrix on every vector path that runs it give each row the bits of
+    /// that row multiplied alone; outputs start as NaN.</summary>
+    private static void AssertBatchRowsGetBatchOneBits(GgmlType type, int rows, int cols, int seed)
+    {
+        var rng = new Random(seed + (int)type);
         var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
         var x = CpuTestHelpers.RandomFloats(rng, 9 * cols);
         using var pool = new WorkerPool(2);
