@@ -67,22 +67,9 @@ public static class MatMul
         if (w.Type == GgmlType.F16 && !w.FiniteHalves)
             return w with { FiniteHalves = F16FiniteWeights.AllFinite((ushort*)w.Data, w.Rows * w.RowBytes / 2) };
         if (w.Packed is not null || !PackedWeights.IsSupportedFor(w.Type)) return w;
-        var packed = w.Type switch
-        {
-            GgmlType.Q8_0 => PackedWeights.Pack<PackedQ8_0>(w, arena),
-            GgmlType.Q4_0 => PackedWeights.Pack<PackedBlock32<Q4_0Layout>>(w, arena),
-            GgmlType.Q4_1 => PackedWeights.Pack<PackedBlock32<Q4_1Layout>>(w, arena),
-            GgmlType.Q5_0 => PackedWeights.Pack<PackedBlock32<Q5_0Layout>>(w, arena),
-            GgmlType.Q5_1 => PackedWeights.Pack<PackedBlock32<Q5_1Layout>>(w, arena),
-            GgmlType.IQ4_NL => PackedWeights.Pack<PackedBlock32<IQ4_NLLayout>>(w, arena),
-            GgmlType.Q4_K => PackedWeights.Pack<PackedQ4_K>(w, arena),
-            GgmlType.Q5_K => PackedWeights.Pack<PackedQ5_K>(w, arena),
-            GgmlType.Q6_K => PackedWeights.Pack<PackedQ6_K>(w, arena),
-            GgmlType.Q3_K => PackedWeights.Pack<PackedQ3_K>(w, arena),
-            GgmlType.Q2_K => PackedWeights.Pack<PackedQ2_K>(w, arena),
-            GgmlType.IQ4_XS => PackedWeights.Pack<PackedIQ4_XS>(w, arena),
-            _ => null,
-        };
+        var pack = new Pack(w, arena);
+        PackedWeights.Visit(w.Type, ref pack);
+        var packed = pack.Result;
         return packed is null ? w : w with { Packed = packed };
     }
 
@@ -118,6 +105,8 @@ public static class MatMul
         fixed (float* px = x)
         fixed (float* py = y)
         {
+            var run = new RunOne(path, px, batch, pool, w, py);
+            if (w.Packed is not null && PackedWeights.Runs(path) && PackedWeights.Visit(w.Type, ref run)) return;
             switch (w.Type)
             {
                 case GgmlType.F32: pool.Run(w.Rows, new FloatJob<F32Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
@@ -126,29 +115,17 @@ public static class MatMul
                     break;
                 case GgmlType.F16: pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
                 case GgmlType.BF16: pool.Run(w.Rows, new FloatJob<BF16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
-                case GgmlType.Q8_0 when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ8_0>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q8_0: RunQ8_0<Q8_0Kernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q4_0 when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedBlock32<Q4_0Layout>>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q4_0: RunQ8_0<Q4_0Kernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q4_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ4_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q4_K: RunQ8_K<Q4_KKernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q5_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ5_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q5_K: RunQ8_K<Q5_KKernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q4_1 when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedBlock32<Q4_1Layout>>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q4_1: RunQ8_0<Q4_1Kernel>(w, px, py, batch, pool, path, q8_1: true); break;
-                case GgmlType.Q5_0 when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedBlock32<Q5_0Layout>>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q5_0: RunQ8_0<Q5_0Kernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q5_1 when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedBlock32<Q5_1Layout>>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q5_1: RunQ8_0<Q5_1Kernel>(w, px, py, batch, pool, path, q8_1: true); break;
-                case GgmlType.IQ4_NL when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedBlock32<IQ4_NLLayout>>(path, px, batch, pool, w, py); break;
                 case GgmlType.IQ4_NL: RunQ8_0<IQ4_NLKernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q2_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ2_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q2_K: RunQ8_K<Q2_KKernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q3_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ3_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q3_K: RunQ8_K<Q3_KKernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.IQ4_XS when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedIQ4_XS>(path, px, batch, pool, w, py); break;
                 case GgmlType.IQ4_XS: RunQ8_K<IQ4_XSKernel>(w, px, py, batch, pool, path); break;
-                case GgmlType.Q6_K when w.Packed is not null && PackedWeights.Runs(path): RunPacked<PackedQ6_K>(path, px, batch, pool, w, py); break;
                 case GgmlType.Q6_K: RunQ8_K<Q6_KKernel>(w, px, py, batch, pool, path); break;
                 default: throw new NotSupportedException($"matmul with {w.Type} weights is not supported");
             }
@@ -212,23 +189,28 @@ public static class MatMul
         fixed (float* p1 = y1)
         fixed (float* p2 = y2)
         {
-            switch (w0.Type)
-            {
-                case GgmlType.Q8_0: RunPacked<PackedQ8_0>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
-                case GgmlType.Q4_0: RunPacked<PackedBlock32<Q4_0Layout>>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
-                case GgmlType.Q4_1: RunPacked<PackedBlock32<Q4_1Layout>>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
-                case GgmlType.Q5_0: RunPacked<PackedBlock32<Q5_0Layout>>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
-                case GgmlType.Q5_1: RunPacked<PackedBlock32<Q5_1Layout>>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
-                case GgmlType.IQ4_NL: RunPacked<PackedBlock32<IQ4_NLLayout>>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
-                case GgmlType.Q4_K: RunPacked<PackedQ4_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
-                case GgmlType.Q5_K: RunPacked<PackedQ5_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
-                case GgmlType.Q6_K: RunPacked<PackedQ6_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
-                case GgmlType.Q3_K: RunPacked<PackedQ3_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
-                case GgmlType.Q2_K: RunPacked<PackedQ2_K>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
-                case GgmlType.IQ4_XS: RunPacked<PackedIQ4_XS>(KernelPaths.Best, px, batch, pool, w0, p0, w1, p1, w2, p2); break;
-                default: throw new NotSupportedException($"no packed kernel for {w0.Type}");
-            }
+            var run = new RunShared(px, batch, pool, w0, p0, w1, p1, w2, p2);
+            if (!PackedWeights.Visit(w0.Type, ref run)) throw new NotSupportedException($"no packed kernel for {w0.Type}");
         }
+    }
+
+    private struct Pack(WeightMatrix w, WeightArena? arena) : IPackedKernelVisitor
+    {
+        public PackedWeights? Result;
+
+        public void Visit<TKernel>() where TKernel : IPackedKernel => Result = PackedWeights.Pack<TKernel>(w, arena);
+    }
+
+    private readonly unsafe struct RunOne(KernelPath path, float* x, int batch, WorkerPool pool, WeightMatrix w, float* y) : IPackedKernelVisitor
+    {
+        public void Visit<TKernel>() where TKernel : IPackedKernel => RunPacked<TKernel>(path, x, batch, pool, w, y);
+    }
+
+    private readonly unsafe struct RunShared(float* x, int batch, WorkerPool pool, WeightMatrix w0, float* y0,
+        WeightMatrix w1, float* y1, WeightMatrix w2, float* y2) : IPackedKernelVisitor
+    {
+        public void Visit<TKernel>() where TKernel : IPackedKernel =>
+            RunPacked<TKernel>(KernelPaths.Best, x, batch, pool, w0, y0, w1, y1, w2, y2);
     }
 
     /// <summary>Quantizes x once for <typeparamref name="TKernel"/> and runs the row groups of one to three packed

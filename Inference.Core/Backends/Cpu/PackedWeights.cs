@@ -46,6 +46,13 @@ internal unsafe interface IPackedKernel
         throw new NotSupportedException("this kernel does not interleave groups");
 }
 
+/// <summary>Work to do with the packed kernel of a weight type, given to <see cref="PackedWeights.Visit"/>.</summary>
+internal interface IPackedKernelVisitor
+{
+    /// <summary>Does the work with <typeparamref name="TKernel"/>.</summary>
+    void Visit<TKernel>() where TKernel : IPackedKernel;
+}
+
 /// <summary>
 /// The whole groups of eight rows of a weight matrix, repacked for an <see cref="IPackedKernel"/> so that one
 /// <c>vpdpbusd</c> lane belongs to one output row (see <see cref="PackedQ8_0"/>, <see cref="PackedBlock32{TLayout}"/>,
@@ -88,9 +95,41 @@ internal sealed unsafe class PackedWeights
     public static bool Runs(KernelPath path) => path >= KernelPath.Vector256 && KernelPaths.IsSupported(path);
 
     /// <summary>True when this machine's fastest path runs a packed kernel for <paramref name="type"/>.</summary>
-    public static bool IsSupportedFor(GgmlType type) =>
-        (type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.IQ4_NL
-         or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q3_K or GgmlType.Q2_K or GgmlType.IQ4_XS) && Runs(KernelPaths.Best);
+    public static bool IsSupportedFor(GgmlType type)
+    {
+        var none = new NoVisit();
+        return Runs(KernelPaths.Best) && Visit(type, ref none);
+    }
+
+    /// <summary>
+    /// Calls <paramref name="visitor"/> with the packed kernel of <paramref name="type"/>: the one place that maps weight
+    /// types to their packed kernels (packing, products and shared products all go through it).
+    /// </summary>
+    /// <returns>False, without a call, when <paramref name="type"/> has no packed kernel.</returns>
+    public static bool Visit<TVisitor>(GgmlType type, ref TVisitor visitor) where TVisitor : struct, IPackedKernelVisitor
+    {
+        switch (type)
+        {
+            case GgmlType.Q8_0: visitor.Visit<PackedQ8_0>(); return true;
+            case GgmlType.Q4_0: visitor.Visit<PackedBlock32<Q4_0Layout>>(); return true;
+            case GgmlType.Q4_1: visitor.Visit<PackedBlock32<Q4_1Layout>>(); return true;
+            case GgmlType.Q5_0: visitor.Visit<PackedBlock32<Q5_0Layout>>(); return true;
+            case GgmlType.Q5_1: visitor.Visit<PackedBlock32<Q5_1Layout>>(); return true;
+            case GgmlType.IQ4_NL: visitor.Visit<PackedBlock32<IQ4_NLLayout>>(); return true;
+            case GgmlType.Q4_K: visitor.Visit<PackedQ4_K>(); return true;
+            case GgmlType.Q5_K: visitor.Visit<PackedQ5_K>(); return true;
+            case GgmlType.Q6_K: visitor.Visit<PackedQ6_K>(); return true;
+            case GgmlType.Q3_K: visitor.Visit<PackedQ3_K>(); return true;
+            case GgmlType.Q2_K: visitor.Visit<PackedQ2_K>(); return true;
+            case GgmlType.IQ4_XS: visitor.Visit<PackedIQ4_XS>(); return true;
+            default: return false;
+        }
+    }
+
+    private struct NoVisit : IPackedKernelVisitor
+    {
+        public readonly void Visit<TKernel>() where TKernel : IPackedKernel { }
+    }
 
     /// <summary>Repacks the whole groups of <paramref name="w"/>'s rows (into <paramref name="arena"/> when given, else a
     /// buffer of their own); null when it has fewer than eight rows or the copy would not fit one array (that matrix then
