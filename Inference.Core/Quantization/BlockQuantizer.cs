@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.Intrinsics;
 using Inference.Loading;
 
 namespace Inference.Quantization;
@@ -228,17 +229,24 @@ public static class BlockQuantizer
         Span<float> weights = stackalloc float[32];
         Span<float> mins = stackalloc float[8];
         Span<float> scales = stackalloc float[8];
+        float rmin = fiveBits ? -0.5f : -1f;
+        int nstep = fiveBits ? 15 : 20;
+        if (KQuantSearch.IsAccelerated)
+        {
+            KQuantSearch.Qkx2x8(x[..QK], nmax, rmin, 0.1f, nstep, scales, mins, l);
+        }
+        else
+        {
+            for (int j = 0; j < 8; j++)
+            {
+                var xs = x.Slice(32 * j, 32);
+                Qkx2Weights(xs, weights);
+                scales[j] = MakeQkx2Quants(xs, nmax, weights, l.Slice(32 * j, 32), out mins[j], laux, rmin, 0.1f, nstep);
+            }
+        }
         float maxScale = 0, maxMin = 0;
         for (int j = 0; j < 8; j++)
         {
-            var xs = x.Slice(32 * j, 32);
-            float sumX2 = 0;
-            for (int i = 0; i < 32; i++) sumX2 += xs[i] * xs[i];
-            float avX = MathF.Sqrt(sumX2 / 32);
-            for (int i = 0; i < 32; i++) weights[i] = avX + MathF.Abs(xs[i]);
-            scales[j] = fiveBits
-                ? MakeQkx2Quants(xs, nmax, weights, l.Slice(32 * j, 32), out mins[j], laux, -0.5f, 0.1f, 15)
-                : MakeQkx2Quants(xs, nmax, weights, l.Slice(32 * j, 32), out mins[j], laux, -1f, 0.1f, 20);
             if (scales[j] > maxScale) maxScale = scales[j];
             if (mins[j] > maxMin) maxMin = mins[j];
         }
@@ -273,7 +281,19 @@ public static class BlockQuantizer
             float d = dAll * s;
             if (d == 0) continue; // keeps the fit's codes, as ggml does
             float dm = dminAll * m;
-            for (int i = 0; i < 32; i++)
+            int i = 0;
+            if (KQuantSearch.IsAccelerated)
+            {
+                var vd = Vector256.Create(d);
+                var vdm = Vector256.Create(dm);
+                var hi = Vector256.Create(nmax);
+                for (; i < 32; i += 8)
+                {
+                    var q = Vector256.Max(Vector256<int>.Zero, Vector256.Min(hi, KQuantSearch.NearestInt((Vector256.Create(x.Slice(32 * j + i, 8)) + vdm) / vd)));
+                    Vector256.Narrow(Vector256.Narrow(q, q), Vector256<short>.Zero).AsByte().GetLower().GetLower().CopyTo(l.Slice(32 * j + i, 8));
+                }
+            }
+            for (; i < 32; i++)
                 l[32 * j + i] = (byte)Math.Clamp(NearestInt((x[32 * j + i] + dm) / d), 0, nmax);
         }
 
@@ -311,6 +331,15 @@ public static class BlockQuantizer
         }
     }
 
+    /// <summary>Q4_K's and Q5_K's weights for the fit of one sub-block: <c>√(mean x²) + |x|</c>.</summary>
+    internal static void Qkx2Weights(ReadOnlySpan<float> xs, Span<float> weights)
+    {
+        float sumX2 = 0;
+        for (int i = 0; i < xs.Length; i++) sumX2 += xs[i] * xs[i];
+        float avX = MathF.Sqrt(sumX2 / xs.Length);
+        for (int i = 0; i < xs.Length; i++) weights[i] = avX + MathF.Abs(xs[i]);
+    }
+
     /// <summary>Scale and min of sub-block <paramref name="j"/> from the packed 12 scale bytes (ggml's <c>get_scale_min_k4</c>).</summary>
     internal static void ScaleMinK4(int j, ReadOnlySpan<byte> q, out byte d, out byte m)
     {
@@ -331,7 +360,8 @@ public static class BlockQuantizer
     /// (<paramref name="theMin"/>, positive, subtracted) minimizing the weighted squared error, trying
     /// <paramref name="nstep"/> + 1 inverse scales from <c>(rmin + nmax) / range</c> in steps of <paramref name="rdelta"/>.
     /// </summary>
-    private static float MakeQkx2Quants(ReadOnlySpan<float> x, int nmax, ReadOnlySpan<float> weights, Span<byte> l,
+    /// <remarks>The plain reference of <see cref="KQuantSearch.Qkx2x8"/>.</remarks>
+    internal static float MakeQkx2Quants(ReadOnlySpan<float> x, int nmax, ReadOnlySpan<float> weights, Span<byte> l,
         out float theMin, Span<byte> laux, float rmin, float rdelta, int nstep)
     {
         int n = x.Length;
@@ -410,10 +440,18 @@ public static class BlockQuantizer
         Span<sbyte> l = stackalloc sbyte[QK];
         Span<float> scales = stackalloc float[16];
         float maxScale = 0, maxAbsScale = 0;
+        if (KQuantSearch.IsAccelerated)
+        {
+            KQuantSearch.Qx8(x[..128], scales[..8], l[..128]);
+            KQuantSearch.Qx8(x.Slice(128, 128), scales[8..], l[128..]);
+        }
+        else
+        {
+            for (int ib = 0; ib < 16; ib++) scales[ib] = MakeQxQuants(x.Slice(16 * ib, 16), 32, l.Slice(16 * ib, 16));
+        }
         for (int ib = 0; ib < 16; ib++)
         {
-            float scale = MakeQxQuants(x.Slice(16 * ib, 16), 32, l.Slice(16 * ib, 16));
-            scales[ib] = scale;
+            float scale = scales[ib];
             float absScale = MathF.Abs(scale);
             if (absScale > maxAbsScale)
             {
@@ -437,7 +475,18 @@ public static class BlockQuantizer
         {
             float d = dAll * (sbyte)sc[j];
             if (d == 0) continue;
-            for (int i = 0; i < 16; i++)
+            int i = 0;
+            if (KQuantSearch.IsAccelerated)
+            {
+                var vd = Vector256.Create(d);
+                for (; i < 16; i += 8)
+                {
+                    var q = Vector256.Max(Vector256.Create(-32), Vector256.Min(Vector256.Create(31), KQuantSearch.NearestInt(Vector256.Create(x.Slice(16 * j + i, 8)) / vd)))
+                        + Vector256.Create(32);
+                    Vector256.Narrow(Vector256.Narrow(q, q), Vector256<short>.Zero).GetLower().GetLower().CopyTo(l.Slice(16 * j + i, 8));
+                }
+            }
+            for (; i < 16; i++)
                 l[16 * j + i] = (sbyte)(Math.Clamp(NearestInt(x[16 * j + i] / d), -32, 31) + 32);
         }
         for (int j = 0, o = 0, h = 0; j < QK; j += 128, o += 64, h += 32)
@@ -457,7 +506,8 @@ public static class BlockQuantizer
     /// <paramref name="l"/> in [0, 2·nmax) (offset nmax) and the least-squares scale, trying 18 inverse scales around
     /// <c>−nmax / max</c>.
     /// </summary>
-    private static float MakeQxQuants(ReadOnlySpan<float> x, int nmax, Span<sbyte> l)
+    /// <remarks>The plain reference of <see cref="KQuantSearch.Qx8"/>.</remarks>
+    internal static float MakeQxQuants(ReadOnlySpan<float> x, int nmax, Span<sbyte> l)
     {
         int n = x.Length;
         float max = 0, amax = 0;
