@@ -52,6 +52,17 @@ public sealed record E2eResult(
     /// <summary>Mean milliseconds per decode step of the model's forward pass (with speculation, the verification).</summary>
     public double ForwardMsPerStep { get; init; }
 
+    /// <summary>Mean milliseconds per decode step that the engine's compute threads spent runnable but waiting for a core
+    /// (<see cref="RunQueueWait"/>): how much other work preempted the decode (ours only; 0 where unknown).</summary>
+    public double RunQueueWaitMsPerStep { get; init; }
+
+    /// <summary>Every read-bandwidth measurement of the run in order, GB/s: before each counted pass and after the last.</summary>
+    public IReadOnlyList<double> BandwidthsGbs { get; init; } = [];
+
+    /// <summary>The best counted pass's decode over its own ceiling, whose bandwidth roofline uses the higher of the two
+    /// measurements beside the pass; null when not measured.</summary>
+    public double? CeilingFractionAdjacent { get; init; }
+
     /// <summary>Mean step milliseconds of the run without speculation (side by side); null when not run.</summary>
     public double? BaselineStepMs { get; init; }
 
@@ -102,7 +113,9 @@ public sealed record E2eResult(
             json["step_ms"] = Math.Round(StepMs, 3);
             json["propose_ms_per_step"] = Math.Round(ProposeMsPerStep, 3);
             json["forward_ms_per_step"] = Math.Round(ForwardMsPerStep, 3);
+            json["run_queue_wait_ms_per_step"] = Math.Round(RunQueueWaitMsPerStep, 3);
         }
+        if (BandwidthsGbs.Count > 0) json["read_gb_s_all"] = BandwidthsGbs.Select(g => Math.Round(g, 2)).ToArray();
         if (BaselineStepMs is double baselineStep) json["baseline_step_ms"] = Math.Round(baselineStep, 3);
         if (Ceiling is { } c)
         {
@@ -113,6 +126,7 @@ public sealed record E2eResult(
             json["ceiling_tok_s"] = Math.Round(c.TokS, 2);
             json["bound_by"] = c.BoundBy;
             json["decode_ceiling_fraction"] = c.TokS > 0 ? Math.Round(DecodeTokS / c.TokS, 3) : 0;
+            if (CeilingFractionAdjacent is double adjacent) json["decode_ceiling_fraction_adjacent"] = Math.Round(adjacent, 3);
             json["in_cache_gb_s"] = c.InCacheGbs.ToDictionary(kv => kv.Key.ToString(), kv => Math.Round(kv.Value, 2));
         }
         return JsonSerializer.Serialize(json);

@@ -41,11 +41,15 @@ public static class ForwardProfile
             previous = op;
             last = now;
         };
+        var stepMs = new double[steps];
+        var waitMs = new double[steps];
+        var matmulStepMs = new double[steps];
         for (int pass = 0; pass < 2; pass++)
         {
             var sw = Stopwatch.StartNew();
             for (int i = 0; i < steps; i++)
             {
+                long wait0 = pass == 1 ? RunQueueWait.Ns(callingThread: true) : 0;
                 long t0 = Stopwatch.GetTimestamp();
                 batch.Clear();
                 for (int b = 0; b < batchSize; b++) batch.Add(b, [1 + (i + b) % 100], i, wantLogits: true);
@@ -55,7 +59,9 @@ public static class ForwardProfile
                 if (previous >= 0) kindTicks[(int)ops[previous].Kind] += Stopwatch.GetTimestamp() - last;
                 if (pass == 1)
                 {
-                    bestMs = Math.Min(bestMs, Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+                    stepMs[i] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+                    waitMs[i] = (RunQueueWait.Ns(callingThread: true) - wait0) / 1e6;
+                    bestMs = Math.Min(bestMs, stepMs[i]);
                     for (int k = 0; k < kindTicks.Length; k++) kindBest[k] = Math.Min(kindBest[k], kindTicks[k]);
                 }
             }
@@ -67,7 +73,7 @@ public static class ForwardProfile
             {
                 long t0 = Stopwatch.GetTimestamp();
                 foreach (var t in matrices) Multiply(gguf, t, pool, batchSize);
-                if (pass == 1) matmulBestMs = Math.Min(matmulBestMs, Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+                if (pass == 1) matmulBestMs = Math.Min(matmulBestMs, matmulStepMs[i] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
             }
             matmulMs = sw.Elapsed.TotalMilliseconds / steps;
         }
@@ -104,10 +110,38 @@ public static class ForwardProfile
             ["matmul_best_ms"] = Math.Round(matmulBestMs, 3),
             ["other_best_ms"] = Math.Round(bestMs - matmulBestMs, 3),
             ["other_ms"] = Math.Round(forwardMs - matmulMs, 3),
+            // NOTE: the spread of single steps (10th, 50th, 90th percentile) and, per step, how long the process's
+            // compute threads waited for a core (RunQueueWait): a slow step with no wait was not preempted; its time went
+            // to memory or to waiting inside the step.
+            ["forward_p10_p50_p90_ms"] = Percentiles(stepMs),
+            ["matmul_p10_p50_p90_ms"] = Percentiles(matmulStepMs),
+            ["run_queue_wait_p50_p90_max_ms"] = Percentiles(waitMs, 0.5, 0.9, 1.0),
+            ["slow_steps_with_wait"] = SlowStepsWithWait(stepMs, waitMs),
             ["by_type"] = byType,
             ["ops_best_ms"] = ops.Select(o => o.Kind).Distinct().ToDictionary(k => k.ToString(), k => Math.Round(kindBest[(int)k] * 1e3 / Stopwatch.Frequency, 3)),
         }));
         return Task.FromResult(0);
+    }
+
+    private static double[] Percentiles(double[] values, params double[] at)
+    {
+        if (at.Length == 0) at = [0.1, 0.5, 0.9];
+        var sorted = values.Order().ToArray();
+        return at.Select(q => Math.Round(sorted[Math.Min(sorted.Length - 1, (int)(q * sorted.Length))], 3)).ToArray();
+    }
+
+    /// <summary>"k/n": of the n steps slower than the median by a quarter, k had threads waiting for a core over 0.1 ms.</summary>
+    private static string SlowStepsWithWait(double[] stepMs, double[] waitMs)
+    {
+        double median = Percentiles(stepMs, 0.5)[0];
+        int slow = 0, waited = 0;
+        for (int i = 0; i < stepMs.Length; i++)
+        {
+            if (stepMs[i] < median * 1.25) continue;
+            slow++;
+            if (waitMs[i] > 0.1) waited++;
+        }
+        return $"{waited}/{slow}";
     }
 
     private static readonly Dictionary<string, (WeightMatrix W, float[] X, float[] Y)> Buffers = new();
