@@ -4,8 +4,9 @@ namespace Inference.Tests.Cuda;
 
 /// <summary>
 /// Executes a hand-written PTX module on the CPU, instruction by instruction, where no GPU exists: the subset of PTX the
-/// tensor-core matrix product (<c>Inference.Cuda/Ptx/gemm_tensor_core.ptx</c>) uses, with the fragment layouts of
-/// <c>ldmatrix.m8n8.x4</c> and <c>mma.m16n8k16</c> as the PTX ISA defines them.
+/// tensor-core matrix product (<c>Inference.Cuda/Ptx/gemm_tensor_core.ptx</c>) and the flash prefill attention
+/// (<c>flash_prefill_f16.ptx</c>) use, with the fragment layouts of <c>ldmatrix.m8n8.x4</c> (plain and <c>.trans</c>),
+/// <c>mma.m16n8k16</c> and the lane exchange of <c>shfl.sync.bfly</c> as the PTX ISA defines them.
 /// </summary>
 /// <remarks>
 /// <para>Warps run in lockstep (32 lanes per instruction); a CTA's warps run one after another up to each
@@ -17,6 +18,9 @@ namespace Inference.Tests.Cuda;
 /// in k order and one rounding to f32. PTX leaves the tensor cores' internal rounding unspecified, so this fixes the
 /// order of f32 accumulation across instructions exactly but a device may differ from the model in the last bits of
 /// each mma.</para>
+/// <para>NOTE: <c>ex2.approx.ftz.f32</c> is modelled as 2^x correctly rounded to f32 (subnormal inputs and results flushed
+/// to zero). The hardware's approximation is not reproducible on the CPU, so a kernel using it is tested against a stated
+/// error bound rather than bit for bit. Every other f32 instruction here is IEEE round-to-nearest, as in C#.</para>
 /// </remarks>
 internal sealed class PtxInterpreter
 {
@@ -172,6 +176,8 @@ internal sealed class PtxInterpreter
             return new Operand(Kind.Mem, Base: b, Offset: offset);
         }
         if (a.StartsWith('%')) return new Operand(Kind.Special, Name: a);
+        if (a.StartsWith("0x", StringComparison.Ordinal))
+            return new Operand(Kind.Imm, Imm: ulong.Parse(a[2..], NumberStyles.HexNumber, CultureInfo.InvariantCulture));
         if (a.StartsWith("0f", StringComparison.Ordinal) && a.Length == 10)
             return new Operand(Kind.Imm, Imm: uint.Parse(a[2..], NumberStyles.HexNumber, CultureInfo.InvariantCulture));
         if (char.IsDigit(a[0]) || a[0] == '-') return new Operand(Kind.Imm, Imm: (ulong)long.Parse(a, CultureInfo.InvariantCulture));
@@ -302,7 +308,13 @@ internal sealed class PtxInterpreter
                         w.AtBarrier = true;
                         return;
                     case "ldmatrix.sync.aligned.m8n8.x4.shared.b16":
-                        LdMatrix(w, a[0].Regs!, a[1]);
+                        LdMatrix(w, a[0].Regs!, a[1], transpose: false);
+                        continue;
+                    case "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16":
+                        LdMatrix(w, a[0].Regs!, a[1], transpose: true);
+                        continue;
+                    case "shfl.sync.bfly.b32":
+                        Shuffle(w, a, active);
                         continue;
                     case "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32":
                         Mma(w, a, bf16: false);
@@ -319,7 +331,7 @@ internal sealed class PtxInterpreter
                     void Set(ulong v) => w.R[a[0].Reg * 32 + lane] = v;
                     switch (op)
                     {
-                        case "ld.param.u64": case "ld.param.u32":
+                        case "ld.param.u64": case "ld.param.u32": case "ld.param.f32":
                             Set(_args[Array.IndexOf(_k.Params, a[1].Base!.Name)]);
                             break;
                         case "cvta.to.global.u64": case "mov.u64": case "mov.u32": case "mov.f32": case "cvt.u64.u32":
@@ -330,9 +342,37 @@ internal sealed class PtxInterpreter
                         case "sub.u32": Set((uint)(R(1) - R(2))); break;
                         case "min.u32": Set(Math.Min((uint)R(1), (uint)R(2))); break;
                         case "mul.lo.u64": Set(R(1) * R(2)); break;
-                        case "add.f32":
-                            Set(BitConverter.SingleToUInt32Bits(BitConverter.UInt32BitsToSingle((uint)R(1)) + BitConverter.UInt32BitsToSingle((uint)R(2))));
+                        case "add.f32": case "add.rn.f32": Set(Bits(F(R(1)) + F(R(2)))); break;
+                        case "sub.rn.f32": Set(Bits(F(R(1)) - F(R(2)))); break;
+                        case "mul.rn.f32": Set(Bits(F(R(1)) * F(R(2)))); break;
+                        case "div.rn.f32": Set(Bits(F(R(1)) / F(R(2)))); break;
+                        case "max.f32": Set(Bits(MaxF32(F(R(1)), F(R(2))))); break;
+                        case "ex2.approx.ftz.f32": Set(Bits(Ex2Ftz(F(R(1))))); break;
+                        case "selp.f32": Set(R(3) != 0 ? R(1) : R(2)); break;
+                        case "setp.lt.s32": Set((int)(uint)R(1) < (int)(uint)R(2) ? 1UL : 0UL); break;
+                        case "cvt.rn.f16x2.f32":   // d = {a -> upper half, b -> lower half}
+                            Set(BitConverter.HalfToUInt16Bits((Half)F(R(2))) | (ulong)BitConverter.HalfToUInt16Bits((Half)F(R(1))) << 16);
                             break;
+                        case "ld.global.nc.u32":
+                            Set(BitConverter.ToUInt32(_mem.Bytes(Address(w, a[1], lane), 4)));
+                            break;
+                        case "ld.global.nc.v2.f32":
+                        {
+                            var bytes = _mem.Bytes(Address(w, a[1], lane), 8);
+                            if (Address(w, a[1], lane) % 8 != 0) throw new InvalidOperationException($"{_k.Name}: misaligned v2 load");
+                            w.R[a[0].Regs![0] * 32 + lane] = BitConverter.ToUInt32(bytes);
+                            w.R[a[0].Regs![1] * 32 + lane] = BitConverter.ToUInt32(bytes[4..]);
+                            break;
+                        }
+                        case "st.global.v2.f32":
+                        {
+                            ulong at = Address(w, a[0], lane);
+                            if (at % 8 != 0) throw new InvalidOperationException($"{_k.Name}: misaligned v2 store");
+                            var bytes = _mem.Bytes(at, 8);
+                            BitConverter.TryWriteBytes(bytes, (uint)w.R[a[1].Regs![0] * 32 + lane]);
+                            BitConverter.TryWriteBytes(bytes[4..], (uint)w.R[a[1].Regs![1] * 32 + lane]);
+                            break;
+                        }
                         case "mul.lo.u32": Set((uint)(R(1) * R(2))); break;
                         case "mad.lo.u32": Set((uint)(R(1) * R(2) + R(3))); break;
                         case "mul.wide.u32": Set((ulong)(uint)R(1) * (uint)R(2)); break;
@@ -382,6 +422,31 @@ internal sealed class PtxInterpreter
             }
         }
 
+        private static float F(ulong bits) => BitConverter.UInt32BitsToSingle((uint)bits);
+
+        private static ulong Bits(float value) => BitConverter.SingleToUInt32Bits(value);
+
+        /// <summary>max.f32: a NaN operand yields the other operand.</summary>
+        private static float MaxF32(float a, float b) => float.IsNaN(a) ? b : float.IsNaN(b) ? a : MathF.Max(a, b);
+
+        /// <summary>ex2.approx.ftz.f32, modelled as 2^x correctly rounded (see the class remarks), subnormals flushed.</summary>
+        private static float Ex2Ftz(float x)
+        {
+            if (float.IsSubnormal(x)) x = 0f;
+            float r = (float)Math.Pow(2, x);
+            return float.IsSubnormal(r) ? 0f : r;
+        }
+
+        /// <summary>shfl.sync.bfly.b32 d, a, b, c, mask: lane t reads a from lane t ^ b (c = 31: the whole warp, full mask only).</summary>
+        private void Shuffle(Warp w, Operand[] a, bool[] active)
+        {
+            if (active.Any(x => !x) || (uint)Read(w, a[4], 0) != 0xFFFF_FFFF || Read(w, a[3], 0) != 31)
+                throw new NotSupportedException($"{_k.Name}: shfl.sync with a partial warp or clamp other than 31");
+            var src = new ulong[32];
+            for (int lane = 0; lane < 32; lane++) src[lane] = Read(w, a[1], lane);
+            for (int lane = 0; lane < 32; lane++) w.R[a[0].Reg * 32 + lane] = src[lane ^ ((int)Read(w, a[2], lane) & 31)];
+        }
+
         private int Chunk(int sharedAddress, int length)
         {
             int offset = sharedAddress - 0x400;
@@ -423,8 +488,9 @@ internal sealed class PtxInterpreter
         }
 
         /// <summary>ldmatrix.m8n8.x4.b16: lanes 8q..8q+7 give the row addresses of matrix q; register q of lane t holds
-        /// row t / 4, elements 2 (t % 4) and 2 (t % 4) + 1 of matrix q.</summary>
-        private void LdMatrix(Warp w, int[] dst, Operand mem)
+        /// row t / 4, elements 2 (t % 4) and 2 (t % 4) + 1 of matrix q; with .trans, rows 2 (t % 4) and 2 (t % 4) + 1 of
+        /// element (column) t / 4.</summary>
+        private void LdMatrix(Warp w, int[] dst, Operand mem, bool transpose)
         {
             var rows = new ushort[4, 8, 8];
             for (int lane = 0; lane < 32; lane++)
@@ -434,7 +500,9 @@ internal sealed class PtxInterpreter
             }
             for (int t = 0; t < 32; t++)
                 for (int q = 0; q < 4; q++)
-                    w.R[dst[q] * 32 + t] = rows[q, t / 4, t % 4 * 2] | (ulong)rows[q, t / 4, t % 4 * 2 + 1] << 16;
+                    w.R[dst[q] * 32 + t] = transpose
+                        ? rows[q, t % 4 * 2, t / 4] | (ulong)rows[q, t % 4 * 2 + 1, t / 4] << 16
+                        : rows[q, t / 4, t % 4 * 2] | (ulong)rows[q, t / 4, t % 4 * 2 + 1] << 16;
         }
 
         /// <summary>mma.m16n8k16.row.col, f32 accumulators; fragment layouts of the PTX ISA (groupID = lane >> 2,
