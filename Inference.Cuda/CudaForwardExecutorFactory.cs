@@ -47,7 +47,8 @@ internal sealed class CudaForwardExecutorFactory : IForwardExecutorFactory
         var backend = CudaBackend.Create(_options.DeviceIndex);
         try
         {
-            return new DeviceForwardExecutor(backend.Accelerator, context, _options.Attention, owner: backend, _options.TensorCoreMatMul);
+            return new DeviceForwardExecutor(backend.Accelerator, context, _options.Attention, owner: backend, _options.TensorCoreMatMul,
+                _options.FlashPrefill);
         }
         catch
         {

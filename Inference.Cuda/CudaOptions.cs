@@ -30,6 +30,15 @@ public sealed record CudaOptions
     /// batch-invariant row kernels.
     /// </summary>
     public bool TensorCoreMatMul { get; init; }
+
+    /// <summary>
+    /// Whether prefill and chunk attention over an f16 KV cache (head dims 64 and 128, no sliding window) runs on the
+    /// FlashAttention-2-style PTX kernel: 64 query rows of one KV head group per thread block, K/V tiles through shared
+    /// memory, mma.sync for QKᵀ and PV with the queries and probabilities rounded to f16. Default false: the kernel is
+    /// verified against a model of the instruction set but not yet on a device (docs/gpu-results.md); false keeps
+    /// prefill on the per-token PTX kernel. Decode steps run the decode kernel either way.
+    /// </summary>
+    public bool FlashPrefill { get; init; }
 }
 
 /// <summary>Selects the CUDA executor with explicit <see cref="CudaOptions"/>.</summary>

@@ -17,13 +17,15 @@
 #         achieved KV GB/s next to a device-to-device copy measured in the same run,
 #       - tensor-core GEMM: the 0.85B model's F16 products at M = 64/512/4096 (--quick: 64/512), TFLOP/s next to the
 #         card's dense FP16 peak, the F16 row kernel's time, and agreement with the row kernel (max rel diff <= 1e-4),
+#       - flash prefill attention: one layer of the 0.85B model (32/8 heads, head dim 64, f16 KV) for 64 x 512-token
+#         prompts (--quick: 16), prompt tokens/s next to the per-token PTX kernel, agreement within 5e-3 (flash.tsv),
 #       - stories260K on the GPU engine: llama2.c's 200-token greedy text, 16 concurrent requests = solo,
 #       - end to end (skip with --no-e2e): writes a random-weight 0.85B GQA F16 model (dim 2048, 16 layers, 32/8 heads,
 #         ffn 5632, vocab 32000; --quick: 4 layers) into a temporary folder, compares the GPU engine's last-position
 #         logits with the CPU engine's (relative L2, target < 5e-3) with PTX and ILGPU attention (tensor-core F16
 #         products for 16+ rows) and with PTX attention on the row kernels only, and measures GPU
 #         decode tokens/s for 1 and for 16 concurrent requests through the engine. Needs ~3 GB of temporary disk.
-#     Writes OUTDIR/{device.txt,checks.tsv,bench.tsv,matmul.tsv,gemm.tsv,e2e.tsv,summary.md,nvidia-smi.txt,runner.log}.
+#     Writes OUTDIR/{device.txt,checks.tsv,bench.tsv,matmul.tsv,gemm.tsv,flash.tsv,e2e.tsv,summary.md,nvidia-smi.txt,runner.log}.
 #     Exit status: 0 all checks passed, 1 a check failed, 2 no CUDA device, other: runner crashed.
 set -euo pipefail
 
@@ -31,7 +33,7 @@ repo_root="$(cd "$(dirname "$0")/.." && pwd)"
 tgz="$repo_root/.device/inference-gpu-runner.tgz"
 
 usage() {
-  sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 

@@ -13,9 +13,9 @@ namespace Inference.Benchmarks.Gpu;
 /// <summary>
 /// <c>gpu OUTDIR [--quick] [--no-e2e]</c>: on a CUDA machine, runs the attention checks (PTX vs ILGPU vs reference), the
 /// decode-attention benchmark, the matrix-kernel benchmark (<see cref="MatMulBenchmark"/>), the tensor-core GEMM
-/// benchmark (<see cref="TensorCoreGemmBenchmark"/>) and the end-to-end model
+/// benchmark (<see cref="TensorCoreGemmBenchmark"/>), the flash prefill benchmark (<see cref="FlashPrefillBenchmark"/>) and the end-to-end model
 /// check (<see cref="EndToEndCheck"/>), writing <c>device.txt</c>, <c>checks.tsv</c>, <c>bench.tsv</c>,
-/// <c>matmul.tsv</c>, <c>gemm.tsv</c>, <c>e2e.tsv</c> and <c>summary.md</c>.
+/// <c>matmul.tsv</c>, <c>gemm.tsv</c>, <c>flash.tsv</c>, <c>e2e.tsv</c> and <c>summary.md</c>.
 /// Exit status: 0 all checks passed, 1 a check failed, 2 no CUDA device.
 /// </summary>
 public static class GpuMode
@@ -82,6 +82,17 @@ public static class GpuMode
             allPassed = false;
             summary.AppendLine(CultureInfo.InvariantCulture, $"tensor-core GEMM benchmark: **exception** {RunnerFiles.OneLine(e)}\n");
             Console.WriteLine($"tensor-core GEMM benchmark: {e}");
+        }
+        File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
+        try
+        {
+            allPassed &= FlashPrefillBenchmark.Run(acc, outDir, summary, quick);
+        }
+        catch (Exception e)
+        {
+            allPassed = false;
+            summary.AppendLine(CultureInfo.InvariantCulture, $"flash prefill benchmark: **exception** {RunnerFiles.OneLine(e)}\n");
+            Console.WriteLine($"flash prefill benchmark: {e}");
         }
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
         allPassed &= Stories260KCheck.Run(summary);

@@ -61,15 +61,33 @@ internal sealed class IlgpuDeviceAttention<TKv, TConv> : IDeviceAttention
     public void Dispose() => _decode.Dispose();
 }
 
-/// <summary>The hand-written PTX kernels (CUDA only): every token described by its sequence row and position, one launch.</summary>
+/// <summary>
+/// The hand-written PTX kernels (CUDA only): every token described by its sequence row and position, one launch; with
+/// <c>flashPrefill</c> and an f16 cache, steps with a chunk of several tokens and no window run the flash prefill kernel.
+/// </summary>
 internal sealed class PtxDeviceAttention<TKv> : IDeviceAttention where TKv : unmanaged
 {
     private readonly PtxPagedPrefillAttention<TKv> _attention;
+    private readonly PtxFlashPrefillAttention? _flash;
 
-    public PtxDeviceAttention(CudaAccelerator accelerator, AttentionShape shape) =>
+    public PtxDeviceAttention(CudaAccelerator accelerator, AttentionShape shape, bool flashPrefill = false)
+    {
         _attention = new PtxPagedPrefillAttention<TKv>(accelerator, shape);
+        if (flashPrefill && typeof(TKv) == typeof(ILGPU.Half) && PtxFlashPrefillAttention.Supports(shape))
+        {
+            try { _flash = new PtxFlashPrefillAttention(accelerator, shape); }
+            catch
+            {
+                _attention.Dispose();
+                throw;
+            }
+        }
+    }
 
     public string Name => "PTX";
+
+    /// <summary>Whether chunks run on the flash prefill kernel.</summary>
+    public bool FlashPrefill => _flash is not null;
 
     /// <summary>Whether the PTX kernels take this shape (head dims 64 and 128, at most 32 query heads per KV head).</summary>
     /// <remarks>NOTE: they have no score soft-capping yet: models with capped scores (gemma2) run the ILGPU kernels.</remarks>
@@ -78,9 +96,19 @@ internal sealed class PtxDeviceAttention<TKv> : IDeviceAttention where TKv : unm
     public void Run(in AttentionStep s, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output, int slidingWindow, float logitSoftCap)
     {
         if (logitSoftCap != 0f) throw new NotSupportedException("the PTX attention kernels have no score soft-capping");
+        if (_flash is not null && s.MaxChunkLength > 1 && slidingWindow == 0)
+        {
+            _flash.Run(q, kCache.Cast<ILGPU.Half>(), vCache.Cast<ILGPU.Half>(), s.BlockTables, s.SeqStarts, s.ContextLens, s.SeqCount,
+                s.MaxChunkLength, output);
+            return;
+        }
         _attention.Run(q, kCache.Cast<TKv>(), vCache.Cast<TKv>(), s.BlockTables, s.TokenSeqs, s.Positions, s.TokenCount,
             s.MaxContextLength, output, slidingWindow);
     }
 
-    public void Dispose() => _attention.Dispose();
+    public void Dispose()
+    {
+        _flash?.Dispose();
+        _attention.Dispose();
+    }
 }

@@ -59,8 +59,9 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
     /// <param name="attention">Which attention kernels to use on CUDA (other accelerators always use ILGPU's).</param>
     /// <param name="owner">Disposed with the executor (the backend that owns <paramref name="accelerator"/>), or null.</param>
     /// <param name="tensorCoreMatMul">On CUDA, run F16 products of many rows on the tensor-core kernel.</param>
+    /// <param name="flashPrefill">On CUDA with PTX attention and an f16 KV cache, run prefill attention on the flash kernel.</param>
     public DeviceForwardExecutor(Accelerator accelerator, ForwardExecutorContext context, CudaAttentionKernels attention, IDisposable? owner,
-        bool tensorCoreMatMul = true)
+        bool tensorCoreMatMul = true, bool flashPrefill = false)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         ArgumentNullException.ThrowIfNull(context);
@@ -91,7 +92,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             // PTX; until its windowed cases (AttentionSelfCheck, scripts/device-check.sh) have passed on a device, a
             // model with local layers keeps the ILGPU kernels on CUDA. They have no score soft-capping (gemma2) at all.
             bool ilgpuOnly = c.SlidingWindows is { Count: > 0 } || c.AttentionLogitSoftCap != 0f;
-            _attention = Own(CreateAttention(accelerator, _shape, kv.DataType, ilgpuOnly ? CudaAttentionKernels.Ilgpu : attention));
+            _attention = Own(CreateAttention(accelerator, _shape, kv.DataType, ilgpuOnly ? CudaAttentionKernels.Ilgpu : attention, flashPrefill));
 
             var w = _model.Weights;
             _graph = _model.Graph;
@@ -128,6 +129,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             ? $"CUDA: {accelerator.Name} (sm_{cuda.Architecture.Major}{cuda.Architecture.Minor})"
             : $"ILGPU {accelerator.AcceleratorType} accelerator: {accelerator.Name}";
         DeviceName = $"{what}, {_attention.Name} attention" +
+            (_attention is PtxDeviceAttention<ILGPU.Half> { FlashPrefill: true } ? " (flash prefill)" : "") +
             (_gemm is not null ? ", tensor-core F16 matmul" : gemmUnavailable is not null ? $", tensor-core matmul unavailable ({gemmUnavailable})" : "");
     }
 
@@ -162,7 +164,8 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
     /// The block formats (Q8_0, FP8) run the ILGPU kernels on every accelerator: the hand-written PTX kernels read f32
     /// and f16 rows only.
     /// </remarks>
-    private static IDeviceAttention CreateAttention(Accelerator accelerator, AttentionShape shape, KvCacheDataType type, CudaAttentionKernels choice)
+    private static IDeviceAttention CreateAttention(Accelerator accelerator, AttentionShape shape, KvCacheDataType type, CudaAttentionKernels choice,
+        bool flashPrefill)
     {
         switch (type)
         {
@@ -171,7 +174,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
         }
         bool f16 = type == KvCacheDataType.Float16;
         if (choice == CudaAttentionKernels.Ptx && accelerator is CudaAccelerator cuda && PtxDeviceAttention<float>.Supports(shape))
-            return f16 ? new PtxDeviceAttention<ILGPU.Half>(cuda, shape) : new PtxDeviceAttention<float>(cuda, shape);
+            return f16 ? new PtxDeviceAttention<ILGPU.Half>(cuda, shape, flashPrefill) : new PtxDeviceAttention<float>(cuda, shape);
         return f16
             ? new IlgpuDeviceAttention<ILGPU.Half, F16Element>(accelerator, shape)
             : new IlgpuDeviceAttention<float, F32Element>(accelerator, shape);
