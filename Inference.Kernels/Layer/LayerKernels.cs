@@ -10,7 +10,7 @@ namespace Inference.Kernels.Layer;
 /// enqueue on the accelerator's default stream.
 /// </summary>
 /// <remarks>Each method says which kernel it runs; shapes are those of the kernel's documentation.</remarks>
-public sealed class LayerKernels
+public sealed partial class LayerKernels
 {
     private readonly Accelerator _accelerator;
     private readonly int _groupSize;

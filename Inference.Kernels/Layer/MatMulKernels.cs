@@ -25,7 +25,7 @@ namespace Inference.Kernels.Layer;
 /// scalar loads, a shared-memory reduction) are the fallback for shapes or offsets the wide loads cannot serve.
 /// </para>
 /// </remarks>
-public static class MatMulKernels
+public static partial class MatMulKernels
 {
     /// <summary>Threads per group of the simple kernels on GPUs; they work with any power of two up to 64.</summary>
     public const int GroupSize = 64;

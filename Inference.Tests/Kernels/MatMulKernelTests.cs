@@ -13,7 +13,7 @@ namespace Inference.Tests.Kernels;
 /// batch sizes around the tile of 4 and the chunk of 16, row counts that leave a group partly empty, the narrowest and
 /// model-sized rows, every thread layout the launcher picks, and the fallback to the simple kernels.
 /// </summary>
-public class MatMulKernelTests
+public partial class MatMulKernelTests
 {
     /// <summary>Thread layouts of the row kernels.</summary>
     public enum Layout

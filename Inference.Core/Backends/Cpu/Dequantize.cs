@@ -116,12 +116,7 @@ public static class Dequantize
     private static void Q4_0Block(ReadOnlySpan<byte> b, Span<float> y)
     {
         float d = ReadHalf(b, 0);
-        var qs = b.Slice(2, 16);
-        for (int j = 0; j < 16; j++)
-        {
-            y[j] = d * ((qs[j] & 0xF) - 8);
-            y[j + 16] = d * ((qs[j] >> 4) - 8);
-        }
+        for (int j = 0; j < 32; j++) y[j] = d * (BlockLayout.Nibble32(new SpanBytes(b), 2, j) - 8);
     }
 
     /// <summary>The 16 values a 4-bit IQ4_NL / IQ4_XS code stands for (ggml's <c>kvalues_iq4nl</c>), in code order.</summary>
@@ -130,22 +125,12 @@ public static class Dequantize
     private static void Q4_1Block(ReadOnlySpan<byte> b, Span<float> y)
     {
         float d = ReadHalf(b, 0), m = ReadHalf(b, 2);
-        var qs = b.Slice(4, 16);
-        for (int j = 0; j < 16; j++)
-        {
-            y[j] = (qs[j] & 0xF) * d + m;
-            y[j + 16] = (qs[j] >> 4) * d + m;
-        }
+        for (int j = 0; j < 32; j++) y[j] = BlockLayout.Nibble32(new SpanBytes(b), 4, j) * d + m;
     }
 
     /// <summary>The five-bit code of value <paramref name="j"/> (0..31) of a Q5_0 / Q5_1 block whose qh starts at
     /// <paramref name="qhOffset"/>: the nibble of value j (low nibbles are values 0..15) and bit j of qh above it.</summary>
-    internal static int Q5Code(ReadOnlySpan<byte> block, int qhOffset, int j)
-    {
-        uint qh = BinaryPrimitives.ReadUInt32LittleEndian(block[qhOffset..]);
-        int nibble = j < 16 ? block[qhOffset + 4 + j] & 0xF : block[qhOffset + 4 + j - 16] >> 4;
-        return nibble | (int)((qh >> j) & 1) << 4;
-    }
+    internal static int Q5Code(ReadOnlySpan<byte> block, int qhOffset, int j) => BlockLayout.Q5Code(new SpanBytes(block), qhOffset, j);
 
     private static void Q5Block(ReadOnlySpan<byte> b, bool withMin, Span<float> y)
     {
@@ -164,21 +149,12 @@ public static class Dequantize
     private static void IQ4_NLBlock(ReadOnlySpan<byte> b, Span<float> y)
     {
         float d = ReadHalf(b, 0);
-        var qs = b.Slice(2, 16);
-        for (int j = 0; j < 16; j++)
-        {
-            y[j] = d * IQ4Values[qs[j] & 0xF];
-            y[j + 16] = d * IQ4Values[qs[j] >> 4];
-        }
+        for (int j = 0; j < 32; j++) y[j] = d * IQ4Values[BlockLayout.Nibble32(new SpanBytes(b), 2, j)];
     }
 
     /// <summary>The 6-bit scale (0..63, used as ls − 32) of IQ4_XS sub-block <paramref name="j"/> (0..7): the low nibble
     /// (even j) or high nibble (odd j) of scales_l[j / 2], and bits 2j, 2j + 1 of scales_h above it.</summary>
-    internal static int IQ4_XSScale(ReadOnlySpan<byte> block, int j)
-    {
-        int high = BinaryPrimitives.ReadUInt16LittleEndian(block[2..]) >> (2 * j) & 3;
-        return ((block[4 + j / 2] >> (4 * (j % 2))) & 0xF) | high << 4;
-    }
+    internal static int IQ4_XSScale(ReadOnlySpan<byte> block, int j) => BlockLayout.IQ4_XSScale(new SpanBytes(block), j);
 
     private static void IQ4_XSBlock(ReadOnlySpan<byte> b, Span<float> y)
     {
@@ -186,13 +162,7 @@ public static class Dequantize
         for (int j = 0; j < 8; j++)
         {
             float dl = d * (IQ4_XSScale(b, j) - 32);
-            var qs = b.Slice(8 + 16 * j, 16);
-            var o = y.Slice(32 * j, 32);
-            for (int l = 0; l < 16; l++)
-            {
-                o[l] = dl * IQ4Values[qs[l] & 0xF];
-                o[l + 16] = dl * IQ4Values[qs[l] >> 4];
-            }
+            for (int l = 0; l < 32; l++) y[32 * j + l] = dl * IQ4Values[BlockLayout.Nibble32(new SpanBytes(b), 8 + 16 * j, l)];
         }
     }
 
@@ -200,7 +170,7 @@ public static class Dequantize
     /// The 2-bit code of element 128n + 32·j + l (j &lt; 4, l &lt; 32) of a Q2_K or Q3_K block: bits 2j, 2j + 1 of
     /// qs[32n + l]; the element belongs to sub-block 8n + 2j + l / 16.
     /// </summary>
-    internal static int K2Code(ReadOnlySpan<byte> qs, int n, int j, int l) => (qs[32 * n + l] >> (2 * j)) & 3;
+    internal static int K2Code(ReadOnlySpan<byte> qs, int n, int j, int l) => BlockLayout.K2Code(new SpanBytes(qs), 0, n, j, l);
 
     private static void Q2_KBlock(ReadOnlySpan<byte> b, Span<float> y)
     {
@@ -220,12 +190,7 @@ public static class Dequantize
     /// the low nibble (j &lt; 8) or high nibble (j ≥ 8) of byte j mod 8, and bits 2·(j / 4) and 2·(j / 4) + 1 of byte
     /// 8 + j mod 4 above it (ggml's <c>kmask1</c> / <c>kmask2</c> unpacking).
     /// </summary>
-    internal static int Q3_KScale(ReadOnlySpan<byte> scales, int j)
-    {
-        int low = j < 8 ? scales[j] & 0xF : scales[j - 8] >> 4;
-        int high = (scales[8 + j % 4] >> (2 * (j / 4))) & 3;
-        return low | high << 4;
-    }
+    internal static int Q3_KScale(ReadOnlySpan<byte> scales, int j) => BlockLayout.Q3_KScale(new SpanBytes(scales), 0, j);
 
     private static void Q3_KBlock(ReadOnlySpan<byte> b, Span<float> y)
     {
@@ -247,48 +212,28 @@ public static class Dequantize
     /// <c>get_scale_min_k4</c>): sub-blocks 0..3 use the low 6 bits of bytes j and j+4; sub-blocks 4..7 take their low
     /// 4 bits from byte j+4 (scale: low nibble, min: high nibble) and their high 2 bits from the top bits of bytes j−4 and j.
     /// </summary>
-    internal static void ScaleMinK4(int j, ReadOnlySpan<byte> scales, out int scale, out int min)
-    {
-        if (j < 4)
-        {
-            scale = scales[j] & 63;
-            min = scales[j + 4] & 63;
-        }
-        else
-        {
-            scale = (scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4);
-            min = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
-        }
-    }
+    internal static void ScaleMinK4(int j, ReadOnlySpan<byte> scales, out int scale, out int min) =>
+        BlockLayout.ScaleMinK4(new SpanBytes(scales), 0, j, out scale, out min);
 
-    private static void Q4_KBlock(ReadOnlySpan<byte> b, Span<float> y) => K4Block(b, b.Slice(16, 128), default, y);
+    private static void Q4_KBlock(ReadOnlySpan<byte> b, Span<float> y) => K4Block(b, 16, -1, y);
 
     /// <summary>
     /// Q5_K (ggml's <c>dequantize_row_q5_K</c>): Q4_K's scales, mins and nibbles, and a fifth code bit per value from qh:
     /// the top bits of sub-blocks 2k and 2k + 1 are bits 2k and 2k + 1 of qh[l].
     /// </summary>
-    private static void Q5_KBlock(ReadOnlySpan<byte> b, Span<float> y) => K4Block(b, b.Slice(48, 128), b.Slice(16, 32), y);
+    private static void Q5_KBlock(ReadOnlySpan<byte> b, Span<float> y) => K4Block(b, 48, 16, y);
 
-    /// <summary>Q4_K (no <paramref name="qh"/>) or Q5_K: d and dmin at 0 and 2, the packed scales and mins at 4.</summary>
-    private static void K4Block(ReadOnlySpan<byte> b, ReadOnlySpan<byte> qs, ReadOnlySpan<byte> qh, Span<float> y)
+    /// <summary>Q4_K (<paramref name="qh"/> negative) or Q5_K: d and dmin at 0 and 2, the packed scales and mins at 4,
+    /// codes from <see cref="BlockLayout.K4Code"/>.</summary>
+    private static void K4Block(ReadOnlySpan<byte> b, int qs, int qh, Span<float> y)
     {
         float d = ReadHalf(b, 0);
         float dmin = ReadHalf(b, 2);
-        var scales = b.Slice(4, 12);
-        // Each 32 bytes of qs hold 64 weights: low nibbles are sub-block 2k, high nibbles sub-block 2k+1.
-        for (int k = 0; k < 4; k++)
+        for (int sub = 0; sub < 8; sub++)
         {
-            ScaleMinK4(2 * k, scales, out int sc0, out int m0);
-            ScaleMinK4(2 * k + 1, scales, out int sc1, out int m1);
-            float d0 = d * sc0, min0 = dmin * m0, d1 = d * sc1, min1 = dmin * m1;
-            var q = qs.Slice(32 * k, 32);
-            var o = y.Slice(64 * k, 64);
-            for (int l = 0; l < 32; l++)
-            {
-                int h0 = qh.IsEmpty ? 0 : ((qh[l] >> (2 * k)) & 1) << 4, h1 = qh.IsEmpty ? 0 : ((qh[l] >> (2 * k + 1)) & 1) << 4;
-                o[l] = d0 * ((q[l] & 0xF) | h0) - min0;
-                o[l + 32] = d1 * ((q[l] >> 4) | h1) - min1;
-            }
+            BlockLayout.ScaleMinK4(new SpanBytes(b), 4, sub, out int sc, out int m);
+            float ds = d * sc, ms = dmin * m;
+            for (int l = 0; l < 32; l++) y[32 * sub + l] = ds * BlockLayout.K4Code(new SpanBytes(b), qs, qh, 32 * sub + l) - ms;
         }
     }
 
@@ -297,11 +242,7 @@ public static class Dequantize
     /// 0, 1) or high nibble (2, 3) of ql[64n + 32·(quarter mod 2) + pos], with bits 2·quarter, 2·quarter + 1 of
     /// qh[32n + pos] above it.
     /// </summary>
-    internal static int Q6_KCode(ReadOnlySpan<byte> block, int n, int quarter, int pos)
-    {
-        int low = block[64 * n + 32 * (quarter & 1) + pos];
-        return (quarter < 2 ? low & 15 : low >> 4) | ((block[128 + 32 * n + pos] >> (2 * quarter)) & 3) << 4;
-    }
+    internal static int Q6_KCode(ReadOnlySpan<byte> block, int n, int quarter, int pos) => BlockLayout.Q6_KCode(new SpanBytes(block), n, quarter, pos);
 
     private static void Q6_KBlock(ReadOnlySpan<byte> b, Span<float> y)
     {

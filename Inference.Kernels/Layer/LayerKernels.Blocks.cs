@@ -1,0 +1,102 @@
+using ILGPU;
+using ILGPU.Runtime;
+using Inference.Loading;
+
+namespace Inference.Kernels.Layer;
+
+public sealed partial class LayerKernels
+{
+    private readonly BlockKernels?[] _blockKernels = new BlockKernels?[KeptBlockTypes.Length];
+
+    /// <summary>
+    /// The GGUF block types the block row kernels multiply as stored (<see cref="MatMulBlocks"/>): Q4_0, Q4_1, Q5_0, Q5_1,
+    /// IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS. Q8_0 has its own kernels (<see cref="MatMulQ8_0"/>).
+    /// </summary>
+    public static ReadOnlySpan<GgmlType> KeptBlockTypes =>
+    [
+        GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.IQ4_NL,
+        GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.IQ4_XS,
+    ];
+
+    /// <summary>Whether <see cref="MatMulBlocks"/> and <see cref="EmbeddingBlocks"/> take <paramref name="type"/>.</summary>
+    /// <param name="type">A GGUF tensor type.</param>
+    public static bool KeepsBlocks(GgmlType type) => KeptBlockTypes.IndexOf(type) >= 0;
+
+    /// <summary>
+    /// <see cref="MatMulKernels"/>' block row kernel for <paramref name="type"/> (a warp per row, the weights dequantized
+    /// in registers, f32 accumulation; any batch, 4 items per weight load).
+    /// </summary>
+    /// <param name="type">One of <see cref="KeptBlockTypes"/>.</param>
+    /// <param name="weights">Raw blocks, <c>rows * cols / blockElements * blockBytes</c> bytes, starting at an even byte.</param>
+    /// <param name="x">Input, <c>[batch, cols]</c>.</param>
+    /// <param name="y">Output, <c>[batch, rows]</c>.</param>
+    /// <param name="rows">Output features.</param>
+    /// <param name="cols">Input features (a multiple of the block's elements).</param>
+    /// <param name="batch">Input rows.</param>
+    /// <exception cref="ArgumentException">The type is not kept as blocks, <paramref name="cols"/> is not a whole number of
+    /// blocks, <paramref name="weights"/> is too short or starts at an odd byte.</exception>
+    public void MatMulBlocks(GgmlType type, ArrayView<byte> weights, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(rows, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(batch, 1);
+        var k = CheckBlocks(type, weights, rows, cols);
+        k.MatMul(RowConfig(rows, batch), weights.Cast<ushort>(), x, y, rows, cols, batch, _lanesPerRow);
+    }
+
+    /// <summary>The embedding gather from a table of <paramref name="type"/> blocks, widened to f32.</summary>
+    /// <param name="type">One of <see cref="KeptBlockTypes"/>.</param>
+    /// <param name="table">Raw blocks, <c>[vocab, dim / blockElements, blockBytes]</c>, starting at an even byte.</param>
+    /// <param name="ids">Token ids, <c>[tokenCount]</c>.</param>
+    /// <param name="output">Output, <c>[tokenCount, dim]</c>.</param>
+    /// <param name="tokenCount">Tokens.</param>
+    /// <param name="dim">Width (a multiple of the block's elements).</param>
+    /// <exception cref="ArgumentException">As <see cref="MatMulBlocks"/>.</exception>
+    public void EmbeddingBlocks(GgmlType type, ArrayView<byte> table, ArrayView<int> ids, ArrayView<float> output, int tokenCount, int dim)
+    {
+        var k = CheckBlocks(type, table, 1, dim);
+        k.Gather(new Index2D(dim / MatMulKernels.BlockSlotElements, tokenCount), table.Cast<ushort>(), ids, output, dim);
+    }
+
+    private BlockKernels CheckBlocks(GgmlType type, ArrayView<byte> weights, int rows, int cols)
+    {
+        int i = KeptBlockTypes.IndexOf(type);
+        if (i < 0) throw new ArgumentException($"{type} weights are not multiplied as blocks.", nameof(type));
+        if (!GgmlTypeInfo.TryGetBlock(type, out int blockElements, out int blockBytes) || cols <= 0 || cols % blockElements != 0)
+            throw new ArgumentException($"cols ({cols}) must be a positive multiple of the {type} block ({blockElements}).", nameof(cols));
+        if (weights.Length < (long)rows * (cols / blockElements) * blockBytes)
+            throw new ArgumentException($"{weights.Length} bytes hold fewer than {rows} rows of {cols} {type} weights.", nameof(weights));
+        if (((IContiguousArrayView)weights).IndexInBytes % 2 != 0)
+            throw new ArgumentException($"{type} weights must start at an even byte (the kernels read 16-bit words).", nameof(weights));
+        lock (_blockKernels)
+        {
+            return _blockKernels[i] ??= type switch
+            {
+                GgmlType.Q4_0 => BlockKernels.Load<MatMulKernels.Q4_0Block>(_accelerator),
+                GgmlType.Q4_1 => BlockKernels.Load<MatMulKernels.Q4_1Block>(_accelerator),
+                GgmlType.Q5_0 => BlockKernels.Load<MatMulKernels.Q5_0Block>(_accelerator),
+                GgmlType.Q5_1 => BlockKernels.Load<MatMulKernels.Q5_1Block>(_accelerator),
+                GgmlType.IQ4_NL => BlockKernels.Load<MatMulKernels.IQ4_NLBlock>(_accelerator),
+                GgmlType.Q2_K => BlockKernels.Load<MatMulKernels.Q2_KBlock>(_accelerator),
+                GgmlType.Q3_K => BlockKernels.Load<MatMulKernels.Q3_KBlock>(_accelerator),
+                GgmlType.Q4_K => BlockKernels.Load<MatMulKernels.Q4_KBlock>(_accelerator),
+                GgmlType.Q5_K => BlockKernels.Load<MatMulKernels.Q5_KBlock>(_accelerator),
+                GgmlType.Q6_K => BlockKernels.Load<MatMulKernels.Q6_KBlock>(_accelerator),
+                _ => BlockKernels.Load<MatMulKernels.IQ4_XSBlock>(_accelerator),
+            };
+        }
+    }
+
+    /// <summary>The two kernels of one block type, compiled on first use (eleven types would slow every start).</summary>
+    private sealed class BlockKernels(
+        Action<KernelConfig, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int> matMul,
+        Action<Index2D, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, int> gather)
+    {
+        public Action<KernelConfig, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int> MatMul { get; } = matMul;
+
+        public Action<Index2D, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, int> Gather { get; } = gather;
+
+        public static BlockKernels Load<TBlock>(Accelerator a) where TBlock : struct, MatMulKernels.IWeightBlock => new(
+            a.LoadStreamKernel<ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MatMulKernels.MatMulBlocks<TBlock>),
+            a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, int>(MatMulKernels.GatherBlocks<TBlock>));
+    }
+}
