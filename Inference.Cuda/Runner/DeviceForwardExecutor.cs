@@ -155,6 +155,21 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
 
     public string DeviceName { get; }
 
+    /// <summary>
+    /// Bytes of the weights in device memory: the matrices as uploaded (the file's tensor bytes for every type kept as
+    /// stored, <see cref="DeviceMatrix.DeviceType"/>) and the vectors as f32.
+    /// </summary>
+    internal long WeightBytes
+    {
+        get
+        {
+            long total = 0;
+            foreach (var m in _matrices) total += m?.ByteCount ?? 0;
+            foreach (var v in _vectors) total += v?.LengthInBytes ?? 0;
+            return total;
+        }
+    }
+
     public IKvBlockStorage Storage => _storage;
 
     /// <summary>The attention kernels in use: "PTX" or "ILGPU".</summary>

@@ -7,10 +7,16 @@ using Inference.Loading;
 namespace Inference.Cuda.Runner;
 
 /// <summary>
-/// A weight matrix in device memory in GGML row layout (one row per output feature): F32, F16 and Q8_0 are uploaded
-/// as they are; other types are dequantized on the host at load time (<see cref="Dequantize.Row"/>) — BF16 to F32
-/// (exact), the other quantized types (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K … Q6_K, IQ4_XS) to F16.
+/// A weight matrix in device memory in GGML row layout (one row per output feature): F32, F16, Q8_0 and the block
+/// types of <see cref="LayerKernels.KeptBlockTypes"/> (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K … Q6_K, IQ4_XS) are uploaded
+/// as they are, so the device holds the file's tensor bytes, and multiplied by row kernels that dequantize in registers;
+/// BF16 is widened to F32 on the host at load time (exact; <see cref="Dequantize.Row"/>), any other type to F16.
 /// </summary>
+/// <remarks>
+/// Products of many rows: F16 runs on the tensor-core kernel from <see cref="TensorCoreMinRows"/> rows; the block types
+/// and Q8_0 stay on their row kernels for every batch (a group walks <see cref="MatMulKernels.BatchChunk"/> items over
+/// the same rows, 4 per weight load, re-reading the row from cache).
+/// </remarks>
 internal sealed unsafe class DeviceMatrix : IDisposable
 {
     private const long StagingBytes = 8 << 20;   // host rows converted per upload
@@ -24,7 +30,7 @@ internal sealed unsafe class DeviceMatrix : IDisposable
         Cols = cols;
     }
 
-    /// <summary>The type on the device: F32, F16 or Q8_0.</summary>
+    /// <summary>The type on the device: F32, F16, Q8_0 or one of <see cref="LayerKernels.KeptBlockTypes"/>.</summary>
     public GgmlType Type { get; }
 
     public int Rows { get; }
@@ -38,6 +44,7 @@ internal sealed unsafe class DeviceMatrix : IDisposable
     {
         GgmlType.F32 or GgmlType.F16 or GgmlType.Q8_0 => stored,
         GgmlType.BF16 => GgmlType.F32,
+        _ when LayerKernels.KeepsBlocks(stored) => stored,
         _ => GgmlType.F16,
     };
 
@@ -109,7 +116,8 @@ internal sealed unsafe class DeviceMatrix : IDisposable
         {
             case GgmlType.F32: kernels.MatMul(w.Cast<float>(), x, y, Rows, Cols, batch); break;
             case GgmlType.F16: kernels.MatMul(w.Cast<ILGPU.Half>(), x, y, Rows, Cols, batch); break;
-            default: kernels.MatMulQ8_0(w, x, y, Rows, Cols, batch); break;
+            case GgmlType.Q8_0: kernels.MatMulQ8_0(w, x, y, Rows, Cols, batch); break;
+            default: kernels.MatMulBlocks(Type, w, x, y, Rows, Cols, batch); break;
         }
     }
 
@@ -121,7 +129,8 @@ internal sealed unsafe class DeviceMatrix : IDisposable
         {
             case GgmlType.F32: kernels.Embedding(w.Cast<float>(), ids, output, tokenCount, Cols); break;
             case GgmlType.F16: kernels.Embedding(w.Cast<ILGPU.Half>(), ids, output, tokenCount, Cols); break;
-            default: kernels.EmbeddingQ8_0(w, ids, output, tokenCount, Cols); break;
+            case GgmlType.Q8_0: kernels.EmbeddingQ8_0(w, ids, output, tokenCount, Cols); break;
+            default: kernels.EmbeddingBlocks(Type, w, ids, output, tokenCount, Cols); break;
         }
     }
 
