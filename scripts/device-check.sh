@@ -24,7 +24,9 @@
 #         ffn 5632, vocab 32000; --quick: 4 layers) into a temporary folder, compares the GPU engine's last-position
 #         logits with the CPU engine's (relative L2, target < 5e-3) with PTX and ILGPU attention (tensor-core F16
 #         products for 16+ rows) and with PTX attention on the row kernels only, and measures GPU
-#         decode tokens/s for 1 and for 16 concurrent requests through the engine. Needs ~3 GB of temporary disk.
+#         decode tokens/s for 1 and for 16 concurrent requests through the engine; then the same for a Q4_K_M copy
+#         quantized on the GPU machine (weights kept as Q4_K/Q6_K blocks on the device; logits target < 8e-2, the CPU
+#         rounds activations to Q8_K). Needs ~3 GB of temporary disk; nothing beyond the runner is carried.
 #     Writes OUTDIR/{device.txt,checks.tsv,bench.tsv,matmul.tsv,gemm.tsv,flash.tsv,e2e.tsv,summary.md,nvidia-smi.txt,runner.log}.
 #     Exit status: 0 all checks passed, 1 a check failed, 2 no CUDA device, other: runner crashed.
 set -euo pipefail
@@ -33,7 +35,7 @@ repo_root="$(cd "$(dirname "$0")/.." && pwd)"
 tgz="$repo_root/.device/inference-gpu-runner.tgz"
 
 usage() {
-  sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
