@@ -13,12 +13,14 @@ public sealed class Sampler
     private readonly int _vocabSize;
     private readonly Dictionary<int, int> _counts = new();
     private ulong _state;
+    private float _reservedDraw = -1;   // a draw taken for the device sampler, used by the next host draw when that fails
 
     /// <summary>Creates a sampler over a vocabulary of <paramref name="vocabSize"/> tokens.</summary>
     public Sampler(SamplingOptions options, int vocabSize)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentOutOfRangeException.ThrowIfLessThan(vocabSize, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(vocabSize, SamplingMath.MaxVocabSize);
         _options = options;
         // NOTE: the vocabulary-sized scratch (candidate ids, logits, probabilities) is rented from the shared pool for
         // the duration of one call, so a waiting or paused request holds none of it.
@@ -51,16 +53,15 @@ public sealed class Sampler
         var scratch = Scratch.Rent(_vocabSize);
         try
         {
-            var kept = KeptDistribution(logits, scratch);
-            int keep = kept.Length;
-            float r = NextFloat();
-            float cumulative = 0;
+            int keep = Kept(logits, scratch, out long total);
+            double target = SamplingMath.DrawTarget(NextFloat(), total);
+            long cumulative = 0;
             for (int i = 0; i < keep; i++)
             {
-                cumulative += kept[i];
-                if (r < cumulative) return scratch.Ids[i];
+                cumulative += scratch.Weights[i];
+                if (cumulative > target) return SamplingMath.IdOf(scratch.Keys[i]);
             }
-            return scratch.Ids[keep - 1];
+            return SamplingMath.IdOf(scratch.Keys[keep - 1]);
         }
         finally
         {
@@ -69,27 +70,57 @@ public sealed class Sampler
     }
 
     /// <summary>
-    /// The top-k, top-p and min-p cut of <paramref name="logits"/> into <paramref name="scratch"/>, divided by the
-    /// temperature and normalised: the probabilities of the kept candidates, whose ids are <c>scratch.Ids</c>.
+    /// The top-k, top-p and min-p cut of <paramref name="logits"/> (<see cref="SamplingMath"/>'s arithmetic): the kept
+    /// candidates' rank keys, best first, in <c>scratch.Keys</c>, their tempered weights in <c>scratch.Weights</c> and
+    /// the weights' sum in <paramref name="total"/>; returns how many are kept (at least one).
     /// </summary>
-    private Span<float> KeptDistribution(ReadOnlySpan<float> logits, Scratch scratch)
+    private int Kept(ReadOnlySpan<float> logits, Scratch scratch, out long total)
     {
-        var kept = scratch.Values.AsSpan(0, Truncate(logits, scratch));
-        TensorPrimitives.Divide(kept, _options.Temperature, kept);
-        TensorPrimitives.SoftMax(kept, kept);
-        return kept;
+        int n = logits.Length;
+        var keys = scratch.Keys;
+        var w = scratch.Weights;
+        for (int i = 0; i < n; i++) keys[i] = SamplingMath.Key(logits[i], i);
+        int k = _options.TopK > 0 ? Math.Min(_options.TopK, n) : n;
+        SortSmallest(keys, k, n);
+
+        // Weights of the untempered logits decide top-p and min-p, as in llama.cpp.
+        float max = logits[SamplingMath.IdOf(keys[0])];
+        long sum = 0;
+        for (int i = 0; i < k; i++) sum += w[i] = SamplingMath.Weight(logits[SamplingMath.IdOf(keys[i])] - max);
+        int keep = k;
+        if (_options.TopP < 1)
+        {
+            double target = SamplingMath.TopPTarget(_options.TopP, sum);
+            long mass = 0;
+            for (int i = 0; i < k; i++)
+            {
+                mass += w[i];
+                if (SamplingMath.ReachesTopP(mass, target)) { keep = i + 1; break; }
+            }
+        }
+        if (_options.MinP > 0)
+        {
+            double threshold = SamplingMath.MinPThreshold(_options.MinP, w[0]);
+            int m = 1;
+            while (m < keep && w[m] >= threshold) m++;
+            keep = m;
+        }
+
+        float t = _options.Temperature, top = max / t;
+        total = 0;
+        for (int i = 0; i < keep; i++) total += w[i] = SamplingMath.Weight(logits[SamplingMath.IdOf(keys[i])] / t - top);
+        return keep;
     }
 
-    /// <summary>Candidate ids, values and probabilities for one call, rented from <see cref="ArrayPool{T}.Shared"/>.</summary>
-    private readonly record struct Scratch(int[] Ids, float[] Values, float[] Probs)
+    /// <summary>Candidate rank keys and weights for one call, rented from <see cref="ArrayPool{T}.Shared"/>.</summary>
+    private readonly record struct Scratch(ulong[] Keys, long[] Weights)
     {
-        public static Scratch Rent(int n) => new(ArrayPool<int>.Shared.Rent(n), ArrayPool<float>.Shared.Rent(n), ArrayPool<float>.Shared.Rent(n));
+        public static Scratch Rent(int n) => new(ArrayPool<ulong>.Shared.Rent(n), ArrayPool<long>.Shared.Rent(n));
 
         public void Return()
         {
-            ArrayPool<int>.Shared.Return(Ids);
-            ArrayPool<float>.Shared.Return(Values);
-            ArrayPool<float>.Shared.Return(Probs);
+            ArrayPool<ulong>.Shared.Return(Keys);
+            ArrayPool<long>.Shared.Return(Weights);
         }
     }
 
@@ -125,8 +156,9 @@ public sealed class Sampler
         var scratch = Scratch.Rent(_vocabSize);
         try
         {
-            var kept = KeptDistribution(logits, scratch);
-            for (int i = 0; i < kept.Length; i++) probs[scratch.Ids[i]] = kept[i];
+            int keep = Kept(logits, scratch, out long total);
+            for (int i = 0; i < keep; i++) probs[SamplingMath.IdOf(scratch.Keys[i])] = total > 0 ? (float)(scratch.Weights[i] / (double)total) : 0f;
+            if (total == 0) probs[SamplingMath.IdOf(scratch.Keys[keep - 1])] = 1;
         }
         finally
         {
@@ -155,45 +187,6 @@ public sealed class Sampler
     /// <summary>A uniform float in [0, 1) from the sampler's random state.</summary>
     public float NextUniform() => NextFloat();
 
-    /// <summary>Sorts the candidates into the scratch ids/values and applies top-k, top-p and min-p; returns how many are kept.</summary>
-    private int Truncate(ReadOnlySpan<float> logits, Scratch scratch)
-    {
-        // Candidates sorted by logit, best first, cut to top-k.
-        int n = logits.Length;
-        var ids = scratch.Ids;
-        var values = scratch.Values;
-        for (int i = 0; i < n; i++)
-        {
-            ids[i] = i;
-            values[i] = logits[i];
-        }
-        int k = _options.TopK > 0 ? Math.Min(_options.TopK, n) : n;
-        SortDescending(ids, values, k, n);
-        var vals = values.AsSpan(0, k);
-
-        // Probabilities of the untempered logits decide top-p and min-p, as in llama.cpp.
-        var probs = scratch.Probs.AsSpan(0, k);
-        TensorPrimitives.SoftMax(vals, probs);
-        int keep = k;
-        if (_options.TopP < 1)
-        {
-            double mass = 0;
-            for (int i = 0; i < k; i++)
-            {
-                mass += probs[i];
-                if (mass >= _options.TopP) { keep = i + 1; break; }
-            }
-        }
-        if (_options.MinP > 0)
-        {
-            float threshold = probs[0] * _options.MinP;
-            int m = 1;
-            while (m < keep && probs[m] >= threshold) m++;
-            keep = m;
-        }
-        return keep;
-    }
-
     // NOTE: OpenAI's frequency and presence penalties (and vLLM's) count generated tokens only, never the prompt;
     // llama.cpp's repeat penalty looks at the last repeat_last_n tokens, prompt included. Both are kept as users expect.
     private void ApplyPenalties(Span<float> logits, ReadOnlySpan<int> tokens, int promptLength)
@@ -201,12 +194,7 @@ public sealed class Sampler
         var o = _options;
         if (o.RepetitionPenalty != 1 && o.PenaltyLastN > 0)
         {
-            _counts.Clear();
-            for (int i = Math.Max(0, tokens.Length - o.PenaltyLastN); i < tokens.Length; i++)
-            {
-                int t = tokens[i];
-                if ((uint)t < (uint)logits.Length) _counts[t] = 1;
-            }
+            CountRepeated(tokens, o.PenaltyLastN);
             foreach (var (token, _) in _counts)
             {
                 ref float l = ref logits[token];
@@ -215,36 +203,52 @@ public sealed class Sampler
         }
         if (o.FrequencyPenalty != 0 || o.PresencePenalty != 0)
         {
-            _counts.Clear();
-            for (int i = promptLength; i < tokens.Length; i++)
-            {
-                int t = tokens[i];
-                if ((uint)t < (uint)logits.Length) _counts[t] = _counts.GetValueOrDefault(t) + 1;
-            }
+            CountGenerated(tokens, promptLength);
             foreach (var (token, count) in _counts)
                 logits[token] -= count * o.FrequencyPenalty + o.PresencePenalty;
         }
     }
 
-    /// <summary>Moves the <paramref name="k"/> largest of the first <paramref name="n"/> candidates to the front, sorted.</summary>
-    private static void SortDescending(int[] ids, float[] values, int k, int n)
+    /// <summary>The distinct tokens among the last <paramref name="lastN"/> (within the vocabulary) into <see cref="_counts"/>.</summary>
+    private void CountRepeated(ReadOnlySpan<int> tokens, int lastN)
+    {
+        _counts.Clear();
+        for (int i = Math.Max(0, tokens.Length - lastN); i < tokens.Length; i++)
+        {
+            int t = tokens[i];
+            if ((uint)t < (uint)_vocabSize) _counts[t] = 1;
+        }
+    }
+
+    /// <summary>How often each token (within the vocabulary) occurs after the prompt, into <see cref="_counts"/>.</summary>
+    private void CountGenerated(ReadOnlySpan<int> tokens, int promptLength)
+    {
+        _counts.Clear();
+        for (int i = promptLength; i < tokens.Length; i++)
+        {
+            int t = tokens[i];
+            if ((uint)t < (uint)_vocabSize) _counts[t] = _counts.GetValueOrDefault(t) + 1;
+        }
+    }
+
+    /// <summary>Moves the <paramref name="k"/> smallest of the first <paramref name="n"/> keys (all distinct) to the front, sorted.</summary>
+    private static void SortSmallest(ulong[] keys, int k, int n)
     {
         if (k < n)
         {
-            // Quickselect the k largest into [0, k), then sort just those.
+            // Quickselect the k smallest into [0, k), then sort just those.
             int lo = 0, hi = n - 1;
             while (lo < hi)
             {
-                float pivot = values[(lo + hi) >>> 1];
+                ulong pivot = keys[(lo + hi) >>> 1];
                 int i = lo, j = hi;
                 while (i <= j)
                 {
-                    while (values[i] > pivot) i++;
-                    while (values[j] < pivot) j--;
+                    while (keys[i] < pivot) i++;
+                    while (keys[j] > pivot) j--;
                     if (i <= j)
                     {
-                        (values[i], values[j]) = (values[j], values[i]);
-                        (ids[i], ids[j]) = (ids[j], ids[i]);
+                        (keys[i], keys[j]) = (keys[j], keys[i]);
                         i++;
                         j--;
                     }
@@ -254,25 +258,60 @@ public sealed class Sampler
                 else break;
             }
         }
-        // Descending by value, ties by lower id, so results do not depend on the selection's order.
-        var keys = values.AsSpan(0, k);
-        var items = ids.AsSpan(0, k);
-        for (int i = 0; i < k; i++) keys[i] = -keys[i];
-        keys.Sort(items);
-        for (int i = 0; i < k; i++) keys[i] = -keys[i];
-        for (int i = 1; i < k; i++)
+        keys.AsSpan(0, k).Sort();
+    }
+
+    /// <summary>
+    /// Describes the next choice to the device sampler as row <c>rows.Count</c> of <paramref name="rows"/>: options, the
+    /// random draw <see cref="Sample(Span{float}, ReadOnlySpan{int}, int)"/> would take (reserved: if the device's result
+    /// is not used, the next host choice takes the same draw; <see cref="CommitDeviceChoice"/> consumes it) and the
+    /// penalties, as the host applies them.
+    /// </summary>
+    /// <param name="rows">The step's device rows.</param>
+    /// <param name="logitRow">The row of the step's logits to sample.</param>
+    /// <param name="tokens">The sequence so far (see <see cref="Sample(Span{float}, ReadOnlySpan{int}, int)"/>).</param>
+    /// <param name="promptLength">How many of <paramref name="tokens"/> are the prompt.</param>
+    internal void AddDeviceRow(DeviceSamplingRows rows, int logitRow, ReadOnlySpan<int> tokens, int promptLength)
+    {
+        var o = _options;
+        float draw = 0;
+        if (o.Temperature > 0)
         {
-            int j = i;
-            while (j > 0 && keys[j] == keys[j - 1] && items[j] < items[j - 1])
-            {
-                (items[j], items[j - 1]) = (items[j - 1], items[j]);
-                j--;
-            }
+            if (_reservedDraw < 0) _reservedDraw = NextRawFloat();
+            draw = _reservedDraw;
+        }
+        rows.AddRow(logitRow, o.Temperature, o.TopK, o.TopP, o.MinP, draw);
+        promptLength = Math.Min(Math.Max(promptLength, 0), tokens.Length);
+        if (o.RepetitionPenalty != 1 && o.PenaltyLastN > 0)
+        {
+            CountRepeated(tokens, o.PenaltyLastN);
+            foreach (var (token, _) in _counts) rows.AddPenalty(logitRow, token, DeviceSamplingRows.Repeat, o.RepetitionPenalty, 0);
+        }
+        if (o.FrequencyPenalty != 0 || o.PresencePenalty != 0)
+        {
+            CountGenerated(tokens, promptLength);
+            foreach (var (token, count) in _counts)
+                rows.AddPenalty(logitRow, token, DeviceSamplingRows.Subtract, 1, count * o.FrequencyPenalty + o.PresencePenalty);
         }
     }
 
-    /// <summary>A float in [0, 1) from xorshift64* (deterministic across platforms and runtimes).</summary>
+    /// <summary>The device's choice of the row <see cref="AddDeviceRow"/> described is used: its draw is spent.</summary>
+    internal void CommitDeviceChoice() => _reservedDraw = -1;
+
+    /// <summary>A float in [0, 1): the reserved draw if there is one, else the next of the random state.</summary>
     private float NextFloat()
+    {
+        if (_reservedDraw >= 0)
+        {
+            float r = _reservedDraw;
+            _reservedDraw = -1;
+            return r;
+        }
+        return NextRawFloat();
+    }
+
+    /// <summary>A float in [0, 1) from xorshift64* (deterministic across platforms and runtimes).</summary>
+    private float NextRawFloat()
     {
         if (_state == 0) _state = 0x9E3779B97F4A7C15UL;
         _state ^= _state >> 12;
