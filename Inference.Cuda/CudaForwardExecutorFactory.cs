@@ -48,7 +48,7 @@ internal sealed class CudaForwardExecutorFactory : IForwardExecutorFactory
         try
         {
             return new DeviceForwardExecutor(backend.Accelerator, context, _options.Attention, owner: backend, _options.TensorCoreMatMul,
-                _options.FlashPrefill);
+                _options.FlashPrefill, _options.DeviceSampling);
         }
         catch
         {
@@ -59,18 +59,19 @@ internal sealed class CudaForwardExecutorFactory : IForwardExecutorFactory
 }
 
 /// <summary>Runs the device executor on a given accelerator (ILGPU's CPU accelerator in tests); the caller owns it.</summary>
-internal sealed class AcceleratorForwardExecutorFactory(Accelerator accelerator, CudaAttentionKernels attention) : IForwardExecutorFactory
+internal sealed class AcceleratorForwardExecutorFactory(Accelerator accelerator, CudaAttentionKernels attention, bool deviceSampling = true) : IForwardExecutorFactory
 {
     public string? UnavailableReason => null;
 
     public IForwardExecutor Create(ForwardExecutorContext context) =>
-        new DeviceForwardExecutor(accelerator, context, attention, owner: null);
+        new DeviceForwardExecutor(accelerator, context, attention, owner: null, deviceSampling: deviceSampling);
 }
 
 /// <summary>Test hook: an engine whose forward pass runs on a given ILGPU accelerator.</summary>
 internal static class AcceleratorEngineOptions
 {
     /// <summary><paramref name="options"/> running the device executor on <paramref name="accelerator"/> (its context needs ILGPU.Algorithms).</summary>
-    public static EngineOptions UseAccelerator(this EngineOptions options, Accelerator accelerator, CudaAttentionKernels attention = CudaAttentionKernels.Ptx) =>
-        options with { Device = Device.Auto, ExecutorFactory = new AcceleratorForwardExecutorFactory(accelerator, attention) };
+    public static EngineOptions UseAccelerator(this EngineOptions options, Accelerator accelerator, CudaAttentionKernels attention = CudaAttentionKernels.Ptx,
+        bool deviceSampling = true) =>
+        options with { Device = Device.Auto, ExecutorFactory = new AcceleratorForwardExecutorFactory(accelerator, attention, deviceSampling) };
 }

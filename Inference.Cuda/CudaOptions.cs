@@ -39,6 +39,12 @@ public sealed record CudaOptions
     /// prefill on the per-token PTX kernel. Decode steps run the decode kernel either way.
     /// </summary>
     public bool FlashPrefill { get; init; }
+
+    /// <summary>
+    /// Whether requests that need no full logits (no logprobs, no constraint) have their tokens chosen on the device, so
+    /// that only token ids come back each step. The device makes the host sampler's choice for the same seed. Default true.
+    /// </summary>
+    public bool DeviceSampling { get; init; } = true;
 }
 
 /// <summary>Selects the CUDA executor with explicit <see cref="CudaOptions"/>.</summary>

@@ -49,6 +49,8 @@ public static class KernelCatalog
             Implicit("embedding_q8_0", typeof(EmbeddingKernels), nameof(EmbeddingKernels.GatherQ8_0)),
             Explicit("argmax", typeof(SelectionKernels), nameof(SelectionKernels.ArgMax)),
             Explicit("topk", typeof(SelectionKernels), nameof(SelectionKernels.TopK)),
+            Explicit("sample", typeof(SamplingKernels), nameof(SamplingKernels.Sample)),
+            Implicit("sample_penalties", typeof(SamplingKernels), nameof(SamplingKernels.ApplyPenalties)),
             Implicit("moe_route", typeof(ExpertKernels), nameof(ExpertKernels.Route)),
             Implicit("moe_combine", typeof(ExpertKernels), nameof(ExpertKernels.Combine)),
             Implicit("moe_add_sigmoid_gated", typeof(ExpertKernels), nameof(ExpertKernels.AddSigmoidGated)),

@@ -27,6 +27,11 @@ internal sealed partial class EngineLoop : IAsyncDisposable
     private readonly Dictionary<long, Exception> _failed = new();  // requests whose chunk failed in this step
     private float[] _logits = [];
     private int[] _segmentOf = [];  // per chunk of the step: its segment in _batch, or -1 (a prefix file's blocks copied instead)
+    private int[] _deviceRowOf = [];  // per chunk of the step: its row in _deviceRows when the device chose its token, else -1
+    private readonly DeviceSamplingRows _deviceRows = new();
+
+    /// <summary>Tokens whose choice the executor made on its device (only the ids came back).</summary>
+    internal long DeviceSampledTokenCount { get; private set; }
     private long _nextInternalId = -1;
     private readonly PrefixIdentity _identity;
     private readonly List<long> _prefixHolders = new();
@@ -344,11 +349,18 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         _batch.Clear();
         long now = Stopwatch.GetTimestamp();
         var chunks = output.Chunks;
-        if (_segmentOf.Length < chunks.Length) _segmentOf = new int[Math.Max(16, 2 * chunks.Length)];
+        if (_segmentOf.Length < chunks.Length)
+        {
+            _segmentOf = new int[Math.Max(16, 2 * chunks.Length)];
+            _deviceRowOf = new int[_segmentOf.Length];
+        }
+        _deviceRows.Clear();
+        _deviceRows.VocabSize = _config.VocabSize;
         for (int i = 0; i < chunks.Length; i++)
         {
             ref readonly var chunk = ref chunks[i];
             var r = _live[chunk.RequestId].Request;
+            _deviceRowOf[i] = -1;
             if (r.FirstScheduled == 0)
             {
                 r.LeaveQueue();
@@ -373,6 +385,14 @@ internal sealed partial class EngineLoop : IAsyncDisposable
             // Prompt scoring: the logits after every prompt position of the chunk.
             if (r.PromptScores is not null && chunk.StartPosition < r.PromptTokens.Length - 1) rows = chunk.TokenCount;
             _segmentOf[i] = _batch.Segments.Count;
+            if (rows == 1 && chunk.SpeculativeTokenCount == 0 && _executor.SamplesOnDevice && SamplesOnDevice(r))
+            {
+                // NOTE: the sampler reserves its draw: if the step fails and the token is chosen on the host after all,
+                // the host takes the same draw.
+                var scheduled = _live[chunk.RequestId].Scheduled;
+                _deviceRowOf[i] = _deviceRows.Count;
+                r.Sampler.AddDeviceRow(_deviceRows, _batch.LogitCount, scheduled.TokenIds, scheduled.PromptTokenCount);
+            }
             _batch.Add(chunk.RequestId, chunk.TokenIds, chunk.CachePosition, rows);
         }
         int vocab = _config.VocabSize;
@@ -381,10 +401,13 @@ internal sealed partial class EngineLoop : IAsyncDisposable
         {
             try
             {
-                _executor.Forward(_batch, _logits);
+                if (_deviceRows.Count > 0) _executor.Forward(_batch, _logits, _deviceRows);
+                else _executor.Forward(_batch, _logits);
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
+                // The solo reruns bring every row's logits back: the host chooses every token of this step.
+                _deviceRows.Clear();
                 IsolateFailures(output, e);
             }
         }
@@ -483,6 +506,13 @@ internal sealed partial class EngineLoop : IAsyncDisposable
                 Verify(r, scheduled, _logits.AsSpan(logitIndex * vocab, (chunks[i].SpeculativeTokenCount + 1) * vocab));
                 continue;
             }
+            if (_deviceRowOf[i] >= 0 && _deviceRowOf[i] < _deviceRows.Count)
+            {
+                r.Sampler.CommitDeviceChoice();
+                DeviceSampledTokenCount++;
+                Accept(r, scheduled, _deviceRows.Tokens[_deviceRowOf[i]], null);
+                continue;
+            }
             var logits = _logits.AsSpan(logitIndex * vocab, vocab);
             if (r.Forks is { Count: > 0 }) StartForks(r, scheduled, logits);
             SampleAndAccept(r, scheduled, logits);
@@ -533,15 +563,40 @@ internal sealed partial class EngineLoop : IAsyncDisposable
             if (table[b] != KvCacheManager.ReleasedBlock) file.CopyInto(storage, b, table[b]);
     }
 
+    /// <summary>
+    /// Whether the device may choose <paramref name="r"/>'s next token: nothing needs the full logits on the host (no
+    /// logprobs, constraint, beam, forks, side work or sampling hook).
+    /// </summary>
+    private bool SamplesOnDevice(GenerationRequest r) =>
+        r.Matcher is null && r.Sampling.Logprobs is null && !r.IsSideWork && r.Forks is not { Count: > 0 } && r.PromptScores is null
+        && BeforeSample is null;
+
     private void SampleAndAccept(GenerationRequest r, SchedulerRequest scheduled, Span<float> logits)
     {
-        FinishReason? finish;
+        int token;
+        TokenLogprobs? logprobs;
         try
         {
             BeforeSample?.Invoke(r);
             r.Matcher?.ApplyMask(logits);
-            int token = r.Sampler.Sample(logits, scheduled.TokenIds, scheduled.PromptTokenCount);
-            var logprobs = r.Sampling.Logprobs is int top ? r.Sampler.GetLogprobs(logits, token, top) : null;
+            token = r.Sampler.Sample(logits, scheduled.TokenIds, scheduled.PromptTokenCount);
+            logprobs = r.Sampling.Logprobs is int top ? r.Sampler.GetLogprobs(logits, token, top) : null;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // One request's failure stays its own.
+            Retire(r.Id, FinishReason.Cancelled, e);
+            return;
+        }
+        Accept(r, scheduled, token, logprobs);
+    }
+
+    /// <summary>Hands the chosen <paramref name="token"/> to the scheduler and the request; retires it when it finishes.</summary>
+    private void Accept(GenerationRequest r, SchedulerRequest scheduled, int token, TokenLogprobs? logprobs)
+    {
+        FinishReason? finish;
+        try
+        {
             var schedulerReason = _scheduler.Update(scheduled, token);
             finish = r.Accept(token, logprobs);
             if (finish is null && schedulerReason == FinishReason.Length) finish = FinishReason.Length;

@@ -1,3 +1,4 @@
+using Inference.Sampling;
 using Inference.KvCache;
 using Inference.Models;
 
@@ -32,6 +33,17 @@ internal interface IForwardExecutor : IDisposable
     /// segments that want them to <paramref name="logits"/> (<c>[batch.LogitCount, vocab]</c>).
     /// </summary>
     void Forward(ModelBatch batch, Span<float> logits);
+
+    /// <summary>Whether <see cref="Forward(ModelBatch, Span{float}, DeviceSamplingRows)"/> chooses tokens on the device.</summary>
+    bool SamplesOnDevice => false;
+
+    /// <summary>
+    /// <see cref="Forward(ModelBatch, Span{float})"/>, then chooses the token of each row of <paramref name="rows"/> on
+    /// the device (into <c>rows.Tokens</c>, as <see cref="Sampler"/> would); the logits rows those sample are not
+    /// copied to <paramref name="logits"/> (their contents are unspecified), the others are.
+    /// </summary>
+    void Forward(ModelBatch batch, Span<float> logits, DeviceSamplingRows rows) =>
+        throw new NotSupportedException("this executor does not sample on its device");
 }
 
 /// <summary>Creates the executors of one kind of hardware; found by <see cref="ForwardExecutors"/>.</summary>

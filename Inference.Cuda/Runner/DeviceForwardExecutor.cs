@@ -7,6 +7,7 @@ using Inference.Kernels.Layer;
 using Inference.KvCache;
 using Inference.Models;
 using Inference.Models.Graph;
+using Inference.Sampling;
 using Device = Inference.Engine.Device;
 
 namespace Inference.Cuda.Runner;
@@ -48,6 +49,8 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
     private readonly DeviceMatrix?[] _matrices;                                   // by weight id
     private readonly MemoryBuffer1D<float, Stride1D.Dense>?[] _vectors;           // by weight id
     private readonly DeviceMixtureOfExperts? _experts;                             // when the graph has MoE blocks
+    private readonly DeviceSampler? _sampler;                                      // token choice on the device
+    private bool[] _sampledRows = [];
     private readonly List<IDisposable> _owned = [];
     private StepBuffers? _step;
     private int[] _ints = [];
@@ -60,8 +63,9 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
     /// <param name="owner">Disposed with the executor (the backend that owns <paramref name="accelerator"/>), or null.</param>
     /// <param name="tensorCoreMatMul">On CUDA, run F16 products of many rows on the tensor-core kernel.</param>
     /// <param name="flashPrefill">On CUDA with PTX attention and an f16 KV cache, run prefill attention on the flash kernel.</param>
+    /// <param name="deviceSampling">Choose tokens on the device (<see cref="SamplesOnDevice"/>).</param>
     public DeviceForwardExecutor(Accelerator accelerator, ForwardExecutorContext context, CudaAttentionKernels attention, IDisposable? owner,
-        bool tensorCoreMatMul = true, bool flashPrefill = false)
+        bool tensorCoreMatMul = true, bool flashPrefill = false, bool deviceSampling = true)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         ArgumentNullException.ThrowIfNull(context);
@@ -106,6 +110,8 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
                 else _vectors[i] = Own(accelerator.Allocate1D(w.GetVector(specs[i].Name, specs[i].Rows)!));
             }
             if (_graph.Experts.Length > 0) _experts = Own(new DeviceMixtureOfExperts(accelerator, _kernels, _gemm, _graph, _matrices, _vectors));
+            // NOTE: on ILGPU's CPU accelerator one thread per row, as the layer kernels (no barriers to pay for).
+            if (deviceSampling) _sampler = Own(new DeviceSampler(accelerator, accelerator.AcceleratorType == AcceleratorType.CPU ? 1 : SamplingKernels.MaxGroupSize));
             _accelerator.Synchronize();
         }
         catch (Exception e) when (e is OutOfMemoryException or CudaException)
@@ -195,12 +201,48 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             : new IlgpuDeviceAttention<float, F32Element>(accelerator, shape);
     }
 
+    public bool SamplesOnDevice => _sampler is not null;
+
     public void Forward(ModelBatch batch, Span<float> logits)
+    {
+        if (Run(batch, logits) is { } output) ((ArrayView<float>)output).CopyToCPU(logits[..(batch.LogitCount * _config.VocabSize)]);
+    }
+
+    public void Forward(ModelBatch batch, Span<float> logits, DeviceSamplingRows rows)
+    {
+        ArgumentNullException.ThrowIfNull(rows);
+        if (_sampler is null) throw new NotSupportedException("this executor was created without device sampling");
+        if (Run(batch, logits) is not { } output) return;
+        int vocab = _config.VocabSize, logitCount = batch.LogitCount;
+        rows.VocabSize = vocab;
+        if (_sampledRows.Length < logitCount) _sampledRows = new bool[Math.Max(logitCount, 2 * _sampledRows.Length)];
+        var sampled = _sampledRows.AsSpan(0, logitCount);
+        sampled.Clear();
+        for (int r = 0; r < rows.Count; r++)
+        {
+            int row = rows.Ints[2 * r];
+            if ((uint)row >= (uint)logitCount) throw new ArgumentOutOfRangeException(nameof(rows), $"logit row {row} is outside the step's {logitCount}");
+            sampled[row] = true;
+        }
+        // The other rows' logits first: the penalties change the sampled rows in place.
+        for (int start = 0; start < logitCount;)
+        {
+            if (sampled[start]) { start++; continue; }
+            int end = start + 1;
+            while (end < logitCount && !sampled[end]) end++;
+            ((ArrayView<float>)output.SubView((long)start * vocab, (long)(end - start) * vocab)).CopyToCPU(logits.Slice(start * vocab, (end - start) * vocab));
+            start = end;
+        }
+        _sampler.Run(output, rows);
+    }
+
+    /// <summary>Runs the step on the device; returns the logits on the device, or null when the step wants none.</summary>
+    private ArrayView1D<float, Stride1D.Dense>? Run(ModelBatch batch, Span<float> logits)
     {
         var c = _config;
         var g = _graph;
         int n = batch.TokenCount;
-        if (n == 0) return;
+        if (n == 0) return null;
         int seqs = batch.Segments.Count, logitCount = batch.LogitCount;
         if (logits.Length < logitCount * c.VocabSize) throw new ArgumentException("logits buffer too small", nameof(logits));
         Bind();
@@ -213,7 +255,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             if (i == g.HeadStart && logitCount == 0)
             {
                 _accelerator.Synchronize();
-                return;
+                return null;
             }
             var op = ops[i];
             switch (op.Kind)
@@ -306,8 +348,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
                     throw new NotSupportedException($"the device executor has no {op.Kind} operation");
             }
         }
-        var output = View(s, g.LogitsBuffer, n, logitCount);
-        ((ArrayView<float>)output).CopyToCPU(logits[..(logitCount * c.VocabSize)]);
+        return View(s, g.LogitsBuffer, n, logitCount);
     }
 
     /// <summary>The rows of graph buffer <paramref name="id"/> this step uses.</summary>

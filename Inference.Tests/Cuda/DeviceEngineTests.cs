@@ -89,6 +89,40 @@ public class DeviceEngineTests
         for (int i = 0; i < prompts.Length; i++) Assert.That(actual[i].TokenIds, Is.EqualTo(expected[i]), prompts[i]);
     }
 
+    /// <summary>
+    /// Concurrent requests with every sampling option (seeded) on the device executor: tokens chosen on the device equal
+    /// those the host sampler chooses from the same executor's logits; requests with logprobs keep the host path.
+    /// </summary>
+    [Test]
+    public async Task DeviceSampling_ChoosesWhatTheHostSamplerChooses()
+    {
+        SamplingOptions[] options =
+        [
+            SamplingOptions.Greedy,
+            new() { Temperature = 0.9f, Seed = 1 },
+            new() { Temperature = 1.3f, TopK = 0, TopP = 0.8f, MinP = 0, Seed = 2 },
+            new() { Temperature = 0.7f, TopK = 5, TopP = 1, MinP = 0.1f, RepetitionPenalty = 1.3f, PenaltyLastN = 16, Seed = 3 },
+            new() { Temperature = 1f, FrequencyPenalty = 0.8f, PresencePenalty = -0.5f, Seed = 4 },
+            new() { Temperature = 1f, TopK = 0, TopP = 1, MinP = 0, Seed = 5, Logprobs = 2 },
+        ];
+        string[] prompts = ["Once upon a time", "Lily and Ben", "The cat", "One day, a little girl", "Tom had a big", "The sun"];
+        async Task<(List<int[]> Tokens, long OnDevice)> Run(bool deviceSampling)
+        {
+            await using var engine = await InferenceEngine.LoadAsync(TestData.Stories260K,
+                new EngineOptions { Threads = 2, MaxNumBatchedTokens = 8, KvCache = new() { BlockSize = 8 } }
+                    .UseAccelerator(DeviceTestAccelerator.Cpu, CudaAttentionKernels.Ilgpu, deviceSampling));
+            var done = await Task.WhenAll(prompts.Select((p, i) =>
+                engine.CompleteAsync(p, options[i] with { MaxTokens = 24, EndOfSequence = EndOfSequenceHandling.Ignore })));
+            return ([.. done.Select(c => c.TokenIds.ToArray())], engine.Loop.DeviceSampledTokenCount);
+        }
+        var host = await Run(deviceSampling: false);
+        var device = await Run(deviceSampling: true);
+        Assert.That(host.OnDevice, Is.Zero);
+        // Every request but the one with logprobs: 5 × 24 tokens.
+        Assert.That(device.OnDevice, Is.EqualTo(5 * 24));
+        for (int i = 0; i < prompts.Length; i++) Assert.That(device.Tokens[i], Is.EqualTo(host.Tokens[i]), $"{prompts[i]}: {options[i]}");
+    }
+
     [Test]
     public async Task PrefixFiles_MoveBetweenDeviceAndCpuEngines()
     {
