@@ -24,6 +24,7 @@ public static class LayerSelfCheck
         "embedding-f32", "embedding-f16", "embedding-q8_0", "argmax", "topk",
         "add-bias", "gather-rows", "rope-table", "kv-write-f32", "kv-write-f16", "kv-write-q8_0", "kv-write-fp8",
         "attention-decode-q8_0", "attention-decode-fp8", "attention-prefill-q8_0", "attention-prefill-fp8",
+        "sampling",
     ];
 
     /// <summary>Runs one named check.</summary>
@@ -57,6 +58,7 @@ public static class LayerSelfCheck
             "matmul-f32" or "matmul-f16" or "matmul-q8_0" => MatMul(acc, kernels, rng, name),
             "embedding-f32" or "embedding-f16" or "embedding-q8_0" => Embedding(acc, kernels, rng, name),
             "argmax" or "topk" => Selection(acc, kernels, rng, name),
+            "sampling" => Sampling(acc, rng),
             "add-bias" => AddBias(acc, kernels, rng),
             "gather-rows" => GatherRows(acc, kernels, rng),
             "rope-table" => RopeTable(acc, kernels, rng),
@@ -236,6 +238,60 @@ public static class LayerSelfCheck
                         $"row {r} rank {i}: expected {want[i]}, got {indices[r * topK + i]}");
         }
         return new AttentionSelfCheck.Result("topk", "ilgpu-vs-reference", 0, true, null);
+    }
+
+    /// <summary>
+    /// The device sampler against the host <see cref="Inference.Sampling.Sampler"/>: every option, penalties, two
+    /// vocabulary sizes (one not a multiple of the group), rows at shuffled logit rows; the chosen tokens must be equal.
+    /// </summary>
+    private static AttentionSelfCheck.Result Sampling(Accelerator acc, Random rng)
+    {
+        using var sampler = new DeviceSampler(acc);
+        int mismatches = 0, compared = 0;
+        string? first = null;
+        foreach (int vocab in (int[])[32000, 1537])
+        {
+            const int rows = 12;
+            var batch = new Inference.Sampling.DeviceSamplingRows { VocabSize = vocab };
+            var logits = new float[(rows + 1) * vocab];
+            using var buffer = acc.Allocate1D<float>(logits.Length);
+            for (int step = 0; step < 3; step++)
+            {
+                for (int i = 0; i < logits.Length; i++) logits[i] = (float)(rng.NextDouble() * 16 - 8);
+                var host = (float[])logits.Clone();
+                var expected = new int[rows];
+                batch.Clear();
+                for (int r = 0; r < rows; r++)
+                {
+                    var options = new Inference.Sampling.SamplingOptions
+                    {
+                        Temperature = r % 5 == 0 ? 0 : 0.3f + r * 0.15f,
+                        TopK = (r % 4) switch { 0 => 0, 1 => 1, 2 => 40, _ => 5000 },
+                        TopP = r % 3 == 0 ? 1 : 0.9f,
+                        MinP = r % 2 == 0 ? 0 : 0.05f,
+                        RepetitionPenalty = r % 3 == 1 ? 1.2f : 1,
+                        FrequencyPenalty = r % 4 == 3 ? 0.5f : 0,
+                        PresencePenalty = r % 4 == 3 ? 0.25f : 0,
+                        Seed = (ulong)(1000 * step + r),
+                    };
+                    var history = new int[24];
+                    for (int i = 0; i < history.Length; i++) history[i] = rng.Next(vocab);
+                    int row = (r * 7 + step) % (rows + 1);
+                    expected[r] = new Inference.Sampling.Sampler(options, vocab).Sample(host.AsSpan(row * vocab, vocab), history, 8);
+                    new Inference.Sampling.Sampler(options, vocab).AddDeviceRow(batch, row, history, 8);
+                }
+                buffer.CopyFromCPU(logits);
+                sampler.Run(buffer.View, batch);
+                for (int r = 0; r < rows; r++, compared++)
+                {
+                    if (batch.Tokens[r] == expected[r]) continue;
+                    mismatches++;
+                    first ??= $"vocab {vocab} step {step} row {r}: expected {expected[r]}, got {batch.Tokens[r]}";
+                }
+            }
+        }
+        return new AttentionSelfCheck.Result("sampling", "ilgpu-vs-reference", mismatches, mismatches == 0,
+            first is null ? $"{compared} choices equal the host sampler's" : $"{mismatches} of {compared} differ; first: {first}");
     }
 
     private static AttentionSelfCheck.Result AddBias(Accelerator acc, LayerKernels k, Random rng)

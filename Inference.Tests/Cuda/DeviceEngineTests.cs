@@ -123,6 +123,46 @@ public class DeviceEngineTests
         for (int i = 0; i < prompts.Length; i++) Assert.That(device.Tokens[i], Is.EqualTo(host.Tokens[i]), $"{prompts[i]}: {options[i]}");
     }
 
+    /// <summary>A device executor factory whose device reports the given memory (cuMemGetInfo's numbers on CUDA).</summary>
+    private sealed class ReportedMemoryFactory(long free, long total) : IForwardExecutorFactory
+    {
+        private readonly AcceleratorForwardExecutorFactory _inner = new(DeviceTestAccelerator.Cpu, CudaAttentionKernels.Ilgpu);
+
+        public string? UnavailableReason => null;
+
+        public (long Free, long Total)? GetDeviceMemory() => (free, total);
+
+        public IForwardExecutor Create(ForwardExecutorContext context) => _inner.Create(context);
+    }
+
+    /// <summary>
+    /// The KV pool on a device is --gpu-memory-utilization × the device's total memory (its own report, not the host's)
+    /// − weights − activations, and the engine refuses a device with less free memory than that fraction.
+    /// </summary>
+    [Test]
+    public async Task KvPool_IsSizedFromTheDevicesMemoryReport()
+    {
+        const long MiB = 1L << 20;
+        EngineOptions Options(long free, long total) => new()
+        {
+            Threads = 1, ContextLength = 256, MaxNumSeqs = 256, KvCache = new KvCacheOptions { MemoryFraction = 0.5 },
+            Device = Device.Auto, ExecutorFactory = new ReportedMemoryFactory(free, total),
+        };
+        await using (var engine = await InferenceEngine.LoadAsync(TestData.Stories260K, Options(free: 60 * MiB, total: 64 * MiB)))
+        {
+            var plan = engine.KvMemory;
+            Assert.That(engine.DeviceName, Does.StartWith("ILGPU CPU accelerator"));
+            Assert.That(plan.TotalBytes, Is.EqualTo(64 * MiB));
+            Assert.That(plan.RuleBytes, Is.EqualTo(32 * MiB - plan.WeightBytes - plan.ActivationBytes));
+            Assert.That(plan.RuleBytes, Is.LessThan(plan.CapBytes), "the device's memory, not the sequences' need, sizes this pool");
+            Assert.That(plan.PoolBytes, Is.EqualTo(plan.RuleBytes));
+            Assert.That((await engine.GetStatsAsync()).KvCache.TotalBlockCount, Is.EqualTo(plan.BlockCount));
+            Assert.That(engine.Loop.DeviceName, Is.EqualTo(engine.DeviceName));
+        }
+        var e = Assert.ThrowsAsync<ArgumentException>(() => InferenceEngine.LoadAsync(TestData.Stories260K, Options(free: 20 * MiB, total: 64 * MiB)))!;
+        Assert.That(e.Message, Does.Contain("only 20.0 MiB is free").And.Not.Contain('\n'));
+    }
+
     [Test]
     public async Task PrefixFiles_MoveBetweenDeviceAndCpuEngines()
     {
