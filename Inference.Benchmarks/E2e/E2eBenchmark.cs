@@ -283,16 +283,27 @@ public static class E2eBenchmark
         var cpuAt = new TimeSpan[b];
         var timesAt = new EngineLoop.StepTimes[b];
         var waitAt = new long[b];
+        var secondTokenAt = new long[b];
         var tasks = prompts.Select(async (prompt, i) =>
         {
             var stream = engine.GenerateAsync(prompt, sampling);
             await foreach (var _ in stream)
             {
-                if (firstTokenAt[i] != 0) continue;
-                firstTokenAt[i] = Stopwatch.GetTimestamp();
-                cpuAt[i] = CpuTime();
-                timesAt[i] = engine.Loop.Times;
-                waitAt[i] = RunQueueWait.Ns();
+                if (firstTokenAt[i] == 0)
+                {
+                    firstTokenAt[i] = Stopwatch.GetTimestamp();
+                    cpuAt[i] = CpuTime();
+                }
+                else if (secondTokenAt[i] == 0)
+                {
+                    // NOTE: the engine's step times are read at the second token, not the first: the first token is
+                    // delivered inside the prefill step, before that step's times are added, so a snapshot then
+                    // sometimes counted the prefill step as a decode step (step_ms 19.0 against a TPOT of 13.3 ms).
+                    // The second token comes from a later step, which starts after the prefill step's times are in.
+                    secondTokenAt[i] = Stopwatch.GetTimestamp();
+                    timesAt[i] = engine.Loop.Times;
+                    waitAt[i] = RunQueueWait.Ns();
+                }
             }
             return await stream.Completion;
         }).ToArray();
@@ -304,7 +315,8 @@ public static class E2eBenchmark
         var decodeCpu = CpuTime() - cpuAt[Array.IndexOf(firstTokenAt, firstTokenAt.Max())];
         // The engine's steps over the decode: where a step's time goes (proposing, the forward pass, the rest).
         var times = engine.Loop.Times;
-        var timesFrom = timesAt[Array.IndexOf(firstTokenAt, firstTokenAt.Max())];
+        int last = Array.IndexOf(secondTokenAt, secondTokenAt.Max());
+        var timesFrom = secondTokenAt[last] != 0 ? timesAt[last] : times;
         long decodeSteps = times.Steps - timesFrom.Steps;
         double PerStepMs(long ticks) => decodeSteps > 0 ? ticks * 1000.0 / Stopwatch.Frequency / decodeSteps : 0;
         generatedTokens?.AddRange(results.Select(r => r.TokenIds.ToArray()));
@@ -328,7 +340,7 @@ public static class E2eBenchmark
             StepMs = PerStepMs(times.TotalTicks - timesFrom.TotalTicks),
             ProposeMsPerStep = PerStepMs(times.ProposeTicks - timesFrom.ProposeTicks),
             ForwardMsPerStep = PerStepMs(times.ForwardTicks - timesFrom.ForwardTicks),
-            RunQueueWaitMsPerStep = decodeSteps > 0 ? (waitEnd - waitAt[Array.IndexOf(firstTokenAt, firstTokenAt.Max())]) / 1e6 / decodeSteps : 0,
+            RunQueueWaitMsPerStep = decodeSteps > 0 ? (waitEnd - waitAt[last]) / 1e6 / decodeSteps : 0,
             AcceptanceRate = speculative is null ? null : proposed > 0 ? (double)accepted / proposed : 0,
             MeanAcceptedTokens = speculative is null ? null : steps > 0 ? (double)accepted / steps : 0,
             TensorParallelSize = tensorParallel,
