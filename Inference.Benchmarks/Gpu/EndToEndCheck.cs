@@ -85,20 +85,7 @@ public static class EndToEndCheck
                     tsv.Append(CultureInfo.InvariantCulture, $"logits_rel_l2\t{name}\t{l2:E3}\t\t{(ok ? "pass" : "FAIL")} (target < 5e-3); {gpu.DeviceName}\n");
                     tsv.Append(CultureInfo.InvariantCulture, $"greedy8_equal\t{name}\t{(same ? 1 : 0)}\t\t{string.Join(",", gpuTokens)} vs {string.Join(",", cpuTokens)}\n");
 
-                    int decode = quick ? 32 : 128;
-                    var one = SamplingOptions.Greedy with { MaxTokens = decode, EndOfSequence = EndOfSequenceHandling.Ignore };
-                    gpu.CompleteAsync(tokens, one with { MaxTokens = 8 }).GetAwaiter().GetResult();   // warm-up
-                    var single = gpu.CompleteAsync(tokens, one).GetAwaiter().GetResult();
-                    double tps1 = single.Metrics.DecodeTokensPerSecond;
-                    tsv.Append(CultureInfo.InvariantCulture, $"decode_batch1\t{name}\t{tps1:F1}\ttokens/s\tTPOT {single.Metrics.TimePerOutputToken.TotalMilliseconds:F2} ms, TTFT {single.Metrics.TimeToFirstToken.TotalMilliseconds:F1} ms\n");
-
-                    var prompts = Enumerable.Range(0, 16).Select(i => tokens.Take(8 + i).ToArray()).ToArray();
-                    sw.Restart();
-                    var all = Task.WhenAll(prompts.Select(p => gpu.CompleteAsync(p, one))).GetAwaiter().GetResult();
-                    double seconds = sw.Elapsed.TotalSeconds;
-                    long generated = all.Sum(c => (long)c.TokenIds.Count);
-                    double tps16 = generated / seconds;
-                    tsv.Append(CultureInfo.InvariantCulture, $"decode_batch16\t{name}\t{tps16:F1}\ttokens/s\t{generated} tokens in {seconds:F2} s, all 16 requests, prefill included\n");
+                    var (tps1, tps16) = MeasureDecode(gpu, tokens, name, quick, tsv);
                     summary.AppendLine(CultureInfo.InvariantCulture, $"| {name} | {l2:E2} {(ok ? "" : "**FAIL**")} | {(same ? "yes" : "no")} | {tps1:F1} | {tps16:F1} |");
                     Console.WriteLine($"e2e {name}: rel L2 {l2:E3}, greedy equal {same}, decode {tps1:F1} tok/s (1), {tps16:F1} tok/s (16)");
                 }
@@ -172,19 +159,7 @@ public static class EndToEndCheck
             bool same = gpuTokens.SequenceEqual(cpuTokens);
             tsv.Append(CultureInfo.InvariantCulture, $"logits_rel_l2\t{name}\t{l2:E3}\t\t{(ok ? "pass" : "FAIL")} (target < 8e-2, CPU rounds activations to Q8_K); {new FileInfo(model).Length} bytes\n");
             tsv.Append(CultureInfo.InvariantCulture, $"greedy8_equal\t{name}\t{(same ? 1 : 0)}\t\t{string.Join(",", gpuTokens)} vs {string.Join(",", cpuTokens)}\n");
-            int decode = quick ? 32 : 128;
-            var one = SamplingOptions.Greedy with { MaxTokens = decode, EndOfSequence = EndOfSequenceHandling.Ignore };
-            gpu.CompleteAsync(tokens, one with { MaxTokens = 8 }).GetAwaiter().GetResult();   // warm-up
-            var single = gpu.CompleteAsync(tokens, one).GetAwaiter().GetResult();
-            double tps1 = single.Metrics.DecodeTokensPerSecond;
-            tsv.Append(CultureInfo.InvariantCulture, $"decode_batch1\t{name}\t{tps1:F1}\ttokens/s\tTPOT {single.Metrics.TimePerOutputToken.TotalMilliseconds:F2} ms, TTFT {single.Metrics.TimeToFirstToken.TotalMilliseconds:F1} ms\n");
-            var prompts = Enumerable.Range(0, 16).Select(i => tokens.Take(8 + i).ToArray()).ToArray();
-            sw.Restart();
-            var all = Task.WhenAll(prompts.Select(p => gpu.CompleteAsync(p, one))).GetAwaiter().GetResult();
-            double seconds = sw.Elapsed.TotalSeconds;
-            long generated = all.Sum(c => (long)c.TokenIds.Count);
-            double tps16 = generated / seconds;
-            tsv.Append(CultureInfo.InvariantCulture, $"decode_batch16\t{name}\t{tps16:F1}\ttokens/s\t{generated} tokens in {seconds:F2} s, all 16 requests, prefill included\n");
+            var (tps1, tps16) = MeasureDecode(gpu, tokens, name, quick, tsv);
             summary.AppendLine("| Q4_K_M copy | logits rel. L2 vs CPU (target < 8e-2) | greedy 8 tokens = CPU | decode tok/s, 1 request | decode tok/s, 16 requests |");
             summary.AppendLine("|---|---|---|---|---|");
             summary.AppendLine(CultureInfo.InvariantCulture, $"| {name} | {l2:E2} {(ok ? "" : "**FAIL**")} | {(same ? "yes" : "no")} | {tps1:F1} | {tps16:F1} |\n");
@@ -205,6 +180,24 @@ public static class EndToEndCheck
     }
 
     /// <summary>The 32,000-token llama vocabulary: packed beside the runner, or from ../shared/testdata in a checkout.</summary>
+    /// <summary>Decode speed of one greedy request, then of 16 concurrent ones (prefill included), as TSV lines.</summary>
+    private static (double One, double Sixteen) MeasureDecode(InferenceEngine gpu, int[] tokens, string name, bool quick, StringBuilder tsv)
+    {
+        var one = SamplingOptions.Greedy with { MaxTokens = quick ? 32 : 128, EndOfSequence = EndOfSequenceHandling.Ignore };
+        gpu.CompleteAsync(tokens, one with { MaxTokens = 8 }).GetAwaiter().GetResult();   // warm-up
+        var single = gpu.CompleteAsync(tokens, one).GetAwaiter().GetResult();
+        double tps1 = single.Metrics.DecodeTokensPerSecond;
+        tsv.Append(CultureInfo.InvariantCulture, $"decode_batch1\t{name}\t{tps1:F1}\ttokens/s\tTPOT {single.Metrics.TimePerOutputToken.TotalMilliseconds:F2} ms, TTFT {single.Metrics.TimeToFirstToken.TotalMilliseconds:F1} ms\n");
+        var prompts = Enumerable.Range(0, 16).Select(i => tokens.Take(8 + i).ToArray()).ToArray();
+        var sw = Stopwatch.StartNew();
+        var all = Task.WhenAll(prompts.Select(p => gpu.CompleteAsync(p, one))).GetAwaiter().GetResult();
+        double seconds = sw.Elapsed.TotalSeconds;
+        long generated = all.Sum(c => (long)c.TokenIds.Count);
+        double tps16 = generated / seconds;
+        tsv.Append(CultureInfo.InvariantCulture, $"decode_batch16\t{name}\t{tps16:F1}\ttokens/s\t{generated} tokens in {seconds:F2} s, all 16 requests, prefill included\n");
+        return (tps1, tps16);
+    }
+
     private static string FindDonor() =>
         RunnerFiles.Find("vocab-llama-spm.gguf", Path.Combine("vocab", "ggml-vocab-llama-spm.gguf"))
         ?? throw new FileNotFoundException("the tokenizer donor vocab-llama-spm.gguf is neither beside the runner nor in ../shared/testdata/vocab");
