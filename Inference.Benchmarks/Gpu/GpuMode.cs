@@ -50,50 +50,18 @@ public static class GpuMode
 
         bool allPassed = RunChecks(backend, outDir, summary);
         double copyGbs = double.NaN;
-        try
+        allPassed &= Guarded("benchmark", () =>
         {
             copyGbs = MeasureCopy(acc, 1L << 30);
             RunBenchmark(backend, outDir, summary, quick, copyGbs);
-        }
-        catch (Exception e)
-        {
-            allPassed = false;
-            summary.AppendLine(CultureInfo.InvariantCulture, $"benchmark: **exception** {RunnerFiles.OneLine(e)}\n");
-            Console.WriteLine($"benchmark: {e}");
-        }
+            return true;
+        }, summary);
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
-        try
-        {
-            allPassed &= MatMulBenchmark.Run(acc, outDir, summary, copyGbs);
-        }
-        catch (Exception e)
-        {
-            allPassed = false;
-            summary.AppendLine(CultureInfo.InvariantCulture, $"matmul benchmark: **exception** {RunnerFiles.OneLine(e)}\n");
-            Console.WriteLine($"matmul benchmark: {e}");
-        }
+        allPassed &= Guarded("matmul benchmark", () => MatMulBenchmark.Run(acc, outDir, summary, copyGbs), summary);
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
-        try
-        {
-            allPassed &= TensorCoreGemmBenchmark.Run(acc, outDir, summary, quick);
-        }
-        catch (Exception e)
-        {
-            allPassed = false;
-            summary.AppendLine(CultureInfo.InvariantCulture, $"tensor-core GEMM benchmark: **exception** {RunnerFiles.OneLine(e)}\n");
-            Console.WriteLine($"tensor-core GEMM benchmark: {e}");
-        }
+        allPassed &= Guarded("tensor-core GEMM benchmark", () => TensorCoreGemmBenchmark.Run(acc, outDir, summary, quick), summary);
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
-        try
-        {
-            allPassed &= FlashPrefillBenchmark.Run(acc, outDir, summary, quick);
-        }
-        catch (Exception e)
-        {
-            allPassed = false;
-            summary.AppendLine(CultureInfo.InvariantCulture, $"flash prefill benchmark: **exception** {RunnerFiles.OneLine(e)}\n");
-            Console.WriteLine($"flash prefill benchmark: {e}");
-        }
+        allPassed &= Guarded("flash prefill benchmark", () => FlashPrefillBenchmark.Run(acc, outDir, summary, quick), summary);
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
         allPassed &= Stories260KCheck.Run(summary);
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
@@ -224,6 +192,21 @@ public static class GpuMode
             acc.Synchronize();
             if (sw.Elapsed.TotalSeconds >= 0.2 || iterations >= 1 << 16) return sw.Elapsed.TotalSeconds / iterations;
             iterations *= 4;
+        }
+    }
+
+    /// <summary>Runs one step of the check; an exception fails it with a line in the summary instead of ending the run.</summary>
+    private static bool Guarded(string label, Func<bool> step, StringBuilder summary)
+    {
+        try
+        {
+            return step();
+        }
+        catch (Exception e)
+        {
+            summary.AppendLine(CultureInfo.InvariantCulture, $"{label}: **exception** {RunnerFiles.OneLine(e)}\n");
+            Console.WriteLine($"{label}: {e}");
+            return false;
         }
     }
 

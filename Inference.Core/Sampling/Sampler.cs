@@ -84,9 +84,25 @@ public sealed class Sampler
         SortSmallest(keys, k, n);
 
         // Weights of the untempered logits decide top-p and min-p, as in llama.cpp.
+        // (Only when top-p or min-p cuts: otherwise every top-k candidate is kept and only the tempered weights count.)
         float max = logits[SamplingMath.IdOf(keys[0])];
-        long sum = 0;
-        for (int i = 0; i < k; i++) sum += w[i] = SamplingMath.Weight(logits[SamplingMath.IdOf(keys[i])] - max);
+        int keep = k;
+        if (_options.TopP < 1 || _options.MinP > 0)
+        {
+            long sum = 0;
+            for (int i = 0; i < k; i++) sum += w[i] = SamplingMath.Weight(logits[SamplingMath.IdOf(keys[i])] - max);
+            keep = Cut(w, k, sum);
+        }
+
+        float t = _options.Temperature, top = max / t;
+        total = 0;
+        for (int i = 0; i < keep; i++) total += w[i] = SamplingMath.Weight(logits[SamplingMath.IdOf(keys[i])] / t - top);
+        return keep;
+    }
+
+    /// <summary>How many of the <paramref name="k"/> untempered weights <paramref name="w"/> (summing to <paramref name="sum"/>) top-p and min-p keep.</summary>
+    private int Cut(long[] w, int k, long sum)
+    {
         int keep = k;
         if (_options.TopP < 1)
         {
@@ -105,10 +121,6 @@ public sealed class Sampler
             while (m < keep && w[m] >= threshold) m++;
             keep = m;
         }
-
-        float t = _options.Temperature, top = max / t;
-        total = 0;
-        for (int i = 0; i < keep; i++) total += w[i] = SamplingMath.Weight(logits[SamplingMath.IdOf(keys[i])] / t - top);
         return keep;
     }
 
