@@ -128,6 +128,13 @@ public static class ForwardProfile
             ["run_queue_wait_p50_p90_max_ms"] = Percentiles(waitMs, 0.5, 0.9, 1.0),
             ["slow_steps_with_wait"] = SlowStepsWithWait(stepMs, waitMs),
             ["by_type"] = byType,
+            // NOTE: per matrix shape (rows x cols), the summed best products and the rate their bytes stream at: small
+            // matrices pay the pool's hand-off and the first tile's latency on fewer bytes.
+            ["matmul_best_by_shape"] = matrices.Select((t, m) => (t, m)).GroupBy(p => $"{p.t.RowCount}x{p.t.RowLength}").ToDictionary(g => g.Key, g =>
+            {
+                double ms = g.Sum(p => matrixBest[p.m]) * 1e3 / Stopwatch.Frequency;
+                return (object)new Dictionary<string, object> { ["count"] = g.Count(), ["ms"] = Math.Round(ms, 3), ["gb_per_s"] = Math.Round(g.Sum(p => p.t.ByteCount) / (ms * 1e6), 2) };
+            }),
             ["ops_best_ms"] = ops.Select(o => o.Kind).Distinct().ToDictionary(k => k.ToString(), k => Math.Round(kindBest[(int)k] * 1e3 / Stopwatch.Frequency, 3)),
         }));
         return Task.FromResult(0);

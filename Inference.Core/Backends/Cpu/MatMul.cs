@@ -177,6 +177,7 @@ public static class MatMul
                      && w1.Type == w0.Type && (!three || w2.Type == w0.Type) && w1.Cols == w0.Cols && (!three || w2.Cols == w0.Cols)
                      && PackedWeights.IsSupportedFor(w0.Type) && x.Length >= (long)batch * w0.Cols
                      && y0.Length >= (long)batch * w0.Rows && y1.Length >= (long)batch * w1.Rows && (!three || y2.Length >= (long)batch * w2.Rows);
+        if (!fused && TryMultiplySharedFloats(x, batch, pool, w0, y0, w1, y1, w2, y2)) return;
         if (!fused)
         {
             Multiply(w0, x, y0, batch, pool);
@@ -191,6 +192,70 @@ public static class MatMul
         {
             var run = new RunShared(px, batch, pool, w0, p0, w1, p1, w2, p2);
             if (!PackedWeights.Visit(w0.Type, ref run)) throw new NotSupportedException($"no packed kernel for {w0.Type}");
+        }
+    }
+
+    /// <summary>
+    /// <see cref="MultiplyShared"/> for two or three unpacked float matrices (F32, F16 or BF16) of one type: their rows go
+    /// to the pool as one job (one hand-off instead of one per matrix, the small k/v matrices streamed in the same pass as
+    /// q), and for finite F16 weights at batch 1 the activations take the 2^112 re-bias once. Each row runs the kernel
+    /// <see cref="Multiply(in WeightMatrix, ReadOnlySpan{float}, Span{float}, int, WorkerPool)"/> would pick for it, so
+    /// the bits are the same; false (nothing done) where the matrices would take different kernels.
+    /// </summary>
+    internal static unsafe bool TryMultiplySharedFloats(ReadOnlySpan<float> x, int batch, WorkerPool pool,
+        in WeightMatrix w0, Span<float> y0, in WeightMatrix w1, Span<float> y1, in WeightMatrix w2, Span<float> y2)
+    {
+        bool three = w2.Rows > 0;
+        var path = KernelPaths.Best;
+        if (batch <= 0 || w0.Type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16) || w0.Packed is not null || w1.Packed is not null
+            || w1.Type != w0.Type || w1.Cols != w0.Cols || (three && (w2.Type != w0.Type || w2.Cols != w0.Cols || w2.Packed is not null))
+            || x.Length < (long)batch * w0.Cols || y0.Length < (long)batch * w0.Rows || y1.Length < (long)batch * w1.Rows
+            || (three && y2.Length < (long)batch * w2.Rows) || w0.Rows == 0 || w1.Rows == 0)
+            return false;
+        bool finite = w0.Type == GgmlType.F16 && batch == 1 && KernelPaths.Floats256(path);
+        if (finite && !(w0.FiniteHalves && w1.FiniteHalves && (!three || w2.FiniteHalves)))
+        {
+            if (w0.FiniteHalves || w1.FiniteHalves || (three && w2.FiniteHalves)) return false;   // the matrices would take different kernels
+            finite = false;
+        }
+        long bytes = w0.Rows * w0.RowBytes + w1.Rows * w1.RowBytes + (three ? w2.Rows * w2.RowBytes : 0);
+        int n0 = w0.Rows, n1 = w1.Rows, n2 = three ? w2.Rows : 0;
+        fixed (float* px = x)
+        fixed (float* p0 = y0)
+        fixed (float* p1 = y1)
+        fixed (float* p2 = y2)
+        {
+            if (finite && MathF.Abs(System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(x[..w0.Cols])) < 65536f)
+            {
+                var s = t_scratch ??= new ActivationScratch();
+                float* scaled = s.EnsureScaled(w0.Cols);
+                System.Numerics.Tensors.TensorPrimitives.Multiply(x[..w0.Cols], F16FiniteWeights.Load16Scale, new Span<float>(scaled, w0.Cols));
+                pool.Run(n0 + n1 + n2, new SharedFloatJob<F16FiniteWeights>(new MatMulArgs(w0, px, scaled, p0, 1, path), n0,
+                    new MatMulArgs(w1, px, scaled, p1, 1, path), n1, new MatMulArgs(w2, px, scaled, p2, 1, path), n2), bytes);
+                return true;
+            }
+            var a0 = new MatMulArgs(w0, px, p0, batch, path);
+            var a1 = new MatMulArgs(w1, px, p1, batch, path);
+            var a2 = new MatMulArgs(w2, px, p2, batch, path);
+            switch (w0.Type)
+            {
+                case GgmlType.F32: pool.Run(n0 + n1 + n2, new SharedFloatJob<F32Weights>(a0, n0, a1, n1, a2, n2), bytes); break;
+                case GgmlType.F16: pool.Run(n0 + n1 + n2, new SharedFloatJob<F16Weights>(a0, n0, a1, n1, a2, n2), bytes); break;
+                default: pool.Run(n0 + n1 + n2, new SharedFloatJob<BF16Weights>(a0, n0, a1, n1, a2, n2), bytes); break;
+            }
+        }
+        return true;
+    }
+
+    /// <summary>The rows of one to three float matrices as one item range, in order (n2 = 0 when absent).</summary>
+    private readonly struct SharedFloatJob<TW>(MatMulArgs a0, int n0, MatMulArgs a1, int n1, MatMulArgs a2, int n2) : IRangeJob
+        where TW : IFloatWeights
+    {
+        public void Execute(int start, int end)
+        {
+            if (start < n0) FloatMatMulKernel.Rows<TW>(a0, start, Math.Min(end, n0));
+            if (end > n0 && start < n0 + n1) FloatMatMulKernel.Rows<TW>(a1, Math.Max(start, n0) - n0, Math.Min(end, n0 + n1) - n0);
+            if (n2 > 0 && end > n0 + n1) FloatMatMulKernel.Rows<TW>(a2, Math.Max(start, n0 + n1) - n0 - n1, Math.Min(end, n0 + n1 + n2) - n0 - n1);
         }
     }
 

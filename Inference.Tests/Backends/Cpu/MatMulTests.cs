@@ -220,6 +220,58 @@ public unsafe class MatMulTests
     }
 
     /// <summary>
+    /// Two or three float matrices sharing their activations run as one pool job (rows of every matrix in one range, split
+    /// across matrix boundaries by the pool's chunks); every output must have the bits of the separate products, F16 with
+    /// finite weights (re-biased activations), with an infinity in one matrix only (the matrices would take different
+    /// kernels: refused) or in all, and with activations of 2^16 and more.
+    /// </summary>
+    [Test]
+    public void Shared_float_activations_give_the_bits_of_separate_products(
+        [Values(GgmlType.F32, GgmlType.F16, GgmlType.BF16)] GgmlType type, [Values(1, 5)] int batch, [Values(2, 3)] int matrices,
+        [Values("finite", "large-x")] string variant) => SharedFloats(type, batch, matrices, variant);
+
+    [Test]
+    public void Shared_f16_activations_with_infinite_weights_give_the_bits_of_separate_products(
+        [Values(1, 5)] int batch, [Values(2, 3)] int matrices, [Values("one-infinite", "all-infinite")] string variant) =>
+        SharedFloats(GgmlType.F16, batch, matrices, variant);
+
+    private static void SharedFloats(GgmlType type, int batch, int matrices, string variant)
+    {
+        const int cols = 96;
+        int[] rows = [45, 24, 13];
+        var rng = new Random(31 + (int)type + batch + matrices);
+        var weights = rows.Select(r => CpuTestHelpers.RandomWeights(rng, type, r, cols)).ToArray();
+        if (variant == "one-infinite") weights[1][2 * 7 + 1] = 0x7C;                         // +inf at row 0, column 7 of matrix 1
+        if (variant == "all-infinite") foreach (var w in weights) w[2 * 5 + 1] = 0xFC;       // -inf at row 0, column 5
+        var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
+        if (variant == "large-x") x[3] = 70000f;
+        var shared = rows.Select(r => Enumerable.Repeat(float.NaN, batch * r).ToArray()).ToArray();
+        var separate = rows.Select(r => Enumerable.Repeat(float.NaN, batch * r).ToArray()).ToArray();
+        using var pool = new WorkerPool(3);
+        fixed (byte* p0 = weights[0])
+        fixed (byte* p1 = weights[1])
+        fixed (byte* p2 = weights[2])
+        {
+            var w = new[] { new WeightMatrix(type, p0, rows[0], cols), new WeightMatrix(type, p1, rows[1], cols), new WeightMatrix(type, p2, rows[2], cols) }
+                .Select(m => MatMul.Prepare(m)).ToArray();
+            var w2 = matrices == 3 ? w[2] : default;
+            bool ran = MatMul.TryMultiplySharedFloats(x, batch, pool, w[0], shared[0], w[1], shared[1], w2, matrices == 3 ? shared[2] : default);
+            bool mixed = variant == "one-infinite" && batch == 1 && KernelPaths.Floats256(KernelPaths.Best);
+            Assert.That(ran, Is.EqualTo(!mixed), "one job unless the matrices take different kernels");
+            if (!ran) return;
+            for (int i = 0; i < matrices; i++) MatMul.Multiply(w[i], x, separate[i], batch, pool);
+        }
+        for (int i = 0; i < matrices; i++)
+        {
+            // NOTE: both sides start as NaN, and the separate products write every output (an infinite weight can make a
+            // true NaN, which NUnit counts as equal to NaN).
+            if (!variant.EndsWith("infinite")) Assert.That(shared[i], Has.None.NaN, $"matrix {i} fully written");
+            Assert.That(shared[i], Is.EqualTo(separate[i]), $"matrix {i}");
+        }
+        if (matrices == 2) Assert.That(shared[2], Has.All.NaN, "no third matrix written when none is given");
+    }
+
+    /// <summary>
     /// F16 weights without infinities or NaNs take a lighter widening at batch 1 with the activations carrying the
     /// 2^112 re-bias; weights with an infinity, or activations of 2^16 and more, take the full widening. Each case must
     /// give the bits the batched (full-widening) product gives.
