@@ -106,10 +106,12 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             var bound = WeightSpec.BindMatrices(w, specs);
             for (int i = 0; i < specs.Length; i++)
             {
+                // NOTE: the experts' matrices go up stacked, one buffer per kind and block (DeviceMixtureOfExperts).
+                if (specs[i].IsExpert) continue;
                 if (specs[i].IsMatrix) _matrices[i] = Own(DeviceMatrix.Upload(accelerator, bound[i]));
                 else _vectors[i] = Own(accelerator.Allocate1D(w.GetVector(specs[i].Name, specs[i].Rows)!));
             }
-            if (_graph.Experts.Length > 0) _experts = Own(new DeviceMixtureOfExperts(accelerator, _kernels, _gemm, _graph, _matrices, _vectors));
+            if (_graph.Experts.Length > 0) _experts = Own(new DeviceMixtureOfExperts(accelerator, _kernels, _gemm, _graph, bound, _matrices, _vectors));
             // NOTE: on ILGPU's CPU accelerator one thread per row, as the layer kernels (no barriers to pay for).
             if (deviceSampling) _sampler = Own(new DeviceSampler(accelerator, accelerator.AcceleratorType == AcceleratorType.CPU ? 1 : SamplingKernels.MaxGroupSize));
             _accelerator.Synchronize();
@@ -172,7 +174,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             long total = 0;
             foreach (var m in _matrices) total += m?.ByteCount ?? 0;
             foreach (var v in _vectors) total += v?.LengthInBytes ?? 0;
-            return total;
+            return total + (_experts?.WeightBytes ?? 0);
         }
     }
 

@@ -22,20 +22,25 @@ internal sealed unsafe class DeviceMatrix : IDisposable
     private const long StagingBytes = 8 << 20;   // host rows converted per upload
     private readonly MemoryBuffer1D<byte, Stride1D.Dense> _buffer;
 
-    private DeviceMatrix(MemoryBuffer1D<byte, Stride1D.Dense> buffer, GgmlType type, int rows, int cols)
+    private DeviceMatrix(MemoryBuffer1D<byte, Stride1D.Dense> buffer, GgmlType type, int rows, int cols, int experts)
     {
         _buffer = buffer;
         Type = type;
         Rows = rows;
         Cols = cols;
+        Experts = experts;
     }
 
     /// <summary>The type on the device: F32, F16, Q8_0 or one of <see cref="LayerKernels.KeptBlockTypes"/>.</summary>
     public GgmlType Type { get; }
 
+    /// <summary>Rows of one matrix (of one expert's, for a stack).</summary>
     public int Rows { get; }
 
     public int Cols { get; }
+
+    /// <summary>Matrices stacked one after another (<see cref="UploadExperts"/>), 1 for an ordinary matrix.</summary>
+    public int Experts { get; }
 
     public long ByteCount => _buffer.Length;
 
@@ -48,43 +53,62 @@ internal sealed unsafe class DeviceMatrix : IDisposable
         _ => GgmlType.F16,
     };
 
-    public static DeviceMatrix Upload(Accelerator accelerator, in WeightMatrix m)
+    public static DeviceMatrix Upload(Accelerator accelerator, in WeightMatrix m) => Upload(accelerator, new ReadOnlySpan<WeightMatrix>(in m));
+
+    /// <summary>
+    /// The experts' matrices of one kind (gate, up or down of a block) in one buffer, expert e's rows after expert
+    /// e − 1's, for <see cref="MatMulExperts"/>: one launch reaches every expert.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The experts' matrices differ in type or shape.</exception>
+    public static DeviceMatrix UploadExperts(Accelerator accelerator, ReadOnlySpan<WeightMatrix> experts)
     {
-        var type = DeviceType(m.Type);
-        long bytes = GgmlTypeInfo.RowBytes(type, m.Cols) * m.Rows;
-        var buffer = accelerator.Allocate1D<byte>(bytes);
+        foreach (var m in experts)
+            if (m.Type != experts[0].Type || m.Rows != experts[0].Rows || m.Cols != experts[0].Cols)
+                throw new NotSupportedException($"the experts' matrices differ ({m.Type} {m.Rows}×{m.Cols} beside {experts[0].Type} {experts[0].Rows}×{experts[0].Cols}); the device runs experts of one type and shape");
+        return Upload(accelerator, experts);
+    }
+
+    private static DeviceMatrix Upload(Accelerator accelerator, ReadOnlySpan<WeightMatrix> parts)
+    {
+        var type = DeviceType(parts[0].Type);
+        long partBytes = GgmlTypeInfo.RowBytes(type, parts[0].Cols) * parts[0].Rows;
+        var buffer = accelerator.Allocate1D<byte>(partBytes * parts.Length);
         try
         {
-            if (type == m.Type)
-            {
-                buffer.View.CopyFromCPU(ref *m.Data, bytes);
-            }
-            else
-            {
-                int rowBytes = (int)GgmlTypeInfo.RowBytes(type, m.Cols);
-                int rowsPerChunk = (int)Math.Max(1, StagingBytes / rowBytes);
-                var staging = new byte[(long)rowsPerChunk * rowBytes];
-                var row = new float[m.Cols];
-                for (int r0 = 0; r0 < m.Rows; r0 += rowsPerChunk)
-                {
-                    int count = Math.Min(rowsPerChunk, m.Rows - r0);
-                    for (int r = 0; r < count; r++)
-                    {
-                        Dequantize.Row(m.Type, m.Row(r0 + r), row);
-                        var dst = staging.AsSpan(r * rowBytes, rowBytes);
-                        if (type == GgmlType.F32) row.AsSpan().CopyTo(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(dst));
-                        else System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(row, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, System.Half>(dst));
-                    }
-                    ((ArrayView<byte>)buffer.View.SubView((long)r0 * rowBytes, (long)count * rowBytes)).CopyFromCPU<byte, ArrayView<byte>>(staging.AsSpan(0, count * rowBytes));
-                }
-            }
+            for (int i = 0; i < parts.Length; i++) Fill(buffer.View.SubView(i * partBytes, partBytes), type, parts[i]);
         }
         catch
         {
             buffer.Dispose();
             throw;
         }
-        return new DeviceMatrix(buffer, type, m.Rows, m.Cols);
+        return new DeviceMatrix(buffer, type, parts[0].Rows, parts[0].Cols, parts.Length);
+    }
+
+    /// <summary>Writes <paramref name="m"/>'s rows as <paramref name="type"/> into <paramref name="dst"/>.</summary>
+    private static void Fill(ArrayView<byte> dst, GgmlType type, in WeightMatrix m)
+    {
+        if (type == m.Type)
+        {
+            dst.CopyFromCPU(ref *m.Data, dst.Length);
+            return;
+        }
+        int rowBytes = (int)GgmlTypeInfo.RowBytes(type, m.Cols);
+        int rowsPerChunk = (int)Math.Max(1, StagingBytes / rowBytes);
+        var staging = new byte[(long)rowsPerChunk * rowBytes];
+        var row = new float[m.Cols];
+        for (int r0 = 0; r0 < m.Rows; r0 += rowsPerChunk)
+        {
+            int count = Math.Min(rowsPerChunk, m.Rows - r0);
+            for (int r = 0; r < count; r++)
+            {
+                Dequantize.Row(m.Type, m.Row(r0 + r), row);
+                var span = staging.AsSpan(r * rowBytes, rowBytes);
+                if (type == GgmlType.F32) row.AsSpan().CopyTo(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(span));
+                else System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(row, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, System.Half>(span));
+            }
+            dst.SubView((long)r0 * rowBytes, (long)count * rowBytes).CopyFromCPU<byte, ArrayView<byte>>(staging.AsSpan(0, count * rowBytes));
+        }
     }
 
     /// <summary>
@@ -120,6 +144,22 @@ internal sealed unsafe class DeviceMatrix : IDisposable
             default: kernels.MatMulBlocks(Type, w, x, y, Rows, Cols, batch); break;
         }
     }
+
+    /// <summary>
+    /// Every expert's product of a stack (<see cref="UploadExperts"/>) in one launch, <see cref="LayerKernels.MatMulExperts"/>:
+    /// expert e's rows <c>starts[e] …</c> of x, <c>[·, cols]</c>, into the same rows of y, <c>[·, rows]</c>.
+    /// </summary>
+    /// <param name="kernels">The ILGPU layer kernels.</param>
+    /// <param name="x">Input rows grouped by expert.</param>
+    /// <param name="y">Output rows.</param>
+    /// <param name="starts">First row of each expert, <c>[experts + 1]</c>, on the device.</param>
+    /// <param name="maxRows">The most rows one expert can have (the step's token count).</param>
+    /// <remarks>
+    /// NOTE: the row kernels for every batch, the tensor-core kernel never: its launch would depend on each expert's row
+    /// count, which only the device knows.
+    /// </remarks>
+    public void MatMulExperts(LayerKernels kernels, ArrayView<float> x, ArrayView<float> y, ArrayView<int> starts, int maxRows) =>
+        kernels.MatMulExperts(Type, _buffer.View, x, y, starts, Experts, Rows, Cols, maxRows);
 
     /// <summary>Embedding rows of <paramref name="ids"/> widened to f32: output <c>[tokenCount, cols]</c>.</summary>
     public void Gather(LayerKernels kernels, ArrayView<int> ids, ArrayView<float> output, int tokenCount)

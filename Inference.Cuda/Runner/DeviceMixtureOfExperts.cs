@@ -7,54 +7,94 @@ namespace Inference.Cuda.Runner;
 
 /// <summary>
 /// The mixture-of-experts feed-forward (<see cref="OpKind.MixtureOfExperts"/>) on the device, as the CPU's
-/// <see cref="Backends.Cpu.MixtureOfExperts"/> defines it: route on the device, group the token slots by expert on the
-/// host, then run each chosen expert once over the rows routed to it, so a step reads only the selected experts' weights.
+/// <see cref="Backends.Cpu.MixtureOfExperts"/> defines it, with no host round trip: routing, grouping by expert and the
+/// expert products all run on the device, and every launch depends on the step's token count only, never on the routing.
 /// </summary>
 /// <remarks>
 /// <code>
-///  device  logits = router · x                   [n, experts]
-///          Route → chosen [n, k], w [n, k]          (softmax, top-k, renormalisation as the model defines)
-///  host    chosen → host; counting sort by expert: rowToken [n·k] (token of each row of Y), slotRow [n·k] → device
-///  device  X = x[rowToken]                        [n·k, dim]   one gather
-///          per expert e with rows [first, first + count):  G = gateₑ X, U = upₑ X   [count, width]
-///          SwiGLU over all rows, then per expert Y[first …] = downₑ G                [n·k, dim]
-///          out[t] = Σⱼ w[t, j] · Y[slotRow[t, j]]   (+ σ(g · x[t]) · shared(x[t]) for qwen2moe)
+///  logits = router · x                        [n, experts]
+///  Route → chosen [n, k], w [n, k]             softmax, top-k (ties to the lower id), renormalisation as the model defines
+///  Group → starts [experts + 1], rowToken [n·k], slotRow [n·k]     the CPU path's counting sort, one thread per expert
+///  X = x[rowToken]                             [n·k, dim]    expert e's rows are starts[e] … starts[e + 1] − 1
+///  G, U = gate, up (all experts, one launch each)   [n·k, width]   grid (row groups, ⌈n / 16⌉, experts)
+///  SwiGLU over all rows; Y = down (one launch)      [n·k, dim]
+///  out[t] = Σⱼ w[t, j] · Y[slotRow[t, j]]      (+ σ(g · x[t]) · shared(x[t]) for qwen2moe)
 /// </code>
-/// NOTE: reading the expert ids back costs one device-to-host copy per MoE layer and step (n·k ints); in exchange each
-/// expert's products are launched with exactly its rows, with the same matrix kernels (and the same batch invariance)
-/// as every other product. Not thread-safe: the engine thread only.
+/// Each expert's gate, up and down matrices of a block are stacked in one buffer (<see cref="DeviceMatrix.UploadExperts"/>),
+/// so one launch reaches every expert; a group of an expert with no rows in its range returns before reading any weight,
+/// so a decode step reads only the chosen experts' weights. Nothing here copies to the host: the step's only
+/// device-to-host copy stays the logits (or the sampled tokens). Not thread-safe: the engine thread only.
 /// </remarks>
 internal sealed class DeviceMixtureOfExperts : IDisposable
 {
     private readonly Accelerator _accelerator;
     private readonly LayerKernels _kernels;
-    private readonly PtxTensorCoreGemm? _gemm;                                // CUDA: F16 products of many rows, as for every product
+    private readonly PtxTensorCoreGemm? _gemm;                                // CUDA: F16 products of many rows (router, shared expert)
     private readonly DeviceMatrix?[] _matrices;                               // by weight id
     private readonly MemoryBuffer1D<float, Stride1D.Dense>?[] _vectors;       // by weight id
+    private readonly Dictionary<ExpertLayer, Stack> _stacks = new(ReferenceEqualityComparer.Instance);   // by block
     private MemoryBuffer1D<float, Stride1D.Dense>? _floats;
     private MemoryBuffer1D<int, Stride1D.Dense>? _ints;
     private int _capacity;                                                    // tokens the scratch holds
-    private int[] _chosen = [];       // [n, k] expert of each slot (host copy)
-    private int[] _rows = [];         // [rowToken n·k | slotRow n·k]
-    private int[] _counts = [];       // [experts]
-    private int[] _starts = [];       // [experts + 1]
     private readonly int _experts, _topK, _dim, _width;
 
-    public DeviceMixtureOfExperts(Accelerator accelerator, LayerKernels kernels, PtxTensorCoreGemm? gemm, ModelGraph graph, DeviceMatrix?[] matrices,
-        MemoryBuffer1D<float, Stride1D.Dense>?[] vectors)
+    /// <summary>A block's experts' matrices, each kind stacked (expert e at e · rows · row bytes).</summary>
+    private sealed record Stack(DeviceMatrix Gate, DeviceMatrix Up, DeviceMatrix Down);
+
+    /// <param name="accelerator">The device.</param>
+    /// <param name="kernels">The layer kernels.</param>
+    /// <param name="gemm">The tensor-core kernel on CUDA, or null.</param>
+    /// <param name="graph">The model's graph (its <see cref="ModelGraph.Experts"/>).</param>
+    /// <param name="bound">Every weight matrix of the graph on the host, by weight id; the experts' are uploaded here, stacked.</param>
+    /// <param name="matrices">The other matrices on the device (router, shared expert), by weight id.</param>
+    /// <param name="vectors">The vectors on the device, by weight id.</param>
+    public DeviceMixtureOfExperts(Accelerator accelerator, LayerKernels kernels, PtxTensorCoreGemm? gemm, ModelGraph graph, Backends.Cpu.WeightMatrix[] bound,
+        DeviceMatrix?[] matrices, MemoryBuffer1D<float, Stride1D.Dense>?[] vectors)
     {
         _accelerator = accelerator;
         _kernels = kernels;
         _gemm = gemm;
         _matrices = matrices;
         _vectors = vectors;
-        foreach (var layer in graph.Experts)
+        try
         {
-            _experts = Math.Max(_experts, layer.Count);
-            _topK = Math.Max(_topK, layer.TopK);
-            _dim = Math.Max(_dim, graph.Weights[layer.Router].Cols);
-            _width = Math.Max(_width, Math.Max(layer.Width * layer.TopK, layer.SharedWidth));
+            foreach (var layer in graph.Experts)
+            {
+                _experts = Math.Max(_experts, layer.Count);
+                _topK = Math.Max(_topK, layer.TopK);
+                _dim = Math.Max(_dim, graph.Weights[layer.Router].Cols);
+                _width = Math.Max(_width, Math.Max(layer.Width * layer.TopK, layer.SharedWidth));
+                _stacks[layer] = new Stack(Upload(bound, layer.Gate), Upload(bound, layer.Up), Upload(bound, layer.Down));
+            }
         }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Bytes of the stacked experts' matrices.</summary>
+    public long WeightBytes
+    {
+        get
+        {
+            long total = 0;
+            foreach (var s in _stacks.Values) total += s.Gate.ByteCount + s.Up.ByteCount + s.Down.ByteCount;
+            return total;
+        }
+    }
+
+    private DeviceMatrix Upload(Backends.Cpu.WeightMatrix[] bound, int[] ids)
+    {
+        var parts = new Backends.Cpu.WeightMatrix[ids.Length];
+        for (int e = 0; e < ids.Length; e++)
+        {
+            // NOTE: an expert-parallel rank's graph marks the other ranks' experts -1; the device runs whole blocks.
+            if (ids[e] < 0) throw new NotSupportedException("the device executor runs every expert of a block (no expert parallelism)");
+            parts[e] = bound[ids[e]];
+        }
+        return DeviceMatrix.UploadExperts(_accelerator, parts);
     }
 
     /// <summary>dst = the mixture-of-experts block <paramref name="layer"/> of src (<c>[n, dim]</c> each).</summary>
@@ -62,6 +102,7 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
     {
         int experts = layer.Count, k = layer.TopK, width = layer.Width, slots = n * k;
         var router = _matrices[layer.Router]!;
+        var stack = _stacks[layer];
         int dim = router.Cols;
         Ensure(n);
         // scratch, [capacity] rows each: logits [n, E] | w [n, k] | X [n·k, dim] | G, U [n·k, width] or [n, sharedWidth] | Y [n·k, dim] | S [n, dim] | g [n]
@@ -70,7 +111,7 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
         ArrayView<float> Take(long length)
         {
             var v = f.SubView(at, length);
-            at += length;
+            at += (length + 3) & ~3L;   // NOTE: each part 16-byte aligned, so the row kernels' wide loads apply
             return v;
         }
         var logits = Take(c * _experts).SubView(0, (long)n * experts);
@@ -81,52 +122,22 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
         var y = Take(c * _topK * _dim);
         var shared = Take(c * _dim);
         var sharedGate = Take(c);
-        // ints: chosen [n·k] | rowToken [n·k] then slotRow [n·k] (adjacent: one upload)
+        // ints: chosen [n·k] | rowToken [n·k] | slotRow [n·k] | starts [experts + 1]
         ArrayView<int> ints = _ints!.View;
+        long ck = c * _topK;
         var chosen = ints.SubView(0, slots);
-        var rowToken = ints.SubView(c * _topK, slots);
-        var slotRow = ints.SubView(c * _topK + slots, slots);
+        var rowToken = ints.SubView(ck, slots);
+        var slotRow = ints.SubView(2 * ck, slots);
+        var starts = ints.SubView(3 * ck, experts + 1);
 
         router.MatMul(_kernels, _gemm, src, logits, n);
         _kernels.RouteExperts(logits, chosen, weights, n, experts, k, layer.NormalizeWeights);
-        chosen.CopyToCPU(_chosen.AsSpan(0, slots));   // waits for the routing
-
-        // Group the slots by expert, in token order within an expert (as the CPU path does).
-        var counts = _counts.AsSpan(0, experts);
-        counts.Clear();
-        for (int i = 0; i < slots; i++)
-        {
-            int e = _chosen[i];
-            if ((uint)e >= (uint)experts) throw new InvalidOperationException($"the router chose expert {e} of {experts} (NaN activations?)");
-            counts[e]++;
-        }
-        _starts[0] = 0;
-        for (int e = 0; e < experts; e++) _starts[e + 1] = _starts[e] + counts[e];
-        counts.Clear();
-        for (int i = 0; i < slots; i++)
-        {
-            int e = _chosen[i], row = _starts[e] + counts[e]++;
-            _rows[slots + i] = row;
-            _rows[row] = i / k;
-        }
-        ints.SubView(c * _topK, 2L * slots).CopyFromCPU<int, ArrayView<int>>(_rows.AsSpan(0, 2 * slots));
-
+        _kernels.GroupExperts(chosen, starts, rowToken, slotRow, n, experts, k);
         _kernels.GatherRows(src, rowToken, x, slots, dim);
-        for (int e = 0; e < experts; e++)
-        {
-            int first = _starts[e], count = _starts[e + 1] - first;
-            if (count == 0) continue;
-            var xe = x.SubView((long)first * dim, (long)count * dim);
-            _matrices[layer.Gate[e]]!.MatMul(_kernels, _gemm, xe, gate.SubView((long)first * width, (long)count * width), count);
-            _matrices[layer.Up[e]]!.MatMul(_kernels, _gemm, xe, up.SubView((long)first * width, (long)count * width), count);
-        }
+        stack.Gate.MatMulExperts(_kernels, x, gate, starts, n);
+        stack.Up.MatMulExperts(_kernels, x, up, starts, n);
         _kernels.SwiGlu(gate, up, gate, slots * width);
-        for (int e = 0; e < experts; e++)
-        {
-            int first = _starts[e], count = _starts[e + 1] - first;
-            if (count == 0) continue;
-            _matrices[layer.Down[e]]!.MatMul(_kernels, _gemm, gate.SubView((long)first * width, (long)count * width), y.SubView((long)first * dim, (long)count * dim), count);
-        }
+        stack.Down.MatMulExperts(_kernels, gate, y, starts, n);
         _kernels.CombineExperts(y, weights, slotRow, dst, n, dim, k);
 
         if (!layer.HasShared) return;
@@ -144,7 +155,7 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
         _kernels.AddSigmoidGated(dst, s, g, n, dim);
     }
 
-    /// <summary>Grows the device scratch and the host arrays to <paramref name="tokens"/> tokens (doubling).</summary>
+    /// <summary>Grows the device scratch to <paramref name="tokens"/> tokens (doubling).</summary>
     private void Ensure(int tokens)
     {
         if (tokens <= _capacity) return;
@@ -153,19 +164,22 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
         _ints?.Dispose();
         _floats = null;
         _ints = null;
-        long k = _topK, floats = (long)c * (_experts + k + 2 * k * _dim + 2L * _width + _dim + 1);
+        // 8 parts, each rounded up to 4 floats
+        long k = _topK, floats = (long)c * (_experts + k + 2 * k * _dim + 2L * _width + _dim + 1) + 8 * 3;
         _floats = _accelerator.Allocate1D<float>(floats);
-        _ints = _accelerator.Allocate1D<int>(3L * c * k);
+        _ints = _accelerator.Allocate1D<int>(3L * c * k + _experts + 1);
         _capacity = c;
-        _chosen = new int[c * k];
-        _rows = new int[2 * c * k];
-        _counts = new int[_experts];
-        _starts = new int[_experts + 1];
     }
 
     public void Dispose()
     {
         _floats?.Dispose();
         _ints?.Dispose();
+        foreach (var s in _stacks.Values)
+        {
+            s.Gate.Dispose();
+            s.Up.Dispose();
+            s.Down.Dispose();
+        }
     }
 }

@@ -5,7 +5,7 @@ namespace Inference.Kernels.Layer;
 
 /// <summary>
 /// The routing and combining steps of a mixture-of-experts feed-forward (references:
-/// <see cref="Reference.ReferenceExperts.Route"/>, <see cref="Reference.ReferenceExperts.Combine"/>,
+/// <see cref="Reference.ReferenceExperts.Route"/>, <see cref="Reference.ReferenceExperts.Group"/>, <see cref="Reference.ReferenceExperts.Combine"/>,
 /// <see cref="Reference.ReferenceExperts.AddSigmoidGated"/>); the experts themselves are ordinary matrix products over
 /// the rows routed to them.
 /// </summary>
@@ -13,6 +13,7 @@ namespace Inference.Kernels.Layer;
 /// <code>
 /// logits = router · x                         [n, experts]
 /// Route:    p = softmax(logits); top-k; w = p or p / Σp      [n, k] expert ids and weights, ties to the lower id
+/// Group:    per expert its slots in token order → starts [experts + 1], rowTokens [n·k], slotRows [n·k]
 /// (experts: gather the rows of each expert's tokens, run the expert, its outputs land in rows of Y)
 /// Combine:  out[t] = Σⱼ w[t, j] · Y[row of slot (t, j)]       j in top-k order
 /// AddSigmoidGated: out[t] += σ(g[t]) · shared[t]              qwen2moe's shared expert
@@ -72,6 +73,46 @@ public static class ExpertKernels
         }
         if (normalize == 0) return;
         for (int j = 0; j < k; j++) weights[out0 + j] /= total;
+    }
+
+    /// <summary>
+    /// Groups the routed slots by expert, one thread per expert and no atomics, so the order is the CPU path's (a counting
+    /// sort: experts in id order, an expert's slots in token order): expert e's rows of the expert products are
+    /// <c>starts[e] … starts[e + 1] − 1</c>, row r holds token <c>rowTokens[r]</c>, and slot i's output is row
+    /// <c>slotRows[i]</c>. Implicitly grouped over the experts.
+    /// </summary>
+    /// <remarks>
+    /// Thread e counts the slots that chose an expert below e (its first row) and e itself, then walks the slots in order.
+    /// That is <c>experts · slots</c> reads in all, nothing for a decode step and small beside the expert products of a
+    /// prefill. The ids come from <see cref="Route"/>, which always picks k distinct experts in range (NaN logits
+    /// included: the first unpicked id wins), so every slot gets exactly one row.
+    /// </remarks>
+    /// <param name="expert">Expert.</param>
+    /// <param name="chosen">Expert of each slot, <c>[tokenCount, k]</c>.</param>
+    /// <param name="starts">Output, first row of each expert, <c>[experts + 1]</c> (the last is <paramref name="slots"/>).</param>
+    /// <param name="rowTokens">Output, token of each row, <c>[slots]</c>.</param>
+    /// <param name="slotRows">Output, row of each slot, <c>[slots]</c>.</param>
+    /// <param name="slots">tokenCount · k.</param>
+    /// <param name="k">Experts per token.</param>
+    public static void Group(Index1D expert, ArrayView<int> chosen, ArrayView<int> starts, ArrayView<int> rowTokens, ArrayView<int> slotRows, int slots, int k)
+    {
+        int e = expert, before = 0, count = 0;
+        for (int i = 0; i < slots; i++)
+        {
+            int c = chosen[i];
+            before += c < e ? 1 : 0;
+            count += c == e ? 1 : 0;
+        }
+        if (e == 0) starts[0] = 0;
+        starts[e + 1] = before + count;
+        int row = before;
+        for (int i = 0; i < slots; i++)
+        {
+            if (chosen[i] != e) continue;
+            slotRows[i] = row;
+            rowTokens[row] = i / k;
+            row++;
+        }
     }
 
     /// <summary>

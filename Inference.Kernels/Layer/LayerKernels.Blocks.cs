@@ -86,17 +86,32 @@ public sealed partial class LayerKernels
         }
     }
 
-    /// <summary>The two kernels of one block type, compiled on first use (eleven types would slow every start).</summary>
+    /// <summary>
+    /// The kernels of one block type, compiled on first use (eleven types would slow every start); the per-expert product
+    /// (<see cref="MatMulKernels.ExpertsBlocks{TBlock}"/>) only when a mixture-of-experts block first needs it.
+    /// </summary>
     private sealed class BlockKernels(
         Action<KernelConfig, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int> matMul,
-        Action<Index2D, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, int> gather)
+        Action<Index2D, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, int> gather,
+        Func<Action<KernelConfig, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int>> loadExperts)
     {
+        private Action<KernelConfig, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int>? _experts;
+
         public Action<KernelConfig, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int> MatMul { get; } = matMul;
 
         public Action<Index2D, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, int> Gather { get; } = gather;
 
+        public Action<KernelConfig, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int> Experts
+        {
+            get
+            {
+                lock (this) return _experts ??= loadExperts();
+            }
+        }
+
         public static BlockKernels Load<TBlock>(Accelerator a) where TBlock : struct, MatMulKernels.IWeightBlock => new(
             a.LoadStreamKernel<ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MatMulKernels.MatMulBlocks<TBlock>),
-            a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, int>(MatMulKernels.GatherBlocks<TBlock>));
+            a.LoadAutoGroupedStreamKernel<Index2D, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, int>(MatMulKernels.GatherBlocks<TBlock>),
+            () => a.LoadStreamKernel<ArrayView<ushort>, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int>(MatMulKernels.ExpertsBlocks<TBlock>));
     }
 }

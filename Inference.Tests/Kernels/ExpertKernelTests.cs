@@ -10,7 +10,7 @@ namespace Inference.Tests.Kernels;
 /// <see cref="ReferenceExperts"/> and the CPU path's <see cref="MixtureOfExperts.Route"/>; random inputs, poisoned outputs,
 /// and a token's bits checked to be the same alone and inside a batch.
 /// </summary>
-public class ExpertKernelTests
+public partial class ExpertKernelTests
 {
     private static LayerKernels Kernels => LayerKernelTests.Kernels.Value;
     private static Accelerator Acc => KernelTestAccelerator.Cpu;

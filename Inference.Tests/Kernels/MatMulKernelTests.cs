@@ -38,7 +38,7 @@ public partial class MatMulKernelTests
         return (context, context.CreateCPUAccelerator(0));
     });
 
-    private static readonly Dictionary<Layout, Lazy<LayerKernels>> Kernel = new()
+    internal static readonly Dictionary<Layout, Lazy<LayerKernels>> Kernel = new()
     {
         [Layout.Warp32Rows4] = new(() => new LayerKernels(GpuShaped.Value.Accelerator)),
         [Layout.Warp32Rows2] = LayerKernelTests.Kernels,
