@@ -7,6 +7,8 @@ namespace Inference.Kernels.Layer;
 public sealed partial class LayerKernels
 {
     private readonly BlockKernels?[] _blockKernels = new BlockKernels?[KeptBlockTypes.Length];
+    private readonly Action<Index2D, ArrayView<ushort>, ArrayView<uint>, int, int>?[] _dequantizers =
+        new Action<Index2D, ArrayView<ushort>, ArrayView<uint>, int, int>?[KeptBlockTypes.Length + 1];   // the kept types, then Q8_0
 
     /// <summary>
     /// The GGUF block types the block row kernels multiply as stored (<see cref="MatMulBlocks"/>): Q4_0, Q4_1, Q5_0, Q5_1,
@@ -56,6 +58,63 @@ public sealed partial class LayerKernels
         var k = CheckBlocks(type, table, 1, dim);
         k.Gather(new Index2D(dim / MatMulKernels.BlockSlotElements, tokenCount), table.Cast<ushort>(), ids, output, dim);
     }
+
+    /// <summary>Whether <see cref="DequantizeToHalf"/> takes <paramref name="type"/>: Q8_0 and <see cref="KeptBlockTypes"/>.</summary>
+    /// <param name="type">A GGUF tensor type.</param>
+    public static bool DequantizesToHalf(GgmlType type) => type == GgmlType.Q8_0 || KeepsBlocks(type);
+
+    /// <summary>
+    /// <see cref="MatMulKernels.DequantizeToHalf{TBlock}"/>: <paramref name="rows"/> rows of <paramref name="type"/>
+    /// weights widened to f16, bit for bit <see cref="Inference.Backends.Cpu.Dequantize.Row"/> rounded to nearest even.
+    /// </summary>
+    /// <param name="type">Q8_0 or one of <see cref="KeptBlockTypes"/>.</param>
+    /// <param name="weights">Raw blocks of the rows, starting at an even byte.</param>
+    /// <param name="output">f16 bits, <c>[rows, cols]</c>, starting at a multiple of 4 bytes.</param>
+    /// <param name="rows">Rows.</param>
+    /// <param name="cols">Row width (a multiple of the block's elements).</param>
+    /// <exception cref="ArgumentException">Another type, <paramref name="cols"/> is not a whole number of blocks, a view is
+    /// too short, or a view starts misaligned.</exception>
+    public void DequantizeToHalf(GgmlType type, ArrayView<byte> weights, ArrayView<ushort> output, int rows, int cols)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(rows, 1);
+        int i = type == GgmlType.Q8_0 ? KeptBlockTypes.Length : KeptBlockTypes.IndexOf(type);
+        if (i < 0) throw new ArgumentException($"{type} weights are not dequantized to f16 on the device.", nameof(type));
+        if (!GgmlTypeInfo.TryGetBlock(type, out int blockElements, out int blockBytes) || cols <= 0 || cols % blockElements != 0)
+            throw new ArgumentException($"cols ({cols}) must be a positive multiple of the {type} block ({blockElements}).", nameof(cols));
+        if (weights.Length < (long)rows * (cols / blockElements) * blockBytes)
+            throw new ArgumentException($"{weights.Length} bytes hold fewer than {rows} rows of {cols} {type} weights.", nameof(weights));
+        if (((IContiguousArrayView)weights).IndexInBytes % 2 != 0)
+            throw new ArgumentException($"{type} weights must start at an even byte (the kernels read 16-bit words).", nameof(weights));
+        if (output.Length < (long)rows * cols)
+            throw new ArgumentException($"{output.Length} halves hold fewer than {rows} rows of {cols}.", nameof(output));
+        if (((IContiguousArrayView)output).IndexInBytes % 4 != 0)
+            throw new ArgumentException("the f16 output must start at a multiple of 4 bytes (the kernel writes pairs).", nameof(output));
+        Action<Index2D, ArrayView<ushort>, ArrayView<uint>, int, int> kernel;
+        lock (_dequantizers)
+        {
+            kernel = _dequantizers[i] ??= type switch
+            {
+                GgmlType.Q8_0 => LoadDequantizer<MatMulKernels.Q8_0Block>(),
+                GgmlType.Q4_0 => LoadDequantizer<MatMulKernels.Q4_0Block>(),
+                GgmlType.Q4_1 => LoadDequantizer<MatMulKernels.Q4_1Block>(),
+                GgmlType.Q5_0 => LoadDequantizer<MatMulKernels.Q5_0Block>(),
+                GgmlType.Q5_1 => LoadDequantizer<MatMulKernels.Q5_1Block>(),
+                GgmlType.IQ4_NL => LoadDequantizer<MatMulKernels.IQ4_NLBlock>(),
+                GgmlType.Q2_K => LoadDequantizer<MatMulKernels.Q2_KBlock>(),
+                GgmlType.Q3_K => LoadDequantizer<MatMulKernels.Q3_KBlock>(),
+                GgmlType.Q4_K => LoadDequantizer<MatMulKernels.Q4_KBlock>(),
+                GgmlType.Q5_K => LoadDequantizer<MatMulKernels.Q5_KBlock>(),
+                GgmlType.Q6_K => LoadDequantizer<MatMulKernels.Q6_KBlock>(),
+                _ => LoadDequantizer<MatMulKernels.IQ4_XSBlock>(),
+            };
+        }
+        long count = (long)rows * cols;
+        kernel(new Index2D(cols / MatMulKernels.BlockSlotElements, rows), weights.SubView(0, count / blockElements * blockBytes).Cast<ushort>(),
+            output.SubView(0, count).Cast<uint>(), cols, 0);
+    }
+
+    private Action<Index2D, ArrayView<ushort>, ArrayView<uint>, int, int> LoadDequantizer<TBlock>() where TBlock : struct, MatMulKernels.IWeightBlock =>
+        _accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<ushort>, ArrayView<uint>, int, int>(MatMulKernels.DequantizeToHalf<TBlock>);
 
     private BlockKernels CheckBlocks(GgmlType type, ArrayView<byte> weights, int rows, int cols)
     {

@@ -170,6 +170,9 @@ public static partial class MatMulKernels
         /// <summary>Bytes per block.</summary>
         int Bytes { get; }
 
+        /// <summary>Whether a value is <c>code · Mul + Add</c> (the types with a min or offset) rather than <c>code · Mul</c>.</summary>
+        bool HasMin { get; }
+
         /// <summary>The scale (and min) of the sub-block holding value <paramref name="e"/> (a slot never spans two).</summary>
         Affine Scale(DeviceBlockBytes b, int e);
 
@@ -181,6 +184,7 @@ public static partial class MatMulKernels
     {
         public int Elements => 32;
         public int Bytes => 18;
+        public bool HasMin => false;
         public Affine Scale(DeviceBlockBytes b, int e) => new(b.Half(0), 0f);
         public int Code(DeviceBlockBytes b, int e) => BlockLayout.Nibble32(b, 2, e) - 8;
     }
@@ -189,6 +193,7 @@ public static partial class MatMulKernels
     {
         public int Elements => 32;
         public int Bytes => 20;
+        public bool HasMin => true;
         public Affine Scale(DeviceBlockBytes b, int e) => new(b.Half(0), b.Half(2));
         public int Code(DeviceBlockBytes b, int e) => BlockLayout.Nibble32(b, 4, e);
     }
@@ -197,6 +202,7 @@ public static partial class MatMulKernels
     {
         public int Elements => 32;
         public int Bytes => 22;
+        public bool HasMin => false;
         public Affine Scale(DeviceBlockBytes b, int e) => new(b.Half(0), 0f);
         public int Code(DeviceBlockBytes b, int e) => BlockLayout.Q5Code(b, 2, e) - 16;
     }
@@ -205,6 +211,7 @@ public static partial class MatMulKernels
     {
         public int Elements => 32;
         public int Bytes => 24;
+        public bool HasMin => true;
         public Affine Scale(DeviceBlockBytes b, int e) => new(b.Half(0), b.Half(2));
         public int Code(DeviceBlockBytes b, int e) => BlockLayout.Q5Code(b, 4, e);
     }
@@ -213,6 +220,7 @@ public static partial class MatMulKernels
     {
         public int Elements => 32;
         public int Bytes => 18;
+        public bool HasMin => false;
         public Affine Scale(DeviceBlockBytes b, int e) => new(b.Half(0), 0f);
         public int Code(DeviceBlockBytes b, int e) => BlockLayout.IQ4Value(BlockLayout.Nibble32(b, 2, e));
     }
@@ -221,6 +229,7 @@ public static partial class MatMulKernels
     {
         public int Elements => 256;
         public int Bytes => 84;
+        public bool HasMin => true;
 
         public Affine Scale(DeviceBlockBytes b, int e)
         {
@@ -235,6 +244,7 @@ public static partial class MatMulKernels
     {
         public int Elements => 256;
         public int Bytes => 110;
+        public bool HasMin => false;
         public Affine Scale(DeviceBlockBytes b, int e) => new(b.Half(108) * (BlockLayout.Q3_KScale(b, 96, e >> 4) - 32), 0f);
 
         public int Code(DeviceBlockBytes b, int e)
@@ -249,6 +259,7 @@ public static partial class MatMulKernels
     {
         public int Elements => 256;
         public int Bytes => 144;
+        public bool HasMin => true;
 
         public Affine Scale(DeviceBlockBytes b, int e)
         {
@@ -263,6 +274,7 @@ public static partial class MatMulKernels
     {
         public int Elements => 256;
         public int Bytes => 176;
+        public bool HasMin => true;
 
         public Affine Scale(DeviceBlockBytes b, int e)
         {
@@ -277,6 +289,7 @@ public static partial class MatMulKernels
     {
         public int Elements => 256;
         public int Bytes => 210;
+        public bool HasMin => false;
 
         public Affine Scale(DeviceBlockBytes b, int e)
         {
@@ -292,6 +305,7 @@ public static partial class MatMulKernels
     {
         public int Elements => 256;
         public int Bytes => 136;
+        public bool HasMin => false;
         public Affine Scale(DeviceBlockBytes b, int e) => new(b.Half(0) * (BlockLayout.IQ4_XSScale(b, e >> 5) - 32), 0f);
         public int Code(DeviceBlockBytes b, int e) => BlockLayout.IQ4Value(BlockLayout.Nibble32(b, 8 + 16 * (e >> 5), e & 31));
     }
