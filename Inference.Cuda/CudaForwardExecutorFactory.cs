@@ -48,7 +48,7 @@ internal sealed class CudaForwardExecutorFactory : IForwardExecutorFactory
         try
         {
             return new DeviceForwardExecutor(backend.Accelerator, context, _options.Attention, owner: backend, _options.TensorCoreMatMul,
-                _options.FlashPrefill, _options.DeviceSampling);
+                _options.FlashPrefill, _options.DeviceSampling, _options.QuantizedTensorCoreMatMul);
         }
         catch
         {

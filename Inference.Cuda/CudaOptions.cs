@@ -32,6 +32,17 @@ public sealed record CudaOptions
     public bool TensorCoreMatMul { get; init; }
 
     /// <summary>
+    /// Whether products of 64 or more rows (prefill, large decode batches) with Q8_0 or block-type weights (Q4_0 … Q6_K,
+    /// IQ4_NL, IQ4_XS) run on the hand-written tensor-core kernel: the weights are widened to f16 on the device a slab of
+    /// rows at a time (at most 32 MiB, one workspace for the whole model), exactly the values an F16 upload of the
+    /// matrix holds, and multiplied with f32 accumulation (activations rounded to f16 first). Default false: the
+    /// dequantizer and the composed slab product are verified on ILGPU's CPU accelerator and against a model of the
+    /// instruction set, but not yet on a device (docs/gpu-results.md); like <see cref="TensorCoreMatMul"/>, a row's bits
+    /// then depend on how many rows share its step. Independent of <see cref="TensorCoreMatMul"/> (F16 weights).
+    /// </summary>
+    public bool QuantizedTensorCoreMatMul { get; init; }
+
+    /// <summary>
     /// Whether prefill and chunk attention over an f16 KV cache (head dims 64 and 128, no sliding window) runs on the
     /// FlashAttention-2-style PTX kernel: 64 query rows of one KV head group per thread block, K/V tiles through shared
     /// memory, mma.sync for QKᵀ and PV with the queries and probabilities rounded to f16. Default false: the kernel is

@@ -27,6 +27,7 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
     private readonly IntPtr _gemmF16, _gemmBf16, _reduce, _convertF16, _convertBf16;
     private MemoryBuffer1D<ushort, Stride1D.Dense>? _staging;     // activations converted to f16/bf16, [M, K]
     private MemoryBuffer1D<float, Stride1D.Dense>? _partials;     // split-K partial products, [splits, M, N]
+    private MemoryBuffer1D<ushort, Stride1D.Dense>? _workspace;   // weights widened to f16, a slab of rows at a time
 
     public PtxTensorCoreGemm(CudaAccelerator accelerator)
     {
@@ -40,17 +41,32 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         _convertBf16 = _module.GetFunction("convert_f32_bf16");
     }
 
+    /// <summary>Whether F16 weight matrices of many rows run here (<see cref="CudaOptions.TensorCoreMatMul"/>).</summary>
+    public bool F16Products { get; init; } = true;
+
+    /// <summary>
+    /// Whether Q8_0 and block-type weight matrices of many rows are widened to f16 and run here
+    /// (<see cref="CudaOptions.QuantizedTensorCoreMatMul"/>).
+    /// </summary>
+    public bool QuantizedProducts { get; init; }
+
     /// <summary>The tile the module was generated with.</summary>
     public static TensorCoreGemmTile Tile => TensorCoreGemmTile.Default;
 
     /// <summary>Throws unless the launcher accepts these dimensions.</summary>
-    /// <exception cref="ArgumentException">K is not a positive multiple of 8, or a product of dimensions reaches 2^31.</exception>
-    public static void CheckShape(int m, int n, int k)
+    /// <param name="m">Rows of A and C.</param>
+    /// <param name="n">Rows of W, columns of C.</param>
+    /// <param name="k">The inner dimension.</param>
+    /// <param name="ldc">Floats between rows of C (at least <paramref name="n"/>); 0 means <paramref name="n"/>.</param>
+    /// <exception cref="ArgumentException">K is not a positive multiple of 8, <paramref name="ldc"/> is below N, or a
+    /// product of dimensions reaches 2^31.</exception>
+    public static void CheckShape(int m, int n, int k, int ldc = 0)
     {
         if (m < 1 || n < 1 || k < 1) throw new ArgumentException($"matrix dimensions must be positive (M={m}, N={n}, K={k})");
         if (k % 8 != 0) throw new ArgumentException($"the tensor-core matrix product needs K divisible by 8 (16-byte rows), not {k}");
-        if ((long)m * k >= int.MaxValue || (long)n * k >= int.MaxValue || (long)m * n >= int.MaxValue)
-            throw new ArgumentException($"matrix too large for 32-bit indexing (M={m}, N={n}, K={k})");
+        if (ldc != 0 && ldc < n) throw new ArgumentException($"rows of C ({ldc} floats apart) are narrower than N={n}");
+        if ((long)m * k >= int.MaxValue || (long)n * k >= int.MaxValue || (long)m * Math.Max(n, ldc) >= int.MaxValue)
+            throw new ArgumentException($"matrix too large for 32-bit indexing (M={m}, N={n}, K={k}, ldc={ldc})");
     }
 
     /// <summary>Most k splits of one product.</summary>
@@ -80,11 +96,15 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         return ((kTiles + perSplit - 1) / perSplit, perSplit);
     }
 
-    /// <summary><c>c[M, N] = a[M, K] · w[N, K]ᵀ</c>; all views 16-byte aligned; on <paramref name="stream"/> or the default stream.</summary>
+    /// <summary>
+    /// <c>c[M, N] = a[M, K] · w[N, K]ᵀ</c> with rows of c <paramref name="ldc"/> floats apart (0: N); a and w 16-byte
+    /// aligned; on <paramref name="stream"/> or the default stream.
+    /// </summary>
     /// <remarks>A split product (<see cref="ChooseSplits"/>) may allocate its partial buffer on first use (not inside a graph capture).</remarks>
-    public void Run(TensorCoreElement type, IntPtr a, IntPtr w, IntPtr c, int m, int n, int k, CudaStream? stream = null)
+    public void Run(TensorCoreElement type, IntPtr a, IntPtr w, IntPtr c, int m, int n, int k, CudaStream? stream = null, int ldc = 0)
     {
-        CheckShape(m, n, k);
+        CheckShape(m, n, k, ldc);
+        if (ldc == 0) ldc = n;
         var t = Tile;
         var (splits, perSplit) = ChooseSplits(m, n, k, _accelerator.NumMultiprocessors);
         IntPtr target = c;
@@ -98,17 +118,17 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
             }
             target = ((ArrayView<float>)_partials.View).LoadEffectiveAddressAsPtr();
         }
-        uint um = (uint)m, un = (uint)n, uk = (uint)k, us = (uint)perSplit;
-        void** args = stackalloc void*[7];
-        args[0] = &a; args[1] = &w; args[2] = &target; args[3] = &um; args[4] = &un; args[5] = &uk; args[6] = &us;
+        uint um = (uint)m, un = (uint)n, uk = (uint)k, us = (uint)perSplit, uldc = (uint)(splits > 1 ? n : ldc);
+        void** args = stackalloc void*[8];
+        args[0] = &a; args[1] = &w; args[2] = &target; args[3] = &um; args[4] = &un; args[5] = &uk; args[6] = &us; args[7] = &uldc;
         _accelerator.Bind();
         var s = (stream ?? (CudaStream)_accelerator.DefaultStream).StreamPtr;
         Check(CudaAPI.CurrentAPI.LaunchKernel(type == TensorCoreElement.F16 ? _gemmF16 : _gemmBf16,
             (n + t.BlockN - 1) / t.BlockN, (m + t.BlockM - 1) / t.BlockM, splits, t.Threads, 1, 1, 0, s, (IntPtr)args, IntPtr.Zero), "gemm");
         if (splits == 1) return;
-        uint count = (uint)(m * n), uSplits = (uint)splits;
-        void** reduceArgs = stackalloc void*[4];
-        reduceArgs[0] = &target; reduceArgs[1] = &c; reduceArgs[2] = &count; reduceArgs[3] = &uSplits;
+        uint count = (uint)(m * n), uSplits = (uint)splits, cLdc = (uint)ldc;
+        void** reduceArgs = stackalloc void*[6];
+        reduceArgs[0] = &target; reduceArgs[1] = &c; reduceArgs[2] = &count; reduceArgs[3] = &uSplits; reduceArgs[4] = &un; reduceArgs[5] = &cLdc;
         Check(CudaAPI.CurrentAPI.LaunchKernel(_reduce, (int)((count + 255) / 256), 1, 1, 256, 1, 1, 0, s, (IntPtr)reduceArgs, IntPtr.Zero), "gemm_reduce_splits");
     }
 
@@ -132,9 +152,20 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
     public void MatMul(TensorCoreElement type, ArrayView<byte> w, ArrayView<float> x, ArrayView<float> y, int m, int n, int k)
     {
         CheckShape(m, n, k);
-        long count = (long)m * k;
-        if (x.Length < count || y.Length < (long)m * n || w.Length < (long)n * k * 2)
+        if (y.Length < (long)m * n || w.Length < (long)n * k * 2)
             throw new ArgumentException("a view is shorter than its matrix");
+        Run(type, StageActivations(type, x, m, k), w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(), m, n, k);
+    }
+
+    /// <summary>
+    /// Converts f32 activations <paramref name="x"/> <c>[m, k]</c> to <paramref name="type"/> in the staging buffer
+    /// (grown on first use of a larger product) and returns its address, valid until the next call.
+    /// </summary>
+    public IntPtr StageActivations(TensorCoreElement type, ArrayView<float> x, int m, int k)
+    {
+        CheckShape(m, 8, k);
+        long count = (long)m * k;
+        if (x.Length < count) throw new ArgumentException("the activations are shorter than their matrix");
         if (_staging is null || _staging.Length < count)
         {
             _staging?.Dispose();
@@ -142,7 +173,24 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         }
         IntPtr staging = ((ArrayView<ushort>)_staging.View).LoadEffectiveAddressAsPtr();
         Convert(type, x.LoadEffectiveAddressAsPtr(), staging, (int)count);
-        Run(type, staging, w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(), m, n, k);
+        return staging;
+    }
+
+    /// <summary>
+    /// The f16 weight workspace of at least <paramref name="elements"/> halves (the widened slab of a quantized matrix;
+    /// see <see cref="Runner.DequantizedSlabs"/>), shared by every matrix of the executor and grown on first use of a
+    /// larger slab.
+    /// </summary>
+    public ArrayView<ushort> Workspace(long elements)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(elements, 1);
+        if (_workspace is null || _workspace.Length < elements)
+        {
+            _workspace?.Dispose();
+            _workspace = null;
+            _workspace = _accelerator.Allocate1D<ushort>(elements);
+        }
+        return _workspace.View;
     }
 
     private static void Check(CudaError error, string what)
@@ -155,6 +203,7 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
     {
         _staging?.Dispose();
         _partials?.Dispose();
+        _workspace?.Dispose();
         _module.Dispose();
     }
 }

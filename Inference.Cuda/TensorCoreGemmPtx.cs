@@ -35,10 +35,12 @@ internal static class TensorCoreGemmPtx
             //   Per 16-wide k step a warp loads A fragments (ldmatrix.x4 per 16 rows) and W fragments (ldmatrix.x4 per
             //   16 columns) and issues {{tile.FragmentsM * tile.FragmentsN}} mma.sync.m16n8k16 into {{tile.FragmentsM * tile.FragmentsN * 4}} f32 accumulators.
             //   Edges: rows >= M or N and chunks >= K are zero-filled (cp.async with 0 source bytes); stores are guarded.
-            //   Preconditions (checked by the launcher): K % 8 == 0, 16-byte aligned A and W, M*K, N*K, M*N < 2^31.
+            //   Preconditions (checked by the launcher): K % 8 == 0, 16-byte aligned A and W, M*K, N*K, M*p_ldc < 2^31.
             //
-            //   Split-K: grid.z = splits; split z runs k tiles [z * p_split_tiles, ...) and writes slice z of C [splits, M, N];
-            //   gemm_reduce_splits sums the slices in order z = 0, 1, ... (one split writes C itself).
+            //   C rows are p_ldc floats apart (p_ldc >= N: the product may write N columns of a wider matrix).
+            //   Split-K: grid.z = splits; split z runs k tiles [z * p_split_tiles, ...) and writes slice z of C [splits, M, p_ldc];
+            //   gemm_reduce_splits sums the slices [splits, M, N] in order z = 0, 1, ... into C with rows p_ldc apart
+            //   (one split writes C itself).
             //
             // convert_f32_{f16,bf16}: dst[i] = round-to-nearest-even(src[i]), one element per thread.
             //
@@ -71,12 +73,13 @@ internal static class TensorCoreGemmPtx
             	.param .u32 p_m,
             	.param .u32 p_n,
             	.param .u32 p_k,
-            	.param .u32 p_split_tiles
+            	.param .u32 p_split_tiles,
+            	.param .u32 p_ldc
             )
             .maxntid {{t.Threads}}, 1, 1
             {
             	.reg .pred  pa<{{ca}}>, pb<{{cb}}>, pk, pp, pdone, pst, pcol<{{2 * ni}}>;
-            	.reg .u32   tid, lane, warp, wm, wn, m, n, k, m0, n0, ktiles, kt, ktl, stg, sbase, sst, cbase, split, kbeg, kcount;
+            	.reg .u32   tid, lane, warp, wm, wn, m, n, k, ldc, m0, n0, ktiles, kt, ktl, stg, sbase, sst, cbase, split, kbeg, kcount;
             	.reg .u32   tmp, tmp2, r, chunk, swz, soff, kc, sz, aaddr, baddr, aoff<2>, boff<2>, rowb0, colb0, gid, t4;
             	.reg .u64   a_ptr, w_ptr, c_ptr, ga<{{ca}}>, gb<{{cb}}>, gsrc, kbyte, crow, tmp64, split64;
             	.reg .f32   acc<{{mi * ni * 4}}>;
@@ -93,6 +96,7 @@ internal static class TensorCoreGemmPtx
         w.Line("ld.param.u32", "m, [p_m]");
         w.Line("ld.param.u32", "n, [p_n]");
         w.Line("ld.param.u32", "k, [p_k]");
+        w.Line("ld.param.u32", "ldc, [p_ldc]");
         w.Line("mov.u32", "tid, %tid.x");
         w.Line("shr.u32", "warp, tid, 5");
         w.Line("and.b32", "lane, tid, 31");
@@ -105,14 +109,14 @@ internal static class TensorCoreGemmPtx
         w.Line("mov.u32", "sbase, smem", "shared-window address of the stages");
         w.Line("add.u32", $"ktiles, k, {t.BlockK - 1}");
         w.Line("shr.u32", "ktiles, ktiles, 5");
-        w.Comment("---- split z = ctaid.z: k tiles kbeg .. kbeg + kcount - 1, output slice z of C ([splits, M, N])");
+        w.Comment("---- split z = ctaid.z: k tiles kbeg .. kbeg + kcount - 1, output slice z of C ([splits, M, ldc])");
         w.Line("ld.param.u32", "kcount, [p_split_tiles]");
         w.Line("mov.u32", "split, %ctaid.z");
         w.Line("mul.lo.u32", "kbeg, split, kcount");
         w.Line("min.u32", "kbeg, kbeg, ktiles");
         w.Line("sub.u32", "tmp, ktiles, kbeg");
         w.Line("min.u32", "kcount, kcount, tmp");
-        w.Line("mul.lo.u32", "tmp, m, n");
+        w.Line("mul.lo.u32", "tmp, m, ldc");
         w.Line("mul.wide.u32", "tmp64, tmp, 4");
         w.Line("cvt.u64.u32", "split64, split");
         w.Line("mul.lo.u64", "tmp64, tmp64, split64");
@@ -218,7 +222,7 @@ internal static class TensorCoreGemmPtx
             {
                 w.Line("add.u32", $"r, rowb0, {16 * i + 8 * h}");
                 w.Line("setp.lt.u32", "pp, r, m");
-                w.Line("mad.lo.u32", "tmp, r, n, colb0");
+                w.Line("mad.lo.u32", "tmp, r, ldc, colb0");
                 w.Line("mul.wide.u32", "tmp64, tmp, 4");
                 w.Line("add.u64", "crow, c_ptr, tmp64");
                 for (int j = 0; j < ni; j++)
@@ -285,7 +289,7 @@ internal static class TensorCoreGemmPtx
         }
     }
 
-    /// <summary>c[i] = sum over z in order of ws[z, i] (the split-K partials), one element per thread.</summary>
+    /// <summary>c[i / n, i % n] (rows ldc apart) = sum over z in order of ws[z, i] (the split-K partials), one element per thread.</summary>
     private static void EmitReduce(PtxWriter w)
     {
         w.Raw("""
@@ -293,13 +297,15 @@ internal static class TensorCoreGemmPtx
             	.param .u64 p_ws,
             	.param .u64 p_c,
             	.param .u32 p_count,
-            	.param .u32 p_splits
+            	.param .u32 p_splits,
+            	.param .u32 p_n,
+            	.param .u32 p_ldc
             )
             .maxntid 256, 1, 1
             {
             	.reg .pred  pout, pdone;
-            	.reg .u32   i, count, splits, z, tmp;
-            	.reg .u64   ws, c, off, stride;
+            	.reg .u32   i, count, splits, z, tmp, n, ldc, row, col;
+            	.reg .u64   ws, c, off, coff, stride;
             	.reg .f32   sum, v;
 
             """);
@@ -307,6 +313,8 @@ internal static class TensorCoreGemmPtx
         w.Line("ld.param.u64", "c, [p_c]");
         w.Line("ld.param.u32", "count, [p_count]");
         w.Line("ld.param.u32", "splits, [p_splits]");
+        w.Line("ld.param.u32", "n, [p_n]");
+        w.Line("ld.param.u32", "ldc, [p_ldc]");
         w.Line("cvta.to.global.u64", "ws, ws");
         w.Line("cvta.to.global.u64", "c, c");
         w.Line("mov.u32", "i, %ctaid.x");
@@ -317,7 +325,11 @@ internal static class TensorCoreGemmPtx
         w.Line("setp.ge.u32", "pout, i, count");
         w.Line("mul.wide.u32", "off, i, 4");
         w.Line("add.u64", "ws, ws, off");
-        w.Line("add.u64", "c, c, off");
+        w.Line("div.u32", "row, i, n");
+        w.Line("rem.u32", "col, i, n");
+        w.Line("mad.lo.u32", "tmp, row, ldc, col");
+        w.Line("mul.wide.u32", "coff, tmp, 4");
+        w.Line("add.u64", "c, c, coff");
         w.Line("mul.wide.u32", "stride, count, 4");
         w.Line("mov.f32", "sum, 0f00000000");
         w.Line("mov.u32", "z, 0");

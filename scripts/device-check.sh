@@ -26,7 +26,9 @@
 #         products for 16+ rows) and with PTX attention on the row kernels only, and measures GPU
 #         decode tokens/s for 1 and for 16 concurrent requests through the engine; then the same for a Q4_K_M copy
 #         quantized on the GPU machine (weights kept as Q4_K/Q6_K blocks on the device; logits target < 8e-2, the CPU
-#         rounds activations to Q8_K). Needs ~3 GB of temporary disk; nothing beyond the runner is carried.
+#         rounds activations to Q8_K); and for a Q8_0 copy and the Q4_K_M copy, prefill of 64 x 512-token prompts
+#         (--quick: 16) with CudaOptions.QuantizedTensorCoreMatMul on and off: prompt tokens/s, first tokens on = off,
+#         the first prompt's greedy tokens vs the CPU engine. Needs ~3 GB of temporary disk; nothing beyond the runner is carried.
 #     Writes OUTDIR/{device.txt,checks.tsv,bench.tsv,matmul.tsv,gemm.tsv,flash.tsv,e2e.tsv,summary.md,nvidia-smi.txt,runner.log}.
 #     Exit status: 0 all checks passed, 1 a check failed, 2 no CUDA device, other: runner crashed.
 set -euo pipefail
@@ -35,7 +37,7 @@ repo_root="$(cd "$(dirname "$0")/.." && pwd)"
 tgz="$repo_root/.device/inference-gpu-runner.tgz"
 
 usage() {
-  sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 

@@ -17,7 +17,8 @@ namespace Inference.Benchmarks.Gpu;
 /// products of 16+ rows on the tensor-core kernel) and for PTX attention with every product on the row kernels, and
 /// measures GPU decode tokens/s for one request and for 16 concurrent requests; then the same for a Q4_K_M copy of the
 /// model quantized on this machine (<see cref="ModelQuantizer"/>: Q4_K, Q6_K for V, FFN down and the output), whose
-/// weights stay in their GGUF types on the device. Writes <c>e2e.tsv</c>.
+/// weights stay in their GGUF types on the device; for a Q8_0 copy and the Q4_K_M copy, prefill of 64 × 512-token prompts
+/// with <see cref="CudaOptions.QuantizedTensorCoreMatMul"/> on and off. Writes <c>e2e.tsv</c>.
 /// </summary>
 /// <remarks>
 /// NOTE: F16 weights: the CPU path quantizes activations to Q8 for Q8_0 weights (as ggml does), the GPU keeps them in
@@ -102,6 +103,10 @@ public static class EndToEndCheck
                 }
             }
             summary.AppendLine();
+            string q8 = Path.Combine(work, "synthetic-1b-q8_0.gguf");
+            ModelQuantizer.QuantizeAsync(model, q8, QuantizationPreset.Q8_0).GetAwaiter().GetResult();
+            passed &= MeasurePrefill(q8, "Q8_0", engine, greedy, tsv, summary, quick);
+            File.Delete(q8);
             passed &= RunQ4_K_M(model, work, engine, greedy, tsv, summary, quick);
         }
         catch (Exception e)
@@ -149,7 +154,7 @@ public static class EndToEndCheck
                 cpu.DisposeAsync().AsTask().GetAwaiter().GetResult();
             }
         }
-        var gpu = InferenceEngine.LoadAsync(model, engine.UseCuda(new CudaOptions { Attention = CudaAttentionKernels.Ptx })).GetAwaiter().GetResult();
+        InferenceEngine? gpu = InferenceEngine.LoadAsync(model, engine.UseCuda(new CudaOptions { Attention = CudaAttentionKernels.Ptx })).GetAwaiter().GetResult();
         try
         {
             var tokens = gpu.Tokenize(Prompt);
@@ -164,7 +169,9 @@ public static class EndToEndCheck
             summary.AppendLine("|---|---|---|---|---|");
             summary.AppendLine(CultureInfo.InvariantCulture, $"| {name} | {l2:E2} {(ok ? "" : "**FAIL**")} | {(same ? "yes" : "no")} | {tps1:F1} | {tps16:F1} |\n");
             Console.WriteLine($"e2e {name}: rel L2 {l2:E3}, greedy equal {same}, decode {tps1:F1} tok/s (1), {tps16:F1} tok/s (16); {gpu.DeviceName}");
-            return ok;
+            gpu.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            gpu = null;
+            return MeasurePrefill(model, "Q4_K_M", engine, greedy, tsv, summary, quick) && ok;
         }
         catch (Exception e)
         {
@@ -175,8 +182,83 @@ public static class EndToEndCheck
         }
         finally
         {
-            gpu.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            gpu?.DisposeAsync().AsTask().GetAwaiter().GetResult();
         }
+    }
+
+    /// <summary>
+    /// Prefill through the engine of 64 prompts of 512 random tokens (--quick: 16), one greedy token each, with
+    /// <see cref="CudaOptions.QuantizedTensorCoreMatMul"/> on (weights widened to f16 slab by slab for the tensor-core
+    /// kernel) and off (the block row kernels): prompt tokens/s for each, whether the 64 first tokens agree between the two,
+    /// and the first prompt's 8 greedy tokens against the CPU engine's (reported, not required: the CPU rounds activations
+    /// to Q8 for these weights). Fails only on an exception.
+    /// </summary>
+    private static bool MeasurePrefill(string model, string label, EngineOptions engine, SamplingOptions greedy, StringBuilder tsv, StringBuilder summary, bool quick)
+    {
+        const int promptLength = 512, vocabulary = 32000;
+        var rng = new Random(512);
+        var prompts = new int[quick ? 16 : 64][];
+        for (int p = 0; p < prompts.Length; p++)
+        {
+            prompts[p] = new int[promptLength];
+            for (int i = 0; i < promptLength; i++) prompts[p][i] = rng.Next(3, vocabulary);
+        }
+        var warmUp = prompts[0].Reverse().ToArray();   // not a prefix of any timed prompt
+        int[] cpuTokens;
+        var cpu = InferenceEngine.LoadAsync(model, engine with { Device = Device.Cpu }).GetAwaiter().GetResult();
+        try { cpuTokens = [.. cpu.CompleteAsync(prompts[0], greedy).GetAwaiter().GetResult().TokenIds]; }
+        finally { cpu.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
+
+        var firstTokens = new int[2][];
+        var tps = new double[2];
+        var same = new bool[2];
+        var one = SamplingOptions.Greedy with { MaxTokens = 1, EndOfSequence = EndOfSequenceHandling.Ignore };
+        foreach (bool on in new[] { true, false })
+        {
+            string name = $"{label} prefill, quantized tensor cores {(on ? "on" : "off")}";
+            int slot = on ? 1 : 0;
+            InferenceEngine? gpu = null;
+            try
+            {
+                gpu = InferenceEngine.LoadAsync(model, (engine with { MaxNumSeqs = prompts.Length })
+                    .UseCuda(new CudaOptions { Attention = CudaAttentionKernels.Ptx, QuantizedTensorCoreMatMul = on })).GetAwaiter().GetResult();
+                gpu.CompleteAsync(warmUp, one).GetAwaiter().GetResult();
+                var sw = Stopwatch.StartNew();
+                var all = Task.WhenAll(prompts.Select(p => gpu.CompleteAsync(p, one))).GetAwaiter().GetResult();
+                double seconds = sw.Elapsed.TotalSeconds;
+                tps[slot] = prompts.Length * promptLength / seconds;
+                firstTokens[slot] = [.. all.Select(c => c.TokenIds[0])];
+                var tokens = gpu.CompleteAsync(prompts[0], greedy).GetAwaiter().GetResult().TokenIds;
+                same[slot] = tokens.SequenceEqual(cpuTokens);
+                tsv.Append(CultureInfo.InvariantCulture, $"prefill_tok_s	{name}	{tps[slot]:F0}	tokens/s	{prompts.Length} x {promptLength} tokens in {seconds:F2} s, one output token each; {gpu.DeviceName}
+");
+                tsv.Append(CultureInfo.InvariantCulture, $"greedy8_equal	{name}	{(same[slot] ? 1 : 0)}		{string.Join(",", tokens)} vs CPU {string.Join(",", cpuTokens)}
+");
+                Console.WriteLine($"e2e {name}: {tps[slot]:F0} prompt tokens/s, greedy 8 = CPU {same[slot]}; {gpu.DeviceName}");
+            }
+            catch (Exception e)
+            {
+                tsv.Append(CultureInfo.InvariantCulture, $"exception	{name}			{RunnerFiles.OneLine(e)}
+");
+                summary.AppendLine(CultureInfo.InvariantCulture, $"{name}: **exception** {RunnerFiles.OneLine(e)}
+");
+                Console.WriteLine($"e2e {name}: {e}");
+                return false;
+            }
+            finally
+            {
+                gpu?.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            }
+        }
+        int agree = 0;
+        for (int p = 0; p < prompts.Length; p++) agree += firstTokens[0][p] == firstTokens[1][p] ? 1 : 0;
+        tsv.Append(CultureInfo.InvariantCulture, $"prefill_first_token_agree	{label}	{agree}	prompts	of {prompts.Length}: first greedy token, tensor cores on vs off
+");
+        summary.AppendLine(CultureInfo.InvariantCulture, $"| {label} prefill, {prompts.Length} x {promptLength} tokens | prompt tok/s, quantized tensor cores on | off | first tokens on = off | greedy 8 = CPU (on / off) |");
+        summary.AppendLine("|---|---|---|---|---|");
+        summary.AppendLine(CultureInfo.InvariantCulture, $"| | {tps[1]:F0} | {tps[0]:F0} | {agree} of {prompts.Length} | {(same[1] ? "yes" : "no")} / {(same[0] ? "yes" : "no")} |
+");
+        return true;
     }
 
     /// <summary>The 32,000-token llama vocabulary: packed beside the runner, or from ../shared/testdata in a checkout.</summary>

@@ -64,8 +64,9 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
     /// <param name="tensorCoreMatMul">On CUDA, run F16 products of many rows on the tensor-core kernel.</param>
     /// <param name="flashPrefill">On CUDA with PTX attention and an f16 KV cache, run prefill attention on the flash kernel.</param>
     /// <param name="deviceSampling">Choose tokens on the device (<see cref="SamplesOnDevice"/>).</param>
+    /// <param name="quantizedTensorCoreMatMul">On CUDA, widen Q8_0 and block-type matrices to f16 for products of many rows on the tensor-core kernel.</param>
     public DeviceForwardExecutor(Accelerator accelerator, ForwardExecutorContext context, CudaAttentionKernels attention, IDisposable? owner,
-        bool tensorCoreMatMul = true, bool flashPrefill = false, bool deviceSampling = true)
+        bool tensorCoreMatMul = true, bool flashPrefill = false, bool deviceSampling = true, bool quantizedTensorCoreMatMul = false)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         ArgumentNullException.ThrowIfNull(context);
@@ -86,10 +87,10 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             int maxBlocks = (context.ContextLength + kv.BlockSize - 1) / kv.BlockSize;
             _shape = new AttentionShape(c.HeadCount, c.KvHeadCount, c.HeadDim, kv.BlockSize, maxBlocks);
             _storage = Own(new DeviceKvStorage(accelerator, c.LayerCount, context.BlockCount, kv.BlockSize, c.KvHeadCount, c.HeadDim, kv.DataType));
-            if (tensorCoreMatMul && accelerator is CudaAccelerator cudaAccelerator)
+            if ((tensorCoreMatMul || quantizedTensorCoreMatMul) && accelerator is CudaAccelerator cudaAccelerator)
             {
                 // NOTE: a driver whose JIT refuses the module leaves every product on the row kernels (DeviceName says why).
-                try { _gemm = Own(new PtxTensorCoreGemm(cudaAccelerator)); }
+                try { _gemm = Own(new PtxTensorCoreGemm(cudaAccelerator) { F16Products = tensorCoreMatMul, QuantizedProducts = quantizedTensorCoreMatMul }); }
                 catch (InvalidOperationException e) { gemmUnavailable = e.Message; }
             }
             // NOTE: the PTX kernels take the sliding window (p_window), checked on the CPU by a lane-level model of the
@@ -138,7 +139,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             : $"ILGPU {accelerator.AcceleratorType} accelerator: {accelerator.Name}";
         DeviceName = $"{what}, {_attention.Name} attention" +
             (_attention is PtxDeviceAttention<ILGPU.Half> { FlashPrefill: true } ? " (flash prefill)" : "") +
-            (_gemm is not null ? ", tensor-core F16 matmul" : gemmUnavailable is not null ? $", tensor-core matmul unavailable ({gemmUnavailable})" : "");
+            (_gemm is not null ? (_gemm.F16Products ? ", tensor-core F16 matmul" : "") + (_gemm.QuantizedProducts ? ", tensor-core quantized matmul (f16 slabs)" : "") : gemmUnavailable is not null ? $", tensor-core matmul unavailable ({gemmUnavailable})" : "");
     }
 
     /// <summary>Refuses, before anything is uploaded, a graph with an operation this executor does not run.</summary>

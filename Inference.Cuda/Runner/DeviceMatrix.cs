@@ -13,9 +13,12 @@ namespace Inference.Cuda.Runner;
 /// BF16 is widened to F32 on the host at load time (exact; <see cref="Dequantize.Row"/>), any other type to F16.
 /// </summary>
 /// <remarks>
-/// Products of many rows: F16 runs on the tensor-core kernel from <see cref="TensorCoreMinRows"/> rows; the block types
-/// and Q8_0 stay on their row kernels for every batch (a group walks <see cref="MatMulKernels.BatchChunk"/> items over
-/// the same rows, 4 per weight load, re-reading the row from cache).
+/// Products of many rows: F16 runs on the tensor-core kernel from <see cref="TensorCoreMinRows"/> rows; with
+/// <see cref="PtxTensorCoreGemm.QuantizedProducts"/>, Q8_0 and the block types from <see cref="QuantizedTensorCoreMinRows"/>
+/// rows are widened to f16 a slab of rows at a time (<see cref="DequantizedSlabs"/>, <see cref="LayerKernels.DequantizeToHalf"/>)
+/// and multiplied there too, slab by slab into their output columns (as llama.cpp's CUDA backend does for large
+/// batches). Otherwise they stay on their row kernels for every batch (a group walks <see cref="MatMulKernels.BatchChunk"/>
+/// items over the same rows, 4 per weight load, re-reading the row from cache).
 /// </remarks>
 internal sealed unsafe class DeviceMatrix : IDisposable
 {
@@ -120,7 +123,19 @@ internal sealed unsafe class DeviceMatrix : IDisposable
 
     /// <summary>Whether <see cref="MatMul"/> with <paramref name="batch"/> rows runs on the tensor-core kernel.</summary>
     public bool UsesTensorCores(PtxTensorCoreGemm? gemm, int batch) =>
-        gemm is not null && Type == GgmlType.F16 && batch >= TensorCoreMinRows && Cols % 8 == 0;
+        gemm is { F16Products: true } && Type == GgmlType.F16 && batch >= TensorCoreMinRows && Cols % 8 == 0;
+
+    /// <summary>
+    /// Fewest rows (tokens) a Q8_0 or block-type product is widened to f16 and run on the tensor-core kernel, with
+    /// <see cref="PtxTensorCoreGemm.QuantizedProducts"/>: widening a slab costs a pass over its weights, which the
+    /// product of this many rows repays; batch-1 and small batches stay on the row kernels.
+    /// </summary>
+    /// <remarks>NOTE: not tuned on a device yet (docs/gpu-results.md lists the path as unmeasured).</remarks>
+    public const int QuantizedTensorCoreMinRows = 64;
+
+    /// <summary>Whether <see cref="MatMul"/> with <paramref name="batch"/> rows widens this matrix to f16 slab by slab for the tensor-core kernel.</summary>
+    public bool UsesDequantizedTensorCores(PtxTensorCoreGemm? gemm, int batch) =>
+        gemm is { QuantizedProducts: true } && LayerKernels.DequantizesToHalf(Type) && batch >= QuantizedTensorCoreMinRows && Cols % 8 == 0;
 
     /// <summary><c>y[b, r] = Σ_c W[r, c] · x[b, c]</c>: x <c>[batch, cols]</c>, y <c>[batch, rows]</c>.</summary>
     /// <param name="kernels">The ILGPU layer kernels (row kernels).</param>
@@ -134,6 +149,11 @@ internal sealed unsafe class DeviceMatrix : IDisposable
         if (UsesTensorCores(gemm, batch))
         {
             gemm!.MatMul(TensorCoreElement.F16, w, x, y, batch, Rows, Cols);
+            return;
+        }
+        if (UsesDequantizedTensorCores(gemm, batch))
+        {
+            MatMulDequantized(kernels, gemm!, x, y, batch);
             return;
         }
         switch (Type)
@@ -160,6 +180,27 @@ internal sealed unsafe class DeviceMatrix : IDisposable
     /// </remarks>
     public void MatMulExperts(LayerKernels kernels, ArrayView<float> x, ArrayView<float> y, ArrayView<int> starts, int maxRows) =>
         kernels.MatMulExperts(Type, _buffer.View, x, y, starts, Experts, Rows, Cols, maxRows);
+
+    /// <summary>
+    /// The slab path: the activations converted to f16 once, then per slab of rows its weights widened into the shared
+    /// workspace and multiplied into columns <c>first .. first + count</c> of <paramref name="y"/> (rows <see cref="Rows"/> apart).
+    /// </summary>
+    private void MatMulDequantized(LayerKernels kernels, PtxTensorCoreGemm gemm, ArrayView<float> x, ArrayView<float> y, int batch)
+    {
+        PtxTensorCoreGemm.CheckShape(batch, Rows, Cols);
+        if (y.Length < (long)batch * Rows) throw new ArgumentException("the output is shorter than its matrix", nameof(y));
+        int slabRows = DequantizedSlabs.SlabRows(Rows, Cols);
+        var workspace = gemm.Workspace((long)slabRows * Cols);
+        IntPtr a = gemm.StageActivations(TensorCoreElement.F16, x, batch, Cols);
+        IntPtr w = workspace.LoadEffectiveAddressAsPtr(), y0 = y.LoadEffectiveAddressAsPtr();
+        long rowBytes = GgmlTypeInfo.RowBytes(Type, Cols);
+        for (int s = 0, count = DequantizedSlabs.Count(Rows, slabRows); s < count; s++)
+        {
+            var (first, rows) = DequantizedSlabs.Slab(Rows, slabRows, s);
+            kernels.DequantizeToHalf(Type, _buffer.View.SubView(first * rowBytes, rows * rowBytes), workspace, rows, Cols);
+            gemm.Run(TensorCoreElement.F16, a, w, y0 + (nint)first * sizeof(float), batch, rows, Cols, ldc: Rows);
+        }
+    }
 
     /// <summary>Embedding rows of <paramref name="ids"/> widened to f32: output <c>[tokenCount, cols]</c>.</summary>
     public void Gather(LayerKernels kernels, ArrayView<int> ids, ArrayView<float> output, int tokenCount)

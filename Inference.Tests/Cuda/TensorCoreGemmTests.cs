@@ -69,6 +69,11 @@ public class TensorCoreGemmTests
     [TestCase(130, 136, 88, 2)]     // split-K with edge tiles everywhere
     public void F16ModuleMatchesFloat64Reference(int m, int n, int k, int splits) => RunGemm(m, n, k, splits, bf16: false, seed: m * 31 + n * 7 + k);
 
+    /// <summary>C rows wider than N (p_ldc): the product writes its N columns of each row and nothing else, with and without split-K.</summary>
+    [TestCase(20, 136, 88, 1, 300)]
+    [TestCase(130, 40, 64, 2, 41)]
+    public void F16ModuleWritesIntoWiderRows(int m, int n, int k, int splits, int ldc) => RunGemm(m, n, k, splits, bf16: false, seed: m + 3 * n + k, ldc);
+
     [TestCase(1, 8, 16, 1)]
     [TestCase(130, 136, 88, 1)]
     [TestCase(33, 257, 128, 2)]
@@ -100,8 +105,9 @@ public class TensorCoreGemmTests
     /// bound against a float64 GEMM of the same rounded inputs: |c - ref| ≤ (⌈K/16⌉ + splits + 1) · 2⁻²⁴ · Σ|a·w|.
     /// With split-K, split z covers k tiles [z·perSplit, (z+1)·perSplit) and gemm_reduce_splits adds the splits in order.
     /// </summary>
-    private static void RunGemm(int m, int n, int k, int splits, bool bf16, int seed)
+    private static void RunGemm(int m, int n, int k, int splits, bool bf16, int seed, int ldc = 0)
     {
+        if (ldc == 0) ldc = n;
         int kTiles = (k + 31) / 32, perSplit = (kTiles + splits - 1) / splits;
         Assert.That((kTiles + perSplit - 1) / perSplit, Is.EqualTo(splits), "test case: every split gets k tiles");
         var rng = new Random(seed);
@@ -111,7 +117,7 @@ public class TensorCoreGemmTests
         var mem = new PtxInterpreter.Memory();
         ulong pa = mem.Alloc(a.Length * 2), pw = mem.Alloc(w.Length * 2);
         const int guard = 1024;
-        int cBytes = m * n * 4;
+        int cBytes = m * ldc * 4;
         ulong pc = mem.Alloc(cBytes + guard);
         System.Runtime.InteropServices.MemoryMarshal.AsBytes(a.AsSpan()).CopyTo(mem.Bytes(pa, a.Length * 2));
         System.Runtime.InteropServices.MemoryMarshal.AsBytes(w.AsSpan()).CopyTo(mem.Bytes(pw, w.Length * 2));
@@ -119,45 +125,18 @@ public class TensorCoreGemmTests
         poison.Fill(float.NaN);
 
         var ptx = PtxInterpreter.Parse(Source);
-        var grid = ((n + t.BlockN - 1) / t.BlockN, (m + t.BlockM - 1) / t.BlockM, splits);
-        if (splits == 1)
-        {
-            ptx.Launch(bf16 ? "gemm_bf16" : "gemm_f16", grid, t.Threads, mem, pa, pw, pc, (ulong)m, (ulong)n, (ulong)k, (ulong)perSplit);
-        }
-        else
-        {
-            ulong partials = mem.Alloc(splits * cBytes);
-            System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(mem.Bytes(partials, splits * cBytes)).Fill(float.NaN);
-            ptx.Launch(bf16 ? "gemm_bf16" : "gemm_f16", grid, t.Threads, mem, pa, pw, partials, (ulong)m, (ulong)n, (ulong)k, (ulong)perSplit);
-            ptx.Launch("gemm_reduce_splits", ((m * n + 255) / 256, 1, 1), 256, mem, partials, pc, (ulong)(m * n), (ulong)splits);
-        }
+        Launch(ptx, mem, bf16, pa, pw, pc, m, n, k, splits, perSplit, ldc);
 
         var c = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(mem.Bytes(pc, cBytes + guard)).ToArray();
-        for (int i = m * n; i < c.Length; i++) Assert.That(c[i], Is.NaN, $"store beyond C at element {i}");
+        for (int i = m * ldc; i < c.Length; i++) Assert.That(c[i], Is.NaN, $"store beyond C at element {i}");
+        for (int i = 0; i < m; i++)
+            for (int j = n; j < ldc; j++) Assert.That(c[i * ldc + j], Is.NaN, $"store beyond column N in row {i} at column {j}");
         double worst = 0;
         for (int i = 0; i < m; i++)
             for (int j = 0; j < n; j++)
             {
-                float ordered = 0f;   // the reduce pass: 0 + split 0 + split 1 + ... in f32 (one split: split 0 itself)
-                double exact = 0, magnitude = 0;
-                for (int z = 0; z < splits; z++)
-                {
-                    float part = 0f;   // one split: f32 accumulators updated once per 16-wide k step
-                    for (int k0 = z * perSplit * 32; k0 < Math.Min((z + 1) * perSplit * 32, k); k0 += 16)
-                    {
-                        double sum = part;
-                        for (int kk = k0; kk < Math.Min(k0 + 16, k); kk++)
-                        {
-                            double p = Value(a[i * k + kk], bf16) * Value(w[j * k + kk], bf16);
-                            sum += p;
-                            exact += p;
-                            magnitude += Math.Abs(p);
-                        }
-                        part = (float)sum;
-                    }
-                    ordered += part;
-                }
-                float got = c[i * n + j];
+                float ordered = Ordered(a, w, i, j, k, splits, perSplit, bf16, out double exact, out double magnitude);
+                float got = c[i * ldc + j];
                 Assert.That(BitConverter.SingleToInt32Bits(got), Is.EqualTo(BitConverter.SingleToInt32Bits(ordered)),
                     $"C[{i}, {j}] = {got}, the kernel's accumulation order gives {ordered}");
                 double bound = ((k + 15) / 16 + splits + 1) * Math.Pow(2, -24) * magnitude;
@@ -165,6 +144,57 @@ public class TensorCoreGemmTests
                 worst = Math.Max(worst, Math.Abs(got - exact) / Math.Max(magnitude, 1e-30));
             }
         TestContext.Out.WriteLine($"{(bf16 ? "bf16" : "f16")} {m}x{n}x{k}: largest |c - ref| / sum|a w| = {worst:E2}");
+    }
+
+    /// <summary>
+    /// gemm_f16 / gemm_bf16 into C with rows <paramref name="ldc"/> floats apart, as the launcher runs it: one split
+    /// writes C; several write partials [splits, M, N] that gemm_reduce_splits sums into C.
+    /// </summary>
+    internal static void Launch(PtxInterpreter ptx, PtxInterpreter.Memory mem, bool bf16, ulong pa, ulong pw, ulong pc,
+        int m, int n, int k, int splits, int perSplit, int ldc)
+    {
+        var t = TensorCoreGemmTile.Default;
+        var grid = ((n + t.BlockN - 1) / t.BlockN, (m + t.BlockM - 1) / t.BlockM, splits);
+        if (splits == 1)
+        {
+            ptx.Launch(bf16 ? "gemm_bf16" : "gemm_f16", grid, t.Threads, mem, pa, pw, pc, (ulong)m, (ulong)n, (ulong)k, (ulong)perSplit, (ulong)ldc);
+            return;
+        }
+        int partialBytes = m * n * 4;
+        ulong partials = mem.Alloc(splits * partialBytes);
+        System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(mem.Bytes(partials, splits * partialBytes)).Fill(float.NaN);
+        ptx.Launch(bf16 ? "gemm_bf16" : "gemm_f16", grid, t.Threads, mem, pa, pw, partials, (ulong)m, (ulong)n, (ulong)k, (ulong)perSplit, (ulong)n);
+        ptx.Launch("gemm_reduce_splits", ((m * n + 255) / 256, 1, 1), 256, mem, partials, pc, (ulong)(m * n), (ulong)splits, (ulong)n, (ulong)ldc);
+    }
+
+    /// <summary>
+    /// C[i, j] in the kernel's accumulation order: per split, f32 accumulators updated once per 16-wide k step in
+    /// increasing k, each update the exact sum of 16 products; the splits then added in order to 0 in f32. Also the
+    /// float64 sum and the sum of |a·w|.
+    /// </summary>
+    internal static float Ordered(ushort[] a, ushort[] w, int i, int j, int k, int splits, int perSplit, bool bf16, out double exact, out double magnitude)
+    {
+        float ordered = 0f;   // the reduce pass: 0 + split 0 + split 1 + ... in f32 (one split: split 0 itself)
+        exact = 0;
+        magnitude = 0;
+        for (int z = 0; z < splits; z++)
+        {
+            float part = 0f;   // one split: f32 accumulators updated once per 16-wide k step
+            for (int k0 = z * perSplit * 32; k0 < Math.Min((z + 1) * perSplit * 32, k); k0 += 16)
+            {
+                double sum = part;
+                for (int kk = k0; kk < Math.Min(k0 + 16, k); kk++)
+                {
+                    double p = Value(a[(long)i * k + kk], bf16) * Value(w[(long)j * k + kk], bf16);
+                    sum += p;
+                    exact += p;
+                    magnitude += Math.Abs(p);
+                }
+                part = (float)sum;
+            }
+            ordered += part;
+        }
+        return ordered;
     }
 
     private static ushort[] RandomElements(Random rng, int count, bool bf16)
@@ -242,7 +272,7 @@ public class TensorCoreGemmTests
         var mem = new PtxInterpreter.Memory();
         int m = 64, n = 64, k = 128;
         ulong pa = mem.Alloc(m * k * 2), pw = mem.Alloc(n * k * 2), pc = mem.Alloc(m * n * 4);
-        PtxInterpreter.Parse(source).Launch("gemm_f16", 1, 1, t.Threads, mem, pa, pw, pc, (ulong)m, (ulong)n, (ulong)k, 4UL);
+        PtxInterpreter.Parse(source).Launch("gemm_f16", 1, 1, t.Threads, mem, pa, pw, pc, (ulong)m, (ulong)n, (ulong)k, 4UL, (ulong)n);
     }
 
     [TestCase(4, 4, 12)]
