@@ -230,18 +230,14 @@ public static class EndToEndCheck
                 firstTokens[slot] = [.. all.Select(c => c.TokenIds[0])];
                 var tokens = gpu.CompleteAsync(prompts[0], greedy).GetAwaiter().GetResult().TokenIds;
                 same[slot] = tokens.SequenceEqual(cpuTokens);
-                tsv.Append(CultureInfo.InvariantCulture, $"prefill_tok_s	{name}	{tps[slot]:F0}	tokens/s	{prompts.Length} x {promptLength} tokens in {seconds:F2} s, one output token each; {gpu.DeviceName}
-");
-                tsv.Append(CultureInfo.InvariantCulture, $"greedy8_equal	{name}	{(same[slot] ? 1 : 0)}		{string.Join(",", tokens)} vs CPU {string.Join(",", cpuTokens)}
-");
+                tsv.Append(CultureInfo.InvariantCulture, $"prefill_tok_s\t{name}\t{tps[slot]:F0}\ttokens/s\t{prompts.Length} x {promptLength} tokens in {seconds:F2} s, one output token each; {gpu.DeviceName}\n");
+                tsv.Append(CultureInfo.InvariantCulture, $"greedy8_equal\t{name}\t{(same[slot] ? 1 : 0)}\t\t{string.Join(",", tokens)} vs CPU {string.Join(",", cpuTokens)}\n");
                 Console.WriteLine($"e2e {name}: {tps[slot]:F0} prompt tokens/s, greedy 8 = CPU {same[slot]}; {gpu.DeviceName}");
             }
             catch (Exception e)
             {
-                tsv.Append(CultureInfo.InvariantCulture, $"exception	{name}			{RunnerFiles.OneLine(e)}
-");
-                summary.AppendLine(CultureInfo.InvariantCulture, $"{name}: **exception** {RunnerFiles.OneLine(e)}
-");
+                tsv.Append(CultureInfo.InvariantCulture, $"exception\t{name}\t\t\t{RunnerFiles.OneLine(e)}\n");
+                summary.AppendLine(CultureInfo.InvariantCulture, $"{name}: **exception** {RunnerFiles.OneLine(e)}\n");
                 Console.WriteLine($"e2e {name}: {e}");
                 return false;
             }
@@ -252,12 +248,10 @@ public static class EndToEndCheck
         }
         int agree = 0;
         for (int p = 0; p < prompts.Length; p++) agree += firstTokens[0][p] == firstTokens[1][p] ? 1 : 0;
-        tsv.Append(CultureInfo.InvariantCulture, $"prefill_first_token_agree	{label}	{agree}	prompts	of {prompts.Length}: first greedy token, tensor cores on vs off
-");
+        tsv.Append(CultureInfo.InvariantCulture, $"prefill_first_token_agree\t{label}\t{agree}\tprompts\tof {prompts.Length}: first greedy token, tensor cores on vs off\n");
         summary.AppendLine(CultureInfo.InvariantCulture, $"| {label} prefill, {prompts.Length} x {promptLength} tokens | prompt tok/s, quantized tensor cores on | off | first tokens on = off | greedy 8 = CPU (on / off) |");
         summary.AppendLine("|---|---|---|---|---|");
-        summary.AppendLine(CultureInfo.InvariantCulture, $"| | {tps[1]:F0} | {tps[0]:F0} | {agree} of {prompts.Length} | {(same[1] ? "yes" : "no")} / {(same[0] ? "yes" : "no")} |
-");
+        summary.AppendLine(CultureInfo.InvariantCulture, $"| | {tps[1]:F0} | {tps[0]:F0} | {agree} of {prompts.Length} | {(same[1] ? "yes" : "no")} / {(same[0] ? "yes" : "no")} |\n");
         return true;
     }
 
