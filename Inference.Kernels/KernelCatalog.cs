@@ -54,7 +54,21 @@ public static class KernelCatalog
             Implicit("moe_route", typeof(ExpertKernels), nameof(ExpertKernels.Route)),
             Implicit("moe_combine", typeof(ExpertKernels), nameof(ExpertKernels.Combine)),
             Implicit("moe_add_sigmoid_gated", typeof(ExpertKernels), nameof(ExpertKernels.AddSigmoidGated)),
+            .. Dequantizers(),
         ];
+    }
+
+    /// <summary>The f16 dequantizers of the quantized tensor-core path: Q8_0 and every kept block type.</summary>
+    private static IEnumerable<KernelEntry> Dequantizers()
+    {
+        Type[] blocks =
+        [
+            typeof(MatMulKernels.Q8_0Block), typeof(MatMulKernels.Q4_0Block), typeof(MatMulKernels.Q4_1Block), typeof(MatMulKernels.Q5_0Block),
+            typeof(MatMulKernels.Q5_1Block), typeof(MatMulKernels.IQ4_NLBlock), typeof(MatMulKernels.Q2_KBlock), typeof(MatMulKernels.Q3_KBlock),
+            typeof(MatMulKernels.Q4_KBlock), typeof(MatMulKernels.Q5_KBlock), typeof(MatMulKernels.Q6_KBlock), typeof(MatMulKernels.IQ4_XSBlock),
+        ];
+        foreach (var block in blocks)
+            yield return Implicit($"dequantize_f16_{block.Name[..^"Block".Length].ToLowerInvariant()}", typeof(MatMulKernels), nameof(MatMulKernels.DequantizeToHalf), [block]);
     }
 
     private static KernelEntry Explicit(string name, Type type, string method, Type[]? generic = null) =>
@@ -65,7 +79,7 @@ public static class KernelCatalog
 
     private static MethodInfo Resolve(Type type, string name, Type[]? generic)
     {
-        var m = type.GetMethod(name, BindingFlags.Public | BindingFlags.Static)
+        var m = type.GetMethod(name, BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Static)
             ?? throw new InvalidOperationException($"{type.Name}.{name} not found");
         return generic is null ? m : m.MakeGenericMethod(generic);
     }
