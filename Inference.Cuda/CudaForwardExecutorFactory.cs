@@ -48,7 +48,8 @@ internal sealed class CudaForwardExecutorFactory : IForwardExecutorFactory
         try
         {
             return new DeviceForwardExecutor(backend.Accelerator, context, _options.Attention, owner: backend, _options.TensorCoreMatMul,
-                _options.FlashPrefill, _options.DeviceSampling, _options.QuantizedTensorCoreMatMul);
+                _options.FlashPrefill, _options.DeviceSampling, _options.QuantizedTensorCoreMatMul,
+                new DecodeGraphOptions(_options.EnforceEager, _options.MaxCaptureSize, _options.MaxSeqLenToCapture));
         }
         catch
         {

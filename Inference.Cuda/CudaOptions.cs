@@ -56,6 +56,39 @@ public sealed record CudaOptions
     /// that only token ids come back each step. The device makes the host sampler's choice for the same seed. Default true.
     /// </summary>
     public bool DeviceSampling { get; init; } = true;
+
+    /// <summary>
+    /// Whether every step launches its kernels one by one (vLLM's <c>enforce_eager</c>). When false, a pure decode step
+    /// (every sequence one token; at most <see cref="MaxCaptureSize"/> sequences, contexts up to
+    /// <see cref="MaxSeqLenToCapture"/>) is padded to a captured batch size (1, 2, 4, …) and replayed as a CUDA graph
+    /// captured on its first use, with the attention split over <see cref="MaxSeqLenToCapture"/> positions and its
+    /// matrix products on the row kernels; prefill and mixed steps stay eager, and so does every step of a
+    /// mixture-of-experts model; a failed capture falls back to eager (<c>InferenceEngine.DeviceName</c> says which and
+    /// why). Default true: replay has not yet been checked against eager decoding on a device (docs/gpu-results.md).
+    /// </summary>
+    public bool EnforceEager { get; init; } = true;
+
+    private readonly int _maxCaptureSize = 64;
+
+    /// <summary>The largest decode batch captured as a CUDA graph (vLLM's <c>max_capture_size</c>); larger batches run eagerly. 1 to 512, default 64.</summary>
+    public int MaxCaptureSize
+    {
+        get => _maxCaptureSize;
+        init => _maxCaptureSize = value is >= 1 and <= 512 ? value : throw new ArgumentOutOfRangeException(nameof(MaxCaptureSize), value, "MaxCaptureSize must be 1 to 512.");
+    }
+
+    private readonly int _maxSeqLenToCapture = 8192;
+
+    /// <summary>
+    /// The longest context a captured decode step covers (vLLM's <c>max_seq_len_to_capture</c>): a step with a longer
+    /// sequence runs eagerly. A captured step's attention is split over this many positions whatever the contexts, so a
+    /// larger value costs short contexts more empty partitions. At least 1, default 8192 (capped by the context length).
+    /// </summary>
+    public int MaxSeqLenToCapture
+    {
+        get => _maxSeqLenToCapture;
+        init => _maxSeqLenToCapture = value >= 1 ? value : throw new ArgumentOutOfRangeException(nameof(MaxSeqLenToCapture), value, "MaxSeqLenToCapture must be ≥ 1.");
+    }
 }
 
 /// <summary>Selects the CUDA executor with explicit <see cref="CudaOptions"/>.</summary>

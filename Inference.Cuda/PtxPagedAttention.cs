@@ -142,6 +142,19 @@ internal sealed unsafe class PtxPagedAttention : IDisposable
             stream, (IntPtr)reduceArgs, IntPtr.Zero), "paged_attention_reduce");
     }
 
+    /// <summary>Grows the partial buffers to what <see cref="Run"/> with these counts needs (see <see cref="PtxPagedPrefillAttention{TKv}.Reserve"/>).</summary>
+    public void Reserve(int tokenCount, int maxContextLength)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(tokenCount, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxContextLength, 1);
+        var s = Shape;
+        int partitionSize = PartitionSize > 0 ? PartitionSize
+            : ChoosePartitionSize(s, tokenCount, maxContextLength, _accelerator.NumMultiprocessors);
+        long rows = (long)tokenCount * s.HeadCount * ((maxContextLength + partitionSize - 1) / partitionSize);
+        Ensure(ref _partialOut, rows * s.HeadDim);
+        Ensure(ref _partialMl, rows * 2);
+    }
+
     private void Ensure(ref MemoryBuffer1D<float, Stride1D.Dense>? buffer, long length)
     {
         if (buffer is not null && buffer.Length >= length) return;

@@ -53,6 +53,15 @@ public sealed class PtxPagedPrefillAttention<TKv> : IDisposable where TKv : unma
             blockTables.LoadEffectiveAddressAsPtr(), IntPtr.Zero, tokenSeqs.LoadEffectiveAddressAsPtr(),
             tokenPositions.LoadEffectiveAddressAsPtr(), tokenCount, maxContextLength, output, slidingWindow);
 
+    /// <summary>
+    /// Grows the partial buffers to what <see cref="Run"/> with <paramref name="tokenCount"/> and
+    /// <paramref name="maxContextLength"/> needs, so that such runs allocate nothing (a captured CUDA graph keeps the
+    /// buffers' addresses).
+    /// </summary>
+    /// <param name="tokenCount">Query tokens.</param>
+    /// <param name="maxContextLength">The bound of every position + 1.</param>
+    public void Reserve(int tokenCount, int maxContextLength) => _core.Reserve(tokenCount, maxContextLength);
+
     /// <summary>Unloads the modules and frees the partial buffers.</summary>
     public void Dispose() => _core.Dispose();
 }

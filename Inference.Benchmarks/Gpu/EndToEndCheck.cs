@@ -18,7 +18,8 @@ namespace Inference.Benchmarks.Gpu;
 /// measures GPU decode tokens/s for one request and for 16 concurrent requests; then the same for a Q4_K_M copy of the
 /// model quantized on this machine (<see cref="ModelQuantizer"/>: Q4_K, Q6_K for V, FFN down and the output), whose
 /// weights stay in their GGUF types on the device; for a Q8_0 copy and the Q4_K_M copy, prefill of 64 × 512-token prompts
-/// with <see cref="CudaOptions.QuantizedTensorCoreMatMul"/> on and off. Writes <c>e2e.tsv</c>.
+/// with <see cref="CudaOptions.QuantizedTensorCoreMatMul"/> on and off; and decode captured as CUDA graphs against eager
+/// decode on the F16 model (<see cref="DecodeGraphCheck"/>). Writes <c>e2e.tsv</c>.
 /// </summary>
 /// <remarks>
 /// NOTE: F16 weights: the CPU path quantizes activations to Q8 for Q8_0 weights (as ggml does), the GPU keeps them in
@@ -103,6 +104,8 @@ public static class EndToEndCheck
                 }
             }
             summary.AppendLine();
+            using (var _ = new Timing("decode graphs"))
+                passed &= DecodeGraphCheck.Run(model, Prompt, engine, tsv, summary, quick);
             string q8 = Path.Combine(work, "synthetic-1b-q8_0.gguf");
             ModelQuantizer.QuantizeAsync(model, q8, QuantizationPreset.Q8_0).GetAwaiter().GetResult();
             passed &= MeasurePrefill(q8, "Q8_0", engine, greedy, tsv, summary, quick);

@@ -30,6 +30,13 @@ internal interface IDeviceAttention : IDisposable
     /// its score cap (0: none).
     /// </summary>
     void Run(in AttentionStep step, ArrayView<byte> kCache, ArrayView<byte> vCache, ArrayView<float> q, ArrayView<float> output, int slidingWindow, float logitSoftCap);
+
+    /// <summary>
+    /// Grows the scratch buffers to what a decode step of <paramref name="tokenCount"/> tokens with
+    /// <see cref="AttentionStep.MaxContextLength"/> = <paramref name="maxContextLength"/> needs, so that such steps
+    /// allocate nothing and keep the scratch addresses a captured CUDA graph holds.
+    /// </summary>
+    void ReserveDecode(int tokenCount, int maxContextLength);
 }
 
 /// <summary>The ILGPU kernels (any accelerator): decode kernel when every sequence has one token, else the tiled prefill kernel.</summary>
@@ -57,6 +64,8 @@ internal sealed class IlgpuDeviceAttention<TKv, TConv> : IDeviceAttention
         else
             _prefill.Run(q, k, v, s.BlockTables, s.SeqStarts, s.ContextLens, s.SeqCount, s.MaxChunkLength, output, slidingWindow, logitSoftCap);
     }
+
+    public void ReserveDecode(int tokenCount, int maxContextLength) => _decode.Reserve(tokenCount, maxContextLength);
 
     public void Dispose() => _decode.Dispose();
 }
@@ -105,6 +114,8 @@ internal sealed class PtxDeviceAttention<TKv> : IDeviceAttention where TKv : unm
         _attention.Run(q, kCache.Cast<TKv>(), vCache.Cast<TKv>(), s.BlockTables, s.TokenSeqs, s.Positions, s.TokenCount,
             s.MaxContextLength, output, slidingWindow);
     }
+
+    public void ReserveDecode(int tokenCount, int maxContextLength) => _attention.Reserve(tokenCount, maxContextLength);
 
     public void Dispose()
     {

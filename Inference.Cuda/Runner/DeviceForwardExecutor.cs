@@ -33,7 +33,7 @@ namespace Inference.Cuda.Runner;
 /// ids as the CPU path, so the engine's scheduler and KV cache manager drive both unchanged.
 /// Engine thread only; the CUDA context is made current on whichever thread calls.
 /// </remarks>
-internal sealed class DeviceForwardExecutor : IForwardExecutor
+internal sealed partial class DeviceForwardExecutor : IForwardExecutor
 {
     private readonly Accelerator _accelerator;
     private readonly IDisposable? _owner;       // the CUDA backend when this executor created it
@@ -56,6 +56,8 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
     private int[] _ints = [];
     private float[] _angles = [];
     private Thread? _boundThread;
+    private readonly string _deviceName;
+    private readonly CudaAttentionKernels _attentionChoice;
 
     /// <param name="accelerator">Where to run; its context must have ILGPU.Algorithms enabled.</param>
     /// <param name="context">Model, KV cache manager and pool geometry.</param>
@@ -65,8 +67,10 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
     /// <param name="flashPrefill">On CUDA with PTX attention and an f16 KV cache, run prefill attention on the flash kernel.</param>
     /// <param name="deviceSampling">Choose tokens on the device (<see cref="SamplesOnDevice"/>).</param>
     /// <param name="quantizedTensorCoreMatMul">On CUDA, widen Q8_0 and block-type matrices to f16 for products of many rows on the tensor-core kernel.</param>
+    /// <param name="decodeGraphs">How pure decode steps run (<see cref="DecodeGraphOptions"/>); null: always eager.</param>
     public DeviceForwardExecutor(Accelerator accelerator, ForwardExecutorContext context, CudaAttentionKernels attention, IDisposable? owner,
-        bool tensorCoreMatMul = true, bool flashPrefill = false, bool deviceSampling = true, bool quantizedTensorCoreMatMul = false)
+        bool tensorCoreMatMul = true, bool flashPrefill = false, bool deviceSampling = true, bool quantizedTensorCoreMatMul = false,
+        DecodeGraphOptions? decodeGraphs = null)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         ArgumentNullException.ThrowIfNull(context);
@@ -97,7 +101,8 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
             // PTX; until its windowed cases (AttentionSelfCheck, scripts/device-check.sh) have passed on a device, a
             // model with local layers keeps the ILGPU kernels on CUDA. They have no score soft-capping (gemma2) at all.
             bool ilgpuOnly = c.SlidingWindows is { Count: > 0 } || c.AttentionLogitSoftCap != 0f;
-            _attention = Own(CreateAttention(accelerator, _shape, kv.DataType, ilgpuOnly ? CudaAttentionKernels.Ilgpu : attention, flashPrefill));
+            _attentionChoice = ilgpuOnly ? CudaAttentionKernels.Ilgpu : attention;
+            _attention = Own(CreateAttention(accelerator, _shape, kv.DataType, _attentionChoice, flashPrefill));
 
             var w = _model.Weights;
             _graph = _model.Graph;
@@ -137,9 +142,11 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
         string what = accelerator is CudaAccelerator cuda
             ? $"CUDA: {accelerator.Name} (sm_{cuda.Architecture.Major}{cuda.Architecture.Minor})"
             : $"ILGPU {accelerator.AcceleratorType} accelerator: {accelerator.Name}";
-        DeviceName = $"{what}, {_attention.Name} attention" +
+        _deviceName = $"{what}, {_attention.Name} attention" +
             (_attention is PtxDeviceAttention<ILGPU.Half> { FlashPrefill: true } ? " (flash prefill)" : "") +
             (_gemm is not null ? (_gemm.F16Products ? ", tensor-core F16 matmul" : "") + (_gemm.QuantizedProducts ? ", tensor-core quantized matmul (f16 slabs)" : "") : gemmUnavailable is not null ? $", tensor-core matmul unavailable ({gemmUnavailable})" : "");
+        _graphOptions = decodeGraphs;
+        _graphsOff = DecodeGraphsOffReason(decodeGraphs);
     }
 
     /// <summary>Refuses, before anything is uploaded, a graph with an operation this executor does not run.</summary>
@@ -162,7 +169,8 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
 
     public Device Device { get; }
 
-    public string DeviceName { get; }
+    /// <summary>The device, the kernels in use and how decode steps run (captured CUDA graphs or eager, and why).</summary>
+    public string DeviceName => $"{_deviceName}, {DecodeGraphStatus}";
 
     /// <summary>
     /// Bytes of the weights in device memory: the matrices as uploaded (the file's tensor bytes for every type kept as
@@ -249,18 +257,35 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
         int seqs = batch.Segments.Count, logitCount = batch.LogitCount;
         if (logits.Length < logitCount * c.VocabSize) throw new ArgumentException("logits buffer too small", nameof(logits));
         Bind();
+        if (TryDecodeBucket(batch) is int bucket) return RunDecodeStep(batch, bucket);
         var s = EnsureStep(n, seqs, logitCount);
         var step = Upload(batch, s);
-
-        var ops = g.Ops;
-        for (int i = 0; i < ops.Length; i++)
+        if (logitCount == 0)
         {
-            if (i == g.HeadStart && logitCount == 0)
-            {
-                _accelerator.Synchronize();
-                return null;
-            }
+            EnqueueOps(s, step, n, 0, g.HeadStart, _attention, _gemm);
+            _accelerator.Synchronize();
+            return null;
+        }
+        EnqueueOps(s, step, n, logitCount, g.Ops.Length, _attention, _gemm);
+        return View(s, g.LogitsBuffer, n, logitCount);
+    }
+
+    /// <summary>
+    /// Enqueues the graph's operations [0, <paramref name="opEnd"/>) of a step over <paramref name="n"/> tokens and
+    /// <paramref name="logitCount"/> logit rows, on the accelerator's default stream.
+    /// </summary>
+    /// <remarks>
+    /// Every launch argument comes from <paramref name="s"/>'s buffers, <paramref name="step"/>, the two counts and the
+    /// graph: a step padded to a captured batch size passes the same values every time (see <see cref="RunDecodeStep"/>).
+    /// </remarks>
+    private void EnqueueOps(StepBuffers s, in AttentionStep step, int n, int logitCount, int opEnd, IDeviceAttention attention, PtxTensorCoreGemm? gemm)
+    {
+        var g = _graph;
+        var ops = g.Ops;
+        for (int i = 0; i < opEnd; i++)
+        {
             var op = ops[i];
+            LaunchLog?.Add(DescribeLaunch(i, s, step, n, logitCount));
             switch (op.Kind)
             {
                 case OpKind.Embed:
@@ -276,9 +301,9 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
                 {
                     var src = View(s, op.Src, n, logitCount);
                     int rows = g.Buffers[op.Src].LogitRows ? logitCount : n;
-                    _matrices[op.W0]!.MatMul(_kernels, _gemm, src, View(s, op.Dst, n, logitCount), rows);
-                    if (op.W1 >= 0) _matrices[op.W1]!.MatMul(_kernels, _gemm, src, View(s, op.Dst2, n, logitCount), rows);
-                    if (op.W2 >= 0) _matrices[op.W2]!.MatMul(_kernels, _gemm, src, View(s, op.Dst3, n, logitCount), rows);
+                    _matrices[op.W0]!.MatMul(_kernels, gemm, src, View(s, op.Dst, n, logitCount), rows);
+                    if (op.W1 >= 0) _matrices[op.W1]!.MatMul(_kernels, gemm, src, View(s, op.Dst2, n, logitCount), rows);
+                    if (op.W2 >= 0) _matrices[op.W2]!.MatMul(_kernels, gemm, src, View(s, op.Dst3, n, logitCount), rows);
                     break;
                 }
                 case OpKind.AddBias:
@@ -308,7 +333,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
                         _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<ILGPU.Half>(), _storage.Values(l).Cast<ILGPU.Half>(), n, kvDim);
                     else
                         _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l), _storage.Values(l), n, kvDim, _storage.DataType);
-                    _attention.Run(step, _storage.Keys(l), _storage.Values(l), View(s, op.Src, n, logitCount), View(s, op.Dst, n, logitCount), op.Param, op.Value);
+                    attention.Run(step, _storage.Keys(l), _storage.Values(l), View(s, op.Src, n, logitCount), View(s, op.Dst, n, logitCount), op.Param, op.Value);
                     break;
                 }
                 case OpKind.Add:
@@ -351,7 +376,6 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
                     throw new NotSupportedException($"the device executor has no {op.Kind} operation");
             }
         }
-        return View(s, g.LogitsBuffer, n, logitCount);
     }
 
     /// <summary>The rows of graph buffer <paramref name="id"/> this step uses.</summary>
@@ -460,6 +484,7 @@ internal sealed class DeviceForwardExecutor : IForwardExecutor
 
     private void DisposeOwned()
     {
+        DisposeDecodeGraphs();
         _step?.Dispose();
         _step = null;
         for (int i = _owned.Count - 1; i >= 0; i--) _owned[i].Dispose();

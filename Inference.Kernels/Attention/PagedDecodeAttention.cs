@@ -57,7 +57,7 @@ public sealed class PagedDecodeAttention<TKv, TConv> : IDisposable
     /// <param name="kCache">K cache, <c>[blockCount, blockSize, kvHeads, headDim]</c>.</param>
     /// <param name="vCache">V cache, same shape.</param>
     /// <param name="blockTables">Block tables, <c>[seqCount, maxBlocksPerSeq]</c>.</param>
-    /// <param name="contextLens">Context lengths (each 1 .. <paramref name="maxContextLength"/>), <c>[seqCount]</c>.</param>
+    /// <param name="contextLens">Context lengths (each 0 .. <paramref name="maxContextLength"/>; 0 gives a zero row), <c>[seqCount]</c>.</param>
     /// <param name="seqCount">Sequences in the batch.</param>
     /// <param name="maxContextLength">An upper bound of <paramref name="contextLens"/>; sets the partition count.</param>
     /// <param name="output">Output, <c>[seqCount, heads, headDim]</c>.</param>
@@ -89,6 +89,22 @@ public sealed class PagedDecodeAttention<TKv, TConv> : IDisposable
         var stream = _accelerator.DefaultStream;
         _partial(stream, config, q, kCache, vCache, blockTables, contextLens, _partialOut!.View, partialMax, partialSum, p);
         _reduce(stream, (int)((long)seqCount * s.HeadCount * s.HeadDim), _partialOut.View, partialMax, partialSum, output, p);
+    }
+
+    /// <summary>
+    /// Grows the partial buffers to what <see cref="Run"/> with <paramref name="seqCount"/> and
+    /// <paramref name="maxContextLength"/> needs, so that such runs allocate nothing (a captured CUDA graph keeps the
+    /// buffers' addresses).
+    /// </summary>
+    /// <param name="seqCount">Sequences.</param>
+    /// <param name="maxContextLength">The bound of the context lengths.</param>
+    public void Reserve(int seqCount, int maxContextLength)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(seqCount, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxContextLength, 1);
+        long rows = (long)seqCount * Shape.HeadCount * ((maxContextLength + PartitionSize - 1) / PartitionSize);
+        EnsureCapacity(ref _partialOut, rows * Shape.HeadDim);
+        EnsureCapacity(ref _partialStats, 2 * rows);
     }
 
     private void EnsureCapacity(ref MemoryBuffer1D<float, Stride1D.Dense>? buffer, long length)

@@ -42,7 +42,7 @@ public static class PagedDecodeAttentionKernels
     /// <param name="kCache">K cache of the layer, <c>[blockCount, blockSize, kvHeads, headDim]</c>.</param>
     /// <param name="vCache">V cache of the layer, same shape.</param>
     /// <param name="blockTables">Block tables, <c>[seqCount, maxBlocksPerSeq]</c>.</param>
-    /// <param name="contextLens">Context length per sequence (≥ 1), <c>[seqCount]</c>.</param>
+    /// <param name="contextLens">Context length per sequence (≥ 0; 0, a padding row, gives a zero output row), <c>[seqCount]</c>.</param>
     /// <param name="partialOut">Unnormalized partial outputs, <c>[seqCount, heads, partitionCount, headDim]</c>.</param>
     /// <param name="partialMax">Running max per partition, <c>[seqCount, heads, partitionCount]</c> (-∞ when empty).</param>
     /// <param name="partialSum">Softmax denominator per partition, same shape (0 when empty).</param>
@@ -201,6 +201,7 @@ public static class PagedDecodeAttentionKernels
             numerator += partialOut[(first + part) * hd + d] * w;
             denominator += partialSum[first + part] * w;
         }
-        output[index] = numerator / denominator;
+        // NOTE: a context of 0 (a padding row of a padded decode step) has only empty partitions: 0, not 0 / 0.
+        output[index] = denominator > 0f ? numerator / denominator : 0f;
     }
 }

@@ -5,7 +5,8 @@ namespace Inference.Kernels.Layer;
 /// <summary>
 /// Stores the new tokens' keys and values into the paged cache: token <c>t</c> goes to slot <c>slots[t]</c>
 /// (<c>= physical block · blockSize + position % blockSize</c>), narrowed to the cache's element type
-/// (reference: <see cref="Reference.ReferenceLayer.WriteKv"/>).
+/// (reference: <see cref="Reference.ReferenceLayer.WriteKv"/>). A negative slot (a padding row of a decode step padded
+/// to a captured batch size, as vLLM's slot −1) writes nothing.
 /// </summary>
 /// <remarks>
 /// <code>
@@ -26,8 +27,10 @@ public static class KvCacheKernels
     public static void WriteF32(Index2D index, ArrayView<float> k, ArrayView<float> v, ArrayView<int> slots,
         ArrayView<float> kCache, ArrayView<float> vCache, int kvDim)
     {
+        int slot = slots[index.Y];
+        if (slot < 0) return;   // a padding row of a graph-safe step
         long src = (long)index.Y * kvDim + index.X;
-        long dst = (long)slots[index.Y] * kvDim + index.X;
+        long dst = (long)slot * kvDim + index.X;
         kCache[dst] = k[src];
         vCache[dst] = v[src];
     }
@@ -46,8 +49,10 @@ public static class KvCacheKernels
     public static void WriteF16(Index2D index, ArrayView<float> k, ArrayView<float> v, ArrayView<int> slots,
         ArrayView<ILGPU.Half> kCache, ArrayView<ILGPU.Half> vCache, int kvDim)
     {
+        int slot = slots[index.Y];
+        if (slot < 0) return;   // a padding row of a graph-safe step
         long src = (long)index.Y * kvDim + index.X;
-        long dst = (long)slots[index.Y] * kvDim + index.X;
+        long dst = (long)slot * kvDim + index.X;
         kCache[dst] = (ILGPU.Half)k[src];
         vCache[dst] = (ILGPU.Half)v[src];
     }
@@ -69,9 +74,11 @@ public static class KvCacheKernels
         ArrayView<byte> kCache, ArrayView<byte> vCache, int kvDim)
         where TQuant : struct, IKvBlockQuantizer
     {
+        int slot = slots[index.Y];
+        if (slot < 0) return;   // a padding row of a graph-safe step
         int blocksPerSlot = kvDim / KvRowGroups.GroupValues;
         long src = (long)index.Y * kvDim + (long)index.X * KvRowGroups.GroupValues;
-        long dst = ((long)slots[index.Y] * blocksPerSlot + index.X) * KvRowGroups.BlockBytes;
+        long dst = ((long)slot * blocksPerSlot + index.X) * KvRowGroups.BlockBytes;
         TQuant quant = default;
         quant.Quantize(k, src, kCache, dst);
         quant.Quantize(v, src, vCache, dst);

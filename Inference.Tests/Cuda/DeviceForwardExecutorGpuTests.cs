@@ -63,6 +63,29 @@ public class DeviceForwardExecutorGpuTests
         Assert.That(errors.Max(), Is.LessThan(1e-3));
     }
 
+    /// <summary>
+    /// Decode steps captured as CUDA graphs and replayed against eager steps on one device (the scenario of
+    /// <see cref="DeviceDecodeGraphTests"/>): the PTX attention merges another number of partitions in a captured step,
+    /// so the logits agree within 1e-4 rather than bit for bit; no capture may fail.
+    /// </summary>
+    [TestCase(CudaAttentionKernels.Ptx)]
+    [TestCase(CudaAttentionKernels.Ilgpu)]
+    public void DecodeGraphs_ReplayMatchesEagerDecode(CudaAttentionKernels attention)
+    {
+        var backend = GpuTestBackend.RequireDevice();
+        using var pair = new DeviceDecodeGraphTests.DecodePair(backend.Accelerator, DeviceForwardExecutorTests.Model(8, 2, GgmlType.F32, headDim: 64), 16,
+            attention: attention, tolerance: 1e-4);
+        pair.Prefill([.. Enumerable.Range(1, 17).Select(id => ((long)id, 3 + id * 5 % 29))]);
+        var all = Enumerable.Range(1, 17).Select(i => (long)i).ToArray();
+        foreach (int count in new[] { 1, 3, 5, 17, 17, 3, 1, 17 })
+        {
+            pair.Decode(all[..count]);
+            Assert.That(pair.Padded.LastDecodeBucket, Is.GreaterThanOrEqualTo(count));
+        }
+        for (int step = 0; step < 20; step++) pair.Decode(all);
+        Assert.That(pair.Padded.DeviceName, Does.Contain("as CUDA graphs").And.Not.Contain("capture failed"));
+    }
+
     [Test]
     public async Task Stories260K_Greedy64_EqualsTheCpuEngine()
     {
