@@ -120,7 +120,7 @@ public static class ReferenceLayer
     /// <summary>Paged K/V store in f32: <c>cache[slots[t], :] = k[t, :]</c> (see <see cref="KvCacheKernels"/>).</summary>
     /// <param name="k">Keys, <c>[tokenCount, kvDim]</c>.</param>
     /// <param name="v">Values, same shape.</param>
-    /// <param name="slots">Slot per token.</param>
+    /// <param name="slots">Slot per token; a negative slot (a padding row) writes nothing.</param>
     /// <param name="kCache">Key cache, <c>[slotCount, kvDim]</c>.</param>
     /// <param name="vCache">Value cache, same shape.</param>
     /// <param name="kvDim">Row length.</param>
@@ -128,6 +128,7 @@ public static class ReferenceLayer
     {
         for (int t = 0; t < slots.Length; t++)
         {
+            if (slots[t] < 0) continue;
             k.Slice(t * kvDim, kvDim).CopyTo(kCache.Slice(slots[t] * kvDim, kvDim));
             v.Slice(t * kvDim, kvDim).CopyTo(vCache.Slice(slots[t] * kvDim, kvDim));
         }

@@ -74,9 +74,9 @@ public class GlueKernelTests
     {
         const int kvDim = 12, slotsTotal = 10;
         var rng = new Random(14);
-        var k = PagedAttentionCase.Random(rng, 3 * kvDim);
-        var v = PagedAttentionCase.Random(rng, 3 * kvDim);
-        int[] slots = [7, 2, 9];
+        var k = PagedAttentionCase.Random(rng, 4 * kvDim);
+        var v = PagedAttentionCase.Random(rng, 4 * kvDim);
+        int[] slots = [7, 2, -1, 9];   // -1: a padding row, written nowhere
         var kExpected = PagedAttentionCase.Poisoned(slotsTotal * kvDim);
         var vExpected = PagedAttentionCase.Poisoned(slotsTotal * kvDim);
         ReferenceLayer.WriteKv(k, v, slots, kExpected, vExpected, kvDim);
@@ -85,10 +85,10 @@ public class GlueKernelTests
         using var sb = Acc.Allocate1D(slots);
         using var kc = Acc.Allocate1D(PagedAttentionCase.Poisoned(slotsTotal * kvDim));
         using var vc = Acc.Allocate1D(PagedAttentionCase.Poisoned(slotsTotal * kvDim));
-        Kernels.WriteKv(kb.View, vb.View, sb.View, kc.View, vc.View, 3, kvDim);
+        Kernels.WriteKv(kb.View, vb.View, sb.View, kc.View, vc.View, 4, kvDim);
         using var kh = Acc.Allocate1D<ILGPU.Half>(slotsTotal * kvDim);
         using var vh = Acc.Allocate1D<ILGPU.Half>(slotsTotal * kvDim);
-        Kernels.WriteKv(kb.View, vb.View, sb.View, kh.View, vh.View, 3, kvDim);
+        Kernels.WriteKv(kb.View, vb.View, sb.View, kh.View, vh.View, 4, kvDim);
         Acc.Synchronize();
         var kActual = kc.GetAsArray1D();
         var khActual = kh.GetAsArray1D();
@@ -104,5 +104,6 @@ public class GlueKernelTests
             Assert.That((float)vhActual[i], Is.EqualTo((float)(Half)vExpected[i]).Within(ulpV));
         }
         Assert.That(vc.GetAsArray1D().Where(f => !float.IsNaN(f)).ToArray(), Is.EqualTo(vExpected.Where(f => !float.IsNaN(f)).ToArray()));
+        Assert.That(kActual.Count(f => !float.IsNaN(f)), Is.EqualTo(3 * kvDim), "three rows written, the padding row nowhere");
     }
 }
