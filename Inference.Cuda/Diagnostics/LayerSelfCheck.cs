@@ -24,7 +24,7 @@ public static class LayerSelfCheck
         "embedding-f32", "embedding-f16", "embedding-q8_0", "argmax", "topk",
         "add-bias", "gather-rows", "rope-table", "kv-write-f32", "kv-write-f16", "kv-write-q8_0", "kv-write-fp8",
         "attention-decode-q8_0", "attention-decode-fp8", "attention-prefill-q8_0", "attention-prefill-fp8",
-        "sampling",
+        "sampling", "experts-f16",
     ];
 
     /// <summary>Runs one named check.</summary>
@@ -59,6 +59,7 @@ public static class LayerSelfCheck
             "embedding-f32" or "embedding-f16" or "embedding-q8_0" => Embedding(acc, kernels, rng, name),
             "argmax" or "topk" => Selection(acc, kernels, rng, name),
             "sampling" => Sampling(acc, rng),
+            "experts-f16" => Experts(acc, kernels, rng),
             "add-bias" => AddBias(acc, kernels, rng),
             "gather-rows" => GatherRows(acc, kernels, rng),
             "rope-table" => RopeTable(acc, kernels, rng),
@@ -323,6 +324,65 @@ public static class LayerSelfCheck
         using var ob = Poisoned(acc, expected.Length);
         k.GatherRows(xb.View, rb.View, ob.View, rows.Length, width);
         return Compare("gather-rows", expected, Read(acc, ob), 0, 0);
+    }
+
+    /// <summary>
+    /// The device mixture-of-experts path with nothing read back between its kernels: route (top-2 of 8, renormalised),
+    /// group by expert, gather, one launch of every expert's F16 product; against the reference routing and grouping and
+    /// a float64 product per slot. 21 tokens, experts 0 and 1 favoured (more than one batch chunk of rows), the last
+    /// never chosen.
+    /// </summary>
+    private static AttentionSelfCheck.Result Experts(Accelerator acc, LayerKernels k, Random rng)
+    {
+        const int tokens = 21, experts = 8, topK = 2, rows = 64, cols = 256, slots = tokens * topK;
+        var logits = Values(rng, tokens * experts, 3f);
+        for (int t = 0; t < tokens; t++)
+        {
+            logits[t * experts] += 6f;
+            logits[t * experts + 1] += 5f;
+            logits[t * experts + experts - 1] = -40f;
+        }
+        var h = Array.ConvertAll(Values(rng, experts * rows * cols, 1f), v => (ILGPU.Half)v);
+        var x = Values(rng, tokens * cols, 1f);
+
+        var chosen = new int[slots];
+        var weights = new double[slots];
+        ReferenceExperts.Route(logits, experts, topK, true, chosen, weights);
+        var starts = new int[experts + 1];
+        var rowTokens = new int[slots];
+        var slotRows = new int[slots];
+        ReferenceExperts.Group(chosen, experts, topK, starts, rowTokens, slotRows);
+        var expected = new float[slots * rows];
+        for (int i = 0; i < slots; i++)
+            for (int r = 0; r < rows; r++)
+            {
+                double sum = 0;
+                long w0 = ((long)chosen[i] * rows + r) * cols;
+                for (int c = 0; c < cols; c++) sum += (double)(float)h[w0 + c] * x[i / topK * cols + c];
+                expected[slotRows[i] * rows + r] = (float)sum;
+            }
+
+        using var lb = acc.Allocate1D(logits);
+        using var cb = acc.Allocate1D(new int[slots]);
+        using var wb = acc.Allocate1D(new float[slots]);
+        using var ib = acc.Allocate1D(Enumerable.Repeat(-1, experts + 1 + 2 * slots).ToArray());
+        using var hb = acc.Allocate1D(h);
+        using var xb = acc.Allocate1D(x);
+        using var gb = acc.Allocate1D<float>((long)slots * cols);
+        using var yb = Poisoned(acc, slots * rows);
+        var sv = ib.View.SubView(0, experts + 1);
+        var rv = ib.View.SubView(experts + 1, slots);
+        var ov = ib.View.SubView(experts + 1 + slots, slots);
+        k.RouteExperts(lb.View, cb.View, wb.View, tokens, experts, topK, normalize: true);
+        k.GroupExperts(cb.View, sv, rv, ov, tokens, experts, topK);
+        k.GatherRows(xb.View, rv, gb.View, slots, cols);
+        k.MatMulExperts(Loading.GgmlType.F16, ((ArrayView<ILGPU.Half>)hb.View).Cast<byte>(), gb.View, yb.View, sv, experts, rows, cols, tokens);
+        acc.Synchronize();
+        var grouping = ib.GetAsArray1D();
+        if (!grouping.AsSpan(0, experts + 1).SequenceEqual(starts) || !grouping.AsSpan(experts + 1, slots).SequenceEqual(rowTokens)
+            || !grouping.AsSpan(experts + 1 + slots).SequenceEqual(slotRows))
+            return new AttentionSelfCheck.Result("experts-f16", "ilgpu-vs-reference", double.NaN, false, "the grouping by expert differs from the reference");
+        return Compare("experts-f16", expected, Read(acc, yb), 1e-4, 1e-4);
     }
 
     private static AttentionSelfCheck.Result RopeTable(Accelerator acc, LayerKernels k, Random rng)
