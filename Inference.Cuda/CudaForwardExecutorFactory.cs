@@ -49,7 +49,7 @@ internal sealed class CudaForwardExecutorFactory : IForwardExecutorFactory
         {
             return new DeviceForwardExecutor(backend.Accelerator, context, _options.Attention, owner: backend, _options.TensorCoreMatMul,
                 _options.FlashPrefill, _options.DeviceSampling, _options.QuantizedTensorCoreMatMul,
-                new DecodeGraphOptions(_options.EnforceEager, _options.MaxCaptureSize, _options.MaxSeqLenToCapture));
+                new DecodeGraphOptions(_options.EnforceEager, _options.MaxCaptureSize, _options.MaxSeqLenToCapture), _options.FusedKernels);
         }
         catch
         {

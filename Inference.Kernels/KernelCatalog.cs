@@ -55,6 +55,15 @@ public static class KernelCatalog
             Implicit("moe_combine", typeof(ExpertKernels), nameof(ExpertKernels.Combine)),
             Implicit("moe_add_sigmoid_gated", typeof(ExpertKernels), nameof(ExpertKernels.AddSigmoidGated)),
             .. Dequantizers(),
+            Explicit("add_rms_norm", typeof(RmsNormKernels), nameof(RmsNormKernels.AddRmsNorm)),
+            Implicit("rope_kv_write_f32", typeof(RopeKvKernels), nameof(RopeKvKernels.WriteF32)),
+            Implicit("rope_kv_write_f16", typeof(RopeKvKernels), nameof(RopeKvKernels.WriteF16)),
+            Explicit("matmul_glu_silu_f32", typeof(MatMulKernels), nameof(MatMulKernels.GluF32), [typeof(SiluGlu)]),
+            Explicit("matmul_glu_silu_f16", typeof(MatMulKernels), nameof(MatMulKernels.GluF16), [typeof(SiluGlu)]),
+            Explicit("matmul_glu_gelu_f16", typeof(MatMulKernels), nameof(MatMulKernels.GluF16), [typeof(GeluTanhGlu)]),
+            Explicit("matmul_glu_silu_q8_0", typeof(MatMulKernels), nameof(MatMulKernels.GluQ8_0), [typeof(SiluGlu)]),
+            Explicit("matmul_glu_silu_q4_k", typeof(MatMulKernels), nameof(MatMulKernels.GluBlocks), [typeof(MatMulKernels.Q4_KBlock), typeof(SiluGlu)]),
+            Explicit("matmul_glu_gelu_q6_k", typeof(MatMulKernels), nameof(MatMulKernels.GluBlocks), [typeof(MatMulKernels.Q6_KBlock), typeof(GeluTanhGlu)]),
         ];
     }
 
@@ -79,7 +88,8 @@ public static class KernelCatalog
 
     private static MethodInfo Resolve(Type type, string name, Type[]? generic)
     {
-        var m = type.GetMethod(name, BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Static)
+        // NOTE: the block-type row kernels are internal (their block structs are); the rest are public.
+        var m = type.GetMethod(name, BindingFlags.Public | BindingFlags.Static) ?? type.GetMethod(name, BindingFlags.NonPublic | BindingFlags.Static)
             ?? throw new InvalidOperationException($"{type.Name}.{name} not found");
         return generic is null ? m : m.MakeGenericMethod(generic);
     }

@@ -119,12 +119,12 @@ internal sealed partial class DeviceForwardExecutor
             else
             {
                 // The first step of a bucket runs eagerly (it loads whatever modules it needs), then is captured.
-                EnqueueOps(d.Step, step, bucket, bucket, _graph.Ops.Length, d.Attention, gemm: null);
+                EnqueueOps(d.Step, step, bucket, bucket, _plan.Steps.Length, d.Attention, gemm: null);
                 if (d.Stream is CudaStream cudaStream)
                 {
                     try
                     {
-                        d.Graphs[index] = CudaGraph.Capture(cudaStream, () => EnqueueOps(d.Step, step, bucket, bucket, _graph.Ops.Length, d.Attention, gemm: null));
+                        d.Graphs[index] = CudaGraph.Capture(cudaStream, () => EnqueueOps(d.Step, step, bucket, bucket, _plan.Steps.Length, d.Attention, gemm: null));
                     }
                     catch (Exception e) when (e is InvalidOperationException or NotSupportedException or CudaException or ArgumentException)
                     {

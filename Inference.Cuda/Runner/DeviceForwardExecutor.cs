@@ -22,7 +22,8 @@ namespace Inference.Cuda.Runner;
 ///  per step, host → device (one int upload, one float upload):
 ///    tokens [n] · slots [n] · tokenSeqs [n] · positions [n] · seqStarts [S + 1] · contextLens [S] · logitRows [L]
 ///    · blockTables [S, maxBlocksPerSeq]          per rotation table: cos, sin [n, ropeDim / 2] (the graph's angles)
-///  on the device, each operation of the graph in order, one kernel (or a few) per operation:
+///  on the device, the steps of the plan (<see cref="DeviceStepPlan"/>, fused runs of operations: Add + RmsNorm,
+///  Rope(Q) + Rope(K) + K/V write, gate/up MatMul + SwiGlu/GeGlu), each other operation in order, one kernel (or a few):
 ///    Embed → gather · RmsNorm → rmsnorm · MatMul → one matmul per output (F16 weights and ≥ 16 rows on CUDA: the
 ///    tensor-core kernel of Ptx/gemm_tensor_core.ptx) · AddBias · Rope → rope from the tables
 ///    Attention → K/V to the pool slots, then paged attention · Add · SwiGlu · GatherLogitRows → gather
@@ -46,6 +47,7 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
     private readonly PtxTensorCoreGemm? _gemm;                                    // CUDA only: F16 products of many rows
     private readonly AttentionShape _shape;
     private readonly ModelGraph _graph;
+    private readonly DeviceStepPlan _plan;                                        // the graph's operations, runs of them fused
     private readonly DeviceMatrix?[] _matrices;                                   // by weight id
     private readonly MemoryBuffer1D<float, Stride1D.Dense>?[] _vectors;           // by weight id
     private readonly DeviceMixtureOfExperts? _experts;                             // when the graph has MoE blocks
@@ -68,9 +70,10 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
     /// <param name="deviceSampling">Choose tokens on the device (<see cref="SamplesOnDevice"/>).</param>
     /// <param name="quantizedTensorCoreMatMul">On CUDA, widen Q8_0 and block-type matrices to f16 for products of many rows on the tensor-core kernel.</param>
     /// <param name="decodeGraphs">How pure decode steps run (<see cref="DecodeGraphOptions"/>); null: always eager.</param>
+    /// <param name="fusedKernels">Run the fused kernels where the graph allows (<see cref="DeviceStepPlan"/>); false runs every operation on its own.</param>
     public DeviceForwardExecutor(Accelerator accelerator, ForwardExecutorContext context, CudaAttentionKernels attention, IDisposable? owner,
         bool tensorCoreMatMul = true, bool flashPrefill = false, bool deviceSampling = true, bool quantizedTensorCoreMatMul = false,
-        DecodeGraphOptions? decodeGraphs = null)
+        DecodeGraphOptions? decodeGraphs = null, bool fusedKernels = true)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         ArgumentNullException.ThrowIfNull(context);
@@ -106,6 +109,7 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
 
             var w = _model.Weights;
             _graph = _model.Graph;
+            _plan = DeviceStepPlan.Build(_graph, fusedKernels, kv.DataType is KvCacheDataType.Float32 or KvCacheDataType.Float16);
             var specs = _graph.Weights;
             _matrices = new DeviceMatrix?[specs.Length];
             _vectors = new MemoryBuffer1D<float, Stride1D.Dense>?[specs.Length];
@@ -189,6 +193,9 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
 
     public IKvBlockStorage Storage => _storage;
 
+    /// <summary>The steps each forward pass runs (the graph's operations, runs of them fused).</summary>
+    internal DeviceStepPlan Plan => _plan;
+
     /// <summary>The attention kernels in use: "PTX" or "ILGPU".</summary>
     public string AttentionName => _attention.Name;
 
@@ -262,120 +269,194 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
         var step = Upload(batch, s);
         if (logitCount == 0)
         {
-            EnqueueOps(s, step, n, 0, g.HeadStart, _attention, _gemm);
+            EnqueueOps(s, step, n, 0, _plan.HeadStep, _attention, _gemm);
             _accelerator.Synchronize();
             return null;
         }
-        EnqueueOps(s, step, n, logitCount, g.Ops.Length, _attention, _gemm);
+        EnqueueOps(s, step, n, logitCount, _plan.Steps.Length, _attention, _gemm);
         return View(s, g.LogitsBuffer, n, logitCount);
     }
 
     /// <summary>
-    /// Enqueues the graph's operations [0, <paramref name="opEnd"/>) of a step over <paramref name="n"/> tokens and
-    /// <paramref name="logitCount"/> logit rows, on the accelerator's default stream.
+    /// Enqueues the plan's steps [0, <paramref name="stepEnd"/>) (<see cref="DeviceStepPlan"/>: the graph's operations,
+    /// runs of them fused) of a step over <paramref name="n"/> tokens and <paramref name="logitCount"/> logit rows, on the
+    /// accelerator's default stream.
     /// </summary>
     /// <remarks>
     /// Every launch argument comes from <paramref name="s"/>'s buffers, <paramref name="step"/>, the two counts and the
     /// graph: a step padded to a captured batch size passes the same values every time (see <see cref="RunDecodeStep"/>).
     /// </remarks>
-    private void EnqueueOps(StepBuffers s, in AttentionStep step, int n, int logitCount, int opEnd, IDeviceAttention attention, PtxTensorCoreGemm? gemm)
+    private void EnqueueOps(StepBuffers s, in AttentionStep step, int n, int logitCount, int stepEnd, IDeviceAttention attention, PtxTensorCoreGemm? gemm)
     {
         var g = _graph;
         var ops = g.Ops;
-        for (int i = 0; i < opEnd; i++)
+        var steps = _plan.Steps;
+        for (int i = 0; i < stepEnd; i++)
         {
-            var op = ops[i];
-            LaunchLog?.Add(DescribeLaunch(i, s, step, n, logitCount));
-            switch (op.Kind)
+            var planned = steps[i];
+            if (LaunchLog is { } log)
+                foreach (int o in (ReadOnlySpan<int>)[planned.Op, planned.Op2, planned.Op3, planned.Op4])
+                    if (o >= 0) log.Add($"{planned.Kind} " + DescribeLaunch(o, s, step, n, logitCount));
+            switch (planned.Kind)
             {
-                case OpKind.Embed:
-                    _matrices[op.W0]!.Gather(_kernels, s.Tokens, View(s, op.Dst, n, logitCount), n);
-                    break;
-                case OpKind.RmsNorm:
+                case PlanStepKind.AddRmsNorm:
                 {
-                    var src = View(s, op.Src, n, logitCount);
-                    _kernels.RmsNorm(src, _vectors[op.W0]!.View, View(s, op.Dst, n, logitCount), (int)(src.Length / op.Width), op.Width, op.Value);
+                    var add = ops[planned.Op];
+                    var norm = ops[planned.Op2];
+                    var x = View(s, add.Dst, n, logitCount);
+                    _kernels.AddRmsNorm(x, View(s, add.Src, n, logitCount), _vectors[norm.W0]!.View, View(s, norm.Dst, n, logitCount),
+                        (int)(x.Length / norm.Width), norm.Width, norm.Value);
                     break;
                 }
-                case OpKind.MatMul:
+                case PlanStepKind.RopeAttention:
+                    RopeAttention(planned, s, step, n, logitCount, attention);
+                    break;
+                case PlanStepKind.GluMatMul:
                 {
-                    var src = View(s, op.Src, n, logitCount);
-                    int rows = g.Buffers[op.Src].LogitRows ? logitCount : n;
-                    _matrices[op.W0]!.MatMul(_kernels, gemm, src, View(s, op.Dst, n, logitCount), rows);
-                    if (op.W1 >= 0) _matrices[op.W1]!.MatMul(_kernels, gemm, src, View(s, op.Dst2, n, logitCount), rows);
-                    if (op.W2 >= 0) _matrices[op.W2]!.MatMul(_kernels, gemm, src, View(s, op.Dst3, n, logitCount), rows);
+                    var mm = ops[planned.Op];
+                    var glu = ops[planned.Op2];
+                    int rows = g.Buffers[mm.Src].LogitRows ? logitCount : n;
+                    var activation = glu.Kind == OpKind.GeGlu ? GluActivation.GeluTanh : GluActivation.Silu;
+                    if (!_matrices[mm.W0]!.TryMatMulGlu(_kernels, gemm, _matrices[mm.W1]!, activation, View(s, mm.Src, n, logitCount), View(s, mm.Dst, n, logitCount), rows))
+                    {
+                        RunOp(mm, s, step, n, logitCount, attention, gemm);
+                        RunOp(glu, s, step, n, logitCount, attention, gemm);
+                    }
                     break;
                 }
-                case OpKind.AddBias:
-                {
-                    var dst = View(s, op.Dst, n, logitCount);
-                    int width = g.Buffers[op.Dst].Width;
-                    _kernels.AddBias(dst, _vectors[op.W0]!.View, (int)(dst.Length / width), width);
-                    break;
-                }
-                case OpKind.Rope:
-                {
-                    var table = g.RopeTables[op.Param];
-                    long half = table.RopeDim / 2, offset = 2L * n * RopeOffset(op.Param);
-                    var cos = s.Angles.View.SubView(offset, n * half);
-                    var sin = s.Angles.View.SubView(offset + n * half, n * half);
-                    _kernels.RopeTable(View(s, op.Dst, n, logitCount), cos, sin, n, g.Buffers[op.Dst].Width / table.HeadDim, table.HeadDim, table.RopeDim, table.Layout);
-                    break;
-                }
-                case OpKind.Attention:
-                {
-                    int l = op.Layer, kvDim = g.Buffers[op.Src2].Width;
-                    var k = View(s, op.Src2, n, logitCount);
-                    var v = View(s, op.Src3, n, logitCount);
-                    if (_storage.DataType == KvCacheDataType.Float32)
-                        _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<float>(), _storage.Values(l).Cast<float>(), n, kvDim);
-                    else if (_storage.DataType == KvCacheDataType.Float16)
-                        _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<ILGPU.Half>(), _storage.Values(l).Cast<ILGPU.Half>(), n, kvDim);
-                    else
-                        _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l), _storage.Values(l), n, kvDim, _storage.DataType);
-                    attention.Run(step, _storage.Keys(l), _storage.Values(l), View(s, op.Src, n, logitCount), View(s, op.Dst, n, logitCount), op.Param, op.Value);
-                    break;
-                }
-                case OpKind.Add:
-                {
-                    var dst = View(s, op.Dst, n, logitCount);
-                    _kernels.Add(dst, View(s, op.Src, n, logitCount), (int)dst.Length);
-                    break;
-                }
-                case OpKind.SwiGlu:
-                {
-                    var gate = View(s, op.Dst, n, logitCount);
-                    _kernels.SwiGlu(gate, View(s, op.Src, n, logitCount), gate, (int)gate.Length);
-                    break;
-                }
-                case OpKind.Scale:
-                {
-                    var dst = View(s, op.Dst, n, logitCount);
-                    _kernels.Scale(dst, op.Value, (int)dst.Length);
-                    break;
-                }
-                case OpKind.SoftCap:
-                {
-                    var dst = View(s, op.Dst, n, logitCount);
-                    _kernels.SoftCap(dst, op.Value, (int)dst.Length);
-                    break;
-                }
-                case OpKind.GeGlu:
-                {
-                    var gate = View(s, op.Dst, n, logitCount);
-                    _kernels.GeGlu(gate, View(s, op.Src, n, logitCount), gate, (int)gate.Length);
-                    break;
-                }
-                case OpKind.MixtureOfExperts:
-                    _experts!.Run(g.Experts[op.Param], View(s, op.Src, n, logitCount), View(s, op.Dst, n, logitCount), n);
-                    break;
-                case OpKind.GatherLogitRows:
-                    _kernels.GatherRows(View(s, op.Src, n, logitCount), s.LogitRows, View(s, op.Dst, n, logitCount), logitCount, g.Buffers[op.Src].Width);
-                    break;
                 default:
-                    throw new NotSupportedException($"the device executor has no {op.Kind} operation");
+                    RunOp(ops[planned.Op], s, step, n, logitCount, attention, gemm);
+                    break;
             }
         }
+    }
+
+    /// <summary>Runs graph operation <paramref name="op"/> as it is (one kernel or a few).</summary>
+    private void RunOp(in ModelOp op, StepBuffers s, in AttentionStep step, int n, int logitCount, IDeviceAttention attention, PtxTensorCoreGemm? gemm)
+    {
+        var g = _graph;
+        switch (op.Kind)
+        {
+            case OpKind.Embed:
+                _matrices[op.W0]!.Gather(_kernels, s.Tokens, View(s, op.Dst, n, logitCount), n);
+                break;
+            case OpKind.RmsNorm:
+            {
+                var src = View(s, op.Src, n, logitCount);
+                _kernels.RmsNorm(src, _vectors[op.W0]!.View, View(s, op.Dst, n, logitCount), (int)(src.Length / op.Width), op.Width, op.Value);
+                break;
+            }
+            case OpKind.MatMul:
+            {
+                var src = View(s, op.Src, n, logitCount);
+                int rows = g.Buffers[op.Src].LogitRows ? logitCount : n;
+                _matrices[op.W0]!.MatMul(_kernels, gemm, src, View(s, op.Dst, n, logitCount), rows);
+                if (op.W1 >= 0) _matrices[op.W1]!.MatMul(_kernels, gemm, src, View(s, op.Dst2, n, logitCount), rows);
+                if (op.W2 >= 0) _matrices[op.W2]!.MatMul(_kernels, gemm, src, View(s, op.Dst3, n, logitCount), rows);
+                break;
+            }
+            case OpKind.AddBias:
+            {
+                var dst = View(s, op.Dst, n, logitCount);
+                int width = g.Buffers[op.Dst].Width;
+                _kernels.AddBias(dst, _vectors[op.W0]!.View, (int)(dst.Length / width), width);
+                break;
+            }
+            case OpKind.Rope:
+            {
+                var table = g.RopeTables[op.Param];
+                var (cos, sin) = Angles(s, op.Param, n);
+                _kernels.RopeTable(View(s, op.Dst, n, logitCount), cos, sin, n, g.Buffers[op.Dst].Width / table.HeadDim, table.HeadDim, table.RopeDim, table.Layout);
+                break;
+            }
+            case OpKind.Attention:
+            {
+                int l = op.Layer, kvDim = g.Buffers[op.Src2].Width;
+                var k = View(s, op.Src2, n, logitCount);
+                var v = View(s, op.Src3, n, logitCount);
+                if (_storage.DataType == KvCacheDataType.Float32)
+                    _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<float>(), _storage.Values(l).Cast<float>(), n, kvDim);
+                else if (_storage.DataType == KvCacheDataType.Float16)
+                    _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<ILGPU.Half>(), _storage.Values(l).Cast<ILGPU.Half>(), n, kvDim);
+                else
+                    _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l), _storage.Values(l), n, kvDim, _storage.DataType);
+                Attend(op, s, step, n, logitCount, attention);
+                break;
+            }
+            case OpKind.Add:
+            {
+                var dst = View(s, op.Dst, n, logitCount);
+                _kernels.Add(dst, View(s, op.Src, n, logitCount), (int)dst.Length);
+                break;
+            }
+            case OpKind.SwiGlu:
+            {
+                var gate = View(s, op.Dst, n, logitCount);
+                _kernels.SwiGlu(gate, View(s, op.Src, n, logitCount), gate, (int)gate.Length);
+                break;
+            }
+            case OpKind.Scale:
+            {
+                var dst = View(s, op.Dst, n, logitCount);
+                _kernels.Scale(dst, op.Value, (int)dst.Length);
+                break;
+            }
+            case OpKind.SoftCap:
+            {
+                var dst = View(s, op.Dst, n, logitCount);
+                _kernels.SoftCap(dst, op.Value, (int)dst.Length);
+                break;
+            }
+            case OpKind.GeGlu:
+            {
+                var gate = View(s, op.Dst, n, logitCount);
+                _kernels.GeGlu(gate, View(s, op.Src, n, logitCount), gate, (int)gate.Length);
+                break;
+            }
+            case OpKind.MixtureOfExperts:
+                _experts!.Run(g.Experts[op.Param], View(s, op.Src, n, logitCount), View(s, op.Dst, n, logitCount), n);
+                break;
+            case OpKind.GatherLogitRows:
+                _kernels.GatherRows(View(s, op.Src, n, logitCount), s.LogitRows, View(s, op.Dst, n, logitCount), logitCount, g.Buffers[op.Src].Width);
+                break;
+            default:
+                throw new NotSupportedException($"the device executor has no {op.Kind} operation");
+        }
+    }
+
+    /// <summary>Attention operation <paramref name="op"/> over the pool, its K/V already written.</summary>
+    private void Attend(in ModelOp op, StepBuffers s, in AttentionStep step, int n, int logitCount, IDeviceAttention attention) =>
+        attention.Run(step, _storage.Keys(op.Layer), _storage.Values(op.Layer), View(s, op.Src, n, logitCount), View(s, op.Dst, n, logitCount), op.Param, op.Value);
+
+    /// <summary>
+    /// A <see cref="PlanStepKind.RopeAttention"/> step: Q rotated (and scaled) in place, the rotated K and V written to
+    /// the pool slots, in one launch; then the attention kernels.
+    /// </summary>
+    private void RopeAttention(in PlanStep planned, StepBuffers s, in AttentionStep step, int n, int logitCount, IDeviceAttention attention)
+    {
+        var g = _graph;
+        var op = g.Ops[planned.Op];
+        var rope = g.Ops[planned.Op2];
+        var table = g.RopeTables[rope.Param];
+        var (cos, sin) = Angles(s, rope.Param, n);
+        var shape = new RopeKvShape(g.Buffers[op.Src].Width / table.HeadDim, g.Buffers[op.Src2].Width / table.HeadDim, table.HeadDim, table.RopeDim,
+            table.Layout == RopeLayout.Neox ? 1 : 0, planned.Op4 >= 0 ? g.Ops[planned.Op4].Value : 1f);
+        var q = View(s, op.Src, n, logitCount);
+        var k = View(s, op.Src2, n, logitCount);
+        var v = View(s, op.Src3, n, logitCount);
+        int l = op.Layer;
+        if (_storage.DataType == KvCacheDataType.Float32)
+            _kernels.RopeWriteKv(q, k, v, cos, sin, s.Slots, _storage.Keys(l).Cast<float>(), _storage.Values(l).Cast<float>(), n, shape);
+        else
+            _kernels.RopeWriteKv(q, k, v, cos, sin, s.Slots, _storage.Keys(l).Cast<ILGPU.Half>(), _storage.Values(l).Cast<ILGPU.Half>(), n, shape);
+        Attend(op, s, step, n, logitCount, attention);
+    }
+
+    /// <summary>The step's cos and sin tables of rotation table <paramref name="table"/>, <c>[n, ropeDim / 2]</c> each.</summary>
+    private (ArrayView<float> Cos, ArrayView<float> Sin) Angles(StepBuffers s, int table, int n)
+    {
+        long half = _graph.RopeTables[table].RopeDim / 2, offset = 2L * n * RopeOffset(table);
+        return (s.Angles.View.SubView(offset, n * half), s.Angles.View.SubView(offset + n * half, n * half));
     }
 
     /// <summary>The rows of graph buffer <paramref name="id"/> this step uses.</summary>

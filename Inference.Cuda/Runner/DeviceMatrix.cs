@@ -202,6 +202,30 @@ internal sealed unsafe class DeviceMatrix : IDisposable
         }
     }
 
+    /// <summary>
+    /// <c>y[b, r] = act(Σ_c W[r, c] · x[b, c]) · Σ_c U[r, c] · x[b, c]</c> in one row-kernel launch, this matrix being the
+    /// gate W and <paramref name="up"/> U; false (nothing launched) where the product runs elsewhere (the tensor-core
+    /// kernel, the simple kernels) or the two matrices differ in type or shape.
+    /// </summary>
+    /// <param name="kernels">The ILGPU layer kernels.</param>
+    /// <param name="gemm">The tensor-core kernel on CUDA, or null.</param>
+    /// <param name="up">The up projection.</param>
+    /// <param name="activation">The gated activation.</param>
+    /// <param name="x">Activations, <c>[batch, cols]</c>.</param>
+    /// <param name="y">Output, <c>[batch, rows]</c>.</param>
+    /// <param name="batch">Rows of <paramref name="x"/>.</param>
+    public bool TryMatMulGlu(LayerKernels kernels, PtxTensorCoreGemm? gemm, DeviceMatrix up, GluActivation activation, ArrayView<float> x, ArrayView<float> y, int batch)
+    {
+        if (up.Type != Type || up.Rows != Rows || up.Cols != Cols || UsesTensorCores(gemm, batch) || UsesDequantizedTensorCores(gemm, batch)) return false;
+        ArrayView<byte> g = _buffer.View, u = up._buffer.View;
+        return Type switch
+        {
+            GgmlType.F32 => kernels.TryMatMulGlu(activation, g.Cast<float>(), u.Cast<float>(), x, y, Rows, Cols, batch),
+            GgmlType.F16 => kernels.TryMatMulGlu(activation, g.Cast<ILGPU.Half>(), u.Cast<ILGPU.Half>(), x, y, Rows, Cols, batch),
+            _ => kernels.TryMatMulGlu(activation, Type, g, u, x, y, Rows, Cols, batch),
+        };
+    }
+
     /// <summary>Embedding rows of <paramref name="ids"/> widened to f32: output <c>[tokenCount, cols]</c>.</summary>
     public void Gather(LayerKernels kernels, ArrayView<int> ids, ArrayView<float> output, int tokenCount)
     {

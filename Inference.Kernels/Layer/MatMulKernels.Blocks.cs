@@ -46,10 +46,10 @@ public static partial class MatMulKernels
         {
             switch (p.EndItem - b0)
             {
-                case 1: BlockPass<TBlock, Tile1>(p, words, x, y, b0, cols); break;
-                case 2: BlockPass<TBlock, Tile2>(p, words, x, y, b0, cols); break;
-                case 3: BlockPass<TBlock, Tile3>(p, words, x, y, b0, cols); break;
-                default: BlockPass<TBlock, Tile4>(p, words, x, y, b0, cols); break;
+                case 1: Finish<Tile1>(p, BlockAcc<TBlock, Tile1>(p, words, x, b0, cols), y, b0); break;
+                case 2: Finish<Tile2>(p, BlockAcc<TBlock, Tile2>(p, words, x, b0, cols), y, b0); break;
+                case 3: Finish<Tile3>(p, BlockAcc<TBlock, Tile3>(p, words, x, b0, cols), y, b0); break;
+                default: Finish<Tile4>(p, BlockAcc<TBlock, Tile4>(p, words, x, b0, cols), y, b0); break;
             }
         }
     }
@@ -83,7 +83,7 @@ public static partial class MatMulKernels
         output[o + 7] = w.Hi.W;
     }
 
-    private static void BlockPass<TBlock, TTile>(RowPass p, ArrayView<ushort> words, ArrayView<float> x, ArrayView<float> y, int b0, int cols)
+    private static Acc4 BlockAcc<TBlock, TTile>(RowPass p, ArrayView<ushort> words, ArrayView<float> x, int b0, int cols)
         where TBlock : struct, IWeightBlock
         where TTile : struct, ITile
     {
@@ -107,7 +107,7 @@ public static partial class MatMulKernels
             if (s < p.Slots)
                 acc = SlotStep<TTile>(acc, DecodeSlot<TBlock>(words, wRow + (long)(s / parts) * blockWords, s % parts), x, x0 + (long)s * BlockSlotElements, cols);
         }
-        Finish<TTile>(p, acc, y, b0);
+        return acc;
     }
 
     private static Acc4 SlotStep<TTile>(Acc4 acc, Slot w, ArrayView<float> x, long xi, int stride)

@@ -62,10 +62,10 @@ public static partial class MatMulKernels
         {
             switch (p.EndItem - b0)
             {
-                case 1: F32Pass<Tile1>(p, w, xv, y, b0); break;
-                case 2: F32Pass<Tile2>(p, w, xv, y, b0); break;
-                case 3: F32Pass<Tile3>(p, w, xv, y, b0); break;
-                default: F32Pass<Tile4>(p, w, xv, y, b0); break;
+                case 1: Finish<Tile1>(p, F32Acc<Tile1>(p, w, xv, b0), y, b0); break;
+                case 2: Finish<Tile2>(p, F32Acc<Tile2>(p, w, xv, b0), y, b0); break;
+                case 3: Finish<Tile3>(p, F32Acc<Tile3>(p, w, xv, b0), y, b0); break;
+                default: Finish<Tile4>(p, F32Acc<Tile4>(p, w, xv, b0), y, b0); break;
             }
         }
     }
@@ -87,10 +87,10 @@ public static partial class MatMulKernels
         {
             switch (p.EndItem - b0)
             {
-                case 1: F16Pass<Tile1>(p, w, xv, y, b0); break;
-                case 2: F16Pass<Tile2>(p, w, xv, y, b0); break;
-                case 3: F16Pass<Tile3>(p, w, xv, y, b0); break;
-                default: F16Pass<Tile4>(p, w, xv, y, b0); break;
+                case 1: Finish<Tile1>(p, F16Acc<Tile1>(p, w, xv, b0), y, b0); break;
+                case 2: Finish<Tile2>(p, F16Acc<Tile2>(p, w, xv, b0), y, b0); break;
+                case 3: Finish<Tile3>(p, F16Acc<Tile3>(p, w, xv, b0), y, b0); break;
+                default: Finish<Tile4>(p, F16Acc<Tile4>(p, w, xv, b0), y, b0); break;
             }
         }
     }
@@ -114,10 +114,10 @@ public static partial class MatMulKernels
         {
             switch (p.EndItem - b0)
             {
-                case 1: Q8Pass<Tile1>(p, words, xv, y, b0); break;
-                case 2: Q8Pass<Tile2>(p, words, xv, y, b0); break;
-                case 3: Q8Pass<Tile3>(p, words, xv, y, b0); break;
-                default: Q8Pass<Tile4>(p, words, xv, y, b0); break;
+                case 1: Finish<Tile1>(p, Q8Acc<Tile1>(p, words, xv, b0), y, b0); break;
+                case 2: Finish<Tile2>(p, Q8Acc<Tile2>(p, words, xv, b0), y, b0); break;
+                case 3: Finish<Tile3>(p, Q8Acc<Tile3>(p, words, xv, b0), y, b0); break;
+                default: Finish<Tile4>(p, Q8Acc<Tile4>(p, words, xv, b0), y, b0); break;
             }
         }
     }
@@ -179,9 +179,9 @@ public static partial class MatMulKernels
         if (Group.IsFirstThread) y[(long)item * rows + row] = total;
     }
 
-    // ---- row kernels: one pass over a group's rows for one batch tile ----
+    // ---- row kernels: one pass over a group's rows for one batch tile, a lane's partial sums ----
 
-    private static void F32Pass<TTile>(RowPass p, ArrayView<Vec4> w, ArrayView<Vec4> x, ArrayView<float> y, int b0)
+    private static Acc4 F32Acc<TTile>(RowPass p, ArrayView<Vec4> w, ArrayView<Vec4> x, int b0)
         where TTile : struct, ITile
     {
         var acc = default(Acc4);
@@ -203,7 +203,7 @@ public static partial class MatMulKernels
             }
             for (; s < p.Slots; s += l) acc = F32Step<TTile>(acc, w[wRow + s], x, x0 + s, p.Slots);
         }
-        Finish<TTile>(p, acc, y, b0);
+        return acc;
     }
 
     private static Acc4 F32Step<TTile>(Acc4 acc, Vec4 w, ArrayView<Vec4> x, long xi, int stride)
@@ -217,7 +217,7 @@ public static partial class MatMulKernels
         return acc;
     }
 
-    private static void F16Pass<TTile>(RowPass p, ArrayView<Bits128> w, ArrayView<Vec4> x, ArrayView<float> y, int b0)
+    private static Acc4 F16Acc<TTile>(RowPass p, ArrayView<Bits128> w, ArrayView<Vec4> x, int b0)
         where TTile : struct, ITile
     {
         var acc = default(Acc4);
@@ -240,7 +240,7 @@ public static partial class MatMulKernels
             }
             for (; s < p.Slots; s += l) acc = F16Step<TTile>(acc, w[wRow + s], x, x0 + 2L * s, stride);
         }
-        Finish<TTile>(p, acc, y, b0);
+        return acc;
     }
 
     private static Acc4 F16Step<TTile>(Acc4 acc, Bits128 bits, ArrayView<Vec4> x, long xi, int stride)
@@ -256,7 +256,7 @@ public static partial class MatMulKernels
         return acc;
     }
 
-    private static void Q8Pass<TTile>(RowPass p, ArrayView<ushort> words, ArrayView<Vec4> x, ArrayView<float> y, int b0)
+    private static Acc4 Q8Acc<TTile>(RowPass p, ArrayView<ushort> words, ArrayView<Vec4> x, int b0)
         where TTile : struct, ITile
     {
         var acc = default(Acc4);
@@ -280,7 +280,7 @@ public static partial class MatMulKernels
             }
             for (; s < p.Slots; s += l) acc = Q8Step<TTile>(acc, LoadQuarter(words, wRow, s), x, x0 + 2L * s, stride);
         }
-        Finish<TTile>(p, acc, y, b0);
+        return acc;
     }
 
     /// <summary>Quarter <paramref name="slot"/> of a row: its block's scale and 8 quants (words 1 + 4(slot % 4) .. +3).</summary>
@@ -307,20 +307,34 @@ public static partial class MatMulKernels
 
     /// <summary>Reduces the accumulators over the lanes of a row and stores them (lane 0).</summary>
     private static void Finish<TTile>(RowPass p, Acc4 acc, ArrayView<float> y, int b0)
+        where TTile : struct, ITile =>
+        Store<TTile>(p, RowSums<TTile>(p, acc), y, b0);
+
+    /// <summary>The row sums of the tile's items (every lane gets them).</summary>
+    private static Acc4 RowSums<TTile>(RowPass p, Acc4 acc)
         where TTile : struct, ITile
     {
         int n = default(TTile).Count;
         // NOTE: every lane of the warp reaches the shuffles (inactive rows carry zeros): shfl.sync needs the full mask.
-        float s0 = RowSum(acc.S0, p.Lanes);
-        float s1 = n > 1 ? RowSum(acc.S1, p.Lanes) : 0f;
-        float s2 = n > 2 ? RowSum(acc.S2, p.Lanes) : 0f;
-        float s3 = n > 3 ? RowSum(acc.S3, p.Lanes) : 0f;
+        var sums = default(Acc4);
+        sums.S0 = RowSum(acc.S0, p.Lanes);
+        sums.S1 = n > 1 ? RowSum(acc.S1, p.Lanes) : 0f;
+        sums.S2 = n > 2 ? RowSum(acc.S2, p.Lanes) : 0f;
+        sums.S3 = n > 3 ? RowSum(acc.S3, p.Lanes) : 0f;
+        return sums;
+    }
+
+    /// <summary>Stores the tile's values of the row (lane 0 of an active row).</summary>
+    private static void Store<TTile>(RowPass p, Acc4 values, ArrayView<float> y, int b0)
+        where TTile : struct, ITile
+    {
+        int n = default(TTile).Count;
         if (!p.Active || p.Lane != 0) return;
         long o = (long)b0 * p.Rows + p.Row;
-        y[o] = s0;
-        if (n > 1) y[o + p.Rows] = s1;
-        if (n > 2) y[o + 2L * p.Rows] = s2;
-        if (n > 3) y[o + 3L * p.Rows] = s3;
+        y[o] = values.S0;
+        if (n > 1) y[o + p.Rows] = values.S1;
+        if (n > 2) y[o + 2L * p.Rows] = values.S2;
+        if (n > 3) y[o + 3L * p.Rows] = values.S3;
     }
 
     /// <summary>Butterfly sum over <paramref name="lanes"/> consecutive lanes (a power of two ≤ the warp size).</summary>

@@ -1,9 +1,8 @@
 using ILGPU;
-using ILGPU.Algorithms;
 
 namespace Inference.Kernels.Layer;
 
-/// <summary>SwiGLU: <c>out[i] = silu(gate[i]) * up[i]</c> with <c>silu(g) = g / (1 + exp(-g))</c>.</summary>
+/// <summary>SwiGLU: <c>out[i] = silu(gate[i]) * up[i]</c> with <c>silu(g) = g / (1 + exp(-g))</c> (<see cref="SiluGlu"/>).</summary>
 public static class SwiGluKernels
 {
     /// <summary>Implicitly grouped over the element count.</summary>
@@ -13,8 +12,7 @@ public static class SwiGluKernels
     /// <param name="output">Output, same shape (may alias either input).</param>
     public static void SwiGlu(Index1D index, ArrayView<float> gate, ArrayView<float> up, ArrayView<float> output)
     {
-        float g = gate[index];
-        output[index] = g / (1f + XMath.Exp(-g)) * up[index];
+        output[index] = default(SiluGlu).Apply(gate[index], up[index]);
     }
 
     /// <summary>
@@ -27,7 +25,6 @@ public static class SwiGluKernels
     /// <param name="output">Output, same shape (may alias either input).</param>
     public static void GeGlu(Index1D index, ArrayView<float> gate, ArrayView<float> up, ArrayView<float> output)
     {
-        float g = gate[index];
-        output[index] = 0.5f * g * up[index] * (1f + XMath.Tanh(0.7978845608028654f * g * (1f + 0.044715f * g * g)));
+        output[index] = default(GeluTanhGlu).Apply(gate[index], up[index]);
     }
 }
