@@ -24,7 +24,7 @@ public static class LayerSelfCheck
         "embedding-f32", "embedding-f16", "embedding-q8_0", "argmax", "topk",
         "add-bias", "gather-rows", "rope-table", "kv-write-f32", "kv-write-f16", "kv-write-q8_0", "kv-write-fp8",
         "attention-decode-q8_0", "attention-decode-fp8", "attention-prefill-q8_0", "attention-prefill-fp8",
-        "sampling", "experts-f16",
+        "sampling", "experts-f16", "add-rmsnorm", "rope-kv-write-f16", "matmul-glu-f16", "matmul-glu-q8_0",
     ];
 
     /// <summary>Runs one named check.</summary>
@@ -60,6 +60,9 @@ public static class LayerSelfCheck
             "argmax" or "topk" => Selection(acc, kernels, rng, name),
             "sampling" => Sampling(acc, rng),
             "experts-f16" => Experts(acc, kernels, rng),
+            "add-rmsnorm" => AddRmsNorm(acc, kernels, rng),
+            "rope-kv-write-f16" => RopeWriteKv(acc, kernels, rng),
+            "matmul-glu-f16" or "matmul-glu-q8_0" => MatMulGlu(acc, kernels, rng, name),
             "add-bias" => AddBias(acc, kernels, rng),
             "gather-rows" => GatherRows(acc, kernels, rng),
             "rope-table" => RopeTable(acc, kernels, rng),
@@ -532,6 +535,135 @@ public static class LayerSelfCheck
         using var decode = new PagedDecodeAttention<byte, TFormat>(acc, shape, 256);
         decode.Run(qb.View, kb.View, vb.View, tb.View, lb.View, contexts.Length, contexts.Max(), ob.View);
         return Compare(name, expected, Read(acc, ob), AttentionSelfCheck.AbsTolerance, AttentionSelfCheck.RelTolerance);
+    }
+
+    /// <summary>The fused residual add and RMSNorm against the references of both (the stream and the norm).</summary>
+    private static AttentionSelfCheck.Result AddRmsNorm(Accelerator acc, LayerKernels k, Random rng)
+    {
+        const int rows = 7, dim = 4096;
+        var x = Values(rng, rows * dim, 3f);
+        var delta = Values(rng, rows * dim, 2f);
+        var w = Values(rng, dim, 1f);
+        var sum = (float[])x.Clone();
+        ReferenceLayer.Add(sum, delta);
+        var expected = new float[x.Length];
+        ReferenceLayer.RmsNorm(sum, w, expected, 1e-5f);
+        using var xb = acc.Allocate1D(x);
+        using var db = acc.Allocate1D(delta);
+        using var wb = acc.Allocate1D(w);
+        using var ob = Poisoned(acc, x.Length);
+        k.AddRmsNorm(xb.View, db.View, wb.View, ob.View, rows, dim, 1e-5f);
+        var stream = Compare("add-rmsnorm", sum, Read(acc, xb), 0, 0);
+        return stream.Passed ? Compare("add-rmsnorm", expected, Read(acc, ob), 1e-5, 1e-4) : stream with { Detail = $"x: {stream.Detail}" };
+    }
+
+    /// <summary>
+    /// The fused RoPE + K/V write (f16 pool, 32/8 heads of 128, a query factor) against the reference RoPE, the factor
+    /// and the f16 rounding of the rotated keys and the values at their slots; every other slot stays poisoned.
+    /// </summary>
+    private static AttentionSelfCheck.Result RopeWriteKv(Accelerator acc, LayerKernels k, Random rng)
+    {
+        const int tokens = 9, heads = 32, kvHeads = 8, headDim = 128, slotCount = 64;
+        const float scale = 0.9f;
+        int kvDim = kvHeads * headDim;
+        var q = Values(rng, tokens * heads * headDim, 1f);
+        var keys = Values(rng, tokens * kvDim, 1f);
+        var values = Values(rng, tokens * kvDim, 1f);
+        var angles = Values(rng, tokens * headDim / 2, 3f);
+        var cos = Array.ConvertAll(angles, MathF.Cos);
+        var sin = Array.ConvertAll(angles, MathF.Sin);
+        var slots = Enumerable.Range(0, slotCount).OrderBy(_ => rng.Next()).Take(tokens).ToArray();
+        var expectedQ = (float[])q.Clone();
+        var rotatedK = (float[])keys.Clone();
+        ReferenceLayer.RopeTable(expectedQ, cos, sin, heads, headDim, headDim, RopeLayout.Neox);
+        ReferenceLayer.RopeTable(rotatedK, cos, sin, kvHeads, headDim, headDim, RopeLayout.Neox);
+        for (int i = 0; i < expectedQ.Length; i++) expectedQ[i] *= scale;
+        var expectedK = Enumerable.Repeat(float.NaN, slotCount * kvDim).ToArray();
+        var expectedV = (float[])expectedK.Clone();
+        ReferenceLayer.WriteKv(rotatedK, values, slots, expectedK, expectedV, kvDim);
+        for (int i = 0; i < expectedK.Length; i++)
+        {
+            expectedK[i] = (float)(System.Half)expectedK[i];
+            expectedV[i] = (float)(System.Half)expectedV[i];
+        }
+        using var qb = acc.Allocate1D(q);
+        using var kb = acc.Allocate1D(keys);
+        using var vb = acc.Allocate1D(values);
+        using var cb = acc.Allocate1D(cos);
+        using var sb = acc.Allocate1D(sin);
+        using var slotb = acc.Allocate1D(slots);
+        using var kc = acc.Allocate1D(Enumerable.Repeat(ILGPU.Half.NaN, slotCount * kvDim).ToArray());
+        using var vc = acc.Allocate1D(Enumerable.Repeat(ILGPU.Half.NaN, slotCount * kvDim).ToArray());
+        k.RopeWriteKv(qb.View, kb.View, vb.View, cb.View, sb.View, slotb.View, kc.View, vc.View, tokens, new RopeKvShape(heads, kvHeads, headDim, headDim, 1, scale));
+        acc.Synchronize();
+        var r = Compare("rope-kv-write-f16", expectedQ, qb.GetAsArray1D(), 1e-5, 1e-5);
+        if (!r.Passed) return r with { Detail = $"q: {r.Detail}" };
+        // NOTE: one f16 ulp (2⁻¹¹ relative) where the device's f32 rotation and the reference's differ in the last bit, or
+        // where ILGPU's CPU accelerator rounds to f16 in software (see KvCacheKernels.WriteF16)
+        r = CompareNaN("rope-kv-write-f16", expectedK, Array.ConvertAll(kc.GetAsArray1D(), h => (float)h), 1e-3);
+        if (!r.Passed) return r with { Detail = $"K cache: {r.Detail}" };
+        r = CompareNaN("rope-kv-write-f16", expectedV, Array.ConvertAll(vc.GetAsArray1D(), h => (float)h), 1e-3);
+        return r.Passed ? r : r with { Detail = $"V cache: {r.Detail}" };
+    }
+
+    /// <summary>Compare with NaN required where expected (slots no token writes).</summary>
+    private static AttentionSelfCheck.Result CompareNaN(string name, float[] expected, float[] actual, double rtol)
+    {
+        for (int i = 0; i < expected.Length; i++)
+            if (float.IsNaN(expected[i]) != float.IsNaN(actual[i]))
+                return new AttentionSelfCheck.Result(name, "ilgpu-vs-reference", double.NaN, false, $"element {i}: expected {expected[i]}, got {actual[i]}");
+        var e = Array.ConvertAll(expected, v => float.IsNaN(v) ? 0f : v);
+        var a = Array.ConvertAll(actual, v => float.IsNaN(v) ? 0f : v);
+        return Compare(name, e, a, 1e-6, rtol);
+    }
+
+    /// <summary>The gate/up products with SwiGLU in the epilogue against the reference products and SwiGLU.</summary>
+    private static AttentionSelfCheck.Result MatMulGlu(Accelerator acc, LayerKernels k, Random rng, string name)
+    {
+        AttentionSelfCheck.Result? worst = null;
+        foreach (var (rows, cols, batch) in MatMulShapes)
+        {
+            if (cols % 32 != 0) continue;
+            var gate = Values(rng, rows * cols, 1f);
+            var up = Values(rng, rows * cols, 1f);
+            var x = Values(rng, batch * cols, 1f);
+            bool f16 = name == "matmul-glu-f16";
+            using var xb = acc.Allocate1D(x);
+            using var yb = Poisoned(acc, batch * rows);
+            float[] g, u;
+            bool ran;
+            if (f16)
+            {
+                var gh = Array.ConvertAll(gate, v => (ILGPU.Half)v);
+                var uh = Array.ConvertAll(up, v => (ILGPU.Half)v);
+                (g, u) = (Array.ConvertAll(gh, v => (float)v), Array.ConvertAll(uh, v => (float)v));
+                using var gb = acc.Allocate1D(gh);
+                using var ub = acc.Allocate1D(uh);
+                ran = k.TryMatMulGlu(GluActivation.Silu, gb.View, ub.View, xb.View, yb.View, rows, cols, batch);
+                acc.Synchronize();
+            }
+            else
+            {
+                var gq = ReferenceMatMul.QuantizeQ8_0(gate);
+                var uq = ReferenceMatMul.QuantizeQ8_0(up);
+                (g, u) = (ReferenceMatMul.DequantizeQ8_0(gq), ReferenceMatMul.DequantizeQ8_0(uq));
+                using var gb = acc.Allocate1D(gq);
+                using var ub = acc.Allocate1D(uq);
+                ran = k.TryMatMulGlu(GluActivation.Silu, Inference.Loading.GgmlType.Q8_0, gb.View, ub.View, xb.View, yb.View, rows, cols, batch);
+                acc.Synchronize();
+            }
+            if (!ran) return new AttentionSelfCheck.Result(name, "ilgpu-vs-reference", double.NaN, false, $"{rows}x{cols}: the fused kernel refused the shape");
+            var gy = new float[batch * rows];
+            var uy = new float[batch * rows];
+            ReferenceMatMul.MatMul(g, x, gy, rows, cols);
+            ReferenceMatMul.MatMul(u, x, uy, rows, cols);
+            var expected = new float[batch * rows];
+            ReferenceLayer.SwiGlu(gy, uy, expected);
+            var r = Compare(name, expected, Read(acc, yb), 1e-3, 1e-4);
+            if (!r.Passed) return r with { Detail = $"{rows}x{cols} batch {batch}: {r.Detail}" };
+            if (worst is null || r.MaxAbsError > worst.MaxAbsError) worst = r;
+        }
+        return worst!;
     }
 
     private static MemoryBuffer1D<float, Stride1D.Dense> Poisoned(Accelerator acc, int length) =>

@@ -86,6 +86,20 @@ public class DeviceForwardExecutorGpuTests
         Assert.That(pair.Padded.DeviceName, Does.Contain("as CUDA graphs").And.Not.Contain("capture failed"));
     }
 
+    /// <summary>
+    /// The fused decode-step kernels against the same executor with fusion off on CUDA: the same greedy tokens, logits
+    /// within 1e-6 relative L2 (the arithmetic and its order are the same; ptxas may contract a multiply-add differently
+    /// in the fused kernels).
+    /// </summary>
+    [TestCase("llama", GgmlType.F16, KvCacheDataType.Float16, CudaAttentionKernels.Ptx)]
+    [TestCase("qwen2", GgmlType.Q8_0, KvCacheDataType.Float32, CudaAttentionKernels.Ptx)]
+    [TestCase("gemma2", GgmlType.F32, KvCacheDataType.Float16, CudaAttentionKernels.Ilgpu)]
+    public void FusedSteps_MatchTheUnfusedSteps(string architecture, GgmlType type, KvCacheDataType kv, CudaAttentionKernels attention)
+    {
+        var backend = GpuTestBackend.RequireDevice();
+        DeviceFusedStepTests.CompareFusedWithUnfused(backend.Accelerator, architecture, type, kv, 8, 2, 64, attention, 1e-6);
+    }
+
     [Test]
     public async Task Stories260K_Greedy64_EqualsTheCpuEngine()
     {
