@@ -97,9 +97,10 @@ public class FusedKernelTests
         var q = PagedAttentionCase.Random(rng, tokens * qDim);
         var kIn = PagedAttentionCase.Random(rng, tokens * kvDim);
         var v = PagedAttentionCase.Random(rng, tokens * kvDim);
-        // a sequence of 5 tokens crossing a block boundary (table [4, 1]) and two of another sequence's decode tokens
+        // a sequence of 5 tokens crossing a block boundary (table [4, 1]), another sequence's decode token and a padding
+        // row of a step padded to a captured batch size (slot -1: its query turned, nothing written to the cache)
         int[] positions = [blockSize - 3, blockSize - 2, blockSize - 1, blockSize, blockSize + 1, 40, 41];
-        int[] slots = [.. positions.Take(5).Select(p => (p < blockSize ? 4 : 1) * blockSize + p % blockSize), 2 * blockSize + 1, 5 * blockSize + blockSize - 1];
+        int[] slots = [.. positions.Take(5).Select(p => (p < blockSize ? 4 : 1) * blockSize + p % blockSize), 2 * blockSize + 1, -1];
         var cos = new float[tokens * half];
         var sin = new float[tokens * half];
         for (int t = 0; t < tokens; t++)
