@@ -53,9 +53,7 @@ public static class DecodeGraphCheck
             catch (Exception e)
             {
                 passed = false;
-                tsv.Append(CultureInfo.InvariantCulture, $"exception\tdecode graphs, {name}\t\t\t{RunnerFiles.OneLine(e)}\n");
-                summary.AppendLine(CultureInfo.InvariantCulture, $"decode graphs, {name}: **exception** {RunnerFiles.OneLine(e)}\n");
-                Console.WriteLine($"decode graphs, {name}: {e}");
+                RunnerFiles.Failed(tsv, summary, $"decode graphs, {name}", e);
             }
             finally
             {

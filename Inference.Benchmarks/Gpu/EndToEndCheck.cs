@@ -115,9 +115,7 @@ public static class EndToEndCheck
         catch (Exception e)
         {
             passed = false;
-            tsv.Append(CultureInfo.InvariantCulture, $"exception\t\t\t\t{RunnerFiles.OneLine(e)}\n");
-            summary.AppendLine(CultureInfo.InvariantCulture, $"e2e: **exception** {RunnerFiles.OneLine(e)}\n");
-            Console.WriteLine($"e2e: {e}");
+            RunnerFiles.Failed(tsv, summary, "e2e", e);
         }
         finally
         {
@@ -178,9 +176,7 @@ public static class EndToEndCheck
         }
         catch (Exception e)
         {
-            tsv.Append(CultureInfo.InvariantCulture, $"exception\t{name}\t\t\t{RunnerFiles.OneLine(e)}\n");
-            summary.AppendLine(CultureInfo.InvariantCulture, $"{name}: **exception** {RunnerFiles.OneLine(e)}\n");
-            Console.WriteLine($"e2e {name}: {e}");
+            RunnerFiles.Failed(tsv, summary, name, e);
             return false;
         }
         finally
@@ -239,9 +235,7 @@ public static class EndToEndCheck
             }
             catch (Exception e)
             {
-                tsv.Append(CultureInfo.InvariantCulture, $"exception\t{name}\t\t\t{RunnerFiles.OneLine(e)}\n");
-                summary.AppendLine(CultureInfo.InvariantCulture, $"{name}: **exception** {RunnerFiles.OneLine(e)}\n");
-                Console.WriteLine($"e2e {name}: {e}");
+                RunnerFiles.Failed(tsv, summary, name, e);
                 return false;
             }
             finally

@@ -195,28 +195,12 @@ public unsafe class MatMulTests
         [ValueSource(nameof(PackedTypes))] GgmlType type, [Values(1, 5)] int batch, [Values(2, 3)] int matrices)
     {
         int cols = 3 * GgmlTypeInfo.BlockElements(type) * (GgmlTypeInfo.BlockElements(type) == 32 ? 8 : 1);
-        int[] rows = [45, 24, 13];
-        var rng = new Random(17 + (int)type + batch);
-        var weights = rows.Select(r => CpuTestHelpers.RandomWeights(rng, type, r, cols)).ToArray();
-        var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
-        var shared = rows.Select(r => Enumerable.Repeat(float.NaN, batch * r).ToArray()).ToArray();
-        var separate = rows.Select(r => Enumerable.Repeat(float.NaN, batch * r).ToArray()).ToArray();
-        using var pool = new WorkerPool(3);
-        fixed (byte* p0 = weights[0])
-        fixed (byte* p1 = weights[1])
-        fixed (byte* p2 = weights[2])
-        {
-            var w = new[] { new WeightMatrix(type, p0, rows[0], cols), new WeightMatrix(type, p1, rows[1], cols), new WeightMatrix(type, p2, rows[2], cols) }
-                .Select(m => MatMul.Prepare(m)).ToArray();
-            var w2 = matrices == 3 ? w[2] : default;
-            MatMul.MultiplyShared(x, batch, pool, w[0], shared[0], w[1], shared[1], w2, matrices == 3 ? shared[2] : default);
-            for (int i = 0; i < matrices; i++) MatMul.Multiply(w[i], x, separate[i], batch, pool);
-        }
-        for (int i = 0; i < matrices; i++)
-        {
-            Assert.That(shared[i], Has.None.NaN, $"matrix {i} fully written");
-            Assert.That(shared[i], Is.EqualTo(separate[i]), $"matrix {i}");
-        }
+        CompareSharedWithSeparate(type, batch, matrices, cols, 17 + (int)type + batch, allFinite: true, expectRan: true,
+            (ReadOnlySpan<float> x, int b, WorkerPool pool, in WeightMatrix w0, Span<float> y0, in WeightMatrix w1, Span<float> y1, in WeightMatrix w2, Span<float> y2) =>
+            {
+                MatMul.MultiplyShared(x, b, pool, w0, y0, w1, y1, w2, y2);
+                return true;
+            });
     }
 
     /// <summary>
@@ -237,15 +221,38 @@ public unsafe class MatMulTests
 
     private static void SharedFloats(GgmlType type, int batch, int matrices, string variant)
     {
-        const int cols = 96;
+        bool mixed = variant == "one-infinite" && batch == 1 && KernelPaths.Floats256(KernelPaths.Best);
+        CompareSharedWithSeparate(type, batch, matrices, 96, 31 + (int)type + batch + matrices, allFinite: !variant.EndsWith("infinite"),
+            expectRan: !mixed, MatMul.TryMultiplySharedFloats,
+            weights =>
+            {
+                if (variant == "one-infinite") weights[1][2 * 7 + 1] = 0x7C;                         // +inf at row 0, column 7 of matrix 1
+                if (variant == "all-infinite") foreach (var w in weights) w[2 * 5 + 1] = 0xFC;       // -inf at row 0, column 5
+            },
+            x =>
+            {
+                if (variant == "large-x") x[3] = 70000f;
+            });
+    }
+
+    private delegate bool SharedProduct(ReadOnlySpan<float> x, int batch, WorkerPool pool,
+        in WeightMatrix w0, Span<float> y0, in WeightMatrix w1, Span<float> y1, in WeightMatrix w2, Span<float> y2);
+
+    /// <summary>
+    /// Runs <paramref name="shared"/> on two or three random matrices of 45, 24 and 13 rows (a three-thread pool, so chunks
+    /// straddle matrix boundaries) and compares every output with the separate products; <paramref name="expectRan"/> is
+    /// whether <paramref name="shared"/> must take the product (false: it must refuse and write nothing).
+    /// </summary>
+    private static void CompareSharedWithSeparate(GgmlType type, int batch, int matrices, int cols, int seed, bool allFinite, bool expectRan,
+        SharedProduct shared, Action<byte[][]>? editWeights = null, Action<float[]>? editX = null)
+    {
         int[] rows = [45, 24, 13];
-        var rng = new Random(31 + (int)type + batch + matrices);
+        var rng = new Random(seed);
         var weights = rows.Select(r => CpuTestHelpers.RandomWeights(rng, type, r, cols)).ToArray();
-        if (variant == "one-infinite") weights[1][2 * 7 + 1] = 0x7C;                         // +inf at row 0, column 7 of matrix 1
-        if (variant == "all-infinite") foreach (var w in weights) w[2 * 5 + 1] = 0xFC;       // -inf at row 0, column 5
+        editWeights?.Invoke(weights);
         var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
-        if (variant == "large-x") x[3] = 70000f;
-        var shared = rows.Select(r => Enumerable.Repeat(float.NaN, batch * r).ToArray()).ToArray();
+        editX?.Invoke(x);
+        var together = rows.Select(r => Enumerable.Repeat(float.NaN, batch * r).ToArray()).ToArray();
         var separate = rows.Select(r => Enumerable.Repeat(float.NaN, batch * r).ToArray()).ToArray();
         using var pool = new WorkerPool(3);
         fixed (byte* p0 = weights[0])
@@ -255,20 +262,23 @@ public unsafe class MatMulTests
             var w = new[] { new WeightMatrix(type, p0, rows[0], cols), new WeightMatrix(type, p1, rows[1], cols), new WeightMatrix(type, p2, rows[2], cols) }
                 .Select(m => MatMul.Prepare(m)).ToArray();
             var w2 = matrices == 3 ? w[2] : default;
-            bool ran = MatMul.TryMultiplySharedFloats(x, batch, pool, w[0], shared[0], w[1], shared[1], w2, matrices == 3 ? shared[2] : default);
-            bool mixed = variant == "one-infinite" && batch == 1 && KernelPaths.Floats256(KernelPaths.Best);
-            Assert.That(ran, Is.EqualTo(!mixed), "one job unless the matrices take different kernels");
-            if (!ran) return;
+            bool ran = shared(x, batch, pool, w[0], together[0], w[1], together[1], w2, matrices == 3 ? together[2] : default);
+            Assert.That(ran, Is.EqualTo(expectRan), "one job unless the matrices take different kernels");
+            if (!ran)
+            {
+                Assert.That(together.SelectMany(y => y), Has.All.NaN, "a refused product writes nothing");
+                return;
+            }
             for (int i = 0; i < matrices; i++) MatMul.Multiply(w[i], x, separate[i], batch, pool);
         }
         for (int i = 0; i < matrices; i++)
         {
             // NOTE: both sides start as NaN, and the separate products write every output (an infinite weight can make a
             // true NaN, which NUnit counts as equal to NaN).
-            if (!variant.EndsWith("infinite")) Assert.That(shared[i], Has.None.NaN, $"matrix {i} fully written");
-            Assert.That(shared[i], Is.EqualTo(separate[i]), $"matrix {i}");
+            if (allFinite) Assert.That(together[i], Has.None.NaN, $"matrix {i} fully written");
+            Assert.That(together[i], Is.EqualTo(separate[i]), $"matrix {i}");
         }
-        if (matrices == 2) Assert.That(shared[2], Has.All.NaN, "no third matrix written when none is given");
+        if (matrices == 2) Assert.That(together[2], Has.All.NaN, "no third matrix written when none is given");
     }
 
     /// <summary>
