@@ -151,15 +151,24 @@ internal sealed partial class DeviceForwardExecutor
         var ints = d.Ints;
         var mirror = d.Tables;
         int lo = int.MaxValue, hi = -1;
+        // NOTE: every segment is checked before the mirror changes: a step refused half-way would otherwise leave the
+        // mirror claiming table entries the device never received (the engine retries the other sequences alone).
+        for (int si = 0; si < seqs; si++)
+        {
+            var seg = batch.Segments[si];
+            int pos = seg.StartPosition, used = (pos + 1 + bs - 1) / bs;
+            int blocks = _kvCache.GetBlockTable(seg.SequenceId).Length;
+            if (blocks < used) throw new InvalidOperationException($"sequence {seg.SequenceId} has {blocks} blocks; {used} are needed for position {pos}");
+            int token = batch.Tokens[seg.TokenStart];
+            if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"token id {token} is outside the vocabulary of {c.VocabSize}");
+        }
         for (int si = 0; si < seqs; si++)
         {
             var seg = batch.Segments[si];
             int pos = seg.StartPosition, end = pos + 1;
             var table = _kvCache.GetBlockTable(seg.SequenceId);
             int used = (end + bs - 1) / bs;
-            if (table.Length < used) throw new InvalidOperationException($"sequence {seg.SequenceId} has {table.Length} blocks; {used} are needed for position {pos}");
             int token = batch.Tokens[seg.TokenStart];
-            if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"token id {token} is outside the vocabulary of {c.VocabSize}");
             ints[si] = token;
             ints[oSlots + si] = table[pos / bs] * bs + pos % bs;
             ints[oPos + si] = pos;

@@ -264,6 +264,9 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
         int seqs = batch.Segments.Count, logitCount = batch.LogitCount;
         if (logits.Length < logitCount * c.VocabSize) throw new ArgumentException("logits buffer too small", nameof(logits));
         Bind();
+        // NOTE: after a failed capture decode stays eager for good: the padded steps' buffers go (the last step's
+        // logits in them were read when its Forward returned).
+        if (_graphFailure is not null && _decode is not null) DisposeDecodeGraphs();
         if (TryDecodeBucket(batch) is int bucket) return RunDecodeStep(batch, bucket);
         var s = EnsureStep(n, seqs, logitCount);
         var step = Upload(batch, s);

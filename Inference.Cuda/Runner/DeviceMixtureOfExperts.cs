@@ -64,7 +64,20 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
                 _topK = Math.Max(_topK, layer.TopK);
                 _dim = Math.Max(_dim, graph.Weights[layer.Router].Cols);
                 _width = Math.Max(_width, Math.Max(layer.Width * layer.TopK, layer.SharedWidth));
-                _stacks[layer] = new Stack(Upload(bound, layer.Gate), Upload(bound, layer.Up), Upload(bound, layer.Down));
+                DeviceMatrix? gate = null, up = null;
+                try
+                {
+                    gate = Upload(bound, layer.Gate);
+                    up = Upload(bound, layer.Up);
+                    _stacks[layer] = new Stack(gate, up, Upload(bound, layer.Down));
+                }
+                catch
+                {
+                    // the stacks uploaded for this layer before the failure are in no Stack yet
+                    up?.Dispose();
+                    gate?.Dispose();
+                    throw;
+                }
             }
         }
         catch

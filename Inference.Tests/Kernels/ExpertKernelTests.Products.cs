@@ -79,7 +79,7 @@ public partial class ExpertKernelTests
     }
 
     [TestCaseSource(nameof(GroupCases))]
-    public void Group_MatchesTheCpuPathsCountingSort(int tokens, int experts, int k, Spread spread)
+    public void Group_MatchesTheReferenceCountingSort(int tokens, int experts, int k, Spread spread)
     {
         var logits = RouterLogits(new Random(HashCode.Combine(tokens, experts, k, spread)), tokens, experts, spread);
         var (chosen, starts, rowTokens, slotRows) = RouteAndGroup(Kernels, logits, tokens, experts, k);
