@@ -151,36 +151,38 @@ internal sealed partial class DeviceForwardExecutor
         var ints = d.Ints;
         var mirror = d.Tables;
         int lo = int.MaxValue, hi = -1;
-        // NOTE: every segment is checked before the mirror changes: a step refused half-way would otherwise leave the
-        // mirror claiming table entries the device never received (the engine retries the other sequences alone).
-        for (int si = 0; si < seqs; si++)
+        // NOTE: a step refused half-way (a missing block, a bad token) must not leave the mirror claiming entries the
+        // device never received (the engine retries the other sequences alone): the whole mirror is marked unknown, so
+        // the next step uploads every entry it uses again.
+        try
         {
-            var seg = batch.Segments[si];
-            int pos = seg.StartPosition, used = (pos + 1 + bs - 1) / bs;
-            int blocks = _kvCache.GetBlockTable(seg.SequenceId).Length;
-            if (blocks < used) throw new InvalidOperationException($"sequence {seg.SequenceId} has {blocks} blocks; {used} are needed for position {pos}");
-            int token = batch.Tokens[seg.TokenStart];
-            if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"token id {token} is outside the vocabulary of {c.VocabSize}");
-        }
-        for (int si = 0; si < seqs; si++)
-        {
-            var seg = batch.Segments[si];
-            int pos = seg.StartPosition, end = pos + 1;
-            var table = _kvCache.GetBlockTable(seg.SequenceId);
-            int used = (end + bs - 1) / bs;
-            int token = batch.Tokens[seg.TokenStart];
-            ints[si] = token;
-            ints[oSlots + si] = table[pos / bs] * bs + pos % bs;
-            ints[oPos + si] = pos;
-            ints[oLens + si] = end;
-            int row = si * maxBlocks;
-            for (int j = 0; j < used; j++)
+            for (int si = 0; si < seqs; si++)
             {
-                if (mirror[row + j] == table[j]) continue;
-                mirror[row + j] = table[j];
-                lo = Math.Min(lo, row + j);
-                hi = row + j;
+                var seg = batch.Segments[si];
+                int pos = seg.StartPosition, end = pos + 1;
+                var table = _kvCache.GetBlockTable(seg.SequenceId);
+                int used = (end + bs - 1) / bs;
+                if (table.Length < used) throw new InvalidOperationException($"sequence {seg.SequenceId} has {table.Length} blocks; {used} are needed for position {pos}");
+                int token = batch.Tokens[seg.TokenStart];
+                if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"token id {token} is outside the vocabulary of {c.VocabSize}");
+                ints[si] = token;
+                ints[oSlots + si] = table[pos / bs] * bs + pos % bs;
+                ints[oPos + si] = pos;
+                ints[oLens + si] = end;
+                int row = si * maxBlocks;
+                for (int j = 0; j < used; j++)
+                {
+                    if (mirror[row + j] == table[j]) continue;
+                    mirror[row + j] = table[j];
+                    lo = Math.Min(lo, row + j);
+                    hi = row + j;
+                }
             }
+        }
+        catch
+        {
+            Array.Fill(mirror, -1);
+            throw;
         }
         for (int r = seqs; r < bucket; r++)
         {

@@ -79,12 +79,7 @@ public sealed partial class LayerKernels
         ArgumentOutOfRangeException.ThrowIfLessThan(rows, 1);
         int i = type == GgmlType.Q8_0 ? KeptBlockTypes.Length : KeptBlockTypes.IndexOf(type);
         if (i < 0) throw new ArgumentException($"{type} weights are not dequantized to f16 on the device.", nameof(type));
-        if (!GgmlTypeInfo.TryGetBlock(type, out int blockElements, out int blockBytes) || cols <= 0 || cols % blockElements != 0)
-            throw new ArgumentException($"cols ({cols}) must be a positive multiple of the {type} block ({blockElements}).", nameof(cols));
-        if (weights.Length < (long)rows * (cols / blockElements) * blockBytes)
-            throw new ArgumentException($"{weights.Length} bytes hold fewer than {rows} rows of {cols} {type} weights.", nameof(weights));
-        if (((IContiguousArrayView)weights).IndexInBytes % 2 != 0)
-            throw new ArgumentException($"{type} weights must start at an even byte (the kernels read 16-bit words).", nameof(weights));
+        var (blockElements, blockBytes) = CheckBlockWeights(type, weights, rows, cols);
         if (output.Length < (long)rows * cols)
             throw new ArgumentException($"{output.Length} halves hold fewer than {rows} rows of {cols}.", nameof(output));
         if (((IContiguousArrayView)output).IndexInBytes % 4 != 0)
@@ -116,16 +111,24 @@ public sealed partial class LayerKernels
     private Action<Index2D, ArrayView<ushort>, ArrayView<uint>, int, int> LoadDequantizer<TBlock>() where TBlock : struct, MatMulKernels.IWeightBlock =>
         _accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<ushort>, ArrayView<uint>, int, int>(MatMulKernels.DequantizeToHalf<TBlock>);
 
-    private BlockKernels CheckBlocks(GgmlType type, ArrayView<byte> weights, int rows, int cols)
+    /// <summary>Checks that <paramref name="weights"/> hold <paramref name="rows"/> rows of <paramref name="cols"/>
+    /// <paramref name="type"/> weights, starting at an even byte; returns the block's elements and bytes.</summary>
+    private static (int Elements, int Bytes) CheckBlockWeights(GgmlType type, ArrayView<byte> weights, int rows, int cols)
     {
-        int i = KeptBlockTypes.IndexOf(type);
-        if (i < 0) throw new ArgumentException($"{type} weights are not multiplied as blocks.", nameof(type));
         if (!GgmlTypeInfo.TryGetBlock(type, out int blockElements, out int blockBytes) || cols <= 0 || cols % blockElements != 0)
             throw new ArgumentException($"cols ({cols}) must be a positive multiple of the {type} block ({blockElements}).", nameof(cols));
         if (weights.Length < (long)rows * (cols / blockElements) * blockBytes)
             throw new ArgumentException($"{weights.Length} bytes hold fewer than {rows} rows of {cols} {type} weights.", nameof(weights));
         if (((IContiguousArrayView)weights).IndexInBytes % 2 != 0)
             throw new ArgumentException($"{type} weights must start at an even byte (the kernels read 16-bit words).", nameof(weights));
+        return (blockElements, blockBytes);
+    }
+
+    private BlockKernels CheckBlocks(GgmlType type, ArrayView<byte> weights, int rows, int cols)
+    {
+        int i = KeptBlockTypes.IndexOf(type);
+        if (i < 0) throw new ArgumentException($"{type} weights are not multiplied as blocks.", nameof(type));
+        CheckBlockWeights(type, weights, rows, cols);
         lock (_blockKernels)
         {
             return _blockKernels[i] ??= type switch

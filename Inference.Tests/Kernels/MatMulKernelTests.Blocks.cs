@@ -162,19 +162,22 @@ public partial class MatMulKernelTests
         return y;
     }
 
+    /// <summary>Byte offsets of the f16 scale (and min) in one block of <paramref name="type"/>.</summary>
+    internal static int[] ScaleOffsets(GgmlType type) => type switch
+    {
+        GgmlType.Q4_1 or GgmlType.Q5_1 or GgmlType.Q4_K or GgmlType.Q5_K => [0, 2],
+        GgmlType.Q2_K => [80, 82],
+        GgmlType.Q3_K => [108],
+        GgmlType.Q6_K => [208],
+        _ => [0],
+    };
+
     /// <summary>Random block bytes (every code, sign and scale bit pattern) with each f16 scale and min a random finite
     /// value of magnitude 0.01..0.1 and random sign.</summary>
     internal static byte[] RandomBlocks(Random rng, GgmlType type, int rows, int cols)
     {
         GgmlTypeInfo.TryGetBlock(type, out int qk, out int blockBytes);
-        int[] halves = type switch
-        {
-            GgmlType.Q4_1 or GgmlType.Q5_1 or GgmlType.Q4_K or GgmlType.Q5_K => [0, 2],
-            GgmlType.Q2_K => [80, 82],
-            GgmlType.Q3_K => [108],
-            GgmlType.Q6_K => [208],
-            _ => [0],
-        };
+        int[] halves = ScaleOffsets(type);
         var bytes = new byte[rows * (cols / qk) * blockBytes];
         rng.NextBytes(bytes);
         for (int block = 0; block < bytes.Length; block += blockBytes)

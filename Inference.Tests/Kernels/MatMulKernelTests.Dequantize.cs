@@ -121,14 +121,7 @@ public partial class MatMulKernelTests
     {
         var bytes = RandomBlocks(rng, type, rows, cols);
         GgmlTypeInfo.TryGetBlock(type, out int qk, out int blockBytes);
-        int[] halves = type switch
-        {
-            GgmlType.Q4_1 or GgmlType.Q5_1 or GgmlType.Q4_K or GgmlType.Q5_K => [0, 2],
-            GgmlType.Q2_K => [80, 82],
-            GgmlType.Q3_K => [108],
-            GgmlType.Q6_K => [208],
-            _ => [0],
-        };
+        int[] halves = ScaleOffsets(type);
         for (int block = 0; block < bytes.Length; block += blockBytes)
             foreach (int o in halves)
             {
