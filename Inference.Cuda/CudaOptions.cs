@@ -70,7 +70,11 @@ public sealed record CudaOptions
 
     private readonly int _maxCaptureSize = 64;
 
-    /// <summary>The largest decode batch captured as a CUDA graph (vLLM's <c>max_capture_size</c>); larger batches run eagerly. 1 to 512, default 64.</summary>
+    /// <summary>
+    /// The largest decode batch captured as a CUDA graph (vLLM's <c>max_capture_size</c>); larger batches run eagerly. 1 to
+    /// 512, default 64. An engine whose <c>EngineOptions.MaxNumSeqs</c> is smaller captures up to that limit rounded up to
+    /// a batch size (1, 2, 4, …) instead, so its static buffers are sized for the batches it can run.
+    /// </summary>
     public int MaxCaptureSize
     {
         get => _maxCaptureSize;

@@ -9,7 +9,10 @@ namespace Inference.Cuda.Runner;
 
 /// <summary>How <see cref="DeviceForwardExecutor"/> runs pure decode steps (from <see cref="CudaOptions"/>).</summary>
 /// <param name="EnforceEager">Never pad or capture: every step launches its kernels one by one.</param>
-/// <param name="MaxCaptureSize">The largest batch padded and captured; batch sizes are 1, 2, 4, … and this.</param>
+/// <param name="MaxCaptureSize">
+/// The largest batch padded and captured; batch sizes are 1, 2, 4, … and this. The executor lowers it to the engine's
+/// sequence limit rounded up to a bucket (<see cref="DeviceForwardExecutor.LargestDecodeBucket"/>).
+/// </param>
 /// <param name="MaxSeqLenToCapture">The longest context a captured step covers (its attention is split over this many positions).</param>
 internal sealed record DecodeGraphOptions(bool EnforceEager, int MaxCaptureSize, int MaxSeqLenToCapture);
 
@@ -23,7 +26,8 @@ internal sealed record DecodeGraphOptions(bool EnforceEager, int MaxCaptureSize,
 ///  every context ≤ MaxSeqLenToCapture) is padded to the bucket B = the smallest of 1, 2, 4, … ≥ S:
 ///    row r &lt; S   token, slot, position, contextLen and block table of segment r
 ///    row r ≥ S   token 0, slot −1 (no KV write), position 0, contextLen 0 (a zero attention row)
-///  static device buffers (one set for the largest bucket, bucket B uses their first B rows), C = MaxCaptureSize:
+///  static device buffers (one set for the largest bucket, bucket B uses their first B rows),
+///  C = the largest bucket = min(MaxCaptureSize, the engine's MaxNumSeqs rounded up to 1, 2, 4, …):
 ///    ints  [tokens C | slots C | tokenSeqs C | positions C | seqStarts C + 1 | contextLens C | logitRows C | tables C·maxBlocks]
 ///          tokenSeqs[r] = seqStarts[r] = logitRows[r] = r, written once
 ///    angles  per rotation table: cos [B, half] then sin [B, half];  activations [C, width] per graph buffer
@@ -60,6 +64,23 @@ internal sealed partial class DeviceForwardExecutor
 
     /// <summary>Test hook: the bucket of the last padded decode step, 0 when the last step ran eagerly.</summary>
     internal int LastDecodeBucket { get; private set; }
+
+    /// <summary>
+    /// The largest bucket: <paramref name="maxCaptureSize"/>, or the engine's sequence limit rounded up to a bucket
+    /// (1, 2, 4, …) when that is smaller.
+    /// </summary>
+    internal static int LargestDecodeBucket(int maxCaptureSize, int maxSequenceCount)
+    {
+        int bucket = 1;
+        while (bucket < maxSequenceCount && bucket < maxCaptureSize) bucket *= 2;
+        return Math.Min(bucket, maxCaptureSize);
+    }
+
+    /// <summary>Test hook: the buckets of the padded decode steps (1, 2, 4, … the largest), null before the first padded step.</summary>
+    internal int[]? DecodeBuckets => _decode?.Buckets;
+
+    /// <summary>Test hook: bytes of the padded decode steps' static device buffers (activations, angles, metadata), 0 before the first padded step.</summary>
+    internal long DecodeBufferBytes => _decode?.Step.ByteCount ?? 0;
 
     private int CaptureContextLength => Math.Min(_graphOptions!.MaxSeqLenToCapture, _shape.MaxContextLength);
 

@@ -149,7 +149,10 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
         _deviceName = $"{what}, {_attention.Name} attention" +
             (_attention is PtxDeviceAttention<ILGPU.Half> { FlashPrefill: true } ? " (flash prefill)" : "") +
             (_gemm is not null ? (_gemm.F16Products ? ", tensor-core F16 matmul" : "") + (_gemm.QuantizedProducts ? ", tensor-core quantized matmul (f16 slabs)" : "") : gemmUnavailable is not null ? $", tensor-core matmul unavailable ({gemmUnavailable})" : "");
-        _graphOptions = decodeGraphs;
+        // NOTE: the engine never runs more than MaxSequenceCount (vLLM's max_num_seqs) sequences in one step: a larger
+        // bucket would only hold padding, so the largest one (and the static buffers sized for it) follows that limit.
+        _graphOptions = decodeGraphs is null ? null
+            : decodeGraphs with { MaxCaptureSize = LargestDecodeBucket(decodeGraphs.MaxCaptureSize, context.MaxSequenceCount) };
         _graphsOff = DecodeGraphsOffReason(decodeGraphs);
     }
 
@@ -614,6 +617,17 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
         public MemoryBuffer1D<float, Stride1D.Dense>[] Buffers { get; }   // by graph buffer id, [rows, width]
         public MemoryBuffer1D<float, Stride1D.Dense> Angles { get; } = null!;  // per rotation table: cos [n, ropeDim / 2] then sin
         public MemoryBuffer1D<int, Stride1D.Dense> Ints { get; } = null!;      // the step's metadata (see Upload)
+
+        /// <summary>Bytes of the activations, angles and metadata in device memory.</summary>
+        public long ByteCount
+        {
+            get
+            {
+                long total = Angles.LengthInBytes + Ints.LengthInBytes;
+                foreach (var b in Buffers) total += b.LengthInBytes;
+                return total;
+            }
+        }
 
         // views into Ints, set by Upload for the current step
         public ArrayView<int> Tokens { get; set; }

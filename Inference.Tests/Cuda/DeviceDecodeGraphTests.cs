@@ -27,7 +27,7 @@ public class DeviceDecodeGraphTests
         private readonly double _tolerance;
 
         public DecodePair(Accelerator accelerator, string model, int blockSize, int maxCaptureSize = 32, int maxSeqLenToCapture = 8192,
-            CudaAttentionKernels attention = CudaAttentionKernels.Ilgpu, double tolerance = 0)
+            CudaAttentionKernels attention = CudaAttentionKernels.Ilgpu, double tolerance = 0, int maxNumSeqs = 64)
         {
             _gguf = GgufFile.Open(model);
             var config = ModelConfig.FromGguf(_gguf);
@@ -35,7 +35,7 @@ public class DeviceDecodeGraphTests
             var kvOptions = new KvCacheOptions { BlockSize = blockSize, DataType = KvCacheDataType.Float32, PoolBytes = 1, PrefixCaching = PrefixCachingMode.Disabled };
             const int blocks = 200, context = 96;
             Manager = new KvCacheManager(blocks, kvOptions);
-            var ctx = new ForwardExecutorContext(new LlamaModel(_gguf, config), Manager, kvOptions, blocks, context, 512, 64, 2);
+            var ctx = new ForwardExecutorContext(new LlamaModel(_gguf, config), Manager, kvOptions, blocks, context, 512, maxNumSeqs, 2);
             Eager = new DeviceForwardExecutor(accelerator, ctx, attention, owner: null, tensorCoreMatMul: false);
             Padded = new DeviceForwardExecutor(accelerator, ctx, attention, owner: null, tensorCoreMatMul: false,
                 decodeGraphs: new DecodeGraphOptions(EnforceEager: false, maxCaptureSize, maxSeqLenToCapture));
@@ -262,6 +262,58 @@ public class DeviceDecodeGraphTests
         moe.Prefill([(1, 9), (2, 4)]);
         moe.Decode(1, 2);
         Assert.That(moe.Padded.LastDecodeBucket, Is.Zero);
+    }
+
+    /// <summary>
+    /// The largest bucket follows the engine's sequence limit (MaxNumSeqs rounded up to a bucket) when it is below
+    /// MaxCaptureSize: with a limit of 3 the buckets are 1, 2, 4 and the static buffers hold 4 rows (about an eighth of
+    /// those of a 32-sequence capture), the padded steps still give the eager logits bit for bit, and a batch larger
+    /// than the largest bucket runs eagerly.
+    /// </summary>
+    [Test]
+    public void LargestBucket_FollowsTheEngineSequenceLimit()
+    {
+        Assert.That(DeviceForwardExecutor.LargestDecodeBucket(64, 3), Is.EqualTo(4));
+        Assert.That(DeviceForwardExecutor.LargestDecodeBucket(64, 1), Is.EqualTo(1));
+        Assert.That(DeviceForwardExecutor.LargestDecodeBucket(64, 16), Is.EqualTo(16));
+        Assert.That(DeviceForwardExecutor.LargestDecodeBucket(64, 17), Is.EqualTo(32));
+        Assert.That(DeviceForwardExecutor.LargestDecodeBucket(64, 256), Is.EqualTo(64));
+        Assert.That(DeviceForwardExecutor.LargestDecodeBucket(6, 5), Is.EqualTo(6), "MaxCaptureSize stays the cap");
+
+        var model = DeviceForwardExecutorTests.Model(4, 2, GgmlType.F32);
+        long largeBytes;
+        using (var large = new DecodePair(DeviceTestAccelerator.Cpu, model, 8, maxCaptureSize: 32, maxNumSeqs: 64))
+        {
+            Assert.That(large.Padded.DecodeBuckets, Is.Null, "nothing allocated before the first padded step");
+            large.Prefill([(1, 5)]);
+            large.Decode(1);
+            Assert.That(large.Padded.DecodeBuckets, Is.EqualTo(new[] { 1, 2, 4, 8, 16, 32 }));
+            largeBytes = large.Padded.DecodeBufferBytes;
+            large.Free(1);
+        }
+
+        using var pair = new DecodePair(DeviceTestAccelerator.Cpu, model, 8, maxCaptureSize: 32, maxNumSeqs: 3);
+        var padded = pair.Padded;
+        Assert.That(padded.DeviceName, Does.Contain("padded to graph-safe batch sizes up to 4"));
+        pair.Prefill([(1, 7), (2, 12), (3, 3), (4, 9), (5, 15)]);
+        pair.Decode(1);
+        Assert.That(padded.LastDecodeBucket, Is.EqualTo(1));
+        Assert.That(padded.DecodeBuckets, Is.EqualTo(new[] { 1, 2, 4 }));
+        long bytes = padded.DecodeBufferBytes;
+        Assert.That(bytes, Is.GreaterThan(0));
+        Assert.That(bytes, Is.LessThan(largeBytes / 7), "buffers for 4 rows, not 32");
+        for (int step = 0; step < 10; step++)
+        {
+            pair.Decode(1, 2, 3);
+            Assert.That(padded.LastDecodeBucket, Is.EqualTo(4));
+            pair.Decode(2, 4);
+            Assert.That(padded.LastDecodeBucket, Is.EqualTo(2));
+        }
+        pair.Decode(Ids(1, 5));
+        Assert.That(padded.LastDecodeBucket, Is.Zero, "5 sequences > the largest bucket 4: eager");
+        Assert.That(padded.DecodeBufferBytes, Is.EqualTo(bytes), "the static buffers never grow");
+        foreach (long id in Ids(1, 5)) pair.Free(id);
+        Assert.That(pair.Manager.FreeBlockCount, Is.EqualTo(pair.Manager.TotalBlockCount), "no KV block leaked");
     }
 
     [Test]
