@@ -87,29 +87,54 @@ public sealed partial class LayerKernels
         Action<Index2D, ArrayView<ushort>, ArrayView<uint>, int, int> kernel;
         lock (_dequantizers)
         {
-            kernel = _dequantizers[i] ??= type switch
-            {
-                GgmlType.Q8_0 => LoadDequantizer<MatMulKernels.Q8_0Block>(),
-                GgmlType.Q4_0 => LoadDequantizer<MatMulKernels.Q4_0Block>(),
-                GgmlType.Q4_1 => LoadDequantizer<MatMulKernels.Q4_1Block>(),
-                GgmlType.Q5_0 => LoadDequantizer<MatMulKernels.Q5_0Block>(),
-                GgmlType.Q5_1 => LoadDequantizer<MatMulKernels.Q5_1Block>(),
-                GgmlType.IQ4_NL => LoadDequantizer<MatMulKernels.IQ4_NLBlock>(),
-                GgmlType.Q2_K => LoadDequantizer<MatMulKernels.Q2_KBlock>(),
-                GgmlType.Q3_K => LoadDequantizer<MatMulKernels.Q3_KBlock>(),
-                GgmlType.Q4_K => LoadDequantizer<MatMulKernels.Q4_KBlock>(),
-                GgmlType.Q5_K => LoadDequantizer<MatMulKernels.Q5_KBlock>(),
-                GgmlType.Q6_K => LoadDequantizer<MatMulKernels.Q6_KBlock>(),
-                _ => LoadDequantizer<MatMulKernels.IQ4_XSBlock>(),
-            };
+            kernel = _dequantizers[i] ??= ForBlockType<DequantizerLoader, Action<Index2D, ArrayView<ushort>, ArrayView<uint>, int, int>>(type, new(_accelerator));
         }
         long count = (long)rows * cols;
         kernel(new Index2D(cols / MatMulKernels.BlockSlotElements, rows), weights.SubView(0, count / blockElements * blockBytes).Cast<ushort>(),
             output.SubView(0, count).Cast<uint>(), cols, 0);
     }
 
-    private Action<Index2D, ArrayView<ushort>, ArrayView<uint>, int, int> LoadDequantizer<TBlock>() where TBlock : struct, MatMulKernels.IWeightBlock =>
-        _accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<ushort>, ArrayView<uint>, int, int>(MatMulKernels.DequantizeToHalf<TBlock>);
+    /// <summary>Something built per block type: the kernels of <typeparamref name="TResult"/> over one <see cref="MatMulKernels.IWeightBlock"/>.</summary>
+    private interface IBlockTypeLoader<out TResult>
+    {
+        TResult Load<TBlock>() where TBlock : struct, MatMulKernels.IWeightBlock;
+    }
+
+    /// <summary>
+    /// The one map from a GGUF block type to its kernel struct (<see cref="MatMulKernels.Q4_0Block"/>, …): what
+    /// <paramref name="loader"/> builds over the struct of <paramref name="type"/>.
+    /// </summary>
+    /// <param name="type">Q8_0 or one of <see cref="KeptBlockTypes"/>.</param>
+    /// <param name="loader">What to build.</param>
+    private static TResult ForBlockType<TLoader, TResult>(GgmlType type, TLoader loader) where TLoader : struct, IBlockTypeLoader<TResult> => type switch
+    {
+        GgmlType.Q8_0 => loader.Load<MatMulKernels.Q8_0Block>(),
+        GgmlType.Q4_0 => loader.Load<MatMulKernels.Q4_0Block>(),
+        GgmlType.Q4_1 => loader.Load<MatMulKernels.Q4_1Block>(),
+        GgmlType.Q5_0 => loader.Load<MatMulKernels.Q5_0Block>(),
+        GgmlType.Q5_1 => loader.Load<MatMulKernels.Q5_1Block>(),
+        GgmlType.IQ4_NL => loader.Load<MatMulKernels.IQ4_NLBlock>(),
+        GgmlType.Q2_K => loader.Load<MatMulKernels.Q2_KBlock>(),
+        GgmlType.Q3_K => loader.Load<MatMulKernels.Q3_KBlock>(),
+        GgmlType.Q4_K => loader.Load<MatMulKernels.Q4_KBlock>(),
+        GgmlType.Q5_K => loader.Load<MatMulKernels.Q5_KBlock>(),
+        GgmlType.Q6_K => loader.Load<MatMulKernels.Q6_KBlock>(),
+        GgmlType.IQ4_XS => loader.Load<MatMulKernels.IQ4_XSBlock>(),
+        _ => throw new ArgumentException($"{type} has no block kernels.", nameof(type)),
+    };
+
+    /// <summary><see cref="MatMulKernels.DequantizeToHalf{TBlock}"/> of a block type.</summary>
+    private readonly struct DequantizerLoader(Accelerator accelerator) : IBlockTypeLoader<Action<Index2D, ArrayView<ushort>, ArrayView<uint>, int, int>>
+    {
+        public Action<Index2D, ArrayView<ushort>, ArrayView<uint>, int, int> Load<TBlock>() where TBlock : struct, MatMulKernels.IWeightBlock =>
+            accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<ushort>, ArrayView<uint>, int, int>(MatMulKernels.DequantizeToHalf<TBlock>);
+    }
+
+    /// <summary>The row kernels (<see cref="BlockKernels"/>) of a block type.</summary>
+    private readonly struct BlockKernelsLoader(Accelerator accelerator) : IBlockTypeLoader<BlockKernels>
+    {
+        public BlockKernels Load<TBlock>() where TBlock : struct, MatMulKernels.IWeightBlock => BlockKernels.Load<TBlock>(accelerator);
+    }
 
     /// <summary>Checks that <paramref name="weights"/> hold <paramref name="rows"/> rows of <paramref name="cols"/>
     /// <paramref name="type"/> weights, starting at an even byte; returns the block's elements and bytes.</summary>
@@ -131,20 +156,7 @@ public sealed partial class LayerKernels
         CheckBlockWeights(type, weights, rows, cols);
         lock (_blockKernels)
         {
-            return _blockKernels[i] ??= type switch
-            {
-                GgmlType.Q4_0 => BlockKernels.Load<MatMulKernels.Q4_0Block>(_accelerator),
-                GgmlType.Q4_1 => BlockKernels.Load<MatMulKernels.Q4_1Block>(_accelerator),
-                GgmlType.Q5_0 => BlockKernels.Load<MatMulKernels.Q5_0Block>(_accelerator),
-                GgmlType.Q5_1 => BlockKernels.Load<MatMulKernels.Q5_1Block>(_accelerator),
-                GgmlType.IQ4_NL => BlockKernels.Load<MatMulKernels.IQ4_NLBlock>(_accelerator),
-                GgmlType.Q2_K => BlockKernels.Load<MatMulKernels.Q2_KBlock>(_accelerator),
-                GgmlType.Q3_K => BlockKernels.Load<MatMulKernels.Q3_KBlock>(_accelerator),
-                GgmlType.Q4_K => BlockKernels.Load<MatMulKernels.Q4_KBlock>(_accelerator),
-                GgmlType.Q5_K => BlockKernels.Load<MatMulKernels.Q5_KBlock>(_accelerator),
-                GgmlType.Q6_K => BlockKernels.Load<MatMulKernels.Q6_KBlock>(_accelerator),
-                _ => BlockKernels.Load<MatMulKernels.IQ4_XSBlock>(_accelerator),
-            };
+            return _blockKernels[i] ??= ForBlockType<BlockKernelsLoader, BlockKernels>(type, new(_accelerator));
         }
     }
 
