@@ -39,6 +39,8 @@ public static class ReferenceExperts
     /// <summary>
     /// Groups slots by expert (a counting sort, an expert's slots in token order): expert e's rows are
     /// <c>starts[e] … starts[e + 1] − 1</c>, row r holds token <c>rowTokens[r]</c>, slot i's output is row <c>slotRows[i]</c>.
+    /// The CPU path's grouping (<c>Inference.Backends.Cpu.MixtureOfExperts.Group</c>), so the device kernel is checked
+    /// against what the CPU engine does.
     /// </summary>
     /// <param name="chosen">Expert of each slot, <c>[tokenCount, k]</c>.</param>
     /// <param name="experts">Experts.</param>
@@ -46,20 +48,8 @@ public static class ReferenceExperts
     /// <param name="starts">Output, <c>[experts + 1]</c>.</param>
     /// <param name="rowTokens">Output, <c>[tokenCount · k]</c>.</param>
     /// <param name="slotRows">Output, <c>[tokenCount · k]</c>.</param>
-    public static void Group(ReadOnlySpan<int> chosen, int experts, int k, Span<int> starts, Span<int> rowTokens, Span<int> slotRows)
-    {
-        var next = new int[experts];
-        foreach (int e in chosen) next[e]++;
-        starts[0] = 0;
-        for (int e = 0; e < experts; e++) starts[e + 1] = starts[e] + next[e];
-        for (int e = 0; e < experts; e++) next[e] = starts[e];
-        for (int i = 0; i < chosen.Length; i++)
-        {
-            int row = next[chosen[i]]++;
-            slotRows[i] = row;
-            rowTokens[row] = i / k;
-        }
-    }
+    public static void Group(ReadOnlySpan<int> chosen, int experts, int k, Span<int> starts, Span<int> rowTokens, Span<int> slotRows) =>
+        Inference.Backends.Cpu.MixtureOfExperts.Group(chosen, k, new int[experts], starts, slotRows, rowTokens);
 
     /// <summary><c>output[t, i] = Σⱼ weights[t, j] · y[slotRows[t, j], i]</c>.</summary>
     /// <param name="y">Expert outputs, <c>[rows, dim]</c>.</param>

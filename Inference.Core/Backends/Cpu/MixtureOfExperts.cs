@@ -52,19 +52,7 @@ internal sealed class MixtureOfExperts
         MatMul.Multiply(matrices[layer.Router], src, logits, n, pool);
         Route(logits, n, experts, k, layer.NormalizeWeights, _chosen, _weights);
 
-        // Group the slots by expert (in token order within an expert).
-        var counts = _counts.AsSpan(0, experts);
-        counts.Clear();
-        for (int i = 0; i < n * k; i++) counts[_chosen[i]]++;
-        _starts[0] = 0;
-        for (int e = 0; e < experts; e++) _starts[e + 1] = _starts[e] + counts[e];
-        counts.Clear();
-        for (int i = 0; i < n * k; i++)
-        {
-            int e = _chosen[i], row = _starts[e] + counts[e]++;
-            _slotRow[i] = row;
-            _rowToken[row] = i / k;
-        }
+        Group(_chosen.AsSpan(0, n * k), k, _counts.AsSpan(0, experts), _starts.AsSpan(0, experts + 1), _slotRow, _rowToken);
 
         for (int e = 0; e < experts; e++)
         {
@@ -91,6 +79,32 @@ internal sealed class MixtureOfExperts
         if (!layer.HasShared) return;
         int sw = layer.SharedWidth;
         AddShared(layer, matrices, vectors, src, dst, n, dim, _gate.AsSpan(0, n * sw), _up.AsSpan(0, n * sw), _shared.AsSpan(0, n * dim), pool);
+    }
+
+    /// <summary>
+    /// Groups the slots by expert (a counting sort, an expert's slots in token order): expert e's rows are
+    /// <c>starts[e] … starts[e + 1] − 1</c>, row r holds token <c>rowTokens[r]</c>, slot i's output is row <c>slotRows[i]</c>.
+    /// The device's grouping kernel (<c>ExpertKernels.Group</c>) is checked against it.
+    /// </summary>
+    /// <param name="chosen">Expert of each slot, <c>[n, k]</c>.</param>
+    /// <param name="k">Experts per token.</param>
+    /// <param name="counts">Scratch, <c>[experts]</c>.</param>
+    /// <param name="starts">Output, <c>[experts + 1]</c>.</param>
+    /// <param name="slotRows">Output, <c>[n · k]</c>.</param>
+    /// <param name="rowTokens">Output, <c>[n · k]</c>.</param>
+    internal static void Group(ReadOnlySpan<int> chosen, int k, Span<int> counts, Span<int> starts, Span<int> slotRows, Span<int> rowTokens)
+    {
+        counts.Clear();
+        foreach (int e in chosen) counts[e]++;
+        starts[0] = 0;
+        for (int e = 0; e < counts.Length; e++) starts[e + 1] = starts[e] + counts[e];
+        counts.Clear();
+        for (int i = 0; i < chosen.Length; i++)
+        {
+            int e = chosen[i], row = starts[e] + counts[e]++;
+            slotRows[i] = row;
+            rowTokens[row] = i / k;
+        }
     }
 
     /// <summary>y = down_e(silu(gate_e · x) ⊙ up_e · x) for <paramref name="count"/> rows of x (gate and up are scratch of [count, width]).</summary>
