@@ -4,6 +4,7 @@ using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.Cuda;
 using Inference.Cuda;
+using Inference.Cuda.Diagnostics;
 using Inference.Kernels;
 
 namespace Inference.Benchmarks.Gpu;
@@ -46,31 +47,14 @@ public static class FlashPrefillBenchmark
         var qHost = new float[(long)tokens * Heads * HeadDim];
         for (long i = 0; i < qHost.Length; i++) qHost[i] = rng.NextSingle() * 4f - 2f;
         // blocks of each sequence scattered over the pool: sequence s, logical block b -> physical block b * seqs + s
-        var tables = new int[seqs * blocksPerSeq];
+        var blockIds = new int[seqs * blocksPerSeq];
         for (int s = 0; s < seqs; s++)
-            for (int b = 0; b < blocksPerSeq; b++) tables[s * blocksPerSeq + b] = b * seqs + s;
-        var starts = new int[seqs + 1];
-        var lens = new int[seqs];
-        var tokenSeqs = new int[tokens];
-        var positions = new int[tokens];
-        for (int s = 0; s < seqs; s++)
-        {
-            starts[s + 1] = starts[s] + PromptLength;
-            lens[s] = PromptLength;
-            for (int i = 0; i < PromptLength; i++)
-            {
-                tokenSeqs[s * PromptLength + i] = s;
-                positions[s * PromptLength + i] = i;
-            }
-        }
+            for (int b = 0; b < blocksPerSeq; b++) blockIds[s * blocksPerSeq + b] = b * seqs + s;
+        var prompts = Enumerable.Repeat(PromptLength, seqs).ToArray();
+        using var batch = new PagedBatch(acc, prompts, prompts, BlockSize, blocksPerSeq, blockIds);
         using var k = acc.Allocate1D(kHost);
         using var v = acc.Allocate1D(vHost);
         using var q = acc.Allocate1D(qHost);
-        using var tablesBuffer = acc.Allocate1D(tables);
-        using var startsBuffer = acc.Allocate1D(starts);
-        using var lensBuffer = acc.Allocate1D(lens);
-        using var tokenSeqsBuffer = acc.Allocate1D(tokenSeqs);
-        using var positionsBuffer = acc.Allocate1D(positions);
         using var outFlash = acc.Allocate1D<float>(qHost.Length);
         using var outTokens = acc.Allocate1D<float>(qHost.Length);
         using var flash = new PtxFlashPrefillAttention(acc, shape);
@@ -78,8 +62,8 @@ public static class FlashPrefillBenchmark
         var kView = ((ArrayView<ushort>)k.View).Cast<ILGPU.Half>();
         var vView = ((ArrayView<ushort>)v.View).Cast<ILGPU.Half>();
 
-        void RunFlash() => flash.Run(q.View, kView, vView, tablesBuffer.View, startsBuffer.View, lensBuffer.View, seqs, PromptLength, outFlash.View);
-        void RunPerToken() => perToken.Run(q.View, kView, vView, tablesBuffer.View, tokenSeqsBuffer.View, positionsBuffer.View, tokens, PromptLength, outTokens.View);
+        void RunFlash() => flash.Run(q.View, kView, vView, batch.TablesView, batch.StartsView, batch.ContextsView, seqs, PromptLength, outFlash.View);
+        void RunPerToken() => perToken.Run(q.View, kView, vView, batch.TablesView, batch.TokenSeqsView, batch.PositionsView, tokens, PromptLength, outTokens.View);
 
         outFlash.MemSetToZero();
         outTokens.MemSetToZero();

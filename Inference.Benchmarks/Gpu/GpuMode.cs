@@ -151,21 +151,20 @@ public static class GpuMode
             {
                 // each sequence gets its own shuffled set of physical blocks
                 int blocksPerSeq = context / BlockSize;
-                var ids = Enumerable.Range(0, batch * blocksPerSeq).OrderBy(_ => rng.Next()).ToArray();
-                var tables = new int[batch * maxBlocks];
-                for (int s = 0; s < batch; s++)
-                    for (int b = 0; b < blocksPerSeq; b++) tables[s * maxBlocks + b] = ids[s * blocksPerSeq + b];
-                using var tableBuf = acc.Allocate1D(tables);
-                using var lens = acc.Allocate1D(Enumerable.Repeat(context, batch).ToArray());
+                var lengths = Enumerable.Repeat(context, batch).ToArray();
+                using var paged = new PagedBatch(acc, lengths, Enumerable.Repeat(1, batch).ToArray(), BlockSize, maxBlocks,
+                    PagedBatch.ShuffledBlocks(rng, batch * blocksPerSeq));
+                var tableBuf = paged.TablesView;
+                var lens = paged.ContextsView;
                 long kvBytes = 2L * batch * context * KvHeads * HeadDim * 2;   // K and V, f16
 
                 var qv = q.View.SubView(0, (long)batch * Heads * HeadDim);
                 var ov = output.View.SubView(0, qv.Length);
                 foreach (var (name, run) in new (string, Action)[]
                 {
-                    ("ptx", () => ptx.Run(qv, k.View, v.View, tableBuf.View, lens.View, batch, context, ov)),
-                    ("ptx-p256", () => ptx256.Run(qv, k.View, v.View, tableBuf.View, lens.View, batch, context, ov)),
-                    ("ilgpu", () => ilgpu.Run(qv, k.View, v.View, tableBuf.View, lens.View, batch, context, ov)),
+                    ("ptx", () => ptx.Run(qv, k.View, v.View, tableBuf, lens, batch, context, ov)),
+                    ("ptx-p256", () => ptx256.Run(qv, k.View, v.View, tableBuf, lens, batch, context, ov)),
+                    ("ilgpu", () => ilgpu.Run(qv, k.View, v.View, tableBuf, lens, batch, context, ov)),
                 })
                 {
                     double seconds = Time(acc, run);

@@ -88,16 +88,18 @@ public static class AttentionSelfCheck
         int maxContext = c.ContextLens.Max();
         int maxBlocks = (maxContext + c.BlockSize - 1) / c.BlockSize;
         var shape = new AttentionShape(c.Heads, c.KvHeads, c.HeadDim, c.BlockSize, maxBlocks);
+        var acc = backend.Accelerator;
+        backend.Bind();
 
-        // Block tables over shuffled physical blocks.
+        // Block tables over shuffled physical blocks; query tokens: decode = one per sequence, prefill = the last chunk
+        // tokens of each context.
         int needed = c.ContextLens.Sum(n => (n + c.BlockSize - 1) / c.BlockSize);
         int blockCount = needed + 2;
-        var ids = Enumerable.Range(0, blockCount).OrderBy(_ => rng.Next()).ToArray();
-        var tables = new int[c.ContextLens.Length * maxBlocks];
-        int next = 0;
-        for (int s = 0; s < c.ContextLens.Length; s++)
-            for (int b = 0; b < (c.ContextLens[s] + c.BlockSize - 1) / c.BlockSize; b++)
-                tables[s * maxBlocks + b] = ids[next++];
+        using var batch = new PagedBatch(acc, c.ContextLens, c.ChunkLens ?? Enumerable.Repeat(1, c.ContextLens.Length).ToArray(), c.BlockSize, maxBlocks,
+            PagedBatch.ShuffledBlocks(rng, blockCount));
+        var tables = batch.Tables;
+        var starts = batch.Starts;
+        int tokenCount = batch.TokenCount;
 
         int kvLength = blockCount * shape.BlockElements;
         var k = RandomValues(rng, kvLength);
@@ -115,18 +117,6 @@ public static class AttentionSelfCheck
             }
         }
 
-        // Query tokens: decode = one per sequence; prefill = the last chunk tokens of each context.
-        int[] starts = new int[c.ContextLens.Length + 1];
-        for (int s = 0; s < c.ContextLens.Length; s++) starts[s + 1] = starts[s] + (c.ChunkLens?[s] ?? 1);
-        int tokenCount = starts[^1];
-        var tokenSeqs = new int[tokenCount];
-        var tokenPositions = new int[tokenCount];
-        for (int s = 0; s < c.ContextLens.Length; s++)
-            for (int i = starts[s]; i < starts[s + 1]; i++)
-            {
-                tokenSeqs[i] = s;
-                tokenPositions[i] = c.ContextLens[s] - (starts[s + 1] - starts[s]) + (i - starts[s]);
-            }
         var q = RandomValues(rng, tokenCount * shape.HeadCount * shape.HeadDim);
         var expected = new float[q.Length];
         if (c.ChunkLens is null) ReferenceAttention.Decode(shape, q, k, v, tables, c.ContextLens, expected, c.Window);
@@ -146,14 +136,7 @@ public static class AttentionSelfCheck
                 }
         }
 
-        var acc = backend.Accelerator;
-        backend.Bind();
         using var qBuf = acc.Allocate1D(q);
-        using var tableBuf = acc.Allocate1D(tables);
-        using var lensBuf = acc.Allocate1D(c.ContextLens);
-        using var startBuf = acc.Allocate1D(starts);
-        using var seqBuf = acc.Allocate1D(tokenSeqs);
-        using var posBuf = acc.Allocate1D(tokenPositions);
         using var ptxOut = acc.Allocate1D<float>(q.Length);
         using var ilgpuOut = acc.Allocate1D<float>(q.Length);
         var poison = Enumerable.Repeat(float.NaN, q.Length).ToArray();
@@ -164,15 +147,15 @@ public static class AttentionSelfCheck
         {
             using var kBuf = acc.Allocate1D(kHalf);
             using var vBuf = acc.Allocate1D(vHalf);
-            RunKernels<ILGPU.Half, F16Element>(acc, c, shape, maxContext, tokenCount, qBuf.View, kBuf.View, vBuf.View, tableBuf.View,
-                lensBuf.View, startBuf.View, seqBuf.View, posBuf.View, ptxOut.View, ilgpuOut.View);
+            RunKernels<ILGPU.Half, F16Element>(acc, c, shape, maxContext, tokenCount, qBuf.View, kBuf.View, vBuf.View, batch.TablesView,
+                batch.ContextsView, batch.StartsView, batch.TokenSeqsView, batch.PositionsView, ptxOut.View, ilgpuOut.View);
         }
         else
         {
             using var kBuf = acc.Allocate1D(k);
             using var vBuf = acc.Allocate1D(v);
-            RunKernels<float, F32Element>(acc, c, shape, maxContext, tokenCount, qBuf.View, kBuf.View, vBuf.View, tableBuf.View,
-                lensBuf.View, startBuf.View, seqBuf.View, posBuf.View, ptxOut.View, ilgpuOut.View);
+            RunKernels<float, F32Element>(acc, c, shape, maxContext, tokenCount, qBuf.View, kBuf.View, vBuf.View, batch.TablesView,
+                batch.ContextsView, batch.StartsView, batch.TokenSeqsView, batch.PositionsView, ptxOut.View, ilgpuOut.View);
         }
         acc.Synchronize();
         var ptx = ptxOut.GetAsArray1D();

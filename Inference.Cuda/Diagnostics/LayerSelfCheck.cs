@@ -500,11 +500,7 @@ public static class LayerSelfCheck
         int maxBlocks = (contexts.Max() + blockSize - 1) / blockSize;
         var shape = new AttentionShape(heads, kvHeads, headDim, blockSize, maxBlocks);
         int blockCount = contexts.Sum(c => (c + blockSize - 1) / blockSize) + 2;
-        var ids = Enumerable.Range(0, blockCount).OrderBy(_ => rng.Next()).ToArray();
-        var tables = new int[contexts.Length * maxBlocks];
-        for (int s = 0, next = 0; s < contexts.Length; s++)
-            for (int b = 0; b < (contexts[s] + blockSize - 1) / blockSize; b++)
-                tables[s * maxBlocks + b] = ids[next++];
+        using var batch = new PagedBatch(acc, contexts, chunks, blockSize, maxBlocks, PagedBatch.ShuffledBlocks(rng, blockCount));
         var kf = Values(rng, blockCount * shape.BlockElements, 1f);
         var vf = Values(rng, kf.Length, 1f);
         var kq = new byte[KvBlockFormat.ByteCount(type, kf.Length)];
@@ -513,27 +509,23 @@ public static class LayerSelfCheck
         KvBlockFormat.Quantize(type, vf, vq);
         KvBlockFormat.Dequantize(type, kq, kf);
         KvBlockFormat.Dequantize(type, vq, vf);
-        var starts = new int[contexts.Length + 1];
-        for (int s = 0; s < contexts.Length; s++) starts[s + 1] = starts[s] + chunks[s];
-        var q = Values(rng, starts[^1] * heads * headDim, 1f);
+        var q = Values(rng, batch.TokenCount * heads * headDim, 1f);
         var expected = new float[q.Length];
-        if (prefill) ReferenceAttention.Prefill(shape, q, kf, vf, tables, starts, contexts, expected);
-        else ReferenceAttention.Decode(shape, q, kf, vf, tables, contexts, expected);
+        if (prefill) ReferenceAttention.Prefill(shape, q, kf, vf, batch.Tables, batch.Starts, contexts, expected);
+        else ReferenceAttention.Decode(shape, q, kf, vf, batch.Tables, contexts, expected);
 
         using var qb = acc.Allocate1D(q);
         using var kb = acc.Allocate1D(kq);
         using var vb = acc.Allocate1D(vq);
-        using var tb = acc.Allocate1D(tables);
-        using var lb = acc.Allocate1D(contexts);
-        using var sb = acc.Allocate1D(starts);
         using var ob = Poisoned(acc, q.Length);
         if (prefill)
         {
-            new PagedPrefillAttention<byte, TFormat>(acc, shape).Run(qb.View, kb.View, vb.View, tb.View, sb.View, lb.View, contexts.Length, chunks.Max(), ob.View);
+            new PagedPrefillAttention<byte, TFormat>(acc, shape).Run(qb.View, kb.View, vb.View, batch.TablesView, batch.StartsView, batch.ContextsView,
+                contexts.Length, chunks.Max(), ob.View);
             return Compare(name, expected, Read(acc, ob), AttentionSelfCheck.AbsTolerance, AttentionSelfCheck.RelTolerance);
         }
         using var decode = new PagedDecodeAttention<byte, TFormat>(acc, shape, 256);
-        decode.Run(qb.View, kb.View, vb.View, tb.View, lb.View, contexts.Length, contexts.Max(), ob.View);
+        decode.Run(qb.View, kb.View, vb.View, batch.TablesView, batch.ContextsView, contexts.Length, contexts.Max(), ob.View);
         return Compare(name, expected, Read(acc, ob), AttentionSelfCheck.AbsTolerance, AttentionSelfCheck.RelTolerance);
     }
 
