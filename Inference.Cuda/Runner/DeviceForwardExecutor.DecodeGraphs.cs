@@ -167,7 +167,7 @@ internal sealed partial class DeviceForwardExecutor
     private AttentionStep UploadDecode(ModelBatch batch, DecodeGraphState d, int bucket)
     {
         var c = _config;
-        int cap = d.Capacity, seqs = batch.Segments.Count, bs = _shape.BlockSize, maxBlocks = _shape.MaxBlocksPerSeq;
+        int cap = d.Capacity, seqs = batch.Segments.Count, maxBlocks = _shape.MaxBlocksPerSeq;
         int oSlots = cap, oSeqs = 2 * cap, oPos = 3 * cap, oStarts = 4 * cap, oLens = 5 * cap + 1, oRows = 6 * cap + 1, oTables = 7 * cap + 1;
         var ints = d.Ints;
         var mirror = d.Tables;
@@ -181,17 +181,15 @@ internal sealed partial class DeviceForwardExecutor
             {
                 var seg = batch.Segments[si];
                 int pos = seg.StartPosition, end = pos + 1;
-                var table = _kvCache.GetBlockTable(seg.SequenceId);
-                int used = (end + bs - 1) / bs;
-                if (table.Length < used) throw new InvalidOperationException($"sequence {seg.SequenceId} has {table.Length} blocks; {used} are needed for position {pos}");
+                var table = UsedBlocks(seg.SequenceId, end);
                 int token = batch.Tokens[seg.TokenStart];
                 if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"token id {token} is outside the vocabulary of {c.VocabSize}");
                 ints[si] = token;
-                ints[oSlots + si] = table[pos / bs] * bs + pos % bs;
+                ints[oSlots + si] = Slot(table, pos);
                 ints[oPos + si] = pos;
                 ints[oLens + si] = end;
                 int row = si * maxBlocks;
-                for (int j = 0; j < used; j++)
+                for (int j = 0; j < table.Length; j++)
                 {
                     if (mirror[row + j] == table[j]) continue;
                     mirror[row + j] = table[j];

@@ -378,14 +378,7 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
             case OpKind.Attention:
             {
                 int l = op.Layer, kvDim = g.Buffers[op.Src2].Width;
-                var k = View(s, op.Src2, n, logitCount);
-                var v = View(s, op.Src3, n, logitCount);
-                if (_storage.DataType == KvCacheDataType.Float32)
-                    _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<float>(), _storage.Values(l).Cast<float>(), n, kvDim);
-                else if (_storage.DataType == KvCacheDataType.Float16)
-                    _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l).Cast<ILGPU.Half>(), _storage.Values(l).Cast<ILGPU.Half>(), n, kvDim);
-                else
-                    _kernels.WriteKv(k, v, s.Slots, _storage.Keys(l), _storage.Values(l), n, kvDim, _storage.DataType);
+                WriteKv(l, View(s, op.Src2, n, logitCount), View(s, op.Src3, n, logitCount), s.Slots, n, kvDim, rope: null);
                 Attend(op, s, step, n, logitCount, attention);
                 break;
             }
@@ -447,15 +440,38 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
         var (cos, sin) = Angles(s, rope.Param, n);
         var shape = new RopeKvShape(g.Buffers[op.Src].Width / table.HeadDim, g.Buffers[op.Src2].Width / table.HeadDim, table.HeadDim, table.RopeDim,
             table.Layout == RopeLayout.Neox ? 1 : 0, planned.Op4 >= 0 ? g.Ops[planned.Op4].Value : 1f);
-        var q = View(s, op.Src, n, logitCount);
-        var k = View(s, op.Src2, n, logitCount);
-        var v = View(s, op.Src3, n, logitCount);
-        int l = op.Layer;
-        if (_storage.DataType == KvCacheDataType.Float32)
-            _kernels.RopeWriteKv(q, k, v, cos, sin, s.Slots, _storage.Keys(l).Cast<float>(), _storage.Values(l).Cast<float>(), n, shape);
-        else
-            _kernels.RopeWriteKv(q, k, v, cos, sin, s.Slots, _storage.Keys(l).Cast<ILGPU.Half>(), _storage.Values(l).Cast<ILGPU.Half>(), n, shape);
+        WriteKv(op.Layer, View(s, op.Src2, n, logitCount), View(s, op.Src3, n, logitCount), s.Slots, n, g.Buffers[op.Src2].Width,
+            new RopeKvWrite(View(s, op.Src, n, logitCount), cos, sin, shape));
         Attend(op, s, step, n, logitCount, attention);
+    }
+
+    /// <summary>The rotation a fused K/V write applies on the way: Q rotated (and scaled) in place, K rotated before it is stored.</summary>
+    private readonly record struct RopeKvWrite(ArrayView<float> Q, ArrayView<float> Cos, ArrayView<float> Sin, RopeKvShape Shape);
+
+    /// <summary>
+    /// Writes <paramref name="n"/> rows of K and V (<c>[n, kvDim]</c>) to their slots in layer <paramref name="layer"/>'s
+    /// pool, in the pool's data type; with <paramref name="rope"/>, the fused kernel rotating Q and K first (f32 and f16
+    /// pools only: <see cref="DeviceStepPlan"/> fuses nothing else).
+    /// </summary>
+    private void WriteKv(int layer, ArrayView<float> k, ArrayView<float> v, ArrayView<int> slots, int n, int kvDim, RopeKvWrite? rope)
+    {
+        var keys = _storage.Keys(layer);
+        var values = _storage.Values(layer);
+        switch (_storage.DataType)
+        {
+            case KvCacheDataType.Float32:
+                if (rope is { } r32) _kernels.RopeWriteKv(r32.Q, k, v, r32.Cos, r32.Sin, slots, keys.Cast<float>(), values.Cast<float>(), n, r32.Shape);
+                else _kernels.WriteKv(k, v, slots, keys.Cast<float>(), values.Cast<float>(), n, kvDim);
+                break;
+            case KvCacheDataType.Float16:
+                if (rope is { } r16) _kernels.RopeWriteKv(r16.Q, k, v, r16.Cos, r16.Sin, slots, keys.Cast<ILGPU.Half>(), values.Cast<ILGPU.Half>(), n, r16.Shape);
+                else _kernels.WriteKv(k, v, slots, keys.Cast<ILGPU.Half>(), values.Cast<ILGPU.Half>(), n, kvDim);
+                break;
+            default:
+                if (rope is not null) throw new InvalidOperationException($"the fused RoPE + K/V write takes f32 and f16 pools, not {_storage.DataType}");
+                _kernels.WriteKv(k, v, slots, keys, values, n, kvDim, _storage.DataType);
+                break;
+        }
     }
 
     /// <summary>The step's cos and sin tables of rotation table <paramref name="table"/>, <c>[n, ropeDim / 2]</c> each.</summary>
@@ -485,7 +501,7 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
     {
         var c = _config;
         int n = batch.TokenCount, seqs = batch.Segments.Count, logitCount = batch.LogitCount;
-        int bs = _shape.BlockSize, maxBlocks = _shape.MaxBlocksPerSeq;
+        int maxBlocks = _shape.MaxBlocksPerSeq;
         // [tokens n | slots n | tokenSeqs n | positions n | seqStarts S+1 | contextLens S | logitRows L | blockTables S·maxBlocks]
         int oSlots = n, oSeqs = 2 * n, oPos = 3 * n, oStarts = 4 * n, oLens = oStarts + seqs + 1, oRows = oLens + seqs,
             oTables = oRows + logitCount, total = oTables + seqs * maxBlocks;
@@ -498,19 +514,17 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
             int end = seg.StartPosition + seg.TokenCount;
             if (end > _shape.MaxContextLength)
                 throw new ArgumentOutOfRangeException(nameof(batch), $"position {end - 1} is beyond the context of {_shape.MaxContextLength}");
-            var table = _kvCache.GetBlockTable(seg.SequenceId);
-            int used = (end + bs - 1) / bs;
-            if (table.Length < used) throw new InvalidOperationException($"sequence {seg.SequenceId} has {table.Length} blocks; {used} are needed for position {end - 1}");
+            var table = UsedBlocks(seg.SequenceId, end);
             var row = ints.Slice(oTables + si * maxBlocks, maxBlocks);
-            table[..used].CopyTo(row);
-            row[used..].Clear();
+            table.CopyTo(row);
+            row[table.Length..].Clear();
             for (int i = 0; i < seg.TokenCount; i++)
             {
                 int t = seg.TokenStart + i, pos = seg.StartPosition + i;
                 int token = batch.Tokens[t];
                 if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"token id {token} is outside the vocabulary of {c.VocabSize}");
                 ints[t] = token;
-                ints[oSlots + t] = table[pos / bs] * bs + pos % bs;
+                ints[oSlots + t] = Slot(table, pos);
                 ints[oSeqs + t] = si;
                 ints[oPos + t] = pos;
             }
@@ -541,6 +555,22 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
         return new AttentionStep(view.SubView(oTables, (long)seqs * maxBlocks), view.SubView(oLens, seqs), view.SubView(oStarts, seqs + 1),
             view.SubView(oSeqs, n), view.SubView(oPos, n), n, seqs, maxContext, maxChunk);
     }
+
+    /// <summary>
+    /// The blocks of sequence <paramref name="sequenceId"/> that hold positions [0, <paramref name="end"/>), from the KV
+    /// cache manager's block table.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The table has fewer blocks.</exception>
+    private ReadOnlySpan<int> UsedBlocks(long sequenceId, int end)
+    {
+        var table = _kvCache.GetBlockTable(sequenceId);
+        int used = (end + _shape.BlockSize - 1) / _shape.BlockSize;
+        if (table.Length < used) throw new InvalidOperationException($"sequence {sequenceId} has {table.Length} blocks; {used} are needed for position {end - 1}");
+        return table[..used];
+    }
+
+    /// <summary>The pool slot of <paramref name="position"/>: block table[position / blockSize] · blockSize + position % blockSize.</summary>
+    private int Slot(ReadOnlySpan<int> blocks, int position) => blocks[position / _shape.BlockSize] * _shape.BlockSize + position % _shape.BlockSize;
 
     private StepBuffers EnsureStep(int tokens, int seqs, int logitCount)
     {
