@@ -40,7 +40,9 @@ internal sealed record DecodeGraphOptions(bool EnforceEager, int MaxCaptureSize,
 /// accelerator's <see cref="Accelerator.DefaultStream"/>, which ILGPU's stream kernels, its copies and the PTX launchers
 /// all read at each call, points at it. The tensor-core products are left out (their scratch grows with eager steps,
 /// and a captured graph keeps addresses): a captured step's products run on the batch-invariant row kernels. Models
-/// with mixture-of-experts blocks stay eager (the routing is read back to the host in every layer).
+/// with mixture-of-experts blocks stay eager: their routing and grouping stay on the device, but in scratch shared with
+/// the eager steps that grows (moves) with them, and their router and shared-expert products may take the tensor-core
+/// kernel, whose scratch grows too.
 /// </remarks>
 internal sealed partial class DeviceForwardExecutor
 {
@@ -87,7 +89,7 @@ internal sealed partial class DeviceForwardExecutor
     private string? DecodeGraphsOffReason(DecodeGraphOptions? options)
     {
         if (options is null || options.EnforceEager) return "EnforceEager";
-        if (_experts is not null) return "mixture-of-experts routing is read back to the host in every layer";
+        if (_experts is not null) return "mixture-of-experts scratch grows with the eager steps, and a captured graph keeps addresses";
         if (SetDefaultStream is null) return "ILGPU's default stream cannot be redirected to a capturable stream";
         if (_accelerator is CudaAccelerator && !CudaGraph.IsSupported(out var reason)) return reason;
         return null;
