@@ -292,7 +292,8 @@ public sealed class LlamaModel
                         // A vocabulary-parallel rank holds rows Param … of the table: other tokens are zeros, which the
                         // all-reduce after this adds to the holder's row exactly.
                         int row = token - op.Param;
-                        if ((uint)row < (uint)table.Rows) Dequantize.Row(table.Type, table.Row(row), x.Slice(t * dim, dim));
+                        // NOTE: a tied head's prepared F16 rows may be stored times a power of two (WeightMatrix.HalfShift).
+                        if ((uint)row < (uint)table.Rows) table.DequantizeRow(row, x.Slice(t * dim, dim));
                         else x.Slice(t * dim, dim).Clear();
                     }
                     break;

@@ -74,7 +74,8 @@ internal static unsafe class FloatMatMulKernel
         int cols = a.Cols;
         long rb = a.RowBytes;
         byte* w0 = a.W + r * rb, w1 = w0 + rb, w2 = w1 + rb, w3 = w2 + rb;
-        float* x0 = a.X + (long)b * cols, x1 = x0 + cols, x2 = x1 + cols, x3 = x2 + cols;
+        // The activations as Load16x512 wants them (scaled where its values fall short; the scalar tails take X).
+        float* x0 = a.XScaled + (long)b * cols, x1 = x0 + cols, x2 = x1 + cols, x3 = x2 + cols;
         // NOTE: written out (not through a helper with ref parameters, which would keep the accumulators in memory).
         Vector512<float> c00 = default, c01 = default, c02 = default, c03 = default;
         Vector512<float> c10 = default, c11 = default, c12 = default, c13 = default;
@@ -140,12 +141,16 @@ internal static unsafe class FloatMatMulKernel
         long rb = a.RowBytes;
         byte* w0 = a.W + r * rb, w1 = w0 + rb, w2 = w1 + rb, w3 = w2 + rb;
         byte* w4 = w3 + rb, w5 = w4 + rb, w6 = w5 + rb, w7 = w6 + rb;
-        float* x = a.X;
+        float* x = a.XScaled;
+        byte* next = w0 + 8 * rb;
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
         Vector512<float> c4 = default, c5 = default, c6 = default, c7 = default;
         int i = 0;
+        // NOTE: 2-byte rows ask for the next eight rows' bytes as they go (256 bytes per step), as the AVX2 tiles do
+        // (RowTile8x1_256): a tile's short rows are new streams for the hardware prefetcher.
         for (; i + 16 <= cols; i += 16)
         {
+            if (typeof(TW) != typeof(F32Weights)) PackedSteps.PrefetchLines(next + 16L * i, 4);
             var u = Vector512.Load(x + i);
             c0 = Vector512.FusedMultiplyAdd(TW.Load16x512(w0, i), u, c0);
             c1 = Vector512.FusedMultiplyAdd(TW.Load16x512(w1, i), u, c1);
@@ -184,7 +189,7 @@ internal static unsafe class FloatMatMulKernel
         long rb = a.RowBytes;
         byte* w0 = a.W + r * rb, w1 = w0 + rb, w2 = w1 + rb, w3 = w2 + rb;
         byte* w4 = w3 + rb, w5 = w4 + rb, w6 = w5 + rb, w7 = w6 + rb;
-        float* x0 = a.X + (long)b * cols, x1 = x0 + cols, x2 = x1 + cols;
+        float* x0 = a.XScaled + (long)b * cols, x1 = x0 + cols, x2 = x1 + cols;
         Vector512<float> c00 = default, c01 = default, c02 = default, c10 = default, c11 = default, c12 = default;
         Vector512<float> c20 = default, c21 = default, c22 = default, c30 = default, c31 = default, c32 = default;
         Vector512<float> c40 = default, c41 = default, c42 = default, c50 = default, c51 = default, c52 = default;

@@ -9,7 +9,8 @@ internal unsafe interface IFloatWeights
 {
     /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+31 of <paramref name="row"/>.</summary>
     static abstract void Load32(byte* row, int i, out Vector512<float> lo, out Vector512<float> hi);
-    /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+15 of <paramref name="row"/> in one 512-bit vector.</summary>
+    /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+15 of <paramref name="row"/> in one 512-bit vector, short
+    /// of <see cref="Load16Scale"/> as <see cref="Load16"/>'s are (its callers multiply by <see cref="MatMulArgs.XScaled"/>).</summary>
     static abstract Vector512<float> Load16x512(byte* row, int i);
     /// <summary>Weights <paramref name="i"/>..<paramref name="i"/>+7 of <paramref name="row"/>.</summary>
     static abstract Vector256<float> Load8(byte* row, int i);
@@ -136,18 +137,24 @@ internal readonly unsafe struct F16Weights : IFloatWeights
 }
 
 /// <summary>
-/// F16 weights known to hold no infinity or NaN (<see cref="WeightMatrix.FiniteHalves"/>): <see cref="Load16"/> widens them
-/// without the fix-up those need and without the 2^112 re-bias, which the activations carry instead
-/// (<see cref="Load16Scale"/>); w·2^-112 times x·2^112 is w·x exactly, so every sum keeps its bits. The other loads are
-/// <see cref="F16Weights"/>'.
+/// F16 weights known to hold no infinity or NaN (<see cref="WeightMatrix.FiniteHalves"/>): <see cref="Load16"/> and
+/// <see cref="Load16x512"/> widen them without the fix-up those need and without the 2^112 re-bias, which the activations
+/// carry instead (<see cref="Load16Scale"/>); w·2^-112 times x·2^112 is w·x exactly, so every sum keeps its bits. The
+/// other loads are <see cref="F16Weights"/>'.
 /// </summary>
 internal readonly unsafe struct F16FiniteWeights : IFloatWeights
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Load32(byte* row, int i, out Vector512<float> lo, out Vector512<float> hi) => F16Weights.Load32(row, i, out lo, out hi);
 
+    /// <summary>
+    /// Each half sign-extended to 32 bits (<c>vpmovsxwd</c> from memory), shifted left by 13 and the three copies of the
+    /// sign above the exponent masked off, as <see cref="Widen8"/>: short of 2^112, and never a subnormal float for
+    /// weights rescaled by <see cref="HalfRescale"/>.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> Load16x512(byte* row, int i) => F16Weights.Load16x512(row, i);
+    public static Vector512<float> Load16x512(byte* row, int i) =>
+        ((Avx512F.ConvertToVector512Int32(Vector256.Load((short*)row + i)) << 13) & Vector512.Create(unchecked((int)0x8FFFFFFF))).AsSingle();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Load8(byte* row, int i) => F16Weights.Load8(row, i);

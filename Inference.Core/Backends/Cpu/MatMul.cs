@@ -62,15 +62,37 @@ public static class MatMul
             byte* copy = arena.Allocate(bytes, out var owner);
             Buffer.MemoryCopy(w.Data, copy, bytes, bytes);
             var copied = new WeightMatrix(w.Type, copy, w.Rows, w.Cols) { Owner = owner };
-            return w.Type == GgmlType.F16 ? copied with { FiniteHalves = F16FiniteWeights.AllFinite((ushort*)copy, bytes / 2) } : copied;
+            return w.Type == GgmlType.F16 ? WithHalfFlags(copied) : copied;
         }
         if (w.Type == GgmlType.F16 && !w.FiniteHalves)
-            return w with { FiniteHalves = F16FiniteWeights.AllFinite((ushort*)w.Data, w.Rows * w.RowBytes / 2) };
+        {
+            long bytes = w.Rows * w.RowBytes;
+            if (w.Rows > 0 && HalfRescale.Choose((ushort*)w.Data, bytes / 2) > 0)
+            {
+                // The rows are rescaled in a copy of this matrix's own: the caller's memory stays as it is.
+                var owner = new WeightBuffer(bytes);
+                Buffer.MemoryCopy(w.Data, owner.Data, bytes, bytes);
+                return WithHalfFlags(new WeightMatrix(w.Type, owner.Data, w.Rows, w.Cols) { Owner = owner });
+            }
+            return w with { FiniteHalves = F16FiniteWeights.AllFinite((ushort*)w.Data, bytes / 2) };
+        }
         if (w.Packed is not null || !PackedWeights.IsSupportedFor(w.Type)) return w;
         var pack = new Pack(w, arena);
         PackedWeights.Visit(w.Type, ref pack);
         var packed = pack.Result;
         return packed is null ? w : w with { Packed = packed };
+    }
+
+    /// <summary>
+    /// F16 rows in memory of the matrix's own, checked for infinities and NaNs (<see cref="WeightMatrix.FiniteHalves"/>)
+    /// and multiplied in place by the power of two that leaves no subnormal half (<see cref="HalfRescale"/>).
+    /// </summary>
+    private static unsafe WeightMatrix WithHalfFlags(in WeightMatrix own)
+    {
+        long count = own.Rows * own.RowBytes / 2;
+        int shift = HalfRescale.Choose((ushort*)own.Data, count);
+        if (shift > 0) HalfRescale.Apply((ushort*)own.Data, count, shift);
+        return own with { FiniteHalves = F16FiniteWeights.AllFinite((ushort*)own.Data, count), HalfShift = shift };
     }
 
     /// <summary>
@@ -110,10 +132,10 @@ public static class MatMul
             switch (w.Type)
             {
                 case GgmlType.F32: pool.Run(w.Rows, new FloatJob<F32Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
-                case GgmlType.F16 when w.FiniteHalves && batch == 1 && KernelPaths.Floats256(path):
+                case GgmlType.F16 when w.FiniteHalves && batch == 1 && RunsFiniteHalves(path):
                     RunFiniteHalves(w, px, py, pool, path);
                     break;
-                case GgmlType.F16: pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
+                case GgmlType.F16: RunHalves(w, px, py, batch, pool, path); break;
                 case GgmlType.BF16: pool.Run(w.Rows, new FloatJob<BF16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
                 case GgmlType.Q8_0: RunQ8_0<Q8_0Kernel>(w, px, py, batch, pool, path); break;
                 case GgmlType.Q4_0: RunQ8_0<Q4_0Kernel>(w, px, py, batch, pool, path); break;
@@ -132,23 +154,61 @@ public static class MatMul
         }
     }
 
+    /// <summary>True where batch-1 F16 products widen finite halves without the re-bias (<see cref="F16FiniteWeights"/>).</summary>
+    private static bool RunsFiniteHalves(KernelPath path) => KernelPaths.Floats256(path) || path == KernelPath.Vector512;
+
+    /// <summary>
+    /// F16 weights widened in full (<see cref="F16Weights"/>); rows stored times 2^<see cref="WeightMatrix.HalfShift"/>
+    /// meet activations times 2^-HalfShift (a scratch copy), the same products.
+    /// </summary>
+    private static unsafe void RunHalves(in WeightMatrix w, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
+    {
+        if (w.HalfShift != 0)
+        {
+            int n = checked(batch * w.Cols);
+            float* shifted = (t_scratch ??= new ActivationScratch()).EnsureScaled(n);
+            System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(x, n), MathF.ScaleB(1f, -w.HalfShift), new Span<float>(shifted, n));
+            x = shifted;
+        }
+        pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, x, y, batch, path)), w.Rows * w.RowBytes);
+    }
+
     /// <summary>
     /// One activation row against F16 weights without infinities or NaNs (<see cref="F16FiniteWeights"/>): the
-    /// activations take the weights' 2^112 re-bias, exact while they are all under 2^16 in size (otherwise, or for NaN
-    /// activations, the weights are widened in full).
+    /// activations take the weights' 2^112 re-bias (less their <see cref="WeightMatrix.HalfShift"/>), exact while they
+    /// are all under 2^(16 + HalfShift) in size (otherwise, or for NaN activations, the weights are widened in full).
     /// </summary>
     private static unsafe void RunFiniteHalves(in WeightMatrix w, float* x, float* y, WorkerPool pool, KernelPath path)
     {
-        var input = new ReadOnlySpan<float>(x, w.Cols);
-        if (!(MathF.Abs(System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(input)) < 65536f))
+        if (!ScaleForFiniteHalves(new ReadOnlySpan<float>(x, w.Cols), w.HalfShift, out float* xs, out float* scaled))
         {
-            pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, x, y, 1, path)), w.Rows * w.RowBytes);
+            RunHalves(w, x, y, 1, pool, path);
             return;
         }
-        var s = t_scratch ??= new ActivationScratch();
-        float* scaled = s.EnsureScaled(w.Cols);
-        System.Numerics.Tensors.TensorPrimitives.Multiply(input, F16FiniteWeights.Load16Scale, new Span<float>(scaled, w.Cols));
-        pool.Run(w.Rows, new FloatJob<F16FiniteWeights>(new MatMulArgs(w, x, scaled, y, 1, path)), w.Rows * w.RowBytes);
+        pool.Run(w.Rows, new FloatJob<F16FiniteWeights>(new MatMulArgs(w, xs, scaled, y, 1, path)), w.Rows * w.RowBytes);
+    }
+
+    /// <summary>
+    /// The activations <see cref="F16FiniteWeights"/> rows stored times 2^<paramref name="shift"/> multiply with, in this
+    /// thread's scratch: <paramref name="scaled"/> = x·2^(112 − shift) for the widened loads and <paramref name="xs"/> =
+    /// x·2^-shift for the others (x itself when the shift is 0). False, with nothing written, when some |x| is
+    /// 2^(16 + shift) or more or NaN (the scaled copy could overflow).
+    /// </summary>
+    private static unsafe bool ScaleForFiniteHalves(ReadOnlySpan<float> x, int shift, out float* xs, out float* scaled)
+    {
+        xs = scaled = null;
+        if (!(MathF.Abs(System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(x)) < MathF.ScaleB(1f, 16 + shift))) return false;
+        int n = x.Length;
+        scaled = (t_scratch ??= new ActivationScratch()).EnsureScaled(2 * n);
+        System.Numerics.Tensors.TensorPrimitives.Multiply(x, MathF.ScaleB(F16FiniteWeights.Load16Scale, -shift), new Span<float>(scaled, n));
+        if (shift == 0)
+        {
+            fixed (float* p = x) xs = p;
+            return true;
+        }
+        xs = scaled + n;
+        System.Numerics.Tensors.TensorPrimitives.Multiply(x, MathF.ScaleB(1f, -shift), new Span<float>(xs, n));
+        return true;
     }
 
     private static unsafe void RunQ8_0<TKernel>(in WeightMatrix w, float* x, float* y, int batch, WorkerPool pool, KernelPath path, bool q8_1 = false)
@@ -212,7 +272,9 @@ public static class MatMul
             || x.Length < (long)batch * w0.Cols || y0.Length < (long)batch * w0.Rows || y1.Length < (long)batch * w1.Rows
             || (three && y2.Length < (long)batch * w2.Rows) || w0.Rows == 0 || w1.Rows == 0)
             return false;
-        bool finite = w0.Type == GgmlType.F16 && batch == 1 && KernelPaths.Floats256(path);
+        int shift = w0.HalfShift;
+        if (w1.HalfShift != shift || (three && w2.HalfShift != shift)) return false;   // the activations would differ
+        bool finite = w0.Type == GgmlType.F16 && batch == 1 && RunsFiniteHalves(path);
         if (finite && !(w0.FiniteHalves && w1.FiniteHalves && (!three || w2.FiniteHalves)))
         {
             if (w0.FiniteHalves || w1.FiniteHalves || (three && w2.FiniteHalves)) return false;   // the matrices would take different kernels
@@ -225,18 +287,22 @@ public static class MatMul
         fixed (float* p1 = y1)
         fixed (float* p2 = y2)
         {
-            if (finite && MathF.Abs(System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(x[..w0.Cols])) < 65536f)
+            if (finite && ScaleForFiniteHalves(x[..w0.Cols], shift, out float* xs, out float* scaled))
             {
-                var s = t_scratch ??= new ActivationScratch();
-                float* scaled = s.EnsureScaled(w0.Cols);
-                System.Numerics.Tensors.TensorPrimitives.Multiply(x[..w0.Cols], F16FiniteWeights.Load16Scale, new Span<float>(scaled, w0.Cols));
-                pool.Run(n0 + n1 + n2, new SharedFloatJob<F16FiniteWeights>(new MatMulArgs(w0, px, scaled, p0, 1, path), n0,
-                    new MatMulArgs(w1, px, scaled, p1, 1, path), n1, new MatMulArgs(w2, px, scaled, p2, 1, path), n2), bytes);
+                pool.Run(n0 + n1 + n2, new SharedFloatJob<F16FiniteWeights>(new MatMulArgs(w0, xs, scaled, p0, 1, path), n0,
+                    new MatMulArgs(w1, xs, scaled, p1, 1, path), n1, new MatMulArgs(w2, xs, scaled, p2, 1, path), n2), bytes);
                 return true;
             }
-            var a0 = new MatMulArgs(w0, px, p0, batch, path);
-            var a1 = new MatMulArgs(w1, px, p1, batch, path);
-            var a2 = new MatMulArgs(w2, px, p2, batch, path);
+            float* xin = px;
+            if (shift != 0)
+            {
+                int n = checked(batch * w0.Cols);
+                xin = (t_scratch ??= new ActivationScratch()).EnsureScaled(n);
+                System.Numerics.Tensors.TensorPrimitives.Multiply(x[..n], MathF.ScaleB(1f, -shift), new Span<float>(xin, n));
+            }
+            var a0 = new MatMulArgs(w0, xin, p0, batch, path);
+            var a1 = new MatMulArgs(w1, xin, p1, batch, path);
+            var a2 = new MatMulArgs(w2, xin, p2, batch, path);
             switch (w0.Type)
             {
                 case GgmlType.F32: pool.Run(n0 + n1 + n2, new SharedFloatJob<F32Weights>(a0, n0, a1, n1, a2, n2), bytes); break;

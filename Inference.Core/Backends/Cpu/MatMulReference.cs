@@ -14,7 +14,7 @@ internal static class MatMulReference
         var row = new float[w.Cols];
         for (int r = 0; r < w.Rows; r++)
         {
-            Dequantize.Row(w.Type, w.Row(r), row);
+            w.DequantizeRow(r, row);
             for (int b = 0; b < batch; b++)
             {
                 var xb = x.Slice(b * w.Cols, w.Cols);
@@ -38,7 +38,7 @@ internal static class MatMulReference
         int vectorEnd = w.Cols & ~7;
         for (int r = 0; r < w.Rows; r++)
         {
-            Dequantize.Row(w.Type, w.Row(r), row);
+            w.DequantizeRow(r, row);
             for (int b = 0; b < batch; b++)
             {
                 var xb = x.Slice(b * w.Cols, w.Cols);
@@ -56,7 +56,7 @@ internal static class MatMulReference
     public static float[] DequantizedWeights(in WeightMatrix w)
     {
         var all = new float[(long)w.Rows * w.Cols];
-        for (int r = 0; r < w.Rows; r++) Dequantize.Row(w.Type, w.Row(r), all.AsSpan(r * w.Cols, w.Cols));
+        for (int r = 0; r < w.Rows; r++) w.DequantizeRow(r, all.AsSpan(r * w.Cols, w.Cols));
         return all;
     }
 

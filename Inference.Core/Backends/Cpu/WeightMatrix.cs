@@ -36,18 +36,31 @@ public readonly unsafe struct WeightMatrix
     /// weights on huge pages), or null for memory owned elsewhere.</summary>
     internal WeightBuffer? Owner { get; init; }
 
-    /// <summary>F16 weights with no infinity or NaN among them (checked by <see cref="MatMul.Prepare"/>): the batch-1 AVX2
-    /// kernel then widens them without the fix-up those need (<see cref="F16FiniteWeights"/>).</summary>
+    /// <summary>F16 weights with no infinity or NaN among them (checked by <see cref="MatMul.Prepare"/>): the batch-1
+    /// kernels then widen them without the fix-up those need (<see cref="F16FiniteWeights"/>).</summary>
     internal bool FiniteHalves { get; init; }
+
+    /// <summary>F16 weights stored times 2^HalfShift, so that every nonzero one is a normal half
+    /// (<see cref="HalfRescale"/>); 0 for weights as stored in the file. The matmul kernels multiply such rows by
+    /// activations times 2^-HalfShift (the same products); any other reader scales what it reads by 2^-HalfShift.</summary>
+    internal int HalfShift { get; init; }
 
     /// <summary>Rows <paramref name="first"/> … <paramref name="first"/> + <paramref name="count"/> − 1 as a matrix of their own (a fused tensor's part); stored matrices only.</summary>
     internal WeightMatrix RowSlice(int first, int count)
     {
         if (Packed is not null) throw new InvalidOperationException("a packed matrix cannot be sliced");
         if (first < 0 || count < 1 || first + count > Rows) throw new ArgumentOutOfRangeException(nameof(first), $"rows {first}..{first + count} are outside the matrix of {Rows}");
-        return new WeightMatrix(Type, Data + first * RowBytes, count, Cols) { Owner = Owner, FiniteHalves = FiniteHalves };
+        return new WeightMatrix(Type, Data + first * RowBytes, count, Cols) { Owner = Owner, FiniteHalves = FiniteHalves, HalfShift = HalfShift };
     }
 
     /// <summary>The bytes of row <paramref name="row"/>.</summary>
     public ReadOnlySpan<byte> Row(int row) => new(Data + row * RowBytes, checked((int)RowBytes));
+
+    /// <summary>Row <paramref name="row"/>'s first <paramref name="dst"/>.Length weights as floats (<see cref="Dequantize.Row"/>),
+    /// F16 rows stored times 2^<see cref="HalfShift"/> scaled back: the weights as the file holds them.</summary>
+    internal void DequantizeRow(int row, Span<float> dst)
+    {
+        Dequantize.Row(Type, Row(row), dst);
+        if (HalfShift != 0) System.Numerics.Tensors.TensorPrimitives.Multiply(dst, MathF.ScaleB(1f, -HalfShift), dst);
+    }
 }
