@@ -132,8 +132,8 @@ public static class MatMul
             switch (w.Type)
             {
                 case GgmlType.F32: pool.Run(w.Rows, new FloatJob<F32Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
-                case GgmlType.F16 when w.FiniteHalves && batch == 1 && RunsFiniteHalves(path):
-                    RunFiniteHalves(w, px, py, pool, path);
+                case GgmlType.F16 when w.FiniteHalves && RunsFiniteHalves(path, batch):
+                    RunFiniteHalves(w, px, py, batch, pool, path);
                     break;
                 case GgmlType.F16: RunHalves(w, px, py, batch, pool, path); break;
                 case GgmlType.BF16: pool.Run(w.Rows, new FloatJob<BF16Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
@@ -154,8 +154,12 @@ public static class MatMul
         }
     }
 
-    /// <summary>True where batch-1 F16 products widen finite halves without the re-bias (<see cref="F16FiniteWeights"/>).</summary>
-    private static bool RunsFiniteHalves(KernelPath path) => KernelPaths.Floats256(path) || path == KernelPath.Vector512;
+    /// <summary>
+    /// True where F16 products widen finite halves without the re-bias (<see cref="F16FiniteWeights"/>): every batch with
+    /// AVX-512 (its tiles all read <see cref="MatMulArgs.XScaled"/>), batch 1 on the AVX2 path.
+    /// </summary>
+    private static bool RunsFiniteHalves(KernelPath path, int batch) =>
+        path == KernelPath.Vector512 || (batch == 1 && KernelPaths.Floats256(path));
 
     /// <summary>
     /// F16 weights widened in full (<see cref="F16Weights"/>); rows stored times 2^<see cref="WeightMatrix.HalfShift"/>
@@ -174,18 +178,18 @@ public static class MatMul
     }
 
     /// <summary>
-    /// One activation row against F16 weights without infinities or NaNs (<see cref="F16FiniteWeights"/>): the
-    /// activations take the weights' 2^112 re-bias (less their <see cref="WeightMatrix.HalfShift"/>), exact while they
-    /// are all under 2^(16 + HalfShift) in size (otherwise, or for NaN activations, the weights are widened in full).
+    /// Activations against F16 weights without infinities or NaNs (<see cref="F16FiniteWeights"/>): the activations take
+    /// the weights' 2^112 re-bias (less their <see cref="WeightMatrix.HalfShift"/>), exact while they are all under
+    /// 2^(16 + HalfShift) in size (otherwise, or for NaN activations, the weights are widened in full).
     /// </summary>
-    private static unsafe void RunFiniteHalves(in WeightMatrix w, float* x, float* y, WorkerPool pool, KernelPath path)
+    private static unsafe void RunFiniteHalves(in WeightMatrix w, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
     {
-        if (!ScaleForFiniteHalves(new ReadOnlySpan<float>(x, w.Cols), w.HalfShift, out float* xs, out float* scaled))
+        if (!ScaleForFiniteHalves(new ReadOnlySpan<float>(x, checked(batch * w.Cols)), w.HalfShift, out float* xs, out float* scaled))
         {
-            RunHalves(w, x, y, 1, pool, path);
+            RunHalves(w, x, y, batch, pool, path);
             return;
         }
-        pool.Run(w.Rows, new FloatJob<F16FiniteWeights>(new MatMulArgs(w, xs, scaled, y, 1, path)), w.Rows * w.RowBytes);
+        pool.Run(w.Rows, new FloatJob<F16FiniteWeights>(new MatMulArgs(w, xs, scaled, y, batch, path)), w.Rows * w.RowBytes);
     }
 
     /// <summary>
@@ -258,7 +262,7 @@ public static class MatMul
     /// <summary>
     /// <see cref="MultiplyShared"/> for two or three unpacked float matrices (F32, F16 or BF16) of one type: their rows go
     /// to the pool as one job (one hand-off instead of one per matrix, the small k/v matrices streamed in the same pass as
-    /// q), and for finite F16 weights at batch 1 the activations take the 2^112 re-bias once. Each row runs the kernel
+    /// q), and for finite F16 weights (batch 1, or any batch with AVX-512) the activations take the 2^112 re-bias once. Each row runs the kernel
     /// <see cref="Multiply(in WeightMatrix, ReadOnlySpan{float}, Span{float}, int, WorkerPool)"/> would pick for it, so
     /// the bits are the same; false (nothing done) where the matrices would take different kernels.
     /// </summary>
@@ -274,7 +278,7 @@ public static class MatMul
             return false;
         int shift = w0.HalfShift;
         if (w1.HalfShift != shift || (three && w2.HalfShift != shift)) return false;   // the activations would differ
-        bool finite = w0.Type == GgmlType.F16 && batch == 1 && RunsFiniteHalves(path);
+        bool finite = w0.Type == GgmlType.F16 && RunsFiniteHalves(path, batch);
         if (finite && !(w0.FiniteHalves && w1.FiniteHalves && (!three || w2.FiniteHalves)))
         {
             if (w0.FiniteHalves || w1.FiniteHalves || (three && w2.FiniteHalves)) return false;   // the matrices would take different kernels
@@ -287,10 +291,10 @@ public static class MatMul
         fixed (float* p1 = y1)
         fixed (float* p2 = y2)
         {
-            if (finite && ScaleForFiniteHalves(x[..w0.Cols], shift, out float* xs, out float* scaled))
+            if (finite && ScaleForFiniteHalves(x[..(batch * w0.Cols)], shift, out float* xs, out float* scaled))
             {
-                pool.Run(n0 + n1 + n2, new SharedFloatJob<F16FiniteWeights>(new MatMulArgs(w0, xs, scaled, p0, 1, path), n0,
-                    new MatMulArgs(w1, xs, scaled, p1, 1, path), n1, new MatMulArgs(w2, xs, scaled, p2, 1, path), n2), bytes);
+                pool.Run(n0 + n1 + n2, new SharedFloatJob<F16FiniteWeights>(new MatMulArgs(w0, xs, scaled, p0, batch, path), n0,
+                    new MatMulArgs(w1, xs, scaled, p1, batch, path), n1, new MatMulArgs(w2, xs, scaled, p2, batch, path), n2), bytes);
                 return true;
             }
             float* xin = px;
