@@ -5,9 +5,11 @@ using System.Text.Json;
 namespace Inference.Benchmarks.E2e;
 
 /// <summary>
-/// Memory read bandwidth with T threads: each streams its slice of a 1 GiB buffer (far above the caches) with 256-bit
-/// loads, as one stream or as four; the best of several passes. The decode roofline is this divided by the weight bytes
-/// read per token.
+/// Memory read bandwidth with T threads: each streams its slice of a buffer with 256-bit loads, as one stream or as
+/// four; the best of several passes. Over a 1 GiB ring (far above the caches) it is the DRAM bandwidth; over a buffer
+/// the size of a model's weight bytes per token (its footprint) it is what a decode step can stream, from the
+/// last-level cache where the weights fit it. The decode roofline is the footprint's figure divided by the weight
+/// bytes read per token (<see cref="ReadBandwidth.RooflineGbs"/>).
 /// </summary>
 /// <remarks>
 /// NOTE: the buffer is advised for 2 MiB pages as the engine's prepared weights are (<see cref="Inference.Backends.Cpu.WeightBuffer"/>):
@@ -17,25 +19,98 @@ namespace Inference.Benchmarks.E2e;
 /// </remarks>
 public static class BandwidthBenchmark
 {
+    /// <summary>MiB of the large ring, the DRAM measurement.</summary>
+    public const int RingMib = 1024;
+
+    /// <summary>Bytes each thread's slice is a whole number of (the read loop's step).</summary>
+    private const int SliceGrain = 1024;
+
     public static Task<int> RunAsync(string[] argv)
     {
         var a = new Args(argv);
         int threads = a.Int("--threads", 2);
-        double gbs = Measure(threads, a.Int("--mib", 1024));
-        Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object> { ["mode"] = "bandwidth", ["threads"] = threads, ["read_gb_s"] = Math.Round(gbs, 2), ["cpu"] = Kernels.DecodeCeiling.CpuTag }));
+        int mib = a.Int("--mib", RingMib);
+        double? footprintMb = a.Optional("--footprint-mb") is { } f ? double.Parse(f, System.Globalization.CultureInfo.InvariantCulture) : null;
+        if (threads < 1 || mib < 1 || footprintMb is <= 0) throw new ArgumentException("--threads ≥ 1, --mib ≥ 1 and --footprint-mb > 0 are required");
+        var line = new Dictionary<string, object?> { ["mode"] = "bandwidth", ["threads"] = threads };
+        if (footprintMb is double mb)
+        {
+            var read = MeasureForFootprint(threads, (long)(mb * 1e6), mib);
+            line["read_gb_s"] = Math.Round(read.RooflineGbs, 2);
+            line["footprint_mb"] = Math.Round(read.FootprintBytes / 1e6, 1);
+            line["footprint_read_gb_s"] = Math.Round(read.FootprintGbs, 2);
+            line["dram_read_gb_s"] = Math.Round(read.DramGbs, 2);
+        }
+        else
+        {
+            double gbs = Measure(threads, mib);
+            line["read_gb_s"] = Math.Round(gbs, 2);
+            line["dram_read_gb_s"] = Math.Round(gbs, 2);
+        }
+        line["cpu"] = Kernels.DecodeCeiling.CpuTag;
+        line["llc_mib"] = Kernels.DecodeCeiling.LastLevelCacheMib;
+        Console.WriteLine(JsonSerializer.Serialize(line));
         return Task.FromResult(0);
     }
 
-    public static unsafe double Measure(int threads, int mib)
+    /// <summary>
+    /// The read bandwidth over the <paramref name="ringMib"/> ring (DRAM) and over a working set of
+    /// <paramref name="footprintBytes"/> (<see cref="FootprintBytes"/>), the ring first, same threads and method.
+    /// </summary>
+    /// <param name="threads">Threads that read.</param>
+    /// <param name="footprintBytes">Bytes a decode step streams: the model's weight bytes per token.</param>
+    /// <param name="ringMib">MiB of the large ring.</param>
+    public static ReadBandwidth MeasureForFootprint(int threads, long footprintBytes, int ringMib = RingMib)
     {
-        long bytes = (long)mib << 20;
-        var buffer = new Inference.Backends.Cpu.WeightBuffer(bytes);
+        double dram = Measure(threads, ringMib);
+        long? footprint = FootprintBytes(footprintBytes, threads, (long)ringMib << 20);
+        return footprint is long bytes
+            ? new ReadBandwidth(dram, MeasureBytes(threads, bytes), bytes)
+            : new ReadBandwidth(dram, dram, (long)ringMib << 20);
+    }
+
+    /// <summary>
+    /// Bytes the footprint measurement reads for a decode that streams <paramref name="weightBytesPerToken"/>: that,
+    /// rounded up to a whole number of the read loop's 1 KiB steps per thread (a larger working set is never faster, so
+    /// the rounding cannot raise the figure); null when that is at least the large ring, whose figure then serves.
+    /// </summary>
+    internal static long? FootprintBytes(long weightBytesPerToken, int threads, long ringBytes)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(weightBytesPerToken);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(threads);
+        long grain = (long)threads * SliceGrain;
+        long bytes = (weightBytesPerToken + grain - 1) / grain * grain;
+        return bytes >= ringBytes ? null : bytes;
+    }
+
+    /// <summary>
+    /// Passes over a buffer of <paramref name="bytes"/>: eight, or as many as read the large ring's eight passes' bytes
+    /// when the buffer is smaller (its passes are shorter and more easily disturbed), at most 4,096.
+    /// </summary>
+    internal static int Passes(long bytes) =>
+        (int)Math.Clamp((8L * RingMib << 20) / Math.Max(1, bytes), 8, 4096);
+
+    /// <summary>The read bandwidth over a <paramref name="mib"/> MiB buffer, GB/s (<see cref="MeasureBytes"/>).</summary>
+    public static double Measure(int threads, int mib) => MeasureBytes(threads, (long)mib << 20);
+
+    /// <summary>
+    /// The read bandwidth over a buffer of <paramref name="bytes"/> (advised for 2 MiB pages), GB/s: each of
+    /// <paramref name="threads"/> threads sums its contiguous slice, the best of <see cref="Passes"/> passes.
+    /// </summary>
+    public static unsafe double MeasureBytes(int threads, long bytes)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(threads);
+        // Floats each thread reads: a whole number of 1 KiB steps; the rate divides the bytes actually read.
+        long n = bytes / 4 / threads / 256 * 256;
+        if (n == 0) throw new ArgumentOutOfRangeException(nameof(bytes), $"{bytes} bytes is less than {SliceGrain} per thread");
+        double readBytes = 4.0 * n * threads;
+        using var buffer = new Inference.Backends.Cpu.WeightBuffer(bytes);
         new Random(1).NextBytes(new Span<byte>(buffer.Data, checked((int)Math.Min(bytes, int.MaxValue))));
         double best = 0;
         float sink = 0;
         float* basePtr = (float*)buffer.Data;
-        long floats = bytes / 4;
-        for (int pass = 0; pass < 8; pass++)
+        int passes = Passes(bytes);
+        for (int pass = 0; pass < passes; pass++)
         {
             var sums = new float[threads];
             var sw = Stopwatch.StartNew();
@@ -45,7 +120,6 @@ public static class BandwidthBenchmark
             bool fourStreams = pass % 2 == 1;
             Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
             {
-                long n = floats / threads / 256 * 256;
                 float* s = basePtr + t * n;
                 var acc0 = Vector256<float>.Zero; var acc1 = Vector256<float>.Zero;
                 var acc2 = Vector256<float>.Zero; var acc3 = Vector256<float>.Zero;
@@ -74,10 +148,26 @@ public static class BandwidthBenchmark
             });
             double seconds = sw.Elapsed.TotalSeconds;
             sink += sums.Sum();
-            best = Math.Max(best, bytes / seconds / 1e9);
+            best = Math.Max(best, readBytes / seconds / 1e9);
         }
-        GC.KeepAlive(buffer);
         GC.KeepAlive(sink);
         return best;
     }
+}
+
+/// <summary>One read-bandwidth measurement for a decode (<see cref="BandwidthBenchmark.MeasureForFootprint"/>).</summary>
+/// <param name="DramGbs">Over the large ring, far above the caches: the DRAM bandwidth, GB/s.</param>
+/// <param name="FootprintGbs">Over a working set the size of the decode's weight bytes per token, GB/s (the ring's
+/// figure when the weights are at least as large).</param>
+/// <param name="FootprintBytes">Bytes of that working set.</param>
+public readonly record struct ReadBandwidth(double DramGbs, double FootprintGbs, long FootprintBytes)
+{
+    /// <summary>
+    /// What the bandwidth roofline divides by: the footprint's figure, never less than the large ring's.
+    /// </summary>
+    /// <remarks>
+    /// NOTE: a working set no larger than the ring is never served by slower memory than the ring is; a footprint figure
+    /// below the ring's is noise of its shorter passes, and a roofline built on it would be too low.
+    /// </remarks>
+    public double RooflineGbs => Math.Max(DramGbs, FootprintGbs);
 }

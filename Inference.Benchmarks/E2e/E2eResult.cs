@@ -10,7 +10,8 @@ public sealed record E2eResult(
     /// <summary>Bytes of weights one decode step reads (every matrix, one embedding row).</summary>
     public long WeightBytesPerToken { get; init; }
 
-    /// <summary>Read bandwidth measured in the same run, GB/s (0 when not measured).</summary>
+    /// <summary>Read bandwidth the roofline divides by, GB/s (0 when not measured): the highest
+    /// <see cref="ReadBandwidth.RooflineGbs"/> of <see cref="ReadBandwidths"/>, over the decode's footprint.</summary>
     public double BandwidthGbs { get; init; }
 
     /// <summary>The batch-1 decode ceiling of this model on this machine (ours only); null when not measured.</summary>
@@ -56,8 +57,9 @@ public sealed record E2eResult(
     /// (<see cref="RunQueueWait"/>): how much other work preempted the decode (ours only; 0 where unknown).</summary>
     public double RunQueueWaitMsPerStep { get; init; }
 
-    /// <summary>Every read-bandwidth measurement of the run in order, GB/s: before each counted pass and after the last.</summary>
-    public IReadOnlyList<double> BandwidthsGbs { get; init; } = [];
+    /// <summary>Every read-bandwidth measurement of the run in order (over the footprint and over the large ring):
+    /// before each counted pass and after the last.</summary>
+    public IReadOnlyList<ReadBandwidth> ReadBandwidths { get; init; } = [];
 
     /// <summary>The best counted pass's decode over its own ceiling, whose bandwidth roofline uses the higher of the two
     /// measurements beside the pass; null when not measured.</summary>
@@ -115,7 +117,18 @@ public sealed record E2eResult(
             json["forward_ms_per_step"] = Math.Round(ForwardMsPerStep, 3);
             json["run_queue_wait_ms_per_step"] = Math.Round(RunQueueWaitMsPerStep, 3);
         }
-        if (BandwidthsGbs.Count > 0) json["read_gb_s_all"] = BandwidthsGbs.Select(g => Math.Round(g, 2)).ToArray();
+        if (ReadBandwidths.Count > 0)
+        {
+            // NOTE: read_gb_s (the roofline's) is over the footprint; the large ring's DRAM figure is kept beside it, and
+            // the fraction of it shows how much of the decode the last-level cache serves.
+            double dram = ReadBandwidths.Max(r => r.DramGbs);
+            json["footprint_mb"] = Math.Round(ReadBandwidths[0].FootprintBytes / 1e6, 1);
+            json["footprint_read_gb_s"] = Math.Round(ReadBandwidths.Max(r => r.FootprintGbs), 2);
+            json["dram_read_gb_s"] = Math.Round(dram, 2);
+            json["decode_dram_roofline_fraction"] = Math.Round(DecodeTokS / Batch * WeightBytesPerToken / (dram * 1e9), 3);
+            json["footprint_read_gb_s_all"] = ReadBandwidths.Select(r => Math.Round(r.FootprintGbs, 2)).ToArray();
+            json["dram_read_gb_s_all"] = ReadBandwidths.Select(r => Math.Round(r.DramGbs, 2)).ToArray();
+        }
         if (BaselineStepMs is double baselineStep) json["baseline_step_ms"] = Math.Round(baselineStep, 3);
         if (Ceiling is { } c)
         {
@@ -132,9 +145,10 @@ public sealed record E2eResult(
         return JsonSerializer.Serialize(json);
     }
 
-    private Dictionary<string, object> Fields() => new()
+    private Dictionary<string, object?> Fields() => new()
     {
         ["cpu"] = Kernels.DecodeCeiling.CpuTag,
+        ["llc_mib"] = Kernels.DecodeCeiling.LastLevelCacheMib,
         ["cpu_name"] = Kernels.DecodeCeiling.CpuName,
         ["ready_s"] = Math.Round(ReadyS, 3),
         ["engine"] = Engine,

@@ -33,6 +33,90 @@ public static class DecodeCeiling
     public static string CpuTag => string.Create(CultureInfo.InvariantCulture, $"family {CpuFamily} model {CpuModel}");
 
     /// <summary>
+    /// Bytes of the last-level cache CPU 0 sees (<c>/sys/devices/system/cpu/cpu0/cache</c>: the data or unified cache of
+    /// the highest level), or null where the operating system does not say.
+    /// </summary>
+    /// <remarks>
+    /// NOTE: a model whose weights fit the last-level cache decodes from it, faster than the DRAM bandwidth allows (the
+    /// 110 MB Q4_K_M benchmark model in the 260 MiB L3 of a Xeon, family 6 model 207); every result line says how large
+    /// it is, beside the CPU.
+    /// </remarks>
+    public static long? LastLevelCacheBytes => LastLevelCache.Value;
+
+    /// <summary><see cref="LastLevelCacheBytes"/> in MiB, as result lines carry it (<c>llc_mib</c>); null when unknown.</summary>
+    public static double? LastLevelCacheMib => LastLevelCacheBytes is long bytes ? Math.Round(bytes / 1048576.0, 1) : null;
+
+    /// <summary>"LLC 260 MiB" (or "LLC unknown"): the tag text result lines carry beside <see cref="CpuTag"/>.</summary>
+    public static string CacheTag => LastLevelCacheMib is double mib
+        ? string.Create(CultureInfo.InvariantCulture, $"LLC {mib:0.#} MiB")
+        : "LLC unknown";
+
+    private static readonly Lazy<long?> LastLevelCache = new(ReadLastLevelCache);
+
+    /// <summary>
+    /// A cache size as sysfs (<c>266240K</c>) or lscpu (<c>260 MiB</c>) writes it, in bytes: a whole number, then
+    /// optionally K, M or G (binary multiples, with or without <c>iB</c> or <c>B</c>); null for anything else.
+    /// </summary>
+    internal static long? ParseCacheSize(string? text)
+    {
+        if (text is null) return null;
+        var s = text.Trim();
+        int digits = 0;
+        while (digits < s.Length && char.IsAsciiDigit(s[digits])) digits++;
+        if (digits == 0 || !long.TryParse(s.AsSpan(0, digits), NumberStyles.None, CultureInfo.InvariantCulture, out long value))
+            return null;
+        int shift = s[digits..].Trim().ToUpperInvariant() switch
+        {
+            "" or "B" => 0,
+            "K" or "KB" or "KIB" => 10,
+            "M" or "MB" or "MIB" => 20,
+            "G" or "GB" or "GIB" => 30,
+            _ => -1,
+        };
+        if (shift < 0 || value > long.MaxValue >> shift) return null;
+        return value << shift;
+    }
+
+    /// <summary>
+    /// The last-level cache among <paramref name="caches"/> (one entry per sysfs <c>index*</c> directory: its
+    /// <c>level</c>, <c>type</c> and <c>size</c> files' text, null where a file is missing): the size of the data or
+    /// unified cache of the highest level, the largest if that level lists several; null when none parses.
+    /// </summary>
+    internal static long? LastLevelCacheOf(IEnumerable<(string? Level, string? Type, string? Size)> caches)
+    {
+        int bestLevel = 0;
+        long? bestBytes = null;
+        foreach (var (levelText, type, sizeText) in caches)
+        {
+            if (type?.Trim() is "Instruction") continue;
+            if (!int.TryParse(levelText?.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out int level)) continue;
+            if (ParseCacheSize(sizeText) is not long bytes || bytes == 0) continue;
+            if (level > bestLevel || level == bestLevel && bytes > bestBytes)
+                (bestLevel, bestBytes) = (level, bytes);
+        }
+        return bestBytes;
+    }
+
+    private static long? ReadLastLevelCache()
+    {
+        const string root = "/sys/devices/system/cpu/cpu0/cache";
+        try
+        {
+            if (!Directory.Exists(root)) return null;
+            var caches = new List<(string?, string?, string?)>();
+            foreach (var dir in Directory.GetDirectories(root, "index*"))
+                caches.Add((ReadOrNull(Path.Combine(dir, "level")), ReadOrNull(Path.Combine(dir, "type")), ReadOrNull(Path.Combine(dir, "size"))));
+            return LastLevelCacheOf(caches);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+
+        static string? ReadOrNull(string path) => File.Exists(path) ? File.ReadAllText(path) : null;
+    }
+
+    /// <summary>
     /// GB/s of <paramref name="type"/> weights one core multiplies at batch <paramref name="batch"/> (1: decode) with the
     /// matrix in its own cache: the marginal rate between two prepared (repacked) matrices of about 96 and 320 KiB (1,024
     /// columns), (bytes₂ − bytes₁) / (t₂ − t₁) over the best call of each of
@@ -94,7 +178,9 @@ public static class DecodeCeiling
     /// </summary>
     /// <param name="model">A GGUF file.</param>
     /// <param name="threads">Cores the decode runs on.</param>
-    /// <param name="readGbs">Read bandwidth measured in the same process.</param>
+    /// <param name="readGbs">Read bandwidth measured in the same process over the decode's footprint
+    /// (<see cref="E2e.ReadBandwidth.RooflineGbs"/>): the weights of a model that fits the last-level cache are read
+    /// from it, faster than from DRAM.</param>
     /// <param name="seconds">Time per weight type for <see cref="InCacheGbs"/>.</param>
     public static ModelCeiling ForModel(string model, int threads, double readGbs, double seconds = 0.3)
     {

@@ -10,6 +10,11 @@ namespace Inference.Benchmarks.Kernels;
 /// <c>MatMul.Multiply</c> per type at each thread count and batch size (weights cycled through a ring larger
 /// than the last-level cache).
 /// </summary>
+/// <remarks>
+/// NOTE: the ceiling follows the rule of <see cref="DecodeCeiling.ForModel"/>: the read bandwidth over the working set
+/// the calls stream (here the ring they cycle through, read in matrix-sized slices) against the in-cache compute rate.
+/// A ring no larger than the last-level cache measures the cache, kernels and read alike; the header says so.
+/// </remarks>
 public static unsafe class QuickKernelBench
 {
     public static int Run(string[] args)
@@ -40,7 +45,9 @@ public static unsafe class QuickKernelBench
         }
 
         Console.WriteLine($"matrix {rows} x {cols}, ring {ringBytes >> 20} MiB, {seconds:F1} s per point, " +
-                          $"Vector512 {Vector512.IsHardwareAccelerated}, path {KernelPaths.Best}, cpu {DecodeCeiling.CpuName} ({DecodeCeiling.CpuTag})");
+                          $"Vector512 {Vector512.IsHardwareAccelerated}, path {KernelPaths.Best}, cpu {DecodeCeiling.CpuName} ({DecodeCeiling.CpuTag}, {DecodeCeiling.CacheTag})");
+        if (DecodeCeiling.LastLevelCacheBytes is long llc && ringBytes <= llc)
+            Console.WriteLine($"the {ringBytes >> 20} MiB ring fits the {DecodeCeiling.CacheTag}: every figure below is of the cache, not of DRAM");
         var readGbs = new Dictionary<int, double>();
         var bestRead = new Dictionary<int, double>();
         using (var ring = new WeightRing(GgmlType.F32, rows, cols, ringBytes))
@@ -61,7 +68,9 @@ public static unsafe class QuickKernelBench
         // "best" is the fastest single call: on a machine shared with other work it approximates an undisturbed run.
         // "cache GB/s": one core on a matrix in its own cache (DecodeCeiling.InCacheGbs), the compute roofline of one
         // thread; "ceiling" = min(best read, threads × cache GB/s), the most a batch-1 call can stream here, and
-        // "best %c" the best call against it.
+        // "best %c" the best call against it. The best read is over the calls' own footprint (the same ring, in
+        // matrix-sized slices), the rule DecodeCeiling.ForModel follows for a model.
+        Console.WriteLine($"ceiling = min(footprint read: best matrix-sized slice of the {ringBytes >> 20} MiB ring the calls cycle through, threads × cache GB/s)");
         Console.WriteLine($"{"type",-6} {"threads",7} {"batch",5} {"us/call",9} {"GB/s",7} {"% read",7} {"GB/cpu-s",9} {"best us",8} {"best GB/s",9} {"best %",7} {"cache GB/s",10} {"ceiling",7} {"best %c",7}  cpu");
         foreach (var type in types)
         {
@@ -101,7 +110,7 @@ public static unsafe class QuickKernelBench
                     double cpuPerCall = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds / calls;
                     double gbs = ring.MatrixBytes / perCall / 1e9;
                     Console.WriteLine($"{type,-6} {t,7} {batch,5} {perCall * 1e6,9:F1} {gbs,7:F1} {100 * gbs / readGbs[t],6:F0}% {ring.MatrixBytes / cpuPerCall / 1e9,9:F1} {bestCall * 1e6,8:F1} {bestGbs,9:F1} {100 * bestGbs / bestRead[t],6:F0}% " +
-                                      $"{inCache,10:F1} {Math.Min(bestRead[t], t * inCache),7:F1} {100 * bestGbs / Math.Min(bestRead[t], t * inCache),6:F0}%  {DecodeCeiling.CpuTag}");
+                                      $"{inCache,10:F1} {Math.Min(bestRead[t], t * inCache),7:F1} {100 * bestGbs / Math.Min(bestRead[t], t * inCache),6:F0}%  {DecodeCeiling.CpuTag}, {DecodeCeiling.CacheTag}");
                 }
             }
         }
