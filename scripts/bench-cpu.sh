@@ -6,9 +6,11 @@
 # pass of each process is not counted), decode over 64 generated tokens at batch 1 and 32 at batch 8; the Q4_0, F16 and
 # other-type runs (32 generated tokens) and the 1,024-token prompt run (Q4_K_M) count one warm pass. Every line names
 # the CPU (family, model); batch-1 lines of ours add the ceiling, min(bandwidth roofline, compute roofline), with the
-# in-cache rate of each weight type's kernel, and decode_ceiling_fraction. The read bandwidth is measured before each
-# counted pass and after the last (read_gb_s_all); the fractions use the highest, decode_ceiling_fraction_adjacent the
-# higher of the two beside each pass. run_queue_wait_ms_per_step near 0 says no other work preempted the decode.
+# in-cache rate of each weight type's kernel, and decode_ceiling_fraction. The read bandwidth is measured over the
+# model's weight bytes per token (footprint_read_gb_s: from the last-level cache where they fit, llc_mib) and over a
+# 1 GiB ring (dram_read_gb_s), before each counted pass and after the last (footprint_read_gb_s_all,
+# dram_read_gb_s_all); the fractions use the highest, decode_ceiling_fraction_adjacent the higher of the two beside
+# each pass. run_queue_wait_ms_per_step near 0 says no other work preempted the decode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/dev/stdout}
