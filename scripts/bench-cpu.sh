@@ -3,7 +3,7 @@
 # Usage: scripts/bench-cpu.sh [OUTFILE]   (JSON lines; default: stdout)
 # Writes the benchmark models into .models/ first when they are missing (dim 1024, 16 layers, 16 heads, 4 KV heads,
 # ffn 2816, vocab 512). Run on an otherwise idle machine; each measurement is the best of three warm passes (the first
-# pass of each process is not counted), decode over 64 generated tokens at batch 1 and 32 at batch 8; the Q4_0, F16 and
+# pass of each process is not counted), decode over 64 generated tokens at batch 1 and 32 at batch 8; the Q4_0, F16, BF16 and
 # other-type runs (32 generated tokens) and the 1,024-token prompt run (Q4_K_M) count one warm pass. Every line names
 # the CPU (family, model); batch-1 lines of ours add the ceiling, min(bandwidth roofline, compute roofline), with the
 # in-cache rate of each weight type's kernel, and decode_ceiling_fraction. The read bandwidth is measured over the
@@ -18,7 +18,7 @@ threads=${THREADS:-2}
 dotnet build -c Release Inference.Benchmarks -v q -nologo >/dev/null
 bench() { dotnet Inference.Benchmarks/bin/Release/net10.0/Inference.Benchmarks.dll "$@"; }
 more_types="q6_k q5_k q4_1 q5_0 q5_1 iq4_nl iq4_xs q3_k q2_k"
-for t in q8_0 q4_k f32 q4_0 f16 $more_types; do
+for t in q8_0 q4_k f32 q4_0 f16 bf16 $more_types; do
   [ -f .models/bench-$t.gguf ] || bench write-model --out .models/bench-$t.gguf --type $t >&2
 done
 : > "$out.tmp"
@@ -29,7 +29,7 @@ for t in q8_0 q4_k f32; do
   done
 done
 # the other common weight types, shorter runs
-for t in q4_0 f16; do
+for t in q4_0 f16 bf16; do
   for engine in inference llama.cpp; do
     bench e2e --model .models/bench-$t.gguf -p 128 -n 32 --batch 1 --threads "$threads" --engine $engine --repeat 2 | tee -a "$out.tmp"
   done

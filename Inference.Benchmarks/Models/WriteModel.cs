@@ -46,6 +46,7 @@ public static class WriteModel
         {
             case "f32": SyntheticModel.Write(output, options with { TensorType = GgmlType.F32 }); break;
             case "f16": SyntheticModel.Write(output, options with { TensorType = GgmlType.F16 }); break;
+            case "bf16": SyntheticModel.Write(output, options with { TensorType = GgmlType.BF16 }); break;
             case "q8_0": SyntheticModel.Write(output, options with { TensorType = GgmlType.Q8_0 }); break;
             case var _ when LlamaCppTypes.TryGetValue(type, out var ftype):
                 string f32 = output + ".f32.tmp";
@@ -55,7 +56,7 @@ public static class WriteModel
                 File.Delete(f32);
                 if (!ok) throw new InvalidOperationException($"llama.cpp could not quantize to {type}");
                 break;
-            default: throw new ArgumentException($"unknown --type '{type}' (f32, f16, q8_0, {string.Join(", ", LlamaCppTypes.Keys)})");
+            default: throw new ArgumentException($"unknown --type '{type}' (f32, f16, bf16, q8_0, {string.Join(", ", LlamaCppTypes.Keys)})");
         }
         Console.WriteLine($"{{\"out\":\"{output}\",\"type\":\"{type}\",\"bytes\":{new FileInfo(output).Length},\"seconds\":{sw.Elapsed.TotalSeconds:F1}}}");
         return Task.FromResult(0);

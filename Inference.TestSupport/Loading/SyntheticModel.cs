@@ -110,6 +110,7 @@ public static class SyntheticModel
         {
             GgmlType.F32 => 0u, // LLAMA_FTYPE_ALL_F32
             GgmlType.F16 => 1u, // LLAMA_FTYPE_MOSTLY_F16
+            GgmlType.BF16 => 32u, // LLAMA_FTYPE_MOSTLY_BF16
             _ => 7u,            // LLAMA_FTYPE_MOSTLY_Q8_0
         });
         architecture.WriteGgufMetadata(w, config);

@@ -58,12 +58,13 @@ public sealed record SyntheticModelOptions
         init => _rmsNormEpsilon = float.IsFinite(value) && value > 0f && value < 1f ? value : throw new ArgumentOutOfRangeException(nameof(RmsNormEpsilon), value, "must be in (0, 1)");
     }
 
-    /// <summary>Type of the weight matrices: <see cref="GgmlType.F32"/>, <see cref="GgmlType.F16"/> or <see cref="GgmlType.Q8_0"/>. Norms are always F32.</summary>
+    /// <summary>Type of the weight matrices: <see cref="GgmlType.F32"/>, <see cref="GgmlType.F16"/>, <see cref="GgmlType.BF16"/>
+    /// or <see cref="GgmlType.Q8_0"/>. Norms are always F32.</summary>
     public GgmlType TensorType
     {
         get => _tensorType;
-        init => _tensorType = value is GgmlType.F32 or GgmlType.F16 or GgmlType.Q8_0
-            ? value : throw new ArgumentOutOfRangeException(nameof(TensorType), value, "only F32, F16 and Q8_0 are supported");
+        init => _tensorType = value is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0
+            ? value : throw new ArgumentOutOfRangeException(nameof(TensorType), value, "only F32, F16, BF16 and Q8_0 are supported");
     }
 
     /// <summary>Seed of the weight generator; the same options give the same file.</summary>

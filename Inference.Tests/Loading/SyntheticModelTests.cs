@@ -156,6 +156,7 @@ public class SyntheticModelTests
     [TestCase(8, 8, GgmlType.F16)]
     [TestCase(8, 2, GgmlType.F16)]
     [TestCase(8, 1, GgmlType.F16)]
+    [TestCase(8, 2, GgmlType.BF16)]
     [TestCase(8, 8, GgmlType.Q8_0)]
     [TestCase(8, 2, GgmlType.Q8_0)]
     [TestCase(8, 1, GgmlType.Q8_0)]
