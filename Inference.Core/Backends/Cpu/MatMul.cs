@@ -44,6 +44,9 @@ public static class MatMul
     /// itself when there is none. The copy lives as long as the returned value is reachable; the original memory must
     /// stay valid too.
     /// </summary>
+    /// <remarks>F16 rows holding subnormal halves are copied times the power of two that makes them normal (no kernel
+    /// then meets a subnormal operand, which costs Intel cores a microcode assist per instruction); the products are
+    /// unchanged, but the returned matrix's rows are no longer the stored bytes.</remarks>
     /// <param name="w">The weights.</param>
     /// <returns>The weights to multiply with.</returns>
     public static WeightMatrix Prepare(in WeightMatrix w) => PrepareInto(w, null);
