@@ -241,7 +241,9 @@ public sealed class LlamaModel
         }
         foreach (int id in (ReadOnlySpan<int>)[embedding, output, first, last])
         {
-            var w = _matrices[id];
+            // NOTE: the matrices as bound: preparing may rescale F16 rows (WeightMatrix.HalfShift), and the identity must
+            // not depend on whether a forward pass has run yet.
+            var w = _stored[id];
             hash.Append(new ReadOnlySpan<byte>(w.Data, (int)Math.Min(1 << 16, w.RowBytes * w.Rows)));
         }
         foreach (var v in _vectors[finalNorm]!) hash.Append(BitConverter.GetBytes(v));

@@ -48,6 +48,29 @@ public class LlamaCppDifferentialTests
         return path;
     }
 
+    /// <summary>
+    /// An F16 model whose output head is the embedding table: the prepared head holds subnormal halves rescaled by a power of
+    /// two (WeightMatrix.HalfShift), and the embedding lookups read the same prepared rows, so both must scale back.
+    /// </summary>
+    [Test]
+    public async Task TiedF16Head_LastLogits_MatchLlamaCpp()
+    {
+        string path = Path.Combine(_dir, "llama-tied-f16.gguf");
+        if (!File.Exists(path))
+            SyntheticModel.Write(path, new SyntheticModelOptions
+            {
+                Dimension = 128, LayerCount = 2, HeadCount = 8, KvHeadCount = 2, FeedForwardLength = 256,
+                TensorType = GgmlType.F16, Seed = 5, WeightScale = 0.08f, OutputHead = OutputHead.TiedToEmbedding,
+                TokenizerDonorPath = TestData.Stories260K,
+            });
+        using (var gguf = GgufFile.Open(path))
+        {
+            var halves = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(gguf.GetTensorBytes(gguf.GetTensor("token_embd.weight"))).ToArray();
+            Assert.That(halves.Any(h => (h & 0x7C00) == 0 && (h & 0x3FF) != 0), "the table holds subnormal halves");
+        }
+        await AssertLastLogitsMatchAsync(path, "tied F16", 5e-3);
+    }
+
     /// <summary>An F32 model (dims multiples of 256, as K-quants need) quantized by llama.cpp's own quantizer.</summary>
     private static string QuantizedModel(LLamaFtype ftype)
     {

@@ -103,4 +103,37 @@ public class LlamaModelTests
             Directory.Delete(dir, recursive: true);
         }
     }
+
+    /// <summary>
+    /// The weight sample behind prefix identities reads the matrices as bound: preparing an F16 model rescales its
+    /// subnormal rows (WeightMatrix.HalfShift), and the identity must be the same before and after the first forward pass.
+    /// </summary>
+    [Test]
+    public void WeightSample_IsTheSameBeforeAndAfterPreparing()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "inference-weight-sample-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        try
+        {
+            string path = Path.Combine(dir, "f16.gguf");
+            SyntheticModel.Write(path, new SyntheticModelOptions
+            {
+                Dimension = 64, LayerCount = 1, HeadCount = 4, KvHeadCount = 2, FeedForwardLength = 128,
+                TensorType = GgmlType.F16, Seed = 3, WeightScale = 0.08f, OutputHead = OutputHead.TiedToEmbedding,
+                TokenizerDonorPath = TestData.Stories260K,
+            });
+            using var gguf = GgufFile.Open(path);
+            var model = new LlamaModel(gguf, ModelConfig.FromGguf(gguf));
+            var before = new System.IO.Hashing.XxHash64();
+            model.AppendWeightSample(before);
+            model.PrepareForCpu();
+            var after = new System.IO.Hashing.XxHash64();
+            model.AppendWeightSample(after);
+            Assert.That(after.GetCurrentHashAsUInt64(), Is.EqualTo(before.GetCurrentHashAsUInt64()));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }
