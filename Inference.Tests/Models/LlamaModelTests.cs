@@ -111,8 +111,7 @@ public class LlamaModelTests
     [Test]
     public void WeightSample_IsTheSameBeforeAndAfterPreparing()
     {
-        string dir = Path.Combine(Path.GetTempPath(), "inference-weight-sample-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(dir);
+        string dir = TestData.TempDir();
         try
         {
             string path = Path.Combine(dir, "f16.gguf");
