@@ -190,19 +190,6 @@ internal readonly unsafe struct F16FiniteWeights : IFloatWeights
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(byte* row, int i) => F16Weights.Load1(row, i);
-
-    /// <summary>True when none of the <paramref name="count"/> halves at <paramref name="p"/> is an infinity or a NaN
-    /// (all exponent bits set).</summary>
-    public static bool AllFinite(ushort* p, long count)
-    {
-        long i = 0;
-        var exponent = Vector256.Create((ushort)0x7C00);
-        var any = Vector256<ushort>.Zero;
-        for (; i + 16 <= count; i += 16) any |= Vector256.Equals(Vector256.Load(p + i) & exponent, exponent);
-        if (any != Vector256<ushort>.Zero) return false;
-        for (; i < count; i++) if ((p[i] & 0x7C00) == 0x7C00) return false;
-        return true;
-    }
 }
 
 /// <summary>bfloat16 weights: the upper half of a float.</summary>

@@ -27,9 +27,10 @@ internal static unsafe class HalfRescale
 
     /// <summary>
     /// The shift that makes every nonzero of the <paramref name="count"/> halves at <paramref name="p"/> a normal half:
-    /// 0 when none is subnormal, or when the largest could not take the shift, or when one is an infinity or a NaN.
+    /// 0 when none is subnormal, or when the largest could not take the shift, or when one is an infinity or a NaN
+    /// (then <paramref name="finite"/> is false: the one pass over the halves answers both).
     /// </summary>
-    public static int Choose(ushort* p, long count)
+    public static int Choose(ushort* p, long count, out bool finite)
     {
         // Per lane: the largest exponent field, the smallest nonzero subnormal mantissa (0xFFFF: none), any Inf/NaN.
         var maxExponent = Vector256<ushort>.Zero;
@@ -62,6 +63,7 @@ internal static unsafe class HalfRescale
             special |= e == 31;
             if (e == 0 && m != 0) minM = Math.Min(minM, m);
         }
+        finite = !special;
         if (special || minM == 0xFFFF) return 0;
         int shift = 10 - BitOperations.Log2((uint)minM);
         return maxE + shift <= 30 ? shift : 0;

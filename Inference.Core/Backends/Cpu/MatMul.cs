@@ -65,20 +65,9 @@ public static class MatMul
             byte* copy = arena.Allocate(bytes, out var owner);
             Buffer.MemoryCopy(w.Data, copy, bytes, bytes);
             var copied = new WeightMatrix(w.Type, copy, w.Rows, w.Cols) { Owner = owner };
-            return w.Type == GgmlType.F16 ? WithHalfFlags(copied) : copied;
+            return w.Type == GgmlType.F16 ? WithHalfFlags(copied, ownsRows: true) : copied;
         }
-        if (w.Type == GgmlType.F16 && !w.FiniteHalves)
-        {
-            long bytes = w.Rows * w.RowBytes;
-            if (w.Rows > 0 && HalfRescale.Choose((ushort*)w.Data, bytes / 2) > 0)
-            {
-                // The rows are rescaled in a copy of this matrix's own: the caller's memory stays as it is.
-                var owner = new WeightBuffer(bytes);
-                Buffer.MemoryCopy(w.Data, owner.Data, bytes, bytes);
-                return WithHalfFlags(new WeightMatrix(w.Type, owner.Data, w.Rows, w.Cols) { Owner = owner });
-            }
-            return w with { FiniteHalves = F16FiniteWeights.AllFinite((ushort*)w.Data, bytes / 2) };
-        }
+        if (w.Type == GgmlType.F16 && !w.FiniteHalves) return WithHalfFlags(w, ownsRows: false);
         if (w.Packed is not null || !PackedWeights.IsSupportedFor(w.Type)) return w;
         var pack = new Pack(w, arena);
         PackedWeights.Visit(w.Type, ref pack);
@@ -87,15 +76,24 @@ public static class MatMul
     }
 
     /// <summary>
-    /// F16 rows in memory of the matrix's own, checked for infinities and NaNs (<see cref="WeightMatrix.FiniteHalves"/>)
-    /// and multiplied in place by the power of two that leaves no subnormal half (<see cref="HalfRescale"/>).
+    /// F16 rows checked for infinities and NaNs (<see cref="WeightMatrix.FiniteHalves"/>) and multiplied by the power of
+    /// two that leaves no subnormal half (<see cref="HalfRescale"/>): in place when <paramref name="ownsRows"/> (a copy
+    /// made for the kernels), otherwise in a copy of the matrix's own, the caller's memory staying as it is.
     /// </summary>
-    private static unsafe WeightMatrix WithHalfFlags(in WeightMatrix own)
+    private static unsafe WeightMatrix WithHalfFlags(in WeightMatrix w, bool ownsRows)
     {
-        long count = own.Rows * own.RowBytes / 2;
-        int shift = HalfRescale.Choose((ushort*)own.Data, count);
-        if (shift > 0) HalfRescale.Apply((ushort*)own.Data, count, shift);
-        return own with { FiniteHalves = F16FiniteWeights.AllFinite((ushort*)own.Data, count), HalfShift = shift };
+        long bytes = w.Rows * w.RowBytes;
+        int shift = HalfRescale.Choose((ushort*)w.Data, bytes / 2, out bool finite);
+        if (shift == 0) return w with { FiniteHalves = finite };
+        var rows = w;
+        if (!ownsRows)
+        {
+            var owner = new WeightBuffer(bytes);
+            Buffer.MemoryCopy(w.Data, owner.Data, bytes, bytes);
+            rows = new WeightMatrix(w.Type, owner.Data, w.Rows, w.Cols) { Owner = owner };
+        }
+        HalfRescale.Apply((ushort*)rows.Data, bytes / 2, shift);
+        return rows with { FiniteHalves = finite, HalfShift = shift };
     }
 
     /// <summary>
@@ -170,14 +168,18 @@ public static class MatMul
     /// </summary>
     private static unsafe void RunHalves(in WeightMatrix w, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
     {
-        if (w.HalfShift != 0)
-        {
-            int n = checked(batch * w.Cols);
-            float* shifted = (t_scratch ??= new ActivationScratch()).EnsureScaled(n);
-            System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(x, n), MathF.ScaleB(1f, -w.HalfShift), new Span<float>(shifted, n));
-            x = shifted;
-        }
+        int n = checked(batch * w.Cols);
+        x = Unshifted(x, n, w.HalfShift, w.HalfShift == 0 ? null : (t_scratch ??= new ActivationScratch()).EnsureScaled(n));
         pool.Run(w.Rows, new FloatJob<F16Weights>(new MatMulArgs(w, x, y, batch, path)), w.Rows * w.RowBytes);
+    }
+
+    /// <summary>The <paramref name="n"/> activations at <paramref name="x"/> as rows stored times 2^<paramref name="shift"/>
+    /// (<see cref="WeightMatrix.HalfShift"/>) multiply with: x itself for no shift, else x·2^-shift written to <paramref name="into"/>.</summary>
+    private static unsafe float* Unshifted(float* x, int n, int shift, float* into)
+    {
+        if (shift == 0) return x;
+        System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(x, n), MathF.ScaleB(1f, -shift), new Span<float>(into, n));
+        return into;
     }
 
     /// <summary>
@@ -187,7 +189,7 @@ public static class MatMul
     /// </summary>
     private static unsafe void RunFiniteHalves(in WeightMatrix w, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
     {
-        if (!ScaleForFiniteHalves(new ReadOnlySpan<float>(x, checked(batch * w.Cols)), w.HalfShift, out float* xs, out float* scaled))
+        if (!ScaleForFiniteHalves(x, checked(batch * w.Cols), w.HalfShift, out float* xs, out float* scaled))
         {
             RunHalves(w, x, y, batch, pool, path);
             return;
@@ -198,23 +200,17 @@ public static class MatMul
     /// <summary>
     /// The activations <see cref="F16FiniteWeights"/> rows stored times 2^<paramref name="shift"/> multiply with, in this
     /// thread's scratch: <paramref name="scaled"/> = x·2^(112 − shift) for the widened loads and <paramref name="xs"/> =
-    /// x·2^-shift for the others (x itself when the shift is 0). False, with nothing written, when some |x| is
-    /// 2^(16 + shift) or more or NaN (the scaled copy could overflow).
+    /// x·2^-shift for the others (<see cref="Unshifted"/>). False, with nothing written, when some |x| is 2^(16 + shift)
+    /// or more or NaN (the scaled copy could overflow).
     /// </summary>
-    private static unsafe bool ScaleForFiniteHalves(ReadOnlySpan<float> x, int shift, out float* xs, out float* scaled)
+    private static unsafe bool ScaleForFiniteHalves(float* x, int n, int shift, out float* xs, out float* scaled)
     {
         xs = scaled = null;
-        if (!(MathF.Abs(System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(x)) < MathF.ScaleB(1f, 16 + shift))) return false;
-        int n = x.Length;
+        var input = new ReadOnlySpan<float>(x, n);
+        if (!(MathF.Abs(System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(input)) < MathF.ScaleB(1f, 16 + shift))) return false;
         scaled = (t_scratch ??= new ActivationScratch()).EnsureScaled(2 * n);
-        System.Numerics.Tensors.TensorPrimitives.Multiply(x, MathF.ScaleB(F16FiniteWeights.Load16Scale, -shift), new Span<float>(scaled, n));
-        if (shift == 0)
-        {
-            fixed (float* p = x) xs = p;
-            return true;
-        }
-        xs = scaled + n;
-        System.Numerics.Tensors.TensorPrimitives.Multiply(x, MathF.ScaleB(1f, -shift), new Span<float>(xs, n));
+        System.Numerics.Tensors.TensorPrimitives.Multiply(input, MathF.ScaleB(F16FiniteWeights.Load16Scale, -shift), new Span<float>(scaled, n));
+        xs = Unshifted(x, n, shift, scaled + n);
         return true;
     }
 
@@ -294,19 +290,14 @@ public static class MatMul
         fixed (float* p1 = y1)
         fixed (float* p2 = y2)
         {
-            if (finite && ScaleForFiniteHalves(x[..(batch * w0.Cols)], shift, out float* xs, out float* scaled))
+            int n = checked(batch * w0.Cols);
+            if (finite && ScaleForFiniteHalves(px, n, shift, out float* xs, out float* scaled))
             {
                 pool.Run(n0 + n1 + n2, new SharedFloatJob<F16FiniteWeights>(new MatMulArgs(w0, xs, scaled, p0, batch, path), n0,
                     new MatMulArgs(w1, xs, scaled, p1, batch, path), n1, new MatMulArgs(w2, xs, scaled, p2, batch, path), n2), bytes);
                 return true;
             }
-            float* xin = px;
-            if (shift != 0)
-            {
-                int n = checked(batch * w0.Cols);
-                xin = (t_scratch ??= new ActivationScratch()).EnsureScaled(n);
-                System.Numerics.Tensors.TensorPrimitives.Multiply(x[..n], MathF.ScaleB(1f, -shift), new Span<float>(xin, n));
-            }
+            float* xin = Unshifted(px, n, shift, shift == 0 ? null : (t_scratch ??= new ActivationScratch()).EnsureScaled(n));
             var a0 = new MatMulArgs(w0, xin, p0, batch, path);
             var a1 = new MatMulArgs(w1, xin, p1, batch, path);
             var a2 = new MatMulArgs(w2, xin, p2, batch, path);

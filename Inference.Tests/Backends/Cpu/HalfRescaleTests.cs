@@ -22,9 +22,11 @@ public unsafe class HalfRescaleTests
         return h;
     }
 
-    private static int Choose(ushort[] h)
+    private static int Choose(ushort[] h) => Choose(h, out _);
+
+    private static int Choose(ushort[] h, out bool finite)
     {
-        fixed (ushort* p = h) return HalfRescale.Choose(p, h.Length);
+        fixed (ushort* p = h) return HalfRescale.Choose(p, h.Length, out finite);
     }
 
     [Test]
@@ -62,10 +64,17 @@ public unsafe class HalfRescaleTests
         var withInf = (ushort[])normal.Clone();
         withInf[10] = 0x0001;
         Assert.That(Choose(withInf), Is.EqualTo(10), "a subnormal of mantissa 1 needs 10");
+        Assert.That(Choose(withInf, out bool finite), Is.EqualTo(10), "a subnormal of mantissa 1 needs 10");
+        Assert.That(finite, Is.True);
         withInf[50] = 0x7C00;
-        Assert.That(Choose(withInf), Is.EqualTo(0), "an infinity: left as stored");
+        Assert.That(Choose(withInf, out finite), Is.EqualTo(0), "an infinity: left as stored");
+        Assert.That(finite, Is.False, "an infinity");
         withInf[50] = 0x7E00;
         Assert.That(Choose(withInf), Is.EqualTo(0), "a NaN: left as stored");
+        withInf[^1] = 0xFC00;   // in the scalar tail as well
+        withInf[50] = 0x3C00;
+        Assert.That(Choose(withInf, out finite), Is.EqualTo(0), "a tail infinity: left as stored");
+        Assert.That(finite, Is.False, "an infinity in the tail");
 
         var wide = (ushort[])normal.Clone();
         wide[10] = 0x0001;
