@@ -115,9 +115,7 @@ internal sealed partial class DeviceForwardExecutor
             var seg = batch.Segments[si];
             if (seg.TokenCount != 1 || seg.LogitRowCount != 1 || seg.LogitIndex != si || seg.StartPosition + 1 > maxContext) return null;
         }
-        int bucket = 1;
-        while (bucket < seqs) bucket *= 2;
-        return Math.Min(bucket, _graphOptions.MaxCaptureSize);
+        return LargestDecodeBucket(_graphOptions.MaxCaptureSize, seqs);   // the bucket of seqs (≤ MaxCaptureSize)
     }
 
     /// <summary>Runs a pure decode step padded to <paramref name="bucket"/> rows; returns its logits on the device.</summary>
@@ -133,8 +131,7 @@ internal sealed partial class DeviceForwardExecutor
         try
         {
             var step = UploadDecode(batch, d, bucket);
-            int index = 0;
-            while (d.Buckets[index] != bucket) index++;
+            int index = Array.IndexOf(d.Buckets, bucket);
             if (d.Graphs[index] is { } graph)
             {
                 graph.Launch((CudaStream)d.Stream);

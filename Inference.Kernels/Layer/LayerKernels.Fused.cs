@@ -191,21 +191,23 @@ public sealed partial class LayerKernels
     }
 
     private Action<KernelConfig, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int> LoadGlu<TAct>(GgmlType type)
-        where TAct : struct, IGluActivation => type switch
+        where TAct : struct, IGluActivation =>
+        type == GgmlType.Q8_0 ? LoadGlu(MatMulKernels.GluQ8_0<TAct>)
+        : ForBlockType<GluLoader<TAct>, Action<KernelConfig, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int>>(
+            type, new GluLoader<TAct>(_accelerator));
+
+    /// <summary><see cref="MatMulKernels.GluBlocks{TBlock, TAct}"/> of a block type (through <see cref="ForBlockType"/>).</summary>
+    private readonly struct GluLoader<TAct>(Accelerator accelerator)
+        : IBlockTypeLoader<Action<KernelConfig, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int>>
+        where TAct : struct, IGluActivation
+    {
+        public Action<KernelConfig, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int> Load<TBlock>()
+            where TBlock : struct, MatMulKernels.IWeightBlock
         {
-            GgmlType.Q8_0 => LoadGlu(MatMulKernels.GluQ8_0<TAct>),
-            GgmlType.Q4_0 => LoadGlu(MatMulKernels.GluBlocks<MatMulKernels.Q4_0Block, TAct>),
-            GgmlType.Q4_1 => LoadGlu(MatMulKernels.GluBlocks<MatMulKernels.Q4_1Block, TAct>),
-            GgmlType.Q5_0 => LoadGlu(MatMulKernels.GluBlocks<MatMulKernels.Q5_0Block, TAct>),
-            GgmlType.Q5_1 => LoadGlu(MatMulKernels.GluBlocks<MatMulKernels.Q5_1Block, TAct>),
-            GgmlType.IQ4_NL => LoadGlu(MatMulKernels.GluBlocks<MatMulKernels.IQ4_NLBlock, TAct>),
-            GgmlType.Q2_K => LoadGlu(MatMulKernels.GluBlocks<MatMulKernels.Q2_KBlock, TAct>),
-            GgmlType.Q3_K => LoadGlu(MatMulKernels.GluBlocks<MatMulKernels.Q3_KBlock, TAct>),
-            GgmlType.Q4_K => LoadGlu(MatMulKernels.GluBlocks<MatMulKernels.Q4_KBlock, TAct>),
-            GgmlType.Q5_K => LoadGlu(MatMulKernels.GluBlocks<MatMulKernels.Q5_KBlock, TAct>),
-            GgmlType.Q6_K => LoadGlu(MatMulKernels.GluBlocks<MatMulKernels.Q6_KBlock, TAct>),
-            _ => LoadGlu(MatMulKernels.GluBlocks<MatMulKernels.IQ4_XSBlock, TAct>),
-        };
+            Action<ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int> kernel = MatMulKernels.GluBlocks<TBlock, TAct>;
+            return accelerator.LoadStreamKernel(kernel);
+        }
+    }
 
     private Action<KernelConfig, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int> LoadGlu(
         Action<ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int> kernel) =>
