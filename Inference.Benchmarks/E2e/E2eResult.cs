@@ -10,6 +10,9 @@ public sealed record E2eResult(
     /// <summary>Bytes of weights one decode step reads (every matrix, one embedding row).</summary>
     public long WeightBytesPerToken { get; init; }
 
+    /// <summary>Decode tokens/s × weight bytes per token ÷ <paramref name="gbs"/> GB/s (0 when no bandwidth was measured).</summary>
+    private double RooflineFraction(double gbs) => gbs > 0 ? Math.Round(DecodeTokS / Batch * WeightBytesPerToken / (gbs * 1e9), 3) : 0;
+
     /// <summary>Read bandwidth the roofline divides by, GB/s (0 when not measured): the highest
     /// <see cref="ReadBandwidth.RooflineGbs"/> of <see cref="ReadBandwidths"/>, over the decode's footprint.</summary>
     public double BandwidthGbs { get; init; }
@@ -125,7 +128,7 @@ public sealed record E2eResult(
             json["footprint_mb"] = Math.Round(ReadBandwidths[0].FootprintBytes / 1e6, 1);
             json["footprint_read_gb_s"] = Math.Round(ReadBandwidths.Max(r => r.FootprintGbs), 2);
             json["dram_read_gb_s"] = Math.Round(dram, 2);
-            json["decode_dram_roofline_fraction"] = Math.Round(DecodeTokS / Batch * WeightBytesPerToken / (dram * 1e9), 3);
+            json["decode_dram_roofline_fraction"] = RooflineFraction(dram);
             json["footprint_read_gb_s_all"] = ReadBandwidths.Select(r => Math.Round(r.FootprintGbs, 2)).ToArray();
             json["dram_read_gb_s_all"] = ReadBandwidths.Select(r => Math.Round(r.DramGbs, 2)).ToArray();
         }
@@ -166,6 +169,6 @@ public sealed record E2eResult(
         ["weight_mb_per_token"] = Math.Round(WeightBytesPerToken / 1e6, 1),
         ["read_gb_s"] = Math.Round(BandwidthGbs, 2),
         // Decode roofline: every token streams all weights once; batch B shares one pass.
-        ["decode_roofline_fraction"] = BandwidthGbs > 0 ? Math.Round(DecodeTokS / Batch * WeightBytesPerToken / (BandwidthGbs * 1e9), 3) : 0,
+        ["decode_roofline_fraction"] = RooflineFraction(BandwidthGbs),
     };
 }
