@@ -13,6 +13,7 @@ public static class Program
     {
         ["kernels"] = ("BenchmarkDotNet CPU kernel micro-benchmarks [BenchmarkDotNet args]", a => { BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(a); return Task.FromResult(0); }),
         ["kernels-quick"] = ("GB/s of weights per type at 1 and 2 threads [--seconds S --threads 1,2 --batch 1,8 --types ... --shape 2816x1024]", a => Task.FromResult(QuickKernelBench.Run(a))),
+        ["half-widening"] = ("GB/s of F16 halves widened and multiplied on one core, per widening and per data (normal, subnormal, Gaussian, rescaled) [--passes 30]", a => Task.FromResult(Kernels.HalfWidening.Run(a))),
         ["vector-ops"] = ("cycles per 256-bit vpmaddubsw, vpmaddwd, vpsrlw, vpaddw on this core [--millions 50]", a => Task.FromResult(Kernels.VectorOpCosts.Run(a))),
         ["attention"] = ("CPU paged attention, one layer, µs per call: [--context 160 --tokens 1 --threads 1 --kv f16|f32|q8_0|fp8 (comma-separated: side by side) --heads 16 --kv-heads 4 --head-dim 64 --cold]", Kernels.AttentionQuickBench.RunAsync),
         ["write-model"] = ("write a random-weight GGUF: --out PATH [--arch llama|qwen2|qwen3|gemma2|gemma3|phi3|qwen2moe|qwen3moe] --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|iq4_nl|iq4_xs|q2_k|q3_k|q3_k_s|q4_k|q4_k_s|q5_k|q5_k_s|q6_k [--dim --layers --heads --kv-heads --ffn] [--experts N --experts-used K --expert-ffn --shared-expert-ffn] (llama with --experts: Mixtral)", Models.WriteModel.RunAsync),
