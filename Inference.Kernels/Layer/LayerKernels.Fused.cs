@@ -170,7 +170,7 @@ public sealed partial class LayerKernels
         {
             CheckQ8_0(gate, cols);
             CheckQ8_0(up, cols);
-            if (!IsWide(cols, MatMulKernels.Q8BlockElements, gate, 2, x)) return false;
+            if (!IsWide(cols, MatMulKernels.Q8BlockElements, gate, 2, x) || !IsWide(cols, MatMulKernels.Q8BlockElements, up, 2, x)) return false;
         }
         else
         {
