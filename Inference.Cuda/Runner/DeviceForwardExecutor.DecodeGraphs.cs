@@ -39,10 +39,10 @@ internal sealed record DecodeGraphOptions(bool EnforceEager, int MaxCaptureSize,
 /// Every launch goes to one created stream (stream capture refuses the legacy default stream): for the step, the
 /// accelerator's <see cref="Accelerator.DefaultStream"/>, which ILGPU's stream kernels, its copies and the PTX launchers
 /// all read at each call, points at it. The tensor-core products are left out (their scratch grows with eager steps,
-/// and a captured graph keeps addresses): a captured step's products run on the batch-invariant row kernels. Models
-/// with mixture-of-experts blocks stay eager: their routing and grouping stay on the device, but in scratch shared with
-/// the eager steps that grows (moves) with them, and their router and shared-expert products may take the tensor-core
-/// kernel, whose scratch grows too.
+/// and a captured graph keeps addresses): a captured step's products run on the batch-invariant row kernels. Mixture-of-experts
+/// blocks are captured too: routing, grouping and the expert products read their counts from device memory, their
+/// scratch belongs to the step buffers (the captured steps' sized once for the largest bucket), and their router and
+/// shared-expert products take the row kernels like every other product of a captured step.
 /// </remarks>
 internal sealed partial class DeviceForwardExecutor
 {
@@ -89,7 +89,6 @@ internal sealed partial class DeviceForwardExecutor
     private string? DecodeGraphsOffReason(DecodeGraphOptions? options)
     {
         if (options is null || options.EnforceEager) return "EnforceEager";
-        if (_experts is not null) return "mixture-of-experts scratch grows with the eager steps, and a captured graph keeps addresses";
         if (SetDefaultStream is null) return "ILGPU's default stream cannot be redirected to a capturable stream";
         if (_accelerator is CudaAccelerator && !CudaGraph.IsSupported(out var reason)) return reason;
         return null;
@@ -244,7 +243,7 @@ internal sealed partial class DeviceForwardExecutor
         try
         {
             state.Stream = _accelerator.CreateStream();
-            state.Step = new StepBuffers(_accelerator, _graph, cap, cap, cap, maxBlocks);
+            state.Step = new StepBuffers(_accelerator, _graph, cap, cap, cap, maxBlocks, _experts);
             // The attention of captured steps has scratch of its own, reserved for every bucket before any capture: eager
             // steps may grow (move) the other instance's buffers.
             state.Attention = CreateAttention(_accelerator, _shape, _storage.DataType, _attentionChoice, flashPrefill: false);
@@ -278,6 +277,11 @@ internal sealed partial class DeviceForwardExecutor
         Describe(text, "slots", s.Slots);
         Describe(text, "logitRows", s.LogitRows);
         Describe<float>(text, "angles", s.Angles.View);
+        if (op.Kind == Models.Graph.OpKind.MixtureOfExperts && s.Experts is { } experts)
+        {
+            Describe<float>(text, "expertFloats", experts.Floats.View);
+            Describe<int>(text, "expertInts", experts.Ints.View);
+        }
         if (op.Kind == Models.Graph.OpKind.Attention)
         {
             Describe(text, "tables", step.BlockTables);

@@ -121,7 +121,7 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
                 if (specs[i].IsMatrix) _matrices[i] = Own(DeviceMatrix.Upload(accelerator, bound[i]));
                 else _vectors[i] = Own(accelerator.Allocate1D(w.GetVector(specs[i].Name, specs[i].Rows)!));
             }
-            if (_graph.Experts.Length > 0) _experts = Own(new DeviceMixtureOfExperts(accelerator, _kernels, _gemm, _graph, bound, _matrices, _vectors));
+            if (_graph.Experts.Length > 0) _experts = Own(new DeviceMixtureOfExperts(accelerator, _kernels, _graph, bound, _matrices, _vectors));
             // NOTE: on ILGPU's CPU accelerator one thread per row, as the layer kernels (no barriers to pay for).
             if (deviceSampling) _sampler = Own(new DeviceSampler(accelerator, accelerator.AcceleratorType == AcceleratorType.CPU ? 1 : SamplingKernels.MaxGroupSize));
             _accelerator.Synchronize();
@@ -413,7 +413,7 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
                 break;
             }
             case OpKind.MixtureOfExperts:
-                _experts!.Run(g.Experts[op.Param], View(s, op.Src, n, logitCount), View(s, op.Dst, n, logitCount), n);
+                _experts!.Run(g.Experts[op.Param], View(s, op.Src, n, logitCount), View(s, op.Dst, n, logitCount), n, s.Experts!, gemm);
                 break;
             case OpKind.GatherLogitRows:
                 _kernels.GatherRows(View(s, op.Src, n, logitCount), s.LogitRows, View(s, op.Dst, n, logitCount), logitCount, g.Buffers[op.Src].Width);
@@ -581,7 +581,7 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
         int lc = Math.Max(Math.Max(logitCount, 1), _step?.LogitCapacity ?? 0);
         _step?.Dispose();
         _step = null;
-        _step = new StepBuffers(_accelerator, _graph, t, sc, lc, _shape.MaxBlocksPerSeq);
+        _step = new StepBuffers(_accelerator, _graph, t, sc, lc, _shape.MaxBlocksPerSeq, _experts);
         return _step;
     }
 
@@ -619,7 +619,7 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
     /// <summary>Device activations and metadata for up to <see cref="TokenCapacity"/> tokens, grown on demand.</summary>
     private sealed class StepBuffers : IDisposable
     {
-        public StepBuffers(Accelerator a, ModelGraph graph, int tokens, int seqs, int logits, int maxBlocks)
+        public StepBuffers(Accelerator a, ModelGraph graph, int tokens, int seqs, int logits, int maxBlocks, DeviceMixtureOfExperts? experts)
         {
             TokenCapacity = tokens;
             SeqCapacity = seqs;
@@ -633,6 +633,7 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
                     Buffers[i] = a.Allocate1D<float>(Math.Max(1L, (long)(graph.Buffers[i].LogitRows ? logits : tokens) * graph.Buffers[i].Width));
                 Angles = a.Allocate1D<float>(Math.Max(1L, (long)tokens * ropeFloats));
                 Ints = a.Allocate1D<int>(4L * tokens + 2L * seqs + 1 + logits + (long)seqs * maxBlocks);
+                Experts = experts?.CreateScratch(tokens);
             }
             catch
             {
@@ -647,13 +648,14 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
         public MemoryBuffer1D<float, Stride1D.Dense>[] Buffers { get; }   // by graph buffer id, [rows, width]
         public MemoryBuffer1D<float, Stride1D.Dense> Angles { get; } = null!;  // per rotation table: cos [n, ropeDim / 2] then sin
         public MemoryBuffer1D<int, Stride1D.Dense> Ints { get; } = null!;      // the step's metadata (see Upload)
+        public DeviceMixtureOfExperts.Scratch? Experts { get; }                 // the mixture-of-experts blocks' scratch, when the model has any
 
         /// <summary>Bytes of the activations, angles and metadata in device memory.</summary>
         public long ByteCount
         {
             get
             {
-                long total = Angles.LengthInBytes + Ints.LengthInBytes;
+                long total = Angles.LengthInBytes + Ints.LengthInBytes + (Experts?.ByteCount ?? 0);
                 foreach (var b in Buffers) total += b.LengthInBytes;
                 return total;
             }
@@ -669,6 +671,7 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
             foreach (var b in Buffers) b?.Dispose();
             Angles?.Dispose();
             Ints?.Dispose();
+            Experts?.Dispose();
         }
     }
 }

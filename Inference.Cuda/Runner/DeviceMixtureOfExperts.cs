@@ -23,19 +23,17 @@ namespace Inference.Cuda.Runner;
 /// Each expert's gate, up and down matrices of a block are stacked in one buffer (<see cref="DeviceMatrix.UploadExperts"/>),
 /// so one launch reaches every expert; a group of an expert with no rows in its range returns before reading any weight,
 /// so a decode step reads only the chosen experts' weights. Nothing here copies to the host: the step's only
-/// device-to-host copy stays the logits (or the sampled tokens). Not thread-safe: the engine thread only.
+/// device-to-host copy stays the logits (or the sampled tokens). The scratch is the caller's (<see cref="Scratch"/>, one
+/// per step-buffer set): the eager steps' grows with them, the captured decode steps' is sized once for the largest bucket,
+/// so a captured graph keeps valid addresses. Not thread-safe: the engine thread only.
 /// </remarks>
 internal sealed class DeviceMixtureOfExperts : IDisposable
 {
     private readonly Accelerator _accelerator;
     private readonly LayerKernels _kernels;
-    private readonly PtxTensorCoreGemm? _gemm;                                // CUDA: F16 products of many rows (router, shared expert)
     private readonly DeviceMatrix?[] _matrices;                               // by weight id
     private readonly MemoryBuffer1D<float, Stride1D.Dense>?[] _vectors;       // by weight id
     private readonly Dictionary<ExpertLayer, Stack> _stacks = new(ReferenceEqualityComparer.Instance);   // by block
-    private MemoryBuffer1D<float, Stride1D.Dense>? _floats;
-    private MemoryBuffer1D<int, Stride1D.Dense>? _ints;
-    private int _capacity;                                                    // tokens the scratch holds
     private readonly int _experts, _topK, _dim, _width;
 
     /// <summary>A block's experts' matrices, each kind stacked (expert e at e · rows · row bytes).</summary>
@@ -43,17 +41,15 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
 
     /// <param name="accelerator">The device.</param>
     /// <param name="kernels">The layer kernels.</param>
-    /// <param name="gemm">The tensor-core kernel on CUDA, or null.</param>
     /// <param name="graph">The model's graph (its <see cref="ModelGraph.Experts"/>).</param>
     /// <param name="bound">Every weight matrix of the graph on the host, by weight id; the experts' are uploaded here, stacked.</param>
     /// <param name="matrices">The other matrices on the device (router, shared expert), by weight id.</param>
     /// <param name="vectors">The vectors on the device, by weight id.</param>
-    public DeviceMixtureOfExperts(Accelerator accelerator, LayerKernels kernels, PtxTensorCoreGemm? gemm, ModelGraph graph, Backends.Cpu.WeightMatrix[] bound,
+    public DeviceMixtureOfExperts(Accelerator accelerator, LayerKernels kernels, ModelGraph graph, Backends.Cpu.WeightMatrix[] bound,
         DeviceMatrix?[] matrices, MemoryBuffer1D<float, Stride1D.Dense>?[] vectors)
     {
         _accelerator = accelerator;
         _kernels = kernels;
-        _gemm = gemm;
         _matrices = matrices;
         _vectors = vectors;
         try
@@ -110,17 +106,22 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
         return DeviceMatrix.UploadExperts(_accelerator, parts);
     }
 
-    /// <summary>dst = the mixture-of-experts block <paramref name="layer"/> of src (<c>[n, dim]</c> each).</summary>
-    public void Run(ExpertLayer layer, ArrayView<float> src, ArrayView<float> dst, int n)
+    /// <summary>
+    /// dst = the mixture-of-experts block <paramref name="layer"/> of src (<c>[n, dim]</c> each), in
+    /// <paramref name="scratch"/>; the router and shared-expert products take <paramref name="gemm"/> where it applies
+    /// (null: the row kernels only, as a captured step's products).
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="n"/> is more tokens than <paramref name="scratch"/> holds.</exception>
+    public void Run(ExpertLayer layer, ArrayView<float> src, ArrayView<float> dst, int n, Scratch scratch, PtxTensorCoreGemm? gemm)
     {
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(n, scratch.Capacity);
         int experts = layer.Count, k = layer.TopK, width = layer.Width, slots = n * k;
         var router = _matrices[layer.Router]!;
         var stack = _stacks[layer];
         int dim = router.Cols;
-        Ensure(n);
         // scratch, [capacity] rows each: logits [n, E] | w [n, k] | X [n·k, dim] | G, U [n·k, width] or [n, sharedWidth] | Y [n·k, dim] | S [n, dim] | g [n]
-        ArrayView<float> f = _floats!.View;
-        long c = _capacity, at = 0;
+        ArrayView<float> f = scratch.Floats.View;
+        long c = scratch.Capacity, at = 0;
         ArrayView<float> Take(long length)
         {
             var v = f.SubView(at, length);
@@ -136,14 +137,14 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
         var shared = Take(c * _dim);
         var sharedGate = Take(c);
         // ints: chosen [n·k] | rowToken [n·k] | slotRow [n·k] | starts [experts + 1]
-        ArrayView<int> ints = _ints!.View;
+        ArrayView<int> ints = scratch.Ints.View;
         long ck = c * _topK;
         var chosen = ints.SubView(0, slots);
         var rowToken = ints.SubView(ck, slots);
         var slotRow = ints.SubView(2 * ck, slots);
         var starts = ints.SubView(3 * ck, experts + 1);
 
-        router.MatMul(_kernels, _gemm, src, logits, n);
+        router.MatMul(_kernels, gemm, src, logits, n);
         _kernels.RouteExperts(logits, chosen, weights, n, experts, k, layer.NormalizeWeights);
         _kernels.GroupExperts(chosen, starts, rowToken, slotRow, n, experts, k);
         _kernels.GatherRows(src, rowToken, x, slots, dim);
@@ -157,37 +158,58 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
         int sw = layer.SharedWidth;
         var sGate = gate.SubView(0, (long)n * sw);
         var sUp = up.SubView(0, (long)n * sw);
-        _matrices[layer.SharedGate]!.MatMul(_kernels, _gemm, src, sGate, n);
-        _matrices[layer.SharedUp]!.MatMul(_kernels, _gemm, src, sUp, n);
+        _matrices[layer.SharedGate]!.MatMul(_kernels, gemm, src, sGate, n);
+        _matrices[layer.SharedUp]!.MatMul(_kernels, gemm, src, sUp, n);
         _kernels.SwiGlu(sGate, sUp, sGate, n * sw);
         var s = shared.SubView(0, (long)n * dim);
-        _matrices[layer.SharedDown]!.MatMul(_kernels, _gemm, sGate, s, n);
+        _matrices[layer.SharedDown]!.MatMul(_kernels, gemm, sGate, s, n);
         // σ's input g = gate_inp_shexp · x: the gate vector is a one-row matrix
         var g = sharedGate.SubView(0, n);
         _kernels.MatMul(_vectors[layer.SharedGateInput]!.View, src, g, 1, dim, n);
         _kernels.AddSigmoidGated(dst, s, g, n, dim);
     }
 
-    /// <summary>Grows the device scratch to <paramref name="tokens"/> tokens (doubling).</summary>
-    private void Ensure(int tokens)
+    /// <summary>Scratch for <see cref="Run"/> of up to <paramref name="tokens"/> tokens of any block of this model.</summary>
+    public Scratch CreateScratch(int tokens)
     {
-        if (tokens <= _capacity) return;
-        int c = Math.Max(tokens, 2 * _capacity);
-        _floats?.Dispose();
-        _ints?.Dispose();
-        _floats = null;
-        _ints = null;
+        ArgumentOutOfRangeException.ThrowIfLessThan(tokens, 1);
         // 8 parts, each rounded up to 4 floats
-        long k = _topK, floats = (long)c * (_experts + k + 2 * k * _dim + 2L * _width + _dim + 1) + 8 * 3;
-        _floats = _accelerator.Allocate1D<float>(floats);
-        _ints = _accelerator.Allocate1D<int>(3L * c * k + _experts + 1);
-        _capacity = c;
+        long k = _topK, floats = (long)tokens * (_experts + k + 2 * k * _dim + 2L * _width + _dim + 1) + 8 * 3;
+        return new Scratch(_accelerator, tokens, floats, 3L * tokens * k + _experts + 1);
+    }
+
+    /// <summary>The device scratch of <see cref="Run"/> for up to <see cref="Capacity"/> tokens (<see cref="CreateScratch"/>).</summary>
+    internal sealed class Scratch : IDisposable
+    {
+        internal Scratch(Accelerator accelerator, int capacity, long floats, long ints)
+        {
+            Capacity = capacity;
+            Floats = accelerator.Allocate1D<float>(floats);
+            try { Ints = accelerator.Allocate1D<int>(ints); }
+            catch
+            {
+                Floats.Dispose();
+                throw;
+            }
+        }
+
+        /// <summary>Tokens a step may have.</summary>
+        public int Capacity { get; }
+        public MemoryBuffer1D<float, Stride1D.Dense> Floats { get; }
+        public MemoryBuffer1D<int, Stride1D.Dense> Ints { get; }
+
+        /// <summary>Bytes in device memory.</summary>
+        public long ByteCount => Floats.LengthInBytes + Ints.LengthInBytes;
+
+        public void Dispose()
+        {
+            Floats.Dispose();
+            Ints.Dispose();
+        }
     }
 
     public void Dispose()
     {
-        _floats?.Dispose();
-        _ints?.Dispose();
         foreach (var s in _stacks.Values)
         {
             s.Gate.Dispose();

@@ -233,11 +233,11 @@ public class DeviceDecodeGraphTests
     }
 
     /// <summary>
-    /// Steps that stay eager beside padded ones: a context past MaxSeqLenToCapture, a batch past MaxCaptureSize (both
-    /// still give the eager logits bit for bit), and a mixture-of-experts model, whose DeviceName says why.
+    /// Steps that stay eager beside padded ones: a context past MaxSeqLenToCapture and a batch past MaxCaptureSize, both
+    /// still giving the eager logits bit for bit.
     /// </summary>
     [Test]
-    public void LongContextsLargeBatchesAndMoE_StayEager()
+    public void LongContextsAndLargeBatches_StayEager()
     {
         using (var pair = new DecodePair(DeviceTestAccelerator.Cpu, DeviceForwardExecutorTests.Model(4, 2, GgmlType.F32), 8, maxCaptureSize: 4, maxSeqLenToCapture: 24))
         {
@@ -256,12 +256,50 @@ public class DeviceDecodeGraphTests
             foreach (long id in Ids(1, 5)) pair.Free(id);
             Assert.That(pair.Manager.FreeBlockCount, Is.EqualTo(pair.Manager.TotalBlockCount), "no KV block leaked");
         }
+    }
 
-        using var moe = new DecodePair(DeviceTestAccelerator.Cpu, DeviceForwardExecutorTests.Model(8, 2, GgmlType.F32, architecture: "qwen2moe", experts: 6), 8);
-        Assert.That(moe.Padded.DeviceName, Does.Contain("decode eager (mixture-of-experts"));
-        moe.Prefill([(1, 9), (2, 4)]);
-        moe.Decode(1, 2);
-        Assert.That(moe.Padded.LastDecodeBucket, Is.Zero);
+    /// <summary>
+    /// Mixture-of-experts models (qwen2moe with its gated shared expert, qwen3moe without) decode padded like the dense
+    /// ones: batches of 1, 3, 5 and 6 sequences (buckets 1, 4, 8) give the eager step's logits bit for bit, the padding
+    /// rows routed beside the real ones changing nothing; two steps of one bucket launch every operation, the experts'
+    /// scratch included, with the same arguments; a prefill between them (eager, larger) leaves the captured steps'
+    /// scratch where it was.
+    /// </summary>
+    [TestCase("qwen2moe")]
+    [TestCase("qwen3moe")]
+    public void MixtureOfExperts_DecodesPadded_AsTheEagerStep(string architecture)
+    {
+        using var pair = new DecodePair(DeviceTestAccelerator.Cpu, DeviceForwardExecutorTests.Model(8, 2, GgmlType.F32, architecture: architecture, experts: 6), 8);
+        var padded = pair.Padded;
+        Assert.That(padded.DeviceName, Does.Contain("padded to graph-safe batch sizes up to 32"));
+        pair.Prefill(Ids(1, 6).Select(id => (id, 3 + (int)(id * 5 % 13))).ToArray());
+        pair.Decode(1);
+        Assert.That(padded.LastDecodeBucket, Is.EqualTo(1));
+        pair.Decode(1, 2, 3);
+        Assert.That(padded.LastDecodeBucket, Is.EqualTo(4));
+        pair.Decode(Ids(1, 5));
+        Assert.That(padded.LastDecodeBucket, Is.EqualTo(8));
+
+        List<string> Logged(params long[] ids)
+        {
+            padded.LaunchLog = [];
+            pair.Decode(ids);
+            var log = padded.LaunchLog;
+            padded.LaunchLog = null;
+            return log;
+        }
+        var five = Logged(Ids(1, 5));
+        pair.Prefill([(7, 40)], Ids(1, 6));   // a larger eager step: the eager buffers grow
+        Assert.That(padded.LastDecodeBucket, Is.Zero);
+        var six = Logged(Ids(1, 6));
+        Assert.That(padded.LastDecodeBucket, Is.EqualTo(8));
+        Assert.That(five.Where(l => l.Contains("MixtureOfExperts")).ToList(), Has.Count.EqualTo(2));
+        Assert.That(five.All(l => !l.Contains("MixtureOfExperts") || l.Contains("expertFloats@")), Is.True, "the experts' scratch is described");
+        Assert.That(six, Is.EqualTo(five), "bucket 8: 5 and 6 sequences, before and after a larger eager step");
+        for (int step = 0; step < 4; step++) pair.Decode(Ids(1, 7));
+
+        foreach (long id in Ids(1, 7)) pair.Free(id);
+        Assert.That(pair.Manager.FreeBlockCount, Is.EqualTo(pair.Manager.TotalBlockCount), "no KV block leaked");
     }
 
     /// <summary>
