@@ -72,6 +72,17 @@ public class DeviceDecodeGraphTests
             return Step();
         }
 
+        /// <summary>Decodes sequence 1, then 1–3, then 1–5: the padded steps take buckets 1, 4 and 8.</summary>
+        public void DecodeIntoBuckets1To8()
+        {
+            Decode(1);
+            Assert.That(Padded.LastDecodeBucket, Is.EqualTo(1));
+            Decode(1, 2, 3);
+            Assert.That(Padded.LastDecodeBucket, Is.EqualTo(4));
+            Decode(Ids(1, 5));
+            Assert.That(Padded.LastDecodeBucket, Is.EqualTo(8));
+        }
+
         public void Free(long id)
         {
             Manager.Free(id);
@@ -152,12 +163,7 @@ public class DeviceDecodeGraphTests
         pair.Prefill(Ids(10, 8).Select(id => (id, 3 + (int)(id * 7 % 31))).ToArray());
         Assert.That(padded.LastDecodeBucket, Is.Zero, "prefill runs eagerly");
 
-        pair.Decode(1);
-        Assert.That(padded.LastDecodeBucket, Is.EqualTo(1));
-        pair.Decode(1, 2, 3);
-        Assert.That(padded.LastDecodeBucket, Is.EqualTo(4));
-        pair.Decode(Ids(1, 5));
-        Assert.That(padded.LastDecodeBucket, Is.EqualTo(8));
+        pair.DecodeIntoBuckets1To8();
 
         var all = Ids(1, 17);
         pair.Decode(all);
@@ -273,12 +279,7 @@ public class DeviceDecodeGraphTests
         var padded = pair.Padded;
         Assert.That(padded.DeviceName, Does.Contain("padded to graph-safe batch sizes up to 32"));
         pair.Prefill(Ids(1, 6).Select(id => (id, 3 + (int)(id * 5 % 13))).ToArray());
-        pair.Decode(1);
-        Assert.That(padded.LastDecodeBucket, Is.EqualTo(1));
-        pair.Decode(1, 2, 3);
-        Assert.That(padded.LastDecodeBucket, Is.EqualTo(4));
-        pair.Decode(Ids(1, 5));
-        Assert.That(padded.LastDecodeBucket, Is.EqualTo(8));
+        pair.DecodeIntoBuckets1To8();
 
         List<string> Logged(params long[] ids)
         {

@@ -150,7 +150,7 @@ internal static unsafe class FloatMatMulKernel
         // (RowTile8x1_256): a tile's short rows are new streams for the hardware prefetcher.
         for (; i + 16 <= cols; i += 16)
         {
-            if (typeof(TW) != typeof(F32Weights)) PackedSteps.PrefetchLinesToL2(next + 16L * i, 4);
+            if (typeof(TW) != typeof(F32Weights)) PackedSteps.PrefetchLines(next + 16L * i, 4, toL2: true);
             var u = Vector512.Load(x + i);
             c0 = Vector512.FusedMultiplyAdd(TW.Load16x512(w0, i), u, c0);
             c1 = Vector512.FusedMultiplyAdd(TW.Load16x512(w1, i), u, c1);
@@ -547,7 +547,7 @@ internal static unsafe class FloatMatMulKernel
         // tiles reach the bandwidth without it (asking cost F32 a few percent).
         for (; i + 16 <= cols; i += 16)
         {
-            if (typeof(TW) != typeof(F32Weights)) PackedSteps.PrefetchLinesToL2(next + 16L * i, 4);
+            if (typeof(TW) != typeof(F32Weights)) PackedSteps.PrefetchLines(next + 16L * i, 4, toL2: true);
             var ul = Vector256.Load(xs + i);
             var uh = Vector256.Load(xs + i + 8);
             TW.Load16(w0, i, out var l, out var h);

@@ -223,41 +223,35 @@ internal static class PackedSteps
     }
 
     /// <summary>
-    /// <see cref="PrefetchLines"/> with the hint to fill the core's L2 only (<c>prefetcht1</c>), for the 2-byte float tiles.
-    /// </summary>
-    /// <remarks>
-    /// NOTE: on the Xeon (family 6, model 207) the batch-1 F16 and BF16 tiles streamed 3–10 points closer to the read
-    /// bandwidth asking for L2 than for L1 (see docs/quantization.md); the packed integer kernels kept their speed
-    /// streaming and lost 10–15% in cache, so they keep <see cref="PrefetchLines"/>.
-    /// </remarks>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe void PrefetchLinesToL2(byte* p, int lines)
-    {
-        Sse.Prefetch1(p);
-        if (lines > 1) Sse.Prefetch1(p + 64);
-        if (lines > 2) Sse.Prefetch1(p + 128);
-        if (lines > 3) Sse.Prefetch1(p + 192);
-    }
-
-    /// <summary>
-    /// Asks for the <paramref name="lines"/> cache lines (a constant from 1 to 8) at <paramref name="p"/>, p + 64, …
+    /// Asks for the <paramref name="lines"/> cache lines (a constant from 1 to 8) at <paramref name="p"/>, p + 64, …,
+    /// into L1, or into L2 only (<c>prefetcht1</c>) when <paramref name="toL2"/> (a constant).
     /// </summary>
     /// <remarks>
     /// Written out rather than looped: a loop spends an index update, a compare and a branch per line, which at batch 1
     /// took as many decode slots as a tenth of the vector steps (Q4_K in cache, one thread: 12% slower with the loop
     /// than with no prefetch at all; written out and spread over the block's steps 11.7–11.9 GB/s against the loop's
     /// 9.3–9.8, <c>kernels-quick --types Q4_K --threads 1 --batch 1 --ring-mb 0 --shape 256x1024</c>, mean call).
+    /// NOTE: on the Xeon (family 6, model 207) the batch-1 F16 and BF16 tiles streamed 3–10 points closer to the read
+    /// bandwidth asking for L2 than for L1 (see docs/quantization.md); the packed integer kernels kept their speed
+    /// streaming and lost 10–15% in cache with it, so they ask for L1.
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe void PrefetchLines(byte* p, int lines)
+    public static unsafe void PrefetchLines(byte* p, int lines, bool toL2 = false)
     {
-        Sse.Prefetch0(p);
-        if (lines > 1) Sse.Prefetch0(p + 64);
-        if (lines > 2) Sse.Prefetch0(p + 128);
-        if (lines > 3) Sse.Prefetch0(p + 192);
-        if (lines > 4) Sse.Prefetch0(p + 256);
-        if (lines > 5) Sse.Prefetch0(p + 320);
-        if (lines > 6) Sse.Prefetch0(p + 384);
-        if (lines > 7) Sse.Prefetch0(p + 448);
+        Ask(p, toL2);
+        if (lines > 1) Ask(p + 64, toL2);
+        if (lines > 2) Ask(p + 128, toL2);
+        if (lines > 3) Ask(p + 192, toL2);
+        if (lines > 4) Ask(p + 256, toL2);
+        if (lines > 5) Ask(p + 320, toL2);
+        if (lines > 6) Ask(p + 384, toL2);
+        if (lines > 7) Ask(p + 448, toL2);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Ask(byte* p, bool toL2)
+    {
+        if (toL2) Sse.Prefetch1(p);
+        else Sse.Prefetch0(p);
     }
 }
