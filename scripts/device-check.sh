@@ -27,7 +27,8 @@
 #         decode tokens/s for 1 and for 16 concurrent requests through the engine; decode captured as CUDA graphs
 #         (CudaOptions.EnforceEager = false) next to eager decode, greedy 128 tokens (--quick: 32) for 1 and for 64
 #         concurrent requests, tokens compared request by request, tok/s of both (decode_graph_* lines of e2e.tsv;
-#         a failed capture fails the check); then the same for a Q4_K_M copy
+#         a failed capture fails the check), and the same on a random-weight qwen3moe F16 model (8 experts, top 2;
+#         decode_graph_moe_* lines); then the same for a Q4_K_M copy
 #         quantized on the GPU machine (weights kept as Q4_K/Q6_K blocks on the device; logits target < 8e-2, the CPU
 #         rounds activations to Q8_K); and for a Q8_0 copy and the Q4_K_M copy, prefill of 64 x 512-token prompts
 #         (--quick: 16) with CudaOptions.QuantizedTensorCoreMatMul on and off: prompt tokens/s, first tokens on = off,

@@ -105,7 +105,17 @@ public static class EndToEndCheck
             }
             summary.AppendLine();
             using (var _ = new Timing("decode graphs"))
-                passed &= DecodeGraphCheck.Run(model, Prompt, engine, tsv, summary, quick);
+                passed &= DecodeGraphCheck.Run(model, "0.85B F16", "decode_graph", Prompt, engine, tsv, summary, quick);
+            string moe = Path.Combine(work, "synthetic-moe-f16.gguf");
+            SyntheticModel.Write(moe, new SyntheticModelOptions
+            {
+                Architecture = "qwen3moe", TokenizerDonorPath = donor, Dimension = 1024, LayerCount = quick ? 2 : 8, HeadCount = 16,
+                KvHeadCount = 4, FeedForwardLength = 2816, ExpertCount = 8, ExpertUsedCount = 2, ExpertFeedForwardLength = 704,
+                TensorType = GgmlType.F16, ContextLength = 2048, Name = "synthetic-moe", WeightScale = 0.02f,
+            });
+            using (var _ = new Timing("decode graphs, MoE"))
+                passed &= DecodeGraphCheck.Run(moe, "qwen3moe F16, 8 experts, top 2", "decode_graph_moe", Prompt, engine, tsv, summary, quick);
+            File.Delete(moe);
             string q8 = Path.Combine(work, "synthetic-1b-q8_0.gguf");
             ModelQuantizer.QuantizeAsync(model, q8, QuantizationPreset.Q8_0).GetAwaiter().GetResult();
             passed &= MeasurePrefill(q8, "Q8_0", engine, greedy, tsv, summary, quick);
