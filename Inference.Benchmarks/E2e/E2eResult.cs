@@ -123,7 +123,9 @@ public sealed record E2eResult(
         if (ReadBandwidths.Count > 0)
         {
             // NOTE: read_gb_s (the roofline's) is over the footprint; the large ring's DRAM figure is kept beside it, and
-            // the fraction of it shows how much of the decode the last-level cache serves.
+            // the fraction of it shows how much of the decode the last-level cache serves. Where the footprint exceeds
+            // the last-level cache (or is at least the ring) it is measured once, over the ring: then the footprint and
+            // DRAM fields (and their _all arrays) carry the same figures, and footprint_mb is the ring's size.
             double dram = ReadBandwidths.Max(r => r.DramGbs);
             json["footprint_mb"] = Math.Round(ReadBandwidths[0].FootprintBytes / 1e6, 1);
             json["footprint_read_gb_s"] = Math.Round(ReadBandwidths.Max(r => r.FootprintGbs), 2);
