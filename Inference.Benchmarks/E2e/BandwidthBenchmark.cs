@@ -32,27 +32,31 @@ public static class BandwidthBenchmark
         int mib = a.Int("--mib", RingMib);
         double? footprintMb = a.Optional("--footprint-mb") is { } f ? double.Parse(f, System.Globalization.CultureInfo.InvariantCulture) : null;
         if (threads < 1 || mib < 1 || footprintMb is <= 0) throw new ArgumentException("--threads ≥ 1, --mib ≥ 1 and --footprint-mb > 0 are required");
-        var line = new Dictionary<string, object?> { ["mode"] = "bandwidth", ["threads"] = threads };
-        if (footprintMb is double mb)
+        // NOTE: no last-level cache size here: this mode maps the read rate against the working set, so it
+        // measures a footprint above the cache too, where the e2e benchmark takes the ring's figure for it.
+        var read = footprintMb is double mb
+            ? MeasureForFootprint(threads, (long)(mb * 1e6), lastLevelCacheBytes: null, mib)
+            : ReadBandwidth.RingOnly(Measure(threads, mib), mib);
+        Console.WriteLine(JsonSerializer.Serialize(ResultLine(threads, read, withFootprint: footprintMb is not null)));
+        return Task.FromResult(0);
+    }
+
+    /// <summary>
+    /// The fields of the mode's JSON line: <c>read_gb_s</c> and <c>dram_read_gb_s</c> always,
+    /// <c>footprint_mb</c> and <c>footprint_read_gb_s</c> where a footprint was asked for, and the CPU and its cache.
+    /// </summary>
+    internal static Dictionary<string, object?> ResultLine(int threads, ReadBandwidth read, bool withFootprint)
+    {
+        var line = new Dictionary<string, object?> { ["mode"] = "bandwidth", ["threads"] = threads, ["read_gb_s"] = Math.Round(read.RooflineGbs, 2) };
+        if (withFootprint)
         {
-            // NOTE: no last-level cache size here: this mode maps the read rate against the working set, so it
-            // measures a footprint above the cache too, where the e2e benchmark takes the ring's figure for it.
-            var read = MeasureForFootprint(threads, (long)(mb * 1e6), lastLevelCacheBytes: null, mib);
-            line["read_gb_s"] = Math.Round(read.RooflineGbs, 2);
             line["footprint_mb"] = Math.Round(read.FootprintBytes / 1e6, 1);
             line["footprint_read_gb_s"] = Math.Round(read.FootprintGbs, 2);
-            line["dram_read_gb_s"] = Math.Round(read.DramGbs, 2);
         }
-        else
-        {
-            double gbs = Measure(threads, mib);
-            line["read_gb_s"] = Math.Round(gbs, 2);
-            line["dram_read_gb_s"] = Math.Round(gbs, 2);
-        }
+        line["dram_read_gb_s"] = Math.Round(read.DramGbs, 2);
         line["cpu"] = Kernels.DecodeCeiling.CpuTag;
         line["llc_mib"] = Kernels.DecodeCeiling.LastLevelCacheMib;
-        Console.WriteLine(JsonSerializer.Serialize(line));
-        return Task.FromResult(0);
+        return line;
     }
 
     /// <summary>
@@ -69,9 +73,7 @@ public static class BandwidthBenchmark
     {
         double dram = Measure(threads, ringMib);
         long? footprint = FootprintBytes(footprintBytes, threads, (long)ringMib << 20, lastLevelCacheBytes);
-        return footprint is long bytes
-            ? new ReadBandwidth(dram, MeasureBytes(threads, bytes), bytes)
-            : new ReadBandwidth(dram, dram, (long)ringMib << 20);
+        return footprint is long bytes ? new ReadBandwidth(dram, MeasureBytes(threads, bytes), bytes) : ReadBandwidth.RingOnly(dram, ringMib);
     }
 
     /// <summary>
@@ -185,4 +187,7 @@ public readonly record struct ReadBandwidth(double DramGbs, double FootprintGbs,
     /// below the ring's is noise of its shorter passes, and a roofline built on it would be too low.
     /// </remarks>
     public double RooflineGbs => Math.Max(DramGbs, FootprintGbs);
+
+    /// <summary>One measurement over the ring of <paramref name="ringMib"/> MiB, whose figure serves as the footprint's.</summary>
+    internal static ReadBandwidth RingOnly(double gbs, int ringMib) => new(gbs, gbs, (long)ringMib << 20);
 }

@@ -104,6 +104,25 @@ public class BandwidthBenchmarkTests
     }
 
     [Test]
+    public void TheBandwidthLineHasTheFootprintFieldsOnlyWhereAskedFor()
+    {
+        var read = new ReadBandwidth(28.714, 53.386, 110_166_016);
+        var line = BandwidthBenchmark.ResultLine(2, read, withFootprint: true);
+        Assert.That(line.Keys, Is.EqualTo(new[] { "mode", "threads", "read_gb_s", "footprint_mb", "footprint_read_gb_s", "dram_read_gb_s", "cpu", "llc_mib" }));
+        Assert.That(line["read_gb_s"], Is.EqualTo(53.39));
+        Assert.That(line["footprint_mb"], Is.EqualTo(110.2));
+        Assert.That(line["footprint_read_gb_s"], Is.EqualTo(53.39));
+        Assert.That(line["dram_read_gb_s"], Is.EqualTo(28.71));
+        Assert.That(line["threads"], Is.EqualTo(2));
+
+        var ring = BandwidthBenchmark.ResultLine(4, ReadBandwidth.RingOnly(16.237, BandwidthBenchmark.RingMib), withFootprint: false);
+        Assert.That(ring.Keys, Is.EqualTo(new[] { "mode", "threads", "read_gb_s", "dram_read_gb_s", "cpu", "llc_mib" }));
+        Assert.That(ring["read_gb_s"], Is.EqualTo(16.24));
+        Assert.That(ring["dram_read_gb_s"], Is.EqualTo(16.24));
+        Assert.That(ring["threads"], Is.EqualTo(4));
+    }
+
+    [Test]
     public void TheRooflineIsTheFootprintsFigureNeverBelowTheRings()
     {
         var rng = new Random(29);
