@@ -54,26 +54,17 @@ public static class DecodeCeiling
     private static readonly Lazy<long?> LastLevelCache = new(ReadLastLevelCache);
 
     /// <summary>
-    /// A cache size as sysfs (<c>266240K</c>) or lscpu (<c>260 MiB</c>) writes it, in bytes: a whole number, then
-    /// optionally K, M or G (binary multiples, with or without <c>iB</c> or <c>B</c>); null for anything else.
+    /// A cache size as sysfs writes it (<c>index*/size</c>: <c>266240K</c> and a newline), in bytes: a whole number and
+    /// K, M or G (binary multiples), whitespace around it ignored; null for anything else.
     /// </summary>
     internal static long? ParseCacheSize(string? text)
     {
         if (text is null) return null;
-        var s = text.Trim();
-        int digits = 0;
-        while (digits < s.Length && char.IsAsciiDigit(s[digits])) digits++;
-        if (digits == 0 || !long.TryParse(s.AsSpan(0, digits), NumberStyles.None, CultureInfo.InvariantCulture, out long value))
+        var s = text.AsSpan().Trim();
+        int shift = s.IsEmpty ? -1 : s[^1] switch { 'K' => 10, 'M' => 20, 'G' => 30, _ => -1 };
+        // NumberStyles.None: ASCII digits only, no sign, point or inner space.
+        if (shift < 0 || !long.TryParse(s[..^1], NumberStyles.None, CultureInfo.InvariantCulture, out long value) || value > long.MaxValue >> shift)
             return null;
-        int shift = s[digits..].Trim().ToUpperInvariant() switch
-        {
-            "" or "B" => 0,
-            "K" or "KB" or "KIB" => 10,
-            "M" or "MB" or "MIB" => 20,
-            "G" or "GB" or "GIB" => 30,
-            _ => -1,
-        };
-        if (shift < 0 || value > long.MaxValue >> shift) return null;
         return value << shift;
     }
 
