@@ -149,11 +149,19 @@ public sealed partial class LayerKernels
         return (blockElements, blockBytes);
     }
 
-    private BlockKernels CheckBlocks(GgmlType type, ArrayView<byte> weights, int rows, int cols)
+    /// <summary>Checks <paramref name="weights"/> as <see cref="CheckBlockWeights"/> for a kept block type; returns the type's
+    /// index in <see cref="KeptBlockTypes"/> (no kernel is loaded).</summary>
+    private static int CheckBlockIndex(GgmlType type, ArrayView<byte> weights, int rows, int cols)
     {
         int i = KeptBlockTypes.IndexOf(type);
         if (i < 0) throw new ArgumentException($"{type} weights are not multiplied as blocks.", nameof(type));
         CheckBlockWeights(type, weights, rows, cols);
+        return i;
+    }
+
+    private BlockKernels CheckBlocks(GgmlType type, ArrayView<byte> weights, int rows, int cols)
+    {
+        int i = CheckBlockIndex(type, weights, rows, cols);
         lock (_blockKernels)
         {
             return _blockKernels[i] ??= ForBlockType<BlockKernelsLoader, BlockKernels>(type, new(_accelerator));

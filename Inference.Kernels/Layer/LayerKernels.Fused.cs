@@ -10,9 +10,14 @@ public sealed partial class LayerKernels
     private Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>? _addRmsNorm;
     private Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, RopeKvShape>? _ropeKvF32;
     private Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<ILGPU.Half>, ArrayView<ILGPU.Half>, RopeKvShape>? _ropeKvF16;
-    private readonly Dictionary<(GgmlType, GluActivation), Action<KernelConfig, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int>> _glu = [];
-    private readonly Dictionary<GluActivation, Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>> _gluF32 = [];
-    private readonly Dictionary<GluActivation, Action<KernelConfig, ArrayView<ILGPU.Half>, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int, int, int>> _gluF16 = [];
+    // The fused GLU kernels by activation (GluSlot), the block forms by block type (the kept types, then Q8_0) then
+    // activation: read without a lock on every launch, written once under one.
+    private readonly Action<KernelConfig, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int>?[] _glu =
+        new Action<KernelConfig, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int>?[(KeptBlockTypes.Length + 1) * 2];
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>?[] _gluF32 =
+        new Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>?[2];
+    private readonly Action<KernelConfig, ArrayView<ILGPU.Half>, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int, int, int>?[] _gluF16 =
+        new Action<KernelConfig, ArrayView<ILGPU.Half>, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int, int, int>?[2];
 
     /// <summary>
     /// <see cref="RmsNormKernels.AddRmsNorm"/>: <c>x += delta</c>, then <c>output = rmsnorm(x) ⊙ weight</c>, over
@@ -103,17 +108,7 @@ public sealed partial class LayerKernels
     public bool TryMatMulGlu(GluActivation activation, ArrayView<float> gate, ArrayView<float> up, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch)
     {
         if (!IsWide(cols, 4, gate, 16, x) || !IsWide(cols, 4, up, 16, x)) return false;
-        Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int> kernel;
-        lock (_gluF32)
-        {
-            if (!_gluF32.TryGetValue(activation, out kernel!))
-            {
-                kernel = activation == GluActivation.Silu
-                    ? _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MatMulKernels.GluF32<SiluGlu>)
-                    : _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MatMulKernels.GluF32<GeluTanhGlu>);
-                _gluF32[activation] = kernel;
-            }
-        }
+        var kernel = Volatile.Read(ref _gluF32[GluSlot(activation)]) ?? LoadGluF32(activation);
         kernel(RowConfig(rows, batch), gate, up, x, y, rows, cols, batch, _lanesPerRow);
         return true;
     }
@@ -131,17 +126,7 @@ public sealed partial class LayerKernels
     public bool TryMatMulGlu(GluActivation activation, ArrayView<ILGPU.Half> gate, ArrayView<ILGPU.Half> up, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int batch)
     {
         if (!IsWide(cols, 8, gate, 16, x) || !IsWide(cols, 8, up, 16, x)) return false;
-        Action<KernelConfig, ArrayView<ILGPU.Half>, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int, int, int> kernel;
-        lock (_gluF16)
-        {
-            if (!_gluF16.TryGetValue(activation, out kernel!))
-            {
-                kernel = activation == GluActivation.Silu
-                    ? _accelerator.LoadStreamKernel<ArrayView<ILGPU.Half>, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MatMulKernels.GluF16<SiluGlu>)
-                    : _accelerator.LoadStreamKernel<ArrayView<ILGPU.Half>, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MatMulKernels.GluF16<GeluTanhGlu>);
-                _gluF16[activation] = kernel;
-            }
-        }
+        var kernel = Volatile.Read(ref _gluF16[GluSlot(activation)]) ?? LoadGluF16(activation);
         kernel(RowConfig(rows, batch), gate, up, x, y, rows, cols, batch, _lanesPerRow);
         return true;
     }
@@ -166,28 +151,55 @@ public sealed partial class LayerKernels
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(rows, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(batch, 1);
+        int typeIndex;
         if (type == GgmlType.Q8_0)
         {
             CheckQ8_0(gate, cols);
             CheckQ8_0(up, cols);
             if (!IsWide(cols, MatMulKernels.Q8BlockElements, gate, 2, x) || !IsWide(cols, MatMulKernels.Q8BlockElements, up, 2, x)) return false;
+            typeIndex = KeptBlockTypes.Length;
         }
         else
         {
-            CheckBlocks(type, gate, rows, cols);
-            CheckBlocks(type, up, rows, cols);
+            typeIndex = CheckBlockIndex(type, gate, rows, cols);
+            CheckBlockIndex(type, up, rows, cols);
         }
-        Action<KernelConfig, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int> kernel;
-        lock (_glu)
-        {
-            if (!_glu.TryGetValue((type, activation), out kernel!))
-            {
-                kernel = activation == GluActivation.Silu ? LoadGlu<SiluGlu>(type) : LoadGlu<GeluTanhGlu>(type);
-                _glu[(type, activation)] = kernel;
-            }
-        }
+        int slot = typeIndex * 2 + GluSlot(activation);
+        var kernel = Volatile.Read(ref _glu[slot]) ?? LoadGluBlocks(slot, type, activation);
         kernel(RowConfig(rows, batch), gate.Cast<ushort>(), up.Cast<ushort>(), x, y, rows, cols, batch, _lanesPerRow);
         return true;
+    }
+
+    /// <summary>The slot of <paramref name="activation"/> in the GLU kernel arrays: Silu 0, anything else GELU-tanh (1).</summary>
+    private static int GluSlot(GluActivation activation) => activation == GluActivation.Silu ? 0 : 1;
+
+    private Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int> LoadGluF32(GluActivation activation)
+    {
+        lock (_gluF32)
+        {
+            return _gluF32[GluSlot(activation)] ??= activation == GluActivation.Silu
+                ? _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MatMulKernels.GluF32<SiluGlu>)
+                : _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MatMulKernels.GluF32<GeluTanhGlu>);
+        }
+    }
+
+    private Action<KernelConfig, ArrayView<ILGPU.Half>, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int, int, int> LoadGluF16(GluActivation activation)
+    {
+        lock (_gluF16)
+        {
+            return _gluF16[GluSlot(activation)] ??= activation == GluActivation.Silu
+                ? _accelerator.LoadStreamKernel<ArrayView<ILGPU.Half>, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MatMulKernels.GluF16<SiluGlu>)
+                : _accelerator.LoadStreamKernel<ArrayView<ILGPU.Half>, ArrayView<ILGPU.Half>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MatMulKernels.GluF16<GeluTanhGlu>);
+        }
+    }
+
+    private Action<KernelConfig, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int> LoadGluBlocks(
+        int slot, GgmlType type, GluActivation activation)
+    {
+        lock (_glu)
+        {
+            return _glu[slot] ??= activation == GluActivation.Silu ? LoadGlu<SiluGlu>(type) : LoadGlu<GeluTanhGlu>(type);
+        }
     }
 
     private Action<KernelConfig, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, int, int, int> LoadGlu<TAct>(GgmlType type)
