@@ -107,13 +107,10 @@ internal sealed unsafe class PtxPagedAttention : IDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(maxContextLength, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(maxContextLength, Shape.MaxContextLength);
         var s = Shape;
-        int partitionSize = PartitionSize > 0 ? PartitionSize
-            : ChoosePartitionSize(s, tokenCount, maxContextLength, _accelerator.NumMultiprocessors);
-        int partitionCount = (maxContextLength + partitionSize - 1) / partitionSize;
+        var scratch = Scratch(s, PartitionSize, tokenCount, maxContextLength, _accelerator.NumMultiprocessors);
+        int partitionSize = scratch.PartitionSize, partitionCount = scratch.PartitionCount;
         if (partitionCount > 65535) throw new ArgumentOutOfRangeException(nameof(maxContextLength), "too many partitions for grid.z");
-        long rows = (long)tokenCount * s.HeadCount * partitionCount;
-        Ensure(ref _partialOut, rows * s.HeadDim);
-        Ensure(ref _partialMl, rows * 2);
+        EnsureScratch(scratch);
         _accelerator.Bind();
         var stream = ((CudaStream)_accelerator.DefaultStream).StreamPtr;
 
@@ -147,12 +144,37 @@ internal sealed unsafe class PtxPagedAttention : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(tokenCount, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxContextLength, 1);
-        var s = Shape;
-        int partitionSize = PartitionSize > 0 ? PartitionSize
-            : ChoosePartitionSize(s, tokenCount, maxContextLength, _accelerator.NumMultiprocessors);
-        long rows = (long)tokenCount * s.HeadCount * ((maxContextLength + partitionSize - 1) / partitionSize);
-        Ensure(ref _partialOut, rows * s.HeadDim);
-        Ensure(ref _partialMl, rows * 2);
+        EnsureScratch(Scratch(Shape, PartitionSize, tokenCount, maxContextLength, _accelerator.NumMultiprocessors));
+    }
+
+    /// <summary>The partitions and partial buffers of one launch (<see cref="Scratch"/>).</summary>
+    /// <param name="PartitionSize">Positions per partition.</param>
+    /// <param name="PartitionCount">Partitions per (token, head).</param>
+    /// <param name="OutFloats">Floats of the partial outputs, <c>[tokens, heads, partitions, headDim]</c>.</param>
+    /// <param name="MlFloats">Floats of the partial max and sum, <c>[tokens, heads, partitions, 2]</c>.</param>
+    internal readonly record struct PartialScratch(int PartitionSize, int PartitionCount, long OutFloats, long MlFloats);
+
+    /// <summary>
+    /// The one sizing of a launch's partitions and partial buffers, for <see cref="Run"/> and <see cref="Reserve"/>
+    /// alike (a captured CUDA graph keeps the buffers' addresses, so a run after a reserve of its counts must not grow them).
+    /// </summary>
+    /// <param name="shape">The attention shape.</param>
+    /// <param name="partitionSize">The launcher's fixed partition size, or 0 for <see cref="ChoosePartitionSize"/>.</param>
+    /// <param name="tokenCount">Query tokens.</param>
+    /// <param name="maxContextLength">The bound of the context lengths.</param>
+    /// <param name="multiprocessors">The device's multiprocessors.</param>
+    internal static PartialScratch Scratch(AttentionShape shape, int partitionSize, int tokenCount, int maxContextLength, int multiprocessors)
+    {
+        int size = partitionSize > 0 ? partitionSize : ChoosePartitionSize(shape, tokenCount, maxContextLength, multiprocessors);
+        int count = (maxContextLength + size - 1) / size;
+        long rows = (long)tokenCount * shape.HeadCount * count;
+        return new PartialScratch(size, count, rows * shape.HeadDim, rows * 2);
+    }
+
+    private void EnsureScratch(in PartialScratch scratch)
+    {
+        Ensure(ref _partialOut, scratch.OutFloats);
+        Ensure(ref _partialMl, scratch.MlFloats);
     }
 
     private void Ensure(ref MemoryBuffer1D<float, Stride1D.Dense>? buffer, long length)

@@ -73,12 +73,10 @@ public sealed class PagedDecodeAttention<TKv, TConv> : IDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(maxContextLength, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(maxContextLength, Shape.MaxContextLength);
         var s = Shape;
-        int partitionCount = (maxContextLength + PartitionSize - 1) / PartitionSize;
+        var (partitionCount, rows) = Scratch(seqCount, maxContextLength);
         var p = new PagedAttentionParams(s.HeadCount, s.KvHeadCount, s.HeadDim, s.BlockSize, s.MaxBlocksPerSeq, s.Scale,
             PartitionSize, partitionCount, 0) { SlidingWindow = slidingWindow, LogitSoftCap = logitSoftCap };
-        long rows = (long)seqCount * s.HeadCount * partitionCount;
-        EnsureCapacity(ref _partialOut, rows * s.HeadDim);
-        EnsureCapacity(ref _partialStats, 2 * rows);
+        EnsureScratch(rows);
         var partialMax = _partialStats!.View.SubView(0, rows);
         var partialSum = _partialStats.View.SubView(rows, rows);
 
@@ -102,7 +100,25 @@ public sealed class PagedDecodeAttention<TKv, TConv> : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(seqCount, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxContextLength, 1);
-        long rows = (long)seqCount * Shape.HeadCount * ((maxContextLength + PartitionSize - 1) / PartitionSize);
+        EnsureScratch(Scratch(seqCount, maxContextLength).Rows);
+    }
+
+    /// <summary>Test hook: partial buffers allocated so far (each growth of either buffer counts one).</summary>
+    internal int ScratchAllocations { get; private set; }
+
+    /// <summary>
+    /// The one sizing of the partial buffers, for <see cref="Run"/> and <see cref="Reserve"/> alike: partitions per
+    /// sequence and partial rows (<c>seqCount × heads × partitions</c>) of a launch.
+    /// </summary>
+    private (int PartitionCount, long Rows) Scratch(int seqCount, int maxContextLength)
+    {
+        int partitionCount = (maxContextLength + PartitionSize - 1) / PartitionSize;
+        return (partitionCount, (long)seqCount * Shape.HeadCount * partitionCount);
+    }
+
+    /// <summary>Grows the partial buffers to <paramref name="rows"/> partial rows: <c>rows × headDim</c> outputs, <c>2 × rows</c> stats.</summary>
+    private void EnsureScratch(long rows)
+    {
         EnsureCapacity(ref _partialOut, rows * Shape.HeadDim);
         EnsureCapacity(ref _partialStats, 2 * rows);
     }
@@ -112,6 +128,7 @@ public sealed class PagedDecodeAttention<TKv, TConv> : IDisposable
         if (buffer is not null && buffer.Length >= length) return;
         buffer?.Dispose();
         buffer = _accelerator.Allocate1D<float>(length);
+        ScratchAllocations++;
     }
 
     /// <summary>Frees the partial buffers.</summary>

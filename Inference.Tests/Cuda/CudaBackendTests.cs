@@ -65,4 +65,29 @@ public class PtxPartitionSizeTests
         if ((long)tokens * kvHeads * (maxContext / min) >= perSm * multiprocessors && size < PtxPagedAttention.MaxBlocksPerPartition * blockSize)
             Assert.That(ctas, Is.GreaterThanOrEqualTo(perSm * multiprocessors / 2), "within a factor two of the target after rounding to whole blocks");
     }
+
+    /// <summary>
+    /// The one sizing that Run and Reserve share: the partitions cover the context, and the partial buffers hold
+    /// <c>tokens × heads × partitions</c> rows of headDim outputs and of (max, sum), for each bucket a decode step may
+    /// reserve and then run.
+    /// </summary>
+    [TestCase(8, 16, 4096, 132, 0)]
+    [TestCase(2, 8, 1000, 108, 0)]
+    [TestCase(1, 32, 16384, 132, 0)]
+    [TestCase(8, 16, 4096, 132, 256)]
+    public void ScratchCoversThePartitionsOfTheLaunch(int kvHeads, int blockSize, int maxContext, int multiprocessors, int fixedSize)
+    {
+        var shape = new Inference.Kernels.AttentionShape(8, kvHeads, 128, blockSize, (maxContext + blockSize - 1) / blockSize);
+        for (int tokens = 1; tokens <= 512; tokens *= 2)
+        {
+            var scratch = PtxPagedAttention.Scratch(shape, fixedSize, tokens, maxContext, multiprocessors);
+            int size = fixedSize > 0 ? fixedSize : PtxPagedAttention.ChoosePartitionSize(shape, tokens, maxContext, multiprocessors);
+            Assert.That(scratch.PartitionSize, Is.EqualTo(size), $"tokens {tokens}");
+            Assert.That((long)scratch.PartitionCount * size, Is.GreaterThanOrEqualTo(maxContext), $"tokens {tokens}");
+            Assert.That((long)(scratch.PartitionCount - 1) * size, Is.LessThan(maxContext), $"tokens {tokens}");
+            long rows = (long)tokens * shape.HeadCount * scratch.PartitionCount;
+            Assert.That(scratch.OutFloats, Is.EqualTo(rows * shape.HeadDim), $"tokens {tokens}");
+            Assert.That(scratch.MlFloats, Is.EqualTo(rows * 2), $"tokens {tokens}");
+        }
+    }
 }

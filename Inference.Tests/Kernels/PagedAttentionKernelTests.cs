@@ -171,6 +171,46 @@ public class PagedAttentionKernelTests
         }
     }
 
+    /// <summary>
+    /// What the padded decode steps do: reserve every bucket at the capture length, then run each; no run allocates (a
+    /// captured CUDA graph keeps the partial buffers' addresses), and each output matches the reference. A run past the
+    /// reserve grows the buffers (the count sees allocations).
+    /// </summary>
+    [TestCase(8, 2, 64, 16, 64, 130)]
+    [TestCase(8, 1, 128, 8, 128, 300)]
+    [TestCase(8, 8, 64, 32, 512, 1029)]
+    public void RunAfterReserveOfItsCounts_AllocatesNothing(int heads, int kvHeads, int headDim, int blockSize, int partitionSize, int captureLength)
+    {
+        int[] contexts = [captureLength - 3, 1, captureLength, 17];
+        int[] buckets = [1, 2, 4];
+        var c = PagedAttentionCase.Create(heads, kvHeads, headDim, blockSize, contexts, KvStorage.F32, seed: 31 + heads + kvHeads + headDim);
+        var s = c.Shape;
+        int rowFloats = s.HeadCount * s.HeadDim;
+        var q = PagedAttentionCase.Random(new Random(19), contexts.Length * rowFloats);
+        var expected = new float[q.Length];
+        ReferenceAttention.Decode(s, q, c.K, c.V, c.BlockTables, c.ContextLens, expected);
+        var acc = KernelTestAccelerator.Cpu;
+        using var qBuf = acc.Allocate1D(q);
+        using var tableBuf = acc.Allocate1D(c.BlockTables);
+        using var lenBuf = acc.Allocate1D(c.ContextLens);
+        using var k = acc.Allocate1D(c.K);
+        using var v = acc.Allocate1D(c.V);
+        using var kernel = new PagedDecodeAttention<float, F32Element>(acc, s, partitionSize);
+        foreach (int b in buckets) kernel.Reserve(b, captureLength);
+        int reserved = kernel.ScratchAllocations;
+        Assert.That(reserved, Is.GreaterThan(0));
+        foreach (int b in buckets)
+        {
+            using var outBuf = acc.Allocate1D(PagedAttentionCase.Poisoned(b * rowFloats));
+            kernel.Run(qBuf.View, k.View, v.View, tableBuf.View, lenBuf.View, b, captureLength, outBuf.View);
+            acc.Synchronize();
+            Assert.That(kernel.ScratchAllocations, Is.EqualTo(reserved), $"bucket {b}");
+            PagedAttentionCase.AssertClose(expected.AsSpan(0, b * rowFloats).ToArray(), outBuf.GetAsArray1D(), 2e-5f, 1e-4f, $"bucket {b}");
+        }
+        kernel.Reserve(8, captureLength);
+        Assert.That(kernel.ScratchAllocations, Is.GreaterThan(reserved), "a larger reserve grows the buffers");
+    }
+
     [Test]
     public void BlockFormats_RefuseAHeadSizeThatIsNotWholeBlocks()
     {
