@@ -165,8 +165,8 @@ internal sealed partial class DeviceForwardExecutor
     private AttentionStep UploadDecode(ModelBatch batch, DecodeGraphState d, int bucket)
     {
         var c = _config;
-        int cap = d.Capacity, seqs = batch.Segments.Count, maxBlocks = _shape.MaxBlocksPerSeq;
-        int oSlots = cap, oSeqs = 2 * cap, oPos = 3 * cap, oStarts = 4 * cap, oLens = 5 * cap + 1, oRows = 6 * cap + 1, oTables = 7 * cap + 1;
+        int seqs = batch.Segments.Count, maxBlocks = _shape.MaxBlocksPerSeq;
+        var o = d.Layout;
         var ints = d.Ints;
         var mirror = d.Tables;
         int lo = int.MaxValue, hi = -1;
@@ -182,10 +182,10 @@ internal sealed partial class DeviceForwardExecutor
                 var table = UsedBlocks(seg.SequenceId, end);
                 int token = batch.Tokens[seg.TokenStart];
                 if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"token id {token} is outside the vocabulary of {c.VocabSize}");
-                ints[si] = token;
-                ints[oSlots + si] = Slot(table, pos);
-                ints[oPos + si] = pos;
-                ints[oLens + si] = end;
+                ints[o.Tokens + si] = token;
+                ints[o.Slots + si] = Slot(table, pos);
+                ints[o.Positions + si] = pos;
+                ints[o.ContextLens + si] = end;
                 int row = si * maxBlocks;
                 for (int j = 0; j < table.Length; j++)
                 {
@@ -203,16 +203,16 @@ internal sealed partial class DeviceForwardExecutor
         }
         for (int r = seqs; r < bucket; r++)
         {
-            ints[r] = 0;
-            ints[oSlots + r] = -1;
-            ints[oPos + r] = 0;
-            ints[oLens + r] = 0;
+            ints[o.Tokens + r] = 0;
+            ints[o.Slots + r] = -1;
+            ints[o.Positions + r] = 0;
+            ints[o.ContextLens + r] = 0;
         }
         var view = d.Step.Ints.View;
-        ((ArrayView<int>)view.SubView(0, oTables)).CopyFromCPU<int, ArrayView<int>>(ints);
+        ((ArrayView<int>)view.SubView(0, o.BlockTables)).CopyFromCPU<int, ArrayView<int>>(ints);
         LastTableEntriesUploaded = hi >= lo ? hi - lo + 1 : 0;
         if (hi >= lo)
-            ((ArrayView<int>)view.SubView(oTables + lo, hi - lo + 1)).CopyFromCPU<int, ArrayView<int>>(mirror.AsSpan(lo, hi - lo + 1));
+            ((ArrayView<int>)view.SubView(o.BlockTables + lo, hi - lo + 1)).CopyFromCPU<int, ArrayView<int>>(mirror.AsSpan(lo, hi - lo + 1));
 
         // per rotation table r: cos [B, half_r] then sin [B, half_r]; rows past the batch keep earlier (finite) angles
         int totalHalf = RopeOffset(_graph.RopeTables.Length);
@@ -225,11 +225,11 @@ internal sealed partial class DeviceForwardExecutor
             ((ArrayView<float>)d.Step.Angles.View.SubView(0, 2L * bucket * totalHalf)).CopyFromCPU<float, ArrayView<float>>(d.Angles.AsSpan(0, 2 * bucket * totalHalf));
 
         var s = d.Step;
-        s.Tokens = view.SubView(0, bucket);
-        s.Slots = view.SubView(oSlots, bucket);
-        s.LogitRows = view.SubView(oRows, bucket);
-        return new AttentionStep(view.SubView(oTables, (long)bucket * maxBlocks), view.SubView(oLens, bucket), view.SubView(oStarts, bucket + 1),
-            view.SubView(oSeqs, bucket), view.SubView(oPos, bucket), bucket, bucket, CaptureContextLength, 1);
+        s.Tokens = view.SubView(o.Tokens, bucket);
+        s.Slots = view.SubView(o.Slots, bucket);
+        s.LogitRows = view.SubView(o.LogitRows, bucket);
+        return new AttentionStep(view.SubView(o.BlockTables, (long)bucket * maxBlocks), view.SubView(o.ContextLens, bucket), view.SubView(o.SeqStarts, bucket + 1),
+            view.SubView(o.TokenSeqs, bucket), view.SubView(o.Positions, bucket), bucket, bucket, CaptureContextLength, 1);
     }
 
     /// <summary>The stream, static buffers and attention scratch of the padded decode steps, sized once for every bucket.</summary>
@@ -239,7 +239,7 @@ internal sealed partial class DeviceForwardExecutor
         var buckets = new List<int>();
         for (int b = 1; b < cap; b *= 2) buckets.Add(b);
         buckets.Add(cap);
-        var state = new DecodeGraphState(cap, buckets.ToArray(), maxBlocks, RopeOffset(_graph.RopeTables.Length));
+        var state = new DecodeGraphState(cap, buckets.ToArray(), new StepIntLayout(cap, cap, cap, maxBlocks), maxBlocks, RopeOffset(_graph.RopeTables.Length));
         try
         {
             state.Stream = _accelerator.CreateStream();
@@ -249,13 +249,14 @@ internal sealed partial class DeviceForwardExecutor
             state.Attention = CreateAttention(_accelerator, _shape, _storage.DataType, _attentionChoice, flashPrefill: false);
             foreach (int b in state.Buckets) state.Attention.ReserveDecode(b, CaptureContextLength);
             state.Step.Ints.MemSetToZero();
+            var o = state.Layout;
             for (int r = 0; r < cap; r++)
             {
-                state.Ints[2 * cap + r] = r;          // tokenSeqs
-                state.Ints[4 * cap + r] = r;          // seqStarts
-                state.Ints[6 * cap + 1 + r] = r;      // logitRows
+                state.Ints[o.TokenSeqs + r] = r;
+                state.Ints[o.SeqStarts + r] = r;
+                state.Ints[o.LogitRows + r] = r;
             }
-            state.Ints[5 * cap] = cap;
+            state.Ints[o.SeqStarts + cap] = cap;
             _accelerator.Synchronize();
         }
         catch
@@ -304,12 +305,13 @@ internal sealed partial class DeviceForwardExecutor
     }
 
     /// <summary>The padded decode steps' state: the stream, the static buffers and host mirrors, one graph per bucket.</summary>
-    private sealed class DecodeGraphState(int capacity, int[] buckets, int maxBlocks, int totalHalf) : IDisposable
+    private sealed class DecodeGraphState(int capacity, int[] buckets, StepIntLayout layout, int maxBlocks, int totalHalf) : IDisposable
     {
         public int Capacity { get; } = capacity;
         public int[] Buckets { get; } = buckets;                         // 1, 2, 4, …, Capacity
         public CudaGraph?[] Graphs { get; } = new CudaGraph?[buckets.Length];
-        public int[] Ints { get; } = new int[7 * capacity + 1];         // host copy of the ints before the tables
+        public StepIntLayout Layout { get; } = layout;                  // the largest bucket's (T = S = L = Capacity)
+        public int[] Ints { get; } = new int[layout.BlockTables];        // host copy of the ints before the tables
         public int[] Tables { get; } = new int[capacity * maxBlocks];   // [Capacity, maxBlocks], what the device holds
         public float[] Angles { get; } = new float[2 * capacity * totalHalf];
         public AcceleratorStream Stream { get; set; } = null!;

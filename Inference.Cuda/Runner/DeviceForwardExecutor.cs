@@ -502,9 +502,8 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
         var c = _config;
         int n = batch.TokenCount, seqs = batch.Segments.Count, logitCount = batch.LogitCount;
         int maxBlocks = _shape.MaxBlocksPerSeq;
-        // [tokens n | slots n | tokenSeqs n | positions n | seqStarts S+1 | contextLens S | logitRows L | blockTables S·maxBlocks]
-        int oSlots = n, oSeqs = 2 * n, oPos = 3 * n, oStarts = 4 * n, oLens = oStarts + seqs + 1, oRows = oLens + seqs,
-            oTables = oRows + logitCount, total = oTables + seqs * maxBlocks;
+        var o = new StepIntLayout(n, seqs, logitCount, maxBlocks);
+        int total = (int)o.Length;
         if (_ints.Length < total) _ints = new int[Math.Max(total, _ints.Length * 2)];
         var ints = _ints.AsSpan(0, total);
         int maxContext = 0, maxChunk = 0;
@@ -515,7 +514,7 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
             if (end > _shape.MaxContextLength)
                 throw new ArgumentOutOfRangeException(nameof(batch), $"position {end - 1} is beyond the context of {_shape.MaxContextLength}");
             var table = UsedBlocks(seg.SequenceId, end);
-            var row = ints.Slice(oTables + si * maxBlocks, maxBlocks);
+            var row = ints.Slice(o.BlockTables + si * maxBlocks, maxBlocks);
             table.CopyTo(row);
             row[table.Length..].Clear();
             for (int i = 0; i < seg.TokenCount; i++)
@@ -524,17 +523,17 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
                 int token = batch.Tokens[t];
                 if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"token id {token} is outside the vocabulary of {c.VocabSize}");
                 ints[t] = token;
-                ints[oSlots + t] = Slot(table, pos);
-                ints[oSeqs + t] = si;
-                ints[oPos + t] = pos;
+                ints[o.Slots + t] = Slot(table, pos);
+                ints[o.TokenSeqs + t] = si;
+                ints[o.Positions + t] = pos;
             }
-            ints[oStarts + si] = seg.TokenStart;
-            ints[oLens + si] = end;
-            for (int r = 0; r < seg.LogitRowCount; r++) ints[oRows + seg.LogitIndex + r] = seg.FirstLogitToken + r;
+            ints[o.SeqStarts + si] = seg.TokenStart;
+            ints[o.ContextLens + si] = end;
+            for (int r = 0; r < seg.LogitRowCount; r++) ints[o.LogitRows + seg.LogitIndex + r] = seg.FirstLogitToken + r;
             maxContext = Math.Max(maxContext, end);
             maxChunk = Math.Max(maxChunk, seg.TokenCount);
         }
-        ints[oStarts + seqs] = n;
+        ints[o.SeqStarts + seqs] = n;
         ((ArrayView<int>)s.Ints.View.SubView(0, total)).CopyFromCPU<int, ArrayView<int>>(ints);
 
         // per rotation table r: cos [n, half_r] then sin [n, half_r], tables one after another
@@ -549,11 +548,11 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
             ((ArrayView<float>)s.Angles.View.SubView(0, 2L * n * totalHalf)).CopyFromCPU<float, ArrayView<float>>(_angles.AsSpan(0, 2 * n * totalHalf));
 
         var view = s.Ints.View;
-        s.Tokens = view.SubView(0, n);
-        s.Slots = view.SubView(oSlots, n);
-        s.LogitRows = view.SubView(oRows, Math.Max(1, logitCount));
-        return new AttentionStep(view.SubView(oTables, (long)seqs * maxBlocks), view.SubView(oLens, seqs), view.SubView(oStarts, seqs + 1),
-            view.SubView(oSeqs, n), view.SubView(oPos, n), n, seqs, maxContext, maxChunk);
+        s.Tokens = view.SubView(o.Tokens, n);
+        s.Slots = view.SubView(o.Slots, n);
+        s.LogitRows = view.SubView(o.LogitRows, Math.Max(1, logitCount));
+        return new AttentionStep(view.SubView(o.BlockTables, (long)seqs * maxBlocks), view.SubView(o.ContextLens, seqs), view.SubView(o.SeqStarts, seqs + 1),
+            view.SubView(o.TokenSeqs, n), view.SubView(o.Positions, n), n, seqs, maxContext, maxChunk);
     }
 
     /// <summary>
@@ -632,7 +631,7 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
                 for (int i = 0; i < Buffers.Length; i++)
                     Buffers[i] = a.Allocate1D<float>(Math.Max(1L, (long)(graph.Buffers[i].LogitRows ? logits : tokens) * graph.Buffers[i].Width));
                 Angles = a.Allocate1D<float>(Math.Max(1L, (long)tokens * ropeFloats));
-                Ints = a.Allocate1D<int>(4L * tokens + 2L * seqs + 1 + logits + (long)seqs * maxBlocks);
+                Ints = a.Allocate1D<int>(new StepIntLayout(tokens, seqs, logits, maxBlocks).Length);
                 Experts = experts?.CreateScratch(tokens);
             }
             catch
@@ -647,7 +646,7 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
         public int LogitCapacity { get; }
         public MemoryBuffer1D<float, Stride1D.Dense>[] Buffers { get; }   // by graph buffer id, [rows, width]
         public MemoryBuffer1D<float, Stride1D.Dense> Angles { get; } = null!;  // per rotation table: cos [n, ropeDim / 2] then sin
-        public MemoryBuffer1D<int, Stride1D.Dense> Ints { get; } = null!;      // the step's metadata (see Upload)
+        public MemoryBuffer1D<int, Stride1D.Dense> Ints { get; } = null!;      // the step's metadata, laid out as StepIntLayout
         public DeviceMixtureOfExperts.Scratch? Experts { get; }                 // the mixture-of-experts blocks' scratch, when the model has any
 
         /// <summary>Bytes of the activations, angles and metadata in device memory.</summary>
