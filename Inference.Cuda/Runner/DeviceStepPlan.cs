@@ -19,7 +19,11 @@ internal enum PlanStepKind : byte
 }
 
 /// <summary>One step of a plan: a kind and the graph operations it stands for (indexes into <see cref="ModelGraph.Ops"/>, -1 unused).</summary>
-internal readonly record struct PlanStep(PlanStepKind Kind, int Op, int Op2 = -1, int Op3 = -1, int Op4 = -1);
+internal readonly record struct PlanStep(PlanStepKind Kind, int Op, int Op2 = -1, int Op3 = -1, int Op4 = -1)
+{
+    /// <summary>The last graph operation of the step: a step stands for a contiguous run of operations, the next starts after it.</summary>
+    public int LastOp => Math.Max(Math.Max(Op, Op2), Math.Max(Op3, Op4));
+}
 
 /// <summary>
 /// The device executor's steps for a graph, chosen once by a peephole over <see cref="ModelGraph.Ops"/>: runs of
@@ -60,12 +64,12 @@ internal sealed class DeviceStepPlan
         {
             if (i == graph.HeadStart) headStep = steps.Count;
             int end = graph.HeadStart > i ? graph.HeadStart : ops.Length;   // no fusion crosses the head's start
-            if (fuse && TryAddRmsNorm(ops, i, end, out var step, out int used)
-                || fuse && TryGlu(ops, i, end, out step, out used)
-                || fuse && ropeKv && TryRopeAttention(graph, i, end, out step, out used))
+            if (fuse && TryAddRmsNorm(ops, i, end, out var step)
+                || fuse && TryGlu(ops, i, end, out step)
+                || fuse && ropeKv && TryRopeAttention(graph, i, end, out step))
             {
                 steps.Add(step);
-                i += used;
+                i = step.LastOp + 1;
                 continue;
             }
             steps.Add(new PlanStep(PlanStepKind.Op, i));
@@ -83,10 +87,9 @@ internal sealed class DeviceStepPlan
         return count;
     }
 
-    private static bool TryAddRmsNorm(ModelOp[] ops, int i, int end, out PlanStep step, out int used)
+    private static bool TryAddRmsNorm(ModelOp[] ops, int i, int end, out PlanStep step)
     {
         step = default;
-        used = 2;
         if (i + 1 >= end) return false;
         var add = ops[i];
         var norm = ops[i + 1];
@@ -95,10 +98,9 @@ internal sealed class DeviceStepPlan
         return true;
     }
 
-    private static bool TryGlu(ModelOp[] ops, int i, int end, out PlanStep step, out int used)
+    private static bool TryGlu(ModelOp[] ops, int i, int end, out PlanStep step)
     {
         step = default;
-        used = 2;
         if (i + 1 >= end) return false;
         var mm = ops[i];
         var glu = ops[i + 1];
@@ -110,11 +112,10 @@ internal sealed class DeviceStepPlan
     }
 
     /// <summary>Rope(q), Rope(k) in either order, then an optional Scale(q), then Attention(q, k, v).</summary>
-    private static bool TryRopeAttention(ModelGraph graph, int i, int end, out PlanStep step, out int used)
+    private static bool TryRopeAttention(ModelGraph graph, int i, int end, out PlanStep step)
     {
         var ops = graph.Ops;
         step = default;
-        used = 0;
         if (i + 2 >= end || ops[i].Kind != OpKind.Rope || ops[i + 1].Kind != OpKind.Rope) return false;
         int at = i + 2, scale = -1;
         if (ops[at].Kind == OpKind.Scale) scale = at++;
@@ -130,7 +131,6 @@ internal sealed class DeviceStepPlan
         // the fused kernel leaves k unrotated: nothing after may read it before writing it
         if (!DeadAfter(ops, k, at + 1)) return false;
         step = new PlanStep(PlanStepKind.RopeAttention, at, ropeQ, ropeK, scale);
-        used = at + 1 - i;
         return true;
     }
 

@@ -120,6 +120,19 @@ public class DeviceFusedStepTests
         Assert.That(fused.CountSteps(graph, 0, PlanStepKind.RopeAttention), Is.EqualTo(1));
         Assert.That(graph.Ops[fused.Steps[fused.HeadStep].Op].Kind, Is.EqualTo(OpKind.GatherLogitRows), "the head starts where the graph's does");
         Assert.That(DeviceStepPlan.Build(graph, fuse: true, ropeKv: false).CountSteps(graph, 0, PlanStepKind.RopeAttention), Is.Zero, "block-format pools keep the separate write");
+        foreach (var plan in new[] { fused, plain })
+        {
+            int next = 0;
+            foreach (var s in plan.Steps)
+            {
+                int first = s.Op;
+                foreach (int o in (ReadOnlySpan<int>)[s.Op2, s.Op3, s.Op4])
+                    if (o >= 0) first = Math.Min(first, o);
+                Assert.That(first, Is.EqualTo(next), "each step starts where the last one ended");
+                next = s.LastOp + 1;
+            }
+            Assert.That(next, Is.EqualTo(graph.Ops.Length), "the steps cover every operation once, in order");
+        }
     }
 
     /// <summary>Kernel launches of <paramref name="layer"/>'s steps besides the attention kernels themselves.</summary>
