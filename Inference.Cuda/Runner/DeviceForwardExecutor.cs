@@ -436,12 +436,9 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
         var g = _graph;
         var op = g.Ops[planned.Op];
         var rope = g.Ops[planned.Op2];
-        var table = g.RopeTables[rope.Param];
         var (cos, sin) = Angles(s, rope.Param, n);
-        var shape = new RopeKvShape(g.Buffers[op.Src].Width / table.HeadDim, g.Buffers[op.Src2].Width / table.HeadDim, table.HeadDim, table.RopeDim,
-            table.Layout == RopeLayout.Neox ? 1 : 0, planned.Op4 >= 0 ? g.Ops[planned.Op4].Value : 1f);
         WriteKv(op.Layer, View(s, op.Src2, n, logitCount), View(s, op.Src3, n, logitCount), s.Slots, n, g.Buffers[op.Src2].Width,
-            new RopeKvWrite(View(s, op.Src, n, logitCount), cos, sin, shape));
+            new RopeKvWrite(View(s, op.Src, n, logitCount), cos, sin, planned.RopeKv));
         Attend(op, s, step, n, logitCount, attention);
     }
 

@@ -1,3 +1,5 @@
+using Inference.Kernels.Layer;
+using Inference.Models;
 using Inference.Models.Graph;
 
 namespace Inference.Cuda.Runner;
@@ -18,8 +20,11 @@ internal enum PlanStepKind : byte
     GluMatMul,
 }
 
-/// <summary>One step of a plan: a kind and the graph operations it stands for (indexes into <see cref="ModelGraph.Ops"/>, -1 unused).</summary>
-internal readonly record struct PlanStep(PlanStepKind Kind, int Op, int Op2 = -1, int Op3 = -1, int Op4 = -1)
+/// <summary>
+/// One step of a plan: a kind and the graph operations it stands for (indexes into <see cref="ModelGraph.Ops"/>, -1
+/// unused); a <see cref="PlanStepKind.RopeAttention"/> step also carries its launch shape, fixed by the graph.
+/// </summary>
+internal readonly record struct PlanStep(PlanStepKind Kind, int Op, int Op2 = -1, int Op3 = -1, int Op4 = -1, RopeKvShape RopeKv = default)
 {
     /// <summary>The last graph operation of the step: a step stands for a contiguous run of operations, the next starts after it.</summary>
     public int LastOp => Math.Max(Math.Max(Op, Op2), Math.Max(Op3, Op4));
@@ -130,7 +135,9 @@ internal sealed class DeviceStepPlan
         if (graph.Buffers[q].Width % table.HeadDim != 0 || graph.Buffers[k].Width % table.HeadDim != 0 || graph.Buffers[k].Width != graph.Buffers[v].Width) return false;
         // the fused kernel leaves k unrotated: nothing after may read it before writing it
         if (!DeadAfter(ops, k, at + 1)) return false;
-        step = new PlanStep(PlanStepKind.RopeAttention, at, ropeQ, ropeK, scale);
+        var shape = new RopeKvShape(graph.Buffers[q].Width / table.HeadDim, graph.Buffers[k].Width / table.HeadDim, table.HeadDim, table.RopeDim,
+            table.Layout == RopeLayout.Neox ? 1 : 0, scale >= 0 ? ops[scale].Value : 1f);
+        step = new PlanStep(PlanStepKind.RopeAttention, at, ropeQ, ropeK, scale, shape);
         return true;
     }
 

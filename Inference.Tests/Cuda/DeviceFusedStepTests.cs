@@ -133,6 +133,12 @@ public class DeviceFusedStepTests
             }
             Assert.That(next, Is.EqualTo(graph.Ops.Length), "the steps cover every operation once, in order");
         }
+        foreach (var s in fused.Steps.Where(s => s.Kind == PlanStepKind.RopeAttention))
+        {
+            var table = graph.RopeTables[graph.Ops[s.Op2].Param];
+            Assert.That((s.RopeKv.QueryHeads, s.RopeKv.KvHeads, s.RopeKv.HeadDim, s.RopeKv.RotaryDim, s.RopeKv.QueryScale),
+                Is.EqualTo((config.HeadCount, config.KvHeadCount, config.HeadDim, table.RopeDim, 1f)), "the fused launch's shape, built with the plan");
+        }
     }
 
     /// <summary>Kernel launches of <paramref name="layer"/>'s steps besides the attention kernels themselves.</summary>
