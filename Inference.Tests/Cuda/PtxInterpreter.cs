@@ -4,16 +4,25 @@ namespace Inference.Tests.Cuda;
 
 /// <summary>
 /// Executes a hand-written PTX module on the CPU, instruction by instruction, where no GPU exists: the subset of PTX the
-/// tensor-core matrix product (<c>Inference.Cuda/Ptx/gemm_tensor_core.ptx</c>) and the flash prefill attention
-/// (<c>flash_prefill_f16.ptx</c>) use, with the fragment layouts of <c>ldmatrix.m8n8.x4</c> (plain and <c>.trans</c>),
-/// <c>mma.m16n8k16</c> and the lane exchange of <c>shfl.sync.bfly</c> as the PTX ISA defines them.
+/// tensor-core matrix product (<c>Inference.Cuda/Ptx/gemm_tensor_core.ptx</c>), the flash prefill attention
+/// (<c>flash_prefill_f16.ptx</c>) and the paged decode attention (<c>paged_attention_{f32,f16}.ptx</c>,
+/// <c>paged_attention_reduce.ptx</c>) use, with the fragment layouts of <c>ldmatrix.m8n8.x4</c> (plain and
+/// <c>.trans</c>), <c>mma.m16n8k16</c> and the lane exchange of <c>shfl.sync.bfly</c> as the PTX ISA defines them.
 /// </summary>
 /// <remarks>
-/// <para>Warps run in lockstep (32 lanes per instruction); a CTA's warps run one after another up to each
-/// <c>bar.sync</c>. A branch must be taken by all lanes of a warp or none (the kernels branch on uniform values only).</para>
-/// <para>Checks besides the arithmetic: every global access within an allocation; shared memory read only after a
-/// <c>cp.async</c> that wrote it was waited for by its thread and a barrier followed; a <c>cp.async</c> never targets
-/// shared bytes another copy has pending or that were read since the last barrier (a write-after-read race).</para>
+/// <para>Each lane has its own program counter. A scheduling step executes the instruction at the smallest counter among
+/// the warp's live lanes, for the lanes at it (guard applied); <c>bra</c> moves the lanes that take it to the label and
+/// the others to the next instruction, and <c>ret</c> (or running off the end) retires lanes. Diverged lanes so
+/// reconverge at the first instruction they share, which for forward branches and loops is where the hardware
+/// reconverges too. The warp-wide instructions (<c>shfl.sync</c> with a full mask, <c>ldmatrix</c>, <c>mma</c>) must
+/// find all 32 lanes at them and <c>bar.sync</c> every live lane. A CTA's warps run one after another up to each
+/// <c>bar.sync</c>.</para>
+/// <para>Checks besides the arithmetic: every global access within an allocation and aligned to its width; shared memory
+/// read by <c>ldmatrix</c> only after a <c>cp.async</c> that wrote it was waited for by its thread and a barrier followed;
+/// a <c>cp.async</c> never targets shared bytes another copy has pending or that were read since the last barrier (a
+/// write-after-read race). Plain <c>ld.shared</c>/<c>st.shared</c> are checked byte by byte: a read of bytes never
+/// written, or written by another thread (or by a copy) without a <c>bar.sync</c> since, fails, and so does a store to
+/// bytes another thread read or wrote since the last barrier.</para>
 /// <para>NOTE: <c>mma</c> is modelled as <c>d = f32(c + Σ a·b)</c> with the 16 exact f16/bf16 products summed in float64
 /// in k order and one rounding to f32. PTX leaves the tensor cores' internal rounding unspecified, so this fixes the
 /// order of f32 accumulation across instructions exactly but a device may differ from the model in the last bits of
@@ -102,13 +111,17 @@ internal sealed class PtxInterpreter
             if (line.StartsWith(".reg", StringComparison.Ordinal)) continue;
             if (line.StartsWith(".shared", StringComparison.Ordinal))
             {
-                // .shared .align A .b8 NAME[SIZE];
-                var decl = line.TrimEnd(';').Split(' ', StringSplitOptions.RemoveEmptyEntries)[^1];
+                // .shared .align A .TYPE NAME[COUNT];
+                var words = line.TrimEnd(';').Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries);
+                var decl = words[^1];
                 int open = decl.IndexOf('[');
-                if (open > 0 && line.Contains(" .b8 ", StringComparison.Ordinal))
+                int align = words.Length == 5 && words[1] == ".align" ? int.Parse(words[2], CultureInfo.InvariantCulture) : 0;
+                int elementBytes = words.Length == 5 ? ElementBytes(words[3]) : 0;
+                if (open > 0 && decl.EndsWith(']') && align > 0 && (align & (align - 1)) == 0 && elementBytes > 0)
                 {
+                    sharedBytes = (sharedBytes + align - 1) / align * align;
                     shared[decl[..open]] = 0x400 + sharedBytes;   // shared window addresses start at 0x400
-                    sharedBytes += int.Parse(decl[(open + 1)..^1], CultureInfo.InvariantCulture);
+                    sharedBytes += elementBytes * int.Parse(decl[(open + 1)..^1], CultureInfo.InvariantCulture);
                     continue;
                 }
                 throw new NotSupportedException($"shared declaration: {line}");
@@ -137,6 +150,16 @@ internal sealed class PtxInterpreter
         }
         return new Kernel(name, parameters, shared, sharedBytes, code, labels, regs.Count);
     }
+
+    /// <summary>Bytes of a PTX fundamental type (<c>.b8</c>, <c>.u32</c>, <c>.f16</c>, ...), 0 if unknown.</summary>
+    private static int ElementBytes(string type) => type switch
+    {
+        ".b8" or ".u8" or ".s8" => 1,
+        ".b16" or ".u16" or ".s16" or ".f16" or ".bf16" => 2,
+        ".b32" or ".u32" or ".s32" or ".f32" => 4,
+        ".b64" or ".u64" or ".s64" or ".f64" => 8,
+        _ => 0,
+    };
 
     private static int Reg(Dictionary<string, int> regs, string name)
     {
@@ -213,6 +236,11 @@ internal sealed class PtxInterpreter
         private readonly int[] _pendingBy;       // per 16-byte shared chunk: thread with a copy in flight, or -1
         private readonly int[] _landedEpoch;     // epoch its last copy landed in, -1 never written
         private readonly int[] _readEpoch;       // epoch it was last read in
+        private readonly int[] _writer;          // per shared byte: thread of its last plain store, Async after a copy, -1 never written
+        private readonly int[] _writeEpoch;      // epoch of that write
+        private readonly int[] _reader;          // per shared byte: thread of its reads in _byteReadEpoch, Several if more than one
+        private readonly int[] _byteReadEpoch;   // epoch it was last read in by a plain load, -1 never
+        private const int Async = -2, Several = -2;
         private readonly List<List<Copy>>[] _groups;
         private readonly List<Copy>[] _open;
         private int _epoch;
@@ -228,6 +256,10 @@ internal sealed class PtxInterpreter
             _pendingBy = Enumerable.Repeat(-1, chunks).ToArray();
             _landedEpoch = Enumerable.Repeat(-1, chunks).ToArray();
             _readEpoch = Enumerable.Repeat(-1, chunks).ToArray();
+            _writer = Enumerable.Repeat(-1, k.SharedBytes).ToArray();
+            _writeEpoch = Enumerable.Repeat(-1, k.SharedBytes).ToArray();
+            _reader = Enumerable.Repeat(-1, k.SharedBytes).ToArray();
+            _byteReadEpoch = Enumerable.Repeat(-1, k.SharedBytes).ToArray();
             _groups = Enumerable.Range(0, threads).Select(_ => new List<List<Copy>>()).ToArray();
             _open = Enumerable.Range(0, threads).Select(_ => new List<Copy>()).ToArray();
         }
@@ -250,13 +282,21 @@ internal sealed class PtxInterpreter
             }
         }
 
-        private sealed class Warp(int index, int registers)
+        private sealed class Warp
         {
-            public int Index { get; } = index;
-            public int Pc { get; set; }
+            public Warp(int index, int registers)
+            {
+                Index = index;
+                R = new ulong[registers * 32];
+                Array.Fill(Live, true);
+            }
+
+            public int Index { get; }
+            public int[] Pc { get; } = new int[32];      // per lane
+            public bool[] Live { get; } = new bool[32];  // false once the lane retired
             public bool Done { get; set; }
             public bool AtBarrier { get; set; }
-            public ulong[] R { get; } = new ulong[registers * 32];
+            public ulong[] R { get; }
         }
 
         private ulong Read(Warp w, Operand o, int lane) => o.Kind switch
@@ -281,45 +321,78 @@ internal sealed class PtxInterpreter
         private ulong Address(Warp w, Operand mem, int lane) =>
             (mem.Base!.Kind == Kind.Symbol ? 0 : Read(w, mem.Base, lane)) + (ulong)mem.Offset;
 
+        /// <summary>Runs the warp until it reaches a <c>bar.sync</c> or all its lanes retired.</summary>
         private void Step(Warp w)
         {
+            var atPc = new bool[32];
+            var active = new bool[32];
             while (true)
             {
-                var ins = _k.Code[w.Pc++];
-                var a = ins.Args;
-                var active = new bool[32];
+                // the smallest program counter among the live lanes; the lanes there execute
+                int pc = int.MaxValue, live = 0;
                 for (int lane = 0; lane < 32; lane++)
-                    active[lane] = ins.GuardReg < 0 || ((w.R[ins.GuardReg * 32 + lane] != 0) ^ ins.GuardNegated);
+                    if (w.Live[lane])
+                    {
+                        live++;
+                        pc = Math.Min(pc, w.Pc[lane]);
+                    }
+                if (live == 0)
+                {
+                    w.Done = true;
+                    return;
+                }
+                int here = 0;
+                for (int lane = 0; lane < 32; lane++)
+                {
+                    atPc[lane] = w.Live[lane] && w.Pc[lane] == pc;
+                    if (atPc[lane]) here++;
+                }
+                if (pc >= _k.Code.Length)   // ran off the end: the lanes retire
+                {
+                    for (int lane = 0; lane < 32; lane++) if (atPc[lane]) w.Live[lane] = false;
+                    continue;
+                }
+                var ins = _k.Code[pc];
+                var a = ins.Args;
+                for (int lane = 0; lane < 32; lane++)
+                {
+                    active[lane] = atPc[lane] && (ins.GuardReg < 0 || ((w.R[ins.GuardReg * 32 + lane] != 0) ^ ins.GuardNegated));
+                    if (atPc[lane]) w.Pc[lane] = pc + 1;
+                }
                 string op = ins.Op;
                 switch (op)
                 {
                     case "bra":
                     {
-                        int taken = active.Count(t => t);
-                        if (taken is not (0 or 32)) throw new InvalidOperationException($"{_k.Name}: divergent branch '{ins.Text}'");
-                        if (taken == 32) w.Pc = _k.Labels[a[0].Name];
+                        int target = _k.Labels[a[0].Name];
+                        for (int lane = 0; lane < 32; lane++) if (active[lane]) w.Pc[lane] = target;
                         continue;
                     }
                     case "ret":
-                        if (ins.GuardReg >= 0) throw new NotSupportedException("guarded ret");
-                        w.Done = true;
-                        return;
+                        for (int lane = 0; lane < 32; lane++) if (active[lane]) w.Live[lane] = false;
+                        continue;
                     case "bar.sync":
+                        if (ins.GuardReg >= 0) throw new NotSupportedException($"{_k.Name}: guarded bar.sync");
+                        if (here != live) throw new InvalidOperationException($"{_k.Name}: bar.sync reached by {here} of the {live} live lanes of warp {w.Index}");
                         w.AtBarrier = true;
                         return;
                     case "ldmatrix.sync.aligned.m8n8.x4.shared.b16":
+                        WholeWarp(ins, active);
                         LdMatrix(w, a[0].Regs!, a[1], transpose: false);
                         continue;
                     case "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16":
+                        WholeWarp(ins, active);
                         LdMatrix(w, a[0].Regs!, a[1], transpose: true);
                         continue;
                     case "shfl.sync.bfly.b32":
                         Shuffle(w, a, active);
                         continue;
                     case "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32":
+                        WholeWarp(ins, active);
                         Mma(w, a, bf16: false);
                         continue;
                     case "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32":
+                        WholeWarp(ins, active);
                         Mma(w, a, bf16: true);
                         continue;
                 }
@@ -329,6 +402,11 @@ internal sealed class PtxInterpreter
                     int thread = w.Index * 32 + lane;
                     ulong R(int i) => Read(w, a[i], lane);
                     void Set(ulong v) => w.R[a[0].Reg * 32 + lane] = v;
+                    if (op.StartsWith("setp.", StringComparison.Ordinal))
+                    {
+                        Set(Setp(op, ins, a, lane, w) ? 1UL : 0UL);
+                        continue;
+                    }
                     switch (op)
                     {
                         case "ld.param.u64": case "ld.param.u32": case "ld.param.f32":
@@ -337,40 +415,61 @@ internal sealed class PtxInterpreter
                         case "cvta.to.global.u64": case "mov.u64": case "mov.u32": case "mov.f32": case "cvt.u64.u32":
                             Set(R(1));
                             break;
+                        case "mov.b32":
+                            if (a[0].Kind == Kind.Vector)   // {lo, hi} = the two 16-bit halves
+                            {
+                                ulong v = R(1);
+                                w.R[a[0].Regs![0] * 32 + lane] = v & 0xFFFF;
+                                w.R[a[0].Regs![1] * 32 + lane] = (v >> 16) & 0xFFFF;
+                            }
+                            else Set((uint)R(1));
+                            break;
                         case "add.u32": Set((uint)(R(1) + R(2))); break;
                         case "add.u64": Set(R(1) + R(2)); break;
                         case "sub.u32": Set((uint)(R(1) - R(2))); break;
                         case "min.u32": Set(Math.Min((uint)R(1), (uint)R(2))); break;
+                        case "max.u32": Set(Math.Max((uint)R(1), (uint)R(2))); break;
                         case "mul.lo.u64": Set(R(1) * R(2)); break;
                         case "add.f32": case "add.rn.f32": Set(Bits(F(R(1)) + F(R(2)))); break;
-                        case "sub.rn.f32": Set(Bits(F(R(1)) - F(R(2)))); break;
-                        case "mul.rn.f32": Set(Bits(F(R(1)) * F(R(2)))); break;
+                        case "sub.f32": case "sub.rn.f32": Set(Bits(F(R(1)) - F(R(2)))); break;
+                        case "mul.f32": case "mul.rn.f32": Set(Bits(F(R(1)) * F(R(2)))); break;
+                        case "fma.rn.f32": Set(Bits(MathF.FusedMultiplyAdd(F(R(1)), F(R(2)), F(R(3))))); break;
                         case "div.rn.f32": Set(Bits(F(R(1)) / F(R(2)))); break;
                         case "max.f32": Set(Bits(MaxF32(F(R(1)), F(R(2))))); break;
                         case "ex2.approx.ftz.f32": Set(Bits(Ex2Ftz(F(R(1))))); break;
                         case "selp.f32": Set(R(3) != 0 ? R(1) : R(2)); break;
-                        case "setp.lt.s32": Set((int)(uint)R(1) < (int)(uint)R(2) ? 1UL : 0UL); break;
                         case "cvt.rn.f16x2.f32":   // d = {a -> upper half, b -> lower half}
                             Set(BitConverter.HalfToUInt16Bits((Half)F(R(2))) | (ulong)BitConverter.HalfToUInt16Bits((Half)F(R(1))) << 16);
                             break;
-                        case "ld.global.nc.u32":
-                            Set(BitConverter.ToUInt32(_mem.Bytes(Address(w, a[1], lane), 4)));
+                        case "cvt.f32.f16":   // exact
+                            Set(Bits((float)BitConverter.UInt16BitsToHalf((ushort)R(1))));
                             break;
-                        case "ld.global.nc.v2.f32":
+                        case "ld.global.nc.u32":
+                            Set(BitConverter.ToUInt32(Global(Address(w, a[1], lane), 4)));
+                            break;
+                        case "ld.global.nc.v2.f32": case "ld.global.v2.f32":
+                        case "ld.global.nc.v4.f32": case "ld.global.nc.v4.b32": case "ld.global.v4.f32":
                         {
-                            var bytes = _mem.Bytes(Address(w, a[1], lane), 8);
-                            if (Address(w, a[1], lane) % 8 != 0) throw new InvalidOperationException($"{_k.Name}: misaligned v2 load");
-                            w.R[a[0].Regs![0] * 32 + lane] = BitConverter.ToUInt32(bytes);
-                            w.R[a[0].Regs![1] * 32 + lane] = BitConverter.ToUInt32(bytes[4..]);
+                            var regs = a[0].Regs!;
+                            var bytes = Global(Address(w, a[1], lane), 4 * regs.Length);
+                            for (int e = 0; e < regs.Length; e++) w.R[regs[e] * 32 + lane] = BitConverter.ToUInt32(bytes[(4 * e)..]);
                             break;
                         }
-                        case "st.global.v2.f32":
+                        case "st.global.v2.f32": case "st.global.v4.f32":
                         {
-                            ulong at = Address(w, a[0], lane);
-                            if (at % 8 != 0) throw new InvalidOperationException($"{_k.Name}: misaligned v2 store");
-                            var bytes = _mem.Bytes(at, 8);
-                            BitConverter.TryWriteBytes(bytes, (uint)w.R[a[1].Regs![0] * 32 + lane]);
-                            BitConverter.TryWriteBytes(bytes[4..], (uint)w.R[a[1].Regs![1] * 32 + lane]);
+                            var regs = a[1].Regs!;
+                            var bytes = Global(Address(w, a[0], lane), 4 * regs.Length);
+                            for (int e = 0; e < regs.Length; e++) BitConverter.TryWriteBytes(bytes[(4 * e)..], (uint)w.R[regs[e] * 32 + lane]);
+                            break;
+                        }
+                        case "ld.shared.u32": case "ld.shared.b32": case "ld.shared.f32":
+                            Set(BitConverter.ToUInt32(LoadShared(thread, (int)Address(w, a[1], lane), 4)));
+                            break;
+                        case "st.shared.u32": case "st.shared.b32": case "st.shared.f32":
+                        {
+                            Span<byte> value = stackalloc byte[4];
+                            BitConverter.TryWriteBytes(value, (uint)R(1));
+                            StoreShared(thread, (int)Address(w, a[0], lane), value);
                             break;
                         }
                         case "mul.lo.u32": Set((uint)(R(1) * R(2))); break;
@@ -378,13 +477,12 @@ internal sealed class PtxInterpreter
                         case "mul.wide.u32": Set((ulong)(uint)R(1) * (uint)R(2)); break;
                         case "div.u32": Set((uint)R(1) / (uint)R(2)); break;
                         case "rem.u32": Set((uint)R(1) % (uint)R(2)); break;
-                        case "shl.b32": Set((uint)(R(1) << (int)R(2))); break;
-                        case "shr.u32": Set((uint)R(1) >> (int)R(2)); break;
+                        case "shl.b32": Set(R(2) >= 32 ? 0 : (uint)(R(1) << (int)R(2))); break;
+                        case "shl.b64": Set(R(2) >= 64 ? 0 : R(1) << (int)R(2)); break;
+                        case "shr.u32": Set(R(2) >= 32 ? 0 : (uint)R(1) >> (int)R(2)); break;
                         case "and.b32": Set((uint)(R(1) & R(2))); break;
                         case "xor.b32": Set((uint)(R(1) ^ R(2))); break;
                         case "and.pred": Set(R(1) != 0 && R(2) != 0 ? 1UL : 0UL); break;
-                        case "setp.lt.u32": Set((uint)R(1) < (uint)R(2) ? 1UL : 0UL); break;
-                        case "setp.ge.u32": Set((uint)R(1) >= (uint)R(2) ? 1UL : 0UL); break;
                         case "selp.u32": case "selp.b64": Set(R(3) != 0 ? R(1) : R(2)); break;
                         case "cp.async.cg.shared.global":
                             IssueCopy(thread, (int)Address(w, a[0], lane), Address(w, a[1], lane), (int)R(2), (int)R(3));
@@ -401,13 +499,13 @@ internal sealed class PtxInterpreter
                             }
                             break;
                         case "st.global.f32":
-                            BitConverter.TryWriteBytes(_mem.Bytes(Address(w, a[0], lane), 4), (uint)R(1));
+                            BitConverter.TryWriteBytes(Global(Address(w, a[0], lane), 4), (uint)R(1));
                             break;
                         case "st.global.b16":
-                            BitConverter.TryWriteBytes(_mem.Bytes(Address(w, a[0], lane), 2), (ushort)R(1));
+                            BitConverter.TryWriteBytes(Global(Address(w, a[0], lane), 2), (ushort)R(1));
                             break;
                         case "ld.global.nc.f32": case "ld.global.f32":
-                            Set(BitConverter.ToUInt32(_mem.Bytes(Address(w, a[1], lane), 4)));
+                            Set(BitConverter.ToUInt32(Global(Address(w, a[1], lane), 4)));
                             break;
                         case "cvt.rn.f16.f32":
                             Set(BitConverter.HalfToUInt16Bits((Half)BitConverter.UInt32BitsToSingle((uint)R(1))));
@@ -420,6 +518,62 @@ internal sealed class PtxInterpreter
                     }
                 }
             }
+        }
+
+        /// <summary>A warp-wide instruction: all 32 lanes must be at it, none masked off by a guard.</summary>
+        private void WholeWarp(Instr ins, bool[] active)
+        {
+            if (active.Any(x => !x)) throw new InvalidOperationException($"{_k.Name}: '{ins.Text}' reached by part of a warp");
+        }
+
+        /// <summary>A global access of <paramref name="length"/> bytes, within an allocation and aligned to its width.</summary>
+        private Span<byte> Global(ulong address, int length)
+        {
+            if (address % (ulong)length != 0) throw new InvalidOperationException($"{_k.Name}: misaligned {length}-byte global access at 0x{address:X}");
+            return _mem.Bytes(address, length);
+        }
+
+        /// <summary>setp.CMP[.BOOL].TYPE d, a, b[, c]: ordered float comparisons (false with a NaN), integers by type;
+        /// with <c>.and</c>/<c>.or</c>/<c>.xor</c> the result is combined with predicate c.</summary>
+        private bool Setp(string op, Instr ins, Operand[] a, int lane, Warp w)
+        {
+            var parts = op.Split('.');   // setp, cmp, [bool], type
+            string cmp = parts[1], type = parts[^1];
+            ulong x = Read(w, a[1], lane), y = Read(w, a[2], lane);
+            int order;   // sign of x - y; 2 when unordered
+            switch (type)
+            {
+                case "u32": order = ((uint)x).CompareTo((uint)y); break;
+                case "s32": order = ((int)(uint)x).CompareTo((int)(uint)y); break;
+                case "u64": order = x.CompareTo(y); break;
+                case "s64": order = ((long)x).CompareTo((long)y); break;
+                case "f32":
+                {
+                    float fx = F(x), fy = F(y);
+                    order = float.IsNaN(fx) || float.IsNaN(fy) ? 2 : fx < fy ? -1 : fx > fy ? 1 : 0;
+                    break;
+                }
+                default: throw new NotSupportedException($"{_k.Name}: instruction '{ins.Text}'");
+            }
+            bool result = order != 2 && cmp switch
+            {
+                "eq" => order == 0,
+                "ne" => order != 0,
+                "lt" => order < 0,
+                "le" => order <= 0,
+                "gt" => order > 0,
+                "ge" => order >= 0,
+                _ => throw new NotSupportedException($"{_k.Name}: instruction '{ins.Text}'"),
+            };
+            if (parts.Length == 3) return result;
+            bool c = Read(w, a[3], lane) != 0;
+            return parts[2] switch
+            {
+                "and" => result && c,
+                "or" => result || c,
+                "xor" => result ^ c,
+                _ => throw new NotSupportedException($"{_k.Name}: instruction '{ins.Text}'"),
+            };
         }
 
         private static float F(ulong bits) => BitConverter.UInt32BitsToSingle((uint)bits);
@@ -462,6 +616,9 @@ internal sealed class PtxInterpreter
             int chunk = Chunk(dst, 16);
             if (_pendingBy[chunk] >= 0) throw new InvalidOperationException($"{_k.Name}: two copies in flight to shared 0x{dst:X}");
             if (_readEpoch[chunk] == _epoch) throw new InvalidOperationException($"{_k.Name}: cp.async overwrites shared 0x{dst:X} read since the last barrier");
+            for (int i = chunk * 16; i < chunk * 16 + 16; i++)
+                if (_writer[i] >= 0 && _writer[i] != thread && _writeEpoch[i] == _epoch)
+                    throw new InvalidOperationException($"{_k.Name}: cp.async overwrites shared 0x{dst:X} thread {_writer[i]} stored to since the last barrier");
             if (srcSize > 0) _mem.Bytes(src, srcSize);   // bounds check at issue
             _pendingBy[chunk] = thread;
             _open[thread].Add(new Copy(thread, dst, src, srcSize));
@@ -475,6 +632,51 @@ internal sealed class PtxInterpreter
             if (c.Size > 0) _mem.Bytes(c.Src, c.Size).CopyTo(dst);
             _pendingBy[chunk] = -1;
             _landedEpoch[chunk] = _epoch;
+            _writer.AsSpan(chunk * 16, 16).Fill(Async);
+            _writeEpoch.AsSpan(chunk * 16, 16).Fill(_epoch);
+        }
+
+        /// <summary>The shared offset of a plain access of <paramref name="length"/> bytes: in range, aligned to its width,
+        /// and not in a chunk a copy has in flight.</summary>
+        private int PlainShared(int address, int length)
+        {
+            int offset = address - 0x400;
+            if (offset < 0 || offset + length > _shared.Length) throw new InvalidOperationException($"{_k.Name}: shared access at 0x{address:X} out of range");
+            if (offset % length != 0) throw new InvalidOperationException($"{_k.Name}: shared access of {length} bytes at 0x{address:X} misaligned");
+            if (_pendingBy[offset / 16] >= 0) throw new InvalidOperationException($"{_k.Name}: accesses shared 0x{address:X} while a copy to it is in flight");
+            return offset;
+        }
+
+        /// <summary>ld.shared: every byte written before, by this thread or before a barrier since.</summary>
+        private ReadOnlySpan<byte> LoadShared(int thread, int address, int length)
+        {
+            int offset = PlainShared(address, length);
+            for (int i = offset; i < offset + length; i++)
+            {
+                if (_writer[i] == -1) throw new InvalidOperationException($"{_k.Name}: thread {thread} reads shared 0x{address:X} never written");
+                if (_writer[i] != thread && _writeEpoch[i] >= _epoch)
+                    throw new InvalidOperationException($"{_k.Name}: thread {thread} reads shared 0x{address:X} written by {(_writer[i] == Async ? "a copy" : $"thread {_writer[i]}")} without a barrier between");
+                _reader[i] = _byteReadEpoch[i] == _epoch && _reader[i] != thread ? Several : thread;
+                _byteReadEpoch[i] = _epoch;
+            }
+            _readEpoch[offset / 16] = _epoch;
+            return _shared.AsSpan(offset, length);
+        }
+
+        /// <summary>st.shared: no other thread read or wrote these bytes since the last barrier.</summary>
+        private void StoreShared(int thread, int address, ReadOnlySpan<byte> value)
+        {
+            int offset = PlainShared(address, value.Length);
+            for (int i = offset; i < offset + value.Length; i++)
+            {
+                if (_byteReadEpoch[i] == _epoch && _reader[i] != thread)
+                    throw new InvalidOperationException($"{_k.Name}: thread {thread} overwrites shared 0x{address:X} another thread read since the last barrier");
+                if (_writer[i] != -1 && _writer[i] != thread && _writeEpoch[i] == _epoch)
+                    throw new InvalidOperationException($"{_k.Name}: thread {thread} and {(_writer[i] == Async ? "a copy" : $"thread {_writer[i]}")} write shared 0x{address:X} with no barrier between");
+                _writer[i] = thread;
+                _writeEpoch[i] = _epoch;
+            }
+            value.CopyTo(_shared.AsSpan(offset));
         }
 
         private ReadOnlySpan<byte> ReadShared(int address)
