@@ -11,7 +11,8 @@ namespace Inference.Tests.Cuda;
 /// <remarks>
 /// NOTE: this checks the design the PTX transcribes — lane layout (G lanes per row, 32/G slots), per-slot online
 /// softmax in the log2 domain, butterfly reductions, the slot merge, empty partitions and the reduce pass — where no
-/// GPU exists. It cannot catch PTX transcription errors; <see cref="PtxAttentionGpuTests"/> runs the PTX itself.
+/// GPU exists. It cannot catch PTX transcription errors: <see cref="PtxPagedAttentionInterpreterTests"/> runs the PTX
+/// text itself in the interpreter, and <see cref="PtxAttentionGpuTests"/> on a device.
 /// Register names in the model follow the PTX.
 /// </remarks>
 public class PtxAlgorithmModelTests
