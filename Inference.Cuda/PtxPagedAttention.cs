@@ -73,10 +73,12 @@ internal sealed unsafe class PtxPagedAttention : IDisposable
     /// <see cref="MaxBlocksPerPartition"/> blocks.
     /// </summary>
     /// <remarks>
-    /// NOTE: a warp waits for each step's K/V loads before it issues the next, so the loads in flight grow with the warps
-    /// on the device: on an H100, a 1k-token sequence in partitions of 256 positions (32 CTAs for 8 KV heads, about one
-    /// warp per multiprocessor) took 65 µs, in partitions of 64 positions 22 µs; 64 sequences of 4k tokens took 794 µs in
-    /// partitions of 256 positions and 1,079 µs in three partitions of 1,376 (docs/gpu-results.md).
+    /// NOTE: the loads in flight grow with the warps on the device. These sizes were measured when a warp waited for each
+    /// step's K/V loads before it issued the next: on an H100, a 1k-token sequence in partitions of 256 positions (32 CTAs
+    /// for 8 KV heads, about one warp per multiprocessor) took 65 µs, in partitions of 64 positions 22 µs; 64 sequences of
+    /// 4k tokens took 794 µs in partitions of 256 positions and 1,079 µs in three partitions of 1,376
+    /// (docs/gpu-results.md). The main loop now keeps the next step's loads in flight while a step computes; the sizes
+    /// have not been measured again since.
     /// </remarks>
     internal static int ChoosePartitionSize(AttentionShape shape, int tokenCount, int maxContextLength, int multiprocessors)
     {

@@ -412,7 +412,7 @@ internal sealed class PtxInterpreter
                         case "ld.param.u64": case "ld.param.u32": case "ld.param.f32":
                             Set(_args[Array.IndexOf(_k.Params, a[1].Base!.Name)]);
                             break;
-                        case "cvta.to.global.u64": case "mov.u64": case "mov.u32": case "mov.f32": case "cvt.u64.u32":
+                        case "cvta.to.global.u64": case "mov.u64": case "mov.u32": case "mov.f32": case "mov.pred": case "cvt.u64.u32":
                             Set(R(1));
                             break;
                         case "mov.b32":

@@ -60,6 +60,21 @@ public class PtxPagedAttentionInterpreterTests
         Assert.That(run.RelativeL2, Is.LessThanOrEqualTo(Tolerance));
     }
 
+    /// <summary>The main loop issues the next step's K/V loads before it computes the current step's dot product.</summary>
+    [TestCase(true)]
+    [TestCase(false)]
+    public void TheLoopIssuesTheNextLoadsBeforeItComputes(bool f16)
+    {
+        string s = PartialSource(f16);
+        int loop = s.IndexOf("KV_LOOP:", StringComparison.Ordinal);
+        int kLoad = s.IndexOf(f16 ? "ld.global.nc.v4.b32 {nkp0" : "ld.global.nc.v4.f32 {nk0", StringComparison.Ordinal);
+        int vLoad = s.IndexOf(f16 ? "ld.global.nc.v4.b32 {nvp0" : "ld.global.nc.v4.f32 {nv0", StringComparison.Ordinal);
+        int dot = s.IndexOf("mul.f32         s, q0, k0;", StringComparison.Ordinal);
+        int back = s.IndexOf("@more bra       KV_LOOP;", StringComparison.Ordinal);
+        Assert.That(new[] { loop, kLoad, vLoad, dot, back }, Is.All.GreaterThan(-1));
+        Assert.That(new[] { loop, kLoad, vLoad, dot, back }, Is.Ordered);
+    }
+
     [Test]
     public void TheComparisonCatchesAMissingRescale()
     {
@@ -115,7 +130,7 @@ public class PtxPagedAttentionInterpreterTests
 
     private static string ReduceSource => PtxModule.ReadSource("paged_attention_reduce");
 
-    private sealed record Result(double RelativeL2, int Partitions, int PartitionSize);
+    private sealed record Result(double RelativeL2, int Partitions, int PartitionSize, float[] Output);
 
     /// <summary>
     /// Both passes in the interpreter, as <see cref="PtxPagedAttention.Run"/> launches them: pass 1 over
@@ -202,7 +217,7 @@ public class PtxPagedAttentionInterpreterTests
             norm += (double)expected[i] * expected[i];
         }
         double relative = double.IsNaN(diff) ? double.PositiveInfinity : Math.Sqrt(diff / norm);
-        return new Result(relative, scratch.PartitionCount, scratch.PartitionSize);
+        return new Result(relative, scratch.PartitionCount, scratch.PartitionSize, actual);
     }
 
     private static ulong Upload<T>(PtxInterpreter.Memory mem, T[] data) where T : unmanaged
