@@ -231,14 +231,8 @@ internal static class FlashPrefillPtx
             for (int kk = 0; kk < kSteps; kk++)
             {
                 w.Line("add.u32", $"ka, cbase, koff{kk}");
-                w.Line("ldmatrix.sync.aligned.m8n8.x4.shared.b16", $"{{kb0, kb1, kb2, kb3}}, [ka+{jn * 16 * t.RowBytes}]");
-                for (int h = 0; h < 2; h++)
-                {
-                    int f = 2 * jn + h;
-                    string acc = $"{{s{4 * f}, s{4 * f + 1}, s{4 * f + 2}, s{4 * f + 3}}}";
-                    w.Line("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
-                        $"{acc}, {{fq{4 * kk}, fq{4 * kk + 1}, fq{4 * kk + 2}, fq{4 * kk + 3}}}, {{kb{2 * h}, kb{2 * h + 1}}}, {acc}");
-                }
+                w.LdMatrixX4("kb", 0, $"ka+{jn * 16 * t.RowBytes}");
+                for (int h = 0; h < 2; h++) w.MmaM16N8K16("f16", "s", 4 * (2 * jn + h), "fq", 4 * kk, "kb", 2 * h);
             }
 
         w.Comment("scale to the log2 domain; mask positions past the row's own (lim = position - first position of this lane, signed)");
@@ -268,14 +262,8 @@ internal static class FlashPrefillPtx
             for (int dp = 0; dp < kSteps; dp++)
             {
                 w.Line("add.u32", $"va, cbase, voff{dp}");
-                w.Line("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16", $"{{vb0, vb1, vb2, vb3}}, [va+{kk * 16 * t.RowBytes}]");
-                for (int h = 0; h < 2; h++)
-                {
-                    int f = 2 * dp + h;
-                    string acc = $"{{o{4 * f}, o{4 * f + 1}, o{4 * f + 2}, o{4 * f + 3}}}";
-                    w.Line("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
-                        $"{acc}, {{pf{4 * kk}, pf{4 * kk + 1}, pf{4 * kk + 2}, pf{4 * kk + 3}}}, {{vb{2 * h}, vb{2 * h + 1}}}, {acc}");
-                }
+                w.LdMatrixX4("vb", 0, $"va+{kk * 16 * t.RowBytes}", trans: true);
+                for (int h = 0; h < 2; h++) w.MmaM16N8K16("f16", "o", 4 * (2 * dp + h), "pf", 4 * kk, "vb", 2 * h);
             }
         w.Line("add.u32", "kt, kt, 1");
         w.Line("bra", "KV_LOOP");

@@ -185,19 +185,12 @@ internal static class TensorCoreGemmPtx
         {
             w.Comment($"k step {kk}: elements {16 * kk} .. {16 * kk + 15} of the tile");
             w.Line("add.u32", $"aaddr, cbase, aoff{kk}");
-            for (int i = 0; i < mi; i++)
-                w.Line("ldmatrix.sync.aligned.m8n8.x4.shared.b16", $"{{fa{4 * i}, fa{4 * i + 1}, fa{4 * i + 2}, fa{4 * i + 3}}}, [aaddr+{i * 16 * t.RowBytes}]");
+            for (int i = 0; i < mi; i++) w.LdMatrixX4("fa", 4 * i, $"aaddr+{i * 16 * t.RowBytes}");
             w.Line("add.u32", $"baddr, cbase, boff{kk}");
-            for (int j = 0; j < ni / 2; j++)
-                w.Line("ldmatrix.sync.aligned.m8n8.x4.shared.b16", $"{{fb{4 * j}, fb{4 * j + 1}, fb{4 * j + 2}, fb{4 * j + 3}}}, [baddr+{j * 16 * t.RowBytes}]");
+            for (int j = 0; j < ni / 2; j++) w.LdMatrixX4("fb", 4 * j, $"baddr+{j * 16 * t.RowBytes}");
             for (int i = 0; i < mi; i++)
                 for (int j = 0; j < ni; j++)
-                {
-                    int c = (i * ni + j) * 4;
-                    string d = $"{{acc{c}, acc{c + 1}, acc{c + 2}, acc{c + 3}}}";
-                    w.Line($"mma.sync.aligned.m16n8k16.row.col.f32.{type}.{type}.f32",
-                        $"{d}, {{fa{4 * i}, fa{4 * i + 1}, fa{4 * i + 2}, fa{4 * i + 3}}}, {{fb{2 * j}, fb{2 * j + 1}}}, {d}");
-                }
+                    w.MmaM16N8K16(type, "acc", (i * ni + j) * 4, "fa", 4 * i, "fb", 2 * j);
         }
         w.Line("add.u32", "kt, kt, 1");
         w.Line("bra", "K_LOOP");
