@@ -142,9 +142,7 @@ internal static class FlashPrefillPtx
         w.Line("and.b32", $"c16, tid, {t.ChunksPerRow - 1}");
         w.Line("shr.u32", $"r0, tid, {logCpr}");
         w.Line("and.b32", "tmp, r0, 7");
-        w.Line("xor.b32", "soff, c16, tmp");
-        w.Line("shl.b32", "soff, soff, 4");
-        w.Line("mad.lo.u32", $"soff, r0, {t.RowBytes}, soff", "swizzled offset of the first copy in a tile");
+        w.SwizzledOffset("soff", "r0", t.RowBytes, "c16", "tmp", "swizzled offset of the first copy in a tile");
         w.Line("shl.b32", "tmp, c16, 4");
         w.Line("cvt.u64.u32", "cbyte, tmp");
         w.Line("mov.u32", "sbase, smem");
@@ -184,9 +182,7 @@ internal static class FlashPrefillPtx
         w.Line("and.b32", "tmp3, tmp3, 1");
         for (int kk = 0; kk < kSteps; kk++)
         {
-            w.Line("add.u32", $"cx, tmp3, {2 * kk}");
-            w.Line("xor.b32", "cx, cx, tmp");
-            w.Line("shl.b32", "cx, cx, 4");
+            w.SwizzledChunkBytes("cx", "tmp3", 2 * kk, "tmp");
             w.Line("add.u32", $"koff{kk}, tmp2, cx");
         }
         w.Line("shr.u32", "tmp2, lane, 3");
@@ -197,9 +193,7 @@ internal static class FlashPrefillPtx
         w.Line("shr.u32", "tmp3, lane, 4");
         for (int dp = 0; dp < kSteps; dp++)
         {
-            w.Line("add.u32", $"cx, tmp3, {2 * dp}");
-            w.Line("xor.b32", "cx, cx, tmp");
-            w.Line("shl.b32", "cx, cx, 4");
+            w.SwizzledChunkBytes("cx", "tmp3", 2 * dp, "tmp");
             w.Line("add.u32", $"voff{dp}, tmp2, cx");
         }
         w.Line("mov.f32", "ma, 0fFF800000");

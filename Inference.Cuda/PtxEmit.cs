@@ -2,7 +2,8 @@ namespace Inference.Cuda;
 
 /// <summary>
 /// Instruction groups that both generated tensor-core modules (<see cref="FlashPrefillPtx"/> and
-/// <see cref="TensorCoreGemmPtx"/>) emit: ldmatrix and mma.sync on register fragments.
+/// <see cref="TensorCoreGemmPtx"/>) emit: ldmatrix and mma.sync on register fragments, and the swizzled shared-memory
+/// offsets of 16-byte chunks.
 /// </summary>
 /// <remarks>
 /// NOTE: each helper writes exactly the lines the generators wrote inline before, so the embedded modules are
@@ -35,5 +36,27 @@ internal static class PtxEmit
     {
         string d = Regs(acc, accFirst, 4);
         w.Line($"mma.sync.aligned.m16n8k16.row.col.f32.{type}.{type}.f32", $"{d}, {Regs(a, aFirst, 4)}, {Regs(b, bFirst, 2)}, {d}");
+    }
+
+    /// <summary>
+    /// <paramref name="dst"/> = <paramref name="row"/> · <paramref name="rowBytes"/> + (<paramref name="chunk"/> ^
+    /// <paramref name="swizzle"/>) · 16: the shared byte offset of a 16-byte chunk in a swizzled tile.
+    /// </summary>
+    public static void SwizzledOffset(this PtxWriter w, string dst, string row, int rowBytes, string chunk, string swizzle, string? comment = null)
+    {
+        w.Line("xor.b32", $"{dst}, {chunk}, {swizzle}");
+        w.Line("shl.b32", $"{dst}, {dst}, 4");
+        w.Line("mad.lo.u32", $"{dst}, {row}, {rowBytes}, {dst}", comment);
+    }
+
+    /// <summary>
+    /// <paramref name="dst"/> = ((<paramref name="chunk"/> + <paramref name="add"/>) ^ <paramref name="swizzle"/>) · 16:
+    /// the byte offset within its swizzled shared row of chunk <paramref name="chunk"/> + <paramref name="add"/>.
+    /// </summary>
+    public static void SwizzledChunkBytes(this PtxWriter w, string dst, string chunk, int add, string swizzle)
+    {
+        w.Line("add.u32", $"{dst}, {chunk}, {add}");
+        w.Line("xor.b32", $"{dst}, {dst}, {swizzle}");
+        w.Line("shl.b32", $"{dst}, {dst}, 4");
     }
 }

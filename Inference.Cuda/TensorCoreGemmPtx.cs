@@ -127,9 +127,7 @@ internal static class TensorCoreGemmPtx
         w.Line("shr.u32", "r, tid, 2");
         w.Line("shr.u32", "swz, r, 1");
         w.Line("and.b32", "swz, swz, 3");
-        w.Line("xor.b32", "soff, chunk, swz");
-        w.Line("shl.b32", "soff, soff, 4");
-        w.Line("mad.lo.u32", "soff, r, 64, soff", "swizzled offset of the first copy in a tile");
+        w.SwizzledOffset("soff", "r", t.RowBytes, "chunk", "swz", "swizzled offset of the first copy in a tile");
         EmitRowPointers(w, ca, rowsPerPass, "pa", "ga", "m0", "m", "a_ptr");
         EmitRowPointers(w, cb, rowsPerPass, "pb", "gb", "n0", "n", "w_ptr");
 
@@ -229,7 +227,6 @@ internal static class TensorCoreGemmPtx
         w.Raw("}\n");
     }
 
-    /// <summary>Per copy i: row predicate and the global address of this thread's chunk in k tile 0.</summary>
     /// <summary>
     /// The two per-lane ldmatrix byte offsets <paramref name="name"/>0/1 of a k step's chunks: chunk (kc + 2·kk) XOR the
     /// row's swizzle, at row r of 64 bytes, plus the warp's base in tmp (kc in tmp2, swizzle in swz).
@@ -238,14 +235,13 @@ internal static class TensorCoreGemmPtx
     {
         for (int kk = 0; kk < 2; kk++)
         {
-            w.Line("add.u32", $"kc, tmp2, {2 * kk}");
-            w.Line("xor.b32", "kc, kc, swz");
-            w.Line("shl.b32", "kc, kc, 4");
+            w.SwizzledChunkBytes("kc", "tmp2", 2 * kk, "swz");
             w.Line("mad.lo.u32", $"{name}{kk}, r, 64, kc");
             w.Line("add.u32", $"{name}{kk}, {name}{kk}, tmp");
         }
     }
 
+    /// <summary>Per copy i: row predicate and the global address of this thread's chunk in k tile 0.</summary>
     private static void EmitRowPointers(PtxWriter w, int count, int rowsPerPass, string pred, string ptr, string origin, string limit, string basePtr)
     {
         for (int i = 0; i < count; i++)
