@@ -180,22 +180,14 @@ internal static class FlashPrefillPtx
         w.Line("mul.lo.u32", $"tmp2, tmp2, {t.RowBytes}");
         w.Line("shr.u32", "tmp3, lane, 3");
         w.Line("and.b32", "tmp3, tmp3, 1");
-        for (int kk = 0; kk < kSteps; kk++)
-        {
-            w.SwizzledChunkBytes("cx", "tmp3", 2 * kk, "tmp");
-            w.Line("add.u32", $"koff{kk}, tmp2, cx");
-        }
+        EmitChunkOffsets(w, "koff", kSteps);
         w.Line("shr.u32", "tmp2, lane, 3");
         w.Line("and.b32", "tmp2, tmp2, 1");
         w.Line("shl.b32", "tmp2, tmp2, 3");
         w.Line("add.u32", "tmp2, tmp2, tmp");
         w.Line("mad.lo.u32", $"tmp2, tmp2, {t.RowBytes}, {t.TileBytes}", "V tile follows the K tile");
         w.Line("shr.u32", "tmp3, lane, 4");
-        for (int dp = 0; dp < kSteps; dp++)
-        {
-            w.SwizzledChunkBytes("cx", "tmp3", 2 * dp, "tmp");
-            w.Line("add.u32", $"voff{dp}, tmp2, cx");
-        }
+        EmitChunkOffsets(w, "voff", kSteps);
         w.Line("mov.f32", "ma, 0fFF800000");
         w.Line("mov.f32", "mb, 0fFF800000");
         w.Line("mov.f32", "la, 0f00000000");
@@ -264,12 +256,8 @@ internal static class FlashPrefillPtx
 
         w.Label("EPILOGUE");
         w.Comment("the row sums over the four lanes of each row; out = O / l");
-        foreach (var l in new[] { "la", "lb" })
-            for (int m = 1; m <= 2; m *= 2)
-            {
-                w.Line("shfl.sync.bfly.b32", $"x, {l}, {m}, 31, -1");
-                w.Line("add.rn.f32", $"{l}, {l}, x");
-            }
+        EmitQuadReduce(w, "add.rn.f32", "la", "x");
+        EmitQuadReduce(w, "add.rn.f32", "lb", "x");
         for (int f = 0; f < oFrags; f++)
             for (int h = 0; h < 2; h++)
             {
@@ -280,6 +268,32 @@ internal static class FlashPrefillPtx
         w.Label("DONE");
         w.Line("ret", null);
         w.Raw("}\n");
+    }
+
+    /// <summary>
+    /// Per k step kk, <paramref name="name"/>kk = tmp2 (the lane's row offset in the stage) + the byte offset of chunk
+    /// tmp3 + 2 kk in that row, swizzled by tmp (the row's low three bits).
+    /// </summary>
+    private static void EmitChunkOffsets(PtxWriter w, string name, int steps)
+    {
+        for (int kk = 0; kk < steps; kk++)
+        {
+            w.SwizzledChunkBytes("cx", "tmp3", 2 * kk, "tmp");
+            w.Line("add.u32", $"{name}{kk}, tmp2, cx");
+        }
+    }
+
+    /// <summary>
+    /// <paramref name="value"/> = <paramref name="op"/> over the four lanes of a quad (lanes 4 i .. 4 i + 3, which hold one
+    /// mma row), by butterfly shuffles 1 and 2 lanes apart; <paramref name="scratch"/> is overwritten.
+    /// </summary>
+    private static void EmitQuadReduce(PtxWriter w, string op, string value, string scratch)
+    {
+        for (int b = 1; b <= 2; b *= 2)
+        {
+            w.Line("shfl.sync.bfly.b32", $"{scratch}, {value}, {b}, 31, -1");
+            w.Line(op, $"{value}, {value}, {scratch}");
+        }
     }
 
     /// <summary>
@@ -311,11 +325,7 @@ internal static class FlashPrefillPtx
         for (int f = 0; f < sFrags; f++)
             for (int e = 0; e < 2; e++)
                 w.Line("max.f32", $"x, x, s{4 * f + half + e}");
-        for (int b = 1; b <= 2; b *= 2)
-        {
-            w.Line("shfl.sync.bfly.b32", $"y, x, {b}, 31, -1");
-            w.Line("max.f32", "x, x, y");
-        }
+        EmitQuadReduce(w, "max.f32", "x", "y");
         w.Line("sub.rn.f32", $"y, {m}, x");
         w.Line("ex2.approx.ftz.f32", $"{alpha}, y", "0 while the old max is -inf");
         w.Line("mov.f32", $"{m}, x");
