@@ -306,14 +306,7 @@ internal static class TensorCoreGemmPtx
         w.Line("ld.param.u32", "ldc, [p_ldc]");
         w.Line("cvta.to.global.u64", "ws, ws");
         w.Line("cvta.to.global.u64", "c, c");
-        w.Line("mov.u32", "i, %ctaid.x");
-        w.Line("mov.u32", "tmp, %ntid.x");
-        w.Line("mul.lo.u32", "i, i, tmp");
-        w.Line("mov.u32", "tmp, %tid.x");
-        w.Line("add.u32", "i, i, tmp");
-        w.Line("setp.ge.u32", "pout, i, count");
-        w.Line("mul.wide.u32", "off, i, 4");
-        w.Line("add.u64", "ws, ws, off");
+        EmitElementIndex(w, "ws");
         w.Line("div.u32", "row, i, n");
         w.Line("rem.u32", "col, i, n");
         w.Line("mad.lo.u32", "tmp, row, ldc, col");
@@ -335,6 +328,22 @@ internal static class TensorCoreGemmPtx
         w.Line("@!pout st.global.f32", "[c], sum");
         w.Line("ret", null);
         w.Raw("}\n");
+    }
+
+    /// <summary>
+    /// The element-wise entries' thread: i = ctaid.x * ntid.x + tid.x, pout = i past count, and <paramref name="source"/>
+    /// advanced to float element i (off = 4 i).
+    /// </summary>
+    private static void EmitElementIndex(PtxWriter w, string source)
+    {
+        w.Line("mov.u32", "i, %ctaid.x");
+        w.Line("mov.u32", "tmp, %ntid.x");
+        w.Line("mul.lo.u32", "i, i, tmp");
+        w.Line("mov.u32", "tmp, %tid.x");
+        w.Line("add.u32", "i, i, tmp");
+        w.Line("setp.ge.u32", "pout, i, count");
+        w.Line("mul.wide.u32", "off, i, 4");
+        w.Line("add.u64", $"{source}, {source}, off");
     }
 
     private static void EmitConvert(PtxWriter w, string entry, string type)
@@ -359,14 +368,7 @@ internal static class TensorCoreGemmPtx
         w.Line("ld.param.u32", "count, [p_count]");
         w.Line("cvta.to.global.u64", "src, src");
         w.Line("cvta.to.global.u64", "dst, dst");
-        w.Line("mov.u32", "i, %ctaid.x");
-        w.Line("mov.u32", "tmp, %ntid.x");
-        w.Line("mul.lo.u32", "i, i, tmp");
-        w.Line("mov.u32", "tmp, %tid.x");
-        w.Line("add.u32", "i, i, tmp");
-        w.Line("setp.ge.u32", "pout, i, count");
-        w.Line("mul.wide.u32", "off, i, 4");
-        w.Line("add.u64", "src, src, off");
+        EmitElementIndex(w, "src");
         w.Line("mov.f32", "f, 0f00000000");
         w.Line("@!pout ld.global.nc.f32", "f, [src]");
         w.Line($"cvt.rn.{type}.f32", "h, f");
