@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Numerics;
 
 namespace Inference.Cuda;
@@ -57,8 +56,6 @@ internal static class FlashPrefillPtx
         }
         return w.ToString();
     }
-
-    private static string F(int i) => i.ToString(CultureInfo.InvariantCulture);
 
     private static void Emit(PtxWriter w, FlashPrefillTile t)
     {
@@ -195,21 +192,11 @@ internal static class FlashPrefillPtx
         for (int i = 0; i < oFrags * 4; i++) w.Line("mov.f32", $"o{i}, 0f00000000");
 
         w.Comment("---- main loop over K/V tiles: tile kt sits in stage kt & 1; tile kt + 1 loads meanwhile");
-        w.Line("mov.u32", "kt, 0");
-        w.Label("KV_LOOP");
-        w.Line("setp.ge.u32", "pdone, kt, tiles");
-        w.Line("@pdone bra", "EPILOGUE");
-        w.Line("cp.async.wait_group", "0", "this thread's copies of tile kt landed");
-        w.Line("bar.sync", "0", "everyone's landed; everyone is done with the stage refilled next");
-        w.Line("add.u32", "ktl, kt, 1");
-        w.Line("setp.ge.u32", "pdone, ktl, tiles");
-        w.Line("@pdone bra", "NO_LOAD");
-        w.Line("and.b32", "stg, ktl, 1");
-        EmitLoad(w, t, logBc);
-        w.Label("NO_LOAD");
-        w.Line("cp.async.commit_group", null);
-        w.Line("and.b32", "tmp, kt, 1");
-        w.Line("mad.lo.u32", $"cbase, tmp, {t.StageBytes}, sbase");
+        w.PipelineLoopHead("KV_LOOP", "tiles", FlashPrefillTile.Stages, t.StageBytes, "ktl", () =>
+        {
+            w.StageOf("stg", "ktl", FlashPrefillTile.Stages);
+            EmitLoad(w, t, logBc);
+        });
 
         w.Comment("S = Q K^T: S fragment f holds positions 8 f + 2 (lane & 3) + {0, 1} of rows rowa (registers 0, 1) and rowb (2, 3)");
         for (int i = 0; i < sFrags * 4; i++) w.Line("mov.f32", $"s{i}, 0f00000000");
@@ -251,8 +238,7 @@ internal static class FlashPrefillPtx
                 w.LdMatrixX4("vb", 0, $"va+{kk * 16 * t.RowBytes}", trans: true);
                 for (int h = 0; h < 2; h++) w.MmaM16N8K16("f16", "o", 4 * (2 * dp + h), "pf", 4 * kk, "vb", 2 * h);
             }
-        w.Line("add.u32", "kt, kt, 1");
-        w.Line("bra", "KV_LOOP");
+        w.PipelineLoopEnd("KV_LOOP");
 
         w.Label("EPILOGUE");
         w.Comment("the row sums over the four lanes of each row; out = O / l");

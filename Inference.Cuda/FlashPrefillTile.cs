@@ -55,9 +55,14 @@ internal sealed record FlashPrefillTile(int HeadDim, int BlockKv)
     /// <summary>Bytes of the K tile of a stage; the V tile follows it.</summary>
     public int TileBytes => BlockKv * RowBytes;
 
+    /// <summary>Bytes of a stage: the K tile, then the V tile.</summary>
     public int StageBytes => 2 * TileBytes;
 
-    public int SharedBytes => 2 * StageBytes;
+    /// <summary>Shared-memory stages: the tile being computed and the tile being loaded.</summary>
+    public const int Stages = 2;
+
+    /// <summary>Bytes of shared memory per CTA.</summary>
+    public int SharedBytes => Stages * StageBytes;
 
     /// <summary>Shared-memory position of 16-byte chunk <paramref name="chunk"/> of tile row <paramref name="row"/>.</summary>
     public int SwizzledOffset(int row, int chunk) => row * RowBytes + ((chunk ^ (row & 7)) * 16);

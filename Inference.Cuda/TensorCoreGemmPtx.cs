@@ -1,5 +1,3 @@
-using System.Globalization;
-
 namespace Inference.Cuda;
 
 /// <summary>
@@ -163,22 +161,12 @@ internal static class TensorCoreGemmPtx
         for (int i = 0; i < mi * ni * 4; i++) w.Line("mov.f32", $"acc{i}, 0f00000000");
 
         w.Comment("---- main loop: kt counts this split's k tiles; tile kbeg + kt sits in stage kt % " + t.Stages);
-        w.Line("mov.u32", "kt, 0");
-        w.Label("K_LOOP");
-        w.Line("setp.ge.u32", "pdone, kt, kcount");
-        w.Line("@pdone bra", "EPILOGUE");
-        w.Line("cp.async.wait_group", (t.Stages - 2).ToString(CultureInfo.InvariantCulture), "this thread's copies of tile kt landed");
-        w.Line("bar.sync", "0", "everyone's landed; everyone is done with the stage refilled next");
-        w.Line("add.u32", $"stg, kt, {t.Stages - 1}");
-        w.Line("setp.ge.u32", "pdone, stg, kcount");
-        w.Line("@pdone bra", "NO_LOAD");
-        w.Line("add.u32", "ktl, kbeg, stg");
-        w.Line("rem.u32", $"stg, stg, {t.Stages}");
-        EmitLoad(w, t, ca, cb, rowsPerPass);
-        w.Label("NO_LOAD");
-        w.Line("cp.async.commit_group", null);
-        w.Line("rem.u32", $"tmp, kt, {t.Stages}");
-        w.Line("mad.lo.u32", $"cbase, tmp, {t.StageBytes}, sbase");
+        w.PipelineLoopHead("K_LOOP", "kcount", t.Stages, t.StageBytes, "stg", () =>
+        {
+            w.Line("add.u32", "ktl, kbeg, stg");
+            w.StageOf("stg", "stg", t.Stages);
+            EmitLoad(w, t, ca, cb, rowsPerPass);
+        });
         for (int kk = 0; kk < 2; kk++)
         {
             w.Comment($"k step {kk}: elements {16 * kk} .. {16 * kk + 15} of the tile");
@@ -190,8 +178,7 @@ internal static class TensorCoreGemmPtx
                 for (int j = 0; j < ni; j++)
                     w.MmaM16N8K16(type, "acc", (i * ni + j) * 4, "fa", 4 * i, "fb", 2 * j);
         }
-        w.Line("add.u32", "kt, kt, 1");
-        w.Line("bra", "K_LOOP");
+        w.PipelineLoopEnd("K_LOOP");
 
         w.Label("EPILOGUE");
         w.Comment("accumulator (i, j, h, e): row wm*" + t.WarpM + " + 16i + (lane >> 2) + 8h, column wn*" + t.WarpN + " + 8j + 2(lane & 3) + e");
