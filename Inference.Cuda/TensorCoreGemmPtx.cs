@@ -285,15 +285,7 @@ internal static class TensorCoreGemmPtx
             	.reg .f32   sum, v;
 
             """);
-        w.Line("ld.param.u64", "ws, [p_ws]");
-        w.Line("ld.param.u64", "c, [p_c]");
-        w.Line("ld.param.u32", "count, [p_count]");
-        w.Line("ld.param.u32", "splits, [p_splits]");
-        w.Line("ld.param.u32", "n, [p_n]");
-        w.Line("ld.param.u32", "ldc, [p_ldc]");
-        w.Line("cvta.to.global.u64", "ws, ws");
-        w.Line("cvta.to.global.u64", "c, c");
-        EmitElementIndex(w, "ws");
+        EmitElementwisePrologue(w, ["ws", "c"], ["count", "splits", "n", "ldc"], "ws");
         w.Line("div.u32", "row, i, n");
         w.Line("rem.u32", "col, i, n");
         w.Line("mad.lo.u32", "tmp, row, ldc, col");
@@ -318,11 +310,15 @@ internal static class TensorCoreGemmPtx
     }
 
     /// <summary>
-    /// The element-wise entries' thread: i = ctaid.x * ntid.x + tid.x, pout = i past count, and <paramref name="source"/>
-    /// advanced to float element i (off = 4 i).
+    /// The element-wise entries' prologue: each pointer parameter p_x into register x (as a global address) and each u32
+    /// parameter p_y into y; then this thread's element i = ctaid.x * ntid.x + tid.x, pout = i past count, and
+    /// <paramref name="source"/> advanced to float element i (off = 4 i).
     /// </summary>
-    private static void EmitElementIndex(PtxWriter w, string source)
+    private static void EmitElementwisePrologue(PtxWriter w, string[] pointers, string[] words, string source)
     {
+        foreach (var x in pointers) w.Line("ld.param.u64", $"{x}, [p_{x}]");
+        foreach (var y in words) w.Line("ld.param.u32", $"{y}, [p_{y}]");
+        foreach (var x in pointers) w.Line("cvta.to.global.u64", $"{x}, {x}");
         w.Line("mov.u32", "i, %ctaid.x");
         w.Line("mov.u32", "tmp, %ntid.x");
         w.Line("mul.lo.u32", "i, i, tmp");
@@ -350,12 +346,7 @@ internal static class TensorCoreGemmPtx
             	.reg .b16   h;
 
             """);
-        w.Line("ld.param.u64", "src, [p_src]");
-        w.Line("ld.param.u64", "dst, [p_dst]");
-        w.Line("ld.param.u32", "count, [p_count]");
-        w.Line("cvta.to.global.u64", "src, src");
-        w.Line("cvta.to.global.u64", "dst, dst");
-        EmitElementIndex(w, "src");
+        EmitElementwisePrologue(w, ["src", "dst"], ["count"], "src");
         w.Line("mov.f32", "f, 0f00000000");
         w.Line("@!pout ld.global.nc.f32", "f, [src]");
         w.Line($"cvt.rn.{type}.f32", "h, f");
