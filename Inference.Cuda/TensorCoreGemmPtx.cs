@@ -2,7 +2,8 @@ namespace Inference.Cuda;
 
 /// <summary>
 /// Writes <c>Ptx/gemm_tensor_core.ptx</c> from a <see cref="TensorCoreGemmTile"/>: the tensor-core matrix products
-/// <c>gemm_f16</c> and <c>gemm_bf16</c> (mma.sync m16n8k16 with f32 accumulation, ldmatrix.x4 from swizzled shared
+/// <c>gemm_f16</c> and <c>gemm_bf16</c>, their grouped forms <c>gemm_grouped_f16</c> / <c>gemm_grouped_bf16</c> (one
+/// product per expert over rows the device groups) (mma.sync m16n8k16 with f32 accumulation, ldmatrix.x4 from swizzled shared
 /// memory, a cp.async pipeline of <see cref="TensorCoreGemmTile.Stages"/> stages) and the activation conversions
 /// <c>convert_f32_f16</c> / <c>convert_f32_bf16</c>.
 /// </summary>
@@ -40,6 +41,12 @@ internal static class TensorCoreGemmPtx
             //   gemm_reduce_splits sums the slices [splits, M, N] in order z = 0, 1, ... into C with rows p_ldc apart
             //   (one split writes C itself).
             //
+            // gemm_grouped_{f16,bf16}: one product per group (expert) z, the row counts known only on the device.
+            //   grid = (ceil(N / {{tile.BlockN}}), ceil(maxRows / {{tile.BlockM}}), groups); p_starts: s32 [groups + 1] in device memory.
+            //   CTA (x, y, z) computes rows p_starts[z] + y * {{tile.BlockM}} .. p_starts[z + 1] - 1 of A and C with W_z = W + z * p_w_stride
+            //   elements; a CTA whose tile starts at or past p_starts[z + 1] returns before any copy or barrier. No split-K: every
+            //   row's arithmetic is gemm_{f16,bf16}'s for that group's rows alone.
+            //
             // convert_f32_{f16,bf16}: dst[i] = round-to-nearest-even(src[i]), one element per thread.
             //
             .version 7.8
@@ -53,26 +60,35 @@ internal static class TensorCoreGemmPtx
         w.Raw("\n");
         EmitReduce(w);
         w.Raw("\n");
+        EmitGemm(w, tile, "gemm_grouped_f16", "f16", grouped: true);
+        w.Raw("\n");
+        EmitGemm(w, tile, "gemm_grouped_bf16", "bf16", grouped: true);
+        w.Raw("\n");
         EmitConvert(w, "convert_f32_f16", "f16");
         w.Raw("\n");
         EmitConvert(w, "convert_f32_bf16", "bf16");
         return w.ToString();
     }
 
-    private static void EmitGemm(PtxWriter w, TensorCoreGemmTile t, string entry, string type)
+    /// <summary>
+    /// One product entry. Plain: CTA (x, y, z) computes rows y·BlockM … of C (M rows) over split z's k tiles. Grouped
+    /// (<paramref name="grouped"/>): CTA (x, y, z) computes rows starts[z] + y·BlockM … starts[z + 1] − 1 of C = A · W_zᵀ
+    /// over every k tile, W_z = W + z · p_w_stride elements; the row tile, pipeline and epilogue are the plain entry's
+    /// with M's origin and limit moved to the group's rows, so each row's arithmetic is the same.
+    /// </summary>
+    private static void EmitGemm(PtxWriter w, TensorCoreGemmTile t, string entry, string type, bool grouped = false)
     {
         int ca = t.ChunksAPerThread, cb = t.ChunksBPerThread, mi = t.FragmentsM, ni = t.FragmentsN;
         int rowsPerPass = t.Threads / 4;
+        string rowParams = grouped
+            ? "\t.param .u64 p_starts,\n\t.param .u32 p_n,\n\t.param .u32 p_k,\n\t.param .u32 p_w_stride,\n"
+            : "\t.param .u32 p_m,\n\t.param .u32 p_n,\n\t.param .u32 p_k,\n\t.param .u32 p_split_tiles,\n";
         w.Raw($$"""
             .visible .entry {{entry}}(
             	.param .u64 p_a,
             	.param .u64 p_w,
             	.param .u64 p_c,
-            	.param .u32 p_m,
-            	.param .u32 p_n,
-            	.param .u32 p_k,
-            	.param .u32 p_split_tiles,
-            	.param .u32 p_ldc
+            {{rowParams}}	.param .u32 p_ldc
             )
             .maxntid {{t.Threads}}, 1, 1
             {
@@ -85,13 +101,14 @@ internal static class TensorCoreGemmPtx
             	.shared .align 128 .b8 smem[{{t.SharedBytes}}];
 
             """);
+        if (grouped) w.Raw("\t.reg .u32   group, row_end, wstride;\n\t.reg .u64   starts;\n\n");
         w.Line("ld.param.u64", "a_ptr, [p_a]");
         w.Line("ld.param.u64", "w_ptr, [p_w]");
         w.Line("ld.param.u64", "c_ptr, [p_c]");
         w.Line("cvta.to.global.u64", "a_ptr, a_ptr");
         w.Line("cvta.to.global.u64", "w_ptr, w_ptr");
         w.Line("cvta.to.global.u64", "c_ptr, c_ptr");
-        w.Line("ld.param.u32", "m, [p_m]");
+        if (!grouped) w.Line("ld.param.u32", "m, [p_m]");
         w.Line("ld.param.u32", "n, [p_n]");
         w.Line("ld.param.u32", "k, [p_k]");
         w.Line("ld.param.u32", "ldc, [p_ldc]");
@@ -107,18 +124,9 @@ internal static class TensorCoreGemmPtx
         w.Line("mov.u32", "sbase, smem", "shared-window address of the stages");
         w.Line("add.u32", $"ktiles, k, {t.BlockK - 1}");
         w.Line("shr.u32", "ktiles, ktiles, 5");
-        w.Comment("---- split z = ctaid.z: k tiles kbeg .. kbeg + kcount - 1, output slice z of C ([splits, M, ldc])");
-        w.Line("ld.param.u32", "kcount, [p_split_tiles]");
-        w.Line("mov.u32", "split, %ctaid.z");
-        w.Line("mul.lo.u32", "kbeg, split, kcount");
-        w.Line("min.u32", "kbeg, kbeg, ktiles");
-        w.Line("sub.u32", "tmp, ktiles, kbeg");
-        w.Line("min.u32", "kcount, kcount, tmp");
-        w.Line("mul.lo.u32", "tmp, m, ldc");
-        w.Line("mul.wide.u32", "tmp64, tmp, 4");
-        w.Line("cvt.u64.u32", "split64, split");
-        w.Line("mul.lo.u64", "tmp64, tmp64, split64");
-        w.Line("add.u64", "c_ptr, c_ptr, tmp64");
+        if (grouped) EmitGroup(w, t);
+        else EmitSplit(w);
+
 
         w.Comment("---- this thread's copies: chunk (tid & 3) of tile rows (tid >> 2) + i * " + rowsPerPass);
         w.Line("and.b32", "chunk, tid, 3");
@@ -212,6 +220,50 @@ internal static class TensorCoreGemmPtx
             }
         w.Line("ret", null);
         w.Raw("}\n");
+    }
+
+    /// <summary>Split z = ctaid.z: k tiles kbeg .. kbeg + kcount - 1 (p_split_tiles each), output slice z of C.</summary>
+    private static void EmitSplit(PtxWriter w)
+    {
+        w.Comment("---- split z = ctaid.z: k tiles kbeg .. kbeg + kcount - 1, output slice z of C ([splits, M, ldc])");
+        w.Line("ld.param.u32", "kcount, [p_split_tiles]");
+        w.Line("mov.u32", "split, %ctaid.z");
+        w.Line("mul.lo.u32", "kbeg, split, kcount");
+        w.Line("min.u32", "kbeg, kbeg, ktiles");
+        w.Line("sub.u32", "tmp, ktiles, kbeg");
+        w.Line("min.u32", "kcount, kcount, tmp");
+        w.Line("mul.lo.u32", "tmp, m, ldc");
+        w.Line("mul.wide.u32", "tmp64, tmp, 4");
+        w.Line("cvt.u64.u32", "split64, split");
+        w.Line("mul.lo.u64", "tmp64, tmp64, split64");
+        w.Line("add.u64", "c_ptr, c_ptr, tmp64");
+    }
+
+    /// <summary>
+    /// Group z = ctaid.z: the row tile's origin m0 moves to starts[z] + ctaid.y·BlockM and the row limit m becomes
+    /// starts[z + 1] (rows of A and C are absolute); a CTA whose tile starts at or past the limit returns before any copy
+    /// or barrier (the whole CTA alike). W advances to expert z; every k tile runs (no split).
+    /// </summary>
+    private static void EmitGroup(PtxWriter w, TensorCoreGemmTile t)
+    {
+        w.Comment("---- group z = ctaid.z: rows starts[z] + ctaid.y * " + t.BlockM + " .. starts[z + 1] - 1 of A and C, W_z = W + z * p_w_stride elements, all k tiles");
+        w.Line("ld.param.u64", "starts, [p_starts]");
+        w.Line("cvta.to.global.u64", "starts, starts");
+        w.Line("mov.u32", "group, %ctaid.z");
+        w.Line("mul.wide.u32", "tmp64, group, 4");
+        w.Line("add.u64", "starts, starts, tmp64");
+        w.Line("ld.global.nc.u32", "tmp, [starts]");
+        w.Line("ld.global.nc.u32", "row_end, [starts+4]");
+        w.Line("add.u32", "m0, m0, tmp");
+        w.Line("mov.u32", "m, row_end");
+        w.Line("setp.ge.u32", "pdone, m0, m");
+        w.Line("@pdone ret", null, "no rows of this group in this tile: the whole CTA leaves before any copy or barrier");
+        w.Line("ld.param.u32", "wstride, [p_w_stride]");
+        w.Line("mul.wide.u32", "tmp64, group, wstride");
+        w.Line("shl.b64", "tmp64, tmp64, 1");
+        w.Line("add.u64", "w_ptr, w_ptr, tmp64");
+        w.Line("mov.u32", "kbeg, 0");
+        w.Line("mov.u32", "kcount, ktiles");
     }
 
     /// <summary>

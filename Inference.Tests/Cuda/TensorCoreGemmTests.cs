@@ -36,7 +36,7 @@ public class TensorCoreGemmTests
         Assert.That(s, Does.Contain("ldmatrix.sync.aligned.m8n8.x4.shared.b16"));
         Assert.That(s, Does.Contain("cp.async.cg.shared.global"));
         Assert.That(s, Does.Contain("cp.async.wait_group"));
-        foreach (var entry in new[] { "gemm_f16", "gemm_bf16", "gemm_reduce_splits", "convert_f32_f16", "convert_f32_bf16" })
+        foreach (var entry in new[] { "gemm_f16", "gemm_bf16", "gemm_reduce_splits", "gemm_grouped_f16", "gemm_grouped_bf16", "convert_f32_f16", "convert_f32_bf16" })
             Assert.That(s, Does.Contain($".visible .entry {entry}("));
         int bad = s.ToList().FindIndex(c => c > 127);
         Assert.That(bad, Is.EqualTo(-1), () => $"non-ASCII character U+{(int)s[bad]:X4} at offset {bad}");
@@ -78,6 +78,72 @@ public class TensorCoreGemmTests
     [TestCase(130, 136, 88, 1)]
     [TestCase(33, 257, 128, 2)]
     public void Bf16ModuleMatchesFloat64Reference(int m, int n, int k, int splits) => RunGemm(m, n, k, splits, bf16: true, seed: m + n + k);
+
+    /// <summary>
+    /// gemm_grouped_f16/bf16 with groups of uneven row counts (<paramref name="counts"/>: an empty group, groups under one
+    /// row tile, a group over several), the first group starting past row 0 and rows left after the last: each group's
+    /// rows equal gemm_f16/bf16 run on that group alone bit for bit and the float64 product within the bound, and the rows
+    /// outside every group (and past column N) stay poisoned.
+    /// </summary>
+    [TestCase(new[] { 37, 0, 5, 150, 128 }, 136, 88, false)]   // N, K past the tile; 150 rows span two row tiles
+    [TestCase(new[] { 0, 1, 129, 0 }, 40, 64, false)]          // empty first and last groups, a row tile plus one row
+    [TestCase(new[] { 20, 0, 131 }, 72, 40, true, 80)]        // C rows wider than N
+    public void GroupedModuleMatchesEachGroupsProduct(int[] counts, int n, int k, bool bf16, int ldc = 0)
+    {
+        const int before = 3, after = 2;
+        int groups = counts.Length, maxRows = counts.Max(), rows = before + counts.Sum() + after, cols = ldc == 0 ? n : ldc;
+        var starts = new int[groups + 1];
+        starts[0] = before;
+        for (int z = 0; z < groups; z++) starts[z + 1] = starts[z] + counts[z];
+        var rng = new Random(counts.Sum() * 7 + n + k);
+        var a = RandomElements(rng, rows * k, bf16);
+        var w = RandomElements(rng, groups * n * k, bf16);
+        var t = TensorCoreGemmTile.Default;
+        var mem = new PtxInterpreter.Memory();
+        ulong pa = mem.Alloc(a.Length * 2), pw = mem.Alloc(w.Length * 2), ps = mem.Alloc(starts.Length * 4);
+        int cBytes = rows * cols * 4;
+        ulong pc = mem.Alloc(cBytes);
+        System.Runtime.InteropServices.MemoryMarshal.AsBytes(a.AsSpan()).CopyTo(mem.Bytes(pa, a.Length * 2));
+        System.Runtime.InteropServices.MemoryMarshal.AsBytes(w.AsSpan()).CopyTo(mem.Bytes(pw, w.Length * 2));
+        System.Runtime.InteropServices.MemoryMarshal.AsBytes(starts.AsSpan()).CopyTo(mem.Bytes(ps, starts.Length * 4));
+        System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(mem.Bytes(pc, cBytes)).Fill(float.NaN);
+
+        var ptx = PtxInterpreter.Parse(Source);
+        var grid = ((n + t.BlockN - 1) / t.BlockN, (maxRows + t.BlockM - 1) / t.BlockM, groups);
+        ptx.Launch(bf16 ? "gemm_grouped_bf16" : "gemm_grouped_f16", grid, t.Threads, mem, pa, pw, pc, ps, (ulong)n, (ulong)k, (ulong)(n * k), (ulong)cols);
+        var c = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(mem.Bytes(pc, cBytes)).ToArray();
+
+        for (int r = 0; r < rows; r++)
+            if (r < starts[0] || r >= starts[groups])
+                for (int j = 0; j < cols; j++) Assert.That(c[r * cols + j], Is.NaN, $"store into row {r}, outside every group");
+        int kTiles = (k + 31) / 32;
+        for (int z = 0; z < groups; z++)
+        {
+            int m = counts[z];
+            if (m == 0) continue;
+            var az = a.AsSpan(starts[z] * k, m * k).ToArray();
+            var wz = w.AsSpan(z * n * k, n * k).ToArray();
+            // the same group alone through gemm_f16/bf16 (A and W at the group's rows and expert)
+            ulong alone = mem.Alloc(m * n * 4);
+            System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(mem.Bytes(alone, m * n * 4)).Fill(float.NaN);
+            Launch(ptx, mem, bf16, pa + (ulong)(starts[z] * k * 2), pw + (ulong)(z * n * k * 2), alone, m, n, k, 1, kTiles, n);
+            var single = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(mem.Bytes(alone, m * n * 4)).ToArray();
+            for (int i = 0; i < m; i++)
+            {
+                for (int j = 0; j < n; j++)
+                {
+                    float got = c[(starts[z] + i) * cols + j];
+                    Assert.That(BitConverter.SingleToInt32Bits(got), Is.EqualTo(BitConverter.SingleToInt32Bits(single[i * n + j])),
+                        $"group {z} row {i} column {j}: grouped {got}, alone {single[i * n + j]}");
+                    float ordered = Ordered(az, wz, i, j, k, 1, kTiles, bf16, out double exact, out double magnitude);
+                    Assert.That(BitConverter.SingleToInt32Bits(got), Is.EqualTo(BitConverter.SingleToInt32Bits(ordered)), $"group {z} C[{i}, {j}] vs the accumulation order");
+                    double bound = ((k + 15) / 16 + 2) * Math.Pow(2, -24) * magnitude;
+                    Assert.That(Math.Abs(got - exact), Is.LessThanOrEqualTo(bound), $"group {z} C[{i}, {j}] vs float64");
+                }
+                for (int j = n; j < cols; j++) Assert.That(c[(starts[z] + i) * cols + j], Is.NaN, $"store beyond column N in group {z} row {i}");
+            }
+        }
+    }
 
     [TestCase(16, 512, 2048, 132)]
     [TestCase(64, 5632, 2048, 132)]
