@@ -24,7 +24,7 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
 {
     private readonly CudaAccelerator _accelerator;
     private readonly PtxModule _module;
-    private readonly IntPtr _gemmF16, _gemmBf16, _reduce, _convertF16, _convertBf16;
+    private readonly IntPtr _gemmF16, _gemmBf16, _groupedF16, _groupedBf16, _reduce, _convertF16, _convertBf16;
     private MemoryBuffer1D<ushort, Stride1D.Dense>? _staging;     // activations converted to f16/bf16, [M, K]
     private MemoryBuffer1D<float, Stride1D.Dense>? _partials;     // split-K partial products, [splits, M, N]
     private MemoryBuffer1D<ushort, Stride1D.Dense>? _workspace;   // weights widened to f16, a slab of rows at a time
@@ -36,6 +36,8 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         _module = PtxModule.Load(accelerator, TensorCoreGemmPtx.ModuleName);
         _gemmF16 = _module.GetFunction("gemm_f16");
         _gemmBf16 = _module.GetFunction("gemm_bf16");
+        _groupedF16 = _module.GetFunction("gemm_grouped_f16");
+        _groupedBf16 = _module.GetFunction("gemm_grouped_bf16");
         _reduce = _module.GetFunction("gemm_reduce_splits");
         _convertF16 = _module.GetFunction("convert_f32_f16");
         _convertBf16 = _module.GetFunction("convert_f32_bf16");
@@ -67,6 +69,29 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         if (ldc != 0 && ldc < n) throw new ArgumentException($"rows of C ({ldc} floats apart) are narrower than N={n}");
         if ((long)m * k >= int.MaxValue || (long)n * k >= int.MaxValue || (long)m * Math.Max(n, ldc) >= int.MaxValue)
             throw new ArgumentException($"matrix too large for 32-bit indexing (M={m}, N={n}, K={k}, ldc={ldc})");
+    }
+
+    /// <summary>The most CTAs a launch may have along grid y and z.</summary>
+    internal const int MaxGridYZ = 65535;
+
+    /// <summary>Throws unless the grouped launcher (<see cref="RunGrouped"/>) accepts these dimensions.</summary>
+    /// <param name="groups">Groups (experts), grid z.</param>
+    /// <param name="maxRows">The most rows one group can have (grid y covers it).</param>
+    /// <param name="rows">Rows of A and C (every group's rows lie below it).</param>
+    /// <param name="n">Rows of each group's W, columns of C.</param>
+    /// <param name="k">The inner dimension.</param>
+    /// <param name="ldc">Floats between rows of C (at least <paramref name="n"/>); 0 means <paramref name="n"/>.</param>
+    /// <exception cref="ArgumentException">A shape <see cref="CheckShape"/> refuses for <paramref name="rows"/> × N × K.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="groups"/> or <paramref name="maxRows"/> out of range.</exception>
+    public static void CheckGroupedShape(int groups, int maxRows, int rows, int n, int k, int ldc = 0)
+    {
+        CheckShape(rows, n, k, ldc);
+        if (groups < 1 || groups > MaxGridYZ)
+            throw new ArgumentOutOfRangeException(nameof(groups), $"the grouped product runs 1 to {MaxGridYZ} groups, not {groups}");
+        if (maxRows < 1 || maxRows > rows)
+            throw new ArgumentOutOfRangeException(nameof(maxRows), $"a group's most rows must lie in 1 .. {rows} (the rows of A), not {maxRows}");
+        if ((maxRows + Tile.BlockM - 1) / Tile.BlockM > MaxGridYZ)
+            throw new ArgumentOutOfRangeException(nameof(maxRows), $"a group of {maxRows} rows needs more than {MaxGridYZ} row tiles");
     }
 
     /// <summary>Most k splits of one product.</summary>
@@ -130,6 +155,47 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         void** reduceArgs = stackalloc void*[6];
         reduceArgs[0] = &target; reduceArgs[1] = &c; reduceArgs[2] = &count; reduceArgs[3] = &uSplits; reduceArgs[4] = &un; reduceArgs[5] = &cLdc;
         Check(CudaAPI.CurrentAPI.LaunchKernel(_reduce, (int)((count + 255) / 256), 1, 1, 256, 1, 1, 0, s, (IntPtr)reduceArgs, IntPtr.Zero), "gemm_reduce_splits");
+    }
+
+    /// <summary>
+    /// The grouped product: for each group z, rows <c>starts[z] … starts[z + 1] − 1</c> of c (rows <paramref name="ldc"/>
+    /// floats apart, 0: N) = the same rows of a · W_zᵀ with <c>W_z = w + z · n · k</c> elements; other rows of c are not
+    /// written. <paramref name="starts"/> is s32 <c>[groups + 1]</c> in device memory, nondecreasing, with
+    /// <c>starts[groups] ≤ rows</c> and no group over <paramref name="maxRows"/> rows: the launch depends on
+    /// <paramref name="maxRows"/> only, never on the rows of each group. No split-K, so each row equals <see cref="Run"/>
+    /// of its group's rows alone when that runs one split. a and w 16-byte aligned; on <paramref name="stream"/> or the default stream.
+    /// </summary>
+    /// <exception cref="ArgumentException">See <see cref="CheckGroupedShape"/>; or <paramref name="starts"/> is null.</exception>
+    public void RunGrouped(TensorCoreElement type, IntPtr a, IntPtr w, IntPtr c, IntPtr starts, int groups, int maxRows, int rows, int n, int k,
+        CudaStream? stream = null, int ldc = 0)
+    {
+        CheckGroupedShape(groups, maxRows, rows, n, k, ldc);
+        if (starts == IntPtr.Zero) throw new ArgumentException("the group starts are a null device address", nameof(starts));
+        if (ldc == 0) ldc = n;
+        var t = Tile;
+        uint un = (uint)n, uk = (uint)k, stride = (uint)(n * k), uldc = (uint)ldc;
+        void** args = stackalloc void*[8];
+        args[0] = &a; args[1] = &w; args[2] = &c; args[3] = &starts; args[4] = &un; args[5] = &uk; args[6] = &stride; args[7] = &uldc;
+        _accelerator.Bind();
+        var s = (stream ?? (CudaStream)_accelerator.DefaultStream).StreamPtr;
+        Check(CudaAPI.CurrentAPI.LaunchKernel(type == TensorCoreElement.F16 ? _groupedF16 : _groupedBf16,
+            (n + t.BlockN - 1) / t.BlockN, (maxRows + t.BlockM - 1) / t.BlockM, groups, t.Threads, 1, 1, 0, s, (IntPtr)args, IntPtr.Zero), "gemm_grouped");
+    }
+
+    /// <summary>
+    /// <see cref="RunGrouped"/> with f32 activations <paramref name="x"/> <c>[rows, k]</c>: converts them to
+    /// <paramref name="type"/> in the staging buffer, then runs every group's product, <paramref name="w"/> holding the
+    /// groups' <c>[n, k]</c> matrices one after another and <paramref name="y"/> <c>[rows, n]</c>.
+    /// </summary>
+    /// <exception cref="ArgumentException">See <see cref="CheckGroupedShape"/>; or a view is shorter than its matrix.</exception>
+    public void MatMulGrouped(TensorCoreElement type, ArrayView<byte> w, ArrayView<float> x, ArrayView<float> y, ArrayView<int> starts,
+        int groups, int maxRows, int rows, int n, int k)
+    {
+        CheckGroupedShape(groups, maxRows, rows, n, k);
+        if (y.Length < (long)rows * n || w.Length < (long)groups * n * k * 2 || starts.Length < groups + 1)
+            throw new ArgumentException("a view is shorter than its matrix");
+        RunGrouped(type, StageActivations(type, x, rows, k), w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(),
+            starts.LoadEffectiveAddressAsPtr(), groups, maxRows, rows, n, k);
     }
 
     /// <summary>Converts <paramref name="count"/> f32 values to 2-byte <paramref name="type"/> values (round to nearest even).</summary>

@@ -345,6 +345,22 @@ public class TensorCoreGemmTests
     [TestCase(0, 4, 16)]
     public void LauncherRefusesUnsupportedShapes(int m, int n, int k) =>
         Assert.Throws<ArgumentException>(() => PtxTensorCoreGemm.CheckShape(m, n, k));
+
+    [TestCase(0, 16, 64, 8, 16)]          // no groups
+    [TestCase(65536, 16, 64, 8, 16)]      // more groups than grid z holds
+    [TestCase(8, 0, 64, 8, 16)]           // no rows per group
+    [TestCase(8, 65, 64, 8, 16)]          // a group larger than A
+    [TestCase(8, 16, 64, 8, 12)]          // K not a multiple of 8
+    [TestCase(8, 16, 0, 8, 16)]           // no rows in A
+    public void GroupedLauncherRefusesUnsupportedShapes(int groups, int maxRows, int rows, int n, int k)
+    {
+        var e = Assert.Catch<ArgumentException>(() => PtxTensorCoreGemm.CheckGroupedShape(groups, maxRows, rows, n, k));
+        Assert.That(e!.Message, Does.Not.Contain("\n"));
+    }
+
+    [Test]
+    public void GroupedLauncherAcceptsAnExpertStep() =>
+        Assert.DoesNotThrow(() => PtxTensorCoreGemm.CheckGroupedShape(groups: 64, maxRows: 512, rows: 512 * 8, n: 1408, k: 2048));
 }
 
 /// <summary>
