@@ -13,7 +13,8 @@ namespace Inference.Cuda.Runner;
 /// BF16 is widened to F32 on the host at load time (exact; <see cref="Dequantize.Row"/>), any other type to F16.
 /// </summary>
 /// <remarks>
-/// Products of many rows: F16 runs on the tensor-core kernel from <see cref="TensorCoreMinRows"/> rows; with
+/// Products of many rows: F16 runs on the tensor-core kernel from <see cref="TensorCoreMinRows"/> rows (an expert stack's
+/// from that many tokens, on its grouped form); with
 /// <see cref="PtxTensorCoreGemm.QuantizedProducts"/>, Q8_0 and the block types from <see cref="QuantizedTensorCoreMinRows"/>
 /// rows are widened to f16 a slab of rows at a time (<see cref="DequantizedSlabs"/>, <see cref="LayerKernels.DequantizeToHalf"/>)
 /// and multiplied there too, slab by slab into their output columns (as llama.cpp's CUDA backend does for large
@@ -166,20 +167,35 @@ internal sealed unsafe class DeviceMatrix : IDisposable
     }
 
     /// <summary>
-    /// Every expert's product of a stack (<see cref="UploadExperts"/>) in one launch, <see cref="LayerKernels.MatMulExperts"/>:
-    /// expert e's rows <c>starts[e] …</c> of x, <c>[·, cols]</c>, into the same rows of y, <c>[·, rows]</c>.
+    /// Every expert's product of a stack (<see cref="UploadExperts"/>) in one launch: expert e's rows <c>starts[e] …</c>
+    /// of x, <c>[·, cols]</c>, into the same rows of y, <c>[·, rows]</c>. An F16 stack with <see cref="UsesTensorCores"/>
+    /// at <paramref name="maxRows"/> rows runs on the grouped tensor-core kernel
+    /// (<see cref="PtxTensorCoreGemm.MatMulGrouped"/>: x staged to f16, one CTA column of row tiles per expert, tiles
+    /// past an expert's rows return at once); any other, and every product without <paramref name="gemm"/>, on the row
+    /// kernels (<see cref="LayerKernels.MatMulExperts"/>).
     /// </summary>
     /// <param name="kernels">The ILGPU layer kernels.</param>
+    /// <param name="gemm">The tensor-core kernel on CUDA, or null (other accelerators, captured steps).</param>
     /// <param name="x">Input rows grouped by expert.</param>
     /// <param name="y">Output rows.</param>
     /// <param name="starts">First row of each expert, <c>[experts + 1]</c>, on the device.</param>
+    /// <param name="rows">Rows of x and y in all (<c>starts[experts]</c>: the step's tokens times the experts each picks).</param>
     /// <param name="maxRows">The most rows one expert can have (the step's token count).</param>
     /// <remarks>
-    /// NOTE: the row kernels for every batch, the tensor-core kernel never: its launch would depend on each expert's row
-    /// count, which only the device knows.
+    /// NOTE: both paths launch by <paramref name="rows"/> and <paramref name="maxRows"/> only, never by each expert's row
+    /// count, which only the device knows. The choice follows the step's token count as <see cref="MatMul"/>'s follows
+    /// its rows (<see cref="TensorCoreMinRows"/>), so a row's f32 rounding depends on the step's size, not on the routing.
+    /// BF16 stacks are kept as F32 on the device (<see cref="DeviceType"/>) and so stay on the row kernels.
     /// </remarks>
-    public void MatMulExperts(LayerKernels kernels, ArrayView<float> x, ArrayView<float> y, ArrayView<int> starts, int maxRows) =>
+    public void MatMulExperts(LayerKernels kernels, PtxTensorCoreGemm? gemm, ArrayView<float> x, ArrayView<float> y, ArrayView<int> starts, int rows, int maxRows)
+    {
+        if (UsesTensorCores(gemm, maxRows))
+        {
+            gemm!.MatMulGrouped(TensorCoreElement.F16, _buffer.View, x, y, starts, Experts, maxRows, rows, Rows, Cols);
+            return;
+        }
         kernels.MatMulExperts(Type, _buffer.View, x, y, starts, Experts, Rows, Cols, maxRows);
+    }
 
     /// <summary>
     /// The slab path: the activations converted to f16 once, then per slab of rows its weights widened into the shared

@@ -17,6 +17,7 @@ namespace Inference.Cuda.Runner;
 ///  Group → starts [experts + 1], rowToken [n·k], slotRow [n·k]     the CPU path's counting sort, one thread per expert
 ///  X = x[rowToken]                             [n·k, dim]    expert e's rows are starts[e] … starts[e + 1] − 1
 ///  G, U = gate, up (all experts, one launch each)   [n·k, width]   grid (row groups, ⌈n / 16⌉, experts)
+///                                              (F16 stacks from TensorCoreMinRows tokens: grouped tensor-core GEMM, grid (⌈width / 128⌉, ⌈n / 128⌉, experts))
 ///  SwiGLU over all rows; Y = down (one launch)      [n·k, dim]
 ///  out[t] = Σⱼ w[t, j] · Y[slotRow[t, j]]      (+ σ(g · x[t]) · shared(x[t]) for qwen2moe)
 /// </code>
@@ -108,8 +109,9 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
 
     /// <summary>
     /// dst = the mixture-of-experts block <paramref name="layer"/> of src (<c>[n, dim]</c> each), in
-    /// <paramref name="scratch"/>; the router and shared-expert products take <paramref name="gemm"/> where it applies
-    /// (null: the row kernels only, as a captured step's products).
+    /// <paramref name="scratch"/>; the router, expert and shared-expert products take <paramref name="gemm"/> where it
+    /// applies (the experts' on its grouped form, <see cref="DeviceMatrix.MatMulExperts"/>; null: the row kernels only,
+    /// as a captured step's products).
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="n"/> is more tokens than <paramref name="scratch"/> holds.</exception>
     public void Run(ExpertLayer layer, ArrayView<float> src, ArrayView<float> dst, int n, Scratch scratch, PtxTensorCoreGemm? gemm)
@@ -148,10 +150,10 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
         _kernels.RouteExperts(logits, chosen, weights, n, experts, k, layer.NormalizeWeights);
         _kernels.GroupExperts(chosen, starts, rowToken, slotRow, n, experts, k);
         _kernels.GatherRows(src, rowToken, x, slots, dim);
-        stack.Gate.MatMulExperts(_kernels, x, gate, starts, n);
-        stack.Up.MatMulExperts(_kernels, x, up, starts, n);
+        stack.Gate.MatMulExperts(_kernels, gemm, x, gate, starts, slots, n);
+        stack.Up.MatMulExperts(_kernels, gemm, x, up, starts, slots, n);
         _kernels.SwiGlu(gate, up, gate, slots * width);
-        stack.Down.MatMulExperts(_kernels, gate, y, starts, n);
+        stack.Down.MatMulExperts(_kernels, gemm, gate, y, starts, slots, n);
         _kernels.CombineExperts(y, weights, slotRow, dst, n, dim, k);
 
         if (!layer.HasShared) return;
