@@ -24,7 +24,8 @@ public sealed record CudaOptions
 
     /// <summary>
     /// Whether F16 matrix products of 16 or more rows (prefill, batched decode) run on the hand-written tensor-core kernel
-    /// (mma.sync with f32 accumulation; activations are rounded to f16 first). Default false: the kernel is verified
+    /// (mma.sync with f32 accumulation; activations are rounded to f16 first), F16 expert stacks of steps of 16 or more
+    /// tokens on its grouped form. Default false: the kernel is verified
     /// against a model of the instruction set but not yet on a device (docs/gpu-results.md), and with it a row's bits
     /// depend on how many rows share its step (f16 activations from 16 rows on); false keeps every product on the
     /// batch-invariant row kernels.
