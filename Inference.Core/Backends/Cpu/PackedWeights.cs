@@ -224,7 +224,8 @@ internal static class PackedSteps
 
     /// <summary>
     /// Asks for the <paramref name="lines"/> cache lines (a constant from 1 to 8) at <paramref name="p"/>, p + 64, …,
-    /// into L1, or into L2 only (<c>prefetcht1</c>) when <paramref name="toL2"/> (a constant).
+    /// into the cache level <paramref name="level"/> (a constant): L1 (<c>prefetcht0</c>), L2 (<c>prefetcht1</c>) or the
+    /// last-level cache (<c>prefetcht2</c>).
     /// </summary>
     /// <remarks>
     /// Written out rather than looped: a loop spends an index update, a compare and a branch per line, which at batch 1
@@ -236,22 +237,34 @@ internal static class PackedSteps
     /// streaming and lost 10–15% in cache with it, so they ask for L1.
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe void PrefetchLines(byte* p, int lines, bool toL2 = false)
+    public static unsafe void PrefetchLines(byte* p, int lines, PrefetchLevel level = PrefetchLevel.L1)
     {
-        Ask(p, toL2);
-        if (lines > 1) Ask(p + 64, toL2);
-        if (lines > 2) Ask(p + 128, toL2);
-        if (lines > 3) Ask(p + 192, toL2);
-        if (lines > 4) Ask(p + 256, toL2);
-        if (lines > 5) Ask(p + 320, toL2);
-        if (lines > 6) Ask(p + 384, toL2);
-        if (lines > 7) Ask(p + 448, toL2);
+        Ask(p, level);
+        if (lines > 1) Ask(p + 64, level);
+        if (lines > 2) Ask(p + 128, level);
+        if (lines > 3) Ask(p + 192, level);
+        if (lines > 4) Ask(p + 256, level);
+        if (lines > 5) Ask(p + 320, level);
+        if (lines > 6) Ask(p + 384, level);
+        if (lines > 7) Ask(p + 448, level);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Ask(byte* p, bool toL2)
+    private static unsafe void Ask(byte* p, PrefetchLevel level)
     {
-        if (toL2) Sse.Prefetch1(p);
+        if (level == PrefetchLevel.L2) Sse.Prefetch1(p);
+        else if (level == PrefetchLevel.Llc) Sse.Prefetch2(p);
         else Sse.Prefetch0(p);
     }
+}
+
+/// <summary>The cache level a software prefetch asks for (<see cref="PackedSteps.PrefetchLines"/>).</summary>
+internal enum PrefetchLevel
+{
+    /// <summary><c>prefetcht0</c>: every level, L1 included.</summary>
+    L1,
+    /// <summary><c>prefetcht1</c>: L2 and below.</summary>
+    L2,
+    /// <summary><c>prefetcht2</c>: the last-level cache (on the cores measured, L2 as well).</summary>
+    Llc,
 }
