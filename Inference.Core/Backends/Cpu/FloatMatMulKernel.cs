@@ -81,9 +81,19 @@ internal static unsafe class FloatMatMulKernel
         Vector512<float> c10 = default, c11 = default, c12 = default, c13 = default;
         Vector512<float> c20 = default, c21 = default, c22 = default, c23 = default;
         Vector512<float> c30 = default, c31 = default, c32 = default, c33 = default;
+        // NOTE: 2-byte rows ask for memory ahead as RowTile8x1 does (the next four rows, the four after them, each
+        // row's next line), on the first batch tile of the rows only: later ones find them in L1 and L2.
+        bool ahead = typeof(TW) != typeof(F32Weights) && b == 0;
+        byte* next = w0 + 4 * rb;
         int i = 0;
         for (; i + 16 <= cols; i += 16)
         {
+            if (ahead)
+            {
+                PackedSteps.PrefetchLines(next + 8L * i, 2, PrefetchLevel.L2);
+                PackedSteps.PrefetchLines(next + 4 * rb + 8L * i, 2, PrefetchLevel.Llc);
+                if ((i & 31) == 0) RowsAhead4(w0, rb, 2L * i + 256);
+            }
             var v0 = TW.Load16x512(w0, i);
             var v1 = TW.Load16x512(w1, i);
             var v2 = TW.Load16x512(w2, i);
@@ -196,6 +206,17 @@ internal static unsafe class FloatMatMulKernel
         Sse.Prefetch0(p + 5 * rowBytes);
         Sse.Prefetch0(p + 6 * rowBytes);
         Sse.Prefetch0(p + 7 * rowBytes);
+    }
+
+    /// <summary>Asks for the line at byte <paramref name="offset"/> of each of the four rows from <paramref name="w0"/>, into L1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void RowsAhead4(byte* w0, long rowBytes, long offset)
+    {
+        byte* p = w0 + offset;
+        Sse.Prefetch0(p);
+        Sse.Prefetch0(p + rowBytes);
+        Sse.Prefetch0(p + 2 * rowBytes);
+        Sse.Prefetch0(p + 3 * rowBytes);
     }
 
     /// <summary>Batch rows from which <see cref="RowTile8x3{TW}"/> takes over from four-by-four tiles.</summary>
