@@ -92,7 +92,7 @@ internal static unsafe class FloatMatMulKernel
             {
                 PackedSteps.PrefetchLines(next + 8L * i, 2, PrefetchLevel.L2);
                 PackedSteps.PrefetchLines(next + 4 * rb + 8L * i, 2, PrefetchLevel.Llc);
-                if ((i & 31) == 0) RowsAhead4(w0, rb, 2L * i + 256);
+                if ((i & 31) == 0) RowsAhead(w0, rb, 2L * i + 256, 4);
             }
             var v0 = TW.Load16x512(w0, i);
             var v1 = TW.Load16x512(w1, i);
@@ -168,7 +168,7 @@ internal static unsafe class FloatMatMulKernel
             {
                 PackedSteps.PrefetchLines(next + 16L * i, 4, PrefetchLevel.L2);
                 PackedSteps.PrefetchLines(next + 8 * rb + 16L * i, 4, PrefetchLevel.Llc);
-                if ((i & 31) == 0) RowsAhead(w0, rb, 2L * i + 256);
+                if ((i & 31) == 0) RowsAhead(w0, rb, 2L * i + 256, 8);
             }
             var u = Vector512.Load(x + i);
             c0 = Vector512.FusedMultiplyAdd(TW.Load16x512(w0, i), u, c0);
@@ -193,30 +193,23 @@ internal static unsafe class FloatMatMulKernel
         Store<TW, Tile1>(a, r + 7, 0, w7, i, s7, 0, 0, 0);
     }
 
-    /// <summary>Asks for the line at byte <paramref name="offset"/> of each of the eight rows from <paramref name="w0"/>, into L1.</summary>
+    /// <summary>
+    /// Asks for the line at byte <paramref name="offset"/> of each of the <paramref name="rows"/> rows (a constant, 4 or
+    /// 8) from <paramref name="w0"/>, into L1.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void RowsAhead(byte* w0, long rowBytes, long offset)
+    private static void RowsAhead(byte* w0, long rowBytes, long offset, int rows)
     {
         byte* p = w0 + offset;
         Sse.Prefetch0(p);
         Sse.Prefetch0(p + rowBytes);
         Sse.Prefetch0(p + 2 * rowBytes);
         Sse.Prefetch0(p + 3 * rowBytes);
+        if (rows <= 4) return;
         Sse.Prefetch0(p + 4 * rowBytes);
         Sse.Prefetch0(p + 5 * rowBytes);
         Sse.Prefetch0(p + 6 * rowBytes);
         Sse.Prefetch0(p + 7 * rowBytes);
-    }
-
-    /// <summary>Asks for the line at byte <paramref name="offset"/> of each of the four rows from <paramref name="w0"/>, into L1.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void RowsAhead4(byte* w0, long rowBytes, long offset)
-    {
-        byte* p = w0 + offset;
-        Sse.Prefetch0(p);
-        Sse.Prefetch0(p + rowBytes);
-        Sse.Prefetch0(p + 2 * rowBytes);
-        Sse.Prefetch0(p + 3 * rowBytes);
     }
 
     /// <summary>Batch rows from which <see cref="RowTile8x3{TW}"/> takes over from four-by-four tiles.</summary>
