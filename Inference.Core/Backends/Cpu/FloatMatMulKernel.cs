@@ -159,9 +159,9 @@ internal static unsafe class FloatMatMulKernel
         // NOTE: 2-byte rows ask for the next eight rows' bytes as they go (256 bytes per step, into L2), as the AVX2
         // tiles do (RowTile8x1_256): a tile's short rows are new streams for the hardware prefetcher. On the Xeon they
         // also ask for the tile after it (into the last-level cache) and, every other step, for each row's line 256
-        // bytes ahead (into L1). A stand-alone copy of the tile, two threads, mean call against the mean read: 0.75–0.79
-        // with the next tile alone, 0.85–0.87 adding the tile after it, 0.93 with the rows' lines too; the F16 and BF16
-        // models decode 20–30% faster (docs/quantization.md). The AVX2 tile, not measured with them, keeps the next tile only.
+        // bytes ahead (into L1): in kernels-quick the mean call went from 0.85–0.94 to 0.98–1.01 of the mean read on two
+        // threads (F16), and the F16 and BF16 models decode 20–30% faster (e2e; docs/quantization.md). The AVX2 tile, not
+        // measured with them, keeps the next tile only.
         for (; i + 16 <= cols; i += 16)
         {
             if (typeof(TW) != typeof(F32Weights))
