@@ -42,6 +42,10 @@ public class CudaBackendTests
 /// <summary>The automatic Flash-Decoding partition size of the PTX launchers (host arithmetic only).</summary>
 public class PtxPartitionSizeTests
 {
+    /// <summary>Eight query heads of 128 over <paramref name="kvHeads"/> KV heads, tables long enough for <paramref name="maxContext"/>.</summary>
+    private static Inference.Kernels.AttentionShape Shape(int kvHeads, int blockSize, int maxContext) =>
+        new(8, kvHeads, 128, blockSize, (maxContext + blockSize - 1) / blockSize);
+
     [TestCase(1, 8, 16, 1024, 132)]
     [TestCase(1, 8, 16, 16384, 132)]
     [TestCase(64, 8, 16, 16384, 132)]
@@ -51,7 +55,7 @@ public class PtxPartitionSizeTests
     [TestCase(512, 8, 16, 4096, 132)]
     public void ChoosesWholeBlocksWithinTheStagedTable(int tokens, int kvHeads, int blockSize, int maxContext, int multiprocessors)
     {
-        var shape = new Inference.Kernels.AttentionShape(8, kvHeads, 128, blockSize, (maxContext + blockSize - 1) / blockSize);
+        var shape = Shape(kvHeads, blockSize, maxContext);
         int size = PtxPagedAttention.ChoosePartitionSize(shape, tokens, maxContext, multiprocessors);
         Assert.That(size % blockSize, Is.Zero);
         Assert.That(size / blockSize, Is.InRange(1, PtxPagedAttention.MaxBlocksPerPartition));
@@ -77,7 +81,7 @@ public class PtxPartitionSizeTests
     [TestCase(8, 16, 4096, 132, 256)]
     public void ScratchCoversThePartitionsOfTheLaunch(int kvHeads, int blockSize, int maxContext, int multiprocessors, int fixedSize)
     {
-        var shape = new Inference.Kernels.AttentionShape(8, kvHeads, 128, blockSize, (maxContext + blockSize - 1) / blockSize);
+        var shape = Shape(kvHeads, blockSize, maxContext);
         for (int tokens = 1; tokens <= 512; tokens *= 2)
         {
             var scratch = PtxPagedAttention.Scratch(shape, fixedSize, tokens, maxContext, multiprocessors);

@@ -188,8 +188,8 @@ public class FlashPrefillTests
         }
 
         var mem = new PtxInterpreter.Memory();
-        ulong pq = Upload(mem, q), pk = Upload(mem, k), pv = Upload(mem, v), pt = Upload(mem, tables);
-        ulong ps = Upload(mem, starts), pc = Upload(mem, lens);
+        ulong pq = mem.Upload(q), pk = mem.Upload(k), pv = mem.Upload(v), pt = mem.Upload(tables);
+        ulong ps = mem.Upload(starts), pc = mem.Upload(lens);
         const int guard = 64;
         int outFloats = tokens * qStride;
         ulong po = mem.Alloc((outFloats + guard) * 4);
@@ -245,14 +245,6 @@ public class FlashPrefillTests
                 }
         }
         return new Result(output, worst, detail);
-    }
-
-    private static ulong Upload<T>(PtxInterpreter.Memory mem, T[] data) where T : unmanaged
-    {
-        var bytes = MemoryMarshal.AsBytes(data.AsSpan());
-        ulong at = mem.Alloc(bytes.Length);
-        bytes.CopyTo(mem.Bytes(at, bytes.Length));
-        return at;
     }
 
     private static float NonZero(Random rng)

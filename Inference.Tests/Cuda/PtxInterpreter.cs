@@ -56,6 +56,23 @@ internal sealed class PtxInterpreter
             return Base + (ulong)start;
         }
 
+        /// <summary>A new allocation holding <paramref name="data"/>; its address.</summary>
+        public ulong Upload<T>(T[] data) where T : unmanaged
+        {
+            var bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan());
+            ulong at = Alloc(bytes.Length);
+            bytes.CopyTo(Bytes(at, bytes.Length));
+            return at;
+        }
+
+        /// <summary>A new allocation of <paramref name="floats"/> floats, every one NaN (poison a kernel must overwrite); its address.</summary>
+        public ulong Poisoned(int floats)
+        {
+            ulong at = Alloc(floats * 4);
+            System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(Bytes(at, floats * 4)).Fill(float.NaN);
+            return at;
+        }
+
         public Span<byte> Bytes(ulong address, int length)
         {
             foreach (var (a, l) in _allocations)

@@ -187,13 +187,13 @@ public class PtxPagedAttentionInterpreterTests
 
         var scratch = PtxPagedAttention.Scratch(shape, partitionSize, tokens, maxContext, Multiprocessors);
         var mem = new PtxInterpreter.Memory();
-        ulong pq = Upload(mem, q), pt = Upload(mem, c.BlockTables), pc = Upload(mem, contexts);
-        ulong pk = f16 ? Upload(mem, c.KHalf) : Upload(mem, c.K), pv = f16 ? Upload(mem, c.VHalf) : Upload(mem, c.V);
-        ulong ps = decode ? 0 : Upload(mem, tokenSeqs), pp = decode ? 0 : Upload(mem, tokenPositions);
+        ulong pq = mem.Upload(q), pt = mem.Upload(c.BlockTables), pc = mem.Upload(contexts);
+        ulong pk = f16 ? mem.Upload(c.KHalf) : mem.Upload(c.K), pv = f16 ? mem.Upload(c.VHalf) : mem.Upload(c.V);
+        ulong ps = decode ? 0 : mem.Upload(tokenSeqs), pp = decode ? 0 : mem.Upload(tokenPositions);
         const int guard = 64;
-        ulong partialOut = Poisoned(mem, (int)scratch.OutFloats + guard), partialMl = Poisoned(mem, (int)scratch.MlFloats + guard);
+        ulong partialOut = mem.Poisoned((int)scratch.OutFloats + guard), partialMl = mem.Poisoned((int)scratch.MlFloats + guard);
         int outFloats = tokens * qStride;
-        ulong output = Poisoned(mem, outFloats + guard);
+        ulong output = mem.Poisoned(outFloats + guard);
 
         float scaleLog2 = shape.Scale * 1.4426950408889634f;   // as the launcher computes it
         var partial = PtxInterpreter.Parse(partialSource);
@@ -220,20 +220,6 @@ public class PtxPagedAttentionInterpreterTests
         return new Result(relative, scratch.PartitionCount, scratch.PartitionSize, actual);
     }
 
-    private static ulong Upload<T>(PtxInterpreter.Memory mem, T[] data) where T : unmanaged
-    {
-        var bytes = MemoryMarshal.AsBytes(data.AsSpan());
-        ulong at = mem.Alloc(bytes.Length);
-        bytes.CopyTo(mem.Bytes(at, bytes.Length));
-        return at;
-    }
-
-    private static ulong Poisoned(PtxInterpreter.Memory mem, int floats)
-    {
-        ulong at = mem.Alloc(floats * 4);
-        MemoryMarshal.Cast<byte, float>(mem.Bytes(at, floats * 4)).Fill(float.NaN);
-        return at;
-    }
 
     private static void AssertGuard(PtxInterpreter.Memory mem, ulong at, int floats, int guard, string what)
     {

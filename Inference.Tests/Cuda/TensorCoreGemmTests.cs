@@ -100,13 +100,9 @@ public class TensorCoreGemmTests
         var w = RandomElements(rng, groups * n * k, bf16);
         var t = TensorCoreGemmTile.Default;
         var mem = new PtxInterpreter.Memory();
-        ulong pa = mem.Alloc(a.Length * 2), pw = mem.Alloc(w.Length * 2), ps = mem.Alloc(starts.Length * 4);
+        ulong pa = mem.Upload(a), pw = mem.Upload(w), ps = mem.Upload(starts);
         int cBytes = rows * cols * 4;
-        ulong pc = mem.Alloc(cBytes);
-        System.Runtime.InteropServices.MemoryMarshal.AsBytes(a.AsSpan()).CopyTo(mem.Bytes(pa, a.Length * 2));
-        System.Runtime.InteropServices.MemoryMarshal.AsBytes(w.AsSpan()).CopyTo(mem.Bytes(pw, w.Length * 2));
-        System.Runtime.InteropServices.MemoryMarshal.AsBytes(starts.AsSpan()).CopyTo(mem.Bytes(ps, starts.Length * 4));
-        System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(mem.Bytes(pc, cBytes)).Fill(float.NaN);
+        ulong pc = mem.Poisoned(rows * cols);
 
         var ptx = PtxInterpreter.Parse(Source);
         var grid = ((n + t.BlockN - 1) / t.BlockN, (maxRows + t.BlockM - 1) / t.BlockM, groups);
@@ -124,8 +120,7 @@ public class TensorCoreGemmTests
             var az = a.AsSpan(starts[z] * k, m * k).ToArray();
             var wz = w.AsSpan(z * n * k, n * k).ToArray();
             // the same group alone through gemm_f16/bf16 (A and W at the group's rows and expert)
-            ulong alone = mem.Alloc(m * n * 4);
-            System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(mem.Bytes(alone, m * n * 4)).Fill(float.NaN);
+            ulong alone = mem.Poisoned(m * n);
             Launch(ptx, mem, bf16, pa + (ulong)(starts[z] * k * 2), pw + (ulong)(z * n * k * 2), alone, m, n, k, 1, kTiles, n);
             var single = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(mem.Bytes(alone, m * n * 4)).ToArray();
             for (int i = 0; i < m; i++)

@@ -27,9 +27,9 @@ public class LlamaCppDifferentialTests
         [1, 17, 300, 45, 99, 310, 511, 260, 7, 402, 388, 129, 64, 250, 333, 480, 21, 5, 290, 301, 44],
     ];
 
-    private static string Model(int heads, int kvHeads, GgmlType type)
+    private static string Model(int heads, int kvHeads, GgmlType type, OutputHead outputHead = OutputHead.Separate)
     {
-        string path = Path.Combine(_dir, $"llama-{heads}-{kvHeads}-{type}.gguf");
+        string path = Path.Combine(_dir, $"llama-{heads}-{kvHeads}-{type}{(outputHead == OutputHead.Separate ? "" : "-" + outputHead)}.gguf");
         if (!File.Exists(path))
         {
             SyntheticModel.Write(path, new SyntheticModelOptions
@@ -42,10 +42,19 @@ public class LlamaCppDifferentialTests
                 TensorType = type,
                 Seed = heads * 31 + kvHeads,
                 WeightScale = 0.08f,
+                OutputHead = outputHead,
                 TokenizerDonorPath = TestData.Stories260K,
             });
         }
         return path;
+    }
+
+    /// <summary>True when the F16 tensor <paramref name="name"/> of <paramref name="gguf"/> holds a subnormal half.</summary>
+    internal static bool HasSubnormalHalves(GgufFile gguf, string name)
+    {
+        foreach (ushort h in System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(gguf.GetTensorBytes(gguf.GetTensor(name))))
+            if ((h & 0x7C00) == 0 && (h & 0x3FF) != 0) return true;
+        return false;
     }
 
     /// <summary>
@@ -55,19 +64,9 @@ public class LlamaCppDifferentialTests
     [Test]
     public async Task TiedF16Head_LastLogits_MatchLlamaCpp()
     {
-        string path = Path.Combine(_dir, "llama-tied-f16.gguf");
-        if (!File.Exists(path))
-            SyntheticModel.Write(path, new SyntheticModelOptions
-            {
-                Dimension = 128, LayerCount = 2, HeadCount = 8, KvHeadCount = 2, FeedForwardLength = 256,
-                TensorType = GgmlType.F16, Seed = 5, WeightScale = 0.08f, OutputHead = OutputHead.TiedToEmbedding,
-                TokenizerDonorPath = TestData.Stories260K,
-            });
+        string path = Model(8, 2, GgmlType.F16, OutputHead.TiedToEmbedding);
         using (var gguf = GgufFile.Open(path))
-        {
-            var halves = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(gguf.GetTensorBytes(gguf.GetTensor("token_embd.weight"))).ToArray();
-            Assert.That(halves.Any(h => (h & 0x7C00) == 0 && (h & 0x3FF) != 0), "the table holds subnormal halves");
-        }
+            Assert.That(HasSubnormalHalves(gguf, "token_embd.weight"), "the table holds subnormal halves");
         await AssertLastLogitsMatchAsync(path, "tied F16", 5e-3);
     }
 
