@@ -41,7 +41,7 @@ public static class DecodeCeiling
     /// 110 MB Q4_K_M benchmark model in the 260 MiB L3 of a Xeon, family 6 model 207); every result line says how large
     /// it is, beside the CPU.
     /// </remarks>
-    public static long? LastLevelCacheBytes => LastLevelCache.Value;
+    public static long? LastLevelCacheBytes => CpuCaches.LastLevelCacheBytes;
 
     /// <summary><see cref="LastLevelCacheBytes"/> in MiB, as result lines carry it (<c>llc_mib</c>); null when unknown.</summary>
     public static double? LastLevelCacheMib => LastLevelCacheBytes is long bytes ? Math.Round(bytes / 1048576.0, 1) : null;
@@ -50,62 +50,6 @@ public static class DecodeCeiling
     public static string CacheTag => LastLevelCacheMib is double mib
         ? string.Create(CultureInfo.InvariantCulture, $"LLC {mib:0.#} MiB")
         : "LLC unknown";
-
-    private static readonly Lazy<long?> LastLevelCache = new(ReadLastLevelCache);
-
-    /// <summary>
-    /// A cache size as sysfs writes it (<c>index*/size</c>: <c>266240K</c> and a newline), in bytes: a whole number and
-    /// K, M or G (binary multiples), whitespace around it ignored; null for anything else.
-    /// </summary>
-    internal static long? ParseCacheSize(string? text)
-    {
-        if (text is null) return null;
-        var s = text.AsSpan().Trim();
-        int shift = s.IsEmpty ? -1 : s[^1] switch { 'K' => 10, 'M' => 20, 'G' => 30, _ => -1 };
-        // NumberStyles.None: ASCII digits only, no sign, point or inner space.
-        if (shift < 0 || !long.TryParse(s[..^1], NumberStyles.None, CultureInfo.InvariantCulture, out long value) || value > long.MaxValue >> shift)
-            return null;
-        return value << shift;
-    }
-
-    /// <summary>
-    /// The last-level cache among <paramref name="caches"/> (one entry per sysfs <c>index*</c> directory: its
-    /// <c>level</c>, <c>type</c> and <c>size</c> files' text, null where a file is missing): the size of the data or
-    /// unified cache of the highest level, the largest if that level lists several; null when none parses.
-    /// </summary>
-    internal static long? LastLevelCacheOf(IEnumerable<(string? Level, string? Type, string? Size)> caches)
-    {
-        int bestLevel = 0;
-        long? bestBytes = null;
-        foreach (var (levelText, type, sizeText) in caches)
-        {
-            if (type?.Trim() is "Instruction") continue;
-            if (!int.TryParse(levelText?.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out int level)) continue;
-            if (ParseCacheSize(sizeText) is not long bytes || bytes == 0) continue;
-            if (level > bestLevel || level == bestLevel && bytes > bestBytes)
-                (bestLevel, bestBytes) = (level, bytes);
-        }
-        return bestBytes;
-    }
-
-    private static long? ReadLastLevelCache()
-    {
-        const string root = "/sys/devices/system/cpu/cpu0/cache";
-        try
-        {
-            if (!Directory.Exists(root)) return null;
-            var caches = new List<(string?, string?, string?)>();
-            foreach (var dir in Directory.GetDirectories(root, "index*"))
-                caches.Add((ReadOrNull(Path.Combine(dir, "level")), ReadOrNull(Path.Combine(dir, "type")), ReadOrNull(Path.Combine(dir, "size"))));
-            return LastLevelCacheOf(caches);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return null;
-        }
-
-        static string? ReadOrNull(string path) => File.Exists(path) ? File.ReadAllText(path) : null;
-    }
 
     /// <summary>
     /// GB/s of <paramref name="type"/> weights one core multiplies at batch <paramref name="batch"/> (1: decode) with the

@@ -38,15 +38,21 @@ public sealed unsafe class WeightRing : IDisposable
 
     private WeightMatrix?[]? _prepared;
 
+    private WeightArena? _arena;
+
     /// <summary>Copy <paramref name="index"/> modulo <see cref="Count"/>, prepared as the engine prepares model weights
-    /// (<see cref="MatMul.Prepare"/>: repacked where the fastest kernel wants it).</summary>
+    /// (<see cref="MatMul.Prepare"/>: repacked where the fastest kernel wants it, asking for lines far ahead when the ring
+    /// streams from memory as a model of its size would, <see cref="CpuCaches.StreamsFromMemory(long)"/>).</summary>
     public WeightMatrix this[int index]
     {
         get
         {
             _prepared ??= new WeightMatrix?[Count];
+            // Float matrices stay where they are (an arena would copy them): only repacked ones take its flag.
+            _arena ??= new WeightArena { StreamsFromMemory = CpuCaches.StreamsFromMemory(TotalBytes) };
             int i = index % Count;
-            return _prepared[i] ??= MatMul.Prepare(new WeightMatrix(Type, _data + (long)i * MatrixBytes, Rows, Cols));
+            var w = new WeightMatrix(Type, _data + (long)i * MatrixBytes, Rows, Cols);
+            return _prepared[i] ??= MatMul.PrepareInto(w, Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 ? null : _arena);
         }
     }
 

@@ -150,7 +150,8 @@ public sealed class LlamaModel
     internal void PrepareForCpu()
     {
         if (_prepared) return;
-        var arena = new WeightArena();
+        // Weights beyond what the last-level cache holds come from memory every token: their kernels ask further ahead.
+        var arena = new WeightArena { StreamsFromMemory = CpuCaches.StreamsFromMemory(WeightBytes) };
         var done = new bool[_matrices.Length];
         void Prepare(int w)
         {

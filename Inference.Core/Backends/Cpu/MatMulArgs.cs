@@ -32,6 +32,8 @@ internal readonly unsafe struct MatMulArgs
     public readonly KernelPath Path;
     /// <summary>The activations times the weights' <see cref="IFloatWeights.Load16Scale"/> (<see cref="X"/> when that is 1).</summary>
     public readonly float* XScaled;
+    /// <summary>The weights stream from memory (<see cref="PackedWeights.Streams"/>): batch-1 kernels ask for lines far ahead.</summary>
+    public readonly bool Streams;
 
     public MatMulArgs(in WeightMatrix w, float* x, float* y, int batch, KernelPath path,
         sbyte* q = null, float* d = null, int* sums = null, short* bsums = null)
@@ -49,6 +51,7 @@ internal readonly unsafe struct MatMulArgs
         Sums = sums;
         BSums = bsums;
         XScaled = x;
+        Streams = w.Packed?.Streams ?? false;
     }
 
     /// <summary>Float weights whose 16-value loads fall short by a factor the activations <paramref name="xScaled"/> carry.</summary>

@@ -132,11 +132,14 @@ internal readonly unsafe struct PackedBlock32<TLayout> : IPackedKernel where TLa
         // methods and a call per use cost half the speed (Q4_1 in cache, one thread: 7.5 against Q4_0's 14 GB/s).
         int packedBlock = PackedBlock, codesOffset = CodesOffset, highBitsOffset = HighBitsOffset, prefetchDistance = PrefetchDistance;
         var table = LookupTable<TIsa>();
+        // Batch 1 asks for lines far ahead where the weights stream from memory (as in PackedQ8_0).
+        bool far = a.Streams && b == 0 && TTile.Count == 1;
         for (int i = 0; i < nb; i++)
         {
             byte* blk = group + (long)i * packedBlock;
             // NOTE: as in PackedQ8_0; three lines from the block ahead cover it (at most 192 bytes) with the next block's three.
             if (b == 0) PackedSteps.PrefetchLines(blk + prefetchDistance, 3);
+            if (far) PackedSteps.PrefetchFar(blk, 3);
             var dw = PackedSteps.RowScales(blk);
             var dm = TLayout.HasMin ? PackedSteps.RowScales(blk + ScalesBytes) : default;
             HighBits(blk + highBitsOffset, out var h, out var hs);
@@ -177,10 +180,12 @@ internal readonly unsafe struct PackedBlock32<TLayout> : IPackedKernel where TLa
         // methods and a call per use cost half the speed (Q4_1 in cache, one thread: 7.5 against Q4_0's 14 GB/s).
         int packedBlock = PackedBlock, codesOffset = CodesOffset, highBitsOffset = HighBitsOffset, prefetchDistance = PrefetchDistance;
         var table = LookupTable<WithoutVnni>();
+        bool far = a.Streams && b == 0 && TTile.Count == 1;
         for (int i = 0; i < nb; i++)
         {
             byte* blk = group + (long)i * packedBlock;
             if (b == 0) PackedSteps.PrefetchLines(blk + prefetchDistance, 3);
+            if (far) PackedSteps.PrefetchFar(blk, 3);
             var dw = PackedSteps.RowScales(blk);
             HighBits(blk + highBitsOffset, out var h, out var hs);
             byte* wq = blk + codesOffset;

@@ -151,6 +151,8 @@ internal static unsafe class PackedK4<TCodes> where TCodes : IK4Codes
         // they would push the vpdpbusd accumulators into ymm16+, which the VEX encoding cannot name (a copy per use).
         float* y = a.Y + (long)b * a.Rows + 8L * g;
         for (int t = 0; t < TTile.Count; t++) Vector256<float>.Zero.Store(y + (long)t * a.Rows);
+        // Batch 1 (the first tile of one row) asks for lines far ahead where the weights stream from memory.
+        bool far = a.Streams && b == 0 && TTile.Count == 1;
         for (int s = 0; s < nsb; s++)
         {
             byte* blk = group + (long)s * PackedBlock;
@@ -167,6 +169,7 @@ internal static unsafe class PackedK4<TCodes> where TCodes : IK4Codes
                 // (one thread, best call of kernels-quick, 15–16 GB/s plain reads). A quarter of them per pair of
                 // sub-blocks (4 · 5 lines ≥ PackedBlock).
                 if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance + 64 * PrefetchLinesPerPair * i, PrefetchLinesPerPair);
+                if (far) PackedSteps.PrefetchFar(blk + 64 * PrefetchLinesPerPair * i, PrefetchLinesPerPair);
                 byte* codes = blk + CodesOffset + 256 * i;
                 byte* scales = blk + ScalesOffset + 16 * i;
                 // Q5_K: the fifth bits of pair i are bits 2i and 2i + 1 of the high-bit bytes.
@@ -214,6 +217,7 @@ internal static unsafe class PackedK4<TCodes> where TCodes : IK4Codes
         float* yA = a.Y + 8L * gA, yB = a.Y + 8L * gB;
         Vector256<float>.Zero.Store(yA);
         Vector256<float>.Zero.Store(yB);
+        bool far = a.Streams;
         for (int s = 0; s < nsb; s++)
         {
             byte* blkA = groupA + (long)s * PackedBlock, blkB = groupB + (long)s * PackedBlock;
@@ -224,6 +228,11 @@ internal static unsafe class PackedK4<TCodes> where TCodes : IK4Codes
             {
                 PackedSteps.PrefetchLines(blkA + PrefetchDistance + 64 * PrefetchLinesPerPair * i, PrefetchLinesPerPair);
                 PackedSteps.PrefetchLines(blkB + PrefetchDistance + 64 * PrefetchLinesPerPair * i, PrefetchLinesPerPair);
+                if (far)
+                {
+                    PackedSteps.PrefetchFar(blkA + 64 * PrefetchLinesPerPair * i, PrefetchLinesPerPair);
+                    PackedSteps.PrefetchFar(blkB + 64 * PrefetchLinesPerPair * i, PrefetchLinesPerPair);
+                }
                 var shift = Vector128.CreateScalar((ushort)(2 * i));
                 PairMaddTwo(blkA + CodesOffset + 256 * i, blkB + CodesOffset + 256 * i, qs + 64 * i,
                     blkA + ScalesOffset + 16 * i, blkB + ScalesOffset + 16 * i,

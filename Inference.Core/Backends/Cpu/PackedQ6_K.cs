@@ -254,6 +254,8 @@ internal static unsafe class PackedK16<TCodes> where TCodes : IK16Codes
         // NOTE: the row sums accumulate in y itself (these eight outputs belong to this group alone), as in PackedQ4_K.
         float* y = a.Y + (long)b * a.Rows + 8L * g;
         for (int t = 0; t < TTile.Count; t++) Vector256<float>.Zero.Store(y + (long)t * a.Rows);
+        // Batch 1 asks for lines far ahead where the weights stream from memory (as in PackedQ4_K).
+        bool far = a.Streams && b == 0 && TTile.Count == 1;
         for (int s = 0; s < nsb; s++)
         {
             byte* blk = group + (long)s * PackedBlock;
@@ -271,6 +273,7 @@ internal static unsafe class PackedK16<TCodes> where TCodes : IK16Codes
                 // without, 18.2–18.6 with, and no cost in cache.
                 if (b == 0)
                     PackedSteps.PrefetchLines(blk + PrefetchDistance + 64 * PrefetchLinesPerQuarter * (2 * n + half), PrefetchLinesPerQuarter);
+                if (far) PackedSteps.PrefetchFar(blk + 64 * PrefetchLinesPerQuarter * (2 * n + half), PrefetchLinesPerQuarter);
                 if (TIsa.Vnni)
                 {
                     Pass<TTile, TIsa, Quarters02>(blk, n, half, qs, ref i0, ref i1, ref i2, ref i3);

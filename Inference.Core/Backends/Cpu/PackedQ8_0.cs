@@ -107,11 +107,17 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
         float* d = a.D;
         int* s = a.Sums;
         Vector256<float> ya = default, yb = default;
+        bool far = a.Streams;
         for (int i = 0; i < nb; i++)
         {
             byte* blkA = groupA + (long)i * PackedBlock, blkB = groupB + (long)i * PackedBlock;
             PackedSteps.PrefetchLines(blkA + PrefetchDistance, 5);
             PackedSteps.PrefetchLines(blkB + PrefetchDistance, 5);
+            if (far)
+            {
+                PackedSteps.PrefetchFar(blkA, 5);
+                PackedSteps.PrefetchFar(blkB, 5);
+            }
             ya = Block<TIsa>(ya, blkA, (int*)(q + 32L * i), s[i], d[i]);
             yb = Block<TIsa>(yb, blkB, (int*)(q + 32L * i), s[i], d[i]);
         }
@@ -174,11 +180,17 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
         var ones = Vector256.Create((short)1);
         var flip = Vector256.Create((byte)0x80);
         Vector256<float> ya = default, yb = default;
+        bool far = a.Streams;
         for (int i = 0; i < nb; i++)
         {
             byte* blkA = groupA + (long)i * PackedBlock, blkB = groupB + (long)i * PackedBlock;
             PackedSteps.PrefetchLines(blkA + PrefetchDistance, 5);
             PackedSteps.PrefetchLines(blkB + PrefetchDistance, 5);
+            if (far)
+            {
+                PackedSteps.PrefetchFar(blkA, 5);
+                PackedSteps.PrefetchFar(blkB, 5);
+            }
             byte* wa = blkA + ScalesBytes, wb = blkB + ScalesBytes;
             sbyte* qe = q + 32L * i;
             Vector256<int> pa = default, pb = default;

@@ -12,6 +12,13 @@ internal sealed unsafe class WeightArena
     private const long BufferBytes = 32L << 20;
 
     private WeightBuffer? _current;
+
+    /// <summary>
+    /// True when the model's weights stream from memory each token (<see cref="CpuCaches.StreamsFromMemory(long)"/>):
+    /// the matrices packed here then ask for their lines far ahead (<see cref="PackedWeights.Streams"/>).
+    /// </summary>
+    public bool StreamsFromMemory { get; init; }
+
     private long _used;
 
     /// <summary>Returns <paramref name="bytes"/> bytes (uninitialized, 64-byte aligned) that stay valid while

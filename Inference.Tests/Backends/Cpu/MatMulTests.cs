@@ -389,6 +389,42 @@ public unsafe class MatMulTests
         Check(type, KernelPath.Vector256, rows, cols, 1, seed: 67 + (int)type, prepare: true);
     }
 
+    /// <summary>
+    /// Weights of a model that streams from memory (<see cref="WeightArena.StreamsFromMemory"/>) ask for lines far ahead
+    /// at batch 1 (<see cref="PackedSteps.PrefetchFar"/>, past the end of a matrix this small): the products keep every
+    /// bit of the same weights packed without it, for batches 1 to 5 on every integer path.
+    /// </summary>
+    [Test]
+    public void Weights_that_stream_from_memory_give_the_bits_of_weights_that_do_not([ValueSource(nameof(PackedTypes))] GgmlType type)
+    {
+        if (!PackedWeights.IsSupportedFor(type)) Assert.Ignore($"no packed {type} kernel on this machine");
+        const int rows = 203;
+        int cols = MatMulReference.ActivationBlock(type) == 256 ? 512 : 160;
+        var rng = new Random(71 + (int)type);
+        var weights = CpuTestHelpers.RandomWeights(rng, type, rows, cols);
+        var x = CpuTestHelpers.RandomFloats(rng, 5 * cols);
+        var paths = new[] { KernelPath.Vector256, KernelPath.Vector256VnniEmulated, KernelPath.Vector256Vnni }.Where(KernelPaths.IsSupported).ToArray();
+        using var pool = new WorkerPool(2);
+        fixed (byte* pw = weights)
+        {
+            var matrix = new WeightMatrix(type, pw, rows, cols);
+            var cached = MatMul.PrepareInto(matrix, new WeightArena());
+            var streamed = MatMul.PrepareInto(matrix, new WeightArena { StreamsFromMemory = true });
+            Assert.That(cached.Packed!.Streams, Is.False);
+            Assert.That(streamed.Packed!.Streams, Is.True);
+            foreach (var path in paths)
+            for (int batch = 1; batch <= 5; batch++)
+            {
+                var a = Enumerable.Repeat(float.NaN, batch * rows).ToArray();
+                var b = Enumerable.Repeat(float.NaN, batch * rows).ToArray();
+                MatMul.Multiply(cached, x.AsSpan(0, batch * cols), a, batch, pool, path);
+                MatMul.Multiply(streamed, x.AsSpan(0, batch * cols), b, batch, pool, path);
+                Assert.That(a, Has.None.NaN, $"{path}, batch {batch}");
+                Assert.That(b, Is.EqualTo(a), $"{path}, batch {batch}");
+            }
+        }
+    }
+
     [TestCaseSource(nameof(PackedTypes))]
     public void Packed_weights_agree_with_the_unpacked_kernel(GgmlType type)
     {
