@@ -191,12 +191,38 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
     public void MatMulGrouped(TensorCoreElement type, ArrayView<byte> w, ArrayView<float> x, ArrayView<float> y, ArrayView<int> starts,
         int groups, int maxRows, int rows, int n, int k)
     {
-        CheckGroupedShape(groups, maxRows, rows, n, k);
-        if (y.Length < (long)rows * n || w.Length < (long)groups * n * k * 2 || starts.Length < groups + 1)
-            throw new ArgumentException("a view is shorter than its matrix");
+        CheckGroupedViews(w, y, starts, groups, maxRows, rows, n, k);
         RunGrouped(type, StageActivations(type, x, rows, k), w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(),
             starts.LoadEffectiveAddressAsPtr(), groups, maxRows, rows, n, k);
     }
+
+    /// <summary>
+    /// Two grouped products over the same f32 activations <paramref name="x"/> <c>[rows, k]</c> (a block's gate and up
+    /// stacks over its gathered rows): converts them to <paramref name="type"/> once, then runs <paramref name="w0"/>'s
+    /// groups into <paramref name="y0"/> and <paramref name="w1"/>'s into <paramref name="y1"/>, both reading that one
+    /// staging copy. Each output equals <see cref="MatMulGrouped"/> of its stack alone bit for bit (the conversion is
+    /// deterministic).
+    /// </summary>
+    /// <exception cref="ArgumentException">See <see cref="CheckGroupedShape"/>; or a view is shorter than its matrix.</exception>
+    public void MatMulGroupedPair(TensorCoreElement type, ArrayView<byte> w0, ArrayView<byte> w1, ArrayView<float> x,
+        ArrayView<float> y0, ArrayView<float> y1, ArrayView<int> starts, int groups, int maxRows, int rows, int n, int k)
+    {
+        CheckGroupedViews(w0, y0, starts, groups, maxRows, rows, n, k);
+        CheckGroupedViews(w1, y1, starts, groups, maxRows, rows, n, k);
+        IntPtr a = StageActivations(type, x, rows, k), s = starts.LoadEffectiveAddressAsPtr();
+        RunGrouped(type, a, w0.LoadEffectiveAddressAsPtr(), y0.LoadEffectiveAddressAsPtr(), s, groups, maxRows, rows, n, k);
+        RunGrouped(type, a, w1.LoadEffectiveAddressAsPtr(), y1.LoadEffectiveAddressAsPtr(), s, groups, maxRows, rows, n, k);
+    }
+
+    private static void CheckGroupedViews(ArrayView<byte> w, ArrayView<float> y, ArrayView<int> starts, int groups, int maxRows, int rows, int n, int k)
+    {
+        CheckGroupedShape(groups, maxRows, rows, n, k);
+        if (y.Length < (long)rows * n || w.Length < (long)groups * n * k * 2 || starts.Length < groups + 1)
+            throw new ArgumentException("a view is shorter than its matrix");
+    }
+
+    /// <summary>Test hook: conversions launched (<see cref="Convert"/>, each staging of activations included).</summary>
+    internal int ConversionCount { get; private set; }
 
     /// <summary>Converts <paramref name="count"/> f32 values to 2-byte <paramref name="type"/> values (round to nearest even).</summary>
     public void Convert(TensorCoreElement type, IntPtr src, IntPtr dst, int count, CudaStream? stream = null)
@@ -209,6 +235,7 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         var s = (stream ?? (CudaStream)_accelerator.DefaultStream).StreamPtr;
         Check(CudaAPI.CurrentAPI.LaunchKernel(type == TensorCoreElement.F16 ? _convertF16 : _convertBf16,
             (count + 255) / 256, 1, 1, 256, 1, 1, 0, s, (IntPtr)args, IntPtr.Zero), "convert");
+        ConversionCount++;
     }
 
     /// <summary>

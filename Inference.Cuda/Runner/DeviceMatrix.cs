@@ -198,6 +198,24 @@ internal sealed unsafe class DeviceMatrix : IDisposable
     }
 
     /// <summary>
+    /// <see cref="MatMulExperts"/> of this stack (a block's gate) into <paramref name="y"/> and of <paramref name="up"/>
+    /// into <paramref name="upY"/>, over the same rows x: where both run on the grouped tensor-core kernel, x is staged to
+    /// f16 once and both products read that copy (<see cref="PtxTensorCoreGemm.MatMulGroupedPair"/>); otherwise the two
+    /// products run one after the other. Either way each output equals its own <see cref="MatMulExperts"/> bit for bit.
+    /// </summary>
+    public void MatMulGateUpExperts(LayerKernels kernels, PtxTensorCoreGemm? gemm, DeviceMatrix up, ArrayView<float> x, ArrayView<float> y,
+        ArrayView<float> upY, ArrayView<int> starts, int rows, int maxRows)
+    {
+        if (UsesTensorCores(gemm, maxRows) && up.UsesTensorCores(gemm, maxRows) && up.Rows == Rows && up.Cols == Cols && up.Experts == Experts)
+        {
+            gemm!.MatMulGroupedPair(TensorCoreElement.F16, _buffer.View, up._buffer.View, x, y, upY, starts, Experts, maxRows, rows, Rows, Cols);
+            return;
+        }
+        MatMulExperts(kernels, gemm, x, y, starts, rows, maxRows);
+        up.MatMulExperts(kernels, gemm, x, upY, starts, rows, maxRows);
+    }
+
+    /// <summary>
     /// The slab path: the activations converted to f16 once, then per slab of rows its weights widened into the shared
     /// workspace and multiplied into columns <c>first .. first + count</c> of <paramref name="y"/> (rows <see cref="Rows"/> apart).
     /// </summary>

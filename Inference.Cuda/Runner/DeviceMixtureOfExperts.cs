@@ -17,8 +17,9 @@ namespace Inference.Cuda.Runner;
 ///  Group → starts [experts + 1], rowToken [n·k], slotRow [n·k]     the CPU path's counting sort, one thread per expert
 ///  X = x[rowToken]                             [n·k, dim]    expert e's rows are starts[e] … starts[e + 1] − 1
 ///  G, U = gate, up (all experts, one launch each)   [n·k, width]   grid (row groups, ⌈n / 16⌉, experts)
-///                                              (F16 stacks from TensorCoreMinRows tokens: grouped tensor-core GEMM, grid (⌈width / 128⌉, ⌈n / 128⌉, experts))
-///  SwiGLU over all rows; Y = down (one launch)      [n·k, dim]
+///                                              (F16 stacks from TensorCoreMinRows tokens: X staged to f16 once for both,
+///                                               grouped tensor-core GEMM, grid (⌈width / 128⌉, ⌈n / 128⌉, experts))
+///  SwiGLU over all rows; Y = down (one launch)      [n·k, dim]     (grouped: SwiGLU's output staged to f16 in turn)
 ///  out[t] = Σⱼ w[t, j] · Y[slotRow[t, j]]      (+ σ(g · x[t]) · shared(x[t]) for qwen2moe)
 /// </code>
 /// Each expert's gate, up and down matrices of a block are stacked in one buffer (<see cref="DeviceMatrix.UploadExperts"/>),
@@ -150,8 +151,7 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
         _kernels.RouteExperts(logits, chosen, weights, n, experts, k, layer.NormalizeWeights);
         _kernels.GroupExperts(chosen, starts, rowToken, slotRow, n, experts, k);
         _kernels.GatherRows(src, rowToken, x, slots, dim);
-        stack.Gate.MatMulExperts(_kernels, gemm, x, gate, starts, slots, n);
-        stack.Up.MatMulExperts(_kernels, gemm, x, up, starts, slots, n);
+        stack.Gate.MatMulGateUpExperts(_kernels, gemm, stack.Up, x, gate, up, starts, slots, n);
         _kernels.SwiGlu(gate, up, gate, slots * width);
         stack.Down.MatMulExperts(_kernels, gemm, gate, y, starts, slots, n);
         _kernels.CombineExperts(y, weights, slotRow, dst, n, dim, k);

@@ -41,6 +41,49 @@ public class TensorCoreGemmGpuTests
             Assert.That(Math.Abs(a[i] - b[i]), Is.LessThanOrEqualTo(1e-4 * scale), $"element {i}: {a[i]} vs {b[i]}");
     }
 
+    /// <summary>
+    /// The grouped products of two stacks over the same activations (a block's gate and up) convert them to f16 once,
+    /// and each output equals its stack's grouped product alone bit for bit (groups of uneven rows, one empty).
+    /// </summary>
+    [Test]
+    public void GroupedPair_ConvertsOnce_AndEqualsEachProductAlone()
+    {
+        var backend = GpuTestBackend.RequireDevice();
+        var acc = backend.Accelerator;
+        int[] counts = [37, 0, 5, 150];
+        const int n = 136, k = 88;
+        int groups = counts.Length, maxRows = counts.Max(), rows = counts.Sum();
+        var starts = new int[groups + 1];
+        for (int z = 0; z < groups; z++) starts[z + 1] = starts[z] + counts[z];
+        var rng = new Random(11);
+        ushort[] Stack() => [.. Enumerable.Range(0, groups * n * k).Select(_ => BitConverter.HalfToUInt16Bits((Half)(rng.NextSingle() * 2 - 1)))];
+        using var gate = acc.Allocate1D(Stack());
+        using var up = acc.Allocate1D(Stack());
+        using var x = acc.Allocate1D(Enumerable.Range(0, rows * k).Select(_ => rng.NextSingle() * 2 - 1).ToArray());   // not f16-exact
+        using var s = acc.Allocate1D(starts);
+        using var pairGate = acc.Allocate1D<float>((long)rows * n);
+        using var pairUp = acc.Allocate1D<float>((long)rows * n);
+        using var aloneGate = acc.Allocate1D<float>((long)rows * n);
+        using var aloneUp = acc.Allocate1D<float>((long)rows * n);
+        foreach (var y in new[] { pairGate, pairUp, aloneGate, aloneUp }) y.View.MemSet((byte)0xFF);
+        static ArrayView<byte> Bytes(MemoryBuffer1D<ushort, Stride1D.Dense> w) => ((ArrayView<ushort>)w.View).Cast<byte>();
+        using var gemm = new PtxTensorCoreGemm(acc);
+
+        gemm.MatMulGroupedPair(TensorCoreElement.F16, Bytes(gate), Bytes(up), x.View, pairGate.View, pairUp.View, s.View, groups, maxRows, rows, n, k);
+        Assert.That(gemm.ConversionCount, Is.EqualTo(1), "one staging copy for both products");
+        gemm.MatMulGrouped(TensorCoreElement.F16, Bytes(gate), x.View, aloneGate.View, s.View, groups, maxRows, rows, n, k);
+        gemm.MatMulGrouped(TensorCoreElement.F16, Bytes(up), x.View, aloneUp.View, s.View, groups, maxRows, rows, n, k);
+        Assert.That(gemm.ConversionCount, Is.EqualTo(3));
+        acc.Synchronize();
+
+        foreach (var (pair, alone, name) in new[] { (pairGate, aloneGate, "gate"), (pairUp, aloneUp, "up") })
+        {
+            var got = pair.GetAsArray1D();
+            Assert.That(got, Has.None.NaN, $"{name}: every row lies in a group");
+            Assert.That(got.Select(BitConverter.SingleToInt32Bits), Is.EqualTo(alone.GetAsArray1D().Select(BitConverter.SingleToInt32Bits)), name);
+        }
+    }
+
     [Test]
     public void CapturedGraphReplaysTheConversion()
     {
