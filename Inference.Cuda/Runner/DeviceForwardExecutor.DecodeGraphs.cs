@@ -11,7 +11,7 @@ namespace Inference.Cuda.Runner;
 /// <param name="EnforceEager">Never pad or capture: every step launches its kernels one by one.</param>
 /// <param name="MaxCaptureSize">
 /// The largest batch padded and captured; batch sizes are 1, 2, 4, … and this. The executor lowers it to the engine's
-/// sequence limit rounded up to a bucket (<see cref="DeviceForwardExecutor.LargestDecodeBucket"/>).
+/// sequence limit rounded up to a bucket (<see cref="DeviceForwardExecutor.DecodeBucketFor"/>).
 /// </param>
 /// <param name="MaxSeqLenToCapture">The longest context a captured step covers (its attention is split over this many positions).</param>
 internal sealed record DecodeGraphOptions(bool EnforceEager, int MaxCaptureSize, int MaxSeqLenToCapture);
@@ -68,13 +68,14 @@ internal sealed partial class DeviceForwardExecutor
     internal int LastDecodeBucket { get; private set; }
 
     /// <summary>
-    /// The largest bucket: <paramref name="maxCaptureSize"/>, or the engine's sequence limit rounded up to a bucket
-    /// (1, 2, 4, …) when that is smaller.
+    /// The bucket a decode step of <paramref name="sequenceCount"/> sequences pads to: the smallest of 1, 2, 4, … that
+    /// holds them, capped at <paramref name="maxCaptureSize"/> (itself a bucket, power of two or not). Given the engine's
+    /// sequence limit it is the largest bucket the executor needs.
     /// </summary>
-    internal static int LargestDecodeBucket(int maxCaptureSize, int maxSequenceCount)
+    internal static int DecodeBucketFor(int maxCaptureSize, int sequenceCount)
     {
         int bucket = 1;
-        while (bucket < maxSequenceCount && bucket < maxCaptureSize) bucket *= 2;
+        while (bucket < sequenceCount && bucket < maxCaptureSize) bucket *= 2;
         return Math.Min(bucket, maxCaptureSize);
     }
 
@@ -114,7 +115,7 @@ internal sealed partial class DeviceForwardExecutor
             var seg = batch.Segments[si];
             if (seg.TokenCount != 1 || seg.LogitRowCount != 1 || seg.LogitIndex != si || seg.StartPosition + 1 > maxContext) return null;
         }
-        return LargestDecodeBucket(_graphOptions.MaxCaptureSize, seqs);   // the bucket of seqs (≤ MaxCaptureSize)
+        return DecodeBucketFor(_graphOptions.MaxCaptureSize, seqs);
     }
 
     /// <summary>Runs a pure decode step padded to <paramref name="bucket"/> rows; returns its logits on the device.</summary>

@@ -152,7 +152,7 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
         // NOTE: the engine never runs more than MaxSequenceCount (vLLM's max_num_seqs) sequences in one step: a larger
         // bucket would only hold padding, so the largest one (and the static buffers sized for it) follows that limit.
         _graphOptions = decodeGraphs is null ? null
-            : decodeGraphs with { MaxCaptureSize = LargestDecodeBucket(decodeGraphs.MaxCaptureSize, context.MaxSequenceCount) };
+            : decodeGraphs with { MaxCaptureSize = DecodeBucketFor(decodeGraphs.MaxCaptureSize, context.MaxSequenceCount) };
         _graphsOff = DecodeGraphsOffReason(decodeGraphs);
     }
 

@@ -303,6 +303,18 @@ public class DeviceDecodeGraphTests
         Assert.That(pair.Manager.FreeBlockCount, Is.EqualTo(pair.Manager.TotalBlockCount), "no KV block leaked");
     }
 
+    /// <summary>A batch pads to the smallest of 1, 2, 4, … that holds it, MaxCaptureSize (a power of two or not) the cap.</summary>
+    [TestCase(64, 1, 1)]
+    [TestCase(64, 3, 4)]
+    [TestCase(64, 16, 16)]
+    [TestCase(64, 17, 32)]
+    [TestCase(64, 256, 64)]
+    [TestCase(6, 3, 4)]
+    [TestCase(6, 5, 6)]
+    [TestCase(6, 7, 6)]
+    public void DecodeBucketFor_IsTheSmallestBucketThatHoldsTheBatch(int maxCaptureSize, int sequenceCount, int bucket) =>
+        Assert.That(DeviceForwardExecutor.DecodeBucketFor(maxCaptureSize, sequenceCount), Is.EqualTo(bucket));
+
     /// <summary>
     /// The largest bucket follows the engine's sequence limit (MaxNumSeqs rounded up to a bucket) when it is below
     /// MaxCaptureSize: with a limit of 3 the buckets are 1, 2, 4 and the static buffers hold 4 rows (about an eighth of
@@ -312,13 +324,6 @@ public class DeviceDecodeGraphTests
     [Test]
     public void LargestBucket_FollowsTheEngineSequenceLimit()
     {
-        Assert.That(DeviceForwardExecutor.LargestDecodeBucket(64, 3), Is.EqualTo(4));
-        Assert.That(DeviceForwardExecutor.LargestDecodeBucket(64, 1), Is.EqualTo(1));
-        Assert.That(DeviceForwardExecutor.LargestDecodeBucket(64, 16), Is.EqualTo(16));
-        Assert.That(DeviceForwardExecutor.LargestDecodeBucket(64, 17), Is.EqualTo(32));
-        Assert.That(DeviceForwardExecutor.LargestDecodeBucket(64, 256), Is.EqualTo(64));
-        Assert.That(DeviceForwardExecutor.LargestDecodeBucket(6, 5), Is.EqualTo(6), "MaxCaptureSize stays the cap");
-
         var model = DeviceForwardExecutorTests.Model(4, 2, GgmlType.F32);
         long largeBytes;
         using (var large = new DecodePair(DeviceTestAccelerator.Cpu, model, 8, maxCaptureSize: 32, maxNumSeqs: 64))
