@@ -244,7 +244,8 @@ internal sealed partial class DeviceForwardExecutor
         try
         {
             state.Stream = _accelerator.CreateStream();
-            state.Step = new StepBuffers(_accelerator, _graph, cap, cap, cap, maxBlocks, _experts);
+            state.Step = new StepBuffers(_accelerator, _graph, maxBlocks, _experts);
+            state.Step.Grow(cap, cap, cap);
             // The attention of captured steps has scratch of its own, reserved for every bucket before any capture: eager
             // steps may grow (move) the other instance's buffers.
             state.Attention = CreateAttention(_accelerator, _shape, _storage.DataType, _attentionChoice, flashPrefill: false);

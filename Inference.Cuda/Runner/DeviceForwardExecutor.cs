@@ -568,17 +568,18 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
     /// <summary>The pool slot of <paramref name="position"/>: block table[position / blockSize] · blockSize + position % blockSize.</summary>
     private int Slot(ReadOnlySpan<int> blocks, int position) => blocks[position / _shape.BlockSize] * _shape.BlockSize + position % _shape.BlockSize;
 
+    /// <summary>The eager steps' buffers, grown to hold <paramref name="tokens"/>, <paramref name="seqs"/> and <paramref name="logitCount"/> rows.</summary>
+    /// <remarks>
+    /// NOTE: only the buffers whose size follows a count that grew are replaced (<see cref="StepBuffers.Grow"/>). No
+    /// captured decode graph reads these: the padded decode steps have static buffers of their own
+    /// (<see cref="DecodeGraphState.Step"/>, sized once for the largest bucket), so replacing one here invalidates nothing.
+    /// </remarks>
     private StepBuffers EnsureStep(int tokens, int seqs, int logitCount)
     {
-        if (_step is { } s && s.TokenCapacity >= tokens && s.SeqCapacity >= seqs && s.LogitCapacity >= logitCount) return s;
-        int had = _step?.TokenCapacity ?? 0;
-        int t = tokens > had ? Math.Max(tokens, had * 2) : had;
-        int sc = Math.Max(seqs, _step?.SeqCapacity ?? 0);
-        int lc = Math.Max(Math.Max(logitCount, 1), _step?.LogitCapacity ?? 0);
-        _step?.Dispose();
-        _step = null;
-        _step = new StepBuffers(_accelerator, _graph, t, sc, lc, _shape.MaxBlocksPerSeq, _experts);
-        return _step;
+        var s = _step ?? new StepBuffers(_accelerator, _graph, _shape.MaxBlocksPerSeq, _experts);
+        int had = s.TokenCapacity;
+        s.Grow(tokens > had ? Math.Max(tokens, had * 2) : had, seqs, Math.Max(logitCount, 1));
+        return _step = s;
     }
 
     private T Own<T>(T resource) where T : IDisposable
@@ -612,39 +613,113 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
         _owner?.Dispose();
     }
 
-    /// <summary>Device activations and metadata for up to <see cref="TokenCapacity"/> tokens, grown on demand.</summary>
-    private sealed class StepBuffers : IDisposable
+    /// <summary>Test hook: the eager steps' buffers, null before the first eager step.</summary>
+    internal StepBuffers? EagerStep => _step;
+
+    /// <summary>
+    /// Device activations and metadata for up to <see cref="TokenCapacity"/> tokens, <see cref="SeqCapacity"/> sequences
+    /// and <see cref="LogitCapacity"/> logit rows, grown on demand (<see cref="Grow"/>).
+    /// </summary>
+    /// <remarks>
+    /// <code>
+    ///  buffer                                     size follows
+    ///  activations of token rows, angles, MoE     tokens
+    ///  activations of logit rows                  logits
+    ///  ints (StepIntLayout)                       tokens, seqs, logits
+    /// </code>
+    /// </remarks>
+    internal sealed class StepBuffers : IDisposable
     {
-        public StepBuffers(Accelerator a, ModelGraph graph, int tokens, int seqs, int logits, int maxBlocks, DeviceMixtureOfExperts? experts)
+        private readonly Accelerator _accelerator;
+        private readonly ModelGraph _graph;
+        private readonly int _maxBlocks;
+        private readonly DeviceMixtureOfExperts? _experts;
+
+        /// <summary>Holds nothing until the first <see cref="Grow"/>.</summary>
+        public StepBuffers(Accelerator a, ModelGraph graph, int maxBlocks, DeviceMixtureOfExperts? experts)
         {
-            TokenCapacity = tokens;
-            SeqCapacity = seqs;
-            LogitCapacity = logits;
+            _accelerator = a;
+            _graph = graph;
+            _maxBlocks = maxBlocks;
+            _experts = experts;
             Buffers = new MemoryBuffer1D<float, Stride1D.Dense>[graph.Buffers.Length];
-            int ropeFloats = 0;
-            foreach (var r in graph.RopeTables) ropeFloats += r.RopeDim;
+        }
+
+        public int TokenCapacity { get; private set; }
+        public int SeqCapacity { get; private set; }
+        public int LogitCapacity { get; private set; }
+        public MemoryBuffer1D<float, Stride1D.Dense>[] Buffers { get; }                 // by graph buffer id, [rows, width]
+        public MemoryBuffer1D<float, Stride1D.Dense> Angles { get; private set; } = null!;  // per rotation table: cos [n, ropeDim / 2] then sin
+        public MemoryBuffer1D<int, Stride1D.Dense> Ints { get; private set; } = null!;      // the step's metadata, laid out as StepIntLayout
+        public DeviceMixtureOfExperts.Scratch? Experts { get; private set; }                 // the mixture-of-experts blocks' scratch, when the model has any
+
+        /// <summary>
+        /// Raises each capacity to its count where that is larger, replacing only the buffers whose size follows a count
+        /// that grew; when an allocation fails, what was allocated is freed and every buffer and capacity stays as it was.
+        /// </summary>
+        public void Grow(int tokens, int seqs, int logits)
+        {
+            bool moreTokens = tokens > TokenCapacity, moreLogits = logits > LogitCapacity;
+            if (!moreTokens && !moreLogits && seqs <= SeqCapacity) return;
+            tokens = Math.Max(tokens, TokenCapacity);
+            seqs = Math.Max(seqs, SeqCapacity);
+            logits = Math.Max(logits, LogitCapacity);
+            var buffers = (MemoryBuffer1D<float, Stride1D.Dense>[])Buffers.Clone();
+            MemoryBuffer1D<float, Stride1D.Dense>? angles = null;
+            MemoryBuffer1D<int, Stride1D.Dense>? ints = null;
+            DeviceMixtureOfExperts.Scratch? experts = null;
             try
             {
-                for (int i = 0; i < Buffers.Length; i++)
-                    Buffers[i] = a.Allocate1D<float>(Math.Max(1L, (long)(graph.Buffers[i].LogitRows ? logits : tokens) * graph.Buffers[i].Width));
-                Angles = a.Allocate1D<float>(Math.Max(1L, (long)tokens * ropeFloats));
-                Ints = a.Allocate1D<int>(new StepIntLayout(tokens, seqs, logits, maxBlocks).Length);
-                Experts = experts?.CreateScratch(tokens);
+                for (int i = 0; i < buffers.Length; i++)
+                {
+                    var spec = _graph.Buffers[i];
+                    if (spec.LogitRows ? moreLogits : moreTokens) buffers[i] = AllocateActivation(spec, spec.LogitRows ? logits : tokens);
+                }
+                if (moreTokens)
+                {
+                    angles = AllocateAngles(tokens);
+                    experts = _experts?.CreateScratch(tokens);
+                }
+                ints = _accelerator.Allocate1D<int>(new StepIntLayout(tokens, seqs, logits, _maxBlocks).Length);
             }
             catch
             {
-                Dispose();
+                for (int i = 0; i < buffers.Length; i++)
+                    if (buffers[i] != Buffers[i]) buffers[i].Dispose();
+                angles?.Dispose();
+                experts?.Dispose();
+                ints?.Dispose();
                 throw;
             }
+            for (int i = 0; i < buffers.Length; i++)
+            {
+                if (buffers[i] == Buffers[i]) continue;
+                Buffers[i]?.Dispose();
+                Buffers[i] = buffers[i];
+            }
+            if (moreTokens)
+            {
+                Angles?.Dispose();
+                Angles = angles!;
+                Experts?.Dispose();
+                Experts = experts;
+            }
+            Ints?.Dispose();
+            Ints = ints;
+            (TokenCapacity, SeqCapacity, LogitCapacity) = (tokens, seqs, logits);
         }
 
-        public int TokenCapacity { get; }
-        public int SeqCapacity { get; }
-        public int LogitCapacity { get; }
-        public MemoryBuffer1D<float, Stride1D.Dense>[] Buffers { get; }   // by graph buffer id, [rows, width]
-        public MemoryBuffer1D<float, Stride1D.Dense> Angles { get; } = null!;  // per rotation table: cos [n, ropeDim / 2] then sin
-        public MemoryBuffer1D<int, Stride1D.Dense> Ints { get; } = null!;      // the step's metadata, laid out as StepIntLayout
-        public DeviceMixtureOfExperts.Scratch? Experts { get; }                 // the mixture-of-experts blocks' scratch, when the model has any
+        /// <summary>Graph buffer <paramref name="spec"/> for <paramref name="rows"/> rows, <c>[rows, width]</c>.</summary>
+        private MemoryBuffer1D<float, Stride1D.Dense> AllocateActivation(BufferSpec spec, int rows) =>
+            _accelerator.Allocate1D<float>(Math.Max(1L, (long)rows * spec.Width));
+
+        /// <summary>Every rotation table's cos and sin for <paramref name="tokens"/> tokens.</summary>
+        private MemoryBuffer1D<float, Stride1D.Dense> AllocateAngles(int tokens)
+        {
+            int ropeFloats = 0;
+            foreach (var r in _graph.RopeTables) ropeFloats += r.RopeDim;
+            return _accelerator.Allocate1D<float>(Math.Max(1L, (long)tokens * ropeFloats));
+        }
 
         /// <summary>Bytes of the activations, angles and metadata in device memory.</summary>
         public long ByteCount

@@ -147,6 +147,120 @@ public class DeviceForwardExecutorTests
         Assert.That(alone, Is.EqualTo(together.AsSpan(vocab, vocab).ToArray()), "sequence 2's logits alone and in a batch of three");
     }
 
+    /// <summary>
+    /// The eager steps' buffers grow by what a step needs: more sequences replace only the int metadata, more logit rows
+    /// also the logit-row activations, more tokens the token-row activations, the angles and the experts' scratch (the
+    /// token capacity doubling); a buffer kept is the same object, still allocated, one replaced is freed. Every step
+    /// (prompts from position 0, so a step reads only its own K/V) gives a fresh executor's logits bit for bit; the
+    /// padded decode step launches with the same buffers before and after all that growth.
+    /// </summary>
+    [TestCase("llama", 0)]
+    [TestCase("qwen2moe", 6)]
+    public void StepBuffers_GrowOnlyWhatTheStepNeeds(string architecture, int experts)
+    {
+        using var gguf = GgufFile.Open(Model(8, 2, GgmlType.F32, architecture: architecture, experts: experts));
+        var config = ModelConfig.FromGguf(gguf);
+        var model = new LlamaModel(gguf, config);
+        var kvOptions = new KvCacheOptions { BlockSize = 8, DataType = KvCacheDataType.Float32, PoolBytes = 1, PrefixCaching = PrefixCachingMode.Disabled };
+        var manager = new KvCacheManager(40, kvOptions);
+        var ctx = new ForwardExecutorContext(model, manager, kvOptions, 40, 64, 64, 8, 2);
+        using var grown = new DeviceForwardExecutor(DeviceTestAccelerator.Cpu, ctx, CudaAttentionKernels.Ilgpu, owner: null,
+            decodeGraphs: new DecodeGraphOptions(EnforceEager: false, MaxCaptureSize: 8, MaxSeqLenToCapture: 64));
+        var logitRows = model.Graph.Buffers.Select(b => b.LogitRows).ToArray();
+        int graphBuffers = logitRows.Length;
+        Assert.That(logitRows, Does.Contain(true).And.Contain(false), "the graph has token-row and logit-row buffers");
+        var rng = new Random(experts + 5);
+        var batch = new ModelBatch();
+        long nextId = 1;
+
+        // one step of prompts, each from position 0 wanting its last Logits rows, on the grown and on a fresh executor
+        void Step(params (int Length, int Logits)[] prompts)
+        {
+            batch.Clear();
+            foreach (var (length, logits) in prompts)
+            {
+                var tokens = Enumerable.Range(0, length).Select(_ => 1 + rng.Next(config.VocabSize - 1)).ToArray();
+                Assert.That(manager.TryAllocate(nextId, tokens, out _), Is.True);
+                batch.Add(nextId++, tokens, 0, logitCount: logits);
+            }
+            var expected = new float[batch.LogitCount * config.VocabSize];
+            var actual = new float[expected.Length];
+            Array.Fill(expected, float.NaN);
+            Array.Fill(actual, float.NaN);
+            using (var fresh = new DeviceForwardExecutor(DeviceTestAccelerator.Cpu, ctx, CudaAttentionKernels.Ilgpu, owner: null))
+                fresh.Forward(batch, expected);
+            grown.Forward(batch, actual);
+            Assert.That(actual, Has.None.NaN, "every wanted logit is written");
+            Assert.That(actual, Is.EqualTo(expected), "the grown executor's logits are a fresh one's, bit for bit");
+            foreach (var seg in batch.Segments) manager.Free(seg.SequenceId);
+        }
+
+        // the eager step's buffers: the graph's by id, then the angles, the experts' scratch (floats, ints), the int metadata
+        MemoryBuffer?[] Buffers()
+        {
+            var s = grown.EagerStep!;
+            return [.. s.Buffers, s.Angles, s.Experts?.Floats, s.Experts?.Ints, s.Ints];
+        }
+        void AssertGrowth(MemoryBuffer?[] before, bool tokens, bool seqs, bool logits, (int T, int S, int L) capacity)
+        {
+            var s = grown.EagerStep!;
+            Assert.That((s.TokenCapacity, s.SeqCapacity, s.LogitCapacity), Is.EqualTo(capacity));
+            var after = Buffers();
+            for (int i = 0; i < after.Length; i++)
+            {
+                string name = i < graphBuffers ? model.Graph.Buffers[i].Name : new[] { "angles", "expert floats", "expert ints", "ints" }[i - graphBuffers];
+                if (before[i] is null)
+                {
+                    Assert.That(after[i], Is.Null, name);
+                    continue;
+                }
+                bool replaced = i < graphBuffers ? (logitRows[i] ? logits : tokens) : i == after.Length - 1 ? tokens || seqs || logits : tokens;
+                Assert.That(after[i], replaced ? Is.Not.SameAs(before[i]) : Is.SameAs(before[i]), $"{name}: {(replaced ? "replaced" : "kept")}");
+                Assert.That(before[i]!.IsDisposed, Is.EqualTo(replaced), $"{name}: {(replaced ? "the old buffer freed" : "still allocated")}");
+                Assert.That(after[i]!.IsDisposed, Is.False, name);
+            }
+        }
+        List<string> Decode()
+        {
+            grown.LaunchLog = [];
+            Step((1, 1));
+            var log = grown.LaunchLog;
+            grown.LaunchLog = null;
+            Assert.That(grown.LastDecodeBucket, Is.EqualTo(1), "one token at position 0 wanting logits: a padded decode step");
+            return log;
+        }
+
+        Step((12, 1));
+        Decode();   // the first padded step allocates the static buffers
+        var decode = Decode();
+        Assert.That(decode, Has.Count.GreaterThan(10));
+        Assert.That(grown.EagerStep!.TokenCapacity, Is.EqualTo(12), "the padded steps leave the eager buffers alone");
+        if (experts > 0) Assert.That(Buffers()[graphBuffers + 1], Is.Not.Null, "the experts' scratch");
+
+        var before = Buffers();
+        Step((4, 1), (4, 0), (4, 0));
+        AssertGrowth(before, tokens: false, seqs: true, logits: false, (12, 3, 1));
+
+        before = Buffers();
+        Step((12, 5));
+        AssertGrowth(before, tokens: false, seqs: false, logits: true, (12, 3, 5));
+
+        before = Buffers();
+        Step((6, 2), (5, 1), (1, 1));
+        AssertGrowth(before, tokens: false, seqs: false, logits: false, (12, 3, 5));
+
+        before = Buffers();
+        Step((14, 1), (6, 1));
+        AssertGrowth(before, tokens: true, seqs: false, logits: false, (24, 3, 5));
+
+        before = Buffers();
+        Step((5, 1), (5, 1), (5, 1), (5, 2));
+        AssertGrowth(before, tokens: false, seqs: true, logits: false, (24, 4, 5));
+
+        Assert.That(Decode(), Is.EqualTo(decode), "the padded step's buffers are where they were");
+        Assert.That(manager.FreeBlockCount, Is.EqualTo(manager.TotalBlockCount), "no KV block leaked");
+    }
+
     [TestCase(GgmlType.F16, KvCacheDataType.Float32)]
     [TestCase(GgmlType.F16, KvCacheDataType.Float16)]
     [TestCase(GgmlType.Q8_0, KvCacheDataType.Float32)]
