@@ -24,7 +24,7 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
 {
     private readonly CudaAccelerator _accelerator;
     private readonly PtxModule _module;
-    private readonly IntPtr _gemmF16, _gemmBf16, _groupedF16, _groupedBf16, _reduce, _convertF16, _convertBf16;
+    private readonly IntPtr _gemmF16, _gemmBf16, _gemmQ8_0, _groupedF16, _groupedBf16, _reduce, _convertF16, _convertBf16;
     private MemoryBuffer1D<ushort, Stride1D.Dense>? _staging;     // activations converted to f16/bf16, [M, K]
     private MemoryBuffer1D<float, Stride1D.Dense>? _partials;     // split-K partial products, [splits, M, N]
     private MemoryBuffer1D<ushort, Stride1D.Dense>? _workspace;   // weights widened to f16, a slab of rows at a time
@@ -36,6 +36,7 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         _module = PtxModule.Load(accelerator, TensorCoreGemmPtx.ModuleName);
         _gemmF16 = _module.GetFunction("gemm_f16");
         _gemmBf16 = _module.GetFunction("gemm_bf16");
+        _gemmQ8_0 = _module.GetFunction("gemm_q8_0");
         _groupedF16 = _module.GetFunction("gemm_grouped_f16");
         _groupedBf16 = _module.GetFunction("gemm_grouped_bf16");
         _reduce = _module.GetFunction("gemm_reduce_splits");
@@ -47,8 +48,9 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
     public bool F16Products { get; init; } = true;
 
     /// <summary>
-    /// Whether Q8_0 and block-type weight matrices of many rows are widened to f16 and run here
-    /// (<see cref="CudaOptions.QuantizedTensorCoreMatMul"/>).
+    /// Whether Q8_0 and block-type weight matrices of many rows run here (<see cref="CudaOptions.QuantizedTensorCoreMatMul"/>):
+    /// Q8_0 on <see cref="RunQ8_0"/>, which widens its blocks inside the kernel; the block types widened to f16 a slab at a
+    /// time into <see cref="Workspace"/>.
     /// </summary>
     public bool QuantizedProducts { get; init; }
 
@@ -129,6 +131,49 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
     public void Run(TensorCoreElement type, IntPtr a, IntPtr w, IntPtr c, int m, int n, int k, CudaStream? stream = null, int ldc = 0)
     {
         CheckShape(m, n, k, ldc);
+        Launch(type == TensorCoreElement.F16 ? _gemmF16 : _gemmBf16, a, w, c, m, n, k, stream, ldc);
+    }
+
+    /// <summary>Throws unless <see cref="RunQ8_0"/> accepts these dimensions: <see cref="CheckShape"/>'s, and K whole Q8_0 blocks.</summary>
+    /// <exception cref="ArgumentException">As <see cref="CheckShape"/>, or K is not a multiple of 32.</exception>
+    public static void CheckQ8_0Shape(int m, int n, int k, int ldc = 0)
+    {
+        CheckShape(m, n, k, ldc);
+        if (k % Q8_0BlockElements != 0) throw new ArgumentException($"Q8_0 rows hold whole blocks of {Q8_0BlockElements} weights; K={k} is not a multiple of {Q8_0BlockElements}");
+    }
+
+    private const int Q8_0BlockElements = 32;
+
+    /// <summary>
+    /// <see cref="Run"/> of f16 activations <paramref name="a"/> with Q8_0 weights <paramref name="w"/> <c>[N, K / 32]</c>
+    /// blocks as the file stores them (2-byte aligned), widened to f16 inside the kernel (<c>gemm_q8_0</c>): each weight
+    /// <c>f16(d · q)</c> as <see cref="Inference.Kernels.Layer.LayerKernels.DequantizeToHalf"/> writes it, so the result
+    /// equals <see cref="Run"/> over the widened matrix with the same split-K, bit for bit (barring NaN scales), with no
+    /// workspace.
+    /// </summary>
+    /// <exception cref="ArgumentException">See <see cref="CheckQ8_0Shape"/>.</exception>
+    public void RunQ8_0(IntPtr a, IntPtr w, IntPtr c, int m, int n, int k, CudaStream? stream = null, int ldc = 0)
+    {
+        CheckQ8_0Shape(m, n, k, ldc);
+        Launch(_gemmQ8_0, a, w, c, m, n, k, stream, ldc);
+    }
+
+    /// <summary>
+    /// <c>y[M, N] = x[M, K] · w[N, K]ᵀ</c> with f32 activations <paramref name="x"/> (staged to f16) and Q8_0 weights
+    /// <paramref name="w"/> (<see cref="RunQ8_0"/>).
+    /// </summary>
+    /// <exception cref="ArgumentException">See <see cref="CheckQ8_0Shape"/>; or a view is shorter than its matrix.</exception>
+    public void MatMulQ8_0(ArrayView<byte> w, ArrayView<float> x, ArrayView<float> y, int m, int n, int k)
+    {
+        CheckQ8_0Shape(m, n, k);
+        if (y.Length < (long)m * n || w.Length < (long)n * (k / Q8_0BlockElements) * 34)
+            throw new ArgumentException("a view is shorter than its matrix");
+        RunQ8_0(StageActivations(TensorCoreElement.F16, x, m, k), w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(), m, n, k);
+    }
+
+    /// <summary>One plain product entry (gemm_f16, gemm_bf16, gemm_q8_0) over the split-K grid, then the reduce where split.</summary>
+    private void Launch(IntPtr function, IntPtr a, IntPtr w, IntPtr c, int m, int n, int k, CudaStream? stream, int ldc)
+    {
         if (ldc == 0) ldc = n;
         var t = Tile;
         var (splits, perSplit) = ChooseSplits(m, n, k, _accelerator.NumMultiprocessors);
@@ -148,7 +193,7 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         args[0] = &a; args[1] = &w; args[2] = &target; args[3] = &um; args[4] = &un; args[5] = &uk; args[6] = &us; args[7] = &uldc;
         _accelerator.Bind();
         var s = (stream ?? (CudaStream)_accelerator.DefaultStream).StreamPtr;
-        Check(CudaAPI.CurrentAPI.LaunchKernel(type == TensorCoreElement.F16 ? _gemmF16 : _gemmBf16,
+        Check(CudaAPI.CurrentAPI.LaunchKernel(function,
             (n + t.BlockN - 1) / t.BlockN, (m + t.BlockM - 1) / t.BlockM, splits, t.Threads, 1, 1, 0, s, (IntPtr)args, IntPtr.Zero), "gemm");
         if (splits == 1) return;
         uint count = (uint)(m * n), uSplits = (uint)splits, cLdc = (uint)ldc;

@@ -4,13 +4,23 @@ namespace Inference.Cuda;
 /// Writes <c>Ptx/gemm_tensor_core.ptx</c> from a <see cref="TensorCoreGemmTile"/>: the tensor-core matrix products
 /// <c>gemm_f16</c> and <c>gemm_bf16</c>, their grouped forms <c>gemm_grouped_f16</c> / <c>gemm_grouped_bf16</c> (one
 /// product per expert over rows the device groups) (mma.sync m16n8k16 with f32 accumulation, ldmatrix.x4 from swizzled shared
-/// memory, a cp.async pipeline of <see cref="TensorCoreGemmTile.Stages"/> stages) and the activation conversions
-/// <c>convert_f32_f16</c> / <c>convert_f32_bf16</c>.
+/// memory, a cp.async pipeline of <see cref="TensorCoreGemmTile.Stages"/> stages), the activation conversions
+/// <c>convert_f32_f16</c> / <c>convert_f32_bf16</c>, and <c>gemm_q8_0</c>: gemm_f16 with W read as Q8_0 blocks and
+/// widened to f16 inside the kernel.
 /// </summary>
 /// <remarks>
 /// NOTE: the module is unrolled per tile (registers cannot be indexed in PTX), so it is generated rather than typed; the
 /// embedded file is this generator's output, which <c>TensorCoreGemmTests</c> checks byte for byte, and the tests'
 /// PTX interpreter runs the embedded text itself. ASCII only: the driver's JIT rejects any other byte.
+/// <para>
+/// NOTE: gemm_q8_0 reads the device's Q8_0 rows as they are (the file's 34-byte blocks: an f16 scale, then 32 int8
+/// quants; <c>DeviceMatrix</c> uploads them unchanged for the row kernels). A block starts at an even byte only, which
+/// cp.async (4-, 8- or 16-byte aligned sources) cannot read, and a repacked copy with the quants and scales apart would
+/// change every Q8_0 row kernel or double the weights' memory. So W takes the register path: each thread loads its
+/// chunks' scale and quants with 2-byte loads for the tile Stages - 1 ahead, converts them after the current tile's
+/// mma (the load latency hides behind it) and stores the f16 chunks into the same swizzled stage layout that gemm_f16's
+/// copies fill; A keeps cp.async. BlockK is one Q8_0 block, so a k tile reads one block per W row.
+/// </para>
 /// </remarks>
 internal static class TensorCoreGemmPtx
 {
@@ -49,6 +59,13 @@ internal static class TensorCoreGemmPtx
             //
             // convert_f32_{f16,bf16}: dst[i] = round-to-nearest-even(src[i]), one element per thread.
             //
+            // gemm_q8_0: gemm_f16 (same parameters, grid, split-K and epilogue) with W[N, K] as Q8_0 blocks in GGUF layout
+            //   (34 bytes per 32 weights: f16 scale d, then int8 quants q; rows K / 32 blocks apart; K % 32 == 0, W 2-byte aligned).
+            //   Each weight becomes cvt.rn.f16.f32(d * q) in f32, as the slab dequantizer writes it, so the product equals
+            //   gemm_f16 over the widened matrix bit for bit. W is not copied with cp.async (blocks are only 2-byte aligned):
+            //   each thread loads its chunks' scale and 8 quants (2-byte loads) for tile kt + {{tile.Stages - 1}} while tile kt
+            //   is multiplied, then widens them and stores them (st.shared.v4) into the same swizzled layout.
+            //
             .version 7.8
             .target sm_80
             .address_size 64
@@ -67,6 +84,8 @@ internal static class TensorCoreGemmPtx
         EmitConvert(w, "convert_f32_f16", "f16");
         w.Raw("\n");
         EmitConvert(w, "convert_f32_bf16", "bf16");
+        w.Raw("\n");
+        EmitGemm(w, tile, "gemm_q8_0", "f16", weights: Weights.Q8_0);
         return w.ToString();
     }
 
@@ -76,8 +95,10 @@ internal static class TensorCoreGemmPtx
     /// over every k tile, W_z = W + z · p_w_stride elements; the row tile, pipeline and epilogue are the plain entry's
     /// with M's origin and limit moved to the group's rows, so each row's arithmetic is the same.
     /// </summary>
-    private static void EmitGemm(PtxWriter w, TensorCoreGemmTile t, string entry, string type, bool grouped = false)
+    /// <remarks>With <see cref="Weights.Q8_0"/>, W is read as Q8_0 blocks and widened in registers (see the class remarks).</remarks>
+    private static void EmitGemm(PtxWriter w, TensorCoreGemmTile t, string entry, string type, bool grouped = false, Weights weights = Weights.Halves)
     {
+        bool q8 = weights == Weights.Q8_0;
         int ca = t.ChunksAPerThread, cb = t.ChunksBPerThread, mi = t.FragmentsM, ni = t.FragmentsN;
         int rowsPerPass = t.Threads / 4;
         string rowParams = grouped
@@ -102,6 +123,7 @@ internal static class TensorCoreGemmPtx
 
             """);
         if (grouped) w.Raw("\t.reg .u32   group, row_end, wstride;\n\t.reg .u64   starts;\n\n");
+        if (q8) w.Raw($"\t.reg .b32   wq<{4 * cb}>, hq<4>;\n\t.reg .b16   ws<{cb}>;\n\t.reg .s32   qi;\n\t.reg .u32   nblocks;\n\t.reg .f32   qd, qf0, qf1;\n\t.reg .u64   qoff;\n\n");
         w.Line("ld.param.u64", "a_ptr, [p_a]");
         w.Line("ld.param.u64", "w_ptr, [p_w]");
         w.Line("ld.param.u64", "c_ptr, [p_c]");
@@ -135,7 +157,8 @@ internal static class TensorCoreGemmPtx
         w.Line("and.b32", "swz, swz, 3");
         w.SwizzledOffset("soff", "r", t.RowBytes, "chunk", "swz", "swizzled offset of the first copy in a tile");
         EmitRowPointers(w, ca, rowsPerPass, "pa", "ga", "m0", "m", "a_ptr");
-        EmitRowPointers(w, cb, rowsPerPass, "pb", "gb", "n0", "n", "w_ptr");
+        if (q8) EmitBlockPointers(w, cb, rowsPerPass);
+        else EmitRowPointers(w, cb, rowsPerPass, "pb", "gb", "n0", "n", "w_ptr");
 
         w.Comment("---- prologue: k tiles kbeg .. kbeg + " + (t.Stages - 2) + " into stages 0 .. " + (t.Stages - 2) + ", one commit group each");
         for (int s = 0; s < t.Stages - 1; s++)
@@ -144,7 +167,8 @@ internal static class TensorCoreGemmPtx
             w.Line("setp.ge.u32", "pdone, stg, kcount");
             w.Line("@pdone bra", $"PROLOGUE_{s}");
             w.Line("add.u32", $"ktl, kbeg, {s}");
-            EmitLoad(w, t, ca, cb, rowsPerPass);
+            EmitLoad(w, t, ca, cb, rowsPerPass, q8);
+            if (q8) EmitWidenStore(w, t, cb, rowsPerPass);
             w.Label($"PROLOGUE_{s}");
             w.Line("cp.async.commit_group", null);
         }
@@ -173,7 +197,7 @@ internal static class TensorCoreGemmPtx
         {
             w.Line("add.u32", "ktl, kbeg, stg");
             w.StageOf("stg", "stg", t.Stages);
-            EmitLoad(w, t, ca, cb, rowsPerPass);
+            EmitLoad(w, t, ca, cb, rowsPerPass, q8);
         });
         for (int kk = 0; kk < 2; kk++)
         {
@@ -185,6 +209,15 @@ internal static class TensorCoreGemmPtx
             for (int i = 0; i < mi; i++)
                 for (int j = 0; j < ni; j++)
                     w.MmaM16N8K16(type, "acc", (i * ni + j) * 4, "fa", 4 * i, "fb", 2 * j);
+        }
+        if (q8)
+        {
+            w.Comment($"W of tile kt + {t.Stages - 1} (loaded above, if any) widened into its stage now that tile kt's mma are issued");
+            w.Line("add.u32", $"tmp, kt, {t.Stages - 1}");
+            w.Line("setp.ge.u32", "pdone, tmp, kcount");
+            w.Line("@pdone bra", "NO_WIDEN");
+            EmitWidenStore(w, t, cb, rowsPerPass);
+            w.Label("NO_WIDEN");
         }
         w.PipelineLoopEnd("K_LOOP");
 
@@ -295,8 +328,11 @@ internal static class TensorCoreGemmPtx
         }
     }
 
-    /// <summary>Copies k tile <c>ktl</c> into stage <c>stg</c> (no commit).</summary>
-    private static void EmitLoad(PtxWriter w, TensorCoreGemmTile t, int ca, int cb, int rowsPerPass)
+    /// <summary>
+    /// Copies k tile <c>ktl</c> into stage <c>stg</c> (no commit); with <paramref name="q8"/>, copies A only and loads this
+    /// thread's W scales and quants of the tile into ws/wq (zero for rows at or past N) for <see cref="EmitWidenStore"/>.
+    /// </summary>
+    private static void EmitLoad(PtxWriter w, TensorCoreGemmTile t, int ca, int cb, int rowsPerPass, bool q8 = false)
     {
         w.Line("mad.lo.u32", $"sst, stg, {t.StageBytes}, sbase");
         w.Line("add.u32", "sst, sst, soff");
@@ -304,7 +340,7 @@ internal static class TensorCoreGemmPtx
         w.Line("mad.lo.u32", "kc, chunk, 8, kc", "first k of this thread's chunk");
         w.Line("setp.lt.u32", "pk, kc, k");
         w.Line("mul.wide.u32", "kbyte, ktl, 64");
-        for (int i = 0; i < ca + cb; i++)
+        for (int i = 0; i < ca + (q8 ? 0 : cb); i++)
         {
             bool a = i < ca;
             int idx = a ? i : i - ca;
@@ -315,6 +351,71 @@ internal static class TensorCoreGemmPtx
             w.Line("add.u32", $"tmp, sst, {(a ? 0 : t.StageABytes) + idx * rowsPerPass * t.RowBytes}");
             w.Line("cp.async.cg.shared.global", "[tmp], [gsrc], 16, sz");
         }
+        if (!q8) return;
+        w.Line("mul.wide.u32", "kbyte, ktl, 34", "block ktl of each W row");
+        for (int i = 0; i < cb; i++)
+        {
+            for (int e = 0; e < 4; e++) w.Line("mov.b32", $"wq{4 * i + e}, 0");
+            w.Line("mov.b16", $"ws{i}, 0");
+            w.Line("add.u64", $"gsrc, gb{i}, kbyte");
+            w.Line($"@pb{i} ld.global.nc.b16", $"ws{i}, [gsrc]", "the block's scale");
+            w.Line("add.u64", "gsrc, gsrc, qoff");
+            for (int e = 0; e < 4; e++) w.Line($"@pb{i} ld.global.nc.u16", $"wq{4 * i + e}, [gsrc+{2 * e}]", e == 0 ? "quants 8 chunk .. 8 chunk + 7, two a load" : null);
+        }
+    }
+
+    /// <summary>
+    /// Per W copy i: Q8_0 block pointer gb_i of row n0 + r + i · rows per pass in k tile 0 (pb_i: the row is below N), and
+    /// qoff = 2 + 8 · chunk, the bytes from a block's start to this thread's quants.
+    /// </summary>
+    private static void EmitBlockPointers(PtxWriter w, int count, int rowsPerPass)
+    {
+        w.Line("shr.u32", "nblocks, k, 5", "Q8_0 blocks per W row");
+        w.Line("mad.lo.u32", "tmp, chunk, 8, 2");
+        w.Line("cvt.u64.u32", "qoff, tmp");
+        for (int i = 0; i < count; i++)
+        {
+            w.Line("add.u32", $"tmp, r, {i * rowsPerPass}");
+            w.Line("add.u32", "tmp, tmp, n0");
+            w.Line("setp.lt.u32", $"pb{i}, tmp, n");
+            w.Line("mul.lo.u32", "tmp, tmp, nblocks");
+            w.Line("mul.wide.u32", "tmp64, tmp, 34");
+            w.Line("add.u64", $"gb{i}, w_ptr, tmp64");
+        }
+    }
+
+    /// <summary>
+    /// Widens the W chunks <see cref="EmitLoad"/> left in ws/wq to f16, each weight <c>cvt.rn.f16.f32(d * q)</c> with
+    /// d the scale in f32 (the slab dequantizer's arithmetic), and stores them to their swizzled places in stage sst.
+    /// </summary>
+    private static void EmitWidenStore(PtxWriter w, TensorCoreGemmTile t, int cb, int rowsPerPass)
+    {
+        for (int i = 0; i < cb; i++)
+        {
+            w.Line("cvt.f32.f16", $"qd, ws{i}");
+            for (int e = 0; e < 4; e++)
+            {
+                w.Line("bfe.s32", $"qi, wq{4 * i + e}, 0, 8");
+                w.Line("cvt.rn.f32.s32", "qf0, qi");
+                w.Line("mul.rn.f32", "qf0, qf0, qd");
+                w.Line("bfe.s32", $"qi, wq{4 * i + e}, 8, 8");
+                w.Line("cvt.rn.f32.s32", "qf1, qi");
+                w.Line("mul.rn.f32", "qf1, qf1, qd");
+                w.Line("cvt.rn.f16x2.f32", $"hq{e}, qf1, qf0", e == 0 ? "upper half from the first operand" : null);
+            }
+            w.Line("add.u32", $"tmp, sst, {t.StageABytes + i * rowsPerPass * t.RowBytes}");
+            w.Line("st.shared.v4.b32", "[tmp], {hq0, hq1, hq2, hq3}");
+        }
+    }
+
+    /// <summary>How a product's W reaches shared memory.</summary>
+    private enum Weights
+    {
+        /// <summary>f16/bf16 rows, copied with cp.async.</summary>
+        Halves,
+
+        /// <summary>Q8_0 blocks, loaded to registers and widened to f16 (gemm_q8_0).</summary>
+        Q8_0,
     }
 
     /// <summary>c[i / n, i % n] (rows ldc apart) = sum over z in order of ws[z, i] (the split-K partials), one element per thread.</summary>

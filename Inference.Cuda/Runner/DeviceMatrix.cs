@@ -16,9 +16,10 @@ namespace Inference.Cuda.Runner;
 /// Products of many rows: F16 runs on the tensor-core kernel from <see cref="TensorCoreMinRows"/> rows (an expert stack's
 /// from that many tokens, on its grouped form); with
 /// <see cref="PtxTensorCoreGemm.QuantizedProducts"/>, Q8_0 and the block types from <see cref="QuantizedTensorCoreMinRows"/>
-/// rows are widened to f16 a slab of rows at a time (<see cref="DequantizedSlabs"/>, <see cref="LayerKernels.DequantizeToHalf"/>)
-/// and multiplied there too, slab by slab into their output columns (as llama.cpp's CUDA backend does for large
-/// batches). Otherwise they stay on their row kernels for every batch (a group walks <see cref="MatMulKernels.BatchChunk"/>
+/// rows run there too: Q8_0 on <see cref="PtxTensorCoreGemm.RunQ8_0"/>, which reads the blocks as uploaded and widens
+/// them to f16 inside the kernel (no workspace); the block types widened to f16 a slab of rows at a time
+/// (<see cref="DequantizedSlabs"/>, <see cref="LayerKernels.DequantizeToHalf"/>) and multiplied slab by slab into their
+/// output columns (as llama.cpp's CUDA backend does for large batches). Otherwise they stay on their row kernels for every batch (a group walks <see cref="MatMulKernels.BatchChunk"/>
 /// items over the same rows, 4 per weight load, re-reading the row from cache).
 /// </remarks>
 internal sealed unsafe class DeviceMatrix : IDisposable
@@ -134,7 +135,10 @@ internal sealed unsafe class DeviceMatrix : IDisposable
     /// <remarks>NOTE: not tuned on a device yet (docs/gpu-results.md lists the path as unmeasured).</remarks>
     public const int QuantizedTensorCoreMinRows = 64;
 
-    /// <summary>Whether <see cref="MatMul"/> with <paramref name="batch"/> rows widens this matrix to f16 slab by slab for the tensor-core kernel.</summary>
+    /// <summary>
+    /// Whether <see cref="MatMul"/> with <paramref name="batch"/> rows runs this quantized matrix on the tensor cores:
+    /// Q8_0 widened inside the kernel, the block types slab by slab.
+    /// </summary>
     public bool UsesDequantizedTensorCores(PtxTensorCoreGemm? gemm, int batch) =>
         gemm is { QuantizedProducts: true } && LayerKernels.DequantizesToHalf(Type) && batch >= QuantizedTensorCoreMinRows && Cols % 8 == 0;
 
@@ -154,7 +158,8 @@ internal sealed unsafe class DeviceMatrix : IDisposable
         }
         if (UsesDequantizedTensorCores(gemm, batch))
         {
-            MatMulDequantized(kernels, gemm!, x, y, batch);
+            if (Type == GgmlType.Q8_0) gemm!.MatMulQ8_0(w, x, y, batch, Rows, Cols);
+            else MatMulDequantized(kernels, gemm!, x, y, batch);
             return;
         }
         switch (Type)
@@ -216,7 +221,7 @@ internal sealed unsafe class DeviceMatrix : IDisposable
     }
 
     /// <summary>
-    /// The slab path: the activations converted to f16 once, then per slab of rows its weights widened into the shared
+    /// The slab path (block types): the activations converted to f16 once, then per slab of rows its weights widened into the shared
     /// workspace and multiplied into columns <c>first .. first + count</c> of <paramref name="y"/> (rows <see cref="Rows"/> apart).
     /// </summary>
     private void MatMulDequantized(LayerKernels kernels, PtxTensorCoreGemm gemm, ArrayView<float> x, ArrayView<float> y, int batch)

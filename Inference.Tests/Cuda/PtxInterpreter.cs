@@ -18,7 +18,8 @@ namespace Inference.Tests.Cuda;
 /// find all 32 lanes at them and <c>bar.sync</c> every live lane. A CTA's warps run one after another up to each
 /// <c>bar.sync</c>.</para>
 /// <para>Checks besides the arithmetic: every global access within an allocation and aligned to its width; shared memory
-/// read by <c>ldmatrix</c> only after a <c>cp.async</c> that wrote it was waited for by its thread and a barrier followed;
+/// read by <c>ldmatrix</c> only after a <c>cp.async</c> that wrote it was waited for by its thread (or a <c>st.shared</c>
+/// wrote it) and a barrier followed, and not overwritten by a plain store before the next barrier;
 /// a <c>cp.async</c> never targets shared bytes another copy has pending or that were read since the last barrier (a
 /// write-after-read race). Plain <c>ld.shared</c>/<c>st.shared</c> are checked byte by byte: a read of bytes never
 /// written, or written by another thread (or by a copy) without a <c>bar.sync</c> since, fails, and so does a store to
@@ -251,12 +252,11 @@ internal sealed class PtxInterpreter
         private readonly int _threads;
         private readonly byte[] _shared;
         private readonly int[] _pendingBy;       // per 16-byte shared chunk: thread with a copy in flight, or -1
-        private readonly int[] _landedEpoch;     // epoch its last copy landed in, -1 never written
         private readonly int[] _readEpoch;       // epoch it was last read in
         private readonly int[] _writer;          // per shared byte: thread of its last plain store, Async after a copy, -1 never written
         private readonly int[] _writeEpoch;      // epoch of that write
         private readonly int[] _reader;          // per shared byte: thread of its reads in _byteReadEpoch, Several if more than one
-        private readonly int[] _byteReadEpoch;   // epoch it was last read in by a plain load, -1 never
+        private readonly int[] _byteReadEpoch;   // epoch it was last read in by a plain load or ldmatrix, -1 never
         private const int Async = -2, Several = -2;
         private readonly List<List<Copy>>[] _groups;
         private readonly List<Copy>[] _open;
@@ -271,7 +271,6 @@ internal sealed class PtxInterpreter
             new Random(id.X * 7919 + id.Y * 31 + id.Z).NextBytes(_shared);   // poison
             int chunks = (k.SharedBytes + 15) / 16;
             _pendingBy = Enumerable.Repeat(-1, chunks).ToArray();
-            _landedEpoch = Enumerable.Repeat(-1, chunks).ToArray();
             _readEpoch = Enumerable.Repeat(-1, chunks).ToArray();
             _writer = Enumerable.Repeat(-1, k.SharedBytes).ToArray();
             _writeEpoch = Enumerable.Repeat(-1, k.SharedBytes).ToArray();
@@ -429,7 +428,7 @@ internal sealed class PtxInterpreter
                         case "ld.param.u64": case "ld.param.u32": case "ld.param.f32":
                             Set(_args[Array.IndexOf(_k.Params, a[1].Base!.Name)]);
                             break;
-                        case "cvta.to.global.u64": case "mov.u64": case "mov.u32": case "mov.f32": case "mov.pred": case "cvt.u64.u32":
+                        case "cvta.to.global.u64": case "mov.u64": case "mov.u32": case "mov.f32": case "mov.pred": case "cvt.u64.u32": case "mov.b16":
                             Set(R(1));
                             break;
                         case "mov.b32":
@@ -457,6 +456,19 @@ internal sealed class PtxInterpreter
                         case "selp.f32": Set(R(3) != 0 ? R(1) : R(2)); break;
                         case "cvt.rn.f16x2.f32":   // d = {a -> upper half, b -> lower half}
                             Set(BitConverter.HalfToUInt16Bits((Half)F(R(2))) | (ulong)BitConverter.HalfToUInt16Bits((Half)F(R(1))) << 16);
+                            break;
+                        case "cvt.rn.f32.s32":   // exact below 2^24 in magnitude, else rounded to nearest even
+                            Set(Bits((float)(int)(uint)R(1)));
+                            break;
+                        case "bfe.s32":   // bits pos .. pos + len - 1 of a, sign-extended from the highest
+                        {
+                            int pos = (int)(R(2) & 0xFF), len = (int)(R(3) & 0xFF);
+                            if (len is < 1 or > 32 || pos + len > 32) throw new NotSupportedException($"{_k.Name}: bfe.s32 of bits {pos} .. {pos + len - 1}");
+                            Set((uint)((int)((uint)R(1) << (32 - pos - len)) >> (32 - len)));
+                            break;
+                        }
+                        case "ld.global.nc.u16": case "ld.global.nc.b16":   // zero-extended into the register
+                            Set(BitConverter.ToUInt16(Global(Address(w, a[1], lane), 2)));
                             break;
                         case "cvt.f32.f16":   // exact
                             Set(Bits((float)BitConverter.UInt16BitsToHalf((ushort)R(1))));
@@ -486,6 +498,14 @@ internal sealed class PtxInterpreter
                         {
                             Span<byte> value = stackalloc byte[4];
                             BitConverter.TryWriteBytes(value, (uint)R(1));
+                            StoreShared(thread, (int)Address(w, a[0], lane), value);
+                            break;
+                        }
+                        case "st.shared.v4.b32":
+                        {
+                            var regs = a[1].Regs!;
+                            Span<byte> value = stackalloc byte[4 * regs.Length];
+                            for (int e = 0; e < regs.Length; e++) BitConverter.TryWriteBytes(value[(4 * e)..], (uint)w.R[regs[e] * 32 + lane]);
                             StoreShared(thread, (int)Address(w, a[0], lane), value);
                             break;
                         }
@@ -648,7 +668,6 @@ internal sealed class PtxInterpreter
             dst.Clear();
             if (c.Size > 0) _mem.Bytes(c.Src, c.Size).CopyTo(dst);
             _pendingBy[chunk] = -1;
-            _landedEpoch[chunk] = _epoch;
             _writer.AsSpan(chunk * 16, 16).Fill(Async);
             _writeEpoch.AsSpan(chunk * 16, 16).Fill(_epoch);
         }
@@ -700,8 +719,16 @@ internal sealed class PtxInterpreter
         {
             int chunk = Chunk(address, 16);
             if (_pendingBy[chunk] >= 0) throw new InvalidOperationException($"{_k.Name}: reads shared 0x{address:X} while a copy to it is in flight");
-            if (_landedEpoch[chunk] < 0) throw new InvalidOperationException($"{_k.Name}: reads shared 0x{address:X} never written");
-            if (_landedEpoch[chunk] >= _epoch) throw new InvalidOperationException($"{_k.Name}: reads shared 0x{address:X} without a barrier after its copy landed");
+            for (int i = chunk * 16; i < chunk * 16 + 16; i++)
+            {
+                if (_writer[i] == -1) throw new InvalidOperationException($"{_k.Name}: reads shared 0x{address:X} never written");
+                if (_writeEpoch[i] >= _epoch)
+                    throw new InvalidOperationException(_writer[i] == Async
+                        ? $"{_k.Name}: reads shared 0x{address:X} without a barrier after its copy landed"
+                        : $"{_k.Name}: reads shared 0x{address:X} stored by thread {_writer[i]} without a barrier between");
+                _reader[i] = Several;   // the row goes to other lanes: no thread may store over it before a barrier
+                _byteReadEpoch[i] = _epoch;
+            }
             _readEpoch[chunk] = _epoch;
             return _shared.AsSpan(chunk * 16, 16);
         }

@@ -84,6 +84,50 @@ public class TensorCoreGemmGpuTests
         }
     }
 
+    /// <summary>
+    /// gemm_q8_0 (Q8_0 widened inside the kernel) against the path it replaces on the device — the matrix widened by
+    /// <see cref="LayerKernels.DequantizeToHalf"/> and multiplied by gemm_f16 with the same split-K — bit for bit, and
+    /// against the Q8_0 row kernel within the f32 accumulation-order bound (f16-exact activations).
+    /// </summary>
+    [TestCase(64, 512, 2048)]
+    [TestCase(130, 136, 96)]
+    [TestCase(512, 2048, 5632)]
+    public void Q8_0GemmMatchesTheSlabPath(int m, int n, int k)
+    {
+        var backend = GpuTestBackend.RequireDevice();
+        var acc = backend.Accelerator;
+        var rng = new Random(m * 3 + n + k);
+        var blocks = Inference.Tests.Kernels.MatMulKernelTests.RandomBlocks(rng, Inference.Loading.GgmlType.Q8_0, n, k);
+        var xHost = new float[(long)m * k];
+        for (int i = 0; i < xHost.Length; i++) xHost[i] = (float)(Half)(rng.NextSingle() * 2 - 1);
+        var kernels = new LayerKernels(acc);
+        using var w = acc.Allocate1D(blocks);
+        using var widened = acc.Allocate1D<ushort>((long)n * k);
+        using var x = acc.Allocate1D(xHost);
+        using var y = acc.Allocate1D<float>((long)m * n);
+        using var ySlab = acc.Allocate1D<float>((long)m * n);
+        using var yRow = acc.Allocate1D<float>((long)m * n);
+        y.View.MemSet((byte)0xFF);
+        ySlab.View.MemSet((byte)0xFF);
+        yRow.View.MemSet((byte)0xFF);
+        using var gemm = new PtxTensorCoreGemm(acc);
+        gemm.MatMulQ8_0(w.View, x.View, y.View, m, n, k);
+        kernels.DequantizeToHalf(Inference.Loading.GgmlType.Q8_0, w.View, widened.View, n, k);
+        gemm.MatMul(TensorCoreElement.F16, ((ArrayView<ushort>)widened.View).Cast<byte>(), x.View, ySlab.View, m, n, k);
+        kernels.MatMulQ8_0(w.View, x.View, yRow.View, n, k, m);
+        acc.Synchronize();
+        var a = y.GetAsArray1D();
+        var slab = ySlab.GetAsArray1D();
+        var row = yRow.GetAsArray1D();
+        double scale = row.Max(v => Math.Abs(v));
+        for (int i = 0; i < a.Length; i++)
+        {
+            if (BitConverter.SingleToInt32Bits(a[i]) != BitConverter.SingleToInt32Bits(slab[i]))
+                Assert.Fail($"element {i}: in-kernel widening {a[i]}, slab path {slab[i]}");
+            Assert.That(Math.Abs(a[i] - row[i]), Is.LessThanOrEqualTo(1e-4 * scale), $"element {i}: {a[i]} vs the row kernel's {row[i]}");
+        }
+    }
+
     [Test]
     public void CapturedGraphReplaysTheConversion()
     {

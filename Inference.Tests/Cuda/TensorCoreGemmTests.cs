@@ -36,7 +36,7 @@ public class TensorCoreGemmTests
         Assert.That(s, Does.Contain("ldmatrix.sync.aligned.m8n8.x4.shared.b16"));
         Assert.That(s, Does.Contain("cp.async.cg.shared.global"));
         Assert.That(s, Does.Contain("cp.async.wait_group"));
-        foreach (var entry in new[] { "gemm_f16", "gemm_bf16", "gemm_reduce_splits", "gemm_grouped_f16", "gemm_grouped_bf16", "convert_f32_f16", "convert_f32_bf16" })
+        foreach (var entry in new[] { "gemm_f16", "gemm_bf16", "gemm_reduce_splits", "gemm_grouped_f16", "gemm_grouped_bf16", "convert_f32_f16", "convert_f32_bf16", "gemm_q8_0" })
             Assert.That(s, Does.Contain($".visible .entry {entry}("));
         int bad = s.ToList().FindIndex(c => c > 127);
         Assert.That(bad, Is.EqualTo(-1), () => $"non-ASCII character U+{(int)s[bad]:X4} at offset {bad}");
@@ -212,19 +212,24 @@ public class TensorCoreGemmTests
     /// writes C; several write partials [splits, M, N] that gemm_reduce_splits sums into C.
     /// </summary>
     internal static void Launch(PtxInterpreter ptx, PtxInterpreter.Memory mem, bool bf16, ulong pa, ulong pw, ulong pc,
+        int m, int n, int k, int splits, int perSplit, int ldc) =>
+        Launch(ptx, mem, bf16 ? "gemm_bf16" : "gemm_f16", pa, pw, pc, m, n, k, splits, perSplit, ldc);
+
+    /// <summary>The plain product entry <paramref name="entry"/> (gemm_f16, gemm_bf16 or gemm_q8_0) as the launcher runs it.</summary>
+    internal static void Launch(PtxInterpreter ptx, PtxInterpreter.Memory mem, string entry, ulong pa, ulong pw, ulong pc,
         int m, int n, int k, int splits, int perSplit, int ldc)
     {
         var t = TensorCoreGemmTile.Default;
         var grid = ((n + t.BlockN - 1) / t.BlockN, (m + t.BlockM - 1) / t.BlockM, splits);
         if (splits == 1)
         {
-            ptx.Launch(bf16 ? "gemm_bf16" : "gemm_f16", grid, t.Threads, mem, pa, pw, pc, (ulong)m, (ulong)n, (ulong)k, (ulong)perSplit, (ulong)ldc);
+            ptx.Launch(entry, grid, t.Threads, mem, pa, pw, pc, (ulong)m, (ulong)n, (ulong)k, (ulong)perSplit, (ulong)ldc);
             return;
         }
         int partialBytes = m * n * 4;
         ulong partials = mem.Alloc(splits * partialBytes);
         System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(mem.Bytes(partials, splits * partialBytes)).Fill(float.NaN);
-        ptx.Launch(bf16 ? "gemm_bf16" : "gemm_f16", grid, t.Threads, mem, pa, pw, partials, (ulong)m, (ulong)n, (ulong)k, (ulong)perSplit, (ulong)n);
+        ptx.Launch(entry, grid, t.Threads, mem, pa, pw, partials, (ulong)m, (ulong)n, (ulong)k, (ulong)perSplit, (ulong)n);
         ptx.Launch("gemm_reduce_splits", ((m * n + 255) / 256, 1, 1), 256, mem, partials, pc, (ulong)(m * n), (ulong)splits, (ulong)n, (ulong)ldc);
     }
 
