@@ -33,7 +33,7 @@
 #         rounds activations to Q8_K); and for a Q8_0 copy and the Q4_K_M copy, prefill of 64 x 512-token prompts
 #         (--quick: 16) with CudaOptions.QuantizedTensorCoreMatMul on and off: prompt tokens/s, first tokens on = off,
 #         the first prompt's greedy tokens vs the CPU engine. Needs ~3 GB of temporary disk; nothing beyond the runner is carried.
-#     Writes OUTDIR/{device.txt,checks.tsv,bench.tsv,matmul.tsv,gemm.tsv,flash.tsv,e2e.tsv,summary.md,nvidia-smi.txt,runner.log}.
+#     Writes OUTDIR/{device.txt,checks.tsv,bench.tsv,matmul.tsv,gemm.tsv,gemm_q8_0.tsv,flash.tsv,e2e.tsv,summary.md,nvidia-smi.txt,runner.log}.
 #     Exit status: 0 all checks passed, 1 a check failed, 2 no CUDA device, other: runner crashed.
 set -euo pipefail
 
