@@ -15,6 +15,13 @@ internal enum TensorCoreElement
 }
 
 /// <summary>
+/// f32 activations <c>[M, K]</c> converted to <see cref="Type"/> in <see cref="PtxTensorCoreGemm"/>'s staging buffer at
+/// <see cref="Address"/> (<see cref="PtxTensorCoreGemm.Stage"/>), for products that read one conversion; valid until the
+/// launcher's next conversion of activations (the <see cref="Staging"/>-th), which its products check.
+/// </summary>
+internal readonly record struct StagedActivations(TensorCoreElement Type, IntPtr Address, int M, int K, int Staging);
+
+/// <summary>
 /// Launches the tensor-core matrix product of <c>Ptx/gemm_tensor_core.ptx</c> (see <see cref="TensorCoreGemmTile"/>):
 /// <c>C[M, N] = A[M, K] · W[N, K]ᵀ</c> with f16 or bf16 inputs and f32 accumulation, and the conversion of f32
 /// activations to the input type.
@@ -28,6 +35,7 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
     private MemoryBuffer1D<ushort, Stride1D.Dense>? _staging;     // activations converted to f16/bf16, [M, K]
     private MemoryBuffer1D<float, Stride1D.Dense>? _partials;     // split-K partial products, [splits, M, N]
     private MemoryBuffer1D<ushort, Stride1D.Dense>? _workspace;   // weights widened to f16, a slab of rows at a time
+    private int _stagings;                                        // conversions into _staging so far: a StagedActivations' number
 
     public PtxTensorCoreGemm(CudaAccelerator accelerator)
     {
@@ -237,26 +245,22 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         int groups, int maxRows, int rows, int n, int k)
     {
         CheckGroupedViews(w, y, starts, groups, maxRows, rows, n, k);
-        RunGrouped(type, StageActivations(type, x, rows, k), w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(),
-            starts.LoadEffectiveAddressAsPtr(), groups, maxRows, rows, n, k);
+        MatMulGrouped(Stage(type, x, rows, k), w, y, starts, groups, maxRows, n);
     }
 
     /// <summary>
-    /// Two grouped products over the same f32 activations <paramref name="x"/> <c>[rows, k]</c> (a block's gate and up
-    /// stacks over its gathered rows): converts them to <paramref name="type"/> once, then runs <paramref name="w0"/>'s
-    /// groups into <paramref name="y0"/> and <paramref name="w1"/>'s into <paramref name="y1"/>, both reading that one
-    /// staging copy. Each output equals <see cref="MatMulGrouped"/> of its stack alone bit for bit (the conversion is
-    /// deterministic).
+    /// <see cref="MatMulGrouped(TensorCoreElement, ArrayView{byte}, ArrayView{float}, ArrayView{float}, ArrayView{int}, int, int, int, int, int)"/>
+    /// over activations converted before (<see cref="Stage"/>, <c>[rows, k]</c> = <c>[a.M, a.K]</c>): products of several
+    /// stacks over the same rows (a block's gate and up) read one conversion, each output bit for bit as with its own.
     /// </summary>
     /// <exception cref="ArgumentException">See <see cref="CheckGroupedShape"/>; or a view is shorter than its matrix.</exception>
-    public void MatMulGroupedPair(TensorCoreElement type, ArrayView<byte> w0, ArrayView<byte> w1, ArrayView<float> x,
-        ArrayView<float> y0, ArrayView<float> y1, ArrayView<int> starts, int groups, int maxRows, int rows, int n, int k)
+    /// <exception cref="InvalidOperationException"><paramref name="a"/> was overwritten by a later conversion.</exception>
+    public void MatMulGrouped(in StagedActivations a, ArrayView<byte> w, ArrayView<float> y, ArrayView<int> starts, int groups, int maxRows, int n)
     {
-        CheckGroupedViews(w0, y0, starts, groups, maxRows, rows, n, k);
-        CheckGroupedViews(w1, y1, starts, groups, maxRows, rows, n, k);
-        IntPtr a = StageActivations(type, x, rows, k), s = starts.LoadEffectiveAddressAsPtr();
-        RunGrouped(type, a, w0.LoadEffectiveAddressAsPtr(), y0.LoadEffectiveAddressAsPtr(), s, groups, maxRows, rows, n, k);
-        RunGrouped(type, a, w1.LoadEffectiveAddressAsPtr(), y1.LoadEffectiveAddressAsPtr(), s, groups, maxRows, rows, n, k);
+        CheckCurrent(a);
+        CheckGroupedViews(w, y, starts, groups, maxRows, a.M, n, a.K);
+        RunGrouped(a.Type, a.Address, w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(), starts.LoadEffectiveAddressAsPtr(),
+            groups, maxRows, a.M, n, a.K);
     }
 
     private static void CheckGroupedViews(ArrayView<byte> w, ArrayView<float> y, ArrayView<int> starts, int groups, int maxRows, int rows, int n, int k)
@@ -289,10 +293,45 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
     /// </summary>
     public void MatMul(TensorCoreElement type, ArrayView<byte> w, ArrayView<float> x, ArrayView<float> y, int m, int n, int k)
     {
+        CheckViews(w, y, m, n, k);
+        MatMul(Stage(type, x, m, k), w, y, n);
+    }
+
+    /// <summary>
+    /// <c>y[M, N] = a · w[N, K]ᵀ</c> over activations converted before (<see cref="Stage"/>, <c>[M, K]</c> =
+    /// <c>[a.M, a.K]</c>): products of several matrices over the same input (q, k and v) read one conversion, each output
+    /// bit for bit as with its own (the conversion is deterministic).
+    /// </summary>
+    /// <exception cref="ArgumentException">See <see cref="CheckShape"/>; or a view is shorter than its matrix.</exception>
+    /// <exception cref="InvalidOperationException"><paramref name="a"/> was overwritten by a later conversion.</exception>
+    public void MatMul(in StagedActivations a, ArrayView<byte> w, ArrayView<float> y, int n)
+    {
+        CheckCurrent(a);
+        CheckViews(w, y, a.M, n, a.K);
+        Run(a.Type, a.Address, w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(), a.M, n, a.K);
+    }
+
+    private static void CheckViews(ArrayView<byte> w, ArrayView<float> y, int m, int n, int k)
+    {
         CheckShape(m, n, k);
         if (y.Length < (long)m * n || w.Length < (long)n * k * 2)
             throw new ArgumentException("a view is shorter than its matrix");
-        Run(type, StageActivations(type, x, m, k), w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(), m, n, k);
+    }
+
+    /// <summary>
+    /// <see cref="StageActivations"/> as a handle the products over it check: valid until the next conversion of
+    /// activations (any <see cref="StageActivations"/>, the slab path's included).
+    /// </summary>
+    public StagedActivations Stage(TensorCoreElement type, ArrayView<float> x, int m, int k)
+    {
+        IntPtr address = StageActivations(type, x, m, k);
+        return new StagedActivations(type, address, m, k, _stagings);
+    }
+
+    private void CheckCurrent(in StagedActivations a)
+    {
+        if (a.Address == IntPtr.Zero || a.Staging != _stagings)
+            throw new InvalidOperationException("the staged activations were overwritten by a later conversion (or never staged): stage them again");
     }
 
     /// <summary>
@@ -311,6 +350,7 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         }
         IntPtr staging = ((ArrayView<ushort>)_staging.View).LoadEffectiveAddressAsPtr();
         Convert(type, x.LoadEffectiveAddressAsPtr(), staging, (int)count);
+        _stagings++;
         return staging;
     }
 

@@ -25,7 +25,8 @@ namespace Inference.Cuda.Runner;
 ///  on the device, the steps of the plan (<see cref="DeviceStepPlan"/>, fused runs of operations: Add + RmsNorm,
 ///  Rope(Q) + Rope(K) + K/V write, gate/up MatMul + SwiGlu/GeGlu), each other operation in order, one kernel (or a few):
 ///    Embed → gather · RmsNorm → rmsnorm · MatMul → one matmul per output (F16 weights and ≥ 16 rows on CUDA: the
-///    tensor-core kernel of Ptx/gemm_tensor_core.ptx) · AddBias · Rope → rope from the tables
+///    tensor-core kernel of Ptx/gemm_tensor_core.ptx, the outputs' products reading one f16 copy of the input)
+///    · AddBias · Rope → rope from the tables
 ///    Attention → K/V to the pool slots, then paged attention · Add · SwiGlu · GatherLogitRows → gather
 ///    MixtureOfExperts → router product, routing, the chosen experts' products (<see cref="DeviceMixtureOfExperts"/>)
 ///  then the logits buffer [L, vocab] → host
@@ -356,9 +357,17 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
             {
                 var src = View(s, op.Src, n, logitCount);
                 int rows = g.Buffers[op.Src].LogitRows ? logitCount : n;
-                _matrices[op.W0]!.MatMul(_kernels, gemm, src, View(s, op.Dst, n, logitCount), rows);
-                if (op.W1 >= 0) _matrices[op.W1]!.MatMul(_kernels, gemm, src, View(s, op.Dst2, n, logitCount), rows);
-                if (op.W2 >= 0) _matrices[op.W2]!.MatMul(_kernels, gemm, src, View(s, op.Dst3, n, logitCount), rows);
+                if (op.W1 < 0)
+                {
+                    _matrices[op.W0]!.MatMul(_kernels, gemm, src, View(s, op.Dst, n, logitCount), rows);
+                    break;
+                }
+                // q, k and v (or gate and up) read one conversion of src where they share a tensor-core input type
+                ReadOnlySpan<DeviceMatrix> matrices = [_matrices[op.W0]!, _matrices[op.W1]!, op.W2 >= 0 ? _matrices[op.W2]! : null!];
+                ReadOnlySpan<ArrayView<float>> outputs =
+                    [View(s, op.Dst, n, logitCount), View(s, op.Dst2, n, logitCount), op.W2 >= 0 ? View(s, op.Dst3, n, logitCount) : default];
+                int count = op.W2 >= 0 ? 3 : 2;
+                DeviceMatrix.MatMulSameInput(_kernels, gemm, src, rows, matrices[..count], outputs[..count]);
                 break;
             }
             case OpKind.AddBias:

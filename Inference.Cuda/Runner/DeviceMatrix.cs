@@ -151,9 +151,9 @@ internal sealed unsafe class DeviceMatrix : IDisposable
     public void MatMul(LayerKernels kernels, PtxTensorCoreGemm? gemm, ArrayView<float> x, ArrayView<float> y, int batch)
     {
         ArrayView<byte> w = _buffer.View;
-        if (UsesTensorCores(gemm, batch))
+        if (TensorCoreInput(gemm, batch) is { } input)
         {
-            gemm!.MatMul(TensorCoreElement.F16, w, x, y, batch, Rows, Cols);
+            gemm!.MatMul(input, w, x, y, batch, Rows, Cols);
             return;
         }
         if (UsesDequantizedTensorCores(gemm, batch))
@@ -175,7 +175,7 @@ internal sealed unsafe class DeviceMatrix : IDisposable
     /// Every expert's product of a stack (<see cref="UploadExperts"/>) in one launch: expert e's rows <c>starts[e] …</c>
     /// of x, <c>[·, cols]</c>, into the same rows of y, <c>[·, rows]</c>. An F16 stack with <see cref="UsesTensorCores"/>
     /// at <paramref name="maxRows"/> rows runs on the grouped tensor-core kernel
-    /// (<see cref="PtxTensorCoreGemm.MatMulGrouped"/>: x staged to f16, one CTA column of row tiles per expert, tiles
+    /// (<see cref="PtxTensorCoreGemm.MatMulGrouped(TensorCoreElement, ArrayView{byte}, ArrayView{float}, ArrayView{float}, ArrayView{int}, int, int, int, int, int)"/>: x staged to f16, one CTA column of row tiles per expert, tiles
     /// past an expert's rows return at once); any other, and every product without <paramref name="gemm"/>, on the row
     /// kernels (<see cref="LayerKernels.MatMulExperts"/>).
     /// </summary>
@@ -194,30 +194,75 @@ internal sealed unsafe class DeviceMatrix : IDisposable
     /// </remarks>
     public void MatMulExperts(LayerKernels kernels, PtxTensorCoreGemm? gemm, ArrayView<float> x, ArrayView<float> y, ArrayView<int> starts, int rows, int maxRows)
     {
-        if (UsesTensorCores(gemm, maxRows))
+        if (TensorCoreInput(gemm, maxRows) is { } input)
         {
-            gemm!.MatMulGrouped(TensorCoreElement.F16, _buffer.View, x, y, starts, Experts, maxRows, rows, Rows, Cols);
+            gemm!.MatMulGrouped(input, _buffer.View, x, y, starts, Experts, maxRows, rows, Rows, Cols);
             return;
         }
         kernels.MatMulExperts(Type, _buffer.View, x, y, starts, Experts, Rows, Cols, maxRows);
     }
 
     /// <summary>
-    /// <see cref="MatMulExperts"/> of this stack (a block's gate) into <paramref name="y"/> and of <paramref name="up"/>
-    /// into <paramref name="upY"/>, over the same rows x: where both run on the grouped tensor-core kernel, x is staged to
-    /// f16 once and both products read that copy (<see cref="PtxTensorCoreGemm.MatMulGroupedPair"/>); otherwise the two
-    /// products run one after the other. Either way each output equals its own <see cref="MatMulExperts"/> bit for bit.
+    /// The tensor-core input type <see cref="MatMul"/> with <paramref name="batch"/> rows (<see cref="MatMulExperts"/>
+    /// with that many tokens) converts the activations to, or null where it runs elsewhere: the row kernels, or the
+    /// quantized tensor-core paths (gemm_q8_0, the f16 slabs), which convert on their own.
     /// </summary>
-    public void MatMulGateUpExperts(LayerKernels kernels, PtxTensorCoreGemm? gemm, DeviceMatrix up, ArrayView<float> x, ArrayView<float> y,
-        ArrayView<float> upY, ArrayView<int> starts, int rows, int maxRows)
+    public TensorCoreElement? TensorCoreInput(PtxTensorCoreGemm? gemm, int batch) => UsesTensorCores(gemm, batch) ? TensorCoreElement.F16 : null;
+
+    /// <summary>
+    /// <c>outputs[i] = x · matrices[i]ᵀ</c> for several matrices over the same activations x <c>[batch, cols]</c> (an
+    /// op's q, k and v or gate and up; a mixture-of-experts block's router and shared gate and up), each bit for bit as
+    /// its own <see cref="MatMul"/> gives it; the matrices that run on the tensor-core kernel with one input type
+    /// (<see cref="TensorCoreInput"/>) read one conversion of x (<see cref="SharedConversions.Plan"/>).
+    /// </summary>
+    /// <exception cref="ArgumentException">The spans differ in length, or the matrices in columns.</exception>
+    public static void MatMulSameInput(LayerKernels kernels, PtxTensorCoreGemm? gemm, ArrayView<float> x, int batch,
+        ReadOnlySpan<DeviceMatrix> matrices, ReadOnlySpan<ArrayView<float>> outputs) =>
+        MatMulSameInput(kernels, gemm, x, batch, null, matrices, outputs);
+
+    /// <summary>
+    /// <see cref="MatMulExperts"/> of several stacks over the same rows x (a block's gate and up) into
+    /// <paramref name="outputs"/>, each bit for bit as its own; the stacks on the grouped tensor-core kernel with one input
+    /// type read one conversion of x.
+    /// </summary>
+    /// <exception cref="ArgumentException">The spans differ in length, or the stacks in columns.</exception>
+    public static void MatMulExpertsSameInput(LayerKernels kernels, PtxTensorCoreGemm? gemm, ArrayView<float> x, ArrayView<int> starts,
+        int rows, int maxRows, ReadOnlySpan<DeviceMatrix> stacks, ReadOnlySpan<ArrayView<float>> outputs) =>
+        MatMulSameInput(kernels, gemm, x, maxRows, new ExpertRows(starts, rows), stacks, outputs);
+
+    /// <summary>The grouping of <see cref="MatMulExperts"/>: first row of each expert, rows in all.</summary>
+    private readonly record struct ExpertRows(ArrayView<int> Starts, int Rows);
+
+    // batch: rows of x, or for experts the most rows one expert can have (the step's tokens)
+    private static void MatMulSameInput(LayerKernels kernels, PtxTensorCoreGemm? gemm, ArrayView<float> x, int batch, ExpertRows? experts,
+        ReadOnlySpan<DeviceMatrix> matrices, ReadOnlySpan<ArrayView<float>> outputs)
     {
-        if (UsesTensorCores(gemm, maxRows) && up.UsesTensorCores(gemm, maxRows) && up.Rows == Rows && up.Cols == Cols && up.Experts == Experts)
+        if (outputs.Length != matrices.Length) throw new ArgumentException($"{matrices.Length} matrices but {outputs.Length} outputs", nameof(outputs));
+        foreach (var m in matrices)
+            if (m.Cols != matrices[0].Cols)
+                throw new ArgumentException($"matrices over the same activations have the same columns, not {m.Cols} beside {matrices[0].Cols}", nameof(matrices));
+        Span<TensorCoreElement?> inputs = stackalloc TensorCoreElement?[matrices.Length];
+        Span<int> convertedBy = stackalloc int[matrices.Length];
+        for (int i = 0; i < matrices.Length; i++) inputs[i] = matrices[i].TensorCoreInput(gemm, batch);
+        SharedConversions.Plan(inputs, convertedBy);
+        for (int i = 0; i < matrices.Length; i++)
         {
-            gemm!.MatMulGroupedPair(TensorCoreElement.F16, _buffer.View, up._buffer.View, x, y, upY, starts, Experts, maxRows, rows, Rows, Cols);
-            return;
+            if (convertedBy[i] < 0)
+            {
+                if (experts is { } e) matrices[i].MatMulExperts(kernels, gemm, x, outputs[i], e.Starts, e.Rows, batch);
+                else matrices[i].MatMul(kernels, gemm, x, outputs[i], batch);
+                continue;
+            }
+            if (convertedBy[i] != i) continue;   // ran with the first product of its type
+            var a = gemm!.Stage(inputs[i]!.Value, x, experts?.Rows ?? batch, matrices[i].Cols);
+            for (int j = i; j < matrices.Length; j++)
+            {
+                if (convertedBy[j] != i) continue;
+                var m = matrices[j];
+                if (experts is { } e) gemm.MatMulGrouped(a, m._buffer.View, outputs[j], e.Starts, m.Experts, batch, m.Rows);
+                else gemm.MatMul(a, m._buffer.View, outputs[j], m.Rows);
+            }
         }
-        MatMulExperts(kernels, gemm, x, y, starts, rows, maxRows);
-        up.MatMulExperts(kernels, gemm, x, upY, starts, rows, maxRows);
     }
 
     /// <summary>

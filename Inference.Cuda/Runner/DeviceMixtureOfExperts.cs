@@ -12,7 +12,7 @@ namespace Inference.Cuda.Runner;
 /// </summary>
 /// <remarks>
 /// <code>
-///  logits = router · x                        [n, experts]
+///  logits = router · x                        [n, experts]   (qwen2moe: with the shared expert's gate and up, one conversion of x)
 ///  Route → chosen [n, k], w [n, k]             softmax, top-k (ties to the lower id), renormalisation as the model defines
 ///  Group → starts [experts + 1], rowToken [n·k], slotRow [n·k]     the CPU path's counting sort, one thread per expert
 ///  X = x[rowToken]                             [n·k, dim]    expert e's rows are starts[e] … starts[e + 1] − 1
@@ -20,7 +20,7 @@ namespace Inference.Cuda.Runner;
 ///                                              (F16 stacks from TensorCoreMinRows tokens: X staged to f16 once for both,
 ///                                               grouped tensor-core GEMM, grid (⌈width / 128⌉, ⌈n / 128⌉, experts))
 ///  SwiGLU over all rows; Y = down (one launch)      [n·k, dim]     (grouped: SwiGLU's output staged to f16 in turn)
-///  out[t] = Σⱼ w[t, j] · Y[slotRow[t, j]]      (+ σ(g · x[t]) · shared(x[t]) for qwen2moe)
+///  out[t] = Σⱼ w[t, j] · Y[slotRow[t, j]]      (+ σ(g · x[t]) · shared(x[t]) for qwen2moe, the shared expert run first)
 /// </code>
 /// Each expert's gate, up and down matrices of a block are stacked in one buffer (<see cref="DeviceMatrix.UploadExperts"/>),
 /// so one launch reaches every expert; a group of an expert with no rows in its range returns before reading any weight,
@@ -147,28 +147,29 @@ internal sealed class DeviceMixtureOfExperts : IDisposable
         var slotRow = ints.SubView(2 * ck, slots);
         var starts = ints.SubView(3 * ck, experts + 1);
 
-        router.MatMul(_kernels, gemm, src, logits, n);
+        // NOTE: the shared expert runs first, so that its gate and up products read the router's conversion of src
+        // (DeviceMatrix.MatMulSameInput) before the experts' products convert their own rows; its gate and up lie in G and
+        // U, free until then, its output in S and g, which nothing else writes.
+        if (layer.HasShared)
+        {
+            int sw = layer.SharedWidth;
+            var sGate = gate.SubView(0, (long)n * sw);
+            var sUp = up.SubView(0, (long)n * sw);
+            DeviceMatrix.MatMulSameInput(_kernels, gemm, src, n, [router, _matrices[layer.SharedGate]!, _matrices[layer.SharedUp]!], [logits, sGate, sUp]);
+            _kernels.SwiGlu(sGate, sUp, sGate, n * sw);
+            _matrices[layer.SharedDown]!.MatMul(_kernels, gemm, sGate, shared.SubView(0, (long)n * dim), n);
+            // σ's input g = gate_inp_shexp · x: the gate vector is a one-row matrix
+            _kernels.MatMul(_vectors[layer.SharedGateInput]!.View, src, sharedGate.SubView(0, n), 1, dim, n);
+        }
+        else router.MatMul(_kernels, gemm, src, logits, n);
         _kernels.RouteExperts(logits, chosen, weights, n, experts, k, layer.NormalizeWeights);
         _kernels.GroupExperts(chosen, starts, rowToken, slotRow, n, experts, k);
         _kernels.GatherRows(src, rowToken, x, slots, dim);
-        stack.Gate.MatMulGateUpExperts(_kernels, gemm, stack.Up, x, gate, up, starts, slots, n);
+        DeviceMatrix.MatMulExpertsSameInput(_kernels, gemm, x, starts, slots, n, [stack.Gate, stack.Up], [gate, up]);
         _kernels.SwiGlu(gate, up, gate, slots * width);
         stack.Down.MatMulExperts(_kernels, gemm, gate, y, starts, slots, n);
         _kernels.CombineExperts(y, weights, slotRow, dst, n, dim, k);
-
-        if (!layer.HasShared) return;
-        int sw = layer.SharedWidth;
-        var sGate = gate.SubView(0, (long)n * sw);
-        var sUp = up.SubView(0, (long)n * sw);
-        _matrices[layer.SharedGate]!.MatMul(_kernels, gemm, src, sGate, n);
-        _matrices[layer.SharedUp]!.MatMul(_kernels, gemm, src, sUp, n);
-        _kernels.SwiGlu(sGate, sUp, sGate, n * sw);
-        var s = shared.SubView(0, (long)n * dim);
-        _matrices[layer.SharedDown]!.MatMul(_kernels, gemm, sGate, s, n);
-        // σ's input g = gate_inp_shexp · x: the gate vector is a one-row matrix
-        var g = sharedGate.SubView(0, n);
-        _kernels.MatMul(_vectors[layer.SharedGateInput]!.View, src, g, 1, dim, n);
-        _kernels.AddSigmoidGated(dst, s, g, n, dim);
+        if (layer.HasShared) _kernels.AddSigmoidGated(dst, shared.SubView(0, (long)n * dim), sharedGate.SubView(0, n), n, dim);
     }
 
     /// <summary>Scratch for <see cref="Run"/> of up to <paramref name="tokens"/> tokens of any block of this model.</summary>

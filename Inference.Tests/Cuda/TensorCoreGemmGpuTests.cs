@@ -2,7 +2,9 @@ using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.Cuda;
 using Inference.Cuda;
+using Inference.Cuda.Runner;
 using Inference.Kernels.Layer;
+using Inference.Loading;
 using Half = System.Half;
 
 namespace Inference.Tests.Cuda;
@@ -42,11 +44,11 @@ public class TensorCoreGemmGpuTests
     }
 
     /// <summary>
-    /// The grouped products of two stacks over the same activations (a block's gate and up) convert them to f16 once,
-    /// and each output equals its stack's grouped product alone bit for bit (groups of uneven rows, one empty).
+    /// The grouped products of two stacks over one staging of the activations (a block's gate and up) convert them to f16
+    /// once, and each output equals its stack's grouped product alone bit for bit (groups of uneven rows, one empty).
     /// </summary>
     [Test]
-    public void GroupedPair_ConvertsOnce_AndEqualsEachProductAlone()
+    public void GroupedProductsOfOneStaging_ConvertOnce_AndEqualEachProductAlone()
     {
         var backend = GpuTestBackend.RequireDevice();
         var acc = backend.Accelerator;
@@ -69,7 +71,9 @@ public class TensorCoreGemmGpuTests
         static ArrayView<byte> Bytes(MemoryBuffer1D<ushort, Stride1D.Dense> w) => ((ArrayView<ushort>)w.View).Cast<byte>();
         using var gemm = new PtxTensorCoreGemm(acc);
 
-        gemm.MatMulGroupedPair(TensorCoreElement.F16, Bytes(gate), Bytes(up), x.View, pairGate.View, pairUp.View, s.View, groups, maxRows, rows, n, k);
+        var staged = gemm.Stage(TensorCoreElement.F16, x.View, rows, k);
+        gemm.MatMulGrouped(staged, Bytes(gate), pairGate.View, s.View, groups, maxRows, n);
+        gemm.MatMulGrouped(staged, Bytes(up), pairUp.View, s.View, groups, maxRows, n);
         Assert.That(gemm.ConversionCount, Is.EqualTo(1), "one staging copy for both products");
         gemm.MatMulGrouped(TensorCoreElement.F16, Bytes(gate), x.View, aloneGate.View, s.View, groups, maxRows, rows, n, k);
         gemm.MatMulGrouped(TensorCoreElement.F16, Bytes(up), x.View, aloneUp.View, s.View, groups, maxRows, rows, n, k);
@@ -126,6 +130,71 @@ public class TensorCoreGemmGpuTests
                 Assert.Fail($"element {i}: in-kernel widening {a[i]}, slab path {slab[i]}");
             Assert.That(Math.Abs(a[i] - row[i]), Is.LessThanOrEqualTo(1e-4 * scale), $"element {i}: {a[i]} vs the row kernel's {row[i]}");
         }
+    }
+
+    /// <summary>
+    /// A fused q/k/v op (<see cref="DeviceMatrix.MatMulSameInput"/>): the matrices on the tensor-core kernel read one f16
+    /// conversion of the input, those on the row kernels none, and each output equals the matrix's own product bit for
+    /// bit (inputs not exact in f16, outputs poisoned); below <see cref="DeviceMatrix.TensorCoreMinRows"/> rows nothing converts.
+    /// </summary>
+    [TestCase(GgmlType.F16, GgmlType.F16, GgmlType.F16, 37, 1)]
+    [TestCase(GgmlType.F16, GgmlType.F32, GgmlType.F16, 37, 1)]
+    [TestCase(GgmlType.F32, GgmlType.Q8_0, GgmlType.F16, 130, 1)]
+    [TestCase(GgmlType.F16, GgmlType.F16, GgmlType.F16, 8, 0)]
+    public void FusedQkv_ConvertsOnce_AndEqualsEachProductAlone(GgmlType q, GgmlType k, GgmlType v, int batch, int conversions)
+    {
+        var backend = GpuTestBackend.RequireDevice();
+        var acc = backend.Accelerator;
+        var rng = new Random(batch);
+        const int cols = 96;
+        int[] rows = [136, 48, 40];
+        GgmlType[] types = [q, k, v];
+        var kernels = new LayerKernels(acc);
+        using var gemm = new PtxTensorCoreGemm(acc);
+        var matrices = new DeviceMatrix[3];
+        var together = new MemoryBuffer1D<float, Stride1D.Dense>[3];
+        var alone = new MemoryBuffer1D<float, Stride1D.Dense>[3];
+        try
+        {
+            for (int i = 0; i < 3; i++)
+            {
+                matrices[i] = SharedConversionsTests.RandomMatrix(acc, rng, types[i], rows[i], cols);
+                together[i] = acc.Allocate1D(Enumerable.Repeat(float.NaN, batch * rows[i]).ToArray());
+                alone[i] = acc.Allocate1D(Enumerable.Repeat(float.NaN, batch * rows[i]).ToArray());
+            }
+            using var x = acc.Allocate1D(SharedConversionsTests.RandomActivations(rng, batch * cols));
+            DeviceMatrix.MatMulSameInput(kernels, gemm, x.View, batch, matrices, [together[0].View, together[1].View, together[2].View]);
+            Assert.That(gemm.ConversionCount, Is.EqualTo(conversions), "one conversion for the products on the tensor-core kernel");
+            for (int i = 0; i < 3; i++) matrices[i].MatMul(kernels, gemm, x.View, alone[i].View, batch);
+            Assert.That(gemm.ConversionCount, Is.EqualTo(conversions + types.Count(t => t == GgmlType.F16 && batch >= DeviceMatrix.TensorCoreMinRows)),
+                "each product alone converts its own");
+            acc.Synchronize();
+            for (int i = 0; i < 3; i++)
+                SharedConversionsTests.AssertBitwiseEqual(together[i].GetAsArray1D(), alone[i].GetAsArray1D(), $"{"qkv"[i]} ({types[i]})");
+        }
+        finally
+        {
+            foreach (var b in together.Concat(alone)) b?.Dispose();
+            foreach (var m in matrices) m?.Dispose();
+        }
+    }
+
+    /// <summary>A staging overwritten by a later conversion is refused, not read.</summary>
+    [Test]
+    public void StaleStagingIsRefused()
+    {
+        var backend = GpuTestBackend.RequireDevice();
+        var acc = backend.Accelerator;
+        using var gemm = new PtxTensorCoreGemm(acc);
+        using var x = acc.Allocate1D(SharedConversionsTests.RandomActivations(new Random(3), 16 * 32));
+        using var w = acc.Allocate1D<byte>(8 * 32 * 2);
+        using var y = acc.Allocate1D<float>(16 * 8);
+        var first = gemm.Stage(TensorCoreElement.F16, x.View, 16, 32);
+        var second = gemm.Stage(TensorCoreElement.BF16, x.View, 16, 32);
+        Assert.Throws<InvalidOperationException>(() => gemm.MatMul(first, w.View, y.View, 8));
+        Assert.Throws<InvalidOperationException>(() => gemm.MatMul(default, w.View, y.View, 8));
+        Assert.DoesNotThrow(() => gemm.MatMul(second, w.View, y.View, 8));
+        acc.Synchronize();
     }
 
     [Test]
