@@ -20,6 +20,7 @@ public static class ForwardProfile
         using var gguf = GgufFile.Open(model);
         var config = ModelConfig.FromGguf(gguf);
         var llama = new LlamaModel(gguf, config);
+        bool streams = CpuCaches.StreamsFromMemory(llama.MatMulBytes);
         using var pool = new WorkerPool(threads);
         var kv = new ContiguousKvCache(config, steps + 8);
         var batch = new ModelBatch();
@@ -77,7 +78,7 @@ public static class ForwardProfile
                 for (int m = 0; m < matrices.Length; m++)
                 {
                     long c0 = Stopwatch.GetTimestamp();
-                    Multiply(gguf, matrices[m], pool, batchSize);
+                    Multiply(gguf, matrices[m], pool, batchSize, streams);
                     if (pass == 1) matrixBest[m] = Math.Min(matrixBest[m], Stopwatch.GetTimestamp() - c0);
                 }
                 if (pass == 1) matmulBestMs = Math.Min(matmulBestMs, matmulStepMs[i] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
@@ -92,7 +93,7 @@ public static class ForwardProfile
             var sw = Stopwatch.StartNew();
             for (int i = 0; i < steps; i++)
             {
-                foreach (var t in group) Multiply(gguf, t, pool, batchSize);
+                foreach (var t in group) Multiply(gguf, t, pool, batchSize, streams);
             }
             double ms = sw.Elapsed.TotalMilliseconds / steps;
             long bytes = group.Sum(t => t.ByteCount);
@@ -106,6 +107,7 @@ public static class ForwardProfile
         Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
         {
             ["mode"] = "forward-profile",
+            ["streams_from_memory"] = streams,
             ["model"] = Path.GetFileName(model),
             ["threads"] = threads,
             ["batch"] = batchSize,
@@ -163,11 +165,16 @@ public static class ForwardProfile
 
     private static readonly Dictionary<string, (WeightMatrix W, float[] X, float[] Y)> Buffers = new();
 
-    private static unsafe void Multiply(GgufFile gguf, GgufTensorInfo t, WorkerPool pool, int batch)
+    private static WeightArena? _arena;
+
+    /// <summary>The product of matrix <paramref name="t"/> alone, its weights prepared as the model's are (in one arena,
+    /// asking ahead as the model's do when <paramref name="streams"/>).</summary>
+    private static unsafe void Multiply(GgufFile gguf, GgufTensorInfo t, WorkerPool pool, int batch, bool streams)
     {
         if (!Buffers.TryGetValue(t.Name, out var b))
         {
-            var w = MatMul.Prepare(new WeightMatrix(t.Type, gguf.GetTensorPointer(t), (int)t.RowCount, (int)t.RowLength));
+            _arena ??= new WeightArena { StreamsFromMemory = streams };
+            var w = MatMul.PrepareInto(new WeightMatrix(t.Type, gguf.GetTensorPointer(t), (int)t.RowCount, (int)t.RowLength), _arena);
             b = (w, new float[w.Cols * batch], new float[w.Rows * batch]);
             for (int i = 0; i < b.X.Length; i++) b.X[i] = (i % 7 - 3) * 0.1f;
             Buffers[t.Name] = b;

@@ -87,7 +87,7 @@ public sealed class LlamaModel
     }
 
     /// <summary>
-    /// A 128-bit hash of every weight as bound (matrices as stored, before <see cref="PrepareForCpu"/>; vectors as
+    /// A 128-bit hash of every weight as bound (matrices as stored, before <see cref="PrepareForCpu()"/>; vectors as
     /// floats): each weight is hashed on its own with XXH3-128, in parallel, then their names, types, shapes and hashes
     /// together. Two models hash alike only when every weight is equal, so a fine-tune of the same shapes differs. Reads
     /// every weight byte once (at memory speed once the weights are paged in).
@@ -147,40 +147,64 @@ public sealed class LlamaModel
     /// </summary>
     /// <remarks>Only matrices that a matmul reads are prepared; an embedding table read by lookups alone stays as stored,
     /// and a tied head's prepared copy serves the embedding lookups too (the same rows), rather than a second copy of them.</remarks>
-    internal void PrepareForCpu()
+    internal void PrepareForCpu() => PrepareForCpu(CpuCaches.StreamsFromMemory(MatMulBytes));
+
+    /// <summary><see cref="PrepareForCpu()"/> with the decision whether the weights stream from memory made by the caller
+    /// (<see cref="WeightArena.StreamsFromMemory"/>): ranks that share one machine's cache decide from their sum.</summary>
+    internal void PrepareForCpu(bool streamsFromMemory)
     {
         if (_prepared) return;
-        // Weights beyond what the last-level cache holds come from memory every token: their kernels ask further ahead.
-        var arena = new WeightArena { StreamsFromMemory = CpuCaches.StreamsFromMemory(WeightBytes) };
+        var arena = new WeightArena { StreamsFromMemory = streamsFromMemory };
+        foreach (int w in MatMulMatrices()) _matrices[w] = MatMul.PrepareInto(_matrices[w], arena);
+        _prepared = true;
+    }
+
+    /// <summary>Bytes of the matrices the products read (<see cref="MatMulMatrices"/>) as bound: what one decoded token
+    /// streams at most (every expert counted).</summary>
+    internal long MatMulBytes
+    {
+        get
+        {
+            long total = 0;
+            foreach (int w in MatMulMatrices()) total += _matrices[w].Rows * _matrices[w].RowBytes;
+            return total;
+        }
+    }
+
+    /// <summary>Each matrix a product reads, once, in the order the operations first read them: the ones
+    /// <see cref="PrepareForCpu()"/> prepares.</summary>
+    private IEnumerable<int> MatMulMatrices()
+    {
         var done = new bool[_matrices.Length];
-        void Prepare(int w)
+        var order = new List<int>();
+        void Add(int w)
         {
             if (w < 0 || done[w]) return;
-            _matrices[w] = MatMul.PrepareInto(_matrices[w], arena);
             done[w] = true;
+            order.Add(w);
         }
         foreach (var op in Graph.Ops)
         {
             if (op.Kind is OpKind.MixtureOfExperts or OpKind.ExpertAllToAll)
             {
                 var layer = Graph.Experts[op.Param];
-                Prepare(layer.Router);
+                Add(layer.Router);
                 for (int e = 0; e < layer.Count; e++)
                 {
-                    Prepare(layer.Gate[e]);
-                    Prepare(layer.Up[e]);
-                    Prepare(layer.Down[e]);
+                    Add(layer.Gate[e]);
+                    Add(layer.Up[e]);
+                    Add(layer.Down[e]);
                 }
-                Prepare(layer.SharedGate);
-                Prepare(layer.SharedUp);
-                Prepare(layer.SharedDown);
+                Add(layer.SharedGate);
+                Add(layer.SharedUp);
+                Add(layer.SharedDown);
             }
             if (op.Kind != OpKind.MatMul) continue;
-            Prepare(op.W0);
-            Prepare(op.W1);
-            Prepare(op.W2);
+            Add(op.W0);
+            Add(op.W1);
+            Add(op.W2);
         }
-        _prepared = true;
+        return order;
     }
 
     /// <summary>Bytes of the weights as bound (each stored tensor once, vectors as floats): what the KV pool's memory rule subtracts.</summary>
@@ -189,11 +213,13 @@ public sealed class LlamaModel
         get
         {
             long total = 0;
-            var seen = new HashSet<string>();
+            // NOTE: by name and expert: the experts of a stacked tensor share its name (each spec is one expert's rows),
+            // while the slices of one fused tensor share both.
+            var seen = new HashSet<(string, int)>();
             var specs = Graph.Weights;
             for (int i = 0; i < specs.Length; i++)
             {
-                if (!seen.Add(specs[i].Name)) continue;
+                if (!seen.Add((specs[i].Name, specs[i].Expert))) continue;
                 total += specs[i].IsMatrix ? _stored[i].RowBytes * specs[i].TensorRows : 4L * specs[i].Rows;
             }
             return total;

@@ -101,7 +101,6 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
                     // NOTE: one rank reads the model's own weights in place; tensor ranks read their slices.
                     var weights = tensorSize == 1 ? null : new TensorParallelWeights(model.Weights, layout, t);
                     var rankModel = new LlamaModel((IWeightSource?)weights ?? model.Weights, config, place);
-                    rankModel.PrepareForCpu();
                     var storage = new KvCacheStorage(layers, context.BlockCount, context.KvOptions.BlockSize, config.KvHeadCount, config.HeadDim, context.KvOptions.DataType);
                     IKvAttention attention = _split is null
                         ? new PagedKvAttention(storage, context.KvCache, config)
@@ -112,6 +111,12 @@ internal sealed unsafe class ParallelExecutor : IForwardExecutor
                     ? _ranks[s].Storage
                     : new TensorParallelKvStorage(layout, Array.ConvertAll(_ranks[(s * tensorSize)..((s + 1) * tensorSize)], r => r.Storage));
             }
+            // NOTE: the ranks share this machine's last-level cache, so whether their weights stream from memory is
+            // decided from the sum of what they read (a tensor rank holds a slice, a context rank a whole copy).
+            long streamed = 0;
+            foreach (var rank in _ranks) streamed += rank.Model.MatMulBytes;
+            bool streams = CpuCaches.StreamsFromMemory(streamed);
+            foreach (var rank in _ranks) rank.Model.PrepareForCpu(streams);
         }
         catch
         {

@@ -136,4 +136,47 @@ public class LlamaModelTests
             Directory.Delete(dir, recursive: true);
         }
     }
+
+    /// <summary>
+    /// The bytes the KV pool's memory rule subtracts count every expert of a stacked tensor (they share its name) and the
+    /// bytes a decoded token streams (the products' matrices: an untied embedding table, read one row per token, is not
+    /// one of them) are the file's, so the decision whether they stream from memory sees the whole model.
+    /// </summary>
+    [TestCase("llama", 0, OutputHead.Separate)]
+    [TestCase("llama", 0, OutputHead.TiedToEmbedding)]
+    [TestCase("mixtral", 8, OutputHead.Separate)]
+    [TestCase("qwen2moe", 4, OutputHead.Separate)]
+    public void WeightBytes_CountEveryExpert_AndMatMulBytesTheProductsMatrices(string arch, int experts, OutputHead head)
+    {
+        string dir = TestData.TempDir();
+        try
+        {
+            string path = Path.Combine(dir, "m.gguf");
+            SyntheticModel.Write(path, new SyntheticModelOptions
+            {
+                Architecture = arch == "mixtral" ? "llama" : arch, Dimension = 64, LayerCount = 2, HeadCount = 8, KvHeadCount = 2,
+                FeedForwardLength = 128, ExpertCount = experts, ExpertUsedCount = experts > 0 ? 2 : 0,
+                ExpertFeedForwardLength = experts > 0 ? 96 : 0, SharedExpertFeedForwardLength = arch == "qwen2moe" ? 128 : 0,
+                TensorType = GgmlType.Q8_0, Seed = 9, WeightScale = 0.08f, OutputHead = head, TokenizerDonorPath = TestData.Stories260K,
+            });
+            using var gguf = GgufFile.Open(path);
+            var model = new LlamaModel(gguf, ModelConfig.FromGguf(gguf));
+            long matrices = 0, vectors = 0, embedding = 0;
+            foreach (var t in gguf.Tensors)
+            {
+                if (t.Dimensions.Length < 2) vectors += 4L * t.Dimensions[0];
+                else matrices += t.ByteCount;
+                if (t.Name == "token_embd.weight") embedding = t.ByteCount;
+            }
+            Assert.That(embedding, Is.GreaterThan(0));
+            Assert.That(model.WeightBytes, Is.EqualTo(matrices + vectors));
+            bool tied = !gguf.Tensors.Any(t => t.Name == "output.weight");
+            Assert.That(tied, Is.EqualTo(head == OutputHead.TiedToEmbedding));
+            Assert.That(model.MatMulBytes, Is.EqualTo(tied ? matrices : matrices - embedding));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }

@@ -84,16 +84,10 @@ internal static unsafe class FloatMatMulKernel
         // NOTE: 2-byte rows ask for memory ahead as RowTile8x1 does (the next four rows, the four after them, each
         // row's next line), on the first batch tile of the rows only: later ones find them in L1 and L2.
         bool ahead = typeof(TW) != typeof(F32Weights) && b == 0;
-        byte* next = w0 + 4 * rb;
         int i = 0;
         for (; i + 16 <= cols; i += 16)
         {
-            if (ahead)
-            {
-                PackedSteps.PrefetchLines(next + 8L * i, 2, PrefetchLevel.L2);
-                PackedSteps.PrefetchLines(next + 4 * rb + 8L * i, 2, PrefetchLevel.Llc);
-                if ((i & 31) == 0) RowsAhead(w0, rb, 2L * i + 256, 4);
-            }
+            if (ahead) AskAhead(w0, rb, i, 4);
             var v0 = TW.Load16x512(w0, i);
             var v1 = TW.Load16x512(w1, i);
             var v2 = TW.Load16x512(w2, i);
@@ -152,7 +146,6 @@ internal static unsafe class FloatMatMulKernel
         byte* w0 = a.W + r * rb, w1 = w0 + rb, w2 = w1 + rb, w3 = w2 + rb;
         byte* w4 = w3 + rb, w5 = w4 + rb, w6 = w5 + rb, w7 = w6 + rb;
         float* x = a.XScaled;
-        byte* next = w0 + 8 * rb;
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
         Vector512<float> c4 = default, c5 = default, c6 = default, c7 = default;
         int i = 0;
@@ -164,12 +157,7 @@ internal static unsafe class FloatMatMulKernel
         // measured with them, keeps the next tile only.
         for (; i + 16 <= cols; i += 16)
         {
-            if (typeof(TW) != typeof(F32Weights))
-            {
-                PackedSteps.PrefetchLines(next + 16L * i, 4, PrefetchLevel.L2);
-                PackedSteps.PrefetchLines(next + 8 * rb + 16L * i, 4, PrefetchLevel.Llc);
-                if ((i & 31) == 0) RowsAhead(w0, rb, 2L * i + 256, 8);
-            }
+            if (typeof(TW) != typeof(F32Weights)) AskAhead(w0, rb, i, 8);
             var u = Vector512.Load(x + i);
             c0 = Vector512.FusedMultiplyAdd(TW.Load16x512(w0, i), u, c0);
             c1 = Vector512.FusedMultiplyAdd(TW.Load16x512(w1, i), u, c1);
@@ -191,6 +179,20 @@ internal static unsafe class FloatMatMulKernel
         Store<TW, Tile1>(a, r + 5, 0, w5, i, s5, 0, 0, 0);
         Store<TW, Tile1>(a, r + 6, 0, w6, i, s6, 0, 0, 0);
         Store<TW, Tile1>(a, r + 7, 0, w7, i, s7, 0, 0, 0);
+    }
+
+    /// <summary>
+    /// What a tile of <paramref name="rows"/> rows (a constant, 4 or 8) of 2-byte weights from <paramref name="w0"/> asks
+    /// for at column <paramref name="i"/>: the same columns of the next tile into L2, of the tile after it into the
+    /// last-level cache, and every other 16-column step each row's line 256 bytes ahead into L1.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void AskAhead(byte* w0, long rowBytes, int i, int rows)
+    {
+        byte* next = w0 + rows * rowBytes;
+        PackedSteps.PrefetchLines(next + 2L * rows * i, rows / 2, PrefetchLevel.L2);
+        PackedSteps.PrefetchLines(next + rows * rowBytes + 2L * rows * i, rows / 2, PrefetchLevel.Llc);
+        if ((i & 31) == 0) RowsAhead(w0, rowBytes, 2L * i + 256, rows);
     }
 
     /// <summary>
@@ -236,16 +238,10 @@ internal static unsafe class FloatMatMulKernel
         // kernels-quick --types F16,BF16 --threads 2 --batch 8, three alternated rounds, mean GB/s: F16 9.0 / 4.3 / 4.6
         // -> 10.4 / 5.4 / 5.4, BF16 9.9 / 4.8 / 4.9 -> 11.5 / 5.9 / 5.8 (the last two rounds on a busy machine).
         bool ahead = typeof(TW) != typeof(F32Weights) && b == 0;
-        byte* next = w0 + 8 * rb;
         int i = 0;
         for (; i + 16 <= cols; i += 16)
         {
-            if (ahead)
-            {
-                PackedSteps.PrefetchLines(next + 16L * i, 4, PrefetchLevel.L2);
-                PackedSteps.PrefetchLines(next + 8 * rb + 16L * i, 4, PrefetchLevel.Llc);
-                if ((i & 31) == 0) RowsAhead(w0, rb, 2L * i + 256, 8);
-            }
+            if (ahead) AskAhead(w0, rb, i, 8);
             var u0 = Vector512.Load(x0 + i);
             var u1 = Vector512.Load(x1 + i);
             var u2 = Vector512.Load(x2 + i);

@@ -82,6 +82,8 @@ internal readonly unsafe struct PackedIQ4_XS : IPackedKernel
         // NOTE: the row sums accumulate in y itself (these eight outputs belong to this group alone), as in PackedQ4_K.
         float* y = a.Y + (long)b * a.Rows + 8L * g;
         for (int t = 0; t < TTile.Count; t++) Vector256<float>.Zero.Store(y + (long)t * a.Rows);
+        // Batch 1 asks for lines far ahead where the weights stream from memory (as in PackedQ4_K).
+        bool far = a.Streams && b == 0 && TTile.Count == 1;
         for (int s = 0; s < nsb; s++)
         {
             byte* blk = group + (long)s * PackedBlock;
@@ -95,6 +97,7 @@ internal readonly unsafe struct PackedIQ4_XS : IPackedKernel
                 // NOTE: as in PackedQ4_K, batch 1 asks for the lines a few super-blocks ahead (the hardware prefetcher
                 // alone leaves one batch row's loads short of the core's bandwidth), a quarter of them per pair of sub-blocks.
                 if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance + 64 * PrefetchLinesPerPair * i, PrefetchLinesPerPair);
+                if (far) PackedSteps.PrefetchFar(blk + 64 * PrefetchLinesPerPair * i, PrefetchLinesPerPair);
                 byte* codes = blk + CodesOffset + 256 * i;
                 sbyte* scales = (sbyte*)blk + ScalesOffset + 32 * i;
                 sbyte* x = qs + 64 * i;

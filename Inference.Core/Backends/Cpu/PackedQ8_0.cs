@@ -65,12 +65,15 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
         int* s = a.Sums + b;
         long qStep = 32L * batch;
         Vector256<float> y0 = default, y1 = default, y2 = default, y3 = default;
+        // Batch 1 (a group left over by TileTwoGroups) asks for lines far ahead where the weights stream from memory.
+        bool far = a.Streams && b == 0 && TTile.Count == 1;
         for (int i = 0; i < nb; i++)
         {
             byte* blk = group + (long)i * PackedBlock;
             // NOTE: as in PackedQ4_K: one batch row leaves the hardware prefetcher alone too few loads in flight.
             // Five lines from the block PrefetchDistance ahead: with the next block's five, every line of the stream.
             if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance, 5);
+            if (far) PackedSteps.PrefetchFar(blk, 5);
             // NOTE: f16 scales keep the packed block as small as the GGUF blocks (decode streams every byte); widening
             // eight of them costs a few vector operations per block, shared by the tile's batch rows.
             var dw = PackedSteps.RowScales(blk);
@@ -139,11 +142,13 @@ internal readonly unsafe struct PackedQ8_0 : IPackedKernel
         var ones = Vector256.Create((short)1);
         var flip = Vector256.Create((byte)0x80);
         Vector256<float> y0 = default, y1 = default, y2 = default, y3 = default;
+        bool far = a.Streams && b == 0 && TTile.Count == 1;
         for (int i = 0; i < nb; i++)
         {
             byte* blk = group + (long)i * PackedBlock;
             // Five lines from the block PrefetchDistance ahead: with the next block's five, every line of the stream.
             if (b == 0) PackedSteps.PrefetchLines(blk + PrefetchDistance, 5);
+            if (far) PackedSteps.PrefetchFar(blk, 5);
             var dw = PackedSteps.RowScales(blk);
             byte* wq = blk + ScalesBytes;
             sbyte* qe = q + i * qStep;

@@ -258,7 +258,7 @@ internal static class PackedSteps
 
     /// <summary>
     /// How far ahead of the lines a batch-1 kernel reads <see cref="PrefetchFar"/> asks for: about 9 KiB, the distance
-    /// measured (32 Q8_0 blocks of eight rows, 8.7 KiB; eight Q4_K super-blocks of eight rows, 9.5 KiB).
+    /// measured (32 Q8_0 blocks of eight rows, 8.5 KiB; eight Q4_K super-blocks of eight rows, 9.5 KiB).
     /// </summary>
     public const int FarAhead = 9 << 10;
 
@@ -272,7 +272,7 @@ internal static class PackedSteps
     /// NOTE: the near requests alone keep too few lines in flight for memory: batch-1 decode of 576 MB Q8_0 and 327 MB
     /// Q4_K_M models (48 layers, beyond the 260 MiB L3 of the Xeon, family 6 model 207), two threads, median step of
     /// <c>forward-profile</c>, three alternated rounds: Q8_0 22.9 → 21.7 ms, Q4_K_M 14.7 → 13.7 ms. Weights the cache
-    /// holds lose by it (the 110 MB Q4_K_M model: 3.24 → 3.35 ms), hence only where they stream. One request per pair
+    /// holds lose by it (the 110 MB Q4_K_M model: 3.24 → 3.35 ms, median step), hence only where they stream. One request per pair
     /// rather than per line measured the same streaming and costs half the instructions.
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
