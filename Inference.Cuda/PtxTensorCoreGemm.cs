@@ -1,6 +1,7 @@
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.Cuda;
+using Inference.Loading;
 
 namespace Inference.Cuda;
 
@@ -32,6 +33,7 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
     private readonly CudaAccelerator _accelerator;
     private readonly PtxModule _module;
     private readonly IntPtr _gemmF16, _gemmBf16, _gemmQ8_0, _groupedF16, _groupedBf16, _reduce, _convertF16, _convertBf16;
+    private readonly IntPtr[] _gemmBlockTypes;   // gemm_q4_0 … per InKernelBlockTypes
     private MemoryBuffer1D<ushort, Stride1D.Dense>? _staging;     // activations converted to f16/bf16, [M, K]
     private MemoryBuffer1D<float, Stride1D.Dense>? _partials;     // split-K partial products, [splits, M, N]
     private MemoryBuffer1D<ushort, Stride1D.Dense>? _workspace;   // weights widened to f16, a slab of rows at a time
@@ -45,6 +47,7 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         _gemmF16 = _module.GetFunction("gemm_f16");
         _gemmBf16 = _module.GetFunction("gemm_bf16");
         _gemmQ8_0 = _module.GetFunction("gemm_q8_0");
+        _gemmBlockTypes = [.. InKernelBlockTypes.ToArray().Select(t => _module.GetFunction(EntryFor(t)))];
         _groupedF16 = _module.GetFunction("gemm_grouped_f16");
         _groupedBf16 = _module.GetFunction("gemm_grouped_bf16");
         _reduce = _module.GetFunction("gemm_reduce_splits");
@@ -57,8 +60,8 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
 
     /// <summary>
     /// Whether Q8_0 and block-type weight matrices of many rows run here (<see cref="CudaOptions.QuantizedTensorCoreMatMul"/>):
-    /// Q8_0 on <see cref="RunQ8_0"/>, which widens its blocks inside the kernel; the block types widened to f16 a slab at a
-    /// time into <see cref="Workspace"/>.
+    /// Q8_0 and <see cref="InKernelBlockTypes"/> on <see cref="RunBlocks"/>, which widens their blocks inside the kernel;
+    /// the other block types widened to f16 a slab at a time into <see cref="Workspace"/>.
     /// </summary>
     public bool QuantizedProducts { get; init; }
 
@@ -179,7 +182,60 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         RunQ8_0(StageActivations(TensorCoreElement.F16, x, m, k), w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(), m, n, k);
     }
 
-    /// <summary>One plain product entry (gemm_f16, gemm_bf16, gemm_q8_0) over the split-K grid, then the reduce where split.</summary>
+    /// <summary>
+    /// The block types besides Q8_0 whose products widen their weights inside the kernel (<see cref="RunBlocks"/>): Q4_0,
+    /// Q4_K, Q6_K, Q5_K. The other kept types keep the slab path.
+    /// </summary>
+    public static ReadOnlySpan<GgmlType> InKernelBlockTypes => [GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.Q5_K];
+
+    /// <summary>Whether <see cref="RunBlocks"/> takes <paramref name="type"/>: Q8_0 and <see cref="InKernelBlockTypes"/>.</summary>
+    /// <param name="type">A GGUF tensor type.</param>
+    public static bool WidensInKernel(GgmlType type) => type == GgmlType.Q8_0 || InKernelBlockTypes.IndexOf(type) >= 0;
+
+    /// <summary>The module entry of <paramref name="type"/>'s product (gemm_q8_0, gemm_q4_0, gemm_q4_k, …).</summary>
+    internal static string EntryFor(GgmlType type) => "gemm_" + type.ToString().ToLowerInvariant();
+
+    /// <summary>
+    /// Throws unless <see cref="RunBlocks"/> accepts these dimensions: <see cref="CheckShape"/>'s, a type that
+    /// <see cref="WidensInKernel"/>, and K whole blocks of it (32 values; 256 for the K-quants).
+    /// </summary>
+    /// <exception cref="ArgumentException">As <see cref="CheckShape"/>, another type, or K is not a whole number of blocks.</exception>
+    public static void CheckBlockShape(GgmlType type, int m, int n, int k, int ldc = 0)
+    {
+        if (!WidensInKernel(type)) throw new ArgumentException($"{type} weights are not widened inside the tensor-core kernel", nameof(type));
+        CheckShape(m, n, k, ldc);
+        int elements = GgmlTypeInfo.BlockElements(type);
+        if (k % elements != 0) throw new ArgumentException($"{type} rows hold whole blocks of {elements} weights; K={k} is not a multiple of {elements}");
+    }
+
+    /// <summary>
+    /// <see cref="Run"/> of f16 activations <paramref name="a"/> with weights <paramref name="w"/> of a type that
+    /// <see cref="WidensInKernel"/>, <c>[N, K / blockElements]</c> blocks as the file stores them (2-byte aligned), widened to
+    /// f16 inside the kernel (<c>gemm_q8_0</c>, <c>gemm_q4_0</c>, …): each weight the f16 that
+    /// <see cref="Inference.Kernels.Layer.LayerKernels.DequantizeToHalf"/> writes, so the result equals <see cref="Run"/> over
+    /// the widened matrix with the same split-K, bit for bit (barring NaN scales), with no workspace.
+    /// </summary>
+    /// <exception cref="ArgumentException">See <see cref="CheckBlockShape"/>.</exception>
+    public void RunBlocks(GgmlType type, IntPtr a, IntPtr w, IntPtr c, int m, int n, int k, CudaStream? stream = null, int ldc = 0)
+    {
+        CheckBlockShape(type, m, n, k, ldc);
+        Launch(type == GgmlType.Q8_0 ? _gemmQ8_0 : _gemmBlockTypes[InKernelBlockTypes.IndexOf(type)], a, w, c, m, n, k, stream, ldc);
+    }
+
+    /// <summary>
+    /// <c>y[M, N] = x[M, K] · w[N, K]ᵀ</c> with f32 activations <paramref name="x"/> (staged to f16) and block weights
+    /// <paramref name="w"/> of <paramref name="type"/> (<see cref="RunBlocks"/>).
+    /// </summary>
+    /// <exception cref="ArgumentException">See <see cref="CheckBlockShape"/>; or a view is shorter than its matrix.</exception>
+    public void MatMulBlocks(GgmlType type, ArrayView<byte> w, ArrayView<float> x, ArrayView<float> y, int m, int n, int k)
+    {
+        CheckBlockShape(type, m, n, k);
+        if (y.Length < (long)m * n || w.Length < (long)n * GgmlTypeInfo.RowBytes(type, k))
+            throw new ArgumentException("a view is shorter than its matrix");
+        RunBlocks(type, StageActivations(TensorCoreElement.F16, x, m, k), w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(), m, n, k);
+    }
+
+    /// <summary>One plain product entry (gemm_f16, gemm_bf16, gemm_q8_0, gemm_q4_0, …) over the split-K grid, then the reduce where split.</summary>
     private void Launch(IntPtr function, IntPtr a, IntPtr w, IntPtr c, int m, int n, int k, CudaStream? stream, int ldc)
     {
         if (ldc == 0) ldc = n;

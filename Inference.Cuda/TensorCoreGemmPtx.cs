@@ -66,6 +66,12 @@ internal static class TensorCoreGemmPtx
             //   each thread loads its chunks' scale and 8 quants (2-byte loads) for tile kt + {{tile.Stages - 1}} while tile kt
             //   is multiplied, then widens them and stores them (st.shared.v4) into the same swizzled layout.
             //
+            // gemm_q4_0, gemm_q4_k, gemm_q6_k, gemm_q5_k: gemm_q8_0 with W in those GGUF block types (Q4_0: 18-byte blocks of
+            //   32, K % 32 == 0; the K-quants: super-blocks of 256 (Q4_K 144, Q6_K 210, Q5_K 176 bytes), K % 256 == 0, a k tile
+            //   one sub-block of 32). Each weight is computed as the slab dequantizer does, every f32 operation rounded on its own:
+            //   Mul = d * sc (Q4_0: d; sc the sub-block's 6-bit (Q4_K, Q5_K) or int8 (Q6_K) scale), code * Mul, and for Q4_K /
+            //   Q5_K minus dmin * m (its 6-bit min), then cvt.rn.f16.f32. Loads as gemm_q8_0 (2-byte, tile kt + {{tile.Stages - 1}} ahead).
+            //
             .version 7.8
             .target sm_80
             .address_size 64
@@ -86,6 +92,11 @@ internal static class TensorCoreGemmPtx
         EmitConvert(w, "convert_f32_bf16", "bf16");
         w.Raw("\n");
         EmitGemm(w, tile, "gemm_q8_0", "f16", weights: Weights.Q8_0);
+        foreach (var (entry, weights) in BlockTypeEntries)
+        {
+            w.Raw("\n");
+            EmitGemm(w, tile, entry, "f16", weights: weights);
+        }
         return w.ToString();
     }
 
@@ -98,7 +109,7 @@ internal static class TensorCoreGemmPtx
     /// <remarks>With <see cref="Weights.Q8_0"/>, W is read as Q8_0 blocks and widened in registers (see the class remarks).</remarks>
     private static void EmitGemm(PtxWriter w, TensorCoreGemmTile t, string entry, string type, bool grouped = false, Weights weights = Weights.Halves)
     {
-        bool q8 = weights == Weights.Q8_0;
+        bool q8 = weights == Weights.Q8_0, blocks = weights != Weights.Halves;
         int ca = t.ChunksAPerThread, cb = t.ChunksBPerThread, mi = t.FragmentsM, ni = t.FragmentsN;
         int rowsPerPass = t.Threads / 4;
         string rowParams = grouped
@@ -124,6 +135,7 @@ internal static class TensorCoreGemmPtx
             """);
         if (grouped) w.Raw("\t.reg .u32   group, row_end, wstride;\n\t.reg .u64   starts;\n\n");
         if (q8) w.Raw($"\t.reg .b32   wq<{4 * cb}>, hq<4>;\n\t.reg .b16   ws<{cb}>;\n\t.reg .s32   qi;\n\t.reg .u32   nblocks;\n\t.reg .f32   qd, qf0, qf1;\n\t.reg .u64   qoff;\n\n");
+        else if (blocks) w.Raw(BlockRegisters(weights, cb));
         w.Line("ld.param.u64", "a_ptr, [p_a]");
         w.Line("ld.param.u64", "w_ptr, [p_w]");
         w.Line("ld.param.u64", "c_ptr, [p_c]");
@@ -158,6 +170,7 @@ internal static class TensorCoreGemmPtx
         w.SwizzledOffset("soff", "r", t.RowBytes, "chunk", "swz", "swizzled offset of the first copy in a tile");
         EmitRowPointers(w, ca, rowsPerPass, "pa", "ga", "m0", "m", "a_ptr");
         if (q8) EmitBlockPointers(w, cb, rowsPerPass);
+        else if (blocks) EmitBlockTypePointers(w, weights, cb, rowsPerPass);
         else EmitRowPointers(w, cb, rowsPerPass, "pb", "gb", "n0", "n", "w_ptr");
 
         w.Comment("---- prologue: k tiles kbeg .. kbeg + " + (t.Stages - 2) + " into stages 0 .. " + (t.Stages - 2) + ", one commit group each");
@@ -167,8 +180,8 @@ internal static class TensorCoreGemmPtx
             w.Line("setp.ge.u32", "pdone, stg, kcount");
             w.Line("@pdone bra", $"PROLOGUE_{s}");
             w.Line("add.u32", $"ktl, kbeg, {s}");
-            EmitLoad(w, t, ca, cb, rowsPerPass, q8);
-            if (q8) EmitWidenStore(w, t, cb, rowsPerPass);
+            EmitLoad(w, t, ca, cb, rowsPerPass, weights);
+            if (blocks) EmitWidenStore(w, t, cb, rowsPerPass, weights);
             w.Label($"PROLOGUE_{s}");
             w.Line("cp.async.commit_group", null);
         }
@@ -197,7 +210,7 @@ internal static class TensorCoreGemmPtx
         {
             w.Line("add.u32", "ktl, kbeg, stg");
             w.StageOf("stg", "stg", t.Stages);
-            EmitLoad(w, t, ca, cb, rowsPerPass, q8);
+            EmitLoad(w, t, ca, cb, rowsPerPass, weights);
         });
         for (int kk = 0; kk < 2; kk++)
         {
@@ -210,13 +223,13 @@ internal static class TensorCoreGemmPtx
                 for (int j = 0; j < ni; j++)
                     w.MmaM16N8K16(type, "acc", (i * ni + j) * 4, "fa", 4 * i, "fb", 2 * j);
         }
-        if (q8)
+        if (blocks)
         {
             w.Comment($"W of tile kt + {t.Stages - 1} (loaded above, if any) widened into its stage now that tile kt's mma are issued");
             w.Line("add.u32", $"tmp, kt, {t.Stages - 1}");
             w.Line("setp.ge.u32", "pdone, tmp, kcount");
             w.Line("@pdone bra", "NO_WIDEN");
-            EmitWidenStore(w, t, cb, rowsPerPass);
+            EmitWidenStore(w, t, cb, rowsPerPass, weights);
             w.Label("NO_WIDEN");
         }
         w.PipelineLoopEnd("K_LOOP");
@@ -329,18 +342,19 @@ internal static class TensorCoreGemmPtx
     }
 
     /// <summary>
-    /// Copies k tile <c>ktl</c> into stage <c>stg</c> (no commit); with <paramref name="q8"/>, copies A only and loads this
-    /// thread's W scales and quants of the tile into ws/wq (zero for rows at or past N) for <see cref="EmitWidenStore"/>.
+    /// Copies k tile <c>ktl</c> into stage <c>stg</c> (no commit); with block weights, copies A only and loads this
+    /// thread's W scales and quants of the tile into registers (zero for rows at or past N) for <see cref="EmitWidenStore"/>.
     /// </summary>
-    private static void EmitLoad(PtxWriter w, TensorCoreGemmTile t, int ca, int cb, int rowsPerPass, bool q8 = false)
+    private static void EmitLoad(PtxWriter w, TensorCoreGemmTile t, int ca, int cb, int rowsPerPass, Weights weights = Weights.Halves)
     {
+        bool q8 = weights == Weights.Q8_0, blocks = weights != Weights.Halves;
         w.Line("mad.lo.u32", $"sst, stg, {t.StageBytes}, sbase");
         w.Line("add.u32", "sst, sst, soff");
         w.Line("shl.b32", "kc, ktl, 5");
         w.Line("mad.lo.u32", "kc, chunk, 8, kc", "first k of this thread's chunk");
         w.Line("setp.lt.u32", "pk, kc, k");
         w.Line("mul.wide.u32", "kbyte, ktl, 64");
-        for (int i = 0; i < ca + (q8 ? 0 : cb); i++)
+        for (int i = 0; i < ca + (blocks ? 0 : cb); i++)
         {
             bool a = i < ca;
             int idx = a ? i : i - ca;
@@ -351,7 +365,12 @@ internal static class TensorCoreGemmPtx
             w.Line("add.u32", $"tmp, sst, {(a ? 0 : t.StageABytes) + idx * rowsPerPass * t.RowBytes}");
             w.Line("cp.async.cg.shared.global", "[tmp], [gsrc], 16, sz");
         }
-        if (!q8) return;
+        if (!blocks) return;
+        if (!q8)
+        {
+            EmitBlockTypeLoad(w, weights, cb);
+            return;
+        }
         w.Line("mul.wide.u32", "kbyte, ktl, 34", "block ktl of each W row");
         for (int i = 0; i < cb; i++)
         {
@@ -388,10 +407,17 @@ internal static class TensorCoreGemmPtx
     /// Widens the W chunks <see cref="EmitLoad"/> left in ws/wq to f16, each weight <c>cvt.rn.f16.f32(d * q)</c> with
     /// d the scale in f32 (the slab dequantizer's arithmetic), and stores them to their swizzled places in stage sst.
     /// </summary>
-    private static void EmitWidenStore(PtxWriter w, TensorCoreGemmTile t, int cb, int rowsPerPass)
+    private static void EmitWidenStore(PtxWriter w, TensorCoreGemmTile t, int cb, int rowsPerPass, Weights weights)
     {
         for (int i = 0; i < cb; i++)
         {
+            if (weights != Weights.Q8_0)
+            {
+                EmitBlockTypeWiden(w, weights, i);
+                w.Line("add.u32", $"tmp, sst, {t.StageABytes + i * rowsPerPass * t.RowBytes}");
+                w.Line("st.shared.v4.b32", "[tmp], {hq0, hq1, hq2, hq3}");
+                continue;
+            }
             w.Line("cvt.f32.f16", $"qd, ws{i}");
             for (int e = 0; e < 4; e++)
             {
@@ -416,6 +442,250 @@ internal static class TensorCoreGemmPtx
 
         /// <summary>Q8_0 blocks, loaded to registers and widened to f16 (gemm_q8_0).</summary>
         Q8_0,
+
+        /// <summary>Q4_0 blocks (gemm_q4_0), as Q8_0.</summary>
+        Q4_0,
+
+        /// <summary>Q4_K super-blocks (gemm_q4_k), as Q8_0.</summary>
+        Q4_K,
+
+        /// <summary>Q5_K super-blocks (gemm_q5_k), as Q8_0.</summary>
+        Q5_K,
+
+        /// <summary>Q6_K super-blocks (gemm_q6_k), as Q8_0.</summary>
+        Q6_K,
+    }
+
+    /// <summary>The block-type entries after gemm_q8_0, in module order.</summary>
+    private static readonly (string Entry, Weights Weights)[] BlockTypeEntries =
+    [
+        ("gemm_q4_0", Weights.Q4_0), ("gemm_q4_k", Weights.Q4_K), ("gemm_q6_k", Weights.Q6_K), ("gemm_q5_k", Weights.Q5_K),
+    ];
+
+    /// <summary>Values and bytes of one block (a K-quant's super-block) of <paramref name="weights"/>.</summary>
+    private static (int Elements, int Bytes) Geometry(Weights weights) => weights switch
+    {
+        Weights.Q8_0 => (32, 34),
+        Weights.Q4_0 => (32, 18),
+        Weights.Q4_K => (256, 144),
+        Weights.Q5_K => (256, 176),
+        Weights.Q6_K => (256, 210),
+        _ => throw new ArgumentOutOfRangeException(nameof(weights), weights, "not a block type"),
+    };
+
+    /// <summary>The registers of a block type's loads and widening (Q4_0 and the K-quants; Q8_0 declares its own).</summary>
+    private static string BlockRegisters(Weights weights, int cb)
+    {
+        var s = new System.Text.StringBuilder();
+        s.Append($"\t.reg .b32   wq<{4 * cb}>, hq<4>;\n\t.reg .b16   ws<{cb}>;\n\t.reg .u32   qi, qz, nblocks, qbase, qsh;\n\t.reg .f32   qd, qf0, qf1;\n\t.reg .u64   qoff;\n");
+        if (weights is Weights.Q4_K or Weights.Q5_K)
+            s.Append($"\t.reg .b16   wm<{cb}>;\n\t.reg .b32   wx<{cb}>, wy<{cb}>, wz<{cb}>;\n\t.reg .u32   jsub, bsh, sc, mn;\n\t.reg .f32   qm;\n\t.reg .u64   xoff;\n\t.reg .pred  phi;\n");
+        if (weights is Weights.Q5_K or Weights.Q6_K) s.Append($"\t.reg .b32   wh<{4 * cb}>;\n\t.reg .u32   hbase, hsh;\n\t.reg .u64   hoff;\n");
+        if (weights == Weights.Q6_K) s.Append($"\t.reg .b32   wx<{cb}>;\n\t.reg .u32   jsub, bsh;\n\t.reg .s32   sc;\n\t.reg .u64   xoff;\n");
+        return s.Append('\n').ToString();
+    }
+
+    /// <summary>
+    /// Per W copy i: block pointer gb_i of row n0 + r + i · rows per pass in k tile 0 (pb_i: the row is below N), and this
+    /// thread's constant offsets into a (sub-)block of 32 values: where its chunk's quants (and high bits) start, which
+    /// nibble (Q4_0) or which byte of a scale word (Q6_K) it reads.
+    /// </summary>
+    private static void EmitBlockTypePointers(PtxWriter w, Weights weights, int count, int rowsPerPass)
+    {
+        var (elements, bytes) = Geometry(weights);
+        w.Line("shr.u32", $"nblocks, k, {System.Numerics.BitOperations.Log2((uint)elements)}", $"{weights} blocks per W row");
+        switch (weights)
+        {
+            case Weights.Q4_0:
+                w.Line("and.b32", "tmp, chunk, 1");
+                w.Line("mad.lo.u32", "tmp, tmp, 8, 2", "values 8 chunk .. 8 chunk + 7: nibbles of bytes 2 + 8 (chunk & 1) ..");
+                w.Line("cvt.u64.u32", "qoff, tmp");
+                w.Line("shr.u32", "qsh, chunk, 1");
+                w.Line("shl.b32", "qsh, qsh, 2", ".. low nibbles for chunks 0, 1, high for 2, 3");
+                break;
+            case Weights.Q4_K:
+                w.Line("mad.lo.u32", "qbase, chunk, 8, 16", "qs from byte 16");
+                break;
+            case Weights.Q5_K:
+                w.Line("mad.lo.u32", "qbase, chunk, 8, 48", "qs from byte 48");
+                w.Line("mad.lo.u32", "tmp, chunk, 8, 16", "qh from byte 16: bit j of qh[l] above value l of sub-block j");
+                w.Line("cvt.u64.u32", "hoff, tmp");
+                break;
+            case Weights.Q6_K:
+                w.Line("shl.b32", "qbase, chunk, 3", "ql from byte 0");
+                w.Line("mad.lo.u32", "hbase, chunk, 8, 128", "qh from byte 128");
+                w.Line("shr.u32", "bsh, chunk, 1");
+                w.Line("shl.b32", "bsh, bsh, 3", "values 16 apart take the next scale byte");
+                break;
+        }
+        for (int i = 0; i < count; i++)
+        {
+            w.Line("add.u32", $"tmp, r, {i * rowsPerPass}");
+            w.Line("add.u32", "tmp, tmp, n0");
+            w.Line("setp.lt.u32", $"pb{i}, tmp, n");
+            w.Line("mul.lo.u32", "tmp, tmp, nblocks");
+            w.Line("mul.wide.u32", $"tmp64, tmp, {bytes}");
+            w.Line("add.u64", $"gb{i}, w_ptr, tmp64");
+        }
+    }
+
+    /// <summary>
+    /// Loads this thread's raw W of k tile ktl (2-byte loads; zero for rows at or past N): the block's f16 scale (and
+    /// min), the words of its sub-block's 6-bit scale and min (Q4_K, Q5_K) or int8 scale (Q6_K), and the 8 bytes of low
+    /// quants (and of high bits) of its chunk. For the K-quants the tile is sub-block jsub = ktl mod 8 of super-block ktl / 8.
+    /// </summary>
+    private static void EmitBlockTypeLoad(PtxWriter w, Weights weights, int cb)
+    {
+        var (elements, bytes) = Geometry(weights);
+        if (elements == 32) w.Line("mul.wide.u32", $"kbyte, ktl, {bytes}", "block ktl of each W row");
+        else
+        {
+            w.Line("shr.u32", "tmp, ktl, 3");
+            w.Line("mul.wide.u32", $"kbyte, tmp, {bytes}", "super-block ktl / 8 of each W row");
+            w.Line("and.b32", "jsub, ktl, 7", "sub-block of 32 values");
+        }
+        if (weights is Weights.Q4_K or Weights.Q5_K)
+        {
+            w.Line("shr.u32", "tmp, jsub, 1");
+            w.Line("mad.lo.u32", "tmp, tmp, 32, qbase", "sub-blocks 2p, 2p + 1 share qs bytes 32p ..");
+            w.Line("cvt.u64.u32", "qoff, tmp");
+            w.Line("and.b32", "qsh, jsub, 1");
+            w.Line("shl.b32", "qsh, qsh, 2", ".. low nibbles for 2p, high for 2p + 1");
+            w.Line("and.b32", "tmp, jsub, 2");
+            w.Line("add.u32", "tmp, tmp, 4", "scales[j mod 4], [j mod 4 + 4], [j mod 4 + 8] (byte 4 on): words 4 bytes apart");
+            w.Line("cvt.u64.u32", "xoff, tmp");
+            w.Line("and.b32", "bsh, jsub, 1");
+            w.Line("shl.b32", "bsh, bsh, 3");
+            w.Line("setp.ge.u32", "phi, jsub, 4", "sub-blocks 4 .. 7 take the split 6-bit scale and min");
+        }
+        else if (weights == Weights.Q6_K)
+        {
+            w.Line("shr.u32", "tmp, jsub, 2");
+            w.Line("shl.b32", "tmp, tmp, 6");
+            w.Line("and.b32", "tmp2, jsub, 1");
+            w.Line("mad.lo.u32", "tmp, tmp2, 32, tmp");
+            w.Line("add.u32", "tmp, tmp, qbase", "jsub = 4 n + quarter: ql[64 n + 32 (quarter & 1) + pos] ..");
+            w.Line("cvt.u64.u32", "qoff, tmp");
+            w.Line("shr.u32", "qsh, jsub, 1");
+            w.Line("and.b32", "qsh, qsh, 1");
+            w.Line("shl.b32", "qsh, qsh, 2", ".. low nibbles for quarters 0, 1, high for 2, 3");
+            w.Line("shr.u32", "tmp, jsub, 2");
+            w.Line("mad.lo.u32", "tmp, tmp, 32, hbase", "qh[32 n + pos], bits 2 quarter, 2 quarter + 1");
+            w.Line("cvt.u64.u32", "hoff, tmp");
+            w.Line("and.b32", "hsh, jsub, 3");
+            w.Line("shl.b32", "hsh, hsh, 1");
+            w.Line("mad.lo.u32", "tmp, jsub, 2, 192", "the int8 scales of values 16 j .. 16 j + 31 (byte 192 on)");
+            w.Line("cvt.u64.u32", "xoff, tmp");
+        }
+        for (int i = 0; i < cb; i++)
+        {
+            for (int e = 0; e < 4; e++) w.Line("mov.b32", $"wq{4 * i + e}, 0");
+            if (weights is Weights.Q5_K or Weights.Q6_K)
+                for (int e = 0; e < 4; e++) w.Line("mov.b32", $"wh{4 * i + e}, 0");
+            w.Line("mov.b16", $"ws{i}, 0");
+            if (weights is Weights.Q4_K or Weights.Q5_K)
+            {
+                w.Line("mov.b16", $"wm{i}, 0");
+                w.Line("mov.b32", $"wy{i}, 0");
+                w.Line("mov.b32", $"wz{i}, 0");
+            }
+            if (weights is Weights.Q4_K or Weights.Q5_K or Weights.Q6_K) w.Line("mov.b32", $"wx{i}, 0");
+            w.Line("add.u64", $"gsrc, gb{i}, kbyte");
+            w.Line($"@pb{i} ld.global.nc.b16", $"ws{i}, [gsrc{(weights == Weights.Q6_K ? "+208" : "")}]", "the block's scale d");
+            if (weights is Weights.Q4_K or Weights.Q5_K)
+            {
+                w.Line($"@pb{i} ld.global.nc.b16", $"wm{i}, [gsrc+2]", "dmin");
+                w.Line("add.u64", "tmp64, gsrc, xoff");
+                w.Line($"@pb{i} ld.global.nc.u16", $"wx{i}, [tmp64]");
+                w.Line($"@pb{i} ld.global.nc.u16", $"wy{i}, [tmp64+4]");
+                w.Line($"@pb{i} ld.global.nc.u16", $"wz{i}, [tmp64+8]");
+            }
+            if (weights == Weights.Q6_K)
+            {
+                w.Line("add.u64", "tmp64, gsrc, xoff");
+                w.Line($"@pb{i} ld.global.nc.u16", $"wx{i}, [tmp64]", "scales of this sub-block's two halves");
+            }
+            if (weights is Weights.Q5_K or Weights.Q6_K)
+            {
+                w.Line("add.u64", "tmp64, gsrc, hoff");
+                for (int e = 0; e < 4; e++) w.Line($"@pb{i} ld.global.nc.u16", $"wh{4 * i + e}, [tmp64+{2 * e}]", e == 0 ? "high bits of the chunk's 8 values" : null);
+            }
+            w.Line("add.u64", "gsrc, gsrc, qoff");
+            for (int e = 0; e < 4; e++) w.Line($"@pb{i} ld.global.nc.u16", $"wq{4 * i + e}, [gsrc+{2 * e}]", e == 0 ? "the chunk's 8 low quants, two a load" : null);
+        }
+    }
+
+    /// <summary>
+    /// Widens copy <paramref name="i"/>'s values into hq0..hq3 (value 2e low, 2e + 1 high) exactly as the slab dequantizer
+    /// (<c>MatMulKernels.DequantizeToHalf</c>) computes them, every float operation rounded on its own: the sub-block's
+    /// factor <c>Mul = d · sc</c> (Q4_0: d) and for the types with a min <c>Add = −(dmin · m)</c>, then per value
+    /// <c>code · Mul</c> (+ Add), rounded to f16 (cvt.rn.f16.f32, round to nearest even as the slab's HalfBits).
+    /// </summary>
+    private static void EmitBlockTypeWiden(PtxWriter w, Weights weights, int i)
+    {
+        bool min = weights is Weights.Q4_K or Weights.Q5_K;
+        w.Line("cvt.f32.f16", $"qd, ws{i}");
+        if (min)
+        {
+            w.Line("cvt.f32.f16", $"qm, wm{i}");
+            w.Line("bfe.u32", $"sc, wx{i}, bsh, 8", "scales[j mod 4]");
+            w.Line("bfe.u32", $"mn, wy{i}, bsh, 8", "scales[j mod 4 + 4]");
+            w.Line("bfe.u32", $"qz, wz{i}, bsh, 8", "scales[j mod 4 + 8]");
+            w.Line("shr.u32", "tmp, sc, 6");
+            w.Line("shl.b32", "tmp, tmp, 4");
+            w.Line("and.b32", "tmp2, qz, 15");
+            w.Line("or.b32", "tmp, tmp, tmp2");
+            w.Line("and.b32", "sc, sc, 63");
+            w.Line("selp.u32", "sc, tmp, sc, phi", "j < 4: scales[j] & 63; else scales[j + 4] & 15 | (scales[j - 4] >> 6) << 4");
+            w.Line("shr.u32", "tmp, mn, 6");
+            w.Line("shl.b32", "tmp, tmp, 4");
+            w.Line("shr.u32", "tmp2, qz, 4");
+            w.Line("or.b32", "tmp, tmp, tmp2");
+            w.Line("and.b32", "mn, mn, 63");
+            w.Line("selp.u32", "mn, tmp, mn, phi", "j < 4: scales[j + 4] & 63; else scales[j + 4] >> 4 | (scales[j] >> 6) << 4");
+            w.Line("cvt.rn.f32.s32", "qf0, sc");
+            w.Line("mul.rn.f32", "qd, qd, qf0", "Mul = d * sc");
+            w.Line("cvt.rn.f32.s32", "qf0, mn");
+            w.Line("mul.rn.f32", "qm, qm, qf0", "dmin * m (Add = -(dmin * m))");
+        }
+        else if (weights == Weights.Q6_K)
+        {
+            w.Line("bfe.s32", $"sc, wx{i}, bsh, 8", "the int8 scale of the chunk's 16 values");
+            w.Line("cvt.rn.f32.s32", "qf0, sc");
+            w.Line("mul.rn.f32", "qd, qd, qf0", "Mul = d * sc");
+        }
+        w.Line("add.u32", "tmp2, qsh, 8");
+        if (weights == Weights.Q5_K) w.Line("add.u32", "tmp, jsub, 8");
+        if (weights == Weights.Q6_K) w.Line("add.u32", "tmp, hsh, 8");
+        for (int e = 0; e < 4; e++)
+        {
+            for (int h = 0; h < 2; h++)
+            {
+                string f = $"qf{h}";
+                w.Line("bfe.u32", $"qi, wq{4 * i + e}, {(h == 0 ? "qsh" : "tmp2")}, 4");
+                switch (weights)
+                {
+                    case Weights.Q4_0:
+                        w.Line("sub.u32", "qi, qi, 8");
+                        break;
+                    case Weights.Q5_K:
+                        w.Line("bfe.u32", $"qz, wh{4 * i + e}, {(h == 0 ? "jsub" : "tmp")}, 1");
+                        w.Line("shl.b32", "qz, qz, 4");
+                        w.Line("or.b32", "qi, qi, qz");
+                        break;
+                    case Weights.Q6_K:
+                        w.Line("bfe.u32", $"qz, wh{4 * i + e}, {(h == 0 ? "hsh" : "tmp")}, 2");
+                        w.Line("shl.b32", "qz, qz, 4");
+                        w.Line("or.b32", "qi, qi, qz");
+                        w.Line("sub.u32", "qi, qi, 32");
+                        break;
+                }
+                w.Line("cvt.rn.f32.s32", $"{f}, qi");
+                w.Line("mul.rn.f32", $"{f}, {f}, qd");
+                if (min) w.Line("sub.rn.f32", $"{f}, {f}, qm", "+ Add: the same as adding -(dmin * m)");
+            }
+            w.Line("cvt.rn.f16x2.f32", $"hq{e}, qf1, qf0");
+        }
     }
 
     /// <summary>c[i / n, i % n] (rows ldc apart) = sum over z in order of ws[z, i] (the split-K partials), one element per thread.</summary>

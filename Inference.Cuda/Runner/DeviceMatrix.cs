@@ -16,8 +16,8 @@ namespace Inference.Cuda.Runner;
 /// Products of many rows: F16 runs on the tensor-core kernel from <see cref="TensorCoreMinRows"/> rows (an expert stack's
 /// from that many tokens, on its grouped form); with
 /// <see cref="PtxTensorCoreGemm.QuantizedProducts"/>, Q8_0 and the block types from <see cref="QuantizedTensorCoreMinRows"/>
-/// rows run there too: Q8_0 on <see cref="PtxTensorCoreGemm.RunQ8_0"/>, which reads the blocks as uploaded and widens
-/// them to f16 inside the kernel (no workspace); the block types widened to f16 a slab of rows at a time
+/// rows run there too: Q8_0, Q4_0, Q4_K, Q6_K and Q5_K on <see cref="PtxTensorCoreGemm.RunBlocks"/>, which reads the blocks
+/// as uploaded and widens them to f16 inside the kernel (no workspace); the other block types widened to f16 a slab of rows at a time
 /// (<see cref="DequantizedSlabs"/>, <see cref="LayerKernels.DequantizeToHalf"/>) and multiplied slab by slab into their
 /// output columns (as llama.cpp's CUDA backend does for large batches). Otherwise they stay on their row kernels for every batch (a group walks <see cref="MatMulKernels.BatchChunk"/>
 /// items over the same rows, 4 per weight load, re-reading the row from cache).
@@ -137,7 +137,7 @@ internal sealed unsafe class DeviceMatrix : IDisposable
 
     /// <summary>
     /// Whether <see cref="MatMul"/> with <paramref name="batch"/> rows runs this quantized matrix on the tensor cores:
-    /// Q8_0 widened inside the kernel, the block types slab by slab.
+    /// the types of <see cref="PtxTensorCoreGemm.WidensInKernel"/> widened inside the kernel, the other block types slab by slab.
     /// </summary>
     public bool UsesDequantizedTensorCores(PtxTensorCoreGemm? gemm, int batch) =>
         gemm is { QuantizedProducts: true } && LayerKernels.DequantizesToHalf(Type) && batch >= QuantizedTensorCoreMinRows && Cols % 8 == 0;
@@ -158,7 +158,7 @@ internal sealed unsafe class DeviceMatrix : IDisposable
         }
         if (UsesDequantizedTensorCores(gemm, batch))
         {
-            if (Type == GgmlType.Q8_0) gemm!.MatMulQ8_0(w, x, y, batch, Rows, Cols);
+            if (PtxTensorCoreGemm.WidensInKernel(Type)) gemm!.MatMulBlocks(Type, w, x, y, batch, Rows, Cols);
             else MatMulDequantized(kernels, gemm!, x, y, batch);
             return;
         }

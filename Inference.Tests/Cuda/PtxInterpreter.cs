@@ -467,6 +467,13 @@ internal sealed class PtxInterpreter
                             Set((uint)((int)((uint)R(1) << (32 - pos - len)) >> (32 - len)));
                             break;
                         }
+                        case "bfe.u32":   // bits pos .. pos + len - 1 of a, zero-extended
+                        {
+                            int pos = (int)(R(2) & 0xFF), len = (int)(R(3) & 0xFF);
+                            if (len is < 1 or > 32 || pos + len > 32) throw new NotSupportedException($"{_k.Name}: bfe.u32 of bits {pos} .. {pos + len - 1}");
+                            Set((uint)R(1) << (32 - pos - len) >> (32 - len));
+                            break;
+                        }
                         case "ld.global.nc.u16": case "ld.global.nc.b16":   // zero-extended into the register
                             Set(BitConverter.ToUInt16(Global(Address(w, a[1], lane), 2)));
                             break;
@@ -519,6 +526,7 @@ internal sealed class PtxInterpreter
                         case "shr.u32": Set(R(2) >= 32 ? 0 : (uint)R(1) >> (int)R(2)); break;
                         case "and.b32": Set((uint)(R(1) & R(2))); break;
                         case "xor.b32": Set((uint)(R(1) ^ R(2))); break;
+                        case "or.b32": Set((uint)(R(1) | R(2))); break;
                         case "and.pred": Set(R(1) != 0 && R(2) != 0 ? 1UL : 0UL); break;
                         case "selp.u32": case "selp.b64": Set(R(3) != 0 ? R(1) : R(2)); break;
                         case "cp.async.cg.shared.global":

@@ -17,7 +17,7 @@ namespace Inference.Tests.Cuda;
 /// </summary>
 public class Q8_0TensorCoreGemmTests
 {
-    private static string Source => PtxModule.ReadSource(TensorCoreGemmPtx.ModuleName);
+    internal static string Source => PtxModule.ReadSource(TensorCoreGemmPtx.ModuleName);
 
     private static readonly Lazy<PtxInterpreter> Module = new(() => PtxInterpreter.Parse(Source));
 
@@ -30,7 +30,7 @@ public class Q8_0TensorCoreGemmTests
     [TestCase(20, 136, 64, 1, 300)]    // C rows wider than N
     [TestCase(33, 72, 320, 4, 80)]     // split-K into wider rows: 10 k tiles as 3 + 3 + 3 + 1
     public void MatchesTheSlabPathBitForBit(int m, int n, int k, int splits, int ldc = 0) =>
-        Compare(m, n, k, splits, ldc, anyScale: false);
+        Compare(GgmlType.Q8_0, m, n, k, splits, ldc, anyScale: false);
 
     /// <summary>
     /// Scales of any finite f16 (subnormal ones; ones whose products overflow f16 to infinity, so outputs are ±∞ or NaN):
@@ -38,17 +38,22 @@ public class Q8_0TensorCoreGemmTests
     /// </summary>
     [TestCase(40, 136, 96, 1)]
     [TestCase(130, 24, 160, 2)]
-    public void MatchesTheSlabPathWithAnyScale(int m, int n, int k, int splits) => Compare(m, n, k, splits, 0, anyScale: true);
+    public void MatchesTheSlabPathWithAnyScale(int m, int n, int k, int splits) => Compare(GgmlType.Q8_0, m, n, k, splits, 0, anyScale: true);
 
-    private static void Compare(int m, int n, int k, int splits, int ldc, bool anyScale)
+    /// <summary>
+    /// The in-kernel widening of <paramref name="type"/> (its entry <see cref="PtxTensorCoreGemm.EntryFor"/>) against the slab
+    /// path in the interpreter, bit for bit, outputs poisoned; without <paramref name="anyScale"/> also against the kernel's
+    /// accumulation order over the host's f16 weights.
+    /// </summary>
+    internal static void Compare(GgmlType type, int m, int n, int k, int splits, int ldc, bool anyScale)
     {
         if (ldc == 0) ldc = n;
         int kTiles = k / 32, perSplit = (kTiles + splits - 1) / splits;
         Assert.That((kTiles + perSplit - 1) / perSplit, Is.EqualTo(splits), "test case: every split gets k tiles");
-        var rng = new Random(HashCode.Combine(m, n, k, splits, ldc, anyScale));
+        var rng = new Random(HashCode.Combine(type, m, n, k, splits, ldc, anyScale));
         var blocks = anyScale
-            ? MatMulKernelTests.RandomBlocksAnyScale(rng, GgmlType.Q8_0, n, k)
-            : MatMulKernelTests.RandomBlocks(rng, GgmlType.Q8_0, n, k);
+            ? MatMulKernelTests.RandomBlocksAnyScale(rng, type, n, k)
+            : MatMulKernelTests.RandomBlocks(rng, type, n, k);
         var a = new ushort[m * k];
         for (int i = 0; i < a.Length; i++)
         {
@@ -61,19 +66,19 @@ public class Q8_0TensorCoreGemmTests
         using var wb = kernels.Accelerator.Allocate1D(blocks);
         using var widened = kernels.Accelerator.Allocate1D<ushort>((long)n * k);
         widened.View.MemSet(0xFF);
-        kernels.DequantizeToHalf(GgmlType.Q8_0, wb.View, widened.View, n, k);
+        kernels.DequantizeToHalf(type, wb.View, widened.View, n, k);
         kernels.Accelerator.Synchronize();
         var halves = widened.GetAsArray1D();
-        Assert.That(halves, Is.EqualTo(MatMulKernelTests.HostHalves(GgmlType.Q8_0, blocks, n, k)), "premise: the slab dequantizer gives the host's f16 weights");
+        Assert.That(halves, Is.EqualTo(MatMulKernelTests.HostHalves(type, blocks, n, k)), "premise: the slab dequantizer gives the host's f16 weights");
 
         var mem = new PtxInterpreter.Memory();
-        ulong pa = mem.Upload(a), pw16 = mem.Upload(halves), pq = mem.Upload(blocks);
+        ulong pa = mem.Upload(a), pw16 = mem.Upload(halves), pq = mem.Upload<byte>([0, 0, .. blocks]) + 2;   // blocks start at an even byte only
         const int guard = 256;
         int cFloats = m * ldc + guard / 4;
         ulong slabC = mem.Poisoned(cFloats), q8C = mem.Poisoned(cFloats);
         var ptx = Module.Value;
         TensorCoreGemmTests.Launch(ptx, mem, "gemm_f16", pa, pw16, slabC, m, n, k, splits, perSplit, ldc);
-        TensorCoreGemmTests.Launch(ptx, mem, "gemm_q8_0", pa, pq, q8C, m, n, k, splits, perSplit, ldc);
+        TensorCoreGemmTests.Launch(ptx, mem, PtxTensorCoreGemm.EntryFor(type), pa, pq, q8C, m, n, k, splits, perSplit, ldc);
 
         var expected = MemoryMarshal.Cast<byte, float>(mem.Bytes(slabC, cFloats * 4)).ToArray();
         var got = MemoryMarshal.Cast<byte, float>(mem.Bytes(q8C, cFloats * 4)).ToArray();
@@ -84,7 +89,7 @@ public class Q8_0TensorCoreGemmTests
             {
                 float g = got[i * ldc + j], e = expected[i * ldc + j];
                 if (BitConverter.SingleToInt32Bits(g) != BitConverter.SingleToInt32Bits(e))
-                    Assert.Fail($"y[{i}, {j}] = {g} (0x{BitConverter.SingleToInt32Bits(g):X8}), the slab path gives {e} (0x{BitConverter.SingleToInt32Bits(e):X8})");
+                    Assert.Fail($"{type}: y[{i}, {j}] = {g} (0x{BitConverter.SingleToInt32Bits(g):X8}), the slab path gives {e} (0x{BitConverter.SingleToInt32Bits(e):X8})");
                 if (!anyScale)
                 {
                     float ordered = TensorCoreGemmTests.Ordered(a, halves, i, j, k, splits, perSplit, bf16: false, out _, out _);
@@ -133,7 +138,7 @@ public class Q8_0TensorCoreGemmTests
         PtxInterpreter.Parse(source).Launch("gemm_q8_0", 1, 1, t.Threads, mem, pa, pw, pc, (ulong)m, (ulong)n, (ulong)k, 4UL, (ulong)n);
     }
 
-    private static string Entry(string name)
+    internal static string Entry(string name)
     {
         var s = Source;
         int start = s.IndexOf($".visible .entry {name}(", StringComparison.Ordinal);

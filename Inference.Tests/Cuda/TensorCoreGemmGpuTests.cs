@@ -197,6 +197,61 @@ public class TensorCoreGemmGpuTests
         acc.Synchronize();
     }
 
+    /// <summary>
+    /// gemm_q4_0, gemm_q4_k, gemm_q6_k and gemm_q5_k (block weights widened inside the kernel) against the slab path on the
+    /// device — the matrix widened by <see cref="LayerKernels.DequantizeToHalf"/> and multiplied by gemm_f16 with the same
+    /// split-K — bit for bit, and against the block row kernel within the f32 accumulation-order bound (f16-exact
+    /// activations); the blocks start 2 bytes past an aligned address, as a matrix in the file may.
+    /// </summary>
+    [TestCase(GgmlType.Q4_0, 64, 512, 2048)]
+    [TestCase(GgmlType.Q4_0, 130, 136, 96)]
+    [TestCase(GgmlType.Q4_0, 512, 2048, 5632)]
+    [TestCase(GgmlType.Q4_K, 64, 512, 2048)]
+    [TestCase(GgmlType.Q4_K, 130, 136, 256)]
+    [TestCase(GgmlType.Q4_K, 512, 2048, 5632)]
+    [TestCase(GgmlType.Q6_K, 64, 512, 2048)]
+    [TestCase(GgmlType.Q6_K, 130, 136, 256)]
+    [TestCase(GgmlType.Q6_K, 512, 2048, 5632)]
+    [TestCase(GgmlType.Q5_K, 64, 512, 2048)]
+    [TestCase(GgmlType.Q5_K, 130, 136, 256)]
+    [TestCase(GgmlType.Q5_K, 512, 2048, 5632)]
+    public void BlockTypeGemmMatchesTheSlabPath(GgmlType type, int m, int n, int k)
+    {
+        var backend = GpuTestBackend.RequireDevice();
+        var acc = backend.Accelerator;
+        var rng = new Random(HashCode.Combine(type, m, n, k));
+        var blocks = Inference.Tests.Kernels.MatMulKernelTests.RandomBlocks(rng, type, n, k);
+        var xHost = new float[(long)m * k];
+        for (int i = 0; i < xHost.Length; i++) xHost[i] = (float)(Half)(rng.NextSingle() * 2 - 1);
+        var kernels = new LayerKernels(acc);
+        using var padded = acc.Allocate1D<byte>([0, 0, .. blocks]);
+        var w = padded.View.SubView(2, blocks.Length);
+        using var widened = acc.Allocate1D<ushort>((long)n * k);
+        using var x = acc.Allocate1D(xHost);
+        using var y = acc.Allocate1D<float>((long)m * n);
+        using var ySlab = acc.Allocate1D<float>((long)m * n);
+        using var yRow = acc.Allocate1D<float>((long)m * n);
+        y.View.MemSet((byte)0xFF);
+        ySlab.View.MemSet((byte)0xFF);
+        yRow.View.MemSet((byte)0xFF);
+        using var gemm = new PtxTensorCoreGemm(acc);
+        gemm.MatMulBlocks(type, w, x.View, y.View, m, n, k);
+        kernels.DequantizeToHalf(type, w, widened.View, n, k);
+        gemm.MatMul(TensorCoreElement.F16, ((ArrayView<ushort>)widened.View).Cast<byte>(), x.View, ySlab.View, m, n, k);
+        kernels.MatMulBlocks(type, w, x.View, yRow.View, n, k, m);
+        acc.Synchronize();
+        var a = y.GetAsArray1D();
+        var slab = ySlab.GetAsArray1D();
+        var row = yRow.GetAsArray1D();
+        double scale = row.Max(v => Math.Abs(v));
+        for (int i = 0; i < a.Length; i++)
+        {
+            if (BitConverter.SingleToInt32Bits(a[i]) != BitConverter.SingleToInt32Bits(slab[i]))
+                Assert.Fail($"{type} element {i}: in-kernel widening {a[i]}, slab path {slab[i]}");
+            Assert.That(Math.Abs(a[i] - row[i]), Is.LessThanOrEqualTo(1e-4 * scale), $"{type} element {i}: {a[i]} vs the row kernel's {row[i]}");
+        }
+    }
+
     [Test]
     public void CapturedGraphReplaysTheConversion()
     {
