@@ -35,11 +35,12 @@ public sealed record CudaOptions
     /// <summary>
     /// Whether products of 64 or more rows (prefill, large decode batches) with Q8_0 or block-type weights (Q4_0 … Q6_K,
     /// IQ4_NL, IQ4_XS) run on the hand-written tensor-core kernel with f32 accumulation (activations rounded to f16
-    /// first), the weights as exactly the values an F16 upload of the matrix holds: Q8_0, Q4_0, Q4_K, Q5_K and Q6_K blocks
-    /// are widened to f16 inside the kernel, the other block types on the device a slab of rows at a time (at most 32 MiB,
-    /// one workspace for the whole model). Default false: the dequantizers and the products are verified on ILGPU's CPU accelerator and against
-    /// a model of the instruction set, but not yet on a device (docs/gpu-results.md); like <see cref="TensorCoreMatMul"/>, a row's bits
-    /// then depend on how many rows share its step. Independent of <see cref="TensorCoreMatMul"/> (F16 weights).
+    /// first), the weights as exactly the values an F16 upload of the matrix holds: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K,
+    /// Q5_K and Q6_K blocks are widened to f16 inside the kernel, the other block types (IQ4_NL, Q2_K, Q3_K, IQ4_XS) on
+    /// the device a slab of rows at a time (at most 32 MiB, one workspace for the whole model). Default false: the
+    /// dequantizers and the products are verified on ILGPU's CPU accelerator and against a model of the instruction set,
+    /// but not yet on a device (docs/gpu-results.md); like <see cref="TensorCoreMatMul"/>, a row's bits then depend on how
+    /// many rows share its step. Independent of <see cref="TensorCoreMatMul"/> (F16 weights).
     /// </summary>
     public bool QuantizedTensorCoreMatMul { get; init; }
 

@@ -184,9 +184,10 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
 
     /// <summary>
     /// The block types besides Q8_0 whose products widen their weights inside the kernel (<see cref="RunBlocks"/>): Q4_0,
-    /// Q4_K, Q6_K, Q5_K. The other kept types keep the slab path.
+    /// Q4_K, Q6_K, Q5_K, Q4_1, Q5_0, Q5_1. The other kept types (IQ4_NL, Q2_K, Q3_K, IQ4_XS) keep the slab path.
     /// </summary>
-    public static ReadOnlySpan<GgmlType> InKernelBlockTypes => [GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.Q5_K];
+    public static ReadOnlySpan<GgmlType> InKernelBlockTypes =>
+        [GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.Q5_K, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1];
 
     /// <summary>Whether <see cref="RunBlocks"/> takes <paramref name="type"/>: Q8_0 and <see cref="InKernelBlockTypes"/>.</summary>
     /// <param name="type">A GGUF tensor type.</param>

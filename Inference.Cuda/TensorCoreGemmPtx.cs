@@ -66,11 +66,11 @@ internal static class TensorCoreGemmPtx
             //   each thread loads its chunks' scale and 8 quants (2-byte loads) for tile kt + {{tile.Stages - 1}} while tile kt
             //   is multiplied, then widens them and stores them (st.shared.v4) into the same swizzled layout.
             //
-            // gemm_q4_0, gemm_q4_k, gemm_q6_k, gemm_q5_k: gemm_q8_0 with W in those GGUF block types (Q4_0: 18-byte blocks of
-            //   32, K % 32 == 0; the K-quants: super-blocks of 256 (Q4_K 144, Q6_K 210, Q5_K 176 bytes), K % 256 == 0, a k tile
+            // gemm_q4_0, gemm_q4_k, gemm_q6_k, gemm_q5_k, gemm_q4_1, gemm_q5_0, gemm_q5_1: gemm_q8_0 with W in those GGUF block
+            //   types (Q4_0, Q4_1, Q5_0, Q5_1: blocks of 32 (18, 20, 22, 24 bytes), K % 32 == 0; the K-quants: super-blocks of 256 (Q4_K 144, Q6_K 210, Q5_K 176 bytes), K % 256 == 0, a k tile
             //   one sub-block of 32). Each weight is computed as the slab dequantizer does, every f32 operation rounded on its own:
-            //   Mul = d * sc (Q4_0: d; sc the sub-block's 6-bit (Q4_K, Q5_K) or int8 (Q6_K) scale), code * Mul, and for Q4_K /
-            //   Q5_K minus dmin * m (its 6-bit min), then cvt.rn.f16.f32. Loads as gemm_q8_0 (2-byte, tile kt + {{tile.Stages - 1}} ahead).
+            //   Mul = d * sc (Q4_0, Q4_1, Q5_0, Q5_1: d; sc the sub-block's 6-bit (Q4_K, Q5_K) or int8 (Q6_K) scale), code * Mul, and for Q4_K /
+            //   Q5_K minus dmin * m (its 6-bit min), for Q4_1 / Q5_1 plus m, then cvt.rn.f16.f32. Loads as gemm_q8_0 (2-byte, tile kt + {{tile.Stages - 1}} ahead).
             //
             .version 7.8
             .target sm_80
@@ -454,12 +454,22 @@ internal static class TensorCoreGemmPtx
 
         /// <summary>Q6_K super-blocks (gemm_q6_k), as Q8_0.</summary>
         Q6_K,
+
+        /// <summary>Q4_1 blocks (gemm_q4_1), as Q8_0.</summary>
+        Q4_1,
+
+        /// <summary>Q5_0 blocks (gemm_q5_0), as Q8_0.</summary>
+        Q5_0,
+
+        /// <summary>Q5_1 blocks (gemm_q5_1), as Q8_0.</summary>
+        Q5_1,
     }
 
     /// <summary>The block-type entries after gemm_q8_0, in module order.</summary>
     private static readonly (string Entry, Weights Weights)[] BlockTypeEntries =
     [
         ("gemm_q4_0", Weights.Q4_0), ("gemm_q4_k", Weights.Q4_K), ("gemm_q6_k", Weights.Q6_K), ("gemm_q5_k", Weights.Q5_K),
+        ("gemm_q4_1", Weights.Q4_1), ("gemm_q5_0", Weights.Q5_0), ("gemm_q5_1", Weights.Q5_1),
     ];
 
     /// <summary>Values and bytes of one block (a K-quant's super-block) of <paramref name="weights"/>.</summary>
@@ -470,6 +480,9 @@ internal static class TensorCoreGemmPtx
         Weights.Q4_K => (256, 144),
         Weights.Q5_K => (256, 176),
         Weights.Q6_K => (256, 210),
+        Weights.Q4_1 => (32, 20),
+        Weights.Q5_0 => (32, 22),
+        Weights.Q5_1 => (32, 24),
         _ => throw new ArgumentOutOfRangeException(nameof(weights), weights, "not a block type"),
     };
 
@@ -482,6 +495,8 @@ internal static class TensorCoreGemmPtx
             s.Append($"\t.reg .b16   wm<{cb}>;\n\t.reg .b32   wx<{cb}>, wy<{cb}>, wz<{cb}>;\n\t.reg .u32   jsub, bsh, sc, mn;\n\t.reg .f32   qm;\n\t.reg .u64   xoff;\n\t.reg .pred  phi;\n");
         if (weights is Weights.Q5_K or Weights.Q6_K) s.Append($"\t.reg .b32   wh<{4 * cb}>;\n\t.reg .u32   hbase, hsh;\n\t.reg .u64   hoff;\n");
         if (weights == Weights.Q6_K) s.Append($"\t.reg .b32   wx<{cb}>;\n\t.reg .u32   jsub, bsh;\n\t.reg .s32   sc;\n\t.reg .u64   xoff;\n");
+        if (weights is Weights.Q4_1 or Weights.Q5_1) s.Append($"\t.reg .b16   wm<{cb}>;\n\t.reg .f32   qm;\n");
+        if (weights is Weights.Q5_0 or Weights.Q5_1) s.Append($"\t.reg .b32   wg<{cb}>;\n\t.reg .u32   hsh;\n\t.reg .u64   hoff;\n");
         return s.Append('\n').ToString();
     }
 
@@ -496,12 +511,22 @@ internal static class TensorCoreGemmPtx
         w.Line("shr.u32", $"nblocks, k, {System.Numerics.BitOperations.Log2((uint)elements)}", $"{weights} blocks per W row");
         switch (weights)
         {
-            case Weights.Q4_0:
+            case Weights.Q4_0 or Weights.Q4_1 or Weights.Q5_0 or Weights.Q5_1:
+                int qs = weights switch { Weights.Q4_0 => 2, Weights.Q4_1 => 4, Weights.Q5_0 => 6, _ => 8 };
                 w.Line("and.b32", "tmp, chunk, 1");
-                w.Line("mad.lo.u32", "tmp, tmp, 8, 2", "values 8 chunk .. 8 chunk + 7: nibbles of bytes 2 + 8 (chunk & 1) ..");
+                w.Line("mad.lo.u32", $"tmp, tmp, 8, {qs}", $"values 8 chunk .. 8 chunk + 7: nibbles of bytes {qs} + 8 (chunk & 1) ..");
                 w.Line("cvt.u64.u32", "qoff, tmp");
                 w.Line("shr.u32", "qsh, chunk, 1");
                 w.Line("shl.b32", "qsh, qsh, 2", ".. low nibbles for chunks 0, 1, high for 2, 3");
+                if (weights is Weights.Q5_0 or Weights.Q5_1)
+                {
+                    int qh = qs - 4;
+                    w.Line("and.b32", "tmp, chunk, 2");
+                    w.Line("add.u32", $"tmp, tmp, {qh}", $"the fifth bits: byte chunk of qh (byte {qh} on), in the word at {qh} + (chunk & 2) ..");
+                    w.Line("cvt.u64.u32", "hoff, tmp");
+                    w.Line("and.b32", "hsh, chunk, 1");
+                    w.Line("shl.b32", "hsh, hsh, 3", ".. its low or high byte");
+                }
                 break;
             case Weights.Q4_K:
                 w.Line("mad.lo.u32", "qbase, chunk, 8, 16", "qs from byte 16");
@@ -583,6 +608,8 @@ internal static class TensorCoreGemmPtx
             if (weights is Weights.Q5_K or Weights.Q6_K)
                 for (int e = 0; e < 4; e++) w.Line("mov.b32", $"wh{4 * i + e}, 0");
             w.Line("mov.b16", $"ws{i}, 0");
+            if (weights is Weights.Q4_1 or Weights.Q5_1) w.Line("mov.b16", $"wm{i}, 0");
+            if (weights is Weights.Q5_0 or Weights.Q5_1) w.Line("mov.b32", $"wg{i}, 0");
             if (weights is Weights.Q4_K or Weights.Q5_K)
             {
                 w.Line("mov.b16", $"wm{i}, 0");
@@ -592,6 +619,12 @@ internal static class TensorCoreGemmPtx
             if (weights is Weights.Q4_K or Weights.Q5_K or Weights.Q6_K) w.Line("mov.b32", $"wx{i}, 0");
             w.Line("add.u64", $"gsrc, gb{i}, kbyte");
             w.Line($"@pb{i} ld.global.nc.b16", $"ws{i}, [gsrc{(weights == Weights.Q6_K ? "+208" : "")}]", "the block's scale d");
+            if (weights is Weights.Q4_1 or Weights.Q5_1) w.Line($"@pb{i} ld.global.nc.b16", $"wm{i}, [gsrc+2]", "the block's min m");
+            if (weights is Weights.Q5_0 or Weights.Q5_1)
+            {
+                w.Line("add.u64", "tmp64, gsrc, hoff");
+                w.Line($"@pb{i} ld.global.nc.u16", $"wg{i}, [tmp64]", "the chunk's fifth bits");
+            }
             if (weights is Weights.Q4_K or Weights.Q5_K)
             {
                 w.Line($"@pb{i} ld.global.nc.b16", $"wm{i}, [gsrc+2]", "dmin");
@@ -618,13 +651,14 @@ internal static class TensorCoreGemmPtx
     /// <summary>
     /// Widens copy <paramref name="i"/>'s values into hq0..hq3 (value 2e low, 2e + 1 high) exactly as the slab dequantizer
     /// (<c>MatMulKernels.DequantizeToHalf</c>) computes them, every float operation rounded on its own: the sub-block's
-    /// factor <c>Mul = d · sc</c> (Q4_0: d) and for the types with a min <c>Add = −(dmin · m)</c>, then per value
+    /// factor <c>Mul = d · sc</c> (the blocks of 32: d) and <c>Add = −(dmin · m)</c> (Q4_K, Q5_K) or m (Q4_1, Q5_1), then per value
     /// <c>code · Mul</c> (+ Add), rounded to f16 (cvt.rn.f16.f32, round to nearest even as the slab's HalfBits).
     /// </summary>
     private static void EmitBlockTypeWiden(PtxWriter w, Weights weights, int i)
     {
-        bool min = weights is Weights.Q4_K or Weights.Q5_K;
+        bool min = weights is Weights.Q4_K or Weights.Q5_K, offset = weights is Weights.Q4_1 or Weights.Q5_1;
         w.Line("cvt.f32.f16", $"qd, ws{i}");
+        if (offset) w.Line("cvt.f32.f16", $"qm, wm{i}", "Add = m");
         if (min)
         {
             w.Line("cvt.f32.f16", $"qm, wm{i}");
@@ -668,6 +702,13 @@ internal static class TensorCoreGemmPtx
                     case Weights.Q4_0:
                         w.Line("sub.u32", "qi, qi, 8");
                         break;
+                    case Weights.Q5_0 or Weights.Q5_1:
+                        w.Line("add.u32", $"qz, hsh, {2 * e + h}");
+                        w.Line("bfe.u32", $"qz, wg{i}, qz, 1", $"bit 8 chunk + {2 * e + h} of qh");
+                        w.Line("shl.b32", "qz, qz, 4");
+                        w.Line("or.b32", "qi, qi, qz");
+                        if (weights == Weights.Q5_0) w.Line("sub.u32", "qi, qi, 16");
+                        break;
                     case Weights.Q5_K:
                         w.Line("bfe.u32", $"qz, wh{4 * i + e}, {(h == 0 ? "jsub" : "tmp")}, 1");
                         w.Line("shl.b32", "qz, qz, 4");
@@ -683,6 +724,7 @@ internal static class TensorCoreGemmPtx
                 w.Line("cvt.rn.f32.s32", $"{f}, qi");
                 w.Line("mul.rn.f32", $"{f}, {f}, qd");
                 if (min) w.Line("sub.rn.f32", $"{f}, {f}, qm", "+ Add: the same as adding -(dmin * m)");
+                if (offset) w.Line("add.rn.f32", $"{f}, {f}, qm");
             }
             w.Line("cvt.rn.f16x2.f32", $"hq{e}, qf1, qf0");
         }

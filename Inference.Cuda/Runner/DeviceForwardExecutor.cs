@@ -149,7 +149,7 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
             : $"ILGPU {accelerator.AcceleratorType} accelerator: {accelerator.Name}";
         _deviceName = $"{what}, {_attention.Name} attention" +
             (_attention is PtxDeviceAttention<ILGPU.Half> { FlashPrefill: true } ? " (flash prefill)" : "") +
-            (_gemm is not null ? (_gemm.F16Products ? ", tensor-core F16 matmul" : "") + (_gemm.QuantizedProducts ? ", tensor-core quantized matmul (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K in-kernel, other block types in f16 slabs)" : "") : gemmUnavailable is not null ? $", tensor-core matmul unavailable ({gemmUnavailable})" : "");
+            (_gemm is not null ? (_gemm.F16Products ? ", tensor-core F16 matmul" : "") + (_gemm.QuantizedProducts ? ", tensor-core quantized matmul (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K in-kernel; IQ4_NL, Q2_K, Q3_K, IQ4_XS in f16 slabs)" : "") : gemmUnavailable is not null ? $", tensor-core matmul unavailable ({gemmUnavailable})" : "");
         // NOTE: the engine never runs more than MaxSequenceCount (vLLM's max_num_seqs) sequences in one step: a larger
         // bucket would only hold padding, so the largest one (and the static buffers sized for it) follows that limit.
         _graphOptions = decodeGraphs is null ? null

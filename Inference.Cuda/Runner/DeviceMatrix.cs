@@ -16,7 +16,7 @@ namespace Inference.Cuda.Runner;
 /// Products of many rows: F16 runs on the tensor-core kernel from <see cref="TensorCoreMinRows"/> rows (an expert stack's
 /// from that many tokens, on its grouped form); with
 /// <see cref="PtxTensorCoreGemm.QuantizedProducts"/>, Q8_0 and the block types from <see cref="QuantizedTensorCoreMinRows"/>
-/// rows run there too: Q8_0, Q4_0, Q4_K, Q6_K and Q5_K on <see cref="PtxTensorCoreGemm.RunBlocks"/>, which reads the blocks
+/// rows run there too: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K on <see cref="PtxTensorCoreGemm.RunBlocks"/>, which reads the blocks
 /// as uploaded and widens them to f16 inside the kernel (no workspace); the other block types widened to f16 a slab of rows at a time
 /// (<see cref="DequantizedSlabs"/>, <see cref="LayerKernels.DequantizeToHalf"/>) and multiplied slab by slab into their
 /// output columns (as llama.cpp's CUDA backend does for large batches). Otherwise they stay on their row kernels for every batch (a group walks <see cref="MatMulKernels.BatchChunk"/>

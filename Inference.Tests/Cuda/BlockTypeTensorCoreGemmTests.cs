@@ -7,7 +7,8 @@ using Half = System.Half;
 namespace Inference.Tests.Cuda;
 
 /// <summary>
-/// <c>gemm_q4_0</c>, <c>gemm_q4_k</c>, <c>gemm_q6_k</c> and <c>gemm_q5_k</c> (block weights widened to f16 inside the
+/// <c>gemm_q4_0</c>, <c>gemm_q4_k</c>, <c>gemm_q6_k</c>, <c>gemm_q5_k</c>, <c>gemm_q4_1</c>, <c>gemm_q5_0</c> and
+/// <c>gemm_q5_1</c> (block weights widened to f16 inside the
 /// tensor-core kernel) in <see cref="PtxInterpreter"/>, as <see cref="Q8_0TensorCoreGemmTests"/> checks gemm_q8_0: bit for
 /// bit the slab path (the matrix widened by <c>DequantizeToHalf</c> on ILGPU's CPU accelerator, then <c>gemm_f16</c> with
 /// the same split-K) and the kernel's accumulation order over the host's f16 weights; shapes at and off the tile edges,
@@ -17,7 +18,7 @@ public class BlockTypeTensorCoreGemmTests
 {
     private static IEnumerable<TestCaseData> Cases()
     {
-        // Q4_0: blocks of 32, as gemm_q8_0's cases
+        // Q4_0, Q4_1, Q5_0, Q5_1: blocks of 32, as gemm_q8_0's cases
         foreach (var (m, n, k, splits, ldc) in new[]
         {
             (1, 8, 32, 1, 0),          // one row, one block per W row, a partial tile everywhere
@@ -25,7 +26,8 @@ public class BlockTypeTensorCoreGemmTests
             (64, 300, 224, 3, 0),      // split-K: 7 k tiles as 3 + 3 + 1
             (33, 72, 320, 4, 80),      // split-K into wider rows: 10 k tiles as 3 + 3 + 3 + 1
         })
-            yield return new TestCaseData(GgmlType.Q4_0, m, n, k, splits, ldc);
+            foreach (var type in new[] { GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1 })
+                yield return new TestCaseData(type, m, n, k, splits, ldc);
         // the K-quants: super-blocks of 256, a k tile one sub-block of 32
         foreach (var type in new[] { GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.Q5_K })
             foreach (var (m, n, k, splits, ldc) in new[]
@@ -50,6 +52,9 @@ public class BlockTypeTensorCoreGemmTests
     [TestCase(GgmlType.Q4_K, 40, 136, 256, 2)]
     [TestCase(GgmlType.Q6_K, 40, 136, 256, 2)]
     [TestCase(GgmlType.Q5_K, 40, 136, 256, 2)]
+    [TestCase(GgmlType.Q4_1, 40, 136, 96, 1)]
+    [TestCase(GgmlType.Q5_0, 40, 136, 96, 1)]
+    [TestCase(GgmlType.Q5_1, 130, 24, 160, 2)]
     public void MatchesTheSlabPathWithAnyScale(GgmlType type, int m, int n, int k, int splits) =>
         Q8_0TensorCoreGemmTests.Compare(type, m, n, k, splits, 0, anyScale: true);
 
@@ -57,6 +62,9 @@ public class BlockTypeTensorCoreGemmTests
     [TestCase(GgmlType.Q4_K)]
     [TestCase(GgmlType.Q6_K)]
     [TestCase(GgmlType.Q5_K)]
+    [TestCase(GgmlType.Q4_1)]
+    [TestCase(GgmlType.Q5_0)]
+    [TestCase(GgmlType.Q5_1)]
     public void EntryWidensWAndCopiesA(GgmlType type)
     {
         var entry = Q8_0TensorCoreGemmTests.Entry(PtxTensorCoreGemm.EntryFor(type));
@@ -88,7 +96,9 @@ public class BlockTypeTensorCoreGemmTests
     [TestCase(GgmlType.Q4_K, 4, 4, 128)]    // whole blocks of 32 but not of 256
     [TestCase(GgmlType.Q6_K, 4, 4, 32)]
     [TestCase(GgmlType.Q5_K, 0, 4, 256)]
+    [TestCase(GgmlType.Q5_1, 4, 4, 16)]
     [TestCase(GgmlType.Q3_K, 4, 4, 256)]    // a block type that keeps the slab path
+    [TestCase(GgmlType.IQ4_NL, 4, 4, 256)]
     [TestCase(GgmlType.F16, 4, 4, 256)]
     public void LauncherRefusesUnsupportedShapes(GgmlType type, int m, int n, int k)
     {

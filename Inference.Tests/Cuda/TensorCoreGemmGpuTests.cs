@@ -198,7 +198,7 @@ public class TensorCoreGemmGpuTests
     }
 
     /// <summary>
-    /// gemm_q4_0, gemm_q4_k, gemm_q6_k and gemm_q5_k (block weights widened inside the kernel) against the slab path on the
+    /// gemm_q4_0, gemm_q4_k, gemm_q6_k, gemm_q5_k, gemm_q4_1, gemm_q5_0 and gemm_q5_1 (block weights widened inside the kernel) against the slab path on the
     /// device — the matrix widened by <see cref="LayerKernels.DequantizeToHalf"/> and multiplied by gemm_f16 with the same
     /// split-K — bit for bit, and against the block row kernel within the f32 accumulation-order bound (f16-exact
     /// activations); the blocks start 2 bytes past an aligned address, as a matrix in the file may.
@@ -215,6 +215,12 @@ public class TensorCoreGemmGpuTests
     [TestCase(GgmlType.Q5_K, 64, 512, 2048)]
     [TestCase(GgmlType.Q5_K, 130, 136, 256)]
     [TestCase(GgmlType.Q5_K, 512, 2048, 5632)]
+    [TestCase(GgmlType.Q4_1, 130, 136, 96)]
+    [TestCase(GgmlType.Q4_1, 512, 2048, 5632)]
+    [TestCase(GgmlType.Q5_0, 130, 136, 96)]
+    [TestCase(GgmlType.Q5_0, 512, 2048, 5632)]
+    [TestCase(GgmlType.Q5_1, 130, 136, 96)]
+    [TestCase(GgmlType.Q5_1, 512, 2048, 5632)]
     public void BlockTypeGemmMatchesTheSlabPath(GgmlType type, int m, int n, int k)
     {
         var backend = GpuTestBackend.RequireDevice();

@@ -36,7 +36,7 @@ public class TensorCoreGemmTests
         Assert.That(s, Does.Contain("ldmatrix.sync.aligned.m8n8.x4.shared.b16"));
         Assert.That(s, Does.Contain("cp.async.cg.shared.global"));
         Assert.That(s, Does.Contain("cp.async.wait_group"));
-        foreach (var entry in new[] { "gemm_f16", "gemm_bf16", "gemm_reduce_splits", "gemm_grouped_f16", "gemm_grouped_bf16", "convert_f32_f16", "convert_f32_bf16", "gemm_q8_0", "gemm_q4_0", "gemm_q4_k", "gemm_q6_k", "gemm_q5_k" })
+        foreach (var entry in new[] { "gemm_f16", "gemm_bf16", "gemm_reduce_splits", "gemm_grouped_f16", "gemm_grouped_bf16", "convert_f32_f16", "convert_f32_bf16", "gemm_q8_0", "gemm_q4_0", "gemm_q4_k", "gemm_q6_k", "gemm_q5_k", "gemm_q4_1", "gemm_q5_0", "gemm_q5_1" })
             Assert.That(s, Does.Contain($".visible .entry {entry}("));
         int bad = s.ToList().FindIndex(c => c > 127);
         Assert.That(bad, Is.EqualTo(-1), () => $"non-ASCII character U+{(int)s[bad]:X4} at offset {bad}");
