@@ -17,6 +17,8 @@
 #         achieved KV GB/s next to a device-to-device copy measured in the same run,
 #       - tensor-core GEMM: the 0.85B model's F16 products at M = 64/512/4096 (--quick: 64/512), TFLOP/s next to the
 #         card's dense FP16 peak, the F16 row kernel's time, and agreement with the row kernel (max rel diff <= 1e-4),
+#       - block weights on the tensor cores: the same shapes in Q8_0 and each type widened in the kernel (gemm_q8_0,
+#         gemm_q4_0 ... gemm_q6_k) against the slab path (widen, then gemm_f16): times and bit equality (gemm_blocks.tsv),
 #       - flash prefill attention: one layer of the 0.85B model (32/8 heads, head dim 64, f16 KV) for 64 x 512-token
 #         prompts (--quick: 16), prompt tokens/s next to the per-token PTX kernel, agreement within 5e-3 (flash.tsv),
 #       - stories260K on the GPU engine: llama2.c's 200-token greedy text, 16 concurrent requests = solo,
@@ -33,7 +35,7 @@
 #         rounds activations to Q8_K); and for a Q8_0 copy and the Q4_K_M copy, prefill of 64 x 512-token prompts
 #         (--quick: 16) with CudaOptions.QuantizedTensorCoreMatMul on and off: prompt tokens/s, first tokens on = off,
 #         the first prompt's greedy tokens vs the CPU engine. Needs ~3 GB of temporary disk; nothing beyond the runner is carried.
-#     Writes OUTDIR/{device.txt,checks.tsv,bench.tsv,matmul.tsv,gemm.tsv,gemm_q8_0.tsv,flash.tsv,e2e.tsv,summary.md,nvidia-smi.txt,runner.log}.
+#     Writes OUTDIR/{device.txt,checks.tsv,bench.tsv,matmul.tsv,gemm.tsv,gemm_blocks.tsv,flash.tsv,e2e.tsv,summary.md,nvidia-smi.txt,runner.log}.
 #     Exit status: 0 all checks passed, 1 a check failed, 2 no CUDA device, other: runner crashed.
 set -euo pipefail
 

@@ -13,10 +13,10 @@ namespace Inference.Benchmarks.Gpu;
 /// <summary>
 /// <c>gpu OUTDIR [--quick] [--no-e2e]</c>: on a CUDA machine, runs the attention checks (PTX vs ILGPU vs reference), the
 /// decode-attention benchmark, the matrix-kernel benchmark (<see cref="MatMulBenchmark"/>), the tensor-core GEMM
-/// benchmark (<see cref="TensorCoreGemmBenchmark"/>), its Q8_0 form against the slab path (<see cref="Q8_0GemmBenchmark"/>),
+/// benchmark (<see cref="TensorCoreGemmBenchmark"/>), its block-type forms against the slab path (<see cref="BlockGemmBenchmark"/>),
 /// the flash prefill benchmark (<see cref="FlashPrefillBenchmark"/>) and the end-to-end model
 /// check (<see cref="EndToEndCheck"/>), writing <c>device.txt</c>, <c>checks.tsv</c>, <c>bench.tsv</c>,
-/// <c>matmul.tsv</c>, <c>gemm.tsv</c>, <c>gemm_q8_0.tsv</c>, <c>flash.tsv</c>, <c>e2e.tsv</c> and <c>summary.md</c>.
+/// <c>matmul.tsv</c>, <c>gemm.tsv</c>, <c>gemm_blocks.tsv</c>, <c>flash.tsv</c>, <c>e2e.tsv</c> and <c>summary.md</c>.
 /// Exit status: 0 all checks passed, 1 a check failed, 2 no CUDA device.
 /// </summary>
 public static class GpuMode
@@ -62,7 +62,7 @@ public static class GpuMode
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
         allPassed &= Guarded("tensor-core GEMM benchmark", () => TensorCoreGemmBenchmark.Run(acc, outDir, summary, quick), summary);
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
-        allPassed &= Guarded("Q8_0 tensor-core GEMM benchmark", () => Q8_0GemmBenchmark.Run(acc, outDir, summary, quick), summary);
+        allPassed &= Guarded("block-type tensor-core GEMM benchmark", () => BlockGemmBenchmark.Run(acc, outDir, summary, quick), summary);
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
         allPassed &= Guarded("flash prefill benchmark", () => FlashPrefillBenchmark.Run(acc, outDir, summary, quick), summary);
         File.WriteAllText(Path.Combine(outDir, "summary.md"), summary.ToString());
