@@ -6,7 +6,9 @@ namespace Inference.Cuda;
 /// product per expert over rows the device groups) (mma.sync m16n8k16 with f32 accumulation, ldmatrix.x4 from swizzled shared
 /// memory, a cp.async pipeline of <see cref="TensorCoreGemmTile.Stages"/> stages), the activation conversions
 /// <c>convert_f32_f16</c> / <c>convert_f32_bf16</c>, and <c>gemm_q8_0</c>: gemm_f16 with W read as Q8_0 blocks and
-/// widened to f16 inside the kernel.
+/// widened to f16 inside the kernel; likewise <c>gemm_q4_0</c>, <c>gemm_q4_k</c>, <c>gemm_q6_k</c>, <c>gemm_q5_k</c>,
+/// <c>gemm_q4_1</c>, <c>gemm_q5_0</c> and <c>gemm_q5_1</c> for those block types (one emitter; the W loads and the
+/// widening step differ by type).
 /// </summary>
 /// <remarks>
 /// NOTE: the module is unrolled per tile (registers cannot be indexed in PTX), so it is generated rather than typed; the
@@ -20,6 +22,12 @@ namespace Inference.Cuda;
 /// chunks' scale and quants with 2-byte loads for the tile Stages - 1 ahead, converts them after the current tile's
 /// mma (the load latency hides behind it) and stores the f16 chunks into the same swizzled stage layout that gemm_f16's
 /// copies fill; A keeps cp.async. BlockK is one Q8_0 block, so a k tile reads one block per W row.
+/// </para>
+/// <para>
+/// The other block types take the same path (their blocks are 2-byte aligned too). A k tile is one block of 32 values
+/// (Q4_0, Q4_1, Q5_0, Q5_1) or one sub-block of a K-quant super-block of 256, whose scale (and min) the kernel decodes
+/// from the super-block's packed scales; every widening operation is rounded on its own (mul.rn, add.rn, sub.rn), as the
+/// slab dequantizer computes the weight in f32 before its f16 rounding, so ptxas cannot contract any of them into an fma.
 /// </para>
 /// </remarks>
 internal static class TensorCoreGemmPtx

@@ -197,8 +197,8 @@ public static class EndToEndCheck
 
     /// <summary>
     /// Prefill through the engine of 64 prompts of 512 random tokens (--quick: 16), one greedy token each, with
-    /// <see cref="CudaOptions.QuantizedTensorCoreMatMul"/> on (weights widened to f16 slab by slab for the tensor-core
-    /// kernel) and off (the block row kernels): prompt tokens/s for each, whether the 64 first tokens agree between the two,
+    /// <see cref="CudaOptions.QuantizedTensorCoreMatMul"/> on (weights widened to f16 for the tensor-core kernel, inside it
+    /// for Q8_0, Q4_K, Q6_K and the other types of <c>PtxTensorCoreGemm.WidensInKernel</c>, slab by slab for the rest) and off (the block row kernels): prompt tokens/s for each, whether the 64 first tokens agree between the two,
     /// and the first prompt's 8 greedy tokens against the CPU engine's (reported, not required: the CPU rounds activations
     /// to Q8 for these weights). Fails only on an exception.
     /// </summary>
