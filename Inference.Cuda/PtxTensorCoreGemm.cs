@@ -32,8 +32,8 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
 {
     private readonly CudaAccelerator _accelerator;
     private readonly PtxModule _module;
-    private readonly IntPtr _gemmF16, _gemmBf16, _gemmQ8_0, _groupedF16, _groupedBf16, _reduce, _convertF16, _convertBf16;
-    private readonly IntPtr[] _gemmBlockTypes;   // gemm_q4_0 … per InKernelBlockTypes
+    private readonly IntPtr _gemmF16, _gemmBf16, _groupedF16, _groupedBf16, _reduce, _convertF16, _convertBf16;
+    private readonly IntPtr[] _gemmBlockTypes;   // gemm_q8_0, gemm_q4_0 … per InKernelBlockTypes
     private MemoryBuffer1D<ushort, Stride1D.Dense>? _staging;     // activations converted to f16/bf16, [M, K]
     private MemoryBuffer1D<float, Stride1D.Dense>? _partials;     // split-K partial products, [splits, M, N]
     private MemoryBuffer1D<ushort, Stride1D.Dense>? _workspace;   // weights widened to f16, a slab of rows at a time
@@ -46,7 +46,6 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         _module = PtxModule.Load(accelerator, TensorCoreGemmPtx.ModuleName);
         _gemmF16 = _module.GetFunction("gemm_f16");
         _gemmBf16 = _module.GetFunction("gemm_bf16");
-        _gemmQ8_0 = _module.GetFunction("gemm_q8_0");
         _gemmBlockTypes = [.. InKernelBlockTypes.ToArray().Select(t => _module.GetFunction(EntryFor(t)))];
         _groupedF16 = _module.GetFunction("gemm_grouped_f16");
         _groupedBf16 = _module.GetFunction("gemm_grouped_bf16");
@@ -60,7 +59,7 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
 
     /// <summary>
     /// Whether Q8_0 and block-type weight matrices of many rows run here (<see cref="CudaOptions.QuantizedTensorCoreMatMul"/>):
-    /// Q8_0 and <see cref="InKernelBlockTypes"/> on <see cref="RunBlocks"/>, which widens their blocks inside the kernel;
+    /// <see cref="InKernelBlockTypes"/> on <see cref="RunBlocks"/>, which widens their blocks inside the kernel;
     /// the other block types widened to f16 a slab at a time into <see cref="Workspace"/>.
     /// </summary>
     public bool QuantizedProducts { get; init; }
@@ -145,53 +144,16 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         Launch(type == TensorCoreElement.F16 ? _gemmF16 : _gemmBf16, a, w, c, m, n, k, stream, ldc);
     }
 
-    /// <summary>Throws unless <see cref="RunQ8_0"/> accepts these dimensions: <see cref="CheckShape"/>'s, and K whole Q8_0 blocks.</summary>
-    /// <exception cref="ArgumentException">As <see cref="CheckShape"/>, or K is not a multiple of 32.</exception>
-    public static void CheckQ8_0Shape(int m, int n, int k, int ldc = 0)
-    {
-        CheckShape(m, n, k, ldc);
-        if (k % Q8_0BlockElements != 0) throw new ArgumentException($"Q8_0 rows hold whole blocks of {Q8_0BlockElements} weights; K={k} is not a multiple of {Q8_0BlockElements}");
-    }
-
-    private const int Q8_0BlockElements = 32;
-
     /// <summary>
-    /// <see cref="Run"/> of f16 activations <paramref name="a"/> with Q8_0 weights <paramref name="w"/> <c>[N, K / 32]</c>
-    /// blocks as the file stores them (2-byte aligned), widened to f16 inside the kernel (<c>gemm_q8_0</c>): each weight
-    /// <c>f16(d · q)</c> as <see cref="Inference.Kernels.Layer.LayerKernels.DequantizeToHalf"/> writes it, so the result
-    /// equals <see cref="Run"/> over the widened matrix with the same split-K, bit for bit (barring NaN scales), with no
-    /// workspace.
-    /// </summary>
-    /// <exception cref="ArgumentException">See <see cref="CheckQ8_0Shape"/>.</exception>
-    public void RunQ8_0(IntPtr a, IntPtr w, IntPtr c, int m, int n, int k, CudaStream? stream = null, int ldc = 0)
-    {
-        CheckQ8_0Shape(m, n, k, ldc);
-        Launch(_gemmQ8_0, a, w, c, m, n, k, stream, ldc);
-    }
-
-    /// <summary>
-    /// <c>y[M, N] = x[M, K] · w[N, K]ᵀ</c> with f32 activations <paramref name="x"/> (staged to f16) and Q8_0 weights
-    /// <paramref name="w"/> (<see cref="RunQ8_0"/>).
-    /// </summary>
-    /// <exception cref="ArgumentException">See <see cref="CheckQ8_0Shape"/>; or a view is shorter than its matrix.</exception>
-    public void MatMulQ8_0(ArrayView<byte> w, ArrayView<float> x, ArrayView<float> y, int m, int n, int k)
-    {
-        CheckQ8_0Shape(m, n, k);
-        if (y.Length < (long)m * n || w.Length < (long)n * (k / Q8_0BlockElements) * 34)
-            throw new ArgumentException("a view is shorter than its matrix");
-        RunQ8_0(StageActivations(TensorCoreElement.F16, x, m, k), w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(), m, n, k);
-    }
-
-    /// <summary>
-    /// The block types besides Q8_0 whose products widen their weights inside the kernel (<see cref="RunBlocks"/>): Q4_0,
-    /// Q4_K, Q6_K, Q5_K, Q4_1, Q5_0, Q5_1. The other kept types (IQ4_NL, Q2_K, Q3_K, IQ4_XS) keep the slab path.
+    /// The block types whose products widen their weights inside the kernel (<see cref="RunBlocks"/>): Q8_0, Q4_0, Q4_K,
+    /// Q6_K, Q5_K, Q4_1, Q5_0, Q5_1. The other kept types (IQ4_NL, Q2_K, Q3_K, IQ4_XS) keep the slab path.
     /// </summary>
     public static ReadOnlySpan<GgmlType> InKernelBlockTypes =>
-        [GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.Q5_K, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1];
+        [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.Q5_K, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1];
 
-    /// <summary>Whether <see cref="RunBlocks"/> takes <paramref name="type"/>: Q8_0 and <see cref="InKernelBlockTypes"/>.</summary>
+    /// <summary>Whether <see cref="RunBlocks"/> takes <paramref name="type"/>: one of <see cref="InKernelBlockTypes"/>.</summary>
     /// <param name="type">A GGUF tensor type.</param>
-    public static bool WidensInKernel(GgmlType type) => type == GgmlType.Q8_0 || InKernelBlockTypes.IndexOf(type) >= 0;
+    public static bool WidensInKernel(GgmlType type) => InKernelBlockTypes.IndexOf(type) >= 0;
 
     /// <summary>The module entry of <paramref name="type"/>'s product (gemm_q8_0, gemm_q4_0, gemm_q4_k, …).</summary>
     internal static string EntryFor(GgmlType type) => "gemm_" + type.ToString().ToLowerInvariant();
@@ -220,7 +182,7 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
     public void RunBlocks(GgmlType type, IntPtr a, IntPtr w, IntPtr c, int m, int n, int k, CudaStream? stream = null, int ldc = 0)
     {
         CheckBlockShape(type, m, n, k, ldc);
-        Launch(type == GgmlType.Q8_0 ? _gemmQ8_0 : _gemmBlockTypes[InKernelBlockTypes.IndexOf(type)], a, w, c, m, n, k, stream, ldc);
+        Launch(_gemmBlockTypes[InKernelBlockTypes.IndexOf(type)], a, w, c, m, n, k, stream, ldc);
     }
 
     /// <summary>
@@ -366,6 +328,22 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
         CheckCurrent(a);
         CheckViews(w, y, a.M, n, a.K);
         Run(a.Type, a.Address, w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(), a.M, n, a.K);
+    }
+
+    /// <summary>
+    /// <see cref="RunBlocks"/> over staged f16 activations <paramref name="a"/> (<see cref="Stage"/>): <c>y[M, N] = a · wᵀ</c>
+    /// with block weights <paramref name="w"/> of <paramref name="type"/>.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">A later conversion overwrote <paramref name="a"/>.</exception>
+    /// <exception cref="ArgumentException">The activations are not f16; see <see cref="CheckBlockShape"/>; or a view is shorter than its matrix.</exception>
+    public void MatMulBlocks(in StagedActivations a, GgmlType type, ArrayView<byte> w, ArrayView<float> y, int n)
+    {
+        CheckCurrent(a);
+        if (a.Type != TensorCoreElement.F16) throw new ArgumentException($"block weights multiply f16 activations, not {a.Type}", nameof(a));
+        CheckBlockShape(type, a.M, n, a.K);
+        if (y.Length < (long)a.M * n || w.Length < (long)n * GgmlTypeInfo.RowBytes(type, a.K))
+            throw new ArgumentException("a view is shorter than its matrix");
+        RunBlocks(type, a.Address, w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(), a.M, n, a.K);
     }
 
     private static void CheckViews(ArrayView<byte> w, ArrayView<float> y, int m, int n, int k)

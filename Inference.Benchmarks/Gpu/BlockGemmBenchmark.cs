@@ -11,7 +11,7 @@ using Half = System.Half;
 namespace Inference.Benchmarks.Gpu;
 
 /// <summary>
-/// Block weights on the tensor cores: for Q8_0 and each type of <see cref="PtxTensorCoreGemm.InKernelBlockTypes"/>, its
+/// Block weights on the tensor cores: for each type of <see cref="PtxTensorCoreGemm.InKernelBlockTypes"/>, its
 /// entry (<c>gemm_q8_0</c>, <c>gemm_q4_0</c>, …: the blocks widened to f16 inside the kernel) against the slab path it
 /// replaces (the matrix widened by <see cref="LayerKernels.DequantizeToHalf"/>, then <c>gemm_f16</c>) and against
 /// <c>gemm_f16</c> alone over the widened matrix (the f16 product's time, the floor the in-kernel widening adds to), for
@@ -37,7 +37,7 @@ public static class BlockGemmBenchmark
         var kernels = new LayerKernels(acc);
         using var gemm = new PtxTensorCoreGemm(acc);
         int[] rows = quick ? [64, 512] : Rows;
-        GgmlType[] types = [GgmlType.Q8_0, .. PtxTensorCoreGemm.InKernelBlockTypes];
+        var types = PtxTensorCoreGemm.InKernelBlockTypes.ToArray();
         int maxM = rows.Max(), maxK = Shapes.Max(s => s.K), maxN = Shapes.Max(s => s.N);
         long maxW = Shapes.Max(s => (long)s.N * s.K);
         var rng = new Random(23);

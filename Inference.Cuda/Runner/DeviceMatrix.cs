@@ -205,15 +205,25 @@ internal sealed unsafe class DeviceMatrix : IDisposable
     /// <summary>
     /// The tensor-core input type <see cref="MatMul"/> with <paramref name="batch"/> rows (<see cref="MatMulExperts"/>
     /// with that many tokens) converts the activations to, or null where it runs elsewhere: the row kernels, or the
-    /// quantized tensor-core paths (gemm_q8_0, the f16 slabs), which convert on their own.
+    /// quantized tensor-core paths (gemm_q8_0 …, the f16 slabs; a fused op shares gemm_q8_0's staging, <see cref="StagedInput"/>).
     /// </summary>
     public TensorCoreElement? TensorCoreInput(PtxTensorCoreGemm? gemm, int batch) => UsesTensorCores(gemm, batch) ? TensorCoreElement.F16 : null;
 
     /// <summary>
+    /// The input type <see cref="MatMul"/> with <paramref name="batch"/> rows stages the activations to, or null where it
+    /// does not stage them: <see cref="TensorCoreInput"/>, and f16 for the block types the tensor-core kernel widens itself
+    /// (<see cref="PtxTensorCoreGemm.WidensInKernel"/>); the slab path and the row kernels run on their own.
+    /// </summary>
+    private TensorCoreElement? StagedInput(PtxTensorCoreGemm? gemm, int batch) =>
+        TensorCoreInput(gemm, batch)
+        ?? (UsesDequantizedTensorCores(gemm, batch) && PtxTensorCoreGemm.WidensInKernel(Type) ? TensorCoreElement.F16 : null);
+
+    /// <summary>
     /// <c>outputs[i] = x · matrices[i]ᵀ</c> for several matrices over the same activations x <c>[batch, cols]</c> (an
     /// op's q, k and v or gate and up; a mixture-of-experts block's router and shared gate and up), each bit for bit as
-    /// its own <see cref="MatMul"/> gives it; the matrices that run on the tensor-core kernel with one input type
-    /// (<see cref="TensorCoreInput"/>) read one conversion of x (<see cref="SharedConversions.Plan"/>).
+    /// its own <see cref="MatMul"/> gives it; the matrices that stage x as one input type (<see cref="StagedInput"/>: the
+    /// f16 products and the block types the tensor-core kernel widens itself) read one conversion of x
+    /// (<see cref="SharedConversions.Plan"/>).
     /// </summary>
     /// <exception cref="ArgumentException">The spans differ in length, or the matrices in columns.</exception>
     public static void MatMulSameInput(LayerKernels kernels, PtxTensorCoreGemm? gemm, ArrayView<float> x, int batch,
@@ -243,7 +253,8 @@ internal sealed unsafe class DeviceMatrix : IDisposable
                 throw new ArgumentException($"matrices over the same activations have the same columns, not {m.Cols} beside {matrices[0].Cols}", nameof(matrices));
         Span<TensorCoreElement?> inputs = stackalloc TensorCoreElement?[matrices.Length];
         Span<int> convertedBy = stackalloc int[matrices.Length];
-        for (int i = 0; i < matrices.Length; i++) inputs[i] = matrices[i].TensorCoreInput(gemm, batch);
+        // Expert stacks share only the grouped kernel's input (there is no grouped block-type kernel).
+        for (int i = 0; i < matrices.Length; i++) inputs[i] = experts is null ? matrices[i].StagedInput(gemm, batch) : matrices[i].TensorCoreInput(gemm, batch);
         SharedConversions.Plan(inputs, convertedBy);
         for (int i = 0; i < matrices.Length; i++)
         {
@@ -260,6 +271,7 @@ internal sealed unsafe class DeviceMatrix : IDisposable
                 if (convertedBy[j] != i) continue;
                 var m = matrices[j];
                 if (experts is { } e) gemm.MatMulGrouped(a, m._buffer.View, outputs[j], e.Starts, m.Experts, batch, m.Rows);
+                else if (PtxTensorCoreGemm.WidensInKernel(m.Type)) gemm.MatMulBlocks(a, m.Type, m._buffer.View, outputs[j], m.Rows);
                 else gemm.MatMul(a, m._buffer.View, outputs[j], m.Rows);
             }
         }

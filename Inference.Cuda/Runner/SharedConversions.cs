@@ -3,8 +3,8 @@ namespace Inference.Cuda.Runner;
 /// <summary>
 /// Which of several products over the same f32 activations share one conversion of them to the tensor-core input type
 /// (<see cref="PtxTensorCoreGemm.Stage"/>): every product of one type reads the conversion of the first product of that
-/// type. F16 and bf16 products convert once each (the two conversions differ); a product off the tensor-core kernel (the
-/// row kernels, or the quantized tensor-core paths, gemm_q8_0 and the f16 slabs, which convert on their own) takes no part.
+/// type. F16 and bf16 products convert once each (the two conversions differ); a product that stages no activations (the
+/// row kernels, or the f16 slab path, which converts on its own) takes no part.
 /// </summary>
 internal static class SharedConversions
 {

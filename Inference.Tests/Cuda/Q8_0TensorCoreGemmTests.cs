@@ -152,7 +152,7 @@ public class Q8_0TensorCoreGemmTests
     [TestCase(0, 4, 32)]
     public void LauncherRefusesUnsupportedShapes(int m, int n, int k)
     {
-        var e = Assert.Catch<ArgumentException>(() => PtxTensorCoreGemm.CheckQ8_0Shape(m, n, k));
+        var e = Assert.Catch<ArgumentException>(() => PtxTensorCoreGemm.CheckBlockShape(Inference.Loading.GgmlType.Q8_0, m, n, k));
         Assert.That(e!.Message, Does.Not.Contain("\n"));
     }
 }

@@ -115,7 +115,7 @@ public class TensorCoreGemmGpuTests
         ySlab.View.MemSet((byte)0xFF);
         yRow.View.MemSet((byte)0xFF);
         using var gemm = new PtxTensorCoreGemm(acc);
-        gemm.MatMulQ8_0(w.View, x.View, y.View, m, n, k);
+        gemm.MatMulBlocks(Inference.Loading.GgmlType.Q8_0, w.View, x.View, y.View, m, n, k);
         kernels.DequantizeToHalf(Inference.Loading.GgmlType.Q8_0, w.View, widened.View, n, k);
         gemm.MatMul(TensorCoreElement.F16, ((ArrayView<ushort>)widened.View).Cast<byte>(), x.View, ySlab.View, m, n, k);
         kernels.MatMulQ8_0(w.View, x.View, yRow.View, n, k, m);
@@ -145,7 +145,9 @@ public class TensorCoreGemmGpuTests
     [TestCase(GgmlType.F16, GgmlType.F32, GgmlType.F16, 37, 1)]
     [TestCase(GgmlType.F32, GgmlType.Q8_0, GgmlType.F16, 130, 1)]
     [TestCase(GgmlType.F16, GgmlType.F16, GgmlType.F16, 8, 0)]
-    public void FusedQkv_ConvertsOnce_AndEqualsEachProductAlone(GgmlType q, GgmlType k, GgmlType v, int batch, int conversions)
+    [TestCase(GgmlType.F16, GgmlType.Q8_0, GgmlType.Q4_0, 130, 1, true)]
+    [TestCase(GgmlType.F32, GgmlType.Q8_0, GgmlType.Q4_0, 130, 1, true)]
+    public void FusedQkv_ConvertsOnce_AndEqualsEachProductAlone(GgmlType q, GgmlType k, GgmlType v, int batch, int conversions, bool quantized = false)
     {
         var backend = GpuTestBackend.RequireDevice();
         var acc = backend.Accelerator;
@@ -154,7 +156,7 @@ public class TensorCoreGemmGpuTests
         int[] rows = [136, 48, 40];
         GgmlType[] types = [q, k, v];
         var kernels = new LayerKernels(acc);
-        using var gemm = new PtxTensorCoreGemm(acc);
+        using var gemm = new PtxTensorCoreGemm(acc) { QuantizedProducts = quantized };
         var matrices = new DeviceMatrix[3];
         var together = new MemoryBuffer1D<float, Stride1D.Dense>[3];
         var alone = new MemoryBuffer1D<float, Stride1D.Dense>[3];
@@ -170,7 +172,8 @@ public class TensorCoreGemmGpuTests
             DeviceMatrix.MatMulSameInput(kernels, gemm, x.View, batch, matrices, [together[0].View, together[1].View, together[2].View]);
             Assert.That(gemm.ConversionCount, Is.EqualTo(conversions), "one conversion for the products on the tensor-core kernel");
             for (int i = 0; i < 3; i++) matrices[i].MatMul(kernels, gemm, x.View, alone[i].View, batch);
-            Assert.That(gemm.ConversionCount, Is.EqualTo(conversions + types.Count(t => t == GgmlType.F16 && batch >= DeviceMatrix.TensorCoreMinRows)),
+            Assert.That(gemm.ConversionCount, Is.EqualTo(conversions + types.Count(t => t == GgmlType.F16 && batch >= DeviceMatrix.TensorCoreMinRows
+                || quantized && PtxTensorCoreGemm.WidensInKernel(t) && batch >= DeviceMatrix.QuantizedTensorCoreMinRows)),
                 "each product alone converts its own");
             acc.Synchronize();
             for (int i = 0; i < 3; i++)
