@@ -88,41 +88,6 @@ public class TensorCoreGemmGpuTests
         }
     }
 
-    /// <summary>
-    /// gemm_q8_0 (Q8_0 widened inside the kernel) against the path it replaces on the device — the matrix widened by
-    /// <see cref="LayerKernels.DequantizeToHalf"/> and multiplied by gemm_f16 with the same split-K — bit for bit, and
-    /// against the Q8_0 row kernel within the f32 accumulation-order bound (f16-exact activations).
-    /// </summary>
-    [TestCase(64, 512, 2048)]
-    [TestCase(130, 136, 96)]
-    [TestCase(512, 2048, 5632)]
-    public void Q8_0GemmMatchesTheSlabPath(int m, int n, int k)
-    {
-        var backend = GpuTestBackend.RequireDevice();
-        var acc = backend.Accelerator;
-        var rng = new Random(m * 3 + n + k);
-        var blocks = Inference.Tests.Kernels.MatMulKernelTests.RandomBlocks(rng, Inference.Loading.GgmlType.Q8_0, n, k);
-        var xHost = new float[(long)m * k];
-        for (int i = 0; i < xHost.Length; i++) xHost[i] = (float)(Half)(rng.NextSingle() * 2 - 1);
-        var kernels = new LayerKernels(acc);
-        using var w = acc.Allocate1D(blocks);
-        using var widened = acc.Allocate1D<ushort>((long)n * k);
-        using var x = acc.Allocate1D(xHost);
-        using var y = acc.Allocate1D<float>((long)m * n);
-        using var ySlab = acc.Allocate1D<float>((long)m * n);
-        using var yRow = acc.Allocate1D<float>((long)m * n);
-        y.View.MemSet((byte)0xFF);
-        ySlab.View.MemSet((byte)0xFF);
-        yRow.View.MemSet((byte)0xFF);
-        using var gemm = new PtxTensorCoreGemm(acc);
-        gemm.MatMulBlocks(Inference.Loading.GgmlType.Q8_0, w.View, x.View, y.View, m, n, k);
-        kernels.DequantizeToHalf(Inference.Loading.GgmlType.Q8_0, w.View, widened.View, n, k);
-        gemm.MatMul(TensorCoreElement.F16, ((ArrayView<ushort>)widened.View).Cast<byte>(), x.View, ySlab.View, m, n, k);
-        kernels.MatMulQ8_0(w.View, x.View, yRow.View, n, k, m);
-        acc.Synchronize();
-        AssertSlabBitsAndNearRow("Q8_0", y.GetAsArray1D(), ySlab.GetAsArray1D(), yRow.GetAsArray1D());
-    }
-
     /// <summary>The in-kernel widening's products (<paramref name="a"/>) equal the slab path's bit for bit and the row
     /// kernel's within 1e-4 of the largest output.</summary>
     private static void AssertSlabBitsAndNearRow(string what, float[] a, float[] slab, float[] row)
@@ -205,11 +170,15 @@ public class TensorCoreGemmGpuTests
     }
 
     /// <summary>
-    /// gemm_q4_0, gemm_q4_k, gemm_q6_k, gemm_q5_k, gemm_q4_1, gemm_q5_0 and gemm_q5_1 (block weights widened inside the kernel) against the slab path on the
-    /// device — the matrix widened by <see cref="LayerKernels.DequantizeToHalf"/> and multiplied by gemm_f16 with the same
-    /// split-K — bit for bit, and against the block row kernel within the f32 accumulation-order bound (f16-exact
-    /// activations); the blocks start 2 bytes past an aligned address, as a matrix in the file may.
+    /// gemm_q8_0, gemm_q4_0, gemm_q4_k, gemm_q6_k, gemm_q5_k, gemm_q4_1, gemm_q5_0 and gemm_q5_1 (block weights widened
+    /// inside the kernel) against the slab path on the device — the matrix widened by
+    /// <see cref="LayerKernels.DequantizeToHalf"/> and multiplied by gemm_f16 with the same split-K — bit for bit, and
+    /// against the type's row kernel within the f32 accumulation-order bound (f16-exact activations); the blocks start 2
+    /// bytes past an aligned address, as a matrix in the file may.
     /// </summary>
+    [TestCase(GgmlType.Q8_0, 64, 512, 2048)]
+    [TestCase(GgmlType.Q8_0, 130, 136, 96)]
+    [TestCase(GgmlType.Q8_0, 512, 2048, 5632)]
     [TestCase(GgmlType.Q4_0, 64, 512, 2048)]
     [TestCase(GgmlType.Q4_0, 130, 136, 96)]
     [TestCase(GgmlType.Q4_0, 512, 2048, 5632)]
@@ -251,7 +220,8 @@ public class TensorCoreGemmGpuTests
         gemm.MatMulBlocks(type, w, x.View, y.View, m, n, k);
         kernels.DequantizeToHalf(type, w, widened.View, n, k);
         gemm.MatMul(TensorCoreElement.F16, ((ArrayView<ushort>)widened.View).Cast<byte>(), x.View, ySlab.View, m, n, k);
-        kernels.MatMulBlocks(type, w, x.View, yRow.View, n, k, m);
+        if (type == GgmlType.Q8_0) kernels.MatMulQ8_0(w, x.View, yRow.View, n, k, m);
+        else kernels.MatMulBlocks(type, w, x.View, yRow.View, n, k, m);
         acc.Synchronize();
         AssertSlabBitsAndNearRow(type.ToString(), y.GetAsArray1D(), ySlab.GetAsArray1D(), yRow.GetAsArray1D());
     }
