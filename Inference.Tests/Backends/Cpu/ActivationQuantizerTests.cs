@@ -97,6 +97,32 @@ public unsafe class ActivationQuantizerTests
     public void RoundToHalf_rounds_to_the_nearest_f16(float value, double expected) =>
         Assert.That(ActivationQuantizer.RoundToHalf(value), Is.EqualTo((float)expected));
 
+    /// <summary>The rounding on the float's bits against the runtime's <see cref="Half"/> conversion: every sign and
+    /// exponent with the low 13 mantissa bits at and around the tie (and random upper bits), then random floats.</summary>
+    [Test]
+    public void RoundToHalf_matches_the_runtime_conversion_at_every_exponent()
+    {
+        var rng = new Random(29);
+        uint[] lows = [0, 1, 0xFFE, 0xFFF, 0x1000, 0x1001, 0x1FFF];
+        int mismatches = 0;
+        string first = "";
+        void Check(uint bits)
+        {
+            float v = BitConverter.UInt32BitsToSingle(bits);
+            float expected = (float)(Half)v, actual = ActivationQuantizer.RoundToHalf(v);
+            bool same = float.IsNaN(expected) ? float.IsNaN(actual) : BitConverter.SingleToUInt32Bits(actual) == BitConverter.SingleToUInt32Bits(expected);
+            if (!same && mismatches++ == 0) first = $"0x{bits:X8}: {actual} instead of {expected}";
+        }
+        for (uint top = 0; top < 512; top++)          // sign and exponent
+        for (int m = 0; m < 64; m++)
+        {
+            uint upper = m < 2 ? (m == 0 ? 0u : 0x3FFu) : (uint)rng.Next(1 << 10);   // the ten mantissa bits kept
+            foreach (uint low in lows) Check((top << 23) | (upper << 13) | low);
+        }
+        for (int i = 0; i < 1_000_000; i++) Check((uint)rng.NextInt64(1L << 32));
+        Assert.That(mismatches, Is.Zero, first);
+    }
+
     [TestCaseSource(nameof(VectorPaths))]
     public void Vector_Q8_K_matches_the_reference_block_quantizer(string pathName)
     {
