@@ -124,14 +124,34 @@ public sealed class WorkerPool : IDisposable
             Interlocked.CompareExchange(ref _failure, e, null);
         }
 
-        var spinner = new SpinWait();
-        while (Volatile.Read(ref _pending) != 0) spinner.SpinOnce(sleep1Threshold: -1);
+        WaitForWorkers();
         box.Job = default!;
         _runner = null;
         if (_failure is { } failure)
         {
             _failure = null;
             ExceptionDispatchInfo.Capture(failure).Throw();
+        }
+    }
+
+    /// <summary>Waits until every worker has finished its part of the current job: one <c>pause</c> per look for up to
+    /// <see cref="SpinTicks"/>, then <see cref="SpinWait"/>'s backing off (which yields the core).</summary>
+    /// <remarks>NOTE: <see cref="SpinWait.SpinOnce(int)"/> from the start doubles its spins between looks, so a worker that
+    /// finished a few microseconds after the caller was seen up to about as late again; with a single pause per look a
+    /// hand-off of two threads took 0.39–0.54 µs on average instead of 0.80–0.82 (an empty job, Xeon family 6 model 207).</remarks>
+    private void WaitForWorkers()
+    {
+        long start = Stopwatch.GetTimestamp();
+        while (Volatile.Read(ref _pending) != 0)
+        {
+            if (Stopwatch.GetTimestamp() - start < SpinTicks)
+            {
+                Thread.SpinWait(1);
+                continue;
+            }
+            var spinner = new SpinWait();
+            while (Volatile.Read(ref _pending) != 0) spinner.SpinOnce(sleep1Threshold: -1);
+            return;
         }
     }
 
@@ -188,7 +208,7 @@ public sealed class WorkerPool : IDisposable
         {
             if (Stopwatch.GetTimestamp() - start < SpinTicks)
             {
-                Thread.SpinWait(16);
+                Thread.SpinWait(1);
                 continue;
             }
             lock (_gate)
