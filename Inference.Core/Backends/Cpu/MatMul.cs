@@ -128,8 +128,12 @@ public static class MatMul
         fixed (float* px = x)
         fixed (float* py = y)
         {
-            var run = new RunOne(path, px, batch, pool, w, py);
-            if (w.Packed is not null && PackedWeights.Runs(path) && PackedWeights.Visit(w.Type, ref run)) return;
+            PackedRunner runner = default;
+            if (w.Packed is not null && PackedWeights.Runs(path) && PackedWeights.Visit(w.Type, ref runner))
+            {
+                RunPacked(path, px, batch, pool, w, py, runner);
+                return;
+            }
             switch (w.Type)
             {
                 case GgmlType.F32: pool.Run(w.Rows, new FloatJob<F32Weights>(new MatMulArgs(w, px, py, batch, path)), w.Rows * w.RowBytes); break;
@@ -227,8 +231,9 @@ public static class MatMul
 
     /// <summary>
     /// Products of the same activations with two or three matrices (q/k/v, gate/up): y_i = W_i · x. When every matrix is
-    /// packed for the same kernel, x is quantized once and all their row groups go to the pool as one job (one hand-off
-    /// instead of one per matrix); otherwise it is <see cref="Multiply(in WeightMatrix, ReadOnlySpan{float}, Span{float}, int, WorkerPool)"/>
+    /// packed for a kernel that reads the same activation format (Q8_0, Q8_1 or Q8_K: a Q4_K_M layer's Q4_K q and k with
+    /// its Q6_K v, say), x is quantized once and all their row groups go to the pool as one job (one hand-off instead of
+    /// one per matrix); otherwise it is <see cref="Multiply(in WeightMatrix, ReadOnlySpan{float}, Span{float}, int, WorkerPool)"/>
     /// per matrix. The results are the same bits either way.
     /// </summary>
     /// <remarks>Pass a default <see cref="WeightMatrix"/> (no rows) as <paramref name="w2"/> for two matrices.</remarks>
@@ -236,9 +241,7 @@ public static class MatMul
         in WeightMatrix w0, Span<float> y0, in WeightMatrix w1, Span<float> y1, in WeightMatrix w2, Span<float> y2)
     {
         bool three = w2.Rows > 0;
-        bool fused = batch > 0 && w0.Packed is not null && w1.Packed is not null && (!three || w2.Packed is not null)
-                     && w1.Type == w0.Type && (!three || w2.Type == w0.Type) && w1.Cols == w0.Cols && (!three || w2.Cols == w0.Cols)
-                     && PackedWeights.IsSupportedFor(w0.Type) && x.Length >= (long)batch * w0.Cols
+        bool fused = SharedRunners(w0, w1, w2, out var r0, out var r1, out var r2) && batch > 0 && x.Length >= (long)batch * w0.Cols
                      && y0.Length >= (long)batch * w0.Rows && y1.Length >= (long)batch * w1.Rows && (!three || y2.Length >= (long)batch * w2.Rows);
         if (!fused && TryMultiplySharedFloats(x, batch, pool, w0, y0, w1, y1, w2, y2)) return;
         if (!fused)
@@ -253,9 +256,22 @@ public static class MatMul
         fixed (float* p1 = y1)
         fixed (float* p2 = y2)
         {
-            var run = new RunShared(px, batch, pool, w0, p0, w1, p1, w2, p2);
-            if (!PackedWeights.Visit(w0.Type, ref run)) throw new NotSupportedException($"no packed kernel for {w0.Type}");
+            RunPacked(KernelPaths.Best, px, batch, pool, w0, p0, r0, w1, p1, r1, w2, p2, r2);
         }
+    }
+
+    /// <summary>True when <see cref="MultiplyShared"/> runs these matrices (<paramref name="w2"/> without rows for two) as
+    /// one packed job: every one packed, of one width, for kernels that read the same activation format.</summary>
+    internal static bool SharesOnePackedJob(in WeightMatrix w0, in WeightMatrix w1, in WeightMatrix w2) => SharedRunners(w0, w1, w2, out _, out _, out _);
+
+    private static bool SharedRunners(in WeightMatrix w0, in WeightMatrix w1, in WeightMatrix w2, out PackedRunner r0, out PackedRunner r1, out PackedRunner r2)
+    {
+        bool three = w2.Rows > 0;
+        r0 = r1 = r2 = default;
+        return w0.Packed is not null && w1.Packed is not null && (!three || w2.Packed is not null)
+               && w1.Cols == w0.Cols && (!three || w2.Cols == w0.Cols) && PackedWeights.Runs(KernelPaths.Best)
+               && PackedWeights.Visit(w0.Type, ref r0) && PackedWeights.Visit(w1.Type, ref r1) && (!three || PackedWeights.Visit(w2.Type, ref r2))
+               && r1.Format == r0.Format && (!three || r2.Format == r0.Format);
     }
 
     /// <summary>
@@ -330,34 +346,51 @@ public static class MatMul
         public void Visit<TKernel>() where TKernel : IPackedKernel => Result = PackedWeights.Pack<TKernel>(w, arena);
     }
 
-    private readonly unsafe struct RunOne(KernelPath path, float* x, int batch, WorkerPool pool, WeightMatrix w, float* y) : IPackedKernelVisitor
+    /// <summary>The activations a packed kernel multiplies: Q8_0, Q8_1 (Q8_0 with the scaled sums) or Q8_K.</summary>
+    private enum ActivationFormat
     {
-        public void Visit<TKernel>() where TKernel : IPackedKernel => RunPacked<TKernel>(path, x, batch, pool, w, y);
+        Q8_0,
+        Q8_1,
+        Q8_K,
     }
 
-    private readonly unsafe struct RunShared(float* x, int batch, WorkerPool pool, WeightMatrix w0, float* y0,
-        WeightMatrix w1, float* y1, WeightMatrix w2, float* y2) : IPackedKernelVisitor
+    /// <summary>A packed weight type's activation format and its row-group runner (<see cref="PackedWeights.Run{TKernel}"/>
+    /// for that kernel), so that one job can run matrices of different packed types.</summary>
+    private unsafe struct PackedRunner : IPackedKernelVisitor
     {
-        public void Visit<TKernel>() where TKernel : IPackedKernel =>
-            RunPacked<TKernel>(KernelPaths.Best, x, batch, pool, w0, y0, w1, y1, w2, y2);
+        public delegate*<PackedWeights, in MatMulArgs, int, int, void> Run;
+        public ActivationFormat Format;
+
+        public void Visit<TKernel>() where TKernel : IPackedKernel
+        {
+            Run = &RunGroups<TKernel>;
+            Format = TKernel.ActivationBlock != 32 ? ActivationFormat.Q8_K : TKernel.MinActivations ? ActivationFormat.Q8_1 : ActivationFormat.Q8_0;
+        }
+
+        private static void RunGroups<TKernel>(PackedWeights packed, in MatMulArgs a, int start, int end) where TKernel : IPackedKernel =>
+            packed.Run<TKernel>(a, start, end);
     }
 
-    /// <summary>Quantizes x once for <typeparamref name="TKernel"/> and runs the row groups of one to three packed
-    /// matrices (w1, w2 default when absent) as one pool job.</summary>
-    private static unsafe void RunPacked<TKernel>(KernelPath path, float* x, int batch, WorkerPool pool, in WeightMatrix w0, float* y0,
-        in WeightMatrix w1 = default, float* y1 = null, in WeightMatrix w2 = default, float* y2 = null) where TKernel : IPackedKernel
+    /// <summary>Quantizes x once in the format of <paramref name="r0"/> (which <paramref name="r1"/> and <paramref name="r2"/>
+    /// share) and runs the row groups of one to three packed matrices (w1, w2 default when absent) as one pool job.</summary>
+    private static unsafe void RunPacked(KernelPath path, float* x, int batch, WorkerPool pool, in WeightMatrix w0, float* y0, in PackedRunner r0,
+        in WeightMatrix w1 = default, float* y1 = null, in PackedRunner r1 = default, in WeightMatrix w2 = default, float* y2 = null,
+        in PackedRunner r2 = default)
     {
         var s = t_scratch ??= new ActivationScratch();
         s.Ensure(batch, w0.Cols);
         var a0 = new MatMulArgs(w0, x, y0, batch, path, s.Q, s.D, s.Sums, s.BSums);
-        if (TKernel.ActivationBlock != 32) pool.Run(batch, new QuantizeQ8_KJob(a0), 4L * batch * w0.Cols);
-        else if (TKernel.MinActivations) pool.Run(batch, new QuantizeQ8_1Job(a0), 4L * batch * w0.Cols);
-        else pool.Run(batch, new QuantizeQ8_0Job(a0), 4L * batch * w0.Cols);
+        switch (r0.Format)
+        {
+            case ActivationFormat.Q8_K: pool.Run(batch, new QuantizeQ8_KJob(a0), 4L * batch * w0.Cols); break;
+            case ActivationFormat.Q8_1: pool.Run(batch, new QuantizeQ8_1Job(a0), 4L * batch * w0.Cols); break;
+            default: pool.Run(batch, new QuantizeQ8_0Job(a0), 4L * batch * w0.Cols); break;
+        }
         var a1 = new MatMulArgs(w1, x, y1, batch, path, s.Q, s.D, s.Sums, s.BSums);
         var a2 = new MatMulArgs(w2, x, y2, batch, path, s.Q, s.D, s.Sums, s.BSums);
         int n0 = w0.Packed!.ItemCount(w0.Rows), n1 = w1.Packed?.ItemCount(w1.Rows) ?? 0, n2 = w2.Packed?.ItemCount(w2.Rows) ?? 0;
-        pool.Run(n0 + n1 + n2, new PackedJob<TKernel>(a0, w0.Packed, n0, a1, w1.Packed, n1, a2, w2.Packed, n2),
-            w0.Rows * w0.RowBytes + w1.Rows * w1.RowBytes + w2.Rows * w2.RowBytes);
+        pool.Run(n0 + n1 + n2, new PackedJob(new PackedPart(a0, w0.Packed, n0, r0.Run), new PackedPart(a1, w1.Packed, n1, r1.Run),
+            new PackedPart(a2, w2.Packed, n2, r2.Run)), w0.Rows * w0.RowBytes + w1.Rows * w1.RowBytes + w2.Rows * w2.RowBytes);
     }
 
     private static unsafe void RunQ8_K<TKernel>(in WeightMatrix w, float* x, float* y, int batch, WorkerPool pool, KernelPath path)
@@ -380,16 +413,24 @@ public static class MatMul
         public void Execute(int start, int end) => QuantKernel.Rows<TKernel>(a, start, end);
     }
 
-    /// <summary>The row groups of one to three packed matrices as one item range, in order (n1, n2 = 0 when absent).</summary>
-    private readonly struct PackedJob<TKernel>(
-        MatMulArgs a0, PackedWeights p0, int n0, MatMulArgs a1, PackedWeights? p1, int n1, MatMulArgs a2, PackedWeights? p2, int n2)
-        : IRangeJob where TKernel : IPackedKernel
+    /// <summary>One packed matrix of a <see cref="PackedJob"/>: its arguments, groups, item count and runner (no items when absent).</summary>
+    private readonly unsafe struct PackedPart(MatMulArgs a, PackedWeights? packed, int items, delegate*<PackedWeights, in MatMulArgs, int, int, void> run)
+    {
+        public readonly MatMulArgs A = a;
+        public readonly PackedWeights? Packed = packed;
+        public readonly int Items = items;
+        public readonly delegate*<PackedWeights, in MatMulArgs, int, int, void> Run = run;
+    }
+
+    /// <summary>The row groups of one to three packed matrices as one item range, in order (p1, p2 without items when absent).</summary>
+    private readonly unsafe struct PackedJob(PackedPart p0, PackedPart p1, PackedPart p2) : IRangeJob
     {
         public void Execute(int start, int end)
         {
-            if (start < n0) p0.Run<TKernel>(a0, start, Math.Min(end, n0));
-            if (p1 is not null && end > n0 && start < n0 + n1) p1.Run<TKernel>(a1, Math.Max(start, n0) - n0, Math.Min(end, n0 + n1) - n0);
-            if (p2 is not null && end > n0 + n1) p2.Run<TKernel>(a2, Math.Max(start, n0 + n1) - n0 - n1, Math.Min(end, n0 + n1 + n2) - n0 - n1);
+            int n0 = p0.Items, n1 = p1.Items, n2 = p2.Items;
+            if (start < n0) p0.Run(p0.Packed!, p0.A, start, Math.Min(end, n0));
+            if (n1 > 0 && end > n0 && start < n0 + n1) p1.Run(p1.Packed!, p1.A, Math.Max(start, n0) - n0, Math.Min(end, n0 + n1) - n0);
+            if (n2 > 0 && end > n0 + n1) p2.Run(p2.Packed!, p2.A, Math.Max(start, n0 + n1) - n0 - n1, Math.Min(end, n0 + n1 + n2) - n0 - n1);
         }
     }
 

@@ -204,6 +204,36 @@ public unsafe class MatMulTests
     }
 
     /// <summary>
+    /// Packed matrices of different types whose kernels read the same activations (Q8_K: a Q4_K_M layer's Q4_K q, k with a
+    /// Q6_K v; Q8_0; Q8_1) run as one job with the bits of the separate products; types that read different activations
+    /// (Q8_0 with Q4_K, Q4_0 with Q4_1) are not one job and still give those bits.
+    /// </summary>
+    [TestCase(GgmlType.Q4_K, GgmlType.Q4_K, GgmlType.Q6_K, true)]
+    [TestCase(GgmlType.Q6_K, GgmlType.Q5_K, GgmlType.Q4_K, true)]
+    [TestCase(GgmlType.Q3_K, GgmlType.Q2_K, GgmlType.IQ4_XS, true)]
+    [TestCase(GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.IQ4_NL, true)]
+    [TestCase(GgmlType.Q5_0, GgmlType.Q8_0, GgmlType.Q8_0, true)]
+    [TestCase(GgmlType.Q4_1, GgmlType.Q5_1, GgmlType.Q4_1, true)]
+    [TestCase(GgmlType.Q8_0, GgmlType.Q4_K, GgmlType.Q8_0, false)]
+    [TestCase(GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q4_0, false)]
+    public void Shared_activations_of_mixed_packed_types_give_the_bits_of_separate_products(GgmlType t0, GgmlType t1, GgmlType t2, bool oneJob)
+    {
+        GgmlType[] types = [t0, t1, t2];
+        if (!types.All(PackedWeights.IsSupportedFor)) Assert.Ignore("no packed kernels on this machine");
+        int cols = types.Any(t => GgmlTypeInfo.BlockElements(t) == 256) ? 512 : 256;
+        foreach (int batch in new[] { 1, 5 })
+        foreach (int matrices in new[] { 2, 3 })
+            CompareSharedWithSeparate(types, batch, matrices, cols, 41 + batch + matrices, allFinite: true, expectRan: true,
+                (ReadOnlySpan<float> x, int b, WorkerPool pool, in WeightMatrix w0, Span<float> y0, in WeightMatrix w1, Span<float> y1, in WeightMatrix w2, Span<float> y2) =>
+                {
+                    bool together = MatMul.SharesOnePackedJob(w0, w1, w2);
+                    Assert.That(together, Is.EqualTo(oneJob || (matrices == 2 && t1.Equals(t0))), $"one job, {matrices} matrices");
+                    MatMul.MultiplyShared(x, b, pool, w0, y0, w1, y1, w2, y2);
+                    return true;
+                });
+    }
+
+    /// <summary>
     /// Two or three float matrices sharing their activations run as one pool job (rows of every matrix in one range, split
     /// across matrix boundaries by the pool's chunks); every output must have the bits of the separate products, F16 with
     /// finite weights (re-biased activations), with an infinity in one matrix only (the matrices would take different
@@ -247,11 +277,15 @@ public unsafe class MatMulTests
     /// whether <paramref name="shared"/> must take the product (false: it must refuse and write nothing).
     /// </summary>
     private static void CompareSharedWithSeparate(GgmlType type, int batch, int matrices, int cols, int seed, bool allFinite, bool expectRan,
+        SharedProduct shared, Action<byte[][]>? editWeights = null, Action<float[]>? editX = null) =>
+        CompareSharedWithSeparate([type, type, type], batch, matrices, cols, seed, allFinite, expectRan, shared, editWeights, editX);
+
+    private static void CompareSharedWithSeparate(GgmlType[] types, int batch, int matrices, int cols, int seed, bool allFinite, bool expectRan,
         SharedProduct shared, Action<byte[][]>? editWeights = null, Action<float[]>? editX = null)
     {
         int[] rows = [45, 24, 13];
         var rng = new Random(seed);
-        var weights = rows.Select(r => CpuTestHelpers.RandomWeights(rng, type, r, cols)).ToArray();
+        var weights = rows.Select((r, i) => CpuTestHelpers.RandomWeights(rng, types[i], r, cols)).ToArray();
         editWeights?.Invoke(weights);
         var x = CpuTestHelpers.RandomFloats(rng, batch * cols);
         editX?.Invoke(x);
@@ -262,7 +296,7 @@ public unsafe class MatMulTests
         fixed (byte* p1 = weights[1])
         fixed (byte* p2 = weights[2])
         {
-            var w = new[] { new WeightMatrix(type, p0, rows[0], cols), new WeightMatrix(type, p1, rows[1], cols), new WeightMatrix(type, p2, rows[2], cols) }
+            var w = new[] { new WeightMatrix(types[0], p0, rows[0], cols), new WeightMatrix(types[1], p1, rows[1], cols), new WeightMatrix(types[2], p2, rows[2], cols) }
                 .Select(m => MatMul.Prepare(m)).ToArray();
             var w2 = matrices == 3 ? w[2] : default;
             bool ran = shared(x, batch, pool, w[0], together[0], w[1], together[1], w2, matrices == 3 ? together[2] : default);
