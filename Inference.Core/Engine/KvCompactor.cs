@@ -153,8 +153,7 @@ internal sealed class KvCompactor
                 case KvCacheDataType.Float32: _row.CopyTo(MemoryMarshal.Cast<byte, float>(head)); break;
                 case KvCacheDataType.Float16:
                 {
-                    var halves = MemoryMarshal.Cast<byte, Half>(head);
-                    for (int d = 0; d < hd; d++) halves[d] = (Half)_row[d];
+                    System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(_row.AsSpan(0, hd), MemoryMarshal.Cast<byte, Half>(head));
                     break;
                 }
                 default: KvBlockFormat.Quantize(type, _row, head); break;

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using Inference.Backends.Cpu;
 using Inference.Loading;
 using Inference.Quantization;
 
@@ -104,9 +105,9 @@ public static class KvBlockFormat
         foreach (float v in x) amax = MathF.Max(amax, MathF.Abs(v));
         // NOTE: the scale as stored (f16) divides, so the codes fit the scale the reader multiplies by; a block whose
         // largest value exceeds 448 · 65504 saturates at the largest f16 scale.
-        var d = (Half)MathF.Min(amax / Fp8Max, (float)Half.MaxValue);
-        BinaryPrimitives.WriteHalfLittleEndian(block, d);
-        float df = (float)d;
+        ushort d = Fp16.FromFloat(MathF.Min(amax / Fp8Max, (float)Half.MaxValue));
+        BinaryPrimitives.WriteUInt16LittleEndian(block, d);
+        float df = Fp16.ToFloat(d);
         for (int i = 0; i < BlockValues; i++) block[2 + i] = df == 0 ? (byte)0 : ToE4M3(x[i] / df);
     }
 

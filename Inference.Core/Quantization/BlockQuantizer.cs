@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Runtime.Intrinsics;
+using Inference.Backends.Cpu;
 using Inference.Loading;
 
 namespace Inference.Quantization;
@@ -59,7 +60,7 @@ public static class BlockQuantizer
                 for (int i = 0; i < src.Length; i++) BinaryPrimitives.WriteSingleLittleEndian(dst[(4 * i)..], src[i]);
                 break;
             case GgmlType.F16:
-                for (int i = 0; i < src.Length; i++) BinaryPrimitives.WriteHalfLittleEndian(dst[(2 * i)..], (Half)src[i]);
+                for (int i = 0; i < src.Length; i++) BinaryPrimitives.WriteUInt16LittleEndian(dst[(2 * i)..], Fp16.FromFloat(src[i]));
                 break;
             case GgmlType.BF16:
                 for (int i = 0; i < src.Length; i++) BinaryPrimitives.WriteUInt16LittleEndian(dst[(2 * i)..], ToBFloat16(src[i]));
@@ -108,7 +109,7 @@ public static class BlockQuantizer
         return (ushort)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
     }
 
-    private static void WriteHalf(Span<byte> dst, float value) => BinaryPrimitives.WriteHalfLittleEndian(dst, (Half)value);
+    private static void WriteHalf(Span<byte> dst, float value) => BinaryPrimitives.WriteUInt16LittleEndian(dst, Fp16.FromFloat(value));
 
     private static float ReadHalf(ReadOnlySpan<byte> src) => (float)BinaryPrimitives.ReadHalfLittleEndian(src);
 

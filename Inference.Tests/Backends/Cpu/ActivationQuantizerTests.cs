@@ -97,8 +97,9 @@ public unsafe class ActivationQuantizerTests
     public void RoundToHalf_rounds_to_the_nearest_f16(float value, double expected) =>
         Assert.That(ActivationQuantizer.RoundToHalf(value), Is.EqualTo((float)expected));
 
-    /// <summary>The rounding on the float's bits against the runtime's <see cref="Half"/> conversion: every sign and
-    /// exponent with the low 13 mantissa bits at and around the tie (and random upper bits), then random floats.</summary>
+    /// <summary>The rounding on the float's bits (<see cref="ActivationQuantizer.RoundToHalf"/> = <see cref="Fp16.Round"/>,
+    /// and <see cref="Fp16.FromFloat"/>) against the runtime's <see cref="Half"/> conversion: every sign and exponent with
+    /// the low 13 mantissa bits at and around the tie (and random upper bits), then random floats.</summary>
     [Test]
     public void RoundToHalf_matches_the_runtime_conversion_at_every_exponent()
     {
@@ -112,6 +113,9 @@ public unsafe class ActivationQuantizerTests
             float expected = (float)(Half)v, actual = ActivationQuantizer.RoundToHalf(v);
             bool same = float.IsNaN(expected) ? float.IsNaN(actual) : BitConverter.SingleToUInt32Bits(actual) == BitConverter.SingleToUInt32Bits(expected);
             if (!same && mismatches++ == 0) first = $"0x{bits:X8}: {actual} instead of {expected}";
+            ushort expectedBits = BitConverter.HalfToUInt16Bits((Half)v), actualBits = Fp16.FromFloat(v);
+            bool sameBits = float.IsNaN(expected) ? (actualBits & 0x7C00) == 0x7C00 && (actualBits & 0x3FF) != 0 : actualBits == expectedBits;
+            if (!sameBits && mismatches++ == 0) first = $"0x{bits:X8}: f16 bits 0x{actualBits:X4} instead of 0x{expectedBits:X4}";
         }
         for (uint top = 0; top < 512; top++)          // sign and exponent
         for (int m = 0; m < 64; m++)
