@@ -101,4 +101,34 @@ public class CpuCachesTests
         Assert.That(CpuCaches.StreamsFromMemory(1, null), Is.True);
         Assert.That(CpuCaches.StreamsFromMemory(1L << 40, null), Is.True);
     }
+
+    /// <summary>This Xeon's (family 6 model 207) CPUID 4 subleaves, as read on it: L1d, L1i, L2, L3, then the end.</summary>
+    [TestCase(0x04000121u, 0x02C0003Fu, 0x0000003Fu, 1, false, 48L << 10)]
+    [TestCase(0x04000122u, 0x01C0003Fu, 0x0000003Fu, 1, true, 32L << 10)]
+    [TestCase(0x04000143u, 0x03C0003Fu, 0x000007FFu, 2, false, 2L << 20)]
+    [TestCase(0x04004163u, 0x04C0003Fu, 0x00033FFFu, 3, false, 260L << 20)]
+    // The AMD leaf 0x8000001D has the same fields: a unified L3 of 16 ways and 32,768 sets of 64-byte lines (a Zen 3 CCX).
+    [TestCase(0x0003C163u, 0x03C0003Fu, 0x00007FFFu, 3, false, 32L << 20)]
+    public void DecodesCpuIdCacheLeaves(uint eax, uint ebx, uint ecx, int level, bool instruction, long bytes) =>
+        Assert.That(CpuCaches.CacheOfCpuIdLeaf(eax, ebx, ecx), Is.EqualTo((level, instruction, bytes)));
+
+    [Test]
+    public void TheEndOfTheCpuIdCacheListIsNoCache() => Assert.That(CpuCaches.CacheOfCpuIdLeaf(0, 0, 0), Is.Null);
+
+    /// <summary>Where sysfs lists the caches (Linux computes them from the same CPUID leaves on x86), the processor's own
+    /// description gives the same last-level cache.</summary>
+    [Test]
+    public void TheProcessorAndTheOperatingSystemAgreeWhereBothSay()
+    {
+        var caches = new List<(string?, string?, string?)>();
+        const string root = "/sys/devices/system/cpu/cpu0/cache";
+        if (Directory.Exists(root))
+            foreach (var dir in Directory.GetDirectories(root, "index*"))
+                caches.Add((Read(dir, "level"), Read(dir, "type"), Read(dir, "size")));
+        long? sysfs = CpuCaches.LastLevelCacheOf(caches), cpuId = CpuCaches.LastLevelCacheOfCpuId();
+        if (sysfs is null || cpuId is null) Assert.Ignore($"sysfs {sysfs?.ToString() ?? "none"}, CPUID {cpuId?.ToString() ?? "none"}: not both");
+        Assert.That(cpuId, Is.EqualTo(sysfs));
+
+        static string? Read(string dir, string name) => File.Exists(Path.Combine(dir, name)) ? File.ReadAllText(Path.Combine(dir, name)) : null;
+    }
 }
