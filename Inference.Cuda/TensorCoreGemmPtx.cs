@@ -98,8 +98,6 @@ internal static class TensorCoreGemmPtx
         EmitConvert(w, "convert_f32_f16", "f16");
         w.Raw("\n");
         EmitConvert(w, "convert_f32_bf16", "bf16");
-        w.Raw("\n");
-        EmitGemm(w, tile, "gemm_q8_0", "f16", weights: Weights.Q8_0);
         foreach (var (entry, weights) in BlockTypeEntries)
         {
             w.Raw("\n");
@@ -114,10 +112,11 @@ internal static class TensorCoreGemmPtx
     /// over every k tile, W_z = W + z · p_w_stride elements; the row tile, pipeline and epilogue are the plain entry's
     /// with M's origin and limit moved to the group's rows, so each row's arithmetic is the same.
     /// </summary>
-    /// <remarks>With <see cref="Weights.Q8_0"/>, W is read as Q8_0 blocks and widened in registers (see the class remarks).</remarks>
+    /// <remarks>With a block type (<see cref="Weights.Q8_0"/> and the others), W is read as its blocks and widened in
+    /// registers (see the class remarks).</remarks>
     private static void EmitGemm(PtxWriter w, TensorCoreGemmTile t, string entry, string type, bool grouped = false, Weights weights = Weights.Halves)
     {
-        bool q8 = weights == Weights.Q8_0, blocks = weights != Weights.Halves;
+        bool blocks = weights != Weights.Halves;
         int ca = t.ChunksAPerThread, cb = t.ChunksBPerThread, mi = t.FragmentsM, ni = t.FragmentsN;
         int rowsPerPass = t.Threads / 4;
         string rowParams = grouped
@@ -142,8 +141,7 @@ internal static class TensorCoreGemmPtx
 
             """);
         if (grouped) w.Raw("\t.reg .u32   group, row_end, wstride;\n\t.reg .u64   starts;\n\n");
-        if (q8) w.Raw($"\t.reg .b32   wq<{4 * cb}>, hq<4>;\n\t.reg .b16   ws<{cb}>;\n\t.reg .s32   qi;\n\t.reg .u32   nblocks;\n\t.reg .f32   qd, qf0, qf1;\n\t.reg .u64   qoff;\n\n");
-        else if (blocks) w.Raw(BlockRegisters(weights, cb));
+        if (blocks) w.Raw(BlockRegisters(weights, cb));
         w.Line("ld.param.u64", "a_ptr, [p_a]");
         w.Line("ld.param.u64", "w_ptr, [p_w]");
         w.Line("ld.param.u64", "c_ptr, [p_c]");
@@ -177,8 +175,7 @@ internal static class TensorCoreGemmPtx
         w.Line("and.b32", "swz, swz, 3");
         w.SwizzledOffset("soff", "r", t.RowBytes, "chunk", "swz", "swizzled offset of the first copy in a tile");
         EmitRowPointers(w, ca, rowsPerPass, "pa", "ga", "m0", "m", "a_ptr");
-        if (q8) EmitBlockPointers(w, cb, rowsPerPass);
-        else if (blocks) EmitBlockTypePointers(w, weights, cb, rowsPerPass);
+        if (blocks) EmitBlockTypePointers(w, weights, cb, rowsPerPass);
         else EmitRowPointers(w, cb, rowsPerPass, "pb", "gb", "n0", "n", "w_ptr");
 
         w.Comment("---- prologue: k tiles kbeg .. kbeg + " + (t.Stages - 2) + " into stages 0 .. " + (t.Stages - 2) + ", one commit group each");
@@ -355,7 +352,7 @@ internal static class TensorCoreGemmPtx
     /// </summary>
     private static void EmitLoad(PtxWriter w, TensorCoreGemmTile t, int ca, int cb, int rowsPerPass, Weights weights = Weights.Halves)
     {
-        bool q8 = weights == Weights.Q8_0, blocks = weights != Weights.Halves;
+        bool blocks = weights != Weights.Halves;
         w.Line("mad.lo.u32", $"sst, stg, {t.StageBytes}, sbase");
         w.Line("add.u32", "sst, sst, soff");
         w.Line("shl.b32", "kc, ktl, 5");
@@ -373,70 +370,18 @@ internal static class TensorCoreGemmPtx
             w.Line("add.u32", $"tmp, sst, {(a ? 0 : t.StageABytes) + idx * rowsPerPass * t.RowBytes}");
             w.Line("cp.async.cg.shared.global", "[tmp], [gsrc], 16, sz");
         }
-        if (!blocks) return;
-        if (!q8)
-        {
-            EmitBlockTypeLoad(w, weights, cb);
-            return;
-        }
-        w.Line("mul.wide.u32", "kbyte, ktl, 34", "block ktl of each W row");
-        for (int i = 0; i < cb; i++)
-        {
-            for (int e = 0; e < 4; e++) w.Line("mov.b32", $"wq{4 * i + e}, 0");
-            w.Line("mov.b16", $"ws{i}, 0");
-            w.Line("add.u64", $"gsrc, gb{i}, kbyte");
-            w.Line($"@pb{i} ld.global.nc.b16", $"ws{i}, [gsrc]", "the block's scale");
-            w.Line("add.u64", "gsrc, gsrc, qoff");
-            for (int e = 0; e < 4; e++) w.Line($"@pb{i} ld.global.nc.u16", $"wq{4 * i + e}, [gsrc+{2 * e}]", e == 0 ? "quants 8 chunk .. 8 chunk + 7, two a load" : null);
-        }
+        if (blocks) EmitBlockTypeLoad(w, weights, cb);
     }
 
     /// <summary>
-    /// Per W copy i: Q8_0 block pointer gb_i of row n0 + r + i · rows per pass in k tile 0 (pb_i: the row is below N), and
-    /// qoff = 2 + 8 · chunk, the bytes from a block's start to this thread's quants.
-    /// </summary>
-    private static void EmitBlockPointers(PtxWriter w, int count, int rowsPerPass)
-    {
-        w.Line("shr.u32", "nblocks, k, 5", "Q8_0 blocks per W row");
-        w.Line("mad.lo.u32", "tmp, chunk, 8, 2");
-        w.Line("cvt.u64.u32", "qoff, tmp");
-        for (int i = 0; i < count; i++)
-        {
-            w.Line("add.u32", $"tmp, r, {i * rowsPerPass}");
-            w.Line("add.u32", "tmp, tmp, n0");
-            w.Line("setp.lt.u32", $"pb{i}, tmp, n");
-            w.Line("mul.lo.u32", "tmp, tmp, nblocks");
-            w.Line("mul.wide.u32", "tmp64, tmp, 34");
-            w.Line("add.u64", $"gb{i}, w_ptr, tmp64");
-        }
-    }
-
-    /// <summary>
-    /// Widens the W chunks <see cref="EmitLoad"/> left in ws/wq to f16, each weight <c>cvt.rn.f16.f32(d * q)</c> with
-    /// d the scale in f32 (the slab dequantizer's arithmetic), and stores them to their swizzled places in stage sst.
+    /// Widens the W chunks <see cref="EmitLoad"/> left in registers to f16 (<see cref="EmitBlockTypeWiden"/>: the slab
+    /// dequantizer's arithmetic) and stores them to their swizzled places in stage sst.
     /// </summary>
     private static void EmitWidenStore(PtxWriter w, TensorCoreGemmTile t, int cb, int rowsPerPass, Weights weights)
     {
         for (int i = 0; i < cb; i++)
         {
-            if (weights != Weights.Q8_0)
-            {
-                EmitBlockTypeWiden(w, weights, i);
-                w.Line("add.u32", $"tmp, sst, {t.StageABytes + i * rowsPerPass * t.RowBytes}");
-                w.Line("st.shared.v4.b32", "[tmp], {hq0, hq1, hq2, hq3}");
-                continue;
-            }
-            w.Line("cvt.f32.f16", $"qd, ws{i}");
-            for (int e = 0; e < 4; e++)
-            {
-                w.Line("bfe.s32", $"qi, wq{4 * i + e}, 0, 8");
-                w.Line("cvt.rn.f32.s32", "qf0, qi");
-                w.Line("mul.rn.f32", "qf0, qf0, qd");
-                w.Line("bfe.s32", $"qi, wq{4 * i + e}, 8, 8");
-                w.Line("cvt.rn.f32.s32", "qf1, qi");
-                w.Line("mul.rn.f32", "qf1, qf1, qd");
-                w.Line("cvt.rn.f16x2.f32", $"hq{e}, qf1, qf0", e == 0 ? "upper half from the first operand" : null);
-            }
+            EmitBlockTypeWiden(w, weights, i);
             w.Line("add.u32", $"tmp, sst, {t.StageABytes + i * rowsPerPass * t.RowBytes}");
             w.Line("st.shared.v4.b32", "[tmp], {hq0, hq1, hq2, hq3}");
         }
@@ -473,10 +418,10 @@ internal static class TensorCoreGemmPtx
         Q5_1,
     }
 
-    /// <summary>The block-type entries after gemm_q8_0, in module order.</summary>
+    /// <summary>The block-type entries, in module order.</summary>
     private static readonly (string Entry, Weights Weights)[] BlockTypeEntries =
     [
-        ("gemm_q4_0", Weights.Q4_0), ("gemm_q4_k", Weights.Q4_K), ("gemm_q6_k", Weights.Q6_K), ("gemm_q5_k", Weights.Q5_K),
+        ("gemm_q8_0", Weights.Q8_0), ("gemm_q4_0", Weights.Q4_0), ("gemm_q4_k", Weights.Q4_K), ("gemm_q6_k", Weights.Q6_K), ("gemm_q5_k", Weights.Q5_K),
         ("gemm_q4_1", Weights.Q4_1), ("gemm_q5_0", Weights.Q5_0), ("gemm_q5_1", Weights.Q5_1),
     ];
 
@@ -494,7 +439,7 @@ internal static class TensorCoreGemmPtx
         _ => throw new ArgumentOutOfRangeException(nameof(weights), weights, "not a block type"),
     };
 
-    /// <summary>The registers of a block type's loads and widening (Q4_0 and the K-quants; Q8_0 declares its own).</summary>
+    /// <summary>The registers of a block type's loads and widening.</summary>
     private static string BlockRegisters(Weights weights, int cb)
     {
         var s = new System.Text.StringBuilder();
@@ -519,6 +464,10 @@ internal static class TensorCoreGemmPtx
         w.Line("shr.u32", $"nblocks, k, {System.Numerics.BitOperations.Log2((uint)elements)}", $"{weights} blocks per W row");
         switch (weights)
         {
+            case Weights.Q8_0:
+                w.Line("mad.lo.u32", "tmp, chunk, 8, 2", "values 8 chunk .. 8 chunk + 7: bytes 2 + 8 chunk ..");
+                w.Line("cvt.u64.u32", "qoff, tmp");
+                break;
             case Weights.Q4_0 or Weights.Q4_1 or Weights.Q5_0 or Weights.Q5_1:
                 int qs = weights switch { Weights.Q4_0 => 2, Weights.Q4_1 => 4, Weights.Q5_0 => 6, _ => 8 };
                 w.Line("and.b32", "tmp, chunk, 1");
@@ -696,7 +645,7 @@ internal static class TensorCoreGemmPtx
             w.Line("cvt.rn.f32.s32", "qf0, sc");
             w.Line("mul.rn.f32", "qd, qd, qf0", "Mul = d * sc");
         }
-        w.Line("add.u32", "tmp2, qsh, 8");
+        if (weights != Weights.Q8_0) w.Line("add.u32", "tmp2, qsh, 8");
         if (weights == Weights.Q5_K) w.Line("add.u32", "tmp, jsub, 8");
         if (weights == Weights.Q6_K) w.Line("add.u32", "tmp, hsh, 8");
         for (int e = 0; e < 4; e++)
@@ -704,7 +653,8 @@ internal static class TensorCoreGemmPtx
             for (int h = 0; h < 2; h++)
             {
                 string f = $"qf{h}";
-                w.Line("bfe.u32", $"qi, wq{4 * i + e}, {(h == 0 ? "qsh" : "tmp2")}, 4");
+                if (weights == Weights.Q8_0) w.Line("bfe.s32", $"qi, wq{4 * i + e}, {8 * h}, 8", h == 0 && e == 0 ? "the int8 quants, two a word" : null);
+                else w.Line("bfe.u32", $"qi, wq{4 * i + e}, {(h == 0 ? "qsh" : "tmp2")}, 4");
                 switch (weights)
                 {
                     case Weights.Q4_0:
