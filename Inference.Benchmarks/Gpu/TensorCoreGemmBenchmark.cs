@@ -18,10 +18,12 @@ namespace Inference.Benchmarks.Gpu;
 /// </summary>
 public static class TensorCoreGemmBenchmark
 {
-    private static readonly (string Name, int N, int K)[] Shapes =
+    /// <summary>The 0.85B model's product shapes (W rows N, columns K), which the device GEMM benchmarks share.</summary>
+    internal static readonly (string Name, int N, int K)[] Shapes =
         [("attn_q", 2048, 2048), ("attn_k/v", 512, 2048), ("attn_output", 2048, 2048), ("ffn_gate/up", 5632, 2048), ("ffn_down", 2048, 5632)];
 
-    private static readonly int[] Rows = [64, 512, 4096];
+    /// <summary>The activation rows M the device GEMM benchmarks run (the quick check: the first two).</summary>
+    internal static readonly int[] Rows = [64, 512, 4096];
 
     /// <summary>Runs the benchmark; returns whether every product stayed within 1e-4 (relative to the largest output) of the row kernel's.</summary>
     /// <param name="acc">The CUDA accelerator.</param>
@@ -115,7 +117,8 @@ public static class TensorCoreGemmBenchmark
         return (tflops, $"{acc.NumMultiprocessors} SMs x {acc.ClockRate / 1e3:F0} MHz x {perClock} FLOP/clock");
     }
 
-    private static float NonZero(Random rng)
+    /// <summary>A random value in [-1, 1), never zero.</summary>
+    internal static float NonZero(Random rng)
     {
         float v = rng.NextSingle() * 2f - 1f;
         return v == 0f ? 0.5f : v;
