@@ -192,10 +192,15 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
     /// <exception cref="ArgumentException">See <see cref="CheckBlockShape"/>; or a view is shorter than its matrix.</exception>
     public void MatMulBlocks(GgmlType type, ArrayView<byte> w, ArrayView<float> x, ArrayView<float> y, int m, int n, int k)
     {
+        CheckBlockViews(type, w, y, m, n, k);
+        MatMulBlocks(Stage(TensorCoreElement.F16, x, m, k), type, w, y, n);
+    }
+
+    private static void CheckBlockViews(GgmlType type, ArrayView<byte> w, ArrayView<float> y, int m, int n, int k)
+    {
         CheckBlockShape(type, m, n, k);
         if (y.Length < (long)m * n || w.Length < (long)n * GgmlTypeInfo.RowBytes(type, k))
             throw new ArgumentException("a view is shorter than its matrix");
-        RunBlocks(type, StageActivations(TensorCoreElement.F16, x, m, k), w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(), m, n, k);
     }
 
     /// <summary>One plain product entry (gemm_f16, gemm_bf16, gemm_q8_0, gemm_q4_0, …) over the split-K grid, then the reduce where split.</summary>
@@ -340,9 +345,7 @@ internal sealed unsafe class PtxTensorCoreGemm : IDisposable
     {
         CheckCurrent(a);
         if (a.Type != TensorCoreElement.F16) throw new ArgumentException($"block weights multiply f16 activations, not {a.Type}", nameof(a));
-        CheckBlockShape(type, a.M, n, a.K);
-        if (y.Length < (long)a.M * n || w.Length < (long)n * GgmlTypeInfo.RowBytes(type, a.K))
-            throw new ArgumentException("a view is shorter than its matrix");
+        CheckBlockViews(type, w, y, a.M, n, a.K);
         RunBlocks(type, a.Address, w.LoadEffectiveAddressAsPtr(), y.LoadEffectiveAddressAsPtr(), a.M, n, a.K);
     }
 

@@ -363,11 +363,10 @@ internal sealed partial class DeviceForwardExecutor : IForwardExecutor
                     break;
                 }
                 // q, k and v (or gate and up) read one conversion of src where they share a tensor-core input type
-                ReadOnlySpan<DeviceMatrix> matrices = [_matrices[op.W0]!, _matrices[op.W1]!, op.W2 >= 0 ? _matrices[op.W2]! : null!];
-                ReadOnlySpan<ArrayView<float>> outputs =
-                    [View(s, op.Dst, n, logitCount), View(s, op.Dst2, n, logitCount), op.W2 >= 0 ? View(s, op.Dst3, n, logitCount) : default];
-                int count = op.W2 >= 0 ? 3 : 2;
-                DeviceMatrix.MatMulSameInput(_kernels, gemm, src, rows, matrices[..count], outputs[..count]);
+                DeviceMatrix m0 = _matrices[op.W0]!, m1 = _matrices[op.W1]!;
+                ArrayView<float> y0 = View(s, op.Dst, n, logitCount), y1 = View(s, op.Dst2, n, logitCount);
+                if (op.W2 < 0) DeviceMatrix.MatMulSameInput(_kernels, gemm, src, rows, [m0, m1], [y0, y1]);
+                else DeviceMatrix.MatMulSameInput(_kernels, gemm, src, rows, [m0, m1, _matrices[op.W2]!], [y0, y1, View(s, op.Dst3, n, logitCount)]);
                 break;
             }
             case OpKind.AddBias:
