@@ -58,6 +58,7 @@ public class BlockTypeTensorCoreGemmTests
     public void MatchesTheSlabPathWithAnyScale(GgmlType type, int m, int n, int k, int splits) =>
         Q8_0TensorCoreGemmTests.Compare(type, m, n, k, splits, 0, anyScale: true);
 
+    [TestCase(GgmlType.Q8_0)]
     [TestCase(GgmlType.Q4_0)]
     [TestCase(GgmlType.Q4_K)]
     [TestCase(GgmlType.Q6_K)]
@@ -69,30 +70,37 @@ public class BlockTypeTensorCoreGemmTests
     {
         var entry = Q8_0TensorCoreGemmTests.Entry(PtxTensorCoreGemm.EntryFor(type));
         Assert.That(entry, Does.Contain("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"));
+        Assert.That(entry, Does.Contain("ldmatrix.sync.aligned.m8n8.x4.shared.b16"));
         Assert.That(entry, Does.Contain("cp.async.cg.shared.global"), "A arrives by cp.async");
         Assert.That(entry, Does.Contain("cvt.rn.f16x2.f32"), "W is widened in the kernel");
+        Assert.That(entry, Does.Contain("st.shared.v4.b32"));
         Assert.That(entry, Does.Not.Contain("mul.f32").And.Not.Contain("add.f32").And.Not.Contain("fma"),
             "every widening operation rounds on its own (no contraction into fma)");
     }
 
-    [Test]
-    public void InterpreterCatchesAMissingBarrier()
+    [TestCase(GgmlType.Q8_0, 128, 4UL)]
+    [TestCase(GgmlType.Q4_K, 256, 8UL)]
+    public void InterpreterCatchesAMissingBarrier(GgmlType type, int k, ulong perSplit)
     {
         // without the loop's barrier, a warp widens W into a stage another warp still reads (or reads one not yet stored)
-        string source = Q8_0TensorCoreGemmTests.Source, entry = Q8_0TensorCoreGemmTests.Entry("gemm_q4_k");
+        string name = PtxTensorCoreGemm.EntryFor(type);
+        string source = Q8_0TensorCoreGemmTests.Source, entry = Q8_0TensorCoreGemmTests.Entry(name);
         string broken = source.Replace(entry, Regex.Replace(entry, @"\tbar\.sync +0;", "\t// no barrier"), StringComparison.Ordinal);
         Assert.That(broken, Is.Not.EqualTo(source));
         var t = TensorCoreGemmTile.Default;
         var mem = new PtxInterpreter.Memory();
-        int m = 64, n = 64, k = 256;
+        int m = 64, n = 64;
         ulong pa = mem.Upload(Enumerable.Range(0, m * k).Select(_ => BitConverter.HalfToUInt16Bits((Half)0.25f)).ToArray());
-        ulong pw = mem.Upload(MatMulKernelTests.RandomBlocks(new Random(5), GgmlType.Q4_K, n, k)), pc = mem.Poisoned(m * n);
+        ulong pw = mem.Upload(MatMulKernelTests.RandomBlocks(new Random(5), type, n, k)), pc = mem.Poisoned(m * n);
         var ex = Assert.Throws<InvalidOperationException>(() =>
-            PtxInterpreter.Parse(broken).Launch("gemm_q4_k", 1, 1, t.Threads, mem, pa, pw, pc, (ulong)m, (ulong)n, (ulong)k, 8UL, (ulong)n));
+            PtxInterpreter.Parse(broken).Launch(name, 1, 1, t.Threads, mem, pa, pw, pc, (ulong)m, (ulong)n, (ulong)k, perSplit, (ulong)n));
         Assert.That(ex!.Message, Does.Contain("shared"));
     }
 
-    [TestCase(GgmlType.Q4_0, 4, 4, 48)]     // K whole 16-byte chunks but not whole blocks
+    [TestCase(GgmlType.Q8_0, 4, 4, 48)]     // K whole 16-byte chunks but not whole blocks
+    [TestCase(GgmlType.Q8_0, 4, 4, 8)]
+    [TestCase(GgmlType.Q8_0, 0, 4, 32)]
+    [TestCase(GgmlType.Q4_0, 4, 4, 48)]
     [TestCase(GgmlType.Q4_K, 4, 4, 128)]    // whole blocks of 32 but not of 256
     [TestCase(GgmlType.Q6_K, 4, 4, 32)]
     [TestCase(GgmlType.Q5_K, 0, 4, 256)]
